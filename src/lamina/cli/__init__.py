@@ -1,0 +1,50 @@
+"""The ``lamina`` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lamina import __version__
+from lamina.cli import snapshot, store
+from lamina.cli.output import fail
+from lamina.errors import LaminaError
+
+app = typer.Typer(
+    name="lamina",
+    help="Lamina: centralized image management for a fleet of endpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(store.app, name="store")
+app.add_typer(snapshot.app, name="snapshot")
+
+
+@app.command()
+def version() -> None:
+    """Print Lamina's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except LaminaError as e:
+        fail(e)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

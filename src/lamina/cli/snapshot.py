@@ -1,0 +1,219 @@
+"""``lamina snapshot``: back up a folder into the store, list, browse, diff, restore, forget."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, JsonOpt, KeyfileOpt, StoreOpt, location
+from lamina.cli.output import byte_progress, emit_json, err_console, human_bytes
+from lamina.db.stores import open_store
+from lamina.errors import NotFoundError
+from lamina.tree.backup import backup
+from lamina.tree.diff import diff_trees
+from lamina.tree.model import decode_tree
+from lamina.tree.restore import restore_tree, split_path
+
+app = typer.Typer(help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.", no_args_is_help=True)
+
+
+def _exclude(patterns: list[str]):  # type: ignore[no-untyped-def]
+    if not patterns:
+        return None
+    pats = [p.rstrip("/") for p in patterns]
+
+    def match(rel: bytes, _is_dir: bool) -> bool:
+        text = os.fsdecode(rel)
+        base = text.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(text, p) or fnmatch.fnmatchcase(base, p) for p in pats)
+
+    return match
+
+
+@app.command()
+def create(
+    path: Annotated[Path, typer.Argument(help="The folder to back up.")],
+    source: Annotated[str | None, typer.Option(help="Name of the source (default HOST:PATH).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of paths to skip (repeatable).")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up a folder into a new snapshot; unchanged files are not read again."""
+    loc = location(data, db, store, keyfile)
+    s = open_store(loc)
+    try:
+        src = source or f"{os.uname().nodename}:{path.resolve()}"
+        cache = loc.cache_dir / ("files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite")
+        with byte_progress("backing up") as advance:
+            result = backup(s, path, source=src, cache_path=cache, exclude=_exclude(exclude or []), progress=advance)
+    finally:
+        s.close()
+    for e in result.stats.errors:
+        err_console.print(f"[yellow]skipped:[/yellow] {e}")
+    snap = result.snapshot
+    doc = {
+        **snap.to_public(),
+        "files_read": result.stats.files_read,
+        "files_unchanged": result.stats.files_unchanged,
+        "new_blobs": result.new_blobs,
+        "new_bytes": result.new_raw_bytes,
+        "new_stored_bytes": result.new_stored_bytes,
+        "errors": result.stats.errors,
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    typer.echo(
+        f"snapshot {snap.id[:12]} of {snap.source}: {snap.files} files, {human_bytes(snap.bytes)}; "
+        f"{result.stats.files_read} read, {result.stats.files_unchanged} unchanged; "
+        f"{human_bytes(result.new_stored_bytes)} added to the store"
+    )
+
+
+@app.command("list")
+def list_(
+    source: Annotated[str | None, typer.Option(help="Only snapshots of this source.")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List snapshots, oldest first."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        snaps = s.catalog.snapshots(source)
+    finally:
+        s.close()
+    if as_json:
+        emit_json([x.to_public() for x in snaps])
+        return
+    for x in snaps:
+        typer.echo(f"{x.id[:12]}  {x.time:%Y-%m-%d %H:%M:%S}  {x.files:>8} files  {human_bytes(x.bytes):>10}  {x.source}")
+
+
+@app.command()
+def ls(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix, or 'latest'.")],
+    path: Annotated[str, typer.Argument(help="Folder inside the snapshot.")] = "",
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a folder of a snapshot (read-only browsing)."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        snap = s.catalog.find_snapshot(snapshot)
+        tree = snap.root
+        for part in split_path(path):
+            match = [e for e in decode_tree(s.get(tree)) if e.name == part]
+            if not match or match[0].subtree is None:
+                raise NotFoundError(f"{path} is not a folder in snapshot {snap.id[:12]}")
+            tree = match[0].subtree
+        entries = decode_tree(s.get(tree))
+    finally:
+        s.close()
+    rows = [
+        {
+            "id": os.fsdecode(e.name),
+            "name": os.fsdecode(e.name),
+            "type": e.type,
+            "size": e.size,
+            "mode": oct(e.mode),
+            "uid": e.uid,
+            "gid": e.gid,
+            "mtime": e.mtime,
+            **({"target": os.fsdecode(e.target)} if e.target else {}),
+        }
+        for e in entries
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['type']:<8} {r['mode']:>7} {r['size']:>12}  {r['name']}")
+
+
+@app.command()
+def diff(
+    old: Annotated[str, typer.Argument(help="Older snapshot.")],
+    new: Annotated[str, typer.Argument(help="Newer snapshot.")],
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what changed between two snapshots."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        a = s.catalog.find_snapshot(old)
+        b = s.catalog.find_snapshot(new)
+        changes = [c.to_public() for c in diff_trees(s.get, a.root, b.root)]
+    finally:
+        s.close()
+    if as_json:
+        emit_json([{"id": c["path"], **c} for c in changes])
+        return
+    sign = {"added": "+", "removed": "-", "modified": "M", "metadata": "U"}
+    for c in changes:
+        typer.echo(f"{sign[str(c['change'])]} {c['path']}")
+
+
+@app.command()
+def restore(
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix, or 'latest'.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to restore into.")],
+    path: Annotated[list[str] | None, typer.Option("--path", help="Restore only this path (repeatable).")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove files in the output that the snapshot lacks.")] = False,
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a snapshot (or some paths of it) into a folder; resumes if interrupted."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        snap = s.catalog.find_snapshot(snapshot)
+        with byte_progress("restoring", total=snap.bytes if not path else None) as advance:
+            st = restore_tree(s, snap.root, output, paths=path or [], delete_extra=delete, progress=advance)
+    finally:
+        s.close()
+    for e in st.errors:
+        err_console.print(f"[yellow]warning:[/yellow] {e}")
+    if as_json:
+        emit_json({"id": snap.id, "files": st.files, "dirs": st.dirs, "bytes": st.bytes,
+                   "skipped": st.skipped, "removed": st.removed, "errors": st.errors})
+        return
+    typer.echo(
+        f"restored {st.files} files ({st.skipped} already in place), {st.dirs} folders, "
+        f"{human_bytes(st.bytes)} into {output}"
+    )
+
+
+@app.command()
+def forget(
+    snapshots: Annotated[list[str], typer.Argument(help="Snapshots to forget.")],
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+) -> None:
+    """Forget snapshots; `lamina store gc` then frees what only they used."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        ids = [s.catalog.find_snapshot(x).id for x in snapshots]
+        n = s.catalog.forget_snapshots(ids)
+    finally:
+        s.close()
+    typer.echo(f"forgot {n} snapshots")

@@ -1,0 +1,197 @@
+"""``lamina store``: initialise, check, collect garbage, rebuild the index, count."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from lamina.cli.common import (
+    DEFAULT_DATA,
+    DataOpt,
+    DbOpt,
+    JsonOpt,
+    KeyfileOpt,
+    StoreOpt,
+    location,
+    parse_duration,
+)
+from lamina.cli.output import emit_json, err_console, human_bytes, step_progress
+from lamina.db.stores import init_store, open_store
+from lamina.errors import IntegrityError, UsageError
+from lamina.store.check import check as check_store
+from lamina.store.gc import collect
+from lamina.store.keys import PASSPHRASE_ENV
+from lamina.store.rebuild import rebuild_index
+from lamina.store.roots import snapshot_roots
+from lamina.tree.model import references
+
+app = typer.Typer(help="The deduplicated store: init, check, gc, rebuild-index, stats.", no_args_is_help=True)
+
+
+@app.command()
+def init(
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    passphrase_stdin: Annotated[
+        bool, typer.Option("--passphrase-stdin", help=f"Seal the key file with a passphrase read from stdin (or set {PASSPHRASE_ENV}).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a store: its key file, database schema and config object."""
+    passphrase = sys.stdin.readline().rstrip("\n") if passphrase_stdin else os.environ.get(PASSPHRASE_ENV)
+    if passphrase_stdin and not passphrase:
+        raise UsageError("--passphrase-stdin given but stdin held no passphrase")
+    loc = location(data, db, store, keyfile)
+    s = init_store(loc, passphrase or None)
+    doc = {
+        "id": s.keys.store_id,
+        "keyfile": str(loc.keys_path),
+        "database": loc.database.split("@")[-1],
+        "store": s.backend.url,
+        "sealed": bool(passphrase),
+    }
+    s.close()
+    if as_json:
+        emit_json(doc)
+        return
+    typer.echo(f"store {doc['id']} ready at {doc['store']}")
+    err_console.print(
+        f"[yellow]Back up the key file {loc.keys_path}: without it the data cannot be read.[/yellow]"
+    )
+
+
+@app.command()
+def check(
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    read_data: Annotated[bool, typer.Option("--read-data", help="Also read, decrypt and re-hash every blob.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the store's structure (and, with --read-data, every byte)."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        with step_progress("checking") as update:
+            rep = check_store(
+                s,
+                [snapshot_roots(s.catalog)],
+                references,
+                read_data=read_data,
+                progress=lambda label, i, n: update(label, i, n),
+            )
+    finally:
+        s.close()
+    if as_json:
+        emit_json({"id": "check", "ok": rep.ok, **dataclasses.asdict(rep)})
+    else:
+        for w in rep.warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {w}")
+        for e in rep.errors:
+            err_console.print(f"[red]damaged:[/red] {e}")
+        typer.echo(
+            f"{rep.packs} packs, {rep.blobs} blobs, {rep.trees} trees, {rep.roots} roots checked"
+            + (f", {human_bytes(rep.bytes_read)} read" if read_data else "")
+            + (": no errors" if rep.ok else f": {len(rep.errors)} errors")
+        )
+    if not rep.ok:
+        raise typer.Exit(IntegrityError.exit_code)
+
+
+@app.command()
+def gc(
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")] = False,
+    orphan_grace: Annotated[
+        str, typer.Option(help="Remove packs left by interrupted writes once older than this.")
+    ] = "1h",
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove what no snapshot needs; repack sparse packs. Safe while backups run."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        with step_progress("gc") as update:
+            rep = collect(
+                s,
+                [snapshot_roots(s.catalog)],
+                references,
+                orphan_grace=dt.timedelta(seconds=parse_duration(orphan_grace)),
+                dry_run=dry_run,
+                progress=lambda label: update(label),
+            )
+    finally:
+        s.close()
+    if as_json:
+        emit_json({"id": "gc", **dataclasses.asdict(rep)})
+        return
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(
+        f"{rep.reachable} blobs reachable; {verb} {rep.condemned} blobs; "
+        f"{rep.packs_deleted} packs deleted, {rep.packs_repacked} repacked, "
+        f"{rep.orphans_deleted} orphan packs deleted; {human_bytes(rep.bytes_freed)} freed"
+    )
+
+
+@app.command("rebuild-index")
+def rebuild(
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recreate the chunk index and the snapshot list from the pack files alone."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        with step_progress("rebuilding") as update:
+            rep = rebuild_index(s, progress=lambda i, n: update("reading pack headers", i, n))
+    finally:
+        s.close()
+    if as_json:
+        emit_json({"id": "rebuild-index", **dataclasses.asdict(rep)})
+        return
+    for m in rep.skipped:
+        err_console.print(f"[yellow]skipped:[/yellow] {m}")
+    typer.echo(
+        f"index rebuilt: {rep.packs} packs, {rep.blobs} blobs; "
+        f"{rep.snapshots_recovered} snapshots recovered"
+    )
+
+
+@app.command()
+def stats(
+    data: DataOpt = DEFAULT_DATA,
+    db: DbOpt = None,
+    store: StoreOpt = None,
+    keyfile: KeyfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Count packs, blobs and bytes (raw and as stored)."""
+    s = open_store(location(data, db, store, keyfile))
+    try:
+        st = s.stats()
+        store_id = s.keys.store_id
+    finally:
+        s.close()
+    if as_json:
+        emit_json({"id": store_id, **dataclasses.asdict(st)})
+        return
+    ratio = st.raw_bytes / st.stored_bytes if st.stored_bytes else 0.0
+    typer.echo(
+        f"store {store_id}\n"
+        f"  snapshots   {st.snapshots}\n"
+        f"  packs       {st.packs} ({human_bytes(st.pack_bytes)})\n"
+        f"  blobs       {st.blobs} ({st.data_blobs} data, {st.tree_blobs} trees)\n"
+        f"  raw bytes   {human_bytes(st.raw_bytes)}\n"
+        f"  stored      {human_bytes(st.stored_bytes)} (compression {ratio:.2f}x)"
+    )

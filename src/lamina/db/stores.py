@@ -1,0 +1,77 @@
+"""Open a store from a data directory or from explicit database and store URLs.
+
+Embedded default: ``DATA/keys.json``, ``DATA/lamina.db`` (SQLite) and packs in
+``DATA/store``. Scale-out: ``--db postgresql://...`` and ``--store s3://...``,
+with the key file still under ``DATA`` (every server is given the same one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina.db.catalog import SqlCatalog
+from lamina.db.engine import make_engine
+from lamina.db.migrate import upgrade
+from lamina.store.backends import open_backend
+from lamina.store.keys import KEYFILE_NAME, StoreKeys, read_keyfile, write_keyfile
+from lamina.store.pack import DEFAULT_PACK_SIZE
+from lamina.store.repository import Store
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    data: Path
+    db_url: str | None = None
+    store_url: str | None = None
+    keyfile: Path | None = None
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keyfile or self.data / KEYFILE_NAME
+
+    @property
+    def database(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data / 'lamina.db').resolve()}"
+
+    @property
+    def packs(self) -> str:
+        return self.store_url or str((self.data / "store").resolve())
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data / "cache"
+
+
+def init_store(
+    loc: StoreLocation,
+    passphrase: str | None = None,
+    keys: StoreKeys | None = None,
+) -> Store:
+    """Create the key file (unless one is there: joining servers share it), schema and config."""
+    if keys is None:
+        if loc.keys_path.exists():
+            keys = read_keyfile(loc.keys_path, passphrase)
+        else:
+            keys = StoreKeys.generate()
+            write_keyfile(loc.keys_path, keys, passphrase)
+    engine = make_engine(loc.database)
+    upgrade(engine)
+    catalog = SqlCatalog(engine)
+    catalog.bind_store(keys.store_id)
+    store = Store(open_backend(loc.packs), catalog, keys)
+    store.write_config()
+    return store
+
+
+def open_store(
+    loc: StoreLocation, passphrase: str | None = None, pack_size: int = DEFAULT_PACK_SIZE
+) -> Store:
+    keys = read_keyfile(loc.keys_path, passphrase)
+    engine = make_engine(loc.database)
+    upgrade(engine)
+    catalog = SqlCatalog(engine)
+    catalog.bind_store(keys.store_id)
+    store = Store(open_backend(loc.packs), catalog, keys, pack_size=pack_size)
+    store.verify_config()
+    return store

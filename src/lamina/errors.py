@@ -1,0 +1,107 @@
+"""The one error hierarchy of Lamina.
+
+Every error carries a message, an exit code for the command line and an HTTP
+status for the API, so the CLI and the API report the same failure the same
+way. A stable ``code`` string names the error in JSON responses.
+
+::
+
+    LaminaError                      exit 1   HTTP 500  a bug or an unexpected state
+    ├── UsageError                   exit 2   HTTP 400  the request or the arguments are wrong
+    │   └── UnsafePathError          exit 2   HTTP 400  a path would escape its target (.., /, NUL)
+    ├── NotFoundError                exit 3   HTTP 404  a named thing does not exist
+    ├── ConflictError                exit 4   HTTP 409  the thing exists already / state forbids it
+    │   └── StoreBusyError           exit 4   HTTP 409  another process holds the store's lock
+    ├── IntegrityError               exit 5   HTTP 422  data is damaged: wrong hash, truncated, bad layout
+    │   └── MissingDataError         exit 5   HTTP 422  something references data that is not stored
+    ├── StoreKeyError                exit 6   HTTP 403  wrong key, wrong passphrase, sealed key file
+    ├── AuthError                    exit 7   HTTP 401  not logged in / bad credentials
+    │   └── ForbiddenError           exit 7   HTTP 403  logged in, but not allowed
+    ├── BackendError                 exit 8   HTTP 503  the object store or database failed
+    └── TooLargeError                exit 9   HTTP 413  a size is above what Lamina accepts
+
+An error that means "a bug" is a plain ``LaminaError``; it never subclasses
+``NotFoundError``, so a caller that treats "not found" gently cannot swallow it.
+"""
+
+from __future__ import annotations
+
+
+class LaminaError(Exception):
+    """Root of every error Lamina raises on purpose."""
+
+    code = "internal"
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class UsageError(LaminaError):
+    code = "bad_request"
+    exit_code = 2
+    http_status = 400
+
+
+class UnsafePathError(UsageError):
+    code = "unsafe_path"
+
+
+class NotFoundError(LaminaError):
+    code = "not_found"
+    exit_code = 3
+    http_status = 404
+
+
+class ConflictError(LaminaError):
+    code = "conflict"
+    exit_code = 4
+    http_status = 409
+
+
+class StoreBusyError(ConflictError):
+    code = "store_busy"
+
+
+class IntegrityError(LaminaError):
+    code = "integrity"
+    exit_code = 5
+    http_status = 422
+
+
+class MissingDataError(IntegrityError):
+    code = "missing_data"
+
+
+class StoreKeyError(LaminaError):
+    code = "bad_key"
+    exit_code = 6
+    http_status = 403
+
+
+class AuthError(LaminaError):
+    code = "unauthorized"
+    exit_code = 7
+    http_status = 401
+
+
+class ForbiddenError(AuthError):
+    code = "forbidden"
+    http_status = 403
+
+
+class BackendError(LaminaError):
+    code = "backend"
+    exit_code = 8
+    http_status = 503
+
+
+class TooLargeError(LaminaError):
+    code = "too_large"
+    exit_code = 9
+    http_status = 413

@@ -1,0 +1,133 @@
+"""Naming, compressing and sealing one blob (a data chunk, a tree, a snapshot record).
+
+Sealed blob, format version 1::
+
+    offset  size  field
+    0       12    nonce (random per blob)
+    12      n     AES-256-GCM ciphertext of  flag(1) || payload  (n includes the 16-byte tag)
+
+    flag 0: payload is the plaintext itself
+    flag 1: payload is a zstd frame of the plaintext (used only when it is smaller)
+    associated data: kind(1) || blob id(32)
+
+The blob id is keyed BLAKE3-256 of the plaintext (key: the store's id key). A
+reader must check, in this order: the GCM tag (wrong key or damaged bytes), the
+flag, the decompressed size against the index's raw length, and finally that the
+plaintext hashes to the id. Any failure is an ``IntegrityError``; wrong bytes are
+never handed on.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import threading
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from lamina.errors import IntegrityError
+
+NONCE = struct.Struct("<12s")
+TAG_SIZE = 16
+OVERHEAD = NONCE.size + 1 + TAG_SIZE
+ID_SIZE = 32
+ZSTD_LEVEL = 3
+#: Upper bound on any blob's plaintext (a tree of a very large directory).
+MAX_BLOB_SIZE = 256 * 1024 * 1024
+
+FLAG_RAW = 0
+FLAG_ZSTD = 1
+
+
+class BlobKind(enum.IntEnum):
+    DATA = 0
+    TREE = 1
+    SNAPSHOT = 2
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def blob_id(id_key: bytes, data: bytes | memoryview) -> bytes:
+    """Keyed BLAKE3-256 of the plaintext."""
+    return blake3.blake3(data, key=id_key).digest()
+
+
+def compress(data: bytes | memoryview) -> tuple[int, bytes]:
+    """``(flag, payload)``: zstd when that shrinks the data, else the data as it is."""
+    packed = _compressor().compress(data)
+    if len(packed) < len(data):
+        return FLAG_ZSTD, packed
+    return FLAG_RAW, bytes(data)
+
+
+def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
+    if flag == FLAG_RAW:
+        data = payload
+    elif flag == FLAG_ZSTD:
+        if raw_length > MAX_BLOB_SIZE:
+            raise IntegrityError(f"blob claims {raw_length} bytes, above the {MAX_BLOB_SIZE} limit")
+        try:
+            data = _decompressor().decompress(payload, max_output_size=raw_length)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"blob does not decompress: {e}") from e
+    else:
+        raise IntegrityError(f"unknown compression flag {flag} (expected 0 or 1)")
+    if len(data) != raw_length:
+        raise IntegrityError(f"blob is {len(data)} bytes, the index says {raw_length}")
+    return data
+
+
+def seal(data_key: bytes, kind: BlobKind, bid: bytes, flag: int, payload: bytes) -> bytes:
+    nonce = os.urandom(NONCE.size)
+    return nonce + AESGCM(data_key).encrypt(nonce, bytes([flag]) + payload, bytes([kind]) + bid)
+
+
+def unseal(data_key: bytes, kind: BlobKind, bid: bytes, sealed: bytes) -> tuple[int, bytes]:
+    """Decrypt a sealed blob to ``(flag, payload)``; a wrong key or damage is an IntegrityError."""
+    if len(sealed) < OVERHEAD:
+        raise IntegrityError(f"blob {bid.hex()[:16]} is truncated ({len(sealed)} bytes)")
+    (nonce,) = NONCE.unpack_from(sealed)
+    try:
+        plain = AESGCM(data_key).decrypt(nonce, sealed[NONCE.size :], bytes([kind]) + bid)
+    except InvalidTag as e:
+        raise IntegrityError(
+            f"blob {bid.hex()[:16]} fails authentication (damaged, or a different store's key)"
+        ) from e
+    return plain[0], plain[1:]
+
+
+def seal_plain(data_key: bytes, id_key: bytes, kind: BlobKind, data: bytes) -> tuple[bytes, bytes]:
+    """Name, compress and seal plaintext: ``(blob id, sealed bytes)``."""
+    bid = blob_id(id_key, data)
+    flag, payload = compress(data)
+    return bid, seal(data_key, kind, bid, flag, payload)
+
+
+def open_sealed(
+    data_key: bytes, id_key: bytes, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int
+) -> bytes:
+    """Decrypt, decompress and verify a blob; return its plaintext."""
+    flag, payload = unseal(data_key, kind, bid, sealed)
+    data = decompress(flag, payload, raw_length)
+    if blob_id(id_key, data) != bid:
+        raise IntegrityError(f"blob {bid.hex()[:16]} content does not match its id")
+    return data

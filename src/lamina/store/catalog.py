@@ -1,0 +1,179 @@
+"""The catalog: the store's database side, as a contract.
+
+The catalog holds the chunk index (blob id -> pack, offset, length), the pack
+list, the snapshot records and the garbage collector's epoch. Its SQL
+implementation lives in ``lamina.db``; the store only knows this Protocol.
+
+Invariants every implementation must keep:
+
+- A pack is recorded as ``writing`` before its file is written, and its blob rows
+  are added together with its state ``ok``, in one transaction, only after the
+  file is durably written. So a blob is stored only once its pack is durable and
+  its rows are committed; a crash leaves at most a ``writing`` pack, which ``gc``
+  removes after a grace period.
+- ``missing`` and ``locate`` ignore condemned rows: once the collector condemns a
+  blob, new writers upload it again instead of referring to the doomed copy.
+- ``condemn`` increments the epoch in the same transaction. ``add_snapshot``
+  reads the epoch in the transaction that inserts the snapshot, and refuses when
+  it is not the epoch the writer checked its blobs under.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lamina.store.blob import BlobKind
+from lamina.store.pack import PackEntry
+
+PACK_WRITING = "writing"
+PACK_OK = "ok"
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    pack: str
+    offset: int
+    length: int
+    raw_length: int
+    kind: BlobKind
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    name: str
+    seq: int
+    size: int
+    state: str
+    created: dt.datetime
+
+
+@dataclass(frozen=True)
+class BlobRow:
+    id: bytes
+    kind: BlobKind
+    pack: str
+    pack_seq: int
+    offset: int
+    length: int
+    raw_length: int
+    condemned: bool
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A snapshot: its root tree, when and where it was taken, what it holds."""
+
+    id: str
+    time: dt.datetime
+    source: str
+    root: bytes
+    files: int
+    bytes: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.time.isoformat(),
+            "source": self.source,
+            "root": self.root.hex(),
+            "files": self.files,
+            "bytes": self.bytes,
+            **{k: v for k, v in self.meta.items() if k not in ("id", "time", "root")},
+        }
+
+
+class Catalog(Protocol):
+    """The chunk index, packs, snapshots and GC state of one store.
+
+    Thread-safe: each call is its own transaction unless it says otherwise.
+    """
+
+    # --- blobs ---------------------------------------------------------------
+    def missing(self, ids: Collection[bytes]) -> set[bytes]:
+        """The subset of ``ids`` not stored (condemned copies count as not stored)."""
+        ...
+
+    def locate(self, ids: Collection[bytes]) -> dict[bytes, BlobLocation]:
+        """Where each stored, uncondemned blob of ``ids`` is; absent ids are left out."""
+        ...
+
+    def iter_blobs(self) -> Iterator[BlobRow]:
+        """Every blob row, condemned ones included, in pack order."""
+        ...
+
+    def pack_blobs(self, pack: str) -> list[BlobRow]: ...
+
+    # --- packs ---------------------------------------------------------------
+    def begin_pack(self, name: str) -> None:
+        """Record that ``name`` is about to be written (state ``writing``). Idempotent."""
+        ...
+
+    def commit_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
+        """Add the pack's blob rows and mark it ``ok``, in one transaction."""
+        ...
+
+    def packs(self) -> list[PackInfo]: ...
+
+    def max_pack_seq(self) -> int: ...
+
+    def drop_pack(self, name: str) -> None:
+        """Forget a pack and all its rows (its file must be deleted after this commits)."""
+        ...
+
+    def finish_repack(self, old: str, moved: Collection[bytes]) -> bool:
+        """After a repack: drop ``old``'s condemned rows and the rows of ``moved``.
+
+        Returns True when no row points into ``old`` any more (its file may go).
+        """
+        ...
+
+    def replace_index(self, packs: Iterable[tuple[str, int, Sequence[PackEntry]]]) -> None:
+        """Rebuild: forget every pack and blob row, then add these packs, in one transaction."""
+        ...
+
+    # --- garbage collection --------------------------------------------------
+    def gc_epoch(self) -> int: ...
+
+    def condemn(self, ids: Collection[bytes], max_pack_seq: int) -> int:
+        """Condemn the rows of ``ids`` in packs up to ``max_pack_seq``; bump the epoch.
+
+        Returns the new epoch.
+        """
+        ...
+
+    def rescue(self, ids: Collection[bytes]) -> set[bytes]:
+        """Un-condemn ``ids``; return those with no row at all (already swept)."""
+        ...
+
+    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+        """Take a named advisory lock unless someone else holds an unexpired one."""
+        ...
+
+    def unlock(self, name: str, holder: str) -> None: ...
+
+    # --- snapshots -----------------------------------------------------------
+    def add_snapshot(self, record: SnapshotRecord, expected_epoch: int) -> bool:
+        """Insert the snapshot unless the epoch moved since ``expected_epoch``."""
+        ...
+
+    def snapshots(self, source: str | None = None) -> list[SnapshotRecord]:
+        """Snapshots oldest first, optionally of one source."""
+        ...
+
+    def snapshots_since(self, seq: int) -> list[tuple[int, SnapshotRecord]]:
+        """Snapshots inserted after position ``seq`` (for the collector's second look)."""
+        ...
+
+    def last_snapshot_seq(self) -> int: ...
+
+    def find_snapshot(self, ref: str) -> SnapshotRecord:
+        """By id or unique id prefix (at least 4 characters), or ``latest``."""
+        ...
+
+    def forget_snapshots(self, ids: Collection[str]) -> int: ...
+
+    def close(self) -> None: ...

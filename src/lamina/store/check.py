@@ -1,0 +1,214 @@
+"""Verify a store: structure always, every byte with ``read_data``.
+
+Structure: every indexed pack exists with its recorded size; every index row
+lies inside its pack; every root's trees decode and every blob they name is
+indexed. With ``read_data``: every pack is read whole, its header compared with
+the index, and every blob decrypted, decompressed and re-hashed. Each problem
+names the pack, the blob and the roots that depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import blake3
+
+from lamina.errors import IntegrityError, LaminaError
+from lamina.store import blob
+from lamina.store.blob import BlobKind
+from lamina.store.catalog import PACK_OK, PACK_WRITING
+from lamina.store.pack import FOOTER, pack_name_from_object, pack_object_name, read_entries
+from lamina.store.repository import Store
+from lamina.store.roots import RootSource, Walker
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class CheckReport:
+    packs: int = 0
+    blobs: int = 0
+    trees: int = 0
+    roots: int = 0
+    bytes_read: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check(
+    store: Store,
+    sources: Sequence[RootSource],
+    walk: Walker,
+    *,
+    read_data: bool = False,
+    progress: ProgressFn | None = None,
+) -> CheckReport:
+    rep = CheckReport()
+    cat = store.catalog
+    on_disk: dict[str, int] = {}
+    for name, size in store.backend.list("packs/"):
+        pack = pack_name_from_object(name)
+        if pack is None:
+            rep.warnings.append(f"unexpected object {name} in the pack area")
+        else:
+            on_disk[pack] = size
+    packs = cat.packs()
+    known = {p.name: p for p in packs}
+    bad_packs: set[str] = set()
+    for p in packs:
+        if p.state == PACK_WRITING:
+            if p.name in on_disk:
+                rep.warnings.append(
+                    f"pack {p.name[:16]} was written but never indexed (an interrupted backup); "
+                    f"gc removes it, rebuild-index adopts it"
+                )
+            continue
+        if p.state != PACK_OK:
+            continue
+        rep.packs += 1
+        if p.name not in on_disk:
+            rep.errors.append(f"pack {p.name[:16]} is indexed but missing from the store")
+            bad_packs.add(p.name)
+        elif on_disk[p.name] != p.size:
+            rep.errors.append(
+                f"pack {p.name[:16]} is {on_disk[p.name]} bytes, the index says {p.size} (truncated?)"
+            )
+            bad_packs.add(p.name)
+    for name in on_disk:
+        if name not in known:
+            rep.warnings.append(f"pack {name[:16]} is not in the index (rebuild-index adopts it)")
+
+    sizes = {p.name: p.size for p in packs}
+    damaged: set[bytes] = set()
+    for row in cat.iter_blobs():
+        rep.blobs += 1
+        limit = sizes.get(row.pack, 0) - FOOTER.size
+        if row.offset + row.length > limit:
+            rep.errors.append(
+                f"blob {row.id.hex()[:16]} lies outside pack {row.pack[:16]} "
+                f"({row.offset}+{row.length} > {limit})"
+            )
+            damaged.add(row.id)
+        if row.pack in bad_packs:
+            damaged.add(row.id)
+
+    if read_data:
+        _read_all(store, packs, bad_packs, on_disk, rep, damaged, progress)
+
+    # Walk every root: trees must decode, every named blob must be indexed and sound.
+    seen: set[bytes] = set()
+    for src in sources:
+        for root in src():
+            rep.roots += 1
+            problems = _walk_root(store, walk, root.blobs, seen, damaged, rep)
+            for msg in problems:
+                rep.errors.append(f"{root.label}: {msg}")
+    return rep
+
+
+def _read_all(
+    store: Store,
+    packs: Sequence[object],
+    bad_packs: set[str],
+    on_disk: dict[str, int],
+    rep: CheckReport,
+    damaged: set[bytes],
+    progress: ProgressFn | None,
+) -> None:
+    cat = store.catalog
+    names = [p for p in on_disk if p not in bad_packs]
+    for i, name in enumerate(sorted(names)):
+        if progress:
+            progress("reading packs", i, len(names))
+        indexed = {r.id: r for r in cat.pack_blobs(name)}
+        try:
+            data = store.backend.read(pack_object_name(name))
+        except LaminaError as e:
+            rep.errors.append(f"pack {name[:16]}: cannot read: {e.message}")
+            damaged.update(indexed)
+            continue
+        rep.bytes_read += len(data)
+        if blake3.blake3(data).hexdigest() != name:
+            rep.errors.append(f"pack {name[:16]}: content does not match its name (damaged)")
+        try:
+            entries = read_entries(store.keys.data_key, data)
+        except IntegrityError as e:
+            rep.errors.append(f"pack {name[:16]}: {e.message}")
+            damaged.update(indexed)
+            continue
+        in_header = {e.id: e for e in entries}
+        for bid, row in indexed.items():
+            e = in_header.get(bid)
+            if e is None or (e.offset, e.length) != (row.offset, row.length):
+                rep.errors.append(
+                    f"pack {name[:16]}: blob {bid.hex()[:16]} is indexed there but not in its header"
+                )
+                damaged.add(bid)
+        for e in entries:
+            try:
+                blob.open_sealed(
+                    store.keys.data_key,
+                    store.keys.chunking.id_key,
+                    e.kind,
+                    e.id,
+                    data[e.offset : e.offset + e.length],
+                    e.raw_length,
+                )
+            except IntegrityError as err:
+                rep.errors.append(f"pack {name[:16]}: blob {e.id.hex()[:16]}: {err.message}")
+                damaged.add(e.id)
+
+
+def _walk_root(
+    store: Store,
+    walk: Walker,
+    roots: Sequence[bytes],
+    seen: set[bytes],
+    damaged: set[bytes],
+    rep: CheckReport,
+) -> list[str]:
+    problems: list[str] = []
+    todo = [r for r in roots if r not in seen]
+    while todo:
+        batch, todo = todo[:256], todo[256:]
+        locs = store.catalog.locate(batch)
+        for bid in batch:
+            if bid in seen:
+                continue
+            seen.add(bid)
+            loc = locs.get(bid)
+            if loc is None:
+                problems.append(f"blob {bid.hex()[:16]} is missing from the store")
+                continue
+            if bid in damaged:
+                problems.append(f"blob {bid.hex()[:16]} in pack {loc.pack[:16]} is damaged")
+                continue
+            if loc.kind != BlobKind.TREE:
+                continue
+            rep.trees += 1
+            try:
+                trees, chunks = walk(store.open_blob(bid, loc))
+            except LaminaError as e:
+                problems.append(f"tree {bid.hex()[:16]}: {e.message}")
+                continue
+            fresh = [c for c in chunks if c not in seen]
+            if fresh:
+                have = store.catalog.locate(fresh)
+                for c in fresh:
+                    seen.add(c)
+                    if c not in have:
+                        problems.append(
+                            f"tree {bid.hex()[:16]} names chunk {c.hex()[:16]}, missing from the store"
+                        )
+                    elif c in damaged:
+                        problems.append(
+                            f"tree {bid.hex()[:16]} names chunk {c.hex()[:16]}, damaged in pack "
+                            f"{have[c].pack[:16]}"
+                        )
+            todo.extend(t for t in trees if t not in seen)
+    return problems

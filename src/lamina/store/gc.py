@@ -1,0 +1,158 @@
+"""Garbage collection: mark from the roots, condemn the rest, sweep and repack.
+
+Safe while writers run:
+
+1. Note the newest pack (``max_seq``); packs written later are never touched.
+2. Mark everything reachable from the roots.
+3. Condemn the unreachable rows of old packs and bump the gc epoch, in one
+   transaction. From then on writers treat condemned blobs as missing and upload
+   them again; a writer that checked its blobs under the old epoch must rescue
+   them (un-condemn, or fail cleanly) before its snapshot row goes in.
+4. Look at the roots again, so snapshots committed between 2 and 3 are marked,
+   and rescue what they reach.
+5. Sweep: packs with nothing live are deleted; sparse ones are repacked (sealed
+   blobs are copied as they are, no decryption) and then deleted; packs left in
+   state ``writing`` by a crash are deleted after a grace period.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from lamina.errors import StoreBusyError
+from lamina.store.blob import BlobKind
+from lamina.store.catalog import PACK_OK, PACK_WRITING
+from lamina.store.pack import pack_object_name
+from lamina.store.repository import Store
+from lamina.store.roots import RootSource, Walker
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class GcReport:
+    reachable: int = 0
+    condemned: int = 0
+    rescued: int = 0
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    orphans_deleted: int = 0
+    bytes_freed: int = 0
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def mark(store: Store, walk: Walker, roots: Iterable[bytes], marked: set[bytes]) -> set[bytes]:
+    """Add everything reachable from ``roots`` to ``marked``; return what was new."""
+    new: set[bytes] = set()
+    todo = [r for r in roots if r not in marked]
+    while todo:
+        batch, todo = todo[:256], todo[256:]
+        locs = store.catalog.locate(batch)
+        for bid in batch:
+            if bid in marked:
+                continue
+            marked.add(bid)
+            new.add(bid)
+            loc = locs.get(bid)
+            if loc is not None and loc.kind == BlobKind.TREE:
+                trees, chunks = walk(store.open_blob(bid, loc))
+                for c in chunks:
+                    if c not in marked:
+                        marked.add(c)
+                        new.add(c)
+                todo.extend(t for t in trees if t not in marked)
+    return new
+
+
+def _root_ids(sources: Sequence[RootSource]) -> list[bytes]:
+    return [bid for src in sources for root in src() for bid in root.blobs]
+
+
+def collect(
+    store: Store,
+    sources: Sequence[RootSource],
+    walk: Walker,
+    *,
+    orphan_grace: dt.timedelta = dt.timedelta(hours=1),
+    repack_below: float = 0.5,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+) -> GcReport:
+    cat = store.catalog
+    holder = uuid.uuid4().hex
+    if not cat.try_lock("gc", holder, dt.timedelta(hours=6)):
+        raise StoreBusyError("another garbage collection is running on this store")
+    report = GcReport(dry_run=dry_run)
+    say = progress or (lambda _m: None)
+    try:
+        started = dt.datetime.now(dt.UTC)
+        max_seq = cat.max_pack_seq()
+        marked: set[bytes] = set()
+        say("marking")
+        mark(store, walk, _root_ids(sources), marked)
+        report.reachable = len(marked)
+        dead: set[bytes] = set()
+        revived: set[bytes] = set()  # condemned by an earlier, interrupted run, reachable now
+        for r in cat.iter_blobs():
+            if r.id not in marked:
+                if r.pack_seq <= max_seq:
+                    dead.add(r.id)
+            elif r.condemned:
+                revived.add(r.id)
+        report.condemned = len(dead)
+        if dry_run:
+            report.notes.append(f"would condemn {len(dead)} blobs")
+            return report
+        say("condemning")
+        if revived:
+            cat.rescue(revived)
+        cat.condemn(dead, max_seq)
+        newly = mark(store, walk, _root_ids(sources), marked)
+        back = newly & dead
+        if back:
+            cat.rescue(back)
+            report.rescued = len(back)
+        say("sweeping")
+        writer = store.writer()
+        try:
+            for pack in cat.packs():
+                if pack.seq > max_seq:
+                    continue
+                obj = pack_object_name(pack.name)
+                if pack.state == PACK_WRITING:
+                    if pack.created < started - orphan_grace:
+                        cat.drop_pack(pack.name)
+                        store.backend.delete(obj)
+                        report.orphans_deleted += 1
+                    continue
+                if pack.state != PACK_OK:
+                    continue
+                rows = cat.pack_blobs(pack.name)
+                live = [r for r in rows if not r.condemned]
+                dead_bytes = sum(r.length for r in rows if r.condemned)
+                if not live:
+                    cat.drop_pack(pack.name)
+                    store.backend.delete(obj)
+                    report.packs_deleted += 1
+                    report.bytes_freed += pack.size
+                    continue
+                live_bytes = sum(r.length for r in live)
+                if not dead_bytes or live_bytes >= repack_below * (live_bytes + dead_bytes):
+                    continue
+                for r in live:
+                    sealed = store.backend.read(obj, r.offset, r.length)
+                    writer.put_sealed(r.kind, r.id, sealed, r.raw_length)
+                writer.flush()
+                if cat.finish_repack(pack.name, [r.id for r in live]):
+                    store.backend.delete(obj)
+                    report.bytes_freed += dead_bytes
+                report.packs_repacked += 1
+        finally:
+            writer.close()
+        return report
+    finally:
+        cat.unlock("gc", holder)

@@ -1,0 +1,395 @@
+"""The store: content-addressed, deduplicated, compressed, encrypted blobs in packs.
+
+Write order (never reversed): pack file durable -> its index rows committed ->
+trees that name its blobs -> the snapshot that names the trees. Reads go the
+other way. Readers verify every blob against its id before handing it on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import msgpack
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from lamina.errors import IntegrityError, LaminaError, MissingDataError, NotFoundError, StoreKeyError
+from lamina.store import blob
+from lamina.store.backends import Backend
+from lamina.store.blob import BlobKind
+from lamina.store.catalog import BlobLocation, Catalog, SnapshotRecord
+from lamina.store.keys import StoreKeys
+from lamina.store.pack import DEFAULT_PACK_SIZE, FinishedPack, PackWriter, pack_object_name
+
+CONFIG_NAME = "config"
+CONFIG_VERSION = 1
+_CONFIG_AAD = b"lamina store config v1"
+SNAPSHOT_VERSION = 1
+#: Bytes read at once around a requested blob; later blobs of the same pack come from memory.
+READ_WINDOW = 4 * 1024 * 1024
+_WINDOWS = 8
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    packs: int
+    pack_bytes: int
+    blobs: int
+    data_blobs: int
+    tree_blobs: int
+    raw_bytes: int
+    stored_bytes: int
+    condemned: int
+    snapshots: int
+
+
+class Store:
+    """One store: a backend for packs, a catalog for the index, the keys."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        catalog: Catalog,
+        keys: StoreKeys,
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> None:
+        self.backend = backend
+        self.catalog = catalog
+        self.keys = keys
+        self.pack_size = pack_size
+        self._windows: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._windows_lock = threading.Lock()
+
+    # --- set-up --------------------------------------------------------------
+    def write_config(self) -> None:
+        """Write the store's config object (first init only)."""
+        if self.backend.exists(CONFIG_NAME):
+            self.verify_config()
+            return
+        doc = {
+            "v": CONFIG_VERSION,
+            "store_id": self.keys.store_id,
+            "chunker": [
+                self.keys.chunking.min_size,
+                self.keys.chunking.avg_size,
+                self.keys.chunking.max_size,
+            ],
+        }
+        nonce = os.urandom(12)
+        sealed = nonce + AESGCM(self.keys.data_key).encrypt(nonce, msgpack.packb(doc), _CONFIG_AAD)
+        self.backend.write(CONFIG_NAME, sealed)
+
+    def verify_config(self) -> None:
+        """Check the key file opens this store; a wrong key is a clear error."""
+        try:
+            raw = self.backend.read(CONFIG_NAME)
+        except NotFoundError as e:
+            raise NotFoundError(
+                f"no Lamina store at {self.backend.url}: run `lamina store init`"
+            ) from e
+        try:
+            plain = AESGCM(self.keys.data_key).decrypt(raw[:12], raw[12:], _CONFIG_AAD)
+        except (InvalidTag, ValueError) as e:
+            raise StoreKeyError(
+                f"the key file does not open the store at {self.backend.url} (wrong key file?)"
+            ) from e
+        doc = msgpack.unpackb(plain)
+        if doc.get("store_id") != self.keys.store_id:
+            raise StoreKeyError(
+                f"the store at {self.backend.url} is {doc.get('store_id')}, "
+                f"the key file is for {self.keys.store_id}"
+            )
+        if doc.get("v") != CONFIG_VERSION:
+            raise IntegrityError(f"unsupported store version {doc.get('v')} (expected {CONFIG_VERSION})")
+
+    # --- reading -------------------------------------------------------------
+    def _read_range(self, loc: BlobLocation) -> bytes:
+        with self._windows_lock:
+            win = self._windows.get(loc.pack)
+            if win is not None:
+                start, data = win
+                if start <= loc.offset and loc.offset + loc.length <= start + len(data):
+                    self._windows.move_to_end(loc.pack)
+                    return data[loc.offset - start : loc.offset - start + loc.length]
+        want = max(loc.length, READ_WINDOW)
+        obj = pack_object_name(loc.pack)
+        try:
+            data = self.backend.read(obj, loc.offset, want)
+        except IntegrityError:
+            data = self.backend.read(obj, loc.offset, loc.length)  # near the pack's end
+        with self._windows_lock:
+            self._windows[loc.pack] = (loc.offset, data)
+            while len(self._windows) > _WINDOWS:
+                self._windows.popitem(last=False)
+        return data[: loc.length]
+
+    def open_blob(self, bid: bytes, loc: BlobLocation) -> bytes:
+        try:
+            sealed = self._read_range(loc)
+        except NotFoundError as e:
+            raise MissingDataError(
+                f"pack {loc.pack[:16]} holding blob {bid.hex()[:16]} is missing from the store"
+            ) from e
+        return blob.open_sealed(
+            self.keys.data_key, self.keys.chunking.id_key, loc.kind, bid, sealed, loc.raw_length
+        )
+
+    def get(self, bid: bytes) -> bytes:
+        loc = self.catalog.locate([bid]).get(bid)
+        if loc is None:
+            raise MissingDataError(f"blob {bid.hex()[:16]} is not in the store")
+        return self.open_blob(bid, loc)
+
+    def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]:
+        """Plaintexts of ``ids`` in order (locations looked up in batches)."""
+        pending: list[bytes] = []
+
+        def drain() -> Iterator[bytes]:
+            locs = self.catalog.locate(pending)
+            for bid in pending:
+                loc = locs.get(bid)
+                if loc is None:
+                    raise MissingDataError(f"blob {bid.hex()[:16]} is not in the store")
+                yield self.open_blob(bid, loc)
+            pending.clear()
+
+        for bid in ids:
+            pending.append(bid)
+            if len(pending) >= 256:
+                yield from drain()
+        if pending:
+            yield from drain()
+
+    # --- writing -------------------------------------------------------------
+    def writer(self) -> Writer:
+        return Writer(self)
+
+    def load_snapshot_blob(self, bid: bytes) -> SnapshotRecord:
+        return decode_snapshot(bid, self.get(bid))
+
+    # --- accounting ----------------------------------------------------------
+    def stats(self) -> StoreStats:
+        packs = self.catalog.packs()
+        n = data = trees = raw = stored = condemned = 0
+        for row in self.catalog.iter_blobs():
+            n += 1
+            data += row.kind == BlobKind.DATA
+            trees += row.kind == BlobKind.TREE
+            raw += row.raw_length
+            stored += row.length
+            condemned += row.condemned
+        return StoreStats(
+            packs=len(packs),
+            pack_bytes=sum(p.size for p in packs),
+            blobs=n,
+            data_blobs=data,
+            tree_blobs=trees,
+            raw_bytes=raw,
+            stored_bytes=stored,
+            condemned=condemned,
+            snapshots=len(self.catalog.snapshots()),
+        )
+
+    def close(self) -> None:
+        self.backend.close()
+        self.catalog.close()
+
+
+def encode_snapshot(record: SnapshotRecord) -> bytes:
+    return msgpack.packb(
+        {
+            "v": SNAPSHOT_VERSION,
+            "time": record.time.isoformat(),
+            "source": record.source,
+            "root": record.root,
+            "files": record.files,
+            "bytes": record.bytes,
+            "meta": record.meta,
+        },
+        use_bin_type=True,
+    )
+
+
+def decode_snapshot(bid: bytes, data: bytes) -> SnapshotRecord:
+    try:
+        doc = msgpack.unpackb(data, raw=False)
+        if doc.get("v") != SNAPSHOT_VERSION:
+            raise IntegrityError(f"unsupported snapshot version {doc.get('v')}")
+        return SnapshotRecord(
+            id=bid.hex(),
+            time=dt.datetime.fromisoformat(doc["time"]),
+            source=str(doc["source"]),
+            root=bytes(doc["root"]),
+            files=int(doc["files"]),
+            bytes=int(doc["bytes"]),
+            meta=dict(doc.get("meta") or {}),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
+        raise IntegrityError(f"snapshot object {bid.hex()[:16]} is malformed: {e}") from e
+
+
+class Writer:
+    """A write session: dedups, seals, packs and uploads blobs, then commits a snapshot.
+
+    ``need``, ``put_sealed`` and ``put`` may be called from several threads;
+    ``flush``, ``commit_snapshot`` and ``close`` from one, once the others are
+    done. Packs are uploaded by one background thread so network writes overlap
+    with reading. After an error it is unusable.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.epoch = store.catalog.gc_epoch()
+        self._pack = PackWriter(store.keys.data_key)
+        self._session: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[FinishedPack | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.new_blobs = 0
+        self.new_raw_bytes = 0
+        self.new_stored_bytes = 0
+        self.packs_written = 0
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(flush=et is None)
+
+    def _upload_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                cat = self.store.catalog
+                cat.begin_pack(item.name)
+                self.store.backend.write(pack_object_name(item.name), item.data)
+                cat.commit_pack(item.name, len(item.data), item.entries)
+                self.packs_written += 1
+            except BaseException as e:  # handed to the feeding thread at its next call
+                self._error = e
+
+    def _check(self) -> None:
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, LaminaError):
+                raise err
+            raise LaminaError(f"pack upload failed: {err}") from err
+
+    def need(self, ids: Collection[bytes]) -> set[bytes]:
+        """The subset of ``ids`` neither stored nor already written by this session."""
+        self._check()
+        fresh = {i for i in ids if i not in self._session}
+        return self.store.catalog.missing(fresh) if fresh else set()
+
+    def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
+        """Add a sealed blob (skipped if this session wrote it already)."""
+        self._check()
+        with self._lock:
+            if bid in self._session:
+                return
+            self._session.add(bid)
+            self._pack.add(kind, bid, sealed, raw_length)
+            self.new_blobs += 1
+            self.new_raw_bytes += raw_length
+            self.new_stored_bytes += len(sealed)
+            if len(self._pack) >= self.store.pack_size:
+                self._ship()
+
+    def put(self, kind: BlobKind, data: bytes) -> bytes:
+        """Store plaintext (deduplicated); return its id."""
+        keys = self.store.keys
+        bid = blob.blob_id(keys.chunking.id_key, data)
+        if self.need([bid]):
+            _, sealed = blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, data)
+            self.put_sealed(kind, bid, sealed, len(data))
+        return bid
+
+    def seal(self, kind: BlobKind, data: bytes | memoryview) -> tuple[bytes, bytes]:
+        """Name and seal plaintext (thread-safe; for worker threads)."""
+        keys = self.store.keys
+        return blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, bytes(data))
+
+    def _ship(self) -> None:
+        if self._pack.count:
+            finished = self._pack.finish()
+            while True:
+                self._check()
+                try:
+                    self._queue.put(finished, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+    def flush(self) -> None:
+        """Write the open pack and wait until every pack so far is indexed."""
+        with self._lock:
+            self._ship()
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
+        self._thread.start()
+
+    def commit_snapshot(
+        self,
+        record: SnapshotRecord,
+        rescue_walk: Callable[[bytes], Iterable[bytes]],
+    ) -> SnapshotRecord:
+        """Store the snapshot object, flush, and insert the snapshot row.
+
+        If a garbage collection condemned blobs since this session began,
+        ``rescue_walk(root)`` lists every blob the snapshot references so they
+        can be un-condemned (or reported missing) before the row is inserted.
+        """
+        data = encode_snapshot(record)
+        sid = self.put(BlobKind.SNAPSHOT, data)
+        self.flush()
+        record = decode_snapshot(sid, data)
+        cat = self.store.catalog
+        epoch = self.epoch
+        for _ in range(5):
+            if cat.add_snapshot(record, epoch):
+                self.epoch = epoch
+                return record
+            epoch = cat.gc_epoch()
+            gone: set[bytes] = set()
+            batch: list[bytes] = [sid]
+            for bid in rescue_walk(record.root):
+                batch.append(bid)
+                if len(batch) >= 1000:
+                    gone |= cat.rescue(batch)
+                    batch = []
+            gone |= cat.rescue(batch)
+            if gone:
+                raise MissingDataError(
+                    f"a garbage collection removed {len(gone)} blobs this snapshot refers to "
+                    f"while it was written; run the backup again (nothing was committed)"
+                )
+        raise LaminaError("could not commit the snapshot: the store's gc epoch keeps moving")
+
+    def close(self, flush: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if flush:
+            self._ship()
+        self._queue.put(None)
+        self._thread.join()
+        if flush:
+            self._check()

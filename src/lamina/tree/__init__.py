@@ -1,0 +1,1 @@
+"""File-system trees as content-addressed objects: scan, restore, diff."""

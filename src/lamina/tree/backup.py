@@ -1,0 +1,88 @@
+"""One backup: scan a folder into the store and commit a snapshot."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.store.catalog import SnapshotRecord
+from lamina.store.repository import Store
+from lamina.tree.cache import FilesCache
+from lamina.tree.model import references
+from lamina.tree.scan import ExcludeFn, ProgressFn, Scanner, ScanStats
+
+
+@dataclass
+class BackupResult:
+    snapshot: SnapshotRecord
+    stats: ScanStats
+    new_blobs: int
+    new_raw_bytes: int
+    new_stored_bytes: int
+
+
+def walk_blobs(store: Store, root: bytes) -> Iterator[bytes]:
+    """Every blob id a tree references, trees included (for rescue after a gc)."""
+    todo = [root]
+    seen: set[bytes] = set()
+    while todo:
+        tid = todo.pop()
+        if tid in seen:
+            continue
+        seen.add(tid)
+        yield tid
+        trees, chunks = references(store.get(tid))
+        yield from chunks
+        todo.extend(trees)
+
+
+def backup(
+    store: Store,
+    path: Path,
+    *,
+    source: str | None = None,
+    cache_path: Path | None = None,
+    exclude: ExcludeFn | None = None,
+    progress: ProgressFn | None = None,
+    meta: dict[str, Any] | None = None,
+    workers: int | None = None,
+) -> BackupResult:
+    path = path.resolve()
+    source = source or f"{socket.gethostname()}:{path}"
+    with store.writer() as writer:
+        cache = FilesCache(cache_path, store.keys.store_id, writer.epoch) if cache_path else None
+        try:
+            scanner = Scanner(writer, cache, exclude=exclude, progress=progress, workers=workers)
+            root = scanner.scan(path)
+            st = os.stat(path)
+            record = SnapshotRecord(
+                id="",
+                time=dt.datetime.now(dt.UTC),
+                source=source,
+                root=root,
+                files=scanner.stats.files,
+                bytes=scanner.stats.bytes,
+                meta={
+                    "path": str(path),
+                    "root_mode": st.st_mode & 0o7777,
+                    "root_uid": st.st_uid,
+                    "root_gid": st.st_gid,
+                    "root_mtime": st.st_mtime_ns,
+                    "errors": len(scanner.stats.errors),
+                    **(meta or {}),
+                },
+            )
+            record = writer.commit_snapshot(record, lambda r: walk_blobs(store, r))
+            if cache is not None:
+                cache.commit(writer.epoch)
+        finally:
+            if cache is not None:
+                cache.close()
+        return BackupResult(
+            record, scanner.stats, writer.new_blobs, writer.new_raw_bytes, writer.new_stored_bytes
+        )

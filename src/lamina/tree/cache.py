@@ -1,0 +1,120 @@
+"""The files cache: (directory, name) -> (inode, size, mtime, ctime, chunk ids).
+
+A rescan trusts a file whose inode, size, mtime and ctime match its cache entry
+and reads none of its content. Consistency rules:
+
+- New entries go to a ``pending`` table during a scan and move into ``files``
+  only by ``commit`` (one transaction), which the caller runs after the snapshot
+  is committed. A crash mid-scan leaves the cache as of the last snapshot.
+- The cache records the store's gc epoch at its last commit. If the store's
+  epoch has moved since, chunks it names may have been collected, so callers must
+  verify cached chunk ids before trusting them (``stale``).
+
+A local SQLite file (stdlib ``sqlite3``): it belongs to one writer, never to the
+server's database.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    inode: int
+    size: int
+    mtime: int
+    ctime: int
+    content: list[bytes | int]
+
+
+class FilesCache:
+    def __init__(self, path: Path, store_id: str, epoch: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS files (
+                dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
+                mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
+            CREATE TABLE IF NOT EXISTS pending (
+                dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
+                mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
+            CREATE TABLE IF NOT EXISTS gone (dir BLOB PRIMARY KEY);
+            DELETE FROM pending;
+            DELETE FROM gone;
+            """
+        )
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("store_id") not in (None, store_id) or meta.get("version") != str(
+            SCHEMA_VERSION
+        ):
+            self._db.executescript("DELETE FROM files; DELETE FROM meta;")
+            meta = {}
+        self.stale = meta.get("epoch") != str(epoch)
+        self._store_id = store_id
+        self._batch: list[tuple[bytes, bytes, int, int, int, int, bytes]] = []
+
+    def directory(self, dirpath: bytes) -> dict[bytes, CachedFile]:
+        rows = self._db.execute(
+            "SELECT name, inode, size, mtime, ctime, content FROM files WHERE dir = ?",
+            (dirpath,),
+        ).fetchall()
+        return {
+            bytes(r[0]): CachedFile(r[1], r[2], r[3], r[4], msgpack.unpackb(r[5])) for r in rows
+        }
+
+    def put(self, dirpath: bytes, name: bytes, st: os.stat_result, content: list[bytes | int]) -> None:
+        self._batch.append(
+            (
+                dirpath,
+                name,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                msgpack.packb(content, use_bin_type=True),
+            )
+        )
+        if len(self._batch) >= 2000:
+            self._flush()
+
+    def replace_directory(self, dirpath: bytes) -> None:
+        """Mark that the directory's cached entries are superseded by this scan's."""
+        self._db.execute("INSERT OR IGNORE INTO gone VALUES (?)", (dirpath,))
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch
+            )
+            self._db.execute("COMMIT")
+            self._batch.clear()
+
+    def commit(self, epoch: int) -> None:
+        """Promote this scan's entries; call only after the snapshot is committed."""
+        self._flush()
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM files WHERE dir IN (SELECT dir FROM gone)")
+        self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM pending")
+        self._db.execute("DELETE FROM pending")
+        self._db.execute("DELETE FROM gone")
+        for k, v in (("store_id", self._store_id), ("epoch", str(epoch)), ("version", str(SCHEMA_VERSION))):
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+        self._db.execute("COMMIT")
+        self.stale = False
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,241 @@
+"""Tree objects: one per directory, deterministic msgpack, entries sorted by name.
+
+Tree object, format version 1 (msgpack map, keys in this order)::
+
+    {"v": 1, "entries": [entry, ...]}          entries sorted by name (bytewise), names unique
+
+    entry (keys in this order; keys marked ? only when they apply):
+      "name"      bytes   one path component: not empty, not "." or "..", no "/" or NUL
+      "type"      str     file | dir | symlink | chardev | blockdev | fifo | socket
+      "mode"      int     permission bits with setuid/setgid/sticky (st_mode & 0o7777)
+      "uid" "gid" int
+      "user" "group" str  names at scan time ("" when unknown)
+      "mtime"     int     nanoseconds since the epoch
+      "size"      int     file: apparent size in bytes; others 0
+      "xattrs"?   [[name bytes, value bytes], ...]  sorted by name (POSIX ACLs, capabilities)
+      "target"?   bytes   symlink target, as stored on disk
+      "rdev"?     int     device number of a chardev/blockdev
+      "hardlink"? bytes   16-byte key shared by every entry of one hard-link group
+      "content"?  [bytes(32) | int, ...]  file: chunk ids in order; an int is a hole of that size
+      "subtree"?  bytes(32)  dir: the id of the directory's tree object
+
+A tree's id is keyed BLAKE3-256 of its encoding, so identical directories share
+one object and a diff can skip them by comparing ids.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import msgpack
+
+from lamina.errors import IntegrityError, UnsafePathError
+
+TREE_VERSION = 1
+ID_SIZE = 32
+TYPES = ("file", "dir", "symlink", "chardev", "blockdev", "fifo", "socket")
+
+
+def check_name(name: bytes) -> bytes:
+    """Refuse a name that could escape its directory."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise UnsafePathError(f"unsafe name in tree: {name!r}")
+    return name
+
+
+@dataclass
+class Entry:
+    name: bytes
+    type: str
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    mtime: int = 0
+    size: int = 0
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    target: bytes | None = None
+    rdev: int | None = None
+    hardlink: bytes | None = None
+    content: list[bytes | int] | None = None
+    subtree: bytes | None = None
+
+    def encode(self) -> dict[str, object]:
+        d: dict[str, object] = {
+            "name": self.name,
+            "type": self.type,
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "user": self.user,
+            "group": self.group,
+            "mtime": self.mtime,
+            "size": self.size,
+        }
+        if self.xattrs:
+            d["xattrs"] = [[k, v] for k, v in sorted(self.xattrs)]
+        if self.target is not None:
+            d["target"] = self.target
+        if self.rdev is not None:
+            d["rdev"] = self.rdev
+        if self.hardlink is not None:
+            d["hardlink"] = self.hardlink
+        if self.content is not None:
+            d["content"] = self.content
+        if self.subtree is not None:
+            d["subtree"] = self.subtree
+        return d
+
+    def same_metadata(self, other: Entry) -> bool:
+        return (
+            self.type == other.type
+            and self.mode == other.mode
+            and (self.uid, self.gid) == (other.uid, other.gid)
+            and self.mtime == other.mtime
+            and sorted(self.xattrs) == sorted(other.xattrs)
+            and self.target == other.target
+            and self.rdev == other.rdev
+        )
+
+    def chunk_ids(self) -> Iterator[bytes]:
+        for c in self.content or ():
+            if isinstance(c, bytes):
+                yield c
+
+
+def encode_tree(entries: list[Entry]) -> bytes:
+    entries = sorted(entries, key=lambda e: e.name)
+    for a, b in zip(entries, entries[1:], strict=False):
+        if a.name == b.name:
+            raise IntegrityError(f"duplicate name in tree: {a.name!r}")
+    return msgpack.packb(
+        {"v": TREE_VERSION, "entries": [e.encode() for e in entries]}, use_bin_type=True
+    )
+
+
+def _int(d: dict[str, object], key: str, default: int | None = None) -> int:
+    v = d.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise IntegrityError(f"tree entry field {key!r} must be an integer, found {v!r:.40}")
+    return v
+
+
+def _id(v: object, what: str) -> bytes:
+    if not isinstance(v, bytes) or len(v) != ID_SIZE:
+        raise IntegrityError(f"tree entry {what} must be a {ID_SIZE}-byte id")
+    return v
+
+
+def decode_entry(d: object) -> Entry:
+    if not isinstance(d, dict):
+        raise IntegrityError("tree entry is not a map")
+    name = d.get("name")
+    if not isinstance(name, bytes):
+        raise IntegrityError("tree entry has no name")
+    check_name(name)
+    typ = d.get("type")
+    if typ not in TYPES:
+        raise IntegrityError(f"tree entry {name!r} has unknown type {typ!r}")
+    e = Entry(
+        name=name,
+        type=str(typ),
+        mode=_int(d, "mode") & 0o7777,
+        uid=_int(d, "uid"),
+        gid=_int(d, "gid"),
+        user=str(d.get("user") or ""),
+        group=str(d.get("group") or ""),
+        mtime=_int(d, "mtime"),
+        size=_int(d, "size", 0),
+    )
+    if e.size < 0 or e.uid < 0 or e.gid < 0:
+        raise IntegrityError(f"tree entry {name!r} has a negative size or id")
+    xattrs = d.get("xattrs") or []
+    if not isinstance(xattrs, list):
+        raise IntegrityError(f"tree entry {name!r}: xattrs must be a list")
+    for pair in xattrs:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(x, bytes) for x in pair)
+        ):
+            raise IntegrityError(f"tree entry {name!r}: malformed xattr")
+        e.xattrs.append((pair[0], pair[1]))
+    if typ == "symlink":
+        target = d.get("target")
+        if not isinstance(target, bytes) or not target or b"\0" in target:
+            raise IntegrityError(f"symlink {name!r} has no valid target")
+        e.target = target
+    if typ in ("chardev", "blockdev"):
+        e.rdev = _int(d, "rdev")
+    if "hardlink" in d:
+        hl = d["hardlink"]
+        if not isinstance(hl, bytes) or len(hl) != 16:
+            raise IntegrityError(f"tree entry {name!r}: malformed hardlink key")
+        e.hardlink = hl
+    if typ == "file":
+        content = d.get("content", [])
+        if not isinstance(content, list):
+            raise IntegrityError(f"file {name!r}: content must be a list")
+        out: list[bytes | int] = []
+        for c in content:
+            if isinstance(c, int) and not isinstance(c, bool):
+                if c <= 0:
+                    raise IntegrityError(f"file {name!r}: hole of size {c}")
+                out.append(c)
+            else:
+                out.append(_id(c, "chunk id"))
+        e.content = out
+    if typ == "dir":
+        e.subtree = _id(d.get("subtree"), "subtree")
+    return e
+
+
+def decode_tree(data: bytes) -> list[Entry]:
+    """Parse and validate a tree object; hostile input raises IntegrityError."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise IntegrityError(f"tree object is not valid msgpack: {e}") from e
+    if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION:
+        found = doc.get("v") if isinstance(doc, dict) else None
+        raise IntegrityError(f"unsupported tree version {found!r} (expected {TREE_VERSION})")
+    raw = doc.get("entries")
+    if not isinstance(raw, list):
+        raise IntegrityError("tree object has no entry list")
+    entries = [decode_entry(d) for d in raw]
+    for a, b in zip(entries, entries[1:], strict=False):
+        if a.name >= b.name:
+            raise IntegrityError(f"tree entries not sorted or not unique at {b.name!r}")
+    return entries
+
+
+def references(data: bytes) -> tuple[list[bytes], list[bytes]]:
+    """``(subtree ids, chunk ids)`` a tree object names: what the collector and check walk."""
+    trees: list[bytes] = []
+    chunks: list[bytes] = []
+    for e in decode_tree(data):
+        if e.subtree is not None:
+            trees.append(e.subtree)
+        chunks.extend(e.chunk_ids())
+    return trees, chunks
+
+
+def file_type(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISCHR(mode):
+        return "chardev"
+    if stat.S_ISBLK(mode):
+        return "blockdev"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return None

@@ -1,0 +1,293 @@
+"""Write a tree back to a folder: exact, resumable, and never outside the target.
+
+Every operation goes through a file descriptor of the directory being filled
+(``dir_fd``) and never follows a symlink (``O_NOFOLLOW``, ``follow_symlinks=False``):
+a symlink in the tree, or one an attacker plants in the target, is created or
+replaced, never traversed. Names are validated when the tree is decoded (no
+``..``, ``/`` or NUL). A file appears under its name only once complete: it is
+written to a temporary name and renamed. Metadata order per entry: content,
+owner, mode, extended attributes (capabilities survive because they come after
+chown), times.
+
+Resuming: a regular file already in place with the tree's size and mtime is
+taken as restored and not rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lamina.errors import IntegrityError, UsageError
+from lamina.store.repository import Store
+from lamina.tree.model import Entry, check_name, decode_tree
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class RestoreStats:
+    files: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    removed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def split_path(path: str | bytes) -> list[bytes]:
+    """A user-given path inside a tree, as validated components."""
+    raw = os.fsencode(path)
+    parts = [p for p in raw.split(b"/") if p and p != b"."]
+    for p in parts:
+        check_name(p)
+    return parts
+
+
+class Restorer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        paths: Sequence[str | bytes] = (),
+        delete_extra: bool = False,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.store = store
+        self.selected = [split_path(p) for p in paths]
+        self.delete_extra = delete_extra
+        self.progress = progress
+        self.stats = RestoreStats()
+        self._is_root = os.geteuid() == 0
+        self._links: dict[bytes, tuple[int, bytes]] = {}
+        self._fds: list[int] = []
+
+    # --- selection -----------------------------------------------------------
+    def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
+        """(restore this entry, restore everything below it)."""
+        if not self.selected:
+            return True, True
+        for sel in self.selected:
+            n = min(len(sel), len(rel))
+            if sel[:n] != rel[:n]:
+                continue
+            if len(rel) >= len(sel):
+                return True, True
+            if is_dir:
+                return True, False
+        return False, False
+
+    # --- public --------------------------------------------------------------
+    def restore(self, tree_id: bytes, target: Path) -> RestoreStats:
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            root_fd = os.open(target, _DIR_FLAGS)
+        except OSError as e:
+            raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
+        try:
+            self._root_fd = root_fd
+            self._dir(tree_id, root_fd, [], everything=not self.selected)
+        finally:
+            os.close(root_fd)
+        if self.selected and not self._found_any:
+            raise UsageError("none of the requested paths are in the snapshot")
+        return self.stats
+
+    _found_any = False
+
+    # --- the walk ------------------------------------------------------------
+    def _dir(self, tree_id: bytes, fd: int, rel: list[bytes], everything: bool) -> None:
+        entries = decode_tree(self.store.get(tree_id))
+        names = {e.name for e in entries}
+        for existing in os.listdir(fd):
+            name = os.fsencode(existing)
+            if name in names:
+                continue
+            if name.startswith(b".lamina-restore-"):  # left by an interrupted restore
+                self._remove(fd, name)
+            elif self.delete_extra and everything:
+                self._remove(fd, name)
+                self.stats.removed += 1
+        for e in entries:
+            child_rel = [*rel, e.name]
+            want, all_below = (True, True) if everything else self._wanted(child_rel, e.type == "dir")
+            if not want:
+                continue
+            if all_below:
+                self._found_any = True
+            try:
+                self._entry(e, fd, child_rel, all_below)
+            except IntegrityError:
+                raise
+            except OSError as err:
+                self.stats.errors.append(f"{os.fsdecode(b'/'.join(child_rel))}: {err.strerror}")
+
+    def _existing(self, fd: int, name: bytes) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _remove(self, fd: int, name: bytes) -> None:
+        st = self._existing(fd, name)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(os.fsdecode(name), dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+
+    def _entry(self, e: Entry, fd: int, rel: list[bytes], everything: bool) -> None:
+        existing = self._existing(fd, e.name)
+        if e.type == "dir":
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                self._remove(fd, e.name)
+                existing = None
+            if existing is None:
+                os.mkdir(e.name, 0o700, dir_fd=fd)
+            sub = os.open(e.name, _DIR_FLAGS, dir_fd=fd)
+            try:
+                assert e.subtree is not None
+                self._dir(e.subtree, sub, rel, everything)
+                if everything or existing is None:
+                    self._meta_fd(sub, e)
+            finally:
+                os.close(sub)
+            self.stats.dirs += 1
+            return
+        if e.hardlink is not None and e.hardlink in self._links:
+            self._link(e, fd, rel)
+            return
+        if e.type == "file":
+            self._file(e, fd, existing)
+        elif e.type == "symlink":
+            assert e.target is not None
+            if existing is not None:
+                self._remove(fd, e.name)
+            os.symlink(e.target, e.name, dir_fd=fd)
+            self._meta_path(fd, e)
+            self.stats.others += 1
+        elif e.type in ("fifo", "chardev", "blockdev"):
+            if existing is not None:
+                self._remove(fd, e.name)
+            kind = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}[e.type]
+            os.mknod(e.name, kind | (e.mode & 0o7777), e.rdev or 0, dir_fd=fd)
+            self._meta_path(fd, e)
+            self.stats.others += 1
+        else:  # sockets belong to a running program; they are not restored
+            return
+        if e.hardlink is not None:
+            self._links[e.hardlink] = (fd, b"/".join(rel))
+
+    def _link(self, e: Entry, fd: int, rel: list[bytes]) -> None:
+        assert e.hardlink is not None
+        _, first = self._links[e.hardlink]
+        existing = self._existing(fd, e.name)
+        if existing is not None:
+            self._remove(fd, e.name)
+        try:
+            os.link(first, e.name, src_dir_fd=self._root_fd, dst_dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            # The first link lives outside the restored selection: write a copy.
+            self._file(e, fd, None)
+        self.stats.files += 1
+
+    def _file(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
+        if (
+            existing is not None
+            and stat.S_ISREG(existing.st_mode)
+            and existing.st_size == e.size
+            and existing.st_mtime_ns == e.mtime
+        ):
+            self.stats.skipped += 1
+            self.stats.files += 1
+            if self.progress:
+                self.progress(1, e.size)
+            return
+        tmp = b".lamina-restore-" + secrets.token_hex(8).encode()
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        try:
+            written = 0
+            content = e.content or []
+            ids = [c for c in content if isinstance(c, bytes)]
+            data_iter = iter(self.store.get_many(ids))
+            for c in content:
+                if isinstance(c, int):
+                    written += c
+                    os.lseek(out, written, os.SEEK_SET)
+                    continue
+                data = next(data_iter)
+                view = memoryview(data)
+                while view:
+                    n = os.write(out, view)
+                    view = view[n:]
+                written += len(data)
+            if written != e.size:
+                raise IntegrityError(
+                    f"file {e.name!r}: its chunks hold {written} bytes, the tree says {e.size}"
+                )
+            os.ftruncate(out, e.size)
+            self._meta_fd(out, e)
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+        os.close(out)
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            self._remove(fd, e.name)
+        os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
+        self.stats.files += 1
+        self.stats.bytes += e.size
+        if self.progress:
+            self.progress(1, e.size)
+
+    # --- metadata ------------------------------------------------------------
+    def _chown(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except PermissionError:
+            if self._is_root:
+                raise
+
+    def _meta_fd(self, fd: int, e: Entry) -> None:
+        self._chown(lambda: os.fchown(fd, e.uid, e.gid))
+        os.fchmod(fd, e.mode)
+        for name, value in e.xattrs:
+            try:
+                os.setxattr(fd, name, value)
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                    raise
+                self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+        os.utime(fd, ns=(e.mtime, e.mtime))
+
+    def _meta_path(self, fd: int, e: Entry) -> None:
+        self._chown(lambda: os.chown(e.name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False))
+        if e.type != "symlink":
+            os.chmod(e.name, e.mode, dir_fd=fd)
+        os.utime(e.name, ns=(e.mtime, e.mtime), dir_fd=fd, follow_symlinks=False)
+
+
+def restore_tree(
+    store: Store,
+    tree_id: bytes,
+    target: Path,
+    *,
+    paths: Sequence[str | bytes] = (),
+    delete_extra: bool = False,
+    progress: ProgressFn | None = None,
+) -> RestoreStats:
+    """Restore ``tree_id`` (or only ``paths`` inside it) into ``target``."""
+    return Restorer(store, paths=paths, delete_extra=delete_extra, progress=progress).restore(
+        tree_id, target
+    )

