@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 
 from lamina.db.stores import StoreLocation
 from lamina.errors import UsageError
+from lamina.store.pack import DEFAULT_PACK_SIZE
 
 DataOpt = Annotated[
     Path,
@@ -34,6 +36,16 @@ DEFAULT_DATA = Path("lamina-data")
 
 def location(data: Path, db: str | None, store: str | None, keyfile: Path | None) -> StoreLocation:
     return StoreLocation(data=data, db_url=db, store_url=store, keyfile=keyfile)
+
+
+def pack_size() -> int:
+    """Target pack size; ``LAMINA_PACK_SIZE`` (bytes) overrides the 16 MiB default."""
+    raw = os.environ.get("LAMINA_PACK_SIZE")
+    if not raw:
+        return DEFAULT_PACK_SIZE
+    if not raw.isdigit() or not 4096 <= int(raw) <= 1 << 30:
+        raise UsageError(f"LAMINA_PACK_SIZE must be a byte count from 4096 to 1 GiB, got {raw!r}")
+    return int(raw)
 
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, JsonOpt, KeyfileOpt, StoreOpt, location
+from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, JsonOpt, KeyfileOpt, StoreOpt, location, pack_size
 from lamina.cli.output import byte_progress, emit_json, err_console, human_bytes
 from lamina.db.stores import open_store
 from lamina.errors import NotFoundError
@@ -47,7 +47,7 @@ def create(
 ) -> None:
     """Back up a folder into a new snapshot; unchanged files are not read again."""
     loc = location(data, db, store, keyfile)
-    s = open_store(loc)
+    s = open_store(loc, pack_size=pack_size())
     try:
         src = source or f"{os.uname().nodename}:{path.resolve()}"
         cache = loc.cache_dir / ("files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite")
@@ -87,7 +87,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List snapshots, oldest first."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         snaps = s.catalog.snapshots(source)
     finally:
@@ -110,7 +110,7 @@ def ls(
     as_json: JsonOpt = False,
 ) -> None:
     """List a folder of a snapshot (read-only browsing)."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         snap = s.catalog.find_snapshot(snapshot)
         tree = snap.root
@@ -154,7 +154,7 @@ def diff(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what changed between two snapshots."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         a = s.catalog.find_snapshot(old)
         b = s.catalog.find_snapshot(new)
@@ -182,7 +182,7 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a snapshot (or some paths of it) into a folder; resumes if interrupted."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         snap = s.catalog.find_snapshot(snapshot)
         with byte_progress("restoring", total=snap.bytes if not path else None) as advance:
@@ -210,7 +210,7 @@ def forget(
     keyfile: KeyfileOpt = None,
 ) -> None:
     """Forget snapshots; `lamina store gc` then frees what only they used."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         ids = [s.catalog.find_snapshot(x).id for x in snapshots]
         n = s.catalog.forget_snapshots(ids)

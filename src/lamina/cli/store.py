@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from lamina.cli.common import (
+    pack_size,
     DEFAULT_DATA,
     DataOpt,
     DbOpt,
@@ -77,7 +78,7 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify the store's structure (and, with --read-data, every byte)."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         with step_progress("checking") as update:
             rep = check_store(
@@ -118,7 +119,7 @@ def gc(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove what no snapshot needs; repack sparse packs. Safe while backups run."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         with step_progress("gc") as update:
             rep = collect(
@@ -151,7 +152,7 @@ def rebuild(
     as_json: JsonOpt = False,
 ) -> None:
     """Recreate the chunk index and the snapshot list from the pack files alone."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         with step_progress("rebuilding") as update:
             rep = rebuild_index(s, progress=lambda i, n: update("reading pack headers", i, n))
@@ -177,7 +178,7 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Count packs, blobs and bytes (raw and as stored)."""
-    s = open_store(location(data, db, store, keyfile))
+    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         st = s.stats()
         store_id = s.keys.store_id

@@ -259,22 +259,33 @@ class Restorer:
             if self._is_root:
                 raise
 
-    def _meta_fd(self, fd: int, e: Entry) -> None:
-        self._chown(lambda: os.fchown(fd, e.uid, e.gid))
-        os.fchmod(fd, e.mode)
+    def _xattrs(self, e: Entry, setxattr: Callable[[bytes, bytes], None]) -> None:
         for name, value in e.xattrs:
             try:
-                os.setxattr(fd, name, value)
+                setxattr(name, value)
             except OSError as err:
                 if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise
                 self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+
+    def _meta_fd(self, fd: int, e: Entry) -> None:
+        self._chown(lambda: os.fchown(fd, e.uid, e.gid))
+        os.fchmod(fd, e.mode)
+        self._xattrs(e, lambda name, value: os.setxattr(fd, name, value))
         os.utime(fd, ns=(e.mtime, e.mtime))
 
     def _meta_path(self, fd: int, e: Entry) -> None:
+        # A symlink, FIFO or device node: no O_NOFOLLOW descriptor to use, so a path
+        # relative to ``fd`` that is never followed. /proc/self/fd/N keeps the xattr
+        # calls from following a symlink (the *xattr calls take no dir_fd).
         self._chown(lambda: os.chown(e.name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False))
         if e.type != "symlink":
             os.chmod(e.name, e.mode, dir_fd=fd)
+        if e.xattrs:
+            where = f"/proc/self/fd/{fd}/".encode() + e.name
+            self._xattrs(
+                e, lambda name, value: os.setxattr(where, name, value, follow_symlinks=False)
+            )
         os.utime(e.name, ns=(e.mtime, e.mtime), dir_fd=fd, follow_symlinks=False)
 
 

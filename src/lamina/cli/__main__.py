@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from lamina.cli import main
+
+main()

@@ -1,0 +1,134 @@
+"""The store and snapshot commands end to end, on the embedded default (SQLite + folder)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import Cli
+from tests.cli.corpus import describe, make_tree
+
+
+def test_backup_restore_round_trip_and_dedup(cli_factory: Callable[..., Cli], tmp_path: Path) -> None:
+    cli = cli_factory()
+    init = cli.json("store", "init")
+    assert (cli.data / "keys.json").stat().st_mode & 0o777 == 0o600
+    assert init["id"]
+    src = make_tree(tmp_path / "src")
+    first = cli.json("snapshot", "create", str(src))
+    assert first["files_read"] == first["files"] > 300
+    again = cli.json("snapshot", "create", str(src))
+    assert again["files_read"] == 0 and again["new_bytes"] < 10_000  # trees only
+    # ~1% change: one file edited, one added, one removed.
+    edited = sorted((src / "etc/app").glob("file*.txt"))[0]
+    removed = sorted((src / "usr/share/doc/pkg").glob("file*.txt"))[0]
+    edited.write_text("edited")
+    (src / "var/log/new.log").write_text("new")
+    removed.unlink()
+    third = cli.json("snapshot", "create", str(src))
+    assert third["files_read"] == 2
+    snaps = cli.json("snapshot", "list")
+    assert [s["id"] for s in snaps] == [first["id"], again["id"], third["id"]]
+    changes = {c["path"]: c["change"] for c in cli.json("snapshot", "diff", first["id"], third["id"])}
+    assert changes[str(edited.relative_to(src))] == "modified"
+    assert changes["var/log/new.log"] == "added"
+    assert changes[str(removed.relative_to(src))] == "removed"
+    assert len(changes) == 3 + 2  # and the two folders whose mtime moved
+    out = tmp_path / "out"
+    cli.run("snapshot", "restore", third["id"][:10], "--output", str(out))
+    assert describe(out) == describe(src)
+    old = tmp_path / "old"
+    cli.run("snapshot", "restore", first["id"], "--output", str(old), "--path", "etc/app")
+    assert (old / edited.relative_to(src)).read_text() != "edited"
+    assert not (old / "usr").exists()
+    stats = cli.json("store", "stats")
+    assert stats["snapshots"] == 3
+    # Dedup: three snapshots of ~6 MiB of mostly random data store it about once.
+    assert stats["pack_bytes"] < 1.3 * sum(f.stat().st_size for f in src.rglob("*") if f.is_file() and not f.is_symlink())
+    chk = cli.run("store", "check", "--read-data")
+    assert "no errors" in chk.stdout
+
+
+def test_second_similar_tree_dedups(cli_factory: Callable[..., Cli], tmp_path: Path) -> None:
+    cli = cli_factory()
+    cli.run("store", "init")
+    a = make_tree(tmp_path / "a", seed=1)
+    b = make_tree(tmp_path / "b", seed=1)
+    (b / "home/alice/Documents/report.bin").write_bytes(os.urandom(1024 * 1024))
+    cli.run("snapshot", "create", str(a), "--source", "endpoint-a")
+    before = cli.json("store", "stats")["pack_bytes"]
+    second = cli.json("snapshot", "create", str(b), "--source", "endpoint-b")
+    assert second["files_read"] == second["files"]  # another endpoint: everything read...
+    grown = cli.json("store", "stats")["pack_bytes"] - before
+    assert grown < 1.2 * 1024 * 1024  # ...but only the changed file is stored
+
+
+def test_errors_are_one_line_with_exit_codes(cli_factory: Callable[..., Cli], tmp_path: Path) -> None:
+    cli = cli_factory()
+    p = cli.run("store", "stats", ok=False)
+    assert p.returncode == 3 and p.stderr.startswith("error: no key file")
+    assert len(p.stderr.strip().splitlines()) == 1
+    first = cli.json("store", "init")
+    keys = (cli.data / "keys.json").read_bytes()
+    # init again (another server joining with the same key file) is harmless: same store.
+    assert cli.json("store", "init")["id"] == first["id"]
+    assert (cli.data / "keys.json").read_bytes() == keys
+    p = cli.run("snapshot", "restore", "zzzz", "--output", str(tmp_path / "o"), ok=False)
+    assert p.returncode == 2 and "hex" in p.stderr
+    p = cli.run("snapshot", "restore", "abcdef", "--output", str(tmp_path / "o"), ok=False)
+    assert p.returncode == 3
+    other = cli_factory(name="other")
+    other.run("store", "init")
+    p = subprocess.run(
+        [*cli.args("store", "check")[:-2], "--data", str(cli.data), "--keyfile", str(other.data / "keys.json")],
+        capture_output=True, text=True,
+    )
+    assert p.returncode == 6 and "key file" in p.stderr
+
+
+def test_sealed_key_file(cli_factory: Callable[..., Cli], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LAMINA_STORE_PASSPHRASE"}
+    cli = cli_factory(env=env)
+    cli.env = env
+    cli.run("store", "init", "--passphrase-stdin", input="s3cret\n")
+    p = cli.run("store", "stats", ok=False)
+    assert p.returncode == 6 and "LAMINA_STORE_PASSPHRASE" in p.stderr
+    cli.env = {**env, "LAMINA_STORE_PASSPHRASE": "s3cret"}
+    cli.run("store", "stats")
+
+
+@pytest.mark.e2e
+def test_kill_during_backup_then_check_clean_and_next_backup_completes(
+    cli_factory: Callable[..., Cli], tmp_path: Path
+) -> None:
+    cli = cli_factory(env={"LAMINA_PACK_SIZE": str(256 * 1024)})
+    cli.run("store", "init")
+    src = make_tree(tmp_path / "src", small=2000, large_mb=48)
+    proc = subprocess.Popen(cli.args("snapshot", "create", str(src)), env=cli.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    packs = cli.data / "store" / "packs"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if packs.exists() and sum(1 for _ in packs.rglob("*")) > 20:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the backup finished before it could be killed"
+    assert cli.json("snapshot", "list") == []
+    chk = cli.run("store", "check", "--read-data")
+    assert "no errors" in chk.stdout
+    done = cli.json("snapshot", "create", str(src))
+    assert done["files"] == done["files_read"]
+    out = tmp_path / "out"
+    cli.run("snapshot", "restore", "latest", "--output", str(out))
+    assert describe(out) == describe(src)
+    cli.run("store", "gc", "--orphan-grace", "0s")
+    chk = cli.run("store", "check", "--read-data")
+    assert "no errors" in chk.stdout and "warning" not in chk.stderr
