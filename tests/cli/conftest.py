@@ -16,7 +16,9 @@ LAMINA = [sys.executable, "-m", "lamina.cli"]
 class Cli:
     """Runs the real `lamina` command in a subprocess, as a user would."""
 
-    def __init__(self, data: Path, extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data: Path, extra: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.data = data
         self.extra = extra or []
         self.env = {**os.environ, **(env or {})}
@@ -24,10 +26,16 @@ class Cli:
     def args(self, *args: str) -> list[str]:
         return [*LAMINA, *args, "--data", str(self.data), *self.extra]
 
-    def run(self, *args: str, ok: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run(self.args(*args), capture_output=True, text=True, env=self.env, input=input, timeout=300)
+    def run(
+        self, *args: str, ok: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            self.args(*args), capture_output=True, text=True, env=self.env, input=input, timeout=300
+        )
         if ok and p.returncode != 0:
-            raise AssertionError(f"lamina {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+            raise AssertionError(
+                f"lamina {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+            )
         return p
 
     def json(self, *args: str) -> Any:
@@ -36,7 +44,9 @@ class Cli:
 
 @pytest.fixture
 def cli_factory(tmp_path: Path) -> Callable[..., Cli]:
-    def make(extra: list[str] | None = None, env: dict[str, str] | None = None, name: str = "data") -> Cli:
+    def make(
+        extra: list[str] | None = None, env: dict[str, str] | None = None, name: str = "data"
+    ) -> Cli:
         return Cli(tmp_path / name, extra, env)
 
     return make

@@ -10,7 +10,14 @@ from pathlib import Path
 def make_tree(root: Path, *, seed: int = 7, small: int = 300, large_mb: int = 4) -> Path:
     rnd = random.Random(seed)
     words = [f"word{i}" for i in range(500)]
-    for d in ("etc/app", "usr/bin", "usr/lib/x86_64", "usr/share/doc/pkg", "home/alice/Documents", "var/log"):
+    for d in (
+        "etc/app",
+        "usr/bin",
+        "usr/lib/x86_64",
+        "usr/share/doc/pkg",
+        "home/alice/Documents",
+        "var/log",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
     dirs = [p for p in root.rglob("*") if p.is_dir()]
     for i in range(small):
@@ -44,5 +51,14 @@ def describe(root: Path) -> dict[str, tuple[object, ...]]:
             out[rel] = ("d", st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xs)
         else:
             xs = tuple(sorted((n, os.getxattr(p, n)) for n in os.listxattr(p)))
-            out[rel] = ("f", st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink, p.read_bytes(), xs)
+            out[rel] = (
+                "f",
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_mtime_ns,
+                st.st_nlink,
+                p.read_bytes(),
+                xs,
+            )
     return out

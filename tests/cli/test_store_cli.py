@@ -15,7 +15,9 @@ from tests.cli.conftest import Cli
 from tests.cli.corpus import describe, make_tree
 
 
-def test_backup_restore_round_trip_and_dedup(cli_factory: Callable[..., Cli], tmp_path: Path) -> None:
+def test_backup_restore_round_trip_and_dedup(
+    cli_factory: Callable[..., Cli], tmp_path: Path
+) -> None:
     cli = cli_factory()
     init = cli.json("store", "init")
     assert (cli.data / "keys.json").stat().st_mode & 0o777 == 0o600
@@ -35,7 +37,9 @@ def test_backup_restore_round_trip_and_dedup(cli_factory: Callable[..., Cli], tm
     assert third["files_read"] == 2
     snaps = cli.json("snapshot", "list")
     assert [s["id"] for s in snaps] == [first["id"], again["id"], third["id"]]
-    changes = {c["path"]: c["change"] for c in cli.json("snapshot", "diff", first["id"], third["id"])}
+    changes = {
+        c["path"]: c["change"] for c in cli.json("snapshot", "diff", first["id"], third["id"])
+    }
     assert changes[str(edited.relative_to(src))] == "modified"
     assert changes["var/log/new.log"] == "added"
     assert changes[str(removed.relative_to(src))] == "removed"
@@ -50,7 +54,9 @@ def test_backup_restore_round_trip_and_dedup(cli_factory: Callable[..., Cli], tm
     stats = cli.json("store", "stats")
     assert stats["snapshots"] == 3
     # Dedup: three snapshots of ~6 MiB of mostly random data store it about once.
-    assert stats["pack_bytes"] < 1.3 * sum(f.stat().st_size for f in src.rglob("*") if f.is_file() and not f.is_symlink())
+    assert stats["pack_bytes"] < 1.3 * sum(
+        f.stat().st_size for f in src.rglob("*") if f.is_file() and not f.is_symlink()
+    )
     chk = cli.run("store", "check", "--read-data")
     assert "no errors" in chk.stdout
 
@@ -69,7 +75,9 @@ def test_second_similar_tree_dedups(cli_factory: Callable[..., Cli], tmp_path: P
     assert grown < 1.2 * 1024 * 1024  # ...but only the changed file is stored
 
 
-def test_errors_are_one_line_with_exit_codes(cli_factory: Callable[..., Cli], tmp_path: Path) -> None:
+def test_errors_are_one_line_with_exit_codes(
+    cli_factory: Callable[..., Cli], tmp_path: Path
+) -> None:
     cli = cli_factory()
     p = cli.run("store", "stats", ok=False)
     assert p.returncode == 3 and p.stderr.startswith("error: no key file")
@@ -86,8 +94,15 @@ def test_errors_are_one_line_with_exit_codes(cli_factory: Callable[..., Cli], tm
     other = cli_factory(name="other")
     other.run("store", "init")
     p = subprocess.run(
-        [*cli.args("store", "check")[:-2], "--data", str(cli.data), "--keyfile", str(other.data / "keys.json")],
-        capture_output=True, text=True,
+        [
+            *cli.args("store", "check")[:-2],
+            "--data",
+            str(cli.data),
+            "--keyfile",
+            str(other.data / "keys.json"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert p.returncode == 6 and "key file" in p.stderr
 
@@ -110,8 +125,12 @@ def test_kill_during_backup_then_check_clean_and_next_backup_completes(
     cli = cli_factory(env={"LAMINA_PACK_SIZE": str(256 * 1024)})
     cli.run("store", "init")
     src = make_tree(tmp_path / "src", small=2000, large_mb=48)
-    proc = subprocess.Popen(cli.args("snapshot", "create", str(src)), env=cli.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli.args("snapshot", "create", str(src)),
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     packs = cli.data / "store" / "packs"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

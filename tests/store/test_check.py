@@ -59,7 +59,7 @@ def test_truncated_and_missing_packs(store: Store, tmp_path: Path) -> None:
 
 def test_tree_naming_unstored_chunk_is_reported(store: Store) -> None:
     snap = snapshot_of(store, random_files(3))
-    chunk = [b for b in walk_blobs(store, snap.root) if b != snap.root][0]
+    chunk = next(b for b in walk_blobs(store, snap.root) if b != snap.root)
     loc = store.catalog.locate([chunk])[chunk]
     store.catalog.drop_pack(loc.pack)
     rep = _check(store)

@@ -50,7 +50,10 @@ def test_gc_repacks_sparse_packs(store: Store) -> None:
     with store.writer() as w:
         keep_ids = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(3)]
         drop_ids = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(30)]
-        entries = [Entry(name=f"k{i}".encode(), type="file", size=10_000, content=[c]) for i, c in enumerate(keep_ids)]
+        entries = [
+            Entry(name=f"k{i}".encode(), type="file", size=10_000, content=[c])
+            for i, c in enumerate(keep_ids)
+        ]
         root = w.put(BlobKind.TREE, encode_tree(entries))
         rec = SnapshotRecord("", dt.datetime.now(dt.UTC), "s", root, 3, 0, {})
         snap = w.commit_snapshot(rec, lambda r: walk_blobs(store, r))

@@ -25,7 +25,9 @@ def test_never_overwrites(tmp_path: Path) -> None:
         write_keyfile(path, StoreKeys.generate())
 
 
-def test_sealed_keyfile_needs_the_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sealed_keyfile_needs_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LAMINA_STORE_PASSPHRASE", raising=False)
     keys = StoreKeys.generate()
     path = tmp_path / "keys.json"

@@ -30,7 +30,12 @@ def test_pack_lists_its_blobs_and_each_opens() -> None:
     entries = read_entries(DK, data)
     assert [e.id for e in entries] == [bid for bid, _ in items]
     for e, (_, plain) in zip(entries, items, strict=True):
-        assert blob.open_sealed(DK, IK, e.kind, e.id, data[e.offset : e.offset + e.length], e.raw_length) == plain
+        assert (
+            blob.open_sealed(
+                DK, IK, e.kind, e.id, data[e.offset : e.offset + e.length], e.raw_length
+            )
+            == plain
+        )
 
 
 def test_pack_name_is_content_hash() -> None:

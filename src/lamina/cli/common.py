@@ -15,15 +15,27 @@ from lamina.store.pack import DEFAULT_PACK_SIZE
 
 DataOpt = Annotated[
     Path,
-    typer.Option("--data", envvar="LAMINA_DATA", help="Data directory (key file; SQLite and packs by default)."),
+    typer.Option(
+        "--data",
+        envvar="LAMINA_DATA",
+        help="Data directory (key file; SQLite and packs by default).",
+    ),
 ]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", envvar="LAMINA_DB", help="Database URL (postgresql://...); default SQLite under --data."),
+    typer.Option(
+        "--db",
+        envvar="LAMINA_DB",
+        help="Database URL (postgresql://...); default SQLite under --data.",
+    ),
 ]
 StoreOpt = Annotated[
     str | None,
-    typer.Option("--store", envvar="LAMINA_STORE", help="Pack store URL (a path or s3://...); default DATA/store."),
+    typer.Option(
+        "--store",
+        envvar="LAMINA_STORE",
+        help="Pack store URL (a path or s3://...); default DATA/store.",
+    ),
 ]
 KeyfileOpt = Annotated[
     Path | None,

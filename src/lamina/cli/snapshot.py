@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, JsonOpt, KeyfileOpt, StoreOpt, location, pack_size
+from lamina.cli.common import (
+    DEFAULT_DATA,
+    DataOpt,
+    DbOpt,
+    JsonOpt,
+    KeyfileOpt,
+    StoreOpt,
+    location,
+    pack_size,
+)
 from lamina.cli.output import byte_progress, emit_json, err_console, human_bytes
 from lamina.db.stores import open_store
 from lamina.errors import NotFoundError
@@ -18,7 +27,10 @@ from lamina.tree.diff import diff_trees
 from lamina.tree.model import decode_tree
 from lamina.tree.restore import restore_tree, split_path
 
-app = typer.Typer(help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.", no_args_is_help=True)
+app = typer.Typer(
+    help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.",
+    no_args_is_help=True,
+)
 
 
 def _exclude(patterns: list[str]):  # type: ignore[no-untyped-def]
@@ -37,8 +49,12 @@ def _exclude(patterns: list[str]):  # type: ignore[no-untyped-def]
 @app.command()
 def create(
     path: Annotated[Path, typer.Argument(help="The folder to back up.")],
-    source: Annotated[str | None, typer.Option(help="Name of the source (default HOST:PATH).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Glob of paths to skip (repeatable).")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Name of the source (default HOST:PATH).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Glob of paths to skip (repeatable).")
+    ] = None,
     data: DataOpt = DEFAULT_DATA,
     db: DbOpt = None,
     store: StoreOpt = None,
@@ -50,9 +66,18 @@ def create(
     s = open_store(loc, pack_size=pack_size())
     try:
         src = source or f"{os.uname().nodename}:{path.resolve()}"
-        cache = loc.cache_dir / ("files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite")
+        cache = loc.cache_dir / (
+            "files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite"
+        )
         with byte_progress("backing up") as advance:
-            result = backup(s, path, source=src, cache_path=cache, exclude=_exclude(exclude or []), progress=advance)
+            result = backup(
+                s,
+                path,
+                source=src,
+                cache_path=cache,
+                exclude=_exclude(exclude or []),
+                progress=advance,
+            )
     finally:
         s.close()
     for e in result.stats.errors:
@@ -96,7 +121,9 @@ def list_(
         emit_json([x.to_public() for x in snaps])
         return
     for x in snaps:
-        typer.echo(f"{x.id[:12]}  {x.time:%Y-%m-%d %H:%M:%S}  {x.files:>8} files  {human_bytes(x.bytes):>10}  {x.source}")
+        typer.echo(
+            f"{x.id[:12]}  {x.time:%Y-%m-%d %H:%M:%S}  {x.files:>8} files  {human_bytes(x.bytes):>10}  {x.source}"
+        )
 
 
 @app.command()
@@ -173,8 +200,12 @@ def diff(
 def restore(
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix, or 'latest'.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to restore into.")],
-    path: Annotated[list[str] | None, typer.Option("--path", help="Restore only this path (repeatable).")] = None,
-    delete: Annotated[bool, typer.Option("--delete", help="Remove files in the output that the snapshot lacks.")] = False,
+    path: Annotated[
+        list[str] | None, typer.Option("--path", help="Restore only this path (repeatable).")
+    ] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Remove files in the output that the snapshot lacks.")
+    ] = False,
     data: DataOpt = DEFAULT_DATA,
     db: DbOpt = None,
     store: StoreOpt = None,
@@ -186,14 +217,25 @@ def restore(
     try:
         snap = s.catalog.find_snapshot(snapshot)
         with byte_progress("restoring", total=snap.bytes if not path else None) as advance:
-            st = restore_tree(s, snap.root, output, paths=path or [], delete_extra=delete, progress=advance)
+            st = restore_tree(
+                s, snap.root, output, paths=path or [], delete_extra=delete, progress=advance
+            )
     finally:
         s.close()
     for e in st.errors:
         err_console.print(f"[yellow]warning:[/yellow] {e}")
     if as_json:
-        emit_json({"id": snap.id, "files": st.files, "dirs": st.dirs, "bytes": st.bytes,
-                   "skipped": st.skipped, "removed": st.removed, "errors": st.errors})
+        emit_json(
+            {
+                "id": snap.id,
+                "files": st.files,
+                "dirs": st.dirs,
+                "bytes": st.bytes,
+                "skipped": st.skipped,
+                "removed": st.removed,
+                "errors": st.errors,
+            }
+        )
         return
     typer.echo(
         f"restored {st.files} files ({st.skipped} already in place), {st.dirs} folders, "

@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from lamina.cli.common import (
-    pack_size,
     DEFAULT_DATA,
     DataOpt,
     DbOpt,
@@ -19,6 +18,7 @@ from lamina.cli.common import (
     KeyfileOpt,
     StoreOpt,
     location,
+    pack_size,
     parse_duration,
 )
 from lamina.cli.output import emit_json, err_console, human_bytes, step_progress
@@ -31,7 +31,9 @@ from lamina.store.rebuild import rebuild_index
 from lamina.store.roots import snapshot_roots
 from lamina.tree.model import references
 
-app = typer.Typer(help="The deduplicated store: init, check, gc, rebuild-index, stats.", no_args_is_help=True)
+app = typer.Typer(
+    help="The deduplicated store: init, check, gc, rebuild-index, stats.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -41,12 +43,18 @@ def init(
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
     passphrase_stdin: Annotated[
-        bool, typer.Option("--passphrase-stdin", help=f"Seal the key file with a passphrase read from stdin (or set {PASSPHRASE_ENV}).")
+        bool,
+        typer.Option(
+            "--passphrase-stdin",
+            help=f"Seal the key file with a passphrase read from stdin (or set {PASSPHRASE_ENV}).",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a store: its key file, database schema and config object."""
-    passphrase = sys.stdin.readline().rstrip("\n") if passphrase_stdin else os.environ.get(PASSPHRASE_ENV)
+    passphrase = (
+        sys.stdin.readline().rstrip("\n") if passphrase_stdin else os.environ.get(PASSPHRASE_ENV)
+    )
     if passphrase_stdin and not passphrase:
         raise UsageError("--passphrase-stdin given but stdin held no passphrase")
     loc = location(data, db, store, keyfile)
@@ -74,7 +82,9 @@ def check(
     db: DbOpt = None,
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
-    read_data: Annotated[bool, typer.Option("--read-data", help="Also read, decrypt and re-hash every blob.")] = False,
+    read_data: Annotated[
+        bool, typer.Option("--read-data", help="Also read, decrypt and re-hash every blob.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify the store's structure (and, with --read-data, every byte)."""
@@ -112,7 +122,9 @@ def gc(
     db: DbOpt = None,
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")
+    ] = False,
     orphan_grace: Annotated[
         str, typer.Option(help="Remove packs left by interrupted writes once older than this.")
     ] = "1h",

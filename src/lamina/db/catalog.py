@@ -160,9 +160,7 @@ class SqlCatalog:
                     .returning(packs.c.seq)
                 ).scalar_one()
             else:
-                c.execute(
-                    update(packs).where(packs.c.seq == seq).values(size=size, state=PACK_OK)
-                )
+                c.execute(update(packs).where(packs.c.seq == seq).values(size=size, state=PACK_OK))
                 c.execute(delete(blobs).where(blobs.c.pack_seq == seq))
             self._insert_entries(c, seq, entries)
 
@@ -253,7 +251,9 @@ class SqlCatalog:
     def condemn(self, ids: Collection[bytes], max_pack_seq: int) -> int:
         with write_tx(self.engine) as c:
             epoch = self._lock_epoch(c) + 1
-            c.execute(update(store_state).where(store_state.c.key == _EPOCH).values(value=str(epoch)))
+            c.execute(
+                update(store_state).where(store_state.c.key == _EPOCH).values(value=str(epoch))
+            )
             for batch in _batches(ids):
                 c.execute(
                     update(blobs)
@@ -296,7 +296,9 @@ class SqlCatalog:
             held = json.loads(value)
             if held.get("holder") != holder and dt.datetime.fromisoformat(held["expires"]) > now:
                 return False
-            c.execute(update(store_state).where(store_state.c.key == key).values(value=json.dumps(doc)))
+            c.execute(
+                update(store_state).where(store_state.c.key == key).values(value=json.dumps(doc))
+            )
             return True
 
     def unlock(self, name: str, holder: str) -> None:
@@ -353,21 +355,23 @@ class SqlCatalog:
 
     def last_snapshot_seq(self) -> int:
         with read_tx(self.engine) as c:
-            return int(
-                c.execute(select(func.coalesce(func.max(snapshots.c.seq), 0))).scalar_one()
-            )
+            return int(c.execute(select(func.coalesce(func.max(snapshots.c.seq), 0))).scalar_one())
 
     def find_snapshot(self, ref: str) -> SnapshotRecord:
         with read_tx(self.engine) as c:
             if ref == "latest":
                 r = c.execute(
-                    select(snapshots).order_by(snapshots.c.time.desc(), snapshots.c.seq.desc()).limit(1)
+                    select(snapshots)
+                    .order_by(snapshots.c.time.desc(), snapshots.c.seq.desc())
+                    .limit(1)
                 ).first()
                 if r is None:
                     raise NotFoundError("the store has no snapshots yet")
                 return self._record(r)
             if len(ref) < 4 or any(ch not in "0123456789abcdef" for ch in ref.lower()):
-                raise UsageError(f"snapshot reference {ref!r}: give at least 4 hex digits of its id")
+                raise UsageError(
+                    f"snapshot reference {ref!r}: give at least 4 hex digits of its id"
+                )
             rows = c.execute(
                 select(snapshots).where(snapshots.c.id.like(ref.lower() + "%")).limit(2)
             ).all()
@@ -383,5 +387,3 @@ class SqlCatalog:
 
     def close(self) -> None:
         self.engine.dispose()
-
-

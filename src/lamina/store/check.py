@@ -128,8 +128,8 @@ def _read_all(
         indexed = {r.id: r for r in cat.pack_blobs(name)}
         try:
             data = store.backend.read(pack_object_name(name))
-        except LaminaError as e:
-            rep.errors.append(f"pack {name[:16]}: cannot read: {e.message}")
+        except LaminaError as err:
+            rep.errors.append(f"pack {name[:16]}: cannot read: {err.message}")
             damaged.update(indexed)
             continue
         rep.bytes_read += len(data)
@@ -137,8 +137,8 @@ def _read_all(
             rep.errors.append(f"pack {name[:16]}: content does not match its name (damaged)")
         try:
             entries = read_entries(store.keys.data_key, data)
-        except IntegrityError as e:
-            rep.errors.append(f"pack {name[:16]}: {e.message}")
+        except IntegrityError as err:
+            rep.errors.append(f"pack {name[:16]}: {err.message}")
             damaged.update(indexed)
             continue
         in_header = {e.id: e for e in entries}

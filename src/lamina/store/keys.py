@@ -44,7 +44,7 @@ from lamina.errors import ConflictError, NotFoundError, StoreKeyError, UsageErro
 
 KEYFILE_VERSION = 1
 KEYFILE_NAME = "keys.json"
-PASSPHRASE_ENV = "LAMINA_STORE_PASSPHRASE"
+PASSPHRASE_ENV = "LAMINA_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 DEFAULT_MIN = 256 * 1024
 DEFAULT_AVG = 1024 * 1024
@@ -181,7 +181,9 @@ def parse_keys(raw: bytes, passphrase: str | None = None) -> StoreKeys:
         return StoreKeys(
             store_id=store_id,
             chunking=ChunkingSecret(
-                chunker_seed=int.from_bytes(_unb64(secret["chunker_seed"], "chunker_seed"), "little"),
+                chunker_seed=int.from_bytes(
+                    _unb64(secret["chunker_seed"], "chunker_seed"), "little"
+                ),
                 id_key=_unb64(secret["id_key"], "id_key"),
                 min_size=int(chunker["min"]),
                 avg_size=int(chunker["avg"]),

@@ -109,14 +109,18 @@ class PackWriter:
 def parse_footer(tail: bytes, pack_size: int) -> int:
     """Validate the footer; return the sealed header's length."""
     if len(tail) < FOOTER.size:
-        raise IntegrityError(f"pack is truncated: {len(tail)} bytes, a footer alone is {FOOTER.size}")
+        raise IntegrityError(
+            f"pack is truncated: {len(tail)} bytes, a footer alone is {FOOTER.size}"
+        )
     magic, version, header_len = FOOTER.unpack(tail[-FOOTER.size :])
     if magic != MAGIC:
         raise IntegrityError(f"not a pack file: magic {magic!r}, expected {MAGIC!r}")
     if version != PACK_VERSION:
         raise IntegrityError(f"unsupported pack version {version} (expected {PACK_VERSION})")
     if header_len > MAX_HEADER or header_len + FOOTER.size > pack_size:
-        raise IntegrityError(f"pack header length {header_len} does not fit a {pack_size}-byte pack")
+        raise IntegrityError(
+            f"pack header length {header_len} does not fit a {pack_size}-byte pack"
+        )
     return int(header_len)
 
 
@@ -129,7 +133,9 @@ def parse_header(data_key: bytes, sealed_header: bytes, blobs_size: int) -> list
             sealed_header[:HEADER_NONCE], sealed_header[HEADER_NONCE:], HEADER_AAD
         )
     except InvalidTag as e:
-        raise IntegrityError("pack header fails authentication (damaged, or another store's key)") from e
+        raise IntegrityError(
+            "pack header fails authentication (damaged, or another store's key)"
+        ) from e
     try:
         table = msgpack.unpackb(plain, raw=False)
     except (ValueError, msgpack.UnpackException) as e:

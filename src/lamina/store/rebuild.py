@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 from lamina.errors import LaminaError
 from lamina.store.blob import BlobKind
-from lamina.store.pack import FOOTER, PackEntry, pack_name_from_object, pack_object_name, parse_footer, parse_header
+from lamina.store.pack import (
+    FOOTER,
+    PackEntry,
+    pack_name_from_object,
+    pack_object_name,
+    parse_footer,
+    parse_header,
+)
 from lamina.store.repository import Store
 
 ProgressFn = Callable[[int, int], None]
@@ -40,8 +47,8 @@ def rebuild_index(store: Store, progress: ProgressFn | None = None) -> RebuildRe
             else:
                 sealed = store.backend.read(pack_object_name(name), start, header_len)
             entries = parse_header(store.keys.data_key, sealed, start)
-        except LaminaError as e:
-            rep.skipped.append(f"pack {name[:16]}: {e.message}")
+        except LaminaError as err:
+            rep.skipped.append(f"pack {name[:16]}: {err.message}")
             continue
         found.append((name, size, entries))
         rep.packs += 1

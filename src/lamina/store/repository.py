@@ -20,7 +20,13 @@ import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from lamina.errors import IntegrityError, LaminaError, MissingDataError, NotFoundError, StoreKeyError
+from lamina.errors import (
+    IntegrityError,
+    LaminaError,
+    MissingDataError,
+    NotFoundError,
+    StoreKeyError,
+)
 from lamina.store import blob
 from lamina.store.backends import Backend
 from lamina.store.blob import BlobKind
@@ -107,7 +113,9 @@ class Store:
                 f"the key file is for {self.keys.store_id}"
             )
         if doc.get("v") != CONFIG_VERSION:
-            raise IntegrityError(f"unsupported store version {doc.get('v')} (expected {CONFIG_VERSION})")
+            raise IntegrityError(
+                f"unsupported store version {doc.get('v')} (expected {CONFIG_VERSION})"
+            )
 
     # --- reading -------------------------------------------------------------
     def _read_range(self, loc: BlobLocation) -> bytes:

@@ -87,4 +87,6 @@ def open_backend(url: str) -> Backend:
         )
     if parts.scheme == "memory":
         return MemoryBackend.named(parts.netloc or "default")
-    raise UsageError(f"unknown store URL scheme {parts.scheme!r} in {url!r} (use a path, file://, s3://)")
+    raise UsageError(
+        f"unknown store URL scheme {parts.scheme!r} in {url!r} (use a path, file://, s3://)"
+    )

@@ -1,0 +1,1 @@
+"""The deduplicated store: keys, chunking, sealed blobs, packs, the catalog contract, backends, gc, check."""
