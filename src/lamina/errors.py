@@ -16,7 +16,8 @@ way. A stable ``code`` string names the error in JSON responses.
     │   └── MissingDataError         exit 5   HTTP 422  something references data that is not stored
     ├── StoreKeyError                exit 6   HTTP 403  wrong key, wrong passphrase, sealed key file
     ├── AuthError                    exit 7   HTTP 401  not logged in / bad credentials
-    │   └── ForbiddenError           exit 7   HTTP 403  logged in, but not allowed
+    │   ├── ForbiddenError           exit 7   HTTP 403  logged in, but not allowed
+    │   └── RateLimitedError         exit 7   HTTP 429  too many failed attempts; wait
     ├── BackendError                 exit 8   HTTP 503  the object store or database failed
     └── TooLargeError                exit 9   HTTP 413  a size is above what Lamina accepts
 
@@ -93,6 +94,11 @@ class AuthError(LaminaError):
 class ForbiddenError(AuthError):
     code = "forbidden"
     http_status = 403
+
+
+class RateLimitedError(AuthError):
+    code = "rate_limited"
+    http_status = 429
 
 
 class BackendError(LaminaError):

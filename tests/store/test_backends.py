@@ -18,7 +18,7 @@ from lamina.store.backends import Backend, open_backend
 from lamina.store.backends.s3 import S3Backend
 
 if TYPE_CHECKING:
-    from conftest import S3Server
+    from tests.conftest import S3Server
 
 DATA = bytes(range(256)) * 40 + b"tail-of-the-object"  # 10 258 bytes, every byte value
 
@@ -309,3 +309,41 @@ def test_s3_unreachable_service_is_a_backend_error() -> None:
                 call()
             assert "\n" not in caught.value.message
         b.close()
+
+
+def test_s3_creates_its_bucket_once_under_concurrent_first_writes(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
+    backends = [make_s3(s3_server, s3_bucket) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def first_write(i: int) -> None:
+        try:
+            backends[i].write(f"obj{i}", b"x" * i)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=first_write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    assert dict(backends[0].list()) == {f"obj{i}": i for i in range(4)}
+    for b in backends:
+        b.close()
+
+
+def test_s3_bucket_in_another_region(s3_server: S3Server, s3_bucket: str) -> None:
+    b = S3Backend(
+        s3_bucket,
+        "store",
+        endpoint_url=s3_server.endpoint,
+        region="eu-west-1",
+        access_key=s3_server.access_key,
+        secret_key=s3_server.secret_key,
+    )
+    b.write("obj", b"abc")
+    assert b.read("obj", -2) == b"bc"
+    b.close()

@@ -139,7 +139,9 @@ def assert_same_tree(expected: Path, actual: Path, *, ignore: set[bytes] = froze
     a_groups = {g - ignore for g in a_groups}
     b_groups = {g - ignore for g in b_groups}
     if a_groups != b_groups:
-        problems.append(f"hard-link groups differ: {sorted(map(sorted, a_groups))} != {sorted(map(sorted, b_groups))}")
+        problems.append(
+            f"hard-link groups differ: {sorted(map(sorted, a_groups))} != {sorted(map(sorted, b_groups))}"
+        )
     assert not problems, "trees differ:\n" + "\n".join(problems)
 
 
@@ -230,6 +232,7 @@ def build_rich_tree(root: Path) -> None:
     os.setxattr(root / "small.txt", "user.binary", b"\x00\x01\xff\x00")
     os.setxattr(root / "a", "user.on-a-dir", b"dir value")
     os.setxattr(root / "empty", "user.empty-value", b"")
+    os.setxattr(root / "empty", b"user.not-utf8-\xff", b"odd name")
     # user.* is refused on special files and symlinks; trusted.* (root) is not
     os.setxattr(root / "fifo", "trusted.on-fifo", b"fifo xattr")
     os.setxattr(root / "null-dev", "trusted.on-dev", b"dev xattr")

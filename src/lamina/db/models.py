@@ -78,3 +78,118 @@ snapshots = Table(
 )
 
 Index("ix_blobs_condemned", blobs.c.condemned, postgresql_where=blobs.c.condemned)
+
+# --- the server's tables (revision 0002) --------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("name", String(128), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=True),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, index=True),
+    Column("client", String(64), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(255), nullable=False),
+    Column("detail", JSON, nullable=False),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("version", Integer, nullable=False),
+    Column("settings", JSON, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)
+
+enroll_tokens = Table(
+    "enroll_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_by", String(128), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False),
+    Column("policy_id", String(36), ForeignKey("policies.id"), nullable=True),
+    Column("reference", Boolean, nullable=False, default=False),
+    Column("uses", Integer, nullable=False, default=0),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("hostname", String(255), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("facts", JSON, nullable=False),
+    Column("credential_hash", String(64), nullable=False, unique=True),
+    Column("enrolled", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=True),
+    Column("agent_state", JSON, nullable=False),
+)
+
+cvds = Table(
+    "cvds",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("device_id", String(36), ForeignKey("devices.id"), nullable=True, index=True),
+    Column("policy_id", String(36), ForeignKey("policies.id"), nullable=False),
+    Column("policy_version", Integer, nullable=False),
+    Column("reference", Boolean, nullable=False, default=False),
+    Column("state", String(16), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("last_sync", DateTime(timezone=True), nullable=True),
+    Column("progress", JSON, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("message", Text, nullable=False, default=""),
+    Column("cvd_id", String(36), nullable=True, index=True),
+    Column("device_id", String(36), nullable=True, index=True),
+    Column("params", JSON, nullable=False),
+    Column("result", JSON, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("started", DateTime(timezone=True), nullable=True),
+    Column("finished", DateTime(timezone=True), nullable=True),
+    Column("claimed_by", String(64), nullable=True),
+)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import make_engine
 from lamina.db.migrate import upgrade
@@ -43,10 +45,20 @@ class StoreLocation:
         return self.data / "cache"
 
 
+def open_database(loc: StoreLocation) -> Engine:
+    """The database engine, migrated to the newest schema."""
+    if loc.db_url is None:
+        loc.data.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(loc.database)
+    upgrade(engine)
+    return engine
+
+
 def init_store(
     loc: StoreLocation,
     passphrase: str | None = None,
     keys: StoreKeys | None = None,
+    engine: Engine | None = None,
 ) -> Store:
     """Create the key file (unless one is there: joining servers share it), schema and config."""
     if keys is None:
@@ -55,8 +67,7 @@ def init_store(
         else:
             keys = StoreKeys.generate()
             write_keyfile(loc.keys_path, keys, passphrase)
-    engine = make_engine(loc.database)
-    upgrade(engine)
+    engine = engine or open_database(loc)
     catalog = SqlCatalog(engine)
     catalog.bind_store(keys.store_id)
     store = Store(open_backend(loc.packs), catalog, keys)
@@ -68,8 +79,7 @@ def open_store(
     loc: StoreLocation, passphrase: str | None = None, pack_size: int = DEFAULT_PACK_SIZE
 ) -> Store:
     keys = read_keyfile(loc.keys_path, passphrase)
-    engine = make_engine(loc.database)
-    upgrade(engine)
+    engine = open_database(loc)
     catalog = SqlCatalog(engine)
     catalog.bind_store(keys.store_id)
     store = Store(open_backend(loc.packs), catalog, keys, pack_size=pack_size)

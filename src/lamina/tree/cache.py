@@ -9,6 +9,10 @@ and reads none of its content. Consistency rules:
 - The cache records the store's gc epoch at its last commit. If the store's
   epoch has moved since, chunks it names may have been collected, so callers must
   verify cached chunk ids before trusting them (``stale``).
+- A commit under another epoch than the rows were last confirmed under drops the
+  rows of folders this scan did not visit: nobody verified them, the snapshot
+  did not keep their chunks alive, and a folder moved away and back (or
+  excluded, then included) keeps its files' inode, size, mtime and ctime.
 
 A local SQLite file (stdlib ``sqlite3``): it belongs to one writer, never to the
 server's database.
@@ -52,8 +56,10 @@ class FilesCache:
                 dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
                 mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
             CREATE TABLE IF NOT EXISTS gone (dir BLOB PRIMARY KEY);
+            CREATE TABLE IF NOT EXISTS visited (dir BLOB PRIMARY KEY);
             DELETE FROM pending;
             DELETE FROM gone;
+            DELETE FROM visited;
             """
         )
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -63,10 +69,16 @@ class FilesCache:
             self._db.executescript("DELETE FROM files; DELETE FROM meta;")
             meta = {}
         self.stale = meta.get("epoch") != str(epoch)
+        self._confirmed_epoch = meta.get("epoch")
         self._store_id = store_id
         self._batch: list[tuple[bytes, bytes, int, int, int, int, bytes]] = []
+        self._visited: list[tuple[bytes]] = []
 
     def directory(self, dirpath: bytes) -> dict[bytes, CachedFile]:
+        """The cached files of a folder; also records that this scan visited it."""
+        self._visited.append((dirpath,))
+        if len(self._visited) >= 2000:
+            self._flush()
         rows = self._db.execute(
             "SELECT name, inode, size, mtime, ctime, content FROM files WHERE dir = ?",
             (dirpath,),
@@ -95,6 +107,11 @@ class FilesCache:
         self._db.execute("INSERT OR IGNORE INTO gone VALUES (?)", (dirpath,))
 
     def _flush(self) -> None:
+        if self._visited:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO visited VALUES (?)", self._visited)
+            self._db.execute("COMMIT")
+            self._visited.clear()
         if self._batch:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -108,13 +125,17 @@ class FilesCache:
         self._flush()
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM files WHERE dir IN (SELECT dir FROM gone)")
+        if str(epoch) != self._confirmed_epoch:
+            self._db.execute("DELETE FROM files WHERE dir NOT IN (SELECT dir FROM visited)")
         self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM pending")
         self._db.execute("DELETE FROM pending")
         self._db.execute("DELETE FROM gone")
+        self._db.execute("DELETE FROM visited")
         for k, v in (("store_id", self._store_id), ("epoch", str(epoch)), ("version", str(SCHEMA_VERSION))):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
         self._db.execute("COMMIT")
         self.stale = False
+        self._confirmed_epoch = str(epoch)
 
     def close(self) -> None:
         self._db.close()

@@ -36,6 +36,11 @@ from lamina.errors import IntegrityError, UnsafePathError
 TREE_VERSION = 1
 ID_SIZE = 32
 TYPES = ("file", "dir", "symlink", "chardev", "blockdev", "fifo", "socket")
+#: Bounds of what the OS calls a restore makes accept (uid_t, dev_t, off_t):
+#: a larger number is damage, not a reason to crash with OverflowError.
+MAX_ID = 2**32
+MAX_DEV = 2**64
+MAX_SIZE = 2**63
 
 
 def check_name(name: bytes) -> bytes:
@@ -150,8 +155,8 @@ def decode_entry(d: object) -> Entry:
         mtime=_int(d, "mtime"),
         size=_int(d, "size", 0),
     )
-    if e.size < 0 or e.uid < 0 or e.gid < 0:
-        raise IntegrityError(f"tree entry {name!r} has a negative size or id")
+    if not (0 <= e.size < MAX_SIZE and 0 <= e.uid < MAX_ID and 0 <= e.gid < MAX_ID):
+        raise IntegrityError(f"tree entry {name!r} has a negative or out-of-range size or id")
     xattrs = d.get("xattrs") or []
     if not isinstance(xattrs, list):
         raise IntegrityError(f"tree entry {name!r}: xattrs must be a list")
@@ -170,6 +175,8 @@ def decode_entry(d: object) -> Entry:
         e.target = target
     if typ in ("chardev", "blockdev"):
         e.rdev = _int(d, "rdev")
+        if not 0 <= e.rdev < MAX_DEV:
+            raise IntegrityError(f"device {name!r} has an out-of-range device number")
     if "hardlink" in d:
         hl = d["hardlink"]
         if not isinstance(hl, bytes) or len(hl) != 16:
@@ -182,7 +189,7 @@ def decode_entry(d: object) -> Entry:
         out: list[bytes | int] = []
         for c in content:
             if isinstance(c, int) and not isinstance(c, bool):
-                if c <= 0:
+                if not 0 < c < MAX_SIZE:
                     raise IntegrityError(f"file {name!r}: hole of size {c}")
                 out.append(c)
             else:
@@ -199,7 +206,7 @@ def decode_tree(data: bytes) -> list[Entry]:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as e:
         raise IntegrityError(f"tree object is not valid msgpack: {e}") from e
-    if not isinstance(doc, dict) or doc.get("v") != TREE_VERSION:
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc.get("v") != TREE_VERSION:
         found = doc.get("v") if isinstance(doc, dict) else None
         raise IntegrityError(f"unsupported tree version {found!r} (expected {TREE_VERSION})")
     raw = doc.get("entries")

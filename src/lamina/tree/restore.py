@@ -197,8 +197,10 @@ class Restorer:
         try:
             os.link(first, e.name, src_dir_fd=self._root_fd, dst_dir_fd=fd, follow_symlinks=False)
         except OSError:
-            # The first link lives outside the restored selection: write a copy.
+            # The link could not be made (the first name is gone, or links are refused):
+            # write a copy. ``_file`` counts it.
             self._file(e, fd, None)
+            return
         self.stats.files += 1
 
     def _file(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:

@@ -145,7 +145,7 @@ class Scanner:
         out = []
         for n in names:
             with contextlib.suppress(OSError):
-                out.append((n.encode(), os.getxattr(path, n, follow_symlinks=False)))
+                out.append((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)))
         return sorted(out)
 
     def _entry(self, name: bytes, path: bytes, st: os.stat_result, typ: str) -> Entry:
@@ -350,7 +350,9 @@ class Scanner:
         add: Callable[[memoryview | bytes], bytes],
     ) -> list[bytes | int]:
         for _ in range(READ_TRIES):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: if the file was replaced by a FIFO since it was listed, open()
+            # must not wait for a writer (fstat below then rejects it).
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
                 st1 = os.fstat(fd)
                 if not stat.S_ISREG(st1.st_mode):

@@ -1,8 +1,9 @@
 """A store on any S3-compatible object service (AWS S3, SeaweedFS, MinIO, Ceph RGW, ...).
 
 An object's key is ``<prefix>/<name>``. A single PUT is atomic on S3, so ``write``
-needs no temp objects; integrity in transit is checked by a Content-MD5 header,
-which every S3-compatible service honours (the newer CRC trailers are not).
+needs no temp objects. The service checks each upload against a Content-MD5
+header: every S3-compatible service honours it, while botocore's newer default
+(CRC checksums in a chunked trailer) is refused by some, so that is turned off.
 
 One botocore client is made in ``__init__`` and shared: clients are thread-safe,
 sessions are not, so no session outlives the constructor.
@@ -130,9 +131,11 @@ class S3Backend:
                 if self.region == _DEFAULT_REGION:
                     self._client.create_bucket(Bucket=self.bucket)
                 else:
+                    # The stubs list AWS's regions; S3-compatible services name their own.
+                    location = {"LocationConstraint": self.region}
                     self._client.create_bucket(
                         Bucket=self.bucket,
-                        CreateBucketConfiguration={"LocationConstraint": self.region},  # type: ignore[typeddict-item]
+                        CreateBucketConfiguration=location,  # type: ignore[arg-type]
                     )
             except ClientError as e:
                 # Another writer made it first ("owned"), or it exists under an

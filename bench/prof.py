@@ -1,0 +1,142 @@
+"""Where Lamina's time goes: its backup, re-backup and restore under cProfile, all threads.
+
+``python -m bench.prof --corpus bench/work/corpus`` (or ``python -m bench.run --profile``).
+
+Plain ``python -m cProfile`` sees only the main thread, which in a Lamina backup
+mostly waits on the reader pool (chunking, hashing, compression and encryption
+run in worker threads) and the pack-upload thread. Here every thread gets its
+own profiler (``threading.setprofile``), and the profiles are merged. Times in
+the merged profile are summed over threads, so they can exceed the wall clock.
+
+Each step runs the real CLI in-process (``lamina.cli.main`` with ``sys.argv``).
+Profiles go to WORK/*.prof (open them with ``python -m pstats`` or snakeviz).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.run import DEFAULT_WORK, rmtree
+
+_profiles: list[cProfile.Profile] = []
+_lock = threading.Lock()
+
+
+def _thread_hook(_frame: Any, _event: str, _arg: Any) -> None:
+    """First profile event of a new thread: give the thread its own cProfile."""
+    sys.setprofile(None)
+    p = cProfile.Profile()
+    with _lock:
+        _profiles.append(p)
+    p.enable()
+
+
+def profiled_cli(argv: list[str], out: Path) -> tuple[float, pstats.Stats]:
+    from lamina.cli import main as lamina_main
+
+    _profiles.clear()
+    threading.setprofile(_thread_hook)
+    main_prof = cProfile.Profile()
+    saved = sys.argv
+    sys.argv = ["lamina", *argv]
+    t0 = time.perf_counter()
+    main_prof.enable()
+    try:
+        lamina_main()
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise RuntimeError(f"lamina {' '.join(argv)} exited {e.code}") from e
+    finally:
+        main_prof.disable()
+        wall = time.perf_counter() - t0
+        threading.setprofile(None)  # type: ignore[arg-type]
+        sys.argv = saved
+    main_prof.dump_stats(out.with_suffix(".main.prof"))
+    stats = pstats.Stats(main_prof)
+    for p in list(_profiles):
+        with contextlib.suppress(TypeError, ValueError):  # a thread that ran no Python
+            stats.add(p)
+    stats.dump_stats(out)
+    return wall, stats
+
+
+def report(title: str, wall: float, stats: pstats.Stats, top: int) -> None:
+    for order in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        stats.stream = buf  # type: ignore[attr-defined]
+        stats.sort_stats(order).print_stats(top)
+        text = buf.getvalue()
+        start = text.find("   ncalls")
+        print(f"\n=== {title}: wall {wall:.2f} s; top {top} by {order} (all threads) ===")
+        print(text[start:] if start >= 0 else text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.prof", description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--corpus", type=Path, default=DEFAULT_WORK / "corpus", help="folder to back up"
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=DEFAULT_WORK / "profile",
+        help="scratch folder, wiped first (default bench/work/profile)",
+    )
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args(argv)
+    if not args.corpus.is_dir():
+        raise SystemExit(f"{args.corpus}: not a folder (run `python -m bench.run --keep` first)")
+    work = args.work.resolve()
+    rmtree(work)
+    work.mkdir(parents=True)
+    data = work / "data"
+    for var in (
+        "LAMINA_DATA",
+        "LAMINA_DB",
+        "LAMINA_STORE",
+        "LAMINA_KEYFILE",
+        "LAMINA_STORE_PASSPHRASE",
+    ):
+        os.environ.pop(var, None)
+
+    steps = [
+        ("init", ["store", "init", "--data", os.fspath(data)]),
+        ("backup", ["snapshot", "create", os.fspath(args.corpus), "--data", os.fspath(data)]),
+        ("rebackup", ["snapshot", "create", os.fspath(args.corpus), "--data", os.fspath(data)]),
+        (
+            "restore",
+            [
+                "snapshot",
+                "restore",
+                "latest",
+                "-o",
+                os.fspath(work / "out"),
+                "--data",
+                os.fspath(data),
+            ],
+        ),
+    ]
+    for name, argv_ in steps:
+        os.sync()
+        wall, stats = profiled_cli(argv_, work / f"{name}.prof")
+        if name != "init":
+            report(name, wall, stats, args.top)
+    shutil.rmtree(work / "out", ignore_errors=True)
+    print(f"\nprofiles in {work} (*.prof: all threads merged; *.main.prof: main thread only)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""JSON schemas of the API (pydantic v2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors ------------------------------------------------------------------
+class ErrorPublic(BaseModel):
+    code: str
+    message: str
+
+
+# --- users and sessions ----------------------------------------------------------
+class LoginRequest(Strict):
+    user: str = Field(min_length=1, max_length=128)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class LoginResponse(BaseModel):
+    token: str
+    user: str
+    role: str
+    expires: dt.datetime | None
+
+
+class UserCreate(Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(min_length=8, max_length=1024)
+    role: Literal["administrator", "helpdesk", "readonly"]
+
+
+class UserPublic(BaseModel):
+    id: str
+    name: str
+    role: str
+    disabled: bool
+    created: dt.datetime
+
+
+class AuditPublic(BaseModel):
+    id: str
+    time: dt.datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+# --- policies ------------------------------------------------------------------
+class PolicySettings(Strict):
+    """What a CVD policy decides. Paths are globs on endpoint paths (``/home/**``)."""
+
+    interval: int = Field(3600, ge=60, le=30 * 86400, description="Seconds between uploads.")
+    keep_last: int = Field(3, ge=1, le=10000)
+    keep_hourly: int = Field(24, ge=0, le=10000)
+    keep_daily: int = Field(7, ge=0, le=10000)
+    keep_weekly: int = Field(4, ge=0, le=10000)
+    keep_monthly: int = Field(12, ge=0, le=10000)
+    include: list[str] = Field(default_factory=lambda: ["/"])
+    exclude: list[str] = Field(default_factory=list)
+    exceptions: list[str] = Field(default_factory=list, description="Re-included inside excludes.")
+    classes: list[Literal["system", "applications", "user_data", "machine_identity"]] = Field(
+        default_factory=lambda: ["system", "applications", "user_data", "machine_identity"],
+        description="Path classes to protect; the 'excluded' class is never uploaded.",
+    )
+    bandwidth_limit: int = Field(0, ge=0, description="Upload bytes per second, 0 for no limit.")
+
+
+class PolicyCreate(Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    settings: PolicySettings = Field(default_factory=PolicySettings)
+
+
+class PolicyUpdate(Strict):
+    settings: PolicySettings
+
+
+class PolicyPublic(BaseModel):
+    id: str
+    name: str
+    version: int
+    settings: PolicySettings
+    cvds: int
+
+
+# --- enrollment --------------------------------------------------------------------
+class TokenCreate(Strict):
+    expires_in: int = Field(3600, ge=60, le=366 * 86400)
+    policy: str | None = None
+    reference: bool = False
+
+
+class TokenPublic(BaseModel):
+    id: str
+    token: str
+    expires: dt.datetime
+
+
+class HardwareFacts(Strict):
+    machine_id: str = Field(min_length=1, max_length=128)
+    hostname: str = Field(min_length=1, max_length=255)
+    vendor: str = Field("", max_length=255)
+    model: str = Field("", max_length=255)
+    os_release: dict[str, str] = Field(default_factory=dict)
+    disk_size: int = Field(0, ge=0)
+    agent_version: str = Field("", max_length=64)
+
+
+class EnrollRequest(Strict):
+    token: str = Field(min_length=8, max_length=256)
+    facts: HardwareFacts
+
+
+class ChunkingPublic(BaseModel):
+    chunker_seed: int
+    id_key: str
+    min_size: int
+    avg_size: int
+    max_size: int
+
+
+class EnrollResponse(BaseModel):
+    device_id: str
+    credential: str
+    status: str
+    chunking: ChunkingPublic
+
+
+# --- devices and CVDs --------------------------------------------------------------
+class DevicePublic(BaseModel):
+    id: str
+    hostname: str
+    status: str
+    facts: dict[str, Any]
+    enrolled: dt.datetime
+    last_seen: dt.datetime | None
+    cvd_id: str | None
+    agent: dict[str, Any]
+
+
+class CentralizeRequest(Strict):
+    policy: str
+    reference: bool = False
+    name: str | None = Field(None, max_length=255)
+
+
+class CvdPublic(BaseModel):
+    id: str
+    name: str
+    device_id: str | None
+    hostname: str | None
+    policy: str
+    policy_version: int
+    reference: bool
+    state: str
+    created: dt.datetime
+    last_sync: dt.datetime | None
+    snapshots: int
+    progress: dict[str, Any]
+
+
+class SnapshotPublic(BaseModel):
+    id: str
+    time: dt.datetime
+    files: int
+    bytes: int
+    root: str
+    meta: dict[str, Any]
+
+
+class BrowseEntry(BaseModel):
+    id: str
+    name: str
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    target: str | None = None
+
+
+class RestoreRequest(Strict):
+    snapshot: str
+    paths: list[str] = Field(default_factory=list)
+    overwrite: bool = False
+
+
+class RevertRequest(Strict):
+    snapshot: str
+    system_only: bool = True
+
+
+# --- tasks ---------------------------------------------------------------------
+class TaskPublic(BaseModel):
+    id: str
+    kind: str
+    state: str
+    progress: int
+    message: str
+    cvd_id: str | None
+    device_id: str | None
+    params: dict[str, Any]
+    result: dict[str, Any]
+    created_by: str
+    created: dt.datetime
+    started: dt.datetime | None
+    finished: dt.datetime | None
+
+
+# --- the agent's side ----------------------------------------------------------------
+class AgentConfig(BaseModel):
+    device_id: str
+    status: str
+    cvd_id: str | None
+    policy: PolicySettings | None
+    policy_version: int | None
+    last_sync: dt.datetime | None
+
+
+class MissingRequest(Strict):
+    ids: list[str] = Field(max_length=20000)
+
+
+class MissingResponse(BaseModel):
+    missing: list[str]
+
+
+class CommitRequest(Strict):
+    root: str = Hex32
+    files: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommitResponse(BaseModel):
+    snapshot: SnapshotPublic
+    kept: int
+    forgotten: int
+
+
+class WorkItem(BaseModel):
+    task_id: str
+    kind: str
+    params: dict[str, Any]
+
+
+class TaskReport(Strict):
+    progress: int = Field(ge=0, le=100)
+    message: str = Field("", max_length=2000)
+    state: Literal["running", "done", "failed", "waiting"] | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentStatusReport(Strict):
+    state: str = Field(max_length=64)
+    progress: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The Lamina server: API, tasks, auth (the console joins later)."""

@@ -1,0 +1,104 @@
+"""Admin routes: sessions, users, audit, tokens, devices, policies, tasks."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from lamina.protocol.schemas import (
+    AuditPublic,
+    CentralizeRequest,
+    CvdPublic,
+    DevicePublic,
+    LoginRequest,
+    LoginResponse,
+    PolicyCreate,
+    PolicyPublic,
+    PolicyUpdate,
+    TaskPublic,
+    TokenCreate,
+    TokenPublic,
+    UserCreate,
+    UserPublic,
+)
+from lamina.server.deps import Caller, Ctx
+from lamina.server.services import fleet, policies, tasks, users
+
+router = APIRouter()
+
+
+@router.post("/auth/login", summary="Log in with a password; returns an API token")
+def login(req: LoginRequest, ctx: Ctx, request: Request) -> LoginResponse:
+    client = request.client.host if request.client else "unknown"
+    s = ctx.settings
+    return users.login(ctx.engine, req.user, req.password, client, s.login_attempts, s.login_window)
+
+
+@router.get("/auth/me", summary="Who the bearer token belongs to")
+def me(caller: Caller) -> dict[str, object]:
+    return {"id": caller.id, "name": caller.name, "kind": caller.kind, "role": caller.role,
+            "permissions": sorted(caller.permissions)}
+
+
+@router.post("/users", summary="Create a user with a role", status_code=201)
+def create_user(req: UserCreate, ctx: Ctx, caller: Caller) -> UserPublic:
+    return users.create_user(ctx.engine, caller, req)
+
+
+@router.get("/users", summary="List users")
+def list_users(ctx: Ctx, caller: Caller) -> list[UserPublic]:
+    return users.list_users(ctx.engine, caller)
+
+
+@router.get("/audit", summary="The audit log, newest first")
+def audit(ctx: Ctx, caller: Caller, limit: int = 200) -> list[AuditPublic]:
+    return users.audit_entries(ctx.engine, caller, limit)
+
+
+@router.post("/tokens", summary="Create an enrollment token", status_code=201)
+def create_token(req: TokenCreate, ctx: Ctx, caller: Caller) -> TokenPublic:
+    return fleet.create_token(ctx.engine, caller, req)
+
+
+@router.get("/devices", summary="List devices (optionally only pending ones)")
+def list_devices(ctx: Ctx, caller: Caller, pending: bool = False) -> list[DevicePublic]:
+    return fleet.list_devices(ctx.engine, caller, pending)
+
+
+@router.post("/devices/{ref}/reject", summary="Reject a pending device")
+def reject_device(ref: str, ctx: Ctx, caller: Caller) -> DevicePublic:
+    return fleet.reject(ctx.engine, caller, ref)
+
+
+@router.post("/devices/{ref}/centralize", summary="Create the CVD of a pending device", status_code=201)
+def centralize(ref: str, req: CentralizeRequest, ctx: Ctx, caller: Caller) -> CvdPublic:
+    return fleet.centralize(ctx.engine, caller, ref, req)
+
+
+@router.post("/policies", summary="Create a CVD policy", status_code=201)
+def create_policy(req: PolicyCreate, ctx: Ctx, caller: Caller) -> PolicyPublic:
+    return policies.create(ctx.engine, caller, req)
+
+
+@router.get("/policies", summary="List CVD policies")
+def list_policies(ctx: Ctx, caller: Caller) -> list[PolicyPublic]:
+    return policies.list_policies(ctx.engine, caller)
+
+
+@router.get("/policies/{ref}", summary="Show a CVD policy")
+def show_policy(ref: str, ctx: Ctx, caller: Caller) -> PolicyPublic:
+    return policies.show(ctx.engine, caller, ref)
+
+
+@router.put("/policies/{ref}", summary="Change a policy; its CVDs move to the new version")
+def update_policy(ref: str, req: PolicyUpdate, ctx: Ctx, caller: Caller) -> PolicyPublic:
+    return policies.update_policy(ctx.engine, caller, ref, req)
+
+
+@router.get("/tasks", summary="List tasks, newest first")
+def list_tasks(ctx: Ctx, caller: Caller, state: str | None = None, cvd: str | None = None) -> list[TaskPublic]:
+    return tasks.list_tasks(ctx.engine, caller, state, cvd)
+
+
+@router.get("/tasks/{task_id}", summary="Show a task with its progress")
+def show_task(task_id: str, ctx: Ctx, caller: Caller) -> TaskPublic:
+    return tasks.get(ctx.engine, caller, task_id)

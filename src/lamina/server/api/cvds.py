@@ -1,0 +1,100 @@
+"""CVD routes: list, show, snapshots, browse, fetch a file, sync, restore, revert, archive; blobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgpack
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from lamina.protocol.schemas import (
+    BrowseEntry,
+    CvdPublic,
+    RestoreRequest,
+    RevertRequest,
+    SnapshotPublic,
+    TaskPublic,
+)
+from lamina.server.deps import Caller, Ctx
+from lamina.server.services import cvd_ops, fleet
+from lamina.server.services.sync import parse_ids
+
+router = APIRouter()
+
+
+@router.get("/cvds", summary="List CVDs")
+def list_cvds(ctx: Ctx, caller: Caller) -> list[CvdPublic]:
+    return fleet.list_cvds(ctx.engine, caller)
+
+
+@router.get("/cvds/{ref}", summary="Show a CVD with its sync progress")
+def show_cvd(ref: str, ctx: Ctx, caller: Caller) -> CvdPublic:
+    return fleet.show_cvd(ctx.engine, caller, ref)
+
+
+@router.get("/cvds/{ref}/snapshots", summary="A CVD's snapshots, oldest first")
+def snapshots(ref: str, ctx: Ctx, caller: Caller) -> list[SnapshotPublic]:
+    return cvd_ops.list_snapshots(ctx.engine, ctx.store, caller, ref)
+
+
+@router.get("/cvds/{ref}/snapshots/{snapshot}/browse", summary="List a folder of a snapshot (read-only)")
+def browse(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str = "") -> list[BrowseEntry]:
+    return cvd_ops.browse(ctx.engine, ctx.store, caller, ref, snapshot, path)
+
+
+@router.get("/cvds/{ref}/snapshots/{snapshot}/file", summary="Download one file of a snapshot")
+def fetch_file(ref: str, snapshot: str, path: str, ctx: Ctx, caller: Caller) -> StreamingResponse:
+    entry = cvd_ops.file_entry(ctx.engine, ctx.store, caller, ref, snapshot, path)
+    store = ctx.store
+
+    def body() -> Iterator[bytes]:
+        ids = [c for c in entry.content or [] if isinstance(c, bytes)]
+        data = store.get_many(ids)
+        for c in entry.content or []:
+            yield b"\0" * c if isinstance(c, int) else next(data)
+
+    return StreamingResponse(
+        body(), media_type="application/octet-stream", headers={"Content-Length": str(entry.size)}
+    )
+
+
+@router.post("/cvds/{ref}/sync", summary="Ask the CVD's agent to sync now", status_code=202)
+def sync_now(ref: str, ctx: Ctx, caller: Caller) -> TaskPublic:
+    return cvd_ops.request_sync(ctx.engine, caller, ref)
+
+
+@router.post("/cvds/{ref}/restore", summary="Restore files onto the endpoint (by its agent)", status_code=202)
+def restore(ref: str, req: RestoreRequest, ctx: Ctx, caller: Caller) -> TaskPublic:
+    return cvd_ops.request_restore(ctx.engine, ctx.store, caller, ref, req)
+
+
+@router.post("/cvds/{ref}/revert", summary="Revert the endpoint to a snapshot at its next boot", status_code=202)
+def revert(ref: str, req: RevertRequest, ctx: Ctx, caller: Caller) -> TaskPublic:
+    return cvd_ops.request_revert(ctx.engine, ctx.store, caller, ref, req)
+
+
+@router.post("/cvds/{ref}/archive", summary="Detach the device; keep the CVD read-only")
+def archive(ref: str, ctx: Ctx, caller: Caller) -> CvdPublic:
+    return fleet.archive(ctx.engine, caller, ref)
+
+
+class BlobsRequest(BaseModel):
+    ids: list[str] = Field(max_length=1024)
+
+
+@router.post(
+    "/blobs/read",
+    summary="Plaintext of blobs by id (msgpack list), verified by the server",
+    response_class=Response,
+)
+def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, request: Request) -> Response:
+    # A blob id is a keyed hash of its content: a caller can only know one by holding
+    # the content or by reading a tree it may read. Users need "read"; devices are
+    # held to their own CVD's trees by the routes that hand trees out.
+    if caller.kind == "user":
+        caller.require("read")
+    ids = parse_ids(req.ids)
+    data = list(ctx.store.get_many(ids))
+    return Response(msgpack.packb(data, use_bin_type=True), media_type="application/msgpack")

@@ -1,0 +1,58 @@
+"""``create_app(settings)``: the FastAPI application. No import-time side effects."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from lamina import __version__
+from lamina.config import ServerSettings
+from lamina.db.stores import StoreLocation, init_store, open_database
+from lamina.errors import LaminaError
+from lamina.server.api import admin, agent, cvds
+from lamina.server.context import ServerContext
+from lamina.server.services.users import ensure_admin
+
+
+def open_context(settings: ServerSettings) -> tuple[ServerContext, str | None]:
+    """Open (or create, on first start) the store and database; make sure ``admin`` exists."""
+    loc = StoreLocation(
+        data=settings.data, db_url=settings.db, store_url=settings.store, keyfile=settings.keyfile
+    )
+    engine = open_database(loc)
+    store = init_store(loc, engine=engine)
+    generated = ensure_admin(engine, settings.admin_password)
+    return ServerContext(settings=settings, engine=engine, store=store), generated
+
+
+def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> FastAPI:
+    if ctx is None:
+        ctx, _ = open_context(settings)
+    app = FastAPI(
+        title="Lamina",
+        version=__version__,
+        description="Centralized image management for a fleet of endpoints.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(LaminaError)
+    async def lamina_error(_request: Request, exc: LaminaError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        msg = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        return JSONResponse({"code": "bad_request", "message": msg}, status_code=400)
+
+    @app.get("/api/v1/health", summary="Liveness and version")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
+
+    for r in (admin.router, cvds.router, agent.router):
+        app.include_router(r, prefix="/api/v1")
+    return app

@@ -1,0 +1,1 @@
+"""Units of work: each public function owns one transaction. Routes call these, never SQL."""

@@ -1,0 +1,113 @@
+"""Operations on a CVD: ask for a sync, restore, revert; browse its snapshots."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sqlalchemy import Engine
+
+from lamina.db.engine import write_tx
+from lamina.errors import ConflictError, NotFoundError, UsageError
+from lamina.protocol.schemas import BrowseEntry, RestoreRequest, RevertRequest, SnapshotPublic, TaskPublic
+from lamina.server.security import Principal
+from lamina.server.services import fleet, tasks
+from lamina.server.services.common import audit
+from lamina.server.services.sync import snapshot_public
+from lamina.store.catalog import SnapshotRecord
+from lamina.store.repository import Store
+from lamina.tree.model import Entry, decode_tree
+from lamina.tree.restore import split_path
+
+
+def _device_task(engine: Engine, actor: Principal, ref: str, kind: str, params: dict[str, Any]) -> TaskPublic:
+    actor.require("cvd.operate")
+    with write_tx(engine) as c:
+        cvd = fleet.find_cvd(c, ref)
+        if cvd.state != fleet.ACTIVE or not cvd.device_id:
+            raise ConflictError(f"CVD {cvd.name} is {cvd.state}: it has no device to act on")
+        tid = tasks.enqueue(c, kind, actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params=params)
+        audit(c, actor.name, f"cvd.{kind}", cvd.id, task=tid, **params)
+    return tasks.get(engine, actor, tid)
+
+
+def request_sync(engine: Engine, actor: Principal, ref: str) -> TaskPublic:
+    return _device_task(engine, actor, ref, "sync", {})
+
+
+def snapshot_of(store: Store, cvd_id: str, ref: str) -> SnapshotRecord:
+    snap = store.catalog.find_snapshot(ref) if ref != "latest" else None
+    if ref == "latest":
+        snaps = store.catalog.snapshots(fleet.cvd_source(cvd_id))
+        if not snaps:
+            raise NotFoundError("the CVD has no snapshots yet")
+        snap = snaps[-1]
+    assert snap is not None
+    if snap.source != fleet.cvd_source(cvd_id):
+        raise NotFoundError(f"snapshot {ref} does not belong to this CVD")
+    return snap
+
+
+def request_restore(engine: Engine, store: Store, actor: Principal, ref: str, req: RestoreRequest) -> TaskPublic:
+    cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
+    snap = snapshot_of(store, cvd.id, req.snapshot)
+    for p in req.paths:
+        split_path(p)
+    return _device_task(
+        engine, actor, ref, "restore",
+        {"snapshot": snap.id, "root": snap.root.hex(), "paths": req.paths, "overwrite": req.overwrite},
+    )
+
+
+def request_revert(engine: Engine, store: Store, actor: Principal, ref: str, req: RevertRequest) -> TaskPublic:
+    cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
+    snap = snapshot_of(store, cvd.id, req.snapshot)
+    return _device_task(
+        engine, actor, ref, "revert",
+        {"snapshot": snap.id, "root": snap.root.hex(), "system_only": req.system_only},
+    )
+
+
+def list_snapshots(engine: Engine, store: Store, actor: Principal, ref: str) -> list[SnapshotPublic]:
+    cvd = fleet.cvd_for_access(engine, actor, ref)
+    return [snapshot_public(s) for s in store.catalog.snapshots(fleet.cvd_source(cvd.id))]
+
+
+def _walk_to(store: Store, root: bytes, path: str) -> tuple[list[Entry], Entry | None]:
+    """The entries of the folder at ``path`` (or the entry itself if it is not a folder)."""
+    entries = decode_tree(store.get(root))
+    parts = split_path(path)
+    for i, part in enumerate(parts):
+        match = next((e for e in entries if e.name == part), None)
+        if match is None:
+            raise NotFoundError(f"{path!r} is not in the snapshot")
+        if match.subtree is None:
+            if i == len(parts) - 1:
+                return [], match
+            raise NotFoundError(f"{path!r} is not in the snapshot")
+        entries = decode_tree(store.get(match.subtree))
+    return entries, None
+
+
+def browse(engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, path: str) -> list[BrowseEntry]:
+    cvd = fleet.cvd_for_access(engine, actor, ref)
+    snap = snapshot_of(store, cvd.id, snapshot)
+    entries, single = _walk_to(store, snap.root, path)
+    if single is not None:
+        entries = [single]
+    return [
+        BrowseEntry(
+            id=os.fsdecode(e.name), name=os.fsdecode(e.name), type=e.type, size=e.size, mode=e.mode,
+            uid=e.uid, gid=e.gid, mtime=e.mtime, target=os.fsdecode(e.target) if e.target else None,
+        )
+        for e in entries
+    ]
+
+
+def file_entry(engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, path: str) -> Entry:
+    cvd = fleet.cvd_for_access(engine, actor, ref)
+    snap = snapshot_of(store, cvd.id, snapshot)
+    _, single = _walk_to(store, snap.root, path)
+    if single is None or single.type != "file":
+        raise UsageError(f"{path!r} is not a file")
+    return single

@@ -1,0 +1,291 @@
+"""Enrollment tokens, devices and CVDs: enroll → pending → centralize → active → archived."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots
+from lamina.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
+from lamina.protocol.schemas import (
+    AgentConfig,
+    CentralizeRequest,
+    ChunkingPublic,
+    CvdPublic,
+    DevicePublic,
+    EnrollRequest,
+    EnrollResponse,
+    PolicySettings,
+    TokenCreate,
+    TokenPublic,
+)
+from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
+from lamina.server.services import policies as policy_service
+from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.store.keys import ChunkingSecret
+
+PENDING, ACTIVE, REJECTED, ARCHIVED = "pending", "active", "rejected", "archived"
+
+
+def cvd_source(cvd_id: str) -> str:
+    """The snapshot source name of a CVD's snapshots."""
+    return f"cvd:{cvd_id}"
+
+
+# --- tokens ---------------------------------------------------------------------
+def create_token(engine: Engine, actor: Principal, req: TokenCreate) -> TokenPublic:
+    actor.require("device.write")
+    with write_tx(engine) as c:
+        policy_id = policy_service.find(c, req.policy).id if req.policy else None
+        token = new_token(ENROLL_TOKEN)
+        tid = new_id()
+        expires = now() + dt.timedelta(seconds=req.expires_in)
+        c.execute(
+            insert(enroll_tokens).values(
+                id=tid,
+                token_hash=token_hash(token),
+                created_by=actor.name,
+                created=now(),
+                expires=expires,
+                policy_id=policy_id,
+                reference=req.reference,
+                uses=0,
+            )
+        )
+        audit(c, actor.name, "token.create", tid, policy=req.policy, reference=req.reference, expires=expires.isoformat())
+    return TokenPublic(id=tid, token=token, expires=expires)
+
+
+# --- devices --------------------------------------------------------------------
+def _cvd_of(c: Connection, device_id: str) -> Any:
+    return c.execute(
+        select(cvds).where(cvds.c.device_id == device_id, cvds.c.state == ACTIVE)
+    ).first()
+
+
+def _device_public(c: Connection, r: Any) -> DevicePublic:
+    cvd = _cvd_of(c, r.id)
+    return DevicePublic(
+        id=r.id,
+        hostname=r.hostname,
+        status=r.status,
+        facts=r.facts,
+        enrolled=aware(r.enrolled),
+        last_seen=aware(r.last_seen),
+        cvd_id=cvd.id if cvd else None,
+        agent=r.agent_state,
+    )
+
+
+def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> EnrollResponse:
+    """Register a device with an enrollment token; a token naming a policy centralizes it at once."""
+    with write_tx(engine) as c:
+        t = c.execute(
+            select(enroll_tokens).where(enroll_tokens.c.token_hash == token_hash(req.token))
+        ).first()
+        if t is None:
+            raise AuthError("unknown enrollment token")
+        if aware(t.expires) < now():  # type: ignore[operator]
+            raise AuthError("the enrollment token has expired")
+        credential = new_token(DEVICE_TOKEN)
+        did = new_id()
+        c.execute(
+            insert(devices).values(
+                id=did,
+                hostname=req.facts.hostname,
+                status=PENDING,
+                facts=req.facts.model_dump(),
+                credential_hash=token_hash(credential),
+                enrolled=now(),
+                last_seen=now(),
+                agent_state={},
+            )
+        )
+        c.execute(update(enroll_tokens).where(enroll_tokens.c.id == t.id).values(uses=t.uses + 1))
+        audit(c, f"device {req.facts.hostname}", "device.enroll", did, token=t.id, facts=req.facts.model_dump())
+        status = PENDING
+        if t.policy_id:
+            _centralize(c, t.created_by, did, t.policy_id, t.reference, None)
+            status = ACTIVE
+    return EnrollResponse(
+        device_id=did,
+        credential=credential,
+        status=status,
+        chunking=ChunkingPublic(
+            chunker_seed=chunking.chunker_seed,
+            id_key=chunking.id_key.hex(),
+            min_size=chunking.min_size,
+            avg_size=chunking.avg_size,
+            max_size=chunking.max_size,
+        ),
+    )
+
+
+def find_device(c: Connection, ref: str) -> Any:
+    return find_one(c, devices, ref, "hostname", "device")
+
+
+def list_devices(engine: Engine, actor: Principal, pending: bool = False) -> list[DevicePublic]:
+    actor.require("read")
+    q = select(devices).order_by(devices.c.enrolled)
+    if pending:
+        q = q.where(devices.c.status == PENDING)
+    with read_tx(engine) as c:
+        return [_device_public(c, r) for r in c.execute(q)]
+
+
+def reject(engine: Engine, actor: Principal, ref: str) -> DevicePublic:
+    actor.require("device.write")
+    with write_tx(engine) as c:
+        d = find_device(c, ref)
+        if d.status != PENDING:
+            raise ConflictError(f"device {d.hostname} is {d.status}, not pending")
+        c.execute(update(devices).where(devices.c.id == d.id).values(status=REJECTED))
+        audit(c, actor.name, "device.reject", d.id, hostname=d.hostname)
+        return _device_public(c, find_device(c, d.id))
+
+
+# --- CVDs -----------------------------------------------------------------------
+def _centralize(
+    c: Connection, actor: str, device_id: str, policy_id: str, reference: bool, name: str | None
+) -> str:
+    d = c.execute(select(devices).where(devices.c.id == device_id)).one()
+    if d.status != PENDING:
+        raise ConflictError(f"device {d.hostname} is {d.status}: only a pending device is centralized")
+    p = c.execute(select(policies).where(policies.c.id == policy_id)).one()
+    name = name or d.hostname
+    if c.execute(select(cvds.c.id).where(cvds.c.name == name)).first():
+        name = f"{name}-{device_id[:8]}"
+    cid = new_id()
+    c.execute(
+        insert(cvds).values(
+            id=cid,
+            name=name,
+            device_id=device_id,
+            policy_id=policy_id,
+            policy_version=p.version,
+            reference=reference,
+            state=ACTIVE,
+            created=now(),
+            last_sync=None,
+            progress={},
+        )
+    )
+    c.execute(update(devices).where(devices.c.id == device_id).values(status=ACTIVE))
+    audit(c, actor, "cvd.centralize", cid, device=device_id, policy=p.name, reference=reference)
+    return cid
+
+
+def centralize(engine: Engine, actor: Principal, device_ref: str, req: CentralizeRequest) -> CvdPublic:
+    actor.require("device.write")
+    with write_tx(engine) as c:
+        d = find_device(c, device_ref)
+        p = policy_service.find(c, req.policy)
+        cid = _centralize(c, actor.name, d.id, p.id, req.reference, req.name)
+        return _cvd_public(c, find_cvd(c, cid))
+
+
+def find_cvd(c: Connection, ref: str) -> Any:
+    return find_one(c, cvds, ref, "name", "CVD")
+
+
+def _cvd_public(c: Connection, r: Any) -> CvdPublic:
+    d = c.execute(select(devices).where(devices.c.id == r.device_id)).first() if r.device_id else None
+    p = c.execute(select(policies.c.name).where(policies.c.id == r.policy_id)).scalar_one()
+    n = c.execute(
+        select(func.count()).select_from(snapshots).where(snapshots.c.source == cvd_source(r.id))
+    ).scalar_one()
+    return CvdPublic(
+        id=r.id,
+        name=r.name,
+        device_id=r.device_id,
+        hostname=d.hostname if d else None,
+        policy=p,
+        policy_version=r.policy_version,
+        reference=r.reference,
+        state=r.state,
+        created=aware(r.created),
+        last_sync=aware(r.last_sync),
+        snapshots=n,
+        progress=r.progress,
+    )
+
+
+def list_cvds(engine: Engine, actor: Principal) -> list[CvdPublic]:
+    actor.require("read")
+    with read_tx(engine) as c:
+        return [_cvd_public(c, r) for r in c.execute(select(cvds).order_by(cvds.c.created))]
+
+
+def show_cvd(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
+    if actor.kind == "device":
+        with read_tx(engine) as c:
+            r = find_cvd(c, ref)
+            if r.device_id != actor.id:
+                raise ForbiddenError("a device may only see its own CVD")
+            return _cvd_public(c, r)
+    actor.require("read")
+    with read_tx(engine) as c:
+        return _cvd_public(c, find_cvd(c, ref))
+
+
+def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
+    """Detach the device; keep the CVD read-only with its snapshots."""
+    actor.require("device.write")
+    with write_tx(engine) as c:
+        r = find_cvd(c, ref)
+        if r.state == ARCHIVED:
+            raise ConflictError(f"CVD {r.name} is archived already")
+        c.execute(update(cvds).where(cvds.c.id == r.id).values(state=ARCHIVED))
+        if r.device_id:
+            c.execute(update(devices).where(devices.c.id == r.device_id).values(status=ARCHIVED))
+        audit(c, actor.name, "cvd.archive", r.id, device=r.device_id)
+        return _cvd_public(c, find_cvd(c, r.id))
+
+
+def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str = "read") -> Any:
+    """The CVD row if ``actor`` may reach it: its own device, or a user with ``permission``."""
+    with read_tx(engine) as c:
+        r = find_cvd(c, ref)
+    if actor.kind == "device":
+        if r.device_id != actor.id:
+            raise ForbiddenError("a device may only reach its own CVD")
+        return r
+    actor.require(permission)
+    return r
+
+
+# --- the agent's view -------------------------------------------------------------
+def agent_config(engine: Engine, device: Principal, state: dict[str, Any] | None = None) -> AgentConfig:
+    with write_tx(engine) as c:
+        values: dict[str, Any] = {"last_seen": now()}
+        if state is not None:
+            values["agent_state"] = state
+        c.execute(update(devices).where(devices.c.id == device.id).values(**values))
+        d = c.execute(select(devices).where(devices.c.id == device.id)).one()
+        cvd = _cvd_of(c, device.id)
+        if cvd is not None and state is not None and "progress" in state:
+            c.execute(update(cvds).where(cvds.c.id == cvd.id).values(progress=state["progress"]))
+        settings = None
+        if cvd is not None:
+            p = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).one()
+            settings = PolicySettings(**p.settings)
+    return AgentConfig(
+        device_id=d.id,
+        status=d.status,
+        cvd_id=cvd.id if cvd else None,
+        policy=settings,
+        policy_version=cvd.policy_version if cvd else None,
+        last_sync=aware(cvd.last_sync) if cvd else None,
+    )
+
+
+def active_cvd_of_device(engine: Engine, device: Principal) -> Any:
+    with read_tx(engine) as c:
+        cvd = _cvd_of(c, device.id)
+    if cvd is None:
+        raise NotFoundError("this device has no active CVD (pending, rejected or archived)")
+    return cvd

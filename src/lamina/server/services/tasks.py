@@ -1,0 +1,132 @@
+"""Tasks: long operations with state and progress, claimed atomically by one worker.
+
+States: queued → running → done | failed (| waiting: an agent staged work for the
+next boot). A claim is ``UPDATE … WHERE state = 'queued'``: exactly one claimer
+wins, on SQLite and on PostgreSQL with several server processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import tasks
+from lamina.errors import ForbiddenError, NotFoundError
+from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
+from lamina.server.security import Principal
+from lamina.server.services.common import aware, new_id, now
+
+QUEUED, RUNNING, WAITING, DONE, FAILED = "queued", "running", "waiting", "done", "failed"
+
+
+def public(r: Any) -> TaskPublic:
+    return TaskPublic(
+        id=r.id,
+        kind=r.kind,
+        state=r.state,
+        progress=r.progress,
+        message=r.message,
+        cvd_id=r.cvd_id,
+        device_id=r.device_id,
+        params=r.params,
+        result=r.result,
+        created_by=r.created_by,
+        created=aware(r.created),
+        started=aware(r.started),
+        finished=aware(r.finished),
+    )
+
+
+def enqueue(
+    c: Connection,
+    kind: str,
+    actor: str,
+    *,
+    cvd_id: str | None = None,
+    device_id: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> str:
+    """Queue a task inside the caller's transaction."""
+    tid = new_id()
+    c.execute(
+        insert(tasks).values(
+            id=tid,
+            kind=kind,
+            state=QUEUED,
+            progress=0,
+            message="",
+            cvd_id=cvd_id,
+            device_id=device_id,
+            params=params or {},
+            result={},
+            created_by=actor,
+            created=now(),
+        )
+    )
+    return tid
+
+
+def get(engine: Engine, actor: Principal, task_id: str) -> TaskPublic:
+    actor.require("read")
+    with read_tx(engine) as c:
+        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    if r is None:
+        raise NotFoundError(f"no task {task_id!r}")
+    return public(r)
+
+
+def list_tasks(
+    engine: Engine, actor: Principal, state: str | None = None, cvd_id: str | None = None, limit: int = 200
+) -> list[TaskPublic]:
+    actor.require("read")
+    q = select(tasks).order_by(tasks.c.created.desc()).limit(limit)
+    if state:
+        q = q.where(tasks.c.state == state)
+    if cvd_id:
+        q = q.where(tasks.c.cvd_id == cvd_id)
+    with read_tx(engine) as c:
+        return [public(r) for r in c.execute(q)]
+
+
+def claim_for_device(engine: Engine, device: Principal, worker: str) -> list[WorkItem]:
+    """Claim every queued task addressed to this device (each claim atomic)."""
+    with read_tx(engine) as c:
+        ids = list(
+            c.execute(
+                select(tasks.c.id)
+                .where(tasks.c.device_id == device.id, tasks.c.state == QUEUED)
+                .order_by(tasks.c.created)
+            ).scalars()
+        )
+    out: list[WorkItem] = []
+    for tid in ids:
+        with write_tx(engine) as c:
+            won = c.execute(
+                update(tasks)
+                .where(tasks.c.id == tid, tasks.c.state == QUEUED)
+                .values(state=RUNNING, claimed_by=worker, started=now())
+            ).rowcount
+            if won:
+                r = c.execute(select(tasks).where(tasks.c.id == tid)).one()
+                out.append(WorkItem(task_id=r.id, kind=r.kind, params=r.params))
+    return out
+
+
+def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> TaskPublic:
+    with write_tx(engine) as c:
+        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
+        if r is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        if r.device_id != device.id:
+            raise ForbiddenError("this task belongs to another device")
+        values: dict[str, Any] = {"progress": rep.progress, "message": rep.message}
+        if rep.state:
+            values["state"] = rep.state
+            if rep.state in (DONE, FAILED):
+                values["finished"] = now()
+        if rep.result:
+            values["result"] = rep.result
+        c.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
+        return public(c.execute(select(tasks).where(tasks.c.id == task_id)).one())

@@ -1,0 +1,282 @@
+"""The files cache: unchanged files are not read again, and nothing stale is trusted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lamina.store.catalog import SnapshotRecord
+from lamina.store.gc import collect
+from lamina.store.repository import Store
+from lamina.store.roots import snapshot_roots
+from lamina.tree import scan as scan_mod
+from lamina.tree.backup import BackupResult, backup, walk_blobs
+from lamina.tree.cache import FilesCache
+from lamina.tree.model import decode_tree, references
+from lamina.tree.restore import restore_tree
+
+from .treeutil import MIB, MTIME, assert_same_tree, set_mtime, write
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    for i in range(6):
+        write(root / f"top{i}.txt", f"top file {i}\n".encode() * (i + 1), MTIME + i)
+    write(root / "d" / "e" / "deep.txt", b"deep\n", MTIME + 10)
+    write(root / "d" / "mid.bin", os.urandom(2 * MIB), MTIME + 11)  # above SMALL_FILE: own job
+    write(root / "d" / "e" / "empty", b"", MTIME + 12)
+    return root
+
+
+class PreadCounter:
+    """Counts os.pread calls made by the scanner (every content read goes through it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[int] = []
+        real = scan_mod.os.pread
+
+        def pread(fd: int, n: int, off: int) -> bytes:
+            self.calls.append(fd)
+            return real(fd, n, off)
+
+        monkeypatch.setattr(scan_mod.os, "pread", pread)
+
+
+def run_backup(store: Store, src: Path, cache: Path) -> BackupResult:
+    return backup(store, src, cache_path=cache, workers=2)
+
+
+def cached_names(cache: Path, store: Store, dirpath: bytes) -> set[bytes]:
+    c = FilesCache(cache, store.keys.store_id, store.catalog.gc_epoch())
+    try:
+        return set(c.directory(dirpath))
+    finally:
+        c.close()
+
+
+def restore_and_compare(store: Store, snap: SnapshotRecord, src: Path, out: Path) -> None:
+    st = restore_tree(store, snap.root, out)
+    assert st.errors == []
+    assert_same_tree(src, out)
+
+
+N_FILES = 9  # 6 top files, deep.txt, mid.bin, empty
+
+
+def test_unchanged_rescan_reads_nothing(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache.db"
+    first = run_backup(store, src, cache)
+    assert first.stats.files_read == N_FILES and first.stats.errors == []
+
+    reads = PreadCounter(monkeypatch)
+    second = run_backup(store, src, cache)
+    assert second.stats.files_read == 0
+    assert second.stats.bytes_read == 0
+    assert second.stats.files_unchanged == N_FILES
+    assert reads.calls == []
+    assert second.snapshot.root == first.snapshot.root
+    assert second.stats.files == first.stats.files and second.stats.bytes == first.stats.bytes
+    restore_and_compare(store, second.snapshot, src, tmp_path / "out")
+
+
+def test_without_a_cache_everything_is_read(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pread counter really sees the scanner's reads (so its zero above means something)."""
+    backup(store, src)
+    reads = PreadCounter(monkeypatch)
+    again = backup(store, src)
+    assert again.stats.files_read == N_FILES
+    assert len(reads.calls) >= N_FILES - 1  # every non-empty file
+
+
+def test_changed_file_is_read_again(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    write(src / "d" / "e" / "deep.txt", b"changed and longer\n", MTIME + 100)
+    reads = PreadCounter(monkeypatch)
+    r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1 and r.stats.files_unchanged == N_FILES - 1
+    assert len(reads.calls) == 1
+    restore_and_compare(store, r.snapshot, src, tmp_path / "out")
+    assert (tmp_path / "out" / "d" / "e" / "deep.txt").read_bytes() == b"changed and longer\n"
+
+    # and the cache now holds the new version: nothing read on the next run
+    assert run_backup(store, src, cache).stats.files_read == 0
+
+
+def test_same_size_same_mtime_change_is_caught_by_ctime(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """An edit that keeps size and mtime (e.g. touch -r afterwards) still changes the ctime."""
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    p = src / "top3.txt"
+    old = p.read_bytes()
+    write(p, old.upper(), MTIME + 3)  # same size, mtime set back
+    assert len(old.upper()) == len(old) and os.stat(p).st_mtime_ns == MTIME + 3
+    r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1
+    restore_and_compare(store, r.snapshot, src, tmp_path / "out")
+
+
+def test_replaced_file_with_same_stat_but_new_inode_is_read(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    p = src / "top1.txt"
+    data = p.read_bytes()
+    os.rename(p, tmp_path / "keep-inode-busy")  # so the new file cannot reuse the inode
+    write(p, data.swapcase(), MTIME + 1)
+    r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1
+    restore_and_compare(store, r.snapshot, src, tmp_path / "out")
+
+
+def test_deleted_file_disappears(store: Store, src: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    assert b"top2.txt" in cached_names(cache, store, b"")
+    os.unlink(src / "top2.txt")
+    os.unlink(src / "d" / "e" / "empty")
+    r = run_backup(store, src, cache)
+    assert r.stats.files_read == 0
+    assert r.stats.files == N_FILES - 2
+    names = [e.name for e in decode_tree(store.get(r.snapshot.root))]
+    assert b"top2.txt" not in names
+    assert b"top2.txt" not in cached_names(cache, store, b"")
+    assert cached_names(cache, store, b"d/e") == {b"deep.txt"}
+    restore_and_compare(store, r.snapshot, src, tmp_path / "out")
+
+
+def test_new_file_is_read_and_others_are_not(store: Store, src: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    write(src / "d" / "new.txt", b"new\n", MTIME + 50)
+    r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1 and r.stats.files_unchanged == N_FILES
+    restore_and_compare(store, r.snapshot, src, tmp_path / "out")
+
+
+def test_failed_backup_leaves_cache_as_of_last_snapshot(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries of a scan whose snapshot was never committed must not be trusted later."""
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    write(src / "top0.txt", b"version two\n", MTIME + 200)
+
+    from lamina.store import repository
+
+    def fail(*a: object, **kw: object) -> None:
+        raise RuntimeError("crash before the snapshot row")
+
+    with monkeypatch.context() as m:
+        m.setattr(repository.Writer, "commit_snapshot", fail)
+        with pytest.raises(RuntimeError):
+            run_backup(store, src, cache)
+    # The cache must still describe the first snapshot: top0 is read again.
+    r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1
+    restore_and_compare(store, r.snapshot, src, tmp_path / "out")
+
+
+def _chunks_of(store: Store, root: bytes, name: bytes) -> list[bytes]:
+    (e,) = [x for x in decode_tree(store.get(root)) if x.name == name]
+    return list(e.chunk_ids())
+
+
+def test_cache_entry_with_collected_chunks_is_not_trusted(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache.db"
+    first = run_backup(store, src, cache)
+    victim = _chunks_of(store, first.snapshot.root, b"top4.txt")
+    assert victim
+    epoch = store.catalog.gc_epoch()
+    assert store.catalog.condemn(victim, store.catalog.max_pack_seq()) == epoch + 1
+    assert store.catalog.missing(victim) == set(victim)
+
+    reads = PreadCounter(monkeypatch)
+    second = run_backup(store, src, cache)
+    assert second.stats.files_read == 1  # top4.txt, and only it
+    assert len(reads.calls) == 1
+    assert second.stats.files_unchanged == N_FILES - 1
+    assert store.catalog.missing(victim) == set()  # uploaded again
+    restore_and_compare(store, second.snapshot, src, tmp_path / "out")
+
+    # the cache is fresh again under the new epoch
+    third = run_backup(store, src, cache)
+    assert third.stats.files_read == 0
+
+
+def test_everything_collected_then_rescan_is_restorable_after_a_real_gc(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """Forget the only snapshot and collect: every chunk and tree is really gone."""
+    cache = tmp_path / "cache.db"
+    first = run_backup(store, src, cache)
+    old_blobs = list(walk_blobs(store, first.snapshot.root))
+    store.catalog.forget_snapshots([first.snapshot.id])
+    rep = collect(store, [snapshot_roots(store.catalog)], references)
+    assert rep.packs_deleted >= 1
+    assert store.catalog.missing(old_blobs) == set(old_blobs)
+
+    second = run_backup(store, src, cache)
+    # every file is read again except the empty one, which names no chunk
+    assert second.stats.files_read == N_FILES - 1 and second.stats.files_unchanged == 1
+    assert second.stats.errors == []
+    restore_and_compare(store, second.snapshot, src, tmp_path / "out")
+    assert store.catalog.missing(list(walk_blobs(store, second.snapshot.root))) == set()
+
+
+def test_rows_of_a_folder_away_during_a_gc_are_not_trusted_later(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A folder moved away (or excluded) while a gc collects its chunks, then moved back.
+
+    Its files keep inode, size, mtime and ctime, so their old cache rows match; the
+    chunks those rows name were collected. They must be read again, not trusted.
+    """
+    cache = tmp_path / "cache.db"
+    first = run_backup(store, src, cache)
+    parked = tmp_path / "parked"
+    os.rename(src / "d", parked)
+    run_backup(store, src, cache)  # d is away: its rows are left alone
+    store.catalog.forget_snapshots([first.snapshot.id])
+    collect(store, [snapshot_roots(store.catalog)], references)  # d's chunks go
+    third = run_backup(store, src, cache)  # runs under the new gc epoch
+    assert third.stats.errors == []
+    os.rename(parked, src / "d")
+
+    fourth = run_backup(store, src, cache)
+    assert fourth.stats.errors == []
+    assert store.catalog.missing(list(walk_blobs(store, fourth.snapshot.root))) == set()
+    assert fourth.stats.files_read == 3  # all of d: its rows were dropped
+    restore_and_compare(store, fourth.snapshot, src, tmp_path / "out")
+
+
+def test_rows_of_an_excluded_folder_are_not_trusted_after_a_gc(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache.db"
+
+    def without_d(rel: bytes, is_dir: bool) -> bool:
+        return rel == b"d"
+
+    first = run_backup(store, src, cache)
+    backup(store, src, cache_path=cache, exclude=without_d)
+    store.catalog.forget_snapshots([first.snapshot.id])
+    collect(store, [snapshot_roots(store.catalog)], references)
+    backup(store, src, cache_path=cache, exclude=without_d)
+    last = run_backup(store, src, cache)
+    assert store.catalog.missing(list(walk_blobs(store, last.snapshot.root))) == set()
+    restore_and_compare(store, last.snapshot, src, tmp_path / "out")
