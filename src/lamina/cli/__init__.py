@@ -7,7 +7,8 @@ import sys
 import typer
 
 from lamina import __version__
-from lamina.cli import snapshot, store
+from lamina.cli import cvd, fleet, login, snapshot, store
+from lamina.cli.server import server
 from lamina.cli.output import fail
 from lamina.errors import LaminaError
 
@@ -20,6 +21,14 @@ app = typer.Typer(
 )
 app.add_typer(store.app, name="store")
 app.add_typer(snapshot.app, name="snapshot")
+app.command("server")(server)
+app.command("login")(login.login)
+app.add_typer(login.user_app, name="user")
+app.add_typer(fleet.token_app, name="token")
+app.add_typer(fleet.device_app, name="device")
+app.add_typer(fleet.policy_app, name="policy")
+app.add_typer(cvd.app, name="cvd")
+app.add_typer(fleet.task_app, name="task")
 
 
 @app.command()

@@ -88,6 +88,7 @@ class Restorer:
 
     # --- public --------------------------------------------------------------
     def restore(self, tree_id: bytes, target: Path) -> RestoreStats:
+        self._check_selected(tree_id)
         target.mkdir(parents=True, exist_ok=True)
         try:
             root_fd = os.open(target, _DIR_FLAGS)
@@ -103,6 +104,24 @@ class Restorer:
         return self.stats
 
     _found_any = False
+
+    def _check_selected(self, tree_id: bytes) -> None:
+        """Refuse, before writing anything, requested paths the snapshot does not hold."""
+        missing: list[str] = []
+        trees: dict[bytes, dict[bytes, Entry]] = {}
+        for sel in self.selected:
+            tid: bytes | None = tree_id
+            for i, part in enumerate(sel):
+                assert tid is not None
+                if tid not in trees:
+                    trees[tid] = {e.name: e for e in decode_tree(self.store.get(tid))}
+                e = trees[tid].get(part)
+                if e is None or (i < len(sel) - 1 and e.type != "dir"):
+                    missing.append(os.fsdecode(b"/".join(sel)))
+                    break
+                tid = e.subtree
+        if missing:
+            raise UsageError(f"not in the snapshot: {', '.join(missing)}")
 
     # --- the walk ------------------------------------------------------------
     def _dir(self, tree_id: bytes, fd: int, rel: list[bytes], everything: bool) -> None:

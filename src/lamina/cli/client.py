@@ -1,0 +1,109 @@
+"""The admin side's HTTP client: where the server is and who we are.
+
+``lamina login URL --user NAME`` saves ``{"url", "token"}`` to
+``$XDG_CONFIG_HOME/lamina/login.json`` (mode 0600); ``LAMINA_URL`` and
+``LAMINA_TOKEN`` override it. ``LAMINA_CA_CERT`` names a CA bundle for TLS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lamina.errors import (
+    AuthError,
+    BackendError,
+    ConflictError,
+    ForbiddenError,
+    IntegrityError,
+    LaminaError,
+    NotFoundError,
+    RateLimitedError,
+    TooLargeError,
+    UsageError,
+)
+
+_BY_STATUS: dict[int, type[LaminaError]] = {
+    400: UsageError,
+    401: AuthError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: TooLargeError,
+    422: IntegrityError,
+    429: RateLimitedError,
+    503: BackendError,
+}
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "lamina" / "login.json"
+
+
+def save_login(url: str, token: str) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": url, "token": token}, f)
+    os.replace(tmp, path)
+    return path
+
+
+def error_from(r: httpx.Response) -> LaminaError:
+    try:
+        doc = r.json()
+        message = str(doc.get("message") or doc)
+    except ValueError:
+        message = r.text[:200] or r.reason_phrase
+    cls = _BY_STATUS.get(r.status_code, LaminaError)
+    return cls(message)
+
+
+def verify_setting() -> bool | str:
+    return os.environ.get("LAMINA_CA_CERT") or True
+
+
+class Api:
+    def __init__(self, url: str, token: str | None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=120, verify=verify_setting())
+
+    @classmethod
+    def from_login(cls) -> Api:
+        url = os.environ.get("LAMINA_URL")
+        token = os.environ.get("LAMINA_TOKEN")
+        if not (url and token):
+            try:
+                saved = json.loads(config_path().read_text())
+            except FileNotFoundError as e:
+                raise AuthError("not logged in: run `lamina login URL --user NAME` or set LAMINA_URL and LAMINA_TOKEN") from e
+            url = url or saved["url"]
+            token = token or saved["token"]
+        return cls(str(url), token)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            raise BackendError(f"cannot reach the server at {self.url}: {e}") from e
+        if r.status_code >= 400:
+            raise error_from(r)
+        ctype = r.headers.get("content-type", "")
+        return r.json() if ctype.startswith("application/json") else r.content
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.call("POST", path, json=json, **kw)
+
+    def put(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.call("PUT", path, json=json, **kw)

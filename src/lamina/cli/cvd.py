@@ -1,0 +1,189 @@
+"""``lamina cvd``: centralize, list, show, snapshots, browse, sync, restore, revert, archive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgpack
+import typer
+
+from lamina.cli.client import Api
+from lamina.cli.common import JsonOpt
+from lamina.cli.output import byte_progress, emit_json, human_bytes
+from lamina.errors import IntegrityError
+from lamina.tree.restore import restore_tree
+
+app = typer.Typer(help="CVDs: the central copy of each endpoint.", no_args_is_help=True)
+
+
+class RemoteBlobs:
+    """Blobs read through the server's API (the server decrypts and verifies them)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def get(self, bid: bytes) -> bytes:
+        return next(self.get_many([bid]))
+
+    def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]:
+        batch: list[bytes] = []
+        for bid in ids:
+            batch.append(bid)
+            if len(batch) >= 64:
+                yield from self._fetch(batch)
+                batch = []
+        if batch:
+            yield from self._fetch(batch)
+
+    def _fetch(self, ids: list[bytes]) -> list[bytes]:
+        raw = self.api.post("/blobs/read", {"ids": [i.hex() for i in ids]})
+        out = msgpack.unpackb(raw, raw=False)
+        if not isinstance(out, list) or len(out) != len(ids) or not all(isinstance(b, bytes) for b in out):
+            raise IntegrityError("the server answered a blob request with something else")
+        return out
+
+
+def _print_cvd(c: dict[str, Any]) -> None:
+    typer.echo(
+        f"{c['id']}  {c['name']:<24} {c['state']:<9} policy {c['policy']} v{c['policy_version']}"
+        f"{' reference' if c['reference'] else ''}  {c['snapshots']} snapshots  last sync {c['last_sync'] or 'never'}"
+    )
+
+
+@app.command()
+def centralize(
+    device: Annotated[str, typer.Argument(help="Device id or hostname.")],
+    policy: Annotated[str, typer.Option(help="CVD policy name.")],
+    reference: Annotated[bool, typer.Option("--reference", help="A reference CVD (for capturing layers).")] = False,
+    name: Annotated[str | None, typer.Option(help="CVD name (default: the hostname).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the CVD of a pending device; its agent then uploads it whole."""
+    doc = Api.from_login().post(f"/devices/{device}/centralize", {"policy": policy, "reference": reference, "name": name})
+    if as_json:
+        emit_json(doc)
+    else:
+        _print_cvd(doc)
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List CVDs."""
+    rows = Api.from_login().get("/cvds")
+    if as_json:
+        emit_json(rows)
+        return
+    for c in rows:
+        _print_cvd(c)
+
+
+@app.command()
+def show(cvd: str, as_json: JsonOpt = False) -> None:
+    """Show a CVD, with the progress of a running upload."""
+    doc = Api.from_login().get(f"/cvds/{cvd}")
+    if as_json:
+        emit_json(doc)
+        return
+    _print_cvd(doc)
+    if doc["progress"]:
+        typer.echo(f"  progress: {doc['progress']}")
+
+
+@app.command()
+def snapshots(cvd: str, as_json: JsonOpt = False) -> None:
+    """A CVD's snapshots, oldest first."""
+    rows = Api.from_login().get(f"/cvds/{cvd}/snapshots")
+    if as_json:
+        emit_json(rows)
+        return
+    for s in rows:
+        typer.echo(f"{s['id'][:12]}  {s['time']}  {s['files']:>8} files  {human_bytes(s['bytes'])}")
+
+
+@app.command()
+def ls(
+    cvd: str,
+    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
+    path: Annotated[str, typer.Argument(help="Folder inside the snapshot.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Browse a folder of a snapshot (read-only)."""
+    rows = Api.from_login().get(f"/cvds/{cvd}/snapshots/{snapshot}/browse", params={"path": path})
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['type']:<8} {oct(r['mode']):>7} {r['size']:>12}  {r['name']}")
+
+
+@app.command()
+def sync(cvd: str, as_json: JsonOpt = False) -> None:
+    """Ask the CVD's agent to upload now (a task; see `lamina task watch`)."""
+    t = Api.from_login().post(f"/cvds/{cvd}/sync")
+    if as_json:
+        emit_json(t)
+    else:
+        typer.echo(f"task {t['id']}: sync queued for the agent")
+
+
+@app.command()
+def restore(
+    cvd: str,
+    snapshot: Annotated[str, typer.Option(help="Snapshot id (or unique prefix) or 'latest'.")] = "latest",
+    path: Annotated[list[str] | None, typer.Option("--path", help="Path inside the snapshot (repeatable).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Download into this folder.")] = None,
+    to_endpoint: Annotated[bool, typer.Option("--to-endpoint", help="Have the agent restore in place.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --to-endpoint: replace current files instead of keeping them as NAME.lamina-TIME.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore files or folders of a snapshot: download them, or restore them on the endpoint."""
+    api = Api.from_login()
+    if to_endpoint == (output is not None):
+        raise typer.BadParameter("give exactly one of --output DIR and --to-endpoint")
+    if to_endpoint:
+        t = api.post(f"/cvds/{cvd}/restore", {"snapshot": snapshot, "paths": path or [], "overwrite": overwrite})
+        if as_json:
+            emit_json(t)
+        else:
+            typer.echo(f"task {t['id']}: restore queued for the agent")
+        return
+    assert output is not None
+    snaps = api.get(f"/cvds/{cvd}/snapshots")
+    match = snaps[-1:] if snapshot == "latest" else [s for s in snaps if s["id"].startswith(snapshot)]
+    if len(match) != 1:
+        raise typer.BadParameter(f"snapshot {snapshot!r} names {len(match)} snapshots of this CVD")
+    snap = match[0]
+    with byte_progress("restoring", total=None if path else snap["bytes"]) as advance:
+        st = restore_tree(RemoteBlobs(api), bytes.fromhex(snap["root"]), output, paths=path or [], progress=advance)
+    doc = {"id": snap["id"], "files": st.files, "dirs": st.dirs, "bytes": st.bytes, "errors": st.errors}
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(f"restored {st.files} files, {human_bytes(st.bytes)} from snapshot {snap['id'][:12]} into {output}")
+
+
+@app.command()
+def revert(
+    cvd: str,
+    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")],
+    system_only: Annotated[bool, typer.Option("--system-only/--everything", help="Keep the user-data area as it is now (default), or revert everything.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revert the endpoint to a snapshot, applied atomically at its next boot."""
+    t = Api.from_login().post(f"/cvds/{cvd}/revert", {"snapshot": snapshot, "system_only": system_only})
+    if as_json:
+        emit_json(t)
+    else:
+        typer.echo(f"task {t['id']}: revert queued; the agent stages it and applies it at next boot")
+
+
+@app.command()
+def archive(cvd: str, as_json: JsonOpt = False) -> None:
+    """Detach the device and keep the CVD read-only with its snapshots."""
+    doc = Api.from_login().post(f"/cvds/{cvd}/archive")
+    if as_json:
+        emit_json(doc)
+    else:
+        _print_cvd(doc)

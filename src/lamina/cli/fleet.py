@@ -1,0 +1,237 @@
+"""``lamina token``, ``lamina device``, ``lamina policy``, ``lamina task``: the fleet's admin commands."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any
+
+import typer
+
+from lamina.cli.client import Api
+from lamina.cli.common import JsonOpt, parse_duration
+from lamina.cli.output import emit_json, err_console
+from lamina.errors import LaminaError, UsageError
+
+token_app = typer.Typer(help="Enrollment tokens.", no_args_is_help=True)
+device_app = typer.Typer(help="Enrolled devices.", no_args_is_help=True)
+policy_app = typer.Typer(help="CVD policies: schedule, retention, protected area, bandwidth.", no_args_is_help=True)
+task_app = typer.Typer(help="Long operations and their progress.", no_args_is_help=True)
+
+
+@token_app.command("create")
+def token_create(
+    expires: Annotated[str, typer.Option(help="Lifetime, e.g. 1h, 7d.")] = "1h",
+    policy: Annotated[str | None, typer.Option(help="Centralize enrolling devices with this policy.")] = None,
+    reference: Annotated[bool, typer.Option("--reference", help="Devices become reference CVDs.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an enrollment token for `lamina agent enroll`."""
+    doc = Api.from_login().post(
+        "/tokens", {"expires_in": parse_duration(expires), "policy": policy, "reference": reference}
+    )
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(doc["token"])
+
+
+@device_app.command("list")
+def device_list(
+    pending: Annotated[bool, typer.Option("--pending", help="Only devices waiting for a CVD.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List devices."""
+    rows = Api.from_login().get("/devices", params={"pending": pending})
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        f = r["facts"]
+        typer.echo(f"{r['id']}  {r['hostname']:<24} {r['status']:<9} {f.get('vendor', '')} {f.get('model', '')}")
+
+
+@device_app.command("reject")
+def device_reject(device: str, as_json: JsonOpt = False) -> None:
+    """Reject a pending device: its credential stops working."""
+    doc = Api.from_login().post(f"/devices/{device}/reject")
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(f"device {doc['hostname']} rejected")
+
+
+_SIZE = re.compile(r"^(\d+)([KMG]?)$", re.IGNORECASE)
+
+
+def parse_rate(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"invalid rate {text!r}: bytes per second, e.g. 500K, 10M")
+    return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
+
+
+def _settings(base: dict[str, Any], **opts: Any) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in opts.items():
+        if v is None or v == []:
+            continue
+        if k == "interval":
+            v = parse_duration(v)
+        if k == "bandwidth_limit":
+            v = parse_rate(v)
+        out[k] = v
+    return out
+
+
+IntervalOpt = Annotated[str | None, typer.Option(help="Upload interval, e.g. 1h.")]
+KeepLastOpt = Annotated[int | None, typer.Option(help="Always keep the newest N snapshots.")]
+KeepHourlyOpt = Annotated[int | None, typer.Option(help="Keep one snapshot per hour for N hours.")]
+KeepDailyOpt = Annotated[int | None, typer.Option(help="Keep one per day for N days.")]
+KeepWeeklyOpt = Annotated[int | None, typer.Option(help="Keep one per week for N weeks.")]
+KeepMonthlyOpt = Annotated[int | None, typer.Option(help="Keep one per month for N months.")]
+IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Glob to protect (repeatable).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob to skip (repeatable).")]
+ExceptionOpt = Annotated[
+    list[str] | None, typer.Option("--exception", help="Glob re-included inside an exclude (repeatable).")
+]
+ClassOpt = Annotated[
+    list[str] | None,
+    typer.Option("--class", help="Path class to protect: system, applications, user_data, machine_identity."),
+]
+BandwidthOpt = Annotated[str | None, typer.Option(help="Upload limit in bytes/s, e.g. 10M (0: none).")]
+
+
+def _print_policy(doc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(doc)
+        return
+    s = doc["settings"]
+    typer.echo(
+        f"policy {doc['name']} v{doc['version']} ({doc['cvds']} CVDs): every {s['interval']}s; keep last "
+        f"{s['keep_last']}, {s['keep_hourly']}h/{s['keep_daily']}d/{s['keep_weekly']}w/{s['keep_monthly']}m; "
+        f"classes {','.join(s['classes'])}"
+    )
+
+
+@policy_app.command("create")
+def policy_create(
+    name: Annotated[str, typer.Argument(help="Policy name.")],
+    interval: IntervalOpt = None,
+    keep_last: KeepLastOpt = None,
+    keep_hourly: KeepHourlyOpt = None,
+    keep_daily: KeepDailyOpt = None,
+    keep_weekly: KeepWeeklyOpt = None,
+    keep_monthly: KeepMonthlyOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    exception: ExceptionOpt = None,
+    klass: ClassOpt = None,
+    bandwidth: BandwidthOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a CVD policy (defaults: hourly uploads, keep 24h/7d/4w/12m)."""
+    settings = _settings(
+        {}, interval=interval, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
+        keep_weekly=keep_weekly, keep_monthly=keep_monthly, include=include, exclude=exclude,
+        exceptions=exception, classes=klass, bandwidth_limit=bandwidth,
+    )
+    doc = Api.from_login().post("/policies", {"name": name, "settings": settings})
+    _print_policy(doc, as_json)
+
+
+@policy_app.command("update")
+def policy_update(
+    name: Annotated[str, typer.Argument(help="Policy name or id.")],
+    interval: IntervalOpt = None,
+    keep_last: KeepLastOpt = None,
+    keep_hourly: KeepHourlyOpt = None,
+    keep_daily: KeepDailyOpt = None,
+    keep_weekly: KeepWeeklyOpt = None,
+    keep_monthly: KeepMonthlyOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    exception: ExceptionOpt = None,
+    klass: ClassOpt = None,
+    bandwidth: BandwidthOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a policy; every CVD using it moves to the new version."""
+    api = Api.from_login()
+    current = api.get(f"/policies/{name}")
+    settings = _settings(
+        current["settings"], interval=interval, keep_last=keep_last, keep_hourly=keep_hourly,
+        keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, include=include,
+        exclude=exclude, exceptions=exception, classes=klass, bandwidth_limit=bandwidth,
+    )
+    doc = api.put(f"/policies/{name}", {"settings": settings})
+    _print_policy(doc, as_json)
+
+
+@policy_app.command("list")
+def policy_list(as_json: JsonOpt = False) -> None:
+    """List policies."""
+    rows = Api.from_login().get("/policies")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        _print_policy(r, False)
+
+
+@policy_app.command("show")
+def policy_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one policy."""
+    _print_policy(Api.from_login().get(f"/policies/{name}"), as_json)
+
+
+def _print_task(t: dict[str, Any]) -> None:
+    typer.echo(f"{t['id']}  {t['kind']:<8} {t['state']:<8} {t['progress']:>3}%  {t['message']}")
+
+
+@task_app.command("list")
+def task_list(
+    state: Annotated[str | None, typer.Option(help="Only tasks in this state.")] = None,
+    cvd: Annotated[str | None, typer.Option(help="Only tasks of this CVD (id).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List tasks, newest first."""
+    rows = Api.from_login().get("/tasks", params={k: v for k, v in {"state": state, "cvd": cvd}.items() if v})
+    if as_json:
+        emit_json(rows)
+        return
+    for t in rows:
+        _print_task(t)
+
+
+@task_app.command("show")
+def task_show(task_id: str, as_json: JsonOpt = False) -> None:
+    """Show a task."""
+    t = Api.from_login().get(f"/tasks/{task_id}")
+    if as_json:
+        emit_json(t)
+    else:
+        _print_task(t)
+
+
+@task_app.command("watch")
+def task_watch(
+    task_id: str,
+    timeout: Annotated[str, typer.Option(help="Give up after this long.")] = "1h",
+    as_json: JsonOpt = False,
+) -> None:
+    """Follow a task until it ends (or waits for a reboot)."""
+    api = Api.from_login()
+    deadline = time.monotonic() + parse_duration(timeout)
+    while True:
+        t = api.get(f"/tasks/{task_id}")
+        if t["state"] in ("done", "failed", "waiting") or time.monotonic() > deadline:
+            break
+        err_console.print(f"{t['state']} {t['progress']}% {t['message']}", end="\r")
+        time.sleep(1)
+    if as_json:
+        emit_json(t)
+    else:
+        _print_task(t)
+    if t["state"] == "failed":
+        raise LaminaError(f"task {task_id} failed: {t['message']}")

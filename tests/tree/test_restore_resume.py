@@ -1,0 +1,194 @@
+"""Resumable restore, and restoring only some paths."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from lamina.errors import UnsafePathError, UsageError
+from lamina.store.repository import Store
+from lamina.tree.restore import Restorer, restore_tree
+
+from .treeutil import MIB, MTIME, assert_same_tree, build_rich_tree, describe, scan_tree, write
+
+
+class Interrupted(Exception):
+    """Stands for a crash or Ctrl-C in the middle of a restore."""
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".lamina-restore-")]
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    for d in ("a", "b", "b/c"):
+        for i in range(4):
+            write(root / d / f"f{i}", f"{d}/{i}\n".encode() * (i + 1), MTIME + i)
+    write(root / "big", os.urandom(5 * MIB + 1), MTIME + 9)
+    os.link(root / "a" / "f0", root / "b" / "c" / "link-to-a-f0")
+    os.chmod(root / "b", 0o750)
+    os.chown(root / "b" / "c", 1234, 5678)
+    for d in ("b/c", "b", "a"):
+        os.utime(root / d, ns=(MTIME + 100, MTIME + 100))
+    return root
+
+
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int, leave_temp: bool) -> None:
+    """Crash at the (n+1)-th file, optionally leaving a temporary as a kill -9 would."""
+    real = Restorer._file
+    count = [0]
+
+    def _file(self: Restorer, e, fd, existing) -> None:  # type: ignore[no-untyped-def]
+        if count[0] == n:
+            if leave_temp:
+                tmp = os.open(b".lamina-restore-00000000deadbeef", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd)
+                os.write(tmp, b"half written")
+                os.close(tmp)
+            raise Interrupted
+        count[0] += 1
+        real(self, e, fd, existing)
+
+    monkeypatch.setattr(Restorer, "_file", _file)
+
+
+@pytest.mark.parametrize("leave_temp", [False, True])
+def test_interrupted_restore_resumes(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leave_temp: bool
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    done_first = 7
+    with monkeypatch.context() as m:
+        interrupt_after(m, done_first, leave_temp)
+        with pytest.raises(Interrupted):
+            restore_tree(store, tid, out)
+    partial, _ = describe(out)
+    files_in_place = [p for p, n in partial.items() if n.kind == "file" and not p.split(b"/")[-1].startswith(b".lamina-restore-")]
+    assert len(files_in_place) == done_first
+    assert bool(temp_files(out)) == leave_temp
+    inodes = {p: os.lstat(os.fsencode(out) + b"/" + p).st_ino for p in files_in_place}
+
+    st = restore_tree(store, tid, out)
+    assert st.errors == []
+    assert st.skipped == done_first
+    assert temp_files(out) == []
+    assert_same_tree(src, out)
+    # what was in place was left alone, not written again
+    for p, ino in inodes.items():
+        assert os.lstat(os.fsencode(out) + b"/" + p).st_ino == ino
+
+    again = restore_tree(store, tid, out)  # a third run has nothing to do
+    assert again.skipped == again.files - 1  # the hard link is re-made, not "skipped"
+    assert again.bytes == 0
+    assert_same_tree(src, out)
+
+
+def test_interrupted_while_writing_a_big_file_leaves_no_partial_file(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    real = Store.get_many
+
+    def get_many(self: Store, ids):  # type: ignore[no-untyped-def]
+        ids = list(ids)
+        it = real(self, ids)
+        if len(ids) > 1:  # the big file: hand out one chunk, then fail
+            yield next(it)
+            raise Interrupted
+        yield from it
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "get_many", get_many)
+        with pytest.raises(Interrupted):
+            restore_tree(store, tid, out)
+    assert not (out / "big").exists()
+    assert temp_files(out) == []
+    restore_tree(store, tid, out)
+    assert_same_tree(src, out)
+
+
+def test_rich_tree_resumes_to_identical(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    build_rich_tree(src)
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    for n in (3, 9):  # two interruptions at different places
+        with monkeypatch.context() as m:
+            interrupt_after(m, n, leave_temp=True)
+            with pytest.raises(Interrupted):
+                restore_tree(store, tid, out)
+    st = restore_tree(store, tid, out)
+    assert st.skipped > 0 and st.errors == []
+    assert temp_files(out) == []
+    assert_same_tree(src, out)
+
+
+# --- partial restore ---------------------------------------------------------------------
+
+
+def paths_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_partial_restore_of_a_directory(store: Store, src: Path, tmp_path: Path) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    st = restore_tree(store, tid, out, paths=["b/c"])
+    assert st.errors == []
+    assert paths_under(out) == {"b", "b/c", "b/c/f0", "b/c/f1", "b/c/f2", "b/c/f3", "b/c/link-to-a-f0"}
+    # the selected subtree is exact; its hard-link partner outside the selection is a copy
+    full = tmp_path / "full"
+    restore_tree(store, tid, full)
+    assert_same_tree(full / "b" / "c", out / "b" / "c")
+    assert (out / "b" / "c" / "link-to-a-f0").read_bytes() == (src / "a" / "f0").read_bytes()
+    # the parent on the way gets its own metadata too
+    b = os.stat(out / "b")
+    assert stat.S_IMODE(b.st_mode) == 0o750 and b.st_mtime_ns == MTIME + 100
+
+
+def test_partial_restore_of_single_files(store: Store, src: Path, tmp_path: Path) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    restore_tree(store, tid, out, paths=["/a/f2", "b/./c/f1", "big"])
+    assert paths_under(out) == {"a", "a/f2", "b", "b/c", "b/c/f1", "big"}
+    assert (out / "a" / "f2").read_bytes() == (src / "a" / "f2").read_bytes()
+    assert (out / "big").read_bytes() == (src / "big").read_bytes()
+
+
+def test_partial_restore_keeps_links_inside_the_selection(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    restore_tree(store, tid, out, paths=["a", "b"])
+    assert os.stat(out / "a" / "f0").st_ino == os.stat(out / "b" / "c" / "link-to-a-f0").st_ino
+    assert not (out / "big").exists()
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [["nope"], ["a/nope"], ["a/f0/below-a-file"], ["b/c", "typo"], ["big", "a/f0", "zzz/f"]],
+)
+def test_path_not_in_the_snapshot_is_a_usage_error(
+    store: Store, src: Path, tmp_path: Path, paths: list[str]
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match="not in the snapshot"):
+        restore_tree(store, tid, out, paths=paths)
+    assert not out.exists() or os.listdir(out) == []  # refused before writing anything
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/../../x", "a/\0b"])
+def test_unsafe_selection_is_refused(store: Store, src: Path, tmp_path: Path, bad: str) -> None:
+    tid, _ = scan_tree(store, src)
+    with pytest.raises(UnsafePathError):
+        restore_tree(store, tid, tmp_path / "out", paths=[bad])
