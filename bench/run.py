@@ -105,6 +105,7 @@ class Ran:
     stdout: str
     stderr: str
     returncode: int
+    load: float = 0.0  # 1-minute load average just before (other work on the machine skews times)
 
 
 def run_cmd(
@@ -123,6 +124,7 @@ def run_cmd(
     argv = [os.fspath(c) for c in cmd]
     if sync_first:
         os.sync()
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     try:
         p = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, errors="replace")
@@ -137,7 +139,7 @@ def run_cmd(
         )
     if p.returncode != 0:
         warn(f"{' '.join(argv)} exited {p.returncode} (a warning):\n{p.stderr.strip()[-3000:]}")
-    return Ran(seconds, p.stdout, p.stderr, p.returncode)
+    return Ran(seconds, p.stdout, p.stderr, p.returncode, load)
 
 
 def clean_env() -> dict[str, str]:
@@ -836,7 +838,11 @@ def step_backup(run: Run, key: str, src: Path, label: str, endpoint: str | None 
     def one(t: Tool) -> None:
         r, summary = t.backup(src, label, endpoint)
         run.record(key, t, r.seconds)
-        run.details.setdefault(t.name, {})[key] = {"seconds": r.seconds, "summary": summary}
+        run.details.setdefault(t.name, {})[key] = {
+            "seconds": r.seconds,
+            "load_before": r.load,
+            "summary": summary,
+        }
         say(f"  {t.name:<7} {r.seconds:8.2f} s")
 
     run.each(key, one)
@@ -926,6 +932,7 @@ def prepare_work(work: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
+    start_load = list(os.getloadavg())
     started = dt.datetime.now(dt.UTC)
     work: Path = args.work.resolve()
     env = clean_env()
@@ -1033,6 +1040,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.mkdir(parents=True)
         r, inner = t.restore("s3", out, corpus)
         run.record("restore_s", t, r.seconds)
+        run.details.setdefault(t.name, {})["restore_s"] = {
+            "seconds": r.seconds,
+            "load_before": r.load,
+        }
         verdict = compare(expected, manifest(inner), owners=is_root)
         run.verification[t.name] = verdict.to_json()
         status = (
@@ -1096,6 +1107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "load_at_start": start_load,
+            "load_at_end": list(os.getloadavg()),
             "python": sys.version.split()[0],
             "filesystem_note": "corpus, repositories and restores on the same filesystem",
         },

@@ -32,6 +32,7 @@ import psycopg
 import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from psycopg import sql
 from sqlalchemy import URL
 
 if TYPE_CHECKING:
@@ -97,12 +98,14 @@ class PostgresServer:
     def create_database(self) -> str:
         name = f"t_{uuid.uuid4().hex}"
         with self.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return name
 
     def drop_database(self, name: str) -> None:
         with self.admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +140,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         with pg.admin() as conn:
             # Test data need not survive a crash; this makes CREATE DATABASE and commits cheap.
             for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-                conn.execute(f"ALTER SYSTEM SET {setting} = off")
+                conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting)))
             conn.execute("SELECT pg_reload_conf()")
         print(f"PostgreSQL ready in {time.monotonic() - started:.2f}s at {socket_dir}")
         yield pg
@@ -220,8 +223,8 @@ def _weed_binary() -> str:
     return on_path
 
 
-def _weed_command(weed: str, tmp: Path, config: Path) -> tuple[list[str], int]:
-    """The command that runs master, volume, filer and S3 in one process, and its S3 port."""
+def _weed_command(weed: str, tmp: Path, config: Path) -> tuple[list[str], dict[str, int]]:
+    """The command that runs master, volume, filer and S3 in one process, and its ports."""
     names = ["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc"]
     names += ["s3", "s3.grpc", "admin", "admin.grpc"]
     port = dict(zip(names, _free_ports(len(names)), strict=True))
@@ -256,7 +259,7 @@ def _weed_command(weed: str, tmp: Path, config: Path) -> tuple[list[str], int]:
         f"-admin.port={port['admin']}",
         f"-admin.port.grpc={port['admin.grpc']}",
     ]
-    return command, port["s3"]
+    return command, port
 
 
 def _s3_ready(client: S3Client) -> bool:
@@ -271,9 +274,18 @@ def _s3_ready(client: S3Client) -> bool:
     return True
 
 
+def _stop_weed(proc: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
+    """Stop weed, and remove the gRPC sockets it leaves in /tmp whatever TMPDIR says."""
+    _stop_process(proc)
+    for name, port in ports.items():
+        if name.endswith(".grpc"):
+            component = name.removesuffix(".grpc")
+            Path(f"/tmp/seaweedfs-{component}-grpc-{port}.sock").unlink(missing_ok=True)
+
+
 def _start_weed(
     weed: str, tmp: Path, credentials: tuple[str, str]
-) -> tuple[subprocess.Popen[bytes], S3Server]:
+) -> tuple[subprocess.Popen[bytes], dict[str, int], S3Server]:
     config = tmp / "s3.json"
     identity = {
         "name": "lamina-tests",
@@ -281,11 +293,10 @@ def _start_weed(
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     config.write_text(json.dumps({"identities": [identity]}))
-    # The gateway puts some Unix sockets in the Go temp dir: keep them in ours.
-    env = {**os.environ, "TMPDIR": str(tmp)}
+    env = {**os.environ, "TMPDIR": str(tmp)}  # whatever else weed writes goes in ours
     for attempt in range(1, 4):  # a free port can be taken between choosing and binding
-        command, s3_port = _weed_command(weed, tmp, config)
-        server = S3Server(f"http://127.0.0.1:{s3_port}", *credentials)
+        command, ports = _weed_command(weed, tmp, config)
+        server = S3Server(f"http://127.0.0.1:{ports['s3']}", *credentials)
         log_path = tmp / f"weed-{attempt}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -301,14 +312,14 @@ def _start_weed(
         try:
             while proc.poll() is None and time.monotonic() < deadline:
                 if _s3_ready(client):
-                    return proc, server
+                    return proc, ports, server
                 time.sleep(0.05)
         except BaseException:
-            _stop_process(proc)
+            _stop_weed(proc, ports)
             raise
         finally:
             client.close()
-        _stop_process(proc)
+        _stop_weed(proc, ports)
         if time.monotonic() < deadline and attempt < 3:
             continue  # it exited early, most likely on a port taken meanwhile
         pytest.fail(
@@ -328,14 +339,15 @@ def s3_server() -> Iterator[S3Server]:
     tmp = Path(tempfile.mkdtemp(prefix="lamina-s3-"))
     credentials = (f"LAMINA{secrets.token_hex(6).upper()}", secrets.token_hex(20))
     proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = {}
     try:
         started = time.monotonic()
-        proc, server = _start_weed(weed, tmp, credentials)
+        proc, ports, server = _start_weed(weed, tmp, credentials)
         print(f"SeaweedFS S3 ready in {time.monotonic() - started:.2f}s at {server.endpoint}")
         yield server
     finally:
         if proc is not None:
-            _stop_process(proc)
+            _stop_weed(proc, ports)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

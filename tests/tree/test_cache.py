@@ -17,7 +17,7 @@ from lamina.tree.cache import FilesCache
 from lamina.tree.model import decode_tree, references
 from lamina.tree.restore import restore_tree
 
-from .treeutil import MIB, MTIME, assert_same_tree, set_mtime, write
+from .treeutil import MIB, MTIME, assert_same_tree, write
 
 
 @pytest.fixture

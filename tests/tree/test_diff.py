@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -157,14 +156,16 @@ def test_diff_backwards_swaps_added_and_removed(store: Store, two: tuple[bytes, 
 def test_identical_subtrees_are_not_loaded(store: Store, two: tuple[bytes, bytes]) -> None:
     old, new = two
     same_old = child(store, old, b"same")
-    same_new = child(store, new, b"same")
-    assert same_old != same_new  # "same" itself changed mode, so it is entered...
-    x = child(store, old, b"same") and child(store, same_old, b"x")
-    assert x == child(store, same_new, b"x")  # ...but its child x is identical
+    # "same" changed its own mode (reported as METADATA, from the parent's entry),
+    # but its contents did not: one subtree id, never read.
+    assert same_old == child(store, new, b"same")
     load = CountingLoad(store)
     list(diff_trees(load, old, new))
-    skipped = subtree_ids(store, x)
+    skipped = subtree_ids(store, same_old)
+    assert len(skipped) == 3  # same, same/x, same/x/y
     assert not skipped & set(load.loaded), "an identical subtree was read"
+    edit_old, edit_new = child(store, old, b"edit"), child(store, new, b"edit")
+    assert {old, new, edit_old, edit_new} <= set(load.loaded)
     assert len(load.loaded) == len(set(load.loaded))  # nothing read twice
 
 
@@ -205,4 +206,17 @@ def test_non_utf8_paths_in_diff(store: Store, tmp_path: Path) -> None:
     assert changes[1].to_public()["path"] == os.fsdecode(b"\xff/caf\xe9")
 
 
-Mutator = Callable[[Path], object]
+def test_identical_sibling_of_a_change_is_not_loaded(store: Store, tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write(root / "p" / "unchanged" / "q" / "f", b"f")
+    write(root / "p" / "changed.txt", b"1")
+    set_mtime(root / "p", MTIME)
+    old, _ = scan_tree(store, root)
+    write(root / "p" / "changed.txt", b"2")
+    set_mtime(root / "p", MTIME)
+    new, _ = scan_tree(store, root)
+    load = CountingLoad(store)
+    assert [(c.path, c.kind) for c in diff_trees(load, old, new)] == [(b"p/changed.txt", MODIFIED)]
+    p_old, p_new = child(store, old, b"p"), child(store, new, b"p")
+    assert sorted(load.loaded) == sorted([old, new, p_old, p_new])
+    assert not subtree_ids(store, child(store, p_old, b"unchanged")) & set(load.loaded)

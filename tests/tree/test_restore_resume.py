@@ -46,7 +46,9 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int, leave_temp: bool) -
     def _file(self: Restorer, e, fd, existing) -> None:  # type: ignore[no-untyped-def]
         if count[0] == n:
             if leave_temp:
-                tmp = os.open(b".lamina-restore-00000000deadbeef", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd)
+                tmp = os.open(
+                    b".lamina-restore-00000000deadbeef", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd
+                )
                 os.write(tmp, b"half written")
                 os.close(tmp)
             raise Interrupted
@@ -68,7 +70,11 @@ def test_interrupted_restore_resumes(
         with pytest.raises(Interrupted):
             restore_tree(store, tid, out)
     partial, _ = describe(out)
-    files_in_place = [p for p, n in partial.items() if n.kind == "file" and not p.split(b"/")[-1].startswith(b".lamina-restore-")]
+    files_in_place = [
+        p
+        for p, n in partial.items()
+        if n.kind == "file" and not p.split(b"/")[-1].startswith(b".lamina-restore-")
+    ]
     assert len(files_in_place) == done_first
     assert bool(temp_files(out)) == leave_temp
     inodes = {p: os.lstat(os.fsencode(out) + b"/" + p).st_ino for p in files_in_place}
@@ -143,7 +149,15 @@ def test_partial_restore_of_a_directory(store: Store, src: Path, tmp_path: Path)
     out = tmp_path / "out"
     st = restore_tree(store, tid, out, paths=["b/c"])
     assert st.errors == []
-    assert paths_under(out) == {"b", "b/c", "b/c/f0", "b/c/f1", "b/c/f2", "b/c/f3", "b/c/link-to-a-f0"}
+    assert paths_under(out) == {
+        "b",
+        "b/c",
+        "b/c/f0",
+        "b/c/f1",
+        "b/c/f2",
+        "b/c/f3",
+        "b/c/link-to-a-f0",
+    }
     # the selected subtree is exact; its hard-link partner outside the selection is a copy
     full = tmp_path / "full"
     restore_tree(store, tid, full)

@@ -119,6 +119,11 @@ def test_posix_acls_round_trip(store: Store, tmp_path: Path) -> None:
         pytest.skip("setfacl/getfacl (Debian package acl) not installed")
     src = tmp_path / "src"
     f = write(src / "d" / "f", b"acl'd\n")
+    write(src / "d" / "plain", b"no ACL of its own\n", MTIME + 2)
+    os.mkfifo(src / "d" / "fifo", 0o640)
+    set_mtime(src / "d" / "fifo", MTIME + 3)
+    (src / "d" / "sub").mkdir(0o755)
+    set_mtime(src / "d" / "sub", MTIME + 4)
     subprocess.run(["setfacl", "-m", "u:1234:rwx,g:5678:r", str(f)], check=True)
     subprocess.run(["setfacl", "-d", "-m", "u:1234:rx", str(src / "d")], check=True)
     subprocess.run(["setfacl", "-m", "u:4321:rx", str(src / "d")], check=True)
@@ -138,6 +143,33 @@ def test_posix_acls_round_trip(store: Store, tmp_path: Path) -> None:
     assert facl(out / "d" / "f") == facl(f)
     assert facl(out / "d") == facl(src / "d")
     assert "default:user:1234:r-x" in facl(out / "d")
+
+    # Restoring again after losing files: they are now created inside a directory with a
+    # default ACL, and must not keep the ACL they inherit from it (the snapshot has none).
+    os.unlink(out / "d" / "plain")
+    os.unlink(out / "d" / "fifo")
+    os.rmdir(out / "d" / "sub")
+    restore_tree(store, tid, out)
+    assert_same_tree(src, out)
+
+
+def test_restore_into_a_directory_with_a_default_acl_is_still_exact(
+    store: Store, tmp_path: Path
+) -> None:
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl (Debian package acl) not installed")
+    src = tmp_path / "src"
+    write(src / "f", b"no acl here\n")
+    write(src / "d" / "g", b"nor here\n")
+    os.mkfifo(src / "d" / "p", 0o600)
+    set_mtime(src / "d" / "p", MTIME)
+    set_mtime(src / "d", MTIME)
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "u:4321:rwx,g::rwx,o::rwx", str(out)], check=True)
+    restore_tree(store, tid, out)
+    assert_same_tree(src, out)
 
 
 def test_sparse_file_stays_sparse(

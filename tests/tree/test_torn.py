@@ -156,7 +156,7 @@ def test_file_replaced_by_a_fifo_before_it_is_read_does_not_hang_the_scan(
     def run() -> None:
         try:
             result.append(scan_tree(store, src))
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+        except BaseException as e:
             result.append(e)
 
     t = threading.Thread(target=run, daemon=True)

@@ -66,7 +66,7 @@ class PolicySettings(Strict):
     keep_daily: int = Field(7, ge=0, le=10000)
     keep_weekly: int = Field(4, ge=0, le=10000)
     keep_monthly: int = Field(12, ge=0, le=10000)
-    include: list[str] = Field(default_factory=lambda: ["/"])
+    include: list[str] = Field(default_factory=lambda: ["/**"])
     exclude: list[str] = Field(default_factory=list)
     exceptions: list[str] = Field(default_factory=list, description="Re-included inside excludes.")
     classes: list[Literal["system", "applications", "user_data", "machine_identity"]] = Field(
@@ -226,6 +226,7 @@ class AgentConfig(BaseModel):
     policy: PolicySettings | None
     policy_version: int | None
     last_sync: dt.datetime | None
+    gc_epoch: int = 0
 
 
 class MissingRequest(Strict):

@@ -31,7 +31,7 @@ from lamina.store import blob
 from lamina.store.backends import Backend
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import BlobLocation, Catalog, SnapshotRecord
-from lamina.store.keys import StoreKeys
+from lamina.store.keys import ChunkingSecret, StoreKeys
 from lamina.store.pack import DEFAULT_PACK_SIZE, FinishedPack, PackWriter, pack_object_name
 
 CONFIG_NAME = "config"
@@ -327,6 +327,16 @@ class Writer:
             _, sealed = blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, data)
             self.put_sealed(kind, bid, sealed, len(data))
         return bid
+
+    @property
+    def chunking(self) -> ChunkingSecret:
+        return self.store.keys.chunking
+
+    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        """Compress, seal and add a blob whose id the caller computed (thread-safe)."""
+        flag, payload = blob.compress(data)
+        sealed = blob.seal(self.store.keys.data_key, kind, bid, flag, payload)
+        self.put_sealed(kind, bid, sealed, len(data))
 
     def seal(self, kind: BlobKind, data: bytes | memoryview) -> tuple[bytes, bytes]:
         """Name and seal plaintext (thread-safe; for worker threads)."""

@@ -6,8 +6,9 @@ a symlink in the tree, or one an attacker plants in the target, is created or
 replaced, never traversed. Names are validated when the tree is decoded (no
 ``..``, ``/`` or NUL). A file appears under its name only once complete: it is
 written to a temporary name and renamed. Metadata order per entry: content,
-owner, mode, extended attributes (capabilities survive because they come after
-chown), times.
+owner, (POSIX ACLs inherited from a default ACL but absent from the entry are
+dropped), mode, extended attributes (capabilities survive because they come
+after chown), times.
 
 Resuming: a regular file already in place with the tree's size and mtime is
 taken as restored and not rewritten.
@@ -21,16 +22,25 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from lamina.errors import IntegrityError, UsageError
-from lamina.store.repository import Store
 from lamina.tree.model import Entry, check_name, decode_tree
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
 ProgressFn = Callable[[int, int], None]
+
+
+class BlobSource(Protocol):
+    """Where a restore reads verified plaintext from: the store, or a server over HTTP."""
+
+    def get(self, bid: bytes) -> bytes: ...
+
+    def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]: ...
 
 
 @dataclass
@@ -56,7 +66,7 @@ def split_path(path: str | bytes) -> list[bytes]:
 class Restorer:
     def __init__(
         self,
-        store: Store,
+        store: BlobSource,
         *,
         paths: Sequence[str | bytes] = (),
         delete_extra: bool = False,
@@ -289,8 +299,28 @@ class Restorer:
                     raise
                 self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
+    def _drop_acls(
+        self, e: Entry, listxattr: Callable[[], list[str]], removexattr: Callable[[bytes], None]
+    ) -> None:
+        """Remove POSIX ACLs the entry does not have: a new inode inherits them from a
+        directory's default ACL, which would leave the restored copy with rights the
+        snapshot never gave."""
+        keep = {name for name, _ in e.xattrs}
+        try:
+            present = [os.fsencode(n) for n in listxattr()]
+        except OSError:
+            return
+        for name in present:
+            if name in _ACLS and name not in keep:
+                try:
+                    removexattr(name)
+                except OSError as err:
+                    if err.errno != errno.ENODATA:
+                        self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+
     def _meta_fd(self, fd: int, e: Entry) -> None:
         self._chown(lambda: os.fchown(fd, e.uid, e.gid))
+        self._drop_acls(e, lambda: os.listxattr(fd), lambda name: os.removexattr(fd, name))
         os.fchmod(fd, e.mode)
         self._xattrs(e, lambda name, value: os.setxattr(fd, name, value))
         os.utime(fd, ns=(e.mtime, e.mtime))
@@ -300,10 +330,15 @@ class Restorer:
         # relative to ``fd`` that is never followed. /proc/self/fd/N keeps the xattr
         # calls from following a symlink (the *xattr calls take no dir_fd).
         self._chown(lambda: os.chown(e.name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False))
-        if e.type != "symlink":
+        where = f"/proc/self/fd/{fd}/".encode() + e.name
+        if e.type != "symlink":  # a symlink has no ACL and no mode of its own
+            self._drop_acls(
+                e,
+                lambda: os.listxattr(where, follow_symlinks=False),
+                lambda name: os.removexattr(where, name, follow_symlinks=False),
+            )
             os.chmod(e.name, e.mode, dir_fd=fd)
         if e.xattrs:
-            where = f"/proc/self/fd/{fd}/".encode() + e.name
             self._xattrs(
                 e, lambda name, value: os.setxattr(where, name, value, follow_symlinks=False)
             )
@@ -311,7 +346,7 @@ class Restorer:
 
 
 def restore_tree(
-    store: Store,
+    store: BlobSource,
     tree_id: bytes,
     target: Path,
     *,

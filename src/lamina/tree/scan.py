@@ -18,9 +18,10 @@ import os
 import pwd
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import blake3
@@ -29,7 +30,7 @@ from lamina.errors import UsageError
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.chunker import Chunker
-from lamina.store.repository import Writer
+from lamina.store.keys import ChunkingSecret
 from lamina.tree.cache import CachedFile, FilesCache
 from lamina.tree.model import Entry, encode_tree, file_type
 
@@ -57,7 +58,32 @@ class ScanStats:
     errors: list[str] = field(default_factory=list)
 
 
+class BlobSink(Protocol):
+    """Where a scan puts what it finds: the store's ``Writer``, or an agent's uploader.
+
+    ``need``, ``put_chunk`` and ``put`` are called from several threads at once.
+    """
+
+    @property
+    def chunking(self) -> ChunkingSecret: ...
+
+    def need(self, ids: Collection[bytes]) -> set[bytes]:
+        """The subset of ``ids`` the destination does not hold yet."""
+        ...
+
+    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        """Store a blob whose id the caller computed (it must match the content)."""
+        ...
+
+    def put(self, kind: BlobKind, data: bytes) -> bytes:
+        """Store plaintext unless already held; return its id."""
+        ...
+
+
+#: (path relative to the root, is a directory) -> leave it out entirely
 ExcludeFn = Callable[[bytes, bool], bool]
+#: directory relative to the root -> keep the directory but none of its content
+PruneFn = Callable[[bytes], bool]
 ProgressFn = Callable[[int, int], None]
 
 
@@ -72,21 +98,23 @@ class _Job:
 class Scanner:
     def __init__(
         self,
-        writer: Writer,
+        writer: BlobSink,
         cache: FilesCache | None = None,
         *,
         workers: int | None = None,
         exclude: ExcludeFn | None = None,
+        prune: PruneFn | None = None,
         progress: ProgressFn | None = None,
         one_file_system: bool = False,
     ) -> None:
         self.writer = writer
         self.cache = cache
         self.exclude = exclude
+        self.prune = prune
         self.progress = progress
         self.one_file_system = one_file_system
         self.stats = ScanStats()
-        self._keys = writer.store.keys
+        self._chunking = writer.chunking
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2)))
         self._local = threading.local()
         self._users: dict[int, str] = {}
@@ -113,7 +141,7 @@ class Scanner:
     def _chunker(self) -> Chunker:
         c: Chunker | None = getattr(self._local, "chunker", None)
         if c is None:
-            c = self._local.chunker = Chunker(self._keys.chunking)
+            c = self._local.chunker = Chunker(self._chunking)
         return c
 
     def _user(self, uid: int) -> str:
@@ -164,7 +192,7 @@ class Scanner:
         if typ != "dir" and st.st_nlink > 1:
             e.hardlink = blake3.blake3(
                 st.st_dev.to_bytes(8, "little") + st.st_ino.to_bytes(8, "little"),
-                key=self._keys.chunking.id_key,
+                key=self._chunking.id_key,
             ).digest(length=16)
         return e
 
@@ -198,7 +226,9 @@ class Scanner:
                 continue
             e = self._entry(name, child, st, typ)
             if typ == "dir":
-                if self.one_file_system and st.st_dev != self._root_dev:
+                if (self.one_file_system and st.st_dev != self._root_dev) or (
+                    self.prune is not None and self.prune(child_rel)
+                ):
                     e.subtree = self.writer.put(BlobKind.TREE, encode_tree([]))
                 else:
                     e.subtree = self._dir(child, child_rel, depth + 1)
@@ -314,15 +344,13 @@ class Scanner:
             for bid, data in pending:
                 if bid in need:
                     need.discard(bid)
-                    flag, payload = blob.compress(data)
-                    sealed = blob.seal(self._keys.data_key, BlobKind.DATA, bid, flag, payload)
-                    self.writer.put_sealed(BlobKind.DATA, bid, sealed, len(data))
+                    self.writer.put_chunk(BlobKind.DATA, bid, data)
             pending.clear()
             pending_size = 0
 
         def add(data: memoryview | bytes) -> bytes:
             nonlocal pending_size
-            bid = blob.blob_id(self._keys.chunking.id_key, data)
+            bid = blob.blob_id(self._chunking.id_key, data)
             pending.append((bid, data))
             pending_size += len(data)
             if pending_size >= JOB_BYTES:

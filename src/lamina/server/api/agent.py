@@ -37,7 +37,9 @@ def enroll(req: EnrollRequest, ctx: Ctx) -> EnrollResponse:
 
 @router.post("/config", summary="Report the agent's state; get its CVD and policy")
 def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
-    return fleet.agent_config(ctx.engine, device, report.model_dump())
+    cfg = fleet.agent_config(ctx.engine, device, report.model_dump())
+    cfg.gc_epoch = ctx.store.catalog.gc_epoch()
+    return cfg
 
 
 @router.post("/missing", summary="Which of these blob ids the server lacks")

@@ -70,13 +70,17 @@ class S3Backend:
         self.prefix = prefix.strip("/")
         self._key_prefix = f"{self.prefix}/" if self.prefix else ""
         self._page_size = list_page_size
-        self._endpoint = endpoint_url
+        query = {k: v for k, v in (("endpoint", endpoint_url), ("region", region)) if v}
+        self.url = f"s3://{bucket}/{self.prefix}" + (f"?{urlencode(query)}" if query else "")
 
-        session = boto3.session.Session(
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            region_name=region,
-        )
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                region_name=region,
+            )
+        except BotoCoreError as e:  # e.g. AWS_PROFILE names a missing profile
+            raise BackendError(f"cannot open {self.url}: {e}") from e
         self.region = region or session.region_name or _DEFAULT_REGION
         config = Config(
             region_name=self.region,
@@ -89,12 +93,14 @@ class S3Backend:
             response_checksum_validation="when_required",
             user_agent_extra="lamina",
         )
-        self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        try:
+            self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        except ValueError as e:
+            raise UsageError(f"cannot open {self.url}: {e}") from e  # a malformed endpoint
+        except BotoCoreError as e:
+            raise BackendError(f"cannot open {self.url}: {e}") from e
         self._bucket_lock = threading.Lock()
         self._bucket_ready = False
-
-        query = {k: v for k, v in (("endpoint", endpoint_url), ("region", region)) if v}
-        self.url = f"s3://{bucket}/{self.prefix}" + (f"?{urlencode(query)}" if query else "")
 
     # -- names and errors ---------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The endpoint agent: enrollment, files cache, sync, restore, staged apply at boot."""

@@ -1,0 +1,113 @@
+"""One sync: scan the endpoint's protected area, upload what the server lacks, commit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lamina.agent.state import AgentState
+from lamina.agent.transport import AgentClient, retrying
+from lamina.agent.uploader import RemoteSink
+from lamina.layers.rules import RuleSet, builtin, matches
+from lamina.protocol.schemas import AgentConfig, CommitResponse, PolicySettings
+from lamina.tree.cache import FilesCache
+from lamina.tree.scan import ExcludeFn, PruneFn, Scanner
+
+
+@dataclass
+class SyncResult:
+    response: CommitResponse
+    files: int
+    bytes: int
+    files_read: int
+    uploaded_bytes: int
+    errors: list[str]
+
+
+def protected_area(
+    policy: PolicySettings, rules: RuleSet, root: Path, state_dir: Path
+) -> tuple[ExcludeFn, PruneFn]:
+    """What a policy protects, as the scanner's exclude and prune callbacks."""
+    wanted = set(policy.classes)
+    skip_inside: list[bytes] = []
+    with_state = state_dir.resolve()
+    try:
+        skip_inside.append(os.fsencode(with_state.relative_to(root.resolve())))
+    except ValueError:
+        pass
+
+    def exclude(rel: bytes, is_dir: bool) -> bool:
+        if rel in skip_inside:
+            return True
+        path = "/" + os.fsdecode(rel)
+        cls = rules.classify(path)
+        if cls == "excluded":
+            return not is_dir  # excluded folders stay, empty (see prune)
+        if matches(policy.exceptions, path):
+            return False
+        if policy.exclude and matches(policy.exclude, path):
+            return True
+        if is_dir:
+            return False  # a folder may hold wanted paths of another class
+        if not matches(policy.include, path):
+            return True
+        return cls not in wanted
+
+    def prune(rel: bytes) -> bool:
+        return rules.prunable("/" + os.fsdecode(rel))
+
+    return exclude, prune
+
+
+def run_sync(
+    client: AgentClient,
+    st: AgentState,
+    state_dir: Path,
+    cfg: AgentConfig,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> SyncResult:
+    policy = cfg.policy or PolicySettings()
+    root = Path(st.root)
+    exclude, prune = protected_area(policy, builtin("linux"), root, state_dir)
+    counters = {"files": 0, "bytes": 0, "uploaded": 0}
+
+    def on_file(nfiles: int, nbytes: int) -> None:
+        counters["files"] += nfiles
+        counters["bytes"] += nbytes
+        if progress and counters["files"] % 500 == 0:
+            progress({"phase": "scanning", **counters})
+
+    def on_upload(nbytes: int) -> None:
+        counters["uploaded"] += nbytes
+        if progress:
+            progress({"phase": "uploading", **counters})
+
+    sink = RemoteSink(client, st.chunking, bandwidth_limit=policy.bandwidth_limit, on_upload=on_upload)
+    cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)
+    try:
+        scanner = Scanner(sink, cache, exclude=exclude, prune=prune, progress=on_file)
+        root_id = scanner.scan(root)
+        sink.flush()
+        stats = scanner.stats
+        body = {
+            "root": root_id.hex(),
+            "files": stats.files,
+            "bytes": stats.bytes,
+            "stats": {
+                "files_read": stats.files_read,
+                "bytes_read": stats.bytes_read,
+                "uploaded_bytes": sink.uploaded_bytes,
+                "errors": len(stats.errors),
+                "policy_version": cfg.policy_version,
+            },
+        }
+        doc = retrying(lambda: client.json("POST", "/agent/commit", json=body))
+        cache.commit(cfg.gc_epoch)
+    finally:
+        cache.close()
+    return SyncResult(
+        CommitResponse(**doc), stats.files, stats.bytes, stats.files_read, sink.uploaded_bytes, stats.errors
+    )

@@ -1,0 +1,97 @@
+"""``lamina agent``: enroll, run, status, boot, install-service (the endpoint's side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lamina.agent import service, staging
+from lamina.agent.runner import Agent, enroll
+from lamina.agent.state import load_state, load_status, save_status
+from lamina.cli.common import JsonOpt
+from lamina.cli.output import emit_json
+
+app = typer.Typer(help="The endpoint agent.", no_args_is_help=True)
+StateOpt = Annotated[Path, typer.Option("--state", envvar="LAMINA_AGENT_STATE", help="The agent's state folder.")]
+
+
+@app.command("enroll")
+def enroll_cmd(
+    server: Annotated[str, typer.Option(help="Server URL, e.g. https://lamina:8470")],
+    token: Annotated[str, typer.Option(help="Enrollment token from `lamina token create`.")],
+    root: Annotated[Path, typer.Option(help="The endpoint's root folder (/ on a real machine).")],
+    state: StateOpt,
+    ca_cert: Annotated[Path | None, typer.Option(help="Expected server certificate (PEM) instead of trusting the first one seen.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register this endpoint with the server; it stays pending until centralized."""
+    st = enroll(server, token, root, state, ca_cert)
+    status = load_status(state)
+    if as_json:
+        emit_json({"id": st.device_id, "device_id": st.device_id, "state": status.get("state")})
+    else:
+        typer.echo(f"enrolled as device {st.device_id} ({status.get('state')})")
+
+
+@app.command()
+def run(
+    state: StateOpt,
+    once: Annotated[bool, typer.Option("--once", help="One full cycle, then exit.")] = False,
+    sync: Annotated[bool, typer.Option("--sync", help="Upload now even if not due.")] = False,
+    poll: Annotated[float, typer.Option(help="Seconds between cycles.")] = 15.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The agent daemon: report, upload when due or asked, do queued work."""
+    agent = Agent(state)
+    try:
+        if once:
+            done = agent.cycle(force_sync=sync)
+            if as_json:
+                emit_json({"id": agent.st.device_id, **done, **load_status(state)})
+            else:
+                typer.echo(f"cycle done: {'synced' if done['synced'] else 'no sync'}, {len(done['tasks'])} tasks")
+            return
+        agent.run_forever(poll)
+    finally:
+        agent.close()
+
+
+@app.command()
+def status(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """The agent's state, last sync and progress."""
+    st = load_state(state)
+    doc = {"id": st.device_id, "device_id": st.device_id, "server": st.server, "root": st.root,
+           "state": "idle", "cvd_id": None, "last_sync": None, **load_status(state)}
+    doc["staged"] = [t.journal["id"] for t in staging.pending(state, Path(st.root))]
+    if as_json:
+        emit_json(doc)
+        return
+    for k in ("device_id", "cvd_id", "state", "last_sync", "last_snapshot", "staged", "last_error"):
+        typer.echo(f"{k:<14} {doc.get(k)}")
+
+
+@app.command()
+def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """Apply staged transactions atomically (run by the init system before services start)."""
+    st = load_state(state)
+    applied = staging.boot(state, Path(st.root))
+    if applied:
+        status = load_status(state)
+        status.update(state="idle", staged=None, applied=applied)
+        save_status(state, status)
+    if as_json:
+        emit_json([{"id": a["transaction"], **a} for a in applied])
+    else:
+        typer.echo(f"applied {len(applied)} staged transactions")
+
+
+@app.command("install-service")
+def install_service(
+    state: StateOpt,
+    unit_dir: Annotated[Path, typer.Option(help="Where to write the units.")] = service.UNIT_DIR,
+) -> None:
+    """Write (and where systemd runs, enable) the agent's systemd units."""
+    for p in service.install(state, unit_dir):
+        typer.echo(f"wrote {p}")

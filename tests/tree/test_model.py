@@ -1,0 +1,184 @@
+"""Tree objects: deterministic encoding, strict decoding of hostile input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from lamina.errors import IntegrityError, UnsafePathError
+from lamina.tree.model import TREE_VERSION, Entry, decode_tree, encode_tree, references
+
+CID = bytes(range(32))
+SUB = bytes(range(1, 33))
+
+
+def good_entries() -> list[Entry]:
+    return [
+        Entry(
+            b"file",
+            "file",
+            0o4755,
+            1,
+            2,
+            "u",
+            "g",
+            -5,
+            10,
+            [(b"user.a", b"\x00")],
+            hardlink=b"h" * 16,
+            content=[CID, 7, CID],
+        ),
+        Entry(b"dir", "dir", 0o1777, subtree=SUB),
+        Entry(b"link", "symlink", 0o777, target=b"../x"),
+        Entry(b"dev", "chardev", 0o600, rdev=0x0103),
+        Entry(b"blk", "blockdev", 0o600, rdev=2**40),
+        Entry(b"pipe", "fifo"),
+        Entry(b"sock", "socket"),
+        Entry(b"\xff\xfe", "file", content=[]),
+    ]
+
+
+def raw(entries: list[dict[str, Any]], v: Any = TREE_VERSION) -> bytes:
+    return msgpack.packb({"v": v, "entries": entries}, use_bin_type=True)
+
+
+def one(**over: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": b"f",
+        "type": "file",
+        "mode": 0o644,
+        "uid": 0,
+        "gid": 0,
+        "user": "",
+        "group": "",
+        "mtime": 0,
+        "size": 1,
+        "content": [CID],
+    }
+    d.update(over)
+    return {k: v for k, v in d.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def test_round_trip_keeps_every_field() -> None:
+    entries = good_entries()
+    back = decode_tree(encode_tree(entries))
+    assert back == sorted(entries, key=lambda e: e.name)
+
+
+def test_encoding_is_deterministic_and_sorted_bytewise() -> None:
+    entries = good_entries()
+    a = encode_tree(entries)
+    b = encode_tree(list(reversed(entries)))
+    assert a == b
+    names = [e.name for e in decode_tree(a)]
+    assert names == sorted(names) and names[0] == b"blk" and names[-1] == b"\xff\xfe"
+    # xattrs are sorted too
+    e1 = Entry(b"x", "file", xattrs=[(b"user.b", b"2"), (b"user.a", b"1")], content=[])
+    e2 = Entry(b"x", "file", xattrs=[(b"user.a", b"1"), (b"user.b", b"2")], content=[])
+    assert encode_tree([e1]) == encode_tree([e2])
+
+
+def test_references_lists_subtrees_and_chunks_not_holes() -> None:
+    trees, chunks = references(encode_tree(good_entries()))
+    assert trees == [SUB]
+    assert chunks == [CID, CID]
+
+
+@pytest.mark.parametrize("v", [2, 0, None, "1", True, 1.0])
+def test_wrong_version_is_refused(v: Any) -> None:
+    with pytest.raises(IntegrityError, match="version"):
+        decode_tree(raw([one()], v=v))
+
+
+def test_missing_version_is_refused() -> None:
+    with pytest.raises(IntegrityError, match="version"):
+        decode_tree(msgpack.packb({"entries": []}))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        b"\x92\x01",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"v": 1}),
+        msgpack.packb({"v": 1, "entries": {}}),
+        raw([1]),
+        raw([[b"f", "file"]]),
+    ],
+)
+def test_garbage_is_refused(data: bytes) -> None:
+    with pytest.raises(IntegrityError):
+        decode_tree(data)
+
+
+def test_unsorted_entries_are_refused() -> None:
+    with pytest.raises(IntegrityError, match="not sorted"):
+        decode_tree(raw([one(name=b"b"), one(name=b"a")]))
+
+
+def test_duplicate_entries_are_refused() -> None:
+    with pytest.raises(IntegrityError, match="not sorted or not unique"):
+        decode_tree(raw([one(name=b"a"), one(name=b"a", type="dir", subtree=SUB, content=DROP)]))
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        ({"content": [CID[:31]]}, "32-byte"),
+        ({"content": [CID + b"\0"]}, "32-byte"),
+        ({"content": ["x" * 32]}, "32-byte"),
+        ({"content": [0]}, "hole"),
+        ({"content": [-4]}, "hole"),
+        ({"content": [True]}, "32-byte"),
+        ({"content": CID}, "list"),
+        ({"type": "dir", "content": DROP, "subtree": SUB[:16]}, "32-byte"),
+        ({"type": "dir", "content": DROP}, "subtree"),
+        ({"size": -1}, "negative"),
+        ({"uid": -1}, "negative"),
+        ({"gid": -7}, "negative"),
+        ({"uid": 2**32}, "range"),
+        ({"size": 2**63}, "range"),
+        ({"content": [2**63]}, "hole"),
+        ({"type": "chardev", "rdev": -1}, "device"),
+        ({"type": "chardev"}, "rdev"),
+        ({"size": "1"}, "size"),
+        ({"size": True}, "size"),
+        ({"mode": None}, "mode"),
+        ({"mode": DROP}, "mode"),
+        ({"mtime": 1.5}, "mtime"),
+        ({"type": "door"}, "type"),
+        ({"type": DROP}, "type"),
+        ({"name": DROP}, "name"),
+        ({"name": "f"}, "name"),
+        ({"type": "symlink"}, "target"),
+        ({"type": "symlink", "target": b""}, "target"),
+        ({"type": "symlink", "target": b"a\0b"}, "target"),
+        ({"type": "symlink", "target": "str"}, "target"),
+        ({"hardlink": b"short"}, "hardlink"),
+        ({"xattrs": [[b"user.a"]]}, "xattr"),
+        ({"xattrs": [[b"user.a", "str"]]}, "xattr"),
+        ({"xattrs": {b"user.a": b"v"}}, "xattr"),
+    ],
+)
+def test_malformed_entries_are_refused(over: dict[str, Any], match: str) -> None:
+    with pytest.raises(IntegrityError, match=match):
+        decode_tree(raw([one(**over)]))
+
+
+@pytest.mark.parametrize("name", [b"", b".", b"..", b"a/b", b"/", b"a\0", b"/etc"])
+def test_unsafe_names_are_refused(name: bytes) -> None:
+    with pytest.raises(UnsafePathError):
+        decode_tree(raw([one(name=name)]))
+
+
+def test_a_valid_raw_tree_decodes() -> None:
+    """The raw builder above makes valid trees, so each refusal is due to its one change."""
+    (e,) = decode_tree(raw([one()]))
+    assert e.content == [CID] and e.size == 1
