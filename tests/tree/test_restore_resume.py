@@ -206,3 +206,39 @@ def test_unsafe_selection_is_refused(store: Store, src: Path, tmp_path: Path, ba
     tid, _ = scan_tree(store, src)
     with pytest.raises(UnsafePathError):
         restore_tree(store, tid, tmp_path / "out", paths=[bad])
+
+
+def test_restore_over_another_tree_with_delete_gives_exactly_the_snapshot(
+    store: Store, tmp_path: Path
+) -> None:
+    """Types swap (file <-> dir <-> symlink), files change, extras go: the result is exact."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    write(a / "x", b"x is a file")
+    write(a / "y" / "inner", b"y is a dir")
+    os.symlink("somewhere", a / "z")
+    write(a / "only-in-a" / "deep" / "f", b"extra")
+    write(a / "same", b"same in both", MTIME + 5)
+    write(a / "edited", b"old", MTIME)
+    write(b / "x" / "now-a-dir", b"x became a dir")
+    os.symlink("x", b / "y")
+    write(b / "z", b"z became a file")
+    write(b / "same", b"same in both", MTIME + 5)
+    write(b / "edited", b"new!", MTIME + 1)
+    os.mkfifo(b / "pipe")
+    for root in (a, b):
+        for d, _, _ in os.walk(root):
+            os.utime(d, ns=(MTIME, MTIME))
+    ta, _ = scan_tree(store, a)
+    tb, _ = scan_tree(store, b)
+    out = tmp_path / "out"
+    restore_tree(store, ta, out)
+    assert_same_tree(a, out)
+    st = restore_tree(store, tb, out, delete_extra=True)
+    assert st.errors == [] and st.removed == 1 and st.skipped == 1  # only-in-a; same
+    assert_same_tree(b, out)
+    # and without --delete the extra stays, everything else is exact
+    restore_tree(store, ta, out)
+    write(out / "keep-me", b"user's own file")
+    st = restore_tree(store, tb, out)
+    assert st.removed == 0 and (out / "keep-me").exists() and (out / "only-in-a").exists()
+    assert_same_tree(b, out, ignore={b"keep-me", b"only-in-a", b"only-in-a/deep", b"only-in-a/deep/f"})

@@ -14,7 +14,7 @@ from lamina.agent.staging import stage_revert
 from lamina.agent.state import AgentState, load_state, load_status, save_state, save_status
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, fetch_certificate, retrying
-from lamina.errors import LaminaError, UsageError
+from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
 from lamina.tree.restore import restore_tree
 
@@ -140,6 +140,8 @@ class Agent:
     def cycle(self, force_sync: bool = False) -> dict[str, Any]:
         """One full cycle: report, sync if due or asked, then every queued task."""
         cfg = self.report()
+        if force_sync and not cfg.cvd_id:
+            raise ConflictError(f"this device is {cfg.status}: it has no active CVD to sync")
         done: dict[str, Any] = {"synced": False, "tasks": []}
         items = [WorkItem(**w) for w in retrying(lambda: self.client.json("GET", "/agent/work"))]
         asked = any(i.kind == "sync" for i in items)

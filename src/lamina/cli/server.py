@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, KeyfileOpt, StoreOpt
 from lamina.cli.output import err_console
 from lamina.config import ServerSettings
 from lamina.errors import UsageError
-from lamina.server.app import create_app, open_context
 
 
 def server(
@@ -27,6 +25,12 @@ def server(
     workers: Annotated[int, typer.Option(help="Background task workers in this process.")] = 1,
 ) -> None:
     """Start the Lamina server. On first start it creates the store and the user `admin`."""
+    # Imported here, not at the top: FastAPI and uvicorn cost ~0.7 s of start-up
+    # that every other command would pay. Not a cycle.
+    import uvicorn
+
+    from lamina.server.app import create_app, open_context
+
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     settings = ServerSettings(

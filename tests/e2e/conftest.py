@@ -1,0 +1,155 @@
+"""Whole-system fixtures: real `lamina server` processes, admins and agents through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import _log_excerpt, _stop_process
+
+LAMINA = [sys.executable, "-m", "lamina.cli"]
+ADMIN_PASSWORD = "admin-password-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProc:
+    """One `lamina server` process; ``restart`` keeps its port and data."""
+
+    data: Path
+    extra: list[str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProc:
+        self.starts += 1
+        log = self.data.parent / f"server-{self.port}-{self.starts}.log"
+        self.log = log
+        env = {**os.environ, "LAMINA_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        self.proc = subprocess.Popen(
+            [*LAMINA, "server", "--data", str(self.data), "--port", str(self.port), *self.extra],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lamina server exited {self.proc.returncode}:\n{_log_excerpt(log)}")
+            try:
+                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"lamina server did not answer in 60 s:\n{_log_excerpt(log)}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc:
+            _stop_process(self.proc)
+
+
+class Lamina:
+    """The `lamina` command as one person (own config folder) or one endpoint would run it."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "XDG_CONFIG_HOME": str(home), **(env or {})}
+        self.env.pop("LAMINA_URL", None)
+        self.env.pop("LAMINA_TOKEN", None)
+
+    def run(self, *args: str, ok: bool = True, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([*LAMINA, *args], capture_output=True, text=True, env=self.env, input=input, timeout=timeout)
+        if ok and p.returncode != 0:
+            raise AssertionError(f"lamina {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def login(self, url: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> Lamina:
+        self.run("login", url, "--user", user, "--password-stdin", input=password + "\n")
+        return self
+
+
+@dataclass
+class Deployment:
+    """Servers sharing one store, and how to reach the store directly."""
+
+    servers: list[ServerProc]
+    store_args: list[str]
+    tmp: Path
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def url_for(self, i: int) -> str:
+        return self.servers[i % len(self.servers)].url
+
+
+def _deployment(tmp: Path, extra: list[str], count: int) -> Iterator[Deployment]:
+    first = ServerProc(tmp / "server-a", extra).start()
+    servers = [first]
+    # Scale-out: every server gets the same key file (copied from the first) and the same db and store.
+    for i in range(1, count):
+        data = tmp / f"server-{'abcdefg'[i]}"
+        data.mkdir()
+        (data / "keys.json").write_bytes((first.data / "keys.json").read_bytes())
+        os.chmod(data / "keys.json", 0o600)
+        servers.append(ServerProc(data, extra).start())
+    try:
+        yield Deployment(servers, ["--data", str(first.data), *extra], tmp)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.fixture(params=["embedded", pytest.param("scaleout", marks=pytest.mark.e2e)])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """The embedded default (one server, SQLite + folder), and the scale-out shape
+    (two servers on one PostgreSQL database and one S3 bucket)."""
+    if request.param == "embedded":
+        yield from _deployment(tmp_path, [], 1)
+    else:
+        db = request.getfixturevalue("pg_db_url")
+        store = request.getfixturevalue("s3_url")
+        yield from _deployment(tmp_path, ["--db", db, "--store", store], 2)
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Deployment]:
+    yield from _deployment(tmp_path, [], 1)
+
+
+@pytest.fixture
+def person(tmp_path: Path) -> Callable[[str], Lamina]:
+    def make(name: str) -> Lamina:
+        return Lamina(tmp_path / "people" / name)
+
+    return make
