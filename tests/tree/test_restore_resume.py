@@ -241,4 +241,6 @@ def test_restore_over_another_tree_with_delete_gives_exactly_the_snapshot(
     write(out / "keep-me", b"user's own file")
     st = restore_tree(store, tb, out)
     assert st.removed == 0 and (out / "keep-me").exists() and (out / "only-in-a").exists()
-    assert_same_tree(b, out, ignore={b"keep-me", b"only-in-a", b"only-in-a/deep", b"only-in-a/deep/f"})
+    assert_same_tree(
+        b, out, ignore={b"keep-me", b"only-in-a", b"only-in-a/deep", b"only-in-a/deep/f"}
+    )
