@@ -25,3 +25,8 @@ def make_endpoint(root: Path, hostname: str, user: str, *, os_seed: int = 11) ->
     (root / "proc").mkdir()
     (root / "proc/cpuinfo").write_text("not a real proc\n")
     return root
+
+
+def protected(desc: dict[str, tuple[object, ...]]) -> dict[str, tuple[object, ...]]:
+    """What a default policy protects: everything but the excluded class's content."""
+    return {k: v for k, v in desc.items() if not k.startswith(("var/log/", "proc/"))}

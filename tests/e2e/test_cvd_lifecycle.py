@@ -9,12 +9,7 @@ from pathlib import Path
 
 from tests.cli.corpus import describe
 from tests.e2e.conftest import Deployment, Lamina
-from tests.e2e.endpoints import make_endpoint
-
-
-def _protected(desc: dict[str, tuple[object, ...]]) -> dict[str, tuple[object, ...]]:
-    """What a default policy protects: everything but the excluded class's content."""
-    return {k: v for k, v in desc.items() if not k.startswith(("var/log/", "proc/"))}
+from tests.e2e.endpoints import make_endpoint, protected
 
 
 def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], tmp_path: Path) -> None:
@@ -61,7 +56,7 @@ def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], 
 
     out = tmp_path / "restore-full"
     admin.run("cvd", "restore", "desk-01", "--output", str(out))
-    assert describe(out) == _protected(describe(roots["desk-01"]))
+    assert describe(out) == protected(describe(roots["desk-01"]))
     assert not (out / "var/log/syslog").exists() and (out / "var/log").is_dir()
 
     # Change files; the admin asks for a sync now; the agent does it on its next cycle.
@@ -126,7 +121,7 @@ def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], 
     assert p.returncode != 0 and "error:" in p.stderr
     out2 = tmp_path / "restore-archived"
     admin.run("cvd", "restore", "desk-02", "--output", str(out2))
-    assert describe(out2) == _protected(describe(roots["desk-02"]))
+    assert describe(out2) == protected(describe(roots["desk-02"]))
     devices = {d["hostname"]: d for d in admin.json("device", "list")}
     assert devices["desk-02"]["status"] == "archived"
 

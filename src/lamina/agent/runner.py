@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,9 @@ def enroll(server: str, token: str, root: Path, state_dir: Path, ca_cert: Path |
 
 
 class Agent:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.state_dir = state_dir
+        self.on_progress = on_progress
         self.st = load_state(state_dir)
         self.client = AgentClient(self.st.server, self.st.credential, self.st.pinned_cert)
         self.status: dict[str, Any] = load_status(state_dir) or {}
@@ -79,7 +81,12 @@ class Agent:
 
         def progress(p: dict[str, Any]) -> None:
             self._save(progress=p)
-            self.client.json("POST", "/agent/config", json={"state": "syncing", "progress": p})
+            if self.on_progress:
+                self.on_progress(p)
+            try:  # best effort: a server restarting must not fail the upload
+                self.client.json("POST", "/agent/config", json={"state": "syncing", "progress": p})
+            except LaminaError:
+                pass
 
         try:
             res = run_sync(self.client, self.st, self.state_dir, cfg, progress)

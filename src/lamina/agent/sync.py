@@ -62,6 +62,34 @@ def protected_area(
     return exclude, prune
 
 
+def estimate(root: Path, exclude: ExcludeFn, prune: PruneFn) -> tuple[int, int]:
+    """Files and bytes a scan will cover (a walk of metadata only), for progress percentages."""
+    files = size = 0
+    todo = [(os.fsencode(root), b"")]
+    while todo:
+        path, rel = todo.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for de in entries:
+            child_rel = rel + b"/" + de.name if rel else de.name
+            try:
+                is_dir = de.is_dir(follow_symlinks=False)
+                if exclude(child_rel, is_dir):
+                    continue
+                if is_dir:
+                    if not prune(child_rel):
+                        todo.append((de.path, child_rel))
+                elif de.is_file(follow_symlinks=False):
+                    files += 1
+                    size += de.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return files, size
+
+
 def run_sync(
     client: AgentClient,
     st: AgentState,
@@ -72,18 +100,28 @@ def run_sync(
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
     exclude, prune = protected_area(policy, builtin("linux"), root, state_dir)
-    counters = {"files": 0, "bytes": 0, "uploaded": 0}
+    counters: dict[str, Any] = {"files": 0, "bytes": 0, "uploaded": 0}
+    if cfg.last_sync is None:  # centralization: worth a metadata walk to show a percentage
+        counters["total_files"], counters["total_bytes"] = estimate(root, exclude, prune)
+        if progress:
+            progress({"phase": "centralizing", "percent": 0, **counters})
+
+    def snapshot() -> dict[str, Any]:
+        total = counters.get("total_bytes")
+        pct = min(99, int(100 * counters["bytes"] / total)) if total else None
+        phase = "centralizing" if "total_bytes" in counters else "syncing"
+        return {"phase": phase, **({"percent": pct} if pct is not None else {}), **counters}
 
     def on_file(nfiles: int, nbytes: int) -> None:
         counters["files"] += nfiles
         counters["bytes"] += nbytes
         if progress and counters["files"] % 500 == 0:
-            progress({"phase": "scanning", **counters})
+            progress(snapshot())
 
     def on_upload(nbytes: int) -> None:
         counters["uploaded"] += nbytes
         if progress:
-            progress({"phase": "uploading", **counters})
+            progress(snapshot())
 
     sink = RemoteSink(client, st.chunking, bandwidth_limit=policy.bandwidth_limit, on_upload=on_upload)
     cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)

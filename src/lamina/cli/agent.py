@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,7 +11,7 @@ from lamina.agent import service, staging
 from lamina.agent.runner import Agent, enroll
 from lamina.agent.state import load_state, load_status, save_status
 from lamina.cli.common import JsonOpt
-from lamina.cli.output import emit_json
+from lamina.cli.output import byte_progress, emit_json
 
 app = typer.Typer(help="The endpoint agent.", no_args_is_help=True)
 StateOpt = Annotated[Path, typer.Option("--state", envvar="LAMINA_AGENT_STATE", help="The agent's state folder.")]
@@ -44,18 +44,29 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """The agent daemon: report, upload when due or asked, do queued work."""
-    agent = Agent(state)
-    try:
-        if once:
+    if not once:
+        agent = Agent(state)
+        try:
+            agent.run_forever(poll)
+        finally:
+            agent.close()
+        return
+    with byte_progress("syncing") as advance:
+        seen = {"bytes": 0, "files": 0}
+
+        def show(p: dict[str, Any]) -> None:
+            advance(p.get("files", 0) - seen["files"], p.get("bytes", 0) - seen["bytes"])
+            seen.update(files=p.get("files", 0), bytes=p.get("bytes", 0))
+
+        agent = Agent(state, on_progress=show)
+        try:
             done = agent.cycle(force_sync=sync)
             if as_json:
                 emit_json({"id": agent.st.device_id, **done, **load_status(state)})
             else:
                 typer.echo(f"cycle done: {'synced' if done['synced'] else 'no sync'}, {len(done['tasks'])} tasks")
-            return
-        agent.run_forever(poll)
-    finally:
-        agent.close()
+        finally:
+            agent.close()
 
 
 @app.command()
