@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,18 +39,20 @@ class ServerProc:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    tls: tuple[Path, Path] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProc:
         self.starts += 1
         log = self.data.parent / f"server-{self.port}-{self.starts}.log"
         self.log = log
         env = {**os.environ, "LAMINA_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        tls = ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] if self.tls else []
         self.proc = subprocess.Popen(
-            [*LAMINA, "server", "--data", str(self.data), "--port", str(self.port), *self.extra],
+            [*LAMINA, "server", "--data", str(self.data), "--port", str(self.port), *self.extra, *tls],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
         )
         deadline = time.monotonic() + 60
@@ -57,7 +60,8 @@ class ServerProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"lamina server exited {self.proc.returncode}:\n{_log_excerpt(log)}")
             try:
-                if httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200:
+                verify = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
+                if httpx.get(self.url + "/api/v1/health", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

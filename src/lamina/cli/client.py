@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,10 @@ def error_from(r: httpx.Response) -> LaminaError:
     return cls(message)
 
 
-def verify_setting() -> bool | str:
-    return os.environ.get("LAMINA_CA_CERT") or True
+def verify_setting() -> bool | ssl.SSLContext:
+    """System CAs, or the CA bundle named by ``LAMINA_CA_CERT``."""
+    ca = os.environ.get("LAMINA_CA_CERT")
+    return ssl.create_default_context(cafile=ca) if ca else True
 
 
 class Api:
