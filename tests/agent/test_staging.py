@@ -48,7 +48,12 @@ def _mutate(root: Path) -> None:
 
 def _stage(store: Store, snapshot_root: bytes, root: Path, state: Path) -> staging.Transaction:
     return staging.stage_tree(
-        store, snapshot_root, root, state, staging.system_only_keep(builtin("linux")), {"kind": "revert"}
+        store,
+        snapshot_root,
+        root,
+        state,
+        staging.system_only_keep(builtin("linux")),
+        {"kind": "revert"},
     )
 
 
@@ -67,7 +72,9 @@ def _no_dir_times(desc: dict[str, tuple[object, ...]]) -> dict[str, tuple[object
 
 
 @pytest.fixture
-def setup(store: Store, tmp_path: Path) -> Callable[[], tuple[Path, Path, dict, dict, staging.Transaction]]:
+def setup(
+    store: Store, tmp_path: Path
+) -> Callable[[], tuple[Path, Path, dict, dict, staging.Transaction]]:
     def make() -> tuple[Path, Path, dict, dict, staging.Transaction]:
         root = _endpoint(tmp_path / "root")
         state = tmp_path / "state"
@@ -93,7 +100,9 @@ def test_boot_applies_and_keeps_user_data_and_identity(setup) -> None:  # type: 
     assert staging.pending(state, root) == []
 
 
-def test_crash_after_every_step_leaves_old_or_new(setup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_crash_after_every_step_leaves_old_or_new(
+    setup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     root, state, old_system, current, tx = setup()
     steps = len(tx.journal["ops"])
     assert steps >= 5

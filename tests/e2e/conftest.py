@@ -51,17 +51,23 @@ class ServerProc:
         self.log = log
         env = {**os.environ, "LAMINA_ADMIN_PASSWORD": ADMIN_PASSWORD}
         tls = ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] if self.tls else []
-        self.proc = subprocess.Popen(
-            [*LAMINA, "server", "--data", str(self.data), "--port", str(self.port), *self.extra, *tls],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env,  # noqa: SIM115
-        )
+        args = [*LAMINA, "server", "--data", str(self.data), "--port", str(self.port)]
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [*args, *self.extra, *tls], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"lamina server exited {self.proc.returncode}:\n{_log_excerpt(log)}")
+                raise RuntimeError(
+                    f"lamina server exited {self.proc.returncode}:\n{_log_excerpt(log)}"
+                )
             try:
                 verify = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
-                if httpx.get(self.url + "/api/v1/health", timeout=1, verify=verify).status_code == 200:
+                if (
+                    httpx.get(self.url + "/api/v1/health", timeout=1, verify=verify).status_code
+                    == 200
+                ):
                     return self
             except httpx.HTTPError:
                 pass
@@ -87,10 +93,21 @@ class Lamina:
         self.env.pop("LAMINA_URL", None)
         self.env.pop("LAMINA_TOKEN", None)
 
-    def run(self, *args: str, ok: bool = True, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([*LAMINA, *args], capture_output=True, text=True, env=self.env, input=input, timeout=timeout)
+    def run(
+        self, *args: str, ok: bool = True, input: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            [*LAMINA, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            input=input,
+            timeout=timeout,
+        )
         if ok and p.returncode != 0:
-            raise AssertionError(f"lamina {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+            raise AssertionError(
+                f"lamina {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+            )
         return p
 
     def json(self, *args: str) -> Any:

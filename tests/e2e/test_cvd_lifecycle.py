@@ -12,7 +12,9 @@ from tests.e2e.conftest import Deployment, Lamina
 from tests.e2e.endpoints import make_endpoint, protected
 
 
-def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], tmp_path: Path) -> None:
+def test_cvd_lifecycle(
+    deployment: Deployment, person: Callable[[str], Lamina], tmp_path: Path
+) -> None:
     admin = person("admin").login(deployment.url)
     admin.run("policy", "create", "standard", "--interval", "1h", "--keep-last", "10")
     token = admin.json("token", "create", "--expires", "1h")["token"]
@@ -23,8 +25,18 @@ def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], 
         roots[host] = make_endpoint(tmp_path / host, host, user)
         states[host] = tmp_path / f"{host}-state"
         agents[host] = person(f"agent-{host}")
-        agents[host].run("agent", "enroll", "--server", deployment.url_for(i), "--token", token,
-                         "--root", str(roots[host]), "--state", str(states[host]))
+        agents[host].run(
+            "agent",
+            "enroll",
+            "--server",
+            deployment.url_for(i),
+            "--token",
+            token,
+            "--root",
+            str(roots[host]),
+            "--state",
+            str(states[host]),
+        )
         assert (states[host] / "agent.json").stat().st_mode & 0o777 == 0o600
     pending = admin.json("device", "list", "--pending")
     assert sorted(d["hostname"] for d in pending) == ["desk-01", "desk-02"]
@@ -43,10 +55,14 @@ def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], 
     # Centralization: the first upload of each endpoint.
     first = agents["desk-01"].json("agent", "run", "--once", "--state", str(states["desk-01"]))
     assert first["synced"] and first["state"] == "idle" and first["last_sync"]
-    stored_after_one = admin.json("store", "stats", *deployment.store_args)["pack_bytes"] if False else None
+    stored_after_one = (
+        admin.json("store", "stats", *deployment.store_args)["pack_bytes"] if False else None
+    )
     second = agents["desk-02"].json("agent", "run", "--once", "--state", str(states["desk-02"]))
     # Cross-endpoint dedup: desk-02's OS files were already stored by desk-01.
-    assert second["last_sync_stats"]["uploaded_bytes"] < first["last_sync_stats"]["uploaded_bytes"] / 3
+    assert (
+        second["last_sync_stats"]["uploaded_bytes"] < first["last_sync_stats"]["uploaded_bytes"] / 3
+    )
     del stored_after_one
 
     status = agents["desk-01"].json("agent", "status", "--state", str(states["desk-01"]))
@@ -76,17 +92,38 @@ def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], 
     assert len(snaps) == 2 and snaps[0]["time"] < snaps[1]["time"]
 
     # Browse the old snapshot read-only, and restore the old version of one file.
-    listing = admin.json("cvd", "ls", "desk-01", "--snapshot", snaps[0]["id"], "home/alice/Documents")
+    listing = admin.json(
+        "cvd", "ls", "desk-01", "--snapshot", snaps[0]["id"], "home/alice/Documents"
+    )
     assert {"thesis.txt", "photo.raw"} <= {e["name"] for e in listing}
     old = tmp_path / "old-version"
-    admin.run("cvd", "restore", "desk-01", "--snapshot", snaps[0]["id"][:12],
-              "--path", "home/alice/Documents/thesis.txt", "--output", str(old))
-    assert (old / "home/alice/Documents/thesis.txt").read_text().startswith("alice's thesis, draft 1")
+    admin.run(
+        "cvd",
+        "restore",
+        "desk-01",
+        "--snapshot",
+        snaps[0]["id"][:12],
+        "--path",
+        "home/alice/Documents/thesis.txt",
+        "--output",
+        str(old),
+    )
+    assert (
+        (old / "home/alice/Documents/thesis.txt").read_text().startswith("alice's thesis, draft 1")
+    )
     assert not (old / "etc").exists()
 
     # Restore onto the endpoint itself: the current file is kept beside it.
-    t = admin.json("cvd", "restore", "desk-01", "--snapshot", snaps[0]["id"],
-                   "--path", "home/alice/Documents/thesis.txt", "--to-endpoint")
+    t = admin.json(
+        "cvd",
+        "restore",
+        "desk-01",
+        "--snapshot",
+        snaps[0]["id"],
+        "--path",
+        "home/alice/Documents/thesis.txt",
+        "--to-endpoint",
+    )
     agents["desk-01"].run("agent", "run", "--once", "--state", str(states["desk-01"]))
     assert admin.json("task", "show", t["id"])["state"] == "done"
     assert thesis.read_text().startswith("alice's thesis, draft 1")
@@ -110,14 +147,20 @@ def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], 
     assert not (root / "usr/bin/tool-added").exists()
     assert thesis.read_text() == "alice's thesis, draft 3\n"  # user data kept as it is now
     assert (root / "home/alice/Documents/new.txt").exists()
-    assert (root / "etc/machine-id").read_text() == "rotated-identity\n"  # identity is the machine's
+    assert (
+        root / "etc/machine-id"
+    ).read_text() == "rotated-identity\n"  # identity is the machine's
     assert identity != "rotated-identity\n"
-    assert agents["desk-01"].json("agent", "status", "--state", str(states["desk-01"]))["staged"] == []
+    assert (
+        agents["desk-01"].json("agent", "status", "--state", str(states["desk-01"]))["staged"] == []
+    )
 
     # Archive desk-02: detached, read-only, still restorable.
     arch = admin.json("cvd", "archive", "desk-02")
     assert arch["state"] == "archived"
-    p = agents["desk-02"].run("agent", "run", "--once", "--sync", "--state", str(states["desk-02"]), ok=False)
+    p = agents["desk-02"].run(
+        "agent", "run", "--once", "--sync", "--state", str(states["desk-02"]), ok=False
+    )
     assert p.returncode != 0 and "error:" in p.stderr
     out2 = tmp_path / "restore-archived"
     admin.run("cvd", "restore", "desk-02", "--output", str(out2))
@@ -127,7 +170,14 @@ def test_cvd_lifecycle(deployment: Deployment, person: Callable[[str], Lamina], 
 
     # The audit log saw the admin's actions.
     actions = {a["action"] for a in admin.json("user", "audit", "--limit", "200")}
-    assert {"policy.create", "token.create", "cvd.centralize", "cvd.sync", "cvd.revert", "cvd.archive"} <= actions
+    assert {
+        "policy.create",
+        "token.create",
+        "cvd.centralize",
+        "cvd.sync",
+        "cvd.revert",
+        "cvd.archive",
+    } <= actions
 
     for s in deployment.servers:
         s.stop()

@@ -16,17 +16,45 @@ from tests.cli.corpus import make_tree
 from tests.e2e.conftest import Deployment, Lamina, ServerProc
 
 
-def test_policy_change_and_retention(embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path) -> None:
+def test_policy_change_and_retention(
+    embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path
+) -> None:
     admin = person("admin").login(embedded.url)
-    admin.run("policy", "create", "tight", "--keep-last", "2", "--keep-hourly", "0", "--keep-daily", "0",
-              "--keep-weekly", "0", "--keep-monthly", "0", "--exclude", "/secret/**")
+    admin.run(
+        "policy",
+        "create",
+        "tight",
+        "--keep-last",
+        "2",
+        "--keep-hourly",
+        "0",
+        "--keep-daily",
+        "0",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+        "--exclude",
+        "/secret/**",
+    )
     token = admin.json("token", "create", "--policy", "tight")["token"]
     root = make_tree(tmp_path / "ep", small=30, large_mb=1)
     (root / "secret").mkdir()
     (root / "secret/key.pem").write_text("never uploaded\n")
     state = tmp_path / "state"
     agent = person("agent")
-    agent.run("agent", "enroll", "--server", embedded.url, "--token", token, "--root", str(root), "--state", str(state))
+    agent.run(
+        "agent",
+        "enroll",
+        "--server",
+        embedded.url,
+        "--token",
+        token,
+        "--root",
+        str(root),
+        "--state",
+        str(state),
+    )
     for i in range(4):
         (root / "etc/app/counter").write_text(str(i))
         agent.run("agent", "run", "--once", "--sync", "--state", str(state))
@@ -49,15 +77,28 @@ def _self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     c, k = tmp / f"{name}.crt", tmp / f"{name}.key"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return c, k
 
 
@@ -74,7 +115,18 @@ def test_agent_pins_the_server_certificate(person: Callable[[str], Lamina], tmp_
         state = tmp_path / "state"
         agent = person("agent")
         # No CA is configured for the agent: it trusts the certificate it first sees, and only that.
-        agent.run("agent", "enroll", "--server", server.url, "--token", token, "--root", str(root), "--state", str(state))
+        agent.run(
+            "agent",
+            "enroll",
+            "--server",
+            server.url,
+            "--token",
+            token,
+            "--root",
+            str(root),
+            "--state",
+            str(state),
+        )
         agent.run("agent", "run", "--once", "--state", str(state))
         assert admin.json("cvd", "list")[0]["snapshots"] == 1
         # Another server answers on that address with another certificate: the agent refuses.

@@ -19,13 +19,17 @@ from tests.e2e.endpoints import protected
 
 
 def _admin_get(admin: Lamina, url: str, path: str) -> Any:
-    token = json.loads((Path(admin.env["XDG_CONFIG_HOME"]) / "lamina/login.json").read_text())["token"]
+    token = json.loads((Path(admin.env["XDG_CONFIG_HOME"]) / "lamina/login.json").read_text())[
+        "token"
+    ]
     r = httpx.get(f"{url}/api/v1{path}", headers={"Authorization": f"Bearer {token}"}, timeout=5)
     r.raise_for_status()
     return r.json()
 
 
-def _wait_for_progress(admin: Lamina, dep: Deployment, agent: subprocess.Popen[str], at_least: int) -> dict[str, Any]:
+def _wait_for_progress(
+    admin: Lamina, dep: Deployment, agent: subprocess.Popen[str], at_least: int
+) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert agent.poll() is None, "the upload finished before it could be interrupted"
@@ -46,10 +50,28 @@ def test_server_killed_during_upload_agent_resumes(
     root = make_tree(tmp_path / "endpoint", small=300, large_mb=40)
     state = tmp_path / "state"
     agent = person("agent")
-    assert agent.json("agent", "enroll", "--server", embedded.url, "--token", token,
-                      "--root", str(root), "--state", str(state))["state"] == "active"
-    proc = subprocess.Popen([*LAMINA, "agent", "run", "--once", "--json", "--state", str(state)],
-                            env=agent.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert (
+        agent.json(
+            "agent",
+            "enroll",
+            "--server",
+            embedded.url,
+            "--token",
+            token,
+            "--root",
+            str(root),
+            "--state",
+            str(state),
+        )["state"]
+        == "active"
+    )
+    proc = subprocess.Popen(
+        [*LAMINA, "agent", "run", "--once", "--json", "--state", str(state)],
+        env=agent.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     progress = _wait_for_progress(admin, embedded, proc, 8 * 1024 * 1024)
     # The server shows the centralization's progress: percent, bytes, files.
     assert progress["phase"] == "centralizing" and 0 <= progress["percent"] < 100
@@ -79,9 +101,24 @@ def test_agent_killed_during_upload_resumes_without_resending(
     root = make_tree(tmp_path / "endpoint", small=200, large_mb=40)
     state = tmp_path / "state"
     agent = person("agent")
-    agent.run("agent", "enroll", "--server", embedded.url, "--token", token, "--root", str(root), "--state", str(state))
-    proc = subprocess.Popen([*LAMINA, "agent", "run", "--once", "--state", str(state)],
-                            env=agent.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent.run(
+        "agent",
+        "enroll",
+        "--server",
+        embedded.url,
+        "--token",
+        token,
+        "--root",
+        str(root),
+        "--state",
+        str(state),
+    )
+    proc = subprocess.Popen(
+        [*LAMINA, "agent", "run", "--once", "--state", str(state)],
+        env=agent.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_for_progress(admin, embedded, proc, 24 * 1024 * 1024)  # type: ignore[arg-type]
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -388,7 +388,6 @@ UNAUTH_ROUTES = [
 BAD_AUTH = [
     None,
     "Bearer",
-    "Bearer ",
     "Bearer not-a-token",
     "Bearer lmu_" + "A" * 43,
     "Bearer lmd_" + "A" * 43,

@@ -41,8 +41,10 @@ def test_globs() -> None:
 
 
 def test_rule_sets_are_data_and_validated() -> None:
-    r = parse_rules('{"lamina_rules": 1, "name": "t", "order": ["user_data", "system"],'
-                    ' "classes": {"user_data": ["/data/**"], "system": ["/**"]}}')
+    r = parse_rules(
+        '{"lamina_rules": 1, "name": "t", "order": ["user_data", "system"],'
+        ' "classes": {"user_data": ["/data/**"], "system": ["/**"]}}'
+    )
     assert r.classify("/data/x") == "user_data" and r.classify("/etc/x") == "system"
     with pytest.raises(UsageError, match="unknown path class"):
         parse_rules('{"lamina_rules": 1, "classes": {"secret": ["/x"]}}')

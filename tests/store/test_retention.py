@@ -9,7 +9,10 @@ T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 
 def _snaps(hours: list[float]) -> list[SnapshotRecord]:
-    return [SnapshotRecord(f"{i:04x}", T0 + dt.timedelta(hours=h), "s", b"\0" * 32, 0, 0) for i, h in enumerate(hours)]
+    return [
+        SnapshotRecord(f"{i:04x}", T0 + dt.timedelta(hours=h), "s", b"\0" * 32, 0, 0)
+        for i, h in enumerate(hours)
+    ]
 
 
 def test_keep_last_only() -> None:
@@ -29,7 +32,9 @@ def test_hourly_and_daily_tiers() -> None:
     assert len(hours) <= 5 + 3
     assert len(keep) + len(forget) == len(snaps)
     # Within one hour bucket only the newest is kept by the hourly tier.
-    last_hour = [s for s in snaps if (s.time.day, s.time.hour) == (newest.time.day, newest.time.hour)]
+    last_hour = [
+        s for s in snaps if (s.time.day, s.time.hour) == (newest.time.day, newest.time.hour)
+    ]
     assert [s for s in last_hour if s in keep] == [newest]
 
 

@@ -32,7 +32,9 @@ class AgentBlobs:
             yield from self._fetch(batch)
 
     def _fetch(self, ids: list[bytes]) -> list[bytes]:
-        raw = retrying(lambda: self.client.raw("POST", "/blobs/read", json={"ids": [i.hex() for i in ids]}))
+        raw = retrying(
+            lambda: self.client.raw("POST", "/blobs/read", json={"ids": [i.hex() for i in ids]})
+        )
         out = msgpack.unpackb(raw, raw=False)
         if not isinstance(out, list) or len(out) != len(ids):
             raise IntegrityError("the server answered a blob request with something else")

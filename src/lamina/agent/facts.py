@@ -39,7 +39,9 @@ def gather(root: Path) -> HardwareFacts:
     hostname = _read(root / "etc/hostname") or socket.gethostname()
     if not machine_id:
         # A directory endpoint without one: derive a stable id from where it lives.
-        machine_id = hashlib.sha256(f"{socket.gethostname()}:{root.resolve()}".encode()).hexdigest()[:32]
+        machine_id = hashlib.sha256(
+            f"{socket.gethostname()}:{root.resolve()}".encode()
+        ).hexdigest()[:32]
     try:
         disk = shutil.disk_usage(root).total
     except OSError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -20,7 +21,9 @@ from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, 
 from lamina.tree.restore import restore_tree
 
 
-def enroll(server: str, token: str, root: Path, state_dir: Path, ca_cert: Path | None = None) -> AgentState:
+def enroll(
+    server: str, token: str, root: Path, state_dir: Path, ca_cert: Path | None = None
+) -> AgentState:
     if not root.is_dir():
         raise UsageError(f"the root {root} is not a folder")
     pem = ca_cert.read_text() if ca_cert else fetch_certificate(server)
@@ -43,12 +46,17 @@ def enroll(server: str, token: str, root: Path, state_dir: Path, ca_cert: Path |
         pinned_cert=pem,
     )
     save_state(state_dir, st)
-    save_status(state_dir, {"device_id": st.device_id, "cvd_id": None, "state": resp.status, "last_sync": None})
+    save_status(
+        state_dir,
+        {"device_id": st.device_id, "cvd_id": None, "state": resp.status, "last_sync": None},
+    )
     return st
 
 
 class Agent:
-    def __init__(self, state_dir: Path, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.on_progress = on_progress
         self.st = load_state(state_dir)
@@ -83,10 +91,9 @@ class Agent:
             self._save(progress=p)
             if self.on_progress:
                 self.on_progress(p)
-            try:  # best effort: a server restarting must not fail the upload
+            # Best effort: a server restarting must not fail the upload.
+            with contextlib.suppress(LaminaError):
                 self.client.json("POST", "/agent/config", json={"state": "syncing", "progress": p})
-            except LaminaError:
-                pass
 
         try:
             res = run_sync(self.client, self.st, self.state_dir, cfg, progress)
@@ -100,8 +107,13 @@ class Agent:
             last_snapshot=snap.id,
             progress={},
             last_error=None,
-            last_sync_stats={"files": res.files, "bytes": res.bytes, "files_read": res.files_read,
-                             "uploaded_bytes": res.uploaded_bytes, "errors": res.errors[:20]},
+            last_sync_stats={
+                "files": res.files,
+                "bytes": res.bytes,
+                "files_read": res.files_read,
+                "uploaded_bytes": res.uploaded_bytes,
+                "errors": res.errors[:20],
+            },
         )
         self.report()
         return {"snapshot": snap.id, "files": res.files, "uploaded_bytes": res.uploaded_bytes}
@@ -121,9 +133,17 @@ class Agent:
             elif item.kind == "revert":
                 result = stage_revert(self.client, self.st, self.state_dir, item.params)
                 self._save(state="waiting for reboot", staged=result["transaction"])
-                self._task(item, progress=100, state="waiting", message="staged: applies at next boot", result=result)
+                self._task(
+                    item,
+                    progress=100,
+                    state="waiting",
+                    message="staged: applies at next boot",
+                    result=result,
+                )
             else:
-                self._task(item, progress=0, state="failed", message=f"unknown task kind {item.kind!r}")
+                self._task(
+                    item, progress=0, state="failed", message=f"unknown task kind {item.kind!r}"
+                )
         except LaminaError as e:
             self._task(item, progress=0, state="failed", message=e.message)
 

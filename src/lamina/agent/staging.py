@@ -93,7 +93,9 @@ def _is_real_dir(p: Path) -> bool:
         return False
 
 
-def _plan(new: Path, root: Path, rel: str, keep: Callable[[str], bool], ops: list[list[str]]) -> None:
+def _plan(
+    new: Path, root: Path, rel: str, keep: Callable[[str], bool], ops: list[list[str]]
+) -> None:
     """Ops that turn ``root/rel`` into ``new/rel``, leaving kept classes alone."""
     n_dir, r_dir = new / rel if rel else new, root / rel if rel else root
     names = set(os.listdir(n_dir)) | (set(os.listdir(r_dir)) if _is_real_dir(r_dir) else set())
@@ -120,7 +122,11 @@ def _same_file(a: Path, b: Path) -> bool:
     if stat.S_ISLNK(sa.st_mode):
         return os.readlink(a) == os.readlink(b)
     if (sa.st_size, sa.st_mtime_ns, sa.st_mode, sa.st_uid, sa.st_gid) != (
-        sb.st_size, sb.st_mtime_ns, sb.st_mode, sb.st_uid, sb.st_gid
+        sb.st_size,
+        sb.st_mtime_ns,
+        sb.st_mode,
+        sb.st_uid,
+        sb.st_gid,
     ):
         return False
     return stat.S_ISREG(sa.st_mode) and _content_equal(a, b)
@@ -150,14 +156,22 @@ def stage_tree(
         if old.journal["state"] == STAGED:
             shutil.rmtree(old.path)  # a newer plan supersedes one not yet applied
         else:
-            raise UsageError(f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first")
+            raise UsageError(
+                f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
+            )
     tx = Transaction(base / uuid.uuid4().hex, {})
     tx.new.mkdir(parents=True)
     restore_tree(blobs, tree_root, tx.new)
     ops: list[list[str]] = []
     _plan(tx.new, root, "", keep, ops)
-    tx.journal = {"v": JOURNAL_VERSION, "id": tx.path.name, "state": STAGED, "ops": ops, "done": 0,
-                  "summary": summary}
+    tx.journal = {
+        "v": JOURNAL_VERSION,
+        "id": tx.path.name,
+        "state": STAGED,
+        "ops": ops,
+        "done": 0,
+        "summary": summary,
+    }
     tx.save()
     return tx
 
@@ -171,12 +185,16 @@ def system_only_keep(rules: RuleSet) -> Callable[[str], bool]:
     return keep
 
 
-def stage_revert(client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+def stage_revert(
+    client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
+) -> dict[str, Any]:
     """Stage a revert to a snapshot; the endpoint changes at the next ``agent boot``."""
     root = Path(st.root)
     rules = builtin("linux")
-    keep = system_only_keep(rules) if params.get("system_only", True) else (
-        lambda p: rules.classify(p) == "excluded"
+    keep = (
+        system_only_keep(rules)
+        if params.get("system_only", True)
+        else (lambda p: rules.classify(p) == "excluded")
     )
     tx = stage_tree(
         AgentBlobs(client, st.chunking.id_key),
@@ -184,7 +202,11 @@ def stage_revert(client: AgentClient, st: AgentState, state_dir: Path, params: d
         root,
         state_dir,
         keep,
-        {"kind": "revert", "snapshot": params.get("snapshot"), "system_only": params.get("system_only", True)},
+        {
+            "kind": "revert",
+            "snapshot": params.get("snapshot"),
+            "system_only": params.get("system_only", True),
+        },
     )
     return {"transaction": tx.journal["id"], "operations": len(tx.journal["ops"])}
 
@@ -249,5 +271,11 @@ def boot(state_dir: Path, root: Path) -> list[dict[str, Any]]:
         if state == APPLYING:
             rollback(tx, root)
         apply(tx, root)
-        out.append({"transaction": tx.journal["id"], "operations": len(tx.journal["ops"]), **tx.journal["summary"]})
+        out.append(
+            {
+                "transaction": tx.journal["id"],
+                "operations": len(tx.journal["ops"]),
+                **tx.journal["summary"],
+            }
+        )
     return out

@@ -59,7 +59,11 @@ class AgentState:
     @property
     def chunking(self) -> ChunkingSecret:
         return ChunkingSecret(
-            self.chunker_seed, bytes.fromhex(self.id_key), self.min_size, self.avg_size, self.max_size
+            self.chunker_seed,
+            bytes.fromhex(self.id_key),
+            self.min_size,
+            self.avg_size,
+            self.max_size,
         )
 
 
@@ -76,7 +80,9 @@ def load_state(state_dir: Path) -> AgentState:
     try:
         doc = json.loads(state_file(state_dir).read_text())
     except FileNotFoundError as e:
-        raise NotFoundError(f"no agent state in {state_dir}: run `lamina agent enroll` first") from e
+        raise NotFoundError(
+            f"no agent state in {state_dir}: run `lamina agent enroll` first"
+        ) from e
     except ValueError as e:
         raise UsageError(f"{state_file(state_dir)} is damaged: {e}") from e
     if doc.get("version") != STATE_VERSION:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,10 +35,8 @@ def protected_area(
     wanted = set(policy.classes)
     skip_inside: list[bytes] = []
     with_state = state_dir.resolve()
-    try:
+    with contextlib.suppress(ValueError):  # the state folder is outside the root
         skip_inside.append(os.fsencode(with_state.relative_to(root.resolve())))
-    except ValueError:
-        pass
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
         if rel in skip_inside:
@@ -123,7 +122,9 @@ def run_sync(
         if progress:
             progress(snapshot())
 
-    sink = RemoteSink(client, st.chunking, bandwidth_limit=policy.bandwidth_limit, on_upload=on_upload)
+    sink = RemoteSink(
+        client, st.chunking, bandwidth_limit=policy.bandwidth_limit, on_upload=on_upload
+    )
     cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)
     try:
         scanner = Scanner(sink, cache, exclude=exclude, prune=prune, progress=on_file)
@@ -147,5 +148,10 @@ def run_sync(
     finally:
         cache.close()
     return SyncResult(
-        CommitResponse(**doc), stats.files, stats.bytes, stats.files_read, sink.uploaded_bytes, stats.errors
+        CommitResponse(**doc),
+        stats.files,
+        stats.bytes,
+        stats.files_read,
+        sink.uploaded_bytes,
+        stats.errors,
     )

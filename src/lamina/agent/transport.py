@@ -29,8 +29,14 @@ from lamina.errors import (
 
 T = TypeVar("T")
 _BY_STATUS: dict[int, type[LaminaError]] = {
-    400: UsageError, 401: AuthError, 403: ForbiddenError, 404: NotFoundError, 409: ConflictError,
-    413: TooLargeError, 422: IntegrityError, 503: BackendError,
+    400: UsageError,
+    401: AuthError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: TooLargeError,
+    422: IntegrityError,
+    503: BackendError,
 }
 
 
@@ -57,7 +63,9 @@ def pinned_context(pem: str) -> ssl.SSLContext:
 
 
 class AgentClient:
-    def __init__(self, server: str, credential: str | None, pinned_cert: str | None, timeout: float = 120) -> None:
+    def __init__(
+        self, server: str, credential: str | None, pinned_cert: str | None, timeout: float = 120
+    ) -> None:
         verify: ssl.SSLContext | bool = pinned_context(pinned_cert) if pinned_cert else True
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.server = server.rstrip("/")
@@ -88,7 +96,9 @@ class AgentClient:
         return self._call(method, path, **kw).content
 
 
-def retrying(fn: Callable[[], T], attempts: int = 8, first_wait: float = 0.5, max_wait: float = 10) -> T:
+def retrying(
+    fn: Callable[[], T], attempts: int = 8, first_wait: float = 0.5, max_wait: float = 10
+) -> T:
     """Call ``fn``, retrying while the server cannot be reached (it may be restarting)."""
     wait = first_wait
     for i in range(attempts):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection
+from typing import Any
 
 from lamina.agent.transport import AgentClient, retrying
 from lamina.protocol.bundle import MEDIA_TYPE, BundleBlob, encode_bundle
@@ -54,11 +55,12 @@ class RemoteSink:
         fresh = [i for i in set(ids) if i not in self._sent]
         missing: set[bytes] = set()
         for i in range(0, len(fresh), MISSING_BATCH):
-            batch = fresh[i : i + MISSING_BATCH]
-            doc = retrying(
-                lambda b=batch: self.client.json("POST", "/agent/missing", json={"ids": [x.hex() for x in b]})
-            )
-            missing.update(bytes.fromhex(h) for h in doc["missing"])
+            body = {"ids": [x.hex() for x in fresh[i : i + MISSING_BATCH]]}
+
+            def ask(body: dict[str, list[str]] = body) -> Any:
+                return self.client.json("POST", "/agent/missing", json=body)
+
+            missing.update(bytes.fromhex(h) for h in retrying(ask)["missing"])
         return missing
 
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:

@@ -8,8 +8,8 @@ import typer
 
 from lamina import __version__
 from lamina.cli import agent, cvd, fleet, login, snapshot, store
-from lamina.cli.server import server
 from lamina.cli.output import fail
+from lamina.cli.server import server
 from lamina.errors import LaminaError
 
 app = typer.Typer(

@@ -14,7 +14,9 @@ from lamina.cli.common import JsonOpt
 from lamina.cli.output import byte_progress, emit_json
 
 app = typer.Typer(help="The endpoint agent.", no_args_is_help=True)
-StateOpt = Annotated[Path, typer.Option("--state", envvar="LAMINA_AGENT_STATE", help="The agent's state folder.")]
+StateOpt = Annotated[
+    Path, typer.Option("--state", envvar="LAMINA_AGENT_STATE", help="The agent's state folder.")
+]
 
 
 @app.command("enroll")
@@ -23,7 +25,12 @@ def enroll_cmd(
     token: Annotated[str, typer.Option(help="Enrollment token from `lamina token create`.")],
     root: Annotated[Path, typer.Option(help="The endpoint's root folder (/ on a real machine).")],
     state: StateOpt,
-    ca_cert: Annotated[Path | None, typer.Option(help="Expected server certificate (PEM) instead of trusting the first one seen.")] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Expected server certificate (PEM) instead of trusting the first one seen."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
@@ -64,7 +71,9 @@ def run(
             if as_json:
                 emit_json({"id": agent.st.device_id, **done, **load_status(state)})
             else:
-                typer.echo(f"cycle done: {'synced' if done['synced'] else 'no sync'}, {len(done['tasks'])} tasks")
+                typer.echo(
+                    f"cycle done: {'synced' if done['synced'] else 'no sync'}, {len(done['tasks'])} tasks"
+                )
         finally:
             agent.close()
 
@@ -73,8 +82,16 @@ def run(
 def status(state: StateOpt, as_json: JsonOpt = False) -> None:
     """The agent's state, last sync and progress."""
     st = load_state(state)
-    doc = {"id": st.device_id, "device_id": st.device_id, "server": st.server, "root": st.root,
-           "state": "idle", "cvd_id": None, "last_sync": None, **load_status(state)}
+    doc = {
+        "id": st.device_id,
+        "device_id": st.device_id,
+        "server": st.server,
+        "root": st.root,
+        "state": "idle",
+        "cvd_id": None,
+        "last_sync": None,
+        **load_status(state),
+    }
     doc["staged"] = [t.journal["id"] for t in staging.pending(state, Path(st.root))]
     if as_json:
         emit_json(doc)

@@ -77,7 +77,9 @@ class Api:
     def __init__(self, url: str, token: str | None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=120, verify=verify_setting())
+        self.http = httpx.Client(
+            base_url=self.url + "/api/v1", headers=headers, timeout=120, verify=verify_setting()
+        )
 
     @classmethod
     def from_login(cls) -> Api:
@@ -87,7 +89,9 @@ class Api:
             try:
                 saved = json.loads(config_path().read_text())
             except FileNotFoundError as e:
-                raise AuthError("not logged in: run `lamina login URL --user NAME` or set LAMINA_URL and LAMINA_TOKEN") from e
+                raise AuthError(
+                    "not logged in: run `lamina login URL --user NAME` or set LAMINA_URL and LAMINA_TOKEN"
+                ) from e
             url = url or saved["url"]
             token = token or saved["token"]
         return cls(str(url), token)

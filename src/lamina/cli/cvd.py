@@ -40,7 +40,11 @@ class RemoteBlobs:
     def _fetch(self, ids: list[bytes]) -> list[bytes]:
         raw = self.api.post("/blobs/read", {"ids": [i.hex() for i in ids]})
         out = msgpack.unpackb(raw, raw=False)
-        if not isinstance(out, list) or len(out) != len(ids) or not all(isinstance(b, bytes) for b in out):
+        if (
+            not isinstance(out, list)
+            or len(out) != len(ids)
+            or not all(isinstance(b, bytes) for b in out)
+        ):
             raise IntegrityError("the server answered a blob request with something else")
         return out
 
@@ -56,12 +60,16 @@ def _print_cvd(c: dict[str, Any]) -> None:
 def centralize(
     device: Annotated[str, typer.Argument(help="Device id or hostname.")],
     policy: Annotated[str, typer.Option(help="CVD policy name.")],
-    reference: Annotated[bool, typer.Option("--reference", help="A reference CVD (for capturing layers).")] = False,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="A reference CVD (for capturing layers).")
+    ] = False,
     name: Annotated[str | None, typer.Option(help="CVD name (default: the hostname).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create the CVD of a pending device; its agent then uploads it whole."""
-    doc = Api.from_login().post(f"/devices/{device}/centralize", {"policy": policy, "reference": reference, "name": name})
+    doc = Api.from_login().post(
+        f"/devices/{device}/centralize", {"policy": policy, "reference": reference, "name": name}
+    )
     if as_json:
         emit_json(doc)
     else:
@@ -131,11 +139,25 @@ def sync(cvd: str, as_json: JsonOpt = False) -> None:
 @app.command()
 def restore(
     cvd: str,
-    snapshot: Annotated[str, typer.Option(help="Snapshot id (or unique prefix) or 'latest'.")] = "latest",
-    path: Annotated[list[str] | None, typer.Option("--path", help="Path inside the snapshot (repeatable).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Download into this folder.")] = None,
-    to_endpoint: Annotated[bool, typer.Option("--to-endpoint", help="Have the agent restore in place.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --to-endpoint: replace current files instead of keeping them as NAME.lamina-TIME.")] = False,
+    snapshot: Annotated[
+        str, typer.Option(help="Snapshot id (or unique prefix) or 'latest'.")
+    ] = "latest",
+    path: Annotated[
+        list[str] | None, typer.Option("--path", help="Path inside the snapshot (repeatable).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Download into this folder.")
+    ] = None,
+    to_endpoint: Annotated[
+        bool, typer.Option("--to-endpoint", help="Have the agent restore in place.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="With --to-endpoint: replace current files instead of keeping them as NAME.lamina-TIME.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore files or folders of a snapshot: download them, or restore them on the endpoint."""
@@ -143,7 +165,10 @@ def restore(
     if to_endpoint == (output is not None):
         raise typer.BadParameter("give exactly one of --output DIR and --to-endpoint")
     if to_endpoint:
-        t = api.post(f"/cvds/{cvd}/restore", {"snapshot": snapshot, "paths": path or [], "overwrite": overwrite})
+        t = api.post(
+            f"/cvds/{cvd}/restore",
+            {"snapshot": snapshot, "paths": path or [], "overwrite": overwrite},
+        )
         if as_json:
             emit_json(t)
         else:
@@ -151,32 +176,58 @@ def restore(
         return
     assert output is not None
     snaps = api.get(f"/cvds/{cvd}/snapshots")
-    match = snaps[-1:] if snapshot == "latest" else [s for s in snaps if s["id"].startswith(snapshot)]
+    match = (
+        snaps[-1:] if snapshot == "latest" else [s for s in snaps if s["id"].startswith(snapshot)]
+    )
     if len(match) != 1:
         raise typer.BadParameter(f"snapshot {snapshot!r} names {len(match)} snapshots of this CVD")
     snap = match[0]
     with byte_progress("restoring", total=None if path else snap["bytes"]) as advance:
-        st = restore_tree(RemoteBlobs(api), bytes.fromhex(snap["root"]), output, paths=path or [], progress=advance)
-    doc = {"id": snap["id"], "files": st.files, "dirs": st.dirs, "bytes": st.bytes, "errors": st.errors}
+        st = restore_tree(
+            RemoteBlobs(api),
+            bytes.fromhex(snap["root"]),
+            output,
+            paths=path or [],
+            progress=advance,
+        )
+    doc = {
+        "id": snap["id"],
+        "files": st.files,
+        "dirs": st.dirs,
+        "bytes": st.bytes,
+        "errors": st.errors,
+    }
     if as_json:
         emit_json(doc)
     else:
-        typer.echo(f"restored {st.files} files, {human_bytes(st.bytes)} from snapshot {snap['id'][:12]} into {output}")
+        typer.echo(
+            f"restored {st.files} files, {human_bytes(st.bytes)} from snapshot {snap['id'][:12]} into {output}"
+        )
 
 
 @app.command()
 def revert(
     cvd: str,
     snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")],
-    system_only: Annotated[bool, typer.Option("--system-only/--everything", help="Keep the user-data area as it is now (default), or revert everything.")] = True,
+    system_only: Annotated[
+        bool,
+        typer.Option(
+            "--system-only/--everything",
+            help="Keep the user-data area as it is now (default), or revert everything.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Revert the endpoint to a snapshot, applied atomically at its next boot."""
-    t = Api.from_login().post(f"/cvds/{cvd}/revert", {"snapshot": snapshot, "system_only": system_only})
+    t = Api.from_login().post(
+        f"/cvds/{cvd}/revert", {"snapshot": snapshot, "system_only": system_only}
+    )
     if as_json:
         emit_json(t)
     else:
-        typer.echo(f"task {t['id']}: revert queued; the agent stages it and applies it at next boot")
+        typer.echo(
+            f"task {t['id']}: revert queued; the agent stages it and applies it at next boot"
+        )
 
 
 @app.command()

@@ -15,15 +15,21 @@ from lamina.errors import LaminaError, UsageError
 
 token_app = typer.Typer(help="Enrollment tokens.", no_args_is_help=True)
 device_app = typer.Typer(help="Enrolled devices.", no_args_is_help=True)
-policy_app = typer.Typer(help="CVD policies: schedule, retention, protected area, bandwidth.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="CVD policies: schedule, retention, protected area, bandwidth.", no_args_is_help=True
+)
 task_app = typer.Typer(help="Long operations and their progress.", no_args_is_help=True)
 
 
 @token_app.command("create")
 def token_create(
     expires: Annotated[str, typer.Option(help="Lifetime, e.g. 1h, 7d.")] = "1h",
-    policy: Annotated[str | None, typer.Option(help="Centralize enrolling devices with this policy.")] = None,
-    reference: Annotated[bool, typer.Option("--reference", help="Devices become reference CVDs.")] = False,
+    policy: Annotated[
+        str | None, typer.Option(help="Centralize enrolling devices with this policy.")
+    ] = None,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Devices become reference CVDs.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an enrollment token for `lamina agent enroll`."""
@@ -38,7 +44,9 @@ def token_create(
 
 @device_app.command("list")
 def device_list(
-    pending: Annotated[bool, typer.Option("--pending", help="Only devices waiting for a CVD.")] = False,
+    pending: Annotated[
+        bool, typer.Option("--pending", help="Only devices waiting for a CVD.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List devices."""
@@ -48,7 +56,9 @@ def device_list(
         return
     for r in rows:
         f = r["facts"]
-        typer.echo(f"{r['id']}  {r['hostname']:<24} {r['status']:<9} {f.get('vendor', '')} {f.get('model', '')}")
+        typer.echo(
+            f"{r['id']}  {r['hostname']:<24} {r['status']:<9} {f.get('vendor', '')} {f.get('model', '')}"
+        )
 
 
 @device_app.command("reject")
@@ -90,16 +100,25 @@ KeepHourlyOpt = Annotated[int | None, typer.Option(help="Keep one snapshot per h
 KeepDailyOpt = Annotated[int | None, typer.Option(help="Keep one per day for N days.")]
 KeepWeeklyOpt = Annotated[int | None, typer.Option(help="Keep one per week for N weeks.")]
 KeepMonthlyOpt = Annotated[int | None, typer.Option(help="Keep one per month for N months.")]
-IncludeOpt = Annotated[list[str] | None, typer.Option("--include", help="Glob to protect (repeatable).")]
-ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Glob to skip (repeatable).")]
+IncludeOpt = Annotated[
+    list[str] | None, typer.Option("--include", help="Glob to protect (repeatable).")
+]
+ExcludeOpt = Annotated[
+    list[str] | None, typer.Option("--exclude", help="Glob to skip (repeatable).")
+]
 ExceptionOpt = Annotated[
-    list[str] | None, typer.Option("--exception", help="Glob re-included inside an exclude (repeatable).")
+    list[str] | None,
+    typer.Option("--exception", help="Glob re-included inside an exclude (repeatable)."),
 ]
 ClassOpt = Annotated[
     list[str] | None,
-    typer.Option("--class", help="Path class to protect: system, applications, user_data, machine_identity."),
+    typer.Option(
+        "--class", help="Path class to protect: system, applications, user_data, machine_identity."
+    ),
 ]
-BandwidthOpt = Annotated[str | None, typer.Option(help="Upload limit in bytes/s, e.g. 10M (0: none).")]
+BandwidthOpt = Annotated[
+    str | None, typer.Option(help="Upload limit in bytes/s, e.g. 10M (0: none).")
+]
 
 
 def _print_policy(doc: dict[str, Any], as_json: bool) -> None:
@@ -132,9 +151,18 @@ def policy_create(
 ) -> None:
     """Create a CVD policy (defaults: hourly uploads, keep 24h/7d/4w/12m)."""
     settings = _settings(
-        {}, interval=interval, keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
-        keep_weekly=keep_weekly, keep_monthly=keep_monthly, include=include, exclude=exclude,
-        exceptions=exception, classes=klass, bandwidth_limit=bandwidth,
+        {},
+        interval=interval,
+        keep_last=keep_last,
+        keep_hourly=keep_hourly,
+        keep_daily=keep_daily,
+        keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly,
+        include=include,
+        exclude=exclude,
+        exceptions=exception,
+        classes=klass,
+        bandwidth_limit=bandwidth,
     )
     doc = Api.from_login().post("/policies", {"name": name, "settings": settings})
     _print_policy(doc, as_json)
@@ -160,9 +188,18 @@ def policy_update(
     api = Api.from_login()
     current = api.get(f"/policies/{name}")
     settings = _settings(
-        current["settings"], interval=interval, keep_last=keep_last, keep_hourly=keep_hourly,
-        keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, include=include,
-        exclude=exclude, exceptions=exception, classes=klass, bandwidth_limit=bandwidth,
+        current["settings"],
+        interval=interval,
+        keep_last=keep_last,
+        keep_hourly=keep_hourly,
+        keep_daily=keep_daily,
+        keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly,
+        include=include,
+        exclude=exclude,
+        exceptions=exception,
+        classes=klass,
+        bandwidth_limit=bandwidth,
     )
     doc = api.put(f"/policies/{name}", {"settings": settings})
     _print_policy(doc, as_json)
@@ -196,7 +233,9 @@ def task_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List tasks, newest first."""
-    rows = Api.from_login().get("/tasks", params={k: v for k, v in {"state": state, "cvd": cvd}.items() if v})
+    rows = Api.from_login().get(
+        "/tasks", params={k: v for k, v in {"state": state, "cvd": cvd}.items() if v}
+    )
     if as_json:
         emit_json(rows)
         return

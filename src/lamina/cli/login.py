@@ -17,10 +17,16 @@ from lamina.errors import UsageError
 def login(
     url: Annotated[str, typer.Argument(help="The server, e.g. https://lamina.example:8470")],
     user: Annotated[str, typer.Option("--user", help="User name.")],
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
 ) -> None:
     """Log in and save the session (mode 0600) for the other commands."""
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass(f"password for {user}: ")
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if password_stdin
+        else getpass.getpass(f"password for {user}: ")
+    )
     if not password:
         raise UsageError("no password given")
     resp = Api(url, None).post("/auth/login", {"user": user, "password": password})
@@ -28,18 +34,26 @@ def login(
     typer.echo(f"logged in to {url} as {resp['user']} ({resp['role']}); session saved in {path}")
 
 
-user_app = typer.Typer(help="User accounts and roles (administrator, helpdesk, readonly).", no_args_is_help=True)
+user_app = typer.Typer(
+    help="User accounts and roles (administrator, helpdesk, readonly).", no_args_is_help=True
+)
 
 
 @user_app.command("create")
 def user_create(
     name: str,
     role: Annotated[str, typer.Option(help="administrator, helpdesk or readonly.")] = "readonly",
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a user."""
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass(f"password for {name}: ")
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if password_stdin
+        else getpass.getpass(f"password for {name}: ")
+    )
     doc = Api.from_login().post("/users", {"name": name, "password": password, "role": role})
     if as_json:
         emit_json(doc)

@@ -18,9 +18,13 @@ def server(
     db: DbOpt = None,
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
-    host: Annotated[str, typer.Option(envvar="LAMINA_HOST", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(envvar="LAMINA_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="LAMINA_PORT", help="Port to listen on.")] = 8470,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key.")] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key.")
+    ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     workers: Annotated[int, typer.Option(help="Background task workers in this process.")] = 1,
 ) -> None:
@@ -34,8 +38,15 @@ def server(
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     settings = ServerSettings(
-        data=data, db=db, store=store, keyfile=keyfile, host=host, port=port,
-        tls_cert=tls_cert, tls_key=tls_key, workers=workers,
+        data=data,
+        db=db,
+        store=store,
+        keyfile=keyfile,
+        host=host,
+        port=port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        workers=workers,
     )
     ctx, generated = open_context(settings)
     if generated:
@@ -45,7 +56,9 @@ def server(
         )
     app = create_app(settings, ctx)
     scheme = "https" if tls_cert else "http"
-    err_console.print(f"Lamina listening on {scheme}://{host}:{port}  (store {ctx.store.backend.url})")
+    err_console.print(
+        f"Lamina listening on {scheme}://{host}:{port}  (store {ctx.store.backend.url})"
+    )
     uvicorn.run(
         app,
         host=host,

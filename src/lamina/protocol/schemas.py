@@ -57,6 +57,10 @@ class AuditPublic(BaseModel):
 
 
 # --- policies ------------------------------------------------------------------
+PathClass = Literal["system", "applications", "user_data", "machine_identity"]
+PROTECTABLE: tuple[PathClass, ...] = ("system", "applications", "user_data", "machine_identity")
+
+
 class PolicySettings(Strict):
     """What a CVD policy decides. Paths are globs on endpoint paths (``/home/**``)."""
 
@@ -69,8 +73,8 @@ class PolicySettings(Strict):
     include: list[str] = Field(default_factory=lambda: ["/**"])
     exclude: list[str] = Field(default_factory=list)
     exceptions: list[str] = Field(default_factory=list, description="Re-included inside excludes.")
-    classes: list[Literal["system", "applications", "user_data", "machine_identity"]] = Field(
-        default_factory=lambda: ["system", "applications", "user_data", "machine_identity"],
+    classes: list[PathClass] = Field(
+        default_factory=lambda: list(PROTECTABLE),
         description="Path classes to protect; the 'excluded' class is never uploaded.",
     )
     bandwidth_limit: int = Field(0, ge=0, description="Upload bytes per second, 0 for no limit.")

@@ -87,7 +87,9 @@ class FilesCache:
             bytes(r[0]): CachedFile(r[1], r[2], r[3], r[4], msgpack.unpackb(r[5])) for r in rows
         }
 
-    def put(self, dirpath: bytes, name: bytes, st: os.stat_result, content: list[bytes | int]) -> None:
+    def put(
+        self, dirpath: bytes, name: bytes, st: os.stat_result, content: list[bytes | int]
+    ) -> None:
         self._batch.append(
             (
                 dirpath,
@@ -131,7 +133,11 @@ class FilesCache:
         self._db.execute("DELETE FROM pending")
         self._db.execute("DELETE FROM gone")
         self._db.execute("DELETE FROM visited")
-        for k, v in (("store_id", self._store_id), ("epoch", str(epoch)), ("version", str(SCHEMA_VERSION))):
+        for k, v in (
+            ("store_id", self._store_id),
+            ("epoch", str(epoch)),
+            ("version", str(SCHEMA_VERSION)),
+        ):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
         self._db.execute("COMMIT")
         self.stale = False

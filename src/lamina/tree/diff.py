@@ -80,7 +80,9 @@ def diff_trees(
             j += 1
 
 
-def _one_side(load: Callable[[bytes], bytes], e: Entry, prefix: bytes, kind: str) -> Iterator[Change]:
+def _one_side(
+    load: Callable[[bytes], bytes], e: Entry, prefix: bytes, kind: str
+) -> Iterator[Change]:
     path = prefix + e.name
     old, new = (e, None) if kind == REMOVED else (None, e)
     yield Change(path, kind, old, new)

@@ -25,6 +25,7 @@ one object and a diff can skip them by comparing ids.
 
 from __future__ import annotations
 
+import itertools
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class Entry:
 
 def encode_tree(entries: list[Entry]) -> bytes:
     entries = sorted(entries, key=lambda e: e.name)
-    for a, b in zip(entries, entries[1:], strict=False):
+    for a, b in itertools.pairwise(entries):
         if a.name == b.name:
             raise IntegrityError(f"duplicate name in tree: {a.name!r}")
     return msgpack.packb(
@@ -213,7 +214,7 @@ def decode_tree(data: bytes) -> list[Entry]:
     if not isinstance(raw, list):
         raise IntegrityError("tree object has no entry list")
     entries = [decode_entry(d) for d in raw]
-    for a, b in zip(entries, entries[1:], strict=False):
+    for a, b in itertools.pairwise(entries):
         if a.name >= b.name:
             raise IntegrityError(f"tree entries not sorted or not unique at {b.name!r}")
     return entries

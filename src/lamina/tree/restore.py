@@ -148,7 +148,9 @@ class Restorer:
                 self.stats.removed += 1
         for e in entries:
             child_rel = [*rel, e.name]
-            want, all_below = (True, True) if everything else self._wanted(child_rel, e.type == "dir")
+            want, all_below = (
+                (True, True) if everything else self._wanted(child_rel, e.type == "dir")
+            )
             if not want:
                 continue
             if all_below:
@@ -245,7 +247,12 @@ class Restorer:
                 self.progress(1, e.size)
             return
         tmp = b".lamina-restore-" + secrets.token_hex(8).encode()
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        out = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=fd,
+        )
         try:
             written = 0
             content = e.content or []

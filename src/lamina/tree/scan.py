@@ -21,8 +21,8 @@ import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import blake3
 
@@ -204,8 +204,8 @@ class Scanner:
         try:
             with os.scandir(path) as it:
                 names = sorted(d.name for d in it)
-        except OSError as e:
-            self.stats.errors.append(f"{os.fsdecode(path)}: cannot list: {e.strerror}")
+        except OSError as err:
+            self.stats.errors.append(f"{os.fsdecode(path)}: cannot list: {err.strerror}")
             names = []
         cached: dict[bytes, CachedFile] = self.cache.directory(rel) if self.cache else {}
         entries: list[Entry] = []
@@ -216,8 +216,8 @@ class Scanner:
             child_rel = rel + b"/" + name if rel else name
             try:
                 st = os.lstat(child)
-            except OSError as e:
-                self.stats.errors.append(f"{os.fsdecode(child)}: {e.strerror}")
+            except OSError as err:
+                self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
                 continue
             typ = file_type(st.st_mode)
             if typ is None:
@@ -241,10 +241,11 @@ class Scanner:
                 self.stats.others += 1
             elif typ == "file":
                 c = cached.get(name)
-                if (
-                    c is not None
-                    and (c.inode, c.size, c.mtime, c.ctime)
-                    == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                if c is not None and (c.inode, c.size, c.mtime, c.ctime) == (
+                    st.st_ino,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
                 ):
                     e.content = list(c.content)
                     hits.append((child, e, st, c))
@@ -270,7 +271,7 @@ class Scanner:
         changed = bool(to_read) or len(hits) != len(cached)
         if self.cache is not None and changed:
             self.cache.replace_directory(rel)
-            for child, e, st in [(h[0], h[1], h[2]) for h in hits] + to_read:
+            for _path, e, st in [(h[0], h[1], h[2]) for h in hits] + to_read:
                 if e.content is not None and id(e) not in failed:
                     self.cache.put(rel, e.name, st, e.content)
         return self.writer.put(BlobKind.TREE, encode_tree(entries))
@@ -313,7 +314,9 @@ class Scanner:
                 jobs.append(big)
         if small.files:
             jobs.append(small)
-        futures: list[Future[list[str | None]]] = [self._pool.submit(self._run_job, j) for j in jobs]
+        futures: list[Future[list[str | None]]] = [
+            self._pool.submit(self._run_job, j) for j in jobs
+        ]
         failed: set[int] = set()
         for job, fut in zip(jobs, futures, strict=True):
             results = fut.result()

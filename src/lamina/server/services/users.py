@@ -115,7 +115,7 @@ def login(
                 )
             )
             audit(c, name, "auth.login", name, client=client)
-    if failed:
+    if failed or row is None:
         raise AuthError("wrong user name or password")
     return LoginResponse(token=token, user=row.name, role=row.role, expires=expires)
 
