@@ -288,9 +288,9 @@ def test_try_lock_and_unlock(catalog: SqlCatalog) -> None:
 
 
 def test_an_expired_lock_can_be_taken_over(catalog: SqlCatalog) -> None:
-    assert catalog.try_lock("gc", "crashed", dt.timedelta(milliseconds=300))
+    assert catalog.try_lock("gc", "crashed", dt.timedelta(milliseconds=500))
     assert not catalog.try_lock("gc", "next", dt.timedelta(hours=1))
-    time.sleep(0.4)
+    time.sleep(0.7)
     assert catalog.try_lock("gc", "next", dt.timedelta(hours=1))
     assert not catalog.try_lock("gc", "crashed", dt.timedelta(hours=1))  # it lost the lock
     catalog.unlock("gc", "crashed")  # a late unlock by the old holder changes nothing
