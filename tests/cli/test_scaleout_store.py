@@ -255,11 +255,6 @@ def test_forget_and_gc_free_space_on_s3(
     assert_check_clean(cli)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: rebuild-index re-adds a forgotten snapshot whose snapshot object "
-    "survived gc in a pack too full to repack, though gc deleted part of its data",
-)
 def test_rebuild_index_after_gc_does_not_resurrect_forgotten_snapshots(
     scaleout: Callable[..., Cli],
     pg_db_url: str,
@@ -406,11 +401,6 @@ def test_damaged_pack_on_s3_is_named_by_check(
         assert f.read_bytes() == (src / f.relative_to(out)).read_bytes(), f
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: `lamina store check` exits 0 on errors: main() drops the code "
-    "`app(standalone_mode=False)` returns for `raise typer.Exit(5)`",
-)
 def test_check_exits_non_zero_on_a_damaged_pack(
     scaleout: Callable[..., Cli], s3_server: S3Server, s3_bucket: str, tmp_path: Path
 ) -> None:

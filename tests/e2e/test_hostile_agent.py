@@ -9,6 +9,7 @@ snapshots must be exactly as before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import socket
@@ -24,9 +25,11 @@ import msgpack
 import pytest
 import zstandard
 
+from lamina.db.stores import StoreLocation, open_store
 from lamina.protocol.bundle import MEDIA_TYPE
 from lamina.store.blob import FLAG_RAW, FLAG_ZSTD, BlobKind, blob_id, compress
-from tests.e2e.conftest import LAMINA, Deployment, Lamina, _deployment
+from lamina.store.repository import Store
+from tests.e2e.conftest import ADMIN_PASSWORD, LAMINA, Deployment, Lamina, _deployment
 
 API = "/api/v1"
 #: The module's server refuses bodies above this (LAMINA_MAX_BODY); the default is 64 MiB.
@@ -43,6 +46,8 @@ class World:
     id_key: bytes
     max_chunk: int
     client: httpx.Client
+    admin_api: httpx.Client
+    store: Store
 
     @property
     def data(self) -> Path:
@@ -79,10 +84,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     client = httpx.Client(
         base_url=dep.url + API, headers={"Authorization": f"Bearer {st['credential']}"}, timeout=60
     )
+    login = httpx.post(dep.url + API + "/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD})
+    admin_api = httpx.Client(
+        base_url=dep.url + API, headers={"Authorization": f"Bearer {login.json()['token']}"}, timeout=60
+    )
+    store = open_store(StoreLocation(data=dep.servers[0].data, db_url=None, store_url=None, keyfile=None))
     try:
-        yield World(dep, admin, out["cvd_id"], st["credential"], bytes.fromhex(st["id_key"]), st["max_size"], client)
+        yield World(dep, admin, out["cvd_id"], st["credential"], bytes.fromhex(st["id_key"]), st["max_size"],
+                    client, admin_api, store)
     finally:
+        store.close()
         client.close()
+        admin_api.close()
         try:
             next(gen)
         except StopIteration:
@@ -92,23 +105,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 # --- what "nothing changed" means -------------------------------------------------------------
 
 
-def store_state(w: World) -> dict[str, Any]:
+def cli_stats(w: World) -> dict[str, Any]:
+    """`lamina store stats --json` on the server's data folder (SQLite in WAL mode: read while it runs)."""
     p = subprocess.run(
         [*LAMINA, "store", "stats", "--data", str(w.data), "--json"],
         capture_output=True, text=True, env=w.admin.env, timeout=120,
     )
     assert p.returncode == 0, p.stderr
-    stats = json.loads(p.stdout)
+    return dict(json.loads(p.stdout))
+
+
+def store_state(w: World) -> dict[str, Any]:
+    """The store's counts (what `lamina store stats` prints, read in-process: a CLI start
+    per check would cost most of this module's time) and every file under the store folder."""
+    st = dataclasses.asdict(w.store.stats())
     files = sorted(
         (str(f.relative_to(w.data / "store")), f.stat().st_size)
         for f in (w.data / "store").rglob("*") if f.is_file()
     )
-    return {"blobs": stats["blobs"], "packs": stats["packs"], "pack_bytes": stats["pack_bytes"],
-            "snapshots": stats["snapshots"], "files": files}
+    return {k: st[k] for k in ("blobs", "data_blobs", "tree_blobs", "packs", "pack_bytes", "snapshots")} | {
+        "files": files}
 
 
 def snapshots(w: World) -> list[str]:
-    return [s["id"] for s in w.admin.json("cvd", "snapshots", w.cvd)]
+    """The CVD's snapshots as an admin sees them (`lamina cvd snapshots` asks the same route)."""
+    r = w.admin_api.get(f"/cvds/{w.cvd}/snapshots")
+    assert r.status_code == 200, r.text
+    return [s["id"] for s in r.json()]
 
 
 @pytest.fixture
@@ -118,7 +141,6 @@ def unchanged(world: World) -> Iterator[None]:
     yield
     assert store_state(world) == before
     assert snapshots(world) == snaps
-
 
 
 # --- building bundles and trees -------------------------------------------------------------
@@ -243,6 +265,18 @@ def test_hostile_bundle_is_refused(world: World, unchanged: None, case: str) -> 
     expect_error(post_bundle(world, build(world)), status, code, *words)
 
 
+def test_hostile_bundles_leave_store_stats_unchanged(world: World) -> None:
+    """All of the above in a row, checked with the command an operator runs."""
+    before, snaps = cli_stats(world), world.admin.json("cvd", "snapshots", world.cvd)
+    for case, (build, status, _, _) in HOSTILE_BUNDLES.items():
+        r = post_bundle(world, build(world))
+        assert r.status_code == status and r.json()["message"], (case, r.text)
+    after = cli_stats(world)
+    assert {k: after[k] for k in ("blobs", "packs", "pack_bytes", "snapshots")} == {
+        k: before[k] for k in ("blobs", "packs", "pack_bytes", "snapshots")}
+    assert world.admin.json("cvd", "snapshots", world.cvd) == snaps
+
+
 def test_one_bad_blob_refuses_the_whole_bundle(world: World, unchanged: None) -> None:
     good = secrets.token_bytes(3000)
     good_tree = tree([file_entry(b"ok.txt", [blob_id(world.id_key, good)], 3000)])
@@ -265,19 +299,17 @@ def test_chunk_above_the_chunk_maximum_is_refused(world: World, unchanged: None)
     expect_error(r, 422, "integrity", "limit")
 
 
-def _reset_peak_rss(pid: int) -> bool:
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _rss(pid: int, field: str) -> int:
+def _peak_rss(pid: int, reset: bool = False) -> int:
+    """The process's peak resident memory (VmHWM); ``reset`` lowers it to the current RSS first."""
+    if reset:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass  # then the peak so far is the baseline: a bomb still has to raise it
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
 def zstd_bomb(size: int, *, content_size: bool) -> bytes:
@@ -292,20 +324,18 @@ def zstd_bomb(size: int, *, content_size: bool) -> bytes:
 
 @pytest.mark.parametrize("content_size", [False, True], ids=["no-size-in-frame", "size-in-frame"])
 def test_zstd_bomb_with_a_lying_raw_length(world: World, unchanged: None, content_size: bool) -> None:
-    bomb_size = 512 * MiB
-    payload = zstd_bomb(bomb_size, content_size=content_size)
+    bomb = 256 * MiB
+    payload = zstd_bomb(bomb, content_size=content_size)
     assert len(payload) < 64 * 1024
-    measured = _reset_peak_rss(world.pid)
-    rss_before = _rss(world.pid, "VmRSS")
+    peak = _peak_rss(world.pid, reset=True)
     for kind, declared in ((BlobKind.DATA, 4096), (BlobKind.TREE, 4096), (BlobKind.DATA, world.max_chunk)):
         t0 = time.monotonic()
         r = post_bundle(world, bundle([[int(kind), b"\3" * 32, FLAG_ZSTD, payload, declared]]))
         expect_error(r, 422, "integrity")
         assert time.monotonic() - t0 < 10
-    if measured:
-        # The server never inflated the frame beyond what the entry declared (at most a chunk).
-        grew = _rss(world.pid, "VmHWM") - rss_before
-        assert grew < 64 * MiB, f"server peak memory grew by {grew // MiB} MiB for a {len(payload)}-byte bomb"
+    # The server never inflated the frame beyond what the entry declared (at most one chunk).
+    grew = _peak_rss(world.pid) - peak
+    assert grew < 64 * MiB, f"server peak memory grew by {grew // MiB} MiB for a {len(payload)}-byte bomb"
 
 
 # --- body size -------------------------------------------------------------------------------
@@ -367,10 +397,17 @@ def test_body_just_under_the_limit_is_read(world: World, unchanged: None) -> Non
 # --- commits ---------------------------------------------------------------------------------
 
 
+def cli_snapshots(w: World) -> list[str]:
+    return [s["id"] for s in w.admin.json("cvd", "snapshots", w.cvd)]
+
+
 def test_commit_of_a_root_that_is_not_stored(world: World, unchanged: None) -> None:
+    snaps = cli_snapshots(world)
+    assert snaps
     root = blob_id(world.id_key, tree([file_entry(b"never-uploaded", [])]))
     r = world.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
     expect_error(r, 422, "missing_data", "root")
+    assert cli_snapshots(world) == snaps
 
 
 def test_commit_of_a_data_blob_as_root(world: World) -> None:
@@ -395,7 +432,7 @@ def test_commit_naming_a_chunk_never_uploaded(world: World) -> None:
 
     r = world.client.post("/agent/commit", json={"root": tid.hex(), "files": 1, "bytes": len(chunk)})
     expect_error(r, 422, "missing_data", "chunks", "upload")
-    assert snapshots(world) == snaps and store_state(world) == before
+    assert cli_snapshots(world) == snaps and store_state(world) == before
 
     # Once the chunk is there, the very same commit goes through.
     assert post_bundle(world, bundle([row(world, chunk)])).json() == {"new": 1}

@@ -77,7 +77,7 @@ def test_rebuild_index_from_packs_alone(tmp_path: Path) -> None:
     (tmp_path / "data" / "lamina.db").unlink()  # the database is lost
     store = open_store(loc)
     assert store.catalog.snapshots() == []
-    rep = rebuild_index(store)
+    rep = rebuild_index(store, references)
     assert rep.snapshots_recovered == 3 and not rep.skipped
     assert {s.id for s in store.catalog.snapshots()} == {s.id for s in snaps}
     for s in snaps:
@@ -92,6 +92,6 @@ def test_rebuild_skips_damaged_pack_and_says_so(store: Store, tmp_path: Path) ->
     p = store.catalog.packs()[0]
     path = _pack_path(tmp_path, p.name)
     path.write_bytes(path.read_bytes()[:-3])
-    rep = rebuild_index(store)
+    rep = rebuild_index(store, references)
     assert any(p.name[:16] in m for m in rep.skipped)
     assert p.name not in {x.name for x in store.catalog.packs()}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.agent import facts
-from lamina.agent.blobs import AgentBlobs
+from lamina.agent.blobs import agent_blobs
 from lamina.agent.staging import stage_revert
 from lamina.agent.state import AgentState, load_state, load_status, save_state, save_status
 from lamina.agent.sync import run_sync
@@ -150,7 +150,7 @@ class Agent:
     def restore(self, params: dict[str, Any]) -> dict[str, Any]:
         """Restore paths of a snapshot in place, keeping current files as NAME.lamina-TIME."""
         root = Path(self.st.root)
-        blobs = AgentBlobs(self.client, self.st.chunking.id_key)
+        blobs = agent_blobs(self.client, self.st.chunking.id_key)
         paths = [p.strip("/") for p in params.get("paths") or []]
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         kept = []

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.agent.blobs import AgentBlobs
+from lamina.agent.blobs import agent_blobs
 from lamina.agent.state import AgentState, write_json_atomic
 from lamina.agent.transport import AgentClient
 from lamina.errors import IntegrityError, UsageError
@@ -197,7 +197,7 @@ def stage_revert(
         else (lambda p: rules.classify(p) == "excluded")
     )
     tx = stage_tree(
-        AgentBlobs(client, st.chunking.id_key),
+        agent_blobs(client, st.chunking.id_key),
         bytes.fromhex(params["root"]),
         root,
         state_dir,

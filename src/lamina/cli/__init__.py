@@ -40,7 +40,9 @@ def version() -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except LaminaError as e:
         fail(e)
     except typer.Abort:

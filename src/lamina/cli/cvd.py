@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,41 +11,20 @@ import typer
 from lamina.cli.client import Api
 from lamina.cli.common import JsonOpt
 from lamina.cli.output import byte_progress, emit_json, human_bytes
-from lamina.errors import IntegrityError
 from lamina.tree.restore import restore_tree
+from lamina.tree.sources import BatchedBlobs
 
 app = typer.Typer(help="CVDs: the central copy of each endpoint.", no_args_is_help=True)
 
 
-class RemoteBlobs:
+def remote_blobs(api: Api) -> BatchedBlobs:
     """Blobs read through the server's API (the server decrypts and verifies them)."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
+    def fetch(ids: list[bytes]) -> list[bytes]:
+        out = msgpack.unpackb(api.post("/blobs/read", {"ids": [i.hex() for i in ids]}), raw=False)
+        return out if isinstance(out, list) else []
 
-    def get(self, bid: bytes) -> bytes:
-        return next(self.get_many([bid]))
-
-    def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]:
-        batch: list[bytes] = []
-        for bid in ids:
-            batch.append(bid)
-            if len(batch) >= 64:
-                yield from self._fetch(batch)
-                batch = []
-        if batch:
-            yield from self._fetch(batch)
-
-    def _fetch(self, ids: list[bytes]) -> list[bytes]:
-        raw = self.api.post("/blobs/read", {"ids": [i.hex() for i in ids]})
-        out = msgpack.unpackb(raw, raw=False)
-        if (
-            not isinstance(out, list)
-            or len(out) != len(ids)
-            or not all(isinstance(b, bytes) for b in out)
-        ):
-            raise IntegrityError("the server answered a blob request with something else")
-        return out
+    return BatchedBlobs(fetch)
 
 
 def _print_cvd(c: dict[str, Any]) -> None:
@@ -184,7 +162,7 @@ def restore(
     snap = match[0]
     with byte_progress("restoring", total=None if path else snap["bytes"]) as advance:
         st = restore_tree(
-            RemoteBlobs(api),
+            remote_blobs(api),
             bytes.fromhex(snap["root"]),
             output,
             paths=path or [],

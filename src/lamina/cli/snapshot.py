@@ -255,7 +255,7 @@ def forget(
     s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         ids = [s.catalog.find_snapshot(x).id for x in snapshots]
-        n = s.catalog.forget_snapshots(ids)
+        n = s.forget(ids)
     finally:
         s.close()
     typer.echo(f"forgot {n} snapshots")

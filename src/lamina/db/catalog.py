@@ -81,7 +81,9 @@ class SqlCatalog:
                 found.update(bytes(r[0]) for r in c.execute(q))
         return wanted - found
 
-    def locate(self, ids: Collection[bytes]) -> dict[bytes, BlobLocation]:
+    def locate(
+        self, ids: Collection[bytes], include_condemned: bool = False
+    ) -> dict[bytes, BlobLocation]:
         out: dict[bytes, BlobLocation] = {}
         with read_tx(self.engine) as c:
             for batch in _batches(set(ids)):
@@ -95,8 +97,10 @@ class SqlCatalog:
                         blobs.c.kind,
                     )
                     .join(packs, packs.c.seq == blobs.c.pack_seq)
-                    .where(blobs.c.id.in_(batch), blobs.c.condemned.is_(False))
+                    .where(blobs.c.id.in_(batch))
                 )
+                if not include_condemned:
+                    q = q.where(blobs.c.condemned.is_(False))
                 for r in c.execute(q):
                     out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], BlobKind(r[5]))
         return out
@@ -331,7 +335,7 @@ class SqlCatalog:
             c.execute(
                 insert(snapshots).values(
                     id=record.id,
-                    time=record.time,
+                    time=record.time.astimezone(dt.UTC),
                     source=record.source,
                     root=record.root,
                     files=record.files,

@@ -77,7 +77,14 @@ snapshots = Table(
     Column("meta", JSON, nullable=False),
 )
 
-Index("ix_blobs_condemned", blobs.c.condemned, postgresql_where=blobs.c.condemned)
+# Partial on both dialects: a full index on a yes/no column would tempt SQLite's
+# planner away from the primary key and turn every lookup into a table scan.
+Index(
+    "ix_blobs_condemned",
+    blobs.c.condemned,
+    postgresql_where=blobs.c.condemned,
+    sqlite_where=blobs.c.condemned,
+)
 
 # --- the server's tables (revision 0002) --------------------------------------
 

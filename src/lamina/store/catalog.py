@@ -97,8 +97,14 @@ class Catalog(Protocol):
         """The subset of ``ids`` not stored (condemned copies count as not stored)."""
         ...
 
-    def locate(self, ids: Collection[bytes]) -> dict[bytes, BlobLocation]:
-        """Where each stored, uncondemned blob of ``ids`` is; absent ids are left out."""
+    def locate(
+        self, ids: Collection[bytes], include_condemned: bool = False
+    ) -> dict[bytes, BlobLocation]:
+        """Where each stored, uncondemned blob of ``ids`` is; absent ids are left out.
+
+        The collector passes ``include_condemned`` to walk trees it condemned a
+        moment ago and must now rescue.
+        """
         ...
 
     def iter_blobs(self) -> Iterator[BlobRow]:

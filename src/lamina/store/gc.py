@@ -51,7 +51,7 @@ def mark(store: Store, walk: Walker, roots: Iterable[bytes], marked: set[bytes])
     todo = [r for r in roots if r not in marked]
     while todo:
         batch, todo = todo[:256], todo[256:]
-        locs = store.catalog.locate(batch)
+        locs = store.catalog.locate(batch, include_condemned=True)
         for bid in batch:
             if bid in marked:
                 continue
@@ -135,10 +135,12 @@ def collect(
                 live = [r for r in rows if not r.condemned]
                 dead_bytes = sum(r.length for r in rows if r.condemned)
                 if not live:
-                    cat.drop_pack(pack.name)
-                    store.backend.delete(obj)
-                    report.packs_deleted += 1
-                    report.bytes_freed += pack.size
+                    # Not drop_pack: a writer may have rescued a blob since we read the
+                    # rows; finish_repack drops only what is still condemned.
+                    if cat.finish_repack(pack.name, []):
+                        store.backend.delete(obj)
+                        report.packs_deleted += 1
+                        report.bytes_freed += pack.size
                     continue
                 live_bytes = sum(r.length for r in live)
                 if not dead_bytes or live_bytes >= repack_below * (live_bytes + dead_bytes):

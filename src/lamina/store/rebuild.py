@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, MissingDataError
 from lamina.store.blob import BlobKind
 from lamina.store.pack import (
     FOOTER,
@@ -16,6 +16,7 @@ from lamina.store.pack import (
     parse_header,
 )
 from lamina.store.repository import Store
+from lamina.store.roots import Walker
 
 ProgressFn = Callable[[int, int], None]
 
@@ -28,7 +29,14 @@ class RebuildReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def rebuild_index(store: Store, progress: ProgressFn | None = None) -> RebuildReport:
+def rebuild_index(
+    store: Store, walk: Walker, progress: ProgressFn | None = None
+) -> RebuildReport:
+    """Replace the index with what the packs hold; recover snapshots that are whole.
+
+    A snapshot is recovered only if it was not forgotten (``forgotten/`` markers)
+    and every blob it reaches is in the rebuilt index.
+    """
     rep = RebuildReport()
     found: list[tuple[str, int, list[PackEntry]]] = []
     objects = list(store.backend.list("packs/"))
@@ -54,7 +62,7 @@ def rebuild_index(store: Store, progress: ProgressFn | None = None) -> RebuildRe
         rep.packs += 1
         rep.blobs += len(entries)
     store.catalog.replace_index(found)
-    known = {s.id for s in store.catalog.snapshots()}
+    known = {s.id for s in store.catalog.snapshots()} | store.forgotten()
     epoch = store.catalog.gc_epoch()
     for _, _, entries in found:
         for e in entries:
@@ -62,6 +70,7 @@ def rebuild_index(store: Store, progress: ProgressFn | None = None) -> RebuildRe
                 continue
             try:
                 record = store.load_snapshot_blob(e.id)
+                _whole(store, walk, record.root)
             except LaminaError as err:
                 rep.skipped.append(f"snapshot {e.id.hex()[:16]}: {err.message}")
                 continue
@@ -69,3 +78,18 @@ def rebuild_index(store: Store, progress: ProgressFn | None = None) -> RebuildRe
                 known.add(record.id)
                 rep.snapshots_recovered += 1
     return rep
+
+
+def _whole(store: Store, walk: Walker, root: bytes) -> None:
+    """Raise MissingDataError unless every blob under ``root`` is indexed."""
+    todo, seen = [root], set()
+    while todo:
+        tid = todo.pop()
+        if tid in seen:
+            continue
+        seen.add(tid)
+        trees, chunks = walk(store.get(tid))
+        gone = store.catalog.missing(chunks)
+        if gone:
+            raise MissingDataError(f"{len(gone)} of its chunks are not in any pack")
+        todo.extend(trees)

@@ -22,7 +22,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +41,10 @@ class BlobSource(Protocol):
     def get(self, bid: bytes) -> bytes: ...
 
     def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]: ...
+
+    def prefetch(self, ids: Collection[bytes]) -> None:
+        """A hint: these blobs are read next (a source may look them up in one go)."""
+        ...
 
 
 @dataclass
@@ -136,6 +140,7 @@ class Restorer:
     # --- the walk ------------------------------------------------------------
     def _dir(self, tree_id: bytes, fd: int, rel: list[bytes], everything: bool) -> None:
         entries = decode_tree(self.store.get(tree_id))
+        self.store.prefetch([c for e in entries for c in e.chunk_ids()])
         names = {e.name for e in entries}
         for existing in os.listdir(fd):
             name = os.fsencode(existing)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
+import zstandard
 from sqlalchemy import Engine, update
 
 from lamina.db.engine import write_tx
@@ -50,6 +51,25 @@ def missing(store: Store, hex_ids: list[str]) -> list[str]:
     return [i.hex() for i in ids if i in gone]
 
 
+def _inflate(bid: bytes, flag: int, payload: bytes, raw_length: int) -> bytes:
+    """An agent's payload decompressed, never to more than ``raw_length`` bytes.
+
+    python-zstandard sizes its output from the frame header's content size when the
+    frame has one, whatever ``max_output_size`` says: a frame that declares another
+    size than the bundle entry is refused before anything is inflated.
+    """
+    if flag == blob.FLAG_ZSTD:
+        try:
+            declared = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"bundle blob {bid.hex()[:16]} is not a zstd frame: {e}") from e
+        if declared not in (-1, raw_length):
+            raise IntegrityError(
+                f"bundle blob {bid.hex()[:16]}: its zstd frame declares {declared} bytes, the entry {raw_length}"
+            )
+    return blob.decompress(flag, payload, raw_length)
+
+
 def upload_bundle(store: Store, body: bytes) -> int:
     """Verify and store a bundle; return how many blobs were new."""
     items = decode_bundle(body)
@@ -67,7 +87,7 @@ def upload_bundle(store: Store, body: bytes) -> int:
             raise IntegrityError(
                 f"bundle blob {it.id.hex()[:16]} claims {it.raw_length} bytes, above the {limit} limit"
             )
-        data = blob.decompress(it.flag, it.payload, it.raw_length)
+        data = _inflate(it.id, it.flag, it.payload, it.raw_length)
         if blob.blob_id(keys.chunking.id_key, data) != it.id:
             raise IntegrityError(f"bundle blob {it.id.hex()[:16]}: content does not match its id")
         if kind == BlobKind.TREE:
@@ -144,7 +164,7 @@ def commit(
         record = w.commit_snapshot(record, lambda r: verify_tree(store, r, None))
     keep, forget = apply_retention(store.catalog.snapshots(source), retention)
     if forget:
-        store.catalog.forget_snapshots([s.id for s in forget])
+        store.forget([s.id for s in forget])
     with write_tx(engine) as c:
         c.execute(update(cvds).where(cvds.c.id == cvd_id).values(last_sync=record.time, progress={}))
     return CommitResponse(

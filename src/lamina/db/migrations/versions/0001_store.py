@@ -53,6 +53,7 @@ def upgrade() -> None:
         "blobs",
         ["condemned"],
         postgresql_where=sa.text("condemned"),
+        sqlite_where=sa.text("condemned"),
     )
     op.create_table(
         "snapshots",
