@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from lamina.agent import facts
 from lamina.agent.blobs import agent_blobs
-from lamina.agent.staging import stage_revert
+from lamina.agent.staging import stage_layers, stage_revert
 from lamina.agent.state import AgentState, load_state, load_status, save_state, save_status
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, fetch_certificate, retrying
@@ -53,6 +54,13 @@ def enroll(
     return st
 
 
+def _disk_free(root: Path) -> int:
+    try:
+        return shutil.disk_usage(root).free
+    except OSError:
+        return 0
+
+
 class Agent:
     def __init__(
         self, state_dir: Path, on_progress: Callable[[dict[str, Any]], None] | None = None
@@ -72,7 +80,8 @@ class Agent:
         save_status(self.state_dir, self.status)
 
     def report(self, progress: dict[str, Any] | None = None) -> AgentConfig:
-        body = {"state": str(self.status.get("state", "idle")), "progress": progress or {}}
+        body = {"state": str(self.status.get("state", "idle")), "progress": progress or {},
+                "disk_free": _disk_free(Path(self.st.root))}
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)
         return cfg
@@ -96,7 +105,8 @@ class Agent:
                 self.client.json("POST", "/agent/config", json={"state": "syncing", "progress": p})
 
         try:
-            res = run_sync(self.client, self.st, self.state_dir, cfg, progress)
+            extra = {"layers": self.status["layers"]} if self.status.get("layers") is not None else {}
+            res = run_sync(self.client, self.st, self.state_dir, cfg, progress, extra)
         except LaminaError as e:
             self._save(state="error", last_error=e.message)
             raise
@@ -130,6 +140,10 @@ class Agent:
             elif item.kind == "restore":
                 result = self.restore(item.params)
                 self._task(item, progress=100, state="done", message="restored", result=result)
+            elif item.kind == "layer-apply":
+                result = stage_layers(self.client, self.st, self.state_dir, item.params)
+                self._save(state="waiting for reboot", staged=result["transaction"])
+                self._task(item, progress=100, state="waiting", message="staged: applies at next boot", result=result)
             elif item.kind == "revert":
                 result = stage_revert(self.client, self.st, self.state_dir, item.params)
                 self._save(state="waiting for reboot", staged=result["transaction"])

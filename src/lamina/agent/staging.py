@@ -34,7 +34,12 @@ from lamina.agent.state import AgentState, write_json_atomic
 from lamina.agent.transport import AgentClient
 from lamina.errors import IntegrityError, UsageError
 from lamina.layers.rules import RuleSet, builtin
+from lamina.store import blob
+from lamina.store.chunker import Chunker
+from lamina.store.keys import ChunkingSecret
+from lamina.tree.model import check_name, decode_tree
 from lamina.tree.restore import BlobSource, restore_tree
+from lamina.tree.sources import BatchedBlobs
 
 JOURNAL_VERSION = 1
 STAGED, APPLYING, COMMITTED = "staged", "applying", "committed"
@@ -209,6 +214,77 @@ def stage_revert(
         },
     )
     return {"transaction": tx.journal["id"], "operations": len(tx.journal["ops"])}
+
+
+def _plan_delta(new: Path, root: Path, rel: str, ops: list[list[str]]) -> None:
+    """Swap in everything the delta holds; descend where both sides are folders."""
+    n_dir = new / rel if rel else new
+    for name in sorted(os.listdir(n_dir)):
+        child = f"{rel}/{name}" if rel else name
+        if _is_real_dir(new / child) and _is_real_dir(root / child):
+            _plan_delta(new, root, child, ops)
+        else:
+            ops.append(["swap", child])
+
+
+def _seed_from_endpoint(blobs: BatchedBlobs, root: Path, delta: bytes, chunking: ChunkingSecret) -> int:
+    """Chunks the endpoint already holds, read from its own files at the same paths."""
+    wanted: dict[str, set[bytes]] = {}
+    todo = [(delta, "")]
+    while todo:
+        tid, prefix = todo.pop()
+        for e in decode_tree(blobs.get(tid)):
+            rel = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
+            if e.subtree is not None:
+                todo.append((e.subtree, rel))
+            elif e.type == "file" and e.content:
+                wanted[rel] = set(e.chunk_ids())
+    chunker = Chunker(chunking)
+    seeded = 0
+    for rel, ids in wanted.items():
+        p = root / rel
+        try:
+            if not stat.S_ISREG(os.lstat(p).st_mode) or os.lstat(p).st_size > 1 << 30:
+                continue
+            data = p.read_bytes()
+        except OSError:
+            continue
+        for view in chunker.cut(data):
+            bid = blob.blob_id(chunking.id_key, view)
+            if bid in ids and bid not in blobs.local:
+                blobs.local[bid] = bytes(view)
+                seeded += len(view)
+    return seeded
+
+
+def stage_layers(client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Stage a layer delivery: download only what the endpoint lacks, apply at next boot."""
+    root = Path(st.root)
+    base = staging_root(state_dir, root)
+    for old in pending(state_dir, root):
+        if old.journal["state"] == STAGED:
+            shutil.rmtree(old.path)
+        else:
+            raise UsageError(f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first")
+    blobs = agent_blobs(client, st.chunking.id_key)
+    delta = bytes.fromhex(params["delta"])
+    seeded = _seed_from_endpoint(blobs, root, delta, st.chunking)
+    tx = Transaction(base / uuid.uuid4().hex, {})
+    tx.new.mkdir(parents=True)
+    restore_tree(blobs, delta, tx.new)
+    ops: list[list[str]] = []
+    _plan_delta(tx.new, root, "", ops)
+    for path in params.get("removes") or []:
+        rel = str(path).strip("/")
+        for part in rel.split("/"):
+            check_name(os.fsencode(part))
+        if os.path.lexists(root / rel):
+            ops.append(["remove", rel])
+    summary = {"kind": "layers", "versions": params.get("versions", []), "labels": params.get("labels", []),
+               "downloaded_bytes": blobs.fetched_bytes, "seeded_bytes": seeded}
+    tx.journal = {"v": JOURNAL_VERSION, "id": tx.path.name, "state": STAGED, "ops": ops, "done": 0, "summary": summary}
+    tx.save()
+    return {"transaction": tx.journal["id"], "operations": len(ops), **summary}
 
 
 # --- applying at boot --------------------------------------------------------------

@@ -95,6 +95,7 @@ def run_sync(
     state_dir: Path,
     cfg: AgentConfig,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    extra_stats: dict[str, Any] | None = None,
 ) -> SyncResult:
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
@@ -141,6 +142,7 @@ def run_sync(
                 "uploaded_bytes": sink.uploaded_bytes,
                 "errors": len(stats.errors),
                 "policy_version": cfg.policy_version,
+                **(extra_stats or {}),
             },
         }
         doc = retrying(lambda: client.json("POST", "/agent/commit", json=body))

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from lamina import __version__
-from lamina.cli import agent, cvd, fleet, login, snapshot, store
+from lamina.cli import agent, cvd, fleet, layer, login, snapshot, store
 from lamina.cli.output import fail
 from lamina.cli.server import server
 from lamina.errors import LaminaError
@@ -28,6 +28,7 @@ app.add_typer(fleet.token_app, name="token")
 app.add_typer(fleet.device_app, name="device")
 app.add_typer(fleet.policy_app, name="policy")
 app.add_typer(cvd.app, name="cvd")
+app.add_typer(layer.app, name="layer")
 app.add_typer(fleet.task_app, name="task")
 app.add_typer(agent.app, name="agent")
 

@@ -108,6 +108,9 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     if applied:
         status = load_status(state)
         status.update(state="idle", staged=None, applied=applied)
+        for a in applied:
+            if a.get("kind") == "layers":
+                status["layers"] = a.get("versions", [])
         save_status(state, status)
     if as_json:
         emit_json([{"id": a["transaction"], **a} for a in applied])

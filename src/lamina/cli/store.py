@@ -22,13 +22,13 @@ from lamina.cli.common import (
     parse_duration,
 )
 from lamina.cli.output import emit_json, err_console, human_bytes, step_progress
+from lamina.db.roots import all_roots
 from lamina.db.stores import init_store, open_store
 from lamina.errors import IntegrityError, UsageError
 from lamina.store.check import check as check_store
 from lamina.store.gc import collect
 from lamina.store.keys import PASSPHRASE_ENV
 from lamina.store.rebuild import rebuild_index
-from lamina.store.roots import snapshot_roots
 from lamina.tree.model import references
 
 app = typer.Typer(
@@ -93,7 +93,7 @@ def check(
         with step_progress("checking") as update:
             rep = check_store(
                 s,
-                [snapshot_roots(s.catalog)],
+                all_roots(s),
                 references,
                 read_data=read_data,
                 progress=lambda label, i, n: update(label, i, n),
@@ -136,7 +136,7 @@ def gc(
         with step_progress("gc") as update:
             rep = collect(
                 s,
-                [snapshot_roots(s.catalog)],
+                all_roots(s),
                 references,
                 orphan_grace=dt.timedelta(seconds=parse_duration(orphan_grace)),
                 dry_run=dry_run,

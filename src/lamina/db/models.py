@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData(
@@ -199,4 +200,63 @@ tasks = Table(
     Column("started", DateTime(timezone=True), nullable=True),
     Column("finished", DateTime(timezone=True), nullable=True),
     Column("claimed_by", String(64), nullable=True),
+)
+
+# --- layers (revision 0003) ---------------------------------------------------------
+
+layers = Table(
+    "layers",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("kind", String(8), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+layer_versions = Table(
+    "layer_versions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("layer_id", String(36), ForeignKey("layers.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("root", LargeBinary(32), nullable=False),
+    Column("whiteouts", JSON, nullable=False),
+    Column("source_cvd", String(36), nullable=True),
+    Column("source_snapshot", String(64), nullable=True),
+    Column("notes", Text, nullable=False),
+    Column("files", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("apps", JSON, nullable=False),
+    UniqueConstraint("layer_id", "version", name="uq_layer_versions_layer_id_version"),
+)
+
+#: The layer versions a CVD should run, in order (position 0 is the base layer if any).
+cvd_layers = Table(
+    "cvd_layers",
+    metadata,
+    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("version_id", String(36), ForeignKey("layer_versions.id"), nullable=False),
+)
+
+recordings = Table(
+    "recordings",
+    metadata,
+    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("start_snapshot", String(64), nullable=True),
+    Column("name", String(128), nullable=True),
+    Column("update_layer", String(36), nullable=True),
+    Column("notes", Text, nullable=False),
+    Column("started", DateTime(timezone=True), nullable=False),
+)
+
+#: Per CVD, the layer versions its endpoint reported running after its last apply.
+cvd_running_layers = Table(
+    "cvd_running_layers",
+    metadata,
+    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("version_id", String(36), ForeignKey("layer_versions.id"), nullable=False),
 )

@@ -56,10 +56,30 @@ def matches(patterns: tuple[str, ...] | list[str], path: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LayerRules:
+    """What a layer may carry and what it may never replace on an endpoint."""
+
+    capture_classes: tuple[str, ...] = ("system", "applications")
+    do_not_capture: tuple[str, ...] = ()
+    exceptions: tuple[str, ...] = ()
+    never_override: tuple[str, ...] = ()
+    text_config: tuple[str, ...] = ("/etc/**",)
+    package_databases: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class RuleSet:
     name: str
     order: tuple[str, ...]
     classes: dict[str, tuple[str, ...]]
+    layers: LayerRules = LayerRules()
+
+    def capturable(self, path: str) -> bool:
+        """May a layer carry ``path``?"""
+        lr = self.layers
+        if matches(lr.do_not_capture, path) and not matches(lr.exceptions, path):
+            return False
+        return self.classify(path) in lr.capture_classes
 
     def classify(self, path: str) -> str:
         for cls in self.order:
@@ -95,10 +115,22 @@ def parse_rules(raw: str | bytes) -> RuleSet:
         if cls not in CLASSES:
             raise UsageError(f"unknown path class {cls!r} (known: {', '.join(CLASSES)})")
     parsed = {c: tuple(str(p) for p in pats) for c, pats in classes.items()}
-    for pats in parsed.values():
+    ld = doc.get("layers") or {}
+    layers = LayerRules(
+        capture_classes=tuple(ld.get("capture_classes", ("system", "applications"))),
+        do_not_capture=tuple(ld.get("do_not_capture", ())),
+        exceptions=tuple(ld.get("exceptions", ())),
+        never_override=tuple(ld.get("never_override", ())),
+        text_config=tuple(ld.get("text_config", ("/etc/**",))),
+        package_databases=tuple((str(k), str(v)) for k, v in (ld.get("package_databases") or {}).items()),
+    )
+    for pats in (*parsed.values(), layers.do_not_capture, layers.exceptions, layers.never_override, layers.text_config):
         for p in pats:
             glob_regex(p)
-    return RuleSet(str(doc.get("name", "custom")), order, parsed)
+    for cls in layers.capture_classes:
+        if cls not in CLASSES:
+            raise UsageError(f"unknown path class {cls!r} in layers.capture_classes")
+    return RuleSet(str(doc.get("name", "custom")), order, parsed, layers)
 
 
 @functools.lru_cache(maxsize=8)

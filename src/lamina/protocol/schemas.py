@@ -270,3 +270,4 @@ class TaskReport(Strict):
 class AgentStatusReport(Strict):
     state: str = Field(max_length=64)
     progress: dict[str, Any] = Field(default_factory=dict)
+    disk_free: int | None = Field(None, ge=0)

@@ -10,7 +10,7 @@ from lamina import __version__
 from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
-from lamina.server.api import admin, agent, cvds
+from lamina.server.api import admin, agent, cvds, layers
 from lamina.server.context import ServerContext
 from lamina.server.services.users import ensure_admin
 
@@ -53,6 +53,6 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
 
-    for r in (admin.router, cvds.router, agent.router):
+    for r in (admin.router, cvds.router, agent.router, layers.router):
         app.include_router(r, prefix="/api/v1")
     return app

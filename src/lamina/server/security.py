@@ -29,6 +29,7 @@ PERMISSIONS = {
     "cvd.operate": "sync, restore, revert CVDs",
     "device.write": "centralize, reject, archive devices; create enrollment tokens",
     "policy.write": "create and change policies",
+    "layer.write": "capture, record, assign and enforce layers",
     "user.admin": "manage users and read the audit log",
     "store.admin": "check and collect garbage in the store",
 }

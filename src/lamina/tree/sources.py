@@ -26,10 +26,14 @@ class BatchedBlobs:
         self._id_key = id_key
         self._queue: OrderedDict[bytes, None] = OrderedDict()
         self._have: dict[bytes, bytes] = {}
+        #: blobs found locally (e.g. chunks of the endpoint's own files): never fetched
+        self.local: dict[bytes, bytes] = {}
+        self.fetched_bytes = 0
 
     def prefetch(self, ids: Collection[bytes]) -> None:
         for i in ids:
-            self._queue[i] = None
+            if i not in self.local:
+                self._queue[i] = None
 
     def _load(self, first: bytes) -> None:
         batch = [first]
@@ -47,9 +51,12 @@ class BatchedBlobs:
             if self._id_key is not None and blob.blob_id(self._id_key, data) != bid:
                 raise IntegrityError(f"blob {bid.hex()[:16]} from the server does not match its id")
             self._have[bid] = data
+            self.fetched_bytes += len(data)
             self._queue.pop(bid, None)
 
     def get(self, bid: bytes) -> bytes:
+        if bid in self.local:
+            return self.local[bid]
         if bid not in self._have:
             self._load(bid)
         return self._have.pop(bid)

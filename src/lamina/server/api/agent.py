@@ -23,7 +23,7 @@ from lamina.protocol.schemas import (
     WorkItem,
 )
 from lamina.server.deps import Ctx, Device, read_body
-from lamina.server.services import fleet, sync, tasks
+from lamina.server.services import fleet, layers, sync, tasks
 from lamina.store.retention import Retention
 
 router = APIRouter(prefix="/agent")
@@ -66,7 +66,9 @@ def commit(req: CommitRequest, ctx: Ctx, device: Device) -> CommitResponse:
     cfg = fleet.agent_config(ctx.engine, device)
     p = cfg.policy or PolicySettings()
     retention = Retention(p.keep_last, p.keep_hourly, p.keep_daily, p.keep_weekly, p.keep_monthly)
-    return sync.commit(ctx.engine, ctx.store, cvd, req, retention)
+    resp = sync.commit(ctx.engine, ctx.store, cvd, req, retention)
+    layers.after_commit(ctx.engine, ctx.store, cvd.id, ctx.store.catalog.find_snapshot(resp.snapshot.id))
+    return resp
 
 
 @router.get("/work", summary="Claim the tasks queued for this device")

@@ -1,0 +1,786 @@
+"""End to end: a Lamina agent backing up to a Lamina server on loopback, against restic.
+
+``python -m bench.e2e`` (the second half of ``make bench``) from the project root. See
+bench/README.md.
+
+The same corpus as bench.run (parts of /usr, built by its corpus builder). Lamina goes the
+whole way an endpoint does: ``lamina server`` (embedded default: SQLite and a folder store)
+on a free loopback port, an admin logged in through ``lamina login``, a policy and an
+enrollment token naming it (so the device is centralized when it enrolls), ``lamina agent
+enroll --root CORPUS``, then timed ``lamina agent run --once`` cycles and a ``lamina cvd
+restore`` that downloads the tree through the server. restic backs up the same tree into a
+local repository at every step (``restic backup``, ``restic restore``).
+
+Steps, each run for Lamina then restic before the next step starts:
+
+1. first backup (for Lamina the centralization: the agent's first cycle uploads everything)
+2. re-backup, nothing changed (``agent run --once --sync``)
+3. backup after ~1% of the files changed (bench.run's change helper, same seed)
+4. full restore into an empty folder (Lamina's is verified against the corpus)
+5. store size on disk
+
+Everything lives under bench/work/e2e/ (git-ignored), wiped at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.run import (
+    CONSOLE,
+    DEFAULT_GROUPS,
+    ROOT,
+    CommandFailed,
+    Manifest,
+    Ran,
+    Restic,
+    TreeSize,
+    build_corpus,
+    clean_env,
+    compare,
+    human_bytes,
+    manifest,
+    mutate,
+    rmtree,
+    say,
+    tree_size,
+    warm_up,
+    warn,
+)
+
+BENCH = ROOT / "bench"
+DEFAULT_WORK = BENCH / "work" / "e2e"
+DEFAULT_RESULTS = BENCH / "results-e2e.json"
+ADMIN_PASSWORD = "bench-admin-password"  # a throwaway server's first admin
+LAMINA_TIMEOUT = 3600.0  # no single command of a default-size run comes near this
+
+
+def lamina_exe() -> str:
+    exe = Path(sys.executable).parent / "lamina"
+    return os.fspath(exe) if exe.exists() else (shutil.which("lamina") or "lamina")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (0 if it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@dataclass
+class Server:
+    """One ``lamina server`` on loopback; stopped (TERM, then KILL) by ``stop``."""
+
+    data: Path
+    log: Path
+    env: dict[str, str]
+    extra: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> Server:
+        argv = [lamina_exe(), "server", "--data", os.fspath(self.data)]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port), *self.extra]
+        env = {**self.env, "LAMINA_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise CommandFailed(
+                    f"lamina server exited {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/api/v1/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise CommandFailed(f"lamina server did not answer in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def cpu(self) -> float:
+        return proc_cpu(self.proc.pid) if self.proc else 0.0
+
+    def rss(self) -> int:
+        """Resident memory of the server process now (bytes)."""
+        if not self.proc:
+            return 0
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+class Cli:
+    """The ``lamina`` command with its own config folder (one admin, or one endpoint)."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**env, "XDG_CONFIG_HOME": os.fspath(home)}
+        for k in ("LAMINA_URL", "LAMINA_TOKEN", "LAMINA_AGENT_STATE"):
+            self.env.pop(k, None)
+
+    def run(
+        self,
+        *args: str | os.PathLike[str],
+        input: str | None = None,
+        timeout: float = LAMINA_TIMEOUT,
+        sync_first: bool = False,
+    ) -> Ran:
+        argv = [lamina_exe(), *(os.fspath(a) for a in args)]
+        if sync_first:
+            os.sync()
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        try:
+            p = subprocess.run(
+                argv,
+                env=self.env,
+                input=input,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise CommandFailed(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from e
+        seconds = time.perf_counter() - t0
+        if p.returncode != 0:
+            tail = "\n".join(p.stderr.strip().splitlines()[-40:]) or "(no stderr)"
+            raise CommandFailed(
+                f"command failed (exit {p.returncode}, {seconds:.1f}s): {' '.join(argv)}\n"
+                f"--- stderr (last 40 lines) ---\n{tail}"
+            )
+        return Ran(seconds, p.stdout, p.stderr, p.returncode, load)
+
+    def json(self, *args: str | os.PathLike[str], **kw: Any) -> Any:
+        return json.loads(self.run(*args, "--json", **kw).stdout)
+
+
+def login(admin: Cli, url: str) -> None:
+    admin.run("login", url, "--user", "admin", "--password-stdin", input=ADMIN_PASSWORD + "\n")
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def policy_view(m: Manifest) -> Manifest:
+    """What a CVD under the default policy holds: the corpus minus the 'excluded' class.
+
+    Files classed excluded are not uploaded; folders are kept (empty) and, where every path
+    below is excluded (``/var/log``), nothing under them is listed (lamina.agent.sync).
+    """
+    from lamina.layers.rules import builtin
+
+    rules = builtin("linux")
+    out = Manifest()
+    pruned: list[str] = []
+    for rel in sorted(m.entries):
+        if any(rel.startswith(p + "/") for p in pruned):
+            continue
+        path = "/" + rel
+        is_dir = m.entries[rel][0] == "dir"
+        if rules.classify(path) == "excluded" and not is_dir:
+            continue
+        if is_dir and rules.prunable(path):
+            pruned.append(rel)
+        out.entries[rel] = m.entries[rel]
+        out.meta[rel] = m.meta[rel]
+    for key, rels in m.links.items():
+        kept = [r for r in rels if r in out.entries]
+        if kept:
+            out.links[key] = kept
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+
+FIGURES: list[tuple[str, str, str]] = [
+    ("initial_backup_s", "1. first backup (Lamina: centralization)", "s"),
+    ("unchanged_backup_s", "2. re-backup, unchanged", "s"),
+    ("changed_backup_s", "3. backup after ~1% change", "s"),
+    ("restore_s", "4. full restore (Lamina: download via server)", "s"),
+    ("store_bytes", "5. store size on disk (after 3 backups)", "B"),
+    ("change_growth_bytes", "   store growth from the ~1% change", "B"),
+    ("initial_sent_bytes", "   bytes sent/added by the first backup", "B"),
+    ("idle_cycle_s", "   fixed cost: idle agent cycle / restic snapshots", "s"),
+]
+
+
+@dataclass
+class Results:
+    figures: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def record(self, key: str, tool: str, value: float | None) -> None:
+        self.figures.setdefault(key, {})[tool] = value
+
+    def detail(self, tool: str, key: str, value: Any) -> None:
+        self.details.setdefault(tool, {})[key] = value
+
+
+class LaminaE2E:
+    """Server, admin and one agent whose root is the corpus."""
+
+    def __init__(self, work: Path, env: dict[str, str], corpus: Path) -> None:
+        self.work = work
+        self.corpus = corpus
+        self.server = Server(work / "server", work / "server.log", env)
+        self.admin = Cli(work / "config-admin", env)
+        self.agent = Cli(work / "config-agent", env)
+        self.state = work / "agent-state"
+        self.cvd = ""
+        self.version = ""
+
+    def setup(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        self.server.start()
+        started = time.perf_counter() - t0
+        login(self.admin, self.server.url)
+        policy = self.admin.json("policy", "create", "bench")
+        token = self.admin.json("token", "create", "--policy", "bench", "--expires", "1h")["token"]
+        enrolled = self.agent.json(
+            "agent",
+            "enroll",
+            "--server",
+            self.server.url,
+            "--token",
+            token,
+            "--root",
+            self.corpus,
+            "--state",
+            self.state,
+        )
+        if enrolled.get("state") != "active":
+            raise CommandFailed(f"the token's policy did not centralize the device: {enrolled}")
+        status = self.agent.json("agent", "status", "--state", self.state)
+        self.cvd = status.get("cvd_id") or ""
+        cvds = self.admin.json("cvd", "list")
+        if not self.cvd and len(cvds) == 1:
+            self.cvd = cvds[0]["id"]
+        self.version = self.agent.run("version").stdout.strip()
+        return {
+            "server_start_s": round(started, 2),
+            "policy": policy,
+            "device": enrolled,
+            "cvds": cvds,
+        }
+
+    def cycle(self, *, sync: bool) -> tuple[Ran, dict[str, Any], dict[str, float]]:
+        s0, c0 = self.server.cpu(), children_cpu()
+        args = ["agent", "run", "--once", "--state", self.state, "--json"]
+        r = self.agent.run(*args, *(["--sync"] if sync else []), sync_first=True)
+        cpu = {"agent_cpu_s": children_cpu() - c0, "server_cpu_s": self.server.cpu() - s0}
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return r, doc, cpu
+
+    def restore(self, out: Path) -> tuple[Ran, dict[str, Any], dict[str, float]]:
+        s0, c0 = self.server.cpu(), children_cpu()
+        r = self.admin.run("cvd", "restore", self.cvd, "--output", out, "--json", sync_first=True)
+        cpu = {"client_cpu_s": children_cpu() - c0, "server_cpu_s": self.server.cpu() - s0}
+        return r, json.loads(r.stdout), cpu
+
+    def store_stats(self) -> dict[str, Any]:
+        doc: dict[str, Any] = self.admin.json("store", "stats", "--data", self.server.data)
+        return doc
+
+    def store_size(self) -> TreeSize:
+        return tree_size(self.server.data, skip=[self.server.data / "cache"])
+
+    def parts_on_disk(self) -> dict[str, int]:
+        parts = {}
+        for child in sorted(self.server.data.iterdir()):
+            parts[child.name] = tree_size(child).disk if child.is_dir() else child.stat().st_size
+        parts["agent-state (client side, not counted)"] = tree_size(self.state).disk
+        return parts
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--size-mb",
+        type=float,
+        default=None,
+        help="corpus size budget in MiB (default 1024; 100 with --quick; "
+        "all of --corpus if that is given)",
+    )
+    ap.add_argument("--corpus", type=Path, default=None, help="copy this folder instead of /usr")
+    ap.add_argument("--quick", action="store_true", help="a ~100 MiB corpus")
+    ap.add_argument("--no-restic", action="store_true", help="Lamina only")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the deterministic changes")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=DEFAULT_WORK,
+        help="scratch folder, wiped at start (default bench/work/e2e)",
+    )
+    ap.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help="where to write the JSON results (default bench/results-e2e.json)",
+    )
+    ap.add_argument("--keep", action="store_true", help="leave the work folder afterwards")
+    args = ap.parse_args(argv)
+    if args.size_mb is None:
+        args.size_mb = (
+            (100.0 if args.quick else 1024.0) if args.corpus is None or args.quick else None
+        )
+    return args
+
+
+def prepare_work(work: Path) -> None:
+    work = work.resolve()
+    if work == ROOT or ROOT.is_relative_to(work) or work == Path("/"):
+        raise SystemExit(f"refusing to use {work} as the work folder")
+    if work.exists():
+        say(f"removing the previous run's {work}")
+        rmtree(work)
+    work.mkdir(parents=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    started = dt.datetime.now(dt.UTC)
+    start_load = list(os.getloadavg())
+    work: Path = args.work.resolve()
+    env = clean_env()
+    res = Results()
+
+    restic: Restic | None = None
+    restic_version = None
+    if not args.no_restic:
+        restic = Restic(work, env)
+        try:
+            restic_version = restic.available()
+        except CommandFailed as e:
+            say(str(e), "red")
+        if restic_version is None:
+            say("restic NOT FOUND: Lamina only (nothing is installed by this benchmark)", "yellow")
+            restic = None
+        else:
+            say(f"restic: {restic_version}")
+
+    prepare_work(work)
+    corpus = work / "corpus"
+    groups = [(os.fspath(args.corpus.resolve()), 1.0)] if args.corpus else DEFAULT_GROUPS
+    if args.corpus and not args.corpus.is_dir():
+        raise SystemExit(f"--corpus {args.corpus}: not a folder")
+    budget = args.size_mb * 1024 * 1024 if args.size_mb else float("inf")
+    say(
+        f"building the corpus in {corpus} "
+        f"({'all of it' if budget == float('inf') else human_bytes(budget)})",
+        "bold",
+    )
+    t0 = time.perf_counter()
+    base = os.fspath(args.corpus.resolve()) if args.corpus else "/"
+    corpus_extra, group_reports = build_corpus(corpus, groups, budget, base)
+    c_size = tree_size(corpus)
+    say(
+        f"  {c_size.files} files, {c_size.dirs} folders, {c_size.symlinks} symlinks, "
+        f"{human_bytes(c_size.apparent)} in {time.perf_counter() - t0:.1f} s"
+    )
+    warm_up(corpus)
+
+    lam = LaminaE2E(work / "lamina", env, corpus)
+    try:
+        code = run_steps(args, res, lam, restic, corpus, work)
+    finally:
+        lam.server.stop()
+
+    total = time.perf_counter() - t_start
+    print_table(res, c_size, args.quick, restic is not None)
+    doc = {
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(total, 1),
+        "quick": args.quick,
+        "args": {k: (os.fspath(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_at_start": start_load,
+            "load_at_end": list(os.getloadavg()),
+            "python": sys.version.split()[0],
+            "note": "server, agent, restic, corpus and stores on one machine, one filesystem; "
+            "Lamina over HTTP on loopback",
+        },
+        "tools": {"lamina": lam.version, "restic": restic_version},
+        "settings": {
+            "lamina": "lamina server --data (embedded: SQLite + folder store), default policy "
+            "'bench' via token --policy, agent defaults; store size = server --data minus cache",
+            "restic": "local repository, defaults of this version; cache under work/, not counted",
+            "times": "wall clock of the whole CLI process (start-up included), one run each",
+        },
+        "corpus": {
+            **dataclasses.asdict(c_size),
+            "source": os.fspath(args.corpus) if args.corpus else "/usr subsets",
+            "groups": [dataclasses.asdict(g) for g in group_reports],
+            **corpus_extra,
+        },
+        "figures": res.figures,
+        "ratios": ratios(res),
+        "verification": res.verification,
+        "details": res.details,
+        "failures": res.failures,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    say(f"results written to {args.output} (whole run {total:.0f} s)")
+    if not args.keep:
+        rmtree(work)
+    if res.failures:
+        say("FAILURES:\n  " + "\n  ".join(res.failures), "bold red")
+        return 1
+    return code
+
+
+def run_steps(
+    args: argparse.Namespace,
+    res: Results,
+    lam: LaminaE2E,
+    restic: Restic | None,
+    corpus: Path,
+    work: Path,
+) -> int:
+    say("setup: lamina server, login, policy, token --policy, agent enroll", "bold")
+    try:
+        info = lam.setup()
+    except CommandFailed as e:
+        res.failures.append(f"lamina setup: {e}")
+        say(f"lamina setup FAILED:\n{e}\n--- server log ---\n{lam.server.log_tail()}", "bold red")
+        return 1
+    res.detail("lamina", "setup", info)
+    say(f"  server {lam.server.url} up in {info['server_start_s']} s, cvd {lam.cvd}")
+    if restic:
+        try:
+            res.detail("restic", "init_s", restic.init().seconds)
+        except CommandFailed as e:
+            say(f"restic init failed, Lamina only:\n{e}", "red")
+            restic = None
+
+    def lamina_backup(key: str, *, sync: bool) -> None:
+        r, doc, cpu = lam.cycle(sync=sync)
+        stats = doc.get("last_sync_stats") or {}
+        if not doc.get("synced"):
+            raise CommandFailed(f"the agent cycle did not sync: {doc}")
+        if stats.get("errors"):
+            warn(f"the agent reported errors: {stats['errors'][:5]}")
+        res.record(key, "lamina", r.seconds)
+        res.detail(
+            "lamina",
+            key,
+            {"seconds": r.seconds, "load_before": r.load, **cpu, "agent": doc},
+        )
+        say(
+            f"  lamina  {r.seconds:8.2f} s   (agent CPU {cpu['agent_cpu_s']:.1f} s, server CPU "
+            f"{cpu['server_cpu_s']:.1f} s; read {stats.get('files_read')} files, "
+            f"uploaded {human_bytes(stats.get('uploaded_bytes') or 0)})"
+        )
+
+    def restic_backup(key: str) -> None:
+        if restic is None:
+            return
+        c0 = children_cpu()
+        r, summary = restic.backup(corpus, key, None)
+        res.record(key, "restic", r.seconds)
+        res.detail(
+            "restic",
+            key,
+            {
+                "seconds": r.seconds,
+                "load_before": r.load,
+                "cpu_s": children_cpu() - c0,
+                "summary": summary,
+            },
+        )
+        say(f"  restic  {r.seconds:8.2f} s   (CPU {children_cpu() - c0:.1f} s)")
+
+    def sizes(key: str) -> None:
+        res.detail("lamina", key, dataclasses.asdict(lam.store_size()))
+        if restic:
+            res.detail("restic", key, dataclasses.asdict(restic.repo_size()))
+
+    def step(name: str, fn: Any) -> bool:
+        try:
+            fn()
+            return True
+        except (CommandFailed, json.JSONDecodeError, OSError) as e:
+            res.failures.append(f"{name}: {e}")
+            say(f"{name} FAILED:\n{e}", "bold red")
+            if not lam.server.alive():
+                say(f"--- server log ---\n{lam.server.log_tail()}", "red")
+            return False
+
+    # -- 1. first backup
+    say("1. first backup (Lamina: centralization by the agent's first cycle)", "bold")
+    if not step("lamina first sync", lambda: lamina_backup("initial_backup_s", sync=False)):
+        return 1
+    step("restic initial backup", lambda: restic_backup("initial_backup_s"))
+    sizes("size_after_initial")
+    first = res.details["lamina"]["initial_backup_s"]["agent"].get("last_sync_stats") or {}
+    res.record("initial_sent_bytes", "lamina", first.get("uploaded_bytes"))
+    if restic and "initial_backup_s" in res.details.get("restic", {}):
+        summ = res.details["restic"]["initial_backup_s"]["summary"]
+        res.record("initial_sent_bytes", "restic", summ.get("data_added"))
+
+    # -- fixed cost
+    def idle() -> None:
+        best = float("inf")
+        for _ in range(3):
+            r = lam.agent.run("agent", "run", "--once", "--state", lam.state, "--json")
+            if json.loads(r.stdout).get("synced"):
+                warn("the idle cycle synced (the policy interval has passed?)")
+            best = min(best, r.seconds)
+        res.record("idle_cycle_s", "lamina", best)
+        if restic:
+            res.record("idle_cycle_s", "restic", min(restic.noop().seconds for _ in range(3)))
+
+    step("fixed cost", idle)
+
+    # -- 2. unchanged
+    say("2. re-backup, nothing changed", "bold")
+    step("lamina unchanged sync", lambda: lamina_backup("unchanged_backup_s", sync=True))
+    step("restic unchanged backup", lambda: restic_backup("unchanged_backup_s"))
+
+    # -- 3. ~1% change
+    changes = mutate(corpus, 0.01, args.seed, replace_half=False)
+    res.detail("corpus", "change_1pct", changes)
+    say(
+        f"3. backup after changing {changes['modified']} files "
+        f"(+{changes['added']} new, -{changes['deleted']} deleted, "
+        f"{human_bytes(changes['bytes_written'] + changes['added_bytes'])} written)",
+        "bold",
+    )
+    step("lamina changed sync", lambda: lamina_backup("changed_backup_s", sync=True))
+    step("restic changed backup", lambda: restic_backup("changed_backup_s"))
+    sizes("size_after_change")
+    for tool in ("lamina", "restic"):
+        d = res.details.get(tool, {})
+        if "size_after_initial" in d and "size_after_change" in d:
+            a, b = d["size_after_initial"]["disk"], d["size_after_change"]["disk"]
+            res.record("change_growth_bytes", tool, b - a)
+            res.record("store_bytes", tool, b)
+    try:
+        res.detail("lamina", "store_stats", lam.store_stats())
+        res.detail("lamina", "parts_on_disk", lam.parts_on_disk())
+        res.detail("lamina", "server_rss_bytes", lam.server.rss())
+    except (CommandFailed, json.JSONDecodeError, OSError) as e:
+        warn(f"lamina store stats: {e}")
+    if restic:
+        try:
+            res.detail("restic", "stats", restic.extra_stats())
+        except (CommandFailed, json.JSONDecodeError, OSError) as e:
+            warn(f"restic stats: {e}")
+
+    # -- 4. restore
+    say("4. full restore of the latest snapshot", "bold")
+    t0 = time.perf_counter()
+    full = manifest(corpus)
+    expected = policy_view(full)
+    dropped = len(full.entries) - len(expected.entries)
+    say(
+        f"  (hashed the corpus in {time.perf_counter() - t0:.1f} s; the default policy "
+        f"excludes {dropped} of its {len(full.entries)} entries)"
+    )
+    res.detail("corpus", "excluded_by_default_policy", dropped)
+    is_root = os.geteuid() == 0
+
+    def verify(tool: str, root: Path) -> None:
+        verdict = compare(expected, manifest(root), owners=is_root)
+        res.verification[tool] = verdict.to_json()
+        if verdict.ok:
+            say(f"  {tool:<7} restore verified identical", "green")
+            return
+        say(
+            f"  {tool:<7} {len(verdict.content)} content and {len(verdict.metadata)} "
+            "metadata differences",
+            "red",
+        )
+        for line in (verdict.content + verdict.metadata)[:15]:
+            say(f"      {line}", "red")
+        if tool == "lamina":
+            res.failures.append("lamina: THE RESTORE DIFFERS FROM THE CORPUS")
+        else:
+            warn(f"{tool}'s restore differs from the corpus (a benchmark or peer issue)")
+
+    def lamina_restore() -> None:
+        out = work / "restore" / "lamina"
+        r, doc, cpu = lam.restore(out)
+        res.record("restore_s", "lamina", r.seconds)
+        res.detail(
+            "lamina",
+            "restore_s",
+            {"seconds": r.seconds, "load_before": r.load, **cpu, "summary": doc},
+        )
+        say(
+            f"  lamina  {r.seconds:8.2f} s   (client CPU {cpu['client_cpu_s']:.1f} s, server "
+            f"CPU {cpu['server_cpu_s']:.1f} s; {doc.get('files')} files, "
+            f"{human_bytes(doc.get('bytes') or 0)})"
+        )
+        if doc.get("errors"):
+            warn(f"lamina restore reported {len(doc['errors'])} errors: {doc['errors'][:5]}")
+        verify("lamina", out)
+        rmtree(out)
+
+    def restic_restore() -> None:
+        if restic is None:
+            return
+        out = work / "restore" / "restic"
+        out.mkdir(parents=True)
+        c0 = children_cpu()
+        r, inner = restic.restore("latest", out, corpus)
+        res.record("restore_s", "restic", r.seconds)
+        res.detail(
+            "restic",
+            "restore_s",
+            {"seconds": r.seconds, "load_before": r.load, "cpu_s": children_cpu() - c0},
+        )
+        say(f"  restic  {r.seconds:8.2f} s   (CPU {children_cpu() - c0:.1f} s)")
+        verify("restic", inner)
+        rmtree(out)
+
+    step("lamina restore", lamina_restore)
+    step("restic restore", restic_restore)
+
+    say("5. store sizes", "bold")
+    for tool in ("lamina", "restic"):
+        b = res.figures.get("store_bytes", {}).get(tool)
+        if b is not None:
+            say(f"  {tool:<7} {human_bytes(b)}")
+    return 0
+
+
+def ratios(res: Results) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for key, row in res.figures.items():
+        a, b = row.get("lamina"), row.get("restic")
+        out[key] = a / b if a is not None and b else None
+    return out
+
+
+def print_table(res: Results, c_size: TreeSize, quick: bool, with_restic: bool) -> None:
+    names = ["lamina", *(["restic"] if with_restic else [])]
+    rat = ratios(res)
+    title = (
+        f"End to end (agent -> server on loopback). Corpus: {c_size.files} files, "
+        f"{human_bytes(c_size.apparent)}{' (quick)' if quick else ''}. "
+        "Ratios < 1: Lamina faster / smaller."
+    )
+
+    def fmt(v: float | None, unit: str) -> str:
+        if v is None:
+            return "—"
+        return f"{v:.2f} s" if unit == "s" else human_bytes(v)
+
+    header = ["figure", *names, *(["lamina/restic"] if with_restic else [])]
+    rows = []
+    for key, label, unit in FIGURES:
+        vals = res.figures.get(key, {})
+        row = [label] + [fmt(vals.get(n), unit) for n in names]
+        if with_restic:
+            r = rat.get(key)
+            row.append("—" if r is None else f"{r:.2f}")
+        rows.append(row)
+    if CONSOLE is not None:
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        CONSOLE.print(table)
+    else:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        print(title)
+        for r in [header, *rows]:
+            print(
+                "  ".join(
+                    c.ljust(w) if i == 0 else c.rjust(w)
+                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
+                )
+            )
+    v = res.verification.get("lamina")
+    if v is not None:
+        say(
+            "Lamina restore: "
+            + (
+                "verified identical to the corpus (minus policy exclusions)"
+                if v["ok"]
+                else "DIFFERS"
+            ),
+            "green" if v["ok"] else "bold red",
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

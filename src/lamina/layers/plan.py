@@ -1,0 +1,226 @@
+"""The plan (and dry run) of an assignment: what changes on one endpoint, path by path.
+
+Target state = base layer ⊕ app layers (assigned order; the later wins) ⊕ what the
+endpoint keeps (user data, identity, software no layer owns). Compared with the
+endpoint's last snapshot and with the layers it ran before:
+
+- ``added`` / ``updated`` / ``removed``: the layer's file goes in, replaces the
+  endpoint's untouched copy, or goes away (dropped by the new version, or a
+  whiteout of an app layer);
+- ``kept``: the user changed a file the new version does not change;
+- ``merged``: the user and the new version both changed a text configuration
+  file and the three-way merge is clean;
+- ``merge-conflict``: it is not: the user's file stays, the layer's goes beside
+  it as ``NAME.lamina-layer``;
+- ``replaced``: the user changed a binary file the new version changes: the
+  layer wins, the user's copy is kept beside it as ``NAME.lamina-user``;
+- ``conflict``: two app layers carry different versions; the later one wins;
+- ``blocked``: the path is on the "never override" list and stays as it is;
+- package databases (dpkg's status) are merged per package: ``merged``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lamina.layers.merge import is_text, merge_dpkg_status, merge_text, parse_dpkg_status, render_dpkg_status
+from lamina.layers.rules import RuleSet, matches
+from lamina.layers.trees import Load, index, read_file, same_content, same_entry
+from lamina.tree.model import Entry
+
+DPKG_STATUS = "/var/lib/dpkg/status"
+#: plaintext -> chunk id (stores it, or only names it for a dry run)
+PutData = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    label: str  # "name:version"
+    kind: str  # "base" | "app"
+    root: bytes
+    whiteouts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    action: str
+    layer: str = ""
+    detail: str = ""
+
+    def public(self) -> dict[str, str]:
+        return {"id": self.path, "path": self.path, "action": self.action, "layer": self.layer, "detail": self.detail}
+
+
+@dataclass
+class Plan:
+    items: list[Item] = field(default_factory=list)
+    writes: dict[str, Entry] = field(default_factory=dict)
+    removes: list[str] = field(default_factory=list)
+    dirs: dict[str, Entry] = field(default_factory=dict)
+    download_bytes: int = 0
+    space_needed: int = 0
+    refused: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for it in self.items:
+            out[it.action] = out.get(it.action, 0) + 1
+        return out
+
+
+def compose(load: Load, layers: list[LayerRef]) -> tuple[dict[str, tuple[Entry, str]], list[Item], dict[str, Entry]]:
+    """Files owned by the layers (path -> entry, layer), app-vs-app conflicts, folders."""
+    owned: dict[str, tuple[Entry, str]] = {}
+    dirs: dict[str, Entry] = {}
+    conflicts: list[Item] = []
+    for ref in layers:
+        for w in ref.whiteouts:
+            for p in [p for p in owned if p == w or p.startswith(w + "/")]:
+                del owned[p]
+        for path, e in index(load, ref.root).items():
+            if e.type == "dir":
+                dirs[path] = e
+                continue
+            prev = owned.get(path)
+            if prev is not None and ref.kind == "app" and not same_content(prev[0], e):
+                prev_kind = next((r.kind for r in layers if r.label == prev[1]), "base")
+                if prev_kind == "app":
+                    conflicts.append(Item(path, "conflict", ref.label, f"also in {prev[1]}; {ref.label} wins (later in order)"))
+            owned[path] = (e, ref.label)
+    return owned, conflicts, dirs
+
+
+def _chunks(entries: dict[str, Entry]) -> set[bytes]:
+    return {c for e in entries.values() for c in e.chunk_ids()}
+
+
+def make_plan(
+    load: Load,
+    put_data: PutData,
+    current_root: bytes | None,
+    old: list[LayerRef],
+    new: list[LayerRef],
+    rules: RuleSet,
+    disk_free: int | None = None,
+) -> Plan:
+    plan = Plan()
+    cur = index(load, current_root)
+    new_owned, conflicts, new_dirs = compose(load, new)
+    old_owned, _, _ = compose(load, old)
+    plan.items.extend(conflicts)
+    plan.dirs = {**{p: e for p, e in cur.items() if e.type == "dir"}, **new_dirs}
+    lr = rules.layers
+    whiteouts = {w: r.label for r in new for w in r.whiteouts}
+
+    def write(path: str, e: Entry) -> None:
+        plan.writes[path] = e
+
+    def beside(path: str, e: Entry, suffix: str) -> None:
+        plan.writes[path + suffix] = e
+
+    for path, (e, label) in sorted(new_owned.items()):
+        if path == DPKG_STATUS:
+            continue
+        c = cur.get(path)
+        if matches(lr.never_override, path) and c is not None:
+            if not same_entry(c, e):
+                plan.items.append(Item(path, "blocked", label, "never overridden by a layer"))
+            continue
+        if c is not None and same_entry(c, e):
+            continue
+        if c is None:
+            write(path, e)
+            plan.items.append(Item(path, "added", label))
+            continue
+        if c.type == "dir":
+            plan.refused.append(f"{path}: the layer has a {e.type} where the endpoint has a folder")
+            plan.items.append(Item(path, "conflict", label, "a folder on the endpoint; refused"))
+            continue
+        o = old_owned.get(path)
+        user_changed = o is not None and not same_content(c, o[0])
+        if o is None or not user_changed:
+            write(path, e)
+            plan.items.append(Item(path, "updated", label))
+            continue
+        if same_content(o[0], e):  # the new version leaves this file as it was
+            plan.items.append(Item(path, "kept", label, "changed on the endpoint; the layer did not change it"))
+            continue
+        if c.type == "file" and e.type == "file" and matches(lr.text_config, path):
+            base_b, ours, theirs = read_file(load, o[0]), read_file(load, c), read_file(load, e)
+            if is_text(base_b) and is_text(ours) and is_text(theirs):
+                m = merge_text(base_b, ours, theirs)
+                if m.clean:
+                    cid = put_data(m.text)
+                    write(path, dataclasses.replace(e, content=[cid] if m.text else [], size=len(m.text)))
+                    plan.items.append(Item(path, "merged", label, "three-way merge of the user's and the layer's changes"))
+                else:
+                    beside(path, e, ".lamina-layer")
+                    plan.items.append(Item(path, "merge-conflict", label, f"user's file kept; the layer's is {path}.lamina-layer"))
+                continue
+        write(path, e)
+        beside(path, c, ".lamina-user")
+        plan.items.append(Item(path, "replaced", label, f"the layer wins; the user's copy is {path}.lamina-user"))
+
+    for path, (was, label) in sorted(old_owned.items()):
+        c = cur.get(path)
+        if path in new_owned or path == DPKG_STATUS or c is None:
+            continue
+        if same_content(c, was):
+            plan.removes.append(path)
+            plan.items.append(Item(path, "removed", label, "no longer in the assigned layers"))
+        else:
+            plan.items.append(Item(path, "kept", label, "changed on the endpoint; kept though the layer dropped it"))
+    for w, label in sorted(whiteouts.items()):
+        for path in sorted(p for p in cur if p == w or p.startswith(w + "/")):
+            if path in new_owned or path in plan.removes or cur[path].type == "dir":
+                continue
+            prev = old_owned.get(path)
+            if prev is not None and not same_content(cur[path], prev[0]):
+                plan.items.append(Item(path, "kept", label, "changed on the endpoint; kept despite the whiteout"))
+                continue
+            plan.removes.append(path)
+            plan.items.append(Item(path, "removed", label, "whiteout of an app layer"))
+
+    _plan_dpkg(load, put_data, cur, old, new, plan)
+
+    have = _chunks(cur)
+    for e in plan.writes.values():
+        ids = list(e.chunk_ids())
+        fresh = [c for c in ids if c not in have]
+        if ids:
+            plan.download_bytes += e.size * len(fresh) // len(ids)
+        plan.space_needed += e.size
+    if disk_free is not None and plan.space_needed > disk_free:
+        plan.refused.append(f"needs {plan.space_needed} bytes of staging space, the endpoint has {disk_free} free")
+    return plan
+
+
+def _status(load: Load, ref: LayerRef) -> dict[str, str] | None:
+    e = index(load, ref.root).get(DPKG_STATUS)
+    return parse_dpkg_status(read_file(load, e)) if e is not None and e.type == "file" else None
+
+
+def _plan_dpkg(load: Load, put_data: PutData, cur: dict[str, Entry], old: list[LayerRef], new: list[LayerRef], plan: Plan) -> None:
+    layer_dbs = [(r, s) for r in new if (s := _status(load, r)) is not None]
+    if not layer_dbs:
+        return
+    owned_before: set[str] = set()
+    for r in old:
+        s = _status(load, r)
+        if s:
+            owned_before |= set(s)
+    c = cur.get(DPKG_STATUS)
+    endpoint = parse_dpkg_status(read_file(load, c)) if c is not None and c.type == "file" else {}
+    merged = merge_dpkg_status([s for _, s in layer_dbs], endpoint, owned_before)
+    data = render_dpkg_status(merged)
+    if c is not None and read_file(load, c) == data:
+        return
+    template = index(load, layer_dbs[-1][0].root)[DPKG_STATUS]
+    cid = put_data(data)
+    plan.writes[DPKG_STATUS] = dataclasses.replace(template, content=[cid], size=len(data))
+    kept = len([k for k in endpoint if k not in owned_before and k in merged and all(k not in s for _, s in layer_dbs)])
+    plan.items.append(Item(DPKG_STATUS, "merged", ", ".join(r.label for r, _ in layer_dbs),
+                           f"package database merged per package: {len(merged)} packages, {kept} installed by the user"))

@@ -1,0 +1,286 @@
+"""Layers on the server: capture, record, list, assign with a dry run, enforce.
+
+The computation lives in ``lamina.layers`` (pure, over trees); this module reads
+and writes the rows and the store around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import cvd_layers, cvd_running_layers, cvds, devices, layer_versions, layers, recordings
+from lamina.errors import ConflictError, NotFoundError, UsageError
+from lamina.layers.capture import Captured, capture_app, capture_base
+from lamina.layers.plan import LayerRef, Plan, make_plan
+from lamina.layers.rules import builtin
+from lamina.layers.trees import build_tree
+from lamina.server.security import Principal
+from lamina.server.services import fleet, tasks
+from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.store import blob
+from lamina.store.blob import BlobKind
+from lamina.store.catalog import SnapshotRecord
+from lamina.store.repository import Store, Writer
+
+RECORD_STARTING, RECORDING, FINALIZING = "starting", "recording", "finalizing"
+
+
+# --- reading ------------------------------------------------------------------------
+def _version_public(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id, "version": r.version, "created": aware(r.created), "root": r.root.hex(),
+        "whiteouts": r.whiteouts, "source_cvd": r.source_cvd, "source_snapshot": r.source_snapshot,
+        "notes": r.notes, "files": r.files, "bytes": r.bytes, "apps": r.apps,
+    }
+
+
+def _layer_public(c: Connection, r: Any) -> dict[str, Any]:
+    vs = c.execute(
+        select(layer_versions).where(layer_versions.c.layer_id == r.id).order_by(layer_versions.c.version)
+    ).all()
+    return {"id": r.id, "name": r.name, "kind": r.kind, "created": aware(r.created),
+            "versions": [_version_public(v) for v in vs]}
+
+
+def list_layers(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+    actor.require("read")
+    with read_tx(engine) as c:
+        return [_layer_public(c, r) for r in c.execute(select(layers).order_by(layers.c.name))]
+
+
+def show_layer(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+    actor.require("read")
+    with read_tx(engine) as c:
+        return _layer_public(c, find_one(c, layers, ref, "name", "layer"))
+
+
+def _resolve(c: Connection, spec: str) -> Any:
+    """``NAME[:VERSION]`` (or id) -> the layer version row (latest by default)."""
+    name, _, ver = spec.partition(":")
+    layer = find_one(c, layers, name, "name", "layer")
+    q = select(layer_versions).where(layer_versions.c.layer_id == layer.id)
+    if ver:
+        if not ver.isdigit():
+            raise UsageError(f"layer version in {spec!r} must be a number")
+        q = q.where(layer_versions.c.version == int(ver))
+    row = c.execute(q.order_by(layer_versions.c.version.desc()).limit(1)).first()
+    if row is None:
+        raise NotFoundError(f"no version {ver or '(any)'} of layer {layer.name}")
+    return row, layer
+
+
+def _ref(c: Connection, version_id: str) -> LayerRef:
+    v = c.execute(select(layer_versions).where(layer_versions.c.id == version_id)).one()
+    layer = c.execute(select(layers).where(layers.c.id == v.layer_id)).one()
+    return LayerRef(f"{layer.name}:{v.version}", layer.kind, bytes(v.root), tuple(v.whiteouts))
+
+
+# --- creating versions ---------------------------------------------------------------
+def _new_version(
+    c: Connection, actor: str, name: str | None, update_ref: str | None, kind: str, cap: Captured,
+    cvd_id: str, snapshot: str, notes: str,
+) -> dict[str, Any]:
+    if update_ref:
+        layer = find_one(c, layers, update_ref, "name", "layer")
+        if layer.kind != kind:
+            raise ConflictError(f"layer {layer.name} is a {layer.kind} layer, not {kind}")
+    else:
+        if not name:
+            raise UsageError("give --name for a new layer, or --update LAYER for a new version")
+        if c.execute(select(layers.c.id).where(layers.c.name == name)).first():
+            raise ConflictError(f"layer {name!r} exists already: use --update {name}")
+        lid = new_id()
+        c.execute(insert(layers).values(id=lid, name=name, kind=kind, created=now()))
+        layer = c.execute(select(layers).where(layers.c.id == lid)).one()
+    version = (c.execute(select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer.id)).scalar() or 0) + 1
+    vid = new_id()
+    c.execute(insert(layer_versions).values(
+        id=vid, layer_id=layer.id, version=version, created=now(), root=cap.root, whiteouts=cap.whiteouts,
+        source_cvd=cvd_id, source_snapshot=snapshot, notes=notes, files=cap.files, bytes=cap.bytes, apps=cap.apps,
+    ))
+    audit(c, actor, "layer.capture", f"{layer.name}:{version}", kind=kind, files=cap.files, whiteouts=len(cap.whiteouts))
+    return _layer_public(c, layer)
+
+
+def _reference_cvd(c: Connection, ref: str) -> Any:
+    try:
+        cvd = fleet.find_cvd(c, ref)
+    except NotFoundError:
+        d = fleet.find_device(c, ref)
+        cvd = c.execute(select(cvds).where(cvds.c.device_id == d.id, cvds.c.state == fleet.ACTIVE)).first()
+        if cvd is None:
+            raise NotFoundError(f"device {d.hostname} has no active CVD") from None
+    if not cvd.reference:
+        raise ConflictError(f"CVD {cvd.name} is not a reference CVD: centralize it with --reference")
+    return cvd
+
+
+def capture(engine: Engine, store: Store, actor: Principal, cvd_ref: str, name: str | None,
+            update_ref: str | None, notes: str) -> dict[str, Any]:
+    actor.require("layer.write")
+    with read_tx(engine) as c:
+        cvd = _reference_cvd(c, cvd_ref)
+    snaps = store.catalog.snapshots(fleet.cvd_source(cvd.id))
+    if not snaps:
+        raise ConflictError(f"reference CVD {cvd.name} has no snapshot yet")
+    snap = snaps[-1]
+    with store.writer() as w:
+        cap = capture_base(store.get, w.put, snap.root, builtin("linux"))
+    with write_tx(engine) as c:
+        return _new_version(c, actor.name, name, update_ref, "base", cap, cvd.id, snap.id, notes)
+
+
+def record_start(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+    actor.require("layer.write")
+    with write_tx(engine) as c:
+        cvd = _reference_cvd(c, ref)
+        if c.execute(select(recordings).where(recordings.c.cvd_id == cvd.id)).first():
+            raise ConflictError(f"{cvd.name} is recording already: finalize it first")
+        c.execute(insert(recordings).values(cvd_id=cvd.id, state=RECORD_STARTING, notes="", started=now()))
+        tid = tasks.enqueue(c, "sync", actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params={"why": "record start"})
+        audit(c, actor.name, "layer.record_start", cvd.id, task=tid)
+    return {"id": cvd.id, "cvd": cvd.name, "state": RECORD_STARTING, "task": tid}
+
+
+def record_finalize(engine: Engine, actor: Principal, ref: str, name: str | None, update_ref: str | None,
+                    notes: str) -> dict[str, Any]:
+    actor.require("layer.write")
+    with write_tx(engine) as c:
+        cvd = _reference_cvd(c, ref)
+        rec = c.execute(select(recordings).where(recordings.c.cvd_id == cvd.id)).first()
+        if rec is None:
+            raise ConflictError(f"{cvd.name} is not recording: run `lamina layer record start` first")
+        if rec.state != RECORDING:
+            raise ConflictError(f"{cvd.name}'s recording is {rec.state}: wait for the agent's snapshot")
+        if update_ref:
+            find_one(c, layers, update_ref, "name", "layer")
+        elif not name or c.execute(select(layers.c.id).where(layers.c.name == name)).first():
+            raise UsageError("give --name of a new layer, or --update LAYER for a new version")
+        c.execute(update(recordings).where(recordings.c.cvd_id == cvd.id).values(
+            state=FINALIZING, name=name, update_layer=update_ref, notes=notes))
+        tid = tasks.enqueue(c, "sync", actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params={"why": "record finalize"})
+        audit(c, actor.name, "layer.record_finalize", cvd.id, task=tid, name=name, update=update_ref)
+    return {"id": cvd.id, "cvd": cvd.name, "state": FINALIZING, "task": tid}
+
+
+def after_commit(engine: Engine, store: Store, cvd_id: str, snap: SnapshotRecord) -> None:
+    """Hook run after each committed snapshot: recordings and the layers the endpoint runs."""
+    reported = (snap.meta.get("stats") or {}).get("layers")
+    with write_tx(engine) as c:
+        if isinstance(reported, list):
+            known = set(c.execute(select(layer_versions.c.id).where(layer_versions.c.id.in_([str(x) for x in reported]))).scalars())
+            c.execute(delete(cvd_running_layers).where(cvd_running_layers.c.cvd_id == cvd_id))
+            for pos, vid in enumerate(v for v in reported if v in known):
+                c.execute(insert(cvd_running_layers).values(cvd_id=cvd_id, position=pos, version_id=vid))
+        rec = c.execute(select(recordings).where(recordings.c.cvd_id == cvd_id)).first()
+        if rec is None:
+            return
+        if rec.state == RECORD_STARTING:
+            c.execute(update(recordings).where(recordings.c.cvd_id == cvd_id).values(state=RECORDING, start_snapshot=snap.id))
+            return
+        if rec.state != FINALIZING:
+            return
+        start = store.catalog.find_snapshot(rec.start_snapshot)
+    with store.writer() as w:
+        cap = capture_app(store.get, w.put, start.root, snap.root, builtin("linux"))
+    with write_tx(engine) as c:
+        _new_version(c, "recording", rec.name, rec.update_layer, "app", cap, cvd_id, snap.id, rec.notes)
+        c.execute(delete(recordings).where(recordings.c.cvd_id == cvd_id))
+
+
+# --- assignment -----------------------------------------------------------------------
+def _disk_free(c: Connection, device_id: str | None) -> int | None:
+    if not device_id:
+        return None
+    d = c.execute(select(devices).where(devices.c.id == device_id)).first()
+    if d is None:
+        return None
+    free = (d.agent_state or {}).get("disk_free") or (d.facts or {}).get("disk_free")
+    return int(free) if isinstance(free, int) else None
+
+
+def _plan_for(c: Connection, store: Store, cvd: Any, new_ids: list[str], put_data: Any, old_ids: list[str] | None = None) -> Plan:
+    snaps = store.catalog.snapshots(fleet.cvd_source(cvd.id))
+    if not snaps:
+        raise ConflictError(f"CVD {cvd.name} has no snapshot yet: the plan is computed from its last one")
+    if old_ids is None:
+        old_ids = list(c.execute(select(cvd_running_layers.c.version_id).where(cvd_running_layers.c.cvd_id == cvd.id).order_by(cvd_running_layers.c.position)).scalars())
+    return make_plan(store.get, put_data, snaps[-1].root, [_ref(c, v) for v in old_ids],
+                     [_ref(c, v) for v in new_ids], builtin("linux"), _disk_free(c, cvd.device_id))
+
+
+def _plan_public(cvd: Any, plan: Plan, status: str, labels: list[str], task: str | None = None) -> dict[str, Any]:
+    return {
+        "id": cvd.id, "cvd": cvd.name, "status": status, "layers": labels, "task": task,
+        "counts": plan.counts(), "download_bytes": plan.download_bytes, "space_needed": plan.space_needed,
+        "refused": plan.refused, "items": [i.public() for i in plan.items],
+    }
+
+
+def _deliver(c: Connection, actor: str, store: Store, w: Writer, cvd: Any, plan: Plan, new_ids: list[str], labels: list[str]) -> str:
+    delta = build_tree(w.put, plan.writes, plan.dirs)
+    w.flush()
+    return tasks.enqueue(c, "layer-apply", actor, cvd_id=cvd.id, device_id=cvd.device_id, params={
+        "delta": delta.hex(), "removes": plan.removes, "versions": new_ids, "labels": labels,
+    })
+
+
+def assign(engine: Engine, store: Store, actor: Principal, cvd_refs: list[str], base: str | None,
+           apps: list[str], dry_run: bool) -> list[dict[str, Any]]:
+    actor.require("layer.write")
+    out = []
+    for ref in cvd_refs:
+        with store.writer() as w:
+            put_data = (lambda d: blob.blob_id(store.keys.chunking.id_key, d)) if dry_run else (lambda d: w.put(BlobKind.DATA, d))
+            with write_tx(engine) as c:
+                cvd = fleet.find_cvd(c, ref)
+                if cvd.state != fleet.ACTIVE:
+                    raise ConflictError(f"CVD {cvd.name} is {cvd.state}")
+                rows = ([_resolve(c, base)] if base else []) + [_resolve(c, a) for a in apps]
+                if base and rows[0][1].kind != "base":
+                    raise UsageError(f"{base} is an app layer, not a base layer")
+                for v, layer in rows[1 if base else 0:]:
+                    if layer.kind != "app":
+                        raise UsageError(f"{layer.name} is a base layer: assign it with --base")
+                new_ids = [v.id for v, _ in rows]
+                labels = [f"{layer.name}:{v.version}" for v, layer in rows]
+                plan = _plan_for(c, store, cvd, new_ids, put_data)
+                if dry_run:
+                    out.append(_plan_public(cvd, plan, "dry-run", labels))
+                    continue
+                if plan.refused:
+                    out.append(_plan_public(cvd, plan, "refused", labels))
+                    continue
+                c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == cvd.id))
+                for pos, vid in enumerate(new_ids):
+                    c.execute(insert(cvd_layers).values(cvd_id=cvd.id, position=pos, version_id=vid))
+                tid = _deliver(c, actor.name, store, w, cvd, plan, new_ids, labels)
+                audit(c, actor.name, "layer.assign", cvd.id, layers=labels, task=tid, counts=plan.counts())
+                out.append(_plan_public(cvd, plan, "assigned", labels, tid))
+    return out
+
+
+def enforce(engine: Engine, store: Store, actor: Principal, ref: str) -> dict[str, Any]:
+    """Bring an endpoint back to its assigned layers: every layer file as the layer has it."""
+    actor.require("layer.write")
+    with store.writer() as w, write_tx(engine) as c:
+        cvd = fleet.find_cvd(c, ref)
+        ids = list(c.execute(select(cvd_layers.c.version_id).where(cvd_layers.c.cvd_id == cvd.id).order_by(cvd_layers.c.position)).scalars())
+        if not ids:
+            raise ConflictError(f"CVD {cvd.name} has no layers assigned")
+        labels = [_ref(c, v).label for v in ids]
+        plan = _plan_for(c, store, cvd, ids, lambda d: w.put(BlobKind.DATA, d), old_ids=[])
+        tid = _deliver(c, actor.name, store, w, cvd, plan, ids, labels)
+        audit(c, actor.name, "layer.enforce", cvd.id, task=tid, counts=plan.counts())
+        return _plan_public(cvd, plan, "assigned", labels, tid)
+
+
+def cvd_layer_state(engine: Engine, cvd_id: str) -> dict[str, list[str]]:
+    with read_tx(engine) as c:
+        def labels(table: Any) -> list[str]:
+            ids = c.execute(select(table.c.version_id).where(table.c.cvd_id == cvd_id).order_by(table.c.position)).scalars()
+            return [_ref(c, v).label for v in ids]
+        return {"assigned": labels(cvd_layers), "running": labels(cvd_running_layers)}
