@@ -78,6 +78,16 @@ def show(cvd: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def layers(cvd: str, as_json: JsonOpt = False) -> None:
+    """The layers a CVD is assigned, and the ones its endpoint runs."""
+    doc = Api.from_login().get(f"/cvds/{cvd}/layers")
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(f"assigned: {' + '.join(doc['assigned']) or '-'}\nrunning:  {' + '.join(doc['running']) or '-'}")
+
+
+@app.command()
 def snapshots(cvd: str, as_json: JsonOpt = False) -> None:
     """A CVD's snapshots, oldest first."""
     rows = Api.from_login().get(f"/cvds/{cvd}/snapshots")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from lamina.layers.merge import installed, parse_dpkg_status
 from lamina.layers.rules import RuleSet
-from lamina.layers.trees import Load, Put, filter_tree, index, read_file
+from lamina.layers.trees import Load, Put, filter_tree, index, read_file, remembering
 from lamina.tree.diff import ADDED, METADATA, MODIFIED, REMOVED, diff_trees
 from lamina.tree.model import Entry, encode_tree
 from lamina.store.blob import BlobKind
@@ -51,6 +51,7 @@ def applications(load: Load, entries: dict[str, Entry], before: dict[str, Entry]
 
 
 def capture_base(load: Load, put: Put, snapshot_root: bytes, rules: RuleSet) -> Captured:
+    load, put = remembering(load, put)
     dropped = 0
 
     def keep(path: str, e: Entry) -> bool:
@@ -72,6 +73,7 @@ def capture_base(load: Load, put: Put, snapshot_root: bytes, rules: RuleSet) -> 
 
 
 def capture_app(load: Load, put: Put, start_root: bytes, end_root: bytes, rules: RuleSet) -> Captured:
+    load, put = remembering(load, put)
     changed: set[str] = set()
     whiteouts: list[str] = []
     for ch in diff_trees(load, start_root, end_root):

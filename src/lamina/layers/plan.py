@@ -41,6 +41,9 @@ class LayerRef:
     kind: str  # "base" | "app"
     root: bytes
     whiteouts: tuple[str, ...] = ()
+    #: an app layer's own packages (the ones its recording installed or changed);
+    #: its copy of the package database also lists the reference's other packages
+    packages: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,13 @@ def make_plan(
 
 def _status(load: Load, ref: LayerRef) -> dict[str, str] | None:
     e = index(load, ref.root).get(DPKG_STATUS)
-    return parse_dpkg_status(read_file(load, e)) if e is not None and e.type == "file" else None
+    if e is None or e.type != "file":
+        return None
+    stanzas = parse_dpkg_status(read_file(load, e))
+    if ref.packages is not None:
+        own = set(ref.packages)
+        stanzas = {k: v for k, v in stanzas.items() if k.split(":")[0] in own}
+    return stanzas
 
 
 def _plan_dpkg(load: Load, put_data: PutData, cur: dict[str, Entry], old: list[LayerRef], new: list[LayerRef], plan: Plan) -> None:

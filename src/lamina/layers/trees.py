@@ -105,3 +105,21 @@ def build_tree(put: Put, files: dict[str, Entry], dirs: dict[str, Entry]) -> byt
         return put(BlobKind.TREE, encode_tree(list(entries.values())))
 
     return make("")
+
+
+def remembering(load: Load, put: Put) -> tuple[Load, Put]:
+    """``put`` that remembers the trees it writes, and ``load`` that reads them back
+    before they reach the store (a writer's pack is stored only when it is flushed)."""
+    written: dict[bytes, bytes] = {}
+
+    def put2(kind: BlobKind, data: bytes) -> bytes:
+        bid = put(kind, data)
+        if kind == BlobKind.TREE:
+            written[bid] = data
+        return bid
+
+    def load2(bid: bytes) -> bytes:
+        data = written.get(bid)
+        return data if data is not None else load(bid)
+
+    return load2, put2

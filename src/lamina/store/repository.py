@@ -308,6 +308,12 @@ class Writer:
         self.new_raw_bytes = 0
         self.new_stored_bytes = 0
         self.packs_written = 0
+        #: Trees put but not yet looked up: one "what is missing?" query per batch
+        #: instead of one per folder. Added to the pack, in order, by ``_settle_trees``
+        #: (before any flush, so a tree is still stored only with or after what it names).
+        self._trees: list[tuple[bytes, bytes]] = []
+        self._trees_size = 0
+        self._trees_lock = threading.Lock()
 
     def __enter__(self) -> Writer:
         return self
@@ -361,13 +367,44 @@ class Writer:
                 self._ship()
 
     def put(self, kind: BlobKind, data: bytes) -> bytes:
-        """Store plaintext (deduplicated); return its id."""
+        """Store plaintext (deduplicated); return its id.
+
+        Trees are batched (``_settle_trees``); they reach the store no later than
+        the next ``flush``, like every other blob of the session.
+        """
         keys = self.store.keys
         bid = blob.blob_id(keys.chunking.id_key, data)
+        if kind == BlobKind.TREE:
+            self._check()
+            with self._trees_lock:
+                self._trees.append((bid, data))
+                self._trees_size += len(data)
+                full = len(self._trees) >= 512 or self._trees_size >= 4 * 1024 * 1024
+            if full:
+                self._settle_trees()
+            return bid
+        self._settle_trees()
         if self.need([bid]):
             _, sealed = blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, data)
             self.put_sealed(kind, bid, sealed, len(data))
         return bid
+
+    def _settle_trees(self) -> None:
+        """Add the batched trees the store lacks to the pack, in the order they were put."""
+        with self._trees_lock:  # held throughout: batches reach the pack in order
+            if not self._trees:
+                return
+            batch = self._trees
+            self._trees = []
+            self._trees_size = 0
+            keys = self.store.keys
+            need = self.need({bid for bid, _ in batch})
+            for bid, data in batch:
+                if bid in need:
+                    need.discard(bid)
+                    flag, payload = blob.compress(data)
+                    sealed = blob.seal(keys.data_key, BlobKind.TREE, bid, flag, payload)
+                    self.put_sealed(BlobKind.TREE, bid, sealed, len(data))
 
     @property
     def chunking(self) -> ChunkingSecret:
@@ -397,6 +434,7 @@ class Writer:
 
     def flush(self) -> None:
         """Write the open pack and wait until every pack so far is indexed."""
+        self._settle_trees()
         with self._lock:
             self._ship()
         self._queue.put(None)
@@ -447,6 +485,7 @@ class Writer:
             return
         self._closed = True
         if flush:
+            self._settle_trees()
             self._ship()
         self._queue.put(None)
         self._thread.join()

@@ -18,6 +18,7 @@ import os
 import pwd
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -88,11 +89,32 @@ ProgressFn = Callable[[int, int], None]
 
 
 class _Job:
-    """Files to read in one worker call; holds chunks until it asks what the store lacks."""
+    """Files to read in one worker call; holds chunks until it asks what the store lacks.
+
+    Small files of several folders may share a job: the walk does not wait for a
+    folder's files before it lists the next folder (see ``_Dir``).
+    """
 
     def __init__(self) -> None:
         self.files: list[tuple[bytes, Entry, os.stat_result]] = []
         self.size = 0
+        self.future: Future[list[str | None]] | None = None
+
+
+@dataclass
+class _Dir:
+    """A listed folder whose tree is written once its files are read (post-order).
+
+    ``files`` are (path, entry, lstat, job, index in the job). ``parent`` is the
+    entry in the parent folder that receives the tree id (None for the root).
+    """
+
+    rel: bytes
+    entries: list[Entry]
+    hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
+    files: list[tuple[bytes, Entry, os.stat_result, _Job, int]]
+    cached: int
+    parent: Entry | None
 
 
 class Scanner:
@@ -120,6 +142,14 @@ class Scanner:
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
         self._root_dev = 0
+        self._workers = self._pool._max_workers
+        #: Listed folders waiting for their files, in post-order (children first).
+        self._order: deque[_Dir] = deque()
+        #: The job small files are being added to (not yet submitted).
+        self._small = _Job()
+        #: Submitted jobs whose future may still be running.
+        self._running: deque[_Job] = deque()
+        self._root_tree: bytes | None = None
 
     # --- public --------------------------------------------------------------
     def scan(self, root: Path) -> bytes:
@@ -133,9 +163,12 @@ class Scanner:
             raise UsageError(f"cannot scan {root}: not a directory")
         self._root_dev = st.st_dev
         try:
-            return self._dir(broot, b"", 0)
+            self._dir(broot, b"", 0, None)
+            self._drain(block=True)
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+        assert self._root_tree is not None
+        return self._root_tree
 
     # --- helpers -------------------------------------------------------------
     def _chunker(self) -> Chunker:
@@ -197,7 +230,8 @@ class Scanner:
         return e
 
     # --- the walk ------------------------------------------------------------
-    def _dir(self, path: bytes, rel: bytes, depth: int) -> bytes:
+    def _dir(self, path: bytes, rel: bytes, depth: int, parent: Entry | None) -> None:
+        """List a folder (and, first, its sub-folders); its tree is written by ``_drain``."""
         if depth > MAX_DEPTH:
             raise UsageError(f"directory tree deeper than {MAX_DEPTH} levels at {path!r}")
         self.stats.dirs += 1
@@ -231,7 +265,7 @@ class Scanner:
                 ):
                     e.subtree = self.writer.put(BlobKind.TREE, encode_tree([]))
                 else:
-                    e.subtree = self._dir(child, child_rel, depth + 1)
+                    self._dir(child, child_rel, depth + 1, e)
             elif typ == "symlink":
                 try:
                     e.target = os.readlink(child)
@@ -258,23 +292,74 @@ class Scanner:
             entries.append(e)
         if hits and self.cache is not None and self.cache.stale:
             to_read.extend(self._verify_hits(hits))
-        for _, e, _, _ in hits:
-            if e.content is not None:
-                self.stats.files += 1
-                self.stats.files_unchanged += 1
-                self.stats.bytes += e.size
-                if self.progress:
-                    self.progress(1, e.size)
-        failed = self._read_all(to_read)
-        if failed:
-            entries = [e for e in entries if id(e) not in failed]
-        changed = bool(to_read) or len(hits) != len(cached)
-        if self.cache is not None and changed:
-            self.cache.replace_directory(rel)
-            for _path, e, st in [(h[0], h[1], h[2]) for h in hits] + to_read:
+        self._order.append(_Dir(rel, entries, hits, self._read_all(to_read), len(cached), parent))
+        self._drain(block=False)
+
+    def _finish(self, d: _Dir) -> None:
+        """Write a folder's tree once its files are read (its sub-folders' trees already are)."""
+        for _, e, _, _ in d.hits:
+            self.stats.files += 1
+            self.stats.files_unchanged += 1
+            self.stats.bytes += e.size
+            if self.progress:
+                self.progress(1, e.size)
+        failed: set[int] = set()
+        for path, e, _, job, i in d.files:
+            assert job.future is not None
+            err = job.future.result()[i]
+            if err is not None:
+                self.stats.errors.append(f"{os.fsdecode(path)}: {err}")
+                failed.add(id(e))
+                continue
+            self.stats.files += 1
+            self.stats.files_read += 1
+            self.stats.bytes += e.size
+            self.stats.bytes_read += e.size
+            if self.progress:
+                self.progress(1, e.size)
+        entries = [e for e in d.entries if id(e) not in failed] if failed else d.entries
+        if self.cache is not None and (d.files or len(d.hits) != d.cached):
+            self.cache.replace_directory(d.rel)
+            for _path, e, st, *_ in d.hits:
+                self.cache.put(d.rel, e.name, st, e.content or [])
+            for _path, e, st, *_ in d.files:
                 if e.content is not None and id(e) not in failed:
-                    self.cache.put(rel, e.name, st, e.content)
-        return self.writer.put(BlobKind.TREE, encode_tree(entries))
+                    self.cache.put(d.rel, e.name, st, e.content)
+        tid = self.writer.put(BlobKind.TREE, encode_tree(entries))
+        if d.parent is None:
+            self._root_tree = tid
+        else:
+            d.parent.subtree = tid
+
+    def _drain(self, block: bool) -> None:
+        """Write the trees of listed folders whose files are read, oldest first.
+
+        Without ``block``, stop at the first folder still waiting, unless too much
+        is in flight (then wait for it: memory stays bounded).
+        """
+        while self._running and self._running[0].future.done():  # type: ignore[union-attr]
+            self._running.popleft()
+        if len(self._running) < self._workers and self._small.files:
+            self._submit_small()
+        while self._order:
+            d = self._order[0]
+            waiting = [j for *_, j, _ in d.files if j.future is None or not j.future.done()]
+            if waiting:
+                if not block and len(self._running) < 4 * self._workers and len(self._order) < 4096:
+                    return
+                if any(j.future is None for j in waiting):
+                    self._submit_small()
+            self._order.popleft()
+            self._finish(d)
+
+    def _submit(self, job: _Job) -> None:
+        job.future = self._pool.submit(self._run_job, job)
+        self._running.append(job)
+
+    def _submit_small(self) -> None:
+        if self._small.files:
+            self._submit(self._small)
+            self._small = _Job()
 
     def _verify_hits(
         self, hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
@@ -295,43 +380,25 @@ class Scanner:
         hits[:] = keep
         return redo
 
-    def _read_all(self, files: list[tuple[bytes, Entry, os.stat_result]]) -> set[int]:
-        """Read files in the pool; return ids of entries that could not be read."""
-        if not files:
-            return set()
-        jobs: list[_Job] = []
-        small = _Job()
+    def _read_all(
+        self, files: list[tuple[bytes, Entry, os.stat_result]]
+    ) -> list[tuple[bytes, Entry, os.stat_result, _Job, int]]:
+        """Queue files for the pool (small ones batched across folders); no waiting."""
+        out: list[tuple[bytes, Entry, os.stat_result, _Job, int]] = []
         for f in files:
             if f[2].st_size <= SMALL_FILE:
+                small = self._small
+                out.append((*f, small, len(small.files)))
                 small.files.append(f)
                 small.size += f[2].st_size
                 if small.size >= JOB_BYTES or len(small.files) >= 256:
-                    jobs.append(small)
-                    small = _Job()
+                    self._submit_small()
             else:
                 big = _Job()
                 big.files.append(f)
-                jobs.append(big)
-        if small.files:
-            jobs.append(small)
-        futures: list[Future[list[str | None]]] = [
-            self._pool.submit(self._run_job, j) for j in jobs
-        ]
-        failed: set[int] = set()
-        for job, fut in zip(jobs, futures, strict=True):
-            results = fut.result()
-            for (path, e, _), err in zip(job.files, results, strict=True):
-                if err is not None:
-                    self.stats.errors.append(f"{os.fsdecode(path)}: {err}")
-                    failed.add(id(e))
-                    continue
-                self.stats.files += 1
-                self.stats.files_read += 1
-                self.stats.bytes += e.size
-                self.stats.bytes_read += e.size
-                if self.progress:
-                    self.progress(1, e.size)
-        return failed
+                out.append((*f, big, 0))
+                self._submit(big)
+        return out
 
     # --- in worker threads ---------------------------------------------------
     def _run_job(self, job: _Job) -> list[str | None]:

@@ -6,12 +6,21 @@ and writes the rows and the store around it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
-from lamina.db.models import cvd_layers, cvd_running_layers, cvds, devices, layer_versions, layers, recordings
+from lamina.db.models import (
+    cvd_layers,
+    cvd_running_layers,
+    cvds,
+    devices,
+    layer_versions,
+    layers,
+    recordings,
+)
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured, capture_app, capture_base
 from lamina.layers.plan import LayerRef, Plan, make_plan
@@ -23,7 +32,7 @@ from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
-from lamina.store.repository import Store, Writer
+from lamina.store.repository import Store
 
 RECORD_STARTING, RECORDING, FINALIZING = "starting", "recording", "finalizing"
 
@@ -75,7 +84,8 @@ def _resolve(c: Connection, spec: str) -> Any:
 def _ref(c: Connection, version_id: str) -> LayerRef:
     v = c.execute(select(layer_versions).where(layer_versions.c.id == version_id)).one()
     layer = c.execute(select(layers).where(layers.c.id == v.layer_id)).one()
-    return LayerRef(f"{layer.name}:{v.version}", layer.kind, bytes(v.root), tuple(v.whiteouts))
+    packages = tuple((v.apps or {}).get("packages", {})) if layer.kind == "app" else None
+    return LayerRef(f"{layer.name}:{v.version}", layer.kind, bytes(v.root), tuple(v.whiteouts), packages)
 
 
 # --- creating versions ---------------------------------------------------------------
@@ -202,14 +212,28 @@ def _disk_free(c: Connection, device_id: str | None) -> int | None:
     return int(free) if isinstance(free, int) else None
 
 
-def _plan_for(c: Connection, store: Store, cvd: Any, new_ids: list[str], put_data: Any, old_ids: list[str] | None = None) -> Plan:
-    snaps = store.catalog.snapshots(fleet.cvd_source(cvd.id))
-    if not snaps:
-        raise ConflictError(f"CVD {cvd.name} has no snapshot yet: the plan is computed from its last one")
+@dataclass
+class _Target:
+    cvd: Any
+    new_ids: list[str]
+    labels: list[str]
+    new: list[LayerRef]
+    old: list[LayerRef]
+    disk_free: int | None
+
+
+def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | None) -> _Target:
     if old_ids is None:
         old_ids = list(c.execute(select(cvd_running_layers.c.version_id).where(cvd_running_layers.c.cvd_id == cvd.id).order_by(cvd_running_layers.c.position)).scalars())
-    return make_plan(store.get, put_data, snaps[-1].root, [_ref(c, v) for v in old_ids],
-                     [_ref(c, v) for v in new_ids], builtin("linux"), _disk_free(c, cvd.device_id))
+    new = [_ref(c, v) for v in new_ids]
+    return _Target(cvd, new_ids, [r.label for r in new], new, [_ref(c, v) for v in old_ids], _disk_free(c, cvd.device_id))
+
+
+def _plan(store: Store, t: _Target, put_data: Any) -> Plan:
+    snaps = store.catalog.snapshots(fleet.cvd_source(t.cvd.id))
+    if not snaps:
+        raise ConflictError(f"CVD {t.cvd.name} has no snapshot yet: the plan is computed from its last one")
+    return make_plan(store.get, put_data, snaps[-1].root, t.old, t.new, builtin("linux"), t.disk_free)
 
 
 def _plan_public(cvd: Any, plan: Plan, status: str, labels: list[str], task: str | None = None) -> dict[str, Any]:
@@ -220,62 +244,57 @@ def _plan_public(cvd: Any, plan: Plan, status: str, labels: list[str], task: str
     }
 
 
-def _deliver(c: Connection, actor: str, store: Store, w: Writer, cvd: Any, plan: Plan, new_ids: list[str], labels: list[str]) -> str:
-    delta = build_tree(w.put, plan.writes, plan.dirs)
-    w.flush()
-    return tasks.enqueue(c, "layer-apply", actor, cvd_id=cvd.id, device_id=cvd.device_id, params={
-        "delta": delta.hex(), "removes": plan.removes, "versions": new_ids, "labels": labels,
-    })
+def _deliver(engine: Engine, store: Store, actor: str, t: _Target, action: str, dry_run: bool) -> dict[str, Any]:
+    """Plan; unless a dry run or refused: store the delta, then record the assignment and queue it."""
+    if dry_run:
+        plan = _plan(store, t, lambda d: blob.blob_id(store.keys.chunking.id_key, d))
+        return _plan_public(t.cvd, plan, "dry-run", t.labels)
+    with store.writer() as w:  # merged files and the delta tree are stored before any row names them
+        plan = _plan(store, t, lambda d: w.put(BlobKind.DATA, d))
+        if plan.refused:
+            return _plan_public(t.cvd, plan, "refused", t.labels)
+        delta = build_tree(w.put, plan.writes, plan.dirs)
+    with write_tx(engine) as c:
+        c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == t.cvd.id))
+        for pos, vid in enumerate(t.new_ids):
+            c.execute(insert(cvd_layers).values(cvd_id=t.cvd.id, position=pos, version_id=vid))
+        tid = tasks.enqueue(c, "layer-apply", actor, cvd_id=t.cvd.id, device_id=t.cvd.device_id, params={
+            "delta": delta.hex(), "removes": plan.removes, "versions": t.new_ids, "labels": t.labels,
+        })
+        audit(c, actor, action, t.cvd.id, layers=t.labels, task=tid, counts=plan.counts())
+    return _plan_public(t.cvd, plan, "assigned", t.labels, tid)
 
 
 def assign(engine: Engine, store: Store, actor: Principal, cvd_refs: list[str], base: str | None,
            apps: list[str], dry_run: bool) -> list[dict[str, Any]]:
     actor.require("layer.write")
-    out = []
-    for ref in cvd_refs:
-        with store.writer() as w:
-            put_data = (lambda d: blob.blob_id(store.keys.chunking.id_key, d)) if dry_run else (lambda d: w.put(BlobKind.DATA, d))
-            with write_tx(engine) as c:
-                cvd = fleet.find_cvd(c, ref)
-                if cvd.state != fleet.ACTIVE:
-                    raise ConflictError(f"CVD {cvd.name} is {cvd.state}")
-                rows = ([_resolve(c, base)] if base else []) + [_resolve(c, a) for a in apps]
-                if base and rows[0][1].kind != "base":
-                    raise UsageError(f"{base} is an app layer, not a base layer")
-                for v, layer in rows[1 if base else 0:]:
-                    if layer.kind != "app":
-                        raise UsageError(f"{layer.name} is a base layer: assign it with --base")
-                new_ids = [v.id for v, _ in rows]
-                labels = [f"{layer.name}:{v.version}" for v, layer in rows]
-                plan = _plan_for(c, store, cvd, new_ids, put_data)
-                if dry_run:
-                    out.append(_plan_public(cvd, plan, "dry-run", labels))
-                    continue
-                if plan.refused:
-                    out.append(_plan_public(cvd, plan, "refused", labels))
-                    continue
-                c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == cvd.id))
-                for pos, vid in enumerate(new_ids):
-                    c.execute(insert(cvd_layers).values(cvd_id=cvd.id, position=pos, version_id=vid))
-                tid = _deliver(c, actor.name, store, w, cvd, plan, new_ids, labels)
-                audit(c, actor.name, "layer.assign", cvd.id, layers=labels, task=tid, counts=plan.counts())
-                out.append(_plan_public(cvd, plan, "assigned", labels, tid))
-    return out
+    targets = []
+    with read_tx(engine) as c:
+        rows = ([_resolve(c, base)] if base else []) + [_resolve(c, a) for a in apps]
+        if base and rows[0][1].kind != "base":
+            raise UsageError(f"{base} is an app layer, not a base layer")
+        for _v, layer in rows[1 if base else 0 :]:
+            if layer.kind != "app":
+                raise UsageError(f"{layer.name} is a base layer: assign it with --base")
+        new_ids = [v.id for v, _ in rows]
+        for ref in cvd_refs:
+            cvd = fleet.find_cvd(c, ref)
+            if cvd.state != fleet.ACTIVE or not cvd.device_id:
+                raise ConflictError(f"CVD {cvd.name} is {cvd.state}")
+            targets.append(_target(c, cvd, new_ids, None))
+    return [_deliver(engine, store, actor.name, t, "layer.assign", dry_run) for t in targets]
 
 
 def enforce(engine: Engine, store: Store, actor: Principal, ref: str) -> dict[str, Any]:
     """Bring an endpoint back to its assigned layers: every layer file as the layer has it."""
     actor.require("layer.write")
-    with store.writer() as w, write_tx(engine) as c:
+    with read_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
         ids = list(c.execute(select(cvd_layers.c.version_id).where(cvd_layers.c.cvd_id == cvd.id).order_by(cvd_layers.c.position)).scalars())
         if not ids:
             raise ConflictError(f"CVD {cvd.name} has no layers assigned")
-        labels = [_ref(c, v).label for v in ids]
-        plan = _plan_for(c, store, cvd, ids, lambda d: w.put(BlobKind.DATA, d), old_ids=[])
-        tid = _deliver(c, actor.name, store, w, cvd, plan, ids, labels)
-        audit(c, actor.name, "layer.enforce", cvd.id, task=tid, counts=plan.counts())
-        return _plan_public(cvd, plan, "assigned", labels, tid)
+        t = _target(c, cvd, ids, old_ids=[])
+    return _deliver(engine, store, actor.name, t, "layer.enforce", dry_run=False)
 
 
 def cvd_layer_state(engine: Engine, cvd_id: str) -> dict[str, list[str]]:

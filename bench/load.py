@@ -1,0 +1,637 @@
+"""Load test: N endpoints centralizing at once against one Lamina server.
+
+``python -m bench.load`` (``make bench-load``) from the project root; not part of ``make test``
+or ``make bench``. See bench/README.md.
+
+Every endpoint is a directory root with its own agent state folder. The endpoints share
+most of their content (a base tree copied from /usr by bench.run's corpus builder, 30 MiB by
+default) and each adds its own files (3 MiB of random bytes by default, plus its hostname
+and machine id), so about 90% of what they hold is common. All are enrolled with one
+token that names a policy (centralized at enrollment), then their first ``lamina agent run
+--once`` is started at the same moment (or ``--parallel`` at a time) and timed.
+
+Before that, endpoint 0 is centralized alone into a separate throwaway server (the
+calibration): its time is the one-endpoint baseline, and its store size is what the first
+endpoint costs, so the load run's store growth gives the cost of each extra endpoint.
+
+Bounded: every agent process has a timeout (``--agent-timeout``), the whole load phase a
+deadline (``--deadline``), every CLI call a timeout; the server listens on 127.0.0.1 only
+and is stopped at the end whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.e2e import Cli, Server, lamina_exe, login, prepare_work
+from bench.run import (
+    DEFAULT_GROUPS,
+    ROOT,
+    CommandFailed,
+    build_corpus,
+    clean_env,
+    copy_tree,
+    human_bytes,
+    rmtree,
+    say,
+    tree_size,
+    warm_up,
+    warn,
+)
+
+DEFAULT_WORK = ROOT / "bench" / "work" / "load"
+DEFAULT_RESULTS = ROOT / "bench" / "results-load.json"
+CLI_TIMEOUT = 300.0  # any admin or enroll command
+MiB = 1024 * 1024
+
+
+@dataclass
+class Endpoint:
+    index: int
+    root: Path
+    state: Path
+    home: Path  # XDG_CONFIG_HOME of its `lamina` commands
+    unique_bytes: int = 0
+    unique_files: int = 0
+
+
+@dataclass
+class AgentRun:
+    endpoint: int
+    started: float = 0.0  # seconds after the load phase began
+    seconds: float | None = None
+    returncode: int | None = None
+    timed_out: bool = False
+    synced: bool = False
+    bytes: int = 0
+    files: int = 0
+    uploaded_bytes: int = 0
+    files_read: int = 0
+    stderr_tail: str = ""
+    agent_errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.synced and not self.timed_out
+
+
+def make_endpoints(
+    work: Path, base: Path, n: int, unique_mb: float, seed: int
+) -> tuple[list[Endpoint], float]:
+    t0 = time.perf_counter()
+    out = []
+    for i in range(n):
+        d = work / "endpoints" / f"ep-{i:03d}"
+        root = d / "root"
+        root.parent.mkdir(parents=True)
+        copy_tree(base, root)
+        etc = root / "etc"
+        etc.mkdir(exist_ok=True)
+        rng = random.Random(f"{seed}:{i}")
+        (etc / "hostname").write_text(f"load-ep-{i:03d}\n")
+        (etc / "machine-id").write_text(rng.randbytes(16).hex() + "\n")
+        (etc / "os-release").write_text('NAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n')
+        docs = root / "home" / f"user{i:03d}" / "Documents"
+        docs.mkdir(parents=True)
+        ep = Endpoint(i, root, d / "state", d / "config")
+        budget = int(unique_mb * MiB)
+        while ep.unique_bytes < budget:
+            size = min(budget - ep.unique_bytes, rng.randint(16 * 1024, 1024 * 1024))
+            (docs / f"unique-{ep.unique_files:03d}.bin").write_bytes(rng.randbytes(size))
+            ep.unique_bytes += size
+            ep.unique_files += 1
+        out.append(ep)
+    return out, time.perf_counter() - t0
+
+
+def enroll_all(
+    endpoints: list[Endpoint], url: str, token: str, env: dict[str, str], workers: int = 4
+) -> list[str]:
+    """Enroll every endpoint (a few at a time); return the failures."""
+
+    def one(ep: Endpoint) -> str | None:
+        cli = Cli(ep.home, env)
+        try:
+            doc = cli.json(
+                "agent",
+                "enroll",
+                "--server",
+                url,
+                "--token",
+                token,
+                "--root",
+                ep.root,
+                "--state",
+                ep.state,
+                timeout=CLI_TIMEOUT,
+            )
+        except (CommandFailed, json.JSONDecodeError) as e:
+            return f"ep-{ep.index:03d}: {e}"
+        if doc.get("state") != "active":
+            return f"ep-{ep.index:03d}: enrolled {doc.get('state')}, not active (centralized)"
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [r for r in pool.map(one, endpoints) if r]
+
+
+def store_args(data: Path, db: str | None, store: str | None) -> list[str]:
+    return [
+        "--data",
+        os.fspath(data),
+        *(["--db", db] if db else []),
+        *(["--store", store] if store else []),
+    ]
+
+
+def pack_bytes(admin: Cli, args: list[str]) -> int:
+    doc = admin.json("store", "stats", *args, timeout=CLI_TIMEOUT)
+    return int(doc["pack_bytes"])
+
+
+def start_server(
+    work: Path, name: str, env: dict[str, str], extra: list[str]
+) -> tuple[Server, Cli, str]:
+    server = Server(work / name, work / f"{name}.log", env, extra=extra).start()
+    try:
+        admin = Cli(work / f"config-admin-{name}", env)
+        login(admin, server.url)
+        admin.run("policy", "create", "load", timeout=CLI_TIMEOUT)
+        token = admin.json(
+            "token", "create", "--policy", "load", "--expires", "6h", timeout=CLI_TIMEOUT
+        )["token"]
+    except BaseException:
+        server.stop()
+        raise
+    return server, admin, token
+
+
+def parse_agent_output(run: AgentRun, stdout: str) -> None:
+    try:
+        doc = json.loads(stdout)
+    except json.JSONDecodeError:
+        return
+    run.synced = bool(doc.get("synced"))
+    stats = doc.get("last_sync_stats") or {}
+    run.bytes = int(stats.get("bytes") or 0)
+    run.files = int(stats.get("files") or 0)
+    run.uploaded_bytes = int(stats.get("uploaded_bytes") or 0)
+    run.files_read = int(stats.get("files_read") or 0)
+    run.agent_errors = list(stats.get("errors") or [])
+
+
+def run_agents(
+    endpoints: list[Endpoint],
+    env: dict[str, str],
+    *,
+    parallel: int,
+    agent_timeout: float,
+    deadline: float,
+    server: Server,
+    logs: Path,
+) -> tuple[list[AgentRun], float, dict[str, Any]]:
+    """Start ``agent run --once`` for every endpoint, at most ``parallel`` at a time.
+
+    Returns the runs, the wall time from the first start to the last exit, and samples of
+    the server (CPU, memory) taken every half second.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    todo = list(endpoints)
+    live: dict[int, tuple[subprocess.Popen[bytes], float, Any, Any]] = {}
+    runs = {ep.index: AgentRun(ep.index) for ep in endpoints}
+    samples: list[dict[str, float]] = []
+    cap = parallel if parallel > 0 else len(endpoints)
+    t0 = time.perf_counter()
+    cpu0 = server.cpu()
+    last_sample = 0.0
+    max_live = 0
+    while todo or live:
+        now = time.perf_counter() - t0
+        past_deadline = now > deadline
+        while todo and len(live) < cap and not past_deadline:
+            ep = todo.pop(0)
+            out = open(logs / f"ep-{ep.index:03d}.out", "wb")  # noqa: SIM115 (closed below)
+            err = open(logs / f"ep-{ep.index:03d}.err", "wb")  # noqa: SIM115
+            p = subprocess.Popen(
+                [lamina_exe(), "agent", "run", "--once", "--state", os.fspath(ep.state), "--json"],
+                stdout=out,
+                stderr=err,
+                env={**env, "XDG_CONFIG_HOME": os.fspath(ep.home)},
+            )
+            live[ep.index] = (p, time.perf_counter(), out, err)
+            runs[ep.index].started = time.perf_counter() - t0
+        if past_deadline and todo:
+            for ep in todo:
+                runs[ep.index].stderr_tail = "not started: the load phase passed its deadline"
+            todo = []
+        max_live = max(max_live, len(live))
+        for idx, (p, started, out, err) in list(live.items()):
+            rc = p.poll()
+            elapsed = time.perf_counter() - started
+            if rc is None and (elapsed > agent_timeout or past_deadline):
+                p.kill()
+                rc = p.wait(timeout=30)
+                runs[idx].timed_out = True
+            if rc is None:
+                continue
+            out.close()
+            err.close()
+            r = runs[idx]
+            r.returncode = rc
+            r.seconds = elapsed
+            parse_agent_output(r, (logs / f"ep-{idx:03d}.out").read_text(errors="replace"))
+            r.stderr_tail = "\n".join(
+                (logs / f"ep-{idx:03d}.err").read_text(errors="replace").strip().splitlines()[-25:]
+            )
+            del live[idx]
+        if now - last_sample >= 0.5:
+            samples.append(
+                {
+                    "t": round(now, 2),
+                    "server_cpu_s": round(server.cpu() - cpu0, 2),
+                    "server_rss": server.rss(),
+                    "agents_running": len(live),
+                    "load1": os.getloadavg()[0],
+                }
+            )
+            last_sample = now
+        if not server.alive():
+            warn("the server process exited during the load phase")
+            for idx, (p, started, out, err) in list(live.items()):
+                p.kill()
+                p.wait(timeout=30)
+                out.close()
+                err.close()
+                runs[idx].returncode = p.returncode
+                runs[idx].seconds = time.perf_counter() - started
+                runs[idx].stderr_tail = "killed: the server exited"
+            live.clear()
+            for ep in todo:
+                runs[ep.index].stderr_tail = "not started: the server exited"
+            todo = []
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    server_info = {
+        "cpu_s": round(server.cpu() - cpu0, 2),
+        "peak_rss": max((s["server_rss"] for s in samples), default=0),
+        "max_agents_running": max_live,
+        "samples": samples,
+    }
+    return [runs[ep.index] for ep in endpoints], wall, server_info
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--endpoints", type=int, default=50, help="simulated endpoints (default 50)")
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        help="agents running at once (default 0: all of them at the same moment)",
+    )
+    ap.add_argument("--shared-mb", type=float, default=30.0, help="shared base tree (MiB)")
+    ap.add_argument("--unique-mb", type=float, default=3.0, help="unique files per endpoint (MiB)")
+    ap.add_argument("--db", default=None, help="server database URL (default: embedded SQLite)")
+    ap.add_argument("--store", default=None, help="server store URL (default: embedded folder)")
+    ap.add_argument(
+        "--agent-timeout",
+        type=float,
+        default=1200.0,
+        help="seconds before one agent process is killed (default 1200)",
+    )
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=2400.0,
+        help="seconds before the whole load phase is stopped (default 2400)",
+    )
+    ap.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip endpoint 0 alone on a throwaway server (then no per-endpoint growth)",
+    )
+    ap.add_argument("--no-check", action="store_true", help="skip `lamina store check` afterwards")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="default bench/work/load")
+    ap.add_argument("--output", type=Path, default=DEFAULT_RESULTS)
+    ap.add_argument("--keep", action="store_true", help="leave the work folder afterwards")
+    args = ap.parse_args(argv)
+    if args.endpoints < 1:
+        ap.error("--endpoints must be at least 1")
+    if (args.db is None) != (args.store is None):
+        ap.error("--db and --store go together")
+    return args
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    started = dt.datetime.now(dt.UTC)
+    work: Path = args.work.resolve()
+    env = clean_env()
+    n = args.endpoints
+    prepare_work(work)
+    failures: list[str] = []
+    doc: dict[str, Any] = {
+        "date": started.isoformat(timespec="seconds"),
+        "args": {k: (os.fspath(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_at_start": list(os.getloadavg()),
+            "python": sys.version.split()[0],
+        },
+        "deployment": "external db + store" if args.db else "embedded (SQLite + folder store)",
+    }
+
+    # -- endpoints
+    say(f"building the shared base tree ({args.shared_mb:g} MiB from /usr)", "bold")
+    base = work / "base"
+    build_corpus(base, DEFAULT_GROUPS, args.shared_mb * MiB, "/")
+    b = tree_size(base)
+    say(f"  {b.files} files, {human_bytes(b.apparent)}")
+    say(f"making {n} endpoints (base + {args.unique_mb:g} MiB unique each)", "bold")
+    endpoints, made_s = make_endpoints(work, base, n, args.unique_mb, args.seed)
+    e0 = tree_size(endpoints[0].root)
+    say(
+        f"  in {made_s:.1f} s; each {e0.files} files, {human_bytes(e0.apparent)} "
+        f"({100 * b.apparent / e0.apparent:.0f}% shared); all {human_bytes(e0.apparent * n)}"
+    )
+    doc["endpoint"] = {
+        "files": e0.files,
+        "bytes": e0.apparent,
+        "shared_bytes": b.apparent,
+        "unique_bytes": endpoints[0].unique_bytes,
+        "unique_files": endpoints[0].unique_files,
+        "shared_fraction": b.apparent / e0.apparent,
+        "all_endpoints_bytes": e0.apparent * n,
+    }
+    extra = [
+        *(["--db", args.db] if args.db else []),
+        *(["--store", args.store] if args.store else []),
+    ]
+
+    # -- calibration: endpoint 0 alone on its own embedded server
+    single_pack: int | None = None
+    if not args.no_calibration:
+        say("calibration: endpoint 0 alone on a throwaway embedded server", "bold")
+        cal_ep = dataclasses.replace(
+            endpoints[0],
+            state=work / "calibration" / "state",
+            home=work / "calibration" / "config",
+        )
+        srv, admin, token = start_server(work / "calibration", "server", env, [])
+        try:
+            bad = enroll_all([cal_ep], srv.url, token, env)
+            if bad:
+                raise CommandFailed(bad[0])
+            before = pack_bytes(admin, store_args(srv.data, None, None))
+            warm_up(cal_ep.root)
+            os.sync()
+            runs, wall, info = run_agents(
+                [cal_ep],
+                env,
+                parallel=1,
+                agent_timeout=args.agent_timeout,
+                deadline=args.deadline,
+                server=srv,
+                logs=work / "calibration" / "logs",
+            )
+            single_pack = pack_bytes(admin, store_args(srv.data, None, None)) - before
+            r = runs[0]
+            if not r.ok:
+                raise CommandFailed(f"exit {r.returncode}: {r.stderr_tail}")
+            say(
+                f"  {wall:.2f} s alone, uploaded {human_bytes(r.uploaded_bytes)}, "
+                f"store {human_bytes(single_pack)} (server CPU {info['cpu_s']:.1f} s)"
+            )
+            doc["calibration"] = {
+                "seconds": wall,
+                "server_cpu_s": info["cpu_s"],
+                "pack_bytes": single_pack,
+                "run": dataclasses.asdict(r),
+            }
+        except CommandFailed as e:
+            warn(f"calibration failed (no per-endpoint growth): {e}")
+            doc["calibration"] = {"error": str(e)}
+            single_pack = None
+        finally:
+            srv.stop()
+        rmtree(work / "calibration")
+
+    # -- the load
+    say(
+        f"server: {'--db/--store given' if args.db else 'embedded'}; enrolling {n} endpoints",
+        "bold",
+    )
+    server: Server | None = None
+    try:
+        try:
+            server, admin, token = start_server(work, "server", env, extra)
+        except CommandFailed as e:
+            say(f"the server did not start:\n{e}", "bold red")
+            return 1
+        sargs = store_args(server.data, args.db, args.store)
+        t0 = time.perf_counter()
+        bad = enroll_all(endpoints, server.url, token, env)
+        enroll_s = time.perf_counter() - t0
+        say(f"  enrolled in {enroll_s:.1f} s ({len(bad)} failures)")
+        for line in bad:
+            say(f"    {line}", "red")
+        failures += [f"enroll {b}" for b in bad]
+        enrolled = [ep for ep in endpoints if not any(f"ep-{ep.index:03d}:" in x for x in bad)]
+        before = pack_bytes(admin, sargs)
+        for ep in enrolled:
+            warm_up(ep.root)
+        os.sync()
+        say(
+            f"load: {len(enrolled)} agents, "
+            f"{'all at once' if args.parallel <= 0 else f'{args.parallel} at a time'}",
+            "bold",
+        )
+        runs, wall, info = run_agents(
+            enrolled,
+            env,
+            parallel=args.parallel,
+            agent_timeout=args.agent_timeout,
+            deadline=args.deadline,
+            server=server,
+            logs=work / "logs",
+        )
+        after = pack_bytes(admin, sargs)
+        cvds = admin.json("cvd", "list", timeout=CLI_TIMEOUT)
+        server_rss_end = server.rss()
+    finally:
+        if server is not None:
+            server.stop()
+
+    check: dict[str, Any] = {}
+    if not args.no_check:
+        say("store check (server stopped)", "bold")
+        try:
+            r = admin.run("store", "check", *sargs, timeout=1800)
+            check = {"ok": True, "seconds": r.seconds, "output": r.stdout.strip()[-2000:]}
+            say(f"  {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else 'ok'}")
+        except CommandFailed as e:
+            check = {"ok": False, "error": str(e)}
+            failures.append(f"store check: {e}")
+            say(f"  store check FAILED: {e}", "bold red")
+
+    # -- summary
+    ok = [r for r in runs if r.ok]
+    bad_runs = [r for r in runs if not r.ok]
+    nonzero = [r for r in runs if r.returncode not in (0, None) or r.timed_out]
+    times = [r.seconds for r in ok if r.seconds is not None]
+    logical = sum(r.bytes for r in ok)
+    uploaded = sum(r.uploaded_bytes for r in ok)
+    growth = after - before
+    per_extra = (growth - single_pack) / (n - 1) if single_pack is not None and n > 1 else None
+    snaps = sum(1 for c in cvds if c.get("snapshots"))
+    summary = {
+        "endpoints": n,
+        "parallel": args.parallel if args.parallel > 0 else n,
+        "wall_s": round(wall, 2),
+        "ok": len(ok),
+        "errors_nonzero_exit": len(nonzero),
+        "not_ok": len(bad_runs),
+        "enroll_s": round(enroll_s, 2),
+        "logical_bytes": logical,
+        "logical_bytes_per_s": logical / wall if wall else None,
+        "uploaded_bytes": uploaded,
+        "uploaded_bytes_per_s": uploaded / wall if wall else None,
+        "agent_seconds": {
+            "min": min(times) if times else None,
+            "median": statistics.median(times) if times else None,
+            "p90": pct(times, 0.9) if times else None,
+            "max": max(times) if times else None,
+        },
+        "pack_bytes_before": before,
+        "pack_bytes_after": after,
+        "store_growth": growth,
+        "single_endpoint_pack_bytes": single_pack,
+        "growth_per_extra_endpoint": per_extra,
+        "growth_per_endpoint_avg": growth / n,
+        "cvds_with_a_snapshot": snaps,
+        "server_cpu_s": info["cpu_s"],
+        "server_peak_rss": info["peak_rss"],
+        "server_rss_end": server_rss_end,
+        "max_agents_running": info["max_agents_running"],
+    }
+    if snaps != len(ok):
+        failures.append(f"{len(ok)} agents succeeded but {snaps} CVDs have a snapshot")
+    for r in bad_runs:
+        why = "timed out" if r.timed_out else f"exit {r.returncode}"
+        if r.returncode == 0 and not r.synced:
+            why = "exit 0 but did not sync"
+        failures.append(f"ep-{r.endpoint:03d}: {why}")
+
+    say("")
+    say(
+        f"Load: {n} endpoints ({summary['parallel']} at once), each "
+        f"{human_bytes(e0.apparent)} ({100 * b.apparent / e0.apparent:.0f}% shared), "
+        f"{doc['deployment']}, {os.cpu_count()} CPUs",
+        "bold",
+    )
+    rows = [
+        ("wall time, first start to last exit", f"{wall:.1f} s"),
+        (
+            "per agent (min / median / p90 / max)",
+            " / ".join(
+                "—" if v is None else f"{v:.1f}"
+                for v in (
+                    summary["agent_seconds"]["min"],
+                    summary["agent_seconds"]["median"],
+                    summary["agent_seconds"]["p90"],
+                    summary["agent_seconds"]["max"],
+                )
+            )
+            + " s",
+        ),
+        (
+            "one endpoint alone (calibration)",
+            f"{doc['calibration']['seconds']:.1f} s"
+            if "seconds" in doc.get("calibration", {})
+            else "—",
+        ),
+        ("errors (non-zero exit or timeout)", f"{len(nonzero)}"),
+        ("not synced (any reason)", f"{len(bad_runs)}"),
+        (
+            "protected (logical) bytes / s",
+            f"{human_bytes(logical)} in {wall:.1f} s = {human_bytes(logical / wall if wall else 0)}/s",
+        ),
+        (
+            "uploaded bytes / s",
+            f"{human_bytes(uploaded)} = {human_bytes(uploaded / wall if wall else 0)}/s",
+        ),
+        ("store growth (pack bytes)", human_bytes(growth)),
+        (
+            "  first endpoint alone",
+            "—" if single_pack is None else human_bytes(single_pack),
+        ),
+        (
+            "  per extra endpoint",
+            "—"
+            if per_extra is None
+            else f"{human_bytes(per_extra)} (its unique files: {human_bytes(endpoints[0].unique_bytes)})",
+        ),
+        (
+            "server CPU / peak RSS",
+            f"{info['cpu_s']:.1f} s / {human_bytes(info['peak_rss'])}",
+        ),
+        ("enrollment of all endpoints", f"{enroll_s:.1f} s"),
+        ("store check", "—" if not check else ("ok" if check.get("ok") else "FAILED")),
+    ]
+    width = max(len(a) for a, _ in rows)
+    for a, v in rows:
+        say(f"  {a:<{width}}  {v}")
+    for r in nonzero[:10]:
+        say(
+            f"--- ep-{r.endpoint:03d} (exit {r.returncode}, timed out {r.timed_out}) stderr:", "red"
+        )
+        say(r.stderr_tail or "(empty)", "red")
+
+    total = time.perf_counter() - t_start
+    doc.update(
+        {
+            "duration_s": round(total, 1),
+            "summary": summary,
+            "runs": [dataclasses.asdict(r) for r in runs],
+            "server_samples": info["samples"],
+            "store_check": check,
+            "failures": failures,
+        }
+    )
+    doc["machine"]["load_at_end"] = list(os.getloadavg())
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    say(f"results written to {args.output} (whole run {total:.0f} s)")
+    if not args.keep:
+        rmtree(work)
+    if failures:
+        say("FAILURES:\n  " + "\n  ".join(failures[:30]), "bold red")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
