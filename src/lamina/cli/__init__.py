@@ -29,6 +29,7 @@ app.add_typer(fleet.device_app, name="device")
 app.add_typer(fleet.policy_app, name="policy")
 app.add_typer(cvd.app, name="cvd")
 app.add_typer(layer.app, name="layer")
+app.add_typer(layer.collection_app, name="collection")
 app.add_typer(fleet.task_app, name="task")
 app.add_typer(agent.app, name="agent")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -93,14 +94,18 @@ def _print_plan(p: dict[str, Any]) -> None:
 
 @app.command()
 def assign(
-    cvds: Annotated[list[str], typer.Argument(help="CVDs to assign.")],
+    cvds: Annotated[list[str] | None, typer.Argument(help="CVDs to assign.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Also every CVD of this collection.")] = None,
     base: Annotated[str | None, typer.Option(help="Base layer as NAME[:VERSION].")] = None,
     app_: Annotated[list[str] | None, typer.Option("--app", help="App layer as NAME[:VERSION] (repeatable, in order).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would change.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Assign layers to CVDs; the agents stage them and apply them at next boot."""
-    plans = Api.from_login().post("/layers/assign", {"cvds": cvds, "base": base, "apps": app_ or [], "dry_run": dry_run})
+    plans = Api.from_login().post(
+        "/layers/assign",
+        {"cvds": cvds or [], "collection": collection, "base": base, "apps": app_ or [], "dry_run": dry_run},
+    )
     if as_json:
         emit_json(plans)
     else:
@@ -111,8 +116,50 @@ def assign(
         raise ConflictError(f"assignment refused for {', '.join(refused)} (see the report)")
 
 
+@app.command("rules-test")
+def rules_test(
+    cvd: str,
+    rules: Annotated[Path | None, typer.Option(help="A rule set file (JSON); default: the built-in one.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a rule set would keep in and drop from a layer captured from a CVD now."""
+    doc = Api.from_login().post("/layers/rules/test", {"cvd": cvd, "rules": rules.read_text() if rules else None})
+    if as_json:
+        emit_json(doc)
+        return
+    typer.echo(f"{doc['cvd']} with rules {doc['rules']}: keeps {doc['kept']} files ({human_bytes(doc['kept_bytes'])}), drops {doc['dropped']}")
+    for reason, n in sorted(doc["dropped_by_reason"].items()):
+        typer.echo(f"  {reason:<18} {n:>7}  e.g. {', '.join(doc['examples'].get(reason, [])[:3])}")
+
+
 @app.command()
 def enforce(cvd: str, as_json: JsonOpt = False) -> None:
     """Bring an endpoint back to its assigned layers."""
     p = Api.from_login().post(f"/cvds/{cvd}/enforce")
     emit_json(p) if as_json else _print_plan(p)
+
+
+collection_app = typer.Typer(help="Collections of CVDs, static or by a filter on device facts.", no_args_is_help=True)
+
+
+@collection_app.command("create")
+def collection_create(
+    name: str,
+    filter_: Annotated[str, typer.Option("--filter", help="e.g. os_release.ID=debian,vendor=Dell*")] = "",
+    cvd: Annotated[list[str] | None, typer.Option("--cvd", help="A static member (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a collection."""
+    doc = Api.from_login().post("/collections", {"name": name, "filter": filter_, "cvds": cvd or []})
+    emit_json(doc) if as_json else typer.echo(f"collection {doc['name']}: {', '.join(doc['members']) or 'no members yet'}")
+
+
+@collection_app.command("list")
+def collection_list(as_json: JsonOpt = False) -> None:
+    """List collections with their current members."""
+    rows = Api.from_login().get("/collections")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['name']:<20} filter {r['filter'] or '-'}  members: {', '.join(r['members']) or '-'}")

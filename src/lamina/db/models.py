@@ -260,3 +260,22 @@ cvd_running_layers = Table(
     Column("position", Integer, primary_key=True),
     Column("version_id", String(36), ForeignKey("layer_versions.id"), nullable=False),
 )
+
+# --- collections (revision 0004) -------------------------------------------------------
+
+#: A named set of CVDs: static members, and/or a filter on device facts (``filter`` text).
+collections = Table(
+    "collections",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("filter", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+collection_members = Table(
+    "collection_members",
+    metadata,
+    Column("collection_id", String(36), ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+)

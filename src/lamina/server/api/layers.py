@@ -9,7 +9,8 @@ from pydantic import Field
 
 from lamina.protocol.schemas import Strict
 from lamina.server.deps import Caller, Ctx
-from lamina.server.services import fleet, layers
+from lamina.errors import UsageError
+from lamina.server.services import collections, fleet, layers
 
 router = APIRouter()
 
@@ -29,7 +30,8 @@ class RecordRequest(Strict):
 
 
 class AssignRequest(Strict):
-    cvds: list[str] = Field(min_length=1, max_length=10000)
+    cvds: list[str] = Field(default_factory=list, max_length=10000)
+    collection: str | None = None
     base: str | None = None
     apps: list[str] = Field(default_factory=list, max_length=100)
     dry_run: bool = False
@@ -62,7 +64,28 @@ def record_finalize(req: RecordRequest, ctx: Ctx, caller: Caller) -> dict[str, A
 
 @router.post("/layers/assign", summary="Assign a base layer and app layers to CVDs, or only report what would change")
 def assign(req: AssignRequest, ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return layers.assign(ctx.engine, ctx.store, caller, req.cvds, req.base, req.apps, req.dry_run)
+    targets = list(req.cvds)
+    if req.collection:
+        targets += [c for c in collections.cvd_refs(ctx.engine, req.collection) if c not in targets]
+    if not targets:
+        raise UsageError("name at least one CVD or a collection with members")
+    return layers.assign(ctx.engine, ctx.store, caller, targets, req.base, req.apps, req.dry_run)
+
+
+class CollectionCreate(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    filter: str = Field("", max_length=2000)
+    cvds: list[str] = Field(default_factory=list, max_length=10000)
+
+
+@router.post("/collections", summary="Create a collection of CVDs (static members and/or a filter on device facts)", status_code=201)
+def create_collection(req: CollectionCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return collections.create(ctx.engine, caller, req.name, req.filter, req.cvds)
+
+
+@router.get("/collections", summary="List collections with their current members")
+def list_collections(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
+    return collections.list_collections(ctx.engine, caller)
 
 
 @router.post("/cvds/{ref}/enforce", summary="Bring an endpoint back to its assigned layers", status_code=202)
@@ -74,3 +97,13 @@ def enforce(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
 def cvd_layers(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     cvd = fleet.cvd_for_access(ctx.engine, caller, ref)
     return {"id": cvd.id, **layers.cvd_layer_state(ctx.engine, cvd.id)}
+
+
+class RulesTestRequest(Strict):
+    cvd: str
+    rules: str | None = Field(None, max_length=1_000_000, description="A rule set (JSON); default: the built-in one.")
+
+
+@router.post("/layers/rules/test", summary="What a rule set would keep and drop from a CVD's latest snapshot")
+def rules_test(req: RulesTestRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return layers.test_rules(ctx.engine, ctx.store, caller, req.cvd, req.rules)

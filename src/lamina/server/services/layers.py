@@ -24,8 +24,8 @@ from lamina.db.models import (
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured, capture_app, capture_base
 from lamina.layers.plan import LayerRef, Plan, make_plan
-from lamina.layers.rules import builtin
-from lamina.layers.trees import build_tree
+from lamina.layers.rules import builtin, parse_rules
+from lamina.layers.trees import build_tree, walk
 from lamina.server.security import Principal
 from lamina.server.services import fleet, tasks
 from lamina.server.services.common import audit, aware, find_one, new_id, now
@@ -303,3 +303,32 @@ def cvd_layer_state(engine: Engine, cvd_id: str) -> dict[str, list[str]]:
             ids = c.execute(select(table.c.version_id).where(table.c.cvd_id == cvd_id).order_by(table.c.position)).scalars()
             return [_ref(c, v).label for v in ids]
         return {"assigned": labels(cvd_layers), "running": labels(cvd_running_layers)}
+
+
+def test_rules(engine: Engine, store: Store, actor: Principal, ref: str, rules_json: str | None) -> dict[str, Any]:
+    """What a rule set would keep in, and drop from, a layer captured from this CVD now."""
+    actor.require("read")
+    rules = parse_rules(rules_json) if rules_json else builtin("linux")
+    with read_tx(engine) as c:
+        cvd = fleet.find_cvd(c, ref)
+    snaps = store.catalog.snapshots(fleet.cvd_source(cvd.id))
+    if not snaps:
+        raise ConflictError(f"CVD {cvd.name} has no snapshot yet")
+    kept = dropped = kept_bytes = 0
+    by_reason: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+    for path, e in walk(store.get, snaps[-1].root):
+        if e.type == "dir":
+            continue
+        if rules.capturable(path):
+            kept += 1
+            kept_bytes += e.size
+            continue
+        dropped += 1
+        reason = "do_not_capture" if rules.classify(path) in rules.layers.capture_classes else rules.classify(path)
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+        ex = examples.setdefault(reason, [])
+        if len(ex) < 10:
+            ex.append(path)
+    return {"id": cvd.id, "cvd": cvd.name, "snapshot": snaps[-1].id, "rules": rules.name, "kept": kept,
+            "kept_bytes": kept_bytes, "dropped": dropped, "dropped_by_reason": by_reason, "examples": examples}
