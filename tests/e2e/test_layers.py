@@ -6,6 +6,7 @@ whose config change merges three ways with the user's edit."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     init_dpkg(ref)
     base_v1 = build_deb(debs, "base-tools", "1.0", {"/usr/bin/base-tool": "#!/bin/sh\necho v1\n", "/etc/base-tool.conf": CONF_V1})
     dpkg_install(ref, base_v1)
+    huge = bytearray(os.urandom(6 * 1024 * 1024))
+    (ref / "usr/lib/libhuge.so").write_bytes(huge)
     ref_state, ref_agent = tmp_path / "ref-state", person("ref-agent")
     ref_agent.run("agent", "enroll", "--server", embedded.url, "--token", ref_token, "--root", str(ref), "--state", str(ref_state))
     ref_agent.run("agent", "run", "--once", "--state", str(ref_state))
@@ -108,6 +111,8 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     conf_v2 = CONF_V1.replace("option18 = 18", "option18 = eighteen")
     dpkg_install(ref, build_deb(debs, "base-tools", "1.1", {"/usr/bin/base-tool": "#!/bin/sh\necho v2\n", "/etc/base-tool.conf": conf_v2}))
     (ref / "etc/app/app.conf").write_text("[main]\nmode = production\nworkers = 8\n")
+    huge[3_000_000:3_065_536] = os.urandom(65_536)  # a patch touches 64 KiB of a 6 MiB library
+    (ref / "usr/lib/libhuge.so").write_bytes(huge)
     ref_agent.run("agent", "run", "--once", "--sync", "--state", str(ref_state))
     v2 = admin.json("layer", "capture", "ref-01", "--update", "debian-base")
     assert [x["version"] for x in v2["versions"]] == [1, 2]
@@ -119,13 +124,29 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     assert acts["/etc/base-tool.conf"] == "merged"
     assert acts["/etc/app/app.conf"] == "merge-conflict"
     assert acts["/usr/bin/base-tool"] == "updated"
-    admin.run("layer", "assign", "desk-09", "--base", "debian-base:2", "--app", "editor")
+    [v2_assign] = admin.json("layer", "assign", "desk-09", "--base", "debian-base:2", "--app", "editor")
     agent.run("agent", "run", "--once", "--state", str(state))
+    delivered = admin.json("task", "show", v2_assign["task"])["result"]
+    # Only the changed chunks travel: the rest of the library comes from the endpoint's own copy.
+    assert delivered["seeded_bytes"] >= 4 * 1024 * 1024
+    assert delivered["downloaded_bytes"] < 3 * 1024 * 1024
     agent.run("agent", "boot", "--state", str(state))
+    assert (tgt / "usr/lib/libhuge.so").read_bytes() == bytes(huge)
     merged = (tgt / "etc/base-tool.conf").read_text()
     assert "option2 = carol" in merged and "option18 = eighteen" in merged
     assert (tgt / "etc/app/app.conf").read_text().endswith("workers = 16\n")  # the user's file stays
     assert (tgt / "etc/app/app.conf.lamina-layer").read_text().endswith("workers = 8\n")  # the layer's beside it
     assert (tgt / "usr/bin/base-tool").read_text() == "#!/bin/sh\necho v2\n"
     assert dpkg_installed(tgt) == {"base-tools": "1.1", "editor-pro": "2.0", "user-game": "0.9"}
+    assert {p: _sha(p) for p in (tgt / "home").rglob("*") if p.is_file()} == user_data
+
+    # Enforce, removing software installed outside the layers.
+    agent.run("agent", "run", "--once", "--sync", "--state", str(state))
+    enforced = admin.json("layer", "enforce", "desk-09", "--remove-user-apps")
+    assert any(i["path"] == "/usr/games/user-game" and i["action"] == "removed" for i in enforced["items"])
+    agent.run("agent", "run", "--once", "--state", str(state))
+    agent.run("agent", "boot", "--state", str(state))
+    assert not (tgt / "usr/games/user-game").exists()
+    assert dpkg_installed(tgt) == {"base-tools": "1.1", "editor-pro": "2.0"}
+    assert (tgt / "etc/app/app.conf").read_text().endswith("workers = 8\n")  # the layer's version again
     assert {p: _sha(p) for p in (tgt / "home").rglob("*") if p.is_file()} == user_data

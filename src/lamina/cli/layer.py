@@ -133,9 +133,13 @@ def rules_test(
 
 
 @app.command()
-def enforce(cvd: str, as_json: JsonOpt = False) -> None:
+def enforce(
+    cvd: str,
+    remove_user_apps: Annotated[bool, typer.Option("--remove-user-apps", help="Also remove software installed outside the layers.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Bring an endpoint back to its assigned layers."""
-    p = Api.from_login().post(f"/cvds/{cvd}/enforce")
+    p = Api.from_login().post(f"/cvds/{cvd}/enforce", params={"remove_user_apps": remove_user_apps})
     emit_json(p) if as_json else _print_plan(p)
 
 

@@ -108,7 +108,9 @@ def make_plan(
     new: list[LayerRef],
     rules: RuleSet,
     disk_free: int | None = None,
+    remove_unowned: bool = False,
 ) -> Plan:
+    """``remove_unowned`` (enforce --remove-user-apps): software no layer owns goes too."""
     plan = Plan()
     cur = index(load, current_root)
     new_owned, conflicts, new_dirs = compose(load, new)
@@ -187,7 +189,15 @@ def make_plan(
             plan.removes.append(path)
             plan.items.append(Item(path, "removed", label, "whiteout of an app layer"))
 
-    _plan_dpkg(load, put_data, cur, old, new, plan)
+    if remove_unowned:
+        for path, c in sorted(cur.items()):
+            if c.type == "dir" or path in new_owned or path in plan.removes or path == DPKG_STATUS:
+                continue
+            if rules.capturable(path) and not matches(lr.never_override, path):
+                plan.removes.append(path)
+                plan.items.append(Item(path, "removed", "", "installed outside the assigned layers"))
+
+    _plan_dpkg(load, put_data, cur, old, new, plan, drop_user_packages=remove_unowned)
 
     have = _chunks(cur)
     for e in plan.writes.values():
@@ -212,7 +222,10 @@ def _status(load: Load, ref: LayerRef) -> dict[str, str] | None:
     return stanzas
 
 
-def _plan_dpkg(load: Load, put_data: PutData, cur: dict[str, Entry], old: list[LayerRef], new: list[LayerRef], plan: Plan) -> None:
+def _plan_dpkg(
+    load: Load, put_data: PutData, cur: dict[str, Entry], old: list[LayerRef], new: list[LayerRef], plan: Plan,
+    drop_user_packages: bool = False,
+) -> None:
     layer_dbs = [(r, s) for r in new if (s := _status(load, r)) is not None]
     if not layer_dbs:
         return
@@ -223,6 +236,8 @@ def _plan_dpkg(load: Load, put_data: PutData, cur: dict[str, Entry], old: list[L
             owned_before |= set(s)
     c = cur.get(DPKG_STATUS)
     endpoint = parse_dpkg_status(read_file(load, c)) if c is not None and c.type == "file" else {}
+    if drop_user_packages:
+        owned_before |= set(endpoint)
     merged = merge_dpkg_status([s for _, s in layer_dbs], endpoint, owned_before)
     data = render_dpkg_status(merged)
     if c is not None and read_file(load, c) == data:

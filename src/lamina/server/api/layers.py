@@ -89,8 +89,8 @@ def list_collections(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
 
 
 @router.post("/cvds/{ref}/enforce", summary="Bring an endpoint back to its assigned layers", status_code=202)
-def enforce(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return layers.enforce(ctx.engine, ctx.store, caller, ref)
+def enforce(ref: str, ctx: Ctx, caller: Caller, remove_user_apps: bool = False) -> dict[str, Any]:
+    return layers.enforce(ctx.engine, ctx.store, caller, ref, remove_user_apps)
 
 
 @router.get("/cvds/{ref}/layers", summary="The layers a CVD is assigned and the ones its endpoint runs")

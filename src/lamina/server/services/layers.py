@@ -220,6 +220,7 @@ class _Target:
     new: list[LayerRef]
     old: list[LayerRef]
     disk_free: int | None
+    remove_unowned: bool = False
 
 
 def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | None) -> _Target:
@@ -233,7 +234,8 @@ def _plan(store: Store, t: _Target, put_data: Any) -> Plan:
     snaps = store.catalog.snapshots(fleet.cvd_source(t.cvd.id))
     if not snaps:
         raise ConflictError(f"CVD {t.cvd.name} has no snapshot yet: the plan is computed from its last one")
-    return make_plan(store.get, put_data, snaps[-1].root, t.old, t.new, builtin("linux"), t.disk_free)
+    return make_plan(store.get, put_data, snaps[-1].root, t.old, t.new, builtin("linux"), t.disk_free,
+                     remove_unowned=t.remove_unowned)
 
 
 def _plan_public(cvd: Any, plan: Plan, status: str, labels: list[str], task: str | None = None) -> dict[str, Any]:
@@ -285,7 +287,7 @@ def assign(engine: Engine, store: Store, actor: Principal, cvd_refs: list[str], 
     return [_deliver(engine, store, actor.name, t, "layer.assign", dry_run) for t in targets]
 
 
-def enforce(engine: Engine, store: Store, actor: Principal, ref: str) -> dict[str, Any]:
+def enforce(engine: Engine, store: Store, actor: Principal, ref: str, remove_user_apps: bool = False) -> dict[str, Any]:
     """Bring an endpoint back to its assigned layers: every layer file as the layer has it."""
     actor.require("layer.write")
     with read_tx(engine) as c:
@@ -294,6 +296,7 @@ def enforce(engine: Engine, store: Store, actor: Principal, ref: str) -> dict[st
         if not ids:
             raise ConflictError(f"CVD {cvd.name} has no layers assigned")
         t = _target(c, cvd, ids, old_ids=[])
+        t.remove_unowned = remove_user_apps
     return _deliver(engine, store, actor.name, t, "layer.enforce", dry_run=False)
 
 
