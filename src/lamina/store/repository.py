@@ -76,6 +76,12 @@ class Store:
         self._windows: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._windows_lock = threading.Lock()
         self._locs: dict[bytes, BlobLocation] = {}
+        #: Pack sizes seen by reads, so a window never reaches past a pack's end.
+        self._pack_sizes: dict[str, int] = {}
+
+    #: ``get``/``get_many``/``prefetch`` may be called from several threads at once
+    #: (a restore writes files in parallel only for sources that say so).
+    parallel_reads = True
 
     # --- set-up --------------------------------------------------------------
     def write_config(self) -> None:
@@ -130,12 +136,18 @@ class Store:
                 if start <= loc.offset and loc.offset + loc.length <= start + len(data):
                     self._windows.move_to_end(loc.pack)
                     return data[loc.offset - start : loc.offset - start + loc.length]
-        want = max(loc.length, READ_WINDOW)
         obj = pack_object_name(loc.pack)
+        size = self._pack_sizes.get(loc.pack)
+        if size is None:
+            # One stat (or HEAD) per pack: without it every read in a pack's last
+            # window would ask past the end, fail, and fall back to the blob alone.
+            size = self._pack_sizes[loc.pack] = self.backend.size(obj)
+        want = max(loc.length, min(READ_WINDOW, size - loc.offset))
         try:
             data = self.backend.read(obj, loc.offset, want)
         except IntegrityError:
-            data = self.backend.read(obj, loc.offset, loc.length)  # near the pack's end
+            self._pack_sizes.pop(loc.pack, None)
+            data = self.backend.read(obj, loc.offset, loc.length)
         with self._windows_lock:
             self._windows[loc.pack] = (loc.offset, data)
             while len(self._windows) > _WINDOWS:
@@ -166,8 +178,14 @@ class Store:
         self._locs.update(self.catalog.locate(want))
 
     def _locate(self, ids: list[bytes]) -> dict[bytes, BlobLocation]:
-        found = {i: self._locs[i] for i in ids if i in self._locs}
-        rest = [i for i in ids if i not in found]
+        found: dict[bytes, BlobLocation] = {}
+        rest: list[bytes] = []
+        for i in ids:
+            loc = self._locs.get(i)  # .get: another thread may clear the cache meanwhile
+            if loc is None:
+                rest.append(i)
+            else:
+                found[i] = loc
         if rest:
             found.update(self.catalog.locate(rest))
         return found

@@ -22,7 +22,9 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +34,9 @@ from lamina.tree.model import Entry, check_name, decode_tree
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+#: Files of one folder written at once, when the source allows parallel reads
+#: (decryption, decompression, hashing and writes release the GIL).
+WRITERS = min(4, os.cpu_count() or 2)
 ProgressFn = Callable[[int, int], None]
 
 
@@ -84,6 +89,14 @@ class Restorer:
         self._is_root = os.geteuid() == 0
         self._links: dict[bytes, tuple[int, bytes]] = {}
         self._fds: list[int] = []
+        self._lock = threading.Lock()
+        # Only a source that declares it (the store) is read from several threads:
+        # others (a server over HTTP, an agent's cache) are read one file at a time.
+        self._pool = (
+            ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="restore")
+            if getattr(store, "parallel_reads", False) and WRITERS > 1
+            else None
+        )
 
     # --- selection -----------------------------------------------------------
     def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
@@ -113,6 +126,8 @@ class Restorer:
             self._dir(tree_id, root_fd, [], everything=not self.selected)
         finally:
             os.close(root_fd)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
         if self.selected and not self._found_any:
             raise UsageError("none of the requested paths are in the snapshot")
         return self.stats
@@ -140,7 +155,11 @@ class Restorer:
     # --- the walk ------------------------------------------------------------
     def _dir(self, tree_id: bytes, fd: int, rel: list[bytes], everything: bool) -> None:
         entries = decode_tree(self.store.get(tree_id))
-        self.store.prefetch([c for e in entries for c in e.chunk_ids()])
+        # One lookup for the folder: its files' chunks and its sub-folders' trees.
+        self.store.prefetch(
+            [c for e in entries for c in e.chunk_ids()]
+            + [e.subtree for e in entries if e.subtree is not None]
+        )
         names = {e.name for e in entries}
         for existing in os.listdir(fd):
             name = os.fsencode(existing)
@@ -151,21 +170,51 @@ class Restorer:
             elif self.delete_extra and everything:
                 self._remove(fd, name)
                 self.stats.removed += 1
-        for e in entries:
-            child_rel = [*rel, e.name]
-            want, all_below = (
-                (True, True) if everything else self._wanted(child_rel, e.type == "dir")
-            )
-            if not want:
-                continue
-            if all_below:
-                self._found_any = True
-            try:
-                self._entry(e, fd, child_rel, all_below)
-            except IntegrityError:
-                raise
-            except OSError as err:
-                self.stats.errors.append(f"{os.fsdecode(b'/'.join(child_rel))}: {err.strerror}")
+        # Files written in the pool: the folder's own metadata is set by the caller
+        # after this returns, so every one of them is waited for here.
+        writing: list[tuple[list[bytes], Future[None]]] = []
+        try:
+            for e in entries:
+                child_rel = [*rel, e.name]
+                want, all_below = (
+                    (True, True) if everything else self._wanted(child_rel, e.type == "dir")
+                )
+                if not want:
+                    continue
+                if all_below:
+                    self._found_any = True
+                if (
+                    self._pool is not None
+                    and e.type == "file"
+                    and e.hardlink is None
+                    and (e.size > 0 or e.content)
+                ):
+                    existing = self._existing(fd, e.name)
+                    writing.append((child_rel, self._pool.submit(self._file, e, fd, existing)))
+                    continue
+                try:
+                    self._entry(e, fd, child_rel, all_below)
+                except IntegrityError:
+                    raise
+                except OSError as err:
+                    self._error(child_rel, err)
+        finally:
+            errors: list[tuple[list[bytes], OSError]] = []
+            failure: BaseException | None = None
+            for child_rel, fut in writing:
+                try:
+                    fut.result()
+                except OSError as err:
+                    errors.append((child_rel, err))
+                except BaseException as err:  # IntegrityError and the like: after all are done
+                    failure = failure or err
+            for child_rel, err in errors:
+                self._error(child_rel, err)
+            if failure is not None:
+                raise failure
+
+    def _error(self, rel: list[bytes], err: OSError) -> None:
+        self.stats.errors.append(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
 
     def _existing(self, fd: int, name: bytes) -> os.stat_result | None:
         try:
@@ -246,10 +295,11 @@ class Restorer:
             and existing.st_size == e.size
             and existing.st_mtime_ns == e.mtime
         ):
-            self.stats.skipped += 1
-            self.stats.files += 1
-            if self.progress:
-                self.progress(1, e.size)
+            with self._lock:
+                self.stats.skipped += 1
+                self.stats.files += 1
+                if self.progress:
+                    self.progress(1, e.size)
             return
         tmp = b".lamina-restore-" + secrets.token_hex(8).encode()
         out = os.open(
@@ -289,10 +339,11 @@ class Restorer:
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             self._remove(fd, e.name)
         os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
-        self.stats.files += 1
-        self.stats.bytes += e.size
-        if self.progress:
-            self.progress(1, e.size)
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes += e.size
+            if self.progress:
+                self.progress(1, e.size)
 
     # --- metadata ------------------------------------------------------------
     def _chown(self, fn: Callable[[], None]) -> None:
@@ -309,7 +360,8 @@ class Restorer:
             except OSError as err:
                 if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise
-                self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+                with self._lock:
+                    self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
     def _drop_acls(
         self, e: Entry, listxattr: Callable[[], list[str]], removexattr: Callable[[bytes], None]
@@ -328,7 +380,10 @@ class Restorer:
                     removexattr(name)
                 except OSError as err:
                     if err.errno != errno.ENODATA:
-                        self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+                        with self._lock:
+                            self.stats.errors.append(
+                                f"{e.name!r}: xattr {name!r}: {err.strerror}"
+                            )
 
     def _meta_fd(self, fd: int, e: Entry) -> None:
         self._chown(lambda: os.fchown(fd, e.uid, e.gid))
