@@ -111,3 +111,21 @@ class TooLargeError(LaminaError):
     code = "too_large"
     exit_code = 9
     http_status = 413
+
+
+_BY_STATUS: dict[int, type[LaminaError]] = {
+    400: UsageError,
+    401: AuthError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: TooLargeError,
+    422: IntegrityError,
+    429: RateLimitedError,
+    503: BackendError,
+}
+
+
+def from_status(status: int, message: str) -> LaminaError:
+    """The error an HTTP client raises for an API error response."""
+    return _BY_STATUS.get(status, LaminaError)(message)

@@ -15,29 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from lamina.errors import (
-    AuthError,
-    BackendError,
-    ConflictError,
-    ForbiddenError,
-    IntegrityError,
-    LaminaError,
-    NotFoundError,
-    TooLargeError,
-    UsageError,
-)
+from lamina.errors import BackendError, from_status
 
 T = TypeVar("T")
-_BY_STATUS: dict[int, type[LaminaError]] = {
-    400: UsageError,
-    401: AuthError,
-    403: ForbiddenError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: TooLargeError,
-    422: IntegrityError,
-    503: BackendError,
-}
 
 
 def fetch_certificate(url: str) -> str | None:
@@ -86,7 +66,7 @@ class AgentClient:
                 message = str(r.json().get("message"))
             except ValueError:
                 message = r.text[:200]
-            raise _BY_STATUS.get(r.status_code, LaminaError)(message)
+            raise from_status(r.status_code, message)
         return r
 
     def json(self, method: str, path: str, **kw: Any) -> Any:

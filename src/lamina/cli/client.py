@@ -15,30 +15,7 @@ from typing import Any
 
 import httpx
 
-from lamina.errors import (
-    AuthError,
-    BackendError,
-    ConflictError,
-    ForbiddenError,
-    IntegrityError,
-    LaminaError,
-    NotFoundError,
-    RateLimitedError,
-    TooLargeError,
-    UsageError,
-)
-
-_BY_STATUS: dict[int, type[LaminaError]] = {
-    400: UsageError,
-    401: AuthError,
-    403: ForbiddenError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: TooLargeError,
-    422: IntegrityError,
-    429: RateLimitedError,
-    503: BackendError,
-}
+from lamina.errors import AuthError, BackendError, LaminaError, from_status
 
 
 def config_path() -> Path:
@@ -63,8 +40,7 @@ def error_from(r: httpx.Response) -> LaminaError:
         message = str(doc.get("message") or doc)
     except ValueError:
         message = r.text[:200] or r.reason_phrase
-    cls = _BY_STATUS.get(r.status_code, LaminaError)
-    return cls(message)
+    return from_status(r.status_code, message)
 
 
 def verify_setting() -> bool | ssl.SSLContext:
