@@ -85,6 +85,15 @@ def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
     elif flag == FLAG_ZSTD:
         if raw_length > MAX_BLOB_SIZE:
             raise IntegrityError(f"blob claims {raw_length} bytes, above the {MAX_BLOB_SIZE} limit")
+        # python-zstandard sizes its output from the frame header when the header
+        # states a size, whatever max_output_size says: refuse a frame that states
+        # another size than the index before inflating anything (a decompression bomb).
+        try:
+            declared = zstandard.frame_content_size(payload)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"blob is not a zstd frame: {e}") from e
+        if declared not in (-1, raw_length):
+            raise IntegrityError(f"blob's zstd frame declares {declared} bytes, the index says {raw_length}")
         try:
             data = _decompressor().decompress(payload, max_output_size=raw_length)
         except zstandard.ZstdError as e:
