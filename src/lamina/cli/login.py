@@ -73,7 +73,10 @@ def user_list(as_json: JsonOpt = False) -> None:
 
 
 @user_app.command("audit")
-def user_audit(limit: int = 50, as_json: JsonOpt = False) -> None:
+def user_audit(
+    limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
     """Show the audit log, newest first."""
     rows = Api.from_login().get("/audit", params={"limit": limit})
     if as_json:
