@@ -15,7 +15,9 @@ def init_dpkg(root: Path) -> None:
         (db / f).touch()
 
 
-def build_deb(work: Path, name: str, version: str, files: dict[str, bytes | str], desktop: str | None = None) -> Path:
+def build_deb(
+    work: Path, name: str, version: str, files: dict[str, bytes | str], desktop: str | None = None
+) -> Path:
     pkg = work / f"{name}-{version}"
     if pkg.exists():
         shutil.rmtree(pkg)
@@ -40,21 +42,38 @@ def build_deb(work: Path, name: str, version: str, files: dict[str, bytes | str]
         d.parent.mkdir(parents=True, exist_ok=True)
         d.write_text(f"[Desktop Entry]\nType=Application\nName={desktop}\nExec={name}\n")
     out = work / f"{name}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(pkg), str(out)], check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(pkg), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
 def dpkg_install(root: Path, deb: Path) -> None:
     subprocess.run(
-        ["dpkg", f"--root={root}", "--log=/dev/null", "--force-script-chrootless", "--force-not-root",
-         "--force-confnew", "-i", str(deb)],
-        check=True, capture_output=True,
+        [
+            "dpkg",
+            f"--root={root}",
+            "--log=/dev/null",
+            "--force-script-chrootless",
+            "--force-not-root",
+            "--force-confnew",
+            "-i",
+            str(deb),
+        ],
+        check=True,
+        capture_output=True,
     )
 
 
 def dpkg_installed(root: Path) -> dict[str, str]:
     out = subprocess.run(
         ["dpkg-query", f"--root={root}", "-W", "-f=${Package} ${Version} ${db:Status-Abbrev}\n"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
-    return {p: v for p, v, st in (line.split(" ", 2) for line in out.splitlines()) if st.strip() == "ii"}
+    return {
+        p: v for p, v, st in (line.split(" ", 2) for line in out.splitlines()) if st.strip() == "ii"
+    }

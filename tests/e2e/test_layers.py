@@ -24,7 +24,9 @@ def _sha(p: Path) -> str:
 
 
 @pytest.mark.e2e
-def test_capture_record_assign_apply_update(embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path) -> None:
+def test_capture_record_assign_apply_update(
+    embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path
+) -> None:
     admin = person("admin").login(embedded.url)
     admin.run("policy", "create", "std", "--keep-last", "20")
     ref_token = admin.json("token", "create", "--policy", "std", "--reference")["token"]
@@ -35,24 +37,51 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     # --- the reference machine: an OS with a dpkg database -----------------------------
     ref = make_endpoint(tmp_path / "ref", "ref-01", "admin")
     init_dpkg(ref)
-    base_v1 = build_deb(debs, "base-tools", "1.0", {"/usr/bin/base-tool": "#!/bin/sh\necho v1\n", "/etc/base-tool.conf": CONF_V1})
+    base_v1 = build_deb(
+        debs,
+        "base-tools",
+        "1.0",
+        {"/usr/bin/base-tool": "#!/bin/sh\necho v1\n", "/etc/base-tool.conf": CONF_V1},
+    )
     dpkg_install(ref, base_v1)
     huge = bytearray(os.urandom(6 * 1024 * 1024))
     (ref / "usr/lib/libhuge.so").write_bytes(huge)
     ref_state, ref_agent = tmp_path / "ref-state", person("ref-agent")
-    ref_agent.run("agent", "enroll", "--server", embedded.url, "--token", ref_token, "--root", str(ref), "--state", str(ref_state))
+    ref_agent.run(
+        "agent",
+        "enroll",
+        "--server",
+        embedded.url,
+        "--token",
+        ref_token,
+        "--root",
+        str(ref),
+        "--state",
+        str(ref_state),
+    )
     ref_agent.run("agent", "run", "--once", "--state", str(ref_state))
 
-    base = admin.json("layer", "capture", "ref-01", "--name", "debian-base", "--notes", "golden image")
-    assert base["kind"] == "base" and base["versions"][0]["apps"]["packages"] == {"base-tools": "1.0"}
+    base = admin.json(
+        "layer", "capture", "ref-01", "--name", "debian-base", "--notes", "golden image"
+    )
+    assert base["kind"] == "base" and base["versions"][0]["apps"]["packages"] == {
+        "base-tools": "1.0"
+    }
     assert base["versions"][0]["files"] > 100
 
     # --- record an app layer: install a package on the reference ------------------------
     admin.run("layer", "record", "start", "ref-01")
     ref_agent.run("agent", "run", "--once", "--state", str(ref_state))
-    editor = build_deb(debs, "editor-pro", "2.0", {"/usr/bin/editor-pro": b"\x7fELF editor " * 5000,
-                                                  "/usr/lib/editor-pro/plugins.so": b"plugins" * 3000},
-                       desktop="Editor Pro")
+    editor = build_deb(
+        debs,
+        "editor-pro",
+        "2.0",
+        {
+            "/usr/bin/editor-pro": b"\x7fELF editor " * 5000,
+            "/usr/lib/editor-pro/plugins.so": b"plugins" * 3000,
+        },
+        desktop="Editor Pro",
+    )
     dpkg_install(ref, editor)
     doomed = sorted((ref / "usr/share/doc/pkg").glob("file*.txt"))[0]
     doomed_rel = "/" + str(doomed.relative_to(ref))
@@ -70,15 +99,30 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     tgt = make_endpoint(tmp_path / "tgt", "desk-09", "carol")
     init_dpkg(tgt)
     dpkg_install(tgt, base_v1)
-    dpkg_install(tgt, build_deb(debs, "user-game", "0.9", {"/usr/games/user-game": "#!/bin/sh\necho fun\n"}))
+    dpkg_install(
+        tgt, build_deb(debs, "user-game", "0.9", {"/usr/games/user-game": "#!/bin/sh\necho fun\n"})
+    )
     (tgt / "home/carol/Documents/thesis.txt").write_text("carol's own work\n")
     user_data = {p: _sha(p) for p in (tgt / "home").rglob("*") if p.is_file()}
     identity = {p: p.read_text() for p in (tgt / "etc/hostname", tgt / "etc/machine-id")}
     state, agent = tmp_path / "tgt-state", person("tgt-agent")
-    agent.run("agent", "enroll", "--server", embedded.url, "--token", token, "--root", str(tgt), "--state", str(state))
+    agent.run(
+        "agent",
+        "enroll",
+        "--server",
+        embedded.url,
+        "--token",
+        token,
+        "--root",
+        str(tgt),
+        "--state",
+        str(state),
+    )
     agent.run("agent", "run", "--once", "--state", str(state))
 
-    [plan] = admin.json("layer", "assign", "desk-09", "--base", "debian-base", "--app", "editor", "--dry-run")
+    [plan] = admin.json(
+        "layer", "assign", "desk-09", "--base", "debian-base", "--app", "editor", "--dry-run"
+    )
     actions = {i["path"]: i["action"] for i in plan["items"]}
     assert plan["status"] == "dry-run"
     assert actions["/usr/bin/editor-pro"] == "added" and actions[doomed_rel] == "removed"
@@ -87,14 +131,20 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     assert plan["download_bytes"] > 0 and plan["space_needed"] >= plan["download_bytes"]
     assert not (tgt / "usr/bin/editor-pro").exists()  # a dry run moves nothing
 
-    [assigned] = admin.json("layer", "assign", "desk-09", "--base", "debian-base", "--app", "editor")
+    [assigned] = admin.json(
+        "layer", "assign", "desk-09", "--base", "debian-base", "--app", "editor"
+    )
     assert assigned["status"] == "assigned" and assigned["task"]
     agent.run("agent", "run", "--once", "--state", str(state))
     task = admin.json("task", "show", assigned["task"])
     assert task["state"] == "waiting"
     assert not (tgt / "usr/bin/editor-pro").exists()  # staged, not applied
     agent.run("agent", "boot", "--state", str(state))
-    for rel in ("usr/bin/editor-pro", "usr/lib/editor-pro/plugins.so", "usr/share/applications/editor-pro.desktop"):
+    for rel in (
+        "usr/bin/editor-pro",
+        "usr/lib/editor-pro/plugins.so",
+        "usr/share/applications/editor-pro.desktop",
+    ):
         assert _sha(tgt / rel) == _sha(ref / rel), rel  # bit for bit
     assert not (tgt / doomed_rel.lstrip("/")).exists()  # the whiteout applied
     assert dpkg_installed(tgt) == {"base-tools": "1.0", "editor-pro": "2.0", "user-game": "0.9"}
@@ -104,12 +154,21 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     agent.run("agent", "run", "--once", "--sync", "--state", str(state))
     assert admin.json("cvd", "layers", "desk-09") == {
         "id": admin.json("cvd", "show", "desk-09")["id"],
-        "assigned": ["debian-base:1", "editor:1"], "running": ["debian-base:1", "editor:1"],
+        "assigned": ["debian-base:1", "editor:1"],
+        "running": ["debian-base:1", "editor:1"],
     }
 
     # --- base layer v2: a config change merges with the user's edit ------------------------
     conf_v2 = CONF_V1.replace("option18 = 18", "option18 = eighteen")
-    dpkg_install(ref, build_deb(debs, "base-tools", "1.1", {"/usr/bin/base-tool": "#!/bin/sh\necho v2\n", "/etc/base-tool.conf": conf_v2}))
+    dpkg_install(
+        ref,
+        build_deb(
+            debs,
+            "base-tools",
+            "1.1",
+            {"/usr/bin/base-tool": "#!/bin/sh\necho v2\n", "/etc/base-tool.conf": conf_v2},
+        ),
+    )
     (ref / "etc/app/app.conf").write_text("[main]\nmode = production\nworkers = 8\n")
     huge[3_000_000:3_065_536] = os.urandom(65_536)  # a patch touches 64 KiB of a 6 MiB library
     (ref / "usr/lib/libhuge.so").write_bytes(huge)
@@ -119,12 +178,16 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     (tgt / "etc/base-tool.conf").write_text(CONF_V1.replace("option2 = 2", "option2 = carol"))
     (tgt / "etc/app/app.conf").write_text("[main]\nmode = production\nworkers = 16\n")
     agent.run("agent", "run", "--once", "--sync", "--state", str(state))
-    [dry] = admin.json("layer", "assign", "desk-09", "--base", "debian-base:2", "--app", "editor", "--dry-run")
+    [dry] = admin.json(
+        "layer", "assign", "desk-09", "--base", "debian-base:2", "--app", "editor", "--dry-run"
+    )
     acts = {i["path"]: i["action"] for i in dry["items"]}
     assert acts["/etc/base-tool.conf"] == "merged"
     assert acts["/etc/app/app.conf"] == "merge-conflict"
     assert acts["/usr/bin/base-tool"] == "updated"
-    [v2_assign] = admin.json("layer", "assign", "desk-09", "--base", "debian-base:2", "--app", "editor")
+    [v2_assign] = admin.json(
+        "layer", "assign", "desk-09", "--base", "debian-base:2", "--app", "editor"
+    )
     agent.run("agent", "run", "--once", "--state", str(state))
     delivered = admin.json("task", "show", v2_assign["task"])["result"]
     # Only the changed chunks travel: the rest of the library comes from the endpoint's own copy.
@@ -134,8 +197,12 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     assert (tgt / "usr/lib/libhuge.so").read_bytes() == bytes(huge)
     merged = (tgt / "etc/base-tool.conf").read_text()
     assert "option2 = carol" in merged and "option18 = eighteen" in merged
-    assert (tgt / "etc/app/app.conf").read_text().endswith("workers = 16\n")  # the user's file stays
-    assert (tgt / "etc/app/app.conf.lamina-layer").read_text().endswith("workers = 8\n")  # the layer's beside it
+    assert (
+        (tgt / "etc/app/app.conf").read_text().endswith("workers = 16\n")
+    )  # the user's file stays
+    assert (
+        (tgt / "etc/app/app.conf.lamina-layer").read_text().endswith("workers = 8\n")
+    )  # the layer's beside it
     assert (tgt / "usr/bin/base-tool").read_text() == "#!/bin/sh\necho v2\n"
     assert dpkg_installed(tgt) == {"base-tools": "1.1", "editor-pro": "2.0", "user-game": "0.9"}
     assert {p: _sha(p) for p in (tgt / "home").rglob("*") if p.is_file()} == user_data
@@ -143,10 +210,14 @@ def test_capture_record_assign_apply_update(embedded: Deployment, person: Callab
     # Enforce, removing software installed outside the layers.
     agent.run("agent", "run", "--once", "--sync", "--state", str(state))
     enforced = admin.json("layer", "enforce", "desk-09", "--remove-user-apps")
-    assert any(i["path"] == "/usr/games/user-game" and i["action"] == "removed" for i in enforced["items"])
+    assert any(
+        i["path"] == "/usr/games/user-game" and i["action"] == "removed" for i in enforced["items"]
+    )
     agent.run("agent", "run", "--once", "--state", str(state))
     agent.run("agent", "boot", "--state", str(state))
     assert not (tgt / "usr/games/user-game").exists()
     assert dpkg_installed(tgt) == {"base-tools": "1.1", "editor-pro": "2.0"}
-    assert (tgt / "etc/app/app.conf").read_text().endswith("workers = 8\n")  # the layer's version again
+    assert (
+        (tgt / "etc/app/app.conf").read_text().endswith("workers = 8\n")
+    )  # the layer's version again
     assert {p: _sha(p) for p in (tgt / "home").rglob("*") if p.is_file()} == user_data

@@ -17,7 +17,9 @@ from tests.e2e.endpoints import make_endpoint
 
 
 @pytest.mark.e2e
-def test_app_layer_on_a_collection_without_base(embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path) -> None:
+def test_app_layer_on_a_collection_without_base(
+    embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path
+) -> None:
     admin = person("admin").login(embedded.url)
     admin.run("policy", "create", "std")
     ref_token = admin.json("token", "create", "--policy", "std", "--reference")["token"]
@@ -25,7 +27,18 @@ def test_app_layer_on_a_collection_without_base(embedded: Deployment, person: Ca
     ref = make_endpoint(tmp_path / "ref", "ref-02", "root")
     init_dpkg(ref)
     ref_state, ref_agent = tmp_path / "ref-state", person("ref")
-    ref_agent.run("agent", "enroll", "--server", embedded.url, "--token", ref_token, "--root", str(ref), "--state", str(ref_state))
+    ref_agent.run(
+        "agent",
+        "enroll",
+        "--server",
+        embedded.url,
+        "--token",
+        ref_token,
+        "--root",
+        str(ref),
+        "--state",
+        str(ref_state),
+    )
     ref_agent.run("agent", "run", "--once", "--state", str(ref_state))
 
     rules = admin.json("layer", "rules-test", "ref-02")
@@ -37,26 +50,49 @@ def test_app_layer_on_a_collection_without_base(embedded: Deployment, person: Ca
     ref_agent.run("agent", "run", "--once", "--state", str(ref_state))
     debs = tmp_path / "debs"
     debs.mkdir()
-    dpkg_install(ref, build_deb(debs, "viewer", "3.1", {f"/opt/viewer/lib{i}.so": os.urandom(40_000) for i in range(6)}))
+    dpkg_install(
+        ref,
+        build_deb(
+            debs, "viewer", "3.1", {f"/opt/viewer/lib{i}.so": os.urandom(40_000) for i in range(6)}
+        ),
+    )
     admin.run("layer", "record", "finalize", "ref-02", "--name", "viewer")
     ref_agent.run("agent", "run", "--once", "--state", str(ref_state))
 
     states = {}
     for host in ("desk-a", "desk-b", "lab-c"):
-        root = make_endpoint(tmp_path / host, host, "dana", os_seed=99)  # another OS build: no base layer
+        root = make_endpoint(
+            tmp_path / host, host, "dana", os_seed=99
+        )  # another OS build: no base layer
         init_dpkg(root)
         states[host] = (root, tmp_path / f"{host}-state", person(host))
         _, st, ag = states[host]
-        ag.run("agent", "enroll", "--server", embedded.url, "--token", token, "--root", str(root), "--state", str(st))
+        ag.run(
+            "agent",
+            "enroll",
+            "--server",
+            embedded.url,
+            "--token",
+            token,
+            "--root",
+            str(root),
+            "--state",
+            str(st),
+        )
         ag.run("agent", "run", "--once", "--state", str(st))
-    coll = admin.json("collection", "create", "desks", "--filter", "hostname=desk-*,os_release.ID=debian")
+    coll = admin.json(
+        "collection", "create", "desks", "--filter", "hostname=desk-*,os_release.ID=debian"
+    )
     assert sorted(coll["members"]) == ["desk-a", "desk-b"]
 
     # Too little space on one endpoint: refused with the report, nothing assigned there.
     root_b, st_b, _ = states["desk-b"]
     cred = json.loads((st_b / "agent.json").read_text())["credential"]
-    r = httpx.post(f"{embedded.url}/api/v1/agent/config", headers={"Authorization": f"Bearer {cred}"},
-                   json={"state": "idle", "disk_free": 1000})
+    r = httpx.post(
+        f"{embedded.url}/api/v1/agent/config",
+        headers={"Authorization": f"Bearer {cred}"},
+        json={"state": "idle", "disk_free": 1000},
+    )
     assert r.status_code == 200
     p = admin.run("layer", "assign", "--collection", "desks", "--app", "viewer", "--json", ok=False)
     assert p.returncode == 4 and "refused" in p.stderr
@@ -74,7 +110,9 @@ def test_app_layer_on_a_collection_without_base(embedded: Deployment, person: Ca
     del ag_a.env["LAMINA_BOOT_FAIL_AFTER"]
     ag_a.run("agent", "boot", "--state", str(st_a))
     for i in range(6):
-        assert (root_a / f"opt/viewer/lib{i}.so").read_bytes() == (ref / f"opt/viewer/lib{i}.so").read_bytes()
+        assert (root_a / f"opt/viewer/lib{i}.so").read_bytes() == (
+            ref / f"opt/viewer/lib{i}.so"
+        ).read_bytes()
     assert dpkg_installed(root_a) == {"viewer": "3.1"}
     assert (root_a / "etc/hostname").read_text() == "desk-a\n"
     assert not (root_b / "opt/viewer").exists() and not (states["lab-c"][0] / "opt/viewer").exists()

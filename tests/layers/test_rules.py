@@ -52,3 +52,16 @@ def test_rule_sets_are_data_and_validated() -> None:
         parse_rules('{"lamina_rules": 1, "classes": {"system": ["etc/**"]}}')
     with pytest.raises(UsageError, match="version"):
         parse_rules('{"lamina_rules": 9}')
+
+
+def test_rule_set_by_os_family() -> None:
+    from lamina.layers.rules import for_os
+
+    assert for_os({"ID": "ubuntu", "ID_LIKE": "debian"}).name == "debian"
+    assert for_os({"ID": "rocky", "ID_LIKE": "rhel centos fedora"}).name == "rhel"
+    assert for_os({"ID": "fedora"}).name == "rhel"
+    assert for_os({}).name == "linux"
+    rhel = for_os({"ID": "rhel"})
+    assert rhel.classify("/var/cache/yum/x") == "excluded"
+    assert rhel.layers.package_databases == ()
+    assert for_os({"ID": "debian"}).layers.package_databases == (("/var/lib/dpkg/status", "dpkg"),)

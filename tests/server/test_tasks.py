@@ -17,7 +17,11 @@ from lamina.server.services import tasks
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("pg_db_url")
+    url = (
+        f"sqlite:///{tmp_path / 'db.sqlite'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("pg_db_url")
+    )
     e = make_engine(url)
     upgrade(e)
     yield e
@@ -45,4 +49,6 @@ def test_each_task_is_claimed_exactly_once(engine: Engine) -> None:
     assert sorted(claimed) == sorted(ids)  # all of them, none twice
     assert tasks.claim_for_device(engine, device, "late") == []
     admin = Principal("user", "u", "admin", "administrator", frozenset({"read"}))
-    assert {t.state for t in tasks.list_tasks(engine, admin) if t.device_id == "dev-1"} == {"running"}
+    assert {t.state for t in tasks.list_tasks(engine, admin) if t.device_id == "dev-1"} == {
+        "running"
+    }

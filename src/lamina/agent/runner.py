@@ -80,8 +80,11 @@ class Agent:
         save_status(self.state_dir, self.status)
 
     def report(self, progress: dict[str, Any] | None = None) -> AgentConfig:
-        body = {"state": str(self.status.get("state", "idle")), "progress": progress or {},
-                "disk_free": _disk_free(Path(self.st.root))}
+        body = {
+            "state": str(self.status.get("state", "idle")),
+            "progress": progress or {},
+            "disk_free": _disk_free(Path(self.st.root)),
+        }
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)
         return cfg
@@ -105,7 +108,14 @@ class Agent:
                 self.client.json("POST", "/agent/config", json={"state": "syncing", "progress": p})
 
         try:
-            extra = {"layers": self.status["layers"]} if self.status.get("layers") is not None else {}
+            extra = (
+                {
+                    "layers": self.status["layers"],
+                    "layer_labels": self.status.get("layer_labels", []),
+                }
+                if self.status.get("layers") is not None
+                else {}
+            )
             res = run_sync(self.client, self.st, self.state_dir, cfg, progress, extra)
         except LaminaError as e:
             self._save(state="error", last_error=e.message)
@@ -117,6 +127,7 @@ class Agent:
             last_snapshot=snap.id,
             progress={},
             last_error=None,
+            sync_requested=False,
             last_sync_stats={
                 "files": res.files,
                 "bytes": res.bytes,
@@ -143,7 +154,13 @@ class Agent:
             elif item.kind == "layer-apply":
                 result = stage_layers(self.client, self.st, self.state_dir, item.params)
                 self._save(state="waiting for reboot", staged=result["transaction"])
-                self._task(item, progress=100, state="waiting", message="staged: applies at next boot", result=result)
+                self._task(
+                    item,
+                    progress=100,
+                    state="waiting",
+                    message="staged: applies at next boot",
+                    result=result,
+                )
             elif item.kind == "revert":
                 result = stage_revert(self.client, self.st, self.state_dir, item.params)
                 self._save(state="waiting for reboot", staged=result["transaction"])
@@ -181,6 +198,9 @@ class Agent:
     def cycle(self, force_sync: bool = False) -> dict[str, Any]:
         """One full cycle: report, sync if due or asked, then every queued task."""
         cfg = self.report()
+        force_sync = force_sync or (
+            bool(self.status.get("sync_requested")) and cfg.cvd_id is not None
+        )
         if force_sync and not cfg.cvd_id:
             raise ConflictError(f"this device is {cfg.status}: it has no active CVD to sync")
         done: dict[str, Any] = {"synced": False, "tasks": []}

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from lamina.agent.blobs import agent_blobs
+from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState, write_json_atomic
 from lamina.agent.transport import AgentClient
 from lamina.errors import IntegrityError, UsageError
-from lamina.layers.rules import RuleSet, builtin
+from lamina.layers.rules import RuleSet, for_os
 from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
@@ -195,7 +196,7 @@ def stage_revert(
 ) -> dict[str, Any]:
     """Stage a revert to a snapshot; the endpoint changes at the next ``agent boot``."""
     root = Path(st.root)
-    rules = builtin("linux")
+    rules = for_os(os_release(root))
     keep = (
         system_only_keep(rules)
         if params.get("system_only", True)
@@ -227,7 +228,9 @@ def _plan_delta(new: Path, root: Path, rel: str, ops: list[list[str]]) -> None:
             ops.append(["swap", child])
 
 
-def _seed_from_endpoint(blobs: BatchedBlobs, root: Path, delta: bytes, chunking: ChunkingSecret) -> int:
+def _seed_from_endpoint(
+    blobs: BatchedBlobs, root: Path, delta: bytes, chunking: ChunkingSecret
+) -> int:
     """Chunks the endpoint already holds, read from its own files at the same paths."""
     wanted: dict[str, set[bytes]] = {}
     todo = [(delta, "")]
@@ -257,7 +260,9 @@ def _seed_from_endpoint(blobs: BatchedBlobs, root: Path, delta: bytes, chunking:
     return seeded
 
 
-def stage_layers(client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+def stage_layers(
+    client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
+) -> dict[str, Any]:
     """Stage a layer delivery: download only what the endpoint lacks, apply at next boot."""
     root = Path(st.root)
     base = staging_root(state_dir, root)
@@ -265,7 +270,9 @@ def stage_layers(client: AgentClient, st: AgentState, state_dir: Path, params: d
         if old.journal["state"] == STAGED:
             shutil.rmtree(old.path)
         else:
-            raise UsageError(f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first")
+            raise UsageError(
+                f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
+            )
     blobs = agent_blobs(client, st.chunking.id_key)
     delta = bytes.fromhex(params["delta"])
     seeded = _seed_from_endpoint(blobs, root, delta, st.chunking)
@@ -280,9 +287,21 @@ def stage_layers(client: AgentClient, st: AgentState, state_dir: Path, params: d
             check_name(os.fsencode(part))
         if os.path.lexists(root / rel):
             ops.append(["remove", rel])
-    summary = {"kind": "layers", "versions": params.get("versions", []), "labels": params.get("labels", []),
-               "downloaded_bytes": blobs.fetched_bytes, "seeded_bytes": seeded}
-    tx.journal = {"v": JOURNAL_VERSION, "id": tx.path.name, "state": STAGED, "ops": ops, "done": 0, "summary": summary}
+    summary = {
+        "kind": "layers",
+        "versions": params.get("versions", []),
+        "labels": params.get("labels", []),
+        "downloaded_bytes": blobs.fetched_bytes,
+        "seeded_bytes": seeded,
+    }
+    tx.journal = {
+        "v": JOURNAL_VERSION,
+        "id": tx.path.name,
+        "state": STAGED,
+        "ops": ops,
+        "done": 0,
+        "summary": summary,
+    }
     tx.save()
     return {"transaction": tx.journal["id"], "operations": len(ops), **summary}
 

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState
 from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.uploader import RemoteSink
-from lamina.layers.rules import RuleSet, builtin, matches
+from lamina.layers.rules import RuleSet, for_os, matches
 from lamina.protocol.schemas import AgentConfig, CommitResponse, PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.scan import ExcludeFn, PruneFn, Scanner
@@ -99,7 +100,7 @@ def run_sync(
 ) -> SyncResult:
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
-    exclude, prune = protected_area(policy, builtin("linux"), root, state_dir)
+    exclude, prune = protected_area(policy, for_os(os_release(root)), root, state_dir)
     counters: dict[str, Any] = {"files": 0, "bytes": 0, "uploaded": 0}
     if cfg.last_sync is None:  # centralization: worth a metadata walk to show a percentage
         counters["total_files"], counters["total_bytes"] = estimate(root, exclude, prune)

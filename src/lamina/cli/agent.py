@@ -111,6 +111,8 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
         for a in applied:
             if a.get("kind") == "layers":
                 status["layers"] = a.get("versions", [])
+                status["layer_labels"] = a.get("labels", [])
+        status["sync_requested"] = True  # the next cycle uploads the new state
         save_status(state, status)
     if as_json:
         emit_json([{"id": a["transaction"], **a} for a in applied])

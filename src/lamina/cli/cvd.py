@@ -84,7 +84,9 @@ def layers(cvd: str, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(doc)
     else:
-        typer.echo(f"assigned: {' + '.join(doc['assigned']) or '-'}\nrunning:  {' + '.join(doc['running']) or '-'}")
+        typer.echo(
+            f"assigned: {' + '.join(doc['assigned']) or '-'}\nrunning:  {' + '.join(doc['running']) or '-'}"
+        )
 
 
 @app.command()

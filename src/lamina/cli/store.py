@@ -167,7 +167,9 @@ def rebuild(
     s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         with step_progress("rebuilding") as update:
-            rep = rebuild_index(s, references, progress=lambda i, n: update("reading pack headers", i, n))
+            rep = rebuild_index(
+                s, references, progress=lambda i, n: update("reading pack headers", i, n)
+            )
     finally:
         s.close()
     if as_json:

@@ -217,7 +217,13 @@ layer_versions = Table(
     "layer_versions",
     metadata,
     Column("id", String(36), primary_key=True),
-    Column("layer_id", String(36), ForeignKey("layers.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column(
+        "layer_id",
+        String(36),
+        ForeignKey("layers.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("version", Integer, nullable=False),
     Column("created", DateTime(timezone=True), nullable=False),
     Column("root", LargeBinary(32), nullable=False),
@@ -276,6 +282,11 @@ collections = Table(
 collection_members = Table(
     "collection_members",
     metadata,
-    Column("collection_id", String(36), ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "collection_id",
+        String(36),
+        ForeignKey("collections.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
 )

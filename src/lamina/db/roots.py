@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 from sqlalchemy import Engine, select
 
+from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import read_tx
 from lamina.db.models import layer_versions, layers, tasks
-from lamina.db.catalog import SqlCatalog
 from lamina.errors import LaminaError
 from lamina.store.repository import Store
 from lamina.store.roots import Root, RootSource, snapshot_roots
@@ -26,7 +26,8 @@ def layer_roots(engine: Engine) -> RootSource:
             ).all()
             pending = c.execute(
                 select(tasks.c.id, tasks.c.params).where(
-                    tasks.c.kind == "layer-apply", tasks.c.state.in_(("queued", "running", "waiting"))
+                    tasks.c.kind == "layer-apply",
+                    tasks.c.state.in_(("queued", "running", "waiting")),
                 )
             ).all()
         for r in rows:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from lamina.layers.merge import installed, parse_dpkg_status
 from lamina.layers.rules import RuleSet
 from lamina.layers.trees import Load, Put, filter_tree, index, read_file, remembering
+from lamina.store.blob import BlobKind
 from lamina.tree.diff import ADDED, METADATA, MODIFIED, REMOVED, diff_trees
 from lamina.tree.model import Entry, encode_tree
-from lamina.store.blob import BlobKind
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 
@@ -29,7 +29,9 @@ def _empty(put: Put) -> bytes:
     return put(BlobKind.TREE, encode_tree([]))
 
 
-def applications(load: Load, entries: dict[str, Entry], before: dict[str, Entry] | None = None) -> dict[str, object]:
+def applications(
+    load: Load, entries: dict[str, Entry], before: dict[str, Entry] | None = None
+) -> dict[str, object]:
     """Packages (dpkg) and desktop applications a layer holds (new ones, for an app layer)."""
     pkgs: dict[str, str] = {}
     st = entries.get(DPKG_STATUS)
@@ -40,7 +42,11 @@ def applications(load: Load, entries: dict[str, Entry], before: dict[str, Entry]
             pkgs = {k: v for k, v in pkgs.items() if old.get(k) != v}
     desktop = []
     for path, e in sorted(entries.items()):
-        if path.startswith("/usr/share/applications/") and path.endswith(".desktop") and e.type == "file":
+        if (
+            path.startswith("/usr/share/applications/")
+            and path.endswith(".desktop")
+            and e.type == "file"
+        ):
             name = path.rsplit("/", 1)[1][: -len(".desktop")]
             for line in read_file(load, e).decode(errors="replace").splitlines():
                 if line.startswith("Name="):
@@ -72,7 +78,9 @@ def capture_base(load: Load, put: Put, snapshot_root: bytes, rules: RuleSet) -> 
     )
 
 
-def capture_app(load: Load, put: Put, start_root: bytes, end_root: bytes, rules: RuleSet) -> Captured:
+def capture_app(
+    load: Load, put: Put, start_root: bytes, end_root: bytes, rules: RuleSet
+) -> Captured:
     load, put = remembering(load, put)
     changed: set[str] = set()
     whiteouts: list[str] = []
@@ -85,7 +93,9 @@ def capture_app(load: Load, put: Put, start_root: bytes, end_root: bytes, rules:
         elif ch.kind in (ADDED, MODIFIED, METADATA):
             changed.add(path)
     # A removed folder's content is removed with it: keep only the top whiteout.
-    whiteouts = [w for w in sorted(whiteouts) if not any(w.startswith(o + "/") for o in whiteouts if o != w)]
+    whiteouts = [
+        w for w in sorted(whiteouts) if not any(w.startswith(o + "/") for o in whiteouts if o != w)
+    ]
     root = filter_tree(load, put, end_root, lambda p, _e: p in changed) or _empty(put)
     entries = index(load, root)
     files = [e for e in entries.values() if e.type != "dir"]

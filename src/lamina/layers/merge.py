@@ -62,7 +62,9 @@ def installed(stanzas: dict[str, str]) -> dict[str, str]:
     out = {}
     for key, stanza in stanzas.items():
         fields = dict(
-            line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line.startswith(" ")
+            line.split(":", 1)
+            for line in stanza.splitlines()
+            if ":" in line and not line.startswith(" ")
         )
         if "install ok installed" in fields.get("Status", ""):
             out[key.split(":")[0]] = fields.get("Version", "").strip()
@@ -70,7 +72,9 @@ def installed(stanzas: dict[str, str]) -> dict[str, str]:
 
 
 def render_dpkg_status(stanzas: dict[str, str]) -> bytes:
-    return "".join(f"{stanzas[k]}\n\n" for k in sorted(stanzas)).encode("utf-8", errors="surrogateescape")
+    return "".join(f"{stanzas[k]}\n\n" for k in sorted(stanzas)).encode(
+        "utf-8", errors="surrogateescape"
+    )
 
 
 def merge_dpkg_status(

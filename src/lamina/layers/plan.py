@@ -25,7 +25,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lamina.layers.merge import is_text, merge_dpkg_status, merge_text, parse_dpkg_status, render_dpkg_status
+from lamina.layers.merge import (
+    is_text,
+    merge_dpkg_status,
+    merge_text,
+    parse_dpkg_status,
+    render_dpkg_status,
+)
 from lamina.layers.rules import RuleSet, matches
 from lamina.layers.trees import Load, index, read_file, same_content, same_entry
 from lamina.tree.model import Entry
@@ -54,7 +60,13 @@ class Item:
     detail: str = ""
 
     def public(self) -> dict[str, str]:
-        return {"id": self.path, "path": self.path, "action": self.action, "layer": self.layer, "detail": self.detail}
+        return {
+            "id": self.path,
+            "path": self.path,
+            "action": self.action,
+            "layer": self.layer,
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -74,7 +86,9 @@ class Plan:
         return out
 
 
-def compose(load: Load, layers: list[LayerRef]) -> tuple[dict[str, tuple[Entry, str]], list[Item], dict[str, Entry]]:
+def compose(
+    load: Load, layers: list[LayerRef]
+) -> tuple[dict[str, tuple[Entry, str]], list[Item], dict[str, Entry]]:
     """Files owned by the layers (path -> entry, layer), app-vs-app conflicts, folders."""
     owned: dict[str, tuple[Entry, str]] = {}
     dirs: dict[str, Entry] = {}
@@ -91,7 +105,14 @@ def compose(load: Load, layers: list[LayerRef]) -> tuple[dict[str, tuple[Entry, 
             if prev is not None and ref.kind == "app" and not same_content(prev[0], e):
                 prev_kind = next((r.kind for r in layers if r.label == prev[1]), "base")
                 if prev_kind == "app":
-                    conflicts.append(Item(path, "conflict", ref.label, f"also in {prev[1]}; {ref.label} wins (later in order)"))
+                    conflicts.append(
+                        Item(
+                            path,
+                            "conflict",
+                            ref.label,
+                            f"also in {prev[1]}; {ref.label} wins (later in order)",
+                        )
+                    )
             owned[path] = (e, ref.label)
     return owned, conflicts, dirs
 
@@ -151,7 +172,9 @@ def make_plan(
             plan.items.append(Item(path, "updated", label))
             continue
         if same_content(o[0], e):  # the new version leaves this file as it was
-            plan.items.append(Item(path, "kept", label, "changed on the endpoint; the layer did not change it"))
+            plan.items.append(
+                Item(path, "kept", label, "changed on the endpoint; the layer did not change it")
+            )
             continue
         if c.type == "file" and e.type == "file" and matches(lr.text_config, path):
             base_b, ours, theirs = read_file(load, o[0]), read_file(load, c), read_file(load, e)
@@ -159,15 +182,34 @@ def make_plan(
                 m = merge_text(base_b, ours, theirs)
                 if m.clean:
                     cid = put_data(m.text)
-                    write(path, dataclasses.replace(e, content=[cid] if m.text else [], size=len(m.text)))
-                    plan.items.append(Item(path, "merged", label, "three-way merge of the user's and the layer's changes"))
+                    write(
+                        path,
+                        dataclasses.replace(e, content=[cid] if m.text else [], size=len(m.text)),
+                    )
+                    plan.items.append(
+                        Item(
+                            path,
+                            "merged",
+                            label,
+                            "three-way merge of the user's and the layer's changes",
+                        )
+                    )
                 else:
                     beside(path, e, ".lamina-layer")
-                    plan.items.append(Item(path, "merge-conflict", label, f"user's file kept; the layer's is {path}.lamina-layer"))
+                    plan.items.append(
+                        Item(
+                            path,
+                            "merge-conflict",
+                            label,
+                            f"user's file kept; the layer's is {path}.lamina-layer",
+                        )
+                    )
                 continue
         write(path, e)
         beside(path, c, ".lamina-user")
-        plan.items.append(Item(path, "replaced", label, f"the layer wins; the user's copy is {path}.lamina-user"))
+        plan.items.append(
+            Item(path, "replaced", label, f"the layer wins; the user's copy is {path}.lamina-user")
+        )
 
     for path, (was, label) in sorted(old_owned.items()):
         c = cur.get(path)
@@ -177,14 +219,20 @@ def make_plan(
             plan.removes.append(path)
             plan.items.append(Item(path, "removed", label, "no longer in the assigned layers"))
         else:
-            plan.items.append(Item(path, "kept", label, "changed on the endpoint; kept though the layer dropped it"))
+            plan.items.append(
+                Item(
+                    path, "kept", label, "changed on the endpoint; kept though the layer dropped it"
+                )
+            )
     for w, label in sorted(whiteouts.items()):
         for path in sorted(p for p in cur if p == w or p.startswith(w + "/")):
             if path in new_owned or path in plan.removes or cur[path].type == "dir":
                 continue
             prev = old_owned.get(path)
             if prev is not None and not same_content(cur[path], prev[0]):
-                plan.items.append(Item(path, "kept", label, "changed on the endpoint; kept despite the whiteout"))
+                plan.items.append(
+                    Item(path, "kept", label, "changed on the endpoint; kept despite the whiteout")
+                )
                 continue
             plan.removes.append(path)
             plan.items.append(Item(path, "removed", label, "whiteout of an app layer"))
@@ -195,7 +243,9 @@ def make_plan(
                 continue
             if rules.capturable(path) and not matches(lr.never_override, path):
                 plan.removes.append(path)
-                plan.items.append(Item(path, "removed", "", "installed outside the assigned layers"))
+                plan.items.append(
+                    Item(path, "removed", "", "installed outside the assigned layers")
+                )
 
     _plan_dpkg(load, put_data, cur, old, new, plan, drop_user_packages=remove_unowned)
 
@@ -207,7 +257,9 @@ def make_plan(
             plan.download_bytes += e.size * len(fresh) // len(ids)
         plan.space_needed += e.size
     if disk_free is not None and plan.space_needed > disk_free:
-        plan.refused.append(f"needs {plan.space_needed} bytes of staging space, the endpoint has {disk_free} free")
+        plan.refused.append(
+            f"needs {plan.space_needed} bytes of staging space, the endpoint has {disk_free} free"
+        )
     return plan
 
 
@@ -223,7 +275,12 @@ def _status(load: Load, ref: LayerRef) -> dict[str, str] | None:
 
 
 def _plan_dpkg(
-    load: Load, put_data: PutData, cur: dict[str, Entry], old: list[LayerRef], new: list[LayerRef], plan: Plan,
+    load: Load,
+    put_data: PutData,
+    cur: dict[str, Entry],
+    old: list[LayerRef],
+    new: list[LayerRef],
+    plan: Plan,
     drop_user_packages: bool = False,
 ) -> None:
     layer_dbs = [(r, s) for r in new if (s := _status(load, r)) is not None]
@@ -245,6 +302,18 @@ def _plan_dpkg(
     template = index(load, layer_dbs[-1][0].root)[DPKG_STATUS]
     cid = put_data(data)
     plan.writes[DPKG_STATUS] = dataclasses.replace(template, content=[cid], size=len(data))
-    kept = len([k for k in endpoint if k not in owned_before and k in merged and all(k not in s for _, s in layer_dbs)])
-    plan.items.append(Item(DPKG_STATUS, "merged", ", ".join(r.label for r, _ in layer_dbs),
-                           f"package database merged per package: {len(merged)} packages, {kept} installed by the user"))
+    kept = len(
+        [
+            k
+            for k in endpoint
+            if k not in owned_before and k in merged and all(k not in s for _, s in layer_dbs)
+        ]
+    )
+    plan.items.append(
+        Item(
+            DPKG_STATUS,
+            "merged",
+            ", ".join(r.label for r, _ in layer_dbs),
+            f"package database merged per package: {len(merged)} packages, {kept} installed by the user",
+        )
+    )

@@ -122,9 +122,17 @@ def parse_rules(raw: str | bytes) -> RuleSet:
         exceptions=tuple(ld.get("exceptions", ())),
         never_override=tuple(ld.get("never_override", ())),
         text_config=tuple(ld.get("text_config", ("/etc/**",))),
-        package_databases=tuple((str(k), str(v)) for k, v in (ld.get("package_databases") or {}).items()),
+        package_databases=tuple(
+            (str(k), str(v)) for k, v in (ld.get("package_databases") or {}).items()
+        ),
     )
-    for pats in (*parsed.values(), layers.do_not_capture, layers.exceptions, layers.never_override, layers.text_config):
+    for pats in (
+        *parsed.values(),
+        layers.do_not_capture,
+        layers.exceptions,
+        layers.never_override,
+        layers.text_config,
+    ):
         for p in pats:
             glob_regex(p)
     for cls in layers.capture_classes:
@@ -140,3 +148,19 @@ def builtin(name: str = "linux") -> RuleSet:
     except FileNotFoundError as e:
         raise UsageError(f"no built-in rule set {name!r}") from e
     return parse_rules(raw)
+
+
+_RHEL_LIKE = {"rhel", "centos", "fedora", "rocky", "almalinux", "ol", "amzn"}
+_DEBIAN_LIKE = {"debian", "ubuntu", "linuxmint", "pop", "raspbian"}
+
+
+def for_os(os_release: dict[str, str] | None) -> RuleSet:
+    """The built-in rule set for an endpoint's os-release (ID, ID_LIKE)."""
+    ids = set()
+    if os_release:
+        ids = {os_release.get("ID", "").lower(), *os_release.get("ID_LIKE", "").lower().split()}
+    if ids & _RHEL_LIKE:
+        return builtin("rhel")
+    if ids & _DEBIAN_LIKE:
+        return builtin("debian")
+    return builtin("linux")

@@ -99,8 +99,12 @@ def build_tree(put: Put, files: dict[str, Entry], dirs: dict[str, Entry]) -> byt
             name = sub.rsplit("/", 1)[1]
             meta = dirs.get(sub) or Entry(name=b"x", type="dir", mode=0o755)
             entries[name] = dataclasses.replace(
-                meta, name=name.encode(errors="surrogateescape"), type="dir", content=None,
-                subtree=make(sub), size=0,
+                meta,
+                name=name.encode(errors="surrogateescape"),
+                type="dir",
+                content=None,
+                subtree=make(sub),
+                size=0,
             )
         return put(BlobKind.TREE, encode_tree(list(entries.values())))
 

@@ -17,9 +17,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from lamina.errors import ForbiddenError
 
-USER_TOKEN = "lmu_"
-DEVICE_TOKEN = "lmd_"
-ENROLL_TOKEN = "lme_"
+# Token prefixes, not secrets.
+USER_TOKEN = "lmu_"  # noqa: S105
+DEVICE_TOKEN = "lmd_"  # noqa: S105
+ENROLL_TOKEN = "lme_"  # noqa: S105
 
 _hasher = PasswordHasher()
 

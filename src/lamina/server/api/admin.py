@@ -35,8 +35,13 @@ def login(req: LoginRequest, ctx: Ctx, request: Request) -> LoginResponse:
 
 @router.get("/auth/me", summary="Who the bearer token belongs to")
 def me(caller: Caller) -> dict[str, object]:
-    return {"id": caller.id, "name": caller.name, "kind": caller.kind, "role": caller.role,
-            "permissions": sorted(caller.permissions)}
+    return {
+        "id": caller.id,
+        "name": caller.name,
+        "kind": caller.kind,
+        "role": caller.role,
+        "permissions": sorted(caller.permissions),
+    }
 
 
 @router.post("/users", summary="Create a user with a role", status_code=201)
@@ -69,7 +74,9 @@ def reject_device(ref: str, ctx: Ctx, caller: Caller) -> DevicePublic:
     return fleet.reject(ctx.engine, caller, ref)
 
 
-@router.post("/devices/{ref}/centralize", summary="Create the CVD of a pending device", status_code=201)
+@router.post(
+    "/devices/{ref}/centralize", summary="Create the CVD of a pending device", status_code=201
+)
 def centralize(ref: str, req: CentralizeRequest, ctx: Ctx, caller: Caller) -> CvdPublic:
     return fleet.centralize(ctx.engine, caller, ref, req)
 
@@ -95,7 +102,9 @@ def update_policy(ref: str, req: PolicyUpdate, ctx: Ctx, caller: Caller) -> Poli
 
 
 @router.get("/tasks", summary="List tasks, newest first")
-def list_tasks(ctx: Ctx, caller: Caller, state: str | None = None, cvd: str | None = None) -> list[TaskPublic]:
+def list_tasks(
+    ctx: Ctx, caller: Caller, state: str | None = None, cvd: str | None = None
+) -> list[TaskPublic]:
     return tasks.list_tasks(ctx.engine, caller, state, cvd)
 
 

@@ -51,7 +51,9 @@ def missing(req: MissingRequest, ctx: Ctx, device: Device) -> MissingResponse:
 @router.post(
     "/bundles",
     summary=f"Upload a bundle of compressed blobs ({MEDIA_TYPE})",
-    openapi_extra={"requestBody": {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
+    },
 )
 async def bundle(request: Request, ctx: Ctx, device: Device) -> dict[str, int]:
     await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
@@ -67,7 +69,9 @@ def commit(req: CommitRequest, ctx: Ctx, device: Device) -> CommitResponse:
     p = cfg.policy or PolicySettings()
     retention = Retention(p.keep_last, p.keep_hourly, p.keep_daily, p.keep_weekly, p.keep_monthly)
     resp = sync.commit(ctx.engine, ctx.store, cvd, req, retention)
-    layers.after_commit(ctx.engine, ctx.store, cvd.id, ctx.store.catalog.find_snapshot(resp.snapshot.id))
+    layers.after_commit(
+        ctx.engine, ctx.store, cvd.id, ctx.store.catalog.find_snapshot(resp.snapshot.id)
+    )
     return resp
 
 

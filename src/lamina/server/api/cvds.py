@@ -39,7 +39,9 @@ def snapshots(ref: str, ctx: Ctx, caller: Caller) -> list[SnapshotPublic]:
     return cvd_ops.list_snapshots(ctx.engine, ctx.store, caller, ref)
 
 
-@router.get("/cvds/{ref}/snapshots/{snapshot}/browse", summary="List a folder of a snapshot (read-only)")
+@router.get(
+    "/cvds/{ref}/snapshots/{snapshot}/browse", summary="List a folder of a snapshot (read-only)"
+)
 def browse(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str = "") -> list[BrowseEntry]:
     return cvd_ops.browse(ctx.engine, ctx.store, caller, ref, snapshot, path)
 
@@ -65,12 +67,18 @@ def sync_now(ref: str, ctx: Ctx, caller: Caller) -> TaskPublic:
     return cvd_ops.request_sync(ctx.engine, caller, ref)
 
 
-@router.post("/cvds/{ref}/restore", summary="Restore files onto the endpoint (by its agent)", status_code=202)
+@router.post(
+    "/cvds/{ref}/restore", summary="Restore files onto the endpoint (by its agent)", status_code=202
+)
 def restore(ref: str, req: RestoreRequest, ctx: Ctx, caller: Caller) -> TaskPublic:
     return cvd_ops.request_restore(ctx.engine, ctx.store, caller, ref, req)
 
 
-@router.post("/cvds/{ref}/revert", summary="Revert the endpoint to a snapshot at its next boot", status_code=202)
+@router.post(
+    "/cvds/{ref}/revert",
+    summary="Revert the endpoint to a snapshot at its next boot",
+    status_code=202,
+)
 def revert(ref: str, req: RevertRequest, ctx: Ctx, caller: Caller) -> TaskPublic:
     return cvd_ops.request_revert(ctx.engine, ctx.store, caller, ref, req)
 

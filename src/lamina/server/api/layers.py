@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import Field
 
+from lamina.errors import UsageError
 from lamina.protocol.schemas import Strict
 from lamina.server.deps import Caller, Ctx
-from lamina.errors import UsageError
 from lamina.server.services import collections, fleet, layers
 
 router = APIRouter()
@@ -47,22 +47,37 @@ def show_layer(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     return layers.show_layer(ctx.engine, caller, ref)
 
 
-@router.post("/layers/capture", summary="Capture a base layer from a reference CVD's latest snapshot", status_code=201)
+@router.post(
+    "/layers/capture",
+    summary="Capture a base layer from a reference CVD's latest snapshot",
+    status_code=201,
+)
 def capture(req: CaptureRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     return layers.capture(ctx.engine, ctx.store, caller, req.cvd, req.name, req.update, req.notes)
 
 
-@router.post("/layers/record/start", summary="Start recording an app layer on a reference endpoint", status_code=202)
+@router.post(
+    "/layers/record/start",
+    summary="Start recording an app layer on a reference endpoint",
+    status_code=202,
+)
 def record_start(req: RecordRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     return layers.record_start(ctx.engine, caller, req.device)
 
 
-@router.post("/layers/record/finalize", summary="Finish a recording; the app layer is captured at the agent's next snapshot", status_code=202)
+@router.post(
+    "/layers/record/finalize",
+    summary="Finish a recording; the app layer is captured at the agent's next snapshot",
+    status_code=202,
+)
 def record_finalize(req: RecordRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     return layers.record_finalize(ctx.engine, caller, req.device, req.name, req.update, req.notes)
 
 
-@router.post("/layers/assign", summary="Assign a base layer and app layers to CVDs, or only report what would change")
+@router.post(
+    "/layers/assign",
+    summary="Assign a base layer and app layers to CVDs, or only report what would change",
+)
 def assign(req: AssignRequest, ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
     targets = list(req.cvds)
     if req.collection:
@@ -78,7 +93,11 @@ class CollectionCreate(Strict):
     cvds: list[str] = Field(default_factory=list, max_length=10000)
 
 
-@router.post("/collections", summary="Create a collection of CVDs (static members and/or a filter on device facts)", status_code=201)
+@router.post(
+    "/collections",
+    summary="Create a collection of CVDs (static members and/or a filter on device facts)",
+    status_code=201,
+)
 def create_collection(req: CollectionCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     return collections.create(ctx.engine, caller, req.name, req.filter, req.cvds)
 
@@ -88,12 +107,16 @@ def list_collections(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
     return collections.list_collections(ctx.engine, caller)
 
 
-@router.post("/cvds/{ref}/enforce", summary="Bring an endpoint back to its assigned layers", status_code=202)
+@router.post(
+    "/cvds/{ref}/enforce", summary="Bring an endpoint back to its assigned layers", status_code=202
+)
 def enforce(ref: str, ctx: Ctx, caller: Caller, remove_user_apps: bool = False) -> dict[str, Any]:
     return layers.enforce(ctx.engine, ctx.store, caller, ref, remove_user_apps)
 
 
-@router.get("/cvds/{ref}/layers", summary="The layers a CVD is assigned and the ones its endpoint runs")
+@router.get(
+    "/cvds/{ref}/layers", summary="The layers a CVD is assigned and the ones its endpoint runs"
+)
 def cvd_layers(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     cvd = fleet.cvd_for_access(ctx.engine, caller, ref)
     return {"id": cvd.id, **layers.cvd_layer_state(ctx.engine, cvd.id)}
@@ -101,9 +124,13 @@ def cvd_layers(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
 
 class RulesTestRequest(Strict):
     cvd: str
-    rules: str | None = Field(None, max_length=1_000_000, description="A rule set (JSON); default: the built-in one.")
+    rules: str | None = Field(
+        None, max_length=1_000_000, description="A rule set (JSON); default: the built-in one."
+    )
 
 
-@router.post("/layers/rules/test", summary="What a rule set would keep and drop from a CVD's latest snapshot")
+@router.post(
+    "/layers/rules/test", summary="What a rule set would keep and drop from a CVD's latest snapshot"
+)
 def rules_test(req: RulesTestRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     return layers.test_rules(ctx.engine, ctx.store, caller, req.cvd, req.rules)

@@ -48,7 +48,11 @@ def matches(conds: list[tuple[str, bool, str]], fields: dict[str, Any]) -> bool:
 
 def members(c: Connection, coll: Any) -> list[Any]:
     """The CVDs of a collection: static members plus every active CVD its filter matches."""
-    static = set(c.execute(select(collection_members.c.cvd_id).where(collection_members.c.collection_id == coll.id)).scalars())
+    static = set(
+        c.execute(
+            select(collection_members.c.cvd_id).where(collection_members.c.collection_id == coll.id)
+        ).scalars()
+    )
     conds = parse_filter(coll.filter)
     out = []
     for cvd in c.execute(select(cvds).order_by(cvds.c.name)):
@@ -57,7 +61,11 @@ def members(c: Connection, coll: Any) -> list[Any]:
             continue
         if not conds or cvd.state != fleet.ACTIVE:
             continue
-        d = c.execute(select(devices).where(devices.c.id == cvd.device_id)).first() if cvd.device_id else None
+        d = (
+            c.execute(select(devices).where(devices.c.id == cvd.device_id)).first()
+            if cvd.device_id
+            else None
+        )
         pol = c.execute(select(policies.c.name).where(policies.c.id == cvd.policy_id)).scalar()
         fields = {**((d.facts if d else {}) or {}), "cvd": {"name": cvd.name, "policy": pol}}
         if matches(conds, fields):
@@ -66,11 +74,18 @@ def members(c: Connection, coll: Any) -> list[Any]:
 
 
 def _public(c: Connection, r: Any) -> dict[str, Any]:
-    return {"id": r.id, "name": r.name, "filter": r.filter, "created": aware(r.created),
-            "members": [m.name for m in members(c, r)]}
+    return {
+        "id": r.id,
+        "name": r.name,
+        "filter": r.filter,
+        "created": aware(r.created),
+        "members": [m.name for m in members(c, r)],
+    }
 
 
-def create(engine: Engine, actor: Principal, name: str, filter_: str, cvd_refs: list[str]) -> dict[str, Any]:
+def create(
+    engine: Engine, actor: Principal, name: str, filter_: str, cvd_refs: list[str]
+) -> dict[str, Any]:
     actor.require("layer.write")
     parse_filter(filter_)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name):
@@ -81,7 +96,11 @@ def create(engine: Engine, actor: Principal, name: str, filter_: str, cvd_refs: 
         cid = new_id()
         c.execute(insert(collections).values(id=cid, name=name, filter=filter_, created=now()))
         for ref in cvd_refs:
-            c.execute(insert(collection_members).values(collection_id=cid, cvd_id=fleet.find_cvd(c, ref).id))
+            c.execute(
+                insert(collection_members).values(
+                    collection_id=cid, cvd_id=fleet.find_cvd(c, ref).id
+                )
+            )
         audit(c, actor.name, "collection.create", name, filter=filter_, cvds=cvd_refs)
         return _public(c, find_one(c, collections, cid, "name", "collection"))
 

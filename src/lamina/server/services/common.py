@@ -29,7 +29,9 @@ def aware(t: dt.datetime | None) -> dt.datetime | None:
 def audit(c: Connection, actor: str, action: str, target: str, **detail: Any) -> None:
     """Record an admin action in the same transaction as the action itself."""
     c.execute(
-        insert(audit_log).values(time=now(), actor=actor, action=action, target=target, detail=detail)
+        insert(audit_log).values(
+            time=now(), actor=actor, action=action, target=target, detail=detail
+        )
     )
 
 

@@ -9,7 +9,13 @@ from sqlalchemy import Engine
 
 from lamina.db.engine import write_tx
 from lamina.errors import ConflictError, NotFoundError, UsageError
-from lamina.protocol.schemas import BrowseEntry, RestoreRequest, RevertRequest, SnapshotPublic, TaskPublic
+from lamina.protocol.schemas import (
+    BrowseEntry,
+    RestoreRequest,
+    RevertRequest,
+    SnapshotPublic,
+    TaskPublic,
+)
 from lamina.server.security import Principal
 from lamina.server.services import fleet, tasks
 from lamina.server.services.common import audit
@@ -20,13 +26,17 @@ from lamina.tree.model import Entry, decode_tree
 from lamina.tree.restore import split_path
 
 
-def _device_task(engine: Engine, actor: Principal, ref: str, kind: str, params: dict[str, Any]) -> TaskPublic:
+def _device_task(
+    engine: Engine, actor: Principal, ref: str, kind: str, params: dict[str, Any]
+) -> TaskPublic:
     actor.require("cvd.operate")
     with write_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
         if cvd.state != fleet.ACTIVE or not cvd.device_id:
             raise ConflictError(f"CVD {cvd.name} is {cvd.state}: it has no device to act on")
-        tid = tasks.enqueue(c, kind, actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params=params)
+        tid = tasks.enqueue(
+            c, kind, actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params=params
+        )
         audit(c, actor.name, f"cvd.{kind}", cvd.id, task=tid, **params)
     return tasks.get(engine, actor, tid)
 
@@ -48,27 +58,44 @@ def snapshot_of(store: Store, cvd_id: str, ref: str) -> SnapshotRecord:
     return snap
 
 
-def request_restore(engine: Engine, store: Store, actor: Principal, ref: str, req: RestoreRequest) -> TaskPublic:
+def request_restore(
+    engine: Engine, store: Store, actor: Principal, ref: str, req: RestoreRequest
+) -> TaskPublic:
     cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
     snap = snapshot_of(store, cvd.id, req.snapshot)
     for p in req.paths:
         split_path(p)
     return _device_task(
-        engine, actor, ref, "restore",
-        {"snapshot": snap.id, "root": snap.root.hex(), "paths": req.paths, "overwrite": req.overwrite},
+        engine,
+        actor,
+        ref,
+        "restore",
+        {
+            "snapshot": snap.id,
+            "root": snap.root.hex(),
+            "paths": req.paths,
+            "overwrite": req.overwrite,
+        },
     )
 
 
-def request_revert(engine: Engine, store: Store, actor: Principal, ref: str, req: RevertRequest) -> TaskPublic:
+def request_revert(
+    engine: Engine, store: Store, actor: Principal, ref: str, req: RevertRequest
+) -> TaskPublic:
     cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
     snap = snapshot_of(store, cvd.id, req.snapshot)
     return _device_task(
-        engine, actor, ref, "revert",
+        engine,
+        actor,
+        ref,
+        "revert",
         {"snapshot": snap.id, "root": snap.root.hex(), "system_only": req.system_only},
     )
 
 
-def list_snapshots(engine: Engine, store: Store, actor: Principal, ref: str) -> list[SnapshotPublic]:
+def list_snapshots(
+    engine: Engine, store: Store, actor: Principal, ref: str
+) -> list[SnapshotPublic]:
     cvd = fleet.cvd_for_access(engine, actor, ref)
     return [snapshot_public(s) for s in store.catalog.snapshots(fleet.cvd_source(cvd.id))]
 
@@ -89,7 +116,9 @@ def _walk_to(store: Store, root: bytes, path: str) -> tuple[list[Entry], Entry |
     return entries, None
 
 
-def browse(engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, path: str) -> list[BrowseEntry]:
+def browse(
+    engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, path: str
+) -> list[BrowseEntry]:
     cvd = fleet.cvd_for_access(engine, actor, ref)
     snap = snapshot_of(store, cvd.id, snapshot)
     entries, single = _walk_to(store, snap.root, path)
@@ -97,14 +126,23 @@ def browse(engine: Engine, store: Store, actor: Principal, ref: str, snapshot: s
         entries = [single]
     return [
         BrowseEntry(
-            id=os.fsdecode(e.name), name=os.fsdecode(e.name), type=e.type, size=e.size, mode=e.mode,
-            uid=e.uid, gid=e.gid, mtime=e.mtime, target=os.fsdecode(e.target) if e.target else None,
+            id=os.fsdecode(e.name),
+            name=os.fsdecode(e.name),
+            type=e.type,
+            size=e.size,
+            mode=e.mode,
+            uid=e.uid,
+            gid=e.gid,
+            mtime=e.mtime,
+            target=os.fsdecode(e.target) if e.target else None,
         )
         for e in entries
     ]
 
 
-def file_entry(engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, path: str) -> Entry:
+def file_entry(
+    engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, path: str
+) -> Entry:
     cvd = fleet.cvd_for_access(engine, actor, ref)
     snap = snapshot_of(store, cvd.id, snapshot)
     _, single = _walk_to(store, snap.root, path)

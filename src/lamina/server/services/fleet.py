@@ -55,7 +55,15 @@ def create_token(engine: Engine, actor: Principal, req: TokenCreate) -> TokenPub
                 uses=0,
             )
         )
-        audit(c, actor.name, "token.create", tid, policy=req.policy, reference=req.reference, expires=expires.isoformat())
+        audit(
+            c,
+            actor.name,
+            "token.create",
+            tid,
+            policy=req.policy,
+            reference=req.reference,
+            expires=expires.isoformat(),
+        )
     return TokenPublic(id=tid, token=token, expires=expires)
 
 
@@ -105,7 +113,14 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
             )
         )
         c.execute(update(enroll_tokens).where(enroll_tokens.c.id == t.id).values(uses=t.uses + 1))
-        audit(c, f"device {req.facts.hostname}", "device.enroll", did, token=t.id, facts=req.facts.model_dump())
+        audit(
+            c,
+            f"device {req.facts.hostname}",
+            "device.enroll",
+            did,
+            token=t.id,
+            facts=req.facts.model_dump(),
+        )
         status = PENDING
         if t.policy_id:
             _centralize(c, t.created_by, did, t.policy_id, t.reference, None)
@@ -154,7 +169,9 @@ def _centralize(
 ) -> str:
     d = c.execute(select(devices).where(devices.c.id == device_id)).one()
     if d.status != PENDING:
-        raise ConflictError(f"device {d.hostname} is {d.status}: only a pending device is centralized")
+        raise ConflictError(
+            f"device {d.hostname} is {d.status}: only a pending device is centralized"
+        )
     p = c.execute(select(policies).where(policies.c.id == policy_id)).one()
     name = name or d.hostname
     if c.execute(select(cvds.c.id).where(cvds.c.name == name)).first():
@@ -179,7 +196,9 @@ def _centralize(
     return cid
 
 
-def centralize(engine: Engine, actor: Principal, device_ref: str, req: CentralizeRequest) -> CvdPublic:
+def centralize(
+    engine: Engine, actor: Principal, device_ref: str, req: CentralizeRequest
+) -> CvdPublic:
     actor.require("device.write")
     with write_tx(engine) as c:
         d = find_device(c, device_ref)
@@ -193,7 +212,11 @@ def find_cvd(c: Connection, ref: str) -> Any:
 
 
 def _cvd_public(c: Connection, r: Any) -> CvdPublic:
-    d = c.execute(select(devices).where(devices.c.id == r.device_id)).first() if r.device_id else None
+    d = (
+        c.execute(select(devices).where(devices.c.id == r.device_id)).first()
+        if r.device_id
+        else None
+    )
     p = c.execute(select(policies.c.name).where(policies.c.id == r.policy_id)).scalar_one()
     n = c.execute(
         select(func.count()).select_from(snapshots).where(snapshots.c.source == cvd_source(r.id))
@@ -259,7 +282,9 @@ def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str =
 
 
 # --- the agent's view -------------------------------------------------------------
-def agent_config(engine: Engine, device: Principal, state: dict[str, Any] | None = None) -> AgentConfig:
+def agent_config(
+    engine: Engine, device: Principal, state: dict[str, Any] | None = None
+) -> AgentConfig:
     with write_tx(engine) as c:
         values: dict[str, Any] = {"last_seen": now()}
         if state is not None:

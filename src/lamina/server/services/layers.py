@@ -24,7 +24,7 @@ from lamina.db.models import (
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured, capture_app, capture_base
 from lamina.layers.plan import LayerRef, Plan, make_plan
-from lamina.layers.rules import builtin, parse_rules
+from lamina.layers.rules import RuleSet, for_os, parse_rules
 from lamina.layers.trees import build_tree, walk
 from lamina.server.security import Principal
 from lamina.server.services import fleet, tasks
@@ -40,18 +40,33 @@ RECORD_STARTING, RECORDING, FINALIZING = "starting", "recording", "finalizing"
 # --- reading ------------------------------------------------------------------------
 def _version_public(r: Any) -> dict[str, Any]:
     return {
-        "id": r.id, "version": r.version, "created": aware(r.created), "root": r.root.hex(),
-        "whiteouts": r.whiteouts, "source_cvd": r.source_cvd, "source_snapshot": r.source_snapshot,
-        "notes": r.notes, "files": r.files, "bytes": r.bytes, "apps": r.apps,
+        "id": r.id,
+        "version": r.version,
+        "created": aware(r.created),
+        "root": r.root.hex(),
+        "whiteouts": r.whiteouts,
+        "source_cvd": r.source_cvd,
+        "source_snapshot": r.source_snapshot,
+        "notes": r.notes,
+        "files": r.files,
+        "bytes": r.bytes,
+        "apps": r.apps,
     }
 
 
 def _layer_public(c: Connection, r: Any) -> dict[str, Any]:
     vs = c.execute(
-        select(layer_versions).where(layer_versions.c.layer_id == r.id).order_by(layer_versions.c.version)
+        select(layer_versions)
+        .where(layer_versions.c.layer_id == r.id)
+        .order_by(layer_versions.c.version)
     ).all()
-    return {"id": r.id, "name": r.name, "kind": r.kind, "created": aware(r.created),
-            "versions": [_version_public(v) for v in vs]}
+    return {
+        "id": r.id,
+        "name": r.name,
+        "kind": r.kind,
+        "created": aware(r.created),
+        "versions": [_version_public(v) for v in vs],
+    }
 
 
 def list_layers(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
@@ -85,13 +100,22 @@ def _ref(c: Connection, version_id: str) -> LayerRef:
     v = c.execute(select(layer_versions).where(layer_versions.c.id == version_id)).one()
     layer = c.execute(select(layers).where(layers.c.id == v.layer_id)).one()
     packages = tuple((v.apps or {}).get("packages", {})) if layer.kind == "app" else None
-    return LayerRef(f"{layer.name}:{v.version}", layer.kind, bytes(v.root), tuple(v.whiteouts), packages)
+    return LayerRef(
+        f"{layer.name}:{v.version}", layer.kind, bytes(v.root), tuple(v.whiteouts), packages
+    )
 
 
 # --- creating versions ---------------------------------------------------------------
 def _new_version(
-    c: Connection, actor: str, name: str | None, update_ref: str | None, kind: str, cap: Captured,
-    cvd_id: str, snapshot: str, notes: str,
+    c: Connection,
+    actor: str,
+    name: str | None,
+    update_ref: str | None,
+    kind: str,
+    cap: Captured,
+    cvd_id: str,
+    snapshot: str,
+    notes: str,
 ) -> dict[str, Any]:
     if update_ref:
         layer = find_one(c, layers, update_ref, "name", "layer")
@@ -105,14 +129,49 @@ def _new_version(
         lid = new_id()
         c.execute(insert(layers).values(id=lid, name=name, kind=kind, created=now()))
         layer = c.execute(select(layers).where(layers.c.id == lid)).one()
-    version = (c.execute(select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer.id)).scalar() or 0) + 1
+    version = (
+        c.execute(
+            select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer.id)
+        ).scalar()
+        or 0
+    ) + 1
     vid = new_id()
-    c.execute(insert(layer_versions).values(
-        id=vid, layer_id=layer.id, version=version, created=now(), root=cap.root, whiteouts=cap.whiteouts,
-        source_cvd=cvd_id, source_snapshot=snapshot, notes=notes, files=cap.files, bytes=cap.bytes, apps=cap.apps,
-    ))
-    audit(c, actor, "layer.capture", f"{layer.name}:{version}", kind=kind, files=cap.files, whiteouts=len(cap.whiteouts))
+    c.execute(
+        insert(layer_versions).values(
+            id=vid,
+            layer_id=layer.id,
+            version=version,
+            created=now(),
+            root=cap.root,
+            whiteouts=cap.whiteouts,
+            source_cvd=cvd_id,
+            source_snapshot=snapshot,
+            notes=notes,
+            files=cap.files,
+            bytes=cap.bytes,
+            apps=cap.apps,
+        )
+    )
+    audit(
+        c,
+        actor,
+        "layer.capture",
+        f"{layer.name}:{version}",
+        kind=kind,
+        files=cap.files,
+        whiteouts=len(cap.whiteouts),
+    )
     return _layer_public(c, layer)
+
+
+def rules_of(c: Connection, cvd: Any) -> RuleSet:
+    """The built-in rule set for the OS the CVD's device reported."""
+    d = (
+        c.execute(select(devices).where(devices.c.id == cvd.device_id)).first()
+        if cvd.device_id
+        else None
+    )
+    return for_os(((d.facts or {}).get("os_release") if d else None) or {})
 
 
 def _reference_cvd(c: Connection, ref: str) -> Any:
@@ -120,25 +179,37 @@ def _reference_cvd(c: Connection, ref: str) -> Any:
         cvd = fleet.find_cvd(c, ref)
     except NotFoundError:
         d = fleet.find_device(c, ref)
-        cvd = c.execute(select(cvds).where(cvds.c.device_id == d.id, cvds.c.state == fleet.ACTIVE)).first()
+        cvd = c.execute(
+            select(cvds).where(cvds.c.device_id == d.id, cvds.c.state == fleet.ACTIVE)
+        ).first()
         if cvd is None:
             raise NotFoundError(f"device {d.hostname} has no active CVD") from None
     if not cvd.reference:
-        raise ConflictError(f"CVD {cvd.name} is not a reference CVD: centralize it with --reference")
+        raise ConflictError(
+            f"CVD {cvd.name} is not a reference CVD: centralize it with --reference"
+        )
     return cvd
 
 
-def capture(engine: Engine, store: Store, actor: Principal, cvd_ref: str, name: str | None,
-            update_ref: str | None, notes: str) -> dict[str, Any]:
+def capture(
+    engine: Engine,
+    store: Store,
+    actor: Principal,
+    cvd_ref: str,
+    name: str | None,
+    update_ref: str | None,
+    notes: str,
+) -> dict[str, Any]:
     actor.require("layer.write")
     with read_tx(engine) as c:
         cvd = _reference_cvd(c, cvd_ref)
+        rules = rules_of(c, cvd)
     snaps = store.catalog.snapshots(fleet.cvd_source(cvd.id))
     if not snaps:
         raise ConflictError(f"reference CVD {cvd.name} has no snapshot yet")
     snap = snaps[-1]
     with store.writer() as w:
-        cap = capture_base(store.get, w.put, snap.root, builtin("linux"))
+        cap = capture_base(store.get, w.put, snap.root, rules)
     with write_tx(engine) as c:
         return _new_version(c, actor.name, name, update_ref, "base", cap, cvd.id, snap.id, notes)
 
@@ -149,30 +220,56 @@ def record_start(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
         cvd = _reference_cvd(c, ref)
         if c.execute(select(recordings).where(recordings.c.cvd_id == cvd.id)).first():
             raise ConflictError(f"{cvd.name} is recording already: finalize it first")
-        c.execute(insert(recordings).values(cvd_id=cvd.id, state=RECORD_STARTING, notes="", started=now()))
-        tid = tasks.enqueue(c, "sync", actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params={"why": "record start"})
+        c.execute(
+            insert(recordings).values(cvd_id=cvd.id, state=RECORD_STARTING, notes="", started=now())
+        )
+        tid = tasks.enqueue(
+            c,
+            "sync",
+            actor.name,
+            cvd_id=cvd.id,
+            device_id=cvd.device_id,
+            params={"why": "record start"},
+        )
         audit(c, actor.name, "layer.record_start", cvd.id, task=tid)
     return {"id": cvd.id, "cvd": cvd.name, "state": RECORD_STARTING, "task": tid}
 
 
-def record_finalize(engine: Engine, actor: Principal, ref: str, name: str | None, update_ref: str | None,
-                    notes: str) -> dict[str, Any]:
+def record_finalize(
+    engine: Engine, actor: Principal, ref: str, name: str | None, update_ref: str | None, notes: str
+) -> dict[str, Any]:
     actor.require("layer.write")
     with write_tx(engine) as c:
         cvd = _reference_cvd(c, ref)
         rec = c.execute(select(recordings).where(recordings.c.cvd_id == cvd.id)).first()
         if rec is None:
-            raise ConflictError(f"{cvd.name} is not recording: run `lamina layer record start` first")
+            raise ConflictError(
+                f"{cvd.name} is not recording: run `lamina layer record start` first"
+            )
         if rec.state != RECORDING:
-            raise ConflictError(f"{cvd.name}'s recording is {rec.state}: wait for the agent's snapshot")
+            raise ConflictError(
+                f"{cvd.name}'s recording is {rec.state}: wait for the agent's snapshot"
+            )
         if update_ref:
             find_one(c, layers, update_ref, "name", "layer")
         elif not name or c.execute(select(layers.c.id).where(layers.c.name == name)).first():
             raise UsageError("give --name of a new layer, or --update LAYER for a new version")
-        c.execute(update(recordings).where(recordings.c.cvd_id == cvd.id).values(
-            state=FINALIZING, name=name, update_layer=update_ref, notes=notes))
-        tid = tasks.enqueue(c, "sync", actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params={"why": "record finalize"})
-        audit(c, actor.name, "layer.record_finalize", cvd.id, task=tid, name=name, update=update_ref)
+        c.execute(
+            update(recordings)
+            .where(recordings.c.cvd_id == cvd.id)
+            .values(state=FINALIZING, name=name, update_layer=update_ref, notes=notes)
+        )
+        tid = tasks.enqueue(
+            c,
+            "sync",
+            actor.name,
+            cvd_id=cvd.id,
+            device_id=cvd.device_id,
+            params={"why": "record finalize"},
+        )
+        audit(
+            c, actor.name, "layer.record_finalize", cvd.id, task=tid, name=name, update=update_ref
+        )
     return {"id": cvd.id, "cvd": cvd.name, "state": FINALIZING, "task": tid}
 
 
@@ -181,23 +278,38 @@ def after_commit(engine: Engine, store: Store, cvd_id: str, snap: SnapshotRecord
     reported = (snap.meta.get("stats") or {}).get("layers")
     with write_tx(engine) as c:
         if isinstance(reported, list):
-            known = set(c.execute(select(layer_versions.c.id).where(layer_versions.c.id.in_([str(x) for x in reported]))).scalars())
+            known = set(
+                c.execute(
+                    select(layer_versions.c.id).where(
+                        layer_versions.c.id.in_([str(x) for x in reported])
+                    )
+                ).scalars()
+            )
             c.execute(delete(cvd_running_layers).where(cvd_running_layers.c.cvd_id == cvd_id))
             for pos, vid in enumerate(v for v in reported if v in known):
-                c.execute(insert(cvd_running_layers).values(cvd_id=cvd_id, position=pos, version_id=vid))
+                c.execute(
+                    insert(cvd_running_layers).values(cvd_id=cvd_id, position=pos, version_id=vid)
+                )
         rec = c.execute(select(recordings).where(recordings.c.cvd_id == cvd_id)).first()
         if rec is None:
             return
         if rec.state == RECORD_STARTING:
-            c.execute(update(recordings).where(recordings.c.cvd_id == cvd_id).values(state=RECORDING, start_snapshot=snap.id))
+            c.execute(
+                update(recordings)
+                .where(recordings.c.cvd_id == cvd_id)
+                .values(state=RECORDING, start_snapshot=snap.id)
+            )
             return
         if rec.state != FINALIZING:
             return
         start = store.catalog.find_snapshot(rec.start_snapshot)
+        rules = rules_of(c, c.execute(select(cvds).where(cvds.c.id == cvd_id)).one())
     with store.writer() as w:
-        cap = capture_app(store.get, w.put, start.root, snap.root, builtin("linux"))
+        cap = capture_app(store.get, w.put, start.root, snap.root, rules)
     with write_tx(engine) as c:
-        _new_version(c, "recording", rec.name, rec.update_layer, "app", cap, cvd_id, snap.id, rec.notes)
+        _new_version(
+            c, "recording", rec.name, rec.update_layer, "app", cap, cvd_id, snap.id, rec.notes
+        )
         c.execute(delete(recordings).where(recordings.c.cvd_id == cvd_id))
 
 
@@ -220,38 +332,76 @@ class _Target:
     new: list[LayerRef]
     old: list[LayerRef]
     disk_free: int | None
+    rules: RuleSet
     remove_unowned: bool = False
 
 
 def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | None) -> _Target:
     if old_ids is None:
-        old_ids = list(c.execute(select(cvd_running_layers.c.version_id).where(cvd_running_layers.c.cvd_id == cvd.id).order_by(cvd_running_layers.c.position)).scalars())
+        old_ids = list(
+            c.execute(
+                select(cvd_running_layers.c.version_id)
+                .where(cvd_running_layers.c.cvd_id == cvd.id)
+                .order_by(cvd_running_layers.c.position)
+            ).scalars()
+        )
     new = [_ref(c, v) for v in new_ids]
-    return _Target(cvd, new_ids, [r.label for r in new], new, [_ref(c, v) for v in old_ids], _disk_free(c, cvd.device_id))
+    return _Target(
+        cvd,
+        new_ids,
+        [r.label for r in new],
+        new,
+        [_ref(c, v) for v in old_ids],
+        _disk_free(c, cvd.device_id),
+        rules_of(c, cvd),
+    )
 
 
 def _plan(store: Store, t: _Target, put_data: Any) -> Plan:
     snaps = store.catalog.snapshots(fleet.cvd_source(t.cvd.id))
     if not snaps:
-        raise ConflictError(f"CVD {t.cvd.name} has no snapshot yet: the plan is computed from its last one")
-    return make_plan(store.get, put_data, snaps[-1].root, t.old, t.new, builtin("linux"), t.disk_free,
-                     remove_unowned=t.remove_unowned)
+        raise ConflictError(
+            f"CVD {t.cvd.name} has no snapshot yet: the plan is computed from its last one"
+        )
+    return make_plan(
+        store.get,
+        put_data,
+        snaps[-1].root,
+        t.old,
+        t.new,
+        t.rules,
+        t.disk_free,
+        remove_unowned=t.remove_unowned,
+    )
 
 
-def _plan_public(cvd: Any, plan: Plan, status: str, labels: list[str], task: str | None = None) -> dict[str, Any]:
+def _plan_public(
+    cvd: Any, plan: Plan, status: str, labels: list[str], task: str | None = None
+) -> dict[str, Any]:
     return {
-        "id": cvd.id, "cvd": cvd.name, "status": status, "layers": labels, "task": task,
-        "counts": plan.counts(), "download_bytes": plan.download_bytes, "space_needed": plan.space_needed,
-        "refused": plan.refused, "items": [i.public() for i in plan.items],
+        "id": cvd.id,
+        "cvd": cvd.name,
+        "status": status,
+        "layers": labels,
+        "task": task,
+        "counts": plan.counts(),
+        "download_bytes": plan.download_bytes,
+        "space_needed": plan.space_needed,
+        "refused": plan.refused,
+        "items": [i.public() for i in plan.items],
     }
 
 
-def _deliver(engine: Engine, store: Store, actor: str, t: _Target, action: str, dry_run: bool) -> dict[str, Any]:
+def _deliver(
+    engine: Engine, store: Store, actor: str, t: _Target, action: str, dry_run: bool
+) -> dict[str, Any]:
     """Plan; unless a dry run or refused: store the delta, then record the assignment and queue it."""
     if dry_run:
         plan = _plan(store, t, lambda d: blob.blob_id(store.keys.chunking.id_key, d))
         return _plan_public(t.cvd, plan, "dry-run", t.labels)
-    with store.writer() as w:  # merged files and the delta tree are stored before any row names them
+    with (
+        store.writer() as w
+    ):  # merged files and the delta tree are stored before any row names them
         plan = _plan(store, t, lambda d: w.put(BlobKind.DATA, d))
         if plan.refused:
             return _plan_public(t.cvd, plan, "refused", t.labels)
@@ -260,15 +410,32 @@ def _deliver(engine: Engine, store: Store, actor: str, t: _Target, action: str, 
         c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == t.cvd.id))
         for pos, vid in enumerate(t.new_ids):
             c.execute(insert(cvd_layers).values(cvd_id=t.cvd.id, position=pos, version_id=vid))
-        tid = tasks.enqueue(c, "layer-apply", actor, cvd_id=t.cvd.id, device_id=t.cvd.device_id, params={
-            "delta": delta.hex(), "removes": plan.removes, "versions": t.new_ids, "labels": t.labels,
-        })
+        tid = tasks.enqueue(
+            c,
+            "layer-apply",
+            actor,
+            cvd_id=t.cvd.id,
+            device_id=t.cvd.device_id,
+            params={
+                "delta": delta.hex(),
+                "removes": plan.removes,
+                "versions": t.new_ids,
+                "labels": t.labels,
+            },
+        )
         audit(c, actor, action, t.cvd.id, layers=t.labels, task=tid, counts=plan.counts())
     return _plan_public(t.cvd, plan, "assigned", t.labels, tid)
 
 
-def assign(engine: Engine, store: Store, actor: Principal, cvd_refs: list[str], base: str | None,
-           apps: list[str], dry_run: bool) -> list[dict[str, Any]]:
+def assign(
+    engine: Engine,
+    store: Store,
+    actor: Principal,
+    cvd_refs: list[str],
+    base: str | None,
+    apps: list[str],
+    dry_run: bool,
+) -> list[dict[str, Any]]:
     actor.require("layer.write")
     targets = []
     with read_tx(engine) as c:
@@ -287,12 +454,20 @@ def assign(engine: Engine, store: Store, actor: Principal, cvd_refs: list[str], 
     return [_deliver(engine, store, actor.name, t, "layer.assign", dry_run) for t in targets]
 
 
-def enforce(engine: Engine, store: Store, actor: Principal, ref: str, remove_user_apps: bool = False) -> dict[str, Any]:
+def enforce(
+    engine: Engine, store: Store, actor: Principal, ref: str, remove_user_apps: bool = False
+) -> dict[str, Any]:
     """Bring an endpoint back to its assigned layers: every layer file as the layer has it."""
     actor.require("layer.write")
     with read_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
-        ids = list(c.execute(select(cvd_layers.c.version_id).where(cvd_layers.c.cvd_id == cvd.id).order_by(cvd_layers.c.position)).scalars())
+        ids = list(
+            c.execute(
+                select(cvd_layers.c.version_id)
+                .where(cvd_layers.c.cvd_id == cvd.id)
+                .order_by(cvd_layers.c.position)
+            ).scalars()
+        )
         if not ids:
             raise ConflictError(f"CVD {cvd.name} has no layers assigned")
         t = _target(c, cvd, ids, old_ids=[])
@@ -302,18 +477,26 @@ def enforce(engine: Engine, store: Store, actor: Principal, ref: str, remove_use
 
 def cvd_layer_state(engine: Engine, cvd_id: str) -> dict[str, list[str]]:
     with read_tx(engine) as c:
+
         def labels(table: Any) -> list[str]:
-            ids = c.execute(select(table.c.version_id).where(table.c.cvd_id == cvd_id).order_by(table.c.position)).scalars()
+            ids = c.execute(
+                select(table.c.version_id)
+                .where(table.c.cvd_id == cvd_id)
+                .order_by(table.c.position)
+            ).scalars()
             return [_ref(c, v).label for v in ids]
+
         return {"assigned": labels(cvd_layers), "running": labels(cvd_running_layers)}
 
 
-def test_rules(engine: Engine, store: Store, actor: Principal, ref: str, rules_json: str | None) -> dict[str, Any]:
+def test_rules(
+    engine: Engine, store: Store, actor: Principal, ref: str, rules_json: str | None
+) -> dict[str, Any]:
     """What a rule set would keep in, and drop from, a layer captured from this CVD now."""
     actor.require("read")
-    rules = parse_rules(rules_json) if rules_json else builtin("linux")
     with read_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
+        rules = parse_rules(rules_json) if rules_json else rules_of(c, cvd)
     snaps = store.catalog.snapshots(fleet.cvd_source(cvd.id))
     if not snaps:
         raise ConflictError(f"CVD {cvd.name} has no snapshot yet")
@@ -328,10 +511,23 @@ def test_rules(engine: Engine, store: Store, actor: Principal, ref: str, rules_j
             kept_bytes += e.size
             continue
         dropped += 1
-        reason = "do_not_capture" if rules.classify(path) in rules.layers.capture_classes else rules.classify(path)
+        reason = (
+            "do_not_capture"
+            if rules.classify(path) in rules.layers.capture_classes
+            else rules.classify(path)
+        )
         by_reason[reason] = by_reason.get(reason, 0) + 1
         ex = examples.setdefault(reason, [])
         if len(ex) < 10:
             ex.append(path)
-    return {"id": cvd.id, "cvd": cvd.name, "snapshot": snaps[-1].id, "rules": rules.name, "kept": kept,
-            "kept_bytes": kept_bytes, "dropped": dropped, "dropped_by_reason": by_reason, "examples": examples}
+    return {
+        "id": cvd.id,
+        "cvd": cvd.name,
+        "snapshot": snaps[-1].id,
+        "rules": rules.name,
+        "kept": kept,
+        "kept_bytes": kept_bytes,
+        "dropped": dropped,
+        "dropped_by_reason": by_reason,
+        "examples": examples,
+    }

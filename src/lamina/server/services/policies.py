@@ -61,7 +61,12 @@ def update_policy(engine: Engine, actor: Principal, ref: str, req: PolicyUpdate)
             update(cvds).where(cvds.c.policy_id == row.id).values(policy_version=version)
         ).rowcount
         audit(
-            c, actor.name, "policy.update", row.name, version=version, cvds=moved,
+            c,
+            actor.name,
+            "policy.update",
+            row.name,
+            version=version,
+            cvds=moved,
             settings=req.settings.model_dump(),
         )
         return _public(c, find(c, row.id))

@@ -62,7 +62,9 @@ def upload_bundle(store: Store, body: bytes) -> int:
         try:
             kind = BlobKind(it.kind)
         except ValueError as e:
-            raise IntegrityError(f"bundle blob {it.id.hex()[:16]} has unknown kind {it.kind}") from e
+            raise IntegrityError(
+                f"bundle blob {it.id.hex()[:16]} has unknown kind {it.kind}"
+            ) from e
         if kind == BlobKind.SNAPSHOT:
             raise IntegrityError("agents do not upload snapshot records; commit instead")
         limit = keys.chunking.max_size if kind == BlobKind.DATA else MAX_UPLOADED_TREE
@@ -78,7 +80,9 @@ def upload_bundle(store: Store, body: bytes) -> int:
             raise IntegrityError(f"bundle blob {it.id.hex()[:16]}: content does not match its id")
         if kind == BlobKind.TREE:
             decode_tree(data)  # refuses unsafe names and malformed trees now, not at restore
-        sealed_items.append((kind, it.id, blob.seal(keys.data_key, kind, it.id, it.flag, it.payload), it.raw_length))
+        sealed_items.append(
+            (kind, it.id, blob.seal(keys.data_key, kind, it.id, it.flag, it.payload), it.raw_length)
+        )
     with store.writer() as w:
         fresh = w.need({i[1] for i in sealed_items})
         for kind, bid, sealed, raw in sealed_items:
@@ -152,11 +156,13 @@ def commit(
     if forget:
         store.forget([s.id for s in forget])
     with write_tx(engine) as c:
-        c.execute(update(cvds).where(cvds.c.id == cvd_id).values(last_sync=record.time, progress={}))
-    return CommitResponse(
-        snapshot=snapshot_public(record), kept=len(keep), forgotten=len(forget)
-    )
+        c.execute(
+            update(cvds).where(cvds.c.id == cvd_id).values(last_sync=record.time, progress={})
+        )
+    return CommitResponse(snapshot=snapshot_public(record), kept=len(keep), forgotten=len(forget))
 
 
 def snapshot_public(s: SnapshotRecord) -> SnapshotPublic:
-    return SnapshotPublic(id=s.id, time=s.time, files=s.files, bytes=s.bytes, root=s.root.hex(), meta=s.meta)
+    return SnapshotPublic(
+        id=s.id, time=s.time, files=s.files, bytes=s.bytes, root=s.root.hex(), meta=s.meta
+    )

@@ -78,7 +78,11 @@ def get(engine: Engine, actor: Principal, task_id: str) -> TaskPublic:
 
 
 def list_tasks(
-    engine: Engine, actor: Principal, state: str | None = None, cvd_id: str | None = None, limit: int = 200
+    engine: Engine,
+    actor: Principal,
+    state: str | None = None,
+    cvd_id: str | None = None,
+    limit: int = 200,
 ) -> list[TaskPublic]:
     actor.require("read")
     q = select(tasks).order_by(tasks.c.created.desc()).limit(limit)

@@ -50,7 +50,9 @@ def ensure_admin(engine: Engine, password: str | None) -> str | None:
 
 
 def _public(r: Any) -> UserPublic:
-    return UserPublic(id=r.id, name=r.name, role=r.role, disabled=r.disabled, created=aware(r.created))
+    return UserPublic(
+        id=r.id, name=r.name, role=r.role, disabled=r.disabled, created=aware(r.created)
+    )
 
 
 def create_user(engine: Engine, actor: Principal, req: UserCreate) -> UserPublic:
@@ -152,7 +154,12 @@ def audit_entries(engine: Engine, actor: Principal, limit: int = 200) -> list[Au
         rows = c.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)).all()
     return [
         AuditPublic(
-            id=str(r.id), time=aware(r.time), actor=r.actor, action=r.action, target=r.target, detail=r.detail
+            id=str(r.id),
+            time=aware(r.time),
+            actor=r.actor,
+            action=r.action,
+            target=r.target,
+            detail=r.detail,
         )
         for r in rows
     ]
