@@ -90,6 +90,15 @@ class Restorer:
         self._links: dict[bytes, tuple[int, bytes]] = {}
         self._fds: list[int] = []
         self._lock = threading.Lock()
+        #: Descriptors of folders without a default ACL (new files there inherit none).
+        self._no_default_acl: set[int] = set()
+        #: Descriptors of folders this restore created (empty when made).
+        self._fresh: set[int] = set()
+        #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
+        self._tmp_prefix = secrets.token_hex(4).encode()
+        self._tmp_count = 0
+        #: Set by ``_dir`` while it calls ``_file`` for a file the pool may write.
+        self._defer: list[tuple[bytes, Future[None]]] | None = None
         # Only a source that declares it (the store) is read from several threads:
         # others (a server over HTTP, an agent's cache) are read one file at a time.
         self._pool = (
@@ -160,8 +169,22 @@ class Restorer:
             [c for e in entries for c in e.chunk_ids()]
             + [e.subtree for e in entries if e.subtree is not None]
         )
+        # A new file inherits ACLs only from its folder's default ACL: without one,
+        # there is nothing for ``_drop_acls`` to remove from the files written here.
+        try:
+            acl_default = _ACLS[1] in (os.fsencode(n) for n in os.listxattr(fd))
+        except OSError:
+            acl_default = True
+        if not acl_default:
+            self._no_default_acl.add(fd)
+        try:
+            self._fill(entries, fd, rel, everything)
+        finally:
+            self._no_default_acl.discard(fd)
+
+    def _fill(self, entries: list[Entry], fd: int, rel: list[bytes], everything: bool) -> None:
         names = {e.name for e in entries}
-        for existing in os.listdir(fd):
+        for existing in () if fd in self._fresh else os.listdir(fd):
             name = os.fsencode(existing)
             if name in names:
                 continue
@@ -172,7 +195,7 @@ class Restorer:
                 self.stats.removed += 1
         # Files written in the pool: the folder's own metadata is set by the caller
         # after this returns, so every one of them is waited for here.
-        writing: list[tuple[list[bytes], Future[None]]] = []
+        writing: list[tuple[bytes, Future[None]]] = []
         try:
             for e in entries:
                 child_rel = [*rel, e.name]
@@ -183,17 +206,21 @@ class Restorer:
                     continue
                 if all_below:
                     self._found_any = True
-                if (
+                parallel = (
                     self._pool is not None
                     and e.type == "file"
                     and e.hardlink is None
-                    and (e.size > 0 or e.content)
-                ):
-                    existing = self._existing(fd, e.name)
-                    writing.append((child_rel, self._pool.submit(self._file, e, fd, existing)))
-                    continue
+                    and (e.size > 0 or bool(e.content))
+                )
                 try:
-                    self._entry(e, fd, child_rel, all_below)
+                    if parallel:  # ``_file`` hands the writing to the pool (``_defer``)
+                        self._defer = writing
+                        try:
+                            self._file(e, fd, self._existing(fd, e.name))
+                        finally:
+                            self._defer = None
+                    else:
+                        self._entry(e, fd, child_rel, all_below)
                 except IntegrityError:
                     raise
                 except OSError as err:
@@ -201,15 +228,16 @@ class Restorer:
         finally:
             errors: list[tuple[list[bytes], OSError]] = []
             failure: BaseException | None = None
-            for child_rel, fut in writing:
+            for name, fut in writing:
+                child_rel = [*rel, name]
                 try:
                     fut.result()
-                except OSError as err:
-                    errors.append((child_rel, err))
-                except BaseException as err:  # IntegrityError and the like: after all are done
-                    failure = failure or err
-            for child_rel, err in errors:
-                self._error(child_rel, err)
+                except OSError as oserr:
+                    errors.append((child_rel, oserr))
+                except BaseException as exc:  # IntegrityError and the like: after all are done
+                    failure = failure or exc
+            for child_rel, failed in errors:
+                self._error(child_rel, failed)
             if failure is not None:
                 raise failure
 
@@ -217,6 +245,8 @@ class Restorer:
         self.stats.errors.append(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
 
     def _existing(self, fd: int, name: bytes) -> os.stat_result | None:
+        if fd in self._fresh:  # a folder this restore created: it held nothing
+            return None
         try:
             return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -238,14 +268,20 @@ class Restorer:
                 self._remove(fd, e.name)
                 existing = None
             if existing is None:
-                os.mkdir(e.name, 0o700, dir_fd=fd)
+                os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
             sub = os.open(e.name, _DIR_FLAGS, dir_fd=fd)
+            if existing is None:
+                # Empty when made (mode 0700, this process only): its entries need no
+                # stat or listing first. Anything planted later still makes mkdir,
+                # symlink or mknod fail, and files are renamed over, never written through.
+                self._fresh.add(sub)
             try:
                 assert e.subtree is not None
                 self._dir(e.subtree, sub, rel, everything)
                 if everything or existing is None:
                     self._meta_fd(sub, e)
             finally:
+                self._fresh.discard(sub)
                 os.close(sub)
             self.stats.dirs += 1
             return
@@ -301,7 +337,16 @@ class Restorer:
                 if self.progress:
                     self.progress(1, e.size)
             return
-        tmp = b".lamina-restore-" + secrets.token_hex(8).encode()
+        if self._defer is not None and self._pool is not None:
+            self._defer.append((e.name, self._pool.submit(self._write, e, fd, existing)))
+            return
+        self._write(e, fd, existing)
+
+    def _write(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
+        """Write a file's content under a temporary name, then rename it (pool threads too)."""
+        with self._lock:
+            self._tmp_count += 1
+            tmp = b".lamina-restore-%s%08x" % (self._tmp_prefix, self._tmp_count)
         out = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -328,8 +373,9 @@ class Restorer:
                 raise IntegrityError(
                     f"file {e.name!r}: its chunks hold {written} bytes, the tree says {e.size}"
                 )
-            os.ftruncate(out, e.size)
-            self._meta_fd(out, e)
+            if not content or isinstance(content[-1], int):
+                os.ftruncate(out, e.size)  # a trailing hole (a new file is as long as its writes)
+            self._meta_fd(out, e, inherits_acl=fd not in self._no_default_acl)
         except BaseException:
             os.close(out)
             with contextlib.suppress(OSError):
@@ -385,9 +431,10 @@ class Restorer:
                                 f"{e.name!r}: xattr {name!r}: {err.strerror}"
                             )
 
-    def _meta_fd(self, fd: int, e: Entry) -> None:
+    def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True) -> None:
         self._chown(lambda: os.fchown(fd, e.uid, e.gid))
-        self._drop_acls(e, lambda: os.listxattr(fd), lambda name: os.removexattr(fd, name))
+        if inherits_acl:
+            self._drop_acls(e, lambda: os.listxattr(fd), lambda name: os.removexattr(fd, name))
         os.fchmod(fd, e.mode)
         self._xattrs(e, lambda name, value: os.setxattr(fd, name, value))
         os.utime(fd, ns=(e.mtime, e.mtime))
