@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from lamina.agent import service, staging
-from lamina.agent.runner import Agent, enroll
-from lamina.agent.state import load_state, load_status, save_status
+from lamina.agent import service
 from lamina.cli.common import JsonOpt
 from lamina.cli.output import byte_progress, emit_json
 
+# The agent's modules (HTTP client, pydantic schemas, staging) are imported inside
+# the commands: every ``lamina`` command builds this group, and importing them
+# here cost every command (a backup too) about 0.2 s of start-up.
 app = typer.Typer(help="The endpoint agent.", no_args_is_help=True)
 StateOpt = Annotated[
     Path, typer.Option("--state", envvar="LAMINA_AGENT_STATE", help="The agent's state folder.")
@@ -34,6 +35,9 @@ def enroll_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
+    from lamina.agent.runner import enroll
+    from lamina.agent.state import load_status
+
     st = enroll(server, token, root, state, ca_cert)
     status = load_status(state)
     if as_json:
@@ -51,6 +55,9 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """The agent daemon: report, upload when due or asked, do queued work."""
+    from lamina.agent.runner import Agent
+    from lamina.agent.state import load_status
+
     if not once:
         agent = Agent(state)
         try:
@@ -81,6 +88,9 @@ def run(
 @app.command()
 def status(state: StateOpt, as_json: JsonOpt = False) -> None:
     """The agent's state, last sync and progress."""
+    from lamina.agent import staging
+    from lamina.agent.state import load_state, load_status
+
     st = load_state(state)
     doc = {
         "id": st.device_id,
@@ -103,6 +113,9 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Apply staged transactions atomically (run by the init system before services start)."""
+    from lamina.agent import staging
+    from lamina.agent.state import load_state, load_status, save_status
+
     st = load_state(state)
     applied = staging.boot(state, Path(st.root))
     if applied:

@@ -11,11 +11,14 @@ import json
 import os
 import ssl
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from lamina.errors import AuthError, BackendError, LaminaError, from_status
+
+if TYPE_CHECKING:
+    # httpx is imported where a request is made: every ``lamina`` command loads this
+    # module (the admin command groups use it), and only those groups need httpx.
+    import httpx
 
 
 def config_path() -> Path:
@@ -51,6 +54,8 @@ def verify_setting() -> bool | ssl.SSLContext:
 
 class Api:
     def __init__(self, url: str, token: str | None) -> None:
+        import httpx
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.http = httpx.Client(
@@ -73,6 +78,8 @@ class Api:
         return cls(str(url), token)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as e:

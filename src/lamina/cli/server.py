@@ -9,7 +9,6 @@ import typer
 
 from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, KeyfileOpt, StoreOpt
 from lamina.cli.output import err_console
-from lamina.config import ServerSettings
 from lamina.errors import UsageError
 
 
@@ -33,6 +32,7 @@ def server(
     # that every other command would pay. Not a cycle.
     import uvicorn
 
+    from lamina.config import ServerSettings  # pydantic-settings: ~15 ms for everyone else
     from lamina.server.app import create_app, open_context
 
     if (tls_cert is None) != (tls_key is None):

@@ -427,9 +427,7 @@ class Restorer:
                 except OSError as err:
                     if err.errno != errno.ENODATA:
                         with self._lock:
-                            self.stats.errors.append(
-                                f"{e.name!r}: xattr {name!r}: {err.strerror}"
-                            )
+                            self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
     def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True) -> None:
         self._chown(lambda: os.fchown(fd, e.uid, e.gid))
