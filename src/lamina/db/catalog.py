@@ -40,6 +40,20 @@ def _batches(items: Iterable[bytes], size: int = _BATCH) -> Iterator[list[bytes]
         yield batch
 
 
+# The two lookups every backup and restore makes thousands of times, as plain SQL on
+# SQLite: building, caching and expanding the SQLAlchemy statement cost about as much
+# as the query itself. Same meaning as the Core statements used for PostgreSQL.
+_SQLITE_MISSING = "SELECT id FROM blobs WHERE id IN (%s) AND condemned = 0"
+_SQLITE_LOCATE = (
+    "SELECT blobs.id, packs.name, blobs.offset, blobs.length, blobs.raw_length, blobs.kind "
+    "FROM blobs JOIN packs ON packs.seq = blobs.pack_seq WHERE blobs.id IN (%s)"
+)
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -53,6 +67,7 @@ class SqlCatalog:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._sqlite = is_sqlite(engine)
 
     # --- set-up --------------------------------------------------------------
     def bind_store(self, store_id: str) -> None:
@@ -77,8 +92,15 @@ class SqlCatalog:
         found: set[bytes] = set()
         with read_tx(self.engine) as c:
             for batch in _batches(wanted):
-                q = select(blobs.c.id).where(blobs.c.id.in_(batch), blobs.c.condemned.is_(False))
-                found.update(bytes(r[0]) for r in c.execute(q))
+                if self._sqlite:
+                    rows = c.exec_driver_sql(_SQLITE_MISSING % _marks(len(batch)), tuple(batch))
+                else:
+                    rows = c.execute(
+                        select(blobs.c.id).where(
+                            blobs.c.id.in_(batch), blobs.c.condemned.is_(False)
+                        )
+                    )
+                found.update(bytes(r[0]) for r in rows)
         return wanted - found
 
     def locate(
@@ -87,6 +109,13 @@ class SqlCatalog:
         out: dict[bytes, BlobLocation] = {}
         with read_tx(self.engine) as c:
             for batch in _batches(set(ids)):
+                if self._sqlite:
+                    sql = _SQLITE_LOCATE % _marks(len(batch))
+                    if not include_condemned:
+                        sql += " AND blobs.condemned = 0"
+                    for r in c.exec_driver_sql(sql, tuple(batch)):
+                        out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], BlobKind(r[5]))
+                    continue
                 q = (
                     select(
                         blobs.c.id,
