@@ -73,6 +73,7 @@ class FilesCache:
         self._store_id = store_id
         self._batch: list[tuple[bytes, bytes, int, int, int, int, bytes]] = []
         self._visited: list[tuple[bytes]] = []
+        self._gone: list[tuple[bytes]] = []
 
     def directory(self, dirpath: bytes) -> dict[bytes, CachedFile]:
         """The cached files of a folder; also records that this scan visited it."""
@@ -106,14 +107,20 @@ class FilesCache:
 
     def replace_directory(self, dirpath: bytes) -> None:
         """Mark that the directory's cached entries are superseded by this scan's."""
-        self._db.execute("INSERT OR IGNORE INTO gone VALUES (?)", (dirpath,))
+        # Batched like ``put`` (one transaction per 2000, not one per folder); ``commit``
+        # flushes first, so the promotion sees every mark.
+        self._gone.append((dirpath,))
+        if len(self._gone) >= 2000:
+            self._flush()
 
     def _flush(self) -> None:
-        if self._visited:
+        if self._visited or self._gone:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR IGNORE INTO visited VALUES (?)", self._visited)
+            self._db.executemany("INSERT OR IGNORE INTO gone VALUES (?)", self._gone)
             self._db.execute("COMMIT")
             self._visited.clear()
+            self._gone.clear()
         if self._batch:
             self._db.execute("BEGIN")
             self._db.executemany(

@@ -34,9 +34,13 @@ from lamina.tree.model import Entry, check_name, decode_tree
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
-#: Files of one folder written at once, when the source allows parallel reads
-#: (decryption, decompression, hashing and writes release the GIL).
-WRITERS = min(4, os.cpu_count() or 2)
+#: Threads writing the large files of one folder at once, when the source allows
+#: parallel reads. 1 (none): measured on ext4 with 2 cores, 2 and 4 threads restored
+#: the benchmark corpus slower than the walking thread alone, small files (creates in
+#: one folder serialise on its lock) and large ones (page-cache writes) alike.
+WRITERS = 1
+#: Smaller files are always written by the walking thread (their cost is the create).
+PARALLEL_MIN = 1024 * 1024
 ProgressFn = Callable[[int, int], None]
 
 
@@ -210,7 +214,7 @@ class Restorer:
                     self._pool is not None
                     and e.type == "file"
                     and e.hardlink is None
-                    and (e.size > 0 or bool(e.content))
+                    and e.size >= PARALLEL_MIN
                 )
                 try:
                     if parallel:  # ``_file`` hands the writing to the pool (``_defer``)
