@@ -91,11 +91,14 @@ class Restorer:
         self.progress = progress
         self.stats = RestoreStats()
         self._is_root = os.geteuid() == 0
+        self._ids = (os.geteuid(), os.getegid())
         self._links: dict[bytes, tuple[int, bytes]] = {}
         self._fds: list[int] = []
         self._lock = threading.Lock()
         #: Descriptors of folders without a default ACL (new files there inherit none).
         self._no_default_acl: set[int] = set()
+        #: Of those, the ones not setgid and of our egid (new files there are ours).
+        self._plain_group: set[int] = set()
         #: Descriptors of folders this restore created (empty when made).
         self._fresh: set[int] = set()
         #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
@@ -279,6 +282,9 @@ class Restorer:
                 # stat or listing first. Anything planted later still makes mkdir,
                 # symlink or mknod fail, and files are renamed over, never written through.
                 self._fresh.add(sub)
+                st = os.fstat(sub)  # setgid is inherited from the parent by mkdir
+                if not st.st_mode & stat.S_ISGID and st.st_gid == self._ids[1]:
+                    self._plain_group.add(sub)
             try:
                 assert e.subtree is not None
                 self._dir(e.subtree, sub, rel, everything)
@@ -286,6 +292,7 @@ class Restorer:
                     self._meta_fd(sub, e)
             finally:
                 self._fresh.discard(sub)
+                self._plain_group.discard(sub)
                 os.close(sub)
             self.stats.dirs += 1
             return
@@ -379,7 +386,14 @@ class Restorer:
                 )
             if not content or isinstance(content[-1], int):
                 os.ftruncate(out, e.size)  # a trailing hole (a new file is as long as its writes)
-            self._meta_fd(out, e, inherits_acl=fd not in self._no_default_acl)
+            self._meta_fd(
+                out,
+                e,
+                inherits_acl=fd not in self._no_default_acl,
+                # A new file in a folder that is not setgid and has our egid is owned by
+                # our euid/egid: a chown to that same owner would change nothing.
+                owned=fd in self._plain_group and (e.uid, e.gid) == self._ids,
+            )
         except BaseException:
             os.close(out)
             with contextlib.suppress(OSError):
@@ -433,8 +447,9 @@ class Restorer:
                         with self._lock:
                             self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
-    def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True) -> None:
-        self._chown(lambda: os.fchown(fd, e.uid, e.gid))
+    def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True, owned: bool = False) -> None:
+        if not owned:
+            self._chown(lambda: os.fchown(fd, e.uid, e.gid))
         if inherits_acl:
             self._drop_acls(e, lambda: os.listxattr(fd), lambda name: os.removexattr(fd, name))
         os.fchmod(fd, e.mode)
