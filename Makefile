@@ -7,7 +7,7 @@ DATA   ?= ./lamina-data
 # -n auto uses every core; CI has two.
 PYTEST_ARGS ?= -n auto --dist loadgroup
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,10 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run && $(BIN)/python -m bench.e2e
+
+bench-load: $(STAMP)
+	$(BIN)/python -m bench.load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

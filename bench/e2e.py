@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -76,6 +77,23 @@ LAMINA_TIMEOUT = 3600.0  # no single command of a default-size run comes near th
 def lamina_exe() -> str:
     exe = Path(sys.executable).parent / "lamina"
     return os.fspath(exe) if exe.exists() else (shutil.which("lamina") or "lamina")
+
+
+def git_revision() -> str | None:
+    """The checkout's revision, plus a hash of uncommitted changes to src/: what the
+    figures belong to (compared at start and end, since src/ may change during a run)."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(
+            ["git", "-C", os.fspath(ROOT), *args], capture_output=True, check=True, timeout=30
+        ).stdout
+
+    try:
+        rev = git("describe", "--always", "--dirty").decode().strip()
+        diff = git("diff", "HEAD", "--", "src")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev} (src diff {hashlib.sha1(diff).hexdigest()[:10]})" if diff else rev
 
 
 def free_port() -> int:
@@ -238,15 +256,21 @@ def login(admin: Cli, url: str) -> None:
 # --------------------------------------------------------------------------- verification
 
 
-def policy_view(m: Manifest) -> Manifest:
+def policy_view(m: Manifest, root: Path) -> Manifest:
     """What a CVD under the default policy holds: the corpus minus the 'excluded' class.
 
     Files classed excluded are not uploaded; folders are kept (empty) and, where every path
     below is excluded (``/var/log``), nothing under them is listed (lamina.agent.sync).
+    The rule set is the one the agent picks for ``root`` (by its os-release, if any).
     """
-    from lamina.layers.rules import builtin
+    from lamina.layers import rules as lamina_rules
 
-    rules = builtin("linux")
+    try:
+        from lamina.agent.facts import os_release
+
+        rules = lamina_rules.for_os(os_release(root))
+    except (ImportError, AttributeError):  # an older Lamina: one rule set for every Linux
+        rules = lamina_rules.builtin("linux")
     out = Manifest()
     pruned: list[str] = []
     for rel in sorted(m.entries):
@@ -424,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work: Path = args.work.resolve()
     env = clean_env()
     res = Results()
+    rev_start = git_revision()
 
     restic: Restic | None = None
     restic_version = None
@@ -483,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Lamina over HTTP on loopback",
         },
         "tools": {"lamina": lam.version, "restic": restic_version},
+        "git": {"at_start": rev_start, "at_end": git_revision()},
         "settings": {
             "lamina": "lamina server --data (embedded: SQLite + folder store), default policy "
             "'bench' via token --policy, agent defaults; store size = server --data minus cache",
@@ -501,6 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "details": res.details,
         "failures": res.failures,
     }
+    if doc["git"]["at_start"] != doc["git"]["at_end"]:
+        warn(f"the checkout changed during the run: {doc['git']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     say(f"results written to {args.output} (whole run {total:.0f} s)")
@@ -574,7 +602,9 @@ def run_steps(
         say(f"  restic  {r.seconds:8.2f} s   (CPU {children_cpu() - c0:.1f} s)")
 
     def sizes(key: str) -> None:
-        res.detail("lamina", key, dataclasses.asdict(lam.store_size()))
+        res.detail(
+            "lamina", key, {**dataclasses.asdict(lam.store_size()), "parts": lam.parts_on_disk()}
+        )
         if restic:
             res.detail("restic", key, dataclasses.asdict(restic.repo_size()))
 
@@ -656,7 +686,7 @@ def run_steps(
     say("4. full restore of the latest snapshot", "bold")
     t0 = time.perf_counter()
     full = manifest(corpus)
-    expected = policy_view(full)
+    expected = policy_view(full, corpus)
     dropped = len(full.entries) - len(expected.entries)
     say(
         f"  (hashed the corpus in {time.perf_counter() - t0:.1f} s; the default policy "

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import Cli, Server, lamina_exe, login, prepare_work
+from bench.e2e import Cli, Server, git_revision, lamina_exe, login, prepare_work
 from bench.run import (
     DEFAULT_GROUPS,
     ROOT,
@@ -77,6 +78,7 @@ class AgentRun:
     seconds: float | None = None
     returncode: int | None = None
     timed_out: bool = False
+    cpu_s: float = 0.0  # the agent process's user + system CPU
     synced: bool = False
     bytes: int = 0
     files: int = 0
@@ -195,6 +197,39 @@ def parse_agent_output(run: AgentRun, stdout: str) -> None:
     run.agent_errors = list(stats.get("errors") or [])
 
 
+def reap(p: subprocess.Popen[bytes], *, block: bool) -> tuple[int | None, float]:
+    """The exit code (None while it runs) and CPU seconds of a child, by ``wait4``."""
+    pid, status, ru = os.wait4(p.pid, 0 if block else os.WNOHANG)
+    if pid == 0:
+        return None, 0.0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, ru.ru_utime + ru.ru_stime
+
+
+def duplicate_blobs(data: Path) -> dict[str, int] | None:
+    """Blobs stored more than once (racing uploads), read from the embedded SQLite index.
+
+    Diagnostic only: it reads Lamina's schema (``blobs``: id, pack_seq, length), so it
+    returns None if that is not there.
+    """
+    db = data / "lamina.db"
+    if not db.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            rows, extra_bytes = con.execute(
+                "SELECT count(*), coalesce(sum(length), 0) FROM blobs b WHERE EXISTS "
+                "(SELECT 1 FROM blobs o WHERE o.id = b.id AND o.pack_seq < b.pack_seq)"
+            ).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        warn(f"could not count duplicate blobs: {e}")
+        return None
+    return {"extra_copies": int(rows), "extra_bytes": int(extra_bytes)}
+
+
 def run_agents(
     endpoints: list[Endpoint],
     env: dict[str, str],
@@ -241,14 +276,15 @@ def run_agents(
             todo = []
         max_live = max(max_live, len(live))
         for idx, (p, started, out, err) in list(live.items()):
-            rc = p.poll()
+            rc, cpu = reap(p, block=False)
             elapsed = time.perf_counter() - started
             if rc is None and (elapsed > agent_timeout or past_deadline):
                 p.kill()
-                rc = p.wait(timeout=30)
+                rc, cpu = reap(p, block=True)
                 runs[idx].timed_out = True
             if rc is None:
                 continue
+            runs[idx].cpu_s = cpu
             out.close()
             err.close()
             r = runs[idx]
@@ -274,10 +310,9 @@ def run_agents(
             warn("the server process exited during the load phase")
             for idx, (p, started, out, err) in list(live.items()):
                 p.kill()
-                p.wait(timeout=30)
+                runs[idx].returncode, runs[idx].cpu_s = reap(p, block=True)
                 out.close()
                 err.close()
-                runs[idx].returncode = p.returncode
                 runs[idx].seconds = time.perf_counter() - started
                 runs[idx].stderr_tail = "killed: the server exited"
             live.clear()
@@ -362,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": sys.version.split()[0],
         },
         "deployment": "external db + store" if args.db else "embedded (SQLite + folder store)",
+        "git": {"at_start": git_revision()},
     }
 
     # -- endpoints
@@ -485,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
 
+    dups = duplicate_blobs(server.data) if server is not None and not args.db else None
     check: dict[str, Any] = {}
     if not args.no_check:
         say("store check (server stopped)", "bold")
@@ -532,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "growth_per_extra_endpoint": per_extra,
         "growth_per_endpoint_avg": growth / n,
         "cvds_with_a_snapshot": snaps,
+        "duplicate_blobs": dups,
+        "agents_cpu_s": round(sum(r.cpu_s for r in runs), 2),
         "server_cpu_s": info["cpu_s"],
         "server_peak_rss": info["peak_rss"],
         "server_rss_end": server_rss_end,
@@ -595,9 +634,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             else f"{human_bytes(per_extra)} (its unique files: {human_bytes(endpoints[0].unique_bytes)})",
         ),
         (
-            "server CPU / peak RSS",
-            f"{info['cpu_s']:.1f} s / {human_bytes(info['peak_rss'])}",
+            "  stored twice (racing uploads)",
+            "—"
+            if dups is None
+            else f"{dups['extra_copies']} blobs, {human_bytes(dups['extra_bytes'])}",
         ),
+        (
+            "CPU: server / all agents",
+            f"{info['cpu_s']:.1f} s / {summary['agents_cpu_s']:.1f} s "
+            f"(of {wall * (os.cpu_count() or 1):.0f} CPU-s available)",
+        ),
+        ("server peak RSS", human_bytes(info["peak_rss"])),
         ("enrollment of all endpoints", f"{enroll_s:.1f} s"),
         ("store check", "—" if not check else ("ok" if check.get("ok") else "FAILED")),
     ]
@@ -622,6 +669,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     )
     doc["machine"]["load_at_end"] = list(os.getloadavg())
+    doc["git"]["at_end"] = git_revision()
+    if doc["git"]["at_start"] != doc["git"]["at_end"]:
+        warn(f"the checkout changed during the run: {doc['git']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     say(f"results written to {args.output} (whole run {total:.0f} s)")
