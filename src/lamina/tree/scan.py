@@ -113,6 +113,7 @@ class _Dir:
     entries: list[Entry]
     hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
     files: list[tuple[bytes, Entry, os.stat_result, _Job, int]]
+    jobs: list[_Job]  # the distinct jobs of ``files``
     cached: int
     parent: Entry | None
 
@@ -292,7 +293,9 @@ class Scanner:
             entries.append(e)
         if hits and self.cache is not None and self.cache.stale:
             to_read.extend(self._verify_hits(hits))
-        self._order.append(_Dir(rel, entries, hits, self._read_all(to_read), len(cached), parent))
+        files = self._read_all(to_read)
+        jobs = list({id(f[3]): f[3] for f in files}.values())
+        self._order.append(_Dir(rel, entries, hits, files, jobs, len(cached), parent))
         self._drain(block=False)
 
     def _finish(self, d: _Dir) -> None:
@@ -343,7 +346,8 @@ class Scanner:
             self._submit_small()
         while self._order:
             d = self._order[0]
-            waiting = [j for *_, j, _ in d.files if j.future is None or not j.future.done()]
+            waiting = [j for j in d.jobs if j.future is None or not j.future.done()]
+            d.jobs = waiting  # finished jobs stay finished: look at the rest next time
             if waiting:
                 if not block and len(self._running) < 4 * self._workers and len(self._order) < 4096:
                     return
