@@ -189,10 +189,10 @@ def test_snapshot_committed_between_mark_and_condemn_keeps_everything(store: Sto
     made: list[SnapshotRecord] = []
     condemn = store.catalog.condemn
 
-    def condemn_after_a_commit(ids, max_seq):  # type: ignore[no-untyped-def]
+    def condemn_after_a_commit(ids, max_seq, copies=()):  # type: ignore[no-untyped-def]
         if not made:  # a backup of the same files commits right after the mark
             made.append(snapshot_of(store, shared, "new"))
-        return condemn(ids, max_seq)
+        return condemn(ids, max_seq, copies)
 
     store.catalog.condemn = condemn_after_a_commit  # type: ignore[method-assign]
     _gc(store)
@@ -201,3 +201,19 @@ def test_snapshot_committed_between_mark_and_condemn_keeps_everything(store: Sto
     _restorable(store, made[0])
     rep = check(store, [snapshot_roots(store.catalog)], references, read_data=True)
     assert rep.ok, rep.errors
+
+
+def test_gc_frees_copies_stored_by_concurrent_writers(store: Store) -> None:
+    data = os.urandom(50_000)
+    a, b = store.writer(), store.writer()
+    bid_a, bid_b = a.put(BlobKind.DATA, data), b.put(BlobKind.DATA, data)  # both saw it missing
+    a.close()
+    b.close()
+    assert bid_a == bid_b
+    assert len([r for r in store.catalog.iter_blobs() if r.id == bid_a]) == 2
+    snap = snapshot_of(store, {b"f": data})
+    rep = _gc(store)
+    assert rep.duplicates == 1
+    assert len([r for r in store.catalog.iter_blobs() if r.id == bid_a]) == 1
+    _restorable(store, snap)
+    assert check(store, [snapshot_roots(store.catalog)], references, read_data=True).ok

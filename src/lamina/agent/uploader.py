@@ -21,6 +21,7 @@ from lamina.store.keys import ChunkingSecret
 
 BUNDLE_BYTES = 8 * 1024 * 1024
 MISSING_BATCH = 5000
+TREE_BATCH = 512
 
 
 class RemoteSink:
@@ -40,6 +41,7 @@ class RemoteSink:
         self._upload_lock = threading.Lock()
         self._sent: set[bytes] = set()
         self._bundle: list[BundleBlob] = []
+        self._queued: dict[bytes, tuple[BlobKind, bytes, bytes]] = {}
         self._bundle_size = 0
         self.uploaded_bytes = 0
         self.uploaded_blobs = 0
@@ -78,12 +80,31 @@ class RemoteSink:
             self._upload(full)
 
     def put(self, kind: BlobKind, data: bytes) -> bytes:
+        """Queue a blob (a folder's tree); whether the server lacks it is asked in batches
+        of ``TREE_BATCH``, not once per folder. ``flush`` settles the rest."""
         bid = blob.blob_id(self._chunking.id_key, data)
-        if bid not in self._sent and self.need([bid]):
-            self.put_chunk(kind, bid, data)
+        batch: list[tuple[BlobKind, bytes, bytes]] | None = None
+        with self._lock:
+            if bid in self._sent or bid in self._queued:
+                return bid
+            self._queued[bid] = (kind, bid, data)
+            if len(self._queued) >= TREE_BATCH:
+                batch, self._queued = list(self._queued.values()), {}
+        if batch:
+            self._settle(batch)
         return bid
 
+    def _settle(self, batch: list[tuple[BlobKind, bytes, bytes]]) -> None:
+        lacking = self.need([bid for _, bid, _ in batch])
+        for kind, bid, data in batch:
+            if bid in lacking:
+                self.put_chunk(kind, bid, data)
+
     def flush(self) -> None:
+        with self._lock:
+            batch, self._queued = list(self._queued.values()), {}
+        if batch:
+            self._settle(batch)
         with self._lock:
             full, self._bundle, self._bundle_size = self._bundle, [], 0
         if full:

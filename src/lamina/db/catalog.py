@@ -281,7 +281,12 @@ class SqlCatalog:
             ).scalar()
         return int(value or 0)
 
-    def condemn(self, ids: Collection[bytes], max_pack_seq: int) -> int:
+    def condemn(
+        self,
+        ids: Collection[bytes],
+        max_pack_seq: int,
+        copies: Collection[tuple[bytes, int]] = (),
+    ) -> int:
         with write_tx(self.engine) as c:
             epoch = self._lock_epoch(c) + 1
             c.execute(
@@ -291,6 +296,12 @@ class SqlCatalog:
                 c.execute(
                     update(blobs)
                     .where(blobs.c.id.in_(batch), blobs.c.pack_seq <= max_pack_seq)
+                    .values(condemned=True)
+                )
+            for bid, seq in copies:  # surplus copies of live blobs: one row each
+                c.execute(
+                    update(blobs)
+                    .where(blobs.c.id == bid, blobs.c.pack_seq == seq, blobs.c.pack_seq <= max_pack_seq)
                     .values(condemned=True)
                 )
             return epoch

@@ -144,8 +144,16 @@ class Catalog(Protocol):
     # --- garbage collection --------------------------------------------------
     def gc_epoch(self) -> int: ...
 
-    def condemn(self, ids: Collection[bytes], max_pack_seq: int) -> int:
+    def condemn(
+        self,
+        ids: Collection[bytes],
+        max_pack_seq: int,
+        copies: Collection[tuple[bytes, int]] = (),
+    ) -> int:
         """Condemn the rows of ``ids`` in packs up to ``max_pack_seq``; bump the epoch.
+
+        ``copies`` names single rows, ``(id, pack_seq)``: surplus copies of a live
+        blob (two writers stored it at once); the blob stays readable from another row.
 
         Returns the new epoch.
         """

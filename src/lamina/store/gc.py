@@ -36,6 +36,7 @@ ProgressFn = Callable[[str], None]
 class GcReport:
     reachable: int = 0
     condemned: int = 0
+    duplicates: int = 0
     rescued: int = 0
     packs_deleted: int = 0
     packs_repacked: int = 0
@@ -97,20 +98,29 @@ def collect(
         report.reachable = len(marked)
         dead: set[bytes] = set()
         revived: set[bytes] = set()  # condemned by an earlier, interrupted run, reachable now
+        kept_row: dict[bytes, int] = {}  # live blob -> the one row that keeps it
+        copies: list[tuple[bytes, int]] = []  # surplus rows of live blobs (concurrent uploads)
         for r in cat.iter_blobs():
             if r.id not in marked:
                 if r.pack_seq <= max_seq:
                     dead.add(r.id)
-            elif r.condemned:
+                continue
+            if r.condemned:
                 revived.add(r.id)
+            if r.id in kept_row:
+                if r.pack_seq <= max_seq:
+                    copies.append((r.id, r.pack_seq))
+            else:
+                kept_row[r.id] = r.pack_seq
         report.condemned = len(dead)
+        report.duplicates = len(copies)
         if dry_run:
             report.notes.append(f"would condemn {len(dead)} blobs")
             return report
         say("condemning")
         if revived:
             cat.rescue(revived)
-        cat.condemn(dead, max_seq)
+        cat.condemn(dead, max_seq, copies)
         newly = mark(store, walk, _root_ids(sources), marked)
         back = newly & dead
         if back:

@@ -8,8 +8,9 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from lamina.errors import IntegrityError
 from lamina.store import blob
 
-#: ids asked for in one request (at most 16 x 4 MiB chunks in flight).
-BATCH = 16
+#: ids asked for in one request; the server may answer with fewer (a prefix) to
+#: bound its response, and the rest are asked for again.
+BATCH = 128
 
 
 class BatchedBlobs:
@@ -37,15 +38,15 @@ class BatchedBlobs:
 
     def _load(self, first: bytes) -> None:
         batch = [first]
-        for i in list(self._queue):
+        for i in self._queue:  # not mutated in this loop
             if len(batch) >= BATCH:
                 break
             if i != first and i not in self._have:
                 batch.append(i)
         out = self._fetch(batch)
-        if len(out) != len(batch):
+        if not 1 <= len(out) <= len(batch):
             raise IntegrityError("the server answered a blob request with something else")
-        for bid, data in zip(batch, out, strict=True):
+        for bid, data in zip(batch[: len(out)], out, strict=True):
             if not isinstance(data, bytes):
                 raise IntegrityError("the server answered a blob request with something else")
             if self._id_key is not None and blob.blob_id(self._id_key, data) != bid:
