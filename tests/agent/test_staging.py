@@ -140,3 +140,49 @@ def test_crash_then_rollback_restores_old_exactly(setup, monkeypatch: pytest.Mon
     staging.rollback(half, root)
     # Wholly old again (renames touch folder mtimes, nothing else).
     assert _no_dir_times(describe(root)) == _no_dir_times(current)
+
+
+def test_layer_delivery_survives_a_crash_at_every_step(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delta (new and changed files, a removal) applied by `agent boot`, cut at every op."""
+    import shutil
+
+    from lamina.layers.trees import build_tree, index
+
+    ref = _endpoint(tmp_path / "ref")
+    (ref / "opt/app/bin").mkdir(parents=True)
+    (ref / "opt/app/bin/app").write_text("app v1\n")
+    (ref / "usr/bin/tool").write_text("tool patched\n")
+    snap = backup(store, ref).snapshot
+    entries = index(store.get, snap.root)
+    with store.writer() as w:
+        delta = build_tree(
+            w.put,
+            {p: entries[p] for p in ("/opt/app/bin/app", "/usr/bin/tool")},
+            {p: e for p, e in entries.items() if e.type == "dir"},
+        )
+    root = _endpoint(tmp_path / "root")
+    pristine = tmp_path / "pristine"
+    shutil.copytree(root, pristine, symlinks=True)
+    state = tmp_path / "state"
+    expected_steps = None
+    for n in range(0, 10):
+        shutil.rmtree(root)
+        shutil.copytree(pristine, root, symlinks=True)
+        tx = staging.stage_delta(store, delta, ["/usr/lib/old.so"], root, state, {"kind": "layers"})
+        expected_steps = len(tx.journal["ops"])
+        assert expected_steps == 3  # swap /opt, swap usr/bin/tool, remove usr/lib/old.so
+        if n <= expected_steps:
+            monkeypatch.setenv(staging.FAIL_ENV, str(n))
+            with pytest.raises(staging.InjectedCrash):
+                staging.boot(state, root)
+            monkeypatch.delenv(staging.FAIL_ENV)
+        staging.boot(state, root)
+        assert (root / "opt/app/bin/app").read_text() == "app v1\n"
+        assert (root / "usr/bin/tool").read_text() == "tool patched\n"
+        assert not (root / "usr/lib/old.so").exists()
+        assert (root / "home/ann/notes.txt").read_text() == "ann's notes v1\n"
+        assert staging.pending(state, root) == []
+        if n > expected_steps:
+            break

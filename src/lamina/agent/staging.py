@@ -260,11 +260,15 @@ def _seed_from_endpoint(
     return seeded
 
 
-def stage_layers(
-    client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
-) -> dict[str, Any]:
-    """Stage a layer delivery: download only what the endpoint lacks, apply at next boot."""
-    root = Path(st.root)
+def stage_delta(
+    blobs: BatchedBlobs | BlobSource,
+    delta: bytes,
+    removes: list[str],
+    root: Path,
+    state_dir: Path,
+    summary: dict[str, Any],
+) -> Transaction:
+    """Materialise a delta tree in staging and plan its swaps and removals."""
     base = staging_root(state_dir, root)
     for old in pending(state_dir, root):
         if old.journal["state"] == STAGED:
@@ -273,27 +277,17 @@ def stage_layers(
             raise UsageError(
                 f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
             )
-    blobs = agent_blobs(client, st.chunking.id_key)
-    delta = bytes.fromhex(params["delta"])
-    seeded = _seed_from_endpoint(blobs, root, delta, st.chunking)
     tx = Transaction(base / uuid.uuid4().hex, {})
     tx.new.mkdir(parents=True)
     restore_tree(blobs, delta, tx.new)
     ops: list[list[str]] = []
     _plan_delta(tx.new, root, "", ops)
-    for path in params.get("removes") or []:
+    for path in removes:
         rel = str(path).strip("/")
         for part in rel.split("/"):
             check_name(os.fsencode(part))
         if os.path.lexists(root / rel):
             ops.append(["remove", rel])
-    summary = {
-        "kind": "layers",
-        "versions": params.get("versions", []),
-        "labels": params.get("labels", []),
-        "downloaded_bytes": blobs.fetched_bytes,
-        "seeded_bytes": seeded,
-    }
     tx.journal = {
         "v": JOURNAL_VERSION,
         "id": tx.path.name,
@@ -303,7 +297,31 @@ def stage_layers(
         "summary": summary,
     }
     tx.save()
-    return {"transaction": tx.journal["id"], "operations": len(ops), **summary}
+    return tx
+
+
+def stage_layers(
+    client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Stage a layer delivery: download only what the endpoint lacks, apply at next boot."""
+    root = Path(st.root)
+    blobs = agent_blobs(client, st.chunking.id_key)
+    delta = bytes.fromhex(params["delta"])
+    seeded = _seed_from_endpoint(blobs, root, delta, st.chunking)
+    summary: dict[str, Any] = {
+        "kind": "layers",
+        "versions": params.get("versions", []),
+        "labels": params.get("labels", []),
+        "seeded_bytes": seeded,
+    }
+    tx = stage_delta(blobs, delta, list(params.get("removes") or []), root, state_dir, summary)
+    tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
+    tx.save()
+    return {
+        "transaction": tx.journal["id"],
+        "operations": len(tx.journal["ops"]),
+        **tx.journal["summary"],
+    }
 
 
 # --- applying at boot --------------------------------------------------------------
