@@ -301,7 +301,9 @@ class SqlCatalog:
             for bid, seq in copies:  # surplus copies of live blobs: one row each
                 c.execute(
                     update(blobs)
-                    .where(blobs.c.id == bid, blobs.c.pack_seq == seq, blobs.c.pack_seq <= max_pack_seq)
+                    .where(
+                        blobs.c.id == bid, blobs.c.pack_seq == seq, blobs.c.pack_seq <= max_pack_seq
+                    )
                     .values(condemned=True)
                 )
             return epoch

@@ -93,7 +93,9 @@ def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
         except zstandard.ZstdError as e:
             raise IntegrityError(f"blob is not a zstd frame: {e}") from e
         if declared not in (-1, raw_length):
-            raise IntegrityError(f"blob's zstd frame declares {declared} bytes, the index says {raw_length}")
+            raise IntegrityError(
+                f"blob's zstd frame declares {declared} bytes, the index says {raw_length}"
+            )
         try:
             data = _decompressor().decompress(payload, max_output_size=raw_length)
         except zstandard.ZstdError as e:

@@ -29,9 +29,7 @@ class RebuildReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def rebuild_index(
-    store: Store, walk: Walker, progress: ProgressFn | None = None
-) -> RebuildReport:
+def rebuild_index(store: Store, walk: Walker, progress: ProgressFn | None = None) -> RebuildReport:
     """Replace the index with what the packs hold; recover snapshots that are whole.
 
     A snapshot is recovered only if it was not forgotten (``forgotten/`` markers)

@@ -22,7 +22,9 @@ class BatchedBlobs:
     against its id before use.
     """
 
-    def __init__(self, fetch: Callable[[list[bytes]], list[bytes]], id_key: bytes | None = None) -> None:
+    def __init__(
+        self, fetch: Callable[[list[bytes]], list[bytes]], id_key: bytes | None = None
+    ) -> None:
         self._fetch = fetch
         self._id_key = id_key
         self._queue: OrderedDict[bytes, None] = OrderedDict()
