@@ -18,6 +18,9 @@ Steps, each run for Lamina then restic before the next step starts:
 3. backup after ~1% of the files changed (bench.run's change helper, same seed)
 4. full restore into an empty folder (Lamina's is verified against the corpus)
 5. store size on disk
+6. layer update (Lamina only): a base layer captured from a reference endpoint (a sample of
+   the corpus) and applied to a copy; ~1% of the reference's bytes changed, v2 captured
+   with ``--update`` and delivered: bytes the target downloads against bytes changed
 
 Everything lives under bench/work/e2e/ (git-ignored), wiped at the start.
 """
@@ -31,10 +34,12 @@ import hashlib
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -57,6 +62,7 @@ from bench.run import (
     build_corpus,
     clean_env,
     compare,
+    copy_tree,
     human_bytes,
     manifest,
     mutate,
@@ -312,6 +318,7 @@ class Results:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    layer_update: dict[str, Any] = field(default_factory=dict)
 
     def record(self, key: str, tool: str, value: float | None) -> None:
         self.figures.setdefault(key, {})[tool] = value
@@ -394,6 +401,161 @@ class LaminaE2E:
             parts[child.name] = tree_size(child).disk if child.is_dir() else child.stat().st_size
         parts["agent-state (client side, not counted)"] = tree_size(self.state).disk
         return parts
+
+
+# --------------------------------------------------------------------------- layer update
+
+LAYER_MB = 150.0  # the reference endpoint: this much of the corpus (all of it when smaller)
+
+
+def copy_sample(src: Path, dst: Path, budget: float, seed: int) -> dict[str, int]:
+    """Regular files and symlinks of ``src`` copied to ``dst`` (modes and times kept),
+    picked at random (seeded) until ``budget`` bytes; all of it when it is smaller."""
+    picks: list[tuple[str, int, bool]] = []
+    for dirpath, _dirs, names in os.walk(src):
+        for name in names:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode):
+                picks.append((os.path.relpath(p, src), st.st_size, stat.S_ISLNK(st.st_mode)))
+    picks.sort()
+    random.Random(seed).shuffle(picks)
+    total = files = 0
+    for rel, size, is_link in picks:
+        if not is_link and total + size > budget:
+            continue
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if is_link:
+            os.symlink(os.readlink(src / rel), out)
+        else:
+            shutil.copy2(src / rel, out)
+            total += size
+        files += 1
+    return {"files": files, "bytes": total}
+
+
+def change_bytes(root: Path, fraction: float, seed: int) -> dict[str, Any]:
+    """Overwrite about ``fraction`` of the bytes under ``root``, same sizes: a region in
+    the middle of the 4 largest files (most of it) and 16 small files (4 to 256 KiB)."""
+    rng = random.Random(seed)
+    files = sorted(
+        (p.stat().st_size, p)
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink() and p.stat().st_nlink == 1
+    )
+    total = sum(s for s, _ in files)
+    target = total * fraction
+    large = [p for s, p in files[-4:] if s >= 256 * 1024]
+    small = [p for s, p in files if 4096 <= s <= 256 * 1024]
+    small = rng.sample(small, min(16, len(small)))
+    plan: list[tuple[Path, int]] = []
+    for p in small:
+        plan.append((p, max(64, p.stat().st_size // 8)))
+    rest = max(0.0, target - sum(n for _, n in plan))
+    for p in large:
+        plan.append((p, min(p.stat().st_size // 2, int(rest / len(large)))))
+    changed: list[dict[str, Any]] = []
+    for p, n in plan:
+        if n <= 0:
+            continue
+        mode = p.stat().st_mode
+        if not mode & stat.S_IWUSR:
+            os.chmod(p, stat.S_IMODE(mode) | stat.S_IWUSR)
+        size = p.stat().st_size
+        off = (size - n) // 2
+        with open(p, "r+b") as f:
+            f.seek(off)
+            f.write(rng.randbytes(n))
+        changed.append(
+            {"path": os.fspath(p.relative_to(root)), "size": size, "offset": off, "bytes": n}
+        )
+    return {
+        "tree_bytes": total,
+        "changed_bytes": sum(c["bytes"] for c in changed),
+        "large_files": len([c for c in changed if c["size"] > 256 * 1024]),
+        "small_files": len([c for c in changed if c["size"] <= 256 * 1024]),
+        "files": changed,
+    }
+
+
+def sha256(p: Path) -> str:
+    with open(p, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def layer_update(lam: LaminaE2E, corpus: Path, work: Path, seed: int) -> dict[str, Any]:
+    """Capture a base layer v1 from a reference endpoint (a sample of the corpus) and apply
+    it to a target endpoint (a copy of the same tree); change ~1% of the reference's bytes,
+    capture v2, deliver it: how many bytes the target downloads against how many changed."""
+    base = work / "layers"
+    ref_root, tgt_root = base / "ref" / "root", base / "tgt" / "root"
+    copied = copy_sample(corpus, ref_root, LAYER_MB * 1024 * 1024, seed)
+    tgt_root.parent.mkdir(parents=True)
+    copy_tree(ref_root, tgt_root)
+    admin, url = lam.admin, lam.server.url
+    ref_token = admin.json("token", "create", "--policy", "bench", "--reference")["token"]
+    tgt_token = admin.json("token", "create", "--policy", "bench")["token"]
+
+    def enroll(name: str, token: str, root: Path) -> tuple[Cli, Path, str]:
+        cli, state = Cli(base / name / "config", lam.agent.env), base / name / "state"
+        before = {c["id"] for c in admin.json("cvd", "list")}
+        cli.run(
+            "agent", "enroll", "--server", url, "--token", token, "--root", root, "--state", state
+        )
+        cvd = cli.json("agent", "status", "--state", state).get("cvd_id") or ""
+        if not cvd:
+            [cvd] = [c["id"] for c in admin.json("cvd", "list") if c["id"] not in before]
+        return cli, state, cvd
+
+    ref, ref_state, ref_cvd = enroll("ref", ref_token, ref_root)
+    ref.run("agent", "run", "--once", "--state", ref_state)
+    v1 = admin.json("layer", "capture", ref_cvd, "--name", "bench-base")
+    tgt, tgt_state, tgt_cvd = enroll("tgt", tgt_token, tgt_root)
+    tgt.run("agent", "run", "--once", "--state", tgt_state)
+    [a1] = admin.json("layer", "assign", tgt_cvd, "--base", "bench-base:1")
+    tgt.run("agent", "run", "--once", "--state", tgt_state)
+    tgt.run("agent", "boot", "--state", tgt_state)
+    tgt.run("agent", "run", "--once", "--sync", "--state", tgt_state)
+
+    changes = change_bytes(ref_root, 0.01, seed)
+    ref.run("agent", "run", "--once", "--sync", "--state", ref_state)
+    v2 = admin.json("layer", "capture", ref_cvd, "--update", "bench-base")
+    [a2] = admin.json("layer", "assign", tgt_cvd, "--base", "bench-base:2")
+    if not a2.get("task"):
+        raise CommandFailed(f"assigning v2 made no task: {a2}")
+    t0 = time.perf_counter()
+    tgt.run("agent", "run", "--once", "--state", tgt_state, sync_first=True)
+    stage_s = time.perf_counter() - t0
+    task = admin.json("task", "show", a2["task"])
+    result = task.get("result") or {}
+    tgt.run("agent", "boot", "--state", tgt_state)
+    differ = [
+        c["path"]
+        for c in changes["files"]
+        if sha256(tgt_root / c["path"]) != sha256(ref_root / c["path"])
+    ]
+    layer_bytes = v2["versions"][-1].get("bytes") or v1["versions"][0].get("bytes")
+    down, changed = result.get("downloaded_bytes"), changes["changed_bytes"]
+    out = {
+        "reference_tree": copied,
+        "layer_files": v2["versions"][-1].get("files"),
+        "layer_bytes": layer_bytes,
+        "changed_bytes": changed,
+        "changed_files": len(changes["files"]),
+        "downloaded_bytes": down,
+        "seeded_bytes": result.get("seeded_bytes"),
+        "downloaded_per_changed": down / changed if down is not None and changed else None,
+        "downloaded_per_layer": down / layer_bytes if down is not None and layer_bytes else None,
+        "stage_s": round(stage_s, 2),
+        "verified": not differ,
+        "differing_files": differ,
+        "v1_assign": a1,
+        "task": task,
+        "changes": changes,
+    }
+    rmtree(base)
+    return out
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -524,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "figures": res.figures,
         "ratios": ratios(res),
         "verification": res.verification,
+        "layer_update": res.layer_update,
         "details": res.details,
         "failures": res.failures,
     }
@@ -757,6 +920,18 @@ def run_steps(
         b = res.figures.get("store_bytes", {}).get(tool)
         if b is not None:
             say(f"  {tool:<7} {human_bytes(b)}")
+
+    say("6. layer update: bytes downloaded vs bytes changed (Lamina only)", "bold")
+
+    def layers() -> None:
+        res.layer_update = layer_update(lam, corpus, work, args.seed)
+        if not res.layer_update["verified"]:
+            res.failures.append(
+                "layer update: changed files differ from the reference after boot: "
+                f"{res.layer_update['differing_files'][:5]}"
+            )
+
+    step("layer update", layers)
     return 0
 
 
@@ -810,6 +985,27 @@ def print_table(res: Results, c_size: TreeSize, quick: bool, with_restic: bool) 
                     for i, (c, w) in enumerate(zip(r, widths, strict=True))
                 )
             )
+    lu = res.layer_update
+    if lu:
+
+        def pct(x: float | None) -> str:
+            return "—" if x is None else f"{100 * x:.2f}%"
+
+        say(
+            f"Layer update (base v1 -> v2): layer {human_bytes(lu['layer_bytes'] or 0)} in "
+            f"{lu['layer_files']} files; changed {human_bytes(lu['changed_bytes'])} in "
+            f"{lu['changed_files']} files; downloaded "
+            f"{human_bytes(lu['downloaded_bytes'] or 0)} (seeded from the endpoint "
+            f"{human_bytes(lu['seeded_bytes'] or 0)}); downloaded/changed "
+            + (
+                "—"
+                if lu["downloaded_per_changed"] is None
+                else f"{lu['downloaded_per_changed']:.2f}"
+            )
+            + f", downloaded/layer {pct(lu['downloaded_per_layer'])}; changed files "
+            + ("identical to the reference after boot" if lu["verified"] else "DIFFER"),
+            "green" if lu["verified"] else "bold red",
+        )
     v = res.verification.get("lamina")
     if v is not None:
         say(
