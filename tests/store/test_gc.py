@@ -217,3 +217,30 @@ def test_gc_frees_copies_stored_by_concurrent_writers(store: Store) -> None:
     assert len([r for r in store.catalog.iter_blobs() if r.id == bid_a]) == 1
     _restorable(store, snap)
     assert check(store, [snapshot_roots(store.catalog)], references, read_data=True).ok
+
+
+def test_rescue_walks_subtrees_the_collector_condemned(store: Store) -> None:
+    """A new snapshot reusing an old folder whose tree was condemned must still commit."""
+    with store.writer() as w:
+        cid = w.put(BlobKind.DATA, os.urandom(20_000))
+        sub = w.put(
+            BlobKind.TREE, encode_tree([Entry(name=b"f", type="file", size=20_000, content=[cid])])
+        )
+        root = w.put(BlobKind.TREE, encode_tree([Entry(name=b"d", type="dir", subtree=sub)]))
+        old = w.commit_snapshot(
+            SnapshotRecord("", dt.datetime.now(dt.UTC), "old", root, 1, 0, {}),
+            lambda r: walk_blobs(store, r),
+        )
+    store.catalog.forget_snapshots([old.id])
+    w = store.writer()
+    assert not w.need([sub, cid])  # the writer reuses the folder's tree as it is
+    store.catalog.condemn({r.id for r in store.catalog.iter_blobs()}, store.catalog.max_pack_seq())
+    new_root = w.put(BlobKind.TREE, encode_tree([Entry(name=b"e", type="dir", subtree=sub)]))
+    snap = w.commit_snapshot(
+        SnapshotRecord("", dt.datetime.now(dt.UTC), "new", new_root, 1, 0, {}),
+        lambda r: walk_blobs(store, r),
+    )
+    w.close()
+    assert store.catalog.missing([sub, cid]) == set()  # rescued, not just read
+    _gc(store)
+    _restorable(store, snap)

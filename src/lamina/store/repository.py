@@ -188,6 +188,11 @@ class Store:
                 found[i] = loc
         if rest:
             found.update(self.catalog.locate(rest))
+            absent = [i for i in rest if i not in found]
+            if absent:
+                # A condemned blob is still readable until the collector sweeps it: a
+                # writer rescuing its snapshot must walk trees a collection condemned.
+                found.update(self.catalog.locate(absent, include_condemned=True))
         return found
 
     def _open(self, bid: bytes, loc: BlobLocation | None) -> bytes:

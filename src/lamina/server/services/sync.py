@@ -96,32 +96,35 @@ def verify_tree(store: Store, root: bytes, previous: bytes | None) -> Iterator[b
 
     Yields every blob id the snapshot references (for the gc rescue walk).
     """
-    todo: list[tuple[bytes, bytes | None]] = [(root, previous)]
-    while todo:
-        tid, old = todo.pop()
-        entries = decode_tree(store.get(tid))
-        yield tid
-        old_sub: dict[bytes, bytes] = {}
-        if old is not None:
-            try:
-                old_sub = {e.name: e.subtree for e in decode_tree(store.get(old)) if e.subtree}
-            except MissingDataError:
-                old_sub = {}
-        chunks = [cid for e in entries for cid in e.chunk_ids()]
-        if chunks:
-            gone = store.catalog.missing(chunks)
+    level: list[tuple[bytes, bytes | None]] = [(root, previous)]
+    while level:  # one level of folders at a time: one lookup for its trees, few for its chunks
+        store.prefetch([t for t, _ in level] + [o for _, o in level if o is not None])
+        chunks: list[bytes] = []
+        below: list[tuple[bytes, bytes | None]] = []
+        for tid, old in level:
+            entries = decode_tree(store.get(tid))
+            yield tid
+            old_sub: dict[bytes, bytes] = {}
+            if old is not None:
+                try:
+                    old_sub = {e.name: e.subtree for e in decode_tree(store.get(old)) if e.subtree}
+                except MissingDataError:
+                    old_sub = {}
+            for e in entries:
+                chunks.extend(e.chunk_ids())
+                if e.subtree is not None and old_sub.get(e.name) != e.subtree:
+                    # (equal subtrees were verified with an earlier snapshot of this CVD,
+                    # which keeps them alive)
+                    below.append((e.subtree, old_sub.get(e.name)))
+        for k in range(0, len(chunks), 5000):
+            gone = store.catalog.missing(chunks[k : k + 5000])
             if gone:
                 raise MissingDataError(
                     f"the snapshot names {len(gone)} chunks the server does not hold "
                     f"(first {next(iter(gone)).hex()[:16]}); upload them before committing"
                 )
-            yield from chunks
-        for e in entries:
-            if e.subtree is None:
-                continue
-            if old_sub.get(e.name) == e.subtree:
-                continue  # verified with an earlier snapshot of this CVD, kept alive by it
-            todo.append((e.subtree, old_sub.get(e.name)))
+        yield from chunks
+        level = below
 
 
 def commit(
