@@ -404,3 +404,12 @@ def test_latest_breaks_time_ties_by_insertion(catalog: SqlCatalog) -> None:
     catalog.add_snapshot(snap("11" * 32, T0), 0)
     catalog.add_snapshot(snap("22" * 32, T0), 0)
     assert catalog.find_snapshot("latest").id == "22" * 32
+
+
+def test_head_constant_matches_the_migrations() -> None:
+    from alembic.script import ScriptDirectory
+
+    from lamina.db.migrate import HEAD, MIGRATIONS
+
+    script = ScriptDirectory(str(MIGRATIONS))
+    assert script.get_current_head() == HEAD
