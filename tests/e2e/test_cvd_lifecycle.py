@@ -154,6 +154,10 @@ def test_cvd_lifecycle(
     assert (
         agents["desk-01"].json("agent", "status", "--state", str(states["desk-01"]))["staged"] == []
     )
+    agents["desk-01"].run("agent", "run", "--once", "--state", str(states["desk-01"]))
+    assert (
+        admin.json("task", "show", t["id"])["state"] == "done"
+    )  # reported once the boot applied it
 
     # Archive desk-02: detached, read-only, still restorable.
     arch = admin.json("cvd", "archive", "desk-02")

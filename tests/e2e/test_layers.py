@@ -152,6 +152,7 @@ def test_capture_record_assign_apply_update(
     assert {p: p.read_text() for p in identity} == identity
     assert (tgt / "usr/games/user-game").exists()
     agent.run("agent", "run", "--once", "--sync", "--state", str(state))
+    assert admin.json("task", "show", assigned["task"])["state"] == "done"
     assert admin.json("cvd", "layers", "desk-09") == {
         "id": admin.json("cvd", "show", "desk-09")["id"],
         "assigned": ["debian-base:1", "editor:1"],

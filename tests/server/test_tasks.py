@@ -52,3 +52,15 @@ def test_each_task_is_claimed_exactly_once(engine: Engine) -> None:
     assert {t.state for t in tasks.list_tasks(engine, admin) if t.device_id == "dev-1"} == {
         "running"
     }
+
+
+def test_a_task_cut_short_by_an_agent_restart_is_claimed_again(engine: Engine) -> None:
+    device = Principal("device", "dev-9", "device nine")
+    with write_tx(engine) as c:
+        tid = tasks.enqueue(c, "restore", "admin", device_id="dev-9")
+    assert [w.task_id for w in tasks.claim_for_device(engine, device, "first")] == [tid]
+    # The agent died mid-task; when it asks for work again, the task comes back.
+    assert tasks.claim_for_device(engine, device, "same process") == []
+    assert [
+        w.task_id for w in tasks.claim_for_device(engine, device, "second", restarted=True)
+    ] == [tid]

@@ -67,6 +67,7 @@ class Agent:
     ) -> None:
         self.state_dir = state_dir
         self.on_progress = on_progress
+        self._first_cycle = True
         self.st = load_state(state_dir)
         self.client = AgentClient(self.st.server, self.st.credential, self.st.pinned_cert)
         self.status: dict[str, Any] = load_status(state_dir) or {}
@@ -143,7 +144,21 @@ class Agent:
     def _task(self, item: WorkItem, **report: Any) -> None:
         retrying(lambda: self.client.json("POST", f"/agent/tasks/{item.task_id}", json=report))
 
+    def _supersede(self, item: WorkItem) -> None:
+        """A new staging replaces one not yet applied: its task will never apply."""
+        old = self.status.get("staged_task")
+        if old and old != item.task_id and not self.status.get("applied"):
+            with contextlib.suppress(LaminaError):
+                self._task(
+                    WorkItem(task_id=old, kind="", params={}),
+                    progress=0,
+                    state="failed",
+                    message=f"superseded by task {item.task_id} before a boot applied it",
+                )
+
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
+        if item.kind in ("layer-apply", "revert"):
+            self._supersede(item)
         try:
             if item.kind == "sync":
                 result = self.sync(cfg)
@@ -153,7 +168,11 @@ class Agent:
                 self._task(item, progress=100, state="done", message="restored", result=result)
             elif item.kind == "layer-apply":
                 result = stage_layers(self.client, self.st, self.state_dir, item.params)
-                self._save(state="waiting for reboot", staged=result["transaction"])
+                self._save(
+                    state="waiting for reboot",
+                    staged=result["transaction"],
+                    staged_task=item.task_id,
+                )
                 self._task(
                     item,
                     progress=100,
@@ -163,7 +182,11 @@ class Agent:
                 )
             elif item.kind == "revert":
                 result = stage_revert(self.client, self.st, self.state_dir, item.params)
-                self._save(state="waiting for reboot", staged=result["transaction"])
+                self._save(
+                    state="waiting for reboot",
+                    staged=result["transaction"],
+                    staged_task=item.task_id,
+                )
                 self._task(
                     item,
                     progress=100,
@@ -204,7 +227,28 @@ class Agent:
         if force_sync and not cfg.cvd_id:
             raise ConflictError(f"this device is {cfg.status}: it has no active CVD to sync")
         done: dict[str, Any] = {"synced": False, "tasks": []}
-        items = [WorkItem(**w) for w in retrying(lambda: self.client.json("GET", "/agent/work"))]
+        if self.status.get("staged_task") and self.status.get("applied"):
+            # `agent boot` applied what that task staged: it is done now.
+            tid = self.status["staged_task"]
+            retrying(
+                lambda: self.client.json(
+                    "POST",
+                    f"/agent/tasks/{tid}",
+                    json={
+                        "progress": 100,
+                        "state": "done",
+                        "message": "applied at boot",
+                        "result": {"applied": self.status["applied"]},
+                    },
+                )
+            )
+            self._save(staged_task=None, applied=None)
+        params = {"restarted": "true"} if self._first_cycle else {}
+        items = [
+            WorkItem(**w)
+            for w in retrying(lambda: self.client.json("GET", "/agent/work", params=params))
+        ]
+        self._first_cycle = False
         asked = any(i.kind == "sync" for i in items)
         if (force_sync or self.sync_due(cfg)) and not asked and cfg.cvd_id:
             self.sync(cfg)

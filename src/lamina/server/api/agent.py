@@ -75,9 +75,12 @@ def commit(req: CommitRequest, ctx: Ctx, device: Device) -> CommitResponse:
     return resp
 
 
-@router.get("/work", summary="Claim the tasks queued for this device")
-def work(ctx: Ctx, device: Device) -> list[WorkItem]:
-    return tasks.claim_for_device(ctx.engine, device, _WORKER)
+@router.get(
+    "/work",
+    summary="Claim the tasks queued for this device (restarted: requeue its cut-short ones first)",
+)
+def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
+    return tasks.claim_for_device(ctx.engine, device, _WORKER, restarted)
 
 
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")

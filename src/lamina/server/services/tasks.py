@@ -94,8 +94,21 @@ def list_tasks(
         return [public(r) for r in c.execute(q)]
 
 
-def claim_for_device(engine: Engine, device: Principal, worker: str) -> list[WorkItem]:
-    """Claim every queued task addressed to this device (each claim atomic)."""
+def claim_for_device(
+    engine: Engine, device: Principal, worker: str, restarted: bool = False
+) -> list[WorkItem]:
+    """Claim every queued task addressed to this device (each claim atomic).
+
+    ``restarted``: the agent process just started, so a task of this device still
+    ``running`` was cut short by its restart: it is queued again first.
+    """
+    if restarted:
+        with write_tx(engine) as c:
+            c.execute(
+                update(tasks)
+                .where(tasks.c.device_id == device.id, tasks.c.state == RUNNING)
+                .values(state=QUEUED, claimed_by=None, message="queued again: the agent restarted")
+            )
     with read_tx(engine) as c:
         ids = list(
             c.execute(
