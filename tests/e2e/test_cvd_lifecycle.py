@@ -16,6 +16,8 @@ def test_cvd_lifecycle(
     deployment: Deployment, person: Callable[[str], Lamina], tmp_path: Path
 ) -> None:
     admin = person("admin").login(deployment.url)
+    session = Path(admin.env["XDG_CONFIG_HOME"]) / "lamina/login.json"
+    assert session.stat().st_mode & 0o777 == 0o600  # it holds a bearer token
     admin.run("policy", "create", "standard", "--interval", "1h", "--keep-last", "10")
     token = admin.json("token", "create", "--expires", "1h")["token"]
 
