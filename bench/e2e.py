@@ -66,6 +66,7 @@ from bench.run import (
     human_bytes,
     manifest,
     mutate,
+    prepare_work,
     rmtree,
     say,
     tree_size,
@@ -590,16 +591,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             (100.0 if args.quick else 1024.0) if args.corpus is None or args.quick else None
         )
     return args
-
-
-def prepare_work(work: Path) -> None:
-    work = work.resolve()
-    if work == ROOT or ROOT.is_relative_to(work) or work == Path("/"):
-        raise SystemExit(f"refusing to use {work} as the work folder")
-    if work.exists():
-        say(f"removing the previous run's {work}")
-        rmtree(work)
-    work.mkdir(parents=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ Everything lives under bench/work/ (git-ignored), which is wiped at the start.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
 import datetime as dt
@@ -582,7 +583,9 @@ def compare(expected: Manifest, got: Manifest, *, owners: bool) -> Verdict:
 # --------------------------------------------------------------------------- tools
 
 
-class Tool:
+class Tool(abc.ABC):
+    """One backup program under test; subclasses run its commands."""
+
     name = ""
 
     def __init__(self, work: Path, env: dict[str, str]) -> None:
@@ -592,23 +595,26 @@ class Tool:
         self.failed: str | None = None
         self.version = ""
 
+    @abc.abstractmethod
     def available(self) -> str | None:
         """The tool's version, or None if it is not installed."""
-        raise NotImplementedError
+        ...
 
-    def init(self) -> Ran:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def init(self) -> Ran: ...
 
-    def backup(self, src: Path, label: str, endpoint: str | None) -> tuple[Ran, dict[str, Any]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def backup(self, src: Path, label: str, endpoint: str | None) -> tuple[Ran, dict[str, Any]]: ...
 
+    @abc.abstractmethod
     def restore(self, label: str, out: Path, corpus: Path) -> tuple[Ran, Path]:
         """Restore the latest snapshot into ``out``; return the run and the corpus root in it."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def noop(self) -> Ran:
         """A command that opens the repository and lists snapshots (fixed cost per run)."""
-        raise NotImplementedError
+        ...
 
     def cache_dirs(self) -> list[Path]:
         return []
