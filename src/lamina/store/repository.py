@@ -79,10 +79,6 @@ class Store:
         #: Pack sizes seen by reads, so a window never reaches past a pack's end.
         self._pack_sizes: dict[str, int] = {}
 
-    #: ``get``/``get_many``/``prefetch`` may be called from several threads at once
-    #: (a restore writes files in parallel only for sources that say so).
-    parallel_reads = True
-
     # --- set-up --------------------------------------------------------------
     def write_config(self) -> None:
         """Write the store's config object (first init only)."""
@@ -438,11 +434,6 @@ class Writer:
         flag, payload = blob.compress(data)
         sealed = blob.seal(self.store.keys.data_key, kind, bid, flag, payload)
         self.put_sealed(kind, bid, sealed, len(data))
-
-    def seal(self, kind: BlobKind, data: bytes | memoryview) -> tuple[bytes, bytes]:
-        """Name and seal plaintext (thread-safe; for worker threads)."""
-        keys = self.store.keys
-        return blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, bytes(data))
 
     def _ship(self) -> None:
         if self._pack.count:

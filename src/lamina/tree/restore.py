@@ -24,7 +24,6 @@ import shutil
 import stat
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -34,13 +33,6 @@ from lamina.tree.model import Entry, check_name, decode_tree
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
-#: Threads writing the large files of one folder at once, when the source allows
-#: parallel reads. 1 (none): measured on ext4 with 2 cores, 2 and 4 threads restored
-#: the benchmark corpus slower than the walking thread alone, small files (creates in
-#: one folder serialise on its lock) and large ones (page-cache writes) alike.
-WRITERS = 1
-#: Smaller files are always written by the walking thread (their cost is the create).
-PARALLEL_MIN = 1024 * 1024
 ProgressFn = Callable[[int, int], None]
 
 
@@ -104,15 +96,6 @@ class Restorer:
         #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
         self._tmp_prefix = secrets.token_hex(4).encode()
         self._tmp_count = 0
-        #: Set by ``_dir`` while it calls ``_file`` for a file the pool may write.
-        self._defer: list[tuple[bytes, Future[None]]] | None = None
-        # Only a source that declares it (the store) is read from several threads:
-        # others (a server over HTTP, an agent's cache) are read one file at a time.
-        self._pool = (
-            ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="restore")
-            if getattr(store, "parallel_reads", False) and WRITERS > 1
-            else None
-        )
 
     # --- selection -----------------------------------------------------------
     def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
@@ -142,13 +125,7 @@ class Restorer:
             self._dir(tree_id, root_fd, [], everything=not self.selected)
         finally:
             os.close(root_fd)
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-        if self.selected and not self._found_any:
-            raise UsageError("none of the requested paths are in the snapshot")
         return self.stats
-
-    _found_any = False
 
     def _check_selected(self, tree_id: bytes) -> None:
         """Refuse, before writing anything, requested paths the snapshot does not hold."""
@@ -202,51 +179,19 @@ class Restorer:
                 self.stats.removed += 1
         # Files written in the pool: the folder's own metadata is set by the caller
         # after this returns, so every one of them is waited for here.
-        writing: list[tuple[bytes, Future[None]]] = []
-        try:
-            for e in entries:
-                child_rel = [*rel, e.name]
-                want, all_below = (
-                    (True, True) if everything else self._wanted(child_rel, e.type == "dir")
-                )
-                if not want:
-                    continue
-                if all_below:
-                    self._found_any = True
-                parallel = (
-                    self._pool is not None
-                    and e.type == "file"
-                    and e.hardlink is None
-                    and e.size >= PARALLEL_MIN
-                )
-                try:
-                    if parallel:  # ``_file`` hands the writing to the pool (``_defer``)
-                        self._defer = writing
-                        try:
-                            self._file(e, fd, self._existing(fd, e.name))
-                        finally:
-                            self._defer = None
-                    else:
-                        self._entry(e, fd, child_rel, all_below)
-                except IntegrityError:
-                    raise
-                except OSError as err:
-                    self._error(child_rel, err)
-        finally:
-            errors: list[tuple[list[bytes], OSError]] = []
-            failure: BaseException | None = None
-            for name, fut in writing:
-                child_rel = [*rel, name]
-                try:
-                    fut.result()
-                except OSError as oserr:
-                    errors.append((child_rel, oserr))
-                except BaseException as exc:  # IntegrityError and the like: after all are done
-                    failure = failure or exc
-            for child_rel, failed in errors:
-                self._error(child_rel, failed)
-            if failure is not None:
-                raise failure
+        for e in entries:
+            child_rel = [*rel, e.name]
+            want, all_below = (
+                (True, True) if everything else self._wanted(child_rel, e.type == "dir")
+            )
+            if not want:
+                continue
+            try:
+                self._entry(e, fd, child_rel, all_below)
+            except IntegrityError:
+                raise
+            except OSError as err:
+                self._error(child_rel, err)
 
     def _error(self, rel: list[bytes], err: OSError) -> None:
         self.stats.errors.append(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
@@ -348,13 +293,10 @@ class Restorer:
                 if self.progress:
                     self.progress(1, e.size)
             return
-        if self._defer is not None and self._pool is not None:
-            self._defer.append((e.name, self._pool.submit(self._write, e, fd, existing)))
-            return
         self._write(e, fd, existing)
 
     def _write(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
-        """Write a file's content under a temporary name, then rename it (pool threads too)."""
+        """Write a file's content under a temporary name, then rename it."""
         with self._lock:
             self._tmp_count += 1
             tmp = b".lamina-restore-%s%08x" % (self._tmp_prefix, self._tmp_count)
