@@ -26,3 +26,5 @@ class ServerSettings(BaseSettings):
     login_window: int = 300
     #: Largest request body accepted (a sync bundle).
     max_body: int = 64 * 1024 * 1024
+    #: Largest body of every other request (JSON), refused before authentication.
+    max_json: int = 1024 * 1024

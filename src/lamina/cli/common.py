@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -70,3 +73,36 @@ def parse_duration(text: str) -> int:
     if not m:
         raise UsageError(f"invalid duration {text!r}: use a number and s, m, h, d or w (e.g. 1h)")
     return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+#: The files of the embedded SQLite database under --data (the WAL and SHM files too).
+SQLITE_FILES = ("lamina.db", "lamina.db-wal", "lamina.db-shm")
+
+
+@contextlib.contextmanager
+def owner_only(data: Path) -> Iterator[None]:
+    """Run with umask 077, so that whatever the server creates under ``data`` (the
+    database, its WAL and SHM files, packs) is the owner's alone; on the way in and
+    out, tighten the data folder (0700) and the database files (0600) that an older
+    version left readable. Files owned by someone else are left as they are."""
+    old = os.umask(0o077)
+    try:
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _tighten(data, 0o700)
+        for name in SQLITE_FILES:
+            _tighten(data / name, 0o600)
+        yield
+        for name in SQLITE_FILES:
+            _tighten(data / name, 0o600)
+    finally:
+        os.umask(old)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) == mode:
+        return
+    os.chmod(path, mode)

@@ -18,6 +18,7 @@ from lamina.cli.common import (
     KeyfileOpt,
     StoreOpt,
     location,
+    owner_only,
     pack_size,
     parse_duration,
 )
@@ -58,7 +59,8 @@ def init(
     if passphrase_stdin and not passphrase:
         raise UsageError("--passphrase-stdin given but stdin held no passphrase")
     loc = location(data, db, store, keyfile)
-    s = init_store(loc, passphrase or None)
+    with owner_only(data):
+        s = init_store(loc, passphrase or None)
     doc = {
         "id": s.keys.store_id,
         "keyfile": str(loc.keys_path),

@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
+
+#: Bounds of a free-form map a client sends (progress, stats, result, facts): keys, JSON bytes.
+MAX_MAP_KEYS = 256
+MAX_MAP_BYTES = 64 * 1024
+
+
+def _small_map(v: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(v, default=str))
+    if size > MAX_MAP_BYTES:
+        raise ValueError(f"is {size} bytes as JSON, above the {MAX_MAP_BYTES}-byte limit")
+    return v
+
+
+#: A map from a client, stored as it is: bounded in keys and in encoded size.
+SmallMap = Annotated[dict[str, Any], Field(max_length=MAX_MAP_KEYS), AfterValidator(_small_map)]
 
 
 class Strict(BaseModel):
@@ -115,7 +131,7 @@ class HardwareFacts(Strict):
     hostname: str = Field(min_length=1, max_length=255)
     vendor: str = Field("", max_length=255)
     model: str = Field("", max_length=255)
-    os_release: dict[str, str] = Field(default_factory=dict)
+    os_release: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS)
     disk_size: int = Field(0, ge=0)
     agent_version: str = Field("", max_length=64)
 
@@ -200,6 +216,12 @@ class RestoreRequest(Strict):
     overwrite: bool = False
 
 
+class DownloadRequest(Strict):
+    """A restore as download (``cvd restore --output``): which paths, for the audit log."""
+
+    paths: list[str] = Field(default_factory=list, max_length=1000)
+
+
 class RevertRequest(Strict):
     snapshot: str
     system_only: bool = True
@@ -245,7 +267,7 @@ class CommitRequest(Strict):
     root: str = Hex32
     files: int = Field(ge=0)
     bytes: int = Field(ge=0)
-    stats: dict[str, Any] = Field(default_factory=dict)
+    stats: SmallMap = Field(default_factory=dict)
 
 
 class CommitResponse(BaseModel):
@@ -264,10 +286,10 @@ class TaskReport(Strict):
     progress: int = Field(ge=0, le=100)
     message: str = Field("", max_length=2000)
     state: Literal["running", "done", "failed", "waiting"] | None = None
-    result: dict[str, Any] = Field(default_factory=dict)
+    result: SmallMap = Field(default_factory=dict)
 
 
 class AgentStatusReport(Strict):
     state: str = Field(max_length=64)
-    progress: dict[str, Any] = Field(default_factory=dict)
+    progress: SmallMap = Field(default_factory=dict)
     disk_free: int | None = Field(None, ge=0)

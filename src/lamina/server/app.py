@@ -12,6 +12,7 @@ from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
 from lamina.server.api import admin, agent, cvds, layers
 from lamina.server.context import ServerContext
+from lamina.server.limits import BodyLimit
 from lamina.server.services.users import ensure_admin
 
 
@@ -37,6 +38,16 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         docs_url="/api/v1/docs",
     )
     app.state.ctx = ctx
+    # Body sizes are capped for every route before any of them (or the bearer check) runs.
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_json,
+        per_path={
+            "/api/v1/agent/bundles": settings.max_body,
+            # Up to MAX_IDS hex ids (~67 bytes each in JSON).
+            "/api/v1/agent/missing": max(settings.max_json, 2 * 1024 * 1024),
+        },
+    )
 
     @app.exception_handler(LaminaError)
     async def lamina_error(_request: Request, exc: LaminaError) -> JSONResponse:

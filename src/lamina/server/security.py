@@ -27,6 +27,7 @@ _hasher = PasswordHasher()
 #: A role is a set of permissions.
 PERMISSIONS = {
     "read": "see devices, CVDs, policies, snapshots, tasks",
+    "data.read": "read file contents of CVDs: download, restore as download (audited)",
     "cvd.operate": "sync, restore, revert CVDs",
     "device.write": "centralize, reject, archive devices; create enrollment tokens",
     "policy.write": "create and change policies",
@@ -36,7 +37,7 @@ PERMISSIONS = {
 }
 ROLES: dict[str, frozenset[str]] = {
     "administrator": frozenset(PERMISSIONS),
-    "helpdesk": frozenset({"read", "cvd.operate", "device.write"}),
+    "helpdesk": frozenset({"read", "data.read", "cvd.operate", "device.write"}),
     "readonly": frozenset({"read"}),
 }
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgpack
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -12,6 +10,7 @@ from pydantic import BaseModel, Field
 from lamina.protocol.schemas import (
     BrowseEntry,
     CvdPublic,
+    DownloadRequest,
     RestoreRequest,
     RevertRequest,
     SnapshotPublic,
@@ -20,6 +19,7 @@ from lamina.protocol.schemas import (
 from lamina.server.deps import Caller, Ctx
 from lamina.server.services import cvd_ops, fleet
 from lamina.server.services.sync import parse_ids
+from lamina.tree.content import content_pieces
 
 router = APIRouter()
 
@@ -49,17 +49,24 @@ def browse(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str = "") ->
 @router.get("/cvds/{ref}/snapshots/{snapshot}/file", summary="Download one file of a snapshot")
 def fetch_file(ref: str, snapshot: str, path: str, ctx: Ctx, caller: Caller) -> StreamingResponse:
     entry = cvd_ops.file_entry(ctx.engine, ctx.store, caller, ref, snapshot, path)
-    store = ctx.store
-
-    def body() -> Iterator[bytes]:
-        ids = [c for c in entry.content or [] if isinstance(c, bytes)]
-        data = store.get_many(ids)
-        for c in entry.content or []:
-            yield b"\0" * c if isinstance(c, int) else next(data)
-
+    # Holes in bounded pieces, chunks one at a time as they are read (in a worker
+    # thread): a file's size, up to 2**63 whatever a device committed, never becomes
+    # server memory.
     return StreamingResponse(
-        body(), media_type="application/octet-stream", headers={"Content-Length": str(entry.size)}
+        content_pieces(entry, ctx.store.get_many),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(entry.size)},
     )
+
+
+@router.post(
+    "/cvds/{ref}/snapshots/{snapshot}/download",
+    summary="Start a restore as download: the snapshot to read through /blobs/read (audited)",
+)
+def download(
+    ref: str, snapshot: str, req: DownloadRequest, ctx: Ctx, caller: Caller
+) -> SnapshotPublic:
+    return cvd_ops.start_download(ctx.engine, ctx.store, caller, ref, snapshot, req.paths)
 
 
 @router.post("/cvds/{ref}/sync", summary="Ask the CVD's agent to sync now", status_code=202)
@@ -99,10 +106,11 @@ class BlobsRequest(BaseModel):
 )
 def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, request: Request) -> Response:
     # A blob id is a keyed hash of its content: a caller can only know one by holding
-    # the content or by reading a tree it may read. Users need "read"; devices are
-    # held to their own CVD's trees by the routes that hand trees out.
+    # the content or by reading a tree it may read. Users need "data.read" (and each
+    # read is audited); devices are held to their own CVD's trees by the routes that
+    # hand trees out.
     if caller.kind == "user":
-        caller.require("read")
+        caller.require(cvd_ops.DATA_READ)
     ids = parse_ids(req.ids)
     data: list[bytes] = []
     size = 0
@@ -111,6 +119,7 @@ def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, request: Request) ->
         size += len(blob)
         if size >= READ_LIMIT:  # a prefix: the client asks for the rest again
             break
+    cvd_ops.audit_blob_read(ctx.engine, caller, len(data), size)
     return Response(msgpack.packb(data, use_bin_type=True), media_type="application/msgpack")
 
 

@@ -1,4 +1,9 @@
-"""Operations on a CVD: ask for a sync, restore, revert; browse its snapshots."""
+"""Operations on a CVD: ask for a sync, restore, revert; browse its snapshots; read its files.
+
+Reading file contents (a download, a restore as download, blobs read by a user)
+needs ``data.read`` -- ``read`` shows names and metadata only -- and each read
+is written to the audit log with the CVD, the snapshot, the path and the user.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,9 @@ from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.restore import split_path
+
+#: The permission to read file contents (not only names and metadata).
+DATA_READ = "data.read"
 
 
 def _device_task(
@@ -143,9 +151,33 @@ def browse(
 def file_entry(
     engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, path: str
 ) -> Entry:
-    cvd = fleet.cvd_for_access(engine, actor, ref)
+    """The entry of a file to download (``data.read``); the download is audited."""
+    cvd = fleet.cvd_for_access(engine, actor, ref, DATA_READ)
     snap = snapshot_of(store, cvd.id, snapshot)
     _, single = _walk_to(store, snap.root, path)
     if single is None or single.type != "file":
         raise UsageError(f"{path!r} is not a file")
+    with write_tx(engine) as c:
+        audit(c, actor.name, "cvd.download", cvd.id, snapshot=snap.id, path=path, size=single.size)
     return single
+
+
+def start_download(
+    engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, paths: list[str]
+) -> SnapshotPublic:
+    """A restore as download (``cvd restore --output``): the snapshot whose trees the
+    caller then reads through ``/blobs/read``. Needs ``data.read``; audited."""
+    cvd = fleet.cvd_for_access(engine, actor, ref, DATA_READ)
+    snap = snapshot_of(store, cvd.id, snapshot)
+    for p in paths:
+        split_path(p)
+    with write_tx(engine) as c:
+        audit(c, actor.name, "cvd.restore_download", cvd.id, snapshot=snap.id, paths=paths)
+    return snapshot_public(snap)
+
+
+def audit_blob_read(engine: Engine, actor: Principal, blobs: int, size: int) -> None:
+    """Record that a user read ``blobs`` blobs (``size`` bytes) through ``/blobs/read``."""
+    if actor.kind == "user":
+        with write_tx(engine) as c:
+            audit(c, actor.name, "blob.read", actor.id, blobs=blobs, size=size)

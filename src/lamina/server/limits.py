@@ -1,0 +1,100 @@
+"""Request body limits for every route, applied before any route (or authentication) runs.
+
+An ASGI middleware: a declared ``Content-Length`` above the route's limit is
+answered 413 at once, without reading the body; a streamed (chunked) body is
+counted as it arrives, and the request is answered 413 as soon as the count
+passes the limit -- the rest is never read. Routes keep their own checks (the
+bundle route's ``read_body``); this is the floor under all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lamina.errors import TooLargeError, UsageError
+
+
+class _Refused(Exception):
+    """Raised into the application from ``receive`` once the 413 answer has been sent."""
+
+
+class BodyLimit:
+    """Refuse request bodies above ``default`` bytes, or above ``per_path[path]`` for a path."""
+
+    def __init__(self, app: ASGIApp, default: int, per_path: Mapping[str, int]) -> None:
+        self.app = app
+        self.default = default
+        self.per_path = dict(per_path)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.per_path.get(scope["path"], self.default)
+        declared = _content_length(scope)
+        if declared is not None and not declared.isdigit():
+            await _answer(send, UsageError(f"Content-Length {declared[:40]!r} is not a number"))
+            return
+        if declared is not None and int(declared) > limit:
+            await _answer(
+                send,
+                TooLargeError(f"request body of {declared} bytes is above the {limit}-byte limit"),
+            )
+            return
+        received = 0
+        refused = False
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    if not started:
+                        await _answer(
+                            send, TooLargeError(f"request body is above the {limit}-byte limit")
+                        )
+                    raise _Refused
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer; whatever the route makes of the error is dropped
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except _Refused:
+            if not refused:
+                raise
+
+
+def _content_length(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return str(value.decode("latin-1").strip())
+    return None
+
+
+async def _answer(send: Send, error: TooLargeError | UsageError) -> None:
+    body = json.dumps(error.to_dict()).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.http_status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

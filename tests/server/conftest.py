@@ -1,0 +1,153 @@
+"""A real server in this process: ``create_app`` served by uvicorn on a loopback port.
+
+Tests talk to it over HTTP with httpx, as any client would. ``Live`` makes users
+of each role and enrolls devices that upload and commit trees built by hand.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import msgpack
+import pytest
+import uvicorn
+
+from lamina.config import ServerSettings
+from lamina.protocol.bundle import MEDIA_TYPE
+from lamina.server.app import create_app
+from lamina.store.blob import BlobKind, blob_id, compress
+from lamina.tree.model import Entry, encode_tree
+
+API = "/api/v1"
+ADMIN_PASSWORD = "admin-password-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Device:
+    """An enrolled, centralized device: its API client and its id key."""
+
+    client: httpx.Client
+    id_key: bytes
+    cvd_id: str
+
+    def upload(self, blobs: list[tuple[BlobKind, bytes]]) -> list[bytes]:
+        rows, ids = [], []
+        for kind, data in blobs:
+            flag, payload = compress(data)
+            bid = blob_id(self.id_key, data)
+            rows.append([int(kind), bid, flag, payload, len(data)])
+            ids.append(bid)
+        r = self.client.post(
+            "/agent/bundles",
+            content=msgpack.packb({"v": 1, "blobs": rows}, use_bin_type=True),
+            headers={"Content-Type": MEDIA_TYPE},
+        )
+        assert r.status_code == 200, r.text
+        return ids
+
+    def commit_files(self, files: dict[bytes, list[bytes | int]]) -> str:
+        """Upload a one-folder tree of files (content: data or hole sizes); returns the snapshot id."""
+        entries = []
+        for name, content in files.items():
+            data = [c for c in content if isinstance(c, bytes)]
+            ids = iter(self.upload([(BlobKind.DATA, d) for d in data]))
+            entries.append(
+                Entry(
+                    name=name,
+                    type="file",
+                    size=sum(c if isinstance(c, int) else len(c) for c in content),
+                    content=[c if isinstance(c, int) else next(ids) for c in content],
+                )
+            )
+        [root] = self.upload([(BlobKind.TREE, encode_tree(entries))])
+        r = self.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
+        assert r.status_code == 200, r.text
+        return str(r.json()["snapshot"]["id"])
+
+
+@dataclass
+class Live:
+    url: str
+    data: Path
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.Client(base_url=self.url + API, headers=headers, timeout=60)
+        self.clients.append(c)
+        return c
+
+    def login(self, user: str = "admin", password: str = ADMIN_PASSWORD) -> httpx.Client:
+        r = httpx.post(self.url + API + "/auth/login", json={"user": user, "password": password})
+        assert r.status_code == 200, r.text
+        return self.client(r.json()["token"])
+
+    def user(self, name: str, role: str) -> httpx.Client:
+        password = f"{name}-password-1"
+        r = self.login().post("/users", json={"name": name, "password": password, "role": role})
+        assert r.status_code == 201, r.text
+        return self.login(name, password)
+
+    def device(self, hostname: str) -> Device:
+        admin = self.login()
+        if admin.get("/policies/std").status_code == 404:
+            assert admin.post("/policies", json={"name": "std"}).status_code == 201
+        token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+        facts = {"machine_id": hostname, "hostname": hostname}
+        r = httpx.post(self.url + API + "/agent/enroll", json={"token": token, "facts": facts})
+        assert r.status_code == 201, r.text
+        doc = r.json()
+        client = self.client(doc["credential"])
+        cvd_id = client.post("/agent/config", json={"state": "idle"}).json()["cvd_id"]
+        return Device(client, bytes.fromhex(doc["chunking"]["id_key"]), cvd_id)
+
+    def audit(self) -> list[dict[str, object]]:
+        r = self.login().get("/audit")
+        assert r.status_code == 200, r.text
+        return list(r.json())
+
+
+def serve(settings: ServerSettings) -> Iterator[str]:
+    """Serve ``create_app(settings)`` from a thread; yields its URL until the test ends."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        yield f"http://{settings.host}:{settings.port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    settings = ServerSettings(
+        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
+    )
+    for url in serve(settings):
+        srv = Live(url, settings.data)
+        try:
+            yield srv
+        finally:
+            for c in srv.clients:
+                c.close()

@@ -1,0 +1,64 @@
+"""Finding 9: reading file contents needs ``data.read`` (administrator, helpdesk), and is audited.
+
+The reproduction: a readonly user downloaded any endpoint's files (a file, a
+restore as download through /blobs/read) and nothing was written to the audit log.
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+from lamina.store.blob import blob_id
+from tests.server.conftest import Live
+
+SECRET = b"vpn pin 4711\n"
+
+
+def test_readonly_cannot_read_contents_helpdesk_can_and_each_read_is_audited(live: Live) -> None:
+    dev = live.device("desk-1")
+    snap = dev.commit_files({b"vpnpin": [SECRET]})
+    ro = live.user("ro", "readonly")
+    hd = live.user("hd", "helpdesk")
+    file = f"/cvds/{dev.cvd_id}/snapshots/{snap}/file"
+    download = f"/cvds/{dev.cvd_id}/snapshots/{snap}/download"
+    chunk = blob_id(dev.id_key, SECRET).hex()
+
+    # readonly: names and metadata yes, contents no.
+    assert [e["name"] for e in ro.get(f"/cvds/{dev.cvd_id}/snapshots/{snap}/browse").json()] == [
+        "vpnpin"
+    ]
+    for r in (
+        ro.get(file, params={"path": "vpnpin"}),
+        ro.post(download, json={"paths": ["vpnpin"]}),
+        ro.post("/blobs/read", json={"ids": [chunk]}),
+    ):
+        assert r.status_code == 403, r.text
+        assert r.json()["code"] == "forbidden" and "data.read" in r.json()["message"]
+    assert not [e for e in live.audit() if e["actor"] == "ro" and e["action"] != "auth.login"]
+
+    # helpdesk: the same three reads work ...
+    r = hd.get(file, params={"path": "vpnpin"})
+    assert r.status_code == 200 and r.content == SECRET
+    r = hd.post(download, json={"paths": ["vpnpin"]})
+    assert r.status_code == 200 and r.json()["id"] == snap
+    r = hd.post("/blobs/read", json={"ids": [chunk]})
+    assert r.status_code == 200 and msgpack.unpackb(r.content) == [SECRET]
+
+    # ... and each is in the audit log: CVD, snapshot, path, user.
+    reads = [e for e in live.audit() if e["actor"] == "hd" and e["action"] != "auth.login"]
+    by_action = {str(e["action"]): e for e in reads}
+    assert set(by_action) == {"cvd.download", "cvd.restore_download", "blob.read"}
+    got = by_action["cvd.download"]
+    assert got["target"] == dev.cvd_id
+    assert got["detail"] == {"snapshot": snap, "path": "vpnpin", "size": len(SECRET)}
+    got = by_action["cvd.restore_download"]
+    assert got["target"] == dev.cvd_id
+    assert got["detail"] == {"snapshot": snap, "paths": ["vpnpin"]}
+    assert by_action["blob.read"]["detail"] == {"blobs": 1, "size": len(SECRET)}
+
+
+def test_administrator_has_data_read(live: Live) -> None:
+    dev = live.device("desk-2")
+    snap = dev.commit_files({b"notes": [b"hello"]})
+    r = live.login().get(f"/cvds/{dev.cvd_id}/snapshots/{snap}/file", params={"path": "notes"})
+    assert r.status_code == 200 and r.content == b"hello"
