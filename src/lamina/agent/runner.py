@@ -16,19 +16,29 @@ from lamina.agent.blobs import agent_blobs
 from lamina.agent.staging import stage_layers, stage_revert
 from lamina.agent.state import AgentState, load_state, load_status, save_state, save_status
 from lamina.agent.sync import run_sync
-from lamina.agent.transport import AgentClient, fetch_certificate, retrying
+from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
 from lamina.tree.restore import restore_tree
 
 
 def enroll(
-    server: str, token: str, root: Path, state_dir: Path, ca_cert: Path | None = None
+    server: str,
+    token: str,
+    root: Path,
+    state_dir: Path,
+    ca_cert: Path | None = None,
+    *,
+    fingerprint: str | None = None,
+    insecure: bool = False,
 ) -> AgentState:
     if not root.is_dir():
         raise UsageError(f"the root {root} is not a folder")
-    pem = ca_cert.read_text() if ca_cert else fetch_certificate(server)
-    client = AgentClient(server, None, pem)
+    check_server_url(server, insecure)
+    if ca_cert and fingerprint:
+        raise UsageError("give either --ca-cert or --fingerprint, not both")
+    pem = ca_cert.read_text() if ca_cert else fetch_certificate(server, fingerprint)
+    client = AgentClient(server, None, pem, ca=ca_cert is not None, insecure=insecure)
     try:
         req = EnrollRequest(token=token, facts=facts.gather(root))
         resp = EnrollResponse(**client.json("POST", "/agent/enroll", json=req.model_dump()))
@@ -45,6 +55,8 @@ def enroll(
         avg_size=resp.chunking.avg_size,
         max_size=resp.chunking.max_size,
         pinned_cert=pem,
+        pinned_is_ca=ca_cert is not None,
+        insecure=insecure,
     )
     save_state(state_dir, st)
     save_status(
@@ -63,13 +75,22 @@ def _disk_free(root: Path) -> int:
 
 class Agent:
     def __init__(
-        self, state_dir: Path, on_progress: Callable[[dict[str, Any]], None] | None = None
+        self,
+        state_dir: Path,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        insecure: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.on_progress = on_progress
         self._first_cycle = True
         self.st = load_state(state_dir)
-        self.client = AgentClient(self.st.server, self.st.credential, self.st.pinned_cert)
+        self.client = AgentClient(
+            self.st.server,
+            self.st.credential,
+            self.st.pinned_cert,
+            ca=self.st.pinned_is_ca,
+            insecure=insecure or self.st.insecure,
+        )
         self.status: dict[str, Any] = load_status(state_dir) or {}
         self.status.setdefault("device_id", self.st.device_id)
 

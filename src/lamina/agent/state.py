@@ -1,7 +1,7 @@
 """The agent's state folder.
 
     STATE/agent.json     server URL, device id, credential, chunking secret, root,
-                         pinned server certificate (mode 0600: it holds a credential)
+                         pinned server certificate or CA (mode 0600: it holds a credential)
     STATE/status.json    what `lamina agent status` prints
     STATE/cache/         files cache
     STATE/staging/       staged transactions for `lamina agent boot`
@@ -53,6 +53,10 @@ class AgentState:
     avg_size: int
     max_size: int
     pinned_cert: str | None = None
+    #: ``pinned_cert`` is a CA (``--ca-cert``: host names are checked), not the server's own.
+    pinned_is_ca: bool = False
+    #: Plain http to a host that is not loopback was allowed at enrollment (``--insecure``).
+    insecure: bool = False
     version: int = STATE_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -1,12 +1,24 @@
-"""The agent's HTTP client: bearer credential, retries, and the pinned server certificate.
+"""The agent's HTTP client: bearer credential, retries, and how the server is trusted.
 
-Pinning: at enrollment over https the agent records the certificate the server
-presented first (trust on first use, unless ``--ca-cert`` names the expected
-one) and from then on trusts that certificate only — not the system's CAs.
+Plain ``http://`` is refused unless the server is on a loopback address or the
+operator said ``--insecure``: over http an on-path attacker reads the
+credential and every upload, and can queue tasks that run as root.
+
+Over https the server is trusted in one of two ways, fixed at enrollment:
+
+* **a CA** (``--ca-cert``): the certificate must be signed by that CA *and* name
+  the host the agent connects to (``check_hostname``);
+* **a pin** (no ``--ca-cert``; a self-signed server): the agent records the
+  certificate the server presents at enrollment -- checked against
+  ``--fingerprint`` (SHA-256) when given, else trusted on first use -- and from
+  then on trusts that certificate only, not the system's CAs, whatever its names.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import ssl
 import time
 from collections.abc import Callable
@@ -15,22 +27,58 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from lamina.errors import BackendError, from_status
+from lamina.errors import AuthError, BackendError, UsageError, from_status
 
 T = TypeVar("T")
 
 
-def fetch_certificate(url: str) -> str | None:
-    """The PEM certificate an https server presents (None for http)."""
+def check_server_url(url: str, insecure: bool = False) -> None:
+    """Refuse a server URL the agent must not talk to: not http(s), or plain http to a
+    host that is not a loopback address (unless ``insecure``)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"the server URL must be https://HOST[:PORT], got {url!r}")
+    if parts.scheme == "http" and not insecure and not is_loopback(parts.hostname):
+        raise UsageError(
+            f"refusing plain http to {parts.hostname}: credentials and backups would cross the "
+            "network unencrypted; use https (lamina server --self-signed or --tls-cert), "
+            "or pass --insecure"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); no name is looked up."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def fetch_certificate(url: str, fingerprint: str | None = None) -> str | None:
+    """The PEM certificate an https server presents (None for http). With ``fingerprint``
+    (SHA-256, hex, colons optional) a certificate with another fingerprint is refused."""
     parts = urlsplit(url)
     if parts.scheme != "https":
+        if fingerprint:
+            raise UsageError("--fingerprint is for an https server")
         return None
     host = parts.hostname or "localhost"
     port = parts.port or 443
     try:
-        return ssl.get_server_certificate((host, port), timeout=30)
+        pem = ssl.get_server_certificate((host, port), timeout=30)
     except OSError as e:
         raise BackendError(f"cannot reach {url} to read its certificate: {e}") from e
+    if fingerprint is not None:
+        want = fingerprint.replace(":", "").strip().lower()
+        got = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+        if not hmac.compare_digest(want, got):
+            raise AuthError(
+                f"the server at {host}:{port} presents a certificate with SHA-256 fingerprint "
+                f"{got}, not the expected {want}: refusing to enroll"
+            )
+    return pem
 
 
 def pinned_context(pem: str) -> ssl.SSLContext:
@@ -42,11 +90,40 @@ def pinned_context(pem: str) -> ssl.SSLContext:
     return ctx
 
 
+def ca_context(pem: str) -> ssl.SSLContext:
+    """Trust certificates signed by the CA(s) in ``pem`` for the host name connected to."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the CA may be an intermediate
+    try:
+        ctx.load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as e:
+        raise UsageError(f"the CA certificate is not a PEM certificate: {e}") from e
+    return ctx
+
+
 class AgentClient:
+    """The agent's connection to its server.
+
+    ``pinned_cert`` is the PEM the agent trusts: a CA's certificate when ``ca`` is
+    true (the host name is checked), else the server's own certificate (a pin).
+    """
+
     def __init__(
-        self, server: str, credential: str | None, pinned_cert: str | None, timeout: float = 120
+        self,
+        server: str,
+        credential: str | None,
+        pinned_cert: str | None,
+        timeout: float = 120,
+        *,
+        ca: bool = False,
+        insecure: bool = False,
     ) -> None:
-        verify: ssl.SSLContext | bool = pinned_context(pinned_cert) if pinned_cert else True
+        check_server_url(server, insecure)
+        verify: ssl.SSLContext | bool = True
+        if pinned_cert:
+            verify = ca_context(pinned_cert) if ca else pinned_context(pinned_cert)
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.server = server.rstrip("/")
         self.http = httpx.Client(

@@ -18,6 +18,14 @@ app = typer.Typer(help="The endpoint agent.", no_args_is_help=True)
 StateOpt = Annotated[
     Path, typer.Option("--state", envvar="LAMINA_AGENT_STATE", help="The agent's state folder.")
 ]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Allow plain http to a server that is not on this machine (unencrypted: "
+        "anyone on the path reads the backups and can send tasks).",
+    ),
+]
 
 
 @app.command("enroll")
@@ -29,16 +37,24 @@ def enroll_cmd(
     ca_cert: Annotated[
         Path | None,
         typer.Option(
-            help="Expected server certificate (PEM) instead of trusting the first one seen."
+            help="CA certificate (PEM) that signed the server's; the host name is checked."
         ),
     ] = None,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            help="SHA-256 fingerprint of a self-signed server's certificate "
+            "(printed by `lamina server`), instead of trusting the first one seen."
+        ),
+    ] = None,
+    insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
     from lamina.agent.runner import enroll
     from lamina.agent.state import load_status
 
-    st = enroll(server, token, root, state, ca_cert)
+    st = enroll(server, token, root, state, ca_cert, fingerprint=fingerprint, insecure=insecure)
     status = load_status(state)
     if as_json:
         emit_json({"id": st.device_id, "device_id": st.device_id, "state": status.get("state")})
@@ -52,6 +68,7 @@ def run(
     once: Annotated[bool, typer.Option("--once", help="One full cycle, then exit.")] = False,
     sync: Annotated[bool, typer.Option("--sync", help="Upload now even if not due.")] = False,
     poll: Annotated[float, typer.Option(help="Seconds between cycles.")] = 15.0,
+    insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The agent daemon: report, upload when due or asked, do queued work."""
@@ -59,7 +76,7 @@ def run(
     from lamina.agent.state import load_status
 
     if not once:
-        agent = Agent(state)
+        agent = Agent(state, insecure=insecure)
         try:
             agent.run_forever(poll)
         finally:
@@ -72,7 +89,7 @@ def run(
             advance(p.get("files", 0) - seen["files"], p.get("bytes", 0) - seen["bytes"])
             seen.update(files=p.get("files", 0), bytes=p.get("bytes", 0))
 
-        agent = Agent(state, on_progress=show)
+        agent = Agent(state, on_progress=show, insecure=insecure)
         try:
             done = agent.cycle(force_sync=sync)
             if as_json:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, KeyfileOpt, StoreOpt
+from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, KeyfileOpt, StoreOpt, owner_only
 from lamina.cli.output import err_console
 from lamina.errors import UsageError
+
+if TYPE_CHECKING:
+    from lamina.config import ServerSettings
 
 
 def server(
@@ -25,18 +28,25 @@ def server(
         Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key.")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    self_signed: Annotated[
+        bool,
+        typer.Option(
+            "--self-signed",
+            help="Serve https with a self-signed certificate made once and kept in DATA/tls; "
+            "prints its SHA-256 fingerprint for `lamina agent enroll --fingerprint`.",
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option(help="Background task workers in this process.")] = 1,
 ) -> None:
     """Start the Lamina server. On first start it creates the store and the user `admin`."""
-    # Imported here, not at the top: FastAPI and uvicorn cost ~0.7 s of start-up
-    # that every other command would pay. Not a cycle.
-    import uvicorn
-
-    from lamina.config import ServerSettings  # pydantic-settings: ~15 ms for everyone else
-    from lamina.server.app import create_app, open_context
-
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
+    if self_signed and tls_cert is not None:
+        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+    # Imported here, not at the top: FastAPI and uvicorn cost ~0.7 s of start-up
+    # that every other command would pay. Not a cycle.
+    from lamina.config import ServerSettings  # pydantic-settings: ~15 ms for everyone else
+
     settings = ServerSettings(
         data=data,
         db=db,
@@ -48,6 +58,27 @@ def server(
         tls_key=tls_key,
         workers=workers,
     )
+    # Everything the server creates is the owner's alone (finding 19): the database
+    # holds password hashes, the audit log and tree ids.
+    with owner_only(data):
+        _serve(settings, self_signed)
+
+
+def _serve(settings: ServerSettings, self_signed: bool) -> None:
+    import uvicorn
+
+    from lamina.server.app import create_app, open_context
+    from lamina.server.tls import fingerprint, self_signed_pair
+
+    if self_signed:
+        settings.tls_cert, settings.tls_key = self_signed_pair(settings.data, settings.host)
+    tls_cert, tls_key = settings.tls_cert, settings.tls_key
+    if tls_cert is not None:
+        try:
+            pem = tls_cert.read_text()
+        except OSError as e:
+            raise UsageError(f"cannot read the certificate {tls_cert}: {e.strerror}") from e
+        err_console.print(f"TLS certificate {tls_cert}\n  SHA-256 fingerprint {fingerprint(pem)}")
     ctx, generated = open_context(settings)
     if generated:
         err_console.print(
@@ -56,6 +87,7 @@ def server(
         )
     app = create_app(settings, ctx)
     scheme = "https" if tls_cert else "http"
+    host, port = settings.host, settings.port
     err_console.print(
         f"Lamina listening on {scheme}://{host}:{port}  (store {ctx.store.backend.url})"
     )
