@@ -215,21 +215,23 @@ def test_ca_cert_checks_the_host_name(
     person: Callable[[str], Lamina], tmp_path: Path, servers: list[Server]
 ) -> None:
     ca = _ca(tmp_path)
-    # Signed by the CA, but for another name than the address the agent connects to.
+    right = _issue(tmp_path, ca, "right", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    # Signed by the same CA, but for another name than the address the agent connects to.
     other = _issue(tmp_path, ca, "other", [x509.DNSName("other.lamina.invalid")])
     server = Server(
-        tmp_path / "srv", "127.0.0.1", "--tls-cert", str(other[0]), "--tls-key", str(other[1])
-    ).start()
-    servers.append(server)
+        tmp_path / "srv", "127.0.0.1", "--tls-cert", str(right[0]), "--tls-key", str(right[1])
+    )
+    servers.append(server.start())
     token = token_for(person("admin"), server.url, {"LAMINA_CA_CERT": str(ca[2])})
     agent = person("agent")
-    err = refused(
-        enroll(agent, server.url, token, tmp_path, "--ca-cert", str(ca[2]), ok=False), tmp_path
-    )
-    assert "127.0.0.1" in err and "certificate" in err.lower()
-    # The same CA, a certificate for the right name: accepted.
     server.stop()
-    right = _issue(tmp_path, ca, "right", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server.extra = ("--tls-cert", str(other[0]), "--tls-key", str(other[1]))
+    server.start()
+    p = enroll(agent, server.url, token, tmp_path, "--ca-cert", str(ca[2]), ok=False)
+    err = refused(p, tmp_path)
+    assert "127.0.0.1" in err and "certificate" in err.lower()
+    # The certificate for the right name: accepted.
+    server.stop()
     server.extra = ("--tls-cert", str(right[0]), "--tls-key", str(right[1]))
     server.start()
     enroll(agent, server.url, token, tmp_path, "--ca-cert", str(ca[2]))

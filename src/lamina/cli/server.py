@@ -78,7 +78,9 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
             pem = tls_cert.read_text()
         except OSError as e:
             raise UsageError(f"cannot read the certificate {tls_cert}: {e.strerror}") from e
-        err_console.print(f"TLS certificate {tls_cert}\n  SHA-256 fingerprint {fingerprint(pem)}")
+        # Plain text, not rich: no wrapping or emoji codes inside the fingerprint.
+        typer.echo(f"TLS certificate {tls_cert}", err=True)
+        typer.echo(f"SHA-256 fingerprint {fingerprint(pem)}", err=True)
     ctx, generated = open_context(settings)
     if generated:
         err_console.print(
