@@ -21,7 +21,8 @@ from typing import Any
 from lamina.errors import NotFoundError, UsageError
 from lamina.store.keys import ChunkingSecret
 
-STATE_VERSION = 1
+#: 2 added ``pinned_is_ca`` and ``insecure`` (a version 1 file reads as both false).
+STATE_VERSION = 2
 
 
 def write_json_atomic(path: Path, doc: Any, mode: int = 0o600) -> None:
@@ -89,8 +90,9 @@ def load_state(state_dir: Path) -> AgentState:
         ) from e
     except ValueError as e:
         raise UsageError(f"{state_file(state_dir)} is damaged: {e}") from e
-    if doc.get("version") != STATE_VERSION:
+    if doc.get("version") not in (1, STATE_VERSION):
         raise UsageError(f"unsupported agent state version {doc.get('version')!r}")
+    doc["version"] = STATE_VERSION
     return AgentState(**doc)
 
 
