@@ -37,7 +37,10 @@ def enroll(
     check_server_url(server, insecure)
     if ca_cert and fingerprint:
         raise UsageError("give either --ca-cert or --fingerprint, not both")
-    pem = ca_cert.read_text() if ca_cert else fetch_certificate(server, fingerprint)
+    try:
+        pem = ca_cert.read_text() if ca_cert else fetch_certificate(server, fingerprint)
+    except OSError as e:
+        raise UsageError(f"cannot read the CA certificate {ca_cert}: {e.strerror}") from e
     client = AgentClient(server, None, pem, ca=ca_cert is not None, insecure=insecure)
     try:
         req = EnrollRequest(token=token, facts=facts.gather(root))
