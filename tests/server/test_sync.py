@@ -33,7 +33,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def _row(store: Store, data: bytes, kind: BlobKind = BlobKind.DATA) -> BundleBlob:
     flag, payload = compress(data)
-    return BundleBlob(int(kind), blob_id(store.keys.chunking.id_key, data), flag, payload, len(data))
+    return BundleBlob(
+        int(kind), blob_id(store.keys.chunking.id_key, data), flag, payload, len(data)
+    )
 
 
 def _bid(store: Store, data: bytes) -> bytes:
@@ -164,11 +166,9 @@ def test_file_content_must_add_up_to_its_size(
 ) -> None:
     chunk = os.urandom(3000)
     content: list[bytes | int] = [_bid(store, chunk), *holes]
-    root = _store_tree(
-        store, [Entry(name=b"f", type="file", size=size, content=content)], [chunk]
-    )
+    root = _store_tree(store, [Entry(name=b"f", type="file", size=size, content=content)], [chunk])
     if ok:
         _verify(store, root)
     else:
-        with pytest.raises(IntegrityError, match="size|limit"):
+        with pytest.raises(IntegrityError, match=r"size|limit"):
             _verify(store, root)

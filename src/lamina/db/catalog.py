@@ -100,7 +100,9 @@ class SqlCatalog:
                         args += (int(kind),)
                     rows = c.exec_driver_sql(sql, args)
                 else:
-                    q = select(blobs.c.id).where(blobs.c.id.in_(batch), blobs.c.condemned.is_(False))
+                    q = select(blobs.c.id).where(
+                        blobs.c.id.in_(batch), blobs.c.condemned.is_(False)
+                    )
                     if kind is not None:
                         q = q.where(blobs.c.kind == int(kind))
                     rows = c.execute(q)
