@@ -50,7 +50,7 @@ def packb(value: Any) -> bytes:
 
 
 def mutations(data: bytes) -> st.SearchStrategy[bytes]:
-    """``data`` with bytes flipped, cut short, or with bytes inserted."""
+    """``data`` with a byte flipped, cut short, or with bytes inserted: never ``data`` itself."""
     n = len(data)
 
     def flip(pos: int, x: int) -> bytes:
@@ -60,7 +60,7 @@ def mutations(data: bytes) -> st.SearchStrategy[bytes]:
 
     return st.one_of(
         st.builds(flip, st.integers(0, max(n - 1, 0)), st.integers(1, 255)),
-        st.builds(lambda k: data[: k % (n + 1)], st.integers(0, n)),
+        st.builds(lambda k: data[: k % max(n, 1)], st.integers(0, max(n - 1, 0))),
         st.builds(
             lambda k, extra: data[: k % (n + 1)] + extra + data[k % (n + 1) :],
             st.integers(0, n),

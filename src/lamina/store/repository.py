@@ -286,21 +286,36 @@ def encode_snapshot(record: SnapshotRecord) -> bytes:
 
 
 def decode_snapshot(bid: bytes, data: bytes) -> SnapshotRecord:
+    what = f"snapshot object {bid.hex()[:16]}"
     try:
         doc = msgpack.unpackb(data, raw=False)
-        if doc.get("v") != SNAPSHOT_VERSION:
-            raise IntegrityError(f"unsupported snapshot version {doc.get('v')}")
-        return SnapshotRecord(
-            id=bid.hex(),
-            time=dt.datetime.fromisoformat(doc["time"]),
-            source=str(doc["source"]),
-            root=bytes(doc["root"]),
-            files=int(doc["files"]),
-            bytes=int(doc["bytes"]),
-            meta=dict(doc.get("meta") or {}),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
-        raise IntegrityError(f"snapshot object {bid.hex()[:16]} is malformed: {e}") from e
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise IntegrityError(f"{what} is not valid msgpack: {e}") from e
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != SNAPSHOT_VERSION:
+        found = doc.get("v") if isinstance(doc, dict) else None
+        raise IntegrityError(f"unsupported snapshot version {found!r:.20}")
+    root, source, when = doc.get("root"), doc.get("source"), doc.get("time")
+    counts = [doc.get("files"), doc.get("bytes")]
+    meta = doc.get("meta") or {}
+    if not isinstance(root, bytes) or len(root) != blob.ID_SIZE:
+        raise IntegrityError(f"{what} is malformed: its root must be a {blob.ID_SIZE}-byte id")
+    if not isinstance(source, str) or not isinstance(when, str) or not isinstance(meta, dict):
+        raise IntegrityError(f"{what} is malformed: source, time or meta of the wrong type")
+    if not all(type(n) is int and n >= 0 for n in counts):
+        raise IntegrityError(f"{what} is malformed: files and bytes must be counts")
+    try:
+        time = dt.datetime.fromisoformat(when)
+    except ValueError as e:
+        raise IntegrityError(f"{what} is malformed: {e}") from e
+    return SnapshotRecord(
+        id=bid.hex(),
+        time=time,
+        source=source,
+        root=root,
+        files=int(doc["files"]),
+        bytes=int(doc["bytes"]),
+        meta=dict(meta),
+    )
 
 
 class Writer:
