@@ -171,7 +171,7 @@ def verify_tree(
     """
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
     while level:  # one level of folders at a time: one lookup for its trees, few for its chunks
-        store.prefetch([o for _, o in level if o is not None])
+        store.prefetch([t for t, _ in level] + [o for _, o in level if o is not None])
         tree_ids = list(dict.fromkeys(t for t, _ in level))
         _as_kind(store, tree_ids, BlobKind.TREE, heal)
         chunks: list[bytes] = []
