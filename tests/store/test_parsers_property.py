@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 from typing import Any
 
@@ -22,6 +23,7 @@ from lamina.errors import IntegrityError, LaminaError
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
+from lamina.store.keys import StoreKeys, dump_keys, parse_keys
 from lamina.store.pack import (
     FOOTER,
     HEADER_AAD,
@@ -34,6 +36,14 @@ from lamina.store.pack import (
 )
 from lamina.store.repository import decode_snapshot, encode_snapshot
 from tests.strategies import PARSER_SETTINGS, msgpack_values, mutations, packb
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 DATA_KEY = bytes(range(32))
 ID_KEY = bytes(range(32, 64))
@@ -234,3 +244,49 @@ def test_a_negative_raw_length_is_refused(flag: int) -> None:
     payload = blob.compress(b"x" * 100)[1] if flag == blob.FLAG_ZSTD else b""
     with pytest.raises(IntegrityError, match="negative"):
         blob.decompress(flag, payload, -1)
+
+
+# --- key files --------------------------------------------------------------------------------
+
+_GOOD_KEYS = json.loads(dump_keys(StoreKeys.generate()))
+
+
+@PARSER_SETTINGS
+@given(st.binary(max_size=200))
+def test_random_key_files_raise_store_key_errors(raw: bytes) -> None:
+    with pytest.raises(LaminaError):
+        parse_keys(raw)
+
+
+@PARSER_SETTINGS
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            k: st.one_of(st.just(_GOOD_KEYS[k]), _json_values)
+            for k in ("lamina_keyfile", "store_id", "chunker", "sealed", "secret")
+        },
+    ),
+    st.sampled_from(["min", "avg", "max", "chunker_seed", "id_key", "data_key", None]),
+    _json_values,
+)
+def test_key_files_with_random_fields_load_or_raise_lamina_errors(
+    doc: dict[str, Any], spoil: str | None, value: Any
+) -> None:
+    doc = {**_GOOD_KEYS, **doc, "sealed": False}
+    if spoil in ("min", "avg", "max") and isinstance(doc.get("chunker"), dict):
+        doc["chunker"] = {**doc["chunker"], spoil: value}
+    elif spoil is not None and isinstance(doc.get("secret"), dict):
+        doc["secret"] = {**doc["secret"], spoil: value}
+    try:
+        keys = parse_keys(json.dumps(doc).encode())
+    except LaminaError:
+        return
+    assert len(keys.data_key) == 32
+
+
+@pytest.mark.parametrize("size", ["abc", float("inf"), -1, 2**40])
+def test_a_key_file_with_a_bad_chunk_size_is_refused(size: Any) -> None:
+    doc = {**_GOOD_KEYS, "chunker": {**_GOOD_KEYS["chunker"], "avg": size}}
+    with pytest.raises(LaminaError):
+        parse_keys(json.dumps(doc).encode())
