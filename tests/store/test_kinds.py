@@ -90,16 +90,21 @@ def test_gc_keeps_the_chunks_of_a_tree_stored_as_data(store: Store) -> None:
     _attacker_stores_tree_as_data(store, sub, tid)
     snap = _commit(store, _victim_told_tree_is_present(store, chunk, cid, tid), "victim")
 
+    rep = _check(store)  # check detects the confusion: damage, so a non-zero exit
+    assert not rep.ok
+    assert any("stored only as a DATA blob" in e and tid.hex()[:16] in e for e in rep.errors), (
+        rep.errors
+    )
+
     _gc(store)
 
     assert store.get(cid) == chunk
     for bid in walk_blobs(store, snap.root):
         store.get(bid)
+    # ... and gc repaired it: the tree is stored as a tree again.
+    assert tid in store.catalog.locate([tid], kind=BlobKind.TREE)
     rep = _check(store)
-    assert not rep.ok
-    assert any("stored only as a DATA blob" in e and tid.hex()[:16] in e for e in rep.errors), (
-        rep.errors
-    )
+    assert rep.ok, rep.errors
 
 
 def test_check_is_clean_once_the_tree_is_stored_as_a_tree(store: Store) -> None:

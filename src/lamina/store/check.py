@@ -209,7 +209,8 @@ def _walk_root(
                     continue
                 problems.append(
                     f"tree {bid.hex()[:16]} is stored only as a {loc.kind.name} blob "
-                    f"in pack {loc.pack[:16]}, not as a tree (kind confusion)"
+                    f"in pack {loc.pack[:16]}, not as a tree (kind confusion; "
+                    f"`lamina store gc` stores it again as a tree)"
                 )
             if bid in damaged:
                 problems.append(f"tree {bid.hex()[:16]} in pack {loc.pack[:16]} is damaged")

@@ -41,6 +41,7 @@ class GcReport:
     packs_deleted: int = 0
     packs_repacked: int = 0
     orphans_deleted: int = 0
+    trees_restored: int = 0
     bytes_freed: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
@@ -53,6 +54,7 @@ def mark(
     marked: set[bytes],
     trees: Iterable[bytes] = (),
     walked: set[bytes] | None = None,
+    confused: set[bytes] | None = None,
 ) -> set[bytes]:
     """Add everything reachable from ``roots`` and ``trees`` to ``marked``; return what was new.
 
@@ -62,7 +64,8 @@ def mark(
     data; judging by the row would leave the tree's chunks unmarked, and delete them),
     and even when the same id was marked before as a chunk. An id in ``roots`` is
     walked only if a row holds it as a tree (a snapshot record is not one).
-    ``walked`` (the trees already walked) carries over between calls on one ``marked``.
+    ``walked`` (the trees already walked) carries over between calls on one ``marked``;
+    ``confused`` collects the trees held under no TREE row.
     """
     walked = set() if walked is None else walked
     new: set[bytes] = set()
@@ -78,7 +81,10 @@ def mark(
         locs = store.catalog.locate(batch, include_condemned=True, kind=BlobKind.TREE)
         others = [b for b in batch if b not in locs]
         if others:  # held only under another kind: read it all the same (content is verified)
-            locs.update(store.catalog.locate(others, include_condemned=True))
+            found = store.catalog.locate(others, include_condemned=True)
+            locs.update(found)
+            if confused is not None:
+                confused.update(found)
         for bid in batch:
             walked.add(bid)
             if bid not in marked:
@@ -130,7 +136,8 @@ def collect(
         say("marking")
         walked: set[bytes] = set()
         root_blobs, root_trees = _root_ids(sources)
-        mark(store, walk, root_blobs, marked, root_trees, walked)
+        confused: set[bytes] = set()
+        mark(store, walk, root_blobs, marked, root_trees, walked, confused)
         report.reachable = len(marked)
         dead: set[bytes] = set()
         revived: set[bytes] = set()  # condemned by an earlier, interrupted run, reachable now
@@ -160,7 +167,7 @@ def collect(
             cat.rescue(revived)
         cat.condemn(dead, max_seq, copies)
         root_blobs, root_trees = _root_ids(sources)
-        newly = mark(store, walk, root_blobs, marked, root_trees, walked)
+        newly = mark(store, walk, root_blobs, marked, root_trees, walked, confused)
         back = newly & dead
         if back:
             cat.rescue(back)
@@ -168,6 +175,13 @@ def collect(
         say("sweeping")
         writer = store.writer()
         try:
+            # Trees held only as DATA (uploaded so, or written before one blob, one kind):
+            # store them again as trees, so check finds the store consistent.
+            for bid in sorted(confused):
+                writer.put(BlobKind.TREE, store.get(bid))
+                report.trees_restored += 1
+            if confused:
+                writer.flush()
             for pack in cat.packs():
                 if pack.seq > max_seq:
                     continue
