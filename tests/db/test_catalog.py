@@ -197,6 +197,23 @@ def test_commit_pack_missing_and_locate(catalog: SqlCatalog) -> None:
     assert len(catalog.packs()) == 2
 
 
+def test_missing_and_locate_by_kind(catalog: SqlCatalog) -> None:
+    """One blob, one kind: an id held as DATA is missing as a TREE, on both dialects."""
+    a, t = bid(1), bid(2)
+    catalog.commit_pack(pack(1), 4096, entries(a, t))  # both DATA
+    assert catalog.missing([a, t]) == set()
+    assert catalog.missing([a, t], kind=BlobKind.TREE) == {a, t}
+    assert catalog.missing([a, t], kind=BlobKind.DATA) == set()
+    assert catalog.locate([t], kind=BlobKind.TREE) == {}
+    catalog.commit_pack(pack(2), 2048, entries(t, kind=BlobKind.TREE))
+    assert catalog.missing([a, t], kind=BlobKind.TREE) == {a}
+    assert catalog.locate([t], kind=BlobKind.TREE)[t].pack == pack(2)
+    assert catalog.locate([t], kind=BlobKind.DATA)[t].pack == pack(1)
+    catalog.condemn([t], catalog.max_pack_seq())
+    assert catalog.missing([t], kind=BlobKind.TREE) == {t}  # condemned counts as missing
+    assert catalog.locate([t], include_condemned=True, kind=BlobKind.TREE)[t].pack == pack(2)
+
+
 def test_many_ids_are_batched(catalog: SqlCatalog) -> None:
     ids = [i.to_bytes(4, "big") * 8 for i in range(1, 1301)]
     catalog.commit_pack(pack(1), 10**6, entries(*ids[:1200]))

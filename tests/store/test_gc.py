@@ -233,7 +233,8 @@ def test_rescue_walks_subtrees_the_collector_condemned(store: Store) -> None:
         )
     store.catalog.forget_snapshots([old.id])
     w = store.writer()
-    assert not w.need([sub, cid])  # the writer reuses the folder's tree as it is
+    # the writer reuses the folder's tree as it is (need asks per kind: one blob, one kind)
+    assert not w.need([cid]) and not w.need([sub], BlobKind.TREE)
     store.catalog.condemn({r.id for r in store.catalog.iter_blobs()}, store.catalog.max_pack_seq())
     new_root = w.put(BlobKind.TREE, encode_tree([Entry(name=b"e", type="dir", subtree=sub)]))
     snap = w.commit_snapshot(

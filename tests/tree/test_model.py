@@ -6,9 +6,12 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lamina.errors import IntegrityError, UnsafePathError
-from lamina.tree.model import TREE_VERSION, Entry, decode_tree, encode_tree, references
+from lamina.errors import IntegrityError, LaminaError, UnsafePathError
+from lamina.tree.model import TREE_VERSION, TYPES, Entry, decode_tree, encode_tree, references
+from tests.strategies import PARSER_SETTINGS, msgpack_values, mutations, packb
 
 CID = bytes(range(32))
 SUB = bytes(range(1, 33))
@@ -182,3 +185,55 @@ def test_a_valid_raw_tree_decodes() -> None:
     """The raw builder above makes valid trees, so each refusal is due to its one change."""
     (e,) = decode_tree(raw([one()]))
     assert e.content == [CID] and e.size == 1
+
+
+# --- property tests: hostile bytes never escape as anything but a Lamina error ---------------
+
+_ENTRY_KEYS = [
+    "name", "type", "mode", "uid", "gid", "user", "group", "mtime", "size",
+    "xattrs", "target", "rdev", "hardlink", "content", "subtree",
+]  # fmt: skip
+
+
+def _decodes_or_refuses(data: bytes) -> None:
+    try:
+        entries = decode_tree(data)
+    except LaminaError:
+        return
+    # What decodes must be what the format promises: it re-encodes without error.
+    encode_tree(entries)
+
+
+@PARSER_SETTINGS
+@given(st.binary(max_size=300))
+def test_random_bytes_decode_or_raise_a_lamina_error(data: bytes) -> None:
+    _decodes_or_refuses(data)
+
+
+@PARSER_SETTINGS
+@given(st.data())
+def test_mutated_trees_decode_or_raise_a_lamina_error(data: st.DataObject) -> None:
+    _decodes_or_refuses(data.draw(mutations(encode_tree(good_entries()))))
+
+
+@PARSER_SETTINGS
+@given(
+    st.lists(
+        st.one_of(
+            msgpack_values(_ENTRY_KEYS),
+            st.fixed_dictionaries(
+                {"name": st.binary(min_size=1, max_size=4), "type": st.sampled_from(TYPES)},
+                optional={k: msgpack_values() for k in _ENTRY_KEYS[2:]},
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_random_entry_structures_decode_or_raise_a_lamina_error(entries: list[Any]) -> None:
+    _decodes_or_refuses(packb({"v": TREE_VERSION, "entries": entries}))
+
+
+@PARSER_SETTINGS
+@given(msgpack_values(["v", "entries"]))
+def test_random_documents_decode_or_raise_a_lamina_error(doc: Any) -> None:
+    _decodes_or_refuses(packb(doc))

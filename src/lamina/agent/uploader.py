@@ -20,6 +20,8 @@ from lamina.store.blob import BlobKind
 from lamina.store.keys import ChunkingSecret
 
 BUNDLE_BYTES = 8 * 1024 * 1024
+#: Content (before compression) per bundle; the server refuses more than 256 MiB.
+BUNDLE_RAW_BYTES = 64 * 1024 * 1024
 MISSING_BATCH = 5000
 TREE_BATCH = 512
 
@@ -43,6 +45,7 @@ class RemoteSink:
         self._bundle: list[BundleBlob] = []
         self._queued: dict[bytes, tuple[BlobKind, bytes, bytes]] = {}
         self._bundle_size = 0
+        self._bundle_raw = 0
         self.uploaded_bytes = 0
         self.uploaded_blobs = 0
         self.bundles = 0
@@ -74,8 +77,10 @@ class RemoteSink:
             self._sent.add(bid)
             self._bundle.append(BundleBlob(int(kind), bid, flag, payload, len(data)))
             self._bundle_size += len(payload)
-            if self._bundle_size >= BUNDLE_BYTES:
+            self._bundle_raw += len(data)
+            if self._bundle_size >= BUNDLE_BYTES or self._bundle_raw >= BUNDLE_RAW_BYTES:
                 full, self._bundle, self._bundle_size = self._bundle, [], 0
+                self._bundle_raw = 0
         if full:
             self._upload(full)
 
@@ -107,6 +112,7 @@ class RemoteSink:
             self._settle(batch)
         with self._lock:
             full, self._bundle, self._bundle_size = self._bundle, [], 0
+            self._bundle_raw = 0
         if full:
             self._upload(full)
 

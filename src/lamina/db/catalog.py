@@ -85,7 +85,7 @@ class SqlCatalog:
                 )
 
     # --- blobs ---------------------------------------------------------------
-    def missing(self, ids: Collection[bytes]) -> set[bytes]:
+    def missing(self, ids: Collection[bytes], kind: BlobKind | None = None) -> set[bytes]:
         wanted = set(ids)
         if not wanted:
             return set()
@@ -93,27 +93,40 @@ class SqlCatalog:
         with read_tx(self.engine) as c:
             for batch in _batches(wanted):
                 if self._sqlite:
-                    rows = c.exec_driver_sql(_SQLITE_MISSING % _marks(len(batch)), tuple(batch))
+                    sql = _SQLITE_MISSING % _marks(len(batch))
+                    args: tuple[object, ...] = tuple(batch)
+                    if kind is not None:
+                        sql += " AND kind = ?"
+                        args += (int(kind),)
+                    rows = c.exec_driver_sql(sql, args)
                 else:
-                    rows = c.execute(
-                        select(blobs.c.id).where(
-                            blobs.c.id.in_(batch), blobs.c.condemned.is_(False)
-                        )
+                    q = select(blobs.c.id).where(
+                        blobs.c.id.in_(batch), blobs.c.condemned.is_(False)
                     )
+                    if kind is not None:
+                        q = q.where(blobs.c.kind == int(kind))
+                    rows = c.execute(q)
                 found.update(bytes(r[0]) for r in rows)
         return wanted - found
 
     def locate(
-        self, ids: Collection[bytes], include_condemned: bool = False
+        self,
+        ids: Collection[bytes],
+        include_condemned: bool = False,
+        kind: BlobKind | None = None,
     ) -> dict[bytes, BlobLocation]:
         out: dict[bytes, BlobLocation] = {}
         with read_tx(self.engine) as c:
             for batch in _batches(set(ids)):
                 if self._sqlite:
                     sql = _SQLITE_LOCATE % _marks(len(batch))
+                    args: tuple[object, ...] = tuple(batch)
                     if not include_condemned:
                         sql += " AND blobs.condemned = 0"
-                    for r in c.exec_driver_sql(sql, tuple(batch)):
+                    if kind is not None:
+                        sql += " AND blobs.kind = ?"
+                        args += (int(kind),)
+                    for r in c.exec_driver_sql(sql, args):
                         out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], BlobKind(r[5]))
                     continue
                 q = (
@@ -130,6 +143,8 @@ class SqlCatalog:
                 )
                 if not include_condemned:
                     q = q.where(blobs.c.condemned.is_(False))
+                if kind is not None:
+                    q = q.where(blobs.c.kind == int(kind))
                 for r in c.execute(q):
                     out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], BlobKind(r[5]))
         return out
@@ -201,7 +216,9 @@ class SqlCatalog:
         rows = []
         seen: set[bytes] = set()
         for e in entries:
-            if e.id in seen:  # a pack may hold a blob twice only by a writer's bug; keep one
+            # A pack holds one row per id (the writer never puts one id in a pack twice,
+            # not even under two kinds); a second entry is a writer's bug: keep one.
+            if e.id in seen:
                 continue
             seen.add(e.id)
             rows.append(

@@ -31,11 +31,11 @@ def layer_roots(engine: Engine) -> RootSource:
                 )
             ).all()
         for r in rows:
-            yield Root(f"layer {r.name}:{r.version}", (bytes(r.root),))
+            yield Root(f"layer {r.name}:{r.version}", (), trees=(bytes(r.root),))
         for t in pending:
             delta = (t.params or {}).get("delta")
             if isinstance(delta, str) and len(delta) == 64:
-                yield Root(f"layer delivery {t.id}", (bytes.fromhex(delta),))
+                yield Root(f"layer delivery {t.id}", (), trees=(bytes.fromhex(delta),))
 
     return source
 

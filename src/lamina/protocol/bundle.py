@@ -42,11 +42,11 @@ def decode_bundle(data: bytes) -> list[BundleBlob]:
         doc = msgpack.unpackb(
             data, raw=False, max_array_len=MAX_BUNDLE_BLOBS, max_map_len=4, max_str_len=64
         )
-    except (ValueError, msgpack.UnpackException) as e:
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
         if "exceeds max" in str(e):
             raise TooLargeError(f"bundle too large: {e}") from e
         raise IntegrityError(f"bundle is not valid msgpack: {e}") from e
-    if not isinstance(doc, dict) or doc.get("v") != BUNDLE_VERSION:
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != BUNDLE_VERSION:
         raise IntegrityError(f"unsupported bundle version (expected {BUNDLE_VERSION})")
     rows = doc.get("blobs")
     if not isinstance(rows, list):
@@ -56,12 +56,12 @@ def decode_bundle(data: bytes) -> list[BundleBlob]:
         if (
             not isinstance(r, list)
             or len(r) != 5
-            or not isinstance(r[0], int)
+            or type(r[0]) is not int  # not isinstance: a bool is no kind, flag or size
             or not isinstance(r[1], bytes)
             or len(r[1]) != 32
-            or not isinstance(r[2], int)
+            or type(r[2]) is not int
             or not isinstance(r[3], bytes)
-            or not isinstance(r[4], int)
+            or type(r[4]) is not int
             or r[4] < 0
         ):
             raise IntegrityError("bundle holds a malformed blob entry")

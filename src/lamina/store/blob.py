@@ -80,6 +80,8 @@ def compress(data: bytes | memoryview) -> tuple[int, bytes]:
 
 
 def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
+    if raw_length < 0:
+        raise IntegrityError(f"blob claims a negative size ({raw_length})")
     if flag == FLAG_RAW:
         data = payload
     elif flag == FLAG_ZSTD:

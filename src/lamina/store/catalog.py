@@ -93,17 +93,27 @@ class Catalog(Protocol):
     """
 
     # --- blobs ---------------------------------------------------------------
-    def missing(self, ids: Collection[bytes]) -> set[bytes]:
-        """The subset of ``ids`` not stored (condemned copies count as not stored)."""
+    def missing(self, ids: Collection[bytes], kind: BlobKind | None = None) -> set[bytes]:
+        """The subset of ``ids`` not stored (condemned copies count as not stored).
+
+        With ``kind``, a blob is stored only if a row *of that kind* holds it: one id
+        may be held under two kinds (a file whose bytes are a tree's encoding), and a
+        tree stored only as data is missing as a tree (one blob, one kind).
+        """
         ...
 
     def locate(
-        self, ids: Collection[bytes], include_condemned: bool = False
+        self,
+        ids: Collection[bytes],
+        include_condemned: bool = False,
+        kind: BlobKind | None = None,
     ) -> dict[bytes, BlobLocation]:
         """Where each stored, uncondemned blob of ``ids`` is; absent ids are left out.
 
         The collector passes ``include_condemned`` to walk trees it condemned a
-        moment ago and must now rescue.
+        moment ago and must now rescue. With ``kind``, only rows of that kind count;
+        without it, any row may answer (reads verify the content against the id
+        whatever the kind).
         """
         ...
 

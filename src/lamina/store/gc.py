@@ -41,36 +41,76 @@ class GcReport:
     packs_deleted: int = 0
     packs_repacked: int = 0
     orphans_deleted: int = 0
+    trees_restored: int = 0
     bytes_freed: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
 
 
-def mark(store: Store, walk: Walker, roots: Iterable[bytes], marked: set[bytes]) -> set[bytes]:
-    """Add everything reachable from ``roots`` to ``marked``; return what was new."""
+def mark(
+    store: Store,
+    walk: Walker,
+    roots: Iterable[bytes],
+    marked: set[bytes],
+    trees: Iterable[bytes] = (),
+    walked: set[bytes] | None = None,
+    confused: set[bytes] | None = None,
+) -> set[bytes]:
+    """Add everything reachable from ``roots`` and ``trees`` to ``marked``; return what was new.
+
+    What is a tree is decided by how it is referenced, never by its index row: every
+    id in ``trees`` and every ``subtree`` a walked tree names is walked as a tree, even
+    when the store holds it only as a DATA blob (a device may upload a tree's bytes as
+    data; judging by the row would leave the tree's chunks unmarked, and delete them),
+    and even when the same id was marked before as a chunk. An id in ``roots`` is
+    walked only if a row holds it as a tree (a snapshot record is not one).
+    ``walked`` (the trees already walked) carries over between calls on one ``marked``;
+    ``confused`` collects the trees held under no TREE row.
+    """
+    walked = set() if walked is None else walked
     new: set[bytes] = set()
-    todo = [r for r in roots if r not in marked]
+    todo = list(trees)
+    fresh = [r for r in roots if r not in marked]
+    marked.update(fresh)
+    new.update(fresh)
+    if fresh:
+        todo.extend(store.catalog.locate(fresh, include_condemned=True, kind=BlobKind.TREE))
     while todo:
-        batch, todo = todo[:256], todo[256:]
-        locs = store.catalog.locate(batch, include_condemned=True)
+        batch = list({t for t in todo[:256] if t not in walked})
+        todo = todo[256:]
+        locs = store.catalog.locate(batch, include_condemned=True, kind=BlobKind.TREE)
+        others = [b for b in batch if b not in locs]
+        if others:  # held only under another kind: read it all the same (content is verified)
+            found = store.catalog.locate(others, include_condemned=True)
+            locs.update(found)
+            if confused is not None:
+                confused.update(found)
         for bid in batch:
-            if bid in marked:
-                continue
-            marked.add(bid)
-            new.add(bid)
+            walked.add(bid)
+            if bid not in marked:
+                marked.add(bid)
+                new.add(bid)
             loc = locs.get(bid)
-            if loc is not None and loc.kind == BlobKind.TREE:
-                trees, chunks = walk(store.open_blob(bid, loc))
-                for c in chunks:
-                    if c not in marked:
-                        marked.add(c)
-                        new.add(c)
-                todo.extend(t for t in trees if t not in marked)
+            if loc is None:
+                continue
+            subtrees, chunks = walk(store.open_blob(bid, loc))
+            for c in chunks:
+                if c not in marked:
+                    marked.add(c)
+                    new.add(c)
+            todo.extend(t for t in subtrees if t not in walked)
     return new
 
 
-def _root_ids(sources: Sequence[RootSource]) -> list[bytes]:
-    return [bid for src in sources for root in src() for bid in root.blobs]
+def _root_ids(sources: Sequence[RootSource]) -> tuple[list[bytes], list[bytes]]:
+    """``(blob ids, tree ids)`` of every root."""
+    blobs: list[bytes] = []
+    trees: list[bytes] = []
+    for src in sources:
+        for root in src():
+            blobs.extend(root.blobs)
+            trees.extend(root.trees)
+    return blobs, trees
 
 
 def collect(
@@ -94,11 +134,16 @@ def collect(
         max_seq = cat.max_pack_seq()
         marked: set[bytes] = set()
         say("marking")
-        mark(store, walk, _root_ids(sources), marked)
+        walked: set[bytes] = set()
+        root_blobs, root_trees = _root_ids(sources)
+        confused: set[bytes] = set()
+        mark(store, walk, root_blobs, marked, root_trees, walked, confused)
         report.reachable = len(marked)
         dead: set[bytes] = set()
         revived: set[bytes] = set()  # condemned by an earlier, interrupted run, reachable now
-        kept_row: dict[bytes, int] = {}  # live blob -> the one row that keeps it
+        # live blob -> the one row that keeps it, per kind: a tree's row and a data row
+        # of the same id are not copies of each other (one blob, one kind)
+        kept_row: dict[tuple[bytes, BlobKind], int] = {}
         copies: list[tuple[bytes, int]] = []  # surplus rows of live blobs (concurrent uploads)
         for r in cat.iter_blobs():
             if r.id not in marked:
@@ -107,11 +152,11 @@ def collect(
                 continue
             if r.condemned:
                 revived.add(r.id)
-            if r.id in kept_row:
+            if (r.id, r.kind) in kept_row:
                 if r.pack_seq <= max_seq:
                     copies.append((r.id, r.pack_seq))
             else:
-                kept_row[r.id] = r.pack_seq
+                kept_row[(r.id, r.kind)] = r.pack_seq
         report.condemned = len(dead)
         report.duplicates = len(copies)
         if dry_run:
@@ -121,7 +166,8 @@ def collect(
         if revived:
             cat.rescue(revived)
         cat.condemn(dead, max_seq, copies)
-        newly = mark(store, walk, _root_ids(sources), marked)
+        root_blobs, root_trees = _root_ids(sources)
+        newly = mark(store, walk, root_blobs, marked, root_trees, walked, confused)
         back = newly & dead
         if back:
             cat.rescue(back)
@@ -129,6 +175,13 @@ def collect(
         say("sweeping")
         writer = store.writer()
         try:
+            # Trees held only as DATA (uploaded so, or written before one blob, one kind):
+            # store them again as trees, so check finds the store consistent.
+            for bid in sorted(confused):
+                writer.put(BlobKind.TREE, store.get(bid))
+                report.trees_restored += 1
+            if confused:
+                writer.flush()
             for pack in cat.packs():
                 if pack.seq > max_seq:
                     continue

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -193,6 +194,8 @@ def parse_keys(raw: bytes, passphrase: str | None = None) -> StoreKeys:
         )
     except (KeyError, TypeError) as e:
         raise StoreKeyError(f"key file is missing a field: {e}") from e
+    except (ValueError, OverflowError, HashingError) as e:  # "abc" or Infinity as a size
+        raise StoreKeyError(f"key file has a malformed field: {e}") from e
 
 
 def write_keyfile(path: Path, keys: StoreKeys, passphrase: str | None = None) -> None:

@@ -286,21 +286,36 @@ def encode_snapshot(record: SnapshotRecord) -> bytes:
 
 
 def decode_snapshot(bid: bytes, data: bytes) -> SnapshotRecord:
+    what = f"snapshot object {bid.hex()[:16]}"
     try:
         doc = msgpack.unpackb(data, raw=False)
-        if doc.get("v") != SNAPSHOT_VERSION:
-            raise IntegrityError(f"unsupported snapshot version {doc.get('v')}")
-        return SnapshotRecord(
-            id=bid.hex(),
-            time=dt.datetime.fromisoformat(doc["time"]),
-            source=str(doc["source"]),
-            root=bytes(doc["root"]),
-            files=int(doc["files"]),
-            bytes=int(doc["bytes"]),
-            meta=dict(doc.get("meta") or {}),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as e:
-        raise IntegrityError(f"snapshot object {bid.hex()[:16]} is malformed: {e}") from e
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise IntegrityError(f"{what} is not valid msgpack: {e}") from e
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != SNAPSHOT_VERSION:
+        found = doc.get("v") if isinstance(doc, dict) else None
+        raise IntegrityError(f"unsupported snapshot version {found!r:.20}")
+    root, source, when = doc.get("root"), doc.get("source"), doc.get("time")
+    counts = [doc.get("files"), doc.get("bytes")]
+    meta = doc.get("meta") or {}
+    if not isinstance(root, bytes) or len(root) != blob.ID_SIZE:
+        raise IntegrityError(f"{what} is malformed: its root must be a {blob.ID_SIZE}-byte id")
+    if not isinstance(source, str) or not isinstance(when, str) or not isinstance(meta, dict):
+        raise IntegrityError(f"{what} is malformed: source, time or meta of the wrong type")
+    if not all(type(n) is int and n >= 0 for n in counts):
+        raise IntegrityError(f"{what} is malformed: files and bytes must be counts")
+    try:
+        time = dt.datetime.fromisoformat(when)
+    except ValueError as e:
+        raise IntegrityError(f"{what} is malformed: {e}") from e
+    return SnapshotRecord(
+        id=bid.hex(),
+        time=time,
+        source=source,
+        root=root,
+        files=int(doc["files"]),
+        bytes=int(doc["bytes"]),
+        meta=dict(meta),
+    )
 
 
 class Writer:
@@ -316,7 +331,12 @@ class Writer:
         self.store = store
         self.epoch = store.catalog.gc_epoch()
         self._pack = PackWriter(store.keys.data_key)
-        self._session: set[bytes] = set()
+        #: (id, kind) of every blob this session wrote: one id may be stored under two
+        #: kinds (a tree, and a file whose bytes are that tree's encoding).
+        self._session: set[tuple[bytes, BlobKind]] = set()
+        #: Ids in the open pack: a pack holds one row per id, so the same id under its
+        #: other kind goes to the next pack.
+        self._pack_ids: set[bytes] = set()
         self._lock = threading.Lock()
         self._queue: queue.Queue[FinishedPack | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
@@ -365,19 +385,26 @@ class Writer:
                 raise err
             raise LaminaError(f"pack upload failed: {err}") from err
 
-    def need(self, ids: Collection[bytes]) -> set[bytes]:
-        """The subset of ``ids`` neither stored nor already written by this session."""
+    def need(self, ids: Collection[bytes], kind: BlobKind = BlobKind.DATA) -> set[bytes]:
+        """The subset of ``ids`` neither stored as ``kind`` nor written as ``kind`` by this session.
+
+        A copy of another kind does not count (one blob, one kind): a tree whose id
+        the store holds only as data is needed, and stored again as a tree.
+        """
         self._check()
-        fresh = {i for i in ids if i not in self._session}
-        return self.store.catalog.missing(fresh) if fresh else set()
+        fresh = {i for i in ids if (i, kind) not in self._session}
+        return self.store.catalog.missing(fresh, kind=kind) if fresh else set()
 
     def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
-        """Add a sealed blob (skipped if this session wrote it already)."""
+        """Add a sealed blob (skipped if this session wrote it already as ``kind``)."""
         self._check()
         with self._lock:
-            if bid in self._session:
+            if (bid, kind) in self._session:
                 return
-            self._session.add(bid)
+            self._session.add((bid, kind))
+            if bid in self._pack_ids:
+                self._ship()
+            self._pack_ids.add(bid)
             self._pack.add(kind, bid, sealed, raw_length)
             self.new_blobs += 1
             self.new_raw_bytes += raw_length
@@ -403,7 +430,7 @@ class Writer:
                 self._settle_trees()
             return bid
         self._settle_trees()
-        if self.need([bid]):
+        if self.need([bid], kind):
             _, sealed = blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, data)
             self.put_sealed(kind, bid, sealed, len(data))
         return bid
@@ -417,7 +444,7 @@ class Writer:
             self._trees = []
             self._trees_size = 0
             keys = self.store.keys
-            need = self.need({bid for bid, _ in batch})
+            need = self.need({bid for bid, _ in batch}, BlobKind.TREE)
             for bid, data in batch:
                 if bid in need:
                     need.discard(bid)
@@ -438,6 +465,7 @@ class Writer:
     def _ship(self) -> None:
         if self._pack.count:
             finished = self._pack.finish()
+            self._pack_ids = set()
             while True:
                 self._check()
                 try:

@@ -19,10 +19,18 @@ Walker = Callable[[bytes], tuple[list[bytes], list[bytes]]]
 
 @dataclass(frozen=True)
 class Root:
-    """One thing that must stay readable: its label (for reports) and its blob ids."""
+    """One thing that must stay readable: its label (for reports) and its blob ids.
+
+    ``trees`` are tree objects, walked as trees whatever kind their index rows say:
+    a blob is a tree because a root or a ``subtree`` names it, never because of its
+    row (one blob, one kind). ``blobs`` are kept as they are (a snapshot record);
+    one whose row says TREE is walked too, for root sources written before
+    ``trees`` existed.
+    """
 
     label: str
     blobs: tuple[bytes, ...]
+    trees: tuple[bytes, ...] = ()
 
 
 RootSource = Callable[[], Iterable[Root]]
@@ -33,6 +41,8 @@ def snapshot_roots(catalog: Catalog) -> RootSource:
 
     def source() -> Iterable[Root]:
         for s in catalog.snapshots():
-            yield Root(f"snapshot {s.id[:12]} of {s.source}", (bytes.fromhex(s.id), s.root))
+            yield Root(
+                f"snapshot {s.id[:12]} of {s.source}", (bytes.fromhex(s.id),), trees=(s.root,)
+            )
 
     return source

@@ -205,7 +205,7 @@ def decode_tree(data: bytes) -> list[Entry]:
     """Parse and validate a tree object; hostile input raises IntegrityError."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as e:
+    except (ValueError, TypeError, msgpack.UnpackException) as e:  # TypeError: a list as a map key
         raise IntegrityError(f"tree object is not valid msgpack: {e}") from e
     if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc.get("v") != TREE_VERSION:
         found = doc.get("v") if isinstance(doc, dict) else None

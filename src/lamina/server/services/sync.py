@@ -16,21 +16,34 @@ from sqlalchemy import Engine, update
 
 from lamina.db.engine import write_tx
 from lamina.db.models import cvds
-from lamina.errors import ConflictError, IntegrityError, MissingDataError, UsageError
-from lamina.protocol.bundle import decode_bundle
+from lamina.errors import (
+    ConflictError,
+    IntegrityError,
+    MissingDataError,
+    TooLargeError,
+    UsageError,
+)
+from lamina.protocol.bundle import BundleBlob, decode_bundle
 from lamina.protocol.schemas import CommitRequest, CommitResponse, SnapshotPublic
 from lamina.server.services.fleet import ACTIVE, cvd_source
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
-from lamina.store.repository import Store
+from lamina.store.repository import Store, Writer
 from lamina.store.retention import Retention, apply_retention
-from lamina.tree.model import decode_tree
+from lamina.tree.backup import walk_blobs
+from lamina.tree.model import Entry, decode_tree
 
 MAX_IDS = 20000
 #: A directory listing an agent may upload (about 300,000 entries); bounds the memory
 #: a request can make the server spend inflating it.
 MAX_UPLOADED_TREE = 32 * 1024 * 1024
+#: Content a bundle may declare in all, after duplicates are dropped: 4x the default
+#: body limit, so a small bundle cannot make the server inflate without bound.
+MAX_BUNDLE_RAW = 256 * 1024 * 1024
+#: A file entry larger than this is refused at commit (far above any real file
+#: system's file; a huge "hole" must not pass as a file).
+MAX_FILE_SIZE = 2**50
 
 
 def parse_ids(hex_ids: list[str]) -> list[bytes]:
@@ -53,11 +66,19 @@ def missing(store: Store, hex_ids: list[str]) -> list[str]:
     return [i.hex() for i in ids if i in gone]
 
 
-def upload_bundle(store: Store, body: bytes) -> int:
-    """Verify and store a bundle; return how many blobs were new."""
+def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> int:
+    """Verify and store a bundle; return how many blobs were new.
+
+    Cheap checks come first, so a bundle costs work only for what it adds: each
+    (id, kind) is taken once however often the bundle repeats it, the declared sizes
+    must add up to at most ``max_raw``, and blobs the store already holds *as that
+    kind* are skipped unread. Only the rest are inflated and hashed, all of them
+    before anything is written (one bad blob refuses the whole bundle).
+    """
     items = decode_bundle(body)
     keys = store.keys
-    sealed_items = []
+    unique: dict[tuple[bytes, BlobKind], BundleBlob] = {}
+    declared = 0
     for it in items:
         try:
             kind = BlobKind(it.kind)
@@ -72,34 +93,89 @@ def upload_bundle(store: Store, body: bytes) -> int:
             raise IntegrityError(
                 f"bundle blob {it.id.hex()[:16]} claims {it.raw_length} bytes, above the {limit} limit"
             )
-        try:
-            data = blob.decompress(it.flag, it.payload, it.raw_length)
-        except IntegrityError as e:
-            raise IntegrityError(f"bundle blob {it.id.hex()[:16]}: {e.message}") from e
-        if blob.blob_id(keys.chunking.id_key, data) != it.id:
-            raise IntegrityError(f"bundle blob {it.id.hex()[:16]}: content does not match its id")
-        if kind == BlobKind.TREE:
-            decode_tree(data)  # refuses unsafe names and malformed trees now, not at restore
-        sealed_items.append(
-            (kind, it.id, blob.seal(keys.data_key, kind, it.id, it.flag, it.payload), it.raw_length)
-        )
+        if (it.id, kind) in unique:
+            continue
+        unique[(it.id, kind)] = it
+        declared += it.raw_length
+        if declared > max_raw:
+            raise TooLargeError(
+                f"bundle declares more than {max_raw} bytes of content; send smaller bundles"
+            )
     with store.writer() as w:
-        fresh = w.need({i[1] for i in sealed_items})
+        fresh = {
+            kind: w.need({bid for bid, k in unique if k == kind}, kind)
+            for kind in (BlobKind.DATA, BlobKind.TREE)
+        }
+        sealed_items = []
+        for (bid, kind), it in unique.items():
+            if bid not in fresh[kind]:
+                continue
+            try:
+                data = blob.decompress(it.flag, it.payload, it.raw_length)
+            except IntegrityError as e:
+                raise IntegrityError(f"bundle blob {bid.hex()[:16]}: {e.message}") from e
+            if blob.blob_id(keys.chunking.id_key, data) != bid:
+                raise IntegrityError(f"bundle blob {bid.hex()[:16]}: content does not match its id")
+            if kind == BlobKind.TREE:
+                decode_tree(data)  # refuses unsafe names and malformed trees now, not at restore
+            sealed_items.append(
+                (kind, bid, blob.seal(keys.data_key, kind, bid, it.flag, it.payload), it.raw_length)
+            )
         for kind, bid, sealed, raw in sealed_items:
-            if bid in fresh:
-                w.put_sealed(kind, bid, sealed, raw)
+            w.put_sealed(kind, bid, sealed, raw)
         return w.new_blobs
 
 
-def verify_tree(store: Store, root: bytes, previous: bytes | None) -> Iterator[bytes]:
+def _as_kind(
+    store: Store, ids: list[bytes], kind: BlobKind, heal: Writer | None
+) -> dict[bytes, int]:
+    """Raw length of each of ``ids`` stored as ``kind``.
+
+    An id stored only under the other kind (a device uploaded a tree's bytes as data,
+    or before one blob, one kind) is read, its content checked against its id, and
+    stored again as ``kind`` by ``heal``; an id not stored at all is missing data.
+    """
+    what = "tree" if kind == BlobKind.TREE else "chunk"
+    out = {bid: loc.raw_length for bid, loc in store.catalog.locate(ids, kind=kind).items()}
+    lacking = [i for i in ids if i not in out]
+    if not lacking:
+        return out
+    elsewhere = store.catalog.locate(lacking)
+    gone = [i for i in lacking if i not in elsewhere]
+    if gone:
+        raise MissingDataError(
+            f"the snapshot names {len(gone)} {what}s the server does not hold "
+            f"(first {gone[0].hex()[:16]}); upload them before committing"
+        )
+    for bid in lacking:
+        data = store.get(bid)
+        if heal is not None:
+            if kind == BlobKind.TREE:
+                decode_tree(data)
+            heal.put_chunk(kind, bid, data)
+        out[bid] = len(data)
+    return out
+
+
+def verify_tree(
+    store: Store, root: bytes, previous: bytes | None, heal: Writer | None = None
+) -> Iterator[bytes]:
     """Check every tree and chunk under ``root`` is stored; skip subtrees equal to ``previous``'s.
+
+    One blob, one kind: the root and every ``subtree`` must be stored as TREE blobs and
+    every chunk as DATA; one held only under the other kind is stored again under the
+    right one by ``heal`` (the commit's writer). Every file's chunks and holes must add
+    up to its size, and no size may pass ``MAX_FILE_SIZE``.
 
     Yields every blob id the snapshot references (for the gc rescue walk).
     """
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
     while level:  # one level of folders at a time: one lookup for its trees, few for its chunks
         store.prefetch([t for t, _ in level] + [o for _, o in level if o is not None])
+        tree_ids = list(dict.fromkeys(t for t, _ in level))
+        _as_kind(store, tree_ids, BlobKind.TREE, heal)
         chunks: list[bytes] = []
+        files: list[tuple[bytes, Entry]] = []
         below: list[tuple[bytes, bytes | None]] = []
         for tid, old in level:
             entries = decode_tree(store.get(tid))
@@ -111,17 +187,28 @@ def verify_tree(store: Store, root: bytes, previous: bytes | None) -> Iterator[b
                 except MissingDataError:
                     old_sub = {}
             for e in entries:
+                if e.type == "file":
+                    if e.size > MAX_FILE_SIZE:
+                        raise IntegrityError(
+                            f"tree {tid.hex()[:16]}: file {e.name!r} claims {e.size} bytes, "
+                            f"above the {MAX_FILE_SIZE} limit"
+                        )
+                    files.append((tid, e))
                 chunks.extend(e.chunk_ids())
                 if e.subtree is not None and old_sub.get(e.name) != e.subtree:
                     # (equal subtrees were verified with an earlier snapshot of this CVD,
                     # which keeps them alive)
                     below.append((e.subtree, old_sub.get(e.name)))
-        for k in range(0, len(chunks), 5000):
-            gone = store.catalog.missing(chunks[k : k + 5000])
-            if gone:
-                raise MissingDataError(
-                    f"the snapshot names {len(gone)} chunks the server does not hold "
-                    f"(first {next(iter(gone)).hex()[:16]}); upload them before committing"
+        sizes: dict[bytes, int] = {}
+        unique = list(dict.fromkeys(chunks))
+        for k in range(0, len(unique), 5000):
+            sizes.update(_as_kind(store, unique[k : k + 5000], BlobKind.DATA, heal))
+        for tid, e in files:
+            total = sum(sizes[c] if isinstance(c, bytes) else c for c in e.content or ())
+            if total != e.size:
+                raise IntegrityError(
+                    f"tree {tid.hex()[:16]}: file {e.name!r} has {total} bytes of content "
+                    f"(chunks and holes), but its size says {e.size}"
                 )
         yield from chunks
         level = below
@@ -143,7 +230,7 @@ def commit(
         # commit rescue (or refuse) before the row goes in.
         if not store.catalog.locate([root]):
             raise MissingDataError("the snapshot's root tree is not stored; upload it first")
-        for _ in verify_tree(store, root, previous_root):
+        for _ in verify_tree(store, root, previous_root, heal=w):
             pass
         record = SnapshotRecord(
             id="",
@@ -154,7 +241,7 @@ def commit(
             bytes=req.bytes,
             meta={"cvd": cvd_id, "stats": req.stats},
         )
-        record = w.commit_snapshot(record, lambda r: verify_tree(store, r, None))
+        record = w.commit_snapshot(record, lambda r: walk_blobs(store, r))
     keep, forget = apply_retention(store.catalog.snapshots(source), retention)
     if forget:
         store.forget([s.id for s in forget])

@@ -1,0 +1,178 @@
+"""The server's bundle intake and commit verification, on a real store.
+
+Bundles cost work only for what they add (finding 13d); a commit's trees must be
+stored as trees and its chunks as data (finding 1); a file's chunks and holes
+must add up to its size (finding 13b).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lamina.db.stores import StoreLocation, init_store
+from lamina.errors import IntegrityError, MissingDataError, TooLargeError
+from lamina.protocol.bundle import BundleBlob, encode_bundle
+from lamina.server.services import sync
+from lamina.store import blob
+from lamina.store.blob import BlobKind, blob_id, compress
+from lamina.store.repository import Store
+from lamina.tree.model import Entry, encode_tree
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = init_store(StoreLocation(data=tmp_path / "data"))
+    yield s
+    s.close()
+
+
+def _row(store: Store, data: bytes, kind: BlobKind = BlobKind.DATA) -> BundleBlob:
+    flag, payload = compress(data)
+    return BundleBlob(
+        int(kind), blob_id(store.keys.chunking.id_key, data), flag, payload, len(data)
+    )
+
+
+def _bid(store: Store, data: bytes) -> bytes:
+    return blob_id(store.keys.chunking.id_key, data)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often the intake inflates and hashes a blob (counted, not timed)."""
+    counts = {"decompress": 0, "blob_id": 0}
+
+    def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            counts[name] += 1
+            return real(*a, **kw)
+
+        return wrapper
+
+    monkeypatch.setattr(blob, "decompress", counting("decompress", blob.decompress))
+    monkeypatch.setattr(blob, "blob_id", counting("blob_id", blob.blob_id))
+    return counts
+
+
+def test_copies_in_a_bundle_are_inflated_and_hashed_once(
+    store: Store, calls: dict[str, int]
+) -> None:
+    data = b"\0" * 1_000_000 + os.urandom(16)
+    body = encode_bundle([_row(store, data)] * 500)
+    calls.update(decompress=0, blob_id=0)
+    assert sync.upload_bundle(store, body) == 1
+    assert calls == {"decompress": 1, "blob_id": 1}
+    assert store.get(_bid(store, data)) == data
+
+
+def test_blobs_the_store_holds_are_not_inflated_again(store: Store, calls: dict[str, int]) -> None:
+    data = os.urandom(5000)
+    body = encode_bundle([_row(store, data)])
+    assert sync.upload_bundle(store, body) == 1
+    calls.update(decompress=0, blob_id=0)
+    assert sync.upload_bundle(store, body) == 0
+    assert calls == {"decompress": 0, "blob_id": 0}
+
+
+def test_a_bundle_declaring_too_much_content_is_refused_before_inflating(
+    store: Store, calls: dict[str, int]
+) -> None:
+    big = store.keys.chunking.max_size
+    n = 256 * 1024 * 1024 // big + 1  # sync.MAX_BUNDLE_RAW
+    rows = [BundleBlob(int(BlobKind.DATA), os.urandom(32), 1, b"tiny", big) for _ in range(n)]
+    before = store.stats()
+    calls.update(decompress=0, blob_id=0)
+    with pytest.raises(TooLargeError, match="declares more than"):
+        sync.upload_bundle(store, encode_bundle(rows))
+    assert calls == {"decompress": 0, "blob_id": 0}
+    assert store.stats() == before
+
+
+def test_a_tree_uploaded_after_its_data_copy_is_stored_as_a_tree(store: Store) -> None:
+    t = encode_tree([Entry(name=b"a", type="file")])
+    tid = _bid(store, t)
+    assert sync.upload_bundle(store, encode_bundle([_row(store, t, BlobKind.DATA)])) == 1
+    assert sync.upload_bundle(store, encode_bundle([_row(store, t, BlobKind.TREE)])) == 1
+    assert tid in store.catalog.locate([tid], kind=BlobKind.TREE)
+
+
+# --- verify_tree ------------------------------------------------------------------------------
+
+
+def _store_tree(store: Store, entries: list[Entry], chunks: list[bytes] = ()) -> bytes:  # type: ignore[assignment]
+    with store.writer() as w:
+        for c in chunks:
+            w.put(BlobKind.DATA, c)
+        return w.put(BlobKind.TREE, encode_tree(entries))
+
+
+def _verify(store: Store, root: bytes) -> list[bytes]:
+    return list(sync.verify_tree(store, root, None))
+
+
+def _verify_and_heal(store: Store, root: bytes) -> list[bytes]:
+    with store.writer() as w:
+        return list(sync.verify_tree(store, root, None, heal=w))
+
+
+def test_verify_stores_a_subtree_held_only_as_data_again_as_a_tree(store: Store) -> None:
+    chunk = os.urandom(3000)
+    sub = encode_tree(
+        [Entry(name=b"f", type="file", size=len(chunk), content=[_bid(store, chunk)])]
+    )
+    sid = _bid(store, sub)
+    with store.writer() as w:
+        w.put_chunk(BlobKind.DATA, sid, sub)  # a device uploaded the tree as data
+        w.put(BlobKind.DATA, chunk)
+    root = _store_tree(store, [Entry(name=b"d", type="dir", mode=0o755, subtree=sid)])
+    assert store.catalog.missing([sid], kind=BlobKind.TREE) == {sid}
+    ids = _verify_and_heal(store, root)
+    assert set(ids) == {root, sid, _bid(store, chunk)}
+    assert store.catalog.missing([sid], kind=BlobKind.TREE) == set()
+
+
+def test_verify_refuses_a_data_blob_named_as_a_subtree(store: Store) -> None:
+    junk = os.urandom(100)
+    with store.writer() as w:
+        w.put(BlobKind.DATA, junk)
+    root = _store_tree(store, [Entry(name=b"d", type="dir", subtree=_bid(store, junk))])
+    with pytest.raises(IntegrityError):
+        _verify(store, root)
+    assert store.catalog.missing([_bid(store, junk)], kind=BlobKind.TREE)
+
+
+def test_verify_still_refuses_a_chunk_never_uploaded(store: Store) -> None:
+    root = _store_tree(store, [Entry(name=b"f", type="file", size=10, content=[os.urandom(32)])])
+    with pytest.raises(MissingDataError, match="upload"):
+        _verify(store, root)
+
+
+@pytest.mark.parametrize(
+    ("size", "holes", "ok"),
+    [
+        (3000, [], True),
+        (3000 + 4096, [4096], True),
+        (3001, [], False),  # one byte more than the chunk holds
+        (2999, [], False),
+        (3000, [1], False),  # a hole the size does not count
+        (2**40, [2**40 - 3000], True),  # a real sparse file
+        (2**62, [2**62 - 3000], False),  # the OOM of finding 13(b): absurd size
+        (3000, [2**62], False),  # a huge hole in a small file
+    ],
+)
+def test_file_content_must_add_up_to_its_size(
+    store: Store, size: int, holes: list[int], ok: bool
+) -> None:
+    chunk = os.urandom(3000)
+    content: list[bytes | int] = [_bid(store, chunk), *holes]
+    root = _store_tree(store, [Entry(name=b"f", type="file", size=size, content=content)], [chunk])
+    if ok:
+        _verify(store, root)
+    else:
+        with pytest.raises(IntegrityError, match=r"size|limit"):
+            _verify(store, root)
