@@ -191,3 +191,12 @@ def test_ctrl_c_prints_one_line_and_exits_130(site: Site) -> None:
     assert "Traceback" not in err
     assert err.endswith(f"\n{INTERRUPTED}\n") or err.endswith(f"\r{INTERRUPTED}\n"), repr(err)
     assert out == b""
+
+
+def test_help_on_a_terminal_keeps_its_styling(tmp_path: Path) -> None:
+    """Rich's own escape sequences (Typer's help) reach the terminal as styling; only
+    what is printed as text is escaped."""
+    rc, out = on_terminal([*LAMINA, "store", "--help"], {**os.environ, "HOME": str(tmp_path)})
+    assert rc == 0, out
+    assert "Usage:" in out and "\x1b[" in out
+    assert "\\x1b" not in out

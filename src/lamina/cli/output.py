@@ -6,7 +6,7 @@ them (``\x1b]0;owned\x07`` retitles the window, CSI sequences move the cursor or
 rewrite what was printed before), so every print path goes through :func:`safe`:
 ``main()`` wraps ``sys.stdout`` and ``sys.stderr`` in :class:`SafeStream` (``typer.echo``,
 ``print``, error lines), and :data:`err_console` cleans the strings it is given before
-Rich adds its own styling.
+Rich adds its own styling (Rich writes around :class:`SafeStream`).
 """
 
 from __future__ import annotations
@@ -54,12 +54,18 @@ def safe(text: str) -> str:
 class SafeStream:
     """A text stream that passes everything written to it through :func:`safe`.
 
-    Bytes written to ``.buffer`` (file contents a command copies out) are not touched;
-    Rich finds the raw stream through ``raw``.
+    Bytes written to ``.buffer`` (file contents a command copies out) are not touched.
+    Rich consoles (Typer's help, :data:`err_console`) write their styling to the raw
+    stream, found through ``rich_proxied_file`` as Rich looks for it; the only one
+    that prints names from elsewhere, :data:`err_console`, cleans them first.
     """
 
     def __init__(self, raw: IO[str]) -> None:
         self.raw = raw
+
+    @property
+    def rich_proxied_file(self) -> IO[str]:
+        return self.raw
 
     def write(self, text: str) -> int:
         self.raw.write(safe(text))
@@ -83,19 +89,10 @@ def install_safe_streams() -> None:
 
 class SafeConsole(Console):
     """Rich for people: the strings it prints are cleaned by :func:`safe` before Rich
-    reads their markup, and Rich's own styling goes to the raw stream."""
+    reads their markup; Rich's own styling goes to the raw stream."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
-
-    @property
-    def file(self) -> IO[str]:
-        f = super().file
-        return f.raw if isinstance(f, SafeStream) else f
-
-    @file.setter
-    def file(self, new_file: IO[str]) -> None:
-        self._file = new_file
 
 
 err_console = SafeConsole(stderr=True)
