@@ -114,13 +114,13 @@ def _one_line_errors(t: typer.Typer) -> None:
             _one_line_errors(g.typer_instance)
 
 
-_one_line_errors(app)
-
-
 @app.command()
 def version() -> None:
     """Print Lamina's version."""
     typer.echo(__version__)
+
+
+_one_line_errors(app)  # after the last command is added
 
 
 def usage_line(e: UsageError) -> str:
