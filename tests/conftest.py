@@ -369,3 +369,19 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
 def s3_url(s3_server: S3Server, s3_bucket: str) -> str:
     """``s3://<fresh bucket>/store?endpoint=...&access_key=...&secret_key=...&region=us-east-1``."""
     return s3_server.url(s3_bucket)
+
+
+# -- Timeouts ----------------------------------------------------------------------
+
+HEAVY_TIMEOUT = 900  # seconds; pyproject.toml's ``timeout`` (300 s) is for the rest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Whole-system tests (tests/e2e/, or marked e2e or slow) get HEAVY_TIMEOUT unless
+    they set their own ``@pytest.mark.timeout``."""
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        heavy = item.get_closest_marker("e2e") or item.get_closest_marker("slow")
+        if heavy or "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.timeout(HEAVY_TIMEOUT))

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lamina.errors import AuthError, BackendError, LaminaError, from_status
+from lamina.errors import AuthError, BackendError, LaminaError, UsageError, from_status
 
 if TYPE_CHECKING:
     # httpx is imported where a request is made: every ``lamina`` command loads this
@@ -82,6 +82,8 @@ class Api:
 
         try:
             r = self.http.request(method, path, **kw)
+        except httpx.InvalidURL as e:  # a name typed with control characters in it
+            raise UsageError(f"not a valid name or id in {path!r}: {e}") from e
         except httpx.HTTPError as e:
             raise BackendError(f"cannot reach the server at {self.url}: {e}") from e
         if r.status_code >= 400:

@@ -1,12 +1,22 @@
-"""Printing for the CLI: JSON for scripts, Rich for people, one line on stderr for errors."""
+"""Printing for the CLI: JSON for scripts, Rich for people, one line on stderr for errors.
+
+Names the CLI prints come from others: device hostnames and facts, user names typed at
+a login prompt, file names in snapshots. A terminal obeys the control characters in
+them (``\x1b]0;owned\x07`` retitles the window, CSI sequences move the cursor or
+rewrite what was printed before), so every print path goes through :func:`safe`:
+``main()`` wraps ``sys.stdout`` and ``sys.stderr`` in :class:`SafeStream` (``typer.echo``,
+``print``, error lines), and :data:`err_console` cleans the strings it is given before
+Rich adds its own styling (Rich writes around :class:`SafeStream`).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from rich.console import Console
 from rich.progress import (
@@ -22,11 +32,74 @@ from rich.progress import (
 
 from lamina.errors import LaminaError
 
-err_console = Console(stderr=True)
+# C0 controls but newline and tab, DEL, C1 controls (0x9b is a one-byte CSI), the
+# bidirectional overrides that reorder what a line shows, and lone surrogates (a file
+# name that is not UTF-8, decoded with surrogateescape).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    if 0xDC80 <= c <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
+        return f"\\x{c - 0xDC00:02x}"
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def safe(text: str) -> str:
+    """``text`` with every terminal control character written out (``\\x1b``), as
+    Python's ``repr`` would; newlines and tabs are kept."""
+    return _UNSAFE.sub(_escape, text)
+
+
+class SafeStream:
+    """A text stream that passes everything written to it through :func:`safe`.
+
+    Bytes written to ``.buffer`` (file contents a command copies out) are not touched.
+    Rich consoles (Typer's help, :data:`err_console`) write their styling to the raw
+    stream, found through ``rich_proxied_file`` as Rich looks for it; the only one
+    that prints names from elsewhere, :data:`err_console`, cleans them first.
+    """
+
+    def __init__(self, raw: IO[str]) -> None:
+        self.raw = raw
+
+    @property
+    def rich_proxied_file(self) -> IO[str]:
+        return self.raw
+
+    def write(self, text: str) -> int:
+        self.raw.write(safe(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+def install_safe_streams() -> None:
+    """Send ``sys.stdout`` and ``sys.stderr`` through :func:`safe` (once; ``main()`` calls it)."""
+    if not isinstance(sys.stdout, SafeStream):
+        sys.stdout = SafeStream(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, SafeStream):
+        sys.stderr = SafeStream(sys.stderr)  # type: ignore[assignment]
+
+
+class SafeConsole(Console):
+    """Rich for people: the strings it prints are cleaned by :func:`safe` before Rich
+    reads their markup; Rich's own styling goes to the raw stream."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+err_console = SafeConsole(stderr=True)
 
 
 def fail(e: LaminaError) -> NoReturn:
-    print(f"error: {e.message}", file=sys.stderr)
+    print(f"error: {safe(e.message)}", file=sys.stderr)
     sys.exit(e.exit_code)
 
 
@@ -56,6 +129,9 @@ def byte_progress(what: str, total: int | None = None) -> Iterator[Any]:
         console=err_console,
         transient=True,
         disable=not err_console.is_terminal,
+        # What commands print meanwhile goes through SafeStream, not Rich's ANSI decoder.
+        redirect_stdout=False,
+        redirect_stderr=False,
     )
     with progress:
         task = progress.add_task(what, total=total, files=0)
@@ -80,11 +156,14 @@ def step_progress(what: str) -> Iterator[Any]:
         console=err_console,
         transient=True,
         disable=not err_console.is_terminal,
+        # What commands print meanwhile goes through SafeStream, not Rich's ANSI decoder.
+        redirect_stdout=False,
+        redirect_stderr=False,
     )
     with progress:
         task = progress.add_task(what, total=None)
 
         def update(label: str, done: int = 0, total: int | None = None) -> None:
-            progress.update(task, description=f"{what}: {label}", completed=done, total=total)
+            progress.update(task, description=f"{what}: {safe(label)}", completed=done, total=total)
 
         yield update
