@@ -37,6 +37,8 @@ from lamina.layers.trees import Load, index, read_file, same_content, same_entry
 from lamina.tree.model import Entry
 
 DPKG_STATUS = "/var/lib/dpkg/status"
+#: Larger text files are not merged (the binary rule applies): what ``is_text`` accepts.
+TEXT_MERGE_MAX = 4 * 1024 * 1024
 #: plaintext -> chunk id (stores it, or only names it for a dry run)
 PutData = Callable[[bytes], bytes]
 
@@ -176,8 +178,13 @@ def make_plan(
                 Item(path, "kept", label, "changed on the endpoint; the layer did not change it")
             )
             continue
-        if c.type == "file" and e.type == "file" and matches(lr.text_config, path):
-            base_b, ours, theirs = read_file(load, o[0]), read_file(load, c), read_file(load, e)
+        if (
+            c.type == "file"
+            and e.type == "file"
+            and matches(lr.text_config, path)
+            and max(o[0].size, c.size, e.size) <= TEXT_MERGE_MAX
+        ):
+            base_b, ours, theirs = (read_file(load, x, TEXT_MERGE_MAX) for x in (o[0], c, e))
             if is_text(base_b) and is_text(ours) and is_text(theirs):
                 m = merge_text(base_b, ours, theirs)
                 if m.clean:
