@@ -19,31 +19,36 @@ For tests, ``LAMINA_BOOT_FAIL_AFTER=N`` makes apply stop dead after N ops.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import stat
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState, write_json_atomic
+from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
-from lamina.errors import IntegrityError, UsageError
+from lamina.errors import ConflictError, IntegrityError, LaminaError, UnsafePathError, UsageError
 from lamina.layers.rules import RuleSet, for_os
+from lamina.protocol.schemas import PolicySettings
 from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
-from lamina.tree.model import check_name, decode_tree
+from lamina.tree.model import Entry, check_name, decode_tree
 from lamina.tree.restore import BlobSource, restore_tree
 from lamina.tree.sources import BatchedBlobs
 
 JOURNAL_VERSION = 1
-STAGED, APPLYING, COMMITTED = "staged", "applying", "committed"
+STAGED, APPLYING, COMMITTED, FAILED = "staged", "applying", "committed", "failed"
+STATES = (STAGED, APPLYING, COMMITTED, FAILED)
 FAIL_ENV = "LAMINA_BOOT_FAIL_AFTER"
 
 
@@ -79,16 +84,49 @@ def staging_root(state_dir: Path, root: Path) -> Path:
     return alt
 
 
+def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
+    """Validate a journal; anything unexpected is an ``IntegrityError`` saying what."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise IntegrityError(f"{where}: the journal is not valid JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("v") != JOURNAL_VERSION:
+        raise IntegrityError(
+            f"{where}: unsupported journal version (expected v: {JOURNAL_VERSION})"
+        )
+    if not isinstance(doc.get("id"), str) or doc.get("state") not in STATES:
+        raise IntegrityError(f"{where}: expected a string id and a state in {STATES}")
+    ops = doc.get("ops")
+    if not isinstance(ops, list):
+        raise IntegrityError(f"{where}: expected a list of ops, found {type(ops).__name__}")
+    for op in ops:
+        if (
+            not isinstance(op, list)
+            or len(op) != 2
+            or op[0] not in ("swap", "remove")
+            or not isinstance(op[1], str)
+        ):
+            raise IntegrityError(f"{where}: expected [swap|remove, path], found {op!r:.80}")
+        try:
+            for part in op[1].split("/"):
+                check_name(os.fsencode(part))
+        except (LaminaError, ValueError) as e:
+            raise IntegrityError(f"{where}: unsafe path in an op: {op[1]!r:.80}") from e
+    done = doc.get("done")
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(ops):
+        raise IntegrityError(f"{where}: expected done between 0 and {len(ops)}, found {done!r:.20}")
+    if not isinstance(doc.get("summary"), dict):
+        raise IntegrityError(f"{where}: expected a summary object")
+    return doc
+
+
 def pending(state_dir: Path, root: Path) -> list[Transaction]:
     base = staging_root(state_dir, root)
     out = []
     for d in sorted(base.iterdir()):
         j = d / "journal.json"
         if j.is_file():
-            doc = json.loads(j.read_text())
-            if doc.get("v") != JOURNAL_VERSION:
-                raise IntegrityError(f"unsupported journal version in {j}")
-            out.append(Transaction(d, doc))
+            out.append(Transaction(d, parse_journal(j.read_bytes(), str(j))))
     return out
 
 
@@ -99,53 +137,263 @@ def _is_real_dir(p: Path) -> bool:
         return False
 
 
-def _plan(
-    new: Path, root: Path, rel: str, keep: Callable[[str], bool], ops: list[list[str]]
-) -> None:
-    """Ops that turn ``root/rel`` into ``new/rel``, leaving kept classes alone."""
-    n_dir, r_dir = new / rel if rel else new, root / rel if rel else root
-    names = set(os.listdir(n_dir)) | (set(os.listdir(r_dir)) if _is_real_dir(r_dir) else set())
-    for name in sorted(names):
-        child = f"{rel}/{name}" if rel else name
-        if keep("/" + child):
-            continue
-        n, r = new / child, root / child
-        in_new, in_root = os.path.lexists(n), os.path.lexists(r)
-        if in_new and in_root and _is_real_dir(n) and _is_real_dir(r):
-            _plan(new, root, child, keep, ops)
-        elif in_new:
-            if in_root and not _is_real_dir(n) and _same_file(n, r):
+def _lstat(p: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(p)
+    except FileNotFoundError:
+        return None
+
+
+# --- planning a revert from the snapshot tree --------------------------------------
+@dataclass
+class RevertScope:
+    """What a revert may touch on the endpoint.
+
+    ``keep(path)``: the path's class is kept as it is now (user data in a
+    system-only revert, excluded paths always). ``protected(path, is_dir)``: the
+    snapshot's policy protected the path, so its absence from the snapshot means
+    "not there then"; None when the snapshot's policy is unknown, and then
+    nothing is removed. ``untouched``: endpoint paths (relative) never touched,
+    nor anything below them: the scan's error paths, the agent's own folders.
+    """
+
+    keep: Callable[[str], bool]
+    protected: Callable[[str, bool], bool] | None
+    untouched: frozenset[str] = frozenset()
+
+    def leaves_alone(self, rel: str) -> bool:
+        if self.keep("/" + rel):
+            return True
+        parts = rel.split("/")
+        return any("/".join(parts[: i + 1]) in self.untouched for i in range(len(parts)))
+
+
+@dataclass
+class RevertPlan:
+    """Ops that put the snapshot back, and why each path changes."""
+
+    ops: list[list[str]] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    space_needed: int = 0
+
+    def public(self, limit: int = 1000) -> dict[str, Any]:
+        return {
+            "counts": {
+                "add": len(self.added),
+                "update": len(self.updated),
+                "remove": len(self.removed),
+                "skipped": len(self.skipped),
+            },
+            "add": self.added[:limit],
+            "update": self.updated[:limit],
+            "remove": self.removed[:limit],
+            "skipped": self.skipped[:limit],
+            "space_needed": self.space_needed,
+        }
+
+
+def _tree_bytes(load: Callable[[bytes], bytes], e: Entry) -> int:
+    if e.subtree is None:
+        return e.size
+    return sum(_tree_bytes(load, c) for c in decode_tree(load(e.subtree)))
+
+
+def _xattrs_of(path: Path) -> list[tuple[bytes, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        with contextlib.suppress(OSError):
+            out.append((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)))
+    return sorted(out)
+
+
+def _file_chunks(path: Path, chunker: Chunker, id_key: bytes) -> list[bytes] | None:
+    """The content ids of a live file as a sync would cut them (None: unreadable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return [blob.blob_id(id_key, view) for view in chunker.cut(data)]
+
+
+def compare_live(path: Path, st: os.stat_result, e: Entry, chunking: ChunkingSecret) -> str:
+    """``same``, ``metadata`` (content right, mode/owner/xattrs not) or ``content``."""
+    typ = {
+        stat.S_IFREG: "file",
+        stat.S_IFDIR: "dir",
+        stat.S_IFLNK: "symlink",
+        stat.S_IFIFO: "fifo",
+        stat.S_IFCHR: "chardev",
+        stat.S_IFBLK: "blockdev",
+        stat.S_IFSOCK: "socket",
+    }.get(stat.S_IFMT(st.st_mode))
+    if typ != e.type:
+        return "content"
+    if typ == "symlink":
+        return "same" if os.readlink(os.fsencode(path)) == e.target else "content"
+    if typ in ("chardev", "blockdev") and st.st_rdev != e.rdev:
+        return "content"
+    if typ == "file":
+        if st.st_size != e.size:
+            return "content"
+        content = e.content or []
+        if any(isinstance(c, int) for c in content):
+            return "content"  # sparse in the snapshot: cheaper to write it again
+        if _file_chunks(path, Chunker(chunking), chunking.id_key) != content:
+            return "content"
+    if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (e.mode, e.uid, e.gid):
+        return "metadata"
+    if _xattrs_of(path) != sorted(e.xattrs):
+        return "metadata"
+    return "same"
+
+
+def plan_revert(
+    load: Callable[[bytes], bytes],
+    tree_root: bytes,
+    root: Path,
+    scope: RevertScope,
+    chunking: ChunkingSecret,
+) -> RevertPlan:
+    """Compare the snapshot TREE with the live root, never a staged copy.
+
+    A path the snapshot lacks is removed only when the snapshot's policy
+    protected it (else it was simply never backed up); mount points of other
+    file systems, kept classes and ``scope.untouched`` are left alone; a file
+    whose content is right but whose metadata is not is rewritten whole.
+    """
+    plan = RevertPlan()
+    root_dev = os.lstat(root).st_dev
+
+    def removable(rel: str, st: os.stat_result) -> bool:
+        """May ``rel`` go whole? Otherwise its removable parts are planned one by one."""
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if scope.protected is None or not scope.protected("/" + rel, is_dir):
+            return False
+        if not is_dir:
+            return True
+        whole, parts = True, []
+        for name in sorted(os.listdir(root / rel)):
+            child = f"{rel}/{name}"
+            cst = _lstat(root / child)
+            if cst is None:
                 continue
-            ops.append(["swap", child])
+            if scope.leaves_alone(child) or cst.st_dev != root_dev:
+                whole = False
+                continue
+            if removable(child, cst):
+                parts.append(child)
+            else:
+                whole = False
+        if whole:
+            return True
+        for child in parts:
+            plan.ops.append(["remove", child])
+            plan.removed.append(child)
+        return False
+
+    def walk(tree_id: bytes | None, rel: str) -> None:
+        entries = {os.fsdecode(e.name): e for e in (decode_tree(load(tree_id)) if tree_id else [])}
+        here = root / rel if rel else root
+        live = set(os.listdir(here)) if _is_real_dir(here) else set()
+        for name in sorted(set(entries) | live):
+            child = f"{rel}/{name}" if rel else name
+            if scope.leaves_alone(child):
+                continue
+            e, st = entries.get(name), _lstat(root / child)
+            if st is not None and st.st_dev != root_dev:
+                plan.skipped.append(child)  # a mount point: another file system's business
+                continue
+            if e is None:
+                if st is not None and removable(child, st):
+                    plan.ops.append(["remove", child])
+                    plan.removed.append(child)
+                continue
+            if st is None:
+                plan.ops.append(["swap", child])
+                plan.added.append(child)
+                plan.space_needed += _tree_bytes(load, e)
+                continue
+            if e.type == "dir" and stat.S_ISDIR(st.st_mode):
+                walk(e.subtree, child)
+                continue
+            if compare_live(root / child, st, e, chunking) != "same":
+                plan.ops.append(["swap", child])
+                plan.updated.append(child)
+                plan.space_needed += _tree_bytes(load, e)
+
+    walk(tree_root, "")
+    return plan
+
+
+def _agent_folders(state_dir: Path, root: Path) -> frozenset[str]:
+    out = {".lamina-staging"}
+    with contextlib.suppress(ValueError):
+        out.add(str(state_dir.resolve().relative_to(root.resolve())))
+    return frozenset(out)
+
+
+def _check_devices(ops: list[list[str]], root: Path, base: Path) -> None:
+    """Apply is renames: every op's parent must be on the staging area's file system."""
+    dev = os.stat(base).st_dev
+    for _, rel in ops:
+        parent = (root / rel).parent
+        if os.lstat(parent).st_dev != dev:
+            raise ConflictError(
+                f"/{rel} is on another file system than the staging area: "
+                "a staged apply cannot rename across file systems"
+            )
+
+
+def _check_space(base: Path, needed: int) -> None:
+    free = shutil.disk_usage(base).free
+    if needed > free:
+        raise ConflictError(f"staging needs {needed} bytes, the endpoint has {free} free")
+
+
+def _new_transaction(state_dir: Path, root: Path) -> Transaction:
+    base = staging_root(state_dir, root)
+    for old in pending(state_dir, root):
+        if old.journal["state"] == STAGED or (
+            old.journal["state"] == FAILED and old.journal.get("rolled_back")
+        ):
+            shutil.rmtree(old.path)  # a newer plan supersedes one not yet applied
         else:
-            ops.append(["remove", child])
+            raise UsageError(
+                f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
+            )
+    return Transaction(base / uuid.uuid4().hex, {})
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    sa, sb = os.lstat(a), os.lstat(b)
-    if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
-        return False
-    if stat.S_ISLNK(sa.st_mode):
-        return os.readlink(a) == os.readlink(b)
-    if (sa.st_size, sa.st_mtime_ns, sa.st_mode, sa.st_uid, sa.st_gid) != (
-        sb.st_size,
-        sb.st_mtime_ns,
-        sb.st_mode,
-        sb.st_uid,
-        sb.st_gid,
-    ):
-        return False
-    return stat.S_ISREG(sa.st_mode) and _content_equal(a, b)
-
-
-def _content_equal(a: Path, b: Path) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 20), fb.read(1 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True
+def _materialise(tx: Transaction, blobs: BlobSource, tree: bytes, paths: list[str] | None) -> None:
+    """Restore into ``new/``; any error (ENOSPC, EIO, a read error) removes the
+    half-staged transaction and fails: nothing on the endpoint has changed."""
+    try:
+        tx.new.mkdir(parents=True)
+        if paths == []:
+            return
+        st = restore_tree(blobs, tree, tx.new, paths=paths or ())
+        if st.errors:
+            raise ConflictError(
+                f"staging failed, nothing was changed: {len(st.errors)} errors, first: {st.errors[0]}"
+            )
+    except OSError as e:
+        shutil.rmtree(tx.path, ignore_errors=True)
+        raise ConflictError(f"staging failed, nothing was changed: {e}") from e
+    except BaseException:
+        shutil.rmtree(tx.path, ignore_errors=True)
+        raise
 
 
 def stage_tree(
@@ -153,33 +401,27 @@ def stage_tree(
     tree_root: bytes,
     root: Path,
     state_dir: Path,
-    keep: Callable[[str], bool],
+    scope: RevertScope,
+    chunking: ChunkingSecret,
     summary: dict[str, Any],
-) -> Transaction:
-    """Materialise a tree in staging and plan the swap; nothing on the endpoint changes yet."""
-    base = staging_root(state_dir, root)
-    for old in pending(state_dir, root):
-        if old.journal["state"] == STAGED:
-            shutil.rmtree(old.path)  # a newer plan supersedes one not yet applied
-        else:
-            raise UsageError(
-                f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
-            )
-    tx = Transaction(base / uuid.uuid4().hex, {})
-    tx.new.mkdir(parents=True)
-    restore_tree(blobs, tree_root, tx.new)
-    ops: list[list[str]] = []
-    _plan(tx.new, root, "", keep, ops)
+) -> tuple[Transaction, RevertPlan]:
+    """Plan from the tree against the live root, then stage only what the plan swaps."""
+    plan = plan_revert(blobs.get, tree_root, root, scope, chunking)
+    tx = _new_transaction(state_dir, root)
+    base = tx.path.parent
+    _check_devices(plan.ops, root, base)
+    _check_space(base, plan.space_needed)
+    _materialise(tx, blobs, tree_root, [rel for op, rel in plan.ops if op == "swap"])
     tx.journal = {
         "v": JOURNAL_VERSION,
         "id": tx.path.name,
         "state": STAGED,
-        "ops": ops,
+        "ops": plan.ops,
         "done": 0,
         "summary": summary,
     }
     tx.save()
-    return tx
+    return tx, plan
 
 
 def system_only_keep(rules: RuleSet) -> Callable[[str], bool]:
@@ -191,41 +433,56 @@ def system_only_keep(rules: RuleSet) -> Callable[[str], bool]:
     return keep
 
 
+def revert_scope(
+    rules: RuleSet,
+    system_only: bool,
+    policy: PolicySettings | None,
+    root: Path,
+    state_dir: Path,
+    error_paths: list[str] = (),  # type: ignore[assignment]
+) -> RevertScope:
+    """The scope of a revert: kept classes, the snapshot policy's protected area."""
+    keep = system_only_keep(rules) if system_only else (lambda p: rules.classify(p) == "excluded")
+    protected = None
+    if policy is not None:
+        exclude, _ = protected_area(policy, rules, root, state_dir)
+
+        def protected_fn(path: str, is_dir: bool) -> bool:
+            return not exclude(os.fsencode(path.lstrip("/")), is_dir)
+
+        protected = protected_fn
+    untouched = _agent_folders(state_dir, root) | {p.strip("/") for p in error_paths}
+    return RevertScope(keep, protected, frozenset(untouched))
+
+
 def stage_revert(
     client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Stage a revert to a snapshot; the endpoint changes at the next ``agent boot``."""
+    """Stage a revert to a snapshot (or with ``dry_run`` only plan it); the endpoint
+    changes at the next ``agent boot``."""
     root = Path(st.root)
     rules = for_os(os_release(root))
-    keep = (
-        system_only_keep(rules)
-        if params.get("system_only", True)
-        else (lambda p: rules.classify(p) == "excluded")
-    )
-    tx = stage_tree(
-        agent_blobs(client, st.chunking.id_key),
-        bytes.fromhex(params["root"]),
+    system_only = bool(params.get("system_only", True))
+    policy = PolicySettings(**params["policy"]) if params.get("policy") else None
+    errors = [str(p) for p in params.get("error_paths") or []]
+    if int(params.get("scan_errors") or 0) > len(errors):
+        policy = None  # not every unreadable path is known: remove nothing
+    scope = revert_scope(rules, system_only, policy, root, state_dir, errors)
+    blobs = agent_blobs(client, st.chunking.id_key)
+    tree = bytes.fromhex(params["root"])
+    if params.get("dry_run"):
+        plan = plan_revert(blobs.get, tree, root, scope, st.chunking)
+        return {"dry_run": True, **plan.public()}
+    tx, plan = stage_tree(
+        blobs,
+        tree,
         root,
         state_dir,
-        keep,
-        {
-            "kind": "revert",
-            "snapshot": params.get("snapshot"),
-            "system_only": params.get("system_only", True),
-        },
+        scope,
+        st.chunking,
+        {"kind": "revert", "snapshot": params.get("snapshot"), "system_only": system_only},
     )
-    return {"transaction": tx.journal["id"], "operations": len(tx.journal["ops"])}
-
-
-def _plan_delta(new: Path, root: Path, rel: str, ops: list[list[str]]) -> None:
-    """Swap in everything the delta holds; descend where both sides are folders."""
-    n_dir = new / rel if rel else new
-    for name in sorted(os.listdir(n_dir)):
-        child = f"{rel}/{name}" if rel else name
-        if _is_real_dir(new / child) and _is_real_dir(root / child):
-            _plan_delta(new, root, child, ops)
-        else:
-            ops.append(["swap", child])
+    return {"transaction": tx.journal["id"], "operations": len(tx.journal["ops"]), **plan.public()}
 
 
 def _seed_from_endpoint(
@@ -269,25 +526,18 @@ def stage_delta(
     summary: dict[str, Any],
 ) -> Transaction:
     """Materialise a delta tree in staging and plan its swaps and removals."""
-    base = staging_root(state_dir, root)
-    for old in pending(state_dir, root):
-        if old.journal["state"] == STAGED:
-            shutil.rmtree(old.path)
-        else:
-            raise UsageError(
-                f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
-            )
-    tx = Transaction(base / uuid.uuid4().hex, {})
-    tx.new.mkdir(parents=True)
-    restore_tree(blobs, delta, tx.new)
-    ops: list[list[str]] = []
-    _plan_delta(tx.new, root, "", ops)
+    tx = _new_transaction(state_dir, root)
+    ops = _delta_ops(blobs, delta, root)
     for path in removes:
         rel = str(path).strip("/")
         for part in rel.split("/"):
             check_name(os.fsencode(part))
         if os.path.lexists(root / rel):
             ops.append(["remove", rel])
+    base = tx.path.parent
+    _check_devices(ops, root, base)
+    _check_space(base, _delta_bytes(blobs, delta))
+    _materialise(tx, blobs, delta, None)
     tx.journal = {
         "v": JOURNAL_VERSION,
         "id": tx.path.name,
@@ -298,6 +548,22 @@ def stage_delta(
     }
     tx.save()
     return tx
+
+
+def _delta_ops(blobs: BlobSource, delta: bytes, root: Path, rel: str = "") -> list[list[str]]:
+    """Swap in everything the delta holds; descend where both sides are folders."""
+    ops: list[list[str]] = []
+    for e in decode_tree(blobs.get(delta)):
+        child = f"{rel}/{os.fsdecode(e.name)}" if rel else os.fsdecode(e.name)
+        if e.subtree is not None and _is_real_dir(root / child):
+            ops += _delta_ops(blobs, e.subtree, root, child)
+        else:
+            ops.append(["swap", child])
+    return ops
+
+
+def _delta_bytes(blobs: BlobSource, delta: bytes) -> int:
+    return sum(_tree_bytes(blobs.get, e) for e in decode_tree(blobs.get(delta)))
 
 
 def stage_layers(
@@ -325,41 +591,97 @@ def stage_layers(
 
 
 # --- applying at boot --------------------------------------------------------------
-def _move(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(src, dst)
+# Every rename goes through descriptors of the folders involved, walked from the
+# root (or the transaction's new/ and old/) with O_NOFOLLOW: a symlink planted
+# in a parent after staging is refused, never followed.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_parent(base: Path, rel: str, create: bool) -> tuple[int, str]:
+    """A descriptor of ``rel``'s folder under ``base`` and ``rel``'s last name.
+
+    ``create`` makes missing folders (only in the transaction's own folders)."""
+    parts = rel.split("/")
+    fd = os.open(base, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePathError(
+                f"{base}/{rel}: a parent folder is a symlink or not a folder; refused"
+            ) from e
+        raise
+    return fd, parts[-1]
+
+
+def _exists(base: Path, rel: str) -> bool:
+    try:
+        fd, name = _open_parent(base, rel, False)
+    except FileNotFoundError:
+        return False
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _move(src: Path, dst: Path, rel: str, create: bool) -> None:
+    sfd, name = _open_parent(src, rel, False)
+    try:
+        dfd, _ = _open_parent(dst, rel, create)
+        try:
+            os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
 
 
 def _do(tx: Transaction, root: Path, op: str, rel: str) -> None:
-    cur, aside, new = root / rel, tx.old / rel, tx.new / rel
-    if os.path.lexists(cur) and not os.path.lexists(aside):
-        _move(cur, aside)
-    if op == "swap" and os.path.lexists(new):
-        _move(new, cur)
+    if _exists(root, rel) and not _exists(tx.old, rel):
+        _move(root, tx.old, rel, create=True)
+    if op == "swap" and _exists(tx.new, rel):
+        _move(tx.new, root, rel, create=False)
 
 
 def _undo(tx: Transaction, root: Path, op: str, rel: str) -> None:
-    cur, aside, new = root / rel, tx.old / rel, tx.new / rel
-    if op == "swap" and os.path.lexists(cur) and not os.path.lexists(new):
-        _move(cur, new)
-    if os.path.lexists(aside) and not os.path.lexists(cur):
-        _move(aside, cur)
+    if op == "swap" and _exists(root, rel) and not _exists(tx.new, rel):
+        _move(root, tx.new, rel, create=True)
+    if _exists(tx.old, rel) and not _exists(root, rel):
+        _move(tx.old, root, rel, create=False)
 
 
-def rollback(tx: Transaction, root: Path) -> None:
+def rollback(tx: Transaction, root: Path) -> list[str]:
+    """Undo the ops an apply did, last first; returns the ops that could not be undone."""
     ops = tx.journal["ops"]
     upto = min(tx.journal["done"] + 1, len(ops))  # the op in flight may be half done
+    stuck = []
     for op, rel in reversed(ops[:upto]):
-        _undo(tx, root, op, rel)
+        try:
+            _undo(tx, root, op, rel)
+        except (OSError, LaminaError) as e:
+            stuck.append(f"/{rel}: {e}")
     tx.journal["state"] = STAGED
     tx.journal["done"] = 0
     tx.save()
+    return stuck
 
 
 def apply(tx: Transaction, root: Path) -> None:
     fail_after = int(os.environ.get(FAIL_ENV, "-1"))
     tx.journal["state"] = APPLYING
     tx.save()
+    tx.old.mkdir(exist_ok=True)
     for i, (op, rel) in enumerate(tx.journal["ops"]):
         if i == fail_after:
             raise InjectedCrash(f"injected crash after {i} operations")
@@ -373,22 +695,48 @@ def apply(tx: Transaction, root: Path) -> None:
     shutil.rmtree(tx.path)
 
 
+def _fail(tx: Transaction, root: Path, err: BaseException) -> str:
+    """An op failed: put every op back, and mark the transaction failed for good."""
+    stuck = rollback(tx, root)
+    message = f"apply failed, rolled back: {err}"
+    if stuck:
+        message = f"apply failed ({err}) and {len(stuck)} ops could not be undone: {stuck[:3]}"
+    tx.journal["state"] = FAILED
+    tx.journal["error"] = message
+    tx.journal["rolled_back"] = not stuck
+    tx.save()
+    if not stuck:  # nothing of the endpoint is left in old/: free the staged copy
+        shutil.rmtree(tx.new, ignore_errors=True)
+        shutil.rmtree(tx.old, ignore_errors=True)
+    return message
+
+
 def boot(state_dir: Path, root: Path) -> list[dict[str, Any]]:
-    """Finish every staged transaction: roll back a half-applied one, then apply it whole."""
+    """Finish every staged transaction: roll back a half-applied one, then apply it whole.
+
+    An op that fails (EXDEV, EROFS, ENOSPC, a symlinked parent) rolls back every
+    op already applied; the transaction is then ``failed`` and never retried;
+    its entry carries ``error`` so the agent reports the task failed."""
     out = []
     for tx in pending(state_dir, root):
         state = tx.journal["state"]
         if state == COMMITTED:
             shutil.rmtree(tx.path)
             continue
-        if state == APPLYING:
-            rollback(tx, root)
-        apply(tx, root)
-        out.append(
-            {
-                "transaction": tx.journal["id"],
-                "operations": len(tx.journal["ops"]),
-                **tx.journal["summary"],
-            }
-        )
+        if state == FAILED:
+            continue
+        entry = {
+            "transaction": tx.journal["id"],
+            "operations": len(tx.journal["ops"]),
+            **tx.journal["summary"],
+        }
+        try:
+            if state == APPLYING:
+                stuck = rollback(tx, root)
+                if stuck:
+                    raise ConflictError(f"an interrupted apply could not be undone: {stuck[:3]}")
+            apply(tx, root)
+        except (OSError, LaminaError) as e:
+            entry["error"] = _fail(tx, root, e)
+        out.append(entry)
     return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from lamina.db.engine import write_tx
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import policies
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.protocol.schemas import (
     BrowseEntry,
@@ -82,14 +83,32 @@ def request_restore(
 def request_revert(
     engine: Engine, store: Store, actor: Principal, ref: str, req: RevertRequest
 ) -> TaskPublic:
+    """Queue a revert (or its dry run). The agent plans it against the live root,
+    removing only what the snapshot's policy protected: the task carries that
+    policy (recorded in the snapshot, else the CVD's if still the same version)."""
     cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
     snap = snapshot_of(store, cvd.id, req.snapshot)
+    stats = snap.meta.get("stats") or {}
+    policy = stats.get("policy")
+    if policy is None:
+        with read_tx(engine) as c:
+            p = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).first()
+        if p is not None and stats.get("policy_version") == p.version:
+            policy = p.settings
     return _device_task(
         engine,
         actor,
         ref,
         "revert",
-        {"snapshot": snap.id, "root": snap.root.hex(), "system_only": req.system_only},
+        {
+            "snapshot": snap.id,
+            "root": snap.root.hex(),
+            "system_only": req.system_only,
+            "dry_run": req.dry_run,
+            "policy": policy,
+            "error_paths": list(stats.get("error_paths") or []),
+            "scan_errors": int(stats.get("errors") or 0),
+        },
     )
 
 
