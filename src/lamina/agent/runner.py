@@ -183,7 +183,9 @@ class Agent:
             elif item.kind == "revert" and item.params.get("dry_run"):
                 result = stage_revert(self.client, self.st, self.state_dir, item.params)
                 c = result["counts"]
-                msg = f"dry run: {c['add']} to add, {c['update']} to update, {c['remove']} to remove"
+                msg = (
+                    f"dry run: {c['add']} to add, {c['update']} to update, {c['remove']} to remove"
+                )
                 self._task(item, progress=100, state="done", message=msg, result=result)
             elif item.kind == "revert":
                 result = stage_revert(self.client, self.st, self.state_dir, item.params)
