@@ -24,6 +24,7 @@ from lamina.db.stores import StoreLocation, init_store
 from lamina.errors import ConflictError, IntegrityError
 from lamina.layers.rules import builtin
 from lamina.protocol.schemas import PolicySettings
+from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.backup import backup
 
@@ -59,7 +60,7 @@ def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
 
 def snapshot(store: Store, root: Path, state: Path, policy: PolicySettings) -> bytes:
     """A sync's snapshot: the protected area of ``policy``, as the agent scans it."""
-    exclude, prune = protected_area(policy, RULES, root, state)
+    exclude, _prune = protected_area(policy, RULES, root, state)
     return backup(store, root, exclude=exclude).snapshot.root
 
 
@@ -111,7 +112,7 @@ def test_revert_never_removes_what_the_policy_did_not_protect(
     tmpfs(root / "srv-mount", "1M")
     (root / "srv-mount/x").write_text("another file system\n")
     for system_only in (True, False):
-        tx, plan = stage(
+        _tx, plan = stage(
             store, tree, root, state, policy, system_only, error_paths=("usr/lib/unreadable.so",)
         )
         assert sorted(plan.removed) == ["usr/lib/libnew.so"]
@@ -378,3 +379,58 @@ def test_a_damaged_journal_is_an_integrity_error(tmp_path: Path) -> None:
     )
     with pytest.raises(IntegrityError, match="unsafe path"):
         staging.pending(state, root)
+
+
+# --- finding 5: plans are made against the endpoint as it is now ------------------------
+def test_layer_delivery_keeps_edits_made_after_the_last_sync(store: Store, tmp_path: Path) -> None:
+    """The review's repro: the server plans from the last snapshot; the user edited since."""
+    from lamina.layers.plan import LayerRef, make_plan
+    from lamina.layers.trees import build_tree
+
+    ref, root, state = tmp_path / "ref", tmp_path / "root", tmp_path / "state"
+    for r in (ref, root):
+        (r / "etc/sudoers.d").mkdir(parents=True)
+        (r / "usr/bin").mkdir(parents=True)
+        (r / "usr/lib").mkdir(parents=True)
+    (ref / "etc/app.conf").write_text("layer v2\n")
+    (ref / "etc/sudoers.d/local").write_text("layer's sudo rule\n")
+    (ref / "usr/bin/tool").write_bytes(b"\0tool v2")
+    (root / "etc/app.conf").write_text("v1\n")
+    (root / "usr/bin/tool").write_bytes(b"\0tool v1")
+    (root / "usr/lib/old.so").write_bytes(b"old library")
+    layer = backup(store, ref).snapshot.root
+    last = backup(store, root).snapshot.root
+    with store.writer() as w:
+        plan = make_plan(
+            store.get,
+            lambda d: w.put(BlobKind.DATA, d),
+            last,
+            [LayerRef("base:1", "base", last)],
+            [LayerRef("base:2", "base", layer)],
+            RULES,
+        )
+        delta = build_tree(w.put, plan.writes, plan.dirs)
+    assert plan.removes == ["/usr/lib/old.so"]
+    # After the last sync, before the delivery:
+    (root / "usr/bin/tool").write_bytes(b"\0tool v1, patched locally")
+    (root / "usr/lib/old.so").write_bytes(b"old library, patched locally")
+    (root / "etc/sudoers.d/local").write_text("the admin's own rule\n")
+    tx = staging.stage_delta(
+        store,
+        delta,
+        plan.removes,
+        root,
+        state,
+        {"kind": "layers"},
+        expect=plan.expect,
+        never_override=RULES.layers.never_override,
+        chunking=store.keys.chunking,
+    )
+    assert tx.journal["summary"]["kept_aside"] == ["usr/bin/tool"]
+    assert tx.journal["summary"]["blocked"] == ["etc/sudoers.d/local"]
+    staging.boot(state, root)
+    assert (root / "etc/app.conf").read_text() == "layer v2\n"  # untouched since: updated
+    assert (root / "usr/bin/tool").read_bytes() == b"\0tool v2"
+    assert (root / "usr/bin/tool.lamina-user").read_bytes() == b"\0tool v1, patched locally"
+    assert (root / "usr/lib/old.so").read_bytes() == b"old library, patched locally"
+    assert (root / "etc/sudoers.d/local").read_text() == "the admin's own rule\n"

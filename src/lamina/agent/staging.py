@@ -37,7 +37,8 @@ from lamina.agent.state import AgentState, write_json_atomic
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
 from lamina.errors import ConflictError, IntegrityError, LaminaError, UnsafePathError, UsageError
-from lamina.layers.rules import RuleSet, for_os
+from lamina.layers.rules import RuleSet, for_os, matches
+from lamina.layers.trees import content_digest
 from lamina.protocol.schemas import PolicySettings
 from lamina.store import blob
 from lamina.store.chunker import Chunker
@@ -524,8 +525,14 @@ def stage_delta(
     root: Path,
     state_dir: Path,
     summary: dict[str, Any],
+    expect: dict[str, list[Any] | None] | None = None,
+    never_override: tuple[str, ...] = (),
+    chunking: ChunkingSecret | None = None,
 ) -> Transaction:
-    """Materialise a delta tree in staging and plan its swaps and removals."""
+    """Materialise a delta tree in staging and plan its swaps and removals.
+
+    With ``expect`` (the state the server's plan assumed, per path), each op is
+    checked against the live endpoint first: see ``_reconcile``."""
     tx = _new_transaction(state_dir, root)
     ops = _delta_ops(blobs, delta, root)
     for path in removes:
@@ -538,6 +545,13 @@ def stage_delta(
     _check_devices(ops, root, base)
     _check_space(base, _delta_bytes(blobs, delta))
     _materialise(tx, blobs, delta, None)
+    if expect is not None and chunking is not None:
+        try:
+            ops, notes = _reconcile(tx, root, ops, expect, never_override, chunking)
+        except BaseException:
+            shutil.rmtree(tx.path, ignore_errors=True)
+            raise
+        summary = {**summary, **notes}
     tx.journal = {
         "v": JOURNAL_VERSION,
         "id": tx.path.name,
@@ -548,6 +562,79 @@ def stage_delta(
     }
     tx.save()
     return tx
+
+
+def live_state(path: Path, chunking: ChunkingSecret) -> list[Any] | None:
+    """The live counterpart of ``layers.trees.expected_state``."""
+    st = _lstat(path)
+    if st is None:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        ids = _file_chunks(path, Chunker(chunking), chunking.id_key)
+        return ["file", st.st_size, content_digest(list(ids)) if ids is not None else ""]
+    if stat.S_ISLNK(st.st_mode):
+        return ["symlink", os.readlink(os.fsencode(path)).hex()]
+    return ["dir" if stat.S_ISDIR(st.st_mode) else "other"]
+
+
+def _keep_aside(tx: Transaction, root: Path, rel: str) -> str:
+    """Copy the live file into the transaction as ``NAME.lamina-user`` (owner, mode, times kept)."""
+    aside = rel + ".lamina-user"
+    src = root / rel
+    dst = tx.new / aside
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f, open(dst, "xb") as out:
+        shutil.copyfileobj(f, out)
+        st = os.fstat(f.fileno())
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return aside
+
+
+def _reconcile(
+    tx: Transaction,
+    root: Path,
+    ops: list[list[str]],
+    expect: dict[str, list[Any] | None],
+    never_override: tuple[str, ...],
+    chunking: ChunkingSecret,
+) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """Plans are made against the endpoint as it is now, not its last snapshot.
+
+    A never_override path that exists is skipped. A file changed since the
+    server's snapshot is kept beside the layer's as ``NAME.lamina-user``; a
+    removal of a changed file is dropped (the user's file stays)."""
+    out: list[list[str]] = []
+    notes: dict[str, list[str]] = {"blocked": [], "kept_aside": [], "kept": []}
+    for op, rel in ops:
+        path = "/" + rel
+        live = root / rel
+        if op == "swap" and matches(never_override, path) and os.path.lexists(live):
+            shutil.rmtree(tx.new / rel, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tx.new / rel)
+            notes["blocked"].append(rel)
+            continue
+        if path not in expect or live_state(live, chunking) == expect[path]:
+            out.append([op, rel])
+            continue
+        if op == "remove":
+            notes["kept"].append(rel)
+            continue
+        if _lstat(live) is not None and stat.S_ISREG(os.lstat(live).st_mode):
+            if not os.path.lexists(root / (rel + ".lamina-user")):
+                out.append(["swap", _keep_aside(tx, root, rel)])
+            notes["kept_aside"].append(rel)
+            out.append([op, rel])
+            continue
+        if _lstat(live) is None or not _is_real_dir(live):
+            out.append([op, rel])  # gone or a symlink since: the layer's file goes in
+            continue
+        shutil.rmtree(tx.new / rel, ignore_errors=True)
+        notes["kept"].append(rel)  # a folder now: never replaced by a file
+    return out, {k: v for k, v in notes.items() if v}
 
 
 def _delta_ops(blobs: BlobSource, delta: bytes, root: Path, rel: str = "") -> list[list[str]]:
@@ -580,7 +667,18 @@ def stage_layers(
         "labels": params.get("labels", []),
         "seeded_bytes": seeded,
     }
-    tx = stage_delta(blobs, delta, list(params.get("removes") or []), root, state_dir, summary)
+    expect = params.get("expect")
+    tx = stage_delta(
+        blobs,
+        delta,
+        list(params.get("removes") or []),
+        root,
+        state_dir,
+        summary,
+        expect=expect if isinstance(expect, dict) else None,
+        never_override=tuple(str(p) for p in params.get("never_override") or ()),
+        chunking=st.chunking,
+    )
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()
     return {

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lamina.layers.merge import (
     is_text,
@@ -33,7 +34,14 @@ from lamina.layers.merge import (
     render_dpkg_status,
 )
 from lamina.layers.rules import RuleSet, matches
-from lamina.layers.trees import Load, index, read_file, same_content, same_entry
+from lamina.layers.trees import (
+    Load,
+    expected_state,
+    index,
+    read_file,
+    same_content,
+    same_entry,
+)
 from lamina.tree.model import Entry
 
 DPKG_STATUS = "/var/lib/dpkg/status"
@@ -80,6 +88,8 @@ class Plan:
     download_bytes: int = 0
     space_needed: int = 0
     refused: list[str] = field(default_factory=list)
+    #: path -> the state the plan assumed (the last snapshot's), checked by the agent
+    expect: dict[str, list[Any] | None] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -256,6 +266,8 @@ def make_plan(
 
     _plan_dpkg(load, put_data, cur, old, new, plan, drop_user_packages=remove_unowned)
 
+    for path in [*plan.writes, *plan.removes]:
+        plan.expect[path] = expected_state(cur.get(path))
     have = _chunks(cur)
     for e in plan.writes.values():
         ids = list(e.chunk_ids())

@@ -7,7 +7,9 @@ written: ``load(id) -> bytes`` and ``put(kind, bytes) -> id``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from lamina.errors import TooLargeError
 from lamina.store.blob import BlobKind
@@ -56,6 +58,26 @@ def read_file(load: Load, e: Entry, limit: int = MAX_READ) -> bytes:
             raise TooLargeError(f"{e.name!r}: more than {limit} bytes, merges read at most {limit}")
         parts.append(part)
     return b"".join(parts)
+
+
+def content_digest(content: list[bytes | int] | None) -> str:
+    """One short id for a file's content list (chunk ids and hole sizes)."""
+    h = hashlib.sha256()
+    for c in content or []:
+        h.update(b"H" + c.to_bytes(8, "little") if isinstance(c, int) else b"C" + c)
+    return h.hexdigest()
+
+
+def expected_state(e: Entry | None) -> list[Any] | None:
+    """What a delivery expects at a path on the endpoint: None when absent,
+    ``["file", size, content digest]``, ``["symlink", target hex]``, or ``[type]``."""
+    if e is None:
+        return None
+    if e.type == "file":
+        return ["file", e.size, content_digest(e.content)]
+    if e.type == "symlink":
+        return ["symlink", (e.target or b"").hex()]
+    return [e.type]
 
 
 def same_content(a: Entry | None, b: Entry | None) -> bool:

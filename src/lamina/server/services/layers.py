@@ -419,6 +419,8 @@ def _deliver(
             params={
                 "delta": delta.hex(),
                 "removes": plan.removes,
+                "expect": plan.expect,
+                "never_override": list(t.rules.layers.never_override),
                 "versions": t.new_ids,
                 "labels": t.labels,
             },
