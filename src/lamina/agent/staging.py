@@ -4,17 +4,25 @@ A transaction lives in ``STATE/staging/<id>/`` on the endpoint's file system:
 
     new/        the files to put in place, already complete
     old/        what they replace, moved aside during apply (kept until commit)
-    journal.json  {"v": 1, "id", "state", "ops": [[op, path], ...], "done": n, "summary"}
+    journal.json  {"v": 2, "id", "state", "ops": [[op, path], ...], "done": n, "summary",
+                   "error"?, "rolled_back"?}
 
 ops: ``swap`` (current path → old/, new/ path → place) and ``remove``
-(current path → old/). ``state``: ``staged`` → ``applying`` → ``committed``.
+(current path → old/). ``state``: ``staged`` → ``applying`` → ``committed``,
+or ``failed`` when an op failed and every op before it was undone.
 
 Apply writes ``applying`` before the first rename and bumps ``done`` after each
 op (fsync each time). Every op is reversible from what is on disk alone, so
 ``boot`` after a crash first rolls back whatever an interrupted apply did
 (undoing ops in reverse order, checking where each file is), then applies again
-from the start. The endpoint is therefore wholly old or wholly new after boot.
-For tests, ``LAMINA_BOOT_FAIL_AFTER=N`` makes apply stop dead after N ops.
+from the start. An op that fails (EXDEV, EROFS, ENOSPC, a symlinked parent) rolls
+back at once and the transaction is ``failed``, never retried. The endpoint is
+therefore wholly old or wholly new after boot. Renames go through folder
+descriptors walked with ``O_NOFOLLOW``. For tests, ``LAMINA_BOOT_FAIL_AFTER=N``
+makes apply stop dead after N ops.
+
+A revert is planned from the snapshot TREE against the live root (``plan_revert``),
+never from a staged copy, and stages only the paths it swaps.
 """
 
 from __future__ import annotations
@@ -47,7 +55,8 @@ from lamina.tree.model import Entry, check_name, decode_tree
 from lamina.tree.restore import BlobSource, restore_tree
 from lamina.tree.sources import BatchedBlobs
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: adds the "failed" state and its "error", "rolled_back"
+READABLE_JOURNALS = (1, 2)
 STAGED, APPLYING, COMMITTED, FAILED = "staged", "applying", "committed", "failed"
 STATES = (STAGED, APPLYING, COMMITTED, FAILED)
 FAIL_ENV = "LAMINA_BOOT_FAIL_AFTER"
