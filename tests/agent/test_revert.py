@@ -434,3 +434,52 @@ def test_layer_delivery_keeps_edits_made_after_the_last_sync(store: Store, tmp_p
     assert (root / "usr/bin/tool.lamina-user").read_bytes() == b"\0tool v1, patched locally"
     assert (root / "usr/lib/old.so").read_bytes() == b"old library, patched locally"
     assert (root / "etc/sudoers.d/local").read_text() == "the admin's own rule\n"
+
+
+def _stanza(name: str, version: str) -> str:
+    return f"Package: {name}\nStatus: install ok installed\nArchitecture: all\nVersion: {version}\n"
+
+
+def test_package_database_merge_uses_the_live_status(store: Store, tmp_path: Path) -> None:
+    """A package installed after the last sync stays listed after a layer update."""
+    from lamina.layers.merge import parse_dpkg_status
+    from lamina.layers.plan import LayerRef, make_plan
+    from lamina.layers.trees import build_tree
+
+    ref, root, state = tmp_path / "ref", tmp_path / "root", tmp_path / "state"
+    for r in (ref, root):
+        (r / "var/lib/dpkg").mkdir(parents=True)
+    status = "var/lib/dpkg/status"
+    (ref / status).write_text(_stanza("alpha", "2") + "\n" + _stanza("gamma", "1") + "\n")
+    (root / status).write_text(_stanza("alpha", "1") + "\n" + _stanza("beta", "1") + "\n")
+    layer = backup(store, ref).snapshot.root
+    last = backup(store, root).snapshot.root
+    with store.writer() as w:
+        plan = make_plan(
+            store.get,
+            lambda d: w.put(BlobKind.DATA, d),
+            last,
+            [],
+            [LayerRef("base:2", "base", layer)],
+            builtin("debian"),
+        )
+        delta = build_tree(w.put, plan.writes, plan.dirs)
+    # apt installed delta after the last sync:
+    with open(root / status, "a") as f:
+        f.write(_stanza("delta", "7") + "\n")
+    staging.stage_delta(
+        store,
+        delta,
+        plan.removes,
+        root,
+        state,
+        {"kind": "layers"},
+        expect=plan.expect,
+        chunking=store.keys.chunking,
+        dpkg_base=plan.dpkg_base,
+    )
+    staging.boot(state, root)
+    after = parse_dpkg_status((root / status).read_bytes())
+    assert sorted(after) == ["alpha", "beta", "delta", "gamma"]
+    assert "Version: 2" in after["alpha"] and "Version: 7" in after["delta"]
+    assert not (root / (status + ".lamina-user")).exists()

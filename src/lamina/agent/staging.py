@@ -44,9 +44,18 @@ from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState, write_json_atomic
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
-from lamina.errors import ConflictError, IntegrityError, LaminaError, UnsafePathError, UsageError
+from lamina.errors import (
+    ConflictError,
+    IntegrityError,
+    LaminaError,
+    TooLargeError,
+    UnsafePathError,
+    UsageError,
+)
+from lamina.layers.merge import merge_dpkg_live, parse_dpkg_status, render_dpkg_status
+from lamina.layers.plan import DPKG_STATUS
 from lamina.layers.rules import RuleSet, for_os, matches
-from lamina.layers.trees import content_digest
+from lamina.layers.trees import MAX_READ, content_digest, read_file
 from lamina.protocol.schemas import PolicySettings
 from lamina.store import blob
 from lamina.store.chunker import Chunker
@@ -537,6 +546,7 @@ def stage_delta(
     expect: dict[str, list[Any] | None] | None = None,
     never_override: tuple[str, ...] = (),
     chunking: ChunkingSecret | None = None,
+    dpkg_base: list[bytes | int] | None = None,
 ) -> Transaction:
     """Materialise a delta tree in staging and plan its swaps and removals.
 
@@ -556,7 +566,9 @@ def stage_delta(
     _materialise(tx, blobs, delta, None)
     if expect is not None and chunking is not None:
         try:
-            ops, notes = _reconcile(tx, root, ops, expect, never_override, chunking)
+            ops, notes = _reconcile(
+                tx, root, ops, expect, never_override, chunking, blobs, dpkg_base
+            )
         except BaseException:
             shutil.rmtree(tx.path, ignore_errors=True)
             raise
@@ -602,6 +614,31 @@ def _keep_aside(tx: Transaction, root: Path, rel: str) -> str:
     return aside
 
 
+def _merge_live_dpkg(
+    tx: Transaction, root: Path, rel: str, blobs: BlobSource, base: list[bytes | int]
+) -> None:
+    """Rewrite the staged package database as if the server had planned from the live one."""
+    base_bytes = read_file(blobs.get, Entry(name=b"status", type="file", content=base))
+    fd = os.open(root / rel, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        live = f.read(MAX_READ + 1)
+    if len(live) > MAX_READ:
+        raise TooLargeError(f"/{rel}: more than {MAX_READ} bytes")
+    staged = tx.new / rel
+    merged = merge_dpkg_live(
+        parse_dpkg_status(base_bytes),
+        parse_dpkg_status(live),
+        parse_dpkg_status(staged.read_bytes()),
+    )
+    st = os.lstat(staged)
+    tmp = staged.with_name(staged.name + ".lamina-merge")
+    tmp.write_bytes(render_dpkg_status(merged))
+    os.chown(tmp, st.st_uid, st.st_gid)
+    os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, staged)
+
+
 def _reconcile(
     tx: Transaction,
     root: Path,
@@ -609,14 +646,17 @@ def _reconcile(
     expect: dict[str, list[Any] | None],
     never_override: tuple[str, ...],
     chunking: ChunkingSecret,
+    blobs: BlobSource,
+    dpkg_base: list[bytes | int] | None,
 ) -> tuple[list[list[str]], dict[str, list[str]]]:
     """Plans are made against the endpoint as it is now, not its last snapshot.
 
     A never_override path that exists is skipped. A file changed since the
     server's snapshot is kept beside the layer's as ``NAME.lamina-user``; a
-    removal of a changed file is dropped (the user's file stays)."""
+    removal of a changed file is dropped (the user's file stays). dpkg's status,
+    changed since, is merged per package with the live one."""
     out: list[list[str]] = []
-    notes: dict[str, list[str]] = {"blocked": [], "kept_aside": [], "kept": []}
+    notes: dict[str, list[str]] = {"blocked": [], "kept_aside": [], "kept": [], "merged_live": []}
     for op, rel in ops:
         path = "/" + rel
         live = root / rel
@@ -631,6 +671,11 @@ def _reconcile(
             continue
         if op == "remove":
             notes["kept"].append(rel)
+            continue
+        if path == DPKG_STATUS and dpkg_base is not None and os.path.isfile(tx.new / rel):
+            _merge_live_dpkg(tx, root, rel, blobs, dpkg_base)
+            notes["merged_live"].append(rel)
+            out.append([op, rel])
             continue
         if _lstat(live) is not None and stat.S_ISREG(os.lstat(live).st_mode):
             if not os.path.lexists(root / (rel + ".lamina-user")):
@@ -687,6 +732,9 @@ def stage_layers(
         expect=expect if isinstance(expect, dict) else None,
         never_override=tuple(str(p) for p in params.get("never_override") or ()),
         chunking=st.chunking,
+        dpkg_base=[bytes.fromhex(c) if isinstance(c, str) else int(c) for c in dpkg_base]
+        if isinstance(dpkg_base := params.get("dpkg_base"), list)
+        else None,
     )
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()

@@ -90,6 +90,8 @@ class Plan:
     refused: list[str] = field(default_factory=list)
     #: path -> the state the plan assumed (the last snapshot's), checked by the agent
     expect: dict[str, list[Any] | None] = field(default_factory=dict)
+    #: the last snapshot's package database, the base of the agent's merge with the live one
+    dpkg_base: list[bytes | int] | None = None
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -311,6 +313,7 @@ def _plan_dpkg(
         if s:
             owned_before |= set(s)
     c = cur.get(DPKG_STATUS)
+    plan.dpkg_base = c.content if c is not None and c.type == "file" else None
     endpoint = parse_dpkg_status(read_file(load, c)) if c is not None and c.type == "file" else {}
     if drop_user_packages:
         owned_before |= set(endpoint)

@@ -420,6 +420,9 @@ def _deliver(
                 "delta": delta.hex(),
                 "removes": plan.removes,
                 "expect": plan.expect,
+                "dpkg_base": [c.hex() if isinstance(c, bytes) else c for c in plan.dpkg_base]
+                if plan.dpkg_base is not None
+                else None,
                 "never_override": list(t.rules.layers.never_override),
                 "versions": t.new_ids,
                 "labels": t.labels,
