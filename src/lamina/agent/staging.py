@@ -109,9 +109,13 @@ def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise IntegrityError(f"{where}: the journal is not valid JSON: {e}") from e
-    if not isinstance(doc, dict) or doc.get("v") != JOURNAL_VERSION:
+    if (
+        not isinstance(doc, dict)
+        or type(doc.get("v")) is not int
+        or doc["v"] not in READABLE_JOURNALS
+    ):
         raise IntegrityError(
-            f"{where}: unsupported journal version (expected v: {JOURNAL_VERSION})"
+            f"{where}: unsupported journal version (expected v in {READABLE_JOURNALS})"
         )
     if not isinstance(doc.get("id"), str) or doc.get("state") not in STATES:
         raise IntegrityError(f"{where}: expected a string id and a state in {STATES}")
