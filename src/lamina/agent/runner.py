@@ -157,7 +157,7 @@ class Agent:
                 )
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
-        if item.kind in ("layer-apply", "revert"):
+        if item.kind in ("layer-apply", "revert") and not item.params.get("dry_run"):
             self._supersede(item)
         try:
             if item.kind == "sync":
