@@ -35,12 +35,21 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.facts import os_release
+from lamina.agent.live import (
+    RevertPlan,
+    RevertScope,
+    is_real_dir,
+    live_state,
+    lstat_or_none,
+    plan_revert,
+    tree_bytes,
+)
 from lamina.agent.state import AgentState, write_json_atomic
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
@@ -55,7 +64,7 @@ from lamina.errors import (
 from lamina.layers.merge import merge_dpkg_live, parse_dpkg_status, render_dpkg_status
 from lamina.layers.plan import DPKG_STATUS
 from lamina.layers.rules import RuleSet, for_os, matches
-from lamina.layers.trees import MAX_READ, content_digest, read_file
+from lamina.layers.trees import MAX_READ, read_file
 from lamina.protocol.schemas import PolicySettings
 from lamina.store import blob
 from lamina.store.chunker import Chunker
@@ -151,213 +160,6 @@ def pending(state_dir: Path, root: Path) -> list[Transaction]:
         if j.is_file():
             out.append(Transaction(d, parse_journal(j.read_bytes(), str(j))))
     return out
-
-
-def _is_real_dir(p: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(p).st_mode)
-    except FileNotFoundError:
-        return False
-
-
-def _lstat(p: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(p)
-    except FileNotFoundError:
-        return None
-
-
-# --- planning a revert from the snapshot tree --------------------------------------
-@dataclass
-class RevertScope:
-    """What a revert may touch on the endpoint.
-
-    ``keep(path)``: the path's class is kept as it is now (user data in a
-    system-only revert, excluded paths always). ``protected(path, is_dir)``: the
-    snapshot's policy protected the path, so its absence from the snapshot means
-    "not there then"; None when the snapshot's policy is unknown, and then
-    nothing is removed. ``untouched``: endpoint paths (relative) never touched,
-    nor anything below them: the scan's error paths, the agent's own folders.
-    """
-
-    keep: Callable[[str], bool]
-    protected: Callable[[str, bool], bool] | None
-    untouched: frozenset[str] = frozenset()
-
-    def leaves_alone(self, rel: str) -> bool:
-        if self.keep("/" + rel):
-            return True
-        parts = rel.split("/")
-        return any("/".join(parts[: i + 1]) in self.untouched for i in range(len(parts)))
-
-
-@dataclass
-class RevertPlan:
-    """Ops that put the snapshot back, and why each path changes."""
-
-    ops: list[list[str]] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    space_needed: int = 0
-
-    def public(self, limit: int = 1000) -> dict[str, Any]:
-        return {
-            "counts": {
-                "add": len(self.added),
-                "update": len(self.updated),
-                "remove": len(self.removed),
-                "skipped": len(self.skipped),
-            },
-            "add": self.added[:limit],
-            "update": self.updated[:limit],
-            "remove": self.removed[:limit],
-            "skipped": self.skipped[:limit],
-            "space_needed": self.space_needed,
-        }
-
-
-def _tree_bytes(load: Callable[[bytes], bytes], e: Entry) -> int:
-    if e.subtree is None:
-        return e.size
-    return sum(_tree_bytes(load, c) for c in decode_tree(load(e.subtree)))
-
-
-def _xattrs_of(path: Path) -> list[tuple[bytes, bytes]]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return []
-    out = []
-    for n in names:
-        with contextlib.suppress(OSError):
-            out.append((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)))
-    return sorted(out)
-
-
-def _file_chunks(path: Path, chunker: Chunker, id_key: bytes) -> list[bytes] | None:
-    """The content ids of a live file as a sync would cut them (None: unreadable)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return [blob.blob_id(id_key, view) for view in chunker.cut(data)]
-
-
-def compare_live(path: Path, st: os.stat_result, e: Entry, chunking: ChunkingSecret) -> str:
-    """``same``, ``metadata`` (content right, mode/owner/xattrs not) or ``content``."""
-    typ = {
-        stat.S_IFREG: "file",
-        stat.S_IFDIR: "dir",
-        stat.S_IFLNK: "symlink",
-        stat.S_IFIFO: "fifo",
-        stat.S_IFCHR: "chardev",
-        stat.S_IFBLK: "blockdev",
-        stat.S_IFSOCK: "socket",
-    }.get(stat.S_IFMT(st.st_mode))
-    if typ != e.type:
-        return "content"
-    if typ == "symlink":
-        return "same" if os.readlink(os.fsencode(path)) == e.target else "content"
-    if typ in ("chardev", "blockdev") and st.st_rdev != e.rdev:
-        return "content"
-    if typ == "file":
-        if st.st_size != e.size:
-            return "content"
-        content = e.content or []
-        if any(isinstance(c, int) for c in content):
-            return "content"  # sparse in the snapshot: cheaper to write it again
-        if _file_chunks(path, Chunker(chunking), chunking.id_key) != content:
-            return "content"
-    if (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) != (e.mode, e.uid, e.gid):
-        return "metadata"
-    if _xattrs_of(path) != sorted(e.xattrs):
-        return "metadata"
-    return "same"
-
-
-def plan_revert(
-    load: Callable[[bytes], bytes],
-    tree_root: bytes,
-    root: Path,
-    scope: RevertScope,
-    chunking: ChunkingSecret,
-) -> RevertPlan:
-    """Compare the snapshot TREE with the live root, never a staged copy.
-
-    A path the snapshot lacks is removed only when the snapshot's policy
-    protected it (else it was simply never backed up); mount points of other
-    file systems, kept classes and ``scope.untouched`` are left alone; a file
-    whose content is right but whose metadata is not is rewritten whole.
-    """
-    plan = RevertPlan()
-    root_dev = os.lstat(root).st_dev
-
-    def removable(rel: str, st: os.stat_result) -> bool:
-        """May ``rel`` go whole? Otherwise its removable parts are planned one by one."""
-        is_dir = stat.S_ISDIR(st.st_mode)
-        if scope.protected is None or not scope.protected("/" + rel, is_dir):
-            return False
-        if not is_dir:
-            return True
-        whole, parts = True, []
-        for name in sorted(os.listdir(root / rel)):
-            child = f"{rel}/{name}"
-            cst = _lstat(root / child)
-            if cst is None:
-                continue
-            if scope.leaves_alone(child) or cst.st_dev != root_dev:
-                whole = False
-                continue
-            if removable(child, cst):
-                parts.append(child)
-            else:
-                whole = False
-        if whole:
-            return True
-        for child in parts:
-            plan.ops.append(["remove", child])
-            plan.removed.append(child)
-        return False
-
-    def walk(tree_id: bytes | None, rel: str) -> None:
-        entries = {os.fsdecode(e.name): e for e in (decode_tree(load(tree_id)) if tree_id else [])}
-        here = root / rel if rel else root
-        live = set(os.listdir(here)) if _is_real_dir(here) else set()
-        for name in sorted(set(entries) | live):
-            child = f"{rel}/{name}" if rel else name
-            if scope.leaves_alone(child):
-                continue
-            e, st = entries.get(name), _lstat(root / child)
-            if st is not None and st.st_dev != root_dev:
-                plan.skipped.append(child)  # a mount point: another file system's business
-                continue
-            if e is None:
-                if st is not None and removable(child, st):
-                    plan.ops.append(["remove", child])
-                    plan.removed.append(child)
-                continue
-            if st is None:
-                plan.ops.append(["swap", child])
-                plan.added.append(child)
-                plan.space_needed += _tree_bytes(load, e)
-                continue
-            if e.type == "dir" and stat.S_ISDIR(st.st_mode):
-                walk(e.subtree, child)
-                continue
-            if compare_live(root / child, st, e, chunking) != "same":
-                plan.ops.append(["swap", child])
-                plan.updated.append(child)
-                plan.space_needed += _tree_bytes(load, e)
-
-    walk(tree_root, "")
-    return plan
 
 
 def _agent_folders(state_dir: Path, root: Path) -> frozenset[str]:
@@ -589,19 +391,6 @@ def stage_delta(
     return tx
 
 
-def live_state(path: Path, chunking: ChunkingSecret) -> list[Any] | None:
-    """The live counterpart of ``layers.trees.expected_state``."""
-    st = _lstat(path)
-    if st is None:
-        return None
-    if stat.S_ISREG(st.st_mode):
-        ids = _file_chunks(path, Chunker(chunking), chunking.id_key)
-        return ["file", st.st_size, content_digest(list(ids)) if ids is not None else ""]
-    if stat.S_ISLNK(st.st_mode):
-        return ["symlink", os.readlink(os.fsencode(path)).hex()]
-    return ["dir" if stat.S_ISDIR(st.st_mode) else "other"]
-
-
 def _keep_aside(tx: Transaction, root: Path, rel: str) -> str:
     """Copy the live file into the transaction as ``NAME.lamina-user`` (owner, mode, times kept)."""
     aside = rel + ".lamina-user"
@@ -681,13 +470,13 @@ def _reconcile(
             notes["merged_live"].append(rel)
             out.append([op, rel])
             continue
-        if _lstat(live) is not None and stat.S_ISREG(os.lstat(live).st_mode):
+        if lstat_or_none(live) is not None and stat.S_ISREG(os.lstat(live).st_mode):
             if not os.path.lexists(root / (rel + ".lamina-user")):
                 out.append(["swap", _keep_aside(tx, root, rel)])
             notes["kept_aside"].append(rel)
             out.append([op, rel])
             continue
-        if _lstat(live) is None or not _is_real_dir(live):
+        if lstat_or_none(live) is None or not is_real_dir(live):
             out.append([op, rel])  # gone or a symlink since: the layer's file goes in
             continue
         shutil.rmtree(tx.new / rel, ignore_errors=True)
@@ -700,7 +489,7 @@ def _delta_ops(blobs: BlobSource, delta: bytes, root: Path, rel: str = "") -> li
     ops: list[list[str]] = []
     for e in decode_tree(blobs.get(delta)):
         child = f"{rel}/{os.fsdecode(e.name)}" if rel else os.fsdecode(e.name)
-        if e.subtree is not None and _is_real_dir(root / child):
+        if e.subtree is not None and is_real_dir(root / child):
             ops += _delta_ops(blobs, e.subtree, root, child)
         else:
             ops.append(["swap", child])
@@ -708,7 +497,17 @@ def _delta_ops(blobs: BlobSource, delta: bytes, root: Path, rel: str = "") -> li
 
 
 def _delta_bytes(blobs: BlobSource, delta: bytes) -> int:
-    return sum(_tree_bytes(blobs.get, e) for e in decode_tree(blobs.get(delta)))
+    return sum(tree_bytes(blobs.get, e) for e in decode_tree(blobs.get(delta)))
+
+
+def _content_param(value: object) -> list[bytes | int] | None:
+    """A content list sent as JSON (chunk ids in hex, hole sizes as numbers)."""
+    if not isinstance(value, list):
+        return None
+    try:
+        return [bytes.fromhex(c) if isinstance(c, str) else int(c) for c in value]
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"a malformed content list in the delivery: {e}") from e
 
 
 def stage_layers(
@@ -736,9 +535,7 @@ def stage_layers(
         expect=expect if isinstance(expect, dict) else None,
         never_override=tuple(str(p) for p in params.get("never_override") or ()),
         chunking=st.chunking,
-        dpkg_base=[bytes.fromhex(c) if isinstance(c, str) else int(c) for c in dpkg_base]
-        if isinstance(dpkg_base := params.get("dpkg_base"), list)
-        else None,
+        dpkg_base=_content_param(params.get("dpkg_base")),
     )
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()
