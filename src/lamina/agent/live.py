@@ -106,18 +106,31 @@ def xattrs_of(path: Path) -> list[tuple[bytes, bytes]]:
     return sorted(out)
 
 
+#: A sync cuts a file in pieces of this size (``tree.scan``); so must a comparison.
+READ_PIECE = 64 * 1024 * 1024
+
+
 def file_chunks(path: Path, chunker: Chunker, id_key: bytes) -> list[bytes] | None:
-    """The content ids of a live file as a sync would cut them (None: unreadable)."""
+    """The content ids of a live file as a sync would cut them (None: unreadable).
+
+    Read in pieces, so memory stays bounded whatever the file's size."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    ids: list[bytes] = []
     try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
+        off = 0
+        while True:
+            data = os.pread(fd, READ_PIECE, off)
+            if not data:
+                return ids
+            ids += [blob.blob_id(id_key, view) for view in chunker.cut(data)]
+            off += len(data)
     except OSError:
         return None
-    return [blob.blob_id(id_key, view) for view in chunker.cut(data)]
+    finally:
+        os.close(fd)
 
 
 def compare_live(path: Path, st: os.stat_result, e: Entry, chunking: ChunkingSecret) -> str:
