@@ -335,12 +335,16 @@ _value = st.recursive(
     | st.booleans()
     | st.integers(-2, 5)
     | st.sampled_from(
-        ["swap", "remove", "staged", "applying", "failed", "a/b", "../x", "", "a//b"]
+        ["swap", "remove", "meta", "staged", "applying", "failed", "a/b", "../x", "", "a//b"]
     ),
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(
-            st.sampled_from(["v", "id", "state", "ops", "done", "summary", "x"]), inner, max_size=6
+            st.sampled_from(
+                ["v", "id", "state", "ops", "done", "summary", "meta", "old", "new", "x"]
+            ),
+            inner,
+            max_size=6,
         )
     ),
     max_leaves=20,
@@ -483,3 +487,29 @@ def test_package_database_merge_uses_the_live_status(store: Store, tmp_path: Pat
     assert sorted(after) == ["alpha", "beta", "delta", "gamma"]
     assert "Version: 2" in after["alpha"] and "Version: 7" in after["delta"]
     assert not (root / (status + ".lamina-user")).exists()
+
+
+def test_revert_puts_back_folder_metadata_and_undoes_it_on_a_crash(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder whose content is right but whose mode and owner are not is fixed in place."""
+    root, state = tmp_path / "root", tmp_path / "state"
+    (root / "etc/app").mkdir(parents=True)
+    os.chmod(root / "etc/app", 0o750)
+    (root / "etc/app/app.conf").write_text("v1\n")
+    tree = snapshot(store, root, state, PolicySettings())
+    os.chmod(root / "etc/app", 0o777)
+    os.chown(root / "etc/app", 1234, 1234)
+    tx, plan = stage(store, tree, root, state, PolicySettings())
+    assert tx.journal["ops"] == [["meta", "etc/app"]] and plan.updated == ["etc/app"]
+    monkeypatch.setenv(staging.FAIL_ENV, "1")
+    with pytest.raises(staging.InjectedCrash):
+        staging.boot(state, root)
+    [half] = staging.pending(state, root)
+    staging.rollback(half, root)
+    st = os.stat(root / "etc/app")
+    assert (st.st_mode & 0o7777, st.st_uid) == (0o777, 1234)  # wholly old again
+    monkeypatch.delenv(staging.FAIL_ENV)
+    staging.boot(state, root)
+    st = os.stat(root / "etc/app")
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 0, 0)

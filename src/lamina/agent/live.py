@@ -71,6 +71,8 @@ class RevertPlan:
     removed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     space_needed: int = 0
+    #: folder -> {"old", "new"} metadata (see ``entry_meta``) for its ``meta`` op
+    meta: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     def public(self, limit: int = 1000) -> dict[str, Any]:
         return {
@@ -165,6 +167,17 @@ def compare_live(path: Path, st: os.stat_result, e: Entry, chunking: ChunkingSec
     return "same"
 
 
+def entry_meta(e: Entry) -> list[Any]:
+    """A folder's metadata as a journal keeps it: [mode, uid, gid, [[name hex, value hex]]]."""
+    return [e.mode, e.uid, e.gid, [[k.hex(), v.hex()] for k, v in sorted(e.xattrs)]]
+
+
+def dir_meta(path: Path) -> list[Any]:
+    st = os.lstat(path)
+    xs = [[k.hex(), v.hex()] for k, v in xattrs_of(path)]
+    return [stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, xs]
+
+
 def plan_revert(
     load: Callable[[bytes], bytes],
     tree_root: bytes,
@@ -232,6 +245,10 @@ def plan_revert(
                 plan.space_needed += tree_bytes(load, e)
                 continue
             if e.type == "dir" and stat.S_ISDIR(st.st_mode):
+                if compare_live(root / child, st, e, chunking) == "metadata":
+                    plan.ops.append(["meta", child])
+                    plan.meta[child] = {"old": dir_meta(root / child), "new": entry_meta(e)}
+                    plan.updated.append(child)
                 walk(e.subtree, child)
                 continue
             if compare_live(root / child, st, e, chunking) != "same":

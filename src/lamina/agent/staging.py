@@ -135,7 +135,7 @@ def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
         if (
             not isinstance(op, list)
             or len(op) != 2
-            or op[0] not in ("swap", "remove")
+            or op[0] not in ("swap", "remove", "meta")
             or not isinstance(op[1], str)
         ):
             raise IntegrityError(f"{where}: expected [swap|remove, path], found {op!r:.80}")
@@ -149,7 +149,34 @@ def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
         raise IntegrityError(f"{where}: expected done between 0 and {len(ops)}, found {done!r:.20}")
     if not isinstance(doc.get("summary"), dict):
         raise IntegrityError(f"{where}: expected a summary object")
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise IntegrityError(f"{where}: expected a meta object")
+    for op in ops:
+        if op[0] == "meta":
+            m = meta.get(op[1])
+            if not isinstance(m, dict) or not all(_valid_meta(m.get(k)) for k in ("old", "new")):
+                raise IntegrityError(f"{where}: no valid metadata for the meta op on {op[1]!r:.80}")
     return doc
+
+
+def _valid_meta(m: object) -> bool:
+    """[mode, uid, gid, [[name hex, value hex], ...]] with values a folder can take."""
+    if not (isinstance(m, list) and len(m) == 4 and isinstance(m[3], list)):
+        return False
+    mode, uid, gid = m[:3]
+    if not all(type(x) is int and 0 <= x < 2**32 for x in (mode, uid, gid)) or mode > 0o7777:
+        return False
+    for x in m[3]:
+        if not (isinstance(x, list) and len(x) == 2 and all(isinstance(h, str) for h in x)):
+            return False
+        try:
+            if not bytes.fromhex(x[0]):
+                return False
+            bytes.fromhex(x[1])
+        except ValueError:
+            return False
+    return True
 
 
 def pending(state_dir: Path, root: Path) -> list[Transaction]:
@@ -244,6 +271,7 @@ def stage_tree(
         "ops": plan.ops,
         "done": 0,
         "summary": summary,
+        "meta": plan.meta,
     }
     tx.save()
     return tx, plan
@@ -603,7 +631,32 @@ def _move(src: Path, dst: Path, rel: str, create: bool) -> None:
         os.close(sfd)
 
 
+def _set_dir_meta(root: Path, rel: str, meta: list[Any]) -> None:
+    """Give the folder ``rel`` owner, mode and xattrs, through descriptors only."""
+    mode, uid, gid, xattrs = meta
+    pfd, name = _open_parent(root, rel, False)
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+    finally:
+        os.close(pfd)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)  # after chown, which clears setgid
+        want = {bytes.fromhex(k): bytes.fromhex(v) for k, v in xattrs}
+        for n in os.listxattr(fd):
+            if os.fsencode(n) not in want:
+                with contextlib.suppress(OSError):  # e.g. a security label the kernel keeps
+                    os.removexattr(fd, n)
+        for k, v in want.items():
+            os.setxattr(fd, k, v)
+    finally:
+        os.close(fd)
+
+
 def _do(tx: Transaction, root: Path, op: str, rel: str) -> None:
+    if op == "meta":
+        _set_dir_meta(root, rel, tx.journal["meta"][rel]["new"])
+        return
     if _exists(root, rel) and not _exists(tx.old, rel):
         _move(root, tx.old, rel, create=True)
     if op == "swap" and _exists(tx.new, rel):
@@ -611,6 +664,9 @@ def _do(tx: Transaction, root: Path, op: str, rel: str) -> None:
 
 
 def _undo(tx: Transaction, root: Path, op: str, rel: str) -> None:
+    if op == "meta":
+        _set_dir_meta(root, rel, tx.journal["meta"][rel]["old"])
+        return
     if op == "swap" and _exists(root, rel) and not _exists(tx.new, rel):
         _move(root, tx.new, rel, create=True)
     if _exists(tx.old, rel) and not _exists(root, rel):
