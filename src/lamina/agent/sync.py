@@ -65,6 +65,7 @@ def protected_area(
 #: At most this many scan-error paths are recorded in a snapshot; a revert removes
 #: nothing when a snapshot had more errors than recorded paths.
 MAX_ERROR_PATHS = 1000
+MAX_ERROR_PATH_CHARS = 64 * 1024
 
 
 def error_paths(errors: list[str], root: Path) -> list[str]:
@@ -72,10 +73,14 @@ def error_paths(errors: list[str], root: Path) -> list[str]:
 
     A name holding ``": "`` yields one of its parents: a wider area left alone."""
     prefix = os.fsdecode(os.fsencode(root.resolve())).rstrip("/") + "/"
-    out = []
+    out: list[str] = []
+    chars = 0
     for err in errors[:MAX_ERROR_PATHS]:
         path = err.split(": ", 1)[0]
         if path.startswith(prefix):
+            chars += len(path) - len(prefix)
+            if chars > MAX_ERROR_PATH_CHARS:
+                break  # fewer paths than errors: a revert then removes nothing
             out.append(path[len(prefix) :])
     return out
 
