@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.facts import os_release
 from lamina.agent.live import (
@@ -316,7 +318,10 @@ def stage_revert(
     root = Path(st.root)
     rules = for_os(os_release(root))
     system_only = bool(params.get("system_only", True))
-    policy = PolicySettings(**params["policy"]) if params.get("policy") else None
+    try:
+        policy = PolicySettings(**params["policy"]) if params.get("policy") else None
+    except (TypeError, ValidationError) as e:
+        raise UsageError(f"the revert task carries a malformed policy: {e}") from e
     errors = [str(p) for p in params.get("error_paths") or []]
     if int(params.get("scan_errors") or 0) > len(errors):
         policy = None  # not every unreadable path is known: remove nothing

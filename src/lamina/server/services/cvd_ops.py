@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from lamina.db.engine import read_tx, write_tx
@@ -12,6 +13,7 @@ from lamina.db.models import policies
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.protocol.schemas import (
     BrowseEntry,
+    PolicySettings,
     RestoreRequest,
     RevertRequest,
     SnapshotPublic,
@@ -80,6 +82,20 @@ def request_restore(
     )
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _recorded_policy(value: object) -> dict[str, Any] | None:
+    """The policy a snapshot recorded (device-written stats: validated, else unknown)."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return PolicySettings(**value).model_dump()
+    except ValidationError:
+        return None
+
+
 def request_revert(
     engine: Engine, store: Store, actor: Principal, ref: str, req: RevertRequest
 ) -> TaskPublic:
@@ -89,7 +105,7 @@ def request_revert(
     cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
     snap = snapshot_of(store, cvd.id, req.snapshot)
     stats = snap.meta.get("stats") or {}
-    policy = stats.get("policy")
+    policy = _recorded_policy(stats.get("policy"))
     if policy is None:
         with read_tx(engine) as c:
             p = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).first()
@@ -106,8 +122,8 @@ def request_revert(
             "system_only": req.system_only,
             "dry_run": req.dry_run,
             "policy": policy,
-            "error_paths": list(stats.get("error_paths") or []),
-            "scan_errors": int(stats.get("errors") or 0),
+            "error_paths": [p for p in _list(stats.get("error_paths")) if isinstance(p, str)],
+            "scan_errors": errors if isinstance(errors := stats.get("errors"), int) else 0,
         },
     )
 
