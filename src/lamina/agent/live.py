@@ -74,7 +74,8 @@ class RevertPlan:
     #: folder -> {"old", "new"} metadata (see ``entry_meta``) for its ``meta`` op
     meta: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
-    def public(self, limit: int = 1000) -> dict[str, Any]:
+    def public(self, limit: int = 200) -> dict[str, Any]:
+        """For a task result: full counts, the first ``limit`` paths of each list."""
         return {
             "counts": {
                 "add": len(self.added),
