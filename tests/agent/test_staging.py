@@ -11,6 +11,7 @@ import pytest
 from lamina.agent import staging
 from lamina.db.stores import StoreLocation, init_store
 from lamina.layers.rules import builtin
+from lamina.protocol.schemas import PolicySettings
 from lamina.store.repository import Store
 from lamina.tree.backup import backup
 from tests.cli.corpus import describe
@@ -47,14 +48,11 @@ def _mutate(root: Path) -> None:
 
 
 def _stage(store: Store, snapshot_root: bytes, root: Path, state: Path) -> staging.Transaction:
-    return staging.stage_tree(
-        store,
-        snapshot_root,
-        root,
-        state,
-        staging.system_only_keep(builtin("linux")),
-        {"kind": "revert"},
+    scope = staging.revert_scope(builtin("linux"), True, PolicySettings(), root, state)
+    tx, _plan = staging.stage_tree(
+        store, snapshot_root, root, state, scope, store.keys.chunking, {"kind": "revert"}
     )
+    return tx
 
 
 def _system(desc: dict[str, tuple[object, ...]]) -> dict[str, tuple[object, ...]]:

@@ -1,9 +1,24 @@
 from __future__ import annotations
 
-import pytest
+import contextlib
+import json
+import re
+from pathlib import Path
 
-from lamina.errors import UsageError
-from lamina.layers.rules import builtin, matches, parse_rules
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lamina.errors import ForbiddenError, UsageError
+from lamina.layers.rules import (
+    CLASSES,
+    MAX_WILDCARDS,
+    _simulate,
+    builtin,
+    compile_glob,
+    matches,
+    parse_rules,
+)
 
 
 @pytest.mark.parametrize(
@@ -65,3 +80,156 @@ def test_rule_set_by_os_family() -> None:
     assert rhel.classify("/var/cache/yum/x") == "excluded"
     assert rhel.layers.package_databases == ()
     assert for_os({"ID": "debian"}).layers.package_databases == (("/var/lib/dpkg/status", "dpkg"),)
+
+
+# --- stateful data is not "system" (review finding 15) -----------------------------
+STATEFUL = [
+    "/var/lib/postgresql/16/main/base/1/1259",
+    "/var/lib/pgsql/data/postgresql.conf",
+    "/var/lib/mysql/ibdata1",
+    "/var/lib/mariadb/aria_log.00000001",
+    "/var/lib/mongodb/WiredTiger",
+    "/var/lib/redis/dump.rdb",
+    "/var/lib/docker/volumes/db/_data/x",
+    "/var/lib/containerd/io.containerd.content.v1.content/blobs/x",
+    "/var/lib/containers/storage/overlay/x",
+    "/var/lib/libvirt/images/vm.qcow2",
+    "/var/mail/alice",
+    "/var/spool/mail/bob",
+    "/var/spool/cron/crontabs/alice",
+    "/var/www/html/index.php",
+]
+
+
+@pytest.mark.parametrize("ruleset", ["linux", "debian", "rhel"])
+@pytest.mark.parametrize("path", STATEFUL)
+def test_stateful_data_is_kept_by_revert_and_never_carried_by_layers(
+    ruleset: str, path: str
+) -> None:
+    """A system-only revert keeps user_data; a layer captures only system/applications."""
+    rules = builtin(ruleset)
+    assert rules.classify(path) == "user_data"
+    assert not rules.capturable(path)
+
+
+# --- rule globs match in linear time (review finding 13c) --------------------------
+def _backtracking_regex(pattern: str) -> re.Pattern[str]:
+    """The a188115 translation, kept as the reference semantics for the new matcher."""
+    if not any(ch in pattern for ch in "*?"):
+        return re.compile(re.escape(pattern.rstrip("/")) + r"(?:/.*)?\Z", re.DOTALL)
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("/**", i) and (i + 3 == len(pattern) or pattern[i + 3] == "/"):
+            out.append("(?:/.*)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+@pytest.mark.timeout(20)
+def test_hostile_glob_completes() -> None:
+    """The review's `/**?**?...**Q`: k=12 stalled the server 2.47 s; larger k never ended."""
+    k = MAX_WILDCARDS // 2
+    pattern = "/" + "**?" * k + "Q"
+    path = "/" + "a" * 4000
+    assert compile_glob(pattern).regex is None  # not safe for a backtracking engine
+    assert not matches([pattern], path)
+    assert matches([pattern], "/" + "ab/" * k + "xQ")
+    with pytest.raises(UsageError, match="wildcards"):
+        parse_rules('{"lamina_rules": 1, "classes": {"system": ["/' + "**?" * 300 + 'Q"]}}')
+
+
+@pytest.mark.timeout(20)
+def test_hostile_star_runs_in_one_component_complete() -> None:
+    pattern = "/" + "*a" * (MAX_WILDCARDS // 2) + "b"
+    assert not matches([pattern], "/" + "a" * 4000)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pattern=st.text(alphabet="ab/*?", max_size=12).map(lambda s: "/" + s),
+    path=st.text(alphabet="ab/", max_size=14).map(lambda s: "/" + s),
+)
+def test_matcher_agrees_with_the_glob_semantics(pattern: str, path: str) -> None:
+    glob = compile_glob(pattern)
+    expected = _backtracking_regex(pattern).match(path) is not None
+    assert glob.match(path) == expected
+    if glob.tokens:  # the set-of-states simulation agrees too, whichever path ran
+        assert _simulate(glob.tokens, path) == expected
+
+
+def test_custom_rule_sets_need_layer_write(tmp_path: Path) -> None:
+    """The review's repro: a readonly user posted a hostile rule set to /layers/rules/test."""
+    from lamina.db.engine import make_engine
+    from lamina.db.migrate import upgrade
+    from lamina.db.stores import StoreLocation, init_store
+    from lamina.server.security import ROLES, Principal
+    from lamina.server.services.layers import test_rules
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    store = init_store(StoreLocation(data=tmp_path / "data"))
+    ro = Principal("user", "u1", "ro", "readonly", ROLES["readonly"])
+    hostile = '{"lamina_rules": 1, "classes": {"system": ["/**?**?**?Q"]}}'
+    with pytest.raises(ForbiddenError) as err:
+        test_rules(engine, store, ro, "any-cvd", hostile)
+    assert err.value.http_status == 403
+    engine.dispose()
+
+
+# --- the rule-set parser: any input is a rule set or a UsageError ---------------------
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    [
+        "lamina_rules",
+        "name",
+        "order",
+        "classes",
+        "layers",
+        *CLASSES,
+        "capture_classes",
+        "do_not_capture",
+        "exceptions",
+        "never_override",
+        "text_config",
+        "package_databases",
+    ]
+)
+_doc = st.recursive(
+    st.none() | st.integers(0, 2) | st.sampled_from([*CLASSES, "/x/**", "x", "/**?"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_doc)
+def test_rule_parser_raises_only_usage_errors(doc: object) -> None:
+    if isinstance(doc, dict):
+        doc = {"lamina_rules": 1, **doc}
+    with contextlib.suppress(UsageError):
+        parse_rules(json.dumps(doc))
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=200) | _json.map(json.dumps))
+def test_rule_parser_on_random_bytes(raw: bytes | str) -> None:
+    with contextlib.suppress(UsageError):
+        parse_rules(raw)

@@ -181,7 +181,7 @@ class Agent:
                 )
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
-        if item.kind in ("layer-apply", "revert"):
+        if item.kind in ("layer-apply", "revert") and not item.params.get("dry_run"):
             self._supersede(item)
         try:
             if item.kind == "sync":
@@ -204,6 +204,13 @@ class Agent:
                     message="staged: applies at next boot",
                     result=result,
                 )
+            elif item.kind == "revert" and item.params.get("dry_run"):
+                result = stage_revert(self.client, self.st, self.state_dir, item.params)
+                c = result["counts"]
+                msg = (
+                    f"dry run: {c['add']} to add, {c['update']} to update, {c['remove']} to remove"
+                )
+                self._task(item, progress=100, state="done", message=msg, result=result)
             elif item.kind == "revert":
                 result = stage_revert(self.client, self.st, self.state_dir, item.params)
                 self._save(
@@ -254,14 +261,15 @@ class Agent:
         if self.status.get("staged_task") and self.status.get("applied"):
             # `agent boot` applied what that task staged: it is done now.
             tid = self.status["staged_task"]
+            failed = [a["error"] for a in self.status["applied"] if a.get("error")]
             retrying(
                 lambda: self.client.json(
                     "POST",
                     f"/agent/tasks/{tid}",
                     json={
                         "progress": 100,
-                        "state": "done",
-                        "message": "applied at boot",
+                        "state": "failed" if failed else "done",
+                        "message": failed[0] if failed else "applied at boot",
                         "result": {"applied": self.status["applied"]},
                     },
                 )

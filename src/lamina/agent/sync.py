@@ -62,6 +62,29 @@ def protected_area(
     return exclude, prune
 
 
+#: At most this many scan-error paths are recorded in a snapshot; a revert removes
+#: nothing when a snapshot had more errors than recorded paths.
+MAX_ERROR_PATHS = 1000
+MAX_ERROR_PATH_CHARS = 64 * 1024
+
+
+def error_paths(errors: list[str], root: Path) -> list[str]:
+    """Endpoint paths (relative) of the scan's errors, ``"PATH: reason"``.
+
+    A name holding ``": "`` yields one of its parents: a wider area left alone."""
+    prefix = os.fsdecode(os.fsencode(root.resolve())).rstrip("/") + "/"
+    out: list[str] = []
+    chars = 0
+    for err in errors[:MAX_ERROR_PATHS]:
+        path = err.split(": ", 1)[0]
+        if path.startswith(prefix):
+            chars += len(path) - len(prefix)
+            if chars > MAX_ERROR_PATH_CHARS:
+                break  # fewer paths than errors: a revert then removes nothing
+            out.append(path[len(prefix) :])
+    return out
+
+
 def estimate(root: Path, exclude: ExcludeFn, prune: PruneFn) -> tuple[int, int]:
     """Files and bytes a scan will cover (a walk of metadata only), for progress percentages."""
     files = size = 0
@@ -143,6 +166,10 @@ def run_sync(
                 "uploaded_bytes": sink.uploaded_bytes,
                 "errors": len(stats.errors),
                 "policy_version": cfg.policy_version,
+                # What a revert to this snapshot may remove: the protected area as it
+                # was then, minus the paths the scan could not read.
+                "policy": policy.model_dump(),
+                "error_paths": error_paths(stats.errors, root),
                 **(extra_stats or {}),
             },
         }

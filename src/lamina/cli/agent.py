@@ -139,7 +139,7 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
         status = load_status(state)
         status.update(state="idle", staged=None, applied=applied)
         for a in applied:
-            if a.get("kind") == "layers":
+            if a.get("kind") == "layers" and not a.get("error"):
                 status["layers"] = a.get("versions", [])
                 status["layer_labels"] = a.get("labels", [])
         status["sync_requested"] = True  # the next cycle uploads the new state
@@ -147,7 +147,11 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json([{"id": a["transaction"], **a} for a in applied])
     else:
-        typer.echo(f"applied {len(applied)} staged transactions")
+        for a in applied:
+            if a.get("error"):
+                typer.echo(f"transaction {a['transaction']}: {a['error']}", err=True)
+        ok = len([a for a in applied if not a.get("error")])
+        typer.echo(f"applied {ok} staged transactions")
 
 
 @app.command("install-service")

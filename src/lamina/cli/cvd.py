@@ -201,14 +201,26 @@ def revert(
             help="Keep the user-data area as it is now (default), or revert everything.",
         ),
     ] = True,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="List what the revert would add, update and remove; change nothing."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Revert the endpoint to a snapshot, applied atomically at its next boot."""
     t = Api.from_login().post(
-        f"/cvds/{cvd}/revert", {"snapshot": snapshot, "system_only": system_only}
+        f"/cvds/{cvd}/revert",
+        {"snapshot": snapshot, "system_only": system_only, "dry_run": dry_run},
     )
     if as_json:
         emit_json(t)
+    elif dry_run:
+        typer.echo(
+            f"task {t['id']}: revert dry run queued; the agent plans it against the endpoint "
+            f"(`lamina task show {t['id']}` lists what would be added, updated and removed)"
+        )
     else:
         typer.echo(
             f"task {t['id']}: revert queued; the agent stages it and applies it at next boot"

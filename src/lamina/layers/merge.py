@@ -89,3 +89,19 @@ def merge_dpkg_status(
         if key not in out and key not in owned_before:
             out[key] = stanza
     return out
+
+
+def merge_dpkg_live(
+    base: dict[str, str], live: dict[str, str], planned: dict[str, str]
+) -> dict[str, str]:
+    """Per package, three ways: the server planned from ``base`` (the last snapshot);
+    the endpoint is at ``live`` now. A package the endpoint did not change since
+    takes the plan's stanza; one the plan left as it was keeps the endpoint's;
+    changed on both sides, the plan (the layer) wins."""
+    out: dict[str, str] = {}
+    for key in sorted(set(base) | set(live) | set(planned)):
+        b, now, p = base.get(key), live.get(key), planned.get(key)
+        v = p if now == b or p != b else now
+        if v is not None:
+            out[key] = v
+    return out

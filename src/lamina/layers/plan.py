@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lamina.layers.merge import (
     is_text,
@@ -33,10 +34,19 @@ from lamina.layers.merge import (
     render_dpkg_status,
 )
 from lamina.layers.rules import RuleSet, matches
-from lamina.layers.trees import Load, index, read_file, same_content, same_entry
+from lamina.layers.trees import (
+    Load,
+    expected_state,
+    index,
+    read_file,
+    same_content,
+    same_entry,
+)
 from lamina.tree.model import Entry
 
 DPKG_STATUS = "/var/lib/dpkg/status"
+#: Larger text files are not merged (the binary rule applies): what ``is_text`` accepts.
+TEXT_MERGE_MAX = 4 * 1024 * 1024
 #: plaintext -> chunk id (stores it, or only names it for a dry run)
 PutData = Callable[[bytes], bytes]
 
@@ -78,6 +88,10 @@ class Plan:
     download_bytes: int = 0
     space_needed: int = 0
     refused: list[str] = field(default_factory=list)
+    #: path -> the state the plan assumed (the last snapshot's), checked by the agent
+    expect: dict[str, list[Any] | None] = field(default_factory=dict)
+    #: the last snapshot's package database, the base of the agent's merge with the live one
+    dpkg_base: list[bytes | int] | None = None
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -176,8 +190,13 @@ def make_plan(
                 Item(path, "kept", label, "changed on the endpoint; the layer did not change it")
             )
             continue
-        if c.type == "file" and e.type == "file" and matches(lr.text_config, path):
-            base_b, ours, theirs = read_file(load, o[0]), read_file(load, c), read_file(load, e)
+        if (
+            c.type == "file"
+            and e.type == "file"
+            and matches(lr.text_config, path)
+            and max(o[0].size, c.size, e.size) <= TEXT_MERGE_MAX
+        ):
+            base_b, ours, theirs = (read_file(load, x, TEXT_MERGE_MAX) for x in (o[0], c, e))
             if is_text(base_b) and is_text(ours) and is_text(theirs):
                 m = merge_text(base_b, ours, theirs)
                 if m.clean:
@@ -249,6 +268,8 @@ def make_plan(
 
     _plan_dpkg(load, put_data, cur, old, new, plan, drop_user_packages=remove_unowned)
 
+    for path in [*plan.writes, *plan.removes]:
+        plan.expect[path] = expected_state(cur.get(path))
     have = _chunks(cur)
     for e in plan.writes.values():
         ids = list(e.chunk_ids())
@@ -292,6 +313,7 @@ def _plan_dpkg(
         if s:
             owned_before |= set(s)
     c = cur.get(DPKG_STATUS)
+    plan.dpkg_base = c.content if c is not None and c.type == "file" else None
     endpoint = parse_dpkg_status(read_file(load, c)) if c is not None and c.type == "file" else {}
     if drop_user_packages:
         owned_before |= set(endpoint)

@@ -7,8 +7,11 @@ written: ``load(id) -> bytes`` and ``put(kind, bytes) -> id``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
+from lamina.errors import TooLargeError
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry, decode_tree, encode_tree
 
@@ -33,11 +36,48 @@ def index(load: Load, root: bytes | None) -> dict[str, Entry]:
     return dict(walk(load, root))
 
 
-def read_file(load: Load, e: Entry) -> bytes:
+#: The most a merge reads of one file (text configuration, package databases).
+MAX_READ = 64 * 1024 * 1024
+
+
+def read_file(load: Load, e: Entry, limit: int = MAX_READ) -> bytes:
+    """A file's bytes; a file whose content adds up to more than ``limit`` is refused
+    before anything is allocated for it (a hole's size is endpoint-chosen)."""
+    total = 0
+    for c in e.content or []:
+        total += c if isinstance(c, int) else 0
+        if total > limit:
+            break
+    if total > limit or e.size > limit:
+        raise TooLargeError(f"{e.name!r}: {max(total, e.size)} bytes, merges read at most {limit}")
     parts = []
     for c in e.content or []:
-        parts.append(b"\0" * c if isinstance(c, int) else load(c))
+        part = b"\0" * c if isinstance(c, int) else load(c)
+        total += len(part) if not isinstance(c, int) else 0
+        if total > limit:
+            raise TooLargeError(f"{e.name!r}: more than {limit} bytes, merges read at most {limit}")
+        parts.append(part)
     return b"".join(parts)
+
+
+def content_digest(content: list[bytes | int] | None) -> str:
+    """One short id for a file's content list (chunk ids and hole sizes)."""
+    h = hashlib.sha256()
+    for c in content or []:
+        h.update(b"H" + c.to_bytes(8, "little") if isinstance(c, int) else b"C" + c)
+    return h.hexdigest()
+
+
+def expected_state(e: Entry | None) -> list[Any] | None:
+    """What a delivery expects at a path on the endpoint: None when absent,
+    ``["file", size, content digest]``, ``["symlink", target hex]``, or ``[type]``."""
+    if e is None:
+        return None
+    if e.type == "file":
+        return ["file", e.size, content_digest(e.content)]
+    if e.type == "symlink":
+        return ["symlink", (e.target or b"").hex()]
+    return [e.type]
 
 
 def same_content(a: Entry | None, b: Entry | None) -> bool:

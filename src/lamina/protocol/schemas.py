@@ -225,6 +225,9 @@ class DownloadRequest(Strict):
 class RevertRequest(Strict):
     snapshot: str
     system_only: bool = True
+    dry_run: bool = Field(
+        False, description="Only list what the revert would add, update and remove."
+    )
 
 
 # --- tasks ---------------------------------------------------------------------

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import Engine
+from pydantic import ValidationError
+from sqlalchemy import Engine, select
 
-from lamina.db.engine import write_tx
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import policies
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.protocol.schemas import (
     BrowseEntry,
+    PolicySettings,
     RestoreRequest,
     RevertRequest,
     SnapshotPublic,
@@ -87,17 +90,49 @@ def request_restore(
     )
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _recorded_policy(value: object) -> dict[str, Any] | None:
+    """The policy a snapshot recorded (device-written stats: validated, else unknown)."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return PolicySettings(**value).model_dump()
+    except ValidationError:
+        return None
+
+
 def request_revert(
     engine: Engine, store: Store, actor: Principal, ref: str, req: RevertRequest
 ) -> TaskPublic:
+    """Queue a revert (or its dry run). The agent plans it against the live root,
+    removing only what the snapshot's policy protected: the task carries that
+    policy (recorded in the snapshot, else the CVD's if still the same version)."""
     cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
     snap = snapshot_of(store, cvd.id, req.snapshot)
+    stats = snap.meta.get("stats") or {}
+    policy = _recorded_policy(stats.get("policy"))
+    if policy is None:
+        with read_tx(engine) as c:
+            p = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).first()
+        if p is not None and stats.get("policy_version") == p.version:
+            policy = p.settings
     return _device_task(
         engine,
         actor,
         ref,
         "revert",
-        {"snapshot": snap.id, "root": snap.root.hex(), "system_only": req.system_only},
+        {
+            "snapshot": snap.id,
+            "root": snap.root.hex(),
+            "system_only": req.system_only,
+            "dry_run": req.dry_run,
+            "policy": policy,
+            "error_paths": [p for p in _list(stats.get("error_paths")) if isinstance(p, str)],
+            "scan_errors": errors if isinstance(errors := stats.get("errors"), int) else 0,
+        },
     )
 
 

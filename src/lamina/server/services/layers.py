@@ -419,6 +419,11 @@ def _deliver(
             params={
                 "delta": delta.hex(),
                 "removes": plan.removes,
+                "expect": plan.expect,
+                "dpkg_base": [c.hex() if isinstance(c, bytes) else c for c in plan.dpkg_base]
+                if plan.dpkg_base is not None
+                else None,
+                "never_override": list(t.rules.layers.never_override),
                 "versions": t.new_ids,
                 "labels": t.labels,
             },
@@ -492,8 +497,11 @@ def cvd_layer_state(engine: Engine, cvd_id: str) -> dict[str, list[str]]:
 def test_rules(
     engine: Engine, store: Store, actor: Principal, ref: str, rules_json: str | None
 ) -> dict[str, Any]:
-    """What a rule set would keep in, and drop from, a layer captured from this CVD now."""
-    actor.require("read")
+    """What a rule set would keep in, and drop from, a layer captured from this CVD now.
+
+    A custom rule set is code the server runs on the caller's behalf: it needs
+    ``layer.write`` (the built-in one needs ``read``)."""
+    actor.require("layer.write" if rules_json else "read")
     with read_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
         rules = parse_rules(rules_json) if rules_json else rules_of(c, cvd)
