@@ -65,7 +65,7 @@ def protected_area(
 #: At most this many scan-error paths are recorded in a snapshot; a revert removes
 #: nothing when a snapshot had more errors than recorded paths.
 MAX_ERROR_PATHS = 1000
-MAX_ERROR_PATH_CHARS = 64 * 1024
+MAX_ERROR_PATH_CHARS = 32 * 1024  # keeps a snapshot's stats under the server's map limit
 
 
 def error_paths(errors: list[str], root: Path) -> list[str]:

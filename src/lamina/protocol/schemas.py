@@ -12,7 +12,7 @@ Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
 
 #: Bounds of a free-form map a client sends (progress, stats, result, facts): keys, JSON bytes.
 MAX_MAP_KEYS = 256
-MAX_MAP_BYTES = 64 * 1024
+MAX_MAP_BYTES = 128 * 1024
 
 
 def _small_map(v: dict[str, Any]) -> dict[str, Any]:
