@@ -592,30 +592,36 @@ class Scanner:
     def _chunk_fd(
         self, fd: int, st: os.stat_result, add: Callable[[memoryview | bytes], bytes]
     ) -> list[bytes | int]:
-        size = st.st_size
-        content: list[bytes | int] = []
-        if size == 0:
-            return content
-        extents = _data_extents(fd, size) if st.st_blocks * 512 < size else [(0, size)]
-        pos = 0
-        chunker = self._chunker()
-        for start, end in extents:
-            if start > pos:
-                content.append(start - pos)
-            off = start
-            # Read an extent in large pieces; cut each piece at content-defined points.
-            while off < end:
-                piece = min(end - off, 64 * 1024 * 1024)
-                data = os.pread(fd, piece, off)
-                if len(data) != piece:
-                    raise FileChangedError
-                for view in chunker.cut(data):
-                    content.append(add(bytes(view)))
-                off += piece
-            pos = end
-        if pos < size:
-            content.append(size - pos)
+        return chunk_fd(fd, st, self._chunker(), add)
+
+
+def chunk_fd(
+    fd: int, st: os.stat_result, chunker: Chunker, add: Callable[[memoryview | bytes], bytes]
+) -> list[bytes | int]:
+    """A file's content as a tree entry holds it: chunk ids (``add`` of each chunk) and holes."""
+    size = st.st_size
+    content: list[bytes | int] = []
+    if size == 0:
         return content
+    extents = _data_extents(fd, size) if st.st_blocks * 512 < size else [(0, size)]
+    pos = 0
+    for start, end in extents:
+        if start > pos:
+            content.append(start - pos)
+        off = start
+        # Read an extent in large pieces; cut each piece at content-defined points.
+        while off < end:
+            piece = min(end - off, 64 * 1024 * 1024)
+            data = os.pread(fd, piece, off)
+            if len(data) != piece:
+                raise FileChangedError
+            for view in chunker.cut(data):
+                content.append(add(bytes(view)))
+            off += piece
+        pos = end
+    if pos < size:
+        content.append(size - pos)
+    return content
 
 
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
