@@ -70,3 +70,20 @@ def parse_duration(text: str) -> int:
     if not m:
         raise UsageError(f"invalid duration {text!r}: use a number and s, m, h, d or w (e.g. 1h)")
     return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+#: Restores into a folder (``--output``): the tree may come from an endpoint, so by
+#: default no device nodes or FIFOs, no setuid/setgid bits and no chown (as tar as non-root).
+SpecialFilesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--special-files",
+        help="Also make device nodes and FIFOs, and keep setuid/setgid bits (off by default).",
+    ),
+]
+SameOwnerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--same-owner", help="Give files the snapshot's owners (as root; off by default)."
+    ),
+]
