@@ -79,6 +79,17 @@ def test_agent_survives_poison_tasks_verifies_restores_and_honours_cancel(
         refused = admin.run("cvd", "restore", "desk-01", *paths, "--to-endpoint", ok=False)
         assert refused.returncode == 2, refused.stderr
 
+    # Finding 17: an admin's --output restore as root keeps no setuid bit and no owner
+    # from the endpoint's tree unless asked.
+    out = tmp_path / "download"
+    admin.run(
+        "cvd", "restore", "desk-01", "--path", "usr/bin", "--path", "home", "--output", str(out)
+    )
+    assert (root / "usr/bin/tool").stat().st_mode & 0o7777 == 0o4755
+    assert (out / "usr/bin/tool").stat().st_mode & 0o7777 == 0o755
+    assert (root / "home/alice/Documents/thesis.txt").stat().st_uid == 1000
+    assert (out / "home/alice/Documents/thesis.txt").stat().st_uid == 0
+
     # Finding 12: in-place damage that keeps size and mtime is repaired by --overwrite.
     thesis = root / "home/alice/Documents/thesis.txt"
     good = thesis.read_bytes()

@@ -310,11 +310,11 @@ class Scanner:
         folder's files are read.
         """
         try:
-            self._list(dfd, path, rel, depth, parent)
+            self._list(dfd, path, rel, depth, parent)  # its last step hands ``dfd`` over
         except BaseException:
-            if not (self._order and self._order[-1].fd == dfd):
-                os.close(dfd)
+            os.close(dfd)
             raise
+        self._drain(block=False)
 
     def _list(self, dfd: int, path: bytes, rel: bytes, depth: int, parent: Entry | None) -> None:
         if depth > MAX_DEPTH:
@@ -400,7 +400,6 @@ class Scanner:
         else:
             os.close(dfd)
         self._order.append(d)
-        self._drain(block=False)
 
     def _finish(self, d: _Dir) -> None:
         """Write a folder's tree once its files are read (its sub-folders' trees already are)."""
