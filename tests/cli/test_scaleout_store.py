@@ -160,7 +160,9 @@ def test_round_trip_on_postgres_and_s3(
     assert changes[str(removed.relative_to(src))] == "removed"
 
     out = tmp_path / "out"
-    restored = cli.json("snapshot", "restore", "latest", "--output", str(out))
+    restored = cli.json(
+        "snapshot", "restore", "latest", "--output", str(out), "--special-files", "--same-owner"
+    )
     assert restored["id"] == third["id"] and restored["errors"] == []
     assert describe(out) == describe(src)
 
@@ -243,7 +245,9 @@ def test_forget_and_gc_free_space_on_s3(
     assert_check_clean(cli)
 
     out = tmp_path / "out"
-    cli.run("snapshot", "restore", kept["id"], "--output", str(out))
+    cli.run(
+        "snapshot", "restore", kept["id"], "--output", str(out), "--special-files", "--same-owner"
+    )
     assert describe(out) == kept_tree
     p = cli.run("snapshot", "restore", old["id"], "--output", str(tmp_path / "gone"), ok=False)
     assert p.returncode == 3  # NotFoundError: the forgotten snapshot is gone for good
@@ -319,7 +323,15 @@ def test_rebuild_index_after_database_loss(
         assert restats == stats
         for snap, tree in ((first, first_tree), (second, second_tree)):
             out = tmp_path / f"{tag}-{snap['id'][:8]}"
-            c.run("snapshot", "restore", snap["id"], "--output", str(out))
+            c.run(
+                "snapshot",
+                "restore",
+                snap["id"],
+                "--output",
+                str(out),
+                "--special-files",
+                "--same-owner",
+            )
             assert describe(out) == tree
         assert_check_clean(c)
         # The recovered index is a working one: the next backup dedups against it.
@@ -342,7 +354,9 @@ def test_rebuild_index_after_database_loss(
     ids = [s["id"] for s in fresh.json("snapshot", "list")]
     assert ids[:2] == [first["id"], second["id"]] and len(ids) == 3
     out = tmp_path / "fresh-latest"
-    fresh.run("snapshot", "restore", "latest", "--output", str(out))
+    fresh.run(
+        "snapshot", "restore", "latest", "--output", str(out), "--special-files", "--same-owner"
+    )
     assert describe(out) == second_tree
     assert_check_clean(fresh)
 

@@ -45,10 +45,28 @@ def test_backup_restore_round_trip_and_dedup(
     assert changes[str(removed.relative_to(src))] == "removed"
     assert len(changes) == 3 + 2  # and the two folders whose mtime moved
     out = tmp_path / "out"
-    cli.run("snapshot", "restore", third["id"][:10], "--output", str(out))
+    cli.run(
+        "snapshot",
+        "restore",
+        third["id"][:10],
+        "--output",
+        str(out),
+        "--special-files",
+        "--same-owner",
+    )
     assert describe(out) == describe(src)
     old = tmp_path / "old"
-    cli.run("snapshot", "restore", first["id"], "--output", str(old), "--path", "etc/app")
+    cli.run(
+        "snapshot",
+        "restore",
+        first["id"],
+        "--output",
+        str(old),
+        "--special-files",
+        "--same-owner",
+        "--path",
+        "etc/app",
+    )
     assert (old / edited.relative_to(src)).read_text() != "edited"
     assert not (old / "usr").exists()
     stats = cli.json("store", "stats")
@@ -146,7 +164,9 @@ def test_kill_during_backup_then_check_clean_and_next_backup_completes(
     done = cli.json("snapshot", "create", str(src))
     assert done["files"] == done["files_read"]
     out = tmp_path / "out"
-    cli.run("snapshot", "restore", "latest", "--output", str(out))
+    cli.run(
+        "snapshot", "restore", "latest", "--output", str(out), "--special-files", "--same-owner"
+    )
     assert describe(out) == describe(src)
     cli.run("store", "gc", "--orphan-grace", "0s")
     chk = cli.run("store", "check", "--read-data")

@@ -73,7 +73,7 @@ def test_cvd_lifecycle(
     assert cvds["desk-01"]["snapshots"] == 1 and cvds["desk-01"]["last_sync"]
 
     out = tmp_path / "restore-full"
-    admin.run("cvd", "restore", "desk-01", "--output", str(out))
+    admin.run("cvd", "restore", "desk-01", "--output", str(out), "--special-files", "--same-owner")
     assert describe(out) == protected(describe(roots["desk-01"]))
     assert not (out / "var/log/syslog").exists() and (out / "var/log").is_dir()
 
@@ -169,7 +169,7 @@ def test_cvd_lifecycle(
     )
     assert p.returncode != 0 and "error:" in p.stderr
     out2 = tmp_path / "restore-archived"
-    admin.run("cvd", "restore", "desk-02", "--output", str(out2))
+    admin.run("cvd", "restore", "desk-02", "--output", str(out2), "--special-files", "--same-owner")
     assert describe(out2) == protected(describe(roots["desk-02"]))
     devices = {d["hostname"]: d for d in admin.json("device", "list")}
     assert devices["desk-02"]["status"] == "archived"

@@ -85,7 +85,15 @@ def test_server_killed_during_upload_agent_resumes(
     done = json.loads(out)
     assert done["synced"] and done["last_snapshot"]
     restored = tmp_path / "restored"
-    admin.run("cvd", "restore", done["cvd_id"], "--output", str(restored))
+    admin.run(
+        "cvd",
+        "restore",
+        done["cvd_id"],
+        "--output",
+        str(restored),
+        "--special-files",
+        "--same-owner",
+    )
     assert describe(restored) == protected(describe(root))
     server.stop()
     assert "no errors" in admin.run("store", "check", "--read-data", *embedded.store_args).stdout
@@ -129,5 +137,13 @@ def test_agent_killed_during_upload_resumes_without_resending(
     # What arrived before the kill (>= 24 MiB of ~42 MiB) is not sent again.
     assert done["last_sync_stats"]["uploaded_bytes"] < total - 16 * 1024 * 1024
     restored = tmp_path / "restored"
-    admin.run("cvd", "restore", done["cvd_id"], "--output", str(restored))
+    admin.run(
+        "cvd",
+        "restore",
+        done["cvd_id"],
+        "--output",
+        str(restored),
+        "--special-files",
+        "--same-owner",
+    )
     assert describe(restored) == protected(describe(root))

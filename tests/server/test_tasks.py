@@ -11,6 +11,8 @@ from sqlalchemy import Engine
 
 from lamina.db.engine import make_engine, write_tx
 from lamina.db.migrate import upgrade
+from lamina.errors import ConflictError, ForbiddenError
+from lamina.protocol.schemas import TaskReport
 from lamina.server.security import Principal
 from lamina.server.services import tasks
 
@@ -64,3 +66,49 @@ def test_a_task_cut_short_by_an_agent_restart_is_claimed_again(engine: Engine) -
     assert [
         w.task_id for w in tasks.claim_for_device(engine, device, "second", restarted=True)
     ] == [tid]
+
+
+def test_a_task_that_kills_its_agent_at_every_start_fails_after_max_attempts(
+    engine: Engine,
+) -> None:
+    """Finding 14: the restart re-queue must not loop forever on a poison task."""
+    device = Principal("device", "dev-p", "poisoned")
+    with write_tx(engine) as c:
+        poison = tasks.enqueue(c, "restore", "admin", device_id="dev-p")
+    assert [w.task_id for w in tasks.claim_for_device(engine, device, "w", restarted=True)] == [
+        poison
+    ]
+    for _ in range(tasks.MAX_ATTEMPTS - 1):  # the agent dies, restarts, claims it again
+        got = tasks.claim_for_device(engine, device, "w", restarted=True)
+        assert [w.task_id for w in got] == [poison]
+    with write_tx(engine) as c:
+        later = tasks.enqueue(c, "sync", "admin", device_id="dev-p")
+    got = tasks.claim_for_device(engine, device, "w", restarted=True)
+    assert [w.task_id for w in got] == [later]  # the poison task is given up, the next one runs
+    admin = Principal("user", "u", "admin", "administrator", frozenset({"read"}))
+    t = tasks.get(engine, admin, poison)
+    assert t.state == "failed" and "gave up" in t.message
+
+
+def test_cancel_a_queued_or_waiting_task_but_not_a_running_one(engine: Engine) -> None:
+    device = Principal("device", "dev-c", "device c")
+    admin = Principal("user", "u", "admin", "administrator", frozenset({"read", "cvd.operate"}))
+    with write_tx(engine) as c:
+        queued = tasks.enqueue(c, "sync", "admin", device_id="dev-c")
+    assert tasks.cancel(engine, admin, queued).state == "cancelled"
+    assert tasks.claim_for_device(engine, device, "w") == []  # never handed out
+    with write_tx(engine) as c:
+        staged = tasks.enqueue(c, "revert", "admin", device_id="dev-c")
+    assert [w.task_id for w in tasks.claim_for_device(engine, device, "w")] == [staged]
+    with pytest.raises(ConflictError, match="running"):
+        tasks.cancel(engine, admin, staged)
+    tasks.report(engine, device, staged, TaskReport(progress=100, state="waiting"))
+    assert tasks.cancel(engine, admin, staged).state == "cancelled"
+    # The agent's later progress reports do not revive it; the agent sees it cancelled.
+    tasks.report(engine, device, staged, TaskReport(progress=100, state="waiting"))
+    assert tasks.get_for_device(engine, device, staged).state == "cancelled"
+    with pytest.raises(ConflictError, match="cancelled"):
+        tasks.cancel(engine, admin, staged)
+    other = Principal("device", "dev-x", "another device")
+    with pytest.raises(ForbiddenError):
+        tasks.get_for_device(engine, other, staged)

@@ -68,7 +68,7 @@ def test_interrupted_restore_resumes(
     with monkeypatch.context() as m:
         interrupt_after(m, done_first, leave_temp)
         with pytest.raises(Interrupted):
-            restore_tree(store, tid, out)
+            restore_tree(store, tid, out, chunking=store.keys.chunking)
     partial, _ = describe(out)
     files_in_place = [
         p
@@ -79,7 +79,7 @@ def test_interrupted_restore_resumes(
     assert bool(temp_files(out)) == leave_temp
     inodes = {p: os.lstat(os.fsencode(out) + b"/" + p).st_ino for p in files_in_place}
 
-    st = restore_tree(store, tid, out)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
     assert st.errors == []
     assert st.skipped == done_first
     assert temp_files(out) == []
@@ -88,7 +88,9 @@ def test_interrupted_restore_resumes(
     for p, ino in inodes.items():
         assert os.lstat(os.fsencode(out) + b"/" + p).st_ino == ino
 
-    again = restore_tree(store, tid, out)  # a third run has nothing to do
+    again = restore_tree(
+        store, tid, out, chunking=store.keys.chunking
+    )  # a third run has nothing to do
     assert again.skipped == again.files - 1  # the hard link is re-made, not "skipped"
     assert again.bytes == 0
     assert_same_tree(src, out)
@@ -112,10 +114,10 @@ def test_interrupted_while_writing_a_big_file_leaves_no_partial_file(
     with monkeypatch.context() as m:
         m.setattr(Store, "get_many", get_many)
         with pytest.raises(Interrupted):
-            restore_tree(store, tid, out)
+            restore_tree(store, tid, out, chunking=store.keys.chunking)
     assert not (out / "big").exists()
     assert temp_files(out) == []
-    restore_tree(store, tid, out)
+    restore_tree(store, tid, out, chunking=store.keys.chunking)
     assert_same_tree(src, out)
 
 
@@ -130,8 +132,8 @@ def test_rich_tree_resumes_to_identical(
         with monkeypatch.context() as m:
             interrupt_after(m, n, leave_temp=True)
             with pytest.raises(Interrupted):
-                restore_tree(store, tid, out)
-    st = restore_tree(store, tid, out)
+                restore_tree(store, tid, out, chunking=store.keys.chunking)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
     assert st.skipped > 0 and st.errors == []
     assert temp_files(out) == []
     assert_same_tree(src, out)
@@ -147,7 +149,7 @@ def paths_under(root: Path) -> set[str]:
 def test_partial_restore_of_a_directory(store: Store, src: Path, tmp_path: Path) -> None:
     tid, _ = scan_tree(store, src)
     out = tmp_path / "out"
-    st = restore_tree(store, tid, out, paths=["b/c"])
+    st = restore_tree(store, tid, out, paths=["b/c"], chunking=store.keys.chunking)
     assert st.errors == []
     assert paths_under(out) == {
         "b",
@@ -160,7 +162,7 @@ def test_partial_restore_of_a_directory(store: Store, src: Path, tmp_path: Path)
     }
     # the selected subtree is exact; its hard-link partner outside the selection is a copy
     full = tmp_path / "full"
-    restore_tree(store, tid, full)
+    restore_tree(store, tid, full, chunking=store.keys.chunking)
     assert_same_tree(full / "b" / "c", out / "b" / "c")
     assert (out / "b" / "c" / "link-to-a-f0").read_bytes() == (src / "a" / "f0").read_bytes()
     # the parent on the way gets its own metadata too
@@ -171,7 +173,7 @@ def test_partial_restore_of_a_directory(store: Store, src: Path, tmp_path: Path)
 def test_partial_restore_of_single_files(store: Store, src: Path, tmp_path: Path) -> None:
     tid, _ = scan_tree(store, src)
     out = tmp_path / "out"
-    restore_tree(store, tid, out, paths=["/a/f2", "b/./c/f1", "big"])
+    restore_tree(store, tid, out, paths=["/a/f2", "b/./c/f1", "big"], chunking=store.keys.chunking)
     assert paths_under(out) == {"a", "a/f2", "b", "b/c", "b/c/f1", "big"}
     assert (out / "a" / "f2").read_bytes() == (src / "a" / "f2").read_bytes()
     assert (out / "big").read_bytes() == (src / "big").read_bytes()
@@ -182,7 +184,7 @@ def test_partial_restore_keeps_links_inside_the_selection(
 ) -> None:
     tid, _ = scan_tree(store, src)
     out = tmp_path / "out"
-    restore_tree(store, tid, out, paths=["a", "b"])
+    restore_tree(store, tid, out, paths=["a", "b"], chunking=store.keys.chunking)
     assert os.stat(out / "a" / "f0").st_ino == os.stat(out / "b" / "c" / "link-to-a-f0").st_ino
     assert not (out / "big").exists()
 
@@ -197,7 +199,7 @@ def test_path_not_in_the_snapshot_is_a_usage_error(
     tid, _ = scan_tree(store, src)
     out = tmp_path / "out"
     with pytest.raises(UsageError, match="not in the snapshot"):
-        restore_tree(store, tid, out, paths=paths)
+        restore_tree(store, tid, out, paths=paths, chunking=store.keys.chunking)
     assert not out.exists() or os.listdir(out) == []  # refused before writing anything
 
 
@@ -205,7 +207,7 @@ def test_path_not_in_the_snapshot_is_a_usage_error(
 def test_unsafe_selection_is_refused(store: Store, src: Path, tmp_path: Path, bad: str) -> None:
     tid, _ = scan_tree(store, src)
     with pytest.raises(UnsafePathError):
-        restore_tree(store, tid, tmp_path / "out", paths=[bad])
+        restore_tree(store, tid, tmp_path / "out", paths=[bad], chunking=store.keys.chunking)
 
 
 def test_restore_over_another_tree_with_delete_gives_exactly_the_snapshot(
@@ -231,15 +233,15 @@ def test_restore_over_another_tree_with_delete_gives_exactly_the_snapshot(
     ta, _ = scan_tree(store, a)
     tb, _ = scan_tree(store, b)
     out = tmp_path / "out"
-    restore_tree(store, ta, out)
+    restore_tree(store, ta, out, chunking=store.keys.chunking)
     assert_same_tree(a, out)
-    st = restore_tree(store, tb, out, delete_extra=True)
+    st = restore_tree(store, tb, out, delete_extra=True, chunking=store.keys.chunking)
     assert st.errors == [] and st.removed == 1 and st.skipped == 1  # only-in-a; same
     assert_same_tree(b, out)
     # and without --delete the extra stays, everything else is exact
-    restore_tree(store, ta, out)
+    restore_tree(store, ta, out, chunking=store.keys.chunking)
     write(out / "keep-me", b"user's own file")
-    st = restore_tree(store, tb, out)
+    st = restore_tree(store, tb, out, chunking=store.keys.chunking)
     assert st.removed == 0 and (out / "keep-me").exists() and (out / "only-in-a").exists()
     assert_same_tree(
         b, out, ignore={b"keep-me", b"only-in-a", b"only-in-a/deep", b"only-in-a/deep/f"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -13,13 +13,25 @@ from typing import Any
 
 from lamina.agent import facts
 from lamina.agent.blobs import agent_blobs
-from lamina.agent.staging import stage_layers, stage_revert
-from lamina.agent.state import AgentState, load_state, load_status, save_state, save_status
+from lamina.agent.staging import drop, stage_layers, stage_revert
+from lamina.agent.state import (
+    AgentState,
+    StateLock,
+    has_credential,
+    load_state,
+    load_status,
+    save_state,
+    save_status,
+)
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
-from lamina.errors import ConflictError, LaminaError, UsageError
+from lamina.errors import AuthError, ConflictError, LaminaError, UsageError
 from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
-from lamina.tree.restore import restore_tree
+from lamina.tree.restore import restore_tree, split_path
+
+log = logging.getLogger(__name__)
+#: The state the server gives a task an admin cancelled.
+CANCELLED = "cancelled"
 
 
 def enroll(
@@ -31,12 +43,39 @@ def enroll(
     *,
     fingerprint: str | None = None,
     insecure: bool = False,
+    force: bool = False,
 ) -> AgentState:
+    """Register with the server and write the state folder.
+
+    A folder that already holds a credential is refused unless ``force``: enrolling
+    again makes a new device and loses the old one's credential.
+    """
     if not root.is_dir():
         raise UsageError(f"the root {root} is not a folder")
+    if has_credential(state_dir) and not force:
+        raise ConflictError(
+            f"{state_dir} already holds an enrolled agent's credential; "
+            "enrolling again replaces it (pass --force to do so)"
+        )
     check_server_url(server, insecure)
     if ca_cert and fingerprint:
         raise UsageError("give either --ca-cert or --fingerprint, not both")
+    lock = StateLock(state_dir)  # not while an agent runs on this folder
+    try:
+        return _enroll(server, token, root, state_dir, ca_cert, fingerprint, insecure)
+    finally:
+        lock.release()
+
+
+def _enroll(
+    server: str,
+    token: str,
+    root: Path,
+    state_dir: Path,
+    ca_cert: Path | None,
+    fingerprint: str | None,
+    insecure: bool,
+) -> AgentState:
     try:
         pem = ca_cert.read_text() if ca_cert else fetch_certificate(server, fingerprint)
     except OSError as e:
@@ -87,6 +126,7 @@ class Agent:
         self.on_progress = on_progress
         self._first_cycle = True
         self.st = load_state(state_dir)
+        self._lock = StateLock(state_dir)  # a second agent on this folder stops here
         self.client = AgentClient(
             self.st.server,
             self.st.credential,
@@ -99,6 +139,7 @@ class Agent:
 
     def close(self) -> None:
         self.client.close()
+        self._lock.release()
 
     def _save(self, **changes: Any) -> None:
         self.status.update(changes)
@@ -229,25 +270,52 @@ class Agent:
                 self._task(
                     item, progress=0, state="failed", message=f"unknown task kind {item.kind!r}"
                 )
+        except AuthError:
+            raise  # the server refuses this agent: no task can be reported
         except LaminaError as e:
             self._task(item, progress=0, state="failed", message=e.message)
+        except Exception as e:  # one bad task must not stop the agent
+            log.exception("task %s (%s) failed", item.task_id, item.kind)
+            self._task(item, progress=0, state="failed", message=f"{type(e).__name__}: {e}")
 
     def restore(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Restore paths of a snapshot in place, keeping current files as NAME.lamina-TIME."""
+        """Restore paths of a snapshot in place, keeping current files as NAME.lamina-TIME.
+
+        The keep-aside rename is done by the restore's own walk (directory
+        descriptors, ``O_NOFOLLOW``): a folder on the path swapped for a symlink is
+        replaced, never followed. Files in place are kept only if they re-chunk to
+        the snapshot's content.
+        """
         root = Path(self.st.root)
-        blobs = agent_blobs(self.client, self.st.chunking.id_key)
         paths = [p.strip("/") for p in params.get("paths") or []]
+        if not paths or any(not split_path(p) for p in paths):
+            raise UsageError(
+                "a restore onto the endpoint needs paths inside its root, not / itself"
+            )
+        blobs = agent_blobs(self.client, self.st.chunking.id_key)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-        kept = []
-        if not params.get("overwrite"):
-            for p in paths:
-                cur = root / p
-                if os.path.lexists(cur):
-                    aside = cur.with_name(f"{cur.name}.lamina-{stamp}")
-                    os.rename(cur, aside)
-                    kept.append(str(aside.relative_to(root)))
-        st = restore_tree(blobs, bytes.fromhex(params["root"]), root, paths=paths)
-        return {"files": st.files, "bytes": st.bytes, "kept": kept, "errors": st.errors[:20]}
+        st = restore_tree(
+            blobs,
+            bytes.fromhex(params["root"]),
+            root,
+            paths=paths,
+            chunking=self.st.chunking,
+            keep_aside=None if params.get("overwrite") else f".lamina-{stamp}",
+        )
+        return {"files": st.files, "bytes": st.bytes, "kept": st.kept, "errors": st.errors[:20]}
+
+    def _drop_cancelled(self) -> None:
+        """A staged task an admin cancelled: drop its transaction before any boot applies it."""
+        tid = self.status.get("staged_task")
+        if not tid or self.status.get("applied"):
+            return
+        task = retrying(lambda: self.client.json("GET", f"/agent/tasks/{tid}"))
+        if task.get("state") != CANCELLED:
+            return
+        staged = self.status.get("staged")
+        if staged:
+            drop(self.state_dir, Path(self.st.root), str(staged))
+        self._save(state="idle", staged=None, staged_task=None)
 
     def cycle(self, force_sync: bool = False) -> dict[str, Any]:
         """One full cycle: report, sync if due or asked, then every queued task."""
@@ -275,6 +343,7 @@ class Agent:
                 )
             )
             self._save(staged_task=None, applied=None)
+        self._drop_cancelled()
         params = {"restarted": "true"} if self._first_cycle else {}
         items = [
             WorkItem(**w)
@@ -292,9 +361,16 @@ class Agent:
         return done
 
     def run_forever(self, poll: float = 15.0) -> None:
+        """Cycles until stopped; a refused credential ends it (nothing can work)."""
         while True:
             try:
                 self.cycle()
+            except AuthError as e:
+                self._save(state="error", last_error=e.message)
+                raise
             except LaminaError as e:
                 self._save(state="error", last_error=e.message)
+            except Exception as e:  # the daemon keeps going: the next cycle retries
+                log.exception("agent cycle failed")
+                self._save(state="error", last_error=f"{type(e).__name__}: {e}")
             time.sleep(poll)

@@ -757,3 +757,18 @@ def boot(state_dir: Path, root: Path) -> list[dict[str, Any]]:
             entry["error"] = _fail(tx, root, e)
         out.append(entry)
     return out
+
+
+def drop(state_dir: Path, root: Path, tx_id: str) -> bool:
+    """Discard staged transaction ``tx_id`` (its task was cancelled) if not yet applied.
+
+    The journal goes first (one unlink): a crash after it leaves a folder that
+    ``pending`` ignores, so ``boot`` never applies a dropped transaction.
+    Returns whether it was found staged and dropped.
+    """
+    for tx in pending(state_dir, root):
+        if tx.journal["id"] == tx_id and tx.journal["state"] == STAGED:
+            os.unlink(tx.path / "journal.json")
+            shutil.rmtree(tx.path)
+            return True
+    return False

@@ -5,6 +5,7 @@
     STATE/status.json    what `lamina agent status` prints
     STATE/cache/         files cache
     STATE/staging/       staged transactions for `lamina agent boot`
+    STATE/agent.lock     held (flock) by the one agent process using the folder
 
 Every file is written atomically (temp, fsync, rename).
 """
@@ -12,13 +13,14 @@ Every file is written atomically (temp, fsync, rename).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lamina.errors import NotFoundError, UsageError
+from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.store.keys import ChunkingSecret
 
 #: 2 added ``pinned_is_ca`` and ``insecure`` (a version 1 file reads as both false).
@@ -106,3 +108,38 @@ def load_status(state_dir: Path) -> dict[str, Any]:
         if isinstance(doc, dict):
             return doc
     return {}
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``STATE/agent.lock``: one agent per state folder.
+
+    The kernel drops the lock when the process ends, however it ends: a crashed
+    agent never leaves a stale lock behind.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = state_dir / "agent.lock"
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(self._fd)
+            raise ConflictError(
+                f"another lamina agent is using the state folder {state_dir}; "
+                "stop it first (one agent per state folder)"
+            ) from e
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def has_credential(state_dir: Path) -> bool:
+    """Whether the folder already holds an enrollment (re-enrolling would replace it)."""
+    try:
+        doc = json.loads(state_file(state_dir).read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return isinstance(doc, dict) and bool(doc.get("credential"))

@@ -48,13 +48,21 @@ def enroll_cmd(
         ),
     ] = None,
     insecure: InsecureOpt = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Enroll again even though the state folder holds a credential."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
     from lamina.agent.runner import enroll
     from lamina.agent.state import load_status
 
-    st = enroll(server, token, root, state, ca_cert, fingerprint=fingerprint, insecure=insecure)
+    st = enroll(
+        server, token, root, state, ca_cert, fingerprint=fingerprint, insecure=insecure, force=force
+    )
     status = load_status(state)
     if as_json:
         emit_json({"id": st.device_id, "device_id": st.device_id, "state": status.get("state")})
@@ -72,6 +80,17 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """The agent daemon: report, upload when due or asked, do queued work."""
+    from lamina.errors import AuthError
+
+    try:
+        _run(state, once, sync, poll, as_json)
+    except AuthError as e:
+        # Revoked, archived or unknown: no retry helps. One line, exit 1.
+        typer.echo(f"error: the server refused this agent's credential: {e.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _run(state: Path, once: bool, sync: bool, poll: float, as_json: bool) -> None:
     from lamina.agent.runner import Agent
     from lamina.agent.state import load_status
 
@@ -131,10 +150,14 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
 def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Apply staged transactions atomically (run by the init system before services start)."""
     from lamina.agent import staging
-    from lamina.agent.state import load_state, load_status, save_status
+    from lamina.agent.state import StateLock, load_state, load_status, save_status
 
     st = load_state(state)
-    applied = staging.boot(state, Path(st.root))
+    lock = StateLock(state)  # never while an agent drops or stages a transaction
+    try:
+        applied = staging.boot(state, Path(st.root))
+    finally:
+        lock.release()
     if applied:
         status = load_status(state)
         status.update(state="idle", staged=None, applied=applied)

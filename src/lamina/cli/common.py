@@ -106,3 +106,20 @@ def _tighten(path: Path, mode: int) -> None:
     if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) == mode:
         return
     os.chmod(path, mode)
+
+
+#: Restores into a folder (``--output``): the tree may come from an endpoint, so by
+#: default no device nodes or FIFOs, no setuid/setgid bits and no chown (as tar as non-root).
+SpecialFilesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--special-files",
+        help="Also make device nodes and FIFOs, and keep setuid/setgid bits (off by default).",
+    ),
+]
+SameOwnerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--same-owner", help="Give files the snapshot's owners (as root; off by default)."
+    ),
+]

@@ -9,7 +9,7 @@ import msgpack
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt
+from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
 from lamina.cli.output import byte_progress, emit_json, human_bytes
 from lamina.tree.restore import restore_tree
 from lamina.tree.sources import BatchedBlobs
@@ -148,12 +148,16 @@ def restore(
             help="With --to-endpoint: replace current files instead of keeping them as NAME.lamina-TIME.",
         ),
     ] = False,
+    special_files: SpecialFilesOpt = False,
+    same_owner: SameOwnerOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore files or folders of a snapshot: download them, or restore them on the endpoint."""
     api = Api.from_login()
     if to_endpoint == (output is not None):
         raise typer.BadParameter("give exactly one of --output DIR and --to-endpoint")
+    if to_endpoint and (special_files or same_owner):
+        raise typer.BadParameter("--special-files and --same-owner apply to --output only")
     if to_endpoint:
         t = api.post(
             f"/cvds/{cvd}/restore",
@@ -174,6 +178,8 @@ def restore(
             output,
             paths=path or [],
             progress=advance,
+            special_files=special_files,
+            same_owner=same_owner,
         )
     doc = {
         "id": snap["id"],

@@ -253,6 +253,16 @@ def task_show(task_id: str, as_json: JsonOpt = False) -> None:
         _print_task(t)
 
 
+@task_app.command("cancel")
+def task_cancel(task_id: str, as_json: JsonOpt = False) -> None:
+    """Cancel a queued task, or a staged one before a boot applies it."""
+    t = Api.from_login().post(f"/tasks/{task_id}/cancel", {})
+    if as_json:
+        emit_json(t)
+    else:
+        _print_task(t)
+
+
 @task_app.command("watch")
 def task_watch(
     task_id: str,
@@ -264,7 +274,7 @@ def task_watch(
     deadline = time.monotonic() + parse_duration(timeout)
     while True:
         t = api.get(f"/tasks/{task_id}")
-        if t["state"] in ("done", "failed", "waiting") or time.monotonic() > deadline:
+        if t["state"] in ("done", "failed", "waiting", "cancelled") or time.monotonic() > deadline:
             break
         err_console.print(f"{t['state']} {t['progress']}% {t['message']}", end="\r")
         time.sleep(1)

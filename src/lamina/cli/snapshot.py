@@ -15,6 +15,8 @@ from lamina.cli.common import (
     DbOpt,
     JsonOpt,
     KeyfileOpt,
+    SameOwnerOpt,
+    SpecialFilesOpt,
     StoreOpt,
     location,
     pack_size,
@@ -206,19 +208,32 @@ def restore(
     delete: Annotated[
         bool, typer.Option("--delete", help="Remove files in the output that the snapshot lacks.")
     ] = False,
+    special_files: SpecialFilesOpt = False,
+    same_owner: SameOwnerOpt = False,
     data: DataOpt = DEFAULT_DATA,
     db: DbOpt = None,
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Restore a snapshot (or some paths of it) into a folder; resumes if interrupted."""
+    """Restore a snapshot (or some paths of it) into a folder; resumes if interrupted.
+
+    Files already in place are kept only when their content checks out.
+    """
     s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         snap = s.catalog.find_snapshot(snapshot)
         with byte_progress("restoring", total=snap.bytes if not path else None) as advance:
             st = restore_tree(
-                s, snap.root, output, paths=path or [], delete_extra=delete, progress=advance
+                s,
+                snap.root,
+                output,
+                paths=path or [],
+                delete_extra=delete,
+                progress=advance,
+                chunking=s.keys.chunking,
+                special_files=special_files,
+                same_owner=same_owner,
             )
     finally:
         s.close()

@@ -200,6 +200,8 @@ tasks = Table(
     Column("started", DateTime(timezone=True), nullable=True),
     Column("finished", DateTime(timezone=True), nullable=True),
     Column("claimed_by", String(64), nullable=True),
+    # revision 0005_h_runner: claims so far (an agent restart during a task re-queues it)
+    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
 )
 
 # --- layers (revision 0003) ---------------------------------------------------------

@@ -10,8 +10,19 @@ owner, (POSIX ACLs inherited from a default ACL but absent from the entry are
 dropped), mode, extended attributes (capabilities survive because they come
 after chown), times.
 
-Resuming: a regular file already in place with the tree's size and mtime is
-taken as restored and not rewritten.
+FIFOs and device nodes are made under a temporary name too, and their metadata
+is set through an ``O_PATH|O_NOFOLLOW`` descriptor checked with ``fstat`` (by
+``/proc/self/fd/N``): a symlink swapped in after ``mknod`` is never followed.
+
+Restore verifies: a regular file already in place is kept only when its content
+is proved to be the tree's (re-chunked with the chunking secret, same chunk
+ids); size and mtime alone prove nothing. Without the secret every file is
+rewritten. Metadata is always reapplied. A resumed restore skips what it wrote
+itself, because that content re-chunks to the tree's ids.
+
+Restores outside the endpoint (``--output``) pass ``special_files=False`` (no
+device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
+(no chown), as tar does for a non-root extract.
 """
 
 from __future__ import annotations
@@ -29,9 +40,15 @@ from pathlib import Path
 from typing import Protocol
 
 from lamina.errors import IntegrityError, UsageError
+from lamina.store import blob
+from lamina.store.chunker import Chunker
+from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, check_name, decode_tree
+from lamina.tree.scan import FileChangedError, chunk_fd
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_SETID = stat.S_ISUID | stat.S_ISGID
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
 ProgressFn = Callable[[int, int], None]
 
@@ -57,6 +74,10 @@ class RestoreStats:
     skipped: int = 0
     removed: int = 0
     errors: list[str] = field(default_factory=list)
+    #: paths (relative to the target) kept aside as NAME<suffix> before being restored
+    kept: list[str] = field(default_factory=list)
+    #: device nodes and FIFOs left out (``special_files=False``)
+    specials_skipped: int = 0
 
 
 def split_path(path: str | bytes) -> list[bytes]:
@@ -76,11 +97,23 @@ class Restorer:
         paths: Sequence[str | bytes] = (),
         delete_extra: bool = False,
         progress: ProgressFn | None = None,
+        chunking: ChunkingSecret | None = None,
+        keep_aside: str | None = None,
+        special_files: bool = True,
+        same_owner: bool = True,
     ) -> None:
+        """``chunking``: proves a file already in place holds the tree's content (without
+        it, every file is rewritten). ``keep_aside``: each requested path found in place is
+        first renamed to NAME + this suffix. ``special_files``: make device nodes and
+        FIFOs and keep setuid/setgid bits. ``same_owner``: chown to the tree's owners."""
         self.store = store
         self.selected = [split_path(p) for p in paths]
         self.delete_extra = delete_extra
         self.progress = progress
+        self.chunking = chunking
+        self.keep_aside = os.fsencode(keep_aside) if keep_aside else None
+        self.special_files = special_files
+        self.same_owner = same_owner
         self.stats = RestoreStats()
         self._is_root = os.geteuid() == 0
         self._ids = (os.geteuid(), os.getegid())
@@ -96,6 +129,7 @@ class Restorer:
         #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
         self._tmp_prefix = secrets.token_hex(4).encode()
         self._tmp_count = 0
+        self._chunker: Chunker | None = None
 
     # --- selection -----------------------------------------------------------
     def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
@@ -187,11 +221,23 @@ class Restorer:
             if not want:
                 continue
             try:
+                if self.keep_aside is not None and child_rel in self.selected:
+                    self._keep_aside(fd, e.name, child_rel)
                 self._entry(e, fd, child_rel, all_below)
             except IntegrityError:
                 raise
             except OSError as err:
                 self._error(child_rel, err)
+
+    def _keep_aside(self, fd: int, name: bytes, rel: list[bytes]) -> None:
+        """Rename a requested path found in place to NAME + suffix, inside folder ``fd``
+        (reached by the walk, never through a symlink)."""
+        assert self.keep_aside is not None
+        if self._existing(fd, name) is None:
+            return
+        aside = name + self.keep_aside
+        os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
+        self.stats.kept.append(os.fsdecode(b"/".join([*rel[:-1], aside])))
 
     def _error(self, rel: list[bytes], err: OSError) -> None:
         self.stats.errors.append(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
@@ -254,11 +300,10 @@ class Restorer:
             self._meta_path(fd, e)
             self.stats.others += 1
         elif e.type in ("fifo", "chardev", "blockdev"):
-            if existing is not None:
-                self._remove(fd, e.name)
-            kind = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}[e.type]
-            os.mknod(e.name, kind | (e.mode & 0o7777), e.rdev or 0, dir_fd=fd)
-            self._meta_path(fd, e)
+            if not self.special_files:
+                self.stats.specials_skipped += 1
+                return
+            self._node(e, fd, existing)
             self.stats.others += 1
         else:  # sockets belong to a running program; they are not restored
             return
@@ -285,7 +330,7 @@ class Restorer:
             existing is not None
             and stat.S_ISREG(existing.st_mode)
             and existing.st_size == e.size
-            and existing.st_mtime_ns == e.mtime
+            and self._keep_verified(e, fd, existing)
         ):
             with self._lock:
                 self.stats.skipped += 1
@@ -295,11 +340,82 @@ class Restorer:
             return
         self._write(e, fd, existing)
 
-    def _write(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
-        """Write a file's content under a temporary name, then rename it."""
+    def _keep_verified(self, e: Entry, fd: int, existing: os.stat_result) -> bool:
+        """Keep the file in place only if it re-chunks to the tree's chunk ids; then
+        reapply its metadata. Without the chunking secret nothing is proved."""
+        if self.chunking is None:
+            return False
+        try:
+            f = os.open(e.name, _READ_FLAGS, dir_fd=fd)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(f)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or (st.st_dev, st.st_ino) != (existing.st_dev, existing.st_ino)
+                or st.st_size != e.size
+            ):
+                return False
+            if self._chunker is None:
+                self._chunker = Chunker(self.chunking)
+            key = self.chunking.id_key
+            try:
+                content = chunk_fd(f, st, self._chunker, lambda data: blob.blob_id(key, data))
+            except FileChangedError:
+                return False
+            if content != (e.content or []):
+                return False
+            self._meta_fd(f, e)
+        finally:
+            os.close(f)
+        return True
+
+    def _tmp_name(self) -> bytes:
         with self._lock:
             self._tmp_count += 1
-            tmp = b".lamina-restore-%s%08x" % (self._tmp_prefix, self._tmp_count)
+            return b".lamina-restore-%s%08x" % (self._tmp_prefix, self._tmp_count)
+
+    def _node(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
+        """A FIFO or device node: made under a temporary name, its metadata set through
+        an ``O_PATH`` descriptor of the very node made (never a symlink swapped in), then
+        renamed into place."""
+        kind = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}[e.type]
+        tmp = self._tmp_name()
+        os.mknod(tmp, kind | 0o600, e.rdev or 0, dir_fd=fd)
+        try:
+            node = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                if stat.S_IFMT(os.fstat(node).st_mode) != kind:
+                    raise OSError(errno.EEXIST, "replaced while being restored")
+                # /proc/self/fd/N leads to the node itself: chmod and chown on an O_PATH
+                # descriptor fail with EBADF, through its proc link they reach the inode.
+                where = f"/proc/self/fd/{node}"
+                if self.same_owner:
+                    self._chown(lambda: os.chown(where, e.uid, e.gid))
+                self._drop_acls(
+                    e, lambda: os.listxattr(where), lambda name: os.removexattr(where, name)
+                )
+                os.chmod(where, self._mode(e))
+                self._xattrs(e, lambda name, value: os.setxattr(where, name, value))
+                os.utime(where, ns=(e.mtime, e.mtime))
+            finally:
+                os.close(node)
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                self._remove(fd, e.name)
+            os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+
+    def _mode(self, e: Entry) -> int:
+        """The entry's mode, without setuid/setgid on a file unless special files are wanted."""
+        return e.mode if self.special_files or e.type == "dir" else e.mode & ~_SETID
+
+    def _write(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
+        """Write a file's content under a temporary name, then rename it."""
+        tmp = self._tmp_name()
         out = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -390,27 +506,21 @@ class Restorer:
                             self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
     def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True, owned: bool = False) -> None:
-        if not owned:
+        if not owned and self.same_owner:
             self._chown(lambda: os.fchown(fd, e.uid, e.gid))
         if inherits_acl:
             self._drop_acls(e, lambda: os.listxattr(fd), lambda name: os.removexattr(fd, name))
-        os.fchmod(fd, e.mode)
+        os.fchmod(fd, self._mode(e))
         self._xattrs(e, lambda name, value: os.setxattr(fd, name, value))
         os.utime(fd, ns=(e.mtime, e.mtime))
 
     def _meta_path(self, fd: int, e: Entry) -> None:
-        # A symlink, FIFO or device node: no O_NOFOLLOW descriptor to use, so a path
-        # relative to ``fd`` that is never followed. /proc/self/fd/N keeps the xattr
-        # calls from following a symlink (the *xattr calls take no dir_fd).
-        self._chown(lambda: os.chown(e.name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False))
+        # A symlink: no descriptor to use, so a path relative to ``fd`` that is never
+        # followed. /proc/self/fd/N keeps the xattr calls from following a symlink (the
+        # *xattr calls take no dir_fd). A symlink has no ACL and no mode of its own.
+        if self.same_owner:
+            self._chown(lambda: os.chown(e.name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False))
         where = f"/proc/self/fd/{fd}/".encode() + e.name
-        if e.type != "symlink":  # a symlink has no ACL and no mode of its own
-            self._drop_acls(
-                e,
-                lambda: os.listxattr(where, follow_symlinks=False),
-                lambda name: os.removexattr(where, name, follow_symlinks=False),
-            )
-            os.chmod(e.name, e.mode, dir_fd=fd)
         if e.xattrs:
             self._xattrs(
                 e, lambda name, value: os.setxattr(where, name, value, follow_symlinks=False)
@@ -426,8 +536,19 @@ def restore_tree(
     paths: Sequence[str | bytes] = (),
     delete_extra: bool = False,
     progress: ProgressFn | None = None,
+    chunking: ChunkingSecret | None = None,
+    keep_aside: str | None = None,
+    special_files: bool = True,
+    same_owner: bool = True,
 ) -> RestoreStats:
-    """Restore ``tree_id`` (or only ``paths`` inside it) into ``target``."""
-    return Restorer(store, paths=paths, delete_extra=delete_extra, progress=progress).restore(
-        tree_id, target
-    )
+    """Restore ``tree_id`` (or only ``paths`` inside it) into ``target`` (see ``Restorer``)."""
+    return Restorer(
+        store,
+        paths=paths,
+        delete_extra=delete_extra,
+        progress=progress,
+        chunking=chunking,
+        keep_aside=keep_aside,
+        special_files=special_files,
+        same_owner=same_owner,
+    ).restore(tree_id, target)

@@ -8,6 +8,15 @@ so a directory costs one "which of these are missing?" query, not one per file.
 
 A file whose size, mtime or ctime moves while it is read is read again (three
 tries), and otherwise reported and left out: never stored torn.
+
+The scan never reads outside its tree: every folder is opened from its
+parent's descriptor with ``O_DIRECTORY|O_NOFOLLOW`` and listed through that
+descriptor, every file is opened by name relative to its folder's descriptor
+with ``O_NOFOLLOW``, and what was opened must be the inode the listing saw
+(``st_dev``, ``st_ino``), or it is reported and left out. Owner, mode, size and
+mtime of a file or folder come from the ``fstat`` of the descriptor actually
+read. A folder swapped for a symlink after it was listed changes nothing: its
+files are still read through the descriptor of the folder that was listed.
 """
 
 from __future__ import annotations
@@ -41,10 +50,37 @@ SMALL_FILE = 1024 * 1024
 JOB_BYTES = 16 * 1024 * 1024
 READ_TRIES = 3
 MAX_DEPTH = 900
+#: Listed folders whose descriptors stay open until their files are read.
+HELD_DIRS = 512
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: if the file was replaced by a FIFO since it was listed, open()
+# must not wait for a writer (fstat then rejects it).
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class FileChangedError(Exception):
     """A file kept changing while it was read."""
+
+
+class FileReplacedError(Exception):
+    """The name no longer leads to the inode the listing saw."""
+
+
+def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _fd_xattrs(fd: int) -> list[tuple[bytes, bytes]]:
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        with contextlib.suppress(OSError):
+            out.append((os.fsencode(n), os.getxattr(fd, n)))
+    return sorted(out)
 
 
 @dataclass
@@ -96,7 +132,8 @@ class _Job:
     """
 
     def __init__(self) -> None:
-        self.files: list[tuple[bytes, Entry, os.stat_result]] = []
+        #: (path for messages, entry, the listing's lstat, descriptor of its folder)
+        self.files: list[tuple[bytes, Entry, os.stat_result, int]] = []
         self.size = 0
         self.future: Future[list[str | None]] | None = None
 
@@ -107,6 +144,7 @@ class _Dir:
 
     ``files`` are (path, entry, lstat, job, index in the job). ``parent`` is the
     entry in the parent folder that receives the tree id (None for the root).
+    ``fd`` is the folder's descriptor, kept open while its files wait to be read.
     """
 
     rel: bytes
@@ -116,6 +154,7 @@ class _Dir:
     jobs: list[_Job]  # the distinct jobs of ``files``
     cached: int
     parent: Entry | None
+    fd: int | None = None
 
 
 class Scanner:
@@ -151,23 +190,32 @@ class Scanner:
         #: Submitted jobs whose future may still be running.
         self._running: deque[_Job] = deque()
         self._root_tree: bytes | None = None
+        #: Folders in ``_order`` holding an open descriptor.
+        self._held = 0
 
     # --- public --------------------------------------------------------------
     def scan(self, root: Path) -> bytes:
         """Store the tree of ``root``'s contents; return the root tree id."""
         broot = os.fsencode(root)
         try:
-            st = os.stat(broot)
+            fd = os.open(broot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError as e:
+            raise UsageError(f"cannot scan {root}: not a directory") from e
         except OSError as e:
             raise UsageError(f"cannot scan {root}: {e.strerror}") from e
-        if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"cannot scan {root}: not a directory")
-        self._root_dev = st.st_dev
         try:
-            self._dir(broot, b"", 0, None)
+            self._root_dev = os.fstat(fd).st_dev
+            root_fd, fd = fd, -1  # ``_dir`` owns it now
+            self._dir(root_fd, broot, b"", 0, None)
             self._drain(block=True)
         finally:
+            if fd >= 0:
+                os.close(fd)
             self._pool.shutdown(wait=True, cancel_futures=True)
+            for d in self._order:  # left by an error: the walk stops here
+                if d.fd is not None:
+                    os.close(d.fd)
+                    d.fd = None
         assert self._root_tree is not None
         return self._root_tree
 
@@ -199,7 +247,10 @@ class Scanner:
         return name
 
     @staticmethod
-    def _xattrs(path: bytes) -> list[tuple[bytes, bytes]]:
+    def _xattrs(dir_fd: int, name: bytes) -> list[tuple[bytes, bytes]]:
+        # The *xattr calls take no dir_fd: /proc/self/fd/N names the folder already
+        # opened, and follow_symlinks=False keeps the last component from being followed.
+        path = f"/proc/self/fd/{dir_fd}/".encode() + name
         try:
             names = os.listxattr(path, follow_symlinks=False)
         except OSError:
@@ -210,7 +261,16 @@ class Scanner:
                 out.append((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)))
         return sorted(out)
 
-    def _entry(self, name: bytes, path: bytes, st: os.stat_result, typ: str) -> Entry:
+    def _own(self, e: Entry, st: os.stat_result) -> None:
+        """Owner and mode of ``e`` from ``st`` (the fstat of what was opened)."""
+        e.mode = stat.S_IMODE(st.st_mode)
+        e.uid, e.gid = st.st_uid, st.st_gid
+        e.user, e.group = self._user(st.st_uid), self._group(st.st_gid)
+        e.mtime = st.st_mtime_ns
+
+    def _entry(
+        self, name: bytes, st: os.stat_result, typ: str, xattrs: list[tuple[bytes, bytes]]
+    ) -> Entry:
         e = Entry(
             name=name,
             type=typ,
@@ -221,7 +281,7 @@ class Scanner:
             group=self._group(st.st_gid),
             mtime=st.st_mtime_ns,
             size=st.st_size if typ == "file" else 0,
-            xattrs=self._xattrs(path),
+            xattrs=xattrs,
         )
         if typ != "dir" and st.st_nlink > 1:
             e.hardlink = blake3.blake3(
@@ -231,26 +291,50 @@ class Scanner:
         return e
 
     # --- the walk ------------------------------------------------------------
-    def _dir(self, path: bytes, rel: bytes, depth: int, parent: Entry | None) -> None:
-        """List a folder (and, first, its sub-folders); its tree is written by ``_drain``."""
+    def _open_dir(self, dfd: int, name: bytes, st: os.stat_result) -> tuple[int, os.stat_result]:
+        """Open sub-folder ``name`` of ``dfd``; it must be the inode the listing saw."""
+        sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        try:
+            st1 = os.fstat(sub)
+            if not _same_inode(st, st1):
+                raise FileReplacedError
+        except BaseException:
+            os.close(sub)
+            raise
+        return sub, st1
+
+    def _dir(self, dfd: int, path: bytes, rel: bytes, depth: int, parent: Entry | None) -> None:
+        """List a folder (and, first, its sub-folders); its tree is written by ``_drain``.
+
+        Takes ownership of ``dfd``: it is closed here, or by ``_finish`` once the
+        folder's files are read.
+        """
+        try:
+            self._list(dfd, path, rel, depth, parent)  # its last step hands ``dfd`` over
+        except BaseException:
+            os.close(dfd)
+            raise
+        self._drain(block=False)
+
+    def _list(self, dfd: int, path: bytes, rel: bytes, depth: int, parent: Entry | None) -> None:
         if depth > MAX_DEPTH:
             raise UsageError(f"directory tree deeper than {MAX_DEPTH} levels at {path!r}")
         self.stats.dirs += 1
         try:
-            with os.scandir(path) as it:
-                names = sorted(d.name for d in it)
+            with os.scandir(dfd) as it:
+                names = sorted(os.fsencode(d.name) for d in it)
         except OSError as err:
             self.stats.errors.append(f"{os.fsdecode(path)}: cannot list: {err.strerror}")
             names = []
         cached: dict[bytes, CachedFile] = self.cache.directory(rel) if self.cache else {}
         entries: list[Entry] = []
-        to_read: list[tuple[bytes, Entry, os.stat_result]] = []
+        to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
         hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]] = []
         for name in names:
             child = path + b"/" + name
             child_rel = rel + b"/" + name if rel else name
             try:
-                st = os.lstat(child)
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except OSError as err:
                 self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
                 continue
@@ -259,17 +343,31 @@ class Scanner:
                 continue
             if self.exclude and self.exclude(child_rel, typ == "dir"):
                 continue
-            e = self._entry(name, child, st, typ)
             if typ == "dir":
                 if (self.one_file_system and st.st_dev != self._root_dev) or (
                     self.prune is not None and self.prune(child_rel)
                 ):
+                    e = self._entry(name, st, typ, self._xattrs(dfd, name))
                     e.subtree = self.writer.put(BlobKind.TREE, encode_tree([]))
                 else:
-                    self._dir(child, child_rel, depth + 1, e)
-            elif typ == "symlink":
+                    try:
+                        sub, st1 = self._open_dir(dfd, name, st)
+                    except FileReplacedError:
+                        self.stats.errors.append(
+                            f"{os.fsdecode(child)}: replaced while being scanned; not stored"
+                        )
+                        continue
+                    except OSError as err:
+                        self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
+                        continue
+                    e = self._entry(name, st1, typ, _fd_xattrs(sub))
+                    self._dir(sub, child, child_rel, depth + 1, e)
+                entries.append(e)
+                continue
+            e = self._entry(name, st, typ, self._xattrs(dfd, name))
+            if typ == "symlink":
                 try:
-                    e.target = os.readlink(child)
+                    e.target = os.readlink(name, dir_fd=dfd)
                 except OSError as err:
                     self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
                     continue
@@ -285,18 +383,23 @@ class Scanner:
                     e.content = list(c.content)
                     hits.append((child, e, st, c))
                 else:
-                    to_read.append((child, e, st))
+                    to_read.append((child, e, st, dfd))
             else:
                 if typ in ("chardev", "blockdev"):
                     e.rdev = st.st_rdev
                 self.stats.others += 1
             entries.append(e)
         if hits and self.cache is not None and self.cache.stale:
-            to_read.extend(self._verify_hits(hits))
+            to_read.extend((*h, dfd) for h in self._verify_hits(hits))
         files = self._read_all(to_read)
         jobs = list({id(f[3]): f[3] for f in files}.values())
-        self._order.append(_Dir(rel, entries, hits, files, jobs, len(cached), parent))
-        self._drain(block=False)
+        d = _Dir(rel, entries, hits, files, jobs, len(cached), parent)
+        if files:
+            d.fd = dfd
+            self._held += 1
+        else:
+            os.close(dfd)
+        self._order.append(d)
 
     def _finish(self, d: _Dir) -> None:
         """Write a folder's tree once its files are read (its sub-folders' trees already are)."""
@@ -320,6 +423,10 @@ class Scanner:
             self.stats.bytes_read += e.size
             if self.progress:
                 self.progress(1, e.size)
+        if d.fd is not None:  # every file of the folder is read (``result`` waited)
+            os.close(d.fd)
+            d.fd = None
+            self._held -= 1
         entries = [e for e in d.entries if id(e) not in failed] if failed else d.entries
         if self.cache is not None and (d.files or len(d.hits) != d.cached):
             self.cache.replace_directory(d.rel)
@@ -338,7 +445,7 @@ class Scanner:
         """Write the trees of listed folders whose files are read, oldest first.
 
         Without ``block``, stop at the first folder still waiting, unless too much
-        is in flight (then wait for it: memory stays bounded).
+        is in flight (then wait for it: memory and open descriptors stay bounded).
         """
         while self._running and self._running[0].future.done():  # type: ignore[union-attr]
             self._running.popleft()
@@ -349,7 +456,12 @@ class Scanner:
             waiting = [j for j in d.jobs if j.future is None or not j.future.done()]
             d.jobs = waiting  # finished jobs stay finished: look at the rest next time
             if waiting:
-                if not block and len(self._running) < 4 * self._workers and len(self._order) < 4096:
+                if (
+                    not block
+                    and len(self._running) < 4 * self._workers
+                    and len(self._order) < 4096
+                    and self._held < HELD_DIRS
+                ):
                     return
                 if any(j.future is None for j in waiting):
                     self._submit_small()
@@ -385,14 +497,14 @@ class Scanner:
         return redo
 
     def _read_all(
-        self, files: list[tuple[bytes, Entry, os.stat_result]]
+        self, files: list[tuple[bytes, Entry, os.stat_result, int]]
     ) -> list[tuple[bytes, Entry, os.stat_result, _Job, int]]:
         """Queue files for the pool (small ones batched across folders); no waiting."""
         out: list[tuple[bytes, Entry, os.stat_result, _Job, int]] = []
         for f in files:
             if f[2].st_size <= SMALL_FILE:
                 small = self._small
-                out.append((*f, small, len(small.files)))
+                out.append((f[0], f[1], f[2], small, len(small.files)))
                 small.files.append(f)
                 small.size += f[2].st_size
                 if small.size >= JOB_BYTES or len(small.files) >= 256:
@@ -400,7 +512,7 @@ class Scanner:
             else:
                 big = _Job()
                 big.files.append(f)
-                out.append((*f, big, 0))
+                out.append((f[0], f[1], f[2], big, 0))
                 self._submit(big)
         return out
 
@@ -431,13 +543,16 @@ class Scanner:
                 settle()
             return bid
 
-        for path, e, st in job.files:
+        for _path, e, st, dfd in job.files:
             try:
-                e.content = self._read_file(path, e, st, add)
+                e.content = self._read_file(dfd, e, st, add)
                 results.append(None)
             except FileChangedError:
                 e.content = None
                 results.append(f"changed while being read ({READ_TRIES} tries); not stored")
+            except FileReplacedError:
+                e.content = None
+                results.append("replaced while being scanned; not stored")
             except OSError as err:
                 e.content = None
                 results.append(f"cannot read: {err.strerror}")
@@ -446,58 +561,66 @@ class Scanner:
 
     def _read_file(
         self,
-        path: bytes,
+        dfd: int,
         e: Entry,
-        _st0: os.stat_result,
+        st0: os.stat_result,
         add: Callable[[memoryview | bytes], bytes],
     ) -> list[bytes | int]:
+        """Read file ``e.name`` of folder ``dfd``; it must be the inode ``st0`` listed."""
         for _ in range(READ_TRIES):
-            # O_NONBLOCK: if the file was replaced by a FIFO since it was listed, open()
-            # must not wait for a writer (fstat below then rejects it).
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(e.name, _FILE_FLAGS, dir_fd=dfd)
             try:
                 st1 = os.fstat(fd)
-                if not stat.S_ISREG(st1.st_mode):
-                    raise FileChangedError
+                if not stat.S_ISREG(st1.st_mode) or not _same_inode(st0, st1):
+                    raise FileReplacedError
                 content = self._chunk_fd(fd, st1, add)
                 st2 = os.fstat(fd)
+                xattrs = _fd_xattrs(fd)
             finally:
                 os.close(fd)
             sig1 = (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns)
             if sig1 == (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns):
-                # Record the metadata of the version actually read.
+                # Record the metadata of the version actually read, all from one fstat.
                 # (The cache keeps the first lstat: if it differs, the next scan reads again.)
-                e.size, e.mtime, e.mode = st1.st_size, st1.st_mtime_ns, stat.S_IMODE(st1.st_mode)
+                e.size = st1.st_size
+                self._own(e, st1)
+                e.xattrs = xattrs
                 return content
         raise FileChangedError
 
     def _chunk_fd(
         self, fd: int, st: os.stat_result, add: Callable[[memoryview | bytes], bytes]
     ) -> list[bytes | int]:
-        size = st.st_size
-        content: list[bytes | int] = []
-        if size == 0:
-            return content
-        extents = _data_extents(fd, size) if st.st_blocks * 512 < size else [(0, size)]
-        pos = 0
-        chunker = self._chunker()
-        for start, end in extents:
-            if start > pos:
-                content.append(start - pos)
-            off = start
-            # Read an extent in large pieces; cut each piece at content-defined points.
-            while off < end:
-                piece = min(end - off, 64 * 1024 * 1024)
-                data = os.pread(fd, piece, off)
-                if len(data) != piece:
-                    raise FileChangedError
-                for view in chunker.cut(data):
-                    content.append(add(bytes(view)))
-                off += piece
-            pos = end
-        if pos < size:
-            content.append(size - pos)
+        return chunk_fd(fd, st, self._chunker(), add)
+
+
+def chunk_fd(
+    fd: int, st: os.stat_result, chunker: Chunker, add: Callable[[memoryview | bytes], bytes]
+) -> list[bytes | int]:
+    """A file's content as a tree entry holds it: chunk ids (``add`` of each chunk) and holes."""
+    size = st.st_size
+    content: list[bytes | int] = []
+    if size == 0:
         return content
+    extents = _data_extents(fd, size) if st.st_blocks * 512 < size else [(0, size)]
+    pos = 0
+    for start, end in extents:
+        if start > pos:
+            content.append(start - pos)
+        off = start
+        # Read an extent in large pieces; cut each piece at content-defined points.
+        while off < end:
+            piece = min(end - off, 64 * 1024 * 1024)
+            data = os.pread(fd, piece, off)
+            if len(data) != piece:
+                raise FileChangedError
+            for view in chunker.cut(data):
+                content.append(add(bytes(view)))
+            off += piece
+        pos = end
+    if pos < size:
+        content.append(size - pos)
+    return content
 
 
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:

@@ -111,3 +111,11 @@ def list_tasks(
 @router.get("/tasks/{task_id}", summary="Show a task with its progress")
 def show_task(task_id: str, ctx: Ctx, caller: Caller) -> TaskPublic:
     return tasks.get(ctx.engine, caller, task_id)
+
+
+@router.post(
+    "/tasks/{task_id}/cancel",
+    summary="Cancel a task that is queued, or staged on its endpoint and not applied yet",
+)
+def cancel_task(task_id: str, ctx: Ctx, caller: Caller) -> TaskPublic:
+    return tasks.cancel(ctx.engine, caller, task_id)

@@ -86,3 +86,8 @@ def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")
 def report(task_id: str, rep: TaskReport, ctx: Ctx, device: Device) -> TaskPublic:
     return tasks.report(ctx.engine, device, task_id, rep)
+
+
+@router.get("/tasks/{task_id}", summary="One of this device's tasks (was a staged one cancelled?)")
+def show_task(task_id: str, ctx: Ctx, device: Device) -> TaskPublic:
+    return tasks.get_for_device(ctx.engine, device, task_id)

@@ -74,8 +74,13 @@ def request_restore(
 ) -> TaskPublic:
     cvd = fleet.cvd_for_access(engine, actor, ref, "cvd.operate")
     snap = snapshot_of(store, cvd.id, req.snapshot)
+    if not req.paths:
+        raise UsageError(
+            "name the paths to restore on the endpoint: restoring its whole root in place is refused"
+        )
     for p in req.paths:
-        split_path(p)
+        if not split_path(p):
+            raise UsageError(f"{p!r} is the endpoint's root: name paths inside it")
     return _device_task(
         engine,
         actor,

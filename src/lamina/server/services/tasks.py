@@ -3,6 +3,15 @@
 States: queued → running → done | failed (| waiting: an agent staged work for the
 next boot). A claim is ``UPDATE … WHERE state = 'queued'``: exactly one claimer
 wins, on SQLite and on PostgreSQL with several server processes.
+
+Each claim counts an attempt. A task still ``running`` when its agent restarts
+was cut short: it is queued again, unless it already had ``MAX_ATTEMPTS``, then
+it fails (a task that kills its agent must not do so at every start).
+
+An admin cancels a task while it is ``queued`` or ``waiting`` (staged, not yet
+applied): it becomes ``cancelled``; the agent drops a cancelled staged
+transaction at its next poll. Reports on a cancelled task are ignored, except
+"done" from an agent whose boot applied the task before it learned.
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import tasks
-from lamina.errors import ForbiddenError, NotFoundError
+from lamina.errors import ConflictError, ForbiddenError, NotFoundError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
 from lamina.server.security import Principal
-from lamina.server.services.common import aware, new_id, now
+from lamina.server.services.common import audit, aware, new_id, now
 
 QUEUED, RUNNING, WAITING, DONE, FAILED = "queued", "running", "waiting", "done", "failed"
+CANCELLED = "cancelled"
+#: Claims of one task before an agent restart during it makes it fail instead.
+MAX_ATTEMPTS = 3
 
 
 def public(r: Any) -> TaskPublic:
@@ -104,9 +116,20 @@ def claim_for_device(
     """
     if restarted:
         with write_tx(engine) as c:
+            cut = (tasks.c.device_id == device.id, tasks.c.state == RUNNING)
             c.execute(
                 update(tasks)
-                .where(tasks.c.device_id == device.id, tasks.c.state == RUNNING)
+                .where(*cut, tasks.c.attempts >= MAX_ATTEMPTS)
+                .values(
+                    state=FAILED,
+                    claimed_by=None,
+                    finished=now(),
+                    message=f"gave up: the agent stopped during this task {MAX_ATTEMPTS} times",
+                )
+            )
+            c.execute(
+                update(tasks)
+                .where(*cut)
                 .values(state=QUEUED, claimed_by=None, message="queued again: the agent restarted")
             )
     with read_tx(engine) as c:
@@ -123,7 +146,12 @@ def claim_for_device(
             won = c.execute(
                 update(tasks)
                 .where(tasks.c.id == tid, tasks.c.state == QUEUED)
-                .values(state=RUNNING, claimed_by=worker, started=now())
+                .values(
+                    state=RUNNING,
+                    claimed_by=worker,
+                    started=now(),
+                    attempts=tasks.c.attempts + 1,
+                )
             ).rowcount
             if won:
                 r = c.execute(select(tasks).where(tasks.c.id == tid)).one()
@@ -138,6 +166,12 @@ def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> 
             raise NotFoundError(f"no task {task_id!r}")
         if r.device_id != device.id:
             raise ForbiddenError("this task belongs to another device")
+        if r.state == CANCELLED:
+            if rep.state != DONE:
+                return public(r)
+            rep = rep.model_copy(
+                update={"message": f"{rep.message} (cancelled too late: a boot applied it)"}
+            )
         values: dict[str, Any] = {"progress": rep.progress, "message": rep.message}
         if rep.state:
             values["state"] = rep.state
@@ -146,4 +180,44 @@ def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> 
         if rep.result:
             values["result"] = rep.result
         c.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
+        return public(c.execute(select(tasks).where(tasks.c.id == task_id)).one())
+
+
+def get_for_device(engine: Engine, device: Principal, task_id: str) -> TaskPublic:
+    """One of this device's own tasks (the agent checks a staged one was not cancelled)."""
+    with read_tx(engine) as c:
+        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
+    if r is None:
+        raise NotFoundError(f"no task {task_id!r}")
+    if r.device_id != device.id:
+        raise ForbiddenError("this task belongs to another device")
+    return public(r)
+
+
+def cancel(engine: Engine, actor: Principal, task_id: str) -> TaskPublic:
+    """Cancel a task not started yet (``queued``) or staged but not applied (``waiting``)."""
+    actor.require("cvd.operate")
+    with write_tx(engine) as c:
+        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
+        if r is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        won = c.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.state.in_((QUEUED, WAITING)))
+            .values(
+                state=CANCELLED,
+                finished=now(),
+                message=f"cancelled by {actor.name}"
+                + (
+                    ": the agent drops what it staged at its next poll"
+                    if r.state == WAITING
+                    else ""
+                ),
+            )
+        ).rowcount
+        if not won:
+            raise ConflictError(
+                f"task {task_id} is {r.state}: only a queued or waiting (staged) task can be cancelled"
+            )
+        audit(c, actor.name, "task.cancel", task_id, kind=r.kind, was=r.state)
         return public(c.execute(select(tasks).where(tasks.c.id == task_id)).one())

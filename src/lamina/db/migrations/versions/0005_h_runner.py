@@ -1,0 +1,25 @@
+"""tasks.attempts: claims of a task, so the server gives up on one that kills its agent
+
+Revision ID: 0005_h_runner
+Revises: 0004
+Create Date: 2026-11-30 03:30:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005_h_runner"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("tasks", sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("attempts")
