@@ -83,14 +83,14 @@ def run(
     from lamina.errors import AuthError
 
     try:
-        _run(state, once, sync, poll, as_json)
+        _run(state, once, sync, poll, insecure, as_json)
     except AuthError as e:
         # Revoked, archived or unknown: no retry helps. One line, exit 1.
         typer.echo(f"error: the server refused this agent's credential: {e.message}", err=True)
         raise typer.Exit(1) from None
 
 
-def _run(state: Path, once: bool, sync: bool, poll: float, as_json: bool) -> None:
+def _run(state: Path, once: bool, sync: bool, poll: float, insecure: bool, as_json: bool) -> None:
     from lamina.agent.runner import Agent
     from lamina.agent.state import load_status
 
