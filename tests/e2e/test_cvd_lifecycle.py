@@ -19,7 +19,7 @@ def test_cvd_lifecycle(
     session = Path(admin.env["XDG_CONFIG_HOME"]) / "lamina/login.json"
     assert session.stat().st_mode & 0o777 == 0o600  # it holds a bearer token
     admin.run("policy", "create", "standard", "--interval", "1h", "--keep-last", "10")
-    token = admin.json("token", "create", "--expires", "1h")["token"]
+    token = admin.json("token", "create", "--expires", "1h", "--uses", "2")["token"]
 
     # Two endpoints enroll, each through its own server of the deployment.
     roots, states, agents = {}, {}, {}

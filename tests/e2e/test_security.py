@@ -107,7 +107,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     dep = next(gen)
     admin = Lamina(tmp / "people" / "admin").login(dep.url)
     admin.run("policy", "create", "std", "--interval", "1h")
-    token = admin.json("token", "create", "--expires", "1h")["token"]
+    token = admin.json("token", "create", "--expires", "1h", "--uses", "20")["token"]
     admin_token = login_token(dep.url, "admin", ADMIN_PASSWORD)
     # The rest of the setup over HTTP: each CLI start costs ~0.6 s of CPU.
     api = httpx.Client(

@@ -116,7 +116,8 @@ def lockout(failures: int, attempts: int, window: int) -> dt.timedelta | None:
     """How long a key with ``failures`` failures in a row may not try: exponential from ``window``."""
     if failures < attempts:
         return None
-    return min(dt.timedelta(seconds=window) * 2 ** min(failures - attempts, 20), MAX_LOCKOUT)
+    pause = dt.timedelta(seconds=window * 2 ** min(failures - attempts, 20))
+    return min(pause, MAX_LOCKOUT)
 
 
 def _reserve_attempt(
