@@ -235,7 +235,7 @@ def login(
 def logout(engine: Engine, actor: Principal) -> None:
     """Revoke the session (or API token) this call was made with."""
     if actor.kind != "user" or not actor.token_id:
-        raise UsageError("only a user's session can log out")
+        raise ForbiddenError(f"{actor.name} has no session to log out of")
     with write_tx(engine) as c:
         c.execute(delete(api_tokens).where(api_tokens.c.id == actor.token_id))
         audit(c, actor.name, "auth.logout", actor.token_id)
