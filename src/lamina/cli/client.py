@@ -95,6 +95,8 @@ class Api:
             raise BackendError(f"cannot reach the server at {self.url}: {e}") from e
         if r.status_code >= 400:
             raise error_from(r)
+        if r.status_code == 204 or not r.content:
+            return None
         ctype = r.headers.get("content-type", "")
         return r.json() if ctype.startswith("application/json") else r.content
 
