@@ -20,7 +20,10 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
+from sqlalchemy import delete, select, update
 
+from lamina.db.engine import make_engine, write_tx
+from lamina.db.models import cvd_blobs, cvds
 from lamina.protocol.bundle import MEDIA_TYPE
 from lamina.store.blob import BlobKind, blob_id, compress
 from tests.e2e.conftest import ADMIN_PASSWORD, Deployment, Lamina, _deployment
@@ -995,3 +998,28 @@ def test_hostname_is_restricted_to_a_safe_set(world: World, hostname: str) -> No
     doc = assert_json_error(enroll_raw(world, world.enroll_token, hostname), 400, "bad_request")
     assert "hostname" in doc["message"] and "\x1b" not in doc["message"]
     assert {d["id"] for d in api.get("/devices").json()} == before
+
+
+def test_a_cvd_from_before_blob_ownership_is_indexed_on_first_use(world: World) -> None:
+    """A CVD made before revision 0005 has no ownership rows: its snapshots are walked once."""
+    b = world.b
+    blob = secret_blob(b)
+    engine = make_engine(f"sqlite:///{world.dep.servers[0].data / 'lamina.db'}")
+    try:
+        with write_tx(engine) as c:
+            c.execute(delete(cvd_blobs).where(cvd_blobs.c.cvd_id == b.cvd_id))
+            c.execute(update(cvds).where(cvds.c.id == b.cvd_id).values(blobs_indexed=False))
+        cb = world.client(b.credential)
+        assert cb.post("/agent/missing", json={"ids": [blob]}).json()["missing"] == []
+        r = cb.post("/blobs/read", json={"ids": [blob]})
+        assert r.status_code == 200 and msgpack.unpackb(r.content) == [b.secret]
+        with engine.connect() as c:
+            assert c.execute(select(cvds.c.blobs_indexed).where(cvds.c.id == b.cvd_id)).scalar()
+            assert bytes.fromhex(blob) in {
+                bytes(x)
+                for x in c.execute(
+                    select(cvd_blobs.c.blob_id).where(cvd_blobs.c.cvd_id == b.cvd_id)
+                ).scalars()
+            }
+    finally:
+        engine.dispose()

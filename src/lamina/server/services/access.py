@@ -10,9 +10,10 @@ answers a device only about the blobs its CVD *proved* it holds:
 - blobs of its own snapshots (all of which it uploaded, or held before: on first
   use after the upgrade that added ``cvd_blobs``, a CVD's snapshots are walked once);
 - blobs under a tree the server delivered to it: the ``root`` of a restore or
-  revert task, the ``delta`` of a layer-apply task, while that task is open.
+  revert task, the ``delta`` of a layer-apply task, while that task is open
+  (once read, they are the CVD's: the endpoint holds them).
 
-``cvd_blobs`` holds the first two, one row per (CVD, blob). The third is checked by
+``cvd_blobs`` holds the first two (and the delivered blobs read), one row per (CVD, blob). The third is checked by
 walking the task's tree, cached per root in this process. ``/agent/missing`` reports
 as present only stored blobs this CVD owns: the agent uploads the others again and
 the store keeps one copy (its writer deduplicates), so cross-endpoint dedup still
@@ -205,6 +206,9 @@ def check_read(
     for r in roots:
         delivered |= cache.under(store, r)
         if all(i in delivered for i in rest):
+            # The device holds them now (a layer it applies): its next sync need not
+            # upload them again.
+            record(engine, cvd.id, rest)
             return
     first = next(i for i in rest if i not in delivered)
     raise ForbiddenError(
