@@ -963,7 +963,7 @@ def test_devices_cannot_confirm_another_endpoints_file_content(world: World) -> 
         r = m.post("/agent/commit", json={"root": tid.hex(), "files": 1, "bytes": len(a.secret)})
         doc = assert_json_error(r, 422, "missing_data")
         answers.append(doc["message"].replace(guess.hex()[:16], "ID"))
-    assert answers[0] == answers[1] and "has not uploaded" in answers[0]
+    assert answers[0] == answers[1] and "does not hold for this CVD" in answers[0]
     cvd = next(x for x in api.get("/cvds").json() if x["hostname"] == "desk-mallory")
     assert cvd["snapshots"] == 0
 

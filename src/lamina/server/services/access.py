@@ -126,9 +126,12 @@ def check_commit(engine: Engine, store: Store, cvd: Any, root: bytes) -> None:
     previous = prev[-1].root if prev else None
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
     with read_tx(engine) as c:
+        if root not in owned(c, cvd.id, [root]):
+            raise MissingDataError(
+                "the snapshot's root tree is not stored for this CVD; upload it first"
+            )
         while level:
-            refs: list[bytes] = [t for t, _ in level]
-            _require_owned(c, cvd.id, refs)
+            _require_owned(c, cvd.id, [t for t, _ in level])
             below: list[tuple[bytes, bytes | None]] = []
             chunks: list[bytes] = []
             for tid, old in level:
@@ -155,8 +158,8 @@ def _require_owned(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
     if foreign:
         # The same answer whether the blob is stored for another CVD or not at all.
         raise MissingDataError(
-            f"the snapshot names {len(foreign)} blobs this device has not uploaded "
-            f"(first {foreign[0].hex()[:16]}); upload them before committing"
+            f"the snapshot names {len(foreign)} chunks or trees the server does not hold "
+            f"for this CVD (first {foreign[0].hex()[:16]}); upload them before committing"
         )
 
 
