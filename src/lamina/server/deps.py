@@ -54,12 +54,15 @@ ActiveDevice = Annotated[Principal, Depends(active_device)]
 class AccessLimits:
     """Per-process state of the device routes: rate limits and delivered-tree cache."""
 
-    #: ids asked of ``/agent/missing``: a full first sync of a large endpoint fits the burst.
+    # Generous: a device learns only about its own CVD's blobs anyway (services.access);
+    # these bound how fast one device can make the server work. A first sync or a full
+    # restore of a large endpoint fits the burst; a refused agent retries next cycle.
+    #: ids asked of ``/agent/missing``.
     missing: RateLimiter = field(
-        default_factory=lambda: RateLimiter(20_000, 2_000_000, "blob ids asked")
+        default_factory=lambda: RateLimiter(50_000, 5_000_000, "blob ids asked")
     )
     #: blobs read through ``/blobs/read`` by devices.
-    reads: RateLimiter = field(default_factory=lambda: RateLimiter(5_000, 500_000, "blob reads"))
+    reads: RateLimiter = field(default_factory=lambda: RateLimiter(50_000, 5_000_000, "blob reads"))
     trees: TreeCache = field(default_factory=TreeCache)
 
 

@@ -251,7 +251,12 @@ def authenticate(engine: Engine, token: str) -> Principal:
     if token.startswith(USER_TOKEN):
         with read_tx(engine) as c:
             r = c.execute(
-                select(users, api_tokens.c.id.label("token_id"), api_tokens.c.expires)
+                select(
+                    users,
+                    api_tokens.c.id.label("token_id"),
+                    api_tokens.c.expires,
+                    api_tokens.c.last_used,
+                )
                 .join(api_tokens, api_tokens.c.user_id == users.c.id)
                 .where(api_tokens.c.token_hash == h)
             ).first()
@@ -263,18 +268,12 @@ def authenticate(engine: Engine, token: str) -> Principal:
         if exp is not None and exp < now():
             raise AuthError("the session has expired: log in again")
         t = now()
-        with write_tx(engine) as c:
-            c.execute(
-                update(api_tokens)
-                .where(
-                    api_tokens.c.id == r.token_id,
-                    or_(
-                        api_tokens.c.last_used.is_(None),
-                        api_tokens.c.last_used < t - LAST_USED_EVERY,
-                    ),
+        last = aware(r.last_used)
+        if last is None or last < t - LAST_USED_EVERY:  # a write a minute, not one a call
+            with write_tx(engine) as c:
+                c.execute(
+                    update(api_tokens).where(api_tokens.c.id == r.token_id).values(last_used=t)
                 )
-                .values(last_used=t)
-            )
         return Principal(
             "user", r.id, r.name, r.role, ROLES.get(r.role, frozenset()), token_id=r.token_id
         )
