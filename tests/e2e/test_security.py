@@ -317,6 +317,7 @@ def test_device_credential_reaches_nothing_else(world: World) -> None:
         ("POST", f"/devices/{b.device_id}/revoke", None),
         ("POST", f"/devices/{a.device_id}/revoke", None),
         ("POST", "/auth/logout", None),
+        ("POST", "/auth/tokens", {"name": "device-made"}),
     ]
     wrong += probe(c, admin_routes, (401, 403))
     assert not wrong, "device A's credential got through:\n" + "\n".join(wrong)
@@ -585,6 +586,7 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/agent/commit", {"root": "00" * 32, "files": 0, "bytes": 0}),
     ("GET", "/agent/work", None),
     ("POST", "/auth/logout", None),
+    ("POST", "/auth/tokens", {"name": "anon"}),
     ("GET", "/tokens", None),
     ("DELETE", "/tokens/{a}", None),
     ("POST", "/users/admin/disable", None),
@@ -784,6 +786,20 @@ def test_sessions_are_listed_and_revocable(world: World) -> None:
     )
     world.admin.run("token", "revoke", by_current[True]["id"])
     assert_json_error(c1.get("/auth/me"), 401, "unauthorized")
+    # An API token for scripts: listed with its kind and name, revoked the same way.
+    s3 = world.client(login_token(world.dep.url, name, "sam-password-1"))
+    r = s3.post("/auth/tokens", json={"name": "nightly report", "expires_in": 86400})
+    assert r.status_code == 201, r.text
+    script = world.client(r.json()["token"])
+    assert script.get("/auth/me").json()["name"] == name
+    [api_tok] = [t for t in s3.get("/tokens").json() if t["kind"] == "api"]
+    assert (api_tok["name"], api_tok["owner"], api_tok["state"]) == (
+        "nightly report",
+        name,
+        "active",
+    )
+    assert s3.delete(f"/tokens/{api_tok['id']}").status_code == 200
+    assert_json_error(script.get("/auth/me"), 401, "unauthorized")
 
 
 def test_logout_revokes_the_session_and_forgets_it(world: World) -> None:

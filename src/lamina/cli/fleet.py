@@ -51,6 +51,22 @@ def token_create(
         typer.echo(doc["token"])
 
 
+@token_app.command("api")
+def token_api(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. 'backup report'.")],
+    expires: Annotated[str, typer.Option(help="Lifetime, e.g. 30d.")] = "90d",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API token acting as you (for scripts: LAMINA_TOKEN); shown once."""
+    doc = Api.from_login().post(
+        "/auth/tokens", {"name": name, "expires_in": parse_duration(expires)}
+    )
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(doc["token"])
+
+
 @token_app.command("list")
 def token_list(as_json: JsonOpt = False) -> None:
     """List sessions, API tokens and enrollment tokens: kind, owner, dates, uses, state."""

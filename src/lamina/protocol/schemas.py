@@ -41,6 +41,13 @@ class UserCreate(Strict):
     role: Literal["administrator", "helpdesk", "readonly"]
 
 
+class ApiTokenCreate(Strict):
+    """A named API token for scripts: it acts as its user, like a session."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@ -]+$")
+    expires_in: int = Field(90 * 86400, ge=60, le=366 * 86400)
+
+
 class PasswordChange(Strict):
     password: str = Field(min_length=8, max_length=1024)
     current: str | None = Field(None, max_length=1024, description="Needed for one's own.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from lamina.protocol.schemas import (
+    ApiTokenCreate,
     AuditPublic,
     CentralizeRequest,
     CvdPublic,
@@ -93,6 +94,13 @@ def audit(ctx: Ctx, caller: Caller, limit: int = 200) -> list[AuditPublic]:
 @router.post("/tokens", summary="Create an enrollment token", status_code=201)
 def create_token(req: TokenCreate, ctx: Ctx, caller: Caller) -> TokenPublic:
     return fleet.create_token(ctx.engine, caller, req)
+
+
+@router.post(
+    "/auth/tokens", summary="Create a named API token acting as the caller", status_code=201
+)
+def create_api_token(req: ApiTokenCreate, ctx: Ctx, caller: Caller) -> LoginResponse:
+    return users.create_api_token(ctx.engine, caller, req)
 
 
 @router.get("/tokens", summary="List sessions, API tokens and enrollment tokens (no secrets)")

@@ -22,6 +22,7 @@ from lamina.errors import (
     UsageError,
 )
 from lamina.protocol.schemas import (
+    ApiTokenCreate,
     AuditPublic,
     LoginResponse,
     PasswordChange,
@@ -230,6 +231,29 @@ def login(
     if failed or row is None:
         raise AuthError("wrong user name or password")
     return LoginResponse(token=token, user=row.name, role=row.role, expires=expires)
+
+
+def create_api_token(engine: Engine, actor: Principal, req: ApiTokenCreate) -> LoginResponse:
+    """A named token for scripts, acting as the calling user; listed and revoked like a session."""
+    if actor.kind != "user":
+        raise ForbiddenError(f"{actor.name} may not make API tokens")
+    token = new_token(USER_TOKEN)
+    tid = new_id()
+    expires = now() + dt.timedelta(seconds=req.expires_in)
+    with write_tx(engine) as c:
+        c.execute(
+            insert(api_tokens).values(
+                id=tid,
+                user_id=actor.id,
+                token_hash=token_hash(token),
+                name=req.name,
+                kind=API,
+                created=now(),
+                expires=expires,
+            )
+        )
+        audit(c, actor.name, "token.create", tid, kind=API, name=req.name)
+    return LoginResponse(token=token, user=actor.name, role=actor.role, expires=expires)
 
 
 def logout(engine: Engine, actor: Principal) -> None:
