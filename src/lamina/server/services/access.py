@@ -191,7 +191,8 @@ def check_read(
     """Refuse unless every id is owned by the CVD or under a tree delivered to this device."""
     ensure_indexed(engine, store, cvd)
     with read_tx(engine) as c:
-        rest = [i for i in dict.fromkeys(ids) if i not in owned(c, cvd.id, ids)]
+        mine = owned(c, cvd.id, ids)
+        rest = [i for i in dict.fromkeys(ids) if i not in mine]
         if not rest:
             return
         params = c.execute(
