@@ -23,7 +23,7 @@ def test_app_layer_on_a_collection_without_base(
     admin = person("admin").login(embedded.url)
     admin.run("policy", "create", "std")
     ref_token = admin.json("token", "create", "--policy", "std", "--reference")["token"]
-    token = admin.json("token", "create", "--policy", "std")["token"]
+    token = admin.json("token", "create", "--policy", "std", "--uses", "3")["token"]
     ref = make_endpoint(tmp_path / "ref", "ref-02", "root")
     init_dpkg(ref)
     ref_state, ref_agent = tmp_path / "ref-state", person("ref")

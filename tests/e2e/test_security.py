@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
+from sqlalchemy import delete, select, update
 
+from lamina.db.engine import make_engine, write_tx
+from lamina.db.models import cvd_blobs, cvds
+from lamina.protocol.bundle import MEDIA_TYPE
+from lamina.store.blob import BlobKind, blob_id, compress
 from tests.e2e.conftest import ADMIN_PASSWORD, Deployment, Lamina, _deployment
+from tests.e2e.test_hostile_agent import file_entry, tree
 
 API = "/api/v1"
 HD_PASSWORD = "helpdesk-password-1"
@@ -107,7 +114,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     dep = next(gen)
     admin = Lamina(tmp / "people" / "admin").login(dep.url)
     admin.run("policy", "create", "std", "--interval", "1h")
-    token = admin.json("token", "create", "--expires", "1h")["token"]
+    token = admin.json("token", "create", "--expires", "1h", "--uses", "20")["token"]
     admin_token = login_token(dep.url, "admin", ADMIN_PASSWORD)
     # The rest of the setup over HTTP: each CLI start costs ~0.6 s of CPU.
     api = httpx.Client(
@@ -213,6 +220,22 @@ def probe(c: httpx.Client, cases: list[tuple[str, str, Any]], expect: tuple[int,
 SETTINGS = {"interval": 60, "keep_last": 1}
 
 
+def session_id(w: World, token: str) -> str:
+    """The id of the session ``token`` is (as its owner lists it)."""
+    r = httpx.get(
+        w.dep.url + API + "/tokens", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert r.status_code == 200, r.text
+    [me] = [t for t in r.json() if t["current"]]
+    return str(me["id"])
+
+
+def enrollment_id(w: World) -> str:
+    """The id of the module's enrollment token."""
+    tokens = w.client(w.admin_token).get("/tokens").json()
+    return str(next(t["id"] for t in tokens if t["kind"] == "enrollment"))
+
+
 # --- device credentials ---------------------------------------------------------------------
 
 
@@ -283,6 +306,18 @@ def test_device_credential_reaches_nothing_else(world: World) -> None:
         # Operations on its own CVD are admin actions too.
         ("POST", f"/cvds/{a.cvd_id}/sync", None),
         ("POST", f"/cvds/{a.cvd_id}/archive", None),
+        # Tokens, users and revocation.
+        ("GET", "/tokens", None),
+        ("DELETE", f"/tokens/{session_id(world, world.admin_token)}", None),
+        ("DELETE", f"/tokens/{enrollment_id(world)}", None),
+        ("POST", "/users/ro/disable", None),
+        ("POST", "/users/ro/enable", None),
+        ("DELETE", "/users/ro", None),
+        ("PUT", "/users/ro/password", {"password": "device-made-1"}),
+        ("POST", f"/devices/{b.device_id}/revoke", None),
+        ("POST", f"/devices/{a.device_id}/revoke", None),
+        ("POST", "/auth/logout", None),
+        ("POST", "/auth/tokens", {"name": "device-made"}),
     ]
     wrong += probe(c, admin_routes, (401, 403))
     assert not wrong, "device A's credential got through:\n" + "\n".join(wrong)
@@ -387,10 +422,21 @@ def test_helpdesk_operates_cvds_but_not_policies_or_users(world: World) -> None:
             ),
             ("GET", "/users", None),
             ("GET", "/audit", None),
+            ("POST", "/users/ro/disable", None),
+            ("POST", "/users/ro/enable", None),
+            ("DELETE", "/users/ro", None),
+            ("PUT", "/users/ro/password", {"password": "hd-made-pass-1"}),
+            ("PUT", "/users/admin/password", {"password": "hd-made-pass-1"}),
+            ("DELETE", f"/tokens/{session_id(world, world.admin_token)}", None),
+            ("DELETE", f"/tokens/{session_id(world, world.ro_token)}", None),
         ],
         (403,),
     )
     assert not wrong, "help desk got through:\n" + "\n".join(wrong)
+    # It sees enrollment tokens (it may make them) and its own sessions, no one else's.
+    seen = c.get("/tokens").json()
+    assert {t["kind"] for t in seen} == {"session", "enrollment"}
+    assert {t["owner"] for t in seen if t["kind"] == "session"} == {"hd"}
     assert fleet_state(world) == before
 
     cvds = c.get("/cvds")
@@ -443,10 +489,21 @@ def test_readonly_user_changes_nothing(world: World) -> None:
                 {"name": "ro-made", "password": "password-123", "role": "administrator"},
             ),
             ("GET", "/audit", None),
+            ("POST", f"/devices/{world.b.device_id}/revoke", None),
+            ("POST", f"/devices/{world.pending_id}/revoke", None),
+            ("DELETE", f"/tokens/{enrollment_id(world)}", None),
+            ("DELETE", f"/tokens/{session_id(world, world.admin_token)}", None),
+            ("POST", "/users/hd/disable", None),
+            ("POST", "/users/ro/enable", None),
+            ("DELETE", "/users/hd", None),
+            ("PUT", "/users/hd/password", {"password": "ro-made-pass-1"}),
+            ("PUT", "/users/ro/password", {"password": "ro-made-pass-1"}),  # no current one
         ],
-        (403,),
+        (401, 403),
     )
     assert not wrong, "read-only user got through:\n" + "\n".join(wrong)
+    mine = c.get("/tokens").json()
+    assert mine and {(t["kind"], t["owner"]) for t in mine} == {("session", "ro")}
     assert fleet_state(world) == before
 
     cvds = c.get("/cvds")
@@ -457,27 +514,59 @@ def test_readonly_user_changes_nothing(world: World) -> None:
     assert c.get("/policies").status_code == 200 and c.get("/devices").status_code == 200
 
 
-def test_login_is_rate_limited(world: World) -> None:
+def from_address(address: str) -> httpx.Client:
+    """A client whose connections come from another loopback address (another machine)."""
+    transport = httpx.HTTPTransport(local_address=address)
+    return httpx.Client(transport=transport, timeout=30)
+
+
+def test_login_lockout_is_per_user_and_client(world: World) -> None:
+    """Review finding 16: failures from one address never lock a user out elsewhere."""
     name = f"rl-{secrets.token_hex(4)}"
     password = "right-password-1"
     world.admin.run(
         "user", "create", name, "--role", "readonly", "--password-stdin", input=password + "\n"
     )
     url = world.dep.url + API + "/auth/login"
-    assert httpx.post(url, json={"user": name, "password": password}).status_code == 200
+    attacker, elsewhere = from_address("127.0.0.2"), from_address("127.0.0.3")
+    world.clients += [attacker, elsewhere]
+    assert attacker.post(url, json={"user": name, "password": password}).status_code == 200
     for i in range(5):
-        r = httpx.post(url, json={"user": name, "password": f"wrong-{i}"})
+        r = attacker.post(url, json={"user": name, "password": f"wrong-{i}"})
         assert_json_error(r, 401, "unauthorized")
-    r = httpx.post(url, json={"user": name, "password": password})
-    doc = assert_json_error(r, 429, "rate_limited")
-    assert name in doc["message"]
-    # The lock-out is per user name: the admin still logs in.
-    assert httpx.post(url, json={"user": "admin", "password": ADMIN_PASSWORD}).status_code == 200
-    audit = world.client(world.admin_token).get("/audit").json()
-    failed = [e for e in audit if e["action"] == "auth.login_failed" and e["target"] == name]
-    assert len(failed) == 5 and all(
-        e["actor"] == name and e["detail"].get("client") for e in failed
+    doc = assert_json_error(
+        attacker.post(url, json={"user": name, "password": password}), 429, "rate_limited"
     )
+    assert name in doc["message"] and "127.0.0.2" in doc["message"]
+    # The user still logs in from their own machine.
+    assert elsewhere.post(url, json={"user": name, "password": password}).status_code == 200
+    # Anyone may fail as admin from their address: the administrator is not locked out.
+    for i in range(7):
+        r = attacker.post(url, json={"user": "admin", "password": f"wrong-{i}"})
+        assert r.status_code in (401, 429), r.text
+    assert_json_error(
+        attacker.post(url, json={"user": "admin", "password": ADMIN_PASSWORD}), 429, "rate_limited"
+    )
+    ok = elsewhere.post(url, json={"user": "admin", "password": ADMIN_PASSWORD})
+    assert ok.status_code == 200, ok.text
+    # A name that is no account answers the same way, lock-out included.
+    ghost = f"ghost-{secrets.token_hex(4)}"
+    answers = [
+        attacker.post(url, json={"user": ghost, "password": f"wrong-{i}"}).status_code
+        for i in range(6)
+    ]
+    assert answers == [401] * 5 + [429]
+    # The audit log is bounded: the first failure of a run and the lock-out, not every guess;
+    # nothing for a name that is no account (anyone can send those).
+    audit = world.client(world.admin_token).get("/audit", params={"limit": 1000}).json()
+    failed = [e for e in audit if e["action"] == "auth.login_failed" and e["target"] == name]
+    assert sorted(e["detail"]["failures"] for e in failed) == [1, 5]
+    assert all(e["actor"] == name and e["detail"]["client"] == "127.0.0.2" for e in failed)
+    assert not [e for e in audit if e["target"] == ghost]
+    admin_failed = [
+        e for e in audit if e["action"] == "auth.login_failed" and e["target"] == "admin"
+    ]
+    assert len(admin_failed) <= 3  # first failure, lock-out, and the back-off lock
 
 
 UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
@@ -496,6 +585,15 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/agent/bundles", None),
     ("POST", "/agent/commit", {"root": "00" * 32, "files": 0, "bytes": 0}),
     ("GET", "/agent/work", None),
+    ("POST", "/auth/logout", None),
+    ("POST", "/auth/tokens", {"name": "anon"}),
+    ("GET", "/tokens", None),
+    ("DELETE", "/tokens/{a}", None),
+    ("POST", "/users/admin/disable", None),
+    ("POST", "/users/admin/enable", None),
+    ("DELETE", "/users/admin", None),
+    ("PUT", "/users/admin/password", {"password": "new-password-123"}),
+    ("POST", "/devices/{a}/revoke", None),
 ]
 BAD_AUTH = [
     None,
@@ -612,3 +710,332 @@ def test_openapi_lists_every_route_with_a_summary(world: World) -> None:
         ("POST", API + "/agent/tasks/{task_id}"),
     ]:
         assert must in listed
+
+
+# --- revocation (review finding 8) ------------------------------------------------------------
+
+
+def admin_api(w: World) -> httpx.Client:
+    return w.client(w.admin_token)
+
+
+def enroll_raw(w: World, token: str, host: str) -> httpx.Response:
+    facts = {"machine_id": secrets.token_hex(16), "hostname": host}
+    return httpx.post(
+        w.dep.url + API + "/agent/enroll", json={"token": token, "facts": facts}, timeout=30
+    )
+
+
+def test_enrollment_token_uses_are_counted_and_revocable(world: World) -> None:
+    api = admin_api(world)
+    tok = api.post("/tokens", json={"expires_in": 3600}).json()
+    assert tok["uses"] == 1  # the default
+    assert enroll_raw(world, tok["token"], "desk-once-1").status_code == 201
+    doc = assert_json_error(enroll_raw(world, tok["token"], "desk-once-2"), 401, "unauthorized")
+    assert "used up" in doc["message"]
+    listed = {t["id"]: t for t in world.admin.json("token", "list")}
+    t = listed[tok["id"]]
+    assert (t["kind"], t["owner"], t["uses"], t["max_uses"], t["state"]) == (
+        "enrollment",
+        "admin",
+        1,
+        1,
+        "used up",
+    )
+    assert t["created"] and t["expires"] and "token" not in t
+    # A token for several devices, revoked after one: the next enrollment is refused.
+    multi = world.admin.json("token", "create", "--uses", "3")
+    assert enroll_raw(world, multi["token"], "desk-multi-1").status_code == 201
+    out = world.admin.run("token", "revoke", multi["id"]).stdout
+    assert "revoked" in out
+    doc = assert_json_error(enroll_raw(world, multi["token"], "desk-multi-2"), 401, "unauthorized")
+    assert "revoked" in doc["message"]
+    listed = {t["id"]: t for t in world.admin.json("token", "list")}
+    assert (listed[multi["id"]]["uses"], listed[multi["id"]]["state"]) == (1, "revoked")
+    audit = api.get("/audit", params={"limit": 1000}).json()
+    assert any(e["action"] == "token.revoke" and e["target"] == multi["id"] for e in audit)
+
+
+def test_sessions_are_listed_and_revocable(world: World) -> None:
+    name = f"sam-{secrets.token_hex(3)}"
+    world.admin.run(
+        "user", "create", name, "--role", "readonly", "--password-stdin", input="sam-password-1\n"
+    )
+    s1 = login_token(world.dep.url, name, "sam-password-1")
+    s2 = login_token(world.dep.url, name, "sam-password-1")
+    c1, c2 = world.client(s1), world.client(s2)
+    assert c2.get("/auth/me").status_code == 200
+    mine = c1.get("/tokens").json()
+    assert len(mine) == 2 and {(t["kind"], t["owner"], t["state"]) for t in mine} == {
+        ("session", name, "active")
+    }
+    by_current = {t["current"]: t for t in mine}
+    assert by_current[False]["last_used"]  # s2 called /auth/me
+    assert by_current[True]["expires"] and by_current[True]["created"]
+    # The admin sees them among every token.
+    all_ids = {t["id"] for t in world.admin.json("token", "list")}
+    assert {t["id"] for t in mine} <= all_ids
+    # One's own session is revoked by its owner; it stops working at once.
+    s2_id = by_current[False]["id"]
+    r = c1.delete(f"/tokens/{s2_id}")
+    assert r.status_code == 200 and r.json()["state"] == "revoked"
+    assert_json_error(c2.get("/auth/me"), 401, "unauthorized")
+    # Another user's session needs user.admin.
+    assert_json_error(
+        c1.delete(f"/tokens/{session_id(world, world.admin_token)}"), 403, "forbidden"
+    )
+    world.admin.run("token", "revoke", by_current[True]["id"])
+    assert_json_error(c1.get("/auth/me"), 401, "unauthorized")
+    # An API token for scripts: listed with its kind and name, revoked the same way.
+    s3 = world.client(login_token(world.dep.url, name, "sam-password-1"))
+    r = s3.post("/auth/tokens", json={"name": "nightly report", "expires_in": 86400})
+    assert r.status_code == 201, r.text
+    script = world.client(r.json()["token"])
+    assert script.get("/auth/me").json()["name"] == name
+    [api_tok] = [t for t in s3.get("/tokens").json() if t["kind"] == "api"]
+    assert (api_tok["name"], api_tok["owner"], api_tok["state"]) == (
+        "nightly report",
+        name,
+        "active",
+    )
+    assert s3.delete(f"/tokens/{api_tok['id']}").status_code == 200
+    assert_json_error(script.get("/auth/me"), 401, "unauthorized")
+
+
+def test_logout_revokes_the_session_and_forgets_it(world: World) -> None:
+    name = f"lou-{secrets.token_hex(3)}"
+    world.admin.run(
+        "user", "create", name, "--role", "readonly", "--password-stdin", input="lou-password-1\n"
+    )
+    lou = Lamina(world.tmp / "people" / name).login(world.dep.url, name, "lou-password-1")
+    saved = Path(lou.env["XDG_CONFIG_HOME"]) / "lamina" / "login.json"
+    token = json.loads(saved.read_text())["token"]
+    assert world.client(token).get("/auth/me").status_code == 200
+    out = lou.run("logout").stdout
+    assert "logged out" in out and not saved.exists()
+    assert_json_error(world.client(token).get("/auth/me"), 401, "unauthorized")
+    p = lou.run("device", "list", ok=False)
+    assert p.returncode != 0 and "not logged in" in p.stderr
+    audit = admin_api(world).get("/audit", params={"limit": 1000}).json()
+    assert any(e["action"] == "auth.logout" and e["actor"] == name for e in audit)
+
+
+def test_user_disable_enable_passwd_delete(world: World) -> None:
+    name = f"uma-{secrets.token_hex(3)}"
+    admin = world.admin
+    admin.run(
+        "user", "create", name, "--role", "helpdesk", "--password-stdin", input="uma-password-1\n"
+    )
+    t = login_token(world.dep.url, name, "uma-password-1")
+    c = world.client(t)
+    assert c.get("/auth/me").status_code == 200
+    admin.run("user", "disable", name)
+    doc = assert_json_error(c.get("/auth/me"), 401, "unauthorized")
+    assert name in doc["message"] and "disabled" in doc["message"]
+    r = httpx.post(
+        world.dep.url + API + "/auth/login", json={"user": name, "password": "uma-password-1"}
+    )
+    assert_json_error(r, 401, "unauthorized")
+    admin.run("user", "enable", name)
+    assert c.get("/auth/me").status_code == 200
+    # Her own password: the current one is needed; her other sessions are revoked, not this one.
+    other = world.client(login_token(world.dep.url, name, "uma-password-1"))
+    r = c.put(f"/users/{name}/password", json={"password": "uma-password-2", "current": "nope"})
+    assert_json_error(r, 401, "unauthorized")
+    r = c.put(
+        f"/users/{name}/password",
+        json={"password": "uma-password-2", "current": "uma-password-1"},
+    )
+    assert r.status_code == 204, r.text
+    assert c.get("/auth/me").status_code == 200
+    assert_json_error(other.get("/auth/me"), 401, "unauthorized")
+    # The admin sets it: every session of hers is revoked.
+    admin.run("user", "passwd", name, "--password-stdin", input="uma-password-3\n")
+    assert_json_error(c.get("/auth/me"), 401, "unauthorized")
+    t3 = login_token(world.dep.url, name, "uma-password-3")
+    # The last enabled administrator cannot be disabled or deleted.
+    api = admin_api(world)
+    assert_json_error(api.post("/users/admin/disable"), 409, "conflict")
+    assert_json_error(api.delete("/users/admin"), 409, "conflict")
+    admin.run("user", "delete", name, "--yes")
+    assert_json_error(world.client(t3).get("/auth/me"), 401, "unauthorized")
+    assert name not in [u["name"] for u in admin.json("user", "list")]
+    audit = api.get("/audit", params={"limit": 1000}).json()
+    actions = {e["action"] for e in audit if e["target"] == name}
+    assert {"user.disable", "user.enable", "user.passwd", "user.delete"} <= actions
+
+
+def device_probes(ep: Endpoint, blob: str) -> list[tuple[str, str, Any]]:
+    return [
+        ("GET", f"/cvds/{ep.cvd_id}", None),
+        ("GET", f"/cvds/{ep.cvd_id}/snapshots", None),
+        ("GET", f"/cvds/{ep.cvd_id}/snapshots/latest/browse", None),
+        ("GET", f"/cvds/{ep.cvd_id}/snapshots/{ep.snapshot}/file?path={ep.secret_path}", None),
+        ("POST", "/blobs/read", {"ids": [blob]}),
+        ("POST", "/agent/config", {"state": "idle"}),
+        ("GET", "/agent/work", None),
+        ("POST", "/agent/missing", {"ids": [blob]}),
+        ("POST", "/agent/commit", {"root": blob, "files": 0, "bytes": 0}),
+    ]
+
+
+def synced_endpoint(w: World, token: str, host: str, user: str) -> Endpoint:
+    ep = enroll(w.admin, w.dep.url, token, w.tmp, host, user)
+    out = ep.agent.json("agent", "run", "--once", "--state", str(ep.state))
+    assert out["synced"] and out["cvd_id"], out
+    ep.cvd_id = out["cvd_id"]
+    ep.snapshot = admin_api(w).get(f"/cvds/{ep.cvd_id}/snapshots").json()[-1]["id"]
+    return ep
+
+
+def secret_blob(ep: Endpoint) -> str:
+    """The id of the endpoint's private file: one chunk, named with the id key."""
+    key = bytes.fromhex(json.loads((ep.state / "agent.json").read_text())["id_key"])
+    return blob_id(key, ep.secret).hex()
+
+
+@pytest.mark.parametrize("how", ["archive", "revoke"])
+def test_archived_or_revoked_device_reads_nothing(world: World, how: str) -> None:
+    api = admin_api(world)
+    token = api.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+    ep = synced_endpoint(world, token, f"desk-{how}", "gina")
+    blob = secret_blob(ep)
+    c = world.client(ep.credential)
+    # Control: before, every probe reaches its own CVD.
+    assert c.get(f"/cvds/{ep.cvd_id}/snapshots").status_code == 200
+    r = c.post("/blobs/read", json={"ids": [blob]})
+    assert r.status_code == 200 and msgpack.unpackb(r.content) == [ep.secret]
+    if how == "archive":
+        world.admin.run("cvd", "archive", ep.cvd_id)
+    else:
+        out = world.admin.run("device", "revoke", ep.host).stdout
+        assert "revoked" in out
+    state = "archived" if how == "archive" else "revoked"
+    for method, path, body in device_probes(ep, blob):
+        r = c.request(method, path, json=body) if body is not None else c.request(method, path)
+        doc = assert_json_error(r, (401, 403))
+        assert f"device {ep.host} is {state}" in doc["message"], (path, doc)
+    p = ep.agent.run("agent", "run", "--once", "--state", str(ep.state), ok=False)
+    assert p.returncode != 0 and state in p.stderr
+    # The CVD keeps its snapshots for the admins.
+    assert api.get(f"/cvds/{ep.cvd_id}/snapshots").json()[-1]["id"] == ep.snapshot
+    devices = {d["id"]: d for d in world.admin.json("device", "list")}
+    assert devices[ep.device_id]["status"] == state
+    audit = api.get("/audit", params={"limit": 1000}).json()
+    if how == "archive":
+        [e] = [e for e in audit if e["action"] == "cvd.archive" and e["target"] == ep.cvd_id]
+        assert e["detail"]["credential_revoked"] is True
+    else:
+        assert any(e["action"] == "device.revoke" and e["target"] == ep.device_id for e in audit)
+
+
+# --- the content oracle (review finding 7) ---------------------------------------------------
+
+
+def test_devices_cannot_confirm_another_endpoints_file_content(world: World) -> None:
+    """The review's reproduction: a pending device and an active device of another endpoint
+    guess the content of A's small private file (one chunk) and try to confirm it."""
+    a = world.a
+    key = bytes.fromhex(json.loads((a.state / "agent.json").read_text())["id_key"])
+    right = blob_id(key, a.secret)
+    wrong = blob_id(key, a.secret.replace(b"private", b"public!"))
+    api = admin_api(world)
+
+    # A pending device gets no id key, and reaches nothing but its enrollment status.
+    r = enroll_raw(world, world.enroll_token, "desk-snoop")
+    assert r.status_code == 201 and r.json()["status"] == "pending"
+    assert r.json()["chunking"]["id_key"] == ""
+    pending = world.client(r.json()["credential"])
+    assert pending.post("/agent/config", json={"state": "idle"}).json()["chunking"] is None
+    assert pending.get("/agent/work").json() == []
+    for guess in (right, wrong):
+        for path in ("/agent/missing", "/blobs/read"):
+            doc = assert_json_error(pending.post(path, json={"ids": [guess.hex()]}), 403)
+            assert "pending" in doc["message"]
+
+    # An active device of another endpoint: its answers are the same for a right and a wrong guess.
+    token = api.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+    r = enroll_raw(world, token, "desk-mallory")
+    assert r.status_code == 201 and r.json()["status"] == "active"
+    assert r.json()["chunking"]["id_key"] == key.hex()
+    m = world.client(r.json()["credential"])
+    r = m.post("/agent/missing", json={"ids": [right.hex(), wrong.hex()]})
+    assert r.status_code == 200 and r.json()["missing"] == [right.hex(), wrong.hex()]
+    for guess in (right, wrong):
+        doc = assert_json_error(m.post("/blobs/read", json={"ids": [guess.hex()]}), 403)
+        assert "not in this device's snapshots" in doc["message"]
+    # Committing a tree that names the guess, to read it back, is refused the same way.
+    answers = []
+    for guess in (right, wrong):
+        t = tree([file_entry(b"loot.txt", [guess], size=len(a.secret))])
+        tid = blob_id(key, t)
+        flag, payload = compress(t)
+        body = msgpack.packb(
+            {"v": 1, "blobs": [[int(BlobKind.TREE), tid, flag, payload, len(t)]]},
+            use_bin_type=True,
+        )
+        up = m.post("/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE})
+        assert up.status_code == 200, up.text
+        r = m.post("/agent/commit", json={"root": tid.hex(), "files": 1, "bytes": len(a.secret)})
+        doc = assert_json_error(r, 422, "missing_data")
+        answers.append(doc["message"].replace(guess.hex()[:16], "ID"))
+    assert answers[0] == answers[1] and "does not hold for this CVD" in answers[0]
+    cvd = next(x for x in api.get("/cvds").json() if x["hostname"] == "desk-mallory")
+    assert cvd["snapshots"] == 0
+
+    # Control: A itself is told its chunk is stored, and reads it.
+    ca = world.client(a.credential)
+    assert ca.post("/agent/missing", json={"ids": [right.hex()]}).json()["missing"] == []
+    r = ca.post("/blobs/read", json={"ids": [right.hex()]})
+    assert r.status_code == 200 and msgpack.unpackb(r.content) == [a.secret]
+    # A device that really holds the same content uploads it: the store keeps one copy,
+    # and from then on it is that device's too.
+    flag, payload = compress(a.secret)
+    body = msgpack.packb(
+        {"v": 1, "blobs": [[int(BlobKind.DATA), right, flag, payload, len(a.secret)]]},
+        use_bin_type=True,
+    )
+    up = m.post("/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE})
+    assert up.status_code == 200 and up.json() == {"new": 0}
+    assert m.post("/agent/missing", json={"ids": [right.hex()]}).json()["missing"] == []
+    r = m.post("/blobs/read", json={"ids": [right.hex()]})
+    assert r.status_code == 200 and msgpack.unpackb(r.content) == [a.secret]
+
+
+# --- hostnames (review finding 18, the server's half) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hostname", ["\x1b]0;owned\x07", "desk\x1b[2J", "desk a", "desk\nb", "-desk", "désk"]
+)
+def test_hostname_is_restricted_to_a_safe_set(world: World, hostname: str) -> None:
+    api = admin_api(world)
+    before = {d["id"] for d in api.get("/devices").json()}
+    doc = assert_json_error(enroll_raw(world, world.enroll_token, hostname), 400, "bad_request")
+    assert "hostname" in doc["message"] and "\x1b" not in doc["message"]
+    assert {d["id"] for d in api.get("/devices").json()} == before
+
+
+def test_a_cvd_from_before_blob_ownership_is_indexed_on_first_use(world: World) -> None:
+    """A CVD made before revision 0005 has no ownership rows: its snapshots are walked once."""
+    b = world.b
+    blob = secret_blob(b)
+    engine = make_engine(f"sqlite:///{world.dep.servers[0].data / 'lamina.db'}")
+    try:
+        with write_tx(engine) as c:
+            c.execute(delete(cvd_blobs).where(cvd_blobs.c.cvd_id == b.cvd_id))
+            c.execute(update(cvds).where(cvds.c.id == b.cvd_id).values(blobs_indexed=False))
+        cb = world.client(b.credential)
+        assert cb.post("/agent/missing", json={"ids": [blob]}).json()["missing"] == []
+        r = cb.post("/blobs/read", json={"ids": [blob]})
+        assert r.status_code == 200 and msgpack.unpackb(r.content) == [b.secret]
+        with engine.connect() as c:
+            assert c.execute(select(cvds.c.blobs_indexed).where(cvds.c.id == b.cvd_id)).scalar()
+            assert bytes.fromhex(blob) in {
+                bytes(x)
+                for x in c.execute(
+                    select(cvd_blobs.c.blob_id).where(cvd_blobs.c.cvd_id == b.cvd_id)
+                ).scalars()
+            }
+    finally:
+        engine.dispose()

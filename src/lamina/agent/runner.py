@@ -153,6 +153,10 @@ class Agent:
         }
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)
+        if cfg.chunking is not None and cfg.chunking.id_key != self.st.id_key:
+            # A pending enrollment gives no id key: the server hands it over once active.
+            self.st.id_key = cfg.chunking.id_key
+            save_state(self.state_dir, self.st)
         return cfg
 
     def sync_due(self, cfg: AgentConfig) -> bool:

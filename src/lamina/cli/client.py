@@ -37,6 +37,15 @@ def save_login(url: str, token: str) -> Path:
     return path
 
 
+def forget_login() -> bool:
+    """Remove the saved session; True if there was one."""
+    try:
+        config_path().unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def error_from(r: httpx.Response) -> LaminaError:
     try:
         doc = r.json()
@@ -88,6 +97,8 @@ class Api:
             raise BackendError(f"cannot reach the server at {self.url}: {e}") from e
         if r.status_code >= 400:
             raise error_from(r)
+        if r.status_code == 204 or not r.content:
+            return None
         ctype = r.headers.get("content-type", "")
         return r.json() if ctype.startswith("application/json") else r.content
 
@@ -99,3 +110,6 @@ class Api:
 
     def put(self, path: str, json: Any = None, **kw: Any) -> Any:
         return self.call("PUT", path, json=json, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.call("DELETE", path, **kw)

@@ -13,7 +13,9 @@ from lamina.cli.common import JsonOpt, parse_duration
 from lamina.cli.output import emit_json, err_console
 from lamina.errors import LaminaError, UsageError
 
-token_app = typer.Typer(help="Enrollment tokens.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Enrollment tokens, sessions and API tokens: create, list, revoke.", no_args_is_help=True
+)
 device_app = typer.Typer(help="Enrolled devices.", no_args_is_help=True)
 policy_app = typer.Typer(
     help="CVD policies: schedule, retention, protected area, bandwidth.", no_args_is_help=True
@@ -30,16 +32,65 @@ def token_create(
     reference: Annotated[
         bool, typer.Option("--reference", help="Devices become reference CVDs.")
     ] = False,
+    uses: Annotated[int, typer.Option(help="How many devices may enroll with it.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an enrollment token for `lamina agent enroll`."""
     doc = Api.from_login().post(
-        "/tokens", {"expires_in": parse_duration(expires), "policy": policy, "reference": reference}
+        "/tokens",
+        {
+            "expires_in": parse_duration(expires),
+            "policy": policy,
+            "reference": reference,
+            "uses": uses,
+        },
     )
     if as_json:
         emit_json(doc)
     else:
         typer.echo(doc["token"])
+
+
+@token_app.command("api")
+def token_api(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. 'backup report'.")],
+    expires: Annotated[str, typer.Option(help="Lifetime, e.g. 30d.")] = "90d",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API token acting as you (for scripts: LAMINA_TOKEN); shown once."""
+    doc = Api.from_login().post(
+        "/auth/tokens", {"name": name, "expires_in": parse_duration(expires)}
+    )
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(doc["token"])
+
+
+@token_app.command("list")
+def token_list(as_json: JsonOpt = False) -> None:
+    """List sessions, API tokens and enrollment tokens: kind, owner, dates, uses, state."""
+    rows = Api.from_login().get("/tokens")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        uses = f"{r['uses']}/{r['max_uses']}" if r["max_uses"] is not None else "-"
+        typer.echo(
+            f"{r['id']}  {r['kind']:<10} {r['owner']:<16} {r['created'][:19]}  "
+            f"expires {(r['expires'] or '-')[:19]:<19}  used {(r['last_used'] or '-')[:19]:<19}  "
+            f"uses {uses:<7} {r['state']}{' (this session)' if r['current'] else ''}"
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, as_json: JsonOpt = False) -> None:
+    """Revoke a session, API token or enrollment token by id: it stops working at once."""
+    doc = Api.from_login().delete(f"/tokens/{token_id}")
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(f"{doc['kind']} token {doc['id']} of {doc['owner']} revoked")
 
 
 @device_app.command("list")
@@ -69,6 +120,16 @@ def device_reject(device: str, as_json: JsonOpt = False) -> None:
         emit_json(doc)
     else:
         typer.echo(f"device {doc['hostname']} rejected")
+
+
+@device_app.command("revoke")
+def device_revoke(device: str, as_json: JsonOpt = False) -> None:
+    """Revoke a device's credential: every call it makes is refused from now on."""
+    doc = Api.from_login().post(f"/devices/{device}/revoke")
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(f"device {doc['hostname']} revoked")
 
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)$", re.IGNORECASE)

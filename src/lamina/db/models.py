@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -109,15 +110,21 @@ api_tokens = Table(
     Column("name", String(128), nullable=False),
     Column("created", DateTime(timezone=True), nullable=False),
     Column("expires", DateTime(timezone=True), nullable=True),
+    # revision 0005: "session" (from a login) or "api"; when it last authenticated a call
+    Column("kind", String(16), nullable=False, server_default="session"),
+    Column("last_used", DateTime(timezone=True), nullable=True),
 )
 
-login_failures = Table(
-    "login_failures",
+#: Failed logins per (user name, client address), revision 0005: one row per key, the
+#: failures in a row and the time before which that key may not try again.
+login_throttle = Table(
+    "login_throttle",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(128), nullable=False, index=True),
-    Column("client", String(64), nullable=False),
-    Column("time", DateTime(timezone=True), nullable=False),
+    Column("name", String(128), primary_key=True),
+    Column("client", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("last_failure", DateTime(timezone=True), nullable=False, index=True),
 )
 
 audit_log = Table(
@@ -153,6 +160,9 @@ enroll_tokens = Table(
     Column("policy_id", String(36), ForeignKey("policies.id"), nullable=True),
     Column("reference", Boolean, nullable=False, default=False),
     Column("uses", Integer, nullable=False, default=0),
+    # revision 0005: how many enrollments it allows, and when it was revoked
+    Column("max_uses", Integer, nullable=False, server_default="1"),
+    Column("revoked", DateTime(timezone=True), nullable=True),
 )
 
 devices = Table(
@@ -181,6 +191,17 @@ cvds = Table(
     Column("created", DateTime(timezone=True), nullable=False),
     Column("last_sync", DateTime(timezone=True), nullable=True),
     Column("progress", JSON, nullable=False),
+    # revision 0005: cvd_blobs holds every blob of this CVD's snapshots (false: fill it first)
+    Column("blobs_indexed", Boolean, nullable=False, server_default=false()),
+)
+
+#: The blobs a CVD's device proved it holds (uploaded them, or they are in its snapshots),
+#: revision 0005. A device learns about, and reads, no other blob.
+cvd_blobs = Table(
+    "cvd_blobs",
+    metadata,
+    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    Column("blob_id", LargeBinary(32), primary_key=True),
 )
 
 tasks = Table(
@@ -200,7 +221,7 @@ tasks = Table(
     Column("started", DateTime(timezone=True), nullable=True),
     Column("finished", DateTime(timezone=True), nullable=True),
     Column("claimed_by", String(64), nullable=True),
-    # revision 0005_h_runner: claims so far (an agent restart during a task re-queues it)
+    # revision 0006: claims so far (an agent restart during a task re-queues it)
     Column("attempts", Integer, nullable=False, default=0, server_default="0"),
 )
 

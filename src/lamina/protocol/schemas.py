@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
+#: What a device may call itself (RFC 1123 labels, plus ``_``): no spaces, no control characters.
+HOSTNAME = r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,253}[A-Za-z0-9_])?$"
 
 #: Bounds of a free-form map a client sends (progress, stats, result, facts): keys, JSON bytes.
 MAX_MAP_KEYS = 256
@@ -53,6 +55,18 @@ class UserCreate(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@-]+$")
     password: str = Field(min_length=8, max_length=1024)
     role: Literal["administrator", "helpdesk", "readonly"]
+
+
+class ApiTokenCreate(Strict):
+    """A named API token for scripts: it acts as its user, like a session."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@ -]+$")
+    expires_in: int = Field(90 * 86400, ge=60, le=366 * 86400)
+
+
+class PasswordChange(Strict):
+    password: str = Field(min_length=8, max_length=1024)
+    current: str | None = Field(None, max_length=1024, description="Needed for one's own.")
 
 
 class UserPublic(BaseModel):
@@ -118,17 +132,36 @@ class TokenCreate(Strict):
     expires_in: int = Field(3600, ge=60, le=366 * 86400)
     policy: str | None = None
     reference: bool = False
+    uses: int = Field(1, ge=1, le=100000, description="How many devices may enroll with it.")
 
 
 class TokenPublic(BaseModel):
     id: str
     token: str
     expires: dt.datetime
+    uses: int = 1
+
+
+class TokenInfo(BaseModel):
+    """A session, an API token or an enrollment token, without its secret."""
+
+    id: str
+    kind: Literal["session", "api", "enrollment"]
+    owner: str
+    name: str
+    created: dt.datetime
+    expires: dt.datetime | None
+    last_used: dt.datetime | None
+    uses: int | None = None
+    max_uses: int | None = None
+    state: Literal["active", "expired", "used up", "revoked"]
+    current: bool = False
 
 
 class HardwareFacts(Strict):
     machine_id: str = Field(min_length=1, max_length=128)
-    hostname: str = Field(min_length=1, max_length=255)
+    #: Letters, digits, dot, dash and underscore only: it is printed by admin tools.
+    hostname: str = Field(min_length=1, max_length=255, pattern=HOSTNAME)
     vendor: str = Field("", max_length=255)
     model: str = Field("", max_length=255)
     os_release: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS)
@@ -143,6 +176,7 @@ class EnrollRequest(Strict):
 
 class ChunkingPublic(BaseModel):
     chunker_seed: int
+    #: Empty for a pending device: it gets the key in ``AgentConfig`` once active.
     id_key: str
     min_size: int
     avg_size: int
@@ -256,6 +290,8 @@ class AgentConfig(BaseModel):
     policy_version: int | None
     last_sync: dt.datetime | None
     gc_epoch: int = 0
+    #: The chunking secret, given to active devices only (not in a pending enrollment).
+    chunking: ChunkingPublic | None = None
 
 
 class MissingRequest(Strict):

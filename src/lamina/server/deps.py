@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from lamina.errors import AuthError, TooLargeError
+from lamina.errors import AuthError, ForbiddenError, TooLargeError
 from lamina.server.context import ServerContext
-from lamina.server.security import Principal
+from lamina.server.security import Principal, RateLimiter
+from lamina.server.services.access import TreeCache
 from lamina.server.services.users import authenticate
 
 
@@ -36,6 +38,43 @@ def device(caller: Caller) -> Principal:
 
 
 Device = Annotated[Principal, Depends(device)]
+
+
+def active_device(caller: Device) -> Principal:
+    """A device with an active CVD: a pending device reaches nothing but its enrollment status."""
+    if caller.role != "active":
+        raise ForbiddenError(f"{caller.name} is {caller.role}: it has no active CVD yet")
+    return caller
+
+
+ActiveDevice = Annotated[Principal, Depends(active_device)]
+
+
+@dataclass
+class AccessLimits:
+    """Per-process state of the device routes: rate limits and delivered-tree cache."""
+
+    # Generous: a device learns only about its own CVD's blobs anyway (services.access);
+    # these bound how fast one device can make the server work. A first sync or a full
+    # restore of a large endpoint fits the burst; a refused agent retries next cycle.
+    #: ids asked of ``/agent/missing``.
+    missing: RateLimiter = field(
+        default_factory=lambda: RateLimiter(50_000, 5_000_000, "blob ids asked")
+    )
+    #: blobs read through ``/blobs/read`` by devices.
+    reads: RateLimiter = field(default_factory=lambda: RateLimiter(50_000, 5_000_000, "blob reads"))
+    trees: TreeCache = field(default_factory=TreeCache)
+
+
+def access_limits(request: Request) -> AccessLimits:
+    state = request.app.state
+    limits: AccessLimits | None = getattr(state, "access_limits", None)
+    if limits is None:
+        limits = state.access_limits = AccessLimits()
+    return limits
+
+
+Limits = Annotated[AccessLimits, Depends(access_limits)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

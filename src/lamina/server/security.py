@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from lamina.errors import ForbiddenError
+from lamina.errors import ForbiddenError, RateLimitedError
 
 # Token prefixes, not secrets.
 USER_TOKEN = "lmu_"  # noqa: S105
@@ -68,9 +71,47 @@ class Principal:
     kind: str  # "user" | "device"
     id: str
     name: str
-    role: str = ""
+    role: str = ""  # a user's role; a device's status
     permissions: frozenset[str] = field(default_factory=frozenset)
+    #: The user token (session or API token) this call was made with.
+    token_id: str = ""
 
     def require(self, permission: str) -> None:
         if self.kind != "user" or permission not in self.permissions:
             raise ForbiddenError(f"{self.name} may not do this (needs permission {permission!r})")
+
+
+class RateLimiter:
+    """A token bucket per key (a device id): ``burst`` units at once, ``rate`` units a second.
+
+    Per server process and in memory: it bounds how fast one device can ask, which is
+    all it is for (what a device may learn at all is decided by ``services.access``).
+    """
+
+    def __init__(
+        self, rate: float, burst: float, what: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate, self.burst, self.what, self.clock = rate, burst, what, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, units: int) -> None:
+        """Spend ``units`` for ``key``, or raise RateLimitedError saying how long to wait."""
+        with self._lock:
+            t = self.clock()
+            level, last = self._buckets.get(key, (self.burst, t))
+            level = min(self.burst, level + (t - last) * self.rate)
+            if units > level:
+                self._buckets[key] = (level, t)
+                wait = (units - level) / self.rate
+                raise RateLimitedError(
+                    f"too many {self.what}: {units} asked, {int(level)} allowed now;"
+                    f" try again in {wait:.0f} seconds"
+                )
+            self._buckets[key] = (level - units, t)
+            if len(self._buckets) > 100_000:  # forget full buckets of idle keys
+                self._buckets = {
+                    k: v
+                    for k, v in self._buckets.items()
+                    if v[0] + (t - v[1]) * self.rate < self.burst
+                }

@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from lamina.protocol.bundle import MEDIA_TYPE
+from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
 from lamina.protocol.schemas import (
     AgentConfig,
     AgentStatusReport,
@@ -22,8 +22,8 @@ from lamina.protocol.schemas import (
     TaskReport,
     WorkItem,
 )
-from lamina.server.deps import Ctx, Device, read_body
-from lamina.server.services import fleet, layers, sync, tasks
+from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, read_body
+from lamina.server.services import access, fleet, layers, sync, tasks
 from lamina.store.retention import Retention
 
 router = APIRouter(prefix="/agent")
@@ -35,17 +35,27 @@ def enroll(req: EnrollRequest, ctx: Ctx) -> EnrollResponse:
     return fleet.enroll(ctx.engine, req, ctx.store.keys.chunking)
 
 
-@router.post("/config", summary="Report the agent's state; get its CVD and policy")
+@router.post(
+    "/config",
+    summary="Report the agent's state; get its status, and once active its CVD, policy and chunking secret",
+)
 def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
-    cfg = fleet.agent_config(ctx.engine, device, report.model_dump())
-    cfg.gc_epoch = ctx.store.catalog.gc_epoch()
+    cfg = fleet.agent_config(ctx.engine, device, report.model_dump(), ctx.store.keys.chunking)
+    if cfg.cvd_id is not None:
+        cfg.gc_epoch = ctx.store.catalog.gc_epoch()
     return cfg
 
 
-@router.post("/missing", summary="Which of these blob ids the server lacks")
-def missing(req: MissingRequest, ctx: Ctx, device: Device) -> MissingResponse:
-    fleet.active_cvd_of_device(ctx.engine, device)
-    return MissingResponse(missing=sync.missing(ctx.store, req.ids))
+@router.post(
+    "/missing", summary="Which of these blob ids this CVD must upload (not stored, or not its own)"
+)
+def missing(req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> MissingResponse:
+    cvd = fleet.active_cvd_of_device(ctx.engine, device)
+    ids = sync.parse_ids(req.ids)
+    limits.missing.take(device.id, len(ids))
+    return MissingResponse(
+        missing=[i.hex() for i in access.missing(ctx.engine, ctx.store, cvd, ids)]
+    )
 
 
 @router.post(
@@ -55,16 +65,24 @@ def missing(req: MissingRequest, ctx: Ctx, device: Device) -> MissingResponse:
         "requestBody": {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
     },
 )
-async def bundle(request: Request, ctx: Ctx, device: Device) -> dict[str, int]:
-    await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
+async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> dict[str, int]:
+    cvd = await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
     body = await read_body(request, ctx.settings.max_body)
     new = await run_in_threadpool(sync.upload_bundle, ctx.store, body)
+    # Stored (or already held): the device proved it holds each blob's content.
+    await run_in_threadpool(access.record, ctx.engine, cvd.id, bundle_ids(body))
     return {"new": new}
 
 
+def bundle_ids(body: bytes) -> list[bytes]:
+    """The ids of a bundle ``upload_bundle`` accepted (so it decodes)."""
+    return [it.id for it in decode_bundle(body)]
+
+
 @router.post("/commit", summary="Commit a snapshot whose trees and chunks are uploaded")
-def commit(req: CommitRequest, ctx: Ctx, device: Device) -> CommitResponse:
+def commit(req: CommitRequest, ctx: Ctx, device: ActiveDevice) -> CommitResponse:
     cvd = fleet.active_cvd_of_device(ctx.engine, device)
+    access.check_commit(ctx.engine, ctx.store, cvd, bytes.fromhex(req.root))
     cfg = fleet.agent_config(ctx.engine, device)
     p = cfg.policy or PolicySettings()
     retention = Retention(p.keep_last, p.keep_hourly, p.keep_daily, p.keep_weekly, p.keep_monthly)
@@ -80,11 +98,13 @@ def commit(req: CommitRequest, ctx: Ctx, device: Device) -> CommitResponse:
     summary="Claim the tasks queued for this device (restarted: requeue its cut-short ones first)",
 )
 def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
+    if device.role != fleet.ACTIVE:
+        return []  # a pending device has no work: tasks are addressed to active CVDs
     return tasks.claim_for_device(ctx.engine, device, _WORKER, restarted)
 
 
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")
-def report(task_id: str, rep: TaskReport, ctx: Ctx, device: Device) -> TaskPublic:
+def report(task_id: str, rep: TaskReport, ctx: Ctx, device: ActiveDevice) -> TaskPublic:
     return tasks.report(ctx.engine, device, task_id, rep)
 
 

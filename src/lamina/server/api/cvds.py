@@ -16,8 +16,8 @@ from lamina.protocol.schemas import (
     SnapshotPublic,
     TaskPublic,
 )
-from lamina.server.deps import Caller, Ctx
-from lamina.server.services import cvd_ops, fleet
+from lamina.server.deps import Caller, Ctx, Limits, active_device
+from lamina.server.services import access, cvd_ops, fleet
 from lamina.server.services.sync import parse_ids
 from lamina.tree.content import content_pieces
 
@@ -104,14 +104,20 @@ class BlobsRequest(BaseModel):
     summary="Plaintext of blobs by id (msgpack list, possibly a prefix), verified by the server",
     response_class=Response,
 )
-def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, request: Request) -> Response:
-    # A blob id is a keyed hash of its content: a caller can only know one by holding
-    # the content or by reading a tree it may read. Users need "data.read" (and each
-    # read is audited); devices are held to their own CVD's trees by the routes that
-    # hand trees out.
+def read_blobs(
+    req: BlobsRequest, ctx: Ctx, caller: Caller, request: Request, limits: Limits
+) -> Response:
+    # Users need "data.read" (and each read is audited). A device reads only blobs of
+    # its own CVD or of a tree delivered to it (services/access.py): every agent holds
+    # the id key, so an id alone proves nothing.
     if caller.kind == "user":
         caller.require(cvd_ops.DATA_READ)
     ids = parse_ids(req.ids)
+    if caller.kind == "device":
+        device = active_device(caller)
+        cvd = fleet.active_cvd_of_device(ctx.engine, device)
+        limits.reads.take(device.id, len(ids))
+        access.check_read(ctx.engine, ctx.store, limits.trees, device.id, cvd, ids)
     data: list[bytes] = []
     size = 0
     for blob in ctx.store.get_many(ids):

@@ -28,6 +28,8 @@ from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store.keys import ChunkingSecret
 
 PENDING, ACTIVE, REJECTED, ARCHIVED = "pending", "active", "rejected", "archived"
+#: A device whose credential an admin revoked (its CVD, if any, stays as it is).
+REVOKED = "revoked"
 
 
 def cvd_source(cvd_id: str) -> str:
@@ -53,6 +55,7 @@ def create_token(engine: Engine, actor: Principal, req: TokenCreate) -> TokenPub
                 policy_id=policy_id,
                 reference=req.reference,
                 uses=0,
+                max_uses=req.uses,
             )
         )
         audit(
@@ -63,8 +66,9 @@ def create_token(engine: Engine, actor: Principal, req: TokenCreate) -> TokenPub
             policy=req.policy,
             reference=req.reference,
             expires=expires.isoformat(),
+            uses=req.uses,
         )
-    return TokenPublic(id=tid, token=token, expires=expires)
+    return TokenPublic(id=tid, token=token, expires=expires, uses=req.uses)
 
 
 # --- devices --------------------------------------------------------------------
@@ -96,8 +100,21 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
         ).first()
         if t is None:
             raise AuthError("unknown enrollment token")
+        if t.revoked is not None:
+            raise AuthError("the enrollment token has been revoked")
         if aware(t.expires) < now():  # type: ignore[operator]
             raise AuthError("the enrollment token has expired")
+        # One atomic step: concurrent enrollments cannot pass the count together.
+        took = c.execute(
+            update(enroll_tokens)
+            .where(enroll_tokens.c.id == t.id, enroll_tokens.c.uses < enroll_tokens.c.max_uses)
+            .values(uses=enroll_tokens.c.uses + 1)
+        ).rowcount
+        if not took:
+            raise AuthError(
+                f"the enrollment token is used up ({t.max_uses} of {t.max_uses} enrollments):"
+                " ask for a new one"
+            )
         credential = new_token(DEVICE_TOKEN)
         did = new_id()
         c.execute(
@@ -112,7 +129,6 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
                 agent_state={},
             )
         )
-        c.execute(update(enroll_tokens).where(enroll_tokens.c.id == t.id).values(uses=t.uses + 1))
         audit(
             c,
             f"device {req.facts.hostname}",
@@ -125,17 +141,22 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
         if t.policy_id:
             _centralize(c, t.created_by, did, t.policy_id, t.reference, None)
             status = ACTIVE
+    # A pending device gets no id key: with it, ids name content (see services/access.py).
     return EnrollResponse(
         device_id=did,
         credential=credential,
         status=status,
-        chunking=ChunkingPublic(
-            chunker_seed=chunking.chunker_seed,
-            id_key=chunking.id_key.hex(),
-            min_size=chunking.min_size,
-            avg_size=chunking.avg_size,
-            max_size=chunking.max_size,
-        ),
+        chunking=chunking_public(chunking, with_key=status == ACTIVE),
+    )
+
+
+def chunking_public(chunking: ChunkingSecret, with_key: bool) -> ChunkingPublic:
+    return ChunkingPublic(
+        chunker_seed=chunking.chunker_seed,
+        id_key=chunking.id_key.hex() if with_key else "",
+        min_size=chunking.min_size,
+        avg_size=chunking.avg_size,
+        max_size=chunking.max_size,
     )
 
 
@@ -160,6 +181,18 @@ def reject(engine: Engine, actor: Principal, ref: str) -> DevicePublic:
             raise ConflictError(f"device {d.hostname} is {d.status}, not pending")
         c.execute(update(devices).where(devices.c.id == d.id).values(status=REJECTED))
         audit(c, actor.name, "device.reject", d.id, hostname=d.hostname)
+        return _device_public(c, find_device(c, d.id))
+
+
+def revoke(engine: Engine, actor: Principal, ref: str) -> DevicePublic:
+    """Revoke a device's credential: every call it makes is refused from now on."""
+    actor.require("device.write")
+    with write_tx(engine) as c:
+        d = find_device(c, ref)
+        if d.status in (REVOKED, REJECTED, ARCHIVED):
+            raise ConflictError(f"device {d.hostname} is {d.status} already")
+        c.execute(update(devices).where(devices.c.id == d.id).values(status=REVOKED))
+        audit(c, actor.name, "device.revoke", d.id, hostname=d.hostname, was=d.status)
         return _device_public(c, find_device(c, d.id))
 
 
@@ -189,6 +222,7 @@ def _centralize(
             created=now(),
             last_sync=None,
             progress={},
+            blobs_indexed=True,  # a new CVD owns nothing yet
         )
     )
     c.execute(update(devices).where(devices.c.id == device_id).values(status=ACTIVE))
@@ -249,6 +283,8 @@ def show_cvd(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
             r = find_cvd(c, ref)
             if r.device_id != actor.id:
                 raise ForbiddenError("a device may only see its own CVD")
+            if r.state != ACTIVE:
+                raise ForbiddenError(f"CVD {r.name} is {r.state}: its device reads nothing of it")
             return _cvd_public(c, r)
     actor.require("read")
     with read_tx(engine) as c:
@@ -256,7 +292,7 @@ def show_cvd(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
 
 
 def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
-    """Detach the device; keep the CVD read-only with its snapshots."""
+    """Detach the device and revoke its credential; keep the CVD read-only with its snapshots."""
     actor.require("device.write")
     with write_tx(engine) as c:
         r = find_cvd(c, ref)
@@ -265,7 +301,7 @@ def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
         c.execute(update(cvds).where(cvds.c.id == r.id).values(state=ARCHIVED))
         if r.device_id:
             c.execute(update(devices).where(devices.c.id == r.device_id).values(status=ARCHIVED))
-        audit(c, actor.name, "cvd.archive", r.id, device=r.device_id)
+        audit(c, actor.name, "cvd.archive", r.id, device=r.device_id, credential_revoked=True)
         return _cvd_public(c, find_cvd(c, r.id))
 
 
@@ -276,6 +312,8 @@ def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str =
     if actor.kind == "device":
         if r.device_id != actor.id:
             raise ForbiddenError("a device may only reach its own CVD")
+        if r.state != ACTIVE:
+            raise ForbiddenError(f"CVD {r.name} is {r.state}: its device reads nothing of it")
         return r
     actor.require(permission)
     return r
@@ -283,8 +321,12 @@ def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str =
 
 # --- the agent's view -------------------------------------------------------------
 def agent_config(
-    engine: Engine, device: Principal, state: dict[str, Any] | None = None
+    engine: Engine,
+    device: Principal,
+    state: dict[str, Any] | None = None,
+    chunking: ChunkingSecret | None = None,
 ) -> AgentConfig:
+    """The device's status and, once it has an active CVD, its policy and the chunking secret."""
     with write_tx(engine) as c:
         values: dict[str, Any] = {"last_seen": now()}
         if state is not None:
@@ -305,6 +347,7 @@ def agent_config(
         policy=settings,
         policy_version=cvd.policy_version if cvd else None,
         last_sync=aware(cvd.last_sync) if cvd else None,
+        chunking=chunking_public(chunking, True) if chunking and cvd is not None else None,
     )
 
 

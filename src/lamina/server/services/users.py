@@ -1,17 +1,35 @@
-"""Users, logins (rate-limited), API tokens, and who a bearer token belongs to."""
+"""Users, logins (throttled per user and client), sessions and tokens, and who a bearer token
+belongs to."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from lamina.db.engine import read_tx, write_tx
-from lamina.db.models import api_tokens, audit_log, devices, login_failures, users
-from lamina.errors import AuthError, ConflictError, NotFoundError, RateLimitedError, UsageError
-from lamina.protocol.schemas import AuditPublic, LoginResponse, UserCreate, UserPublic
+from lamina.db.models import api_tokens, audit_log, devices, enroll_tokens, login_throttle, users
+from lamina.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    RateLimitedError,
+    UsageError,
+)
+from lamina.protocol.schemas import (
+    ApiTokenCreate,
+    AuditPublic,
+    LoginResponse,
+    PasswordChange,
+    TokenInfo,
+    UserCreate,
+    UserPublic,
+)
 from lamina.server.security import (
     DEVICE_TOKEN,
     ROLES,
@@ -25,6 +43,8 @@ from lamina.server.security import (
 from lamina.server.services.common import audit, aware, new_id, now
 
 SESSION_LIFETIME = dt.timedelta(days=30)
+#: Kinds of user token: from a login, or made for a script.
+SESSION, API = "session", "api"
 
 
 def ensure_admin(engine: Engine, password: str | None) -> str | None:
@@ -81,29 +101,119 @@ def list_users(engine: Engine, actor: Principal) -> list[UserPublic]:
         return [_public(r) for r in c.execute(select(users).order_by(users.c.name))]
 
 
+#: A failed-login key is forgotten this long after its last failure (if not locked).
+THROTTLE_MEMORY = dt.timedelta(days=1)
+#: The longest lock-out one (user name, client) key can earn.
+MAX_LOCKOUT = dt.timedelta(days=1)
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """A hash verified for unknown user names, so they cost the same Argon2 time as known ones."""
+    return hash_password(secrets.token_urlsafe(18))
+
+
+def lockout(failures: int, attempts: int, window: int) -> dt.timedelta | None:
+    """How long a key with ``failures`` failures in a row may not try: exponential from ``window``."""
+    if failures < attempts:
+        return None
+    pause = dt.timedelta(seconds=window * 2 ** min(failures - attempts, 20))
+    return min(pause, MAX_LOCKOUT)
+
+
+def _reserve_attempt(
+    c: Connection, name: str, client: str, attempts: int, window: int
+) -> tuple[int, dt.datetime | None]:
+    """Count this attempt as a failure before checking the password (it is reset on success).
+
+    One atomic upsert per attempt: parallel guesses from one key cannot all pass a
+    count taken before any of them is recorded (PostgreSQL at READ COMMITTED too).
+    Returns the failures in a row including this one, and the lock it sets, if any.
+    """
+    t = now()
+    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(login_throttle).values(
+        name=name, client=client, failures=1, locked_until=None, last_failure=t
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[login_throttle.c.name, login_throttle.c.client],
+        set_={"failures": login_throttle.c.failures + 1, "last_failure": t},
+        where=or_(login_throttle.c.locked_until.is_(None), login_throttle.c.locked_until <= t),
+    ).returning(login_throttle.c.failures)
+    failures = c.execute(stmt).scalar()
+    if failures is None:  # the key is locked: the row was left as it was
+        until = c.execute(
+            select(login_throttle.c.locked_until).where(
+                login_throttle.c.name == name, login_throttle.c.client == client
+            )
+        ).scalar_one()
+        wait = max(1, int((aware(until) - t).total_seconds()))  # type: ignore[operator]
+        raise RateLimitedError(
+            f"too many failed logins for {name!r} from {client}; try again in {_human(wait)}"
+        )
+    pause = lockout(failures, attempts, window)
+    until = t + pause if pause else None
+    if until is not None:
+        c.execute(
+            update(login_throttle)
+            .where(login_throttle.c.name == name, login_throttle.c.client == client)
+            .values(locked_until=until)
+        )
+    return failures, until
+
+
+def _human(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    if seconds < 7200:
+        return f"{seconds // 60} minutes"
+    return f"{seconds // 3600} hours"
+
+
 def login(
     engine: Engine, name: str, password: str, client: str, attempts: int, window: int
 ) -> LoginResponse:
-    """Check a password; too many failures for one name within ``window`` seconds lock it out."""
-    since = now() - dt.timedelta(seconds=window)
+    """Check a password, throttled per (user name, client address).
+
+    ``attempts`` failures in a row from one client lock that (name, client) key for
+    ``window`` seconds, doubling with each further failure: nobody locks a user out
+    from another address. Unknown names go through the same steps, a dummy hash
+    included, so neither the time nor the answer tells whether a name exists. Argon2
+    runs between two short transactions, never inside one.
+    """
     with write_tx(engine) as c:
-        c.execute(delete(login_failures).where(login_failures.c.time < since))
-        failures = c.execute(
-            select(func.count())
-            .select_from(login_failures)
-            .where(login_failures.c.name == name, login_failures.c.time >= since)
-        ).scalar_one()
-        if failures >= attempts:
-            raise RateLimitedError(
-                f"too many failed logins for {name!r}; try again in {window // 60} minutes"
+        c.execute(
+            delete(login_throttle).where(
+                login_throttle.c.last_failure < now() - THROTTLE_MEMORY,
+                or_(login_throttle.c.locked_until.is_(None), login_throttle.c.locked_until < now()),
             )
+        )
+    with write_tx(engine) as c:
+        failures, locked = _reserve_attempt(c, name, client, attempts, window)
         row = c.execute(select(users).where(users.c.name == name)).first()
-        if row is None or row.disabled or not verify_password(row.password_hash, password):
-            c.execute(insert(login_failures).values(name=name, client=client, time=now()))
-            audit(c, name, "auth.login_failed", name, client=client)
+    good = verify_password(row.password_hash if row is not None else dummy_hash(), password)
+    with write_tx(engine) as c:
+        if row is None or row.disabled or not good:
+            # Bounded: one row for the first failure of a run and one per lock-out, and
+            # none for names that are no account (anyone can send those).
+            if row is not None and (failures == 1 or locked is not None):
+                audit(
+                    c,
+                    name,
+                    "auth.login_failed",
+                    name,
+                    client=client,
+                    failures=failures,
+                    locked_until=locked.isoformat() if locked else None,
+                )
             failed = True
         else:
             failed = False
+            c.execute(
+                delete(login_throttle).where(
+                    login_throttle.c.name == name, login_throttle.c.client == client
+                )
+            )
             token = new_token(USER_TOKEN)
             expires = now() + SESSION_LIFETIME
             c.execute(
@@ -112,6 +222,7 @@ def login(
                     user_id=row.id,
                     token_hash=token_hash(token),
                     name=f"login from {client}",
+                    kind=SESSION,
                     created=now(),
                     expires=expires,
                 )
@@ -122,28 +233,90 @@ def login(
     return LoginResponse(token=token, user=row.name, role=row.role, expires=expires)
 
 
+def create_api_token(engine: Engine, actor: Principal, req: ApiTokenCreate) -> LoginResponse:
+    """A named token for scripts, acting as the calling user; listed and revoked like a session."""
+    if actor.kind != "user":
+        raise ForbiddenError(f"{actor.name} may not make API tokens")
+    token = new_token(USER_TOKEN)
+    tid = new_id()
+    expires = now() + dt.timedelta(seconds=req.expires_in)
+    with write_tx(engine) as c:
+        c.execute(
+            insert(api_tokens).values(
+                id=tid,
+                user_id=actor.id,
+                token_hash=token_hash(token),
+                name=req.name,
+                kind=API,
+                created=now(),
+                expires=expires,
+            )
+        )
+        audit(c, actor.name, "token.create", tid, kind=API, name=req.name)
+    return LoginResponse(token=token, user=actor.name, role=actor.role, expires=expires)
+
+
+def logout(engine: Engine, actor: Principal) -> None:
+    """Revoke the session (or API token) this call was made with."""
+    if actor.kind != "user" or not actor.token_id:
+        raise ForbiddenError(f"{actor.name} has no session to log out of")
+    with write_tx(engine) as c:
+        c.execute(delete(api_tokens).where(api_tokens.c.id == actor.token_id))
+        audit(c, actor.name, "auth.logout", actor.token_id)
+
+
+#: A token's last use is written at most this often (a write per call otherwise).
+LAST_USED_EVERY = dt.timedelta(seconds=60)
+
+
 def authenticate(engine: Engine, token: str) -> Principal:
     """The principal a bearer token belongs to, or AuthError."""
     h = token_hash(token)
-    with read_tx(engine) as c:
-        if token.startswith(USER_TOKEN):
+    if token.startswith(USER_TOKEN):
+        with read_tx(engine) as c:
             r = c.execute(
-                select(users, api_tokens.c.expires)
+                select(
+                    users,
+                    api_tokens.c.id.label("token_id"),
+                    api_tokens.c.expires,
+                    api_tokens.c.last_used,
+                )
                 .join(api_tokens, api_tokens.c.user_id == users.c.id)
                 .where(api_tokens.c.token_hash == h)
             ).first()
-            if r is None or r.disabled:
-                raise AuthError("invalid or revoked token: log in again")
-            exp = aware(r.expires)
-            if exp is not None and exp < now():
-                raise AuthError("the session has expired: log in again")
-            return Principal("user", r.id, r.name, r.role, ROLES.get(r.role, frozenset()))
-        if token.startswith(DEVICE_TOKEN):
+        if r is None:
+            raise AuthError("invalid or revoked token: log in again")
+        if r.disabled:
+            raise AuthError(f"user {r.name} is disabled")
+        exp = aware(r.expires)
+        if exp is not None and exp < now():
+            raise AuthError("the session has expired: log in again")
+        t = now()
+        last = aware(r.last_used)
+        if last is None or last < t - LAST_USED_EVERY:  # a write a minute, not one a call
+            with write_tx(engine) as c:
+                c.execute(
+                    update(api_tokens).where(api_tokens.c.id == r.token_id).values(last_used=t)
+                )
+        return Principal(
+            "user", r.id, r.name, r.role, ROLES.get(r.role, frozenset()), token_id=r.token_id
+        )
+    if token.startswith(DEVICE_TOKEN):
+        with read_tx(engine) as c:
             d = c.execute(select(devices).where(devices.c.credential_hash == h)).first()
-            if d is None or d.status in ("rejected",):
-                raise AuthError("unknown or revoked device credential")
-            return Principal("device", d.id, f"device {d.hostname}")
+        if d is None:
+            raise AuthError("unknown or revoked device credential")
+        if d.status in REFUSED_DEVICE_STATES:
+            raise AuthError(
+                f"device {d.hostname} is {d.status}: its credential no longer works"
+                " (enroll it again with a new token)"
+            )
+        return Principal("device", d.id, f"device {d.hostname}", role=d.status)
     raise AuthError("missing or malformed bearer token")
+
+
+#: Device states whose credential is refused (fleet.REJECTED, REVOKED, ARCHIVED).
+REFUSED_DEVICE_STATES = ("rejected", "revoked", "archived")
 
 
 def audit_entries(engine: Engine, actor: Principal, limit: int = 200) -> list[AuditPublic]:
@@ -165,10 +338,181 @@ def audit_entries(engine: Engine, actor: Principal, limit: int = 200) -> list[Au
     ]
 
 
-def disable_user(engine: Engine, actor: Principal, name: str) -> None:
+def _user(c: Connection, name: str) -> Any:
+    r = c.execute(select(users).where(users.c.name == name)).first()
+    if r is None:
+        raise NotFoundError(f"no user {name!r}")
+    return r
+
+
+def _keep_an_administrator(c: Connection, r: Any, doing: str) -> None:
+    """Refuse to leave the server without an enabled administrator."""
+    if r.role != "administrator" or r.disabled:
+        return
+    others = c.execute(
+        select(func.count())
+        .select_from(users)
+        .where(users.c.role == "administrator", ~users.c.disabled, users.c.id != r.id)
+    ).scalar_one()
+    if not others:
+        raise ConflictError(f"cannot {doing} {r.name}: it is the last enabled administrator")
+
+
+def set_disabled(engine: Engine, actor: Principal, name: str, disabled: bool) -> UserPublic:
+    """Disable (every session of the user stops working at once) or enable a user."""
     actor.require("user.admin")
     with write_tx(engine) as c:
-        n = c.execute(update(users).where(users.c.name == name).values(disabled=True)).rowcount
-        if not n:
-            raise NotFoundError(f"no user {name!r}")
-        audit(c, actor.name, "user.disable", name)
+        r = _user(c, name)
+        if disabled:
+            _keep_an_administrator(c, r, "disable")
+        c.execute(update(users).where(users.c.id == r.id).values(disabled=disabled))
+        audit(c, actor.name, "user.disable" if disabled else "user.enable", name)
+        return _public(_user(c, name))
+
+
+def disable_user(engine: Engine, actor: Principal, name: str) -> None:
+    set_disabled(engine, actor, name, True)
+
+
+def delete_user(engine: Engine, actor: Principal, name: str) -> None:
+    """Delete a user and every token of theirs."""
+    actor.require("user.admin")
+    with write_tx(engine) as c:
+        r = _user(c, name)
+        _keep_an_administrator(c, r, "delete")
+        n = c.execute(delete(api_tokens).where(api_tokens.c.user_id == r.id)).rowcount
+        c.execute(delete(users).where(users.c.id == r.id))
+        audit(c, actor.name, "user.delete", name, role=r.role, tokens_revoked=n)
+
+
+def set_password(engine: Engine, actor: Principal, name: str, req: PasswordChange) -> None:
+    """Change a password: one's own (giving the current one) or anyone's with ``user.admin``.
+
+    Every other session of the user is revoked.
+    """
+    own = actor.kind == "user" and actor.name == name
+    if not own:
+        actor.require("user.admin")
+    with read_tx(engine) as c:
+        r = _user(c, name)
+    if (
+        own
+        and "user.admin" not in actor.permissions
+        and not (req.current and verify_password(r.password_hash, req.current))
+    ):
+        raise AuthError("the current password is wrong")
+    new_hash = hash_password(req.password)  # Argon2 outside the write transaction
+    with write_tx(engine) as c:
+        c.execute(update(users).where(users.c.id == r.id).values(password_hash=new_hash))
+        n = c.execute(
+            delete(api_tokens).where(
+                api_tokens.c.user_id == r.id, api_tokens.c.id != (actor.token_id if own else "")
+            )
+        ).rowcount
+        audit(c, actor.name, "user.passwd", name, tokens_revoked=n)
+
+
+# --- every kind of token: list and revoke ------------------------------------------
+def _state(expires: dt.datetime | None, revoked: bool = False, exhausted: bool = False) -> str:
+    if revoked:
+        return "revoked"
+    if expires is not None and expires < now():
+        return "expired"
+    return "used up" if exhausted else "active"
+
+
+def list_tokens(engine: Engine, actor: Principal) -> list[TokenInfo]:
+    """Sessions, API tokens and enrollment tokens the caller may see.
+
+    ``user.admin`` sees every token; ``device.write`` sees enrollment tokens; every
+    user sees their own sessions.
+    """
+    if actor.kind != "user":
+        raise ForbiddenError(f"{actor.name} may not list tokens")
+    out: list[TokenInfo] = []
+    q = select(api_tokens, users.c.name.label("owner")).join(
+        users, users.c.id == api_tokens.c.user_id
+    )
+    if "user.admin" not in actor.permissions:
+        q = q.where(api_tokens.c.user_id == actor.id)
+    with read_tx(engine) as c:
+        for r in c.execute(q.order_by(api_tokens.c.created)):
+            exp = aware(r.expires)
+            out.append(
+                TokenInfo(
+                    id=r.id,
+                    kind=r.kind,
+                    owner=r.owner,
+                    name=r.name,
+                    created=aware(r.created),  # type: ignore[arg-type]
+                    expires=exp,
+                    last_used=aware(r.last_used),
+                    state=_state(exp),
+                    current=r.id == actor.token_id,
+                )
+            )
+        if actor.permissions & {"user.admin", "device.write"}:
+            for e in c.execute(select(enroll_tokens).order_by(enroll_tokens.c.created)):
+                exp = aware(e.expires)
+                out.append(
+                    TokenInfo(
+                        id=e.id,
+                        kind="enrollment",
+                        owner=e.created_by,
+                        name="enrollment",
+                        created=aware(e.created),  # type: ignore[arg-type]
+                        expires=exp,
+                        last_used=None,
+                        uses=e.uses,
+                        max_uses=e.max_uses,
+                        state=_state(exp, e.revoked is not None, e.uses >= e.max_uses),
+                    )
+                )
+    return out
+
+
+def revoke_token(engine: Engine, actor: Principal, token_id: str) -> TokenInfo:
+    """Revoke a session, an API token (its owner, or ``user.admin``) or an enrollment token
+    (``device.write``). It stops working at once."""
+    if actor.kind != "user":
+        raise ForbiddenError(f"{actor.name} may not revoke tokens")
+    with write_tx(engine) as c:
+        r = c.execute(
+            select(api_tokens, users.c.name.label("owner"))
+            .join(users, users.c.id == api_tokens.c.user_id)
+            .where(api_tokens.c.id == token_id)
+        ).first()
+        if r is not None:
+            if r.user_id != actor.id:
+                actor.require("user.admin")
+            c.execute(delete(api_tokens).where(api_tokens.c.id == r.id))
+            audit(c, actor.name, "token.revoke", r.id, kind=r.kind, owner=r.owner)
+            return TokenInfo(
+                id=r.id,
+                kind=r.kind,
+                owner=r.owner,
+                name=r.name,
+                created=aware(r.created),  # type: ignore[arg-type]
+                expires=aware(r.expires),
+                last_used=aware(r.last_used),
+                state="revoked",
+            )
+        e = c.execute(select(enroll_tokens).where(enroll_tokens.c.id == token_id)).first()
+        if e is None:
+            raise NotFoundError(f"no token {token_id!r}")
+        actor.require("device.write")
+        if e.revoked is None:
+            c.execute(update(enroll_tokens).where(enroll_tokens.c.id == e.id).values(revoked=now()))
+        audit(c, actor.name, "token.revoke", e.id, kind="enrollment", uses=e.uses)
+        return TokenInfo(
+            id=e.id,
+            kind="enrollment",
+            owner=e.created_by,
+            name="enrollment",
+            created=aware(e.created),  # type: ignore[arg-type]
+            expires=aware(e.expires),
+            last_used=None,
+            uses=e.uses,
+            max_uses=e.max_uses,
+            state="revoked",
+        )

@@ -1,7 +1,7 @@
 """tasks.attempts: claims of a task, so the server gives up on one that kills its agent
 
-Revision ID: 0005_h_runner
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-30 03:30:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_h_runner"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,220 @@
+"""What a device may learn about and read: the blobs its own CVD holds, nothing else.
+
+A blob id is a keyed hash of the content, and every active agent holds the key
+(it needs it to name chunks as the store does). So "is this id stored?" and "give
+me this id" are content oracles: a device that guesses a small file of another
+endpoint (a PIN, a password line) confirms it with one id. The server therefore
+answers a device only about the blobs its CVD *proved* it holds:
+
+- blobs it uploaded (``upload_bundle`` re-hashed their content against the id);
+- blobs of its own snapshots (all of which it uploaded, or held before: on first
+  use after the upgrade that added ``cvd_blobs``, a CVD's snapshots are walked once);
+- blobs under a tree the server delivered to it: the ``root`` of a restore or
+  revert task, the ``delta`` of a layer-apply task, while that task is open
+  (once read, they are the CVD's: the endpoint holds them).
+
+``cvd_blobs`` holds the first two (and the delivered blobs read), one row per (CVD, blob). The third is checked by
+walking the task's tree, cached per root in this process. ``/agent/missing`` reports
+as present only stored blobs this CVD owns: the agent uploads the others again and
+the store keeps one copy (its writer deduplicates), so cross-endpoint dedup still
+saves storage, at the cost of bandwidth.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import cvd_blobs, cvds, tasks
+from lamina.errors import ForbiddenError, MissingDataError
+from lamina.server.services.fleet import cvd_source
+from lamina.store.repository import Store
+from lamina.tree.model import decode_tree
+
+#: Ids per SQL statement (well below SQLite's bound-parameter limit).
+BATCH = 5000
+#: Task kinds and parameters whose tree the server delivers to the task's device.
+DELIVERED_TREES = ("root", "delta")
+OPEN_TASK_STATES = ("queued", "running")
+
+
+def _insert_ignore(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    c.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+
+
+def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
+    """Which of ``ids`` this CVD owns."""
+    want = list(dict.fromkeys(ids))
+    out: set[bytes] = set()
+    for k in range(0, len(want), BATCH):
+        out.update(
+            bytes(b)
+            for b in c.execute(
+                select(cvd_blobs.c.blob_id).where(
+                    cvd_blobs.c.cvd_id == cvd_id, cvd_blobs.c.blob_id.in_(want[k : k + BATCH])
+                )
+            ).scalars()
+        )
+    return out
+
+
+def record(engine: Engine, cvd_id: str, ids: Iterable[bytes]) -> None:
+    """The CVD's device proved it holds these blobs (it uploaded them)."""
+    rows = [{"cvd_id": cvd_id, "blob_id": i} for i in dict.fromkeys(ids)]
+    with write_tx(engine) as c:
+        for k in range(0, len(rows), BATCH):
+            _insert_ignore(c, cvd_blobs, rows[k : k + BATCH])
+
+
+def walk(store: Store, roots: Iterable[bytes]) -> Iterator[bytes]:
+    """Every tree and chunk id under ``roots`` (each tree decoded once)."""
+    seen: set[bytes] = set()
+    level = [r for r in dict.fromkeys(roots)]
+    while level:
+        store.prefetch(level)
+        below: list[bytes] = []
+        for tid in level:
+            if tid in seen:
+                continue
+            seen.add(tid)
+            yield tid
+            for e in decode_tree(store.get(tid)):
+                yield from e.chunk_ids()
+                if e.subtree is not None and e.subtree not in seen:
+                    below.append(e.subtree)
+        level = below
+
+
+def ensure_indexed(engine: Engine, store: Store, cvd: Any) -> None:
+    """Fill ``cvd_blobs`` from the CVD's snapshots once (CVDs made before revision 0005)."""
+    if cvd.blobs_indexed:
+        return
+    roots = [s.root for s in store.catalog.snapshots(cvd_source(cvd.id))]
+    ids = list(walk(store, roots))
+    record(engine, cvd.id, ids)
+    with write_tx(engine) as c:
+        c.execute(update(cvds).where(cvds.c.id == cvd.id).values(blobs_indexed=True))
+
+
+def missing(engine: Engine, store: Store, cvd: Any, ids: list[bytes]) -> list[bytes]:
+    """The ids this CVD must upload: not stored, or stored but not (yet) its own."""
+    ensure_indexed(engine, store, cvd)
+    gone = store.catalog.missing(ids)
+    with read_tx(engine) as c:
+        mine = owned(c, cvd.id, ids)
+    return [i for i in ids if i in gone or i not in mine]
+
+
+def check_commit(engine: Engine, store: Store, cvd: Any, root: bytes) -> None:
+    """Refuse a snapshot naming a blob this CVD does not own.
+
+    Without this, committing a tree that names a guessed chunk id and reading it
+    back would be the oracle again. Subtrees equal to the previous snapshot's are
+    owned already and are not walked.
+    """
+    ensure_indexed(engine, store, cvd)
+    prev = store.catalog.snapshots(cvd_source(cvd.id))
+    previous = prev[-1].root if prev else None
+    level: list[tuple[bytes, bytes | None]] = [(root, previous)]
+    with read_tx(engine) as c:
+        if root not in owned(c, cvd.id, [root]):
+            raise MissingDataError(
+                "the snapshot's root tree is not stored for this CVD; upload it first"
+            )
+        while level:
+            _require_owned(c, cvd.id, [t for t, _ in level])
+            below: list[tuple[bytes, bytes | None]] = []
+            chunks: list[bytes] = []
+            for tid, old in level:
+                entries = decode_tree(store.get(tid))
+                old_sub: dict[bytes, bytes] = {}
+                if old is not None:
+                    try:
+                        old_sub = {
+                            e.name: e.subtree for e in decode_tree(store.get(old)) if e.subtree
+                        }
+                    except MissingDataError:
+                        old_sub = {}
+                for e in entries:
+                    chunks.extend(e.chunk_ids())
+                    if e.subtree is not None and old_sub.get(e.name) != e.subtree:
+                        below.append((e.subtree, old_sub.get(e.name)))
+            _require_owned(c, cvd.id, chunks)
+            level = below
+
+
+def _require_owned(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
+    mine = owned(c, cvd_id, ids)
+    foreign = [i for i in dict.fromkeys(ids) if i not in mine]
+    if foreign:
+        # The same answer whether the blob is stored for another CVD or not at all.
+        raise MissingDataError(
+            f"the snapshot names {len(foreign)} chunks or trees the server does not hold "
+            f"for this CVD (first {foreign[0].hex()[:16]}); upload them before committing"
+        )
+
+
+class TreeCache:
+    """Blob ids under a few recently delivered trees, per server process (thread-safe)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._sets: OrderedDict[bytes, frozenset[bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def under(self, store: Store, root: bytes) -> frozenset[bytes]:
+        with self._lock:
+            hit = self._sets.get(root)
+            if hit is not None:
+                self._sets.move_to_end(root)
+                return hit
+        ids = frozenset(walk(store, [root]))
+        with self._lock:
+            self._sets[root] = ids
+            while len(self._sets) > self.size:
+                self._sets.popitem(last=False)
+        return ids
+
+
+def check_read(
+    engine: Engine, store: Store, cache: TreeCache, device_id: str, cvd: Any, ids: list[bytes]
+) -> None:
+    """Refuse unless every id is owned by the CVD or under a tree delivered to this device."""
+    ensure_indexed(engine, store, cvd)
+    with read_tx(engine) as c:
+        mine = owned(c, cvd.id, ids)
+        rest = [i for i in dict.fromkeys(ids) if i not in mine]
+        if not rest:
+            return
+        params = c.execute(
+            select(tasks.c.params).where(
+                tasks.c.device_id == device_id, tasks.c.state.in_(OPEN_TASK_STATES)
+            )
+        ).scalars()
+        roots = [
+            bytes.fromhex(p[k])
+            for p in params
+            for k in DELIVERED_TREES
+            if isinstance(p, dict) and isinstance(p.get(k), str) and len(p[k]) == 64
+        ]
+    delivered: set[bytes] = set()
+    for r in roots:
+        delivered |= cache.under(store, r)
+        if all(i in delivered for i in rest):
+            # The device holds them now (a layer it applies): its next sync need not
+            # upload them again.
+            record(engine, cvd.id, rest)
+            return
+    first = next(i for i in rest if i not in delivered)
+    raise ForbiddenError(
+        f"blob {first.hex()[:16]} is not in this device's snapshots or in a tree delivered to it"
+    )
