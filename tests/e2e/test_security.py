@@ -983,6 +983,18 @@ def test_devices_cannot_confirm_another_endpoints_file_content(world: World) -> 
     cvd = next(x for x in api.get("/cvds").json() if x["hostname"] == "desk-mallory")
     assert cvd["snapshots"] == 0
 
+    # Uploading each guess as content gives the same answer whether the store held it.
+    uploads = []
+    for guess, content in ((right, a.secret), (wrong, a.secret.replace(b"private", b"public!"))):
+        flag, payload = compress(content)
+        body = msgpack.packb(
+            {"v": 1, "blobs": [[int(BlobKind.DATA), guess, flag, payload, len(content)]]},
+            use_bin_type=True,
+        )
+        up = m.post("/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE})
+        uploads.append((up.status_code, up.text))
+    assert uploads[0] == uploads[1] == (200, '{"new":1}')
+
     # Control: A itself is told its chunk is stored, and reads it.
     ca = world.client(a.credential)
     assert ca.post("/agent/missing", json={"ids": [right.hex()]}).json()["missing"] == []
@@ -996,7 +1008,7 @@ def test_devices_cannot_confirm_another_endpoints_file_content(world: World) -> 
         use_bin_type=True,
     )
     up = m.post("/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE})
-    assert up.status_code == 200 and up.json() == {"new": 0}
+    assert up.status_code == 200 and up.json() == {"new": 0}  # its own since the upload above
     assert m.post("/agent/missing", json={"ids": [right.hex()]}).json()["missing"] == []
     r = m.post("/blobs/read", json={"ids": [right.hex()]})
     assert r.status_code == 200 and msgpack.unpackb(r.content) == [a.secret]

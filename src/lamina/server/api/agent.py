@@ -68,9 +68,10 @@ def missing(req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits)
 async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> dict[str, int]:
     cvd = await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
     body = await read_body(request, ctx.settings.max_body)
-    new = await run_in_threadpool(sync.upload_bundle, ctx.store, body)
-    # Stored (or already held): the device proved it holds each blob's content.
-    await run_in_threadpool(access.record, ctx.engine, cvd.id, bundle_ids(body))
+    await run_in_threadpool(sync.upload_bundle, ctx.store, body)
+    # Stored (or already held): the device proved it holds each blob's content. The
+    # answer counts blobs new to this CVD, never whether another CVD stored them.
+    new = await run_in_threadpool(access.record, ctx.engine, cvd.id, bundle_ids(body))
     return {"new": new}
 
 

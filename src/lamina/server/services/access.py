@@ -67,12 +67,20 @@ def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
     return out
 
 
-def record(engine: Engine, cvd_id: str, ids: Iterable[bytes]) -> None:
-    """The CVD's device proved it holds these blobs (it uploaded them)."""
-    rows = [{"cvd_id": cvd_id, "blob_id": i} for i in dict.fromkeys(ids)]
+def record(engine: Engine, cvd_id: str, ids: Iterable[bytes]) -> int:
+    """The CVD's device proved it holds these blobs (it uploaded them).
+
+    Returns how many were new *to this CVD*: the answer a bundle upload gives. Whether
+    the store already held a blob for another CVD must not show (that would be the
+    content oracle again, through uploads of guesses)."""
+    want = list(dict.fromkeys(ids))
     with write_tx(engine) as c:
+        mine = owned(c, cvd_id, want)
+        new = [i for i in want if i not in mine]
+        rows = [{"cvd_id": cvd_id, "blob_id": i} for i in new]
         for k in range(0, len(rows), BATCH):
             _insert_ignore(c, cvd_blobs, rows[k : k + BATCH])
+    return len(new)
 
 
 def walk(store: Store, roots: Iterable[bytes]) -> Iterator[bytes]:
