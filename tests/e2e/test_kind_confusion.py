@@ -91,7 +91,9 @@ def test_tree_uploaded_as_data_does_not_make_gc_delete_a_victims_chunks(
 ) -> None:
     admin = Lamina(tmp_path / "people" / "admin").login(dep.url)
     admin.run("policy", "create", "std", "--interval", "1h", "--keep-last", "10")
-    token = admin.json("token", "create", "--expires", "1h", "--policy", "std")["token"]
+    token = admin.json("token", "create", "--expires", "1h", "--policy", "std", "--uses", "2")[
+        "token"
+    ]
 
     # The attacker: an active device with its own copy of the package.
     evil_root = tmp_path / "evil"

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from lamina.config import ServerSettings
+from lamina.protocol.schemas import MAX_MAP_BYTES
 from lamina.server.app import create_app
 from tests.server.conftest import API, Live
 
@@ -104,13 +105,19 @@ def test_the_app_pulls_no_more_than_the_limit(tmp_path: Path) -> None:
     assert json.loads(body)["code"] == "too_large"
 
 
+OVER = MAX_MAP_BYTES + 1000  # JSON bytes past the bound
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [
         ("/agent/config", {"state": "idle", "progress": {f"k{i}": i for i in range(300)}}),
-        ("/agent/config", {"state": "idle", "progress": {"files": "x" * 70_000}}),
-        ("/agent/commit", {"root": "0" * 64, "files": 1, "bytes": 1, "stats": {"e": "x" * 70_000}}),
-        ("/agent/tasks/some-task", {"progress": 50, "result": {"e": ["x" * 1000] * 70}}),
+        ("/agent/config", {"state": "idle", "progress": {"files": "x" * OVER}}),
+        ("/agent/commit", {"root": "0" * 64, "files": 1, "bytes": 1, "stats": {"e": "x" * OVER}}),
+        (
+            "/agent/tasks/some-task",
+            {"progress": 50, "result": {"e": ["x" * 1000] * (MAX_MAP_BYTES // 1000 + 2)}},
+        ),
     ],
     ids=["progress-keys", "progress-bytes", "commit-stats", "task-result"],
 )
