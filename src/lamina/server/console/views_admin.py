@@ -258,6 +258,7 @@ def user_disable(ctx: Ctx, actor: Actor, name: str) -> Response:
 
 @router.get("/tokens")
 def token_page(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    actor.require("device.write")
     return render(
         request,
         "tokens.html",
