@@ -14,6 +14,9 @@ import httpx
 import pytest
 from tests.e2e.conftest import ADMIN_PASSWORD, ServerProc
 
+from lamina.db.engine import make_engine, write_tx
+from lamina.server.services import events
+
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 SHOTS = Path(__file__).parents[2] / "docs" / "console"
@@ -79,6 +82,16 @@ def api(url: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> httpx.
     return httpx.Client(
         base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
     )
+
+
+def record_event(server: ServerProc, severity: str, target: str, message: str) -> None:
+    """An event written into the running server's database, as a service would."""
+    engine = make_engine(f"sqlite:///{server.data / 'lamina.db'}")
+    try:
+        with write_tx(engine) as c:
+            events.record(c, severity, "test", target, message)
+    finally:
+        engine.dispose()
 
 
 def enroll(url: str, token: str, hostname: str, **facts: Any) -> dict[str, Any]:

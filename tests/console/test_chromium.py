@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tests.console.conftest import Browser, api, enroll
+from tests.console.conftest import Browser, api, enroll, record_event
 from tests.e2e.conftest import ADMIN_PASSWORD, LAMINA, Lamina, ServerProc
 from tests.e2e.endpoints import make_endpoint
 
@@ -158,6 +158,17 @@ def test_an_administrators_day_in_chromium(
     page.get_by_role("button", name="Assign", exact=True).click()
     expect(page.get_by_role("heading", name="Task layer-apply")).to_be_visible()
     assert len(a_tasks(server, "layer-apply")) == 1
+
+    # An event on the dashboard, acknowledged from there.
+    record_event(server, "error", "desk-01", f"disk failing {XSS}")
+    b.go("/")
+    expect(page.locator(".count.error .n")).to_have_text("1")
+    expect(page.get_by_role("cell", name=f"disk failing {XSS}", exact=True)).to_be_visible()
+    page.get_by_role("button", name="Acknowledge event 1").click()
+    expect(page.locator(".count.error .n")).to_have_text("0")
+    b.go("/events")
+    expect(page.get_by_text("by admin")).to_be_visible()
+    b.check("events")
 
     # The other pages, each checked.
     for path, shot in (("/audit", "audit"), ("/collections", "collections"),

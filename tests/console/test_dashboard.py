@@ -12,7 +12,7 @@ from sqlalchemy import update
 from lamina.config import ServerSettings
 from lamina.db.engine import write_tx
 from lamina.db.models import devices
-from lamina.errors import ForbiddenError, UsageError
+from lamina.errors import ConflictError, ForbiddenError, NotFoundError, UsageError
 from lamina.protocol.schemas import (
     CentralizeRequest,
     EnrollRequest,
@@ -25,7 +25,7 @@ from lamina.protocol.schemas import (
 from lamina.server.app import open_context
 from lamina.server.context import ServerContext
 from lamina.server.security import ROLES, Principal
-from lamina.server.services import cvd_ops, dashboard, fleet, policies, tasks
+from lamina.server.services import cvd_ops, dashboard, events, fleet, policies, tasks
 from lamina.server.services.dashboard import DeviceQuery
 
 ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
@@ -138,3 +138,26 @@ def test_bad_list_queries_are_usage_errors_and_devices_can_not_read_the_fleet(
         dashboard.summary(engine, device)
     with pytest.raises(ForbiddenError):
         dashboard.device_page(engine, device, DeviceQuery())
+
+
+def test_events_wait_by_severity_until_acknowledged_once_by_an_operator(
+    ctx: ServerContext,
+) -> None:
+    with write_tx(ctx.engine) as c:
+        events.record(c, "error", "task", "desk-01", "sync failed: disk full")
+        events.record(c, "warning", "store", "store", "a pack is missing")
+        with pytest.raises(UsageError):
+            events.record(c, "panic", "x", "y", "z")
+    assert events.unacknowledged(ctx.engine, READER) == {"error": 1, "warning": 1, "info": 0}
+    newest, oldest = events.list_events(ctx.engine, READER)
+    with pytest.raises(ForbiddenError):
+        events.acknowledge(ctx.engine, READER, oldest.id)
+    events.acknowledge(ctx.engine, ADMIN, oldest.id)
+    with pytest.raises(ConflictError):
+        events.acknowledge(ctx.engine, ADMIN, oldest.id)
+    with pytest.raises(NotFoundError):
+        events.acknowledge(ctx.engine, ADMIN, 999)
+    assert events.unacknowledged(ctx.engine, READER) == {"error": 0, "warning": 1, "info": 0}
+    assert [e.id for e in events.list_events(ctx.engine, READER, pending_only=True)] == [newest.id]
+    (acked,) = [e for e in events.list_events(ctx.engine, READER) if e.id == oldest.id]
+    assert acked.acknowledged_by == "admin" and acked.acknowledged is not None

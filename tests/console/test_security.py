@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from tests.console.conftest import Console, api, enroll
+from tests.console.conftest import Console, api, enroll, record_event
 from tests.e2e.conftest import ServerProc
 
 pytestmark = pytest.mark.e2e
@@ -81,6 +81,7 @@ def fleet(shared_server: ServerProc) -> dict[str, str]:
             "/users", json={"name": name, "password": "password-123", "role": role}
         ).raise_for_status()
     policy = a.get("/policies/std").json()["id"]
+    record_event(server, "error", "desk-01", "sync failed")
     return {"pending": pending, "cvd": cvd, "policy": policy}
 
 
@@ -96,6 +97,7 @@ ACTION_WORDS = (
     "Capture",
     "Start recording",
     "Create collection",
+    "Acknowledge",
 )
 
 
@@ -115,6 +117,8 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         "/collections",
         "/tasks",
         "/rules",
+        "/events",
+        "/events?pending=1",
     ]
     for path in pages:
         r = c.get(path)
@@ -151,6 +155,7 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         "/users": {"name": "eve", "password": "password-123", "role": "administrator"},
         "/users/admin/disable": {},
         "/tokens": {"hours": "1"},
+        "/events/1/acknowledge": {},
     }
     for path, form in actions.items():
         r = c.post(path, form)

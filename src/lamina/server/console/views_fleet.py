@@ -20,7 +20,7 @@ from lamina.server.console.web import (
     session_actor,
     set_cookie,
 )
-from lamina.server.services import dashboard, fleet, policies, sessions, tasks, users
+from lamina.server.services import dashboard, events, fleet, policies, sessions, tasks, users
 from lamina.server.services.users import SESSION_LIFETIME
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -49,6 +49,8 @@ def _dashboard(ctx: Ctx, actor: Actor) -> dict[str, Any]:
         "summary": dashboard.summary(ctx.engine, actor),
         "running": tasks.list_tasks(ctx.engine, actor, state=tasks.RUNNING, limit=20),
         "queued": tasks.list_tasks(ctx.engine, actor, state=tasks.QUEUED, limit=20),
+        "event_counts": events.unacknowledged(ctx.engine, actor),
+        "events": events.list_events(ctx.engine, actor, pending_only=True, limit=10),
     }
 
 
@@ -158,3 +160,22 @@ def reject_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> Res
 def reject(ctx: Ctx, actor: Actor, device_id: str) -> Response:
     fleet.reject(ctx.engine, actor, device_id)
     return see_other("/devices?state=pending")
+
+
+@router.get("/events")
+def event_list(request: Request, ctx: Ctx, actor: Actor, pending: str = "") -> Response:
+    return render(
+        request,
+        "events.html",
+        actor,
+        events=events.list_events(ctx.engine, actor, pending_only=bool(pending)),
+        pending=bool(pending),
+    )
+
+
+@router.post("/events/{event_id}/acknowledge")
+def event_acknowledge(
+    request: Request, ctx: Ctx, actor: Actor, event_id: int, back: Annotated[str, Form()] = "/"
+) -> Response:
+    events.acknowledge(ctx.engine, actor, event_id)
+    return see_other(back if back in ("/", "/events", "/events?pending=1") else "/")
