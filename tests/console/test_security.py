@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import ssl
+from pathlib import Path
 
+import httpx
 import pytest
-from tests.console.conftest import Console, api, enroll, record_event
-from tests.e2e.conftest import ServerProc
+from tests.console.conftest import Console, api, csrf_of, enroll, record_event
+from tests.e2e.conftest import ADMIN_PASSWORD, ServerProc
+from tests.e2e.test_policy_tls_service import _self_signed
 
 pytestmark = pytest.mark.e2e
 XSS = "<script>alert(1)</script>"
@@ -204,3 +208,25 @@ def test_user_text_is_escaped_in_hostnames_and_the_audit_log(
         assert XSS not in html, path
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html, path
     assert len(re.findall(r"<script", c.get("/audit").text)) == 2  # htmx and console.js only
+
+
+def test_under_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path, "console")
+    server = ServerProc(tmp_path / "srv", [], tls=(cert, key)).start()
+    try:
+        http = httpx.Client(
+            base_url=server.url,
+            verify=ssl.create_default_context(cafile=str(cert)),
+            follow_redirects=False,
+        )
+        page = http.get("/")
+        r = http.post(
+            "/login", data={"user": "admin", "password": ADMIN_PASSWORD, "csrf": csrf_of(page.text)}
+        )
+        assert r.status_code == 303
+        cookie = next(
+            h for h in r.headers.get_list("set-cookie") if h.startswith("lamina_session=")
+        )
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    finally:
+        server.stop()
