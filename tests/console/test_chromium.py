@@ -135,6 +135,15 @@ def test_an_administrators_day_in_chromium(
         assert z.read("Documents/photo.raw") == (docs / "photo.raw").read_bytes()
         assert z.read(f"Documents/{FILE_XSS}") == b"a file name that is not markup\n"
 
+    # Restore one file onto the endpoint, from the portal, after reading what will happen.
+    page.get_by_role("link", name="Restore thesis.txt").click()
+    expect(page.get_by_text("home/alice/Documents/thesis.txt”")).to_be_visible()
+    b.check("confirm-restore")
+    page.get_by_role("button", name="Restore", exact=True).click()
+    expect(page.get_by_role("heading", name="Task restore")).to_be_visible()
+    (restore,) = a_tasks(server, "restore")
+    assert restore["params"]["paths"] == ["home/alice/Documents/thesis.txt"]
+
     # A base layer captured from the reference CVD; its assignment's dry run read, then assigned.
     b.go("/layers")
     expect(page.get_by_text("No layers yet")).to_be_visible()
@@ -145,6 +154,10 @@ def test_an_administrators_day_in_chromium(
     b.check("layer")
     b.go("/layers")
     b.check("layers")
+    # The endpoint then drifts from the layer: a program of the layer is changed, and synced.
+    drifted = sorted(p for p in (root / "usr/bin").iterdir() if p.is_file())[0]
+    drifted.write_bytes(b"changed on the endpoint\n")
+    agent.run("agent", "run", "--once", "--sync", "--state", str(state))
     page.goto(cvd_url)
     page.get_by_role("link", name="Assign layers", exact=True).click()
     page.get_by_label("Base layer").select_option("base-1:1")
@@ -153,6 +166,9 @@ def test_an_administrators_day_in_chromium(
     expect(page.get_by_role("heading", name="Dry run: base-1:1 on desk-01")).to_be_visible()
     table = page.get_by_role("table")
     expect(table.get_by_role("columnheader", name="Action")).to_be_visible()
+    row = table.get_by_role("row").filter(has_text=f"usr/bin/{drifted.name}")
+    expect(row).to_have_count(1)  # the drifted file, with what assigning does to it
+    assert row.locator(".state").inner_text() in ("updated", "conflict", "merged", "blocked")
     assert a_tasks(server, "layer-apply") == []  # reading the dry run changed nothing
     b.check("dry-run")
     page.get_by_role("button", name="Assign", exact=True).click()
