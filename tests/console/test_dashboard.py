@@ -56,20 +56,30 @@ def _finish(ctx: ServerContext, dev: Principal, host: str, state: str) -> None:
 @pytest.fixture
 def fleet_of_six(ctx: ServerContext) -> ServerContext:
     """pending-1; online-1; offline-1 (silent 3 h, policy interval 1 h); failing-1 (newest
-    task failed); recovered-1 (a failed task, then a done one); lowdisk-1 (1 GiB free)."""
+    task failed); recovered-1 (a failed task, then a done one); lowdisk-1 (1 GiB free);
+    syncerror-1 (its agent's last scheduled sync failed)."""
     policies.create(
         ctx.engine, ADMIN, PolicyCreate(name="hourly", settings=PolicySettings(interval=3600))
     )
     token = fleet.create_token(ctx.engine, ADMIN, TokenCreate()).token
     devs = {
         h: _device(ctx, token, h)
-        for h in ("pending-1", "online-1", "offline-1", "failing-1", "recovered-1", "lowdisk-1")
+        for h in (
+            "pending-1",
+            "online-1",
+            "offline-1",
+            "failing-1",
+            "recovered-1",
+            "lowdisk-1",
+            "syncerror-1",
+        )
     }
     for h, d in devs.items():
         if h != "pending-1":
             fleet.centralize(ctx.engine, ADMIN, h, CentralizeRequest(policy="hourly"))
             fleet.agent_config(ctx.engine, d, {"state": "idle", "disk_free": 50 * 1024**3})
     fleet.agent_config(ctx.engine, devs["lowdisk-1"], {"state": "idle", "disk_free": 1024**3})
+    fleet.agent_config(ctx.engine, devs["syncerror-1"], {"state": "error", "disk_free": 10**11})
     _finish(ctx, devs["failing-1"], "failing-1", "done")
     _finish(ctx, devs["failing-1"], "failing-1", "failed")
     _finish(ctx, devs["recovered-1"], "recovered-1", "failed")
@@ -88,8 +98,8 @@ def test_health_counts_follow_the_policy_interval_the_newest_task_and_free_disk(
     fleet_of_six: ServerContext,
 ) -> None:
     s = dashboard.summary(fleet_of_six.engine, READER)
-    assert s.total == 6
-    assert s.counts == {"pending": 1, "online": 4, "offline": 1, "failing": 1, "lowdisk": 1}
+    assert s.total == 7
+    assert s.counts == {"pending": 1, "online": 5, "offline": 1, "failing": 2, "lowdisk": 1}
 
     def hosts(health: str) -> list[str]:
         page = dashboard.device_page(fleet_of_six.engine, READER, DeviceQuery(health=health))
@@ -97,9 +107,9 @@ def test_health_counts_follow_the_policy_interval_the_newest_task_and_free_disk(
 
     assert hosts("pending") == ["pending-1"]
     assert hosts("offline") == ["offline-1"]
-    assert hosts("failing") == ["failing-1"]  # recovered-1's failure is not its newest
+    assert hosts("failing") == ["failing-1", "syncerror-1"]  # recovered-1's is not its newest
     assert hosts("lowdisk") == ["lowdisk-1"]
-    assert hosts("online") == ["failing-1", "lowdisk-1", "online-1", "recovered-1"]
+    assert hosts("online") == ["failing-1", "lowdisk-1", "online-1", "recovered-1", "syncerror-1"]
 
 
 def test_the_device_list_is_paged_sorted_and_searched_on_the_server(
@@ -108,11 +118,11 @@ def test_the_device_list_is_paged_sorted_and_searched_on_the_server(
     engine = fleet_of_six.engine
     first = dashboard.device_page(engine, READER, DeviceQuery(size=4))
     second = dashboard.device_page(engine, READER, DeviceQuery(size=4, page=2))
-    assert first.total == second.total == 6 and first.pages == 2
+    assert first.total == second.total == 7 and first.pages == 2
     names = [r.hostname for r in first.rows + second.rows]
-    assert names == sorted(names) and len(set(names)) == 6
+    assert names == sorted(names) and len(set(names)) == 7
     desc = dashboard.device_page(engine, READER, DeviceQuery(descending=True, size=1))
-    assert desc.rows[0].hostname == "recovered-1"
+    assert desc.rows[0].hostname == "syncerror-1"
     hit = dashboard.device_page(engine, READER, DeviceQuery(search="LINE-1"))
     assert [r.hostname for r in hit.rows] == ["offline-1", "online-1"]
     assert hit.rows[0].policy == "hourly" and hit.rows[0].cvd_name == "offline-1"

@@ -9,7 +9,8 @@ Health of a device (the same words the dashboard links with):
 - ``pending``: enrolled, not yet centralized or rejected;
 - ``online``: has an active CVD and checked in within twice its policy's interval;
 - ``offline``: has an active CVD and no check-in for longer than that;
-- ``failing``: the newest finished task of its CVD failed;
+- ``failing``: the newest finished task of its CVD failed, or its agent reported
+  that its last scheduled sync failed (state ``error``);
 - ``lowdisk``: the agent reported less than ``LOW_DISK`` bytes free.
 """
 
@@ -113,7 +114,13 @@ def _conditions(c: Connection, at: dt.datetime) -> dict[str, ColumnElement[bool]
         "pending": devices.c.status == PENDING,
         "online": and_(active, ~offline),
         "offline": and_(active, offline),
-        "failing": and_(active, cvds.c.id.in_(_failing_cvds())),
+        "failing": and_(
+            active,
+            or_(
+                cvds.c.id.in_(_failing_cvds()),
+                devices.c.agent_state["state"].as_string() == "error",
+            ),
+        ),
         "lowdisk": and_(active, free.is_not(None), free < LOW_DISK),
     }
 
