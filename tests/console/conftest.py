@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from lamina.server.services import events
 
 CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
-SHOTS = Path(__file__).parents[2] / "docs" / "console"
+#: Screenshots of each page land in docs/console/ when LAMINA_SHOTS=1 (so that a test run
+#: does not rewrite the pictures the README shows).
+SHOTS = Path(__file__).parents[2] / "docs" / "console" if os.environ.get("LAMINA_SHOTS") else None
 
 
 @pytest.fixture
@@ -133,7 +136,7 @@ class Browser:
         )
         assert not self.csp_violations, self.csp_violations
         assert not self.dialogs, self.dialogs
-        if shot:
+        if shot and SHOTS:
             SHOTS.mkdir(parents=True, exist_ok=True)
             self.page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
 

@@ -247,6 +247,7 @@ def files(
         crumbs=crumbs,
         join=lambda name: f"{path}/{name}" if path else name,
         query=lambda **kw: urlencode({"snapshot": snap.id, **kw}),
+        content_perm=portal.CONTENT_PERMISSION,
     )
 
 
