@@ -175,6 +175,24 @@ def test_an_administrators_day_in_chromium(
     expect(page.get_by_role("heading", name="Task layer-apply")).to_be_visible()
     assert len(a_tasks(server, "layer-apply")) == 1
 
+    # The same for a collection: its members' dry runs, one table each.
+    b.go("/collections")
+    page.get_by_label("Name", exact=True).fill("desks")
+    page.get_by_label("Static members (CVD names, one per line)").fill("desk-01")
+    page.get_by_role("button", name="Create collection", exact=True).click()
+    expect(page.get_by_role("cell", name="desks", exact=True)).to_be_visible()
+    b.go("/layers")
+    page.get_by_role("link", name="Assign layers to a collection", exact=True).click()
+    page.get_by_label("Collection").select_option("desks")
+    page.get_by_label("Base layer").select_option("base-1:1")
+    page.get_by_role("button", name="Show the dry run", exact=True).click()
+    expect(
+        page.get_by_role("heading", name="Dry run: base-1:1 on collection desks")
+    ).to_be_visible()
+    expect(page.get_by_role("heading", name="desk-01", exact=True)).to_be_visible()
+    b.check("dry-run-collection")
+    assert len(a_tasks(server, "layer-apply")) == 1
+
     # An event on the dashboard, acknowledged from there.
     record_event(server, "error", "desk-01", f"disk failing {XSS}")
     b.go("/")

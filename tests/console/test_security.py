@@ -102,6 +102,7 @@ ACTION_WORDS = (
     "Start recording",
     "Create collection",
     "Acknowledge",
+    "Assign layers to a collection",
 )
 
 
@@ -136,6 +137,7 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         f"/devices/{fleet['pending']}/centralize",
         f"/cvds/{fleet['cvd']}/confirm/sync",
         f"/cvds/{fleet['cvd']}/assign",
+        "/layers/assign/collection",
     ):
         assert c.get(path).status_code == 403, path
 
@@ -160,6 +162,8 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         "/users/admin/disable": {},
         "/tokens": {"hours": "1"},
         "/events/1/acknowledge": {},
+        "/layers/assign/collection/preview": {"collection": "none", "base": "x"},
+        "/layers/assign/collection": {"collection": "none", "base": "x"},
     }
     for path, form in actions.items():
         r = c.post(path, form)

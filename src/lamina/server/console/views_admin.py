@@ -15,6 +15,7 @@ from lamina.protocol.schemas import (
     TokenCreate,
     UserCreate,
 )
+from lamina.server.console import views_cvd
 from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
 from lamina.server.services import collections, journal, layers, policies, tasks, users
 from lamina.server.services import fleet as fleet_service
@@ -99,6 +100,80 @@ def layer_record_finalize(
 ) -> Response:
     layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
     return see_other("/layers")
+
+
+def _collection_targets(ctx: Ctx, actor: Actor, collection: str) -> list[str]:
+    actor.require("layer.write")  # before saying whether the collection exists
+    refs = collections.cvd_refs(ctx.engine, collection)
+    if not refs:
+        raise UsageError(f"collection {collection} has no members")
+    return refs
+
+
+@router.get("/layers/assign/collection")
+def collection_assign_form(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    actor.require("layer.write")
+    return render(
+        request,
+        "assign_collection.html",
+        actor,
+        choices=views_cvd.choices(ctx, actor),
+        collections=collections.list_collections(ctx.engine, actor),
+    )
+
+
+@router.post("/layers/assign/collection/preview")
+def collection_assign_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    collection: Annotated[str, Form(min_length=1)],
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    apps = [a for a in apps or [] if a]
+    if not base and not apps:
+        raise UsageError("choose a base layer or at least one app layer")
+    targets = _collection_targets(ctx, actor, collection)
+    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, True)
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=f"collection {collection}",
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="/layers/assign/collection",
+        back="/layers/assign/collection",
+        hidden={"collection": collection},
+    )
+
+
+@router.post("/layers/assign/collection")
+def collection_assign(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    collection: Annotated[str, Form(min_length=1)],
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    apps = [a for a in apps or [] if a]
+    targets = _collection_targets(ctx, actor, collection)
+    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, False)
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=f"collection {collection}",
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="",
+        back="/tasks",
+        hidden={},
+    )
 
 
 @router.get("/rules")

@@ -152,7 +152,7 @@ def archive_cvd(ctx: Ctx, actor: Actor, ref: str) -> Response:
 
 
 # --- layer assignment: choose → dry run table → Assign -----------------------------
-def _choices(ctx: Ctx, actor: Actor) -> dict[str, list[str]]:
+def choices(ctx: Ctx, actor: Actor) -> dict[str, list[str]]:
     base: list[str] = []
     apps: list[str] = []
     for layer in layers.list_layers(ctx.engine, actor):
@@ -170,7 +170,7 @@ def assign_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
         "assign.html",
         actor,
         cvd=cvd,
-        choices=_choices(ctx, actor),
+        choices=choices(ctx, actor),
         current=layers.cvd_layer_state(ctx.engine, cvd.id),
     )
 
@@ -190,7 +190,16 @@ def assign_preview(
         raise UsageError("choose a base layer or at least one app layer")
     plans = layers.assign(ctx.engine, ctx.store, actor, [cvd.id], base or None, apps, True)
     return render(
-        request, "assign_preview.html", actor, cvd=cvd, plan=plans[0], base=base, apps=apps
+        request,
+        "assign_preview.html",
+        actor,
+        target=cvd.name,
+        plans=plans,
+        base=base,
+        apps=apps,
+        action=f"/cvds/{cvd.id}/assign",
+        back=f"/cvds/{cvd.id}",
+        hidden={},
     )
 
 
@@ -209,7 +218,16 @@ def assign(
     if plans[0].get("task"):
         return see_other(f"/tasks/{plans[0]['task']}")
     return render(
-        request, "assign_preview.html", actor, cvd=cvd, plan=plans[0], base=base, apps=apps
+        request,
+        "assign_preview.html",
+        actor,
+        target=cvd.name,
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="",
+        back=f"/cvds/{cvd.id}",
+        hidden={},
     )
 
 
