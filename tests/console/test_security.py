@@ -234,3 +234,21 @@ def test_under_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
     finally:
         server.stop()
+
+
+def test_bad_form_input_is_a_clear_error_page_and_changes_nothing(
+    shared_server: ServerProc,
+) -> None:
+    c = Console(shared_server.url).login()
+    c.get("/policies")
+    too_often = c.post("/policies", {"name": "fast", "interval": "10", "keep_last": "3"})
+    assert too_often.status_code == 400
+    assert "interval: Input should be greater than or equal to 60" in too_often.text
+    not_a_number = c.post("/policies", {"name": "fast", "interval": "soon", "keep_last": "3"})
+    assert not_a_number.status_code == 400 and "interval" in not_a_number.text
+    bad_name = c.post("/policies", {"name": "a b", "interval": "3600", "keep_last": "3"})
+    assert bad_name.status_code == 400 and "name" in bad_name.text
+    assert c.get("/devices?state=sideways").status_code == 400
+    assert c.get("/devices?page=nope").status_code == 400
+    names = [p["name"] for p in api(shared_server.url).get("/policies").json()]
+    assert "fast" not in names and "a b" not in names

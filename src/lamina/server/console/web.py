@@ -18,18 +18,20 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lamina.errors import AuthError, ForbiddenError, LaminaError
+from lamina.errors import AuthError, ForbiddenError, LaminaError, UsageError
 from lamina.server.context import ServerContext
 from lamina.server.security import Principal
 from lamina.server.services.users import authenticate
@@ -187,8 +189,18 @@ class ConsoleRoute(APIRoute):
                 return see_other("/")
             except LaminaError as e:
                 return _error(request, e)
+            except (RequestValidationError, ValidationError) as e:
+                return _error(request, UsageError(_invalid(e.errors())))
 
         return run
+
+
+def _invalid(errors: Sequence[Any]) -> str:
+    """The first problem of a form, said as "field: what is wrong"."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path"))
+    msg = str(first.get("msg", "invalid input"))
+    return f"{where}: {msg}" if where else msg
 
 
 def _error(request: Request, e: LaminaError) -> HTMLResponse:
