@@ -193,6 +193,14 @@ def test_an_administrators_day_in_chromium(
     b.check("dry-run-collection")
     assert len(a_tasks(server, "layer-apply")) == 1
 
+    # Enforce the assigned layers, confirmed.
+    page.goto(cvd_url)
+    page.get_by_role("link", name="Enforce", exact=True).click()
+    expect(page.get_by_text("Every file of the assigned layers (base-1:1)")).to_be_visible()
+    page.get_by_role("button", name="Enforce", exact=True).click()
+    expect(page.get_by_role("heading", name="Task layer-apply")).to_be_visible()
+    assert len(a_tasks(server, "layer-apply")) == 2
+
     # An event on the dashboard, acknowledged from there.
     record_event(server, "error", "desk-01", f"disk failing {XSS}")
     b.go("/")

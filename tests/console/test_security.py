@@ -198,6 +198,17 @@ def test_help_desk_operates_cvds_but_cannot_edit_policies(
     c.get(f"/cvds/{fleet['cvd']}/confirm/sync")
     r = c.post(f"/cvds/{fleet['cvd']}/sync")
     assert r.status_code == 303 and r.headers["location"].startswith("/tasks/")
+    # Help desk archives a CVD of its own, after reading what that does.
+    a = api(server.url)
+    token = a.post("/tokens", json={"expires_in": 3600}).json()["token"]
+    enroll(server.url, token, "leaving-01")
+    cvd = a.post("/devices/leaving-01/centralize", json={"policy": "std"}).json()["id"]
+    confirm = c.get(f"/cvds/{cvd}/confirm/archive").text
+    assert "leaving-01 is detached from leaving-01" in confirm and ">Archive</button>" in confirm
+    r = c.post(f"/cvds/{cvd}/archive")
+    assert r.status_code == 303 and r.headers["location"] == f"/cvds/{cvd}"
+    assert a.get(f"/cvds/{cvd}").json()["state"] == "archived"
+    assert ">Sync now<" not in c.get(f"/cvds/{cvd}").text  # nothing to act on any more
 
 
 def test_user_text_is_escaped_in_hostnames_and_the_audit_log(

@@ -140,9 +140,22 @@ def revert(
 
 
 @router.post("/cvds/{ref}/enforce")
-def enforce(ctx: Ctx, actor: Actor, ref: str) -> Response:
+def enforce(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     result = layers.enforce(ctx.engine, ctx.store, actor, ref)
-    return see_other(f"/tasks/{result['task']}" if result.get("task") else f"/cvds/{ref}")
+    if result.get("task"):
+        return see_other(f"/tasks/{result['task']}")
+    return render(  # refused (e.g. not enough space): say why, with the plan
+        request,
+        "assign_preview.html",
+        actor,
+        target=result["cvd"],
+        plans=[result],
+        base="",
+        apps=[],
+        action="",
+        back=f"/cvds/{result['id']}",
+        hidden={},
+    )
 
 
 @router.post("/cvds/{ref}/archive")
