@@ -25,7 +25,8 @@ from lamina.protocol.schemas import (
 from lamina.server.app import open_context
 from lamina.server.context import ServerContext
 from lamina.server.security import ROLES, Principal
-from lamina.server.services import cvd_ops, dashboard, events, fleet, policies, tasks
+from lamina.server.services import cvd_ops, dashboard, events, fleet, journal, policies, tasks
+from lamina.server.services.common import audit
 from lamina.server.services.dashboard import DeviceQuery
 
 ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
@@ -171,3 +172,23 @@ def test_events_wait_by_severity_until_acknowledged_once_by_an_operator(
     assert [e.id for e in events.list_events(ctx.engine, READER, pending_only=True)] == [newest.id]
     (acked,) = [e for e in events.list_events(ctx.engine, READER) if e.id == oldest.id]
     assert acked.acknowledged_by == "admin" and acked.acknowledged is not None
+
+
+def test_the_audit_search_filters_by_user_action_and_time_and_pages_backwards(
+    ctx: ServerContext,
+) -> None:
+    with write_tx(ctx.engine) as c:
+        for i in range(150):
+            audit(c, "alice" if i % 2 else "bob", ("cvd.sync", "layer.assign")[i % 3 == 0], f"t{i}")
+    page1 = journal.search(ctx.engine, ADMIN, limit=100)
+    page2 = journal.search(ctx.engine, ADMIN, before_id=int(page1[-1].id), limit=100)
+    ids = [int(e.id) for e in page1 + page2]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 151  # + admin's creation
+    assert {e.actor for e in journal.search(ctx.engine, ADMIN, user="alice")} == {"alice"}
+    cvd_only = journal.search(ctx.engine, ADMIN, action="cvd.*", limit=1000)
+    assert len(cvd_only) == 100 and {e.action for e in cvd_only} == {"cvd.sync"}
+    tomorrow = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    assert journal.search(ctx.engine, ADMIN, since=tomorrow) == []
+    assert len(journal.search(ctx.engine, ADMIN, until=tomorrow, limit=1000)) == 151
+    with pytest.raises(ForbiddenError):
+        journal.search(ctx.engine, READER)

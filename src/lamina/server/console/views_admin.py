@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 
@@ -21,6 +22,7 @@ from lamina.server.services import collections, journal, layers, policies, tasks
 from lamina.server.services import fleet as fleet_service
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+AUDIT_PAGE = 100
 TASK_STATES = ("queued", "running", "waiting", "done", "failed")
 
 
@@ -281,6 +283,7 @@ def audit_page(
     action: str = "",
     since: str = "",
     until: str = "",
+    before: int | None = None,
 ) -> Response:
     end = _day(until)
     entries = journal.search(
@@ -290,6 +293,8 @@ def audit_page(
         action.strip(),
         _day(since),
         end + dt.timedelta(days=1) if end else None,
+        before_id=before,
+        limit=AUDIT_PAGE,
     )
     return render(
         request,
@@ -300,6 +305,19 @@ def audit_page(
         action=action,
         since=since,
         until=until,
+        older=(
+            urlencode(
+                {
+                    "user": user,
+                    "action": action,
+                    "since": since,
+                    "until": until,
+                    "before": entries[-1].id,
+                }
+            )
+            if len(entries) == AUDIT_PAGE
+            else None
+        ),
     )
 
 
