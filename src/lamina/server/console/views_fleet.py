@@ -44,9 +44,9 @@ def home(request: Request, ctx: Ctx) -> Response:
     return render(request, "dashboard.html", actor, **_dashboard(ctx, actor))
 
 
-def _dashboard(ctx: Ctx, actor: Actor) -> dict[str, Any]:
+def _dashboard(ctx: Ctx, actor: Actor, usage: bool = True) -> dict[str, Any]:
     return {
-        "summary": dashboard.summary(ctx.engine, actor),
+        "summary": dashboard.summary(ctx.engine, actor, usage),
         "running": tasks.list_tasks(ctx.engine, actor, state=tasks.RUNNING, limit=20),
         "queued": tasks.list_tasks(ctx.engine, actor, state=tasks.QUEUED, limit=20),
         "event_counts": events.unacknowledged(ctx.engine, actor),
@@ -56,8 +56,8 @@ def _dashboard(ctx: Ctx, actor: Actor) -> dict[str, Any]:
 
 @router.get("/dashboard/live")
 def dashboard_live(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    """The part of the dashboard htmx reloads every few seconds."""
-    return render(request, "_dashboard_live.html", actor, **_dashboard(ctx, actor))
+    """The part of the dashboard htmx reloads every few seconds (store usage is not in it)."""
+    return render(request, "_dashboard_live.html", actor, **_dashboard(ctx, actor, usage=False))
 
 
 @router.post("/login")

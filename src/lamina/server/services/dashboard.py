@@ -148,17 +148,19 @@ class StoreUsage:
 class Summary:
     counts: dict[str, int]
     total: int
-    usage: StoreUsage
+    usage: StoreUsage | None
 
 
-def summary(engine: Engine, actor: Principal) -> Summary:
-    """The dashboard's counts (one aggregate query) and the store's usage."""
+def summary(engine: Engine, actor: Principal, usage: bool = True) -> Summary:
+    """The dashboard's counts (one aggregate query) and, with ``usage``, the store's."""
     actor.require("read")
     at = now()
     with read_tx(engine) as c:
         conds = _conditions(c, at)
         cols = [func.sum(case((cond, 1), else_=0)).label(k) for k, cond in conds.items()]
         row = c.execute(select(func.count().label("total"), *cols).select_from(_joined())).one()
+        if not usage:
+            return Summary({k: int(getattr(row, k) or 0) for k in conds}, int(row.total), None)
         pack_bytes, growth = c.execute(
             select(
                 func.coalesce(func.sum(packs.c.size), 0),
