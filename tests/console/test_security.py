@@ -263,3 +263,14 @@ def test_bad_form_input_is_a_clear_error_page_and_changes_nothing(
     assert c.get("/devices?page=nope").status_code == 400
     names = [p["name"] for p in api(shared_server.url).get("/policies").json()]
     assert "fast" not in names and "a b" not in names
+
+
+def test_the_login_form_keeps_the_apis_rate_limit(shared_server: ServerProc) -> None:
+    c = Console(shared_server.url)
+    for _ in range(5):
+        c.get("/")
+        assert c.post("/login", {"user": "mallory", "password": "guess"}).status_code == 401
+    c.get("/")
+    r = c.post("/login", {"user": "mallory", "password": "guess"})
+    assert r.status_code == 429 and "too many failed logins" in r.text
+    assert "lamina_session" not in c.http.cookies
