@@ -1,0 +1,384 @@
+"""Tasks, layers, policies, collections, rule test, audit log, users and enrollment tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request, Response
+
+from lamina.errors import UsageError
+from lamina.protocol.schemas import (
+    PolicyCreate,
+    PolicySettings,
+    PolicyUpdate,
+    TokenCreate,
+    UserCreate,
+)
+from lamina.server.console import views_cvd
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.services import collections, journal, layers, policies, tasks, users
+from lamina.server.services import fleet as fleet_service
+
+router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+AUDIT_PAGE = 100
+TASK_STATES = ("queued", "running", "waiting", "done", "failed")
+
+
+# --- tasks ---------------------------------------------------------------------------
+def _tasks(ctx: Ctx, actor: Actor, state: str) -> dict[str, Any]:
+    if state and state not in TASK_STATES:
+        raise UsageError(f"unknown task state {state!r}")
+    return {
+        "tasks": tasks.list_tasks(ctx.engine, actor, state or None, limit=100),
+        "state": state,
+        "states": TASK_STATES,
+    }
+
+
+@router.get("/tasks")
+def task_list(request: Request, ctx: Ctx, actor: Actor, state: str = "") -> Response:
+    return render(request, "tasks.html", actor, **_tasks(ctx, actor, state))
+
+
+@router.get("/tasks/live")
+def task_list_live(request: Request, ctx: Ctx, actor: Actor, state: str = "") -> Response:
+    return render(request, "_tasks_live.html", actor, **_tasks(ctx, actor, state))
+
+
+@router.get("/tasks/{task_id}")
+def task_page(request: Request, ctx: Ctx, actor: Actor, task_id: str) -> Response:
+    return render(request, "task.html", actor, task=tasks.get(ctx.engine, actor, task_id))
+
+
+@router.get("/tasks/{task_id}/live")
+def task_live(request: Request, ctx: Ctx, actor: Actor, task_id: str) -> Response:
+    return render(request, "_task_live.html", actor, task=tasks.get(ctx.engine, actor, task_id))
+
+
+# --- layers --------------------------------------------------------------------------
+@router.get("/layers")
+def layer_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(request, "layers.html", actor, layers=layers.list_layers(ctx.engine, actor))
+
+
+@router.get("/layers/{ref}")
+def layer_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return render(request, "layer.html", actor, layer=layers.show_layer(ctx.engine, actor, ref))
+
+
+def _opt(v: str) -> str | None:
+    return v.strip() or None
+
+
+@router.post("/layers/capture")
+def layer_capture(
+    ctx: Ctx,
+    actor: Actor,
+    cvd: Annotated[str, Form(min_length=1)],
+    name: Annotated[str, Form()] = "",
+    update: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    out = layers.capture(ctx.engine, ctx.store, actor, cvd, _opt(name), _opt(update), notes)
+    return see_other(f"/layers/{out['id']}")
+
+
+@router.post("/layers/record/start")
+def layer_record_start(ctx: Ctx, actor: Actor, cvd: Annotated[str, Form(min_length=1)]) -> Response:
+    layers.record_start(ctx.engine, actor, cvd)
+    return see_other("/layers")
+
+
+@router.post("/layers/record/finalize")
+def layer_record_finalize(
+    ctx: Ctx,
+    actor: Actor,
+    cvd: Annotated[str, Form(min_length=1)],
+    name: Annotated[str, Form()] = "",
+    update: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
+    return see_other("/layers")
+
+
+def _collection_targets(ctx: Ctx, actor: Actor, collection: str) -> list[str]:
+    actor.require("layer.write")  # before saying whether the collection exists
+    refs = collections.cvd_refs(ctx.engine, collection)
+    if not refs:
+        raise UsageError(f"collection {collection} has no members")
+    return refs
+
+
+@router.get("/layers/assign/collection")
+def collection_assign_form(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    actor.require("layer.write")
+    return render(
+        request,
+        "assign_collection.html",
+        actor,
+        choices=views_cvd.choices(ctx, actor),
+        collections=collections.list_collections(ctx.engine, actor),
+    )
+
+
+@router.post("/layers/assign/collection/preview")
+def collection_assign_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    collection: Annotated[str, Form(min_length=1)],
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    apps = [a for a in apps or [] if a]
+    if not base and not apps:
+        raise UsageError("choose a base layer or at least one app layer")
+    targets = _collection_targets(ctx, actor, collection)
+    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, True)
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=f"collection {collection}",
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="/layers/assign/collection",
+        back="/layers/assign/collection",
+        hidden={"collection": collection},
+    )
+
+
+@router.post("/layers/assign/collection")
+def collection_assign(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    collection: Annotated[str, Form(min_length=1)],
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    apps = [a for a in apps or [] if a]
+    targets = _collection_targets(ctx, actor, collection)
+    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, False)
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=f"collection {collection}",
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="",
+        back="/tasks",
+        hidden={},
+    )
+
+
+@router.get("/rules")
+def rules_page(request: Request, ctx: Ctx, actor: Actor, cvd: str = "") -> Response:
+    result = layers.test_rules(ctx.engine, ctx.store, actor, cvd, None) if cvd else None
+    return render(request, "rules.html", actor, result=result, cvd=cvd)
+
+
+# --- policies ------------------------------------------------------------------------
+def _settings(interval: int, keep_last: int, include: str, exclude: str) -> PolicySettings:
+    return PolicySettings(
+        interval=interval,
+        keep_last=keep_last,
+        include=[x.strip() for x in include.splitlines() if x.strip()] or ["/**"],
+        exclude=[x.strip() for x in exclude.splitlines() if x.strip()],
+    )
+
+
+@router.get("/policies")
+def policy_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(
+        request, "policies.html", actor, policies=policies.list_policies(ctx.engine, actor)
+    )
+
+
+@router.post("/policies")
+def policy_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    interval: Annotated[int, Form()] = 3600,
+    keep_last: Annotated[int, Form()] = 3,
+    include: Annotated[str, Form()] = "/**",
+    exclude: Annotated[str, Form()] = "",
+) -> Response:
+    req = PolicyCreate(name=name, settings=_settings(interval, keep_last, include, exclude))
+    policies.create(ctx.engine, actor, req)
+    return see_other("/policies")
+
+
+@router.get("/policies/{ref}")
+def policy_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return render(request, "policy.html", actor, policy=policies.show(ctx.engine, actor, ref))
+
+
+@router.post("/policies/{ref}")
+def policy_update(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    interval: Annotated[int, Form()],
+    keep_last: Annotated[int, Form()],
+    include: Annotated[str, Form()] = "/**",
+    exclude: Annotated[str, Form()] = "",
+) -> Response:
+    current = policies.show(ctx.engine, actor, ref).settings
+    new = _settings(interval, keep_last, include, exclude)
+    merged = current.model_copy(
+        update={k: getattr(new, k) for k in ("interval", "keep_last", "include", "exclude")}
+    )
+    p = policies.update_policy(ctx.engine, actor, ref, PolicyUpdate(settings=merged))
+    return see_other(f"/policies/{p.id}")
+
+
+# --- collections ---------------------------------------------------------------------
+@router.get("/collections")
+def collection_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(
+        request,
+        "collections.html",
+        actor,
+        collections=collections.list_collections(ctx.engine, actor),
+    )
+
+
+@router.post("/collections")
+def collection_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    filter: Annotated[str, Form(max_length=2000)] = "",
+    members: Annotated[str, Form(max_length=100000)] = "",
+) -> Response:
+    refs = [x.strip() for x in members.replace(",", "\n").splitlines() if x.strip()]
+    collections.create(ctx.engine, actor, name, filter.strip(), refs)
+    return see_other("/collections")
+
+
+# --- audit ---------------------------------------------------------------------------
+def _day(v: str) -> dt.datetime | None:
+    if not v:
+        return None
+    try:
+        return dt.datetime.fromisoformat(v).replace(tzinfo=dt.UTC)
+    except ValueError as e:
+        raise UsageError(f"{v!r} is not a date (YYYY-MM-DD)") from e
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    user: str = "",
+    action: str = "",
+    since: str = "",
+    until: str = "",
+    before: int | None = None,
+) -> Response:
+    end = _day(until)
+    entries = journal.search(
+        ctx.engine,
+        actor,
+        user.strip(),
+        action.strip(),
+        _day(since),
+        end + dt.timedelta(days=1) if end else None,
+        before_id=before,
+        limit=AUDIT_PAGE,
+    )
+    return render(
+        request,
+        "audit.html",
+        actor,
+        entries=entries,
+        user=user,
+        action=action,
+        since=since,
+        until=until,
+        older=(
+            urlencode(
+                {
+                    "user": user,
+                    "action": action,
+                    "since": since,
+                    "until": until,
+                    "before": entries[-1].id,
+                }
+            )
+            if len(entries) == AUDIT_PAGE
+            else None
+        ),
+    )
+
+
+# --- users and tokens ----------------------------------------------------------------
+@router.get("/users")
+def user_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(request, "users.html", actor, users=users.list_users(ctx.engine, actor))
+
+
+@router.post("/users")
+def user_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+    role: Annotated[str, Form()],
+) -> Response:
+    users.create_user(
+        ctx.engine,
+        actor,
+        UserCreate.model_validate({"name": name, "password": password, "role": role}),
+    )
+    return see_other("/users")
+
+
+@router.post("/users/{name}/disable")
+def user_disable(ctx: Ctx, actor: Actor, name: str) -> Response:
+    users.disable_user(ctx.engine, actor, name)
+    return see_other("/users")
+
+
+@router.get("/tokens")
+def token_page(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    actor.require("device.write")
+    return render(
+        request,
+        "tokens.html",
+        actor,
+        policies=policies.list_policies(ctx.engine, actor),
+        created=None,
+    )
+
+
+@router.post("/tokens")
+def token_create(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    hours: Annotated[int, Form(ge=1, le=366 * 24)] = 24,
+    policy: Annotated[str, Form()] = "",
+    reference: Annotated[str, Form()] = "",
+) -> Response:
+    token = fleet_service.create_token(
+        ctx.engine,
+        actor,
+        TokenCreate(expires_in=hours * 3600, policy=policy or None, reference=bool(reference)),
+    )
+    return render(
+        request,
+        "tokens.html",
+        actor,
+        policies=policies.list_policies(ctx.engine, actor),
+        created=token,
+    )
