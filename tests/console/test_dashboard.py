@@ -62,7 +62,7 @@ def fleet_of_six(ctx: ServerContext) -> ServerContext:
     policies.create(
         ctx.engine, ADMIN, PolicyCreate(name="hourly", settings=PolicySettings(interval=3600))
     )
-    token = fleet.create_token(ctx.engine, ADMIN, TokenCreate()).token
+    token = fleet.create_token(ctx.engine, ADMIN, TokenCreate(uses=7)).token
     devs = {
         h: _device(ctx, token, h)
         for h in (

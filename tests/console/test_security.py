@@ -76,7 +76,7 @@ def fleet(shared_server: ServerProc) -> dict[str, str]:
     server = shared_server
     a = api(server.url)
     a.post("/policies", json={"name": "std"}).raise_for_status()
-    token = a.post("/tokens", json={"expires_in": 3600}).json()["token"]
+    token = a.post("/tokens", json={"expires_in": 3600, "uses": 2}).json()["token"]
     pending = enroll(server.url, token, "pending-01")["device_id"]
     enroll(server.url, token, "desk-01")
     cvd = a.post("/devices/desk-01/centralize", json={"policy": "std"}).json()["id"]
@@ -124,16 +124,19 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         "/rules",
         "/events",
         "/events?pending=1",
+        "/tokens",
     ]
     for path in pages:
         r = c.get(path)
         assert r.status_code == 200, (path, r.text)
         for word in ACTION_WORDS:
             assert f">{word}<" not in r.text, (path, word)
+        for form in ("/revoke", "/cancel", "/disable", "/enable", "/delete", "/password"):
+            assert f'{form}"' not in r.text, (path, form)
     for path in (
         "/users",
         "/audit",
-        "/tokens",
+        f"/cvds/{fleet['cvd']}/confirm/revoke",
         f"/devices/{fleet['pending']}/centralize",
         f"/cvds/{fleet['cvd']}/confirm/sync",
         f"/cvds/{fleet['cvd']}/assign",
@@ -142,6 +145,10 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         assert c.get(path).status_code == 403, path
 
     cvd, dev = fleet["cvd"], fleet["pending"]
+    a = api(server.url)
+    admin_token = next(t["id"] for t in a.get("/tokens").json() if t["owner"] == "admin")
+    enroll_token = next(t["id"] for t in a.get("/tokens").json() if t["kind"] == "enrollment")
+    task = a.post(f"/cvds/{cvd}/sync").json()["id"]
     actions = {
         f"/devices/{dev}/centralize": {"policy": "std"},
         f"/devices/{dev}/reject": {},
@@ -160,7 +167,14 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         "/layers/record/finalize": {"cvd": cvd, "name": "l1"},
         "/users": {"name": "eve", "password": "password-123", "role": "administrator"},
         "/users/admin/disable": {},
+        "/users/admin/enable": {},
+        "/users/admin/delete": {},
+        "/users/admin/password": {"password": "taken-over-1"},
         "/tokens": {"hours": "1"},
+        f"/tokens/{admin_token}/revoke": {},
+        f"/tokens/{enroll_token}/revoke": {},
+        f"/tasks/{task}/cancel": {},
+        f"/cvds/{cvd}/revoke": {},
         "/events/1/acknowledge": {},
         "/layers/assign/collection/preview": {"collection": "none", "base": "x"},
         "/layers/assign/collection": {"collection": "none", "base": "x"},
@@ -169,8 +183,9 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         r = c.post(path, form)
         assert r.status_code == 403, (path, r.status_code, r.text[:300])
         assert "may not do this" in r.text
-    a = api(server.url)
     assert [t for t in a.get("/tasks").json() if t["created_by"] == "reader"] == []
+    assert a.get(f"/tasks/{task}").json()["state"] == "queued"
+    assert {t["id"]: t["state"] for t in a.get("/tokens").json()}[enroll_token] != "revoked"
     assert dev in [d["id"] for d in a.get("/devices?pending=true").json()]
     assert a.get(f"/cvds/{cvd}").json()["state"] == "active"
     assert a.get("/policies/std").json()["version"] == 1
@@ -216,7 +231,15 @@ def test_user_text_is_escaped_in_hostnames_and_the_audit_log(
 ) -> None:
     server = shared_server
     token = api(server.url).post("/tokens", json={"expires_in": 3600}).json()["token"]
-    enroll(server.url, token, XSS, model=XSS)
+    # The server refuses markup in a hostname (and loses nothing: the token is not used up);
+    # the device model is free text it still stores, shown on the device list and in the
+    # enrollment's audit entry.
+    refused = httpx.post(
+        server.url + "/api/v1/agent/enroll",
+        json={"token": token, "facts": {"machine_id": "m-xss", "hostname": XSS}},
+    )
+    assert refused.status_code == 400 and "hostname" in refused.text
+    enroll(server.url, token, "xss-01", model=XSS)
     c = Console(server.url).login()
     for path in ("/devices", f"/devices?q={XSS}", "/audit", "/devices?state=pending"):
         html = c.get(path).text

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Form, Request, Response
 
 from lamina.errors import UsageError
 from lamina.protocol.schemas import (
+    PasswordChange,
     PolicyCreate,
     PolicySettings,
     PolicyUpdate,
@@ -23,7 +24,7 @@ from lamina.server.services import fleet as fleet_service
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 AUDIT_PAGE = 100
-TASK_STATES = ("queued", "running", "waiting", "done", "failed")
+TASK_STATES = ("queued", "running", "waiting", "done", "failed", "cancelled")
 
 
 # --- tasks ---------------------------------------------------------------------------
@@ -50,6 +51,12 @@ def task_list_live(request: Request, ctx: Ctx, actor: Actor, state: str = "") ->
 @router.get("/tasks/{task_id}")
 def task_page(request: Request, ctx: Ctx, actor: Actor, task_id: str) -> Response:
     return render(request, "task.html", actor, task=tasks.get(ctx.engine, actor, task_id))
+
+
+@router.post("/tasks/{task_id}/cancel")
+def task_cancel(ctx: Ctx, actor: Actor, task_id: str) -> Response:
+    t = tasks.cancel(ctx.engine, actor, task_id)
+    return see_other(f"/tasks/{t.id}")
 
 
 @router.get("/tasks/{task_id}/live")
@@ -345,20 +352,49 @@ def user_create(
 
 @router.post("/users/{name}/disable")
 def user_disable(ctx: Ctx, actor: Actor, name: str) -> Response:
-    users.disable_user(ctx.engine, actor, name)
+    users.set_disabled(ctx.engine, actor, name, True)
     return see_other("/users")
 
 
-@router.get("/tokens")
-def token_page(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    actor.require("device.write")
+@router.post("/users/{name}/enable")
+def user_enable(ctx: Ctx, actor: Actor, name: str) -> Response:
+    users.set_disabled(ctx.engine, actor, name, False)
+    return see_other("/users")
+
+
+@router.post("/users/{name}/delete")
+def user_delete(ctx: Ctx, actor: Actor, name: str) -> Response:
+    users.delete_user(ctx.engine, actor, name)
+    return see_other("/users")
+
+
+@router.post("/users/{name}/password")
+def user_password(
+    ctx: Ctx,
+    actor: Actor,
+    name: str,
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+) -> Response:
+    users.set_password(ctx.engine, actor, name, PasswordChange(password=password))
+    return see_other("/users")
+
+
+def _token_page(request: Request, ctx: Ctx, actor: Actor, created: Any = None) -> Response:
     return render(
         request,
         "tokens.html",
         actor,
-        policies=policies.list_policies(ctx.engine, actor),
-        created=None,
+        tokens=users.list_tokens(ctx.engine, actor),
+        policies=policies.list_policies(ctx.engine, actor)
+        if "device.write" in actor.permissions
+        else [],
+        created=created,
     )
+
+
+@router.get("/tokens")
+def token_page(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return _token_page(request, ctx, actor)
 
 
 @router.post("/tokens")
@@ -367,18 +403,21 @@ def token_create(
     ctx: Ctx,
     actor: Actor,
     hours: Annotated[int, Form(ge=1, le=366 * 24)] = 24,
+    uses: Annotated[int, Form(ge=1, le=100000)] = 1,
     policy: Annotated[str, Form()] = "",
     reference: Annotated[str, Form()] = "",
 ) -> Response:
     token = fleet_service.create_token(
         ctx.engine,
         actor,
-        TokenCreate(expires_in=hours * 3600, policy=policy or None, reference=bool(reference)),
+        TokenCreate(
+            expires_in=hours * 3600, policy=policy or None, reference=bool(reference), uses=uses
+        ),
     )
-    return render(
-        request,
-        "tokens.html",
-        actor,
-        policies=policies.list_policies(ctx.engine, actor),
-        created=token,
-    )
+    return _token_page(request, ctx, actor, created=token)
+
+
+@router.post("/tokens/{token_id}/revoke")
+def token_revoke(ctx: Ctx, actor: Actor, token_id: str) -> Response:
+    users.revoke_token(ctx.engine, actor, token_id)
+    return see_other("/tokens")

@@ -9,14 +9,14 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import StreamingResponse
 
-from lamina.errors import NotFoundError, UsageError
+from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.protocol.schemas import RestoreRequest, RevertRequest
 from lamina.server.console import archive
 from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
 from lamina.server.services import cvd_ops, dashboard, fleet, layers, policies, portal, tasks
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
-ACTIONS = ("sync", "restore", "revert", "enforce", "archive")
+ACTIONS = ("sync", "restore", "revert", "enforce", "archive", "revoke")
 
 
 @router.get("/cvds/{ref}")
@@ -56,9 +56,16 @@ def _what(ctx: Ctx, actor: Actor, cvd: Any, action: str, snapshot: str, path: st
             f"Every file of the assigned layers ({', '.join(assigned) or 'none'}) is put back "
             f"on {host} as the layer has it; user files outside the layers are kept."
         )
+    if action == "revoke":
+        return (
+            f"The credential of {host} is revoked: every call its agent makes is refused from "
+            f"now on, so {cvd.name} gets no new snapshot. The CVD and its {cvd.snapshots} "
+            "snapshots stay; enroll the device again to bring it back."
+        )
     return (
-        f"{host} is detached from {cvd.name}: its agent stops syncing. The CVD stays, read-only, "
-        f"with its {cvd.snapshots} snapshots."
+        f"{host} is detached from {cvd.name} and its credential is revoked: every call its "
+        f"agent makes is refused from now on. The CVD stays, read-only, with its "
+        f"{cvd.snapshots} snapshots."
     )
 
 
@@ -74,7 +81,11 @@ def confirm(
 ) -> Response:
     if action not in ACTIONS:
         raise NotFoundError(f"no CVD action {action!r}")
-    actor.require({"archive": "device.write", "enforce": "layer.write"}.get(action, "cvd.operate"))
+    actor.require(
+        {"archive": "device.write", "revoke": "device.write", "enforce": "layer.write"}.get(
+            action, "cvd.operate"
+        )
+    )
     cvd = fleet.show_cvd(ctx.engine, actor, ref)
     snaps = cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id)
     if action in ("restore", "revert"):
@@ -87,6 +98,7 @@ def confirm(
         "revert": "Revert",
         "enforce": "Enforce",
         "archive": "Archive",
+        "revoke": "Revoke device",
     }
     return render(
         request,
@@ -161,6 +173,16 @@ def enforce(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
 @router.post("/cvds/{ref}/archive")
 def archive_cvd(ctx: Ctx, actor: Actor, ref: str) -> Response:
     cvd = fleet.archive(ctx.engine, actor, ref)
+    return see_other(f"/cvds/{cvd.id}")
+
+
+@router.post("/cvds/{ref}/revoke")
+def revoke_device(ctx: Ctx, actor: Actor, ref: str) -> Response:
+    actor.require("device.write")  # before saying whether the CVD has a device
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    if not cvd.device_id:
+        raise ConflictError(f"CVD {cvd.name} has no device to revoke")
+    fleet.revoke(ctx.engine, actor, cvd.device_id)
     return see_other(f"/cvds/{cvd.id}")
 
 
@@ -278,7 +300,7 @@ def files(
         crumbs=crumbs,
         join=lambda name: f"{path}/{name}" if path else name,
         query=lambda **kw: urlencode({"snapshot": snap.id, **kw}),
-        content_perm=portal.CONTENT_PERMISSION,
+        content_perm=cvd_ops.DATA_READ,
     )
 
 
@@ -305,7 +327,11 @@ def download_folder(
 ) -> Response:
     if format not in ("tar", "zip"):
         raise UsageError("format is tar or zip")
-    entries = portal.folder(ctx.engine, ctx.store, actor, ref, snapshot, path)
+    # data.read checked and the download audited as the API's restore-as-download does
+    snap = cvd_ops.start_download(
+        ctx.engine, ctx.store, actor, ref, snapshot, [path] if path.strip("/") else []
+    )
+    entries = portal.folder(ctx.engine, ctx.store, actor, ref, snap.id, path)
     name = (path.strip("/").rsplit("/", 1)[-1] or "snapshot") + f".{format}"
     stream = archive.tar_stream if format == "tar" else archive.zip_stream
     return StreamingResponse(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, Response
@@ -20,7 +21,7 @@ from lamina.server.console.web import (
     session_actor,
     set_cookie,
 )
-from lamina.server.services import dashboard, events, fleet, policies, sessions, tasks, users
+from lamina.server.services import dashboard, events, fleet, policies, tasks, users
 from lamina.server.services.users import SESSION_LIFETIME
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -83,9 +84,8 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, ctx: Ctx) -> Response:
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
-        sessions.logout(ctx.engine, token)
+    with contextlib.suppress(AuthError):  # an expired or revoked session is gone already
+        users.logout(ctx.engine, session_actor(request, ctx))
     resp = see_other("/")
     resp.delete_cookie(SESSION_COOKIE, path="/")
     return resp

@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -90,6 +91,8 @@ templates = Jinja2Templates(
 templates.env.filters["size"] = _size
 templates.env.filters["when"] = _when
 templates.env.filters["ago"] = _ago
+#: JSON as text (autoescaped like any other), so that ``<`` reads as ``<``, not ``\u003c``.
+templates.env.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False, default=str)
 
 
 def context(request: Request) -> ServerContext:

@@ -1,7 +1,6 @@
 """The file portal: the files under a folder of a snapshot, and the bytes of a file, streamed.
 
-Reading file contents needs the permission the API asks for it: ``data.read`` where
-the server has it, ``read`` otherwise.
+Reading file contents needs the permission the API asks for it: ``data.read``.
 """
 
 from __future__ import annotations
@@ -12,14 +11,14 @@ from collections.abc import Iterator
 from sqlalchemy import Engine
 
 from lamina.errors import NotFoundError
-from lamina.server.security import PERMISSIONS, Principal
+from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, fleet
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.restore import split_path
 
 #: The permission that lets a user read what is inside files.
-CONTENT_PERMISSION = "data.read" if "data.read" in PERMISSIONS else "read"
+CONTENT_PERMISSION = cvd_ops.DATA_READ
 
 
 def folder(
