@@ -12,6 +12,7 @@ with ``<script>``) runs as script. Screenshots go to docs/console/.
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import tarfile
 import zipfile
@@ -54,14 +55,17 @@ def test_an_administrators_day_in_chromium(
     expect(page.get_by_role("link", name="standard", exact=True)).to_be_visible()
     b.check("policies")
     b.go("/tokens")
+    page.get_by_label("How many devices may enroll with it").fill("2")
     page.get_by_role("button", name="Create token", exact=True).click()
     token = page.get_by_label("Token", exact=True).input_value()
     assert token.startswith("lme_")
     page.get_by_role("button", name="Copy", exact=True).click()
     expect(page.get_by_role("button", name="Copied", exact=True)).to_be_visible()
-    b.check("tokens")
+    expect(page.get_by_role("cell", name="0 of 2", exact=True)).to_be_visible()
+    b.check()
 
-    # Two endpoints enroll: a real agent on a folder, and one with a hostile hostname.
+    # Two endpoints enroll: a real agent on a folder, and one with a hostile model name
+    # (the server refuses markup in a hostname).
     root = make_endpoint(tmp_path / "desk-01", "desk-01", "alice")
     docs = root / "home/alice/Documents"
     (docs / FILE_XSS).write_text("a file name that is not markup\n")
@@ -69,14 +73,14 @@ def test_an_administrators_day_in_chromium(
     agent = Lamina(tmp_path / "agent")
     agent.run("agent", "enroll", "--server", server.url, "--token", token,
               "--root", str(root), "--state", str(state))  # fmt: skip
-    enroll(server.url, token, XSS, model=XSS)
+    enroll(server.url, token, "xss-01", model=XSS)
 
     b.go("/")
     pending = page.locator(".count.pending")
     expect(pending.locator(".n")).to_have_text("2")
     pending.get_by_role("link").click()
     expect(page.get_by_text("2 devices pending")).to_be_visible()
-    expect(page.get_by_role("cell", name=XSS, exact=True)).to_have_count(2)  # hostname, model
+    expect(page.get_by_role("cell", name=XSS, exact=True)).to_have_count(1)  # the model
     b.check("devices")
 
     # Centralize desk-01 as a reference machine.
@@ -120,6 +124,11 @@ def test_an_administrators_day_in_chromium(
         page.get_by_role("link", name=folder, exact=True).click()
     expect(page.get_by_role("cell", name=FILE_XSS, exact=True)).to_be_visible()
     b.check("files")
+    file_url = page.get_by_role("link", name="Download thesis.txt", exact=True).get_attribute(
+        "href"
+    )
+    tar_url = page.get_by_role("link", name="Download folder as .tar").get_attribute("href")
+    files_url = page.url
     with page.expect_download() as dl:
         page.get_by_role("link", name="Download thesis.txt", exact=True).click()
     assert Path(dl.value.path()).read_bytes() == (docs / "thesis.txt").read_bytes()
@@ -134,6 +143,11 @@ def test_an_administrators_day_in_chromium(
     with zipfile.ZipFile(io.BytesIO(Path(dl.value.path()).read_bytes())) as z:
         assert z.read("Documents/photo.raw") == (docs / "photo.raw").read_bytes()
         assert z.read(f"Documents/{FILE_XSS}") == b"a file name that is not markup\n"
+    reads = [(e["action"], e["detail"].get("path"), e["detail"].get("paths"))
+             for e in api(server.url).get("/audit").json() if e["actor"] == "admin"]  # fmt: skip
+    assert ("cvd.download", "home/alice/Documents/thesis.txt", None) in reads
+    folder = ("cvd.restore_download", None, ["home/alice/Documents"])
+    assert reads.count(folder) == 2  # the .tar and the .zip
 
     # Restore one file onto the endpoint, from the portal, after reading what will happen.
     page.get_by_role("link", name="Restore thesis.txt").click()
@@ -219,12 +233,32 @@ def test_an_administrators_day_in_chromium(
         b.check(shot)
     expect(page.locator(".count.online .n")).to_have_text("1")
     b.go("/audit?action=device.*")
-    expect(page.get_by_role("cell", name=f"device {XSS}", exact=True)).to_be_visible()
+    expect(page.get_by_role("cell", name="device xss-01", exact=True)).to_be_visible()
+    expect(page.locator("code", has_text=XSS)).to_have_count(1)  # the model, as text
     b.check()
     page.set_viewport_size({"width": 390, "height": 844})
     b.go("/")
     b.check("dashboard-phone")
     page.set_viewport_size({"width": 1200, "height": 800})
+
+    # An enrollment token made for one device, revoked from the Tokens page.
+    b.go("/tokens")
+    page.get_by_role("button", name="Create token", exact=True).click()
+    expect(page.get_by_role("cell", name="0 of 1", exact=True)).to_be_visible()
+    expect(page.get_by_role("cell", name="2 of 2", exact=True)).to_be_visible()
+    page.get_by_role("button", name=re.compile("^Revoke enrollment token")).click()
+    expect(page.get_by_role("cell", name="revoked", exact=True)).to_be_visible()
+    b.check("tokens")
+
+    # A sync asked for, then cancelled before the agent starts it.
+    page.goto(cvd_url)
+    page.get_by_role("link", name="Sync now", exact=True).click()
+    page.get_by_role("button", name="Sync now", exact=True).click()
+    expect(page.locator("#task-state")).to_have_text("queued")
+    b.check("task-cancel")
+    page.get_by_role("button", name="Cancel task", exact=True).click()
+    expect(page.locator("#task-state")).to_have_text("cancelled")
+    expect(page.get_by_text("cancelled by admin")).to_be_visible()
 
     # A read-only user: sees the CVD, no action; an action posted anyway is refused.
     b.go("/users")
@@ -232,17 +266,40 @@ def test_an_administrators_day_in_chromium(
     page.get_by_label("Password (8 characters or more)").fill("password-123")
     page.get_by_label("Role").select_option("readonly")
     page.get_by_role("button", name="Create user", exact=True).click()
+    expect(page.get_by_role("button", name="Disable reader")).to_be_visible()
+    b.check("users")
     page.get_by_role("button", name="Log out", exact=True).click()
     login(b, "reader", "password-123")
     page.goto(cvd_url)
     expect(page.get_by_role("heading", name="CVD desk-01")).to_be_visible()
-    for action in ("Sync now", "Restore", "Revert", "Assign layers", "Enforce", "Archive"):
+    actions = (
+        "Sync now",
+        "Restore",
+        "Revert",
+        "Assign layers",
+        "Enforce",
+        "Archive",
+        "Revoke device",
+    )
+    for action in actions:
         expect(page.get_by_role("link", name=action, exact=True)).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("^Cancel"))).to_have_count(0)
     b.check("readonly-cvd")
     csrf = page.locator("form.logout input[name=csrf]").get_attribute("value")
     r = page.request.post(cvd_url + "/sync", form={"csrf": csrf or ""}, max_redirects=0)
     assert r.status == 403 and "may not do this" in r.text()
-    assert len(a_tasks(server, "sync")) == 1
+    assert len(a_tasks(server, "sync")) == 2  # the admin's two; none of the reader's
+    # Names of files, but not their contents: no download link, and the routes refuse.
+    page.goto(files_url)
+    expect(page.get_by_role("cell", name="thesis.txt", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name=re.compile("^Download"))).to_have_count(0)
+    b.check("readonly-files")
+    for href in (file_url, tar_url):
+        r = page.request.get(server.url + (href or ""), max_redirects=0)
+        assert r.status == 403 and "data.read" in r.text(), href
+    b.go("/tokens")
+    expect(page.get_by_role("button", name=re.compile("^Revoke"))).to_have_count(0)
+    b.check()
 
 
 def a_tasks(server: ServerProc, kind: str) -> list[dict[str, object]]:
