@@ -14,3 +14,12 @@ document.addEventListener("click", function (ev) {
     done();
   }
 });
+// A self-refreshing region (hx-trigger="every …") skips a reload while the keyboard focus is
+// on a control inside it: the reload would replace the focused button (Cancel, Acknowledge).
+document.addEventListener("htmx:beforeRequest", function (ev) {
+  var region = ev.detail.elt;
+  var focused = document.activeElement;
+  if (region && focused && focused !== region && focused !== document.body && region.contains(focused)) {
+    ev.preventDefault();
+  }
+});
