@@ -119,6 +119,10 @@ def test_users_are_disabled_enabled_given_a_password_and_deleted(
     assert temp.get("/cvds").status_code == 401  # its sessions end with the old password
     temp = api(url, "temp", "another-pass-9")
     assert admin.post("/users/temp/password", {"password": "short"}).status_code == 400
+    confirm = admin.get("/users/temp/delete").text
+    assert "The user temp is deleted with every session" in confirm
+    assert ">Delete user</button>" in confirm
+    assert api(url).get("/users").status_code == 200 and temp.get("/cvds").status_code == 200
     assert admin.post("/users/temp/delete").status_code == 303
     assert temp.get("/cvds").status_code == 401
     assert "temp" not in [u["name"] for u in api(url).get("/users").json()]
@@ -134,6 +138,7 @@ def test_users_are_disabled_enabled_given_a_password_and_deleted(
     for name in ("helper", "reader"):
         c = Console(url).login(name, PASSWORD)
         assert c.get("/users").status_code == 403
+        assert c.get("/users/admin/delete").status_code == 403
         c.get("/")
         for path, form in (
             ("/users", {"name": "eve", "password": PASSWORD, "role": "administrator"}),

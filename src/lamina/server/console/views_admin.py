@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
 
-from lamina.errors import UsageError
+from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import (
     PasswordChange,
     PolicyCreate,
@@ -360,6 +360,27 @@ def user_disable(ctx: Ctx, actor: Actor, name: str) -> Response:
 def user_enable(ctx: Ctx, actor: Actor, name: str) -> Response:
     users.set_disabled(ctx.engine, actor, name, False)
     return see_other("/users")
+
+
+@router.get("/users/{name}/delete")
+def user_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> Response:
+    actor.require("user.admin")
+    if name not in {u.name for u in users.list_users(ctx.engine, actor)}:
+        raise NotFoundError(f"no user {name!r}")
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"Delete user {name}",
+        what=(
+            f"The user {name} is deleted with every session and API token of theirs: they stop "
+            "working at once. The audit log keeps what they did."
+        ),
+        action=f"/users/{name}/delete",
+        button="Delete user",
+        back="/users",
+        fields={},
+    )
 
 
 @router.post("/users/{name}/delete")
