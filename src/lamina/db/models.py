@@ -313,3 +313,20 @@ collection_members = Table(
     ),
     Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
 )
+
+# --- events (revision 0007) ------------------------------------------------------
+
+#: What happened that an administrator should see: shown on the console's dashboard until
+#: acknowledged. ``severity`` is info | warning | error; ``target`` names what it is about.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("target", String(255), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("acknowledged_by", String(128), nullable=True),
+    Column("acknowledged", DateTime(timezone=True), nullable=True, index=True),
+)

@@ -10,6 +10,7 @@ from lamina import __version__
 from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
+from lamina.server import console
 from lamina.server.api import admin, agent, cvds, layers
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
@@ -66,4 +67,5 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
 
     for r in (admin.router, cvds.router, agent.router, layers.router):
         app.include_router(r, prefix="/api/v1")
+    console.mount(app)
     return app

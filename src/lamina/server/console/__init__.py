@@ -1,0 +1,21 @@
+"""The web console at ``/``: server-rendered pages over the same services as the API.
+
+Views (``views_*.py``) parse a request, call service functions, render a Jinja2
+template; ``web.py`` holds the session, CSRF and security-header machinery they share.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from lamina.server.console import views_admin, views_cvd, views_fleet
+from lamina.server.console.web import HERE, SecurityHeaders
+
+
+def mount(app: FastAPI) -> None:
+    """Serve the console at ``/`` (its static files under ``/static``)."""
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    for r in (views_fleet.router, views_cvd.router, views_admin.router):
+        app.include_router(r)
+    app.add_middleware(SecurityHeaders)

@@ -1,0 +1,444 @@
+"""Tasks, layers, policies, collections, rule test, audit log, users and enrollment tokens."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request, Response
+
+from lamina.errors import NotFoundError, UsageError
+from lamina.protocol.schemas import (
+    PasswordChange,
+    PolicyCreate,
+    PolicySettings,
+    PolicyUpdate,
+    TokenCreate,
+    UserCreate,
+)
+from lamina.server.console import views_cvd
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.services import collections, journal, layers, policies, tasks, users
+from lamina.server.services import fleet as fleet_service
+
+router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+AUDIT_PAGE = 100
+TASK_STATES = ("queued", "running", "waiting", "done", "failed", "cancelled")
+
+
+# --- tasks ---------------------------------------------------------------------------
+def _tasks(ctx: Ctx, actor: Actor, state: str) -> dict[str, Any]:
+    if state and state not in TASK_STATES:
+        raise UsageError(f"unknown task state {state!r}")
+    return {
+        "tasks": tasks.list_tasks(ctx.engine, actor, state or None, limit=100),
+        "state": state,
+        "states": TASK_STATES,
+    }
+
+
+@router.get("/tasks")
+def task_list(request: Request, ctx: Ctx, actor: Actor, state: str = "") -> Response:
+    return render(request, "tasks.html", actor, **_tasks(ctx, actor, state))
+
+
+@router.get("/tasks/live")
+def task_list_live(request: Request, ctx: Ctx, actor: Actor, state: str = "") -> Response:
+    return render(request, "_tasks_live.html", actor, **_tasks(ctx, actor, state))
+
+
+@router.get("/tasks/{task_id}")
+def task_page(request: Request, ctx: Ctx, actor: Actor, task_id: str) -> Response:
+    return render(request, "task.html", actor, task=tasks.get(ctx.engine, actor, task_id))
+
+
+@router.post("/tasks/{task_id}/cancel")
+def task_cancel(ctx: Ctx, actor: Actor, task_id: str) -> Response:
+    t = tasks.cancel(ctx.engine, actor, task_id)
+    return see_other(f"/tasks/{t.id}")
+
+
+@router.get("/tasks/{task_id}/live")
+def task_live(request: Request, ctx: Ctx, actor: Actor, task_id: str) -> Response:
+    return render(request, "_task_live.html", actor, task=tasks.get(ctx.engine, actor, task_id))
+
+
+# --- layers --------------------------------------------------------------------------
+@router.get("/layers")
+def layer_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(request, "layers.html", actor, layers=layers.list_layers(ctx.engine, actor))
+
+
+@router.get("/layers/{ref}")
+def layer_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return render(request, "layer.html", actor, layer=layers.show_layer(ctx.engine, actor, ref))
+
+
+def _opt(v: str) -> str | None:
+    return v.strip() or None
+
+
+@router.post("/layers/capture")
+def layer_capture(
+    ctx: Ctx,
+    actor: Actor,
+    cvd: Annotated[str, Form(min_length=1)],
+    name: Annotated[str, Form()] = "",
+    update: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    out = layers.capture(ctx.engine, ctx.store, actor, cvd, _opt(name), _opt(update), notes)
+    return see_other(f"/layers/{out['id']}")
+
+
+@router.post("/layers/record/start")
+def layer_record_start(ctx: Ctx, actor: Actor, cvd: Annotated[str, Form(min_length=1)]) -> Response:
+    layers.record_start(ctx.engine, actor, cvd)
+    return see_other("/layers")
+
+
+@router.post("/layers/record/finalize")
+def layer_record_finalize(
+    ctx: Ctx,
+    actor: Actor,
+    cvd: Annotated[str, Form(min_length=1)],
+    name: Annotated[str, Form()] = "",
+    update: Annotated[str, Form()] = "",
+    notes: Annotated[str, Form(max_length=4000)] = "",
+) -> Response:
+    layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
+    return see_other("/layers")
+
+
+def _collection_targets(ctx: Ctx, actor: Actor, collection: str) -> list[str]:
+    actor.require("layer.write")  # before saying whether the collection exists
+    refs = collections.cvd_refs(ctx.engine, collection)
+    if not refs:
+        raise UsageError(f"collection {collection} has no members")
+    return refs
+
+
+@router.get("/layers/assign/collection")
+def collection_assign_form(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    actor.require("layer.write")
+    return render(
+        request,
+        "assign_collection.html",
+        actor,
+        choices=views_cvd.choices(ctx, actor),
+        collections=collections.list_collections(ctx.engine, actor),
+    )
+
+
+@router.post("/layers/assign/collection/preview")
+def collection_assign_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    collection: Annotated[str, Form(min_length=1)],
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    apps = [a for a in apps or [] if a]
+    if not base and not apps:
+        raise UsageError("choose a base layer or at least one app layer")
+    targets = _collection_targets(ctx, actor, collection)
+    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, True)
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=f"collection {collection}",
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="/layers/assign/collection",
+        back="/layers/assign/collection",
+        hidden={"collection": collection},
+    )
+
+
+@router.post("/layers/assign/collection")
+def collection_assign(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    collection: Annotated[str, Form(min_length=1)],
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    apps = [a for a in apps or [] if a]
+    targets = _collection_targets(ctx, actor, collection)
+    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, False)
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=f"collection {collection}",
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="",
+        back="/tasks",
+        hidden={},
+    )
+
+
+@router.get("/rules")
+def rules_page(request: Request, ctx: Ctx, actor: Actor, cvd: str = "") -> Response:
+    result = layers.test_rules(ctx.engine, ctx.store, actor, cvd, None) if cvd else None
+    return render(request, "rules.html", actor, result=result, cvd=cvd)
+
+
+# --- policies ------------------------------------------------------------------------
+def _settings(interval: int, keep_last: int, include: str, exclude: str) -> PolicySettings:
+    return PolicySettings(
+        interval=interval,
+        keep_last=keep_last,
+        include=[x.strip() for x in include.splitlines() if x.strip()] or ["/**"],
+        exclude=[x.strip() for x in exclude.splitlines() if x.strip()],
+    )
+
+
+@router.get("/policies")
+def policy_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(
+        request, "policies.html", actor, policies=policies.list_policies(ctx.engine, actor)
+    )
+
+
+@router.post("/policies")
+def policy_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    interval: Annotated[int, Form()] = 3600,
+    keep_last: Annotated[int, Form()] = 3,
+    include: Annotated[str, Form()] = "/**",
+    exclude: Annotated[str, Form()] = "",
+) -> Response:
+    req = PolicyCreate(name=name, settings=_settings(interval, keep_last, include, exclude))
+    policies.create(ctx.engine, actor, req)
+    return see_other("/policies")
+
+
+@router.get("/policies/{ref}")
+def policy_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return render(request, "policy.html", actor, policy=policies.show(ctx.engine, actor, ref))
+
+
+@router.post("/policies/{ref}")
+def policy_update(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    interval: Annotated[int, Form()],
+    keep_last: Annotated[int, Form()],
+    include: Annotated[str, Form()] = "/**",
+    exclude: Annotated[str, Form()] = "",
+) -> Response:
+    current = policies.show(ctx.engine, actor, ref).settings
+    new = _settings(interval, keep_last, include, exclude)
+    merged = current.model_copy(
+        update={k: getattr(new, k) for k in ("interval", "keep_last", "include", "exclude")}
+    )
+    p = policies.update_policy(ctx.engine, actor, ref, PolicyUpdate(settings=merged))
+    return see_other(f"/policies/{p.id}")
+
+
+# --- collections ---------------------------------------------------------------------
+@router.get("/collections")
+def collection_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(
+        request,
+        "collections.html",
+        actor,
+        collections=collections.list_collections(ctx.engine, actor),
+    )
+
+
+@router.post("/collections")
+def collection_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    filter: Annotated[str, Form(max_length=2000)] = "",
+    members: Annotated[str, Form(max_length=100000)] = "",
+) -> Response:
+    refs = [x.strip() for x in members.replace(",", "\n").splitlines() if x.strip()]
+    collections.create(ctx.engine, actor, name, filter.strip(), refs)
+    return see_other("/collections")
+
+
+# --- audit ---------------------------------------------------------------------------
+def _day(v: str) -> dt.datetime | None:
+    if not v:
+        return None
+    try:
+        return dt.datetime.fromisoformat(v).replace(tzinfo=dt.UTC)
+    except ValueError as e:
+        raise UsageError(f"{v!r} is not a date (YYYY-MM-DD)") from e
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    user: str = "",
+    action: str = "",
+    since: str = "",
+    until: str = "",
+    before: int | None = None,
+) -> Response:
+    end = _day(until)
+    entries = journal.search(
+        ctx.engine,
+        actor,
+        user.strip(),
+        action.strip(),
+        _day(since),
+        end + dt.timedelta(days=1) if end else None,
+        before_id=before,
+        limit=AUDIT_PAGE,
+    )
+    return render(
+        request,
+        "audit.html",
+        actor,
+        entries=entries,
+        user=user,
+        action=action,
+        since=since,
+        until=until,
+        older=(
+            urlencode(
+                {
+                    "user": user,
+                    "action": action,
+                    "since": since,
+                    "until": until,
+                    "before": entries[-1].id,
+                }
+            )
+            if len(entries) == AUDIT_PAGE
+            else None
+        ),
+    )
+
+
+# --- users and tokens ----------------------------------------------------------------
+@router.get("/users")
+def user_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(request, "users.html", actor, users=users.list_users(ctx.engine, actor))
+
+
+@router.post("/users")
+def user_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+    role: Annotated[str, Form()],
+) -> Response:
+    users.create_user(
+        ctx.engine,
+        actor,
+        UserCreate.model_validate({"name": name, "password": password, "role": role}),
+    )
+    return see_other("/users")
+
+
+@router.post("/users/{name}/disable")
+def user_disable(ctx: Ctx, actor: Actor, name: str) -> Response:
+    users.set_disabled(ctx.engine, actor, name, True)
+    return see_other("/users")
+
+
+@router.post("/users/{name}/enable")
+def user_enable(ctx: Ctx, actor: Actor, name: str) -> Response:
+    users.set_disabled(ctx.engine, actor, name, False)
+    return see_other("/users")
+
+
+@router.get("/users/{name}/delete")
+def user_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> Response:
+    actor.require("user.admin")
+    if name not in {u.name for u in users.list_users(ctx.engine, actor)}:
+        raise NotFoundError(f"no user {name!r}")
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"Delete user {name}",
+        what=(
+            f"The user {name} is deleted with every session and API token of theirs: they stop "
+            "working at once. The audit log keeps what they did."
+        ),
+        action=f"/users/{name}/delete",
+        button="Delete user",
+        back="/users",
+        fields={},
+    )
+
+
+@router.post("/users/{name}/delete")
+def user_delete(ctx: Ctx, actor: Actor, name: str) -> Response:
+    users.delete_user(ctx.engine, actor, name)
+    return see_other("/users")
+
+
+@router.post("/users/{name}/password")
+def user_password(
+    ctx: Ctx,
+    actor: Actor,
+    name: str,
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
+) -> Response:
+    users.set_password(ctx.engine, actor, name, PasswordChange(password=password))
+    return see_other("/users")
+
+
+def _token_page(request: Request, ctx: Ctx, actor: Actor, created: Any = None) -> Response:
+    return render(
+        request,
+        "tokens.html",
+        actor,
+        tokens=users.list_tokens(ctx.engine, actor),
+        policies=policies.list_policies(ctx.engine, actor)
+        if "device.write" in actor.permissions
+        else [],
+        created=created,
+    )
+
+
+@router.get("/tokens")
+def token_page(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return _token_page(request, ctx, actor)
+
+
+@router.post("/tokens")
+def token_create(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    hours: Annotated[int, Form(ge=1, le=366 * 24)] = 24,
+    uses: Annotated[int, Form(ge=1, le=100000)] = 1,
+    policy: Annotated[str, Form()] = "",
+    reference: Annotated[str, Form()] = "",
+) -> Response:
+    token = fleet_service.create_token(
+        ctx.engine,
+        actor,
+        TokenCreate(
+            expires_in=hours * 3600, policy=policy or None, reference=bool(reference), uses=uses
+        ),
+    )
+    return _token_page(request, ctx, actor, created=token)
+
+
+@router.post("/tokens/{token_id}/revoke")
+def token_revoke(ctx: Ctx, actor: Actor, token_id: str) -> Response:
+    users.revoke_token(ctx.engine, actor, token_id)
+    return see_other("/tokens")

@@ -1,0 +1,341 @@
+"""The CVD page, its actions (each behind a confirmation), layer assignment, the file portal."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import StreamingResponse
+
+from lamina.errors import ConflictError, NotFoundError, UsageError
+from lamina.protocol.schemas import RestoreRequest, RevertRequest
+from lamina.server.console import archive
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.services import cvd_ops, dashboard, fleet, layers, policies, portal, tasks
+
+router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+ACTIONS = ("sync", "restore", "revert", "enforce", "archive", "revoke")
+
+
+@router.get("/cvds/{ref}")
+def cvd_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    return render(
+        request,
+        "cvd.html",
+        actor,
+        cvd=cvd,
+        device=dashboard.device_of_cvd(ctx.engine, actor, cvd.id),
+        policy=policies.show(ctx.engine, actor, cvd.policy),
+        layer_state=layers.cvd_layer_state(ctx.engine, cvd.id),
+        snapshots=list(reversed(cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id))),
+        recent=tasks.list_tasks(ctx.engine, actor, cvd_id=cvd.id, limit=10),
+    )
+
+
+def _what(ctx: Ctx, actor: Actor, cvd: Any, action: str, snapshot: str, path: str) -> str:
+    host = cvd.hostname or cvd.name
+    if action == "sync":
+        return f"The agent of {host} uploads a new snapshot of {cvd.name} at its next check-in."
+    if action == "restore":
+        what = f"“{path}”" if path else "every protected file"
+        return (
+            f"The agent of {host} writes {what} from snapshot {snapshot} back onto the endpoint. "
+            "Files that exist there are kept unless you tick “Overwrite”."
+        )
+    if action == "revert":
+        return (
+            f"At its next boot, {host} is put back to snapshot {snapshot}. With “System only” "
+            "ticked, user files are kept as they are now."
+        )
+    if action == "enforce":
+        assigned = layers.cvd_layer_state(ctx.engine, cvd.id)["assigned"]
+        return (
+            f"Every file of the assigned layers ({', '.join(assigned) or 'none'}) is put back "
+            f"on {host} as the layer has it; user files outside the layers are kept."
+        )
+    if action == "revoke":
+        return (
+            f"The credential of {host} is revoked: every call its agent makes is refused from "
+            f"now on, so {cvd.name} gets no new snapshot. The CVD and its {cvd.snapshots} "
+            "snapshots stay; enroll the device again to bring it back."
+        )
+    return (
+        f"{host} is detached from {cvd.name} and its credential is revoked: every call its "
+        f"agent makes is refused from now on. The CVD stays, read-only, with its "
+        f"{cvd.snapshots} snapshots."
+    )
+
+
+@router.get("/cvds/{ref}/confirm/{action}")
+def confirm(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    action: str,
+    snapshot: str = "latest",
+    path: str = "",
+) -> Response:
+    if action not in ACTIONS:
+        raise NotFoundError(f"no CVD action {action!r}")
+    actor.require(
+        {"archive": "device.write", "revoke": "device.write", "enforce": "layer.write"}.get(
+            action, "cvd.operate"
+        )
+    )
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    snaps = cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id)
+    if action in ("restore", "revert"):
+        if not snaps:
+            raise NotFoundError(f"CVD {cvd.name} has no snapshot yet")
+        snapshot = cvd_ops.snapshot_of(ctx.store, cvd.id, snapshot).id
+    labels = {
+        "sync": "Sync now",
+        "restore": "Restore",
+        "revert": "Revert",
+        "enforce": "Enforce",
+        "archive": "Archive",
+        "revoke": "Revoke device",
+    }
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"{labels[action]}: {cvd.name}",
+        what=_what(ctx, actor, cvd, action, snapshot, path),
+        action=f"/cvds/{cvd.id}/{action}",
+        button=labels[action],
+        back=f"/cvds/{cvd.id}",
+        fields={"snapshot": snapshot, "path": path} if action in ("restore", "revert") else {},
+        kind=action,
+        snapshots=list(reversed(snaps)),
+        snapshot=snapshot,
+    )
+
+
+@router.post("/cvds/{ref}/sync")
+def sync(ctx: Ctx, actor: Actor, ref: str) -> Response:
+    task = cvd_ops.request_sync(ctx.engine, actor, ref)
+    return see_other(f"/tasks/{task.id}")
+
+
+@router.post("/cvds/{ref}/restore")
+def restore(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    snapshot: Annotated[str, Form(min_length=1)],
+    path: Annotated[str, Form()] = "",
+    overwrite: Annotated[str, Form()] = "",
+) -> Response:
+    req = RestoreRequest(
+        snapshot=snapshot, paths=[path] if path.strip("/") else [], overwrite=bool(overwrite)
+    )
+    task = cvd_ops.request_restore(ctx.engine, ctx.store, actor, ref, req)
+    return see_other(f"/tasks/{task.id}")
+
+
+@router.post("/cvds/{ref}/revert")
+def revert(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    snapshot: Annotated[str, Form(min_length=1)],
+    system_only: Annotated[str, Form()] = "",
+) -> Response:
+    req = RevertRequest(snapshot=snapshot, system_only=bool(system_only))
+    task = cvd_ops.request_revert(ctx.engine, ctx.store, actor, ref, req)
+    return see_other(f"/tasks/{task.id}")
+
+
+@router.post("/cvds/{ref}/enforce")
+def enforce(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    result = layers.enforce(ctx.engine, ctx.store, actor, ref)
+    if result.get("task"):
+        return see_other(f"/tasks/{result['task']}")
+    return render(  # refused (e.g. not enough space): say why, with the plan
+        request,
+        "assign_preview.html",
+        actor,
+        target=result["cvd"],
+        plans=[result],
+        base="",
+        apps=[],
+        action="",
+        back=f"/cvds/{result['id']}",
+        hidden={},
+    )
+
+
+@router.post("/cvds/{ref}/archive")
+def archive_cvd(ctx: Ctx, actor: Actor, ref: str) -> Response:
+    cvd = fleet.archive(ctx.engine, actor, ref)
+    return see_other(f"/cvds/{cvd.id}")
+
+
+@router.post("/cvds/{ref}/revoke")
+def revoke_device(ctx: Ctx, actor: Actor, ref: str) -> Response:
+    actor.require("device.write")  # before saying whether the CVD has a device
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    if not cvd.device_id:
+        raise ConflictError(f"CVD {cvd.name} has no device to revoke")
+    fleet.revoke(ctx.engine, actor, cvd.device_id)
+    return see_other(f"/cvds/{cvd.id}")
+
+
+# --- layer assignment: choose → dry run table → Assign -----------------------------
+def choices(ctx: Ctx, actor: Actor) -> dict[str, list[str]]:
+    base: list[str] = []
+    apps: list[str] = []
+    for layer in layers.list_layers(ctx.engine, actor):
+        for v in reversed(layer["versions"]):
+            (base if layer["kind"] == "base" else apps).append(f"{layer['name']}:{v['version']}")
+    return {"base": base, "apps": apps}
+
+
+@router.get("/cvds/{ref}/assign")
+def assign_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    actor.require("layer.write")
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    return render(
+        request,
+        "assign.html",
+        actor,
+        cvd=cvd,
+        choices=choices(ctx, actor),
+        current=layers.cvd_layer_state(ctx.engine, cvd.id),
+    )
+
+
+@router.post("/cvds/{ref}/assign/preview")
+def assign_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    apps = [a for a in apps or [] if a]
+    if not base and not apps:
+        raise UsageError("choose a base layer or at least one app layer")
+    plans = layers.assign(ctx.engine, ctx.store, actor, [cvd.id], base or None, apps, True)
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=cvd.name,
+        plans=plans,
+        base=base,
+        apps=apps,
+        action=f"/cvds/{cvd.id}/assign",
+        back=f"/cvds/{cvd.id}",
+        hidden={},
+    )
+
+
+@router.post("/cvds/{ref}/assign")
+def assign(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    base: Annotated[str, Form()] = "",
+    apps: Annotated[list[str] | None, Form()] = None,
+) -> Response:
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    apps = [a for a in apps or [] if a]
+    plans = layers.assign(ctx.engine, ctx.store, actor, [cvd.id], base or None, apps, False)
+    if plans[0].get("task"):
+        return see_other(f"/tasks/{plans[0]['task']}")
+    return render(
+        request,
+        "assign_preview.html",
+        actor,
+        target=cvd.name,
+        plans=plans,
+        base=base,
+        apps=apps,
+        action="",
+        back=f"/cvds/{cvd.id}",
+        hidden={},
+    )
+
+
+# --- the file portal ----------------------------------------------------------------
+@router.get("/cvds/{ref}/files")
+def files(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    snapshot: str = "latest",
+    path: str = "",
+) -> Response:
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    snaps = list(reversed(cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id)))
+    if not snaps:
+        return render(request, "files.html", actor, cvd=cvd, snaps=[], entries=[], path="")
+    snap = cvd_ops.snapshot_of(ctx.store, cvd.id, snapshot)
+    path = path.strip("/")
+    entries = cvd_ops.browse(ctx.engine, ctx.store, actor, cvd.id, snap.id, path)
+    entries.sort(key=lambda e: (e.type != "dir", e.name))
+    crumbs = []
+    parts = path.split("/") if path else []
+    for i, p in enumerate(parts):
+        crumbs.append((p, "/".join(parts[: i + 1])))
+    return render(
+        request,
+        "files.html",
+        actor,
+        cvd=cvd,
+        snaps=snaps,
+        snap=snap,
+        entries=entries,
+        path=path,
+        crumbs=crumbs,
+        join=lambda name: f"{path}/{name}" if path else name,
+        query=lambda **kw: urlencode({"snapshot": snap.id, **kw}),
+        content_perm=cvd_ops.DATA_READ,
+    )
+
+
+def _attachment(name: str) -> str:
+    return f"attachment; filename*=UTF-8''{quote(name, safe='')}"
+
+
+@router.get("/cvds/{ref}/files/download")
+def download(ctx: Ctx, actor: Actor, ref: str, snapshot: str, path: str) -> Response:
+    entry = cvd_ops.file_entry(ctx.engine, ctx.store, actor, ref, snapshot, path)
+    return StreamingResponse(
+        portal.content(ctx.store, entry),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(entry.size),
+            "Content-Disposition": _attachment(os.fsdecode(entry.name)),
+        },
+    )
+
+
+@router.get("/cvds/{ref}/files/archive")
+def download_folder(
+    ctx: Ctx, actor: Actor, ref: str, snapshot: str, path: str = "", format: str = "tar"
+) -> Response:
+    if format not in ("tar", "zip"):
+        raise UsageError("format is tar or zip")
+    # data.read checked and the download audited as the API's restore-as-download does
+    snap = cvd_ops.start_download(
+        ctx.engine, ctx.store, actor, ref, snapshot, [path] if path.strip("/") else []
+    )
+    entries = portal.folder(ctx.engine, ctx.store, actor, ref, snap.id, path)
+    name = (path.strip("/").rsplit("/", 1)[-1] or "snapshot") + f".{format}"
+    stream = archive.tar_stream if format == "tar" else archive.zip_stream
+    return StreamingResponse(
+        stream(entries, lambda e: portal.content(ctx.store, e)),
+        media_type="application/x-tar" if format == "tar" else "application/zip",
+        headers={"Content-Disposition": _attachment(name)},
+    )

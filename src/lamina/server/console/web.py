@@ -1,0 +1,238 @@
+"""What every console view shares: the session cookie, CSRF, security headers, rendering, errors.
+
+- The session is a user token made by ``users.login`` (the API's own sessions), kept
+  in an ``HttpOnly``, ``SameSite=Strict`` cookie (``Secure`` when the request came
+  over TLS). Every view authenticates it with ``users.authenticate``; permissions
+  are the API's, checked by the services the views call.
+- CSRF: every form carries a token; every request that is not GET/HEAD is refused
+  unless its form's token matches. Logged in, the token is an HMAC of the session
+  token (only a holder of the cookie can compute it); on the login form it is a
+  random value also set as a cookie (double submit).
+- Every console response carries a Content-Security-Policy without inline scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lamina.errors import AuthError, ForbiddenError, LaminaError, UsageError
+from lamina.server.context import ServerContext
+from lamina.server.security import Principal
+from lamina.server.services.users import authenticate
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "lamina_session"
+LOGIN_CSRF_COOKIE = "lamina_login_csrf"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    x = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(x) < 1024 or unit == "TiB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{n} B"
+
+
+def _when(t: dt.datetime | int | None) -> str:
+    if t is None:
+        return "never"
+    if isinstance(t, int):
+        t = dt.datetime.fromtimestamp(t, dt.UTC)
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(t: dt.datetime | None) -> str:
+    if t is None:
+        return "never"
+    s = int((dt.datetime.now(dt.UTC) - t).total_seconds())
+    if s < 60:
+        return "just now" if s < 5 else f"{s} s ago"
+    if s < 3600:
+        return f"{s // 60} min ago"
+    if s < 86400:
+        return f"{s // 3600} h ago"
+    return f"{s // 86400} days ago"
+
+
+templates = Jinja2Templates(
+    env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+)
+templates.env.filters["size"] = _size
+templates.env.filters["when"] = _when
+templates.env.filters["ago"] = _ago
+#: JSON as text (autoescaped like any other), so that ``<`` reads as ``<``, not ``\u003c``.
+templates.env.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False, default=str)
+
+
+def context(request: Request) -> ServerContext:
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[ServerContext, Depends(context)]
+
+
+def csrf_for(session_token: str) -> str:
+    return hmac.new(session_token.encode(), b"lamina-console-csrf", hashlib.sha256).hexdigest()
+
+
+def session_actor(request: Request, ctx: Ctx) -> Principal:
+    """The logged-in user of this request; AuthError (→ the login page) otherwise."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise AuthError("log in first")
+    actor = authenticate(ctx.engine, token)
+    if actor.kind != "user":
+        raise AuthError("the console is for users")
+    return actor
+
+
+Actor = Annotated[Principal, Depends(session_actor)]
+
+
+async def check_csrf(request: Request) -> None:
+    """Refuse a state change whose form does not carry this session's CSRF token."""
+    form = await request.form()
+    sent = form.get("csrf")
+    session = request.cookies.get(SESSION_COOKIE)
+    if request.url.path == "/login":
+        expected = request.cookies.get(LOGIN_CSRF_COOKIE)
+    else:
+        expected = csrf_for(session) if session else None
+    if not isinstance(sent, str) or not expected or not hmac.compare_digest(sent, expected):
+        raise ForbiddenError("the form has expired or did not come from this console: reload it")
+
+
+def render(
+    request: Request,
+    template: str,
+    actor: Principal | None,
+    status_code: int = 200,
+    **values: Any,
+) -> HTMLResponse:
+    token = request.cookies.get(SESSION_COOKIE)
+    perms = actor.permissions if actor else frozenset()
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "me": actor,
+            "can": lambda p: p in perms,
+            "csrf": csrf_for(token) if token and actor else values.pop("login_csrf", ""),
+            "path": request.url.path,
+            **values,
+        },
+        status_code=status_code,
+    )
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=age,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+class ConsoleRoute(APIRoute):
+    """A console route: CSRF checked on every state change; errors become pages, not JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def run(request: Request) -> Response:
+            try:
+                if request.method not in ("GET", "HEAD"):
+                    await check_csrf(request)
+                return await handler(request)
+            except ForbiddenError as e:
+                return _error(request, e)
+            except AuthError:
+                if request.headers.get("hx-request"):
+                    return Response(status_code=401, headers={"HX-Redirect": "/"})
+                return see_other("/")
+            except LaminaError as e:
+                return _error(request, e)
+            except (RequestValidationError, ValidationError) as e:
+                return _error(request, UsageError(_invalid(e.errors())))
+
+        return run
+
+
+def _invalid(errors: Sequence[Any]) -> str:
+    """The first problem of a form, said as "field: what is wrong"."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path"))
+    msg = str(first.get("msg", "invalid input"))
+    return f"{where}: {msg}" if where else msg
+
+
+def _error(request: Request, e: LaminaError) -> HTMLResponse:
+    actor = None
+    with contextlib.suppress(LaminaError):
+        actor = session_actor(request, context(request))
+    return render(
+        request, "error.html", actor, status_code=e.http_status, message=e.message, code=e.code
+    )
+
+
+class SecurityHeaders:
+    """ASGI middleware: the console's security headers on every response outside /api/."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def new_login_csrf() -> str:
+    return secrets.token_urlsafe(32)
