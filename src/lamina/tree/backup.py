@@ -26,19 +26,23 @@ class BackupResult:
     new_stored_bytes: int
 
 
-def walk_blobs(store: Store, root: bytes) -> Iterator[bytes]:
-    """Every blob id a tree references, trees included (for rescue after a gc)."""
-    todo = [root]
+def walk_blobs(store: Store, *roots: bytes) -> Iterator[bytes]:
+    """Every blob id the trees ``roots`` reference, trees included, each tree decoded
+    once; read a folder level at a time so a remote store prefetches each level."""
     seen: set[bytes] = set()
-    while todo:
-        tid = todo.pop()
-        if tid in seen:
-            continue
-        seen.add(tid)
-        yield tid
-        trees, chunks = references(store.get(tid))
-        yield from chunks
-        todo.extend(trees)
+    level = list(dict.fromkeys(roots))
+    while level:
+        store.prefetch(level)
+        below: list[bytes] = []
+        for tid in level:
+            if tid in seen:
+                continue
+            seen.add(tid)
+            yield tid
+            trees, chunks = references(store.get(tid))
+            yield from chunks
+            below.extend(t for t in trees if t not in seen)
+        level = below
 
 
 def backup(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, select, update
@@ -35,6 +35,7 @@ from lamina.db.models import cvd_blobs, cvds, tasks
 from lamina.errors import ForbiddenError, MissingDataError
 from lamina.server.services.fleet import cvd_source
 from lamina.store.repository import Store
+from lamina.tree.backup import walk_blobs
 from lamina.tree.model import decode_tree
 
 #: Ids per SQL statement (well below SQLite's bound-parameter limit).
@@ -83,31 +84,12 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes]) -> int:
     return len(new)
 
 
-def walk(store: Store, roots: Iterable[bytes]) -> Iterator[bytes]:
-    """Every tree and chunk id under ``roots`` (each tree decoded once)."""
-    seen: set[bytes] = set()
-    level = [r for r in dict.fromkeys(roots)]
-    while level:
-        store.prefetch(level)
-        below: list[bytes] = []
-        for tid in level:
-            if tid in seen:
-                continue
-            seen.add(tid)
-            yield tid
-            for e in decode_tree(store.get(tid)):
-                yield from e.chunk_ids()
-                if e.subtree is not None and e.subtree not in seen:
-                    below.append(e.subtree)
-        level = below
-
-
 def ensure_indexed(engine: Engine, store: Store, cvd: Any) -> None:
     """Fill ``cvd_blobs`` from the CVD's snapshots once (CVDs made before revision 0005)."""
     if cvd.blobs_indexed:
         return
     roots = [s.root for s in store.catalog.snapshots(cvd_source(cvd.id))]
-    ids = list(walk(store, roots))
+    ids = list(walk_blobs(store, *roots))
     record(engine, cvd.id, ids)
     with write_tx(engine) as c:
         c.execute(update(cvds).where(cvds.c.id == cvd.id).values(blobs_indexed=True))
@@ -185,7 +167,7 @@ class TreeCache:
             if hit is not None:
                 self._sets.move_to_end(root)
                 return hit
-        ids = frozenset(walk(store, [root]))
+        ids = frozenset(walk_blobs(store, root))
         with self._lock:
             self._sets[root] = ids
             while len(self._sets) > self.size:
