@@ -11,7 +11,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import update
+
 from lamina.agent.state import StateLock
+from lamina.db import models
 from lamina.db.engine import make_engine, write_tx
 from lamina.server.services import tasks
 from tests.e2e.conftest import Deployment, Lamina
@@ -55,14 +58,17 @@ def test_agent_survives_poison_tasks_verifies_restores_and_honours_cancel(
         lock.release()
     assert second.returncode == 4 and "another lamina agent" in second.stderr
 
-    # Finding 14: a task that raises a non-Lamina error (here a malformed snapshot id)
-    # is reported failed, and the next task still runs.
+    # Finding 14: a task the agent cannot run (here a malformed tree id, written past the
+    # server's own validation) is reported failed, and the next task still runs.
     device = agent.json("agent", "status", "--state", str(state))["device_id"]
     engine = make_engine(f"sqlite:///{embedded.servers[0].data / 'lamina.db'}")
     try:
         with write_tx(engine) as c:
-            poison = tasks.enqueue(
-                c, "restore", "test", device_id=device, params={"root": "zz", "paths": ["etc"]}
+            poison = tasks.enqueue(c, "sync", "test", device_id=device)
+            c.execute(
+                update(models.tasks)
+                .where(models.tasks.c.id == poison)
+                .values(kind="restore", params={"snapshot": "s", "root": "zz", "paths": ["etc"]})
             )
     finally:
         engine.dispose()
@@ -70,7 +76,8 @@ def test_agent_survives_poison_tasks_verifies_restores_and_honours_cancel(
     done = agent.json(*run_once)
     assert [t["id"] for t in done["tasks"]] == [poison, sync["id"]]
     failed = admin.json("task", "show", poison)
-    assert failed["state"] == "failed" and "ValueError" in failed["message"]
+    assert failed["state"] == "failed"
+    assert "malformed parameters of a restore task: root" in failed["message"]
     assert admin.json("task", "show", sync["id"])["state"] == "done"
 
     # The server refuses to queue a restore of the endpoint's whole root.

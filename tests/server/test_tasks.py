@@ -11,10 +11,14 @@ from sqlalchemy import Engine
 
 from lamina.db.engine import make_engine, write_tx
 from lamina.db.migrate import upgrade
-from lamina.errors import ConflictError, ForbiddenError
+from lamina.errors import ConflictError, ForbiddenError, UsageError
 from lamina.protocol.schemas import TaskReport
+from lamina.protocol.tasks import RestoreParams, RevertParams
 from lamina.server.security import Principal
 from lamina.server.services import tasks
+
+ROOT = "ab" * 32
+RESTORE = RestoreParams(snapshot="s1", root=ROOT, paths=["etc"])
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,7 +63,7 @@ def test_each_task_is_claimed_exactly_once(engine: Engine) -> None:
 def test_a_task_cut_short_by_an_agent_restart_is_claimed_again(engine: Engine) -> None:
     device = Principal("device", "dev-9", "device nine")
     with write_tx(engine) as c:
-        tid = tasks.enqueue(c, "restore", "admin", device_id="dev-9")
+        tid = tasks.enqueue(c, "restore", "admin", device_id="dev-9", params=RESTORE)
     assert [w.task_id for w in tasks.claim_for_device(engine, device, "first")] == [tid]
     # The agent died mid-task; when it asks for work again, the task comes back.
     assert tasks.claim_for_device(engine, device, "same process") == []
@@ -74,7 +78,7 @@ def test_a_task_that_kills_its_agent_at_every_start_fails_after_max_attempts(
     """Finding 14: the restart re-queue must not loop forever on a poison task."""
     device = Principal("device", "dev-p", "poisoned")
     with write_tx(engine) as c:
-        poison = tasks.enqueue(c, "restore", "admin", device_id="dev-p")
+        poison = tasks.enqueue(c, "restore", "admin", device_id="dev-p", params=RESTORE)
     assert [w.task_id for w in tasks.claim_for_device(engine, device, "w", restarted=True)] == [
         poison
     ]
@@ -98,7 +102,9 @@ def test_cancel_a_queued_or_waiting_task_but_not_a_running_one(engine: Engine) -
     assert tasks.cancel(engine, admin, queued).state == "cancelled"
     assert tasks.claim_for_device(engine, device, "w") == []  # never handed out
     with write_tx(engine) as c:
-        staged = tasks.enqueue(c, "revert", "admin", device_id="dev-c")
+        staged = tasks.enqueue(
+            c, "revert", "admin", device_id="dev-c", params=RevertParams(snapshot="s1", root=ROOT)
+        )
     assert [w.task_id for w in tasks.claim_for_device(engine, device, "w")] == [staged]
     with pytest.raises(ConflictError, match="running"):
         tasks.cancel(engine, admin, staged)
@@ -112,3 +118,25 @@ def test_cancel_a_queued_or_waiting_task_but_not_a_running_one(engine: Engine) -
     other = Principal("device", "dev-x", "another device")
     with pytest.raises(ForbiddenError):
         tasks.get_for_device(engine, other, staged)
+
+
+def test_a_task_is_queued_only_with_parameters_its_kind_accepts(engine: Engine) -> None:
+    """The server validates a task's parameters against its kind's model: nothing is queued
+    for an unknown kind, a missing field, a malformed tree id or parameters of another kind."""
+    bad: list[tuple[str, object, str]] = [
+        ("reboot", {}, "unknown task kind 'reboot'"),
+        ("restore", {"snapshot": "s1", "paths": ["etc"]}, "root"),
+        ("restore", {"snapshot": "s1", "root": "zz", "paths": ["etc"]}, "root"),
+        ("layer-apply", {"delta": ROOT, "remove": ["etc/x"]}, "remove"),
+        ("revert", RESTORE, "RestoreParams"),
+    ]
+    for kind, params, why in bad:
+        with pytest.raises(UsageError, match=why), write_tx(engine) as c:
+            tasks.enqueue(c, kind, "admin", device_id="dev-v", params=params)  # type: ignore[arg-type]
+    device = Principal("device", "dev-v", "device v")
+    assert tasks.claim_for_device(engine, device, "w") == []
+    with write_tx(engine) as c:
+        tid = tasks.enqueue(c, "restore", "admin", device_id="dev-v", params=RESTORE.model_dump())
+    (item,) = tasks.claim_for_device(engine, device, "w")
+    assert (item.task_id, item.kind) == (tid, "restore")
+    assert RestoreParams.model_validate(item.params) == RESTORE  # stored as the model wrote it

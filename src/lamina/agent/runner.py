@@ -27,11 +27,20 @@ from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import AuthError, ConflictError, LaminaError, UsageError
 from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
+from lamina.protocol.tasks import (
+    LayerApplyParams,
+    RestoreParams,
+    RevertParams,
+    SyncParams,
+    TaskKind,
+    TaskState,
+    params_for,
+)
 from lamina.tree.restore import restore_tree, split_path
 
 log = logging.getLogger(__name__)
 #: The state the server gives a task an admin cancelled.
-CANCELLED = "cancelled"
+CANCELLED = TaskState.CANCELLED
 
 
 def enroll(
@@ -226,38 +235,36 @@ class Agent:
                 )
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
-        if item.kind in ("layer-apply", "revert") and not item.params.get("dry_run"):
+        try:
+            params = params_for(item.kind, item.params)
+        except UsageError as e:
+            self._task(item, progress=0, state=TaskState.FAILED, message=e.message)
+            return
+        staging = isinstance(params, LayerApplyParams) or (
+            isinstance(params, RevertParams) and not params.dry_run
+        )
+        if staging:
             self._supersede(item)
         try:
-            if item.kind == "sync":
+            if isinstance(params, SyncParams):
                 result = self.sync(cfg)
                 self._task(item, progress=100, state="done", message="synced", result=result)
-            elif item.kind == "restore":
-                result = self.restore(item.params)
+            elif isinstance(params, RestoreParams):
+                result = self.restore(params)
                 self._task(item, progress=100, state="done", message="restored", result=result)
-            elif item.kind == "layer-apply":
-                result = stage_layers(self.client, self.st, self.state_dir, item.params)
-                self._save(
-                    state="waiting for reboot",
-                    staged=result["transaction"],
-                    staged_task=item.task_id,
-                )
-                self._task(
-                    item,
-                    progress=100,
-                    state="waiting",
-                    message="staged: applies at next boot",
-                    result=result,
-                )
-            elif item.kind == "revert" and item.params.get("dry_run"):
-                result = stage_revert(self.client, self.st, self.state_dir, item.params)
+            elif isinstance(params, RevertParams) and params.dry_run:
+                result = stage_revert(self.client, self.st, self.state_dir, params)
                 c = result["counts"]
                 msg = (
                     f"dry run: {c['add']} to add, {c['update']} to update, {c['remove']} to remove"
                 )
                 self._task(item, progress=100, state="done", message=msg, result=result)
-            elif item.kind == "revert":
-                result = stage_revert(self.client, self.st, self.state_dir, item.params)
+            elif isinstance(params, RevertParams | LayerApplyParams):
+                result = (
+                    stage_revert(self.client, self.st, self.state_dir, params)
+                    if isinstance(params, RevertParams)
+                    else stage_layers(self.client, self.st, self.state_dir, params)
+                )
                 self._save(
                     state="waiting for reboot",
                     staged=result["transaction"],
@@ -282,7 +289,7 @@ class Agent:
             log.exception("task %s (%s) failed", item.task_id, item.kind)
             self._task(item, progress=0, state="failed", message=f"{type(e).__name__}: {e}")
 
-    def restore(self, params: dict[str, Any]) -> dict[str, Any]:
+    def restore(self, params: RestoreParams) -> dict[str, Any]:
         """Restore paths of a snapshot in place, keeping current files as NAME.lamina-TIME.
 
         The keep-aside rename is done by the restore's own walk (directory
@@ -291,7 +298,7 @@ class Agent:
         the snapshot's content.
         """
         root = Path(self.st.root)
-        paths = [p.strip("/") for p in params.get("paths") or []]
+        paths = [p.strip("/") for p in params.paths]
         if not paths or any(not split_path(p) for p in paths):
             raise UsageError(
                 "a restore onto the endpoint needs paths inside its root, not / itself"
@@ -300,11 +307,11 @@ class Agent:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         st = restore_tree(
             blobs,
-            bytes.fromhex(params["root"]),
+            bytes.fromhex(params.root),
             root,
             paths=paths,
             chunking=self.st.chunking,
-            keep_aside=None if params.get("overwrite") else f".lamina-{stamp}",
+            keep_aside=None if params.overwrite else f".lamina-{stamp}",
         )
         return {"files": st.files, "bytes": st.bytes, "kept": st.kept, "errors": st.errors[:20]}
 
@@ -354,14 +361,14 @@ class Agent:
             for w in retrying(lambda: self.client.json("GET", "/agent/work", params=params))
         ]
         self._first_cycle = False
-        asked = any(i.kind == "sync" for i in items)
+        asked = any(i.kind == TaskKind.SYNC for i in items)
         if (force_sync or self.sync_due(cfg)) and not asked and cfg.cvd_id:
             self.sync(cfg)
             done["synced"] = True
         for item in items:
             self.do(item, cfg)
             done["tasks"].append({"id": item.task_id, "kind": item.kind})
-            done["synced"] |= item.kind == "sync"
+            done["synced"] |= item.kind == TaskKind.SYNC
         return done
 
     def run_forever(self, poll: float = 15.0) -> None:

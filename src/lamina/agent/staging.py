@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.facts import os_release
 from lamina.agent.live import (
@@ -68,6 +66,7 @@ from lamina.layers.plan import DPKG_STATUS
 from lamina.layers.rules import RuleSet, for_os, matches
 from lamina.layers.trees import MAX_READ, read_file
 from lamina.protocol.schemas import PolicySettings
+from lamina.protocol.tasks import LayerApplyParams, RevertParams
 from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
@@ -311,24 +310,21 @@ def revert_scope(
 
 
 def stage_revert(
-    client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
+    client: AgentClient, st: AgentState, state_dir: Path, params: RevertParams
 ) -> dict[str, Any]:
     """Stage a revert to a snapshot (or with ``dry_run`` only plan it); the endpoint
     changes at the next ``agent boot``."""
     root = Path(st.root)
     rules = for_os(os_release(root))
-    system_only = bool(params.get("system_only", True))
-    try:
-        policy = PolicySettings(**params["policy"]) if params.get("policy") else None
-    except (TypeError, ValidationError) as e:
-        raise UsageError(f"the revert task carries a malformed policy: {e}") from e
-    errors = [str(p) for p in params.get("error_paths") or []]
-    if int(params.get("scan_errors") or 0) > len(errors):
+    system_only = params.system_only
+    policy = params.policy
+    errors = list(params.error_paths)
+    if params.scan_errors > len(errors):
         policy = None  # not every unreadable path is known: remove nothing
     scope = revert_scope(rules, system_only, policy, root, state_dir, errors)
     blobs = agent_blobs(client, st.chunking.id_key)
-    tree = bytes.fromhex(params["root"])
-    if params.get("dry_run"):
+    tree = bytes.fromhex(params.root)
+    if params.dry_run:
         plan = plan_revert(blobs.get, tree, root, scope, st.chunking)
         return {"dry_run": True, **plan.public()}
     tx, plan = stage_tree(
@@ -338,7 +334,7 @@ def stage_revert(
         state_dir,
         scope,
         st.chunking,
-        {"kind": "revert", "snapshot": params.get("snapshot"), "system_only": system_only},
+        {"kind": "revert", "snapshot": params.snapshot, "system_only": system_only},
     )
     return {"transaction": tx.journal["id"], "operations": len(tx.journal["ops"]), **plan.public()}
 
@@ -544,31 +540,30 @@ def _content_param(value: object) -> list[bytes | int] | None:
 
 
 def stage_layers(
-    client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
+    client: AgentClient, st: AgentState, state_dir: Path, params: LayerApplyParams
 ) -> dict[str, Any]:
     """Stage a layer delivery: download only what the endpoint lacks, apply at next boot."""
     root = Path(st.root)
     blobs = agent_blobs(client, st.chunking.id_key)
-    delta = bytes.fromhex(params["delta"])
+    delta = bytes.fromhex(params.delta)
     seeded = _seed_from_endpoint(blobs, root, delta, st.chunking)
     summary: dict[str, Any] = {
         "kind": "layers",
-        "versions": params.get("versions", []),
-        "labels": params.get("labels", []),
+        "versions": list(params.versions),
+        "labels": list(params.labels),
         "seeded_bytes": seeded,
     }
-    expect = params.get("expect")
     tx = stage_delta(
         blobs,
         delta,
-        list(params.get("removes") or []),
+        list(params.removes),
         root,
         state_dir,
         summary,
-        expect=expect if isinstance(expect, dict) else None,
-        never_override=tuple(str(p) for p in params.get("never_override") or ()),
+        expect=dict(params.expect) if params.expect else None,
+        never_override=tuple(params.never_override),
         chunking=st.chunking,
-        dpkg_base=_content_param(params.get("dpkg_base")),
+        dpkg_base=_content_param(params.dpkg_base),
     )
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()

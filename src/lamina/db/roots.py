@@ -10,6 +10,7 @@ from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import read_tx
 from lamina.db.models import layer_versions, layers, tasks
 from lamina.errors import LaminaError
+from lamina.protocol.tasks import OPEN_STATES, TaskKind
 from lamina.store.repository import Store
 from lamina.store.roots import Root, RootSource, snapshot_roots
 
@@ -26,8 +27,8 @@ def layer_roots(engine: Engine) -> RootSource:
             ).all()
             pending = c.execute(
                 select(tasks.c.id, tasks.c.params).where(
-                    tasks.c.kind == "layer-apply",
-                    tasks.c.state.in_(("queued", "running", "waiting")),
+                    tasks.c.kind == TaskKind.LAYER_APPLY,
+                    tasks.c.state.in_(OPEN_STATES),
                 )
             ).all()
         for r in rows:

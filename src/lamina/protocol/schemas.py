@@ -246,7 +246,7 @@ class BrowseEntry(BaseModel):
 
 class RestoreRequest(Strict):
     snapshot: str
-    paths: list[str] = Field(default_factory=list)
+    paths: list[str] = Field(default_factory=list, max_length=1000)
     overwrite: bool = False
 
 

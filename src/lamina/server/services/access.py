@@ -33,6 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvd_blobs, cvds, tasks
 from lamina.errors import ForbiddenError, MissingDataError
+from lamina.protocol.tasks import DELIVERED_TREES, TaskKind, TaskState
 from lamina.server.services.fleet import cvd_source
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
@@ -40,9 +41,8 @@ from lamina.tree.model import decode_tree
 
 #: Ids per SQL statement (well below SQLite's bound-parameter limit).
 BATCH = 5000
-#: Task kinds and parameters whose tree the server delivers to the task's device.
-DELIVERED_TREES = ("root", "delta")
-OPEN_TASK_STATES = ("queued", "running")
+#: A task in these states may still download its delivered tree (``DELIVERED_TREES``).
+OPEN_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING)
 
 
 def _insert_ignore(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -185,16 +185,19 @@ def check_read(
         rest = [i for i in dict.fromkeys(ids) if i not in mine]
         if not rest:
             return
-        params = c.execute(
-            select(tasks.c.params).where(
-                tasks.c.device_id == device_id, tasks.c.state.in_(OPEN_TASK_STATES)
+        open_tasks = c.execute(
+            select(tasks.c.kind, tasks.c.params).where(
+                tasks.c.device_id == device_id,
+                tasks.c.state.in_(OPEN_TASK_STATES),
+                tasks.c.kind.in_(list(DELIVERED_TREES)),
             )
-        ).scalars()
+        ).all()
         roots = [
-            bytes.fromhex(p[k])
-            for p in params
-            for k in DELIVERED_TREES
-            if isinstance(p, dict) and isinstance(p.get(k), str) and len(p[k]) == 64
+            bytes.fromhex(tree)
+            for t in open_tasks
+            if isinstance(t.params, dict)
+            and isinstance(tree := t.params.get(DELIVERED_TREES[TaskKind(t.kind)]), str)
+            and len(tree) == 64
         ]
     delivered: set[bytes] = set()
     for r in roots:

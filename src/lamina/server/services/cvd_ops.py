@@ -24,6 +24,13 @@ from lamina.protocol.schemas import (
     SnapshotPublic,
     TaskPublic,
 )
+from lamina.protocol.tasks import (
+    RestoreParams,
+    RevertParams,
+    SyncParams,
+    TaskKind,
+    TaskParams,
+)
 from lamina.server.security import Principal
 from lamina.server.services import fleet, tasks
 from lamina.server.services.common import audit
@@ -38,7 +45,7 @@ DATA_READ = "data.read"
 
 
 def _device_task(
-    engine: Engine, actor: Principal, ref: str, kind: str, params: dict[str, Any]
+    engine: Engine, actor: Principal, ref: str, kind: TaskKind, params: TaskParams
 ) -> TaskPublic:
     actor.require("cvd.operate")
     with write_tx(engine) as c:
@@ -48,12 +55,12 @@ def _device_task(
         tid = tasks.enqueue(
             c, kind, actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params=params
         )
-        audit(c, actor.name, f"cvd.{kind}", cvd.id, task=tid, **params)
+        audit(c, actor.name, f"cvd.{kind}", cvd.id, task=tid, **params.model_dump(mode="json"))
     return tasks.get(engine, actor, tid)
 
 
 def request_sync(engine: Engine, actor: Principal, ref: str) -> TaskPublic:
-    return _device_task(engine, actor, ref, "sync", {})
+    return _device_task(engine, actor, ref, TaskKind.SYNC, SyncParams())
 
 
 def snapshot_of(store: Store, cvd_id: str, ref: str) -> SnapshotRecord:
@@ -85,13 +92,10 @@ def request_restore(
         engine,
         actor,
         ref,
-        "restore",
-        {
-            "snapshot": snap.id,
-            "root": snap.root.hex(),
-            "paths": req.paths,
-            "overwrite": req.overwrite,
-        },
+        TaskKind.RESTORE,
+        RestoreParams(
+            snapshot=snap.id, root=snap.root.hex(), paths=req.paths, overwrite=req.overwrite
+        ),
     )
 
 
@@ -99,12 +103,12 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _recorded_policy(value: object) -> dict[str, Any] | None:
+def _recorded_policy(value: object) -> PolicySettings | None:
     """The policy a snapshot recorded (device-written stats: validated, else unknown)."""
     if not isinstance(value, dict):
         return None
     try:
-        return PolicySettings(**value).model_dump()
+        return PolicySettings(**value)
     except ValidationError:
         return None
 
@@ -123,21 +127,23 @@ def request_revert(
         with read_tx(engine) as c:
             p = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).first()
         if p is not None and stats.get("policy_version") == p.version:
-            policy = p.settings
+            policy = _recorded_policy(p.settings)
     return _device_task(
         engine,
         actor,
         ref,
-        "revert",
-        {
-            "snapshot": snap.id,
-            "root": snap.root.hex(),
-            "system_only": req.system_only,
-            "dry_run": req.dry_run,
-            "policy": policy,
-            "error_paths": [p for p in _list(stats.get("error_paths")) if isinstance(p, str)],
-            "scan_errors": errors if isinstance(errors := stats.get("errors"), int) else 0,
-        },
+        TaskKind.REVERT,
+        RevertParams(
+            snapshot=snap.id,
+            root=snap.root.hex(),
+            system_only=req.system_only,
+            dry_run=req.dry_run,
+            policy=policy,
+            error_paths=[p for p in _list(stats.get("error_paths")) if isinstance(p, str)],
+            scan_errors=errors
+            if isinstance(errors := stats.get("errors"), int) and errors > 0
+            else 0,
+        ),
     )
 
 

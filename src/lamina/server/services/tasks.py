@@ -16,6 +16,7 @@ transaction at its next poll. Reports on a cancelled task are ignored, except
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -24,11 +25,18 @@ from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import tasks
 from lamina.errors import ConflictError, ForbiddenError, NotFoundError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
+from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, new_id, now
 
-QUEUED, RUNNING, WAITING, DONE, FAILED = "queued", "running", "waiting", "done", "failed"
-CANCELLED = "cancelled"
+QUEUED, RUNNING, WAITING, DONE, FAILED = (
+    TaskState.QUEUED,
+    TaskState.RUNNING,
+    TaskState.WAITING,
+    TaskState.DONE,
+    TaskState.FAILED,
+)
+CANCELLED = TaskState.CANCELLED
 #: Claims of one task before an agent restart during it makes it fail instead.
 MAX_ATTEMPTS = 3
 
@@ -58,9 +66,14 @@ def enqueue(
     *,
     cvd_id: str | None = None,
     device_id: str | None = None,
-    params: dict[str, Any] | None = None,
+    params: TaskParams | Mapping[str, object] | None = None,
 ) -> str:
-    """Queue a task inside the caller's transaction."""
+    """Queue a task inside the caller's transaction.
+
+    ``params`` are validated against the kind's model (``lamina.protocol.tasks``):
+    an unknown kind or a malformed parameter is a ``UsageError`` and queues nothing.
+    """
+    checked = params_for(kind, params)
     tid = new_id()
     c.execute(
         insert(tasks).values(
@@ -71,7 +84,7 @@ def enqueue(
             message="",
             cvd_id=cvd_id,
             device_id=device_id,
-            params=params or {},
+            params=checked.model_dump(mode="json"),
             result={},
             created_by=actor,
             created=now(),

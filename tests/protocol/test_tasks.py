@@ -1,0 +1,71 @@
+"""Task kinds and their parameters: one model per kind, validated on both sides."""
+
+from __future__ import annotations
+
+import pytest
+
+from lamina.errors import UsageError
+from lamina.protocol.tasks import (
+    PARAMS,
+    LayerApplyParams,
+    RestoreParams,
+    RevertParams,
+    SyncParams,
+    TaskKind,
+    params_for,
+)
+
+ROOT = "0f" * 32
+
+
+def test_every_kind_has_a_parameters_model() -> None:
+    assert set(PARAMS) == set(TaskKind)
+
+
+def test_parameters_are_read_into_their_kinds_model() -> None:
+    assert params_for("sync", None) == SyncParams()
+    assert params_for("sync", {"why": "record start"}) == SyncParams(why="record start")
+    restore = params_for("restore", {"snapshot": "s", "root": ROOT, "paths": ["etc"]})
+    assert isinstance(restore, RestoreParams) and not restore.overwrite
+    revert = params_for(
+        "revert", {"snapshot": "s", "root": ROOT, "policy": {"interval": 600}, "scan_errors": 2}
+    )
+    assert isinstance(revert, RevertParams) and revert.system_only
+    assert revert.policy is not None and revert.policy.interval == 600
+    layers = params_for(
+        "layer-apply",
+        {
+            "delta": ROOT,
+            "expect": {"etc/a": ["file", 3, "ab"], "etc/b": None},
+            "dpkg_base": ["cd" * 32, 4096],
+        },
+    )
+    assert isinstance(layers, LayerApplyParams)
+    assert layers.expect == {"etc/a": ["file", 3, "ab"], "etc/b": None}
+    assert layers.dpkg_base == ["cd" * 32, 4096]  # numbers stay numbers, ids stay strings
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "why"),
+    [
+        ("format-disk", {}, "unknown task kind 'format-disk'"),
+        ("sync", {"why": "x", "rm": "-rf"}, "rm: Extra inputs"),
+        ("restore", {"snapshot": "s", "root": ROOT}, "paths"),
+        ("restore", {"snapshot": "s", "root": ROOT, "paths": []}, "paths"),
+        ("restore", {"snapshot": "s", "root": ROOT.upper(), "paths": ["etc"]}, "root"),
+        ("revert", {"snapshot": "s", "root": ROOT, "scan_errors": -1}, "scan_errors"),
+        ("revert", {"snapshot": "s", "root": ROOT, "policy": {"interval": 1}}, "policy.interval"),
+        ("layer-apply", {"delta": "zz"}, "delta"),
+        ("layer-apply", {"delta": ROOT, "removes": "etc"}, "removes"),
+    ],
+)
+def test_malformed_parameters_are_a_usage_error_naming_the_field(
+    kind: str, raw: dict[str, object], why: str
+) -> None:
+    with pytest.raises(UsageError, match=why):
+        params_for(kind, raw)
+
+
+def test_a_model_of_another_kind_is_refused() -> None:
+    with pytest.raises(UsageError, match="cannot carry SyncParams"):
+        params_for("restore", SyncParams())
