@@ -502,14 +502,12 @@ def test_revert_puts_back_folder_metadata_and_undoes_it_on_a_crash(
     os.chown(root / "etc/app", 1234, 1234)
     tx, plan = stage(store, tree, root, state, PolicySettings())
     assert tx.journal["ops"] == [["meta", "etc/app"]] and plan.updated == ["etc/app"]
-    monkeypatch.setenv(staging.FAIL_ENV, "1")
     with pytest.raises(staging.InjectedCrash):
-        staging.boot(state, root)
+        staging.boot(state, root, fail_after=1)
     [half] = staging.pending(state, root)
     staging.rollback(half, root)
     st = os.stat(root / "etc/app")
     assert (st.st_mode & 0o7777, st.st_uid) == (0o777, 1234)  # wholly old again
-    monkeypatch.delenv(staging.FAIL_ENV)
     staging.boot(state, root)
     st = os.stat(root / "etc/app")
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 0, 0)

@@ -115,12 +115,10 @@ def test_crash_after_every_step_leaves_old_or_new(
         shutil.copytree(pristine, root, symlinks=True)
         shutil.rmtree(tx.path, ignore_errors=True)
         shutil.copytree(tmp_path / "tx-copy", tx.path, symlinks=True)
-        monkeypatch.setenv(staging.FAIL_ENV, str(n))
         with pytest.raises(staging.InjectedCrash):
-            staging.boot(state, root)
+            staging.boot(state, root, fail_after=n)
         # The power went out after n renames. What is on disk right now is a mix;
         # the next boot must finish the job.
-        monkeypatch.delenv(staging.FAIL_ENV)
         staging.boot(state, root)
         assert _system(describe(root)) == old_system, f"crash after step {n}"
         assert (root / "home/ann/notes.txt").read_text() == "ann's notes v2\n"
@@ -130,9 +128,8 @@ def test_crash_after_every_step_leaves_old_or_new(
 
 def test_crash_then_rollback_restores_old_exactly(setup, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     root, state, _old, current, tx = setup()
-    monkeypatch.setenv(staging.FAIL_ENV, str(len(tx.journal["ops"]) // 2))
     with pytest.raises(staging.InjectedCrash):
-        staging.boot(state, root)
+        staging.boot(state, root, fail_after=len(tx.journal["ops"]) // 2)
     [half] = staging.pending(state, root)
     assert half.journal["state"] == staging.APPLYING
     staging.rollback(half, root)
@@ -172,10 +169,8 @@ def test_layer_delivery_survives_a_crash_at_every_step(
         expected_steps = len(tx.journal["ops"])
         assert expected_steps == 3  # swap /opt, swap usr/bin/tool, remove usr/lib/old.so
         if n <= expected_steps:
-            monkeypatch.setenv(staging.FAIL_ENV, str(n))
             with pytest.raises(staging.InjectedCrash):
-                staging.boot(state, root)
-            monkeypatch.delenv(staging.FAIL_ENV)
+                staging.boot(state, root, fail_after=n)
         staging.boot(state, root)
         assert (root / "opt/app/bin/app").read_text() == "app v1\n"
         assert (root / "usr/bin/tool").read_text() == "tool patched\n"

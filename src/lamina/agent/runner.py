@@ -16,7 +16,9 @@ from lamina.agent.blobs import agent_blobs
 from lamina.agent.staging import drop, stage_layers, stage_revert
 from lamina.agent.state import (
     AgentState,
+    AgentStatus,
     StateLock,
+    SyncStats,
     has_credential,
     load_state,
     load_status,
@@ -110,10 +112,7 @@ def _enroll(
         insecure=insecure,
     )
     save_state(state_dir, st)
-    save_status(
-        state_dir,
-        {"device_id": st.device_id, "cvd_id": None, "state": resp.status, "last_sync": None},
-    )
+    save_status(state_dir, AgentStatus(device_id=st.device_id, registration=resp.status))
     return st
 
 
@@ -143,20 +142,23 @@ class Agent:
             ca=self.st.pinned_is_ca,
             insecure=insecure or self.st.insecure,
         )
-        self.status: dict[str, Any] = load_status(state_dir) or {}
-        self.status.setdefault("device_id", self.st.device_id)
+        self.status = load_status(state_dir)
+        if self.status.device_id is None:
+            self.status.device_id = self.st.device_id
 
     def close(self) -> None:
         self.client.close()
         self._lock.release()
 
     def _save(self, **changes: Any) -> None:
-        self.status.update(changes)
+        """Change fields of ``status.json`` (each validated: an unknown one is a bug) and write it."""
+        for name, value in changes.items():
+            setattr(self.status, name, value)
         save_status(self.state_dir, self.status)
 
     def report(self, progress: dict[str, Any] | None = None) -> AgentConfig:
         body = {
-            "state": str(self.status.get("state", "idle")),
+            "state": self.status.state,
             "progress": progress or {},
             "disk_free": _disk_free(Path(self.st.root)),
         }
@@ -188,11 +190,8 @@ class Agent:
 
         try:
             extra = (
-                {
-                    "layers": self.status["layers"],
-                    "layer_labels": self.status.get("layer_labels", []),
-                }
-                if self.status.get("layers") is not None
+                {"layers": self.status.layers, "layer_labels": self.status.layer_labels}
+                if self.status.layers is not None
                 else {}
             )
             res = run_sync(self.client, self.st, self.state_dir, cfg, progress, extra)
@@ -202,18 +201,18 @@ class Agent:
         snap = res.response.snapshot
         self._save(
             state="idle",
-            last_sync=snap.time.isoformat(),
+            last_sync=snap.time,
             last_snapshot=snap.id,
             progress={},
             last_error=None,
             sync_requested=False,
-            last_sync_stats={
-                "files": res.files,
-                "bytes": res.bytes,
-                "files_read": res.files_read,
-                "uploaded_bytes": res.uploaded_bytes,
-                "errors": res.errors[:20],
-            },
+            last_sync_stats=SyncStats(
+                files=res.files,
+                bytes=res.bytes,
+                files_read=res.files_read,
+                uploaded_bytes=res.uploaded_bytes,
+                errors=res.errors[:20],
+            ),
         )
         self.report()
         return {"snapshot": snap.id, "files": res.files, "uploaded_bytes": res.uploaded_bytes}
@@ -224,8 +223,8 @@ class Agent:
 
     def _supersede(self, item: WorkItem) -> None:
         """A new staging replaces one not yet applied: its task will never apply."""
-        old = self.status.get("staged_task")
-        if old and old != item.task_id and not self.status.get("applied"):
+        old = self.status.staged_task
+        if old and old != item.task_id and not self.status.applied:
             with contextlib.suppress(LaminaError):
                 self._task(
                     WorkItem(task_id=old, kind="", params={}),
@@ -317,30 +316,29 @@ class Agent:
 
     def _drop_cancelled(self) -> None:
         """A staged task an admin cancelled: drop its transaction before any boot applies it."""
-        tid = self.status.get("staged_task")
-        if not tid or self.status.get("applied"):
+        tid = self.status.staged_task
+        if not tid or self.status.applied:
             return
         task = retrying(lambda: self.client.json("GET", f"/agent/tasks/{tid}"))
         if task.get("state") != CANCELLED:
             return
-        staged = self.status.get("staged")
+        staged = self.status.staged
         if staged:
-            drop(self.state_dir, Path(self.st.root), str(staged))
+            drop(self.state_dir, Path(self.st.root), staged)
         self._save(state="idle", staged=None, staged_task=None)
 
     def cycle(self, force_sync: bool = False) -> dict[str, Any]:
         """One full cycle: report, sync if due or asked, then every queued task."""
         cfg = self.report()
-        force_sync = force_sync or (
-            bool(self.status.get("sync_requested")) and cfg.cvd_id is not None
-        )
+        force_sync = force_sync or (self.status.sync_requested and cfg.cvd_id is not None)
         if force_sync and not cfg.cvd_id:
             raise ConflictError(f"this device is {cfg.status}: it has no active CVD to sync")
         done: dict[str, Any] = {"synced": False, "tasks": []}
-        if self.status.get("staged_task") and self.status.get("applied"):
+        if self.status.staged_task and self.status.applied:
             # `agent boot` applied what that task staged: it is done now.
-            tid = self.status["staged_task"]
-            failed = [a["error"] for a in self.status["applied"] if a.get("error")]
+            tid = self.status.staged_task
+            applied = self.status.applied
+            failed = [str(a["error"]) for a in applied if a.get("error")]
             retrying(
                 lambda: self.client.json(
                     "POST",
@@ -349,7 +347,7 @@ class Agent:
                         "progress": 100,
                         "state": "failed" if failed else "done",
                         "message": failed[0] if failed else "applied at boot",
-                        "result": {"applied": self.status["applied"]},
+                        "result": {"applied": applied},
                     },
                 )
             )

@@ -18,8 +18,8 @@ op (fsync each time). Every op is reversible from what is on disk alone, so
 from the start. An op that fails (EXDEV, EROFS, ENOSPC, a symlinked parent) rolls
 back at once and the transaction is ``failed``, never retried. The endpoint is
 therefore wholly old or wholly new after boot. Renames go through folder
-descriptors walked with ``O_NOFOLLOW``. For tests, ``LAMINA_BOOT_FAIL_AFTER=N``
-makes apply stop dead after N ops.
+descriptors walked with ``O_NOFOLLOW``. For tests, ``fail_after=N`` (the CLI's
+``LAMINA_BOOT_FAIL_AFTER``) makes apply stop dead after N ops.
 
 A revert is planned from the snapshot TREE against the live root (``plan_revert``),
 never from a staged copy, and stages only the paths it swaps.
@@ -78,7 +78,6 @@ JOURNAL_VERSION = 2  # 2: adds the "failed" state and its "error", "rolled_back"
 READABLE_JOURNALS = (1, 2)
 STAGED, APPLYING, COMMITTED, FAILED = "staged", "applying", "committed", "failed"
 STATES = (STAGED, APPLYING, COMMITTED, FAILED)
-FAIL_ENV = "LAMINA_BOOT_FAIL_AFTER"
 
 
 class InjectedCrash(Exception):
@@ -689,8 +688,7 @@ def rollback(tx: Transaction, root: Path) -> list[str]:
     return stuck
 
 
-def apply(tx: Transaction, root: Path) -> None:
-    fail_after = int(os.environ.get(FAIL_ENV, "-1"))
+def apply(tx: Transaction, root: Path, fail_after: int = -1) -> None:
     tx.journal["state"] = APPLYING
     tx.save()
     tx.old.mkdir(exist_ok=True)
@@ -723,7 +721,7 @@ def _fail(tx: Transaction, root: Path, err: BaseException) -> str:
     return message
 
 
-def boot(state_dir: Path, root: Path) -> list[dict[str, Any]]:
+def boot(state_dir: Path, root: Path, fail_after: int = -1) -> list[dict[str, Any]]:
     """Finish every staged transaction: roll back a half-applied one, then apply it whole.
 
     An op that fails (EXDEV, EROFS, ENOSPC, a symlinked parent) rolls back every
@@ -747,7 +745,7 @@ def boot(state_dir: Path, root: Path) -> list[dict[str, Any]]:
                 stuck = rollback(tx, root)
                 if stuck:
                     raise ConflictError(f"an interrupted apply could not be undone: {stuck[:3]}")
-            apply(tx, root)
+            apply(tx, root, fail_after)
         except (OSError, LaminaError) as e:
             entry["error"] = _fail(tx, root, e)
         out.append(entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,11 +64,11 @@ def enroll_cmd(
     st = enroll(
         server, token, root, state, ca_cert, fingerprint=fingerprint, insecure=insecure, force=force
     )
-    status = load_status(state)
+    registration = load_status(state).registration
     if as_json:
-        emit_json({"id": st.device_id, "device_id": st.device_id, "state": status.get("state")})
+        emit_json({"id": st.device_id, "device_id": st.device_id, "state": registration})
     else:
-        typer.echo(f"enrolled as device {st.device_id} ({status.get('state')})")
+        typer.echo(f"enrolled as device {st.device_id} ({registration})")
 
 
 @app.command()
@@ -112,7 +113,9 @@ def _run(state: Path, once: bool, sync: bool, poll: float, insecure: bool, as_js
         try:
             done = agent.cycle(force_sync=sync)
             if as_json:
-                emit_json({"id": agent.st.device_id, **done, **load_status(state)})
+                emit_json(
+                    {"id": agent.st.device_id, **done, **load_status(state).model_dump(mode="json")}
+                )
             else:
                 typer.echo(
                     f"cycle done: {'synced' if done['synced'] else 'no sync'}, {len(done['tasks'])} tasks"
@@ -133,10 +136,7 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
         "device_id": st.device_id,
         "server": st.server,
         "root": st.root,
-        "state": "idle",
-        "cvd_id": None,
-        "last_sync": None,
-        **load_status(state),
+        **load_status(state).model_dump(mode="json"),
     }
     doc["staged"] = [t.journal["id"] for t in staging.pending(state, Path(st.root))]
     if as_json:
@@ -146,27 +146,24 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
         typer.echo(f"{k:<14} {doc.get(k)}")
 
 
+#: A test hook: ``agent boot`` stops dead after N operations, like a power cut.
+FAIL_ENV = "LAMINA_BOOT_FAIL_AFTER"
+
+
 @app.command()
 def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Apply staged transactions atomically (run by the init system before services start)."""
     from lamina.agent import staging
-    from lamina.agent.state import StateLock, load_state, load_status, save_status
+    from lamina.agent.state import StateLock, load_state, record_boot
 
     st = load_state(state)
     lock = StateLock(state)  # never while an agent drops or stages a transaction
     try:
-        applied = staging.boot(state, Path(st.root))
+        applied = staging.boot(state, Path(st.root), int(os.environ.get(FAIL_ENV, "-1")))
     finally:
         lock.release()
     if applied:
-        status = load_status(state)
-        status.update(state="idle", staged=None, applied=applied)
-        for a in applied:
-            if a.get("kind") == "layers" and not a.get("error"):
-                status["layers"] = a.get("versions", [])
-                status["layer_labels"] = a.get("labels", [])
-        status["sync_requested"] = True  # the next cycle uploads the new state
-        save_status(state, status)
+        record_boot(state, applied)
     if as_json:
         emit_json([{"id": a["transaction"], **a} for a in applied])
     else:
