@@ -17,14 +17,12 @@ from lamina.protocol.schemas import (
     EnrollResponse,
     MissingRequest,
     MissingResponse,
-    PolicySettings,
     TaskPublic,
     TaskReport,
     WorkItem,
 )
 from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, read_body
-from lamina.server.services import access, fleet, layers, sync, tasks
-from lamina.store.retention import Retention
+from lamina.server.services import access, fleet, sync, tasks
 
 router = APIRouter(prefix="/agent")
 _WORKER = f"server-{uuid.uuid4().hex[:8]}"
@@ -82,16 +80,7 @@ def bundle_ids(body: bytes) -> list[bytes]:
 
 @router.post("/commit", summary="Commit a snapshot whose trees and chunks are uploaded")
 def commit(req: CommitRequest, ctx: Ctx, device: ActiveDevice) -> CommitResponse:
-    cvd = fleet.active_cvd_of_device(ctx.engine, device)
-    access.check_commit(ctx.engine, ctx.store, cvd, bytes.fromhex(req.root))
-    cfg = fleet.agent_config(ctx.engine, device)
-    p = cfg.policy or PolicySettings()
-    retention = Retention(p.keep_last, p.keep_hourly, p.keep_daily, p.keep_weekly, p.keep_monthly)
-    resp = sync.commit(ctx.engine, ctx.store, cvd, req, retention)
-    layers.after_commit(
-        ctx.engine, ctx.store, cvd.id, ctx.store.catalog.find_snapshot(resp.snapshot.id)
-    )
-    return resp
+    return sync.commit_snapshot(ctx.engine, ctx.store, device, req)
 
 
 @router.get(

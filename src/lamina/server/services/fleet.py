@@ -351,9 +351,20 @@ def agent_config(
     )
 
 
-def active_cvd_of_device(engine: Engine, device: Principal) -> Any:
-    with read_tx(engine) as c:
-        cvd = _cvd_of(c, device.id)
+def cvd_of_device(c: Connection, device_id: str) -> Any:
+    """The device's active CVD row; ``NotFoundError`` if it has none."""
+    cvd = _cvd_of(c, device_id)
     if cvd is None:
         raise NotFoundError("this device has no active CVD (pending, rejected or archived)")
     return cvd
+
+
+def policy_of(c: Connection, cvd: Any) -> PolicySettings:
+    """The settings of the policy a CVD follows."""
+    p = c.execute(select(policies.c.settings).where(policies.c.id == cvd.policy_id)).one()
+    return PolicySettings(**p.settings)
+
+
+def active_cvd_of_device(engine: Engine, device: Principal) -> Any:
+    with read_tx(engine) as c:
+        return cvd_of_device(c, device.id)

@@ -273,44 +273,78 @@ def record_finalize(
     return {"id": cvd.id, "cvd": cvd.name, "state": FINALIZING, "task": tid}
 
 
+@dataclass
+class _Finalize:
+    """A recording whose end snapshot just arrived: its app layer is captured next."""
+
+    rec: Any
+    start: SnapshotRecord
+    end: SnapshotRecord
+    rules: RuleSet
+
+
 def after_commit(engine: Engine, store: Store, cvd_id: str, snap: SnapshotRecord) -> None:
     """Hook run after each committed snapshot: recordings and the layers the endpoint runs."""
-    reported = (snap.meta.get("stats") or {}).get("layers")
     with write_tx(engine) as c:
-        if isinstance(reported, list):
-            known = set(
-                c.execute(
-                    select(layer_versions.c.id).where(
-                        layer_versions.c.id.in_([str(x) for x in reported])
-                    )
-                ).scalars()
-            )
-            c.execute(delete(cvd_running_layers).where(cvd_running_layers.c.cvd_id == cvd_id))
-            for pos, vid in enumerate(v for v in reported if v in known):
-                c.execute(
-                    insert(cvd_running_layers).values(cvd_id=cvd_id, position=pos, version_id=vid)
-                )
-        rec = c.execute(select(recordings).where(recordings.c.cvd_id == cvd_id)).first()
-        if rec is None:
-            return
-        if rec.state == RECORD_STARTING:
+        job = note_commit(c, store, cvd_id, snap)
+    finish_recording(engine, store, job)
+
+
+def note_commit(c: Connection, store: Store, cvd_id: str, snap: SnapshotRecord) -> _Finalize | None:
+    """In the commit's transaction: the layers the endpoint reports running, and a
+    recording's progress. A recording that ends here is returned for
+    ``finish_recording``, which captures its layer after the transaction."""
+    reported = (snap.meta.get("stats") or {}).get("layers")
+    if isinstance(reported, list):
+        known = set(
             c.execute(
-                update(recordings)
-                .where(recordings.c.cvd_id == cvd_id)
-                .values(state=RECORDING, start_snapshot=snap.id)
+                select(layer_versions.c.id).where(
+                    layer_versions.c.id.in_([str(x) for x in reported])
+                )
+            ).scalars()
+        )
+        c.execute(delete(cvd_running_layers).where(cvd_running_layers.c.cvd_id == cvd_id))
+        for pos, vid in enumerate(v for v in reported if v in known):
+            c.execute(
+                insert(cvd_running_layers).values(cvd_id=cvd_id, position=pos, version_id=vid)
             )
-            return
-        if rec.state != FINALIZING:
-            return
-        start = store.catalog.find_snapshot(rec.start_snapshot)
-        rules = rules_of(c, c.execute(select(cvds).where(cvds.c.id == cvd_id)).one())
+    rec = c.execute(select(recordings).where(recordings.c.cvd_id == cvd_id)).first()
+    if rec is None:
+        return None
+    if rec.state == RECORD_STARTING:
+        c.execute(
+            update(recordings)
+            .where(recordings.c.cvd_id == cvd_id)
+            .values(state=RECORDING, start_snapshot=snap.id)
+        )
+        return None
+    if rec.state != FINALIZING:
+        return None
+    start = store.catalog.find_snapshot(rec.start_snapshot)
+    rules = rules_of(c, c.execute(select(cvds).where(cvds.c.id == cvd_id)).one())
+    return _Finalize(rec, start, snap, rules)
+
+
+def finish_recording(engine: Engine, store: Store, job: _Finalize | None) -> None:
+    """Capture a finished recording's app layer: its blobs first, then its rows."""
+    if job is None:
+        return
     with store.writer() as w:
-        cap = capture_app(store.get, w.put, start.root, snap.root, rules)
+        cap = capture_app(store.get, w.put, job.start.root, job.end.root, job.rules)
+    rec = job.rec
     with write_tx(engine) as c:
         _new_version(
-            c, "recording", rec.name, rec.update_layer, "app", cap, cvd_id, snap.id, rec.notes
+            c,
+            "recording",
+            rec.name,
+            rec.update_layer,
+            "app",
+            cap,
+            rec.cvd_id,
+            job.end.id,
+            rec.notes,
         )
-        c.execute(delete(recordings).where(recordings.c.cvd_id == cvd_id))
+        c.execute(delete(recordings).where(recordings.c.cvd_id == rec.cvd_id))
 
 
 # --- assignment -----------------------------------------------------------------------

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 
 from sqlalchemy import Engine, update
 
-from lamina.db.engine import write_tx
+from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvds
 from lamina.errors import (
-    ConflictError,
     IntegrityError,
     MissingDataError,
     TooLargeError,
@@ -25,7 +24,9 @@ from lamina.errors import (
 )
 from lamina.protocol.bundle import BundleBlob, decode_bundle
 from lamina.protocol.schemas import CommitRequest, CommitResponse, SnapshotPublic
-from lamina.server.services.fleet import ACTIVE, cvd_source
+from lamina.server.security import Principal
+from lamina.server.services import access, fleet, layers
+from lamina.server.services.fleet import cvd_source
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
@@ -214,13 +215,45 @@ def verify_tree(
         level = below
 
 
-def commit(
-    engine: Engine, store: Store, cvd_row: object, req: CommitRequest, retention: Retention
+def commit_snapshot(
+    engine: Engine, store: Store, device: Principal, req: CommitRequest
 ) -> CommitResponse:
-    cvd = cvd_row
-    if getattr(cvd, "state") != ACTIVE:  # noqa: B009
-        raise ConflictError("the CVD is archived: it takes no new snapshots")
-    cvd_id = getattr(cvd, "id")  # noqa: B009
+    """The agent's commit: verify, store the snapshot, apply retention, update the rows.
+
+    Not one database transaction, because the store's write order comes first: the
+    snapshot record is written (packs, then index rows, then the record) only once
+    every blob it names is verified; retention then forgets under its own markers;
+    and only then do the server's rows change, in one transaction: the CVD's last
+    sync, the layers the endpoint reports running and a recording's progress. A
+    crash between the steps leaves a stored snapshot whose rows catch up at the
+    next commit, never rows naming a snapshot that is not stored. A recording that
+    ends with this snapshot has its app layer captured last (blobs, then rows).
+    """
+    with read_tx(engine) as c:
+        cvd = fleet.cvd_of_device(c, device.id)
+        policy = fleet.policy_of(c, cvd)
+    access.check_commit(engine, store, cvd, bytes.fromhex(req.root))
+    retention = Retention(
+        policy.keep_last,
+        policy.keep_hourly,
+        policy.keep_daily,
+        policy.keep_weekly,
+        policy.keep_monthly,
+    )
+    record, kept, forgotten = _store_snapshot(store, cvd.id, req, retention)
+    with write_tx(engine) as c:
+        c.execute(
+            update(cvds).where(cvds.c.id == cvd.id).values(last_sync=record.time, progress={})
+        )
+        finishing = layers.note_commit(c, store, cvd.id, record)
+    layers.finish_recording(engine, store, finishing)
+    return CommitResponse(snapshot=snapshot_public(record), kept=kept, forgotten=forgotten)
+
+
+def _store_snapshot(
+    store: Store, cvd_id: str, req: CommitRequest, retention: Retention
+) -> tuple[SnapshotRecord, int, int]:
+    """Verify the snapshot's trees and chunks, store its record, forget what retention drops."""
     source = cvd_source(cvd_id)
     root = bytes.fromhex(req.root)
     prev = store.catalog.snapshots(source)
@@ -245,11 +278,7 @@ def commit(
     keep, forget = apply_retention(store.catalog.snapshots(source), retention)
     if forget:
         store.forget([s.id for s in forget])
-    with write_tx(engine) as c:
-        c.execute(
-            update(cvds).where(cvds.c.id == cvd_id).values(last_sync=record.time, progress={})
-        )
-    return CommitResponse(snapshot=snapshot_public(record), kept=len(keep), forgotten=len(forget))
+    return record, len(keep), len(forget)
 
 
 def snapshot_public(s: SnapshotRecord) -> SnapshotPublic:
