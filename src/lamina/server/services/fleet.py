@@ -5,7 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots
@@ -78,18 +88,34 @@ def _cvd_of(c: Connection, device_id: str) -> Any:
     ).first()
 
 
-def _device_public(c: Connection, r: Any) -> DevicePublic:
-    cvd = _cvd_of(c, r.id)
-    return DevicePublic(
-        id=r.id,
-        hostname=r.hostname,
-        status=r.status,
-        facts=r.facts,
-        enrolled=aware(r.enrolled),
-        last_seen=aware(r.last_seen),
-        cvd_id=cvd.id if cvd else None,
-        agent=r.agent_state,
+def _device_page(c: Connection, *where: ColumnElement[bool]) -> list[DevicePublic]:
+    """Devices with the id of their active CVD, in one query (a page costs one, not one per row)."""
+    active = (
+        select(cvds.c.id, cvds.c.device_id).where(cvds.c.state == ACTIVE).subquery("active_cvd")
     )
+    q = (
+        select(devices, active.c.id.label("active_cvd_id"))
+        .select_from(devices.outerjoin(active, active.c.device_id == devices.c.id))
+        .where(*where)
+        .order_by(devices.c.enrolled)
+    )
+    return [
+        DevicePublic(
+            id=r.id,
+            hostname=r.hostname,
+            status=r.status,
+            facts=r.facts,
+            enrolled=aware(r.enrolled),
+            last_seen=aware(r.last_seen),
+            cvd_id=r.active_cvd_id,
+            agent=r.agent_state,
+        )
+        for r in c.execute(q)
+    ]
+
+
+def _device_public(c: Connection, r: Any) -> DevicePublic:
+    return _device_page(c, devices.c.id == r.id)[0]
 
 
 def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> EnrollResponse:
@@ -166,11 +192,8 @@ def find_device(c: Connection, ref: str) -> Any:
 
 def list_devices(engine: Engine, actor: Principal, pending: bool = False) -> list[DevicePublic]:
     actor.require("read")
-    q = select(devices).order_by(devices.c.enrolled)
-    if pending:
-        q = q.where(devices.c.status == PENDING)
     with read_tx(engine) as c:
-        return [_device_public(c, r) for r in c.execute(q)]
+        return _device_page(c, *([devices.c.status == PENDING] if pending else []))
 
 
 def reject(engine: Engine, actor: Principal, ref: str) -> DevicePublic:
@@ -245,36 +268,57 @@ def find_cvd(c: Connection, ref: str) -> Any:
     return find_one(c, cvds, ref, "name", "CVD")
 
 
+def _cvd_page(c: Connection, *where: ColumnElement[bool]) -> list[CvdPublic]:
+    """CVDs with their device's hostname, policy name and snapshot count, in one query."""
+    count = (
+        select(func.count())
+        .select_from(snapshots)
+        .where(snapshots.c.source == literal(cvd_source(""), String) + cvds.c.id)
+        .correlate(cvds)
+        .scalar_subquery()
+    )
+    q = (
+        select(
+            cvds,
+            devices.c.hostname.label("device_hostname"),
+            policies.c.name.label("policy_name"),
+            count.label("snapshot_count"),
+        )
+        .select_from(
+            cvds.outerjoin(devices, devices.c.id == cvds.c.device_id).join(
+                policies, policies.c.id == cvds.c.policy_id
+            )
+        )
+        .where(*where)
+        .order_by(cvds.c.created)
+    )
+    return [
+        CvdPublic(
+            id=r.id,
+            name=r.name,
+            device_id=r.device_id,
+            hostname=r.device_hostname,
+            policy=r.policy_name,
+            policy_version=r.policy_version,
+            reference=r.reference,
+            state=r.state,
+            created=aware(r.created),
+            last_sync=aware(r.last_sync),
+            snapshots=r.snapshot_count,
+            progress=r.progress,
+        )
+        for r in c.execute(q)
+    ]
+
+
 def _cvd_public(c: Connection, r: Any) -> CvdPublic:
-    d = (
-        c.execute(select(devices).where(devices.c.id == r.device_id)).first()
-        if r.device_id
-        else None
-    )
-    p = c.execute(select(policies.c.name).where(policies.c.id == r.policy_id)).scalar_one()
-    n = c.execute(
-        select(func.count()).select_from(snapshots).where(snapshots.c.source == cvd_source(r.id))
-    ).scalar_one()
-    return CvdPublic(
-        id=r.id,
-        name=r.name,
-        device_id=r.device_id,
-        hostname=d.hostname if d else None,
-        policy=p,
-        policy_version=r.policy_version,
-        reference=r.reference,
-        state=r.state,
-        created=aware(r.created),
-        last_sync=aware(r.last_sync),
-        snapshots=n,
-        progress=r.progress,
-    )
+    return _cvd_page(c, cvds.c.id == r.id)[0]
 
 
 def list_cvds(engine: Engine, actor: Principal) -> list[CvdPublic]:
     actor.require("read")
     with read_tx(engine) as c:
-        return [_cvd_public(c, r) for r in c.execute(select(cvds).order_by(cvds.c.created))]
+        return _cvd_page(c)
 
 
 def show_cvd(engine: Engine, actor: Principal, ref: str) -> CvdPublic:

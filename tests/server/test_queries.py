@@ -1,0 +1,125 @@
+"""List pages cost a fixed number of queries, not one (or three) per row."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, event, insert
+
+from lamina.db.engine import make_engine, write_tx
+from lamina.db.migrate import upgrade
+from lamina.db.models import collection_members, collections, cvds, devices, policies, snapshots
+from lamina.server.security import Principal
+from lamina.server.services import collections as coll_service
+from lamina.server.services import dashboard, fleet
+
+READER = Principal("user", "u", "reader", "readonly", frozenset({"read"}))
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    e = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(e)
+    with write_tx(e) as c:
+        c.execute(
+            insert(policies).values(
+                id="p1", name="std", version=1, settings={}, created=NOW, updated=NOW
+            )
+        )
+        c.execute(insert(collections).values(id="all", name="all", filter="", created=NOW))
+        c.execute(
+            insert(collections).values(
+                id="deb", name="debian", filter="os_release.ID=debian", created=NOW
+            )
+        )
+    yield e
+    e.dispose()
+
+
+def add_cvds(engine: Engine, first: int, n: int) -> None:
+    """``n`` devices, each with an active CVD of two snapshots, all hand-picked into ``all``."""
+    with write_tx(engine) as c:
+        for i in range(first, first + n):
+            c.execute(
+                insert(devices).values(
+                    id=f"d{i}",
+                    hostname=f"desk-{i}",
+                    status="active",
+                    facts={"os_release": {"ID": "debian" if i % 2 else "fedora"}},
+                    credential_hash=f"{i:064x}",
+                    enrolled=NOW,
+                    agent_state={},
+                )
+            )
+            c.execute(
+                insert(cvds).values(
+                    id=f"c{i}",
+                    name=f"cvd-{i}",
+                    device_id=f"d{i}",
+                    policy_id="p1",
+                    policy_version=1,
+                    reference=False,
+                    state="active",
+                    created=NOW + dt.timedelta(seconds=i),
+                    progress={},
+                )
+            )
+            for k in range(2):
+                c.execute(
+                    insert(snapshots).values(
+                        id=f"s{i}-{k}",
+                        time=NOW,
+                        source=fleet.cvd_source(f"c{i}"),
+                        root=bytes(32),
+                        files=0,
+                        bytes=0,
+                        meta={},
+                    )
+                )
+            c.execute(insert(collection_members).values(collection_id="all", cvd_id=f"c{i}"))
+
+
+def queries(engine: Engine, call: Callable[[], object]) -> int:
+    count = 0
+
+    def seen(*_: object) -> None:
+        nonlocal count
+        count += 1
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    return count
+
+
+PAGES: dict[str, Callable[[Engine], object]] = {
+    "list_cvds": lambda e: fleet.list_cvds(e, READER),
+    "list_devices": lambda e: fleet.list_devices(e, READER),
+    "list_collections": lambda e: coll_service.list_collections(e, READER),
+    "device_page": lambda e: dashboard.device_page(e, READER, dashboard.DeviceQuery()),
+}
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_a_list_page_costs_the_same_queries_for_2_rows_as_for_8(engine: Engine, page: str) -> None:
+    add_cvds(engine, 0, 2)
+    small = queries(engine, lambda: PAGES[page](engine))
+    add_cvds(engine, 2, 6)
+    assert queries(engine, lambda: PAGES[page](engine)) == small
+
+
+def test_the_pages_show_what_the_rows_hold(engine: Engine) -> None:
+    add_cvds(engine, 0, 3)
+    listed = fleet.list_cvds(engine, READER)
+    assert [(x.name, x.hostname, x.policy, x.snapshots) for x in listed] == [
+        (f"cvd-{i}", f"desk-{i}", "std", 2) for i in range(3)
+    ]
+    assert [d.cvd_id for d in fleet.list_devices(engine, READER)] == ["c0", "c1", "c2"]
+    groups = {g["name"]: g["members"] for g in coll_service.list_collections(engine, READER)}
+    assert groups == {"all": ["cvd-0", "cvd-1", "cvd-2"], "debian": ["cvd-1"]}
