@@ -8,6 +8,7 @@ is written to the audit log with the CVD, the snapshot, the path and the user.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -64,16 +65,30 @@ def request_sync(engine: Engine, actor: Principal, ref: str) -> TaskPublic:
 
 
 def snapshot_of(store: Store, cvd_id: str, ref: str) -> SnapshotRecord:
-    snap = store.catalog.find_snapshot(ref) if ref != "latest" else None
+    """The one snapshot reference resolver: ``latest``, a full id or a prefix of at least
+    four hex digits, resolved among this CVD's snapshots only (another CVD's snapshot
+    never matches, nor makes a prefix ambiguous)."""
+    return resolve_snapshot(store.catalog.snapshots(fleet.cvd_source(cvd_id)), ref)
+
+
+def resolve_snapshot(snaps: Sequence[SnapshotRecord], ref: str) -> SnapshotRecord:
+    """``ref`` among ``snaps`` (oldest first): ``latest``, an id, or a unique id prefix."""
     if ref == "latest":
-        snaps = store.catalog.snapshots(fleet.cvd_source(cvd_id))
         if not snaps:
             raise NotFoundError("the CVD has no snapshots yet")
-        snap = snaps[-1]
-    assert snap is not None
-    if snap.source != fleet.cvd_source(cvd_id):
-        raise NotFoundError(f"snapshot {ref} does not belong to this CVD")
-    return snap
+        return snaps[-1]
+    want = ref.lower()
+    if len(want) < 4 or any(ch not in "0123456789abcdef" for ch in want):
+        raise UsageError(f"snapshot reference {ref!r}: give 'latest' or at least 4 hex digits")
+    found = [s for s in snaps if s.id.startswith(want)]
+    exact = [s for s in found if s.id == want]
+    if exact:
+        return exact[0]
+    if not found:
+        raise NotFoundError(f"this CVD has no snapshot {ref}")
+    if len(found) > 1:
+        raise ConflictError(f"snapshot prefix {ref} is ambiguous in this CVD: give more digits")
+    return found[0]
 
 
 def request_restore(
