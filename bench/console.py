@@ -202,7 +202,7 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     data = args.data or Path(tempfile.mkdtemp(prefix="lamina-bench-console-"))
-    settings = ServerSettings(data=data, admin_password=PASSWORD, workers=0)
+    settings = ServerSettings(data=data, admin_password=PASSWORD)
     ctx, _ = open_context(settings)
     t0 = time.perf_counter()
     ids = seed(ctx.engine, args.devices, args.snapshots, random.Random(1))

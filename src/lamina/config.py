@@ -19,8 +19,6 @@ class ServerSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     admin_password: str | None = None
-    #: Background task workers in this process (0: none, e.g. for tests of the API alone).
-    workers: int = 1
     #: Failed logins per user name within ``login_window`` seconds before refusing.
     login_attempts: int = 5
     login_window: int = 300

@@ -142,7 +142,7 @@ def serve(settings: ServerSettings) -> Iterator[str]:
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
     settings = ServerSettings(
-        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
+        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD
     )
     for url in serve(settings):
         srv = Live(url, settings.data)

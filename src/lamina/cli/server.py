@@ -36,7 +36,6 @@ def server(
             "prints its SHA-256 fingerprint for `lamina agent enroll --fingerprint`.",
         ),
     ] = False,
-    workers: Annotated[int, typer.Option(help="Background task workers in this process.")] = 1,
 ) -> None:
     """Start the Lamina server. On first start it creates the store and the user `admin`."""
     if (tls_cert is None) != (tls_key is None):
@@ -56,7 +55,6 @@ def server(
         port=port,
         tls_cert=tls_cert,
         tls_key=tls_key,
-        workers=workers,
     )
     # Everything the server creates is the owner's alone (finding 19): the database
     # holds password hashes, the audit log and tree ids.

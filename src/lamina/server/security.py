@@ -36,7 +36,6 @@ PERMISSIONS = {
     "policy.write": "create and change policies",
     "layer.write": "capture, record, assign and enforce layers",
     "user.admin": "manage users and read the audit log",
-    "store.admin": "check and collect garbage in the store",
 }
 ROLES: dict[str, frozenset[str]] = {
     "administrator": frozenset(PERMISSIONS),
