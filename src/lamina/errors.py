@@ -21,11 +21,18 @@ way. A stable ``code`` string names the error in JSON responses.
     ├── BackendError                 exit 8   HTTP 503  the object store or database failed
     └── TooLargeError                exit 9   HTTP 413  a size is above what Lamina accepts
 
+A command that finished but skipped or could not restore some files is not an
+error: it exits ``WARNINGS_EXIT`` (10), as restic exits 3 and borg 100 for the
+same case (Lamina's 3 is "not found").
+
 An error that means "a bug" is a plain ``LaminaError``; it never subclasses
 ``NotFoundError``, so a caller that treats "not found" gently cannot swallow it.
 """
 
 from __future__ import annotations
+
+#: The exit code of a command that finished with warnings: files skipped or not restored.
+WARNINGS_EXIT = 10
 
 
 class LaminaError(Exception):

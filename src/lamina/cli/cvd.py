@@ -10,7 +10,7 @@ import typer
 
 from lamina.cli.client import Api
 from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
-from lamina.cli.output import byte_progress, emit_json, human_bytes
+from lamina.cli.output import byte_progress, emit_json, exit_with_warnings, human_bytes
 from lamina.tree.restore import restore_tree
 from lamina.tree.sources import BatchedBlobs
 
@@ -194,6 +194,7 @@ def restore(
         typer.echo(
             f"restored {st.files} files, {human_bytes(st.bytes)} from snapshot {snap['id'][:12]} into {output}"
         )
+    exit_with_warnings(len(st.errors), "restore errors")
 
 
 @app.command()

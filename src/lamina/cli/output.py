@@ -30,7 +30,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from lamina.errors import LaminaError
+from lamina.errors import WARNINGS_EXIT, LaminaError
 
 # C0 controls but newline and tab, DEL, C1 controls (0x9b is a one-byte CSI), the
 # bidirectional overrides that reorder what a line shows, and lone surrogates (a file
@@ -167,3 +167,11 @@ def step_progress(what: str) -> Iterator[Any]:
             progress.update(task, description=f"{what}: {safe(label)}", completed=done, total=total)
 
         yield update
+
+
+def exit_with_warnings(warnings: int, what: str) -> None:
+    """End a command that finished with ``warnings`` (files skipped, not restored): one
+    line on stderr and exit code ``WARNINGS_EXIT``; nothing when there were none."""
+    if warnings:
+        err_console.print(f"finished with warnings: {warnings} {what} (exit code {WARNINGS_EXIT})")
+        raise SystemExit(WARNINGS_EXIT)

@@ -21,7 +21,13 @@ from lamina.cli.common import (
     location,
     pack_size,
 )
-from lamina.cli.output import byte_progress, emit_json, err_console, human_bytes
+from lamina.cli.output import (
+    byte_progress,
+    emit_json,
+    err_console,
+    exit_with_warnings,
+    human_bytes,
+)
 from lamina.db.stores import open_store
 from lamina.errors import NotFoundError
 from lamina.tree.backup import backup
@@ -96,12 +102,13 @@ def create(
     }
     if as_json:
         emit_json(doc)
-        return
-    typer.echo(
-        f"snapshot {snap.id[:12]} of {snap.source}: {snap.files} files, {human_bytes(snap.bytes)}; "
-        f"{result.stats.files_read} read, {result.stats.files_unchanged} unchanged; "
-        f"{human_bytes(result.new_stored_bytes)} added to the store"
-    )
+    else:
+        typer.echo(
+            f"snapshot {snap.id[:12]} of {snap.source}: {snap.files} files, {human_bytes(snap.bytes)}; "
+            f"{result.stats.files_read} read, {result.stats.files_unchanged} unchanged; "
+            f"{human_bytes(result.new_stored_bytes)} added to the store"
+        )
+    exit_with_warnings(len(result.stats.errors), "files skipped")
 
 
 @app.command("list")
@@ -251,11 +258,12 @@ def restore(
                 "errors": st.errors,
             }
         )
-        return
-    typer.echo(
-        f"restored {st.files} files ({st.skipped} already in place), {st.dirs} folders, "
-        f"{human_bytes(st.bytes)} into {output}"
-    )
+    else:
+        typer.echo(
+            f"restored {st.files} files ({st.skipped} already in place), {st.dirs} folders, "
+            f"{human_bytes(st.bytes)} into {output}"
+        )
+    exit_with_warnings(len(st.errors), "restore errors")
 
 
 @app.command()
