@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lamina.layers.merge import (
+    Stanzas,
     is_text,
     merge_dpkg_status,
     merge_text,
@@ -333,14 +334,14 @@ def _plan_costs(plan: Plan, cur: dict[str, Entry], disk_free: int | None) -> Non
         )
 
 
-def _status(load: Load, ref: LayerRef) -> dict[str, str] | None:
+def _status(load: Load, ref: LayerRef) -> Stanzas | None:
     e = index(load, ref.root).get(DPKG_STATUS)
     if e is None or e.type != "file":
         return None
     stanzas = parse_dpkg_status(read_file(load, e))
     if ref.packages is not None:
         own = set(ref.packages)
-        stanzas = {k: v for k, v in stanzas.items() if k.split(":")[0] in own}
+        stanzas = {k: v for k, v in stanzas.items() if v.name in own}
     return stanzas
 
 
