@@ -225,12 +225,12 @@ def write_keyfile(path: Path, keys: StoreKeys, passphrase: str | None = None) ->
 
 
 def read_keyfile(path: Path, passphrase: str | None = None) -> StoreKeys:
+    """The store's keys; ``passphrase`` opens a sealed key file (the programs read it
+    from ``LAMINA_STORE_PASSPHRASE`` at their edge, never this function)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError as e:
         raise NotFoundError(
             f"no key file at {path}: run `lamina store init` first, or copy the store's key file there"
         ) from e
-    if passphrase is None:
-        passphrase = os.environ.get(PASSPHRASE_ENV) or None
     return parse_keys(raw, passphrase)
