@@ -35,15 +35,9 @@ from lamina.layers.merge import (
     render_dpkg_status,
 )
 from lamina.layers.rules import RuleSet, matches
-from lamina.layers.trees import (
-    Load,
-    expected_state,
-    index,
-    read_file,
-    same_content,
-    same_entry,
-)
+from lamina.layers.trees import expected_state, same_entry
 from lamina.tree.model import Entry
+from lamina.tree.paths import Load, index, read_file
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 #: Larger text files are not merged (the binary rule applies): what ``is_text`` accepts.
@@ -130,7 +124,7 @@ def compose(
                 dirs[path] = e
                 continue
             prev = owned.get(path)
-            if prev is not None and ref.kind == "app" and not same_content(prev[0], e):
+            if prev is not None and ref.kind == "app" and not prev[0].same_content(e):
                 prev_kind = next((r.kind for r in layers if r.label == prev[1]), "base")
                 if prev_kind == "app":
                     conflicts.append(
@@ -218,12 +212,12 @@ def _plan_layer_file(ins: _Inputs, plan: Plan, path: str, e: Entry, label: str) 
         plan.items.append(Item(path, "conflict", label, "a folder on the endpoint; refused"))
         return
     o = ins.old_owned.get(path)
-    if o is None or same_content(c, o[0]):  # the user did not change the layer's copy
+    if o is None or c.same_content(o[0]):  # the user did not change the layer's copy
         plan.writes[path] = e
         plan.items.append(Item(path, "updated", label))
         return
     base = o[0]
-    if same_content(base, e):  # the new version leaves this file as it was
+    if base.same_content(e):  # the new version leaves this file as it was
         plan.items.append(
             Item(path, "kept", label, "changed on the endpoint; the layer did not change it")
         )
@@ -280,7 +274,7 @@ def _plan_dropped(ins: _Inputs, plan: Plan) -> None:
         c = ins.cur.get(path)
         if path in ins.new_owned or path == DPKG_STATUS or c is None:
             continue
-        if same_content(c, was):
+        if c.same_content(was):
             plan.removes.append(path)
             plan.items.append(Item(path, "removed", label, "no longer in the assigned layers"))
         else:
@@ -298,7 +292,7 @@ def _plan_whiteouts(ins: _Inputs, plan: Plan, whiteouts: dict[str, str]) -> None
             if path in ins.new_owned or path in plan.removes or ins.cur[path].type == "dir":
                 continue
             prev = ins.old_owned.get(path)
-            if prev is not None and not same_content(ins.cur[path], prev[0]):
+            if prev is not None and not ins.cur[path].same_content(prev[0]):
                 plan.items.append(
                     Item(path, "kept", label, "changed on the endpoint; kept despite the whiteout")
                 )

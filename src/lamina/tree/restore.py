@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import shutil
@@ -43,6 +44,7 @@ from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, check_name, decode_tree
+from lamina.tree.paths import lookup
 from lamina.tree.scan import FileChangedError, chunk_fd
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -161,19 +163,12 @@ class Restorer:
 
     def _check_selected(self, tree_id: bytes) -> None:
         """Refuse, before writing anything, requested paths the snapshot does not hold."""
-        missing: list[str] = []
-        trees: dict[bytes, dict[bytes, Entry]] = {}
-        for sel in self.selected:
-            tid: bytes | None = tree_id
-            for i, part in enumerate(sel):
-                assert tid is not None
-                if tid not in trees:
-                    trees[tid] = {e.name: e for e in decode_tree(self.store.get(tid))}
-                e = trees[tid].get(part)
-                if e is None or (i < len(sel) - 1 and e.type != "dir"):
-                    missing.append(os.fsdecode(b"/".join(sel)))
-                    break
-                tid = e.subtree
+        load = functools.lru_cache(maxsize=256)(self.store.get)
+        missing = [
+            os.fsdecode(b"/".join(sel))
+            for sel in self.selected
+            if lookup(load, tree_id, sel) is None
+        ]
         if missing:
             raise UsageError(f"not in the snapshot: {', '.join(missing)}")
 
