@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.errors import ConflictError, NotFoundError, UsageError
+from lamina.store.atomic import write_atomic
 from lamina.store.keys import ChunkingSecret
 
 #: 2 added ``pinned_is_ca`` and ``insecure`` (a version 1 file reads as both false).
@@ -29,19 +30,7 @@ STATE_VERSION = 2
 
 def write_json_atomic(path: Path, doc: Any, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, json.dumps(doc, indent=2, default=str).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, json.dumps(doc, indent=2, default=str).encode(), mode)
 
 
 @dataclass
