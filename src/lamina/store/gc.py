@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from lamina.errors import StoreBusyError
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK, PACK_WRITING
 from lamina.store.pack import pack_object_name
+from lamina.store.progress import ProgressFn
 from lamina.store.repository import Store
 from lamina.store.roots import RootSource, Walker
-
-ProgressFn = Callable[[str], None]
 
 
 @dataclass
@@ -128,12 +127,12 @@ def collect(
     if not cat.try_lock("gc", holder, dt.timedelta(hours=6)):
         raise StoreBusyError("another garbage collection is running on this store")
     report = GcReport(dry_run=dry_run)
-    say = progress or (lambda _m: None)
+    say = progress or (lambda _m, _d, _t: None)
     try:
         started = dt.datetime.now(dt.UTC)
         max_seq = cat.max_pack_seq()
         marked: set[bytes] = set()
-        say("marking")
+        say("marking", 0, 0)
         walked: set[bytes] = set()
         root_blobs, root_trees = _root_ids(sources)
         confused: set[bytes] = set()
@@ -162,7 +161,7 @@ def collect(
         if dry_run:
             report.notes.append(f"would condemn {len(dead)} blobs")
             return report
-        say("condemning")
+        say("condemning", 0, 0)
         if revived:
             cat.rescue(revived)
         cat.condemn(dead, max_seq, copies)
@@ -172,7 +171,7 @@ def collect(
         if back:
             cat.rescue(back)
             report.rescued = len(back)
-        say("sweeping")
+        say("sweeping", 0, 0)
         writer = store.writer()
         try:
             # Trees held only as DATA (uploaded so, or written before one blob, one kind):

@@ -43,6 +43,7 @@ from lamina.errors import IntegrityError, UsageError
 from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
+from lamina.store.progress import AdvanceFn
 from lamina.tree.model import Entry, check_name, decode_tree
 from lamina.tree.paths import lookup
 from lamina.tree.scan import FileChangedError, chunk_fd
@@ -51,7 +52,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _SETID = stat.S_ISUID | stat.S_ISGID
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
-ProgressFn = Callable[[int, int], None]
 
 
 class BlobSource(Protocol):
@@ -97,7 +97,7 @@ class Restorer:
         *,
         paths: Sequence[str | bytes] = (),
         delete_extra: bool = False,
-        progress: ProgressFn | None = None,
+        progress: AdvanceFn | None = None,
         chunking: ChunkingSecret | None = None,
         keep_aside: str | None = None,
         special_files: bool = True,
@@ -519,7 +519,7 @@ def restore_tree(
     *,
     paths: Sequence[str | bytes] = (),
     delete_extra: bool = False,
-    progress: ProgressFn | None = None,
+    progress: AdvanceFn | None = None,
     chunking: ChunkingSecret | None = None,
     keep_aside: str | None = None,
     special_files: bool = True,
