@@ -19,6 +19,8 @@ class ServerSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     admin_password: str | None = None
+    #: Opens a sealed key file (``LAMINA_STORE_PASSPHRASE``).
+    store_passphrase: str | None = None
     #: Failed logins per user name within ``login_window`` seconds before refusing.
     login_attempts: int = 5
     login_window: int = 300

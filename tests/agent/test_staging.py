@@ -143,7 +143,7 @@ def test_layer_delivery_survives_a_crash_at_every_step(
     """A delta (new and changed files, a removal) applied by `agent boot`, cut at every op."""
     import shutil
 
-    from lamina.layers.trees import build_tree, index
+    from lamina.tree.paths import build_tree, index
 
     ref = _endpoint(tmp_path / "ref")
     (ref / "opt/app/bin").mkdir(parents=True)

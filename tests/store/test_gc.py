@@ -75,6 +75,43 @@ def test_dry_run_changes_nothing(store: Store) -> None:
     assert store.catalog.gc_epoch() == 0
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_dry_run_prints_the_figures_the_run_then_frees(store: Store, sparse: bool) -> None:
+    """plan -> stats -> execute: --dry-run reports what the real run removes, byte for byte
+    (today's packs deleted whole, or repacked when a kept snapshot shares them)."""
+    if sparse:  # one pack, mostly blobs no snapshot names: it is repacked
+        store.pack_size = 10 * 1024 * 1024
+        with store.writer() as w:
+            kept = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(2)]
+            for _ in range(20):
+                w.put(BlobKind.DATA, os.urandom(10_000))
+            entries = [
+                Entry(name=f"k{i}".encode(), type="file", size=10_000, content=[c])
+                for i, c in enumerate(kept)
+            ]
+            root = w.put(BlobKind.TREE, encode_tree(entries))
+            rec = SnapshotRecord("", dt.datetime.now(dt.UTC), "s", root, 2, 0, {})
+            keep = w.commit_snapshot(rec, lambda r: walk_blobs(store, r))
+    else:
+        keep = snapshot_of(store, random_files(2, 5_000), "keep")
+        drop = snapshot_of(store, random_files(12, 20_000), "drop")
+        store.catalog.forget_snapshots([drop.id])
+    dry = _gc(store, dry_run=True)
+    assert dry.bytes_freed > 0 and dry.dry_run
+    assert (dry.packs_deleted, dry.packs_repacked) != (0, 0)
+    real = _gc(store)
+    assert (real.bytes_freed, real.packs_deleted, real.packs_repacked, real.condemned) == (
+        dry.bytes_freed,
+        dry.packs_deleted,
+        dry.packs_repacked,
+        dry.condemned,
+    )
+    assert (real.packs_repacked > 0) == sparse
+    _restorable(store, keep)
+    again = _gc(store, dry_run=True)
+    assert (again.bytes_freed, again.packs_deleted, again.packs_repacked) == (0, 0, 0)
+
+
 def test_orphan_packs_removed_after_grace(store: Store) -> None:
     w = store.writer()
     w.put(BlobKind.DATA, os.urandom(1000))
@@ -171,7 +208,9 @@ def test_gc_concurrent_with_writers_never_loses_committed_data(store: Store) -> 
     for t in threads:
         t.join()
     assert not errors, errors
+    assert committed, "every commit was refused: the test proved nothing"
     kept = {s.id for s in store.catalog.snapshots()}
+    assert kept & {s.id for s in committed}, "no committed snapshot survived to be checked"
     for snap in committed:
         if snap.id in kept:
             _restorable(store, snap)

@@ -39,8 +39,23 @@ def test_sealed_keyfile_needs_the_passphrase(
     with pytest.raises(StoreKeyError, match="wrong passphrase"):
         read_keyfile(path, "wrong")
     assert read_keyfile(path, "correct horse") == keys
+    # The environment is read by the programs' edges, never by the store itself:
     monkeypatch.setenv("LAMINA_STORE_PASSPHRASE", "correct horse")
-    assert read_keyfile(path) == keys
+    with pytest.raises(StoreKeyError, match="sealed"):
+        read_keyfile(path)
+
+
+def test_the_passphrase_comes_from_the_cli_and_the_server_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lamina.cli.common import location
+    from lamina.config import ServerSettings
+
+    monkeypatch.setenv("LAMINA_STORE_PASSPHRASE", "correct horse")
+    assert location(tmp_path, None, None, None).passphrase == "correct horse"
+    assert ServerSettings().store_passphrase == "correct horse"
+    monkeypatch.delenv("LAMINA_STORE_PASSPHRASE")
+    assert location(tmp_path, None, None, None).passphrase is None
 
 
 def test_damaged_keyfiles(tmp_path: Path) -> None:

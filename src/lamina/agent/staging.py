@@ -64,13 +64,13 @@ from lamina.errors import (
 from lamina.layers.merge import merge_dpkg_live, parse_dpkg_status, render_dpkg_status
 from lamina.layers.plan import DPKG_STATUS
 from lamina.layers.rules import RuleSet, for_os, matches
-from lamina.layers.trees import MAX_READ, read_file
 from lamina.protocol.schemas import PolicySettings
 from lamina.protocol.tasks import LayerApplyParams, RevertParams
 from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, check_name, decode_tree
+from lamina.tree.paths import MAX_READ, read_file
 from lamina.tree.restore import BlobSource, restore_tree
 from lamina.tree.sources import BatchedBlobs
 

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from lamina.errors import ConflictError, IntegrityError, NotFoundError, UsageError
+from lamina.store.atomic import write_atomic
 from lamina.store.keys import ChunkingSecret
 
 #: 2 added ``pinned_is_ca`` and ``insecure`` (a version 1 file reads as both false).
@@ -31,19 +32,7 @@ STATE_VERSION: Final = 2
 
 def write_json_atomic(path: Path, doc: Any, mode: int = 0o600) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, json.dumps(doc, indent=2, default=str).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, json.dumps(doc, indent=2, default=str).encode(), mode)
 
 
 class AgentState(BaseModel):

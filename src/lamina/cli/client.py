@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lamina.errors import AuthError, BackendError, LaminaError, UsageError, from_status
+from lamina.store.atomic import write_atomic
 
 if TYPE_CHECKING:
     # httpx is imported where a request is made: every ``lamina`` command loads this
@@ -29,11 +30,7 @@ def config_path() -> Path:
 def save_login(url: str, token: str) -> Path:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": url, "token": token}, f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"url": url, "token": token}).encode(), 0o600)
     return path
 
 

@@ -14,6 +14,7 @@ import typer
 
 from lamina.db.stores import StoreLocation
 from lamina.errors import UsageError
+from lamina.store.keys import PASSPHRASE_ENV
 from lamina.store.pack import DEFAULT_PACK_SIZE
 
 DataOpt = Annotated[
@@ -50,7 +51,14 @@ DEFAULT_DATA = Path("lamina-data")
 
 
 def location(data: Path, db: str | None, store: str | None, keyfile: Path | None) -> StoreLocation:
-    return StoreLocation(data=data, db_url=db, store_url=store, keyfile=keyfile)
+    """Where the store is; a sealed key file opens with ``LAMINA_STORE_PASSPHRASE``."""
+    return StoreLocation(
+        data=data,
+        db_url=db,
+        store_url=store,
+        keyfile=keyfile,
+        passphrase=os.environ.get(PASSPHRASE_ENV) or None,
+    )
 
 
 def pack_size() -> int:

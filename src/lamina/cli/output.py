@@ -164,7 +164,9 @@ def step_progress(what: str) -> Iterator[Any]:
         task = progress.add_task(what, total=None)
 
         def update(label: str, done: int = 0, total: int | None = None) -> None:
-            progress.update(task, description=f"{what}: {safe(label)}", completed=done, total=total)
+            progress.update(
+                task, description=f"{what}: {safe(label)}", completed=done, total=total or None
+            )
 
         yield update
 

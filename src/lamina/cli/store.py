@@ -98,7 +98,7 @@ def check(
                 all_roots(s),
                 references,
                 read_data=read_data,
-                progress=lambda label, i, n: update(label, i, n),
+                progress=update,
             )
     finally:
         s.close()
@@ -142,7 +142,7 @@ def gc(
                 references,
                 orphan_grace=dt.timedelta(seconds=parse_duration(orphan_grace)),
                 dry_run=dry_run,
-                progress=lambda label: update(label),
+                progress=update,
             )
     finally:
         s.close()
@@ -169,9 +169,7 @@ def rebuild(
     s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
     try:
         with step_progress("rebuilding") as update:
-            rep = rebuild_index(
-                s, references, progress=lambda i, n: update("reading pack headers", i, n)
-            )
+            rep = rebuild_index(s, references, progress=update)
     finally:
         s.close()
     if as_json:

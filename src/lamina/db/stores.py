@@ -7,7 +7,7 @@ with the key file still under ``DATA`` (every server is given the same one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -27,6 +27,8 @@ class StoreLocation:
     db_url: str | None = None
     store_url: str | None = None
     keyfile: Path | None = None
+    #: opens a sealed key file (``LAMINA_STORE_PASSPHRASE``, read by the CLI and the server)
+    passphrase: str | None = field(default=None, repr=False)
 
     @property
     def keys_path(self) -> Path:
@@ -63,10 +65,10 @@ def init_store(
     """Create the key file (unless one is there: joining servers share it), schema and config."""
     if keys is None:
         if loc.keys_path.exists():
-            keys = read_keyfile(loc.keys_path, passphrase)
+            keys = read_keyfile(loc.keys_path, passphrase or loc.passphrase)
         else:
             keys = StoreKeys.generate()
-            write_keyfile(loc.keys_path, keys, passphrase)
+            write_keyfile(loc.keys_path, keys, passphrase or loc.passphrase)
     engine = engine or open_database(loc)
     catalog = SqlCatalog(engine)
     catalog.bind_store(keys.store_id)
@@ -78,7 +80,7 @@ def init_store(
 def open_store(
     loc: StoreLocation, passphrase: str | None = None, pack_size: int = DEFAULT_PACK_SIZE
 ) -> Store:
-    keys = read_keyfile(loc.keys_path, passphrase)
+    keys = read_keyfile(loc.keys_path, passphrase or loc.passphrase)
     engine = open_database(loc)
     catalog = SqlCatalog(engine)
     catalog.bind_store(keys.store_id)

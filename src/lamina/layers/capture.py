@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from lamina.layers.merge import installed, parse_dpkg_status
 from lamina.layers.rules import RuleSet
-from lamina.layers.trees import Load, Put, filter_tree, index, read_file, remembering
 from lamina.store.blob import BlobKind
 from lamina.tree.diff import ADDED, METADATA, MODIFIED, REMOVED, diff_trees
 from lamina.tree.model import Entry, encode_tree
+from lamina.tree.paths import Load, Put, filter_tree, index, read_file, remembering
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 

@@ -1,10 +1,20 @@
-"""Merges: text configuration three ways (merge3), package databases per package."""
+"""Merges: text configuration three ways (merge3), package databases per package (deb822)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import merge3
+from debian._deb822_repro import (  # the round-trip-safe parser (python-debian >= 0.1.40)
+    Deb822ParagraphElement,
+    SyntaxOrParseError,
+    parse_deb822_file,
+)
+
+from lamina.errors import IntegrityError
 
 
 @dataclass(frozen=True)
@@ -37,52 +47,104 @@ def merge_text(base: bytes, ours: bytes, theirs: bytes) -> TextMerge:
 
 
 # --- dpkg's status database ---------------------------------------------------------
-def parse_dpkg_status(data: bytes) -> dict[str, str]:
-    """Package name -> its stanza (text, without the blank line that ends it)."""
-    out: dict[str, str] = {}
-    for stanza in data.decode("utf-8", errors="surrogateescape").split("\n\n"):
-        stanza = stanza.strip("\n")
-        if not stanza:
-            continue
-        name = None
-        arch = ""
-        for line in stanza.splitlines():
-            if line.startswith("Package:"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("Architecture:"):
-                arch = line.split(":", 1)[1].strip()
-        if name:
-            key = f"{name}:{arch}" if arch and arch not in ("all",) else name
-            out[key] = stanza
-    return out
+# Parsed with python-debian's round-trip-safe deb822 parser: continuation lines, field
+# order, comments and trailing spaces stay as dpkg wrote them, so an unchanged package
+# database renders to the same bytes (tests/layers/test_merge.py checks the host's own).
 
 
-def installed(stanzas: dict[str, str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Stanza:
+    """One package's paragraph of dpkg's status file, and the fields Lamina reads from it.
+
+    Two stanzas are the same when their text is: the fields are read from the text."""
+
+    #: the paragraph as dpkg wrote it, ending with a newline, without the blank line after it
+    text: str
+    name: str = field(compare=False)
+    arch: str = field(compare=False, default="")
+    status: str = field(compare=False, default="")
+    version: str = field(compare=False, default="")
+
+    @property
+    def key(self) -> str:
+        """``name:arch``, or ``name`` for an ``all`` (or unstated) architecture."""
+        return f"{self.name}:{self.arch}" if self.arch and self.arch != "all" else self.name
+
+
+#: package key (``name:arch``, or ``name``) -> its stanza
+Stanzas = dict[str, Stanza]
+
+
+def _field(p: Deb822ParagraphElement, name: str) -> str:
+    value = p.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+#: A plan reads one layer's database several times (old and new assignments): parse it
+#: once. Keyed by digest, so the cache keeps no file bytes beyond the stanzas.
+_PARSED: OrderedDict[bytes, tuple[Stanza, ...]] = OrderedDict()
+_PARSED_MAX = 4
+_PARSED_LOCK = threading.Lock()
+
+
+def _parse(data: bytes) -> tuple[Stanza, ...]:
+    digest = hashlib.sha256(data).digest()
+    with _PARSED_LOCK:
+        hit = _PARSED.get(digest)
+    if hit is None:
+        hit = _parse_uncached(data)
+        with _PARSED_LOCK:
+            _PARSED[digest] = hit
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
+    return hit
+
+
+def _parse_uncached(data: bytes) -> tuple[Stanza, ...]:
+    text = data.decode("utf-8", errors="surrogateescape")
+    try:
+        paragraphs = list(parse_deb822_file(text.splitlines(keepends=True)))
+        out = []
+        for p in paragraphs:
+            name = _field(p, "Package")
+            if not name:
+                continue  # not a package's paragraph (dpkg writes none such)
+            body = p.dump()
+            out.append(
+                Stanza(
+                    body if body.endswith("\n") else body + "\n",
+                    name,
+                    _field(p, "Architecture"),
+                    _field(p, "Status"),
+                    _field(p, "Version"),
+                )
+            )
+    except (SyntaxOrParseError, ValueError) as e:  # ValueError: a field given twice
+        raise IntegrityError(f"dpkg status database is not in deb822 format: {e}") from e
+    return tuple(out)
+
+
+def parse_dpkg_status(data: bytes) -> Stanzas:
+    """Package key -> its stanza. A file dpkg could not read is an ``IntegrityError``;
+    of two stanzas for one package, the later wins (as in dpkg)."""
+    return {s.key: s for s in _parse(data)}
+
+
+def installed(stanzas: Stanzas) -> dict[str, str]:
     """Installed packages -> version."""
-    out = {}
-    for key, stanza in stanzas.items():
-        fields = dict(
-            line.split(":", 1)
-            for line in stanza.splitlines()
-            if ":" in line and not line.startswith(" ")
-        )
-        if "install ok installed" in fields.get("Status", ""):
-            out[key.split(":")[0]] = fields.get("Version", "").strip()
-    return out
+    return {s.name: s.version for s in stanzas.values() if s.status == "install ok installed"}
 
 
-def render_dpkg_status(stanzas: dict[str, str]) -> bytes:
-    return "".join(f"{stanzas[k]}\n\n" for k in sorted(stanzas)).encode(
-        "utf-8", errors="surrogateescape"
-    )
+def render_dpkg_status(stanzas: Stanzas) -> bytes:
+    """The status file, in dpkg's order (by name, then architecture)."""
+    ordered = sorted(stanzas.values(), key=lambda s: (s.name, s.arch))
+    return "".join(f"{s.text}\n" for s in ordered).encode("utf-8", errors="surrogateescape")
 
 
-def merge_dpkg_status(
-    layers: list[dict[str, str]], endpoint: dict[str, str], owned_before: set[str]
-) -> dict[str, str]:
+def merge_dpkg_status(layers: list[Stanzas], endpoint: Stanzas, owned_before: set[str]) -> Stanzas:
     """Layers' packages in assigned order (later wins), plus the endpoint's own packages:
     those no previous layer owned (installed by the user) stay listed."""
-    out: dict[str, str] = {}
+    out: Stanzas = {}
     for layer in layers:
         out.update(layer)
     for key, stanza in endpoint.items():
@@ -91,14 +153,12 @@ def merge_dpkg_status(
     return out
 
 
-def merge_dpkg_live(
-    base: dict[str, str], live: dict[str, str], planned: dict[str, str]
-) -> dict[str, str]:
+def merge_dpkg_live(base: Stanzas, live: Stanzas, planned: Stanzas) -> Stanzas:
     """Per package, three ways: the server planned from ``base`` (the last snapshot);
     the endpoint is at ``live`` now. A package the endpoint did not change since
     takes the plan's stanza; one the plan left as it was keeps the endpoint's;
     changed on both sides, the plan (the layer) wins."""
-    out: dict[str, str] = {}
+    out: Stanzas = {}
     for key in sorted(set(base) | set(live) | set(planned)):
         b, now, p = base.get(key), live.get(key), planned.get(key)
         v = p if now == b or p != b else now

@@ -24,9 +24,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from lamina.layers.merge import (
+    Stanzas,
     is_text,
     merge_dpkg_status,
     merge_text,
@@ -34,27 +35,34 @@ from lamina.layers.merge import (
     render_dpkg_status,
 )
 from lamina.layers.rules import RuleSet, matches
-from lamina.layers.trees import (
-    Load,
-    expected_state,
-    index,
-    read_file,
-    same_content,
-    same_entry,
-)
+from lamina.layers.trees import expected_state, same_entry
 from lamina.tree.model import Entry
+from lamina.tree.paths import Load, index, read_file
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 #: Larger text files are not merged (the binary rule applies): what ``is_text`` accepts.
 TEXT_MERGE_MAX = 4 * 1024 * 1024
 #: plaintext -> chunk id (stores it, or only names it for a dry run)
 PutData = Callable[[bytes], bytes]
+LayerKind = Literal["base", "app"]
+#: What a plan does at one path (the module docstring says when each applies).
+Action = Literal[
+    "added",
+    "updated",
+    "removed",
+    "kept",
+    "merged",
+    "merge-conflict",
+    "replaced",
+    "conflict",
+    "blocked",
+]
 
 
 @dataclass(frozen=True)
 class LayerRef:
     label: str  # "name:version"
-    kind: str  # "base" | "app"
+    kind: LayerKind
     root: bytes
     whiteouts: tuple[str, ...] = ()
     #: an app layer's own packages (the ones its recording installed or changed);
@@ -65,7 +73,7 @@ class LayerRef:
 @dataclass(frozen=True)
 class Item:
     path: str
-    action: str
+    action: Action
     layer: str = ""
     detail: str = ""
 
@@ -116,7 +124,7 @@ def compose(
                 dirs[path] = e
                 continue
             prev = owned.get(path)
-            if prev is not None and ref.kind == "app" and not same_content(prev[0], e):
+            if prev is not None and ref.kind == "app" and not prev[0].same_content(e):
                 prev_kind = next((r.kind for r in layers if r.label == prev[1]), "base")
                 if prev_kind == "app":
                     conflicts.append(
@@ -135,6 +143,23 @@ def _chunks(entries: dict[str, Entry]) -> set[bytes]:
     return {c for e in entries.values() for c in e.chunk_ids()}
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What every step of a plan reads: the endpoint's tree and the two compositions."""
+
+    load: Load
+    put_data: PutData
+    rules: RuleSet
+    #: the endpoint's last snapshot, path -> entry
+    cur: dict[str, Entry]
+    #: files of the layers assigned now / before: path -> (entry, layer label)
+    new_owned: dict[str, tuple[Entry, str]]
+    old_owned: dict[str, tuple[Entry, str]]
+
+    def never_override(self, path: str) -> bool:
+        return matches(self.rules.layers.never_override, path)
+
+
 def make_plan(
     load: Load,
     put_data: PutData,
@@ -145,96 +170,111 @@ def make_plan(
     disk_free: int | None = None,
     remove_unowned: bool = False,
 ) -> Plan:
-    """``remove_unowned`` (enforce --remove-user-apps): software no layer owns goes too."""
+    """The plan from the endpoint's last snapshot (``current_root``) and the layers it
+    ran (``old``) to the layers assigned now (``new``), in named steps.
+
+    ``remove_unowned`` (enforce --remove-user-apps): software no layer owns goes too.
+    """
     plan = Plan()
     cur = index(load, current_root)
     new_owned, conflicts, new_dirs = compose(load, new)
     old_owned, _, _ = compose(load, old)
+    ins = _Inputs(load, put_data, rules, cur, new_owned, old_owned)
     plan.items.extend(conflicts)
     plan.dirs = {**{p: e for p, e in cur.items() if e.type == "dir"}, **new_dirs}
-    lr = rules.layers
-    whiteouts = {w: r.label for r in new for w in r.whiteouts}
-
-    def write(path: str, e: Entry) -> None:
-        plan.writes[path] = e
-
-    def beside(path: str, e: Entry, suffix: str) -> None:
-        plan.writes[path + suffix] = e
-
     for path, (e, label) in sorted(new_owned.items()):
-        if path == DPKG_STATUS:
-            continue
-        c = cur.get(path)
-        if matches(lr.never_override, path) and c is not None:
-            if not same_entry(c, e):
-                plan.items.append(Item(path, "blocked", label, "never overridden by a layer"))
-            continue
-        if c is not None and same_entry(c, e):
-            continue
-        if c is None:
-            write(path, e)
-            plan.items.append(Item(path, "added", label))
-            continue
-        if c.type == "dir":
-            plan.refused.append(f"{path}: the layer has a {e.type} where the endpoint has a folder")
-            plan.items.append(Item(path, "conflict", label, "a folder on the endpoint; refused"))
-            continue
-        o = old_owned.get(path)
-        user_changed = o is not None and not same_content(c, o[0])
-        if o is None or not user_changed:
-            write(path, e)
-            plan.items.append(Item(path, "updated", label))
-            continue
-        if same_content(o[0], e):  # the new version leaves this file as it was
-            plan.items.append(
-                Item(path, "kept", label, "changed on the endpoint; the layer did not change it")
-            )
-            continue
-        if (
-            c.type == "file"
-            and e.type == "file"
-            and matches(lr.text_config, path)
-            and max(o[0].size, c.size, e.size) <= TEXT_MERGE_MAX
-        ):
-            base_b, ours, theirs = (read_file(load, x, TEXT_MERGE_MAX) for x in (o[0], c, e))
-            if is_text(base_b) and is_text(ours) and is_text(theirs):
-                m = merge_text(base_b, ours, theirs)
-                if m.clean:
-                    cid = put_data(m.text)
-                    write(
-                        path,
-                        dataclasses.replace(e, content=[cid] if m.text else [], size=len(m.text)),
-                    )
-                    plan.items.append(
-                        Item(
-                            path,
-                            "merged",
-                            label,
-                            "three-way merge of the user's and the layer's changes",
-                        )
-                    )
-                else:
-                    beside(path, e, ".lamina-layer")
-                    plan.items.append(
-                        Item(
-                            path,
-                            "merge-conflict",
-                            label,
-                            f"user's file kept; the layer's is {path}.lamina-layer",
-                        )
-                    )
-                continue
-        write(path, e)
-        beside(path, c, ".lamina-user")
-        plan.items.append(
-            Item(path, "replaced", label, f"the layer wins; the user's copy is {path}.lamina-user")
-        )
+        if path != DPKG_STATUS:
+            _plan_layer_file(ins, plan, path, e, label)
+    _plan_dropped(ins, plan)
+    _plan_whiteouts(ins, plan, {w: r.label for r in new for w in r.whiteouts})
+    if remove_unowned:
+        _plan_unowned(ins, plan)
+    _plan_dpkg(load, put_data, cur, old, new, plan, drop_user_packages=remove_unowned)
+    _plan_costs(plan, cur, disk_free)
+    return plan
 
-    for path, (was, label) in sorted(old_owned.items()):
-        c = cur.get(path)
-        if path in new_owned or path == DPKG_STATUS or c is None:
+
+def _plan_layer_file(ins: _Inputs, plan: Plan, path: str, e: Entry, label: str) -> None:
+    """One file the new layers carry: added, updated, kept, merged or replaced."""
+    c = ins.cur.get(path)
+    if c is not None and ins.never_override(path):
+        if not same_entry(c, e):
+            plan.items.append(Item(path, "blocked", label, "never overridden by a layer"))
+        return
+    if c is not None and same_entry(c, e):
+        return
+    if c is None:
+        plan.writes[path] = e
+        plan.items.append(Item(path, "added", label))
+        return
+    if c.type == "dir":
+        plan.refused.append(f"{path}: the layer has a {e.type} where the endpoint has a folder")
+        plan.items.append(Item(path, "conflict", label, "a folder on the endpoint; refused"))
+        return
+    o = ins.old_owned.get(path)
+    if o is None or c.same_content(o[0]):  # the user did not change the layer's copy
+        plan.writes[path] = e
+        plan.items.append(Item(path, "updated", label))
+        return
+    base = o[0]
+    if base.same_content(e):  # the new version leaves this file as it was
+        plan.items.append(
+            Item(path, "kept", label, "changed on the endpoint; the layer did not change it")
+        )
+        return
+    if _merge_text_config(ins, plan, path, label, base, c, e):
+        return
+    plan.writes[path] = e
+    plan.writes[path + ".lamina-user"] = c
+    plan.items.append(
+        Item(path, "replaced", label, f"the layer wins; the user's copy is {path}.lamina-user")
+    )
+
+
+def _merge_text_config(
+    ins: _Inputs, plan: Plan, path: str, label: str, base: Entry, ours: Entry, theirs: Entry
+) -> bool:
+    """Both the user and the new version changed a text configuration file: merge
+    three ways. False when the binary rule applies instead (not text, too large)."""
+    if not (
+        ours.type == "file"
+        and theirs.type == "file"
+        and matches(ins.rules.layers.text_config, path)
+        and max(base.size, ours.size, theirs.size) <= TEXT_MERGE_MAX
+    ):
+        return False
+    texts = [read_file(ins.load, x, TEXT_MERGE_MAX) for x in (base, ours, theirs)]
+    if not all(is_text(t) for t in texts):
+        return False
+    m = merge_text(*texts)
+    if m.clean:
+        cid = ins.put_data(m.text)
+        plan.writes[path] = dataclasses.replace(
+            theirs, content=[cid] if m.text else [], size=len(m.text)
+        )
+        plan.items.append(
+            Item(path, "merged", label, "three-way merge of the user's and the layer's changes")
+        )
+    else:
+        plan.writes[path + ".lamina-layer"] = theirs
+        plan.items.append(
+            Item(
+                path,
+                "merge-conflict",
+                label,
+                f"user's file kept; the layer's is {path}.lamina-layer",
+            )
+        )
+    return True
+
+
+def _plan_dropped(ins: _Inputs, plan: Plan) -> None:
+    """Files the old layers carried and the new ones do not: removed unless the user changed them."""
+    for path, (was, label) in sorted(ins.old_owned.items()):
+        c = ins.cur.get(path)
+        if path in ins.new_owned or path == DPKG_STATUS or c is None:
             continue
-        if same_content(c, was):
+        if c.same_content(was):
             plan.removes.append(path)
             plan.items.append(Item(path, "removed", label, "no longer in the assigned layers"))
         else:
@@ -243,12 +283,16 @@ def make_plan(
                     path, "kept", label, "changed on the endpoint; kept though the layer dropped it"
                 )
             )
+
+
+def _plan_whiteouts(ins: _Inputs, plan: Plan, whiteouts: dict[str, str]) -> None:
+    """What an app layer's whiteouts (path -> layer label) remove from the endpoint."""
     for w, label in sorted(whiteouts.items()):
-        for path in sorted(p for p in cur if p == w or p.startswith(w + "/")):
-            if path in new_owned or path in plan.removes or cur[path].type == "dir":
+        for path in sorted(p for p in ins.cur if p == w or p.startswith(w + "/")):
+            if path in ins.new_owned or path in plan.removes or ins.cur[path].type == "dir":
                 continue
-            prev = old_owned.get(path)
-            if prev is not None and not same_content(cur[path], prev[0]):
+            prev = ins.old_owned.get(path)
+            if prev is not None and not ins.cur[path].same_content(prev[0]):
                 plan.items.append(
                     Item(path, "kept", label, "changed on the endpoint; kept despite the whiteout")
                 )
@@ -256,18 +300,19 @@ def make_plan(
             plan.removes.append(path)
             plan.items.append(Item(path, "removed", label, "whiteout of an app layer"))
 
-    if remove_unowned:
-        for path, c in sorted(cur.items()):
-            if c.type == "dir" or path in new_owned or path in plan.removes or path == DPKG_STATUS:
-                continue
-            if rules.capturable(path) and not matches(lr.never_override, path):
-                plan.removes.append(path)
-                plan.items.append(
-                    Item(path, "removed", "", "installed outside the assigned layers")
-                )
 
-    _plan_dpkg(load, put_data, cur, old, new, plan, drop_user_packages=remove_unowned)
+def _plan_unowned(ins: _Inputs, plan: Plan) -> None:
+    """Enforce --remove-user-apps: capturable files no layer owns go."""
+    for path, c in sorted(ins.cur.items()):
+        if c.type == "dir" or path in ins.new_owned or path in plan.removes or path == DPKG_STATUS:
+            continue
+        if ins.rules.capturable(path) and not ins.never_override(path):
+            plan.removes.append(path)
+            plan.items.append(Item(path, "removed", "", "installed outside the assigned layers"))
 
+
+def _plan_costs(plan: Plan, cur: dict[str, Entry], disk_free: int | None) -> None:
+    """What the agent checks before it applies (``expect``), what it downloads, the space."""
     for path in [*plan.writes, *plan.removes]:
         plan.expect[path] = expected_state(cur.get(path))
     have = _chunks(cur)
@@ -281,17 +326,16 @@ def make_plan(
         plan.refused.append(
             f"needs {plan.space_needed} bytes of staging space, the endpoint has {disk_free} free"
         )
-    return plan
 
 
-def _status(load: Load, ref: LayerRef) -> dict[str, str] | None:
+def _status(load: Load, ref: LayerRef) -> Stanzas | None:
     e = index(load, ref.root).get(DPKG_STATUS)
     if e is None or e.type != "file":
         return None
     stanzas = parse_dpkg_status(read_file(load, e))
     if ref.packages is not None:
         own = set(ref.packages)
-        stanzas = {k: v for k, v in stanzas.items() if k.split(":")[0] in own}
+        stanzas = {k: v for k, v in stanzas.items() if v.name in own}
     return stanzas
 
 

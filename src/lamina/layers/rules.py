@@ -10,11 +10,15 @@ everything below it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
+
+import re2
 
 from lamina.errors import UsageError
 
@@ -22,117 +26,65 @@ CLASSES = ("system", "applications", "user_data", "machine_identity", "excluded"
 RULES_VERSION = 1
 
 
-#: Bounds on one pattern, so a hostile rule set costs at most O(len(path) * len(pattern)) per match.
+#: Bounds on one pattern: RE2 needs memory in proportion to the pattern, never time
+#: beyond O(len(path) * len(pattern)).
 MAX_PATTERN_LEN = 1024
 MAX_WILDCARDS = 32
 
-# Tokens of a compiled glob, matched by a Thompson simulation (never backtracking):
-# ("lit", ch) one character; ("one",) one character but "/"; ("star",) any run
-# without "/"; ("any",) any run; ("seg",) the optional "/" that opens "/**" (the
-# "any" token after it is skipped with it).
-Token = tuple[str, ...]
+#: RE2 matches text as UTF-8 and a path's undecodable bytes are lone surrogates
+#: (``surrogateescape``): each of them is mapped to one code point of the last private
+#: use plane, so ``?`` and ``*`` count it as one character as Python does.
+_SURROGATES = {c: 0x10F800 + (c - 0xD800) for c in range(0xD800, 0xE000)}
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.dot_nl = True
+_RE2_OPTIONS.log_errors = False
+_RE2_OPTIONS.never_capture = True
 
 
-def _tokens(pattern: str) -> list[Token]:
-    out: list[Token] = []
-    i = 0
+def _re2_text(text: str) -> str:
+    return text.translate(_SURROGATES)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """The rule-set glob as a regular expression, for a whole-path match.
+
+    ``*`` and ``?`` stay inside one component; ``**`` crosses components; ``/**``
+    also matches the folder itself (``/etc/**`` matches ``/etc``); a pattern
+    without wildcards names itself and everything below it. Every other character,
+    ``[`` and ``\\`` included, stands for itself.
+    """
+    if not any(ch in pattern for ch in "*?"):
+        return str(re2.escape(_re2_text(pattern.rstrip("/")))) + "(?:/.*)?"
+    out, i = [], 0
     while i < len(pattern):
         if pattern.startswith("/**", i) and (i + 3 == len(pattern) or pattern[i + 3] == "/"):
-            out += [("seg",), ("any",)]
+            out.append("(?:/.*)?")
             i += 3
         elif pattern.startswith("**", i):
-            out.append(("any",))
+            out.append(".*")
             i += 2
         elif pattern[i] == "*":
-            out.append(("star",))
+            out.append("[^/]*")
             i += 1
         elif pattern[i] == "?":
-            out.append(("one",))
+            out.append("[^/]")
             i += 1
         else:
-            out.append(("lit", pattern[i]))
+            out.append(str(re2.escape(_re2_text(pattern[i]))))
             i += 1
-    # Collapse runs: "any" absorbs a neighbouring "star" or "any" ("***", "**/**"-free runs).
-    collapsed: list[Token] = []
-    for t in out:
-        prev = collapsed[-1] if collapsed else None
-        if prev is not None and t[0] in ("star", "any") and prev[0] in ("star", "any"):
-            if t[0] == "any" or prev[0] == "any":
-                collapsed[-1] = ("any",)
-            continue
-        collapsed.append(t)
-    return collapsed
+    return "".join(out)
 
 
 @dataclass(frozen=True)
 class Glob:
-    """One compiled path pattern. Matching never backtracks: a pattern that the
-    regex engine would match in linear time uses it (fast, in C); any other runs
-    as a set-of-states simulation, O(len(path) * len(pattern))."""
+    """One compiled path pattern, matched by RE2: an automaton, so no pattern can
+    make a match backtrack (time linear in the path, whatever a rule set holds)."""
 
     pattern: str
-    tokens: tuple[Token, ...]
-    regex: re.Pattern[str] | None
+    regex: Any  # re2._Regexp (the bindings have no types)
 
     def match(self, path: str) -> bool:
-        if self.regex is not None:
-            return self.regex.match(path) is not None
-        return _simulate(self.tokens, path)
-
-
-def _closure(tokens: tuple[Token, ...], states: set[int]) -> set[int]:
-    todo = list(states)
-    seen = set(states)
-    while todo:
-        i = todo.pop()
-        if i >= len(tokens):
-            continue
-        kind = tokens[i][0]
-        nxt = [i + 1] if kind in ("star", "any") else [i + 2] if kind == "seg" else []
-        for j in nxt:
-            if j not in seen:
-                seen.add(j)
-                todo.append(j)
-    return seen
-
-
-def _simulate(tokens: tuple[Token, ...], path: str) -> bool:
-    states = _closure(tokens, {0})
-    for ch in path:
-        nxt: set[int] = set()
-        for i in states:
-            if i >= len(tokens):
-                continue
-            t = tokens[i]
-            kind = t[0]
-            if (
-                (kind == "lit" and t[1] == ch)
-                or (kind == "one" and ch != "/")
-                or (kind == "seg" and ch == "/")
-            ):
-                nxt.add(i + 1)
-            elif (kind == "star" and ch != "/") or kind == "any":
-                nxt.add(i)
-        if not nxt:
-            return False
-        states = _closure(tokens, nxt)
-    return len(tokens) in states
-
-
-def _regex_is_linear(tokens: list[Token]) -> bool:
-    """At most one unbounded run across "/" and at most one star per component:
-    then the regex engine's backtracking is bounded by the path's length."""
-    if sum(t[0] == "any" for t in tokens) > 1:
-        return False
-    stars = 0
-    for t in tokens:
-        if t == ("lit", "/") or t[0] == "seg":
-            stars = 0
-        elif t[0] == "star":
-            stars += 1
-            if stars > 1:
-                return False
-    return True
+        return self.regex.fullmatch(_re2_text(path)) is not None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -148,30 +100,10 @@ def compile_glob(pattern: str) -> Glob:
         raise UsageError(
             f"path pattern {pattern[:60]!r}... has {wild} wildcards: at most {MAX_WILDCARDS}"
         )
-    if not any(ch in pattern for ch in "*?"):
-        # A plain path names itself and everything below it (``/home``, ``/``).
-        rx = re.compile(re.escape(pattern.rstrip("/")) + r"(?:/.*)?\Z", re.DOTALL)
-        return Glob(pattern, (), rx)
-    tokens = _tokens(pattern)
-    regex = None
-    if _regex_is_linear(tokens):
-        parts = []
-        for i, t in enumerate(tokens):
-            kind = t[0]
-            if kind == "lit":
-                parts.append(re.escape(t[1]))
-            elif kind == "one":
-                parts.append("[^/]")
-            elif kind == "star":
-                parts.append("[^/]*")
-            elif kind == "seg":
-                parts.append("(?:/")
-            elif i > 0 and tokens[i - 1][0] == "seg":
-                parts.append(".*)?")
-            else:
-                parts.append(".*")
-        regex = re.compile("".join(parts) + r"\Z", re.DOTALL)
-    return Glob(pattern, tuple(tokens), regex)
+    try:
+        return Glob(pattern, re2.compile(glob_to_regex(pattern), _RE2_OPTIONS))
+    except re2.error as e:  # only past RE2's memory budget: the bounds above keep it rare
+        raise UsageError(f"path pattern {pattern[:60]!r} is too complex: {e}") from e
 
 
 def matches(patterns: tuple[str, ...] | list[str], path: str) -> bool:
@@ -281,13 +213,23 @@ def parse_rules(raw: str | bytes) -> RuleSet:
     return RuleSet(str(doc.get("name", "custom")), order, parsed, layers)
 
 
+#: Built-in rule sets that are another one under their own name (one file, one truth).
+_ALIASES = {"linux": "debian"}
+
+
 @functools.lru_cache(maxsize=8)
 def builtin(name: str = "linux") -> RuleSet:
+    """A built-in rule set: ``debian``, ``rhel``, or ``linux`` (the Debian rules, used
+    when the OS is not recognised)."""
     try:
-        raw = resources.files("lamina.layers.rulesets").joinpath(f"{name}.json").read_text()
+        raw = (
+            resources.files("lamina.layers.rulesets")
+            .joinpath(f"{_ALIASES.get(name, name)}.json")
+            .read_text()
+        )
     except FileNotFoundError as e:
         raise UsageError(f"no built-in rule set {name!r}") from e
-    return parse_rules(raw)
+    return dataclasses.replace(parse_rules(raw), name=name)
 
 
 _RHEL_LIKE = {"rhel", "centos", "fedora", "rocky", "almalinux", "ol", "amzn"}

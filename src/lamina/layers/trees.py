@@ -1,63 +1,12 @@
-"""Tree helpers for layers: walk, read a file, filter a tree, build a tree from paths.
-
-Pure functions over two callables, so they run wherever trees can be read and
-written: ``load(id) -> bytes`` and ``put(kind, bytes) -> id``.
-"""
+"""What layers need of trees beyond ``lamina.tree.paths``: what a delivery expects at a
+path, and "same entry" as a layer sees it (content and the metadata a layer owns)."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator
 from typing import Any
 
-from lamina.errors import TooLargeError
-from lamina.store.blob import BlobKind
-from lamina.tree.model import Entry, decode_tree, encode_tree
-
-Load = Callable[[bytes], bytes]
-Put = Callable[[BlobKind, bytes], bytes]
-#: (absolute path, entry) -> keep it
-Keep = Callable[[str, Entry], bool]
-
-
-def walk(load: Load, root: bytes | None, prefix: str = "") -> Iterator[tuple[str, Entry]]:
-    """Every entry below ``root`` with its absolute path (``/etc/hosts``), parents first."""
-    if root is None:
-        return
-    for e in decode_tree(load(root)):
-        path = f"{prefix}/{e.name.decode(errors='surrogateescape')}"
-        yield path, e
-        if e.subtree is not None:
-            yield from walk(load, e.subtree, path)
-
-
-def index(load: Load, root: bytes | None) -> dict[str, Entry]:
-    return dict(walk(load, root))
-
-
-#: The most a merge reads of one file (text configuration, package databases).
-MAX_READ = 64 * 1024 * 1024
-
-
-def read_file(load: Load, e: Entry, limit: int = MAX_READ) -> bytes:
-    """A file's bytes; a file whose content adds up to more than ``limit`` is refused
-    before anything is allocated for it (a hole's size is endpoint-chosen)."""
-    total = 0
-    for c in e.content or []:
-        total += c if isinstance(c, int) else 0
-        if total > limit:
-            break
-    if total > limit or e.size > limit:
-        raise TooLargeError(f"{e.name!r}: {max(total, e.size)} bytes, merges read at most {limit}")
-    parts = []
-    for c in e.content or []:
-        part = b"\0" * c if isinstance(c, int) else load(c)
-        total += len(part) if not isinstance(c, int) else 0
-        if total > limit:
-            raise TooLargeError(f"{e.name!r}: more than {limit} bytes, merges read at most {limit}")
-        parts.append(part)
-    return b"".join(parts)
+from lamina.tree.model import Entry
 
 
 def content_digest(content: list[bytes | int] | None) -> str:
@@ -80,90 +29,10 @@ def expected_state(e: Entry | None) -> list[Any] | None:
     return [e.type]
 
 
-def same_content(a: Entry | None, b: Entry | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    if a.type != b.type:
-        return False
-    if a.type == "file":
-        return a.content == b.content
-    if a.type == "symlink":
-        return a.target == b.target
-    return a.type == "dir" or a.rdev == b.rdev
-
-
 def same_entry(a: Entry | None, b: Entry | None) -> bool:
     """Same content and the metadata a layer owns (mode, owner, xattrs)."""
-    if not same_content(a, b):
+    if a is None or b is None:
+        return a is b
+    if not a.same_content(b):
         return False
-    assert a is not None and b is not None
     return (a.mode, a.uid, a.gid, sorted(a.xattrs)) == (b.mode, b.uid, b.gid, sorted(b.xattrs))
-
-
-def filter_tree(load: Load, put: Put, root: bytes, keep: Keep, prefix: str = "") -> bytes | None:
-    """A copy of ``root`` holding only kept entries; a folder stays if kept or not empty.
-
-    Returns None when nothing is kept.
-    """
-    out: list[Entry] = []
-    for e in decode_tree(load(root)):
-        path = f"{prefix}/{e.name.decode(errors='surrogateescape')}"
-        if e.subtree is not None:
-            sub = filter_tree(load, put, e.subtree, keep, path)
-            if sub is not None:
-                out.append(dataclasses.replace(e, subtree=sub))
-            elif keep(path, e):
-                out.append(dataclasses.replace(e, subtree=put(BlobKind.TREE, encode_tree([]))))
-        elif keep(path, e):
-            out.append(e)
-    if not out:
-        return None
-    return put(BlobKind.TREE, encode_tree(out))
-
-
-def build_tree(put: Put, files: dict[str, Entry], dirs: dict[str, Entry]) -> bytes:
-    """A tree holding ``files`` at their paths; folders take their metadata from ``dirs``."""
-    children: dict[str, dict[str, Entry]] = {"": {}}
-    for path, e in sorted(files.items()):
-        parts = path.strip("/").split("/")
-        for i in range(len(parts) - 1):
-            children.setdefault("/" + "/".join(parts[: i + 1]), {})
-        parent = "/" + "/".join(parts[:-1]) if len(parts) > 1 else ""
-        children.setdefault(parent, {})[parts[-1]] = dataclasses.replace(
-            e, name=parts[-1].encode(errors="surrogateescape")
-        )
-
-    def make(d: str) -> bytes:
-        entries = dict(children.get(d, {}))
-        for sub in [k for k in children if k and k.rsplit("/", 1)[0] == d]:
-            name = sub.rsplit("/", 1)[1]
-            meta = dirs.get(sub) or Entry(name=b"x", type="dir", mode=0o755)
-            entries[name] = dataclasses.replace(
-                meta,
-                name=name.encode(errors="surrogateescape"),
-                type="dir",
-                content=None,
-                subtree=make(sub),
-                size=0,
-            )
-        return put(BlobKind.TREE, encode_tree(list(entries.values())))
-
-    return make("")
-
-
-def remembering(load: Load, put: Put) -> tuple[Load, Put]:
-    """``put`` that remembers the trees it writes, and ``load`` that reads them back
-    before they reach the store (a writer's pack is stored only when it is flushed)."""
-    written: dict[bytes, bytes] = {}
-
-    def put2(kind: BlobKind, data: bytes) -> bytes:
-        bid = put(kind, data)
-        if kind == BlobKind.TREE:
-            written[bid] = data
-        return bid
-
-    def load2(bid: bytes) -> bytes:
-        data = written.get(bid)
-        return data if data is not None else load(bid)
-
-    return load2, put2

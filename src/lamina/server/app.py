@@ -20,7 +20,11 @@ from lamina.server.services.users import ensure_admin
 def open_context(settings: ServerSettings) -> tuple[ServerContext, str | None]:
     """Open (or create, on first start) the store and database; make sure ``admin`` exists."""
     loc = StoreLocation(
-        data=settings.data, db_url=settings.db, store_url=settings.store, keyfile=settings.keyfile
+        data=settings.data,
+        db_url=settings.db,
+        store_url=settings.store,
+        keyfile=settings.keyfile,
+        passphrase=settings.store_passphrase,
     )
     engine = open_database(loc)
     store = init_store(loc, engine=engine)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import socket
 import ssl
 from pathlib import Path
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from lamina.errors import UsageError
+from lamina.store.atomic import write_atomic
 
 LIFETIME = dt.timedelta(days=3650)
 
@@ -85,11 +85,4 @@ def self_signed_pair(data: Path, host: str) -> tuple[Path, Path]:
 
 def _write_new(path: Path, data: bytes) -> None:
     """Write owner-only under a temporary name, then rename: never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600)

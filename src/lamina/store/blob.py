@@ -109,8 +109,13 @@ def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
     return data
 
 
-def seal(data_key: bytes, kind: BlobKind, bid: bytes, flag: int, payload: bytes) -> bytes:
-    nonce = os.urandom(NONCE.size)
+def seal(
+    data_key: bytes, kind: BlobKind, bid: bytes, flag: int, payload: bytes, nonce: bytes = b""
+) -> bytes:
+    """``nonce``: random when empty (always, but in tests that freeze the format)."""
+    nonce = nonce or os.urandom(NONCE.size)
+    if len(nonce) != NONCE.size:
+        raise ValueError(f"a blob nonce is {NONCE.size} bytes, not {len(nonce)}")
     return nonce + AESGCM(data_key).encrypt(nonce, bytes([flag]) + payload, bytes([kind]) + bid)
 
 
@@ -128,11 +133,13 @@ def unseal(data_key: bytes, kind: BlobKind, bid: bytes, sealed: bytes) -> tuple[
     return plain[0], plain[1:]
 
 
-def seal_plain(data_key: bytes, id_key: bytes, kind: BlobKind, data: bytes) -> tuple[bytes, bytes]:
+def seal_plain(
+    data_key: bytes, id_key: bytes, kind: BlobKind, data: bytes, nonce: bytes = b""
+) -> tuple[bytes, bytes]:
     """Name, compress and seal plaintext: ``(blob id, sealed bytes)``."""
     bid = blob_id(id_key, data)
     flag, payload = compress(data)
-    return bid, seal(data_key, kind, bid, flag, payload)
+    return bid, seal(data_key, kind, bid, flag, payload, nonce)
 
 
 def open_sealed(

@@ -9,7 +9,7 @@ names the pack, the blob and the roots that depend on it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -19,10 +19,9 @@ from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK, PACK_WRITING
 from lamina.store.pack import FOOTER, pack_name_from_object, pack_object_name, read_entries
+from lamina.store.progress import ProgressFn
 from lamina.store.repository import Store
 from lamina.store.roots import Root, RootSource, Walker
-
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -21,15 +21,15 @@ import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from lamina.errors import StoreBusyError
 from lamina.store.blob import BlobKind
-from lamina.store.catalog import PACK_OK, PACK_WRITING
+from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobRow, PackInfo
 from lamina.store.pack import pack_object_name
+from lamina.store.progress import ProgressFn
 from lamina.store.repository import Store
 from lamina.store.roots import RootSource, Walker
-
-ProgressFn = Callable[[str], None]
 
 
 @dataclass
@@ -113,6 +113,45 @@ def _root_ids(sources: Sequence[RootSource]) -> tuple[list[bytes], list[bytes]]:
     return blobs, trees
 
 
+@dataclass
+class _Marked:
+    """What the mark step found: every live id, the trees walked, trees held as data."""
+
+    ids: set[bytes] = field(default_factory=set)
+    walked: set[bytes] = field(default_factory=set)
+    confused: set[bytes] = field(default_factory=set)
+
+
+@dataclass
+class GcPlan:
+    """What a collection would do, decided from the catalog before anything changes
+    (as restic's prune plans before it deletes)."""
+
+    started: dt.datetime
+    max_seq: int
+    marked: _Marked
+    #: blobs no root reaches, in packs that existed when the run began
+    dead: set[bytes] = field(default_factory=set)
+    #: condemned by an earlier, interrupted run and reachable now
+    revived: set[bytes] = field(default_factory=set)
+    #: surplus rows of live blobs (concurrent uploads): (id, pack_seq)
+    copies: list[tuple[bytes, int]] = field(default_factory=list)
+    #: the packs the sweep would delete, repack or drop as orphans
+    packs: list[PackAction] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PackAction:
+    """One pack's fate: ``delete`` (nothing live), ``repack`` (mostly dead; live blobs
+    copied to a new pack), ``orphan`` (left ``writing`` by an interrupted writer)."""
+
+    pack: PackInfo
+    action: Literal["delete", "repack", "orphan"]
+    live: tuple[BlobRow, ...] = ()
+    #: bytes this frees: the whole pack, or its dead blobs when it is repacked
+    freed: int = 0
+
+
 def collect(
     store: Store,
     sources: Sequence[RootSource],
@@ -123,101 +162,184 @@ def collect(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
 ) -> GcReport:
+    """Collect garbage in three steps: plan (mark, classify rows, decide each pack's
+    fate), stats (what the plan frees, the figures ``--dry-run`` prints), execute
+    (condemn, mark again, rescue, sweep). The sweep decides each pack again from its
+    rows as they are then: a backup running meanwhile may have rescued blobs."""
     cat = store.catalog
     holder = uuid.uuid4().hex
     if not cat.try_lock("gc", holder, dt.timedelta(hours=6)):
         raise StoreBusyError("another garbage collection is running on this store")
-    report = GcReport(dry_run=dry_run)
-    say = progress or (lambda _m: None)
+    say = progress or (lambda _m, _d, _t: None)
     try:
-        started = dt.datetime.now(dt.UTC)
-        max_seq = cat.max_pack_seq()
-        marked: set[bytes] = set()
-        say("marking")
-        walked: set[bytes] = set()
-        root_blobs, root_trees = _root_ids(sources)
-        confused: set[bytes] = set()
-        mark(store, walk, root_blobs, marked, root_trees, walked, confused)
-        report.reachable = len(marked)
-        dead: set[bytes] = set()
-        revived: set[bytes] = set()  # condemned by an earlier, interrupted run, reachable now
-        # live blob -> the one row that keeps it, per kind: a tree's row and a data row
-        # of the same id are not copies of each other (one blob, one kind)
-        kept_row: dict[tuple[bytes, BlobKind], int] = {}
-        copies: list[tuple[bytes, int]] = []  # surplus rows of live blobs (concurrent uploads)
-        for r in cat.iter_blobs():
-            if r.id not in marked:
-                if r.pack_seq <= max_seq:
-                    dead.add(r.id)
-                continue
-            if r.condemned:
-                revived.add(r.id)
-            if (r.id, r.kind) in kept_row:
-                if r.pack_seq <= max_seq:
-                    copies.append((r.id, r.pack_seq))
-            else:
-                kept_row[(r.id, r.kind)] = r.pack_seq
-        report.condemned = len(dead)
-        report.duplicates = len(copies)
+        say("marking", 0, 0)
+        plan = plan_gc(store, sources, walk, orphan_grace, repack_below)
+        report = stats(plan)
+        report.dry_run = dry_run
         if dry_run:
-            report.notes.append(f"would condemn {len(dead)} blobs")
+            report.notes.append(f"would condemn {len(plan.dead)} blobs")
             return report
-        say("condemning")
-        if revived:
-            cat.rescue(revived)
-        cat.condemn(dead, max_seq, copies)
-        root_blobs, root_trees = _root_ids(sources)
-        newly = mark(store, walk, root_blobs, marked, root_trees, walked, confused)
-        back = newly & dead
-        if back:
-            cat.rescue(back)
-            report.rescued = len(back)
-        say("sweeping")
-        writer = store.writer()
-        try:
-            # Trees held only as DATA (uploaded so, or written before one blob, one kind):
-            # store them again as trees, so check finds the store consistent.
-            for bid in sorted(confused):
-                writer.put(BlobKind.TREE, store.get(bid))
-                report.trees_restored += 1
-            if confused:
-                writer.flush()
-            for pack in cat.packs():
-                if pack.seq > max_seq:
-                    continue
-                obj = pack_object_name(pack.name)
-                if pack.state == PACK_WRITING:
-                    if pack.created < started - orphan_grace:
-                        cat.drop_pack(pack.name)
-                        store.backend.delete(obj)
-                        report.orphans_deleted += 1
-                    continue
-                if pack.state != PACK_OK:
-                    continue
-                rows = cat.pack_blobs(pack.name)
-                live = [r for r in rows if not r.condemned]
-                dead_bytes = sum(r.length for r in rows if r.condemned)
-                if not live:
-                    # Not drop_pack: a writer may have rescued a blob since we read the
-                    # rows; finish_repack drops only what is still condemned.
-                    if cat.finish_repack(pack.name, []):
-                        store.backend.delete(obj)
-                        report.packs_deleted += 1
-                        report.bytes_freed += pack.size
-                    continue
-                live_bytes = sum(r.length for r in live)
-                if not dead_bytes or live_bytes >= repack_below * (live_bytes + dead_bytes):
-                    continue
-                for r in live:
-                    sealed = store.backend.read(obj, r.offset, r.length)
-                    writer.put_sealed(r.kind, r.id, sealed, r.raw_length)
-                writer.flush()
-                if cat.finish_repack(pack.name, [r.id for r in live]):
-                    store.backend.delete(obj)
-                    report.bytes_freed += dead_bytes
-                report.packs_repacked += 1
-        finally:
-            writer.close()
+        say("condemning", 0, 0)
+        report.rescued = _condemn(store, sources, walk, plan)
+        say("sweeping", 0, 0)
+        _execute(store, plan, report, orphan_grace, repack_below)
         return report
     finally:
         cat.unlock("gc", holder)
+
+
+def plan_gc(
+    store: Store,
+    sources: Sequence[RootSource],
+    walk: Walker,
+    orphan_grace: dt.timedelta = dt.timedelta(hours=1),
+    repack_below: float = 0.5,
+) -> GcPlan:
+    """Mark what the roots reach, classify every row, and decide each pack's fate as
+    if the dead blobs were condemned (nothing is changed)."""
+    cat = store.catalog
+    plan = GcPlan(started=dt.datetime.now(dt.UTC), max_seq=cat.max_pack_seq(), marked=_Marked())
+    m = plan.marked
+    root_blobs, root_trees = _root_ids(sources)
+    mark(store, walk, root_blobs, m.ids, root_trees, m.walked, m.confused)
+    # live blob -> the one row that keeps it, per kind: a tree's row and a data row
+    # of the same id are not copies of each other (one blob, one kind)
+    kept_row: dict[tuple[bytes, BlobKind], int] = {}
+    for r in cat.iter_blobs():
+        if r.id not in m.ids:
+            if r.pack_seq <= plan.max_seq:
+                plan.dead.add(r.id)
+            continue
+        if r.condemned:
+            plan.revived.add(r.id)
+        if (r.id, r.kind) in kept_row:
+            if r.pack_seq <= plan.max_seq:
+                plan.copies.append((r.id, r.pack_seq))
+        else:
+            kept_row[(r.id, r.kind)] = r.pack_seq
+    copies = set(plan.copies)
+
+    def will_be_condemned(r: BlobRow) -> bool:
+        if (r.id, r.pack_seq) in copies or r.id in plan.dead:
+            return True
+        return r.condemned and r.id not in plan.revived
+
+    for pack in cat.packs():
+        if pack.seq <= plan.max_seq:
+            rows = cat.pack_blobs(pack.name) if pack.state == PACK_OK else []
+            action = _decide(pack, rows, will_be_condemned, plan, orphan_grace, repack_below)
+            if action is not None:
+                plan.packs.append(action)
+    return plan
+
+
+def _decide(
+    pack: PackInfo,
+    rows: list[BlobRow],
+    condemned: Callable[[BlobRow], bool],
+    plan: GcPlan,
+    orphan_grace: dt.timedelta,
+    repack_below: float,
+) -> PackAction | None:
+    """One pack's fate from its rows; None: it stays as it is."""
+    if pack.state == PACK_WRITING:
+        if pack.created < plan.started - orphan_grace:
+            return PackAction(pack, "orphan", freed=pack.size)
+        return None
+    if pack.state != PACK_OK:
+        return None
+    live = tuple(r for r in rows if not condemned(r))
+    dead_bytes = sum(r.length for r in rows if condemned(r))
+    if not live:
+        return PackAction(pack, "delete", freed=pack.size)
+    live_bytes = sum(r.length for r in live)
+    if not dead_bytes or live_bytes >= repack_below * (live_bytes + dead_bytes):
+        return None
+    return PackAction(pack, "repack", live, freed=dead_bytes)
+
+
+def stats(plan: GcPlan) -> GcReport:
+    """The figures of a plan: what executing it would remove and free."""
+    report = GcReport(
+        reachable=len(plan.marked.ids),
+        condemned=len(plan.dead),
+        duplicates=len(plan.copies),
+        trees_restored=len(plan.marked.confused),
+    )
+    for a in plan.packs:
+        if a.action == "delete":
+            report.packs_deleted += 1
+        elif a.action == "repack":
+            report.packs_repacked += 1
+        else:
+            report.orphans_deleted += 1
+        report.bytes_freed += a.freed if a.action != "orphan" else 0
+    return report
+
+
+def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: GcPlan) -> int:
+    """Condemn the dead rows, then mark again: what a backup committed meanwhile is
+    rescued. Returns how many blobs came back."""
+    cat = store.catalog
+    if plan.revived:
+        cat.rescue(plan.revived)
+    cat.condemn(plan.dead, plan.max_seq, plan.copies)
+    m = plan.marked
+    root_blobs, root_trees = _root_ids(sources)
+    newly = mark(store, walk, root_blobs, m.ids, root_trees, m.walked, m.confused)
+    back = newly & plan.dead
+    if back:
+        cat.rescue(back)
+    return len(back)
+
+
+def _execute(
+    store: Store,
+    plan: GcPlan,
+    report: GcReport,
+    orphan_grace: dt.timedelta,
+    repack_below: float,
+) -> None:
+    """Sweep: each pack decided again from its rows as they are now (the final check)."""
+    cat = store.catalog
+    report.packs_deleted = report.packs_repacked = report.orphans_deleted = 0
+    report.bytes_freed = report.trees_restored = 0
+    writer = store.writer()
+    try:
+        # Trees held only as DATA (uploaded so, or written before one blob, one kind):
+        # store them again as trees, so check finds the store consistent.
+        for bid in sorted(plan.marked.confused):
+            writer.put(BlobKind.TREE, store.get(bid))
+            report.trees_restored += 1
+        if plan.marked.confused:
+            writer.flush()
+        for pack in cat.packs():
+            if pack.seq > plan.max_seq:
+                continue
+            rows = cat.pack_blobs(pack.name) if pack.state == PACK_OK else []
+            a = _decide(pack, rows, lambda r: r.condemned, plan, orphan_grace, repack_below)
+            if a is None:
+                continue
+            obj = pack_object_name(pack.name)
+            if a.action == "orphan":
+                cat.drop_pack(pack.name)
+                store.backend.delete(obj)
+                report.orphans_deleted += 1
+            elif a.action == "delete":
+                # Not drop_pack: a writer may have rescued a blob since we read the
+                # rows; finish_repack drops only what is still condemned.
+                if cat.finish_repack(pack.name, []):
+                    store.backend.delete(obj)
+                    report.packs_deleted += 1
+                    report.bytes_freed += a.freed
+            else:
+                for r in a.live:
+                    sealed = store.backend.read(obj, r.offset, r.length)
+                    writer.put_sealed(r.kind, r.id, sealed, r.raw_length)
+                writer.flush()
+                if cat.finish_repack(pack.name, [r.id for r in a.live]):
+                    store.backend.delete(obj)
+                    report.bytes_freed += a.freed
+                report.packs_repacked += 1
+    finally:
+        writer.close()

@@ -27,9 +27,7 @@ Sealed with a passphrase, ``secret`` is replaced by::
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lamina.errors import ConflictError, NotFoundError, StoreKeyError, UsageError
+from lamina.store.atomic import write_atomic
 
 KEYFILE_VERSION = 1
 KEYFILE_NAME = "keys.json"
@@ -203,34 +202,19 @@ def write_keyfile(path: Path, keys: StoreKeys, passphrase: str | None = None) ->
     if path.exists():
         raise ConflictError(f"{path} exists already: a store is initialised there")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, dump_keys(keys, passphrase))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if a concurrent init won the race
-    except FileExistsError as e:
+        write_atomic(path, dump_keys(keys, passphrase), 0o600, exclusive=True)
+    except FileExistsError as e:  # a concurrent init won the race
         raise ConflictError(f"{path} exists already: a store is initialised there") from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def read_keyfile(path: Path, passphrase: str | None = None) -> StoreKeys:
+    """The store's keys; ``passphrase`` opens a sealed key file (the programs read it
+    from ``LAMINA_STORE_PASSPHRASE`` at their edge, never this function)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError as e:
         raise NotFoundError(
             f"no key file at {path}: run `lamina store init` first, or copy the store's key file there"
         ) from e
-    if passphrase is None:
-        passphrase = os.environ.get(PASSPHRASE_ENV) or None
     return parse_keys(raw, passphrase)

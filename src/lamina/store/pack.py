@@ -91,9 +91,13 @@ class PackWriter:
         self.entries.append(PackEntry(kind, bid, len(self._buf), len(sealed), raw_length))
         self._buf += sealed
 
-    def finish(self) -> FinishedPack:
+    def finish(self, nonce: bytes = b"") -> FinishedPack:
+        """``nonce`` of the header: random when empty (always, but in tests that freeze
+        the format)."""
         table = [[int(e.kind), e.id, e.offset, e.length, e.raw_length] for e in self.entries]
-        nonce = os.urandom(HEADER_NONCE)
+        nonce = nonce or os.urandom(HEADER_NONCE)
+        if len(nonce) != HEADER_NONCE:
+            raise ValueError(f"a pack header nonce is {HEADER_NONCE} bytes, not {len(nonce)}")
         header = nonce + AESGCM(self._data_key).encrypt(
             nonce, msgpack.packb(table, use_bin_type=True), HEADER_AAD
         )

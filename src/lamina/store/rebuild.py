@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lamina.errors import LaminaError, MissingDataError
@@ -15,10 +14,9 @@ from lamina.store.pack import (
     parse_footer,
     parse_header,
 )
+from lamina.store.progress import ProgressFn
 from lamina.store.repository import Store
 from lamina.store.roots import Walker
-
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -40,7 +38,7 @@ def rebuild_index(store: Store, walk: Walker, progress: ProgressFn | None = None
     objects = list(store.backend.list("packs/"))
     for i, (obj, size) in enumerate(objects):
         if progress:
-            progress(i, len(objects))
+            progress("reading pack headers", i, len(objects))
         name = pack_name_from_object(obj)
         if name is None:
             continue

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from lamina.store.catalog import SnapshotRecord
+from lamina.store.progress import AdvanceFn
 from lamina.store.repository import Store
 from lamina.tree.cache import FilesCache
 from lamina.tree.model import references
-from lamina.tree.scan import ExcludeFn, ProgressFn, Scanner, ScanStats
+from lamina.tree.scan import ExcludeFn, Scanner, ScanStats
 
 
 @dataclass
@@ -52,7 +53,7 @@ def backup(
     source: str | None = None,
     cache_path: Path | None = None,
     exclude: ExcludeFn | None = None,
-    progress: ProgressFn | None = None,
+    progress: AdvanceFn | None = None,
     meta: dict[str, Any] | None = None,
     workers: int | None = None,
 ) -> BackupResult:

@@ -31,18 +31,6 @@ class Change:
         }
 
 
-def _content_equal(a: Entry, b: Entry) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type == "file":
-        return a.content == b.content and a.size == b.size
-    if a.type == "symlink":
-        return a.target == b.target
-    if a.type in ("chardev", "blockdev"):
-        return a.rdev == b.rdev
-    return True
-
-
 def diff_trees(
     load: Callable[[bytes], bytes], old: bytes | None, new: bytes | None, prefix: bytes = b""
 ) -> Iterator[Change]:
@@ -68,7 +56,7 @@ def diff_trees(
                 if not ea.same_metadata(eb):
                     yield Change(path, METADATA, ea, eb)
                 yield from diff_trees(load, ea.subtree, eb.subtree, path + b"/")
-            elif not _content_equal(ea, eb):
+            elif not ea.same_content(eb):
                 if ea.type != eb.type and (ea.type == "dir" or eb.type == "dir"):
                     yield from _one_side(load, ea, prefix, REMOVED)
                     yield from _one_side(load, eb, prefix, ADDED)

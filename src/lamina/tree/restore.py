@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import secrets
 import shutil
 import stat
-import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,14 +43,15 @@ from lamina.errors import IntegrityError, UsageError
 from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
+from lamina.store.progress import AdvanceFn
 from lamina.tree.model import Entry, check_name, decode_tree
+from lamina.tree.paths import lookup
 from lamina.tree.scan import FileChangedError, chunk_fd
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _SETID = stat.S_ISUID | stat.S_ISGID
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
-ProgressFn = Callable[[int, int], None]
 
 
 class BlobSource(Protocol):
@@ -96,7 +97,7 @@ class Restorer:
         *,
         paths: Sequence[str | bytes] = (),
         delete_extra: bool = False,
-        progress: ProgressFn | None = None,
+        progress: AdvanceFn | None = None,
         chunking: ChunkingSecret | None = None,
         keep_aside: str | None = None,
         special_files: bool = True,
@@ -117,9 +118,8 @@ class Restorer:
         self.stats = RestoreStats()
         self._is_root = os.geteuid() == 0
         self._ids = (os.geteuid(), os.getegid())
-        self._links: dict[bytes, tuple[int, bytes]] = {}
-        self._fds: list[int] = []
-        self._lock = threading.Lock()
+        #: hard-link key -> the first path restored with it (relative to the root)
+        self._links: dict[bytes, bytes] = {}
         #: Descriptors of folders without a default ACL (new files there inherit none).
         self._no_default_acl: set[int] = set()
         #: Of those, the ones not setgid and of our egid (new files there are ours).
@@ -163,19 +163,12 @@ class Restorer:
 
     def _check_selected(self, tree_id: bytes) -> None:
         """Refuse, before writing anything, requested paths the snapshot does not hold."""
-        missing: list[str] = []
-        trees: dict[bytes, dict[bytes, Entry]] = {}
-        for sel in self.selected:
-            tid: bytes | None = tree_id
-            for i, part in enumerate(sel):
-                assert tid is not None
-                if tid not in trees:
-                    trees[tid] = {e.name: e for e in decode_tree(self.store.get(tid))}
-                e = trees[tid].get(part)
-                if e is None or (i < len(sel) - 1 and e.type != "dir"):
-                    missing.append(os.fsdecode(b"/".join(sel)))
-                    break
-                tid = e.subtree
+        load = functools.lru_cache(maxsize=256)(self.store.get)
+        missing = [
+            os.fsdecode(b"/".join(sel))
+            for sel in self.selected
+            if lookup(load, tree_id, sel) is None
+        ]
         if missing:
             raise UsageError(f"not in the snapshot: {', '.join(missing)}")
 
@@ -211,8 +204,6 @@ class Restorer:
             elif self.delete_extra and everything:
                 self._remove(fd, name)
                 self.stats.removed += 1
-        # Files written in the pool: the folder's own metadata is set by the caller
-        # after this returns, so every one of them is waited for here.
         for e in entries:
             child_rel = [*rel, e.name]
             want, all_below = (
@@ -224,8 +215,6 @@ class Restorer:
                 if self.keep_aside is not None and child_rel in self.selected:
                     self._keep_aside(fd, e.name, child_rel)
                 self._entry(e, fd, child_rel, all_below)
-            except IntegrityError:
-                raise
             except OSError as err:
                 self._error(child_rel, err)
 
@@ -308,11 +297,11 @@ class Restorer:
         else:  # sockets belong to a running program; they are not restored
             return
         if e.hardlink is not None:
-            self._links[e.hardlink] = (fd, b"/".join(rel))
+            self._links[e.hardlink] = b"/".join(rel)
 
     def _link(self, e: Entry, fd: int, rel: list[bytes]) -> None:
         assert e.hardlink is not None
-        _, first = self._links[e.hardlink]
+        first = self._links[e.hardlink]
         existing = self._existing(fd, e.name)
         if existing is not None:
             self._remove(fd, e.name)
@@ -332,11 +321,10 @@ class Restorer:
             and existing.st_size == e.size
             and self._keep_verified(e, fd, existing)
         ):
-            with self._lock:
-                self.stats.skipped += 1
-                self.stats.files += 1
-                if self.progress:
-                    self.progress(1, e.size)
+            self.stats.skipped += 1
+            self.stats.files += 1
+            if self.progress:
+                self.progress(1, e.size)
             return
         self._write(e, fd, existing)
 
@@ -372,9 +360,8 @@ class Restorer:
         return True
 
     def _tmp_name(self) -> bytes:
-        with self._lock:
-            self._tmp_count += 1
-            return b".lamina-restore-%s%08x" % (self._tmp_prefix, self._tmp_count)
+        self._tmp_count += 1
+        return b".lamina-restore-%s%08x" % (self._tmp_prefix, self._tmp_count)
 
     def _node(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
         """A FIFO or device node: made under a temporary name, its metadata set through
@@ -461,11 +448,10 @@ class Restorer:
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             self._remove(fd, e.name)
         os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
-        with self._lock:
-            self.stats.files += 1
-            self.stats.bytes += e.size
-            if self.progress:
-                self.progress(1, e.size)
+        self.stats.files += 1
+        self.stats.bytes += e.size
+        if self.progress:
+            self.progress(1, e.size)
 
     # --- metadata ------------------------------------------------------------
     def _chown(self, fn: Callable[[], None]) -> None:
@@ -482,8 +468,7 @@ class Restorer:
             except OSError as err:
                 if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise
-                with self._lock:
-                    self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+                self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
     def _drop_acls(
         self, e: Entry, listxattr: Callable[[], list[str]], removexattr: Callable[[bytes], None]
@@ -502,8 +487,7 @@ class Restorer:
                     removexattr(name)
                 except OSError as err:
                     if err.errno != errno.ENODATA:
-                        with self._lock:
-                            self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+                        self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
     def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True, owned: bool = False) -> None:
         if not owned and self.same_owner:
@@ -535,7 +519,7 @@ def restore_tree(
     *,
     paths: Sequence[str | bytes] = (),
     delete_extra: bool = False,
-    progress: ProgressFn | None = None,
+    progress: AdvanceFn | None = None,
     chunking: ChunkingSecret | None = None,
     keep_aside: str | None = None,
     special_files: bool = True,

@@ -41,6 +41,7 @@ from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
+from lamina.store.progress import AdvanceFn
 from lamina.tree.cache import CachedFile, FilesCache
 from lamina.tree.model import Entry, encode_tree, file_type
 
@@ -121,7 +122,6 @@ class BlobSink(Protocol):
 ExcludeFn = Callable[[bytes, bool], bool]
 #: directory relative to the root -> keep the directory but none of its content
 PruneFn = Callable[[bytes], bool]
-ProgressFn = Callable[[int, int], None]
 
 
 class _Job:
@@ -166,7 +166,7 @@ class Scanner:
         workers: int | None = None,
         exclude: ExcludeFn | None = None,
         prune: PruneFn | None = None,
-        progress: ProgressFn | None = None,
+        progress: AdvanceFn | None = None,
         one_file_system: bool = False,
     ) -> None:
         self.writer = writer

@@ -25,7 +25,6 @@ from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured, capture_app, capture_base
 from lamina.layers.plan import LayerRef, Plan, make_plan
 from lamina.layers.rules import RuleSet, for_os, parse_rules
-from lamina.layers.trees import build_tree, walk
 from lamina.server.security import Principal
 from lamina.server.services import fleet, tasks
 from lamina.server.services.common import audit, aware, find_one, new_id, now
@@ -33,6 +32,7 @@ from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
+from lamina.tree.paths import build_tree, walk
 
 RECORD_STARTING, RECORDING, FINALIZING = "starting", "recording", "finalizing"
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from lamina.errors import BackendError, IntegrityError, NotFoundError, UsageError
-
-_TMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from lamina.store.atomic import TMP_SUFFIX, fsync_dir, write_atomic
 
 
 class LocalBackend:
@@ -46,28 +36,15 @@ class LocalBackend:
         for m in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 m.mkdir()
-            _fsync_dir(m.parent)
+            fsync_dir(m.parent)
         self._made_dirs.add(directory)
 
     def write(self, name: str, data: bytes) -> None:
         path = self._path(name)
         self._ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-            _fsync_dir(path.parent)
+            write_atomic(path, data, 0o600)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise BackendError(f"cannot write {name} in {self.root}: {e.strerror}") from e
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -106,7 +83,7 @@ class LocalBackend:
         for dirpath, _dirs, files in os.walk(self.root):
             rel = os.path.relpath(dirpath, self.root)
             for f in files:
-                if f.startswith(".") and f.endswith(_TMP_SUFFIX):
+                if f.startswith(".") and f.endswith(TMP_SUFFIX):
                     continue
                 name = f if rel == "." else f"{rel}/{f}"
                 if name.startswith(prefix):
@@ -121,7 +98,7 @@ class LocalBackend:
             return
         except OSError as e:
             raise BackendError(f"cannot delete {name} in {self.root}: {e.strerror}") from e
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def close(self) -> None:
         self._made_dirs.clear()
