@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
 from lamina.db.catalog import SqlCatalog
-from lamina.db.engine import make_engine
+from lamina.db.engine import make_engine, read_tx
 from lamina.db.migrate import upgrade
+from lamina.db.models import users
 from lamina.store.backends import open_backend
 from lamina.store.keys import KEYFILE_NAME, StoreKeys, read_keyfile, write_keyfile
 from lamina.store.pack import DEFAULT_PACK_SIZE
@@ -85,3 +86,13 @@ def open_store(
     store = Store(open_backend(loc.packs), catalog, keys, pack_size=pack_size)
     store.verify_config()
     return store
+
+
+def server_managed(store: Store) -> bool:
+    """True once a Lamina server has run on this store's database (it made its users):
+    the snapshots there belong to CVDs, and the serverless commands leave them alone."""
+    catalog = store.catalog
+    if not isinstance(catalog, SqlCatalog):
+        return False
+    with read_tx(catalog.engine) as c:
+        return bool(c.execute(select(func.count()).select_from(users)).scalar_one())
