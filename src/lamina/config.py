@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,3 +29,6 @@ class ServerSettings(BaseSettings):
     max_body: int = 64 * 1024 * 1024
     #: Largest body of every other request (JSON), refused before authentication.
     max_json: int = 1024 * 1024
+    #: Who may read /metrics: "loopback" (no token from this host, metrics.read from
+    #: others), "token" (metrics.read always), "open", "off".
+    metrics: Literal["loopback", "token", "open", "off"] = "loopback"

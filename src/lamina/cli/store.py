@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -143,6 +144,7 @@ def gc(
     """Remove what no snapshot needs; repack sparse packs. Safe while backups run."""
     s = open_store(location(data, db, store, keyfile))
     try:
+        started = time.monotonic()
         with step_progress("gc") as update:
             rep = collect(
                 s,
@@ -152,6 +154,8 @@ def gc(
                 dry_run=dry_run,
                 progress=lambda label: update(label),
             )
+        if not dry_run:
+            server_libraries().record_gc(s, time.monotonic() - started, rep.bytes_freed)
     finally:
         s.close()
     if as_json:

@@ -37,6 +37,7 @@ PERMISSIONS = {
     "layer.write": "capture, record, assign and enforce layers",
     "user.admin": "manage users and read the audit log",
     "store.admin": "check and collect garbage in the store",
+    "metrics.read": "read the server's Prometheus metrics (/metrics) from another host",
 }
 ROLES: dict[str, frozenset[str]] = {
     "administrator": frozenset(PERMISSIONS),
