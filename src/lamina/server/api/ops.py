@@ -47,6 +47,9 @@ class FleetDevicePublic(BaseModel):
     layers: list[str]
     agent_version: str
     disk_free: int | None
+    vendor: str
+    model: str
+    os: str
 
 
 class FleetPage(BaseModel):
@@ -119,6 +122,9 @@ def fleet(
                 layers=r.layers,
                 agent_version=r.agent_version,
                 disk_free=r.disk_free,
+                vendor=r.vendor,
+                model=r.model,
+                os=r.os,
             )
             for r in p.rows
         ],

@@ -256,6 +256,7 @@ class DeviceRow:
     #: The health states (``HEALTH``) the device is in: the dashboard's conditions.
     health: list[str] = field(default_factory=list)
     agent_version: str = ""
+    vendor: str = ""
 
 
 @dataclass
@@ -378,6 +379,7 @@ def device_page(engine: Engine, actor: Principal, q: DeviceQuery) -> DevicePage:
                 collections=groups.get(r.cvd_id, []) if r.cvd_id else [],
                 health=[k for k in HEALTH if getattr(r, f"is_{k}", 0)],
                 agent_version=str(facts.get("agent_version", ""))[:64],
+                vendor=str(facts.get("vendor", "")),
             )
         )
     return DevicePage(out, int(total), q)
