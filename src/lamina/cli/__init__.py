@@ -24,7 +24,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import agent, cvd, fleet, layer, login, ops, snapshot, store
+from lamina.cli import agent, collection, cvd, fleet, layer, login, ops, snapshot, store, user
 from lamina.cli.output import fail, install_safe_streams, safe
 from lamina.cli.server import server
 from lamina.errors import LaminaError
@@ -93,13 +93,13 @@ app.add_typer(snapshot.app, name="snapshot")
 app.command("server")(server)
 app.command("login")(login.login)
 app.command("logout")(login.logout)
-app.add_typer(login.user_app, name="user")
+app.add_typer(user.app, name="user")
 app.add_typer(fleet.token_app, name="token")
 app.add_typer(fleet.device_app, name="device")
 app.add_typer(fleet.policy_app, name="policy")
 app.add_typer(cvd.app, name="cvd")
 app.add_typer(layer.app, name="layer")
-app.add_typer(layer.collection_app, name="collection")
+app.add_typer(collection.app, name="collection")
 app.add_typer(fleet.task_app, name="task")
 app.command("status")(ops.status)
 app.add_typer(ops.event_app, name="event")
