@@ -17,7 +17,7 @@ app = typer.Typer(
 
 @app.command("create")
 def collection_create(
-    name: str,
+    name: Annotated[str, typer.Argument(help="Collection name.")],
     filter_: Annotated[
         str, typer.Option("--filter", help="e.g. os_release.ID=debian,vendor=Dell*")
     ] = "",

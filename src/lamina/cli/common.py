@@ -53,6 +53,16 @@ KeyfileOpt = Annotated[
     typer.Option("--keyfile", envvar="LAMINA_KEYFILE", help="Key file; default DATA/keys.json."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+CvdArg = Annotated[
+    str, typer.Argument(help="CVD name or id (or a unique prefix of its id).", show_default=False)
+]
+DeviceArg = Annotated[
+    str,
+    typer.Argument(
+        help="Device hostname or id (or a unique prefix of its id).", show_default=False
+    ),
+]
+UserArg = Annotated[str, typer.Argument(help="User name.", show_default=False)]
 
 DEFAULT_DATA = Path("lamina-data")
 

@@ -9,7 +9,7 @@ import msgpack
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
+from lamina.cli.common import CvdArg, JsonOpt, SameOwnerOpt, SpecialFilesOpt
 from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
 from lamina.cli.output import age, byte_progress, emit_json, human_bytes, print_table
 from lamina.tree.restore import restore_tree
@@ -127,7 +127,7 @@ def show(
 
 
 @app.command()
-def layers(cvd: str, as_json: JsonOpt = False) -> None:
+def layers(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """The layers a CVD is assigned, and the ones its endpoint runs."""
     doc = Api.from_login().get(f"/cvds/{cvd}/layers")
     if as_json:
@@ -139,7 +139,7 @@ def layers(cvd: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def snapshots(cvd: str, as_json: JsonOpt = False) -> None:
+def snapshots(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """A CVD's snapshots, oldest first."""
     rows = Api.from_login().get(f"/cvds/{cvd}/snapshots")
     if as_json:
@@ -151,7 +151,7 @@ def snapshots(cvd: str, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def ls(
-    cvd: str,
+    cvd: CvdArg,
     snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
     path: Annotated[str, typer.Argument(help="Folder inside the snapshot.")] = "",
     as_json: JsonOpt = False,
@@ -166,7 +166,7 @@ def ls(
 
 
 @app.command()
-def sync(cvd: str, as_json: JsonOpt = False) -> None:
+def sync(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """Ask the CVD's agent to upload now (a task; see `lamina task watch`)."""
     t = Api.from_login().post(f"/cvds/{cvd}/sync")
     if as_json:
@@ -177,7 +177,7 @@ def sync(cvd: str, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def restore(
-    cvd: str,
+    cvd: CvdArg,
     snapshot: Annotated[
         str, typer.Option(help="Snapshot id (or unique prefix) or 'latest'.")
     ] = "latest",
@@ -247,7 +247,7 @@ def restore(
 
 @app.command()
 def revert(
-    cvd: str,
+    cvd: CvdArg,
     snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")],
     system_only: Annotated[
         bool,
@@ -283,7 +283,7 @@ def revert(
 
 
 @app.command()
-def archive(cvd: str, as_json: JsonOpt = False) -> None:
+def archive(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """Detach the device and keep the CVD read-only with its snapshots."""
     doc = Api.from_login().post(f"/cvds/{cvd}/archive")
     if as_json:

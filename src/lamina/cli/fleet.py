@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, parse_duration
+from lamina.cli.common import DeviceArg, JsonOpt, parse_duration
 from lamina.cli.output import age, emit_json, err_console, print_table
 from lamina.errors import LaminaError, UsageError
 
@@ -86,7 +86,10 @@ def token_list(as_json: JsonOpt = False) -> None:
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: str, as_json: JsonOpt = False) -> None:
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id (from `lamina token list`).")],
+    as_json: JsonOpt = False,
+) -> None:
     """Revoke a session, API token or enrollment token by id: it stops working at once."""
     doc = Api.from_login().delete(f"/tokens/{token_id}")
     if as_json:
@@ -173,7 +176,7 @@ def device_list(
 
 
 @device_app.command("reject")
-def device_reject(device: str, as_json: JsonOpt = False) -> None:
+def device_reject(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Reject a pending device: its credential stops working."""
     doc = Api.from_login().post(f"/devices/{device}/reject")
     if as_json:
@@ -183,7 +186,7 @@ def device_reject(device: str, as_json: JsonOpt = False) -> None:
 
 
 @device_app.command("revoke")
-def device_revoke(device: str, as_json: JsonOpt = False) -> None:
+def device_revoke(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Revoke a device's credential: every call it makes is refused from now on."""
     doc = Api.from_login().post(f"/devices/{device}/revoke")
     if as_json:
@@ -338,7 +341,9 @@ def policy_list(as_json: JsonOpt = False) -> None:
 
 
 @policy_app.command("show")
-def policy_show(name: str, as_json: JsonOpt = False) -> None:
+def policy_show(
+    name: Annotated[str, typer.Argument(help="Policy name or id.")], as_json: JsonOpt = False
+) -> None:
     """Show one policy."""
     _print_policy(Api.from_login().get(f"/policies/{name}"), as_json)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt
+from lamina.cli.common import CvdArg, DeviceArg, JsonOpt
 from lamina.cli.output import emit_json, human_bytes
 from lamina.errors import ConflictError
 
@@ -52,7 +52,7 @@ def capture(
 
 
 @record_app.command("start")
-def record_start(device: str, as_json: JsonOpt = False) -> None:
+def record_start(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Snapshot the reference endpoint and start recording what an install changes."""
     doc = Api.from_login().post("/layers/record/start", {"device": device})
     emit_json(doc) if as_json else typer.echo(
@@ -62,7 +62,7 @@ def record_start(device: str, as_json: JsonOpt = False) -> None:
 
 @record_app.command("finalize")
 def record_finalize(
-    device: str,
+    device: DeviceArg,
     name: NameOpt = None,
     update: UpdateOpt = None,
     notes: NotesOpt = "",
@@ -90,7 +90,9 @@ def list_(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def show(layer: str, as_json: JsonOpt = False) -> None:
+def show(
+    layer: Annotated[str, typer.Argument(help="Layer name or id.")], as_json: JsonOpt = False
+) -> None:
     """Show a layer: versions, applications, whiteouts."""
     doc = Api.from_login().get(f"/layers/{layer}")
     emit_json(doc) if as_json else _print_layer(doc)
@@ -148,7 +150,7 @@ def assign(
 
 @app.command("rules-test")
 def rules_test(
-    cvd: str,
+    cvd: CvdArg,
     rules: Annotated[
         Path | None, typer.Option(help="A rule set file (JSON); default: the built-in one.")
     ] = None,
@@ -170,7 +172,7 @@ def rules_test(
 
 @app.command()
 def enforce(
-    cvd: str,
+    cvd: CvdArg,
     remove_user_apps: Annotated[
         bool,
         typer.Option(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt
+from lamina.cli.common import JsonOpt, UserArg
 from lamina.cli.output import emit_json
 from lamina.errors import UsageError
 
@@ -20,7 +20,7 @@ app = typer.Typer(
 
 @app.command("create")
 def user_create(
-    name: str,
+    name: UserArg,
     role: Annotated[str, typer.Option(help="administrator, helpdesk or readonly.")] = "readonly",
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
@@ -73,7 +73,7 @@ def _read_password(prompt: str, stdin: bool) -> str:
 
 
 @app.command("disable")
-def user_disable(name: str, as_json: JsonOpt = False) -> None:
+def user_disable(name: UserArg, as_json: JsonOpt = False) -> None:
     """Disable a user: their sessions and tokens stop working at once."""
     doc = Api.from_login().post(f"/users/{name}/disable")
     if as_json:
@@ -83,7 +83,7 @@ def user_disable(name: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command("enable")
-def user_enable(name: str, as_json: JsonOpt = False) -> None:
+def user_enable(name: UserArg, as_json: JsonOpt = False) -> None:
     """Enable a disabled user."""
     doc = Api.from_login().post(f"/users/{name}/enable")
     if as_json:
@@ -94,7 +94,7 @@ def user_enable(name: str, as_json: JsonOpt = False) -> None:
 
 @app.command("delete")
 def user_delete(
-    name: str,
+    name: UserArg,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a user and revoke every token of theirs."""
@@ -106,7 +106,7 @@ def user_delete(
 
 @app.command("passwd")
 def user_passwd(
-    name: str,
+    name: UserArg,
     password_stdin: Annotated[
         bool,
         typer.Option(
