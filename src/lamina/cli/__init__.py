@@ -26,9 +26,20 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import agent, collection, cvd, fleet, layer, login, ops, snapshot, store, user
+from lamina.cli import (
+    agent,
+    collection,
+    cvd,
+    fleet,
+    layer,
+    login,
+    ops,
+    server,
+    snapshot,
+    store,
+    user,
+)
 from lamina.cli.output import fail, install_safe_streams, safe
-from lamina.cli.server import server
 from lamina.errors import LaminaError
 
 INTERRUPTED = "interrupted; run the same command again to resume"
@@ -114,7 +125,7 @@ def _root(
 
 app.add_typer(store.app, name="store")
 app.add_typer(snapshot.app, name="snapshot")
-app.command("server")(server)
+app.add_typer(server.app, name="server")
 app.command("login")(login.login)
 app.command("logout")(login.logout)
 app.add_typer(user.app, name="user")
