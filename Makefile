@@ -3,23 +3,37 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make run` has its own venv with the server's libraries only (no test or lint tools).
+RUN_VENV  := .venv-run
+RUN_STAMP := $(RUN_VENV)/.installed
 DATA   ?= ./lamina-data
 # -n auto uses every core; CI has two. Branch coverage of src/lamina (pytest-cov combines
 # the xdist workers' data).
 PYTEST_ARGS ?= -n auto --dist loadgroup --cov=lamina --cov-branch --cov-report=term
 
-.PHONY: install run test lint bench bench-load clean
+.PHONY: install run dist test lint bench bench-load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[server,dev]'
 	touch $(STAMP)
 
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/pip install --quiet --upgrade pip
+	$(RUN_VENV)/bin/pip install --quiet -e '.[server]'
+	touch $(RUN_STAMP)
+
+# The whole development checkout: the server's libraries and the dev tools.
 install: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/lamina server --data $(DATA)
+run: $(RUN_STAMP)
+	$(RUN_VENV)/bin/lamina server --data $(DATA)
+
+# A wheel and an sdist in dist/.
+dist: $(STAMP)
+	$(BIN)/python -m build --outdir dist .
 
 # pytest exits 5 when it collected no tests: a run that tested nothing fails, and says so.
 test: $(STAMP)
@@ -40,4 +54,4 @@ bench-load: $(STAMP)
 	$(BIN)/python -m bench.load
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) $(RUN_VENV) dist build .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

@@ -1,13 +1,91 @@
-"""Settings of the programs. Only entry points (CLI commands) read them."""
+"""Settings of the programs. Only entry points (CLI commands) read them.
+
+Each setting has one name in three places: the flag (``--tls-cert``), the environment
+variable (``LAMINA_TLS_CERT``; the agent's are ``LAMINA_AGENT_...``) and the key of
+the TOML file (``tls_cert = "/etc/lamina/server.crt"``): ``/etc/lamina/server.toml``
+and ``/etc/lamina/agent.toml``, or the file ``--config`` names. The first that says
+something wins: flag, then environment, then file, then the default
+(``tests/test_config.py`` holds the order). An unknown key or a value of the wrong
+type in the file is a one-line error naming the file.
+"""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from lamina.errors import UsageError
+
+SERVER_CONFIG = Path("/etc/lamina/server.toml")
+AGENT_CONFIG = Path("/etc/lamina/agent.toml")
+LOG_FORMATS = ("auto", "text", "journal", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+S = TypeVar("S", bound="FileSettings")
 
 
-class ServerSettings(BaseSettings):
+class FileSettings(BaseSettings):
+    """Settings read from flags, the environment and a TOML file, in that order."""
+
+    #: What :meth:`load` read from the file (set on the class it makes for one load).
+    file_values: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as the lowest source, below the environment.
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, cls.file_values))
+
+    @classmethod
+    def load(cls: type[S], config: Path | None, default: Path, **flags: Any) -> S:
+        """Settings from ``flags`` (those given: not None), the environment and the
+        file ``config`` (or ``default`` when it exists)."""
+        path = config if config is not None else (default if default.exists() else None)
+        values = read_toml(path, set(cls.model_fields)) if path is not None else {}
+        bound = type(cls.__name__, (cls,), {"file_values": values})
+        try:
+            return bound(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[no-any-return]
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            origin = f" (in {path} or the environment)" if path else ""
+            raise UsageError(f"setting {where}: {first.get('msg')}{origin}") from e
+
+
+def read_toml(path: Path, known: set[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise UsageError(f"no configuration file {path}") from e
+    except OSError as e:
+        raise UsageError(f"cannot read the configuration file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path} is not valid TOML: {e}") from e
+    unknown = sorted(k for k in doc if k.replace("-", "_") not in known)
+    if unknown:
+        raise UsageError(
+            f"unknown setting {unknown[0]!r} in {path} (known: {', '.join(sorted(known))})"
+        )
+    return {k.replace("-", "_"): v for k, v in doc.items()}
+
+
+class ServerSettings(FileSettings):
     model_config = SettingsConfigDict(env_prefix="LAMINA_", extra="ignore")
 
     data: Path = Path("lamina-data")
@@ -28,3 +106,23 @@ class ServerSettings(BaseSettings):
     max_body: int = 64 * 1024 * 1024
     #: Largest body of every other request (JSON), refused before authentication.
     max_json: int = 1024 * 1024
+    #: Who may read /metrics: "loopback" (no token from this host, metrics.read from
+    #: others), "token" (metrics.read always), "open", "off".
+    metrics: Literal["loopback", "token", "open", "off"] = "loopback"
+    #: Log lines on stderr: "auto" (journal when JOURNAL_STREAM is set, else text),
+    #: "text", "journal" (``<N>`` priority prefixes, no timestamps), "json".
+    log_format: Literal["auto", "text", "journal", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AgentSettings(FileSettings):
+    """The agent daemon's settings (``lamina agent run``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LAMINA_AGENT_", extra="ignore")
+
+    state: Path = Path("/var/lib/lamina")
+    #: Seconds between cycles.
+    poll: float = 15.0
+    insecure: bool = False
+    log_format: Literal["auto", "text", "journal", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

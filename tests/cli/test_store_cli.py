@@ -171,3 +171,30 @@ def test_kill_during_backup_then_check_clean_and_next_backup_completes(
     cli.run("store", "gc", "--orphan-grace", "0s")
     chk = cli.run("store", "check", "--read-data")
     assert "no errors" in chk.stdout and "warning" not in chk.stderr
+
+
+def test_serverless_commands_refuse_a_store_a_server_manages(
+    cli_factory: Callable[..., Cli], tmp_path: Path
+) -> None:
+    """`lamina snapshot create/forget` leave a server's store alone unless --force,
+    and say why; reading it (list, check) is fine."""
+    from lamina.config import ServerSettings
+    from lamina.server.app import open_context
+
+    cli = cli_factory()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    cli.run("store", "init")
+    first = cli.json("snapshot", "create", str(src))  # no server yet: allowed
+    ctx, _ = open_context(ServerSettings(data=cli.data, admin_password="pw-for-the-test"))
+    ctx.engine.dispose()
+    refused = cli.run("snapshot", "create", str(src), ok=False)
+    assert refused.returncode == 2
+    assert "managed by a Lamina server" in refused.stderr
+    assert "--force" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert cli.run("snapshot", "forget", first["id"], ok=False).returncode == 2
+    assert [s["id"] for s in cli.json("snapshot", "list")] == [first["id"]]
+    forced = cli.json("snapshot", "create", str(src), "--force")
+    assert [s["id"] for s in cli.json("snapshot", "list")] == [first["id"], forced["id"]]

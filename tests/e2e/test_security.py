@@ -594,6 +594,10 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("DELETE", "/users/admin", None),
     ("PUT", "/users/admin/password", {"password": "new-password-123"}),
     ("POST", "/devices/{a}/revoke", None),
+    ("GET", "/status", None),
+    ("GET", "/fleet", None),
+    ("GET", "/events", None),
+    ("POST", "/events/1/ack", None),
 ]
 BAD_AUTH = [
     None,

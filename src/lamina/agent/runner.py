@@ -194,11 +194,31 @@ class Agent:
                 if self.status.layers is not None
                 else {}
             )
+            started = time.monotonic()
             res = run_sync(self.client, self.st, self.state_dir, cfg, progress, extra)
         except LaminaError as e:
             self._save(state="error", last_error=e.message)
+            log.warning("sync failed: %s", e.message)
             raise
         snap = res.response.snapshot
+        seconds = time.monotonic() - started
+        log.info(
+            "sync done: snapshot %s, %d files (%d read), %d bytes uploaded in %.1f s%s",
+            snap.id[:12],
+            res.files,
+            res.files_read,
+            res.uploaded_bytes,
+            seconds,
+            f", {len(res.errors)} unreadable" if res.errors else "",
+            extra={
+                "snapshot": snap.id,
+                "files": res.files,
+                "files_read": res.files_read,
+                "uploaded_bytes": res.uploaded_bytes,
+                "seconds": round(seconds, 3),
+                "unreadable": len(res.errors),
+            },
+        )
         self._save(
             state="idle",
             last_sync=snap.time,
@@ -370,16 +390,43 @@ class Agent:
         return done
 
     def run_forever(self, poll: float = 15.0) -> None:
-        """Cycles until stopped; a refused credential ends it (nothing can work)."""
+        """Cycles until stopped; a refused credential ends it (nothing can work).
+
+        Each cycle is one log line at info (what it did, how long); a failed one a
+        warning; the first good cycle after failures says the agent reconnected.
+        """
+        failures = 0
+        log.info(
+            "agent started: device %s, server %s, every %.0f s",
+            self.st.device_id,
+            self.st.server,
+            poll,
+        )
         while True:
+            started = time.monotonic()
             try:
-                self.cycle()
+                done = self.cycle()
             except AuthError as e:
                 self._save(state="error", last_error=e.message)
+                log.error("the server refused this agent's credential: %s", e.message)
                 raise
             except LaminaError as e:
+                failures += 1
                 self._save(state="error", last_error=e.message)
+                log.warning("cycle failed (%d in a row): %s", failures, e.message)
             except Exception as e:  # the daemon keeps going: the next cycle retries
+                failures += 1
                 log.exception("agent cycle failed")
                 self._save(state="error", last_error=f"{type(e).__name__}: {e}")
+            else:
+                if failures:
+                    log.info("reconnected after %d failed cycles", failures)
+                failures = 0
+                log.info(
+                    "cycle done in %.1f s: %s, %d tasks",
+                    time.monotonic() - started,
+                    "synced" if done["synced"] else "no sync due",
+                    len(done["tasks"]),
+                    extra={"synced": done["synced"], "tasks": len(done["tasks"])},
+                )
             time.sleep(poll)

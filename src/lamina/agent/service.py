@@ -1,13 +1,14 @@
-"""systemd units for the agent: the daemon, and ``agent boot`` early at boot."""
+"""systemd units for the agent: the daemon, and ``agent boot`` early at boot.
+
+``lamina agent install-service`` writes them with ``cli/units.py``, as it writes the
+server's.
+"""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
-
-UNIT_DIR = Path("/etc/systemd/system")
 
 
 def units(state_dir: Path, executable: str | None = None) -> dict[str, str]:
@@ -47,20 +48,3 @@ IOSchedulingClass=idle
 WantedBy=multi-user.target
 """,
     }
-
-
-def systemd_running() -> bool:
-    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
-
-
-def install(state_dir: Path, unit_dir: Path = UNIT_DIR, enable: bool = True) -> list[Path]:
-    unit_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in units(state_dir).items():
-        path = unit_dir / name
-        path.write_text(text)
-        written.append(path)
-    if enable and unit_dir == UNIT_DIR and systemd_running():
-        subprocess.run(["systemctl", "daemon-reload"], check=True)
-        subprocess.run(["systemctl", "enable", *units(state_dir)], check=True)
-    return written

@@ -12,10 +12,12 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
 import typer
+import typer.main
 
 # Typer (from 0.2x) vendors its own copy of click: its usage errors are not click's
 # classes. pyproject.toml pins typer to the minor version this was written against.
@@ -24,9 +26,20 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import agent, cvd, fleet, layer, login, snapshot, store
+from lamina.cli import (
+    agent,
+    collection,
+    cvd,
+    fleet,
+    layer,
+    login,
+    ops,
+    server,
+    snapshot,
+    store,
+    user,
+)
 from lamina.cli.output import fail, install_safe_streams, safe
-from lamina.cli.server import server
 from lamina.errors import LaminaError
 
 INTERRUPTED = "interrupted; run the same command again to resume"
@@ -58,12 +71,34 @@ class Group(TyperGroup):
         return _parse_in(ctx, lambda: super(Group, self).parse_args(ctx, args))
 
 
+#: What ``lamina``'s exit status means: one code per branch of ``errors.py``'s tree
+#: (tests/cli/test_help.py holds the two in step), and Ctrl-C.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "an unexpected error (a bug: please report it)"),
+    (2, "wrong arguments or request (UsageError)"),
+    (3, "not found (NotFoundError)"),
+    (4, "conflict: exists already, or the state forbids it; store busy (ConflictError)"),
+    (5, "damaged or missing data (IntegrityError)"),
+    (6, "wrong key file or passphrase (StoreKeyError)"),
+    (7, "not logged in, not allowed, or rate-limited (AuthError)"),
+    (8, "the server, the object store or the database failed (BackendError)"),
+    (9, "too large (TooLargeError)"),
+    (130, "interrupted (Ctrl-C); run the same command again to resume"),
+)
+
+EPILOG = "Exit codes:\n\n" + "\n\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES)
+
 app = typer.Typer(
     name="lamina",
-    help="Lamina: centralized image management for a fleet of endpoints.",
+    help="Lamina: centralized image management for a fleet of endpoints.\n\n"
+    "Examples: lamina status; lamina device list --state failing; "
+    "lamina snapshot create /etc --data ./backups; lamina docs > lamina.md",
+    epilog=EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # `lamina --install-completion` / `--show-completion` for bash, zsh, fish.
+    add_completion=True,
 )
 
 
@@ -90,18 +125,56 @@ def _root(
 
 app.add_typer(store.app, name="store")
 app.add_typer(snapshot.app, name="snapshot")
-app.command("server")(server)
+app.add_typer(server.app, name="server")
 app.command("login")(login.login)
 app.command("logout")(login.logout)
-app.add_typer(login.user_app, name="user")
+app.add_typer(user.app, name="user")
 app.add_typer(fleet.token_app, name="token")
 app.add_typer(fleet.device_app, name="device")
 app.add_typer(fleet.policy_app, name="policy")
 app.add_typer(cvd.app, name="cvd")
 app.add_typer(layer.app, name="layer")
-app.add_typer(layer.collection_app, name="collection")
+app.add_typer(collection.app, name="collection")
 app.add_typer(fleet.task_app, name="task")
+app.command("status")(ops.status)
+app.add_typer(ops.event_app, name="event")
 app.add_typer(agent.app, name="agent")
+
+
+#: An example or two under each group's help (`lamina GROUP --help`); test_help.py
+#: checks every group has one.
+GROUP_EXAMPLES = {
+    "store": "lamina store init --data ./backups; lamina store check --read-data --data ./backups",
+    "snapshot": "lamina snapshot create /etc --data ./backups; "
+    "lamina snapshot restore latest --output /tmp/etc --data ./backups",
+    "user": "lamina user create alice --role helpdesk; lamina user audit --limit 20",
+    "token": "lamina token create --expires 1h --policy standard; lamina token list",
+    "device": "lamina device list --state pending; lamina device reject HOSTNAME",
+    "policy": "lamina policy create standard --interval 1h --keep-daily 7; lamina policy list",
+    "cvd": "lamina cvd centralize HOSTNAME --policy standard; lamina cvd list --state offline",
+    "layer": "lamina layer capture REF-HOST --name debian-base; "
+    "lamina layer assign HOSTNAME --base debian-base --dry-run",
+    "collection": "lamina collection create dell --filter vendor=Dell*; lamina collection list",
+    "task": "lamina task list --state running; lamina task watch 3f2a",
+    "event": "lamina event list --pending; lamina event ack 42",
+    "layer record": "lamina layer record start REF-HOST; (install software there); "
+    "lamina layer record finalize REF-HOST --name office",
+    "agent": "lamina agent enroll --server https://lamina:8470 --token TOKEN --root / "
+    "--state /var/lib/lamina; lamina agent run --state /var/lib/lamina",
+}
+
+
+def _add_examples(t: typer.Typer, prefix: str = "") -> None:
+    for g in t.registered_groups:
+        if g.typer_instance is None:
+            continue
+        path = f"{prefix}{g.name or g.typer_instance.info.name}"
+        example = GROUP_EXAMPLES.get(path)
+        if example:
+            info = g.typer_instance.info
+            base = info.help if isinstance(info.help, str) else ""
+            info.help = f"{base}\n\nExamples: {example}"
+        _add_examples(g.typer_instance, path + " ")
 
 
 def _one_line_errors(t: typer.Typer) -> None:
@@ -121,7 +194,35 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def docs(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """The reference of every command, in Markdown, generated from the commands themselves.
+
+    Example: lamina docs --output lamina.md
+    """
+    text = command_reference()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
+
+
+def command_reference() -> str:
+    """Markdown for every command, option and argument (Typer's own generator)."""
+    from typer.cli import get_docs_for_click
+
+    click_app = typer.main.get_command(app)
+    ctx = typer.Context(click_app, info_name="lamina")
+    return get_docs_for_click(obj=click_app, ctx=ctx, name="lamina", title="lamina") + "\n"
+
+
 _one_line_errors(app)  # after the last command is added
+_add_examples(app)
 
 
 def usage_line(e: UsageError) -> str:

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from lamina.agent import service
+from lamina.cli import units
 from lamina.cli.common import JsonOpt
+from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
 from lamina.cli.output import byte_progress, emit_json
 
 # The agent's modules (HTTP client, pydantic schemas, staging) are imported inside
@@ -73,18 +75,47 @@ def enroll_cmd(
 
 @app.command()
 def run(
-    state: StateOpt,
+    state: Annotated[
+        Path | None,
+        typer.Option("--state", help="The agent's state folder (default /var/lib/lamina)."),
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="One full cycle, then exit.")] = False,
     sync: Annotated[bool, typer.Option("--sync", help="Upload now even if not due.")] = False,
-    poll: Annotated[float, typer.Option(help="Seconds between cycles.")] = 15.0,
+    poll: Annotated[float | None, typer.Option(help="Seconds between cycles (default 15).")] = None,
     insecure: InsecureOpt = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings file (TOML: state, poll, insecure, log_format, log_level); "
+            "default /etc/lamina/agent.toml.",
+        ),
+    ] = None,
+    log_format: LogFormatOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The agent daemon: report, upload when due or asked, do queued work."""
+    """The agent daemon: report, upload when due or asked, do queued work.
+
+    Every setting also comes from LAMINA_AGENT_STATE, LAMINA_AGENT_POLL... or
+    /etc/lamina/agent.toml. Each cycle is logged at info on stderr (journald-friendly
+    under systemd).
+    """
+    from lamina.config import AGENT_CONFIG, AgentSettings
     from lamina.errors import AuthError
 
+    settings = AgentSettings.load(
+        config,
+        AGENT_CONFIG,
+        state=state,
+        poll=poll,
+        insecure=True if insecure else None,
+        log_format=log_format,
+    )
+    setup_logging(settings.log_format, settings.log_level, verbose, quiet)
     try:
-        _run(state, once, sync, poll, insecure, as_json)
+        _run(settings.state, once, sync, settings.poll, settings.insecure, as_json)
     except AuthError as e:
         # Revoked, archived or unknown: no retry helps. One line, exit 1.
         typer.echo(f"error: the server refused this agent's credential: {e.message}", err=True)
@@ -177,8 +208,8 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
 @app.command("install-service")
 def install_service(
     state: StateOpt,
-    unit_dir: Annotated[Path, typer.Option(help="Where to write the units.")] = service.UNIT_DIR,
+    unit_dir: Annotated[Path, typer.Option(help="Where to write the units.")] = units.UNIT_DIR,
 ) -> None:
     """Write (and where systemd runs, enable) the agent's systemd units."""
-    for p in service.install(state, unit_dir):
+    for p in units.write_units(service.units(state, units.lamina_command()), unit_dir):
         typer.echo(f"wrote {p}")

@@ -9,8 +9,16 @@ import msgpack
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
-from lamina.cli.output import byte_progress, emit_json, exit_with_warnings, human_bytes
+from lamina.cli.common import CvdArg, JsonOpt, SameOwnerOpt, SpecialFilesOpt
+from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
+from lamina.cli.output import (
+    age,
+    byte_progress,
+    emit_json,
+    exit_with_warnings,
+    human_bytes,
+    print_table,
+)
 from lamina.tree.restore import restore_tree
 from lamina.tree.sources import BatchedBlobs
 
@@ -55,18 +63,66 @@ def centralize(
 
 
 @app.command("list")
-def list_(as_json: JsonOpt = False) -> None:
-    """List CVDs."""
-    rows = Api.from_login().get("/cvds")
+def list_(
+    state: StateFilterOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List CVDs: name, hostname, state, policy, last sync, snapshots, layers, agent version.
+
+    Example: lamina cvd list --state offline
+    """
+    api = Api.from_login()
+    rows = api.get("/cvds")
+    fleet = {r["cvd_id"]: r for r in fleet_rows(api, state) if r["cvd_id"]}
+    if state is not None:
+        rows = [c for c in rows if c["id"] in fleet]
     if as_json:
         emit_json(rows)
         return
-    for c in rows:
-        _print_cvd(c)
+    print_table(
+        ["ID", "NAME", "HOSTNAME", "STATE", "POLICY", "LAST SYNC", "SNAPSHOTS", "LAYERS", "AGENT"],
+        (
+            [
+                c["id"][:8],
+                c["name"] + (" (reference)" if c["reference"] else ""),
+                fleet[c["id"]]["name"] if c["id"] in fleet else c["hostname"],
+                health_of(fleet[c["id"]]) if c["id"] in fleet else c["state"],
+                f"{c['policy']} v{c['policy_version']}",
+                age(c["last_sync"]),
+                c["snapshots"],
+                " + ".join(fleet[c["id"]]["layers"]) if c["id"] in fleet else "",
+                fleet[c["id"]]["agent_version"] if c["id"] in fleet else "",
+            ]
+            for c in rows
+        ),
+    )
+
+
+def progress_text(p: dict[str, Any]) -> str:
+    """An agent's upload progress as a person reads it: phase, percent, files, bytes."""
+    parts = [str(p.get("phase") or "syncing")]
+    if isinstance(p.get("percent"), int):
+        parts.append(f"{p['percent']}%")
+    files, total_files = p.get("files"), p.get("total_files")
+    if isinstance(files, int):
+        parts.append(f"{files} of {total_files} files" if total_files else f"{files} files")
+    scanned, total = p.get("bytes"), p.get("total_bytes")
+    if isinstance(scanned, int):
+        parts.append(
+            f"{human_bytes(scanned)} of {human_bytes(total)} read"
+            if isinstance(total, int) and total
+            else f"{human_bytes(scanned)} read"
+        )
+    if isinstance(p.get("uploaded"), int):
+        parts.append(f"{human_bytes(p['uploaded'])} uploaded")
+    return ", ".join(parts)
 
 
 @app.command()
-def show(cvd: str, as_json: JsonOpt = False) -> None:
+def show(
+    cvd: Annotated[str, typer.Argument(help="CVD name or id (or a unique prefix of its id).")],
+    as_json: JsonOpt = False,
+) -> None:
     """Show a CVD, with the progress of a running upload."""
     doc = Api.from_login().get(f"/cvds/{cvd}")
     if as_json:
@@ -74,11 +130,11 @@ def show(cvd: str, as_json: JsonOpt = False) -> None:
         return
     _print_cvd(doc)
     if doc["progress"]:
-        typer.echo(f"  progress: {doc['progress']}")
+        typer.echo(f"  progress: {progress_text(doc['progress'])}")
 
 
 @app.command()
-def layers(cvd: str, as_json: JsonOpt = False) -> None:
+def layers(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """The layers a CVD is assigned, and the ones its endpoint runs."""
     doc = Api.from_login().get(f"/cvds/{cvd}/layers")
     if as_json:
@@ -90,7 +146,7 @@ def layers(cvd: str, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def snapshots(cvd: str, as_json: JsonOpt = False) -> None:
+def snapshots(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """A CVD's snapshots, oldest first."""
     rows = Api.from_login().get(f"/cvds/{cvd}/snapshots")
     if as_json:
@@ -102,7 +158,7 @@ def snapshots(cvd: str, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def ls(
-    cvd: str,
+    cvd: CvdArg,
     snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
     path: Annotated[str, typer.Argument(help="Folder inside the snapshot.")] = "",
     as_json: JsonOpt = False,
@@ -117,7 +173,7 @@ def ls(
 
 
 @app.command()
-def sync(cvd: str, as_json: JsonOpt = False) -> None:
+def sync(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """Ask the CVD's agent to upload now (a task; see `lamina task watch`)."""
     t = Api.from_login().post(f"/cvds/{cvd}/sync")
     if as_json:
@@ -128,7 +184,7 @@ def sync(cvd: str, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def restore(
-    cvd: str,
+    cvd: CvdArg,
     snapshot: Annotated[
         str, typer.Option(help="Snapshot id (or unique prefix) or 'latest'.")
     ] = "latest",
@@ -199,7 +255,7 @@ def restore(
 
 @app.command()
 def revert(
-    cvd: str,
+    cvd: CvdArg,
     snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")],
     system_only: Annotated[
         bool,
@@ -235,7 +291,7 @@ def revert(
 
 
 @app.command()
-def archive(cvd: str, as_json: JsonOpt = False) -> None:
+def archive(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """Detach the device and keep the CVD read-only with its snapshots."""
     doc = Api.from_login().post(f"/cvds/{cvd}/archive")
     if as_json:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
+from collections import Counter
 from typing import Annotated, Any
 
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, parse_duration
-from lamina.cli.output import emit_json, err_console
+from lamina.cli.common import DeviceArg, JsonOpt, parse_duration
+from lamina.cli.output import age, emit_json, err_console, print_table
 from lamina.errors import LaminaError, UsageError
 
 token_app = typer.Typer(
@@ -84,7 +86,10 @@ def token_list(as_json: JsonOpt = False) -> None:
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: str, as_json: JsonOpt = False) -> None:
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id (from `lamina token list`).")],
+    as_json: JsonOpt = False,
+) -> None:
     """Revoke a session, API token or enrollment token by id: it stops working at once."""
     doc = Api.from_login().delete(f"/tokens/{token_id}")
     if as_json:
@@ -93,27 +98,85 @@ def token_revoke(token_id: str, as_json: JsonOpt = False) -> None:
         typer.echo(f"{doc['kind']} token {doc['id']} of {doc['owner']} revoked")
 
 
+#: The health states the console's dashboard counts (``services/dashboard.py``).
+STATES = ("pending", "online", "offline", "failing", "lowdisk")
+StateFilterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help="Only devices in this state: pending, online, offline, failing or lowdisk.",
+    ),
+]
+
+
+def fleet_rows(api: Api, state: str | None) -> list[dict[str, Any]]:
+    """Every device (the dashboard's device list, page after page), with ``name``: its
+    hostname, or ``hostname~ID8`` when another device has the same hostname."""
+    if state is not None and state not in STATES:
+        raise UsageError(f"unknown state {state!r}: one of {', '.join(STATES)}")
+    rows: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        doc = api.get("/fleet", params={"state": state or "", "page": page})
+        rows += doc["rows"]
+        if page >= doc["pages"]:
+            break
+        page += 1
+    hosts = Counter(r["hostname"] for r in rows)
+    for r in rows:
+        shared = hosts[r["hostname"]] > 1
+        r["name"] = f"{r['hostname']}~{r['id'][:8]}" if shared else r["hostname"]
+    return rows
+
+
+def health_of(r: dict[str, Any]) -> str:
+    """The device's health words, or its status (rejected, revoked, archived...)."""
+    return ",".join(r["health"]) or r["status"]
+
+
 @device_app.command("list")
 def device_list(
+    state: StateFilterOpt = None,
     pending: Annotated[
-        bool, typer.Option("--pending", help="Only devices waiting for a CVD.")
+        bool, typer.Option("--pending", help="Only devices waiting for a CVD (--state pending).")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List devices."""
-    rows = Api.from_login().get("/devices", params={"pending": pending})
+    """List devices: hostname, state, policy, last sync, layers, agent version, model.
+
+    A hostname two devices share is shown as HOSTNAME~ID8. Examples:
+
+      lamina device list --state failing
+
+      lamina device list --json | jq -r '.[].id'
+    """
+    if pending and state not in (None, "pending"):
+        raise UsageError("give either --pending or --state, not both")
+    api = Api.from_login()
+    rows = fleet_rows(api, "pending" if pending else state)
     if as_json:
         emit_json(rows)
         return
-    for r in rows:
-        f = r["facts"]
-        typer.echo(
-            f"{r['id']}  {r['hostname']:<24} {r['status']:<9} {f.get('vendor', '')} {f.get('model', '')}"
-        )
+    print_table(
+        ["ID", "HOSTNAME", "STATE", "POLICY", "LAST SYNC", "LAYERS", "AGENT", "MODEL"],
+        (
+            [
+                r["id"][:8],
+                r["name"],
+                health_of(r),
+                r["policy"],
+                age(r["last_sync"]) if r["cvd_id"] else "",
+                " + ".join(r["layers"]),
+                r["agent_version"],
+                f"{r['vendor']} {r['model']}".strip(),
+            ]
+            for r in rows
+        ),
+    )
 
 
 @device_app.command("reject")
-def device_reject(device: str, as_json: JsonOpt = False) -> None:
+def device_reject(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Reject a pending device: its credential stops working."""
     doc = Api.from_login().post(f"/devices/{device}/reject")
     if as_json:
@@ -123,7 +186,7 @@ def device_reject(device: str, as_json: JsonOpt = False) -> None:
 
 
 @device_app.command("revoke")
-def device_revoke(device: str, as_json: JsonOpt = False) -> None:
+def device_revoke(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Revoke a device's credential: every call it makes is refused from now on."""
     doc = Api.from_login().post(f"/devices/{device}/revoke")
     if as_json:
@@ -278,7 +341,9 @@ def policy_list(as_json: JsonOpt = False) -> None:
 
 
 @policy_app.command("show")
-def policy_show(name: str, as_json: JsonOpt = False) -> None:
+def policy_show(
+    name: Annotated[str, typer.Argument(help="Policy name or id.")], as_json: JsonOpt = False
+) -> None:
     """Show one policy."""
     _print_policy(Api.from_login().get(f"/policies/{name}"), as_json)
 
@@ -304,8 +369,11 @@ def task_list(
         _print_task(t)
 
 
+TaskIdArg = Annotated[str, typer.Argument(help="Task id, or a unique prefix of one.")]
+
+
 @task_app.command("show")
-def task_show(task_id: str, as_json: JsonOpt = False) -> None:
+def task_show(task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
     """Show a task."""
     t = Api.from_login().get(f"/tasks/{task_id}")
     if as_json:
@@ -315,7 +383,7 @@ def task_show(task_id: str, as_json: JsonOpt = False) -> None:
 
 
 @task_app.command("cancel")
-def task_cancel(task_id: str, as_json: JsonOpt = False) -> None:
+def task_cancel(task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
     """Cancel a queued task, or a staged one before a boot applies it."""
     t = Api.from_login().post(f"/tasks/{task_id}/cancel", {})
     if as_json:
@@ -324,24 +392,46 @@ def task_cancel(task_id: str, as_json: JsonOpt = False) -> None:
         _print_task(t)
 
 
+def task_line(t: dict[str, Any]) -> str:
+    return f"{t['state']} {t['progress']}% {t['message']}".rstrip()
+
+
 @task_app.command("watch")
 def task_watch(
-    task_id: str,
+    task_id: Annotated[str, typer.Argument(help="Task id, or a unique prefix of one.")],
     timeout: Annotated[str, typer.Option(help="Give up after this long.")] = "1h",
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the task.")] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Follow a task until it ends (or waits for a reboot)."""
+    """Follow a task until it ends (or waits for a reboot).
+
+    On a terminal one line is updated in place; otherwise (a log, a pipe) one line is
+    printed per change. Example:
+
+      lamina task watch 3f2a --timeout 30m
+    """
     api = Api.from_login()
     deadline = time.monotonic() + parse_duration(timeout)
+    terminal = err_console.is_terminal
+    shown = ""
     while True:
         t = api.get(f"/tasks/{task_id}")
+        line = task_line(t)
+        if line != shown:
+            if terminal:
+                err_console.print(f"{line:<{len(shown)}}", end="\r", markup=False, highlight=False)
+            else:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            shown = line
         if t["state"] in ("done", "failed", "waiting", "cancelled") or time.monotonic() > deadline:
             break
-        err_console.print(f"{t['state']} {t['progress']}% {t['message']}", end="\r")
-        time.sleep(1)
+        time.sleep(interval)
+    if terminal:
+        err_console.print()
     if as_json:
         emit_json(t)
     else:
         _print_task(t)
     if t["state"] == "failed":
-        raise LaminaError(f"task {task_id} failed: {t['message']}")
+        raise LaminaError(f"task {t['id']} failed: {t['message']}")

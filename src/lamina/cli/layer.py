@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt
+from lamina.cli.common import CvdArg, DeviceArg, JsonOpt
 from lamina.cli.output import emit_json, human_bytes
 from lamina.errors import ConflictError
 
@@ -52,7 +52,7 @@ def capture(
 
 
 @record_app.command("start")
-def record_start(device: str, as_json: JsonOpt = False) -> None:
+def record_start(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Snapshot the reference endpoint and start recording what an install changes."""
     doc = Api.from_login().post("/layers/record/start", {"device": device})
     emit_json(doc) if as_json else typer.echo(
@@ -62,7 +62,7 @@ def record_start(device: str, as_json: JsonOpt = False) -> None:
 
 @record_app.command("finalize")
 def record_finalize(
-    device: str,
+    device: DeviceArg,
     name: NameOpt = None,
     update: UpdateOpt = None,
     notes: NotesOpt = "",
@@ -90,7 +90,9 @@ def list_(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def show(layer: str, as_json: JsonOpt = False) -> None:
+def show(
+    layer: Annotated[str, typer.Argument(help="Layer name or id.")], as_json: JsonOpt = False
+) -> None:
     """Show a layer: versions, applications, whiteouts."""
     doc = Api.from_login().get(f"/layers/{layer}")
     emit_json(doc) if as_json else _print_layer(doc)
@@ -148,7 +150,7 @@ def assign(
 
 @app.command("rules-test")
 def rules_test(
-    cvd: str,
+    cvd: CvdArg,
     rules: Annotated[
         Path | None, typer.Option(help="A rule set file (JSON); default: the built-in one.")
     ] = None,
@@ -170,7 +172,7 @@ def rules_test(
 
 @app.command()
 def enforce(
-    cvd: str,
+    cvd: CvdArg,
     remove_user_apps: Annotated[
         bool,
         typer.Option(
@@ -182,41 +184,3 @@ def enforce(
     """Bring an endpoint back to its assigned layers."""
     p = Api.from_login().post(f"/cvds/{cvd}/enforce", params={"remove_user_apps": remove_user_apps})
     emit_json(p) if as_json else _print_plan(p)
-
-
-collection_app = typer.Typer(
-    help="Collections of CVDs, static or by a filter on device facts.", no_args_is_help=True
-)
-
-
-@collection_app.command("create")
-def collection_create(
-    name: str,
-    filter_: Annotated[
-        str, typer.Option("--filter", help="e.g. os_release.ID=debian,vendor=Dell*")
-    ] = "",
-    cvd: Annotated[
-        list[str] | None, typer.Option("--cvd", help="A static member (repeatable).")
-    ] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Create a collection."""
-    doc = Api.from_login().post(
-        "/collections", {"name": name, "filter": filter_, "cvds": cvd or []}
-    )
-    emit_json(doc) if as_json else typer.echo(
-        f"collection {doc['name']}: {', '.join(doc['members']) or 'no members yet'}"
-    )
-
-
-@collection_app.command("list")
-def collection_list(as_json: JsonOpt = False) -> None:
-    """List collections with their current members."""
-    rows = Api.from_login().get("/collections")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        typer.echo(
-            f"{r['name']:<20} filter {r['filter'] or '-'}  members: {', '.join(r['members']) or '-'}"
-        )

@@ -177,3 +177,19 @@ def exit_with_warnings(warnings: int, what: str) -> None:
     if warnings:
         err_console.print(f"finished with warnings: {warnings} {what} (exit code {WARNINGS_EXIT})")
         raise SystemExit(WARNINGS_EXIT)
+def print_table(headers: list[str], rows: Iterable[Iterable[object]]) -> None:
+    """Columns with a header line on stdout, as ``ps`` and ``docker ps`` print them: each
+    as wide as its widest cell, two spaces apart, never wrapped, no trailing blanks (so
+    ``grep`` and ``awk`` read them); an empty cell is ``-``; cells go through :func:`safe`."""
+    cells = [[safe("-" if c is None or c == "" else str(c)) for c in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    for row in [headers, *cells]:
+        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+        sys.stdout.write(line.rstrip() + "\n")
+
+
+def age(when: str | None) -> str:
+    """``2026-01-02T03:04:05+00:00`` as ``2026-01-02 03:04``; None as ``never``."""
+    if not when:
+        return "never"
+    return when[:16].replace("T", " ")

@@ -1,52 +1,122 @@
-"""``lamina server``: run the server (embedded default: SQLite + local store under --data)."""
+"""``lamina server``: run the server (embedded default: SQLite + local store under --data),
+and ``lamina server install-service``: its systemd unit.
+
+Every option may also come from the environment (``LAMINA_HOST``...) or from
+``/etc/lamina/server.toml`` (or ``--config``), in that order after the flag itself
+(``config.py``).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lamina.cli.common import DEFAULT_DATA, DataOpt, DbOpt, KeyfileOpt, StoreOpt, owner_only
+from lamina.cli import units
+from lamina.cli.common import owner_only
+from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
 from lamina.cli.output import err_console
 from lamina.errors import UsageError
 
 if TYPE_CHECKING:
     from lamina.config import ServerSettings
 
+log = logging.getLogger("lamina.server")
 
+app = typer.Typer(
+    help="Run the Lamina server; on first start it creates the store and the user `admin`.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="LAMINA_CONFIG",
+        help="Settings file (TOML, keys named as the flags); default /etc/lamina/server.toml.",
+    ),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Data directory (key file; SQLite and packs by default). (default lamina-data)",
+    ),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (postgresql://...); default SQLite under --data."),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="Pack store URL (a path or s3://...); default DATA/store."),
+]
+KeyfileOpt = Annotated[
+    Path | None, typer.Option("--keyfile", help="Key file; default DATA/keys.json.")
+]
+HostOpt = Annotated[
+    str | None,
+    typer.Option(help="Address to listen on; 0.0.0.0 for every address. (default 127.0.0.1)"),
+]
+PortOpt = Annotated[int | None, typer.Option(help="Port to listen on. (default 8470)")]
+CertOpt = Annotated[Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key.")]
+KeyOpt = Annotated[Path | None, typer.Option(help="TLS private key (PEM).")]
+SelfSignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--self-signed",
+        help="Serve https with a self-signed certificate made once and kept in DATA/tls; "
+        "prints its SHA-256 fingerprint for `lamina agent enroll --fingerprint`.",
+    ),
+]
+
+
+def _settings(config: Path | None, **flags: object) -> ServerSettings:
+    from lamina.config import SERVER_CONFIG, ServerSettings  # pydantic-settings: ~15 ms
+
+    return ServerSettings.load(config, SERVER_CONFIG, **flags)
+
+
+@app.callback()
 def server(
-    data: DataOpt = DEFAULT_DATA,
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    data: DataOpt = None,
     db: DbOpt = None,
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
-    host: Annotated[
-        str, typer.Option(envvar="LAMINA_HOST", help="Address to listen on.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="LAMINA_PORT", help="Port to listen on.")] = 8470,
-    tls_cert: Annotated[
-        Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key.")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
-    self_signed: Annotated[
-        bool,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+    self_signed: SelfSignedOpt = False,
+    metrics: Annotated[
+        str | None,
         typer.Option(
-            "--self-signed",
-            help="Serve https with a self-signed certificate made once and kept in DATA/tls; "
-            "prints its SHA-256 fingerprint for `lamina agent enroll --fingerprint`.",
+            help="Who may read /metrics: loopback (default: no token from this host, an "
+            "administrator's token from others), token, open or off."
         ),
-    ] = False,
+    ] = None,
+    log_format: LogFormatOpt = None,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Start the Lamina server. On first start it creates the store and the user `admin`."""
+    """Start the Lamina server. On first start it creates the store and the user `admin`.
+
+    Examples: lamina server --data /srv/lamina --host 0.0.0.0 --self-signed;
+    lamina server install-service --data /srv/lamina --host 0.0.0.0 --self-signed
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     if self_signed and tls_cert is not None:
         raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
-    # Imported here, not at the top: FastAPI and uvicorn cost ~0.7 s of start-up
-    # that every other command would pay. Not a cycle.
-    from lamina.config import ServerSettings  # pydantic-settings: ~15 ms for everyone else
-
-    settings = ServerSettings(
+    settings = _settings(
+        config,
         data=data,
         db=db,
         store=store,
@@ -55,18 +125,30 @@ def server(
         port=port,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        metrics=metrics,
+        log_format=log_format,
     )
+    setup_logging(settings.log_format, settings.log_level, verbose, quiet)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise UsageError("tls_cert and tls_key go together (flags, environment or settings file)")
     # Everything the server creates is the owner's alone (finding 19): the database
     # holds password hashes, the audit log and tree ids.
-    with owner_only(data):
+    with owner_only(settings.data):
         _serve(settings, self_signed)
 
 
 def _serve(settings: ServerSettings, self_signed: bool) -> None:
-    import uvicorn
+    # Imported here, not at the top: FastAPI and uvicorn are the "server" extra, and
+    # they cost ~0.7 s of start-up that every other command would pay. Not a cycle.
+    try:
+        import uvicorn
 
-    from lamina.server.app import create_app, open_context
-    from lamina.server.tls import fingerprint, self_signed_pair
+        from lamina.server.app import create_app, open_context
+        from lamina.server.tls import fingerprint, self_signed_pair
+    except ModuleNotFoundError as e:
+        raise UsageError(
+            f"the server needs its libraries ({e.name} is missing): pip install 'lamina[server]'"
+        ) from e
 
     if self_signed:
         settings.tls_cert, settings.tls_key = self_signed_pair(settings.data, settings.host)
@@ -79,15 +161,24 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
         # Plain text, not rich: no wrapping or emoji codes inside the fingerprint.
         typer.echo(f"TLS certificate {tls_cert}", err=True)
         typer.echo(f"SHA-256 fingerprint {fingerprint(pem)}", err=True)
+    keyfile = settings.keyfile or settings.data / "keys.json"
+    first_start = not keyfile.exists()
     ctx, generated = open_context(settings)
     if generated:
         err_console.print(
             f"[bold yellow]Created user admin with password:[/bold yellow] {generated}\n"
             "It is shown only this once; set LAMINA_ADMIN_PASSWORD on first start to choose it."
         )
+    if first_start:
+        err_console.print(
+            f"[bold yellow]Created the key file {keyfile}: back it up now[/bold yellow] "
+            "(offline, e.g. a password manager). Without it nobody can read the store, "
+            "Lamina included; every server of a scale-out deployment needs the same file."
+        )
     app = create_app(settings, ctx)
     scheme = "https" if tls_cert else "http"
     host, port = settings.host, settings.port
+    log.info("listening on %s://%s:%s (store %s)", scheme, host, port, ctx.store.backend.url)
     err_console.print(
         f"Lamina listening on {scheme}://{host}:{port}  (store {ctx.store.backend.url})"
     )
@@ -97,6 +188,60 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
         port=port,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
-        log_level="warning",
+        # uvicorn's own loggers go through the handler setup_logging installed.
+        log_config=None,
+        log_level=logging.getLogger().level,
         timeout_graceful_shutdown=5,
     )
+
+
+@app.command("install-service")
+def install_service(
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+    self_signed: SelfSignedOpt = False,
+    env_file: Annotated[
+        Path,
+        typer.Option(
+            help="Environment file for secrets (LAMINA_ADMIN_PASSWORD, LAMINA_STORE_PASSPHRASE, "
+            "AWS_*...), read by systemd; made empty, mode 0600, if missing."
+        ),
+    ] = units.DEFAULT_ENV_FILE,
+    user: Annotated[
+        str | None, typer.Option(help="Run the server as this system user (default root).")
+    ] = None,
+    unit_dir: Annotated[Path, typer.Option(help="Where to write the unit.")] = units.UNIT_DIR,
+) -> None:
+    """Write (and where systemd runs, enable) the server's systemd unit.
+
+    Example: lamina server install-service --data /srv/lamina --host 0.0.0.0
+    --tls-cert /etc/lamina/server.crt --tls-key /etc/lamina/server.key
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if self_signed and tls_cert is not None:
+        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+    settings = _settings(
+        config, data=data, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
+    )
+    if not env_file.exists():
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        env_file.touch(mode=0o600)
+        typer.echo(f"wrote {env_file} (empty; put secrets there, one VAR=value a line)")
+    text = units.server_unit(
+        settings.data,
+        settings.host,
+        settings.port,
+        settings.tls_cert,
+        settings.tls_key,
+        self_signed,
+        env_file,
+        config=config,
+        user=user,
+    )
+    for p in units.write_units(text, unit_dir):
+        typer.echo(f"wrote {p}")

@@ -13,13 +13,14 @@ from lamina.cli.common import (
     DEFAULT_DATA,
     DataOpt,
     DbOpt,
+    ForceOpt,
     JsonOpt,
     KeyfileOpt,
     SameOwnerOpt,
     SpecialFilesOpt,
     StoreOpt,
     location,
-    pack_size,
+    open_store,
 )
 from lamina.cli.output import (
     byte_progress,
@@ -28,7 +29,6 @@ from lamina.cli.output import (
     exit_with_warnings,
     human_bytes,
 )
-from lamina.db.stores import open_store
 from lamina.errors import NotFoundError
 from lamina.tree.backup import backup
 from lamina.tree.diff import diff_trees
@@ -67,11 +67,12 @@ def create(
     db: DbOpt = None,
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Back up a folder into a new snapshot; unchanged files are not read again."""
     loc = location(data, db, store, keyfile)
-    s = open_store(loc, pack_size=pack_size())
+    s = open_store(loc, change=True, force=force)
     try:
         src = source or f"{os.uname().nodename}:{path.resolve()}"
         cache = loc.cache_dir / (
@@ -121,7 +122,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List snapshots, oldest first."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
         snaps = s.catalog.snapshots(source)
     finally:
@@ -146,7 +147,7 @@ def ls(
     as_json: JsonOpt = False,
 ) -> None:
     """List a folder of a snapshot (read-only browsing)."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
         snap = s.catalog.find_snapshot(snapshot)
         tree = snap.root
@@ -190,7 +191,7 @@ def diff(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what changed between two snapshots."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
         a = s.catalog.find_snapshot(old)
         b = s.catalog.find_snapshot(new)
@@ -227,7 +228,7 @@ def restore(
 
     Files already in place are kept only when their content checks out.
     """
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
         snap = s.catalog.find_snapshot(snapshot)
         with byte_progress("restoring", total=snap.bytes if not path else None) as advance:
@@ -273,9 +274,10 @@ def forget(
     db: DbOpt = None,
     store: StoreOpt = None,
     keyfile: KeyfileOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Forget snapshots; `lamina store gc` then frees what only they used."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile), change=True, force=force)
     try:
         ids = [s.catalog.find_snapshot(x).id for x in snapshots]
         n = s.forget(ids)

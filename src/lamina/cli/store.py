@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -18,23 +19,31 @@ from lamina.cli.common import (
     KeyfileOpt,
     StoreOpt,
     location,
+    open_store,
     owner_only,
-    pack_size,
     parse_duration,
+    server_libraries,
 )
 from lamina.cli.output import emit_json, err_console, human_bytes, step_progress
-from lamina.db.roots import all_roots
-from lamina.db.stores import init_store, open_store
 from lamina.errors import IntegrityError, UsageError
 from lamina.store.check import check as check_store
 from lamina.store.gc import collect
 from lamina.store.keys import PASSPHRASE_ENV
 from lamina.store.rebuild import rebuild_index
+from lamina.store.repository import Store
+from lamina.store.roots import RootSource
 from lamina.tree.model import references
 
 app = typer.Typer(
     help="The deduplicated store: init, check, gc, rebuild-index, stats.", no_args_is_help=True
 )
+
+
+def _roots(s: Store) -> list[RootSource]:
+    """Every root of the store: snapshots, layer versions, tasks' trees (the database's)."""
+    from lamina.db.roots import all_roots  # the server extra; open_store found it
+
+    return all_roots(s)
 
 
 @app.command()
@@ -60,7 +69,7 @@ def init(
         raise UsageError("--passphrase-stdin given but stdin held no passphrase")
     loc = location(data, db, store, keyfile)
     with owner_only(data):
-        s = init_store(loc, passphrase or None)
+        s = server_libraries().init_store(loc, passphrase or None)
     doc = {
         "id": s.keys.store_id,
         "keyfile": str(loc.keys_path),
@@ -90,12 +99,12 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify the store's structure (and, with --read-data, every byte)."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
         with step_progress("checking") as update:
             rep = check_store(
                 s,
-                all_roots(s),
+                _roots(s),
                 references,
                 read_data=read_data,
                 progress=update,
@@ -133,17 +142,20 @@ def gc(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove what no snapshot needs; repack sparse packs. Safe while backups run."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
+        started = time.monotonic()
         with step_progress("gc") as update:
             rep = collect(
                 s,
-                all_roots(s),
+                _roots(s),
                 references,
                 orphan_grace=dt.timedelta(seconds=parse_duration(orphan_grace)),
                 dry_run=dry_run,
                 progress=update,
             )
+        if not dry_run:
+            server_libraries().record_gc(s, time.monotonic() - started, rep.bytes_freed)
     finally:
         s.close()
     if as_json:
@@ -166,7 +178,7 @@ def rebuild(
     as_json: JsonOpt = False,
 ) -> None:
     """Recreate the chunk index and the snapshot list from the pack files alone."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
         with step_progress("rebuilding") as update:
             rep = rebuild_index(s, references, progress=update)
@@ -192,7 +204,7 @@ def stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Count packs, blobs and bytes (raw and as stored)."""
-    s = open_store(location(data, db, store, keyfile), pack_size=pack_size())
+    s = open_store(location(data, db, store, keyfile))
     try:
         st = s.stats()
         store_id = s.keys.store_id

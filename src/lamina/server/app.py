@@ -11,9 +11,10 @@ from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, layers
+from lamina.server.api import admin, agent, cvds, layers, ops
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
+from lamina.server.metrics import Metrics, RequestMetrics
 from lamina.server.services.users import ensure_admin
 
 
@@ -43,6 +44,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         docs_url="/api/v1/docs",
     )
     app.state.ctx = ctx
+    app.state.metrics = Metrics(ctx)
     # Body sizes are capped for every route before any of them (or the bearer check) runs.
     app.add_middleware(
         BodyLimit,
@@ -53,6 +55,9 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
             "/api/v1/agent/missing": max(settings.max_json, 2 * 1024 * 1024),
         },
     )
+
+    # Outermost: every request is counted, a refused one too.
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
 
     @app.exception_handler(LaminaError)
     async def lamina_error(_request: Request, exc: LaminaError) -> JSONResponse:
@@ -69,7 +74,8 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
 
-    for r in (admin.router, cvds.router, agent.router, layers.router):
+    for r in (admin.router, cvds.router, agent.router, layers.router, ops.router):
         app.include_router(r, prefix="/api/v1")
+    app.include_router(ops.metrics_router)
     console.mount(app)
     return app

@@ -36,6 +36,7 @@ PERMISSIONS = {
     "policy.write": "create and change policies",
     "layer.write": "capture, record, assign and enforce layers",
     "user.admin": "manage users and read the audit log",
+    "metrics.read": "read the server's Prometheus metrics (/metrics) from another host",
 }
 ROLES: dict[str, frozenset[str]] = {
     "administrator": frozenset(PERMISSIONS),

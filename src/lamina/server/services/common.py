@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Row, Table, insert, or_, select
@@ -35,16 +36,53 @@ def audit(c: Connection, actor: str, action: str, target: str, **detail: Any) ->
     )
 
 
+#: How short an id prefix may be, and how many ids an ambiguous reference lists.
+MIN_PREFIX = 4
+LIST_IDS = 10
+
+
+def _ambiguous(
+    what: str, ref: str, rows: Sequence[Row[Any]], name_col: str | None
+) -> ConflictError:
+    shown = [f"{r.id} ({getattr(r, name_col)})" if name_col else str(r.id) for r in rows[:LIST_IDS]]
+    more = " ..." if len(rows) > LIST_IDS else ""
+    return ConflictError(
+        f"{what} {ref!r} is ambiguous: it could mean {', '.join(shown)}{more}; give one of these ids"
+    )
+
+
+def find_by_id(c: Connection, table: Table, ref: str, what: str) -> Row[Any]:
+    """A row by its id or by a unique prefix of it (at least ``MIN_PREFIX`` characters)."""
+    r = c.execute(select(table).where(table.c.id == ref)).first()
+    if r is not None:
+        return r
+    rows: Sequence[Row[Any]] = []
+    if len(ref) >= MIN_PREFIX:
+        rows = c.execute(
+            select(table).where(table.c.id.startswith(ref, autoescape=True)).limit(LIST_IDS + 1)
+        ).all()
+    if not rows:
+        raise NotFoundError(f"no {what} {ref!r}")
+    if len(rows) > 1:
+        raise _ambiguous(what, ref, rows, None)
+    return rows[0]
+
+
 def find_one(c: Connection, table: Table, ref: str, name_col: str, what: str) -> Row[Any]:
-    """A row by id or by its unique name; an ambiguous name is a conflict."""
-    rows = c.execute(
-        select(table).where(or_(table.c.id == ref, table.c[name_col] == ref)).limit(2)
+    """A row by id, by its unique name, or by a unique prefix of its id; an ambiguous
+    name or prefix is a conflict that lists the ids it could mean."""
+    rows: Sequence[Row[Any]] = c.execute(
+        select(table).where(or_(table.c.id == ref, table.c[name_col] == ref)).limit(LIST_IDS + 1)
     ).all()
     exact = [r for r in rows if r.id == ref]
     if exact:
         return exact[0]
+    if not rows and len(ref) >= MIN_PREFIX:
+        rows = c.execute(
+            select(table).where(table.c.id.startswith(ref, autoescape=True)).limit(LIST_IDS + 1)
+        ).all()
     if not rows:
         raise NotFoundError(f"no {what} {ref!r}")
     if len(rows) > 1:
-        raise ConflictError(f"{what} name {ref!r} is ambiguous: use its id")
+        raise _ambiguous(what, ref, rows, name_col)
     return rows[0]

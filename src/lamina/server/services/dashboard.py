@@ -47,10 +47,12 @@ from lamina.db.models import (
     snapshots,
     tasks,
 )
+from lamina.db.stores import last_gc
 from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import PolicySettings
 from lamina.server.security import Principal
 from lamina.server.services.common import aware, now
+from lamina.server.services.events import unacknowledged
 from lamina.server.services.fleet import ACTIVE, PENDING
 
 #: Below this many free bytes an endpoint counts as low on disk.
@@ -181,6 +183,41 @@ def summary(engine: Engine, actor: Principal, usage: bool = True) -> Summary:
 
 
 @dataclass
+class Gauges:
+    """What ``/metrics`` reads at each scrape: the summary, tasks by state, packs, events."""
+
+    summary: Summary
+    tasks: dict[str, int]
+    packs: int
+    events: dict[str, int]
+    gc_seconds: float | None
+
+
+def gauges(engine: Engine, actor: Principal) -> Gauges:
+    """The dashboard's counts and the store's usage, with tasks by state, the number of
+    packs, unacknowledged events by severity and the last gc's duration: a fixed number
+    of aggregate queries, whatever the size of the fleet."""
+    s = summary(engine, actor)
+    with read_tx(engine) as c:
+        by_state = {
+            str(state): int(n)
+            for state, n in c.execute(
+                select(tasks.c.state, func.count()).group_by(tasks.c.state)
+            ).all()
+        }
+        n_packs = int(c.execute(select(func.count()).select_from(packs)).scalar_one())
+    last = last_gc(engine)
+    seconds = last.get("seconds") if last else None
+    return Gauges(
+        summary=s,
+        tasks=by_state,
+        packs=n_packs,
+        events=unacknowledged(engine, actor),
+        gc_seconds=float(seconds) if isinstance(seconds, int | float) else None,
+    )
+
+
+@dataclass
 class DeviceQuery:
     search: str = ""
     health: str = ""
@@ -216,6 +253,10 @@ class DeviceRow:
     disk_free: int | None
     layers: list[str] = field(default_factory=list)
     collections: list[str] = field(default_factory=list)
+    #: The health states (``HEALTH``) the device is in: the dashboard's conditions.
+    health: list[str] = field(default_factory=list)
+    agent_version: str = ""
+    vendor: str = ""
 
 
 @dataclass
@@ -244,8 +285,9 @@ def device_page(engine: Engine, actor: Principal, q: DeviceQuery) -> DevicePage:
     q.check()
     with read_tx(engine) as c:
         where: list[ColumnElement[bool]] = []
+        conds = _conditions(c, now())
         if q.health:
-            where.append(_conditions(c, now())[q.health])
+            where.append(conds[q.health])
         if q.search:
             like = (
                 "%" + q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -289,6 +331,7 @@ def device_page(engine: Engine, actor: Principal, q: DeviceQuery) -> DevicePage:
                     cvds.c.name.label("cvd_name"),
                     cvds.c.last_sync,
                     policies.c.name.label("policy"),
+                    *(case((cond, 1), else_=0).label(f"is_{k}") for k, cond in conds.items()),
                 )
                 .select_from(_joined())
                 .where(devices.c.id.in_(page_ids))
@@ -334,6 +377,9 @@ def device_page(engine: Engine, actor: Principal, q: DeviceQuery) -> DevicePage:
                 disk_free=free if isinstance(free, int) else None,
                 layers=labels.get(r.cvd_id, []) if r.cvd_id else [],
                 collections=groups.get(r.cvd_id, []) if r.cvd_id else [],
+                health=[k for k in HEALTH if getattr(r, f"is_{k}", 0)],
+                agent_version=str(facts.get("agent_version", ""))[:64],
+                vendor=str(facts.get("vendor", "")),
             )
         )
     return DevicePage(out, int(total), q)

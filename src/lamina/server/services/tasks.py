@@ -27,7 +27,7 @@ from lamina.errors import ConflictError, ForbiddenError, NotFoundError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
 from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
-from lamina.server.services.common import audit, aware, new_id, now
+from lamina.server.services.common import audit, aware, find_by_id, new_id, now
 
 QUEUED, RUNNING, WAITING, DONE, FAILED = (
     TaskState.QUEUED,
@@ -96,9 +96,7 @@ def enqueue(
 def get(engine: Engine, actor: Principal, task_id: str) -> TaskPublic:
     actor.require("read")
     with read_tx(engine) as c:
-        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
-    if r is None:
-        raise NotFoundError(f"no task {task_id!r}")
+        r = find_by_id(c, tasks, task_id, "task")  # an id or a unique prefix of one
     return public(r)
 
 
@@ -211,9 +209,8 @@ def cancel(engine: Engine, actor: Principal, task_id: str) -> TaskPublic:
     """Cancel a task not started yet (``queued``) or staged but not applied (``waiting``)."""
     actor.require("cvd.operate")
     with write_tx(engine) as c:
-        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
-        if r is None:
-            raise NotFoundError(f"no task {task_id!r}")
+        r = find_by_id(c, tasks, task_id, "task")  # an id or a unique prefix of one
+        task_id = r.id
         won = c.execute(
             update(tasks)
             .where(tasks.c.id == task_id, tasks.c.state.in_((QUEUED, WAITING)))
