@@ -108,6 +108,7 @@ def test_override_is_merged_over_detected_facts(tmp_path: Path) -> None:
     f = gather(endpoint(tmp_path), fake_sysfs(tmp_path), override)
     assert f.product_name == "OptiPlex 7090" and f.modaliases == [RTL]
     assert f.sys_vendor == "LENOVO"  # not overridden: still detected
+    assert f.model == "OptiPlex 7090"  # the format-1 name follows the DMI one
 
 
 @pytest.mark.parametrize(

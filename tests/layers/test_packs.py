@@ -188,7 +188,9 @@ def test_plan_puts_pack_files_through_merged_usr_links(tmp_path: Path) -> None:
     mem = Mem()
     built = build_pack(tar_of(make_folder(tmp_path)), mem.put, cut)
     pack = LayerRef("rtl:1", DRIVER, built.root, (), tuple(built.packages))
-    status = b"Package: base-files\nStatus: install ok installed\nVersion: 12\nArchitecture: all\n\n"
+    status = (
+        b"Package: base-files\nStatus: install ok installed\nVersion: 12\nArchitecture: all\n\n"
+    )
     sid = mem.put(BlobKind.DATA, status)
     dirs = {"/usr": Entry(name=b"usr", type="dir", mode=0o755)}
 

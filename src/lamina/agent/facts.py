@@ -95,9 +95,10 @@ def gather(
         "agent_version": __version__,
         **hardware(sysfs),
     }
-    doc["vendor"], doc["model"] = doc["sys_vendor"], doc["product_name"]
     if override:
         doc.update(override)
+    doc.setdefault("vendor", doc["sys_vendor"])
+    doc.setdefault("model", doc["product_name"])
     try:
         return HardwareFacts(**doc)
     except ValidationError as e:
