@@ -1,7 +1,8 @@
 """The agent's state folder.
 
     STATE/agent.json     ``AgentState``: server URL, device id, credential, chunking secret,
-                         root, pinned server certificate or CA (mode 0600: a credential)
+                         root, pinned server certificate or CA (mode 0600: a credential),
+                         the facts override and the sysfs folder facts are read from
     STATE/status.json    ``AgentStatus``: what `lamina agent status` prints
     STATE/cache/         files cache
     STATE/staging/       staged transactions for `lamina agent boot`
@@ -56,6 +57,10 @@ class AgentState(BaseModel):
     insecure: bool = False
     version: Literal[2] = STATE_VERSION
     extra: dict[str, JsonValue] = Field(default_factory=dict)
+    #: ``enroll --facts FILE``: merged over the detected facts at every refresh.
+    facts: dict[str, JsonValue] = Field(default_factory=dict)
+    #: Where the hardware facts are read (``/sys`` on a real machine).
+    sysfs: str = "/sys"
 
     @property
     def chunking(self) -> ChunkingSecret:

@@ -30,6 +30,7 @@ from lamina.cli import (
     agent,
     collection,
     cvd,
+    driver,
     fleet,
     layer,
     login,
@@ -135,6 +136,7 @@ app.add_typer(fleet.policy_app, name="policy")
 app.add_typer(cvd.app, name="cvd")
 app.add_typer(layer.app, name="layer")
 app.add_typer(collection.app, name="collection")
+app.add_typer(driver.app, name="driver")
 app.add_typer(fleet.task_app, name="task")
 app.command("status")(ops.status)
 app.add_typer(ops.event_app, name="event")

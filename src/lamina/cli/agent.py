@@ -57,6 +57,14 @@ def enroll_cmd(
             "--force", help="Enroll again even though the state folder holds a credential."
         ),
     ] = False,
+    facts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--facts",
+            help="JSON object of device facts merged over the detected ones, now and at "
+            "every refresh (images, unusual hardware, test endpoints).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
@@ -64,7 +72,15 @@ def enroll_cmd(
     from lamina.agent.state import load_status
 
     st = enroll(
-        server, token, root, state, ca_cert, fingerprint=fingerprint, insecure=insecure, force=force
+        server,
+        token,
+        root,
+        state,
+        ca_cert,
+        fingerprint=fingerprint,
+        insecure=insecure,
+        force=force,
+        facts_file=facts_file,
     )
     registration = load_status(state).registration
     if as_json:
