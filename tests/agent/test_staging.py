@@ -95,7 +95,7 @@ def test_boot_applies_and_keeps_user_data_and_identity(setup) -> None:  # type: 
     assert _system(describe(root)) == old_system
     assert (root / "home/ann/notes.txt").read_text() == "ann's notes v2\n"
     assert (root / "etc/hostname").read_text() == "renamed\n"
-    assert staging.pending(state, root) == []
+    assert staging.confirm(state, root) and staging.pending(state, root) == []
 
 
 def test_crash_after_every_step_leaves_old_or_new(
@@ -124,7 +124,7 @@ def test_crash_after_every_step_leaves_old_or_new(
         staging.boot(state, root)
         assert _system(describe(root)) == old_system, f"crash after step {n}"
         assert (root / "home/ann/notes.txt").read_text() == "ann's notes v2\n"
-        assert staging.pending(state, root) == []
+        assert staging.confirm(state, root) and staging.pending(state, root) == []
     assert current  # (the pre-boot state was asserted unchanged by staging)
 
 
@@ -181,6 +181,6 @@ def test_layer_delivery_survives_a_crash_at_every_step(
         assert (root / "usr/bin/tool").read_text() == "tool patched\n"
         assert not (root / "usr/lib/old.so").exists()
         assert (root / "home/ann/notes.txt").read_text() == "ann's notes v1\n"
-        assert staging.pending(state, root) == []
+        assert staging.confirm(state, root) and staging.pending(state, root) == []
         if n > expected_steps:
             break
