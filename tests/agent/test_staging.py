@@ -188,7 +188,7 @@ def test_layer_delivery_survives_a_crash_at_every_step(
 
 # --- boot confirmation (journal v3) ------------------------------------------------------
 def test_an_applied_transaction_waits_for_confirmation_then_commits(setup) -> None:  # type: ignore[no-untyped-def]
-    root, state, old_system, _current, tx = setup()
+    root, state, old_system, _current, _tx = setup()
     [entry] = staging.boot(state, root)
     assert "error" not in entry
     [applied] = staging.pending(state, root)
@@ -201,7 +201,7 @@ def test_an_applied_transaction_waits_for_confirmation_then_commits(setup) -> No
 
 
 def test_two_boots_without_confirmation_roll_back(setup) -> None:  # type: ignore[no-untyped-def]
-    root, state, _old_system, current, tx = setup()
+    root, state, _old_system, current, _tx = setup()
     staging.boot(state, root)  # the apply
     assert _no_dir_times(describe(root)) != _no_dir_times(current)
     assert staging.boot(state, root) == []  # the first reboot: not confirmed yet, counted
@@ -218,7 +218,7 @@ def test_two_boots_without_confirmation_roll_back(setup) -> None:  # type: ignor
 def test_staging_waits_while_a_boot_is_unconfirmed(setup, store: Store) -> None:  # type: ignore[no-untyped-def]
     from lamina.errors import UsageError
 
-    root, state, _old, _current, tx = setup()
+    root, state, _old, _current, _tx = setup()
     staging.boot(state, root)
     with pytest.raises(UsageError, match="not confirmed yet"):
         staging.new_transaction(state, root)
