@@ -257,6 +257,7 @@ class Agent:
             elif item.kind == "migrate":
                 result = stage_migration(self.client, self.st, self.state_dir, item.params)
                 self._save(
+                    migrating=item.task_id,  # no sync until this machine has become the CVD's
                     state="waiting for reboot",
                     staged=result["transaction"],
                     staged_task=item.task_id,
@@ -353,7 +354,7 @@ class Agent:
         )
         if streaming:
             self.status["stream"]["task"] = tid
-        self._save(staged_task=None, applied=None)
+        self._save(staged_task=None, applied=None, **({"stream": None} if failed else {}))
 
     def _stream(self) -> None:
         """Restore what is still missing of a migrated CVD's user data; resumable."""
@@ -395,7 +396,13 @@ class Agent:
                 "new machine had them",
                 result={"stream": res.public()},
             )
-        self._save(state="idle", stream=None, last_stream=res.public(), sync_requested=True)
+        self._save(
+            state="idle",
+            stream=None,
+            migrating=None,
+            last_stream=res.public(),
+            sync_requested=True,
+        )
 
     def _confirm_boot(self) -> bool:
         """After a staged apply: confirm the boot once the system is up and the server answered.
@@ -450,7 +457,8 @@ class Agent:
         ]
         self._first_cycle = False
         asked = any(i.kind == "sync" for i in items)
-        streaming = bool(self.status.get("stream"))  # a snapshot now would lack the user data
+        # A snapshot now would lack the user data, or be of a machine that never became the CVD's.
+        streaming = bool(self.status.get("stream") or self.status.get("migrating"))
         if (force_sync or self.sync_due(cfg)) and not asked and cfg.cvd_id and not streaming:
             self.sync(cfg)
             done["synced"] = True

@@ -186,8 +186,9 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
         status = load_status(state)
         status.update(state="idle", staged=None, applied=applied)
         for a in applied:
-            if a.get("kind") == "migration" and not a.get("error") and a.get("stream"):
-                status["stream"] = {**a["stream"], "mode": a.get("mode")}
+            if a.get("kind") == "migration":  # rolled back: nothing streams in
+                ok = not a.get("error") and a.get("stream")
+                status["stream"] = {**a["stream"], "mode": a.get("mode")} if ok else None
             if a.get("kind") == "layers" and not a.get("error"):
                 status["layers"] = a.get("versions", [])
                 status["layer_labels"] = a.get("labels", [])
