@@ -429,10 +429,13 @@ def test_helpdesk_operates_cvds_but_not_policies_or_users(world: World) -> None:
             ("PUT", "/users/admin/password", {"password": "hd-made-pass-1"}),
             ("DELETE", f"/tokens/{session_id(world, world.admin_token)}", None),
             ("DELETE", f"/tokens/{session_id(world, world.ro_token)}", None),
+            *DRIVER_WRITES,
         ],
         (403,),
     )
     assert not wrong, "help desk got through:\n" + "\n".join(wrong)
+    for path in DRIVER_READS:  # driver reads need only `read`
+        assert c.get(path).status_code in (200, 404), path
     # It sees enrollment tokens (it may make them) and its own sessions, no one else's.
     seen = c.get("/tokens").json()
     assert {t["kind"] for t in seen} == {"session", "enrollment"}
@@ -498,6 +501,7 @@ def test_readonly_user_changes_nothing(world: World) -> None:
             ("DELETE", "/users/hd", None),
             ("PUT", "/users/hd/password", {"password": "ro-made-pass-1"}),
             ("PUT", "/users/ro/password", {"password": "ro-made-pass-1"}),  # no current one
+            *DRIVER_WRITES,
         ],
         (401, 403),
     )
@@ -569,6 +573,17 @@ def test_login_lockout_is_per_user_and_client(world: World) -> None:
     assert len(admin_failed) <= 3  # first failure, lock-out, and the back-off lock
 
 
+#: The driver library's writes need `driver.write` (administrators only).
+DRIVER_WRITES: list[tuple[str, str, Any]] = [
+    ("POST", "/drivers/import?name=hd-pack", None),
+    ("DELETE", "/drivers/some-pack", None),
+    ("POST", "/driver-profiles", {"name": "p", "packs": ["x"], "matches": ["sys_vendor=*"]}),
+    ("PUT", "/driver-profiles/some-profile", {"packs": ["x"]}),
+    ("DELETE", "/driver-profiles/some-profile", None),
+]
+#: Its reads need `read`.
+DRIVER_READS = ["/drivers", "/driver-profiles", "/drivers/some-pack", "/driver-profiles/x/devices"]
+
 UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/auth/me", None),
     ("GET", "/cvds", None),
@@ -594,6 +609,17 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("DELETE", "/users/admin", None),
     ("PUT", "/users/admin/password", {"password": "new-password-123"}),
     ("POST", "/devices/{a}/revoke", None),
+    ("GET", "/devices/{a}", None),
+    ("GET", "/drivers", None),
+    ("GET", "/drivers/{a}", None),
+    ("DELETE", "/drivers/{a}", None),
+    ("POST", "/drivers/import?name=anon", None),
+    ("GET", "/driver-profiles", None),
+    ("POST", "/driver-profiles", {"name": "anon", "packs": ["x"], "matches": ["sys_vendor=*"]}),
+    ("GET", "/driver-profiles/{a}", None),
+    ("PUT", "/driver-profiles/{a}", {"packs": ["x"]}),
+    ("DELETE", "/driver-profiles/{a}", None),
+    ("GET", "/driver-profiles/{a}/devices", None),
 ]
 BAD_AUTH = [
     None,

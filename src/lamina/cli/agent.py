@@ -54,6 +54,14 @@ def enroll_cmd(
             "--force", help="Enroll again even though the state folder holds a credential."
         ),
     ] = False,
+    facts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--facts",
+            help="JSON object of device facts merged over the detected ones, now and at "
+            "every refresh (images, unusual hardware, test endpoints).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
@@ -61,7 +69,15 @@ def enroll_cmd(
     from lamina.agent.state import load_status
 
     st = enroll(
-        server, token, root, state, ca_cert, fingerprint=fingerprint, insecure=insecure, force=force
+        server,
+        token,
+        root,
+        state,
+        ca_cert,
+        fingerprint=fingerprint,
+        insecure=insecure,
+        force=force,
+        facts_file=facts_file,
     )
     status = load_status(state)
     if as_json:

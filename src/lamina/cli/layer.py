@@ -9,7 +9,7 @@ import typer
 
 from lamina.cli.client import Api
 from lamina.cli.common import JsonOpt
-from lamina.cli.output import emit_json, human_bytes
+from lamina.cli.output import emit_json, human_bytes, safe
 from lamina.errors import ConflictError
 
 app = typer.Typer(
@@ -102,6 +102,10 @@ def _print_plan(p: dict[str, Any]) -> None:
         + ", ".join(f"{n} {a}" for a, n in sorted(p["counts"].items()))
         + f"; download {human_bytes(p['download_bytes'])}, staging space {human_bytes(p['space_needed'])}"
     )
+    if p.get("packs"):
+        typer.echo(f"  driver packs: {', '.join(safe(x) for x in p['packs'])}")
+    for w in p.get("warnings") or []:
+        typer.echo(f"  warning: {safe(w)}")
     for r in p["refused"]:
         typer.echo(f"  refused: {r}")
     for it in p["items"]:
