@@ -34,10 +34,24 @@ def _machine(root: Path, host: str, uuid: str, nic: str, mac: str) -> Path:
     return root
 
 
-def _enroll(agent: Lamina, url: str, token: str, root: Path, state: Path) -> str:
+REALTEK = "pci:v000010ECd00008168sv00001043sd00008677bc02sc00i00"
+FACTS = {
+    "old": {"sys_vendor": "Dell Inc.", "product_name": "OptiPlex 7090", "modaliases": []},
+    1: {"sys_vendor": "LENOVO", "product_name": "20BWS03B00", "modaliases": [REALTEK]},
+    2: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": []},
+    3: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": []},
+}
+FW = b"\x7fRTL8168H firmware" * 512
+
+
+def _enroll(
+    agent: Lamina, url: str, token: str, root: Path, state: Path, facts: dict[str, object]
+) -> str:
+    facts_file = state.parent / f"{state.name}-facts.json"
+    facts_file.write_text(json.dumps(facts))
     out = agent.json(
         "agent", "enroll", "--server", url, "--token", token,
-        "--root", str(root), "--state", str(state),
+        "--root", str(root), "--state", str(state), "--facts", str(facts_file),
     )  # fmt: skip
     return str(out["device_id"])
 
@@ -63,7 +77,18 @@ def old_machine(
     (old / "home/ann/Documents/thesis.txt").write_text("ann's thesis, chapter 1\n" * 300)
     (old / "home/ann/.bashrc").write_text("alias ll='ls -l'\n")
     state, agent = tmp_path / "old-state", person("old-agent")
-    _enroll(agent, embedded.url, token, old, state)
+    _enroll(agent, embedded.url, token, old, state, FACTS["old"])
+    # A driver pack for the Lenovo replacement's Realtek NIC, and its profile.
+    pack = tmp_path / "rtl-pack"
+    (pack / "lib/firmware/rtl_nic").mkdir(parents=True)
+    (pack / "lib/firmware/rtl_nic/rtl8168h-2.fw").write_bytes(FW)
+    (pack / "etc/modprobe.d").mkdir(parents=True)
+    (pack / "etc/modprobe.d/r8169.conf").write_text("options r8169 aspm=0\n")
+    admin.json("driver", "import", "rtl-fw", str(pack))
+    admin.run(
+        "driver", "profile", "create", "lenovo-realtek", "--pack", "rtl-fw",
+        "--match", "sys_vendor=lenovo", "--match", "modalias=pci:v000010ECd*",
+    )  # fmt: skip
     agent.run("agent", "run", "--once", "--state", str(state))
     return agent, old, state
 
@@ -80,7 +105,7 @@ def _replacement(
     (root / "home/ann").mkdir()
     (root / "home/ann/.bashrc").write_text("# written on the new machine already\n")
     state, agent = tmp_path / f"new{n}-state", person(f"new{n}-agent")
-    did = _enroll(agent, embedded.url, token, root, state)
+    did = _enroll(agent, embedded.url, token, root, state, FACTS[n])
     agent.run("agent", "run", "--once", "--state", str(state))  # reports its free space
     return agent, root, state, did
 
@@ -95,6 +120,8 @@ def test_full_migration_onto_a_replacement(
     old_agent, old, old_state = old_machine
     admin = person("admin").login(embedded.url)
     before = admin.json("cvd", "show", "desk-01")
+    bound = admin.json("layer", "rules-test", "desk-01")["hardware_bound"]  # the rule set, tested
+    assert "/etc/fstab" in bound["rules"] and "/etc/fstab" in bound["examples"]
     admin.run("cvd", "archive", "desk-01")  # the machine died
     agent, new, state, did = _replacement(embedded, admin, person, tmp_path, 1)
     assert _device(admin, did)["status"] == "pending"
@@ -105,6 +132,7 @@ def test_full_migration_onto_a_replacement(
         dry["kept_from_new_machine"]
     )
     assert dry["packages_carried"] == {"user-game": "0.9"}
+    assert dry["driver_packs"] == ["rtl-fw:1"] and dry["warnings"] == []
     assert 0 < dry["space_needed"] <= dry["disk_free"]
     assert dry["stream_bytes"] >= len("ann's thesis, chapter 1\n") * 300
     assert (new / "etc/hostname").read_text() == "fresh-1\n"  # a dry run changes nothing
@@ -137,6 +165,9 @@ def test_full_migration_onto_a_replacement(
     assert dpkg_installed(new) == {"user-game": "0.9"}
     assert (new / "usr/games/user-game").exists()
     assert not (new / "usr/bin/installer-only").exists()
+    # The pack its profile matches (a Lenovo with a Realtek NIC) came with the system.
+    assert (new / "lib/firmware/rtl_nic/rtl8168h-2.fw").read_bytes() == FW
+    assert (new / "etc/modprobe.d/r8169.conf").read_text() == "options r8169 aspm=0\n"
     # User data streamed in; the file the new machine already had was never overwritten.
     assert (new / "home/ann/Documents/thesis.txt").read_text() == "ann's thesis, chapter 1\n" * 300
     assert (new / "home/ann/.bashrc").read_text() == "# written on the new machine already\n"
@@ -158,6 +189,9 @@ def test_unconfirmed_boot_rolls_back_then_data_mode(
     admin = person("admin").login(embedded.url)
     snapshots = admin.json("cvd", "show", "desk-01")["snapshots"]
     agent, new, state, did = _replacement(embedded, admin, person, tmp_path, 2)
+    dry = admin.json("cvd", "migrate", "desk-01", "--to", did, "--dry-run")
+    assert dry["driver_packs"] == []  # an HP: the Lenovo's pack is never applied here
+    assert "no driver profile matches" in dry["warnings"][0]
     res = admin.json("cvd", "migrate", "desk-01", "--to", did, "--mode", "full")
     agent.run("agent", "run", "--once", "--state", str(state))
     agent.run("agent", "boot", "--state", str(state))
@@ -172,6 +206,7 @@ def test_unconfirmed_boot_rolls_back_then_data_mode(
     assert (new / "etc/hostname").read_text() == "fresh-2\n"  # wholly as it was
     assert (new / "usr/bin/installer-only").exists()
     assert not (new / "home/ann/Documents").exists()
+    assert not (new / "lib/firmware").exists()
     agent.run("agent", "run", "--once", "--state", str(state))
     failed = admin.json("task", "show", res["task"])
     assert failed["state"] == "failed" and "without confirming a healthy boot" in failed["message"]
