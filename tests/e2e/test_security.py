@@ -284,6 +284,10 @@ def test_device_credential_reaches_nothing_else(world: World) -> None:
         ("POST", f"/cvds/{b.cvd_id}/restore", {"snapshot": b.snapshot, "paths": [b.secret_path]}),
         ("POST", f"/cvds/{b.cvd_id}/revert", {"snapshot": "latest"}),
         ("POST", f"/cvds/{b.cvd_id}/archive", None),
+        ("POST", f"/cvds/{b.cvd_id}/migrate", {"to": world.pending_id, "dry_run": True}),
+        ("POST", f"/cvds/{b.cvd_id}/migrate", {"to": world.pending_id}),
+        ("POST", f"/cvds/{b.cvd_id}/restore-system", {"to": world.pending_id}),
+        ("POST", f"/cvds/{a.cvd_id}/migrate", {"to": world.pending_id}),  # nor its own
     ]
     wrong = probe(c, other_cvd, (403,))
     admin_routes = [
@@ -482,6 +486,9 @@ def test_readonly_user_changes_nothing(world: World) -> None:
             ),
             ("POST", f"/cvds/{a.cvd_id}/revert", {"snapshot": a.snapshot}),
             ("POST", f"/cvds/{a.cvd_id}/archive", None),
+            ("POST", f"/cvds/{a.cvd_id}/migrate", {"to": world.pending_id, "dry_run": True}),
+            ("POST", f"/cvds/{a.cvd_id}/migrate", {"to": world.pending_id}),
+            ("POST", f"/cvds/{a.cvd_id}/restore-system", {"to": world.pending_id}),
             ("POST", "/tokens", {"expires_in": 3600}),
             ("POST", "/tokens", {"expires_in": 3600, "policy": "std"}),
             ("POST", "/policies", {"name": "ro-policy"}),
@@ -624,6 +631,8 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("PUT", "/driver-profiles/{a}", {"packs": ["x"]}),
     ("DELETE", "/driver-profiles/{a}", None),
     ("GET", "/driver-profiles/{a}/devices", None),
+    ("POST", "/cvds/{a}/migrate", {"to": "x", "dry_run": True}),
+    ("POST", "/cvds/{a}/restore-system", {"to": "x"}),
 ]
 BAD_AUTH = [
     None,

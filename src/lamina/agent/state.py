@@ -74,7 +74,14 @@ class AgentState(BaseModel):
 
 
 #: What the agent is doing (``status.json``'s ``state``).
-RunState = Literal["idle", "syncing", "error", "waiting for reboot"]
+RunState = Literal[
+    "idle",
+    "syncing",
+    "error",
+    "waiting for reboot",
+    "boot not confirmed",
+    "streaming user data",
+]
 #: 1: the first typed ``status.json``. A file without ``version`` (older agents) is
 #: read as version 1; its ``state`` held the registration status then.
 STATUS_VERSION: Final = 1
@@ -126,6 +133,15 @@ class AgentStatus(BaseModel):
     #: The layer versions the endpoint runs (after a boot applied a delivery) and their labels.
     layers: list[str] | None = None
     layer_labels: list[str] = Field(default_factory=list)
+    #: A migration's user data still streaming in after its boot set was applied
+    #: (root tree, snapshot, task, progress); None when nothing streams.
+    stream: dict[str, JsonValue] | None = None
+    #: The migrate task this machine is becoming the CVD of: no sync until it is done.
+    migrating: str | None = None
+    #: The last stream's figures, once done.
+    last_stream: dict[str, JsonValue] | None = None
+    #: The transactions whose boot the agent confirmed last.
+    confirmed: list[str] | None = None
 
 
 def state_file(state_dir: Path) -> Path:
@@ -203,12 +219,17 @@ def load_status(state_dir: Path) -> AgentStatus:
 
 def record_boot(state_dir: Path, applied: list[dict[str, Any]]) -> AgentStatus:
     """After ``agent boot`` applied staged transactions: nothing is staged any more, the
-    applied layers are the ones the endpoint runs, and the next cycle uploads at once."""
+    applied layers are the ones the endpoint runs, a migration's user data is set to
+    stream in, and the next cycle uploads at once."""
     status = load_status(state_dir)
     status.state = "idle"
     status.staged = None
     status.applied = applied
     for a in applied:
+        if a.get("kind") == "migration":  # rolled back: nothing streams in
+            stream = a.get("stream")
+            ok = not a.get("error") and isinstance(stream, dict)
+            status.stream = {**stream, "mode": a.get("mode")} if ok else None  # type: ignore[dict-item]
         if a.get("kind") == "layers" and not a.get("error"):
             status.layers = [str(v) for v in a.get("versions") or []]
             status.layer_labels = [str(v) for v in a.get("labels") or []]

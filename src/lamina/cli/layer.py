@@ -172,6 +172,10 @@ def rules_test(
     )
     for reason, n in sorted(doc["dropped_by_reason"].items()):
         typer.echo(f"  {reason:<18} {n:>7}  e.g. {', '.join(doc['examples'].get(reason, [])[:3])}")
+    hb = doc.get("hardware_bound") or {}
+    if hb:
+        shown = ", ".join(hb.get("examples", [])[:3])
+        typer.echo(f"  migration keeps from the new machine: {hb.get('count', 0)} files, e.g. {shown}")
 
 
 @app.command()

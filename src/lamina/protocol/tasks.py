@@ -33,6 +33,7 @@ class TaskKind(StrEnum):
     RESTORE = "restore"
     REVERT = "revert"
     LAYER_APPLY = "layer-apply"
+    MIGRATE = "migrate"
 
 
 class TaskState(StrEnum):
@@ -114,11 +115,32 @@ class LayerApplyParams(TaskParams):
     labels: list[str] = Field(default_factory=list)
 
 
+class MigrateParams(TaskParams):
+    """Stage a CVD's snapshot onto this (new) machine: the boot set now, the user data
+    streamed after the reboot (``lamina cvd migrate``, ``restore-system``)."""
+
+    snapshot: str = Field(max_length=64)
+    root: HexId
+    mode: str = Field("full", max_length=20)
+    #: The driver packs laid over the system, as ``NAME:VERSION`` (for the report).
+    packs: list[str] = Field(default_factory=list, max_length=1000)
+    #: The CVD's policy: what is user data and what is system.
+    policy: PolicySettings | None = None
+    #: The hardware-bound paths (rule set ``migration.hardware_bound``): kept from this machine.
+    hardware_bound: list[str] = Field(default_factory=list, max_length=10_000)
+    #: The CVD comes back onto its own (repaired) device.
+    restore_system: bool = False
+    #: The layer versions the endpoint runs once applied, and their labels.
+    versions: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+
+
 PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.SYNC: SyncParams,
     TaskKind.RESTORE: RestoreParams,
     TaskKind.REVERT: RevertParams,
     TaskKind.LAYER_APPLY: LayerApplyParams,
+    TaskKind.MIGRATE: MigrateParams,
 }
 
 #: Parameters naming a tree the device may read through ``/blobs/read`` while its task is open.
@@ -126,6 +148,7 @@ DELIVERED_TREES: dict[TaskKind, str] = {
     TaskKind.RESTORE: "root",
     TaskKind.REVERT: "root",
     TaskKind.LAYER_APPLY: "delta",
+    TaskKind.MIGRATE: "root",
 }
 
 

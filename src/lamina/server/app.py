@@ -11,7 +11,7 @@ from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, drivers, layers, ops
+from lamina.server.api import admin, agent, cvds, drivers, layers, migration, ops
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.metrics import Metrics, RequestMetrics
@@ -75,7 +75,8 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
 
-    for r in (admin.router, cvds.router, agent.router, layers.router, ops.router, drivers.router):
+    routers = (admin.router, cvds.router, agent.router, layers.router, ops.router, drivers.router)
+    for r in (*routers, migration.router):
         app.include_router(r, prefix="/api/v1")
     app.include_router(ops.metrics_router)
     console.mount(app)

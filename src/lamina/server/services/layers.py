@@ -596,9 +596,12 @@ def test_rules(
     kept = dropped = kept_bytes = 0
     by_reason: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
+    bound: list[str] = []  # what a migration keeps from the new machine (migration rules)
     for path, e in walk(store.get, snaps[-1].root):
         if e.type == "dir":
             continue
+        if rules.hardware_bound(path):
+            bound.append(path)
         if rules.capturable(path):
             kept += 1
             kept_bytes += e.size
@@ -623,4 +626,9 @@ def test_rules(
         "dropped": dropped,
         "dropped_by_reason": by_reason,
         "examples": examples,
+        "hardware_bound": {
+            "rules": list(rules.migration.hardware_bound),
+            "count": len(bound),
+            "examples": bound[:20],
+        },
     }
