@@ -119,6 +119,7 @@ def test_revert_never_removes_what_the_policy_did_not_protect(
         assert plan.updated == ["etc/app.conf"]
         assert "srv-mount" in plan.skipped
     staging.boot(state, root)
+    staging.confirm(state, root)  # the agent confirms the healthy boot
     after = files(root)
     assert after["etc/app.conf"] == b"v1\n"
     assert "usr/lib/libnew.so" not in after
@@ -188,6 +189,7 @@ def test_revert_on_a_nearly_full_disk_deletes_nothing(
     _tx, plan = stage(store, tree, root, state, PolicySettings(), system_only=True)
     assert plan.ops == []  # already at the snapshot: nothing to stage, nothing to remove
     staging.boot(state, root)
+    staging.confirm(state, root)  # the agent confirms the healthy boot
     assert files(root) == before
 
 
@@ -223,12 +225,13 @@ def test_enospc_while_staging_fails_and_removes_the_half_staged_transaction(
         (root / f"usr/lib/libimportant{i}.so").write_bytes(os.urandom(200_000))
     (root / "filler").write_bytes(os.urandom(800_000))
     before = files(root)
-    monkeypatch.setattr(staging, "_check_space", lambda base, needed: None)
+    monkeypatch.setattr(staging.stage, "_check_space", lambda base, needed: None)
     with pytest.raises(ConflictError, match="staging failed, nothing was changed"):
         stage(store, tree, root, state, PolicySettings())
     assert staging.pending(state, root) == []
     assert not any((state / "staging").iterdir())
     staging.boot(state, root)
+    staging.confirm(state, root)  # the agent confirms the healthy boot
     assert files(root) == before
 
 
@@ -324,6 +327,7 @@ def test_revert_puts_back_a_stripped_file_capability(store: Store, tmp_path: Pat
     _tx, plan = stage(store, tree, root, state, PolicySettings())
     assert plan.updated == ["usr/bin/ping"]
     staging.boot(state, root)
+    staging.confirm(state, root)  # the agent confirms the healthy boot
     caps = subprocess.run(["getcap", str(ping)], capture_output=True, text=True, check=True)
     assert "cap_net_raw" in caps.stdout
     assert os.stat(ping).st_mode & 0o7777 == 0o644
@@ -433,6 +437,7 @@ def test_layer_delivery_keeps_edits_made_after_the_last_sync(store: Store, tmp_p
     assert tx.journal["summary"]["kept_aside"] == ["usr/bin/tool"]
     assert tx.journal["summary"]["blocked"] == ["etc/sudoers.d/local"]
     staging.boot(state, root)
+    staging.confirm(state, root)  # the agent confirms the healthy boot
     assert (root / "etc/app.conf").read_text() == "layer v2\n"  # untouched since: updated
     assert (root / "usr/bin/tool").read_bytes() == b"\0tool v2"
     assert (root / "usr/bin/tool.lamina-user").read_bytes() == b"\0tool v1, patched locally"
@@ -483,6 +488,7 @@ def test_package_database_merge_uses_the_live_status(store: Store, tmp_path: Pat
         dpkg_base=plan.dpkg_base,
     )
     staging.boot(state, root)
+    staging.confirm(state, root)  # the agent confirms the healthy boot
     after = parse_dpkg_status((root / status).read_bytes())
     assert sorted(after) == ["alpha", "beta", "delta", "gamma"]
     assert "Version: 2" in after["alpha"] and "Version: 7" in after["delta"]
@@ -511,5 +517,6 @@ def test_revert_puts_back_folder_metadata_and_undoes_it_on_a_crash(
     assert (st.st_mode & 0o7777, st.st_uid) == (0o777, 1234)  # wholly old again
     monkeypatch.delenv(staging.FAIL_ENV)
     staging.boot(state, root)
+    staging.confirm(state, root)  # the agent confirms the healthy boot
     st = os.stat(root / "etc/app")
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 0, 0)

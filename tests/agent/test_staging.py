@@ -95,7 +95,7 @@ def test_boot_applies_and_keeps_user_data_and_identity(setup) -> None:  # type: 
     assert _system(describe(root)) == old_system
     assert (root / "home/ann/notes.txt").read_text() == "ann's notes v2\n"
     assert (root / "etc/hostname").read_text() == "renamed\n"
-    assert staging.pending(state, root) == []
+    assert staging.confirm(state, root) and staging.pending(state, root) == []
 
 
 def test_crash_after_every_step_leaves_old_or_new(
@@ -124,7 +124,7 @@ def test_crash_after_every_step_leaves_old_or_new(
         staging.boot(state, root)
         assert _system(describe(root)) == old_system, f"crash after step {n}"
         assert (root / "home/ann/notes.txt").read_text() == "ann's notes v2\n"
-        assert staging.pending(state, root) == []
+        assert staging.confirm(state, root) and staging.pending(state, root) == []
     assert current  # (the pre-boot state was asserted unchanged by staging)
 
 
@@ -181,6 +181,65 @@ def test_layer_delivery_survives_a_crash_at_every_step(
         assert (root / "usr/bin/tool").read_text() == "tool patched\n"
         assert not (root / "usr/lib/old.so").exists()
         assert (root / "home/ann/notes.txt").read_text() == "ann's notes v1\n"
-        assert staging.pending(state, root) == []
+        assert staging.confirm(state, root) and staging.pending(state, root) == []
         if n > expected_steps:
             break
+
+
+# --- boot confirmation (journal v3) ------------------------------------------------------
+def test_an_applied_transaction_waits_for_confirmation_then_commits(setup) -> None:  # type: ignore[no-untyped-def]
+    root, state, old_system, _current, _tx = setup()
+    [entry] = staging.boot(state, root)
+    assert "error" not in entry
+    [applied] = staging.pending(state, root)
+    assert applied.journal["state"] == staging.APPLIED and applied.journal["v"] == 3
+    assert applied.old.is_dir() and any(applied.old.rglob("*"))  # what it replaced is kept
+    assert staging.confirm(state, root) == [applied.journal["id"]]
+    assert staging.pending(state, root) == [] and not applied.path.exists()
+    assert _system(describe(root)) == old_system
+    assert staging.boot(state, root) == []  # nothing left to do at the next boot
+
+
+def test_two_boots_without_confirmation_roll_back(setup) -> None:  # type: ignore[no-untyped-def]
+    root, state, _old_system, current, _tx = setup()
+    staging.boot(state, root)  # the apply
+    assert _no_dir_times(describe(root)) != _no_dir_times(current)
+    assert staging.boot(state, root) == []  # the first reboot: not confirmed yet, counted
+    [waiting] = staging.pending(state, root)
+    assert waiting.journal["boots"] == 1
+    [rolled] = staging.boot(state, root)  # the second reboot without a confirmation
+    assert rolled["unconfirmed"] and "without confirming a healthy boot" in rolled["error"]
+    assert _no_dir_times(describe(root)) == _no_dir_times(current)  # wholly as before
+    [failed] = staging.pending(state, root)
+    assert failed.journal["state"] == staging.FAILED and failed.journal["rolled_back"]
+    assert staging.boot(state, root) == []  # never applied again
+
+
+def test_staging_waits_while_a_boot_is_unconfirmed(setup, store: Store) -> None:  # type: ignore[no-untyped-def]
+    from lamina.errors import UsageError
+
+    root, state, _old, _current, _tx = setup()
+    staging.boot(state, root)
+    with pytest.raises(UsageError, match="not confirmed yet"):
+        staging.new_transaction(state, root)
+    staging.confirm(state, root)
+    staging.new_transaction(state, root)
+
+
+def test_a_version_2_journal_still_reads(tmp_path: Path) -> None:
+    root, state = tmp_path / "root", tmp_path / "state"
+    root.mkdir()
+    d = state / "staging" / "abc"
+    d.mkdir(parents=True)
+    (d / "journal.json").write_text(
+        '{"v": 2, "id": "abc", "state": "staged", "ops": [], "done": 0, "summary": {}}'
+    )
+    [tx] = staging.pending(state, root)
+    assert tx.journal["state"] == staging.STAGED
+    (d / "journal.json").write_text(
+        '{"v": 3, "id": "abc", "state": "applied", "ops": [], "done": 0, "summary": {}, "boots": -1}'
+    )
+    from lamina.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match="boot count"):
+        staging.pending(state, root)

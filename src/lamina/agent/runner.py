@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lamina.agent import facts
+from lamina.agent import facts, staging
 from lamina.agent.blobs import agent_blobs
-from lamina.agent.staging import drop, stage_layers, stage_revert
+from lamina.agent.bootcheck import BootCheck, default_check
+from lamina.agent.staging import drop, stage_layers, stage_migration, stage_revert
 from lamina.agent.state import (
     AgentState,
     StateLock,
@@ -23,9 +24,11 @@ from lamina.agent.state import (
     save_state,
     save_status,
 )
+from lamina.agent.stream import StreamProgress, stream_user_data
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import AuthError, ConflictError, LaminaError, UsageError
+from lamina.layers.rules import for_os
 from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
 from lamina.tree.restore import restore_tree, split_path
 
@@ -121,9 +124,11 @@ class Agent:
         state_dir: Path,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         insecure: bool = False,
+        boot_check: BootCheck | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.on_progress = on_progress
+        self.boot_check = boot_check or default_check
         self._first_cycle = True
         self.st = load_state(state_dir)
         self._lock = StateLock(state_dir)  # a second agent on this folder stops here
@@ -226,7 +231,7 @@ class Agent:
                 )
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
-        if item.kind in ("layer-apply", "revert") and not item.params.get("dry_run"):
+        if item.kind in ("layer-apply", "revert", "migrate") and not item.params.get("dry_run"):
             self._supersede(item)
         try:
             if item.kind == "sync":
@@ -247,6 +252,20 @@ class Agent:
                     progress=100,
                     state="waiting",
                     message="staged: applies at next boot",
+                    result=result,
+                )
+            elif item.kind == "migrate":
+                result = stage_migration(self.client, self.st, self.state_dir, item.params)
+                self._save(
+                    state="waiting for reboot",
+                    staged=result["transaction"],
+                    staged_task=item.task_id,
+                )
+                self._task(
+                    item,
+                    progress=40,
+                    state="waiting",
+                    message="boot set staged: restart the machine to apply it",
                     result=result,
                 )
             elif item.kind == "revert" and item.params.get("dry_run"):
@@ -308,6 +327,94 @@ class Agent:
         )
         return {"files": st.files, "bytes": st.bytes, "kept": st.kept, "errors": st.errors[:20]}
 
+    def _report_applied(self) -> None:
+        """`agent boot` applied what the staged task staged, and the boot is confirmed."""
+        tid = self.status["staged_task"]
+        applied = self.status["applied"]
+        failed = [a["error"] for a in applied if a.get("error")]
+        streaming = not failed and bool(self.status.get("stream"))
+        if failed:
+            state, progress, message = "failed", 100, failed[0]
+        elif streaming:
+            state, progress, message = "running", 60, "applied at boot; streaming the user data"
+        else:
+            state, progress, message = "done", 100, "applied at boot, boot confirmed"
+        retrying(
+            lambda: self.client.json(
+                "POST",
+                f"/agent/tasks/{tid}",
+                json={
+                    "progress": progress,
+                    "state": state,
+                    "message": message,
+                    "result": {"applied": applied},
+                },
+            )
+        )
+        if streaming:
+            self.status["stream"]["task"] = tid
+        self._save(staged_task=None, applied=None)
+
+    def _stream(self) -> None:
+        """Restore what is still missing of a migrated CVD's user data; resumable."""
+        info = self.status["stream"]
+        tid = info.get("task")
+        root = Path(self.st.root)
+
+        def progress(p: StreamProgress) -> None:
+            self._save(state="streaming user data", stream={**info, **p.public()})
+            if tid and p.bytes_total:
+                pct = 60 + int(39 * p.bytes_done / p.bytes_total)
+                with contextlib.suppress(LaminaError):
+                    self._task(
+                        WorkItem(task_id=tid, kind="migrate", params={}),
+                        progress=pct,
+                        state="running",
+                        message=f"streaming user data: {p.files_done} of {p.files_total} files",
+                        result={"stream": p.public()},
+                    )
+
+        blobs = agent_blobs(self.client, self.st.chunking.id_key)
+        res = stream_user_data(
+            blobs,
+            bytes.fromhex(str(info["root"])),
+            root,
+            for_os(facts.os_release(root)),
+            self.st.chunking,
+            progress,
+        )
+        if not res.done:
+            self._save(state="idle", stream={**info, **res.public()})
+            return
+        if tid:
+            self._task(
+                WorkItem(task_id=tid, kind="migrate", params={}),
+                progress=100,
+                state="done",
+                message=f"migrated: {res.files_total} user files, {res.kept_local} kept as the "
+                "new machine had them",
+                result={"stream": res.public()},
+            )
+        self._save(state="idle", stream=None, last_stream=res.public(), sync_requested=True)
+
+    def _confirm_boot(self) -> bool:
+        """After a staged apply: confirm the boot once the system is up and the server answered.
+
+        The server answered already (``report`` ran first in the cycle); the boot
+        check says whether the system reached multi-user. Unconfirmed, the
+        transaction keeps what it replaced, and the second boot without a
+        confirmation rolls it back (``staging.boot``). Returns whether nothing
+        awaits confirmation any more."""
+        root = Path(self.st.root)
+        if not staging.awaiting_confirmation(self.state_dir, root):
+            return True
+        if not self.boot_check(root):
+            self._save(state="boot not confirmed")
+            return False
+        confirmed = staging.confirm(self.state_dir, root)
+        self._save(state="idle", confirmed=confirmed)
+        return True
+
     def _drop_cancelled(self) -> None:
         """A staged task an admin cancelled: drop its transaction before any boot applies it."""
         tid = self.status.get("staged_task")
@@ -330,23 +437,11 @@ class Agent:
         if force_sync and not cfg.cvd_id:
             raise ConflictError(f"this device is {cfg.status}: it has no active CVD to sync")
         done: dict[str, Any] = {"synced": False, "tasks": []}
-        if self.status.get("staged_task") and self.status.get("applied"):
-            # `agent boot` applied what that task staged: it is done now.
-            tid = self.status["staged_task"]
-            failed = [a["error"] for a in self.status["applied"] if a.get("error")]
-            retrying(
-                lambda: self.client.json(
-                    "POST",
-                    f"/agent/tasks/{tid}",
-                    json={
-                        "progress": 100,
-                        "state": "failed" if failed else "done",
-                        "message": failed[0] if failed else "applied at boot",
-                        "result": {"applied": self.status["applied"]},
-                    },
-                )
-            )
-            self._save(staged_task=None, applied=None)
+        confirmed = self._confirm_boot()
+        if confirmed and self.status.get("staged_task") and self.status.get("applied"):
+            self._report_applied()
+        if confirmed and self.status.get("stream") and cfg.cvd_id:
+            self._stream()
         self._drop_cancelled()
         params = {"restarted": "true"} if self._first_cycle else {}
         items = [
@@ -355,7 +450,8 @@ class Agent:
         ]
         self._first_cycle = False
         asked = any(i.kind == "sync" for i in items)
-        if (force_sync or self.sync_due(cfg)) and not asked and cfg.cvd_id:
+        streaming = bool(self.status.get("stream"))  # a snapshot now would lack the user data
+        if (force_sync or self.sync_due(cfg)) and not asked and cfg.cvd_id and not streaming:
             self.sync(cfg)
             done["synced"] = True
         for item in items:

@@ -77,25 +77,42 @@ def run(
     sync: Annotated[bool, typer.Option("--sync", help="Upload now even if not due.")] = False,
     poll: Annotated[float, typer.Option(help="Seconds between cycles.")] = 15.0,
     insecure: InsecureOpt = False,
+    boot_check: Annotated[
+        str | None,
+        typer.Option(
+            help="Command that says the system is up after a staged apply (exit 0), run "
+            "with LAMINA_ROOT set; default: multi-user.target reached (on /), else healthy."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The agent daemon: report, upload when due or asked, do queued work."""
     from lamina.errors import AuthError
 
     try:
-        _run(state, once, sync, poll, insecure, as_json)
+        _run(state, once, sync, poll, insecure, as_json, boot_check)
     except AuthError as e:
         # Revoked, archived or unknown: no retry helps. One line, exit 1.
         typer.echo(f"error: the server refused this agent's credential: {e.message}", err=True)
         raise typer.Exit(1) from None
 
 
-def _run(state: Path, once: bool, sync: bool, poll: float, insecure: bool, as_json: bool) -> None:
+def _run(
+    state: Path,
+    once: bool,
+    sync: bool,
+    poll: float,
+    insecure: bool,
+    as_json: bool,
+    boot_check: str | None,
+) -> None:
+    from lamina.agent.bootcheck import command_check
     from lamina.agent.runner import Agent
     from lamina.agent.state import load_status
 
+    check = command_check(boot_check) if boot_check else None
     if not once:
-        agent = Agent(state, insecure=insecure)
+        agent = Agent(state, insecure=insecure, boot_check=check)
         try:
             agent.run_forever(poll)
         finally:
@@ -108,7 +125,7 @@ def _run(state: Path, once: bool, sync: bool, poll: float, insecure: bool, as_js
             advance(p.get("files", 0) - seen["files"], p.get("bytes", 0) - seen["bytes"])
             seen.update(files=p.get("files", 0), bytes=p.get("bytes", 0))
 
-        agent = Agent(state, on_progress=show, insecure=insecure)
+        agent = Agent(state, on_progress=show, insecure=insecure, boot_check=check)
         try:
             done = agent.cycle(force_sync=sync)
             if as_json:
@@ -138,11 +155,18 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
         "last_sync": None,
         **load_status(state),
     }
-    doc["staged"] = [t.journal["id"] for t in staging.pending(state, Path(st.root))]
+    txs = staging.pending(state, Path(st.root))
+    doc["staged"] = [t.journal["id"] for t in txs if t.journal["state"] != staging.APPLIED]
+    doc["awaiting_confirmation"] = [
+        {"id": t.journal["id"], "boots": t.journal.get("boots", 0)}
+        for t in txs
+        if t.journal["state"] == staging.APPLIED
+    ]
     if as_json:
         emit_json(doc)
         return
-    for k in ("device_id", "cvd_id", "state", "last_sync", "last_snapshot", "staged", "last_error"):
+    keys = ("device_id", "cvd_id", "state", "last_sync", "last_snapshot", "staged")
+    for k in (*keys, "awaiting_confirmation", "stream", "last_error"):
         typer.echo(f"{k:<14} {doc.get(k)}")
 
 
@@ -162,6 +186,8 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
         status = load_status(state)
         status.update(state="idle", staged=None, applied=applied)
         for a in applied:
+            if a.get("kind") == "migration" and not a.get("error") and a.get("stream"):
+                status["stream"] = {**a["stream"], "mode": a.get("mode")}
             if a.get("kind") == "layers" and not a.get("error"):
                 status["layers"] = a.get("versions", [])
                 status["layer_labels"] = a.get("labels", [])

@@ -1,4 +1,4 @@
-"""``lamina cvd``: centralize, list, show, snapshots, browse, sync, restore, revert, archive."""
+"""``lamina cvd``: centralize, list, show, snapshots, browse, sync, restore, revert, archive, migrate."""
 
 from __future__ import annotations
 
@@ -241,3 +241,80 @@ def archive(cvd: str, as_json: JsonOpt = False) -> None:
         emit_json(doc)
     else:
         _print_cvd(doc)
+
+
+def _print_migration(r: dict[str, Any]) -> None:
+    head = (
+        f"{r['status']}: CVD {r['cvd']} onto {r['device']} ({r['mode']}, snapshot {r['snapshot']})"
+    )
+    typer.echo(head + (f", task {r['task']}" if r.get("task") else ""))
+    free = human_bytes(r["disk_free"]) if r.get("disk_free") is not None else "unknown"
+    typer.echo(f"  space needed {human_bytes(r['space_needed'])}, free {free}")
+    typer.echo(f"  kept from the new machine: {len(r['kept_from_new_machine'])} paths")
+    for k in ("blocking", "warnings"):
+        for line in r.get(k) or []:
+            typer.echo(f"  {k[:-1] if k.endswith('s') else k}: {line}")
+
+
+@app.command()
+def migrate(
+    cvd: str,
+    to: Annotated[str, typer.Option("--to", help="The replacement device (pending).")],
+    mode: Annotated[
+        str, typer.Option(help="full | apps-data | data: what the new machine takes over.")
+    ] = "full",
+    base: Annotated[
+        str | None, typer.Option(help="Base layer NAME[:VERSION] (apps-data mode).")
+    ] = None,
+    keep_base: Annotated[
+        bool, typer.Option("--keep-base", help="Keep the CVD's base layer (the default).")
+    ] = False,
+    name: Annotated[str | None, typer.Option(help="A new name for the CVD.")] = None,
+    keep_name: Annotated[
+        bool, typer.Option("--keep-name", help="Keep the CVD's name (the default).")
+    ] = False,
+    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and report; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Migrate a CVD onto a replacement device: validate, then download, stage, reboot."""
+    if name and keep_name:
+        raise typer.BadParameter("give either --name or --keep-name, not both")
+    r = Api.from_login().post(
+        f"/cvds/{cvd}/migrate",
+        {
+            "to": to,
+            "mode": mode,
+            "base": base,
+            "keep_base": keep_base,
+            "name": name,
+            "snapshot": snapshot,
+            "dry_run": dry_run,
+        },
+    )
+    if as_json:
+        emit_json(r)
+    else:
+        _print_migration(r)
+
+
+@app.command("restore-system")
+def restore_system(
+    cvd: str,
+    to: Annotated[str, typer.Option("--to", help="The repaired device (enrolled again).")],
+    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and report; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a CVD's whole system onto its repaired machine (as `migrate --mode full`)."""
+    r = Api.from_login().post(
+        f"/cvds/{cvd}/restore-system", {"to": to, "snapshot": snapshot, "dry_run": dry_run}
+    )
+    if as_json:
+        emit_json(r)
+    else:
+        _print_migration(r)

@@ -191,11 +191,30 @@ class LayerRules:
 
 
 @dataclass(frozen=True)
+class MigrationRules:
+    """What a CVD laid onto other hardware leaves as the new machine has it.
+
+    ``hardware_bound``: paths that name this machine's disks, boot firmware and
+    network devices (fstab, bootloader, LVM devices, mdadm, interface bindings):
+    a migration keeps the new machine's and reports them. ``storage_drivers``:
+    where the initramfs's storage modules are listed; when they differ between
+    the two machines the boot step rebuilds the initramfs."""
+
+    hardware_bound: tuple[str, ...] = ()
+    storage_drivers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RuleSet:
     name: str
     order: tuple[str, ...]
     classes: dict[str, tuple[str, ...]]
     layers: LayerRules = LayerRules()
+    migration: MigrationRules = MigrationRules()
+
+    def hardware_bound(self, path: str) -> bool:
+        """Does ``path`` stay the new machine's in a migration?"""
+        return matches(self.migration.hardware_bound, path)
 
     def capturable(self, path: str) -> bool:
         """May a layer carry ``path``?"""
@@ -266,8 +285,15 @@ def parse_rules(raw: str | bytes) -> RuleSet:
         text_config=_strings(ld.get("text_config", ["/etc/**"]), "layers.text_config"),
         package_databases=tuple((str(k), str(v)) for k, v in dbs.items()),
     )
+    md = _section(doc.get("migration") or {}, "migration")
+    migration = MigrationRules(
+        hardware_bound=_strings(md.get("hardware_bound", []), "migration.hardware_bound"),
+        storage_drivers=_strings(md.get("storage_drivers", []), "migration.storage_drivers"),
+    )
     for pats in (
         *parsed.values(),
+        migration.hardware_bound,
+        migration.storage_drivers,
         layers.do_not_capture,
         layers.exceptions,
         layers.never_override,
@@ -278,7 +304,7 @@ def parse_rules(raw: str | bytes) -> RuleSet:
     for cls in layers.capture_classes:
         if cls not in CLASSES:
             raise UsageError(f"unknown path class {cls!r} in layers.capture_classes")
-    return RuleSet(str(doc.get("name", "custom")), order, parsed, layers)
+    return RuleSet(str(doc.get("name", "custom")), order, parsed, layers, migration)
 
 
 @functools.lru_cache(maxsize=8)

@@ -11,7 +11,7 @@ from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, layers
+from lamina.server.api import admin, agent, cvds, layers, migration
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.services.users import ensure_admin
@@ -65,7 +65,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
 
-    for r in (admin.router, cvds.router, agent.router, layers.router):
+    for r in (admin.router, cvds.router, agent.router, layers.router, migration.router):
         app.include_router(r, prefix="/api/v1")
     console.mount(app)
     return app

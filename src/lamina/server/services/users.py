@@ -315,8 +315,8 @@ def authenticate(engine: Engine, token: str) -> Principal:
     raise AuthError("missing or malformed bearer token")
 
 
-#: Device states whose credential is refused (fleet.REJECTED, REVOKED, ARCHIVED).
-REFUSED_DEVICE_STATES = ("rejected", "revoked", "archived")
+#: Device states whose credential is refused (fleet.REJECTED, REVOKED, ARCHIVED, migration.REPLACED).
+REFUSED_DEVICE_STATES = ("rejected", "revoked", "archived", "replaced")
 
 
 def audit_entries(engine: Engine, actor: Principal, limit: int = 200) -> list[AuditPublic]:

@@ -1,41 +1,19 @@
-"""Staged transactions: prepared now, applied atomically by ``lamina agent boot``.
+"""Staging: plan a change against the live root and materialise it in ``new/``.
 
-A transaction lives in ``STATE/staging/<id>/`` on the endpoint's file system:
-
-    new/        the files to put in place, already complete
-    old/        what they replace, moved aside during apply (kept until commit)
-    journal.json  {"v": 2, "id", "state", "ops": [[op, path], ...], "done": n, "summary",
-                   "error"?, "rolled_back"?}
-
-ops: ``swap`` (current path → old/, new/ path → place) and ``remove``
-(current path → old/). ``state``: ``staged`` → ``applying`` → ``committed``,
-or ``failed`` when an op failed and every op before it was undone.
-
-Apply writes ``applying`` before the first rename and bumps ``done`` after each
-op (fsync each time). Every op is reversible from what is on disk alone, so
-``boot`` after a crash first rolls back whatever an interrupted apply did
-(undoing ops in reverse order, checking where each file is), then applies again
-from the start. An op that fails (EXDEV, EROFS, ENOSPC, a symlinked parent) rolls
-back at once and the transaction is ``failed``, never retried. The endpoint is
-therefore wholly old or wholly new after boot. Renames go through folder
-descriptors walked with ``O_NOFOLLOW``. For tests, ``LAMINA_BOOT_FAIL_AFTER=N``
-makes apply stop dead after N ops.
-
-A revert is planned from the snapshot TREE against the live root (``plan_revert``),
-never from a staged copy, and stages only the paths it swaps.
+Nothing on the endpoint changes here: ``apply.boot`` puts a staged transaction
+in place at the next boot. A revert is planned from the snapshot TREE against
+the live root (``plan_revert``), never from a staged copy, and stages only the
+paths it swaps; a layer delivery stages a delta tree, reconciled with the live
+endpoint (``_reconcile``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +30,11 @@ from lamina.agent.live import (
     plan_revert,
     tree_bytes,
 )
-from lamina.agent.state import AgentState, write_json_atomic
+from lamina.agent.staging.journal import JOURNAL_VERSION, STAGED, Transaction, new_transaction
+from lamina.agent.state import AgentState
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
-from lamina.errors import (
-    ConflictError,
-    IntegrityError,
-    LaminaError,
-    TooLargeError,
-    UnsafePathError,
-    UsageError,
-)
+from lamina.errors import ConflictError, TooLargeError, UsageError
 from lamina.layers.merge import merge_dpkg_live, parse_dpkg_status, render_dpkg_status
 from lamina.layers.plan import DPKG_STATUS
 from lamina.layers.rules import RuleSet, for_os, matches
@@ -75,123 +47,8 @@ from lamina.tree.model import Entry, check_name, decode_tree
 from lamina.tree.restore import BlobSource, restore_tree
 from lamina.tree.sources import BatchedBlobs
 
-JOURNAL_VERSION = 2  # 2: adds the "failed" state and its "error", "rolled_back"
-READABLE_JOURNALS = (1, 2)
-STAGED, APPLYING, COMMITTED, FAILED = "staged", "applying", "committed", "failed"
-STATES = (STAGED, APPLYING, COMMITTED, FAILED)
-FAIL_ENV = "LAMINA_BOOT_FAIL_AFTER"
 
-
-class InjectedCrash(Exception):
-    """Raised by the test hook to stop an apply dead, like a power cut."""
-
-
-@dataclass
-class Transaction:
-    path: Path
-    journal: dict[str, Any]
-
-    @property
-    def new(self) -> Path:
-        return self.path / "new"
-
-    @property
-    def old(self) -> Path:
-        return self.path / "old"
-
-    def save(self) -> None:
-        write_json_atomic(self.path / "journal.json", self.journal)
-
-
-def staging_root(state_dir: Path, root: Path) -> Path:
-    """Staging must share the root's file system so apply is renames only."""
-    candidate = state_dir / "staging"
-    candidate.mkdir(parents=True, exist_ok=True)
-    if os.stat(candidate).st_dev == os.stat(root).st_dev:
-        return candidate
-    alt = root / ".lamina-staging"
-    alt.mkdir(exist_ok=True, mode=0o700)
-    return alt
-
-
-def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
-    """Validate a journal; anything unexpected is an ``IntegrityError`` saying what."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise IntegrityError(f"{where}: the journal is not valid JSON: {e}") from e
-    if (
-        not isinstance(doc, dict)
-        or type(doc.get("v")) is not int
-        or doc["v"] not in READABLE_JOURNALS
-    ):
-        raise IntegrityError(
-            f"{where}: unsupported journal version (expected v in {READABLE_JOURNALS})"
-        )
-    if not isinstance(doc.get("id"), str) or doc.get("state") not in STATES:
-        raise IntegrityError(f"{where}: expected a string id and a state in {STATES}")
-    ops = doc.get("ops")
-    if not isinstance(ops, list):
-        raise IntegrityError(f"{where}: expected a list of ops, found {type(ops).__name__}")
-    for op in ops:
-        if (
-            not isinstance(op, list)
-            or len(op) != 2
-            or op[0] not in ("swap", "remove", "meta")
-            or not isinstance(op[1], str)
-        ):
-            raise IntegrityError(f"{where}: expected [swap|remove, path], found {op!r:.80}")
-        try:
-            for part in op[1].split("/"):
-                check_name(os.fsencode(part))
-        except (LaminaError, ValueError) as e:
-            raise IntegrityError(f"{where}: unsafe path in an op: {op[1]!r:.80}") from e
-    done = doc.get("done")
-    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= len(ops):
-        raise IntegrityError(f"{where}: expected done between 0 and {len(ops)}, found {done!r:.20}")
-    if not isinstance(doc.get("summary"), dict):
-        raise IntegrityError(f"{where}: expected a summary object")
-    meta = doc.get("meta") or {}
-    if not isinstance(meta, dict):
-        raise IntegrityError(f"{where}: expected a meta object")
-    for op in ops:
-        if op[0] == "meta":
-            m = meta.get(op[1])
-            if not isinstance(m, dict) or not all(_valid_meta(m.get(k)) for k in ("old", "new")):
-                raise IntegrityError(f"{where}: no valid metadata for the meta op on {op[1]!r:.80}")
-    return doc
-
-
-def _valid_meta(m: object) -> bool:
-    """[mode, uid, gid, [[name hex, value hex], ...]] with values a folder can take."""
-    if not (isinstance(m, list) and len(m) == 4 and isinstance(m[3], list)):
-        return False
-    mode, uid, gid = m[:3]
-    if not all(type(x) is int and 0 <= x < 2**32 for x in (mode, uid, gid)) or mode > 0o7777:
-        return False
-    for x in m[3]:
-        if not (isinstance(x, list) and len(x) == 2 and all(isinstance(h, str) for h in x)):
-            return False
-        try:
-            if not bytes.fromhex(x[0]):
-                return False
-            bytes.fromhex(x[1])
-        except ValueError:
-            return False
-    return True
-
-
-def pending(state_dir: Path, root: Path) -> list[Transaction]:
-    base = staging_root(state_dir, root)
-    out = []
-    for d in sorted(base.iterdir()):
-        j = d / "journal.json"
-        if j.is_file():
-            out.append(Transaction(d, parse_journal(j.read_bytes(), str(j))))
-    return out
-
-
-def _agent_folders(state_dir: Path, root: Path) -> frozenset[str]:
+def agent_folders(state_dir: Path, root: Path) -> frozenset[str]:
     out = {".lamina-staging"}
     with contextlib.suppress(ValueError):
         out.add(str(state_dir.resolve().relative_to(root.resolve())))
@@ -214,20 +71,6 @@ def _check_space(base: Path, needed: int) -> None:
     free = shutil.disk_usage(base).free
     if needed > free:
         raise ConflictError(f"staging needs {needed} bytes, the endpoint has {free} free")
-
-
-def _new_transaction(state_dir: Path, root: Path) -> Transaction:
-    base = staging_root(state_dir, root)
-    for old in pending(state_dir, root):
-        if old.journal["state"] == STAGED or (
-            old.journal["state"] == FAILED and old.journal.get("rolled_back")
-        ):
-            shutil.rmtree(old.path)  # a newer plan supersedes one not yet applied
-        else:
-            raise UsageError(
-                f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
-            )
-    return Transaction(base / uuid.uuid4().hex, {})
 
 
 def _materialise(tx: Transaction, blobs: BlobSource, tree: bytes, paths: list[str] | None) -> None:
@@ -261,7 +104,7 @@ def stage_tree(
 ) -> tuple[Transaction, RevertPlan]:
     """Plan from the tree against the live root, then stage only what the plan swaps."""
     plan = plan_revert(blobs.get, tree_root, root, scope, chunking)
-    tx = _new_transaction(state_dir, root)
+    tx = new_transaction(state_dir, root)
     base = tx.path.parent
     _check_devices(plan.ops, root, base)
     _check_space(base, plan.space_needed)
@@ -306,7 +149,7 @@ def revert_scope(
             return not exclude(os.fsencode(path.lstrip("/")), is_dir)
 
         protected = protected_fn
-    untouched = _agent_folders(state_dir, root) | {p.strip("/") for p in error_paths}
+    untouched = agent_folders(state_dir, root) | {p.strip("/") for p in error_paths}
     return RevertScope(keep, protected, frozenset(untouched))
 
 
@@ -391,7 +234,7 @@ def stage_delta(
 
     With ``expect`` (the state the server's plan assumed, per path), each op is
     checked against the live endpoint first: see ``_reconcile``."""
-    tx = _new_transaction(state_dir, root)
+    tx = new_transaction(state_dir, root)
     ops = _delta_ops(blobs, delta, root)
     for path in removes:
         rel = str(path).strip("/")
@@ -577,198 +420,3 @@ def stage_layers(
         "operations": len(tx.journal["ops"]),
         **tx.journal["summary"],
     }
-
-
-# --- applying at boot --------------------------------------------------------------
-# Every rename goes through descriptors of the folders involved, walked from the
-# root (or the transaction's new/ and old/) with O_NOFOLLOW: a symlink planted
-# in a parent after staging is refused, never followed.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _open_parent(base: Path, rel: str, create: bool) -> tuple[int, str]:
-    """A descriptor of ``rel``'s folder under ``base`` and ``rel``'s last name.
-
-    ``create`` makes missing folders (only in the transaction's own folders)."""
-    parts = rel.split("/")
-    fd = os.open(base, _DIR_FLAGS)
-    try:
-        for part in parts[:-1]:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o700, dir_fd=fd)
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePathError(
-                f"{base}/{rel}: a parent folder is a symlink or not a folder; refused"
-            ) from e
-        raise
-    return fd, parts[-1]
-
-
-def _exists(base: Path, rel: str) -> bool:
-    try:
-        fd, name = _open_parent(base, rel, False)
-    except FileNotFoundError:
-        return False
-    try:
-        os.stat(name, dir_fd=fd, follow_symlinks=False)
-        return True
-    except FileNotFoundError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _move(src: Path, dst: Path, rel: str, create: bool) -> None:
-    sfd, name = _open_parent(src, rel, False)
-    try:
-        dfd, _ = _open_parent(dst, rel, create)
-        try:
-            os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
-
-
-def _set_dir_meta(root: Path, rel: str, meta: list[Any]) -> None:
-    """Give the folder ``rel`` owner, mode and xattrs, through descriptors only."""
-    mode, uid, gid, xattrs = meta
-    pfd, name = _open_parent(root, rel, False)
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
-    finally:
-        os.close(pfd)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)  # after chown, which clears setgid
-        want = {bytes.fromhex(k): bytes.fromhex(v) for k, v in xattrs}
-        for n in os.listxattr(fd):
-            if os.fsencode(n) not in want:
-                with contextlib.suppress(OSError):  # e.g. a security label the kernel keeps
-                    os.removexattr(fd, n)
-        for k, v in want.items():
-            os.setxattr(fd, k, v)
-    finally:
-        os.close(fd)
-
-
-def _do(tx: Transaction, root: Path, op: str, rel: str) -> None:
-    if op == "meta":
-        _set_dir_meta(root, rel, tx.journal["meta"][rel]["new"])
-        return
-    if _exists(root, rel) and not _exists(tx.old, rel):
-        _move(root, tx.old, rel, create=True)
-    if op == "swap" and _exists(tx.new, rel):
-        _move(tx.new, root, rel, create=False)
-
-
-def _undo(tx: Transaction, root: Path, op: str, rel: str) -> None:
-    if op == "meta":
-        _set_dir_meta(root, rel, tx.journal["meta"][rel]["old"])
-        return
-    if op == "swap" and _exists(root, rel) and not _exists(tx.new, rel):
-        _move(root, tx.new, rel, create=True)
-    if _exists(tx.old, rel) and not _exists(root, rel):
-        _move(tx.old, root, rel, create=False)
-
-
-def rollback(tx: Transaction, root: Path) -> list[str]:
-    """Undo the ops an apply did, last first; returns the ops that could not be undone."""
-    ops = tx.journal["ops"]
-    upto = min(tx.journal["done"] + 1, len(ops))  # the op in flight may be half done
-    stuck = []
-    for op, rel in reversed(ops[:upto]):
-        try:
-            _undo(tx, root, op, rel)
-        except (OSError, LaminaError) as e:
-            stuck.append(f"/{rel}: {e}")
-    tx.journal["state"] = STAGED
-    tx.journal["done"] = 0
-    tx.save()
-    return stuck
-
-
-def apply(tx: Transaction, root: Path) -> None:
-    fail_after = int(os.environ.get(FAIL_ENV, "-1"))
-    tx.journal["state"] = APPLYING
-    tx.save()
-    tx.old.mkdir(exist_ok=True)
-    for i, (op, rel) in enumerate(tx.journal["ops"]):
-        if i == fail_after:
-            raise InjectedCrash(f"injected crash after {i} operations")
-        _do(tx, root, op, rel)
-        tx.journal["done"] = i + 1
-        tx.save()
-    if fail_after == len(tx.journal["ops"]):
-        raise InjectedCrash("injected crash before commit")
-    tx.journal["state"] = COMMITTED
-    tx.save()
-    shutil.rmtree(tx.path)
-
-
-def _fail(tx: Transaction, root: Path, err: BaseException) -> str:
-    """An op failed: put every op back, and mark the transaction failed for good."""
-    stuck = rollback(tx, root)
-    message = f"apply failed, rolled back: {err}"
-    if stuck:
-        message = f"apply failed ({err}) and {len(stuck)} ops could not be undone: {stuck[:3]}"
-    tx.journal["state"] = FAILED
-    tx.journal["error"] = message
-    tx.journal["rolled_back"] = not stuck
-    tx.save()
-    if not stuck:  # nothing of the endpoint is left in old/: free the staged copy
-        shutil.rmtree(tx.new, ignore_errors=True)
-        shutil.rmtree(tx.old, ignore_errors=True)
-    return message
-
-
-def boot(state_dir: Path, root: Path) -> list[dict[str, Any]]:
-    """Finish every staged transaction: roll back a half-applied one, then apply it whole.
-
-    An op that fails (EXDEV, EROFS, ENOSPC, a symlinked parent) rolls back every
-    op already applied; the transaction is then ``failed`` and never retried;
-    its entry carries ``error`` so the agent reports the task failed."""
-    out = []
-    for tx in pending(state_dir, root):
-        state = tx.journal["state"]
-        if state == COMMITTED:
-            shutil.rmtree(tx.path)
-            continue
-        if state == FAILED:
-            continue
-        entry = {
-            "transaction": tx.journal["id"],
-            "operations": len(tx.journal["ops"]),
-            **tx.journal["summary"],
-        }
-        try:
-            if state == APPLYING:
-                stuck = rollback(tx, root)
-                if stuck:
-                    raise ConflictError(f"an interrupted apply could not be undone: {stuck[:3]}")
-            apply(tx, root)
-        except (OSError, LaminaError) as e:
-            entry["error"] = _fail(tx, root, e)
-        out.append(entry)
-    return out
-
-
-def drop(state_dir: Path, root: Path, tx_id: str) -> bool:
-    """Discard staged transaction ``tx_id`` (its task was cancelled) if not yet applied.
-
-    The journal goes first (one unlink): a crash after it leaves a folder that
-    ``pending`` ignores, so ``boot`` never applies a dropped transaction.
-    Returns whether it was found staged and dropped.
-    """
-    for tx in pending(state_dir, root):
-        if tx.journal["id"] == tx_id and tx.journal["state"] == STAGED:
-            os.unlink(tx.path / "journal.json")
-            shutil.rmtree(tx.path)
-            return True
-    return False

@@ -1,0 +1,106 @@
+"""A CVD laid onto this machine: the boot set staged now, the user data streamed after the reboot.
+
+The plan is a revert's (``plan_revert``: the snapshot TREE against the live
+root), with a scope set by the mode:
+
+- ``full``: system, applications, identity (hostname, machine-id, SSH host
+  keys, keytabs) are the CVD's; files of those classes the CVD never had are
+  removed where its policy protected them.
+- ``apps-data``: only the applications class (``/opt``, ``/usr/local``...) is
+  laid over the new machine's own system; nothing is removed.
+- ``data``: nothing is staged; only the user area streams in.
+
+Whatever the mode, the hardware-bound paths of the rule set (``migration.
+hardware_bound``: fstab, crypttab, bootloader, LVM devices, mdadm, network
+bindings) and excluded paths stay the new machine's, and the user-data class
+is not staged: it streams in after the reboot (``lamina.agent.stream``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from lamina.agent.blobs import agent_blobs
+from lamina.agent.facts import os_release
+from lamina.agent.live import RevertScope
+from lamina.agent.staging.stage import agent_folders, stage_tree
+from lamina.agent.state import AgentState
+from lamina.agent.sync import protected_area
+from lamina.agent.transport import AgentClient
+from lamina.errors import UsageError
+from lamina.layers.rules import RuleSet, for_os, matches
+from lamina.protocol.schemas import PolicySettings
+
+#: Path classes staged (applied at boot) per mode; user data always streams afterwards.
+BOOT_SET: dict[str, tuple[str, ...]] = {
+    "full": ("system", "applications", "machine_identity"),
+    "apps-data": ("applications",),
+    "data": (),
+}
+STREAMED = "user_data"
+
+
+def migration_scope(
+    rules: RuleSet,
+    mode: str,
+    hardware_bound: tuple[str, ...],
+    policy: PolicySettings | None,
+    root: Path,
+    state_dir: Path,
+) -> RevertScope:
+    """What the boot set of a migration in ``mode`` may touch on this machine."""
+    if mode not in BOOT_SET:
+        raise UsageError(f"unknown migration mode {mode!r} (full, apps-data, data)")
+    carried = BOOT_SET[mode]
+    bound = hardware_bound or rules.migration.hardware_bound
+
+    def keep(path: str) -> bool:
+        return matches(bound, path) or rules.classify(path) not in carried
+
+    protected = None
+    if mode == "full" and policy is not None:
+        exclude, _ = protected_area(policy, rules, root, state_dir)
+
+        def protected_fn(path: str, is_dir: bool) -> bool:
+            return not exclude(os.fsencode(path.lstrip("/")), is_dir)
+
+        protected = protected_fn
+    return RevertScope(keep, protected, agent_folders(state_dir, root))
+
+
+def stage_migration(
+    client: AgentClient, st: AgentState, state_dir: Path, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Stage the boot set of a migration; the summary carries what streams after the reboot."""
+    root = Path(st.root)
+    rules = for_os(os_release(root))
+    mode = str(params.get("mode", "full"))
+    try:
+        policy = PolicySettings(**params["policy"]) if params.get("policy") else None
+    except (TypeError, ValidationError) as e:
+        raise UsageError(f"the migration task carries a malformed policy: {e}") from e
+    bound = tuple(str(p) for p in params.get("hardware_bound") or ())
+    scope = migration_scope(rules, mode, bound, policy, root, state_dir)
+    blobs = agent_blobs(client, st.chunking.id_key)
+    tree = bytes.fromhex(str(params["root"]))
+    summary = {
+        "kind": "migration",
+        "mode": mode,
+        "snapshot": params.get("snapshot"),
+        "stream": {"root": tree.hex(), "snapshot": params.get("snapshot")},
+    }
+    tx, plan = stage_tree(blobs, tree, root, state_dir, scope, st.chunking, summary)
+    tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
+    tx.save()
+    return {
+        "transaction": tx.journal["id"],
+        "operations": len(tx.journal["ops"]),
+        "mode": mode,
+        "downloaded_bytes": blobs.fetched_bytes,
+        "counts": plan.public()["counts"],
+        "space_needed": plan.space_needed,
+    }

@@ -1,0 +1,92 @@
+"""Streaming a migrated CVD's user data in while the machine runs.
+
+After ``agent boot`` applied a migration's boot set, each agent cycle restores
+the snapshot's user-data class into the live root, in batches, saving progress
+after each. A file already on the machine that differs from the snapshot's is
+never overwritten: it is counted as ``kept_local`` and left alone; a file that
+appears between the check and the restore is renamed aside as
+``NAME.lamina-local`` by the restore itself. Restores write temporary names
+and rename, so an interrupted stream (a reboot, a lost connection) leaves whole
+files only, and the next cycle carries on from what is still missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lamina.agent.live import compare_live, lstat_or_none
+from lamina.layers.rules import RuleSet
+from lamina.layers.trees import walk
+from lamina.store.keys import ChunkingSecret
+from lamina.tree.restore import BlobSource, restore_tree
+
+BATCH = 256
+KEEP_ASIDE = ".lamina-local"
+
+
+@dataclass
+class StreamProgress:
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    kept_local: int = 0
+    errors: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["errors"] = self.errors[:20]
+        return d
+
+
+def stream_user_data(
+    blobs: BlobSource,
+    tree_root: bytes,
+    root: Path,
+    rules: RuleSet,
+    chunking: ChunkingSecret,
+    on_progress: Callable[[StreamProgress], None] | None = None,
+    streamed_class: str = "user_data",
+) -> StreamProgress:
+    """Restore what is missing of the snapshot's user data; keep what the machine changed."""
+    prog = StreamProgress()
+    todo: list[tuple[str, int]] = []
+    for path, e in walk(blobs.get, tree_root):
+        if e.type == "dir" or rules.classify(path) != streamed_class:
+            continue
+        if rules.hardware_bound(path):
+            continue
+        rel = path.lstrip("/")
+        prog.files_total += 1
+        prog.bytes_total += e.size
+        st = lstat_or_none(root / rel)
+        if st is None:
+            todo.append((rel, e.size))
+        elif compare_live(root / rel, st, e, chunking) == "content":
+            prog.kept_local += 1  # changed on the new machine: never overwritten
+        else:
+            prog.files_done += 1
+            prog.bytes_done += e.size
+    if on_progress:
+        on_progress(prog)
+    for i in range(0, len(todo), BATCH):
+        batch = todo[i : i + BATCH]
+        res = restore_tree(
+            blobs,
+            tree_root,
+            root,
+            paths=[rel for rel, _ in batch],
+            chunking=chunking,
+            keep_aside=KEEP_ASIDE,
+        )
+        prog.errors += res.errors
+        prog.files_done += len(batch)
+        prog.bytes_done += sum(size for _, size in batch)
+        if on_progress:
+            on_progress(prog)
+    prog.done = not prog.errors
+    return prog

@@ -1,0 +1,37 @@
+"""Migration routes: a CVD onto a replacement device, or back onto its own repaired one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from lamina.protocol.schemas import MigrateRequest, Strict
+from lamina.server.deps import Caller, Ctx
+from lamina.server.services import migration
+
+router = APIRouter()
+
+
+class RestoreSystemRequest(Strict):
+    to: str = Field(max_length=255)
+    snapshot: str = Field("latest", max_length=64)
+    dry_run: bool = False
+
+
+@router.post(
+    "/cvds/{ref}/migrate",
+    summary="Migrate a CVD to a replacement device (or only validate, with dry_run)",
+)
+def migrate(ref: str, req: MigrateRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return migration.migrate(ctx.engine, ctx.store, caller, ref, req)
+
+
+@router.post(
+    "/cvds/{ref}/restore-system",
+    summary="Restore a CVD's whole system onto its own repaired device",
+)
+def restore_system(ref: str, req: RestoreSystemRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    full = MigrateRequest(to=req.to, mode="full", snapshot=req.snapshot, dry_run=req.dry_run)
+    return migration.migrate(ctx.engine, ctx.store, caller, ref, full, same_device=True)
