@@ -88,7 +88,11 @@ def host_suite() -> str:
 def host_mirror() -> str:
     """The first Debian archive URI apt on this machine uses (not its security mirror)."""
     sources = Path("/etc/apt/sources.list.d")
-    files = [Path("/etc/apt/sources.list"), *sorted(sources.glob("*.sources")), *sorted(sources.glob("*.list"))]
+    files = [
+        Path("/etc/apt/sources.list"),
+        *sorted(sources.glob("*.sources")),
+        *sorted(sources.glob("*.list")),
+    ]
     for f in files:
         try:
             text = f.read_text()
@@ -131,19 +135,20 @@ def _build(spec: dict[str, object], out: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=out.parent))
     try:
         root = work / "root"
-        subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--arch={spec['arch']}",
-                "--include=" + ",".join(PACKAGES),
-                str(spec["suite"]),
-                str(root),
-                str(spec["mirror"]),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        cmd = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--arch={spec['arch']}",
+            "--include=" + ",".join(PACKAGES),
+            str(spec["suite"]),
+            str(root),
+            str(spec["mirror"]),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            log = root / "debootstrap/debootstrap.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else done.stderr[-3000:]
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{tail}")
         _prune_modules(root)
         for rel in DROP:
             target = root / rel
@@ -155,8 +160,18 @@ def _build(spec: dict[str, object], out: Path) -> None:
         # One tarball with numeric owners, extended attributes and capabilities kept.
         partial = out.with_suffix(".partial")
         subprocess.run(
-            ["tar", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
-             "-C", str(root), "-cf", str(partial), "."],
+            [
+                "tar",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--acls",
+                "--numeric-owner",
+                "-C",
+                str(root),
+                "-cf",
+                str(partial),
+                ".",
+            ],
             check=True,
         )
         os.replace(partial, out)
@@ -208,8 +223,17 @@ def extract(tar: Path, dest: Path) -> Path:
     """A fresh copy of the root at ``dest`` (created), as root with owners kept."""
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["tar", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
-         "-C", str(dest), "-xf", str(tar)],
+        [
+            "tar",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "--numeric-owner",
+            "-C",
+            str(dest),
+            "-xf",
+            str(tar),
+        ],
         check=True,
     )
     return dest

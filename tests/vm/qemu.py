@@ -65,12 +65,23 @@ WantedBy=multi-user.target
 """
 
 
-def qemu_available() -> str | None:
-    """Why the boot tests cannot run here, or None when they can."""
-    missing = [b for b in (QEMU, "mkfs.ext4", "debootstrap") if shutil.which(b) is None]
-    if missing:
-        return f"{', '.join(missing)} not installed (apt: qemu-system-x86 e2fsprogs debootstrap)"
+def qemu_missing() -> str | None:
+    """Why the boot tests cannot run here (no QEMU), or None when they can."""
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} is not installed (apt: qemu-system-x86; .ci/run installs it)"
     return None
+
+
+def require_tools() -> None:
+    """The other tools the boot tests use: missing ones fail the test, saying which."""
+    missing = [
+        b for b in ("mkfs.ext4", "debootstrap", "modprobe", "depmod") if shutil.which(b) is None
+    ]
+    if missing:
+        raise AssertionError(
+            f"the boot test needs {', '.join(missing)} (apt: e2fsprogs debootstrap kmod; "
+            ".ci/run installs them)"
+        )
 
 
 _KVM_GET_API_VERSION = 0xAE00
@@ -133,16 +144,29 @@ def make_image(
     root: Path, image: Path, uuid: str, *, label: str = "root", slack_mb: int = 96
 ) -> Path:
     """An ext4 image of ``root`` with filesystem UUID ``uuid``, sized to its content plus slack."""
-    used = int(subprocess.run(["du", "-sxk", str(root)], check=True, capture_output=True,
-                              text=True).stdout.split()[0])
+    used = int(
+        subprocess.run(
+            ["du", "-sxk", str(root)], check=True, capture_output=True, text=True
+        ).stdout.split()[0]
+    )
     size_mb = used * 13 // 10 // 1024 + slack_mb  # inodes and journal take their share too
     image.unlink(missing_ok=True)
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-U", uuid, "-L", label, "-d", str(root), str(image),
-         f"{size_mb}M"],
-        check=True,
-        capture_output=True,
-    )
+    cmd = [
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-U",
+        uuid,
+        "-L",
+        label,
+        "-d",
+        str(root),
+        str(image),
+        f"{size_mb}M",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return image
 
 
