@@ -302,3 +302,80 @@ class FlexInstanceMine(BaseModel):
     client: str
     created: dt.datetime
     last_checkin: dt.datetime | None
+
+
+# --- admin requests (the CLI and the API) ----------------------------------------------------------
+class FlexPolicyCreate(_Strict):
+    """``POST /api/v1/flex/policies``. Expiry is a date, or a duration from each instance's creation."""
+
+    name: str = Field(pattern=NAME)
+    restrictions: dict[str, Any] = Field(
+        default_factory=dict, description="FlexRestrictions fields."
+    )
+    expires_at: dt.datetime | None = None
+    valid_for: int | None = Field(None, ge=60, le=20 * 366 * 86400)
+    lease_seconds: int = Field(7 * 86400, ge=60, le=366 * 86400)
+
+
+class FlexPolicyUpdate(_Strict):
+    """``PUT /api/v1/flex/policies/{name}``: what is given changes; ``no_expiry`` clears expiry."""
+
+    restrictions: dict[str, Any] = Field(default_factory=dict)
+    expires_at: dt.datetime | None = None
+    valid_for: int | None = Field(None, ge=60, le=20 * 366 * 86400)
+    no_expiry: bool = False
+    lease_seconds: int | None = Field(None, ge=60, le=366 * 86400)
+
+
+class FlexEntitle(_Strict):
+    """``POST /api/v1/flex/entitlements``: ``image`` is ``NAME[:VERSION]`` (latest when omitted)."""
+
+    name: str = Field(pattern=NAME)
+    image: str = Field(min_length=1, max_length=140)
+    policy: str = Field(min_length=1, max_length=128)
+    users: list[str] = Field(default_factory=list, max_length=1000)
+    groups: list[str] = Field(default_factory=list, max_length=1000)
+    manage: bool = False
+    cvd_policy: str | None = None
+    base: str | None = None
+    apps: list[str] = Field(default_factory=list, max_length=100)
+
+
+class FlexEntitlementUpdate(_Strict):
+    """``PUT /api/v1/flex/entitlements/{name}``: given fields replace (users/groups: the lists)."""
+
+    image: str | None = Field(None, min_length=1, max_length=140)
+    policy: str | None = None
+    users: list[str] | None = Field(None, max_length=1000)
+    groups: list[str] | None = Field(None, max_length=1000)
+
+
+class FlexInstanceAction(_Strict):
+    """Lock, unlock or revoke an instance, with a message for its user."""
+
+    message: str = Field("", max_length=4096)
+
+
+class FlexSetPolicy(_Strict):
+    """Override an instance's policy (``null``: back to the entitlement's)."""
+
+    policy: str | None = None
+
+
+class GroupCreate(_Strict):
+    name: str = Field(pattern=NAME)
+    members: list[str] = Field(default_factory=list, max_length=10000)
+
+
+class GroupMembers(_Strict):
+    members: list[str] = Field(min_length=1, max_length=10000)
+
+
+class FlexRegisterUrl(_Strict):
+    """``POST /api/v1/flex/images/{name}/url``: the server fetches the image and checks its digest."""
+
+    url: str = Field(min_length=8, max_length=4096)
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    memory_mib: int = Field(1024, ge=16, le=4 << 20)
+    cpus: int = Field(1, ge=1, le=1024)
+    firmware: Literal["bios", "uefi"] = "bios"

@@ -10,8 +10,9 @@ from lamina import __version__
 from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
+from lamina.protocol.flex import MAX_IMAGE_SIZE
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, layers
+from lamina.server.api import admin, agent, cvds, flex, layers
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.services.users import ensure_admin
@@ -47,6 +48,8 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
             "/api/v1/agent/bundles": settings.max_body,
             # Up to MAX_IDS hex ids (~67 bytes each in JSON).
             "/api/v1/agent/missing": max(settings.max_json, 2 * 1024 * 1024),
+            # A disk image, streamed to a file (never held in memory).
+            "/api/v1" + flex.UPLOAD_PATH: MAX_IMAGE_SIZE,
         },
     )
 
@@ -65,7 +68,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
 
-    for r in (admin.router, cvds.router, agent.router, layers.router):
+    for r in (admin.router, cvds.router, agent.router, layers.router, flex.router):
         app.include_router(r, prefix="/api/v1")
     console.mount(app)
     return app

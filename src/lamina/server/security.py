@@ -37,11 +37,16 @@ PERMISSIONS = {
     "layer.write": "capture, record, assign and enforce layers",
     "user.admin": "manage users and read the audit log",
     "store.admin": "check and collect garbage in the store",
+    "flex.admin": "register flex images; create flex policies and entitlements",
+    "flex.operate": "lock, unlock, revoke flex instances and override their policy",
+    "flex.use": "list, download and check in the flex images one is entitled to",
 }
 ROLES: dict[str, frozenset[str]] = {
     "administrator": frozenset(PERMISSIONS),
-    "helpdesk": frozenset({"read", "data.read", "cvd.operate", "device.write"}),
+    "helpdesk": frozenset({"read", "data.read", "cvd.operate", "device.write", "flex.operate"}),
     "readonly": frozenset({"read"}),
+    #: People who only run flex images on their laptops.
+    "flex-user": frozenset({"flex.use"}),
 }
 
 
