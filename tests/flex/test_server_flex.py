@@ -6,8 +6,8 @@ makes the users, policies and entitlements it needs under its own names.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
-import os
 import random
 import shutil
 import subprocess
@@ -221,7 +221,7 @@ def test_register_by_url_checks_the_digest(srv: Srv, tmp_path: Path) -> None:
     raw = tmp_path / "site" / "small.raw"
     raw.parent.mkdir()
     raw.write_bytes(random.Random(7).randbytes(MiB))
-    digest = __import__("hashlib").sha256(raw.read_bytes()).hexdigest()
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a: Any, **kw: Any) -> None:
