@@ -25,6 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
 from lamina.cli import agent, cvd, fleet, layer, login, snapshot, store
+from lamina.cli import flex_client
 from lamina.cli.output import fail, install_safe_streams, safe
 from lamina.cli.server import server
 from lamina.errors import LaminaError
@@ -102,6 +103,7 @@ app.add_typer(layer.app, name="layer")
 app.add_typer(layer.collection_app, name="collection")
 app.add_typer(fleet.task_app, name="task")
 app.add_typer(agent.app, name="agent")
+app.add_typer(flex_client.app, name="flex-client")
 
 
 def _one_line_errors(t: typer.Typer) -> None:
