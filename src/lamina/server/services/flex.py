@@ -126,7 +126,7 @@ def create_policy(engine: Engine, actor: Principal, req: FlexPolicyCreate) -> di
             )
         )
         p = find_policy(c, pid)
-        audit(c, actor.name, "flex.policy.create", pid, **_policy_public(p) | {"created": None})
+        audit(c, actor.name, "flex.policy.create", pid, **req.model_dump(mode="json"))
         return _policy_public(p)
 
 

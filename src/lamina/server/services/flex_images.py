@@ -97,6 +97,8 @@ def inspect_disk(path: Path) -> dict[str, Any]:
         if Path(str(ext.get("filename", ""))).resolve() != path.resolve():
             raise UsageError("the vmdk disk has extents in other files: use a monolithic vmdk")
     size = int(info.get("virtual-size", -1))
+    if size == 0:
+        raise UsageError("the disk is empty")
     if not 0 <= size <= MAX_IMAGE_SIZE:
         raise TooLargeError(f"a disk of {size} bytes is above the {MAX_IMAGE_SIZE}-byte limit")
     return {"format": fmt, "virtual_size": size}
