@@ -335,7 +335,9 @@ class FlexClient:
         accept_renewal(old, lease, inst.id)
         inst.save_lease(signed)
         st = inst.state()
-        st.trusted_time = advance(st.trusted_time, lease.issued_at, now)
+        # The server's clock is the authority: a check-in resets the last trusted time to it
+        # (a laptop clock that ran ahead and was corrected is fine again once online).
+        st.trusted_time = lease.issued_at
         st.last_checkin = now
         inst.save_state(st)
         if lease.state == "revoked":
