@@ -55,7 +55,9 @@ class Srv:
 
     def user(self, name: str) -> Api:
         password = f"{name}-password-1"
-        r = self.admin.post("/users", json={"name": name, "password": password, "role": "flex-user"})
+        r = self.admin.post(
+            "/users", json={"name": name, "password": password, "role": "flex-user"}
+        )
         assert r.status_code == 201, r.text
         r = httpx.post(
             self.live.url + "/api/v1/auth/login", json={"user": name, "password": password}
@@ -137,7 +139,9 @@ class Flaky:
 
 
 def client(tmp: Path, api: Any, clock: Clock | None = None) -> FlexClient:
-    return FlexClient(tmp / "flex", api, tmp / "config" / "flex-keys.json", now=clock or Clock(), kdf=FAST)
+    return FlexClient(
+        tmp / "flex", api, tmp / "config" / "flex-keys.json", now=clock or Clock(), kdf=FAST
+    )
 
 
 def plaintext(inst_disk: Path, key: bytes, sock: Path) -> bytes:
@@ -300,7 +304,7 @@ def test_lease_offline_lock_unlock_revoke_and_clock_rollback(srv: Srv, tmp_path:
     clock.move(minutes=59)
     offline.authorize(inst)
     clock.move(minutes=2)
-    with pytest.raises(ForbiddenError, match="lease .* ended"):
+    with pytest.raises(ForbiddenError, match=r"lease .* ended"):
         offline.authorize(inst)
     # a clock set back before the last trusted time is refused
     clock.move(minutes=-61 - 10)
@@ -317,7 +321,10 @@ def test_lease_offline_lock_unlock_revoke_and_clock_rollback(srv: Srv, tmp_path:
     assert srv.admin.post(f"/flex/instances/{instance}/unlock", json={}).status_code == 200
     assert c.authorize(inst).state == "active"
     # revoke: the key and the disk are deleted at the next check-in
-    assert srv.admin.post(f"/flex/instances/{instance}/revoke", json={"message": "left"}).status_code == 200
+    assert (
+        srv.admin.post(f"/flex/instances/{instance}/revoke", json={"message": "left"}).status_code
+        == 200
+    )
     with pytest.raises(ForbiddenError, match="revoked by the administrator: left"):
         c.authorize(inst)
     assert not inst.disk.exists() and not inst.key_file.exists()
@@ -355,14 +362,14 @@ def test_qmp_stops_the_vm_when_the_lease_ends_while_it_runs(tmp_path: Path) -> N
     argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg", "-m", "32"]
     argv += ["-qmp", f"unix:{sock},server=on,wait=off", "-monitor", "none"]
     end = clock.t + dt.timedelta(hours=1)
-    result = qemu.run(
-        argv, [], sock, end, clock, grace=0.5, on_started=lambda: clock.move(hours=2)
-    )
+    result = qemu.run(argv, [], sock, end, clock, grace=0.5, on_started=lambda: clock.move(hours=2))
     assert result.stopped_for_deadline
 
 
 # --- real boots ------------------------------------------------------------------------------------
-def cli(tmp: Path, api: Api, *args: str, input: str = PASSWORD + "\n") -> subprocess.CompletedProcess[str]:
+def cli(
+    tmp: Path, api: Api, *args: str, input: str = PASSWORD + "\n"
+) -> subprocess.CompletedProcess[str]:
     """``lamina`` as the laptop's user: the session of ``api`` saved as a login."""
     cfg = tmp / "config"
     (cfg / "lamina").mkdir(parents=True, exist_ok=True)
@@ -379,8 +386,20 @@ def cli(tmp: Path, api: Api, *args: str, input: str = PASSWORD + "\n") -> subpro
 
 
 def boot(tmp: Path, api: Api, instance: str, *extra: str) -> Any:
-    p = cli(tmp, api, "flex-client", "launch", instance, "--dir", str(tmp / "flex"),
-            "--headless", "--password-stdin", "--accel", ACCEL, *extra)
+    p = cli(
+        tmp,
+        api,
+        "flex-client",
+        "launch",
+        instance,
+        "--dir",
+        str(tmp / "flex"),
+        "--headless",
+        "--password-stdin",
+        "--accel",
+        ACCEL,
+        *extra,
+    )
     assert p.returncode == 0, p.stderr
     report = parse_report(p.stdout)
     assert report.complete, p.stdout[-2000:]
@@ -405,7 +424,9 @@ def test_boot_obeys_the_policy_and_a_policy_change_at_the_next_launch(
     # the admin opens the policy up; the next launch checks in and obeys it
     r = srv.admin.put(
         "/flex/policies/strict",
-        json={"restrictions": {"network": "nat", "usb": ["hid"], "shared_folder": "ro", "message": ""}},
+        json={
+            "restrictions": {"network": "nat", "usb": ["hid"], "shared_folder": "ro", "message": ""}
+        },
     )
     assert r.status_code == 200, r.text
     share = tmp / "share"
@@ -417,7 +438,11 @@ def test_boot_obeys_the_policy_and_a_policy_change_at_the_next_launch(
     assert report.values("mount-tag") == ["lamina-share"]
     assert report.values("share-write") == ["lamina-share refused"]  # read-only share
     assert not (share / ".lamina-guest-write").exists()
-    st = json.loads(cli(tmp, api, "flex-client", "status", instance, "--dir", str(tmp / "flex"), "--json").stdout)
+    st = json.loads(
+        cli(
+            tmp, api, "flex-client", "status", instance, "--dir", str(tmp / "flex"), "--json"
+        ).stdout
+    )
     assert st["policy"]["network"] == "nat" and st["policy"]["usb"] == ["hid"]
 
 
@@ -431,8 +456,17 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
         assert srv.admin.post("/policies", json={"name": "flexstd"}).status_code == 201
     srv.policy("gina-p", network="nat")
     ent = srv.entitle("tiny-gina", "gina", "gina-p", manage=True, cvd_policy="flexstd")
-    p = cli(tmp_path, api, "flex-client", "download", ent, "--dir", str(tmp_path / "flex"),
-            "--password-stdin", "--json")
+    p = cli(
+        tmp_path,
+        api,
+        "flex-client",
+        "download",
+        ent,
+        "--dir",
+        str(tmp_path / "flex"),
+        "--password-stdin",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     instance = json.loads(p.stdout)["instance"]
     report, _ = boot(tmp_path, api, instance)
@@ -442,14 +476,29 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
     assert doc["server_url"] == srv.live.url and doc["token"]
     # nothing of it stays on the laptop
     for f in (tmp_path / "flex").rglob("*"):
-        assert not f.is_file() or doc["token"].encode() not in f.read_bytes() or f.name == "lease.json"
+        assert (
+            not f.is_file() or doc["token"].encode() not in f.read_bytes() or f.name == "lease.json"
+        )
     # inside the guest, the agent enrolls from what fw_cfg showed it
     raw = tmp_path / "fw_cfg_raw"
     raw.write_bytes(base64.b64decode(enc))
     root = tmp_path / "root"
     root.mkdir()
-    e = cli(tmp_path, api, "agent", "enroll", "--from-fw-cfg", "--fw-cfg-path", str(raw),
-            "--root", str(root), "--state", str(tmp_path / "agent"), "--json", input="")
+    e = cli(
+        tmp_path,
+        api,
+        "agent",
+        "enroll",
+        "--from-fw-cfg",
+        "--fw-cfg-path",
+        str(raw),
+        "--root",
+        str(root),
+        "--state",
+        str(tmp_path / "agent"),
+        "--json",
+        input="",
+    )
     assert e.returncode == 0, e.stderr
     device = json.loads(e.stdout)["device_id"]
     shown = srv.admin.get(f"/flex/instances/{instance}").json()

@@ -158,10 +158,10 @@ def test_offline_lease_runs_until_lease_until() -> None:
 
 
 def test_expiry_refuses_even_within_the_lease() -> None:
-    l = lease(expires_at=T0 + dt.timedelta(minutes=10))
-    check_time(l, T0 + dt.timedelta(minutes=9), T0)
+    short = lease(expires_at=T0 + dt.timedelta(minutes=10))
+    check_time(short, T0 + dt.timedelta(minutes=9), T0)
     with pytest.raises(ForbiddenError, match="expired"):
-        check_time(l, T0 + dt.timedelta(minutes=10), T0)
+        check_time(short, T0 + dt.timedelta(minutes=10), T0)
 
 
 def test_clock_set_back_before_the_last_trusted_time_is_refused() -> None:

@@ -24,8 +24,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import agent, cvd, fleet, layer, login, snapshot, store
-from lamina.cli import flex_client
+from lamina.cli import agent, cvd, fleet, flex_client, layer, login, snapshot, store
 from lamina.cli.output import fail, install_safe_streams, safe
 from lamina.cli.server import server
 from lamina.errors import LaminaError

@@ -91,7 +91,7 @@ def build_argv(plan: LaunchPlan, qemu: str = "qemu-system-x86_64") -> list[str]:
         "-blockdev",
         f"driver=file,node-name=lamina-file,filename={qemu_escape(str(plan.disk))}",
         "-blockdev",
-        f"driver=qcow2,node-name=lamina-disk,file=lamina-file,encrypt.key-secret={SECRET_ID}",
+        f"driver=qcow2,node-name=lamina-disk,file=lamina-file,encrypt.format=luks,encrypt.key-secret={SECRET_ID}",
         "-device",
         "virtio-blk-pci,drive=lamina-disk,bootindex=1",
     ]
@@ -246,9 +246,13 @@ def run(
                 proc.wait(timeout=1.0 if left is None else min(max(left, 0.05), 1.0))
             except subprocess.TimeoutExpired:
                 continue
-    except BaseException:
+    except BaseException as e:
         if proc.poll() is None:
             proc.kill()
+        proc.wait()
+        if isinstance(e, BackendError) and proc.stderr:
+            err = proc.stderr.read().decode(errors="replace").strip()
+            raise BackendError(f"{e.message}: {err[-500:]}") from None
         raise
     finally:
         if qmp is not None:
