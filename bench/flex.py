@@ -4,6 +4,7 @@
 .venv/bin/python -m bench.flex                 # a 256 MiB image, 2% changed in one region
 .venv/bin/python -m bench.flex --size-mb 2048  # the issue's 2 GiB image
 .venv/bin/python -m bench.flex --regions 8 --qcow2
+.venv/bin/python -m bench.flex --download      # also: an instance's download vs curl
 ```
 
 It opens a server's data folder under ``bench/work/flex`` (wiped first), registers a
@@ -15,8 +16,12 @@ target is <= 1.1x for the 2 GiB image: each changed region also re-stores the on
 two content-defined chunks (1 MiB on average) around its edges, so small images and
 many small regions come out above it.
 
-Not measured yet (TODO, needs the laptop side): an instance's download time against
-``curl`` of the same bytes from the same server.
+With ``--download``, a server is started in this process (uvicorn, loopback, plain
+HTTP) over a second data folder holding a ``--download-mb`` image, and the laptop side's
+``FlexClient.download`` (LUKS qcow2 through qemu-nbd, each piece checked against the
+signed manifest) is timed against one ``curl`` process fetching the same pieces from
+the same server over one connection into /dev/null. The ratio is client/curl: what the
+encryption, the checks and the resumable bookkeeping cost over the bare transfer.
 """
 
 from __future__ import annotations
@@ -25,13 +30,20 @@ import argparse
 import json
 import random
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
+import uvicorn
+
+from lamina.cli.client import Api
 from lamina.config import ServerSettings
-from lamina.server.app import open_context
+from lamina.flex.client import FlexClient
+from lamina.server.app import create_app, open_context
 from lamina.server.security import ROLES, Principal
 from lamina.server.services import flex_images
 
@@ -62,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--regions", type=int, default=1, help="changed regions (default 1)")
     ap.add_argument("--qcow2", action="store_true", help="register qcow2 disks (qemu-img convert)")
+    ap.add_argument("--download", action="store_true", help="also time a download vs curl")
+    ap.add_argument("--download-mb", type=int, default=256, help="image size for --download")
     ap.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -114,10 +128,74 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": round(ratio, 3),
         **results,
     }
+    if args.download:
+        out["download"] = bench_download(args.download_mb * MiB)
     if args.output:
         args.output.write_text(json.dumps(out, indent=2) + "\n")
     shutil.rmtree(WORK, ignore_errors=True)
     return 0 if ratio <= 1.1 else 1
+
+
+def bench_download(size: int) -> dict[str, float]:
+    work = WORK / "download"
+    work.mkdir(parents=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    password = "bench-password-1"
+    settings = ServerSettings(data=work / "data", port=port, admin_password=password, workers=0)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        admin = _login(url, "admin", password)
+        write_image(work / "img.raw", size, 5, [])
+        with open(work / "img.raw", "rb") as f:
+            admin.call(
+                "POST", "/flex/images/upload", params={"name": "dl"}, content=f, timeout=None
+            )
+        admin.post("/users", {"name": "bob", "password": password, "role": "flex-user"})
+        admin.post("/flex/policies", {"name": "p"})
+        admin.post(
+            "/flex/entitlements", {"name": "e", "image": "dl", "policy": "p", "users": ["bob"]}
+        )
+        bob = _login(url, "bob", password)
+        client = FlexClient(work / "laptop", bob, work / "pins.json")
+        t = time.perf_counter()
+        inst = client.download("e", password)
+        client_s = time.perf_counter() - t
+        pieces = len(inst.manifest().pieces)
+        token = bob.http.headers["Authorization"]
+        config = work / "curl.cfg"
+        config.write_text(
+            f'header = "Authorization: {token}"\n'
+            + "".join(
+                f'url = "{url}/api/v1/flex/my/instances/{inst.id}/pieces/{n}"\noutput = "/dev/null"\n'
+                for n in range(pieces)
+            )
+        )
+        t = time.perf_counter()
+        subprocess.run(["curl", "-sfS", "--config", str(config)], check=True)
+        curl_s = time.perf_counter() - t
+    finally:
+        server.should_exit = True
+        thread.join()
+    print(
+        f"download of {size / MiB:.0f} MiB: flex client {client_s:.1f} s, curl {curl_s:.1f} s"
+        f" ({client_s / curl_s:.2f}x)"
+    )
+    return {"client_seconds": round(client_s, 2), "curl_seconds": round(curl_s, 2)}
+
+
+def _login(url: str, user: str, password: str) -> Api:
+    r = httpx.post(url + "/api/v1/auth/login", json={"user": user, "password": password})
+    r.raise_for_status()
+    return Api(url, r.json()["token"])
 
 
 if __name__ == "__main__":
