@@ -483,21 +483,18 @@ def _require_user(actor: Principal) -> None:
 
 def _my_entitlements(c: Connection, actor: Principal) -> list[Any]:
     mine = select(user_group_members.c.group_id).where(user_group_members.c.user_id == actor.id)
+    # ids first: DISTINCT over the rows themselves would compare JSON (PostgreSQL cannot)
+    ids = select(flex_entitlement_subjects.c.entitlement_id).where(
+        or_(
+            (flex_entitlement_subjects.c.kind == "user")
+            & (flex_entitlement_subjects.c.subject_id == actor.id),
+            (flex_entitlement_subjects.c.kind == "group")
+            & flex_entitlement_subjects.c.subject_id.in_(mine),
+        )
+    )
     q = (
         select(flex_entitlements)
-        .join(
-            flex_entitlement_subjects,
-            flex_entitlement_subjects.c.entitlement_id == flex_entitlements.c.id,
-        )
-        .where(
-            or_(
-                (flex_entitlement_subjects.c.kind == "user")
-                & (flex_entitlement_subjects.c.subject_id == actor.id),
-                (flex_entitlement_subjects.c.kind == "group")
-                & flex_entitlement_subjects.c.subject_id.in_(mine),
-            )
-        )
-        .distinct()
+        .where(flex_entitlements.c.id.in_(ids))
         .order_by(flex_entitlements.c.name)
     )
     return list(c.execute(q))

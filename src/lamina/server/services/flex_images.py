@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from lamina.db.engine import read_tx, write_tx
@@ -250,6 +251,39 @@ def register(
             record, pieces, new_bytes = store_raw(store, image_id, raw)
     finally:
         raw.unlink(missing_ok=True)
+    try:
+        return _add_version(
+            engine,
+            actor,
+            name,
+            image_id,
+            record,
+            pieces,
+            new_bytes,
+            info,
+            memory_mib,
+            cpus,
+            firmware,
+            source,
+        )
+    except sqlalchemy.exc.IntegrityError as e:  # the same image registered at the same time
+        raise ConflictError(f"image {name} got another version meanwhile: register again") from e
+
+
+def _add_version(
+    engine: Engine,
+    actor: Principal,
+    name: str,
+    image_id: str,
+    record: SnapshotRecord,
+    pieces: list[list[Any]],
+    new_bytes: int,
+    info: dict[str, Any],
+    memory_mib: int,
+    cpus: int,
+    firmware: str,
+    source: dict[str, Any] | None,
+) -> dict[str, Any]:
     with write_tx(engine) as c:
         last = c.execute(
             select(func.max(flex_image_versions.c.version)).where(
