@@ -348,17 +348,18 @@ def fetch(url: str, sha256: str, dest: Path, limit: int = MAX_IMAGE_SIZE) -> Non
     size = 0
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f, httpx.stream("GET", url, timeout=60) as r:
+        timeout = httpx.Timeout(60, connect=10)
+        with os.fdopen(fd, "wb") as f, httpx.stream("GET", url, timeout=timeout) as r:
             if r.status_code != 200:
-                raise BackendError(f"fetching {url} answered HTTP {r.status_code}")
+                raise UsageError(f"fetching {url} answered HTTP {r.status_code}")
             for part in r.iter_bytes(1 << 20):
                 size += len(part)
                 if size > limit:
                     raise TooLargeError(f"the image at {url} is above the {limit}-byte limit")
                 h.update(part)
                 f.write(part)
-    except httpx.HTTPError as e:
-        raise BackendError(f"cannot fetch {url}: {e}") from e
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # the URL given is unusable: a bad request
+        raise UsageError(f"cannot fetch {url}: {e}") from e
     if h.hexdigest() != sha256.lower():
         raise IntegrityError(
             f"the image at {url} has SHA-256 {h.hexdigest()}, expected {sha256.lower()}"
