@@ -506,19 +506,24 @@ def my_entitlements(engine: Engine, actor: Principal) -> list[FlexEntitlementMin
         rows = _my_entitlements(c, actor)
         pols = {p.id: p for p in c.execute(select(flex_policies))}
         imgs = {i.id: i for i in c.execute(select(flex_images))}
-        out = []
-        for e in rows:
-            v = images.find_version(c, imgs[e.image_id], e.version)
-            out.append(
-                FlexEntitlementMine(
-                    id=e.id,
-                    name=e.name,
-                    image=imgs[e.image_id].name,
-                    version=v.version,
-                    policy=policy_doc(pols[e.policy_id]),
-                )
+        latest = dict(
+            c.execute(
+                select(
+                    flex_image_versions.c.image_id, func.max(flex_image_versions.c.version)
+                ).group_by(flex_image_versions.c.image_id)
+            ).tuples()
+        )
+        return [
+            FlexEntitlementMine(
+                id=e.id,
+                name=e.name,
+                image=imgs[e.image_id].name,
+                version=e.version or latest[e.image_id],
+                policy=policy_doc(pols[e.policy_id]),
             )
-        return out
+            for e in rows
+            if e.version or e.image_id in latest
+        ]
 
 
 def _my_entitlement(c: Connection, actor: Principal, ref: str) -> Any:
