@@ -633,6 +633,14 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/driver-profiles/{a}/devices", None),
     ("POST", "/cvds/{a}/migrate", {"to": "x", "dry_run": True}),
     ("POST", "/cvds/{a}/restore-system", {"to": "x"}),
+    ("POST", "/flex/images/upload?name=x", None),
+    ("GET", "/flex/instances", None),
+    ("POST", "/flex/policies", {"name": "anon"}),
+    ("POST", "/groups", {"name": "anon"}),
+    ("GET", "/flex/key", None),
+    ("GET", "/flex/my/entitlements", None),
+    ("POST", "/flex/my/instances/{a}/checkin", {"client_time": "2026-01-01T00:00:00Z"}),
+    ("GET", "/flex/my/instances/{a}/pieces/0", None),
 ]
 BAD_AUTH = [
     None,

@@ -32,6 +32,8 @@ from lamina.cli import (
     cvd,
     driver,
     fleet,
+    flex,
+    flex_client,
     layer,
     login,
     ops,
@@ -140,7 +142,10 @@ app.add_typer(driver.app, name="driver")
 app.add_typer(fleet.task_app, name="task")
 app.command("status")(ops.status)
 app.add_typer(ops.event_app, name="event")
+app.add_typer(flex.app, name="flex")
+app.add_typer(flex.group_app, name="group")
 app.add_typer(agent.app, name="agent")
+app.add_typer(flex_client.app, name="flex-client")
 
 
 #: An example or two under each group's help (`lamina GROUP --help`); test_help.py

@@ -33,10 +33,33 @@ InsecureOpt = Annotated[
 
 @app.command("enroll")
 def enroll_cmd(
-    server: Annotated[str, typer.Option(help="Server URL, e.g. https://lamina:8470")],
-    token: Annotated[str, typer.Option(help="Enrollment token from `lamina token create`.")],
-    root: Annotated[Path, typer.Option(help="The endpoint's root folder (/ on a real machine).")],
     state: StateOpt,
+    server: Annotated[str | None, typer.Option(help="Server URL, e.g. https://lamina:8470")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Enrollment token from `lamina token create`.")
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="The endpoint's root folder (/ on a real machine; / with --from-fw-cfg)."
+        ),
+    ] = None,
+    from_fw_cfg: Annotated[
+        bool,
+        typer.Option(
+            "--from-fw-cfg",
+            help="In a managed flex guest: take the server and token the flex client handed "
+            "over through QEMU's fw_cfg.",
+        ),
+    ] = False,
+    fw_cfg_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where --from-fw-cfg reads (default "
+            "/sys/firmware/qemu_fw_cfg/by_name/opt/org.lamina/enroll/raw).",
+            show_default=False,
+        ),
+    ] = None,
     ca_cert: Annotated[
         Path | None,
         typer.Option(
@@ -70,7 +93,19 @@ def enroll_cmd(
     """Register this endpoint with the server; it stays pending until centralized."""
     from lamina.agent.runner import enroll
     from lamina.agent.state import load_status
+    from lamina.errors import UsageError
 
+    if from_fw_cfg:
+        from lamina.agent.fwcfg import FW_CFG_ENROLL, read_enrollment
+
+        if server or token:
+            raise UsageError(
+                "--from-fw-cfg takes the server and token from fw_cfg: drop --server/--token"
+            )
+        info = read_enrollment(fw_cfg_path or FW_CFG_ENROLL)
+        server, token, root = info.server_url, info.token, root or Path("/")
+    if not server or not token or root is None:
+        raise UsageError("give --server, --token and --root (or --from-fw-cfg in a flex guest)")
     st = enroll(
         server,
         token,

@@ -349,3 +349,120 @@ driver_profiles = Table(
     Column("created", DateTime(timezone=True), nullable=False),
     Column("updated", DateTime(timezone=True), nullable=False),
 )
+# --- flex (revision 0008_flexsrv) ---------------------------------------------------
+
+#: Named groups of users (entitlements name users or groups).
+user_groups = Table(
+    "user_groups",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+user_group_members = Table(
+    "user_group_members",
+    metadata,
+    Column("group_id", String(36), ForeignKey("user_groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+)
+
+flex_images = Table(
+    "flex_images",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+#: One registered raw disk: a snapshot in the store (source ``flex:<image id>``) and its
+#: manifest's pieces, ``[[offset, length, plain blake3 hex, store blob id hex | null (zeros)]]``.
+flex_image_versions = Table(
+    "flex_image_versions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "image_id", String(36), ForeignKey("flex_images.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("version", Integer, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("cpus", Integer, nullable=False),
+    Column("firmware", String(8), nullable=False),
+    Column("snapshot_id", String(64), nullable=False),
+    Column("pieces", JSON, nullable=False),
+    Column("source", JSON, nullable=False),
+    UniqueConstraint("image_id", "version", name="uq_flex_image_versions_image_id_version"),
+)
+
+#: A restriction policy: ``restrictions`` is a FlexRestrictions; expiry is a date or a
+#: duration from each instance's creation.
+flex_policies = Table(
+    "flex_policies",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("restrictions", JSON, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("valid_for", Integer, nullable=True),
+    Column("lease_seconds", Integer, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)
+
+flex_entitlements = Table(
+    "flex_entitlements",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("image_id", String(36), ForeignKey("flex_images.id"), nullable=False),
+    #: a pinned image version, or null for the latest at each instance's creation
+    Column("version", Integer, nullable=True),
+    Column("policy_id", String(36), ForeignKey("flex_policies.id"), nullable=False),
+    Column("manage", Boolean, nullable=False, default=False),
+    Column("cvd_policy_id", String(36), ForeignKey("policies.id"), nullable=True),
+    #: layer specs (``NAME[:V]``) assigned to a managed guest's CVD: base first, then apps
+    Column("layers", JSON, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+#: Who an entitlement is for: ``kind`` user or group, ``subject_id`` a user's or group's id.
+flex_entitlement_subjects = Table(
+    "flex_entitlement_subjects",
+    metadata,
+    Column(
+        "entitlement_id",
+        String(36),
+        ForeignKey("flex_entitlements.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("kind", String(8), primary_key=True),
+    Column("subject_id", String(36), primary_key=True),
+)
+
+#: One downloaded copy of an image for one user on one laptop.
+flex_instances = Table(
+    "flex_instances",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "entitlement_id",
+        String(36),
+        ForeignKey("flex_entitlements.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("version_id", String(36), ForeignKey("flex_image_versions.id"), nullable=False),
+    #: a per-instance policy overriding the entitlement's
+    Column("policy_id", String(36), ForeignKey("flex_policies.id"), nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("client", String(255), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("last_checkin", DateTime(timezone=True), nullable=True),
+    #: the enrollment token of a managed guest (the latest issued), and the device it made
+    Column("enroll_token_id", String(36), nullable=True, index=True),
+    Column("device_id", String(36), nullable=True),
+)

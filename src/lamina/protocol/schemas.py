@@ -54,7 +54,7 @@ class LoginResponse(BaseModel):
 class UserCreate(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@-]+$")
     password: str = Field(min_length=8, max_length=1024)
-    role: Literal["administrator", "helpdesk", "readonly"]
+    role: Literal["administrator", "helpdesk", "readonly", "flex-user"]
 
 
 class ApiTokenCreate(Strict):

@@ -10,8 +10,9 @@ from lamina import __version__
 from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
+from lamina.protocol.flex import MAX_IMAGE_SIZE
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, drivers, layers, migration, ops
+from lamina.server.api import admin, agent, cvds, drivers, flex, layers, migration, ops
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.metrics import Metrics, RequestMetrics
@@ -54,6 +55,8 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
             "/api/v1/drivers/import": settings.max_body,
             # Up to MAX_IDS hex ids (~67 bytes each in JSON).
             "/api/v1/agent/missing": max(settings.max_json, 2 * 1024 * 1024),
+            # A disk image, streamed to a file (never held in memory).
+            "/api/v1" + flex.UPLOAD_PATH: MAX_IMAGE_SIZE,
         },
     )
 
@@ -76,7 +79,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
 
     routers = (admin.router, cvds.router, agent.router, layers.router, ops.router, drivers.router)
-    for r in (*routers, migration.router):
+    for r in (*routers, migration.router, flex.router):
         app.include_router(r, prefix="/api/v1")
     app.include_router(ops.metrics_router)
     console.mount(app)

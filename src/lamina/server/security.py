@@ -38,11 +38,16 @@ PERMISSIONS = {
     "driver.write": "import and delete driver packs; create, change and delete driver profiles",
     "user.admin": "manage users and read the audit log",
     "metrics.read": "read the server's Prometheus metrics (/metrics) from another host",
+    "flex.admin": "register flex images; create flex policies and entitlements",
+    "flex.operate": "lock, unlock, revoke flex instances and override their policy",
+    "flex.use": "list, download and check in the flex images one is entitled to",
 }
 ROLES: dict[str, frozenset[str]] = {
     "administrator": frozenset(PERMISSIONS),
-    "helpdesk": frozenset({"read", "data.read", "cvd.operate", "device.write"}),
+    "helpdesk": frozenset({"read", "data.read", "cvd.operate", "device.write", "flex.operate"}),
     "readonly": frozenset({"read"}),
+    #: People who only run flex images on their laptops.
+    "flex-user": frozenset({"flex.use"}),
 }
 
 

@@ -34,6 +34,7 @@ from lamina.protocol.schemas import (
     TokenPublic,
 )
 from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
+from lamina.server.services import flex_manage
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store.keys import ChunkingSecret
@@ -53,21 +54,9 @@ def create_token(engine: Engine, actor: Principal, req: TokenCreate) -> TokenPub
     actor.require("device.write")
     with write_tx(engine) as c:
         policy_id = policy_service.find(c, req.policy).id if req.policy else None
-        token = new_token(ENROLL_TOKEN)
-        tid = new_id()
         expires = now() + dt.timedelta(seconds=req.expires_in)
-        c.execute(
-            insert(enroll_tokens).values(
-                id=tid,
-                token_hash=token_hash(token),
-                created_by=actor.name,
-                created=now(),
-                expires=expires,
-                policy_id=policy_id,
-                reference=req.reference,
-                uses=0,
-                max_uses=req.uses,
-            )
+        tid, token = issue_enroll_token(
+            c, actor.name, policy_id, expires, uses=req.uses, reference=req.reference
         )
         audit(
             c,
@@ -80,6 +69,33 @@ def create_token(engine: Engine, actor: Principal, req: TokenCreate) -> TokenPub
             uses=req.uses,
         )
     return TokenPublic(id=tid, token=token, expires=expires, uses=req.uses)
+
+
+def issue_enroll_token(
+    c: Connection,
+    created_by: str,
+    policy_id: str | None,
+    expires: dt.datetime,
+    uses: int = 1,
+    reference: bool = False,
+) -> tuple[str, str]:
+    """Insert an enrollment token; returns its id and the token (shown once)."""
+    token = new_token(ENROLL_TOKEN)
+    tid = new_id()
+    c.execute(
+        insert(enroll_tokens).values(
+            id=tid,
+            token_hash=token_hash(token),
+            created_by=created_by,
+            created=now(),
+            expires=expires,
+            policy_id=policy_id,
+            reference=reference,
+            uses=0,
+            max_uses=uses,
+        )
+    )
+    return tid, token
 
 
 # --- devices --------------------------------------------------------------------
@@ -166,7 +182,9 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
         )
         status = PENDING
         if t.policy_id:
-            _centralize(c, t.created_by, did, t.policy_id, t.reference, None)
+            # A flex instance's token: the device is that instance, named after it.
+            name = flex_manage.bind_device(c, t.id, did)
+            _centralize(c, t.created_by, did, t.policy_id, t.reference, name)
             status = ACTIVE
     # A pending device gets no id key: with it, ids name content (see services/access.py).
     return EnrollResponse(

@@ -25,7 +25,7 @@ from lamina.errors import (
 from lamina.protocol.bundle import BundleBlob, decode_bundle
 from lamina.protocol.schemas import CommitRequest, CommitResponse, SnapshotPublic
 from lamina.server.security import Principal
-from lamina.server.services import access, fleet, layers
+from lamina.server.services import access, fleet, flex, layers
 from lamina.server.services.fleet import cvd_source
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -247,6 +247,7 @@ def commit_snapshot(
         )
         finishing = layers.note_commit(c, store, cvd.id, record)
     layers.finish_recording(engine, store, finishing)
+    flex.assign_guest_layers(engine, store, cvd.id)  # a managed flex guest's layers
     return CommitResponse(snapshot=snapshot_public(record), kept=kept, forgotten=forgotten)
 
 

@@ -1,0 +1,489 @@
+"""The flex client's operations: list, download, launch, check-in, status, remove.
+
+The CLI (``lamina flex-client``) parses, calls one of these, renders. The server is
+reached through a :class:`ServerApi` (the CLI's logged-in HTTP client); the clock is a
+parameter, so tests move time without touching the laptop's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import blake3
+
+from lamina.errors import (
+    AuthError,
+    BackendError,
+    ConflictError,
+    ForbiddenError,
+    IntegrityError,
+    RateLimitedError,
+    StoreKeyError,
+    UsageError,
+)
+from lamina.flex import disk, keywrap, qemu
+from lamina.flex.folder import (
+    ClientFolder,
+    Instance,
+    InstanceInfo,
+    LocalState,
+    fsync_dir,
+    write_atomic,
+    write_model,
+)
+from lamina.flex.lease import accept_renewal, advance, check_state, check_time, deadline
+from lamina.protocol.flex import (
+    CLIENT_NAME,
+    FlexKeyPublic,
+    FlexManifest,
+    Lease,
+    Signed,
+    load_public_key,
+    verify,
+)
+
+Clock = Callable[[], dt.datetime]
+Notify = Callable[[str], None]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class ServerApi(Protocol):
+    """The logged-in HTTP client (``lamina.cli.client.Api``): JSON in and out, bytes for
+    non-JSON bodies, Lamina errors for error statuses, ``BackendError`` when unreachable."""
+
+    url: str
+
+    def get(self, path: str, **kw: Any) -> Any: ...
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any: ...
+
+
+class KeyPins:
+    """The server signing keys this laptop trusts, one per server URL, pinned on first use.
+
+    A JSON object ``{url: {"key_id", "public_key"}}`` in a 0600 file beside the login session.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            raise IntegrityError(f"{self.path} is damaged: {e}") from e
+        if not isinstance(doc, dict):
+            raise IntegrityError(f"{self.path} is damaged: not a JSON object")
+        return doc
+
+    def check(self, url: str, offered: FlexKeyPublic) -> str:
+        """The pinned key for ``url`` (pinning ``offered`` if there is none); refuses a change."""
+        load_public_key(offered.public_key)
+        pins = self._load()
+        pinned = pins.get(url)
+        if pinned is None:
+            pins[url] = {"key_id": offered.key_id, "public_key": offered.public_key}
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(self.path, json.dumps(pins, indent=1, sort_keys=True).encode())
+            return offered.public_key
+        if pinned.get("public_key") != offered.public_key:
+            raise IntegrityError(
+                f"the server at {url} offers flex signing key {offered.key_id[:16]}, but this laptop "
+                f"pinned {str(pinned.get('key_id'))[:16]}: refused (if the server's key was really "
+                f"replaced, remove its entry from {self.path})"
+            )
+        return pinned["public_key"]
+
+
+def client_name() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:250].strip(".-") or "laptop"
+    return name if re.match(CLIENT_NAME, name) else "laptop"
+
+
+@dataclass
+class LaunchOptions:
+    headless: bool = False
+    shared_folder: Path | None = None
+    accel: qemu.Accel = "auto"
+    grace: float = 60.0
+    stdout: IO[bytes] | int | None = None
+    qemu_binary: str = "qemu-system-x86_64"
+
+
+class FlexClient:
+    def __init__(
+        self,
+        root: Path,
+        api: ServerApi | None,
+        pins: Path,
+        now: Clock = utcnow,
+        kdf: keywrap.KdfParams = keywrap.DEFAULT_KDF,
+        notify: Notify | None = None,
+    ) -> None:
+        self.folder = ClientFolder(root)
+        self.api = api
+        self.pins = KeyPins(pins)
+        self.now = now
+        self.kdf = kdf
+        self.notify = notify or (lambda _m: None)
+
+    # --- server ------------------------------------------------------------------------
+    def _api(self) -> ServerApi:
+        if self.api is None:
+            raise AuthError("not logged in: run `lamina login URL --user NAME`")
+        return self.api
+
+    def _server(self) -> str:
+        return self._api().url.rstrip("/")
+
+    def server_key(self) -> str:
+        offered = FlexKeyPublic.model_validate(self._api().get("/flex/key"))
+        return self.pins.check(self._server(), offered)
+
+    def entitlements(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._api().get("/flex/my/entitlements")
+        return rows
+
+    # --- download ------------------------------------------------------------------------
+    def download(
+        self, entitlement: str, password: str, progress: Callable[[int, int], None] | None = None
+    ) -> Instance:
+        """Create an instance of ``entitlement`` and download its disk, or continue the one
+        whose download was cut. ``progress(done_bytes, total_bytes)`` is called per piece."""
+        if not password:
+            raise UsageError("the instance needs a password")
+        self.folder.ensure()
+        inst = self.folder.partial_for(self._server(), entitlement)
+        if inst is None:
+            inst, key = self._create(entitlement, password)
+        else:
+            self.notify(f"continuing the download of instance {inst.id}")
+            key = self.unlock(inst, password, inst.lease())
+        self._fetch_pieces(inst, key, progress)
+        return inst
+
+    def _create(self, entitlement: str, password: str) -> tuple[Instance, bytes]:
+        public = self.server_key()
+        created = self._api().post(
+            "/flex/my/instances", {"entitlement": entitlement, "client": client_name()}
+        )
+        if not isinstance(created, dict) or not isinstance(created.get("instance"), str):
+            raise IntegrityError("the server's answer to creating an instance is malformed")
+        instance_id = self.folder.check_id(created["instance"])
+        manifest_signed = Signed[Any].model_validate(created["manifest"])
+        lease_signed = Signed[Any].model_validate(created["lease"])
+        manifest = verify(manifest_signed, public, FlexManifest)
+        lease = verify(lease_signed, public, Lease)
+        accept_renewal(None, lease, instance_id)
+        check_state(lease)
+        now = self.now()
+        key = keywrap.new_disk_key()
+        stage = self.folder.staging(instance_id)
+        final = self.folder.instances / instance_id
+        if final.exists():
+            raise ConflictError(f"instance {instance_id} is already under {self.folder.root}")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(mode=0o700)
+        info = InstanceInfo(
+            instance=instance_id,
+            server=self._server(),
+            server_key=public,
+            entitlement=entitlement,
+            image=manifest.image_name,
+            version=manifest.version,
+            created=now,
+        )
+        write_model(stage / "instance.json", info)
+        write_atomic(stage / "manifest.json", manifest_signed.model_dump_json().encode())
+        write_atomic(stage / "lease.json", lease_signed.model_dump_json().encode())
+        write_model(stage / "key.json", keywrap.wrap(key, password, instance_id, self.kdf))
+        write_model(
+            stage / "state.json",
+            LocalState(trusted_time=advance(None, lease.issued_at, now), last_checkin=now),
+        )
+        disk.create(stage / "disk.qcow2", manifest.size, key)
+        os.replace(stage, final)
+        fsync_dir(self.folder.instances)
+        return Instance(final), key
+
+    def _fetch_pieces(
+        self, inst: Instance, key: bytes, progress: Callable[[int, int], None] | None
+    ) -> None:
+        manifest = inst.manifest()
+        done = inst.done_pieces()
+        total = manifest.size
+        got = 0
+        zero_hash: dict[int, str] = {}
+        api = self._api()
+        with (
+            tempfile.TemporaryDirectory(prefix="lamina-flex-") as run,
+            disk.export(inst.disk, key, Path(run) / "nbd.sock") as nbd,
+        ):
+            if nbd.size != manifest.size:
+                raise IntegrityError(
+                    f"the encrypted disk holds {nbd.size} bytes, the manifest says {manifest.size}"
+                )
+            for n, piece in enumerate(manifest.pieces):
+                if n not in done:
+                    zh = zero_hash.get(piece.length)
+                    if zh is None:
+                        zh = zero_hash[piece.length] = blake3.blake3(
+                            bytes(piece.length)
+                        ).hexdigest()
+                    if piece.blake3 != zh:  # a new disk reads zeros already
+                        data = api.get(f"/flex/my/instances/{inst.id}/pieces/{n}")
+                        self._check_piece(inst.id, n, piece.length, piece.blake3, data)
+                        nbd.write(piece.offset, data)
+                        nbd.flush()
+                    inst.mark_done(n)
+                got += piece.length
+                if progress is not None:
+                    progress(got, total)
+        st = inst.state()
+        st.downloaded = True
+        inst.save_state(st)
+
+    @staticmethod
+    def _check_piece(instance_id: str, n: int, length: int, expected: str, data: Any) -> None:
+        if not isinstance(data, bytes):
+            raise IntegrityError(f"piece {n} of instance {instance_id}: the server sent no bytes")
+        found = blake3.blake3(data).hexdigest()
+        if len(data) != length or found != expected:
+            raise IntegrityError(
+                f"piece {n} of instance {instance_id} does not match the signed manifest "
+                f"(expected {length} bytes with BLAKE3 {expected[:16]}, got {len(data)} bytes with "
+                f"{found[:16]}); nothing of it was written — run the download again"
+            )
+
+    # --- password -------------------------------------------------------------------------
+    def unlock(self, inst: Instance, password: str, lease: Lease) -> bytes:
+        """The disk key, counting wrong passwords: after the policy's tries, the instance is
+        locked out for the policy's time."""
+        st = inst.state()
+        now = self.now()
+        if st.locked_until is not None and now < st.locked_until:
+            raise RateLimitedError(
+                f"too many wrong passwords: instance {inst.id} is locked out until {_iso(st.locked_until)}"
+            )
+        try:
+            wrapped = keywrap.WrappedKey.model_validate_json(inst.key_file.read_bytes())
+        except FileNotFoundError:
+            raise ConflictError(
+                f"instance {inst.id} has no key (revoked?): remove it with `lamina flex-client remove`"
+            ) from None
+        r = lease.policy.restrictions
+        try:
+            key = keywrap.unwrap(wrapped, password, inst.id)
+        except StoreKeyError:
+            st.failed_tries += 1
+            if st.failed_tries >= r.max_password_tries:
+                st.failed_tries = 0
+                st.locked_until = now + dt.timedelta(seconds=r.lockout_seconds)
+                inst.save_state(st)
+                raise RateLimitedError(
+                    f"wrong password, {r.max_password_tries} times: instance {inst.id} is locked "
+                    f"out until {_iso(st.locked_until)}"
+                ) from None
+            inst.save_state(st)
+            left = r.max_password_tries - st.failed_tries
+            raise StoreKeyError(
+                f"wrong password for instance {inst.id} ({left} more before a lockout)"
+            ) from None
+        if st.failed_tries or st.locked_until:
+            st.failed_tries, st.locked_until = 0, None
+            inst.save_state(st)
+        return key
+
+    # --- lease -------------------------------------------------------------------------------
+    def checkin(self, instance_id: str) -> Lease:
+        return self._checkin(self.folder.get(instance_id))
+
+    def _checkin(self, inst: Instance) -> Lease:
+        info = inst.info()
+        api = self._api()
+        if self._server() != info.server:
+            raise UsageError(
+                f"instance {inst.id} belongs to {info.server}, but the session is for {self._server()}"
+            )
+        now = self.now()
+        doc = api.post(f"/flex/my/instances/{inst.id}/checkin", {"client_time": now.isoformat()})
+        signed = Signed[Any].model_validate(doc)
+        lease = verify(signed, info.server_key, Lease)
+        try:
+            old: Lease | None = inst.lease()
+        except FileNotFoundError:
+            old = None
+        accept_renewal(old, lease, inst.id)
+        inst.save_lease(signed)
+        st = inst.state()
+        # The server's clock is the authority: a check-in resets the last trusted time to it
+        # (a laptop clock that ran ahead and was corrected is fine again once online).
+        st.trusted_time = lease.issued_at
+        st.last_checkin = now
+        inst.save_state(st)
+        if lease.state == "revoked":
+            inst.forget_key_and_disk()
+        return lease
+
+    def authorize(self, inst: Instance) -> Lease:
+        """The lease this start runs under: checked in when the server answers, else the last
+        one, checked offline. Refuses a revoked (deleting key and disk), locked, expired
+        or ended lease, and a clock set back."""
+        lease: Lease | None = None
+        if self.api is not None:
+            try:
+                lease = self._checkin(inst)
+            except (BackendError, AuthError) as e:
+                if isinstance(e, ForbiddenError | RateLimitedError):
+                    raise
+                self.notify(f"offline ({e.message}); checking the lease kept on this laptop")
+        if lease is None:
+            lease = inst.lease()
+        if lease.state == "revoked":
+            inst.forget_key_and_disk()
+            msg = f": {lease.message}" if lease.message else ""
+            raise ForbiddenError(
+                f"instance {inst.id} was revoked by the administrator{msg}; its key and disk are deleted"
+            )
+        check_state(lease)
+        st = inst.state()
+        now = self.now()
+        check_time(lease, now, st.trusted_time)
+        st.trusted_time = advance(st.trusted_time, now)
+        inst.save_state(st)
+        return lease
+
+    # --- launch ----------------------------------------------------------------------------------
+    def launch(self, instance_id: str, password: str, opts: LaunchOptions) -> qemu.RunResult:
+        inst = self.folder.get(instance_id)
+        if not inst.state().downloaded:
+            raise ConflictError(
+                f"the download of instance {inst.id} is not finished: run `lamina flex-client download` again"
+            )
+        lease = self.authorize(inst)
+        key = self.unlock(inst, password, lease)
+        manifest = inst.manifest()
+        r = lease.policy.restrictions
+        for text in (r.message, lease.message):
+            if text:
+                self.notify(text)
+        share = opts.shared_folder
+        if share is not None and r.shared_folder == "off":
+            self.notify("the policy allows no shared folder: starting without it")
+            share = None
+        if share is not None and not share.is_dir():
+            raise UsageError(f"the shared folder {share} is not a folder")
+        fds: list[int] = []
+        run_dir = Path(tempfile.mkdtemp(prefix="lamina-flex-"))
+        try:
+            fds.append(disk.secret_pipe(disk.passphrase(key)))
+            enroll_fd = None
+            if lease.manage is not None:
+                enroll_fd = disk.secret_pipe(lease.manage.model_dump_json().encode())
+                fds.append(enroll_fd)
+            plan = qemu.LaunchPlan(
+                name=f"lamina-flex-{inst.id}",
+                disk=inst.disk,
+                key_fd=fds[0],
+                memory_mib=manifest.memory_mib,
+                cpus=manifest.cpus,
+                firmware=manifest.firmware,
+                restrictions=r,
+                headless=opts.headless,
+                qmp_socket=run_dir / "qmp.sock",
+                run_dir=run_dir,
+                shared_folder=share.resolve() if share is not None else None,
+                enroll_fd=enroll_fd,
+                accel=opts.accel,
+            )
+            argv = qemu.build_argv(plan, opts.qemu_binary)
+            viewer = None if opts.headless else shutil.which("remote-viewer")
+
+            def started() -> None:
+                if opts.headless:
+                    return
+                uri = f"spice+unix://{run_dir / 'spice.sock'}"
+                if viewer:
+                    import subprocess
+
+                    subprocess.Popen([viewer, uri], stdin=subprocess.DEVNULL)
+                else:
+                    self.notify(f"the VM's display: {uri} (open it with remote-viewer)")
+
+            pass_fds, fds = fds, []  # run() closes them once QEMU holds them
+            result = qemu.run(
+                argv,
+                pass_fds,
+                plan.qmp_socket,
+                deadline(lease),
+                self.now,
+                grace=opts.grace,
+                stdout=opts.stdout,
+                on_started=started,
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        st = inst.state()
+        st.trusted_time = advance(st.trusted_time, self.now())
+        inst.save_state(st)
+        if result.stopped_for_deadline:
+            self.notify(
+                f"the VM was stopped: the lease of instance {inst.id} ended at {_iso(deadline(lease))}"
+            )
+        return result
+
+    # --- status, remove ------------------------------------------------------------------------
+    def status(self, instance_id: str | None = None) -> list[dict[str, Any]]:
+        insts = [self.folder.get(instance_id)] if instance_id else list(self.folder.all())
+        return [self._status(i) for i in insts]
+
+    def _status(self, inst: Instance) -> dict[str, Any]:
+        info = inst.info()
+        st = inst.state()
+        lease = inst.lease()
+        r = lease.policy.restrictions
+        now = self.now()
+        return {
+            "id": inst.id,
+            "server": info.server,
+            "entitlement": info.entitlement,
+            "image": info.image,
+            "version": info.version,
+            "state": lease.state,
+            "message": lease.message,
+            "policy": {"name": lease.policy.name, **r.model_dump(mode="json")},
+            "lease_until": lease.lease_until.isoformat(),
+            "expires_at": lease.expires_at.isoformat() if lease.expires_at else None,
+            "lease_valid": lease.state == "active" and now < deadline(lease),
+            "last_checkin": st.last_checkin.isoformat() if st.last_checkin else None,
+            "downloaded": st.downloaded,
+            "has_disk": inst.disk.exists() and inst.key_file.exists(),
+            "locked_out_until": (
+                st.locked_until.isoformat() if st.locked_until and now < st.locked_until else None
+            ),
+            "managed": lease.manage is not None,
+        }
+
+    def remove(self, instance_id: str) -> None:
+        self.folder.remove(instance_id)

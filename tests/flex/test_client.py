@@ -1,0 +1,505 @@
+"""The flex client against a real server, real qemu-img/qemu-nbd and (for the boots) real QEMU.
+
+One server for the module with the tiny test guest registered (see ``guest.py``); each
+test downloads the instances it needs under its own user. The boots run the CLI
+(``lamina flex-client launch --headless``) and read what the guest reports about itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+import httpx
+import pytest
+
+from lamina.cli.client import Api
+from lamina.config import ServerSettings
+from lamina.errors import (
+    BackendError,
+    ForbiddenError,
+    IntegrityError,
+    RateLimitedError,
+    StoreKeyError,
+)
+from lamina.flex import disk, keywrap, qemu
+from lamina.flex.client import FlexClient, KeyPins
+from lamina.protocol.flex import FlexKeyPublic
+from tests.flex.guest import Guest, build_guest, missing_tools, parse_report
+from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_tools()), reason=f"QEMU tools missing: {missing_tools()}"
+)
+
+FAST = keywrap.KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
+PASSWORD = "laptop-pass-1"
+LAMINA = [sys.executable, "-m", "lamina.cli"]
+ACCEL = "kvm" if os.environ.get("LAMINA_TEST_KVM") == "1" else "tcg"
+
+
+@dataclass
+class Srv:
+    live: Live
+    admin: httpx.Client
+    guest: Guest
+
+    def user(self, name: str) -> Api:
+        password = f"{name}-password-1"
+        r = self.admin.post(
+            "/users", json={"name": name, "password": password, "role": "flex-user"}
+        )
+        assert r.status_code == 201, r.text
+        r = httpx.post(
+            self.live.url + "/api/v1/auth/login", json={"user": name, "password": password}
+        )
+        assert r.status_code == 200, r.text
+        return Api(self.live.url, r.json()["token"])
+
+    def policy(self, name: str, lease_seconds: int = 3600, **restrictions: Any) -> None:
+        body = {"name": name, "restrictions": restrictions, "lease_seconds": lease_seconds}
+        r = self.admin.post("/flex/policies", json=body)
+        assert r.status_code == 201, r.text
+
+    def entitle(self, name: str, user: str, policy: str, **extra: Any) -> str:
+        body = {"name": name, "image": "tiny", "policy": policy, "users": [user], **extra}
+        r = self.admin.post("/flex/entitlements", json=body)
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+
+@pytest.fixture(scope="module")
+def guest() -> Guest:
+    try:
+        return build_guest()
+    except (subprocess.CalledProcessError, OSError) as e:
+        pytest.skip(f"cannot build the test guest (needs root for a loop mount, and apt): {e}")
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, guest: Guest) -> Iterator[Srv]:
+    tmp = tmp_path_factory.mktemp("flexcli")
+    settings = ServerSettings(
+        data=tmp / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
+    )
+    for url in serve(settings):
+        live = Live(url, settings.data)
+        admin = live.login()
+        with open(guest.disk, "rb") as f:
+            r = admin.post(
+                "/flex/images/upload", params={"name": "tiny", "memory_mib": 256}, content=f
+            )
+        assert r.status_code == 201, r.text
+        try:
+            yield Srv(live, admin, guest)
+        finally:
+            for c in live.clients:
+                c.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.t
+
+    def move(self, **kw: float) -> None:
+        self.t += dt.timedelta(**kw)
+
+
+class Flaky:
+    """The server, but piece downloads go through ``on_piece(n, data) -> data``."""
+
+    def __init__(self, api: Api, on_piece: Callable[[int, bytes], bytes]) -> None:
+        self.api = api
+        self.url = api.url
+        self.on_piece = on_piece
+        self.pieces: list[int] = []
+
+    def get(self, path: str, **kw: Any) -> Any:
+        doc = self.api.get(path, **kw)
+        if "/pieces/" in path:
+            n = int(path.rsplit("/", 1)[1])
+            self.pieces.append(n)
+            return self.on_piece(n, doc)
+        return doc
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.api.post(path, json, **kw)
+
+
+def client(tmp: Path, api: Any, clock: Clock | None = None) -> FlexClient:
+    return FlexClient(
+        tmp / "flex", api, tmp / "config" / "flex-keys.json", now=clock or Clock(), kdf=FAST
+    )
+
+
+def plaintext(inst_disk: Path, key: bytes, sock: Path) -> bytes:
+    with disk.export(inst_disk, key, sock) as nbd:
+        return nbd.read(0, nbd.size)
+
+
+def unwrap(c: FlexClient, instance: str) -> bytes:
+    inst = c.folder.get(instance)
+    return c.unlock(inst, PASSWORD, inst.lease())
+
+
+@pytest.fixture(scope="module")
+def alice(srv: Srv, tmp_path_factory: pytest.TempPathFactory) -> tuple[FlexClient, str, Path]:
+    """Alice's instance under a strict policy: no network, no USB, no shared folder."""
+    tmp = tmp_path_factory.mktemp("alice")
+    api = srv.user("alice")
+    srv.policy("strict", network="none", usb="none", message="Company data: be careful")
+    ent = srv.entitle("tiny-alice", "alice", "strict")
+    c = client(tmp, api)
+    inst = c.download(ent, PASSWORD)
+    return c, inst.id, tmp
+
+
+def test_download_is_encrypted_complete_and_holds_no_plaintext_sector(
+    srv: Srv, alice: tuple[FlexClient, str, Path]
+) -> None:
+    c, instance, tmp = alice
+    inst = c.folder.get(instance)
+    image = srv.guest.disk.read_bytes()
+    # the disk is a LUKS qcow2 and decrypts to the image, byte for byte
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(inst.disk)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert info["format"] == "qcow2" and info["encrypted"] is True
+    assert info["format-specific"]["data"]["encrypt"]["format"] == "luks"
+    assert plaintext(inst.disk, unwrap(c, instance), tmp / "nbd.sock") == image
+    # no file under the client's folder holds a 4 KiB sector of the image: every non-zero
+    # sector at every 512-byte offset, and the seeded random sectors at any byte offset
+    sectors = {
+        blake3.blake3(image[i : i + 4096]).digest()
+        for i in range(0, len(image), 4096)
+        if image[i : i + 4096].count(0) < 4096
+    }
+    probes = [image[o : o + 4096] for o in srv.guest.random_blocks[::16]]
+    files = [p for p in (tmp / "flex").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"disk.qcow2", "key.json", "lease.json", "manifest.json"}
+    for p in files:
+        data = p.read_bytes()
+        for off in range(0, max(len(data) - 4095, 0), 512):
+            assert blake3.blake3(data[off : off + 4096]).digest() not in sectors, (p, off)
+        for probe in probes:
+            assert probe[:256] not in data, p
+        assert oct(p.stat().st_mode & 0o777) == oct(0o600), p
+
+
+def test_download_killed_midway_resumes_to_the_same_bytes(srv: Srv, tmp_path: Path) -> None:
+    api = srv.user("bob")
+    srv.policy("bob-p")
+    ent = srv.entitle("tiny-bob", "bob", "bob-p")
+
+    def cut(n: int, data: bytes) -> bytes:
+        if len(first.pieces) > 3:
+            raise BackendError("the connection dropped")
+        return data
+
+    first = Flaky(api, cut)
+    with pytest.raises(BackendError):
+        client(tmp_path, first).download(ent, PASSWORD)
+    (inst_dir,) = (tmp_path / "flex" / "instances").iterdir()
+    done = {int(x) for x in (inst_dir / "pieces.journal").read_text().split()}
+    assert len(done) >= 3  # zero pieces are journaled without a download
+    # a wrong password does not continue it
+    with pytest.raises(StoreKeyError):
+        client(tmp_path, Flaky(api, lambda n, d: d)).download(ent, "not-it")
+    second = Flaky(api, lambda n, d: d)
+    c = client(tmp_path, second)
+    inst = c.download(ent, PASSWORD)
+    assert inst.id == inst_dir.name  # the same instance, continued
+    assert not done & set(second.pieces)  # what arrived before is not fetched again
+    assert c.status(inst.id)[0]["downloaded"] is True
+    got = plaintext(inst.disk, unwrap(c, inst.id), tmp_path / "nbd.sock")
+    assert got == srv.guest.disk.read_bytes()
+    mine = srv.admin.get("/flex/instances", params={}).json()
+    assert [i["id"] for i in mine if i["user"] == "bob"] == [inst.id]
+
+
+def test_tampered_piece_is_refused_and_nothing_of_it_is_kept(srv: Srv, tmp_path: Path) -> None:
+    api = srv.user("erin")
+    srv.policy("erin-p")
+    ent = srv.entitle("tiny-erin", "erin", "erin-p")
+    bad: list[int] = []
+
+    def flip(n: int, data: bytes) -> bytes:
+        if not bad:
+            bad.append(n)
+            return data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        return data
+
+    c = client(tmp_path, Flaky(api, flip))
+    with pytest.raises(IntegrityError, match=r"does not match the signed manifest"):
+        c.download(ent, PASSWORD)
+    (inst_dir,) = (tmp_path / "flex" / "instances").iterdir()
+    inst = c.folder.get(inst_dir.name)
+    assert bad[0] not in inst.done_pieces()
+    piece = inst.manifest().pieces[bad[0]]
+    view = plaintext(inst.disk, unwrap(c, inst.id), tmp_path / "nbd.sock")
+    assert view[piece.offset : piece.offset + piece.length] == bytes(piece.length)
+    # the manifest kept on the laptop is verified at every use
+    signed = json.loads((inst_dir / "manifest.json").read_text())
+    signed["body"] = signed["body"].replace('"memory_mib":256', '"memory_mib":8192')
+    (inst_dir / "manifest.json").write_text(json.dumps(signed))
+    with pytest.raises(IntegrityError, match="signature"):
+        c.download(ent, PASSWORD)
+
+
+def test_manifest_tampered_in_transit_is_refused(srv: Srv, tmp_path: Path) -> None:
+    api = srv.user("frank")
+    srv.policy("frank-p")
+    ent = srv.entitle("tiny-frank", "frank", "frank-p")
+
+    class Tamper(Flaky):
+        def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+            doc = self.api.post(path, json, **kw)
+            doc["manifest"]["body"] = doc["manifest"]["body"].replace('"cpus":1', '"cpus":64')
+            return doc
+
+    with pytest.raises(IntegrityError, match="signature"):
+        client(tmp_path, Tamper(api, lambda n, d: d)).download(ent, PASSWORD)
+    assert list((tmp_path / "flex" / "instances").iterdir()) == []
+
+
+def test_server_key_is_pinned_on_first_use(tmp_path: Path) -> None:
+    pins = KeyPins(tmp_path / "flex-keys.json")
+    a = FlexKeyPublic(key_id="a" * 32, public_key=base64.b64encode(b"\x01" * 32).decode())
+    b = FlexKeyPublic(key_id="b" * 32, public_key=base64.b64encode(b"\x02" * 32).decode())
+    assert pins.check("https://srv", a) == a.public_key
+    assert pins.check("https://srv", a) == a.public_key
+    with pytest.raises(IntegrityError, match="pinned"):
+        pins.check("https://srv", b)
+    assert pins.check("https://other", b) == b.public_key
+
+
+def test_lease_offline_lock_unlock_revoke_and_clock_rollback(srv: Srv, tmp_path: Path) -> None:
+    api = srv.user("carol")
+    srv.policy("carol-p", lease_seconds=3600)
+    ent = srv.entitle("tiny-carol", "carol", "carol-p")
+    clock = Clock()
+    c = client(tmp_path, api, clock)
+    instance = c.download(ent, PASSWORD).id
+    inst = c.folder.get(instance)
+    offline = client(tmp_path, None, clock)
+    # offline: fine within the lease, refused after it
+    offline.authorize(inst)
+    clock.move(minutes=59)
+    offline.authorize(inst)
+    clock.move(minutes=2)
+    with pytest.raises(ForbiddenError, match=r"lease .* ended"):
+        offline.authorize(inst)
+    # a clock set back before the last trusted time is refused
+    clock.move(minutes=-61 - 10)
+    with pytest.raises(ForbiddenError, match="set back"):
+        offline.authorize(inst)
+    clock.move(minutes=10)
+    # online, a lock reaches the laptop at check-in, with the admin's message; offline too
+    r = srv.admin.post(f"/flex/instances/{instance}/lock", json={"message": "call the help desk"})
+    assert r.status_code == 200, r.text
+    with pytest.raises(ForbiddenError, match="locked by the administrator: call the help desk"):
+        c.authorize(inst)
+    with pytest.raises(ForbiddenError, match="locked"):
+        offline.authorize(inst)
+    assert srv.admin.post(f"/flex/instances/{instance}/unlock", json={}).status_code == 200
+    assert c.authorize(inst).state == "active"
+    # revoke: the key and the disk are deleted at the next check-in
+    assert (
+        srv.admin.post(f"/flex/instances/{instance}/revoke", json={"message": "left"}).status_code
+        == 200
+    )
+    with pytest.raises(ForbiddenError, match="revoked by the administrator: left"):
+        c.authorize(inst)
+    assert not inst.disk.exists() and not inst.key_file.exists()
+    assert c.status(instance)[0]["state"] == "revoked"
+
+
+def test_wrong_passwords_lock_the_instance_out_until_a_time(srv: Srv, tmp_path: Path) -> None:
+    api = srv.user("dan")
+    srv.policy("dan-p", max_password_tries=2, lockout_seconds=600)
+    ent = srv.entitle("tiny-dan", "dan", "dan-p")
+    clock = Clock()
+    c = client(tmp_path, api, clock)
+    inst = c.download(ent, PASSWORD)
+    lease = inst.lease()
+    with pytest.raises(StoreKeyError, match="1 more before a lockout"):
+        c.unlock(inst, "nope", lease)
+    with pytest.raises(RateLimitedError, match="locked out until") as e:
+        c.unlock(inst, "nope", lease)
+    until = (clock.t + dt.timedelta(seconds=600)).strftime("%Y-%m-%d %H:%M:%S")
+    assert until in e.value.message
+    # even the right password waits for the lockout to end
+    clock.move(seconds=599)
+    with pytest.raises(RateLimitedError):
+        c.unlock(inst, PASSWORD, lease)
+    clock.move(seconds=2)
+    assert c.unlock(inst, PASSWORD, lease)
+    assert c.status(inst.id)[0]["locked_out_until"] is None
+
+
+def test_qmp_stops_the_vm_when_the_lease_ends_while_it_runs(tmp_path: Path) -> None:
+    """A VM with nothing to boot idles in the firmware; when the deadline passes, the client
+    asks it to power down through QMP and, after the grace, quits it."""
+    clock = Clock()
+    sock = tmp_path / "qmp.sock"
+    argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg", "-m", "32"]
+    argv += ["-qmp", f"unix:{sock},server=on,wait=off", "-monitor", "none"]
+    end = clock.t + dt.timedelta(hours=1)
+    result = qemu.run(argv, [], sock, end, clock, grace=0.5, on_started=lambda: clock.move(hours=2))
+    assert result.stopped_for_deadline
+
+
+# --- real boots ------------------------------------------------------------------------------------
+def cli(
+    tmp: Path, api: Api, *args: str, input: str = PASSWORD + "\n"
+) -> subprocess.CompletedProcess[str]:
+    """``lamina`` as the laptop's user: the session of ``api`` saved as a login."""
+    cfg = tmp / "config"
+    (cfg / "lamina").mkdir(parents=True, exist_ok=True)
+    token = api.http.headers["Authorization"].split()[1]
+    login = cfg / "lamina" / "login.json"
+    if not login.exists():
+        login.write_text(json.dumps({"url": api.url, "token": token}))
+    env = {**os.environ, "XDG_CONFIG_HOME": str(cfg)}
+    env.pop("LAMINA_URL", None)
+    env.pop("LAMINA_TOKEN", None)
+    return subprocess.run(
+        [*LAMINA, *args], capture_output=True, text=True, env=env, input=input, timeout=600
+    )
+
+
+def boot(tmp: Path, api: Api, instance: str, *extra: str) -> Any:
+    p = cli(
+        tmp,
+        api,
+        "flex-client",
+        "launch",
+        instance,
+        "--dir",
+        str(tmp / "flex"),
+        "--headless",
+        "--password-stdin",
+        "--accel",
+        ACCEL,
+        *extra,
+    )
+    assert p.returncode == 0, p.stderr
+    report = parse_report(p.stdout)
+    assert report.complete, p.stdout[-2000:]
+    return report, p
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_boot_obeys_the_policy_and_a_policy_change_at_the_next_launch(
+    srv: Srv, alice: tuple[FlexClient, str, Path]
+) -> None:
+    c, instance, tmp = alice
+    api = c.api
+    assert isinstance(api, Api)
+    report, p = boot(tmp, api, instance)
+    assert "Company data: be careful" in p.stderr
+    assert report.values("net") == []  # network none: no NIC
+    assert report.values("usb-bus") == []  # usb none: no USB controller
+    assert report.values("fwcfg") == []  # not managed: no enrollment
+    assert report.values("mount-tag") == []
+    assert report.values("vport") == []  # headless: no SPICE agent channel
+    # the admin opens the policy up; the next launch checks in and obeys it
+    r = srv.admin.put(
+        "/flex/policies/strict",
+        json={
+            "restrictions": {"network": "nat", "usb": ["hid"], "shared_folder": "ro", "message": ""}
+        },
+    )
+    assert r.status_code == 200, r.text
+    share = tmp / "share"
+    share.mkdir()
+    (share / "hello.txt").write_text("hi")
+    report, _ = boot(tmp, api, instance, "--share", str(share))
+    assert report.values("net") == ["eth0"]
+    assert report.values("usb-bus")  # a controller, for the filtered redirections
+    assert report.values("mount-tag") == ["lamina-share"]
+    assert report.values("share-write") == ["lamina-share refused"]  # read-only share
+    assert not (share / ".lamina-guest-write").exists()
+    st = json.loads(
+        cli(
+            tmp, api, "flex-client", "status", instance, "--dir", str(tmp / "flex"), "--json"
+        ).stdout
+    )
+    assert st["policy"]["network"] == "nat" and st["policy"]["usb"] == ["hid"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
+    srv: Srv, tmp_path: Path
+) -> None:
+    api = srv.user("gina")
+    if srv.admin.get("/policies/flexstd").status_code == 404:
+        assert srv.admin.post("/policies", json={"name": "flexstd"}).status_code == 201
+    srv.policy("gina-p", network="nat")
+    ent = srv.entitle("tiny-gina", "gina", "gina-p", manage=True, cvd_policy="flexstd")
+    p = cli(
+        tmp_path,
+        api,
+        "flex-client",
+        "download",
+        ent,
+        "--dir",
+        str(tmp_path / "flex"),
+        "--password-stdin",
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    instance = json.loads(p.stdout)["instance"]
+    report, _ = boot(tmp_path, api, instance)
+    assert report.values("fwcfg") == ["opt/org.lamina/enroll"]
+    (enc,) = report.values("enroll")
+    doc = json.loads(base64.b64decode(enc))
+    assert doc["server_url"] == srv.live.url and doc["token"]
+    # nothing of it stays on the laptop
+    for f in (tmp_path / "flex").rglob("*"):
+        assert (
+            not f.is_file() or doc["token"].encode() not in f.read_bytes() or f.name == "lease.json"
+        )
+    # inside the guest, the agent enrolls from what fw_cfg showed it
+    raw = tmp_path / "fw_cfg_raw"
+    raw.write_bytes(base64.b64decode(enc))
+    root = tmp_path / "root"
+    root.mkdir()
+    e = cli(
+        tmp_path,
+        api,
+        "agent",
+        "enroll",
+        "--from-fw-cfg",
+        "--fw-cfg-path",
+        str(raw),
+        "--root",
+        str(root),
+        "--state",
+        str(tmp_path / "agent"),
+        "--json",
+        input="",
+    )
+    assert e.returncode == 0, e.stderr
+    device = json.loads(e.stdout)["device_id"]
+    shown = srv.admin.get(f"/flex/instances/{instance}").json()
+    assert device in json.dumps(shown)

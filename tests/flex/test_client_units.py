@@ -1,0 +1,186 @@
+"""The flex client's pure parts: QEMU's argv from a policy, the key wrap, the offline lease check."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lamina.errors import ForbiddenError, IntegrityError, StoreKeyError
+from lamina.flex import keywrap
+from lamina.flex.lease import CLOCK_SKEW, accept_renewal, advance, check_state, check_time
+from lamina.flex.qemu import LaunchPlan, build_argv, usb_filter
+from lamina.protocol.flex import FlexPolicyDoc, FlexRestrictions, Lease
+
+FAST = keywrap.KdfParams(time_cost=1, memory_kib=64, parallelism=1)
+T0 = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
+
+
+def plan(headless: bool = True, **restrictions: Any) -> LaunchPlan:
+    return LaunchPlan(
+        name="lamina-flex-i1",
+        disk=Path("/data/flex/instances/i1/disk.qcow2"),
+        key_fd=7,
+        memory_mib=512,
+        cpus=2,
+        firmware="bios",
+        restrictions=FlexRestrictions(**restrictions),
+        headless=headless,
+        qmp_socket=Path("/run/x/qmp.sock"),
+        run_dir=Path("/run/x"),
+        shared_folder=Path("/home/u/share"),
+        accel="tcg",
+    )
+
+
+def opts(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_network_none_has_no_nic_and_nat_has_a_user_nic() -> None:
+    assert opts(build_argv(plan(network="none")), "-nic") == ["none"]
+    assert opts(build_argv(plan(network="nat")), "-nic") == ["user,model=virtio-net-pci"]
+
+
+def test_usb_none_has_no_controller_and_no_redirection() -> None:
+    argv = build_argv(plan(usb="none"))
+    assert "-usb" not in argv
+    assert not any("xhci" in a or "usb" in a for a in opts(argv, "-device"))
+
+
+def test_usb_classes_become_a_usb_redir_filter_per_port() -> None:
+    argv = build_argv(plan(usb=["storage", "hid"]))
+    devices = opts(argv, "-device")
+    assert "qemu-xhci,id=lamina-usb" in devices
+    redirs = [d for d in devices if d.startswith("usb-redir,")]
+    assert len(redirs) == 2
+    for d in redirs:
+        assert d.endswith("filter=0x03:-1:-1:-1:1|0x08:-1:-1:-1:1|-1:-1:-1:-1:0")
+    # headless: the redirections are unix sockets in the run folder, not SPICE channels
+    chardevs = opts(argv, "-chardev")
+    assert all(c.startswith("socket,") and "/run/x/usbredir" in c for c in chardevs)
+
+
+def test_usb_filter_all_and_comm() -> None:
+    assert usb_filter("all") == "-1:-1:-1:-1:1|-1:-1:-1:-1:0"
+    assert usb_filter(["comm"]) == "0x02:-1:-1:-1:1|0x0a:-1:-1:-1:1|-1:-1:-1:-1:0"
+    assert usb_filter("none") == "-1:-1:-1:-1:0"
+
+
+def test_headless_has_no_display_and_serial_on_stdio() -> None:
+    argv = build_argv(plan(headless=True, clipboard=True, drag_drop=True))
+    assert opts(argv, "-display") == ["none"]
+    assert opts(argv, "-serial") == ["stdio"]
+    assert "-spice" not in argv
+    assert not any("vdagent" in a for a in argv)
+
+
+def test_spice_clipboard_and_file_transfer_follow_the_policy() -> None:
+    off = build_argv(plan(headless=False, clipboard=False, drag_drop=False))
+    (spice,) = opts(off, "-spice")
+    assert "disable-copy-paste=on" in spice and "disable-agent-file-xfer=on" in spice
+    assert not any("vdagent" in a for a in off)
+    on = build_argv(plan(headless=False, clipboard=True, drag_drop=False))
+    (spice,) = opts(on, "-spice")
+    assert "disable-copy-paste=off" in spice and "disable-agent-file-xfer=on" in spice
+    assert "spicevmc,id=lamina-vdagent,name=vdagent" in opts(on, "-chardev")
+
+
+def test_usb_redirection_goes_through_spice_with_a_display() -> None:
+    argv = build_argv(plan(headless=False, usb=["hid"]))
+    assert "spicevmc,id=lamina-usbredir0,name=usbredir" in opts(argv, "-chardev")
+
+
+def test_shared_folder_read_only_read_write_or_absent() -> None:
+    (ro,) = opts(build_argv(plan(shared_folder="ro")), "-virtfs")
+    assert "readonly=on" in ro and "path=/home/u/share" in ro and "mount_tag=lamina-share" in ro
+    (rw,) = opts(build_argv(plan(shared_folder="rw")), "-virtfs")
+    assert "readonly" not in rw
+    assert opts(build_argv(plan(shared_folder="off")), "-virtfs") == []
+
+
+def test_secrets_are_never_on_the_command_line() -> None:
+    p = plan()
+    argv = build_argv(LaunchPlan(**{**p.__dict__, "enroll_fd": 9}))
+    assert "secret,id=lamina-disk-key,file=/dev/fd/7" in opts(argv, "-object")
+    assert "name=opt/org.lamina/enroll,file=/dev/fd/9" in opts(argv, "-fw_cfg")
+    assert opts(build_argv(p), "-fw_cfg") == []  # unmanaged: no fw_cfg entry
+
+
+def test_commas_in_paths_are_escaped() -> None:
+    p = plan()
+    argv = build_argv(LaunchPlan(**{**p.__dict__, "disk": Path("/a,b/disk.qcow2")}))
+    assert any("filename=/a,,b/disk.qcow2" in a for a in opts(argv, "-blockdev"))
+
+
+# --- key wrap -------------------------------------------------------------------------------------
+def test_key_wrap_round_trip_and_wrong_password() -> None:
+    key = keywrap.new_disk_key()
+    w = keywrap.wrap(key, "correct horse", "i1", FAST)
+    assert keywrap.unwrap(w, "correct horse", "i1") == key
+    with pytest.raises(StoreKeyError):
+        keywrap.unwrap(w, "wrong horse", "i1")
+    # a key file moved beside another instance does not open it
+    with pytest.raises(StoreKeyError):
+        keywrap.unwrap(w, "correct horse", "i2")
+    assert key.hex() not in w.model_dump_json()
+
+
+def test_key_wrap_damaged_file_is_an_integrity_error() -> None:
+    w = keywrap.wrap(keywrap.new_disk_key(), "pw", "i1", FAST)
+    with pytest.raises(IntegrityError):
+        keywrap.unwrap(w.model_copy(update={"wrapped": "AAAA"}), "pw", "i1")
+
+
+# --- lease ----------------------------------------------------------------------------------------
+def lease(**kw: Any) -> Lease:
+    doc: dict[str, Any] = {
+        "instance_id": "i1",
+        "user": "bob",
+        "entitlement_id": "e1",
+        "image_id": "img",
+        "version": 1,
+        "policy": FlexPolicyDoc(name="p", restrictions=FlexRestrictions(), lease_seconds=3600),
+        "state": "active",
+        "issued_at": T0,
+        "lease_until": T0 + dt.timedelta(hours=1),
+    }
+    doc.update(kw)
+    return Lease(**doc)
+
+
+def test_offline_lease_runs_until_lease_until() -> None:
+    check_time(lease(), T0 + dt.timedelta(minutes=59), T0)
+    with pytest.raises(ForbiddenError, match="lease of instance i1 ended"):
+        check_time(lease(), T0 + dt.timedelta(hours=1), T0)
+
+
+def test_expiry_refuses_even_within_the_lease() -> None:
+    short = lease(expires_at=T0 + dt.timedelta(minutes=10))
+    check_time(short, T0 + dt.timedelta(minutes=9), T0)
+    with pytest.raises(ForbiddenError, match="expired"):
+        check_time(short, T0 + dt.timedelta(minutes=10), T0)
+
+
+def test_clock_set_back_before_the_last_trusted_time_is_refused() -> None:
+    trusted = advance(T0, T0 + dt.timedelta(minutes=30))
+    assert trusted == T0 + dt.timedelta(minutes=30)
+    with pytest.raises(ForbiddenError, match="set back"):
+        check_time(lease(), trusted - CLOCK_SKEW - dt.timedelta(seconds=1), trusted)
+    check_time(lease(), trusted - CLOCK_SKEW, trusted)  # within the skew allowed
+
+
+def test_locked_lease_carries_the_admins_message() -> None:
+    with pytest.raises(ForbiddenError, match="locked by the administrator: see IT"):
+        check_state(lease(state="locked", message="see IT"))
+
+
+def test_renewal_must_name_the_instance_and_not_be_older() -> None:
+    old = lease()
+    accept_renewal(old, lease(issued_at=T0 + dt.timedelta(seconds=1)), "i1")
+    with pytest.raises(IntegrityError, match="replay"):
+        accept_renewal(old, lease(issued_at=T0 - dt.timedelta(seconds=1)), "i1")
+    with pytest.raises(IntegrityError, match="names instance"):
+        accept_renewal(old, lease(instance_id="i2"), "i1")
