@@ -469,6 +469,12 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
     )
     assert p.returncode == 0, p.stderr
     instance = json.loads(p.stdout)["instance"]
+    folder = ["--dir", str(tmp_path / "flex")]
+    listed = json.loads(cli(tmp_path, api, "flex-client", "list", *folder, "--json").stdout)
+    assert [(e["id"], e["name"]) for e in listed] == [(ent, "tiny-gina")]
+    assert listed[0]["policy"]["name"] == "gina-p"
+    checked = json.loads(cli(tmp_path, api, "flex-client", "checkin", *folder, "--json").stdout)
+    assert [(s["id"], s["state"], s["managed"]) for s in checked] == [(instance, "active", True)]
     report, _ = boot(tmp_path, api, instance)
     assert report.values("fwcfg") == ["opt/org.lamina/enroll"]
     (enc,) = report.values("enroll")
@@ -503,3 +509,8 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
     device = json.loads(e.stdout)["device_id"]
     shown = srv.admin.get(f"/flex/instances/{instance}").json()
     assert device in json.dumps(shown)
+    r = cli(tmp_path, api, "flex-client", "remove", instance, *folder, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(cli(tmp_path, api, "flex-client", "status", *folder, "--json").stdout) == []
+    gone = cli(tmp_path, api, "flex-client", "status", instance, *folder, "--json")
+    assert gone.returncode == 3 and gone.stderr.startswith("error: no instance")
