@@ -37,9 +37,12 @@ from lamina.protocol.flex import FlexKeyPublic
 from tests.flex.guest import Guest, build_guest, missing_tools, parse_report
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
-pytestmark = pytest.mark.skipif(
-    bool(missing_tools()), reason=f"QEMU tools missing: {missing_tools()}"
-)
+pytestmark = [
+    pytest.mark.skipif(bool(missing_tools()), reason=f"QEMU tools missing: {missing_tools()}"),
+    # one worker for the module: its server, registered guest and downloads are shared
+    pytest.mark.xdist_group("flexcli"),
+    pytest.mark.slow,
+]
 
 FAST = keywrap.KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 PASSWORD = "laptop-pass-1"
