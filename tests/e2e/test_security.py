@@ -594,6 +594,14 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("DELETE", "/users/admin", None),
     ("PUT", "/users/admin/password", {"password": "new-password-123"}),
     ("POST", "/devices/{a}/revoke", None),
+    ("POST", "/flex/images/upload?name=x", None),
+    ("GET", "/flex/instances", None),
+    ("POST", "/flex/policies", {"name": "anon"}),
+    ("POST", "/groups", {"name": "anon"}),
+    ("GET", "/flex/key", None),
+    ("GET", "/flex/my/entitlements", None),
+    ("POST", "/flex/my/instances/{a}/checkin", {"client_time": "2026-01-01T00:00:00Z"}),
+    ("GET", "/flex/my/instances/{a}/pieces/0", None),
 ]
 BAD_AUTH = [
     None,

@@ -24,7 +24,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import agent, cvd, fleet, flex_client, layer, login, snapshot, store
+from lamina.cli import agent, cvd, fleet, flex, flex_client, layer, login, snapshot, store
 from lamina.cli.output import fail, install_safe_streams, safe
 from lamina.cli.server import server
 from lamina.errors import LaminaError
@@ -101,6 +101,8 @@ app.add_typer(cvd.app, name="cvd")
 app.add_typer(layer.app, name="layer")
 app.add_typer(layer.collection_app, name="collection")
 app.add_typer(fleet.task_app, name="task")
+app.add_typer(flex.app, name="flex")
+app.add_typer(flex.group_app, name="group")
 app.add_typer(agent.app, name="agent")
 app.add_typer(flex_client.app, name="flex-client")
 

@@ -23,7 +23,7 @@ from lamina.protocol.schemas import (
     WorkItem,
 )
 from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, read_body
-from lamina.server.services import access, fleet, layers, sync, tasks
+from lamina.server.services import access, fleet, flex, layers, sync, tasks
 from lamina.store.retention import Retention
 
 router = APIRouter(prefix="/agent")
@@ -91,6 +91,7 @@ def commit(req: CommitRequest, ctx: Ctx, device: ActiveDevice) -> CommitResponse
     layers.after_commit(
         ctx.engine, ctx.store, cvd.id, ctx.store.catalog.find_snapshot(resp.snapshot.id)
     )
+    flex.assign_guest_layers(ctx.engine, ctx.store, cvd.id)  # a managed flex guest's layers
     return resp
 
 

@@ -17,6 +17,8 @@ from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, up
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import (
+    cvd_layers,
+    cvds,
     enroll_tokens,
     flex_entitlement_subjects,
     flex_entitlements,
@@ -24,12 +26,13 @@ from lamina.db.models import (
     flex_images,
     flex_instances,
     flex_policies,
+    layers,
     policies,
     user_group_members,
     user_groups,
     users,
 )
-from lamina.errors import ConflictError, ForbiddenError, NotFoundError, UsageError
+from lamina.errors import ConflictError, ForbiddenError, LaminaError, NotFoundError, UsageError
 from lamina.protocol.flex import (
     FlexEntitle,
     FlexEntitlementMine,
@@ -50,6 +53,7 @@ from lamina.protocol.flex import (
 from lamina.server.security import Principal
 from lamina.server.services import fleet
 from lamina.server.services import flex_images as images
+from lamina.server.services import layers as layer_service
 from lamina.server.services import policies as cvd_policies
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.groups import find_group, user_ids
@@ -240,6 +244,9 @@ def entitle(engine: Engine, actor: Principal, req: FlexEntitle) -> dict[str, Any
         img, version = _image_spec(c, req.image)
         p = find_policy(c, req.policy)
         cvd_policy = cvd_policies.find(c, req.cvd_policy).id if req.cvd_policy else None
+        for spec in [req.base, *req.apps]:
+            if spec:
+                find_one(c, layers, spec.partition(":")[0], "name", "layer")
         eid = new_id()
         c.execute(
             insert(flex_entitlements).values(
@@ -715,3 +722,36 @@ def my_instances(engine: Engine, actor: Principal) -> list[FlexInstanceMine]:
             )
             for r in _instance_rows(c, flex_instances.c.user_id == actor.id)
         ]
+
+
+# --- managed guests: their layers -----------------------------------------------------------
+def assign_guest_layers(engine: Engine, store: Store, cvd_id: str) -> dict[str, Any] | None:
+    """After a commit: a managed guest's CVD with no layers assigned yet gets its
+    entitlement's base and apps (a plan needs the CVD's first snapshot, so this waits for
+    it). A failure is audited and tried again at the next commit; the commit stands."""
+    with read_tx(engine) as c:
+        r = c.execute(
+            select(flex_instances.c.id, flex_entitlements.c.layers)
+            .join(flex_entitlements, flex_entitlements.c.id == flex_instances.c.entitlement_id)
+            .join(cvds, cvds.c.device_id == flex_instances.c.device_id)
+            .where(cvds.c.id == cvd_id, flex_entitlements.c.manage)
+        ).first()
+        if r is None:
+            return None
+        spec = r.layers or {}
+        if not (spec.get("base") or spec.get("apps")):
+            return None
+        if c.execute(select(cvd_layers.c.cvd_id).where(cvd_layers.c.cvd_id == cvd_id)).first():
+            return None
+    system = Principal(
+        "user", "flex", f"flex instance {r.id}", "system", frozenset({"layer.write"})
+    )
+    try:
+        [result] = layer_service.assign(
+            engine, store, system, [cvd_id], spec.get("base"), list(spec.get("apps") or []), False
+        )
+    except LaminaError as e:
+        with write_tx(engine) as c:
+            audit(c, system.name, "flex.instance.layers_failed", r.id, cvd=cvd_id, error=e.message)
+        return None
+    return result

@@ -1,0 +1,538 @@
+"""``lamina flex ...`` (images, policies, entitlements, instances) and ``lamina group ...``:
+the admin side of flex. Each command parses, calls the API, prints."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lamina.cli.client import Api
+from lamina.cli.common import JsonOpt, parse_duration
+from lamina.cli.flex_vm import read_vm
+from lamina.cli.output import byte_progress, emit_json, human_bytes
+from lamina.errors import UsageError
+from lamina.protocol.flex import USB_CLASSES
+
+app = typer.Typer(
+    help="Flex: images, restriction policies, entitlements and instances (admin side).",
+    no_args_is_help=True,
+)
+image_app = typer.Typer(help="Flex images: register, list, show, delete.", no_args_is_help=True)
+policy_app = typer.Typer(help="Flex restriction policies.", no_args_is_help=True)
+entitlement_app = typer.Typer(help="Entitlements: who may run which image.", no_args_is_help=True)
+instance_app = typer.Typer(help="Flex instances out on laptops.", no_args_is_help=True)
+group_app = typer.Typer(help="Groups of users (entitlements name groups).", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+app.add_typer(policy_app, name="policy")
+app.add_typer(entitlement_app, name="entitlement")
+app.add_typer(instance_app, name="instance")
+
+UPLOAD_BLOCK = 1024 * 1024
+
+
+def _show(doc: Any, as_json: bool, line: str) -> None:
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(line)
+
+
+# --- images -------------------------------------------------------------------------------------
+def _stream(path: Path, advance: Any) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while block := f.read(UPLOAD_BLOCK):
+            advance(0, len(block))
+            yield block
+
+
+@image_app.command("register")
+def image_register(
+    name: str,
+    path: Annotated[
+        Path | None, typer.Argument(help="A disk (qcow2, raw, vmdk) or a VM folder (.vmx or XML).")
+    ] = None,
+    memory: Annotated[
+        int | None, typer.Option(help="Memory in MiB (default: the VM's, else 1024).")
+    ] = None,
+    cpus: Annotated[int | None, typer.Option(help="CPUs (default: the VM's, else 1).")] = None,
+    firmware: Annotated[
+        str | None, typer.Option(help="bios or uefi (default: what the VM folder says, else bios).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Let the server fetch the image from this URL.")
+    ] = None,
+    sha256: Annotated[
+        str | None, typer.Option(help="The SHA-256 the fetched image must have.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a disk image or VM folder as the next version of image NAME."""
+    api = Api.from_login()
+    if url:
+        if path is not None or not sha256:
+            raise UsageError("--url needs --sha256 and no PATH")
+        doc = api.post(
+            f"/flex/images/{name}/url",
+            {
+                "url": url,
+                "sha256": sha256,
+                "memory_mib": memory or 1024,
+                "cpus": cpus or 1,
+                "firmware": firmware or "bios",
+            },
+        )
+    else:
+        if path is None:
+            raise UsageError("give a PATH, or --url and --sha256")
+        vm = read_vm(path)
+        params = {
+            "name": name,
+            "memory_mib": memory or vm.memory_mib or 1024,
+            "cpus": cpus or vm.cpus or 1,
+            "firmware": firmware or vm.firmware or "bios",
+        }
+        size = os.stat(vm.disk).st_size
+        with byte_progress(f"uploading {vm.disk.name}", total=size) as advance:
+            doc = api.call(
+                "POST",
+                "/flex/images/upload",
+                params=params,
+                content=_stream(vm.disk, advance),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+                timeout=None,
+            )
+    last = doc["versions"][-1]
+    _show(
+        doc,
+        as_json,
+        f"image {doc['name']} version {last['version']}: {human_bytes(last['size'])},"
+        f" {human_bytes(last['new_bytes'] or 0)} new in the store",
+    )
+
+
+@image_app.command("list")
+def image_list(as_json: JsonOpt = False) -> None:
+    """List flex images and their versions."""
+    rows = Api.from_login().get("/flex/images")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        vs = r["versions"]
+        last = vs[-1] if vs else None
+        desc = f"v{last['version']} {human_bytes(last['size'])} {last['firmware']}" if last else "-"
+        typer.echo(f"{r['id']}  {r['name']:<24} {len(vs)} versions, latest {desc}")
+
+
+@image_app.command("show")
+def image_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show an image's versions."""
+    doc = Api.from_login().get(f"/flex/images/{name}")
+    if as_json:
+        emit_json(doc)
+        return
+    typer.echo(f"{doc['name']} ({doc['id']})")
+    for v in doc["versions"]:
+        typer.echo(
+            f"  v{v['version']}  {human_bytes(v['size'])}  {v['memory_mib']} MiB  {v['cpus']} cpus"
+            f"  {v['firmware']}  {v['pieces']} pieces  {str(v['created'])[:19]}"
+        )
+
+
+@image_app.command("delete")
+def image_delete(name: str) -> None:
+    """Delete an image that no entitlement names (its data goes at the next gc)."""
+    Api.from_login().delete(f"/flex/images/{name}")
+    typer.echo(f"image {name} deleted")
+
+
+# --- policies -------------------------------------------------------------------------------------
+def _on_off(value: str | None, what: str) -> bool | None:
+    if value is None:
+        return None
+    if value not in ("on", "off"):
+        raise UsageError(f"--{what} is on or off, not {value!r}")
+    return value == "on"
+
+
+def _usb(value: str | None) -> Any:
+    if value is None or value in ("none", "all"):
+        return value
+    classes = [c.strip() for c in value.split(",") if c.strip()]
+    bad = [c for c in classes if c not in USB_CLASSES]
+    if bad or not classes:
+        raise UsageError(
+            f"--usb is none, all or classes from {', '.join(USB_CLASSES)}; not {value!r}"
+        )
+    return classes
+
+
+def _date(value: str) -> str:
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise UsageError(f"--expires {value!r} is not a date (YYYY-MM-DD or an ISO time)") from e
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).isoformat()
+
+
+Clipboard = Annotated[str | None, typer.Option(help="on or off (default off).")]
+DragDrop = Annotated[str | None, typer.Option("--drag-drop", help="on or off (default off).")]
+Usb = Annotated[str | None, typer.Option(help="none, all or CLASS[,CLASS] (hid, storage, ...).")]
+Shared = Annotated[str | None, typer.Option("--shared-folder", help="off, ro or rw.")]
+Network = Annotated[str | None, typer.Option(help="none or nat.")]
+Message = Annotated[str | None, typer.Option(help="Shown to the user at launch.")]
+Tries = Annotated[
+    int | None, typer.Option("--max-password-tries", help="Wrong passwords before lockout (3).")
+]
+Lockout = Annotated[str | None, typer.Option(help="Lockout after too many tries, e.g. 15m.")]
+Expires = Annotated[str | None, typer.Option(help="Expiry date, e.g. 2027-06-30.")]
+ValidFor = Annotated[
+    str | None, typer.Option("--valid-for", help="Expiry after each instance's creation, e.g. 30d.")
+]
+LeaseOpt = Annotated[
+    str | None, typer.Option("--lease", help="Offline lease without check-in, e.g. 7d.")
+]
+
+
+def _restrictions(
+    clipboard: str | None,
+    drag_drop: str | None,
+    usb: str | None,
+    shared_folder: str | None,
+    network: str | None,
+    message: str | None,
+    max_password_tries: int | None,
+    lockout: str | None,
+) -> dict[str, Any]:
+    r = {
+        "clipboard": _on_off(clipboard, "clipboard"),
+        "drag_drop": _on_off(drag_drop, "drag-drop"),
+        "usb": _usb(usb),
+        "shared_folder": shared_folder,
+        "network": network,
+        "message": message,
+        "max_password_tries": max_password_tries,
+        "lockout_seconds": parse_duration(lockout) if lockout else None,
+    }
+    return {k: v for k, v in r.items() if v is not None}
+
+
+def _policy_line(p: dict[str, Any]) -> str:
+    r = p["restrictions"]
+    exp = p["expires_at"] or (
+        f"{p['valid_for'] // 86400}d after download" if p["valid_for"] else "never"
+    )
+    usb = r["usb"] if isinstance(r["usb"], str) else ",".join(r["usb"])
+    return (
+        f"{p['name']:<20} lease {p['lease_seconds'] // 3600}h  expires {exp}  clipboard"
+        f" {'on' if r['clipboard'] else 'off'}  usb {usb}  network {r['network']}"
+        f"  shared {r['shared_folder']}"
+    )
+
+
+@policy_app.command("create")
+def policy_create(
+    name: str,
+    expires: Expires = None,
+    valid_for: ValidFor = None,
+    lease: LeaseOpt = None,
+    clipboard: Clipboard = None,
+    drag_drop: DragDrop = None,
+    usb: Usb = None,
+    shared_folder: Shared = None,
+    network: Network = None,
+    message: Message = None,
+    max_password_tries: Tries = None,
+    lockout: Lockout = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a restriction policy."""
+    body: dict[str, Any] = {
+        "name": name,
+        "restrictions": _restrictions(
+            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries, lockout
+        ),
+    }
+    if expires:
+        body["expires_at"] = _date(expires)
+    if valid_for:
+        body["valid_for"] = parse_duration(valid_for)
+    if lease:
+        body["lease_seconds"] = parse_duration(lease)
+    doc = Api.from_login().post("/flex/policies", body)
+    _show(doc, as_json, _policy_line(doc))
+
+
+@policy_app.command("update")
+def policy_update(
+    name: str,
+    expires: Expires = None,
+    valid_for: ValidFor = None,
+    no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Remove the expiry.")] = False,
+    lease: LeaseOpt = None,
+    clipboard: Clipboard = None,
+    drag_drop: DragDrop = None,
+    usb: Usb = None,
+    shared_folder: Shared = None,
+    network: Network = None,
+    message: Message = None,
+    max_password_tries: Tries = None,
+    lockout: Lockout = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a policy: every instance using it gets the change at its next check-in."""
+    body: dict[str, Any] = {
+        "restrictions": _restrictions(
+            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries, lockout
+        ),
+        "no_expiry": no_expiry,
+    }
+    if expires:
+        body["expires_at"] = _date(expires)
+    if valid_for:
+        body["valid_for"] = parse_duration(valid_for)
+    if lease:
+        body["lease_seconds"] = parse_duration(lease)
+    doc = Api.from_login().put(f"/flex/policies/{name}", body)
+    _show(doc, as_json, _policy_line(doc))
+
+
+@policy_app.command("list")
+def policy_list(as_json: JsonOpt = False) -> None:
+    """List restriction policies."""
+    rows = Api.from_login().get("/flex/policies")
+    if as_json:
+        emit_json(rows)
+        return
+    for p in rows:
+        typer.echo(_policy_line(p))
+
+
+@policy_app.command("show")
+def policy_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show a restriction policy."""
+    doc = Api.from_login().get(f"/flex/policies/{name}")
+    _show(doc, as_json, _policy_line(doc))
+
+
+@policy_app.command("delete")
+def policy_delete(name: str) -> None:
+    """Delete a policy no entitlement or instance uses."""
+    Api.from_login().delete(f"/flex/policies/{name}")
+    typer.echo(f"flex policy {name} deleted")
+
+
+# --- entitlements ---------------------------------------------------------------------------------
+def _ent_line(e: dict[str, Any]) -> str:
+    who = ", ".join([*e["users"], *(f"@{g}" for g in e["groups"])])
+    ver = f":{e['version']}" if e["version"] else ""
+    managed = f"  managed ({e['cvd_policy']})" if e["manage"] else ""
+    return f"{e['name']:<20} {e['image']}{ver}  policy {e['policy']}  for {who}{managed}"
+
+
+@app.command("entitle")
+def entitle(
+    name: str,
+    image: Annotated[str, typer.Option(help="IMAGE[:VERSION] (latest when omitted).")],
+    policy: Annotated[str, typer.Option(help="The flex restriction policy.")],
+    user: Annotated[list[str] | None, typer.Option("--user", help="A user (repeat).")] = None,
+    group: Annotated[list[str] | None, typer.Option("--group", help="A group (repeat).")] = None,
+    manage: Annotated[
+        bool, typer.Option("--manage", help="Manage the guests with Lamina.")
+    ] = False,
+    cvd_policy: Annotated[
+        str | None, typer.Option("--cvd-policy", help="CVD policy of managed guests.")
+    ] = None,
+    base: Annotated[str | None, typer.Option(help="Base layer for managed guests.")] = None,
+    app_: Annotated[list[str] | None, typer.Option("--app", help="App layer (repeat).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Entitle users or groups to an image under a policy."""
+    doc = Api.from_login().post(
+        "/flex/entitlements",
+        {
+            "name": name,
+            "image": image,
+            "policy": policy,
+            "users": user or [],
+            "groups": group or [],
+            "manage": manage,
+            "cvd_policy": cvd_policy,
+            "base": base,
+            "apps": app_ or [],
+        },
+    )
+    _show(doc, as_json, _ent_line(doc))
+
+
+@entitlement_app.command("list")
+def entitlement_list(as_json: JsonOpt = False) -> None:
+    """List entitlements."""
+    rows = Api.from_login().get("/flex/entitlements")
+    if as_json:
+        emit_json(rows)
+        return
+    for e in rows:
+        typer.echo(_ent_line(e))
+
+
+@entitlement_app.command("show")
+def entitlement_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show an entitlement."""
+    doc = Api.from_login().get(f"/flex/entitlements/{name}")
+    _show(doc, as_json, _ent_line(doc))
+
+
+@entitlement_app.command("update")
+def entitlement_update(
+    name: str,
+    image: Annotated[str | None, typer.Option(help="IMAGE[:VERSION].")] = None,
+    policy: Annotated[str | None, typer.Option(help="The flex restriction policy.")] = None,
+    user: Annotated[
+        list[str] | None, typer.Option("--user", help="Users (replace the list).")
+    ] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="Groups (replace the list).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an entitlement's image, policy, users or groups."""
+    doc = Api.from_login().put(
+        f"/flex/entitlements/{name}",
+        {"image": image, "policy": policy, "users": user, "groups": group},
+    )
+    _show(doc, as_json, _ent_line(doc))
+
+
+@entitlement_app.command("delete")
+def entitlement_delete(name: str) -> None:
+    """Delete an entitlement whose instances are all revoked."""
+    Api.from_login().delete(f"/flex/entitlements/{name}")
+    typer.echo(f"entitlement {name} deleted")
+
+
+# --- instances ------------------------------------------------------------------------------------
+def _inst_line(r: dict[str, Any]) -> str:
+    seen = str(r["last_checkin"] or "-")[:19]
+    return (
+        f"{r['id']}  {r['user']:<14} {r['entitlement']:<16} {r['image']}:{r['version']}"
+        f"  {r['policy']:<12} {r['state']:<8} {r['client']}  {seen}"
+    )
+
+
+@instance_app.command("list")
+def instance_list(as_json: JsonOpt = False) -> None:
+    """List instances: user, entitlement, image, policy, state, last check-in, client."""
+    rows = Api.from_login().get("/flex/instances")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(_inst_line(r))
+
+
+@instance_app.command("show")
+def instance_show(instance: str, as_json: JsonOpt = False) -> None:
+    """Show an instance."""
+    doc = Api.from_login().get(f"/flex/instances/{instance}")
+    _show(doc, as_json, _inst_line(doc))
+
+
+InstMessage = Annotated[str, typer.Option(help="Shown to the user.")]
+
+
+@instance_app.command("lock")
+def instance_lock(instance: str, message: InstMessage = "", as_json: JsonOpt = False) -> None:
+    """Lock an instance: it refuses to start after its next check-in."""
+    doc = Api.from_login().post(f"/flex/instances/{instance}/lock", {"message": message})
+    _show(doc, as_json, _inst_line(doc))
+
+
+@instance_app.command("unlock")
+def instance_unlock(instance: str, as_json: JsonOpt = False) -> None:
+    """Unlock a locked instance."""
+    doc = Api.from_login().post(f"/flex/instances/{instance}/unlock", {"message": ""})
+    _show(doc, as_json, _inst_line(doc))
+
+
+@instance_app.command("revoke")
+def instance_revoke(instance: str, message: InstMessage = "", as_json: JsonOpt = False) -> None:
+    """Revoke an instance: at its next check-in the laptop deletes its key and disk."""
+    doc = Api.from_login().post(f"/flex/instances/{instance}/revoke", {"message": message})
+    _show(doc, as_json, _inst_line(doc))
+
+
+@instance_app.command("set-policy")
+def instance_set_policy(
+    instance: str,
+    policy: Annotated[str | None, typer.Argument(help="The policy (omit with --clear).")] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Back to the entitlement's policy.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give one instance its own policy (overrides the entitlement's)."""
+    if (policy is None) == (not clear):
+        raise UsageError("give a POLICY or --clear")
+    doc = Api.from_login().put(f"/flex/instances/{instance}/policy", {"policy": policy})
+    _show(doc, as_json, _inst_line(doc))
+
+
+# --- groups ----------------------------------------------------------------------------------------
+def _group_line(g: dict[str, Any]) -> str:
+    return f"{g['name']:<20} {', '.join(g['members']) or '-'}"
+
+
+@group_app.command("create")
+def group_create(
+    name: str,
+    member: Annotated[list[str] | None, typer.Option("--member", help="A user (repeat).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a group of users."""
+    doc = Api.from_login().post("/groups", {"name": name, "members": member or []})
+    _show(doc, as_json, _group_line(doc))
+
+
+@group_app.command("list")
+def group_list(as_json: JsonOpt = False) -> None:
+    """List groups and their members."""
+    rows = Api.from_login().get("/groups")
+    if as_json:
+        emit_json(rows)
+        return
+    for g in rows:
+        typer.echo(_group_line(g))
+
+
+@group_app.command("show")
+def group_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show a group."""
+    doc = Api.from_login().get(f"/groups/{name}")
+    _show(doc, as_json, _group_line(doc))
+
+
+@group_app.command("add")
+def group_add(name: str, users: list[str], as_json: JsonOpt = False) -> None:
+    """Add users to a group."""
+    doc = Api.from_login().post(f"/groups/{name}/members", {"members": users})
+    _show(doc, as_json, _group_line(doc))
+
+
+@group_app.command("remove")
+def group_remove(name: str, users: list[str], as_json: JsonOpt = False) -> None:
+    """Remove users from a group."""
+    doc = Api.from_login().post(f"/groups/{name}/members/remove", {"members": users})
+    _show(doc, as_json, _group_line(doc))
+
+
+@group_app.command("delete")
+def group_delete(name: str) -> None:
+    """Delete a group (its entitlements stop reaching its members)."""
+    Api.from_login().delete(f"/groups/{name}")
+    typer.echo(f"group {name} deleted")
