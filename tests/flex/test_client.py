@@ -33,13 +33,16 @@ from lamina.errors import (
 )
 from lamina.flex import disk, keywrap, qemu
 from lamina.flex.client import FlexClient, KeyPins
-from lamina.protocol.flex import FlexKeyPublic
+from lamina.protocol.flex import FlexKeyPublic, FlexRestrictions
 from tests.flex.guest import Guest, build_guest, missing_tools, parse_report
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
-pytestmark = pytest.mark.skipif(
-    bool(missing_tools()), reason=f"QEMU tools missing: {missing_tools()}"
-)
+pytestmark = [
+    pytest.mark.skipif(bool(missing_tools()), reason=f"QEMU tools missing: {missing_tools()}"),
+    # one worker for the module: its server, registered guest and downloads are shared
+    pytest.mark.xdist_group("flexcli"),
+    pytest.mark.slow,
+]
 
 FAST = keywrap.KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 PASSWORD = "laptop-pass-1"
@@ -355,15 +358,45 @@ def test_wrong_passwords_lock_the_instance_out_until_a_time(srv: Srv, tmp_path: 
 
 
 def test_qmp_stops_the_vm_when_the_lease_ends_while_it_runs(tmp_path: Path) -> None:
-    """A VM with nothing to boot idles in the firmware; when the deadline passes, the client
-    asks it to power down through QMP and, after the grace, quits it."""
+    """QEMU accepts the argv with every option on (SPICE display, clipboard, USB redirection,
+    NAT, a shared folder, fw_cfg); the VM idles in the firmware (a blank disk) and, once the
+    deadline passes, the client powers it down through QMP and, after the grace, quits it."""
+    key = keywrap.new_disk_key()
+    disk.create(tmp_path / "disk.qcow2", 1 << 20, key)
+    (tmp_path / "share").mkdir()
     clock = Clock()
-    sock = tmp_path / "qmp.sock"
-    argv = ["qemu-system-x86_64", "-nodefaults", "-display", "none", "-accel", "tcg", "-m", "32"]
-    argv += ["-qmp", f"unix:{sock},server=on,wait=off", "-monitor", "none"]
-    end = clock.t + dt.timedelta(hours=1)
-    result = qemu.run(argv, [], sock, end, clock, grace=0.5, on_started=lambda: clock.move(hours=2))
-    assert result.stopped_for_deadline
+    for headless in (False, True):
+        fds = [disk.secret_pipe(disk.passphrase(key)), disk.secret_pipe(b'{"token":"t"}')]
+        plan = qemu.LaunchPlan(
+            name="lamina-flex-test",
+            disk=tmp_path / "disk.qcow2",
+            key_fd=fds[0],
+            memory_mib=64,
+            cpus=1,
+            firmware="bios",
+            restrictions=FlexRestrictions(
+                clipboard=True, usb=["hid", "storage"], shared_folder="rw", network="nat"
+            ),
+            headless=headless,
+            qmp_socket=tmp_path / "qmp.sock",
+            run_dir=tmp_path,
+            shared_folder=tmp_path / "share",
+            enroll_fd=fds[1],
+            accel="tcg",
+        )
+        end = clock.t + dt.timedelta(hours=1)
+        with open(os.devnull, "wb") as sink:
+            result = qemu.run(
+                qemu.build_argv(plan),
+                fds,
+                plan.qmp_socket,
+                end,
+                clock,
+                grace=0.5,
+                stdout=sink,
+                on_started=lambda: clock.move(hours=2),
+            )
+        assert result.stopped_for_deadline
 
 
 # --- real boots ------------------------------------------------------------------------------------
@@ -461,7 +494,7 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
         api,
         "flex-client",
         "download",
-        ent,
+        "tiny-gina",  # by name
         "--dir",
         str(tmp_path / "flex"),
         "--password-stdin",
@@ -469,6 +502,12 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
     )
     assert p.returncode == 0, p.stderr
     instance = json.loads(p.stdout)["instance"]
+    folder = ["--dir", str(tmp_path / "flex")]
+    listed = json.loads(cli(tmp_path, api, "flex-client", "list", *folder, "--json").stdout)
+    assert [(e["id"], e["name"]) for e in listed] == [(ent, "tiny-gina")]
+    assert listed[0]["policy"]["name"] == "gina-p"
+    checked = json.loads(cli(tmp_path, api, "flex-client", "checkin", *folder, "--json").stdout)
+    assert [(s["id"], s["state"], s["managed"]) for s in checked] == [(instance, "active", True)]
     report, _ = boot(tmp_path, api, instance)
     assert report.values("fwcfg") == ["opt/org.lamina/enroll"]
     (enc,) = report.values("enroll")
@@ -503,3 +542,8 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
     device = json.loads(e.stdout)["device_id"]
     shown = srv.admin.get(f"/flex/instances/{instance}").json()
     assert device in json.dumps(shown)
+    r = cli(tmp_path, api, "flex-client", "remove", instance, *folder, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(cli(tmp_path, api, "flex-client", "status", *folder, "--json").stdout) == []
+    gone = cli(tmp_path, api, "flex-client", "status", instance, *folder, "--json")
+    assert gone.returncode == 3 and gone.stderr.startswith("error: no instance")

@@ -184,3 +184,22 @@ def test_renewal_must_name_the_instance_and_not_be_older() -> None:
         accept_renewal(old, lease(issued_at=T0 - dt.timedelta(seconds=1)), "i1")
     with pytest.raises(IntegrityError, match="names instance"):
         accept_renewal(old, lease(instance_id="i2"), "i1")
+
+
+# --- a managed guest's enrollment through fw_cfg ----------------------------------------------------
+def test_fw_cfg_enrollment_is_read_and_checked(tmp_path: Path) -> None:
+    from lamina.agent.fwcfg import MAX_BYTES, read_enrollment
+    from lamina.errors import NotFoundError
+
+    raw = tmp_path / "raw"
+    with pytest.raises(NotFoundError, match="not a managed flex guest"):
+        read_enrollment(raw)
+    raw.write_text('{"server_url": "https://lamina:8470", "token": "tok"}')
+    info = read_enrollment(raw)
+    assert (info.server_url, info.token) == ("https://lamina:8470", "tok")
+    raw.write_text('{"server_url": "https://lamina:8470"}')
+    with pytest.raises(IntegrityError, match="not valid"):
+        read_enrollment(raw)
+    raw.write_bytes(b"{" * (MAX_BYTES + 1))
+    with pytest.raises(IntegrityError, match="larger than"):
+        read_enrollment(raw)

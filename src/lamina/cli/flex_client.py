@@ -111,7 +111,7 @@ def list_cmd(folder: DirOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command("download")
 def download(
-    entitlement: Annotated[str, typer.Argument(help="The entitlement's id (see `list`).")],
+    entitlement: Annotated[str, typer.Argument(help="The entitlement's id or name (see `list`).")],
     folder: DirOpt = None,
     password_stdin: PasswordStdinOpt = False,
     as_json: JsonOpt = False,

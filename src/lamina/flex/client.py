@@ -27,6 +27,7 @@ from lamina.errors import (
     ConflictError,
     ForbiddenError,
     IntegrityError,
+    NotFoundError,
     RateLimitedError,
     StoreKeyError,
     UsageError,
@@ -171,6 +172,7 @@ class FlexClient:
         whose download was cut. ``progress(done_bytes, total_bytes)`` is called per piece."""
         if not password:
             raise UsageError("the instance needs a password")
+        entitlement = self._entitlement_id(entitlement)
         self.folder.ensure()
         inst = self.folder.partial_for(self._server(), entitlement)
         if inst is None:
@@ -180,6 +182,18 @@ class FlexClient:
             key = self.unlock(inst, password, inst.lease())
         self._fetch_pieces(inst, key, progress)
         return inst
+
+    def _entitlement_id(self, ref: str) -> str:
+        """An entitlement's id, given its id or its name."""
+        rows = self.entitlements()
+        if any(r.get("id") == ref for r in rows):
+            return ref
+        named = [r["id"] for r in rows if r.get("name") == ref]
+        if len(named) == 1:
+            return str(named[0])
+        raise NotFoundError(
+            f"you have no entitlement {ref!r} on {self._server()} (see `lamina flex-client list`)"
+        )
 
     def _create(self, entitlement: str, password: str) -> tuple[Instance, bytes]:
         public = self.server_key()
