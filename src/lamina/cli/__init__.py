@@ -43,7 +43,7 @@ from lamina.cli import (
     user,
 )
 from lamina.cli.output import fail, install_safe_streams, safe
-from lamina.errors import LaminaError
+from lamina.errors import WARNINGS_EXIT, LaminaError
 
 INTERRUPTED = "interrupted; run the same command again to resume"
 
@@ -87,6 +87,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (7, "not logged in, not allowed, or rate-limited (AuthError)"),
     (8, "the server, the object store or the database failed (BackendError)"),
     (9, "too large (TooLargeError)"),
+    (WARNINGS_EXIT, "finished with warnings: files skipped or not restored (listed on stderr)"),
     (130, "interrupted (Ctrl-C); run the same command again to resume"),
 )
 
