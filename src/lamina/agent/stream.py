@@ -19,8 +19,8 @@ from typing import Any
 
 from lamina.agent.live import compare_live, lstat_or_none
 from lamina.layers.rules import RuleSet
-from lamina.layers.trees import walk
 from lamina.store.keys import ChunkingSecret
+from lamina.tree.paths import walk
 from lamina.tree.restore import BlobSource, restore_tree
 
 BATCH = 256

@@ -177,6 +177,8 @@ def exit_with_warnings(warnings: int, what: str) -> None:
     if warnings:
         err_console.print(f"finished with warnings: {warnings} {what} (exit code {WARNINGS_EXIT})")
         raise SystemExit(WARNINGS_EXIT)
+
+
 def print_table(headers: list[str], rows: Iterable[Iterable[object]]) -> None:
     """Columns with a header line on stdout, as ``ps`` and ``docker ps`` print them: each
     as wide as its widest cell, two spaces apart, never wrapped, no trailing blanks (so

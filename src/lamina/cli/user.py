@@ -14,14 +14,17 @@ from lamina.cli.output import emit_json
 from lamina.errors import UsageError
 
 app = typer.Typer(
-    help="User accounts and roles (administrator, helpdesk, readonly, flex-user).", no_args_is_help=True
+    help="User accounts and roles (administrator, helpdesk, readonly, flex-user).",
+    no_args_is_help=True,
 )
 
 
 @app.command("create")
 def user_create(
     name: UserArg,
-    role: Annotated[str, typer.Option(help="administrator, helpdesk, readonly or flex-user.")] = "readonly",
+    role: Annotated[
+        str, typer.Option(help="administrator, helpdesk, readonly or flex-user.")
+    ] = "readonly",
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from lamina.layers.trees import Load, Put
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry, decode_tree, encode_tree
+from lamina.tree.paths import Load, Put
 
 
 def _name(s: str) -> bytes:

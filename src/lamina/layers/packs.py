@@ -33,9 +33,9 @@ from typing import IO, Any
 import zstandard
 
 from lamina.errors import TooLargeError, UsageError
-from lamina.layers.trees import Put, build_tree
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry
+from lamina.tree.paths import Put, build_tree
 
 #: Where a pack's loose files may go (paths from the root, without the leading slash).
 LOOSE_PREFIXES = (

@@ -45,7 +45,7 @@ DPKG_STATUS = "/var/lib/dpkg/status"
 TEXT_MERGE_MAX = 4 * 1024 * 1024
 #: plaintext -> chunk id (stores it, or only names it for a dry run)
 PutData = Callable[[bytes], bytes]
-LayerKind = Literal["base", "app"]
+LayerKind = Literal["base", "app", "driver"]
 #: What a plan does at one path (the module docstring says when each applies).
 Action = Literal[
     "added",
@@ -75,7 +75,7 @@ class LayerRef:
 
 #: A driver pack (``lamina.server.services.drivers``): applied like an app layer, after
 #: the app layers, its paths resolved through the endpoint's merged-/usr links.
-DRIVER = "driver"
+DRIVER: Literal["driver"] = "driver"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.facts import os_release
 from lamina.agent.live import RevertScope

@@ -24,13 +24,12 @@ from lamina.db.models import (
 from lamina.errors import ConflictError, NotFoundError
 from lamina.layers.drivers import Match, PackRef, Profile, os_family_of, packs_for
 from lamina.layers.packs import build_pack
-from lamina.layers.plan import LayerRef
+from lamina.layers.plan import DRIVER, LayerRef
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 
-DRIVER = "driver"
 #: Devices a profile test looks at: those that may still receive a system.
 _LIVE = ("pending", "active")
 

@@ -24,7 +24,6 @@ from lamina.layers.merge import installed, parse_dpkg_status
 from lamina.layers.overlay import overlay
 from lamina.layers.plan import DPKG_STATUS, LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os
-from lamina.layers.trees import read_file, walk
 from lamina.protocol.schemas import MigrateRequest
 from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, drivers, fleet, tasks
@@ -33,6 +32,7 @@ from lamina.server.services.common import audit
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
+from lamina.tree.paths import read_file, walk
 
 #: The state of a device whose CVD moved to another device: its credential is refused.
 REPLACED = "replaced"
