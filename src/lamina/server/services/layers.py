@@ -24,7 +24,7 @@ from lamina.db.models import (
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured, capture_app, capture_base
 from lamina.layers.drivers import hardware_warning
-from lamina.layers.plan import LayerRef, Plan, make_plan
+from lamina.layers.plan import DRIVER, LayerRef, Plan, make_plan
 from lamina.layers.rules import RuleSet, for_os, parse_rules
 from lamina.server.security import Principal
 from lamina.server.services import drivers, fleet, tasks
@@ -74,7 +74,7 @@ def list_layers(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
     """Base and app layers (driver packs are listed by ``lamina driver list``)."""
     actor.require("read")
     with read_tx(engine) as c:
-        q = select(layers).where(layers.c.kind != drivers.DRIVER).order_by(layers.c.name)
+        q = select(layers).where(layers.c.kind != DRIVER).order_by(layers.c.name)
         return [_layer_public(c, r) for r in c.execute(q)]
 
 
@@ -529,7 +529,7 @@ def assign(
         if base and rows[0][1].kind != "base":
             raise UsageError(f"{base} is a {rows[0][1].kind} layer, not a base layer")
         for _v, layer in rows[1 if base else 0 :]:
-            if layer.kind == drivers.DRIVER:
+            if layer.kind == DRIVER:
                 raise UsageError(
                     f"{layer.name} is a driver pack: driver profiles choose where packs go"
                 )
