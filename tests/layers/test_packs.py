@@ -18,9 +18,9 @@ from lamina.layers.merge import parse_dpkg_status
 from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef, make_plan
 from lamina.layers.rules import builtin
-from lamina.layers.trees import build_tree, index, read_file
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry
+from lamina.tree.paths import build_tree, index, read_file
 from tests.e2e.debs import build_deb, dpkg_install, init_dpkg
 
 needs_dpkg = pytest.mark.skipif(
