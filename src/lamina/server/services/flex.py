@@ -506,13 +506,15 @@ def my_entitlements(engine: Engine, actor: Principal) -> list[FlexEntitlementMin
         rows = _my_entitlements(c, actor)
         pols = {p.id: p for p in c.execute(select(flex_policies))}
         imgs = {i.id: i for i in c.execute(select(flex_images))}
-        latest = dict(
-            c.execute(
+        latest = {
+            r.image_id: r.version
+            for r in c.execute(
                 select(
-                    flex_image_versions.c.image_id, func.max(flex_image_versions.c.version)
+                    flex_image_versions.c.image_id,
+                    func.max(flex_image_versions.c.version).label("version"),
                 ).group_by(flex_image_versions.c.image_id)
-            ).tuples()
-        )
+            )
+        }
         return [
             FlexEntitlementMine(
                 id=e.id,
