@@ -345,7 +345,9 @@ user_groups = Table(
 user_group_members = Table(
     "user_group_members",
     metadata,
-    Column("group_id", String(36), ForeignKey("user_groups.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "group_id", String(36), ForeignKey("user_groups.id", ondelete="CASCADE"), primary_key=True
+    ),
     Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
 )
 
@@ -435,7 +437,13 @@ flex_instances = Table(
         nullable=False,
         index=True,
     ),
-    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column(
+        "user_id",
+        String(36),
+        ForeignKey("users.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     Column("version_id", String(36), ForeignKey("flex_image_versions.id"), nullable=False),
     #: a per-instance policy overriding the entitlement's
     Column("policy_id", String(36), ForeignKey("flex_policies.id"), nullable=True),
