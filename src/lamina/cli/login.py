@@ -46,14 +46,17 @@ def logout() -> None:
 
 
 user_app = typer.Typer(
-    help="User accounts and roles (administrator, helpdesk, readonly, flex-user).", no_args_is_help=True
+    help="User accounts and roles (administrator, helpdesk, readonly, flex-user).",
+    no_args_is_help=True,
 )
 
 
 @user_app.command("create")
 def user_create(
     name: str,
-    role: Annotated[str, typer.Option(help="administrator, helpdesk, readonly or flex-user.")] = "readonly",
+    role: Annotated[
+        str, typer.Option(help="administrator, helpdesk, readonly or flex-user.")
+    ] = "readonly",
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from stdin.")
     ] = False,
