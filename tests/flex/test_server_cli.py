@@ -19,6 +19,7 @@ import pytest
 from lamina.cli.flex_vm import read_vm
 from lamina.config import ServerSettings
 from lamina.errors import UnsafePathError, UsageError
+from tests.flex.server_live import TIMEOUT, PatientLive
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
 MiB = 1024 * 1024
@@ -45,9 +46,11 @@ def site(tmp_path: Path) -> Iterator[tuple[Live, dict[str, str]]]:
         data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
     )
     for url in serve(settings):
-        live = Live(url, settings.data)
+        live = PatientLive(url, settings.data)
         r = httpx.post(
-            url + "/api/v1/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD}
+            url + "/api/v1/auth/login",
+            json={"user": "admin", "password": ADMIN_PASSWORD},
+            timeout=TIMEOUT,
         )
         env = {
             **os.environ,

@@ -24,6 +24,7 @@ from lamina.config import ServerSettings
 from lamina.errors import IntegrityError
 from lamina.protocol.flex import FlexManifest, Lease, Signed, verify
 from lamina.store.keys import DEFAULT_MAX
+from tests.flex.server_live import TIMEOUT, PatientLive
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
 MiB = 1024 * 1024
@@ -85,7 +86,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Srv]:
         data=tmp / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
     )
     for url in serve(settings):
-        live = Live(url, settings.data)
+        live = PatientLive(url, settings.data)
         try:
             yield Srv(live)
         finally:
@@ -395,6 +396,7 @@ def test_managed_instances_enroll_as_distinct_devices(srv: Srv, image: dict[str,
         r = httpx.post(
             srv.live.url + "/api/v1/agent/enroll",
             json={"token": lease.manage.token, "facts": facts},
+            timeout=TIMEOUT,
         )
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "active"
@@ -403,6 +405,7 @@ def test_managed_instances_enroll_as_distinct_devices(srv: Srv, image: dict[str,
         again = httpx.post(
             srv.live.url + "/api/v1/agent/enroll",
             json={"token": lease.manage.token, "facts": facts},
+            timeout=TIMEOUT,
         )
         assert again.status_code == 401
         # Enrolled: later leases carry no token.
@@ -426,7 +429,9 @@ def test_an_old_token_is_revoked_when_a_new_lease_brings_another(
     assert first.manage and second.manage and first.manage.token != second.manage.token
     facts = {"machine_id": "m", "hostname": "guest"}
     old = httpx.post(
-        srv.live.url + "/api/v1/agent/enroll", json={"token": first.manage.token, "facts": facts}
+        srv.live.url + "/api/v1/agent/enroll",
+        json={"token": first.manage.token, "facts": facts},
+        timeout=TIMEOUT,
     )
     assert old.status_code == 401
 

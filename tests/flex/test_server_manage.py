@@ -12,6 +12,7 @@ import pytest
 
 from lamina.config import ServerSettings
 from lamina.protocol.flex import Lease, verify
+from tests.flex.server_live import TIMEOUT, PatientLive
 from tests.server.conftest import ADMIN_PASSWORD, API, Device, Live, free_port, serve
 
 
@@ -21,7 +22,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
         data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
     )
     for url in serve(settings):
-        srv = Live(url, settings.data)
+        srv = PatientLive(url, settings.data)
         try:
             yield srv
         finally:
@@ -31,7 +32,9 @@ def live(tmp_path: Path) -> Iterator[Live]:
 
 def enroll(live: Live, token: str, hostname: str) -> Device:
     facts = {"machine_id": "same-machine-id", "hostname": hostname}
-    r = httpx.post(live.url + API + "/agent/enroll", json={"token": token, "facts": facts})
+    r = httpx.post(
+        live.url + API + "/agent/enroll", json={"token": token, "facts": facts}, timeout=TIMEOUT
+    )
     assert r.status_code == 201, r.text
     doc = r.json()
     client = live.client(doc["credential"])

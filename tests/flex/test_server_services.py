@@ -23,7 +23,7 @@ from lamina.protocol.flex import (
 from lamina.protocol.schemas import UserCreate
 from lamina.server.app import open_context
 from lamina.server.security import ROLES, Principal
-from lamina.server.services import flex, flex_images, flex_keys, groups, users
+from lamina.server.services import flex, flex_images, flex_keys, flex_policies, groups, users
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
@@ -46,7 +46,7 @@ def test_flex_services(db: str, request: pytest.FixtureRequest, tmp_path: Path) 
     raw.write_bytes(random.Random(2).randbytes(200_000))
     work = flex_images.tmp_dir(ctx.settings.data)
     flex_images.register(ctx.engine, ctx.store, admin, "img", raw, work, 256, 2, "uefi")
-    flex.create_policy(ctx.engine, admin, FlexPolicyCreate(name="p", valid_for=86400))
+    flex_policies.create_policy(ctx.engine, admin, FlexPolicyCreate(name="p", valid_for=86400))
     groups.create_group(ctx.engine, admin, GroupCreate(name="g", members=["bob"]))
     flex.entitle(ctx.engine, admin, FlexEntitle(name="e", image="img:1", policy="p", groups=["g"]))
     assert [e.name for e in flex.my_entitlements(ctx.engine, bob)] == ["e"]
@@ -55,7 +55,9 @@ def test_flex_services(db: str, request: pytest.FixtureRequest, tmp_path: Path) 
     made = flex.create_instance(ctx.engine, key, bob, "e", "laptop", None)
     with pytest.raises(NotFoundError):
         flex.create_instance(ctx.engine, key, eve, "e", "laptop", None)
-    flex.update_policy(ctx.engine, admin, "p", FlexPolicyUpdate(restrictions={"clipboard": True}))
+    flex_policies.update_policy(
+        ctx.engine, admin, "p", FlexPolicyUpdate(restrictions={"clipboard": True})
+    )
     signed = flex.checkin(ctx.engine, key, bob, made.instance, dt.datetime.now(dt.UTC), None)
     lease = verify(signed, key.public_key(), Lease)
     assert lease.policy.restrictions.clipboard and lease.expires_at is not None
