@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -437,8 +438,6 @@ class FlexClient:
                     return
                 uri = f"spice+unix://{run_dir / 'spice.sock'}"
                 if viewer:
-                    import subprocess
-
                     subprocess.Popen([viewer, uri], stdin=subprocess.DEVNULL)
                 else:
                     self.notify(f"the VM's display: {uri} (open it with remote-viewer)")
