@@ -445,3 +445,46 @@ def test_instances_of_others_are_not_found(srv: Srv, image: dict[str, Any]) -> N
         assert eve.request(method, path, json=body).status_code == 404, path
     assert iid not in [i["id"] for i in eve.get("/flex/my/instances").json()]
     assert iid in [i["id"] for i in bob.get("/flex/my/instances").json()]
+
+
+def test_updates_and_deletes(srv: Srv, image: dict[str, Any], tmp_path: Path) -> None:
+    admin = srv.admin
+    bob, eve = srv.user("bob"), srv.user("eve")
+    # what is in use is not deleted
+    assert admin.delete("/flex/images/win").status_code == 409
+    assert admin.delete("/flex/policies/std").status_code == 409
+    entitle(srv, "e-del", users=["bob"])
+    iid, _, _ = new_instance(bob, "e-del")
+    assert admin.delete("/flex/entitlements/e-del").status_code == 409
+    assert admin.post(f"/flex/instances/{iid}/revoke", json={}).status_code == 200
+    assert admin.delete("/flex/entitlements/e-del").status_code == 204
+    assert admin.get("/flex/entitlements/e-del").status_code == 404
+    # an entitlement's users replaced
+    entitle(srv, "e-upd", users=["bob"])
+    r = admin.put("/flex/entitlements/e-upd", json={"users": ["eve"]})
+    assert r.status_code == 200 and r.json()["users"] == ["eve"]
+    assert "e-upd" not in [e["name"] for e in bob.get("/flex/my/entitlements").json()]
+    assert "e-upd" in [e["name"] for e in eve.get("/flex/my/entitlements").json()]
+    # unused things go
+    assert admin.post("/flex/policies", json={"name": "p-unused"}).status_code == 201
+    assert admin.delete("/flex/policies/p-unused").status_code == 204
+    assert admin.post("/groups", json={"name": "tmpg"}).status_code == 201
+    assert admin.delete("/groups/tmpg").status_code == 204
+    assert admin.get("/groups/tmpg").status_code == 404
+    tiny = tmp_path / "tiny.raw"
+    tiny.write_bytes(random.Random(9).randbytes(100_000))
+    assert upload(admin, "tiny", tiny).status_code == 201
+    assert admin.delete("/flex/images/tiny").status_code == 204
+    assert "tiny" not in [i["name"] for i in admin.get("/flex/images").json()]
+    actions = {a["action"] for a in srv.live.audit() if a["actor"] == "admin"}
+    assert {
+        "flex.image.register",
+        "flex.image.delete",
+        "flex.policy.create",
+        "flex.policy.delete",
+        "flex.entitle",
+        "flex.entitlement.update",
+        "flex.entitlement.delete",
+        "group.create",
+        "group.delete",
+    } <= actions

@@ -30,7 +30,7 @@ from lamina.protocol.flex import (
     Signed,
 )
 from lamina.server.deps import Caller, Ctx
-from lamina.server.services import flex, flex_images, flex_keys, groups
+from lamina.server.services import flex, flex_images, flex_keys, flex_policies, groups
 
 router = APIRouter()
 
@@ -124,27 +124,27 @@ def delete_image(ref: str, ctx: Ctx, caller: Caller) -> None:
 # --- policies -----------------------------------------------------------------------------------
 @router.post("/flex/policies", summary="Create a flex restriction policy", status_code=201)
 def create_policy(req: FlexPolicyCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.create_policy(ctx.engine, caller, req)
+    return flex_policies.create_policy(ctx.engine, caller, req)
 
 
 @router.get("/flex/policies", summary="List flex policies")
 def list_policies(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return flex.list_policies(ctx.engine, caller)
+    return flex_policies.list_policies(ctx.engine, caller)
 
 
 @router.get("/flex/policies/{ref}", summary="Show a flex policy")
 def show_policy(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.show_policy(ctx.engine, caller, ref)
+    return flex_policies.show_policy(ctx.engine, caller, ref)
 
 
 @router.put("/flex/policies/{ref}", summary="Change a flex policy (instances get it at check-in)")
 def update_policy(ref: str, req: FlexPolicyUpdate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.update_policy(ctx.engine, caller, ref, req)
+    return flex_policies.update_policy(ctx.engine, caller, ref, req)
 
 
 @router.delete("/flex/policies/{ref}", summary="Delete an unused flex policy", status_code=204)
 def delete_policy(ref: str, ctx: Ctx, caller: Caller) -> None:
-    flex.delete_policy(ctx.engine, caller, ref)
+    flex_policies.delete_policy(ctx.engine, caller, ref)
 
 
 # --- entitlements ---------------------------------------------------------------------------------

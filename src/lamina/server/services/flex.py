@@ -12,7 +12,6 @@ import datetime as dt
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 
 from lamina.db.engine import read_tx, write_tx
@@ -40,10 +39,6 @@ from lamina.protocol.flex import (
     FlexInstanceCreated,
     FlexInstanceMine,
     FlexManifest,
-    FlexPolicyCreate,
-    FlexPolicyDoc,
-    FlexPolicyUpdate,
-    FlexRestrictions,
     Lease,
     ManageInfo,
     Signed,
@@ -56,144 +51,11 @@ from lamina.server.services import flex_images as images
 from lamina.server.services import layers as layer_service
 from lamina.server.services import policies as cvd_policies
 from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.flex_policies import find_policy, policy_doc
 from lamina.server.services.groups import find_group, user_ids
 from lamina.store.repository import Store
 
 ACTIVE, LOCKED, REVOKED = "active", "locked", "revoked"
-
-
-# --- policies ---------------------------------------------------------------------------
-def _restrictions(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(change) - set(FlexRestrictions.model_fields))
-    if unknown:
-        raise UsageError(f"unknown restriction {unknown[0]!r}")
-    try:
-        return FlexRestrictions.model_validate({**base, **change}).model_dump(mode="json")
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UsageError(f"restriction {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
-
-
-def find_policy(c: Connection, ref: str) -> Any:
-    return find_one(c, flex_policies, ref, "name", "flex policy")
-
-
-def _expiry(p: Any, created: dt.datetime | None) -> dt.datetime | None:
-    """A policy's expiry for an instance created at ``created`` (now, for one not made yet)."""
-    if p.expires_at is not None:
-        return aware(p.expires_at)
-    if p.valid_for is not None:
-        return (created or now()) + dt.timedelta(seconds=p.valid_for)
-    return None
-
-
-def policy_doc(p: Any, created: dt.datetime | None = None) -> FlexPolicyDoc:
-    return FlexPolicyDoc(
-        name=p.name,
-        restrictions=FlexRestrictions.model_validate(p.restrictions),
-        expires_at=_expiry(p, created),
-        lease_seconds=p.lease_seconds,
-    )
-
-
-def _policy_public(p: Any) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "name": p.name,
-        "restrictions": p.restrictions,
-        "expires_at": aware(p.expires_at),
-        "valid_for": p.valid_for,
-        "lease_seconds": p.lease_seconds,
-        "created": aware(p.created),
-        "updated": aware(p.updated),
-    }
-
-
-def create_policy(engine: Engine, actor: Principal, req: FlexPolicyCreate) -> dict[str, Any]:
-    actor.require("flex.admin")
-    if req.expires_at is not None and req.valid_for is not None:
-        raise UsageError("give an expiry date or a validity, not both")
-    with write_tx(engine) as c:
-        if c.execute(select(flex_policies.c.id).where(flex_policies.c.name == req.name)).first():
-            raise ConflictError(f"flex policy {req.name!r} exists already")
-        pid = new_id()
-        c.execute(
-            insert(flex_policies).values(
-                id=pid,
-                name=req.name,
-                restrictions=_restrictions({}, req.restrictions),
-                expires_at=req.expires_at,
-                valid_for=req.valid_for,
-                lease_seconds=req.lease_seconds,
-                created=now(),
-                updated=now(),
-            )
-        )
-        p = find_policy(c, pid)
-        audit(c, actor.name, "flex.policy.create", pid, **req.model_dump(mode="json"))
-        return _policy_public(p)
-
-
-def update_policy(
-    engine: Engine, actor: Principal, ref: str, req: FlexPolicyUpdate
-) -> dict[str, Any]:
-    """Change a policy; every instance using it gets the change at its next check-in."""
-    actor.require("flex.admin")
-    if sum(x for x in (req.expires_at is not None, req.valid_for is not None, req.no_expiry)) > 1:
-        raise UsageError("give one of an expiry date, a validity or no expiry")
-    with write_tx(engine) as c:
-        p = find_policy(c, ref)
-        values: dict[str, Any] = {
-            "restrictions": _restrictions(p.restrictions, req.restrictions),
-            "updated": now(),
-        }
-        if req.expires_at is not None or req.valid_for is not None or req.no_expiry:
-            values["expires_at"] = req.expires_at
-            values["valid_for"] = req.valid_for
-        if req.lease_seconds is not None:
-            values["lease_seconds"] = req.lease_seconds
-        c.execute(update(flex_policies).where(flex_policies.c.id == p.id).values(**values))
-        audit(
-            c,
-            actor.name,
-            "flex.policy.update",
-            p.id,
-            name=p.name,
-            **req.model_dump(mode="json", exclude_defaults=True),
-        )
-        return _policy_public(find_policy(c, p.id))
-
-
-def list_policies(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
-    actor.require("read")
-    with read_tx(engine) as c:
-        return [
-            _policy_public(p)
-            for p in c.execute(select(flex_policies).order_by(flex_policies.c.name))
-        ]
-
-
-def show_policy(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
-    actor.require("read")
-    with read_tx(engine) as c:
-        return _policy_public(find_policy(c, ref))
-
-
-def delete_policy(engine: Engine, actor: Principal, ref: str) -> None:
-    actor.require("flex.admin")
-    with write_tx(engine) as c:
-        p = find_policy(c, ref)
-        used = c.execute(
-            select(flex_entitlements.c.name).where(flex_entitlements.c.policy_id == p.id)
-        ).first()
-        over = c.execute(
-            select(flex_instances.c.id).where(flex_instances.c.policy_id == p.id)
-        ).first()
-        if used is not None or over is not None:
-            what = f"entitlement {used.name}" if used is not None else f"instance {over.id}"  # type: ignore[union-attr]
-            raise ConflictError(f"flex policy {p.name} is used by {what}")
-        c.execute(delete(flex_policies).where(flex_policies.c.id == p.id))
-        audit(c, actor.name, "flex.policy.delete", p.id, name=p.name)
 
 
 # --- entitlements ------------------------------------------------------------------------
@@ -483,21 +345,18 @@ def _require_user(actor: Principal) -> None:
 
 def _my_entitlements(c: Connection, actor: Principal) -> list[Any]:
     mine = select(user_group_members.c.group_id).where(user_group_members.c.user_id == actor.id)
+    # ids first: DISTINCT over the rows themselves would compare JSON (PostgreSQL cannot)
+    ids = select(flex_entitlement_subjects.c.entitlement_id).where(
+        or_(
+            (flex_entitlement_subjects.c.kind == "user")
+            & (flex_entitlement_subjects.c.subject_id == actor.id),
+            (flex_entitlement_subjects.c.kind == "group")
+            & flex_entitlement_subjects.c.subject_id.in_(mine),
+        )
+    )
     q = (
         select(flex_entitlements)
-        .join(
-            flex_entitlement_subjects,
-            flex_entitlement_subjects.c.entitlement_id == flex_entitlements.c.id,
-        )
-        .where(
-            or_(
-                (flex_entitlement_subjects.c.kind == "user")
-                & (flex_entitlement_subjects.c.subject_id == actor.id),
-                (flex_entitlement_subjects.c.kind == "group")
-                & flex_entitlement_subjects.c.subject_id.in_(mine),
-            )
-        )
-        .distinct()
+        .where(flex_entitlements.c.id.in_(ids))
         .order_by(flex_entitlements.c.name)
     )
     return list(c.execute(q))
@@ -509,19 +368,26 @@ def my_entitlements(engine: Engine, actor: Principal) -> list[FlexEntitlementMin
         rows = _my_entitlements(c, actor)
         pols = {p.id: p for p in c.execute(select(flex_policies))}
         imgs = {i.id: i for i in c.execute(select(flex_images))}
-        out = []
-        for e in rows:
-            v = images.find_version(c, imgs[e.image_id], e.version)
-            out.append(
-                FlexEntitlementMine(
-                    id=e.id,
-                    name=e.name,
-                    image=imgs[e.image_id].name,
-                    version=v.version,
-                    policy=policy_doc(pols[e.policy_id]),
-                )
+        latest = {
+            r.image_id: r.version
+            for r in c.execute(
+                select(
+                    flex_image_versions.c.image_id,
+                    func.max(flex_image_versions.c.version).label("version"),
+                ).group_by(flex_image_versions.c.image_id)
             )
-        return out
+        }
+        return [
+            FlexEntitlementMine(
+                id=e.id,
+                name=e.name,
+                image=imgs[e.image_id].name,
+                version=e.version or latest[e.image_id],
+                policy=policy_doc(pols[e.policy_id]),
+            )
+            for e in rows
+            if e.version or e.image_id in latest
+        ]
 
 
 def _my_entitlement(c: Connection, actor: Principal, ref: str) -> Any:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from lamina.db.engine import read_tx, write_tx
@@ -250,6 +251,39 @@ def register(
             record, pieces, new_bytes = store_raw(store, image_id, raw)
     finally:
         raw.unlink(missing_ok=True)
+    try:
+        return _add_version(
+            engine,
+            actor,
+            name,
+            image_id,
+            record,
+            pieces,
+            new_bytes,
+            info,
+            memory_mib,
+            cpus,
+            firmware,
+            source,
+        )
+    except sqlalchemy.exc.IntegrityError as e:  # the same image registered at the same time
+        raise ConflictError(f"image {name} got another version meanwhile: register again") from e
+
+
+def _add_version(
+    engine: Engine,
+    actor: Principal,
+    name: str,
+    image_id: str,
+    record: SnapshotRecord,
+    pieces: list[list[Any]],
+    new_bytes: int,
+    info: dict[str, Any],
+    memory_mib: int,
+    cpus: int,
+    firmware: str,
+    source: dict[str, Any] | None,
+) -> dict[str, Any]:
     with write_tx(engine) as c:
         last = c.execute(
             select(func.max(flex_image_versions.c.version)).where(
@@ -314,17 +348,18 @@ def fetch(url: str, sha256: str, dest: Path, limit: int = MAX_IMAGE_SIZE) -> Non
     size = 0
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f, httpx.stream("GET", url, timeout=60) as r:
+        timeout = httpx.Timeout(60, connect=10)
+        with os.fdopen(fd, "wb") as f, httpx.stream("GET", url, timeout=timeout) as r:
             if r.status_code != 200:
-                raise BackendError(f"fetching {url} answered HTTP {r.status_code}")
+                raise UsageError(f"fetching {url} answered HTTP {r.status_code}")
             for part in r.iter_bytes(1 << 20):
                 size += len(part)
                 if size > limit:
                     raise TooLargeError(f"the image at {url} is above the {limit}-byte limit")
                 h.update(part)
                 f.write(part)
-    except httpx.HTTPError as e:
-        raise BackendError(f"cannot fetch {url}: {e}") from e
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # the URL given is unusable: a bad request
+        raise UsageError(f"cannot fetch {url}: {e}") from e
     if h.hexdigest() != sha256.lower():
         raise IntegrityError(
             f"the image at {url} has SHA-256 {h.hexdigest()}, expected {sha256.lower()}"
