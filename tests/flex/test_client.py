@@ -206,10 +206,22 @@ def test_download_is_encrypted_complete_and_holds_no_plaintext_sector(
         assert oct(p.stat().st_mode & 0o777) == oct(0o600), p
 
 
-def test_download_killed_midway_resumes_to_the_same_bytes(srv: Srv, tmp_path: Path) -> None:
+def test_download_killed_midway_resumes_to_the_same_bytes(
+    srv: Srv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api = srv.user("bob")
     srv.policy("bob-p")
     ent = srv.entitle("tiny-bob", "bob", "bob-p")
+
+    def killed(*args: Any) -> None:
+        raise KeyboardInterrupt  # killed while the encrypted disk is being made
+
+    with monkeypatch.context() as m:
+        m.setattr(disk, "create", killed)
+        with pytest.raises(KeyboardInterrupt):
+            client(tmp_path, api).download(ent, PASSWORD)
+    (staged,) = (tmp_path / "flex" / "instances").iterdir()
+    assert staged.name.startswith(".") and staged.name.endswith(".new")
 
     def cut(n: int, data: bytes) -> bytes:
         if len(first.pieces) > 3:
@@ -233,8 +245,9 @@ def test_download_killed_midway_resumes_to_the_same_bytes(srv: Srv, tmp_path: Pa
     assert c.status(inst.id)[0]["downloaded"] is True
     got = plaintext(inst.disk, unwrap(c, inst.id), tmp_path / "nbd.sock")
     assert got == srv.guest.disk.read_bytes()
+    assert f".{inst.id}.new" == staged.name  # the set-up cut short was continued
     mine = srv.admin.get("/flex/instances", params={}).json()
-    assert [i["id"] for i in mine if i["user"] == "bob"] == [inst.id]
+    assert [i["id"] for i in mine if i["user"] == "bob"] == [inst.id]  # no orphan instance
 
 
 def test_tampered_piece_is_refused_and_nothing_of_it_is_kept(srv: Srv, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,39 +197,51 @@ class FlexClient:
         )
 
     def _create(self, entitlement: str, password: str) -> tuple[Instance, bytes]:
-        public = self.server_key()
-        created = self._api().post(
-            "/flex/my/instances", {"entitlement": entitlement, "client": client_name()}
-        )
-        if not isinstance(created, dict) or not isinstance(created.get("instance"), str):
-            raise IntegrityError("the server's answer to creating an instance is malformed")
-        instance_id = self.folder.check_id(created["instance"])
-        manifest_signed = Signed[Any].model_validate(created["manifest"])
-        lease_signed = Signed[Any].model_validate(created["lease"])
+        """A new instance folder: from a set-up cut short for this entitlement (its signed
+        documents were saved first, so the server's instance is reused), else a new one."""
+        staged = self._staged(entitlement)
+        if staged is not None:
+            info, manifest_signed, lease_signed = staged
+            instance_id, public = info.instance, info.server_key
+            self.notify(f"continuing the set-up of instance {instance_id}")
+        else:
+            public = self.server_key()
+            created = self._api().post(
+                "/flex/my/instances", {"entitlement": entitlement, "client": client_name()}
+            )
+            if not isinstance(created, dict) or not isinstance(created.get("instance"), str):
+                raise IntegrityError("the server's answer to creating an instance is malformed")
+            instance_id = self.folder.check_id(created["instance"])
+            manifest_signed = Signed[Any].model_validate(created["manifest"])
+            lease_signed = Signed[Any].model_validate(created["lease"])
         manifest = verify(manifest_signed, public, FlexManifest)
         lease = verify(lease_signed, public, Lease)
         accept_renewal(None, lease, instance_id)
         check_state(lease)
         now = self.now()
-        key = keywrap.new_disk_key()
         stage = self.folder.staging(instance_id)
         final = self.folder.instances / instance_id
         if final.exists():
             raise ConflictError(f"instance {instance_id} is already under {self.folder.root}")
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(mode=0o700)
-        info = InstanceInfo(
-            instance=instance_id,
-            server=self._server(),
-            server_key=public,
-            entitlement=entitlement,
-            image=manifest.image_name,
-            version=manifest.version,
-            created=now,
-        )
-        write_model(stage / "instance.json", info)
-        write_atomic(stage / "manifest.json", manifest_signed.model_dump_json().encode())
-        write_atomic(stage / "lease.json", lease_signed.model_dump_json().encode())
+        if staged is None:
+            # The signed documents first, instance.json last: a folder with instance.json
+            # holds everything needed to continue without asking the server again.
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(mode=0o700)
+            write_atomic(stage / "manifest.json", manifest_signed.model_dump_json().encode())
+            write_atomic(stage / "lease.json", lease_signed.model_dump_json().encode())
+            info = InstanceInfo(
+                instance=instance_id,
+                server=self._server(),
+                server_key=public,
+                entitlement=entitlement,
+                image=manifest.image_name,
+                version=manifest.version,
+                created=now,
+            )
+            write_model(stage / "instance.json", info)
+        key = keywrap.new_disk_key()
+        (stage / "disk.qcow2").unlink(missing_ok=True)
         write_model(stage / "key.json", keywrap.wrap(key, password, instance_id, self.kdf))
         write_model(
             stage / "state.json",
@@ -238,6 +251,22 @@ class FlexClient:
         os.replace(stage, final)
         fsync_dir(self.folder.instances)
         return Instance(final), key
+
+    def _staged(self, entitlement: str) -> tuple[InstanceInfo, Signed[Any], Signed[Any]] | None:
+        """A set-up of an instance of ``entitlement`` from this server that was cut short;
+        set-ups too incomplete to continue are deleted."""
+        server = self._server()
+        for path in sorted(self.folder.instances.glob(".*.new")):
+            inst = Instance(path)
+            try:
+                info = inst.info()
+                docs = inst.signed("manifest.json"), inst.signed("lease.json")
+            except (FileNotFoundError, IntegrityError):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if info.server == server and info.entitlement == entitlement:
+                return info, docs[0], docs[1]
+        return None
 
     def _fetch_pieces(
         self, inst: Instance, key: bytes, progress: Callable[[int, int], None] | None
@@ -437,8 +466,6 @@ class FlexClient:
                     return
                 uri = f"spice+unix://{run_dir / 'spice.sock'}"
                 if viewer:
-                    import subprocess
-
                     subprocess.Popen([viewer, uri], stdin=subprocess.DEVNULL)
                 else:
                     self.notify(f"the VM's display: {uri} (open it with remote-viewer)")
