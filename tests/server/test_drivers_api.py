@@ -113,3 +113,39 @@ def test_pack_upload_is_checked_and_profiles_match_reported_facts(live: Live) ->
     assert admin.delete("/drivers/rtl").status_code == 200
     actions = [e["action"] for e in live.audit()]
     assert {"driver.import", "driver.profile_create", "driver.delete"} <= set(actions)
+
+
+def test_packs_for_a_device_as_plan_inputs(live: Live) -> None:
+    """What migration calls: the packs for a machine's facts and OS, and back from ids."""
+    from lamina.db.engine import make_engine, read_tx
+    from lamina.errors import NotFoundError
+    from lamina.layers.plan import DRIVER
+    from lamina.server.services.drivers import pack_refs, packs_for_device
+
+    admin = live.login()
+    hdr = {"Content-Type": "application/x-tar"}
+    for _ in range(2):  # two versions: the latest is chosen unless pinned
+        body = tar({"lib/firmware/x.fw": b"x"})
+        assert (
+            admin.post(
+                "/drivers/import", params={"name": "fw"}, content=body, headers=hdr
+            ).status_code
+            == 201
+        )
+    admin.post(
+        "/driver-profiles", json={"name": "a", "packs": ["fw"], "matches": ["sys_vendor=LENOVO"]}
+    )
+    engine = make_engine(f"sqlite:///{(live.data / 'lamina.db').resolve()}")
+    try:
+        with read_tx(engine) as c:
+            [ref] = packs_for_device(c, {"sys_vendor": "LENOVO"}, {"ID": "debian"})
+            assert (ref.label, ref.kind, ref.whiteouts) == ("fw:2", DRIVER, ())
+            assert packs_for_device(c, {"sys_vendor": "HP"}, {"ID": "debian"}) == []
+            assert pack_refs(c, [ref.version_id]) == [ref]
+            try:
+                pack_refs(c, ["not-a-version"])
+                raise AssertionError("an unknown id must be refused")
+            except NotFoundError:
+                pass
+    finally:
+        engine.dispose()
