@@ -105,6 +105,7 @@ def test_bad_profiles_and_pack_specs() -> None:
 def test_same_hardware() -> None:
     assert same_hardware(T450, dict(T450, bios_version="other"))
     assert not same_hardware(T450, DELL)
+    assert same_hardware(T450, {"hostname": "old-agent"})  # no DMI facts: not known to differ
 
 
 def test_merged_usr_resolution() -> None:

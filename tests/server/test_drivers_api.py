@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import tarfile
 
+import httpx
+
 from lamina.protocol.schemas import MAX_MODALIASES
 from tests.server.conftest import Live
 
@@ -27,11 +29,22 @@ def facts(host: str, **more: object) -> dict[str, object]:
     return {"machine_id": host, "hostname": host, **more}
 
 
+def device(live: Live, admin: httpx.Client, host: str) -> httpx.Client:
+    """An enrolled, centralized device's client (one admin session for the whole test:
+    every login costs a password hash)."""
+    if admin.get("/policies/std").status_code == 404:
+        assert admin.post("/policies", json={"name": "std"}).status_code == 201
+    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+    r = live.client().post("/agent/enroll", json={"token": token, "facts": facts(host)})
+    assert r.status_code == 201, r.text
+    return live.client(r.json()["credential"])
+
+
 def test_reported_facts_replace_the_devices_and_hostile_ones_are_refused(live: Live) -> None:
-    dev = live.device("pc-1")
     admin = live.login()
+    dev = device(live, admin, "pc-1")
     good = facts("pc-1", sys_vendor="LENOVO", modaliases=[REALTEK], boot_mode="uefi")
-    r = dev.client.post("/agent/config", json={"state": "idle", "facts": good})
+    r = dev.post("/agent/config", json={"state": "idle", "facts": good})
     assert r.status_code == 200, r.text
     shown = admin.get("/devices/pc-1").json()
     assert shown["facts"]["sys_vendor"] == "LENOVO" and shown["facts"]["modaliases"] == [REALTEK]
@@ -45,14 +58,16 @@ def test_reported_facts_replace_the_devices_and_hostile_ones_are_refused(live: L
         facts("pc-1", boot_mode="floppy"),
         facts("pc-1", colour="red"),
     ):
-        r = dev.client.post("/agent/config", json={"state": "idle", "facts": bad})
+        r = dev.post("/agent/config", json={"state": "idle", "facts": bad})
         assert r.status_code == 400, (bad, r.text)
     assert admin.get("/devices/pc-1").json()["facts"] == shown["facts"]
 
 
 def test_pack_upload_is_checked_and_profiles_match_reported_facts(live: Live) -> None:
     admin = live.login()
-    helpdesk = live.user("hd", "helpdesk")
+    made = {"name": "hd", "password": "hd-password-1", "role": "helpdesk"}
+    assert admin.post("/users", json=made).status_code == 201
+    helpdesk = live.login("hd", "hd-password-1")
     body = tar({"lib/firmware/rtl_nic/rtl8168h-2.fw": b"fw" * 100})
     hdr = {"Content-Type": "application/x-tar"}
     r = helpdesk.post("/drivers/import", params={"name": "rtl"}, content=body, headers=hdr)
@@ -72,16 +87,16 @@ def test_pack_upload_is_checked_and_profiles_match_reported_facts(live: Live) ->
     assert r.status_code == 201, r.text
     assert [v["version"] for v in r.json()["versions"]] == [1]
 
-    a, b = live.device("pc-a"), live.device("pc-b")
+    a, b = device(live, admin, "pc-a"), device(live, admin, "pc-b")
     deb = {"ID": "debian", "VERSION_ID": "12"}
-    a.client.post(
+    a.post(
         "/agent/config",
         json={
             "state": "idle",
             "facts": facts("pc-a", sys_vendor="LENOVO", modaliases=[REALTEK], os_release=deb),
         },
     )
-    b.client.post(
+    b.post(
         "/agent/config",
         json={"state": "idle", "facts": facts("pc-b", sys_vendor="LENOVO", os_release=deb)},
     )
@@ -111,5 +126,41 @@ def test_pack_upload_is_checked_and_profiles_match_reported_facts(live: Live) ->
     assert admin.delete("/drivers/rtl").status_code == 409  # the profile names it
     assert admin.delete("/driver-profiles/rtl").status_code == 200
     assert admin.delete("/drivers/rtl").status_code == 200
-    actions = [e["action"] for e in live.audit()]
+    actions = [e["action"] for e in admin.get("/audit").json()]
     assert {"driver.import", "driver.profile_create", "driver.delete"} <= set(actions)
+
+
+def test_packs_for_a_device_as_plan_inputs(live: Live) -> None:
+    """What migration calls: the packs for a machine's facts and OS, and back from ids."""
+    from lamina.db.engine import make_engine, read_tx
+    from lamina.errors import NotFoundError
+    from lamina.layers.plan import DRIVER
+    from lamina.server.services.drivers import pack_refs, packs_for_device
+
+    admin = live.login()
+    hdr = {"Content-Type": "application/x-tar"}
+    for _ in range(2):  # two versions: the latest is chosen unless pinned
+        body = tar({"lib/firmware/x.fw": b"x"})
+        assert (
+            admin.post(
+                "/drivers/import", params={"name": "fw"}, content=body, headers=hdr
+            ).status_code
+            == 201
+        )
+    admin.post(
+        "/driver-profiles", json={"name": "a", "packs": ["fw"], "matches": ["sys_vendor=LENOVO"]}
+    )
+    engine = make_engine(f"sqlite:///{(live.data / 'lamina.db').resolve()}")
+    try:
+        with read_tx(engine) as c:
+            [ref] = packs_for_device(c, {"sys_vendor": "LENOVO"}, {"ID": "debian"})
+            assert (ref.label, ref.kind, ref.whiteouts) == ("fw:2", DRIVER, ())
+            assert packs_for_device(c, {"sys_vendor": "HP"}, {"ID": "debian"}) == []
+            assert pack_refs(c, [ref.version_id]) == [ref]
+            try:
+                pack_refs(c, ["not-a-version"])
+                raise AssertionError("an unknown id must be refused")
+            except NotFoundError:
+                pass
+    finally:
+        engine.dispose()

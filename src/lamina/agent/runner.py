@@ -181,8 +181,11 @@ class Agent:
             "disk_free": _disk_free(Path(self.st.root)),
         }
         if self._facts_due:
-            found = facts.gather(Path(self.st.root), Path(self.st.sysfs), self.st.facts)
-            body["facts"] = found.model_dump()
+            try:
+                found = facts.gather(Path(self.st.root), Path(self.st.sysfs), self.st.facts)
+                body["facts"] = found.model_dump()
+            except UsageError as e:  # the server keeps the last good facts
+                log.warning("device facts not reported: %s", e.message)
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._facts_due = False
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)

@@ -193,8 +193,11 @@ def hardware_key(facts: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def same_hardware(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two devices' facts name the same model (unknown facts compare equal)."""
-    return hardware_key(a) == hardware_key(b)
+    """Whether two devices' facts name the same model. A machine that reported no DMI
+    facts (an agent from before facts format 2, a VM without SMBIOS) is not known to
+    differ: it compares equal."""
+    ka, kb = hardware_key(a), hardware_key(b)
+    return ka == kb or not any(ka) or not any(kb)
 
 
 def hardware_warning(

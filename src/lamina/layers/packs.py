@@ -57,7 +57,7 @@ LOOSE_PREFIXES = (
     "etc/X11/xorg.conf.d/",
 )
 MAX_ENTRIES = 200_000
-MAX_FILE = 1 << 30
+MAX_FILE = 256 << 20
 MAX_UNPACKED = 8 << 30
 MAX_PATH = 4096
 DPKG_STATUS = "/var/lib/dpkg/status"

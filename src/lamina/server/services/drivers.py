@@ -373,6 +373,19 @@ def packs_for_device(
     return out
 
 
+def pack_refs(c: Connection, version_ids: list[str]) -> list[LayerRef]:
+    """Stored pack versions (ids, e.g. kept in a task's params since a dry run) as
+    layer-plan inputs, in the order given; an id that is not a pack version is an error."""
+    out = []
+    for vid in version_ids:
+        v = c.execute(select(layer_versions).where(layer_versions.c.id == vid)).first()
+        pack = c.execute(select(layers).where(layers.c.id == v.layer_id)).first() if v else None
+        if v is None or pack is None or pack.kind != DRIVER:
+            raise NotFoundError(f"no driver pack version {vid!r}")
+        out.append(pack_ref(pack, v))
+    return out
+
+
 def pack_ref(pack: Any, version: Any) -> LayerRef:
     """A stored pack version as a layer-plan input."""
     return LayerRef(
