@@ -205,7 +205,7 @@ def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
             if a.get("kind") == "migration":  # rolled back: nothing streams in
                 ok = not a.get("error") and a.get("stream")
                 status["stream"] = {**a["stream"], "mode": a.get("mode")} if ok else None
-            if a.get("kind") == "layers" and not a.get("error"):
+            if a.get("kind") in ("layers", "migration") and not a.get("error") and "versions" in a:
                 status["layers"] = a.get("versions", [])
                 status["layer_labels"] = a.get("labels", [])
         status["sync_requested"] = True  # the next cycle uploads the new state

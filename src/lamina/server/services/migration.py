@@ -94,7 +94,7 @@ def _rules(device: Any) -> RuleSet:
     return for_os(((device.facts or {}).get("os_release")) or {})
 
 
-def _packages(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
+def packages_of(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
     e = entries.get(DPKG_STATUS)
     if e is None or e.type != "file":
         return {}
@@ -145,7 +145,7 @@ def _validate(
             f"the migration needs {rep.space_needed} bytes, device {device.hostname} "
             f"has {rep.disk_free} free"
         )
-    ours = _packages(store, entries)
+    ours = packages_of(store, entries)
     if req.mode == "data":
         rep.not_carried = ours  # data mode carries no software
     else:
