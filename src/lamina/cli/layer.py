@@ -173,7 +173,9 @@ def rules_test(
     hb = doc.get("hardware_bound") or {}
     if hb:
         shown = ", ".join(hb.get("examples", [])[:3])
-        typer.echo(f"  migration keeps from the new machine: {hb.get('count', 0)} files, e.g. {shown}")
+        typer.echo(
+            f"  migration keeps from the new machine: {hb.get('count', 0)} files, e.g. {shown}"
+        )
 
 
 @app.command()
