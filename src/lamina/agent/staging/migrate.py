@@ -102,6 +102,7 @@ def stage_migration(
         "mode": mode,
         "snapshot": params.get("snapshot"),
         "packs": [str(p) for p in params.get("packs") or []],
+        "rebuild_initramfs": bool(params.get("rebuild_initramfs")),
     }
     if mode != "system":  # the user data streams in after the reboot
         summary["stream"] = {"root": tree.hex(), "snapshot": params.get("snapshot")}
