@@ -35,9 +35,29 @@ def _machine(root: Path, host: str, uuid: str, nic: str, mac: str) -> Path:
 
 
 REALTEK = "pci:v000010ECd00008168sv00001043sd00008677bc02sc00i00"
-FACTS = {
-    "old": {"sys_vendor": "Dell Inc.", "product_name": "OptiPlex 7090", "modaliases": []},
-    1: {"sys_vendor": "LENOVO", "product_name": "20BWS03B00", "modaliases": [REALTEK]},
+AHCI = {
+    "slot": "0000:00:17.0",
+    "modalias": "pci:v00008086d00002822sv00001028sd00000A2Cbc01sc04i00",
+    "driver": "ahci",
+}
+NVME = {
+    "slot": "0000:01:00.0",
+    "modalias": "pci:v0000144Dd0000A808sv0000144Dsd0000A801bc01sc08i02",
+    "driver": "nvme",
+}
+FACTS: dict[object, dict[str, object]] = {
+    "old": {
+        "sys_vendor": "Dell Inc.",
+        "product_name": "OptiPlex 7090",
+        "modaliases": [],
+        "storage_controllers": [AHCI],
+    },
+    1: {
+        "sys_vendor": "LENOVO",
+        "product_name": "20BWS03B00",
+        "modaliases": [REALTEK],
+        "storage_controllers": [NVME],
+    },
     2: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": []},
     3: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": []},
 }
@@ -133,6 +153,7 @@ def test_full_migration_onto_a_replacement(
     )
     assert dry["packages_carried"] == {"user-game": "0.9"}
     assert dry["driver_packs"] == ["rtl-fw:1"] and dry["warnings"] == []
+    assert dry["rebuild_initramfs"]  # AHCI there, NVMe here
     assert 0 < dry["space_needed"] <= dry["disk_free"]
     assert dry["stream_bytes"] >= len("ann's thesis, chapter 1\n") * 300
     assert (new / "etc/hostname").read_text() == "fresh-1\n"  # a dry run changes nothing
@@ -149,7 +170,8 @@ def test_full_migration_onto_a_replacement(
     task = admin.json("task", "show", res["task"])
     assert task["state"] == "waiting" and task["result"]["mode"] == "full"
     assert (new / "etc/hostname").read_text() == "fresh-1\n"  # staged, not applied yet
-    agent.run("agent", "boot", "--state", str(state))
+    [applied] = agent.json("agent", "boot", "--state", str(state))
+    assert applied["initramfs"] == "scheduled"  # the marker; a folder has no initramfs to build
     assert (new / "etc/hostname").read_text() == "desk-01\n"
     status = agent.json("agent", "status", "--state", str(state))
     assert status["awaiting_confirmation"] and status["stream"]

@@ -300,7 +300,9 @@ class Agent:
             elif isinstance(params, MigrateParams):
                 result = stage_migration(self.client, self.st, self.state_dir, params)
                 self._save(
-                    migrating=item.task_id,  # no sync until this machine has become the CVD's
+                    # No sync until this machine has become the CVD's (a system laid down
+                    # from layers is the CVD's own machine already).
+                    migrating=item.task_id if params.mode != "system" else None,
                     state="waiting for reboot",
                     staged=result["transaction"],
                     staged_task=item.task_id,
@@ -401,7 +403,10 @@ class Agent:
         )
         if streaming and self.status.stream is not None:
             self._save(stream={**self.status.stream, "task": tid})
-        self._save(staged_task=None, applied=None, **({"stream": None} if failed else {}))
+        after: dict[str, Any] = {"stream": None} if failed else {}
+        if not failed and not streaming:
+            after["migrating"] = None
+        self._save(staged_task=None, applied=None, **after)
 
     def _stream(self) -> None:
         """Restore what is still missing of a migrated CVD's user data; resumable."""

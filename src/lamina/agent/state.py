@@ -230,7 +230,7 @@ def record_boot(state_dir: Path, applied: list[dict[str, Any]]) -> AgentStatus:
             stream = a.get("stream")
             ok = not a.get("error") and isinstance(stream, dict)
             status.stream = {**stream, "mode": a.get("mode")} if ok else None  # type: ignore[dict-item]
-        if a.get("kind") == "layers" and not a.get("error"):
+        if a.get("kind") in ("layers", "migration") and not a.get("error") and "versions" in a:
             status.layers = [str(v) for v in a.get("versions") or []]
             status.layer_labels = [str(v) for v in a.get("labels") or []]
     status.sync_requested = True

@@ -259,13 +259,16 @@ FAIL_ENV = "LAMINA_BOOT_FAIL_AFTER"
 @app.command()
 def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Apply staged transactions atomically (run by the init system before services start)."""
-    from lamina.agent import staging
+    from lamina.agent import initramfs, staging
     from lamina.agent.state import StateLock, load_state, record_boot
 
     st = load_state(state)
     lock = StateLock(state)  # never while an agent drops or stages a transaction
     try:
         applied = staging.boot(state, Path(st.root), int(os.environ.get(FAIL_ENV, "-1")))
+        for a in applied:  # the marker a migration onto other storage hardware leaves
+            if a.get("rebuild_initramfs") and not a.get("error"):
+                a["initramfs"] = initramfs.rebuild(Path(st.root))
     finally:
         lock.release()
     if applied:

@@ -117,10 +117,13 @@ class LayerApplyParams(TaskParams):
 
 class MigrateParams(TaskParams):
     """Stage a CVD's snapshot onto this (new) machine: the boot set now, the user data
-    streamed after the reboot (``lamina cvd migrate``, ``restore-system``)."""
+    streamed after the reboot (``lamina cvd migrate``, ``restore-system``), or a system
+    laid down from layers (mode ``system``: ``cvd provision``, ``cvd migrate-os``)."""
 
-    snapshot: str = Field(max_length=64)
+    #: The snapshot migrated from (none for a system composed from layers).
+    snapshot: str | None = Field(None, max_length=64)
     root: HexId
+    #: full, apps-data, data, or system.
     mode: str = Field("full", max_length=20)
     #: The driver packs laid over the system, as ``NAME:VERSION`` (for the report).
     packs: list[str] = Field(default_factory=list, max_length=1000)
@@ -130,8 +133,10 @@ class MigrateParams(TaskParams):
     hardware_bound: list[str] = Field(default_factory=list, max_length=10_000)
     #: The CVD comes back onto its own (repaired) device.
     restore_system: bool = False
-    #: The layer versions the endpoint runs once applied, and their labels.
-    versions: list[str] = Field(default_factory=list)
+    #: The storage drivers differ from the old machine's: rebuild the initramfs at boot.
+    rebuild_initramfs: bool = False
+    #: The layer versions the endpoint runs once applied, and their labels (None: unchanged).
+    versions: list[str] | None = None
     labels: list[str] = Field(default_factory=list)
 
 

@@ -64,6 +64,8 @@ class Report:
     packages: dict[str, str] = field(default_factory=dict)
     #: the driver packs the new machine's hardware gets (full mode lays the system down)
     packs: list[LayerRef] = field(default_factory=list)
+    #: the storage controllers' drivers differ: the initramfs is rebuilt after the apply
+    rebuild_initramfs: bool = False
 
     def public(self, status: str, task: str | None = None) -> dict[str, Any]:
         return {
@@ -87,6 +89,7 @@ class Report:
             "kept_from_new_machine": self.hardware_bound,
             "packages_carried": self.packages,
             "packages_not_carried": self.not_carried,
+            "rebuild_initramfs": self.rebuild_initramfs,
         }
 
 
@@ -94,7 +97,7 @@ def _rules(device: Any) -> RuleSet:
     return for_os(((device.facts or {}).get("os_release")) or {})
 
 
-def _packages(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
+def packages_of(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
     e = entries.get(DPKG_STATUS)
     if e is None or e.type != "file":
         return {}
@@ -145,7 +148,7 @@ def _validate(
             f"the migration needs {rep.space_needed} bytes, device {device.hostname} "
             f"has {rep.disk_free} free"
         )
-    ours = _packages(store, entries)
+    ours = packages_of(store, entries)
     if req.mode == "data":
         rep.not_carried = ours  # data mode carries no software
     else:
@@ -166,7 +169,16 @@ def _validate(
         warning = hardware_warning(facts, old_facts, rep.packs)
         if warning:
             rep.warnings.append(warning)
+        old_drivers, new_drivers = _storage_drivers(old_facts), _storage_drivers(facts)
+        rep.rebuild_initramfs = bool(new_drivers) and old_drivers != new_drivers
     return rep, snap
+
+
+def _storage_drivers(facts: dict[str, Any] | None) -> set[str]:
+    ctrls = (facts or {}).get("storage_controllers")
+    if not isinstance(ctrls, list):
+        return set()
+    return {str(s["driver"]) for s in ctrls if isinstance(s, dict) and s.get("driver")}
 
 
 def _facts_of(c: Connection, device_id: str | None) -> dict[str, Any] | None:
@@ -257,6 +269,7 @@ def migrate(
                 "policy": policy.settings,
                 "hardware_bound": list(rules.migration.hardware_bound),
                 "restore_system": same_device,
+                "rebuild_initramfs": rep.rebuild_initramfs,
             },
         )
         audit(
