@@ -33,6 +33,7 @@ pytestmark = [
 
 def _boot(root: Path, work: Path) -> qemu.BootReport:
     """Boot ``root`` as the new machine's disk, beside the new machine's data disk."""
+    work.mkdir(parents=True, exist_ok=True)
     qemu.install_probe(root)
     image = qemu.make_image(root, work / "root.img", NEW.root_uuid)
     empty = work / "data"
