@@ -220,7 +220,7 @@ def boot(
     workdir: Path,
     *,
     mac: str | None = None,
-    timeout: float = 240.0,
+    timeout: float = 480.0,
     memory_mb: int = 512,
 ) -> BootReport:
     """Boot the first of ``disks`` as root (``root=UUID=root_uuid``), the others beside it,
