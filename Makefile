@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run && $(BIN)/python -m bench.e2e
+	$(BIN)/python -m bench.run && $(BIN)/python -m bench.e2e && $(BIN)/python -m bench.migrate
 
 bench-load: $(STAMP)
 	$(BIN)/python -m bench.load

@@ -284,6 +284,10 @@ def test_device_credential_reaches_nothing_else(world: World) -> None:
         ("POST", f"/cvds/{b.cvd_id}/restore", {"snapshot": b.snapshot, "paths": [b.secret_path]}),
         ("POST", f"/cvds/{b.cvd_id}/revert", {"snapshot": "latest"}),
         ("POST", f"/cvds/{b.cvd_id}/archive", None),
+        ("POST", f"/cvds/{b.cvd_id}/migrate", {"to": world.pending_id, "dry_run": True}),
+        ("POST", f"/cvds/{b.cvd_id}/migrate", {"to": world.pending_id}),
+        ("POST", f"/cvds/{b.cvd_id}/restore-system", {"to": world.pending_id}),
+        ("POST", f"/cvds/{a.cvd_id}/migrate", {"to": world.pending_id}),  # nor its own
     ]
     wrong = probe(c, other_cvd, (403,))
     admin_routes = [
@@ -429,10 +433,13 @@ def test_helpdesk_operates_cvds_but_not_policies_or_users(world: World) -> None:
             ("PUT", "/users/admin/password", {"password": "hd-made-pass-1"}),
             ("DELETE", f"/tokens/{session_id(world, world.admin_token)}", None),
             ("DELETE", f"/tokens/{session_id(world, world.ro_token)}", None),
+            *DRIVER_WRITES,
         ],
         (403,),
     )
     assert not wrong, "help desk got through:\n" + "\n".join(wrong)
+    for path in DRIVER_READS:  # driver reads need only `read`
+        assert c.get(path).status_code in (200, 404), path
     # It sees enrollment tokens (it may make them) and its own sessions, no one else's.
     seen = c.get("/tokens").json()
     assert {t["kind"] for t in seen} == {"session", "enrollment"}
@@ -479,6 +486,9 @@ def test_readonly_user_changes_nothing(world: World) -> None:
             ),
             ("POST", f"/cvds/{a.cvd_id}/revert", {"snapshot": a.snapshot}),
             ("POST", f"/cvds/{a.cvd_id}/archive", None),
+            ("POST", f"/cvds/{a.cvd_id}/migrate", {"to": world.pending_id, "dry_run": True}),
+            ("POST", f"/cvds/{a.cvd_id}/migrate", {"to": world.pending_id}),
+            ("POST", f"/cvds/{a.cvd_id}/restore-system", {"to": world.pending_id}),
             ("POST", "/tokens", {"expires_in": 3600}),
             ("POST", "/tokens", {"expires_in": 3600, "policy": "std"}),
             ("POST", "/policies", {"name": "ro-policy"}),
@@ -498,6 +508,7 @@ def test_readonly_user_changes_nothing(world: World) -> None:
             ("DELETE", "/users/hd", None),
             ("PUT", "/users/hd/password", {"password": "ro-made-pass-1"}),
             ("PUT", "/users/ro/password", {"password": "ro-made-pass-1"}),  # no current one
+            *DRIVER_WRITES,
         ],
         (401, 403),
     )
@@ -569,6 +580,17 @@ def test_login_lockout_is_per_user_and_client(world: World) -> None:
     assert len(admin_failed) <= 3  # first failure, lock-out, and the back-off lock
 
 
+#: The driver library's writes need `driver.write` (administrators only).
+DRIVER_WRITES: list[tuple[str, str, Any]] = [
+    ("POST", "/drivers/import?name=hd-pack", None),
+    ("DELETE", "/drivers/some-pack", None),
+    ("POST", "/driver-profiles", {"name": "p", "packs": ["x"], "matches": ["sys_vendor=*"]}),
+    ("PUT", "/driver-profiles/some-profile", {"packs": ["x"]}),
+    ("DELETE", "/driver-profiles/some-profile", None),
+]
+#: Its reads need `read`.
+DRIVER_READS = ["/drivers", "/driver-profiles", "/drivers/some-pack", "/driver-profiles/x/devices"]
+
 UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/auth/me", None),
     ("GET", "/cvds", None),
@@ -594,6 +616,19 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("DELETE", "/users/admin", None),
     ("PUT", "/users/admin/password", {"password": "new-password-123"}),
     ("POST", "/devices/{a}/revoke", None),
+    ("GET", "/devices/{a}", None),
+    ("GET", "/drivers", None),
+    ("GET", "/drivers/{a}", None),
+    ("DELETE", "/drivers/{a}", None),
+    ("POST", "/drivers/import?name=anon", None),
+    ("GET", "/driver-profiles", None),
+    ("POST", "/driver-profiles", {"name": "anon", "packs": ["x"], "matches": ["sys_vendor=*"]}),
+    ("GET", "/driver-profiles/{a}", None),
+    ("PUT", "/driver-profiles/{a}", {"packs": ["x"]}),
+    ("DELETE", "/driver-profiles/{a}", None),
+    ("GET", "/driver-profiles/{a}/devices", None),
+    ("POST", "/cvds/{a}/migrate", {"to": "x", "dry_run": True}),
+    ("POST", "/cvds/{a}/restore-system", {"to": "x"}),
 ]
 BAD_AUTH = [
     None,

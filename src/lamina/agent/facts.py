@@ -1,23 +1,61 @@
-"""Hardware and OS facts an agent reports at enrollment, read from its root where possible."""
+"""Hardware and OS facts an agent reports at enrollment and after every sync.
+
+OS facts come from the endpoint's root; hardware facts from a sysfs tree (``/sys``
+on a real machine; tests point ``sysfs`` at a fake tree). An override (``lamina
+agent enroll --facts FILE``, kept in the agent's state) is merged over what was
+detected. Everything read is bounded: a sysfs file is read up to 4 KiB, lists are
+cut at the schema's limits, and text that is not printable is dropped.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
+import re
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from lamina import __version__
-from lamina.protocol.schemas import HardwareFacts
+from lamina.errors import UsageError
+from lamina.layers.drivers import DMI_FIELDS
+from lamina.protocol.schemas import MAX_FACT_ITEMS, MAX_MODALIASES, HardwareFacts
 
-_DMI = Path("/sys/class/dmi/id")
+SYSFS = Path("/sys")
+#: A sysfs attribute is one short line; a longer one is not what we look for.
+_ATTR_MAX = 4096
+#: An override file is a small JSON object.
+OVERRIDE_MAX = 256 * 1024
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_MODALIAS = re.compile(r"^[\x21-\x7e]{1,256}$")
+_MAC = re.compile(r"^([0-9a-f]{2}(:[0-9a-f]{2})*)?$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_DISK = re.compile(r"^[A-Za-z0-9_.:!-]{1,64}$")
 
 
-def _read(path: Path) -> str:
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        return path.read_text().strip()
+def _read(path: Path, limit: int = 1 << 20) -> str:
+    with contextlib.suppress(OSError, UnicodeDecodeError), open(path, "rb") as f:
+        return f.read(limit).decode().strip()
     return ""
+
+
+def _attr(path: Path) -> str:
+    """One sysfs attribute: printable text up to 255 characters, else ""."""
+    v = _read(path, _ATTR_MAX)
+    return v[:255] if _PRINTABLE.match(v) else ""
+
+
+def _entries(folder: Path, limit: int) -> list[Path]:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [folder / n for n in names[:limit]]
 
 
 def os_release(root: Path) -> dict[str, str]:
@@ -33,8 +71,11 @@ def os_release(root: Path) -> dict[str, str]:
     return {}
 
 
-def gather(root: Path) -> HardwareFacts:
-    """Facts of the endpoint whose file system is ``root`` (``/`` on a real machine)."""
+def gather(
+    root: Path, sysfs: Path = SYSFS, override: dict[str, Any] | None = None
+) -> HardwareFacts:
+    """Facts of the endpoint whose file system is ``root`` (``/`` on a real machine),
+    its hardware read from ``sysfs``, with ``override`` merged over them."""
     machine_id = _read(root / "etc/machine-id") or _read(root / "var/lib/dbus/machine-id")
     hostname = _read(root / "etc/hostname") or socket.gethostname()
     if not machine_id:
@@ -46,12 +87,126 @@ def gather(root: Path) -> HardwareFacts:
         disk = shutil.disk_usage(root).total
     except OSError:
         disk = 0
-    return HardwareFacts(
-        machine_id=machine_id[:128],
-        hostname=hostname[:255],
-        vendor=_read(_DMI / "sys_vendor")[:255],
-        model=_read(_DMI / "product_name")[:255],
-        os_release=os_release(root),
-        disk_size=disk,
-        agent_version=__version__,
-    )
+    doc: dict[str, Any] = {
+        "machine_id": machine_id[:128],
+        "hostname": hostname[:255],
+        "os_release": os_release(root),
+        "disk_size": disk,
+        "agent_version": __version__,
+        **hardware(sysfs),
+    }
+    if override:
+        doc.update(override)
+    doc.setdefault("vendor", doc["sys_vendor"])
+    doc.setdefault("model", doc["product_name"])
+    try:
+        return HardwareFacts(**doc)
+    except ValidationError as e:
+        raise UsageError(f"the device facts are not valid: {_first_error(e)}") from e
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+
+
+def hardware(sysfs: Path = SYSFS) -> dict[str, Any]:
+    """The hardware facts a sysfs tree tells (see ``HardwareFacts``)."""
+    dmi = sysfs / "class/dmi/id"
+    out: dict[str, Any] = {k: _attr(dmi / k) for k in DMI_FIELDS}
+    aliases: set[str] = set()
+    for bus in ("pci", "usb"):
+        for dev in _entries(sysfs / "bus" / bus / "devices", MAX_MODALIASES):
+            m = _attr(dev / "modalias")
+            if _MODALIAS.match(m):
+                aliases.add(m)
+    out["modaliases"] = sorted(aliases)[:MAX_MODALIASES]
+    out["cpu_vendor"] = _cpu_vendor(sysfs)
+    out["boot_mode"] = "uefi" if (sysfs / "firmware/efi").is_dir() else "bios"
+    out["storage_controllers"] = _storage(sysfs)
+    out["network"] = _network(sysfs)
+    out["disks"] = _disks(sysfs)
+    return out
+
+
+def _cpu_vendor(sysfs: Path) -> str:
+    """``vendor_id`` of the first CPU in ``/proc/cpuinfo`` (``proc`` beside ``sys``)."""
+    text = _read(sysfs.parent / "proc/cpuinfo", 64 * 1024)
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("vendor_id", "CPU implementer"):
+            v = value.strip()[:64]
+            return v if _PRINTABLE.match(v) else ""
+    return ""
+
+
+def _storage(sysfs: Path) -> list[dict[str, str]]:
+    out = []
+    for dev in _entries(sysfs / "bus/pci/devices", MAX_MODALIASES):
+        cls = _attr(dev / "class")
+        if not re.match(r"^0x01[0-9a-fA-F]{4}$", cls):
+            continue
+        m = _attr(dev / "modalias")
+        if not _MODALIAS.match(m):
+            continue
+        driver = ""
+        with contextlib.suppress(OSError):
+            driver = os.path.basename(os.readlink(dev / "driver"))
+        out.append(
+            {
+                "slot": dev.name[:64] if re.match(r"^[0-9A-Za-z:.]+$", dev.name) else "",
+                "modalias": m,
+                "pci_class": cls,
+                "driver": driver if re.match(r"^[A-Za-z0-9_.-]{0,64}$", driver) else "",
+            }
+        )
+    return [s for s in out if s["slot"]][:MAX_FACT_ITEMS]
+
+
+def _network(sysfs: Path) -> list[dict[str, str]]:
+    out = []
+    for dev in _entries(sysfs / "class/net", MAX_FACT_ITEMS):
+        if dev.name == "lo" or not _IFNAME.match(dev.name):
+            continue
+        mac = _attr(dev / "address").lower()
+        out.append({"name": dev.name, "mac": mac if _MAC.match(mac) else ""})
+    return out
+
+
+def _disks(sysfs: Path) -> list[dict[str, Any]]:
+    out = []
+    for dev in _entries(sysfs / "block", MAX_FACT_ITEMS):
+        if not _DISK.match(dev.name) or dev.name.startswith(("loop", "ram", "zram")):
+            continue
+        sectors = _attr(dev / "size")
+        size = int(sectors) * 512 if sectors.isdigit() and len(sectors) < 18 else 0
+        out.append({"name": dev.name, "size": size})
+    return out
+
+
+def load_override(path: Path) -> dict[str, Any]:
+    """A ``--facts FILE``: a JSON object whose keys are facts; checked against the schema."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(OVERRIDE_MAX + 1)
+    except OSError as e:
+        raise UsageError(f"cannot read the facts file {path}: {e.strerror}") from e
+    if len(data) > OVERRIDE_MAX:
+        raise UsageError(f"the facts file {path} is above {OVERRIDE_MAX} bytes")
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise UsageError(f"the facts file {path} is not JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise UsageError(f"the facts file {path} must hold a JSON object of facts")
+    unknown = sorted(set(doc) - set(HardwareFacts.model_fields))
+    if unknown:
+        raise UsageError(
+            f"the facts file {path} names unknown facts: {', '.join(unknown[:5])}"
+            " (see `lamina device show --json` for the names)"
+        )
+    try:
+        HardwareFacts(**{"machine_id": "x", "hostname": "x", **doc})
+    except ValidationError as e:
+        raise UsageError(f"the facts file {path} is not valid: {_first_error(e)}") from e
+    return doc

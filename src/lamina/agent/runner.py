@@ -47,12 +47,16 @@ def enroll(
     fingerprint: str | None = None,
     insecure: bool = False,
     force: bool = False,
+    facts_file: Path | None = None,
+    sysfs: Path = facts.SYSFS,
 ) -> AgentState:
     """Register with the server and write the state folder.
 
     A folder that already holds a credential is refused unless ``force``: enrolling
-    again makes a new device and loses the old one's credential.
+    again makes a new device and loses the old one's credential. ``facts_file`` is a
+    JSON object merged over the detected facts, now and at every refresh.
     """
+    override = facts.load_override(facts_file) if facts_file else {}
     if not root.is_dir():
         raise UsageError(f"the root {root} is not a folder")
     if has_credential(state_dir) and not force:
@@ -65,7 +69,9 @@ def enroll(
         raise UsageError("give either --ca-cert or --fingerprint, not both")
     lock = StateLock(state_dir)  # not while an agent runs on this folder
     try:
-        return _enroll(server, token, root, state_dir, ca_cert, fingerprint, insecure)
+        return _enroll(
+            server, token, root, state_dir, ca_cert, fingerprint, insecure, override, sysfs
+        )
     finally:
         lock.release()
 
@@ -78,6 +84,8 @@ def _enroll(
     ca_cert: Path | None,
     fingerprint: str | None,
     insecure: bool,
+    override: dict[str, Any],
+    sysfs: Path,
 ) -> AgentState:
     try:
         pem = ca_cert.read_text() if ca_cert else fetch_certificate(server, fingerprint)
@@ -85,7 +93,7 @@ def _enroll(
         raise UsageError(f"cannot read the CA certificate {ca_cert}: {e.strerror}") from e
     client = AgentClient(server, None, pem, ca=ca_cert is not None, insecure=insecure)
     try:
-        req = EnrollRequest(token=token, facts=facts.gather(root))
+        req = EnrollRequest(token=token, facts=facts.gather(root, sysfs, override))
         resp = EnrollResponse(**client.json("POST", "/agent/enroll", json=req.model_dump()))
     finally:
         client.close()
@@ -102,6 +110,8 @@ def _enroll(
         pinned_cert=pem,
         pinned_is_ca=ca_cert is not None,
         insecure=insecure,
+        facts=override,
+        sysfs=str(sysfs),
     )
     save_state(state_dir, st)
     save_status(
@@ -130,6 +140,8 @@ class Agent:
         self.on_progress = on_progress
         self.boot_check = boot_check or default_check
         self._first_cycle = True
+        #: Facts go with the next report: at the agent's start and after every sync.
+        self._facts_due = True
         self.st = load_state(state_dir)
         self._lock = StateLock(state_dir)  # a second agent on this folder stops here
         self.client = AgentClient(
@@ -151,12 +163,16 @@ class Agent:
         save_status(self.state_dir, self.status)
 
     def report(self, progress: dict[str, Any] | None = None) -> AgentConfig:
-        body = {
+        body: dict[str, Any] = {
             "state": str(self.status.get("state", "idle")),
             "progress": progress or {},
             "disk_free": _disk_free(Path(self.st.root)),
         }
+        if self._facts_due:
+            found = facts.gather(Path(self.st.root), Path(self.st.sysfs), self.st.facts)
+            body["facts"] = found.model_dump()
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
+        self._facts_due = False
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)
         if cfg.chunking is not None and cfg.chunking.id_key != self.st.id_key:
             # A pending enrollment gives no id key: the server hands it over once active.
@@ -211,6 +227,7 @@ class Agent:
                 "errors": res.errors[:20],
             },
         )
+        self._facts_due = True
         self.report()
         return {"snapshot": snap.id, "files": res.files, "uploaded_bytes": res.uploaded_bytes}
 
@@ -257,6 +274,9 @@ class Agent:
             elif item.kind == "migrate":
                 result = stage_migration(self.client, self.st, self.state_dir, item.params)
                 self._save(
+                    # No sync until this machine has become the CVD's (a system laid down
+                    # from layers is the CVD's own machine already).
+                    migrating=item.task_id if item.params.get("mode") != "system" else None,
                     state="waiting for reboot",
                     staged=result["transaction"],
                     staged_task=item.task_id,
@@ -353,7 +373,10 @@ class Agent:
         )
         if streaming:
             self.status["stream"]["task"] = tid
-        self._save(staged_task=None, applied=None)
+        after: dict[str, Any] = {"stream": None} if failed else {}
+        if not failed and not streaming:
+            after["migrating"] = None
+        self._save(staged_task=None, applied=None, **after)
 
     def _stream(self) -> None:
         """Restore what is still missing of a migrated CVD's user data; resumable."""
@@ -395,7 +418,13 @@ class Agent:
                 "new machine had them",
                 result={"stream": res.public()},
             )
-        self._save(state="idle", stream=None, last_stream=res.public(), sync_requested=True)
+        self._save(
+            state="idle",
+            stream=None,
+            migrating=None,
+            last_stream=res.public(),
+            sync_requested=True,
+        )
 
     def _confirm_boot(self) -> bool:
         """After a staged apply: confirm the boot once the system is up and the server answered.
@@ -450,7 +479,8 @@ class Agent:
         ]
         self._first_cycle = False
         asked = any(i.kind == "sync" for i in items)
-        streaming = bool(self.status.get("stream"))  # a snapshot now would lack the user data
+        # A snapshot now would lack the user data, or be of a machine that never became the CVD's.
+        streaming = bool(self.status.get("stream") or self.status.get("migrating"))
         if (force_sync or self.sync_due(cfg)) and not asked and cfg.cvd_id and not streaming:
             self.sync(cfg)
             done["synced"] = True

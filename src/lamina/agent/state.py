@@ -1,7 +1,8 @@
 """The agent's state folder.
 
     STATE/agent.json     server URL, device id, credential, chunking secret, root,
-                         pinned server certificate or CA (mode 0600: it holds a credential)
+                         pinned server certificate or CA (mode 0600: it holds a credential),
+                         the facts override and the sysfs folder facts are read from
     STATE/status.json    what `lamina agent status` prints
     STATE/cache/         files cache
     STATE/staging/       staged transactions for `lamina agent boot`
@@ -62,6 +63,10 @@ class AgentState:
     insecure: bool = False
     version: int = STATE_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``enroll --facts FILE``: merged over the detected facts at every refresh.
+    facts: dict[str, Any] = field(default_factory=dict)
+    #: Where the hardware facts are read (``/sys`` on a real machine).
+    sysfs: str = "/sys"
 
     @property
     def chunking(self) -> ChunkingSecret:

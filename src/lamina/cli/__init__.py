@@ -24,7 +24,7 @@ from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import agent, cvd, fleet, layer, login, snapshot, store
+from lamina.cli import agent, cvd, driver, fleet, layer, login, snapshot, store
 from lamina.cli.output import fail, install_safe_streams, safe
 from lamina.cli.server import server
 from lamina.errors import LaminaError
@@ -100,6 +100,7 @@ app.add_typer(fleet.policy_app, name="policy")
 app.add_typer(cvd.app, name="cvd")
 app.add_typer(layer.app, name="layer")
 app.add_typer(layer.collection_app, name="collection")
+app.add_typer(driver.app, name="driver")
 app.add_typer(fleet.task_app, name="task")
 app.add_typer(agent.app, name="agent")
 

@@ -54,6 +54,14 @@ def enroll_cmd(
             "--force", help="Enroll again even though the state folder holds a credential."
         ),
     ] = False,
+    facts_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--facts",
+            help="JSON object of device facts merged over the detected ones, now and at "
+            "every refresh (images, unusual hardware, test endpoints).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
@@ -61,7 +69,15 @@ def enroll_cmd(
     from lamina.agent.state import load_status
 
     st = enroll(
-        server, token, root, state, ca_cert, fingerprint=fingerprint, insecure=insecure, force=force
+        server,
+        token,
+        root,
+        state,
+        ca_cert,
+        fingerprint=fingerprint,
+        insecure=insecure,
+        force=force,
+        facts_file=facts_file,
     )
     status = load_status(state)
     if as_json:
@@ -173,22 +189,26 @@ def status(state: StateOpt, as_json: JsonOpt = False) -> None:
 @app.command()
 def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Apply staged transactions atomically (run by the init system before services start)."""
-    from lamina.agent import staging
+    from lamina.agent import initramfs, staging
     from lamina.agent.state import StateLock, load_state, load_status, save_status
 
     st = load_state(state)
     lock = StateLock(state)  # never while an agent drops or stages a transaction
     try:
         applied = staging.boot(state, Path(st.root))
+        for a in applied:  # the marker a migration onto other storage hardware leaves
+            if a.get("rebuild_initramfs") and not a.get("error"):
+                a["initramfs"] = initramfs.rebuild(Path(st.root))
     finally:
         lock.release()
     if applied:
         status = load_status(state)
         status.update(state="idle", staged=None, applied=applied)
         for a in applied:
-            if a.get("kind") == "migration" and not a.get("error") and a.get("stream"):
-                status["stream"] = {**a["stream"], "mode": a.get("mode")}
-            if a.get("kind") == "layers" and not a.get("error"):
+            if a.get("kind") == "migration":  # rolled back: nothing streams in
+                ok = not a.get("error") and a.get("stream")
+                status["stream"] = {**a["stream"], "mode": a.get("mode")} if ok else None
+            if a.get("kind") in ("layers", "migration") and not a.get("error") and "versions" in a:
                 status["layers"] = a.get("versions", [])
                 status["layer_labels"] = a.get("labels", [])
         status["sync_requested"] = True  # the next cycle uploads the new state

@@ -318,3 +318,53 @@ def restore_system(
         emit_json(r)
     else:
         _print_migration(r)
+
+
+@app.command()
+def provision(
+    device: str,
+    base: Annotated[str, typer.Option(help="Base layer NAME[:VERSION].")],
+    policy: Annotated[str, typer.Option(help="The new CVD's upload policy.")],
+    app_layer: Annotated[
+        list[str] | None, typer.Option("--app", help="App layer NAME[:VERSION] (repeat).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The new CVD's name.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report the layers and packs; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Provision a pending machine: its system becomes the base layer (and apps), plus its driver packs."""
+    r = Api.from_login().post(
+        f"/devices/{device}/provision",
+        {"base": base, "apps": app_layer or [], "policy": policy, "name": name, "dry_run": dry_run},
+    )
+    if as_json:
+        emit_json(r)
+        return
+    typer.echo(f"{r['status']}: {r['device']} from {', '.join(r['layers'])}")
+    typer.echo(f"  driver packs: {', '.join(r['driver_packs']) or 'none'}")
+    if r.get("task"):
+        typer.echo(f"  task {r['task']}: restart the machine once it says waiting")
+
+
+@app.command("migrate-os")
+def migrate_os(
+    cvd: str,
+    base: Annotated[str, typer.Option(help="A base layer NAME[:VERSION] of the new OS release.")],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List what does not fit the new release; change nothing."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move an endpoint to another OS release, keeping its identity, user data and settings."""
+    r = Api.from_login().post(f"/cvds/{cvd}/migrate-os", {"base": base, "dry_run": dry_run})
+    if as_json:
+        emit_json(r)
+        return
+    typer.echo(f"{r['status']}: {r['cvd']} onto {r['base']} ({r['os']})")
+    for label in r["app_layers_not_fitting"]:
+        typer.echo(f"  app layer without a version for {r['os']}: {label}")
+    for pkg, ver in sorted(r["packages_not_carried"].items()):
+        typer.echo(f"  user-installed package not carried: {pkg} {ver}")

@@ -10,7 +10,7 @@ import typer
 
 from lamina.cli.client import Api
 from lamina.cli.common import JsonOpt, parse_duration
-from lamina.cli.output import emit_json, err_console
+from lamina.cli.output import emit_json, err_console, human_bytes, safe
 from lamina.errors import LaminaError, UsageError
 
 token_app = typer.Typer(
@@ -110,6 +110,31 @@ def device_list(
         typer.echo(
             f"{r['id']}  {r['hostname']:<24} {r['status']:<9} {f.get('vendor', '')} {f.get('model', '')}"
         )
+
+
+@device_app.command("show")
+def device_show(device: str, as_json: JsonOpt = False) -> None:
+    """Show a device and its hardware facts (DMI, modaliases, disks, network)."""
+    r = Api.from_login().get(f"/devices/{device}")
+    if as_json:
+        emit_json(r)
+        return
+    f = r["facts"]
+    typer.echo(f"{r['id']}  {r['hostname']}  {r['status']}  CVD {r['cvd_id'] or '-'}")
+    for k in (
+        "sys_vendor",
+        "product_name",
+        "board_name",
+        "bios_version",
+        "cpu_vendor",
+        "boot_mode",
+    ):
+        typer.echo(f"  {k:<14} {safe(str(f.get(k) or '-'))}")
+    for n in f.get("network") or []:
+        typer.echo(f"  net {safe(n.get('name', ''))} {safe(n.get('mac', ''))}")
+    for d in f.get("disks") or []:
+        typer.echo(f"  disk {safe(d.get('name', ''))} {human_bytes(int(d.get('size') or 0))}")
+    typer.echo(f"  {len(f.get('modaliases') or [])} PCI/USB devices")
 
 
 @device_app.command("reject")

@@ -9,7 +9,7 @@ import typer
 
 from lamina.cli.client import Api
 from lamina.cli.common import JsonOpt
-from lamina.cli.output import emit_json, human_bytes
+from lamina.cli.output import emit_json, human_bytes, safe
 from lamina.errors import ConflictError
 
 app = typer.Typer(
@@ -102,6 +102,10 @@ def _print_plan(p: dict[str, Any]) -> None:
         + ", ".join(f"{n} {a}" for a, n in sorted(p["counts"].items()))
         + f"; download {human_bytes(p['download_bytes'])}, staging space {human_bytes(p['space_needed'])}"
     )
+    if p.get("packs"):
+        typer.echo(f"  driver packs: {', '.join(safe(x) for x in p['packs'])}")
+    for w in p.get("warnings") or []:
+        typer.echo(f"  warning: {safe(w)}")
     for r in p["refused"]:
         typer.echo(f"  refused: {r}")
     for it in p["items"]:
@@ -166,6 +170,12 @@ def rules_test(
     )
     for reason, n in sorted(doc["dropped_by_reason"].items()):
         typer.echo(f"  {reason:<18} {n:>7}  e.g. {', '.join(doc['examples'].get(reason, [])[:3])}")
+    hb = doc.get("hardware_bound") or {}
+    if hb:
+        shown = ", ".join(hb.get("examples", [])[:3])
+        typer.echo(
+            f"  migration keeps from the new machine: {hb.get('count', 0)} files, e.g. {shown}"
+        )
 
 
 @app.command()

@@ -330,3 +330,22 @@ events = Table(
     Column("acknowledged_by", String(128), nullable=True),
     Column("acknowledged", DateTime(timezone=True), nullable=True, index=True),
 )
+
+# --- driver library (revision 0008_drivers) ----------------------------------------------
+
+#: Driver packs are layers of kind ``driver`` (``layers``/``layer_versions``: a tree in the
+#: store and versioned rows). A profile says which packs go to which hardware: ``packs``
+#: is a list of ``{"name", "version"}`` (version null: the latest), ``matches`` a list of
+#: ``"FIELD=GLOB"`` strings that must all hold (see ``lamina.layers.drivers``).
+driver_profiles = Table(
+    "driver_profiles",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("os_family", String(64), nullable=True),
+    Column("packs", JSON, nullable=False),
+    Column("matches", JSON, nullable=False),
+    Column("notes", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamina.layers.drivers import resolve_usr, usr_merged
 from lamina.layers.merge import (
     is_text,
     merge_dpkg_status,
@@ -60,6 +61,13 @@ class LayerRef:
     #: an app layer's own packages (the ones its recording installed or changed);
     #: its copy of the package database also lists the reference's other packages
     packages: tuple[str, ...] | None = None
+    #: the ``layer_versions`` row it is (the task's ``versions`` list names it)
+    version_id: str = ""
+
+
+#: A driver pack (``lamina.server.services.drivers``): applied like an app layer, after
+#: the app layers, its paths resolved through the endpoint's merged-/usr links.
+DRIVER = "driver"
 
 
 @dataclass(frozen=True)
@@ -100,10 +108,23 @@ class Plan:
         return out
 
 
+def merged_usr_of(cur: dict[str, Entry]) -> frozenset[str]:
+    """Which top-level folders the endpoint's tree links into /usr (``/lib -> usr/lib``)."""
+    links = {
+        p.strip("/"): (e.target or b"").decode(errors="replace")
+        for p, e in cur.items()
+        if e.type == "symlink" and p.count("/") == 1
+    }
+    return usr_merged(links)
+
+
 def compose(
-    load: Load, layers: list[LayerRef]
+    load: Load, layers: list[LayerRef], merged_usr: frozenset[str] = frozenset()
 ) -> tuple[dict[str, tuple[Entry, str]], list[Item], dict[str, Entry]]:
-    """Files owned by the layers (path -> entry, layer), app-vs-app conflicts, folders."""
+    """Files owned by the layers (path -> entry, layer), app-vs-app conflicts, folders.
+
+    A driver pack's paths go where dpkg would put them on an endpoint whose
+    ``merged_usr`` folders are links into /usr (``/lib/firmware`` -> ``/usr/lib/firmware``)."""
     owned: dict[str, tuple[Entry, str]] = {}
     dirs: dict[str, Entry] = {}
     conflicts: list[Item] = []
@@ -112,13 +133,15 @@ def compose(
             for p in [p for p in owned if p == w or p.startswith(w + "/")]:
                 del owned[p]
         for path, e in index(load, ref.root).items():
+            if ref.kind == DRIVER:
+                path = resolve_usr(path, merged_usr)
             if e.type == "dir":
                 dirs[path] = e
                 continue
             prev = owned.get(path)
-            if prev is not None and ref.kind == "app" and not same_content(prev[0], e):
+            if prev is not None and ref.kind != "base" and not same_content(prev[0], e):
                 prev_kind = next((r.kind for r in layers if r.label == prev[1]), "base")
-                if prev_kind == "app":
+                if prev_kind != "base":
                     conflicts.append(
                         Item(
                             path,
@@ -148,8 +171,9 @@ def make_plan(
     """``remove_unowned`` (enforce --remove-user-apps): software no layer owns goes too."""
     plan = Plan()
     cur = index(load, current_root)
-    new_owned, conflicts, new_dirs = compose(load, new)
-    old_owned, _, _ = compose(load, old)
+    merged_usr = merged_usr_of(cur)
+    new_owned, conflicts, new_dirs = compose(load, new, merged_usr)
+    old_owned, _, _ = compose(load, old, merged_usr)
     plan.items.extend(conflicts)
     plan.dirs = {**{p: e for p, e in cur.items() if e.type == "dir"}, **new_dirs}
     lr = rules.layers

@@ -11,7 +11,7 @@ from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, layers, migration
+from lamina.server.api import admin, agent, cvds, drivers, layers, migration
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.services.users import ensure_admin
@@ -45,6 +45,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         default=settings.max_json,
         per_path={
             "/api/v1/agent/bundles": settings.max_body,
+            "/api/v1/drivers/import": settings.max_body,
             # Up to MAX_IDS hex ids (~67 bytes each in JSON).
             "/api/v1/agent/missing": max(settings.max_json, 2 * 1024 * 1024),
         },
@@ -65,7 +66,8 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
 
-    for r in (admin.router, cvds.router, agent.router, layers.router, migration.router):
+    routers = (admin.router, cvds.router, agent.router, layers.router, drivers.router)
+    for r in (*routers, migration.router):
         app.include_router(r, prefix="/api/v1")
     console.mount(app)
     return app

@@ -35,6 +35,7 @@ PERMISSIONS = {
     "device.write": "centralize, reject, archive devices; create enrollment tokens",
     "policy.write": "create and change policies",
     "layer.write": "capture, record, assign and enforce layers",
+    "driver.write": "import and delete driver packs; create, change and delete driver profiles",
     "user.admin": "manage users and read the audit log",
     "store.admin": "check and collect garbage in the store",
 }

@@ -9,6 +9,8 @@ root), with a scope set by the mode:
 - ``apps-data``: only the applications class (``/opt``, ``/usr/local``...) is
   laid over the new machine's own system; nothing is removed.
 - ``data``: nothing is staged; only the user area streams in.
+- ``system`` (provisioning, OS migration): the system and applications classes
+  become exactly the composed layers' tree; identity and user data stay.
 
 Whatever the mode, the hardware-bound paths of the rule set (``migration.
 hardware_bound``: fstab, crypttab, bootloader, LVM devices, mdadm, network
@@ -40,6 +42,8 @@ BOOT_SET: dict[str, tuple[str, ...]] = {
     "full": ("system", "applications", "machine_identity"),
     "apps-data": ("applications",),
     "data": (),
+    # A system laid down from layers (provision, OS migration): exactly the composed tree.
+    "system": ("system", "applications"),
 }
 STREAMED = "user_data"
 
@@ -62,7 +66,13 @@ def migration_scope(
         return matches(bound, path) or rules.classify(path) not in carried
 
     protected = None
-    if mode == "full" and policy is not None:
+    if mode == "system":
+
+        def owned_by_layers(path: str, is_dir: bool) -> bool:
+            return not matches(bound, path) and rules.classify(path) in carried
+
+        protected = owned_by_layers
+    elif mode == "full" and policy is not None:
         exclude, _ = protected_area(policy, rules, root, state_dir)
 
         def protected_fn(path: str, is_dir: bool) -> bool:
@@ -87,12 +97,18 @@ def stage_migration(
     scope = migration_scope(rules, mode, bound, policy, root, state_dir)
     blobs = agent_blobs(client, st.chunking.id_key)
     tree = bytes.fromhex(str(params["root"]))
-    summary = {
+    summary: dict[str, Any] = {
         "kind": "migration",
         "mode": mode,
         "snapshot": params.get("snapshot"),
-        "stream": {"root": tree.hex(), "snapshot": params.get("snapshot")},
+        "packs": [str(p) for p in params.get("packs") or []],
+        "rebuild_initramfs": bool(params.get("rebuild_initramfs")),
     }
+    if mode != "system":  # the user data streams in after the reboot
+        summary["stream"] = {"root": tree.hex(), "snapshot": params.get("snapshot")}
+    if isinstance(params.get("versions"), list):
+        summary["versions"] = [str(v) for v in params["versions"]]
+        summary["labels"] = [str(v) for v in params.get("labels") or []]
     tx, plan = stage_tree(blobs, tree, root, state_dir, scope, st.chunking, summary)
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()

@@ -118,6 +118,11 @@ def list_devices(ctx: Ctx, caller: Caller, pending: bool = False) -> list[Device
     return fleet.list_devices(ctx.engine, caller, pending)
 
 
+@router.get("/devices/{ref}", summary="One device with its hardware facts")
+def show_device(ref: str, ctx: Ctx, caller: Caller) -> DevicePublic:
+    return fleet.show_device(ctx.engine, caller, ref)
+
+
 @router.post("/devices/{ref}/reject", summary="Reject a pending device")
 def reject_device(ref: str, ctx: Ctx, caller: Caller) -> DevicePublic:
     return fleet.reject(ctx.engine, caller, ref)

@@ -40,7 +40,13 @@ def enroll(req: EnrollRequest, ctx: Ctx) -> EnrollResponse:
     summary="Report the agent's state; get its status, and once active its CVD, policy and chunking secret",
 )
 def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
-    cfg = fleet.agent_config(ctx.engine, device, report.model_dump(), ctx.store.keys.chunking)
+    cfg = fleet.agent_config(
+        ctx.engine,
+        device,
+        report.model_dump(exclude={"facts"}),
+        ctx.store.keys.chunking,
+        facts=report.facts,
+    )
     if cfg.cvd_id is not None:
         cfg.gc_epoch = ctx.store.catalog.gc_epoch()
     return cfg

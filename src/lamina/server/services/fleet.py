@@ -18,6 +18,7 @@ from lamina.protocol.schemas import (
     DevicePublic,
     EnrollRequest,
     EnrollResponse,
+    HardwareFacts,
     PolicySettings,
     TokenCreate,
     TokenPublic,
@@ -173,6 +174,13 @@ def list_devices(engine: Engine, actor: Principal, pending: bool = False) -> lis
         return [_device_public(c, r) for r in c.execute(q)]
 
 
+def show_device(engine: Engine, actor: Principal, ref: str) -> DevicePublic:
+    """One device with its hardware facts (``lamina device show``)."""
+    actor.require("read")
+    with read_tx(engine) as c:
+        return _device_public(c, find_device(c, ref))
+
+
 def reject(engine: Engine, actor: Principal, ref: str) -> DevicePublic:
     actor.require("device.write")
     with write_tx(engine) as c:
@@ -325,12 +333,18 @@ def agent_config(
     device: Principal,
     state: dict[str, Any] | None = None,
     chunking: ChunkingSecret | None = None,
+    facts: HardwareFacts | None = None,
 ) -> AgentConfig:
-    """The device's status and, once it has an active CVD, its policy and the chunking secret."""
+    """The device's status and, once it has an active CVD, its policy and the chunking secret.
+
+    ``facts`` (sent at the agent's start and after each sync) replace the device's
+    facts; the device's hostname column stays the one it enrolled with."""
     with write_tx(engine) as c:
         values: dict[str, Any] = {"last_seen": now()}
         if state is not None:
             values["agent_state"] = state
+        if facts is not None:
+            values["facts"] = facts.model_dump()
         c.execute(update(devices).where(devices.c.id == device.id).values(**values))
         d = c.execute(select(devices).where(devices.c.id == device.id)).one()
         cvd = _cvd_of(c, device.id)

@@ -6,7 +6,7 @@ and writes the rows and the store around it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
@@ -23,11 +23,12 @@ from lamina.db.models import (
 )
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured, capture_app, capture_base
+from lamina.layers.drivers import hardware_warning
 from lamina.layers.plan import LayerRef, Plan, make_plan
 from lamina.layers.rules import RuleSet, for_os, parse_rules
 from lamina.layers.trees import build_tree, walk
 from lamina.server.security import Principal
-from lamina.server.services import fleet, tasks
+from lamina.server.services import drivers, fleet, tasks
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -70,9 +71,11 @@ def _layer_public(c: Connection, r: Any) -> dict[str, Any]:
 
 
 def list_layers(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+    """Base and app layers (driver packs are listed by ``lamina driver list``)."""
     actor.require("read")
     with read_tx(engine) as c:
-        return [_layer_public(c, r) for r in c.execute(select(layers).order_by(layers.c.name))]
+        q = select(layers).where(layers.c.kind != drivers.DRIVER).order_by(layers.c.name)
+        return [_layer_public(c, r) for r in c.execute(q)]
 
 
 def show_layer(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
@@ -99,9 +102,14 @@ def _resolve(c: Connection, spec: str) -> Any:
 def _ref(c: Connection, version_id: str) -> LayerRef:
     v = c.execute(select(layer_versions).where(layer_versions.c.id == version_id)).one()
     layer = c.execute(select(layers).where(layers.c.id == v.layer_id)).one()
-    packages = tuple((v.apps or {}).get("packages", {})) if layer.kind == "app" else None
+    packages = tuple((v.apps or {}).get("packages", {})) if layer.kind != "base" else None
     return LayerRef(
-        f"{layer.name}:{v.version}", layer.kind, bytes(v.root), tuple(v.whiteouts), packages
+        f"{layer.name}:{v.version}",
+        layer.kind,
+        bytes(v.root),
+        tuple(v.whiteouts),
+        packages,
+        version_id=v.id,
     )
 
 
@@ -334,6 +342,30 @@ class _Target:
     disk_free: int | None
     rules: RuleSet
     remove_unowned: bool = False
+    #: the driver packs the device's hardware gets (after the layers in ``new``)
+    packs: list[LayerRef] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _device_facts(c: Connection, device_id: str | None) -> dict[str, Any]:
+    if not device_id:
+        return {}
+    d = c.execute(select(devices.c.facts).where(devices.c.id == device_id)).first()
+    return d.facts if d is not None and isinstance(d.facts, dict) else {}
+
+
+def _base_hardware(c: Connection, refs: list[LayerRef]) -> dict[str, Any] | None:
+    """The facts of the machine a base layer among ``refs`` was captured on."""
+    base = next((r for r in refs if r.kind == "base"), None)
+    if base is None:
+        return None
+    v = c.execute(
+        select(layer_versions.c.source_cvd).where(layer_versions.c.id == base.version_id)
+    ).first()
+    if v is None or not v.source_cvd:
+        return None
+    ref = c.execute(select(cvds.c.device_id).where(cvds.c.id == v.source_cvd)).first()
+    return _device_facts(c, ref.device_id) if ref is not None else None
 
 
 def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | None) -> _Target:
@@ -346,14 +378,19 @@ def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | No
             ).scalars()
         )
     new = [_ref(c, v) for v in new_ids]
+    facts = _device_facts(c, cvd.device_id)
+    packs = drivers.packs_for_device(c, facts, facts.get("os_release"))
+    warning = hardware_warning(facts, _base_hardware(c, new), packs)
     return _Target(
         cvd,
         new_ids,
         [r.label for r in new],
-        new,
+        new + packs,
         [_ref(c, v) for v in old_ids],
         _disk_free(c, cvd.device_id),
         rules_of(c, cvd),
+        packs=packs,
+        warnings=[warning] if warning else [],
     )
 
 
@@ -375,14 +412,14 @@ def _plan(store: Store, t: _Target, put_data: Any) -> Plan:
     )
 
 
-def _plan_public(
-    cvd: Any, plan: Plan, status: str, labels: list[str], task: str | None = None
-) -> dict[str, Any]:
+def _plan_public(t: _Target, plan: Plan, status: str, task: str | None = None) -> dict[str, Any]:
     return {
-        "id": cvd.id,
-        "cvd": cvd.name,
+        "id": t.cvd.id,
+        "cvd": t.cvd.name,
         "status": status,
-        "layers": labels,
+        "layers": t.labels,
+        "packs": [p.label for p in t.packs],
+        "warnings": t.warnings,
         "task": task,
         "counts": plan.counts(),
         "download_bytes": plan.download_bytes,
@@ -398,13 +435,13 @@ def _deliver(
     """Plan; unless a dry run or refused: store the delta, then record the assignment and queue it."""
     if dry_run:
         plan = _plan(store, t, lambda d: blob.blob_id(store.keys.chunking.id_key, d))
-        return _plan_public(t.cvd, plan, "dry-run", t.labels)
+        return _plan_public(t, plan, "dry-run")
     with (
         store.writer() as w
     ):  # merged files and the delta tree are stored before any row names them
         plan = _plan(store, t, lambda d: w.put(BlobKind.DATA, d))
         if plan.refused:
-            return _plan_public(t.cvd, plan, "refused", t.labels)
+            return _plan_public(t, plan, "refused")
         delta = build_tree(w.put, plan.writes, plan.dirs)
     with write_tx(engine) as c:
         c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == t.cvd.id))
@@ -424,12 +461,22 @@ def _deliver(
                 if plan.dpkg_base is not None
                 else None,
                 "never_override": list(t.rules.layers.never_override),
-                "versions": t.new_ids,
-                "labels": t.labels,
+                # what the endpoint runs once applied: the layers, then the driver packs
+                "versions": t.new_ids + [p.version_id for p in t.packs],
+                "labels": t.labels + [p.label for p in t.packs],
             },
         )
-        audit(c, actor, action, t.cvd.id, layers=t.labels, task=tid, counts=plan.counts())
-    return _plan_public(t.cvd, plan, "assigned", t.labels, tid)
+        audit(
+            c,
+            actor,
+            action,
+            t.cvd.id,
+            layers=t.labels,
+            packs=[p.label for p in t.packs],
+            task=tid,
+            counts=plan.counts(),
+        )
+    return _plan_public(t, plan, "assigned", tid)
 
 
 def assign(
@@ -446,8 +493,12 @@ def assign(
     with read_tx(engine) as c:
         rows = ([_resolve(c, base)] if base else []) + [_resolve(c, a) for a in apps]
         if base and rows[0][1].kind != "base":
-            raise UsageError(f"{base} is an app layer, not a base layer")
+            raise UsageError(f"{base} is a {rows[0][1].kind} layer, not a base layer")
         for _v, layer in rows[1 if base else 0 :]:
+            if layer.kind == drivers.DRIVER:
+                raise UsageError(
+                    f"{layer.name} is a driver pack: driver profiles choose where packs go"
+                )
             if layer.kind != "app":
                 raise UsageError(f"{layer.name} is a base layer: assign it with --base")
         new_ids = [v.id for v, _ in rows]
@@ -511,9 +562,12 @@ def test_rules(
     kept = dropped = kept_bytes = 0
     by_reason: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
+    bound: list[str] = []  # what a migration keeps from the new machine (migration rules)
     for path, e in walk(store.get, snaps[-1].root):
         if e.type == "dir":
             continue
+        if rules.hardware_bound(path):
+            bound.append(path)
         if rules.capturable(path):
             kept += 1
             kept_bytes += e.size
@@ -538,4 +592,9 @@ def test_rules(
         "dropped": dropped,
         "dropped_by_reason": by_reason,
         "examples": examples,
+        "hardware_bound": {
+            "rules": list(rules.migration.hardware_bound),
+            "count": len(bound),
+            "examples": bound[:20],
+        },
     }

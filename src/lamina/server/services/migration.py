@@ -19,15 +19,18 @@ from sqlalchemy import Connection, Engine, select, update
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvds, devices, policies
 from lamina.errors import ConflictError, UsageError
+from lamina.layers.drivers import hardware_warning
 from lamina.layers.merge import installed, parse_dpkg_status
-from lamina.layers.plan import DPKG_STATUS
+from lamina.layers.overlay import overlay
+from lamina.layers.plan import DPKG_STATUS, LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os
 from lamina.layers.trees import read_file, walk
 from lamina.protocol.schemas import MigrateRequest
 from lamina.server.security import Principal
-from lamina.server.services import cvd_ops, fleet, tasks
+from lamina.server.services import cvd_ops, drivers, fleet, tasks
 from lamina.server.services import layers as layer_service
 from lamina.server.services.common import audit
+from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
 
@@ -59,6 +62,10 @@ class Report:
     hardware_bound: list[str] = field(default_factory=list)
     not_carried: dict[str, str] = field(default_factory=dict)
     packages: dict[str, str] = field(default_factory=dict)
+    #: the driver packs the new machine's hardware gets (full mode lays the system down)
+    packs: list[LayerRef] = field(default_factory=list)
+    #: the storage controllers' drivers differ: the initramfs is rebuilt after the apply
+    rebuild_initramfs: bool = False
 
     def public(self, status: str, task: str | None = None) -> dict[str, Any]:
         return {
@@ -78,10 +85,11 @@ class Report:
             "download_bytes": self.space_needed,
             "boot_set_bytes": self.boot_set_bytes,
             "stream_bytes": self.stream_bytes,
-            "driver_packs": [],
+            "driver_packs": [p.label for p in self.packs],
             "kept_from_new_machine": self.hardware_bound,
             "packages_carried": self.packages,
             "packages_not_carried": self.not_carried,
+            "rebuild_initramfs": self.rebuild_initramfs,
         }
 
 
@@ -89,7 +97,7 @@ def _rules(device: Any) -> RuleSet:
     return for_os(((device.facts or {}).get("os_release")) or {})
 
 
-def _packages(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
+def packages_of(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
     e = entries.get(DPKG_STATUS)
     if e is None or e.type != "file":
         return {}
@@ -140,7 +148,7 @@ def _validate(
             f"the migration needs {rep.space_needed} bytes, device {device.hostname} "
             f"has {rep.disk_free} free"
         )
-    ours = _packages(store, entries)
+    ours = packages_of(store, entries)
     if req.mode == "data":
         rep.not_carried = ours  # data mode carries no software
     else:
@@ -154,7 +162,39 @@ def _validate(
         )
     if req.mode == "full" and req.base:
         rep.warnings.append("full mode keeps the CVD's own system: --base is ignored")
+    facts = device.facts if isinstance(device.facts, dict) else {}
+    if req.mode == "full":  # the CVD's system is laid down on this hardware: its packs go with it
+        rep.packs = drivers.packs_for_device(c, facts, old_os or new_os)
+        old_facts = _facts_of(c, cvd.device_id) if cvd.device_id != device.id else None
+        warning = hardware_warning(facts, old_facts, rep.packs)
+        if warning:
+            rep.warnings.append(warning)
+        old_drivers, new_drivers = _storage_drivers(old_facts), _storage_drivers(facts)
+        rep.rebuild_initramfs = bool(new_drivers) and old_drivers != new_drivers
     return rep, snap
+
+
+def _storage_drivers(facts: dict[str, Any] | None) -> set[str]:
+    ctrls = (facts or {}).get("storage_controllers")
+    if not isinstance(ctrls, list):
+        return set()
+    return {str(s["driver"]) for s in ctrls if isinstance(s, dict) and s.get("driver")}
+
+
+def _facts_of(c: Connection, device_id: str | None) -> dict[str, Any] | None:
+    if not device_id:
+        return None
+    d = c.execute(select(devices.c.facts).where(devices.c.id == device_id)).first()
+    return d.facts if d is not None and isinstance(d.facts, dict) else None
+
+
+def _with_packs(store: Store, snap_root: bytes, packs: list[LayerRef], rules: RuleSet) -> bytes:
+    """The snapshot with the driver packs laid over it (files, and dpkg's database merged)."""
+    with store.writer() as w:
+        plan = make_plan(store.get, lambda d: w.put(BlobKind.DATA, d), snap_root, [], packs, rules)
+        if plan.refused:
+            raise ConflictError(f"the driver packs cannot be laid down: {plan.refused[0]}")
+        return overlay(store.get, w.put, snap_root, plan.writes, plan.dirs)
 
 
 def _release(osr: dict[str, str]) -> str:
@@ -194,6 +234,7 @@ def migrate(
         raise ConflictError(f"migration refused: {rep.blocking[0]}")
     rules = _rules(device)
     action = "cvd.restore_system" if same_device else "cvd.migrate"
+    tree = _with_packs(store, snap.root, rep.packs, rules) if rep.packs else snap.root
     with write_tx(engine) as c:
         cvd = fleet.find_cvd(c, cvd.id)  # again, inside the transaction
         if device.id != cvd.device_id:
@@ -222,11 +263,13 @@ def migrate(
             device_id=device.id,
             params={
                 "snapshot": snap.id,
-                "root": snap.root.hex(),
+                "root": tree.hex(),
                 "mode": req.mode,
+                "packs": [p.label for p in rep.packs],
                 "policy": policy.settings,
                 "hardware_bound": list(rules.migration.hardware_bound),
                 "restore_system": same_device,
+                "rebuild_initramfs": rep.rebuild_initramfs,
             },
         )
         audit(
@@ -239,6 +282,7 @@ def migrate(
             replaced=cvd.device_id if cvd.device_id != device.id else None,
             mode=req.mode,
             snapshot=snap.id,
+            packs=[p.label for p in rep.packs],
         )
         rep.cvd = fleet.find_cvd(c, cvd.id)
     return rep.public("queued", tid)

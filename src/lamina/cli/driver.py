@@ -1,0 +1,218 @@
+"""``lamina driver``: the driver library (packs and profiles)."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lamina.cli.client import Api
+from lamina.cli.common import JsonOpt
+from lamina.cli.output import byte_progress, emit_json, human_bytes, safe
+from lamina.errors import UsageError
+
+app = typer.Typer(
+    help="Driver library: packs of firmware, modules and .deb files; profiles that match hardware.",
+    no_args_is_help=True,
+)
+profile_app = typer.Typer(
+    help="Driver profiles: which packs go to which hardware.", no_args_is_help=True
+)
+app.add_typer(profile_app, name="profile")
+
+PackOpt = Annotated[
+    list[str] | None, typer.Option("--pack", help="A driver pack as NAME[:VERSION] (repeatable).")
+]
+MatchOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--match",
+        help="FIELD=GLOB that must hold (repeatable, all must hold), e.g. sys_vendor=LENOVO, "
+        "product_name=20BW*, modalias=pci:v000010ECd*.",
+    ),
+]
+FamilyOpt = Annotated[
+    str | None,
+    typer.Option("--os-family", help="Only for systems of this OS family (debian, rhel)."),
+]
+
+
+def _print_pack(doc: dict[str, Any]) -> None:
+    typer.echo(
+        f"{doc['id']}  {safe(doc['name']):<24} versions {', '.join(str(v['version']) for v in doc['versions'])}"
+    )
+    for v in doc["versions"]:
+        pkgs = (
+            ", ".join(f"{safe(k)} {safe(str(x))}" for k, x in sorted(v["packages"].items())) or "-"
+        )
+        typer.echo(
+            f"    v{v['version']}  {v['created']}  {v['files']} files  {human_bytes(v['bytes'])}"
+            f"  packages: {pkgs}  {safe(v['notes'])}"
+        )
+
+
+def _chunks(path: Path, advance: Any) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while part := f.read(1 << 20):
+            advance(0, len(part))
+            yield part
+
+
+@app.command("import")
+def import_(
+    name: Annotated[str, typer.Argument(help="The pack's name (a new version if it exists).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder laid out from the root (lib/firmware, etc/modprobe.d, lib/modules) "
+            "and/or .deb files at its top."
+        ),
+    ],
+    notes: Annotated[str, typer.Option(help="Notes kept with the version.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a new version of a driver pack from a folder."""
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder: give the pack's folder")
+    api = Api.from_login()
+    with tempfile.TemporaryDirectory(prefix="lamina-pack-") as tmp:
+        archive = Path(tmp) / "pack.tar"
+        with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as t:
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for n in [*dirs, *sorted(files)]:
+                    full = Path(root) / n
+                    t.add(full, arcname=str(full.relative_to(path)), recursive=False)
+        with byte_progress(f"uploading {name}", archive.stat().st_size) as advance:
+            doc = api.post(
+                "/drivers/import",
+                None,
+                params={"name": name, "notes": notes},
+                content=_chunks(archive, advance),
+                headers={"Content-Type": "application/x-tar"},
+            )
+    if as_json:
+        emit_json(doc)
+    else:
+        v = doc["versions"][-1]
+        typer.echo(
+            f"driver pack {safe(doc['name'])}:{v['version']}: {v['files']} files, {human_bytes(v['bytes'])}"
+        )
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List driver packs and their versions."""
+    rows = Api.from_login().get("/drivers")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        _print_pack(r)
+
+
+@app.command()
+def show(pack: str, as_json: JsonOpt = False) -> None:
+    """Show a driver pack: versions, packages, files."""
+    doc = Api.from_login().get(f"/drivers/{pack}")
+    emit_json(doc) if as_json else _print_pack(doc)
+
+
+@app.command()
+def delete(pack: str, as_json: JsonOpt = False) -> None:
+    """Delete a driver pack (refused while a profile names it or an endpoint runs it)."""
+    doc = Api.from_login().delete(f"/drivers/{pack}")
+    emit_json(doc) if as_json else typer.echo(f"driver pack {safe(doc['name'])} deleted")
+
+
+# --- profiles ---------------------------------------------------------------------------
+def _print_profile(p: dict[str, Any]) -> None:
+    typer.echo(
+        f"{p['id']}  {safe(p['name']):<20} packs {', '.join(safe(x) for x in p['packs'])}"
+        f"  when {' and '.join(safe(m) for m in p['matches'])}"
+        + (f"  on {safe(p['os_family'])}" if p["os_family"] else "")
+    )
+
+
+@profile_app.command("create")
+def profile_create(
+    name: str,
+    pack: PackOpt = None,
+    match: MatchOpt = None,
+    os_family: FamilyOpt = None,
+    notes: Annotated[str, typer.Option(help="Notes kept with the profile.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a driver profile: these packs for hardware where every match holds."""
+    doc = Api.from_login().post(
+        "/driver-profiles",
+        {
+            "name": name,
+            "packs": pack or [],
+            "matches": match or [],
+            "os_family": os_family,
+            "notes": notes,
+        },
+    )
+    emit_json(doc) if as_json else _print_profile(doc)
+
+
+@profile_app.command("update")
+def profile_update(
+    name: str,
+    pack: PackOpt = None,
+    match: MatchOpt = None,
+    os_family: Annotated[
+        str | None, typer.Option("--os-family", help='OS family; "" for any.')
+    ] = None,
+    notes: Annotated[str | None, typer.Option(help="New notes.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace a profile's packs, matches or OS family (what is given)."""
+    doc = Api.from_login().put(
+        f"/driver-profiles/{name}",
+        {"packs": pack or None, "matches": match or None, "os_family": os_family, "notes": notes},
+    )
+    emit_json(doc) if as_json else _print_profile(doc)
+
+
+@profile_app.command("list")
+def profile_list(as_json: JsonOpt = False) -> None:
+    """List driver profiles."""
+    rows = Api.from_login().get("/driver-profiles")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        _print_profile(r)
+
+
+@profile_app.command("show")
+def profile_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show a driver profile."""
+    doc = Api.from_login().get(f"/driver-profiles/{name}")
+    emit_json(doc) if as_json else _print_profile(doc)
+
+
+@profile_app.command("delete")
+def profile_delete(name: str, as_json: JsonOpt = False) -> None:
+    """Delete a driver profile."""
+    doc = Api.from_login().delete(f"/driver-profiles/{name}")
+    emit_json(doc) if as_json else typer.echo(f"driver profile {safe(doc['name'])} deleted")
+
+
+@profile_app.command("test")
+def profile_test(name: str, as_json: JsonOpt = False) -> None:
+    """The devices a profile matches today (by the facts they reported)."""
+    rows = Api.from_login().get(f"/driver-profiles/{name}/devices")
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['id']}  {safe(r['hostname'])}")
+    typer.echo(f"{len(rows)} device(s) match")

@@ -1,0 +1,125 @@
+"""Driver library routes: packs (import, list, show, delete) and profiles (CRUD, test)."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import Field
+
+from lamina.errors import TooLargeError
+from lamina.protocol.schemas import Strict
+from lamina.server.deps import Caller, Ctx
+from lamina.server.services import drivers
+
+router = APIRouter()
+#: The import body: an uncompressed tar of the pack's folder (``lamina driver import``).
+TAR = "application/x-tar"
+#: An upload is kept in memory up to this size, then spilled to a temporary file.
+_SPOOL = 16 * 1024 * 1024
+
+
+class ProfileCreate(Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    packs: list[str] = Field(min_length=1, max_length=32)
+    matches: list[str] = Field(min_length=1, max_length=32)
+    os_family: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    notes: str = Field("", max_length=4000)
+
+
+class ProfileUpdate(Strict):
+    packs: list[str] | None = Field(None, min_length=1, max_length=32)
+    matches: list[str] | None = Field(None, min_length=1, max_length=32)
+    os_family: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$", description='"" clears it'
+    )
+    notes: str | None = Field(None, max_length=4000)
+
+
+@router.get("/drivers", summary="List driver packs with their versions")
+def list_packs(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
+    return drivers.list_packs(ctx.engine, caller)
+
+
+@router.post(
+    "/drivers/import",
+    summary="Import a new version of a driver pack from a tar of its folder",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {"content": {TAR: {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+async def import_pack(
+    request: Request,
+    ctx: Ctx,
+    caller: Caller,
+    name: str = Query(min_length=1, max_length=128),
+    notes: str = Query("", max_length=4000),
+) -> dict[str, Any]:
+    caller.require("driver.write")  # before reading a large body
+    limit = ctx.settings.max_body
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as f:
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise TooLargeError(f"the pack is above the {limit}-byte upload limit")
+            f.write(part)
+        f.seek(0)
+        return await run_in_threadpool(
+            drivers.import_pack, ctx.engine, ctx.store, caller, name, f, notes
+        )
+
+
+@router.get("/drivers/{ref}", summary="Show a driver pack: versions, packages, files")
+def show_pack(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return drivers.show_pack(ctx.engine, caller, ref)
+
+
+@router.delete(
+    "/drivers/{ref}", summary="Delete a driver pack no profile names and no endpoint runs"
+)
+def delete_pack(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return drivers.delete_pack(ctx.engine, caller, ref)
+
+
+@router.get("/driver-profiles", summary="List driver profiles")
+def list_profiles(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
+    return drivers.list_profiles(ctx.engine, caller)
+
+
+@router.post(
+    "/driver-profiles",
+    summary="Create a driver profile: packs for matching hardware",
+    status_code=201,
+)
+def create_profile(req: ProfileCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return drivers.create_profile(
+        ctx.engine, caller, req.name, req.packs, req.matches, req.os_family, req.notes
+    )
+
+
+@router.get("/driver-profiles/{ref}", summary="Show a driver profile")
+def show_profile(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return drivers.show_profile(ctx.engine, caller, ref)
+
+
+@router.put(
+    "/driver-profiles/{ref}", summary="Change a driver profile's packs, matches or OS family"
+)
+def update_profile(ref: str, req: ProfileUpdate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return drivers.update_profile(
+        ctx.engine, caller, ref, req.packs, req.matches, req.os_family, req.notes
+    )
+
+
+@router.delete("/driver-profiles/{ref}", summary="Delete a driver profile")
+def delete_profile(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+    return drivers.delete_profile(ctx.engine, caller, ref)
+
+
+@router.get("/driver-profiles/{ref}/devices", summary="The devices a driver profile matches today")
+def test_profile(ref: str, ctx: Ctx, caller: Caller) -> list[dict[str, str]]:
+    return drivers.test_profile(ctx.engine, caller, ref)

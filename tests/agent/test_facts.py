@@ -1,0 +1,145 @@
+"""Device facts read from a fake sysfs tree, and the ``--facts`` override."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lamina.agent.facts import gather, hardware, load_override
+from lamina.errors import UsageError
+from lamina.protocol.schemas import MAX_MODALIASES, HardwareFacts
+
+RTL = "pci:v000010ECd00008168sv00001043sd00008677bc02sc00i00"
+AHCI = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+USB = "usb:v0627p0001d0000dc00dsc00dp00ic03isc00ip00in00"
+
+
+def fake_sysfs(tmp: Path) -> Path:
+    sys = tmp / "sys"
+    dmi = sys / "class/dmi/id"
+    dmi.mkdir(parents=True)
+    for k, v in {
+        "sys_vendor": "LENOVO",
+        "product_name": "20BWS03B00",
+        "product_version": "ThinkPad T450s",
+        "product_family": "ThinkPad T450s",
+        "board_vendor": "LENOVO",
+        "board_name": "20BWS03B00",
+        "bios_vendor": "LENOVO",
+        "bios_version": "JBET71WW (1.35 )",
+        "chassis_type": "10",
+    }.items():
+        (dmi / k).write_text(v + "\n")
+    drv = sys / "bus/pci/drivers/ahci"
+    drv.mkdir(parents=True)
+    for slot, alias, cls in (
+        ("0000:00:19.0", RTL, "0x020000"),
+        ("0000:00:1f.2", AHCI, "0x010601"),
+        ("0000:00:1f.3", RTL, "0x020000"),  # a second one: listed once
+    ):
+        d = sys / "bus/pci/devices" / slot
+        d.mkdir(parents=True)
+        (d / "modalias").write_text(alias + "\n")
+        (d / "class").write_text(cls + "\n")
+    os.symlink("../../drivers/ahci", sys / "bus/pci/devices/0000:00:1f.2/driver")
+    u = sys / "bus/usb/devices/1-1:1.0"
+    u.mkdir(parents=True)
+    (u / "modalias").write_text(USB + "\n")
+    (sys / "bus/usb/devices/usb1").mkdir()  # a hub without modalias: skipped
+    hostile = sys / "bus/usb/devices/1-2"
+    hostile.mkdir()
+    (hostile / "modalias").write_bytes(b"usb:\x1b[31mred\n")  # control characters: dropped
+    for name, mac in (("lo", "00:00:00:00:00:00"), ("enp0s25", "50:7B:9D:AA:BB:CC")):
+        (sys / "class/net" / name).mkdir(parents=True)
+        (sys / "class/net" / name / "address").write_text(mac + "\n")
+    (sys / "block/sda").mkdir(parents=True)
+    (sys / "block/sda/size").write_text("500118192\n")
+    (sys / "block/loop0").mkdir()
+    (sys / "block/loop0/size").write_text("8\n")
+    (sys / "firmware/efi").mkdir(parents=True)
+    (tmp / "proc").mkdir()
+    (tmp / "proc/cpuinfo").write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n")
+    return sys
+
+
+def endpoint(tmp: Path) -> Path:
+    root = tmp / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("pc-one\n")
+    (root / "etc/machine-id").write_text("ab" * 16 + "\n")
+    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+    return root
+
+
+def test_facts_from_a_fake_sysfs_tree(tmp_path: Path) -> None:
+    f = gather(endpoint(tmp_path), fake_sysfs(tmp_path))
+    assert (f.sys_vendor, f.product_name, f.product_version) == (
+        "LENOVO",
+        "20BWS03B00",
+        "ThinkPad T450s",
+    )
+    assert f.bios_version == "JBET71WW (1.35 )" and f.chassis_type == "10"
+    assert (f.vendor, f.model) == ("LENOVO", "20BWS03B00")
+    assert f.modaliases == sorted([RTL, AHCI, USB])
+    assert f.cpu_vendor == "GenuineIntel"
+    assert f.boot_mode == "uefi"
+    assert [(s.slot, s.driver, s.pci_class) for s in f.storage_controllers] == [
+        ("0000:00:1f.2", "ahci", "0x010601")
+    ]
+    assert [(n.name, n.mac) for n in f.network] == [("enp0s25", "50:7b:9d:aa:bb:cc")]
+    assert [(d.name, d.size) for d in f.disks] == [("sda", 500118192 * 512)]
+    assert f.hostname == "pc-one" and f.os_release["ID"] == "debian"
+
+
+def test_a_machine_without_dmi_or_efi(tmp_path: Path) -> None:
+    empty = tmp_path / "nosys"
+    empty.mkdir()
+    f = gather(endpoint(tmp_path), empty)
+    assert f.sys_vendor == "" and f.modaliases == [] and f.boot_mode == "bios"
+
+
+def test_override_is_merged_over_detected_facts(tmp_path: Path) -> None:
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps({"product_name": "OptiPlex 7090", "modaliases": [RTL]}))
+    override = load_override(path)
+    f = gather(endpoint(tmp_path), fake_sysfs(tmp_path), override)
+    assert f.product_name == "OptiPlex 7090" and f.modaliases == [RTL]
+    assert f.sys_vendor == "LENOVO"  # not overridden: still detected
+    assert f.model == "OptiPlex 7090"  # the format-1 name follows the DMI one
+
+
+@pytest.mark.parametrize(
+    ("doc", "why"),
+    [
+        ("[1, 2]", "JSON object"),
+        ('{"colour": "red"}', "unknown facts"),
+        ('{"modaliases": "pci:v1"}', "not valid"),
+        ('{"modaliases": ["has space"]}', "not valid"),
+        ('{"product_name": "a\\u0007b"}', "not valid"),
+        ('{"network": [{"name": "../../x", "mac": ""}]}', "not valid"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_bad_override_files_are_refused(tmp_path: Path, doc: str, why: str) -> None:
+    path = tmp_path / "facts.json"
+    path.write_text(doc)
+    with pytest.raises(UsageError, match=why):
+        load_override(path)
+
+
+def test_hostile_sysfs_is_bounded(tmp_path: Path) -> None:
+    sys = tmp_path / "sys"
+    (sys / "class/dmi/id").mkdir(parents=True)
+    (sys / "class/dmi/id/product_name").write_text("x" * 100_000)  # over the attribute bound
+    devs = sys / "bus/pci/devices"
+    for i in range(MAX_MODALIASES + 50):
+        d = devs / f"0000:{i:06x}"
+        d.mkdir(parents=True)
+        (d / "modalias").write_text(f"pci:v{i:08X}d00000001\n")
+    doc = hardware(sys)
+    assert doc["product_name"] == "x" * 255
+    assert len(doc["modaliases"]) == MAX_MODALIASES
+    HardwareFacts(machine_id="m", hostname="h", **doc)  # what the agent sends validates

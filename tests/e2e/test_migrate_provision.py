@@ -1,0 +1,93 @@
+"""Base-layer provisioning of a bare machine and an OS migration, end to end through the
+CLI with real agents on folder endpoints carrying real dpkg databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Deployment, Lamina
+from tests.e2e.debs import build_deb, dpkg_install, dpkg_installed
+from tests.e2e.test_migrate import FACTS, _enroll, _machine
+
+
+def _os(root: Path, version: str) -> None:
+    (root / "etc/os-release").write_text(
+        f'NAME="Debian GNU/Linux"\nVERSION_ID="{version}"\nID=debian\n'
+    )
+
+
+@pytest.mark.e2e
+def test_provision_then_migrate_os(
+    embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path
+) -> None:
+    admin = person("admin").login(embedded.url)
+    admin.run("policy", "create", "std", "--keep-last", "10")
+    ref_token = admin.json("token", "create", "--policy", "std", "--reference", "--uses", "2")[
+        "token"
+    ]
+    debs = tmp_path / "debs"
+    debs.mkdir()
+
+    # Two reference machines: Debian 12 and Debian 13, each captured as a base layer.
+    for version, tools in (("12", "1.0"), ("13", "2.0")):
+        ref = _machine(
+            tmp_path / f"ref{version}", f"ref-{version}", "9999", "eth0", "52:54:00:aa:00:01"
+        )
+        _os(ref, version)
+        deb = build_deb(
+            debs, "base-tools", tools, {"/usr/bin/base-tool": f"#!/bin/sh\necho {tools}\n"}
+        )
+        dpkg_install(ref, deb)
+        st, agent = tmp_path / f"ref{version}-state", person(f"ref{version}")
+        _enroll(agent, embedded.url, ref_token, ref, st, FACTS["old"])
+        agent.run("agent", "run", "--once", "--state", str(st))
+        admin.json("layer", "capture", f"ref-{version}", "--name", f"debian-{version}")
+
+    # A bare machine from the installer: pending, its own identity, disk and a user file.
+    token = admin.json("token", "create")["token"]
+    bare = _machine(tmp_path / "bare", "bare-01", "3333-cccc", "eno1", "52:54:00:00:00:33")
+    _os(bare, "12")
+    (bare / "usr/bin/installer-only").write_text("left by the installer\n")
+    (bare / "home/bob").mkdir()
+    (bare / "home/bob/todo.txt").write_text("bob's list\n")
+    state, agent = tmp_path / "bare-state", person("bare-agent")
+    did = _enroll(agent, embedded.url, token, bare, state, FACTS[2])
+    agent.run("agent", "run", "--once", "--state", str(state))
+
+    dry = admin.json("cvd", "provision", did, "--base", "debian-12", "--policy", "std", "--dry-run")
+    assert dry["layers"] == ["debian-12:1"] and "/etc/fstab" in dry["kept_from_new_machine"]
+    res = admin.json(
+        "cvd", "provision", did, "--base", "debian-12", "--policy", "std", "--name", "bob"
+    )
+    assert admin.json("cvd", "show", "bob")["device_id"] == did
+    agent.run("agent", "run", "--once", "--state", str(state))
+    agent.run("agent", "boot", "--state", str(state))
+    agent.run("agent", "run", "--once", "--state", str(state))
+    assert admin.json("task", "show", res["task"])["state"] == "done"
+    assert dpkg_installed(bare) == {"base-tools": "1.0"}
+    assert not (bare / "usr/bin/installer-only").exists()  # cleaned to the base layer
+    assert (bare / "etc/hostname").read_text() == "bare-01\n"  # its identity stays
+    assert (bare / "etc/fstab").read_text() == "UUID=3333-cccc / ext4 errors=remount-ro 0 1\n"
+    assert (bare / "home/bob/todo.txt").read_text() == "bob's list\n"
+    assert admin.json("cvd", "layers", "bob")["assigned"] == ["debian-12:1"]
+
+    # The user installs a package of their own, then the machine moves to Debian 13.
+    dpkg_install(bare, build_deb(debs, "bob-game", "0.1", {"/usr/games/bob-game": "#!/bin/sh\n"}))
+    agent.run("agent", "run", "--once", "--sync", "--state", str(state))
+    dry = admin.json("cvd", "migrate-os", "bob", "--base", "debian-13", "--dry-run")
+    assert dry["os"] == "debian 13" and dry["packages_not_carried"] == {"bob-game": "0.1"}
+    res = admin.json("cvd", "migrate-os", "bob", "--base", "debian-13")
+    agent.run("agent", "run", "--once", "--state", str(state))
+    agent.run("agent", "boot", "--state", str(state))
+    agent.run("agent", "run", "--once", "--state", str(state))
+    assert admin.json("task", "show", res["task"])["state"] == "done"
+    assert 'VERSION_ID="13"' in (bare / "etc/os-release").read_text()
+    assert dpkg_installed(bare) == {"base-tools": "2.0"}
+    assert (bare / "usr/bin/base-tool").read_text() == "#!/bin/sh\necho 2.0\n"
+    assert (bare / "etc/hostname").read_text() == "bare-01\n"
+    assert (bare / "etc/machine-id").read_text() == f"{'bare-01':0>32}\n"
+    assert (bare / "home/bob/todo.txt").read_text() == "bob's list\n"
+    assert admin.json("cvd", "layers", "bob")["assigned"] == ["debian-13:1"]
