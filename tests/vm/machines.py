@@ -6,7 +6,7 @@ by a full migration), the filesystem UUIDs its ``/etc/fstab`` names (the root's 
 small data disk's, mounted on ``/srv/data``), and the name and MAC address of its network
 interface (a systemd ``.link`` file naming it, ``/etc/network/interfaces`` configuring it):
 those are hardware-bound and must stay the new machine's. A wrong fstab shows up in the
-VM as a missing ``/srv/data`` mount (the entry is ``nofail`` with a 5 s device timeout,
+VM as a missing ``/srv/data`` mount (the entry is ``nofail`` with a 60 s device timeout,
 so the boot still reaches the probe), a wrong interface file as a failed
 ``networking.service`` (``auto`` on an interface that does not exist).
 """
@@ -31,7 +31,7 @@ class Machine:
     def fstab(self) -> str:
         return (
             f"UUID={self.root_uuid} / ext4 errors=remount-ro 0 1\n"
-            f"UUID={self.data_uuid} /srv/data ext4 defaults,nofail,x-systemd.device-timeout=5s 0 2\n"
+            f"UUID={self.data_uuid} /srv/data ext4 defaults,nofail,x-systemd.device-timeout=60s 0 2\n"
         )
 
 

@@ -8,8 +8,8 @@ two marker lines on ``/dev/console``, the hostname, the machine id, the state of
 ``multi-user.target``, the failed units (mounts included), the mounts named in fstab and
 the network links, then powers the machine off. ``boot`` starts QEMU with the root's own
 kernel and initramfs (``-kernel``/``-initrd``, ``root=UUID=...``, ``console=ttyS0``), with
-KVM when ``/dev/kvm`` can be opened and TCG otherwise, waits for the power-off (or the
-deadline) and parses the probe's report.
+KVM when it works and TCG otherwise, waits for the probe's end marker (or the guest's
+power-off, or the deadline), stops QEMU and parses the report.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import time
@@ -219,7 +220,7 @@ def boot(
     workdir: Path,
     *,
     mac: str | None = None,
-    timeout: float = 240.0,
+    timeout: float = 480.0,
     memory_mb: int = 512,
 ) -> BootReport:
     """Boot the first of ``disks`` as root (``root=UUID=root_uuid``), the others beside it,
@@ -242,12 +243,18 @@ def boot(
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            # The report is complete once its end marker is on the console: stop there
+            # rather than wait for the guest's shutdown (half a minute more under TCG).
+            while proc.poll() is None and time.monotonic() - start < timeout:
+                if console.exists() and END in console.read_text(errors="replace"):
+                    break
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
             proc.wait()
     seconds = time.monotonic() - start
     text = console.read_text(errors="replace") if console.exists() else ""
-    if proc.returncode not in (0, -9):
+    if proc.returncode not in (0, -signal.SIGKILL):
         text += f"\n[qemu exited {proc.returncode}: {log.read_text(errors='replace')}]"
     return parse_report(text, "kvm" if kvm else "tcg", seconds)

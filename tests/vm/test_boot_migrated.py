@@ -9,7 +9,8 @@ folder -- the boot set over the new machine, no user data streamed yet -- become
 image with the new machine's root UUID and boots under QEMU with its own kernel and
 initramfs: it must reach multi-user.target with the old machine's hostname and machine id,
 no failed unit (mounts included), ``/srv/data`` mounted from the new machine's data disk
-and the network up on the new machine's interface. The user data then streams in.
+and the network up on the new machine's interface. (The user data streams in afterwards:
+``tests/e2e`` tests of the migration cover that.)
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.skipif(SKIP is not None, reason=f"the boot test needs QEMU: {SKIP}"),
+    # A hang guard, not a threshold: the first run on a machine also debootstraps the root
+    # (minutes), and TCG on a busy machine boots slowly.
+    pytest.mark.timeout(1800),
 ]
 
 
 def _boot(root: Path, work: Path) -> qemu.BootReport:
     """Boot ``root`` as the new machine's disk, beside the new machine's data disk."""
+    work.mkdir(parents=True, exist_ok=True)
     qemu.install_probe(root)
     image = qemu.make_image(root, work / "root.img", NEW.root_uuid)
     empty = work / "data"
@@ -95,8 +100,3 @@ def test_migrated_machine_boots_as_the_old_one(
     assert report.mounts["/srv/data"].split()[-1] == NEW.data_uuid, report.tail()
     assert report.links[NEW.iface].split() == ["UP", NEW.mac]
     assert OLD.iface not in report.links
-
-    # After the reboot the user data streams in.
-    new_agent.run("agent", "run", "--once", "--state", states[NEW.hostname])
-    notes = new_root / "home" / OLD.user / "notes.txt"
-    assert notes.read_text() == f"{OLD.user}'s notes on {OLD.hostname}\n"

@@ -20,7 +20,7 @@ from lamina.errors import ConflictError, UsageError
 from lamina.layers.overlay import overlay
 from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os
-from lamina.layers.trees import walk
+from lamina.tree.paths import walk
 from lamina.server.security import Principal
 from lamina.server.services import drivers, fleet, migration, tasks
 from lamina.server.services import layers as layer_service
