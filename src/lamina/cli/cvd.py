@@ -9,7 +9,7 @@ import msgpack
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import CvdArg, JsonOpt, SameOwnerOpt, SpecialFilesOpt
+from lamina.cli.common import CvdArg, DeviceArg, JsonOpt, SameOwnerOpt, SpecialFilesOpt
 from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
 from lamina.cli.output import (
     age,
@@ -315,7 +315,7 @@ def _print_migration(r: dict[str, Any]) -> None:
 
 @app.command()
 def migrate(
-    cvd: str,
+    cvd: CvdArg,
     to: Annotated[str, typer.Option("--to", help="The replacement device (pending).")],
     mode: Annotated[
         str, typer.Option(help="full | apps-data | data: what the new machine takes over.")
@@ -359,7 +359,7 @@ def migrate(
 
 @app.command("restore-system")
 def restore_system(
-    cvd: str,
+    cvd: CvdArg,
     to: Annotated[str, typer.Option("--to", help="The repaired device (enrolled again).")],
     snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
     dry_run: Annotated[
@@ -379,7 +379,7 @@ def restore_system(
 
 @app.command()
 def provision(
-    device: str,
+    device: DeviceArg,
     base: Annotated[str, typer.Option(help="Base layer NAME[:VERSION].")],
     policy: Annotated[str, typer.Option(help="The new CVD's upload policy.")],
     app_layer: Annotated[
@@ -407,7 +407,7 @@ def provision(
 
 @app.command("migrate-os")
 def migrate_os(
-    cvd: str,
+    cvd: CvdArg,
     base: Annotated[str, typer.Option(help="A base layer NAME[:VERSION] of the new OS release.")],
     dry_run: Annotated[
         bool,

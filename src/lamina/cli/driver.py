@@ -17,11 +17,15 @@ from lamina.cli.output import byte_progress, emit_json, human_bytes, safe
 from lamina.errors import UsageError
 
 app = typer.Typer(
-    help="Driver library: packs of firmware, modules and .deb files; profiles that match hardware.",
+    help="Driver library: packs of firmware, modules and .deb files; profiles that match hardware."
+    "\n\nExamples: lamina driver import wifi-intel ./wifi-intel; lamina driver list",
     no_args_is_help=True,
 )
 profile_app = typer.Typer(
-    help="Driver profiles: which packs go to which hardware.", no_args_is_help=True
+    help="Driver profiles: which packs go to which hardware.\n\n"
+    "Examples: lamina driver profile create thinkpad --pack wifi-intel "
+    "--match sys_vendor=LENOVO; lamina driver profile test thinkpad",
+    no_args_is_help=True,
 )
 app.add_typer(profile_app, name="profile")
 
@@ -40,6 +44,8 @@ FamilyOpt = Annotated[
     str | None,
     typer.Option("--os-family", help="Only for systems of this OS family (debian, rhel)."),
 ]
+PackArg = Annotated[str, typer.Argument(help="Driver pack name or id.", show_default=False)]
+ProfileArg = Annotated[str, typer.Argument(help="Driver profile name.", show_default=False)]
 
 
 def _print_pack(doc: dict[str, Any]) -> None:
@@ -117,14 +123,14 @@ def list_(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def show(pack: str, as_json: JsonOpt = False) -> None:
+def show(pack: PackArg, as_json: JsonOpt = False) -> None:
     """Show a driver pack: versions, packages, files."""
     doc = Api.from_login().get(f"/drivers/{pack}")
     emit_json(doc) if as_json else _print_pack(doc)
 
 
 @app.command()
-def delete(pack: str, as_json: JsonOpt = False) -> None:
+def delete(pack: PackArg, as_json: JsonOpt = False) -> None:
     """Delete a driver pack (refused while a profile names it or an endpoint runs it)."""
     doc = Api.from_login().delete(f"/drivers/{pack}")
     emit_json(doc) if as_json else typer.echo(f"driver pack {safe(doc['name'])} deleted")
@@ -141,7 +147,7 @@ def _print_profile(p: dict[str, Any]) -> None:
 
 @profile_app.command("create")
 def profile_create(
-    name: str,
+    name: ProfileArg,
     pack: PackOpt = None,
     match: MatchOpt = None,
     os_family: FamilyOpt = None,
@@ -164,7 +170,7 @@ def profile_create(
 
 @profile_app.command("update")
 def profile_update(
-    name: str,
+    name: ProfileArg,
     pack: PackOpt = None,
     match: MatchOpt = None,
     os_family: Annotated[
@@ -193,21 +199,21 @@ def profile_list(as_json: JsonOpt = False) -> None:
 
 
 @profile_app.command("show")
-def profile_show(name: str, as_json: JsonOpt = False) -> None:
+def profile_show(name: ProfileArg, as_json: JsonOpt = False) -> None:
     """Show a driver profile."""
     doc = Api.from_login().get(f"/driver-profiles/{name}")
     emit_json(doc) if as_json else _print_profile(doc)
 
 
 @profile_app.command("delete")
-def profile_delete(name: str, as_json: JsonOpt = False) -> None:
+def profile_delete(name: ProfileArg, as_json: JsonOpt = False) -> None:
     """Delete a driver profile."""
     doc = Api.from_login().delete(f"/driver-profiles/{name}")
     emit_json(doc) if as_json else typer.echo(f"driver profile {safe(doc['name'])} deleted")
 
 
 @profile_app.command("test")
-def profile_test(name: str, as_json: JsonOpt = False) -> None:
+def profile_test(name: ProfileArg, as_json: JsonOpt = False) -> None:
     """The devices a profile matches today (by the facts they reported)."""
     rows = Api.from_login().get(f"/driver-profiles/{name}/devices")
     if as_json:

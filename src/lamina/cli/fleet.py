@@ -176,7 +176,7 @@ def device_list(
 
 
 @device_app.command("show")
-def device_show(device: str, as_json: JsonOpt = False) -> None:
+def device_show(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Show a device and its hardware facts (DMI, modaliases, disks, network)."""
     r = Api.from_login().get(f"/devices/{device}")
     if as_json:

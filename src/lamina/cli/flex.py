@@ -19,20 +19,51 @@ from lamina.errors import UsageError
 from lamina.protocol.flex import USB_CLASSES
 
 app = typer.Typer(
-    help="Flex: images, restriction policies, entitlements and instances (admin side).",
+    help="Flex: images, restriction policies, entitlements and instances (admin side).\n\n"
+    "Examples: lamina flex image register win11 ./win11.qcow2; lamina flex entitle office-win "
+    "--image win11 --policy standard --group staff",
     no_args_is_help=True,
 )
-image_app = typer.Typer(help="Flex images: register, list, show, delete.", no_args_is_help=True)
-policy_app = typer.Typer(help="Flex restriction policies.", no_args_is_help=True)
-entitlement_app = typer.Typer(help="Entitlements: who may run which image.", no_args_is_help=True)
-instance_app = typer.Typer(help="Flex instances out on laptops.", no_args_is_help=True)
-group_app = typer.Typer(help="Groups of users (entitlements name groups).", no_args_is_help=True)
+image_app = typer.Typer(
+    help="Flex images: register, list, show, delete.\n\n"
+    "Examples: lamina flex image register win11 ./win11.qcow2; lamina flex image show win11",
+    no_args_is_help=True,
+)
+policy_app = typer.Typer(
+    help="Flex restriction policies.\n\n"
+    "Examples: lamina flex policy create standard --lease 7d --usb hid; "
+    "lamina flex policy update standard --clipboard on",
+    no_args_is_help=True,
+)
+entitlement_app = typer.Typer(
+    help="Entitlements: who may run which image.\n\n"
+    "Examples: lamina flex entitlement list; "
+    "lamina flex entitlement update office-win --group staff --group contractors",
+    no_args_is_help=True,
+)
+instance_app = typer.Typer(
+    help="Flex instances out on laptops.\n\n"
+    "Examples: lamina flex instance list; lamina flex instance lock ID --message 'Call IT'",
+    no_args_is_help=True,
+)
+group_app = typer.Typer(
+    help="Groups of users (entitlements name groups).\n\n"
+    "Examples: lamina group create staff --member alice --member bob; lamina group add staff carol",
+    no_args_is_help=True,
+)
 app.add_typer(image_app, name="image")
 app.add_typer(policy_app, name="policy")
 app.add_typer(entitlement_app, name="entitlement")
 app.add_typer(instance_app, name="instance")
 
 UPLOAD_BLOCK = 1024 * 1024
+
+ImageArg = Annotated[str, typer.Argument(help="Flex image name.", show_default=False)]
+PolicyArg = Annotated[str, typer.Argument(help="Flex restriction policy name.", show_default=False)]
+EntitlementArg = Annotated[str, typer.Argument(help="Entitlement name.", show_default=False)]
+InstanceArg = Annotated[str, typer.Argument(help="Instance id.", show_default=False)]
+GroupArg = Annotated[str, typer.Argument(help="Group name.", show_default=False)]
+UsersArg = Annotated[list[str], typer.Argument(help="User names.", show_default=False)]
 
 
 def _show(doc: Any, as_json: bool, line: str) -> None:
@@ -52,7 +83,7 @@ def _stream(path: Path, advance: Any) -> Iterator[bytes]:
 
 @image_app.command("register")
 def image_register(
-    name: str,
+    name: ImageArg,
     path: Annotated[
         Path | None, typer.Argument(help="A disk (qcow2, raw, vmdk) or a VM folder (.vmx or XML).")
     ] = None,
@@ -130,7 +161,7 @@ def image_list(as_json: JsonOpt = False) -> None:
 
 
 @image_app.command("show")
-def image_show(name: str, as_json: JsonOpt = False) -> None:
+def image_show(name: ImageArg, as_json: JsonOpt = False) -> None:
     """Show an image's versions."""
     doc = Api.from_login().get(f"/flex/images/{name}")
     if as_json:
@@ -145,7 +176,7 @@ def image_show(name: str, as_json: JsonOpt = False) -> None:
 
 
 @image_app.command("delete")
-def image_delete(name: str) -> None:
+def image_delete(name: ImageArg) -> None:
     """Delete an image that no entitlement names (its data goes at the next gc)."""
     Api.from_login().delete(f"/flex/images/{name}")
     typer.echo(f"image {name} deleted")
@@ -237,7 +268,7 @@ def _policy_line(p: dict[str, Any]) -> str:
 
 @policy_app.command("create")
 def policy_create(
-    name: str,
+    name: PolicyArg,
     expires: Expires = None,
     valid_for: ValidFor = None,
     lease: LeaseOpt = None,
@@ -270,7 +301,7 @@ def policy_create(
 
 @policy_app.command("update")
 def policy_update(
-    name: str,
+    name: PolicyArg,
     expires: Expires = None,
     valid_for: ValidFor = None,
     no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Remove the expiry.")] = False,
@@ -314,14 +345,14 @@ def policy_list(as_json: JsonOpt = False) -> None:
 
 
 @policy_app.command("show")
-def policy_show(name: str, as_json: JsonOpt = False) -> None:
+def policy_show(name: PolicyArg, as_json: JsonOpt = False) -> None:
     """Show a restriction policy."""
     doc = Api.from_login().get(f"/flex/policies/{name}")
     _show(doc, as_json, _policy_line(doc))
 
 
 @policy_app.command("delete")
-def policy_delete(name: str) -> None:
+def policy_delete(name: PolicyArg) -> None:
     """Delete a policy no entitlement or instance uses."""
     Api.from_login().delete(f"/flex/policies/{name}")
     typer.echo(f"flex policy {name} deleted")
@@ -337,7 +368,9 @@ def _ent_line(e: dict[str, Any]) -> str:
 
 @app.command("entitle")
 def entitle(
-    name: str,
+    name: Annotated[
+        str, typer.Argument(help="A name for the new entitlement.", show_default=False)
+    ],
     image: Annotated[str, typer.Option(help="IMAGE[:VERSION] (latest when omitted).")],
     policy: Annotated[str, typer.Option(help="The flex restriction policy.")],
     user: Annotated[list[str] | None, typer.Option("--user", help="A user (repeat).")] = None,
@@ -382,7 +415,7 @@ def entitlement_list(as_json: JsonOpt = False) -> None:
 
 
 @entitlement_app.command("show")
-def entitlement_show(name: str, as_json: JsonOpt = False) -> None:
+def entitlement_show(name: EntitlementArg, as_json: JsonOpt = False) -> None:
     """Show an entitlement."""
     doc = Api.from_login().get(f"/flex/entitlements/{name}")
     _show(doc, as_json, _ent_line(doc))
@@ -390,7 +423,7 @@ def entitlement_show(name: str, as_json: JsonOpt = False) -> None:
 
 @entitlement_app.command("update")
 def entitlement_update(
-    name: str,
+    name: EntitlementArg,
     image: Annotated[str | None, typer.Option(help="IMAGE[:VERSION].")] = None,
     policy: Annotated[str | None, typer.Option(help="The flex restriction policy.")] = None,
     user: Annotated[
@@ -410,7 +443,7 @@ def entitlement_update(
 
 
 @entitlement_app.command("delete")
-def entitlement_delete(name: str) -> None:
+def entitlement_delete(name: EntitlementArg) -> None:
     """Delete an entitlement whose instances are all revoked."""
     Api.from_login().delete(f"/flex/entitlements/{name}")
     typer.echo(f"entitlement {name} deleted")
@@ -437,7 +470,7 @@ def instance_list(as_json: JsonOpt = False) -> None:
 
 
 @instance_app.command("show")
-def instance_show(instance: str, as_json: JsonOpt = False) -> None:
+def instance_show(instance: InstanceArg, as_json: JsonOpt = False) -> None:
     """Show an instance."""
     doc = Api.from_login().get(f"/flex/instances/{instance}")
     _show(doc, as_json, _inst_line(doc))
@@ -447,21 +480,25 @@ InstMessage = Annotated[str, typer.Option(help="Shown to the user.")]
 
 
 @instance_app.command("lock")
-def instance_lock(instance: str, message: InstMessage = "", as_json: JsonOpt = False) -> None:
+def instance_lock(
+    instance: InstanceArg, message: InstMessage = "", as_json: JsonOpt = False
+) -> None:
     """Lock an instance: it refuses to start after its next check-in."""
     doc = Api.from_login().post(f"/flex/instances/{instance}/lock", {"message": message})
     _show(doc, as_json, _inst_line(doc))
 
 
 @instance_app.command("unlock")
-def instance_unlock(instance: str, as_json: JsonOpt = False) -> None:
+def instance_unlock(instance: InstanceArg, as_json: JsonOpt = False) -> None:
     """Unlock a locked instance."""
     doc = Api.from_login().post(f"/flex/instances/{instance}/unlock", {"message": ""})
     _show(doc, as_json, _inst_line(doc))
 
 
 @instance_app.command("revoke")
-def instance_revoke(instance: str, message: InstMessage = "", as_json: JsonOpt = False) -> None:
+def instance_revoke(
+    instance: InstanceArg, message: InstMessage = "", as_json: JsonOpt = False
+) -> None:
     """Revoke an instance: at its next check-in the laptop deletes its key and disk."""
     doc = Api.from_login().post(f"/flex/instances/{instance}/revoke", {"message": message})
     _show(doc, as_json, _inst_line(doc))
@@ -469,7 +506,7 @@ def instance_revoke(instance: str, message: InstMessage = "", as_json: JsonOpt =
 
 @instance_app.command("set-policy")
 def instance_set_policy(
-    instance: str,
+    instance: InstanceArg,
     policy: Annotated[str | None, typer.Argument(help="The policy (omit with --clear).")] = None,
     clear: Annotated[
         bool, typer.Option("--clear", help="Back to the entitlement's policy.")
@@ -490,7 +527,7 @@ def _group_line(g: dict[str, Any]) -> str:
 
 @group_app.command("create")
 def group_create(
-    name: str,
+    name: GroupArg,
     member: Annotated[list[str] | None, typer.Option("--member", help="A user (repeat).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -511,28 +548,28 @@ def group_list(as_json: JsonOpt = False) -> None:
 
 
 @group_app.command("show")
-def group_show(name: str, as_json: JsonOpt = False) -> None:
+def group_show(name: GroupArg, as_json: JsonOpt = False) -> None:
     """Show a group."""
     doc = Api.from_login().get(f"/groups/{name}")
     _show(doc, as_json, _group_line(doc))
 
 
 @group_app.command("add")
-def group_add(name: str, users: list[str], as_json: JsonOpt = False) -> None:
+def group_add(name: GroupArg, users: UsersArg, as_json: JsonOpt = False) -> None:
     """Add users to a group."""
     doc = Api.from_login().post(f"/groups/{name}/members", {"members": users})
     _show(doc, as_json, _group_line(doc))
 
 
 @group_app.command("remove")
-def group_remove(name: str, users: list[str], as_json: JsonOpt = False) -> None:
+def group_remove(name: GroupArg, users: UsersArg, as_json: JsonOpt = False) -> None:
     """Remove users from a group."""
     doc = Api.from_login().post(f"/groups/{name}/members/remove", {"members": users})
     _show(doc, as_json, _group_line(doc))
 
 
 @group_app.command("delete")
-def group_delete(name: str) -> None:
+def group_delete(name: GroupArg) -> None:
     """Delete a group (its entitlements stop reaching its members)."""
     Api.from_login().delete(f"/groups/{name}")
     typer.echo(f"group {name} deleted")

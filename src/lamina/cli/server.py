@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("lamina.server")
 
 app = typer.Typer(
-    help="Run the Lamina server; on first start it creates the store and the user `admin`.",
+    help="Run the Lamina server; on first start it creates the store and the user `admin`.\n\n"
+    "Examples: lamina server --data /srv/lamina --host 0.0.0.0 --self-signed; "
+    "lamina server install-service --data /srv/lamina --host 0.0.0.0 --self-signed",
     invoke_without_command=True,
     no_args_is_help=False,
 )
