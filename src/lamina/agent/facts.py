@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 import socket
 from pathlib import Path
 
 from lamina import __version__
-from lamina.protocol.schemas import HardwareFacts
+from lamina.protocol.schemas import HOSTNAME, HardwareFacts
 
 _DMI = Path("/sys/class/dmi/id")
 
@@ -55,3 +56,10 @@ def gather(root: Path) -> HardwareFacts:
         disk_size=disk,
         agent_version=__version__,
     )
+
+
+def current_hostname(root: Path) -> str | None:
+    """The endpoint's hostname as the agent reports it at every cycle: ``/etc/hostname``
+    (or this machine's name), None when it is not one the server accepts."""
+    name = (_read(root / "etc/hostname") or socket.gethostname()).strip()[:255]
+    return name if re.fullmatch(HOSTNAME, name) else None

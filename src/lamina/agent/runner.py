@@ -146,10 +146,16 @@ class Agent:
         save_status(self.state_dir, self.status)
 
     def report(self, progress: dict[str, Any] | None = None) -> AgentConfig:
+        error = self.status.get("last_error")
         body = {
             "state": str(self.status.get("state", "idle")),
             "progress": progress or {},
             "disk_free": _disk_free(Path(self.st.root)),
+            # What the server turns into events (agent error, clock skew) and the
+            # hostname it shows (refreshed at every report).
+            "last_error": str(error)[:1024] if error else None,
+            "clock": dt.datetime.now(dt.UTC).isoformat(),
+            "hostname": facts.current_hostname(Path(self.st.root)),
         }
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)

@@ -23,6 +23,7 @@ from lamina.protocol.schemas import (
     TokenPublic,
 )
 from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
+from lamina.server.services import agent_events
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store.keys import ChunkingSecret
@@ -330,7 +331,14 @@ def agent_config(
     with write_tx(engine) as c:
         values: dict[str, Any] = {"last_seen": now()}
         if state is not None:
-            values["agent_state"] = state
+            old = c.execute(
+                select(devices.c.hostname, devices.c.agent_state).where(devices.c.id == device.id)
+            ).one()
+            if state.get("hostname"):
+                values["hostname"] = state["hostname"]
+            values["agent_state"] = agent_events.on_report(
+                c, values.get("hostname", old.hostname), old.agent_state or {}, state
+            )
         c.execute(update(devices).where(devices.c.id == device.id).values(**values))
         d = c.execute(select(devices).where(devices.c.id == device.id)).one()
         cvd = _cvd_of(c, device.id)
