@@ -193,7 +193,11 @@ class Agent:
                 else {}
             )
             started = time.monotonic()
-            res = run_sync(self.client, self.st, self.state_dir, cfg, progress, extra)
+            last = self.status.get("last_sync_stats") or {}
+            expected = last.get("bytes") if isinstance(last.get("bytes"), int) else None
+            res = run_sync(
+                self.client, self.st, self.state_dir, cfg, progress, extra, expected_bytes=expected
+            )
         except LaminaError as e:
             self._save(state="error", last_error=e.message)
             log.warning("sync failed: %s", e.message)
