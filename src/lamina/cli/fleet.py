@@ -100,6 +100,8 @@ def token_revoke(
 
 #: The health states the console's dashboard counts (``services/dashboard.py``).
 STATES = ("pending", "online", "offline", "failing", "lowdisk")
+
+
 def _complete_state(incomplete: str) -> list[str]:
     return [s for s in STATES if s.startswith(incomplete)]
 

@@ -143,8 +143,9 @@ def byte_progress(what: str, total: int | None = None, log_every: float = 10.0) 
         started = last = time.monotonic()
         done = files = 0
 
-        def log_advance(nfiles: int, nbytes: int) -> None:
-            nonlocal done, files, last
+        def log_advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
+            nonlocal done, files, last, total
+            total = new_total or total
             files += nfiles
             done += nbytes
             at = time.monotonic()
@@ -156,10 +157,9 @@ def byte_progress(what: str, total: int | None = None, log_every: float = 10.0) 
         yield log_advance
         return
     columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn()]
-    if total:
-        columns.append(TaskProgressColumn())
+    columns.append(TaskProgressColumn())  # blank while the total is unknown
     columns += [DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[files]} files")]
-    columns.append(TimeRemainingColumn() if total else TimeElapsedColumn())
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
     progress = Progress(
         *columns,
         console=err_console,
@@ -172,9 +172,12 @@ def byte_progress(what: str, total: int | None = None, log_every: float = 10.0) 
         task = progress.add_task(what, total=total, files=0)
         nfiles_done = 0
 
-        def advance(nfiles: int, nbytes: int) -> None:
+        def advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
+            """Count ``nfiles`` and ``nbytes`` more; ``new_total``: the total, once known."""
             nonlocal nfiles_done
             nfiles_done += nfiles
+            if new_total:
+                progress.update(task, total=new_total)
             progress.update(task, advance=nbytes, files=nfiles_done)
 
         yield advance
