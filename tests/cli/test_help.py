@@ -171,3 +171,19 @@ def test_shell_completion_scripts_are_produced_and_complete(shell: str, tmp_path
     answer = subprocess.run(lamina, capture_output=True, text=True, env={**env, **ask})
     assert answer.returncode == 0
     assert "device" in answer.stdout
+
+
+def test_state_filters_complete_to_the_dashboards_states() -> None:
+    env = {
+        **os.environ,
+        "_LAMINA_COMPLETE": "complete_bash",
+        "COMP_WORDS": "lamina device list --state o",
+        "COMP_CWORD": "4",
+    }
+    lamina = [
+        sys.executable,
+        "-c",
+        "import sys; from lamina.cli import main; sys.argv[0] = 'lamina'; main()",
+    ]
+    p = subprocess.run(lamina, capture_output=True, text=True, env=env)
+    assert p.stdout.split() == ["online", "offline"]

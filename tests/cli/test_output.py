@@ -203,3 +203,21 @@ def test_help_on_a_terminal_keeps_its_styling(tmp_path: Path) -> None:
     assert rc == 0, out
     assert "Usage:" in out and "\x1b[" in out
     assert "\\x1b" not in out
+
+
+def test_progress_off_a_terminal_is_periodic_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal, progress is one line per period with percent, bytes, files and
+    the time left (a backup counts its work first, so there is a total)."""
+    from lamina.cli.output import byte_progress, progress_line
+
+    with byte_progress("backing up", total=4096, log_every=0.0) as advance:
+        advance(1, 1024)
+        advance(1, 1024)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("backing up: 25% 1.0 KiB of 4.0 KiB, 1 files")
+    assert lines[1].startswith("backing up: 50% 2.0 KiB of 4.0 KiB, 2 files")
+    assert progress_line("restoring", 50, 1, 100, 10.0) == (
+        "restoring: 50% 50 B of 100 B, 1 files, 5 B/s, about 0:00:10 left"
+    )
+    assert progress_line("syncing", 50, 3, None, 1.0) == "syncing: 50 B, 3 files, 50 B/s"

@@ -178,3 +178,48 @@ def test_events_list_and_ack(live: Live) -> None:
     assert r.status_code == 200 and r.json()["acknowledged_by"] == "admin"
     assert admin.get("/events", params={"pending": True}).json() == []
     assert admin.post(f"/events/{rows[0]['id']}/ack").status_code == 409
+
+
+def test_agent_reports_become_events_once_and_refresh_the_hostname(live: Live) -> None:
+    import datetime as dt
+
+    pc = live.device("pc1")
+    admin = live.login()
+
+    def report(**body: object) -> None:
+        r = pc.client.post("/agent/config", json={"state": "idle", **body})
+        assert r.status_code == 200, r.text
+
+    def messages() -> list[tuple[str, str, str]]:
+        return [
+            (e["severity"], e["target"], e["message"])
+            for e in reversed(admin.get("/events", params={"pending": True}).json())
+        ]
+
+    now = dt.datetime.now(dt.UTC)
+    report(state="error", last_error="sync failed: server unreachable", clock=now.isoformat())
+    report(state="error", last_error="sync failed: server unreachable", clock=now.isoformat())
+    report(disk_free=1024**3, clock=now.isoformat())
+    report(disk_free=512 * 1024**2, clock=now.isoformat())  # still low: no second event
+    report(clock=(now + dt.timedelta(hours=1)).isoformat())
+    report(clock=(now + dt.timedelta(hours=1)).isoformat())
+    assert messages() == [
+        ("error", "pc1", "agent error: sync failed: server unreachable"),
+        ("warning", "pc1", "disk low: 1.0 GiB free"),
+        ("warning", "pc1", "clock skew: the endpoint's clock is 60 min off the server's"),
+    ]
+    # A changed /etc/hostname shows at the next report.
+    report(hostname="pc1-renamed")
+    assert [d["hostname"] for d in admin.get("/devices").json()] == ["pc1-renamed"]
+    bad = pc.client.post("/agent/config", json={"state": "idle", "hostname": "bad\x1bname"})
+    assert bad.status_code == 400
+    # A task the agent reports failed is an event too.
+    task = admin.post(f"/cvds/{pc.cvd_id}/sync").json()
+    work = pc.client.get("/agent/work").json()
+    assert [w["task_id"] for w in work] == [task["id"]]
+    r = pc.client.post(
+        f"/agent/tasks/{task['id']}",
+        json={"progress": 100, "state": "failed", "message": "disk full"},
+    )
+    assert r.status_code == 200, r.text
+    assert messages()[-1] == ("error", pc.cvd_id, "task sync failed: disk full")

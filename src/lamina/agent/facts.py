@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from lamina import __version__
 from lamina.errors import UsageError
 from lamina.layers.drivers import DMI_FIELDS
-from lamina.protocol.schemas import MAX_FACT_ITEMS, MAX_MODALIASES, HardwareFacts
+from lamina.protocol.schemas import HOSTNAME, MAX_FACT_ITEMS, MAX_MODALIASES, HardwareFacts
 
 SYSFS = Path("/sys")
 #: A sysfs attribute is one short line; a longer one is not what we look for.
@@ -210,3 +210,10 @@ def load_override(path: Path) -> dict[str, Any]:
     except ValidationError as e:
         raise UsageError(f"the facts file {path} is not valid: {_first_error(e)}") from e
     return doc
+
+
+def current_hostname(root: Path) -> str | None:
+    """The endpoint's hostname as the agent reports it at every cycle: ``/etc/hostname``
+    (or this machine's name), None when it is not one the server accepts."""
+    name = (_read(root / "etc/hostname") or socket.gethostname()).strip()[:255]
+    return name if re.fullmatch(HOSTNAME, name) else None

@@ -175,10 +175,16 @@ class Agent:
         save_status(self.state_dir, self.status)
 
     def report(self, progress: dict[str, Any] | None = None) -> AgentConfig:
+        error = self.status.last_error
         body: dict[str, Any] = {
             "state": self.status.state,
             "progress": progress or {},
             "disk_free": _disk_free(Path(self.st.root)),
+            # What the server turns into events (agent error, clock skew) and the
+            # hostname it shows (refreshed at every report).
+            "last_error": str(error)[:1024] if error else None,
+            "clock": dt.datetime.now(dt.UTC).isoformat(),
+            "hostname": facts.current_hostname(Path(self.st.root)),
         }
         if self._facts_due:
             try:
@@ -220,7 +226,11 @@ class Agent:
                 else {}
             )
             started = time.monotonic()
-            res = run_sync(self.client, self.st, self.state_dir, cfg, progress, extra)
+            last = self.status.last_sync_stats
+            expected = last.bytes if last is not None else None
+            res = run_sync(
+                self.client, self.st, self.state_dir, cfg, progress, extra, expected_bytes=expected
+            )
         except LaminaError as e:
             self._save(state="error", last_error=e.message)
             log.warning("sync failed: %s", e.message)

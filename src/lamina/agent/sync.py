@@ -120,7 +120,10 @@ def run_sync(
     cfg: AgentConfig,
     progress: Callable[[dict[str, Any]], None] | None = None,
     extra_stats: dict[str, Any] | None = None,
+    expected_bytes: int | None = None,
 ) -> SyncResult:
+    """Scan, upload and commit. ``expected_bytes`` (the last snapshot's size) is the
+    estimate later syncs show progress against: only the first walks the tree first."""
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
     exclude, prune = protected_area(policy, for_os(os_release(root)), root, state_dir)
@@ -131,10 +134,11 @@ def run_sync(
             progress({"phase": "centralizing", "percent": 0, **counters})
 
     def snapshot() -> dict[str, Any]:
-        total = counters.get("total_bytes")
+        total = counters.get("total_bytes") or expected_bytes
         pct = min(99, int(100 * counters["bytes"] / total)) if total else None
         phase = "centralizing" if "total_bytes" in counters else "syncing"
-        return {"phase": phase, **({"percent": pct} if pct is not None else {}), **counters}
+        known = {"percent": pct, "expected_bytes": total} if pct is not None else {}
+        return {"phase": phase, **known, **counters}
 
     def on_file(nfiles: int, nbytes: int) -> None:
         counters["files"] += nfiles

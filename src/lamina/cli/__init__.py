@@ -152,6 +152,8 @@ app.add_typer(flex_client.app, name="flex-client")
 #: An example or two under each group's help (`lamina GROUP --help`); test_help.py
 #: checks every group has one.
 GROUP_EXAMPLES = {
+    "server": "lamina server --data /srv/lamina --host 0.0.0.0 --self-signed; "
+    "lamina server install-service --data /srv/lamina --host 0.0.0.0 --self-signed",
     "store": "lamina store init --data ./backups; lamina store check --read-data --data ./backups",
     "snapshot": "lamina snapshot create /etc --data ./backups; "
     "lamina snapshot restore latest --output /tmp/etc --data ./backups",

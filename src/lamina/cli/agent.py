@@ -205,7 +205,14 @@ def _run(
         seen = {"bytes": 0, "files": 0}
 
         def show(p: dict[str, Any]) -> None:
-            advance(p.get("files", 0) - seen["files"], p.get("bytes", 0) - seen["bytes"])
+            # The first sync walks the tree first (total_bytes); later ones expect the
+            # last snapshot's size (expected_bytes).
+            total = p.get("total_bytes") or p.get("expected_bytes")
+            advance(
+                p.get("files", 0) - seen["files"],
+                p.get("bytes", 0) - seen["bytes"],
+                total if isinstance(total, int) else None,
+            )
             seen.update(files=p.get("files", 0), bytes=p.get("bytes", 0))
 
         agent = Agent(state, on_progress=show, insecure=insecure, boot_check=check)

@@ -100,11 +100,18 @@ def token_revoke(
 
 #: The health states the console's dashboard counts (``services/dashboard.py``).
 STATES = ("pending", "online", "offline", "failing", "lowdisk")
+
+
+def _complete_state(incomplete: str) -> list[str]:
+    return [s for s in STATES if s.startswith(incomplete)]
+
+
 StateFilterOpt = Annotated[
     str | None,
     typer.Option(
         "--state",
         help="Only devices in this state: pending, online, offline, failing or lowdisk.",
+        autocompletion=_complete_state,
     ),
 ]
 

@@ -121,3 +121,5 @@ def setup_logging(fmt: str, level: str, verbose: bool = False, quiet: bool = Fal
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # One line per request only with --verbose: /metrics counts them otherwise.
+    logging.getLogger("uvicorn.access").setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, NoReturn
@@ -25,8 +26,10 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
@@ -115,32 +118,67 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+def progress_line(what: str, done: int, files: int, total: int | None, seconds: float) -> str:
+    """One line of progress for a log: percent, bytes, files, speed and time left."""
+    rate = done / seconds if seconds > 0 else 0.0
+    parts = [f"{what}:"]
+    if total:
+        parts.append(
+            f"{min(100, int(100 * done / total))}% {human_bytes(done)} of {human_bytes(total)},"
+        )
+    else:
+        parts.append(f"{human_bytes(done)},")
+    parts.append(f"{files} files, {human_bytes(rate)}/s")
+    if total and rate > 0 and done < total:
+        left = int((total - done) / rate)
+        parts.append(f", about {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left")
+    return " ".join(parts).replace(" ,", ",")
+
+
 @contextmanager
-def byte_progress(what: str, total: int | None = None) -> Iterator[Any]:
-    """A progress bar over files and bytes; silent when stderr is not a terminal."""
+def byte_progress(what: str, total: int | None = None, log_every: float = 10.0) -> Iterator[Any]:
+    """Progress over files and bytes: on a terminal a bar (with a total: percent and time
+    left); elsewhere (a log, a pipe) one line on stderr every ``log_every`` seconds."""
+    if not err_console.is_terminal:
+        started = last = time.monotonic()
+        done = files = 0
+
+        def log_advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
+            nonlocal done, files, last, total
+            total = new_total or total
+            files += nfiles
+            done += nbytes
+            at = time.monotonic()
+            if at - last >= log_every:
+                last = at
+                sys.stderr.write(progress_line(what, done, files, total, at - started) + "\n")
+                sys.stderr.flush()
+
+        yield log_advance
+        return
+    columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn()]
+    columns.append(TaskProgressColumn())  # blank while the total is unknown
+    columns += [DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[files]} files")]
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
     progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("{task.fields[files]} files"),
-        TimeElapsedColumn(),
+        *columns,
         console=err_console,
         transient=True,
-        disable=not err_console.is_terminal,
         # What commands print meanwhile goes through SafeStream, not Rich's ANSI decoder.
         redirect_stdout=False,
         redirect_stderr=False,
     )
     with progress:
         task = progress.add_task(what, total=total, files=0)
-        files = 0
+        nfiles_done = 0
 
-        def advance(nfiles: int, nbytes: int) -> None:
-            nonlocal files
-            files += nfiles
-            progress.update(task, advance=nbytes, files=files)
+        def advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
+            """Count ``nfiles`` and ``nbytes`` more; ``new_total``: the total, once known."""
+            nonlocal nfiles_done
+            nfiles_done += nfiles
+            if new_total:
+                progress.update(task, total=new_total)
+            progress.update(task, advance=nbytes, files=nfiles_done)
 
         yield advance
 

@@ -106,11 +106,7 @@ def server(
     verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Start the Lamina server. On first start it creates the store and the user `admin`.
-
-    Examples: lamina server --data /srv/lamina --host 0.0.0.0 --self-signed;
-    lamina server install-service --data /srv/lamina --host 0.0.0.0 --self-signed
-    """
+    """Start the Lamina server. On first start it creates the store and the user `admin`."""
     if ctx.invoked_subcommand is not None:
         return
     if (tls_cert is None) != (tls_key is None):

@@ -54,6 +54,10 @@ def _exclude(patterns: list[str]):  # type: ignore[no-untyped-def]
     return match
 
 
+def _nothing(_rel: bytes, _is_dir: bool) -> bool:
+    return False
+
+
 @app.command()
 def create(
     path: Annotated[Path, typer.Argument(help="The folder to back up.")],
@@ -78,13 +82,21 @@ def create(
         cache = loc.cache_dir / (
             "files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite"
         )
-        with byte_progress("backing up") as advance:
+        # The agent's walk (its modules load pydantic schemas: imported here, not at
+        # the top, so that other commands do not pay for them).
+        from lamina.agent.sync import estimate
+
+        excluded = _exclude(exclude or [])
+        # A walk of the metadata first (as the agent's first sync does), so the bar has
+        # a total, a percentage and the time left.
+        _, total = estimate(path, excluded or _nothing, lambda _rel: False)
+        with byte_progress("backing up", total=total) as advance:
             result = backup(
                 s,
                 path,
                 source=src,
                 cache_path=cache,
-                exclude=_exclude(exclude or []),
+                exclude=excluded,
                 progress=advance,
             )
     finally:

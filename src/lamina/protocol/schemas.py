@@ -398,3 +398,9 @@ class AgentStatusReport(Strict):
     disk_free: int | None = Field(None, ge=0)
     #: Fresh hardware facts (sent at the agent's start and after every sync).
     facts: HardwareFacts | None = None
+    #: Why the agent is in state "error" (a failed sync...): becomes an event.
+    last_error: str | None = Field(None, max_length=1024)
+    #: The agent's clock when it sent this: a skew becomes an event.
+    clock: dt.datetime | None = None
+    #: The endpoint's hostname now (/etc/hostname): refreshes the device's.
+    hostname: str | None = Field(None, min_length=1, max_length=255, pattern=HOSTNAME)

@@ -4,8 +4,9 @@ and the Prometheus metrics."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from lamina.errors import AuthError, NotFoundError
@@ -99,11 +100,11 @@ def status(ctx: Ctx, caller: Caller) -> StatusPublic:
 def fleet(
     ctx: Ctx,
     caller: Caller,
-    state: str = "",
-    search: str = "",
-    sort: str = "hostname",
-    page: int = 1,
-    size: int = dashboard.MAX_PAGE,
+    state: Annotated[str, Query(max_length=16)] = "",
+    search: Annotated[str, Query(max_length=255)] = "",
+    sort: Annotated[str, Query(max_length=16)] = "hostname",
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    size: Annotated[int, Query(ge=1, le=dashboard.MAX_PAGE)] = dashboard.MAX_PAGE,
 ) -> FleetPage:
     q = dashboard.DeviceQuery(search=search, health=state, sort=sort, page=page, size=size)
     p = dashboard.device_page(ctx.engine, caller, q)
@@ -136,13 +137,18 @@ def fleet(
 
 @router.get("/events", summary="Events, newest first (pending: only unacknowledged ones)")
 def list_events(
-    ctx: Ctx, caller: Caller, pending: bool = False, limit: int = 100
+    ctx: Ctx,
+    caller: Caller,
+    pending: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EventPublic]:
     return [EventPublic(**vars(e)) for e in events.list_events(ctx.engine, caller, pending, limit)]
 
 
 @router.post("/events/{event_id}/ack", summary="Acknowledge an event")
-def ack_event(event_id: int, ctx: Ctx, caller: Caller) -> AckPublic:
+def ack_event(
+    event_id: Annotated[int, Path(ge=1, le=2**63 - 1)], ctx: Ctx, caller: Caller
+) -> AckPublic:
     events.acknowledge(ctx.engine, caller, event_id)
     return AckPublic(id=event_id, acknowledged_by=caller.name)
 

@@ -51,12 +51,11 @@ from lamina.db.stores import last_gc
 from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import PolicySettings
 from lamina.server.security import Principal
+from lamina.server.services.agent_events import LOW_DISK
 from lamina.server.services.common import aware, now
 from lamina.server.services.events import unacknowledged
 from lamina.server.services.fleet import ACTIVE, PENDING
 
-#: Below this many free bytes an endpoint counts as low on disk.
-LOW_DISK = 2 * 1024**3
 HEALTH = ("pending", "online", "offline", "failing", "lowdisk")
 SORTS = {
     "hostname": devices.c.hostname,

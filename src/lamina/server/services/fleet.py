@@ -34,7 +34,7 @@ from lamina.protocol.schemas import (
     TokenPublic,
 )
 from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
-from lamina.server.services import flex_manage
+from lamina.server.services import agent_events, flex_manage
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store.keys import ChunkingSecret
@@ -400,11 +400,18 @@ def agent_config(
     """The device's status and, once it has an active CVD, its policy and the chunking secret.
 
     ``facts`` (sent at the agent's start and after each sync) replace the device's
-    facts; the device's hostname column stays the one it enrolled with."""
+    facts; the hostname the agent reports with its state refreshes the device's."""
     with write_tx(engine) as c:
         values: dict[str, Any] = {"last_seen": now()}
         if state is not None:
-            values["agent_state"] = state
+            old = c.execute(
+                select(devices.c.hostname, devices.c.agent_state).where(devices.c.id == device.id)
+            ).one()
+            if state.get("hostname"):
+                values["hostname"] = state["hostname"]
+            values["agent_state"] = agent_events.on_report(
+                c, values.get("hostname", old.hostname), old.agent_state or {}, state
+            )
         if facts is not None:
             values["facts"] = facts.model_dump()
         c.execute(update(devices).where(devices.c.id == device.id).values(**values))

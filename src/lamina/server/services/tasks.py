@@ -27,6 +27,7 @@ from lamina.errors import ConflictError, ForbiddenError, NotFoundError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
 from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
+from lamina.server.services import agent_events
 from lamina.server.services.common import audit, aware, find_by_id, new_id, now
 
 QUEUED, RUNNING, WAITING, DONE, FAILED = (
@@ -190,6 +191,8 @@ def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> 
                 values["finished"] = now()
         if rep.result:
             values["result"] = rep.result
+        if rep.state == FAILED and r.state != FAILED:
+            agent_events.task_failed(c, r.kind, r.cvd_id or device.name, rep.message)
         c.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
         return public(c.execute(select(tasks).where(tasks.c.id == task_id)).one())
 

@@ -1,0 +1,73 @@
+"""Events from what agents report: failures an administrator should see.
+
+Each agent report (``POST /agent/config``) is compared with the one before it, in the
+same transaction that stores it, and a change for the worse becomes one event:
+
+- ``error``, "agent error: ..." when the agent enters its error state or reports a
+  different error (a failed sync; the same error again adds nothing);
+- ``warning``, "disk low: ..." when free space falls below ``LOW_DISK``;
+- ``warning``, "clock skew: ..." when the agent's clock is more than ``MAX_SKEW`` away
+  from the server's (snapshot times and retention depend on it);
+- a task the agent reports failed (a restore, or a revert or layer update whose
+  apply at boot failed): ``error``, "task KIND failed: ..." (``task_failed``).
+
+The report also refreshes the device's hostname (a changed ``/etc/hostname`` shows in
+``lamina device list`` at the next cycle).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Connection
+
+from lamina.server.services.common import now
+from lamina.server.services.events import record
+
+#: Below this many free bytes an endpoint counts as low on disk.
+LOW_DISK = 2 * 1024**3
+MAX_SKEW = dt.timedelta(minutes=5)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB"
+
+
+def on_report(
+    c: Connection, hostname: str, before: dict[str, Any], after: dict[str, Any]
+) -> dict[str, Any]:
+    """Record the events ``after`` (this report) brings over ``before`` (the stored one);
+    return ``after`` with what the server worked out (``clock_skew``) added."""
+    after = dict(after)
+    err = after.get("last_error")
+    if (
+        after.get("state") == "error"
+        and err
+        and (before.get("state") != "error" or before.get("last_error") != err)
+    ):
+        record(c, "error", "agent", hostname, f"agent error: {err}")
+    free, was = after.get("disk_free"), before.get("disk_free")
+    if isinstance(free, int) and free < LOW_DISK and not (isinstance(was, int) and was < LOW_DISK):
+        record(c, "warning", "agent", hostname, f"disk low: {_gib(free)} free")
+    clock = after.get("clock")
+    skew = None
+    if isinstance(clock, dt.datetime):
+        skew = abs((clock if clock.tzinfo else clock.replace(tzinfo=dt.UTC)) - now())
+        after["clock"] = clock.isoformat()
+    skewed = skew is not None and skew > MAX_SKEW
+    if skew is not None and skewed and not before.get("clock_skew"):
+        record(
+            c,
+            "warning",
+            "agent",
+            hostname,
+            f"clock skew: the endpoint's clock is {round(skew.total_seconds() / 60)} min off "
+            "the server's",
+        )
+    after["clock_skew"] = skewed
+    return after
+
+
+def task_failed(c: Connection, kind: str, target: str, message: str) -> None:
+    record(c, "error", "task", target, f"task {kind} failed: {message}"[:2000])

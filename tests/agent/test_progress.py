@@ -1,0 +1,35 @@
+"""Agent syncs after the first report progress against the last snapshot's size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lamina.agent.runner import Agent, enroll
+from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
+
+
+def test_later_syncs_report_a_percentage(live: Live, tmp_path: Path) -> None:  # noqa: F811
+    admin = live.login()
+    assert admin.post("/policies", json={"name": "std"}).status_code == 201
+    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+    root, state = tmp_path / "root", tmp_path / "state"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("progress-host\n")
+    for i in range(3):
+        (root / f"file{i}.bin").write_bytes(bytes([i]) * 200_000)
+    enroll(live.url, token, root, state)
+    seen: list[dict[str, Any]] = []
+    agent = Agent(state, on_progress=seen.append)
+    try:
+        assert agent.cycle(force_sync=True)["synced"]
+        first_total = agent.status["last_sync_stats"]["bytes"]
+        seen.clear()
+        (root / "file0.bin").write_bytes(b"changed" * 50_000)
+        assert agent.cycle(force_sync=True)["synced"]
+    finally:
+        agent.close()
+    later = [p for p in seen if p.get("phase") == "syncing"]
+    assert later, seen
+    assert all(p.get("expected_bytes") == first_total for p in later)
+    assert all(0 <= p["percent"] <= 99 for p in later)
