@@ -81,3 +81,15 @@ def test_rebuilds_its_index_from_the_packs(store: Store) -> None:
         before.raw_bytes,
     )
     assert check(store, [snapshot_roots(store.catalog)], references, read_data=True).ok
+
+
+def test_a_forgotten_snapshot_leaves_a_marker_rebuild_respects(store: Store) -> None:
+    first, second = (str(s["id"]) for s in _expected())
+    assert store.forget([first]) == 1
+    assert store.forgotten() == {first}
+    assert [n for n, _ in store.backend.list("forgotten/")] == [f"forgotten/{first}"]
+    with store.catalog.engine.begin() as c:  # type: ignore[attr-defined]
+        c.exec_driver_sql("DELETE FROM snapshots")
+    rep = rebuild_index(store, references)
+    assert [s.id for s in store.catalog.snapshots()] == [second]
+    assert rep.snapshots_recovered == 1
