@@ -48,7 +48,9 @@ def _source(root: Path, version: int) -> None:
     if version == 2:
         (root / "added.txt").write_text("only in the second snapshot\n")
     for p in [root, *root.rglob("*")]:
-        os.utime(p, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000), follow_symlinks=False)
+        os.utime(
+            p, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000), follow_symlinks=False
+        )
 
 
 def manifest(root: Path) -> dict[str, list[Any]]:
