@@ -47,10 +47,10 @@ from lamina.agent import staging
 from lamina.agent.stream import stream_user_data
 from lamina.db.stores import StoreLocation, init_store
 from lamina.layers.rules import builtin
-from lamina.tree.paths import walk
 from lamina.protocol.schemas import PolicySettings
 from lamina.store.repository import Store
 from lamina.tree.backup import backup
+from lamina.tree.paths import walk
 
 DEFAULT_WORK = BENCH / "work" / "migrate"
 DEFAULT_RESULTS = BENCH / "results-migrate.json"

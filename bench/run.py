@@ -935,18 +935,13 @@ def prepare_work(work: Path) -> None:
     work.mkdir(parents=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    start_load = list(os.getloadavg())
-    started = dt.datetime.now(dt.UTC)
-    work: Path = args.work.resolve()
-    env = clean_env()
-
-    # -- tools
+def find_tools(
+    names: Sequence[str], work: Path, env: dict[str, str]
+) -> tuple[list[Tool], dict[str, str]]:
+    """The tools that run here, and why the others are skipped (nothing is installed)."""
     tools: list[Tool] = []
     skipped: dict[str, str] = {}
-    for name in args.tool_names:
+    for name in names:
         t = TOOL_CLASSES[name](work, env)
         try:
             ver = t.available()
@@ -963,14 +958,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         t.version = ver
         tools.append(t)
         say(f"{name}: {ver.splitlines()[0]}")
-    if not tools:
-        say("no tool to benchmark", "bold red")
-        return 2
+    return tools, skipped
 
-    prepare_work(work)
-    run = Run(args, work, tools)
 
-    # -- corpus
+@dataclasses.dataclass
+class Corpus:
+    path: Path
+    size: TreeSize
+    extra: dict[str, Any]
+    groups: list[Any]
+
+
+def make_corpus(args: argparse.Namespace, work: Path) -> Corpus:
+    """Copy the corpus the run backs up (a share of /usr, or --corpus) and read it once."""
     corpus = work / "corpus"
     groups = [(os.fspath(args.corpus.resolve()), 1.0)] if args.corpus else DEFAULT_GROUPS
     if args.corpus and not args.corpus.is_dir():
@@ -984,17 +984,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     t0 = time.perf_counter()
     base = os.fspath(args.corpus.resolve()) if args.corpus else "/"
-    corpus_extra, group_reports = build_corpus(corpus, groups, budget, base)
-    c_size = tree_size(corpus)
+    extra, group_reports = build_corpus(corpus, groups, budget, base)
+    size = tree_size(corpus)
     say(
-        f"  {c_size.files} files, {c_size.dirs} folders, {c_size.symlinks} symlinks, "
-        f"{human_bytes(c_size.apparent)} ({human_bytes(c_size.disk)} on disk) "
+        f"  {size.files} files, {size.dirs} folders, {size.symlinks} symlinks, "
+        f"{human_bytes(size.apparent)} ({human_bytes(size.disk)} on disk) "
         f"in {time.perf_counter() - t0:.1f} s"
     )
     warm = warm_up(corpus)
     say(f"  warm-up read: {warm:.1f} s")
+    return Corpus(corpus, size, extra, list(group_reports))
 
-    # -- init (untimed in the table, recorded)
+
+def figure_init(run: Run) -> None:
+    """init (untimed in the table, recorded)."""
     say("init", "bold")
 
     def init(t: Tool) -> None:
@@ -1003,24 +1006,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run.each("init", init)
 
-    # -- 1. initial backup
+
+def figure_initial_backup(run: Run, corpus: Path) -> None:
     say("1. initial backup", "bold")
     step_backup(run, "initial_backup_s", corpus, "s1")
     record_size(run, "size_after_initial")
 
-    # -- fixed cost per invocation
+
+def figure_fixed_cost(run: Run) -> None:
+    """The fixed cost of one invocation: open the store and list it, best of three."""
+
     def noop(t: Tool) -> None:
         best = min(t.noop().seconds for _ in range(3))
         run.record("open_list_s", t, best)
 
     run.each("open_list_s", noop)
 
-    # -- 2. unchanged
+
+def figure_unchanged(run: Run, corpus: Path) -> None:
     say("2. re-backup, nothing changed", "bold")
     step_backup(run, "unchanged_backup_s", corpus, "s2")
 
-    # -- 3. ~1% change
-    changes = mutate(corpus, 0.01, args.seed, replace_half=False)
+
+def figure_changed(run: Run, corpus: Path, seed: int) -> dict[str, Any]:
+    """About 1% of the files changed: the backup's time and the store's growth."""
+    changes = mutate(corpus, 0.01, seed, replace_half=False)
     say(
         f"3. backup after changing {changes['modified']} files "
         f"(+{changes['added']} new, -{changes['deleted']} deleted, "
@@ -1033,8 +1043,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         a, b = size_of(run, t, "size_after_initial"), size_of(run, t, "size_after_change")
         run.record("change_growth_bytes", t, None if a is None or b is None else b - a)
         run.record("store_bytes", t, b)
+    return changes
 
-    # -- 4. restore
+
+def figure_restore(run: Run, corpus: Path, work: Path) -> None:
+    """A full restore of the latest snapshot, verified against the corpus."""
     say("4. full restore of the latest snapshot", "bold")
     t0 = time.perf_counter()
     expected = manifest(corpus)
@@ -1073,19 +1086,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run.each("restore_s", restore)
 
-    # -- 5. sizes (recorded after step 3)
+
+def _extra_stats(run: Run, t: Tool, key: str) -> None:
+    try:
+        run.details[t.name][key] = t.extra_stats()
+    except (CommandFailed, json.JSONDecodeError, OSError) as e:
+        warn(f"{t.name}: could not read its own statistics: {e}")
+
+
+def figure_sizes(run: Run) -> None:
+    """Store sizes, recorded after the changed backup."""
     say("5. store sizes", "bold")
     for t in run.live():
         say(f"  {t.name:<7} {human_bytes(size_of(run, t, 'size_after_change') or 0)}")
-        try:
-            run.details[t.name]["stats_after_change"] = t.extra_stats()
-        except (CommandFailed, json.JSONDecodeError, OSError) as e:
-            warn(f"{t.name}: could not read its own statistics: {e}")
+        _extra_stats(run, t, "stats_after_change")
 
-    # -- 6. a second endpoint, 95% similar
+
+def figure_second_endpoint(run: Run, corpus: Path, work: Path, seed: int) -> dict[str, Any]:
+    """A second endpoint, 95% like the first: what it adds to the store."""
     corpus2 = work / "corpus2"
     copy_tree(corpus, corpus2)
-    changes2 = mutate(corpus2, 0.05, args.seed + 1, replace_half=True)
+    changes2 = mutate(corpus2, 0.05, seed + 1, replace_half=True)
     warm_up(corpus2)
     say(
         f"6. second endpoint: {changes2['modified']} files changed "
@@ -1098,14 +1119,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in run.live():
         a, b = size_of(run, t, "size_after_change"), size_of(run, t, "size_after_endpoint2")
         run.record("endpoint2_growth_bytes", t, None if a is None or b is None else b - a)
-        try:
-            run.details[t.name]["stats_after_endpoint2"] = t.extra_stats()
-        except (CommandFailed, json.JSONDecodeError, OSError) as e:
-            warn(f"{t.name}: could not read its own statistics: {e}")
+        _extra_stats(run, t, "stats_after_endpoint2")
+    return changes2
 
-    total = time.perf_counter() - t_start
-    print_table(run, c_size)
-    doc = {
+
+def results(
+    run: Run,
+    corpus: Corpus,
+    skipped: dict[str, str],
+    changes: dict[str, Any],
+    changes2: dict[str, Any],
+    started: dt.datetime,
+    start_load: list[float],
+    total: float,
+) -> dict[str, Any]:
+    """The results document (``--output``)."""
+    args = run.args
+    return {
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round(total, 1),
         "quick": args.quick,
@@ -1118,7 +1148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "filesystem_note": "corpus, repositories and restores on the same filesystem",
         },
-        "tools": {t.name: {"version": t.version, "failed": t.failed} for t in tools},
+        "tools": {t.name: {"version": t.version, "failed": t.failed} for t in run.tools},
         "skipped_tools": skipped,
         "settings": {
             "lamina": "defaults (zstd level 3, AES-256-GCM, FastCDC); repo size excludes DATA/cache",
@@ -1127,10 +1157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sizes": "bytes on disk (st_blocks, like du), tool caches excluded; apparent sizes in details",
         },
         "corpus": {
-            **dataclasses.asdict(c_size),
+            **dataclasses.asdict(corpus.size),
             "source": os.fspath(args.corpus) if args.corpus else "/usr subsets",
-            "groups": [dataclasses.asdict(g) for g in group_reports],
-            **corpus_extra,
+            "groups": [dataclasses.asdict(g) for g in corpus.groups],
+            **corpus.extra,
             "change_1pct": changes,
             "endpoint2_changes": changes2,
         },
@@ -1140,6 +1170,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "details": run.details,
         "failures": run.failures,
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    start_load = list(os.getloadavg())
+    started = dt.datetime.now(dt.UTC)
+    work: Path = args.work.resolve()
+    tools, skipped = find_tools(args.tool_names, work, clean_env())
+    if not tools:
+        say("no tool to benchmark", "bold red")
+        return 2
+    prepare_work(work)
+    run = Run(args, work, tools)
+    corpus = make_corpus(args, work)
+    figure_init(run)
+    figure_initial_backup(run, corpus.path)
+    figure_fixed_cost(run)
+    figure_unchanged(run, corpus.path)
+    changes = figure_changed(run, corpus.path, args.seed)
+    figure_restore(run, corpus.path, work)
+    figure_sizes(run)
+    changes2 = figure_second_endpoint(run, corpus.path, work, args.seed)
+
+    total = time.perf_counter() - t_start
+    print_table(run, corpus.size)
+    doc = results(run, corpus, skipped, changes, changes2, started, start_load, total)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     say(f"results written to {args.output} (whole run {total:.0f} s)")
@@ -1147,10 +1204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile and any(t.name == "lamina" for t in tools):
         from bench import prof
 
-        prof.main(["--corpus", os.fspath(corpus), "--work", os.fspath(work / "profile")])
+        prof.main(["--corpus", os.fspath(corpus.path), "--work", os.fspath(work / "profile")])
 
     if not args.keep:
-        for p in (corpus, corpus2, work / "repos", work / "cache", work / "restore"):
+        for p in (corpus.path, work / "corpus2", work / "repos", work / "cache", work / "restore"):
             rmtree(p)
     if run.failures:
         say("FAILURES:\n  " + "\n  ".join(run.failures), "bold red")

@@ -35,6 +35,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 from sqlalchemy import URL
 
+from lamina.store.backends.local import LocalBackend
+from lamina.store.keys import StoreKeys
+from lamina.store.memory_catalog import MemoryCatalog
+from lamina.store.repository import Store
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -385,3 +390,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         heavy = item.get_closest_marker("e2e") or item.get_closest_marker("slow")
         if heavy or "e2e" in item.path.parts:
             item.add_marker(pytest.mark.timeout(HEAVY_TIMEOUT))
+
+
+# --- the one store fixture of the engine's tests -------------------------------------
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A real store (local pack folder, real keys, small packs) indexed by the in-memory
+    catalog: store, tree, layers and agent tests need no database. The SQL catalog has
+    its own tests (tests/db) and runs under every CLI and e2e test."""
+    s = Store(
+        LocalBackend(tmp_path / "data" / "store"),
+        MemoryCatalog(),
+        StoreKeys.generate(),
+        pack_size=256 * 1024,
+    )
+    s.write_config()
+    yield s
+    s.close()

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from lamina.agent import staging
 from lamina.agent.sync import protected_area
-from lamina.db.stores import StoreLocation, init_store
 from lamina.errors import ConflictError, IntegrityError
 from lamina.layers.rules import builtin
 from lamina.protocol.schemas import PolicySettings
@@ -29,11 +28,6 @@ from lamina.store.repository import Store
 from lamina.tree.backup import backup
 
 RULES = builtin("linux")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return init_store(StoreLocation(data=tmp_path / "data"))
 
 
 @pytest.fixture

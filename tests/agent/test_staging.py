@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 
 from lamina.agent import staging
-from lamina.db.stores import StoreLocation, init_store
 from lamina.layers.rules import builtin
 from lamina.protocol.schemas import PolicySettings
 from lamina.store.repository import Store
 from lamina.tree.backup import backup
 from tests.cli.corpus import describe
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return init_store(StoreLocation(data=tmp_path / "data"))
 
 
 def _endpoint(root: Path) -> Path:

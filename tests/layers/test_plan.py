@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from lamina.layers.plan import DPKG_STATUS, LayerRef, make_plan
+from lamina.layers.plan import DPKG_STATUS, Action, LayerRef, make_plan
 from lamina.layers.rules import builtin
 from tests.layers.golden_plan import MemoryTrees, cases, load_case, run_case
 
@@ -20,17 +21,7 @@ def test_plan_matches_its_golden_file(path: Path) -> None:
 
 def test_golden_cases_cover_every_action() -> None:
     seen = {a for p in cases() for a in load_case(p)["expected"]["counts"]}
-    assert seen == {
-        "added",
-        "updated",
-        "removed",
-        "kept",
-        "merged",
-        "merge-conflict",
-        "replaced",
-        "conflict",
-        "blocked",
-    }
+    assert seen == set(get_args(Action))
 
 
 def _plan(current: dict[str, object] | None, old: dict[str, object], new: dict[str, object]):  # type: ignore[no-untyped-def]

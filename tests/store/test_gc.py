@@ -45,18 +45,25 @@ def test_gc_frees_forgotten_and_keeps_kept(store: Store) -> None:
     assert names == {pack_object_name(p.name) for p in store.catalog.packs()}
 
 
-def test_gc_repacks_sparse_packs(store: Store) -> None:
-    store.pack_size = 10 * 1024 * 1024  # one pack holds both snapshots' data
+def _one_pack_mostly_unreferenced(
+    store: Store, keep: int, drop: int
+) -> tuple[SnapshotRecord, list[bytes]]:
+    """One pack: ``keep`` blobs a snapshot names and ``drop`` blobs nothing names."""
+    store.pack_size = 10 * 1024 * 1024
     with store.writer() as w:
-        keep_ids = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(3)]
-        drop_ids = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(30)]
+        keep_ids = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(keep)]
+        drop_ids = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(drop)]
         entries = [
             Entry(name=f"k{i}".encode(), type="file", size=10_000, content=[c])
             for i, c in enumerate(keep_ids)
         ]
         root = w.put(BlobKind.TREE, encode_tree(entries))
-        rec = SnapshotRecord("", dt.datetime.now(dt.UTC), "s", root, 3, 0, {})
-        snap = w.commit_snapshot(rec, lambda r: walk_blobs(store, r))
+        rec = SnapshotRecord("", dt.datetime.now(dt.UTC), "s", root, keep, 0, {})
+        return w.commit_snapshot(rec, lambda r: walk_blobs(store, r)), drop_ids
+
+
+def test_gc_repacks_sparse_packs(store: Store) -> None:
+    snap, drop_ids = _one_pack_mostly_unreferenced(store, keep=3, drop=30)
     assert len(store.catalog.packs()) == 1
     rep = _gc(store)
     assert rep.packs_repacked == 1
@@ -80,18 +87,7 @@ def test_dry_run_prints_the_figures_the_run_then_frees(store: Store, sparse: boo
     """plan -> stats -> execute: --dry-run reports what the real run removes, byte for byte
     (today's packs deleted whole, or repacked when a kept snapshot shares them)."""
     if sparse:  # one pack, mostly blobs no snapshot names: it is repacked
-        store.pack_size = 10 * 1024 * 1024
-        with store.writer() as w:
-            kept = [w.put(BlobKind.DATA, os.urandom(10_000)) for _ in range(2)]
-            for _ in range(20):
-                w.put(BlobKind.DATA, os.urandom(10_000))
-            entries = [
-                Entry(name=f"k{i}".encode(), type="file", size=10_000, content=[c])
-                for i, c in enumerate(kept)
-            ]
-            root = w.put(BlobKind.TREE, encode_tree(entries))
-            rec = SnapshotRecord("", dt.datetime.now(dt.UTC), "s", root, 2, 0, {})
-            keep = w.commit_snapshot(rec, lambda r: walk_blobs(store, r))
+        keep, _ = _one_pack_mostly_unreferenced(store, keep=2, drop=20)
     else:
         keep = snapshot_of(store, random_files(2, 5_000), "keep")
         drop = snapshot_of(store, random_files(12, 20_000), "drop")

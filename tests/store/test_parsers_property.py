@@ -34,7 +34,7 @@ from lamina.store.pack import (
     parse_header,
     read_entries,
 )
-from lamina.store.repository import decode_snapshot, encode_snapshot
+from lamina.store.snapshot import decode_snapshot, encode_snapshot
 from tests.strategies import PARSER_SETTINGS, msgpack_values, mutations, packb
 
 _json_values = st.recursive(

@@ -16,6 +16,7 @@ from typing import Any
 from lamina.agent.transport import AgentClient, retrying
 from lamina.protocol.bundle import MEDIA_TYPE, BundleBlob, encode_bundle
 from lamina.store import blob
+from lamina.store.batch import TreeBatcher
 from lamina.store.blob import BlobKind
 from lamina.store.keys import ChunkingSecret
 
@@ -23,7 +24,6 @@ BUNDLE_BYTES = 8 * 1024 * 1024
 #: Content (before compression) per bundle; the server refuses more than 256 MiB.
 BUNDLE_RAW_BYTES = 64 * 1024 * 1024
 MISSING_BATCH = 5000
-TREE_BATCH = 512
 
 
 class RemoteSink:
@@ -43,7 +43,8 @@ class RemoteSink:
         self._upload_lock = threading.Lock()
         self._sent: set[bytes] = set()
         self._bundle: list[BundleBlob] = []
-        self._queued: dict[bytes, tuple[BlobKind, bytes, bytes]] = {}
+        #: folders' trees, asked about in batches (the store's writer batches the same way)
+        self._trees = TreeBatcher(self.need, self._put_tree)
         self._bundle_size = 0
         self._bundle_raw = 0
         self.uploaded_bytes = 0
@@ -85,31 +86,24 @@ class RemoteSink:
             self._upload(full)
 
     def put(self, kind: BlobKind, data: bytes) -> bytes:
-        """Queue a blob (a folder's tree); whether the server lacks it is asked in batches
-        of ``TREE_BATCH``, not once per folder. ``flush`` settles the rest."""
+        """Queue a blob (a folder's tree); whether the server lacks it is asked in
+        batches (``TreeBatcher``), not once per folder. ``flush`` settles the rest."""
         bid = blob.blob_id(self._chunking.id_key, data)
-        batch: list[tuple[BlobKind, bytes, bytes]] | None = None
+        if kind != BlobKind.TREE:
+            if self.need([bid]):
+                self.put_chunk(kind, bid, data)
+            return bid
         with self._lock:
-            if bid in self._sent or bid in self._queued:
-                return bid
-            self._queued[bid] = (kind, bid, data)
-            if len(self._queued) >= TREE_BATCH:
-                batch, self._queued = list(self._queued.values()), {}
-        if batch:
-            self._settle(batch)
+            sent = bid in self._sent
+        if not sent:
+            self._trees.add(bid, data)
         return bid
 
-    def _settle(self, batch: list[tuple[BlobKind, bytes, bytes]]) -> None:
-        lacking = self.need([bid for _, bid, _ in batch])
-        for kind, bid, data in batch:
-            if bid in lacking:
-                self.put_chunk(kind, bid, data)
+    def _put_tree(self, bid: bytes, data: bytes) -> None:
+        self.put_chunk(BlobKind.TREE, bid, data)
 
     def flush(self) -> None:
-        with self._lock:
-            batch, self._queued = list(self._queued.values()), {}
-        if batch:
-            self._settle(batch)
+        self._trees.settle()
         with self._lock:
             full, self._bundle, self._bundle_size = self._bundle, [], 0
             self._bundle_raw = 0

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import merge3
-from debian._deb822_repro import (  # the round-trip-safe parser (python-debian >= 0.1.40)
+from debian._deb822_repro import (  # the round-trip-safe parser (python-debian 1.x)
     Deb822ParagraphElement,
     SyntaxOrParseError,
     parse_deb822_file,

@@ -1,5 +1,9 @@
 """The store: content-addressed, deduplicated, compressed, encrypted blobs in packs.
 
+This module: opening a store (its config object), reads with a read-window cache,
+forgetting snapshots, accounting. Writes go through ``lamina.store.writer.Writer``;
+the snapshot record's codec is ``lamina.store.snapshot``.
+
 Write order (never reversed): pack file durable -> its index rows committed ->
 trees that name its blobs -> the snapshot that names the trees. Reads go the
 other way. Readers verify every blob against its id before handing it on.
@@ -7,14 +11,11 @@ other way. Readers verify every blob against its id before handing it on.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -22,7 +23,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lamina.errors import (
     IntegrityError,
-    LaminaError,
     MissingDataError,
     NotFoundError,
     StoreKeyError,
@@ -31,14 +31,15 @@ from lamina.store import blob
 from lamina.store.backends import Backend
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import BlobLocation, Catalog, SnapshotRecord
-from lamina.store.keys import ChunkingSecret, StoreKeys
-from lamina.store.pack import DEFAULT_PACK_SIZE, FinishedPack, PackWriter, pack_object_name
+from lamina.store.keys import StoreKeys
+from lamina.store.pack import DEFAULT_PACK_SIZE, pack_object_name
+from lamina.store.snapshot import decode_snapshot
+from lamina.store.writer import Writer
 
 CONFIG_NAME = "config"
 FORGOTTEN_PREFIX = "forgotten/"
 CONFIG_VERSION = 1
 _CONFIG_AAD = b"lamina store config v1"
-SNAPSHOT_VERSION = 1
 #: Bytes read at once around a requested blob; later blobs of the same pack come from memory.
 READ_WINDOW = 4 * 1024 * 1024
 _WINDOWS = 8
@@ -268,268 +269,3 @@ class Store:
     def close(self) -> None:
         self.backend.close()
         self.catalog.close()
-
-
-def encode_snapshot(record: SnapshotRecord) -> bytes:
-    return msgpack.packb(
-        {
-            "v": SNAPSHOT_VERSION,
-            "time": record.time.isoformat(),
-            "source": record.source,
-            "root": record.root,
-            "files": record.files,
-            "bytes": record.bytes,
-            "meta": record.meta,
-        },
-        use_bin_type=True,
-    )
-
-
-def decode_snapshot(bid: bytes, data: bytes) -> SnapshotRecord:
-    what = f"snapshot object {bid.hex()[:16]}"
-    try:
-        doc = msgpack.unpackb(data, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise IntegrityError(f"{what} is not valid msgpack: {e}") from e
-    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != SNAPSHOT_VERSION:
-        found = doc.get("v") if isinstance(doc, dict) else None
-        raise IntegrityError(f"unsupported snapshot version {found!r:.20}")
-    root, source, when = doc.get("root"), doc.get("source"), doc.get("time")
-    counts = [doc.get("files"), doc.get("bytes")]
-    meta = doc.get("meta") or {}
-    if not isinstance(root, bytes) or len(root) != blob.ID_SIZE:
-        raise IntegrityError(f"{what} is malformed: its root must be a {blob.ID_SIZE}-byte id")
-    if not isinstance(source, str) or not isinstance(when, str) or not isinstance(meta, dict):
-        raise IntegrityError(f"{what} is malformed: source, time or meta of the wrong type")
-    if not all(type(n) is int and n >= 0 for n in counts):
-        raise IntegrityError(f"{what} is malformed: files and bytes must be counts")
-    try:
-        time = dt.datetime.fromisoformat(when)
-    except ValueError as e:
-        raise IntegrityError(f"{what} is malformed: {e}") from e
-    return SnapshotRecord(
-        id=bid.hex(),
-        time=time,
-        source=source,
-        root=root,
-        files=int(doc["files"]),
-        bytes=int(doc["bytes"]),
-        meta=dict(meta),
-    )
-
-
-class Writer:
-    """A write session: dedups, seals, packs and uploads blobs, then commits a snapshot.
-
-    ``need``, ``put_sealed`` and ``put`` may be called from several threads;
-    ``flush``, ``commit_snapshot`` and ``close`` from one, once the others are
-    done. Packs are uploaded by one background thread so network writes overlap
-    with reading. After an error it is unusable.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.epoch = store.catalog.gc_epoch()
-        self._pack = PackWriter(store.keys.data_key)
-        #: (id, kind) of every blob this session wrote: one id may be stored under two
-        #: kinds (a tree, and a file whose bytes are that tree's encoding).
-        self._session: set[tuple[bytes, BlobKind]] = set()
-        #: Ids in the open pack: a pack holds one row per id, so the same id under its
-        #: other kind goes to the next pack.
-        self._pack_ids: set[bytes] = set()
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[FinishedPack | None] = queue.Queue(maxsize=2)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
-        self._thread.start()
-        self._closed = False
-        self.new_blobs = 0
-        self.new_raw_bytes = 0
-        self.new_stored_bytes = 0
-        self.packs_written = 0
-        #: Trees put but not yet looked up: one "what is missing?" query per batch
-        #: instead of one per folder. Added to the pack, in order, by ``_settle_trees``
-        #: (before any flush, so a tree is still stored only with or after what it names).
-        self._trees: list[tuple[bytes, bytes]] = []
-        self._trees_size = 0
-        self._trees_lock = threading.Lock()
-
-    def __enter__(self) -> Writer:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close(flush=et is None)
-
-    def _upload_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue
-            try:
-                cat = self.store.catalog
-                cat.begin_pack(item.name)
-                self.store.backend.write(pack_object_name(item.name), item.data)
-                cat.commit_pack(item.name, len(item.data), item.entries)
-                self.packs_written += 1
-            except BaseException as e:  # handed to the feeding thread at its next call
-                self._error = e
-
-    def _check(self) -> None:
-        if self._error is not None:
-            err = self._error
-            if isinstance(err, LaminaError):
-                raise err
-            raise LaminaError(f"pack upload failed: {err}") from err
-
-    def need(self, ids: Collection[bytes], kind: BlobKind = BlobKind.DATA) -> set[bytes]:
-        """The subset of ``ids`` neither stored as ``kind`` nor written as ``kind`` by this session.
-
-        A copy of another kind does not count (one blob, one kind): a tree whose id
-        the store holds only as data is needed, and stored again as a tree.
-        """
-        self._check()
-        fresh = {i for i in ids if (i, kind) not in self._session}
-        return self.store.catalog.missing(fresh, kind=kind) if fresh else set()
-
-    def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
-        """Add a sealed blob (skipped if this session wrote it already as ``kind``)."""
-        self._check()
-        with self._lock:
-            if (bid, kind) in self._session:
-                return
-            self._session.add((bid, kind))
-            if bid in self._pack_ids:
-                self._ship()
-            self._pack_ids.add(bid)
-            self._pack.add(kind, bid, sealed, raw_length)
-            self.new_blobs += 1
-            self.new_raw_bytes += raw_length
-            self.new_stored_bytes += len(sealed)
-            if len(self._pack) >= self.store.pack_size:
-                self._ship()
-
-    def put(self, kind: BlobKind, data: bytes) -> bytes:
-        """Store plaintext (deduplicated); return its id.
-
-        Trees are batched (``_settle_trees``); they reach the store no later than
-        the next ``flush``, like every other blob of the session.
-        """
-        keys = self.store.keys
-        bid = blob.blob_id(keys.chunking.id_key, data)
-        if kind == BlobKind.TREE:
-            self._check()
-            with self._trees_lock:
-                self._trees.append((bid, data))
-                self._trees_size += len(data)
-                full = len(self._trees) >= 512 or self._trees_size >= 4 * 1024 * 1024
-            if full:
-                self._settle_trees()
-            return bid
-        self._settle_trees()
-        if self.need([bid], kind):
-            _, sealed = blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, data)
-            self.put_sealed(kind, bid, sealed, len(data))
-        return bid
-
-    def _settle_trees(self) -> None:
-        """Add the batched trees the store lacks to the pack, in the order they were put."""
-        with self._trees_lock:  # held throughout: batches reach the pack in order
-            if not self._trees:
-                return
-            batch = self._trees
-            self._trees = []
-            self._trees_size = 0
-            keys = self.store.keys
-            need = self.need({bid for bid, _ in batch}, BlobKind.TREE)
-            for bid, data in batch:
-                if bid in need:
-                    need.discard(bid)
-                    flag, payload = blob.compress(data)
-                    sealed = blob.seal(keys.data_key, BlobKind.TREE, bid, flag, payload)
-                    self.put_sealed(BlobKind.TREE, bid, sealed, len(data))
-
-    @property
-    def chunking(self) -> ChunkingSecret:
-        return self.store.keys.chunking
-
-    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
-        """Compress, seal and add a blob whose id the caller computed (thread-safe)."""
-        flag, payload = blob.compress(data)
-        sealed = blob.seal(self.store.keys.data_key, kind, bid, flag, payload)
-        self.put_sealed(kind, bid, sealed, len(data))
-
-    def _ship(self) -> None:
-        if self._pack.count:
-            finished = self._pack.finish()
-            self._pack_ids = set()
-            while True:
-                self._check()
-                try:
-                    self._queue.put(finished, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
-
-    def flush(self) -> None:
-        """Write the open pack and wait until every pack so far is indexed."""
-        self._settle_trees()
-        with self._lock:
-            self._ship()
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
-        self._thread.start()
-
-    def commit_snapshot(
-        self,
-        record: SnapshotRecord,
-        rescue_walk: Callable[[bytes], Iterable[bytes]],
-    ) -> SnapshotRecord:
-        """Store the snapshot object, flush, and insert the snapshot row.
-
-        If a garbage collection condemned blobs since this session began,
-        ``rescue_walk(root)`` lists every blob the snapshot references so they
-        can be un-condemned (or reported missing) before the row is inserted.
-        """
-        data = encode_snapshot(record)
-        sid = self.put(BlobKind.SNAPSHOT, data)
-        self.flush()
-        record = decode_snapshot(sid, data)
-        cat = self.store.catalog
-        epoch = self.epoch
-        for _ in range(5):
-            if cat.add_snapshot(record, epoch):
-                self.epoch = epoch
-                return record
-            epoch = cat.gc_epoch()
-            gone: set[bytes] = set()
-            batch: list[bytes] = [sid]
-            for bid in rescue_walk(record.root):
-                batch.append(bid)
-                if len(batch) >= 1000:
-                    gone |= cat.rescue(batch)
-                    batch = []
-            gone |= cat.rescue(batch)
-            if gone:
-                raise MissingDataError(
-                    f"a garbage collection removed {len(gone)} blobs this snapshot refers to "
-                    f"while it was written; run the backup again (nothing was committed)"
-                )
-        raise LaminaError("could not commit the snapshot: the store's gc epoch keeps moving")
-
-    def close(self, flush: bool = True) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if flush:
-            self._settle_trees()
-            self._ship()
-        self._queue.put(None)
-        self._thread.join()
-        if flush:
-            self._check()

@@ -44,9 +44,9 @@ from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
+from lamina.tree.extents import FileChangedError, chunk_fd
 from lamina.tree.model import Entry, check_name, decode_tree
 from lamina.tree.paths import lookup
-from lamina.tree.scan import FileChangedError, chunk_fd
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK

@@ -43,6 +43,7 @@ from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
 from lamina.tree.cache import CachedFile, FilesCache
+from lamina.tree.extents import FileChangedError, chunk_fd
 from lamina.tree.model import Entry, encode_tree, file_type
 
 #: Files up to this size are read whole and batched with their neighbours.
@@ -58,10 +59,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: if the file was replaced by a FIFO since it was listed, open()
 # must not wait for a writer (fstat then rejects it).
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class FileChangedError(Exception):
-    """A file kept changing while it was read."""
 
 
 class FileReplacedError(Exception):
@@ -592,50 +589,3 @@ class Scanner:
         self, fd: int, st: os.stat_result, add: Callable[[memoryview | bytes], bytes]
     ) -> list[bytes | int]:
         return chunk_fd(fd, st, self._chunker(), add)
-
-
-def chunk_fd(
-    fd: int, st: os.stat_result, chunker: Chunker, add: Callable[[memoryview | bytes], bytes]
-) -> list[bytes | int]:
-    """A file's content as a tree entry holds it: chunk ids (``add`` of each chunk) and holes."""
-    size = st.st_size
-    content: list[bytes | int] = []
-    if size == 0:
-        return content
-    extents = _data_extents(fd, size) if st.st_blocks * 512 < size else [(0, size)]
-    pos = 0
-    for start, end in extents:
-        if start > pos:
-            content.append(start - pos)
-        off = start
-        # Read an extent in large pieces; cut each piece at content-defined points.
-        while off < end:
-            piece = min(end - off, 64 * 1024 * 1024)
-            data = os.pread(fd, piece, off)
-            if len(data) != piece:
-                raise FileChangedError
-            for view in chunker.cut(data):
-                content.append(add(bytes(view)))
-            off += piece
-        pos = end
-    if pos < size:
-        content.append(size - pos)
-    return content
-
-
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The (start, end) ranges of a sparse file that hold data."""
-    out: list[tuple[int, int]] = []
-    pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains
-                break
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            out.append((start, end))
-            pos = end
-    except OSError:
-        return [(0, size)]
-    return out

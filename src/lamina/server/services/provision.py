@@ -20,7 +20,6 @@ from lamina.errors import ConflictError, UsageError
 from lamina.layers.overlay import overlay
 from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os
-from lamina.tree.paths import walk
 from lamina.server.security import Principal
 from lamina.server.services import drivers, fleet, migration, tasks
 from lamina.server.services import layers as layer_service
@@ -28,6 +27,7 @@ from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
+from lamina.tree.paths import walk
 
 #: The agent's mode for a system laid down from layers (``agent/staging/migrate.BOOT_SET``).
 SYSTEM = "system"

@@ -30,8 +30,9 @@ from lamina.server.services.fleet import cvd_source
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
-from lamina.store.repository import Store, Writer
+from lamina.store.repository import Store
 from lamina.store.retention import Retention, apply_retention
+from lamina.store.writer import Writer
 from lamina.tree.backup import walk_blobs
 from lamina.tree.model import Entry, decode_tree
 

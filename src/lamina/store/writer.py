@@ -1,0 +1,230 @@
+"""A write session on a store: dedups, seals, packs and uploads blobs, then commits
+a snapshot.
+
+Write order (never reversed): pack file durable -> its index rows committed ->
+trees that name its blobs -> the snapshot that names the trees.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Collection, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from lamina.errors import LaminaError, MissingDataError
+from lamina.store import blob
+from lamina.store.batch import TreeBatcher
+from lamina.store.blob import BlobKind
+from lamina.store.catalog import SnapshotRecord
+from lamina.store.keys import ChunkingSecret
+from lamina.store.pack import FinishedPack, PackWriter, pack_object_name
+from lamina.store.snapshot import decode_snapshot, encode_snapshot
+
+if TYPE_CHECKING:  # the store makes writers; a writer only uses it
+    from lamina.store.repository import Store
+
+#: Finished packs waiting for the upload thread (each up to the pack size in memory).
+_PACKS_QUEUED = 2
+#: How often a blocked put looks whether the upload thread failed (seconds).
+_QUEUE_POLL = 0.5
+#: Blob ids rescued per catalog call when a gc ran during the session.
+_RESCUE_BATCH = 1000
+#: Commits tried while a gc keeps moving the epoch.
+_COMMIT_ATTEMPTS = 5
+
+
+class Writer:
+    """A write session: dedups, seals, packs and uploads blobs, then commits a snapshot.
+
+    ``need``, ``put_sealed`` and ``put`` may be called from several threads;
+    ``flush``, ``commit_snapshot`` and ``close`` from one, once the others are
+    done. Packs are uploaded by one background thread so network writes overlap
+    with reading. After an error it is unusable.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.epoch = store.catalog.gc_epoch()
+        self._pack = PackWriter(store.keys.data_key)
+        #: (id, kind) of every blob this session wrote: one id may be stored under two
+        #: kinds (a tree, and a file whose bytes are that tree's encoding).
+        self._session: set[tuple[bytes, BlobKind]] = set()
+        #: Ids in the open pack: a pack holds one row per id, so the same id under its
+        #: other kind goes to the next pack.
+        self._pack_ids: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[FinishedPack | None] = queue.Queue(maxsize=_PACKS_QUEUED)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.new_blobs = 0
+        self.new_raw_bytes = 0
+        self.new_stored_bytes = 0
+        self.packs_written = 0
+        #: Trees put but not yet looked up (one "what is missing?" query per batch);
+        #: settled before every flush, so a tree is stored only with or after what it names.
+        self._trees = TreeBatcher(lambda ids: self.need(ids, BlobKind.TREE), self._put_tree)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(flush=et is None)
+
+    def _upload_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                cat = self.store.catalog
+                cat.begin_pack(item.name)
+                self.store.backend.write(pack_object_name(item.name), item.data)
+                cat.commit_pack(item.name, len(item.data), item.entries)
+                self.packs_written += 1
+            except BaseException as e:  # handed to the feeding thread at its next call
+                self._error = e
+
+    def _check(self) -> None:
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, LaminaError):
+                raise err
+            raise LaminaError(f"pack upload failed: {err}") from err
+
+    def need(self, ids: Collection[bytes], kind: BlobKind = BlobKind.DATA) -> set[bytes]:
+        """The subset of ``ids`` neither stored as ``kind`` nor written as ``kind`` by this session.
+
+        A copy of another kind does not count (one blob, one kind): a tree whose id
+        the store holds only as data is needed, and stored again as a tree.
+        """
+        self._check()
+        fresh = {i for i in ids if (i, kind) not in self._session}
+        return self.store.catalog.missing(fresh, kind=kind) if fresh else set()
+
+    def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
+        """Add a sealed blob (skipped if this session wrote it already as ``kind``)."""
+        self._check()
+        with self._lock:
+            if (bid, kind) in self._session:
+                return
+            self._session.add((bid, kind))
+            if bid in self._pack_ids:
+                self._ship()
+            self._pack_ids.add(bid)
+            self._pack.add(kind, bid, sealed, raw_length)
+            self.new_blobs += 1
+            self.new_raw_bytes += raw_length
+            self.new_stored_bytes += len(sealed)
+            if len(self._pack) >= self.store.pack_size:
+                self._ship()
+
+    def put(self, kind: BlobKind, data: bytes) -> bytes:
+        """Store plaintext (deduplicated); return its id.
+
+        Trees are batched (``TreeBatcher``); they reach the store no later than
+        the next ``flush``, like every other blob of the session.
+        """
+        keys = self.store.keys
+        bid = blob.blob_id(keys.chunking.id_key, data)
+        if kind == BlobKind.TREE:
+            self._check()
+            self._trees.add(bid, data)
+            return bid
+        self._trees.settle()
+        if self.need([bid], kind):
+            _, sealed = blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, data)
+            self.put_sealed(kind, bid, sealed, len(data))
+        return bid
+
+    def _put_tree(self, bid: bytes, data: bytes) -> None:
+        self.put_chunk(BlobKind.TREE, bid, data)
+
+    @property
+    def chunking(self) -> ChunkingSecret:
+        return self.store.keys.chunking
+
+    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        """Compress, seal and add a blob whose id the caller computed (thread-safe)."""
+        flag, payload = blob.compress(data)
+        sealed = blob.seal(self.store.keys.data_key, kind, bid, flag, payload)
+        self.put_sealed(kind, bid, sealed, len(data))
+
+    def _ship(self) -> None:
+        if self._pack.count:
+            finished = self._pack.finish()
+            self._pack_ids = set()
+            while True:
+                self._check()
+                try:
+                    self._queue.put(finished, timeout=_QUEUE_POLL)
+                    return
+                except queue.Full:
+                    continue
+
+    def flush(self) -> None:
+        """Write the open pack and wait until every pack so far is indexed."""
+        self._trees.settle()
+        with self._lock:
+            self._ship()
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+        self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
+        self._thread.start()
+
+    def commit_snapshot(
+        self,
+        record: SnapshotRecord,
+        rescue_walk: Callable[[bytes], Iterable[bytes]],
+    ) -> SnapshotRecord:
+        """Store the snapshot object, flush, and insert the snapshot row.
+
+        If a garbage collection condemned blobs since this session began,
+        ``rescue_walk(root)`` lists every blob the snapshot references so they
+        can be un-condemned (or reported missing) before the row is inserted.
+        """
+        data = encode_snapshot(record)
+        sid = self.put(BlobKind.SNAPSHOT, data)
+        self.flush()
+        record = decode_snapshot(sid, data)
+        cat = self.store.catalog
+        epoch = self.epoch
+        for _ in range(_COMMIT_ATTEMPTS):
+            if cat.add_snapshot(record, epoch):
+                self.epoch = epoch
+                return record
+            epoch = cat.gc_epoch()
+            gone: set[bytes] = set()
+            batch: list[bytes] = [sid]
+            for bid in rescue_walk(record.root):
+                batch.append(bid)
+                if len(batch) >= _RESCUE_BATCH:
+                    gone |= cat.rescue(batch)
+                    batch = []
+            gone |= cat.rescue(batch)
+            if gone:
+                raise MissingDataError(
+                    f"a garbage collection removed {len(gone)} blobs this snapshot refers to "
+                    f"while it was written; run the backup again (nothing was committed)"
+                )
+        raise LaminaError("could not commit the snapshot: the store's gc epoch keeps moving")
+
+    def close(self, flush: bool = True) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if flush:
+            self._trees.settle()
+            self._ship()
+        self._queue.put(None)
+        self._thread.join()
+        if flush:
+            self._check()
