@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 import typer.main
 
-from lamina.cli import app
+from lamina.cli import GROUPS, _LazyGroup, app
 
 
 def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
     out = []
-    for name, cmd in group.commands.items():
+    for name, lazy in group.commands.items():
+        cmd = lazy.real() if isinstance(lazy, _LazyGroup) else lazy
         path = (*prefix, name)
         out.append((path, cmd))
         if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
@@ -23,6 +24,15 @@ def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str,
 
 
 COMMANDS = _commands(typer.main.get_command(app))  # type: ignore[arg-type]
+
+
+def test_lamina_help_shows_each_groups_own_help() -> None:
+    """``lamina --help`` lists the groups without importing them: the help it shows for
+    each must be the group's own."""
+    root = typer.main.get_command(app)
+    for name in GROUPS:
+        lazy = root.commands[name]  # type: ignore[attr-defined]
+        assert isinstance(lazy, _LazyGroup) and lazy.help == lazy.real().help, name
 
 
 def test_the_design_commands_exist() -> None:

@@ -9,22 +9,23 @@ prints a traceback. Everything printed goes through ``output.safe``.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from collections.abc import Callable
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 # Typer (from 0.2x) vendors its own copy of click: its usage errors are not click's
 # classes. pyproject.toml pins typer to the minor version this was written against.
+from typer._click.core import Command as ClickCommand
 from typer._click.core import Context
 from typer._click.exceptions import UsageError
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import agent, cvd, fleet, layer, login, snapshot, store
 from lamina.cli.output import fail, install_safe_streams, safe
 from lamina.cli.server import server
 from lamina.errors import LaminaError
@@ -88,20 +89,121 @@ def _root(
     """Lamina: centralized image management for a fleet of endpoints."""
 
 
-app.add_typer(store.app, name="store")
-app.add_typer(snapshot.app, name="snapshot")
 app.command("server")(server)
-app.command("login")(login.login)
-app.command("logout")(login.logout)
-app.add_typer(login.user_app, name="user")
-app.add_typer(fleet.token_app, name="token")
-app.add_typer(fleet.device_app, name="device")
-app.add_typer(fleet.policy_app, name="policy")
-app.add_typer(cvd.app, name="cvd")
-app.add_typer(layer.app, name="layer")
-app.add_typer(layer.collection_app, name="collection")
-app.add_typer(fleet.task_app, name="task")
-app.add_typer(agent.app, name="agent")
+
+#: Command groups (and the commands that need the HTTP client), loaded only when named:
+#: ``lamina agent status`` loads the agent's group alone, never the store's or the
+#: server client's. Name → (module, its Typer app or command function, the help shown
+#: in ``lamina --help``; ``tests/cli/test_help.py`` checks it is the command's own).
+GROUPS: dict[str, tuple[str, str, str]] = {
+    "login": (
+        "lamina.cli.login",
+        "login",
+        "Log in and save the session (mode 0600) for the other commands.",
+    ),
+    "logout": (
+        "lamina.cli.login",
+        "logout",
+        "Revoke this session on the server and remove the saved login.",
+    ),
+    "store": (
+        "lamina.cli.store",
+        "app",
+        "The deduplicated store: init, check, gc, rebuild-index, stats.",
+    ),
+    "snapshot": (
+        "lamina.cli.snapshot",
+        "app",
+        "Snapshots of folders in the store: create, list, ls, diff, restore, forget.",
+    ),
+    "user": (
+        "lamina.cli.login",
+        "user_app",
+        "User accounts and roles (administrator, helpdesk, readonly).",
+    ),
+    "token": (
+        "lamina.cli.fleet",
+        "token_app",
+        "Enrollment tokens, sessions and API tokens: create, list, revoke.",
+    ),
+    "device": ("lamina.cli.fleet", "device_app", "Enrolled devices."),
+    "policy": (
+        "lamina.cli.fleet",
+        "policy_app",
+        "CVD policies: schedule, retention, protected area, bandwidth.",
+    ),
+    "cvd": ("lamina.cli.cvd", "app", "CVDs: the central copy of each endpoint."),
+    "layer": ("lamina.cli.layer", "app", "Base and app layers: capture, record, assign, enforce."),
+    "collection": (
+        "lamina.cli.layer",
+        "collection_app",
+        "Collections of CVDs, static or by a filter on device facts.",
+    ),
+    "task": ("lamina.cli.fleet", "task_app", "Long operations and their progress."),
+    "agent": ("lamina.cli.agent", "app", "The endpoint agent."),
+}
+#: The order of ``lamina --help``.
+ORDER = (
+    "store",
+    "snapshot",
+    "server",
+    "login",
+    "logout",
+    "user",
+    "token",
+    "device",
+    "policy",
+    "cvd",
+    "layer",
+    "collection",
+    "task",
+    "agent",
+    "version",
+)
+
+
+def load_group(name: str) -> ClickCommand:
+    """The click command of ``name``, built as ``add_typer`` (or ``command``) would."""
+    module, attr, _ = GROUPS[name]
+    target = getattr(importlib.import_module(module), attr)
+    wrapper = typer.Typer()
+    if isinstance(target, typer.Typer):
+        wrapper.add_typer(target, name=name)
+    else:
+        wrapper.command(name)(target)
+        wrapper.callback()(lambda: None)  # a group, even with one command
+    _one_line_errors(wrapper)
+    built = typer.main.get_command(wrapper)
+    assert isinstance(built, TyperGroup)
+    return built.commands[name]
+
+
+class _LazyGroup(TyperGroup):
+    """Stands for a command group in ``lamina --help`` until it is invoked, then hands
+    over to the real one (whose module is imported only then)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, help=GROUPS[name][2])
+        self._real: ClickCommand | None = None
+
+    def real(self) -> ClickCommand:
+        if self._real is None:
+            self._real = load_group(str(self.name))
+        return self._real
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: Context | None = None, **extra: Any
+    ) -> Context:
+        return self.real().make_context(info_name, args, parent, **extra)
+
+
+class Root(Group):
+    """The ``lamina`` group: light commands built by Typer, command groups loaded lazily."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        commands = {**self.commands, **{n: _LazyGroup(n) for n in GROUPS}}
+        self.commands = {n: commands[n] for n in ORDER if n in commands} | commands
 
 
 def _one_line_errors(t: typer.Typer) -> None:
@@ -122,6 +224,7 @@ def version() -> None:
 
 
 _one_line_errors(app)  # after the last command is added
+app.info.cls = Root
 
 
 def usage_line(e: UsageError) -> str:

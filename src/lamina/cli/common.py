@@ -12,9 +12,7 @@ from typing import Annotated
 
 import typer
 
-from lamina.db.stores import StoreLocation
 from lamina.errors import UsageError
-from lamina.store.pack import DEFAULT_PACK_SIZE
 
 DataOpt = Annotated[
     Path,
@@ -47,20 +45,6 @@ KeyfileOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
 DEFAULT_DATA = Path("lamina-data")
-
-
-def location(data: Path, db: str | None, store: str | None, keyfile: Path | None) -> StoreLocation:
-    return StoreLocation(data=data, db_url=db, store_url=store, keyfile=keyfile)
-
-
-def pack_size() -> int:
-    """Target pack size; ``LAMINA_PACK_SIZE`` (bytes) overrides the 16 MiB default."""
-    raw = os.environ.get("LAMINA_PACK_SIZE")
-    if not raw:
-        return DEFAULT_PACK_SIZE
-    if not raw.isdigit() or not 4096 <= int(raw) <= 1 << 30:
-        raise UsageError(f"LAMINA_PACK_SIZE must be a byte count from 4096 to 1 GiB, got {raw!r}")
-    return int(raw)
 
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")

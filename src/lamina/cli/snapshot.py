@@ -18,8 +18,6 @@ from lamina.cli.common import (
     SameOwnerOpt,
     SpecialFilesOpt,
     StoreOpt,
-    location,
-    pack_size,
 )
 from lamina.cli.output import (
     byte_progress,
@@ -28,6 +26,7 @@ from lamina.cli.output import (
     exit_with_warnings,
     human_bytes,
 )
+from lamina.cli.stores import location, pack_size
 from lamina.db.stores import open_store
 from lamina.errors import NotFoundError
 from lamina.tree.backup import backup

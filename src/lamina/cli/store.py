@@ -17,12 +17,11 @@ from lamina.cli.common import (
     JsonOpt,
     KeyfileOpt,
     StoreOpt,
-    location,
     owner_only,
-    pack_size,
     parse_duration,
 )
 from lamina.cli.output import emit_json, err_console, human_bytes, step_progress
+from lamina.cli.stores import location, pack_size
 from lamina.db.roots import all_roots
 from lamina.db.stores import init_store, open_store
 from lamina.errors import IntegrityError, UsageError
