@@ -37,10 +37,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.facts import os_release
+from lamina.agent.journal import Journal
 from lamina.agent.live import (
     RevertPlan,
     RevertScope,
@@ -87,7 +88,7 @@ class InjectedCrash(Exception):
 @dataclass
 class Transaction:
     path: Path
-    journal: dict[str, Any]
+    journal: Journal
 
     @property
     def new(self) -> Path:
@@ -112,7 +113,7 @@ def staging_root(state_dir: Path, root: Path) -> Path:
     return alt
 
 
-def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
+def parse_journal(raw: bytes, where: str) -> Journal:
     """Validate a journal; anything unexpected is an ``IntegrityError`` saying what."""
     try:
         doc = json.loads(raw)
@@ -157,7 +158,7 @@ def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
             m = meta.get(op[1])
             if not isinstance(m, dict) or not all(_valid_meta(m.get(k)) for k in ("old", "new")):
                 raise IntegrityError(f"{where}: no valid metadata for the meta op on {op[1]!r:.80}")
-    return doc
+    return cast(Journal, doc)  # the checks above are the shape ``Journal`` states
 
 
 def _valid_meta(m: object) -> bool:
@@ -225,7 +226,16 @@ def _new_transaction(state_dir: Path, root: Path) -> Transaction:
             raise UsageError(
                 f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
             )
-    return Transaction(base / uuid.uuid4().hex, {})
+    tid = uuid.uuid4().hex
+    empty: Journal = {
+        "v": JOURNAL_VERSION,
+        "id": tid,
+        "state": STAGED,
+        "ops": [],
+        "done": 0,
+        "summary": {},
+    }
+    return Transaction(base / tid, empty)
 
 
 def _materialise(tx: Transaction, blobs: BlobSource, tree: bytes, paths: list[str] | None) -> None:
