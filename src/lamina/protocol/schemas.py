@@ -410,7 +410,8 @@ class LayerVersionPublic(BaseModel):
     notes: str
     files: int
     bytes: int
-    apps: list[JsonValue]
+    #: What the layer installs: {"packages": {name: version}, "desktop": [app names]}.
+    apps: dict[str, JsonValue]
 
 
 class LayerPublic(BaseModel):
