@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
 Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
 #: What a device may call itself (RFC 1123 labels, plus ``_``): no spaces, no control characters.
@@ -49,6 +49,23 @@ class LoginResponse(BaseModel):
     user: str
     role: str
     expires: dt.datetime | None
+
+
+class MePublic(BaseModel):
+    """Who a bearer token belongs to (``/auth/me``)."""
+
+    id: str
+    name: str
+    kind: str
+    #: A user's role; a device's status.
+    role: str
+    permissions: list[str]
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+    version: str
+    store: str
 
 
 class UserCreate(Strict):
@@ -373,6 +390,11 @@ class CommitRequest(Strict):
     stats: SmallMap = Field(default_factory=dict)
 
 
+class BundleResponse(BaseModel):
+    #: Blobs of the bundle new to this CVD (never whether another CVD stored them).
+    new: int
+
+
 class CommitResponse(BaseModel):
     snapshot: SnapshotPublic
     kept: int
@@ -404,3 +426,127 @@ class AgentStatusReport(Strict):
     clock: dt.datetime | None = None
     #: The endpoint's hostname now (/etc/hostname): refreshes the device's.
     hostname: str | None = Field(None, min_length=1, max_length=255, pattern=HOSTNAME)
+
+
+# --- layers and collections ----------------------------------------------------------
+LayerName = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
+
+
+class CaptureRequest(Strict):
+    cvd: str
+    name: str | None = LayerName
+    update: str | None = None
+    notes: str = Field("", max_length=4000)
+
+
+class RecordRequest(Strict):
+    device: str
+    name: str | None = LayerName
+    update: str | None = None
+    notes: str = Field("", max_length=4000)
+
+
+class AssignRequest(Strict):
+    cvds: list[str] = Field(default_factory=list, max_length=10000)
+    collection: str | None = None
+    base: str | None = None
+    apps: list[str] = Field(default_factory=list, max_length=100)
+    dry_run: bool = False
+
+
+class CollectionCreate(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    filter: str = Field("", max_length=2000)
+    cvds: list[str] = Field(default_factory=list, max_length=10000)
+
+
+class RulesTestRequest(Strict):
+    cvd: str
+    rules: str | None = Field(
+        None, max_length=1_000_000, description="A rule set (JSON); default: the built-in one."
+    )
+
+
+class BlobsRequest(Strict):
+    ids: list[str] = Field(max_length=1024)
+
+
+class LayerVersionPublic(BaseModel):
+    id: str
+    version: int
+    created: dt.datetime
+    root: str
+    whiteouts: list[str]
+    source_cvd: str | None
+    source_snapshot: str | None
+    notes: str
+    files: int
+    bytes: int
+    #: What the layer installs: {"packages": {name: version}, "desktop": [app names]}.
+    apps: dict[str, JsonValue]
+
+
+class LayerPublic(BaseModel):
+    id: str
+    name: str
+    kind: Literal["base", "app"]
+    created: dt.datetime
+    versions: list[LayerVersionPublic]
+
+
+class RecordingPublic(BaseModel):
+    """A recording's state after ``record start`` or ``record finalize``."""
+
+    id: str
+    cvd: str
+    state: str
+    task: str
+
+
+class PlanItemPublic(BaseModel):
+    id: str
+    path: str
+    action: str
+    layer: str
+    detail: str
+
+
+class PlanPublic(BaseModel):
+    """What an assignment or enforcement does (or, in a dry run, would do) to one CVD."""
+
+    id: str
+    cvd: str
+    status: Literal["assigned", "dry-run", "refused"]
+    layers: list[str]
+    task: str | None
+    counts: dict[str, int]
+    download_bytes: int
+    space_needed: int
+    refused: list[str]
+    items: list[PlanItemPublic]
+
+
+class CvdLayersPublic(BaseModel):
+    id: str
+    assigned: list[str]
+    running: list[str]
+
+
+class RulesTestPublic(BaseModel):
+    id: str
+    cvd: str
+    snapshot: str
+    rules: str
+    kept: int
+    kept_bytes: int
+    dropped: int
+    dropped_by_reason: dict[str, int]
+    examples: dict[str, list[str]]
+
+
+class CollectionPublic(BaseModel):
+    id: str
+    name: str
+    filter: str
+    created: dt.datetime
+    members: list[str]

@@ -11,6 +11,7 @@ from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
 from lamina.protocol.flex import MAX_IMAGE_SIZE
+from lamina.protocol.schemas import HealthPublic
 from lamina.server import console
 from lamina.server.api import admin, agent, cvds, drivers, flex, layers, migration, ops
 from lamina.server.context import ServerContext
@@ -75,8 +76,8 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         return JSONResponse({"code": "bad_request", "message": msg}, status_code=400)
 
     @app.get("/api/v1/health", summary="Liveness and version")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__, "store": ctx.store.keys.store_id}
+    def health() -> HealthPublic:
+        return HealthPublic(status="ok", version=__version__, store=ctx.store.keys.store_id)
 
     routers = (admin.router, cvds.router, agent.router, layers.router, ops.router, drivers.router)
     for r in (*routers, migration.router, flex.router):

@@ -12,6 +12,7 @@ from lamina.protocol.schemas import (
     DevicePublic,
     LoginRequest,
     LoginResponse,
+    MePublic,
     PasswordChange,
     PolicyCreate,
     PolicyPublic,
@@ -42,14 +43,14 @@ def logout(ctx: Ctx, caller: Caller) -> None:
 
 
 @router.get("/auth/me", summary="Who the bearer token belongs to")
-def me(caller: Caller) -> dict[str, object]:
-    return {
-        "id": caller.id,
-        "name": caller.name,
-        "kind": caller.kind,
-        "role": caller.role,
-        "permissions": sorted(caller.permissions),
-    }
+def me(caller: Caller) -> MePublic:
+    return MePublic(
+        id=caller.id,
+        name=caller.name,
+        kind=caller.kind,
+        role=caller.role,
+        permissions=sorted(caller.permissions),
+    )
 
 
 @router.post("/users", summary="Create a user with a role", status_code=201)

@@ -11,6 +11,7 @@ from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
 from lamina.protocol.schemas import (
     AgentConfig,
     AgentStatusReport,
+    BundleResponse,
     CommitRequest,
     CommitResponse,
     EnrollRequest,
@@ -69,14 +70,14 @@ def missing(req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits)
         "requestBody": {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
     },
 )
-async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> dict[str, int]:
+async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> BundleResponse:
     cvd = await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
     body = await read_body(request, ctx.settings.max_body)
     await run_in_threadpool(sync.upload_bundle, ctx.store, body)
     # Stored (or already held): the device proved it holds each blob's content. The
     # answer counts blobs new to this CVD, never whether another CVD stored them.
     new = await run_in_threadpool(access.record, ctx.engine, cvd.id, bundle_ids(body))
-    return {"new": new}
+    return BundleResponse(new=new)
 
 
 def bundle_ids(body: bytes) -> list[bytes]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgpack
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, Field
 
 from lamina.protocol.schemas import (
+    BlobsRequest,
     BrowseEntry,
     CvdPublic,
     DownloadRequest,
@@ -93,10 +93,6 @@ def revert(ref: str, req: RevertRequest, ctx: Ctx, caller: Caller) -> TaskPublic
 @router.post("/cvds/{ref}/archive", summary="Detach the device; keep the CVD read-only")
 def archive(ref: str, ctx: Ctx, caller: Caller) -> CvdPublic:
     return fleet.archive(ctx.engine, caller, ref)
-
-
-class BlobsRequest(BaseModel):
-    ids: list[str] = Field(max_length=1024)
 
 
 @router.post(

@@ -2,49 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
-from pydantic import Field
 
 from lamina.errors import UsageError
-from lamina.protocol.schemas import Strict
+from lamina.protocol.schemas import (
+    AssignRequest,
+    CaptureRequest,
+    CollectionCreate,
+    CollectionPublic,
+    CvdLayersPublic,
+    LayerPublic,
+    PlanPublic,
+    RecordingPublic,
+    RecordRequest,
+    RulesTestPublic,
+    RulesTestRequest,
+)
 from lamina.server.deps import Caller, Ctx
 from lamina.server.services import collections, fleet, layers
 
 router = APIRouter()
 
 
-class CaptureRequest(Strict):
-    cvd: str
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
-    update: str | None = None
-    notes: str = Field("", max_length=4000)
-
-
-class RecordRequest(Strict):
-    device: str
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
-    update: str | None = None
-    notes: str = Field("", max_length=4000)
-
-
-class AssignRequest(Strict):
-    cvds: list[str] = Field(default_factory=list, max_length=10000)
-    collection: str | None = None
-    base: str | None = None
-    apps: list[str] = Field(default_factory=list, max_length=100)
-    dry_run: bool = False
-
-
 @router.get("/layers", summary="List layers with their versions")
-def list_layers(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return layers.list_layers(ctx.engine, caller)
+def list_layers(ctx: Ctx, caller: Caller) -> list[LayerPublic]:
+    return [LayerPublic.model_validate(x) for x in layers.list_layers(ctx.engine, caller)]
 
 
 @router.get("/layers/{ref}", summary="Show a layer: versions, applications, whiteouts")
-def show_layer(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return layers.show_layer(ctx.engine, caller, ref)
+def show_layer(ref: str, ctx: Ctx, caller: Caller) -> LayerPublic:
+    return LayerPublic.model_validate(layers.show_layer(ctx.engine, caller, ref))
 
 
 @router.post(
@@ -52,8 +39,10 @@ def show_layer(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     summary="Capture a base layer from a reference CVD's latest snapshot",
     status_code=201,
 )
-def capture(req: CaptureRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return layers.capture(ctx.engine, ctx.store, caller, req.cvd, req.name, req.update, req.notes)
+def capture(req: CaptureRequest, ctx: Ctx, caller: Caller) -> LayerPublic:
+    return LayerPublic.model_validate(
+        layers.capture(ctx.engine, ctx.store, caller, req.cvd, req.name, req.update, req.notes)
+    )
 
 
 @router.post(
@@ -61,8 +50,8 @@ def capture(req: CaptureRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
     summary="Start recording an app layer on a reference endpoint",
     status_code=202,
 )
-def record_start(req: RecordRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return layers.record_start(ctx.engine, caller, req.device)
+def record_start(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPublic:
+    return RecordingPublic.model_validate(layers.record_start(ctx.engine, caller, req.device))
 
 
 @router.post(
@@ -70,27 +59,24 @@ def record_start(req: RecordRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]
     summary="Finish a recording; the app layer is captured at the agent's next snapshot",
     status_code=202,
 )
-def record_finalize(req: RecordRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return layers.record_finalize(ctx.engine, caller, req.device, req.name, req.update, req.notes)
+def record_finalize(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPublic:
+    return RecordingPublic.model_validate(
+        layers.record_finalize(ctx.engine, caller, req.device, req.name, req.update, req.notes)
+    )
 
 
 @router.post(
     "/layers/assign",
     summary="Assign a base layer and app layers to CVDs, or only report what would change",
 )
-def assign(req: AssignRequest, ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
+def assign(req: AssignRequest, ctx: Ctx, caller: Caller) -> list[PlanPublic]:
     targets = list(req.cvds)
     if req.collection:
         targets += [c for c in collections.cvd_refs(ctx.engine, req.collection) if c not in targets]
     if not targets:
         raise UsageError("name at least one CVD or a collection with members")
-    return layers.assign(ctx.engine, ctx.store, caller, targets, req.base, req.apps, req.dry_run)
-
-
-class CollectionCreate(Strict):
-    name: str = Field(min_length=1, max_length=128)
-    filter: str = Field("", max_length=2000)
-    cvds: list[str] = Field(default_factory=list, max_length=10000)
+    plans = layers.assign(ctx.engine, ctx.store, caller, targets, req.base, req.apps, req.dry_run)
+    return [PlanPublic.model_validate(p) for p in plans]
 
 
 @router.post(
@@ -98,39 +84,40 @@ class CollectionCreate(Strict):
     summary="Create a collection of CVDs (static members and/or a filter on device facts)",
     status_code=201,
 )
-def create_collection(req: CollectionCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return collections.create(ctx.engine, caller, req.name, req.filter, req.cvds)
+def create_collection(req: CollectionCreate, ctx: Ctx, caller: Caller) -> CollectionPublic:
+    return CollectionPublic.model_validate(
+        collections.create(ctx.engine, caller, req.name, req.filter, req.cvds)
+    )
 
 
 @router.get("/collections", summary="List collections with their current members")
-def list_collections(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return collections.list_collections(ctx.engine, caller)
+def list_collections(ctx: Ctx, caller: Caller) -> list[CollectionPublic]:
+    return [
+        CollectionPublic.model_validate(x) for x in collections.list_collections(ctx.engine, caller)
+    ]
 
 
 @router.post(
     "/cvds/{ref}/enforce", summary="Bring an endpoint back to its assigned layers", status_code=202
 )
-def enforce(ref: str, ctx: Ctx, caller: Caller, remove_user_apps: bool = False) -> dict[str, Any]:
-    return layers.enforce(ctx.engine, ctx.store, caller, ref, remove_user_apps)
+def enforce(ref: str, ctx: Ctx, caller: Caller, remove_user_apps: bool = False) -> PlanPublic:
+    return PlanPublic.model_validate(
+        layers.enforce(ctx.engine, ctx.store, caller, ref, remove_user_apps)
+    )
 
 
 @router.get(
     "/cvds/{ref}/layers", summary="The layers a CVD is assigned and the ones its endpoint runs"
 )
-def cvd_layers(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def cvd_layers(ref: str, ctx: Ctx, caller: Caller) -> CvdLayersPublic:
     cvd = fleet.cvd_for_access(ctx.engine, caller, ref)
-    return {"id": cvd.id, **layers.cvd_layer_state(ctx.engine, cvd.id)}
-
-
-class RulesTestRequest(Strict):
-    cvd: str
-    rules: str | None = Field(
-        None, max_length=1_000_000, description="A rule set (JSON); default: the built-in one."
-    )
+    return CvdLayersPublic(id=cvd.id, **layers.cvd_layer_state(ctx.engine, cvd.id))
 
 
 @router.post(
     "/layers/rules/test", summary="What a rule set would keep and drop from a CVD's latest snapshot"
 )
-def rules_test(req: RulesTestRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return layers.test_rules(ctx.engine, ctx.store, caller, req.cvd, req.rules)
+def rules_test(req: RulesTestRequest, ctx: Ctx, caller: Caller) -> RulesTestPublic:
+    return RulesTestPublic.model_validate(
+        layers.test_rules(ctx.engine, ctx.store, caller, req.cvd, req.rules)
+    )

@@ -43,8 +43,8 @@ from lamina.store.catalog import SnapshotRecord
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
+from lamina.tree.extents import chunk_fd
 from lamina.tree.model import Entry, encode_tree
-from lamina.tree.scan import chunk_fd
 
 FORMATS = ("raw", "qcow2", "vmdk")
 FIRMWARES = ("bios", "uefi")

@@ -1,0 +1,30 @@
+"""Every JSON answer of the API has a response model: no free-form object at the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lamina.config import ServerSettings
+from lamina.server.app import create_app
+
+#: Answers that are not JSON models on purpose: a file's bytes.
+NOT_JSON = {("get", "/api/v1/cvds/{ref}/snapshots/{snapshot}/file")}
+
+
+def test_every_json_response_is_a_named_model(tmp_path: Path) -> None:
+    app = create_app(ServerSettings(data=tmp_path / "data", admin_password="x" * 16))
+    doc = app.openapi()
+    loose = []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if (method, path) in NOT_JSON:
+                continue
+            for code, answer in op.get("responses", {}).items():
+                schema = answer.get("content", {}).get("application/json", {}).get("schema")
+                if not code.startswith("2") or schema is None:
+                    continue
+                if "$ref" not in schema.get("items", schema):
+                    loose.append(f"{method.upper()} {path} {code}")
+    assert loose == []
+    for name in ("LayerPublic", "PlanPublic", "CollectionPublic", "RulesTestPublic", "MePublic"):
+        assert name in doc["components"]["schemas"], name
