@@ -24,7 +24,7 @@ def test_precedence_flag_env_file_default(tmp_path: Path, monkeypatch: pytest.Mo
     missing = tmp_path / "absent.toml"
     # The file over the defaults.
     s = ServerSettings.load(cfg, missing)
-    assert (s.host, s.port, s.metrics, s.workers) == ("0.0.0.0", 9000, "token", 1)
+    assert (s.host, s.port, s.metrics) == ("0.0.0.0", 9000, "token")
     assert s.tls_cert == Path("/etc/lamina/s.crt")  # a flag's spelling works as a key too
     # The environment over the file.
     monkeypatch.setenv("LAMINA_PORT", "9100")

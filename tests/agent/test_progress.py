@@ -23,7 +23,7 @@ def test_later_syncs_report_a_percentage(live: Live, tmp_path: Path) -> None:  #
     agent = Agent(state, on_progress=seen.append)
     try:
         assert agent.cycle(force_sync=True)["synced"]
-        first_total = agent.status["last_sync_stats"]["bytes"]
+        first_total = agent.status.last_sync_stats.bytes  # type: ignore[union-attr]
         seen.clear()
         (root / "file0.bin").write_bytes(b"changed" * 50_000)
         assert agent.cycle(force_sync=True)["synced"]

@@ -42,8 +42,9 @@ def test_cvd_lifecycle(
         assert (states[host] / "agent.json").stat().st_mode & 0o777 == 0o600
     pending = admin.json("device", "list", "--pending")
     assert sorted(d["hostname"] for d in pending) == ["desk-01", "desk-02"]
-    assert pending[0]["facts"]["os_release"]["ID"] == "debian"
-    assert all(len(d["facts"]["machine_id"]) == 32 for d in pending)
+    shown = [admin.json("device", "show", d["id"]) for d in pending]
+    assert shown[0]["facts"]["os_release"]["ID"] == "debian"
+    assert all(len(d["facts"]["machine_id"]) == 32 for d in shown)
 
     # Before centralization an agent has nothing to do.
     idle = agents["desk-01"].json("agent", "run", "--once", "--state", str(states["desk-01"]))

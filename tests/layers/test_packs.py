@@ -14,7 +14,7 @@ import pytest
 
 from lamina.errors import TooLargeError, UsageError
 from lamina.layers import packs
-from lamina.layers.merge import parse_dpkg_status
+from lamina.layers.merge import Stanza, parse_dpkg_status
 from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef, make_plan
 from lamina.layers.rules import builtin
@@ -110,10 +110,10 @@ def test_a_pack_holds_loose_files_and_debs_as_dpkg_installs_them(tmp_path: Path)
     theirs = parse_dpkg_status((real / "var/lib/dpkg/status").read_bytes())["vendor-firmware"]
     ours = parse_dpkg_status(read(mem, tree, "/var/lib/dpkg/status"))["vendor-firmware"]
 
-    def fields(stanza: str) -> dict[str, str]:
+    def fields(stanza: Stanza) -> dict[str, str]:
         out: dict[str, str] = {}
         key = ""
-        for line in stanza.splitlines():
+        for line in stanza.text.splitlines():
             if line.startswith(" "):
                 out[key] += "\n" + line
             else:

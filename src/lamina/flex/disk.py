@@ -130,14 +130,22 @@ def export(path: Path, key: bytes, socket_path: Path, timeout: float = 30.0) -> 
     client: NbdClient | None = None
     try:
         end = time.monotonic() + timeout
-        while not socket_path.exists():
+        while client is None:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
                 raise BackendError(f"qemu-nbd could not open the encrypted disk: {err}")
+            if socket_path.exists():
+                # The socket file appears at bind(), before qemu-nbd listens: a refused
+                # connection then means "not yet", until the deadline.
+                try:
+                    client = NbdClient(socket_path)
+                    break
+                except BackendError as e:
+                    if not isinstance(e.__cause__, ConnectionRefusedError):
+                        raise
             if time.monotonic() > end:
                 raise BackendError("qemu-nbd did not start in time")
             time.sleep(0.02)
-        client = NbdClient(socket_path)
         yield client
         client.flush()
     finally:

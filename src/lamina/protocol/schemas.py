@@ -518,6 +518,10 @@ class PlanPublic(BaseModel):
     cvd: str
     status: Literal["assigned", "dry-run", "refused"]
     layers: list[str]
+    #: The driver packs the device gets with the layers, as ``NAME:VERSION``.
+    packs: list[str] = Field(default_factory=list)
+    #: E.g. no driver profile matches a device of other hardware than the base layer's.
+    warnings: list[str] = Field(default_factory=list)
     task: str | None
     counts: dict[str, int]
     download_bytes: int
@@ -532,6 +536,12 @@ class CvdLayersPublic(BaseModel):
     running: list[str]
 
 
+class HardwareBoundPublic(BaseModel):
+    rules: list[str]
+    count: int
+    examples: list[str]
+
+
 class RulesTestPublic(BaseModel):
     id: str
     cvd: str
@@ -542,6 +552,9 @@ class RulesTestPublic(BaseModel):
     dropped: int
     dropped_by_reason: dict[str, int]
     examples: dict[str, list[str]]
+    #: The rule set's hardware-bound paths (kept from the new machine by a migration) and
+    #: those found in the CVD's last snapshot.
+    hardware_bound: HardwareBoundPublic | None = None
 
 
 class CollectionPublic(BaseModel):

@@ -110,7 +110,7 @@ def _failing_cvds() -> Any:
 def _conditions(c: Connection, at: dt.datetime) -> dict[str, ColumnElement[bool]]:
     active = and_(devices.c.status == ACTIVE, cvds.c.id.is_not(None))
     offline = _offline_after(c, at)
-    free = devices.c.agent_state["disk_free"].as_integer()
+    free = devices.c.agent_state["disk_free"].as_float()  # bytes: past int4 on PostgreSQL
     return {
         "pending": devices.c.status == PENDING,
         "online": and_(active, ~offline),
