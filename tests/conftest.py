@@ -381,15 +381,40 @@ def s3_url(s3_server: S3Server, s3_bucket: str) -> str:
 HEAVY_TIMEOUT = 900  # seconds; pyproject.toml's ``timeout`` (300 s) is for the rest
 
 
+def _weight(item: pytest.Item) -> int:
+    """How heavy a test is likely to be, from what it declares (0 = heaviest): e2e *and*
+    slow (QEMU boots, whole deployments), then e2e or slow or under tests/e2e, then the rest.
+    Works for tests it has never seen: no list of names."""
+    e2e = item.get_closest_marker("e2e") is not None or "e2e" in item.path.parts
+    slow = item.get_closest_marker("slow") is not None
+    return 0 if (e2e and slow) else 1 if (e2e or slow) else 2
+
+
+def heavy_first(items: list[pytest.Item]) -> None:
+    """Order ``items`` so that the heaviest modules start first.
+
+    pytest-xdist (``--dist loadgroup``) hands tests to the workers in collection order
+    (its groups, largest first, ahead of single tests), so a 90 s test collected last
+    keeps one worker busy while the other idles. A module moves as a whole (its weight is
+    its heaviest test's), so module-scoped fixtures are still set up once per worker; the
+    sort is stable, so pytest-randomly's order holds within a weight, and every worker
+    computes the same order from the same seed."""
+    module_weight: dict[Path, int] = {}
+    for item in items:
+        module_weight[item.path] = min(module_weight.get(item.path, 2), _weight(item))
+    items.sort(key=lambda item: module_weight[item.path])
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Whole-system tests (tests/e2e/, or marked e2e or slow) get HEAVY_TIMEOUT unless
-    they set their own ``@pytest.mark.timeout``."""
+    they set their own ``@pytest.mark.timeout``; the heaviest tests run first."""
     for item in items:
         if item.get_closest_marker("timeout") is not None:
             continue
         heavy = item.get_closest_marker("e2e") or item.get_closest_marker("slow")
         if heavy or "e2e" in item.path.parts:
             item.add_marker(pytest.mark.timeout(HEAVY_TIMEOUT))
+    heavy_first(items)
 
 
 # --- the one store fixture of the engine's tests -------------------------------------
