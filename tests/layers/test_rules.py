@@ -166,7 +166,7 @@ def test_hostile_star_runs_in_one_component_complete() -> None:
     assert not matches([pattern], "/" + "a" * 4000)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(
     pattern=st.text(alphabet="ab/*?[\\.é\udcff", max_size=12).map(lambda s: "/" + s),
     path=st.text(alphabet="ab/[\\.é\udcff", max_size=14).map(lambda s: "/" + s),
@@ -226,7 +226,7 @@ _doc = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(doc=_doc)
 def test_rule_parser_raises_only_usage_errors(doc: object) -> None:
     if isinstance(doc, dict):
@@ -235,7 +235,7 @@ def test_rule_parser_raises_only_usage_errors(doc: object) -> None:
         parse_rules(json.dumps(doc))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(raw=st.binary(max_size=200) | _json.map(json.dumps))
 def test_rule_parser_on_random_bytes(raw: bytes | str) -> None:
     with contextlib.suppress(UsageError):
