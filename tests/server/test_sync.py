@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lamina.db.stores import StoreLocation, init_store
+from lamina.db.stores import StoreLocation, init_store, open_store
 from lamina.errors import IntegrityError, MissingDataError, TooLargeError
 from lamina.protocol.bundle import BundleBlob, encode_bundle
 from lamina.server.services import sync
@@ -213,3 +213,30 @@ def test_small_bundles_accumulate_into_full_packs(small_pack_store: Store) -> No
         assert store.get(bid) == data
     listed = {n for n, _ in store.backend.list("packs/")}
     assert len(listed) == len(sizes)  # the rolled packs' files are gone
+
+
+def test_two_servers_on_one_s3_store_roll_each_others_small_packs(
+    tmp_path: Path, s3_url: str
+) -> None:
+    """Two servers (two Store objects: one bucket, one catalog) take bundles in turn: the
+    small packs either wrote are rolled by whichever crosses the threshold; nothing is lost."""
+    loc = StoreLocation(data=tmp_path / "data", store_url=s3_url)
+    first = init_store(loc)
+    second = open_store(loc, pack_size=256 * 1024)
+    first.pack_size = 256 * 1024
+    sent: dict[bytes, bytes] = {}
+    try:
+        for i in range(50):  # each server writes about 25 small packs, more than a pack size
+            server = (first, second)[i % 2]
+            data = os.urandom(12_000)
+            sent[_bid(server, data)] = data
+            sync.upload_bundle(server, encode_bundle([_row(server, data)]))
+        sizes = sorted(p.size for p in first.catalog.packs())
+        assert sizes[-1] >= 0.9 * first.pack_size and len(sizes) < 50 - 20, sizes
+        for server in (first, second):
+            assert server.catalog.missing(list(sent)) == set()
+            for bid, data in sent.items():
+                assert server.get(bid) == data
+    finally:
+        second.close()
+        first.close()
