@@ -12,7 +12,6 @@ generated from a seed, so every pass and every machine backs up the same bytes.
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 from collections.abc import Sequence
@@ -54,7 +53,6 @@ def build_small_files(root: Path, count: int, seed: int) -> dict[str, Any]:
             data = text[:size]
         (d / f"f{i:06d}.{'bin' if i % 2 else 'txt'}").write_bytes(data)
         total += size
-    os.sync()
     return {"small_files": count, "small_bytes": total, "seed": seed}
 
 
