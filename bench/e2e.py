@@ -42,6 +42,8 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import method
 from bench.run import (
-    CONSOLE,
     DEFAULT_GROUPS,
     ROOT,
     CommandFailed,
@@ -67,6 +69,7 @@ from bench.run import (
     manifest,
     mutate,
     prepare_work,
+    print_rows,
     rmtree,
     say,
     tree_size,
@@ -222,27 +225,44 @@ class Cli:
         if sync_first:
             os.sync()
         load = os.getloadavg()[0]
-        t0 = time.perf_counter()
-        try:
-            p = subprocess.run(
-                argv,
-                env=self.env,
-                input=input,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as e:
-            raise CommandFailed(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from e
-        seconds = time.perf_counter() - t0
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(argv, env=self.env, stdin=subprocess.PIPE, stdout=out, stderr=err)
+            killer = threading.Timer(timeout, p.kill)
+            killer.start()
+            try:
+                if input is not None and p.stdin is not None:
+                    p.stdin.write(input.encode())
+                if p.stdin is not None:
+                    p.stdin.close()
+                # wait4, not wait: the kernel's own account of this process (and the
+                # children it reaped): CPU and peak resident memory, exact, not sampled
+                _, status, usage = os.wait4(p.pid, 0)
+            finally:
+                killer.cancel()
+            seconds = time.perf_counter() - t0
+            p.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout = out.read().decode(errors="replace")
+            stderr = err.read().decode(errors="replace")
+        if p.returncode == -signal.SIGKILL and seconds >= timeout:
+            raise CommandFailed(f"timed out after {timeout:.0f} s: {' '.join(argv)}")
         if p.returncode != 0:
-            tail = "\n".join(p.stderr.strip().splitlines()[-40:]) or "(no stderr)"
+            tail = "\n".join(stderr.strip().splitlines()[-40:]) or "(no stderr)"
             raise CommandFailed(
                 f"command failed (exit {p.returncode}, {seconds:.1f}s): {' '.join(argv)}\n"
                 f"--- stderr (last 40 lines) ---\n{tail}"
             )
-        return Ran(seconds, p.stdout, p.stderr, p.returncode, load)
+        return Ran(
+            seconds,
+            stdout,
+            stderr,
+            p.returncode,
+            load,
+            cpu_s=usage.ru_utime + usage.ru_stime,
+            peak_rss=usage.ru_maxrss * 1024,
+        )
 
     def json(self, *args: str | os.PathLike[str], **kw: Any) -> Any:
         return json.loads(self.run(*args, "--json", **kw).stdout)
@@ -310,6 +330,9 @@ FIGURES: list[tuple[str, str, str]] = [
     ("initial_sent_bytes", "   Lamina: bytes uploaded by the first sync", "B"),
     ("changed_sent_bytes", "   Lamina: bytes uploaded after the ~1% change", "B"),
     ("idle_cycle_s", "   fixed cost: idle agent cycle / restic snapshots", "s"),
+    ("first_cpu_per_gib_s", "   first sync: CPU s per GiB (Lamina agent / restic)", "s"),
+    ("first_server_cpu_per_gib_s", "   first sync: Lamina server CPU s per GiB", "s"),
+    ("first_peak_rss_bytes", "   first sync: Lamina agent peak RSS", "B"),
 ]
 
 
@@ -379,7 +402,11 @@ class LaminaE2E:
         s0, c0 = self.server.cpu(), children_cpu()
         args = ["agent", "run", "--once", "--state", self.state, "--json"]
         r = self.agent.run(*args, *(["--sync"] if sync else []), sync_first=True)
-        cpu = {"agent_cpu_s": children_cpu() - c0, "server_cpu_s": self.server.cpu() - s0}
+        cpu = {
+            "agent_cpu_s": children_cpu() - c0,
+            "server_cpu_s": self.server.cpu() - s0,
+            "agent_peak_rss": float(r.peak_rss or 0),
+        }
         doc: dict[str, Any] = json.loads(r.stdout)
         return r, doc, cpu
 
@@ -571,6 +598,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--corpus", type=Path, default=None, help="copy this folder instead of /usr")
     ap.add_argument("--quick", action="store_true", help="a ~100 MiB corpus")
     ap.add_argument("--no-restic", action="store_true", help="Lamina only")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="passes per corpus, Lamina and restic taking turns to go first; "
+        "figures are medians (default 3)",
+    )
+    ap.add_argument(
+        "--corpora",
+        default=None,
+        help="comma-separated: usr (parts of /usr, or --corpus) and small "
+        "(--small-files files under 4 KiB); default both (usr only with --corpus)",
+    )
+    ap.add_argument(
+        "--small-files",
+        type=int,
+        default=None,
+        help="files in the small-files corpus (default 100000; 10000 with --quick)",
+    )
     ap.add_argument("--seed", type=int, default=1, help="seed of the deterministic changes")
     ap.add_argument(
         "--work",
@@ -590,11 +636,80 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.size_mb = (
             (100.0 if args.quick else 1024.0) if args.corpus is None or args.quick else None
         )
+    corpora = args.corpora or ("usr" if args.corpus else "usr,small")
+    args.corpora = [c.strip() for c in corpora.split(",") if c.strip()]
+    if not args.corpora or any(c not in ("usr", "small") for c in args.corpora):
+        ap.error(f"--corpora: choose from usr,small, not {corpora!r}")
+    if args.runs < 1:
+        ap.error("--runs: at least 1")
+    if args.small_files is None:
+        args.small_files = 10_000 if args.quick else 100_000
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    code = 0
+    for kind in args.corpora:
+        code = max(code, bench_corpus(args, kind))
+    return code
+
+
+def bench_corpus(args: argparse.Namespace, kind: str) -> int:
+    """``--runs`` passes over one corpus, Lamina and restic taking turns to go first."""
+    t_start = time.perf_counter()
+    started = dt.datetime.now(dt.UTC)
+    passes: list[dict[str, Any]] = []
+    failures: list[str] = []
+    code = 0
+    last: tuple[Results, TreeSize, bool] | None = None
+    for i in range(args.runs):
+        restic_first = i % 2 == 1
+        say(
+            f"=== corpus {kind}, pass {i + 1} of {args.runs}: "
+            f"{'restic' if restic_first else 'lamina'} first",
+            "bold blue",
+        )
+        res, doc, c_size, with_restic, pass_code = one_pass(
+            args, kind, restic_first, last=i == args.runs - 1
+        )
+        code = max(code, pass_code)
+        passes.append({"pass": i + 1, "restic_first": restic_first, **doc})
+        failures += [f"pass {i + 1}: {f}" for f in res.failures]
+        last = (res, c_size, with_restic)
+    assert last is not None
+    summary = method.summarize([p["figures"] for p in passes])
+    figures = method.medians(summary)
+    total = time.perf_counter() - t_start
+    print_table(last[0], summary, last[1], args.quick, last[2], kind, args.runs)
+    doc = {
+        "corpus_kind": kind,
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(total, 1),
+        "runs": args.runs,
+        "method": (method.__doc__ or "").split("\n\n")[1].replace("\n", " "),
+        "figures": figures,
+        "ratios": ratios(figures),
+        "spread": summary,
+        "passes": passes,
+        "failures": failures,
+    }
+    out: Path = args.output
+    if kind != "usr":
+        out = out.with_name(f"{out.stem}-{kind}{out.suffix}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    say(f"results written to {out} ({args.runs} passes, {total:.0f} s)")
+    if failures:
+        say("FAILURES:\n  " + "\n  ".join(failures), "bold red")
+        return 1
+    return code
+
+
+def one_pass(
+    args: argparse.Namespace, kind: str, restic_first: bool, *, last: bool
+) -> tuple[Results, dict[str, Any], TreeSize, bool, int]:
+    """One pass on a fresh corpus, server and repository."""
     t_start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
     start_load = list(os.getloadavg())
@@ -619,6 +734,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prepare_work(work)
     corpus = work / "corpus"
+    if kind == "small":
+        say(f"generating {args.small_files} small files in {corpus}", "bold")
+        corpus_extra: dict[str, Any] = method.build_small_files(corpus, args.small_files, args.seed)
+        c_size = tree_size(corpus)
+        warm_up(corpus)
+        group_reports: list[Any] = []
+    else:
+        corpus_extra, group_reports, c_size = _usr_corpus(args, corpus)
+
+    lam = LaminaE2E(work / "lamina", env, corpus)
+    try:
+        code = run_steps(args, res, lam, restic, corpus, work, restic_first)
+    finally:
+        lam.server.stop()
+
+    total = time.perf_counter() - t_start
+    doc = _pass_doc(args, res, lam, restic_version, rev_start, started, start_load, total)
+    doc["corpus"] = {
+        **dataclasses.asdict(c_size),
+        "kind": kind,
+        "source": "generated" if kind == "small" else os.fspath(args.corpus or "/usr subsets"),
+        "groups": [dataclasses.asdict(g) for g in group_reports],
+        **corpus_extra,
+    }
+    if not (args.keep and last):
+        rmtree(work)
+    return res, doc, c_size, restic is not None, code
+
+
+def _usr_corpus(
+    args: argparse.Namespace, corpus: Path
+) -> tuple[dict[str, Any], list[Any], TreeSize]:
     groups = [(os.fspath(args.corpus.resolve()), 1.0)] if args.corpus else DEFAULT_GROUPS
     if args.corpus and not args.corpus.is_dir():
         raise SystemExit(f"--corpus {args.corpus}: not a folder")
@@ -637,16 +784,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{human_bytes(c_size.apparent)} in {time.perf_counter() - t0:.1f} s"
     )
     warm_up(corpus)
+    return corpus_extra, list(group_reports), c_size
 
-    lam = LaminaE2E(work / "lamina", env, corpus)
-    try:
-        code = run_steps(args, res, lam, restic, corpus, work)
-    finally:
-        lam.server.stop()
 
-    total = time.perf_counter() - t_start
-    print_table(res, c_size, args.quick, restic is not None)
-    doc = {
+def _pass_doc(
+    args: argparse.Namespace,
+    res: Results,
+    lam: LaminaE2E,
+    restic_version: str | None,
+    rev_start: str | None,
+    started: dt.datetime,
+    start_load: list[float],
+    total: float,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round(total, 1),
         "quick": args.quick,
@@ -666,16 +817,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lamina": "lamina server --data (embedded: SQLite + folder store), default policy "
             "'bench' via token --policy, agent defaults; store size = server --data minus cache",
             "restic": "local repository, defaults of this version; cache under work/, not counted",
-            "times": "wall clock of the whole CLI process (start-up included), one run each",
-        },
-        "corpus": {
-            **dataclasses.asdict(c_size),
-            "source": os.fspath(args.corpus) if args.corpus else "/usr subsets",
-            "groups": [dataclasses.asdict(g) for g in group_reports],
-            **corpus_extra,
+            "times": "wall clock of the whole CLI process (start-up included)",
+            "cpu": "user + system seconds: the agent's from wait4 (the process and the children "
+            "it reaped), the server's from /proc/PID/stat before and after; per GiB of the corpus",
+            "rss": "the agent's peak resident memory: ru_maxrss from wait4 (the kernel's "
+            "high-water mark, not a sample)",
         },
         "figures": res.figures,
-        "ratios": ratios(res),
+        "ratios": ratios(res.figures),
         "verification": res.verification,
         "layer_update": res.layer_update,
         "details": res.details,
@@ -683,15 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if doc["git"]["at_start"] != doc["git"]["at_end"]:
         warn(f"the checkout changed during the run: {doc['git']}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    say(f"results written to {args.output} (whole run {total:.0f} s)")
-    if not args.keep:
-        rmtree(work)
-    if res.failures:
-        say("FAILURES:\n  " + "\n  ".join(res.failures), "bold red")
-        return 1
-    return code
+    return doc
 
 
 def run_steps(
@@ -701,7 +842,15 @@ def run_steps(
     restic: Restic | None,
     corpus: Path,
     work: Path,
+    restic_first: bool = False,
 ) -> int:
+    """Every step for Lamina and restic, restic first when ``restic_first`` (passes rotate)."""
+    corpus_gib = tree_size(corpus).apparent / 2**30 or 1.0
+
+    def pair(lamina: Any, restic_fn: Any) -> None:
+        for fn in (restic_fn, lamina) if restic_first else (lamina, restic_fn):
+            fn()
+
     say("setup: lamina server, login, policy, token --policy, agent enroll", "bold")
     try:
         info = lam.setup()
@@ -743,6 +892,8 @@ def run_steps(
         c0 = children_cpu()
         r, summary = restic.backup(corpus, key, None)
         res.record(key, "restic", r.seconds)
+        if key == "initial_backup_s":
+            res.record("first_cpu_per_gib_s", "restic", (children_cpu() - c0) / corpus_gib)
         res.detail(
             "restic",
             key,
@@ -775,9 +926,24 @@ def run_steps(
 
     # -- 1. first backup
     say("1. first backup (Lamina: centralization by the agent's first cycle)", "bold")
-    if not step("lamina first sync", lambda: lamina_backup("initial_backup_s", sync=False)):
+    first_ok: list[bool] = []
+    pair(
+        lambda: first_ok.append(
+            step("lamina first sync", lambda: lamina_backup("initial_backup_s", sync=False))
+        ),
+        lambda: step("restic initial backup", lambda: restic_backup("initial_backup_s")),
+    )
+    if not first_ok[0]:
         return 1
-    step("restic initial backup", lambda: restic_backup("initial_backup_s"))
+    cpu1 = res.details["lamina"]["initial_backup_s"]
+    res.record("first_cpu_per_gib_s", "lamina", cpu1["agent_cpu_s"] / corpus_gib)
+    res.record("first_server_cpu_per_gib_s", "lamina", cpu1["server_cpu_s"] / corpus_gib)
+    res.record("first_peak_rss_bytes", "lamina", cpu1["agent_peak_rss"])
+    say(
+        f"  first sync per GiB: agent CPU {cpu1['agent_cpu_s'] / corpus_gib:.2f} s, server CPU "
+        f"{cpu1['server_cpu_s'] / corpus_gib:.2f} s; agent peak RSS "
+        f"{human_bytes(cpu1['agent_peak_rss'])}"
+    )
     sizes("size_after_initial")
     # restic 0.14's data_added counts bytes before compression: no restic figure here.
     first = res.details["lamina"]["initial_backup_s"]["agent"].get("last_sync_stats") or {}
@@ -799,8 +965,12 @@ def run_steps(
 
     # -- 2. unchanged
     say("2. re-backup, nothing changed", "bold")
-    step("lamina unchanged sync", lambda: lamina_backup("unchanged_backup_s", sync=True))
-    step("restic unchanged backup", lambda: restic_backup("unchanged_backup_s"))
+    pair(
+        lambda: step(
+            "lamina unchanged sync", lambda: lamina_backup("unchanged_backup_s", sync=True)
+        ),
+        lambda: step("restic unchanged backup", lambda: restic_backup("unchanged_backup_s")),
+    )
 
     # -- 3. ~1% change
     changes = mutate(corpus, 0.01, args.seed, replace_half=False)
@@ -811,8 +981,10 @@ def run_steps(
         f"{human_bytes(changes['bytes_written'] + changes['added_bytes'])} written)",
         "bold",
     )
-    step("lamina changed sync", lambda: lamina_backup("changed_backup_s", sync=True))
-    step("restic changed backup", lambda: restic_backup("changed_backup_s"))
+    pair(
+        lambda: step("lamina changed sync", lambda: lamina_backup("changed_backup_s", sync=True)),
+        lambda: step("restic changed backup", lambda: restic_backup("changed_backup_s")),
+    )
     changed = res.details["lamina"].get("changed_backup_s", {}).get("agent", {})
     res.record(
         "changed_sent_bytes", "lamina", (changed.get("last_sync_stats") or {}).get("uploaded_bytes")
@@ -903,8 +1075,10 @@ def run_steps(
         verify("restic", inner)
         rmtree(out)
 
-    step("lamina restore", lamina_restore)
-    step("restic restore", restic_restore)
+    pair(
+        lambda: step("lamina restore", lamina_restore),
+        lambda: step("restic restore", restic_restore),
+    )
 
     say("5. store sizes", "bold")
     for tool in ("lamina", "restic"):
@@ -926,56 +1100,41 @@ def run_steps(
     return 0
 
 
-def ratios(res: Results) -> dict[str, float | None]:
+def ratios(figures: method.Figures) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for key, row in res.figures.items():
+    for key, row in figures.items():
         a, b = row.get("lamina"), row.get("restic")
         out[key] = a / b if a is not None and b else None
     return out
 
 
-def print_table(res: Results, c_size: TreeSize, quick: bool, with_restic: bool) -> None:
+def print_table(
+    res: Results,
+    summary: dict[str, dict[str, dict[str, Any]]],
+    c_size: TreeSize,
+    quick: bool,
+    with_restic: bool,
+    kind: str,
+    runs: int,
+) -> None:
     names = ["lamina", *(["restic"] if with_restic else [])]
-    rat = ratios(res)
+    rat = ratios(method.medians(summary))
     title = (
-        f"End to end (agent -> server on loopback). Corpus: {c_size.files} files, "
-        f"{human_bytes(c_size.apparent)}{' (quick)' if quick else ''}. "
-        "Ratios < 1: Lamina faster / smaller."
+        f"End to end (agent -> server on loopback). Corpus {kind}: {c_size.files} files, "
+        f"{human_bytes(c_size.apparent)}{' (quick)' if quick else ''}. Median of {runs} "
+        "passes (min-max), who goes first alternating. Ratios (of medians) < 1: Lamina "
+        "faster / smaller."
     )
-
-    def fmt(v: float | None, unit: str) -> str:
-        if v is None:
-            return "—"
-        return f"{v:.2f} s" if unit == "s" else human_bytes(v)
-
     header = ["figure", *names, *(["lamina/restic"] if with_restic else [])]
     rows = []
     for key, label, unit in FIGURES:
-        vals = res.figures.get(key, {})
-        row = [label] + [fmt(vals.get(n), unit) for n in names]
+        vals = summary.get(key, {})
+        row = [label] + [method.spread(vals.get(n), unit, human_bytes) for n in names]
         if with_restic:
             r = rat.get(key)
             row.append("—" if r is None else f"{r:.2f}")
         rows.append(row)
-    if CONSOLE is not None:
-        from rich.table import Table
-
-        table = Table(title=title, title_justify="left")
-        for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right")
-        for row in rows:
-            table.add_row(*row)
-        CONSOLE.print(table)
-    else:
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        print(title)
-        for r in [header, *rows]:
-            print(
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
-                )
-            )
+    print_rows(title, header, rows)
     lu = res.layer_update
     if lu:
 

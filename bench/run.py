@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import method
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 DEFAULT_WORK = BENCH / "work"
@@ -107,6 +109,10 @@ class Ran:
     stderr: str
     returncode: int
     load: float = 0.0  # 1-minute load average just before (other work on the machine skews times)
+    #: user + system CPU seconds of the process and its children (bench.e2e's agent)
+    cpu_s: float | None = None
+    #: its peak resident memory (the kernel's high-water mark, bytes)
+    peak_rss: int | None = None
 
 
 def run_cmd(
@@ -884,6 +890,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--quick", action="store_true", help="a ~100 MiB corpus")
     ap.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="passes per corpus, the tools' order rotated; figures are medians (default 3)",
+    )
+    ap.add_argument(
+        "--corpora",
+        default=None,
+        help="comma-separated: usr (parts of /usr, or --corpus) and small "
+        "(--small-files files under 4 KiB); default both (usr only with --corpus)",
+    )
+    ap.add_argument(
+        "--small-files",
+        type=int,
+        default=None,
+        help="files in the small-files corpus (default 100000; 10000 with --quick)",
+    )
+    ap.add_argument(
         "--tools",
         default=",".join(ALL_TOOLS),
         help="comma-separated subset of lamina,restic,borg (default all)",
@@ -918,6 +942,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if bad or not names:
         ap.error(f"--tools: unknown {bad}; choose from {','.join(ALL_TOOLS)}")
     args.tool_names = [n for n in ALL_TOOLS if n in names]
+    corpora = args.corpora or ("usr" if args.corpus else "usr,small")
+    args.corpora = [c.strip() for c in corpora.split(",") if c.strip()]
+    if not args.corpora or any(c not in ("usr", "small") for c in args.corpora):
+        ap.error(f"--corpora: choose from usr,small, not {corpora!r}")
+    if args.runs < 1:
+        ap.error("--runs: at least 1")
+    if args.small_files is None:
+        args.small_files = 10_000 if args.quick else 100_000
     if args.size_mb is None:
         args.size_mb = (
             (100.0 if args.quick else 1024.0) if args.corpus is None or args.quick else None
@@ -969,9 +1001,21 @@ class Corpus:
     groups: list[Any]
 
 
-def make_corpus(args: argparse.Namespace, work: Path) -> Corpus:
-    """Copy the corpus the run backs up (a share of /usr, or --corpus) and read it once."""
+def make_corpus(args: argparse.Namespace, work: Path, kind: str = "usr") -> Corpus:
+    """Copy the corpus the run backs up (a share of /usr, or --corpus; or generate the
+    small-files one) and read it once."""
     corpus = work / "corpus"
+    if kind == "small":
+        say(f"generating {args.small_files} small files in {corpus}", "bold")
+        t0 = time.perf_counter()
+        extra = method.build_small_files(corpus, args.small_files, args.seed)
+        size = tree_size(corpus)
+        say(
+            f"  {size.files} files, {size.dirs} folders, {human_bytes(size.apparent)} "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
+        warm_up(corpus)
+        return Corpus(corpus, size, extra, [])
     groups = [(os.fspath(args.corpus.resolve()), 1.0)] if args.corpus else DEFAULT_GROUPS
     if args.corpus and not args.corpus.is_dir():
         raise SystemExit(f"--corpus {args.corpus}: not a folder")
@@ -1165,7 +1209,7 @@ def results(
             "endpoint2_changes": changes2,
         },
         "figures": run.figures,
-        "ratios": ratios(run),
+        "ratios": ratios(run.figures),
         "verification": run.verification,
         "details": run.details,
         "failures": run.failures,
@@ -1174,17 +1218,78 @@ def results(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    code = 0
+    for kind in args.corpora:
+        code = max(code, bench_corpus(args, kind))
+    return code
+
+
+def output_for(args: argparse.Namespace, kind: str) -> Path:
+    """bench/results.json for the usr corpus, bench/results-small.json for the other."""
+    out: Path = args.output
+    return out if kind == "usr" else out.with_name(f"{out.stem}-{kind}{out.suffix}")
+
+
+def bench_corpus(args: argparse.Namespace, kind: str) -> int:
+    """``--runs`` passes over one corpus, the tools' order rotated; medians printed and kept."""
+    t_start = time.perf_counter()
+    started = dt.datetime.now(dt.UTC)
+    passes: list[dict[str, Any]] = []
+    failures: list[str] = []
+    names: list[str] = []
+    c_size: TreeSize | None = None
+    for i in range(args.runs):
+        order = method.rotated(args.tool_names, i)
+        say(f"=== corpus {kind}, pass {i + 1} of {args.runs}: {', '.join(order)}", "bold blue")
+        got = one_pass(args, kind, order, last=i == args.runs - 1)
+        if got is None:
+            return 2
+        run, doc, c_size = got
+        names = names or [n for n in ALL_TOOLS if any(t.name == n for t in run.tools)]
+        passes.append({"pass": i + 1, "order": order, **doc})
+        failures += [f"pass {i + 1}: {f}" for f in run.failures]
+    summary = method.summarize([p["figures"] for p in passes])
+    figures = method.medians(summary)
+    total = time.perf_counter() - t_start
+    assert c_size is not None
+    print_table(names, summary, c_size, args.quick, kind, args.runs)
+    doc = {
+        "corpus_kind": kind,
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(total, 1),
+        "runs": args.runs,
+        "method": (method.__doc__ or "").split("\n\n")[1].replace("\n", " "),
+        "figures": figures,
+        "ratios": ratios(figures),
+        "spread": summary,
+        "passes": passes,
+        "failures": failures,
+    }
+    out = output_for(args, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    say(f"results written to {out} ({args.runs} passes, {total:.0f} s)")
+    if failures:
+        say("FAILURES:\n  " + "\n  ".join(failures), "bold red")
+        return 1
+    return 0
+
+
+def one_pass(
+    args: argparse.Namespace, kind: str, order: Sequence[str], *, last: bool
+) -> tuple[Run, dict[str, Any], TreeSize] | None:
+    """One pass: a fresh corpus and fresh repositories, every step for every tool in ``order``."""
     t_start = time.perf_counter()
     start_load = list(os.getloadavg())
     started = dt.datetime.now(dt.UTC)
     work: Path = args.work.resolve()
-    tools, skipped = find_tools(args.tool_names, work, clean_env())
+    tools, skipped = find_tools(order, work, clean_env())
     if not tools:
         say("no tool to benchmark", "bold red")
-        return 2
+        return None
     prepare_work(work)
     run = Run(args, work, tools)
-    corpus = make_corpus(args, work)
+    corpus = make_corpus(args, work, kind)
     figure_init(run)
     figure_initial_backup(run, corpus.path)
     figure_fixed_cost(run)
@@ -1195,29 +1300,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     changes2 = figure_second_endpoint(run, corpus.path, work, args.seed)
 
     total = time.perf_counter() - t_start
-    print_table(run, corpus.size)
     doc = results(run, corpus, skipped, changes, changes2, started, start_load, total)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    say(f"results written to {args.output} (whole run {total:.0f} s)")
 
-    if args.profile and any(t.name == "lamina" for t in tools):
+    if last and args.profile and kind == "usr" and any(t.name == "lamina" for t in tools):
         from bench import prof
 
         prof.main(["--corpus", os.fspath(corpus.path), "--work", os.fspath(work / "profile")])
 
-    if not args.keep:
+    if not (args.keep and last):
         for p in (corpus.path, work / "corpus2", work / "repos", work / "cache", work / "restore"):
             rmtree(p)
-    if run.failures:
-        say("FAILURES:\n  " + "\n  ".join(run.failures), "bold red")
-        return 1
-    return 0
+    return run, doc, corpus.size
 
 
-def ratios(run: Run) -> dict[str, dict[str, float | None]]:
+def ratios(figures: method.Figures) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
-    for key, row in run.figures.items():
+    for key, row in figures.items():
         lam = row.get("lamina")
         for peer in ("restic", "borg"):
             other = row.get(peer)
@@ -1228,29 +1326,34 @@ def ratios(run: Run) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def print_table(run: Run, c_size: TreeSize) -> None:
-    names = [t.name for t in run.tools]
-    rat = ratios(run)
+def print_table(
+    names: list[str],
+    summary: dict[str, dict[str, dict[str, Any]]],
+    c_size: TreeSize,
+    quick: bool,
+    kind: str,
+    runs: int,
+) -> None:
+    rat = ratios(method.medians(summary))
     peers = [p for p in ("restic", "borg") if p in names and "lamina" in names]
     title = (
-        f"Corpus: {c_size.files} files, {human_bytes(c_size.apparent)}"
-        f"{' (quick)' if run.args.quick else ''}. Ratios < 1: Lamina faster / smaller."
+        f"Corpus {kind}: {c_size.files} files, {human_bytes(c_size.apparent)}"
+        f"{' (quick)' if quick else ''}. Median of {runs} passes (min-max), the tools' order "
+        "rotated. Ratios (of medians) < 1: Lamina faster / smaller."
     )
-
-    def fmt(v: float | None, unit: str) -> str:
-        if v is None:
-            return "—"
-        return f"{v:.2f} s" if unit == "s" else human_bytes(v)
-
     rows = []
     for key, label, unit in FIGURES:
-        vals = run.figures.get(key, {})
-        row = [label] + [fmt(vals.get(n), unit) for n in names]
+        vals = summary.get(key, {})
+        row = [label] + [method.spread(vals.get(n), unit, human_bytes) for n in names]
         for p in peers:
             r = rat.get(key, {}).get(f"lamina/{p}")
             row.append("—" if r is None else f"{r:.2f}")
         rows.append(row)
     header = ["figure", *names, *[f"lamina/{p}" for p in peers]]
+    print_rows(title, header, rows)
+
+
+def print_rows(title: str, header: list[str], rows: list[list[str]]) -> None:
     if CONSOLE is not None:
         from rich.table import Table
 
@@ -1270,9 +1373,6 @@ def print_table(run: Run, c_size: TreeSize) -> None:
                     for i, (c, w) in enumerate(zip(r, widths, strict=True))
                 )
             )
-    for t in run.tools:
-        if t.failed:
-            say(f"{t.name} dropped out: {t.failed.splitlines()[0]}", "red")
 
 
 if __name__ == "__main__":

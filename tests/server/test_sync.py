@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lamina.db.stores import StoreLocation, init_store
+from lamina.db.stores import StoreLocation, init_store, open_store
 from lamina.errors import IntegrityError, MissingDataError, TooLargeError
 from lamina.protocol.bundle import BundleBlob, encode_bundle
 from lamina.server.services import sync
@@ -176,3 +176,67 @@ def test_file_content_must_add_up_to_its_size(
     else:
         with pytest.raises(IntegrityError, match=r"size|limit"):
             _verify(store, root)
+
+
+# --- full-size packs under a stream of small bundles ------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def small_pack_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A server's store (SQLite catalog) on the local backend or on S3, with 256 KiB packs."""
+    url = request.getfixturevalue("s3_url") if request.param == "s3" else None
+    s = init_store(StoreLocation(data=tmp_path / "data", store_url=url))
+    s.pack_size = 256 * 1024
+    yield s
+    s.close()
+
+
+def test_small_bundles_accumulate_into_full_packs(small_pack_store: Store) -> None:
+    store = small_pack_store
+    sent: dict[bytes, bytes] = {}
+    for _ in range(40):  # 40 bundles of 3 x 4 KB: 480 KB in all
+        rows = []
+        for _ in range(3):
+            data = os.urandom(4000)
+            sent[_bid(store, data)] = data
+            rows.append(_row(store, data))
+        sync.upload_bundle(store, encode_bundle(rows))
+        # acknowledged: every blob of every bundle so far is stored and readable
+        assert store.catalog.missing(list(sent)) == set()
+    sizes = sorted(p.size for p in store.catalog.packs())
+    # a pack size of small packs (about 21 bundles) became one pack of about that size;
+    # the bundles since are small packs waiting for the next roll
+    assert sizes[-1] >= 0.9 * store.pack_size, sizes
+    assert all(s < store.pack_size / 2 for s in sizes[:-1]), sizes
+    assert len(sizes) < 40 - 15, sizes
+    for bid, data in sent.items():
+        assert store.get(bid) == data
+    listed = {n for n, _ in store.backend.list("packs/")}
+    assert len(listed) == len(sizes)  # the rolled packs' files are gone
+
+
+def test_two_servers_on_one_s3_store_roll_each_others_small_packs(
+    tmp_path: Path, s3_url: str
+) -> None:
+    """Two servers (two Store objects: one bucket, one catalog) take bundles in turn: the
+    small packs either wrote are rolled by whichever crosses the threshold; nothing is lost."""
+    loc = StoreLocation(data=tmp_path / "data", store_url=s3_url)
+    first = init_store(loc)
+    second = open_store(loc, pack_size=256 * 1024)
+    first.pack_size = 256 * 1024
+    sent: dict[bytes, bytes] = {}
+    try:
+        for i in range(50):  # each server writes about 25 small packs, more than a pack size
+            server = (first, second)[i % 2]
+            data = os.urandom(12_000)
+            sent[_bid(server, data)] = data
+            sync.upload_bundle(server, encode_bundle([_row(server, data)]))
+        sizes = sorted(p.size for p in first.catalog.packs())
+        assert sizes[-1] >= 0.9 * first.pack_size and len(sizes) < 50 - 20, sizes
+        for server in (first, second):
+            assert server.catalog.missing(list(sent)) == set()
+            for bid, data in sent.items():
+                assert server.get(bid) == data
+    finally:
+        second.close()
+        first.close()

@@ -12,6 +12,7 @@ from lamina.store.catalog import SnapshotRecord
 from lamina.store.check import check
 from lamina.store.gc import collect
 from lamina.store.pack import pack_object_name
+from lamina.store.repack import InjectedCrash
 from lamina.store.repository import Store
 from lamina.store.roots import snapshot_roots
 from lamina.tree.backup import walk_blobs
@@ -280,3 +281,45 @@ def test_rescue_walks_subtrees_the_collector_condemned(store: Store) -> None:
     assert store.catalog.missing([sub, cid]) == set()  # rescued, not just read
     _gc(store)
     _restorable(store, snap)
+
+
+def _small_live_packs(store: Store, n: int) -> list[SnapshotRecord]:
+    """``n`` snapshots of one 20 KB file each: ``n`` small packs, all live."""
+    return [snapshot_of(store, random_files(1, 20_000), f"s{i}") for i in range(n)]
+
+
+def test_gc_repacks_small_packs_together_into_full_ones(store: Store) -> None:
+    snaps = _small_live_packs(store, 14)  # 14 x 20 KB, pack size 256 KiB
+    dry = _gc(store, dry_run=True)
+    assert dry.packs_repacked == 14 and {r.reason for r in dry.repack} == {"small"}
+    assert len(store.catalog.packs()) == 14
+    rep = _gc(store)
+    assert rep.packs_repacked == 14
+    sizes = sorted(p.size for p in store.catalog.packs())
+    assert len(sizes) == 2 and sizes[-1] >= store.pack_size, sizes
+    for s in snaps:
+        _restorable(store, s)
+    assert check(store, [snapshot_roots(store.catalog)], references, read_data=True).ok
+
+
+def test_a_lone_small_pack_is_left_alone(store: Store) -> None:
+    _small_live_packs(store, 1)
+    assert _gc(store, dry_run=True).repack == []
+
+
+@pytest.mark.parametrize("n", range(1 + 3 * 4))
+def test_gc_repack_crash_at_any_step_loses_nothing(store: Store, n: int) -> None:
+    snaps = _small_live_packs(store, 4)
+    with pytest.raises(InjectedCrash):
+        _gc(store, fail_after=n)
+    for s in snaps:
+        _restorable(store, s)
+    assert check(store, [snapshot_roots(store.catalog)], references, read_data=True).ok
+    _gc(store, orphan_grace=dt.timedelta(0))  # the next run finishes the job
+    for s in snaps:
+        _restorable(store, s)
+    assert check(store, [snapshot_roots(store.catalog)], references, read_data=True).ok
+    assert [p.state for p in store.catalog.packs()] == ["ok"]
+    assert {n for n, _ in store.backend.list("packs/")} == {
+        pack_object_name(p.name) for p in store.catalog.packs()
+    }

@@ -162,6 +162,12 @@ def gc(
         emit_json({"id": "gc", **dataclasses.asdict(rep)})
         return
     verb = "would remove" if dry_run else "removed"
+    if dry_run:
+        for r in rep.repack:
+            typer.echo(
+                f"would repack pack {r.pack[:16]} ({r.reason}): "
+                f"{human_bytes(r.size)}, {human_bytes(r.live_bytes)} live"
+            )
     typer.echo(
         f"{rep.reachable} blobs reachable; {verb} {rep.condemned} blobs; "
         f"{rep.packs_deleted} packs deleted, {rep.packs_repacked} repacked, "
@@ -217,8 +223,17 @@ def stats(
     typer.echo(
         f"store {store_id}\n"
         f"  snapshots   {st.snapshots}\n"
-        f"  packs       {st.packs} ({human_bytes(st.pack_bytes)})\n"
+        f"  packs       {st.packs} ({human_bytes(st.pack_bytes)}); "
+        f"{st.small_packs} small (under half of {human_bytes(st.pack_size)}), "
+        f"{st.sparse_packs} sparse (mostly condemned)\n"
         f"  blobs       {st.blobs} ({st.data_blobs} data, {st.tree_blobs} trees)\n"
         f"  raw bytes   {human_bytes(st.raw_bytes)}\n"
-        f"  stored      {human_bytes(st.stored_bytes)} (compression {ratio:.2f}x)"
+        f"  stored      {human_bytes(st.stored_bytes)} (compression {ratio:.2f}x)\n"
+        f"  pack sizes"
     )
+    for b in st.pack_histogram:
+        lo, hi = b["min"] or 0, b["max"]
+        span = (
+            f"{human_bytes(lo)} - {human_bytes(hi)}" if hi is not None else f">= {human_bytes(lo)}"
+        )
+        typer.echo(f"    {span:<24} {b['packs']:>7} packs  {human_bytes(b['bytes'] or 0)}")

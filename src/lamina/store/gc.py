@@ -10,8 +10,10 @@ Safe while writers run:
    them (un-condemn, or fail cleanly) before its snapshot row goes in.
 4. Look at the roots again, so snapshots committed between 2 and 3 are marked,
    and rescue what they reach.
-5. Sweep: packs with nothing live are deleted; sparse ones are repacked (sealed
-   blobs are copied as they are, no decryption) and then deleted; packs left in
+5. Sweep: packs with nothing live are deleted; sparse ones (under ``repack_below``
+   of their bytes live) and small ones (under half the pack size, two or more) are
+   repacked together into full packs (sealed blobs are copied as they are, no
+   decryption; ``store.repack``'s crash-safe order) and then deleted; packs left in
    state ``writing`` by a crash are deleted after a grace period.
 """
 
@@ -28,6 +30,7 @@ from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobRow, PackInfo
 from lamina.store.pack import pack_object_name
 from lamina.store.progress import ProgressFn
+from lamina.store.repack import move_live
 from lamina.store.repository import Store
 from lamina.store.roots import RootSource, Walker
 
@@ -45,6 +48,17 @@ class GcReport:
     bytes_freed: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    #: the packs repacked (or, with ``dry_run``, that would be)
+    repack: list[RepackEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RepackEntry:
+    pack: str
+    size: int
+    live_bytes: int
+    #: ``sparse`` (mostly dead) or ``small`` (under half the pack size)
+    reason: str
 
 
 def mark(
@@ -150,6 +164,13 @@ class PackAction:
     live: tuple[BlobRow, ...] = ()
     #: bytes this frees: the whole pack, or its dead blobs when it is repacked
     freed: int = 0
+    #: why a pack is repacked: ``sparse`` (mostly dead) or ``small`` (under half a pack)
+    reason: str = ""
+
+    def describe(self) -> RepackEntry:
+        return RepackEntry(
+            self.pack.name, self.pack.size, sum(r.length for r in self.live), self.reason
+        )
 
 
 def collect(
@@ -161,6 +182,7 @@ def collect(
     repack_below: float = 0.5,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
+    fail_after: int = -1,
 ) -> GcReport:
     """Collect garbage in three steps: plan (mark, classify rows, decide each pack's
     fate), stats (what the plan frees, the figures ``--dry-run`` prints), execute
@@ -182,7 +204,7 @@ def collect(
         say("condemning", 0, 0)
         report.rescued = _condemn(store, sources, walk, plan)
         say("sweeping", 0, 0)
-        _execute(store, plan, report, orphan_grace, repack_below)
+        _execute(store, plan, report, orphan_grace, repack_below, fail_after)
         return report
     finally:
         cat.unlock("gc", holder)
@@ -227,13 +249,23 @@ def plan_gc(
     for pack in cat.packs():
         if pack.seq <= plan.max_seq:
             rows = cat.pack_blobs(pack.name) if pack.state == PACK_OK else []
-            action = _decide(pack, rows, will_be_condemned, plan, orphan_grace, repack_below)
+            action = _decide(store, pack, rows, will_be_condemned, plan, orphan_grace, repack_below)
             if action is not None:
                 plan.packs.append(action)
+    plan.packs = _lone_small_stays(plan.packs)
     return plan
 
 
+def _lone_small_stays(actions: list[PackAction]) -> list[PackAction]:
+    """A small pack is repacked only with others: alone it would come out as small."""
+    repacked = [a for a in actions if a.action == "repack"]
+    if len(repacked) == 1 and repacked[0].reason == "small":
+        return [a for a in actions if a is not repacked[0]]
+    return actions
+
+
 def _decide(
+    store: Store,
     pack: PackInfo,
     rows: list[BlobRow],
     condemned: Callable[[BlobRow], bool],
@@ -253,9 +285,11 @@ def _decide(
     if not live:
         return PackAction(pack, "delete", freed=pack.size)
     live_bytes = sum(r.length for r in live)
-    if not dead_bytes or live_bytes >= repack_below * (live_bytes + dead_bytes):
-        return None
-    return PackAction(pack, "repack", live, freed=dead_bytes)
+    if dead_bytes and live_bytes < repack_below * (live_bytes + dead_bytes):
+        return PackAction(pack, "repack", live, freed=dead_bytes, reason="sparse")
+    if store.is_small(pack.size):
+        return PackAction(pack, "repack", live, freed=dead_bytes, reason="small")
+    return None
 
 
 def stats(plan: GcPlan) -> GcReport:
@@ -274,6 +308,8 @@ def stats(plan: GcPlan) -> GcReport:
         else:
             report.orphans_deleted += 1
         report.bytes_freed += a.freed if a.action != "orphan" else 0
+        if a.action == "repack":
+            report.repack.append(a.describe())
     return report
 
 
@@ -299,11 +335,14 @@ def _execute(
     report: GcReport,
     orphan_grace: dt.timedelta,
     repack_below: float,
+    fail_after: int = -1,
 ) -> None:
     """Sweep: each pack decided again from its rows as they are now (the final check)."""
     cat = store.catalog
     report.packs_deleted = report.packs_repacked = report.orphans_deleted = 0
     report.bytes_freed = report.trees_restored = 0
+    report.repack = []
+    repack: list[PackAction] = []
     writer = store.writer()
     try:
         # Trees held only as DATA (uploaded so, or written before one blob, one kind):
@@ -317,7 +356,7 @@ def _execute(
             if pack.seq > plan.max_seq:
                 continue
             rows = cat.pack_blobs(pack.name) if pack.state == PACK_OK else []
-            a = _decide(pack, rows, lambda r: r.condemned, plan, orphan_grace, repack_below)
+            a = _decide(store, pack, rows, lambda r: r.condemned, plan, orphan_grace, repack_below)
             if a is None:
                 continue
             obj = pack_object_name(pack.name)
@@ -333,13 +372,13 @@ def _execute(
                     report.packs_deleted += 1
                     report.bytes_freed += a.freed
             else:
-                for r in a.live:
-                    sealed = store.backend.read(obj, r.offset, r.length)
-                    writer.put_sealed(r.kind, r.id, sealed, r.raw_length)
-                writer.flush()
-                if cat.finish_repack(pack.name, [r.id for r in a.live]):
-                    store.backend.delete(obj)
-                    report.bytes_freed += a.freed
-                report.packs_repacked += 1
+                repack.append(a)
     finally:
         writer.close()
+    repack = _lone_small_stays(repack)
+    if repack:
+        # all together: their live blobs fill full packs, not one new pack per old one
+        moved = move_live(store, [(a.pack, a.live) for a in repack], fail_after)
+        report.packs_repacked = moved.packs_read
+        report.bytes_freed += sum(a.freed for a in repack)
+        report.repack = [a.describe() for a in repack]

@@ -41,6 +41,8 @@ HEADER_NONCE = 12
 MAX_HEADER = 64 * 1024 * 1024
 PACK_PREFIX = "packs/"
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+#: A pack under this fraction of its store's pack size is small (rolled, repacked by gc).
+SMALL_FRACTION = 0.5
 
 
 class PackEntry(NamedTuple):

@@ -15,7 +15,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -30,9 +30,9 @@ from lamina.errors import (
 from lamina.store import blob
 from lamina.store.backends import Backend
 from lamina.store.blob import BlobKind
-from lamina.store.catalog import BlobLocation, Catalog, SnapshotRecord
+from lamina.store.catalog import PACK_OK, BlobLocation, Catalog, SnapshotRecord
 from lamina.store.keys import StoreKeys
-from lamina.store.pack import DEFAULT_PACK_SIZE, pack_object_name
+from lamina.store.pack import DEFAULT_PACK_SIZE, SMALL_FRACTION, pack_object_name
 from lamina.store.snapshot import decode_snapshot
 from lamina.store.writer import Writer
 
@@ -58,6 +58,32 @@ class StoreStats:
     stored_bytes: int
     condemned: int
     snapshots: int
+    #: the size packs are written to; ``small_packs`` are under half of it
+    pack_size: int = DEFAULT_PACK_SIZE
+    small_packs: int = 0
+    #: packs with more than half of their blob bytes condemned (gc repacks them)
+    sparse_packs: int = 0
+    #: pack count and bytes per size bucket: ``{"min", "max" (None: no bound), "packs", "bytes"}``
+    pack_histogram: list[dict[str, int | None]] = field(default_factory=list)
+
+
+def pack_histogram(sizes: Iterable[int], pack_size: int) -> list[dict[str, int | None]]:
+    """Packs per size bucket: under 64 KiB, 1 MiB, a quarter, half, one and two pack sizes."""
+    edges = sorted(
+        {64 * 1024, 1024 * 1024, pack_size // 4, pack_size // 2, pack_size, 2 * pack_size}
+    )
+    bounds: list[tuple[int, int | None]] = list(zip([0, *edges], [*edges, None], strict=True))
+    out: list[dict[str, int | None]] = [
+        {"min": lo, "max": hi, "packs": 0, "bytes": 0} for lo, hi in bounds
+    ]
+    for size in sizes:
+        for b in out:
+            hi = b["max"]
+            if hi is None or size < hi:
+                b["packs"] = (b["packs"] or 0) + 1
+                b["bytes"] = (b["bytes"] or 0) + size
+                break
+    return out
 
 
 class Store:
@@ -79,6 +105,9 @@ class Store:
         self._locs: dict[bytes, BlobLocation] = {}
         #: Pack sizes seen by reads, so a window never reaches past a pack's end.
         self._pack_sizes: dict[str, int] = {}
+        #: Bytes of small packs this process wrote since the last roll (``store.repack``).
+        self._small_written = 0
+        self._small_lock = threading.Lock()
 
     # --- set-up --------------------------------------------------------------
     def write_config(self) -> None:
@@ -230,6 +259,24 @@ class Store:
     def writer(self) -> Writer:
         return Writer(self)
 
+    def is_small(self, size: int) -> bool:
+        """A pack of ``size`` bytes is small: rolled into full ones, repacked by gc."""
+        return size < self.pack_size * SMALL_FRACTION
+
+    def note_pack(self, size: int) -> None:
+        """A writer of this process indexed a pack of ``size`` bytes."""
+        if self.is_small(size):
+            with self._small_lock:
+                self._small_written += size
+
+    def take_small_due(self) -> bool:
+        """True (once) when this process wrote a pack size of small packs since the last time."""
+        with self._small_lock:
+            if self._small_written < self.pack_size:
+                return False
+            self._small_written = 0
+            return True
+
     def load_snapshot_blob(self, bid: bytes) -> SnapshotRecord:
         return decode_snapshot(bid, self.get(bid))
 
@@ -246,7 +293,10 @@ class Store:
     # --- accounting ----------------------------------------------------------
     def stats(self) -> StoreStats:
         packs = self.catalog.packs()
+        ok = [p for p in packs if p.state == PACK_OK]
         n = data = trees = raw = stored = condemned = 0
+        dead: dict[str, int] = {}
+        held: dict[str, int] = {}
         for row in self.catalog.iter_blobs():
             n += 1
             data += row.kind == BlobKind.DATA
@@ -254,6 +304,9 @@ class Store:
             raw += row.raw_length
             stored += row.length
             condemned += row.condemned
+            held[row.pack] = held.get(row.pack, 0) + row.length
+            if row.condemned:
+                dead[row.pack] = dead.get(row.pack, 0) + row.length
         return StoreStats(
             packs=len(packs),
             pack_bytes=sum(p.size for p in packs),
@@ -264,6 +317,10 @@ class Store:
             stored_bytes=stored,
             condemned=condemned,
             snapshots=len(self.catalog.snapshots()),
+            pack_size=self.pack_size,
+            small_packs=sum(self.is_small(p.size) for p in ok),
+            sparse_packs=sum(2 * d > held[name] for name, d in dead.items()),
+            pack_histogram=pack_histogram((p.size for p in ok), self.pack_size),
         )
 
     def close(self) -> None:

@@ -89,6 +89,7 @@ class Writer:
                 self.store.backend.write(pack_object_name(item.name), item.data)
                 cat.commit_pack(item.name, len(item.data), item.entries)
                 self.packs_written += 1
+                self.store.note_pack(len(item.data))
             except BaseException as e:  # handed to the feeding thread at its next call
                 self._error = e
 

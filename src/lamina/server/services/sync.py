@@ -4,7 +4,8 @@ Nothing an agent sends is trusted: every blob is decompressed within its
 declared size and re-hashed against its id; trees must decode (no unsafe names);
 a commit is refused unless every tree and chunk the snapshot names is stored.
 Each bundle is durable and indexed before its request returns, so an
-interrupted sync resumes without sending it again.
+interrupted sync resumes without sending it again; the small packs this writes
+are rolled into full ones once they add up to a pack size (``store.repack``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from lamina.protocol.schemas import CommitRequest, CommitResponse, SnapshotPubli
 from lamina.server.security import Principal
 from lamina.server.services import access, fleet, flex, layers
 from lamina.server.services.fleet import cvd_source
-from lamina.store import blob
+from lamina.store import blob, repack
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
@@ -125,7 +126,10 @@ def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> i
             )
         for kind, bid, sealed, raw in sealed_items:
             w.put_sealed(kind, bid, sealed, raw)
-        return w.new_blobs
+        w.flush()
+        new = w.new_blobs
+    repack.roll_if_due(store)  # after the bundle is durable: small packs into full ones
+    return new
 
 
 def _as_kind(
@@ -277,6 +281,7 @@ def _store_snapshot(
             meta={"cvd": cvd_id, "stats": req.stats},
         )
         record = w.commit_snapshot(record, lambda r: walk_blobs(store, r))
+    repack.roll_if_due(store)
     keep, forget = apply_retention(store.catalog.snapshots(source), retention)
     if forget:
         store.forget([s.id for s in forget])

@@ -1,0 +1,92 @@
+"""How bench.run and bench.e2e repeat, summarise and print their figures.
+
+Each figure is the median of ``--runs`` passes (3 by default), each pass on a fresh
+corpus and fresh repositories, with the tools' order rotated between passes (pass
+``i`` starts with tool ``i``), so no tool always runs first on a cold machine or last
+after the others' write-back. Min and max are printed beside the median; every pass's
+full results are kept in the results file. Ratios are of the medians.
+
+The second corpus, ``small``: many small files (100,000 under 4 KiB by default),
+generated from a seed, so every pass and every machine backs up the same bytes.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Files per folder of the small-files corpus (and folders per parent folder).
+SMALL_PER_DIR = 100
+SMALL_MAX = 4096
+WORDS = [f"w{i:03d}" for i in range(300)]
+
+Figures = dict[str, dict[str, float | None]]
+
+
+def rotated(names: Sequence[str], i: int) -> list[str]:
+    """The tools' order in pass ``i``: pass 0 as given, then each one starts in turn."""
+    k = i % len(names) if names else 0
+    return [*names[k:], *names[:k]]
+
+
+def build_small_files(root: Path, count: int, seed: int) -> dict[str, Any]:
+    """``count`` files of 0 to 4095 bytes under ``root`` (100 per folder, two levels deep);
+    half text-like (compressible), half random bytes. The same for a given seed."""
+    rng = random.Random(seed)
+    total = 0
+    for i in range(count):
+        d = (
+            root
+            / f"d{i // (SMALL_PER_DIR * SMALL_PER_DIR):03d}"
+            / f"e{(i // SMALL_PER_DIR) % SMALL_PER_DIR:02d}"
+        )
+        if i % SMALL_PER_DIR == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        size = rng.randrange(SMALL_MAX)
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            text = " ".join(rng.choice(WORDS) for _ in range(size // 4 + 1)).encode()
+            data = text[:size]
+        (d / f"f{i:06d}.{'bin' if i % 2 else 'txt'}").write_bytes(data)
+        total += size
+    return {"small_files": count, "small_bytes": total, "seed": seed}
+
+
+def summarize(passes: Sequence[Figures]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per figure and tool: the median, min and max over the passes, and every value."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    keys = {k for p in passes for k in p}
+    for key in sorted(keys):
+        tools = {t for p in passes for t in p.get(key, {})}
+        for tool in sorted(tools):
+            values = [p.get(key, {}).get(tool) for p in passes]
+            got = [v for v in values if v is not None]
+            out.setdefault(key, {})[tool] = {
+                "median": statistics.median(got) if got else None,
+                "min": min(got) if got else None,
+                "max": max(got) if got else None,
+                "values": values,
+            }
+    return out
+
+
+def medians(summary: dict[str, dict[str, dict[str, Any]]]) -> Figures:
+    return {k: {t: v["median"] for t, v in row.items()} for k, row in summary.items()}
+
+
+def spread(cell: dict[str, Any] | None, unit: str, human_bytes: Any) -> str:
+    """``median (min-max)``, or the one value when all passes agree or there was one."""
+    if cell is None or cell["median"] is None:
+        return "—"
+
+    def f(v: float) -> str:
+        return f"{v:.2f}" if unit == "s" else human_bytes(v)
+
+    med = f(cell["median"]) + (" s" if unit == "s" else "")
+    if len([v for v in cell["values"] if v is not None]) < 2 or cell["min"] == cell["max"]:
+        return med
+    return f"{med} ({f(cell['min'])}-{f(cell['max'])})"
