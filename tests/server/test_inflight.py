@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 from sqlalchemy import create_engine, update
 
@@ -27,8 +28,10 @@ from lamina.config import ServerSettings
 from lamina.db.models import blob_claims
 from lamina.errors import UploadsPendingError
 from lamina.protocol.bundle import decode_bundle
-from lamina.store.blob import BlobKind
-from tests.server.conftest import ADMIN_PASSWORD, API, Live, free_port, serve
+from lamina.store.blob import BlobKind, blob_id
+from lamina.tree.model import Entry, encode_tree
+from tests.e2e.conftest import _deployment
+from tests.server.conftest import ADMIN_PASSWORD, API, Device, Live, free_port, serve
 
 KiB = 1024
 #: Held events never wait longer than this (a hang fails the test instead of the suite).
@@ -240,3 +243,70 @@ def test_a_claimant_that_dies_leaves_the_commit_whole(
     assert len(sb.data_ids & sa.data_ids) >= len(SHARED)
     assert sb.bundle_bytes > sum(len(d) for d in SHARED.values())
     assert "no errors" in store_check(capsys, sharing.data)
+
+
+def test_content_fewer_than_threshold_endpoints_hold_is_never_confirmed(live: Live) -> None:
+    """The default threshold (2): a blob one other endpoint holds or uploads is answered
+    exactly as an unknown one (the content oracle stays closed); one that two others
+    upload is "coming", a commit naming it waits for it, then takes it as its own."""
+    a, b, m = live.device("pc-a"), live.device("pc-b"), live.device("pc-m")
+
+    def missing(d: Device, *ids: bytes) -> list[str]:
+        r = d.client.post("/agent/missing", json={"ids": [i.hex() for i in ids]})
+        assert r.status_code == 200, r.text
+        return list(r.json()["missing"])
+
+    def commit(d: Device, chunk: bytes, size: int) -> httpx.Response:
+        [root] = d.upload([(BlobKind.TREE, encode_tree([file_entry(chunk, size)]))])
+        return d.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
+
+    secret, guess = b"vpn_pin=73914\n", b"vpn_pin=00000\n"
+    [held] = a.upload([(BlobKind.DATA, secret)])
+    unknown = blob_id(m.id_key, guess)
+    assert missing(m, held, unknown) == [held.hex(), unknown.hex()]
+    ids = (held, unknown)
+    refusals = [commit(m, i, len(secret)) for i in ids]
+    assert [r.status_code for r in refusals] == [422, 422]
+    answers = [r.json()["message"].replace(i.hex()[:16], "ID") for r, i in zip(refusals, ids)]
+    assert answers[0] == answers[1]
+
+    base = random.Random("base").randbytes(50 * KiB)
+    common = blob_id(a.id_key, base)
+    assert missing(a, common) == [common.hex()]  # A is told to send it (and claims it)
+    assert missing(m, common) == [common.hex()]  # one other uploader: still "send it"
+    # Two others upload it (it will be two endpoints' content): the third need not send it.
+    assert missing(b, common) == []
+    r = commit(b, common, len(base))
+    assert r.status_code == 409 and r.json()["code"] == "uploads_pending", r.text
+    a.upload([(BlobKind.DATA, base)])
+    r = commit(b, common, len(base))  # one holder and one live claim: still coming
+    assert r.status_code == 409 and r.json()["code"] == "uploads_pending", r.text
+    m.upload([(BlobKind.DATA, base)])
+    r = commit(b, common, len(base))
+    assert r.status_code == 200, r.text
+    r = b.client.post("/blobs/read", json={"ids": [common.hex()]})
+    assert r.status_code == 200 and msgpack.unpackb(r.content) == [base]
+    assert missing(b, common) == []
+
+
+def file_entry(chunk: bytes, size: int) -> Entry:
+    return Entry(name=b"f.bin", type="file", size=size, content=[chunk])
+
+
+@pytest.mark.e2e
+def test_claims_hold_across_two_servers_on_postgresql(
+    pg_db_url: str,
+    s3_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two `lamina server` processes on one PostgreSQL database and one S3 bucket: A syncs
+    through the first, B through the second, and B is told A's chunks are coming."""
+    monkeypatch.setenv("LAMINA_SHARE_THRESHOLD", "1")
+    dep = _deployment(tmp_path, ["--db", pg_db_url, "--store", s3_url], 2)
+    for d in dep:
+        sa, sb, _ = two_agents_share(d.url_for(0), d.url_for(1), tmp_path)
+        assert sa.data_ids and sb.data_ids and not (sa.data_ids & sb.data_ids)
+        assert sb.pending >= 1
+        assert "no errors" in store_check(capsys, d.servers[0].data, pg_db_url, s3_url)
