@@ -17,7 +17,9 @@ answers a device only about the blobs its CVD *proved* it holds:
 walking the task's tree, cached per root in this process. ``/agent/missing`` reports
 as present only stored blobs this CVD owns: the agent uploads the others again and
 the store keeps one copy (its writer deduplicates), so cross-endpoint dedup still
-saves storage, at the cost of bandwidth.
+saves storage, at the cost of bandwidth. The exception is common content: blobs at
+least ``share_threshold`` other CVDs hold or are uploading (``inflight``), which no
+longer tells anyone anything about a single endpoint.
 """
 
 from __future__ import annotations
