@@ -575,7 +575,7 @@ def load_phase(
     """Enroll every endpoint (spread over the servers), start all agents, measure, check."""
     n = len(endpoints)
     say(
-        f"[{name}] {count} server(s), {'--db/--store' if db else 'embedded'}; enrolling {n}", "bold"
+        f"{name}: {count} server(s), {'--db/--store' if db else 'embedded'}; enrolling {n}", "bold"
     )
     out: dict[str, Any] = {"name": name, "servers": count, "failures": []}
     failures: list[str] = out["failures"]
@@ -761,7 +761,7 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
         ),
     ]
     width = max(len(x) for x, _ in rows)
-    say(f"[{ph['name']}] {ph['endpoints']} endpoints on {ph['servers']} server(s)", "bold")
+    say(f"{ph['name']}: {ph['endpoints']} endpoints on {ph['servers']} server(s)", "bold")
     for x, v in rows:
         say(f"  {x:<{width}}  {v}")
     for f in ph["stderr_of_failed"]:
