@@ -51,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run && $(BIN)/python -m bench.e2e && $(BIN)/python -m bench.migrate
 
 bench-load: $(STAMP)
-	$(BIN)/python -m bench.load
+	$(BIN)/python -m bench.load --pg-s3
 
 clean:
 	rm -rf $(VENV) $(RUN_VENV) dist build .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

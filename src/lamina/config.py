@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -113,6 +113,12 @@ class ServerSettings(FileSettings):
     #: "text", "journal" (``<N>`` priority prefixes, no timestamps), "json".
     log_format: Literal["auto", "text", "journal", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Cross-endpoint dedup: a blob a CVD does not hold counts as present for it once this
+    #: many other CVDs hold it or are uploading it (in flight); 0 turns it off (each
+    #: endpoint uploads what it lacks). Content fewer endpoints hold stays unconfirmable.
+    share_threshold: int = Field(default=2, ge=0)
+    #: Seconds a device's claim on a blob it was told to upload lasts without news from it.
+    claim_lease: float = Field(default=120.0, gt=0)
 
 
 class AgentSettings(FileSettings):

@@ -11,7 +11,8 @@ way. A stable ``code`` string names the error in JSON responses.
     │   └── UnsafePathError          exit 2   HTTP 400  a path would escape its target (.., /, NUL)
     ├── NotFoundError                exit 3   HTTP 404  a named thing does not exist
     ├── ConflictError                exit 4   HTTP 409  the thing exists already / state forbids it
-    │   └── StoreBusyError           exit 4   HTTP 409  another process holds the store's lock
+    │   ├── StoreBusyError           exit 4   HTTP 409  another process holds the store's lock
+    │   └── UploadsPendingError      exit 4   HTTP 409  a commit waits for blobs other endpoints upload
     ├── IntegrityError               exit 5   HTTP 422  data is damaged: wrong hash, truncated, bad layout
     │   └── MissingDataError         exit 5   HTTP 422  something references data that is not stored
     ├── StoreKeyError                exit 6   HTTP 403  wrong key, wrong passphrase, sealed key file
@@ -76,6 +77,12 @@ class StoreBusyError(ConflictError):
     code = "store_busy"
 
 
+class UploadsPendingError(ConflictError):
+    """A commit names blobs other endpoints are still uploading (in flight): ask again soon."""
+
+    code = "uploads_pending"
+
+
 class IntegrityError(LaminaError):
     code = "integrity"
     exit_code = 5
@@ -133,6 +140,15 @@ _BY_STATUS: dict[int, type[LaminaError]] = {
 }
 
 
-def from_status(status: int, message: str) -> LaminaError:
-    """The error an HTTP client raises for an API error response."""
+#: Errors a client tells apart from others of the same status by their ``code``.
+_BY_CODE: dict[str, type[LaminaError]] = {
+    cls.code: cls for cls in (MissingDataError, UploadsPendingError, StoreBusyError)
+}
+
+
+def from_status(status: int, message: str, code: str | None = None) -> LaminaError:
+    """The error an HTTP client raises for an API error response (its ``code`` when known)."""
+    by_code = _BY_CODE.get(code or "")
+    if by_code is not None and by_code.http_status == status:
+        return by_code(message)
     return _BY_STATUS.get(status, LaminaError)(message)

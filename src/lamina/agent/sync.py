@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState
 from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.uploader import RemoteSink
+from lamina.errors import MissingDataError, UploadsPendingError
 from lamina.layers.rules import RuleSet, for_os, matches
 from lamina.protocol.schemas import AgentConfig, CommitResponse, PolicySettings
 from lamina.tree.cache import FilesCache
@@ -156,31 +159,25 @@ def run_sync(
     )
     cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)
     try:
-        scanner = Scanner(sink, cache, exclude=exclude, prune=prune, progress=on_file)
-        root_id = scanner.scan(root)
-        sink.flush()
-        stats = scanner.stats
-        body = {
-            "root": root_id.hex(),
-            "files": stats.files,
-            "bytes": stats.bytes,
-            "stats": {
-                "files_read": stats.files_read,
-                "bytes_read": stats.bytes_read,
-                "uploaded_bytes": sink.uploaded_bytes,
-                "errors": len(stats.errors),
-                "policy_version": cfg.policy_version,
-                # What a revert to this snapshot may remove: the protected area as it
-                # was then, minus the paths the scan could not read.
-                "policy": policy.model_dump(),
-                "error_paths": error_paths(stats.errors, root),
-                **(extra_stats or {}),
-            },
-        }
-        doc = retrying(lambda: client.json("POST", "/agent/commit", json=body))
+        for rescans_left in range(MAX_RESCANS, -1, -1):
+            scanner = Scanner(sink, cache, exclude=exclude, prune=prune, progress=on_file)
+            root_id = scanner.scan(root)
+            sink.flush()
+            try:
+                doc = commit(
+                    client, _commit_body(root_id, scanner, sink, cfg, policy, root, extra_stats)
+                )
+                break
+            except MissingDataError:
+                # Blobs another endpoint promised to upload did not come (its claim ran
+                # out): scan again; the server now asks for what is still missing.
+                if not rescans_left:
+                    raise
+                counters["files"] = counters["bytes"] = 0
         cache.commit(cfg.gc_epoch)
     finally:
         cache.close()
+    stats = scanner.stats
     return SyncResult(
         CommitResponse(**doc),
         stats.files,
@@ -189,3 +186,55 @@ def run_sync(
         sink.uploaded_bytes,
         stats.errors,
     )
+
+
+#: Scans a sync repeats when its commit names blobs another endpoint promised and did not send.
+MAX_RESCANS = 2
+#: Seconds between commits while other endpoints upload blobs this one was told are coming.
+PENDING_WAITS = (0.2, 0.5, 1.0, 2.0, 5.0)
+#: How long a commit waits for them in all (the server's claims run out sooner, by default).
+PENDING_LIMIT = 600.0
+
+
+def commit(client: AgentClient, body: dict[str, Any]) -> Any:
+    """``POST /agent/commit``, asking again while blobs other endpoints upload are in flight."""
+    waited = 0.0
+    for n in itertools.count():
+        try:
+            return retrying(lambda: client.json("POST", "/agent/commit", json=body))
+        except UploadsPendingError:
+            if waited >= PENDING_LIMIT:
+                raise
+            pause = PENDING_WAITS[min(n, len(PENDING_WAITS) - 1)]
+            time.sleep(pause)
+            waited += pause
+    raise AssertionError("unreachable")
+
+
+def _commit_body(
+    root_id: bytes,
+    scanner: Scanner,
+    sink: RemoteSink,
+    cfg: AgentConfig,
+    policy: PolicySettings,
+    root: Path,
+    extra_stats: dict[str, Any] | None,
+) -> dict[str, Any]:
+    stats = scanner.stats
+    return {
+        "root": root_id.hex(),
+        "files": stats.files,
+        "bytes": stats.bytes,
+        "stats": {
+            "files_read": stats.files_read,
+            "bytes_read": stats.bytes_read,
+            "uploaded_bytes": sink.uploaded_bytes,
+            "errors": len(stats.errors),
+            "policy_version": cfg.policy_version,
+            # What a revert to this snapshot may remove: the protected area as it
+            # was then, minus the paths the scan could not read.
+            "policy": policy.model_dump(),
+            "error_paths": error_paths(stats.errors, root),
+            **(extra_stats or {}),
+        },
+    }

@@ -139,11 +139,14 @@ class AgentClient:
         except httpx.TransportError as e:
             raise BackendError(f"cannot reach the server at {self.server}: {e}") from e
         if r.status_code >= 400:
+            code: str | None = None
             try:
-                message = str(r.json().get("message"))
-            except ValueError:
+                doc = r.json()
+                message = str(doc.get("message"))
+                code = str(doc.get("code"))
+            except (ValueError, AttributeError):
                 message = r.text[:200]
-            raise from_status(r.status_code, message)
+            raise from_status(r.status_code, message, code)
         return r
 
     def json(self, method: str, path: str, **kw: Any) -> Any:

@@ -203,6 +203,27 @@ cvd_blobs = Table(
     Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
     Column("blob_id", LargeBinary(32), primary_key=True),
 )
+# revision 0009: who else holds a blob is looked up by blob (cross-endpoint dedup)
+Index("ix_cvd_blobs_blob_id", cvd_blobs.c.blob_id)
+
+#: Blobs a CVD was told to upload and has not yet (in flight), revision 0009: while the
+#: lease runs, other CVDs may be told the blob is coming instead of sending it too
+#: (``server/services/inflight.py``). An expired row counts for nothing.
+blob_claims = Table(
+    "blob_claims",
+    metadata,
+    Column("blob_id", LargeBinary(32), primary_key=True),
+    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    Column("expires", DateTime(timezone=True), nullable=False, index=True),
+)
+
+#: Blobs held by at least the server's ``share_threshold`` CVDs (common content, such as
+#: an operating system's files), revision 0009: stored ones count as present for every CVD.
+shared_blobs = Table(
+    "shared_blobs",
+    metadata,
+    Column("blob_id", LargeBinary(32), primary_key=True),
+)
 
 tasks = Table(
     "tasks",

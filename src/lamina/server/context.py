@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from lamina.config import ServerSettings
+from lamina.server.services.inflight import Sharing
 from lamina.store.repository import Store
 
 
@@ -15,3 +16,8 @@ class ServerContext:
     settings: ServerSettings
     engine: Engine
     store: Store
+
+    @property
+    def sharing(self) -> Sharing:
+        """Cross-endpoint dedup as the settings ask (``services/inflight.py``)."""
+        return Sharing(self.settings.share_threshold, self.settings.claim_lease)

@@ -59,7 +59,7 @@ def missing(req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits)
     ids = sync.parse_ids(req.ids)
     limits.missing.take(device.id, len(ids))
     return MissingResponse(
-        missing=[i.hex() for i in access.missing(ctx.engine, ctx.store, cvd, ids)]
+        missing=[i.hex() for i in access.missing(ctx.engine, ctx.store, cvd, ids, ctx.sharing)]
     )
 
 
@@ -76,7 +76,7 @@ async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> BundleResp
     await run_in_threadpool(sync.upload_bundle, ctx.store, body)
     # Stored (or already held): the device proved it holds each blob's content. The
     # answer counts blobs new to this CVD, never whether another CVD stored them.
-    new = await run_in_threadpool(access.record, ctx.engine, cvd.id, bundle_ids(body))
+    new = await run_in_threadpool(access.record, ctx.engine, cvd.id, bundle_ids(body), ctx.sharing)
     return BundleResponse(new=new)
 
 
@@ -87,7 +87,7 @@ def bundle_ids(body: bytes) -> list[bytes]:
 
 @router.post("/commit", summary="Commit a snapshot whose trees and chunks are uploaded")
 def commit(req: CommitRequest, ctx: Ctx, device: ActiveDevice) -> CommitResponse:
-    return sync.commit_snapshot(ctx.engine, ctx.store, device, req)
+    return sync.commit_snapshot(ctx.engine, ctx.store, device, req, ctx.sharing)
 
 
 @router.get(

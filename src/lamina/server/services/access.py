@@ -17,7 +17,9 @@ answers a device only about the blobs its CVD *proved* it holds:
 walking the task's tree, cached per root in this process. ``/agent/missing`` reports
 as present only stored blobs this CVD owns: the agent uploads the others again and
 the store keeps one copy (its writer deduplicates), so cross-endpoint dedup still
-saves storage, at the cost of bandwidth.
+saves storage, at the cost of bandwidth. The exception is common content: blobs at
+least ``share_threshold`` other CVDs hold or are uploading (``inflight``), which no
+longer tells anyone anything about a single endpoint.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvd_blobs, cvds, tasks
 from lamina.errors import ForbiddenError, MissingDataError
 from lamina.protocol.tasks import DELIVERED_TREES, TaskKind, TaskState
+from lamina.server.services import inflight
 from lamina.server.services.fleet import cvd_source
+from lamina.server.services.inflight import OFF, Sharing
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
 from lamina.tree.model import decode_tree
@@ -68,12 +72,13 @@ def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
     return out
 
 
-def record(engine: Engine, cvd_id: str, ids: Iterable[bytes]) -> int:
+def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing = OFF) -> int:
     """The CVD's device proved it holds these blobs (it uploaded them).
 
     Returns how many were new *to this CVD*: the answer a bundle upload gives. Whether
     the store already held a blob for another CVD must not show (that would be the
-    content oracle again, through uploads of guesses)."""
+    content oracle again, through uploads of guesses). With ``sharing`` on, the CVD's
+    claims on them end in the same transaction (``inflight.received``)."""
     want = list(dict.fromkeys(ids))
     with write_tx(engine) as c:
         mine = owned(c, cvd_id, want)
@@ -81,6 +86,7 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes]) -> int:
         rows = [{"cvd_id": cvd_id, "blob_id": i} for i in new]
         for k in range(0, len(rows), BATCH):
             _insert_ignore(c, cvd_blobs, rows[k : k + BATCH])
+        inflight.received(c, cvd_id, new, sharing)
     return len(new)
 
 
@@ -95,33 +101,48 @@ def ensure_indexed(engine: Engine, store: Store, cvd: Any) -> None:
         c.execute(update(cvds).where(cvds.c.id == cvd.id).values(blobs_indexed=True))
 
 
-def missing(engine: Engine, store: Store, cvd: Any, ids: list[bytes]) -> list[bytes]:
-    """The ids this CVD must upload: not stored, or stored but not (yet) its own."""
+def missing(
+    engine: Engine, store: Store, cvd: Any, ids: list[bytes], sharing: Sharing = OFF
+) -> list[bytes]:
+    """The ids this CVD must upload: not stored, or stored but not (yet) its own.
+
+    With ``sharing`` on, minus common blobs and blobs enough other CVDs are uploading
+    (``inflight.need``, which claims the rest for this CVD)."""
     ensure_indexed(engine, store, cvd)
     gone = store.catalog.missing(ids)
     with read_tx(engine) as c:
         mine = owned(c, cvd.id, ids)
-    return [i for i in ids if i in gone or i not in mine]
+    candidates = [i for i in ids if i in gone or i not in mine]
+    if not sharing.on or not candidates:
+        return candidates
+    stored = {i for i in candidates if i not in gone}
+    with write_tx(engine) as c:
+        return inflight.need(c, cvd.id, candidates, stored, sharing)
 
 
-def check_commit(engine: Engine, store: Store, cvd: Any, root: bytes) -> None:
+def check_commit(
+    engine: Engine, store: Store, cvd: Any, root: bytes, sharing: Sharing = OFF
+) -> None:
     """Refuse a snapshot naming a blob this CVD does not own.
 
     Without this, committing a tree that names a guessed chunk id and reading it
     back would be the oracle again. Subtrees equal to the previous snapshot's are
-    owned already and are not walked.
+    owned already and are not walked. With ``sharing`` on, common blobs count as
+    owned (and become the CVD's), and blobs still in flight for others make the
+    commit wait (``inflight.settle``).
     """
     ensure_indexed(engine, store, cvd)
     prev = store.catalog.snapshots(cvd_source(cvd.id))
     previous = prev[-1].root if prev else None
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
+    taken: list[bytes] = []
     with read_tx(engine) as c:
         if root not in owned(c, cvd.id, [root]):
             raise MissingDataError(
                 "the snapshot's root tree is not stored for this CVD; upload it first"
             )
         while level:
-            _require_owned(c, cvd.id, [t for t, _ in level])
+            taken += _require_owned(c, store, cvd.id, [t for t, _ in level], sharing)
             below: list[tuple[bytes, bytes | None]] = []
             chunks: list[bytes] = []
             for tid, old in level:
@@ -138,19 +159,24 @@ def check_commit(engine: Engine, store: Store, cvd: Any, root: bytes) -> None:
                     chunks.extend(e.chunk_ids())
                     if e.subtree is not None and old_sub.get(e.name) != e.subtree:
                         below.append((e.subtree, old_sub.get(e.name)))
-            _require_owned(c, cvd.id, chunks)
+            taken += _require_owned(c, store, cvd.id, chunks, sharing)
             level = below
+    if taken:
+        record(engine, cvd.id, taken, sharing)
 
 
-def _require_owned(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
+def _require_owned(
+    c: Connection, store: Store, cvd_id: str, ids: list[bytes], sharing: Sharing
+) -> list[bytes]:
+    """Refuse ids the CVD does not own; return those it may take (common blobs)."""
     mine = owned(c, cvd_id, ids)
     foreign = [i for i in dict.fromkeys(ids) if i not in mine]
-    if foreign:
-        # The same answer whether the blob is stored for another CVD or not at all.
-        raise MissingDataError(
-            f"the snapshot names {len(foreign)} chunks or trees the server does not hold "
-            f"for this CVD (first {foreign[0].hex()[:16]}); upload them before committing"
-        )
+    if not foreign:
+        return []
+    gone = store.catalog.missing(foreign)
+    stored = {i for i in foreign if i not in gone}
+    # The same answer whether the blob is stored for another CVD or not at all.
+    return inflight.settle(c, cvd_id, foreign, stored, sharing)
 
 
 class TreeCache:

@@ -26,7 +26,7 @@ from lamina.errors import (
 from lamina.protocol.bundle import BundleBlob, decode_bundle
 from lamina.protocol.schemas import CommitRequest, CommitResponse, SnapshotPublic
 from lamina.server.security import Principal
-from lamina.server.services import access, fleet, flex, layers
+from lamina.server.services import access, fleet, flex, inflight, layers
 from lamina.server.services.fleet import cvd_source
 from lamina.store import blob, repack
 from lamina.store.blob import BlobKind
@@ -221,7 +221,11 @@ def verify_tree(
 
 
 def commit_snapshot(
-    engine: Engine, store: Store, device: Principal, req: CommitRequest
+    engine: Engine,
+    store: Store,
+    device: Principal,
+    req: CommitRequest,
+    sharing: inflight.Sharing = inflight.OFF,
 ) -> CommitResponse:
     """The agent's commit: verify, store the snapshot, apply retention, update the rows.
 
@@ -237,7 +241,7 @@ def commit_snapshot(
     with read_tx(engine) as c:
         cvd = fleet.cvd_of_device(c, device.id)
         policy = fleet.policy_of(c, cvd)
-    access.check_commit(engine, store, cvd, bytes.fromhex(req.root))
+    access.check_commit(engine, store, cvd, bytes.fromhex(req.root), sharing)
     retention = Retention(
         policy.keep_last,
         policy.keep_hourly,
@@ -251,6 +255,7 @@ def commit_snapshot(
             update(cvds).where(cvds.c.id == cvd.id).values(last_sync=record.time, progress={})
         )
         finishing = layers.note_commit(c, store, cvd.id, record)
+        inflight.committed(c, cvd.id)
     layers.finish_recording(engine, store, finishing)
     flex.assign_guest_layers(engine, store, cvd.id)  # a managed flex guest's layers
     return CommitResponse(snapshot=snapshot_public(record), kept=kept, forgotten=forgotten)

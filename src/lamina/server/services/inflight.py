@@ -1,0 +1,233 @@
+"""Cross-endpoint deduplication: common blobs, and blobs another endpoint is uploading.
+
+Fifty endpoints centralizing at once each ask ``/agent/missing`` about the same
+operating system before any of them has uploaded it; answered "not yours, send it",
+each sends the whole shared base. Here the server remembers who was told to send
+what (a *claim* on the blob, with a lease) and tells the others it is coming.
+
+The content oracle (``access``) forbids telling a device about another endpoint's
+private content, so sharing is limited to *common* content: a blob counts as present
+for a CVD that does not hold it only while at least ``threshold`` other CVDs hold it
+or hold a live claim on it. Below that, the answer is the one a device got before:
+"send it". A device therefore learns nothing about content fewer than ``threshold``
+other endpoints hold; ``threshold`` 0 turns sharing off.
+
+The protocol (docs/design.md, "Blobs in flight"):
+
+- ``need``: what this CVD must send. A blob it does not own is present when stored and
+  *shared* (``shared_blobs``: held by ``threshold`` CVDs once), or when
+  ``threshold`` other CVDs own it or claim it (in flight: *promised*). Everything the
+  answer says to send is claimed for this CVD until ``now + lease``.
+- ``received``: a bundle was stored and its blobs recorded as the CVD's (``access.record``):
+  its claims on them end, its other claims get a fresh lease (it is alive and
+  uploading), and blobs now held by ``threshold`` CVDs become shared.
+- ``settle``: a commit names blobs this CVD does not own. Stored shared ones become
+  its own; ones still claimed by enough others make the commit answer
+  ``UploadsPendingError`` (the agent asks again a moment later); any other is missing
+  data, with the message a device gets for a blob nobody holds. So a commit never lands
+  on a promise: a claimant that dies lets its lease run out, the waiting commit is
+  answered "missing", and its agent scans again and uploads what ``need`` now asks for.
+
+Every step is one short transaction on the server's database, so servers sharing one
+PostgreSQL database see each other's claims. Two devices asking at the same moment
+may both be told to send a blob: the only cost is bytes, the store keeps one copy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from lamina.db.models import blob_claims, cvd_blobs, shared_blobs
+from lamina.errors import MissingDataError, UploadsPendingError
+from lamina.server.services.common import now
+
+#: Ids per SQL statement (well below SQLite's bound-parameter limit).
+BATCH = 5000
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """The server's sharing settings (``share_threshold``, ``claim_lease``)."""
+
+    #: Other CVDs that must hold (or be uploading) a blob before it counts as present
+    #: for a CVD that does not hold it; 0: never (every CVD uploads what it lacks).
+    threshold: int = 2
+    #: Seconds a claim lasts without news from its uploader.
+    lease: float = 120.0
+
+    @property
+    def on(self) -> bool:
+        return self.threshold > 0
+
+
+OFF = Sharing(threshold=0)
+
+
+def _chunks(ids: list[bytes]) -> Iterable[list[bytes]]:
+    for k in range(0, len(ids), BATCH):
+        yield ids[k : k + BATCH]
+
+
+def _shared(c: Connection, ids: list[bytes]) -> set[bytes]:
+    out: set[bytes] = set()
+    for part in _chunks(ids):
+        out.update(
+            bytes(b)
+            for b in c.execute(
+                select(shared_blobs.c.blob_id).where(shared_blobs.c.blob_id.in_(part))
+            ).scalars()
+        )
+    return out
+
+
+def _holders(
+    c: Connection, cvd_id: str, ids: list[bytes], stored: set[bytes], when: dt.datetime
+) -> tuple[dict[bytes, set[str]], dict[bytes, set[str]]]:
+    """Other CVDs owning each stored id, and other CVDs with a live claim on each id.
+
+    Only called for blobs that are not shared, which fewer than ``threshold`` CVDs own,
+    so the rows read stay few whatever the size of the fleet."""
+    owners: dict[bytes, set[str]] = {}
+    claims: dict[bytes, set[str]] = {}
+    held = [i for i in ids if i in stored]
+    for part in _chunks(held):
+        for bid, cid in c.execute(
+            select(cvd_blobs.c.blob_id, cvd_blobs.c.cvd_id).where(
+                cvd_blobs.c.blob_id.in_(part), cvd_blobs.c.cvd_id != cvd_id
+            )
+        ):
+            owners.setdefault(bytes(bid), set()).add(cid)
+    for part in _chunks(ids):
+        for bid, cid in c.execute(
+            select(blob_claims.c.blob_id, blob_claims.c.cvd_id).where(
+                blob_claims.c.blob_id.in_(part),
+                blob_claims.c.cvd_id != cvd_id,
+                blob_claims.c.expires > when,
+            )
+        ):
+            claims.setdefault(bytes(bid), set()).add(cid)
+    return owners, claims
+
+
+def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datetime) -> None:
+    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    for part in _chunks(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
+        stmt = dialect.insert(blob_claims).values(
+            [{"blob_id": i, "cvd_id": cvd_id, "expires": until} for i in part]
+        )
+        c.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[blob_claims.c.blob_id, blob_claims.c.cvd_id],
+                set_={"expires": stmt.excluded.expires},
+            )
+        )
+
+
+def need(
+    c: Connection,
+    cvd_id: str,
+    candidates: list[bytes],
+    stored: set[bytes],
+    sharing: Sharing,
+) -> list[bytes]:
+    """Which of ``candidates`` (blobs this CVD does not own, or not stored) it must send.
+
+    ``stored`` says which candidates the store holds. Claims the answer, in ``c`` (a
+    write transaction). Expired claims are swept on the way."""
+    if not sharing.on or not candidates:
+        return candidates
+    when = now()
+    c.execute(delete(blob_claims).where(blob_claims.c.expires <= when))
+    shared = _shared(c, [i for i in candidates if i in stored])
+    rest = [i for i in candidates if not (i in stored and i in shared)]
+    owners, claims = _holders(c, cvd_id, rest, stored, when)
+    # Held by enough CVDs but not marked (recorded before revision 0009): mark them now,
+    # so the next ask reads one row for each instead of every owner.
+    _mark_shared(c, [i for i in rest if len(owners.get(i, ())) >= sharing.threshold])
+    send = [i for i in rest if len(owners.get(i, set()) | claims.get(i, set())) < sharing.threshold]
+    if send:
+        _upsert_claims(c, cvd_id, send, when + dt.timedelta(seconds=sharing.lease))
+    return send
+
+
+def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> None:
+    """The CVD's new blobs ``ids`` are stored and recorded as its own (same transaction)."""
+    if not sharing.on or not ids:
+        return
+    when = now()
+    for part in _chunks(ids):
+        c.execute(
+            delete(blob_claims).where(
+                blob_claims.c.cvd_id == cvd_id, blob_claims.c.blob_id.in_(part)
+            )
+        )
+    c.execute(
+        update(blob_claims)
+        .where(blob_claims.c.cvd_id == cvd_id)
+        .values(expires=when + dt.timedelta(seconds=sharing.lease))
+    )
+    already = _shared(c, ids)
+    fresh = [i for i in ids if i not in already]
+    common: list[bytes] = []
+    for part in _chunks(fresh):
+        common.extend(
+            bytes(b)
+            for b in c.execute(
+                select(cvd_blobs.c.blob_id)
+                .where(cvd_blobs.c.blob_id.in_(part))
+                .group_by(cvd_blobs.c.blob_id)
+                .having(func.count() >= sharing.threshold)
+            ).scalars()
+        )
+    _mark_shared(c, common)
+
+
+def _mark_shared(c: Connection, ids: list[bytes]) -> None:
+    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    for part in _chunks(sorted(ids)):
+        c.execute(
+            dialect.insert(shared_blobs)
+            .values([{"blob_id": i} for i in part])
+            .on_conflict_do_nothing()
+        )
+
+
+def settle(
+    c: Connection, cvd_id: str, foreign: list[bytes], stored: set[bytes], sharing: Sharing
+) -> list[bytes]:
+    """Blobs a commit names that this CVD does not own: which it may take as its own.
+
+    Returns them when every one is stored and shared. Raises ``UploadsPendingError``
+    when some are still promised (claimed by ``threshold`` other CVDs), else
+    ``MissingDataError`` with the message a blob nobody holds gets."""
+    if sharing.on and foreign:
+        shared = _shared(c, [i for i in foreign if i in stored])
+        rest = [i for i in foreign if not (i in stored and i in shared)]
+        owners, claims = _holders(c, cvd_id, rest, stored, now())
+        # (held by enough CVDs but not marked shared: recorded before revision 0009)
+        rest = [i for i in rest if len(owners.get(i, ())) < sharing.threshold]
+        if not rest:
+            return foreign
+        promised = [
+            i for i in rest if len(owners.get(i, set()) | claims.get(i, set())) >= sharing.threshold
+        ]
+        if len(promised) == len(rest):
+            raise UploadsPendingError(
+                f"the snapshot names {len(promised)} chunks or trees other endpoints are "
+                "still uploading; commit again in a moment"
+            )
+        foreign = [i for i in rest if i not in promised]
+    raise MissingDataError(
+        f"the snapshot names {len(foreign)} chunks or trees the server does not hold "
+        f"for this CVD (first {foreign[0].hex()[:16]}); upload them before committing"
+    )
+
+
+def committed(c: Connection, cvd_id: str) -> None:
+    """The CVD committed: whatever it claimed and did not send, it will not send now."""
+    c.execute(delete(blob_claims).where(blob_claims.c.cvd_id == cvd_id))

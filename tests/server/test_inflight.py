@@ -1,0 +1,312 @@
+"""Blobs in flight: endpoints centralizing at once upload each shared chunk once.
+
+Real agents (``Agent.cycle``) against a real server over HTTP. The order of their
+requests is fixed with events on the agents' own requests, never with timing: A is
+held at its first bundle until B has been told A's blobs are coming and B's commit
+has been answered "uploads pending".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+from sqlalchemy import create_engine, update
+
+from lamina.agent.runner import Agent, enroll
+from lamina.cli import store as cli_store
+from lamina.config import ServerSettings
+from lamina.db.models import blob_claims
+from lamina.errors import UploadsPendingError
+from lamina.protocol.bundle import decode_bundle
+from lamina.store.blob import BlobKind, blob_id
+from lamina.tree.model import Entry, encode_tree
+from tests.e2e.conftest import _deployment
+from tests.server.conftest import ADMIN_PASSWORD, API, Device, Live, free_port, serve
+
+KiB = 1024
+#: Held events never wait longer than this (a hang fails the test instead of the suite).
+GATE = 120.0
+
+
+def settings(tmp_path: Path, threshold: int, lease: float = 3600.0) -> ServerSettings:
+    return ServerSettings(
+        data=tmp_path / "data",
+        port=free_port(),
+        admin_password=ADMIN_PASSWORD,
+        share_threshold=threshold,
+        claim_lease=lease,
+    )
+
+
+@pytest.fixture
+def sharing(tmp_path: Path) -> Iterator[Live]:
+    """A server that shares blobs held or claimed by one other CVD (threshold 1)."""
+    s = settings(tmp_path, 1)
+    for url in serve(s):
+        srv = Live(url, s.data)
+        yield srv
+        for c in srv.clients:
+            c.close()
+
+
+def endpoint_tree(root: Path, shared: dict[str, bytes], name: str) -> None:
+    """The shared files, and one file of this endpoint's own."""
+    for rel, data in shared.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        os.utime(p, (1_700_000_000, 1_700_000_000))
+    own = root / "home" / name / "notes.bin"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(random.Random(name).randbytes(200 * KiB))
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc" / "os-release").write_text('NAME="Debian GNU/Linux"\nID=debian\n')
+
+
+def shared_files(count: int = 6, size: int = 400 * KiB) -> dict[str, bytes]:
+    rng = random.Random("shared")
+    return {f"usr/lib/base/lib{i}.so": rng.randbytes(size) for i in range(count)}
+
+
+@dataclass
+class Seen:
+    """What one agent sent: the data blob ids of its bundles, the bytes of its bundles."""
+
+    data_ids: set[bytes] = field(default_factory=set)
+    bundle_bytes: int = 0
+    pending: int = 0
+
+
+def enrolled(server_url: str, token: str, tmp_path: Path, name: str) -> Path:
+    root = tmp_path / name / "root"
+    endpoint_tree(root, SHARED, name)
+    state = tmp_path / name / "state"
+    enroll(server_url, token, root, state, insecure=True)
+    return state
+
+
+SHARED = shared_files()
+
+
+def token_for(url: str) -> str:
+    admin = httpx.Client(base_url=url + API, timeout=60)
+    r = admin.post("/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD})
+    admin.headers["Authorization"] = f"Bearer {r.json()['token']}"
+    if admin.get("/policies/std").status_code == 404:
+        assert admin.post("/policies", json={"name": "std"}).status_code == 201
+    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std", "uses": 10}).json()[
+        "token"
+    ]
+    admin.close()
+    return str(token)
+
+
+def watched(
+    agent: Agent, seen: Seen, before: Callable[[str], None], after_pending: Callable[[], None]
+) -> None:
+    """Record the agent's bundles; call ``before(path)`` ahead of each request and
+    ``after_pending`` when a commit is answered "uploads pending"."""
+    real = agent.client.json
+
+    def json(method: str, path: str, **kw: Any) -> Any:
+        if path == "/agent/bundles":
+            body = kw["content"]
+            seen.bundle_bytes += len(body)
+            seen.data_ids |= {b.id for b in decode_bundle(body) if b.kind == BlobKind.DATA}
+        before(path)
+        try:
+            return real(method, path, **kw)
+        except UploadsPendingError:
+            seen.pending += 1
+            after_pending()
+            raise
+
+    agent.client.json = json  # type: ignore[method-assign]
+
+
+def run(agent: Agent, out: dict[str, Any], key: str) -> threading.Thread:
+    def go() -> None:
+        try:
+            out[key] = agent.cycle(force_sync=True)
+        except BaseException as e:  # the test reads it
+            out[key] = e
+        finally:
+            agent.close()
+
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def store_check(
+    capsys: pytest.CaptureFixture[str], data: Path, db: str | None = None, store: str | None = None
+) -> str:
+    """``lamina store check --read-data`` (its command function, in this process)."""
+    capsys.readouterr()
+    cli_store.check(data=data, db=db, store=store, keyfile=None, read_data=True, as_json=False)
+    return capsys.readouterr().out
+
+
+def two_agents_share(url_a: str, url_b: str, tmp_path: Path) -> tuple[Seen, Seen, dict[str, Any]]:
+    """A is held at its first bundle until B's commit waits for A's blobs; both finish."""
+    token = token_for(url_a)
+    a = Agent(enrolled(url_a, token, tmp_path, "desk-a"), insecure=True)
+    b = Agent(enrolled(url_b, token, tmp_path, "desk-b"), insecure=True)
+    a_asked, b_pending = threading.Event(), threading.Event()
+    sa, sb = Seen(), Seen()
+
+    def a_before(path: str) -> None:
+        if path == "/agent/bundles" and not a_asked.is_set():
+            a_asked.set()  # every chunk A sends is claimed: its one bundle comes after the scan
+            assert b_pending.wait(GATE), "B never waited for A's blobs"
+
+    def b_before(path: str) -> None:
+        if path == "/agent/config" and not a_asked.is_set():
+            assert a_asked.wait(GATE), "A never reached its upload"
+
+    watched(a, sa, a_before, lambda: None)
+    watched(b, sb, b_before, b_pending.set)
+    out: dict[str, Any] = {}
+    threads = [run(a, out, "a"), run(b, out, "b")]
+    for t in threads:
+        t.join(GATE * 2)
+    assert out["a"]["synced"] and out["b"]["synced"], out
+    return sa, sb, out
+
+
+def test_concurrent_first_syncs_upload_each_shared_chunk_once(
+    sharing: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metric = "lamina_sync_uploaded_bytes_total"
+    sa, sb, _ = two_agents_share(sharing.url, sharing.url, tmp_path)
+    shared_bytes = sum(len(d) for d in SHARED.values())
+    # B was told A's chunks were coming: no data blob went up twice, and B waited for them.
+    assert sa.data_ids and sb.data_ids and not (sa.data_ids & sb.data_ids)
+    assert sb.pending >= 1
+    assert sa.bundle_bytes > shared_bytes > sb.bundle_bytes
+    # The server received exactly those bundles (bytes counted on its side).
+    text = httpx.get(sharing.url + "/metrics").text
+    received = next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(metric)
+    )
+    assert received == sa.bundle_bytes + sb.bundle_bytes
+    # Both snapshots are whole: every blob they name is stored, and reads back.
+    assert "no errors" in store_check(capsys, sharing.data)
+    admin = sharing.login()
+    for cvd in admin.get("/cvds").json():
+        assert cvd["snapshots"] == 1, cvd
+
+
+def test_a_claimant_that_dies_leaves_the_commit_whole(
+    sharing: Live, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A is told to send the shared chunks, then dies before sending them. B, told they are
+    coming, waits; when A's claims run out (set here, as the lease would), B's commit is
+    answered "missing", B scans again, uploads them, and its snapshot lands whole."""
+    token = token_for(sharing.url)
+    a = Agent(enrolled(sharing.url, token, tmp_path, "desk-a"), insecure=True)
+    b = Agent(enrolled(sharing.url, token, tmp_path, "desk-b"), insecure=True)
+    a_asked = threading.Event()
+    sa, sb = Seen(), Seen()
+    engine = create_engine(f"sqlite:///{sharing.data / 'lamina.db'}")
+
+    def a_before(path: str) -> None:
+        if path == "/agent/bundles":
+            a_asked.set()
+            raise RuntimeError("the endpoint lost power")  # A dies holding its claims
+
+    def expire_a() -> None:  # what the lease does, without waiting for it
+        with engine.begin() as c:
+            c.execute(update(blob_claims).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+
+    watched(a, sa, a_before, lambda: None)
+    out: dict[str, Any] = {}
+    run(a, out, "a").join(GATE)
+    assert isinstance(out["a"], RuntimeError) and a_asked.is_set()
+    watched(b, sb, lambda path: None, expire_a)
+    run(b, out, "b").join(GATE * 2)
+    engine.dispose()
+    assert not isinstance(out["b"], BaseException), out["b"]
+    assert out["b"]["synced"]
+    assert sb.pending == 1  # waited once, then was told to send them itself
+    # B sent the shared chunks A never did
+    assert len(sb.data_ids & sa.data_ids) >= len(SHARED)
+    assert sb.bundle_bytes > sum(len(d) for d in SHARED.values())
+    assert "no errors" in store_check(capsys, sharing.data)
+
+
+def test_content_fewer_than_threshold_endpoints_hold_is_never_confirmed(live: Live) -> None:
+    """The default threshold (2): a blob one other endpoint holds or uploads is answered
+    exactly as an unknown one (the content oracle stays closed); one that two others
+    upload is "coming", a commit naming it waits for it, then takes it as its own."""
+    a, b, m = live.device("pc-a"), live.device("pc-b"), live.device("pc-m")
+
+    def missing(d: Device, *ids: bytes) -> list[str]:
+        r = d.client.post("/agent/missing", json={"ids": [i.hex() for i in ids]})
+        assert r.status_code == 200, r.text
+        return list(r.json()["missing"])
+
+    def commit(d: Device, chunk: bytes, size: int) -> httpx.Response:
+        [root] = d.upload([(BlobKind.TREE, encode_tree([file_entry(chunk, size)]))])
+        return d.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
+
+    secret, guess = b"vpn_pin=73914\n", b"vpn_pin=00000\n"
+    [held] = a.upload([(BlobKind.DATA, secret)])
+    unknown = blob_id(m.id_key, guess)
+    assert missing(m, held, unknown) == [held.hex(), unknown.hex()]
+    ids = (held, unknown)
+    refusals = [commit(m, i, len(secret)) for i in ids]
+    assert [r.status_code for r in refusals] == [422, 422]
+    answers = [r.json()["message"].replace(i.hex()[:16], "ID") for r, i in zip(refusals, ids)]
+    assert answers[0] == answers[1]
+
+    base = random.Random("base").randbytes(50 * KiB)
+    common = blob_id(a.id_key, base)
+    assert missing(a, common) == [common.hex()]  # A is told to send it (and claims it)
+    assert missing(m, common) == [common.hex()]  # one other uploader: still "send it"
+    # Two others upload it (it will be two endpoints' content): the third need not send it.
+    assert missing(b, common) == []
+    r = commit(b, common, len(base))
+    assert r.status_code == 409 and r.json()["code"] == "uploads_pending", r.text
+    a.upload([(BlobKind.DATA, base)])
+    r = commit(b, common, len(base))  # one holder and one live claim: still coming
+    assert r.status_code == 409 and r.json()["code"] == "uploads_pending", r.text
+    m.upload([(BlobKind.DATA, base)])
+    r = commit(b, common, len(base))
+    assert r.status_code == 200, r.text
+    r = b.client.post("/blobs/read", json={"ids": [common.hex()]})
+    assert r.status_code == 200 and msgpack.unpackb(r.content) == [base]
+    assert missing(b, common) == []
+
+
+def file_entry(chunk: bytes, size: int) -> Entry:
+    return Entry(name=b"f.bin", type="file", size=size, content=[chunk])
+
+
+@pytest.mark.e2e
+def test_claims_hold_across_two_servers_on_postgresql(
+    pg_db_url: str,
+    s3_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two `lamina server` processes on one PostgreSQL database and one S3 bucket: A syncs
+    through the first, B through the second, and B is told A's chunks are coming."""
+    monkeypatch.setenv("LAMINA_SHARE_THRESHOLD", "1")
+    dep = _deployment(tmp_path, ["--db", pg_db_url, "--store", s3_url], 2)
+    for d in dep:
+        sa, sb, _ = two_agents_share(d.url_for(0), d.url_for(1), tmp_path)
+        assert sa.data_ids and sb.data_ids and not (sa.data_ids & sb.data_ids)
+        assert sb.pending >= 1
+        assert "no errors" in store_check(capsys, d.servers[0].data, pg_db_url, s3_url)
