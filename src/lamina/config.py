@@ -113,6 +113,8 @@ class ServerSettings(FileSettings):
     #: "text", "journal" (``<N>`` priority prefixes, no timestamps), "json".
     log_format: Literal["auto", "text", "journal", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Bytes of file deltas (``/blobs/delta``) kept in DATA/deltas; the oldest go first.
+    delta_cache: int = 1024 * 1024 * 1024
 
 
 class AgentSettings(FileSettings):
