@@ -28,7 +28,7 @@ DELTA_VERSION = 1
 #: cuts a file in pieces of this size, so a delta's result is one piece).
 MAX_FILE = 64 * 1024 * 1024
 #: Below this (old + new), the slow but tight level 19.
-SMALL = 2 * 1024 * 1024
+SMALL = 512 * 1024
 
 
 def _dict(old: bytes) -> zstandard.ZstdCompressionDict:
