@@ -7,6 +7,7 @@ The data is generated from fixed seeds (no randomness between runs)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from lamina.agent.staging.apply import boot
 from lamina.agent.staging.stage import stage_layers
 from lamina.agent.state import AgentState
 from lamina.agent.transport import AgentClient
+from lamina.config import ServerSettings
 from lamina.errors import IntegrityError
 from lamina.protocol.tasks import LayerApplyParams
 from lamina.server.services.deltas import HEADER, DeltaCache, DeltaKey, cache_for, delta_for
@@ -28,7 +30,21 @@ from lamina.store.delta import make_delta
 from lamina.store.keys import ChunkingSecret, read_keyfile
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, encode_tree
-from tests.server.conftest import Device, Live
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """One server for the module: each test enrolls its own device."""
+    data = tmp_path_factory.mktemp("deltas") / "data"
+    settings = ServerSettings(data=data, port=free_port(), admin_password=ADMIN_PASSWORD)
+    for url in serve(settings):
+        srv = Live(url, data)
+        try:
+            yield srv
+        finally:
+            for c in srv.clients:
+                c.close()
 
 
 def _lines(seed: int, size: int, word: str) -> bytes:
@@ -53,6 +69,7 @@ SAME = _lines(2, 100_000, "same")
 LIB_V2 = LIB_V1[:500_000] + RNG.randbytes(16_384) + LIB_V1[516_384:]
 TXT_V2 = TXT_V1[:600_000] + _lines(3, 49_152, "patched") + TXT_V1[649_152:]
 CHANGED = 16_384 + 49_152
+RNG_FORGED = random.Random(7)
 
 
 def _commit_tree(dev: Device, chunking: ChunkingSecret, files: dict[bytes, bytes]) -> bytes:
@@ -75,9 +92,11 @@ def _ids(chunking: ChunkingSecret, data: bytes) -> list[bytes]:
 class Endpoint:
     """An enrolled device with a root folder holding version 1, and version 2 committed."""
 
-    def __init__(self, live: Live, tmp_path: Path, v1: dict[bytes, bytes]) -> None:
+    def __init__(
+        self, live: Live, tmp_path: Path, v1: dict[bytes, bytes], v2: dict[bytes, bytes]
+    ) -> None:
         self.chunking = read_keyfile(live.data / "keys.json").chunking
-        self.dev = live.device("desk-1")
+        self.dev = live.device(tmp_path.name)
         self.root = tmp_path / "root"
         self.root.mkdir()
         self.state_dir = self.root / "var/lib/lamina"
@@ -85,14 +104,12 @@ class Endpoint:
         for name, data in v1.items():
             (self.root / name.decode()).write_bytes(data)
         _commit_tree(self.dev, self.chunking, v1)
-        self.v2 = _commit_tree(
-            self.dev, self.chunking, {b"lib.so": LIB_V2, b"symbols.txt": TXT_V2, b"same.txt": SAME}
-        )
+        self.v2 = _commit_tree(self.dev, self.chunking, v2)
         credential = str(self.dev.client.headers["Authorization"]).removeprefix("Bearer ")
         c = self.chunking
         self.state = AgentState(
             server=live.url,
-            device_id="desk-1",
+            device_id=tmp_path.name,
             credential=credential,
             root=str(self.root),
             chunker_seed=c.chunker_seed,
@@ -113,44 +130,52 @@ class Endpoint:
 
 
 V1 = {b"lib.so": LIB_V1, b"symbols.txt": TXT_V1, b"same.txt": SAME}
-V2 = {"lib.so": LIB_V2, "symbols.txt": TXT_V2, "same.txt": SAME}
+V2 = {b"lib.so": LIB_V2, b"symbols.txt": TXT_V2, b"same.txt": SAME}
+
+
+def _named(files: dict[bytes, bytes]) -> dict[str, bytes]:
+    return {n.decode(): d for n, d in files.items()}
 
 
 def test_a_layer_update_of_small_edits_downloads_at_most_the_changed_bytes(
-    live: Live, tmp_path: Path
+    server: Live, tmp_path: Path
 ) -> None:
-    ep = Endpoint(live, tmp_path, V1)
+    ep = Endpoint(server, tmp_path, V1, V2)
     got = ep.stage()
     assert got["delta_files"] == 2
     # Bytes on the wire at the agent's transport: the tree, the two deltas, nothing else.
     assert 16_384 < got["downloaded_bytes"] <= CHANGED
     boot(ep.state_dir, ep.root)
-    assert ep.files() == V2
+    assert ep.files() == _named(V2)
     # The deltas are cached in the server's data folder.
-    assert len(list((live.data / "deltas").glob("*.delta"))) == 2
+    cache = cache_for(server.data, 1 << 30)
+    for old, new in ((LIB_V1, LIB_V2), (TXT_V1, TXT_V2)):
+        key = DeltaKey(tuple(_ids(ep.chunking, old)), tuple(_ids(ep.chunking, new)))
+        assert cache.get(key) is not None
 
 
-def test_without_an_old_version_the_file_comes_as_chunks(live: Live, tmp_path: Path) -> None:
-    ep = Endpoint(live, tmp_path, {b"same.txt": SAME})
+def test_without_an_old_version_the_file_comes_as_chunks(server: Live, tmp_path: Path) -> None:
+    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, V2)
     got = ep.stage()
     assert got["delta_files"] == 0
     assert got["downloaded_bytes"] >= len(LIB_V2) + len(TXT_V2)
     boot(ep.state_dir, ep.root)
-    assert ep.files() == V2
+    assert ep.files() == _named(V2)
 
 
-def test_a_forged_delta_is_refused_and_nothing_is_staged(live: Live, tmp_path: Path) -> None:
-    ep = Endpoint(live, tmp_path, V1)
+def test_a_forged_delta_is_refused_and_nothing_is_staged(server: Live, tmp_path: Path) -> None:
+    lib_v3 = LIB_V1[:-16_384] + RNG_FORGED.randbytes(16_384)
+    ep = Endpoint(server, tmp_path, V1, {**V2, b"lib.so": lib_v3})
     # A server (or its disk) that answers with a well-formed delta of other content of
     # the same size: it decodes, but does not give the chunks the verified tree names.
     forged = make_delta(LIB_V1, LIB_V1[:-16_384] + bytes(16_384))
-    key = DeltaKey(tuple(_ids(ep.chunking, LIB_V1)), tuple(_ids(ep.chunking, LIB_V2)))
-    cache_for(live.data, 1 << 30).put(key, forged)
+    key = DeltaKey(tuple(_ids(ep.chunking, LIB_V1)), tuple(_ids(ep.chunking, lib_v3)))
+    cache_for(server.data, 1 << 30).put(key, forged)
     with pytest.raises(IntegrityError, match=r"/lib\.so"):
         ep.stage()
-    assert not list((ep.state_dir / ".lamina-staging").glob("*/journal*"))
+    assert not any((ep.state_dir / ".lamina-staging").glob("*"))
     assert boot(ep.state_dir, ep.root) == []
-    assert ep.files() == {n.decode(): d for n, d in V1.items()}
+    assert ep.files() == _named(V1)
 
 
 def test_the_cache_survives_a_restart_and_a_damaged_entry_is_computed_again(
