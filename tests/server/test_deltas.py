@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 
 from lamina.agent.deltas import Candidate, fetch_deltas
@@ -229,3 +230,29 @@ def test_a_server_without_deltas_means_chunks() -> None:
     )
     c = Candidate("a", Path("/nonexistent"), 1, [b"\1" * 32], [b"\2" * 32], 1)
     assert fetch_deltas(client, [c]) == [None]
+
+
+def test_a_device_gets_no_delta_of_or_against_another_endpoints_files(
+    server: Live, tmp_path: Path
+) -> None:
+    """No content oracle (see services/access.py): a new version the device may not read
+    is refused as /blobs/read refuses it; an old version it does not own gives no delta,
+    the same answer as a delta not worth sending."""
+    chunking = read_keyfile(server.data / "keys.json").chunking
+    other = server.device(tmp_path.name + "-other")
+    secret = TXT_V1[:600_000] + _lines(4, 49_152, "secret") + TXT_V1[649_152:]
+    _commit_tree(other, chunking, {b"secret.txt": secret})
+    ep = Endpoint(server, tmp_path, V1, V2)
+    theirs = [i.hex() for i in _ids(chunking, secret)]
+    mine_v1 = [i.hex() for i in _ids(chunking, TXT_V1)]
+    r = ep.dev.client.post("/blobs/delta", json={"items": [{"base": mine_v1, "target": theirs}]})
+    assert r.status_code == 403 and r.json()["code"] == "forbidden", r.status_code
+    mine_v2 = [i.hex() for i in _ids(chunking, LIB_V2)]
+    their_v1 = [i.hex() for i in _ids(chunking, LIB_V1[:-1])]
+    _commit_tree(other, chunking, {b"lib.so": LIB_V1[:-1]})
+    r = ep.dev.client.post("/blobs/delta", json={"items": [{"base": their_v1, "target": mine_v2}]})
+    assert r.status_code == 200, r.text
+    assert msgpack.unpackb(r.content) == {"v": 1, "deltas": [None]}
+    # A user's token is not a device credential.
+    r = server.login().post("/blobs/delta", json={"items": []})
+    assert r.status_code == 401, r.text
