@@ -512,13 +512,15 @@ def sha256(p: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def layer_update(lam: LaminaE2E, corpus: Path, work: Path, seed: int) -> dict[str, Any]:
+def layer_update(
+    lam: LaminaE2E, corpus: Path, work: Path, seed: int, layer_mb: float = LAYER_MB
+) -> dict[str, Any]:
     """Capture a base layer v1 from a reference endpoint (a sample of the corpus) and apply
     it to a target endpoint (a copy of the same tree); change ~1% of the reference's bytes,
     capture v2, deliver it: how many bytes the target downloads against how many changed."""
     base = work / "layers"
     ref_root, tgt_root = base / "ref" / "root", base / "tgt" / "root"
-    copied = copy_sample(corpus, ref_root, LAYER_MB * 1024 * 1024, seed)
+    copied = copy_sample(corpus, ref_root, layer_mb * 1024 * 1024, seed)
     tgt_root.parent.mkdir(parents=True)
     copy_tree(ref_root, tgt_root)
     admin, url = lam.admin, lam.server.url
@@ -573,6 +575,7 @@ def layer_update(lam: LaminaE2E, corpus: Path, work: Path, seed: int) -> dict[st
         "changed_files": len(changes["files"]),
         "downloaded_bytes": down,
         "seeded_bytes": result.get("seeded_bytes"),
+        "delta_files": result.get("delta_files"),
         "downloaded_per_changed": down / changed if down is not None and changed else None,
         "downloaded_per_layer": down / layer_bytes if down is not None and layer_bytes else None,
         "stage_s": round(stage_s, 2),
@@ -631,6 +634,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where to write the JSON results (default bench/results-e2e.json)",
     )
     ap.add_argument("--keep", action="store_true", help="leave the work folder afterwards")
+    ap.add_argument(
+        "--layer-only",
+        action="store_true",
+        help="only step 6, the layer update (with --quick: a small corpus, quick to run)",
+    )
+    ap.add_argument(
+        "--layer-mb",
+        type=float,
+        default=LAYER_MB,
+        help=f"the layer update's reference endpoint in MiB (default {LAYER_MB:g})",
+    )
     args = ap.parse_args(argv)
     if args.size_mb is None:
         args.size_mb = (
@@ -924,6 +938,10 @@ def run_steps(
                 say(f"--- server log ---\n{lam.server.log_tail()}", "red")
             return False
 
+    if args.layer_only:
+        step("layer update", lambda: layer_step(args, res, lam, corpus, work))
+        return 0
+
     # -- 1. first backup
     say("1. first backup (Lamina: centralization by the agent's first cycle)", "bold")
     first_ok: list[bool] = []
@@ -1086,18 +1104,20 @@ def run_steps(
         if b is not None:
             say(f"  {tool:<7} {human_bytes(b)}")
 
-    say("6. layer update: bytes downloaded vs bytes changed (Lamina only)", "bold")
-
-    def layers() -> None:
-        res.layer_update = layer_update(lam, corpus, work, args.seed)
-        if not res.layer_update["verified"]:
-            res.failures.append(
-                "layer update: changed files differ from the reference after boot: "
-                f"{res.layer_update['differing_files'][:5]}"
-            )
-
-    step("layer update", layers)
+    step("layer update", lambda: layer_step(args, res, lam, corpus, work))
     return 0
+
+
+def layer_step(
+    args: argparse.Namespace, res: Results, lam: LaminaE2E, corpus: Path, work: Path
+) -> None:
+    say("6. layer update: bytes downloaded vs bytes changed (Lamina only)", "bold")
+    res.layer_update = layer_update(lam, corpus, work, args.seed, args.layer_mb)
+    if not res.layer_update["verified"]:
+        res.failures.append(
+            "layer update: changed files differ from the reference after boot: "
+            f"{res.layer_update['differing_files'][:5]}"
+        )
 
 
 def ratios(figures: method.Figures) -> dict[str, float | None]:
@@ -1146,7 +1166,8 @@ def print_table(
             f"{lu['layer_files']} files; changed {human_bytes(lu['changed_bytes'])} in "
             f"{lu['changed_files']} files; downloaded "
             f"{human_bytes(lu['downloaded_bytes'] or 0)} (seeded from the endpoint "
-            f"{human_bytes(lu['seeded_bytes'] or 0)}); downloaded/changed "
+            f"{human_bytes(lu['seeded_bytes'] or 0)}; {lu.get('delta_files')} files as deltas); "
+            "downloaded/changed "
             + (
                 "—"
                 if lu["downloaded_per_changed"] is None

@@ -119,6 +119,8 @@ class ServerSettings(FileSettings):
     share_threshold: int = Field(default=2, ge=0)
     #: Seconds a device's claim on a blob it was told to upload lasts without news from it.
     claim_lease: float = Field(default=120.0, gt=0)
+    #: Bytes of file deltas (``/blobs/delta``) kept in DATA/deltas; the oldest go first.
+    delta_cache: int = 1024 * 1024 * 1024
 
 
 class AgentSettings(FileSettings):

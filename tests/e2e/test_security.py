@@ -602,6 +602,7 @@ UNAUTH_ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/tokens", {"expires_in": 3600}),
     ("GET", "/audit", None),
     ("POST", "/blobs/read", {"ids": []}),
+    ("POST", "/blobs/delta", {"items": []}),
     ("POST", "/agent/config", {"state": "idle"}),
     ("POST", "/agent/missing", {"ids": []}),
     ("POST", "/agent/bundles", None),

@@ -126,6 +126,8 @@ class AgentClient:
             verify = ca_context(pinned_cert) if ca else pinned_context(pinned_cert)
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.server = server.rstrip("/")
+        #: Response body bytes as they came over the wire (before any content decoding).
+        self.received_bytes = 0
         self.http = httpx.Client(
             base_url=self.server + "/api/v1", headers=headers, verify=verify, timeout=timeout
         )
@@ -138,6 +140,7 @@ class AgentClient:
             r = self.http.request(method, path, **kw)
         except httpx.TransportError as e:
             raise BackendError(f"cannot reach the server at {self.server}: {e}") from e
+        self.received_bytes += r.num_bytes_downloaded
         if r.status_code >= 400:
             code: str | None = None
             try:

@@ -471,6 +471,21 @@ class BlobsRequest(Strict):
     ids: list[str] = Field(max_length=1024)
 
 
+class DeltaItem(Strict):
+    """One file the device holds an old version of: the old and the new version's chunk
+    ids in hex, in file order (files with holes are not sent as deltas)."""
+
+    base: list[str] = Field(max_length=4096)
+    target: list[str] = Field(min_length=1, max_length=4096)
+
+
+class DeltasRequest(Strict):
+    """``POST /blobs/delta`` (protocol version 2): the answer is msgpack
+    ``{"v": 1, "deltas": [bytes | None, ...]}``, one per item (None: fetch its chunks)."""
+
+    items: list[DeltaItem] = Field(max_length=64)
+
+
 class LayerVersionPublic(BaseModel):
     id: str
     version: int

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.agent.blobs import agent_blobs
+from lamina.agent.deltas import Candidate, seed_by_deltas
 from lamina.agent.facts import os_release
 from lamina.agent.live import (
     RevertPlan,
@@ -183,10 +184,16 @@ def stage_revert(
 
 
 def _seed_from_endpoint(
-    blobs: BatchedBlobs, root: Path, delta: bytes, chunking: ChunkingSecret
-) -> int:
-    """Chunks the endpoint already holds, read from its own files at the same paths."""
-    wanted: dict[str, set[bytes]] = {}
+    blobs: BatchedBlobs,
+    root: Path,
+    delta: bytes,
+    chunking: ChunkingSecret,
+    client: AgentClient | None = None,
+) -> tuple[int, int]:
+    """Chunks the endpoint already holds, read from its own files at the same paths;
+    with ``client``, files whose chunks still lack come as deltas against the old
+    version (``agent.deltas``). Returns the bytes seeded and the files sent as deltas."""
+    wanted: dict[str, Entry] = {}
     todo = [(delta, "")]
     while todo:
         tid, prefix = todo.pop()
@@ -195,10 +202,12 @@ def _seed_from_endpoint(
             if e.subtree is not None:
                 todo.append((e.subtree, rel))
             elif e.type == "file" and e.content:
-                wanted[rel] = set(e.chunk_ids())
+                wanted[rel] = e
     chunker = Chunker(chunking)
     seeded = 0
-    for rel, ids in wanted.items():
+    candidates: list[Candidate] = []
+    for rel, e in wanted.items():
+        ids = set(e.chunk_ids())
         p = root / rel
         try:
             if not stat.S_ISREG(os.lstat(p).st_mode) or os.lstat(p).st_size > 1 << 30:
@@ -206,12 +215,19 @@ def _seed_from_endpoint(
             data = p.read_bytes()
         except OSError:
             continue
+        live_ids: list[bytes] = []
         for view in chunker.cut(data):
             bid = blob.blob_id(chunking.id_key, view)
+            live_ids.append(bid)
             if bid in ids and bid not in blobs.local:
                 blobs.local[bid] = bytes(view)
                 seeded += len(view)
-    return seeded
+        content = e.content or []
+        if all(isinstance(c, bytes) for c in content) and any(i not in blobs.local for i in ids):
+            new_ids = [c for c in content if isinstance(c, bytes)]
+            candidates.append(Candidate(rel, p, len(data), live_ids, new_ids, e.size))
+    as_deltas = seed_by_deltas(client, blobs, candidates, chunking) if client else 0
+    return seeded, as_deltas
 
 
 def stage_delta(
@@ -389,12 +405,14 @@ def stage_layers(
     root = Path(st.root)
     blobs = agent_blobs(client, st.chunking.id_key)
     delta = bytes.fromhex(params.delta)
-    seeded = _seed_from_endpoint(blobs, root, delta, st.chunking)
+    received = client.received_bytes
+    seeded, as_deltas = _seed_from_endpoint(blobs, root, delta, st.chunking, client)
     summary: dict[str, Any] = {
         "kind": "layers",
         "versions": list(params.versions),
         "labels": list(params.labels),
         "seeded_bytes": seeded,
+        "delta_files": as_deltas,
     }
     tx = stage_delta(
         blobs,
@@ -408,7 +426,8 @@ def stage_layers(
         chunking=st.chunking,
         dpkg_base=_content_param(params.dpkg_base),
     )
-    tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
+    # Bytes on the wire (response bodies as received): trees, chunks and deltas.
+    tx.journal["summary"]["downloaded_bytes"] = client.received_bytes - received
     tx.save()
     return {
         "transaction": tx.journal["id"],

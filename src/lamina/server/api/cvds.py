@@ -10,14 +10,15 @@ from lamina.protocol.schemas import (
     BlobsRequest,
     BrowseEntry,
     CvdPublic,
+    DeltasRequest,
     DownloadRequest,
     RestoreRequest,
     RevertRequest,
     SnapshotPublic,
     TaskPublic,
 )
-from lamina.server.deps import Caller, Ctx, Limits, active_device
-from lamina.server.services import access, cvd_ops, fleet
+from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits, active_device
+from lamina.server.services import access, cvd_ops, deltas, fleet
 from lamina.server.services.sync import parse_ids
 from lamina.tree.content import content_pieces
 
@@ -127,3 +128,20 @@ def read_blobs(
 
 #: Bytes of plaintext one /blobs/read answer carries at most (at least one blob).
 READ_LIMIT = 32 * 1024 * 1024
+
+
+@router.post(
+    "/blobs/delta",
+    summary="New versions of files as zstd deltas against the versions the device holds",
+    response_class=Response,
+)
+def read_deltas(req: DeltasRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> Response:
+    # Devices only: the same access as /blobs/read, for the old and the new versions.
+    cvd = fleet.active_cvd_of_device(ctx.engine, device)
+    limits.reads.take(device.id, sum(len(i.base) + len(i.target) for i in req.items))
+    cache = deltas.cache_for(ctx.settings.data, ctx.settings.delta_cache)
+    out = deltas.deltas_for_device(
+        ctx.engine, ctx.store, cache, limits.trees, device.id, cvd, req.items
+    )
+    body = {"v": deltas.ANSWER_VERSION, "deltas": out}
+    return Response(msgpack.packb(body, use_bin_type=True), media_type="application/msgpack")

@@ -1,0 +1,258 @@
+"""File deltas end to end at the service level: a real server in this process
+(``/blobs/delta``, its cache on disk) and the agent's staging and boot-apply on a
+real folder, counting the bytes that come over the wire at the agent's transport.
+
+The data is generated from fixed seeds (no randomness between runs)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+
+from lamina.agent.deltas import Candidate, fetch_deltas
+from lamina.agent.staging.apply import boot
+from lamina.agent.staging.stage import stage_layers
+from lamina.agent.state import AgentState
+from lamina.agent.transport import AgentClient
+from lamina.config import ServerSettings
+from lamina.errors import IntegrityError
+from lamina.protocol.tasks import LayerApplyParams
+from lamina.server.services.deltas import HEADER, DeltaCache, DeltaKey, cache_for, delta_for
+from lamina.store import blob
+from lamina.store.blob import BlobKind
+from lamina.store.chunker import Chunker
+from lamina.store.delta import make_delta
+from lamina.store.keys import ChunkingSecret, read_keyfile
+from lamina.store.repository import Store
+from lamina.tree.model import Entry, encode_tree
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """One server for the module: each test enrolls its own device."""
+    data = tmp_path_factory.mktemp("deltas") / "data"
+    settings = ServerSettings(data=data, port=free_port(), admin_password=ADMIN_PASSWORD)
+    for url in serve(settings):
+        srv = Live(url, data)
+        try:
+            yield srv
+        finally:
+            for c in srv.clients:
+                c.close()
+
+
+def _lines(seed: int, size: int, word: str) -> bytes:
+    """A text-like file (a symbol table, a config): what small edits usually touch."""
+    rng = random.Random(seed)
+    out = bytearray()
+    i = 0
+    while len(out) < size:
+        out += f"{word}_{i:07d} = 0x{rng.getrandbits(32):08x} # {rng.choice(WORDS)}\n".encode()
+        i += 1
+    return bytes(out[:size])
+
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
+RNG = random.Random(2026)
+#: The old versions the endpoint holds (a library, a text file, one that does not change).
+LIB_V1 = RNG.randbytes(1024 * 1024)
+TXT_V1 = _lines(1, 1024 * 1024, "symbol")
+SAME = _lines(2, 100_000, "same")
+#: The new versions: 16 KiB of the library rewritten with random bytes (incompressible),
+#: 48 KiB of the text file replaced by other lines.
+LIB_V2 = LIB_V1[:500_000] + RNG.randbytes(16_384) + LIB_V1[516_384:]
+TXT_V2 = TXT_V1[:600_000] + _lines(3, 49_152, "patched") + TXT_V1[649_152:]
+CHANGED = 16_384 + 49_152
+RNG_FORGED = random.Random(7)
+
+
+def _commit_tree(dev: Device, chunking: ChunkingSecret, files: dict[bytes, bytes]) -> bytes:
+    """Upload a one-folder tree of files cut as the agent cuts them; returns its id."""
+    chunker = Chunker(chunking)
+    entries = []
+    for name, data in files.items():
+        ids = dev.upload([(BlobKind.DATA, bytes(v)) for v in chunker.cut(data)])
+        entries.append(Entry(name=name, type="file", size=len(data), content=list(ids)))
+    [root] = dev.upload([(BlobKind.TREE, encode_tree(entries))])
+    r = dev.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
+    assert r.status_code == 200, r.text
+    return root
+
+
+def _ids(chunking: ChunkingSecret, data: bytes) -> list[bytes]:
+    return [blob.blob_id(chunking.id_key, v) for v in Chunker(chunking).cut(data)]
+
+
+class Endpoint:
+    """An enrolled device with a root folder holding version 1, and version 2 committed."""
+
+    def __init__(
+        self, live: Live, tmp_path: Path, v1: dict[bytes, bytes], v2: dict[bytes, bytes]
+    ) -> None:
+        self.chunking = read_keyfile(live.data / "keys.json").chunking
+        self.dev = live.device(tmp_path.name)
+        self.root = tmp_path / "root"
+        self.root.mkdir()
+        self.state_dir = self.root / "var/lib/lamina"
+        self.state_dir.mkdir(parents=True)
+        for name, data in v1.items():
+            (self.root / name.decode()).write_bytes(data)
+        _commit_tree(self.dev, self.chunking, v1)
+        self.v2 = _commit_tree(self.dev, self.chunking, v2)
+        credential = str(self.dev.client.headers["Authorization"]).removeprefix("Bearer ")
+        c = self.chunking
+        self.state = AgentState(
+            server=live.url,
+            device_id=tmp_path.name,
+            credential=credential,
+            root=str(self.root),
+            chunker_seed=c.chunker_seed,
+            id_key=c.id_key.hex(),
+            min_size=c.min_size,
+            avg_size=c.avg_size,
+            max_size=c.max_size,
+        )
+        self.client = AgentClient(live.url, credential, None)
+
+    def stage(self) -> dict[str, Any]:
+        return stage_layers(
+            self.client, self.state, self.state_dir, LayerApplyParams(delta=self.v2.hex())
+        )
+
+    def files(self) -> dict[str, bytes]:
+        return {n: (self.root / n).read_bytes() for n in ("lib.so", "symbols.txt", "same.txt")}
+
+
+V1 = {b"lib.so": LIB_V1, b"symbols.txt": TXT_V1, b"same.txt": SAME}
+V2 = {b"lib.so": LIB_V2, b"symbols.txt": TXT_V2, b"same.txt": SAME}
+
+
+def _named(files: dict[bytes, bytes]) -> dict[str, bytes]:
+    return {n.decode(): d for n, d in files.items()}
+
+
+def test_a_layer_update_of_small_edits_downloads_at_most_the_changed_bytes(
+    server: Live, tmp_path: Path
+) -> None:
+    ep = Endpoint(server, tmp_path, V1, V2)
+    got = ep.stage()
+    assert got["delta_files"] == 2
+    # Bytes on the wire at the agent's transport: the tree, the two deltas, nothing else.
+    assert 16_384 < got["downloaded_bytes"] <= CHANGED
+    boot(ep.state_dir, ep.root)
+    assert ep.files() == _named(V2)
+    # The deltas are cached in the server's data folder.
+    cache = cache_for(server.data, 1 << 30)
+    for old, new in ((LIB_V1, LIB_V2), (TXT_V1, TXT_V2)):
+        key = DeltaKey(tuple(_ids(ep.chunking, old)), tuple(_ids(ep.chunking, new)))
+        assert cache.get(key) is not None
+
+
+def test_without_an_old_version_the_file_comes_as_chunks(server: Live, tmp_path: Path) -> None:
+    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, V2)
+    got = ep.stage()
+    assert got["delta_files"] == 0
+    assert got["downloaded_bytes"] >= len(LIB_V2) + len(TXT_V2)
+    boot(ep.state_dir, ep.root)
+    assert ep.files() == _named(V2)
+
+
+def test_a_forged_delta_is_refused_and_nothing_is_staged(server: Live, tmp_path: Path) -> None:
+    lib_v3 = LIB_V1[:-16_384] + RNG_FORGED.randbytes(16_384)
+    ep = Endpoint(server, tmp_path, V1, {**V2, b"lib.so": lib_v3})
+    # A server (or its disk) that answers with a well-formed delta of other content of
+    # the same size: it decodes, but does not give the chunks the verified tree names.
+    forged = make_delta(LIB_V1, LIB_V1[:-16_384] + bytes(16_384))
+    key = DeltaKey(tuple(_ids(ep.chunking, LIB_V1)), tuple(_ids(ep.chunking, lib_v3)))
+    cache_for(server.data, 1 << 30).put(key, forged)
+    with pytest.raises(IntegrityError, match=r"/lib\.so"):
+        ep.stage()
+    assert not any((ep.state_dir / ".lamina-staging").glob("*"))
+    assert boot(ep.state_dir, ep.root) == []
+    assert ep.files() == _named(V1)
+
+
+def test_the_cache_survives_a_restart_and_a_damaged_entry_is_computed_again(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunking = store.keys.chunking
+    base: list[bytes] = []
+    target: list[bytes] = []
+    with store.writer() as w:
+        for data, out in ((TXT_V1, base), (TXT_V2, target)):
+            for v in Chunker(chunking).cut(data):
+                out.append(w.put(BlobKind.DATA, bytes(v)))
+    first = delta_for(store, DeltaCache(tmp_path / "deltas", 1 << 30), base, target)
+    assert first is not None and len(first) < 49_152
+    [entry] = (tmp_path / "deltas").iterdir()
+
+    # A new server process: the entry is read, not computed.
+    def no_compute(old: bytes, new: bytes) -> bytes:
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr("lamina.server.services.deltas.make_delta", no_compute)
+    assert delta_for(store, DeltaCache(tmp_path / "deltas", 1 << 30), base, target) == first
+
+    # A damaged entry (one flipped bit of the payload) is dropped and computed again.
+    raw = bytearray(entry.read_bytes())
+    raw[HEADER.size + 10] ^= 1
+    entry.write_bytes(raw)
+    cache = DeltaCache(tmp_path / "deltas", 1 << 30)
+    assert cache.get(DeltaKey(tuple(base), tuple(target))) is None
+    assert not entry.exists()
+    monkeypatch.setattr("lamina.server.services.deltas.make_delta", make_delta)
+    assert delta_for(store, cache, base, target) == first
+    assert entry.read_bytes()[HEADER.size :] == first
+
+
+def test_the_cache_is_bounded(tmp_path: Path) -> None:
+    cache = DeltaCache(tmp_path / "deltas", 10_000)
+    for i in range(10):
+        cache.put(DeltaKey((bytes([i]) * 32,), (b"\0" * 32,)), bytes([i]) * 3000)
+    sizes = [p.stat().st_size for p in (tmp_path / "deltas").iterdir()]
+    assert sum(sizes) <= 10_000 and len(sizes) == 3
+    assert cache.get(DeltaKey((bytes([9]) * 32,), (b"\0" * 32,))) == bytes([9]) * 3000
+
+
+def test_a_server_without_deltas_means_chunks() -> None:
+    """Protocol version 1: a server without /blobs/delta answers 404."""
+    client = AgentClient("http://127.0.0.1:1", "x", None)
+    client.http = httpx.Client(
+        base_url="http://127.0.0.1:1/api/v1",
+        transport=httpx.MockTransport(lambda r: httpx.Response(404, json={"detail": "Not Found"})),
+    )
+    c = Candidate("a", Path("/nonexistent"), 1, [b"\1" * 32], [b"\2" * 32], 1)
+    assert fetch_deltas(client, [c]) == [None]
+
+
+def test_a_device_gets_no_delta_of_or_against_another_endpoints_files(
+    server: Live, tmp_path: Path
+) -> None:
+    """No content oracle (see services/access.py): a new version the device may not read
+    is refused as /blobs/read refuses it; an old version it does not own gives no delta,
+    the same answer as a delta not worth sending."""
+    chunking = read_keyfile(server.data / "keys.json").chunking
+    other = server.device(tmp_path.name + "-other")
+    secret = TXT_V1[:600_000] + _lines(4, 49_152, "secret") + TXT_V1[649_152:]
+    _commit_tree(other, chunking, {b"secret.txt": secret})
+    ep = Endpoint(server, tmp_path, V1, V2)
+    theirs = [i.hex() for i in _ids(chunking, secret)]
+    mine_v1 = [i.hex() for i in _ids(chunking, TXT_V1)]
+    r = ep.dev.client.post("/blobs/delta", json={"items": [{"base": mine_v1, "target": theirs}]})
+    assert r.status_code == 403 and r.json()["code"] == "forbidden", r.status_code
+    mine_v2 = [i.hex() for i in _ids(chunking, LIB_V2)]
+    their_v1 = [i.hex() for i in _ids(chunking, LIB_V1[:-1])]
+    _commit_tree(other, chunking, {b"lib.so": LIB_V1[:-1]})
+    r = ep.dev.client.post("/blobs/delta", json={"items": [{"base": their_v1, "target": mine_v2}]})
+    assert r.status_code == 200, r.text
+    assert msgpack.unpackb(r.content) == {"v": 1, "deltas": [None]}
+    # A user's token is not a device credential.
+    r = server.login().post("/blobs/delta", json={"items": []})
+    assert r.status_code == 401, r.text
