@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lamina.agent.blobs import agent_blobs
+from lamina.agent.depmod import kernels_of
 from lamina.agent.facts import os_release
 from lamina.agent.live import (
     RevertPlan,
@@ -116,6 +117,7 @@ def stage_tree(
         "done": 0,
         "summary": summary,
         "meta": plan.meta,
+        "depmod": kernels_of(plan.ops, (tx.new, root)),
     }
     tx.save()
     return tx, plan
@@ -258,6 +260,7 @@ def stage_delta(
         "ops": ops,
         "done": 0,
         "summary": summary,
+        "depmod": kernels_of(ops, (tx.new, root)),
     }
     tx.save()
     return tx
