@@ -101,9 +101,15 @@ def stage_tree(
     scope: RevertScope,
     chunking: ChunkingSecret,
     summary: dict[str, Any],
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[Transaction, RevertPlan]:
-    """Plan from the tree against the live root, then stage only what the plan swaps."""
+    """Plan from the tree against the live root, then stage only what the plan swaps.
+
+    ``skip``: relative paths of folders the plan walks through: their metadata is left
+    as it is and they are never removed (one the endpoint lacks is still put in place)."""
     plan = plan_revert(blobs.get, tree_root, root, scope, chunking)
+    if skip:
+        plan.ops = [op for op in plan.ops if op[0] == "swap" or op[1] not in skip]
     tx = new_transaction(state_dir, root)
     base = tx.path.parent
     _check_devices(plan.ops, root, base)
