@@ -263,7 +263,10 @@ def stage_migration(
         "rebuild_initramfs": params.rebuild_initramfs,
     }
     if mode != "system":  # the user data streams in after the reboot
-        summary["stream"] = {"root": tree.hex(), "snapshot": params.snapshot}
+        stream = params.stream_root or tree.hex()
+        summary["stream"] = {"root": stream, "snapshot": params.snapshot}
+    if params.base:  # apps-data onto a new base layer: the system becomes the composed tree
+        summary["base"] = params.base
     if params.versions is not None:
         summary["versions"] = list(params.versions)
         summary["labels"] = list(params.labels)
@@ -272,7 +275,7 @@ def stage_migration(
         tree,
         root,
         state_dir,
-        mode,
+        "system" if params.base else mode,
         tuple(params.hardware_bound),
         params.policy,
         st.chunking,

@@ -15,10 +15,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
-from lamina.db.models import cvds, devices, policies
+from lamina.db.models import cvd_layers, cvds, devices, layer_versions, policies
 from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.layers.drivers import hardware_warning
 from lamina.layers.merge import installed, parse_dpkg_status
@@ -72,6 +72,10 @@ class Report:
     nics: NicMap = field(default_factory=NicMap)
     #: the CVD's network settings files (path -> entry), rewritten for the new NICs
     net_files: dict[str, Entry] = field(default_factory=dict)
+    #: apps-data with --base: the base layer and the CVD's app layers, and the snapshot's
+    #: applications-class files laid over them
+    layers: list[LayerRef] = field(default_factory=list)
+    app_files: dict[str, Entry] = field(default_factory=dict)
 
     @property
     def carries_network(self) -> bool:
@@ -101,6 +105,7 @@ class Report:
             "packages_not_carried": self.not_carried,
             "rebuild_initramfs": self.rebuild_initramfs,
             "network": self.nics.lines,
+            "layers": [r.label for r in self.layers],
         }
 
     def hardware_bound_rules(self, rules: RuleSet) -> list[str]:
@@ -136,11 +141,15 @@ def _validate(
     if req.base and req.keep_base:
         raise UsageError("give either --base or --keep-base, not both")
     if req.base:
-        _version, layer = layer_service._resolve(c, req.base)
+        version, layer = layer_service._resolve(c, req.base)
         if layer.kind != "base":
             raise UsageError(f"{req.base} is an app layer, not a base layer")
         if req.mode != "apps-data":
             rep.blocking.append("--base applies to --mode apps-data (full mode carries the system)")
+        else:  # the new base, then the CVD's app layers as assigned
+            rep.layers = [layer_service._ref(c, version.id)] + [
+                r for r in _assigned(c, cvd.id) if r.kind == "app"
+            ]
     rules = _rules(device)
     facts = device.facts if isinstance(device.facts, dict) else {}
     old_facts = drivers.last_device_facts(c, cvd.id, cvd.device_id)
@@ -156,6 +165,8 @@ def _validate(
         cls = rules.classify(path)
         if rep.carries_network and e.type == "file" and is_settings(path):
             rep.net_files[path] = e
+        if rep.layers and cls == "applications":
+            rep.app_files[path] = e
         if matches(bound, path):
             if len(rep.hardware_bound) < EXAMPLES * 5:
                 rep.hardware_bound.append(path)
@@ -187,6 +198,9 @@ def _validate(
         )
     if req.mode == "full" and req.base:
         rep.warnings.append("full mode keeps the CVD's own system: --base is ignored")
+    if rep.layers:  # a system laid down from the base layer: the packs for its OS
+        base_os = _os_of_version(c, rep.layers[0].version_id) or new_os
+        rep.packs = drivers.packs_for_device(c, facts, base_os)
     if req.mode == "full":  # the CVD's system is laid down on this hardware: its packs go with it
         rep.packs = drivers.packs_for_device(c, facts, old_os or new_os)
         warning = hardware_warning(facts, old_facts, rep.packs)
@@ -241,6 +255,43 @@ def _with_network(store: Store, root: bytes, rep: Report) -> bytes:
         return overlay(store.get, w.put, root, writes, {}, frozenset(drop - writes.keys()))
 
 
+def _assigned(c: Connection, cvd_id: str) -> list[LayerRef]:
+    ids = c.execute(
+        select(cvd_layers.c.version_id)
+        .where(cvd_layers.c.cvd_id == cvd_id)
+        .order_by(cvd_layers.c.position)
+    ).scalars()
+    return [layer_service._ref(c, v) for v in ids]
+
+
+def _os_of_version(c: Connection, version_id: str) -> dict[str, str]:
+    """The os-release of the machine a layer version was captured on."""
+    v = c.execute(
+        select(layer_versions.c.source_cvd).where(layer_versions.c.id == version_id)
+    ).first()
+    if v is None or not v.source_cvd:
+        return {}
+    cvd = c.execute(select(cvds.c.device_id).where(cvds.c.id == v.source_cvd)).first()
+    facts = _device_facts(c, cvd.device_id if cvd is not None else None)
+    osr = facts.get("os_release")
+    return osr if isinstance(osr, dict) else {}
+
+
+def _device_facts(c: Connection, device_id: str | None) -> dict[str, Any]:
+    return drivers.device_facts(c, device_id) or {}
+
+
+def _on_base(store: Store, rep: Report, rules: RuleSet) -> bytes:
+    """The base layer with the CVD's app layers and the packs, then the snapshot's
+    applications laid over it."""
+    base, rest = rep.layers[0], rep.layers[1:] + rep.packs
+    tree = _with_packs(store, base.root, rest, rules) if rest else base.root
+    if not rep.app_files:
+        return tree
+    with store.writer() as w:
+        return overlay(store.get, w.put, tree, rep.app_files, {})
+
+
 def _release(osr: dict[str, str]) -> str:
     return f"{osr.get('ID', '?')} {osr.get('VERSION_ID', '?')}"
 
@@ -278,7 +329,10 @@ def migrate(
         raise ConflictError(f"migration refused: {rep.blocking[0]}")
     rules = _rules(device)
     action = "cvd.restore_system" if same_device else "cvd.migrate"
-    tree = _with_packs(store, snap.root, rep.packs, rules) if rep.packs else snap.root
+    if rep.layers:
+        tree = _on_base(store, rep, rules)
+    else:
+        tree = _with_packs(store, snap.root, rep.packs, rules) if rep.packs else snap.root
     if rep.carries_network:
         tree = _with_network(store, tree, rep)
     with write_tx(engine) as c:
@@ -301,6 +355,19 @@ def migrate(
             .values(device_id=device.id, state=fleet.ACTIVE, name=name)
         )
         policy = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).one()
+        on_base: dict[str, Any] = {}
+        if rep.layers:  # the new base is the CVD's from now on, its app layers after it
+            c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == cvd.id))
+            for pos, r in enumerate(rep.layers):
+                c.execute(
+                    insert(cvd_layers).values(cvd_id=cvd.id, position=pos, version_id=r.version_id)
+                )
+            on_base = {
+                "base": rep.layers[0].label,
+                "stream_root": snap.root.hex(),
+                "versions": [r.version_id for r in rep.layers + rep.packs],
+                "labels": [r.label for r in rep.layers + rep.packs],
+            }
         tid = tasks.enqueue(
             c,
             "migrate",
@@ -316,6 +383,7 @@ def migrate(
                 "hardware_bound": rep.hardware_bound_rules(rules),
                 "restore_system": same_device,
                 "rebuild_initramfs": rep.rebuild_initramfs,
+                **on_base,
             },
         )
         audit(
