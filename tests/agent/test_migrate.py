@@ -178,3 +178,59 @@ def test_apps_data_mode_lays_applications_over_the_new_system(
     assert (new / "etc/hostname").read_text() == "fresh\n"
     assert (new / "usr/bin/installer-only").exists()  # its own system stays
     assert os.path.exists(new / "usr/bin/ls")
+
+
+def test_apps_data_mode_carries_user_installed_packages_and_usr_local(
+    store: Store, machines: tuple[bytes, Path, Path]
+) -> None:
+    """The user's own package (its files outside the applications class, its dpkg entries)
+    and /usr/local come over; the new machine's own packages and system stay."""
+    _tree, old, new = machines
+    info = old / "var/lib/dpkg/info"
+    info.mkdir()
+    (info / "user-tool.list").write_text(
+        "/.\n/usr\n/usr/bin\n/usr/bin/user-tool\n/usr/share/user-tool/data\n"
+    )
+    (info / "user-tool.md5sums").write_text("0123  usr/bin/user-tool\n")
+    (info / "coreutils.list").write_text("/.\n/usr/bin/ls\n")
+    (old / "usr/share/user-tool").mkdir(parents=True)
+    (old / "usr/share/user-tool/data").write_text("tool data\n")
+    (old / "usr/bin/ls").write_bytes(b"the old machine's own ls")  # its system: not carried
+    (old / "usr/local/bin").mkdir(parents=True)
+    (old / "usr/local/bin/report").write_text("#!/bin/sh\necho local script\n")
+    tree = backup(store, old).snapshot.root
+    (new / "var/lib/dpkg/info").mkdir()  # as on every dpkg system
+    (new / "var/lib/dpkg/info/new-only.list").write_text("/.\n")
+    (new / "var/lib/dpkg/status").write_text(
+        "Package: coreutils\nStatus: install ok installed\nVersion: 9.4\n\n"
+        "Package: new-only\nStatus: install ok installed\nVersion: 2.0\n"
+    )
+    state = new / "var/lib/lamina"
+    summary: dict[str, object] = {"kind": "migration"}
+    tx, _plan = staging.stage_boot_set(
+        store, tree, new, state, "apps-data", (), PolicySettings(), store.keys.chunking, summary
+    )
+    assert summary["packages_carried"] == {"user-tool": "1.0"}
+    assert not any(
+        op == "meta" and rel in ("usr", "var", "var/lib") for op, rel in tx.journal["ops"]
+    )
+    staging.boot(state, new)
+    assert (new / "usr/bin/user-tool").read_text() == "#!/bin/sh\necho installed by the user\n"
+    assert (new / "usr/share/user-tool/data").read_text() == "tool data\n"
+    assert (new / "var/lib/dpkg/info/user-tool.list").exists()
+    assert (new / "var/lib/dpkg/info/user-tool.md5sums").exists()
+    assert not (new / "var/lib/dpkg/info/coreutils.list").exists()  # not a carried package
+    assert (new / "var/lib/dpkg/info/new-only.list").exists()
+    assert (new / "usr/local/bin/report").exists()  # applications under /usr
+    assert (new / "usr/bin/ls").read_bytes() == b"\x7fELF ls" * 1000  # the new machine's own
+    status = (new / "var/lib/dpkg/status").read_text()
+    assert "Version: 9.4" in status and "Package: new-only" in status  # its own stay
+    assert "Package: user-tool" in status and "Version: 9.1" not in status
+    assert (new / "usr/bin/installer-only").exists() and (
+        new / "etc/hostname"
+    ).read_text() == "fresh\n"
+    # A rollback takes it all back out, the database included.
+    [applied] = staging.pending(state, new)
+    staging.rollback(applied, new)
+    assert not (new / "usr/bin/user-tool").exists()
+    assert "user-tool" not in (new / "var/lib/dpkg/status").read_text()

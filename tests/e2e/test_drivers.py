@@ -141,11 +141,10 @@ def test_driver_pack_reaches_matching_hardware_only(
     assert acts["/usr/lib/firmware/rtl_nic/rtl8168h-2.fw"] == ("added", "rtl-fw:1")
     assert acts["/usr/lib/firmware/rtl_nic/rtl8125a-3.fw"] == ("added", "rtl-fw:1")
     assert not any(p.startswith("/lib/") for p in acts)
-    assert plan_b["packs"] == [] and len(plan_b["warnings"]) == 1
-    assert "no driver profile matches" in plan_b["warnings"][0]
+    # No profile for the HP, but its system last ran on this very HP (not on the Dell the
+    # base layer was captured on): nothing to warn about.
+    assert plan_b["packs"] == [] and plan_b["warnings"] == []
     assert not any("firmware" in i["path"] for i in plan_b["items"])
-    human = admin.run("layer", "assign", "desk-b", "--base", "debian-base", "--dry-run").stdout
-    assert "warning: no driver profile matches" in human
 
     # --- assign and apply: the pack lands on the Lenovo only --------------------------------
     admin.json("layer", "assign", "desk-a", "desk-b", "--base", "debian-base")

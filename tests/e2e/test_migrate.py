@@ -51,16 +51,32 @@ FACTS: dict[object, dict[str, object]] = {
         "product_name": "OptiPlex 7090",
         "modaliases": [],
         "storage_controllers": [AHCI],
+        "network": [{"name": "enp0s3", "mac": "52:54:00:00:00:01"}],
     },
     1: {
         "sys_vendor": "LENOVO",
         "product_name": "20BWS03B00",
         "modaliases": [REALTEK],
         "storage_controllers": [NVME],
+        "network": [{"name": "eno1", "mac": "52:54:00:00:00:91"}],
     },
-    2: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": []},
-    3: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": []},
+    # HP desks whose NICs were not reported: the old NIC maps to none of them.
+    2: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": [], "network": []},
+    3: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": [], "network": []},
 }
+#: The old machine's own network settings: a static address on its NIC, for ifupdown and NM.
+STATIC = (
+    "auto {nic}\n"
+    "iface {nic} inet static\n"
+    "    address 192.0.2.10/24\n"
+    "    gateway 192.0.2.1\n"
+    "    hwaddress ether {mac}\n"
+)
+KEYFILE = (
+    "[connection]\nid=office\ntype=ethernet\ninterface-name={nic}\n\n"
+    "[ethernet]\nmac-address={mac}\n\n"
+    "[ipv4]\naddress1=192.0.2.10/24,192.0.2.1\nmethod=manual\n"
+)
 FW = b"\x7fRTL8168H firmware" * 512
 
 
@@ -96,6 +112,12 @@ def old_machine(
     (old / "home/ann/Documents").mkdir(parents=True)
     (old / "home/ann/Documents/thesis.txt").write_text("ann's thesis, chapter 1\n" * 300)
     (old / "home/ann/.bashrc").write_text("alias ll='ls -l'\n")
+    own = {"nic": "enp0s3", "mac": "52:54:00:00:00:01"}
+    (old / "etc/network/interfaces").write_text(STATIC.format(**own))
+    (old / "etc/NetworkManager/system-connections").mkdir(parents=True)
+    (old / "etc/NetworkManager/system-connections/office.nmconnection").write_text(
+        KEYFILE.format(**own)
+    )
     state, agent = tmp_path / "old-state", person("old-agent")
     _enroll(agent, embedded.url, token, old, state, FACTS["old"])
     # A driver pack for the Lenovo replacement's Realtek NIC, and its profile.
@@ -148,9 +170,10 @@ def test_full_migration_onto_a_replacement(
 
     dry = admin.json("cvd", "migrate", "desk-01", "--to", did, "--mode", "full", "--dry-run")
     assert dry["status"] == "dry-run" and dry["blocking"] == [] and dry["task"] is None
-    assert {"/etc/fstab", "/boot/grub/grub.cfg", "/etc/network/interfaces"} <= set(
-        dry["kept_from_new_machine"]
-    )
+    assert {"/etc/fstab", "/boot/grub/grub.cfg"} <= set(dry["kept_from_new_machine"])
+    # The network settings are the CVD's, carried onto the new NIC: one line per interface.
+    assert "/etc/network/interfaces" not in dry["kept_from_new_machine"]
+    assert dry["network"] == ["enp0s3 (52:54:00:00:00:01) -> eno1 (52:54:00:00:00:91): in order"]
     assert dry["packages_carried"] == {"user-game": "0.9"}
     assert dry["driver_packs"] == ["rtl-fw:1"] and dry["warnings"] == []
     assert dry["rebuild_initramfs"]  # AHCI there, NVMe here
@@ -182,7 +205,11 @@ def test_full_migration_onto_a_replacement(
     assert (new / "etc/ssh/ssh_host_ed25519_key").read_text() == "host key of desk-01\n"
     assert (new / "etc/fstab").read_text() == "UUID=2222-bbb1 / ext4 errors=remount-ro 0 1\n"
     assert "root=UUID=2222-bbb1" in (new / "boot/grub/grub.cfg").read_text()
-    assert "eno1" in (new / "etc/network/interfaces").read_text()
+    # The old machine's static address, on the new machine's NIC name and MAC.
+    now = {"nic": "eno1", "mac": "52:54:00:00:00:91"}
+    assert (new / "etc/network/interfaces").read_text() == STATIC.format(**now)
+    nm = new / "etc/NetworkManager/system-connections/office.nmconnection"
+    assert nm.read_text() == KEYFILE.format(**now)
     assert "52:54:00:00:00:91" in (new / "etc/udev/rules.d/70-persistent-net.rules").read_text()
     assert dpkg_installed(new) == {"user-game": "0.9"}
     assert (new / "usr/games/user-game").exists()
@@ -214,6 +241,9 @@ def test_unconfirmed_boot_rolls_back_then_data_mode(
     dry = admin.json("cvd", "migrate", "desk-01", "--to", did, "--dry-run")
     assert dry["driver_packs"] == []  # an HP: the Lenovo's pack is never applied here
     assert "no driver profile matches" in dry["warnings"][0]
+    # No NIC of the new machine is known: its own network settings are kept, and said so.
+    assert dry["network"][0].startswith("enp0s3 (52:54:00:00:00:01): not mapped")
+    assert "/etc/network/interfaces" in dry["kept_from_new_machine"]
     res = admin.json("cvd", "migrate", "desk-01", "--to", did, "--mode", "full")
     agent.run("agent", "run", "--once", "--state", str(state))
     agent.run("agent", "boot", "--state", str(state))
@@ -237,6 +267,9 @@ def test_unconfirmed_boot_rolls_back_then_data_mode(
 
     # Data mode onto a third machine: only the user area travels, identity stays its own.
     agent3, new3, state3, did3 = _replacement(embedded, admin, person, tmp_path, 3)
+    # The CVD sits on HP #2 but never ran there: the hardware compared is the Dell it last ran on.
+    full = admin.json("cvd", "migrate", "desk-01", "--to", did3, "--mode", "full", "--dry-run")
+    assert "(dell inc. optiplex 7090)" in full["warnings"][0]
     dry = admin.json("cvd", "migrate", "desk-01", "--to", did3, "--mode", "data", "--dry-run")
     assert dry["packages_not_carried"] == {"user-game": "0.9"} and dry["boot_set_bytes"] == 0
     res = admin.json("cvd", "migrate", "desk-01", "--to", did3, "--mode", "data", "--name", "ann")

@@ -91,3 +91,35 @@ def test_provision_then_migrate_os(
     assert (bare / "etc/machine-id").read_text() == f"{'bare-01':0>32}\n"
     assert (bare / "home/bob/todo.txt").read_text() == "bob's list\n"
     assert admin.json("cvd", "layers", "bob")["assigned"] == ["debian-13:1"]
+
+    # The machine dies; its CVD moves onto a replacement in apps-data mode onto another
+    # base layer: the system becomes debian-12, bob's applications and data come over,
+    # the replacement keeps its identity and disks.
+    (bare / "opt/bob-app").mkdir(parents=True)
+    (bare / "opt/bob-app/run").write_text("bob's app\n")
+    agent.run("agent", "run", "--once", "--sync", "--state", str(state))
+    admin.run("cvd", "archive", "bob")
+    token = admin.json("token", "create")["token"]
+    new = _machine(tmp_path / "new4", "fresh-4", "4444-dddd", "eno1", "52:54:00:00:00:44")
+    _os(new, "13")
+    (new / "usr/bin/installer-only").write_text("left by the installer\n")
+    state4, agent4 = tmp_path / "new4-state", person("new4-agent")
+    did4 = _enroll(agent4, embedded.url, token, new, state4, FACTS[3])
+    agent4.run("agent", "run", "--once", "--state", str(state4))
+    args = ("cvd", "migrate", "bob", "--to", did4, "--mode", "apps-data", "--base", "debian-12")
+    dry = admin.json(*args, "--dry-run")
+    assert dry["blocking"] == [] and dry["layers"] == ["debian-12:1"]
+    res = admin.json(*args)
+    agent4.run("agent", "run", "--once", "--state", str(state4))
+    agent4.run("agent", "boot", "--state", str(state4))
+    agent4.run("agent", "run", "--once", "--state", str(state4))
+    assert admin.json("task", "show", res["task"])["state"] == "done"
+    assert 'VERSION_ID="12"' in (new / "etc/os-release").read_text()  # the chosen base
+    assert dpkg_installed(new) == {"base-tools": "1.0"}
+    assert (new / "usr/bin/base-tool").read_text() == "#!/bin/sh\necho 1.0\n"
+    assert not (new / "usr/bin/installer-only").exists()
+    assert (new / "opt/bob-app/run").read_text() == "bob's app\n"  # the applications
+    assert (new / "home/bob/todo.txt").read_text() == "bob's list\n"  # the user data
+    assert (new / "etc/hostname").read_text() == "fresh-4\n"  # its own identity
+    assert (new / "etc/fstab").read_text() == "UUID=4444-dddd / ext4 errors=remount-ro 0 1\n"
+    assert admin.json("cvd", "layers", "bob")["assigned"] == ["debian-12:1"]

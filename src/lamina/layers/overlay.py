@@ -19,20 +19,32 @@ def _name(s: str) -> bytes:
 
 
 def overlay(
-    load: Load, put: Put, root: bytes, files: dict[str, Entry], dirs: dict[str, Entry]
+    load: Load,
+    put: Put,
+    root: bytes,
+    files: dict[str, Entry],
+    dirs: dict[str, Entry],
+    drop: frozenset[str] = frozenset(),
 ) -> bytes:
-    """``root`` with ``files`` (absolute paths) put in place; a missing folder on the way
-    takes its metadata from ``dirs`` (else 0755, root's)."""
+    """``root`` with ``files`` (absolute paths) put in place and the paths in ``drop``
+    taken out; a missing folder on the way takes its metadata from ``dirs`` (else 0755,
+    root's)."""
     by_dir: dict[str, dict[str, Entry]] = {}
+    dropped: dict[str, set[bytes]] = {}
     touched: set[str] = {""}
-    for path, e in files.items():
+    for path in [*files, *drop]:
         parent, _, name = path.rstrip("/").rpartition("/")
-        by_dir.setdefault(parent, {})[name] = e
+        if path in files:
+            by_dir.setdefault(parent, {})[name] = files[path]
+        else:
+            dropped.setdefault(parent, set()).add(_name(name))
         parts = parent.strip("/").split("/") if parent else []
         touched.update("/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1))
 
     def make(tree_id: bytes | None, d: str) -> bytes:
         entries = {e.name: e for e in decode_tree(load(tree_id))} if tree_id else {}
+        for gone in dropped.get(d, ()):
+            entries.pop(gone, None)
         for fname, e in by_dir.get(d, {}).items():
             entries[_name(fname)] = dataclasses.replace(e, name=_name(fname))
         for t in touched:

@@ -138,6 +138,11 @@ class MigrateParams(TaskParams):
     #: The layer versions the endpoint runs once applied, and their labels (None: unchanged).
     versions: list[str] | None = None
     labels: list[str] = Field(default_factory=list)
+    #: apps-data with ``--base``: the base layer (``NAME:VERSION``) the system becomes; ``root``
+    #: is then that base with the CVD's layers and applications laid over, staged as mode
+    #: ``system`` stages, and the user data streams from ``stream_root`` (the snapshot).
+    base: str | None = Field(None, max_length=300)
+    stream_root: HexId | None = None
 
 
 PARAMS: dict[TaskKind, type[TaskParams]] = {

@@ -37,7 +37,12 @@ from lamina.agent.staging.journal import (
     pending,
     staging_root,
 )
-from lamina.agent.staging.migrate import BOOT_SET, migration_scope, stage_migration
+from lamina.agent.staging.migrate import (
+    BOOT_SET,
+    migration_scope,
+    stage_boot_set,
+    stage_migration,
+)
 from lamina.agent.staging.stage import (
     revert_scope,
     stage_delta,
@@ -73,6 +78,7 @@ __all__ = [
     "plan_revert",
     "revert_scope",
     "rollback",
+    "stage_boot_set",
     "stage_delta",
     "stage_layers",
     "stage_migration",

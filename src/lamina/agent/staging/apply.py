@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from lamina.agent import depmod
 from lamina.agent.staging.journal import (
     APPLIED,
     APPLYING,
@@ -181,10 +182,22 @@ def _fail(tx: Transaction, root: Path, err: BaseException) -> str:
     tx.journal["error"] = message
     tx.journal["rolled_back"] = not stuck
     tx.save()
+    _depmod(tx, root)  # the modules it placed are gone again
     if not stuck:  # nothing of the endpoint is left in old/: free the staged copy
         shutil.rmtree(tx.new, ignore_errors=True)
         shutil.rmtree(tx.old, ignore_errors=True)
     return message
+
+
+def _depmod(tx: Transaction, root: Path) -> dict[str, str] | None:
+    """Index the modules of the kernels the ops touched; recorded so a crash re-runs it."""
+    kernels = tx.journal.get("depmod") or []
+    if not kernels:
+        return None
+    done = depmod.run(root, kernels)
+    tx.journal["depmod_done"] = done
+    tx.save()
+    return done
 
 
 def _entry(tx: Transaction) -> dict[str, Any]:
@@ -231,6 +244,8 @@ def boot(state_dir: Path, root: Path, fail_after: int = -1) -> list[dict[str, An
         if state == FAILED:
             continue
         if state == APPLIED:
+            if tx.journal.get("depmod") and "depmod_done" not in tx.journal:
+                _depmod(tx, root)  # the machine stopped between the apply and depmod
             rolled = _unconfirmed_boot(tx, root)
             if rolled is not None:
                 out.append(rolled)
@@ -244,6 +259,10 @@ def boot(state_dir: Path, root: Path, fail_after: int = -1) -> list[dict[str, An
             apply(tx, root, fail_after)
         except (OSError, LaminaError) as e:
             entry["error"] = _fail(tx, root, e)
+        else:
+            indexed = _depmod(tx, root)
+            if indexed is not None:
+                entry["depmod"] = indexed
         out.append(entry)
     return out
 

@@ -5,7 +5,12 @@ A transaction lives in ``STATE/staging/<id>/`` on the endpoint's file system:
     new/        the files to put in place, already complete
     old/        what they replace, moved aside during apply (kept until the boot is confirmed)
     journal.json  {"v": 3, "id", "state", "ops": [[op, path], ...], "done": n, "summary",
-                   "meta"?, "error"?, "rolled_back"?, "boots"?, "applied_at"?}
+                   "meta"?, "error"?, "rolled_back"?, "boots"?, "applied_at"?,
+                   "depmod"?: [KVER], "depmod_done"?: {KVER: outcome}}
+
+``depmod`` lists the kernels whose modules the ops touch (``lamina.agent.depmod``):
+``agent boot`` runs depmod for them after the apply and after a rollback, and
+records ``depmod_done``; an applied transaction without it gets it at the next boot.
 
 ``state``: ``staged`` → ``applying`` → ``applied`` → ``committed`` (the agent
 confirmed a healthy boot), or ``failed`` when an op failed, or when the machine
@@ -113,6 +118,11 @@ def parse_journal(raw: bytes, where: str) -> dict[str, Any]:
         raise IntegrityError(f"{where}: expected a boot count, found {boots!r:.20}")
     if not isinstance(doc.get("summary"), dict):
         raise IntegrityError(f"{where}: expected a summary object")
+    kernels = doc.get("depmod", [])
+    if not isinstance(kernels, list) or not all(isinstance(k, str) for k in kernels):
+        raise IntegrityError(f"{where}: expected a list of kernel releases for depmod")
+    if not isinstance(doc.get("depmod_done", {}), dict):
+        raise IntegrityError(f"{where}: expected depmod_done as an object")
     meta = doc.get("meta") or {}
     if not isinstance(meta, dict):
         raise IntegrityError(f"{where}: expected a meta object")

@@ -21,20 +21,30 @@ is not staged: it streams in after the reboot (``lamina.agent.stream``).
 from __future__ import annotations
 
 import os
+import re
+import stat
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.facts import os_release
-from lamina.agent.live import RevertScope
+from lamina.agent.live import RevertPlan, RevertScope
+from lamina.agent.staging.journal import Transaction
 from lamina.agent.staging.stage import agent_folders, stage_tree
 from lamina.agent.state import AgentState
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
-from lamina.errors import UsageError
+from lamina.errors import LaminaError, UsageError
+from lamina.layers.merge import Stanzas, installed, parse_dpkg_status, render_dpkg_status
+from lamina.layers.plan import DPKG_STATUS
 from lamina.layers.rules import RuleSet, for_os, matches
 from lamina.protocol.schemas import PolicySettings
 from lamina.protocol.tasks import MigrateParams
+from lamina.store.keys import ChunkingSecret
+from lamina.tree.model import decode_tree
+from lamina.tree.paths import MAX_READ, Load, lookup, read_file
+from lamina.tree.restore import BlobSource
 
 #: Path classes staged (applied at boot) per mode; user data always streams afterwards.
 BOOT_SET: dict[str, tuple[str, ...]] = {
@@ -45,6 +55,20 @@ BOOT_SET: dict[str, tuple[str, ...]] = {
     "system": ("system", "applications"),
 }
 STREAMED = "user_data"
+#: The dpkg info folder: ``PKG[:ARCH].list`` names a package's files.
+DPKG_INFO = "/var/lib/dpkg/info"
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _class_roots(rules: RuleSet, classes: Collection[str]) -> tuple[str, ...]:
+    """The fixed folders the classes' patterns start with (``/opt``, ``/usr/local``)."""
+    roots = []
+    for cls in classes:
+        for pat in rules.classes.get(cls, ()):
+            fixed = _GLOB.split(pat, 1)[0].rstrip("/")
+            if fixed:
+                roots.append(fixed)
+    return tuple(roots)
 
 
 def migration_scope(
@@ -54,15 +78,26 @@ def migration_scope(
     policy: PolicySettings | None,
     root: Path,
     state_dir: Path,
+    extra: frozenset[str] = frozenset(),
 ) -> RevertScope:
-    """What the boot set of a migration in ``mode`` may touch on this machine."""
+    """What the boot set of a migration in ``mode`` may touch on this machine.
+
+    ``extra``: paths of other classes laid over too (the files of user-installed
+    packages in apps-data mode). In apps-data mode the folders on the way to the
+    applications class and to ``extra`` (``/usr`` to ``/usr/local``) are walked
+    through, not taken: :func:`descend_only` says which ops on them to drop."""
     if mode not in BOOT_SET:
         raise UsageError(f"unknown migration mode {mode!r} (full, apps-data, data)")
     carried = BOOT_SET[mode]
     bound = hardware_bound or rules.migration.hardware_bound
+    through = _through(rules, mode, extra)
 
     def keep(path: str) -> bool:
-        return matches(bound, path) or rules.classify(path) not in carried
+        if matches(bound, path):
+            return True
+        if path in extra or path in through:
+            return False
+        return rules.classify(path) not in carried
 
     protected = None
     if mode == "system":
@@ -81,16 +116,143 @@ def migration_scope(
     return RevertScope(keep, protected, agent_folders(state_dir, root))
 
 
+def _through(rules: RuleSet, mode: str, extra: Collection[str]) -> frozenset[str]:
+    """The folders an apps-data migration walks through to reach what it lays over."""
+    if mode != "apps-data":
+        return frozenset()
+    out: set[str] = set()
+    for p in (*_class_roots(rules, BOOT_SET[mode]), *extra):
+        parts = p.strip("/").split("/")
+        out.update("/" + "/".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(out)
+
+
+def descend_only(rules: RuleSet, mode: str, extra: Collection[str]) -> frozenset[str]:
+    """Relative paths of the folders walked through: their owner, mode or removal is not
+    the migration's to change (one this machine lacks is put in place whole)."""
+    return frozenset(p.lstrip("/") for p in _through(rules, mode, extra))
+
+
+def _live_status(root: Path) -> bytes | None:
+    try:
+        fd = os.open(root / DPKG_STATUS.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        data = f.read(MAX_READ + 1)
+    return data if len(data) <= MAX_READ else None
+
+
+def _read(load: Load, tree: bytes, path: str) -> bytes | None:
+    e = lookup(load, tree, [os.fsencode(p) for p in path.strip("/").split("/")])
+    if e is None or e.type != "file":
+        return None
+    try:
+        return read_file(load, e)
+    except LaminaError:
+        return None
+
+
+def user_packages(
+    load: Load, tree: bytes, root: Path
+) -> tuple[Stanzas, frozenset[str], bytes | None]:
+    """The CVD's packages this machine does not have (installed by its user, not by the
+    new machine's OS): their stanzas, the files to lay over (each in the package's
+    ``.list`` and its ``info/`` files, absent here) and the live database merged
+    with them. Nothing when either side has no readable dpkg database."""
+    live_bytes = _live_status(root)
+    ours_bytes = _read(load, tree, DPKG_STATUS)
+    if live_bytes is None or ours_bytes is None:
+        return {}, frozenset(), None
+    try:
+        live, ours = parse_dpkg_status(live_bytes), parse_dpkg_status(ours_bytes)
+    except LaminaError:
+        return {}, frozenset(), None
+    here = set(installed(live))
+    carried = {
+        k: s
+        for k, s in ours.items()
+        if s.status == "install ok installed" and s.name not in here and k not in live
+    }
+    info = lookup(load, tree, [os.fsencode(p) for p in DPKG_INFO.strip("/").split("/")])
+    info_names = []
+    if info is not None and info.subtree is not None:
+        info_names = [os.fsdecode(e.name) for e in decode_tree(load(info.subtree))]
+    paths: set[str] = set()
+    for key, s in carried.items():
+        for stem in {s.name, key}:
+            for n in info_names:
+                if n.startswith(stem + ".") and "/" not in n:
+                    paths.add(f"{DPKG_INFO}/{n}")
+            listed = _read(load, tree, f"{DPKG_INFO}/{stem}.list")
+            for line in (listed or b"").decode(errors="surrogateescape").splitlines():
+                if line.startswith("/") and line != "/." and "/../" not in line + "/":
+                    paths.add(line.rstrip("/"))
+    # Only files this machine lacks: a folder stays its own, a file another package
+    # of its system owns is never replaced.
+    lay = frozenset(
+        p
+        for p in paths
+        if p.startswith("/")
+        and not os.path.lexists(root / p.lstrip("/"))
+        and (e := lookup(load, tree, [os.fsencode(x) for x in p.strip("/").split("/")])) is not None
+        and e.type != "dir"
+    )
+    merged = dict(live)
+    merged.update(carried)
+    return carried, lay, render_dpkg_status(merged) if carried else None
+
+
+def _stage_status(tx: Transaction, root: Path, data: bytes) -> None:
+    """The live package database with the carried packages' stanzas, staged as one swap."""
+    rel = DPKG_STATUS.lstrip("/")
+    st = os.lstat(root / rel)
+    staged = tx.new / rel
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(data)
+    os.chown(staged, st.st_uid, st.st_gid)
+    os.chmod(staged, stat.S_IMODE(st.st_mode))
+    tx.journal["ops"].append(["swap", rel])
+    tx.save()
+
+
+def stage_boot_set(
+    blobs: BlobSource,
+    tree: bytes,
+    root: Path,
+    state_dir: Path,
+    mode: str,
+    hardware_bound: tuple[str, ...],
+    policy: PolicySettings | None,
+    chunking: ChunkingSecret,
+    summary: dict[str, Any],
+) -> tuple[Transaction, RevertPlan]:
+    """Stage what a migration in ``mode`` lays down before the reboot. In apps-data mode
+    the CVD's user-installed packages (:func:`user_packages`) come with the applications:
+    their files, and their stanzas merged into this machine's package database."""
+    rules = for_os(os_release(root))
+    extra: frozenset[str] = frozenset()
+    status: bytes | None = None
+    if mode == "apps-data":
+        carried, extra, status = user_packages(blobs.get, tree, root)
+        if carried:
+            summary["packages_carried"] = {s.name: s.version for s in carried.values()}
+    scope = migration_scope(rules, mode, hardware_bound, policy, root, state_dir, extra)
+    skip = descend_only(rules, mode, extra)
+    tx, plan = stage_tree(blobs, tree, root, state_dir, scope, chunking, summary, skip=skip)
+    if status is not None:
+        _stage_status(tx, root, status)
+    return tx, plan
+
+
 def stage_migration(
     client: AgentClient, st: AgentState, state_dir: Path, params: MigrateParams
 ) -> dict[str, Any]:
     """Stage the boot set of a migration; the summary carries what streams after the reboot."""
     root = Path(st.root)
-    rules = for_os(os_release(root))
     mode = params.mode
-    policy = params.policy
-    bound = tuple(params.hardware_bound)
-    scope = migration_scope(rules, mode, bound, policy, root, state_dir)
     blobs = agent_blobs(client, st.chunking.id_key)
     tree = bytes.fromhex(params.root)
     summary: dict[str, Any] = {
@@ -101,11 +263,24 @@ def stage_migration(
         "rebuild_initramfs": params.rebuild_initramfs,
     }
     if mode != "system":  # the user data streams in after the reboot
-        summary["stream"] = {"root": tree.hex(), "snapshot": params.snapshot}
+        stream = params.stream_root or tree.hex()
+        summary["stream"] = {"root": stream, "snapshot": params.snapshot}
+    if params.base:  # apps-data onto a new base layer: the system becomes the composed tree
+        summary["base"] = params.base
     if params.versions is not None:
         summary["versions"] = list(params.versions)
         summary["labels"] = list(params.labels)
-    tx, plan = stage_tree(blobs, tree, root, state_dir, scope, st.chunking, summary)
+    tx, plan = stage_boot_set(
+        blobs,
+        tree,
+        root,
+        state_dir,
+        "system" if params.base else mode,
+        tuple(params.hardware_bound),
+        params.policy,
+        st.chunking,
+        summary,
+    )
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()
     return {

@@ -19,6 +19,7 @@ from typing import Any
 
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.deltas import Candidate, seed_by_deltas
+from lamina.agent.depmod import kernels_of
 from lamina.agent.facts import os_release
 from lamina.agent.live import (
     RevertPlan,
@@ -101,9 +102,15 @@ def stage_tree(
     scope: RevertScope,
     chunking: ChunkingSecret,
     summary: dict[str, Any],
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[Transaction, RevertPlan]:
-    """Plan from the tree against the live root, then stage only what the plan swaps."""
+    """Plan from the tree against the live root, then stage only what the plan swaps.
+
+    ``skip``: relative paths of folders the plan walks through: their metadata is left
+    as it is and they are never removed (one the endpoint lacks is still put in place)."""
     plan = plan_revert(blobs.get, tree_root, root, scope, chunking)
+    if skip:
+        plan.ops = [op for op in plan.ops if op[0] == "swap" or op[1] not in skip]
     tx = new_transaction(state_dir, root)
     base = tx.path.parent
     _check_devices(plan.ops, root, base)
@@ -117,6 +124,7 @@ def stage_tree(
         "done": 0,
         "summary": summary,
         "meta": plan.meta,
+        "depmod": kernels_of(plan.ops, (tx.new, root)),
     }
     tx.save()
     return tx, plan
@@ -274,6 +282,7 @@ def stage_delta(
         "ops": ops,
         "done": 0,
         "summary": summary,
+        "depmod": kernels_of(ops, (tx.new, root)),
     }
     tx.save()
     return tx

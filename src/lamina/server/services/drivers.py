@@ -20,6 +20,7 @@ from lamina.db.models import (
     driver_profiles,
     layer_versions,
     layers,
+    snapshots,
 )
 from lamina.errors import ConflictError, NotFoundError
 from lamina.layers.drivers import Match, PackRef, Profile, os_family_of, packs_for
@@ -27,11 +28,35 @@ from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.fleet import cvd_source
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 
 #: Devices a profile test looks at: those that may still receive a system.
 _LIVE = ("pending", "active")
+
+
+def device_facts(c: Connection, device_id: str | None) -> dict[str, Any] | None:
+    """A device's reported facts (``None``: no such device, or none reported)."""
+    if not device_id:
+        return None
+    d = c.execute(select(devices.c.facts).where(devices.c.id == device_id)).first()
+    return d.facts if d is not None and isinstance(d.facts, dict) else None
+
+
+def last_device_facts(c: Connection, cvd_id: str, device_id: str | None) -> dict[str, Any] | None:
+    """The facts of the machine a CVD's system last ran on: the device its last snapshot
+    was taken on (snapshot ``meta.device``), else ``device_id`` (its device now). A
+    machine it was migrated onto but that never synced (a rolled-back migration) is
+    not where it last ran."""
+    meta = c.execute(
+        select(snapshots.c.meta)
+        .where(snapshots.c.source == cvd_source(cvd_id))
+        .order_by(snapshots.c.seq.desc())
+        .limit(1)
+    ).scalar()
+    last = meta.get("device") if isinstance(meta, dict) else None
+    return device_facts(c, last if isinstance(last, str) and last else device_id)
 
 
 # --- packs ------------------------------------------------------------------------------

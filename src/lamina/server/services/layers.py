@@ -388,20 +388,6 @@ def _device_facts(c: Connection, device_id: str | None) -> dict[str, Any]:
     return d.facts if d is not None and isinstance(d.facts, dict) else {}
 
 
-def _base_hardware(c: Connection, refs: list[LayerRef]) -> dict[str, Any] | None:
-    """The facts of the machine a base layer among ``refs`` was captured on."""
-    base = next((r for r in refs if r.kind == "base"), None)
-    if base is None:
-        return None
-    v = c.execute(
-        select(layer_versions.c.source_cvd).where(layer_versions.c.id == base.version_id)
-    ).first()
-    if v is None or not v.source_cvd:
-        return None
-    ref = c.execute(select(cvds.c.device_id).where(cvds.c.id == v.source_cvd)).first()
-    return _device_facts(c, ref.device_id) if ref is not None else None
-
-
 def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | None) -> _Target:
     if old_ids is None:
         old_ids = list(
@@ -414,7 +400,7 @@ def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | No
     new = [_ref(c, v) for v in new_ids]
     facts = _device_facts(c, cvd.device_id)
     packs = drivers.packs_for_device(c, facts, facts.get("os_release"))
-    warning = hardware_warning(facts, _base_hardware(c, new), packs)
+    warning = hardware_warning(facts, drivers.last_device_facts(c, cvd.id, cvd.device_id), packs)
     return _Target(
         cvd,
         new_ids,

@@ -11,19 +11,21 @@ stay with it, keyed by the CVD -- to the new device, marks the old device
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
-from lamina.db.models import cvds, devices, policies
-from lamina.errors import ConflictError, UsageError
+from lamina.db.models import cvd_layers, cvds, devices, layer_versions, policies
+from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.layers.drivers import hardware_warning
 from lamina.layers.merge import installed, parse_dpkg_status
+from lamina.layers.netmap import NETWORK_SETTINGS, NicMap, is_settings, map_nics, nics, rewrite
 from lamina.layers.overlay import overlay
 from lamina.layers.plan import DPKG_STATUS, LayerRef, make_plan
-from lamina.layers.rules import RuleSet, for_os
+from lamina.layers.rules import RuleSet, for_os, matches
 from lamina.protocol.schemas import MigrateRequest
 from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, drivers, fleet, tasks
@@ -66,6 +68,18 @@ class Report:
     packs: list[LayerRef] = field(default_factory=list)
     #: the storage controllers' drivers differ: the initramfs is rebuilt after the apply
     rebuild_initramfs: bool = False
+    #: old NIC -> new NIC (full mode); when complete, the CVD's network settings are carried
+    nics: NicMap = field(default_factory=NicMap)
+    #: the CVD's network settings files (path -> entry), rewritten for the new NICs
+    net_files: dict[str, Entry] = field(default_factory=dict)
+    #: apps-data with --base: the base layer and the CVD's app layers, and the snapshot's
+    #: applications-class files laid over them
+    layers: list[LayerRef] = field(default_factory=list)
+    app_files: dict[str, Entry] = field(default_factory=dict)
+
+    @property
+    def carries_network(self) -> bool:
+        return self.mode == "full" and self.nics.complete
 
     def public(self, status: str, task: str | None = None) -> dict[str, Any]:
         return {
@@ -90,7 +104,16 @@ class Report:
             "packages_carried": self.packages,
             "packages_not_carried": self.not_carried,
             "rebuild_initramfs": self.rebuild_initramfs,
+            "network": self.nics.lines,
+            "layers": [r.label for r in self.layers],
         }
+
+    def hardware_bound_rules(self, rules: RuleSet) -> list[str]:
+        """The rule set's hardware-bound paths, less the network settings carried."""
+        bound = rules.migration.hardware_bound
+        if self.carries_network:
+            return [p for p in bound if p not in NETWORK_SETTINGS]
+        return list(bound)
 
 
 def _rules(device: Any) -> RuleSet:
@@ -118,12 +141,21 @@ def _validate(
     if req.base and req.keep_base:
         raise UsageError("give either --base or --keep-base, not both")
     if req.base:
-        _version, layer = layer_service._resolve(c, req.base)
+        version, layer = layer_service._resolve(c, req.base)
         if layer.kind != "base":
             raise UsageError(f"{req.base} is an app layer, not a base layer")
         if req.mode != "apps-data":
             rep.blocking.append("--base applies to --mode apps-data (full mode carries the system)")
+        else:  # the new base, then the CVD's app layers as assigned
+            rep.layers = [layer_service._ref(c, version.id)] + [
+                r for r in _assigned(c, cvd.id) if r.kind == "app"
+            ]
     rules = _rules(device)
+    facts = device.facts if isinstance(device.facts, dict) else {}
+    old_facts = drivers.last_device_facts(c, cvd.id, cvd.device_id)
+    if req.mode == "full":  # the CVD's system, so its network settings, on other NICs
+        rep.nics = map_nics(nics(old_facts), nics(facts))
+    bound = rep.hardware_bound_rules(rules)
     entries: dict[str, Entry] = {}
     carried = CARRIED[req.mode]
     for path, e in walk(store.get, snap.root):
@@ -131,7 +163,11 @@ def _validate(
         if e.type == "dir":
             continue
         cls = rules.classify(path)
-        if rules.hardware_bound(path):
+        if rep.carries_network and e.type == "file" and is_settings(path):
+            rep.net_files[path] = e
+        if rep.layers and cls == "applications":
+            rep.app_files[path] = e
+        if matches(bound, path):
             if len(rep.hardware_bound) < EXAMPLES * 5:
                 rep.hardware_bound.append(path)
             continue
@@ -162,10 +198,11 @@ def _validate(
         )
     if req.mode == "full" and req.base:
         rep.warnings.append("full mode keeps the CVD's own system: --base is ignored")
-    facts = device.facts if isinstance(device.facts, dict) else {}
+    if rep.layers:  # a system laid down from the base layer: the packs for its OS
+        base_os = _os_of_version(c, rep.layers[0].version_id) or new_os
+        rep.packs = drivers.packs_for_device(c, facts, base_os)
     if req.mode == "full":  # the CVD's system is laid down on this hardware: its packs go with it
         rep.packs = drivers.packs_for_device(c, facts, old_os or new_os)
-        old_facts = _facts_of(c, cvd.device_id) if cvd.device_id != device.id else None
         warning = hardware_warning(facts, old_facts, rep.packs)
         if warning:
             rep.warnings.append(warning)
@@ -181,13 +218,6 @@ def _storage_drivers(facts: dict[str, Any] | None) -> set[str]:
     return {str(s["driver"]) for s in ctrls if isinstance(s, dict) and s.get("driver")}
 
 
-def _facts_of(c: Connection, device_id: str | None) -> dict[str, Any] | None:
-    if not device_id:
-        return None
-    d = c.execute(select(devices.c.facts).where(devices.c.id == device_id)).first()
-    return d.facts if d is not None and isinstance(d.facts, dict) else None
-
-
 def _with_packs(store: Store, snap_root: bytes, packs: list[LayerRef], rules: RuleSet) -> bytes:
     """The snapshot with the driver packs laid over it (files, and dpkg's database merged)."""
     with store.writer() as w:
@@ -195,6 +225,71 @@ def _with_packs(store: Store, snap_root: bytes, packs: list[LayerRef], rules: Ru
         if plan.refused:
             raise ConflictError(f"the driver packs cannot be laid down: {plan.refused[0]}")
         return overlay(store.get, w.put, snap_root, plan.writes, plan.dirs)
+
+
+def _with_network(store: Store, root: bytes, rep: Report) -> bytes:
+    """The tree with the CVD's network settings rewritten for the new machine's NICs."""
+    writes: dict[str, Entry] = {}
+    drop: set[str] = set()
+    for path, e in rep.net_files.items():
+        try:
+            data = read_file(store.get, e)
+        except LaminaError:
+            data = b""
+        out = rewrite(path, data, rep.nics)
+        if out is None:
+            rep.nics.lines.append(f"{path}: not text or too large, carried as the CVD had it")
+            continue
+        new_path, text = out
+        if new_path == path and text == data:
+            continue
+        with store.writer() as w:
+            cid = w.put(BlobKind.DATA, text)
+        writes[new_path] = dataclasses.replace(e, content=[cid], size=len(text))
+        if new_path != path:
+            drop.add(path)
+            rep.nics.lines.append(f"{path}: renamed {new_path}")
+    if not writes and not drop:
+        return root
+    with store.writer() as w:
+        return overlay(store.get, w.put, root, writes, {}, frozenset(drop - writes.keys()))
+
+
+def _assigned(c: Connection, cvd_id: str) -> list[LayerRef]:
+    ids = c.execute(
+        select(cvd_layers.c.version_id)
+        .where(cvd_layers.c.cvd_id == cvd_id)
+        .order_by(cvd_layers.c.position)
+    ).scalars()
+    return [layer_service._ref(c, v) for v in ids]
+
+
+def _os_of_version(c: Connection, version_id: str) -> dict[str, str]:
+    """The os-release of the machine a layer version was captured on."""
+    v = c.execute(
+        select(layer_versions.c.source_cvd).where(layer_versions.c.id == version_id)
+    ).first()
+    if v is None or not v.source_cvd:
+        return {}
+    cvd = c.execute(select(cvds.c.device_id).where(cvds.c.id == v.source_cvd)).first()
+    facts = _device_facts(c, cvd.device_id if cvd is not None else None)
+    osr = facts.get("os_release")
+    return osr if isinstance(osr, dict) else {}
+
+
+def _device_facts(c: Connection, device_id: str | None) -> dict[str, Any]:
+    return drivers.device_facts(c, device_id) or {}
+
+
+def _on_base(store: Store, rep: Report, rules: RuleSet) -> bytes:
+    """The base layer with the CVD's app layers and the packs, then the snapshot's
+    applications laid over it."""
+    base, rest = rep.layers[0], rep.layers[1:] + rep.packs
+    tree = _with_packs(store, base.root, rest, rules) if rest else base.root
+    if not rep.app_files:
+        return tree
+    with store.writer() as w:
+        return overlay(store.get, w.put, tree, rep.app_files, {})
 
 
 def _release(osr: dict[str, str]) -> str:
@@ -234,7 +329,12 @@ def migrate(
         raise ConflictError(f"migration refused: {rep.blocking[0]}")
     rules = _rules(device)
     action = "cvd.restore_system" if same_device else "cvd.migrate"
-    tree = _with_packs(store, snap.root, rep.packs, rules) if rep.packs else snap.root
+    if rep.layers:
+        tree = _on_base(store, rep, rules)
+    else:
+        tree = _with_packs(store, snap.root, rep.packs, rules) if rep.packs else snap.root
+    if rep.carries_network:
+        tree = _with_network(store, tree, rep)
     with write_tx(engine) as c:
         cvd = fleet.find_cvd(c, cvd.id)  # again, inside the transaction
         if device.id != cvd.device_id:
@@ -255,6 +355,19 @@ def migrate(
             .values(device_id=device.id, state=fleet.ACTIVE, name=name)
         )
         policy = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).one()
+        on_base: dict[str, Any] = {}
+        if rep.layers:  # the new base is the CVD's from now on, its app layers after it
+            c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == cvd.id))
+            for pos, r in enumerate(rep.layers):
+                c.execute(
+                    insert(cvd_layers).values(cvd_id=cvd.id, position=pos, version_id=r.version_id)
+                )
+            on_base = {
+                "base": rep.layers[0].label,
+                "stream_root": snap.root.hex(),
+                "versions": [r.version_id for r in rep.layers + rep.packs],
+                "labels": [r.label for r in rep.layers + rep.packs],
+            }
         tid = tasks.enqueue(
             c,
             "migrate",
@@ -267,9 +380,10 @@ def migrate(
                 "mode": req.mode,
                 "packs": [p.label for p in rep.packs],
                 "policy": policy.settings,
-                "hardware_bound": list(rules.migration.hardware_bound),
+                "hardware_bound": rep.hardware_bound_rules(rules),
                 "restore_system": same_device,
                 "rebuild_initramfs": rep.rebuild_initramfs,
+                **on_base,
             },
         )
         audit(

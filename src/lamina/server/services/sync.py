@@ -249,7 +249,7 @@ def commit_snapshot(
         policy.keep_weekly,
         policy.keep_monthly,
     )
-    record, kept, forgotten = _store_snapshot(store, cvd.id, req, retention)
+    record, kept, forgotten = _store_snapshot(store, cvd.id, device.id, req, retention)
     with write_tx(engine) as c:
         c.execute(
             update(cvds).where(cvds.c.id == cvd.id).values(last_sync=record.time, progress={})
@@ -262,7 +262,7 @@ def commit_snapshot(
 
 
 def _store_snapshot(
-    store: Store, cvd_id: str, req: CommitRequest, retention: Retention
+    store: Store, cvd_id: str, device_id: str, req: CommitRequest, retention: Retention
 ) -> tuple[SnapshotRecord, int, int]:
     """Verify the snapshot's trees and chunks, store its record, forget what retention drops."""
     source = cvd_source(cvd_id)
@@ -283,7 +283,8 @@ def _store_snapshot(
             root=root,
             files=req.files,
             bytes=req.bytes,
-            meta={"cvd": cvd_id, "stats": req.stats},
+            # the device: the machine the system ran on (drivers.last_device_facts)
+            meta={"cvd": cvd_id, "device": device_id, "stats": req.stats},
         )
         record = w.commit_snapshot(record, lambda r: walk_blobs(store, r))
     repack.roll_if_due(store)
