@@ -7,6 +7,7 @@ parameter, so tests move time without touching the laptop's.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -15,7 +16,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -43,7 +46,14 @@ from lamina.flex.folder import (
     write_atomic,
     write_model,
 )
-from lamina.flex.lease import accept_renewal, advance, check_state, check_time, deadline
+from lamina.flex.lease import (
+    accept_renewal,
+    advance,
+    check_state,
+    check_time,
+    checkin_interval,
+    deadline,
+)
 from lamina.protocol.flex import (
     CLIENT_NAME,
     FlexKeyPublic,
@@ -55,6 +65,12 @@ from lamina.protocol.flex import (
 )
 
 Clock = Callable[[], dt.datetime]
+
+#: Piece requests in flight at once, and pieces fetched ahead of the one being written.
+FETCH_PARALLEL = 4
+FETCH_AHEAD = 8
+#: Written bytes between two flushes of the disk (each followed by one journal fsync).
+FLUSH_BYTES = 32 << 20
 Notify = Callable[[str], None]
 
 
@@ -129,6 +145,9 @@ class LaunchOptions:
     grace: float = 60.0
     stdout: IO[bytes] | int | None = None
     qemu_binary: str = "qemu-system-x86_64"
+    #: Seconds between check-ins while the VM runs (None: from the policy's lease, see
+    #: ``lease.checkin_interval``); no check-ins while offline.
+    checkin_interval: float | None = None
 
 
 class FlexClient:
@@ -271,36 +290,90 @@ class FlexClient:
     def _fetch_pieces(
         self, inst: Instance, key: bytes, progress: Callable[[int, int], None] | None
     ) -> None:
+        """Fetch the pieces not yet journaled, :data:`FETCH_PARALLEL` requests at a time, and
+        write them in order; every :data:`FLUSH_BYTES` (and at the end) flush the disk, then
+        journal the pieces written since, in one fsync. A crash loses at most the unflushed
+        pieces, which are not journaled and so fetched again."""
         manifest = inst.manifest()
         done = inst.done_pieces()
         total = manifest.size
-        got = 0
         zero_hash: dict[int, str] = {}
+
+        def is_zero(length: int, digest: str) -> bool:  # a new disk reads zeros already
+            zh = zero_hash.get(length)
+            if zh is None:
+                zh = zero_hash[length] = blake3.blake3(bytes(length)).hexdigest()
+            return digest == zh
+
+        todo = [
+            n
+            for n, p in enumerate(manifest.pieces)
+            if n not in done and not is_zero(p.length, p.blake3)
+        ]
         api = self._api()
+
+        def fetch(n: int) -> bytes:
+            piece = manifest.pieces[n]
+            data = api.get(f"/flex/my/instances/{inst.id}/pieces/{n}")
+            self._check_piece(inst.id, n, piece.length, piece.blake3, data)
+            result: bytes = data
+            return result
+
         with (
             tempfile.TemporaryDirectory(prefix="lamina-flex-") as run,
             disk.export(inst.disk, key, Path(run) / "nbd.sock") as nbd,
+            ThreadPoolExecutor(FETCH_PARALLEL, thread_name_prefix="lamina-flex-fetch") as pool,
         ):
             if nbd.size != manifest.size:
                 raise IntegrityError(
                     f"the encrypted disk holds {nbd.size} bytes, the manifest says {manifest.size}"
                 )
-            for n, piece in enumerate(manifest.pieces):
-                if n not in done:
-                    zh = zero_hash.get(piece.length)
-                    if zh is None:
-                        zh = zero_hash[piece.length] = blake3.blake3(
-                            bytes(piece.length)
-                        ).hexdigest()
-                    if piece.blake3 != zh:  # a new disk reads zeros already
-                        data = api.get(f"/flex/my/instances/{inst.id}/pieces/{n}")
-                        self._check_piece(inst.id, n, piece.length, piece.blake3, data)
-                        nbd.write(piece.offset, data)
-                        nbd.flush()
-                    inst.mark_done(n)
-                got += piece.length
-                if progress is not None:
-                    progress(got, total)
+            fetched = iter(todo)
+            inflight: deque[tuple[int, Future[bytes]]] = deque()
+
+            def refill() -> None:
+                while len(inflight) < FETCH_AHEAD:
+                    n = next(fetched, None)
+                    if n is None:
+                        return
+                    inflight.append((n, pool.submit(fetch, n)))
+
+            unflushed: list[int] = []
+            unflushed_bytes = 0
+            got = 0
+
+            def commit() -> None:
+                nonlocal unflushed_bytes
+                if unflushed:
+                    nbd.flush()
+                    inst.mark_done_many(unflushed)
+                    unflushed.clear()
+                    unflushed_bytes = 0
+
+            try:
+                refill()
+                for n, piece in enumerate(manifest.pieces):
+                    if n not in done:
+                        if inflight and inflight[0][0] == n:
+                            data = inflight.popleft()[1].result()
+                            refill()
+                            nbd.write(piece.offset, data)
+                            unflushed_bytes += piece.length
+                        unflushed.append(n)
+                        if unflushed_bytes >= FLUSH_BYTES:
+                            commit()
+                    got += piece.length
+                    if progress is not None:
+                        progress(got, total)
+                commit()
+            except BaseException:
+                for _, f in inflight:
+                    f.cancel()
+                # What was written and verified is kept for the next run, if the disk still
+                # answers; else it is fetched again.
+                with contextlib.suppress(Exception):
+                    commit()
+                raise
         st = inst.state()
         st.downloaded = True
         inst.save_state(st)
@@ -461,15 +534,19 @@ class FlexClient:
             argv = qemu.build_argv(plan, opts.qemu_binary)
             viewer = None if opts.headless else shutil.which("remote-viewer")
 
-            def started() -> None:
+            def started(qmp: qemu.Qmp) -> None:
                 if opts.headless:
                     return
-                uri = f"spice+unix://{run_dir / 'spice.sock'}"
+                uri = qemu.spice_uri(qmp)
                 if viewer:
                     subprocess.Popen([viewer, uri], stdin=subprocess.DEVNULL)
                 else:
                     self.notify(f"the VM's display: {uri} (open it with remote-viewer)")
 
+            watch = None
+            if self.api is not None:
+                interval = opts.checkin_interval or checkin_interval(lease)
+                watch = _Running(self, inst, lease, interval)
             pass_fds, fds = fds, []  # run() closes them once QEMU holds them
             result = qemu.run(
                 argv,
@@ -480,18 +557,24 @@ class FlexClient:
                 grace=opts.grace,
                 stdout=opts.stdout,
                 on_started=started,
+                watch=watch,
             )
         finally:
             for fd in fds:
                 os.close(fd)
             shutil.rmtree(run_dir, ignore_errors=True)
+        if result.stopped is not None and result.stopped.reason == "revoked":
+            inst.forget_key_and_disk()  # again, now that QEMU has let go of them
+            self.notify(f"the VM was stopped: {result.stopped.message}")
+            return result
         st = inst.state()
         st.trusted_time = advance(st.trusted_time, self.now())
         inst.save_state(st)
         if result.stopped_for_deadline:
-            self.notify(
-                f"the VM was stopped: the lease of instance {inst.id} ended at {_iso(deadline(lease))}"
-            )
+            end = deadline(watch.lease) if watch is not None else deadline(lease)
+            self.notify(f"the VM was stopped: the lease of instance {inst.id} ended at {_iso(end)}")
+        elif result.stopped is not None:
+            self.notify(f"the VM was stopped: {result.stopped.message}")
         return result
 
     # --- status, remove ------------------------------------------------------------------------
@@ -528,3 +611,57 @@ class FlexClient:
 
     def remove(self, instance_id: str) -> None:
         self.folder.remove(instance_id)
+
+
+class _Running:
+    """A launched instance's check-ins while its VM runs (``qemu.Watch``): each renews the
+    lease (moving the deadline), and a lock, a revoke or a tighter policy reaches the VM."""
+
+    def __init__(self, client: FlexClient, inst: Instance, lease: Lease, interval: float) -> None:
+        self.client = client
+        self.inst = inst
+        self.lease = lease
+        self.interval = interval
+        self.running = lease.policy.restrictions  # what the VM runs under, live changes included
+
+    def deadline(self) -> dt.datetime:
+        return deadline(self.lease)
+
+    def check(self, qmp: qemu.Qmp) -> qemu.Stop | None:
+        c = self.client
+        try:
+            lease = c._checkin(self.inst)
+        except (BackendError, AuthError) as e:
+            if isinstance(e, ForbiddenError | NotFoundError):
+                return qemu.Stop(
+                    "locked", f"the server refuses instance {self.inst.id}: {e.message}"
+                )
+            return None  # offline: the kept lease's deadline still holds
+        self.lease = lease
+        msg = f": {lease.message}" if lease.message else ""
+        if lease.state == "revoked":
+            return qemu.Stop(
+                "revoked",
+                f"instance {self.inst.id} was revoked by the administrator{msg}; its key and disk are deleted",
+                hard=True,
+            )
+        if lease.state == "locked":
+            return qemu.Stop(
+                "locked", f"instance {self.inst.id} was locked by the administrator{msg}"
+            )
+        new = lease.policy.restrictions
+        applied, refused = qemu.apply_live(qmp, self.running, new)
+        if refused:
+            return qemu.Stop(
+                "policy",
+                f"the policy of instance {self.inst.id} changed ({refused}): start it again to run under it",
+            )
+        update: dict[str, Any] = {}
+        if new.network == "none":
+            update["network"] = "none"
+        if new.usb == "none":
+            update["usb"] = "none"
+        self.running = self.running.model_copy(update=update)
+        for text in applied:
+            c.notify(f"policy change applied to the running VM: {text}")
+        return None

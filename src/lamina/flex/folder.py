@@ -154,9 +154,13 @@ class Instance:
         return {int(x) for x in lines[:-1] if x.isdigit()}
 
     def mark_done(self, n: int) -> None:
+        self.mark_done_many([n])
+
+    def mark_done_many(self, ns: list[int]) -> None:
+        """Journal pieces already flushed to the disk: one append, one fsync."""
         fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, f"{n}\n".encode())
+            os.write(fd, "".join(f"{n}\n" for n in ns).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
