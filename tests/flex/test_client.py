@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -207,6 +208,37 @@ def test_download_is_encrypted_complete_and_holds_no_plaintext_sector(
         for probe in probes:
             assert probe[:256] not in data, p
         assert oct(p.stat().st_mode & 0o777) == oct(0o600), p
+
+
+def test_a_client_folder_copied_to_another_computer_does_not_open(
+    srv: Srv, alice: tuple[FlexClient, str, Path], tmp_path: Path
+) -> None:
+    c, instance, tmp = alice
+    shutil.copytree(tmp / "flex", tmp_path / "flex")
+    shutil.copytree(tmp / "config", tmp_path / "config")  # even with the client secret
+    secret = tmp_path / "config" / "flex-host.key"
+    machine = keywrap.HostKey(secret).machine_id()
+    other = FlexClient(
+        tmp_path / "flex",
+        None,
+        tmp_path / "config" / "flex-keys.json",
+        kdf=FAST,
+        host=keywrap.HostKey(secret, machine_id=machine + "-elsewhere"),
+    )
+    inst = other.folder.get(instance)
+    with pytest.raises(keywrap.HostMismatchError, match="copied from another computer"):
+        other.unlock(inst, PASSWORD, inst.lease())
+    assert inst.state().failed_tries == 0  # not counted as a wrong password
+    # without the client secret (only the instance folder copied), refused too
+    (tmp_path / "config2").mkdir()
+    bare = client(tmp_path, None)
+    bare.host = keywrap.HostKey(tmp_path / "config2" / "flex-host.key")
+    with pytest.raises(keywrap.HostMismatchError):
+        bare.unlock(inst, PASSWORD, inst.lease())
+    # the same computer opens it
+    assert unwrap(c, instance)
+    same = FlexClient(tmp_path / "flex", None, tmp_path / "config" / "flex-keys.json", kdf=FAST)
+    assert same.unlock(inst, PASSWORD, inst.lease())
 
 
 def test_download_killed_midway_resumes_to_the_same_bytes(
@@ -662,18 +694,25 @@ def hold_qemu(tmp: Path) -> str:
 
 
 class AdminMidRun(Flaky):
-    """The server; at each check-in once the guest says it is up (and holding), the next
-    of the administrator's ``actions`` happens on the server first."""
+    """The server; at each check-in of the running VM (once the guest says it is up and
+    holding, with ``wait_for_guest``), the next of the administrator's ``actions``
+    happens on the server first."""
 
-    def __init__(self, api: Api, serial: Path, actions: list[Callable[[], None]]) -> None:
+    def __init__(
+        self, api: Api, serial: Path, actions: list[Callable[[], None]], wait_for_guest: bool
+    ) -> None:
         super().__init__(api, lambda n, d: d)
         self.serial = serial
         self.actions = actions
+        self.wait_for_guest = wait_for_guest
+        self.checkins = 0
 
     def post(self, path: str, json: Any = None, **kw: Any) -> Any:
-        up = self.serial.exists() and b"LAMINA-GUEST holding" in self.serial.read_bytes()
-        if path.endswith("/checkin") and self.actions and up:
-            self.actions.pop(0)()
+        if path.endswith("/checkin"):
+            self.checkins += 1
+            up = not self.wait_for_guest or b"LAMINA-GUEST holding" in self.serial.read_bytes()
+            if self.checkins > 1 and self.actions and up:  # the first is the launch's own
+                self.actions.pop(0)()
         return self.api.post(path, json, **kw)
 
 
@@ -691,8 +730,8 @@ def test_lock_policy_and_revoke_reach_a_running_vm(srv: Srv, tmp_path: Path) -> 
     inst = c.folder.get(instance)
     serial = tmp_path / "serial.out"
 
-    def run(actions: list[Callable[[], None]]) -> qemu.RunResult:
-        c.api = AdminMidRun(api, serial, actions)
+    def run(actions: list[Callable[[], None]], wait_for_guest: bool) -> qemu.RunResult:
+        c.api = AdminMidRun(api, serial, actions, wait_for_guest)
         opts = LaunchOptions(
             headless=True,
             accel=ACCEL,
@@ -703,8 +742,7 @@ def test_lock_policy_and_revoke_reach_a_running_vm(srv: Srv, tmp_path: Path) -> 
         with open(serial, "wb") as out:
             opts.stdout = out
             result = c.launch(instance, PASSWORD, opts)
-        assert not actions  # every action happened while the guest ran
-        assert b"LAMINA-GUEST holding" in serial.read_bytes()
+        assert not actions  # every action happened while the VM ran
         return result
 
     def admin(method: str, path: str, body: dict[str, Any]) -> Callable[[], None]:
@@ -721,8 +759,10 @@ def test_lock_policy_and_revoke_reach_a_running_vm(srv: Srv, tmp_path: Path) -> 
                 "PUT", "/flex/policies/hank-p", {"restrictions": {"network": "none", "usb": "none"}}
             ),
             admin("POST", f"/flex/instances/{instance}/lock", {"message": "audit in progress"}),
-        ]
+        ],
+        wait_for_guest=True,
     )
+    assert b"LAMINA-GUEST holding" in serial.read_bytes()  # the guest was up and running
     assert result.stopped is not None and result.stopped.reason == "locked"
     assert "policy change applied to the running VM: the network is cut" in notes
     assert "policy change applied to the running VM: USB redirection is removed" in notes
@@ -730,9 +770,11 @@ def test_lock_policy_and_revoke_reach_a_running_vm(srv: Srv, tmp_path: Path) -> 
         f"the VM was stopped: instance {instance} was locked by the administrator: audit in progress"
     )
     assert inst.disk.exists() and inst.key_file.exists()
-    # unlocked, it runs again; a revoke stops it at once and deletes its key and disk
+    # unlocked, it runs again; a revoke stops it at once and deletes its key and disk (at
+    # the first check-in of the run: the guest's boot is not waited for again)
     assert srv.admin.post(f"/flex/instances/{instance}/unlock", json={}).status_code == 200
-    result = run([admin("POST", f"/flex/instances/{instance}/revoke", {"message": "left"})])
+    revoke = admin("POST", f"/flex/instances/{instance}/revoke", {"message": "left"})
+    result = run([revoke], wait_for_guest=False)
     assert result.stopped is not None and result.stopped.reason == "revoked"
     assert "revoked by the administrator: left" in notes[-1]
     assert not inst.disk.exists() and not inst.key_file.exists()

@@ -159,10 +159,13 @@ class FlexClient:
         now: Clock = utcnow,
         kdf: keywrap.KdfParams = keywrap.DEFAULT_KDF,
         notify: Notify | None = None,
+        host: keywrap.HostKey | None = None,
     ) -> None:
         self.folder = ClientFolder(root)
         self.api = api
         self.pins = KeyPins(pins)
+        # The host binding's secret sits beside the pins, outside the instance folder.
+        self.host = host or keywrap.HostKey(pins.parent / "flex-host.key")
         self.now = now
         self.kdf = kdf
         self.notify = notify or (lambda _m: None)
@@ -261,7 +264,8 @@ class FlexClient:
             write_model(stage / "instance.json", info)
         key = keywrap.new_disk_key()
         (stage / "disk.qcow2").unlink(missing_ok=True)
-        write_model(stage / "key.json", keywrap.wrap(key, password, instance_id, self.kdf))
+        wrapped = keywrap.wrap(key, password, instance_id, self.host.key(), self.kdf)
+        write_model(stage / "key.json", wrapped)
         write_model(
             stage / "state.json",
             LocalState(trusted_time=advance(None, lease.issued_at, now), last_checkin=now),
@@ -407,8 +411,9 @@ class FlexClient:
                 f"instance {inst.id} has no key (revoked?): remove it with `lamina flex-client remove`"
             ) from None
         r = lease.policy.restrictions
+        host_key = self.host.key()
         try:
-            key = keywrap.unwrap(wrapped, password, inst.id)
+            key = keywrap.unwrap(wrapped, password, inst.id, host_key)
         except StoreKeyError:
             st.failed_tries += 1
             if st.failed_tries >= r.max_password_tries:
@@ -427,6 +432,13 @@ class FlexClient:
         if st.failed_tries or st.locked_until:
             st.failed_tries, st.locked_until = 0, None
             inst.save_state(st)
+        if wrapped.v == 1:  # from before the host binding: bind it to this computer now
+            kdf = keywrap.KdfParams(
+                time_cost=wrapped.time_cost,
+                memory_kib=wrapped.memory_kib,
+                parallelism=wrapped.parallelism,
+            )
+            write_model(inst.key_file, keywrap.wrap(key, password, inst.id, host_key, kdf))
         return key
 
     # --- lease -------------------------------------------------------------------------------
