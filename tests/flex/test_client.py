@@ -737,7 +737,7 @@ def test_lock_policy_and_revoke_reach_a_running_vm(srv: Srv, tmp_path: Path) -> 
             accel=ACCEL,
             grace=1.0,
             qemu_binary=hold_qemu(tmp_path),
-            checkin_interval=0.2,
+            checkin_interval=1.0,
         )
         with open(serial, "wb") as out:
             opts.stdout = out

@@ -10,8 +10,15 @@ import pytest
 
 from lamina.errors import ForbiddenError, IntegrityError, StoreKeyError
 from lamina.flex import keywrap
-from lamina.flex.lease import CLOCK_SKEW, accept_renewal, advance, check_state, check_time
-from lamina.flex.qemu import LaunchPlan, build_argv, usb_filter
+from lamina.flex.lease import (
+    CLOCK_SKEW,
+    accept_renewal,
+    advance,
+    check_state,
+    check_time,
+    checkin_interval,
+)
+from lamina.flex.qemu import LaunchPlan, _usb_narrowed, build_argv, usb_filter
 from lamina.protocol.flex import FlexPolicyDoc, FlexRestrictions, Lease
 
 FAST = keywrap.KdfParams(time_cost=1, memory_kib=64, parallelism=1)
@@ -236,3 +243,22 @@ def test_fw_cfg_enrollment_is_read_and_checked(tmp_path: Path) -> None:
     raw.write_bytes(b"{" * (MAX_BYTES + 1))
     with pytest.raises(IntegrityError, match="larger than"):
         read_enrollment(raw)
+
+
+def test_a_running_vm_checks_in_every_quarter_lease_within_bounds() -> None:
+    def every(seconds: int) -> float:
+        policy = FlexPolicyDoc(name="p", restrictions=FlexRestrictions(), lease_seconds=seconds)
+        return checkin_interval(lease(policy=policy))
+
+    assert every(60) == 30.0
+    assert every(600) == 150.0
+    assert every(7 * 86400) == 300.0
+
+
+def test_usb_narrowing_is_what_a_fixed_filter_cannot_follow() -> None:
+    assert _usb_narrowed("all", ["hid"])
+    assert _usb_narrowed(["hid", "storage"], ["hid"])
+    assert not _usb_narrowed(["hid"], ["hid", "storage"])  # a loosening waits
+    assert not _usb_narrowed(["hid"], "all")
+    assert not _usb_narrowed("none", ["hid"])
+    assert not _usb_narrowed(["hid"], "none")  # unplugged live instead
