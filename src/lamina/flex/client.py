@@ -54,6 +54,7 @@ from lamina.flex.lease import (
     checkin_interval,
     deadline,
 )
+from lamina.flex.nbd import NbdClient
 from lamina.protocol.flex import (
     CLIENT_NAME,
     FlexKeyPublic,
@@ -66,9 +67,10 @@ from lamina.protocol.flex import (
 
 Clock = Callable[[], dt.datetime]
 
-#: Piece requests in flight at once, and pieces fetched ahead of the one being written.
+#: Piece requests in flight at once, and the bytes fetched ahead of the piece being written
+#: (at least one piece): while qemu-img makes a new disk, the first pieces arrive meanwhile.
 FETCH_PARALLEL = 4
-FETCH_AHEAD = 8
+FETCH_AHEAD_BYTES = 64 << 20
 #: Written bytes between two flushes of the disk (each followed by one journal fsync).
 FLUSH_BYTES = 32 << 20
 Notify = Callable[[str], None]
@@ -198,13 +200,13 @@ class FlexClient:
         entitlement = self._entitlement_id(entitlement)
         self.folder.ensure()
         inst = self.folder.partial_for(self._server(), entitlement)
+        finish: Callable[[], Instance] | None = None
         if inst is None:
-            inst, key = self._create(entitlement, password)
+            inst, key, finish = self._create(entitlement, password)
         else:
             self.notify(f"continuing the download of instance {inst.id}")
             key = self.unlock(inst, password, inst.lease())
-        self._fetch_pieces(inst, key, progress)
-        return inst
+        return self._fetch_pieces(inst, key, progress, finish)
 
     def _entitlement_id(self, ref: str) -> str:
         """An entitlement's id, given its id or its name."""
@@ -218,9 +220,15 @@ class FlexClient:
             f"you have no entitlement {ref!r} on {self._server()} (see `lamina flex-client list`)"
         )
 
-    def _create(self, entitlement: str, password: str) -> tuple[Instance, bytes]:
+    def _create(
+        self, entitlement: str, password: str
+    ) -> tuple[Instance, bytes, Callable[[], Instance]]:
         """A new instance folder: from a set-up cut short for this entitlement (its signed
-        documents were saved first, so the server's instance is reused), else a new one."""
+        documents were saved first, so the server's instance is reused), else a new one.
+
+        Returns the folder being set up, the disk key, and ``finish()``, which waits for the
+        encrypted disk (``qemu-img``'s LUKS set-up runs meanwhile: about a second of PBKDF2
+        benchmark) and renames the folder into place, whole."""
         staged = self._staged(entitlement)
         if staged is not None:
             info, manifest_signed, lease_signed = staged
@@ -264,16 +272,28 @@ class FlexClient:
             write_model(stage / "instance.json", info)
         key = keywrap.new_disk_key()
         (stage / "disk.qcow2").unlink(missing_ok=True)
-        wrapped = keywrap.wrap(key, password, instance_id, self.host.key(), self.kdf)
-        write_model(stage / "key.json", wrapped)
-        write_model(
-            stage / "state.json",
-            LocalState(trusted_time=advance(None, lease.issued_at, now), last_checkin=now),
-        )
-        disk.create(stage / "disk.qcow2", manifest.size, key)
-        os.replace(stage, final)
-        fsync_dir(self.folder.instances)
-        return Instance(final), key
+        maker = ThreadPoolExecutor(1, thread_name_prefix="lamina-flex-disk")
+        making = maker.submit(disk.create, stage / "disk.qcow2", manifest.size, key)
+        maker.shutdown(wait=False)
+        try:
+            wrapped = keywrap.wrap(key, password, instance_id, self.host.key(), self.kdf)
+            write_model(stage / "key.json", wrapped)
+            write_model(
+                stage / "state.json",
+                LocalState(trusted_time=advance(None, lease.issued_at, now), last_checkin=now),
+            )
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                making.result()
+            raise
+
+        def finish() -> Instance:
+            making.result()
+            os.replace(stage, final)
+            fsync_dir(self.folder.instances)
+            return Instance(final)
+
+        return Instance(stage), key, finish
 
     def _staged(self, entitlement: str) -> tuple[InstanceInfo, Signed[Any], Signed[Any]] | None:
         """A set-up of an instance of ``entitlement`` from this server that was cut short;
@@ -292,15 +312,20 @@ class FlexClient:
         return None
 
     def _fetch_pieces(
-        self, inst: Instance, key: bytes, progress: Callable[[int, int], None] | None
-    ) -> None:
+        self,
+        inst: Instance,
+        key: bytes,
+        progress: Callable[[int, int], None] | None,
+        finish: Callable[[], Instance] | None = None,
+    ) -> Instance:
         """Fetch the pieces not yet journaled, :data:`FETCH_PARALLEL` requests at a time, and
         write them in order; every :data:`FLUSH_BYTES` (and at the end) flush the disk, then
         journal the pieces written since, in one fsync. A crash loses at most the unflushed
-        pieces, which are not journaled and so fetched again."""
+        pieces, which are not journaled and so fetched again. With ``finish`` (a new
+        instance whose disk is still being made), the first requests go out meanwhile."""
+        instance_id = inst.info().instance
         manifest = inst.manifest()
         done = inst.done_pieces()
-        total = manifest.size
         zero_hash: dict[int, str] = {}
 
         def is_zero(length: int, digest: str) -> bool:  # a new disk reads zeros already
@@ -318,69 +343,95 @@ class FlexClient:
 
         def fetch(n: int) -> bytes:
             piece = manifest.pieces[n]
-            data = api.get(f"/flex/my/instances/{inst.id}/pieces/{n}")
-            self._check_piece(inst.id, n, piece.length, piece.blake3, data)
+            data = api.get(f"/flex/my/instances/{instance_id}/pieces/{n}")
+            self._check_piece(instance_id, n, piece.length, piece.blake3, data)
             result: bytes = data
             return result
 
+        fetched = iter(todo)
+        inflight: deque[tuple[int, Future[bytes]]] = deque()
+        ahead = 0  # bytes requested and not yet written
+
+        def refill(written: int = 0) -> None:
+            nonlocal ahead
+            ahead -= written
+            while not inflight or ahead < FETCH_AHEAD_BYTES:
+                n = next(fetched, None)
+                if n is None:
+                    return
+                inflight.append((n, pool.submit(fetch, n)))
+                ahead += manifest.pieces[n].length
+
         with (
             tempfile.TemporaryDirectory(prefix="lamina-flex-") as run,
-            disk.export(inst.disk, key, Path(run) / "nbd.sock") as nbd,
             ThreadPoolExecutor(FETCH_PARALLEL, thread_name_prefix="lamina-flex-fetch") as pool,
         ):
-            if nbd.size != manifest.size:
-                raise IntegrityError(
-                    f"the encrypted disk holds {nbd.size} bytes, the manifest says {manifest.size}"
-                )
-            fetched = iter(todo)
-            inflight: deque[tuple[int, Future[bytes]]] = deque()
-
-            def refill() -> None:
-                while len(inflight) < FETCH_AHEAD:
-                    n = next(fetched, None)
-                    if n is None:
-                        return
-                    inflight.append((n, pool.submit(fetch, n)))
-
-            unflushed: list[int] = []
-            unflushed_bytes = 0
-            got = 0
-
-            def commit() -> None:
-                nonlocal unflushed_bytes
-                if unflushed:
-                    nbd.flush()
-                    inst.mark_done_many(unflushed)
-                    unflushed.clear()
-                    unflushed_bytes = 0
-
             try:
                 refill()
-                for n, piece in enumerate(manifest.pieces):
-                    if n not in done:
-                        if inflight and inflight[0][0] == n:
-                            data = inflight.popleft()[1].result()
-                            refill()
-                            nbd.write(piece.offset, data)
-                            unflushed_bytes += piece.length
-                        unflushed.append(n)
-                        if unflushed_bytes >= FLUSH_BYTES:
-                            commit()
-                    got += piece.length
-                    if progress is not None:
-                        progress(got, total)
-                commit()
+                if finish is not None:
+                    inst = finish()
             except BaseException:
                 for _, f in inflight:
                     f.cancel()
-                # What was written and verified is kept for the next run, if the disk still
-                # answers; else it is fetched again.
-                with contextlib.suppress(Exception):
-                    commit()
                 raise
+            with disk.export(inst.disk, key, Path(run) / "nbd.sock") as nbd:
+                if nbd.size != manifest.size:
+                    raise IntegrityError(
+                        f"the encrypted disk holds {nbd.size} bytes, the manifest says {manifest.size}"
+                    )
+                self._write_pieces(inst, nbd, manifest, done, inflight, refill, progress)
+                for _, f in inflight:
+                    f.cancel()
         st = inst.state()
         st.downloaded = True
         inst.save_state(st)
+        return inst
+
+    @staticmethod
+    def _write_pieces(
+        inst: Instance,
+        nbd: NbdClient,
+        manifest: FlexManifest,
+        done: set[int],
+        inflight: deque[tuple[int, Future[bytes]]],
+        refill: Callable[[int], None],
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        unflushed: list[int] = []
+        unflushed_bytes = 0
+        got = 0
+
+        def commit() -> None:
+            nonlocal unflushed_bytes
+            if unflushed:
+                nbd.flush()
+                inst.mark_done_many(unflushed)
+                unflushed.clear()
+                unflushed_bytes = 0
+
+        try:
+            for n, piece in enumerate(manifest.pieces):
+                if n not in done:
+                    if inflight and inflight[0][0] == n:
+                        data = inflight.popleft()[1].result()
+                        nbd.write(piece.offset, data)
+                        unflushed_bytes += piece.length
+                        refill(piece.length)
+                    unflushed.append(n)
+                    if unflushed_bytes >= FLUSH_BYTES:
+                        commit()
+                got += piece.length
+                if progress is not None:
+                    progress(got, manifest.size)
+            commit()
+        except BaseException:
+            for _, f in inflight:
+                f.cancel()
+            # What was written and verified is kept for the next run, if the disk still
+            # answers; else it is fetched again.
+            with contextlib.suppress(Exception):
+                commit()
+            raise
 
     @staticmethod
     def _check_piece(instance_id: str, n: int, length: int, expected: str, data: Any) -> None:
