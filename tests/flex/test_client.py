@@ -24,6 +24,7 @@ from typing import Any
 import blake3
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lamina.cli.client import Api
 from lamina.config import ServerSettings
@@ -51,7 +52,7 @@ pytestmark = [
 FAST = keywrap.KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 PASSWORD = "laptop-pass-1"
 LAMINA = [sys.executable, "-m", "lamina.cli"]
-ACCEL = "kvm" if os.environ.get("LAMINA_TEST_KVM") == "1" else "tcg"
+ACCEL: qemu.Accel = "kvm" if os.environ.get("LAMINA_TEST_KVM") == "1" else "tcg"
 
 
 @dataclass
@@ -238,7 +239,28 @@ def test_a_client_folder_copied_to_another_computer_does_not_open(
     # the same computer opens it
     assert unwrap(c, instance)
     same = FlexClient(tmp_path / "flex", None, tmp_path / "config" / "flex-keys.json", kdf=FAST)
-    assert same.unlock(inst, PASSWORD, inst.lease())
+    key = same.unlock(inst, PASSWORD, inst.lease())
+    # a key.json of version 1 (before the host binding) opens and is rewrapped, bound here
+    salt, nonce = os.urandom(16), os.urandom(12)
+    ct = AESGCM(keywrap._argon(PASSWORD, salt, FAST)).encrypt(
+        nonce, key, keywrap.AAD_PREFIX_V1 + instance.encode()
+    )
+    b64 = base64.b64encode
+    v1 = keywrap.WrappedKey(
+        v=1,
+        time_cost=FAST.time_cost,
+        memory_kib=FAST.memory_kib,
+        parallelism=FAST.parallelism,
+        salt=b64(salt).decode(),
+        nonce=b64(nonce).decode(),
+        wrapped=b64(ct).decode(),
+    )
+    inst.key_file.write_text(v1.model_dump_json())
+    assert same.unlock(inst, PASSWORD, inst.lease()) == key
+    v2 = keywrap.WrappedKey.model_validate_json(inst.key_file.read_bytes())
+    assert v2.v == 2 and v2.host == keywrap.host_id(same.host.key())
+    with pytest.raises(keywrap.HostMismatchError):
+        other.unlock(inst, PASSWORD, inst.lease())
 
 
 def test_download_killed_midway_resumes_to_the_same_bytes(
