@@ -146,9 +146,15 @@ class Flaky:
         return self.api.post(path, json, **kw)
 
 
+#: Where ``cli()``'s ``lamina`` keeps its login (``XDG_CONFIG_HOME=tmp/config``): the
+#: in-process client keeps its pins and host secret there too, as the CLI does, so an
+#: instance downloaded here opens when launched through the CLI (the host binding).
+CONFIG = Path("config") / "lamina"
+
+
 def client(tmp: Path, api: Any, clock: Clock | None = None) -> FlexClient:
     return FlexClient(
-        tmp / "flex", api, tmp / "config" / "flex-keys.json", now=clock or Clock(), kdf=FAST
+        tmp / "flex", api, tmp / CONFIG / "flex-keys.json", now=clock or Clock(), kdf=FAST
     )
 
 
@@ -217,12 +223,12 @@ def test_a_client_folder_copied_to_another_computer_does_not_open(
     c, instance, tmp = alice
     shutil.copytree(tmp / "flex", tmp_path / "flex")
     shutil.copytree(tmp / "config", tmp_path / "config")  # even with the client secret
-    secret = tmp_path / "config" / "flex-host.key"
+    secret = tmp_path / CONFIG / "flex-host.key"
     machine = keywrap.HostKey(secret).machine_id()
     other = FlexClient(
         tmp_path / "flex",
         None,
-        tmp_path / "config" / "flex-keys.json",
+        tmp_path / CONFIG / "flex-keys.json",
         kdf=FAST,
         host=keywrap.HostKey(secret, machine_id=machine + "-elsewhere"),
     )
@@ -238,7 +244,7 @@ def test_a_client_folder_copied_to_another_computer_does_not_open(
         bare.unlock(inst, PASSWORD, inst.lease())
     # the same computer opens it
     assert unwrap(c, instance)
-    same = FlexClient(tmp_path / "flex", None, tmp_path / "config" / "flex-keys.json", kdf=FAST)
+    same = FlexClient(tmp_path / "flex", None, tmp_path / CONFIG / "flex-keys.json", kdf=FAST)
     key = same.unlock(inst, PASSWORD, inst.lease())
     # a key.json of version 1 (before the host binding) opens and is rewrapped, bound here
     salt, nonce = os.urandom(16), os.urandom(12)
