@@ -6,7 +6,8 @@ into the cache and unpacked with ``dpkg-deb``, never installed on the host), and
 initramfs of busybox-static plus the few kernel modules the report needs. Its ``/init``
 mounts /proc and /sys, loads the modules, writes what the guest sees to ttyS0 as
 ``LAMINA-GUEST <kind> <value>`` lines between ``LAMINA-GUEST begin`` and ``... end``,
-and powers off. The disk also carries a file of seeded random bytes, so the test that
+and powers off (or, given the fw_cfg entry ``opt/org.lamina/test-hold``, says
+``LAMINA-GUEST holding`` and stays up until stopped). The disk also carries a file of seeded random bytes, so the test that
 scans the client's folder for plaintext sectors has distinctive sectors to look for.
 
 The cache (``$LAMINA_TEST_CACHE`` or ``~/.cache/lamina-tests``) is keyed on this file's
@@ -76,6 +77,11 @@ for t in /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag; do
 done
 r end
 sync
+# A test that must stop a running VM asks it to stay up (fw_cfg opt/org.lamina/test-hold).
+if [ -e /sys/firmware/qemu_fw_cfg/by_name/opt/org.lamina/test-hold ]; then
+  r holding
+  while :; do sleep 3600; done
+fi
 poweroff -f
 """
 

@@ -11,6 +11,9 @@ import base64
 import datetime as dt
 import json
 import os
+import shutil
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from typing import Any
 import blake3
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lamina.cli.client import Api
 from lamina.config import ServerSettings
@@ -32,7 +36,8 @@ from lamina.errors import (
     StoreKeyError,
 )
 from lamina.flex import disk, keywrap, qemu
-from lamina.flex.client import FlexClient, KeyPins
+from lamina.flex.client import FlexClient, KeyPins, LaunchOptions
+from lamina.flex.folder import Instance
 from lamina.protocol.flex import FlexKeyPublic, FlexRestrictions
 from tests.flex.guest import Guest, build_guest, missing_tools, parse_report
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
@@ -47,7 +52,7 @@ pytestmark = [
 FAST = keywrap.KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 PASSWORD = "laptop-pass-1"
 LAMINA = [sys.executable, "-m", "lamina.cli"]
-ACCEL = "kvm" if os.environ.get("LAMINA_TEST_KVM") == "1" else "tcg"
+ACCEL: qemu.Accel = "kvm" if os.environ.get("LAMINA_TEST_KVM") == "1" else "tcg"
 
 
 @dataclass
@@ -141,9 +146,15 @@ class Flaky:
         return self.api.post(path, json, **kw)
 
 
+#: Where ``cli()``'s ``lamina`` keeps its login (``XDG_CONFIG_HOME=tmp/config``): the
+#: in-process client keeps its pins and host secret there too, as the CLI does, so an
+#: instance downloaded here opens when launched through the CLI (the host binding).
+CONFIG = Path("config") / "lamina"
+
+
 def client(tmp: Path, api: Any, clock: Clock | None = None) -> FlexClient:
     return FlexClient(
-        tmp / "flex", api, tmp / "config" / "flex-keys.json", now=clock or Clock(), kdf=FAST
+        tmp / "flex", api, tmp / CONFIG / "flex-keys.json", now=clock or Clock(), kdf=FAST
     )
 
 
@@ -206,6 +217,58 @@ def test_download_is_encrypted_complete_and_holds_no_plaintext_sector(
         assert oct(p.stat().st_mode & 0o777) == oct(0o600), p
 
 
+def test_a_client_folder_copied_to_another_computer_does_not_open(
+    srv: Srv, alice: tuple[FlexClient, str, Path], tmp_path: Path
+) -> None:
+    c, instance, tmp = alice
+    shutil.copytree(tmp / "flex", tmp_path / "flex")
+    shutil.copytree(tmp / "config", tmp_path / "config")  # even with the client secret
+    secret = tmp_path / CONFIG / "flex-host.key"
+    machine = keywrap.HostKey(secret).machine_id()
+    other = FlexClient(
+        tmp_path / "flex",
+        None,
+        tmp_path / CONFIG / "flex-keys.json",
+        kdf=FAST,
+        host=keywrap.HostKey(secret, machine_id=machine + "-elsewhere"),
+    )
+    inst = other.folder.get(instance)
+    with pytest.raises(keywrap.HostMismatchError, match="copied from another computer"):
+        other.unlock(inst, PASSWORD, inst.lease())
+    assert inst.state().failed_tries == 0  # not counted as a wrong password
+    # without the client secret (only the instance folder copied), refused too
+    (tmp_path / "config2").mkdir()
+    bare = client(tmp_path, None)
+    bare.host = keywrap.HostKey(tmp_path / "config2" / "flex-host.key")
+    with pytest.raises(keywrap.HostMismatchError):
+        bare.unlock(inst, PASSWORD, inst.lease())
+    # the same computer opens it
+    assert unwrap(c, instance)
+    same = FlexClient(tmp_path / "flex", None, tmp_path / CONFIG / "flex-keys.json", kdf=FAST)
+    key = same.unlock(inst, PASSWORD, inst.lease())
+    # a key.json of version 1 (before the host binding) opens and is rewrapped, bound here
+    salt, nonce = os.urandom(16), os.urandom(12)
+    ct = AESGCM(keywrap._argon(PASSWORD, salt, FAST)).encrypt(
+        nonce, key, keywrap.AAD_PREFIX_V1 + instance.encode()
+    )
+    b64 = base64.b64encode
+    v1 = keywrap.WrappedKey(
+        v=1,
+        time_cost=FAST.time_cost,
+        memory_kib=FAST.memory_kib,
+        parallelism=FAST.parallelism,
+        salt=b64(salt).decode(),
+        nonce=b64(nonce).decode(),
+        wrapped=b64(ct).decode(),
+    )
+    inst.key_file.write_text(v1.model_dump_json())
+    assert same.unlock(inst, PASSWORD, inst.lease()) == key
+    v2 = keywrap.WrappedKey.model_validate_json(inst.key_file.read_bytes())
+    assert v2.v == 2 and v2.host == keywrap.host_id(same.host.key())
+    with pytest.raises(keywrap.HostMismatchError):
+        other.unlock(inst, PASSWORD, inst.lease())
+
+
 def test_download_killed_midway_resumes_to_the_same_bytes(
     srv: Srv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,8 +286,14 @@ def test_download_killed_midway_resumes_to_the_same_bytes(
     (staged,) = (tmp_path / "flex" / "instances").iterdir()
     assert staged.name.startswith(".") and staged.name.endswith(".new")
 
+    # the connection drops at the fourth piece that is fetched (not zeros): the pieces before
+    # it are kept, whatever order the parallel requests complete in
+    pieces = Instance(staged).manifest().pieces
+    zero = {p.length: blake3.blake3(bytes(p.length)).hexdigest() for p in pieces}
+    cut_at = [n for n, p in enumerate(pieces) if p.blake3 != zero[p.length]][3]
+
     def cut(n: int, data: bytes) -> bytes:
-        if len(first.pieces) > 3:
+        if n >= cut_at:
             raise BackendError("the connection dropped")
         return data
 
@@ -233,7 +302,7 @@ def test_download_killed_midway_resumes_to_the_same_bytes(
         client(tmp_path, first).download(ent, PASSWORD)
     (inst_dir,) = (tmp_path / "flex" / "instances").iterdir()
     done = {int(x) for x in (inst_dir / "pieces.journal").read_text().split()}
-    assert len(done) >= 3  # zero pieces are journaled without a download
+    assert done == set(range(cut_at))  # zero pieces are journaled without a download
     # a wrong password does not continue it
     with pytest.raises(StoreKeyError):
         client(tmp_path, Flaky(api, lambda n, d: d)).download(ent, "not-it")
@@ -407,9 +476,89 @@ def test_qmp_stops_the_vm_when_the_lease_ends_while_it_runs(tmp_path: Path) -> N
                 clock,
                 grace=0.5,
                 stdout=sink,
-                on_started=lambda: clock.move(hours=2),
+                on_started=lambda _qmp: clock.move(hours=2),
             )
         assert result.stopped_for_deadline
+
+
+def spice_link(path: str) -> tuple[bytes, int]:
+    """A SPICE client's first step on the main channel (``SpiceLinkMess``): the server's
+    magic and error code (0: it would go on to ask for a ticket or accept)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(path)
+        body = struct.pack("<IBBIII", 0, 1, 0, 0, 0, 18)  # connection 0, main channel
+        s.sendall(b"REDQ" + struct.pack("<III", 2, 2, len(body)) + body)
+        head = b""
+        while len(head) < 20:
+            chunk = s.recv(20 - len(head))
+            assert chunk, "the SPICE server closed the connection"
+            head += chunk
+    return head[:4], struct.unpack("<I", head[16:20])[0]
+
+
+def test_spice_display_and_live_policy_changes_on_a_running_vm(tmp_path: Path) -> None:
+    """With a display, QEMU's SPICE server listens on the unix socket ``query-spice`` names
+    (the URI the client prints); a tighter policy reaches the running VM: the NIC's link is
+    cut and the USB redirections unplugged, and what QEMU cannot change live is named."""
+    key = keywrap.new_disk_key()
+    disk.create(tmp_path / "disk.qcow2", 1 << 20, key)
+    clock = Clock()
+    before = FlexRestrictions(clipboard=True, usb=["hid", "storage"], network="nat")
+    fds = [disk.secret_pipe(disk.passphrase(key))]
+    plan = qemu.LaunchPlan(
+        name="lamina-flex-live",
+        disk=tmp_path / "disk.qcow2",
+        key_fd=fds[0],
+        memory_mib=64,
+        cpus=1,
+        firmware="bios",
+        restrictions=before,
+        headless=False,
+        qmp_socket=tmp_path / "qmp.sock",
+        run_dir=tmp_path,
+        accel="tcg",
+    )
+    seen: dict[str, Any] = {}
+
+    def started(qmp: qemu.Qmp) -> None:
+        uri = qemu.spice_uri(qmp)
+        seen["uri"] = uri
+        seen["link"] = spice_link(uri.removeprefix("spice+unix://"))
+        peripherals = {
+            d["name"] for d in qmp.command("qom-list", path="/machine/peripheral")["return"]
+        }
+        seen["before"] = peripherals
+        seen["tighter"] = qemu.apply_live(
+            qmp, before, before.model_copy(update={"network": "none", "usb": "none"})
+        )
+        seen["after"] = {
+            d["name"] for d in qmp.command("qom-list", path="/machine/peripheral")["return"]
+        }
+        seen["refused"] = qemu.apply_live(
+            qmp, before, before.model_copy(update={"clipboard": False, "usb": ["hid"]})
+        )
+        clock.move(hours=2)
+
+    with open(os.devnull, "wb") as sink:
+        result = qemu.run(
+            qemu.build_argv(plan),
+            fds,
+            plan.qmp_socket,
+            clock.t + dt.timedelta(hours=1),
+            clock,
+            grace=0.5,
+            stdout=sink,
+            on_started=started,
+        )
+    assert result.stopped_for_deadline
+    assert seen["uri"] == f"spice+unix://{tmp_path / 'spice.sock'}"
+    assert seen["link"] == (b"REDQ", 0)
+    redir = {f"{qemu.USB_REDIR_ID}{n}" for n in range(qemu.USB_REDIR_PORTS)}
+    assert redir | {qemu.NIC_ID} <= seen["before"]
+    assert seen["tighter"] == (["the network is cut", "USB redirection is removed"], "")
+    assert not redir & seen["after"] and qemu.NIC_ID in seen["after"]
+    assert seen["refused"] == ([], "fewer USB device classes, no clipboard")
 
 
 # --- real boots ------------------------------------------------------------------------------------
@@ -560,3 +709,101 @@ def test_managed_guest_gets_its_enrollment_through_fw_cfg_and_enrolls(
     assert json.loads(cli(tmp_path, api, "flex-client", "status", *folder, "--json").stdout) == []
     gone = cli(tmp_path, api, "flex-client", "status", instance, *folder, "--json")
     assert gone.returncode == 3 and gone.stderr.startswith("error: no instance")
+
+
+def hold_qemu(tmp: Path) -> str:
+    """QEMU with the fw_cfg entry that keeps the test guest up after its report."""
+    wrapper = tmp / "qemu-hold"
+    wrapper.write_text(
+        '#!/bin/sh\nexec qemu-system-x86_64 "$@" -fw_cfg name=opt/org.lamina/test-hold,string=1\n'
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+class AdminMidRun(Flaky):
+    """The server; at each check-in of the running VM (once the guest says it is up and
+    holding, with ``wait_for_guest``), the next of the administrator's ``actions``
+    happens on the server first."""
+
+    def __init__(
+        self, api: Api, serial: Path, actions: list[Callable[[], None]], wait_for_guest: bool
+    ) -> None:
+        super().__init__(api, lambda n, d: d)
+        self.serial = serial
+        self.actions = actions
+        self.wait_for_guest = wait_for_guest
+        self.checkins = 0
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        if path.endswith("/checkin"):
+            self.checkins += 1
+            up = not self.wait_for_guest or b"LAMINA-GUEST holding" in self.serial.read_bytes()
+            if self.checkins > 1 and self.actions and up:  # the first is the launch's own
+                self.actions.pop(0)()
+        return self.api.post(path, json, **kw)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_lock_policy_and_revoke_reach_a_running_vm(srv: Srv, tmp_path: Path) -> None:
+    api = srv.user("hank")
+    srv.policy("hank-p", network="nat", usb=["hid"])
+    ent = srv.entitle("tiny-hank", "hank", "hank-p")
+    notes: list[str] = []
+    c = FlexClient(
+        tmp_path / "flex", api, tmp_path / "keys.json", now=Clock(), kdf=FAST, notify=notes.append
+    )
+    instance = c.download(ent, PASSWORD).id
+    inst = c.folder.get(instance)
+    serial = tmp_path / "serial.out"
+
+    def run(actions: list[Callable[[], None]], wait_for_guest: bool) -> qemu.RunResult:
+        c.api = AdminMidRun(api, serial, actions, wait_for_guest)
+        opts = LaunchOptions(
+            headless=True,
+            accel=ACCEL,
+            grace=1.0,
+            qemu_binary=hold_qemu(tmp_path),
+            checkin_interval=1.0,
+        )
+        with open(serial, "wb") as out:
+            opts.stdout = out
+            result = c.launch(instance, PASSWORD, opts)
+        assert not actions  # every action happened while the VM ran
+        return result
+
+    def admin(method: str, path: str, body: dict[str, Any]) -> Callable[[], None]:
+        def act() -> None:
+            r = srv.admin.request(method, path, json=body)
+            assert r.status_code == 200, r.text
+
+        return act
+
+    # a tighter policy is applied live, then a lock stops the VM with the admin's message
+    result = run(
+        [
+            admin(
+                "PUT", "/flex/policies/hank-p", {"restrictions": {"network": "none", "usb": "none"}}
+            ),
+            admin("POST", f"/flex/instances/{instance}/lock", {"message": "audit in progress"}),
+        ],
+        wait_for_guest=True,
+    )
+    assert b"LAMINA-GUEST holding" in serial.read_bytes()  # the guest was up and running
+    assert result.stopped is not None and result.stopped.reason == "locked"
+    assert "policy change applied to the running VM: the network is cut" in notes
+    assert "policy change applied to the running VM: USB redirection is removed" in notes
+    assert notes[-1] == (
+        f"the VM was stopped: instance {instance} was locked by the administrator: audit in progress"
+    )
+    assert inst.disk.exists() and inst.key_file.exists()
+    # unlocked, it runs again; a revoke stops it at once and deletes its key and disk (at
+    # the first check-in of the run: the guest's boot is not waited for again)
+    assert srv.admin.post(f"/flex/instances/{instance}/unlock", json={}).status_code == 200
+    revoke = admin("POST", f"/flex/instances/{instance}/revoke", {"message": "left"})
+    result = run([revoke], wait_for_guest=False)
+    assert result.stopped is not None and result.stopped.reason == "revoked"
+    assert "revoked by the administrator: left" in notes[-1]
+    assert not inst.disk.exists() and not inst.key_file.exists()
+    assert c.status(instance)[0]["state"] == "revoked"

@@ -10,8 +10,15 @@ import pytest
 
 from lamina.errors import ForbiddenError, IntegrityError, StoreKeyError
 from lamina.flex import keywrap
-from lamina.flex.lease import CLOCK_SKEW, accept_renewal, advance, check_state, check_time
-from lamina.flex.qemu import LaunchPlan, build_argv, usb_filter
+from lamina.flex.lease import (
+    CLOCK_SKEW,
+    accept_renewal,
+    advance,
+    check_state,
+    check_time,
+    checkin_interval,
+)
+from lamina.flex.qemu import LaunchPlan, _usb_narrowed, build_argv, usb_filter
 from lamina.protocol.flex import FlexPolicyDoc, FlexRestrictions, Lease
 
 FAST = keywrap.KdfParams(time_cost=1, memory_kib=64, parallelism=1)
@@ -41,7 +48,12 @@ def opts(argv: list[str], flag: str) -> list[str]:
 
 def test_network_none_has_no_nic_and_nat_has_a_user_nic() -> None:
     assert opts(build_argv(plan(network="none")), "-nic") == ["none"]
-    assert opts(build_argv(plan(network="nat")), "-nic") == ["user,model=virtio-net-pci"]
+    assert opts(build_argv(plan(network="none")), "-netdev") == []
+    nat = build_argv(plan(network="nat"))
+    assert opts(nat, "-nic") == []
+    assert opts(nat, "-netdev") == ["user,id=lamina-net"]
+    # the NIC is named, so a policy change can take its link down while the VM runs
+    assert "virtio-net-pci,netdev=lamina-net,id=lamina-nic" in opts(nat, "-device")
 
 
 def test_usb_none_has_no_controller_and_no_redirection() -> None:
@@ -116,22 +128,50 @@ def test_commas_in_paths_are_escaped() -> None:
 
 
 # --- key wrap -------------------------------------------------------------------------------------
-def test_key_wrap_round_trip_and_wrong_password() -> None:
+def test_key_wrap_round_trip_and_wrong_password(tmp_path: Path) -> None:
+    host = keywrap.HostKey(tmp_path / "flex-host.key", machine_id="m1").key()
     key = keywrap.new_disk_key()
-    w = keywrap.wrap(key, "correct horse", "i1", FAST)
-    assert keywrap.unwrap(w, "correct horse", "i1") == key
+    w = keywrap.wrap(key, "correct horse", "i1", host, FAST)
+    assert w.v == 2 and w.host == keywrap.host_id(host)
+    assert keywrap.unwrap(w, "correct horse", "i1", host) == key
     with pytest.raises(StoreKeyError):
-        keywrap.unwrap(w, "wrong horse", "i1")
+        keywrap.unwrap(w, "wrong horse", "i1", host)
     # a key file moved beside another instance does not open it
     with pytest.raises(StoreKeyError):
-        keywrap.unwrap(w, "correct horse", "i2")
+        keywrap.unwrap(w, "correct horse", "i2", host)
     assert key.hex() not in w.model_dump_json()
+    assert oct((tmp_path / "flex-host.key").stat().st_mode & 0o777) == oct(0o600)
 
 
-def test_key_wrap_damaged_file_is_an_integrity_error() -> None:
-    w = keywrap.wrap(keywrap.new_disk_key(), "pw", "i1", FAST)
+def test_key_wrap_is_bound_to_the_machine_id_and_the_client_secret(tmp_path: Path) -> None:
+    here = keywrap.HostKey(tmp_path / "a" / "flex-host.key", machine_id="m1")
+    w = keywrap.wrap(keywrap.new_disk_key(), "pw", "i1", here.key(), FAST)
+    same = keywrap.HostKey(tmp_path / "a" / "flex-host.key", machine_id="m1")
+    assert keywrap.unwrap(w, "pw", "i1", same.key())
+    # another machine id with the same client secret (the config copied too), or the same
+    # machine id with another client secret: refused as a copy, before any password try
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "flex-host.key").write_bytes((tmp_path / "a" / "flex-host.key").read_bytes())
+    for other in (
+        keywrap.HostKey(tmp_path / "b" / "flex-host.key", machine_id="m2"),
+        keywrap.HostKey(tmp_path / "c" / "flex-host.key", machine_id="m1"),
+    ):
+        with pytest.raises(keywrap.HostMismatchError, match="copied from another computer"):
+            keywrap.unwrap(w, "pw", "i1", other.key())
+    # even with the host id forged in the file, the kek differs: the tag fails
+    forged = w.model_copy(update={"host": keywrap.host_id(other.key())})
+    with pytest.raises(StoreKeyError):
+        keywrap.unwrap(forged, "pw", "i1", other.key())
+
+
+def test_key_wrap_damaged_file_is_an_integrity_error(tmp_path: Path) -> None:
+    host = keywrap.HostKey(tmp_path / "flex-host.key", machine_id="m1").key()
+    w = keywrap.wrap(keywrap.new_disk_key(), "pw", "i1", host, FAST)
     with pytest.raises(IntegrityError):
-        keywrap.unwrap(w.model_copy(update={"wrapped": "AAAA"}), "pw", "i1")
+        keywrap.unwrap(w.model_copy(update={"wrapped": "AAAA"}), "pw", "i1", host)
+    (tmp_path / "short.key").write_bytes(b"x" * 5)
+    with pytest.raises(IntegrityError, match="damaged"):
+        keywrap.HostKey(tmp_path / "short.key", machine_id="m1").key()
 
 
 # --- lease ----------------------------------------------------------------------------------------
@@ -203,3 +243,22 @@ def test_fw_cfg_enrollment_is_read_and_checked(tmp_path: Path) -> None:
     raw.write_bytes(b"{" * (MAX_BYTES + 1))
     with pytest.raises(IntegrityError, match="larger than"):
         read_enrollment(raw)
+
+
+def test_a_running_vm_checks_in_every_quarter_lease_within_bounds() -> None:
+    def every(seconds: int) -> float:
+        policy = FlexPolicyDoc(name="p", restrictions=FlexRestrictions(), lease_seconds=seconds)
+        return checkin_interval(lease(policy=policy))
+
+    assert every(60) == 30.0
+    assert every(600) == 150.0
+    assert every(7 * 86400) == 300.0
+
+
+def test_usb_narrowing_is_what_a_fixed_filter_cannot_follow() -> None:
+    assert _usb_narrowed("all", ["hid"])
+    assert _usb_narrowed(["hid", "storage"], ["hid"])
+    assert not _usb_narrowed(["hid"], ["hid", "storage"])  # a loosening waits
+    assert not _usb_narrowed(["hid"], "all")
+    assert not _usb_narrowed("none", ["hid"])
+    assert not _usb_narrowed(["hid"], "none")  # unplugged live instead

@@ -179,7 +179,7 @@ def launch(
         stdout=None,
     )
     result = client.launch(instance, password, opts)
-    if result.stopped_for_deadline:
+    if result.stopped is not None:  # the lease ended, or a lock, revoke or policy change came
         raise typer.Exit(1)
 
 

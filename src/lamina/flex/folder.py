@@ -1,4 +1,5 @@
-"""The client's folder and each instance's folder in it (format version 1).
+"""The client's folder and each instance's folder in it (format version 2: ``key.json``
+version 2, bound to the computer; see :mod:`.keywrap`).
 
 ::
 
@@ -7,7 +8,8 @@
         instance.json   InstanceInfo: server, entitlement, image, the server key it trusts
         manifest.json   Signed[FlexManifest] exactly as the server sent it
         lease.json      the last Signed[Lease] accepted (verified again at every read)
-        key.json        the disk key wrapped by the user's password (keywrap.WrappedKey)
+        key.json        the disk key wrapped by the user's password and this computer's
+                        host key (keywrap.WrappedKey, version 2)
         state.json      LocalState: last trusted time, failed password tries, lockout
         pieces.journal  the index of each piece written and flushed, one per line
         disk.qcow2      the LUKS-encrypted qcow2 (never plaintext)
@@ -32,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lamina.errors import IntegrityError, NotFoundError, UsageError
 from lamina.protocol.flex import FlexManifest, Lease, Signed, verify
 
-FOLDER_VERSION = 1
+FOLDER_VERSION = 2
 M = TypeVar("M", bound=BaseModel)
 ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
@@ -154,9 +156,13 @@ class Instance:
         return {int(x) for x in lines[:-1] if x.isdigit()}
 
     def mark_done(self, n: int) -> None:
+        self.mark_done_many([n])
+
+    def mark_done_many(self, ns: list[int]) -> None:
+        """Journal pieces already flushed to the disk: one append, one fsync."""
         fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, f"{n}\n".encode())
+            os.write(fd, "".join(f"{n}\n" for n in ns).encode())
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -76,3 +76,14 @@ def deadline(lease: Lease) -> dt.datetime:
     return (
         lease.lease_until if lease.expires_at is None else min(lease.lease_until, lease.expires_at)
     )
+
+
+#: Bounds of how often a running instance checks in (seconds).
+CHECKIN_MIN, CHECKIN_MAX = 30.0, 300.0
+
+
+def checkin_interval(lease: Lease) -> float:
+    """How often a running VM checks in: a quarter of the policy's lease, within
+    [30 s, 5 min], so a lock or revoke reaches it soon and the lease is renewed well
+    before it ends."""
+    return min(CHECKIN_MAX, max(CHECKIN_MIN, lease.policy.lease_seconds / 4))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from lamina.errors import BackendError
 from lamina.flex.disk import SECRET_ID, qemu_escape
@@ -36,6 +36,9 @@ USB_CLASS_CODES: dict[str, tuple[int, ...]] = {
 #: usb-redir devices (one redirected USB device each) when USB is allowed.
 USB_REDIR_PORTS = 2
 SHARE_TAG = "lamina-share"
+NETDEV_ID = "lamina-net"
+NIC_ID = "lamina-nic"
+USB_REDIR_ID = "lamina-usbredir-dev"
 ENROLL_FW_CFG = "opt/org.lamina/enroll"
 OVMF_CANDIDATES = ("/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF.fd", "/usr/share/qemu/OVMF.fd")
 
@@ -95,8 +98,16 @@ def build_argv(plan: LaunchPlan, qemu: str = "qemu-system-x86_64") -> list[str]:
         "-device",
         "virtio-blk-pci,drive=lamina-disk,bootindex=1",
     ]
-    # Network.
-    argv += ["-nic", "none"] if r.network == "none" else ["-nic", "user,model=virtio-net-pci"]
+    # Network (named, so a policy change can take the link down live).
+    if r.network == "none":
+        argv += ["-nic", "none"]
+    else:
+        argv += [
+            "-netdev",
+            f"user,id={NETDEV_ID}",
+            "-device",
+            f"virtio-net-pci,netdev={NETDEV_ID},id={NIC_ID}",
+        ]
     # USB: no controller at all, or a controller whose only devices are filtered redirections.
     if r.usb != "none":
         argv += ["-device", "qemu-xhci,id=lamina-usb"]
@@ -108,7 +119,10 @@ def build_argv(plan: LaunchPlan, qemu: str = "qemu-system-x86_64") -> list[str]:
                 argv += ["-chardev", f"socket,id={chardev},path={sock},server=on,wait=off"]
             else:
                 argv += ["-chardev", f"spicevmc,id={chardev},name=usbredir"]
-            argv += ["-device", f"usb-redir,chardev={chardev},bus=lamina-usb.0,filter={flt}"]
+            argv += [
+                "-device",
+                f"usb-redir,id={USB_REDIR_ID}{n},chardev={chardev},bus=lamina-usb.0,filter={flt}",
+            ]
     # Display, clipboard and file transfer.
     if plan.headless:
         argv += ["-display", "none", "-vga", "none", "-serial", "stdio"]
@@ -174,8 +188,11 @@ class Qmp:
             if "event" not in msg:
                 return msg
 
-    def command(self, name: str) -> dict[str, Any]:
-        self.file.write(json.dumps({"execute": name}).encode() + b"\n")
+    def command(self, name: str, /, **arguments: Any) -> dict[str, Any]:
+        msg: dict[str, Any] = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self.file.write(json.dumps(msg).encode() + b"\n")
         self.file.flush()
         reply = self._read()
         if "error" in reply:
@@ -202,10 +219,38 @@ def connect_qmp(path: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0
             time.sleep(0.05)
 
 
+StopReason = Literal["deadline", "locked", "revoked", "policy"]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why the client stopped a running VM; ``hard``: ``quit`` at once (no guest shutdown)."""
+
+    reason: StopReason
+    message: str
+    hard: bool = False
+
+
 @dataclass
 class RunResult:
     returncode: int
-    stopped_for_deadline: bool
+    stopped: Stop | None = None
+
+    @property
+    def stopped_for_deadline(self) -> bool:
+        return self.stopped is not None and self.stopped.reason == "deadline"
+
+
+class Watch(Protocol):
+    """The client's eye on a running VM: checked every ``interval`` seconds."""
+
+    interval: float
+
+    def deadline(self) -> dt.datetime | None:
+        """When the VM must stop (it may move: a check-in renews the lease)."""
+
+    def check(self, qmp: Qmp) -> Stop | None:
+        """Check in; apply what can be applied live through ``qmp``; a reason to stop, or None."""
 
 
 def run(
@@ -216,10 +261,13 @@ def run(
     now: Callable[[], dt.datetime],
     grace: float = 60.0,
     stdout: IO[bytes] | int | None = None,
-    on_started: Callable[[], None] | None = None,
+    on_started: Callable[[Qmp], None] | None = None,
+    watch: Watch | None = None,
 ) -> RunResult:
-    """Start QEMU, wait for it to end; at ``deadline`` power the guest down through QMP
-    (``system_powerdown``), and ``quit`` it if it has not stopped after ``grace`` seconds."""
+    """Start QEMU, wait for it to end; at the deadline (``watch.deadline()`` when watched)
+    power the guest down through QMP (``system_powerdown``), and ``quit`` it if it has not
+    stopped after ``grace`` seconds. Every ``watch.interval`` seconds ``watch.check`` may
+    ask for a stop: a soft one as at the deadline, a hard one by ``quit`` at once."""
     qmp_socket.unlink(missing_ok=True)
     proc = subprocess.Popen(
         argv,
@@ -230,20 +278,32 @@ def run(
     )
     for fd in pass_fds:  # QEMU holds its copies; ours must not outlive the start
         os.close(fd)
-    stopped = False
+    stopped: Stop | None = None
     qmp: Qmp | None = None
     try:
         qmp = connect_qmp(qmp_socket, proc)
         if on_started is not None:
-            on_started()
+            on_started(qmp)
+        next_check = time.monotonic() + watch.interval if watch is not None else None
         while proc.poll() is None:
-            left = None if deadline is None else (deadline - now()).total_seconds()
+            end = watch.deadline() if watch is not None else deadline
+            left = None if end is None else (end - now()).total_seconds()
             if left is not None and left <= 0:
-                stopped = True
+                stopped = Stop("deadline", "the lease ended")
                 _stop(proc, qmp, grace)
                 break
+            if watch is not None and next_check is not None and time.monotonic() >= next_check:
+                stopped = watch.check(qmp)
+                next_check = time.monotonic() + watch.interval
+                if stopped is not None:
+                    _quit(proc, qmp) if stopped.hard else _stop(proc, qmp, grace)
+                    break
+                continue
+            wait = 1.0 if left is None else min(max(left, 0.05), 1.0)
+            if next_check is not None:
+                wait = min(wait, max(next_check - time.monotonic(), 0.0))
             try:
-                proc.wait(timeout=1.0 if left is None else min(max(left, 0.05), 1.0))
+                proc.wait(timeout=wait)
             except subprocess.TimeoutExpired:
                 continue
     except BaseException as e:
@@ -262,7 +322,7 @@ def run(
         if proc.stderr:
             proc.stderr.close()
         qmp_socket.unlink(missing_ok=True)
-    if proc.returncode != 0 and not stopped:
+    if proc.returncode != 0 and stopped is None:
         raise BackendError(f"QEMU failed (exit {proc.returncode}): {err[-500:]}")
     return RunResult(proc.returncode, stopped)
 
@@ -275,9 +335,62 @@ def _stop(proc: subprocess.Popen[bytes], qmp: Qmp, grace: float) -> None:
         return
     except subprocess.TimeoutExpired:
         pass
+    _quit(proc, qmp)
+
+
+def _quit(proc: subprocess.Popen[bytes], qmp: Qmp) -> None:
     with contextlib.suppress(OSError, BackendError):
         qmp.command("quit")
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def apply_live(qmp: Qmp, old: FlexRestrictions, new: FlexRestrictions) -> tuple[list[str], str]:
+    """Apply a policy change to a running VM as far as QEMU can: ``(applied, refused)``.
+
+    Applied live: network ``nat`` → ``none`` takes the NIC's link down (``set_link``), USB
+    → ``none`` unplugs the redirections (``device_del``). A tightening QEMU cannot apply
+    while running (fewer USB classes, clipboard, drag and drop, the shared folder) is
+    named in ``refused``: the caller stops the VM. A loosening waits for the next launch.
+    """
+    applied: list[str] = []
+    refused: list[str] = []
+    if old.network != "none" and new.network == "none":
+        qmp.command("set_link", name=NIC_ID, up=False)
+        applied.append("the network is cut")
+    if old.usb != "none" and new.usb == "none":
+        for n in range(USB_REDIR_PORTS):
+            qmp.command("device_del", id=f"{USB_REDIR_ID}{n}")
+        applied.append("USB redirection is removed")
+    elif _usb_narrowed(old.usb, new.usb):
+        refused.append("fewer USB device classes")
+    if old.clipboard and not new.clipboard:
+        refused.append("no clipboard")
+    if old.drag_drop and not new.drag_drop:
+        refused.append("no drag and drop")
+    share_rank = {"off": 0, "ro": 1, "rw": 2}
+    if share_rank[new.shared_folder] < share_rank[old.shared_folder]:
+        refused.append(f"shared folder {new.shared_folder}")
+    return applied, ", ".join(refused)
+
+
+def _usb_narrowed(
+    old: Literal["none", "all"] | Sequence[str], new: Literal["none", "all"] | Sequence[str]
+) -> bool:
+    """Whether ``new`` allows USB devices that ``old`` allowed (``none`` is handled apart)."""
+    if old == "none" or new == "all":
+        return False
+    if old == "all":
+        return True
+    return new != "none" and bool(set(old) - set(new))
+
+
+def spice_uri(qmp: Qmp) -> str:
+    """Where QEMU's SPICE server listens, as QEMU itself says (``query-spice``): a unix
+    socket in the launch's private run folder (0700), so only the user can open it."""
+    info = qmp.command("query-spice").get("return", {})
+    if not info.get("enabled") or not isinstance(info.get("host"), str):
+        raise BackendError(f"QEMU's SPICE server is not listening: {info}")
+    return f"spice+unix://{info['host']}"
