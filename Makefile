@@ -8,8 +8,9 @@ RUN_VENV  := .venv-run
 RUN_STAMP := $(RUN_VENV)/.installed
 DATA   ?= ./lamina-data
 # -n auto uses every core; CI has two. Branch coverage of src/lamina (pytest-cov combines
-# the xdist workers' data).
-PYTEST_ARGS ?= -n auto --dist loadgroup --cov=lamina --cov-branch --cov-report=term
+# the xdist workers' data). The 20 slowest tests are listed at the end: the next one to
+# make cheaper (tests/conftest.py starts the heaviest first).
+PYTEST_ARGS ?= -n auto --dist loadgroup --cov=lamina --cov-branch --cov-report=term --durations=20
 
 .PHONY: install run dist test lint bench bench-load clean
 
