@@ -197,7 +197,10 @@ def _seed_from_endpoint(
     todo = [(delta, "")]
     while todo:
         tid, prefix = todo.pop()
-        for e in decode_tree(blobs.get(tid)):
+        # The delta's trees are read again by the staging that follows: kept, not
+        # downloaded again (a delivery's trees hold only what changes: small).
+        blobs.local[tid] = blobs.get(tid)
+        for e in decode_tree(blobs.local[tid]):
             rel = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
             if e.subtree is not None:
                 todo.append((e.subtree, rel))
