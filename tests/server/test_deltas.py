@@ -17,12 +17,12 @@ import pytest
 
 from lamina.agent.deltas import Candidate, fetch_deltas
 from lamina.agent.staging.apply import boot
-from lamina.agent.staging.stage import stage_layers
+from lamina.agent.staging.stage import stage_layers, stage_revert
 from lamina.agent.state import AgentState
 from lamina.agent.transport import AgentClient
 from lamina.config import ServerSettings
 from lamina.errors import IntegrityError
-from lamina.protocol.tasks import LayerApplyParams
+from lamina.protocol.tasks import LayerApplyParams, RevertParams
 from lamina.server.services.deltas import HEADER, DeltaCache, DeltaKey, cache_for, delta_for
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -168,6 +168,19 @@ def test_without_an_old_version_the_file_comes_as_chunks(server: Live, tmp_path:
     assert got["downloaded_bytes"] >= len(LIB_V2) + len(TXT_V2)
     boot(ep.state_dir, ep.root)
     assert ep.files() == _named(V2)
+
+
+def test_a_revert_brings_the_old_versions_back_as_deltas(server: Live, tmp_path: Path) -> None:
+    """A revert (and a migration's staging: the same ``stage_tree``) sends the snapshot's
+    version of each swapped file as a delta against the endpoint's current one."""
+    ep = Endpoint(server, tmp_path, V2, V1)  # the endpoint runs V2; its tree of V1
+    params = RevertParams(snapshot="v1", root=ep.v2.hex(), system_only=False)
+    received = ep.client.received_bytes
+    got = stage_revert(ep.client, ep.state, ep.state_dir, params)
+    assert got["delta_files"] == 2
+    assert ep.client.received_bytes - received <= CHANGED
+    boot(ep.state_dir, ep.root)
+    assert ep.files() == _named(V1)
 
 
 def test_a_forged_delta_is_refused_and_nothing_is_staged(server: Live, tmp_path: Path) -> None:

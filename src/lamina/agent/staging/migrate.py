@@ -105,7 +105,7 @@ def stage_migration(
     if params.versions is not None:
         summary["versions"] = list(params.versions)
         summary["labels"] = list(params.labels)
-    tx, plan = stage_tree(blobs, tree, root, state_dir, scope, st.chunking, summary)
+    tx, plan = stage_tree(blobs, tree, root, state_dir, scope, st.chunking, summary, client)
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()
     return {

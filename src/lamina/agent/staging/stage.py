@@ -101,14 +101,24 @@ def stage_tree(
     scope: RevertScope,
     chunking: ChunkingSecret,
     summary: dict[str, Any],
+    client: AgentClient | None = None,
 ) -> tuple[Transaction, RevertPlan]:
-    """Plan from the tree against the live root, then stage only what the plan swaps."""
+    """Plan from the tree against the live root, then stage only what the plan swaps.
+
+    With ``client``, the swapped files' chunks the endpoint holds at the same paths are
+    not downloaded, and files it holds another version of come as deltas."""
     plan = plan_revert(blobs.get, tree_root, root, scope, chunking)
+    swaps = [rel for op, rel in plan.ops if op == "swap"]
+    if client is not None and isinstance(blobs, BatchedBlobs) and swaps:
+        wanted = _swapped_files(blobs, tree_root, swaps)
+        summary["seeded_bytes"], summary["delta_files"] = _seed_files(
+            blobs, root, wanted, chunking, client
+        )
     tx = new_transaction(state_dir, root)
     base = tx.path.parent
     _check_devices(plan.ops, root, base)
     _check_space(base, plan.space_needed)
-    _materialise(tx, blobs, tree_root, [rel for op, rel in plan.ops if op == "swap"])
+    _materialise(tx, blobs, tree_root, swaps)
     tx.journal = {
         "v": JOURNAL_VERSION,
         "id": tx.path.name,
@@ -179,8 +189,15 @@ def stage_revert(
         scope,
         st.chunking,
         {"kind": "revert", "snapshot": params.snapshot, "system_only": system_only},
+        client,
     )
-    return {"transaction": tx.journal["id"], "operations": len(tx.journal["ops"]), **plan.public()}
+    return {
+        "transaction": tx.journal["id"],
+        "operations": len(tx.journal["ops"]),
+        "seeded_bytes": tx.journal["summary"].get("seeded_bytes", 0),
+        "delta_files": tx.journal["summary"].get("delta_files", 0),
+        **plan.public(),
+    }
 
 
 def _seed_from_endpoint(
@@ -206,6 +223,44 @@ def _seed_from_endpoint(
                 todo.append((e.subtree, rel))
             elif e.type == "file" and e.content:
                 wanted[rel] = e
+    return _seed_files(blobs, root, wanted, chunking, client)
+
+
+def _swapped_files(blobs: BatchedBlobs, tree: bytes, swaps: list[str]) -> dict[str, Entry]:
+    """The files of ``tree`` at or under the paths a plan swaps (their trees kept local)."""
+
+    def load(tid: bytes) -> list[Entry]:
+        if tid not in blobs.local:
+            blobs.local[tid] = blobs.get(tid)
+        return decode_tree(blobs.local[tid])
+
+    out: dict[str, Entry] = {}
+    for rel in swaps:
+        entries, entry = load(tree), None
+        for part in rel.split("/"):
+            entry = next((e for e in entries if e.name == os.fsencode(part)), None)
+            if entry is None:
+                break
+            entries = load(entry.subtree) if entry.subtree is not None else []
+        if entry is None:
+            continue
+        todo = [(entry, rel)]
+        while todo:
+            e, path = todo.pop()
+            if e.subtree is not None:
+                todo += [(c, f"{path}/{os.fsdecode(c.name)}") for c in load(e.subtree)]
+            elif e.type == "file" and e.content:
+                out[path] = e
+    return out
+
+
+def _seed_files(
+    blobs: BatchedBlobs,
+    root: Path,
+    wanted: dict[str, Entry],
+    chunking: ChunkingSecret,
+    client: AgentClient | None,
+) -> tuple[int, int]:
     chunker = Chunker(chunking)
     seeded = 0
     candidates: list[Candidate] = []
