@@ -18,11 +18,12 @@ import pytest
 from lamina.agent.deltas import Candidate, fetch_deltas
 from lamina.agent.staging.apply import boot
 from lamina.agent.staging.stage import stage_layers, stage_revert
-from lamina.agent.state import AgentState
+from lamina.agent.runner import Agent
+from lamina.agent.state import AgentState, save_state
 from lamina.agent.transport import AgentClient
 from lamina.config import ServerSettings
 from lamina.errors import IntegrityError
-from lamina.protocol.tasks import LayerApplyParams, RevertParams
+from lamina.protocol.tasks import LayerApplyParams, RestoreParams, RevertParams
 from lamina.server.services.deltas import HEADER, DeltaCache, DeltaKey, cache_for, delta_for
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -181,6 +182,28 @@ def test_a_revert_brings_the_old_versions_back_as_deltas(server: Live, tmp_path:
     assert ep.client.received_bytes - received <= CHANGED
     boot(ep.state_dir, ep.root)
     assert ep.files() == _named(V1)
+
+
+def test_a_restore_onto_the_endpoint_sends_changed_files_as_deltas(
+    server: Live, tmp_path: Path
+) -> None:
+    ep = Endpoint(server, tmp_path, V1, V2)
+    save_state(ep.state_dir, ep.state)
+    agent = Agent(ep.state_dir)
+    try:
+        got = agent.restore(
+            RestoreParams(
+                snapshot="v2",
+                root=ep.v2.hex(),
+                paths=["lib.so", "symbols.txt", "same.txt"],
+                overwrite=True,
+            )
+        )
+    finally:
+        agent.close()
+    assert got["delta_files"] == 2 and not got["errors"]
+    assert got["downloaded_bytes"] <= CHANGED
+    assert ep.files() == _named(V2)
 
 
 def test_a_forged_delta_is_refused_and_nothing_is_staged(server: Live, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from lamina.agent.staging.journal import (
 from lamina.agent.staging.migrate import BOOT_SET, migration_scope, stage_migration
 from lamina.agent.staging.stage import (
     revert_scope,
+    seed_paths,
     stage_delta,
     stage_layers,
     stage_revert,
@@ -73,6 +74,7 @@ __all__ = [
     "plan_revert",
     "revert_scope",
     "rollback",
+    "seed_paths",
     "stage_delta",
     "stage_layers",
     "stage_migration",

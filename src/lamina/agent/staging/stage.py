@@ -254,17 +254,42 @@ def _swapped_files(blobs: BatchedBlobs, tree: bytes, swaps: list[str]) -> dict[s
     return out
 
 
+def seed_paths(
+    client: AgentClient,
+    blobs: BatchedBlobs,
+    root: Path,
+    tree: bytes,
+    paths: list[str],
+    chunking: ChunkingSecret,
+) -> tuple[int, int]:
+    """Before restoring ``paths`` of ``tree`` onto ``root``: chunks the endpoint holds at
+    the same paths are not downloaded, files it holds another version of come as deltas.
+    Files already as the tree has them are left to the restore (it keeps them in place);
+    at most ``SEED_LIMIT`` bytes are held in memory, the rest is downloaded.
+    Returns the bytes seeded and the files sent as deltas."""
+    wanted = _swapped_files(blobs, tree, paths)
+    return _seed_files(blobs, root, wanted, chunking, client, skip_same=True, limit=SEED_LIMIT)
+
+
+#: Bytes of the endpoint's own chunks a restore holds in memory at most (``seed_paths``).
+SEED_LIMIT = 256 * 1024 * 1024
+
+
 def _seed_files(
     blobs: BatchedBlobs,
     root: Path,
     wanted: dict[str, Entry],
     chunking: ChunkingSecret,
     client: AgentClient | None,
+    skip_same: bool = False,
+    limit: int | None = None,
 ) -> tuple[int, int]:
     chunker = Chunker(chunking)
     seeded = 0
     candidates: list[Candidate] = []
     for rel, e in wanted.items():
+        if limit is not None and seeded >= limit:
+            break
         ids = set(e.chunk_ids())
         p = root / rel
         try:
@@ -273,10 +298,11 @@ def _seed_files(
             data = p.read_bytes()
         except OSError:
             continue
-        live_ids: list[bytes] = []
-        for view in chunker.cut(data):
-            bid = blob.blob_id(chunking.id_key, view)
-            live_ids.append(bid)
+        views = list(chunker.cut(data))
+        live_ids = [blob.blob_id(chunking.id_key, v) for v in views]
+        if skip_same and live_ids == e.content:
+            continue
+        for bid, view in zip(live_ids, views, strict=True):
             if bid in ids and bid not in blobs.local:
                 blobs.local[bid] = bytes(view)
                 seeded += len(view)
