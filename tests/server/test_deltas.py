@@ -16,9 +16,9 @@ import msgpack
 import pytest
 
 from lamina.agent.deltas import Candidate, fetch_deltas
+from lamina.agent.runner import Agent
 from lamina.agent.staging.apply import boot
 from lamina.agent.staging.stage import stage_layers, stage_revert
-from lamina.agent.runner import Agent
 from lamina.agent.state import AgentState, save_state
 from lamina.agent.transport import AgentClient
 from lamina.config import ServerSettings
