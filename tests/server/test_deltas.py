@@ -16,13 +16,14 @@ import msgpack
 import pytest
 
 from lamina.agent.deltas import Candidate, fetch_deltas
+from lamina.agent.runner import Agent
 from lamina.agent.staging.apply import boot
-from lamina.agent.staging.stage import stage_layers
-from lamina.agent.state import AgentState
+from lamina.agent.staging.stage import stage_layers, stage_revert
+from lamina.agent.state import AgentState, save_state
 from lamina.agent.transport import AgentClient
 from lamina.config import ServerSettings
 from lamina.errors import IntegrityError
-from lamina.protocol.tasks import LayerApplyParams
+from lamina.protocol.tasks import LayerApplyParams, RestoreParams, RevertParams
 from lamina.server.services.deltas import HEADER, DeltaCache, DeltaKey, cache_for, delta_for
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -150,9 +151,15 @@ def test_a_layer_update_of_small_edits_downloads_at_most_the_changed_bytes(
     assert ep.files() == _named(V2)
     # The deltas are cached in the server's data folder.
     cache = cache_for(server.data, 1 << 30)
+    sent = 0
     for old, new in ((LIB_V1, LIB_V2), (TXT_V1, TXT_V2)):
         key = DeltaKey(tuple(_ids(ep.chunking, old)), tuple(_ids(ep.chunking, new)))
-        assert cache.get(key) is not None
+        delta = cache.get(key)
+        assert delta is not None
+        sent += len(delta)
+    # The tree once (staging reads it several times), the deltas, a few bytes of framing.
+    [tree] = msgpack.unpackb(ep.dev.client.post("/blobs/read", json={"ids": [ep.v2.hex()]}).content)
+    assert got["downloaded_bytes"] <= sent + len(tree) + 256
 
 
 def test_without_an_old_version_the_file_comes_as_chunks(server: Live, tmp_path: Path) -> None:
@@ -161,6 +168,41 @@ def test_without_an_old_version_the_file_comes_as_chunks(server: Live, tmp_path:
     assert got["delta_files"] == 0
     assert got["downloaded_bytes"] >= len(LIB_V2) + len(TXT_V2)
     boot(ep.state_dir, ep.root)
+    assert ep.files() == _named(V2)
+
+
+def test_a_revert_brings_the_old_versions_back_as_deltas(server: Live, tmp_path: Path) -> None:
+    """A revert (and a migration's staging: the same ``stage_tree``) sends the snapshot's
+    version of each swapped file as a delta against the endpoint's current one."""
+    ep = Endpoint(server, tmp_path, V2, V1)  # the endpoint runs V2; its tree of V1
+    params = RevertParams(snapshot="v1", root=ep.v2.hex(), system_only=False)
+    received = ep.client.received_bytes
+    got = stage_revert(ep.client, ep.state, ep.state_dir, params)
+    assert got["delta_files"] == 2
+    assert ep.client.received_bytes - received <= CHANGED
+    boot(ep.state_dir, ep.root)
+    assert ep.files() == _named(V1)
+
+
+def test_a_restore_onto_the_endpoint_sends_changed_files_as_deltas(
+    server: Live, tmp_path: Path
+) -> None:
+    ep = Endpoint(server, tmp_path, V1, V2)
+    save_state(ep.state_dir, ep.state)
+    agent = Agent(ep.state_dir)
+    try:
+        got = agent.restore(
+            RestoreParams(
+                snapshot="v2",
+                root=ep.v2.hex(),
+                paths=["lib.so", "symbols.txt", "same.txt"],
+                overwrite=True,
+            )
+        )
+    finally:
+        agent.close()
+    assert got["delta_files"] == 2 and not got["errors"]
+    assert got["downloaded_bytes"] <= CHANGED
     assert ep.files() == _named(V2)
 
 

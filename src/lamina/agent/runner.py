@@ -14,7 +14,7 @@ from typing import Any
 from lamina.agent import facts, staging
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.bootcheck import BootCheck, default_check
-from lamina.agent.staging import drop, stage_layers, stage_migration, stage_revert
+from lamina.agent.staging import drop, seed_paths, stage_layers, stage_migration, stage_revert
 from lamina.agent.state import (
     AgentState,
     AgentStatus,
@@ -377,15 +377,26 @@ class Agent:
             )
         blobs = agent_blobs(self.client, self.st.chunking.id_key)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        tree = bytes.fromhex(params.root)
+        received = self.client.received_bytes
+        seeded, as_deltas = seed_paths(self.client, blobs, root, tree, paths, self.st.chunking)
         st = restore_tree(
             blobs,
-            bytes.fromhex(params.root),
+            tree,
             root,
             paths=paths,
             chunking=self.st.chunking,
             keep_aside=None if params.overwrite else f".lamina-{stamp}",
         )
-        return {"files": st.files, "bytes": st.bytes, "kept": st.kept, "errors": st.errors[:20]}
+        return {
+            "files": st.files,
+            "bytes": st.bytes,
+            "kept": st.kept,
+            "errors": st.errors[:20],
+            "seeded_bytes": seeded,
+            "delta_files": as_deltas,
+            "downloaded_bytes": self.client.received_bytes - received,
+        }
 
     def _report_applied(self) -> None:
         """`agent boot` applied what the staged task staged, and the boot is confirmed."""

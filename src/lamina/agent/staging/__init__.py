@@ -45,6 +45,7 @@ from lamina.agent.staging.migrate import (
 )
 from lamina.agent.staging.stage import (
     revert_scope,
+    seed_paths,
     stage_delta,
     stage_layers,
     stage_revert,
@@ -78,6 +79,7 @@ __all__ = [
     "plan_revert",
     "revert_scope",
     "rollback",
+    "seed_paths",
     "stage_boot_set",
     "stage_delta",
     "stage_layers",

@@ -228,6 +228,7 @@ def stage_boot_set(
     policy: PolicySettings | None,
     chunking: ChunkingSecret,
     summary: dict[str, Any],
+    client: AgentClient | None = None,
 ) -> tuple[Transaction, RevertPlan]:
     """Stage what a migration in ``mode`` lays down before the reboot. In apps-data mode
     the CVD's user-installed packages (:func:`user_packages`) come with the applications:
@@ -241,7 +242,9 @@ def stage_boot_set(
             summary["packages_carried"] = {s.name: s.version for s in carried.values()}
     scope = migration_scope(rules, mode, hardware_bound, policy, root, state_dir, extra)
     skip = descend_only(rules, mode, extra)
-    tx, plan = stage_tree(blobs, tree, root, state_dir, scope, chunking, summary, skip=skip)
+    tx, plan = stage_tree(
+        blobs, tree, root, state_dir, scope, chunking, summary, skip=skip, client=client
+    )
     if status is not None:
         _stage_status(tx, root, status)
     return tx, plan
@@ -280,6 +283,7 @@ def stage_migration(
         params.policy,
         st.chunking,
         summary,
+        client,
     )
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()

@@ -103,19 +103,28 @@ def stage_tree(
     chunking: ChunkingSecret,
     summary: dict[str, Any],
     skip: frozenset[str] = frozenset(),
+    client: AgentClient | None = None,
 ) -> tuple[Transaction, RevertPlan]:
     """Plan from the tree against the live root, then stage only what the plan swaps.
 
     ``skip``: relative paths of folders the plan walks through: their metadata is left
-    as it is and they are never removed (one the endpoint lacks is still put in place)."""
+    as it is and they are never removed (one the endpoint lacks is still put in place).
+    With ``client``, the swapped files' chunks the endpoint holds at the same paths are
+    not downloaded, and files it holds another version of come as deltas."""
     plan = plan_revert(blobs.get, tree_root, root, scope, chunking)
     if skip:
         plan.ops = [op for op in plan.ops if op[0] == "swap" or op[1] not in skip]
+    swaps = [rel for op, rel in plan.ops if op == "swap"]
+    if client is not None and isinstance(blobs, BatchedBlobs) and swaps:
+        wanted = _swapped_files(blobs, tree_root, swaps)
+        summary["seeded_bytes"], summary["delta_files"] = _seed_files(
+            blobs, root, wanted, chunking, client
+        )
     tx = new_transaction(state_dir, root)
     base = tx.path.parent
     _check_devices(plan.ops, root, base)
     _check_space(base, plan.space_needed)
-    _materialise(tx, blobs, tree_root, [rel for op, rel in plan.ops if op == "swap"])
+    _materialise(tx, blobs, tree_root, swaps)
     tx.journal = {
         "v": JOURNAL_VERSION,
         "id": tx.path.name,
@@ -187,8 +196,15 @@ def stage_revert(
         scope,
         st.chunking,
         {"kind": "revert", "snapshot": params.snapshot, "system_only": system_only},
+        client,
     )
-    return {"transaction": tx.journal["id"], "operations": len(tx.journal["ops"]), **plan.public()}
+    return {
+        "transaction": tx.journal["id"],
+        "operations": len(tx.journal["ops"]),
+        "seeded_bytes": tx.journal["summary"].get("seeded_bytes", 0),
+        "delta_files": tx.journal["summary"].get("delta_files", 0),
+        **plan.public(),
+    }
 
 
 def _seed_from_endpoint(
@@ -205,16 +221,82 @@ def _seed_from_endpoint(
     todo = [(delta, "")]
     while todo:
         tid, prefix = todo.pop()
-        for e in decode_tree(blobs.get(tid)):
+        # The delta's trees are read again by the staging that follows: kept, not
+        # downloaded again (a delivery's trees hold only what changes: small).
+        blobs.local[tid] = blobs.get(tid)
+        for e in decode_tree(blobs.local[tid]):
             rel = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
             if e.subtree is not None:
                 todo.append((e.subtree, rel))
             elif e.type == "file" and e.content:
                 wanted[rel] = e
+    return _seed_files(blobs, root, wanted, chunking, client)
+
+
+def _swapped_files(blobs: BatchedBlobs, tree: bytes, swaps: list[str]) -> dict[str, Entry]:
+    """The files of ``tree`` at or under the paths a plan swaps (their trees kept local)."""
+
+    def load(tid: bytes) -> list[Entry]:
+        if tid not in blobs.local:
+            blobs.local[tid] = blobs.get(tid)
+        return decode_tree(blobs.local[tid])
+
+    out: dict[str, Entry] = {}
+    for rel in swaps:
+        entries, entry = load(tree), None
+        for part in rel.split("/"):
+            entry = next((e for e in entries if e.name == os.fsencode(part)), None)
+            if entry is None:
+                break
+            entries = load(entry.subtree) if entry.subtree is not None else []
+        if entry is None:
+            continue
+        todo = [(entry, rel)]
+        while todo:
+            e, path = todo.pop()
+            if e.subtree is not None:
+                todo += [(c, f"{path}/{os.fsdecode(c.name)}") for c in load(e.subtree)]
+            elif e.type == "file" and e.content:
+                out[path] = e
+    return out
+
+
+def seed_paths(
+    client: AgentClient,
+    blobs: BatchedBlobs,
+    root: Path,
+    tree: bytes,
+    paths: list[str],
+    chunking: ChunkingSecret,
+) -> tuple[int, int]:
+    """Before restoring ``paths`` of ``tree`` onto ``root``: chunks the endpoint holds at
+    the same paths are not downloaded, files it holds another version of come as deltas.
+    Files already as the tree has them are left to the restore (it keeps them in place);
+    at most ``SEED_LIMIT`` bytes are held in memory, the rest is downloaded.
+    Returns the bytes seeded and the files sent as deltas."""
+    wanted = _swapped_files(blobs, tree, paths)
+    return _seed_files(blobs, root, wanted, chunking, client, skip_same=True, limit=SEED_LIMIT)
+
+
+#: Bytes of the endpoint's own chunks a restore holds in memory at most (``seed_paths``).
+SEED_LIMIT = 256 * 1024 * 1024
+
+
+def _seed_files(
+    blobs: BatchedBlobs,
+    root: Path,
+    wanted: dict[str, Entry],
+    chunking: ChunkingSecret,
+    client: AgentClient | None,
+    skip_same: bool = False,
+    limit: int | None = None,
+) -> tuple[int, int]:
     chunker = Chunker(chunking)
     seeded = 0
     candidates: list[Candidate] = []
     for rel, e in wanted.items():
+        if limit is not None and seeded >= limit:
+            break
         ids = set(e.chunk_ids())
         p = root / rel
         try:
@@ -223,10 +305,11 @@ def _seed_from_endpoint(
             data = p.read_bytes()
         except OSError:
             continue
-        live_ids: list[bytes] = []
-        for view in chunker.cut(data):
-            bid = blob.blob_id(chunking.id_key, view)
-            live_ids.append(bid)
+        views = list(chunker.cut(data))
+        live_ids = [blob.blob_id(chunking.id_key, v) for v in views]
+        if skip_same and live_ids == e.content:
+            continue
+        for bid, view in zip(live_ids, views, strict=True):
             if bid in ids and bid not in blobs.local:
                 blobs.local[bid] = bytes(view)
                 seeded += len(view)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +48,9 @@ HEADER = struct.Struct(">4sB32s")
 MAGIC = b"LMDC"
 #: Delta bytes one answer carries at most; the items after it get None (chunks).
 ANSWER_LIMIT = 32 * 1024 * 1024
+#: Deltas computed at once per server process: each holds both versions (up to
+#: 2 x 64 MiB) and a core for a second or two; other requests wait their turn.
+COMPUTING = threading.BoundedSemaphore(2)
 
 
 class DeltaKey(NamedTuple):
@@ -127,36 +131,33 @@ def cache_for(data: Path, max_bytes: int) -> DeltaCache:
     return DeltaCache(data / "deltas", max_bytes)
 
 
-def _read_file(store: Store, ids: list[bytes], have: set[bytes]) -> tuple[bytes, int] | None:
-    """The file made of these chunks and the bytes of those not in ``have``; None
-    above ``MAX_FILE``."""
-    out = bytearray()
-    need = 0
-    for bid, data in zip(ids, store.get_many(ids), strict=True):
-        out += data
-        need += len(data) if bid not in have else 0
-        if len(out) > MAX_FILE:
-            return None
-    return bytes(out), need
+def _read_file(store: Store, ids: list[bytes]) -> bytes:
+    return b"".join(store.get_many(ids))
 
 
 def delta_for(
     store: Store, cache: DeltaCache, base: list[bytes], target: list[bytes]
 ) -> bytes | None:
     """The delta from ``base`` to ``target`` if it is smaller than the target's chunks
-    the base lacks (what the device would download otherwise), else None."""
-    new = _read_file(store, target, set(base))
-    if new is None or new[1] == 0:
+    the base lacks (what the device would download otherwise), else None. Sizes come
+    from the index: versions above ``MAX_FILE`` (or not stored) get None unread."""
+    where = store.catalog.locate(set(base) | set(target))
+    if not all(i in where for i in (*base, *target)):
+        return None
+    have = set(base)
+    need = sum(where[i].raw_length for i in target if i not in have)
+    sizes = [sum(where[i].raw_length for i in ids) for ids in (base, target)]
+    if need == 0 or max(sizes) > MAX_FILE:
         return None
     key = DeltaKey(tuple(base), tuple(target))
     delta = cache.get(key)
     if delta is None:
-        old = _read_file(store, base, set())
-        if old is None:
-            return None
-        delta = make_delta(old[0], new[0])
-        cache.put(key, delta)
-    return delta if len(delta) < new[1] else None
+        with COMPUTING:
+            delta = cache.get(key)  # another request may have computed it meanwhile
+            if delta is None:
+                delta = make_delta(_read_file(store, base), _read_file(store, target))
+                cache.put(key, delta)
+    return delta if len(delta) < need else None
 
 
 def deltas_for_device(
