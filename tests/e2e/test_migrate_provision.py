@@ -57,8 +57,15 @@ def test_provision_then_migrate_os(
     did = _enroll(agent, embedded.url, token, bare, state, FACTS[2])
     agent.run("agent", "run", "--once", "--state", str(state))
 
+    # A driver pack for the HP desks: centralizing with a base layer lays it down too.
+    pack = tmp_path / "hp-pack"
+    (pack / "lib/firmware").mkdir(parents=True)
+    (pack / "lib/firmware/hp-nic.fw").write_bytes(b"\x7fHP firmware")
+    admin.json("driver", "import", "hp-fw", str(pack))
+    admin.run("driver", "profile", "create", "hp", "--pack", "hp-fw", "--match", "sys_vendor=HP")
     dry = admin.json("cvd", "provision", did, "--base", "debian-12", "--policy", "std", "--dry-run")
     assert dry["layers"] == ["debian-12:1"] and "/etc/fstab" in dry["kept_from_new_machine"]
+    assert dry["driver_packs"] == ["hp-fw:1"]
     res = admin.json(
         "cvd", "provision", did, "--base", "debian-12", "--policy", "std", "--name", "bob"
     )
@@ -69,6 +76,7 @@ def test_provision_then_migrate_os(
     assert admin.json("task", "show", res["task"])["state"] == "done"
     assert dpkg_installed(bare) == {"base-tools": "1.0"}
     assert not (bare / "usr/bin/installer-only").exists()  # cleaned to the base layer
+    assert (bare / "lib/firmware/hp-nic.fw").read_bytes() == b"\x7fHP firmware"
     assert (bare / "etc/hostname").read_text() == "bare-01\n"  # its identity stays
     assert (bare / "etc/fstab").read_text() == "UUID=3333-cccc / ext4 errors=remount-ro 0 1\n"
     assert (bare / "home/bob/todo.txt").read_text() == "bob's list\n"
@@ -109,6 +117,7 @@ def test_provision_then_migrate_os(
     args = ("cvd", "migrate", "bob", "--to", did4, "--mode", "apps-data", "--base", "debian-12")
     dry = admin.json(*args, "--dry-run")
     assert dry["blocking"] == [] and dry["layers"] == ["debian-12:1"]
+    assert dry["driver_packs"] == ["hp-fw:1"]
     res = admin.json(*args)
     agent4.run("agent", "run", "--once", "--state", str(state4))
     agent4.run("agent", "boot", "--state", str(state4))
@@ -119,6 +128,7 @@ def test_provision_then_migrate_os(
     assert (new / "usr/bin/base-tool").read_text() == "#!/bin/sh\necho 1.0\n"
     assert not (new / "usr/bin/installer-only").exists()
     assert (new / "opt/bob-app/run").read_text() == "bob's app\n"  # the applications
+    assert (new / "lib/firmware/hp-nic.fw").exists()  # the pack its profile matches
     assert (new / "home/bob/todo.txt").read_text() == "bob's list\n"  # the user data
     assert (new / "etc/hostname").read_text() == "fresh-4\n"  # its own identity
     assert (new / "etc/fstab").read_text() == "UUID=4444-dddd / ext4 errors=remount-ro 0 1\n"
