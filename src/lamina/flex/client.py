@@ -713,7 +713,10 @@ class _Running:
                 "locked", f"instance {self.inst.id} was locked by the administrator{msg}"
             )
         new = lease.policy.restrictions
-        applied, refused = qemu.apply_live(qmp, self.running, new)
+        try:
+            applied, refused = qemu.apply_live(qmp, self.running, new)
+        except BackendError as e:  # QEMU refused a live change: the VM stops instead
+            applied, refused = [], f"not applicable while it runs: {e.message}"
         if refused:
             return qemu.Stop(
                 "policy",
