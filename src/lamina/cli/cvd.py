@@ -308,6 +308,8 @@ def _print_migration(r: dict[str, Any]) -> None:
     free = human_bytes(r["disk_free"]) if r.get("disk_free") is not None else "unknown"
     typer.echo(f"  space needed {human_bytes(r['space_needed'])}, free {free}")
     typer.echo(f"  kept from the new machine: {len(r['kept_from_new_machine'])} paths")
+    if r.get("layers"):
+        typer.echo(f"  layers: {' + '.join(r['layers'])}")
     for line in r.get("network") or []:
         typer.echo(f"  network: {line}")
     for k in ("blocking", "warnings"):
