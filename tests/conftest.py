@@ -43,7 +43,9 @@ from lamina.store.repository import Store
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-STARTUP_TIMEOUT = 60.0
+# A hang guard for servers the tests start (PostgreSQL, SeaweedFS, `lamina server`), not a
+# threshold: on a loaded 2-core box a server's first start took more than a minute.
+STARTUP_TIMEOUT = 180.0
 
 
 def _log_excerpt(path: Path, head: int = 10, tail: int = 40) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import _log_excerpt, _stop_process
+from tests.conftest import STARTUP_TIMEOUT, _log_excerpt, _stop_process
 
 LAMINA = [sys.executable, "-m", "lamina.cli"]
 ADMIN_PASSWORD = "admin-password-123"
@@ -56,7 +56,17 @@ class ServerProc:
             self.proc = subprocess.Popen(
                 [*args, *self.extra, *tls], stdout=out, stderr=subprocess.STDOUT, env=env
             )
-        deadline = time.monotonic() + 60
+        try:
+            return self._wait_ready(log)
+        except BaseException:
+            # A server that did not answer in time must not outlive the test that gave up
+            # on it (on a loaded box it may still finish starting, and then run forever).
+            _stop_process(self.proc)
+            raise
+
+    def _wait_ready(self, log: Path) -> ServerProc:
+        assert self.proc is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -72,7 +82,9 @@ class ServerProc:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"lamina server did not answer in 60 s:\n{_log_excerpt(log)}")
+        raise RuntimeError(
+            f"lamina server did not answer in {STARTUP_TIMEOUT:.0f} s:\n{_log_excerpt(log)}"
+        )
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -135,16 +147,18 @@ class Deployment:
 
 
 def _deployment(tmp: Path, extra: list[str], count: int) -> Iterator[Deployment]:
-    first = ServerProc(tmp / "server-a", extra).start()
-    servers = [first]
-    # Scale-out: every server gets the same key file (copied from the first) and the same db and store.
-    for i in range(1, count):
-        data = tmp / f"server-{'abcdefg'[i]}"
-        data.mkdir()
-        (data / "keys.json").write_bytes((first.data / "keys.json").read_bytes())
-        os.chmod(data / "keys.json", 0o600)
-        servers.append(ServerProc(data, extra).start())
-    try:
+    servers: list[ServerProc] = []
+    try:  # a second server that does not start must not leave the first one running
+        first = ServerProc(tmp / "server-a", extra).start()
+        servers.append(first)
+        # Scale-out: every server gets the same key file (copied from the first) and the
+        # same db and store.
+        for i in range(1, count):
+            data = tmp / f"server-{'abcdefg'[i]}"
+            data.mkdir()
+            (data / "keys.json").write_bytes((first.data / "keys.json").read_bytes())
+            os.chmod(data / "keys.json", 0o600)
+            servers.append(ServerProc(data, extra).start())
         yield Deployment(servers, ["--data", str(first.data), *extra], tmp)
     finally:
         for s in servers:

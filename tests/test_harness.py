@@ -1,4 +1,5 @@
-"""The suite's own scheduling: the heaviest modules are collected (so started) first."""
+"""The test harness itself: the heaviest modules are collected (so started) first, and a
+server the tests start never outlives a failed start."""
 
 from __future__ import annotations
 
@@ -51,3 +52,18 @@ def test_this_session_is_ordered_heaviest_first(request: pytest.FixtureRequest) 
     weights = [module_weight[item.path] for item in items]
     assert weights == sorted(weights)
     assert request.node in items
+
+
+def test_a_server_that_does_not_answer_in_time_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ServerProc.start`` gives up after STARTUP_TIMEOUT (here none at all): the process
+    it started must not outlive it (a loaded box once kept such servers running)."""
+    from tests.e2e import conftest as e2e
+
+    monkeypatch.setattr(e2e, "STARTUP_TIMEOUT", 0.0)
+    server = e2e.ServerProc(tmp_path / "server", [])
+    with pytest.raises(RuntimeError, match="did not answer in 0 s"):
+        server.start()
+    assert server.proc is not None
+    assert server.proc.poll() is not None
