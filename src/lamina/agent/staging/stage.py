@@ -102,6 +102,7 @@ def stage_tree(
     scope: RevertScope,
     chunking: ChunkingSecret,
     summary: dict[str, Any],
+    *,
     skip: frozenset[str] = frozenset(),
     client: AgentClient | None = None,
 ) -> tuple[Transaction, RevertPlan]:
@@ -196,7 +197,7 @@ def stage_revert(
         scope,
         st.chunking,
         {"kind": "revert", "snapshot": params.snapshot, "system_only": system_only},
-        client,
+        client=client,
     )
     return {
         "transaction": tx.journal["id"],
