@@ -344,10 +344,27 @@ def test_migrate_shows_its_dry_run_then_moves_the_cvd(lab: Lab) -> None:
     assert task["kind"] == "migrate" and task["params"]["mode"] == "full"
 
 
+def test_an_api_token_made_in_the_console_acts_as_its_user(lab: Lab) -> None:
+    reader = _console(lab, "reader")
+    reader.get("/tokens")
+    page = reader.post("/tokens/api", {"name": f"report {XSS}", "days": "7"})
+    assert page.status_code == 400  # the API's name rule: no markup
+    page = reader.post("/tokens/api", {"name": "weekly report", "days": "7"})
+    assert page.status_code == 200, page.text
+    m = re.search(r'id="new-api-token" readonly value="([^"]+)"', page.text)
+    assert m, page.text
+    script = lab.live.client(m.group(1))
+    assert script.get("/cvds").status_code == 200
+    assert script.post("/policies", json={"name": "nope"}).status_code == 403  # read-only
+    (made,) = [t for t in lab.api.get("/tokens").json() if t["name"] == "weekly report"]
+    assert made["owner"] == "reader" and made["kind"] == "api"
+
+
 #: Every new state-changing console route, a form that passes its validation, and the
 #: roles that get past the permission check (anything but 403).
 ADMIN, HD = "admin", "helper"
 ROUTES: list[tuple[str, dict[str, str], set[str]]] = [
+    ("/tokens/api", {"name": "x"}, {"reader", ADMIN, HD}),
     ("/drivers/import", {"name": "x"}, {ADMIN}),
     ("/drivers/packs/X/delete", {}, {ADMIN}),
     ("/drivers/profiles", {"name": "x", "packs": "x", "matches": "sys_vendor=x"}, {ADMIN}),
