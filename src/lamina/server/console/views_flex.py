@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request, Response
 
-from lamina.errors import NotFoundError
+from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.flex import (
     FlexEntitle,
     FlexEntitlementUpdate,
@@ -27,6 +27,8 @@ from lamina.server.services import policies as cvd_policies
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 DAY = 86400
+#: Instances listed per page (a large site has thousands).
+INSTANCE_PAGE = 200
 #: The instance actions: the state each sets and its button.
 STATES = {
     "lock": (flex.LOCKED, "Lock"),
@@ -313,24 +315,43 @@ def entitlement_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
 
 # --- instances --------------------------------------------------------------------------
 @router.get("/flex/instances")
-def instance_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+def instance_list(request: Request, ctx: Ctx, actor: Actor, page: int = 1) -> Response:
+    if page < 1:
+        raise UsageError("page must be 1 or more")
+    rows = flex.list_instances(ctx.engine, actor, INSTANCE_PAGE + 1, (page - 1) * INSTANCE_PAGE)
     return render(
         request,
         "flex_instances.html",
         actor,
-        instances=flex.list_instances(ctx.engine, actor),
-        policies=flex_policies.list_policies(ctx.engine, actor)
-        if "flex.operate" in actor.permissions
-        else [],
+        instances=rows[:INSTANCE_PAGE],
+        page=page,
+        more=len(rows) > INSTANCE_PAGE,
     )
 
 
 @router.get("/flex/instances/{ref}/{action}")
 def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action: str) -> Response:
-    if action not in STATES:
+    if action not in (*STATES, "policy"):
         raise NotFoundError(f"no flex instance action {action!r}")
     actor.require("flex.operate")
     i = flex.show_instance(ctx.engine, actor, ref)
+    if action == "policy":
+        whose = "its own" if i["policy_override"] else "its entitlement's"
+        return render(
+            request,
+            "confirm.html",
+            actor,
+            title=f"Policy of instance {i['id'][:8]} of {i['user']}",
+            what=f"The {i['image']} instance of {i['user']} runs under {i['policy']} ({whose}). "
+            "The policy chosen below reaches the laptop at its next check-in.",
+            action=f"/flex/instances/{i['id']}/policy",
+            button="Set policy",
+            back="/flex/instances",
+            fields={},
+            kind="flex-policy",
+            policies=flex_policies.list_policies(ctx.engine, actor),
+            current=i["policy"] if i["policy_override"] else "",
+        )
     what = {
         "lock": "refuses to start from its next check-in on",
         "unlock": "may start again from its next check-in on",

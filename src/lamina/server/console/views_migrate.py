@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, Response
 
+from lamina.errors import UsageError
 from lamina.protocol.schemas import MigrateRequest, MigrationMode
 from lamina.server.console.views_cvd import choices
 from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
@@ -42,11 +43,22 @@ def _cvd_form(
         title=f"{TITLES[op]}: {cvd.name}",
         cvd=cvd,
         device=dashboard.device_of_cvd(ctx.engine, actor, cvd.id),
-        pending=fleet.list_devices(ctx.engine, actor, pending=True),
+        pending=_pending(ctx, actor) if op != "migrate-os" else None,
         snapshots=list(reversed(cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id))),
         bases=choices(ctx, actor)["base"],
         action=f"/cvds/{cvd.id}/{op}",
     )
+
+
+def _pending(ctx: Ctx, actor: Actor) -> dashboard.DevicePage:
+    """The first page of pending devices by hostname (the device list's one query)."""
+    query = dashboard.DeviceQuery(health="pending", size=dashboard.MAX_PAGE)
+    return dashboard.device_page(ctx.engine, actor, query)
+
+
+def _target(to: str, other: str) -> str:
+    """The target device: typed (hostname or id), else the one chosen in the list."""
+    return other.strip() or to
 
 
 def _report(
@@ -76,6 +88,8 @@ def _report(
 def _migrate_request(
     to: str, mode: MigrationMode, base: str, name: str, snapshot: str, dry_run: bool
 ) -> MigrateRequest:
+    if not to:
+        raise UsageError("choose the target device, or type its hostname")
     return MigrateRequest(
         to=to,
         mode=mode,
@@ -98,13 +112,14 @@ def migrate_preview(
     ctx: Ctx,
     actor: Actor,
     ref: str,
-    to: Annotated[str, Form(min_length=1, max_length=255)],
+    to: Annotated[str, Form(max_length=255)] = "",
+    to_other: Annotated[str, Form(max_length=255)] = "",
     mode: Annotated[MigrationMode, Form()] = "full",
     base: Annotated[str, Form(max_length=255)] = "",
     name: Annotated[str, Form(max_length=255)] = "",
     snapshot: Annotated[str, Form(max_length=64)] = "latest",
 ) -> Response:
-    req = _migrate_request(to, mode, base, name, snapshot, True)
+    req = _migrate_request(_target(to, to_other), mode, base, name, snapshot, True)
     report = migration.migrate(ctx.engine, ctx.store, actor, ref, req)
     return _report(
         request,
@@ -149,6 +164,8 @@ def restore_system_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> R
 def _restore_system(
     ctx: Ctx, actor: Actor, ref: str, to: str, snapshot: str, dry_run: bool
 ) -> dict[str, Any]:
+    if not to:
+        raise UsageError("choose the device, or type its hostname")
     req = MigrateRequest(to=to, mode="full", snapshot=snapshot or "latest", dry_run=dry_run)
     return migration.migrate(ctx.engine, ctx.store, actor, ref, req, same_device=True)
 
@@ -159,10 +176,11 @@ def restore_system_preview(
     ctx: Ctx,
     actor: Actor,
     ref: str,
-    to: Annotated[str, Form(min_length=1, max_length=255)],
+    to: Annotated[str, Form(max_length=255)] = "",
+    to_other: Annotated[str, Form(max_length=255)] = "",
     snapshot: Annotated[str, Form(max_length=64)] = "latest",
 ) -> Response:
-    report = _restore_system(ctx, actor, ref, to, snapshot, True)
+    report = _restore_system(ctx, actor, ref, _target(to, to_other), snapshot, True)
     return _report(
         request,
         actor,
