@@ -399,6 +399,7 @@ FORMS: list[tuple[str, set[str]]] = [
     ("/flex/policies/X/delete", {ADMIN}),
     ("/flex/entitlements/X/delete", {ADMIN}),
     ("/flex/instances/X/revoke", {ADMIN, HD}),
+    ("/flex/instances/X/policy", {ADMIN, HD}),
     ("/groups/X/delete", {ADMIN}),
     ("/cvds/X/migrate", {ADMIN, HD}),
     ("/cvds/X/restore-system", {ADMIN, HD}),
