@@ -3,8 +3,9 @@
 Log in, create a policy and an enrollment token, see the pending device on the
 dashboard, centralize it, watch its first sync finish on the Tasks page, browse
 the snapshot and download a file and folders (bytes compared), capture a base
-layer, read the assignment's dry run and assign it; then a read-only user's
-view. axe-core runs on every page (no serious or critical violation), no page
+layer, read the assignment's dry run and assign it; import a driver pack and test
+a profile, read a migration's and a provisioning's dry run, make a flex policy and
+a group; then a read-only user's view. axe-core runs on every page (no serious or critical violation), no page
 logs a CSP violation, and no user text (a hostname, a file name, audit entries
 with ``<script>``) runs as script. Screenshots go to docs/console/.
 """
@@ -215,6 +216,77 @@ def test_an_administrators_day_in_chromium(
     expect(page.get_by_role("heading", name="Task layer-apply")).to_be_visible()
     assert len(a_tasks(server, "layer-apply")) == 2
 
+    # The driver library: a pack imported from its .tar, a profile for the hostile model,
+    # and its test listing the device it matches.
+    b.go("/drivers")
+    expect(page.get_by_text("No driver pack yet")).to_be_visible()
+    pack = tmp_path / "rtl.tar"
+    with tarfile.open(pack, "w") as t:
+        fw = b"fw" * 100
+        info = tarfile.TarInfo("lib/firmware/rtl_nic/rtl8168h-2.fw")
+        info.size = len(fw)
+        t.addfile(info, io.BytesIO(fw))
+    page.get_by_label("Pack name").fill("rtl")
+    page.get_by_label("Archive").set_input_files(str(pack))
+    page.get_by_role("button", name="Import pack", exact=True).click()
+    expect(page.get_by_role("heading", name="Driver pack rtl")).to_be_visible()
+    b.check("driver-pack")
+    b.go("/drivers")
+    page.get_by_label("Name", exact=True).fill("hostile-model")
+    page.get_by_role("textbox", name=re.compile("^Packs")).fill("rtl")
+    page.get_by_role("textbox", name=re.compile("^Matches")).fill("model=<script>*")
+    page.locator("#prof-notes").fill(XSS)
+    page.get_by_role("button", name="Create profile", exact=True).click()
+    expect(page.get_by_role("heading", name="Driver profile hostile-model")).to_be_visible()
+    page.get_by_role("link", name="Test: devices it matches").click()
+    expect(page.get_by_role("listitem").filter(has_text="xss-01")).to_have_count(1)
+    b.check("driver-profile")
+    b.go("/drivers")
+    b.check("drivers")
+
+    # Migrate desk-01 onto the pending xss-01: the dry run read (the pack its hardware gets,
+    # the hardware-bound paths it keeps), not confirmed. Then provisioning's dry run.
+    page.goto(cvd_url)
+    page.get_by_role("link", name="Migrate", exact=True).click()
+    b.check("migrate")
+    page.get_by_role("button", name="Dry run", exact=True).click()
+    expect(page.get_by_role("heading", name="Dry run: Migrate desk-01 to xss-01")).to_be_visible()
+    expect(page.get_by_role("definition").filter(has_text="rtl")).to_have_count(1)
+    expect(page.get_by_role("heading", name=re.compile("^Hardware-bound"))).to_be_visible()
+    expect(page.get_by_role("button", name="Migrate", exact=True)).to_be_visible()
+    b.check("migrate-dry-run")
+    assert a_tasks(server, "migrate") == []
+    b.go("/devices?state=pending")
+    page.get_by_role("link", name="Provision xss-01", exact=True).click()
+    expect(page.get_by_role("heading", name="Hardware", exact=True)).to_be_visible()
+    b.check("provision")
+    page.get_by_role("button", name="Dry run", exact=True).click()
+    expect(page.get_by_role("heading", name="Dry run: Provision xss-01")).to_be_visible()
+    b.check()
+
+    # Flex: a restriction policy and a group made from their pages; every flex page checked.
+    b.go("/flex")
+    expect(page.get_by_text("No flex image yet")).to_be_visible()
+    b.check("flex-images")
+    b.go("/flex/policies")
+    page.get_by_label("Name", exact=True).fill("strict")
+    page.get_by_label("Shared folder").select_option("ro")
+    page.get_by_label("Message shown to the user at start").fill(XSS)
+    page.get_by_role("button", name="Create policy", exact=True).click()
+    expect(page.get_by_role("heading", name="Flex policy strict")).to_be_visible()
+    expect(page.get_by_role("definition").filter(has_text=XSS)).to_have_count(1)
+    b.check("flex-policy")
+    b.go("/groups")
+    page.get_by_label("Name", exact=True).fill("field")
+    page.get_by_label("Members").fill("admin")
+    page.get_by_role("button", name="Create group", exact=True).click()
+    expect(page.get_by_role("cell", name="field", exact=True)).to_be_visible()
+    b.check("groups")
+    for path, shot in (("/flex/policies", "flex-policies"), ("/flex/entitlements",
+                       "flex-entitlements"), ("/flex/instances", "flex-instances")):  # fmt: skip
+        b.go(path)
+        b.check(shot)
+
     # An event on the dashboard, acknowledged from there.
     record_event(server, "error", "desk-01", f"disk failing {XSS}")
     b.go("/")
@@ -303,6 +375,10 @@ def test_an_administrators_day_in_chromium(
     b.go("/tokens")
     expect(page.get_by_role("button", name=re.compile("^Revoke"))).to_have_count(0)
     b.check()
+    for path in ("/drivers", "/flex/policies", "/groups"):
+        b.go(path)
+        expect(page.locator("main form")).to_have_count(0)  # no action of any kind
+        b.check()
 
 
 def a_tasks(server: ServerProc, kind: str) -> list[dict[str, object]]:

@@ -92,6 +92,10 @@ def fleet(shared_server: ServerProc) -> dict[str, str]:
 ACTION_WORDS = (
     "Centralize",
     "Reject",
+    "Provision",
+    "Migrate",
+    "Restore system",
+    "Migrate OS",
     "Sync now",
     "Assign layers",
     "Archive",

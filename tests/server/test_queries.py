@@ -11,10 +11,31 @@ from sqlalchemy import Engine, event, insert
 
 from lamina.db.engine import make_engine, write_tx
 from lamina.db.migrate import upgrade
-from lamina.db.models import collection_members, collections, cvds, devices, policies, snapshots
+from lamina.db.models import (
+    collection_members,
+    collections,
+    cvds,
+    devices,
+    driver_profiles,
+    flex_entitlement_subjects,
+    flex_entitlements,
+    flex_image_versions,
+    flex_images,
+    flex_instances,
+    flex_policies,
+    layer_versions,
+    layers,
+    policies,
+    snapshots,
+    user_group_members,
+    user_groups,
+    users,
+)
 from lamina.server.security import Principal
 from lamina.server.services import collections as coll_service
-from lamina.server.services import dashboard, fleet
+from lamina.server.services import dashboard, drivers, fleet, flex, groups
+from lamina.server.services import flex_images as image_service
+from lamina.server.services import flex_policies as flex_policy_service
 
 READER = Principal("user", "u", "reader", "readonly", frozenset({"read"}))
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -123,3 +144,93 @@ def test_the_pages_show_what_the_rows_hold(engine: Engine) -> None:
     assert [d.cvd_id for d in fleet.list_devices(engine, READER)] == ["c0", "c1", "c2"]
     groups = {g["name"]: g["members"] for g in coll_service.list_collections(engine, READER)}
     assert groups == {"all": ["cvd-0", "cvd-1", "cvd-2"], "debian": ["cvd-1"]}
+
+
+def add_library(engine: Engine, first: int, n: int) -> None:
+    """``n`` of each row the driver library and flex pages list: a driver pack of two
+    versions and a profile naming it; a user in a group; a flex image of two versions,
+    a flex policy, an entitlement for the user and the group, and an instance of it."""
+    with write_tx(engine) as c:
+        for i in range(first, first + n):
+            c.execute(
+                insert(layers).values(id=f"l{i}", name=f"pack-{i}", kind="driver", created=NOW)
+            )
+            for v in (1, 2):
+                c.execute(
+                    insert(layer_versions).values(
+                        id=f"lv{i}-{v}", layer_id=f"l{i}", version=v, created=NOW, root=bytes(32),
+                        whiteouts=[], notes="", files=1, bytes=1, apps={},
+                    )
+                )  # fmt: skip
+            c.execute(
+                insert(driver_profiles).values(
+                    id=f"dp{i}", name=f"prof-{i}", os_family=None, notes="", created=NOW,
+                    updated=NOW, packs=[{"name": f"pack-{i}", "version": None}],
+                    matches=["sys_vendor=LENOVO"],
+                )
+            )  # fmt: skip
+            c.execute(
+                insert(users).values(
+                    id=f"u{i}", name=f"user-{i}", password_hash="x", role="flex-user",
+                    disabled=False, created=NOW,
+                )
+            )  # fmt: skip
+            c.execute(insert(user_groups).values(id=f"g{i}", name=f"group-{i}", created=NOW))
+            c.execute(insert(user_group_members).values(group_id=f"g{i}", user_id=f"u{i}"))
+            c.execute(insert(flex_images).values(id=f"fi{i}", name=f"image-{i}", created=NOW))
+            for v in (1, 2):
+                c.execute(
+                    insert(flex_image_versions).values(
+                        id=f"fv{i}-{v}", image_id=f"fi{i}", version=v, created=NOW, size=1,
+                        memory_mib=1024, cpus=1, firmware="bios", snapshot_id="s", pieces=[],
+                        source={},
+                    )
+                )  # fmt: skip
+            c.execute(
+                insert(flex_policies).values(
+                    id=f"fp{i}", name=f"fpol-{i}", restrictions={}, lease_seconds=3600,
+                    created=NOW, updated=NOW,
+                )
+            )  # fmt: skip
+            c.execute(
+                insert(flex_entitlements).values(
+                    id=f"fe{i}", name=f"ent-{i}", image_id=f"fi{i}", policy_id=f"fp{i}",
+                    manage=False, layers={}, created=NOW,
+                )
+            )  # fmt: skip
+            for kind, subject in (("user", f"u{i}"), ("group", f"g{i}")):
+                c.execute(
+                    insert(flex_entitlement_subjects).values(
+                        entitlement_id=f"fe{i}", kind=kind, subject_id=subject
+                    )
+                )
+            c.execute(
+                insert(flex_instances).values(
+                    id=f"in{i}", entitlement_id=f"fe{i}", user_id=f"u{i}", version_id=f"fv{i}-2",
+                    state="active", message="", client="lap", created=NOW,
+                )
+            )  # fmt: skip
+
+
+#: The console's driver library and flex pages (``views_drivers``, ``views_flex``).
+LIBRARY: dict[str, Callable[[Engine], object]] = {
+    "list_packs": lambda e: drivers.list_packs(e, READER),
+    "list_profiles": lambda e: drivers.list_profiles(e, READER),
+    "list_images": lambda e: image_service.list_images(e, READER),
+    "list_flex_policies": lambda e: flex_policy_service.list_policies(e, READER),
+    "list_entitlements": lambda e: flex.list_entitlements(e, READER),
+    "list_instances": lambda e: flex.list_instances(e, READER),
+    "list_groups": lambda e: groups.list_groups(e, READER),
+}
+
+
+@pytest.mark.parametrize("page", sorted(LIBRARY))
+def test_a_library_page_costs_the_same_queries_for_2_rows_as_for_8(
+    engine: Engine, page: str
+) -> None:
+    add_library(engine, 0, 2)
+    small = queries(engine, lambda: LIBRARY[page](engine))
+    add_library(engine, 2, 6)
+    listed = LIBRARY[page](engine)
+    assert isinstance(listed, list) and len(listed) == 8
+    assert queries(engine, lambda: LIBRARY[page](engine)) == small

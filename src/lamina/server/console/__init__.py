@@ -9,13 +9,27 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from lamina.server.console import views_admin, views_cvd, views_fleet
+from lamina.server.console import (
+    views_admin,
+    views_cvd,
+    views_drivers,
+    views_fleet,
+    views_flex,
+    views_migrate,
+)
 from lamina.server.console.web import HERE, SecurityHeaders
 
 
 def mount(app: FastAPI) -> None:
     """Serve the console at ``/`` (its static files under ``/static``)."""
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for r in (views_fleet.router, views_cvd.router, views_admin.router):
+    for r in (
+        views_fleet.router,
+        views_cvd.router,
+        views_admin.router,
+        views_drivers.router,
+        views_flex.router,
+        views_migrate.router,
+    ):
         app.include_router(r)
     app.add_middleware(SecurityHeaders)

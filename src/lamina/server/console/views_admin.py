@@ -10,6 +10,7 @@ from fastapi import APIRouter, Form, Request, Response
 
 from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import (
+    ApiTokenCreate,
     PasswordChange,
     PolicyCreate,
     PolicySettings,
@@ -400,7 +401,9 @@ def user_password(
     return see_other("/users")
 
 
-def _token_page(request: Request, ctx: Ctx, actor: Actor, created: Any = None) -> Response:
+def _token_page(
+    request: Request, ctx: Ctx, actor: Actor, created: Any = None, api_token: Any = None
+) -> Response:
     return render(
         request,
         "tokens.html",
@@ -410,6 +413,7 @@ def _token_page(request: Request, ctx: Ctx, actor: Actor, created: Any = None) -
         if "device.write" in actor.permissions
         else [],
         created=created,
+        api_token=api_token,
     )
 
 
@@ -436,6 +440,20 @@ def token_create(
         ),
     )
     return _token_page(request, ctx, actor, created=token)
+
+
+@router.post("/tokens/api")
+def api_token_create(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    days: Annotated[int, Form(ge=1, le=366)] = 90,
+) -> Response:
+    """``lamina token api``: a token for scripts acting as the logged-in user, shown once."""
+    req = ApiTokenCreate(name=name.strip(), expires_in=days * 86400)
+    made = users.create_api_token(ctx.engine, actor, req)
+    return _token_page(request, ctx, actor, api_token=made)
 
 
 @router.post("/tokens/{token_id}/revoke")

@@ -75,12 +75,15 @@ def _version_public(r: Any) -> dict[str, Any]:
     }
 
 
-def _pack_public(c: Connection, r: Any) -> dict[str, Any]:
-    vs = c.execute(
-        select(layer_versions)
-        .where(layer_versions.c.layer_id == r.id)
-        .order_by(layer_versions.c.version)
-    ).all()
+def _pack_public(c: Connection, r: Any, vs: list[Any] | None = None) -> dict[str, Any]:
+    if vs is None:
+        vs = list(
+            c.execute(
+                select(layer_versions)
+                .where(layer_versions.c.layer_id == r.id)
+                .order_by(layer_versions.c.version)
+            )
+        )
     return {
         "id": r.id,
         "name": r.name,
@@ -99,8 +102,18 @@ def _find_pack(c: Connection, ref: str) -> Any:
 def list_packs(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
     actor.require("read")
     with read_tx(engine) as c:
-        rows = c.execute(select(layers).where(layers.c.kind == DRIVER).order_by(layers.c.name))
-        return [_pack_public(c, r) for r in rows]
+        rows = list(
+            c.execute(select(layers).where(layers.c.kind == DRIVER).order_by(layers.c.name))
+        )
+        by: dict[str, list[Any]] = {r.id: [] for r in rows}
+        for v in c.execute(  # one query for every pack's versions, not one per pack
+            select(layer_versions)
+            .join(layers, layers.c.id == layer_versions.c.layer_id)
+            .where(layers.c.kind == DRIVER)
+            .order_by(layer_versions.c.version)
+        ):
+            by[v.layer_id].append(v)
+        return [_pack_public(c, r, by[r.id]) for r in rows]
 
 
 def show_pack(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:

@@ -230,7 +230,9 @@ def delete_entitlement(engine: Engine, actor: Principal, ref: str) -> None:
 
 
 # --- instances: the admin's view ----------------------------------------------------------
-def _instance_rows(c: Connection, where: Any = None) -> list[Any]:
+def _instance_rows(
+    c: Connection, where: Any = None, limit: int | None = None, offset: int = 0
+) -> list[Any]:
     """Instances joined with what their public form names: one query."""
     eff = flex_policies.alias("eff")
     q = (
@@ -253,7 +255,8 @@ def _instance_rows(c: Connection, where: Any = None) -> list[Any]:
     )
     if where is not None:
         q = q.where(where)
-    return list(c.execute(q.order_by(flex_instances.c.created)))
+    q = q.order_by(flex_instances.c.created, flex_instances.c.id).offset(offset).limit(limit)
+    return list(c.execute(q))
 
 
 def _instance_public(r: Any) -> dict[str, Any]:
@@ -274,10 +277,13 @@ def _instance_public(r: Any) -> dict[str, Any]:
     }
 
 
-def list_instances(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_instances(
+    engine: Engine, actor: Principal, limit: int | None = None, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Every instance, oldest first; ``limit``/``offset``: one page of them (the console's)."""
     actor.require("read")
     with read_tx(engine) as c:
-        return [_instance_public(r) for r in _instance_rows(c)]
+        return [_instance_public(r) for r in _instance_rows(c, None, limit, offset)]
 
 
 def _find_instance(c: Connection, ref: str) -> Any:

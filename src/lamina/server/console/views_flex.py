@@ -1,0 +1,446 @@
+"""Flex: images (register by URL, versions, delete), restriction policies, entitlements,
+instances (lock, unlock, revoke with a message for the user; policy override) and user groups.
+
+Each view calls the function the API's ``/api/v1/flex/*`` and ``/groups`` routes call.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Request, Response
+
+from lamina.errors import NotFoundError, UsageError
+from lamina.protocol.flex import (
+    FlexEntitle,
+    FlexEntitlementUpdate,
+    FlexPolicyCreate,
+    FlexPolicyUpdate,
+    FlexRegisterUrl,
+    GroupCreate,
+)
+from lamina.server.console.views_drivers import lines
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.services import flex, flex_images, flex_policies, groups
+from lamina.server.services import policies as cvd_policies
+
+router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+DAY = 86400
+#: Instances listed per page (a large site has thousands).
+INSTANCE_PAGE = 200
+#: The instance actions: the state each sets and its button.
+STATES = {
+    "lock": (flex.LOCKED, "Lock"),
+    "unlock": (flex.ACTIVE, "Unlock"),
+    "revoke": (flex.REVOKED, "Revoke"),
+}
+
+
+# --- images -----------------------------------------------------------------------------
+@router.get("/flex")
+def image_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(
+        request, "flex_images.html", actor, images=flex_images.list_images(ctx.engine, actor)
+    )
+
+
+@router.post("/flex/images")
+def image_register(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    url: Annotated[str, Form()],
+    sha256: Annotated[str, Form()],
+    memory_mib: Annotated[int, Form()] = 1024,
+    cpus: Annotated[int, Form()] = 1,
+    firmware: Annotated[Literal["bios", "uefi"], Form()] = "bios",
+) -> Response:
+    """The API's register-by-URL: the server fetches the image and checks its SHA-256."""
+    actor.require("flex.admin")
+    req = FlexRegisterUrl(
+        url=url.strip(), sha256=sha256.strip(), memory_mib=memory_mib, cpus=cpus, firmware=firmware
+    )
+    work = flex_images.tmp_dir(ctx.settings.data)
+    disk = work / f"{secrets.token_hex(8)}.fetch"
+    try:
+        flex_images.fetch(req.url, req.sha256, disk)
+        img = flex_images.register(
+            ctx.engine,
+            ctx.store,
+            actor,
+            name.strip(),
+            disk,
+            work,
+            req.memory_mib,
+            req.cpus,
+            req.firmware,
+            {"kind": "url", "url": req.url, "sha256": req.sha256.lower()},
+        )
+    finally:
+        disk.unlink(missing_ok=True)
+    return see_other(f"/flex/images/{img['id']}")
+
+
+@router.get("/flex/images/{ref}")
+def image_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return render(
+        request, "flex_image.html", actor, image=flex_images.show_image(ctx.engine, actor, ref)
+    )
+
+
+@router.get("/flex/images/{ref}/delete")
+def image_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    actor.require("flex.admin")
+    img = flex_images.show_image(ctx.engine, actor, ref)
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"Delete flex image {img['name']}",
+        what=(
+            f"The image {img['name']} and its {len(img['versions'])} version(s) are deleted "
+            "from the server. This is refused while an entitlement names it."
+        ),
+        action=f"/flex/images/{img['id']}/delete",
+        button="Delete image",
+        back=f"/flex/images/{img['id']}",
+        fields={},
+    )
+
+
+@router.post("/flex/images/{ref}/delete")
+def image_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
+    flex_images.delete_image(ctx.engine, ctx.store, actor, ref)
+    return see_other("/flex")
+
+
+# --- policies ---------------------------------------------------------------------------
+def _restrictions(
+    clipboard: str,
+    drag_drop: str,
+    usb: str,
+    shared_folder: str,
+    network: str,
+    message: str,
+    tries: int,
+) -> dict[str, Any]:
+    return {
+        "clipboard": bool(clipboard),
+        "drag_drop": bool(drag_drop),
+        "usb": usb,
+        "shared_folder": shared_folder,
+        "network": network,
+        "message": message.strip(),
+        "max_password_tries": tries,
+    }
+
+
+Check = Annotated[str, Form()]
+
+
+@router.get("/flex/policies")
+def policy_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(
+        request,
+        "flex_policies.html",
+        actor,
+        policies=flex_policies.list_policies(ctx.engine, actor),
+    )
+
+
+@router.post("/flex/policies")
+def policy_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    usb: Annotated[str, Form()] = "none",
+    shared_folder: Annotated[str, Form()] = "off",
+    network: Annotated[str, Form()] = "nat",
+    message: Annotated[str, Form(max_length=4096)] = "",
+    max_password_tries: Annotated[int, Form()] = 3,
+    valid_days: Annotated[int | None, Form()] = None,
+    lease_days: Annotated[int, Form()] = 7,
+    clipboard: Check = "",
+    drag_drop: Check = "",
+) -> Response:
+    req = FlexPolicyCreate(
+        name=name.strip(),
+        restrictions=_restrictions(
+            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries
+        ),
+        valid_for=valid_days * DAY if valid_days else None,
+        lease_seconds=lease_days * DAY,
+    )
+    p = flex_policies.create_policy(ctx.engine, actor, req)
+    return see_other(f"/flex/policies/{p['id']}")
+
+
+@router.get("/flex/policies/{ref}")
+def policy_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return render(
+        request, "flex_policy.html", actor, policy=flex_policies.show_policy(ctx.engine, actor, ref)
+    )
+
+
+@router.post("/flex/policies/{ref}")
+def policy_update(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    usb: Annotated[str, Form()] = "none",
+    shared_folder: Annotated[str, Form()] = "off",
+    network: Annotated[str, Form()] = "nat",
+    message: Annotated[str, Form(max_length=4096)] = "",
+    max_password_tries: Annotated[int, Form()] = 3,
+    valid_days: Annotated[int | None, Form()] = None,
+    lease_days: Annotated[int, Form()] = 7,
+    clipboard: Check = "",
+    drag_drop: Check = "",
+) -> Response:
+    req = FlexPolicyUpdate(
+        restrictions=_restrictions(
+            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries
+        ),
+        valid_for=valid_days * DAY if valid_days else None,
+        no_expiry=not valid_days,
+        lease_seconds=lease_days * DAY,
+    )
+    p = flex_policies.update_policy(ctx.engine, actor, ref, req)
+    return see_other(f"/flex/policies/{p['id']}")
+
+
+@router.get("/flex/policies/{ref}/delete")
+def policy_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    actor.require("flex.admin")
+    p = flex_policies.show_policy(ctx.engine, actor, ref)
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"Delete flex policy {p['name']}",
+        what=f"The flex policy {p['name']} is deleted. This is refused while an entitlement or "
+        "an instance uses it.",
+        action=f"/flex/policies/{p['id']}/delete",
+        button="Delete policy",
+        back=f"/flex/policies/{p['id']}",
+        fields={},
+    )
+
+
+@router.post("/flex/policies/{ref}/delete")
+def policy_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
+    flex_policies.delete_policy(ctx.engine, actor, ref)
+    return see_other("/flex/policies")
+
+
+# --- entitlements -----------------------------------------------------------------------
+@router.get("/flex/entitlements")
+def entitlement_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    admin = "flex.admin" in actor.permissions
+    return render(
+        request,
+        "flex_entitlements.html",
+        actor,
+        entitlements=flex.list_entitlements(ctx.engine, actor),
+        images=flex_images.list_images(ctx.engine, actor) if admin else [],
+        policies=flex_policies.list_policies(ctx.engine, actor) if admin else [],
+        cvd_policies=cvd_policies.list_policies(ctx.engine, actor) if admin else [],
+    )
+
+
+@router.post("/flex/entitlements")
+def entitlement_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    image: Annotated[str, Form(min_length=1, max_length=140)],
+    policy: Annotated[str, Form(min_length=1, max_length=128)],
+    users: Annotated[str, Form(max_length=100_000)] = "",
+    groups: Annotated[str, Form(max_length=100_000)] = "",
+    manage: Check = "",
+    cvd_policy: Annotated[str, Form(max_length=128)] = "",
+    base: Annotated[str, Form(max_length=255)] = "",
+) -> Response:
+    req = FlexEntitle(
+        name=name.strip(),
+        image=image.strip(),
+        policy=policy.strip(),
+        users=lines(users),
+        groups=lines(groups),
+        manage=bool(manage),
+        cvd_policy=cvd_policy.strip() or None,
+        base=base.strip() or None,
+    )
+    flex.entitle(ctx.engine, actor, req)
+    return see_other("/flex/entitlements")
+
+
+@router.post("/flex/entitlements/{ref}")
+def entitlement_update(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    users: Annotated[str, Form(max_length=100_000)] = "",
+    groups: Annotated[str, Form(max_length=100_000)] = "",
+) -> Response:
+    req = FlexEntitlementUpdate(users=lines(users), groups=lines(groups))
+    flex.update_entitlement(ctx.engine, actor, ref, req)
+    return see_other("/flex/entitlements")
+
+
+@router.get("/flex/entitlements/{ref}/delete")
+def entitlement_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    actor.require("flex.admin")
+    e = flex.show_entitlement(ctx.engine, actor, ref)
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"Delete entitlement {e['name']}",
+        what=f"The entitlement {e['name']} is deleted: its users can no longer create an "
+        f"instance of {e['image']}. This is refused while one of its instances is not revoked.",
+        action=f"/flex/entitlements/{e['id']}/delete",
+        button="Delete entitlement",
+        back="/flex/entitlements",
+        fields={},
+    )
+
+
+@router.post("/flex/entitlements/{ref}/delete")
+def entitlement_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
+    flex.delete_entitlement(ctx.engine, actor, ref)
+    return see_other("/flex/entitlements")
+
+
+# --- instances --------------------------------------------------------------------------
+@router.get("/flex/instances")
+def instance_list(request: Request, ctx: Ctx, actor: Actor, page: int = 1) -> Response:
+    if page < 1:
+        raise UsageError("page must be 1 or more")
+    rows = flex.list_instances(ctx.engine, actor, INSTANCE_PAGE + 1, (page - 1) * INSTANCE_PAGE)
+    return render(
+        request,
+        "flex_instances.html",
+        actor,
+        instances=rows[:INSTANCE_PAGE],
+        page=page,
+        more=len(rows) > INSTANCE_PAGE,
+    )
+
+
+@router.get("/flex/instances/{ref}/{action}")
+def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action: str) -> Response:
+    if action not in (*STATES, "policy"):
+        raise NotFoundError(f"no flex instance action {action!r}")
+    actor.require("flex.operate")
+    i = flex.show_instance(ctx.engine, actor, ref)
+    if action == "policy":
+        whose = "its own" if i["policy_override"] else "its entitlement's"
+        return render(
+            request,
+            "confirm.html",
+            actor,
+            title=f"Policy of instance {i['id'][:8]} of {i['user']}",
+            what=f"The {i['image']} instance of {i['user']} runs under {i['policy']} ({whose}). "
+            "The policy chosen below reaches the laptop at its next check-in.",
+            action=f"/flex/instances/{i['id']}/policy",
+            button="Set policy",
+            back="/flex/instances",
+            fields={},
+            kind="flex-policy",
+            policies=flex_policies.list_policies(ctx.engine, actor),
+            current=i["policy"] if i["policy_override"] else "",
+        )
+    what = {
+        "lock": "refuses to start from its next check-in on",
+        "unlock": "may start again from its next check-in on",
+        "revoke": "is deleted from the laptop at its next check-in, for good",
+    }[action]
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"{STATES[action][1]} instance {i['id'][:8]} of {i['user']}",
+        what=f"The {i['image']} instance of {i['user']} {what}. The message below is shown to "
+        "them.",
+        action=f"/flex/instances/{i['id']}/{action}",
+        button=STATES[action][1],
+        back="/flex/instances",
+        fields={},
+        kind="message",
+    )
+
+
+@router.post("/flex/instances/{ref}/{action}")
+def instance_action(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    action: str,
+    message: Annotated[str, Form(max_length=4096)] = "",
+    policy: Annotated[str, Form(max_length=128)] = "",
+) -> Response:
+    if action == "policy":
+        flex.set_instance_policy(ctx.engine, actor, ref, policy.strip() or None)
+    elif action in STATES:
+        flex.set_state(ctx.engine, actor, ref, STATES[action][0], message.strip())
+    else:
+        raise NotFoundError(f"no flex instance action {action!r}")
+    return see_other("/flex/instances")
+
+
+# --- groups -----------------------------------------------------------------------------
+@router.get("/groups")
+def group_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
+    return render(request, "groups.html", actor, groups=groups.list_groups(ctx.engine, actor))
+
+
+@router.post("/groups")
+def group_create(
+    ctx: Ctx,
+    actor: Actor,
+    name: Annotated[str, Form(min_length=1, max_length=128)],
+    members: Annotated[str, Form(max_length=100_000)] = "",
+) -> Response:
+    groups.create_group(ctx.engine, actor, GroupCreate(name=name.strip(), members=lines(members)))
+    return see_other("/groups")
+
+
+@router.post("/groups/{name}/members")
+def group_members(
+    ctx: Ctx,
+    actor: Actor,
+    name: str,
+    add: Annotated[str, Form(max_length=100_000)] = "",
+    remove: Annotated[str, Form(max_length=100_000)] = "",
+) -> Response:
+    if lines(add):
+        groups.add_members(ctx.engine, actor, name, lines(add))
+    if lines(remove):
+        groups.remove_members(ctx.engine, actor, name, lines(remove))
+    return see_other("/groups")
+
+
+@router.get("/groups/{name}/delete")
+def group_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> Response:
+    actor.require("user.admin")
+    g = groups.show_group(ctx.engine, actor, name)
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=f"Delete group {g['name']}",
+        what=f"The group {g['name']} is deleted; its {len(g['members'])} member(s) stay as users "
+        "but lose what was granted to the group.",
+        action=f"/groups/{g['name']}/delete",
+        button="Delete group",
+        back="/groups",
+        fields={},
+    )
+
+
+@router.post("/groups/{name}/delete")
+def group_delete(ctx: Ctx, actor: Actor, name: str) -> Response:
+    groups.delete_group(ctx.engine, actor, name)
+    return see_other("/groups")

@@ -1,0 +1,317 @@
+"""Whole-system operations: migrate a CVD to a replacement device, restore its system onto
+its repaired one, move it to another OS release, provision a pending device from layers.
+
+Each is three steps, as the CLI's ``--dry-run`` then the real call: a form, the service's
+dry-run report (blocking reasons, warnings, hardware-bound paths, driver packs) with the
+action's button only when nothing blocks, then the real call, which answers with its task.
+The same service functions as ``/api/v1/cvds/{ref}/migrate|restore-system|migrate-os`` and
+``/api/v1/devices/{ref}/provision``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request, Response
+
+from lamina.errors import UsageError
+from lamina.protocol.schemas import MigrateRequest, MigrationMode
+from lamina.server.console.views_cvd import choices
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.services import cvd_ops, dashboard, fleet, migration, policies, provision
+
+router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+#: The base-layer choice of a migration form that keeps the new machine's own system.
+KEEP = "keep"
+TITLES = {
+    "migrate": "Migrate",
+    "restore-system": "Restore system",
+    "migrate-os": "Migrate OS",
+}
+
+
+def _cvd_form(
+    request: Request, ctx: Ctx, actor: Actor, ref: str, op: str, permission: str
+) -> Response:
+    actor.require(permission)
+    cvd = fleet.show_cvd(ctx.engine, actor, ref)
+    return render(
+        request,
+        "migrate.html",
+        actor,
+        op=op,
+        title=f"{TITLES[op]}: {cvd.name}",
+        cvd=cvd,
+        device=dashboard.device_of_cvd(ctx.engine, actor, cvd.id),
+        pending=_pending(ctx, actor) if op != "migrate-os" else None,
+        snapshots=list(reversed(cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id))),
+        bases=choices(ctx, actor)["base"],
+        action=f"/cvds/{cvd.id}/{op}",
+    )
+
+
+def _pending(ctx: Ctx, actor: Actor) -> dashboard.DevicePage:
+    """The first page of pending devices by hostname (the device list's one query)."""
+    query = dashboard.DeviceQuery(health="pending", size=dashboard.MAX_PAGE)
+    return dashboard.device_page(ctx.engine, actor, query)
+
+
+def _target(to: str, other: str) -> str:
+    """The target device: typed (hostname or id), else the one chosen in the list."""
+    return other.strip() or to
+
+
+def _report(
+    request: Request,
+    actor: Actor,
+    op: str,
+    title: str,
+    report: dict[str, Any],
+    action: str,
+    back: str,
+    hidden: dict[str, Any],
+) -> Response:
+    return render(
+        request,
+        "migrate_report.html",
+        actor,
+        op=op,
+        title=title,
+        report=report,
+        action=action,
+        back=back,
+        hidden={k: v for k, v in hidden.items() if v not in (None, "", False)},
+    )
+
+
+# --- migrate ----------------------------------------------------------------------------
+def _migrate_request(
+    to: str, mode: MigrationMode, base: str, name: str, snapshot: str, dry_run: bool
+) -> MigrateRequest:
+    if not to:
+        raise UsageError("choose the target device, or type its hostname")
+    return MigrateRequest(
+        to=to,
+        mode=mode,
+        base=base if base and base != KEEP else None,
+        keep_base=base == KEEP,
+        name=name.strip() or None,
+        snapshot=snapshot or "latest",
+        dry_run=dry_run,
+    )
+
+
+@router.get("/cvds/{ref}/migrate")
+def migrate_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return _cvd_form(request, ctx, actor, ref, "migrate", "device.write")
+
+
+@router.post("/cvds/{ref}/migrate/preview")
+def migrate_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    to: Annotated[str, Form(max_length=255)] = "",
+    to_other: Annotated[str, Form(max_length=255)] = "",
+    mode: Annotated[MigrationMode, Form()] = "full",
+    base: Annotated[str, Form(max_length=255)] = "",
+    name: Annotated[str, Form(max_length=255)] = "",
+    snapshot: Annotated[str, Form(max_length=64)] = "latest",
+) -> Response:
+    req = _migrate_request(_target(to, to_other), mode, base, name, snapshot, True)
+    report = migration.migrate(ctx.engine, ctx.store, actor, ref, req)
+    return _report(
+        request,
+        actor,
+        "migrate",
+        f"Migrate {report['cvd']} to {report['device']}",
+        report,
+        f"/cvds/{report['id']}/migrate",
+        f"/cvds/{report['id']}/migrate",
+        {
+            "to": report["device_id"],
+            "mode": mode,
+            "base": base,
+            "name": name,
+            "snapshot": report["snapshot"],
+        },
+    )
+
+
+@router.post("/cvds/{ref}/migrate")
+def migrate(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    to: Annotated[str, Form(min_length=1, max_length=255)],
+    mode: Annotated[MigrationMode, Form()] = "full",
+    base: Annotated[str, Form(max_length=255)] = "",
+    name: Annotated[str, Form(max_length=255)] = "",
+    snapshot: Annotated[str, Form(max_length=64)] = "latest",
+) -> Response:
+    req = _migrate_request(to, mode, base, name, snapshot, False)
+    out = migration.migrate(ctx.engine, ctx.store, actor, ref, req)
+    return see_other(f"/tasks/{out['task']}")
+
+
+# --- restore system ---------------------------------------------------------------------
+@router.get("/cvds/{ref}/restore-system")
+def restore_system_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return _cvd_form(request, ctx, actor, ref, "restore-system", "device.write")
+
+
+def _restore_system(
+    ctx: Ctx, actor: Actor, ref: str, to: str, snapshot: str, dry_run: bool
+) -> dict[str, Any]:
+    if not to:
+        raise UsageError("choose the device, or type its hostname")
+    req = MigrateRequest(to=to, mode="full", snapshot=snapshot or "latest", dry_run=dry_run)
+    return migration.migrate(ctx.engine, ctx.store, actor, ref, req, same_device=True)
+
+
+@router.post("/cvds/{ref}/restore-system/preview")
+def restore_system_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    to: Annotated[str, Form(max_length=255)] = "",
+    to_other: Annotated[str, Form(max_length=255)] = "",
+    snapshot: Annotated[str, Form(max_length=64)] = "latest",
+) -> Response:
+    report = _restore_system(ctx, actor, ref, _target(to, to_other), snapshot, True)
+    return _report(
+        request,
+        actor,
+        "restore-system",
+        f"Restore the system of {report['cvd']} onto {report['device']}",
+        report,
+        f"/cvds/{report['id']}/restore-system",
+        f"/cvds/{report['id']}/restore-system",
+        {"to": report["device_id"], "snapshot": report["snapshot"]},
+    )
+
+
+@router.post("/cvds/{ref}/restore-system")
+def restore_system(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    to: Annotated[str, Form(min_length=1, max_length=255)],
+    snapshot: Annotated[str, Form(max_length=64)] = "latest",
+) -> Response:
+    out = _restore_system(ctx, actor, ref, to, snapshot, False)
+    return see_other(f"/tasks/{out['task']}")
+
+
+# --- migrate OS -------------------------------------------------------------------------
+@router.get("/cvds/{ref}/migrate-os")
+def migrate_os_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    return _cvd_form(request, ctx, actor, ref, "migrate-os", "layer.write")
+
+
+@router.post("/cvds/{ref}/migrate-os/preview")
+def migrate_os_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    base: Annotated[str, Form(min_length=1, max_length=255)],
+) -> Response:
+    report = provision.migrate_os(ctx.engine, ctx.store, actor, ref, base, True)
+    return _report(
+        request,
+        actor,
+        "migrate-os",
+        f"Move {report['cvd']} to {report['os']}",
+        report,
+        f"/cvds/{report['id']}/migrate-os",
+        f"/cvds/{report['id']}/migrate-os",
+        {"base": base},
+    )
+
+
+@router.post("/cvds/{ref}/migrate-os")
+def migrate_os(
+    ctx: Ctx, actor: Actor, ref: str, base: Annotated[str, Form(min_length=1, max_length=255)]
+) -> Response:
+    out = provision.migrate_os(ctx.engine, ctx.store, actor, ref, base, False)
+    return see_other(f"/tasks/{out['task']}")
+
+
+# --- provision a pending device ---------------------------------------------------------
+@router.get("/devices/{device_id}/provision")
+def provision_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> Response:
+    actor.require("device.write")
+    actor.require("layer.write")
+    device = dashboard.pending_device(ctx.engine, actor, device_id)
+    return render(
+        request,
+        "provision.html",
+        actor,
+        device=device,
+        policies=policies.list_policies(ctx.engine, actor),
+        choices=choices(ctx, actor),
+    )
+
+
+def _provision(
+    ctx: Ctx,
+    actor: Actor,
+    device_id: str,
+    base: str,
+    apps: list[str] | None,
+    policy: str,
+    name: str,
+    dry_run: bool,
+) -> dict[str, Any]:
+    return provision.provision(
+        ctx.engine,
+        ctx.store,
+        actor,
+        device_id,
+        base,
+        [a for a in apps or [] if a],
+        policy,
+        name.strip() or None,
+        dry_run,
+    )
+
+
+@router.post("/devices/{device_id}/provision/preview")
+def provision_preview(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    device_id: str,
+    base: Annotated[str, Form(min_length=1, max_length=255)],
+    policy: Annotated[str, Form(min_length=1, max_length=255)],
+    apps: Annotated[list[str] | None, Form()] = None,
+    name: Annotated[str, Form(max_length=255)] = "",
+) -> Response:
+    report = _provision(ctx, actor, device_id, base, apps, policy, name, True)
+    return _report(
+        request,
+        actor,
+        "provision",
+        f"Provision {report['device']}",
+        report,
+        f"/devices/{report['device_id']}/provision",
+        f"/devices/{report['device_id']}/provision",
+        {"base": base, "policy": policy, "name": name, "apps": [a for a in apps or [] if a]},
+    )
+
+
+@router.post("/devices/{device_id}/provision")
+def provision_device(
+    ctx: Ctx,
+    actor: Actor,
+    device_id: str,
+    base: Annotated[str, Form(min_length=1, max_length=255)],
+    policy: Annotated[str, Form(min_length=1, max_length=255)],
+    apps: Annotated[list[str] | None, Form()] = None,
+    name: Annotated[str, Form(max_length=255)] = "",
+) -> Response:
+    out = _provision(ctx, actor, device_id, base, apps, policy, name, False)
+    return see_other(f"/tasks/{out['task']}")
