@@ -27,6 +27,7 @@ from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.layer_versions import layers_public
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 
@@ -51,17 +52,7 @@ def _version_public(r: Any) -> dict[str, Any]:
 
 
 def _pack_public(c: Connection, r: Any) -> dict[str, Any]:
-    vs = c.execute(
-        select(layer_versions)
-        .where(layer_versions.c.layer_id == r.id)
-        .order_by(layer_versions.c.version)
-    ).all()
-    return {
-        "id": r.id,
-        "name": r.name,
-        "created": aware(r.created),
-        "versions": [_version_public(v) for v in vs],
-    }
+    return layers_public(c, [r], _version_public, with_kind=False)[0]
 
 
 def _find_pack(c: Connection, ref: str) -> Any:
@@ -75,7 +66,7 @@ def list_packs(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
     actor.require("read")
     with read_tx(engine) as c:
         rows = c.execute(select(layers).where(layers.c.kind == DRIVER).order_by(layers.c.name))
-        return [_pack_public(c, r) for r in rows]
+        return layers_public(c, rows, _version_public, with_kind=False)
 
 
 def show_pack(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:

@@ -27,8 +27,9 @@ from lamina.layers.rules import RuleSet, for_os
 from lamina.protocol.schemas import MigrateRequest
 from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, drivers, fleet, tasks
-from lamina.server.services import layers as layer_service
 from lamina.server.services.common import audit
+from lamina.server.services.layer_assign import disk_free
+from lamina.server.services.layer_versions import resolve as resolve_layer
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
@@ -118,7 +119,7 @@ def _validate(
     if req.base and req.keep_base:
         raise UsageError("give either --base or --keep-base, not both")
     if req.base:
-        _version, layer = layer_service._resolve(c, req.base)
+        _version, layer = resolve_layer(c, req.base)
         if layer.kind != "base":
             raise UsageError(f"{req.base} is an app layer, not a base layer")
         if req.mode != "apps-data":
@@ -142,7 +143,7 @@ def _validate(
         else:
             rep.boot_set_bytes += e.size
     rep.space_needed = rep.boot_set_bytes + rep.stream_bytes
-    rep.disk_free = layer_service._disk_free(c, device.id)
+    rep.disk_free = disk_free(c, device.id)
     if rep.disk_free is not None and rep.space_needed > rep.disk_free:
         rep.blocking.append(
             f"the migration needs {rep.space_needed} bytes, device {device.hostname} "
