@@ -20,9 +20,9 @@ from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvds, devices, policies
 from lamina.errors import ConflictError, UsageError
 from lamina.layers.drivers import hardware_warning
-from lamina.layers.merge import installed, parse_dpkg_status
+from lamina.layers.merge import DPKG_STATUS, installed, parse_dpkg_status
 from lamina.layers.overlay import overlay
-from lamina.layers.plan import DPKG_STATUS, LayerRef, make_plan
+from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os
 from lamina.protocol.schemas import MigrateRequest
 from lamina.server.security import Principal
