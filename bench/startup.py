@@ -45,12 +45,23 @@ def commands(state: Path) -> dict[str, list[str]]:
     }
 
 
-def run_once(args: list[str]) -> tuple[float, float]:
-    """Wall and CPU seconds of one run of ``lamina ARGS``."""
+#: The floor, measured in the same run: Python alone, and Python importing Typer (which
+#: imports pydantic for its parameter types): no Lamina command starts faster than that.
+FLOORS = {
+    "python -c pass": ["-c", "pass"],
+    "python -c 'import typer'": ["-c", "import typer, typer.main, pydantic"],
+}
+
+
+def run_once(args: list[str], python_args: list[str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of ``lamina ARGS`` (or ``python PYTHON_ARGS``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "lamina.cli", *args], check=True, capture_output=True, text=True
+        [sys.executable, *(python_args or ["-m", "lamina.cli", *args])],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -91,6 +102,11 @@ def main() -> None:
         (state / "agent.json").write_text(json.dumps(STATE))
         os.chmod(state / "agent.json", 0o600)
         print(f"{'command':<22} {'wall ms':>8} {'cpu ms':>8}  target {TARGET_MS} ms (cpu)")
+        for label, python_args in FLOORS.items():
+            runs = [run_once([], python_args) for _ in range(opts.repeat)]
+            wall = statistics.median(w for w, _ in runs) * 1000
+            cpu = statistics.median(c for _, c in runs) * 1000
+            print(f"{label:<22} {wall:8.0f} {cpu:8.0f}  (floor)")
         for label, args in commands(state).items():
             runs = [run_once(args) for _ in range(opts.repeat)]
             wall = statistics.median(w for w, _ in runs) * 1000

@@ -15,8 +15,11 @@ from lamina.cli import app
 
 
 def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command under ``group``, loading the lazy groups (as completion and docs do)."""
     out = []
-    for name, cmd in group.commands.items():
+    ctx = typer.Context(group, info_name=prefix[-1] if prefix else "lamina")
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
         path = (*prefix, name)
         out.append((path, cmd))
         if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
@@ -25,6 +28,25 @@ def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str,
 
 
 COMMANDS = _commands(typer.main.get_command(app))  # type: ignore[arg-type]
+
+
+def test_the_lazy_table_gives_each_commands_own_one_line_help() -> None:
+    from lamina.cli import COMMANDS as LAZY
+    from lamina.cli import load_command
+
+    for name, (_, _, help_line) in LAZY.items():
+        assert load_command(name).get_short_help_str(limit=300) == help_line, name
+
+
+def test_help_lists_every_command_and_an_unknown_one_gets_a_suggestion() -> None:
+    lamina = [sys.executable, "-m", "lamina.cli"]
+    p = subprocess.run([*lamina, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0
+    listed = {line.split()[0] for line in p.stdout.splitlines() if line.startswith("  ")}
+    assert {path[0] for path, _ in COMMANDS} <= listed
+    typo = subprocess.run([*lamina, "devic", "list"], capture_output=True, text=True)
+    assert typo.returncode == 2
+    assert "Did you mean 'device'?" in typo.stderr
 
 
 def test_the_design_commands_exist() -> None:

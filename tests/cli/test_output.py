@@ -211,7 +211,8 @@ def test_help_on_a_terminal_keeps_its_styling(tmp_path: Path) -> None:
 def test_progress_off_a_terminal_is_periodic_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     """Off a terminal, progress is one line per period with percent, bytes, files and
     the time left (a backup counts its work first, so there is a total)."""
-    from lamina.cli.output import byte_progress, progress_line
+    from lamina.cli.output import progress_line
+    from lamina.cli.progress import byte_progress
 
     with byte_progress("backing up", total=4096, log_every=0.0) as advance:
         advance(1, 1024)

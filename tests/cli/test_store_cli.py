@@ -111,17 +111,7 @@ def test_errors_are_one_line_with_exit_codes(
     assert p.returncode == 3
     other = cli_factory(name="other")
     other.run("store", "init")
-    p = subprocess.run(
-        [
-            *cli.args("store", "check")[:-2],
-            "--data",
-            str(cli.data),
-            "--keyfile",
-            str(other.data / "keys.json"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    p = cli.run("store", "check", "--keyfile", str(other.data / "keys.json"), ok=False)
     assert p.returncode == 6 and "key file" in p.stderr
 
 

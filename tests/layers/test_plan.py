@@ -7,7 +7,8 @@ from typing import get_args
 
 import pytest
 
-from lamina.layers.plan import DPKG_STATUS, Action, LayerRef, make_plan
+from lamina.layers.merge import DPKG_STATUS
+from lamina.layers.plan import Action, LayerRef, make_plan
 from lamina.layers.rules import builtin
 from tests.layers.golden_plan import MemoryTrees, cases, load_case, run_case
 

@@ -77,8 +77,6 @@ def test_rule_set_by_os_family() -> None:
     assert for_os({}).name == "linux"
     rhel = for_os({"ID": "rhel"})
     assert rhel.classify("/var/cache/yum/x") == "excluded"
-    assert rhel.layers.package_databases == ()
-    assert for_os({"ID": "debian"}).layers.package_databases == (("/var/lib/dpkg/status", "dpkg"),)
 
 
 # --- stateful data is not "system" (review finding 15) -----------------------------
@@ -216,7 +214,6 @@ _keys = st.sampled_from(
         "exceptions",
         "never_override",
         "text_config",
-        "package_databases",
     ]
 )
 _doc = st.recursive(

@@ -15,12 +15,9 @@ NOT_JSON = {("get", "/api/v1/cvds/{ref}/snapshots/{snapshot}/file")}
 #: still answer plain JSON maps. The list may only shrink (issue 8's typed contracts).
 NOT_TYPED_YET = {
     "DELETE /api/v1/driver-profiles/{ref}",
-    "DELETE /api/v1/drivers/{ref}",
     "GET /api/v1/driver-profiles",
     "GET /api/v1/driver-profiles/{ref}",
     "GET /api/v1/driver-profiles/{ref}/devices",
-    "GET /api/v1/drivers",
-    "GET /api/v1/drivers/{ref}",
     "GET /api/v1/flex/entitlements",
     "GET /api/v1/flex/entitlements/{ref}",
     "GET /api/v1/flex/images",
@@ -36,7 +33,6 @@ NOT_TYPED_YET = {
     "POST /api/v1/cvds/{ref}/restore-system",
     "POST /api/v1/devices/{ref}/provision",
     "POST /api/v1/driver-profiles",
-    "POST /api/v1/drivers/import",
     "POST /api/v1/flex/entitlements",
     "POST /api/v1/flex/images/upload",
     "POST /api/v1/flex/images/{name}/url",

@@ -36,6 +36,7 @@ from lamina.server.services import collections as coll_service
 from lamina.server.services import dashboard, drivers, fleet, flex, groups
 from lamina.server.services import flex_images as image_service
 from lamina.server.services import flex_policies as flex_policy_service
+from lamina.server.services import layers as layer_service
 
 READER = Principal("user", "u", "reader", "readonly", frozenset({"read"}))
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -102,6 +103,28 @@ def add_cvds(engine: Engine, first: int, n: int) -> None:
                     )
                 )
             c.execute(insert(collection_members).values(collection_id="all", cvd_id=f"c{i}"))
+            # and a base layer and a driver pack, each of two versions
+            for kind in ("base", "driver"):
+                c.execute(
+                    insert(layers).values(
+                        id=f"{kind}{i}", name=f"{kind}-{i}", kind=kind, created=NOW
+                    )
+                )
+                for v in (1, 2):
+                    c.execute(
+                        insert(layer_versions).values(
+                            id=f"{kind}{i}v{v}",
+                            layer_id=f"{kind}{i}",
+                            version=v,
+                            created=NOW,
+                            root=bytes(32),
+                            whiteouts=[],
+                            notes="",
+                            files=0,
+                            bytes=0,
+                            apps={},
+                        )
+                    )
 
 
 def queries(engine: Engine, call: Callable[[], object]) -> int:
@@ -124,6 +147,8 @@ PAGES: dict[str, Callable[[Engine], object]] = {
     "list_devices": lambda e: fleet.list_devices(e, READER),
     "list_collections": lambda e: coll_service.list_collections(e, READER),
     "device_page": lambda e: dashboard.device_page(e, READER, dashboard.DeviceQuery()),
+    "list_layers": lambda e: layer_service.list_layers(e, READER),
+    "list_packs": lambda e: drivers.list_packs(e, READER),
 }
 
 
@@ -144,6 +169,14 @@ def test_the_pages_show_what_the_rows_hold(engine: Engine) -> None:
     assert [d.cvd_id for d in fleet.list_devices(engine, READER)] == ["c0", "c1", "c2"]
     groups = {g["name"]: g["members"] for g in coll_service.list_collections(engine, READER)}
     assert groups == {"all": ["cvd-0", "cvd-1", "cvd-2"], "debian": ["cvd-1"]}
+    listed_layers = layer_service.list_layers(engine, READER)
+    assert [(x["name"], [v["id"] for v in x["versions"]]) for x in listed_layers] == [
+        (f"base-{i}", [f"base{i}v1", f"base{i}v2"]) for i in range(3)
+    ]
+    packs = drivers.list_packs(engine, READER)
+    assert [(x["name"], [v["version"] for v in x["versions"]]) for x in packs] == [
+        (f"driver-{i}", [1, 2]) for i in range(3)
+    ]
 
 
 def add_library(engine: Engine, first: int, n: int) -> None:

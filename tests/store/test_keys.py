@@ -48,7 +48,7 @@ def test_sealed_keyfile_needs_the_passphrase(
 def test_the_passphrase_comes_from_the_cli_and_the_server_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lamina.cli.common import location
+    from lamina.cli.store_options import location
     from lamina.config import ServerSettings
 
     monkeypatch.setenv("LAMINA_STORE_PASSPHRASE", "correct horse")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from lamina.errors import ConflictError, IntegrityError, NotFoundError, UsageError
 from lamina.store.atomic import write_atomic
-from lamina.store.keys import ChunkingSecret
+from lamina.store.chunking import ChunkingSecret
 
 #: 2 added ``pinned_is_ca`` and ``insecure`` (a version 1 file reads as both false).
 STATE_VERSION: Final = 2

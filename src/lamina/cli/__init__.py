@@ -1,5 +1,12 @@
 """The ``lamina`` command: one Typer app, one module per command group.
 
+The groups are loaded lazily (click's ``LazyGroup`` pattern): :data:`COMMANDS` names
+each group's module and its one-line help, and a group's module is imported only when
+the group is invoked (or when completion, ``lamina docs`` or a test needs the whole
+tree). ``lamina --help`` lists every group from :data:`COMMANDS` without importing one,
+and ``lamina agent boot`` imports the agent's command module and nothing of the
+server's, database's or other groups' (tests/cli/test_startup.py holds both).
+
 ``main()`` is the one place that turns what ends a command into what a user sees:
 a Lamina error is one ``error:`` line and its exit code; a usage error (unknown
 command, missing argument, bad option value, a group given no command) is one line
@@ -9,9 +16,11 @@ prints a traceback. Everything printed goes through ``output.safe``.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from collections.abc import Callable
+from difflib import get_close_matches
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -21,27 +30,14 @@ import typer.main
 
 # Typer (from 0.2x) vendors its own copy of click: its usage errors are not click's
 # classes. pyproject.toml pins typer to the minor version this was written against.
+from typer._click.core import Command as ClickCommand
 from typer._click.core import Context
 from typer._click.exceptions import UsageError
+from typer._click.formatting import HelpFormatter
+from typer._click.shell_completion import CompletionItem
 from typer.core import TyperCommand, TyperGroup
 
 from lamina import __version__
-from lamina.cli import (
-    agent,
-    collection,
-    cvd,
-    driver,
-    fleet,
-    flex,
-    flex_client,
-    layer,
-    login,
-    ops,
-    server,
-    snapshot,
-    store,
-    user,
-)
 from lamina.cli.output import fail, install_safe_streams, safe
 from lamina.errors import WARNINGS_EXIT, LaminaError
 
@@ -74,6 +70,153 @@ class Group(TyperGroup):
         return _parse_in(ctx, lambda: super(Group, self).parse_args(ctx, args))
 
 
+#: Every top-level command but ``version`` and ``docs``, in ``--help``'s order: its
+#: module, the Typer app (a group) or function (a command) there, and its one-line help
+#: (tests/cli/test_help.py checks it is the loaded command's own).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "login": (
+        "lamina.cli.login",
+        "login",
+        "Log in and save the session (mode 0600) for the other commands.",
+    ),
+    "logout": (
+        "lamina.cli.login",
+        "logout",
+        "Revoke this session on the server and remove the saved login.",
+    ),
+    "status": (
+        "lamina.cli.ops",
+        "status",
+        "The fleet at a glance: device health counts, store usage, events to look at.",
+    ),
+    "store": (
+        "lamina.cli.store",
+        "app",
+        "The deduplicated store: init, check, gc, rebuild-index, stats.",
+    ),
+    "snapshot": (
+        "lamina.cli.snapshot",
+        "app",
+        "Snapshots of folders in the store: create, list, ls, diff, restore, forget.",
+    ),
+    "server": (
+        "lamina.cli.server",
+        "app",
+        "Run the Lamina server; on first start it creates the store and the user `admin`.",
+    ),
+    "user": (
+        "lamina.cli.user",
+        "app",
+        "User accounts and roles (administrator, helpdesk, readonly, flex-user).",
+    ),
+    "token": (
+        "lamina.cli.fleet",
+        "token_app",
+        "Enrollment tokens, sessions and API tokens: create, list, revoke.",
+    ),
+    "device": ("lamina.cli.fleet", "device_app", "Enrolled devices."),
+    "policy": (
+        "lamina.cli.fleet",
+        "policy_app",
+        "CVD policies: schedule, retention, protected area, bandwidth.",
+    ),
+    "cvd": ("lamina.cli.cvd", "app", "CVDs: the central copy of each endpoint."),
+    "layer": (
+        "lamina.cli.layer",
+        "app",
+        "Base and app layers: capture, record, assign, enforce.",
+    ),
+    "collection": (
+        "lamina.cli.collection",
+        "app",
+        "Collections of CVDs, static or by a filter on device facts.",
+    ),
+    "driver": (
+        "lamina.cli.driver",
+        "app",
+        "Driver library: packs of firmware, modules and .deb files; profiles that match hardware.",
+    ),
+    "task": ("lamina.cli.fleet", "task_app", "Long operations and their progress."),
+    "event": (
+        "lamina.cli.ops",
+        "event_app",
+        "Events: failures the server and the agents report, by severity, until acknowledged.",
+    ),
+    "flex": (
+        "lamina.cli.flex",
+        "app",
+        "Flex: images, restriction policies, entitlements and instances (admin side).",
+    ),
+    "group": (
+        "lamina.cli.flex",
+        "group_app",
+        "Groups of users (entitlements name groups).",
+    ),
+    "agent": ("lamina.cli.agent", "app", "The endpoint agent."),
+    "flex-client": (
+        "lamina.cli.flex_client",
+        "app",
+        "Run the flex images you are entitled to on this laptop (encrypted, under a lease).",
+    ),
+}
+
+
+def load_command(name: str) -> ClickCommand:
+    """Import the module of top-level command ``name`` and build its click command,
+    with one-line usage errors and its group's examples."""
+    module, attr, _ = COMMANDS[name]
+    obj = getattr(importlib.import_module(module), attr)
+    if isinstance(obj, typer.Typer):
+        _one_line_errors(obj)
+        _add_examples(obj, name)
+        cmd: ClickCommand = typer.main.get_group(obj)
+    else:
+        single = typer.Typer()
+        single.command(name, cls=Command)(obj)
+        cmd = typer.main.get_command(single)
+    cmd.name = name
+    return cmd
+
+
+class Root(Group):
+    """``lamina`` itself: the groups of :data:`COMMANDS` are built on first use; its
+    help and shell completion list them from the table, importing none."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*COMMANDS, *(n for n in self.commands if n not in COMMANDS)]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> ClickCommand | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.commands[cmd_name] = load_command(cmd_name)
+        return self.commands.get(cmd_name)
+
+    def _short_help(self, name: str) -> str:
+        if name in COMMANDS and name not in self.commands:
+            return COMMANDS[name][2]
+        return self.commands[name].get_short_help_str(limit=300)
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        rows = [(n, self._short_help(n)) for n in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def resolve_command(
+        self, ctx: Context, args: list[str]
+    ) -> tuple[str | None, ClickCommand | None, list[str]]:
+        try:
+            return self._click_resolve_command(ctx, args)
+        except UsageError as e:  # Typer suggests from the commands loaded so far only
+            matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
+            if matches:
+                e.message = f"{e.message.rstrip('.')}. Did you mean {matches[0]!r}?"
+            raise
+
+    def shell_complete(self, ctx: Context, incomplete: str) -> list[CompletionItem]:
+        names = [n for n in self.list_commands(ctx) if n.startswith(incomplete)]
+        options = [i for i in super().shell_complete(ctx, incomplete) if i.value not in COMMANDS]
+        return [*(CompletionItem(n, help=self._short_help(n)) for n in names), *options]
+
+
 #: What ``lamina``'s exit status means: one code per branch of ``errors.py``'s tree
 #: (tests/cli/test_help.py holds the two in step), and Ctrl-C.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
@@ -91,7 +234,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (130, "interrupted (Ctrl-C); run the same command again to resume"),
 )
 
-EPILOG = "Exit codes:\n\n" + "\n\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES)
+# \b: click prints the table as it is, unwrapped.
+EPILOG = "Exit codes:\n\n\b\n" + "\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES)
 
 app = typer.Typer(
     name="lamina",
@@ -101,6 +245,9 @@ app = typer.Typer(
     epilog=EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # click's plain help: Rich's costs `lamina --help` a tenth of a second to import.
+    rich_markup_mode=None,
+    cls=Root,
     # `lamina --install-completion` / `--show-completion` for bash, zsh, fish.
     add_completion=True,
 )
@@ -125,28 +272,6 @@ def _root(
     ] = False,
 ) -> None:
     """Lamina: centralized image management for a fleet of endpoints."""
-
-
-app.add_typer(store.app, name="store")
-app.add_typer(snapshot.app, name="snapshot")
-app.add_typer(server.app, name="server")
-app.command("login")(login.login)
-app.command("logout")(login.logout)
-app.add_typer(user.app, name="user")
-app.add_typer(fleet.token_app, name="token")
-app.add_typer(fleet.device_app, name="device")
-app.add_typer(fleet.policy_app, name="policy")
-app.add_typer(cvd.app, name="cvd")
-app.add_typer(layer.app, name="layer")
-app.add_typer(collection.app, name="collection")
-app.add_typer(driver.app, name="driver")
-app.add_typer(fleet.task_app, name="task")
-app.command("status")(ops.status)
-app.add_typer(ops.event_app, name="event")
-app.add_typer(flex.app, name="flex")
-app.add_typer(flex.group_app, name="group")
-app.add_typer(agent.app, name="agent")
-app.add_typer(flex_client.app, name="flex-client")
 
 
 #: An example or two under each group's help (`lamina GROUP --help`); test_help.py
@@ -174,22 +299,22 @@ GROUP_EXAMPLES = {
 }
 
 
-def _add_examples(t: typer.Typer, prefix: str = "") -> None:
+def _add_examples(t: typer.Typer, path: str) -> None:
+    """Append ``GROUP_EXAMPLES[path]`` to group ``t``'s help, and so on down its groups."""
+    example = GROUP_EXAMPLES.get(path)
+    info = t.info
+    base = info.help if isinstance(info.help, str) else ""
+    if example and "Examples: " not in base:
+        info.help = f"{base}\n\nExamples: {example}"
     for g in t.registered_groups:
-        if g.typer_instance is None:
-            continue
-        path = f"{prefix}{g.name or g.typer_instance.info.name}"
-        example = GROUP_EXAMPLES.get(path)
-        if example:
-            info = g.typer_instance.info
-            base = info.help if isinstance(info.help, str) else ""
-            info.help = f"{base}\n\nExamples: {example}"
-        _add_examples(g.typer_instance, path + " ")
+        if g.typer_instance is not None:
+            _add_examples(g.typer_instance, f"{path} {g.name or g.typer_instance.info.name}")
 
 
 def _one_line_errors(t: typer.Typer) -> None:
     """Every group, nested ones too, is a :class:`Group`, every command a :class:`Command`."""
-    t.info.cls = Group
+    if t.info.cls is not Root:
+        t.info.cls = Group
     for c in t.registered_commands:
         c.cls = Command
     for g in t.registered_groups:
@@ -232,7 +357,6 @@ def command_reference() -> str:
 
 
 _one_line_errors(app)  # after the last command is added
-_add_examples(app)
 
 
 def usage_line(e: UsageError) -> str:

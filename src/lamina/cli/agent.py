@@ -12,11 +12,12 @@ from lamina.agent import service
 from lamina.cli import units
 from lamina.cli.common import JsonOpt
 from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
-from lamina.cli.output import byte_progress, emit_json
+from lamina.cli.output import emit_json
 
-# The agent's modules (HTTP client, pydantic schemas, staging) are imported inside
-# the commands: every ``lamina`` command builds this group, and importing them
-# here cost every command (a backup too) about 0.2 s of start-up.
+# The agent's modules (HTTP client, pydantic schemas, staging) and Rich are imported
+# inside the commands that use them: ``lamina agent boot`` runs before services start
+# and ``lamina agent status`` in scripts, and neither needs them (the HTTP client and
+# Rich cost each about 0.2 s of start-up).
 app = typer.Typer(help="The endpoint agent.", no_args_is_help=True)
 StateOpt = Annotated[
     Path, typer.Option("--state", envvar="LAMINA_AGENT_STATE", help="The agent's state folder.")
@@ -192,6 +193,7 @@ def _run(
     from lamina.agent.bootcheck import command_check
     from lamina.agent.runner import Agent
     from lamina.agent.state import load_status
+    from lamina.cli.progress import byte_progress
 
     check = command_check(boot_check) if boot_check else None
     if not once:

@@ -11,14 +11,8 @@ import typer
 from lamina.cli.client import Api
 from lamina.cli.common import CvdArg, DeviceArg, JsonOpt, SameOwnerOpt, SpecialFilesOpt
 from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
-from lamina.cli.output import (
-    age,
-    byte_progress,
-    emit_json,
-    exit_with_warnings,
-    human_bytes,
-    print_table,
-)
+from lamina.cli.output import age, emit_json, human_bytes, print_table
+from lamina.cli.progress import byte_progress, exit_with_warnings
 from lamina.tree.restore import restore_tree
 from lamina.tree.sources import BatchedBlobs
 

@@ -13,7 +13,8 @@ import typer
 
 from lamina.cli.client import Api
 from lamina.cli.common import JsonOpt
-from lamina.cli.output import byte_progress, emit_json, human_bytes, safe
+from lamina.cli.output import emit_json, human_bytes, safe
+from lamina.cli.progress import byte_progress
 from lamina.errors import UsageError
 
 app = typer.Typer(

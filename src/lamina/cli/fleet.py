@@ -12,7 +12,8 @@ import typer
 
 from lamina.cli.client import Api
 from lamina.cli.common import DeviceArg, JsonOpt, parse_duration
-from lamina.cli.output import age, emit_json, err_console, human_bytes, print_table, safe
+from lamina.cli.output import age, emit_json, human_bytes, print_table, safe
+from lamina.cli.progress import err_console
 from lamina.errors import LaminaError, UsageError
 
 token_app = typer.Typer(

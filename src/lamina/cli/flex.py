@@ -14,7 +14,8 @@ import typer
 from lamina.cli.client import Api
 from lamina.cli.common import JsonOpt, parse_duration
 from lamina.cli.flex_vm import read_vm
-from lamina.cli.output import byte_progress, emit_json, human_bytes
+from lamina.cli.output import emit_json, human_bytes
+from lamina.cli.progress import byte_progress
 from lamina.errors import UsageError
 from lamina.protocol.flex import USB_CLASSES
 

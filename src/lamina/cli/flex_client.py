@@ -17,7 +17,8 @@ import typer
 
 from lamina.cli.client import Api, config_path
 from lamina.cli.common import JsonOpt
-from lamina.cli.output import emit_json, err_console
+from lamina.cli.output import emit_json
+from lamina.cli.progress import err_console
 from lamina.errors import AuthError, UsageError
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def download(
     """Download an instance of an entitlement, encrypted under a password you set.
 
     A download that was cut continues where it stopped (give the same password)."""
-    from lamina.cli.output import byte_progress
+    from lamina.cli.progress import byte_progress
 
     client = _client(folder, need_server=True)
     password = _password(password_stdin, confirm=True)

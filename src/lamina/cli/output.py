@@ -1,11 +1,12 @@
-"""Printing for the CLI: JSON for scripts, Rich for people, one line on stderr for errors.
+"""Printing for the CLI: JSON for scripts, plain lines and tables, one line on stderr for errors
+(Rich's bars for people are in ``progress.py``, which only long commands import).
 
 Names the CLI prints come from others: device hostnames and facts, user names typed at
 a login prompt, file names in snapshots. A terminal obeys the control characters in
 them (``\x1b]0;owned\x07`` retitles the window, CSI sequences move the cursor or
 rewrite what was printed before), so every print path goes through :func:`safe`:
 ``main()`` wraps ``sys.stdout`` and ``sys.stderr`` in :class:`SafeStream` (``typer.echo``,
-``print``, error lines), and :data:`err_console` cleans the strings it is given before
+``print``, error lines), and ``progress.err_console`` cleans the strings it is given before
 Rich adds its own styling (Rich writes around :class:`SafeStream`).
 """
 
@@ -14,26 +15,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import IO, Any, NoReturn
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from lamina.errors import WARNINGS_EXIT, LaminaError
+from lamina.errors import LaminaError
 
 # C0 controls but newline and tab, DEL, C1 controls (0x9b is a one-byte CSI), the
 # bidirectional overrides that reorder what a line shows, and lone surrogates (a file
@@ -90,17 +75,6 @@ def install_safe_streams() -> None:
         sys.stderr = SafeStream(sys.stderr)  # type: ignore[assignment]
 
 
-class SafeConsole(Console):
-    """Rich for people: the strings it prints are cleaned by :func:`safe` before Rich
-    reads their markup; Rich's own styling goes to the raw stream."""
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
-
-
-err_console = SafeConsole(stderr=True)
-
-
 def fail(e: LaminaError) -> NoReturn:
     print(f"error: {safe(e.message)}", file=sys.stderr)
     sys.exit(e.exit_code)
@@ -133,88 +107,6 @@ def progress_line(what: str, done: int, files: int, total: int | None, seconds: 
         left = int((total - done) / rate)
         parts.append(f", about {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d} left")
     return " ".join(parts).replace(" ,", ",")
-
-
-@contextmanager
-def byte_progress(what: str, total: int | None = None, log_every: float = 10.0) -> Iterator[Any]:
-    """Progress over files and bytes: on a terminal a bar (with a total: percent and time
-    left); elsewhere (a log, a pipe) one line on stderr every ``log_every`` seconds."""
-    if not err_console.is_terminal:
-        started = last = time.monotonic()
-        done = files = 0
-
-        def log_advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
-            nonlocal done, files, last, total
-            total = new_total or total
-            files += nfiles
-            done += nbytes
-            at = time.monotonic()
-            if at - last >= log_every:
-                last = at
-                sys.stderr.write(progress_line(what, done, files, total, at - started) + "\n")
-                sys.stderr.flush()
-
-        yield log_advance
-        return
-    columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn()]
-    columns.append(TaskProgressColumn())  # blank while the total is unknown
-    columns += [DownloadColumn(), TransferSpeedColumn(), TextColumn("{task.fields[files]} files")]
-    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
-    progress = Progress(
-        *columns,
-        console=err_console,
-        transient=True,
-        # What commands print meanwhile goes through SafeStream, not Rich's ANSI decoder.
-        redirect_stdout=False,
-        redirect_stderr=False,
-    )
-    with progress:
-        task = progress.add_task(what, total=total, files=0)
-        nfiles_done = 0
-
-        def advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
-            """Count ``nfiles`` and ``nbytes`` more; ``new_total``: the total, once known."""
-            nonlocal nfiles_done
-            nfiles_done += nfiles
-            if new_total:
-                progress.update(task, total=new_total)
-            progress.update(task, advance=nbytes, files=nfiles_done)
-
-        yield advance
-
-
-@contextmanager
-def step_progress(what: str) -> Iterator[Any]:
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-        # What commands print meanwhile goes through SafeStream, not Rich's ANSI decoder.
-        redirect_stdout=False,
-        redirect_stderr=False,
-    )
-    with progress:
-        task = progress.add_task(what, total=None)
-
-        def update(label: str, done: int = 0, total: int | None = None) -> None:
-            progress.update(
-                task, description=f"{what}: {safe(label)}", completed=done, total=total or None
-            )
-
-        yield update
-
-
-def exit_with_warnings(warnings: int, what: str) -> None:
-    """End a command that finished with ``warnings`` (files skipped, not restored): one
-    line on stderr and exit code ``WARNINGS_EXIT``; nothing when there were none."""
-    if warnings:
-        err_console.print(f"finished with warnings: {warnings} {what} (exit code {WARNINGS_EXIT})")
-        raise SystemExit(WARNINGS_EXIT)
 
 
 def print_table(headers: list[str], rows: Iterable[Iterable[object]]) -> None:

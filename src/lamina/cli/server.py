@@ -17,7 +17,7 @@ import typer
 from lamina.cli import units
 from lamina.cli.common import owner_only
 from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
-from lamina.cli.output import err_console
+from lamina.cli.progress import err_console
 from lamina.errors import UsageError
 
 if TYPE_CHECKING:

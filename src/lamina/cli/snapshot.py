@@ -9,25 +9,18 @@ from typing import Annotated
 
 import typer
 
-from lamina.cli.common import (
+from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
+from lamina.cli.output import emit_json, human_bytes
+from lamina.cli.progress import byte_progress, err_console, exit_with_warnings
+from lamina.cli.store_options import (
     DEFAULT_DATA,
     DataOpt,
     DbOpt,
     ForceOpt,
-    JsonOpt,
     KeyfileOpt,
-    SameOwnerOpt,
-    SpecialFilesOpt,
     StoreOpt,
     location,
     open_store,
-)
-from lamina.cli.output import (
-    byte_progress,
-    emit_json,
-    err_console,
-    exit_with_warnings,
-    human_bytes,
 )
 from lamina.errors import NotFoundError
 from lamina.tree.backup import backup

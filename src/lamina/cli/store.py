@@ -11,20 +11,19 @@ from typing import Annotated
 
 import typer
 
-from lamina.cli.common import (
+from lamina.cli.common import JsonOpt, owner_only, parse_duration
+from lamina.cli.output import emit_json, human_bytes
+from lamina.cli.progress import err_console, step_progress
+from lamina.cli.store_options import (
     DEFAULT_DATA,
     DataOpt,
     DbOpt,
-    JsonOpt,
     KeyfileOpt,
     StoreOpt,
     location,
     open_store,
-    owner_only,
-    parse_duration,
     server_libraries,
 )
-from lamina.cli.output import emit_json, err_console, human_bytes, step_progress
 from lamina.errors import IntegrityError, UsageError
 from lamina.store.check import check as check_store
 from lamina.store.gc import collect

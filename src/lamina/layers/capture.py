@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lamina.layers.merge import installed, parse_dpkg_status
+from lamina.layers.merge import DPKG_STATUS, installed, parse_dpkg_status
 from lamina.layers.rules import RuleSet
 from lamina.store.blob import BlobKind
 from lamina.tree.diff import ADDED, METADATA, MODIFIED, REMOVED, diff_trees
 from lamina.tree.model import Entry, encode_tree
 from lamina.tree.paths import Load, Put, filter_tree, index, read_file, remembering
-
-DPKG_STATUS = "/var/lib/dpkg/status"
 
 
 @dataclass

@@ -16,6 +16,10 @@ from debian._deb822_repro import (  # the round-trip-safe parser (python-debian 
 
 from lamina.errors import IntegrityError
 
+#: dpkg's package database: the one a layer merges per package (``plan``), reads its
+#: packages from (``capture``) and carries (``packs``).
+DPKG_STATUS = "/var/lib/dpkg/status"
+
 
 @dataclass(frozen=True)
 class TextMerge:

@@ -33,6 +33,7 @@ from typing import IO, Any
 import zstandard
 
 from lamina.errors import TooLargeError, UsageError
+from lamina.layers.merge import DPKG_STATUS
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry
 from lamina.tree.paths import Put, build_tree
@@ -60,7 +61,6 @@ MAX_ENTRIES = 200_000
 MAX_FILE = 256 << 20
 MAX_UNPACKED = 8 << 30
 MAX_PATH = 4096
-DPKG_STATUS = "/var/lib/dpkg/status"
 DPKG_INFO = "/var/lib/dpkg/info"
 _PKG = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,127}$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+~:-]{1,128}$")

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from lamina.layers.drivers import resolve_usr, usr_merged
 from lamina.layers.merge import (
+    DPKG_STATUS,
     Stanzas,
     is_text,
     merge_dpkg_status,
@@ -40,7 +41,6 @@ from lamina.layers.trees import expected_state, same_entry
 from lamina.tree.model import Entry
 from lamina.tree.paths import Load, index, read_file
 
-DPKG_STATUS = "/var/lib/dpkg/status"
 #: Larger text files are not merged (the binary rule applies): what ``is_text`` accepts.
 TEXT_MERGE_MAX = 4 * 1024 * 1024
 #: plaintext -> chunk id (stores it, or only names it for a dry run)

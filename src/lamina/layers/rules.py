@@ -119,7 +119,6 @@ class LayerRules:
     exceptions: tuple[str, ...] = ()
     never_override: tuple[str, ...] = ()
     text_config: tuple[str, ...] = ("/etc/**",)
-    package_databases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,12 +127,10 @@ class MigrationRules:
 
     ``hardware_bound``: paths that name this machine's disks, boot firmware and
     network devices (fstab, bootloader, LVM devices, mdadm, interface bindings):
-    a migration keeps the new machine's and reports them. ``storage_drivers``:
-    where the initramfs's storage modules are listed; when they differ between
-    the two machines the boot step rebuilds the initramfs."""
+    a migration keeps the new machine's and reports them. (Whether the initramfs is
+    rebuilt is decided from the two machines' storage-driver facts, not from rules.)"""
 
     hardware_bound: tuple[str, ...] = ()
-    storage_drivers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,9 +201,6 @@ def parse_rules(raw: str | bytes) -> RuleSet:
             raise UsageError(f"unknown path class {cls!r} (known: {', '.join(CLASSES)})")
     parsed = {c: _strings(pats, f"classes.{c}") for c, pats in classes.items()}
     ld = _section(doc.get("layers") or {}, "layers")
-    dbs = _section(ld.get("package_databases") or {}, "layers.package_databases")
-    if not all(isinstance(v, str) for v in dbs.values()):
-        raise UsageError("rule set: layers.package_databases must map paths to names")
     layers = LayerRules(
         capture_classes=_strings(
             ld.get("capture_classes", ["system", "applications"]), "layers.capture_classes"
@@ -215,17 +209,14 @@ def parse_rules(raw: str | bytes) -> RuleSet:
         exceptions=_strings(ld.get("exceptions", []), "layers.exceptions"),
         never_override=_strings(ld.get("never_override", []), "layers.never_override"),
         text_config=_strings(ld.get("text_config", ["/etc/**"]), "layers.text_config"),
-        package_databases=tuple((str(k), str(v)) for k, v in dbs.items()),
     )
     md = _section(doc.get("migration") or {}, "migration")
     migration = MigrationRules(
         hardware_bound=_strings(md.get("hardware_bound", []), "migration.hardware_bound"),
-        storage_drivers=_strings(md.get("storage_drivers", []), "migration.storage_drivers"),
     )
     for pats in (
         *parsed.values(),
         migration.hardware_bound,
-        migration.storage_drivers,
         layers.do_not_capture,
         layers.exceptions,
         layers.never_override,

@@ -509,6 +509,29 @@ class LayerPublic(BaseModel):
     versions: list[LayerVersionPublic]
 
 
+class DriverPackVersionPublic(BaseModel):
+    id: str
+    version: int
+    created: dt.datetime
+    root: str
+    notes: str
+    files: int
+    bytes: int
+    #: The .deb packages the version carries: {name: version}.
+    packages: dict[str, str]
+    #: Files it carries outside packages (firmware, modprobe.d...).
+    loose_files: int
+
+
+class DriverPackPublic(BaseModel):
+    """A driver pack (``lamina driver list/show/import/delete``) with its versions."""
+
+    id: str
+    name: str
+    created: dt.datetime
+    versions: list[DriverPackVersionPublic]
+
+
 class RecordingPublic(BaseModel):
     """A recording's state after ``record start`` or ``record finalize``."""
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from pyfastcdc import FastCDC
 
-from lamina.store.keys import ChunkingSecret
+from lamina.store.chunking import ChunkingSecret
 
 
 class Chunker:

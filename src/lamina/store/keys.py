@@ -39,38 +39,20 @@ from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from lamina.errors import ConflictError, NotFoundError, StoreKeyError, UsageError
+from lamina.errors import ConflictError, NotFoundError, StoreKeyError
 from lamina.store.atomic import write_atomic
+
+# Re-exported: the chunking secret lives in chunking.py (no ciphers), callers name it here too.
+from lamina.store.chunking import DEFAULT_AVG as DEFAULT_AVG
+from lamina.store.chunking import DEFAULT_MAX as DEFAULT_MAX
+from lamina.store.chunking import DEFAULT_MIN as DEFAULT_MIN
+from lamina.store.chunking import ChunkingSecret as ChunkingSecret
 
 KEYFILE_VERSION = 1
 KEYFILE_NAME = "keys.json"
 PASSPHRASE_ENV = "LAMINA_STORE_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
-DEFAULT_MIN = 256 * 1024
-DEFAULT_AVG = 1024 * 1024
-DEFAULT_MAX = 4 * 1024 * 1024
-
 _KDF_DEFAULTS = {"time_cost": 3, "memory_cost": 64 * 1024, "parallelism": 2}
-
-
-@dataclass(frozen=True)
-class ChunkingSecret:
-    """What a writer needs to cut and name chunks exactly as the store does."""
-
-    chunker_seed: int
-    id_key: bytes
-    min_size: int = DEFAULT_MIN
-    avg_size: int = DEFAULT_AVG
-    max_size: int = DEFAULT_MAX
-
-    def __post_init__(self) -> None:
-        if len(self.id_key) != 32:
-            raise StoreKeyError("the id key must be 32 bytes")
-        if not (64 <= self.min_size <= self.avg_size <= self.max_size <= 16 * 1024 * 1024):
-            raise UsageError(
-                f"chunk sizes must satisfy 64 <= min <= avg <= max <= 16 MiB, "
-                f"got {self.min_size}/{self.avg_size}/{self.max_size}"
-            )
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,13 @@ from lamina.agent.state import AgentState
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
 from lamina.errors import LaminaError, UsageError
-from lamina.layers.merge import Stanzas, installed, parse_dpkg_status, render_dpkg_status
-from lamina.layers.plan import DPKG_STATUS
+from lamina.layers.merge import (
+    DPKG_STATUS,
+    Stanzas,
+    installed,
+    parse_dpkg_status,
+    render_dpkg_status,
+)
 from lamina.layers.rules import RuleSet, for_os, matches
 from lamina.protocol.schemas import PolicySettings
 from lamina.protocol.tasks import MigrateParams

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from lamina.errors import TooLargeError
-from lamina.protocol.schemas import Strict
+from lamina.protocol.schemas import DriverPackPublic, Strict
 from lamina.server.deps import Caller, Ctx
 from lamina.server.services import drivers
 
@@ -39,8 +39,8 @@ class ProfileUpdate(Strict):
 
 
 @router.get("/drivers", summary="List driver packs with their versions")
-def list_packs(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return drivers.list_packs(ctx.engine, caller)
+def list_packs(ctx: Ctx, caller: Caller) -> list[DriverPackPublic]:
+    return [DriverPackPublic.model_validate(p) for p in drivers.list_packs(ctx.engine, caller)]
 
 
 @router.post(
@@ -57,7 +57,7 @@ async def import_pack(
     caller: Caller,
     name: str = Query(min_length=1, max_length=128),
     notes: str = Query("", max_length=4000),
-) -> dict[str, Any]:
+) -> DriverPackPublic:
     caller.require("driver.write")  # before reading a large body
     limit = ctx.settings.max_body
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as f:
@@ -68,21 +68,22 @@ async def import_pack(
                 raise TooLargeError(f"the pack is above the {limit}-byte upload limit")
             f.write(part)
         f.seek(0)
-        return await run_in_threadpool(
+        doc = await run_in_threadpool(
             drivers.import_pack, ctx.engine, ctx.store, caller, name, f, notes
         )
+    return DriverPackPublic.model_validate(doc)
 
 
 @router.get("/drivers/{ref}", summary="Show a driver pack: versions, packages, files")
-def show_pack(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return drivers.show_pack(ctx.engine, caller, ref)
+def show_pack(ref: str, ctx: Ctx, caller: Caller) -> DriverPackPublic:
+    return DriverPackPublic.model_validate(drivers.show_pack(ctx.engine, caller, ref))
 
 
 @router.delete(
     "/drivers/{ref}", summary="Delete a driver pack no profile names and no endpoint runs"
 )
-def delete_pack(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return drivers.delete_pack(ctx.engine, caller, ref)
+def delete_pack(ref: str, ctx: Ctx, caller: Caller) -> DriverPackPublic:
+    return DriverPackPublic.model_validate(drivers.delete_pack(ctx.engine, caller, ref))
 
 
 @router.get("/driver-profiles", summary="List driver profiles")

@@ -29,6 +29,7 @@ from lamina.layers.plan import DRIVER, LayerRef
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
+from lamina.server.services.layer_versions import layers_public
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 
@@ -75,21 +76,8 @@ def _version_public(r: Any) -> dict[str, Any]:
     }
 
 
-def _pack_public(c: Connection, r: Any, vs: list[Any] | None = None) -> dict[str, Any]:
-    if vs is None:
-        vs = list(
-            c.execute(
-                select(layer_versions)
-                .where(layer_versions.c.layer_id == r.id)
-                .order_by(layer_versions.c.version)
-            )
-        )
-    return {
-        "id": r.id,
-        "name": r.name,
-        "created": aware(r.created),
-        "versions": [_version_public(v) for v in vs],
-    }
+def _pack_public(c: Connection, r: Any) -> dict[str, Any]:
+    return layers_public(c, [r], _version_public, with_kind=False)[0]
 
 
 def _find_pack(c: Connection, ref: str) -> Any:
@@ -102,18 +90,8 @@ def _find_pack(c: Connection, ref: str) -> Any:
 def list_packs(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
     actor.require("read")
     with read_tx(engine) as c:
-        rows = list(
-            c.execute(select(layers).where(layers.c.kind == DRIVER).order_by(layers.c.name))
-        )
-        by: dict[str, list[Any]] = {r.id: [] for r in rows}
-        for v in c.execute(  # one query for every pack's versions, not one per pack
-            select(layer_versions)
-            .join(layers, layers.c.id == layer_versions.c.layer_id)
-            .where(layers.c.kind == DRIVER)
-            .order_by(layer_versions.c.version)
-        ):
-            by[v.layer_id].append(v)
-        return [_pack_public(c, r, by[r.id]) for r in rows]
+        rows = c.execute(select(layers).where(layers.c.kind == DRIVER).order_by(layers.c.name))
+        return layers_public(c, rows, _version_public, with_kind=False)
 
 
 def show_pack(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:

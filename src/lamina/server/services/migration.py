@@ -21,16 +21,18 @@ from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvd_layers, cvds, devices, layer_versions, policies
 from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.layers.drivers import hardware_warning
-from lamina.layers.merge import installed, parse_dpkg_status
+from lamina.layers.merge import DPKG_STATUS, installed, parse_dpkg_status
 from lamina.layers.netmap import NETWORK_SETTINGS, NicMap, is_settings, map_nics, nics, rewrite
 from lamina.layers.overlay import overlay
-from lamina.layers.plan import DPKG_STATUS, LayerRef, make_plan
+from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os, matches
 from lamina.protocol.schemas import MigrateRequest
 from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, drivers, fleet, tasks
-from lamina.server.services import layers as layer_service
 from lamina.server.services.common import audit
+from lamina.server.services.layer_assign import disk_free
+from lamina.server.services.layer_versions import layer_ref
+from lamina.server.services.layer_versions import resolve as resolve_layer
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
@@ -141,13 +143,13 @@ def _validate(
     if req.base and req.keep_base:
         raise UsageError("give either --base or --keep-base, not both")
     if req.base:
-        version, layer = layer_service._resolve(c, req.base)
+        version, layer = resolve_layer(c, req.base)
         if layer.kind != "base":
             raise UsageError(f"{req.base} is an app layer, not a base layer")
         if req.mode != "apps-data":
             rep.blocking.append("--base applies to --mode apps-data (full mode carries the system)")
         else:  # the new base, then the CVD's app layers as assigned
-            rep.layers = [layer_service._ref(c, version.id)] + [
+            rep.layers = [layer_ref(c, version.id)] + [
                 r for r in _assigned(c, cvd.id) if r.kind == "app"
             ]
     rules = _rules(device)
@@ -178,7 +180,7 @@ def _validate(
         else:
             rep.boot_set_bytes += e.size
     rep.space_needed = rep.boot_set_bytes + rep.stream_bytes
-    rep.disk_free = layer_service._disk_free(c, device.id)
+    rep.disk_free = disk_free(c, device.id)
     if rep.disk_free is not None and rep.space_needed > rep.disk_free:
         rep.blocking.append(
             f"the migration needs {rep.space_needed} bytes, device {device.hostname} "
@@ -261,7 +263,7 @@ def _assigned(c: Connection, cvd_id: str) -> list[LayerRef]:
         .where(cvd_layers.c.cvd_id == cvd_id)
         .order_by(cvd_layers.c.position)
     ).scalars()
-    return [layer_service._ref(c, v) for v in ids]
+    return [layer_ref(c, v) for v in ids]
 
 
 def _os_of_version(c: Connection, version_id: str) -> dict[str, str]:

@@ -22,9 +22,10 @@ from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os
 from lamina.server.security import Principal
 from lamina.server.services import drivers, fleet, migration, tasks
-from lamina.server.services import layers as layer_service
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit
+from lamina.server.services.layer_versions import layer_ref
+from lamina.server.services.layer_versions import resolve as resolve_layer
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.paths import walk
@@ -94,15 +95,15 @@ def _queue(
 
 
 def _layers(c: Connection, base: str, apps: list[str]) -> tuple[Any, list[LayerRef]]:
-    bv, bl = layer_service._resolve(c, base)
+    bv, bl = resolve_layer(c, base)
     if bl.kind != "base":
         raise UsageError(f"{base} is an app layer, not a base layer")
-    refs = [layer_service._ref(c, bv.id)]
+    refs = [layer_ref(c, bv.id)]
     for a in apps:
-        av, al = layer_service._resolve(c, a)
+        av, al = resolve_layer(c, a)
         if al.kind != "app":
             raise UsageError(f"{a} is not an app layer")
-        refs.append(layer_service._ref(c, av.id))
+        refs.append(layer_ref(c, av.id))
     return bv, refs
 
 
@@ -185,7 +186,7 @@ def migrate_os(
         for vid in assigned:
             cur = c.execute(select(layer_versions).where(layer_versions.c.id == vid)).one()
             owned.update((cur.apps or {}).get("packages", {}))
-            if layer_service._ref(c, vid).kind != "app":
+            if layer_ref(c, vid).kind != "app":
                 continue
             candidates = c.execute(
                 select(layer_versions)
@@ -196,9 +197,9 @@ def migrate_os(
                 (v for v in candidates if _release(_os_of_version(c, v)) == _release(new_os)), None
             )
             if match is None:
-                misfits.append(layer_service._ref(c, vid).label)
+                misfits.append(layer_ref(c, vid).label)
             else:
-                fits.append(layer_service._ref(c, match.id))
+                fits.append(layer_ref(c, match.id))
         d = c.execute(select(devices).where(devices.c.id == cvd.device_id)).one()
         facts = d.facts if isinstance(d.facts, dict) else {}
         packs = drivers.packs_for_device(c, facts, new_os)

@@ -1,0 +1,205 @@
+"""Layers and their versions: the rows, their public views, and the lookups the other
+layer services share (``NAME[:VERSION]`` to a row, a version to the ``LayerRef`` the
+planner takes, a reference CVD, the rule set of a CVD's OS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, func, insert, select
+
+from lamina.db.engine import read_tx
+from lamina.db.models import cvds, devices, layer_versions, layers
+from lamina.errors import ConflictError, NotFoundError, UsageError
+from lamina.layers.capture import Captured
+from lamina.layers.plan import DRIVER, LayerRef
+from lamina.layers.rules import RuleSet, for_os
+from lamina.server.security import Principal
+from lamina.server.services import fleet
+from lamina.server.services.common import audit, aware, find_one, new_id, now
+
+VersionView = Callable[[Row[Any]], dict[str, Any]]
+
+
+def version_public(r: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "version": r.version,
+        "created": aware(r.created),
+        "root": r.root.hex(),
+        "whiteouts": r.whiteouts,
+        "source_cvd": r.source_cvd,
+        "source_snapshot": r.source_snapshot,
+        "notes": r.notes,
+        "files": r.files,
+        "bytes": r.bytes,
+        "apps": r.apps,
+    }
+
+
+def versions_of(c: Connection, layer_ids: list[str]) -> dict[str, list[Row[Any]]]:
+    """Every version of these layers, oldest first, in one query."""
+    out: dict[str, list[Row[Any]]] = {i: [] for i in layer_ids}
+    if layer_ids:
+        q = (
+            select(layer_versions)
+            .where(layer_versions.c.layer_id.in_(layer_ids))
+            .order_by(layer_versions.c.layer_id, layer_versions.c.version)
+        )
+        for v in c.execute(q):
+            out[v.layer_id].append(v)
+    return out
+
+
+def layers_public(
+    c: Connection,
+    rows: Iterable[Row[Any]],
+    view: VersionView = version_public,
+    *,
+    with_kind: bool = True,
+) -> list[dict[str, Any]]:
+    """The public views of layer rows (driver packs too, with their own version view), with
+    their versions: two queries whatever the number of layers."""
+    rows = list(rows)
+    versions = versions_of(c, [r.id for r in rows])
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            **({"kind": r.kind} if with_kind else {}),
+            "created": aware(r.created),
+            "versions": [view(v) for v in versions[r.id]],
+        }
+        for r in rows
+    ]
+
+
+def list_layers(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+    """Base and app layers (driver packs are listed by ``lamina driver list``)."""
+    actor.require("read")
+    with read_tx(engine) as c:
+        q = select(layers).where(layers.c.kind != DRIVER).order_by(layers.c.name)
+        return layers_public(c, c.execute(q))
+
+
+def show_layer(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+    actor.require("read")
+    with read_tx(engine) as c:
+        return layers_public(c, [find_one(c, layers, ref, "name", "layer")])[0]
+
+
+def resolve(c: Connection, spec: str) -> Any:
+    """``NAME[:VERSION]`` (or id) -> the layer version row (latest by default)."""
+    name, _, ver = spec.partition(":")
+    layer = find_one(c, layers, name, "name", "layer")
+    q = select(layer_versions).where(layer_versions.c.layer_id == layer.id)
+    if ver:
+        if not ver.isdigit():
+            raise UsageError(f"layer version in {spec!r} must be a number")
+        q = q.where(layer_versions.c.version == int(ver))
+    row = c.execute(q.order_by(layer_versions.c.version.desc()).limit(1)).first()
+    if row is None:
+        raise NotFoundError(f"no version {ver or '(any)'} of layer {layer.name}")
+    return row, layer
+
+
+def layer_ref(c: Connection, version_id: str) -> LayerRef:
+    """The planner's reference to a layer version."""
+    v = c.execute(select(layer_versions).where(layer_versions.c.id == version_id)).one()
+    layer = c.execute(select(layers).where(layers.c.id == v.layer_id)).one()
+    packages = tuple((v.apps or {}).get("packages", {})) if layer.kind != "base" else None
+    return LayerRef(
+        f"{layer.name}:{v.version}",
+        layer.kind,
+        bytes(v.root),
+        tuple(v.whiteouts),
+        packages,
+        version_id=v.id,
+    )
+
+
+def new_version(
+    c: Connection,
+    actor: str,
+    name: str | None,
+    update_ref: str | None,
+    kind: str,
+    cap: Captured,
+    cvd_id: str,
+    snapshot: str,
+    notes: str,
+) -> dict[str, Any]:
+    if update_ref:
+        layer = find_one(c, layers, update_ref, "name", "layer")
+        if layer.kind != kind:
+            raise ConflictError(f"layer {layer.name} is a {layer.kind} layer, not {kind}")
+    else:
+        if not name:
+            raise UsageError("give --name for a new layer, or --update LAYER for a new version")
+        if c.execute(select(layers.c.id).where(layers.c.name == name)).first():
+            raise ConflictError(f"layer {name!r} exists already: use --update {name}")
+        lid = new_id()
+        c.execute(insert(layers).values(id=lid, name=name, kind=kind, created=now()))
+        layer = c.execute(select(layers).where(layers.c.id == lid)).one()
+    version = (
+        c.execute(
+            select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer.id)
+        ).scalar()
+        or 0
+    ) + 1
+    vid = new_id()
+    c.execute(
+        insert(layer_versions).values(
+            id=vid,
+            layer_id=layer.id,
+            version=version,
+            created=now(),
+            root=cap.root,
+            whiteouts=cap.whiteouts,
+            source_cvd=cvd_id,
+            source_snapshot=snapshot,
+            notes=notes,
+            files=cap.files,
+            bytes=cap.bytes,
+            apps=cap.apps,
+        )
+    )
+    audit(
+        c,
+        actor,
+        "layer.capture",
+        f"{layer.name}:{version}",
+        kind=kind,
+        files=cap.files,
+        whiteouts=len(cap.whiteouts),
+    )
+    return layers_public(c, [layer])[0]
+
+
+def rules_of(c: Connection, cvd: Any) -> RuleSet:
+    """The built-in rule set for the OS the CVD's device reported."""
+    d = (
+        c.execute(select(devices).where(devices.c.id == cvd.device_id)).first()
+        if cvd.device_id
+        else None
+    )
+    return for_os(((d.facts or {}).get("os_release") if d else None) or {})
+
+
+def reference_cvd(c: Connection, ref: str) -> Any:
+    try:
+        cvd = fleet.find_cvd(c, ref)
+    except NotFoundError:
+        d = fleet.find_device(c, ref)
+        cvd = c.execute(
+            select(cvds).where(cvds.c.device_id == d.id, cvds.c.state == fleet.ACTIVE)
+        ).first()
+        if cvd is None:
+            raise NotFoundError(f"device {d.hostname} has no active CVD") from None
+    if not cvd.reference:
+        raise ConflictError(
+            f"CVD {cvd.name} is not a reference CVD: centralize it with --reference"
+        )
+    return cvd
