@@ -76,6 +76,9 @@ def test_random_documents_decode_or_raise_a_lamina_error(doc: Any) -> None:
     _decodes_or_refuses(packb(doc))
 
 
+# Deeply nested values: minutes on a loaded 2-core box, so it gets the heavy timeout and
+# starts early (tests/conftest.py).
+@pytest.mark.slow
 @PARSER_SETTINGS
 @given(st.lists(st.lists(msgpack_values(), min_size=4, max_size=6), max_size=4))
 def test_random_rows_decode_or_raise_a_lamina_error(rows: list[Any]) -> None:

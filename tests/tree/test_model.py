@@ -216,6 +216,9 @@ def test_mutated_trees_decode_or_raise_a_lamina_error(data: st.DataObject) -> No
     _decodes_or_refuses(data.draw(mutations(encode_tree(good_entries()))))
 
 
+# Deeply nested entries: minutes on a loaded 2-core box, so it gets the heavy timeout and
+# starts early (tests/conftest.py).
+@pytest.mark.slow
 @PARSER_SETTINGS
 @given(
     st.lists(
