@@ -455,10 +455,11 @@ def test_instances_of_others_are_not_found(srv: Srv, image: dict[str, Any]) -> N
 def test_updates_and_deletes(srv: Srv, image: dict[str, Any], tmp_path: Path) -> None:
     admin = srv.admin
     bob, eve = srv.user("bob"), srv.user("eve")
-    # what is in use is not deleted
+    # what is in use is not deleted (this test's own entitlement names the image and the
+    # policy, whatever the other tests of the module did before it)
+    entitle(srv, "e-del", users=["bob"])
     assert admin.delete("/flex/images/win").status_code == 409
     assert admin.delete("/flex/policies/std").status_code == 409
-    entitle(srv, "e-del", users=["bob"])
     iid, _, _ = new_instance(bob, "e-del")
     assert admin.delete("/flex/entitlements/e-del").status_code == 409
     assert admin.post(f"/flex/instances/{iid}/revoke", json={}).status_code == 200

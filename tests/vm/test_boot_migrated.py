@@ -9,12 +9,14 @@ folder -- the boot set over the new machine, no user data streamed yet -- become
 image with the new machine's root UUID and boots under QEMU with its own kernel and
 initramfs: it must reach multi-user.target with the old machine's hostname and machine id,
 no failed unit (mounts included), ``/srv/data`` mounted from the new machine's data disk
-and the network up on the new machine's interface. (The user data streams in afterwards:
+and the network up on the new machine's interface, configured by the old machine's
+settings rewritten for it. (The user data streams in afterwards:
 ``tests/e2e`` tests of the migration cover that.)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,12 +61,17 @@ def test_migrated_machine_boots_as_the_old_one(
     admin.run("policy", "create", "standard", "--interval", "1h", "--keep-last", "3")
     token = admin.json("token", "create", "--expires", "1h", "--uses", "2")["token"]
     agents, states = {}, {}
-    for host, root in roots.items():
+    for m in (OLD, NEW):
+        host, root = m.hostname, roots[m.hostname]
         states[host] = str(tmp_path / f"{host}-state")
         agents[host] = person(f"agent-{host}")
+        # Each folder endpoint reports its own machine's NIC (the host's would be the same
+        # for both): the migration maps the old NIC onto the new one by these facts.
+        facts = tmp_path / f"{host}-facts.json"
+        facts.write_text(json.dumps({"network": [{"name": m.iface, "mac": m.mac}]}))
         agents[host].run(
             "agent", "enroll", "--server", embedded.url, "--token", token,
-            "--root", str(root), "--state", states[host],
+            "--root", str(root), "--state", states[host], "--facts", str(facts),
         )  # fmt: skip
 
     # The old machine is centralized and synced; it dies; its CVD is archived.
@@ -77,15 +84,16 @@ def test_migrated_machine_boots_as_the_old_one(
     task = admin.json("cvd", "migrate", OLD.hostname, "--to", NEW.hostname, "--mode", "full")
     assert task["task"] and not task["blocking"]
     kept = {p.lstrip("/") for p in task["kept_from_new_machine"]}
-    assert {
-        "etc/fstab",
-        "etc/network/interfaces",
-        f"etc/systemd/network/10-{OLD.iface}.link",
-    } <= kept
+    assert {"etc/fstab", f"etc/systemd/network/10-{OLD.iface}.link"} <= kept
+    # The old machine's network settings are carried, rewritten onto the new NIC.
+    assert "etc/network/interfaces" not in kept
+    assert any(OLD.iface in line and NEW.iface in line for line in task["network"]), task
     new_root, new_agent = roots[NEW.hostname], agents[NEW.hostname]
     new_agent.run("agent", "run", "--once", "--state", states[NEW.hostname])
     new_agent.run("agent", "boot", "--state", states[NEW.hostname])
     assert (new_root / "etc/hostname").read_text() == OLD.hostname + "\n"
+    interfaces = (new_root / "etc/network/interfaces").read_text()
+    assert f"iface {NEW.iface} inet static" in interfaces and OLD.iface not in interfaces
     # Only the boot set so far: the old machine's user data has not streamed in yet.
     assert not (new_root / "home" / OLD.user / "notes.txt").exists()
 
@@ -95,7 +103,8 @@ def test_migrated_machine_boots_as_the_old_one(
     assert report.fields["hostname"] == OLD.hostname
     assert report.fields["machine-id"] == OLD.machine_id
     assert report.failed == [], report.tail()
-    # The new machine's disks (its fstab kept) and network (its interface binding kept).
+    # The new machine's disks (its fstab kept) and network (its interface binding kept, the
+    # old machine's settings carried onto it).
     assert report.mounts["/"].split()[-1] == NEW.root_uuid
     assert report.mounts["/srv/data"].split()[-1] == NEW.data_uuid, report.tail()
     assert report.links[NEW.iface].split() == ["UP", NEW.mac]
