@@ -83,25 +83,7 @@ async def upload_image(
     status_code=201,
 )
 def register_url(name: str, req: FlexRegisterUrl, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    caller.require("flex.admin")
-    work = flex_images.tmp_dir(ctx.settings.data)
-    disk = work / f"{secrets.token_hex(8)}.fetch"
-    try:
-        flex_images.fetch(req.url, req.sha256, disk)
-        return flex_images.register(
-            ctx.engine,
-            ctx.store,
-            caller,
-            name,
-            disk,
-            work,
-            req.memory_mib,
-            req.cpus,
-            req.firmware,
-            {"kind": "url", "url": req.url, "sha256": req.sha256.lower()},
-        )
-    finally:
-        disk.unlink(missing_ok=True)
+    return flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
 
 
 @router.get("/flex/images", summary="List flex images with their versions")

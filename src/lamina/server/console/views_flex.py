@@ -6,7 +6,6 @@ Each view calls the function the API's ``/api/v1/flex/*`` and ``/groups`` routes
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Request, Response
@@ -61,24 +60,9 @@ def image_register(
     req = FlexRegisterUrl(
         url=url.strip(), sha256=sha256.strip(), memory_mib=memory_mib, cpus=cpus, firmware=firmware
     )
-    work = flex_images.tmp_dir(ctx.settings.data)
-    disk = work / f"{secrets.token_hex(8)}.fetch"
-    try:
-        flex_images.fetch(req.url, req.sha256, disk)
-        img = flex_images.register(
-            ctx.engine,
-            ctx.store,
-            actor,
-            name.strip(),
-            disk,
-            work,
-            req.memory_mib,
-            req.cpus,
-            req.firmware,
-            {"kind": "url", "url": req.url, "sha256": req.sha256.lower()},
-        )
-    finally:
-        disk.unlink(missing_ok=True)
+    img = flex_images.register_url(
+        ctx.engine, ctx.store, actor, ctx.settings.data, name.strip(), req
+    )
     return see_other(f"/flex/images/{img['id']}")
 
 

@@ -34,7 +34,7 @@ from lamina.errors import (
     TooLargeError,
     UsageError,
 )
-from lamina.protocol.flex import MAX_IMAGE_SIZE, NAME, FlexManifest, Piece
+from lamina.protocol.flex import MAX_IMAGE_SIZE, NAME, FlexManifest, FlexRegisterUrl, Piece
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store import blob
@@ -334,6 +334,32 @@ async def spool(stream: AsyncIterator[bytes], dest: Path, limit: int = MAX_IMAGE
             h.update(part)
             f.write(part)
     return h.hexdigest()
+
+
+def register_url(
+    engine: Engine, store: Store, actor: Principal, data: Path, name: str, req: FlexRegisterUrl
+) -> dict[str, Any]:
+    """Register an image the server fetches by URL and checks against its SHA-256 (for
+    images too large to upload); the fetched file is removed whatever happens."""
+    actor.require("flex.admin")
+    work = tmp_dir(data)
+    disk = work / f"{secrets.token_hex(8)}.fetch"
+    try:
+        fetch(req.url, req.sha256, disk)
+        return register(
+            engine,
+            store,
+            actor,
+            name,
+            disk,
+            work,
+            req.memory_mib,
+            req.cpus,
+            req.firmware,
+            {"kind": "url", "url": req.url, "sha256": req.sha256.lower()},
+        )
+    finally:
+        disk.unlink(missing_ok=True)
 
 
 def fetch(url: str, sha256: str, dest: Path, limit: int = MAX_IMAGE_SIZE) -> None:
