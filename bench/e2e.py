@@ -601,25 +601,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--corpus", type=Path, default=None, help="copy this folder instead of /usr")
     ap.add_argument("--quick", action="store_true", help="a ~100 MiB corpus")
     ap.add_argument("--no-restic", action="store_true", help="Lamina only")
-    ap.add_argument(
-        "--runs",
-        type=int,
-        default=3,
-        help="passes per corpus, Lamina and restic taking turns to go first; "
-        "figures are medians (default 3)",
-    )
-    ap.add_argument(
-        "--corpora",
-        default=None,
-        help="comma-separated: usr (parts of /usr, or --corpus) and small "
-        "(--small-files files under 4 KiB); default both (usr only with --corpus)",
-    )
-    ap.add_argument(
-        "--small-files",
-        type=int,
-        default=None,
-        help="files in the small-files corpus (default 100000; 10000 with --quick)",
-    )
+    method.add_pass_args(ap, "Lamina and restic taking turns to go first")
     ap.add_argument("--seed", type=int, default=1, help="seed of the deterministic changes")
     ap.add_argument(
         "--work",

@@ -12,6 +12,7 @@ generated from a seed, so every pass and every machine backs up the same bytes.
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 from collections.abc import Sequence
@@ -24,6 +25,28 @@ SMALL_MAX = 4096
 WORDS = [f"w{i:03d}" for i in range(300)]
 
 Figures = dict[str, dict[str, float | None]]
+
+
+def add_pass_args(ap: argparse.ArgumentParser, order: str = "the tools' order rotated") -> None:
+    """The options every comparing bench takes: passes, corpora, the small-files count."""
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help=f"passes per corpus, {order}; figures are medians (default 3)",
+    )
+    ap.add_argument(
+        "--corpora",
+        default=None,
+        help="comma-separated: usr (parts of /usr, or --corpus) and small "
+        "(--small-files files under 4 KiB); default both (usr only with --corpus)",
+    )
+    ap.add_argument(
+        "--small-files",
+        type=int,
+        default=None,
+        help="files in the small-files corpus (default 100000; 10000 with --quick)",
+    )
 
 
 def rotated(names: Sequence[str], i: int) -> list[str]:

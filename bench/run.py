@@ -889,24 +889,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="copy this folder as the corpus instead of parts of /usr",
     )
     ap.add_argument("--quick", action="store_true", help="a ~100 MiB corpus")
-    ap.add_argument(
-        "--runs",
-        type=int,
-        default=3,
-        help="passes per corpus, the tools' order rotated; figures are medians (default 3)",
-    )
-    ap.add_argument(
-        "--corpora",
-        default=None,
-        help="comma-separated: usr (parts of /usr, or --corpus) and small "
-        "(--small-files files under 4 KiB); default both (usr only with --corpus)",
-    )
-    ap.add_argument(
-        "--small-files",
-        type=int,
-        default=None,
-        help="files in the small-files corpus (default 100000; 10000 with --quick)",
-    )
+    method.add_pass_args(ap)
     ap.add_argument(
         "--tools",
         default=",".join(ALL_TOOLS),
