@@ -412,7 +412,16 @@ class LaminaE2E:
 
     def restore(self, out: Path) -> tuple[Ran, dict[str, Any], dict[str, float]]:
         s0, c0 = self.server.cpu(), children_cpu()
-        r = self.admin.run("cvd", "restore", self.cvd, "--output", out, "--json", sync_first=True)
+        r = self.admin.run(
+            "cvd",
+            "restore",
+            self.cvd,
+            "--output",
+            out,
+            "--json",
+            *method.exact_restore_flags(),
+            sync_first=True,
+        )
         cpu = {"client_cpu_s": children_cpu() - c0, "server_cpu_s": self.server.cpu() - s0}
         return r, json.loads(r.stdout), cpu
 

@@ -13,6 +13,7 @@ generated from a seed, so every pass and every machine backs up the same bytes.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 from collections.abc import Sequence
@@ -47,6 +48,15 @@ def add_pass_args(ap: argparse.ArgumentParser, order: str = "the tools' order ro
         default=None,
         help="files in the small-files corpus (default 100000; 10000 with --quick)",
     )
+
+
+def exact_restore_flags() -> list[str]:
+    """Lamina's restore flags that keep what restic and borg keep: owners (as root), setuid/setgid
+    bits, device nodes and FIFOs. Off by default in Lamina; the bench compares like with like."""
+    flags = ["--special-files"]
+    if os.geteuid() == 0:
+        flags.append("--same-owner")
+    return flags
 
 
 def rotated(names: Sequence[str], i: int) -> list[str]:

@@ -672,7 +672,13 @@ class Lamina(Tool):
         return r, summary
 
     def restore(self, label: str, out: Path, corpus: Path) -> tuple[Ran, Path]:
-        r = run_cmd(self._cmd("snapshot", "restore", "latest", "-o", out, "--json"), env=self.env)
+        # restic and borg keep owners and setuid/setgid bits: so does Lamina with these flags
+        r = run_cmd(
+            self._cmd(
+                "snapshot", "restore", "latest", "-o", out, "--json", *method.exact_restore_flags()
+            ),
+            env=self.env,
+        )
         doc = json.loads(r.stdout)
         if doc.get("errors"):
             warn(f"lamina restore reported {len(doc['errors'])} errors: {doc['errors'][:5]}")
