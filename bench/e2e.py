@@ -47,7 +47,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -840,40 +840,39 @@ def _pass_doc(
     return doc
 
 
-def run_steps(
-    args: argparse.Namespace,
-    res: Results,
-    lam: LaminaE2E,
-    restic: Restic | None,
-    corpus: Path,
-    work: Path,
-    restic_first: bool = False,
-) -> int:
-    """Every step for Lamina and restic, restic first when ``restic_first`` (passes rotate)."""
-    corpus_gib = tree_size(corpus).apparent / 2**30 or 1.0
+@dataclass
+class Pass:
+    """One pass's tools and bookkeeping, shared by the per-figure steps below."""
 
-    def pair(lamina: Any, restic_fn: Any) -> None:
-        for fn in (restic_fn, lamina) if restic_first else (lamina, restic_fn):
+    args: argparse.Namespace
+    res: Results
+    lam: LaminaE2E
+    restic: Restic | None
+    corpus: Path
+    work: Path
+    restic_first: bool
+    corpus_gib: float
+
+    def pair(self, lamina: Callable[[], object], restic_fn: Callable[[], object]) -> None:
+        """Run one step for both tools, restic first when this pass says so."""
+        for fn in (restic_fn, lamina) if self.restic_first else (lamina, restic_fn):
             fn()
 
-    say("setup: lamina server, login, policy, token --policy, agent enroll", "bold")
-    try:
-        info = lam.setup()
-    except CommandFailed as e:
-        res.failures.append(f"lamina setup: {e}")
-        say(f"lamina setup FAILED:\n{e}\n--- server log ---\n{lam.server.log_tail()}", "bold red")
-        return 1
-    res.detail("lamina", "setup", info)
-    say(f"  server {lam.server.url} up in {info['server_start_s']} s, cvd {lam.cvd}")
-    if restic:
+    def step(self, name: str, fn: Callable[[], object]) -> bool:
+        """Run ``fn``; a failure is recorded under ``name`` and the pass goes on."""
         try:
-            res.detail("restic", "init_s", restic.init().seconds)
-        except CommandFailed as e:
-            say(f"restic init failed, Lamina only:\n{e}", "red")
-            restic = None
+            fn()
+            return True
+        except (CommandFailed, json.JSONDecodeError, OSError) as e:
+            self.res.failures.append(f"{name}: {e}")
+            say(f"{name} FAILED:\n{e}", "bold red")
+            if not self.lam.server.alive():
+                say(f"--- server log ---\n{self.lam.server.log_tail()}", "red")
+            return False
 
-    def lamina_backup(key: str, *, sync: bool) -> None:
-        r, doc, cpu = lam.cycle(sync=sync)
+    def lamina_backup(self, key: str, *, sync: bool) -> None:
+        res = self.res
+        r, doc, cpu = self.lam.cycle(sync=sync)
         stats = doc.get("last_sync_stats") or {}
         if not doc.get("synced"):
             raise CommandFailed(f"the agent cycle did not sync: {doc}")
@@ -891,14 +890,15 @@ def run_steps(
             f"uploaded {human_bytes(stats.get('uploaded_bytes') or 0)})"
         )
 
-    def restic_backup(key: str) -> None:
-        if restic is None:
+    def restic_backup(self, key: str) -> None:
+        if self.restic is None:
             return
+        res = self.res
         c0 = children_cpu()
-        r, summary = restic.backup(corpus, key, None)
+        r, summary = self.restic.backup(self.corpus, key, None)
         res.record(key, "restic", r.seconds)
         if key == "initial_backup_s":
-            res.record("first_cpu_per_gib_s", "restic", (children_cpu() - c0) / corpus_gib)
+            res.record("first_cpu_per_gib_s", "restic", (children_cpu() - c0) / self.corpus_gib)
         res.detail(
             "restic",
             key,
@@ -911,78 +911,125 @@ def run_steps(
         )
         say(f"  restic  {r.seconds:8.2f} s   (CPU {children_cpu() - c0:.1f} s)")
 
-    def sizes(key: str) -> None:
-        res.detail(
+    def backups(self, key: str, what: str, *, sync: bool) -> None:
+        """Both tools' backups for figure ``key``, ``what`` naming the step in failures."""
+        self.pair(
+            lambda: self.step(f"lamina {what} sync", lambda: self.lamina_backup(key, sync=sync)),
+            lambda: self.step(f"restic {what} backup", lambda: self.restic_backup(key)),
+        )
+
+    def sizes(self, key: str) -> None:
+        lam = self.lam
+        self.res.detail(
             "lamina", key, {**dataclasses.asdict(lam.store_size()), "parts": lam.parts_on_disk()}
         )
-        if restic:
-            res.detail("restic", key, dataclasses.asdict(restic.repo_size()))
+        if self.restic:
+            self.res.detail("restic", key, dataclasses.asdict(self.restic.repo_size()))
 
-    def step(name: str, fn: Any) -> bool:
-        try:
-            fn()
-            return True
-        except (CommandFailed, json.JSONDecodeError, OSError) as e:
-            res.failures.append(f"{name}: {e}")
-            say(f"{name} FAILED:\n{e}", "bold red")
-            if not lam.server.alive():
-                say(f"--- server log ---\n{lam.server.log_tail()}", "red")
-            return False
 
+def run_steps(
+    args: argparse.Namespace,
+    res: Results,
+    lam: LaminaE2E,
+    restic: Restic | None,
+    corpus: Path,
+    work: Path,
+    restic_first: bool = False,
+) -> int:
+    """Every step for Lamina and restic, restic first when ``restic_first`` (passes rotate)."""
+    corpus_gib = tree_size(corpus).apparent / 2**30 or 1.0
+    p = Pass(args, res, lam, restic, corpus, work, restic_first, corpus_gib)
+    if not set_up(p):
+        return 1
     if args.layer_only:
-        step("layer update", lambda: layer_step(args, res, lam, corpus, work))
+        p.step("layer update", lambda: layer_step(args, res, lam, corpus, work))
         return 0
+    if not first_backup(p):
+        return 1
+    p.step("fixed cost", lambda: fixed_cost(p))
+    unchanged_backup(p)
+    changed_backup(p)
+    store_figures(p)
+    full_restore(p)
+    print_store_sizes(p)
+    p.step("layer update", lambda: layer_step(args, res, lam, corpus, work))
+    return 0
 
-    # -- 1. first backup
+
+def set_up(p: Pass) -> bool:
+    """Lamina's server, admin and enrolled agent; restic's repository (dropped if init fails)."""
+    lam, res = p.lam, p.res
+    say("setup: lamina server, login, policy, token --policy, agent enroll", "bold")
+    try:
+        info = lam.setup()
+    except CommandFailed as e:
+        res.failures.append(f"lamina setup: {e}")
+        say(f"lamina setup FAILED:\n{e}\n--- server log ---\n{lam.server.log_tail()}", "bold red")
+        return False
+    res.detail("lamina", "setup", info)
+    say(f"  server {lam.server.url} up in {info['server_start_s']} s, cvd {lam.cvd}")
+    if p.restic:
+        try:
+            res.detail("restic", "init_s", p.restic.init().seconds)
+        except CommandFailed as e:
+            say(f"restic init failed, Lamina only:\n{e}", "red")
+            p.restic = None
+    return True
+
+
+def first_backup(p: Pass) -> bool:
+    """Figure 1 and the first sync's CPU, RSS and bytes sent; False when Lamina's failed."""
+    res = p.res
     say("1. first backup (Lamina: centralization by the agent's first cycle)", "bold")
     first_ok: list[bool] = []
-    pair(
+    p.pair(
         lambda: first_ok.append(
-            step("lamina first sync", lambda: lamina_backup("initial_backup_s", sync=False))
+            p.step("lamina first sync", lambda: p.lamina_backup("initial_backup_s", sync=False))
         ),
-        lambda: step("restic initial backup", lambda: restic_backup("initial_backup_s")),
+        lambda: p.step("restic initial backup", lambda: p.restic_backup("initial_backup_s")),
     )
     if not first_ok[0]:
-        return 1
+        return False
+    gib = p.corpus_gib
     cpu1 = res.details["lamina"]["initial_backup_s"]
-    res.record("first_cpu_per_gib_s", "lamina", cpu1["agent_cpu_s"] / corpus_gib)
-    res.record("first_server_cpu_per_gib_s", "lamina", cpu1["server_cpu_s"] / corpus_gib)
+    res.record("first_cpu_per_gib_s", "lamina", cpu1["agent_cpu_s"] / gib)
+    res.record("first_server_cpu_per_gib_s", "lamina", cpu1["server_cpu_s"] / gib)
     res.record("first_peak_rss_bytes", "lamina", cpu1["agent_peak_rss"])
     say(
-        f"  first sync per GiB: agent CPU {cpu1['agent_cpu_s'] / corpus_gib:.2f} s, server CPU "
-        f"{cpu1['server_cpu_s'] / corpus_gib:.2f} s; agent peak RSS "
+        f"  first sync per GiB: agent CPU {cpu1['agent_cpu_s'] / gib:.2f} s, server CPU "
+        f"{cpu1['server_cpu_s'] / gib:.2f} s; agent peak RSS "
         f"{human_bytes(cpu1['agent_peak_rss'])}"
     )
-    sizes("size_after_initial")
+    p.sizes("size_after_initial")
     # restic 0.14's data_added counts bytes before compression: no restic figure here.
     first = res.details["lamina"]["initial_backup_s"]["agent"].get("last_sync_stats") or {}
     res.record("initial_sent_bytes", "lamina", first.get("uploaded_bytes"))
+    return True
 
-    # -- fixed cost
-    def idle() -> None:
-        best = float("inf")
-        for _ in range(3):
-            r = lam.agent.run("agent", "run", "--once", "--state", lam.state, "--json")
-            if json.loads(r.stdout).get("synced"):
-                warn("the idle cycle synced (the policy interval has passed?)")
-            best = min(best, r.seconds)
-        res.record("idle_cycle_s", "lamina", best)
-        if restic:
-            res.record("idle_cycle_s", "restic", min(restic.noop().seconds for _ in range(3)))
 
-    step("fixed cost", idle)
+def fixed_cost(p: Pass) -> None:
+    """The idle cycle: the best of three agent cycles with nothing due, and restic snapshots."""
+    best = float("inf")
+    for _ in range(3):
+        r = p.lam.agent.run("agent", "run", "--once", "--state", p.lam.state, "--json")
+        if json.loads(r.stdout).get("synced"):
+            warn("the idle cycle synced (the policy interval has passed?)")
+        best = min(best, r.seconds)
+    p.res.record("idle_cycle_s", "lamina", best)
+    if p.restic:
+        p.res.record("idle_cycle_s", "restic", min(p.restic.noop().seconds for _ in range(3)))
 
-    # -- 2. unchanged
+
+def unchanged_backup(p: Pass) -> None:
+    """Figure 2: re-backup with nothing changed."""
     say("2. re-backup, nothing changed", "bold")
-    pair(
-        lambda: step(
-            "lamina unchanged sync", lambda: lamina_backup("unchanged_backup_s", sync=True)
-        ),
-        lambda: step("restic unchanged backup", lambda: restic_backup("unchanged_backup_s")),
-    )
+    p.backups("unchanged_backup_s", "unchanged", sync=True)
 
-    # -- 3. ~1% change
-    changes = mutate(corpus, 0.01, args.seed, replace_half=False)
+
+def changed_backup(p: Pass) -> None:
+    """Figure 3: ~1% of the corpus changed, then backed up; the bytes Lamina sent for it."""
+    res = p.res
+    changes = mutate(p.corpus, 0.01, p.args.seed, replace_half=False)
     res.detail("corpus", "change_1pct", changes)
     say(
         f"3. backup after changing {changes['modified']} files "
@@ -990,15 +1037,17 @@ def run_steps(
         f"{human_bytes(changes['bytes_written'] + changes['added_bytes'])} written)",
         "bold",
     )
-    pair(
-        lambda: step("lamina changed sync", lambda: lamina_backup("changed_backup_s", sync=True)),
-        lambda: step("restic changed backup", lambda: restic_backup("changed_backup_s")),
-    )
+    p.backups("changed_backup_s", "changed", sync=True)
     changed = res.details["lamina"].get("changed_backup_s", {}).get("agent", {})
     res.record(
         "changed_sent_bytes", "lamina", (changed.get("last_sync_stats") or {}).get("uploaded_bytes")
     )
-    sizes("size_after_change")
+
+
+def store_figures(p: Pass) -> None:
+    """Figure 5 and the store's growth from the change, with each tool's own stats."""
+    res, lam = p.res, p.lam
+    p.sizes("size_after_change")
     for tool in ("lamina", "restic"):
         d = res.details.get(tool, {})
         if "size_after_initial" in d and "size_after_change" in d:
@@ -1011,92 +1060,95 @@ def run_steps(
         res.detail("lamina", "server_rss_bytes", lam.server.rss())
     except (CommandFailed, json.JSONDecodeError, OSError) as e:
         warn(f"lamina store stats: {e}")
-    if restic:
+    if p.restic:
         try:
-            res.detail("restic", "stats", restic.extra_stats())
+            res.detail("restic", "stats", p.restic.extra_stats())
         except (CommandFailed, json.JSONDecodeError, OSError) as e:
             warn(f"restic stats: {e}")
 
-    # -- 4. restore
+
+def full_restore(p: Pass) -> None:
+    """Figure 4: each tool restores the latest snapshot, verified against the corpus."""
+    res = p.res
     say("4. full restore of the latest snapshot", "bold")
     t0 = time.perf_counter()
-    full = manifest(corpus)
-    expected = policy_view(full, corpus)
+    full = manifest(p.corpus)
+    expected = policy_view(full, p.corpus)
     dropped = len(full.entries) - len(expected.entries)
     say(
         f"  (hashed the corpus in {time.perf_counter() - t0:.1f} s; the default policy "
         f"excludes {dropped} of its {len(full.entries)} entries)"
     )
     res.detail("corpus", "excluded_by_default_policy", dropped)
-    is_root = os.geteuid() == 0
-
-    def verify(tool: str, root: Path) -> None:
-        verdict = compare(expected, manifest(root), owners=is_root)
-        res.verification[tool] = verdict.to_json()
-        if verdict.ok:
-            say(f"  {tool:<7} restore verified identical", "green")
-            return
-        say(
-            f"  {tool:<7} {len(verdict.content)} content and {len(verdict.metadata)} "
-            "metadata differences",
-            "red",
-        )
-        for line in (verdict.content + verdict.metadata)[:15]:
-            say(f"      {line}", "red")
-        if tool == "lamina":
-            res.failures.append("lamina: THE RESTORE DIFFERS FROM THE CORPUS")
-        else:
-            warn(f"{tool}'s restore differs from the corpus (a benchmark or peer issue)")
-
-    def lamina_restore() -> None:
-        out = work / "restore" / "lamina"
-        r, doc, cpu = lam.restore(out)
-        res.record("restore_s", "lamina", r.seconds)
-        res.detail(
-            "lamina",
-            "restore_s",
-            {"seconds": r.seconds, "load_before": r.load, **cpu, "summary": doc},
-        )
-        say(
-            f"  lamina  {r.seconds:8.2f} s   (client CPU {cpu['client_cpu_s']:.1f} s, server "
-            f"CPU {cpu['server_cpu_s']:.1f} s; {doc.get('files')} files, "
-            f"{human_bytes(doc.get('bytes') or 0)})"
-        )
-        if doc.get("errors"):
-            warn(f"lamina restore reported {len(doc['errors'])} errors: {doc['errors'][:5]}")
-        verify("lamina", out)
-        rmtree(out)
-
-    def restic_restore() -> None:
-        if restic is None:
-            return
-        out = work / "restore" / "restic"
-        out.mkdir(parents=True)
-        c0 = children_cpu()
-        r, inner = restic.restore("latest", out, corpus)
-        res.record("restore_s", "restic", r.seconds)
-        res.detail(
-            "restic",
-            "restore_s",
-            {"seconds": r.seconds, "load_before": r.load, "cpu_s": children_cpu() - c0},
-        )
-        say(f"  restic  {r.seconds:8.2f} s   (CPU {children_cpu() - c0:.1f} s)")
-        verify("restic", inner)
-        rmtree(out)
-
-    pair(
-        lambda: step("lamina restore", lamina_restore),
-        lambda: step("restic restore", restic_restore),
+    p.pair(
+        lambda: p.step("lamina restore", lambda: lamina_restore(p, expected)),
+        lambda: p.step("restic restore", lambda: restic_restore(p, expected)),
     )
 
+
+def verify_restore(p: Pass, expected: Manifest, tool: str, root: Path) -> None:
+    verdict = compare(expected, manifest(root), owners=os.geteuid() == 0)
+    p.res.verification[tool] = verdict.to_json()
+    if verdict.ok:
+        say(f"  {tool:<7} restore verified identical", "green")
+        return
+    say(
+        f"  {tool:<7} {len(verdict.content)} content and {len(verdict.metadata)} "
+        "metadata differences",
+        "red",
+    )
+    for line in (verdict.content + verdict.metadata)[:15]:
+        say(f"      {line}", "red")
+    if tool == "lamina":
+        p.res.failures.append("lamina: THE RESTORE DIFFERS FROM THE CORPUS")
+    else:
+        warn(f"{tool}'s restore differs from the corpus (a benchmark or peer issue)")
+
+
+def lamina_restore(p: Pass, expected: Manifest) -> None:
+    out = p.work / "restore" / "lamina"
+    r, doc, cpu = p.lam.restore(out)
+    p.res.record("restore_s", "lamina", r.seconds)
+    p.res.detail(
+        "lamina",
+        "restore_s",
+        {"seconds": r.seconds, "load_before": r.load, **cpu, "summary": doc},
+    )
+    say(
+        f"  lamina  {r.seconds:8.2f} s   (client CPU {cpu['client_cpu_s']:.1f} s, server "
+        f"CPU {cpu['server_cpu_s']:.1f} s; {doc.get('files')} files, "
+        f"{human_bytes(doc.get('bytes') or 0)})"
+    )
+    if doc.get("errors"):
+        warn(f"lamina restore reported {len(doc['errors'])} errors: {doc['errors'][:5]}")
+    verify_restore(p, expected, "lamina", out)
+    rmtree(out)
+
+
+def restic_restore(p: Pass, expected: Manifest) -> None:
+    if p.restic is None:
+        return
+    out = p.work / "restore" / "restic"
+    out.mkdir(parents=True)
+    c0 = children_cpu()
+    r, inner = p.restic.restore("latest", out, p.corpus)
+    p.res.record("restore_s", "restic", r.seconds)
+    p.res.detail(
+        "restic",
+        "restore_s",
+        {"seconds": r.seconds, "load_before": r.load, "cpu_s": children_cpu() - c0},
+    )
+    say(f"  restic  {r.seconds:8.2f} s   (CPU {children_cpu() - c0:.1f} s)")
+    verify_restore(p, expected, "restic", inner)
+    rmtree(out)
+
+
+def print_store_sizes(p: Pass) -> None:
     say("5. store sizes", "bold")
     for tool in ("lamina", "restic"):
-        b = res.figures.get("store_bytes", {}).get(tool)
+        b = p.res.figures.get("store_bytes", {}).get(tool)
         if b is not None:
             say(f"  {tool:<7} {human_bytes(b)}")
-
-    step("layer update", lambda: layer_step(args, res, lam, corpus, work))
-    return 0
 
 
 def layer_step(
