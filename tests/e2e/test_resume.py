@@ -1,11 +1,15 @@
-"""Interrupted uploads: the server killed mid-upload, and the agent killed mid-upload."""
+"""Interrupted uploads: the server killed mid-upload, and the agent killed mid-upload.
+
+The agent talks to its server through an ``UploadGate`` (tests/e2e/gate.py) that holds one
+of its bundles once enough have arrived: each test strikes while the agent is known to be
+blocked mid-upload, with no bandwidth limit or poll deciding when.
+"""
 
 from __future__ import annotations
 
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,9 @@ import pytest
 from tests.cli.corpus import describe, make_tree
 from tests.e2e.conftest import LAMINA, Deployment, Lamina
 from tests.e2e.endpoints import protected
+from tests.e2e.gate import UploadGate
+
+MiB = 1024 * 1024
 
 
 def _admin_get(admin: Lamina, url: str, path: str) -> Any:
@@ -27,17 +34,31 @@ def _admin_get(admin: Lamina, url: str, path: str) -> Any:
     return r.json()
 
 
-def _wait_for_progress(
-    admin: Lamina, dep: Deployment, agent: subprocess.Popen[str], at_least: int
-) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert agent.poll() is None, "the upload finished before it could be interrupted"
-        cvds = _admin_get(admin, dep.url, "/cvds")
-        if cvds and cvds[0]["progress"].get("uploaded", 0) >= at_least:
-            return dict(cvds[0]["progress"])
-        time.sleep(0.05)
-    raise AssertionError("no upload progress reached the server")
+def _enroll(agent: Lamina, server: str, token: str, root: Path, state: Path) -> None:
+    args = ["--server", server, "--token", token, "--root", str(root), "--state", str(state)]
+    assert agent.json("agent", "enroll", *args)["state"] == "active"
+
+
+def _restores_exactly(admin: Lamina, cvd: str, root: Path, out: Path) -> None:
+    admin.run("cvd", "restore", cvd, "--output", str(out), "--special-files", "--same-owner")
+    assert describe(out) == protected(describe(root))
+
+
+def _agent_run(agent: Lamina, state: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*LAMINA, "agent", "run", "--once", "--json", "--state", str(state)],
+        env=agent.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _held(gate: UploadGate, proc: subprocess.Popen[str]) -> None:
+    # A generous bound on a missing event, not a timing: the gate holds the agent.
+    if not gate.held.wait(timeout=600):
+        proc.kill()
+        raise AssertionError(f"no bundle was held: {proc.communicate()[1][-2000:]}")
 
 
 @pytest.mark.e2e
@@ -45,56 +66,29 @@ def test_server_killed_during_upload_agent_resumes(
     embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path
 ) -> None:
     admin = person("admin").login(embedded.url)
-    admin.run("policy", "create", "slow", "--bandwidth", "8M")
-    token = admin.json("token", "create", "--policy", "slow")["token"]
+    admin.run("policy", "create", "resume")
+    token = admin.json("token", "create", "--policy", "resume")["token"]
     root = make_tree(tmp_path / "endpoint", small=300, large_mb=40)
     state = tmp_path / "state"
     agent = person("agent")
-    assert (
-        agent.json(
-            "agent",
-            "enroll",
-            "--server",
-            embedded.url,
-            "--token",
-            token,
-            "--root",
-            str(root),
-            "--state",
-            str(state),
-        )["state"]
-        == "active"
-    )
-    proc = subprocess.Popen(
-        [*LAMINA, "agent", "run", "--once", "--json", "--state", str(state)],
-        env=agent.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    progress = _wait_for_progress(admin, embedded, proc, 8 * 1024 * 1024)
-    # The server shows the centralization's progress: percent, bytes, files.
-    assert progress["phase"] == "centralizing" and 0 <= progress["percent"] < 100
-    assert progress["total_files"] > 250 and progress["total_bytes"] > 40 * 1024 * 1024
     server = embedded.servers[0]
-    server.kill()
-    time.sleep(1.0)
-    server.start()
-    out, err = proc.communicate(timeout=300)
+    with UploadGate(embedded.url, hold_after=8 * MiB).running() as gate:
+        _enroll(agent, gate.url, token, root, state)
+        proc = _agent_run(agent, state)
+        _held(gate, proc)
+        # The server shows the centralization's progress up to the held bundle.
+        progress = _admin_get(admin, embedded.url, "/cvds")[0]["progress"]
+        assert progress["phase"] == "centralizing" and 0 <= progress["percent"] < 100
+        assert progress["uploaded"] >= 8 * MiB
+        assert progress["total_files"] > 250 and progress["total_bytes"] > 40 * MiB
+        server.kill()
+        server.start()
+        gate.release()  # the held bundle goes to the restarted server
+        out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     done = json.loads(out)
     assert done["synced"] and done["last_snapshot"]
-    restored = tmp_path / "restored"
-    admin.run(
-        "cvd",
-        "restore",
-        done["cvd_id"],
-        "--output",
-        str(restored),
-        "--special-files",
-        "--same-owner",
-    )
-    assert describe(restored) == protected(describe(root))
+    _restores_exactly(admin, done["cvd_id"], root, tmp_path / "restored")
     server.stop()
     assert "no errors" in admin.run("store", "check", "--read-data", *embedded.store_args).stdout
 
@@ -104,46 +98,22 @@ def test_agent_killed_during_upload_resumes_without_resending(
     embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path
 ) -> None:
     admin = person("admin").login(embedded.url)
-    admin.run("policy", "create", "slow", "--bandwidth", "8M")
-    token = admin.json("token", "create", "--policy", "slow")["token"]
+    admin.run("policy", "create", "resume")
+    token = admin.json("token", "create", "--policy", "resume")["token"]
     root = make_tree(tmp_path / "endpoint", small=200, large_mb=40)
     state = tmp_path / "state"
     agent = person("agent")
-    agent.run(
-        "agent",
-        "enroll",
-        "--server",
-        embedded.url,
-        "--token",
-        token,
-        "--root",
-        str(root),
-        "--state",
-        str(state),
-    )
-    proc = subprocess.Popen(
-        [*LAMINA, "agent", "run", "--once", "--state", str(state)],
-        env=agent.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for_progress(admin, embedded, proc, 24 * 1024 * 1024)  # type: ignore[arg-type]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert _admin_get(admin, embedded.url, "/cvds")[0]["snapshots"] == 0
-    done = agent.json("agent", "run", "--once", "--state", str(state))
+    with UploadGate(embedded.url, hold_after=24 * MiB).running() as gate:
+        _enroll(agent, gate.url, token, root, state)
+        proc = _agent_run(agent, state)
+        _held(gate, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        gate.drop()  # the killed agent's last bundle never arrives
+        assert _admin_get(admin, embedded.url, "/cvds")[0]["snapshots"] == 0
+        done = agent.json("agent", "run", "--once", "--state", str(state))
     assert done["synced"]
     total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and not f.is_symlink())
     # What arrived before the kill (>= 24 MiB of ~42 MiB) is not sent again.
-    assert done["last_sync_stats"]["uploaded_bytes"] < total - 16 * 1024 * 1024
-    restored = tmp_path / "restored"
-    admin.run(
-        "cvd",
-        "restore",
-        done["cvd_id"],
-        "--output",
-        str(restored),
-        "--special-files",
-        "--same-owner",
-    )
-    assert describe(restored) == protected(describe(root))
+    assert done["last_sync_stats"]["uploaded_bytes"] < total - 16 * MiB
+    _restores_exactly(admin, done["cvd_id"], root, tmp_path / "restored")
