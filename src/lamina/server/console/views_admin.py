@@ -19,7 +19,7 @@ from lamina.protocol.schemas import (
     UserCreate,
 )
 from lamina.server.console import views_cvd
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
 from lamina.server.services import collections, journal, layers, policies, tasks, users
 from lamina.server.services import fleet as fleet_service
 
@@ -368,9 +368,8 @@ def user_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> 
     actor.require("user.admin")
     if name not in {u.name for u in users.list_users(ctx.engine, actor)}:
         raise NotFoundError(f"no user {name!r}")
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Delete user {name}",
         what=(
@@ -380,7 +379,6 @@ def user_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> 
         action=f"/users/{name}/delete",
         button="Delete user",
         back="/users",
-        fields={},
     )
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.protocol.schemas import RestoreRequest, RevertRequest
 from lamina.server.console import archive
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
 from lamina.server.services import cvd_ops, dashboard, fleet, layers, policies, portal, tasks
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -100,9 +100,8 @@ def confirm(
         "archive": "Archive",
         "revoke": "Revoke device",
     }
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"{labels[action]}: {cvd.name}",
         what=_what(ctx, actor, cvd, action, snapshot, path),

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
 from lamina.server.services import drivers
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -58,9 +58,8 @@ def pack_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
 def pack_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     actor.require("driver.write")
     pack = drivers.show_pack(ctx.engine, actor, ref)
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Delete driver pack {pack['name']}",
         what=(
@@ -70,7 +69,6 @@ def pack_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> R
         action=f"/drivers/packs/{pack['id']}/delete",
         button="Delete pack",
         back=f"/drivers/packs/{pack['id']}",
-        fields={},
     )
 
 
@@ -128,9 +126,8 @@ def profile_update(
 def profile_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     actor.require("driver.write")
     p = drivers.show_profile(ctx.engine, actor, ref)
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Delete driver profile {p['name']}",
         what=(
@@ -140,7 +137,6 @@ def profile_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -
         action=f"/drivers/profiles/{p['id']}/delete",
         button="Delete profile",
         back=f"/drivers/profiles/{p['id']}",
-        fields={},
     )
 
 

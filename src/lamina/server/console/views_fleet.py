@@ -15,6 +15,7 @@ from lamina.server.console.web import (
     Actor,
     ConsoleRoute,
     Ctx,
+    confirm_page,
     new_login_csrf,
     render,
     see_other,
@@ -140,9 +141,8 @@ def centralize(
 def reject_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> Response:
     actor.require("device.write")
     device = dashboard.pending_device(ctx.engine, actor, device_id)
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Reject {device.hostname}",
         what=(
@@ -152,7 +152,6 @@ def reject_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> Res
         action=f"/devices/{device.id}/reject",
         button="Reject",
         back="/devices?state=pending",
-        fields={},
     )
 
 

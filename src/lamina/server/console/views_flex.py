@@ -20,7 +20,7 @@ from lamina.protocol.flex import (
     GroupCreate,
 )
 from lamina.server.console.views_drivers import lines
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
 from lamina.server.services import flex, flex_images, flex_policies, groups
 from lamina.server.services import policies as cvd_policies
 
@@ -77,9 +77,8 @@ def image_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
 def image_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     actor.require("flex.admin")
     img = flex_images.show_image(ctx.engine, actor, ref)
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Delete flex image {img['name']}",
         what=(
@@ -89,7 +88,6 @@ def image_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> 
         action=f"/flex/images/{img['id']}/delete",
         button="Delete image",
         back=f"/flex/images/{img['id']}",
-        fields={},
     )
 
 
@@ -198,9 +196,8 @@ def policy_update(
 def policy_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     actor.require("flex.admin")
     p = flex_policies.show_policy(ctx.engine, actor, ref)
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Delete flex policy {p['name']}",
         what=f"The flex policy {p['name']} is deleted. This is refused while an entitlement or "
@@ -208,7 +205,6 @@ def policy_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) ->
         action=f"/flex/policies/{p['id']}/delete",
         button="Delete policy",
         back=f"/flex/policies/{p['id']}",
-        fields={},
     )
 
 
@@ -277,9 +273,8 @@ def entitlement_update(
 def entitlement_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     actor.require("flex.admin")
     e = flex.show_entitlement(ctx.engine, actor, ref)
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Delete entitlement {e['name']}",
         what=f"The entitlement {e['name']} is deleted: its users can no longer create an "
@@ -287,7 +282,6 @@ def entitlement_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: st
         action=f"/flex/entitlements/{e['id']}/delete",
         button="Delete entitlement",
         back="/flex/entitlements",
-        fields={},
     )
 
 
@@ -321,9 +315,8 @@ def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action:
     i = flex.show_instance(ctx.engine, actor, ref)
     if action == "policy":
         whose = "its own" if i["policy_override"] else "its entitlement's"
-        return render(
+        return confirm_page(
             request,
-            "confirm.html",
             actor,
             title=f"Policy of instance {i['id'][:8]} of {i['user']}",
             what=f"The {i['image']} instance of {i['user']} runs under {i['policy']} ({whose}). "
@@ -331,7 +324,6 @@ def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action:
             action=f"/flex/instances/{i['id']}/policy",
             button="Set policy",
             back="/flex/instances",
-            fields={},
             kind="flex-policy",
             policies=flex_policies.list_policies(ctx.engine, actor),
             current=i["policy"] if i["policy_override"] else "",
@@ -341,9 +333,8 @@ def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action:
         "unlock": "may start again from its next check-in on",
         "revoke": "is deleted from the laptop at its next check-in, for good",
     }[action]
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"{STATES[action][1]} instance {i['id'][:8]} of {i['user']}",
         what=f"The {i['image']} instance of {i['user']} {what}. The message below is shown to "
@@ -351,7 +342,6 @@ def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action:
         action=f"/flex/instances/{i['id']}/{action}",
         button=STATES[action][1],
         back="/flex/instances",
-        fields={},
         kind="message",
     )
 
@@ -410,9 +400,8 @@ def group_members(
 def group_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> Response:
     actor.require("user.admin")
     g = groups.show_group(ctx.engine, actor, name)
-    return render(
+    return confirm_page(
         request,
-        "confirm.html",
         actor,
         title=f"Delete group {g['name']}",
         what=f"The group {g['name']} is deleted; its {len(g['members'])} member(s) stay as users "
@@ -420,7 +409,6 @@ def group_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) ->
         action=f"/groups/{g['name']}/delete",
         button="Delete group",
         back="/groups",
-        fields={},
     )
 
 

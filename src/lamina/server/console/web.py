@@ -157,6 +157,35 @@ def render(
     )
 
 
+def confirm_page(
+    request: Request,
+    actor: Principal,
+    *,
+    title: str,
+    what: str,
+    action: str,
+    button: str,
+    back: str,
+    fields: dict[str, str] | None = None,
+    **extra: Any,
+) -> HTMLResponse:
+    """The page a console action shows before it acts: ``what`` it does, a form that POSTs
+    to ``action`` with ``button``, and a way ``back``. ``extra`` feeds the template's
+    per-``kind`` inputs (a snapshot to restore, a message, a policy)."""
+    return render(
+        request,
+        "confirm.html",
+        actor,
+        title=title,
+        what=what,
+        action=action,
+        button=button,
+        back=back,
+        fields=fields or {},
+        **extra,
+    )
+
+
 def set_cookie(request: Request, response: Response, name: str, value: str, age: int) -> None:
     response.set_cookie(
         name,
