@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from bench.library_seed import LARGE_SITE, add_library
 from lamina.config import ServerSettings
 from lamina.db.engine import write_tx
 from lamina.db.models import (
@@ -37,20 +38,13 @@ from lamina.db.models import (
     cvds,
     devices,
     driver_profiles,
-    flex_entitlement_subjects,
-    flex_entitlements,
-    flex_image_versions,
     flex_images,
-    flex_instances,
     flex_policies,
     layer_versions,
     layers,
     policies,
     snapshots,
     tasks,
-    user_group_members,
-    user_groups,
-    users,
 )
 from lamina.server.app import create_app, open_context
 
@@ -204,101 +198,13 @@ def seed(engine: Any, n_devices: int, n_snapshots: int, rnd: random.Random) -> d
 
 
 def seed_library(engine: Any, now: dt.datetime, rnd: random.Random) -> dict[str, str]:
-    """The driver library and flex at a large site's scale: 50 driver packs of 3 versions
-    and 50 profiles; 200 flex users in 20 groups; 20 images of 3 versions, 10 flex
-    policies, 100 entitlements and 2,000 instances."""
-    rows: dict[Any, list[dict[str, Any]]] = {}
-
-    def add(table: Any, **values: Any) -> dict[str, Any]:
-        rows.setdefault(table, []).append(values)
-        return values
-
-    vendors = ["LENOVO", "Dell Inc.", "HP", "ASUSTeK"]
-    for i in range(50):
-        pack = add(layers, id=_id(rnd), name=f"drivers-{i:02d}", kind="driver", created=now)
-        for v in (1, 2, 3):
-            add(
-                layer_versions, id=_id(rnd), layer_id=pack["id"], version=v, created=now,
-                root=rnd.randbytes(32), whiteouts=[], source_cvd=None, source_snapshot=None,
-                notes="", files=40, bytes=30 * 10**6,
-                apps={"packages": {f"firmware-{i}": f"1.{v}"}, "loose_files": 3},
-            )  # fmt: skip
-        add(
-            driver_profiles, id=_id(rnd), name=f"profile-{i:02d}", os_family=None, notes="",
-            created=now, updated=now, packs=[{"name": pack["name"], "version": None}],
-            matches=[f"sys_vendor={vendors[i % 4]}", f"product_name=*{i:02d}*"],
-        )  # fmt: skip
-    people = [
-        add(
-            users,
-            id=_id(rnd),
-            name=f"flex-{u:03d}",
-            password_hash="x",
-            role="flex-user",
-            disabled=False,
-            created=now,
-        )
-        for u in range(200)
-    ]
-    teams = [add(user_groups, id=_id(rnd), name=f"team-{g:02d}", created=now) for g in range(20)]
-    for u, person in enumerate(people):
-        add(user_group_members, group_id=teams[u % 20]["id"], user_id=person["id"])
-    versions = []
-    for i in range(20):
-        img = add(flex_images, id=_id(rnd), name=f"image-{i:02d}", created=now)
-        for v in (1, 2, 3):
-            versions.append(
-                add(
-                    flex_image_versions, id=_id(rnd), image_id=img["id"], version=v,
-                    created=now, size=40 << 30, memory_mib=4096, cpus=2, firmware="uefi",
-                    snapshot_id=rnd.randbytes(32).hex(), pieces=[], source={},
-                )
-            )  # fmt: skip
-    fpols = [
-        add(
-            flex_policies,
-            id=_id(rnd),
-            name=f"flex-policy-{p}",
-            restrictions={},
-            expires_at=None,
-            valid_for=None,
-            lease_seconds=7 * 86400,
-            created=now,
-            updated=now,
-        )
-        for p in range(10)
-    ]
-    ents = []
-    for e in range(100):
-        ent = add(
-            flex_entitlements, id=_id(rnd), name=f"entitlement-{e:03d}",
-            image_id=versions[(e % 20) * 3]["image_id"], version=None,
-            policy_id=fpols[e % 10]["id"], manage=False, cvd_policy_id=None, layers={},
-            created=now,
-        )  # fmt: skip
-        ents.append(ent)
-        add(flex_entitlement_subjects, entitlement_id=ent["id"], kind="group",
-            subject_id=teams[e % 20]["id"])  # fmt: skip
-        add(flex_entitlement_subjects, entitlement_id=ent["id"], kind="user",
-            subject_id=people[e]["id"])  # fmt: skip
-    for n in range(2000):
-        ent = ents[n % 100]
-        add(
-            flex_instances, id=_id(rnd), entitlement_id=ent["id"],
-            user_id=people[n % 200]["id"], version_id=versions[(n % 20) * 3 + 2]["id"],
-            policy_id=None, state=("active", "locked", "revoked")[n % 3], message="",
-            client=f"laptop-{n}", created=now, last_checkin=now, enroll_token_id=None,
-            device_id=None,
-        )  # fmt: skip
-    with write_tx(engine) as c:
-        for table, values in rows.items():
-            for k in range(0, len(values), 5000):
-                c.execute(insert(table), values[k : k + 5000])
+    """The driver library and flex at a large site's scale (``library_seed.LARGE_SITE``)."""
+    rows = add_library(engine, LARGE_SITE, now, lambda _kind, _i: _id(rnd))
     return {
         "pack": rows[layers][0]["id"],
         "profile": rows[driver_profiles][0]["id"],
         "image": rows[flex_images][0]["id"],
-        "flex_policy": fpols[0]["id"],
+        "flex_policy": rows[flex_policies][0]["id"],
     }
 
 

@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from bench.library_seed import LibrarySize
 from sqlalchemy import Engine, event, insert
 
+from bench import library_seed
 from lamina.db.engine import make_engine, write_tx
 from lamina.db.migrate import upgrade
 from lamina.db.models import (
@@ -16,20 +18,10 @@ from lamina.db.models import (
     collections,
     cvds,
     devices,
-    driver_profiles,
-    flex_entitlement_subjects,
-    flex_entitlements,
-    flex_image_versions,
-    flex_images,
-    flex_instances,
-    flex_policies,
     layer_versions,
     layers,
     policies,
     snapshots,
-    user_group_members,
-    user_groups,
-    users,
 )
 from lamina.server.security import Principal
 from lamina.server.services import collections as coll_service
@@ -180,69 +172,11 @@ def test_the_pages_show_what_the_rows_hold(engine: Engine) -> None:
 
 
 def add_library(engine: Engine, first: int, n: int) -> None:
-    """``n`` of each row the driver library and flex pages list: a driver pack of two
-    versions and a profile naming it; a user in a group; a flex image of two versions,
-    a flex policy, an entitlement for the user and the group, and an instance of it."""
-    with write_tx(engine) as c:
-        for i in range(first, first + n):
-            c.execute(
-                insert(layers).values(id=f"l{i}", name=f"pack-{i}", kind="driver", created=NOW)
-            )
-            for v in (1, 2):
-                c.execute(
-                    insert(layer_versions).values(
-                        id=f"lv{i}-{v}", layer_id=f"l{i}", version=v, created=NOW, root=bytes(32),
-                        whiteouts=[], notes="", files=1, bytes=1, apps={},
-                    )
-                )  # fmt: skip
-            c.execute(
-                insert(driver_profiles).values(
-                    id=f"dp{i}", name=f"prof-{i}", os_family=None, notes="", created=NOW,
-                    updated=NOW, packs=[{"name": f"pack-{i}", "version": None}],
-                    matches=["sys_vendor=LENOVO"],
-                )
-            )  # fmt: skip
-            c.execute(
-                insert(users).values(
-                    id=f"u{i}", name=f"user-{i}", password_hash="x", role="flex-user",
-                    disabled=False, created=NOW,
-                )
-            )  # fmt: skip
-            c.execute(insert(user_groups).values(id=f"g{i}", name=f"group-{i}", created=NOW))
-            c.execute(insert(user_group_members).values(group_id=f"g{i}", user_id=f"u{i}"))
-            c.execute(insert(flex_images).values(id=f"fi{i}", name=f"image-{i}", created=NOW))
-            for v in (1, 2):
-                c.execute(
-                    insert(flex_image_versions).values(
-                        id=f"fv{i}-{v}", image_id=f"fi{i}", version=v, created=NOW, size=1,
-                        memory_mib=1024, cpus=1, firmware="bios", snapshot_id="s", pieces=[],
-                        source={},
-                    )
-                )  # fmt: skip
-            c.execute(
-                insert(flex_policies).values(
-                    id=f"fp{i}", name=f"fpol-{i}", restrictions={}, lease_seconds=3600,
-                    created=NOW, updated=NOW,
-                )
-            )  # fmt: skip
-            c.execute(
-                insert(flex_entitlements).values(
-                    id=f"fe{i}", name=f"ent-{i}", image_id=f"fi{i}", policy_id=f"fp{i}",
-                    manage=False, layers={}, created=NOW,
-                )
-            )  # fmt: skip
-            for kind, subject in (("user", f"u{i}"), ("group", f"g{i}")):
-                c.execute(
-                    insert(flex_entitlement_subjects).values(
-                        entitlement_id=f"fe{i}", kind=kind, subject_id=subject
-                    )
-                )
-            c.execute(
-                insert(flex_instances).values(
-                    id=f"in{i}", entitlement_id=f"fe{i}", user_id=f"u{i}", version_id=f"fv{i}-2",
-                    state="active", message="", client="lap", created=NOW,
-                )
-            )  # fmt: skip
+    """``n`` of each row the driver library and flex pages list (bench/library_seed.py):
+    a driver pack of two versions and a profile naming it; a user in a group; a flex image
+    of two versions, a flex policy, an entitlement for the user and the group, and an
+    instance of it."""
+    library_seed.add_library(engine, LibrarySize.each(n), NOW, lambda kind, i: f"{kind}{i}", first)
 
 
 #: The console's driver library and flex pages (``views_drivers``, ``views_flex``).
