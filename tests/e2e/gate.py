@@ -2,8 +2,8 @@
 
 Tests that interrupt an upload need the agent to be part-way through it when they strike;
 a bandwidth limit and a poll leave that to luck. ``UploadGate`` forwards every request, and
-once ``hold_after`` bytes of bundles have reached the server it holds the next bundle
-until the test says what to do with it: ``held`` is set at that moment, so the test
+once ``hold_after`` bytes of bundles have reached the server it holds the next bundle,
+and every request after it, until the test says what to do with them: ``held`` is set at that moment, so the test
 knows the agent is blocked mid-upload and that what came before has been answered.
 
 The agent sends one bundle at a time and reports its progress (``POST /agent/config``)
@@ -45,20 +45,24 @@ class UploadGate:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def release(self) -> None:
-        """Send the held bundle on (to a server that may have restarted) and hold no more."""
+        """Send what is held on (to a server that may have restarted) and hold no more."""
         self._forward_held = True
         self._decided.set()
 
     def drop(self) -> None:
-        """Discard the held bundle (its agent is gone) and hold no more."""
+        """Discard what is held (its agent is gone) and hold no more."""
         self._forward_held = False
         self._decided.set()
 
     def _should_hold(self, path: str) -> bool:
+        """Hold the first bundle past ``hold_after`` and, until the test decides, every
+        request after it: nothing the agent sends meanwhile meets a server being killed."""
         with self._lock:
-            if path != BUNDLES or self._decided.is_set() or self.held.is_set():
+            if self._decided.is_set():
                 return False
-            if self.forwarded < self.hold_after:
+            if self.held.is_set():
+                return True
+            if path != BUNDLES or self.forwarded < self.hold_after:
                 return False
             self.held.set()
             return True
