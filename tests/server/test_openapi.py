@@ -24,10 +24,6 @@ NOT_TYPED_YET = {
     "GET /api/v1/flex/images/{ref}",
     "GET /api/v1/flex/instances",
     "GET /api/v1/flex/instances/{ref}",
-    "GET /api/v1/flex/policies",
-    "GET /api/v1/flex/policies/{ref}",
-    "GET /api/v1/groups",
-    "GET /api/v1/groups/{name}",
     "POST /api/v1/cvds/{ref}/migrate",
     "POST /api/v1/cvds/{ref}/migrate-os",
     "POST /api/v1/cvds/{ref}/restore-system",
@@ -39,14 +35,9 @@ NOT_TYPED_YET = {
     "POST /api/v1/flex/instances/{ref}/lock",
     "POST /api/v1/flex/instances/{ref}/revoke",
     "POST /api/v1/flex/instances/{ref}/unlock",
-    "POST /api/v1/flex/policies",
-    "POST /api/v1/groups",
-    "POST /api/v1/groups/{name}/members",
-    "POST /api/v1/groups/{name}/members/remove",
     "PUT /api/v1/driver-profiles/{ref}",
     "PUT /api/v1/flex/entitlements/{ref}",
     "PUT /api/v1/flex/instances/{ref}/policy",
-    "PUT /api/v1/flex/policies/{ref}",
 }
 
 

@@ -371,6 +371,28 @@ class GroupMembers(_Strict):
     members: list[str] = Field(min_length=1, max_length=10000)
 
 
+class GroupPublic(BaseModel):
+    """A group of users (``lamina group list/show/create``), its members by name."""
+
+    id: str
+    name: str
+    members: list[str]
+    created: dt.datetime
+
+
+class FlexPolicyPublic(BaseModel):
+    """A flex restriction policy (``lamina flex policy list/show/create/update``)."""
+
+    id: str
+    name: str
+    restrictions: dict[str, Any]
+    expires_at: dt.datetime | None
+    valid_for: int | None
+    lease_seconds: int
+    created: dt.datetime
+    updated: dt.datetime
+
+
 class FlexRegisterUrl(_Strict):
     """``POST /api/v1/flex/images/{name}/url``: the server fetches the image and checks its digest."""
 

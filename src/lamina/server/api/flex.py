@@ -21,11 +21,13 @@ from lamina.protocol.flex import (
     FlexKeyPublic,
     FlexManifest,
     FlexPolicyCreate,
+    FlexPolicyPublic,
     FlexPolicyUpdate,
     FlexRegisterUrl,
     FlexSetPolicy,
     GroupCreate,
     GroupMembers,
+    GroupPublic,
     Lease,
     Signed,
 )
@@ -105,23 +107,27 @@ def delete_image(ref: str, ctx: Ctx, caller: Caller) -> None:
 
 # --- policies -----------------------------------------------------------------------------------
 @router.post("/flex/policies", summary="Create a flex restriction policy", status_code=201)
-def create_policy(req: FlexPolicyCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex_policies.create_policy(ctx.engine, caller, req)
+def create_policy(req: FlexPolicyCreate, ctx: Ctx, caller: Caller) -> FlexPolicyPublic:
+    return FlexPolicyPublic.model_validate(flex_policies.create_policy(ctx.engine, caller, req))
 
 
 @router.get("/flex/policies", summary="List flex policies")
-def list_policies(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return flex_policies.list_policies(ctx.engine, caller)
+def list_policies(ctx: Ctx, caller: Caller) -> list[FlexPolicyPublic]:
+    return [
+        FlexPolicyPublic.model_validate(p) for p in flex_policies.list_policies(ctx.engine, caller)
+    ]
 
 
 @router.get("/flex/policies/{ref}", summary="Show a flex policy")
-def show_policy(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex_policies.show_policy(ctx.engine, caller, ref)
+def show_policy(ref: str, ctx: Ctx, caller: Caller) -> FlexPolicyPublic:
+    return FlexPolicyPublic.model_validate(flex_policies.show_policy(ctx.engine, caller, ref))
 
 
 @router.put("/flex/policies/{ref}", summary="Change a flex policy (instances get it at check-in)")
-def update_policy(ref: str, req: FlexPolicyUpdate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex_policies.update_policy(ctx.engine, caller, ref, req)
+def update_policy(ref: str, req: FlexPolicyUpdate, ctx: Ctx, caller: Caller) -> FlexPolicyPublic:
+    return FlexPolicyPublic.model_validate(
+        flex_policies.update_policy(ctx.engine, caller, ref, req)
+    )
 
 
 @router.delete("/flex/policies/{ref}", summary="Delete an unused flex policy", status_code=204)
@@ -196,28 +202,28 @@ def set_instance_policy(ref: str, req: FlexSetPolicy, ctx: Ctx, caller: Caller) 
 
 # --- groups -----------------------------------------------------------------------------------------
 @router.post("/groups", summary="Create a group of users", status_code=201)
-def create_group(req: GroupCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return groups.create_group(ctx.engine, caller, req)
+def create_group(req: GroupCreate, ctx: Ctx, caller: Caller) -> GroupPublic:
+    return GroupPublic.model_validate(groups.create_group(ctx.engine, caller, req))
 
 
 @router.get("/groups", summary="List groups with their members")
-def list_groups(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return groups.list_groups(ctx.engine, caller)
+def list_groups(ctx: Ctx, caller: Caller) -> list[GroupPublic]:
+    return [GroupPublic.model_validate(g) for g in groups.list_groups(ctx.engine, caller)]
 
 
 @router.get("/groups/{name}", summary="Show a group")
-def show_group(name: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return groups.show_group(ctx.engine, caller, name)
+def show_group(name: str, ctx: Ctx, caller: Caller) -> GroupPublic:
+    return GroupPublic.model_validate(groups.show_group(ctx.engine, caller, name))
 
 
 @router.post("/groups/{name}/members", summary="Add members to a group")
-def add_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return groups.add_members(ctx.engine, caller, name, req.members)
+def add_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> GroupPublic:
+    return GroupPublic.model_validate(groups.add_members(ctx.engine, caller, name, req.members))
 
 
 @router.post("/groups/{name}/members/remove", summary="Remove members from a group")
-def remove_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return groups.remove_members(ctx.engine, caller, name, req.members)
+def remove_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> GroupPublic:
+    return GroupPublic.model_validate(groups.remove_members(ctx.engine, caller, name, req.members))
 
 
 @router.delete("/groups/{name}", summary="Delete a group", status_code=204)
