@@ -22,8 +22,6 @@ NOT_TYPED_YET = {
     "GET /api/v1/flex/entitlements/{ref}",
     "GET /api/v1/flex/images",
     "GET /api/v1/flex/images/{ref}",
-    "GET /api/v1/flex/instances",
-    "GET /api/v1/flex/instances/{ref}",
     "POST /api/v1/cvds/{ref}/migrate",
     "POST /api/v1/cvds/{ref}/migrate-os",
     "POST /api/v1/cvds/{ref}/restore-system",
@@ -32,12 +30,8 @@ NOT_TYPED_YET = {
     "POST /api/v1/flex/entitlements",
     "POST /api/v1/flex/images/upload",
     "POST /api/v1/flex/images/{name}/url",
-    "POST /api/v1/flex/instances/{ref}/lock",
-    "POST /api/v1/flex/instances/{ref}/revoke",
-    "POST /api/v1/flex/instances/{ref}/unlock",
     "PUT /api/v1/driver-profiles/{ref}",
     "PUT /api/v1/flex/entitlements/{ref}",
-    "PUT /api/v1/flex/instances/{ref}/policy",
 }
 
 

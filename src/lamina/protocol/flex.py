@@ -393,6 +393,25 @@ class FlexPolicyPublic(BaseModel):
     updated: dt.datetime
 
 
+class FlexInstancePublic(BaseModel):
+    """A flex instance as an administrator sees it (``lamina flex instance list/show/lock``)."""
+
+    id: str
+    user: str
+    entitlement: str
+    image: str
+    version: int
+    #: the policy in force: the instance's own when ``policy_override``, else its entitlement's
+    policy: str | None
+    policy_override: bool
+    state: str
+    message: str
+    last_checkin: dt.datetime | None
+    client: str
+    created: dt.datetime
+    device: str | None
+
+
 class FlexRegisterUrl(_Strict):
     """``POST /api/v1/flex/images/{name}/url``: the server fetches the image and checks its digest."""
 

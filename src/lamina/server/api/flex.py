@@ -18,6 +18,7 @@ from lamina.protocol.flex import (
     FlexInstanceCreate,
     FlexInstanceCreated,
     FlexInstanceMine,
+    FlexInstancePublic,
     FlexKeyPublic,
     FlexManifest,
     FlexPolicyCreate,
@@ -171,33 +172,45 @@ def delete_entitlement(ref: str, ctx: Ctx, caller: Caller) -> None:
 
 # --- instances (admin) ---------------------------------------------------------------------------
 @router.get("/flex/instances", summary="List flex instances")
-def list_instances(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return flex.list_instances(ctx.engine, caller)
+def list_instances(ctx: Ctx, caller: Caller) -> list[FlexInstancePublic]:
+    return [FlexInstancePublic.model_validate(i) for i in flex.list_instances(ctx.engine, caller)]
 
 
 @router.get("/flex/instances/{ref}", summary="Show a flex instance")
-def show_instance(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.show_instance(ctx.engine, caller, ref)
+def show_instance(ref: str, ctx: Ctx, caller: Caller) -> FlexInstancePublic:
+    return FlexInstancePublic.model_validate(flex.show_instance(ctx.engine, caller, ref))
 
 
 @router.post("/flex/instances/{ref}/lock", summary="Lock an instance: it refuses to start")
-def lock_instance(ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.set_state(ctx.engine, caller, ref, flex.LOCKED, req.message)
+def lock_instance(
+    ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
+) -> FlexInstancePublic:
+    doc = flex.set_state(ctx.engine, caller, ref, flex.LOCKED, req.message)
+    return FlexInstancePublic.model_validate(doc)
 
 
 @router.post("/flex/instances/{ref}/unlock", summary="Unlock a locked instance")
-def unlock_instance(ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.set_state(ctx.engine, caller, ref, flex.ACTIVE, req.message)
+def unlock_instance(
+    ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
+) -> FlexInstancePublic:
+    doc = flex.set_state(ctx.engine, caller, ref, flex.ACTIVE, req.message)
+    return FlexInstancePublic.model_validate(doc)
 
 
 @router.post("/flex/instances/{ref}/revoke", summary="Revoke an instance: the laptop deletes it")
-def revoke_instance(ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.set_state(ctx.engine, caller, ref, flex.REVOKED, req.message)
+def revoke_instance(
+    ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
+) -> FlexInstancePublic:
+    doc = flex.set_state(ctx.engine, caller, ref, flex.REVOKED, req.message)
+    return FlexInstancePublic.model_validate(doc)
 
 
 @router.put("/flex/instances/{ref}/policy", summary="Override (or clear) an instance's policy")
-def set_instance_policy(ref: str, req: FlexSetPolicy, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.set_instance_policy(ctx.engine, caller, ref, req.policy)
+def set_instance_policy(
+    ref: str, req: FlexSetPolicy, ctx: Ctx, caller: Caller
+) -> FlexInstancePublic:
+    doc = flex.set_instance_policy(ctx.engine, caller, ref, req.policy)
+    return FlexInstancePublic.model_validate(doc)
 
 
 # --- groups -----------------------------------------------------------------------------------------
