@@ -38,7 +38,7 @@ from tests.e2e.conftest import ADMIN_PASSWORD, ServerProc
 EXAMPLES = 6  # per operation and mode (valid inputs, invalid inputs)
 # The operations are split into shards, each its own test with its own timeout, so that
 # xdist spreads them over the workers and a slow machine does not time the whole run out.
-SHARDS = 2
+SHARDS = 4
 # Against the real process: every PROCESS_STRIDE-th operation, fewer examples.
 PROCESS_STRIDE = 6
 PROCESS_EXAMPLES = 2
