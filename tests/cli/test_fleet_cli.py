@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,9 +16,8 @@ from lamina.cli.cvd import progress_text
 from lamina.config import ServerSettings
 from lamina.db.engine import make_engine, write_tx
 from lamina.server.services.events import record
+from tests.cli.invoke import invoke
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
-
-LAMINA = [sys.executable, "-m", "lamina.cli"]
 
 
 @dataclass
@@ -31,9 +29,7 @@ class Fleet:
     pending: str
 
     def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run(
-            [*LAMINA, *args], capture_output=True, text=True, env=self.env, timeout=120
-        )
+        p = invoke(args, self.env)  # in this process: tests/cli/invoke.py
         if ok:
             assert p.returncode == 0, p.stderr
         return p

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.cli.invoke import invoke, subprocesses_wanted
 from tests.conftest import STARTUP_TIMEOUT, _log_excerpt, _stop_process
 
 LAMINA = [sys.executable, "-m", "lamina.cli"]
@@ -97,25 +98,33 @@ class ServerProc:
 
 
 class Lamina:
-    """The `lamina` command as one person (own config folder) or one endpoint would run it."""
+    """The `lamina` command as one person (own config folder) or one endpoint would run it:
+    its ``main()`` in this process (tests/cli/invoke.py), or in a subprocess when
+    ``process`` (tests about the process) or ``LAMINA_TESTS_SUBPROCESS=1``."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, process: bool = False
+    ) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "XDG_CONFIG_HOME": str(home), **(env or {})}
         self.env.pop("LAMINA_URL", None)
         self.env.pop("LAMINA_TOKEN", None)
+        self.process = process or subprocesses_wanted(self.env)
 
     def run(
         self, *args: str, ok: bool = True, input: str | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run(
-            [*LAMINA, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            input=input,
-            timeout=timeout,
-        )
+        if self.process:
+            p = subprocess.run(
+                [*LAMINA, *args],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                input=input,
+                timeout=timeout,
+            )
+        else:
+            p = invoke(args, self.env, input)
         if ok and p.returncode != 0:
             raise AssertionError(
                 f"lamina {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"

@@ -90,7 +90,12 @@ class Live:
         return c
 
     def login(self, user: str = "admin", password: str = ADMIN_PASSWORD) -> httpx.Client:
-        r = httpx.post(self.url + API + "/auth/login", json={"user": user, "password": password})
+        # httpx's default (5 s) is too short for a password check on a loaded 2-core box.
+        r = httpx.post(
+            self.url + API + "/auth/login",
+            json={"user": user, "password": password},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         return self.client(r.json()["token"])
 
@@ -106,7 +111,9 @@ class Live:
             assert admin.post("/policies", json={"name": "std"}).status_code == 201
         token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
         facts = {"machine_id": hostname, "hostname": hostname}
-        r = httpx.post(self.url + API + "/agent/enroll", json={"token": token, "facts": facts})
+        r = httpx.post(
+            self.url + API + "/agent/enroll", json={"token": token, "facts": facts}, timeout=60
+        )
         assert r.status_code == 201, r.text
         doc = r.json()
         client = self.client(doc["credential"])

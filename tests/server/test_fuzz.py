@@ -1,15 +1,21 @@
 """Fuzz the API from its own OpenAPI document: no input an administrator can send makes
 the server answer 5xx.
 
-Schemathesis generates requests for every operation, valid and invalid, against a real
-``lamina server`` (SQLite, tmp data), authenticated as the administrator. The examples
-are derandomized (the same ones every run) and bounded, so the run is short and repeatable.
+Schemathesis generates requests for every operation, valid and invalid, authenticated as
+the administrator. The examples are derandomized (the same ones every run) and bounded,
+so the run is short and repeatable.
+
+Every operation is fuzzed in this process, through Schemathesis's ASGI transport, against
+``create_app(settings)`` -- the application ``lamina server`` serves, on the same kind
+of data folder (SQLite, a local store). That leaves out only the HTTP server in front
+(uvicorn) and the process boundary, which one small shard crosses: a sample of
+operations fuzzed against a real ``lamina server`` process over HTTP.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +24,27 @@ import httpx
 import msgpack
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.python import asgi
 
+from lamina.config import ServerSettings
+from lamina.server.app import create_app
 from tests.e2e.conftest import ADMIN_PASSWORD, ServerProc
 
 EXAMPLES = 6  # per operation and mode (valid inputs, invalid inputs)
 # The operations are split into shards, each its own test with its own timeout, so that
 # xdist spreads them over the workers and a slow machine does not time the whole run out.
 SHARDS = 4
+# Against the real process: every PROCESS_STRIDE-th operation, fewer examples.
+PROCESS_STRIDE = 6
+PROCESS_EXAMPLES = 2
+
+LOGIN = "/api/v1/auth/login"
+ADMIN = {"user": "admin", "password": ADMIN_PASSWORD}
 
 
 @schemathesis.serializer("application/vnd.lamina.bundle+msgpack")
@@ -46,28 +62,53 @@ def _tar(ctx: schemathesis.SerializationContext, value: Any) -> bytes:
 
 @dataclass(frozen=True)
 class Target:
+    """Where the fuzz sends its requests: ``url`` over HTTP, or ``app`` in this process."""
+
     url: str
-    headers: dict[str, str]
+    login: Callable[[], str]
+    app: FastAPI | None = None
 
     def session(self) -> dict[str, str]:
         """A new administrator session: an operation that ends its caller's session
         (``/auth/logout``, a token revoked) must not leave the rest unauthenticated."""
-        r = httpx.post(
-            self.url + "/api/v1/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD}
+        return {"Authorization": f"Bearer {self.login()}"}
+
+    def schema(self) -> Any:
+        headers = self.session()
+        if self.app is not None:
+            return schemathesis.openapi.from_asgi("/api/v1/openapi.json", self.app, headers=headers)
+        return schemathesis.openapi.from_url(
+            self.url + "/api/v1/openapi.json", headers=headers, timeout=30
         )
-        r.raise_for_status()
-        return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """The server's application on a fresh data folder, as ``lamina server`` opens it."""
+    data = tmp_path_factory.mktemp("fuzz-asgi") / "server"
+    app = create_app(ServerSettings(data=data, admin_password=ADMIN_PASSWORD))
+    with asgi.get_client(app) as client:
+
+        def login() -> str:
+            r = client.post(LOGIN, json=ADMIN)
+            r.raise_for_status()
+            return str(r.json()["token"])
+
+        yield Target("", login, app)
+
+
+@pytest.fixture(scope="module")
+def process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """A real ``lamina server`` process on a fresh data folder, reached over HTTP."""
     server = ServerProc(tmp_path_factory.mktemp("fuzz") / "server", []).start()
-    try:
-        r = httpx.post(
-            server.url + "/api/v1/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD}
-        )
+
+    def login() -> str:
+        r = httpx.post(server.url + LOGIN, json=ADMIN)
         r.raise_for_status()
-        yield Target(server.url, {"Authorization": f"Bearer {r.json()['token']}"})
+        return str(r.json()["token"])
+
+    try:
+        yield Target(server.url, login)
     finally:
         server.stop()
         log = getattr(server, "log", None)
@@ -75,19 +116,19 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             print(log.read_text(errors="replace")[-4000:])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("shard", range(SHARDS))
-def test_no_input_makes_the_server_fail(target: Target, shard: int) -> None:
+def fuzz_operations(
+    target: Target, chosen: Callable[[int], bool], examples: int
+) -> tuple[int, Counter[int], list[str]]:
+    """Fuzz the chosen operations (by index in the document): how many, the answers by
+    status, and the failures (a 5xx, or a request the server could not answer)."""
     # Schemathesis's pytest integration (``from_fixture``) fails on this pytest; its
     # Python API drives Hypothesis just as well, one operation at a time.
-    schema = schemathesis.openapi.from_url(
-        target.url + "/api/v1/openapi.json", headers=target.headers, timeout=30
-    )
+    schema = target.schema()
     failures: list[str] = []
     statuses: Counter[int] = Counter()
     operations = 0
     for index, result in enumerate(schema.get_all_operations()):
-        if index % SHARDS != shard:
+        if not chosen(index):
             continue
         operation = result.ok()
         operations += 1
@@ -97,11 +138,12 @@ def test_no_input_makes_the_server_fail(target: Target, shard: int) -> None:
         )
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if has_inputs else [])
         headers = target.session()
+        call: dict[str, Any] = {"base_url": target.url} if target.app is None else {}
         for mode in modes:
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(
-                max_examples=EXAMPLES,
+                max_examples=examples,
                 derandomize=True,
                 deadline=None,
                 database=None,
@@ -109,10 +151,7 @@ def test_no_input_makes_the_server_fail(target: Target, shard: int) -> None:
             )
             def fuzz(case: schemathesis.Case) -> None:
                 r = case.call_and_validate(
-                    base_url=target.url,
-                    headers=headers,
-                    checks=[not_a_server_error],
-                    timeout=60,
+                    headers=headers, checks=[not_a_server_error], timeout=60, **call
                 )
                 statuses[r.status_code] += 1
 
@@ -123,7 +162,28 @@ def test_no_input_makes_the_server_fail(target: Target, shard: int) -> None:
             except Exception as e:
                 failures.append(f"{operation.label} ({mode.value}): {e}")
     print(f"{operations} operations; answers by status: {sorted(statuses.items())}")
+    return operations, statuses, failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_no_input_makes_the_server_fail(in_process: Target, shard: int) -> None:
+    operations, statuses, failures = fuzz_operations(
+        in_process, lambda index: index % SHARDS == shard, EXAMPLES
+    )
     assert operations > 20 // SHARDS  # the document was read, not an empty one
     assert not failures, "\n\n".join(failures)
     # The run exercised the routes, not only the login check in front of them.
     assert sum(n for code, n in statuses.items() if code < 300) > operations
+
+
+@pytest.mark.slow
+def test_no_input_makes_the_server_process_fail(process: Target) -> None:
+    """The same fuzz through uvicorn and a real ``lamina server``, on a sample of the
+    operations: what the in-process shards cannot see (HTTP parsing, the process)."""
+    operations, statuses, failures = fuzz_operations(
+        process, lambda index: index % PROCESS_STRIDE == 0, PROCESS_EXAMPLES
+    )
+    assert operations > 20 // PROCESS_STRIDE
+    assert not failures, "\n\n".join(failures)
+    assert sum(n for code, n in statuses.items() if code < 300) > 0
