@@ -1,20 +1,31 @@
 """Start-up: a command loads only its own group. ``lamina --help`` loads no Lamina
-package but the CLI's, and the agent's commands (run on endpoints at boot) never load
-the database, the server, the store commands, the HTTP client, Rich or the ciphers.
+package but the CLI's and no third-party one; the agent's commands (run on endpoints at
+boot) never load the database, the server, the store commands, the HTTP client, Typer,
+Rich or the ciphers; ``snapshot list`` on a local store loads neither Typer nor
+SQLAlchemy. And the quick entry that takes these command lines (``lamina.cli.quick``)
+prints what the Typer app prints for them, and the same exit code.
 Deterministic: what is imported, not how long it takes (figures: ``python -m bench.startup``)."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import lamina.cli
+from lamina.cli import root_help
+from lamina.cli.quick import quick_command
+
 #: What none of the three start-up commands may load: the server's side, the other
 #: command groups, and the heavy libraries only other commands need.
 NEVER = {
+    "typer",
+    "click",
     "sqlalchemy",
     "fastapi",
     "uvicorn",
@@ -38,13 +49,14 @@ NEVER = {
 }
 
 
-def imported(*args: str) -> set[str]:
+def imported(*args: str, env: dict[str, str] | None = None) -> set[str]:
     """The modules ``lamina ARGS`` imports (from ``python -X importtime``); it must exit 0."""
     p = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "lamina.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
     assert p.returncode == 0, p.stderr[-2000:]
     return {
@@ -54,15 +66,13 @@ def imported(*args: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("command", ["status", "boot"])
-def test_the_agents_commands_load_no_database_server_or_store_command(
-    tmp_path: Path, command: str
-) -> None:
+def _agent_state(folder: Path) -> Path:
+    """An enrolled agent's state folder (never run), its root ``folder`` itself."""
     state = {
         "server": "https://lamina.example",
         "device_id": "d",
         "credential": "lmd_x",
-        "root": str(tmp_path),
+        "root": str(folder),
         "chunker_seed": 1,
         "id_key": "00" * 32,
         "min_size": 1,
@@ -70,8 +80,15 @@ def test_the_agents_commands_load_no_database_server_or_store_command(
         "max_size": 4,
         "version": 2,
     }
-    (tmp_path / "agent.json").write_text(json.dumps(state))
-    mods = imported("agent", command, "--state", str(tmp_path))
+    (folder / "agent.json").write_text(json.dumps(state))
+    return folder
+
+
+@pytest.mark.parametrize("command", ["status", "boot"])
+def test_the_agents_commands_load_no_database_server_or_store_command(
+    tmp_path: Path, command: str
+) -> None:
+    mods = imported("agent", command, "--state", str(_agent_state(tmp_path)))
     assert "lamina.agent.staging" in mods  # the command ran
     assert not NEVER & mods
 
@@ -81,6 +98,168 @@ def test_help_loads_no_command_group() -> None:
     assert {m for m in mods if m.startswith("lamina.")} <= {
         "lamina.cli",
         "lamina.cli.output",
+        "lamina.cli.quick",
+        "lamina.cli.root_help",
         "lamina.errors",
     }
     assert not NEVER & mods
+    assert "pydantic" not in mods
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding a local store (SQLite and packs) with a snapshot of each of
+    two sources, made once in this process by the functions the CLI calls."""
+    from lamina.db.stores import StoreLocation, init_store
+    from lamina.tree.backup import backup
+
+    tmp = tmp_path_factory.mktemp("store")
+    src = tmp / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a" * 100)
+    (src / "b.txt").write_text("b" * 200)
+    store = init_store(StoreLocation(data=tmp / "data"))
+    try:
+        for source in ("one:/src", "two:/src"):
+            backup(store, src, source=source, cache_path=tmp / f"cache-{source[:3]}.sqlite")
+    finally:
+        store.close()
+    return tmp / "data"
+
+
+def test_snapshot_list_on_a_local_store_loads_no_typer_or_sqlalchemy(local_store: Path) -> None:
+    mods = imported("snapshot", "list", "--json", "--data", str(local_store))
+    assert "lamina.db.sqlite_read" in mods  # the command ran, the quick way
+    assert not {"typer", "click", "pydantic", "sqlalchemy", "alembic", "rich"} & mods
+    assert not {m for m in mods if m.startswith(("lamina.server", "lamina.tree", "lamina.agent"))}
+
+
+# --- the quick entry and the Typer app agree ------------------------------------------
+
+
+Outcome = tuple[int, str, str]
+
+
+@pytest.fixture
+def run_both(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Callable[[list[str]], tuple[Outcome, Outcome]]]:
+    """Runs ``lamina ARGS`` in this process through ``main()`` (which must take the quick
+    entry) and through the Typer app alone; returns each one's exit code, stdout, stderr."""
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.delenv("LAMINA_AGENT_STATE", raising=False)
+    for name in ("LAMINA_DATA", "LAMINA_DB", "LAMINA_STORE", "LAMINA_KEYFILE"):
+        monkeypatch.delenv(name, raising=False)
+    handler = signal.getsignal(signal.SIGINT)
+
+    def outcome(run: Callable[[], None]) -> Outcome:
+        try:
+            run()
+            rc = 0
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    def both(args: list[str]) -> tuple[Outcome, Outcome]:
+        from lamina.cli import root
+
+        monkeypatch.setattr(sys, "argv", ["lamina", *args])
+        assert quick_command(args) is not None, args
+        quick = outcome(lamina.cli.main)
+        typer_app = outcome(lambda: root.run(lamina.cli.Interrupt()))
+        return quick, typer_app
+
+    yield both
+    signal.signal(signal.SIGINT, handler)
+
+
+def test_quick_commands_print_what_typer_prints(
+    tmp_path: Path,
+    local_store: Path,
+    run_both: Callable[[list[str]], tuple[Outcome, Outcome]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = _agent_state(tmp_path)
+    data = str(local_store)
+    lines = [
+        ["--help"],
+        ["--version"],
+        ["version"],
+        ["agent", "status", "--state", str(state)],
+        ["agent", "status", f"--state={state}", "--json"],
+        ["agent", "boot", "--json", "--state", str(state)],
+        ["agent", "boot", "--state", str(state)],
+        ["agent", "status", "--state", str(tmp_path / "not-enrolled")],  # an error, exit 3
+        ["snapshot", "list", "--data", data],
+        ["snapshot", "list", "--json", "--data", data, "--source", "two:/src"],
+        ["snapshot", "list", "--data", data, "--keyfile", str(tmp_path / "none.json")],
+    ]
+    for args in lines:
+        quick, typer_app = run_both(args)
+        assert quick == typer_app, args
+    assert run_both(["snapshot", "list", "--data", data])[0][1].count("\n") == 2
+    monkeypatch.setenv("LAMINA_AGENT_STATE", str(state))
+    assert run_both(["agent", "status", "--json"])[0][0] == 0
+    monkeypatch.setenv("LAMINA_DATA", data)
+    quick, typer_app = run_both(["snapshot", "list", "--json"])
+    assert quick == typer_app
+    assert len(json.loads(quick[1])) == 2
+
+
+def test_a_wrong_key_file_is_refused_the_quick_way_as_the_typer_way(
+    tmp_path: Path,
+    local_store: Path,
+    run_both: Callable[[list[str]], tuple[Outcome, Outcome]],
+) -> None:
+    from lamina.store.keys import StoreKeys, write_keyfile
+
+    other = tmp_path / "other-store.json"
+    write_keyfile(other, StoreKeys.generate())
+    quick, typer_app = run_both(
+        ["snapshot", "list", "--data", str(local_store), "--keyfile", str(other)]
+    )
+    assert quick == typer_app
+    assert quick[0] == 6 and "key file is for store" in quick[2]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["agent", "status"],  # --state missing: Typer says so
+        ["agent", "status", "--state"],
+        ["agent", "status", "--state", "a", "--state", "b"],
+        ["agent", "boot", "--state", "s", "--help"],
+        ["agent", "boot", "--state", "s", "--jsonx"],
+        ["agent", "status", "--state", "--json"],
+        ["snapshot", "list", "--data", ""],
+        ["snapshot", "list", "extra"],
+        ["-h"],
+        ["agent"],
+        [],
+    ],
+)
+def test_other_command_lines_go_to_typer(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAMINA_AGENT_STATE", raising=False)
+    assert quick_command(args) is None
+
+
+def test_help_goes_to_typer_on_a_narrow_terminal_or_during_completion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    assert quick_command(["--help"]) is not None
+    monkeypatch.setenv("COLUMNS", "79")
+    assert quick_command(["--help"]) is None
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("_LAMINA_COMPLETE", "bash_complete")
+    assert quick_command(["--help"]) is None
+
+
+def test_the_quick_help_text_is_current() -> None:
+    """``lamina.cli.root_help`` is what Typer prints now; if this fails, run
+    ``python -m lamina.cli.root_help``."""
+    from lamina.cli.root import root_help_body
+
+    assert root_help.key() == root_help.KEY
+    assert root_help_body() == root_help.BODY

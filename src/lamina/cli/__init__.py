@@ -1,11 +1,21 @@
-"""The ``lamina`` command: one Typer app, one module per command group.
+"""The ``lamina`` command: one Typer app, one module per command group, and a quick
+entry for the commands that must start fast.
+
+``main()`` first asks :mod:`lamina.cli.quick` whether it takes the command line: it
+does for the well-formed invocations of ``lamina --help``, ``lamina --version``,
+``lamina version``, ``lamina agent status`` and ``lamina agent boot`` (run at boot,
+before services start), which it parses with the standard library and runs through
+the same functions as the Typer commands, without importing Typer, pydantic's type
+adapters or Rich. Everything else, including every usage error and every other
+``--help``, goes to the Typer app in :mod:`lamina.cli.root`. This module is data and
+``main()`` only: importing it imports no third-party package.
 
 The groups are loaded lazily (click's ``LazyGroup`` pattern): :data:`COMMANDS` names
 each group's module and its one-line help, and a group's module is imported only when
-the group is invoked (or when completion, ``lamina docs`` or a test needs the whole
-tree). ``lamina --help`` lists every group from :data:`COMMANDS` without importing one,
-and ``lamina agent boot`` imports the agent's command module and nothing of the
-server's, database's or other groups' (tests/cli/test_startup.py holds both).
+the group is invoked. ``lamina --help`` lists every group from :data:`COMMANDS` without
+importing one, and ``lamina agent boot`` imports the agent's command functions and
+nothing of the server's, database's or other groups' (tests/cli/test_startup.py holds
+both).
 
 ``main()`` is the one place that turns what ends a command into what a user sees:
 a Lamina error is one ``error:`` line and its exit code; a usage error (unknown
@@ -16,58 +26,15 @@ prints a traceback. Everything printed goes through ``output.safe``.
 
 from __future__ import annotations
 
-import importlib
 import signal
 import sys
-from collections.abc import Callable
-from difflib import get_close_matches
-from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Any
 
-import typer
-import typer.main
-
-# Typer (from 0.2x) vendors its own copy of click: its usage errors are not click's
-# classes. pyproject.toml pins typer to the minor version this was written against.
-from typer._click.core import Command as ClickCommand
-from typer._click.core import Context
-from typer._click.exceptions import UsageError
-from typer._click.formatting import HelpFormatter
-from typer._click.shell_completion import CompletionItem
-from typer.core import TyperCommand, TyperGroup
-
-from lamina import __version__
-from lamina.cli.output import fail, install_safe_streams, safe
+from lamina.cli.output import fail, install_safe_streams
 from lamina.errors import WARNINGS_EXIT, LaminaError
 
 INTERRUPTED = "interrupted; run the same command again to resume"
-
-
-def _parse_in(ctx: Context, parse: Callable[[], list[str]]) -> list[str]:
-    """Run ``parse``; a usage error it raises names ``ctx``'s command (the option parser
-    leaves that out), so the hint can point at the right ``--help``."""
-    try:
-        return parse()
-    except UsageError as e:
-        if e.ctx is None:
-            e.ctx, e.cmd = ctx, ctx.command
-        raise
-
-
-class Command(TyperCommand):
-    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        return _parse_in(ctx, lambda: super(Command, self).parse_args(ctx, args))
-
-
-class Group(TyperGroup):
-    """A command group that, given no command, says so in one line (Typer prints the
-    whole help and then raises)."""
-
-    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        if not args and self.no_args_is_help and not ctx.resilient_parsing:
-            raise UsageError("missing command", ctx)
-        return _parse_in(ctx, lambda: super(Group, self).parse_args(ctx, args))
 
 
 #: Every top-level command but ``version`` and ``docs``, in ``--help``'s order: its
@@ -161,62 +128,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def load_command(name: str) -> ClickCommand:
-    """Import the module of top-level command ``name`` and build its click command,
-    with one-line usage errors and its group's examples."""
-    module, attr, _ = COMMANDS[name]
-    obj = getattr(importlib.import_module(module), attr)
-    if isinstance(obj, typer.Typer):
-        _one_line_errors(obj)
-        _add_examples(obj, name)
-        cmd: ClickCommand = typer.main.get_group(obj)
-    else:
-        single = typer.Typer()
-        single.command(name, cls=Command)(obj)
-        cmd = typer.main.get_command(single)
-    cmd.name = name
-    return cmd
-
-
-class Root(Group):
-    """``lamina`` itself: the groups of :data:`COMMANDS` are built on first use; its
-    help and shell completion list them from the table, importing none."""
-
-    def list_commands(self, ctx: Context) -> list[str]:
-        return [*COMMANDS, *(n for n in self.commands if n not in COMMANDS)]
-
-    def get_command(self, ctx: Context, cmd_name: str) -> ClickCommand | None:
-        if cmd_name not in self.commands and cmd_name in COMMANDS:
-            self.commands[cmd_name] = load_command(cmd_name)
-        return self.commands.get(cmd_name)
-
-    def _short_help(self, name: str) -> str:
-        if name in COMMANDS and name not in self.commands:
-            return COMMANDS[name][2]
-        return self.commands[name].get_short_help_str(limit=300)
-
-    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
-        rows = [(n, self._short_help(n)) for n in self.list_commands(ctx)]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
-    def resolve_command(
-        self, ctx: Context, args: list[str]
-    ) -> tuple[str | None, ClickCommand | None, list[str]]:
-        try:
-            return self._click_resolve_command(ctx, args)
-        except UsageError as e:  # Typer suggests from the commands loaded so far only
-            matches = get_close_matches(args[0], self.list_commands(ctx)) if args else []
-            if matches:
-                e.message = f"{e.message.rstrip('.')}. Did you mean {matches[0]!r}?"
-            raise
-
-    def shell_complete(self, ctx: Context, incomplete: str) -> list[CompletionItem]:
-        names = [n for n in self.list_commands(ctx) if n.startswith(incomplete)]
-        options = [i for i in super().shell_complete(ctx, incomplete) if i.value not in COMMANDS]
-        return [*(CompletionItem(n, help=self._short_help(n)) for n in names), *options]
-
-
 #: What ``lamina``'s exit status means: one code per branch of ``errors.py``'s tree
 #: (tests/cli/test_help.py holds the two in step), and Ctrl-C.
 EXIT_CODES: tuple[tuple[int, str], ...] = (
@@ -233,46 +144,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (WARNINGS_EXIT, "finished with warnings: files skipped or not restored (listed on stderr)"),
     (130, "interrupted (Ctrl-C); run the same command again to resume"),
 )
-
-# \b: click prints the table as it is, unwrapped.
-EPILOG = "Exit codes:\n\n\b\n" + "\n".join(f"{code:>3}  {what}" for code, what in EXIT_CODES)
-
-app = typer.Typer(
-    name="lamina",
-    help="Lamina: centralized image management for a fleet of endpoints.\n\n"
-    "Examples: lamina status; lamina device list --state failing; "
-    "lamina snapshot create /etc --data ./backups; lamina docs > lamina.md",
-    epilog=EPILOG,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    # click's plain help: Rich's costs `lamina --help` a tenth of a second to import.
-    rich_markup_mode=None,
-    cls=Root,
-    # `lamina --install-completion` / `--show-completion` for bash, zsh, fish.
-    add_completion=True,
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"lamina {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            help="Print Lamina's version and exit.",
-            is_eager=True,
-            callback=_print_version,
-        ),
-    ] = False,
-) -> None:
-    """Lamina: centralized image management for a fleet of endpoints."""
-
 
 #: An example or two under each group's help (`lamina GROUP --help`); test_help.py
 #: checks every group has one.
@@ -299,74 +170,7 @@ GROUP_EXAMPLES = {
 }
 
 
-def _add_examples(t: typer.Typer, path: str) -> None:
-    """Append ``GROUP_EXAMPLES[path]`` to group ``t``'s help, and so on down its groups."""
-    example = GROUP_EXAMPLES.get(path)
-    info = t.info
-    base = info.help if isinstance(info.help, str) else ""
-    if example and "Examples: " not in base:
-        info.help = f"{base}\n\nExamples: {example}"
-    for g in t.registered_groups:
-        if g.typer_instance is not None:
-            _add_examples(g.typer_instance, f"{path} {g.name or g.typer_instance.info.name}")
-
-
-def _one_line_errors(t: typer.Typer) -> None:
-    """Every group, nested ones too, is a :class:`Group`, every command a :class:`Command`."""
-    if t.info.cls is not Root:
-        t.info.cls = Group
-    for c in t.registered_commands:
-        c.cls = Command
-    for g in t.registered_groups:
-        g.cls = Group
-        if g.typer_instance is not None:
-            _one_line_errors(g.typer_instance)
-
-
-@app.command()
-def version() -> None:
-    """Print Lamina's version."""
-    typer.echo(__version__)
-
-
-@app.command()
-def docs(
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
-    ] = None,
-) -> None:
-    """The reference of every command, in Markdown, generated from the commands themselves.
-
-    Example: lamina docs --output lamina.md
-    """
-    text = command_reference()
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        output.write_text(text)
-        typer.echo(f"wrote {output}")
-
-
-def command_reference() -> str:
-    """Markdown for every command, option and argument (Typer's own generator)."""
-    from typer.cli import get_docs_for_click
-
-    click_app = typer.main.get_command(app)
-    ctx = typer.Context(click_app, info_name="lamina")
-    return get_docs_for_click(obj=click_app, ctx=ctx, name="lamina", title="lamina") + "\n"
-
-
-_one_line_errors(app)  # after the last command is added
-
-
-def usage_line(e: UsageError) -> str:
-    """One line for a usage error: what is wrong, and where the help is."""
-    message = " ".join(e.format_message().split())
-    where = e.ctx.command_path if e.ctx is not None else "lamina"
-    return f"error: {message} (see '{where} --help')"
-
-
-class _Interrupt:
+class Interrupt:
     """SIGINT handler: remembers the interrupt, then raises KeyboardInterrupt as Python's does
     (Typer turns it into exit code 130 silently; ``main()`` prints the line)."""
 
@@ -379,23 +183,38 @@ class _Interrupt:
 
 def main() -> None:
     install_safe_streams()
-    interrupt = _Interrupt()
+    interrupt = Interrupt()
     signal.signal(signal.SIGINT, interrupt)
+    from lamina.cli.quick import quick_command
+
+    command = quick_command(sys.argv[1:])
+    if command is None:
+        from lamina.cli.root import run
+
+        run(interrupt)
+        return
     try:
-        rc = app(standalone_mode=False)
+        command()
     except LaminaError as e:
         fail(e)
-    except UsageError as e:
-        print(usage_line(e), file=sys.stderr)
-        sys.exit(2)
-    except typer.TyperException as e:  # typer's other click errors, e.g. a file it cannot open
-        print(f"error: {safe(e.format_message())}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except KeyboardInterrupt:
         interrupt.seen = True
-        rc = 130
     if interrupt.seen:
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
-    if isinstance(rc, int) and rc:
-        sys.exit(rc)
+
+
+#: What lived here before the Typer app moved to ``lamina.cli.root`` (``from lamina.cli
+#: import app`` in tests and tools), loaded on first use so that ``import lamina.cli``
+#: stays free of Typer.
+_ROOT_NAMES = frozenset(
+    {"app", "load_command", "command_reference", "usage_line", "Root", "Group", "Command", "EPILOG"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ROOT_NAMES:
+        from lamina.cli import root
+
+        return getattr(root, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lamina.agent import service
-from lamina.cli import units
+from lamina.cli import agent_boot, units
 from lamina.cli.common import JsonOpt
 from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
 from lamina.cli.output import emit_json
@@ -235,61 +234,13 @@ def _run(
 @app.command()
 def status(state: StateOpt, as_json: JsonOpt = False) -> None:
     """The agent's state, last sync and progress."""
-    from lamina.agent import staging
-    from lamina.agent.state import load_state, load_status
-
-    st = load_state(state)
-    doc = {
-        "id": st.device_id,
-        "device_id": st.device_id,
-        "server": st.server,
-        "root": st.root,
-        **load_status(state).model_dump(mode="json"),
-    }
-    txs = staging.pending(state, Path(st.root))
-    doc["staged"] = [t.journal["id"] for t in txs if t.journal["state"] != staging.APPLIED]
-    doc["awaiting_confirmation"] = [
-        {"id": t.journal["id"], "boots": t.journal.get("boots", 0)}
-        for t in txs
-        if t.journal["state"] == staging.APPLIED
-    ]
-    if as_json:
-        emit_json(doc)
-        return
-    keys = ("device_id", "cvd_id", "state", "last_sync", "last_snapshot", "staged")
-    for k in (*keys, "awaiting_confirmation", "stream", "last_error"):
-        typer.echo(f"{k:<14} {doc.get(k)}")
-
-
-#: A test hook: ``agent boot`` stops dead after N operations, like a power cut.
-FAIL_ENV = "LAMINA_BOOT_FAIL_AFTER"
+    agent_boot.status(state, as_json)
 
 
 @app.command()
 def boot(state: StateOpt, as_json: JsonOpt = False) -> None:
     """Apply staged transactions atomically (run by the init system before services start)."""
-    from lamina.agent import initramfs, staging
-    from lamina.agent.state import StateLock, load_state, record_boot
-
-    st = load_state(state)
-    lock = StateLock(state)  # never while an agent drops or stages a transaction
-    try:
-        applied = staging.boot(state, Path(st.root), int(os.environ.get(FAIL_ENV, "-1")))
-        for a in applied:  # the marker a migration onto other storage hardware leaves
-            if a.get("rebuild_initramfs") and not a.get("error"):
-                a["initramfs"] = initramfs.rebuild(Path(st.root))
-    finally:
-        lock.release()
-    if applied:
-        record_boot(state, applied)
-    if as_json:
-        emit_json([{"id": a["transaction"], **a} for a in applied])
-    else:
-        for a in applied:
-            if a.get("error"):
-                typer.echo(f"transaction {a['transaction']}: {a['error']}", err=True)
-        ok = len([a for a in applied if not a.get("error")])
-        typer.echo(f"applied {ok} staged transactions")
+    agent_boot.boot(state, as_json)
 
 
 @app.command("install-service")

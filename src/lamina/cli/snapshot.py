@@ -12,6 +12,7 @@ import typer
 from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
 from lamina.cli.output import emit_json, human_bytes
 from lamina.cli.progress import byte_progress, err_console, exit_with_warnings
+from lamina.cli.snapshot_list import list_snapshots
 from lamina.cli.store_options import (
     DEFAULT_DATA,
     DataOpt,
@@ -127,18 +128,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List snapshots, oldest first."""
-    s = open_store(location(data, db, store, keyfile))
-    try:
-        snaps = s.catalog.snapshots(source)
-    finally:
-        s.close()
-    if as_json:
-        emit_json([x.to_public() for x in snaps])
-        return
-    for x in snaps:
-        typer.echo(
-            f"{x.id[:12]}  {x.time:%Y-%m-%d %H:%M:%S}  {x.files:>8} files  {human_bytes(x.bytes):>10}  {x.source}"
-        )
+    list_snapshots(location(data, db, store, keyfile), source, as_json)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from lamina.db.engine import is_sqlite, read_tx, write_tx
 from lamina.db.models import blobs, packs, snapshots, store_state
+from lamina.db.sqlite_read import snapshot_record
 from lamina.errors import ConflictError, NotFoundError, StoreKeyError, UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import (
@@ -374,15 +375,7 @@ class SqlCatalog:
     # --- snapshots -----------------------------------------------------------
     @staticmethod
     def _record(r: Any) -> SnapshotRecord:
-        return SnapshotRecord(
-            id=r.id,
-            time=_aware(r.time),
-            source=r.source,
-            root=bytes(r.root),
-            files=r.files,
-            bytes=r.bytes,
-            meta=dict(r.meta or {}),
-        )
+        return snapshot_record(r.id, r.time, r.source, r.root, r.files, r.bytes, r.meta)
 
     def add_snapshot(self, record: SnapshotRecord, expected_epoch: int) -> bool:
         with write_tx(self.engine) as c:

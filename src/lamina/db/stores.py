@@ -9,45 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import Engine, delete, func, insert, select
 
 from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import make_engine, read_tx, write_tx
+from lamina.db.location import StoreLocation as StoreLocation
 from lamina.db.migrate import upgrade
 from lamina.db.models import store_state, users
 from lamina.store.backends import open_backend
-from lamina.store.keys import KEYFILE_NAME, StoreKeys, read_keyfile, write_keyfile
+from lamina.store.keys import StoreKeys, read_keyfile, write_keyfile
 from lamina.store.pack import DEFAULT_PACK_SIZE
 from lamina.store.repository import Store
-
-
-@dataclass(frozen=True)
-class StoreLocation:
-    data: Path
-    db_url: str | None = None
-    store_url: str | None = None
-    keyfile: Path | None = None
-    #: opens a sealed key file (``LAMINA_STORE_PASSPHRASE``, read by the CLI and the server)
-    passphrase: str | None = field(default=None, repr=False)
-
-    @property
-    def keys_path(self) -> Path:
-        return self.keyfile or self.data / KEYFILE_NAME
-
-    @property
-    def database(self) -> str:
-        return self.db_url or f"sqlite:///{(self.data / 'lamina.db').resolve()}"
-
-    @property
-    def packs(self) -> str:
-        return self.store_url or str((self.data / "store").resolve())
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data / "cache"
 
 
 def open_database(loc: StoreLocation) -> Engine:

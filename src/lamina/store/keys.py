@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from argon2.exceptions import HashingError
-from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -93,15 +91,23 @@ def _unb64(s: Any, what: str) -> bytes:
 
 
 def _derive(passphrase: str, salt: bytes, kdf: dict[str, Any]) -> bytes:
-    return hash_secret_raw(
-        passphrase.encode(),
-        salt,
-        time_cost=int(kdf["time_cost"]),
-        memory_cost=int(kdf["memory_cost"]),
-        parallelism=int(kdf["parallelism"]),
-        hash_len=32,
-        type=Type.ID,
-    )
+    """argon2id of ``passphrase``; a parameter argon2 refuses is a ``ValueError``. (argon2
+    is imported here: only a sealed key file needs it, and most commands open none.)"""
+    from argon2.exceptions import HashingError
+    from argon2.low_level import Type, hash_secret_raw
+
+    try:
+        return hash_secret_raw(
+            passphrase.encode(),
+            salt,
+            time_cost=int(kdf["time_cost"]),
+            memory_cost=int(kdf["memory_cost"]),
+            parallelism=int(kdf["parallelism"]),
+            hash_len=32,
+            type=Type.ID,
+        )
+    except HashingError as e:
+        raise ValueError(str(e)) from e
 
 
 def dump_keys(keys: StoreKeys, passphrase: str | None = None) -> bytes:
@@ -175,7 +181,7 @@ def parse_keys(raw: bytes, passphrase: str | None = None) -> StoreKeys:
         )
     except (KeyError, TypeError) as e:
         raise StoreKeyError(f"key file is missing a field: {e}") from e
-    except (ValueError, OverflowError, HashingError) as e:  # "abc" or Infinity as a size
+    except (ValueError, OverflowError) as e:  # "abc" or Infinity as a size
         raise StoreKeyError(f"key file has a malformed field: {e}") from e
 
 

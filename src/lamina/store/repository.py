@@ -86,6 +86,32 @@ def pack_histogram(sizes: Iterable[int], pack_size: int) -> list[dict[str, int |
     return out
 
 
+def check_config(backend: Backend, keys: StoreKeys) -> None:
+    """Check that ``keys`` open the store in ``backend`` (its config object decrypts and
+    names their store): a missing store or a wrong key file is a clear error. Reads
+    nothing else, so a command that only lists snapshots checks the key this way too."""
+    try:
+        raw = backend.read(CONFIG_NAME)
+    except NotFoundError as e:
+        raise NotFoundError(f"no Lamina store at {backend.url}: run `lamina store init`") from e
+    try:
+        plain = AESGCM(keys.data_key).decrypt(raw[:12], raw[12:], _CONFIG_AAD)
+    except (InvalidTag, ValueError) as e:
+        raise StoreKeyError(
+            f"the key file does not open the store at {backend.url} (wrong key file?)"
+        ) from e
+    doc = msgpack.unpackb(plain)
+    if doc.get("store_id") != keys.store_id:
+        raise StoreKeyError(
+            f"the store at {backend.url} is {doc.get('store_id')}, "
+            f"the key file is for {keys.store_id}"
+        )
+    if doc.get("v") != CONFIG_VERSION:
+        raise IntegrityError(
+            f"unsupported store version {doc.get('v')} (expected {CONFIG_VERSION})"
+        )
+
+
 class Store:
     """One store: a backend for packs, a catalog for the index, the keys."""
 
@@ -130,28 +156,7 @@ class Store:
 
     def verify_config(self) -> None:
         """Check the key file opens this store; a wrong key is a clear error."""
-        try:
-            raw = self.backend.read(CONFIG_NAME)
-        except NotFoundError as e:
-            raise NotFoundError(
-                f"no Lamina store at {self.backend.url}: run `lamina store init`"
-            ) from e
-        try:
-            plain = AESGCM(self.keys.data_key).decrypt(raw[:12], raw[12:], _CONFIG_AAD)
-        except (InvalidTag, ValueError) as e:
-            raise StoreKeyError(
-                f"the key file does not open the store at {self.backend.url} (wrong key file?)"
-            ) from e
-        doc = msgpack.unpackb(plain)
-        if doc.get("store_id") != self.keys.store_id:
-            raise StoreKeyError(
-                f"the store at {self.backend.url} is {doc.get('store_id')}, "
-                f"the key file is for {self.keys.store_id}"
-            )
-        if doc.get("v") != CONFIG_VERSION:
-            raise IntegrityError(
-                f"unsupported store version {doc.get('v')} (expected {CONFIG_VERSION})"
-            )
+        check_config(self.backend, self.keys)
 
     # --- reading -------------------------------------------------------------
     def _read_range(self, loc: BlobLocation) -> bytes:
