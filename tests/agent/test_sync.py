@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import random
 from pathlib import Path
 
-from lamina.agent.sync import MAX_ERROR_PATHS, error_paths
+import pytest
+
+from lamina.agent.sync import MAX_ERROR_PATHS, error_paths, protected_area
+from lamina.layers.rules import RuleSet, builtin, compile_glob
+from lamina.protocol.schemas import PolicySettings
 
 
 def test_error_paths_are_relative_and_bounded(tmp_path: Path) -> None:
@@ -18,3 +25,58 @@ def test_error_paths_are_bounded_in_size(tmp_path: Path) -> None:
     root = tmp_path.resolve()
     long = [f"{root}/{'x' * 4000}/{i}: Permission denied" for i in range(100)]
     assert 0 < len(error_paths(long, root)) < 100
+
+
+# --- the protected area decides as the per-pattern reference does, only faster ---------
+def _reference_exclude(policy: PolicySettings, rules: RuleSet, rel: bytes, is_dir: bool) -> bool:
+    """The a188115 decision: every path matched against every glob, one RE2 at a time."""
+
+    def hit(patterns: list[str] | tuple[str, ...], path: str) -> bool:
+        return any(compile_glob(p).match(path) for p in patterns)
+
+    path = "/" + os.fsdecode(rel)
+    cls = next((c for c in rules.order if hit(rules.classes.get(c, ()), path)), "system")
+    if cls == "excluded":
+        return not is_dir
+    if hit(policy.exceptions, path):
+        return False
+    if hit(policy.exclude, path):
+        return True
+    if is_dir:
+        return False
+    return not hit(policy.include, path) or cls not in policy.classes
+
+
+_NAMES = [b"etc", b"home", b"alice", b".cache", b"var", b"log", b"lib", b"docker", b"usr"]
+_NAMES += [b"caf\xe9", b"x.conf", b"srv", b"opt", b"tmp", b"ssh_host_rsa_key", b"ssh", b"a"]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        PolicySettings(),
+        PolicySettings(classes=["system"]),
+        PolicySettings(include=["/home/**", "/etc/*.conf"], classes=["user_data", "system"]),
+        PolicySettings(exclude=["/home/*/a/**", "/usr"], exceptions=["/usr/lib/**", "/home/a*"]),
+        PolicySettings(exclude=["/**"], exceptions=["/etc/ssh/**"]),
+    ],
+)
+@pytest.mark.parametrize("ruleset", ["debian"])
+def test_protected_area_agrees_with_the_per_pattern_reference(
+    tmp_path: Path, policy: PolicySettings, ruleset: str
+) -> None:
+    """Folder-wide decisions and the one-RE2-per-group match give every path the answer
+    the per-glob reference gives: paths in folder order (memo used) and shuffled."""
+    rules = builtin(ruleset)
+    exclude, _ = protected_area(policy, rules, tmp_path, tmp_path / "state")
+    rng = random.Random(7)
+    deep = [p for n in (3, 4) for p in itertools.product(_NAMES, repeat=n)]
+    picked = [*itertools.product(_NAMES, repeat=1), *itertools.product(_NAMES, repeat=2)]
+    rels = sorted(b"/".join(p) for p in picked + rng.sample(deep, 120))
+    rels += [b"home/alice/.cache/x", b"etc/ssh/ssh_host_rsa_key", b"var/lib/docker/caf\xe9"]
+    expected = {
+        (r, d): _reference_exclude(policy, rules, r, d) for r in rels for d in (False, True)
+    }
+    for rel in rels + rng.sample(rels, len(rels)):
+        for is_dir in (False, True):
+            assert exclude(rel, is_dir) == expected[rel, is_dir], rel

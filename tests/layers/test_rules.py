@@ -15,6 +15,7 @@ from lamina.layers.rules import (
     MAX_WILDCARDS,
     builtin,
     compile_glob,
+    globs,
     matches,
     parse_rules,
 )
@@ -250,3 +251,25 @@ def test_linux_is_the_debian_rules_under_its_own_name() -> None:
     )
     with pytest.raises(UsageError, match="no built-in rule set"):
         builtin("plan9")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    patterns=st.lists(
+        st.text(alphabet="ab/*?.\udcff", max_size=8).map(lambda s: "/" + s), max_size=3
+    ),
+    folder=st.text(alphabet="ab/.\udcff", max_size=6).map(lambda s: "/" + s),
+    below=st.text(alphabet="ab/.\udcff", min_size=1, max_size=6),
+)
+def test_one_re2_per_group_and_folder_decisions_agree_with_each_glob(
+    patterns: list[str], folder: str, below: str
+) -> None:
+    """``Globs`` (one RE2 for all patterns) matches as the patterns one by one do, and a
+    folder it decides (``below``: True/False) gets that answer for every path under it."""
+    g = globs(tuple(patterns))
+    path = folder.rstrip("/") + "/" + below
+    each = any(compile_glob(p).match(path) for p in patterns)
+    assert g.match(path) == each
+    decided = g.below(folder)
+    if decided is not None:
+        assert decided == each

@@ -16,7 +16,7 @@ from lamina.agent.state import AgentState
 from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.uploader import RemoteSink
 from lamina.errors import MissingDataError, UploadsPendingError
-from lamina.layers.rules import RuleSet, for_os, matches
+from lamina.layers.rules import Globs, RuleSet, for_os, globs, re2_bytes
 from lamina.protocol.schemas import AgentConfig, CommitResponse, PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.scan import ExcludeFn, PruneFn, Scanner
@@ -35,29 +35,64 @@ class SyncResult:
 def protected_area(
     policy: PolicySettings, rules: RuleSet, root: Path, state_dir: Path
 ) -> tuple[ExcludeFn, PruneFn]:
-    """What a policy protects, as the scanner's exclude and prune callbacks."""
+    """What a policy protects, as the scanner's exclude and prune callbacks.
+
+    Every pattern group (the rule set's classes, the policy's exceptions, exclude and
+    include) is one RE2 matched on the path's bytes; a folder whose children all get
+    the same answer (no pattern can match below it, or one matches all of it) is
+    decided once for all of them."""
     wanted = set(policy.classes)
-    skip_inside: list[bytes] = []
+    skip_inside: set[bytes] = set()
     with_state = state_dir.resolve()
     with contextlib.suppress(ValueError):  # the state folder is outside the root
-        skip_inside.append(os.fsencode(with_state.relative_to(root.resolve())))
+        skip_inside.add(os.fsencode(with_state.relative_to(root.resolve())))
+    exceptions, excluded, included = (
+        globs(tuple(policy.exceptions)),
+        globs(tuple(policy.exclude)),
+        globs(tuple(policy.include)),
+    )
+
+    def decide(cls: str | None, test: Callable[[Globs], bool | None], is_dir: bool) -> bool | None:
+        """Exclude? ``test`` tells whether a group matches (None: it depends on the path)."""
+        if cls is None:
+            return None
+        if cls == "excluded":
+            return not is_dir  # excluded folders stay, empty (see prune)
+        for group, answer in ((exceptions, False), (excluded, True)):
+            hit = test(group)
+            if hit is None:
+                return None
+            if hit:
+                return answer
+        if is_dir:
+            return False  # a folder may hold wanted paths of another class
+        hit = test(included)
+        if hit is None:
+            return None
+        return True if not hit else cls not in wanted
+
+    #: parent folder -> (answer for its files, answer for its folders), None if per path
+    folders: dict[bytes, tuple[bool | None, bool | None]] = {}
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
         if rel in skip_inside:
             return True
-        path = "/" + os.fsdecode(rel)
-        cls = rules.classify(path)
-        if cls == "excluded":
-            return not is_dir  # excluded folders stay, empty (see prune)
-        if matches(policy.exceptions, path):
-            return False
-        if policy.exclude and matches(policy.exclude, path):
-            return True
-        if is_dir:
-            return False  # a folder may hold wanted paths of another class
-        if not matches(policy.include, path):
-            return True
-        return cls not in wanted
+        parent = rel.rpartition(b"/")[0]
+        known = folders.get(parent)
+        if known is None:
+            if len(folders) > 256:
+                folders.clear()
+            d = "/" + os.fsdecode(parent)
+            cls = rules.classify_below(d)
+            known = folders[parent] = (
+                decide(cls, lambda g: g.below(d), False),
+                decide(cls, lambda g: g.below(d), True),
+            )
+        answer = known[is_dir]
+        if answer is not None:
+            return answer
+        text = b"/" + rel if rel.isascii() else re2_bytes("/" + os.fsdecode(rel))
+        return bool(decide(rules.classify_bytes(text), lambda g: g.match_bytes(text), is_dir))
 
     def prune(rel: bytes) -> bool:
         return rules.prunable("/" + os.fsdecode(rel))

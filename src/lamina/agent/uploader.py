@@ -1,9 +1,10 @@
 """The agent's blob sink: asks the server what it lacks, uploads the rest in bundles.
 
 Chunks are compressed here (the agent has the chunking secret, never the data
-key) and sent in bundles of about 8 MiB; the server verifies, encrypts and
-stores each bundle durably before answering, so an interrupted sync resumes
-without sending a bundle twice. An optional bandwidth limit paces uploads.
+key) and sent in bundles of about 8 MiB, ``IN_FLIGHT`` at once; the server
+verifies, encrypts and stores each bundle durably before answering, so an
+interrupted sync resumes without sending a bundle twice. An optional bandwidth
+limit paces uploads (one at a time).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ BUNDLE_BYTES = 8 * 1024 * 1024
 #: Content (before compression) per bundle; the server refuses more than 256 MiB.
 BUNDLE_RAW_BYTES = 64 * 1024 * 1024
 MISSING_BATCH = 5000
+#: Bundles uploaded at once (each over one of the client's keep-alive connections) when
+#: no bandwidth limit paces them: the server verifies one while the next is sent.
+IN_FLIGHT = 2
 
 
 class RemoteSink:
@@ -40,7 +44,12 @@ class RemoteSink:
         self.bandwidth_limit = bandwidth_limit
         self.on_upload = on_upload
         self._lock = threading.Lock()
-        self._upload_lock = threading.Lock()
+        #: one upload at a time under a bandwidth limit keeps the pacing honest
+        self._slots = threading.BoundedSemaphore(1 if bandwidth_limit > 0 else IN_FLIGHT)
+        self._report_lock = threading.Lock()
+        #: ids queued or being uploaded, never asked about again meanwhile; an id leaves
+        #: once its bundle is stored (the server then answers for it), so this holds at
+        #: most a few bundles' ids, not every chunk of the snapshot
         self._sent: set[bytes] = set()
         self._bundle: list[BundleBlob] = []
         #: folders' trees, asked about in batches (the store's writer batches the same way)
@@ -112,17 +121,20 @@ class RemoteSink:
 
     def _upload(self, blobs: list[BundleBlob]) -> None:
         body = encode_bundle(blobs)
-        with self._upload_lock:  # one upload at a time keeps the pacing honest
+        with self._slots:
             retrying(
                 lambda: self.client.json(
                     "POST", "/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE}
                 )
             )
-            self.bundles += 1
-            self.uploaded_blobs += len(blobs)
-            self.uploaded_bytes += len(body)
+            with self._lock:
+                self.bundles += 1
+                self.uploaded_blobs += len(blobs)
+                self.uploaded_bytes += len(body)
+                self._sent.difference_update(b.id for b in blobs)
             if self.on_upload:
-                self.on_upload(len(body))
+                with self._report_lock:
+                    self.on_upload(len(body))
             self._pace(len(body))
 
     def _pace(self, nbytes: int) -> None:

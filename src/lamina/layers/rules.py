@@ -106,8 +106,82 @@ def compile_glob(pattern: str) -> Glob:
         raise UsageError(f"path pattern {pattern[:60]!r} is too complex: {e}") from e
 
 
+def re2_bytes(path: str) -> bytes:
+    """``path`` as the UTF-8 text RE2 matches (undecodable bytes mapped as in ``_re2_text``)."""
+    try:
+        return path.encode()
+    except UnicodeEncodeError:  # lone surrogates: bytes the file system name did not decode
+        return _re2_text(path).encode()
+
+
+def literal_prefix(pattern: str) -> str:
+    """What every path ``pattern`` matches begins with: its text before the first wildcard
+    (without the ``/`` of a ``/**``, which also matches the folder itself)."""
+    if not any(ch in pattern for ch in "*?"):
+        return pattern.rstrip("/")
+    i = min(i for i in (pattern.find("*"), pattern.find("?")) if i >= 0)
+    if pattern.startswith("/**", i - 1) and (i + 2 == len(pattern) or pattern[i + 2] == "/"):
+        i -= 1
+    return pattern[:i]
+
+
+def _covered_head(pattern: str) -> str | None:
+    """The folder whose whole subtree ``pattern`` matches (``/var/log`` for ``/var/log/**``
+    and for ``/var/log``), or None when the pattern is narrower."""
+    head = pattern[:-3] if pattern.endswith("/**") else pattern
+    if any(ch in head for ch in "*?"):
+        return None
+    return head.rstrip("/")
+
+
+class Globs:
+    """Patterns compiled into ONE RE2 (an alternation): a path is matched against all of
+    them in one pass over its bytes, and a folder can be decided for all its children
+    at once (``below``)."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.patterns = patterns
+        self._each = [compile_glob(p) for p in patterns]  # validates every pattern
+        self._prefixes = [literal_prefix(p) for p in patterns]
+        self._heads = [h for h in map(_covered_head, patterns) if h is not None]
+        self._regex: Any = None
+        if patterns:
+            alternation = "|".join(f"(?:{glob_to_regex(p)})" for p in patterns)
+            try:
+                self._regex = re2.compile(alternation.encode(), _RE2_OPTIONS)
+            except re2.error:  # past RE2's memory budget together: match one by one
+                self._regex = None
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def match(self, path: str) -> bool:
+        return self.match_bytes(re2_bytes(path))
+
+    def match_bytes(self, text: bytes) -> bool:
+        """``text``: a path as ``re2_bytes`` gives it."""
+        if self._regex is not None:
+            return self._regex.fullmatch(text) is not None
+        return any(g.regex.fullmatch(text.decode()) is not None for g in self._each)
+
+    def below(self, directory: str) -> bool | None:
+        """True when every path below ``directory`` matches, False when none can, None
+        when it depends on the path."""
+        d = directory.rstrip("/") + "/"
+        if any(d.startswith(h + "/") for h in self._heads):
+            return True
+        if any(p.startswith(d) or d.startswith(p) for p in self._prefixes):
+            return None
+        return False
+
+
+@functools.lru_cache(maxsize=256)
+def globs(patterns: tuple[str, ...]) -> Globs:
+    return Globs(patterns)
+
+
 def matches(patterns: tuple[str, ...] | list[str], path: str) -> bool:
-    return any(compile_glob(p).match(path) for p in patterns)
+    return bool(patterns) and globs(tuple(patterns)).match(path)
 
 
 @dataclass(frozen=True)
@@ -152,11 +226,36 @@ class RuleSet:
             return False
         return self.classify(path) in lr.capture_classes
 
+    @functools.cached_property
+    def class_globs(self) -> tuple[tuple[str, Globs], ...]:
+        """Each class of ``order`` with its patterns compiled as one RE2."""
+        return tuple((cls, globs(self.classes.get(cls, ()))) for cls in self.order)
+
     def classify(self, path: str) -> str:
-        for cls in self.order:
-            if matches(self.classes.get(cls, ()), path):
+        return self.classify_bytes(re2_bytes(path))
+
+    def classify_bytes(self, text: bytes) -> str:
+        """``classify`` of a path as ``re2_bytes`` gives it."""
+        for cls, g in self.class_globs:
+            if g and g.match_bytes(text):
                 return cls
         return "system"
+
+    def classify_below(self, directory: str) -> str | None:
+        """The class of every path below ``directory``, or None when it depends on the path."""
+        for cls, g in self.class_globs:
+            every = g.below(directory)
+            if every is None:
+                return None
+            if every:
+                return cls
+        return "system"
+
+    @functools.cached_property
+    def _prune_globs(self) -> Globs:
+        return globs(
+            tuple(p[:-3] or "/" for p in self.classes.get("excluded", ()) if p.endswith("/**"))
+        )
 
     def prunable(self, directory: str) -> bool:
         """True when everything below ``directory`` is excluded, so it need not be listed.
@@ -167,10 +266,7 @@ class RuleSet:
         if not self.order or self.order[0] != "excluded":
             return False
         d = directory.rstrip("/") or "/"
-        return any(
-            p.endswith("/**") and compile_glob(p[:-3] or "/").match(d)
-            for p in self.classes.get("excluded", ())
-        )
+        return self._prune_globs.match(d)
 
 
 def _strings(value: object, where: str) -> tuple[str, ...]:

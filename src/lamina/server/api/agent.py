@@ -73,16 +73,15 @@ def missing(req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits)
 async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> BundleResponse:
     cvd = await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
     body = await read_body(request, ctx.settings.max_body)
-    await run_in_threadpool(sync.upload_bundle, ctx.store, body)
+    items = await run_in_threadpool(decode_bundle, body)  # once: verified and recorded below
+    del body
+    await run_in_threadpool(sync.upload_blobs, ctx.store, items)
     # Stored (or already held): the device proved it holds each blob's content. The
     # answer counts blobs new to this CVD, never whether another CVD stored them.
-    new = await run_in_threadpool(access.record, ctx.engine, cvd.id, bundle_ids(body), ctx.sharing)
+    ids = [it.id for it in items]
+    del items
+    new = await run_in_threadpool(access.record, ctx.engine, cvd.id, ids, ctx.sharing)
     return BundleResponse(new=new)
-
-
-def bundle_ids(body: bytes) -> list[bytes]:
-    """The ids of a bundle ``upload_bundle`` accepted (so it decodes)."""
-    return [it.id for it in decode_bundle(body)]
 
 
 @router.post("/commit", summary="Commit a snapshot whose trees and chunks are uploaded")

@@ -70,7 +70,13 @@ def missing(store: Store, hex_ids: list[str]) -> list[str]:
 
 
 def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> int:
-    """Verify and store a bundle; return how many blobs were new.
+    """Verify and store a bundle; return how many blobs were new (``upload_blobs``)."""
+    return upload_blobs(store, decode_bundle(body), max_raw)
+
+
+def upload_blobs(store: Store, items: list[BundleBlob], max_raw: int = MAX_BUNDLE_RAW) -> int:
+    """Verify and store a decoded bundle (``decode_bundle``: decoded once, by the
+    caller that also needs its ids); return how many blobs were new.
 
     Cheap checks come first, so a bundle costs work only for what it adds: each
     (id, kind) is taken once however often the bundle repeats it, the declared sizes
@@ -78,7 +84,6 @@ def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> i
     kind* are skipped unread. Only the rest are inflated and hashed, all of them
     before anything is written (one bad blob refuses the whole bundle).
     """
-    items = decode_bundle(body)
     keys = store.keys
     unique: dict[tuple[bytes, BlobKind], BundleBlob] = {}
     declared = 0

@@ -1,0 +1,57 @@
+"""The agent's upload: several bundles in flight, every chunk stored once, ids not hoarded."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from lamina.agent import uploader
+from lamina.agent.transport import AgentClient
+from lamina.agent.uploader import RemoteSink
+from lamina.config import ServerSettings
+from lamina.store import blob
+from lamina.store.blob import BlobKind
+from lamina.store.keys import read_keyfile
+from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    data = tmp_path_factory.mktemp("uploader") / "data"
+    settings = ServerSettings(data=data, port=free_port(), admin_password=ADMIN_PASSWORD)
+    for url in serve(settings):
+        yield Live(url, settings.data)
+
+
+@pytest.mark.parametrize("limit", [0, 10**9])
+def test_bundles_in_flight_store_every_chunk_and_forget_their_ids(
+    server: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """Four threads put 300 chunks through small bundles, several uploads at once (one
+    under a bandwidth limit): afterwards the server lacks none, and the sink holds no ids
+    (its memory does not grow with the snapshot's chunks)."""
+    monkeypatch.setattr(uploader, "BUNDLE_BYTES", 16 * 1024)
+    chunking = read_keyfile(server.data / "keys.json").chunking
+    dev = server.device(f"uploader-{limit}")
+    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
+    client = AgentClient(server.url, credential, None)
+    rng = random.Random(limit)
+    chunks = [rng.randbytes(2048) for _ in range(300)]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    sink = RemoteSink(client, chunking, bandwidth_limit=limit)
+    assert sink.need(ids) == set(ids)
+
+    def put(k: int) -> None:
+        sink.put_chunk(BlobKind.DATA, ids[k], chunks[k])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(put, range(300)))
+    sink.flush()
+    assert not sink._sent  # ids of stored bundles are the server's to answer for
+    assert sink.need(ids) == set()  # every chunk stored and owned by this CVD: none sent again
+    assert sink.bundles >= 10 and sink.uploaded_blobs == 300
+    client.close()
