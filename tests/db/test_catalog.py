@@ -197,6 +197,22 @@ def test_commit_pack_missing_and_locate(catalog: SqlCatalog) -> None:
     assert len(catalog.packs()) == 2
 
 
+def test_known_ids_of_a_kind_without_condemned_rows_or_none_above_the_limit(
+    catalog: SqlCatalog,
+) -> None:
+    """A writer's in-memory dedup set (``Writer.need``) is what ``missing`` would say."""
+    a, b, c = bid(1), bid(2), bid(3)
+    assert catalog.known_ids(BlobKind.DATA, 10) == set()
+    catalog.commit_pack(pack(1), 4096, entries(a, b))
+    catalog.commit_pack(pack(2), 4096, entries(c, a, kind=BlobKind.TREE))
+    assert catalog.known_ids(BlobKind.DATA, 10) == {a, b}
+    assert catalog.known_ids(BlobKind.TREE, 10) == {a, c}
+    assert catalog.known_ids(BlobKind.DATA, 2) == {a, b}
+    assert catalog.known_ids(BlobKind.DATA, 1) is None  # more than the limit
+    catalog.condemn([b], catalog.max_pack_seq())
+    assert catalog.known_ids(BlobKind.DATA, 10) == {a}
+
+
 def test_missing_and_locate_by_kind(catalog: SqlCatalog) -> None:
     """One blob, one kind: an id held as DATA is missing as a TREE, on both dialects."""
     a, t = bid(1), bid(2)

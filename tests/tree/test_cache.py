@@ -280,3 +280,36 @@ def test_rows_of_an_excluded_folder_are_not_trusted_after_a_gc(
     last = run_backup(store, src, cache)
     assert store.catalog.missing(list(walk_blobs(store, last.snapshot.root))) == set()
     restore_and_compare(store, last.snapshot, src, tmp_path / "out")
+
+
+def _xattrs_of(store: Store, root: bytes, name: bytes) -> list[tuple[bytes, bytes]]:
+    return next(e.xattrs for e in decode_tree(store.get(root)) if e.name == name)
+
+
+def test_unchanged_file_keeps_its_xattrs_from_the_cache_and_a_new_value_is_seen(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hit lists no xattrs (they come from the cache, v2); setting one moves the ctime."""
+    cache = tmp_path / "cache.db"
+    os.setxattr(src / "top0.txt", "user.comment", b"first")
+    first = run_backup(store, src, cache)
+    assert _xattrs_of(store, first.snapshot.root, b"top0.txt") == [(b"user.comment", b"first")]
+
+    listed: list[object] = []
+    real = scan_mod.os.listxattr
+
+    def listxattr(path: object = None, **kw: bool) -> list[str]:
+        listed.append(path)
+        return real(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan_mod.os, "listxattr", listxattr)
+    second = run_backup(store, src, cache)
+    assert second.stats.files_unchanged == N_FILES
+    assert second.snapshot.root == first.snapshot.root  # the xattr is in the tree still
+    assert not [p for p in listed if isinstance(p, bytes) and p.endswith(b"/top0.txt")]
+    assert listed  # the counter sees the scan's calls (folders still list theirs)
+
+    os.setxattr(src / "top0.txt", "user.comment", b"second")
+    third = run_backup(store, src, cache)
+    assert third.stats.files_read == 1
+    assert _xattrs_of(store, third.snapshot.root, b"top0.txt") == [(b"user.comment", b"second")]

@@ -81,9 +81,13 @@ def create(
         from lamina.agent.sync import estimate
 
         excluded = _exclude(exclude or [])
-        # A walk of the metadata first (as the agent's first sync does), so the bar has
-        # a total, a percentage and the time left.
-        _, total = estimate(path, excluded or _nothing, lambda _rel: False)
+        # The bar's total: the source's last snapshot's size (as the agent's later syncs
+        # do); only a first backup walks the metadata first (as the agent's first sync).
+        earlier = s.catalog.snapshots(source=src)
+        if earlier:
+            total = earlier[-1].bytes
+        else:
+            _, total = estimate(path, excluded or _nothing, lambda _rel: False)
         with byte_progress("backing up", total=total) as advance:
             result = backup(
                 s,

@@ -110,6 +110,22 @@ class SqlCatalog:
                 found.update(bytes(r[0]) for r in rows)
         return wanted - found
 
+    def known_ids(self, kind: BlobKind, limit: int) -> set[bytes] | None:
+        live = (blobs.c.kind == int(kind), blobs.c.condemned.is_(False))
+        q = select(blobs.c.id).where(*live).limit(limit + 1)
+        with read_tx(self.engine) as c:
+            # Counting first keeps a refusal cheap (an index scan, no rows to Python).
+            if c.execute(select(func.count()).select_from(blobs).where(*live)).scalar_one() > limit:
+                return None
+            if self._sqlite:  # the driver's rows, without the ORM's per-row cost
+                sql = "SELECT id FROM blobs WHERE kind = ? AND condemned = 0 LIMIT ?"
+                rows = c.exec_driver_sql(sql, (int(kind), limit + 1)).fetchall()
+            else:
+                rows = c.execute(q).fetchall()
+        if len(rows) > limit:
+            return None
+        return {bytes(r[0]) for r in rows}
+
     def locate(
         self,
         ids: Collection[bytes],

@@ -102,6 +102,12 @@ class Catalog(Protocol):
         """
         ...
 
+    def known_ids(self, kind: BlobKind, limit: int) -> set[bytes] | None:
+        """Every stored, uncondemned id of ``kind``, or None when there are more than
+        ``limit`` (a writer's in-memory dedup set: one query instead of one per batch).
+        A snapshot of the moment: blobs condemned later are caught at commit (the epoch)."""
+        ...
+
     def locate(
         self,
         ids: Collection[bytes],

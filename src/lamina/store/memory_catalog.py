@@ -55,6 +55,11 @@ class MemoryCatalog:
             wanted = set(ids)
             return wanted - {r.id for r in self._live_rows(kind, False) if r.id in wanted}
 
+    def known_ids(self, kind: BlobKind, limit: int) -> set[bytes] | None:
+        with self._lock:
+            found = {r.id for r in self._live_rows(kind, False)}
+        return found if len(found) <= limit else None
+
     def locate(
         self,
         ids: Collection[bytes],

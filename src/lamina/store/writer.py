@@ -33,6 +33,14 @@ _QUEUE_POLL = 0.5
 _RESCUE_BATCH = 1000
 #: Commits tried while a gc keeps moving the epoch.
 _COMMIT_ATTEMPTS = 5
+#: Data ids a session asks about through the catalog before it loads the store's data
+#: ids into memory (a small re-backup never pays for the load) ...
+_KNOWN_AFTER = 4096
+#: ... if the store holds at most this many (about 100 bytes of memory each), and at
+#: most this many times the ids asked so far (a row loaded costs about a fifth of an id
+#: asked by query); asked again each time the ids asked double.
+_KNOWN_LIMIT = 500_000
+_KNOWN_RATIO = 4
 
 
 class Writer:
@@ -55,6 +63,12 @@ class Writer:
         #: other kind goes to the next pack.
         self._pack_ids: set[bytes] = set()
         self._lock = threading.Lock()
+        #: The store's data ids (``_known_data``), and how many ids were asked before.
+        self._known: set[bytes] | None = None
+        self._known_refused = False
+        self._asked = 0
+        self._next_try = _KNOWN_AFTER
+        self._known_lock = threading.Lock()
         self._queue: queue.Queue[FinishedPack | None] = queue.Queue(maxsize=_PACKS_QUEUED)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
@@ -108,7 +122,32 @@ class Writer:
         """
         self._check()
         fresh = {i for i in ids if (i, kind) not in self._session}
-        return self.store.catalog.missing(fresh, kind=kind) if fresh else set()
+        if not fresh:
+            return set()
+        if kind == BlobKind.DATA:
+            known = self._known_data(len(fresh))
+            if known is not None:
+                return {i for i in fresh if i not in known}
+        return self.store.catalog.missing(fresh, kind=kind)
+
+    def _known_data(self, asking: int) -> set[bytes] | None:
+        """The store's data ids as a set, loaded once the session asked about enough
+        (a dict probe per chunk, not a query per batch); None while, or if, it is not.
+
+        A blob a gc condemns after the load is found at commit, as one condemned
+        between a query and the commit is (the epoch moved: ``commit_snapshot``).
+        """
+        with self._known_lock:
+            if self._known is None and not self._known_refused:
+                self._asked += asking
+                if self._asked >= self._next_try:
+                    limit = _KNOWN_RATIO * self._asked
+                    self._known = self.store.catalog.known_ids(
+                        BlobKind.DATA, min(limit, _KNOWN_LIMIT)
+                    )
+                    self._next_try = 2 * self._asked
+                    self._known_refused = self._known is None and limit >= _KNOWN_LIMIT
+            return self._known
 
     def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
         """Add a sealed blob (skipped if this session wrote it already as ``kind``)."""

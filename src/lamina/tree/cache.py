@@ -1,7 +1,8 @@
-"""The files cache: (directory, name) -> (inode, size, mtime, ctime, chunk ids).
+"""The files cache: (directory, name) -> (inode, size, mtime, ctime, chunk ids, xattrs).
 
 A rescan trusts a file whose inode, size, mtime and ctime match its cache entry
-and reads none of its content. Consistency rules:
+and reads none of its content, nor lists its extended attributes (setting or
+removing one moves the ctime). Consistency rules:
 
 - New entries go to a ``pending`` table during a scan and move into ``files``
   only by ``commit`` (one transaction), which the caller runs after the snapshot
@@ -22,12 +23,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 
-SCHEMA_VERSION = 1
+#: 2: ``content`` holds ``[chunk ids, xattrs]`` (1 held the chunk ids alone); a cache
+#: of another version is emptied, never read.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,12 @@ class CachedFile:
     mtime: int
     ctime: int
     content: list[bytes | int]
+    xattrs: list[tuple[bytes, bytes]]
+
+
+def _decode(blob: bytes) -> tuple[list[bytes | int], list[tuple[bytes, bytes]]]:
+    content, xattrs = msgpack.unpackb(blob)
+    return content, [(k, v) for k, v in xattrs]
 
 
 class FilesCache:
@@ -84,12 +94,15 @@ class FilesCache:
             "SELECT name, inode, size, mtime, ctime, content FROM files WHERE dir = ?",
             (dirpath,),
         ).fetchall()
-        return {
-            bytes(r[0]): CachedFile(r[1], r[2], r[3], r[4], msgpack.unpackb(r[5])) for r in rows
-        }
+        return {bytes(r[0]): CachedFile(r[1], r[2], r[3], r[4], *_decode(r[5])) for r in rows}
 
     def put(
-        self, dirpath: bytes, name: bytes, st: os.stat_result, content: list[bytes | int]
+        self,
+        dirpath: bytes,
+        name: bytes,
+        st: os.stat_result,
+        content: list[bytes | int],
+        xattrs: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self._batch.append(
             (
@@ -99,7 +112,7 @@ class FilesCache:
                 st.st_size,
                 st.st_mtime_ns,
                 st.st_ctime_ns,
-                msgpack.packb(content, use_bin_type=True),
+                msgpack.packb([content, xattrs], use_bin_type=True),
             )
         )
         if len(self._batch) >= 2000:

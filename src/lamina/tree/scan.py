@@ -361,7 +361,12 @@ class Scanner:
                     self._dir(sub, child, child_rel, depth + 1, e)
                 entries.append(e)
                 continue
-            e = self._entry(name, st, typ, self._xattrs(dfd, name))
+            if typ == "file":
+                # A file's xattrs come from the cache entry (a hit: its ctime did not
+                # move, so neither did they) or from the fd it is read through.
+                e = self._entry(name, st, typ, [])
+            else:
+                e = self._entry(name, st, typ, self._xattrs(dfd, name))
             if typ == "symlink":
                 try:
                     e.target = os.readlink(name, dir_fd=dfd)
@@ -378,6 +383,7 @@ class Scanner:
                     st.st_ctime_ns,
                 ):
                     e.content = list(c.content)
+                    e.xattrs = list(c.xattrs)
                     hits.append((child, e, st, c))
                 else:
                     to_read.append((child, e, st, dfd))
@@ -428,10 +434,10 @@ class Scanner:
         if self.cache is not None and (d.files or len(d.hits) != d.cached):
             self.cache.replace_directory(d.rel)
             for _path, e, st, *_ in d.hits:
-                self.cache.put(d.rel, e.name, st, e.content or [])
+                self.cache.put(d.rel, e.name, st, e.content or [], e.xattrs)
             for _path, e, st, *_ in d.files:
                 if e.content is not None and id(e) not in failed:
-                    self.cache.put(d.rel, e.name, st, e.content)
+                    self.cache.put(d.rel, e.name, st, e.content, e.xattrs)
         tid = self.writer.put(BlobKind.TREE, encode_tree(entries))
         if d.parent is None:
             self._root_tree = tid

@@ -1,0 +1,40 @@
+"""The writer's dedup probe: a set of the store's data ids once a session asked enough."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lamina.store import writer as writer_mod
+from lamina.store.blob import BlobKind
+from lamina.store.repository import Store
+
+
+def test_need_probes_a_set_of_the_stores_data_ids_once_enough_were_asked(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with store.writer() as w:
+        held = w.put(BlobKind.DATA, b"held data")
+        tree_only = w.put(BlobKind.TREE, b"a tree's bytes")
+    queries: list[int] = []
+    real = store.catalog.missing
+
+    def missing(ids: object, kind: BlobKind | None = None) -> set[bytes]:
+        queries.append(1)
+        return real(ids, kind)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.catalog, "missing", missing)
+    with store.writer() as w:
+        fresh = [os.urandom(32) for _ in range(writer_mod._KNOWN_AFTER)]
+        assert w.need([held, *fresh[:10]]) == set(fresh[:10])
+        assert len(queries) == 1  # below the threshold: the catalog is asked
+        assert w.need(fresh) == set(fresh)  # the threshold is reached: the set is loaded
+        asked = len(queries)
+        # Answers now come from the set: a held id is not needed, a tree is not data.
+        assert w.need([held, tree_only, fresh[0]]) == {tree_only, fresh[0]}
+        assert w.need([tree_only], BlobKind.TREE) == set()
+        assert len(queries) == asked + 1  # only the tree question went to the catalog
+        # What this session writes is known too (its own set, as before).
+        new = w.put(BlobKind.DATA, b"written by this session")
+        assert w.need([new]) == set()
