@@ -39,21 +39,25 @@ def src(tmp_path: Path) -> Path:
 
 
 def interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int, leave_temp: bool) -> None:
-    """Crash at the (n+1)-th file, optionally leaving a temporary as a kill -9 would."""
+    """Crash at the (n+1)-th file, optionally leaving a temporary as a kill -9 would.
+    (Restores that use it write with one thread, so "the (n+1)-th" is well defined.)"""
     real = Restorer._file
     count = [0]
 
-    def _file(self: Restorer, e, fd, existing) -> None:  # type: ignore[no-untyped-def]
+    def _file(self: Restorer, e, target, existing) -> None:  # type: ignore[no-untyped-def]
         if count[0] == n:
             if leave_temp:
                 tmp = os.open(
-                    b".lamina-restore-00000000deadbeef", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd
+                    b".lamina-restore-00000000deadbeef",
+                    os.O_CREAT | os.O_WRONLY,
+                    0o600,
+                    dir_fd=target.folder.fd,
                 )
                 os.write(tmp, b"half written")
                 os.close(tmp)
             raise Interrupted
         count[0] += 1
-        real(self, e, fd, existing)
+        real(self, e, target, existing)
 
     monkeypatch.setattr(Restorer, "_file", _file)
 
@@ -68,7 +72,7 @@ def test_interrupted_restore_resumes(
     with monkeypatch.context() as m:
         interrupt_after(m, done_first, leave_temp)
         with pytest.raises(Interrupted):
-            restore_tree(store, tid, out, chunking=store.keys.chunking)
+            restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
     partial, _ = describe(out)
     files_in_place = [
         p
@@ -132,7 +136,7 @@ def test_rich_tree_resumes_to_identical(
         with monkeypatch.context() as m:
             interrupt_after(m, n, leave_temp=True)
             with pytest.raises(Interrupted):
-                restore_tree(store, tid, out, chunking=store.keys.chunking)
+                restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
     st = restore_tree(store, tid, out, chunking=store.keys.chunking)
     assert st.skipped > 0 and st.errors == []
     assert temp_files(out) == []

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import msgpack
+from typing import Any
 
 from lamina.agent.transport import AgentClient, retrying
-from lamina.tree.sources import BatchedBlobs
+from lamina.tree.sources import BatchedBlobs, http_blobs
 
 
 def agent_blobs(client: AgentClient, id_key: bytes) -> BatchedBlobs:
-    def fetch(ids: list[bytes]) -> list[bytes]:
-        body = {"ids": [i.hex() for i in ids]}
-        raw = retrying(lambda: client.raw("POST", "/blobs/read", json=body))
-        out = msgpack.unpackb(raw, raw=False)
-        return out if isinstance(out, list) else []
+    def post(path: str, body: Any) -> bytes:
+        return retrying(lambda: client.raw("POST", path, json=body))
 
-    return BatchedBlobs(fetch, id_key)
+    return http_blobs(post, id_key)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import msgpack
 import typer
 
 from lamina.cli.client import Api
@@ -14,7 +13,7 @@ from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
 from lamina.cli.output import age, emit_json, human_bytes, print_table
 from lamina.cli.progress import byte_progress, exit_with_warnings
 from lamina.tree.restore import restore_tree
-from lamina.tree.sources import BatchedBlobs
+from lamina.tree.sources import BatchedBlobs, http_blobs
 
 app = typer.Typer(help="CVDs: the central copy of each endpoint.", no_args_is_help=True)
 
@@ -22,11 +21,11 @@ app = typer.Typer(help="CVDs: the central copy of each endpoint.", no_args_is_he
 def remote_blobs(api: Api) -> BatchedBlobs:
     """Blobs read through the server's API (the server decrypts and verifies them)."""
 
-    def fetch(ids: list[bytes]) -> list[bytes]:
-        out = msgpack.unpackb(api.post("/blobs/read", {"ids": [i.hex() for i in ids]}), raw=False)
-        return out if isinstance(out, list) else []
+    def post(path: str, body: Any) -> bytes:
+        out = api.post(path, body)
+        return out if isinstance(out, bytes) else b""
 
-    return BatchedBlobs(fetch)
+    return http_blobs(post)
 
 
 def _print_cvd(c: dict[str, Any]) -> None:

@@ -20,6 +20,16 @@ ids); size and mtime alone prove nothing. Without the secret every file is
 rewritten. Metadata is always reapplied. A resumed restore skips what it wrote
 itself, because that content re-chunks to the tree's ids.
 
+Files are written by a small pool of threads (``workers``): the walk, folder
+creation, symlinks, nodes and hard links stay on the calling thread, which hands
+each regular file to the pool. A folder's own metadata (mode, owner, times) is
+set once, when the last file or sub-folder inside it is done, and its descriptor
+is closed then: the descriptor discipline holds for every write. Decryption,
+decompression and hashing release the GIL, so the pool overlaps them with the
+file system calls. A fatal error (a blob that fails verification, a missing
+pack) stops new writes, lets the ones in flight finish or clean up their
+temporary names, and is raised once the pool is idle.
+
 Restores outside the endpoint (``--output``) pass ``special_files=False`` (no
 device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
 (no chown), as tar does for a non-root extract.
@@ -34,7 +44,9 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +64,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _SETID = stat.S_ISUID | stat.S_ISGID
 _ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+#: Threads writing files. File creation waits on the file system and the blob work
+#: releases the GIL, so a few more threads than cores keep both busy.
+WORKERS = 4
 
 
 class BlobSource(Protocol):
@@ -81,6 +96,31 @@ class RestoreStats:
     specials_skipped: int = 0
 
 
+class _Folder:
+    """A folder being restored: its descriptor stays open until the walk left it and
+    every file and sub-folder inside it is done; then its metadata is set and it is closed."""
+
+    __slots__ = ("entry", "fd", "parent", "pending", "rel")
+
+    def __init__(self, fd: int, rel: list[bytes], entry: Entry | None, parent: _Folder | None):
+        self.fd = fd
+        self.rel = rel
+        #: the folder's own entry, when its metadata is (re)applied at the end
+        self.entry = entry
+        self.parent = parent
+        #: the walk itself (1) + files in flight + open sub-folders
+        self.pending = 1
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a file job writes, fixed by the walk when it hands the file over."""
+
+    folder: _Folder
+    inherits_acl: bool
+    plain_group: bool
+
+
 def split_path(path: str | bytes) -> list[bytes]:
     """A user-given path inside a tree, as validated components."""
     raw = os.fsencode(path)
@@ -102,11 +142,13 @@ class Restorer:
         keep_aside: str | None = None,
         special_files: bool = True,
         same_owner: bool = True,
+        workers: int = WORKERS,
     ) -> None:
         """``chunking``: proves a file already in place holds the tree's content (without
         it, every file is rewritten). ``keep_aside``: each requested path found in place is
         first renamed to NAME + this suffix. ``special_files``: make device nodes and
-        FIFOs and keep setuid/setgid bits. ``same_owner``: chown to the tree's owners."""
+        FIFOs and keep setuid/setgid bits. ``same_owner``: chown to the tree's owners.
+        ``workers``: threads writing files (1: every file on the calling thread)."""
         self.store = store
         self.selected = [split_path(p) for p in paths]
         self.delete_extra = delete_extra
@@ -129,7 +171,19 @@ class Restorer:
         #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
         self._tmp_prefix = secrets.token_hex(4).encode()
         self._tmp_count = 0
-        self._chunker: Chunker | None = None
+        self._local = threading.local()  # a Chunker per thread
+        self.workers = max(1, workers)
+        self._lock = threading.Lock()
+        #: file jobs in flight (bounded: each may hold a file's chunks)
+        self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: set[Future[None]] = set()
+        #: the first fatal error of a file job; no new file starts after it
+        self._fatal: BaseException | None = None
+        #: folders whose descriptor is still open
+        self._open: set[_Folder] = set()
+        #: hard-link key -> the job writing its first name (a link waits for it)
+        self._link_jobs: dict[bytes, Future[None]] = {}
 
     # --- selection -----------------------------------------------------------
     def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
@@ -154,11 +208,26 @@ class Restorer:
             root_fd = os.open(target, _DIR_FLAGS)
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
+        root = _Folder(root_fd, [], None, None)
+        self._open.add(root)
+        self._root_fd = root_fd
+        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        self._pool = pool
         try:
-            self._root_fd = root_fd
-            self._dir(tree_id, root_fd, [], everything=not self.selected)
+            try:
+                self._dir(tree_id, root, [], everything=not self.selected)
+            finally:
+                self._release(root)
+                if pool is not None:
+                    pool.shutdown(wait=True)
         finally:
+            self._pool = None
+            for folder in self._open - {root}:  # left open by an error of the walk
+                os.close(folder.fd)
+            self._open.clear()
             os.close(root_fd)
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
 
     def _check_selected(self, tree_id: bytes) -> None:
@@ -173,7 +242,8 @@ class Restorer:
             raise UsageError(f"not in the snapshot: {', '.join(missing)}")
 
     # --- the walk ------------------------------------------------------------
-    def _dir(self, tree_id: bytes, fd: int, rel: list[bytes], everything: bool) -> None:
+    def _dir(self, tree_id: bytes, folder: _Folder, rel: list[bytes], everything: bool) -> None:
+        fd = folder.fd
         entries = decode_tree(self.store.get(tree_id))
         # One lookup for the folder: its files' chunks and its sub-folders' trees.
         self.store.prefetch(
@@ -189,11 +259,14 @@ class Restorer:
         if not acl_default:
             self._no_default_acl.add(fd)
         try:
-            self._fill(entries, fd, rel, everything)
+            self._fill(entries, folder, rel, everything)
         finally:
             self._no_default_acl.discard(fd)
 
-    def _fill(self, entries: list[Entry], fd: int, rel: list[bytes], everything: bool) -> None:
+    def _fill(
+        self, entries: list[Entry], folder: _Folder, rel: list[bytes], everything: bool
+    ) -> None:
+        fd = folder.fd
         names = {e.name for e in entries}
         for existing in () if fd in self._fresh else os.listdir(fd):
             name = os.fsencode(existing)
@@ -205,6 +278,8 @@ class Restorer:
                 self._remove(fd, name)
                 self.stats.removed += 1
         for e in entries:
+            if self._fatal is not None:
+                return
             child_rel = [*rel, e.name]
             want, all_below = (
                 (True, True) if everything else self._wanted(child_rel, e.type == "dir")
@@ -214,7 +289,7 @@ class Restorer:
             try:
                 if self.keep_aside is not None and child_rel in self.selected:
                     self._keep_aside(fd, e.name, child_rel)
-                self._entry(e, fd, child_rel, all_below)
+                self._entry(e, folder, child_rel, all_below)
             except OSError as err:
                 self._error(child_rel, err)
 
@@ -229,7 +304,66 @@ class Restorer:
         self.stats.kept.append(os.fsdecode(b"/".join([*rel[:-1], aside])))
 
     def _error(self, rel: list[bytes], err: OSError) -> None:
-        self.stats.errors.append(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
+        with self._lock:
+            self.stats.errors.append(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
+
+    # --- folders and file jobs -----------------------------------------------
+    def _release(self, folder: _Folder) -> None:
+        """One thing inside ``folder`` (or the walk of it) is done; the last one sets the
+        folder's metadata, closes it, and releases its parent in turn."""
+        while folder is not None:
+            with self._lock:
+                folder.pending -= 1
+                if folder.pending:
+                    return
+                self._open.discard(folder)
+            try:
+                if folder.entry is not None and self._fatal is None:
+                    self._meta_fd(folder.fd, folder.entry)
+            except OSError as err:
+                self._error(folder.rel, err)
+            finally:
+                if folder.parent is not None:  # the root is closed by ``restore``
+                    os.close(folder.fd)
+            parent = folder.parent
+            if parent is None:
+                return
+            folder = parent
+
+    def _submit(self, folder: _Folder, rel: list[bytes], job: Callable[[], None]) -> Future[None]:
+        """Run ``job`` (a file of ``folder``) on the pool, or now without one."""
+        fut: Future[None] = Future()
+        if self._pool is None:
+            try:
+                job()
+            except OSError as err:
+                self._error(rel, err)
+            fut.set_result(None)
+            return fut
+        self._slots.acquire()
+        with self._lock:
+            folder.pending += 1
+
+        def run() -> None:
+            try:
+                if self._fatal is None:
+                    job()
+            except OSError as err:
+                self._error(rel, err)
+            except BaseException as err:
+                with self._lock:
+                    if self._fatal is None:
+                        self._fatal = err
+            finally:
+                self._slots.release()
+                self._release(folder)
+
+        try:
+            return self._pool.submit(run)
+        except BaseException:
+            self._slots.release()
+            self._release(folder)
+            raise
 
     def _existing(self, fd: int, name: bytes) -> os.stat_result | None:
         if fd in self._fresh:  # a folder this restore created: it held nothing
@@ -248,7 +382,8 @@ class Restorer:
         else:
             os.unlink(name, dir_fd=fd)
 
-    def _entry(self, e: Entry, fd: int, rel: list[bytes], everything: bool) -> None:
+    def _entry(self, e: Entry, folder: _Folder, rel: list[bytes], everything: bool) -> None:
+        fd = folder.fd
         existing = self._existing(fd, e.name)
         if e.type == "dir":
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
@@ -257,6 +392,10 @@ class Restorer:
             if existing is None:
                 os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
             sub = os.open(e.name, _DIR_FLAGS, dir_fd=fd)
+            child = _Folder(sub, rel, e if everything or existing is None else None, folder)
+            with self._lock:
+                folder.pending += 1
+                self._open.add(child)
             if existing is None:
                 # Empty when made (mode 0700, this process only): its entries need no
                 # stat or listing first. Anything planted later still makes mkdir,
@@ -267,20 +406,25 @@ class Restorer:
                     self._plain_group.add(sub)
             try:
                 assert e.subtree is not None
-                self._dir(e.subtree, sub, rel, everything)
-                if everything or existing is None:
-                    self._meta_fd(sub, e)
+                self._dir(e.subtree, child, rel, everything)
             finally:
                 self._fresh.discard(sub)
                 self._plain_group.discard(sub)
-                os.close(sub)
+                self._release(child)  # metadata and close once its files are done
             self.stats.dirs += 1
             return
         if e.hardlink is not None and e.hardlink in self._links:
             self._link(e, fd, rel)
             return
         if e.type == "file":
-            self._file(e, fd, existing)
+            target = _Target(
+                folder,
+                inherits_acl=fd not in self._no_default_acl,
+                plain_group=fd in self._plain_group,
+            )
+            fut = self._submit(folder, rel, functools.partial(self._file, e, target, existing))
+            if e.hardlink is not None:
+                self._link_jobs[e.hardlink] = fut
         elif e.type == "symlink":
             assert e.target is not None
             if existing is not None:
@@ -302,6 +446,9 @@ class Restorer:
     def _link(self, e: Entry, fd: int, rel: list[bytes]) -> None:
         assert e.hardlink is not None
         first = self._links[e.hardlink]
+        job = self._link_jobs.get(e.hardlink)
+        if job is not None:
+            job.result()  # the first name is in place (or failed: then a copy is written)
         existing = self._existing(fd, e.name)
         if existing is not None:
             self._remove(fd, e.name)
@@ -310,23 +457,26 @@ class Restorer:
         except OSError:
             # The link could not be made (the first name is gone, or links are refused):
             # write a copy. ``_file`` counts it.
-            self._file(e, fd, None)
+            self._file(e, _Target(_Folder(fd, [], None, None), True, False), None)
             return
-        self.stats.files += 1
+        with self._lock:
+            self.stats.files += 1
 
-    def _file(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
+    def _file(self, e: Entry, target: _Target, existing: os.stat_result | None) -> None:
+        fd = target.folder.fd
         if (
             existing is not None
             and stat.S_ISREG(existing.st_mode)
             and existing.st_size == e.size
             and self._keep_verified(e, fd, existing)
         ):
-            self.stats.skipped += 1
-            self.stats.files += 1
-            if self.progress:
-                self.progress(1, e.size)
+            with self._lock:
+                self.stats.skipped += 1
+                self.stats.files += 1
+                if self.progress:
+                    self.progress(1, e.size)
             return
-        self._write(e, fd, existing)
+        self._write(e, target, existing)
 
     def _keep_verified(self, e: Entry, fd: int, existing: os.stat_result) -> bool:
         """Keep the file in place only if it re-chunks to the tree's chunk ids; then
@@ -345,11 +495,12 @@ class Restorer:
                 or st.st_size != e.size
             ):
                 return False
-            if self._chunker is None:
-                self._chunker = Chunker(self.chunking)
+            chunker = getattr(self._local, "chunker", None)
+            if chunker is None:
+                chunker = self._local.chunker = Chunker(self.chunking)
             key = self.chunking.id_key
             try:
-                content = chunk_fd(f, st, self._chunker, lambda data: blob.blob_id(key, data))
+                content = chunk_fd(f, st, chunker, lambda data: blob.blob_id(key, data))
             except FileChangedError:
                 return False
             if content != (e.content or []):
@@ -360,8 +511,10 @@ class Restorer:
         return True
 
     def _tmp_name(self) -> bytes:
-        self._tmp_count += 1
-        return b".lamina-restore-%s%08x" % (self._tmp_prefix, self._tmp_count)
+        with self._lock:
+            self._tmp_count += 1
+            count = self._tmp_count
+        return b".lamina-restore-%s%08x" % (self._tmp_prefix, count)
 
     def _node(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
         """A FIFO or device node: made under a temporary name, its metadata set through
@@ -400,8 +553,9 @@ class Restorer:
         """The entry's mode, without setuid/setgid on a file unless special files are wanted."""
         return e.mode if self.special_files or e.type == "dir" else e.mode & ~_SETID
 
-    def _write(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
+    def _write(self, e: Entry, target: _Target, existing: os.stat_result | None) -> None:
         """Write a file's content under a temporary name, then rename it."""
+        fd = target.folder.fd
         tmp = self._tmp_name()
         out = os.open(
             tmp,
@@ -434,10 +588,10 @@ class Restorer:
             self._meta_fd(
                 out,
                 e,
-                inherits_acl=fd not in self._no_default_acl,
+                inherits_acl=target.inherits_acl,
                 # A new file in a folder that is not setgid and has our egid is owned by
                 # our euid/egid: a chown to that same owner would change nothing.
-                owned=fd in self._plain_group and (e.uid, e.gid) == self._ids,
+                owned=target.plain_group and (e.uid, e.gid) == self._ids,
             )
         except BaseException:
             os.close(out)
@@ -448,10 +602,11 @@ class Restorer:
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             self._remove(fd, e.name)
         os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
-        self.stats.files += 1
-        self.stats.bytes += e.size
-        if self.progress:
-            self.progress(1, e.size)
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes += e.size
+            if self.progress:
+                self.progress(1, e.size)
 
     # --- metadata ------------------------------------------------------------
     def _chown(self, fn: Callable[[], None]) -> None:
@@ -468,7 +623,8 @@ class Restorer:
             except OSError as err:
                 if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                     raise
-                self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+                with self._lock:
+                    self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
     def _drop_acls(
         self, e: Entry, listxattr: Callable[[], list[str]], removexattr: Callable[[bytes], None]
@@ -487,7 +643,8 @@ class Restorer:
                     removexattr(name)
                 except OSError as err:
                     if err.errno != errno.ENODATA:
-                        self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
+                        with self._lock:
+                            self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
 
     def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True, owned: bool = False) -> None:
         if not owned and self.same_owner:
@@ -524,6 +681,7 @@ def restore_tree(
     keep_aside: str | None = None,
     special_files: bool = True,
     same_owner: bool = True,
+    workers: int = WORKERS,
 ) -> RestoreStats:
     """Restore ``tree_id`` (or only ``paths`` inside it) into ``target`` (see ``Restorer``)."""
     return Restorer(
@@ -535,4 +693,5 @@ def restore_tree(
         keep_aside=keep_aside,
         special_files=special_files,
         same_owner=same_owner,
+        workers=workers,
     ).restore(tree_id, target)

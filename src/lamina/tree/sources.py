@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any
+
+import msgpack
 
 from lamina.errors import IntegrityError
 from lamina.store import blob
@@ -11,6 +15,9 @@ from lamina.store import blob
 #: ids asked for in one request; the server may answer with fewer (a prefix) to
 #: bound its response, and the rest are asked for again.
 BATCH = 128
+
+#: ``post(path, json_body) -> response bytes``: one request to the server's API.
+Post = Callable[[str, Any], bytes]
 
 
 class BatchedBlobs:
@@ -20,6 +27,10 @@ class BatchedBlobs:
     the wanted id and the queued ones after it, so a folder of small files costs
     a few requests, not one per file. With ``id_key`` every blob is re-hashed
     against its id before use.
+
+    Thread-safe: a restore's file writers read at once, so several requests are in
+    flight together (over the client's keep-alive connections). An id another
+    thread is already fetching is waited for, not asked again.
     """
 
     def __init__(
@@ -29,41 +40,91 @@ class BatchedBlobs:
         self._id_key = id_key
         self._queue: OrderedDict[bytes, None] = OrderedDict()
         self._have: dict[bytes, bytes] = {}
+        #: id -> set when the request carrying it is answered (or failed)
+        self._inflight: dict[bytes, threading.Event] = {}
+        self._lock = threading.Lock()
         #: blobs found locally (e.g. chunks of the endpoint's own files): never fetched
         self.local: dict[bytes, bytes] = {}
         self.fetched_bytes = 0
 
     def prefetch(self, ids: Collection[bytes]) -> None:
-        for i in ids:
-            if i not in self.local:
-                self._queue[i] = None
+        with self._lock:
+            for i in ids:
+                if i not in self.local:
+                    self._queue[i] = None
 
-    def _load(self, first: bytes) -> None:
+    def _batch(self, first: bytes) -> list[bytes]:
+        """The ids of the next request: ``first`` and queued ones nobody has or fetches."""
         batch = [first]
         for i in self._queue:  # not mutated in this loop
             if len(batch) >= BATCH:
                 break
-            if i != first and i not in self._have:
+            if i != first and i not in self._have and i not in self._inflight:
                 batch.append(i)
-        out = self._fetch(batch)
-        if not 1 <= len(out) <= len(batch):
-            raise IntegrityError("the server answered a blob request with something else")
-        for bid, data in zip(batch[: len(out)], out, strict=True):
-            if not isinstance(data, bytes):
+        return batch
+
+    def _load(self, batch: list[bytes], done: threading.Event) -> None:
+        try:
+            out = self._fetch(batch)
+            if not 1 <= len(out) <= len(batch):
                 raise IntegrityError("the server answered a blob request with something else")
-            if self._id_key is not None and blob.blob_id(self._id_key, data) != bid:
-                raise IntegrityError(f"blob {bid.hex()[:16]} from the server does not match its id")
-            self._have[bid] = data
-            self.fetched_bytes += len(data)
-            self._queue.pop(bid, None)
+            got: list[tuple[bytes, bytes]] = []
+            for bid, data in zip(batch[: len(out)], out, strict=True):
+                if not isinstance(data, bytes):
+                    raise IntegrityError("the server answered a blob request with something else")
+                if self._id_key is not None and blob.blob_id(self._id_key, data) != bid:
+                    raise IntegrityError(
+                        f"blob {bid.hex()[:16]} from the server does not match its id"
+                    )
+                got.append((bid, data))
+            with self._lock:
+                for bid, data in got:
+                    self._have[bid] = data
+                    self.fetched_bytes += len(data)
+                    self._queue.pop(bid, None)
+        finally:
+            with self._lock:
+                for bid in batch:
+                    if self._inflight.get(bid) is done:
+                        del self._inflight[bid]
+            done.set()
 
     def get(self, bid: bytes) -> bytes:
-        if bid in self.local:
-            return self.local[bid]
-        if bid not in self._have:
-            self._load(bid)
-        return self._have.pop(bid)
+        while True:
+            with self._lock:
+                if bid in self.local:
+                    return self.local[bid]
+                data = self._have.pop(bid, None)
+                if data is not None:
+                    return data
+                waiting = self._inflight.get(bid)
+                if waiting is None:
+                    batch = self._batch(bid)
+                    done = threading.Event()
+                    for i in batch:
+                        self._inflight[i] = done
+            if waiting is not None:
+                # Another thread's request carries it (then it is in ``_have``, unless a
+                # reader of the same id took it first, or the request failed: ask again).
+                waiting.wait()
+                continue
+            self._load(batch, done)
+            # ``bid`` is answered first, so it is in ``_have`` unless the server sent a
+            # prefix without it (refused above) or another reader of the same id took it.
 
     def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]:
         for bid in ids:
             yield self.get(bid)
+
+
+def http_blobs(post: Post, id_key: bytes | None = None) -> BatchedBlobs:
+    """Blobs read through a server's ``POST /blobs/read`` (the one client of that route).
+
+    The server decrypts and verifies; with ``id_key`` (an agent) each blob is also
+    re-hashed here against its id."""
+
+    def fetch(ids: list[bytes]) -> list[bytes]:
+        out = msgpack.unpackb(post("/blobs/read", {"ids": [i.hex() for i in ids]}), raw=False)
+        return out if isinstance(out, list) else []
+
+    return BatchedBlobs(fetch, id_key)
