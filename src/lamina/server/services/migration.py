@@ -12,6 +12,7 @@ stay with it, keyed by the CVD -- to the new device, marks the old device
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ from lamina.server.services.layer_versions import resolve as resolve_layer
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
-from lamina.tree.paths import index, read_file, walk
+from lamina.tree.paths import lookup, read_file, walk
 
 #: The state of a device whose CVD moved to another device: its credential is refused.
 REPLACED = "replaced"
@@ -160,7 +161,7 @@ def layer_packages(store: Store, refs: list[LayerRef]) -> Stanzas:
     database, an app layer's or pack's own packages."""
     dbs = []
     for r in refs:
-        e = index(store.get, r.root).get(DPKG_STATUS)
+        e = _at(store, r.root, DPKG_STATUS)
         if e is None or e.type != "file":
             continue
         try:
@@ -172,6 +173,11 @@ def layer_packages(store: Store, refs: list[LayerRef]) -> Stanzas:
             db = {k: v for k, v in db.items() if v.name in own}
         dbs.append(db)
     return merge_dpkg_status(dbs, {}, set())
+
+
+def _at(store: Store, root: bytes, path: str) -> Entry | None:
+    """The entry at ``path`` in a tree (the folders on the way read, not the whole tree)."""
+    return lookup(store.get, root, [os.fsencode(p) for p in path.strip("/").split("/")])
 
 
 def user_installed(snapshot: Stanzas, owned: Stanzas) -> Stanzas:
@@ -418,8 +424,7 @@ def _with_user_packages(store: Store, tree: bytes, rep: Report) -> bytes:
     never replaced)."""
     if not rep.user_stanzas:
         return tree
-    have = index(store.get, tree)
-    status = have.get(DPKG_STATUS)
+    status = _at(store, tree, DPKG_STATUS)
     if status is None or status.type != "file":
         rep.warnings.append("the new base layer has no package database: no package is carried")
         return tree
@@ -428,7 +433,7 @@ def _with_user_packages(store: Store, tree: bytes, rep: Report) -> bytes:
     writes = {
         p: rep.entries[p]
         for p in package_files(store, rep.entries, rep.user_stanzas)
-        if p not in have and p != DPKG_STATUS
+        if p != DPKG_STATUS and _at(store, tree, p) is None
     }
     data = render_dpkg_status(merged)
     with store.writer() as w:
