@@ -143,3 +143,58 @@ def test_hostile_sysfs_is_bounded(tmp_path: Path) -> None:
     assert doc["product_name"] == "x" * 255
     assert len(doc["modaliases"]) == MAX_MODALIASES
     HardwareFacts(machine_id="m", hostname="h", **doc)  # what the agent sends validates
+
+
+def _nic(sys: Path, name: str, device: str | None, driver: str | None, mac: str) -> None:
+    """A NIC laid out as sysfs lays it: ``class/net/NAME`` links into ``devices/``, where
+    ``device`` links to its bus device and that one's ``driver`` to its driver."""
+    where = sys / "devices" / (device or "virtual") / "net" / name
+    where.mkdir(parents=True)
+    (where / "address").write_text(mac + "\n")
+    if device is not None:
+        os.symlink("../..", where / "device")
+        if driver is not None:
+            drv = sys / "bus/pci/drivers" / driver
+            drv.mkdir(parents=True, exist_ok=True)
+            os.symlink(
+                os.path.relpath(drv, sys / "devices" / device), sys / "devices" / device / "driver"
+            )
+    (sys / "class/net").mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(where, sys / "class/net"), sys / "class/net" / name)
+
+
+def test_nics_carry_bus_address_path_and_driver(tmp_path: Path) -> None:
+    sys = tmp_path / "sys"
+    _nic(sys, "enp3s0", "pci0000:00/0000:00:1c.0/0000:03:00.0", "e1000e", "52:54:00:00:00:03")
+    _nic(sys, "enx1", "pci0000:00/0000:00:14.0/usb1/1-2/1-2:1.0", "cdc_ether", "52:54:00:00:00:04")
+    _nic(sys, "eth0", "pci0000:00/0000:00:03.0/virtio2", "virtio_net", "52:54:00:00:00:05")
+    _nic(sys, "br0", None, None, "52:54:00:00:00:06")  # virtual: no device
+    f = gather(endpoint(tmp_path), sys)
+    assert f.facts_format == 3
+    got = {n.name: (n.bus, n.path, n.driver) for n in f.network}
+    assert got == {
+        "enp3s0": ("0000:03:00.0", "pci-0000:03:00.0", "e1000e"),
+        "enx1": ("1-2:1.0", "pci-0000:00:14.0-usb-0:2:1.0", "cdc_ether"),
+        "eth0": ("0000:00:03.0", "pci-0000:00:03.0", "virtio_net"),
+        "br0": ("", "", ""),
+    }
+
+
+def test_facts_of_an_older_agent_are_read_as_format_2() -> None:
+    doc = {"machine_id": "m", "hostname": "h", "network": [{"name": "eth0", "mac": "aa:bb"}]}
+    f = HardwareFacts(**doc)
+    assert f.facts_format == 2 and f.network[0].path == "" and f.network[0].driver == ""
+
+
+def test_hostile_nic_links_are_dropped(tmp_path: Path) -> None:
+    sys = tmp_path / "sys"
+    _nic(sys, "eth0", "pci0000:00/0000:00:19.0", None, "52:54:00:00:00:01")
+    os.symlink(
+        "../../../../../../../etc/$(reboot)\x1b[31m", sys / "devices/pci0000:00/0000:00:19.0/driver"
+    )
+    (sys / "class/net/eth1").mkdir()
+    os.symlink("/" + "/".join(["a" * 200] * 15), sys / "class/net/eth1/device")
+    doc = hardware(sys)
+    HardwareFacts(machine_id="m", hostname="h", **doc)  # what the agent sends validates
+    got = {n["name"]: (n["bus"], n["path"], n["driver"]) for n in doc["network"]}
+    assert got == {"eth0": ("0000:00:19.0", "pci-0000:00:19.0", ""), "eth1": ("", "", "")}

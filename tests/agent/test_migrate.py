@@ -234,3 +234,37 @@ def test_apps_data_mode_carries_user_installed_packages_and_usr_local(
     staging.rollback(applied, new)
     assert not (new / "usr/bin/user-tool").exists()
     assert "user-tool" not in (new / "var/lib/dpkg/status").read_text()
+
+
+def test_apps_data_carries_only_the_packages_the_server_named_and_reports_conflicts(
+    store: Store, machines: tuple[bytes, Path, Path]
+) -> None:
+    """The server names the user's packages (the others came with the CVD's layers): one
+    from a layer is never carried, and one this machine has at another version keeps
+    this machine's version and is reported."""
+    _tree, old, new = machines
+    with open(old / "var/lib/dpkg/status", "a") as f:
+        f.write("\nPackage: from-layer\nStatus: install ok installed\nVersion: 3.0\n")
+    (old / "usr/bin/from-layer").write_text("a layer's tool\n")
+    (old / "var/lib/dpkg/info").mkdir()
+    (old / "var/lib/dpkg/info/from-layer.list").write_text("/.\n/usr/bin/from-layer\n")
+    (old / "var/lib/dpkg/info/user-tool.list").write_text("/.\n/usr/bin/user-tool\n")
+    tree = backup(store, old).snapshot.root
+    (new / "var/lib/dpkg/status").write_text(
+        "Package: coreutils\nStatus: install ok installed\nVersion: 9.4\n"
+    )
+    state = new / "var/lib/lamina"
+    summary: dict[str, object] = {"kind": "migration"}
+    staging.stage_boot_set(
+        store, tree, new, state, "apps-data", (), PolicySettings(), store.keys.chunking,
+        summary, only=["user-tool", "coreutils"],
+    )  # fmt: skip
+    assert summary["packages_carried"] == {"user-tool": "1.0"}
+    assert summary["package_conflicts"] == [
+        {"package": "coreutils", "cvd": "9.1", "new": "9.4", "wins": "new"}
+    ]
+    staging.boot(state, new)
+    assert (new / "usr/bin/user-tool").exists() and not (new / "usr/bin/from-layer").exists()
+    status = (new / "var/lib/dpkg/status").read_text()
+    assert "Package: user-tool" in status and "from-layer" not in status
+    assert "Version: 9.4" in status and "Version: 9.1" not in status

@@ -51,14 +51,33 @@ FACTS: dict[object, dict[str, object]] = {
         "product_name": "OptiPlex 7090",
         "modaliases": [],
         "storage_controllers": [AHCI],
-        "network": [{"name": "enp0s3", "mac": "52:54:00:00:00:01"}],
+        # facts format 3: where each NIC sits and its driver
+        "network": [
+            {
+                "name": "enp0s3",
+                "mac": "52:54:00:00:00:01",
+                "bus": "0000:00:03.0",
+                "path": "pci-0000:00:03.0",
+                "driver": "e1000e",
+            },
+        ],
     },
     1: {
         "sys_vendor": "LENOVO",
         "product_name": "20BWS03B00",
         "modaliases": [REALTEK],
         "storage_controllers": [NVME],
-        "network": [{"name": "eno1", "mac": "52:54:00:00:00:91"}],
+        # A Wi-Fi card listed first: the wired NIC of the same driver is the one mapped.
+        "network": [
+            {"name": "wlp2s0", "mac": "52:54:00:00:00:81", "driver": "iwlwifi"},
+            {
+                "name": "eno1",
+                "mac": "52:54:00:00:00:91",
+                "bus": "0000:00:1f.6",
+                "path": "pci-0000:00:1f.6",
+                "driver": "e1000e",
+            },
+        ],
     },
     # HP desks whose NICs were not reported: the old NIC maps to none of them.
     2: {"sys_vendor": "HP", "product_name": "EliteDesk 800 G6", "modaliases": [], "network": []},
@@ -173,7 +192,10 @@ def test_full_migration_onto_a_replacement(
     assert {"/etc/fstab", "/boot/grub/grub.cfg"} <= set(dry["kept_from_new_machine"])
     # The network settings are the CVD's, carried onto the new NIC: one line per interface.
     assert "/etc/network/interfaces" not in dry["kept_from_new_machine"]
-    assert dry["network"] == ["enp0s3 (52:54:00:00:00:01) -> eno1 (52:54:00:00:00:91): in order"]
+    assert dry["network"] == [
+        "enp0s3 (52:54:00:00:00:01) -> eno1 (52:54:00:00:00:91): same driver, in order"
+    ]
+    assert dry["network_map"] == [{"old": "enp0s3", "new": "eno1", "rule": "same driver, in order"}]
     assert dry["packages_carried"] == {"user-game": "0.9"}
     assert dry["driver_packs"] == ["rtl-fw:1"] and dry["warnings"] == []
     assert dry["rebuild_initramfs"]  # AHCI there, NVMe here

@@ -41,6 +41,9 @@ def test_provision_then_migrate_os(
             debs, "base-tools", tools, {"/usr/bin/base-tool": f"#!/bin/sh\necho {tools}\n"}
         )
         dpkg_install(ref, deb)
+        if version == "12":  # a library Debian 12's base has and 13's has not
+            lib = {"/usr/lib/shared-lib.so": "shared 1.0\n"}
+            dpkg_install(ref, build_deb(debs, "shared-lib", "1.0", lib))
         st, agent = tmp_path / f"ref{version}-state", person(f"ref{version}")
         _enroll(agent, embedded.url, ref_token, ref, st, FACTS["old"])
         agent.run("agent", "run", "--once", "--state", str(st))
@@ -74,7 +77,7 @@ def test_provision_then_migrate_os(
     agent.run("agent", "boot", "--state", str(state))
     agent.run("agent", "run", "--once", "--state", str(state))
     assert admin.json("task", "show", res["task"])["state"] == "done"
-    assert dpkg_installed(bare) == {"base-tools": "1.0"}
+    assert dpkg_installed(bare) == {"base-tools": "1.0", "shared-lib": "1.0"}
     assert not (bare / "usr/bin/installer-only").exists()  # cleaned to the base layer
     assert (bare / "lib/firmware/hp-nic.fw").read_bytes() == b"\x7fHP firmware"
     assert (bare / "etc/hostname").read_text() == "bare-01\n"  # its identity stays
@@ -105,6 +108,11 @@ def test_provision_then_migrate_os(
     # the replacement keeps its identity and disks.
     (bare / "opt/bob-app").mkdir(parents=True)
     (bare / "opt/bob-app/run").write_text("bob's app\n")
+    # Two packages of bob's own: a tool, and a newer build of the library Debian 12 has.
+    tool = {"/usr/games/bob-tool": "#!/bin/sh\necho bob\n"}
+    dpkg_install(bare, build_deb(debs, "bob-tool", "0.3", tool))
+    lib15 = {"/usr/lib/shared-lib.so": "shared 1.5\n"}
+    dpkg_install(bare, build_deb(debs, "shared-lib", "1.5", lib15))
     agent.run("agent", "run", "--once", "--sync", "--state", str(state))
     admin.run("cvd", "archive", "bob")
     token = admin.json("token", "create")["token"]
@@ -118,14 +126,24 @@ def test_provision_then_migrate_os(
     dry = admin.json(*args, "--dry-run")
     assert dry["blocking"] == [] and dry["layers"] == ["debian-12:1"]
     assert dry["driver_packs"] == ["hp-fw:1"]
+    # Exactly the user's packages are carried: base-tools came with the CVD's base layer;
+    # the library the new base has at another version is a conflict the base wins.
+    assert dry["packages_carried"] == {"bob-tool": "0.3"}
+    assert dry["packages_from_layers"] == {"base-tools": "2.0"}
+    assert dry["package_conflicts"] == [
+        {"package": "shared-lib", "cvd": "1.5", "new": "1.0", "wins": "new"}
+    ]
     res = admin.json(*args)
     agent4.run("agent", "run", "--once", "--state", str(state4))
     agent4.run("agent", "boot", "--state", str(state4))
     agent4.run("agent", "run", "--once", "--state", str(state4))
     assert admin.json("task", "show", res["task"])["state"] == "done"
     assert 'VERSION_ID="12"' in (new / "etc/os-release").read_text()  # the chosen base
-    assert dpkg_installed(new) == {"base-tools": "1.0"}
+    assert dpkg_installed(new) == {"base-tools": "1.0", "bob-tool": "0.3", "shared-lib": "1.0"}
     assert (new / "usr/bin/base-tool").read_text() == "#!/bin/sh\necho 1.0\n"
+    assert (new / "usr/games/bob-tool").read_text() == "#!/bin/sh\necho bob\n"
+    assert (new / "var/lib/dpkg/info/bob-tool.list").exists()
+    assert (new / "usr/lib/shared-lib.so").read_text() == "shared 1.0\n"  # the base's
     assert not (new / "usr/bin/installer-only").exists()
     assert (new / "opt/bob-app/run").read_text() == "bob's app\n"  # the applications
     assert (new / "lib/firmware/hp-nic.fw").exists()  # the pack its profile matches

@@ -3,7 +3,7 @@ systemd-networkd, netplan and ifcfg, with the NIC map a migration builds from fa
 
 from __future__ import annotations
 
-from lamina.layers.netmap import MAX_SETTINGS, Nic, map_nics, rewrite
+from lamina.layers.netmap import MAX_SETTINGS, Nic, map_nics, nics, rewrite, same_model
 
 OLD = [Nic("enp0s3", "52:54:00:00:00:01"), Nic("enp0s8", "52:54:00:00:00:02")]
 NEW = [Nic("eno1", "aa:bb:cc:00:00:01"), Nic("eno2", "aa:bb:cc:00:00:02")]
@@ -167,3 +167,60 @@ def test_hostile_files_are_left_alone() -> None:
     assert rewrite("/etc/network/interfaces", b"a" * (MAX_SETTINGS + 1), _m()) is None
     assert rewrite("/etc/network/interfaces", b"auto enp0s3\0", _m()) is None
     assert rewrite("/etc/hosts", b"127.0.0.1 enp0s3\n", _m()) is None
+
+
+# --- facts format 3: PCI path and driver ---------------------------------------------
+def test_same_slot_on_the_same_model_maps_by_pci_path_before_name_and_order() -> None:
+    # Two NICs on the same model of machine, new cards (new MACs), names differing and
+    # listed in the other order: the slot decides, not the order or the name.
+    old = [
+        Nic("enp0s25", "52:54:00:00:00:01", "0000:00:19.0", "pci-0000:00:19.0", "e1000e"),
+        Nic("enp3s0", "52:54:00:00:00:02", "0000:03:00.0", "pci-0000:03:00.0", "e1000e"),
+    ]
+    new = [
+        Nic("eth0", "aa:bb:cc:00:00:02", "0000:03:00.0", "pci-0000:03:00.0", "e1000e"),
+        Nic("enp0s25x", "aa:bb:cc:00:00:01", "0000:00:19.0", "pci-0000:00:19.0", "e1000e"),
+    ]
+    m = map_nics(old, new, one_model=True)
+    assert m.names == {"enp0s25": "enp0s25x", "enp3s0": "eth0"}
+    assert [r["rule"] for r in m.rows] == ["same PCI path", "same PCI path"]
+    assert m.lines[0].endswith(": same PCI path")
+    # Another model: the same address is another slot; the driver rule maps in order.
+    m = map_nics(old, new, one_model=False)
+    assert m.names == {"enp0s25": "eth0", "enp3s0": "enp0s25x"}
+    assert [r["rule"] for r in m.rows] == ["same driver, in order"] * 2
+
+
+def test_driver_in_order_comes_before_name() -> None:
+    old = [Nic("eth0", "", driver="r8169"), Nic("wlan0", "", driver="iwlwifi")]
+    new = [Nic("wlan0", "", driver="ath10k_pci"), Nic("enp2s0", "", driver="r8169"),
+           Nic("wlp3s0", "", driver="iwlwifi")]  # fmt: skip
+    m = map_nics(old, new)
+    assert m.names == {"eth0": "enp2s0", "wlan0": "wlp3s0"}
+    assert [(r["old"], r["rule"]) for r in m.rows] == [
+        ("eth0", "same driver, in order"),
+        ("wlan0", "same driver, in order"),
+    ]
+
+
+def test_mac_wins_over_pci_path_and_format_2_facts_still_map() -> None:
+    old = [Nic("a", "11:11:11:11:11:11", path="pci-0000:00:19.0"), Nic("b", "", path="pci-x")]
+    new = [Nic("c", "", path="pci-0000:00:19.0"), Nic("d", "11:11:11:11:11:11")]
+    m = map_nics(old, new, one_model=True)
+    assert m.names == {"a": "d", "b": "c"}
+    assert [r["rule"] for r in m.rows] == ["same MAC", "in order"]
+    # Facts from an older agent (format 2: name and MAC only) read with empty fields.
+    facts = {"network": [{"name": "eth0", "mac": "AA:BB:CC:00:00:01"}, {"name": 3}, "junk"]}
+    assert nics(facts) == [Nic("eth0", "aa:bb:cc:00:00:01")]
+    hostile = {"network": [{"name": "eth0", "mac": 5, "path": ["x"], "driver": None}]}
+    assert nics(hostile) == [Nic("eth0", "")]
+
+
+def test_same_model_needs_both_fields_known_and_equal() -> None:
+    dell = {"sys_vendor": "Dell Inc.", "product_name": "OptiPlex 7090"}
+    assert same_model(dell, dict(dell))
+    assert not same_model(dell, {**dell, "product_name": "OptiPlex 7080"})
+    assert not same_model(
+        {"sys_vendor": "", "product_name": ""}, {"sys_vendor": "", "product_name": ""}
+    )
+    assert not same_model(None, dell)

@@ -24,7 +24,13 @@ from pydantic import ValidationError
 from lamina import __version__
 from lamina.errors import UsageError
 from lamina.layers.drivers import DMI_FIELDS
-from lamina.protocol.schemas import HOSTNAME, MAX_FACT_ITEMS, MAX_MODALIASES, HardwareFacts
+from lamina.protocol.schemas import (
+    FACTS_FORMAT,
+    HOSTNAME,
+    MAX_FACT_ITEMS,
+    MAX_MODALIASES,
+    HardwareFacts,
+)
 
 SYSFS = Path("/sys")
 #: A sysfs attribute is one short line; a longer one is not what we look for.
@@ -36,6 +42,10 @@ _MODALIAS = re.compile(r"^[\x21-\x7e]{1,256}$")
 _MAC = re.compile(r"^([0-9a-f]{2}(:[0-9a-f]{2})*)?$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 _DISK = re.compile(r"^[A-Za-z0-9_.:!-]{1,64}$")
+_DRIVER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: A PCI function's address (``0000:00:19.0``) and a USB interface's (``1-1.2:1.0``).
+_PCI_ADDR = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_USB_IFACE = re.compile(r"^\d{1,3}-[\d.]{1,32}:\d{1,3}\.\d{1,3}$")
 
 
 def _read(path: Path, limit: int = 1 << 20) -> str:
@@ -93,6 +103,7 @@ def gather(
         "os_release": os_release(root),
         "disk_size": disk,
         "agent_version": __version__,
+        "facts_format": FACTS_FORMAT,
         **hardware(sysfs),
     }
     if override:
@@ -169,8 +180,40 @@ def _network(sysfs: Path) -> list[dict[str, str]]:
         if dev.name == "lo" or not _IFNAME.match(dev.name):
             continue
         mac = _attr(dev / "address").lower()
-        out.append({"name": dev.name, "mac": mac if _MAC.match(mac) else ""})
+        out.append({"name": dev.name, "mac": mac if _MAC.match(mac) else "", **_nic_device(dev)})
     return out
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)[:4096]
+    except OSError:
+        return ""
+
+
+def _nic_device(dev: Path) -> dict[str, str]:
+    """Where a NIC's device sits (facts format 3): its bus address, an ``ID_PATH``-style
+    path and its driver, from the ``device`` and ``device/driver`` links. Only the
+    links' names are read, no file they lead to. All "" for a virtual NIC."""
+    if not os.path.islink(dev / "device"):
+        return {"bus": "", "path": "", "driver": ""}
+    # Resolved, not joined as text: /sys/class/net/X is itself a link into /sys/devices.
+    parts = os.path.realpath(dev / "device").split("/")
+    bus = path = ""
+    pcis = [i for i, p in enumerate(parts) if _PCI_ADDR.match(p)]
+    if pcis:  # as udev's path_id: the last PCI function, then the USB port below it
+        bus = parts[pcis[-1]]
+        path = f"pci-{bus}"
+        usb = [p for p in parts[pcis[-1] + 1 :] if _USB_IFACE.match(p)]
+        if usb:
+            bus = usb[-1]
+            path += "-usb-0:" + bus.split("-", 1)[1]
+    driver = os.path.basename(_link(dev / "device/driver"))
+    return {
+        "bus": bus,
+        "path": path[:255],
+        "driver": driver if _DRIVER.match(driver) else "",
+    }
 
 
 def _disks(sysfs: Path) -> list[dict[str, Any]]:

@@ -5,10 +5,15 @@ DNS, routes, bonds, bridges) over the new machine, with the interface names and
 MAC addresses they name rewritten to the new machine's NICs:
 
 - :func:`map_nics` maps each NIC of the machine the CVD last ran on to one of the
-  new machine's (its ``network`` facts, ``[{name, mac}]``): the same MAC first (the
-  card moved, or the machine itself enrolled again), then the same name, then the
-  remaining ones in the order the new machine lists them. Each old NIC gets one
-  report line saying how it was mapped, or that it could not be.
+  new machine's (its ``network`` facts, ``[{name, mac, bus, path, driver}]``), by
+  the first of these rules that finds one still free, each rule tried for every old
+  NIC before the next: the same MAC (the card moved, or the machine itself enrolled
+  again); the same PCI path (``path``, else ``bus``) when both machines are of one
+  model (same ``sys_vendor`` and ``product_name``: the same slot); the same driver,
+  in order (the second ``e1000e`` to the second ``e1000e``); the same name; the
+  remaining ones in the order the new machine lists them. Facts of format 2 carry no
+  path or driver: those rules then find nothing. Each old NIC gets one report line
+  saying which rule mapped it, or that none could.
 - :func:`rewrite` rewrites one settings file: ifupdown (``/etc/network/interfaces``
   and ``interfaces.d``: every interface name and MAC outside comments), NetworkManager
   keyfiles (``interface-name=``, ``parent=``, ``mac-address=``), systemd-networkd
@@ -26,7 +31,7 @@ text is left as the CVD had it, and the report says so.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +62,14 @@ _IFCFG_MAC_KEYS = ("HWADDR",)
 class Nic:
     name: str
     mac: str
+    #: facts format 3: the bus address, the ID_PATH-style path and the driver ("" if unknown)
+    bus: str = ""
+    path: str = ""
+    driver: str = ""
+
+    @property
+    def slot(self) -> str:
+        return self.path or self.bus
 
 
 @dataclass
@@ -67,21 +80,53 @@ class NicMap:
     macs: dict[str, str] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     complete: bool = False
+    #: one row per old NIC: ``{"old", "new", "rule"}`` (``new`` None when not mapped)
+    rows: list[dict[str, str | None]] = field(default_factory=list)
 
 
 def nics(facts: Mapping[str, Any] | None) -> list[Nic]:
-    """The NICs in a device's facts (``network``: ``[{name, mac}]``), malformed rows dropped."""
+    """The NICs in a device's facts (``network``), malformed rows dropped, a malformed
+    field read as unknown."""
     rows = (facts or {}).get("network")
     out = []
     for r in rows if isinstance(rows, list) else []:
         if isinstance(r, dict) and isinstance(r.get("name"), str) and r["name"]:
-            mac = r.get("mac")
-            out.append(Nic(r["name"], mac.lower() if isinstance(mac, str) else ""))
+
+            def text(key: str, row: dict[str, Any] = r) -> str:
+                v = row.get(key)
+                return v if isinstance(v, str) else ""
+
+            out.append(
+                Nic(r["name"], text("mac").lower(), text("bus"), text("path"), text("driver"))
+            )
     return out
 
 
-def map_nics(old: list[Nic], new: list[Nic]) -> NicMap:
-    """Each old NIC mapped to a new one: same MAC, then same name, then in order."""
+def same_model(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether two machines' facts name one model (``sys_vendor`` and ``product_name``,
+    both known): then the same PCI path is the same slot."""
+
+    def model(f: Mapping[str, Any] | None) -> tuple[str, str] | None:
+        v, p = (f or {}).get("sys_vendor"), (f or {}).get("product_name")
+        return (v, p) if isinstance(v, str) and isinstance(p, str) and v and p else None
+
+    a = model(old)
+    return a is not None and a == model(new)
+
+
+#: The rules :func:`map_nics` tries, in order: (name in the report, whether a matches b).
+_RULES: tuple[tuple[str, Callable[[Nic, Nic], bool]], ...] = (
+    ("same MAC", lambda a, b: bool(a.mac) and a.mac == b.mac),
+    ("same PCI path", lambda a, b: bool(a.slot) and a.slot == b.slot),
+    ("same driver, in order", lambda a, b: bool(a.driver) and a.driver == b.driver),
+    ("same name", lambda a, b: a.name == b.name),
+    ("in order", lambda a, b: True),
+)
+
+
+def map_nics(old: list[Nic], new: list[Nic], one_model: bool = False) -> NicMap:
+    """Each old NIC mapped to a new one: same MAC, same PCI path (only when
+    ``one_model``: see :func:`same_model`), same driver in order, same name, in order."""
     m = NicMap()
     if not old:
         m.lines.append(
@@ -91,11 +136,9 @@ def map_nics(old: list[Nic], new: list[Nic]) -> NicMap:
         return m
     free = list(new)
     how: dict[str, tuple[Nic, str]] = {}
-    for rule, same in (
-        ("same MAC", lambda a, b: bool(a.mac) and a.mac == b.mac),
-        ("same name", lambda a, b: a.name == b.name),
-        ("in order", lambda a, b: True),
-    ):
+    for rule, same in _RULES:
+        if rule == "same PCI path" and not one_model:
+            continue  # another model's slot of the same address is another slot
         for o in old:
             if o.name in how:
                 continue
@@ -108,8 +151,10 @@ def map_nics(old: list[Nic], new: list[Nic]) -> NicMap:
             m.lines.append(
                 f"{o.name} ({o.mac or 'no MAC'}): not mapped, the new machine has no NIC left"
             )
+            m.rows.append({"old": o.name, "new": None, "rule": None})
             continue
         n, rule = how[o.name]
+        m.rows.append({"old": o.name, "new": n.name, "rule": rule})
         m.names[o.name] = n.name
         if o.mac and n.mac:
             m.macs[o.mac] = n.mac

@@ -196,6 +196,15 @@ class StorageController(Strict):
 class NetInterface(Strict):
     name: str = Field(min_length=1, max_length=15, pattern=r"^[A-Za-z0-9_.:@-]+$")
     mac: str = Field("", max_length=64, pattern=r"^([0-9a-f]{2}(:[0-9a-f]{2})*)?$")
+    # Facts format 3 (empty from older agents, and for virtual interfaces):
+    #: the bus address of its device: the PCI function (``0000:00:19.0``, also for a
+    #: virtio NIC), or the USB interface (``1-1:1.0``)
+    bus: str = Field("", max_length=64, pattern=r"^[0-9A-Za-z:.-]*$")
+    #: where the device sits, as udev's ``ID_PATH`` (``pci-0000:00:19.0``,
+    #: ``pci-0000:00:14.0-usb-0:1:1.0``): the same slot on another machine of one model
+    path: str = Field("", max_length=255, pattern=r"^[0-9A-Za-z:._-]*$")
+    #: its kernel driver (``e1000e``, ``r8169``)
+    driver: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
 
 
 class DiskFact(Strict):
@@ -203,9 +212,17 @@ class DiskFact(Strict):
     size: int = Field(0, ge=0, le=2**63 - 1)
 
 
+#: The facts format this agent writes, and the one older agents wrote.
+FACTS_FORMAT = 3
+FACTS_FORMAT_V2 = 2
+
+
 class HardwareFacts(Strict):
     """What an agent reports of its machine (format: docs/design.md, "Device facts")."""
 
+    #: The facts format: 3 adds each NIC's bus address, path and driver; an older agent
+    #: sends none (format 2), and its facts are read as they are.
+    facts_format: int = Field(FACTS_FORMAT_V2, ge=1, le=FACTS_FORMAT)
     machine_id: str = Field(min_length=1, max_length=128)
     #: Letters, digits, dot, dash and underscore only: it is printed by admin tools.
     hostname: str = Field(min_length=1, max_length=255, pattern=HOSTNAME)

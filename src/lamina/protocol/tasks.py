@@ -143,6 +143,10 @@ class MigrateParams(TaskParams):
     #: ``system`` stages, and the user data streams from ``stream_root`` (the snapshot).
     base: str | None = Field(None, max_length=300)
     stream_root: HexId | None = None
+    #: apps-data without ``--base``: the CVD's user-installed packages (``name[:arch]``),
+    #: as the server told them from its layers; the agent carries these only (None: an
+    #: older server, which let the agent carry every package this machine lacks).
+    user_packages: list[str] | None = Field(None, max_length=100_000)
 
 
 PARAMS: dict[TaskKind, type[TaskParams]] = {

@@ -161,12 +161,20 @@ def _read(load: Load, tree: bytes, path: str) -> bytes | None:
 
 
 def user_packages(
-    load: Load, tree: bytes, root: Path
+    load: Load,
+    tree: bytes,
+    root: Path,
+    only: Collection[str] | None = None,
+    conflicts: list[dict[str, str]] | None = None,
 ) -> tuple[Stanzas, frozenset[str], bytes | None]:
     """The CVD's packages this machine does not have (installed by its user, not by the
     new machine's OS): their stanzas, the files to lay over (each in the package's
     ``.list`` and its ``info/`` files, absent here) and the live database merged
-    with them. Nothing when either side has no readable dpkg database."""
+    with them. Nothing when either side has no readable dpkg database.
+
+    ``only``: the packages the server found user-installed (the others came with the
+    CVD's layers); ``conflicts`` gets one row per such package this machine has at
+    another version (this machine's wins)."""
     live_bytes = _live_status(root)
     ours_bytes = _read(load, tree, DPKG_STATUS)
     if live_bytes is None or ours_bytes is None:
@@ -175,12 +183,19 @@ def user_packages(
         live, ours = parse_dpkg_status(live_bytes), parse_dpkg_status(ours_bytes)
     except LaminaError:
         return {}, frozenset(), None
-    here = set(installed(live))
-    carried = {
+    here = installed(live)
+    wanted = {
         k: s
         for k, s in ours.items()
-        if s.status == "install ok installed" and s.name not in here and k not in live
+        if s.status == "install ok installed" and (only is None or k in only)
     }
+    carried = {k: s for k, s in wanted.items() if s.name not in here and k not in live}
+    if conflicts is not None:
+        conflicts.extend(
+            {"package": s.name, "cvd": s.version, "new": here[s.name], "wins": "new"}
+            for s in wanted.values()
+            if s.name in here and here[s.name] != s.version
+        )
     info = lookup(load, tree, [os.fsencode(p) for p in DPKG_INFO.strip("/").split("/")])
     info_names = []
     if info is not None and info.subtree is not None:
@@ -234,6 +249,7 @@ def stage_boot_set(
     chunking: ChunkingSecret,
     summary: dict[str, Any],
     client: AgentClient | None = None,
+    only: Collection[str] | None = None,
 ) -> tuple[Transaction, RevertPlan]:
     """Stage what a migration in ``mode`` lays down before the reboot. In apps-data mode
     the CVD's user-installed packages (:func:`user_packages`) come with the applications:
@@ -242,9 +258,12 @@ def stage_boot_set(
     extra: frozenset[str] = frozenset()
     status: bytes | None = None
     if mode == "apps-data":
-        carried, extra, status = user_packages(blobs.get, tree, root)
+        conflicts: list[dict[str, str]] = []
+        carried, extra, status = user_packages(blobs.get, tree, root, only, conflicts)
         if carried:
             summary["packages_carried"] = {s.name: s.version for s in carried.values()}
+        if conflicts:
+            summary["package_conflicts"] = conflicts
     scope = migration_scope(rules, mode, hardware_bound, policy, root, state_dir, extra)
     skip = descend_only(rules, mode, extra)
     tx, plan = stage_tree(
@@ -289,6 +308,7 @@ def stage_migration(
         st.chunking,
         summary,
         client,
+        params.user_packages,
     )
     tx.journal["summary"]["downloaded_bytes"] = blobs.fetched_bytes
     tx.save()

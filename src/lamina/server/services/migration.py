@@ -12,6 +12,7 @@ stay with it, keyed by the CVD -- to the new device, marks the old device
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,23 @@ from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvd_layers, cvds, devices, layer_versions, policies
 from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.layers.drivers import hardware_warning
-from lamina.layers.merge import DPKG_STATUS, installed, parse_dpkg_status
-from lamina.layers.netmap import NETWORK_SETTINGS, NicMap, is_settings, map_nics, nics, rewrite
+from lamina.layers.merge import (
+    DPKG_STATUS,
+    Stanzas,
+    installed,
+    merge_dpkg_status,
+    parse_dpkg_status,
+    render_dpkg_status,
+)
+from lamina.layers.netmap import (
+    NETWORK_SETTINGS,
+    NicMap,
+    is_settings,
+    map_nics,
+    nics,
+    rewrite,
+    same_model,
+)
 from lamina.layers.overlay import overlay
 from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os, matches
@@ -36,7 +52,7 @@ from lamina.server.services.layer_versions import resolve as resolve_layer
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
-from lamina.tree.paths import read_file, walk
+from lamina.tree.paths import lookup, read_file, walk
 
 #: The state of a device whose CVD moved to another device: its credential is refused.
 REPLACED = "replaced"
@@ -78,6 +94,14 @@ class Report:
     #: applications-class files laid over them
     layers: list[LayerRef] = field(default_factory=list)
     app_files: dict[str, Entry] = field(default_factory=dict)
+    #: apps-data: the snapshot's packages its layers (and the old machine's packs) brought
+    from_layers: dict[str, str] = field(default_factory=dict)
+    #: apps-data: the user-installed packages carried (key -> stanza), and the ones a new
+    #: base layer has at another version (the base wins: a layer's package is the layer's)
+    user_stanzas: Stanzas = field(default_factory=dict)
+    conflicts: list[dict[str, str]] = field(default_factory=list)
+    #: the snapshot's entries (path -> entry): the carried packages' files come from it
+    entries: dict[str, Entry] = field(default_factory=dict)
 
     @property
     def carries_network(self) -> bool:
@@ -107,7 +131,10 @@ class Report:
             "packages_not_carried": self.not_carried,
             "rebuild_initramfs": self.rebuild_initramfs,
             "network": self.nics.lines,
+            "network_map": self.nics.rows,
             "layers": [r.label for r in self.layers],
+            "packages_from_layers": self.from_layers,
+            "package_conflicts": self.conflicts,
         }
 
     def hardware_bound_rules(self, rules: RuleSet) -> list[str]:
@@ -127,6 +154,75 @@ def packages_of(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
     if e is None or e.type != "file":
         return {}
     return installed(parse_dpkg_status(read_file(store.get, e)))
+
+
+def layer_packages(store: Store, refs: list[LayerRef]) -> Stanzas:
+    """The packages a stack of layers lays down (later wins): a base layer's whole
+    database, an app layer's or pack's own packages."""
+    dbs = []
+    for r in refs:
+        e = _at(store, r.root, DPKG_STATUS)
+        if e is None or e.type != "file":
+            continue
+        try:
+            db = parse_dpkg_status(read_file(store.get, e))
+        except LaminaError:
+            continue  # a layer whose database dpkg could not read owns no package
+        if r.packages is not None:
+            own = set(r.packages)
+            db = {k: v for k, v in db.items() if v.name in own}
+        dbs.append(db)
+    return merge_dpkg_status(dbs, {}, set())
+
+
+def _at(store: Store, root: bytes, path: str) -> Entry | None:
+    """The entry at ``path`` in a tree (the folders on the way read, not the whole tree)."""
+    return lookup(store.get, root, [os.fsencode(p) for p in path.strip("/").split("/")])
+
+
+def user_installed(snapshot: Stanzas, owned: Stanzas) -> Stanzas:
+    """The snapshot's installed packages none of the layers it ran brought: installed
+    by the user, carried in apps-data mode."""
+    return {
+        k: s for k, s in snapshot.items() if s.status == "install ok installed" and k not in owned
+    }
+
+
+def _plan_packages(
+    c: Connection, store: Store, rep: Report, cvd: Any, old_facts: dict[str, Any] | None
+) -> None:
+    """apps-data: which of the snapshot's packages are the user's (carried) and which
+    the CVD's layers brought (not carried: the new machine's system has its own); with
+    ``--base``, the user's packages the new layers have at another version."""
+    e = rep.entries.get(DPKG_STATUS)
+    try:
+        ours = parse_dpkg_status(read_file(store.get, e)) if e and e.type == "file" else {}
+    except LaminaError:
+        rep.warnings.append("the CVD's package database cannot be read: no package is carried")
+        return
+    old_os = _os_of(c, cvd)
+    owned_refs = _assigned(c, cvd.id) + drivers.packs_for_device(c, old_facts or {}, old_os)
+    owned = layer_packages(store, owned_refs)
+    user = user_installed(ours, owned)
+    rep.from_layers = {s.name: s.version for k, s in ours.items() if k in owned}
+    if rep.layers:  # the new stack is known: its version of a package wins
+        new = layer_packages(store, rep.layers + rep.packs)
+        for k, s in sorted(user.items()):
+            theirs = new.get(k)
+            if theirs is None:
+                continue
+            del user[k]
+            if theirs.version != s.version:
+                rep.conflicts.append(
+                    {"package": s.name, "cvd": s.version, "new": theirs.version, "wins": "new"}
+                )
+    else:
+        rep.warnings.append(
+            "a carried package the new machine has already keeps the new machine's "
+            "version (decided when staging: the task's result lists them)"
+        )
+    rep.user_stanzas = user
+    rep.packages = {s.name: s.version for s in user.values()}
 
 
 def _validate(
@@ -156,7 +252,7 @@ def _validate(
     facts = device.facts if isinstance(device.facts, dict) else {}
     old_facts = drivers.last_device_facts(c, cvd.id, cvd.device_id)
     if req.mode == "full":  # the CVD's system, so its network settings, on other NICs
-        rep.nics = map_nics(nics(old_facts), nics(facts))
+        rep.nics = map_nics(nics(old_facts), nics(facts), same_model(old_facts, facts))
     bound = rep.hardware_bound_rules(rules)
     entries: dict[str, Entry] = {}
     carried = CARRIED[req.mode]
@@ -186,11 +282,12 @@ def _validate(
             f"the migration needs {rep.space_needed} bytes, device {device.hostname} "
             f"has {rep.disk_free} free"
         )
+    rep.entries = entries
     ours = packages_of(store, entries)
     if req.mode == "data":
         rep.not_carried = ours  # data mode carries no software
-    else:
-        rep.packages = ours
+    elif req.mode == "full":
+        rep.packages = ours  # the CVD's whole system is carried
     old_os = _os_of(c, cvd)
     new_os = (device.facts or {}).get("os_release") or {}
     if req.mode != "full" and old_os and new_os and _release(old_os) != _release(new_os):
@@ -203,6 +300,8 @@ def _validate(
     if rep.layers:  # a system laid down from the base layer: the packs for its OS
         base_os = _os_of_version(c, rep.layers[0].version_id) or new_os
         rep.packs = drivers.packs_for_device(c, facts, base_os)
+    if req.mode == "apps-data":
+        _plan_packages(c, store, rep, cvd, old_facts)
     if req.mode == "full":  # the CVD's system is laid down on this hardware: its packs go with it
         rep.packs = drivers.packs_for_device(c, facts, old_os or new_os)
         warning = hardware_warning(facts, old_facts, rep.packs)
@@ -288,10 +387,61 @@ def _on_base(store: Store, rep: Report, rules: RuleSet) -> bytes:
     applications laid over it."""
     base, rest = rep.layers[0], rep.layers[1:] + rep.packs
     tree = _with_packs(store, base.root, rest, rules) if rest else base.root
-    if not rep.app_files:
+    if rep.app_files:
+        with store.writer() as w:
+            tree = overlay(store.get, w.put, tree, rep.app_files, {})
+    return _with_user_packages(store, tree, rep)
+
+
+#: dpkg's folder of per-package files: ``PKG[:ARCH].list`` names a package's files.
+DPKG_INFO = "/var/lib/dpkg/info"
+
+
+def package_files(store: Store, entries: dict[str, Entry], stanzas: Stanzas) -> set[str]:
+    """The paths of ``stanzas``' packages in a tree (``entries``): each one's ``info/``
+    files and the files its ``.list`` names (folders left out)."""
+    stems = {x for k, s in stanzas.items() for x in (s.name, k)}
+    out = {p for p in entries if p.startswith(DPKG_INFO + "/") and p.count("/") == 5}
+    out = {p for p in out if p[len(DPKG_INFO) + 1 :].rpartition(".")[0] in stems}
+    for stem in stems:
+        e = entries.get(f"{DPKG_INFO}/{stem}.list")
+        if e is None or e.type != "file":
+            continue
+        try:
+            listed = read_file(store.get, e).decode(errors="surrogateescape")
+        except LaminaError:
+            continue
+        for line in listed.splitlines():
+            if line.startswith("/") and line != "/." and "/../" not in line + "/":
+                out.add(line.rstrip("/"))
+    return {p for p in out if (e := entries.get(p)) is not None and e.type != "dir"}
+
+
+def _with_user_packages(store: Store, tree: bytes, rep: Report) -> bytes:
+    """The composed tree with the CVD's user-installed packages merged in: their stanzas
+    over its package database (per package, as layers merge: the tree's own stanza of a
+    package wins) and their files where the tree has none (a file of the new system is
+    never replaced)."""
+    if not rep.user_stanzas:
         return tree
+    status = _at(store, tree, DPKG_STATUS)
+    if status is None or status.type != "file":
+        rep.warnings.append("the new base layer has no package database: no package is carried")
+        return tree
+    base = parse_dpkg_status(read_file(store.get, status))
+    merged = merge_dpkg_status([base], rep.user_stanzas, set())
+    writes = {
+        p: rep.entries[p]
+        for p in package_files(store, rep.entries, rep.user_stanzas)
+        if p != DPKG_STATUS and _at(store, tree, p) is None
+    }
+    data = render_dpkg_status(merged)
     with store.writer() as w:
-        return overlay(store.get, w.put, tree, rep.app_files, {})
+        writes[DPKG_STATUS] = dataclasses.replace(
+            status, content=[w.put(BlobKind.DATA, data)], size=len(data)
+        )
+        dirs = {p: e for p, e in rep.entries.items() if e.type == "dir"}
+        return overlay(store.get, w.put, tree, writes, dirs)
 
 
 def _release(osr: dict[str, str]) -> str:
@@ -385,6 +535,9 @@ def migrate(
                 "hardware_bound": rep.hardware_bound_rules(rules),
                 "restore_system": same_device,
                 "rebuild_initramfs": rep.rebuild_initramfs,
+                "user_packages": (
+                    sorted(rep.user_stanzas) if req.mode == "apps-data" and not rep.layers else None
+                ),
                 **on_base,
             },
         )
