@@ -261,6 +261,19 @@ def test_flex_from_images_to_instances(lab: Lab, image_url: tuple[str, str]) -> 
     assert r.status_code == 303, r.text
     ent = lab.api.get("/flex/entitlements/desk-field").json()
     assert (ent["image"], ent["policy"], ent["groups"]) == ("desk", "strict", ["field"])
+    # Change its image (pinned to version 1) and its policy, after the form says what follows.
+    assert admin.post("/flex/policies", {"name": "loose", "lease_days": "9"}).status_code == 303
+    form = admin.get(f"/flex/entitlements/{ent['id']}/change").text
+    assert "get the policy chosen below at their next check-in" in form
+    assert '<option value="desk:1">' in form and '<option value="loose">' in form
+    r = admin.post(f"/flex/entitlements/{ent['id']}/change", {"image": "desk:1", "policy": "loose"})
+    assert r.status_code == 303, r.text
+    ent = lab.api.get("/flex/entitlements/desk-field").json()
+    assert (ent["image"], ent["version"], ent["policy"]) == ("desk", 1, "loose")
+    r = admin.post(f"/flex/entitlements/{ent['id']}/change", {"image": "desk:7", "policy": "loose"})
+    assert r.status_code == 404 and lab.api.get("/flex/entitlements/desk-field").json() == ent
+    r = admin.post(f"/flex/entitlements/{ent['id']}/change", {"image": "desk", "policy": "strict"})
+    assert r.status_code == 303, r.text
 
     made = bob.post("/flex/my/instances", json={"entitlement": "desk-field", "client": "lap-1"})
     assert made.status_code == 201, made.text
@@ -378,6 +391,7 @@ ROUTES: list[tuple[str, dict[str, str], set[str]]] = [
     ("/flex/entitlements", {"name": "x", "image": "x", "policy": "x"}, {ADMIN}),
     ("/flex/entitlements/X", {}, {ADMIN}),
     ("/flex/entitlements/X/delete", {}, {ADMIN}),
+    ("/flex/entitlements/X/change", {"image": "x", "policy": "x"}, {ADMIN}),
     ("/flex/instances/X/lock", {}, {ADMIN, HD}),
     ("/groups", {"name": "x", "members": "nobody"}, {ADMIN}),
     ("/groups/X/members", {"add": "nobody"}, {ADMIN}),
@@ -398,6 +412,7 @@ FORMS: list[tuple[str, set[str]]] = [
     ("/flex/images/X/delete", {ADMIN}),
     ("/flex/policies/X/delete", {ADMIN}),
     ("/flex/entitlements/X/delete", {ADMIN}),
+    ("/flex/entitlements/X/change", {ADMIN}),
     ("/flex/instances/X/revoke", {ADMIN, HD}),
     ("/flex/instances/X/policy", {ADMIN, HD}),
     ("/groups/X/delete", {ADMIN}),

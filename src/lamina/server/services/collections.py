@@ -46,51 +46,82 @@ def matches(conds: list[tuple[str, bool, str]], fields: dict[str, Any]) -> bool:
     return all(fnmatch.fnmatchcase(_value(fields, f), g) == want for f, want, g in conds)
 
 
-def _candidates(c: Connection) -> list[Any]:
-    """Every CVD with its device's facts and its policy's name, in one query."""
+def _field_value(cvd: Any, field: str, fact: Any) -> str:
+    """What a condition on ``field`` compares, as ``_value`` reads it from the fields
+    ``{**facts, "cvd": {"name": ..., "policy": ...}}`` (``fact``: the fact at that path)."""
+    if field == "cvd":
+        return str({"name": cvd.name, "policy": cvd.policy_name})
+    if field.split(".")[0] == "cvd":
+        return _value({"cvd": {"name": cvd.name, "policy": cvd.policy_name}}, field)
+    return "" if fact is None else str(fact)
+
+
+def _candidates(c: Connection, fields: list[str]) -> list[Any]:
+    """Every active CVD with its policy's name and, from its device's facts, only the
+    values at ``fields`` (extracted by the database: no CVD's whole facts are read)."""
+    facts = [
+        devices.c.facts[tuple(f.split("."))].label(f"f{i}")
+        for i, f in enumerate(fields)
+        if f.split(".")[0] != "cvd"
+    ]
     return list(
         c.execute(
-            select(
-                cvds,
-                devices.c.facts.label("device_facts"),
-                policies.c.name.label("policy_name"),
-            )
+            select(cvds.c.id, cvds.c.name, policies.c.name.label("policy_name"), *facts)
             .select_from(
                 cvds.outerjoin(devices, devices.c.id == cvds.c.device_id).join(
                     policies, policies.c.id == cvds.c.policy_id
                 )
             )
+            .where(cvds.c.state == fleet.ACTIVE)
             .order_by(cvds.c.name)
         )
     )
 
 
-def _static(c: Connection) -> dict[str, set[str]]:
-    """Each collection's hand-picked members (one query for every collection)."""
-    out: dict[str, set[str]] = {}
-    for m in c.execute(select(collection_members)):
-        out.setdefault(m.collection_id, set()).add(m.cvd_id)
+def _static(c: Connection, ids: list[str]) -> dict[str, list[Any]]:
+    """The hand-picked members (id, name) of the collections ``ids``, by name (one query)."""
+    out: dict[str, list[Any]] = {}
+    rows = c.execute(
+        select(collection_members.c.collection_id, cvds.c.id, cvds.c.name)
+        .join(cvds, cvds.c.id == collection_members.c.cvd_id)
+        .where(collection_members.c.collection_id.in_(ids))
+        .order_by(cvds.c.name)
+    )
+    for m in rows:
+        out.setdefault(m.collection_id, []).append(m)
     return out
 
 
-def _select(coll: Any, candidates: list[Any], static: set[str]) -> list[Any]:
-    conds = parse_filter(coll.filter)
-    out = []
-    for cvd in candidates:
-        if cvd.id in static:
-            out.append(cvd)
-            continue
-        if not conds or cvd.state != fleet.ACTIVE:
-            continue
-        fields = {**(cvd.device_facts or {}), "cvd": {"name": cvd.name, "policy": cvd.policy_name}}
-        if matches(conds, fields):
-            out.append(cvd)
+def _members(c: Connection, rows: list[Any]) -> dict[str, list[Any]]:
+    """The members (rows with ``id`` and ``name``, by name) of each collection in
+    ``rows``: its static members plus every active CVD its filter matches. Two queries
+    whatever the number of collections and CVDs; the second only when a filter is set,
+    and it reads only the facts the filters name."""
+    static = _static(c, [r.id for r in rows])
+    conds = {r.id: parse_filter(r.filter) for r in rows}
+    fields = sorted({f for cs in conds.values() for f, _, _ in cs})
+    candidates = _candidates(c, fields) if fields else []
+    col = {f: f"f{i}" for i, f in enumerate(fields)}
+    values = [
+        {f: _field_value(cvd, f, getattr(cvd, col[f], None)) for f in fields} for cvd in candidates
+    ]
+    out = {}
+    for r in rows:
+        chosen = {m.id: m for m in static.get(r.id, [])}
+        if conds[r.id]:
+            for cvd, vals in zip(candidates, values, strict=True):
+                if cvd.id not in chosen and all(
+                    fnmatch.fnmatchcase(vals[f], g) == want for f, want, g in conds[r.id]
+                ):
+                    chosen[cvd.id] = cvd
+        out[r.id] = sorted(chosen.values(), key=lambda m: m.name)
     return out
 
 
 def members(c: Connection, coll: Any) -> list[Any]:
-    """The CVDs of a collection: static members plus every active CVD its filter matches."""
-    return _select(coll, _candidates(c), _static(c).get(coll.id, set()))
+    """The CVDs (``id``, ``name``) of a collection: static members plus every active CVD
+    its filter matches."""
+    return _members(c, [coll])[coll.id]
 
 
 def _public(c: Connection, r: Any) -> dict[str, Any]:
@@ -99,14 +130,14 @@ def _public(c: Connection, r: Any) -> dict[str, Any]:
 
 def _page(c: Connection, rows: list[Any]) -> list[dict[str, Any]]:
     """Collections with their members: three queries for the page, whatever its size."""
-    candidates, static = _candidates(c), _static(c)
+    found = _members(c, rows)
     return [
         {
             "id": r.id,
             "name": r.name,
             "filter": r.filter,
             "created": aware(r.created),
-            "members": [m.name for m in _select(r, candidates, static.get(r.id, set()))],
+            "members": [m.name for m in found[r.id]],
         }
         for r in rows
     ]
