@@ -27,6 +27,7 @@ from lamina.layers.drivers import Match, PackRef, Profile, os_family_of, packs_f
 from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef
 from lamina.server.security import Principal
+from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
 from lamina.server.services.layer_versions import layers_public
@@ -340,36 +341,15 @@ def delete_profile(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]
         return _profile_public(row)
 
 
-#: The fact a match on a field reads (``fact_values``), where it is not the field itself.
-_FACT_OF = {"modalias": "modaliases", "storage_driver": "storage_controllers"}
-
-
 def test_profile(engine: Engine, actor: Principal, ref: str) -> list[dict[str, str]]:
     """The devices (pending or active) this profile matches today, by their reported facts
-    and OS, in hostname order: one query, which reads only the facts the profile's
-    matches name (extracted by the database), matched in Python by ``Profile.applies``."""
+    and OS, in hostname order: answered from ``device_match_facts`` (one query), not
+    from each device's facts (``drivers_index``)."""
     actor.require("read")
+    drivers_index.fill(engine)
     with read_tx(engine) as c:
         p = _profile_of(find_one(c, driver_profiles, ref, "name", "driver profile"))
-        keys = sorted({_FACT_OF.get(m.field, m.field) for m in p.matches})
-        if p.os_family:
-            keys.append("os_release")
-        rows = c.execute(
-            select(
-                devices.c.id,
-                devices.c.hostname,
-                *(devices.c.facts[k].label(f"f{i}") for i, k in enumerate(keys)),
-            )
-            .where(devices.c.status.in_(_LIVE))
-            .order_by(devices.c.hostname, devices.c.id)
-        ).all()
-    out = []
-    for r in rows:
-        facts = {k: r[2 + i] for i, k in enumerate(keys)}
-        os_release = facts.get("os_release")
-        if p.applies(facts, os_family_of(os_release if isinstance(os_release, dict) else None)):
-            out.append({"id": r.id, "hostname": r.hostname})
-    return out
+        return drivers_index.matching(c, p, _LIVE)
 
 
 # --- what the layer plan gets -----------------------------------------------------------
