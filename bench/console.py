@@ -58,6 +58,7 @@ from lamina.db.models import (
     users,
 )
 from lamina.server.app import create_app, open_context
+from lamina.server.services import drivers_index
 
 PASSWORD = "bench-password-123"
 TARGET_MS = 200.0
@@ -210,6 +211,7 @@ def seed(engine: Any, n_devices: int, n_snapshots: int, rnd: random.Random) -> d
             for k in range(0, len(rows), 5000):
                 c.execute(insert(table), rows[k : k + 5000])
     library = seed_library(engine, now, rnd)
+    drivers_index.fill(engine)  # as enrollment and the agent's reports write them
     pending = next(d["id"] for d in devs if d["status"] == "pending")
     return {"cvd": cv[len(cv) // 2]["id"], "policy": pol[0]["id"], "device": pending, **library}
 
