@@ -513,6 +513,7 @@ device_match_facts = Table(
         nullable=False,
         index=True,
     ),
-    Column("field", String(32), nullable=False, index=True),
-    Column("value", Text, nullable=False),
+    Column("field", String(32), nullable=False),
+    Column("value", String(512), nullable=False),
+    Index("ix_device_match_facts_field_value", "field", "value"),
 )

@@ -14,7 +14,7 @@ import fnmatch
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, insert, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, or_, select
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import device_match_facts as dmf
@@ -23,6 +23,9 @@ from lamina.layers.drivers import OS_FAMILY, Profile, match_values
 
 #: The row that says a device is indexed (a device may have no matchable fact at all).
 MARK = ("", "")
+#: Longer values are not kept (the agent's facts are at most 256 characters; an
+#: ``os_release`` ID is not bounded): a profile's test does not see them.
+MAX_VALUE = 512
 _BATCH = 500
 
 
@@ -30,6 +33,7 @@ def store(c: Connection, device_id: str, facts: Any) -> None:
     """Replace a device's rows with those of ``facts`` (inside the caller's transaction)."""
     c.execute(delete(dmf).where(dmf.c.device_id == device_id))
     pairs = [MARK, *match_values(facts if isinstance(facts, dict) else {})]
+    pairs = [(f, v) for f, v in pairs if len(v) <= MAX_VALUE]
     c.execute(insert(dmf), [{"device_id": device_id, "field": f, "value": v} for f, v in pairs])
 
 
@@ -39,8 +43,20 @@ def _unindexed() -> Any:
 
 def fill(engine: Engine) -> int:
     """Index the devices that have no rows (devices from before revision 0010, or
-    written without this module); how many it indexed. One query when there are none."""
+    written without this module); how many it indexed. One query when there are none
+    (it counts the marker rows, one per indexed device)."""
     with read_tx(engine) as c:
+        missing = c.execute(
+            select(
+                select(func.count()).select_from(devices).scalar_subquery()
+                - select(func.count())
+                .select_from(dmf)
+                .where(dmf.c.field == MARK[0], dmf.c.value == MARK[1])
+                .scalar_subquery()
+            )
+        ).scalar()
+        if not missing:
+            return 0
         todo = list(c.execute(select(devices.c.id).where(_unindexed())).scalars())
     for k in range(0, len(todo), _BATCH):
         with write_tx(engine) as c:

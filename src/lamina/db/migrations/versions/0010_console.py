@@ -24,7 +24,7 @@ def upgrade() -> None:
         "device_match_facts",
         sa.Column("device_id", sa.String(length=36), nullable=False),
         sa.Column("field", sa.String(length=32), nullable=False),
-        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("value", sa.String(length=512), nullable=False),
         sa.ForeignKeyConstraint(
             ["device_id"],
             ["devices.id"],
@@ -36,11 +36,14 @@ def upgrade() -> None:
         op.f("ix_device_match_facts_device_id"), "device_match_facts", ["device_id"], unique=False
     )
     op.create_index(
-        op.f("ix_device_match_facts_field"), "device_match_facts", ["field"], unique=False
+        "ix_device_match_facts_field_value",
+        "device_match_facts",
+        ["field", "value"],
+        unique=False,
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_device_match_facts_field"), table_name="device_match_facts")
+    op.drop_index("ix_device_match_facts_field_value", table_name="device_match_facts")
     op.drop_index(op.f("ix_device_match_facts_device_id"), table_name="device_match_facts")
     op.drop_table("device_match_facts")
