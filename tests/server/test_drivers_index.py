@@ -13,11 +13,14 @@ from sqlalchemy import Engine, insert, select
 
 from lamina.db.engine import make_engine, read_tx, write_tx
 from lamina.db.migrate import upgrade
-from lamina.db.models import device_match_facts, devices
+from lamina.db.models import collections, cvds, device_match_facts, devices, policies
 from lamina.layers.drivers import Match, PackRef, Profile, os_family_of
+from lamina.server.security import Principal
+from lamina.server.services import collections as coll_service
 from lamina.server.services import drivers_index
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+READER = Principal("user", "u", "reader", "readonly", frozenset({"read"}))
 REALTEK = "pci:v000010ECd00008168sv00001028sd0000087Cbc02sc00i00"
 DEB = {"ID": "debian", "VERSION_ID": "12"}
 UBUNTU = {"ID": "ubuntu", "ID_LIKE": "debian"}
@@ -112,3 +115,64 @@ def test_new_facts_replace_a_devices_rows(engine: Engine) -> None:
         ).all()
     assert ("sys_vendor", "dell inc.") in rows and ("", "") in rows
     assert not any(v == "lenovo" for _, v in rows)
+
+
+#: Facts as agents report them (``HardwareFacts``: these fields are strings).
+FLEET: dict[str, dict[str, Any]] = {
+    "pc-1": {"hostname": "pc-1", "model": "ThinkPad T14", "vendor": "LENOVO", "os_release": DEB},
+    "pc-2": {"hostname": "pc-2", "model": "thinkpad x1", "sys_vendor": "LENOVO"},
+    "lab-3": {"hostname": "lab-3", "model": "Latitude 50%_off", "os_release": UBUNTU},
+    "lab-4": {"hostname": "lab-4", "model": "", "cpu_vendor": "GenuineIntel"},
+    "srv-5": {"hostname": "srv-5", "model": "İSTANBUL", "boot_mode": "uefi"},
+}
+FILTERS = [
+    "model=ThinkPad*",
+    "model=*pad*",
+    "model=thinkpad x1,hostname=pc-*",
+    "model=Latitude 50%_off",
+    "model=Latitude 5?%_off",
+    "model=*",
+    "model=",
+    "model!=ThinkPad*",
+    "model=[Tt]hink*",
+    "os_release.ID=debian",
+    "hostname=lab-*,cpu_vendor=Genuine*",
+    "model=İ*",
+    "boot_mode=uefi",
+    "cvd.name=c-pc-*",
+]
+
+
+def test_collection_filters_read_from_the_rows_as_from_the_facts(engine: Engine) -> None:
+    """The database drops CVDs by the hardware-fact rows before reading facts: the members
+    are still exactly those ``collections.matches`` picks from the whole facts."""
+    with write_tx(engine) as c:
+        c.execute(
+            insert(policies).values(
+                id="p", name="std", version=1, settings={}, created=NOW, updated=NOW
+            )
+        )
+    for i, (name, facts) in enumerate(FLEET.items()):
+        add(engine, name, facts)
+        with write_tx(engine) as c:
+            c.execute(
+                insert(cvds).values(
+                    id=f"c{i}", name=f"c-{name}", device_id=name, policy_id="p",
+                    policy_version=1, reference=False, state="active", created=NOW, progress={},
+                )
+            )  # fmt: skip
+    with write_tx(engine) as c:
+        for i, text in enumerate(FILTERS):
+            c.execute(
+                insert(collections).values(id=f"k{i}", name=f"k{i}", filter=text, created=NOW)
+            )
+    got = {x["filter"]: x["members"] for x in coll_service.list_collections(engine, READER)}
+    for text in FILTERS:
+        conds = coll_service.parse_filter(text)
+        want = [
+            f"c-{name}"
+            for name, facts in FLEET.items()
+            if coll_service.matches(conds, {**facts, "cvd": {"name": f"c-{name}", "policy": "std"}})
+        ]
+        assert got[text] == sorted(want), text
+    assert got["model=ThinkPad*"] == ["c-pc-1"]  # case matters, as in the facts

@@ -13,13 +13,13 @@ import fnmatch
 import re
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, true
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import collection_members, collections, cvds, devices, policies
 from lamina.errors import ConflictError, UsageError
 from lamina.server.security import Principal
-from lamina.server.services import fleet
+from lamina.server.services import drivers_index, fleet
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 
 _COND = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(!?=)\s*(.*?)\s*$")
@@ -56,9 +56,10 @@ def _field_value(cvd: Any, field: str, fact: Any) -> str:
     return "" if fact is None else str(fact)
 
 
-def _candidates(c: Connection, fields: list[str]) -> list[Any]:
-    """Every active CVD with its policy's name and, from its device's facts, only the
-    values at ``fields`` (extracted by the database: no CVD's whole facts are read)."""
+def _candidates(c: Connection, fields: list[str], where: Any) -> list[Any]:
+    """Every active CVD (that ``where`` keeps) with its policy's name and, from its
+    device's facts, only the values at ``fields`` (extracted by the database: no CVD's
+    whole facts are read)."""
     facts = [
         devices.c.facts[tuple(f.split("."))].label(f"f{i}")
         for i, f in enumerate(fields)
@@ -72,10 +73,28 @@ def _candidates(c: Connection, fields: list[str]) -> list[Any]:
                     policies, policies.c.id == cvds.c.policy_id
                 )
             )
-            .where(cvds.c.state == fleet.ACTIVE)
+            .where(cvds.c.state == fleet.ACTIVE, where)
             .order_by(cvds.c.name)
         )
     )
+
+
+def _prefilter(c: Connection, filters: list[list[tuple[str, bool, str]]]) -> Any:
+    """What the database can drop before reading facts: the CVDs that no filter can
+    match by the hardware-fact rows of ``drivers_index`` (each filter with a condition
+    those rows can judge); true (drop nothing) when one filter has none, or when a
+    device has no rows yet."""
+    per_filter = []
+    for conds in filters:
+        known = [
+            x
+            for f, want, g in conds
+            if want and (x := drivers_index.may_match(cvds.c.device_id, f, g)) is not None
+        ]
+        if not known:
+            return true()
+        per_filter.append(and_(*known))
+    return or_(*per_filter) if per_filter and drivers_index.all_indexed(c) else true()
 
 
 def _static(c: Connection, ids: list[str]) -> dict[str, list[Any]]:
@@ -94,13 +113,15 @@ def _static(c: Connection, ids: list[str]) -> dict[str, list[Any]]:
 
 def _members(c: Connection, rows: list[Any]) -> dict[str, list[Any]]:
     """The members (rows with ``id`` and ``name``, by name) of each collection in
-    ``rows``: its static members plus every active CVD its filter matches. Two queries
-    whatever the number of collections and CVDs; the second only when a filter is set,
-    and it reads only the facts the filters name."""
+    ``rows``: its static members plus every active CVD its filter matches. At most three
+    queries whatever the number of collections and CVDs; the others only when a filter
+    is set: the CVDs, with only the facts the filters name, of the devices whose
+    hardware-fact rows (``drivers_index``) a filter may match."""
     static = _static(c, [r.id for r in rows])
     conds = {r.id: parse_filter(r.filter) for r in rows}
     fields = sorted({f for cs in conds.values() for f, _, _ in cs})
-    candidates = _candidates(c, fields) if fields else []
+    filters = [cs for cs in conds.values() if cs]
+    candidates = _candidates(c, fields, _prefilter(c, filters)) if fields else []
     col = {f: f"f{i}" for i, f in enumerate(fields)}
     values = [
         {f: _field_value(cvd, f, getattr(cvd, col[f], None)) for f in fields} for cvd in candidates
@@ -167,10 +188,12 @@ def create(
 
 def list_collections(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
     actor.require("read")
+    drivers_index.fill(engine)
     with read_tx(engine) as c:
         return _page(c, list(c.execute(select(collections).order_by(collections.c.name))))
 
 
 def cvd_refs(engine: Engine, name: str) -> list[str]:
+    drivers_index.fill(engine)
     with read_tx(engine) as c:
         return [m.id for m in members(c, find_one(c, collections, name, "name", "collection"))]

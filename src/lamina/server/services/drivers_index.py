@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, o
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import device_match_facts as dmf
 from lamina.db.models import devices
-from lamina.layers.drivers import OS_FAMILY, Profile, match_values
+from lamina.layers.drivers import DMI_FIELDS, OS_FAMILY, Profile, match_values
 
 #: The row that says a device is indexed (a device may have no matchable fact at all).
 MARK = ("", "")
@@ -41,21 +41,25 @@ def _unindexed() -> Any:
     return ~exists().where(dmf.c.device_id == devices.c.id)
 
 
+def all_indexed(c: Connection) -> bool:
+    """Whether every device has its rows (one query: it counts the marker rows)."""
+    missing = c.execute(
+        select(
+            select(func.count()).select_from(devices).scalar_subquery()
+            - select(func.count())
+            .select_from(dmf)
+            .where(dmf.c.field == MARK[0], dmf.c.value == MARK[1])
+            .scalar_subquery()
+        )
+    ).scalar()
+    return not missing
+
+
 def fill(engine: Engine) -> int:
     """Index the devices that have no rows (devices from before revision 0010, or
-    written without this module); how many it indexed. One query when there are none
-    (it counts the marker rows, one per indexed device)."""
+    written without this module); how many it indexed. One query when there are none."""
     with read_tx(engine) as c:
-        missing = c.execute(
-            select(
-                select(func.count()).select_from(devices).scalar_subquery()
-                - select(func.count())
-                .select_from(dmf)
-                .where(dmf.c.field == MARK[0], dmf.c.value == MARK[1])
-                .scalar_subquery()
-            )
-        ).scalar()
-        if not missing:
+        if all_indexed(c):
             return 0
         todo = list(c.execute(select(devices.c.id).where(_unindexed())).scalars())
     for k in range(0, len(todo), _BATCH):
@@ -86,6 +90,26 @@ def like_of(glob: str) -> str | None:
         else:
             out.append(ch)
     return "".join(out)
+
+
+#: The match fields whose fact is one string of at most 255 characters in every device's
+#: facts (``HardwareFacts``): a device has a row for such a field exactly when its fact
+#: is a non-empty string, and that row is the fact in lower case.
+TEXT_FIELDS = frozenset({"hostname", "vendor", "model", "cpu_vendor", "boot_mode", *DMI_FIELDS})
+
+
+def may_match(device_id: Any, field: str, glob: str) -> Any | None:
+    """A condition true of every device whose fact ``field`` (a string) ``fnmatchcase``
+    matches ``glob`` (and of a few more: it ignores case), to let the database drop the
+    others before reading their facts; None when these rows cannot say it (not a
+    ``TEXT_FIELDS`` field, a ``[...]`` class, a ``?``, which may stand for a letter
+    that is two in lower case, or a glob that matches an absent fact)."""
+    like = like_of(glob.lower())
+    if field not in TEXT_FIELDS or like is None or "?" in glob or fnmatch.fnmatchcase("", glob):
+        return None
+    return exists().where(
+        dmf.c.device_id == device_id, dmf.c.field == field, dmf.c.value.like(like, escape="\\")
+    )
 
 
 def matching(c: Connection, profile: Profile, statuses: Collection[str]) -> list[Any]:
