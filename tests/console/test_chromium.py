@@ -12,6 +12,7 @@ with ``<script>``) runs as script. Screenshots go to docs/console/.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import subprocess
@@ -282,6 +283,29 @@ def test_an_administrators_day_in_chromium(
     page.get_by_role("button", name="Create group", exact=True).click()
     expect(page.get_by_role("cell", name="field", exact=True)).to_be_visible()
     b.check("groups")
+    # An image uploaded from a file by the browser (streamed, its SHA-256 checked), an
+    # entitlement to it, then its image and policy changed on their own page.
+    disk = tmp_path / "desk.raw"
+    disk.write_bytes(bytes(range(256)) * 4096)
+    b.go("/flex")
+    page.get_by_label("Image name").last.fill("desk")
+    page.get_by_label("SHA-256 of the file").last.fill(
+        hashlib.sha256(disk.read_bytes()).hexdigest()
+    )
+    page.get_by_label("Disk file").set_input_files(disk)
+    page.get_by_role("button", name="Upload image", exact=True).click()
+    expect(page.get_by_role("heading", name="Flex image desk")).to_be_visible()
+    b.check("flex-image")
+    b.go("/flex/entitlements")
+    page.get_by_label("Name", exact=True).fill("desk-field")
+    page.get_by_label("Groups (one per line)").last.fill("field")
+    page.get_by_role("button", name="Entitle", exact=True).click()
+    expect(page.get_by_role("cell", name="desk-field", exact=True)).to_be_visible()
+    page.get_by_role("link", name="Change image or policy of desk-field").click()
+    page.get_by_label("Image").select_option("desk:1")
+    b.check("flex-entitlement-change")
+    page.get_by_role("button", name="Change entitlement", exact=True).click()
+    expect(page.get_by_role("cell", name="desk:1", exact=True)).to_be_visible()
     for path, shot in (("/flex/policies", "flex-policies"), ("/flex/entitlements",
                        "flex-entitlements"), ("/flex/instances", "flex-instances")):  # fmt: skip
         b.go(path)

@@ -27,7 +27,7 @@ from tests.console.conftest import Console, enroll
 from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve
 
 from lamina.config import ServerSettings
-from lamina.server.console import views_drivers, views_flex, views_migrate
+from lamina.server.console import views_drivers, views_flex, views_migrate, views_upload
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry, encode_tree
 
@@ -261,6 +261,19 @@ def test_flex_from_images_to_instances(lab: Lab, image_url: tuple[str, str]) -> 
     assert r.status_code == 303, r.text
     ent = lab.api.get("/flex/entitlements/desk-field").json()
     assert (ent["image"], ent["policy"], ent["groups"]) == ("desk", "strict", ["field"])
+    # Change its image (pinned to version 1) and its policy, after the form says what follows.
+    assert admin.post("/flex/policies", {"name": "loose", "lease_days": "9"}).status_code == 303
+    form = admin.get(f"/flex/entitlements/{ent['id']}/change").text
+    assert "get the policy chosen below at their next check-in" in form
+    assert '<option value="desk:1">' in form and '<option value="loose">' in form
+    r = admin.post(f"/flex/entitlements/{ent['id']}/change", {"image": "desk:1", "policy": "loose"})
+    assert r.status_code == 303, r.text
+    ent = lab.api.get("/flex/entitlements/desk-field").json()
+    assert (ent["image"], ent["version"], ent["policy"]) == ("desk", 1, "loose")
+    r = admin.post(f"/flex/entitlements/{ent['id']}/change", {"image": "desk:7", "policy": "loose"})
+    assert r.status_code == 404 and lab.api.get("/flex/entitlements/desk-field").json() == ent
+    r = admin.post(f"/flex/entitlements/{ent['id']}/change", {"image": "desk", "policy": "strict"})
+    assert r.status_code == 303, r.text
 
     made = bob.post("/flex/my/instances", json={"entitlement": "desk-field", "client": "lap-1"})
     assert made.status_code == 201, made.text
@@ -295,6 +308,47 @@ def test_flex_from_images_to_instances(lab: Lab, image_url: tuple[str, str]) -> 
         assert admin.post(path + "/delete").status_code == 303, path
     assert lab.api.get("/flex/entitlements").json() == []
     assert lab.api.get("/flex/images").json() == lab.api.get("/groups").json() == []
+
+
+def test_a_flex_image_uploads_from_a_file_streamed_and_checked(lab: Lab) -> None:
+    if not shutil.which("qemu-img"):
+        pytest.skip("qemu-img is needed to register a flex image: apt-get install qemu-utils")
+    admin = _console(lab)
+    assert 'enctype="multipart/form-data"' in admin.get("/flex").text
+    disk = bytes(range(256)) * 8192  # 2 MiB, raw
+    digest = hashlib.sha256(disk).hexdigest()
+    form = {"name": "uploaded", "sha256": digest, "memory_mib": "2048", "cpus": "2"}
+    tmp = lab.live.data / "flex-tmp"
+
+    def send(c: Console, data: dict[str, str], csrf: str | None) -> httpx.Response:
+        fields = {"csrf": csrf, **data} if csrf is not None else data
+        return c.http.post(
+            "/flex/images/upload", data=fields, files={"disk": ("disk.raw", disk, "x")}
+        )
+
+    # No token, a wrong token, a help desk user: refused, nothing kept.
+    assert send(admin, form, None).status_code == 403
+    r = send(admin, form, "0" * 64)
+    assert r.status_code == 403 and "did not come from this console" in r.text
+    helper = _console(lab, "helper")
+    assert send(helper, form, helper.csrf).status_code == 403
+    # A file that is not the one the form names: refused, nothing registered or kept.
+    r = send(admin, {**form, "sha256": "ab" * 32}, admin.csrf)
+    assert r.status_code == 422 and digest in r.text, r.text
+    assert lab.api.get("/flex/images/uploaded").status_code == 404
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+    r = send(admin, form, admin.csrf)
+    assert r.status_code == 303, r.text
+    image = lab.api.get("/flex/images/uploaded").json()
+    (v,) = image["versions"]
+    assert (v["size"], v["memory_mib"], v["cpus"]) == (len(disk), 2048, 2)
+    assert list(tmp.iterdir()) == []
+    (entry,) = [
+        e for e in lab.api.get("/audit").json()
+        if e["action"] == "flex.image.register" and e["target"] == image["id"]
+    ]  # fmt: skip
+    assert (entry["detail"]["kind"], entry["detail"]["sha256"]) == ("upload", digest)
+    assert admin.post(f"/flex/images/{image['id']}/delete").status_code == 303
 
 
 def test_migrate_shows_its_dry_run_then_moves_the_cvd(lab: Lab) -> None:
@@ -372,12 +426,14 @@ ROUTES: list[tuple[str, dict[str, str], set[str]]] = [
     ("/drivers/profiles/X/delete", {}, {ADMIN}),
     ("/flex/images", {"name": "x", "url": "ftp://x/y", "sha256": "0" * 64}, {ADMIN}),
     ("/flex/images/X/delete", {}, {ADMIN}),
+    ("/flex/images/upload", {"name": "x", "sha256": "0" * 64}, {ADMIN}),
     ("/flex/policies", {"name": "x"}, {ADMIN}),
     ("/flex/policies/X", {}, {ADMIN}),
     ("/flex/policies/X/delete", {}, {ADMIN}),
     ("/flex/entitlements", {"name": "x", "image": "x", "policy": "x"}, {ADMIN}),
     ("/flex/entitlements/X", {}, {ADMIN}),
     ("/flex/entitlements/X/delete", {}, {ADMIN}),
+    ("/flex/entitlements/X/change", {"image": "x", "policy": "x"}, {ADMIN}),
     ("/flex/instances/X/lock", {}, {ADMIN, HD}),
     ("/groups", {"name": "x", "members": "nobody"}, {ADMIN}),
     ("/groups/X/members", {"add": "nobody"}, {ADMIN}),
@@ -398,6 +454,7 @@ FORMS: list[tuple[str, set[str]]] = [
     ("/flex/images/X/delete", {ADMIN}),
     ("/flex/policies/X/delete", {ADMIN}),
     ("/flex/entitlements/X/delete", {ADMIN}),
+    ("/flex/entitlements/X/change", {ADMIN}),
     ("/flex/instances/X/revoke", {ADMIN, HD}),
     ("/flex/instances/X/policy", {ADMIN, HD}),
     ("/groups/X/delete", {ADMIN}),
@@ -410,7 +467,12 @@ FORMS: list[tuple[str, set[str]]] = [
 
 def test_every_new_action_route_is_in_the_matrix() -> None:
     probed = {p.replace("/X", "/{}") for p, _, _ in ROUTES} | {"/flex/instances/{}/{}"}
-    for router in (views_drivers.router, views_flex.router, views_migrate.router):
+    for router in (
+        views_drivers.router,
+        views_flex.router,
+        views_migrate.router,
+        views_upload.router,
+    ):
         for r in router.routes:
             assert isinstance(r, APIRoute)
             if "POST" in r.methods:
@@ -426,10 +488,17 @@ def test_roles_and_csrf_hold_on_every_new_action(lab: Lab) -> None:
                 r = c.http.post(
                     path, data={**form, "csrf": c.csrf}, files={"archive": ("a.tar", b"", "x")}
                 )
+            elif path == "/flex/images/upload":
+                r = c.http.post(
+                    path, data={**form, "csrf": c.csrf}, files={"disk": ("d.raw", b"", "x")}
+                )
             else:
                 r = c.post(path, form)
             assert (r.status_code != 403) == (user in allowed), (path, user, r.text[:300])
-        r = consoles[ADMIN].post(path, form, csrf=False)
+        if path == "/flex/images/upload":
+            r = consoles[ADMIN].http.post(path, data=form, files={"disk": ("d.raw", b"", "x")})
+        else:
+            r = consoles[ADMIN].post(path, form, csrf=False)
         assert r.status_code == 403 and "did not come from this console" in r.text, path
     for path, allowed in FORMS:
         for user, c in consoles.items():

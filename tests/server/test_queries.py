@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from bench.library_seed import LibrarySize
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import Engine, event, insert, update
 
 from bench import library_seed
 from lamina.db.engine import make_engine, write_tx
@@ -201,3 +201,27 @@ def test_a_library_page_costs_the_same_queries_for_2_rows_as_for_8(
     listed = LIBRARY[page](engine)
     assert isinstance(listed, list) and len(listed) == 8
     assert queries(engine, lambda: LIBRARY[page](engine)) == small
+
+
+def test_a_profile_test_costs_the_same_queries_for_2_devices_as_for_8(engine: Engine) -> None:
+    """A driver profile's Test (``drivers.test_profile``): a fixed number of queries, once
+    the devices written without ``drivers_index`` (as ``add_cvds`` writes them) are indexed."""
+
+    def lenovo(first: int, n: int) -> None:
+        with write_tx(engine) as c:
+            for i in range(first, first + n):
+                c.execute(
+                    update(devices)
+                    .where(devices.c.id == f"d{i}")
+                    .values(facts={"sys_vendor": "LENOVO", "os_release": {"ID": "debian"}})
+                )
+
+    add_library(engine, 0, 1)
+    add_cvds(engine, 0, 2)
+    lenovo(0, 2)
+    assert len(drivers.test_profile(engine, READER, "prof-0")) == 2  # indexes them
+    small = queries(engine, lambda: drivers.test_profile(engine, READER, "prof-0"))
+    add_cvds(engine, 2, 6)
+    lenovo(2, 6)
+    assert len(drivers.test_profile(engine, READER, "prof-0")) == 8
+    assert queries(engine, lambda: drivers.test_profile(engine, READER, "prof-0")) == small

@@ -495,3 +495,25 @@ flex_instances = Table(
     Column("enroll_token_id", String(36), nullable=True, index=True),
     Column("device_id", String(36), nullable=True),
 )
+
+# --- driver matching (revision 0010) ---------------------------------------------------
+
+#: What a driver profile can match in each device's facts, one row per (field, value):
+#: every value of every match field (``lamina.layers.drivers.match_values``, lower case)
+#: and the OS family names under ``os_family``; plus one row (``""``, ``""``) marking the
+#: device as indexed. Written with the facts (``services.drivers_index``), so that a
+#: profile's test reads these short rows, not 10,000 devices' facts.
+device_match_facts = Table(
+    "device_match_facts",
+    metadata,
+    Column(
+        "device_id",
+        String(36),
+        ForeignKey("devices.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("field", String(32), nullable=False),
+    Column("value", String(512), nullable=False),
+    Index("ix_device_match_facts_field_value", "field", "value"),
+)

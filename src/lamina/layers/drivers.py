@@ -154,6 +154,21 @@ def fact_values(facts: Mapping[str, Any], field: str) -> list[str]:
     return []
 
 
+#: The field :func:`match_values` gives a device's OS family names under.
+OS_FAMILY = "os_family"
+
+
+def match_values(facts: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Everything a profile can match in these facts: ``(field, value)`` for each value
+    of each match field (:func:`fact_values`) and ``(OS_FAMILY, name)`` for each name of
+    the OS (:func:`os_family_of`), lower case, each pair once. A match's glob holds
+    against the facts exactly when it holds against one of its field's values here."""
+    osr = facts.get("os_release")
+    out = {(f, v.lower()) for f in MATCH_FIELDS for v in fact_values(facts, f)}
+    out |= {(OS_FAMILY, n) for n in os_family_of(osr if isinstance(osr, Mapping) else None)}
+    return sorted(out)
+
+
 def os_family_of(os_release: Mapping[str, str] | None) -> frozenset[str]:
     """The names an OS answers to: its ``ID`` and ``ID_LIKE`` (lower case)."""
     if not os_release:

@@ -14,6 +14,7 @@ from lamina.protocol.flex import MAX_IMAGE_SIZE
 from lamina.protocol.schemas import HealthPublic
 from lamina.server import console
 from lamina.server.api import admin, agent, cvds, drivers, flex, layers, migration, ops
+from lamina.server.console import views_upload
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.metrics import Metrics, RequestMetrics
@@ -58,6 +59,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
             "/api/v1/agent/missing": max(settings.max_json, 2 * 1024 * 1024),
             # A disk image, streamed to a file (never held in memory).
             "/api/v1" + flex.UPLOAD_PATH: MAX_IMAGE_SIZE,
+            views_upload.IMAGE_UPLOAD: MAX_IMAGE_SIZE,  # the console's
         },
     )
 

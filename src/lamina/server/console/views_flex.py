@@ -269,6 +269,34 @@ def entitlement_update(
     return see_other("/flex/entitlements")
 
 
+@router.get("/flex/entitlements/{ref}/change")
+def entitlement_change_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+    """Change an entitlement's image (and version) or flex policy: the form says what follows."""
+    actor.require("flex.admin")
+    return render(
+        request,
+        "flex_entitlement_change.html",
+        actor,
+        e=flex.show_entitlement(ctx.engine, actor, ref),
+        images=flex_images.list_images(ctx.engine, actor),
+        policies=flex_policies.list_policies(ctx.engine, actor),
+    )
+
+
+@router.post("/flex/entitlements/{ref}/change")
+def entitlement_change(
+    ctx: Ctx,
+    actor: Actor,
+    ref: str,
+    image: Annotated[str, Form(min_length=1, max_length=140)],
+    policy: Annotated[str, Form(min_length=1, max_length=128)],
+) -> Response:
+    """The API's ``PUT /flex/entitlements/{name}`` with ``image`` and ``policy``."""
+    req = FlexEntitlementUpdate(image=image.strip(), policy=policy.strip())
+    flex.update_entitlement(ctx.engine, actor, ref, req)
+    return see_other("/flex/entitlements")
+
+
 @router.get("/flex/entitlements/{ref}/delete")
 def entitlement_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     actor.require("flex.admin")

@@ -124,7 +124,11 @@ Actor = Annotated[Principal, Depends(session_actor)]
 async def check_csrf(request: Request) -> None:
     """Refuse a state change whose form does not carry this session's CSRF token."""
     form = await request.form()
-    sent = form.get("csrf")
+    check_token(request, form.get("csrf"))
+
+
+def check_token(request: Request, sent: object) -> None:
+    """Refuse ``sent`` unless it is this session's CSRF token (the login form's, on /login)."""
     session = request.cookies.get(SESSION_COOKIE)
     if request.url.path == "/login":
         expected = request.cookies.get(LOGIN_CSRF_COOKIE)
@@ -205,12 +209,17 @@ def see_other(url: str) -> RedirectResponse:
 class ConsoleRoute(APIRoute):
     """A console route: CSRF checked on every state change; errors become pages, not JSON."""
 
+    #: Whether the route checks the CSRF token of the form before the view runs; a view
+    #: that streams its body (``StreamedRoute``) checks it itself.
+    form_csrf = True
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        form_csrf = self.form_csrf
 
         async def run(request: Request) -> Response:
             try:
-                if request.method not in ("GET", "HEAD"):
+                if form_csrf and request.method not in ("GET", "HEAD"):
                     await check_csrf(request)
                 return await handler(request)
             except ForbiddenError as e:
@@ -225,6 +234,13 @@ class ConsoleRoute(APIRoute):
                 return _error(request, UsageError(_invalid(e.errors())))
 
         return run
+
+
+class StreamedRoute(ConsoleRoute):
+    """A console route whose view reads its own body as a stream (an upload), and so
+    checks the form's CSRF token itself, with ``check_token``, before it keeps a byte."""
+
+    form_csrf = False
 
 
 def _invalid(errors: Sequence[Any]) -> str:

@@ -13,13 +13,13 @@ import fnmatch
 import re
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, true
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import collection_members, collections, cvds, devices, policies
 from lamina.errors import ConflictError, UsageError
 from lamina.server.security import Principal
-from lamina.server.services import fleet
+from lamina.server.services import drivers_index, fleet
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 
 _COND = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(!?=)\s*(.*?)\s*$")
@@ -46,51 +46,103 @@ def matches(conds: list[tuple[str, bool, str]], fields: dict[str, Any]) -> bool:
     return all(fnmatch.fnmatchcase(_value(fields, f), g) == want for f, want, g in conds)
 
 
-def _candidates(c: Connection) -> list[Any]:
-    """Every CVD with its device's facts and its policy's name, in one query."""
+def _field_value(cvd: Any, field: str, fact: Any) -> str:
+    """What a condition on ``field`` compares, as ``_value`` reads it from the fields
+    ``{**facts, "cvd": {"name": ..., "policy": ...}}`` (``fact``: the fact at that path)."""
+    if field == "cvd":
+        return str({"name": cvd.name, "policy": cvd.policy_name})
+    if field.split(".")[0] == "cvd":
+        return _value({"cvd": {"name": cvd.name, "policy": cvd.policy_name}}, field)
+    return "" if fact is None else str(fact)
+
+
+def _candidates(c: Connection, fields: list[str], where: Any) -> list[Any]:
+    """Every active CVD (that ``where`` keeps) with its policy's name and, from its
+    device's facts, only the values at ``fields`` (extracted by the database: no CVD's
+    whole facts are read)."""
+    facts = [
+        devices.c.facts[tuple(f.split("."))].label(f"f{i}")
+        for i, f in enumerate(fields)
+        if f.split(".")[0] != "cvd"
+    ]
     return list(
         c.execute(
-            select(
-                cvds,
-                devices.c.facts.label("device_facts"),
-                policies.c.name.label("policy_name"),
-            )
+            select(cvds.c.id, cvds.c.name, policies.c.name.label("policy_name"), *facts)
             .select_from(
                 cvds.outerjoin(devices, devices.c.id == cvds.c.device_id).join(
                     policies, policies.c.id == cvds.c.policy_id
                 )
             )
+            .where(cvds.c.state == fleet.ACTIVE, where)
             .order_by(cvds.c.name)
         )
     )
 
 
-def _static(c: Connection) -> dict[str, set[str]]:
-    """Each collection's hand-picked members (one query for every collection)."""
-    out: dict[str, set[str]] = {}
-    for m in c.execute(select(collection_members)):
-        out.setdefault(m.collection_id, set()).add(m.cvd_id)
+def _prefilter(c: Connection, filters: list[list[tuple[str, bool, str]]]) -> Any:
+    """What the database can drop before reading facts: the CVDs that no filter can
+    match by the hardware-fact rows of ``drivers_index`` (each filter with a condition
+    those rows can judge); true (drop nothing) when one filter has none, or when a
+    device has no rows yet."""
+    per_filter = []
+    for conds in filters:
+        known = [
+            x
+            for f, want, g in conds
+            if want and (x := drivers_index.may_match(cvds.c.device_id, f, g)) is not None
+        ]
+        if not known:
+            return true()
+        per_filter.append(and_(*known))
+    return or_(*per_filter) if per_filter and drivers_index.all_indexed(c) else true()
+
+
+def _static(c: Connection, ids: list[str]) -> dict[str, list[Any]]:
+    """The hand-picked members (id, name) of the collections ``ids``, by name (one query)."""
+    out: dict[str, list[Any]] = {}
+    rows = c.execute(
+        select(collection_members.c.collection_id, cvds.c.id, cvds.c.name)
+        .join(cvds, cvds.c.id == collection_members.c.cvd_id)
+        .where(collection_members.c.collection_id.in_(ids))
+        .order_by(cvds.c.name)
+    )
+    for m in rows:
+        out.setdefault(m.collection_id, []).append(m)
     return out
 
 
-def _select(coll: Any, candidates: list[Any], static: set[str]) -> list[Any]:
-    conds = parse_filter(coll.filter)
-    out = []
-    for cvd in candidates:
-        if cvd.id in static:
-            out.append(cvd)
-            continue
-        if not conds or cvd.state != fleet.ACTIVE:
-            continue
-        fields = {**(cvd.device_facts or {}), "cvd": {"name": cvd.name, "policy": cvd.policy_name}}
-        if matches(conds, fields):
-            out.append(cvd)
+def _members(c: Connection, rows: list[Any]) -> dict[str, list[Any]]:
+    """The members (rows with ``id`` and ``name``, by name) of each collection in
+    ``rows``: its static members plus every active CVD its filter matches. At most three
+    queries whatever the number of collections and CVDs; the others only when a filter
+    is set: the CVDs, with only the facts the filters name, of the devices whose
+    hardware-fact rows (``drivers_index``) a filter may match."""
+    static = _static(c, [r.id for r in rows])
+    conds = {r.id: parse_filter(r.filter) for r in rows}
+    fields = sorted({f for cs in conds.values() for f, _, _ in cs})
+    filters = [cs for cs in conds.values() if cs]
+    candidates = _candidates(c, fields, _prefilter(c, filters)) if fields else []
+    col = {f: f"f{i}" for i, f in enumerate(fields)}
+    values = [
+        {f: _field_value(cvd, f, getattr(cvd, col[f], None)) for f in fields} for cvd in candidates
+    ]
+    out = {}
+    for r in rows:
+        chosen = {m.id: m for m in static.get(r.id, [])}
+        if conds[r.id]:
+            for cvd, vals in zip(candidates, values, strict=True):
+                if cvd.id not in chosen and all(
+                    fnmatch.fnmatchcase(vals[f], g) == want for f, want, g in conds[r.id]
+                ):
+                    chosen[cvd.id] = cvd
+        out[r.id] = sorted(chosen.values(), key=lambda m: m.name)
     return out
 
 
 def members(c: Connection, coll: Any) -> list[Any]:
-    """The CVDs of a collection: static members plus every active CVD its filter matches."""
-    return _select(coll, _candidates(c), _static(c).get(coll.id, set()))
+    """The CVDs (``id``, ``name``) of a collection: static members plus every active CVD
+    its filter matches."""
+    return _members(c, [coll])[coll.id]
 
 
 def _public(c: Connection, r: Any) -> dict[str, Any]:
@@ -99,14 +151,14 @@ def _public(c: Connection, r: Any) -> dict[str, Any]:
 
 def _page(c: Connection, rows: list[Any]) -> list[dict[str, Any]]:
     """Collections with their members: three queries for the page, whatever its size."""
-    candidates, static = _candidates(c), _static(c)
+    found = _members(c, rows)
     return [
         {
             "id": r.id,
             "name": r.name,
             "filter": r.filter,
             "created": aware(r.created),
-            "members": [m.name for m in _select(r, candidates, static.get(r.id, set()))],
+            "members": [m.name for m in found[r.id]],
         }
         for r in rows
     ]
@@ -136,10 +188,12 @@ def create(
 
 def list_collections(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
     actor.require("read")
+    drivers_index.fill(engine)
     with read_tx(engine) as c:
         return _page(c, list(c.execute(select(collections).order_by(collections.c.name))))
 
 
 def cvd_refs(engine: Engine, name: str) -> list[str]:
+    drivers_index.fill(engine)
     with read_tx(engine) as c:
         return [m.id for m in members(c, find_one(c, collections, name, "name", "collection"))]

@@ -27,6 +27,7 @@ from lamina.layers.drivers import Match, PackRef, Profile, os_family_of, packs_f
 from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef
 from lamina.server.security import Principal
+from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
 from lamina.server.services.layer_versions import layers_public
@@ -342,21 +343,13 @@ def delete_profile(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]
 
 def test_profile(engine: Engine, actor: Principal, ref: str) -> list[dict[str, str]]:
     """The devices (pending or active) this profile matches today, by their reported facts
-    and OS: one query, matched in Python."""
+    and OS, in hostname order: answered from ``device_match_facts`` (one query), not
+    from each device's facts (``drivers_index``)."""
     actor.require("read")
+    drivers_index.fill(engine)
     with read_tx(engine) as c:
         p = _profile_of(find_one(c, driver_profiles, ref, "name", "driver profile"))
-        rows = c.execute(
-            select(devices.c.id, devices.c.hostname, devices.c.facts)
-            .where(devices.c.status.in_(_LIVE))
-            .order_by(devices.c.hostname, devices.c.id)
-        ).all()
-    out = []
-    for r in rows:
-        facts = r.facts if isinstance(r.facts, dict) else {}
-        if p.applies(facts, os_family_of(facts.get("os_release"))):
-            out.append({"id": r.id, "hostname": r.hostname})
-    return out
+        return drivers_index.matching(c, p, _LIVE)
 
 
 # --- what the layer plan gets -----------------------------------------------------------

@@ -34,7 +34,7 @@ from lamina.protocol.schemas import (
     TokenPublic,
 )
 from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
-from lamina.server.services import agent_events, flex_manage
+from lamina.server.services import agent_events, drivers_index, flex_manage
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.store.keys import ChunkingSecret
@@ -172,6 +172,7 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
                 agent_state={},
             )
         )
+        drivers_index.store(c, did, req.facts.model_dump())
         audit(
             c,
             f"device {req.facts.hostname}",
@@ -414,6 +415,7 @@ def agent_config(
             )
         if facts is not None:
             values["facts"] = facts.model_dump()
+            drivers_index.store(c, device.id, values["facts"])
         c.execute(update(devices).where(devices.c.id == device.id).values(**values))
         d = c.execute(select(devices).where(devices.c.id == device.id)).one()
         cvd = _cvd_of(c, device.id)
