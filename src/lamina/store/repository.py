@@ -43,6 +43,7 @@ _CONFIG_AAD = b"lamina store config v1"
 #: Bytes read at once around a requested blob; later blobs of the same pack come from memory.
 READ_WINDOW = 4 * 1024 * 1024
 _WINDOWS = 8
+_PACK_LOCKS = 4096
 #: Blob locations remembered between ``prefetch`` and the reads (about 150 bytes each).
 _LOCATION_CACHE = 200_000
 
@@ -128,6 +129,8 @@ class Store:
         self.pack_size = pack_size
         self._windows: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._windows_lock = threading.Lock()
+        #: pack -> lock held while reading a window of it
+        self._pack_locks: dict[str, threading.Lock] = {}
         self._locs: dict[bytes, BlobLocation] = {}
         #: Pack sizes seen by reads, so a window never reaches past a pack's end.
         self._pack_sizes: dict[str, int] = {}
@@ -159,7 +162,7 @@ class Store:
         check_config(self.backend, self.keys)
 
     # --- reading -------------------------------------------------------------
-    def _read_range(self, loc: BlobLocation) -> bytes:
+    def _cached(self, loc: BlobLocation) -> bytes | None:
         with self._windows_lock:
             win = self._windows.get(loc.pack)
             if win is not None:
@@ -167,6 +170,25 @@ class Store:
                 if start <= loc.offset and loc.offset + loc.length <= start + len(data):
                     self._windows.move_to_end(loc.pack)
                     return data[loc.offset - start : loc.offset - start + loc.length]
+        return None
+
+    def _read_range(self, loc: BlobLocation) -> bytes:
+        hit = self._cached(loc)
+        if hit is not None:
+            return hit
+        # Readers of one pack take turns (a restore's writers read neighbouring files):
+        # the second finds the window the first read instead of reading it again.
+        with self._windows_lock:
+            if len(self._pack_locks) > _PACK_LOCKS:
+                self._pack_locks.clear()  # only a cache: a reader holding one keeps it
+            lock = self._pack_locks.setdefault(loc.pack, threading.Lock())
+        with lock:
+            hit = self._cached(loc)
+            if hit is not None:
+                return hit
+            return self._read_window(loc)
+
+    def _read_window(self, loc: BlobLocation) -> bytes:
         obj = pack_object_name(loc.pack)
         size = self._pack_sizes.get(loc.pack)
         if size is None:
