@@ -107,8 +107,9 @@ def may_match(device_id: Any, field: str, glob: str) -> Any | None:
     like = like_of(glob.lower())
     if field not in TEXT_FIELDS or like is None or "?" in glob or fnmatch.fnmatchcase("", glob):
         return None
-    return exists().where(
-        dmf.c.device_id == device_id, dmf.c.field == field, dmf.c.value.like(like, escape="\\")
+    # Not correlated: the database reads the field's rows once, not once per device.
+    return device_id.in_(
+        select(dmf.c.device_id).where(dmf.c.field == field, dmf.c.value.like(like, escape="\\"))
     )
 
 
