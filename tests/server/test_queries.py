@@ -18,6 +18,7 @@ from lamina.db.models import (
     collections,
     cvds,
     devices,
+    driver_profiles,
     layer_versions,
     layers,
     policies,
@@ -218,7 +219,13 @@ def test_a_profile_test_costs_the_same_queries_for_2_devices_as_for_8(engine: En
                     .values(facts={"sys_vendor": "LENOVO", "os_release": {"ID": "debian"}})
                 )
 
-    add_library(engine, 0, 1)
+    with write_tx(engine) as c:
+        c.execute(
+            insert(driver_profiles).values(
+                id="dp0", name="prof-0", os_family=None, notes="", created=NOW, updated=NOW,
+                packs=[{"name": "pack-0", "version": None}], matches=["sys_vendor=LENOVO"],
+            )
+        )  # fmt: skip
     add_cvds(engine, 0, 2)
     lenovo(0, 2)
     assert len(drivers.test_profile(engine, READER, "prof-0")) == 2  # indexes them
