@@ -188,3 +188,20 @@ def test_serverless_commands_refuse_a_store_a_server_manages(
     assert [s["id"] for s in cli.json("snapshot", "list")] == [first["id"]]
     forced = cli.json("snapshot", "create", str(src), "--force")
     assert [s["id"] for s in cli.json("snapshot", "list")] == [first["id"], forced["id"]]
+
+
+def test_snapshot_ls_lists_a_folder_and_refuses_a_file_or_a_missing_path(
+    cli_factory: Callable[..., Cli], tmp_path: Path
+) -> None:
+    cli = cli_factory()
+    cli.run("store", "init")
+    src = tmp_path / "src"
+    (src / "etc" / "app").mkdir(parents=True)
+    (src / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    snap = cli.json("snapshot", "create", str(src))["id"]
+    assert [e["name"] for e in cli.json("snapshot", "ls", snap)] == ["etc"]
+    assert sorted(e["name"] for e in cli.json("snapshot", "ls", snap, "/etc")) == ["app", "hosts"]
+    assert cli.json("snapshot", "ls", snap, "etc/app") == []
+    for path in ("etc/hosts", "nope", "etc/nope/deeper"):
+        p = cli.run("snapshot", "ls", snap, path, ok=False)
+        assert p.returncode == 3 and f"{path} is not a folder in snapshot" in p.stderr, p.stderr

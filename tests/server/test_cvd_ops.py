@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 
 from lamina.errors import ConflictError, NotFoundError, UsageError
-from lamina.server.services.cvd_ops import resolve_snapshot, snapshot_of
+from lamina.server.services.cvd_ops import _walk_to, resolve_snapshot, snapshot_of
 from lamina.store.catalog import SnapshotRecord
+from lamina.tree.model import Entry, encode_tree
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -71,3 +73,32 @@ def test_another_cvds_snapshot_neither_matches_nor_makes_a_prefix_ambiguous() ->
     with pytest.raises(NotFoundError):
         snapshot_of(store, "a", theirs.id)  # type: ignore[arg-type]
     assert snapshot_of(store, "b", "abcd") is theirs  # type: ignore[arg-type]
+
+
+class _Trees:
+    """Trees by id, as ``Store.get`` reads them."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[bytes, bytes] = {}
+
+    def put(self, entries: list[Entry]) -> bytes:
+        tid = len(self.blobs).to_bytes(32, "big")
+        self.blobs[tid] = encode_tree(entries)
+        return tid
+
+    def get(self, tid: bytes) -> bytes:
+        return self.blobs[tid]
+
+
+def test_browse_walks_to_a_folder_or_a_file_through_the_one_tree_lookup() -> None:
+    trees = _Trees()
+    hosts = Entry(b"hosts", "file", size=12, content=[])
+    etc = Entry(b"etc", "dir", mode=0o755, subtree=trees.put([hosts]))
+    root = trees.put([etc, Entry(b"link", "symlink", target=b"etc")])
+    store: Any = trees
+    assert [e.name for e in _walk_to(store, root, "/")[0]] == [b"etc", b"link"]
+    assert _walk_to(store, root, "/etc") == ([hosts], None)
+    assert _walk_to(store, root, "etc/hosts") == ([], hosts)
+    for missing in ("/nope", "/etc/nope", "/etc/hosts/deeper", "/link/hosts"):
+        with pytest.raises(NotFoundError, match="is not in the snapshot"):
+            _walk_to(store, root, missing)

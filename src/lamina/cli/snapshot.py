@@ -27,6 +27,7 @@ from lamina.errors import NotFoundError
 from lamina.tree.backup import backup
 from lamina.tree.diff import diff_trees
 from lamina.tree.model import decode_tree
+from lamina.tree.paths import lookup
 from lamina.tree.restore import restore_tree, split_path
 
 app = typer.Typer(
@@ -149,12 +150,12 @@ def ls(
     s = open_store(location(data, db, store, keyfile))
     try:
         snap = s.catalog.find_snapshot(snapshot)
-        tree = snap.root
-        for part in split_path(path):
-            match = [e for e in decode_tree(s.get(tree)) if e.name == part]
-            if not match or match[0].subtree is None:
-                raise NotFoundError(f"{path} is not a folder in snapshot {snap.id[:12]}")
-            tree = match[0].subtree
+        tree: bytes | None = snap.root
+        if parts := split_path(path):
+            found = lookup(s.get, snap.root, parts)
+            tree = found.subtree if found is not None else None
+        if tree is None:
+            raise NotFoundError(f"{path} is not a folder in snapshot {snap.id[:12]}")
         entries = decode_tree(s.get(tree))
     finally:
         s.close()

@@ -32,7 +32,9 @@ from lamina.protocol.flex import (
     Lease,
     Signed,
 )
+from lamina.server.context import ServerContext
 from lamina.server.deps import Caller, Ctx
+from lamina.server.security import Principal
 from lamina.server.services import flex, flex_images, flex_keys, flex_policies, groups
 
 router = APIRouter()
@@ -181,28 +183,32 @@ def show_instance(ref: str, ctx: Ctx, caller: Caller) -> FlexInstancePublic:
     return FlexInstancePublic.model_validate(flex.show_instance(ctx.engine, caller, ref))
 
 
+def _set_state(
+    ctx: ServerContext, caller: Principal, ref: str, state: str, req: FlexInstanceAction
+) -> FlexInstancePublic:
+    doc = flex.set_state(ctx.engine, caller, ref, state, req.message)
+    return FlexInstancePublic.model_validate(doc)
+
+
 @router.post("/flex/instances/{ref}/lock", summary="Lock an instance: it refuses to start")
 def lock_instance(
     ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
 ) -> FlexInstancePublic:
-    doc = flex.set_state(ctx.engine, caller, ref, flex.LOCKED, req.message)
-    return FlexInstancePublic.model_validate(doc)
+    return _set_state(ctx, caller, ref, flex.LOCKED, req)
 
 
 @router.post("/flex/instances/{ref}/unlock", summary="Unlock a locked instance")
 def unlock_instance(
     ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
 ) -> FlexInstancePublic:
-    doc = flex.set_state(ctx.engine, caller, ref, flex.ACTIVE, req.message)
-    return FlexInstancePublic.model_validate(doc)
+    return _set_state(ctx, caller, ref, flex.ACTIVE, req)
 
 
 @router.post("/flex/instances/{ref}/revoke", summary="Revoke an instance: the laptop deletes it")
 def revoke_instance(
     ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
 ) -> FlexInstancePublic:
-    doc = flex.set_state(ctx.engine, caller, ref, flex.REVOKED, req.message)
-    return FlexInstancePublic.model_validate(doc)
+    return _set_state(ctx, caller, ref, flex.REVOKED, req)
 
 
 @router.put("/flex/instances/{ref}/policy", summary="Override (or clear) an instance's policy")

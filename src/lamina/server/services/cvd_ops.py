@@ -39,6 +39,7 @@ from lamina.server.services.sync import snapshot_public
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, decode_tree
+from lamina.tree.paths import lookup
 from lamina.tree.restore import split_path
 
 #: The permission to read file contents (not only names and metadata).
@@ -171,18 +172,15 @@ def list_snapshots(
 
 def _walk_to(store: Store, root: bytes, path: str) -> tuple[list[Entry], Entry | None]:
     """The entries of the folder at ``path`` (or the entry itself if it is not a folder)."""
-    entries = decode_tree(store.get(root))
     parts = split_path(path)
-    for i, part in enumerate(parts):
-        match = next((e for e in entries if e.name == part), None)
-        if match is None:
-            raise NotFoundError(f"{path!r} is not in the snapshot")
-        if match.subtree is None:
-            if i == len(parts) - 1:
-                return [], match
-            raise NotFoundError(f"{path!r} is not in the snapshot")
-        entries = decode_tree(store.get(match.subtree))
-    return entries, None
+    if not parts:
+        return decode_tree(store.get(root)), None
+    found = lookup(store.get, root, parts)
+    if found is None:
+        raise NotFoundError(f"{path!r} is not in the snapshot")
+    if found.subtree is None:
+        return [], found
+    return decode_tree(store.get(found.subtree)), None
 
 
 def browse(
