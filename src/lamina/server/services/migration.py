@@ -156,6 +156,10 @@ def packages_of(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
     return installed(parse_dpkg_status(read_file(store.get, e)))
 
 
+#: dpkg's status of an installed package
+INSTALLED = "install ok installed"
+
+
 def layer_packages(store: Store, refs: list[LayerRef]) -> Stanzas:
     """The packages a stack of layers lays down (later wins): a base layer's whole
     database, an app layer's or pack's own packages."""
@@ -183,9 +187,7 @@ def _at(store: Store, root: bytes, path: str) -> Entry | None:
 def user_installed(snapshot: Stanzas, owned: Stanzas) -> Stanzas:
     """The snapshot's installed packages none of the layers it ran brought: installed
     by the user, carried in apps-data mode."""
-    return {
-        k: s for k, s in snapshot.items() if s.status == "install ok installed" and k not in owned
-    }
+    return {k: s for k, s in snapshot.items() if s.status == INSTALLED and k not in owned}
 
 
 def _plan_packages(
@@ -204,7 +206,9 @@ def _plan_packages(
     owned_refs = _assigned(c, cvd.id) + drivers.packs_for_device(c, old_facts or {}, old_os)
     owned = layer_packages(store, owned_refs)
     user = user_installed(ours, owned)
-    rep.from_layers = {s.name: s.version for k, s in ours.items() if k in owned}
+    rep.from_layers = {
+        s.name: s.version for k, s in ours.items() if k in owned and s.status == INSTALLED
+    }
     if rep.layers:  # the new stack is known: its version of a package wins
         new = layer_packages(store, rep.layers + rep.packs)
         for k, s in sorted(user.items()):
@@ -216,7 +220,7 @@ def _plan_packages(
                 rep.conflicts.append(
                     {"package": s.name, "cvd": s.version, "new": theirs.version, "wins": "new"}
                 )
-    else:
+    elif user:
         rep.warnings.append(
             "a carried package the new machine has already keeps the new machine's "
             "version (decided when staging: the task's result lists them)"
