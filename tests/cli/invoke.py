@@ -75,6 +75,16 @@ def _logging_kept() -> Iterator[None]:
             named[n].propagate = propagate
 
 
+def _umask() -> int:
+    """This process's umask, read without setting it (a server thread of the test may be
+    creating files meanwhile)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    raise RuntimeError("no Umask line in /proc/self/status")
+
+
 def invoke(
     args: Sequence[str], env: Mapping[str, str], input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -87,8 +97,7 @@ def invoke(
     main_module.__package__ = "lamina.cli"
     saved = (sys.argv, sys.stdin, sys.stdout, sys.stderr, sys.modules["__main__"])
     sigint = signal.getsignal(signal.SIGINT)
-    umask = os.umask(0o022)
-    os.umask(umask)
+    umask = _umask()
     cwd = os.getcwd()
     code = 0
     with _environment(env), _logging_kept():
