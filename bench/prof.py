@@ -102,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="scratch folder, wiped first (default bench/work/profile)",
     )
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument(
+        "--cpu", action="store_true", help="count each thread's CPU time, not the wall clock"
+    )
     args = ap.parse_args(argv)
+    if args.cpu:
+        _timer[:] = [time.thread_time]
     if not args.corpus.is_dir():
         raise SystemExit(f"{args.corpus}: not a folder (run `python -m bench.run --keep` first)")
     work = args.work.resolve()
