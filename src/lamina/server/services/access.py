@@ -146,7 +146,9 @@ def check_commit(
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
     taken: list[bytes] = []
     with read_tx(engine) as c:
-        if root not in owned(c, cvd.id, [root]):
+        # (with sharing on, a root tree other CVDs hold in common is never "missing" to
+        # this one, so it is never uploaded: it is taken below as any common tree is)
+        if not sharing.on and root not in owned(c, cvd.id, [root]):
             raise MissingDataError(
                 "the snapshot's root tree is not stored for this CVD; upload it first"
             )
