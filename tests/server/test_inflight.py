@@ -310,3 +310,25 @@ def test_claims_hold_across_two_servers_on_postgresql(
         assert sa.data_ids and sb.data_ids and not (sa.data_ids & sb.data_ids)
         assert sb.pending >= 1
         assert "no errors" in store_check(capsys, d.servers[0].data, pg_db_url, s3_url)
+
+
+def test_a_root_tree_other_endpoints_hold_in_common_is_taken_at_commit(live: Live) -> None:
+    """Identical endpoints: a root tree two other CVDs hold is not "missing" for a third,
+    so its agent never uploads it; the commit takes it as any common tree (it was refused
+    as "not stored for this CVD" at every rescan, and the sync failed)."""
+    devs = [live.device(f"twin-{k}") for k in range(3)]
+    data = random.Random("twin").randbytes(10 * KiB)
+    chunk = blob_id(devs[0].id_key, data)
+    tree = encode_tree([file_entry(chunk, len(data))])
+    for d in devs:
+        r = d.client.post("/agent/missing", json={"ids": [chunk.hex()]})
+        [root] = [blob_id(d.id_key, tree)]
+        if d is not devs[2]:
+            assert r.json()["missing"] == [chunk.hex()]
+            d.upload([(BlobKind.DATA, data)])
+            d.upload([(BlobKind.TREE, tree)])
+        else:
+            r = d.client.post("/agent/missing", json={"ids": [chunk.hex(), root.hex()]})
+            assert r.json()["missing"] == []  # both held by two other CVDs: common
+        r = d.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
+        assert r.status_code == 200, r.text

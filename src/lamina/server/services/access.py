@@ -56,11 +56,20 @@ def _insert_ignore(c: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     c.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
+#: ``owned`` on SQLite: the statement as the driver takes it (no per-id bind processing)
+_SQLITE_OWNED = "SELECT blob_id FROM cvd_blobs WHERE cvd_id = ? AND blob_id IN (%s)"
+
+
 def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
-    """Which of ``ids`` this CVD owns."""
+    """Which of ``ids`` this CVD owns: one statement per ``BATCH`` ids."""
     want = list(dict.fromkeys(ids))
     out: set[bytes] = set()
     for k in range(0, len(want), BATCH):
+        if c.dialect.name == "sqlite":
+            part = want[k : k + BATCH]
+            sql = _SQLITE_OWNED % ",".join("?" * len(part))
+            out.update(bytes(r[0]) for r in c.exec_driver_sql(sql, (cvd_id, *part)))
+            continue
         out.update(
             bytes(b)
             for b in c.execute(
@@ -137,7 +146,9 @@ def check_commit(
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
     taken: list[bytes] = []
     with read_tx(engine) as c:
-        if root not in owned(c, cvd.id, [root]):
+        # (with sharing on, a root tree other CVDs hold in common is never "missing" to
+        # this one, so it is never uploaded: it is taken below as any common tree is)
+        if not sharing.on and root not in owned(c, cvd.id, [root]):
             raise MissingDataError(
                 "the snapshot's root tree is not stored for this CVD; upload it first"
             )
