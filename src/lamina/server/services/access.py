@@ -146,14 +146,21 @@ def check_commit(
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
     taken: list[bytes] = []
     with read_tx(engine) as c:
-        # (with sharing on, a root tree other CVDs hold in common is never "missing" to
-        # this one, so it is never uploaded: it is taken below as any common tree is)
-        if not sharing.on and root not in owned(c, cvd.id, [root]):
+        # The root first, on its own (with sharing on, a root tree other CVDs hold in
+        # common is never "missing" to this one, so it is never uploaded: it is taken
+        # as any common tree is), so that its absence is named as such.
+        try:
+            taken += _require_owned(c, store, cvd.id, [root], sharing)
+        except MissingDataError:
             raise MissingDataError(
                 "the snapshot's root tree is not stored for this CVD; upload it first"
-            )
+            ) from None
+        first = True
         while level:
-            taken += _require_owned(c, store, cvd.id, [t for t, _ in level], sharing)
+            ids = [t for t, _ in level]
+            if not first:  # (the root's level was checked above)
+                taken += _require_owned(c, store, cvd.id, ids, sharing)
+            first = False
             below: list[tuple[bytes, bytes | None]] = []
             chunks: list[bytes] = []
             for tid, old in level:
