@@ -157,9 +157,8 @@ def check_commit(
             ) from None
         first = True
         while level:
-            ids = [t for t, _ in level]
             if not first:  # (the root's level was checked above)
-                taken += _require_owned(c, store, cvd.id, ids, sharing)
+                taken += _require_owned(c, store, cvd.id, [t for t, _ in level], sharing)
             first = False
             below: list[tuple[bytes, bytes | None]] = []
             chunks: list[bytes] = []
