@@ -53,29 +53,24 @@ from pathlib import Path
 from typing import Any
 
 from bench import method
-from bench.run import (
-    DEFAULT_GROUPS,
+from bench.common import (
     ROOT,
     CommandFailed,
-    Manifest,
     Ran,
-    Restic,
     TreeSize,
-    build_corpus,
     clean_env,
-    compare,
-    copy_tree,
     human_bytes,
-    manifest,
-    mutate,
     prepare_work,
-    print_rows,
     rmtree,
     say,
     tree_size,
     warm_up,
     warn,
 )
+from bench.corpus import DEFAULT_GROUPS, build_corpus, copy_tree, mutate
+from bench.run import print_rows
+from bench.tools import Restic
+from bench.verify import Manifest, compare, manifest
 
 BENCH = ROOT / "bench"
 DEFAULT_WORK = BENCH / "work" / "e2e"

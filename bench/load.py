@@ -45,14 +45,10 @@ from typing import Any
 
 import psutil
 
-from bench.e2e import Cli, Server, git_revision, lamina_exe, login, prepare_work
-from bench.run import (
-    DEFAULT_GROUPS,
+from bench.common import (
     ROOT,
     CommandFailed,
-    build_corpus,
     clean_env,
-    copy_tree,
     human_bytes,
     rmtree,
     say,
@@ -60,6 +56,8 @@ from bench.run import (
     warm_up,
     warn,
 )
+from bench.corpus import DEFAULT_GROUPS, build_corpus, copy_tree
+from bench.e2e import Cli, Server, git_revision, lamina_exe, login, prepare_work
 
 DEFAULT_WORK = ROOT / "bench" / "work" / "load"
 DEFAULT_RESULTS = ROOT / "bench" / "results-load.json"

@@ -30,19 +30,9 @@ import time
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
-from bench.run import (
-    BENCH,
-    DEFAULT_GROUPS,
-    Restic,
-    build_corpus,
-    clean_env,
-    copy_tree,
-    human_bytes,
-    mutate,
-    prepare_work,
-    rmtree,
-    say,
-)
+from bench.common import BENCH, clean_env, human_bytes, prepare_work, rmtree, say
+from bench.corpus import DEFAULT_GROUPS, build_corpus, copy_tree, mutate
+from bench.tools import Restic
 from lamina.agent import staging
 from lamina.agent.stream import stream_user_data
 from lamina.db.stores import StoreLocation, init_store

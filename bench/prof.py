@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.run import DEFAULT_WORK, rmtree
+from bench.common import DEFAULT_WORK, rmtree
 
 _profiles: list[cProfile.Profile] = []
 _lock = threading.Lock()
