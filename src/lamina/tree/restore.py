@@ -47,7 +47,8 @@ from typing import Protocol
 from lamina.errors import UsageError
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
-from lamina.tree.model import Entry, check_name, decode_tree
+from lamina.tree.model import Entry, decode_tree
+from lamina.tree.names import check_name
 from lamina.tree.paths import lookup
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
