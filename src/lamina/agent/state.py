@@ -9,31 +9,52 @@
     STATE/agent.lock     held (flock) by the one agent process using the folder
 
 Every file is written atomically (temp, fsync, rename) and validated where it is
-read: a damaged one is an ``IntegrityError`` naming the file and the field.
+read: a damaged one is an ``IntegrityError`` naming the file and the field. The
+rules are ``state_files``' (the standard-library readers the start-up commands use);
+these models add the typed objects the agent works with and write the files.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
-import os
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from lamina.errors import ConflictError, IntegrityError, NotFoundError, UsageError
-from lamina.store.atomic import write_atomic
+from lamina.agent.state_files import (
+    STATE_VERSION,
+    STATUS_VERSION,
+    RunState,
+    StateLock,
+    state_doc,
+    state_file,
+    status_doc,
+    status_file,
+    write_json_atomic,
+)
+from lamina.errors import IntegrityError
 from lamina.store.chunking import ChunkingSecret
 
-#: 2 added ``pinned_is_ca`` and ``insecure`` (a version 1 file reads as both false).
-STATE_VERSION: Final = 2
-
-
-def write_json_atomic(path: Path, doc: Any, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(doc, indent=2, default=str).encode(), mode)
+__all__ = [
+    "STATE_VERSION",
+    "STATUS_VERSION",
+    "AgentState",
+    "AgentStatus",
+    "RunState",
+    "StateLock",
+    "SyncStats",
+    "has_credential",
+    "load_state",
+    "load_status",
+    "record_boot",
+    "save_state",
+    "save_status",
+    "state_file",
+    "status_file",
+    "write_json_atomic",
+]
 
 
 class AgentState(BaseModel):
@@ -71,20 +92,6 @@ class AgentState(BaseModel):
             self.avg_size,
             self.max_size,
         )
-
-
-#: What the agent is doing (``status.json``'s ``state``).
-RunState = Literal[
-    "idle",
-    "syncing",
-    "error",
-    "waiting for reboot",
-    "boot not confirmed",
-    "streaming user data",
-]
-#: 1: the first typed ``status.json``. A file without ``version`` (older agents) is
-#: read as version 1; its ``state`` held the registration status then.
-STATUS_VERSION: Final = 1
 
 
 class SyncStats(BaseModel):
@@ -144,29 +151,6 @@ class AgentStatus(BaseModel):
     confirmed: list[str] | None = None
 
 
-def state_file(state_dir: Path) -> Path:
-    return state_dir / "agent.json"
-
-
-def status_file(state_dir: Path) -> Path:
-    return state_dir / "status.json"
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None if absent; ``IntegrityError`` if not one."""
-    try:
-        doc = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except ValueError as e:
-        raise IntegrityError(f"{path} is damaged: not JSON ({e})") from e
-    if not isinstance(doc, dict):
-        raise IntegrityError(
-            f"{path} is damaged: expected a JSON object, found {type(doc).__name__}"
-        )
-    return doc
-
-
 def _invalid(path: Path, e: ValidationError) -> IntegrityError:
     first = e.errors()[0]
     where = ".".join(str(x) for x in first["loc"]) or "the file"
@@ -179,21 +163,13 @@ def save_state(state_dir: Path, st: AgentState) -> None:
 
 
 def load_state(state_dir: Path) -> AgentState:
-    """``agent.json``, validated: a version 1 file reads as version 2 without the CA
-    and insecure flags; any other version, a missing or unknown field is refused."""
-    path = state_file(state_dir)
-    doc = _read_json(path)
-    if doc is None:
-        raise NotFoundError(f"no agent state in {state_dir}: run `lamina agent enroll` first")
-    if doc.get("version") not in (1, STATE_VERSION):
-        raise UsageError(
-            f"{path}: unsupported agent state version {doc.get('version')!r} "
-            f"(this agent reads 1 and {STATE_VERSION})"
-        )
+    """``agent.json``, validated by ``state_files.state_doc`` (the start-up commands'
+    reader, without pydantic): a version 1 file reads as version 2 without the CA and
+    insecure flags; any other version, a missing or unknown field is refused."""
     try:
-        return AgentState.model_validate({**doc, "version": STATE_VERSION})
+        return AgentState.model_validate(state_doc(state_dir))
     except ValidationError as e:
-        raise _invalid(path, e) from e
+        raise _invalid(state_file(state_dir), e) from e
 
 
 def save_status(state_dir: Path, status: AgentStatus) -> None:
@@ -201,20 +177,12 @@ def save_status(state_dir: Path, status: AgentStatus) -> None:
 
 
 def load_status(state_dir: Path) -> AgentStatus:
-    """``status.json``, validated (a fresh status if there is none yet)."""
-    path = status_file(state_dir)
-    doc = _read_json(path)
-    if doc is None:
-        return AgentStatus()
-    if "version" not in doc:  # written before the status had a version
-        doc = dict(doc, version=STATUS_VERSION)
-        if doc.get("state") not in get_args(RunState):
-            doc["registration"] = doc.get("registration") or doc.get("state")
-            doc["state"] = "idle"
+    """``status.json``, validated by ``state_files.status_doc`` (a fresh status if there
+    is none yet)."""
     try:
-        return AgentStatus.model_validate(doc)
+        return AgentStatus.model_validate(status_doc(state_dir))
     except ValidationError as e:
-        raise _invalid(path, e) from e
+        raise _invalid(status_file(state_dir), e) from e
 
 
 def record_boot(state_dir: Path, applied: list[dict[str, Any]]) -> AgentStatus:
@@ -236,32 +204,6 @@ def record_boot(state_dir: Path, applied: list[dict[str, Any]]) -> AgentStatus:
     status.sync_requested = True
     save_status(state_dir, status)
     return status
-
-
-class StateLock:
-    """An exclusive ``flock`` on ``STATE/agent.lock``: one agent per state folder.
-
-    The kernel drops the lock when the process ends, however it ends: a crashed
-    agent never leaves a stale lock behind.
-    """
-
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = state_dir / "agent.lock"
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(self._fd)
-            raise ConflictError(
-                f"another lamina agent is using the state folder {state_dir}; "
-                "stop it first (one agent per state folder)"
-            ) from e
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def has_credential(state_dir: Path) -> bool:

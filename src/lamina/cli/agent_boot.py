@@ -2,8 +2,9 @@
 Typer commands (``agent.py``) and the quick entry (``quick.py``, which parses their
 well-formed command lines without Typer) both call these, so the two print the same.
 
-Boot-time code: the agent's state and staging modules only, no Typer, Rich, HTTP
-client or store command (tests/cli/test_startup.py).
+Boot-time code: the agent's state files (read without pydantic) and staging modules
+only, no Typer, Rich, HTTP client, store command or pydantic (tests/cli/test_startup.py;
+a boot that applied something writes ``status.json`` through its pydantic model).
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ def _echo(line: str, err: bool = False) -> None:
 def status(state: Path, as_json: bool) -> None:
     """The agent's state, last sync and progress."""
     from lamina.agent import staging
-    from lamina.agent.state import load_state, load_status
+    from lamina.agent.state_files import state_doc, status_doc
 
-    st = load_state(state)
+    st = state_doc(state)
     doc = {
-        "id": st.device_id,
-        "device_id": st.device_id,
-        "server": st.server,
-        "root": st.root,
-        **load_status(state).model_dump(mode="json"),
+        "id": st["device_id"],
+        "device_id": st["device_id"],
+        "server": st["server"],
+        "root": st["root"],
+        **status_doc(state),
     }
-    txs = staging.pending(state, Path(st.root))
+    txs = staging.pending(state, Path(st["root"]))
     doc["staged"] = [t.journal["id"] for t in txs if t.journal["state"] != staging.APPLIED]
     doc["awaiting_confirmation"] = [
         {"id": t.journal["id"], "boots": t.journal.get("boots", 0)}
@@ -55,18 +56,21 @@ def status(state: Path, as_json: bool) -> None:
 def boot(state: Path, as_json: bool) -> None:
     """Apply staged transactions atomically (run by the init system before services start)."""
     from lamina.agent import initramfs, staging
-    from lamina.agent.state import StateLock, load_state, record_boot
+    from lamina.agent.state_files import StateLock, state_doc
 
-    st = load_state(state)
+    root = Path(state_doc(state)["root"])
     lock = StateLock(state)  # never while an agent drops or stages a transaction
     try:
-        applied = staging.boot(state, Path(st.root), int(os.environ.get(FAIL_ENV, "-1")))
+        applied = staging.boot(state, root, int(os.environ.get(FAIL_ENV, "-1")))
         for a in applied:  # the marker a migration onto other storage hardware leaves
             if a.get("rebuild_initramfs") and not a.get("error"):
-                a["initramfs"] = initramfs.rebuild(Path(st.root))
+                a["initramfs"] = initramfs.rebuild(root)
     finally:
         lock.release()
     if applied:
+        # Something was applied (a rare boot): status.json is written through its model.
+        from lamina.agent.state import record_boot
+
         record_boot(state, applied)
     if as_json:
         emit_json([{"id": a["transaction"], **a} for a in applied])

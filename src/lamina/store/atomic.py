@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -31,7 +30,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, exclusive: bool 
     ``exclusive``: never replace an existing file (``FileExistsError``), also when
     two writers race: the new file is linked into place, which fails if one is there.
     """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.{os.urandom(16).hex()}{TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from lamina.errors import IntegrityError, UnsafePathError
+from lamina.errors import IntegrityError
+from lamina.tree.names import check_name
 
 TREE_VERSION = 1
 ID_SIZE = 32
@@ -42,13 +43,6 @@ TYPES = ("file", "dir", "symlink", "chardev", "blockdev", "fifo", "socket")
 MAX_ID = 2**32
 MAX_DEV = 2**64
 MAX_SIZE = 2**63
-
-
-def check_name(name: bytes) -> bytes:
-    """Refuse a name that could escape its directory."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise UnsafePathError(f"unsafe name in tree: {name!r}")
-    return name
 
 
 @dataclass

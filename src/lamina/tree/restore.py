@@ -5,14 +5,8 @@ Every operation goes through a file descriptor of the directory being filled
 a symlink in the tree, or one an attacker plants in the target, is created or
 replaced, never traversed. Names are validated when the tree is decoded (no
 ``..``, ``/`` or NUL). A file appears under its name only once complete: it is
-written to a temporary name and renamed. Metadata order per entry: content,
-owner, (POSIX ACLs inherited from a default ACL but absent from the entry are
-dropped), mode, extended attributes (capabilities survive because they come
-after chown), times.
-
-FIFOs and device nodes are made under a temporary name too, and their metadata
-is set through an ``O_PATH|O_NOFOLLOW`` descriptor checked with ``fstat`` (by
-``/proc/self/fd/N``): a symlink swapped in after ``mknod`` is never followed.
+written to a temporary name and renamed. Its content comes first, then its
+metadata (``lamina.tree.restore_meta``, which also makes FIFOs and device nodes).
 
 Restore verifies: a regular file already in place is kept only when its content
 is proved to be the tree's (re-chunked with the chunking secret, same chunk
@@ -38,7 +32,6 @@ device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
 import secrets
@@ -51,19 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from lamina.errors import IntegrityError, UsageError
-from lamina.store import blob
-from lamina.store.chunker import Chunker
+from lamina.errors import UsageError
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
-from lamina.tree.extents import FileChangedError, chunk_fd
-from lamina.tree.model import Entry, check_name, decode_tree
+from lamina.tree.model import Entry, decode_tree
+from lamina.tree.names import check_name
 from lamina.tree.paths import lookup
+from lamina.tree.restore_file import ContentProof, write_content
+from lamina.tree.restore_meta import ACLS, Metadata
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-_SETID = stat.S_ISUID | stat.S_ISGID
-_ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
 #: Threads writing files. File creation waits on the file system and the blob work
 #: releases the GIL, so a few more threads than cores keep both busy.
 WORKERS = 4
@@ -158,7 +148,9 @@ class Restorer:
         self.special_files = special_files
         self.same_owner = same_owner
         self.stats = RestoreStats()
-        self._is_root = os.geteuid() == 0
+        self.meta = Metadata(
+            special_files=special_files, same_owner=same_owner, report=self._report
+        )
         self._ids = (os.geteuid(), os.getegid())
         #: hard-link key -> the first path restored with it (relative to the root)
         self._links: dict[bytes, bytes] = {}
@@ -171,7 +163,7 @@ class Restorer:
         #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
         self._tmp_prefix = secrets.token_hex(4).encode()
         self._tmp_count = 0
-        self._local = threading.local()  # a Chunker per thread
+        self._proof = ContentProof(chunking) if chunking is not None else None
         self.workers = max(1, workers)
         self._lock = threading.Lock()
         #: file jobs in flight (bounded: each may hold a file's chunks)
@@ -253,7 +245,7 @@ class Restorer:
         # A new file inherits ACLs only from its folder's default ACL: without one,
         # there is nothing for ``_drop_acls`` to remove from the files written here.
         try:
-            acl_default = _ACLS[1] in (os.fsencode(n) for n in os.listxattr(fd))
+            acl_default = ACLS[1] in (os.fsencode(n) for n in os.listxattr(fd))
         except OSError:
             acl_default = True
         if not acl_default:
@@ -304,8 +296,11 @@ class Restorer:
         self.stats.kept.append(os.fsdecode(b"/".join([*rel[:-1], aside])))
 
     def _error(self, rel: list[bytes], err: OSError) -> None:
+        self._report(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
+
+    def _report(self, message: str) -> None:
         with self._lock:
-            self.stats.errors.append(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
+            self.stats.errors.append(message)
 
     # --- folders and file jobs -----------------------------------------------
     def _release(self, folder: _Folder) -> None:
@@ -319,7 +314,7 @@ class Restorer:
                 self._open.discard(folder)
             try:
                 if folder.entry is not None and self._fatal is None:
-                    self._meta_fd(folder.fd, folder.entry)
+                    self.meta.on_fd(folder.fd, folder.entry)
             except OSError as err:
                 self._error(folder.rel, err)
             finally:
@@ -430,7 +425,7 @@ class Restorer:
             if existing is not None:
                 self._remove(fd, e.name)
             os.symlink(e.target, e.name, dir_fd=fd)
-            self._meta_path(fd, e)
+            self.meta.on_symlink(fd, e)
             self.stats.others += 1
         elif e.type in ("fifo", "chardev", "blockdev"):
             if not self.special_files:
@@ -481,31 +476,13 @@ class Restorer:
     def _keep_verified(self, e: Entry, fd: int, existing: os.stat_result) -> bool:
         """Keep the file in place only if it re-chunks to the tree's chunk ids; then
         reapply its metadata. Without the chunking secret nothing is proved."""
-        if self.chunking is None:
+        if self._proof is None:
+            return False
+        f = self._proof.open_if_same(fd, e, existing)
+        if f is None:
             return False
         try:
-            f = os.open(e.name, _READ_FLAGS, dir_fd=fd)
-        except OSError:
-            return False
-        try:
-            st = os.fstat(f)
-            if (
-                not stat.S_ISREG(st.st_mode)
-                or (st.st_dev, st.st_ino) != (existing.st_dev, existing.st_ino)
-                or st.st_size != e.size
-            ):
-                return False
-            chunker = getattr(self._local, "chunker", None)
-            if chunker is None:
-                chunker = self._local.chunker = Chunker(self.chunking)
-            key = self.chunking.id_key
-            try:
-                content = chunk_fd(f, st, chunker, lambda data: blob.blob_id(key, data))
-            except FileChangedError:
-                return False
-            if content != (e.content or []):
-                return False
-            self._meta_fd(f, e)
+            self.meta.on_fd(f, e)
         finally:
             os.close(f)
         return True
@@ -517,41 +494,11 @@ class Restorer:
         return b".lamina-restore-%s%08x" % (self._tmp_prefix, count)
 
     def _node(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
-        """A FIFO or device node: made under a temporary name, its metadata set through
-        an ``O_PATH`` descriptor of the very node made (never a symlink swapped in), then
-        renamed into place."""
-        kind = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}[e.type]
-        tmp = self._tmp_name()
-        os.mknod(tmp, kind | 0o600, e.rdev or 0, dir_fd=fd)
-        try:
-            node = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            try:
-                if stat.S_IFMT(os.fstat(node).st_mode) != kind:
-                    raise OSError(errno.EEXIST, "replaced while being restored")
-                # /proc/self/fd/N leads to the node itself: chmod and chown on an O_PATH
-                # descriptor fail with EBADF, through its proc link they reach the inode.
-                where = f"/proc/self/fd/{node}"
-                if self.same_owner:
-                    self._chown(lambda: os.chown(where, e.uid, e.gid))
-                self._drop_acls(
-                    e, lambda: os.listxattr(where), lambda name: os.removexattr(where, name)
-                )
-                os.chmod(where, self._mode(e))
-                self._xattrs(e, lambda name, value: os.setxattr(where, name, value))
-                os.utime(where, ns=(e.mtime, e.mtime))
-            finally:
-                os.close(node)
+        def replace_dir() -> None:
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 self._remove(fd, e.name)
-            os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=fd)
-            raise
 
-    def _mode(self, e: Entry) -> int:
-        """The entry's mode, without setuid/setgid on a file unless special files are wanted."""
-        return e.mode if self.special_files or e.type == "dir" else e.mode & ~_SETID
+        self.meta.make_node(e, fd, self._tmp_name(), replace_dir)
 
     def _write(self, e: Entry, target: _Target, existing: os.stat_result | None) -> None:
         """Write a file's content under a temporary name, then rename it."""
@@ -564,28 +511,8 @@ class Restorer:
             dir_fd=fd,
         )
         try:
-            written = 0
-            content = e.content or []
-            ids = [c for c in content if isinstance(c, bytes)]
-            data_iter = iter(self.store.get_many(ids))
-            for c in content:
-                if isinstance(c, int):
-                    written += c
-                    os.lseek(out, written, os.SEEK_SET)
-                    continue
-                data = next(data_iter)
-                view = memoryview(data)
-                while view:
-                    n = os.write(out, view)
-                    view = view[n:]
-                written += len(data)
-            if written != e.size:
-                raise IntegrityError(
-                    f"file {e.name!r}: its chunks hold {written} bytes, the tree says {e.size}"
-                )
-            if not content or isinstance(content[-1], int):
-                os.ftruncate(out, e.size)  # a trailing hole (a new file is as long as its writes)
-            self._meta_fd(
+            write_content(out, e, self.store.get_many)
+            self.meta.on_fd(
                 out,
                 e,
                 inherits_acl=target.inherits_acl,
@@ -607,66 +534,6 @@ class Restorer:
             self.stats.bytes += e.size
             if self.progress:
                 self.progress(1, e.size)
-
-    # --- metadata ------------------------------------------------------------
-    def _chown(self, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except PermissionError:
-            if self._is_root:
-                raise
-
-    def _xattrs(self, e: Entry, setxattr: Callable[[bytes, bytes], None]) -> None:
-        for name, value in e.xattrs:
-            try:
-                setxattr(name, value)
-            except OSError as err:
-                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
-                    raise
-                with self._lock:
-                    self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
-
-    def _drop_acls(
-        self, e: Entry, listxattr: Callable[[], list[str]], removexattr: Callable[[bytes], None]
-    ) -> None:
-        """Remove POSIX ACLs the entry does not have: a new inode inherits them from a
-        directory's default ACL, which would leave the restored copy with rights the
-        snapshot never gave."""
-        keep = {name for name, _ in e.xattrs}
-        try:
-            present = [os.fsencode(n) for n in listxattr()]
-        except OSError:
-            return
-        for name in present:
-            if name in _ACLS and name not in keep:
-                try:
-                    removexattr(name)
-                except OSError as err:
-                    if err.errno != errno.ENODATA:
-                        with self._lock:
-                            self.stats.errors.append(f"{e.name!r}: xattr {name!r}: {err.strerror}")
-
-    def _meta_fd(self, fd: int, e: Entry, inherits_acl: bool = True, owned: bool = False) -> None:
-        if not owned and self.same_owner:
-            self._chown(lambda: os.fchown(fd, e.uid, e.gid))
-        if inherits_acl:
-            self._drop_acls(e, lambda: os.listxattr(fd), lambda name: os.removexattr(fd, name))
-        os.fchmod(fd, self._mode(e))
-        self._xattrs(e, lambda name, value: os.setxattr(fd, name, value))
-        os.utime(fd, ns=(e.mtime, e.mtime))
-
-    def _meta_path(self, fd: int, e: Entry) -> None:
-        # A symlink: no descriptor to use, so a path relative to ``fd`` that is never
-        # followed. /proc/self/fd/N keeps the xattr calls from following a symlink (the
-        # *xattr calls take no dir_fd). A symlink has no ACL and no mode of its own.
-        if self.same_owner:
-            self._chown(lambda: os.chown(e.name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False))
-        where = f"/proc/self/fd/{fd}/".encode() + e.name
-        if e.xattrs:
-            self._xattrs(
-                e, lambda name, value: os.setxattr(where, name, value, follow_symlinks=False)
-            )
-        os.utime(e.name, ns=(e.mtime, e.mtime), dir_fd=fd, follow_symlinks=False)
 
 
 def restore_tree(

@@ -23,14 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lamina.agent.state import write_json_atomic
+from lamina.agent.state_files import write_json_atomic
 from lamina.errors import IntegrityError, LaminaError, UsageError
-from lamina.tree.model import check_name
+from lamina.tree.names import check_name
 
 #: 2 added the "failed" state with "error" and "rolled_back"; 3 adds the "applied" state
 #: (awaiting boot confirmation, ``old/`` kept) and its "boots" count.
@@ -50,10 +48,18 @@ class InjectedCrash(Exception):
     """Raised by the test hook to stop an apply dead, like a power cut."""
 
 
-@dataclass
 class Transaction:
-    path: Path
-    journal: dict[str, Any]
+    """A staged transaction's folder and its journal (a plain class: ``agent boot`` loads
+    no ``dataclasses``, whose import of ``inspect`` is a tenth of its start-up)."""
+
+    __slots__ = ("journal", "path")
+
+    def __init__(self, path: Path, journal: dict[str, Any]) -> None:
+        self.path = path
+        self.journal = journal
+
+    def __repr__(self) -> str:
+        return f"Transaction({self.path!r}, {self.journal!r})"
 
     @property
     def new(self) -> Path:
@@ -179,7 +185,7 @@ def new_transaction(state_dir: Path, root: Path) -> Transaction:
             raise UsageError(
                 f"transaction {old.path.name} is {old.journal['state']}: run `lamina agent boot` first"
             )
-    return Transaction(base / uuid.uuid4().hex, {})
+    return Transaction(base / os.urandom(16).hex(), {})
 
 
 def drop(state_dir: Path, root: Path, tx_id: str) -> bool:

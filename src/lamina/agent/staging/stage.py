@@ -42,7 +42,8 @@ from lamina.protocol.tasks import LayerApplyParams, RevertParams
 from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
-from lamina.tree.model import Entry, check_name, decode_tree
+from lamina.tree.model import Entry, decode_tree
+from lamina.tree.names import check_name
 from lamina.tree.paths import MAX_READ, read_file
 from lamina.tree.restore import BlobSource, restore_tree
 from lamina.tree.sources import BatchedBlobs
