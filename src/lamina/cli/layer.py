@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import CvdArg, DeviceArg, JsonOpt, emit, emit_rows
+from lamina.cli.common import CvdArg, DeviceArg, JsonOpt, emit, emit_rows, option_group
 from lamina.cli.output import emit_json, human_bytes, safe
 from lamina.errors import ConflictError
 
@@ -21,6 +21,18 @@ app.add_typer(record_app, name="record")
 NameOpt = Annotated[str | None, typer.Option(help="Name of a new layer.")]
 UpdateOpt = Annotated[str | None, typer.Option("--update", help="Add a new version to this layer.")]
 NotesOpt = Annotated[str, typer.Option(help="Notes kept with the version.")]
+
+
+def _version(name: str | None, update: str | None, notes: str) -> dict[str, Any]:
+    return {"name": name, "update": update, "notes": notes}
+
+
+#: Which layer a capture makes a version of, and its notes: given as ``version``.
+version_options = option_group(
+    "version",
+    [("name", NameOpt, None), ("update", UpdateOpt, None), ("notes", NotesOpt, "")],
+    _version,
+)
 
 
 def _layer_text(doc: dict[str, Any]) -> str:
@@ -38,17 +50,14 @@ def _layer_text(doc: dict[str, Any]) -> str:
 
 
 @app.command()
+@version_options
 def capture(
     cvd: Annotated[str, typer.Argument(help="Reference CVD (or its device).")],
-    name: NameOpt = None,
-    update: UpdateOpt = None,
-    notes: NotesOpt = "",
+    version: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Capture a base layer from a reference CVD's latest snapshot (system + applications)."""
-    doc = Api.from_login().post(
-        "/layers/capture", {"cvd": cvd, "name": name, "update": update, "notes": notes}
-    )
+    doc = Api.from_login().post("/layers/capture", {"cvd": cvd, **version})
     emit(doc, as_json, _layer_text(doc))
 
 
@@ -64,18 +73,14 @@ def record_start(device: DeviceArg, as_json: JsonOpt = False) -> None:
 
 
 @record_app.command("finalize")
+@version_options
 def record_finalize(
     device: DeviceArg,
-    name: NameOpt = None,
-    update: UpdateOpt = None,
-    notes: NotesOpt = "",
+    version: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Snapshot again and capture the difference as an app layer version."""
-    doc = Api.from_login().post(
-        "/layers/record/finalize",
-        {"device": device, "name": name, "update": update, "notes": notes},
-    )
+    doc = Api.from_login().post("/layers/record/finalize", {"device": device, **version})
     emit(
         doc,
         as_json,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
+from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt, emit_rows
 from lamina.cli.output import emit_json, human_bytes
 from lamina.cli.progress import byte_progress, err_console, exit_with_warnings
 from lamina.cli.snapshot_list import list_snapshots
@@ -156,11 +156,9 @@ def ls(
         }
         for e in entries
     ]
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        typer.echo(f"{r['type']:<8} {r['mode']:>7} {r['size']:>12}  {r['name']}")
+    emit_rows(
+        rows, as_json, lambda r: f"{r['type']:<8} {r['mode']:>7} {r['size']:>12}  {r['name']}"
+    )
 
 
 @app.command()
@@ -176,12 +174,12 @@ def diff(
         a = s.catalog.find_snapshot(old)
         b = s.catalog.find_snapshot(new)
         changes = [c.to_public() for c in diff_trees(s.get, a.root, b.root)]
-    if as_json:
-        emit_json([{"id": c["path"], **c} for c in changes])
-        return
     sign = {"added": "+", "removed": "-", "modified": "M", "metadata": "U"}
-    for c in changes:
-        typer.echo(f"{sign[str(c['change'])]} {c['path']}")
+    emit_rows(
+        [{"id": c["path"], **c} for c in changes],
+        as_json,
+        lambda c: f"{sign[str(c['change'])]} {c['path']}",
+    )
 
 
 @app.command()
