@@ -32,16 +32,38 @@ An error that means "a bug" is a plain ``LaminaError``; it never subclasses
 
 from __future__ import annotations
 
+from typing import Any
+
 #: The exit code of a command that finished with warnings: files skipped or not restored.
 WARNINGS_EXIT = 10
 
 
 class LaminaError(Exception):
-    """Root of every error Lamina raises on purpose."""
+    """Root of every error Lamina raises on purpose.
+
+    A subclass states what differs from its parent in its class line:
+    ``class NotFoundError(LaminaError, code="not_found", exit_code=3, http_status=404)``.
+    """
 
     code = "internal"
     exit_code = 1
     http_status = 500
+
+    def __init_subclass__(
+        cls,
+        *,
+        code: str | None = None,
+        exit_code: int | None = None,
+        http_status: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if exit_code is not None:
+            cls.exit_code = exit_code
+        if http_status is not None:
+            cls.http_status = http_status
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,80 +73,60 @@ class LaminaError(Exception):
         return {"code": self.code, "message": self.message}
 
 
-class UsageError(LaminaError):
-    code = "bad_request"
-    exit_code = 2
-    http_status = 400
+class UsageError(LaminaError, code="bad_request", exit_code=2, http_status=400):
+    """The request or the arguments are wrong."""
 
 
-class UnsafePathError(UsageError):
-    code = "unsafe_path"
+class UnsafePathError(UsageError, code="unsafe_path"):
+    """A path would escape its target (``..``, ``/``, NUL)."""
 
 
-class NotFoundError(LaminaError):
-    code = "not_found"
-    exit_code = 3
-    http_status = 404
+class NotFoundError(LaminaError, code="not_found", exit_code=3, http_status=404):
+    """A named thing does not exist."""
 
 
-class ConflictError(LaminaError):
-    code = "conflict"
-    exit_code = 4
-    http_status = 409
+class ConflictError(LaminaError, code="conflict", exit_code=4, http_status=409):
+    """The thing exists already, or its state forbids the change."""
 
 
-class StoreBusyError(ConflictError):
-    code = "store_busy"
+class StoreBusyError(ConflictError, code="store_busy"):
+    """Another process holds the store's lock."""
 
 
-class UploadsPendingError(ConflictError):
+class UploadsPendingError(ConflictError, code="uploads_pending"):
     """A commit names blobs other endpoints are still uploading (in flight): ask again soon."""
 
-    code = "uploads_pending"
+
+class IntegrityError(LaminaError, code="integrity", exit_code=5, http_status=422):
+    """Data is damaged: wrong hash, truncated, bad layout."""
 
 
-class IntegrityError(LaminaError):
-    code = "integrity"
-    exit_code = 5
-    http_status = 422
+class MissingDataError(IntegrityError, code="missing_data"):
+    """Something references data that is not stored."""
 
 
-class MissingDataError(IntegrityError):
-    code = "missing_data"
+class StoreKeyError(LaminaError, code="bad_key", exit_code=6, http_status=403):
+    """Wrong key, wrong passphrase, or a sealed key file without its passphrase."""
 
 
-class StoreKeyError(LaminaError):
-    code = "bad_key"
-    exit_code = 6
-    http_status = 403
+class AuthError(LaminaError, code="unauthorized", exit_code=7, http_status=401):
+    """Not logged in, or bad credentials."""
 
 
-class AuthError(LaminaError):
-    code = "unauthorized"
-    exit_code = 7
-    http_status = 401
+class ForbiddenError(AuthError, code="forbidden", http_status=403):
+    """Logged in, but not allowed."""
 
 
-class ForbiddenError(AuthError):
-    code = "forbidden"
-    http_status = 403
+class RateLimitedError(AuthError, code="rate_limited", http_status=429):
+    """Too many failed attempts: wait."""
 
 
-class RateLimitedError(AuthError):
-    code = "rate_limited"
-    http_status = 429
+class BackendError(LaminaError, code="backend", exit_code=8, http_status=503):
+    """The object store or the database failed."""
 
 
-class BackendError(LaminaError):
-    code = "backend"
-    exit_code = 8
-    http_status = 503
-
-
-class TooLargeError(LaminaError):
-    code = "too_large"
-    exit_code = 9
-    http_status = 413
+class TooLargeError(LaminaError, code="too_large", exit_code=9, http_status=413):
+    """A size is above what Lamina accepts."""
 
 
 _BY_STATUS: dict[int, type[LaminaError]] = {

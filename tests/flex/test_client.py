@@ -36,8 +36,9 @@ from lamina.errors import (
     StoreKeyError,
 )
 from lamina.flex import disk, keywrap, qemu
-from lamina.flex.client import FlexClient, KeyPins, LaunchOptions
+from lamina.flex.client import FlexClient, LaunchOptions
 from lamina.flex.folder import Instance
+from lamina.flex.pins import KeyPins
 from lamina.protocol.flex import FlexKeyPublic, FlexRestrictions
 from tests.flex.guest import Guest, build_guest, missing_tools, parse_report
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve

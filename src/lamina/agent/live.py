@@ -8,7 +8,6 @@ delivery's ``expect`` is checked against.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, decode_tree
+from lamina.tree.scan import xattrs_at
 
 
 def is_real_dir(p: Path) -> bool:
@@ -98,15 +98,7 @@ def tree_bytes(load: Callable[[bytes], bytes], e: Entry) -> int:
 
 
 def xattrs_of(path: Path) -> list[tuple[bytes, bytes]]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return []
-    out = []
-    for n in names:
-        with contextlib.suppress(OSError):
-            out.append((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)))
-    return sorted(out)
+    return xattrs_at(os.fsencode(path))
 
 
 #: A sync cuts a file in pieces of this size (``tree.scan``); so must a comparison.

@@ -274,6 +274,19 @@ class Agent:
         return {"snapshot": snap.id, "files": res.files, "uploaded_bytes": res.uploaded_bytes}
 
     # --- work the server queued ------------------------------------------------
+    def _wait_for_boot(
+        self, item: WorkItem, result: dict[str, Any], progress: int, message: str, **status: Any
+    ) -> None:
+        """A boot set is staged: the status says so (with ``status``'s other fields), and
+        the task waits for the restart that applies it."""
+        self._save(
+            **status,
+            state="waiting for reboot",
+            staged=result["transaction"],
+            staged_task=item.task_id,
+        )
+        self._task(item, progress=progress, state="waiting", message=message, result=result)
+
     def _task(self, item: WorkItem, **report: Any) -> None:
         retrying(lambda: self.client.json("POST", f"/agent/tasks/{item.task_id}", json=report))
 
@@ -309,20 +322,14 @@ class Agent:
                 self._task(item, progress=100, state="done", message="restored", result=result)
             elif isinstance(params, MigrateParams):
                 result = stage_migration(self.client, self.st, self.state_dir, params)
-                self._save(
+                self._wait_for_boot(
+                    item,
+                    result,
+                    40,
+                    "boot set staged: restart the machine to apply it",
                     # No sync until this machine has become the CVD's (a system laid down
                     # from layers is the CVD's own machine already).
                     migrating=item.task_id if params.mode != "system" else None,
-                    state="waiting for reboot",
-                    staged=result["transaction"],
-                    staged_task=item.task_id,
-                )
-                self._task(
-                    item,
-                    progress=40,
-                    state="waiting",
-                    message="boot set staged: restart the machine to apply it",
-                    result=result,
                 )
             elif isinstance(params, RevertParams) and params.dry_run:
                 result = stage_revert(self.client, self.st, self.state_dir, params)
@@ -337,18 +344,7 @@ class Agent:
                     if isinstance(params, RevertParams)
                     else stage_layers(self.client, self.st, self.state_dir, params)
                 )
-                self._save(
-                    state="waiting for reboot",
-                    staged=result["transaction"],
-                    staged_task=item.task_id,
-                )
-                self._task(
-                    item,
-                    progress=100,
-                    state="waiting",
-                    message="staged: applies at next boot",
-                    result=result,
-                )
+                self._wait_for_boot(item, result, 100, "staged: applies at next boot")
             else:
                 self._task(
                     item, progress=0, state="failed", message=f"unknown task kind {item.kind!r}"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt
+from lamina.cli.common import JsonOpt, emit
 from lamina.cli.output import emit_json
 
 app = typer.Typer(
@@ -30,9 +30,7 @@ def collection_create(
     doc = Api.from_login().post(
         "/collections", {"name": name, "filter": filter_, "cvds": cvd or []}
     )
-    emit_json(doc) if as_json else typer.echo(
-        f"collection {doc['name']}: {', '.join(doc['members']) or 'no members yet'}"
-    )
+    emit(doc, as_json, f"collection {doc['name']}: {', '.join(doc['members']) or 'no members yet'}")
 
 
 @app.command("list")

@@ -7,15 +7,18 @@ What opens a store (``--data``, ``--db``, ``--store``, ``--keyfile``) is in
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from lamina.cli.output import emit_json
 from lamina.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
@@ -29,6 +32,65 @@ DeviceArg = Annotated[
     ),
 ]
 UserArg = Annotated[str, typer.Argument(help="User name.", show_default=False)]
+
+
+def emit(doc: Any, as_json: bool, line: str) -> None:
+    """What a command that shows one thing prints: ``doc`` as JSON, or ``line``."""
+    if as_json:
+        emit_json(doc)
+    else:
+        typer.echo(line)
+
+
+def emit_rows(rows: list[Any], as_json: bool, line: Callable[[Any], str]) -> None:
+    """What a command that lists prints: ``rows`` as one JSON document, or a line each."""
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(line(r))
+
+
+#: One option of a group: its parameter name, its ``Annotated`` Typer type, its default.
+GroupOption = tuple[str, Any, Any]
+
+
+def option_group(
+    param: str, options: Iterable[GroupOption], build: Callable[..., Any]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A decorator that puts the command's parameter ``param`` on the command line as the
+    group of ``options`` (at its place, so in the same place in ``--help``), and calls
+    the command with ``param=build(**values of the options)``: one declaration for a set
+    of options several commands take (the store's location, a policy's settings).
+
+    Goes under ``@app.command()``: Typer reads the options from the signature made here.
+    """
+    group = list(options)
+    names = [name for name, _, _ in group]
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(command, eval_str=True)
+        params: list[inspect.Parameter] = []
+        for p in sig.parameters.values():
+            if p.name == param:
+                params += [
+                    inspect.Parameter(name, p.kind, default=default, annotation=annotation)
+                    for name, annotation, default in group
+                ]
+            else:
+                params.append(p)
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> None:
+            values = {name: kwargs.pop(name) for name in names}
+            command(*args, **{param: build(**values)}, **kwargs)
+
+        run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+        return run
+
+    return decorate
+
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

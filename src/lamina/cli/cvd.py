@@ -8,12 +8,27 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import CvdArg, DeviceArg, JsonOpt, SameOwnerOpt, SpecialFilesOpt
+from lamina.cli.common import (
+    CvdArg,
+    DeviceArg,
+    JsonOpt,
+    SameOwnerOpt,
+    SpecialFilesOpt,
+    emit,
+    emit_rows,
+)
 from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
 from lamina.cli.output import age, emit_json, human_bytes, print_table
 from lamina.cli.progress import byte_progress, exit_with_warnings
 from lamina.tree.restore import restore_tree
 from lamina.tree.sources import BatchedBlobs, http_blobs
+
+#: The snapshot a command reads (``latest`` when not given).
+SnapshotOpt = Annotated[str, typer.Option(help="Snapshot id or 'latest'.")]
+#: ``--dry-run`` of the commands that validate before they queue a task.
+ValidateOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Validate and report; change nothing.")
+]
 
 app = typer.Typer(help="CVDs: the central copy of each endpoint.", no_args_is_help=True)
 
@@ -28,8 +43,8 @@ def remote_blobs(api: Api) -> BatchedBlobs:
     return http_blobs(post)
 
 
-def _print_cvd(c: dict[str, Any]) -> None:
-    typer.echo(
+def _cvd_line(c: dict[str, Any]) -> str:
+    return (
         f"{c['id']}  {c['name']:<24} {c['state']:<9} policy {c['policy']} v{c['policy_version']}"
         f"{' reference' if c['reference'] else ''}  {c['snapshots']} snapshots  last sync {c['last_sync'] or 'never'}"
     )
@@ -49,10 +64,7 @@ def centralize(
     doc = Api.from_login().post(
         f"/devices/{device}/centralize", {"policy": policy, "reference": reference, "name": name}
     )
-    if as_json:
-        emit_json(doc)
-    else:
-        _print_cvd(doc)
+    emit(doc, as_json, _cvd_line(doc))
 
 
 @app.command("list")
@@ -118,61 +130,52 @@ def show(
 ) -> None:
     """Show a CVD, with the progress of a running upload."""
     doc = Api.from_login().get(f"/cvds/{cvd}")
-    if as_json:
-        emit_json(doc)
-        return
-    _print_cvd(doc)
-    if doc["progress"]:
-        typer.echo(f"  progress: {progress_text(doc['progress'])}")
+    progress = f"\n  progress: {progress_text(doc['progress'])}" if doc["progress"] else ""
+    emit(doc, as_json, _cvd_line(doc) + progress)
 
 
 @app.command()
 def layers(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """The layers a CVD is assigned, and the ones its endpoint runs."""
     doc = Api.from_login().get(f"/cvds/{cvd}/layers")
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(
-            f"assigned: {' + '.join(doc['assigned']) or '-'}\nrunning:  {' + '.join(doc['running']) or '-'}"
-        )
+    emit(
+        doc,
+        as_json,
+        f"assigned: {' + '.join(doc['assigned']) or '-'}\n"
+        f"running:  {' + '.join(doc['running']) or '-'}",
+    )
 
 
 @app.command()
 def snapshots(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """A CVD's snapshots, oldest first."""
-    rows = Api.from_login().get(f"/cvds/{cvd}/snapshots")
-    if as_json:
-        emit_json(rows)
-        return
-    for s in rows:
-        typer.echo(f"{s['id'][:12]}  {s['time']}  {s['files']:>8} files  {human_bytes(s['bytes'])}")
+    emit_rows(
+        Api.from_login().get(f"/cvds/{cvd}/snapshots"),
+        as_json,
+        lambda s: f"{s['id'][:12]}  {s['time']}  {s['files']:>8} files  {human_bytes(s['bytes'])}",
+    )
 
 
 @app.command()
 def ls(
     cvd: CvdArg,
-    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
+    snapshot: SnapshotOpt = "latest",
     path: Annotated[str, typer.Argument(help="Folder inside the snapshot.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Browse a folder of a snapshot (read-only)."""
-    rows = Api.from_login().get(f"/cvds/{cvd}/snapshots/{snapshot}/browse", params={"path": path})
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        typer.echo(f"{r['type']:<8} {oct(r['mode']):>7} {r['size']:>12}  {r['name']}")
+    emit_rows(
+        Api.from_login().get(f"/cvds/{cvd}/snapshots/{snapshot}/browse", params={"path": path}),
+        as_json,
+        lambda r: f"{r['type']:<8} {oct(r['mode']):>7} {r['size']:>12}  {r['name']}",
+    )
 
 
 @app.command()
 def sync(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """Ask the CVD's agent to upload now (a task; see `lamina task watch`)."""
     t = Api.from_login().post(f"/cvds/{cvd}/sync")
-    if as_json:
-        emit_json(t)
-    else:
-        typer.echo(f"task {t['id']}: sync queued for the agent")
+    emit(t, as_json, f"task {t['id']}: sync queued for the agent")
 
 
 @app.command()
@@ -212,10 +215,7 @@ def restore(
             f"/cvds/{cvd}/restore",
             {"snapshot": snapshot, "paths": path or [], "overwrite": overwrite},
         )
-        if as_json:
-            emit_json(t)
-        else:
-            typer.echo(f"task {t['id']}: restore queued for the agent")
+        emit(t, as_json, f"task {t['id']}: restore queued for the agent")
         return
     assert output is not None
     # Needs "data.read"; the server writes the download to its audit log.
@@ -249,7 +249,7 @@ def restore(
 @app.command()
 def revert(
     cvd: CvdArg,
-    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")],
+    snapshot: SnapshotOpt,
     system_only: Annotated[
         bool,
         typer.Option(
@@ -287,27 +287,25 @@ def revert(
 def archive(cvd: CvdArg, as_json: JsonOpt = False) -> None:
     """Detach the device and keep the CVD read-only with its snapshots."""
     doc = Api.from_login().post(f"/cvds/{cvd}/archive")
-    if as_json:
-        emit_json(doc)
-    else:
-        _print_cvd(doc)
+    emit(doc, as_json, _cvd_line(doc))
 
 
-def _print_migration(r: dict[str, Any]) -> None:
+def _migration_text(r: dict[str, Any]) -> str:
     head = (
         f"{r['status']}: CVD {r['cvd']} onto {r['device']} ({r['mode']}, snapshot {r['snapshot']})"
     )
-    typer.echo(head + (f", task {r['task']}" if r.get("task") else ""))
     free = human_bytes(r["disk_free"]) if r.get("disk_free") is not None else "unknown"
-    typer.echo(f"  space needed {human_bytes(r['space_needed'])}, free {free}")
-    typer.echo(f"  kept from the new machine: {len(r['kept_from_new_machine'])} paths")
+    lines = [
+        head + (f", task {r['task']}" if r.get("task") else ""),
+        f"  space needed {human_bytes(r['space_needed'])}, free {free}",
+        f"  kept from the new machine: {len(r['kept_from_new_machine'])} paths",
+    ]
     if r.get("layers"):
-        typer.echo(f"  layers: {' + '.join(r['layers'])}")
-    for line in r.get("network") or []:
-        typer.echo(f"  network: {line}")
+        lines.append(f"  layers: {' + '.join(r['layers'])}")
+    lines += [f"  network: {line}" for line in r.get("network") or []]
     for k in ("blocking", "warnings"):
-        for line in r.get(k) or []:
-            typer.echo(f"  {k[:-1] if k.endswith('s') else k}: {line}")
+        lines += [f"  {k[:-1] if k.endswith('s') else k}: {line}" for line in r.get(k) or []]
+    return "\n".join(lines)
 
 
 @app.command()
@@ -327,10 +325,8 @@ def migrate(
     keep_name: Annotated[
         bool, typer.Option("--keep-name", help="Keep the CVD's name (the default).")
     ] = False,
-    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and report; change nothing.")
-    ] = False,
+    snapshot: SnapshotOpt = "latest",
+    dry_run: ValidateOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Migrate a CVD onto a replacement device: validate, then download, stage, reboot."""
@@ -348,30 +344,22 @@ def migrate(
             "dry_run": dry_run,
         },
     )
-    if as_json:
-        emit_json(r)
-    else:
-        _print_migration(r)
+    emit(r, as_json, _migration_text(r))
 
 
 @app.command("restore-system")
 def restore_system(
     cvd: CvdArg,
     to: Annotated[str, typer.Option("--to", help="The repaired device (enrolled again).")],
-    snapshot: Annotated[str, typer.Option(help="Snapshot id or 'latest'.")] = "latest",
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate and report; change nothing.")
-    ] = False,
+    snapshot: SnapshotOpt = "latest",
+    dry_run: ValidateOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a CVD's whole system onto its repaired machine (as `migrate --mode full`)."""
     r = Api.from_login().post(
         f"/cvds/{cvd}/restore-system", {"to": to, "snapshot": snapshot, "dry_run": dry_run}
     )
-    if as_json:
-        emit_json(r)
-    else:
-        _print_migration(r)
+    emit(r, as_json, _migration_text(r))
 
 
 @app.command()

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt
+from lamina.cli.common import JsonOpt, emit, emit_rows
 from lamina.cli.output import emit_json, human_bytes, safe
 from lamina.cli.progress import byte_progress
 from lamina.errors import UsageError
@@ -49,18 +49,19 @@ PackArg = Annotated[str, typer.Argument(help="Driver pack name or id.", show_def
 ProfileArg = Annotated[str, typer.Argument(help="Driver profile name.", show_default=False)]
 
 
-def _print_pack(doc: dict[str, Any]) -> None:
-    typer.echo(
+def _pack_text(doc: dict[str, Any]) -> str:
+    lines = [
         f"{doc['id']}  {safe(doc['name']):<24} versions {', '.join(str(v['version']) for v in doc['versions'])}"
-    )
+    ]
     for v in doc["versions"]:
         pkgs = (
             ", ".join(f"{safe(k)} {safe(str(x))}" for k, x in sorted(v["packages"].items())) or "-"
         )
-        typer.echo(
+        lines.append(
             f"    v{v['version']}  {v['created']}  {v['files']} files  {human_bytes(v['bytes'])}"
             f"  packages: {pkgs}  {safe(v['notes'])}"
         )
+    return "\n".join(lines)
 
 
 def _chunks(path: Path, advance: Any) -> Iterator[bytes]:
@@ -115,31 +116,26 @@ def import_(
 @app.command("list")
 def list_(as_json: JsonOpt = False) -> None:
     """List driver packs and their versions."""
-    rows = Api.from_login().get("/drivers")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        _print_pack(r)
+    emit_rows(Api.from_login().get("/drivers"), as_json, _pack_text)
 
 
 @app.command()
 def show(pack: PackArg, as_json: JsonOpt = False) -> None:
     """Show a driver pack: versions, packages, files."""
     doc = Api.from_login().get(f"/drivers/{pack}")
-    emit_json(doc) if as_json else _print_pack(doc)
+    emit(doc, as_json, _pack_text(doc))
 
 
 @app.command()
 def delete(pack: PackArg, as_json: JsonOpt = False) -> None:
     """Delete a driver pack (refused while a profile names it or an endpoint runs it)."""
     doc = Api.from_login().delete(f"/drivers/{pack}")
-    emit_json(doc) if as_json else typer.echo(f"driver pack {safe(doc['name'])} deleted")
+    emit(doc, as_json, f"driver pack {safe(doc['name'])} deleted")
 
 
 # --- profiles ---------------------------------------------------------------------------
-def _print_profile(p: dict[str, Any]) -> None:
-    typer.echo(
+def _profile_line(p: dict[str, Any]) -> str:
+    return (
         f"{p['id']}  {safe(p['name']):<20} packs {', '.join(safe(x) for x in p['packs'])}"
         f"  when {' and '.join(safe(m) for m in p['matches'])}"
         + (f"  on {safe(p['os_family'])}" if p["os_family"] else "")
@@ -166,7 +162,7 @@ def profile_create(
             "notes": notes,
         },
     )
-    emit_json(doc) if as_json else _print_profile(doc)
+    emit(doc, as_json, _profile_line(doc))
 
 
 @profile_app.command("update")
@@ -185,32 +181,27 @@ def profile_update(
         f"/driver-profiles/{name}",
         {"packs": pack or None, "matches": match or None, "os_family": os_family, "notes": notes},
     )
-    emit_json(doc) if as_json else _print_profile(doc)
+    emit(doc, as_json, _profile_line(doc))
 
 
 @profile_app.command("list")
 def profile_list(as_json: JsonOpt = False) -> None:
     """List driver profiles."""
-    rows = Api.from_login().get("/driver-profiles")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        _print_profile(r)
+    emit_rows(Api.from_login().get("/driver-profiles"), as_json, _profile_line)
 
 
 @profile_app.command("show")
 def profile_show(name: ProfileArg, as_json: JsonOpt = False) -> None:
     """Show a driver profile."""
     doc = Api.from_login().get(f"/driver-profiles/{name}")
-    emit_json(doc) if as_json else _print_profile(doc)
+    emit(doc, as_json, _profile_line(doc))
 
 
 @profile_app.command("delete")
 def profile_delete(name: ProfileArg, as_json: JsonOpt = False) -> None:
     """Delete a driver profile."""
     doc = Api.from_login().delete(f"/driver-profiles/{name}")
-    emit_json(doc) if as_json else typer.echo(f"driver profile {safe(doc['name'])} deleted")
+    emit(doc, as_json, f"driver profile {safe(doc['name'])} deleted")
 
 
 @profile_app.command("test")

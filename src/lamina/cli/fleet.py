@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import DeviceArg, JsonOpt, parse_duration
+from lamina.cli.common import DeviceArg, JsonOpt, emit, emit_rows, option_group, parse_duration
 from lamina.cli.output import age, emit_json, human_bytes, print_table, safe
 from lamina.cli.progress import err_console
 from lamina.errors import LaminaError, UsageError
@@ -48,10 +48,7 @@ def token_create(
             "uses": uses,
         },
     )
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(doc["token"])
+    emit(doc, as_json, doc["token"])
 
 
 @token_app.command("api")
@@ -64,26 +61,22 @@ def token_api(
     doc = Api.from_login().post(
         "/auth/tokens", {"name": name, "expires_in": parse_duration(expires)}
     )
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(doc["token"])
+    emit(doc, as_json, doc["token"])
+
+
+def _token_line(r: dict[str, Any]) -> str:
+    uses = f"{r['uses']}/{r['max_uses']}" if r["max_uses"] is not None else "-"
+    return (
+        f"{r['id']}  {r['kind']:<10} {r['owner']:<16} {r['created'][:19]}  "
+        f"expires {(r['expires'] or '-')[:19]:<19}  used {(r['last_used'] or '-')[:19]:<19}  "
+        f"uses {uses:<7} {r['state']}{' (this session)' if r['current'] else ''}"
+    )
 
 
 @token_app.command("list")
 def token_list(as_json: JsonOpt = False) -> None:
     """List sessions, API tokens and enrollment tokens: kind, owner, dates, uses, state."""
-    rows = Api.from_login().get("/tokens")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        uses = f"{r['uses']}/{r['max_uses']}" if r["max_uses"] is not None else "-"
-        typer.echo(
-            f"{r['id']}  {r['kind']:<10} {r['owner']:<16} {r['created'][:19]}  "
-            f"expires {(r['expires'] or '-')[:19]:<19}  used {(r['last_used'] or '-')[:19]:<19}  "
-            f"uses {uses:<7} {r['state']}{' (this session)' if r['current'] else ''}"
-        )
+    emit_rows(Api.from_login().get("/tokens"), as_json, _token_line)
 
 
 @token_app.command("revoke")
@@ -93,10 +86,7 @@ def token_revoke(
 ) -> None:
     """Revoke a session, API token or enrollment token by id: it stops working at once."""
     doc = Api.from_login().delete(f"/tokens/{token_id}")
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(f"{doc['kind']} token {doc['id']} of {doc['owner']} revoked")
+    emit(doc, as_json, f"{doc['kind']} token {doc['id']} of {doc['owner']} revoked")
 
 
 #: The health states the console's dashboard counts (``services/dashboard.py``).
@@ -212,20 +202,14 @@ def device_show(device: DeviceArg, as_json: JsonOpt = False) -> None:
 def device_reject(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Reject a pending device: its credential stops working."""
     doc = Api.from_login().post(f"/devices/{device}/reject")
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(f"device {doc['hostname']} rejected")
+    emit(doc, as_json, f"device {doc['hostname']} rejected")
 
 
 @device_app.command("revoke")
 def device_revoke(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Revoke a device's credential: every call it makes is refused from now on."""
     doc = Api.from_login().post(f"/devices/{device}/revoke")
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(f"device {doc['hostname']} revoked")
+    emit(doc, as_json, f"device {doc['hostname']} revoked")
 
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)$", re.IGNORECASE)
@@ -236,19 +220,6 @@ def parse_rate(text: str) -> int:
     if not m:
         raise UsageError(f"invalid rate {text!r}: bytes per second, e.g. 500K, 10M")
     return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
-
-
-def _settings(base: dict[str, Any], **opts: Any) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in opts.items():
-        if v is None or v == []:
-            continue
-        if k == "interval":
-            v = parse_duration(v)
-        if k == "bandwidth_limit":
-            v = parse_rate(v)
-        out[k] = v
-    return out
 
 
 IntervalOpt = Annotated[str | None, typer.Option(help="Upload interval, e.g. 1h.")]
@@ -278,12 +249,63 @@ BandwidthOpt = Annotated[
 ]
 
 
+def _given_settings(
+    interval: str | None,
+    keep_last: int | None,
+    keep_hourly: int | None,
+    keep_daily: int | None,
+    keep_weekly: int | None,
+    keep_monthly: int | None,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    exception: list[str] | None,
+    klass: list[str] | None,
+    bandwidth: str | None,
+) -> dict[str, Any]:
+    """The policy settings given on the command line (the others are left out)."""
+    given = {
+        "interval": parse_duration(interval) if interval is not None else None,
+        "keep_last": keep_last,
+        "keep_hourly": keep_hourly,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "include": include,
+        "exclude": exclude,
+        "exceptions": exception,
+        "classes": klass,
+        "bandwidth_limit": parse_rate(bandwidth) if bandwidth is not None else None,
+    }
+    return {k: v for k, v in given.items() if v is not None and v != []}
+
+
+#: The policy settings' options, given to a command as ``settings`` (:func:`_given_settings`).
+settings_options = option_group(
+    "settings",
+    [
+        ("interval", IntervalOpt, None),
+        ("keep_last", KeepLastOpt, None),
+        ("keep_hourly", KeepHourlyOpt, None),
+        ("keep_daily", KeepDailyOpt, None),
+        ("keep_weekly", KeepWeeklyOpt, None),
+        ("keep_monthly", KeepMonthlyOpt, None),
+        ("include", IncludeOpt, None),
+        ("exclude", ExcludeOpt, None),
+        ("exception", ExceptionOpt, None),
+        ("klass", ClassOpt, None),
+        ("bandwidth", BandwidthOpt, None),
+    ],
+    _given_settings,
+)
+
+
 def _print_policy(doc: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        emit_json(doc)
-        return
+    emit(doc, as_json, _policy_line(doc))
+
+
+def _policy_line(doc: dict[str, Any]) -> str:
     s = doc["settings"]
-    typer.echo(
+    return (
         f"policy {doc['name']} v{doc['version']} ({doc['cvds']} CVDs): every {s['interval']}s; keep last "
         f"{s['keep_last']}, {s['keep_hourly']}h/{s['keep_daily']}d/{s['keep_weekly']}w/{s['keep_monthly']}m; "
         f"classes {','.join(s['classes'])}"
@@ -291,86 +313,35 @@ def _print_policy(doc: dict[str, Any], as_json: bool) -> None:
 
 
 @policy_app.command("create")
+@settings_options
 def policy_create(
     name: Annotated[str, typer.Argument(help="Policy name.")],
-    interval: IntervalOpt = None,
-    keep_last: KeepLastOpt = None,
-    keep_hourly: KeepHourlyOpt = None,
-    keep_daily: KeepDailyOpt = None,
-    keep_weekly: KeepWeeklyOpt = None,
-    keep_monthly: KeepMonthlyOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    exception: ExceptionOpt = None,
-    klass: ClassOpt = None,
-    bandwidth: BandwidthOpt = None,
+    settings: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Create a CVD policy (defaults: hourly uploads, keep 24h/7d/4w/12m)."""
-    settings = _settings(
-        {},
-        interval=interval,
-        keep_last=keep_last,
-        keep_hourly=keep_hourly,
-        keep_daily=keep_daily,
-        keep_weekly=keep_weekly,
-        keep_monthly=keep_monthly,
-        include=include,
-        exclude=exclude,
-        exceptions=exception,
-        classes=klass,
-        bandwidth_limit=bandwidth,
-    )
     doc = Api.from_login().post("/policies", {"name": name, "settings": settings})
     _print_policy(doc, as_json)
 
 
 @policy_app.command("update")
+@settings_options
 def policy_update(
     name: Annotated[str, typer.Argument(help="Policy name or id.")],
-    interval: IntervalOpt = None,
-    keep_last: KeepLastOpt = None,
-    keep_hourly: KeepHourlyOpt = None,
-    keep_daily: KeepDailyOpt = None,
-    keep_weekly: KeepWeeklyOpt = None,
-    keep_monthly: KeepMonthlyOpt = None,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    exception: ExceptionOpt = None,
-    klass: ClassOpt = None,
-    bandwidth: BandwidthOpt = None,
+    settings: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Change a policy; every CVD using it moves to the new version."""
     api = Api.from_login()
     current = api.get(f"/policies/{name}")
-    settings = _settings(
-        current["settings"],
-        interval=interval,
-        keep_last=keep_last,
-        keep_hourly=keep_hourly,
-        keep_daily=keep_daily,
-        keep_weekly=keep_weekly,
-        keep_monthly=keep_monthly,
-        include=include,
-        exclude=exclude,
-        exceptions=exception,
-        classes=klass,
-        bandwidth_limit=bandwidth,
-    )
-    doc = api.put(f"/policies/{name}", {"settings": settings})
+    doc = api.put(f"/policies/{name}", {"settings": {**current["settings"], **settings}})
     _print_policy(doc, as_json)
 
 
 @policy_app.command("list")
 def policy_list(as_json: JsonOpt = False) -> None:
     """List policies."""
-    rows = Api.from_login().get("/policies")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        _print_policy(r, False)
+    emit_rows(Api.from_login().get("/policies"), as_json, _policy_line)
 
 
 @policy_app.command("show")
@@ -381,8 +352,8 @@ def policy_show(
     _print_policy(Api.from_login().get(f"/policies/{name}"), as_json)
 
 
-def _print_task(t: dict[str, Any]) -> None:
-    typer.echo(f"{t['id']}  {t['kind']:<8} {t['state']:<8} {t['progress']:>3}%  {t['message']}")
+def _task_text(t: dict[str, Any]) -> str:
+    return f"{t['id']}  {t['kind']:<8} {t['state']:<8} {t['progress']:>3}%  {t['message']}"
 
 
 @task_app.command("list")
@@ -395,11 +366,7 @@ def task_list(
     rows = Api.from_login().get(
         "/tasks", params={k: v for k, v in {"state": state, "cvd": cvd}.items() if v}
     )
-    if as_json:
-        emit_json(rows)
-        return
-    for t in rows:
-        _print_task(t)
+    emit_rows(rows, as_json, _task_text)
 
 
 TaskIdArg = Annotated[str, typer.Argument(help="Task id, or a unique prefix of one.")]
@@ -409,20 +376,14 @@ TaskIdArg = Annotated[str, typer.Argument(help="Task id, or a unique prefix of o
 def task_show(task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
     """Show a task."""
     t = Api.from_login().get(f"/tasks/{task_id}")
-    if as_json:
-        emit_json(t)
-    else:
-        _print_task(t)
+    emit(t, as_json, _task_text(t))
 
 
 @task_app.command("cancel")
 def task_cancel(task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
     """Cancel a queued task, or a staged one before a boot applies it."""
     t = Api.from_login().post(f"/tasks/{task_id}/cancel", {})
-    if as_json:
-        emit_json(t)
-    else:
-        _print_task(t)
+    emit(t, as_json, _task_text(t))
 
 
 def task_line(t: dict[str, Any]) -> str:
@@ -462,9 +423,6 @@ def task_watch(
         time.sleep(interval)
     if terminal:
         err_console.print()
-    if as_json:
-        emit_json(t)
-    else:
-        _print_task(t)
+    emit(t, as_json, _task_text(t))
     if t["state"] == "failed":
         raise LaminaError(f"task {t['id']} failed: {t['message']}")

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, parse_duration
+from lamina.cli.common import JsonOpt, emit, emit_rows, option_group, parse_duration
 from lamina.cli.flex_vm import read_vm
-from lamina.cli.output import emit_json, human_bytes
+from lamina.cli.output import human_bytes
 from lamina.cli.progress import byte_progress
 from lamina.errors import UsageError
 from lamina.protocol.flex import USB_CLASSES
@@ -67,11 +67,18 @@ GroupArg = Annotated[str, typer.Argument(help="Group name.", show_default=False)
 UsersArg = Annotated[list[str], typer.Argument(help="User names.", show_default=False)]
 
 
-def _show(doc: Any, as_json: bool, line: str) -> None:
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(line)
+def _list(path: str, as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
+    emit_rows(Api.from_login().get(path), as_json, line)
+
+
+def _get(path: str, as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
+    doc = Api.from_login().get(path)
+    emit(doc, as_json, line(doc))
+
+
+def _delete(path: str, said: str) -> None:
+    Api.from_login().delete(path)
+    typer.echo(said)
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -139,7 +146,7 @@ def image_register(
                 timeout=None,
             )
     last = doc["versions"][-1]
-    _show(
+    emit(
         doc,
         as_json,
         f"image {doc['name']} version {last['version']}: {human_bytes(last['size'])},"
@@ -147,40 +154,43 @@ def image_register(
     )
 
 
+def _image_line(r: dict[str, Any]) -> str:
+    vs = r["versions"]
+    last = vs[-1] if vs else None
+    desc = f"v{last['version']} {human_bytes(last['size'])} {last['firmware']}" if last else "-"
+    return f"{r['id']}  {r['name']:<24} {len(vs)} versions, latest {desc}"
+
+
+def _image_lines(doc: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"{doc['name']} ({doc['id']})",
+            *(
+                f"  v{v['version']}  {human_bytes(v['size'])}  {v['memory_mib']} MiB"
+                f"  {v['cpus']} cpus  {v['firmware']}  {v['pieces']} pieces"
+                f"  {str(v['created'])[:19]}"
+                for v in doc["versions"]
+            ),
+        ]
+    )
+
+
 @image_app.command("list")
 def image_list(as_json: JsonOpt = False) -> None:
     """List flex images and their versions."""
-    rows = Api.from_login().get("/flex/images")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        vs = r["versions"]
-        last = vs[-1] if vs else None
-        desc = f"v{last['version']} {human_bytes(last['size'])} {last['firmware']}" if last else "-"
-        typer.echo(f"{r['id']}  {r['name']:<24} {len(vs)} versions, latest {desc}")
+    _list("/flex/images", as_json, _image_line)
 
 
 @image_app.command("show")
 def image_show(name: ImageArg, as_json: JsonOpt = False) -> None:
     """Show an image's versions."""
-    doc = Api.from_login().get(f"/flex/images/{name}")
-    if as_json:
-        emit_json(doc)
-        return
-    typer.echo(f"{doc['name']} ({doc['id']})")
-    for v in doc["versions"]:
-        typer.echo(
-            f"  v{v['version']}  {human_bytes(v['size'])}  {v['memory_mib']} MiB  {v['cpus']} cpus"
-            f"  {v['firmware']}  {v['pieces']} pieces  {str(v['created'])[:19]}"
-        )
+    _get(f"/flex/images/{name}", as_json, _image_lines)
 
 
 @image_app.command("delete")
 def image_delete(name: ImageArg) -> None:
     """Delete an image that no entitlement names (its data goes at the next gc)."""
-    Api.from_login().delete(f"/flex/images/{name}")
-    typer.echo(f"image {name} deleted")
+    _delete(f"/flex/images/{name}", f"image {name} deleted")
 
 
 # --- policies -------------------------------------------------------------------------------------
@@ -231,7 +241,8 @@ LeaseOpt = Annotated[
 ]
 
 
-def _restrictions(
+def _limits(
+    lease: str | None,
     clipboard: str | None,
     drag_drop: str | None,
     usb: str | None,
@@ -241,6 +252,8 @@ def _restrictions(
     max_password_tries: int | None,
     lockout: str | None,
 ) -> dict[str, Any]:
+    """The part of a policy's body that ``policy create`` and ``policy update`` share:
+    the restrictions given, and the lease if given."""
     r = {
         "clipboard": _on_off(clipboard, "clipboard"),
         "drag_drop": _on_off(drag_drop, "drag-drop"),
@@ -251,7 +264,37 @@ def _restrictions(
         "max_password_tries": max_password_tries,
         "lockout_seconds": parse_duration(lockout) if lockout else None,
     }
-    return {k: v for k, v in r.items() if v is not None}
+    body: dict[str, Any] = {"restrictions": {k: v for k, v in r.items() if v is not None}}
+    if lease:
+        body["lease_seconds"] = parse_duration(lease)
+    return body
+
+
+#: ``--lease`` and the restriction options, given to a command as ``limits`` (:func:`_limits`).
+limit_options = option_group(
+    "limits",
+    [
+        ("lease", LeaseOpt, None),
+        ("clipboard", Clipboard, None),
+        ("drag_drop", DragDrop, None),
+        ("usb", Usb, None),
+        ("shared_folder", Shared, None),
+        ("network", Network, None),
+        ("message", Message, None),
+        ("max_password_tries", Tries, None),
+        ("lockout", Lockout, None),
+    ],
+    _limits,
+)
+
+
+def _expiry(expires: str | None, valid_for: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if expires:
+        body["expires_at"] = _date(expires)
+    if valid_for:
+        body["valid_for"] = parse_duration(valid_for)
+    return body
 
 
 def _policy_line(p: dict[str, Any]) -> str:
@@ -268,95 +311,54 @@ def _policy_line(p: dict[str, Any]) -> str:
 
 
 @policy_app.command("create")
+@limit_options
 def policy_create(
     name: PolicyArg,
     expires: Expires = None,
     valid_for: ValidFor = None,
-    lease: LeaseOpt = None,
-    clipboard: Clipboard = None,
-    drag_drop: DragDrop = None,
-    usb: Usb = None,
-    shared_folder: Shared = None,
-    network: Network = None,
-    message: Message = None,
-    max_password_tries: Tries = None,
-    lockout: Lockout = None,
+    *,
+    limits: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Create a restriction policy."""
-    body: dict[str, Any] = {
-        "name": name,
-        "restrictions": _restrictions(
-            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries, lockout
-        ),
-    }
-    if expires:
-        body["expires_at"] = _date(expires)
-    if valid_for:
-        body["valid_for"] = parse_duration(valid_for)
-    if lease:
-        body["lease_seconds"] = parse_duration(lease)
+    body = {"name": name, **limits, **_expiry(expires, valid_for)}
     doc = Api.from_login().post("/flex/policies", body)
-    _show(doc, as_json, _policy_line(doc))
+    emit(doc, as_json, _policy_line(doc))
 
 
 @policy_app.command("update")
+@limit_options
 def policy_update(
     name: PolicyArg,
     expires: Expires = None,
     valid_for: ValidFor = None,
     no_expiry: Annotated[bool, typer.Option("--no-expiry", help="Remove the expiry.")] = False,
-    lease: LeaseOpt = None,
-    clipboard: Clipboard = None,
-    drag_drop: DragDrop = None,
-    usb: Usb = None,
-    shared_folder: Shared = None,
-    network: Network = None,
-    message: Message = None,
-    max_password_tries: Tries = None,
-    lockout: Lockout = None,
+    *,
+    limits: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Change a policy: every instance using it gets the change at its next check-in."""
-    body: dict[str, Any] = {
-        "restrictions": _restrictions(
-            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries, lockout
-        ),
-        "no_expiry": no_expiry,
-    }
-    if expires:
-        body["expires_at"] = _date(expires)
-    if valid_for:
-        body["valid_for"] = parse_duration(valid_for)
-    if lease:
-        body["lease_seconds"] = parse_duration(lease)
+    body = {**limits, "no_expiry": no_expiry, **_expiry(expires, valid_for)}
     doc = Api.from_login().put(f"/flex/policies/{name}", body)
-    _show(doc, as_json, _policy_line(doc))
+    emit(doc, as_json, _policy_line(doc))
 
 
 @policy_app.command("list")
 def policy_list(as_json: JsonOpt = False) -> None:
     """List restriction policies."""
-    rows = Api.from_login().get("/flex/policies")
-    if as_json:
-        emit_json(rows)
-        return
-    for p in rows:
-        typer.echo(_policy_line(p))
+    _list("/flex/policies", as_json, _policy_line)
 
 
 @policy_app.command("show")
 def policy_show(name: PolicyArg, as_json: JsonOpt = False) -> None:
     """Show a restriction policy."""
-    doc = Api.from_login().get(f"/flex/policies/{name}")
-    _show(doc, as_json, _policy_line(doc))
+    _get(f"/flex/policies/{name}", as_json, _policy_line)
 
 
 @policy_app.command("delete")
 def policy_delete(name: PolicyArg) -> None:
     """Delete a policy no entitlement or instance uses."""
-    Api.from_login().delete(f"/flex/policies/{name}")
-    typer.echo(f"flex policy {name} deleted")
+    _delete(f"/flex/policies/{name}", f"flex policy {name} deleted")
 
 
 # --- entitlements ---------------------------------------------------------------------------------
@@ -401,25 +403,19 @@ def entitle(
             "apps": app_ or [],
         },
     )
-    _show(doc, as_json, _ent_line(doc))
+    emit(doc, as_json, _ent_line(doc))
 
 
 @entitlement_app.command("list")
 def entitlement_list(as_json: JsonOpt = False) -> None:
     """List entitlements."""
-    rows = Api.from_login().get("/flex/entitlements")
-    if as_json:
-        emit_json(rows)
-        return
-    for e in rows:
-        typer.echo(_ent_line(e))
+    _list("/flex/entitlements", as_json, _ent_line)
 
 
 @entitlement_app.command("show")
 def entitlement_show(name: EntitlementArg, as_json: JsonOpt = False) -> None:
     """Show an entitlement."""
-    doc = Api.from_login().get(f"/flex/entitlements/{name}")
-    _show(doc, as_json, _ent_line(doc))
+    _get(f"/flex/entitlements/{name}", as_json, _ent_line)
 
 
 @entitlement_app.command("update")
@@ -440,14 +436,13 @@ def entitlement_update(
         f"/flex/entitlements/{name}",
         {"image": image, "policy": policy, "users": user, "groups": group},
     )
-    _show(doc, as_json, _ent_line(doc))
+    emit(doc, as_json, _ent_line(doc))
 
 
 @entitlement_app.command("delete")
 def entitlement_delete(name: EntitlementArg) -> None:
     """Delete an entitlement whose instances are all revoked."""
-    Api.from_login().delete(f"/flex/entitlements/{name}")
-    typer.echo(f"entitlement {name} deleted")
+    _delete(f"/flex/entitlements/{name}", f"entitlement {name} deleted")
 
 
 # --- instances ------------------------------------------------------------------------------------
@@ -462,19 +457,13 @@ def _inst_line(r: dict[str, Any]) -> str:
 @instance_app.command("list")
 def instance_list(as_json: JsonOpt = False) -> None:
     """List instances: user, entitlement, image, policy, state, last check-in, client."""
-    rows = Api.from_login().get("/flex/instances")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        typer.echo(_inst_line(r))
+    _list("/flex/instances", as_json, _inst_line)
 
 
 @instance_app.command("show")
 def instance_show(instance: InstanceArg, as_json: JsonOpt = False) -> None:
     """Show an instance."""
-    doc = Api.from_login().get(f"/flex/instances/{instance}")
-    _show(doc, as_json, _inst_line(doc))
+    _get(f"/flex/instances/{instance}", as_json, _inst_line)
 
 
 InstMessage = Annotated[str, typer.Option(help="Shown to the user.")]
@@ -486,14 +475,14 @@ def instance_lock(
 ) -> None:
     """Lock an instance: it refuses to start after its next check-in."""
     doc = Api.from_login().post(f"/flex/instances/{instance}/lock", {"message": message})
-    _show(doc, as_json, _inst_line(doc))
+    emit(doc, as_json, _inst_line(doc))
 
 
 @instance_app.command("unlock")
 def instance_unlock(instance: InstanceArg, as_json: JsonOpt = False) -> None:
     """Unlock a locked instance."""
     doc = Api.from_login().post(f"/flex/instances/{instance}/unlock", {"message": ""})
-    _show(doc, as_json, _inst_line(doc))
+    emit(doc, as_json, _inst_line(doc))
 
 
 @instance_app.command("revoke")
@@ -502,7 +491,7 @@ def instance_revoke(
 ) -> None:
     """Revoke an instance: at its next check-in the laptop deletes its key and disk."""
     doc = Api.from_login().post(f"/flex/instances/{instance}/revoke", {"message": message})
-    _show(doc, as_json, _inst_line(doc))
+    emit(doc, as_json, _inst_line(doc))
 
 
 @instance_app.command("set-policy")
@@ -518,7 +507,7 @@ def instance_set_policy(
     if (policy is None) == (not clear):
         raise UsageError("give a POLICY or --clear")
     doc = Api.from_login().put(f"/flex/instances/{instance}/policy", {"policy": policy})
-    _show(doc, as_json, _inst_line(doc))
+    emit(doc, as_json, _inst_line(doc))
 
 
 # --- groups ----------------------------------------------------------------------------------------
@@ -534,43 +523,36 @@ def group_create(
 ) -> None:
     """Create a group of users."""
     doc = Api.from_login().post("/groups", {"name": name, "members": member or []})
-    _show(doc, as_json, _group_line(doc))
+    emit(doc, as_json, _group_line(doc))
 
 
 @group_app.command("list")
 def group_list(as_json: JsonOpt = False) -> None:
     """List groups and their members."""
-    rows = Api.from_login().get("/groups")
-    if as_json:
-        emit_json(rows)
-        return
-    for g in rows:
-        typer.echo(_group_line(g))
+    _list("/groups", as_json, _group_line)
 
 
 @group_app.command("show")
 def group_show(name: GroupArg, as_json: JsonOpt = False) -> None:
     """Show a group."""
-    doc = Api.from_login().get(f"/groups/{name}")
-    _show(doc, as_json, _group_line(doc))
+    _get(f"/groups/{name}", as_json, _group_line)
 
 
 @group_app.command("add")
 def group_add(name: GroupArg, users: UsersArg, as_json: JsonOpt = False) -> None:
     """Add users to a group."""
     doc = Api.from_login().post(f"/groups/{name}/members", {"members": users})
-    _show(doc, as_json, _group_line(doc))
+    emit(doc, as_json, _group_line(doc))
 
 
 @group_app.command("remove")
 def group_remove(name: GroupArg, users: UsersArg, as_json: JsonOpt = False) -> None:
     """Remove users from a group."""
     doc = Api.from_login().post(f"/groups/{name}/members/remove", {"members": users})
-    _show(doc, as_json, _group_line(doc))
+    emit(doc, as_json, _group_line(doc))
 
 
 @group_app.command("delete")
 def group_delete(name: GroupArg) -> None:
     """Delete a group (its entitlements stop reaching its members)."""
-    Api.from_login().delete(f"/groups/{name}")
-    typer.echo(f"group {name} deleted")
+    _delete(f"/groups/{name}", f"group {name} deleted")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import CvdArg, DeviceArg, JsonOpt
+from lamina.cli.common import CvdArg, DeviceArg, JsonOpt, emit, emit_rows, option_group
 from lamina.cli.output import emit_json, human_bytes, safe
 from lamina.errors import ConflictError
 
@@ -23,70 +23,75 @@ UpdateOpt = Annotated[str | None, typer.Option("--update", help="Add a new versi
 NotesOpt = Annotated[str, typer.Option(help="Notes kept with the version.")]
 
 
-def _print_layer(doc: dict[str, Any]) -> None:
+def _version(name: str | None, update: str | None, notes: str) -> dict[str, Any]:
+    return {"name": name, "update": update, "notes": notes}
+
+
+#: Which layer a capture makes a version of, and its notes: given as ``version``.
+version_options = option_group(
+    "version",
+    [("name", NameOpt, None), ("update", UpdateOpt, None), ("notes", NotesOpt, "")],
+    _version,
+)
+
+
+def _layer_text(doc: dict[str, Any]) -> str:
     vs = doc["versions"]
-    typer.echo(
+    lines = [
         f"{doc['id']}  {doc['name']:<20} {doc['kind']:<4}  versions {', '.join(str(v['version']) for v in vs)}"
-    )
+    ]
     for v in vs:
         apps = v["apps"] or {}
-        typer.echo(
+        lines.append(
             f"    v{v['version']}  {v['created']}  {v['files']} files  {human_bytes(v['bytes'])}"
             f"  {len(v['whiteouts'])} whiteouts  packages: {', '.join(sorted(apps.get('packages', {}))) or '-'}"
         )
+    return "\n".join(lines)
 
 
 @app.command()
+@version_options
 def capture(
     cvd: Annotated[str, typer.Argument(help="Reference CVD (or its device).")],
-    name: NameOpt = None,
-    update: UpdateOpt = None,
-    notes: NotesOpt = "",
+    version: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Capture a base layer from a reference CVD's latest snapshot (system + applications)."""
-    doc = Api.from_login().post(
-        "/layers/capture", {"cvd": cvd, "name": name, "update": update, "notes": notes}
-    )
-    emit_json(doc) if as_json else _print_layer(doc)
+    doc = Api.from_login().post("/layers/capture", {"cvd": cvd, **version})
+    emit(doc, as_json, _layer_text(doc))
 
 
 @record_app.command("start")
 def record_start(device: DeviceArg, as_json: JsonOpt = False) -> None:
     """Snapshot the reference endpoint and start recording what an install changes."""
     doc = Api.from_login().post("/layers/record/start", {"device": device})
-    emit_json(doc) if as_json else typer.echo(
-        f"recording on {doc['cvd']}: the agent takes the first snapshot (task {doc['task']})"
+    emit(
+        doc,
+        as_json,
+        f"recording on {doc['cvd']}: the agent takes the first snapshot (task {doc['task']})",
     )
 
 
 @record_app.command("finalize")
+@version_options
 def record_finalize(
     device: DeviceArg,
-    name: NameOpt = None,
-    update: UpdateOpt = None,
-    notes: NotesOpt = "",
+    version: dict[str, Any],
     as_json: JsonOpt = False,
 ) -> None:
     """Snapshot again and capture the difference as an app layer version."""
-    doc = Api.from_login().post(
-        "/layers/record/finalize",
-        {"device": device, "name": name, "update": update, "notes": notes},
-    )
-    emit_json(doc) if as_json else typer.echo(
-        f"finalizing on {doc['cvd']}: the layer is captured at the agent's next snapshot (task {doc['task']})"
+    doc = Api.from_login().post("/layers/record/finalize", {"device": device, **version})
+    emit(
+        doc,
+        as_json,
+        f"finalizing on {doc['cvd']}: the layer is captured at the agent's next snapshot (task {doc['task']})",
     )
 
 
 @app.command("list")
 def list_(as_json: JsonOpt = False) -> None:
     """List layers and their versions."""
-    rows = Api.from_login().get("/layers")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        _print_layer(r)
+    emit_rows(Api.from_login().get("/layers"), as_json, _layer_text)
 
 
 @app.command()
@@ -95,24 +100,25 @@ def show(
 ) -> None:
     """Show a layer: versions, applications, whiteouts."""
     doc = Api.from_login().get(f"/layers/{layer}")
-    emit_json(doc) if as_json else _print_layer(doc)
+    emit(doc, as_json, _layer_text(doc))
 
 
-def _print_plan(p: dict[str, Any]) -> None:
-    typer.echo(
+def _plan_text(p: dict[str, Any]) -> str:
+    lines = [
         f"{p['cvd']}: {p['status']} {' + '.join(p['layers'])}: "
         + ", ".join(f"{n} {a}" for a, n in sorted(p["counts"].items()))
         + f"; download {human_bytes(p['download_bytes'])}, staging space {human_bytes(p['space_needed'])}"
-    )
+    ]
     if p.get("packs"):
-        typer.echo(f"  driver packs: {', '.join(safe(x) for x in p['packs'])}")
-    for w in p.get("warnings") or []:
-        typer.echo(f"  warning: {safe(w)}")
-    for r in p["refused"]:
-        typer.echo(f"  refused: {r}")
-    for it in p["items"]:
-        if it["action"] not in ("added", "updated", "removed"):
-            typer.echo(f"  {it['action']:<15} {it['path']}  {it['detail']}")
+        lines.append(f"  driver packs: {', '.join(safe(x) for x in p['packs'])}")
+    lines += [f"  warning: {safe(w)}" for w in p.get("warnings") or []]
+    lines += [f"  refused: {r}" for r in p["refused"]]
+    lines += [
+        f"  {it['action']:<15} {it['path']}  {it['detail']}"
+        for it in p["items"]
+        if it["action"] not in ("added", "updated", "removed")
+    ]
+    return "\n".join(lines)
 
 
 @app.command()
@@ -142,11 +148,7 @@ def assign(
             "dry_run": dry_run,
         },
     )
-    if as_json:
-        emit_json(plans)
-    else:
-        for p in plans:
-            _print_plan(p)
+    emit_rows(plans, as_json, _plan_text)
     refused = [p["cvd"] for p in plans if p["status"] == "refused"]
     if refused:
         raise ConflictError(f"assignment refused for {', '.join(refused)} (see the report)")
@@ -193,4 +195,4 @@ def enforce(
 ) -> None:
     """Bring an endpoint back to its assigned layers."""
     p = Api.from_login().post(f"/cvds/{cvd}/enforce", params={"remove_user_apps": remove_user_apps})
-    emit_json(p) if as_json else _print_plan(p)
+    emit(p, as_json, _plan_text(p))

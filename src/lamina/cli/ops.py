@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt
+from lamina.cli.common import JsonOpt, emit
 from lamina.cli.output import age, emit_json, human_bytes, print_table
 
 event_app = typer.Typer(
@@ -94,7 +94,4 @@ def event_ack(
 ) -> None:
     """Acknowledge an event: it stops counting on the dashboard and in `lamina status`."""
     doc = Api.from_login().post(f"/events/{event_id}/ack")
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(f"event {doc['id']} acknowledged by {doc['acknowledged_by']}")
+    emit(doc, as_json, f"event {doc['id']} acknowledged by {doc['acknowledged_by']}")

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt
+from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt, emit_rows
 from lamina.cli.output import emit_json, human_bytes
 from lamina.cli.progress import byte_progress, err_console, exit_with_warnings
 from lamina.cli.snapshot_list import list_snapshots
-from lamina.cli.store_options import (
-    DEFAULT_DATA,
-    DataOpt,
-    DbOpt,
-    ForceOpt,
-    KeyfileOpt,
-    StoreOpt,
-    location,
-    open_store,
-)
+from lamina.cli.store_options import ForceOpt, open_store, store_command
+from lamina.db.location import StoreLocation
 from lamina.errors import NotFoundError
 from lamina.tree.backup import backup
 from lamina.tree.diff import diff_trees
@@ -54,6 +47,7 @@ def _nothing(_rel: bytes, _is_dir: bool) -> bool:
 
 
 @app.command()
+@store_command
 def create(
     path: Annotated[Path, typer.Argument(help="The folder to back up.")],
     source: Annotated[
@@ -62,17 +56,13 @@ def create(
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Glob of paths to skip (repeatable).")
     ] = None,
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    *,
+    loc: StoreLocation,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Back up a folder into a new snapshot; unchanged files are not read again."""
-    loc = location(data, db, store, keyfile)
-    s = open_store(loc, change=True, force=force)
-    try:
+    with closing(open_store(loc, change=True, force=force)) as s:
         src = source or f"{os.uname().nodename}:{path.resolve()}"
         cache = loc.cache_dir / (
             "files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite"
@@ -98,8 +88,6 @@ def create(
                 exclude=excluded,
                 progress=advance,
             )
-    finally:
-        s.close()
     for e in result.stats.errors:
         err_console.print(f"[yellow]skipped:[/yellow] {e}")
     snap = result.snapshot
@@ -124,31 +112,28 @@ def create(
 
 
 @app.command("list")
+@store_command
 def list_(
     source: Annotated[str | None, typer.Option(help="Only snapshots of this source.")] = None,
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    *,
+    loc: StoreLocation,
     as_json: JsonOpt = False,
 ) -> None:
     """List snapshots, oldest first."""
-    list_snapshots(location(data, db, store, keyfile), source, as_json)
+    list_snapshots(loc, source, as_json)
 
 
 @app.command()
+@store_command
 def ls(
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix, or 'latest'.")],
     path: Annotated[str, typer.Argument(help="Folder inside the snapshot.")] = "",
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    *,
+    loc: StoreLocation,
     as_json: JsonOpt = False,
 ) -> None:
     """List a folder of a snapshot (read-only browsing)."""
-    s = open_store(location(data, db, store, keyfile))
-    try:
+    with closing(open_store(loc)) as s:
         snap = s.catalog.find_snapshot(snapshot)
         tree: bytes | None = snap.root
         if parts := split_path(path):
@@ -157,8 +142,6 @@ def ls(
         if tree is None:
             raise NotFoundError(f"{path} is not a folder in snapshot {snap.id[:12]}")
         entries = decode_tree(s.get(tree))
-    finally:
-        s.close()
     rows = [
         {
             "id": os.fsdecode(e.name),
@@ -173,40 +156,34 @@ def ls(
         }
         for e in entries
     ]
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        typer.echo(f"{r['type']:<8} {r['mode']:>7} {r['size']:>12}  {r['name']}")
+    emit_rows(
+        rows, as_json, lambda r: f"{r['type']:<8} {r['mode']:>7} {r['size']:>12}  {r['name']}"
+    )
 
 
 @app.command()
+@store_command
 def diff(
     old: Annotated[str, typer.Argument(help="Older snapshot.")],
     new: Annotated[str, typer.Argument(help="Newer snapshot.")],
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    loc: StoreLocation,
     as_json: JsonOpt = False,
 ) -> None:
     """Show what changed between two snapshots."""
-    s = open_store(location(data, db, store, keyfile))
-    try:
+    with closing(open_store(loc)) as s:
         a = s.catalog.find_snapshot(old)
         b = s.catalog.find_snapshot(new)
         changes = [c.to_public() for c in diff_trees(s.get, a.root, b.root)]
-    finally:
-        s.close()
-    if as_json:
-        emit_json([{"id": c["path"], **c} for c in changes])
-        return
     sign = {"added": "+", "removed": "-", "modified": "M", "metadata": "U"}
-    for c in changes:
-        typer.echo(f"{sign[str(c['change'])]} {c['path']}")
+    emit_rows(
+        [{"id": c["path"], **c} for c in changes],
+        as_json,
+        lambda c: f"{sign[str(c['change'])]} {c['path']}",
+    )
 
 
 @app.command()
+@store_command
 def restore(
     snapshot: Annotated[str, typer.Argument(help="Snapshot id, unique prefix, or 'latest'.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to restore into.")],
@@ -218,18 +195,15 @@ def restore(
     ] = False,
     special_files: SpecialFilesOpt = False,
     same_owner: SameOwnerOpt = False,
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    *,
+    loc: StoreLocation,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a snapshot (or some paths of it) into a folder; resumes if interrupted.
 
     Files already in place are kept only when their content checks out.
     """
-    s = open_store(location(data, db, store, keyfile))
-    try:
+    with closing(open_store(loc)) as s:
         snap = s.catalog.find_snapshot(snapshot)
         with byte_progress("restoring", total=snap.bytes if not path else None) as advance:
             st = restore_tree(
@@ -243,8 +217,6 @@ def restore(
                 special_files=special_files,
                 same_owner=same_owner,
             )
-    finally:
-        s.close()
     for e in st.errors:
         err_console.print(f"[yellow]warning:[/yellow] {e}")
     if as_json:
@@ -268,19 +240,14 @@ def restore(
 
 
 @app.command()
+@store_command
 def forget(
     snapshots: Annotated[list[str], typer.Argument(help="Snapshots to forget.")],
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    loc: StoreLocation,
     force: ForceOpt = False,
 ) -> None:
     """Forget snapshots; `lamina store gc` then frees what only they used."""
-    s = open_store(location(data, db, store, keyfile), change=True, force=force)
-    try:
+    with closing(open_store(loc, change=True, force=force)) as s:
         ids = [s.catalog.find_snapshot(x).id for x in snapshots]
         n = s.forget(ids)
-    finally:
-        s.close()
     typer.echo(f"forgot {n} snapshots")

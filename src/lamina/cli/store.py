@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import sys
 import time
+from contextlib import closing
 from typing import Annotated
 
 import typer
@@ -23,7 +24,9 @@ from lamina.cli.store_options import (
     location,
     open_store,
     server_libraries,
+    store_command,
 )
+from lamina.db.location import StoreLocation
 from lamina.errors import IntegrityError, UsageError
 from lamina.store.check import check as check_store
 from lamina.store.gc import collect
@@ -87,29 +90,17 @@ def init(
 
 
 @app.command()
+@store_command
 def check(
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    loc: StoreLocation,
     read_data: Annotated[
         bool, typer.Option("--read-data", help="Also read, decrypt and re-hash every blob.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify the store's structure (and, with --read-data, every byte)."""
-    s = open_store(location(data, db, store, keyfile))
-    try:
-        with step_progress("checking") as update:
-            rep = check_store(
-                s,
-                _roots(s),
-                references,
-                read_data=read_data,
-                progress=update,
-            )
-    finally:
-        s.close()
+    with closing(open_store(loc)) as s, step_progress("checking") as update:
+        rep = check_store(s, _roots(s), references, read_data=read_data, progress=update)
     if as_json:
         emit_json({"id": "check", "ok": rep.ok, **dataclasses.asdict(rep)})
     else:
@@ -127,11 +118,9 @@ def check(
 
 
 @app.command()
+@store_command
 def gc(
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    loc: StoreLocation,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")
     ] = False,
@@ -141,8 +130,7 @@ def gc(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove what no snapshot needs; repack sparse packs. Safe while backups run."""
-    s = open_store(location(data, db, store, keyfile))
-    try:
+    with closing(open_store(loc)) as s:
         started = time.monotonic()
         with step_progress("gc") as update:
             rep = collect(
@@ -155,8 +143,6 @@ def gc(
             )
         if not dry_run:
             server_libraries().record_gc(s, time.monotonic() - started, rep.bytes_freed)
-    finally:
-        s.close()
     if as_json:
         emit_json({"id": "gc", **dataclasses.asdict(rep)})
         return
@@ -175,20 +161,14 @@ def gc(
 
 
 @app.command("rebuild-index")
+@store_command
 def rebuild(
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    loc: StoreLocation,
     as_json: JsonOpt = False,
 ) -> None:
     """Recreate the chunk index and the snapshot list from the pack files alone."""
-    s = open_store(location(data, db, store, keyfile))
-    try:
-        with step_progress("rebuilding") as update:
-            rep = rebuild_index(s, references, progress=update)
-    finally:
-        s.close()
+    with closing(open_store(loc)) as s, step_progress("rebuilding") as update:
+        rep = rebuild_index(s, references, progress=update)
     if as_json:
         emit_json({"id": "rebuild-index", **dataclasses.asdict(rep)})
         return
@@ -201,20 +181,15 @@ def rebuild(
 
 
 @app.command()
+@store_command
 def stats(
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    loc: StoreLocation,
     as_json: JsonOpt = False,
 ) -> None:
     """Count packs, blobs and bytes (raw and as stored)."""
-    s = open_store(location(data, db, store, keyfile))
-    try:
+    with closing(open_store(loc)) as s:
         st = s.stats()
         store_id = s.keys.store_id
-    finally:
-        s.close()
     if as_json:
         emit_json({"id": store_id, **dataclasses.asdict(st)})
         return

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from lamina.cli.common import option_group
+
 # Re-exported: the commands import the options and the block that opens from here.
 from lamina.cli.store_open import DEFAULT_DATA as DEFAULT_DATA
 from lamina.cli.store_open import SERVER_EXTRA_HINT as SERVER_EXTRA_HINT
@@ -50,3 +52,18 @@ ForceOpt = Annotated[
     bool,
     typer.Option("--force", help="Change the store even though a Lamina server manages it."),
 ]
+
+
+#: Gives a command the four options that name a store (``--data``, ``--db``, ``--store``,
+#: ``--keyfile``) in place of its ``loc: StoreLocation`` parameter, which gets their
+#: :func:`location`. Goes under ``@app.command()``.
+store_command = option_group(
+    "loc",
+    [
+        ("data", DataOpt, DEFAULT_DATA),
+        ("db", DbOpt, None),
+        ("store", StoreOpt, None),
+        ("keyfile", KeyfileOpt, None),
+    ],
+    location,
+)

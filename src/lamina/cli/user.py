@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, UserArg
+from lamina.cli.common import JsonOpt, UserArg, emit, emit_rows
 from lamina.cli.output import emit_json
 from lamina.errors import UsageError
 
@@ -37,21 +37,17 @@ def user_create(
         else getpass.getpass(f"password for {name}: ")
     )
     doc = Api.from_login().post("/users", {"name": name, "password": password, "role": role})
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(f"user {doc['name']} ({doc['role']}) created")
+    emit(doc, as_json, f"user {doc['name']} ({doc['role']}) created")
 
 
 @app.command("list")
 def user_list(as_json: JsonOpt = False) -> None:
     """List users."""
-    rows = Api.from_login().get("/users")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        typer.echo(f"{r['name']:<24} {r['role']:<14} {'disabled' if r['disabled'] else ''}")
+    emit_rows(
+        Api.from_login().get("/users"),
+        as_json,
+        lambda r: f"{r['name']:<24} {r['role']:<14} {'disabled' if r['disabled'] else ''}",
+    )
 
 
 @app.command("audit")
@@ -79,20 +75,14 @@ def _read_password(prompt: str, stdin: bool) -> str:
 def user_disable(name: UserArg, as_json: JsonOpt = False) -> None:
     """Disable a user: their sessions and tokens stop working at once."""
     doc = Api.from_login().post(f"/users/{name}/disable")
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(f"user {doc['name']} disabled")
+    emit(doc, as_json, f"user {doc['name']} disabled")
 
 
 @app.command("enable")
 def user_enable(name: UserArg, as_json: JsonOpt = False) -> None:
     """Enable a disabled user."""
     doc = Api.from_login().post(f"/users/{name}/enable")
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(f"user {doc['name']} enabled")
+    emit(doc, as_json, f"user {doc['name']} enabled")
 
 
 @app.command("delete")

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
-
-import blake3
 
 from lamina.errors import (
     AuthError,
@@ -42,8 +38,6 @@ from lamina.flex.folder import (
     Instance,
     InstanceInfo,
     LocalState,
-    fsync_dir,
-    write_atomic,
     write_model,
 )
 from lamina.flex.lease import (
@@ -54,25 +48,20 @@ from lamina.flex.lease import (
     checkin_interval,
     deadline,
 )
-from lamina.flex.nbd import NbdClient
+from lamina.flex.pieces import fetch_pieces
+from lamina.flex.pins import KeyPins
 from lamina.protocol.flex import (
     CLIENT_NAME,
     FlexKeyPublic,
     FlexManifest,
     Lease,
     Signed,
-    load_public_key,
     verify,
 )
+from lamina.store.atomic import fsync_dir, write_atomic
 
 Clock = Callable[[], dt.datetime]
 
-#: Piece requests in flight at once, and the bytes fetched ahead of the piece being written
-#: (at least one piece): while qemu-img makes a new disk, the first pieces arrive meanwhile.
-FETCH_PARALLEL = 4
-FETCH_AHEAD_BYTES = 64 << 20
-#: Written bytes between two flushes of the disk (each followed by one journal fsync).
-FLUSH_BYTES = 32 << 20
 Notify = Callable[[str], None]
 
 
@@ -93,45 +82,6 @@ class ServerApi(Protocol):
     def get(self, path: str, **kw: Any) -> Any: ...
 
     def post(self, path: str, json: Any = None, **kw: Any) -> Any: ...
-
-
-class KeyPins:
-    """The server signing keys this laptop trusts, one per server URL, pinned on first use.
-
-    A JSON object ``{url: {"key_id", "public_key"}}`` in a 0600 file beside the login session.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _load(self) -> dict[str, dict[str, str]]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except ValueError as e:
-            raise IntegrityError(f"{self.path} is damaged: {e}") from e
-        if not isinstance(doc, dict):
-            raise IntegrityError(f"{self.path} is damaged: not a JSON object")
-        return doc
-
-    def check(self, url: str, offered: FlexKeyPublic) -> str:
-        """The pinned key for ``url`` (pinning ``offered`` if there is none); refuses a change."""
-        load_public_key(offered.public_key)
-        pins = self._load()
-        pinned = pins.get(url)
-        if pinned is None:
-            pins[url] = {"key_id": offered.key_id, "public_key": offered.public_key}
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomic(self.path, json.dumps(pins, indent=1, sort_keys=True).encode())
-            return offered.public_key
-        if pinned.get("public_key") != offered.public_key:
-            raise IntegrityError(
-                f"the server at {url} offers flex signing key {offered.key_id[:16]}, but this laptop "
-                f"pinned {str(pinned.get('key_id'))[:16]}: refused (if the server's key was really "
-                f"replaced, remove its entry from {self.path})"
-            )
-        return pinned["public_key"]
 
 
 def client_name() -> str:
@@ -206,7 +156,7 @@ class FlexClient:
         else:
             self.notify(f"continuing the download of instance {inst.id}")
             key = self.unlock(inst, password, inst.lease())
-        return self._fetch_pieces(inst, key, progress, finish)
+        return fetch_pieces(self._api().get, inst, key, progress, finish)
 
     def _entitlement_id(self, ref: str) -> str:
         """An entitlement's id, given its id or its name."""
@@ -310,140 +260,6 @@ class FlexClient:
             if info.server == server and info.entitlement == entitlement:
                 return info, docs[0], docs[1]
         return None
-
-    def _fetch_pieces(
-        self,
-        inst: Instance,
-        key: bytes,
-        progress: Callable[[int, int], None] | None,
-        finish: Callable[[], Instance] | None = None,
-    ) -> Instance:
-        """Fetch the pieces not yet journaled, :data:`FETCH_PARALLEL` requests at a time, and
-        write them in order; every :data:`FLUSH_BYTES` (and at the end) flush the disk, then
-        journal the pieces written since, in one fsync. A crash loses at most the unflushed
-        pieces, which are not journaled and so fetched again. With ``finish`` (a new
-        instance whose disk is still being made), the first requests go out meanwhile."""
-        instance_id = inst.info().instance
-        manifest = inst.manifest()
-        done = inst.done_pieces()
-        zero_hash: dict[int, str] = {}
-
-        def is_zero(length: int, digest: str) -> bool:  # a new disk reads zeros already
-            zh = zero_hash.get(length)
-            if zh is None:
-                zh = zero_hash[length] = blake3.blake3(bytes(length)).hexdigest()
-            return digest == zh
-
-        todo = [
-            n
-            for n, p in enumerate(manifest.pieces)
-            if n not in done and not is_zero(p.length, p.blake3)
-        ]
-        api = self._api()
-
-        def fetch(n: int) -> bytes:
-            piece = manifest.pieces[n]
-            data = api.get(f"/flex/my/instances/{instance_id}/pieces/{n}")
-            self._check_piece(instance_id, n, piece.length, piece.blake3, data)
-            result: bytes = data
-            return result
-
-        fetched = iter(todo)
-        inflight: deque[tuple[int, Future[bytes]]] = deque()
-        ahead = 0  # bytes requested and not yet written
-
-        def refill(written: int = 0) -> None:
-            nonlocal ahead
-            ahead -= written
-            while not inflight or ahead < FETCH_AHEAD_BYTES:
-                n = next(fetched, None)
-                if n is None:
-                    return
-                inflight.append((n, pool.submit(fetch, n)))
-                ahead += manifest.pieces[n].length
-
-        with (
-            tempfile.TemporaryDirectory(prefix="lamina-flex-") as run,
-            ThreadPoolExecutor(FETCH_PARALLEL, thread_name_prefix="lamina-flex-fetch") as pool,
-        ):
-            try:
-                refill()
-                if finish is not None:
-                    inst = finish()
-            except BaseException:
-                for _, f in inflight:
-                    f.cancel()
-                raise
-            with disk.export(inst.disk, key, Path(run) / "nbd.sock") as nbd:
-                if nbd.size != manifest.size:
-                    raise IntegrityError(
-                        f"the encrypted disk holds {nbd.size} bytes, the manifest says {manifest.size}"
-                    )
-                self._write_pieces(inst, nbd, manifest, done, inflight, refill, progress)
-                for _, f in inflight:
-                    f.cancel()
-        st = inst.state()
-        st.downloaded = True
-        inst.save_state(st)
-        return inst
-
-    @staticmethod
-    def _write_pieces(
-        inst: Instance,
-        nbd: NbdClient,
-        manifest: FlexManifest,
-        done: set[int],
-        inflight: deque[tuple[int, Future[bytes]]],
-        refill: Callable[[int], None],
-        progress: Callable[[int, int], None] | None,
-    ) -> None:
-        unflushed: list[int] = []
-        unflushed_bytes = 0
-        got = 0
-
-        def commit() -> None:
-            nonlocal unflushed_bytes
-            if unflushed:
-                nbd.flush()
-                inst.mark_done_many(unflushed)
-                unflushed.clear()
-                unflushed_bytes = 0
-
-        try:
-            for n, piece in enumerate(manifest.pieces):
-                if n not in done:
-                    if inflight and inflight[0][0] == n:
-                        data = inflight.popleft()[1].result()
-                        nbd.write(piece.offset, data)
-                        unflushed_bytes += piece.length
-                        refill(piece.length)
-                    unflushed.append(n)
-                    if unflushed_bytes >= FLUSH_BYTES:
-                        commit()
-                got += piece.length
-                if progress is not None:
-                    progress(got, manifest.size)
-            commit()
-        except BaseException:
-            for _, f in inflight:
-                f.cancel()
-            # What was written and verified is kept for the next run, if the disk still
-            # answers; else it is fetched again.
-            with contextlib.suppress(Exception):
-                commit()
-            raise
-
-    @staticmethod
-    def _check_piece(instance_id: str, n: int, length: int, expected: str, data: Any) -> None:
-        if not isinstance(data, bytes):
-            raise IntegrityError(f"piece {n} of instance {instance_id}: the server sent no bytes")
-        found = blake3.blake3(data).hexdigest()
-        if len(data) != length or found != expected:
-            raise IntegrityError(
-                f"piece {n} of instance {instance_id} does not match the signed manifest "
-                f"(expected {length} bytes with BLAKE3 {expected[:16]}, got {len(data)} bytes with "
-                f"{found[:16]}); nothing of it was written — run the download again"
-            )
 
     # --- password -------------------------------------------------------------------------
     def unlock(self, inst: Instance, password: str, lease: Lease) -> bytes:

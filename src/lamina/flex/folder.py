@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lamina.errors import IntegrityError, NotFoundError, UsageError
 from lamina.protocol.flex import FlexManifest, Lease, Signed, verify
+from lamina.store.atomic import fsync_dir, write_atomic
 
 FOLDER_VERSION = 2
 M = TypeVar("M", bound=BaseModel)
@@ -61,26 +62,6 @@ class LocalState(BaseModel):
     locked_until: dt.datetime | None = None
     downloaded: bool = False
     last_checkin: dt.datetime | None = None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_model(path: Path, model: BaseModel) -> None:

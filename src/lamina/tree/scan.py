@@ -69,15 +69,20 @@ def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _fd_xattrs(fd: int) -> list[tuple[bytes, bytes]]:
+def xattrs_at(target: bytes | int) -> list[tuple[bytes, bytes]]:
+    """The extended attributes of an open file (``target`` a descriptor) or of a path (its
+    last component not followed), sorted as entries keep them; an attribute that cannot
+    be read is left out, and there are none when the list cannot be read."""
+    # os.*xattr take follow_symlinks with a path only.
+    nofollow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
     try:
-        names = os.listxattr(fd)
+        names = os.listxattr(target, **nofollow)
     except OSError:
         return []
     out = []
     for n in names:
         with contextlib.suppress(OSError):
-            out.append((os.fsencode(n), os.getxattr(fd, n)))
+            out.append((os.fsencode(n), os.getxattr(target, n, **nofollow)))
     return sorted(out)
 
 
@@ -247,16 +252,7 @@ class Scanner:
     def _xattrs(dir_fd: int, name: bytes) -> list[tuple[bytes, bytes]]:
         # The *xattr calls take no dir_fd: /proc/self/fd/N names the folder already
         # opened, and follow_symlinks=False keeps the last component from being followed.
-        path = f"/proc/self/fd/{dir_fd}/".encode() + name
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        except OSError:
-            return []
-        out = []
-        for n in names:
-            with contextlib.suppress(OSError):
-                out.append((os.fsencode(n), os.getxattr(path, n, follow_symlinks=False)))
-        return sorted(out)
+        return xattrs_at(f"/proc/self/fd/{dir_fd}/".encode() + name)
 
     def _own(self, e: Entry, st: os.stat_result) -> None:
         """Owner and mode of ``e`` from ``st`` (the fstat of what was opened)."""
@@ -357,7 +353,7 @@ class Scanner:
                     except OSError as err:
                         self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
                         continue
-                    e = self._entry(name, st1, typ, _fd_xattrs(sub))
+                    e = self._entry(name, st1, typ, xattrs_at(sub))
                     self._dir(sub, child, child_rel, depth + 1, e)
                 entries.append(e)
                 continue
@@ -578,7 +574,7 @@ class Scanner:
                     raise FileReplacedError
                 content = self._chunk_fd(fd, st1, add)
                 st2 = os.fstat(fd)
-                xattrs = _fd_xattrs(fd)
+                xattrs = xattrs_at(fd)
             finally:
                 os.close(fd)
             sig1 = (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns)
