@@ -30,7 +30,7 @@ from lamina.server.security import Principal
 from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
-from lamina.server.services.layer_versions import layers_public
+from lamina.server.services.layer_versions import add_version, layers_public
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 
@@ -124,28 +124,7 @@ def import_pack(
             r = c.execute(select(layers).where(layers.c.id == lid)).one()
         elif r.kind != DRIVER:
             raise ConflictError(f"{name!r} is the name of a {r.kind} layer: pick another name")
-        version = (
-            c.execute(
-                select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == r.id)
-            ).scalar()
-            or 0
-        ) + 1
-        c.execute(
-            insert(layer_versions).values(
-                id=new_id(),
-                layer_id=r.id,
-                version=version,
-                created=now(),
-                root=built.root,
-                whiteouts=[],
-                source_cvd=None,
-                source_snapshot=None,
-                notes=notes,
-                files=built.files,
-                bytes=built.bytes,
-                apps=built.apps,
-            )
-        )
+        version = add_version(c, r.id, built, notes)
         audit(
             c,
             actor.name,

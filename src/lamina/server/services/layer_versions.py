@@ -14,6 +14,7 @@ from lamina.db.engine import read_tx
 from lamina.db.models import cvds, devices, layer_versions, layers
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured
+from lamina.layers.packs import BuiltPack
 from lamina.layers.plan import DRIVER, LayerRef
 from lamina.layers.rules import RuleSet, for_os
 from lamina.server.security import Principal
@@ -143,29 +144,7 @@ def new_version(
         lid = new_id()
         c.execute(insert(layers).values(id=lid, name=name, kind=kind, created=now()))
         layer = c.execute(select(layers).where(layers.c.id == lid)).one()
-    version = (
-        c.execute(
-            select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer.id)
-        ).scalar()
-        or 0
-    ) + 1
-    vid = new_id()
-    c.execute(
-        insert(layer_versions).values(
-            id=vid,
-            layer_id=layer.id,
-            version=version,
-            created=now(),
-            root=cap.root,
-            whiteouts=cap.whiteouts,
-            source_cvd=cvd_id,
-            source_snapshot=snapshot,
-            notes=notes,
-            files=cap.files,
-            bytes=cap.bytes,
-            apps=cap.apps,
-        )
-    )
+    version = add_version(c, layer.id, cap, notes, source=(cvd_id, snapshot))
     audit(
         c,
         actor,
@@ -176,6 +155,40 @@ def new_version(
         whiteouts=len(cap.whiteouts),
     )
     return layers_public(c, [layer])[0]
+
+
+def add_version(
+    c: Connection,
+    layer_id: str,
+    content: Captured | BuiltPack,
+    notes: str,
+    source: tuple[str, str] | None = None,
+) -> int:
+    """Record the next version of a layer (its tree stored already); returns its number.
+    ``source``: the CVD and snapshot it was captured from (none for a driver pack)."""
+    version = (
+        c.execute(
+            select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer_id)
+        ).scalar()
+        or 0
+    ) + 1
+    c.execute(
+        insert(layer_versions).values(
+            id=new_id(),
+            layer_id=layer_id,
+            version=version,
+            created=now(),
+            root=content.root,
+            whiteouts=content.whiteouts if isinstance(content, Captured) else [],
+            source_cvd=source[0] if source else None,
+            source_snapshot=source[1] if source else None,
+            notes=notes,
+            files=content.files,
+            bytes=content.bytes,
+            apps=content.apps,
+        )
+    )
+    return version
 
 
 def rules_of(c: Connection, cvd: Any) -> RuleSet:

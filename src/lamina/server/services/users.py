@@ -40,6 +40,7 @@ from lamina.server.security import (
     token_hash,
     verify_password,
 )
+from lamina.server.services import journal
 from lamina.server.services.common import audit, aware, new_id, now
 
 SESSION_LIFETIME = dt.timedelta(days=30)
@@ -324,18 +325,8 @@ def audit_entries(engine: Engine, actor: Principal, limit: int = 200) -> list[Au
     if not 1 <= limit <= 10000:
         raise UsageError("limit must be between 1 and 10000")
     with read_tx(engine) as c:
-        rows = c.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)).all()
-    return [
-        AuditPublic(
-            id=str(r.id),
-            time=aware(r.time),
-            actor=r.actor,
-            action=r.action,
-            target=r.target,
-            detail=r.detail,
-        )
-        for r in rows
-    ]
+        q = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        return [journal.entry_public(r) for r in c.execute(q)]
 
 
 def _user(c: Connection, name: str) -> Any:
