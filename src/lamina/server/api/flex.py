@@ -143,24 +143,24 @@ def delete_policy(ref: str, ctx: Ctx, caller: Caller) -> None:
     "/flex/entitlements", summary="Entitle users or groups to a flex image", status_code=201
 )
 def entitle(req: FlexEntitle, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.entitle(ctx.engine, caller, req)
+    return dict(flex.entitle(ctx.engine, caller, req))
 
 
 @router.get("/flex/entitlements", summary="List entitlements")
 def list_entitlements(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return flex.list_entitlements(ctx.engine, caller)
+    return [dict(e) for e in flex.list_entitlements(ctx.engine, caller)]
 
 
 @router.get("/flex/entitlements/{ref}", summary="Show an entitlement")
 def show_entitlement(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.show_entitlement(ctx.engine, caller, ref)
+    return dict(flex.show_entitlement(ctx.engine, caller, ref))
 
 
 @router.put("/flex/entitlements/{ref}", summary="Change an entitlement's image, policy or subjects")
 def update_entitlement(
     ref: str, req: FlexEntitlementUpdate, ctx: Ctx, caller: Caller
 ) -> dict[str, Any]:
-    return flex.update_entitlement(ctx.engine, caller, ref, req)
+    return dict(flex.update_entitlement(ctx.engine, caller, ref, req))
 
 
 @router.delete(
