@@ -65,7 +65,7 @@ async def upload_image(
     disk = work / f"{secrets.token_hex(8)}.upload"
     try:
         digest = await flex_images.spool(request.stream(), disk)
-        return await run_in_threadpool(
+        doc = await run_in_threadpool(
             flex_images.register,
             ctx.engine,
             ctx.store,
@@ -78,6 +78,7 @@ async def upload_image(
             firmware,
             {"kind": "upload", "sha256": digest},
         )
+        return dict(doc)
     finally:
         disk.unlink(missing_ok=True)
 
@@ -88,17 +89,19 @@ async def upload_image(
     status_code=201,
 )
 def register_url(name: str, req: FlexRegisterUrl, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
+    return dict(
+        flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
+    )
 
 
 @router.get("/flex/images", summary="List flex images with their versions")
 def list_images(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return flex_images.list_images(ctx.engine, caller)
+    return [dict(i) for i in flex_images.list_images(ctx.engine, caller)]
 
 
 @router.get("/flex/images/{ref}", summary="Show a flex image")
 def show_image(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex_images.show_image(ctx.engine, caller, ref)
+    return dict(flex_images.show_image(ctx.engine, caller, ref))
 
 
 @router.delete(

@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 #: A free-form JSON object as a JSON column stores it.
 JsonObject = dict[str, Any]
+#: A piece of a flex image version: ``[offset, length, plain BLAKE3 hex, blob id hex | None]``
+#: (a JSON array: read back as a list, which unpacks as this tuple does).
+PieceRow = tuple[int, int, str, str | None]
 
 
 class Named(Protocol):
@@ -33,6 +36,7 @@ class Named(Protocol):
 class User(Protocol):
     id: str
     name: str
+    password_hash: str
     role: str
     disabled: bool
     created: dt.datetime
@@ -171,8 +175,7 @@ class FlexImageVersion(Protocol):
     cpus: int
     firmware: str
     snapshot_id: str
-    #: ``[offset, length, plain BLAKE3 hex, blob id hex | None]`` per piece
-    pieces: list[list[Any]]
+    pieces: list[PieceRow]
     #: where the disk came from (``kind``, ``url``, ``sha256``), ``format``, ``new_bytes``
     source: JsonObject
 

@@ -17,7 +17,6 @@ transaction at its next poll. Reports on a cancelled task are ignored, except
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
@@ -29,6 +28,7 @@ from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
 from lamina.server.services import agent_events
 from lamina.server.services.common import audit, aware, find_by_id, new_id, now
+from lamina.server.services.rows import JsonObject, Task
 
 QUEUED, RUNNING, WAITING, DONE, FAILED = (
     TaskState.QUEUED,
@@ -42,7 +42,7 @@ CANCELLED = TaskState.CANCELLED
 MAX_ATTEMPTS = 3
 
 
-def public(r: Any) -> TaskPublic:
+def public(r: Task) -> TaskPublic:
     return TaskPublic(
         id=r.id,
         kind=r.kind,
@@ -184,7 +184,7 @@ def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> 
             rep = rep.model_copy(
                 update={"message": f"{rep.message} (cancelled too late: a boot applied it)"}
             )
-        values: dict[str, Any] = {"progress": rep.progress, "message": rep.message}
+        values: JsonObject = {"progress": rep.progress, "message": rep.message}
         if rep.state:
             values["state"] = rep.state
             if rep.state in (DONE, FAILED):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import secrets
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -42,6 +41,7 @@ from lamina.server.security import (
 )
 from lamina.server.services import journal
 from lamina.server.services.common import audit, aware, new_id, now
+from lamina.server.services.rows import User
 
 SESSION_LIFETIME = dt.timedelta(days=30)
 #: Kinds of user token: from a login, or made for a script.
@@ -70,7 +70,7 @@ def ensure_admin(engine: Engine, password: str | None) -> str | None:
         return generated
 
 
-def _public(r: Any) -> UserPublic:
+def _public(r: User) -> UserPublic:
     return UserPublic(
         id=r.id, name=r.name, role=r.role, disabled=r.disabled, created=aware(r.created)
     )
@@ -329,14 +329,14 @@ def audit_entries(engine: Engine, actor: Principal, limit: int = 200) -> list[Au
         return [journal.entry_public(r) for r in c.execute(q)]
 
 
-def _user(c: Connection, name: str) -> Any:
+def _user(c: Connection, name: str) -> User:
     r = c.execute(select(users).where(users.c.name == name)).first()
     if r is None:
         raise NotFoundError(f"no user {name!r}")
     return r
 
 
-def _keep_an_administrator(c: Connection, r: Any, doing: str) -> None:
+def _keep_an_administrator(c: Connection, r: User, doing: str) -> None:
     """Refuse to leave the server without an enabled administrator."""
     if r.role != "administrator" or r.disabled:
         return
