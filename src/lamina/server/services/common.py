@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, overload
 
-from sqlalchemy import Connection, Row, Table, insert, or_, select
+from sqlalchemy import Column, ColumnElement, Connection, Row, Table, func, insert, or_, select
 
 from lamina.db.models import audit_log
 from lamina.errors import ConflictError, NotFoundError
@@ -39,6 +39,12 @@ def audit(c: Connection, actor: str, action: str, target: str, **detail: Any) ->
             time=now(), actor=actor, action=action, target=target, detail=detail
         )
     )
+
+
+def next_number(c: Connection, column: Column[int], *where: ColumnElement[bool]) -> int:
+    """One more than the highest ``column`` among the rows ``where`` selects (1 if none):
+    the next version of a layer or an image."""
+    return (c.execute(select(func.max(column)).where(*where)).scalar() or 0) + 1
 
 
 #: How short an id prefix may be, and how many ids an ambiguous reference lists.

@@ -377,9 +377,7 @@ def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
         return _cvd_public(c, find_cvd(c, r.id))
 
 
-def cvd_for_access(
-    engine: Engine, actor: Principal, ref: str, permission: str = "read"
-) -> Cvd:
+def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str = "read") -> Cvd:
     """The CVD row if ``actor`` may reach it: its own device, or a user with ``permission``."""
     with read_tx(engine) as c:
         r = find_cvd(c, ref)

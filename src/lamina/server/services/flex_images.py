@@ -23,7 +23,7 @@ from typing import TypedDict
 
 import blake3
 import sqlalchemy.exc
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import flex_entitlements, flex_image_versions, flex_images
@@ -37,7 +37,7 @@ from lamina.errors import (
 )
 from lamina.protocol.flex import MAX_IMAGE_SIZE, NAME, FlexManifest, FlexRegisterUrl, Piece
 from lamina.server.security import Principal
-from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
 from lamina.server.services.rows import FlexImage, FlexImageVersion, PieceRow
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -315,12 +315,9 @@ def _add_version(
     source: dict[str, str] | None,
 ) -> ImageView:
     with write_tx(engine) as c:
-        last = c.execute(
-            select(func.max(flex_image_versions.c.version)).where(
-                flex_image_versions.c.image_id == image_id
-            )
-        ).scalar()
-        version = (last or 0) + 1
+        version = next_number(
+            c, flex_image_versions.c.version, flex_image_versions.c.image_id == image_id
+        )
         c.execute(
             insert(flex_image_versions).values(
                 id=new_id(),

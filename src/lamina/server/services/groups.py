@@ -101,9 +101,7 @@ def add_members(engine: Engine, actor: Principal, name: str, members: list[str])
         return _public(c, g)
 
 
-def remove_members(
-    engine: Engine, actor: Principal, name: str, members: list[str]
-) -> GroupPublic:
+def remove_members(engine: Engine, actor: Principal, name: str, members: list[str]) -> GroupPublic:
     actor.require("user.admin")
     with write_tx(engine) as c:
         g = find_group(c, name)

@@ -92,7 +92,10 @@ def _plan(store: Store, t: _Target, put_data: PutData) -> Plan:
 
 
 def _plan_public(
-    t: _Target, plan: Plan, status: Literal["assigned", "dry-run", "refused"], task: str | None = None
+    t: _Target,
+    plan: Plan,
+    status: Literal["assigned", "dry-run", "refused"],
+    task: str | None = None,
 ) -> PlanPublic:
     return PlanPublic(
         id=t.cvd.id,

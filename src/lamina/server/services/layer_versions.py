@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from lamina.db.engine import read_tx
 from lamina.db.models import devices, layer_versions, layers
@@ -19,7 +19,7 @@ from lamina.layers.rules import RuleSet, for_os
 from lamina.protocol.schemas import LayerPublic, LayerVersionPublic
 from lamina.server.security import Principal
 from lamina.server.services import fleet
-from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
 from lamina.server.services.rows import Cvd, Layer, LayerVersion
 
 
@@ -162,12 +162,7 @@ def add_version(
 ) -> int:
     """Record the next version of a layer (its tree stored already); returns its number.
     ``source``: the CVD and snapshot it was captured from (none for a driver pack)."""
-    version = (
-        c.execute(
-            select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer_id)
-        ).scalar()
-        or 0
-    ) + 1
+    version = next_number(c, layer_versions.c.version, layer_versions.c.layer_id == layer_id)
     c.execute(
         insert(layer_versions).values(
             id=new_id(),

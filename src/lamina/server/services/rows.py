@@ -93,19 +93,22 @@ class Cvd(Protocol):
 class Task(Protocol):
     id: str
     kind: str
+    #: whose it is: the CVD and device it acts on, and who queued it
+    cvd_id: str | None
+    device_id: str | None
+    created_by: str
+    #: its course: state, progress and message, claims, times
     state: str
     progress: int
     message: str
-    cvd_id: str | None
-    device_id: str | None
-    params: JsonObject
-    result: JsonObject
-    created_by: str
+    claimed_by: str | None
+    attempts: int
     created: dt.datetime
     started: dt.datetime | None
     finished: dt.datetime | None
-    claimed_by: str | None
-    attempts: int
+    #: what it does and what came of it (by kind: ``lamina.protocol.tasks``)
+    params: JsonObject
+    result: JsonObject
 
 
 class Layer(Protocol):

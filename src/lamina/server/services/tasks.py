@@ -173,11 +173,7 @@ def claim_for_device(
 
 def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> TaskPublic:
     with write_tx(engine) as c:
-        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
-        if r is None:
-            raise NotFoundError(f"no task {task_id!r}")
-        if r.device_id != device.id:
-            raise ForbiddenError("this task belongs to another device")
+        r = _device_task(c, device, task_id)
         if r.state == CANCELLED:
             if rep.state != DONE:
                 return public(r)
@@ -200,12 +196,17 @@ def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> 
 def get_for_device(engine: Engine, device: Principal, task_id: str) -> TaskPublic:
     """One of this device's own tasks (the agent checks a staged one was not cancelled)."""
     with read_tx(engine) as c:
-        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
+        return public(_device_task(c, device, task_id))
+
+
+def _device_task(c: Connection, device: Principal, task_id: str) -> Task:
+    """A task of ``device``'s own: another device's is forbidden."""
+    r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
     if r is None:
         raise NotFoundError(f"no task {task_id!r}")
     if r.device_id != device.id:
         raise ForbiddenError("this task belongs to another device")
-    return public(r)
+    return r
 
 
 def cancel(engine: Engine, actor: Principal, task_id: str) -> TaskPublic:
