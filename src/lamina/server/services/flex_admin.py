@@ -166,7 +166,7 @@ def update_entitlement(
 def _entitlements_public(c: Connection, rows: list[FlexEntitlement]) -> list[EntitlementView]:
     """Entitlements with names resolved: a fixed number of queries, whatever the count."""
     ids = [e.id for e in rows]
-    names = {r.id: r.name for r in c.execute(select(flex_images.c.id, flex_images.c.name))}
+    image_name = {r.id: r.name for r in c.execute(select(flex_images.c.id, flex_images.c.name))}
     pols = {r.id: r.name for r in c.execute(select(flex_policies.c.id, flex_policies.c.name))}
     uname = {r.id: r.name for r in c.execute(select(users.c.id, users.c.name))}
     gname = {r.id: r.name for r in c.execute(select(user_groups.c.id, user_groups.c.name))}
@@ -181,7 +181,7 @@ def _entitlements_public(c: Connection, rows: list[FlexEntitlement]) -> list[Ent
         EntitlementView(
             id=e.id,
             name=e.name,
-            image=names.get(e.image_id),
+            image=image_name.get(e.image_id),
             version=e.version,
             policy=pols.get(e.policy_id),
             users=sorted(subs[e.id]["user"]),
