@@ -123,11 +123,13 @@ class LayerVersion(Protocol):
     layer_id: str
     version: int
     created: dt.datetime
-    root: bytes
-    whiteouts: list[str]
+    notes: str
+    #: where it was captured (none for a driver pack)
     source_cvd: str | None
     source_snapshot: str | None
-    notes: str
+    #: its content: the tree, what it deletes, its size, what it installs
+    root: bytes
+    whiteouts: list[str]
     files: int
     bytes: int
     apps: JsonObject
