@@ -24,6 +24,7 @@ from lamina.db.models import (
     policies,
     snapshots,
 )
+from lamina.errors import NotFoundError
 from lamina.server.security import Principal
 from lamina.server.services import collections as coll_service
 from lamina.server.services import dashboard, drivers, fleet, flex, groups
@@ -172,6 +173,8 @@ def test_the_pages_show_what_the_rows_hold(engine: Engine) -> None:
     assert [(x.name, [v.version for v in x.versions]) for x in packs] == [
         (f"driver-{i}", [1, 2]) for i in range(3)
     ]
+    with pytest.raises(NotFoundError, match="driver pack"):  # a clear refusal, not a 500
+        layer_service.show_layer(engine, READER, "driver-0")
 
 
 def add_library(engine: Engine, first: int, n: int) -> None:
