@@ -62,7 +62,7 @@ def test_flex_services(db: str, request: pytest.FixtureRequest, tmp_path: Path) 
     lease = verify(signed, key.public_key(), Lease)
     assert lease.policy.restrictions.clipboard and lease.expires_at is not None
     [row] = flex.list_instances(ctx.engine, admin)
-    assert (row["user"], row["image"], row["policy"], row["state"]) == ("bob", "img", "p", "active")
+    assert (row.user, row.image, row.policy, row.state) == ("bob", "img", "p", "active")
     flex.set_state(ctx.engine, admin, made.instance, flex.LOCKED, "stop")
     assert [i.state for i in flex.my_instances(ctx.engine, bob)] == ["locked"]
     assert flex.list_entitlements(ctx.engine, admin)[0]["groups"] == ["g"]

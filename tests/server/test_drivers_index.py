@@ -166,7 +166,7 @@ def test_collection_filters_read_from_the_rows_as_from_the_facts(engine: Engine)
             c.execute(
                 insert(collections).values(id=f"k{i}", name=f"k{i}", filter=text, created=NOW)
             )
-    got = {x["filter"]: x["members"] for x in coll_service.list_collections(engine, READER)}
+    got = {x.filter: x.members for x in coll_service.list_collections(engine, READER)}
     for text in FILTERS:
         conds = coll_service.parse_filter(text)
         want = [

@@ -24,6 +24,7 @@ from lamina.db.models import (
     policies,
     snapshots,
 )
+from lamina.errors import NotFoundError
 from lamina.server.security import Principal
 from lamina.server.services import collections as coll_service
 from lamina.server.services import dashboard, drivers, fleet, flex, groups
@@ -162,16 +163,18 @@ def test_the_pages_show_what_the_rows_hold(engine: Engine) -> None:
         (f"cvd-{i}", f"desk-{i}", "std", 2) for i in range(3)
     ]
     assert [d.cvd_id for d in fleet.list_devices(engine, READER)] == ["c0", "c1", "c2"]
-    groups = {g["name"]: g["members"] for g in coll_service.list_collections(engine, READER)}
+    groups = {g.name: g.members for g in coll_service.list_collections(engine, READER)}
     assert groups == {"all": ["cvd-0", "cvd-1", "cvd-2"], "debian": ["cvd-1"]}
     listed_layers = layer_service.list_layers(engine, READER)
-    assert [(x["name"], [v["id"] for v in x["versions"]]) for x in listed_layers] == [
+    assert [(x.name, [v.id for v in x.versions]) for x in listed_layers] == [
         (f"base-{i}", [f"base{i}v1", f"base{i}v2"]) for i in range(3)
     ]
     packs = drivers.list_packs(engine, READER)
-    assert [(x["name"], [v["version"] for v in x["versions"]]) for x in packs] == [
+    assert [(x.name, [v.version for v in x.versions]) for x in packs] == [
         (f"driver-{i}", [1, 2]) for i in range(3)
     ]
+    with pytest.raises(NotFoundError, match="driver pack"):  # a clear refusal, not a 500
+        layer_service.show_layer(engine, READER, "driver-0")
 
 
 def add_library(engine: Engine, first: int, n: int) -> None:

@@ -88,7 +88,7 @@ def delete_pack(ref: str, ctx: Ctx, caller: Caller) -> DriverPackPublic:
 
 @router.get("/driver-profiles", summary="List driver profiles")
 def list_profiles(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return drivers.list_profiles(ctx.engine, caller)
+    return [dict(p) for p in drivers.list_profiles(ctx.engine, caller)]
 
 
 @router.post(
@@ -97,28 +97,32 @@ def list_profiles(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
     status_code=201,
 )
 def create_profile(req: ProfileCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return drivers.create_profile(
-        ctx.engine, caller, req.name, req.packs, req.matches, req.os_family, req.notes
+    return dict(
+        drivers.create_profile(
+            ctx.engine, caller, req.name, req.packs, req.matches, req.os_family, req.notes
+        )
     )
 
 
 @router.get("/driver-profiles/{ref}", summary="Show a driver profile")
 def show_profile(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return drivers.show_profile(ctx.engine, caller, ref)
+    return dict(drivers.show_profile(ctx.engine, caller, ref))
 
 
 @router.put(
     "/driver-profiles/{ref}", summary="Change a driver profile's packs, matches or OS family"
 )
 def update_profile(ref: str, req: ProfileUpdate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return drivers.update_profile(
-        ctx.engine, caller, ref, req.packs, req.matches, req.os_family, req.notes
+    return dict(
+        drivers.update_profile(
+            ctx.engine, caller, ref, req.packs, req.matches, req.os_family, req.notes
+        )
     )
 
 
 @router.delete("/driver-profiles/{ref}", summary="Delete a driver profile")
 def delete_profile(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return drivers.delete_profile(ctx.engine, caller, ref)
+    return dict(drivers.delete_profile(ctx.engine, caller, ref))
 
 
 @router.get("/driver-profiles/{ref}/devices", summary="The devices a driver profile matches today")

@@ -65,7 +65,7 @@ async def upload_image(
     disk = work / f"{secrets.token_hex(8)}.upload"
     try:
         digest = await flex_images.spool(request.stream(), disk)
-        return await run_in_threadpool(
+        doc = await run_in_threadpool(
             flex_images.register,
             ctx.engine,
             ctx.store,
@@ -78,6 +78,7 @@ async def upload_image(
             firmware,
             {"kind": "upload", "sha256": digest},
         )
+        return dict(doc)
     finally:
         disk.unlink(missing_ok=True)
 
@@ -88,17 +89,19 @@ async def upload_image(
     status_code=201,
 )
 def register_url(name: str, req: FlexRegisterUrl, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
+    return dict(
+        flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
+    )
 
 
 @router.get("/flex/images", summary="List flex images with their versions")
 def list_images(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return flex_images.list_images(ctx.engine, caller)
+    return [dict(i) for i in flex_images.list_images(ctx.engine, caller)]
 
 
 @router.get("/flex/images/{ref}", summary="Show a flex image")
 def show_image(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex_images.show_image(ctx.engine, caller, ref)
+    return dict(flex_images.show_image(ctx.engine, caller, ref))
 
 
 @router.delete(
@@ -143,24 +146,24 @@ def delete_policy(ref: str, ctx: Ctx, caller: Caller) -> None:
     "/flex/entitlements", summary="Entitle users or groups to a flex image", status_code=201
 )
 def entitle(req: FlexEntitle, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.entitle(ctx.engine, caller, req)
+    return dict(flex.entitle(ctx.engine, caller, req))
 
 
 @router.get("/flex/entitlements", summary="List entitlements")
 def list_entitlements(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return flex.list_entitlements(ctx.engine, caller)
+    return [dict(e) for e in flex.list_entitlements(ctx.engine, caller)]
 
 
 @router.get("/flex/entitlements/{ref}", summary="Show an entitlement")
 def show_entitlement(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return flex.show_entitlement(ctx.engine, caller, ref)
+    return dict(flex.show_entitlement(ctx.engine, caller, ref))
 
 
 @router.put("/flex/entitlements/{ref}", summary="Change an entitlement's image, policy or subjects")
 def update_entitlement(
     ref: str, req: FlexEntitlementUpdate, ctx: Ctx, caller: Caller
 ) -> dict[str, Any]:
-    return flex.update_entitlement(ctx.engine, caller, ref, req)
+    return dict(flex.update_entitlement(ctx.engine, caller, ref, req))
 
 
 @router.delete(

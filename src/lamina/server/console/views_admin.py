@@ -90,7 +90,7 @@ def layer_capture(
     notes: Annotated[str, Form(max_length=4000)] = "",
 ) -> Response:
     out = layers.capture(ctx.engine, ctx.store, actor, cvd, _opt(name), _opt(update), notes)
-    return see_other(f"/layers/{out['id']}")
+    return see_other(f"/layers/{out.id}")
 
 
 @router.post("/layers/record/start")

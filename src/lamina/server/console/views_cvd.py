@@ -153,18 +153,18 @@ def revert(
 @router.post("/cvds/{ref}/enforce")
 def enforce(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     result = layers.enforce(ctx.engine, ctx.store, actor, ref)
-    if result.get("task"):
-        return see_other(f"/tasks/{result['task']}")
+    if result.task:
+        return see_other(f"/tasks/{result.task}")
     return render(  # refused (e.g. not enough space): say why, with the plan
         request,
         "assign_preview.html",
         actor,
-        target=result["cvd"],
+        target=result.cvd,
         plans=[result],
         base="",
         apps=[],
         action="",
-        back=f"/cvds/{result['id']}",
+        back=f"/cvds/{result.id}",
         hidden={},
     )
 
@@ -190,8 +190,8 @@ def choices(ctx: Ctx, actor: Actor) -> dict[str, list[str]]:
     base: list[str] = []
     apps: list[str] = []
     for layer in layers.list_layers(ctx.engine, actor):
-        for v in reversed(layer["versions"]):
-            (base if layer["kind"] == "base" else apps).append(f"{layer['name']}:{v['version']}")
+        for v in reversed(layer.versions):
+            (base if layer.kind == "base" else apps).append(f"{layer.name}:{v.version}")
     return {"base": base, "apps": apps}
 
 
@@ -249,8 +249,8 @@ def assign(
     cvd = fleet.show_cvd(ctx.engine, actor, ref)
     apps = [a for a in apps or [] if a]
     plans = layers.assign(ctx.engine, ctx.store, actor, [cvd.id], base or None, apps, False)
-    if plans[0].get("task"):
-        return see_other(f"/tasks/{plans[0]['task']}")
+    if plans[0].task:
+        return see_other(f"/tasks/{plans[0].task}")
     return render(
         request,
         "assign_preview.html",

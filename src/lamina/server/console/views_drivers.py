@@ -44,7 +44,7 @@ def pack_import(
 ) -> Response:
     actor.require("driver.write")  # before reading the upload
     pack = drivers.import_pack(ctx.engine, ctx.store, actor, name.strip(), archive.file, notes)
-    return see_other(f"/drivers/packs/{pack['id']}")
+    return see_other(f"/drivers/packs/{pack.id}")
 
 
 @router.get("/drivers/packs/{ref}")
@@ -61,14 +61,14 @@ def pack_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> R
     return confirm_page(
         request,
         actor,
-        title=f"Delete driver pack {pack['name']}",
+        title=f"Delete driver pack {pack.name}",
         what=(
-            f"The driver pack {pack['name']} and its {len(pack['versions'])} version(s) are "
+            f"The driver pack {pack.name} and its {len(pack.versions)} version(s) are "
             "deleted. This is refused while a profile names the pack or an endpoint runs it."
         ),
-        action=f"/drivers/packs/{pack['id']}/delete",
+        action=f"/drivers/packs/{pack.id}/delete",
         button="Delete pack",
-        back=f"/drivers/packs/{pack['id']}",
+        back=f"/drivers/packs/{pack.id}",
     )
 
 

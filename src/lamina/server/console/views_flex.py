@@ -155,7 +155,7 @@ def policy_create(
         lease_seconds=lease_days * DAY,
     )
     p = flex_policies.create_policy(ctx.engine, actor, req)
-    return see_other(f"/flex/policies/{p['id']}")
+    return see_other(f"/flex/policies/{p.id}")
 
 
 @router.get("/flex/policies/{ref}")
@@ -189,7 +189,7 @@ def policy_update(
         lease_seconds=lease_days * DAY,
     )
     p = flex_policies.update_policy(ctx.engine, actor, ref, req)
-    return see_other(f"/flex/policies/{p['id']}")
+    return see_other(f"/flex/policies/{p.id}")
 
 
 @router.get("/flex/policies/{ref}/delete")
@@ -199,12 +199,12 @@ def policy_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) ->
     return confirm_page(
         request,
         actor,
-        title=f"Delete flex policy {p['name']}",
-        what=f"The flex policy {p['name']} is deleted. This is refused while an entitlement or "
+        title=f"Delete flex policy {p.name}",
+        what=f"The flex policy {p.name} is deleted. This is refused while an entitlement or "
         "an instance uses it.",
-        action=f"/flex/policies/{p['id']}/delete",
+        action=f"/flex/policies/{p.id}/delete",
         button="Delete policy",
-        back=f"/flex/policies/{p['id']}",
+        back=f"/flex/policies/{p.id}",
     )
 
 
@@ -342,19 +342,19 @@ def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action:
     actor.require("flex.operate")
     i = flex.show_instance(ctx.engine, actor, ref)
     if action == "policy":
-        whose = "its own" if i["policy_override"] else "its entitlement's"
+        whose = "its own" if i.policy_override else "its entitlement's"
         return confirm_page(
             request,
             actor,
-            title=f"Policy of instance {i['id'][:8]} of {i['user']}",
-            what=f"The {i['image']} instance of {i['user']} runs under {i['policy']} ({whose}). "
+            title=f"Policy of instance {i.id[:8]} of {i.user}",
+            what=f"The {i.image} instance of {i.user} runs under {i.policy} ({whose}). "
             "The policy chosen below reaches the laptop at its next check-in.",
-            action=f"/flex/instances/{i['id']}/policy",
+            action=f"/flex/instances/{i.id}/policy",
             button="Set policy",
             back="/flex/instances",
             kind="flex-policy",
             policies=flex_policies.list_policies(ctx.engine, actor),
-            current=i["policy"] if i["policy_override"] else "",
+            current=i.policy if i.policy_override else "",
         )
     what = {
         "lock": "refuses to start from its next check-in on",
@@ -364,10 +364,10 @@ def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action:
     return confirm_page(
         request,
         actor,
-        title=f"{STATES[action][1]} instance {i['id'][:8]} of {i['user']}",
-        what=f"The {i['image']} instance of {i['user']} {what}. The message below is shown to "
+        title=f"{STATES[action][1]} instance {i.id[:8]} of {i.user}",
+        what=f"The {i.image} instance of {i.user} {what}. The message below is shown to "
         "them.",
-        action=f"/flex/instances/{i['id']}/{action}",
+        action=f"/flex/instances/{i.id}/{action}",
         button=STATES[action][1],
         back="/flex/instances",
         kind="message",
@@ -431,10 +431,10 @@ def group_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) ->
     return confirm_page(
         request,
         actor,
-        title=f"Delete group {g['name']}",
-        what=f"The group {g['name']} is deleted; its {len(g['members'])} member(s) stay as users "
+        title=f"Delete group {g.name}",
+        what=f"The group {g.name} is deleted; its {len(g.members)} member(s) stay as users "
         "but lose what was granted to the group.",
-        action=f"/groups/{g['name']}/delete",
+        action=f"/groups/{g.name}/delete",
         button="Delete group",
         back="/groups",
     )

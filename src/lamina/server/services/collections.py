@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Any
+from typing import Protocol
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, or_, select, true
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import collection_members, collections, cvds, devices, policies
 from lamina.errors import ConflictError, UsageError
+from lamina.protocol.schemas import CollectionPublic
 from lamina.server.security import Principal
 from lamina.server.services import drivers_index, fleet
 from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.rows import Collection, JsonObject, Named
 
 _COND = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*(!?=)\s*(.*?)\s*$")
+
+
+class _Candidate(Named, Protocol):
+    """An active CVD a filter may match, with its policy's name (and the facts the filters
+    name, as columns ``f0``, ``f1``... read with ``getattr``)."""
+
+    @property
+    def policy_name(self) -> str: ...
 
 
 def parse_filter(text: str) -> list[tuple[str, bool, str]]:
@@ -35,18 +45,18 @@ def parse_filter(text: str) -> list[tuple[str, bool, str]]:
     return out
 
 
-def _value(fields: dict[str, Any], name: str) -> str:
-    cur: Any = fields
+def _value(fields: JsonObject, name: str) -> str:
+    cur: object = fields
     for part in name.split("."):
         cur = cur.get(part) if isinstance(cur, dict) else None
     return "" if cur is None else str(cur)
 
 
-def matches(conds: list[tuple[str, bool, str]], fields: dict[str, Any]) -> bool:
+def matches(conds: list[tuple[str, bool, str]], fields: JsonObject) -> bool:
     return all(fnmatch.fnmatchcase(_value(fields, f), g) == want for f, want, g in conds)
 
 
-def _field_value(cvd: Any, field: str, fact: Any) -> str:
+def _field_value(cvd: _Candidate, field: str, fact: object) -> str:
     """What a condition on ``field`` compares, as ``_value`` reads it from the fields
     ``{**facts, "cvd": {"name": ..., "policy": ...}}`` (``fact``: the fact at that path)."""
     if field == "cvd":
@@ -56,7 +66,7 @@ def _field_value(cvd: Any, field: str, fact: Any) -> str:
     return "" if fact is None else str(fact)
 
 
-def _candidates(c: Connection, fields: list[str], where: Any) -> list[Any]:
+def _candidates(c: Connection, fields: list[str], where: ColumnElement[bool]) -> list[_Candidate]:
     """Every active CVD (that ``where`` keeps) with its policy's name and, from its
     device's facts, only the values at ``fields`` (extracted by the database: no CVD's
     whole facts are read)."""
@@ -79,7 +89,7 @@ def _candidates(c: Connection, fields: list[str], where: Any) -> list[Any]:
     )
 
 
-def _prefilter(c: Connection, filters: list[list[tuple[str, bool, str]]]) -> Any:
+def _prefilter(c: Connection, filters: list[list[tuple[str, bool, str]]]) -> ColumnElement[bool]:
     """What the database can drop before reading facts: the CVDs that no filter can
     match by the hardware-fact rows of ``drivers_index`` (each filter with a condition
     those rows can judge); true (drop nothing) when one filter has none, or when a
@@ -97,9 +107,9 @@ def _prefilter(c: Connection, filters: list[list[tuple[str, bool, str]]]) -> Any
     return or_(*per_filter) if per_filter and drivers_index.all_indexed(c) else true()
 
 
-def _static(c: Connection, ids: list[str]) -> dict[str, list[Any]]:
+def _static(c: Connection, ids: list[str]) -> dict[str, list[Named]]:
     """The hand-picked members (id, name) of the collections ``ids``, by name (one query)."""
-    out: dict[str, list[Any]] = {}
+    out: dict[str, list[Named]] = {}
     rows = c.execute(
         select(collection_members.c.collection_id, cvds.c.id, cvds.c.name)
         .join(cvds, cvds.c.id == collection_members.c.cvd_id)
@@ -111,7 +121,7 @@ def _static(c: Connection, ids: list[str]) -> dict[str, list[Any]]:
     return out
 
 
-def _members(c: Connection, rows: list[Any]) -> dict[str, list[Any]]:
+def _members(c: Connection, rows: list[Collection]) -> dict[str, list[Named]]:
     """The members (rows with ``id`` and ``name``, by name) of each collection in
     ``rows``: its static members plus every active CVD its filter matches. At most three
     queries whatever the number of collections and CVDs; the others only when a filter
@@ -139,34 +149,34 @@ def _members(c: Connection, rows: list[Any]) -> dict[str, list[Any]]:
     return out
 
 
-def members(c: Connection, coll: Any) -> list[Any]:
+def members(c: Connection, coll: Collection) -> list[Named]:
     """The CVDs (``id``, ``name``) of a collection: static members plus every active CVD
     its filter matches."""
     return _members(c, [coll])[coll.id]
 
 
-def _public(c: Connection, r: Any) -> dict[str, Any]:
+def _public(c: Connection, r: Collection) -> CollectionPublic:
     return _page(c, [r])[0]
 
 
-def _page(c: Connection, rows: list[Any]) -> list[dict[str, Any]]:
+def _page(c: Connection, rows: list[Collection]) -> list[CollectionPublic]:
     """Collections with their members: three queries for the page, whatever its size."""
     found = _members(c, rows)
     return [
-        {
-            "id": r.id,
-            "name": r.name,
-            "filter": r.filter,
-            "created": aware(r.created),
-            "members": [m.name for m in found[r.id]],
-        }
+        CollectionPublic(
+            id=r.id,
+            name=r.name,
+            filter=r.filter,
+            created=aware(r.created),
+            members=[m.name for m in found[r.id]],
+        )
         for r in rows
     ]
 
 
 def create(
     engine: Engine, actor: Principal, name: str, filter_: str, cvd_refs: list[str]
-) -> dict[str, Any]:
+) -> CollectionPublic:
     actor.require("layer.write")
     parse_filter(filter_)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name):
@@ -186,7 +196,7 @@ def create(
         return _public(c, find_one(c, collections, cid, "name", "collection"))
 
 
-def list_collections(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_collections(engine: Engine, actor: Principal) -> list[CollectionPublic]:
     actor.require("read")
     drivers_index.fill(engine)
     with read_tx(engine) as c:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import Connection, Row, Table, insert, or_, select
+from sqlalchemy import Column, ColumnElement, Connection, Row, Table, func, insert, or_, select
 
 from lamina.db.models import audit_log
 from lamina.errors import ConflictError, NotFoundError
@@ -21,7 +21,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+@overload
+def aware(t: dt.datetime) -> dt.datetime: ...
+@overload
+def aware(t: dt.datetime | None) -> dt.datetime | None: ...
 def aware(t: dt.datetime | None) -> dt.datetime | None:
+    """A time read back from the database as UTC-aware (SQLite returns it naive)."""
     if t is None:
         return None
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
@@ -34,6 +39,12 @@ def audit(c: Connection, actor: str, action: str, target: str, **detail: Any) ->
             time=now(), actor=actor, action=action, target=target, detail=detail
         )
     )
+
+
+def next_number(c: Connection, column: Column[int], *where: ColumnElement[bool]) -> int:
+    """One more than the highest ``column`` among the rows ``where`` selects (1 if none):
+    the next version of a layer or an image."""
+    return (c.execute(select(func.max(column)).where(*where)).scalar() or 0) + 1
 
 
 #: How short an id prefix may be, and how many ids an ambiguous reference lists.
@@ -56,16 +67,7 @@ def find_by_id(c: Connection, table: Table, ref: str, what: str) -> Row[Any]:
     r = c.execute(select(table).where(table.c.id == ref)).first()
     if r is not None:
         return r
-    rows: Sequence[Row[Any]] = []
-    if len(ref) >= MIN_PREFIX:
-        rows = c.execute(
-            select(table).where(table.c.id.startswith(ref, autoescape=True)).limit(LIST_IDS + 1)
-        ).all()
-    if not rows:
-        raise NotFoundError(f"no {what} {ref!r}")
-    if len(rows) > 1:
-        raise _ambiguous(what, ref, rows, None)
-    return rows[0]
+    return _only(what, ref, _by_prefix(c, table, ref), None)
 
 
 def find_one(c: Connection, table: Table, ref: str, name_col: str, what: str) -> Row[Any]:
@@ -77,10 +79,20 @@ def find_one(c: Connection, table: Table, ref: str, name_col: str, what: str) ->
     exact = [r for r in rows if r.id == ref]
     if exact:
         return exact[0]
-    if not rows and len(ref) >= MIN_PREFIX:
-        rows = c.execute(
-            select(table).where(table.c.id.startswith(ref, autoescape=True)).limit(LIST_IDS + 1)
-        ).all()
+    return _only(what, ref, rows or _by_prefix(c, table, ref), name_col)
+
+
+def _by_prefix(c: Connection, table: Table, ref: str) -> Sequence[Row[Any]]:
+    """The rows whose id starts with ``ref`` (none for a prefix under ``MIN_PREFIX``)."""
+    if len(ref) < MIN_PREFIX:
+        return []
+    return c.execute(
+        select(table).where(table.c.id.startswith(ref, autoescape=True)).limit(LIST_IDS + 1)
+    ).all()
+
+
+def _only(what: str, ref: str, rows: Sequence[Row[Any]], name_col: str | None) -> Row[Any]:
+    """The one row ``ref`` found; not found or ambiguous otherwise."""
     if not rows:
         raise NotFoundError(f"no {what} {ref!r}")
     if len(rows) > 1:

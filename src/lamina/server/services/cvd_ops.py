@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
@@ -115,7 +114,7 @@ def request_restore(
     )
 
 
-def _list(value: object) -> list[Any]:
+def _list(value: object) -> list[object]:
     return value if isinstance(value, list) else []
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
+    Join,
+    Select,
     and_,
     case,
     false,
@@ -55,6 +56,7 @@ from lamina.server.services.agent_events import LOW_DISK
 from lamina.server.services.common import aware, now
 from lamina.server.services.events import unacknowledged
 from lamina.server.services.fleet import ACTIVE, PENDING
+from lamina.server.services.rows import Device, JsonObject
 
 HEALTH = ("pending", "online", "offline", "failing", "lowdisk")
 SORTS = {
@@ -86,7 +88,7 @@ def _offline_after(c: Connection, at: dt.datetime) -> ColumnElement[bool]:
     return or_(false(), *conds)
 
 
-def _failing_cvds() -> Any:
+def _failing_cvds() -> Select[tuple[str]]:
     """The ids of CVDs whose newest finished task failed.
 
     Starts from the failed tasks (few, by the state index) and keeps those with no
@@ -126,7 +128,7 @@ def _conditions(c: Connection, at: dt.datetime) -> dict[str, ColumnElement[bool]
     }
 
 
-def _joined() -> Any:
+def _joined() -> Join:
     return devices.outerjoin(
         cvds, and_(cvds.c.device_id == devices.c.id, cvds.c.state == ACTIVE)
     ).outerjoin(policies, policies.c.id == cvds.c.policy_id)
@@ -269,7 +271,7 @@ class DevicePage:
         return max(1, -(-self.total // self.query.size))
 
 
-def _os_name(facts: dict[str, Any]) -> str:
+def _os_name(facts: JsonObject) -> str:
     rel = facts.get("os_release") or {}
     if not isinstance(rel, dict):
         return ""
@@ -389,10 +391,22 @@ class DeviceFacts:
     id: str
     hostname: str
     status: str
-    facts: dict[str, Any]
+    facts: JsonObject
     enrolled: dt.datetime | None
     last_seen: dt.datetime | None
-    agent: dict[str, Any]
+    agent: JsonObject
+
+
+def _device_facts(r: Device) -> DeviceFacts:
+    return DeviceFacts(
+        r.id,
+        r.hostname,
+        r.status,
+        r.facts or {},
+        aware(r.enrolled),
+        aware(r.last_seen),
+        r.agent_state or {},
+    )
 
 
 def device_of_cvd(engine: Engine, actor: Principal, cvd_id: str) -> DeviceFacts | None:
@@ -404,15 +418,7 @@ def device_of_cvd(engine: Engine, actor: Principal, cvd_id: str) -> DeviceFacts 
         ).first()
     if r is None:
         return None
-    return DeviceFacts(
-        r.id,
-        r.hostname,
-        r.status,
-        r.facts or {},
-        aware(r.enrolled),
-        aware(r.last_seen),
-        r.agent_state or {},
-    )
+    return _device_facts(r)
 
 
 def pending_device(engine: Engine, actor: Principal, device_id: str) -> DeviceFacts:
@@ -422,12 +428,4 @@ def pending_device(engine: Engine, actor: Principal, device_id: str) -> DeviceFa
         r = c.execute(select(devices).where(devices.c.id == device_id)).first()
     if r is None:
         raise NotFoundError(f"no device {device_id!r}")
-    return DeviceFacts(
-        r.id,
-        r.hostname,
-        r.status,
-        r.facts or {},
-        aware(r.enrolled),
-        aware(r.last_seen),
-        r.agent_state or {},
-    )
+    return _device_facts(r)

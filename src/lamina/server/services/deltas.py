@@ -28,7 +28,7 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import blake3
 from sqlalchemy import Engine
@@ -36,6 +36,7 @@ from sqlalchemy import Engine
 from lamina.errors import ForbiddenError
 from lamina.protocol.schemas import DeltaItem
 from lamina.server.services import access
+from lamina.server.services.rows import Cvd
 from lamina.server.services.sync import parse_ids
 from lamina.store.delta import MAX_FILE, make_delta
 from lamina.store.repository import Store
@@ -166,7 +167,7 @@ def deltas_for_device(
     cache: DeltaCache,
     trees: access.TreeCache,
     device_id: str,
-    cvd: Any,
+    cvd: Cvd,
     items: list[DeltaItem],
 ) -> list[bytes | None]:
     """One delta (or None) per item, for a device: the new version's chunks must be

@@ -7,8 +7,9 @@ around them, and gives the layer plan its driver inputs (:func:`packs_for_device
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import IO, Any
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import IO, TypedDict
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
@@ -26,11 +27,13 @@ from lamina.errors import ConflictError, NotFoundError
 from lamina.layers.drivers import Match, PackRef, Profile, os_family_of, packs_for
 from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef
+from lamina.protocol.schemas import DriverPackPublic, DriverPackVersionPublic
 from lamina.server.security import Principal
 from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
-from lamina.server.services.layer_versions import layers_public
+from lamina.server.services.layer_versions import add_version, versions_of
+from lamina.server.services.rows import DriverProfile, JsonObject, Layer, LayerVersion
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 
@@ -38,7 +41,7 @@ from lamina.store.repository import Store
 _LIVE = ("pending", "active")
 
 
-def device_facts(c: Connection, device_id: str | None) -> dict[str, Any] | None:
+def device_facts(c: Connection, device_id: str | None) -> JsonObject | None:
     """A device's reported facts (``None``: no such device, or none reported)."""
     if not device_id:
         return None
@@ -46,7 +49,7 @@ def device_facts(c: Connection, device_id: str | None) -> dict[str, Any] | None:
     return d.facts if d is not None and isinstance(d.facts, dict) else None
 
 
-def last_device_facts(c: Connection, cvd_id: str, device_id: str | None) -> dict[str, Any] | None:
+def last_device_facts(c: Connection, cvd_id: str, device_id: str | None) -> JsonObject | None:
     """The facts of the machine a CVD's system last ran on: the device its last snapshot
     was taken on (snapshot ``meta.device``), else ``device_id`` (its device now). A
     machine it was migrated onto but that never synced (a rolled-back migration) is
@@ -62,40 +65,55 @@ def last_device_facts(c: Connection, cvd_id: str, device_id: str | None) -> dict
 
 
 # --- packs ------------------------------------------------------------------------------
-def _version_public(r: Any) -> dict[str, Any]:
+def _version_public(r: LayerVersion) -> DriverPackVersionPublic:
     apps = r.apps or {}
-    return {
-        "id": r.id,
-        "version": r.version,
-        "created": aware(r.created),
-        "root": r.root.hex(),
-        "notes": r.notes,
-        "files": r.files,
-        "bytes": r.bytes,
-        "packages": apps.get("packages", {}),
-        "loose_files": apps.get("loose_files", 0),
-    }
+    return DriverPackVersionPublic(
+        id=r.id,
+        version=r.version,
+        created=aware(r.created),
+        root=r.root.hex(),
+        notes=r.notes,
+        files=r.files,
+        bytes=r.bytes,
+        packages=apps.get("packages", {}),
+        loose_files=apps.get("loose_files", 0),
+    )
 
 
-def _pack_public(c: Connection, r: Any) -> dict[str, Any]:
-    return layers_public(c, [r], _version_public, with_kind=False)[0]
+def _packs_public(c: Connection, rows: Iterable[Layer]) -> list[DriverPackPublic]:
+    """Packs with their versions: two queries whatever the number of packs."""
+    rows = list(rows)
+    versions = versions_of(c, [r.id for r in rows])
+    return [
+        DriverPackPublic(
+            id=r.id,
+            name=r.name,
+            created=aware(r.created),
+            versions=[_version_public(v) for v in versions[r.id]],
+        )
+        for r in rows
+    ]
 
 
-def _find_pack(c: Connection, ref: str) -> Any:
-    r = find_one(c, layers, ref, "name", "driver pack")
+def _pack_public(c: Connection, r: Layer) -> DriverPackPublic:
+    return _packs_public(c, [r])[0]
+
+
+def _find_pack(c: Connection, ref: str) -> Layer:
+    r: Layer = find_one(c, layers, ref, "name", "driver pack")
     if r.kind != DRIVER:
         raise NotFoundError(f"{r.name} is a {r.kind} layer, not a driver pack")
     return r
 
 
-def list_packs(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_packs(engine: Engine, actor: Principal) -> list[DriverPackPublic]:
     actor.require("read")
     with read_tx(engine) as c:
         rows = c.execute(select(layers).where(layers.c.kind == DRIVER).order_by(layers.c.name))
-        return layers_public(c, rows, _version_public, with_kind=False)
+        return _packs_public(c, rows)
 
 
-def show_pack(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def show_pack(engine: Engine, actor: Principal, ref: str) -> DriverPackPublic:
     actor.require("read")
     with read_tx(engine) as c:
         return _pack_public(c, _find_pack(c, ref))
@@ -103,7 +121,7 @@ def show_pack(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
 
 def import_pack(
     engine: Engine, store: Store, actor: Principal, name: str, archive: IO[bytes], notes: str
-) -> dict[str, Any]:
+) -> DriverPackPublic:
     """A new version of pack ``name`` (made if new) from an uploaded tar of its folder.
 
     The tree and its chunks are stored before the row that names them."""
@@ -124,28 +142,7 @@ def import_pack(
             r = c.execute(select(layers).where(layers.c.id == lid)).one()
         elif r.kind != DRIVER:
             raise ConflictError(f"{name!r} is the name of a {r.kind} layer: pick another name")
-        version = (
-            c.execute(
-                select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == r.id)
-            ).scalar()
-            or 0
-        ) + 1
-        c.execute(
-            insert(layer_versions).values(
-                id=new_id(),
-                layer_id=r.id,
-                version=version,
-                created=now(),
-                root=built.root,
-                whiteouts=[],
-                source_cvd=None,
-                source_snapshot=None,
-                notes=notes,
-                files=built.files,
-                bytes=built.bytes,
-                apps=built.apps,
-            )
-        )
+        version = add_version(c, r.id, built, notes)
         audit(
             c,
             actor.name,
@@ -157,7 +154,7 @@ def import_pack(
         return _pack_public(c, r)
 
 
-def delete_pack(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def delete_pack(engine: Engine, actor: Principal, ref: str) -> DriverPackPublic:
     """Delete a pack and its versions; refused while a profile names it or an endpoint
     is assigned or runs one of its versions."""
     actor.require("driver.write")
@@ -195,11 +192,11 @@ def delete_pack(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
 
 
 # --- profiles ---------------------------------------------------------------------------
-def _pack_names(row: Any) -> set[str]:
+def _pack_names(row: DriverProfile) -> set[str]:
     return {str(p.get("name")) for p in row.packs or [] if isinstance(p, dict)}
 
 
-def _profile_of(row: Any) -> Profile:
+def _profile_of(row: DriverProfile) -> Profile:
     return Profile(
         row.name,
         tuple(PackRef(str(p["name"]), p.get("version")) for p in row.packs),
@@ -208,18 +205,32 @@ def _profile_of(row: Any) -> Profile:
     )
 
 
-def _profile_public(row: Any) -> dict[str, Any]:
+class ProfileView(TypedDict):
+    """A driver profile as ``lamina driver profile list/show`` and the console show it."""
+
+    id: str
+    name: str
+    #: ``NAME`` or ``NAME:VERSION``
+    packs: list[str]
+    matches: list[str]
+    os_family: str | None
+    notes: str
+    created: dt.datetime
+    updated: dt.datetime
+
+
+def _profile_public(row: DriverProfile) -> ProfileView:
     p = _profile_of(row)
-    return {
-        "id": row.id,
-        "name": row.name,
-        "packs": [r.label for r in p.packs],
-        "matches": [str(m) for m in p.matches],
-        "os_family": row.os_family,
-        "notes": row.notes,
-        "created": aware(row.created),
-        "updated": aware(row.updated),
-    }
+    return ProfileView(
+        id=row.id,
+        name=row.name,
+        packs=[r.label for r in p.packs],
+        matches=[str(m) for m in p.matches],
+        os_family=row.os_family,
+        notes=row.notes,
+        created=aware(row.created),
+        updated=aware(row.updated),
+    )
 
 
 def _checked(
@@ -250,7 +261,7 @@ def _checked(
     return p
 
 
-def _values(p: Profile) -> dict[str, Any]:
+def _values(p: Profile) -> dict[str, object]:
     return {
         "packs": [{"name": r.name, "version": r.version} for r in p.packs],
         "matches": [str(m) for m in p.matches],
@@ -266,7 +277,7 @@ def create_profile(
     matches: list[str],
     os_family: str | None,
     notes: str = "",
-) -> dict[str, Any]:
+) -> ProfileView:
     actor.require("driver.write")
     with write_tx(engine) as c:
         if c.execute(select(driver_profiles.c.id).where(driver_profiles.c.name == name)).first():
@@ -292,7 +303,7 @@ def update_profile(
     matches: list[str] | None,
     os_family: str | None,
     notes: str | None = None,
-) -> dict[str, Any]:
+) -> ProfileView:
     """Replace what is given: the packs, the matches, the OS family (``""`` clears it)."""
     actor.require("driver.write")
     with write_tx(engine) as c:
@@ -319,20 +330,20 @@ def update_profile(
         )
 
 
-def list_profiles(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_profiles(engine: Engine, actor: Principal) -> list[ProfileView]:
     actor.require("read")
     with read_tx(engine) as c:
         rows = c.execute(select(driver_profiles).order_by(driver_profiles.c.name))
         return [_profile_public(r) for r in rows]
 
 
-def show_profile(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def show_profile(engine: Engine, actor: Principal, ref: str) -> ProfileView:
     actor.require("read")
     with read_tx(engine) as c:
         return _profile_public(find_one(c, driver_profiles, ref, "name", "driver profile"))
 
 
-def delete_profile(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def delete_profile(engine: Engine, actor: Principal, ref: str) -> ProfileView:
     actor.require("driver.write")
     with write_tx(engine) as c:
         row = find_one(c, driver_profiles, ref, "name", "driver profile")
@@ -358,7 +369,7 @@ def profiles(c: Connection) -> list[Profile]:
 
 
 def packs_for_device(
-    c: Connection, facts: Mapping[str, Any], os_release: Mapping[str, str] | None
+    c: Connection, facts: JsonObject, os_release: Mapping[str, str] | None
 ) -> list[LayerRef]:
     """The driver packs a machine with ``facts`` gets when a system with ``os_release``
     is laid down on it, as layer-plan inputs (kind ``driver``; latest version unless a
@@ -395,7 +406,7 @@ def pack_refs(c: Connection, version_ids: list[str]) -> list[LayerRef]:
     return out
 
 
-def pack_ref(pack: Any, version: Any) -> LayerRef:
+def pack_ref(pack: Layer, version: LayerVersion) -> LayerRef:
     """A stored pack version as a layer-plan input."""
     return LayerRef(
         f"{pack.name}:{version.version}",

@@ -12,9 +12,19 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Collection
-from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+)
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import device_match_facts as dmf
@@ -29,7 +39,7 @@ MAX_VALUE = 512
 _BATCH = 500
 
 
-def store(c: Connection, device_id: str, facts: Any) -> None:
+def store(c: Connection, device_id: str, facts: object) -> None:
     """Replace a device's rows with those of ``facts`` (inside the caller's transaction)."""
     c.execute(delete(dmf).where(dmf.c.device_id == device_id))
     pairs = [MARK, *match_values(facts if isinstance(facts, dict) else {})]
@@ -37,7 +47,7 @@ def store(c: Connection, device_id: str, facts: Any) -> None:
     c.execute(insert(dmf), [{"device_id": device_id, "field": f, "value": v} for f, v in pairs])
 
 
-def _unindexed() -> Any:
+def _unindexed() -> ColumnElement[bool]:
     return ~exists().where(dmf.c.device_id == devices.c.id)
 
 
@@ -98,7 +108,7 @@ def like_of(glob: str) -> str | None:
 TEXT_FIELDS = frozenset({"hostname", "vendor", "model", "cpu_vendor", "boot_mode", *DMI_FIELDS})
 
 
-def may_match(device_id: Any, field: str, glob: str) -> Any | None:
+def may_match(device_id: ColumnElement[str], field: str, glob: str) -> ColumnElement[bool] | None:
     """A condition true of every device whose fact ``field`` (a string) ``fnmatchcase``
     matches ``glob`` (and of a few more: it ignores case), to let the database drop the
     others before reading their facts; None when these rows cannot say it (not a
@@ -113,7 +123,7 @@ def may_match(device_id: Any, field: str, glob: str) -> Any | None:
     )
 
 
-def matching(c: Connection, profile: Profile, statuses: Collection[str]) -> list[Any]:
+def matching(c: Connection, profile: Profile, statuses: Collection[str]) -> list[dict[str, str]]:
     """The devices (``id``, ``hostname``; hostname order) in ``statuses`` whose facts
     this profile matches: one query. Call :func:`fill` first."""
     conds = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -37,6 +36,7 @@ from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_to
 from lamina.server.services import agent_events, drivers_index, flex_manage
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.rows import Cvd, Device, JsonObject
 from lamina.store.keys import ChunkingSecret
 
 PENDING, ACTIVE, REJECTED, ARCHIVED = "pending", "active", "rejected", "archived"
@@ -99,7 +99,8 @@ def issue_enroll_token(
 
 
 # --- devices --------------------------------------------------------------------
-def _cvd_of(c: Connection, device_id: str) -> Any:
+def active_cvd(c: Connection, device_id: str) -> Cvd | None:
+    """The device's active CVD row, if it has one."""
     return c.execute(
         select(cvds).where(cvds.c.device_id == device_id, cvds.c.state == ACTIVE)
     ).first()
@@ -131,7 +132,7 @@ def _device_page(c: Connection, *where: ColumnElement[bool]) -> list[DevicePubli
     ]
 
 
-def _device_public(c: Connection, r: Any) -> DevicePublic:
+def _device_public(c: Connection, r: Device) -> DevicePublic:
     return _device_page(c, devices.c.id == r.id)[0]
 
 
@@ -206,7 +207,7 @@ def chunking_public(chunking: ChunkingSecret, with_key: bool) -> ChunkingPublic:
     )
 
 
-def find_device(c: Connection, ref: str) -> Any:
+def find_device(c: Connection, ref: str) -> Device:
     return find_one(c, devices, ref, "hostname", "device")
 
 
@@ -291,7 +292,7 @@ def centralize(
         return _cvd_public(c, find_cvd(c, cid))
 
 
-def find_cvd(c: Connection, ref: str) -> Any:
+def find_cvd(c: Connection, ref: str) -> Cvd:
     return find_one(c, cvds, ref, "name", "CVD")
 
 
@@ -338,7 +339,7 @@ def _cvd_page(c: Connection, *where: ColumnElement[bool]) -> list[CvdPublic]:
     ]
 
 
-def _cvd_public(c: Connection, r: Any) -> CvdPublic:
+def _cvd_public(c: Connection, r: Cvd) -> CvdPublic:
     return _cvd_page(c, cvds.c.id == r.id)[0]
 
 
@@ -376,7 +377,7 @@ def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
         return _cvd_public(c, find_cvd(c, r.id))
 
 
-def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str = "read") -> Any:
+def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str = "read") -> Cvd:
     """The CVD row if ``actor`` may reach it: its own device, or a user with ``permission``."""
     with read_tx(engine) as c:
         r = find_cvd(c, ref)
@@ -394,7 +395,7 @@ def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str =
 def agent_config(
     engine: Engine,
     device: Principal,
-    state: dict[str, Any] | None = None,
+    state: JsonObject | None = None,
     chunking: ChunkingSecret | None = None,
     facts: HardwareFacts | None = None,
 ) -> AgentConfig:
@@ -403,7 +404,7 @@ def agent_config(
     ``facts`` (sent at the agent's start and after each sync) replace the device's
     facts; the hostname the agent reports with its state refreshes the device's."""
     with write_tx(engine) as c:
-        values: dict[str, Any] = {"last_seen": now()}
+        values: JsonObject = {"last_seen": now()}
         if state is not None:
             old = c.execute(
                 select(devices.c.hostname, devices.c.agent_state).where(devices.c.id == device.id)
@@ -418,7 +419,7 @@ def agent_config(
             drivers_index.store(c, device.id, values["facts"])
         c.execute(update(devices).where(devices.c.id == device.id).values(**values))
         d = c.execute(select(devices).where(devices.c.id == device.id)).one()
-        cvd = _cvd_of(c, device.id)
+        cvd = active_cvd(c, device.id)
         if cvd is not None and state is not None and "progress" in state:
             c.execute(update(cvds).where(cvds.c.id == cvd.id).values(progress=state["progress"]))
         settings = None
@@ -436,20 +437,20 @@ def agent_config(
     )
 
 
-def cvd_of_device(c: Connection, device_id: str) -> Any:
+def cvd_of_device(c: Connection, device_id: str) -> Cvd:
     """The device's active CVD row; ``NotFoundError`` if it has none."""
-    cvd = _cvd_of(c, device_id)
+    cvd = active_cvd(c, device_id)
     if cvd is None:
         raise NotFoundError("this device has no active CVD (pending, rejected or archived)")
     return cvd
 
 
-def policy_of(c: Connection, cvd: Any) -> PolicySettings:
+def policy_of(c: Connection, cvd: Cvd) -> PolicySettings:
     """The settings of the policy a CVD follows."""
     p = c.execute(select(policies.c.settings).where(policies.c.id == cvd.policy_id)).one()
     return PolicySettings(**p.settings)
 
 
-def active_cvd_of_device(engine: Engine, device: Principal) -> Any:
+def active_cvd_of_device(engine: Engine, device: Principal) -> Cvd:
     with read_tx(engine) as c:
         return cvd_of_device(c, device.id)

@@ -9,6 +9,7 @@ no external data file and no extent outside the file itself before it is convert
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -18,11 +19,11 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import blake3
 import sqlalchemy.exc
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import flex_entitlements, flex_image_versions, flex_images
@@ -36,7 +37,8 @@ from lamina.errors import (
 )
 from lamina.protocol.flex import MAX_IMAGE_SIZE, NAME, FlexManifest, FlexRegisterUrl, Piece
 from lamina.server.security import Principal
-from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
+from lamina.server.services.rows import FlexImage, FlexImageVersion, PieceRow
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
@@ -52,6 +54,36 @@ DISK_NAME = b"disk.raw"
 #: A hole in the raw disk is served as zero pieces of at most this many bytes.
 ZERO_PIECE = 4 * 1024 * 1024
 QEMU_IMG_TIMEOUT = 3600
+
+
+class DiskInfo(TypedDict):
+    """What ``qemu-img info`` says of a disk that passed the checks."""
+
+    format: str
+    virtual_size: int
+
+
+class ImageVersionView(TypedDict):
+    version: int
+    size: int
+    memory_mib: int
+    cpus: int
+    firmware: str
+    #: how many pieces its manifest has
+    pieces: int
+    snapshot: str
+    created: dt.datetime
+    #: bytes it added to the store (None for a version registered before it was kept)
+    new_bytes: int | None
+
+
+class ImageView(TypedDict):
+    """An image with its versions, as ``lamina flex image list/show`` and the console show it."""
+
+    id: str
+    name: str
+    created: dt.datetime
+    versions: list[ImageVersionView]
 
 
 def snapshot_source(image_id: str) -> str:
@@ -75,7 +107,7 @@ def _qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
         raise BackendError(f"qemu-img {args[0]} took longer than {QEMU_IMG_TIMEOUT} s") from e
 
 
-def inspect_disk(path: Path) -> dict[str, Any]:
+def inspect_disk(path: Path) -> DiskInfo:
     """``qemu-img info`` of a disk we are about to read, refusing anything that names another
     file. Returns ``{"format", "virtual_size"}``."""
     # A file name qemu would parse (json:, nbd:, ...) is never passed: always an absolute path.
@@ -102,7 +134,7 @@ def inspect_disk(path: Path) -> dict[str, Any]:
         raise UsageError("the disk is empty")
     if not 0 <= size <= MAX_IMAGE_SIZE:
         raise TooLargeError(f"a disk of {size} bytes is above the {MAX_IMAGE_SIZE}-byte limit")
-    return {"format": fmt, "virtual_size": size}
+    return DiskInfo(format=fmt, virtual_size=size)
 
 
 def to_raw(path: Path, fmt: str, dest: Path) -> None:
@@ -117,11 +149,11 @@ def _first_line(text: str) -> str:
 
 
 # --- storing a raw disk ---------------------------------------------------------------
-def _zero_pieces(offset: int, length: int) -> list[list[Any]]:
-    out: list[list[Any]] = []
+def _zero_pieces(offset: int, length: int) -> list[PieceRow]:
+    out: list[PieceRow] = []
     while length > 0:
         n = min(length, ZERO_PIECE)
-        out.append([offset, n, _zeros_hash(n), None])
+        out.append((offset, n, _zeros_hash(n), None))
         offset += n
         length -= n
     return out
@@ -137,9 +169,7 @@ def _zeros_hash(n: int) -> str:
     return h
 
 
-def store_raw(
-    store: Store, image_id: str, raw: Path
-) -> tuple[SnapshotRecord, list[list[Any]], int]:
+def store_raw(store: Store, image_id: str, raw: Path) -> tuple[SnapshotRecord, list[PieceRow], int]:
     """Chunk ``raw`` into the store as a one-file snapshot. Returns the snapshot, the pieces
     (``[offset, length, plain blake3, blob id hex | None]``) and the bytes newly stored."""
     with store.writer() as w, open(raw, "rb") as f:
@@ -166,7 +196,7 @@ def store_raw(
 
         content = chunk_fd(f.fileno(), st, Chunker(w.chunking), add)
         settle()
-        pieces: list[list[Any]] = []
+        pieces: list[PieceRow] = []
         at = 0
         hashes = iter(plain)
         for c in content:
@@ -175,7 +205,7 @@ def store_raw(
                 at += c
             else:
                 length, h = next(hashes)
-                pieces.append([at, length, h, c.hex()])
+                pieces.append((at, length, h, c.hex()))
                 at += length
         entry = Entry(name=DISK_NAME, type="file", mode=0o600, size=st.st_size, content=content)
         root = w.put(BlobKind.TREE, encode_tree([entry]))
@@ -223,8 +253,8 @@ def register(
     memory_mib: int = 1024,
     cpus: int = 1,
     firmware: str = "bios",
-    source: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    source: dict[str, str] | None = None,
+) -> ImageView:
     """Register ``disk`` as the next version of image ``name`` (created if new).
 
     ``work`` is a private folder for the raw copy (removed here). The store holds the
@@ -276,21 +306,18 @@ def _add_version(
     name: str,
     image_id: str,
     record: SnapshotRecord,
-    pieces: list[list[Any]],
+    pieces: list[PieceRow],
     new_bytes: int,
-    info: dict[str, Any],
+    info: DiskInfo,
     memory_mib: int,
     cpus: int,
     firmware: str,
-    source: dict[str, Any] | None,
-) -> dict[str, Any]:
+    source: dict[str, str] | None,
+) -> ImageView:
     with write_tx(engine) as c:
-        last = c.execute(
-            select(func.max(flex_image_versions.c.version)).where(
-                flex_image_versions.c.image_id == image_id
-            )
-        ).scalar()
-        version = (last or 0) + 1
+        version = next_number(
+            c, flex_image_versions.c.version, flex_image_versions.c.image_id == image_id
+        )
         c.execute(
             insert(flex_image_versions).values(
                 id=new_id(),
@@ -338,7 +365,7 @@ async def spool(stream: AsyncIterator[bytes], dest: Path, limit: int = MAX_IMAGE
 
 def register_url(
     engine: Engine, store: Store, actor: Principal, data: Path, name: str, req: FlexRegisterUrl
-) -> dict[str, Any]:
+) -> ImageView:
     """Register an image the server fetches by URL and checks against its SHA-256 (for
     images too large to upload); the fetched file is removed whatever happens."""
     actor.require("flex.admin")
@@ -393,11 +420,11 @@ def fetch(url: str, sha256: str, dest: Path, limit: int = MAX_IMAGE_SIZE) -> Non
 
 
 # --- reading -------------------------------------------------------------------------------
-def find_image(c: Connection, ref: str) -> Any:
+def find_image(c: Connection, ref: str) -> FlexImage:
     return find_one(c, flex_images, ref, "name", "flex image")
 
 
-def find_version(c: Connection, image: Any, version: int | None) -> Any:
+def find_version(c: Connection, image: FlexImage, version: int | None) -> FlexImageVersion:
     q = select(flex_image_versions).where(flex_image_versions.c.image_id == image.id)
     if version is not None:
         q = q.where(flex_image_versions.c.version == version)
@@ -407,21 +434,23 @@ def find_version(c: Connection, image: Any, version: int | None) -> Any:
     return row
 
 
-def _version_public(v: Any) -> dict[str, Any]:
-    return {
-        "version": v.version,
-        "size": v.size,
-        "memory_mib": v.memory_mib,
-        "cpus": v.cpus,
-        "firmware": v.firmware,
-        "pieces": len(v.pieces),
-        "snapshot": v.snapshot_id,
-        "created": aware(v.created),
-        "new_bytes": (v.source or {}).get("new_bytes"),
-    }
+def _version_public(v: FlexImageVersion) -> ImageVersionView:
+    return ImageVersionView(
+        version=v.version,
+        size=v.size,
+        memory_mib=v.memory_mib,
+        cpus=v.cpus,
+        firmware=v.firmware,
+        pieces=len(v.pieces),
+        snapshot=v.snapshot_id,
+        created=aware(v.created),
+        new_bytes=(v.source or {}).get("new_bytes"),
+    )
 
 
-def _image_public(c: Connection, img: Any, versions: list[Any] | None = None) -> dict[str, Any]:
+def _image_public(
+    c: Connection, img: FlexImage, versions: list[FlexImageVersion] | None = None
+) -> ImageView:
     if versions is None:
         versions = list(
             c.execute(
@@ -430,25 +459,25 @@ def _image_public(c: Connection, img: Any, versions: list[Any] | None = None) ->
                 .order_by(flex_image_versions.c.version)
             )
         )
-    return {
-        "id": img.id,
-        "name": img.name,
-        "created": aware(img.created),
-        "versions": [_version_public(v) for v in versions],
-    }
+    return ImageView(
+        id=img.id,
+        name=img.name,
+        created=aware(img.created),
+        versions=[_version_public(v) for v in versions],
+    )
 
 
-def list_images(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_images(engine: Engine, actor: Principal) -> list[ImageView]:
     actor.require("read")
     with read_tx(engine) as c:
-        imgs = list(c.execute(select(flex_images).order_by(flex_images.c.name)))
-        by: dict[str, list[Any]] = {i.id: [] for i in imgs}
+        imgs: list[FlexImage] = list(c.execute(select(flex_images).order_by(flex_images.c.name)))
+        by: dict[str, list[FlexImageVersion]] = {i.id: [] for i in imgs}
         for v in c.execute(select(flex_image_versions).order_by(flex_image_versions.c.version)):
             by.setdefault(v.image_id, []).append(v)
         return [_image_public(c, i, by[i.id]) for i in imgs]
 
 
-def show_image(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def show_image(engine: Engine, actor: Principal, ref: str) -> ImageView:
     actor.require("read")
     with read_tx(engine) as c:
         return _image_public(c, find_image(c, ref))
@@ -480,7 +509,7 @@ def delete_image(engine: Engine, store: Store, actor: Principal, ref: str) -> No
     store.forget(snaps)
 
 
-def manifest(img: Any, v: Any) -> FlexManifest:
+def manifest(img: FlexImage, v: FlexImageVersion) -> FlexManifest:
     return FlexManifest(
         image_id=img.id,
         image_name=img.name,
@@ -493,7 +522,7 @@ def manifest(img: Any, v: Any) -> FlexManifest:
     )
 
 
-def piece_bytes(store: Store, v: Any, n: int) -> bytes:
+def piece_bytes(store: Store, v: FlexImageVersion, n: int) -> bytes:
     """The plaintext of piece ``n`` of version row ``v`` (checked against its plain BLAKE3)."""
     if not 0 <= n < len(v.pieces):
         raise NotFoundError(f"no piece {n} (the image has {len(v.pieces)})")

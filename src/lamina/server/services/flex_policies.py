@@ -7,7 +7,6 @@ next check-in.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -15,12 +14,19 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import flex_entitlements, flex_instances, flex_policies
 from lamina.errors import ConflictError, UsageError
-from lamina.protocol.flex import FlexPolicyCreate, FlexPolicyDoc, FlexPolicyUpdate, FlexRestrictions
+from lamina.protocol.flex import (
+    FlexPolicyCreate,
+    FlexPolicyDoc,
+    FlexPolicyPublic,
+    FlexPolicyUpdate,
+    FlexRestrictions,
+)
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.rows import FlexPolicy, JsonObject
 
 
-def _restrictions(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+def _restrictions(base: JsonObject, change: JsonObject) -> JsonObject:
     unknown = sorted(set(change) - set(FlexRestrictions.model_fields))
     if unknown:
         raise UsageError(f"unknown restriction {unknown[0]!r}")
@@ -31,11 +37,11 @@ def _restrictions(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any
         raise UsageError(f"restriction {'.'.join(map(str, err['loc']))}: {err['msg']}") from e
 
 
-def find_policy(c: Connection, ref: str) -> Any:
+def find_policy(c: Connection, ref: str) -> FlexPolicy:
     return find_one(c, flex_policies, ref, "name", "flex policy")
 
 
-def _expiry(p: Any, created: dt.datetime | None) -> dt.datetime | None:
+def _expiry(p: FlexPolicy, created: dt.datetime | None) -> dt.datetime | None:
     """A policy's expiry for an instance created at ``created`` (now, for one not made yet)."""
     if p.expires_at is not None:
         return aware(p.expires_at)
@@ -44,7 +50,7 @@ def _expiry(p: Any, created: dt.datetime | None) -> dt.datetime | None:
     return None
 
 
-def policy_doc(p: Any, created: dt.datetime | None = None) -> FlexPolicyDoc:
+def policy_doc(p: FlexPolicy, created: dt.datetime | None = None) -> FlexPolicyDoc:
     return FlexPolicyDoc(
         name=p.name,
         restrictions=FlexRestrictions.model_validate(p.restrictions),
@@ -53,20 +59,20 @@ def policy_doc(p: Any, created: dt.datetime | None = None) -> FlexPolicyDoc:
     )
 
 
-def _policy_public(p: Any) -> dict[str, Any]:
-    return {
-        "id": p.id,
-        "name": p.name,
-        "restrictions": p.restrictions,
-        "expires_at": aware(p.expires_at),
-        "valid_for": p.valid_for,
-        "lease_seconds": p.lease_seconds,
-        "created": aware(p.created),
-        "updated": aware(p.updated),
-    }
+def _policy_public(p: FlexPolicy) -> FlexPolicyPublic:
+    return FlexPolicyPublic(
+        id=p.id,
+        name=p.name,
+        restrictions=p.restrictions,
+        expires_at=aware(p.expires_at),
+        valid_for=p.valid_for,
+        lease_seconds=p.lease_seconds,
+        created=aware(p.created),
+        updated=aware(p.updated),
+    )
 
 
-def create_policy(engine: Engine, actor: Principal, req: FlexPolicyCreate) -> dict[str, Any]:
+def create_policy(engine: Engine, actor: Principal, req: FlexPolicyCreate) -> FlexPolicyPublic:
     actor.require("flex.admin")
     if req.expires_at is not None and req.valid_for is not None:
         raise UsageError("give an expiry date or a validity, not both")
@@ -93,14 +99,14 @@ def create_policy(engine: Engine, actor: Principal, req: FlexPolicyCreate) -> di
 
 def update_policy(
     engine: Engine, actor: Principal, ref: str, req: FlexPolicyUpdate
-) -> dict[str, Any]:
+) -> FlexPolicyPublic:
     """Change a policy; every instance using it gets the change at its next check-in."""
     actor.require("flex.admin")
     if sum(x for x in (req.expires_at is not None, req.valid_for is not None, req.no_expiry)) > 1:
         raise UsageError("give one of an expiry date, a validity or no expiry")
     with write_tx(engine) as c:
         p = find_policy(c, ref)
-        values: dict[str, Any] = {
+        values: JsonObject = {
             "restrictions": _restrictions(p.restrictions, req.restrictions),
             "updated": now(),
         }
@@ -121,7 +127,7 @@ def update_policy(
         return _policy_public(find_policy(c, p.id))
 
 
-def list_policies(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_policies(engine: Engine, actor: Principal) -> list[FlexPolicyPublic]:
     actor.require("read")
     with read_tx(engine) as c:
         return [
@@ -130,7 +136,7 @@ def list_policies(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
         ]
 
 
-def show_policy(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def show_policy(engine: Engine, actor: Principal, ref: str) -> FlexPolicyPublic:
     actor.require("read")
     with read_tx(engine) as c:
         return _policy_public(find_policy(c, ref))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import flex_entitlement_subjects, user_group_members, user_groups, users
 from lamina.errors import ConflictError, NotFoundError
-from lamina.protocol.flex import GroupCreate
+from lamina.protocol.flex import GroupCreate, GroupPublic
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, new_id, now
+from lamina.server.services.rows import Group
 
 
-def find_group(c: Connection, name: str) -> Any:
+def find_group(c: Connection, name: str) -> Group:
     r = c.execute(
         select(user_groups).where((user_groups.c.name == name) | (user_groups.c.id == name))
     ).first()
@@ -35,7 +34,7 @@ def user_ids(c: Connection, names: list[str]) -> dict[str, str]:
     return found
 
 
-def _public(c: Connection, g: Any) -> dict[str, Any]:
+def _public(c: Connection, g: Group) -> GroupPublic:
     members = [
         r.name
         for r in c.execute(
@@ -45,10 +44,14 @@ def _public(c: Connection, g: Any) -> dict[str, Any]:
             .order_by(users.c.name)
         )
     ]
-    return {"id": g.id, "name": g.name, "members": members, "created": aware(g.created)}
+    return _group(g, members)
 
 
-def create_group(engine: Engine, actor: Principal, req: GroupCreate) -> dict[str, Any]:
+def _group(g: Group, members: list[str]) -> GroupPublic:
+    return GroupPublic(id=g.id, name=g.name, members=members, created=aware(g.created))
+
+
+def create_group(engine: Engine, actor: Principal, req: GroupCreate) -> GroupPublic:
     actor.require("user.admin")
     with write_tx(engine) as c:
         if c.execute(select(user_groups.c.id).where(user_groups.c.name == req.name)).first():
@@ -62,7 +65,7 @@ def create_group(engine: Engine, actor: Principal, req: GroupCreate) -> dict[str
         return _public(c, find_group(c, gid))
 
 
-def list_groups(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_groups(engine: Engine, actor: Principal) -> list[GroupPublic]:
     actor.require("read")
     with read_tx(engine) as c:
         groups = list(c.execute(select(user_groups).order_by(user_groups.c.name)))
@@ -73,19 +76,16 @@ def list_groups(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
             .order_by(users.c.name)
         ):
             by.setdefault(r.group_id, []).append(r.name)
-        return [
-            {"id": g.id, "name": g.name, "members": by[g.id], "created": aware(g.created)}
-            for g in groups
-        ]
+        return [_group(g, by[g.id]) for g in groups]
 
 
-def show_group(engine: Engine, actor: Principal, name: str) -> dict[str, Any]:
+def show_group(engine: Engine, actor: Principal, name: str) -> GroupPublic:
     actor.require("read")
     with read_tx(engine) as c:
         return _public(c, find_group(c, name))
 
 
-def add_members(engine: Engine, actor: Principal, name: str, members: list[str]) -> dict[str, Any]:
+def add_members(engine: Engine, actor: Principal, name: str, members: list[str]) -> GroupPublic:
     actor.require("user.admin")
     with write_tx(engine) as c:
         g = find_group(c, name)
@@ -101,9 +101,7 @@ def add_members(engine: Engine, actor: Principal, name: str, members: list[str])
         return _public(c, g)
 
 
-def remove_members(
-    engine: Engine, actor: Principal, name: str, members: list[str]
-) -> dict[str, Any]:
+def remove_members(engine: Engine, actor: Principal, name: str, members: list[str]) -> GroupPublic:
     actor.require("user.admin")
     with write_tx(engine) as c:
         g = find_group(c, name)

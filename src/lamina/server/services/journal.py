@@ -12,6 +12,7 @@ from lamina.errors import UsageError
 from lamina.protocol.schemas import AuditPublic
 from lamina.server.security import Principal
 from lamina.server.services.common import aware
+from lamina.server.services.rows import AuditEntry
 
 
 def search(
@@ -42,15 +43,15 @@ def search(
     if before_id:
         q = q.where(audit_log.c.id < before_id)
     with read_tx(engine) as c:
-        rows = c.execute(q).all()
-    return [
-        AuditPublic(
-            id=str(r.id),
-            time=aware(r.time),
-            actor=r.actor,
-            action=r.action,
-            target=r.target,
-            detail=r.detail,
-        )
-        for r in rows
-    ]
+        return [entry_public(r) for r in c.execute(q)]
+
+
+def entry_public(r: AuditEntry) -> AuditPublic:
+    return AuditPublic(
+        id=str(r.id),
+        time=aware(r.time),
+        actor=r.actor,
+        action=r.action,
+        target=r.target,
+        detail=r.detail,
+    )

@@ -6,20 +6,22 @@ to the assigned layers) and the assigned/running labels of a CVD."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, Table, delete, insert, select
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvd_layers, cvd_running_layers, devices
 from lamina.errors import ConflictError, UsageError
 from lamina.layers.drivers import hardware_warning
-from lamina.layers.plan import DRIVER, LayerRef, Plan, make_plan
+from lamina.layers.plan import DRIVER, LayerRef, Plan, PutData, make_plan
 from lamina.layers.rules import RuleSet
+from lamina.protocol.schemas import PlanItemPublic, PlanPublic
 from lamina.server.security import Principal
 from lamina.server.services import drivers, fleet, tasks
 from lamina.server.services.common import audit
 from lamina.server.services.layer_versions import layer_ref, resolve, rules_of
+from lamina.server.services.rows import Cvd
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
@@ -38,7 +40,7 @@ def disk_free(c: Connection, device_id: str | None) -> int | None:
 
 @dataclass
 class _Target:
-    cvd: Any
+    cvd: Cvd
     new_ids: list[str]
     labels: list[str]
     new: list[LayerRef]
@@ -51,24 +53,11 @@ class _Target:
     warnings: list[str] = field(default_factory=list)
 
 
-def _device_facts(c: Connection, device_id: str | None) -> dict[str, Any]:
-    if not device_id:
-        return {}
-    d = c.execute(select(devices.c.facts).where(devices.c.id == device_id)).first()
-    return d.facts if d is not None and isinstance(d.facts, dict) else {}
-
-
-def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | None) -> _Target:
+def _target(c: Connection, cvd: Cvd, new_ids: list[str], old_ids: list[str] | None) -> _Target:
     if old_ids is None:
-        old_ids = list(
-            c.execute(
-                select(cvd_running_layers.c.version_id)
-                .where(cvd_running_layers.c.cvd_id == cvd.id)
-                .order_by(cvd_running_layers.c.position)
-            ).scalars()
-        )
+        old_ids = _version_ids(c, cvd_running_layers, cvd.id)
     new = [layer_ref(c, v) for v in new_ids]
-    facts = _device_facts(c, cvd.device_id)
+    facts = drivers.device_facts(c, cvd.device_id) or {}
     packs = drivers.packs_for_device(c, facts, facts.get("os_release"))
     warning = hardware_warning(facts, drivers.last_device_facts(c, cvd.id, cvd.device_id), packs)
     return _Target(
@@ -84,7 +73,7 @@ def _target(c: Connection, cvd: Any, new_ids: list[str], old_ids: list[str] | No
     )
 
 
-def _plan(store: Store, t: _Target, put_data: Any) -> Plan:
+def _plan(store: Store, t: _Target, put_data: PutData) -> Plan:
     snaps = store.catalog.snapshots(fleet.cvd_source(t.cvd.id))
     if not snaps:
         raise ConflictError(
@@ -102,26 +91,31 @@ def _plan(store: Store, t: _Target, put_data: Any) -> Plan:
     )
 
 
-def _plan_public(t: _Target, plan: Plan, status: str, task: str | None = None) -> dict[str, Any]:
-    return {
-        "id": t.cvd.id,
-        "cvd": t.cvd.name,
-        "status": status,
-        "layers": t.labels,
-        "packs": [p.label for p in t.packs],
-        "warnings": t.warnings,
-        "task": task,
-        "counts": plan.counts(),
-        "download_bytes": plan.download_bytes,
-        "space_needed": plan.space_needed,
-        "refused": plan.refused,
-        "items": [i.public() for i in plan.items],
-    }
+def _plan_public(
+    t: _Target,
+    plan: Plan,
+    status: Literal["assigned", "dry-run", "refused"],
+    task: str | None = None,
+) -> PlanPublic:
+    return PlanPublic(
+        id=t.cvd.id,
+        cvd=t.cvd.name,
+        status=status,
+        layers=t.labels,
+        packs=[p.label for p in t.packs],
+        warnings=t.warnings,
+        task=task,
+        counts=plan.counts(),
+        download_bytes=plan.download_bytes,
+        space_needed=plan.space_needed,
+        refused=plan.refused,
+        items=[PlanItemPublic.model_validate(i.public()) for i in plan.items],
+    )
 
 
 def _deliver(
     engine: Engine, store: Store, actor: str, t: _Target, action: str, dry_run: bool
-) -> dict[str, Any]:
+) -> PlanPublic:
     """Plan; unless a dry run or refused: store the delta, then record the assignment and queue it."""
     if dry_run:
         plan = _plan(store, t, lambda d: blob.blob_id(store.keys.chunking.id_key, d))
@@ -177,7 +171,7 @@ def assign(
     base: str | None,
     apps: list[str],
     dry_run: bool,
-) -> list[dict[str, Any]]:
+) -> list[PlanPublic]:
     actor.require("layer.write")
     targets = []
     with read_tx(engine) as c:
@@ -202,18 +196,12 @@ def assign(
 
 def enforce(
     engine: Engine, store: Store, actor: Principal, ref: str, remove_user_apps: bool = False
-) -> dict[str, Any]:
+) -> PlanPublic:
     """Bring an endpoint back to its assigned layers: every layer file as the layer has it."""
     actor.require("layer.write")
     with read_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
-        ids = list(
-            c.execute(
-                select(cvd_layers.c.version_id)
-                .where(cvd_layers.c.cvd_id == cvd.id)
-                .order_by(cvd_layers.c.position)
-            ).scalars()
-        )
+        ids = _version_ids(c, cvd_layers, cvd.id)
         if not ids:
             raise ConflictError(f"CVD {cvd.name} has no layers assigned")
         t = _target(c, cvd, ids, old_ids=[])
@@ -222,14 +210,19 @@ def enforce(
 
 
 def cvd_layer_state(engine: Engine, cvd_id: str) -> dict[str, list[str]]:
+    """The labels (``NAME:VERSION``) of the layers a CVD is assigned and of those it runs."""
     with read_tx(engine) as c:
+        return {
+            which: [layer_ref(c, v).label for v in _version_ids(c, table, cvd_id)]
+            for which, table in (("assigned", cvd_layers), ("running", cvd_running_layers))
+        }
 
-        def labels(table: Any) -> list[str]:
-            ids = c.execute(
-                select(table.c.version_id)
-                .where(table.c.cvd_id == cvd_id)
-                .order_by(table.c.position)
-            ).scalars()
-            return [layer_ref(c, v).label for v in ids]
 
-        return {"assigned": labels(cvd_layers), "running": labels(cvd_running_layers)}
+def _version_ids(c: Connection, table: Table, cvd_id: str) -> list[str]:
+    """The layer version ids of a CVD in ``cvd_layers`` (assigned) or ``cvd_running_layers``
+    (what its endpoint runs), in their order."""
+    return list(
+        c.execute(
+            select(table.c.version_id).where(table.c.cvd_id == cvd_id).order_by(table.c.position)
+        ).scalars()
+    )

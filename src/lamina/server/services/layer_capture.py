@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Engine
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.errors import ConflictError
 from lamina.layers.capture import capture_base
 from lamina.layers.rules import parse_rules
+from lamina.protocol.schemas import HardwareBoundPublic, LayerPublic, RulesTestPublic
 from lamina.server.security import Principal
 from lamina.server.services import fleet
 from lamina.server.services.layer_versions import new_version, reference_cvd, rules_of
@@ -26,7 +25,7 @@ def capture(
     name: str | None,
     update_ref: str | None,
     notes: str,
-) -> dict[str, Any]:
+) -> LayerPublic:
     actor.require("layer.write")
     with read_tx(engine) as c:
         cvd = reference_cvd(c, cvd_ref)
@@ -43,7 +42,7 @@ def capture(
 
 def test_rules(
     engine: Engine, store: Store, actor: Principal, ref: str, rules_json: str | None
-) -> dict[str, Any]:
+) -> RulesTestPublic:
     """What a rule set would keep in, and drop from, a layer captured from this CVD now.
 
     A custom rule set is code the server runs on the caller's behalf: it needs
@@ -78,19 +77,17 @@ def test_rules(
         ex = examples.setdefault(reason, [])
         if len(ex) < 10:
             ex.append(path)
-    return {
-        "id": cvd.id,
-        "cvd": cvd.name,
-        "snapshot": snaps[-1].id,
-        "rules": rules.name,
-        "kept": kept,
-        "kept_bytes": kept_bytes,
-        "dropped": dropped,
-        "dropped_by_reason": by_reason,
-        "examples": examples,
-        "hardware_bound": {
-            "rules": list(rules.migration.hardware_bound),
-            "count": len(bound),
-            "examples": bound[:20],
-        },
-    }
+    return RulesTestPublic(
+        id=cvd.id,
+        cvd=cvd.name,
+        snapshot=snaps[-1].id,
+        rules=rules.name,
+        kept=kept,
+        kept_bytes=kept_bytes,
+        dropped=dropped,
+        dropped_by_reason=by_reason,
+        examples=examples,
+        hardware_bound=HardwareBoundPublic(
+            rules=list(rules.migration.hardware_bound), count=len(bound), examples=bound[:20]
+        ),
+    )

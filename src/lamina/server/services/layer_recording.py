@@ -10,7 +10,6 @@ commit's transaction) and the end one is captured after it (:func:`finish_record
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
@@ -19,17 +18,26 @@ from lamina.db.models import cvd_running_layers, cvds, layer_versions, layers, r
 from lamina.errors import ConflictError, UsageError
 from lamina.layers.capture import capture_app
 from lamina.layers.rules import RuleSet
+from lamina.protocol.schemas import RecordingPublic
 from lamina.server.security import Principal
 from lamina.server.services import tasks
 from lamina.server.services.common import audit, find_one, now
 from lamina.server.services.layer_versions import new_version, reference_cvd, rules_of
+from lamina.server.services.rows import Cvd, Recording
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
 
 RECORD_STARTING, RECORDING, FINALIZING = "starting", "recording", "finalizing"
 
 
-def record_start(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def _snapshot_now(c: Connection, actor: Principal, cvd: Cvd, why: str) -> str:
+    """Queue a sync of the recording's endpoint: its snapshot moves the recording on."""
+    return tasks.enqueue(
+        c, "sync", actor.name, cvd_id=cvd.id, device_id=cvd.device_id, params={"why": why}
+    )
+
+
+def record_start(engine: Engine, actor: Principal, ref: str) -> RecordingPublic:
     actor.require("layer.write")
     with write_tx(engine) as c:
         cvd = reference_cvd(c, ref)
@@ -38,21 +46,14 @@ def record_start(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
         c.execute(
             insert(recordings).values(cvd_id=cvd.id, state=RECORD_STARTING, notes="", started=now())
         )
-        tid = tasks.enqueue(
-            c,
-            "sync",
-            actor.name,
-            cvd_id=cvd.id,
-            device_id=cvd.device_id,
-            params={"why": "record start"},
-        )
+        tid = _snapshot_now(c, actor, cvd, "record start")
         audit(c, actor.name, "layer.record_start", cvd.id, task=tid)
-    return {"id": cvd.id, "cvd": cvd.name, "state": RECORD_STARTING, "task": tid}
+    return RecordingPublic(id=cvd.id, cvd=cvd.name, state=RECORD_STARTING, task=tid)
 
 
 def record_finalize(
     engine: Engine, actor: Principal, ref: str, name: str | None, update_ref: str | None, notes: str
-) -> dict[str, Any]:
+) -> RecordingPublic:
     actor.require("layer.write")
     with write_tx(engine) as c:
         cvd = reference_cvd(c, ref)
@@ -74,25 +75,18 @@ def record_finalize(
             .where(recordings.c.cvd_id == cvd.id)
             .values(state=FINALIZING, name=name, update_layer=update_ref, notes=notes)
         )
-        tid = tasks.enqueue(
-            c,
-            "sync",
-            actor.name,
-            cvd_id=cvd.id,
-            device_id=cvd.device_id,
-            params={"why": "record finalize"},
-        )
+        tid = _snapshot_now(c, actor, cvd, "record finalize")
         audit(
             c, actor.name, "layer.record_finalize", cvd.id, task=tid, name=name, update=update_ref
         )
-    return {"id": cvd.id, "cvd": cvd.name, "state": FINALIZING, "task": tid}
+    return RecordingPublic(id=cvd.id, cvd=cvd.name, state=FINALIZING, task=tid)
 
 
 @dataclass
 class _Finalize:
     """A recording whose end snapshot just arrived: its app layer is captured next."""
 
-    rec: Any
+    rec: Recording
     start: SnapshotRecord
     end: SnapshotRecord
     rules: RuleSet

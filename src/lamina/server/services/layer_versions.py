@@ -5,43 +5,43 @@ planner takes, a reference CVD, the rule set of a CVD's OS).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from lamina.db.engine import read_tx
-from lamina.db.models import cvds, devices, layer_versions, layers
+from lamina.db.models import devices, layer_versions, layers
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured
+from lamina.layers.packs import BuiltPack
 from lamina.layers.plan import DRIVER, LayerRef
 from lamina.layers.rules import RuleSet, for_os
+from lamina.protocol.schemas import LayerPublic, LayerVersionPublic
 from lamina.server.security import Principal
 from lamina.server.services import fleet
-from lamina.server.services.common import audit, aware, find_one, new_id, now
-
-VersionView = Callable[[Row[Any]], dict[str, Any]]
-
-
-def version_public(r: Row[Any]) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "version": r.version,
-        "created": aware(r.created),
-        "root": r.root.hex(),
-        "whiteouts": r.whiteouts,
-        "source_cvd": r.source_cvd,
-        "source_snapshot": r.source_snapshot,
-        "notes": r.notes,
-        "files": r.files,
-        "bytes": r.bytes,
-        "apps": r.apps,
-    }
+from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
+from lamina.server.services.rows import Cvd, Layer, LayerVersion
 
 
-def versions_of(c: Connection, layer_ids: list[str]) -> dict[str, list[Row[Any]]]:
+def version_public(r: LayerVersion) -> LayerVersionPublic:
+    return LayerVersionPublic(
+        id=r.id,
+        version=r.version,
+        created=aware(r.created),
+        root=r.root.hex(),
+        whiteouts=r.whiteouts,
+        source_cvd=r.source_cvd,
+        source_snapshot=r.source_snapshot,
+        notes=r.notes,
+        files=r.files,
+        bytes=r.bytes,
+        apps=r.apps,
+    )
+
+
+def versions_of(c: Connection, layer_ids: list[str]) -> dict[str, list[LayerVersion]]:
     """Every version of these layers, oldest first, in one query."""
-    out: dict[str, list[Row[Any]]] = {i: [] for i in layer_ids}
+    out: dict[str, list[LayerVersion]] = {i: [] for i in layer_ids}
     if layer_ids:
         q = (
             select(layer_versions)
@@ -53,30 +53,24 @@ def versions_of(c: Connection, layer_ids: list[str]) -> dict[str, list[Row[Any]]
     return out
 
 
-def layers_public(
-    c: Connection,
-    rows: Iterable[Row[Any]],
-    view: VersionView = version_public,
-    *,
-    with_kind: bool = True,
-) -> list[dict[str, Any]]:
-    """The public views of layer rows (driver packs too, with their own version view), with
-    their versions: two queries whatever the number of layers."""
+def layers_public(c: Connection, rows: Iterable[Layer]) -> list[LayerPublic]:
+    """The public views of layer rows with their versions: two queries whatever the
+    number of layers."""
     rows = list(rows)
     versions = versions_of(c, [r.id for r in rows])
     return [
-        {
-            "id": r.id,
-            "name": r.name,
-            **({"kind": r.kind} if with_kind else {}),
-            "created": aware(r.created),
-            "versions": [view(v) for v in versions[r.id]],
-        }
+        LayerPublic(
+            id=r.id,
+            name=r.name,
+            kind=r.kind,  # type: ignore[arg-type]  # base or app: never a driver pack here
+            created=aware(r.created),
+            versions=[version_public(v) for v in versions[r.id]],
+        )
         for r in rows
     ]
 
 
-def list_layers(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
+def list_layers(engine: Engine, actor: Principal) -> list[LayerPublic]:
     """Base and app layers (driver packs are listed by ``lamina driver list``)."""
     actor.require("read")
     with read_tx(engine) as c:
@@ -84,13 +78,16 @@ def list_layers(engine: Engine, actor: Principal) -> list[dict[str, Any]]:
         return layers_public(c, c.execute(q))
 
 
-def show_layer(engine: Engine, actor: Principal, ref: str) -> dict[str, Any]:
+def show_layer(engine: Engine, actor: Principal, ref: str) -> LayerPublic:
     actor.require("read")
     with read_tx(engine) as c:
-        return layers_public(c, [find_one(c, layers, ref, "name", "layer")])[0]
+        layer: Layer = find_one(c, layers, ref, "name", "layer")
+        if layer.kind == DRIVER:
+            raise NotFoundError(f"{layer.name} is a driver pack: see `lamina driver show`")
+        return layers_public(c, [layer])[0]
 
 
-def resolve(c: Connection, spec: str) -> Any:
+def resolve(c: Connection, spec: str) -> tuple[LayerVersion, Layer]:
     """``NAME[:VERSION]`` (or id) -> the layer version row (latest by default)."""
     name, _, ver = spec.partition(":")
     layer = find_one(c, layers, name, "name", "layer")
@@ -130,9 +127,9 @@ def new_version(
     cvd_id: str,
     snapshot: str,
     notes: str,
-) -> dict[str, Any]:
+) -> LayerPublic:
     if update_ref:
-        layer = find_one(c, layers, update_ref, "name", "layer")
+        layer: Layer = find_one(c, layers, update_ref, "name", "layer")
         if layer.kind != kind:
             raise ConflictError(f"layer {layer.name} is a {layer.kind} layer, not {kind}")
     else:
@@ -143,29 +140,7 @@ def new_version(
         lid = new_id()
         c.execute(insert(layers).values(id=lid, name=name, kind=kind, created=now()))
         layer = c.execute(select(layers).where(layers.c.id == lid)).one()
-    version = (
-        c.execute(
-            select(func.max(layer_versions.c.version)).where(layer_versions.c.layer_id == layer.id)
-        ).scalar()
-        or 0
-    ) + 1
-    vid = new_id()
-    c.execute(
-        insert(layer_versions).values(
-            id=vid,
-            layer_id=layer.id,
-            version=version,
-            created=now(),
-            root=cap.root,
-            whiteouts=cap.whiteouts,
-            source_cvd=cvd_id,
-            source_snapshot=snapshot,
-            notes=notes,
-            files=cap.files,
-            bytes=cap.bytes,
-            apps=cap.apps,
-        )
-    )
+    version = add_version(c, layer.id, cap, notes, source=(cvd_id, snapshot))
     audit(
         c,
         actor,
@@ -178,7 +153,36 @@ def new_version(
     return layers_public(c, [layer])[0]
 
 
-def rules_of(c: Connection, cvd: Any) -> RuleSet:
+def add_version(
+    c: Connection,
+    layer_id: str,
+    content: Captured | BuiltPack,
+    notes: str,
+    source: tuple[str, str] | None = None,
+) -> int:
+    """Record the next version of a layer (its tree stored already); returns its number.
+    ``source``: the CVD and snapshot it was captured from (none for a driver pack)."""
+    version = next_number(c, layer_versions.c.version, layer_versions.c.layer_id == layer_id)
+    c.execute(
+        insert(layer_versions).values(
+            id=new_id(),
+            layer_id=layer_id,
+            version=version,
+            created=now(),
+            root=content.root,
+            whiteouts=content.whiteouts if isinstance(content, Captured) else [],
+            source_cvd=source[0] if source else None,
+            source_snapshot=source[1] if source else None,
+            notes=notes,
+            files=content.files,
+            bytes=content.bytes,
+            apps=content.apps,
+        )
+    )
+    return version
+
+
+def rules_of(c: Connection, cvd: Cvd) -> RuleSet:
     """The built-in rule set for the OS the CVD's device reported."""
     d = (
         c.execute(select(devices).where(devices.c.id == cvd.device_id)).first()
@@ -188,16 +192,15 @@ def rules_of(c: Connection, cvd: Any) -> RuleSet:
     return for_os(((d.facts or {}).get("os_release") if d else None) or {})
 
 
-def reference_cvd(c: Connection, ref: str) -> Any:
+def reference_cvd(c: Connection, ref: str) -> Cvd:
     try:
         cvd = fleet.find_cvd(c, ref)
     except NotFoundError:
         d = fleet.find_device(c, ref)
-        cvd = c.execute(
-            select(cvds).where(cvds.c.device_id == d.id, cvds.c.state == fleet.ACTIVE)
-        ).first()
-        if cvd is None:
+        found = fleet.active_cvd(c, d.id)
+        if found is None:
             raise NotFoundError(f"device {d.hostname} has no active CVD") from None
+        cvd = found
     if not cvd.reference:
         raise ConflictError(
             f"CVD {cvd.name} is not a reference CVD: centralize it with --reference"

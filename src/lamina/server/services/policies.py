@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
@@ -12,9 +10,10 @@ from lamina.errors import ConflictError
 from lamina.protocol.schemas import PolicyCreate, PolicyPublic, PolicySettings, PolicyUpdate
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, find_one, new_id, now
+from lamina.server.services.rows import Policy
 
 
-def _public(c: Connection, r: Any) -> PolicyPublic:
+def _public(c: Connection, r: Policy) -> PolicyPublic:
     n = c.execute(
         select(func.count()).select_from(cvds).where(cvds.c.policy_id == r.id)
     ).scalar_one()
@@ -23,7 +22,7 @@ def _public(c: Connection, r: Any) -> PolicyPublic:
     )
 
 
-def find(c: Connection, ref: str) -> Any:
+def find(c: Connection, ref: str) -> Policy:
     return find_one(c, policies, ref, "name", "policy")
 
 

@@ -17,7 +17,6 @@ transaction at its next poll. Reports on a cancelled task are ignored, except
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
@@ -29,6 +28,7 @@ from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
 from lamina.server.services import agent_events
 from lamina.server.services.common import audit, aware, find_by_id, new_id, now
+from lamina.server.services.rows import JsonObject, Task
 
 QUEUED, RUNNING, WAITING, DONE, FAILED = (
     TaskState.QUEUED,
@@ -42,7 +42,7 @@ CANCELLED = TaskState.CANCELLED
 MAX_ATTEMPTS = 3
 
 
-def public(r: Any) -> TaskPublic:
+def public(r: Task) -> TaskPublic:
     return TaskPublic(
         id=r.id,
         kind=r.kind,
@@ -173,18 +173,14 @@ def claim_for_device(
 
 def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> TaskPublic:
     with write_tx(engine) as c:
-        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
-        if r is None:
-            raise NotFoundError(f"no task {task_id!r}")
-        if r.device_id != device.id:
-            raise ForbiddenError("this task belongs to another device")
+        r = _device_task(c, device, task_id)
         if r.state == CANCELLED:
             if rep.state != DONE:
                 return public(r)
             rep = rep.model_copy(
                 update={"message": f"{rep.message} (cancelled too late: a boot applied it)"}
             )
-        values: dict[str, Any] = {"progress": rep.progress, "message": rep.message}
+        values: JsonObject = {"progress": rep.progress, "message": rep.message}
         if rep.state:
             values["state"] = rep.state
             if rep.state in (DONE, FAILED):
@@ -200,12 +196,17 @@ def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> 
 def get_for_device(engine: Engine, device: Principal, task_id: str) -> TaskPublic:
     """One of this device's own tasks (the agent checks a staged one was not cancelled)."""
     with read_tx(engine) as c:
-        r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
+        return public(_device_task(c, device, task_id))
+
+
+def _device_task(c: Connection, device: Principal, task_id: str) -> Task:
+    """A task of ``device``'s own: another device's is forbidden."""
+    r = c.execute(select(tasks).where(tasks.c.id == task_id)).first()
     if r is None:
         raise NotFoundError(f"no task {task_id!r}")
     if r.device_id != device.id:
         raise ForbiddenError("this task belongs to another device")
-    return public(r)
+    return r
 
 
 def cancel(engine: Engine, actor: Principal, task_id: str) -> TaskPublic:

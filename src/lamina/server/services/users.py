@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import secrets
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -40,7 +39,9 @@ from lamina.server.security import (
     token_hash,
     verify_password,
 )
+from lamina.server.services import journal
 from lamina.server.services.common import audit, aware, new_id, now
+from lamina.server.services.rows import User
 
 SESSION_LIFETIME = dt.timedelta(days=30)
 #: Kinds of user token: from a login, or made for a script.
@@ -69,7 +70,7 @@ def ensure_admin(engine: Engine, password: str | None) -> str | None:
         return generated
 
 
-def _public(r: Any) -> UserPublic:
+def _public(r: User) -> UserPublic:
     return UserPublic(
         id=r.id, name=r.name, role=r.role, disabled=r.disabled, created=aware(r.created)
     )
@@ -324,28 +325,18 @@ def audit_entries(engine: Engine, actor: Principal, limit: int = 200) -> list[Au
     if not 1 <= limit <= 10000:
         raise UsageError("limit must be between 1 and 10000")
     with read_tx(engine) as c:
-        rows = c.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)).all()
-    return [
-        AuditPublic(
-            id=str(r.id),
-            time=aware(r.time),
-            actor=r.actor,
-            action=r.action,
-            target=r.target,
-            detail=r.detail,
-        )
-        for r in rows
-    ]
+        q = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        return [journal.entry_public(r) for r in c.execute(q)]
 
 
-def _user(c: Connection, name: str) -> Any:
+def _user(c: Connection, name: str) -> User:
     r = c.execute(select(users).where(users.c.name == name)).first()
     if r is None:
         raise NotFoundError(f"no user {name!r}")
     return r
 
 
-def _keep_an_administrator(c: Connection, r: Any, doing: str) -> None:
+def _keep_an_administrator(c: Connection, r: User, doing: str) -> None:
     """Refuse to leave the server without an enabled administrator."""
     if r.role != "administrator" or r.disabled:
         return
