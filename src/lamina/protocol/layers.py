@@ -181,3 +181,46 @@ class CollectionPublic(BaseModel):
     filter: str
     created: dt.datetime
     members: list[str]
+
+
+class DriverProfileCreate(Strict):
+    """``POST /driver-profiles``: the packs a machine matching every glob gets."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    packs: list[str] = Field(min_length=1, max_length=32)
+    matches: list[str] = Field(min_length=1, max_length=32)
+    os_family: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
+    notes: str = Field("", max_length=4000)
+
+
+class DriverProfileUpdate(Strict):
+    """``PUT /driver-profiles/{ref}``: what is given replaces."""
+
+    packs: list[str] | None = Field(None, min_length=1, max_length=32)
+    matches: list[str] | None = Field(None, min_length=1, max_length=32)
+    os_family: str | None = Field(
+        None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$", description='"" clears it'
+    )
+    notes: str | None = Field(None, max_length=4000)
+
+
+class DriverProfilePublic(BaseModel):
+    """A driver profile (``lamina driver profile list/show/create/update/delete``)."""
+
+    id: str
+    name: str
+    #: The packs, as ``NAME`` or ``NAME:VERSION`` (pinned).
+    packs: list[str]
+    #: ``field=glob`` matches on the device's facts, all of which must hold.
+    matches: list[str]
+    os_family: str | None
+    notes: str
+    created: dt.datetime
+    updated: dt.datetime
+
+
+class MatchedDevicePublic(BaseModel):
+    """A device a driver profile matches today (``lamina driver profile test``)."""
+
+    id: str
+    hostname: str
