@@ -7,7 +7,6 @@ import tempfile
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from lamina.errors import TooLargeError
 from lamina.protocol.layers import (
     DriverPackPublic,
     DriverProfileCreate,
@@ -15,7 +14,7 @@ from lamina.protocol.layers import (
     DriverProfileUpdate,
     MatchedDevicePublic,
 )
-from lamina.server.deps import Caller, Ctx
+from lamina.server.deps import Caller, Ctx, stream_body
 from lamina.server.services import drivers
 
 router = APIRouter()
@@ -46,14 +45,8 @@ async def import_pack(
     notes: str = Query("", max_length=4000),
 ) -> DriverPackPublic:
     caller.require("driver.write")  # before reading a large body
-    limit = ctx.settings.max_body
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as f:
-        size = 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise TooLargeError(f"the pack is above the {limit}-byte upload limit")
-            f.write(part)
+        await stream_body(request, ctx.settings.max_body, f.write, "the pack")
         f.seek(0)
         doc = await run_in_threadpool(
             drivers.import_pack, ctx.engine, ctx.store, caller, name, f, notes
