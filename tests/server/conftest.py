@@ -2,6 +2,9 @@
 
 Tests talk to it over HTTP with httpx, as any client would. ``Live`` makes users
 of each role and enrolls devices that upload and commit trees built by hand.
+
+Service tests take ``engine``: a migrated database, on SQLite and (marked e2e) on
+PostgreSQL, or ``sqlite_engine`` for SQLite only.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import httpx
 import msgpack
 import pytest
 import uvicorn
+from sqlalchemy import Engine
 
 from lamina.config import ServerSettings
+from lamina.db.engine import make_engine
+from lamina.db.migrate import upgrade
 from lamina.protocol.bundle import MEDIA_TYPE
 from lamina.server.app import create_app
 from lamina.store.blob import BlobKind, blob_id, compress
@@ -26,6 +32,27 @@ from lamina.tree.model import Entry, encode_tree
 
 API = "/api/v1"
 ADMIN_PASSWORD = "admin-password-123"
+
+
+def migrated(url: str) -> Iterator[Engine]:
+    e = make_engine(url)
+    upgrade(e)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated server database: SQLite, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield from migrated(f"sqlite:///{tmp_path / 'server.db'}")
+    else:
+        yield from migrated(request.getfixturevalue("pg_db_url"))
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    yield from migrated(f"sqlite:///{tmp_path / 'server.db'}")
 
 
 def free_port() -> int:

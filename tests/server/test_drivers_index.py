@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, insert, select
 
-from lamina.db.engine import make_engine, read_tx, write_tx
-from lamina.db.migrate import upgrade
+from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import collections, cvds, device_match_facts, devices, policies
 from lamina.layers.drivers import Match, PackRef, Profile, os_family_of
 from lamina.server.security import Principal
@@ -54,19 +50,6 @@ PROFILES = [
     ["sys_vendor=*", "product_name=?*"],
     ["hostname=*"],
 ]
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = (
-        f"sqlite:///{tmp_path / 'server.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_db_url")
-    )
-    e = make_engine(url)
-    upgrade(e)
-    yield e
-    e.dispose()
 
 
 def add(engine: Engine, name: str, facts: dict[str, Any], status: str = "active") -> None:

@@ -7,14 +7,10 @@ verified for unknown names, and the lock-out by the keys it writes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
 
-from lamina.db.engine import make_engine
-from lamina.db.migrate import upgrade
 from lamina.db.models import audit_log, login_throttle
 from lamina.errors import AuthError, RateLimitedError
 from lamina.protocol.schemas import UserCreate
@@ -26,27 +22,17 @@ ATTEMPTS, WINDOW = 5, 300
 ADMIN = "admin-password-123"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = (
-        f"sqlite:///{tmp_path / 'server.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_db_url")
-    )
-    e = make_engine(url)
-    upgrade(e)
-    users.ensure_admin(e, ADMIN)
-    yield e
-    e.dispose()
+@pytest.fixture
+def engine(engine: Engine) -> Engine:
+    """The shared migrated database (``tests/server/conftest.py``), with its admin."""
+    users.ensure_admin(engine, ADMIN)
+    return engine
 
 
 @pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    e = make_engine(f"sqlite:///{tmp_path / 'server.db'}")
-    upgrade(e)
-    users.ensure_admin(e, ADMIN)
-    yield e
-    e.dispose()
+def sqlite_engine(sqlite_engine: Engine) -> Engine:
+    users.ensure_admin(sqlite_engine, ADMIN)
+    return sqlite_engine
 
 
 class Verifier:

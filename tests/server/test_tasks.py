@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
-from lamina.db.engine import make_engine, write_tx
-from lamina.db.migrate import upgrade
+from lamina.db.engine import write_tx
 from lamina.errors import ConflictError, ForbiddenError, UsageError
 from lamina.protocol.schemas import TaskReport
 from lamina.protocol.tasks import RestoreParams, RevertParams
@@ -19,19 +16,6 @@ from lamina.server.services import tasks
 
 ROOT = "ab" * 32
 RESTORE = RestoreParams(snapshot="s1", root=ROOT, paths=["etc"])
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = (
-        f"sqlite:///{tmp_path / 'db.sqlite'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_db_url")
-    )
-    e = make_engine(url)
-    upgrade(e)
-    yield e
-    e.dispose()
 
 
 def test_each_task_is_claimed_exactly_once(engine: Engine) -> None:

@@ -29,7 +29,7 @@ from lamina.agent.state import (
 from lamina.agent.stream import StreamProgress, stream_user_data
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
-from lamina.errors import AuthError, ConflictError, LaminaError, UsageError
+from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
 from lamina.layers.rules import for_os
 from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
 from lamina.protocol.tasks import (
@@ -40,7 +40,7 @@ from lamina.protocol.tasks import (
     SyncParams,
     TaskKind,
     TaskState,
-    params_for,
+    work_item,
 )
 from lamina.tree.restore import restore_tree, split_path
 
@@ -287,8 +287,10 @@ class Agent:
         )
         self._task(item, progress=progress, state="waiting", message=message, result=result)
 
-    def _task(self, item: WorkItem, **report: Any) -> None:
-        retrying(lambda: self.client.json("POST", f"/agent/tasks/{item.task_id}", json=report))
+    def _task(self, item: WorkItem | str, **report: Any) -> None:
+        """Report on a task (a work item, or a task id when only the id is known)."""
+        tid = item if isinstance(item, str) else item.task_id
+        retrying(lambda: self.client.json("POST", f"/agent/tasks/{tid}", json=report))
 
     def _supersede(self, item: WorkItem) -> None:
         """A new staging replaces one not yet applied: its task will never apply."""
@@ -296,18 +298,14 @@ class Agent:
         if old and old != item.task_id and not self.status.applied:
             with contextlib.suppress(LaminaError):
                 self._task(
-                    WorkItem(task_id=old, kind="", params={}),
+                    old,
                     progress=0,
                     state="failed",
                     message=f"superseded by task {item.task_id} before a boot applied it",
                 )
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
-        try:
-            params = params_for(item.kind, item.params)
-        except UsageError as e:
-            self._task(item, progress=0, state=TaskState.FAILED, message=e.message)
-            return
+        params = item.params  # read into its kind's model with the item (``work_item``)
         staging = isinstance(params, LayerApplyParams | MigrateParams) or (
             isinstance(params, RevertParams) and not params.dry_run
         )
@@ -437,7 +435,7 @@ class Agent:
                 pct = 60 + int(39 * p.bytes_done / p.bytes_total)
                 with contextlib.suppress(LaminaError):
                     self._task(
-                        WorkItem(task_id=tid, kind="migrate", params={}),
+                        tid,
                         progress=pct,
                         state="running",
                         message=f"streaming user data: {p.files_done} of {p.files_total} files",
@@ -458,7 +456,7 @@ class Agent:
             return
         if tid:
             self._task(
-                WorkItem(task_id=tid, kind="migrate", params={}),
+                tid,
                 progress=100,
                 state="done",
                 message=f"migrated: {res.files_total} user files, {res.kept_local} kept as the "
@@ -491,6 +489,23 @@ class Agent:
         self._save(state="idle", confirmed=confirmed)
         return True
 
+    def _read_work(self, raw: object) -> list[WorkItem]:
+        """The work items of the server's answer, each read into its kind's model. One this
+        agent must refuse (an unknown kind, malformed parameters) is reported failed with
+        the reason, and the others still run."""
+        if not isinstance(raw, list):
+            raise IntegrityError(f"the server's work list is a {type(raw).__name__}, not a list")
+        items = []
+        for w in raw:
+            try:
+                items.append(work_item(w))
+            except UsageError as e:
+                tid = w.get("task_id") if isinstance(w, dict) else None
+                log.warning("refused a task: %s", e.message)
+                if isinstance(tid, str) and tid:
+                    self._task(tid, progress=0, state=TaskState.FAILED, message=e.message)
+        return items
+
     def _drop_cancelled(self) -> None:
         """A staged task an admin cancelled: drop its transaction before any boot applies it."""
         tid = self.status.staged_task
@@ -518,10 +533,9 @@ class Agent:
             self._stream()
         self._drop_cancelled()
         params = {"restarted": "true"} if self._first_cycle else {}
-        items = [
-            WorkItem(**w)
-            for w in retrying(lambda: self.client.json("GET", "/agent/work", params=params))
-        ]
+        items = self._read_work(
+            retrying(lambda: self.client.json("GET", "/agent/work", params=params))
+        )
         self._first_cycle = False
         asked = any(i.kind == TaskKind.SYNC for i in items)
         # A snapshot now would lack the user data, or be of a machine that never became the CVD's.

@@ -420,3 +420,46 @@ class FlexRegisterUrl(_Strict):
     memory_mib: int = Field(1024, ge=16, le=4 << 20)
     cpus: int = Field(1, ge=1, le=1024)
     firmware: Literal["bios", "uefi"] = "bios"
+
+
+class FlexImageVersionPublic(BaseModel):
+    version: int
+    #: Bytes of the raw disk.
+    size: int
+    memory_mib: int
+    cpus: int
+    firmware: str
+    #: How many pieces its manifest has.
+    pieces: int
+    snapshot: str
+    created: dt.datetime
+    #: Bytes this version added to the store (None for a version registered before it was kept).
+    new_bytes: int | None
+
+
+class FlexImagePublic(BaseModel):
+    """A flex image with its versions (``lamina flex image list/show/register``)."""
+
+    id: str
+    name: str
+    created: dt.datetime
+    versions: list[FlexImageVersionPublic]
+
+
+class FlexEntitlementPublic(BaseModel):
+    """An entitlement as an administrator sees it (``lamina flex entitlement list/show``)."""
+
+    id: str
+    name: str
+    image: str | None
+    #: The pinned image version, or None for the latest at each instance's creation.
+    version: int | None
+    policy: str | None
+    users: list[str]
+    groups: list[str]
+    #: Its instances' guests enroll as managed devices, under ``cvd_policy``.
+    manage: bool
+    cvd_policy: str | None
+    base: str | None
+    apps: list[str]
+    created: dt.datetime

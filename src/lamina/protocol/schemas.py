@@ -1,41 +1,123 @@
-"""JSON schemas of the API (pydantic v2)."""
+"""JSON schemas of the API (pydantic v2): users and sessions, enrollment, devices and CVDs,
+and the agent's side of sync.
+
+The other concepts have their own modules, re-exported here for the callers that
+import from ``lamina.protocol.schemas``: ``base`` (the strict model, bounded maps),
+``policies``, ``facts``, ``tasks`` (kinds, parameters, ``TaskPublic``, ``WorkItem``),
+``layers`` (layers, drivers, collections) and ``migration``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, Field
 
-Hex32 = Field(pattern=r"^[0-9a-f]{64}$")
-#: What a device may call itself (RFC 1123 labels, plus ``_``): no spaces, no control characters.
-HOSTNAME = r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,253}[A-Za-z0-9_])?$"
+from lamina.protocol.base import (
+    HOSTNAME,
+    MAX_MAP_BYTES,
+    MAX_MAP_KEYS,
+    ErrorPublic,
+    Hex32,
+    SmallMap,
+    Strict,
+)
+from lamina.protocol.facts import (
+    FACTS_FORMAT,
+    FACTS_FORMAT_V2,
+    MAX_FACT_ITEMS,
+    MAX_MODALIASES,
+    DiskFact,
+    HardwareFacts,
+    Modalias,
+    NetInterface,
+    Printable,
+    StorageController,
+)
+from lamina.protocol.layers import (
+    AssignRequest,
+    BlobsRequest,
+    CaptureRequest,
+    CollectionCreate,
+    CollectionPublic,
+    CvdLayersPublic,
+    DeltaItem,
+    DeltasRequest,
+    DriverPackPublic,
+    DriverPackVersionPublic,
+    HardwareBoundPublic,
+    LayerName,
+    LayerPublic,
+    LayerVersionPublic,
+    PlanItemPublic,
+    PlanPublic,
+    RecordingPublic,
+    RecordRequest,
+    RulesTestPublic,
+    RulesTestRequest,
+)
+from lamina.protocol.migration import MigrateRequest, MigrationMode
+from lamina.protocol.policies import (
+    PROTECTABLE,
+    PathClass,
+    PolicyCreate,
+    PolicyPublic,
+    PolicySettings,
+    PolicyUpdate,
+)
+from lamina.protocol.tasks import TaskPublic, TaskReport, WorkItem
 
-#: Bounds of a free-form map a client sends (progress, stats, result, facts): keys, JSON bytes.
-MAX_MAP_KEYS = 256
-MAX_MAP_BYTES = 128 * 1024
-
-
-def _small_map(v: dict[str, Any]) -> dict[str, Any]:
-    size = len(json.dumps(v, default=str))
-    if size > MAX_MAP_BYTES:
-        raise ValueError(f"is {size} bytes as JSON, above the {MAX_MAP_BYTES}-byte limit")
-    return v
-
-
-#: A map from a client, stored as it is: bounded in keys and in encoded size.
-SmallMap = Annotated[dict[str, Any], Field(max_length=MAX_MAP_KEYS), AfterValidator(_small_map)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# --- errors ------------------------------------------------------------------
-class ErrorPublic(BaseModel):
-    code: str
-    message: str
+__all__ = [
+    "FACTS_FORMAT",
+    "FACTS_FORMAT_V2",
+    "HOSTNAME",
+    "MAX_FACT_ITEMS",
+    "MAX_MAP_BYTES",
+    "MAX_MAP_KEYS",
+    "MAX_MODALIASES",
+    "PROTECTABLE",
+    "AssignRequest",
+    "BlobsRequest",
+    "CaptureRequest",
+    "CollectionCreate",
+    "CollectionPublic",
+    "CvdLayersPublic",
+    "DeltaItem",
+    "DeltasRequest",
+    "DiskFact",
+    "DriverPackPublic",
+    "DriverPackVersionPublic",
+    "ErrorPublic",
+    "HardwareBoundPublic",
+    "HardwareFacts",
+    "Hex32",
+    "LayerName",
+    "LayerPublic",
+    "LayerVersionPublic",
+    "MigrateRequest",
+    "MigrationMode",
+    "Modalias",
+    "NetInterface",
+    "PathClass",
+    "PlanItemPublic",
+    "PlanPublic",
+    "PolicyCreate",
+    "PolicyPublic",
+    "PolicySettings",
+    "PolicyUpdate",
+    "Printable",
+    "RecordRequest",
+    "RecordingPublic",
+    "RulesTestPublic",
+    "RulesTestRequest",
+    "SmallMap",
+    "StorageController",
+    "Strict",
+    "TaskPublic",
+    "TaskReport",
+    "WorkItem",
+]
 
 
 # --- users and sessions ----------------------------------------------------------
@@ -103,47 +185,6 @@ class AuditPublic(BaseModel):
     detail: dict[str, Any]
 
 
-# --- policies ------------------------------------------------------------------
-PathClass = Literal["system", "applications", "user_data", "machine_identity"]
-PROTECTABLE: tuple[PathClass, ...] = ("system", "applications", "user_data", "machine_identity")
-
-
-class PolicySettings(Strict):
-    """What a CVD policy decides. Paths are globs on endpoint paths (``/home/**``)."""
-
-    interval: int = Field(3600, ge=60, le=30 * 86400, description="Seconds between uploads.")
-    keep_last: int = Field(3, ge=1, le=10000)
-    keep_hourly: int = Field(24, ge=0, le=10000)
-    keep_daily: int = Field(7, ge=0, le=10000)
-    keep_weekly: int = Field(4, ge=0, le=10000)
-    keep_monthly: int = Field(12, ge=0, le=10000)
-    include: list[str] = Field(default_factory=lambda: ["/**"])
-    exclude: list[str] = Field(default_factory=list)
-    exceptions: list[str] = Field(default_factory=list, description="Re-included inside excludes.")
-    classes: list[PathClass] = Field(
-        default_factory=lambda: list(PROTECTABLE),
-        description="Path classes to protect; the 'excluded' class is never uploaded.",
-    )
-    bandwidth_limit: int = Field(0, ge=0, description="Upload bytes per second, 0 for no limit.")
-
-
-class PolicyCreate(Strict):
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
-    settings: PolicySettings = Field(default_factory=PolicySettings)
-
-
-class PolicyUpdate(Strict):
-    settings: PolicySettings
-
-
-class PolicyPublic(BaseModel):
-    id: str
-    name: str
-    version: int
-    settings: PolicySettings
-    cvds: int
-
-
 # --- enrollment --------------------------------------------------------------------
 class TokenCreate(Strict):
     expires_in: int = Field(3600, ge=60, le=366 * 86400)
@@ -173,83 +214,6 @@ class TokenInfo(BaseModel):
     max_uses: int | None = None
     state: Literal["active", "expired", "used up", "revoked"]
     current: bool = False
-
-
-#: One line of printable text from sysfs (DMI strings): no control characters.
-Printable = Annotated[str, Field(max_length=255, pattern=r"^[^\x00-\x1f\x7f]*$")]
-#: A kernel modalias (``pci:v000010ECd00008168...``): printable ASCII without spaces.
-Modalias = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")]
-#: Bounds of the fact lists (a machine with more is not one Lamina manages).
-MAX_MODALIASES = 1024
-MAX_FACT_ITEMS = 256
-
-
-class StorageController(Strict):
-    """A PCI mass-storage controller (class 0x01): its address, modalias and driver."""
-
-    slot: str = Field(max_length=64, pattern=r"^[0-9A-Za-z:.]+$")
-    modalias: Modalias
-    pci_class: str = Field("", max_length=16, pattern=r"^(0x[0-9a-fA-F]{1,8})?$")
-    driver: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
-
-
-class NetInterface(Strict):
-    name: str = Field(min_length=1, max_length=15, pattern=r"^[A-Za-z0-9_.:@-]+$")
-    mac: str = Field("", max_length=64, pattern=r"^([0-9a-f]{2}(:[0-9a-f]{2})*)?$")
-    # Facts format 3 (empty from older agents, and for virtual interfaces):
-    #: the bus address of its device: the PCI function (``0000:00:19.0``, also for a
-    #: virtio NIC), or the USB interface (``1-1:1.0``)
-    bus: str = Field("", max_length=64, pattern=r"^[0-9A-Za-z:.-]*$")
-    #: where the device sits, as udev's ``ID_PATH`` (``pci-0000:00:19.0``,
-    #: ``pci-0000:00:14.0-usb-0:1:1.0``): the same slot on another machine of one model
-    path: str = Field("", max_length=255, pattern=r"^[0-9A-Za-z:._-]*$")
-    #: its kernel driver (``e1000e``, ``r8169``)
-    driver: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
-
-
-class DiskFact(Strict):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:!-]+$")
-    size: int = Field(0, ge=0, le=2**63 - 1)
-
-
-#: The facts format this agent writes, and the one older agents wrote.
-FACTS_FORMAT = 3
-FACTS_FORMAT_V2 = 2
-
-
-class HardwareFacts(Strict):
-    """What an agent reports of its machine (format: docs/design.md, "Device facts")."""
-
-    #: The facts format: 3 adds each NIC's bus address, path and driver; an older agent
-    #: sends none (format 2), and its facts are read as they are.
-    facts_format: int = Field(FACTS_FORMAT_V2, ge=1, le=FACTS_FORMAT)
-    machine_id: str = Field(min_length=1, max_length=128)
-    #: Letters, digits, dot, dash and underscore only: it is printed by admin tools.
-    hostname: str = Field(min_length=1, max_length=255, pattern=HOSTNAME)
-    vendor: Printable = ""
-    model: Printable = ""
-    os_release: dict[str, str] = Field(default_factory=dict, max_length=MAX_MAP_KEYS)
-    disk_size: int = Field(0, ge=0)
-    agent_version: str = Field("", max_length=64)
-    # DMI (/sys/class/dmi/id); "" when the machine has none (a VM without SMBIOS, a folder)
-    sys_vendor: Printable = ""
-    product_name: Printable = ""
-    product_version: Printable = ""
-    product_family: Printable = ""
-    board_vendor: Printable = ""
-    board_name: Printable = ""
-    bios_vendor: Printable = ""
-    bios_version: Printable = ""
-    chassis_type: Printable = ""
-    #: Every PCI and USB device's modalias, sorted, without duplicates.
-    modaliases: list[Modalias] = Field(default_factory=list, max_length=MAX_MODALIASES)
-    cpu_vendor: Printable = ""
-    boot_mode: Literal["uefi", "bios", ""] = ""
-    storage_controllers: list[StorageController] = Field(
-        default_factory=list, max_length=MAX_FACT_ITEMS
-    )
-    network: list[NetInterface] = Field(default_factory=list, max_length=MAX_FACT_ITEMS)
-    disks: list[DiskFact] = Field(default_factory=list, max_length=MAX_FACT_ITEMS)
 
 
 class EnrollRequest(Strict):
@@ -347,38 +311,6 @@ class RevertRequest(Strict):
     )
 
 
-MigrationMode = Literal["full", "apps-data", "data"]
-
-
-class MigrateRequest(Strict):
-    """Lay a CVD onto another device (``cvd migrate``) or its own repaired one (``restore-system``)."""
-
-    to: str = Field(max_length=255, description="The device (id or hostname) that gets the CVD.")
-    mode: MigrationMode = "full"
-    base: str | None = Field(None, max_length=255, description="Base layer NAME[:VERSION].")
-    keep_base: bool = False
-    name: str | None = Field(None, max_length=255, description="A new name for the CVD.")
-    snapshot: str = Field("latest", max_length=64)
-    dry_run: bool = Field(False, description="Only validate and report; change nothing.")
-
-
-# --- tasks ---------------------------------------------------------------------
-class TaskPublic(BaseModel):
-    id: str
-    kind: str
-    state: str
-    progress: int
-    message: str
-    cvd_id: str | None
-    device_id: str | None
-    params: dict[str, Any]
-    result: dict[str, Any]
-    created_by: str
-    created: dt.datetime
-    started: dt.datetime | None
-    finished: dt.datetime | None
-
-
 # --- the agent's side ----------------------------------------------------------------
 class AgentConfig(BaseModel):
     device_id: str
@@ -418,19 +350,6 @@ class CommitResponse(BaseModel):
     forgotten: int
 
 
-class WorkItem(BaseModel):
-    task_id: str
-    kind: str
-    params: dict[str, Any]
-
-
-class TaskReport(Strict):
-    progress: int = Field(ge=0, le=100)
-    message: str = Field("", max_length=2000)
-    state: Literal["running", "done", "failed", "waiting"] | None = None
-    result: SmallMap = Field(default_factory=dict)
-
-
 class AgentStatusReport(Strict):
     state: str = Field(max_length=64)
     progress: SmallMap = Field(default_factory=dict)
@@ -443,178 +362,3 @@ class AgentStatusReport(Strict):
     clock: dt.datetime | None = None
     #: The endpoint's hostname now (/etc/hostname): refreshes the device's.
     hostname: str | None = Field(None, min_length=1, max_length=255, pattern=HOSTNAME)
-
-
-# --- layers and collections ----------------------------------------------------------
-LayerName = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
-
-
-class CaptureRequest(Strict):
-    cvd: str
-    name: str | None = LayerName
-    update: str | None = None
-    notes: str = Field("", max_length=4000)
-
-
-class RecordRequest(Strict):
-    device: str
-    name: str | None = LayerName
-    update: str | None = None
-    notes: str = Field("", max_length=4000)
-
-
-class AssignRequest(Strict):
-    cvds: list[str] = Field(default_factory=list, max_length=10000)
-    collection: str | None = None
-    base: str | None = None
-    apps: list[str] = Field(default_factory=list, max_length=100)
-    dry_run: bool = False
-
-
-class CollectionCreate(Strict):
-    name: str = Field(min_length=1, max_length=128)
-    filter: str = Field("", max_length=2000)
-    cvds: list[str] = Field(default_factory=list, max_length=10000)
-
-
-class RulesTestRequest(Strict):
-    cvd: str
-    rules: str | None = Field(
-        None, max_length=1_000_000, description="A rule set (JSON); default: the built-in one."
-    )
-
-
-class BlobsRequest(Strict):
-    ids: list[str] = Field(max_length=1024)
-
-
-class DeltaItem(Strict):
-    """One file the device holds an old version of: the old and the new version's chunk
-    ids in hex, in file order (files with holes are not sent as deltas)."""
-
-    base: list[str] = Field(max_length=4096)
-    target: list[str] = Field(min_length=1, max_length=4096)
-
-
-class DeltasRequest(Strict):
-    """``POST /blobs/delta`` (protocol version 2): the answer is msgpack
-    ``{"v": 1, "deltas": [bytes | None, ...]}``, one per item (None: fetch its chunks)."""
-
-    items: list[DeltaItem] = Field(max_length=64)
-
-
-class LayerVersionPublic(BaseModel):
-    id: str
-    version: int
-    created: dt.datetime
-    root: str
-    whiteouts: list[str]
-    source_cvd: str | None
-    source_snapshot: str | None
-    notes: str
-    files: int
-    bytes: int
-    #: What the layer installs: {"packages": {name: version}, "desktop": [app names]}.
-    apps: dict[str, JsonValue]
-
-
-class LayerPublic(BaseModel):
-    id: str
-    name: str
-    kind: Literal["base", "app"]
-    created: dt.datetime
-    versions: list[LayerVersionPublic]
-
-
-class DriverPackVersionPublic(BaseModel):
-    id: str
-    version: int
-    created: dt.datetime
-    root: str
-    notes: str
-    files: int
-    bytes: int
-    #: The .deb packages the version carries: {name: version}.
-    packages: dict[str, str]
-    #: Files it carries outside packages (firmware, modprobe.d...).
-    loose_files: int
-
-
-class DriverPackPublic(BaseModel):
-    """A driver pack (``lamina driver list/show/import/delete``) with its versions."""
-
-    id: str
-    name: str
-    created: dt.datetime
-    versions: list[DriverPackVersionPublic]
-
-
-class RecordingPublic(BaseModel):
-    """A recording's state after ``record start`` or ``record finalize``."""
-
-    id: str
-    cvd: str
-    state: str
-    task: str
-
-
-class PlanItemPublic(BaseModel):
-    id: str
-    path: str
-    action: str
-    layer: str
-    detail: str
-
-
-class PlanPublic(BaseModel):
-    """What an assignment or enforcement does (or, in a dry run, would do) to one CVD."""
-
-    id: str
-    cvd: str
-    status: Literal["assigned", "dry-run", "refused"]
-    layers: list[str]
-    #: The driver packs the device gets with the layers, as ``NAME:VERSION``.
-    packs: list[str] = Field(default_factory=list)
-    #: E.g. no driver profile matches a device of other hardware than the base layer's.
-    warnings: list[str] = Field(default_factory=list)
-    task: str | None
-    counts: dict[str, int]
-    download_bytes: int
-    space_needed: int
-    refused: list[str]
-    items: list[PlanItemPublic]
-
-
-class CvdLayersPublic(BaseModel):
-    id: str
-    assigned: list[str]
-    running: list[str]
-
-
-class HardwareBoundPublic(BaseModel):
-    rules: list[str]
-    count: int
-    examples: list[str]
-
-
-class RulesTestPublic(BaseModel):
-    id: str
-    cvd: str
-    snapshot: str
-    rules: str
-    kept: int
-    kept_bytes: int
-    dropped: int
-    dropped_by_reason: dict[str, int]
-    examples: dict[str, list[str]]
-    #: The rule set's hardware-bound paths (kept from the new machine by a migration) and
-    #: those found in the CVD's last snapshot.
-    hardware_bound: HardwareBoundPublic | None = None
-
-
-class CollectionPublic(BaseModel):
-    id: str
-    name: str
-    filter: str
-    created: dt.datetime
-    members: list[str]

@@ -6,8 +6,14 @@ registered in ``PARAMS``: the server validates the parameters when it queues a
 task (``params_for``) and the agent again when it reads one, so a task the agent
 runs is always one the server could have written.
 
+``TaskPublic.params`` and ``WorkItem.params`` are a union of these models
+discriminated by the task's ``kind`` (a callable discriminator, not a ``kind`` field
+inside the parameters: the parameters' JSON stays what agents of the previous
+version accept, since their models refuse unknown fields).
+
 To add a kind: add a member to ``TaskKind``, a ``TaskParams`` subclass with its
-fields, and a ``PARAMS`` entry; then teach the agent's ``Agent.do`` to run it.
+fields and its ``kind``, a ``PARAMS`` entry and a member of ``AnyTaskParams``; then
+teach the agent's ``Agent.do`` to run it.
 An agent that does not know a kind reports the task failed ("unknown task kind").
 
 Version 1 (``PROTOCOL_VERSION``).
@@ -15,14 +21,24 @@ Version 1 (``PROTOCOL_VERSION``).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from lamina.errors import UsageError
-from lamina.protocol.schemas import PolicySettings
+from lamina.protocol.base import SmallMap, Strict
+from lamina.protocol.policies import PolicySettings
 
 #: A tree or blob id in hex (64 lowercase digits).
 HexId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -64,9 +80,14 @@ class TaskParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: The kind of task these parameters belong to (not a field: not in the JSON).
+    kind: ClassVar[TaskKind]
+
 
 class SyncParams(TaskParams):
     """Upload a snapshot now."""
+
+    kind: ClassVar[TaskKind] = TaskKind.SYNC
 
     #: Why the server asked (a recording's start or end), for the log.
     why: str = Field("", max_length=200)
@@ -74,6 +95,8 @@ class SyncParams(TaskParams):
 
 class RestoreParams(TaskParams):
     """Restore paths of a snapshot in place on the endpoint."""
+
+    kind: ClassVar[TaskKind] = TaskKind.RESTORE
 
     snapshot: str = Field(max_length=64)
     root: HexId
@@ -83,6 +106,8 @@ class RestoreParams(TaskParams):
 
 class RevertParams(TaskParams):
     """Stage the endpoint's return to a snapshot (or, with ``dry_run``, only plan it)."""
+
+    kind: ClassVar[TaskKind] = TaskKind.REVERT
 
     snapshot: str = Field(max_length=64)
     root: HexId
@@ -104,6 +129,8 @@ Expected = list[str | int] | None
 class LayerApplyParams(TaskParams):
     """Stage a layer delivery: a delta tree and the paths to remove, applied at the next boot."""
 
+    kind: ClassVar[TaskKind] = TaskKind.LAYER_APPLY
+
     delta: HexId
     removes: list[str] = Field(default_factory=list)
     expect: dict[str, Expected] = Field(default_factory=dict)
@@ -119,6 +146,8 @@ class MigrateParams(TaskParams):
     """Stage a CVD's snapshot onto this (new) machine: the boot set now, the user data
     streamed after the reboot (``lamina cvd migrate``, ``restore-system``), or a system
     laid down from layers (mode ``system``: ``cvd provision``, ``cvd migrate-os``)."""
+
+    kind: ClassVar[TaskKind] = TaskKind.MIGRATE
 
     #: The snapshot migrated from (none for a system composed from layers).
     snapshot: str | None = Field(None, max_length=64)
@@ -182,9 +211,86 @@ def params_for(kind: str, raw: TaskParams | Mapping[str, object] | None) -> Task
         return raw
     if isinstance(raw, TaskParams):
         raise UsageError(f"a {kind} task cannot carry {type(raw).__name__}")
+    if raw is not None and not isinstance(raw, Mapping):
+        raise UsageError(f"malformed parameters of a {kind} task: not an object")
     try:
         return model.model_validate(dict(raw or {}))
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "params"
         raise UsageError(f"malformed parameters of a {kind} task: {where}: {first['msg']}") from e
+
+
+def _kind_of(v: object) -> str | None:
+    """The union's tag: the kind of a parameters model. ``TaskPublic`` and ``WorkItem``
+    read raw parameters into their task's kind's model before the union sees them."""
+    return v.kind.value if isinstance(v, TaskParams) else None
+
+
+#: The parameters of any task, discriminated by the task's kind.
+AnyTaskParams = Annotated[
+    Annotated[SyncParams, Tag(TaskKind.SYNC.value)]
+    | Annotated[RestoreParams, Tag(TaskKind.RESTORE.value)]
+    | Annotated[RevertParams, Tag(TaskKind.REVERT.value)]
+    | Annotated[LayerApplyParams, Tag(TaskKind.LAYER_APPLY.value)]
+    | Annotated[MigrateParams, Tag(TaskKind.MIGRATE.value)],
+    Discriminator(
+        _kind_of,
+        custom_error_type="task_params",
+        custom_error_message="the parameters were not read against the task's kind",
+    ),
+]
+
+
+class _OfKind(BaseModel):
+    """A task's kind and its parameters, read into that kind's model (``params_for``): a
+    malformed parameter, or an unknown kind, is a ``UsageError`` naming the kind and the
+    field, raised as it is (not wrapped in pydantic's ``ValidationError``)."""
+
+    kind: TaskKind
+    params: AnyTaskParams
+
+    @model_validator(mode="before")
+    @classmethod
+    def _params_of_kind(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "kind" in data:
+            data = {**data, "params": params_for(str(data["kind"]), data.get("params"))}
+        return data
+
+
+class TaskPublic(_OfKind):
+    id: str
+    state: TaskState
+    progress: int
+    message: str
+    cvd_id: str | None
+    device_id: str | None
+    result: dict[str, Any]
+    created_by: str
+    created: dt.datetime
+    started: dt.datetime | None
+    finished: dt.datetime | None
+
+
+class WorkItem(_OfKind):
+    """A task the server hands its device's agent (``GET /agent/work``)."""
+
+    task_id: str
+
+
+def work_item(raw: object) -> WorkItem:
+    """A work item as the agent reads it from the server's answer; ``UsageError`` naming the
+    kind and the field for one it must refuse (the agent reports that task failed)."""
+    try:
+        return WorkItem.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "item"
+        raise UsageError(f"malformed work item: {where}: {first['msg']}") from e
+
+
+class TaskReport(Strict):
+    progress: int = Field(ge=0, le=100)
+    message: str = Field("", max_length=2000)
+    state: Literal["running", "done", "failed", "waiting"] | None = None
+    result: SmallMap = Field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -77,16 +78,25 @@ def access_limits(request: Request) -> AccessLimits:
 Limits = Annotated[AccessLimits, Depends(access_limits)]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before reading them all."""
+async def stream_body(
+    request: Request, limit: int, sink: Callable[[bytes], object], what: str = "request body"
+) -> int:
+    """Hand the request body to ``sink`` part by part, refusing more than ``limit`` bytes
+    (a declared length above it before a byte is read). Returns the bytes read."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise TooLargeError(f"request body of {declared} bytes is above the {limit}-byte limit")
-    chunks = []
+        raise TooLargeError(f"{what} of {declared} bytes is above the {limit}-byte limit")
     size = 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
-            raise TooLargeError(f"request body is above the {limit}-byte limit")
-        chunks.append(part)
+            raise TooLargeError(f"{what} is above the {limit}-byte limit")
+        sink(part)
+    return size
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all."""
+    chunks: list[bytes] = []
+    await stream_body(request, limit, chunks.append)
     return b"".join(chunks)

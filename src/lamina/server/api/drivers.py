@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
 
-from lamina.errors import TooLargeError
-from lamina.protocol.schemas import DriverPackPublic, Strict
-from lamina.server.deps import Caller, Ctx
+from lamina.protocol.layers import (
+    DriverPackPublic,
+    DriverProfileCreate,
+    DriverProfilePublic,
+    DriverProfileUpdate,
+    MatchedDevicePublic,
+)
+from lamina.server.deps import Caller, Ctx, stream_body
 from lamina.server.services import drivers
 
 router = APIRouter()
@@ -19,23 +22,6 @@ router = APIRouter()
 TAR = "application/x-tar"
 #: An upload is kept in memory up to this size, then spilled to a temporary file.
 _SPOOL = 16 * 1024 * 1024
-
-
-class ProfileCreate(Strict):
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-    packs: list[str] = Field(min_length=1, max_length=32)
-    matches: list[str] = Field(min_length=1, max_length=32)
-    os_family: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")
-    notes: str = Field("", max_length=4000)
-
-
-class ProfileUpdate(Strict):
-    packs: list[str] | None = Field(None, min_length=1, max_length=32)
-    matches: list[str] | None = Field(None, min_length=1, max_length=32)
-    os_family: str | None = Field(
-        None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$", description='"" clears it'
-    )
-    notes: str | None = Field(None, max_length=4000)
 
 
 @router.get("/drivers", summary="List driver packs with their versions")
@@ -59,14 +45,8 @@ async def import_pack(
     notes: str = Query("", max_length=4000),
 ) -> DriverPackPublic:
     caller.require("driver.write")  # before reading a large body
-    limit = ctx.settings.max_body
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL) as f:
-        size = 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise TooLargeError(f"the pack is above the {limit}-byte upload limit")
-            f.write(part)
+        await stream_body(request, ctx.settings.max_body, f.write, "the pack")
         f.seek(0)
         doc = await run_in_threadpool(
             drivers.import_pack, ctx.engine, ctx.store, caller, name, f, notes
@@ -87,8 +67,10 @@ def delete_pack(ref: str, ctx: Ctx, caller: Caller) -> DriverPackPublic:
 
 
 @router.get("/driver-profiles", summary="List driver profiles")
-def list_profiles(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return [dict(p) for p in drivers.list_profiles(ctx.engine, caller)]
+def list_profiles(ctx: Ctx, caller: Caller) -> list[DriverProfilePublic]:
+    return [
+        DriverProfilePublic.model_validate(p) for p in drivers.list_profiles(ctx.engine, caller)
+    ]
 
 
 @router.post(
@@ -96,35 +78,37 @@ def list_profiles(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
     summary="Create a driver profile: packs for matching hardware",
     status_code=201,
 )
-def create_profile(req: ProfileCreate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(
-        drivers.create_profile(
-            ctx.engine, caller, req.name, req.packs, req.matches, req.os_family, req.notes
-        )
+def create_profile(req: DriverProfileCreate, ctx: Ctx, caller: Caller) -> DriverProfilePublic:
+    doc = drivers.create_profile(
+        ctx.engine, caller, req.name, req.packs, req.matches, req.os_family, req.notes
     )
+    return DriverProfilePublic.model_validate(doc)
 
 
 @router.get("/driver-profiles/{ref}", summary="Show a driver profile")
-def show_profile(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(drivers.show_profile(ctx.engine, caller, ref))
+def show_profile(ref: str, ctx: Ctx, caller: Caller) -> DriverProfilePublic:
+    return DriverProfilePublic.model_validate(drivers.show_profile(ctx.engine, caller, ref))
 
 
 @router.put(
     "/driver-profiles/{ref}", summary="Change a driver profile's packs, matches or OS family"
 )
-def update_profile(ref: str, req: ProfileUpdate, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(
-        drivers.update_profile(
-            ctx.engine, caller, ref, req.packs, req.matches, req.os_family, req.notes
-        )
+def update_profile(
+    ref: str, req: DriverProfileUpdate, ctx: Ctx, caller: Caller
+) -> DriverProfilePublic:
+    doc = drivers.update_profile(
+        ctx.engine, caller, ref, req.packs, req.matches, req.os_family, req.notes
     )
+    return DriverProfilePublic.model_validate(doc)
 
 
 @router.delete("/driver-profiles/{ref}", summary="Delete a driver profile")
-def delete_profile(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(drivers.delete_profile(ctx.engine, caller, ref))
+def delete_profile(ref: str, ctx: Ctx, caller: Caller) -> DriverProfilePublic:
+    return DriverProfilePublic.model_validate(drivers.delete_profile(ctx.engine, caller, ref))
 
 
 @router.get("/driver-profiles/{ref}/devices", summary="The devices a driver profile matches today")
-def test_profile(ref: str, ctx: Ctx, caller: Caller) -> list[dict[str, str]]:
-    return drivers.test_profile(ctx.engine, caller, ref)
+def test_profile(ref: str, ctx: Ctx, caller: Caller) -> list[MatchedDevicePublic]:
+    return [
+        MatchedDevicePublic.model_validate(d) for d in drivers.test_profile(ctx.engine, caller, ref)
+    ]

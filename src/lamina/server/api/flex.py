@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +13,9 @@ from lamina.protocol.flex import (
     FlexCheckin,
     FlexEntitle,
     FlexEntitlementMine,
+    FlexEntitlementPublic,
     FlexEntitlementUpdate,
+    FlexImagePublic,
     FlexInstanceAction,
     FlexInstanceCreate,
     FlexInstanceCreated,
@@ -59,7 +61,7 @@ async def upload_image(
     memory_mib: Annotated[int, Query(ge=16, le=4 << 20)] = 1024,
     cpus: Annotated[int, Query(ge=1, le=1024)] = 1,
     firmware: Literal["bios", "uefi"] = "bios",
-) -> dict[str, Any]:
+) -> FlexImagePublic:
     caller.require("flex.admin")  # before reading a byte of the body
     work = flex_images.tmp_dir(ctx.settings.data)
     disk = work / f"{secrets.token_hex(8)}.upload"
@@ -78,7 +80,7 @@ async def upload_image(
             firmware,
             {"kind": "upload", "sha256": digest},
         )
-        return dict(doc)
+        return FlexImagePublic.model_validate(doc)
     finally:
         disk.unlink(missing_ok=True)
 
@@ -88,20 +90,19 @@ async def upload_image(
     summary="Register an image the server fetches by URL and SHA-256",
     status_code=201,
 )
-def register_url(name: str, req: FlexRegisterUrl, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(
-        flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
-    )
+def register_url(name: str, req: FlexRegisterUrl, ctx: Ctx, caller: Caller) -> FlexImagePublic:
+    doc = flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
+    return FlexImagePublic.model_validate(doc)
 
 
 @router.get("/flex/images", summary="List flex images with their versions")
-def list_images(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return [dict(i) for i in flex_images.list_images(ctx.engine, caller)]
+def list_images(ctx: Ctx, caller: Caller) -> list[FlexImagePublic]:
+    return [FlexImagePublic.model_validate(i) for i in flex_images.list_images(ctx.engine, caller)]
 
 
 @router.get("/flex/images/{ref}", summary="Show a flex image")
-def show_image(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(flex_images.show_image(ctx.engine, caller, ref))
+def show_image(ref: str, ctx: Ctx, caller: Caller) -> FlexImagePublic:
+    return FlexImagePublic.model_validate(flex_images.show_image(ctx.engine, caller, ref))
 
 
 @router.delete(
@@ -145,25 +146,29 @@ def delete_policy(ref: str, ctx: Ctx, caller: Caller) -> None:
 @router.post(
     "/flex/entitlements", summary="Entitle users or groups to a flex image", status_code=201
 )
-def entitle(req: FlexEntitle, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(flex.entitle(ctx.engine, caller, req))
+def entitle(req: FlexEntitle, ctx: Ctx, caller: Caller) -> FlexEntitlementPublic:
+    return FlexEntitlementPublic.model_validate(flex.entitle(ctx.engine, caller, req))
 
 
 @router.get("/flex/entitlements", summary="List entitlements")
-def list_entitlements(ctx: Ctx, caller: Caller) -> list[dict[str, Any]]:
-    return [dict(e) for e in flex.list_entitlements(ctx.engine, caller)]
+def list_entitlements(ctx: Ctx, caller: Caller) -> list[FlexEntitlementPublic]:
+    return [
+        FlexEntitlementPublic.model_validate(e) for e in flex.list_entitlements(ctx.engine, caller)
+    ]
 
 
 @router.get("/flex/entitlements/{ref}", summary="Show an entitlement")
-def show_entitlement(ref: str, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return dict(flex.show_entitlement(ctx.engine, caller, ref))
+def show_entitlement(ref: str, ctx: Ctx, caller: Caller) -> FlexEntitlementPublic:
+    return FlexEntitlementPublic.model_validate(flex.show_entitlement(ctx.engine, caller, ref))
 
 
 @router.put("/flex/entitlements/{ref}", summary="Change an entitlement's image, policy or subjects")
 def update_entitlement(
     ref: str, req: FlexEntitlementUpdate, ctx: Ctx, caller: Caller
-) -> dict[str, Any]:
-    return dict(flex.update_entitlement(ctx.engine, caller, ref, req))
+) -> FlexEntitlementPublic:
+    return FlexEntitlementPublic.model_validate(
+        flex.update_entitlement(ctx.engine, caller, ref, req)
+    )
 
 
 @router.delete(

@@ -2,67 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
-from pydantic import Field
 
-from lamina.protocol.schemas import MigrateRequest, Strict
+from lamina.protocol.migration import (
+    MigrateOsReport,
+    MigrateOsRequest,
+    MigrateRequest,
+    MigrationReport,
+    ProvisionReport,
+    ProvisionRequest,
+    RestoreSystemRequest,
+)
 from lamina.server.deps import Caller, Ctx
 from lamina.server.services import migration, provision
 
 router = APIRouter()
 
 
-class RestoreSystemRequest(Strict):
-    to: str = Field(max_length=255)
-    snapshot: str = Field("latest", max_length=64)
-    dry_run: bool = False
-
-
 @router.post(
     "/cvds/{ref}/migrate",
     summary="Migrate a CVD to a replacement device (or only validate, with dry_run)",
 )
-def migrate(ref: str, req: MigrateRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return migration.migrate(ctx.engine, ctx.store, caller, ref, req)
+def migrate(ref: str, req: MigrateRequest, ctx: Ctx, caller: Caller) -> MigrationReport:
+    return MigrationReport.model_validate(
+        migration.migrate(ctx.engine, ctx.store, caller, ref, req)
+    )
 
 
 @router.post(
     "/cvds/{ref}/restore-system",
     summary="Restore a CVD's whole system onto its own repaired device",
 )
-def restore_system(ref: str, req: RestoreSystemRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
+def restore_system(
+    ref: str, req: RestoreSystemRequest, ctx: Ctx, caller: Caller
+) -> MigrationReport:
     full = MigrateRequest(to=req.to, mode="full", snapshot=req.snapshot, dry_run=req.dry_run)
-    return migration.migrate(ctx.engine, ctx.store, caller, ref, full, same_device=True)
-
-
-class ProvisionRequest(Strict):
-    base: str = Field(max_length=255, description="Base layer NAME[:VERSION].")
-    apps: list[str] = Field(default_factory=list, max_length=64)
-    policy: str = Field(max_length=255)
-    name: str | None = Field(None, max_length=255)
-    dry_run: bool = False
-
-
-class MigrateOsRequest(Strict):
-    base: str = Field(max_length=255, description="A base layer of the new OS release.")
-    dry_run: bool = False
+    doc = migration.migrate(ctx.engine, ctx.store, caller, ref, full, same_device=True)
+    return MigrationReport.model_validate(doc)
 
 
 @router.post(
     "/devices/{ref}/provision",
     summary="Lay a pending device's system down from a base layer and create its CVD",
 )
-def provision_device(ref: str, req: ProvisionRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return provision.provision(
+def provision_device(ref: str, req: ProvisionRequest, ctx: Ctx, caller: Caller) -> ProvisionReport:
+    doc = provision.provision(
         ctx.engine, ctx.store, caller, ref, req.base, req.apps, req.policy, req.name, req.dry_run
     )
+    return ProvisionReport.model_validate(doc)
 
 
 @router.post(
     "/cvds/{ref}/migrate-os",
     summary="Move an endpoint to a base layer of another OS release, keeping identity and data",
 )
-def migrate_os(ref: str, req: MigrateOsRequest, ctx: Ctx, caller: Caller) -> dict[str, Any]:
-    return provision.migrate_os(ctx.engine, ctx.store, caller, ref, req.base, req.dry_run)
+def migrate_os(ref: str, req: MigrateOsRequest, ctx: Ctx, caller: Caller) -> MigrateOsReport:
+    doc = provision.migrate_os(ctx.engine, ctx.store, caller, ref, req.base, req.dry_run)
+    return MigrateOsReport.model_validate(doc)

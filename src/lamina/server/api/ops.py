@@ -3,77 +3,25 @@ and the Prometheus metrics."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from pydantic import BaseModel
 
 from lamina.errors import AuthError, NotFoundError
+from lamina.protocol.ops import (
+    AckPublic,
+    EventPublic,
+    FleetDevicePublic,
+    FleetPage,
+    StatusPublic,
+    StoreUsagePublic,
+)
 from lamina.server.deps import Caller, Ctx, principal
 from lamina.server.metrics import CONTENT_TYPE_LATEST, METRICS_PERMISSION, Metrics, is_loopback
 from lamina.server.services import dashboard, events
 
 router = APIRouter()
 metrics_router = APIRouter()
-
-
-class StoreUsagePublic(BaseModel):
-    pack_bytes: int
-    logical_bytes: int
-    snapshots: int
-    growth_7d: int
-    reduction: float
-
-
-class StatusPublic(BaseModel):
-    #: Devices by health: pending, online, offline, failing, lowdisk.
-    counts: dict[str, int]
-    total: int
-    usage: StoreUsagePublic | None
-    #: Unacknowledged events by severity.
-    events: dict[str, int]
-
-
-class FleetDevicePublic(BaseModel):
-    id: str
-    hostname: str
-    status: str
-    health: list[str]
-    policy: str | None
-    cvd_id: str | None
-    cvd_name: str | None
-    last_sync: dt.datetime | None
-    last_seen: dt.datetime | None
-    layers: list[str]
-    agent_version: str
-    disk_free: int | None
-    vendor: str
-    model: str
-    os: str
-
-
-class FleetPage(BaseModel):
-    rows: list[FleetDevicePublic]
-    total: int
-    page: int
-    pages: int
-
-
-class EventPublic(BaseModel):
-    id: int
-    time: dt.datetime | None
-    severity: str
-    source: str
-    target: str
-    message: str
-    acknowledged_by: str | None
-    acknowledged: dt.datetime | None
-
-
-class AckPublic(BaseModel):
-    id: int
-    acknowledged_by: str
 
 
 @router.get("/status", summary="The fleet's health counts, the store's usage, open events")
@@ -83,15 +31,7 @@ def status(ctx: Ctx, caller: Caller) -> StatusPublic:
     return StatusPublic(
         counts=s.counts,
         total=s.total,
-        usage=StoreUsagePublic(
-            pack_bytes=u.pack_bytes,
-            logical_bytes=u.logical_bytes,
-            snapshots=u.snapshots,
-            growth_7d=u.growth_7d,
-            reduction=u.reduction,
-        )
-        if u
-        else None,
+        usage=StoreUsagePublic.model_validate(u, from_attributes=True) if u else None,
         events=events.unacknowledged(ctx.engine, caller),
     )
 
@@ -109,26 +49,7 @@ def fleet(
     q = dashboard.DeviceQuery(search=search, health=state, sort=sort, page=page, size=size)
     p = dashboard.device_page(ctx.engine, caller, q)
     return FleetPage(
-        rows=[
-            FleetDevicePublic(
-                id=r.id,
-                hostname=r.hostname,
-                status=r.status,
-                health=r.health,
-                policy=r.policy,
-                cvd_id=r.cvd_id,
-                cvd_name=r.cvd_name,
-                last_sync=r.last_sync,
-                last_seen=r.last_seen,
-                layers=r.layers,
-                agent_version=r.agent_version,
-                disk_free=r.disk_free,
-                vendor=r.vendor,
-                model=r.model,
-                os=r.os,
-            )
-            for r in p.rows
-        ],
+        rows=[FleetDevicePublic.model_validate(r, from_attributes=True) for r in p.rows],
         total=p.total,
         page=q.page,
         pages=p.pages,
@@ -142,7 +63,7 @@ def list_events(
     pending: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EventPublic]:
-    return [EventPublic(**vars(e)) for e in events.list_events(ctx.engine, caller, pending, limit)]
+    return events.list_events(ctx.engine, caller, pending, limit)
 
 
 @router.post("/events/{event_id}/ack", summary="Acknowledge an event")

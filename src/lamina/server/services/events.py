@@ -7,14 +7,12 @@ the unacknowledged ones by severity and lists them with an acknowledge button.
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass
-
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import events
 from lamina.errors import ConflictError, NotFoundError, UsageError
+from lamina.protocol.ops import EventPublic
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, now
 
@@ -23,16 +21,8 @@ SEVERITIES = ("error", "warning", "info")
 ACK_PERMISSION = "cvd.operate"
 
 
-@dataclass
-class Event:
-    id: int
-    time: dt.datetime | None
-    severity: str
-    source: str
-    target: str
-    message: str
-    acknowledged_by: str | None
-    acknowledged: dt.datetime | None
+#: An event as the API and the console show it.
+Event = EventPublic
 
 
 def record(c: Connection, severity: str, source: str, target: str, message: str) -> None:
@@ -77,14 +67,14 @@ def list_events(
     with read_tx(engine) as c:
         return [
             Event(
-                r.id,
-                aware(r.time),
-                r.severity,
-                r.source,
-                r.target,
-                r.message,
-                r.acknowledged_by,
-                aware(r.acknowledged),
+                id=r.id,
+                time=aware(r.time),
+                severity=r.severity,
+                source=r.source,
+                target=r.target,
+                message=r.message,
+                acknowledged_by=r.acknowledged_by,
+                acknowledged=aware(r.acknowledged),
             )
             for r in c.execute(q)
         ]

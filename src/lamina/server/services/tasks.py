@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import tasks
-from lamina.errors import ConflictError, ForbiddenError, NotFoundError
+from lamina.errors import ConflictError, ForbiddenError, IntegrityError, NotFoundError, UsageError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
 from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
@@ -43,6 +43,16 @@ MAX_ATTEMPTS = 3
 
 
 def public(r: Task) -> TaskPublic:
+    """A task row as the API shows it, its parameters read into its kind's model: a row
+    whose stored parameters no longer read (written outside Lamina) is an ``IntegrityError``
+    naming the task, not the caller's mistake."""
+    try:
+        return _public(r)
+    except UsageError as e:
+        raise IntegrityError(f"task {r.id}: {e.message}") from e
+
+
+def _public(r: Task) -> TaskPublic:
     return TaskPublic(
         id=r.id,
         kind=r.kind,
@@ -165,9 +175,19 @@ def claim_for_device(
                     attempts=tasks.c.attempts + 1,
                 )
             ).rowcount
-            if won:
-                r = c.execute(select(tasks).where(tasks.c.id == tid)).one()
+            if not won:
+                continue
+            r = c.execute(select(tasks).where(tasks.c.id == tid)).one()
+            try:
                 out.append(WorkItem(task_id=r.id, kind=r.kind, params=r.params))
+            except UsageError as e:  # never handed out: failed, its row kept as it is
+                why = f"refused: {e.message}"
+                c.execute(
+                    update(tasks)
+                    .where(tasks.c.id == tid)
+                    .values(state=FAILED, claimed_by=None, finished=now(), message=why)
+                )
+                agent_events.task_failed(c, r.kind, r.cvd_id or device.name, why)
     return out
 
 
