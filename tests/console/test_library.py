@@ -38,7 +38,16 @@ FACTS = {
     "bios_version": "N32ET86W",
     "cpu_vendor": "GenuineIntel",
     "boot_mode": "uefi",
-    "network": [{"name": "enp0s31f6", "mac": "8c:8c:aa:01:02:03"}],
+    "facts_format": 3,
+    "network": [
+        {
+            "name": "enp0s31f6",
+            "mac": "8c:8c:aa:01:02:03",
+            "bus": "0000:00:1f.6",
+            "path": "pci-0000:00:1f.6",
+            "driver": "e1000e",
+        }
+    ],
     "disks": [{"name": "nvme0n1", "size": 512 * 10**9}],
     "os_release": {"ID": "debian", "VERSION_ID": "12"},
 }
@@ -359,6 +368,12 @@ def test_migrate_shows_its_dry_run_then_moves_the_cvd(lab: Lab) -> None:
     # The device's hardware facts, as a table, escaped.
     _escaped(page)
     assert "8c:8c:aa:01:02:03" in page and "nvme0n1" in page and "uefi" in page
+    # Facts format 3: each NIC's bus address, path and driver beside its name and MAC.
+    row = re.search(r"<tr><td>enp0s31f6</td>.*?</tr>", page)
+    assert row, page
+    for shown in ("8c:8c:aa:01:02:03", "0000:00:1f.6", "pci-0000:00:1f.6", "e1000e"):
+        assert shown in row.group(0)
+    assert '<th scope="col">Bus address</th>' in page and '<th scope="col">Driver</th>' in page
     form = admin.get(f"/cvds/{lab.cvd}/migrate").text
     assert f'<option value="{lab.new}">new-pc' in form
 
