@@ -125,11 +125,11 @@ def queue(engine: Engine, actor: Principal, kind: str, params: TaskParams) -> Ta
         return public(c.execute(select(tasks).where(tasks.c.id == tid)).one())
 
 
-def wait(task_id: str, timeout: float | None = None) -> None:
-    """Until this process's thread of ``task_id`` has ended (tests, shutdown)."""
-    thread = _running.get(task_id)
-    if thread is not None:
-        thread.join(timeout)
+def wait(task_id: str | None = None, timeout: float | None = None) -> None:
+    """Until this process's thread of ``task_id`` (None: of every store task) has ended."""
+    for tid, thread in list(_running.items()):
+        if task_id in (None, tid):
+            thread.join(timeout)
 
 
 class _Progress:
