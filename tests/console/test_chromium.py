@@ -5,7 +5,7 @@ dashboard, centralize it, watch its first sync finish on the Tasks page, browse
 the snapshot and download a file and folders (bytes compared), capture a base
 layer, read the assignment's dry run and assign it; import a driver pack and test
 a profile, read a migration's and a provisioning's dry run, make a flex policy and
-a group; then a read-only user's view. axe-core runs on every page (no serious or critical violation), no page
+a group; count the store as a server task; then a read-only user's view. axe-core runs on every page (no serious or critical violation), no page
 logs a CSP violation, and no user text (a hostname, a file name, audit entries
 with ``<script>``) runs as script. Screenshots go to docs/console/.
 """
@@ -346,6 +346,14 @@ def test_an_administrators_day_in_chromium(
     expect(page.get_by_role("cell", name="revoked", exact=True)).to_be_visible()
     b.check("tokens")
 
+    # The store counted as a server task: its report shows on the task's page when it ends.
+    b.go("/store")
+    b.check("store")
+    page.get_by_role("button", name="Count the store", exact=True).click()
+    expect(page.locator("#task-state")).to_have_text("done")
+    expect(page.get_by_role("table", name="Packs by size")).to_be_visible()
+    b.check("store-stats")
+
     # A sync asked for, then cancelled before the agent starts it.
     page.goto(cvd_url)
     page.get_by_role("link", name="Sync now", exact=True).click()
@@ -399,7 +407,7 @@ def test_an_administrators_day_in_chromium(
     b.go("/tokens")
     expect(page.get_by_role("button", name=re.compile("^Revoke"))).to_have_count(0)
     b.check()
-    for path in ("/drivers", "/flex/policies", "/groups"):
+    for path in ("/drivers", "/flex/policies", "/groups", "/store"):
         b.go(path)
         expect(page.locator("main form")).to_have_count(0)  # no action of any kind
         b.check()

@@ -27,7 +27,17 @@ from tests.console.conftest import Console, enroll
 from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve
 
 from lamina.config import ServerSettings
-from lamina.server.console import views_drivers, views_flex, views_migrate, views_upload
+from lamina.db.engine import make_engine, write_tx
+from lamina.db.models import tasks
+from lamina.server.console import (
+    views_drivers,
+    views_flex,
+    views_migrate,
+    views_store,
+    views_upload,
+)
+from lamina.server.services import store_ops
+from lamina.server.services.common import now
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry, encode_tree
 
@@ -38,7 +48,16 @@ FACTS = {
     "bios_version": "N32ET86W",
     "cpu_vendor": "GenuineIntel",
     "boot_mode": "uefi",
-    "network": [{"name": "enp0s31f6", "mac": "8c:8c:aa:01:02:03"}],
+    "facts_format": 3,
+    "network": [
+        {
+            "name": "enp0s31f6",
+            "mac": "8c:8c:aa:01:02:03",
+            "bus": "0000:00:1f.6",
+            "path": "pci-0000:00:1f.6",
+            "driver": "e1000e",
+        }
+    ],
     "disks": [{"name": "nvme0n1", "size": 512 * 10**9}],
     "os_release": {"ID": "debian", "VERSION_ID": "12"},
 }
@@ -359,6 +378,12 @@ def test_migrate_shows_its_dry_run_then_moves_the_cvd(lab: Lab) -> None:
     # The device's hardware facts, as a table, escaped.
     _escaped(page)
     assert "8c:8c:aa:01:02:03" in page and "nvme0n1" in page and "uefi" in page
+    # Facts format 3: each NIC's bus address, path and driver beside its name and MAC.
+    row = re.search(r"<tr><td>enp0s31f6</td>.*?</tr>", page)
+    assert row, page
+    for shown in ("8c:8c:aa:01:02:03", "0000:00:1f.6", "pci-0000:00:1f.6", "e1000e"):
+        assert shown in row.group(0)
+    assert '<th scope="col">Bus address</th>' in page and '<th scope="col">Driver</th>' in page
     form = admin.get(f"/cvds/{lab.cvd}/migrate").text
     assert f'<option value="{lab.new}">new-pc' in form
 
@@ -446,6 +471,10 @@ ROUTES: list[tuple[str, dict[str, str], set[str]]] = [
     ("/cvds/X/migrate-os", {"base": "x"}, {ADMIN}),
     ("/devices/X/provision/preview", {"base": "x", "policy": "x"}, {ADMIN}),
     ("/devices/X/provision", {"base": "x", "policy": "x"}, {ADMIN}),
+    ("/store/check", {}, {ADMIN}),
+    ("/store/gc/preview", {}, {ADMIN}),
+    ("/store/gc", {}, {ADMIN}),
+    ("/store/stats", {}, {ADMIN}),
 ]
 #: The confirmation and form pages of those actions: refused to whom the action is.
 FORMS: list[tuple[str, set[str]]] = [
@@ -471,6 +500,7 @@ def test_every_new_action_route_is_in_the_matrix() -> None:
         views_drivers.router,
         views_flex.router,
         views_migrate.router,
+        views_store.router,
         views_upload.router,
     ):
         for r in router.routes:
@@ -500,6 +530,7 @@ def test_roles_and_csrf_hold_on_every_new_action(lab: Lab) -> None:
         else:
             r = consoles[ADMIN].post(path, form, csrf=False)
         assert r.status_code == 403 and "did not come from this console" in r.text, path
+        store_ops.wait()  # a store task the admin's probe started ends before the next
     for path, allowed in FORMS:
         for user, c in consoles.items():
             r = c.get(path.replace("X", "nope"))
@@ -513,8 +544,67 @@ def test_roles_and_csrf_hold_on_every_new_action(lab: Lab) -> None:
         "/flex/entitlements",
         "/flex/instances",
         "/groups",
+        "/store",
     ):
         text = reader.get(page).text
         assert 'method="post" action="/logout"' in text
         assert text.count('method="post"') == 1, page  # only the log-out form
         assert 'class="button' not in text, page
+
+
+def _task_page(c: Console, r: httpx.Response) -> str:
+    """The page of the store task a form started, once the task has ended."""
+    assert r.status_code == 303 and r.headers["location"].startswith("/tasks/"), r.text[:300]
+    store_ops.wait(r.headers["location"].rsplit("/", 1)[1])
+    return c.get(r.headers["location"]).text
+
+
+def test_the_store_page_runs_check_gc_after_its_dry_run_and_stats(lab: Lab) -> None:
+    admin = _console(lab)
+    page = admin.get("/store").text
+    for action in ("/store/check", "/store/gc/preview", "/store/stats"):
+        assert f'action="{action}"' in page
+    counted = _task_page(admin, admin.post("/store/stats"))
+    assert "Packs by size" in counted and "Deduplication" in counted
+    assert '<span class="state done" id="task-state">done</span>' in counted
+
+    # gc: the dry run first, whose page says what it would free and offers to collect.
+    dry = _task_page(admin, admin.post("/store/gc/preview"))
+    assert (
+        "Would free" in dry and 'action="/store/gc"' in dry and ">Collect garbage</button>" in dry
+    )
+    grace = re.search(r'name="orphan_grace" value="(\d+)"', dry)
+    assert grace and grace.group(1) == "3600"
+    done = _task_page(admin, admin.post("/store/gc", {"orphan_grace": grace.group(1)}))
+    assert "Freed" in done and "Collect garbage" not in done
+    checked = _task_page(admin, admin.post("/store/check"))
+    assert "no errors" in checked
+    tasks_seen = [t["kind"] for t in lab.api.get("/tasks").json()]
+    assert {"store-stats", "store-gc", "store-check"} <= set(tasks_seen)
+
+    # A report's text is escaped (a check's damage names snapshots and layers).
+    engine = make_engine(f"sqlite:///{lab.live.data / 'lamina.db'}")
+    try:
+        with write_tx(engine) as c:
+            c.execute(
+                tasks.insert().values(
+                    id="hostile-check",
+                    kind="store-check",
+                    state="failed",
+                    progress=50,
+                    message=f"1 errors {XSS}",
+                    params={},
+                    result={"ok": False, "packs": 1, "blobs": 1, "trees": 1, "roots": 1,
+                            "bytes_read": 0, "errors": [f"layer {XSS}:1 misses a blob"],
+                            "errors_total": 1, "warnings": [], "warnings_total": 0},
+                    created_by="admin",
+                    created=now(),
+                )
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+    _escaped(admin.get("/tasks/hostile-check").text)
+    _escaped(admin.get("/store").text)
+    # The help desk sees the store, without a button.
+    seen = _console(lab, HD).get("/store").text
+    assert "Recent store tasks" in seen and 'action="/store/' not in seen

@@ -50,6 +50,10 @@ class TaskKind(StrEnum):
     REVERT = "revert"
     LAYER_APPLY = "layer-apply"
     MIGRATE = "migrate"
+    # Run by the server itself on its store (``services/store_ops.py``), never by an agent.
+    STORE_CHECK = "store-check"
+    STORE_GC = "store-gc"
+    STORE_STATS = "store-stats"
 
 
 class TaskState(StrEnum):
@@ -178,12 +182,42 @@ class MigrateParams(TaskParams):
     user_packages: list[str] | None = Field(None, max_length=100_000)
 
 
+class StoreCheckParams(TaskParams):
+    """Verify the server's store (``lamina store check``): structure, and with
+    ``read_data`` every blob read, decrypted and hashed again."""
+
+    read_data: bool = False
+
+
+class StoreGcParams(TaskParams):
+    """Collect the store's garbage (``lamina store gc``); ``dry_run`` only reports what
+    it would free."""
+
+    dry_run: bool = True
+    #: Packs left by interrupted writes are removed once older than this (seconds).
+    orphan_grace: int = Field(3600, ge=0, le=366 * 86400)
+
+
+class StoreStatsParams(TaskParams):
+    """Count the store's packs, blobs and bytes (``lamina store stats``)."""
+
+
+#: The kinds the server runs itself, on its store: no agent ever claims one.
+SERVER_KINDS: tuple[TaskKind, ...] = (
+    TaskKind.STORE_CHECK,
+    TaskKind.STORE_GC,
+    TaskKind.STORE_STATS,
+)
+
 PARAMS: dict[TaskKind, type[TaskParams]] = {
     TaskKind.SYNC: SyncParams,
     TaskKind.RESTORE: RestoreParams,
     TaskKind.REVERT: RevertParams,
     TaskKind.LAYER_APPLY: LayerApplyParams,
     TaskKind.MIGRATE: MigrateParams,
+    TaskKind.STORE_CHECK: StoreCheckParams,
+    TaskKind.STORE_GC: StoreGcParams,
+    TaskKind.STORE_STATS: StoreStatsParams,
 }
 
 #: Parameters naming a tree the device may read through ``/blobs/read`` while its task is open.

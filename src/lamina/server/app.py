@@ -13,11 +13,12 @@ from lamina.errors import LaminaError
 from lamina.protocol.flex import MAX_IMAGE_SIZE
 from lamina.protocol.schemas import HealthPublic
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, drivers, flex, layers, migration, ops
+from lamina.server.api import admin, agent, cvds, drivers, flex, layers, migration, ops, store
 from lamina.server.console import views_upload
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.metrics import Metrics, RequestMetrics
+from lamina.server.services.store_ops import recover
 from lamina.server.services.users import ensure_admin
 
 
@@ -33,6 +34,7 @@ def open_context(settings: ServerSettings) -> tuple[ServerContext, str | None]:
     engine = open_database(loc)
     store = init_store(loc, engine=engine)
     generated = ensure_admin(engine, settings.admin_password)
+    recover(engine)  # store tasks a stopped server process of this host left running
     return ServerContext(settings=settings, engine=engine, store=store), generated
 
 
@@ -82,7 +84,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         return HealthPublic(status="ok", version=__version__, store=ctx.store.keys.store_id)
 
     routers = (admin.router, cvds.router, agent.router, layers.router, ops.router, drivers.router)
-    for r in (*routers, migration.router, flex.router):
+    for r in (*routers, migration.router, flex.router, store.router):
         app.include_router(r, prefix="/api/v1")
     app.include_router(ops.metrics_router)
     console.mount(app)

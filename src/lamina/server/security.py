@@ -37,6 +37,7 @@ PERMISSIONS = {
     "layer.write": "capture, record, assign and enforce layers",
     "driver.write": "import and delete driver packs; create, change and delete driver profiles",
     "user.admin": "manage users and read the audit log",
+    "store.admin": "check the store, collect its garbage and read its statistics (server tasks)",
     "metrics.read": "read the server's Prometheus metrics (/metrics) from another host",
     "flex.admin": "register flex images; create flex policies and entitlements",
     "flex.operate": "lock, unlock, revoke flex instances and override their policy",

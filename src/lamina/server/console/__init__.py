@@ -16,6 +16,7 @@ from lamina.server.console import (
     views_fleet,
     views_flex,
     views_migrate,
+    views_store,
     views_upload,
 )
 from lamina.server.console.web import HERE, SecurityHeaders
@@ -31,6 +32,7 @@ def mount(app: FastAPI) -> None:
         views_drivers.router,
         views_flex.router,
         views_migrate.router,
+        views_store.router,
         views_upload.router,
     ):
         app.include_router(r)

@@ -133,33 +133,6 @@ def collection_assign_form(request: Request, ctx: Ctx, actor: Actor) -> Response
 
 
 @router.post("/layers/assign/collection/preview")
-def collection_assign_preview(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    collection: Annotated[str, Form(min_length=1)],
-    base: Annotated[str, Form()] = "",
-    apps: Annotated[list[str] | None, Form()] = None,
-) -> Response:
-    apps = [a for a in apps or [] if a]
-    if not base and not apps:
-        raise UsageError("choose a base layer or at least one app layer")
-    targets = _collection_targets(ctx, actor, collection)
-    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, True)
-    return render(
-        request,
-        "assign_preview.html",
-        actor,
-        target=f"collection {collection}",
-        plans=plans,
-        base=base,
-        apps=apps,
-        action="/layers/assign/collection",
-        back="/layers/assign/collection",
-        hidden={"collection": collection},
-    )
-
-
 @router.post("/layers/assign/collection")
 def collection_assign(
     request: Request,
@@ -169,21 +142,17 @@ def collection_assign(
     base: Annotated[str, Form()] = "",
     apps: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
-    apps = [a for a in apps or [] if a]
+    """The dry run (``…/preview``): its table and the form that assigns it; then the
+    assignment, with the same table."""
+    dry_run = request.url.path.endswith("/preview")
     targets = _collection_targets(ctx, actor, collection)
-    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, apps, False)
-    return render(
-        request,
-        "assign_preview.html",
-        actor,
-        target=f"collection {collection}",
-        plans=plans,
-        base=base,
-        apps=apps,
-        action="",
-        back="/tasks",
-        hidden={},
-    )
+    plans, chosen = views_cvd.assign_plans(ctx, actor, targets, base, apps, dry_run)
+    target = f"collection {collection}"
+    if not dry_run:
+        return views_cvd.plan_page(request, actor, target, plans, base, chosen)
+    here = "/layers/assign/collection"
+    hidden = {"collection": collection}
+    return views_cvd.plan_page(request, actor, target, plans, base, chosen, here, here, hidden)
 
 
 @router.get("/rules")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import StreamingResponse
 
 from lamina.errors import ConflictError, NotFoundError, UsageError
+from lamina.protocol.layers import PlanPublic
 from lamina.protocol.schemas import RestoreRequest, RevertRequest
 from lamina.server.console import archive
 from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
@@ -155,18 +156,8 @@ def enforce(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     result = layers.enforce(ctx.engine, ctx.store, actor, ref)
     if result.task:
         return see_other(f"/tasks/{result.task}")
-    return render(  # refused (e.g. not enough space): say why, with the plan
-        request,
-        "assign_preview.html",
-        actor,
-        target=result.cvd,
-        plans=[result],
-        base="",
-        apps=[],
-        action="",
-        back=f"/cvds/{result.id}",
-        hidden={},
-    )
+    # Refused (e.g. not enough space): say why, with the plan.
+    return plan_page(request, actor, result.cvd, [result], back=f"/cvds/{result.id}")
 
 
 @router.post("/cvds/{ref}/archive")
@@ -209,34 +200,44 @@ def assign_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     )
 
 
-@router.post("/cvds/{ref}/assign/preview")
-def assign_preview(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    base: Annotated[str, Form()] = "",
-    apps: Annotated[list[str] | None, Form()] = None,
-) -> Response:
-    cvd = fleet.show_cvd(ctx.engine, actor, ref)
-    apps = [a for a in apps or [] if a]
-    if not base and not apps:
+def assign_plans(
+    ctx: Ctx, actor: Actor, targets: list[str], base: str, apps: list[str] | None, dry_run: bool
+) -> tuple[list[PlanPublic], list[str]]:
+    """``layers.assign`` on a form's choices (a dry run needs at least one); the apps chosen."""
+    chosen = [a for a in apps or [] if a]
+    if dry_run and not base and not chosen:
         raise UsageError("choose a base layer or at least one app layer")
-    plans = layers.assign(ctx.engine, ctx.store, actor, [cvd.id], base or None, apps, True)
+    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, chosen, dry_run)
+    return plans, chosen
+
+
+def plan_page(
+    request: Request,
+    actor: Actor,
+    target: str,
+    plans: list[PlanPublic],
+    base: str = "",
+    apps: list[str] | None = None,
+    action: str = "",
+    back: str = "/tasks",
+    hidden: dict[str, str] | None = None,
+) -> Response:
+    """The dry run's table of each plan; with ``action``, the form that assigns it."""
     return render(
         request,
         "assign_preview.html",
         actor,
-        target=cvd.name,
+        target=target,
         plans=plans,
         base=base,
-        apps=apps,
-        action=f"/cvds/{cvd.id}/assign",
-        back=f"/cvds/{cvd.id}",
-        hidden={},
+        apps=apps or [],
+        action=action,
+        back=back,
+        hidden=hidden or {},
     )
 
 
+@router.post("/cvds/{ref}/assign/preview")
 @router.post("/cvds/{ref}/assign")
 def assign(
     request: Request,
@@ -246,23 +247,16 @@ def assign(
     base: Annotated[str, Form()] = "",
     apps: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
+    """The dry run (``…/preview``): its table and the form that assigns it; then the assignment."""
+    dry_run = request.url.path.endswith("/preview")
     cvd = fleet.show_cvd(ctx.engine, actor, ref)
-    apps = [a for a in apps or [] if a]
-    plans = layers.assign(ctx.engine, ctx.store, actor, [cvd.id], base or None, apps, False)
+    plans, chosen = assign_plans(ctx, actor, [cvd.id], base, apps, dry_run)
+    where = f"/cvds/{cvd.id}"
+    if dry_run:
+        return plan_page(request, actor, cvd.name, plans, base, chosen, f"{where}/assign", where)
     if plans[0].task:
         return see_other(f"/tasks/{plans[0].task}")
-    return render(
-        request,
-        "assign_preview.html",
-        actor,
-        target=cvd.name,
-        plans=plans,
-        base=base,
-        apps=apps,
-        action="",
-        back=f"/cvds/{cvd.id}",
-        hidden={},
-    )
+    return plan_page(request, actor, cvd.name, plans, base, chosen, back=where)
 
 
 # --- the file portal ----------------------------------------------------------------

@@ -10,7 +10,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
+from lamina.server.console.web import (
+    Actor,
+    ConsoleRoute,
+    Ctx,
+    Deletion,
+    add_deletion,
+    render,
+    see_other,
+)
 from lamina.server.services import drivers
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -52,30 +60,6 @@ def pack_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     return render(
         request, "driver_pack.html", actor, pack=drivers.show_pack(ctx.engine, actor, ref)
     )
-
-
-@router.get("/drivers/packs/{ref}/delete")
-def pack_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    actor.require("driver.write")
-    pack = drivers.show_pack(ctx.engine, actor, ref)
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete driver pack {pack.name}",
-        what=(
-            f"The driver pack {pack.name} and its {len(pack.versions)} version(s) are "
-            "deleted. This is refused while a profile names the pack or an endpoint runs it."
-        ),
-        action=f"/drivers/packs/{pack.id}/delete",
-        button="Delete pack",
-        back=f"/drivers/packs/{pack.id}",
-    )
-
-
-@router.post("/drivers/packs/{ref}/delete")
-def pack_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
-    drivers.delete_pack(ctx.engine, actor, ref)
-    return see_other("/drivers")
 
 
 @router.post("/drivers/profiles")
@@ -122,25 +106,18 @@ def profile_update(
     return see_other(f"/drivers/profiles/{p['id']}")
 
 
-@router.get("/drivers/profiles/{ref}/delete")
-def profile_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    actor.require("driver.write")
-    p = drivers.show_profile(ctx.engine, actor, ref)
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete driver profile {p['name']}",
-        what=(
-            f"The profile {p['name']} is deleted: machines it matches get no driver pack from "
-            "it at their next migration or provisioning. The packs themselves stay."
-        ),
-        action=f"/drivers/profiles/{p['id']}/delete",
-        button="Delete profile",
-        back=f"/drivers/profiles/{p['id']}",
-    )
-
-
-@router.post("/drivers/profiles/{ref}/delete")
-def profile_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
-    drivers.delete_profile(ctx.engine, actor, ref)
-    return see_other("/drivers")
+PACK_GONE = (
+    "The driver pack {name} and its {count} version(s) are deleted. This is refused while a "
+    "profile names the pack or an endpoint runs it."
+)
+PROFILE_GONE = (
+    "The profile {name} is deleted: machines it matches get no driver pack from it at their "
+    "next migration or provisioning. The packs themselves stay."
+)
+for _gone in (
+    Deletion("/drivers/packs", "driver pack", "driver.write", drivers.show_pack,
+             drivers.delete_pack, PACK_GONE, "/drivers"),
+    Deletion("/drivers/profiles", "driver profile", "driver.write", drivers.show_profile,
+             drivers.delete_profile, PROFILE_GONE, "/drivers"),
+):  # fmt: skip
+    add_deletion(router, _gone)

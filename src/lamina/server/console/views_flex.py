@@ -20,7 +20,16 @@ from lamina.protocol.flex import (
     GroupCreate,
 )
 from lamina.server.console.views_drivers import lines
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
+from lamina.server.console.web import (
+    Actor,
+    ConsoleRoute,
+    Ctx,
+    Deletion,
+    add_deletion,
+    confirm_page,
+    render,
+    see_other,
+)
 from lamina.server.services import flex, flex_images, flex_policies, groups
 from lamina.server.services import policies as cvd_policies
 
@@ -71,30 +80,6 @@ def image_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
     return render(
         request, "flex_image.html", actor, image=flex_images.show_image(ctx.engine, actor, ref)
     )
-
-
-@router.get("/flex/images/{ref}/delete")
-def image_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    actor.require("flex.admin")
-    img = flex_images.show_image(ctx.engine, actor, ref)
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete flex image {img['name']}",
-        what=(
-            f"The image {img['name']} and its {len(img['versions'])} version(s) are deleted "
-            "from the server. This is refused while an entitlement names it."
-        ),
-        action=f"/flex/images/{img['id']}/delete",
-        button="Delete image",
-        back=f"/flex/images/{img['id']}",
-    )
-
-
-@router.post("/flex/images/{ref}/delete")
-def image_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
-    flex_images.delete_image(ctx.engine, ctx.store, actor, ref)
-    return see_other("/flex")
 
 
 # --- policies ---------------------------------------------------------------------------
@@ -192,28 +177,6 @@ def policy_update(
     return see_other(f"/flex/policies/{p.id}")
 
 
-@router.get("/flex/policies/{ref}/delete")
-def policy_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    actor.require("flex.admin")
-    p = flex_policies.show_policy(ctx.engine, actor, ref)
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete flex policy {p.name}",
-        what=f"The flex policy {p.name} is deleted. This is refused while an entitlement or "
-        "an instance uses it.",
-        action=f"/flex/policies/{p.id}/delete",
-        button="Delete policy",
-        back=f"/flex/policies/{p.id}",
-    )
-
-
-@router.post("/flex/policies/{ref}/delete")
-def policy_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
-    flex_policies.delete_policy(ctx.engine, actor, ref)
-    return see_other("/flex/policies")
-
-
 # --- entitlements -----------------------------------------------------------------------
 @router.get("/flex/entitlements")
 def entitlement_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
@@ -294,28 +257,6 @@ def entitlement_change(
     """The API's ``PUT /flex/entitlements/{name}`` with ``image`` and ``policy``."""
     req = FlexEntitlementUpdate(image=image.strip(), policy=policy.strip())
     flex.update_entitlement(ctx.engine, actor, ref, req)
-    return see_other("/flex/entitlements")
-
-
-@router.get("/flex/entitlements/{ref}/delete")
-def entitlement_delete_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    actor.require("flex.admin")
-    e = flex.show_entitlement(ctx.engine, actor, ref)
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete entitlement {e['name']}",
-        what=f"The entitlement {e['name']} is deleted: its users can no longer create an "
-        f"instance of {e['image']}. This is refused while one of its instances is not revoked.",
-        action=f"/flex/entitlements/{e['id']}/delete",
-        button="Delete entitlement",
-        back="/flex/entitlements",
-    )
-
-
-@router.post("/flex/entitlements/{ref}/delete")
-def entitlement_delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
-    flex.delete_entitlement(ctx.engine, actor, ref)
     return see_other("/flex/entitlements")
 
 
@@ -424,23 +365,30 @@ def group_members(
     return see_other("/groups")
 
 
-@router.get("/groups/{name}/delete")
-def group_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> Response:
-    actor.require("user.admin")
-    g = groups.show_group(ctx.engine, actor, name)
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete group {g.name}",
-        what=f"The group {g.name} is deleted; its {len(g.members)} member(s) stay as users "
-        "but lose what was granted to the group.",
-        action=f"/groups/{g.name}/delete",
-        button="Delete group",
-        back="/groups",
-    )
-
-
-@router.post("/groups/{name}/delete")
-def group_delete(ctx: Ctx, actor: Actor, name: str) -> Response:
-    groups.delete_group(ctx.engine, actor, name)
-    return see_other("/groups")
+IMAGE_GONE = (
+    "The image {name} and its {count} version(s) are deleted from the server. This is refused "
+    "while an entitlement names it."
+)
+POLICY_GONE = (
+    "The flex policy {name} is deleted. This is refused while an entitlement or an instance "
+    "uses it."
+)
+ENTITLEMENT_GONE = (
+    "The entitlement {name} is deleted: its users can no longer create an instance of {image}. "
+    "This is refused while one of its instances is not revoked."
+)
+GROUP_GONE = (
+    "The group {name} is deleted; its {count} member(s) stay as users but lose what was "
+    "granted to the group."
+)
+for _gone in (
+    Deletion("/flex/images", "flex image", "flex.admin", flex_images.show_image,
+             flex_images.delete_image, IMAGE_GONE, "/flex", with_store=True),
+    Deletion("/flex/policies", "flex policy", "flex.admin", flex_policies.show_policy,
+             flex_policies.delete_policy, POLICY_GONE, "/flex/policies"),
+    Deletion("/flex/entitlements", "entitlement", "flex.admin", flex.show_entitlement,
+             flex.delete_entitlement, ENTITLEMENT_GONE, "/flex/entitlements", back_to_page=False),
+    Deletion("/groups", "group", "user.admin", groups.show_group, groups.delete_group,
+             GROUP_GONE, "/groups", key="name", back_to_page=False),
+):  # fmt: skip
+    add_deletion(router, _gone)

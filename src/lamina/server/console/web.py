@@ -19,17 +19,18 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.errors import AuthError, ForbiddenError, LaminaError, UsageError
@@ -281,3 +282,58 @@ class SecurityHeaders:
 
 def new_login_csrf() -> str:
     return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """Something the console deletes once the user has read what goes with it:
+    ``GET {path}/{ref}/delete`` is the confirmation (refused without ``permission``),
+    ``POST`` the same path deletes and goes on to ``done``.
+
+    ``show`` and ``delete`` are the service functions, called ``(engine, actor, ref)``
+    (``delete`` with the store after the engine when ``with_store``); ``what`` says what
+    deleting does, formatted with the thing's fields and ``count`` (its versions or members).
+    """
+
+    path: str
+    noun: str
+    permission: str
+    show: Callable[..., Mapping[str, Any] | BaseModel]
+    delete: Callable[..., object]
+    what: str
+    done: str
+    #: the field that names it in a path
+    key: str = "id"
+    #: "Back" goes to the thing's own page (else to ``path``, its list)
+    back_to_page: bool = True
+    with_store: bool = False
+
+
+def add_deletion(router: APIRouter, d: Deletion) -> None:
+    """The two routes of ``d`` on ``router``."""
+
+    def confirm(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+        actor.require(d.permission)  # before saying whether it exists
+        row = d.show(ctx.engine, actor, ref)
+        thing = row.model_dump() if isinstance(row, BaseModel) else dict(row)
+        at = f"{d.path}/{thing[d.key]}"
+        count = len(thing.get("versions") or thing.get("members") or [])
+        return confirm_page(
+            request,
+            actor,
+            title=f"Delete {d.noun} {thing['name']}",
+            what=d.what.format_map({**thing, "count": count}),
+            action=f"{at}/delete",
+            button=f"Delete {d.noun.split()[-1]}",
+            back=at if d.back_to_page else d.path,
+        )
+
+    def delete(ctx: Ctx, actor: Actor, ref: str) -> Response:
+        if d.with_store:
+            d.delete(ctx.engine, ctx.store, actor, ref)
+        else:
+            d.delete(ctx.engine, actor, ref)
+        return see_other(d.done)
+
+    router.add_api_route(f"{d.path}/{{ref}}/delete", confirm, methods=["GET"])
+    router.add_api_route(f"{d.path}/{{ref}}/delete", delete, methods=["POST"])

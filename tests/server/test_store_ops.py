@@ -1,0 +1,147 @@
+"""Store maintenance as server tasks (``services/store_ops.py``, ``api/store.py``): check,
+gc (a dry run that changes nothing, then the real one) and stats run the CLI's functions
+on the server's store and end with its report; only administrators start them; a failure
+ends the task failed with an event; a task a dead server left running is failed at start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lamina.config import ServerSettings
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import events, tasks
+from lamina.errors import ConflictError, ForbiddenError
+from lamina.protocol.tasks import StoreCheckParams, StoreGcParams, TaskKind
+from lamina.server.app import open_context
+from lamina.server.security import ROLES, Principal
+from lamina.server.services import store_ops
+from lamina.server.services.common import new_id, now
+from lamina.store.blob import BlobKind
+from lamina.tree.model import Entry, encode_tree
+from tests.server.conftest import ADMIN_PASSWORD, Live
+
+
+def _run(admin: httpx.Client, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Start a store task through the API, wait for its thread, and read it back."""
+    r = admin.post(path, json=body) if body is not None else admin.post(path)
+    assert r.status_code == 202, r.text
+    tid = r.json()["id"]
+    store_ops.wait(tid)
+    out: dict[str, Any] = admin.get(f"/tasks/{tid}").json()
+    return out
+
+
+def test_check_gc_and_stats_run_on_the_servers_store_as_tasks_for_admins_only(
+    live: Live,
+) -> None:
+    admin = live.login()
+    dev = live.device("pc-1")
+    kept = b"kept " * 2000
+    # Two files of the same content: the snapshot describes twice what the store keeps.
+    [data] = dev.upload([(BlobKind.DATA, kept)])
+    entries = [Entry(n, "file", size=len(kept), content=[data]) for n in (b"a.txt", b"b.txt")]
+    [root] = dev.upload([(BlobKind.TREE, encode_tree(entries))])
+    r = dev.client.post(
+        "/agent/commit", json={"root": root.hex(), "files": 2, "bytes": 2 * len(kept)}
+    )
+    assert r.status_code == 200, r.text
+    garbage = os.urandom(300_000)  # a pack of its own that no snapshot names
+    dev.upload([(BlobKind.DATA, garbage)])
+
+    dry = _run(admin, "/store/gc", {"dry_run": True})
+    assert dry["kind"] == "store-gc" and dry["state"] == "done", dry
+    assert dry["result"]["dry_run"] and dry["result"]["condemned"] >= 1
+    would = dry["result"]["bytes_freed"]
+    assert would >= 300_000 * 0.9  # random bytes do not compress
+    assert "would free" in dry["message"]
+    before = _run(admin, "/store/stats")["result"]
+
+    # The dry run changed nothing: the real one frees what it said.
+    done = _run(admin, "/store/gc", {"dry_run": False, "orphan_grace": 3600})
+    assert done["state"] == "done" and not done["result"]["dry_run"], done
+    assert done["result"]["bytes_freed"] == would
+    after = _run(admin, "/store/stats")
+    assert after["state"] == "done" and after["progress"] == 100
+    st = after["result"]
+    assert st["packs"] < before["packs"] and done["result"]["packs_deleted"] >= 1
+    assert st["pack_bytes"] < before["pack_bytes"] - 250_000
+    assert sum(b["packs"] for b in st["pack_histogram"]) == st["packs"]
+    assert st["snapshots"] == 1 and st["logical_bytes"] == 2 * len(kept)
+    assert st["dedup_ratio"] == round(st["logical_bytes"] / st["raw_bytes"], 3)
+    assert 1 < st["dedup_ratio"] < 2  # the tree's bytes count as kept too
+
+    check = _run(admin, "/store/check", {"read_data": True})
+    assert check["state"] == "done" and check["result"]["ok"], check
+    assert check["result"]["bytes_read"] > 0 and check["result"]["errors"] == []
+
+    # Read-only and help desk are refused every store route, and start nothing.
+    for role in ("readonly", "helpdesk"):
+        c = live.user(role, role)
+        for path in ("/store/check", "/store/gc", "/store/stats"):
+            assert c.post(path, json={}).status_code == 403, (path, role)
+    actions = [(e["actor"], e["action"]) for e in live.audit()]
+    for action in ("store.gc", "store.stats", "store.check"):
+        assert ("admin", action) in actions
+    assert not [a for a in actions if a[0] != "admin" and a[1].startswith("store.")]
+
+    # Damage in a pack: the check fails, with its report and an error event.
+    for p in (live.data / "store").rglob("packs/*/*"):
+        p.write_bytes(b"\0" * p.stat().st_size)
+    t = _run(admin, "/store/check", {"read_data": True})
+    assert t["state"] == "failed" and not t["result"]["ok"]
+    assert t["result"]["errors_total"] >= 1 and "damaged" in t["message"]
+    shown = admin.get("/events").json()
+    assert any(e["target"] == "store" and "store-check" in e["message"] for e in shown)
+
+
+def _principal(role: str) -> Principal:
+    return Principal("user", new_id(), role, role, ROLES[role])
+
+
+def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
+    tmp_path: Path,
+) -> None:
+    settings = ServerSettings(data=tmp_path / "data", admin_password=ADMIN_PASSWORD)
+    ctx, _ = open_context(settings)
+    admin = _principal("administrator")
+    for role in ("readonly", "helpdesk"):
+        with pytest.raises(ForbiddenError):
+            store_ops.queue(ctx.engine, _principal(role), TaskKind.STORE_CHECK, StoreCheckParams())
+    first = store_ops.queue(ctx.engine, admin, TaskKind.STORE_GC, StoreGcParams())
+    with pytest.raises(ConflictError, match="still running"):
+        store_ops.queue(ctx.engine, admin, TaskKind.STORE_CHECK, StoreCheckParams())
+    assert store_ops.run(ctx.engine, ctx.store, first.id).state == "done"
+
+    # A task this host's server process left running when it died (its pid is gone),
+    # and one this live process runs: the next start fails the first only.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with write_tx(ctx.engine) as c:
+        for tid, pid in (("dead-task", gone.pid), ("live-task", os.getpid())):
+            c.execute(
+                tasks.insert().values(
+                    id=tid,
+                    kind=TaskKind.STORE_STATS,
+                    state="running",
+                    progress=10,
+                    message="counting",
+                    params={},
+                    result={},
+                    created_by="admin",
+                    created=now(),
+                    claimed_by=store_ops._worker(pid),
+                )
+            )
+    ctx.store.close()
+    ctx, _ = open_context(settings)
+    with read_tx(ctx.engine) as c:
+        states = dict(c.execute(tasks.select().with_only_columns(tasks.c.id, tasks.c.state)).all())
+        assert not c.execute(events.select()).first()  # a restart is not a failed check
+    assert states["dead-task"] == "failed" and states["live-task"] == "running"
+    ctx.store.close()
