@@ -4,8 +4,11 @@
 ``make bench``). In-process, without a server: the agent's own staging, apply and
 stream code reads blobs straight from a local store through a counting source.
 
-Downloaded bytes count file contents; folder listings are counted apart
-(``tree_bytes_read``: the plan and the stream each walk the snapshot's folders).
+Downloaded bytes count file contents and folder listings (``tree_bytes_read`` says
+how much of them were listings): the staging reads each listing once (a cache in its
+staging area), and the stream reads only the folders that can hold user data.
+Times are CPU seconds (user + system, ``getrusage``) as well as wall seconds: the
+machine this runs on may be busy, and CPU time is what a busy machine spoils least.
 
 1. The old machine: bench.run's corpus (parts of /usr, ``--size-mb``, default 1024) as
    its OS, its own identity and fstab, and user data (5% of the budget, random bytes).
@@ -15,7 +18,8 @@ Downloaded bytes count file contents; folder listings are counted apart
    helper: another patch level), its own identity, fstab and no user data.
 4. Lamina migrates (full mode): stage the boot set, apply it, confirm, stream the
    user data. Reported: bytes read from the store against bytes of files that differ.
-5. restic restores the same snapshot into an empty folder: the time to compare with.
+5. restic restores the same snapshot into an empty folder: the time to compare with
+   (its CPU time counted from ``RUSAGE_CHILDREN`` around the process).
 
 Everything lives under bench/work/migrate/ (git-ignored), wiped at the start.
 """
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import time
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
@@ -53,7 +58,7 @@ class Counting:
         self.store = store
         self.trees = trees
         self.bytes = 0  # file contents
-        self.tree_bytes = 0  # folder listings (read again by the stream's walk)
+        self.tree_bytes = 0  # folder listings
 
     def get(self, bid: bytes) -> bytes:
         data = self.store.get(bid)
@@ -69,6 +74,13 @@ class Counting:
 
     def prefetch(self, ids: Collection[bytes]) -> None:
         return None
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def identity(root: Path, host: str, uuid: str) -> None:
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     trees = {tree} | {e.subtree for _, e in walk(store.get, tree) if e.subtree is not None}
     src = Counting(store, trees)
     state = work / "new-state"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     scope = staging.migration_scope(rules, "full", (), PolicySettings(), new, state)
     tx, plan = staging.stage_tree(
         src, tree, new, state, scope, store.keys.chunking, {"kind": "migration"}
@@ -158,20 +170,23 @@ def main(argv: list[str] | None = None) -> int:
     applied = time.perf_counter()
     prog = stream_user_data(src, tree, new, rules, store.keys.chunking)
     lamina_s = time.perf_counter() - t0
+    lamina_cpu = cpu_seconds() - cpu0
     assert (new / "etc/hostname").read_text() == "desk-01\n"
     assert (new / "etc/fstab").read_text().startswith("UUID=2222-bbbb")
 
-    restic_s = None
+    restic_s = restic_cpu = None
     if restic_ok:
-        t1 = time.perf_counter()
+        t1, cpu1 = time.perf_counter(), cpu_seconds()
         restic.restore("old", work / "restic-out", old)
-        restic_s = time.perf_counter() - t1
+        restic_s, restic_cpu = time.perf_counter() - t1, cpu_seconds() - cpu1
+    downloaded = src.bytes + src.tree_bytes
     res = {
         "size_mb": size_mb,
         "bytes_differing": differ,
-        "bytes_downloaded": src.bytes,
+        "bytes_downloaded": downloaded,
+        "content_bytes_read": src.bytes,
         "tree_bytes_read": src.tree_bytes,
-        "download_over_differing": round(src.bytes / differ, 3) if differ else None,
+        "download_over_differing": round(downloaded / differ, 3) if differ else None,
         "operations": len(tx.journal["ops"]),
         "stage_s": round(staged - t0, 2),
         "apply_s": round(applied - staged, 2),
@@ -179,14 +194,20 @@ def main(argv: list[str] | None = None) -> int:
         "lamina_s": round(lamina_s, 2),
         "restic_restore_s": round(restic_s, 2) if restic_s is not None else None,
         "lamina_over_restic": round(lamina_s / restic_s, 3) if restic_s else None,
+        "lamina_cpu_s": round(lamina_cpu, 2),
+        "restic_restore_cpu_s": round(restic_cpu, 2) if restic_cpu is not None else None,
+        "lamina_over_restic_cpu": round(lamina_cpu / restic_cpu, 3) if restic_cpu else None,
+        "load_average": round(os.getloadavg()[0], 1),
         "streamed_files": prog.files_total,
         "space_needed": plan.space_needed,
     }
     say(
-        f"downloaded {human_bytes(src.bytes)} for {human_bytes(differ)} that differ "
-        f"(ratio {res['download_over_differing']}); lamina {lamina_s:.1f} s "
-        f"(stage {res['stage_s']}, apply {res['apply_s']}, stream {res['stream_s']}), "
-        f"restic restore {res['restic_restore_s']} s (ratio {res['lamina_over_restic']})"
+        f"downloaded {human_bytes(downloaded)} ({human_bytes(src.tree_bytes)} of folder "
+        f"listings) for {human_bytes(differ)} that differ (ratio {res['download_over_differing']}); "
+        f"lamina {lamina_s:.1f} s wall, {lamina_cpu:.1f} s CPU "
+        f"(stage {res['stage_s']}, apply {res['apply_s']}, stream {res['stream_s']} wall); "
+        f"restic restore {res['restic_restore_s']} s wall, {res['restic_restore_cpu_s']} s CPU "
+        f"(CPU ratio {res['lamina_over_restic_cpu']})"
     )
     args.results.write_text(json.dumps(res, indent=2) + "\n")
     return 0

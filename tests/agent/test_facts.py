@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from lamina.agent.facts import gather, hardware, load_override
+from lamina.agent import facts as facts_mod
+from lamina.agent.facts import gather, hardware, load_override, package_facts
 from lamina.errors import UsageError
-from lamina.protocol.schemas import MAX_MODALIASES, HardwareFacts
+from lamina.protocol.schemas import FACTS_FORMAT, MAX_MODALIASES, HardwareFacts
 
 RTL = "pci:v000010ECd00008168sv00001043sd00008677bc02sc00i00"
 AHCI = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
@@ -170,7 +171,7 @@ def test_nics_carry_bus_address_path_and_driver(tmp_path: Path) -> None:
     _nic(sys, "eth0", "pci0000:00/0000:00:03.0/virtio2", "virtio_net", "52:54:00:00:00:05")
     _nic(sys, "br0", None, None, "52:54:00:00:00:06")  # virtual: no device
     f = gather(endpoint(tmp_path), sys)
-    assert f.facts_format == 3
+    assert f.facts_format == FACTS_FORMAT == 4
     got = {n.name: (n.bus, n.path, n.driver) for n in f.network}
     assert got == {
         "enp3s0": ("0000:03:00.0", "pci-0000:03:00.0", "e1000e"),
@@ -198,3 +199,71 @@ def test_hostile_nic_links_are_dropped(tmp_path: Path) -> None:
     HardwareFacts(machine_id="m", hostname="h", **doc)  # what the agent sends validates
     got = {n["name"]: (n["bus"], n["path"], n["driver"]) for n in doc["network"]}
     assert got == {"eth0": ("0000:00:19.0", "pci-0000:00:19.0", ""), "eth1": ("", "", "")}
+
+
+def _dpkg(root: Path, text: str | bytes) -> Path:
+    status = root / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True, exist_ok=True)
+    status.write_bytes(text.encode() if isinstance(text, str) else text)
+    return status
+
+
+STATUS = (
+    "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2.13\n\n"
+    "Package: old-tool\nStatus: deinstall ok config-files\nVersion: 0.1\n\n"
+    "Package: adduser\nStatus: install ok installed\nArchitecture: all\nVersion: 3.134\n"
+)
+
+
+def test_a_pending_agent_reports_its_installed_packages_in_dpkg_order(tmp_path: Path) -> None:
+    """Facts format 4: the installed packages (name, version, arch) in the database's
+    order; one removed with its configuration kept is not installed."""
+    _dpkg(tmp_path / "root", STATUS)
+    sysfs = fake_sysfs(tmp_path)
+    f = gather(tmp_path / "root", sysfs, packages=True)
+    assert f.facts_format == 4 and f.packages is not None
+    assert f.packages.database == "read"
+    assert [p.model_dump() for p in f.packages.installed] == [
+        {"name": "zlib1g", "version": "1:1.2.13", "arch": "amd64"},
+        {"name": "adduser", "version": "3.134", "arch": "all"},
+    ]
+    # An active agent reports none; facts of format 3 (no list) are still read.
+    assert gather(tmp_path / "root", sysfs).packages is None
+    old = HardwareFacts(machine_id="m", hostname="h", facts_format=3)
+    assert old.packages is None and old.facts_format == 3
+
+
+def test_a_hostile_dpkg_database_is_read_as_staging_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What staging could not read either is ``none`` (nothing would be carried); rows
+    outside dpkg's syntax or past the bounds make the list ``partial`` (empty)."""
+    root = tmp_path / "root"
+    assert package_facts(root) == {"database": "none", "installed": []}  # no database
+    status = _dpkg(root, STATUS)
+    secret = tmp_path / "secret"
+    secret.write_text(STATUS)
+    status.unlink()
+    status.symlink_to(secret)  # a link is not followed
+    assert package_facts(root)["database"] == "none"
+    status.unlink()
+    os.mkfifo(status)  # never opened for a read that blocks: not a regular file
+    assert package_facts(root)["database"] == "none"
+    status.unlink()
+    for junk in (b"Package: a\n  broken continuation\n\x00\xff", b"Package: a\nPackage: b\n"):
+        _dpkg(root, junk)  # not deb822, a field given twice: staging reads no database
+        assert package_facts(root) == {"database": "none", "installed": []}
+    _dpkg(root, "Package: Bad Name\nStatus: install ok installed\nVersion: 1\n")
+    assert package_facts(root) == {"database": "partial", "installed": []}
+    _dpkg(root, "Package: tool\nStatus: install ok installed\nVersion: 1\x1b[31m\n")
+    assert package_facts(root) == {"database": "partial", "installed": []}
+    _dpkg(root, STATUS)
+    monkeypatch.setattr(facts_mod, "MAX_PACKAGES", 1)
+    assert package_facts(root) == {"database": "partial", "installed": []}
+    monkeypatch.setattr(facts_mod, "MAX_PACKAGES", 10)
+    monkeypatch.setattr(facts_mod, "PACKAGES_BUDGET", 60)  # about one row of JSON
+    assert package_facts(root) == {"database": "partial", "installed": []}
+    monkeypatch.setattr(facts_mod, "MAX_READ", len(STATUS) - 1)  # larger than staging reads
+    assert package_facts(root) == {"database": "none", "installed": []}
+    # Whatever it found, the facts are valid: the server takes them.
+    HardwareFacts(machine_id="m", hostname="h", packages=package_facts(root))

@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 
 from lamina.agent import staging
+from lamina.agent.facts import package_facts
 from lamina.agent.stream import stream_user_data
 from lamina.db.stores import StoreLocation, init_store
+from lamina.layers.merge import parse_dpkg_status
 from lamina.layers.rules import builtin
 from lamina.protocol.schemas import PolicySettings
+from lamina.server.services.migration import on_new_machine
 from lamina.store.repository import Store
 from lamina.tree.backup import backup
+from lamina.tree.paths import walk
+from tests.agent.test_treecache import Reads
 
 RULES = builtin("debian")
 
@@ -268,3 +273,80 @@ def test_apps_data_carries_only_the_packages_the_server_named_and_reports_confli
     status = (new / "var/lib/dpkg/status").read_text()
     assert "Package: user-tool" in status and "from-layer" not in status
     assert "Version: 9.4" in status and "Version: 9.1" not in status
+
+
+def test_the_dry_run_foresees_from_the_reported_packages_what_staging_carries(
+    store: Store, machines: tuple[bytes, Path, Path]
+) -> None:
+    """The packages a pending agent reports (facts format 4), read by the server's rule,
+    say before anything is sent exactly what staging then carries and which conflicts
+    it reports: a package at another version here keeps this machine's, one removed
+    here with its configuration kept is carried over it, and a machine without a
+    readable database takes none."""
+    _tree, old, new = machines
+    with open(old / "var/lib/dpkg/status", "a") as f:
+        f.write("\nPackage: same\nStatus: install ok installed\nVersion: 2\n")
+    tree = backup(store, old).snapshot.root
+    user = parse_dpkg_status((old / "var/lib/dpkg/status").read_bytes())  # all the user's
+    state = new / "var/lib/lamina"
+
+    def stage() -> dict[str, object]:
+        summary: dict[str, object] = {"kind": "migration"}
+        staging.stage_boot_set(
+            store, tree, new, state, "apps-data", (), PolicySettings(), store.keys.chunking,
+            summary, only=sorted(user),
+        )  # fmt: skip
+        return summary
+
+    (new / "var/lib/dpkg/status").unlink()
+    assert package_facts(new) == {"database": "none", "installed": []}
+    carried, conflicts, warning = on_new_machine(user, package_facts(new))
+    assert (carried, conflicts) == ({}, []) and warning and "no package is carried" in warning
+    summary = stage()
+    assert "packages_carried" not in summary and "package_conflicts" not in summary
+
+    (new / "var/lib/dpkg/status").write_text(
+        "Package: coreutils\nStatus: install ok installed\nVersion: 9.4\n\n"
+        "Package: same\nStatus: install ok installed\nVersion: 2\n\n"
+        "Package: user-tool\nStatus: deinstall ok config-files\nVersion: 0.5\n"
+    )
+    carried, conflicts, warning = on_new_machine(user, package_facts(new))
+    assert warning is None
+    summary = stage()  # supersedes the transaction staged above
+    assert {s.name: s.version for s in carried.values()} == summary["packages_carried"]
+    assert summary["packages_carried"] == {"user-tool": "1.0"}
+    assert conflicts == summary["package_conflicts"]
+    assert conflicts == [{"package": "coreutils", "cvd": "9.1", "new": "9.4", "wins": "new"}]
+    staging.boot(state, new)
+    after = parse_dpkg_status((new / "var/lib/dpkg/status").read_bytes())
+    assert {k: (s.version, s.status) for k, s in after.items()} == {
+        "coreutils": ("9.4", "install ok installed"),
+        "same": ("2", "install ok installed"),
+        "user-tool": ("1.0", "install ok installed"),  # one stanza: the removed one gave way
+    }
+
+
+def test_each_folder_listing_is_downloaded_once(
+    store: Store, machines: tuple[bytes, Path, Path]
+) -> None:
+    """The staging plans, then restores what it swaps, from listings it fetched once;
+    the stream after the reboot reads only the folders that can hold user data."""
+    tree, _old, new = machines
+    trees = {tree} | {e.subtree for _, e in walk(store.get, tree) if e.subtree is not None}
+    src = Reads(store)
+    state = new / "var/lib/lamina"
+    scope = staging.migration_scope(RULES, "full", (), PolicySettings(), new, state)
+    _tx, plan = staging.stage_tree(
+        src, tree, new, state, scope, store.keys.chunking, {"kind": "migration"}
+    )
+    assert any(op == "swap" for op, _ in plan.ops)
+    assert max(src.reads[t] for t in trees) == 1
+    staging.boot(state, new)
+    staging.confirm(state, new)
+    after = Reads(store)
+    prog = stream_user_data(after, tree, new, RULES, store.keys.chunking)
+    assert prog.done and (prog.files_total, prog.kept_local) == (2, 1)
+    by_path = {p: e.subtree for p, e in walk(store.get, tree) if e.subtree is not None}
+    read = {p for p, t in by_path.items() if after.reads[t]}
+    assert {"/home", "/home/ann"} <= read
+    assert not read & {"/usr", "/usr/bin", "/etc", "/etc/ssh", "/opt"}  # no user data there

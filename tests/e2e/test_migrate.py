@@ -155,13 +155,21 @@ def old_machine(
 
 
 def _replacement(
-    embedded: Deployment, admin: Lamina, person: Callable[[str], Lamina], tmp_path: Path, n: int
+    embedded: Deployment,
+    admin: Lamina,
+    person: Callable[[str], Lamina],
+    tmp_path: Path,
+    n: int,
+    debs: tuple[Path, ...] = (),
 ) -> tuple[Lamina, Path, Path, str]:
-    """A fresh minimal install with the agent: enrolled without a policy, so it waits pending."""
+    """A fresh minimal install with the agent (and ``debs`` installed): enrolled without a
+    policy, so it waits pending, its packages reported with its facts."""
     token = admin.json("token", "create")["token"]
     root = _machine(
         tmp_path / f"new{n}", f"fresh-{n}", f"2222-bbb{n}", "eno1", f"52:54:00:00:00:9{n}"
     )
+    for deb in debs:
+        dpkg_install(root, deb)
     (root / "usr/bin/installer-only").write_text("left by the minimal install\n")
     (root / "home/ann").mkdir()
     (root / "home/ann/.bashrc").write_text("# written on the new machine already\n")
@@ -184,8 +192,22 @@ def test_full_migration_onto_a_replacement(
     bound = admin.json("layer", "rules-test", "desk-01")["hardware_bound"]  # the rule set, tested
     assert "/etc/fstab" in bound["rules"] and "/etc/fstab" in bound["examples"]
     admin.run("cvd", "archive", "desk-01")  # the machine died
-    agent, new, state, did = _replacement(embedded, admin, person, tmp_path, 1)
+    # The replacement came with a newer build of the old machine's user-installed game.
+    (tmp_path / "debs-new").mkdir()
+    game = build_deb(tmp_path / "debs-new", "user-game", "1.0", {"/usr/games/user-game": "v1\n"})
+    agent, new, state, did = _replacement(embedded, admin, person, tmp_path, 1, (game,))
     assert _device(admin, did)["status"] == "pending"
+    reported = admin.json("device", "show", did)["facts"]["packages"]
+    assert reported == {
+        "database": "read",
+        "installed": [{"name": "user-game", "version": "1.0", "arch": "all"}],
+    }
+    # Without --base, the apps-data dry run foresees from them what staging will decide.
+    apps = admin.json("cvd", "migrate", "desk-01", "--to", did, "--mode", "apps-data", "--dry-run")
+    assert apps["packages_carried"] == {} and apps["warnings"] == []
+    assert apps["package_conflicts"] == [
+        {"package": "user-game", "cvd": "0.9", "new": "1.0", "wins": "new"}
+    ]
 
     dry = admin.json("cvd", "migrate", "desk-01", "--to", did, "--mode", "full", "--dry-run")
     assert dry["status"] == "dry-run" and dry["blocking"] == [] and dry["task"] is None

@@ -16,21 +16,27 @@ import os
 import re
 import shutil
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from lamina import __version__
-from lamina.errors import UsageError
+from lamina.errors import LaminaError, UsageError
 from lamina.layers.drivers import DMI_FIELDS
-from lamina.protocol.schemas import (
+from lamina.layers.merge import DPKG_STATUS, INSTALLED, parse_dpkg_status
+from lamina.protocol.base import HOSTNAME
+from lamina.protocol.facts import (
     FACTS_FORMAT,
-    HOSTNAME,
     MAX_FACT_ITEMS,
     MAX_MODALIASES,
+    MAX_PACKAGES,
+    PACKAGES_BUDGET,
     HardwareFacts,
+    PackageFact,
 )
+from lamina.tree.paths import MAX_READ
 
 SYSFS = Path("/sys")
 #: A sysfs attribute is one short line; a longer one is not what we look for.
@@ -82,10 +88,14 @@ def os_release(root: Path) -> dict[str, str]:
 
 
 def gather(
-    root: Path, sysfs: Path = SYSFS, override: dict[str, Any] | None = None
+    root: Path,
+    sysfs: Path = SYSFS,
+    override: dict[str, Any] | None = None,
+    packages: bool = False,
 ) -> HardwareFacts:
     """Facts of the endpoint whose file system is ``root`` (``/`` on a real machine),
-    its hardware read from ``sysfs``, with ``override`` merged over them."""
+    its hardware read from ``sysfs``, with ``override`` merged over them; with
+    ``packages`` (a device not active yet), its installed packages too."""
     machine_id = _read(root / "etc/machine-id") or _read(root / "var/lib/dbus/machine-id")
     hostname = _read(root / "etc/hostname") or socket.gethostname()
     if not machine_id:
@@ -106,6 +116,8 @@ def gather(
         "facts_format": FACTS_FORMAT,
         **hardware(sysfs),
     }
+    if packages:
+        doc["packages"] = package_facts(root)
     if override:
         doc.update(override)
     doc.setdefault("vendor", doc["sys_vendor"])
@@ -225,6 +237,61 @@ def _disks(sysfs: Path) -> list[dict[str, Any]]:
         size = int(sectors) * 512 if sectors.isdigit() and len(sectors) < 18 else 0
         out.append({"name": dev.name, "size": size})
     return out
+
+
+def read_dpkg_status(root: Path) -> bytes | None:
+    """dpkg's database under ``root`` as a migration's staging reads it: the file itself
+    (a link is not followed), a regular file, at most ``MAX_READ`` bytes; else None."""
+    try:
+        # O_NONBLOCK: a FIFO put there must not hang the agent (it is refused below).
+        fd = os.open(root / DPKG_STATUS.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        data = f.read(MAX_READ + 1)
+    return data if len(data) <= MAX_READ else None
+
+
+def package_facts(root: Path) -> dict[str, Any]:
+    """The ``packages`` fact (format 4): the installed packages of the dpkg database
+    under ``root`` in its order, read as hostile input (:func:`read_dpkg_status`).
+    ``none`` when staging could not read it either; ``partial`` (no rows) when a row
+    is outside dpkg's syntax or the list would pass ``MAX_PACKAGES`` rows or
+    ``PACKAGES_BUDGET`` bytes of JSON."""
+    data = read_dpkg_status(root)
+    try:
+        stanzas = parse_dpkg_status(data) if data is not None else None
+    except LaminaError:
+        stanzas = None
+    if stanzas is None:
+        return {"database": "none", "installed": []}
+    rows: list[dict[str, str]] = []
+    cost = 0
+    for s in stanzas.values():
+        if s.status != INSTALLED:
+            continue
+        row = {"name": s.name, "version": s.version, "arch": s.arch}
+        cost += len(s.name) + len(s.version) + len(s.arch) + 40
+        try:
+            PackageFact(**row)
+        except ValidationError:
+            return {"database": "partial", "installed": []}
+        if len(rows) >= MAX_PACKAGES or cost > PACKAGES_BUDGET:
+            return {"database": "partial", "installed": []}
+        rows.append(row)
+    return {"database": "read", "installed": rows}
+
+
+def dpkg_signature(root: Path) -> tuple[int, int, int] | None:
+    """What changes when dpkg writes its database (inode, size, mtime): a pending agent
+    reports its packages again when it does."""
+    try:
+        st = os.lstat(root / DPKG_STATUS.lstrip("/"))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def load_override(path: Path) -> dict[str, Any]:

@@ -105,7 +105,9 @@ def _enroll(
         raise UsageError(f"cannot read the CA certificate {ca_cert}: {e.strerror}") from e
     client = AgentClient(server, None, pem, ca=ca_cert is not None, insecure=insecure)
     try:
-        req = EnrollRequest(token=token, facts=facts.gather(root, sysfs, override))
+        # A new device waits (pending): its packages go with its facts (format 4).
+        found = facts.gather(root, sysfs, override, packages=True)
+        req = EnrollRequest(token=token, facts=found)
         resp = EnrollResponse(**client.json("POST", "/agent/enroll", json=req.model_dump()))
     finally:
         client.close()
@@ -151,6 +153,9 @@ class Agent:
         self._first_cycle = True
         #: Facts go with the next report: at the agent's start and after every sync.
         self._facts_due = True
+        #: A device not active reports its packages, again whenever dpkg rewrote its
+        #: database (``facts.dpkg_signature``): a migration's dry run reads them.
+        self._dpkg_reported: tuple[int, int, int] | None = None
         self.st = load_state(state_dir)
         self._lock = StateLock(state_dir)  # a second agent on this folder stops here
         self.client = AgentClient(
@@ -186,14 +191,18 @@ class Agent:
             "clock": dt.datetime.now(dt.UTC).isoformat(),
             "hostname": facts.current_hostname(Path(self.st.root)),
         }
-        if self._facts_due:
+        root = Path(self.st.root)
+        waiting = self.status.registration != "active"
+        dpkg = facts.dpkg_signature(root) if waiting else None
+        if self._facts_due or (waiting and dpkg != self._dpkg_reported):
             try:
-                found = facts.gather(Path(self.st.root), Path(self.st.sysfs), self.st.facts)
+                found = facts.gather(root, Path(self.st.sysfs), self.st.facts, packages=waiting)
                 body["facts"] = found.model_dump()
             except UsageError as e:  # the server keeps the last good facts
                 log.warning("device facts not reported: %s", e.message)
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._facts_due = False
+        self._dpkg_reported = dpkg
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)
         if cfg.chunking is not None and cfg.chunking.id_key != self.st.id_key:
             # A pending enrollment gives no id key: the server hands it over once active.

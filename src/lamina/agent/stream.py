@@ -12,15 +12,16 @@ files only, and the next cycle carries on from what is still missing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lamina.agent.live import compare_live, lstat_or_none
-from lamina.layers.rules import RuleSet
+from lamina.layers.rules import RuleSet, globs
 from lamina.store.keys import ChunkingSecret
-from lamina.tree.paths import walk
+from lamina.tree.model import Entry, decode_tree
+from lamina.tree.paths import Load
 from lamina.tree.restore import BlobSource, restore_tree
 
 BATCH = 256
@@ -43,6 +44,21 @@ class StreamProgress:
         return d
 
 
+def walk_class(
+    load: Load, tree: bytes, rules: RuleSet, cls: str, prefix: str = ""
+) -> Iterator[tuple[str, Entry]]:
+    """The entries below ``tree`` (paths as ``walk`` gives them) in the folders where a
+    path of class ``cls`` can be: a folder none of the class's patterns can reach below
+    (``/usr`` for the user data) is listed, not read. The staging read the system's
+    folders already: the stream reads only the user data's."""
+    patterns = globs(rules.classes.get(cls, ()))
+    for e in decode_tree(load(tree)):
+        path = f"{prefix}/{e.name.decode(errors='surrogateescape')}"
+        yield path, e
+        if e.subtree is not None and patterns.below(path) is not False:
+            yield from walk_class(load, e.subtree, rules, cls, path)
+
+
 def stream_user_data(
     blobs: BlobSource,
     tree_root: bytes,
@@ -55,7 +71,7 @@ def stream_user_data(
     """Restore what is missing of the snapshot's user data; keep what the machine changed."""
     prog = StreamProgress()
     todo: list[tuple[str, int]] = []
-    for path, e in walk(blobs.get, tree_root):
+    for path, e in walk_class(blobs.get, tree_root, rules, streamed_class):
         if e.type == "dir" or rules.classify(path) != streamed_class:
             continue
         if rules.hardware_bound(path):

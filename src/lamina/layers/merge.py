@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import merge3
@@ -134,9 +135,27 @@ def parse_dpkg_status(data: bytes) -> Stanzas:
     return {s.key: s for s in _parse(data)}
 
 
+#: dpkg's status of an installed package
+INSTALLED = "install ok installed"
+
+
 def installed(stanzas: Stanzas) -> dict[str, str]:
     """Installed packages -> version."""
-    return {s.name: s.version for s in stanzas.values() if s.status == "install ok installed"}
+    return {s.name: s.version for s in stanzas.values() if s.status == INSTALLED}
+
+
+def carry(wanted: Stanzas, here: Mapping[str, str]) -> tuple[Stanzas, list[dict[str, str]]]:
+    """Which of a CVD's packages (``wanted``) a machine that has installed ``here``
+    (name -> version) takes: the ones it has not installed; and a conflict row for each
+    it has at another version, which keeps the machine's. The one rule of the dry run
+    (``server/services/migration``) and of the staging (``agent/staging/migrate``)."""
+    carried = {k: s for k, s in wanted.items() if s.name not in here}
+    conflicts = [
+        {"package": s.name, "cvd": s.version, "new": here[s.name], "wins": "new"}
+        for s in wanted.values()
+        if s.name in here and here[s.name] != s.version
+    ]
+    return carried, conflicts
 
 
 def render_dpkg_status(stanzas: Stanzas) -> bytes:

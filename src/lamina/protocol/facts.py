@@ -45,16 +45,44 @@ class DiskFact(Strict):
     size: int = Field(0, ge=0, le=2**63 - 1)
 
 
+#: Bounds of a package list (facts format 4): rows, and what the agent lets them cost
+#: in the facts' JSON (every JSON body is at most 1 MiB: ``max_json``).
+MAX_PACKAGES = 8192
+PACKAGES_BUDGET = 512 * 1024
+
+
+class PackageFact(Strict):
+    """One installed package of a machine's dpkg database, in dpkg's syntax."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9+.-]*$")
+    version: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9.+~:_-]+$")
+    arch: str = Field("", max_length=32, pattern=r"^[a-z0-9-]*$")
+
+
+class PackageFacts(Strict):
+    """A machine's dpkg database as a pending agent reports it (facts format 4).
+
+    ``database``: ``read`` (``installed`` is every installed package, in the database's
+    order); ``none`` (no database a migration can read: absent, not a regular file, not
+    deb822, or larger than a staging reads: nothing would be carried onto it);
+    ``partial`` (more packages than the facts hold, or one outside dpkg's syntax: the
+    list is empty and a dry run cannot foresee what staging decides)."""
+
+    database: Literal["read", "none", "partial"]
+    installed: list[PackageFact] = Field(default_factory=list, max_length=MAX_PACKAGES)
+
+
 #: The facts format this agent writes, and the one older agents wrote.
-FACTS_FORMAT = 3
+FACTS_FORMAT = 4
 FACTS_FORMAT_V2 = 2
 
 
 class HardwareFacts(Strict):
     """What an agent reports of its machine (format: docs/design.md, "Device facts")."""
 
-    #: The facts format: 3 adds each NIC's bus address, path and driver; an older agent
-    #: sends none (format 2), and its facts are read as they are.
+    #: The facts format: 3 adds each NIC's bus address, path and driver, 4 the package
+    #: list of a pending machine; an older agent sends none (format 2), and its facts
+    #: are read as they are.
     facts_format: int = Field(FACTS_FORMAT_V2, ge=1, le=FACTS_FORMAT)
     machine_id: str = Field(min_length=1, max_length=128)
     #: Letters, digits, dot, dash and underscore only: it is printed by admin tools.
@@ -83,3 +111,6 @@ class HardwareFacts(Strict):
     )
     network: list[NetInterface] = Field(default_factory=list, max_length=MAX_FACT_ITEMS)
     disks: list[DiskFact] = Field(default_factory=list, max_length=MAX_FACT_ITEMS)
+    #: Format 4: the installed packages, reported while the device is not active (a
+    #: replacement waiting for a migration); None: not reported.
+    packages: PackageFacts | None = None

@@ -28,17 +28,20 @@ from pathlib import Path
 from typing import Any
 
 from lamina.agent.blobs import agent_blobs
-from lamina.agent.facts import os_release
+from lamina.agent.facts import os_release, read_dpkg_status
 from lamina.agent.live import RevertPlan, RevertScope
-from lamina.agent.staging.journal import Transaction
+from lamina.agent.staging.journal import Transaction, staging_root
 from lamina.agent.staging.stage import agent_folders, stage_tree
 from lamina.agent.state import AgentState
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
+from lamina.agent.treecache import TreeCache
 from lamina.errors import LaminaError, UsageError
 from lamina.layers.merge import (
     DPKG_STATUS,
+    INSTALLED,
     Stanzas,
+    carry,
     installed,
     parse_dpkg_status,
     render_dpkg_status,
@@ -48,7 +51,7 @@ from lamina.protocol.schemas import PolicySettings
 from lamina.protocol.tasks import MigrateParams
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import decode_tree
-from lamina.tree.paths import MAX_READ, Load, lookup, read_file
+from lamina.tree.paths import Load, lookup, read_file
 from lamina.tree.restore import BlobSource
 
 #: Path classes staged (applied at boot) per mode; user data always streams afterwards.
@@ -138,18 +141,6 @@ def descend_only(rules: RuleSet, mode: str, extra: Collection[str]) -> frozenset
     return frozenset(p.lstrip("/") for p in _through(rules, mode, extra))
 
 
-def _live_status(root: Path) -> bytes | None:
-    try:
-        fd = os.open(root / DPKG_STATUS.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        data = f.read(MAX_READ + 1)
-    return data if len(data) <= MAX_READ else None
-
-
 def _read(load: Load, tree: bytes, path: str) -> bytes | None:
     e = lookup(load, tree, [os.fsencode(p) for p in path.strip("/").split("/")])
     if e is None or e.type != "file":
@@ -174,8 +165,9 @@ def user_packages(
 
     ``only``: the packages the server found user-installed (the others came with the
     CVD's layers); ``conflicts`` gets one row per such package this machine has at
-    another version (this machine's wins)."""
-    live_bytes = _live_status(root)
+    another version (this machine's wins: ``layers.merge.carry``, the rule the dry run
+    applies to the packages the pending agent reported)."""
+    live_bytes = read_dpkg_status(root)
     ours_bytes = _read(load, tree, DPKG_STATUS)
     if live_bytes is None or ours_bytes is None:
         return {}, frozenset(), None
@@ -183,19 +175,12 @@ def user_packages(
         live, ours = parse_dpkg_status(live_bytes), parse_dpkg_status(ours_bytes)
     except LaminaError:
         return {}, frozenset(), None
-    here = installed(live)
     wanted = {
-        k: s
-        for k, s in ours.items()
-        if s.status == "install ok installed" and (only is None or k in only)
+        k: s for k, s in ours.items() if s.status == INSTALLED and (only is None or k in only)
     }
-    carried = {k: s for k, s in wanted.items() if s.name not in here and k not in live}
+    carried, found = carry(wanted, installed(live))
     if conflicts is not None:
-        conflicts.extend(
-            {"package": s.name, "cvd": s.version, "new": here[s.name], "wins": "new"}
-            for s in wanted.values()
-            if s.name in here and here[s.name] != s.version
-        )
+        conflicts.extend(found)
     info = lookup(load, tree, [os.fsencode(p) for p in DPKG_INFO.strip("/").split("/")])
     info_names = []
     if info is not None and info.subtree is not None:
@@ -220,7 +205,10 @@ def user_packages(
         and (e := lookup(load, tree, [os.fsencode(x) for x in p.strip("/").split("/")])) is not None
         and e.type != "dir"
     )
-    merged = dict(live)
+    # A package dpkg knows here but has not installed (removed, its configuration kept)
+    # gives way to the carried one: one stanza a package.
+    names = {s.name for s in carried.values()}
+    merged = {k: s for k, s in live.items() if s.name not in names}
     merged.update(carried)
     return carried, lay, render_dpkg_status(merged) if carried else None
 
@@ -255,20 +243,22 @@ def stage_boot_set(
     the CVD's user-installed packages (:func:`user_packages`) come with the applications:
     their files, and their stanzas merged into this machine's package database."""
     rules = for_os(os_release(root))
-    extra: frozenset[str] = frozenset()
-    status: bytes | None = None
-    if mode == "apps-data":
-        conflicts: list[dict[str, str]] = []
-        carried, extra, status = user_packages(blobs.get, tree, root, only, conflicts)
-        if carried:
-            summary["packages_carried"] = {s.name: s.version for s in carried.values()}
-        if conflicts:
-            summary["package_conflicts"] = conflicts
-    scope = migration_scope(rules, mode, hardware_bound, policy, root, state_dir, extra)
-    skip = descend_only(rules, mode, extra)
-    tx, plan = stage_tree(
-        blobs, tree, root, state_dir, scope, chunking, summary, skip=skip, client=client
-    )
+    with TreeCache(blobs, staging_root(state_dir, root), chunking.id_key) as trees:
+        extra: frozenset[str] = frozenset()
+        status: bytes | None = None
+        if mode == "apps-data":
+            conflicts: list[dict[str, str]] = []
+            carried, extra, status = user_packages(trees.get, tree, root, only, conflicts)
+            if carried:
+                summary["packages_carried"] = {s.name: s.version for s in carried.values()}
+            if conflicts:
+                summary["package_conflicts"] = conflicts
+        scope = migration_scope(rules, mode, hardware_bound, policy, root, state_dir, extra)
+        skip = descend_only(rules, mode, extra)
+        tx, plan = stage_tree(
+            blobs, tree, root, state_dir, scope, chunking, summary,
+            skip=skip, client=client, trees=trees,
+        )  # fmt: skip
     if status is not None:
         _stage_status(tx, root, status)
     return tx, plan

@@ -30,10 +30,17 @@ from lamina.agent.live import (
     plan_revert,
     tree_bytes,
 )
-from lamina.agent.staging.journal import JOURNAL_VERSION, STAGED, Transaction, new_transaction
+from lamina.agent.staging.journal import (
+    JOURNAL_VERSION,
+    STAGED,
+    Transaction,
+    new_transaction,
+    staging_root,
+)
 from lamina.agent.state import AgentState
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
+from lamina.agent.treecache import TreeCache
 from lamina.errors import ConflictError, TooLargeError, UsageError
 from lamina.layers.merge import DPKG_STATUS, merge_dpkg_live, parse_dpkg_status, render_dpkg_status
 from lamina.layers.rules import RuleSet, for_os, matches
@@ -44,7 +51,7 @@ from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.names import check_name
-from lamina.tree.paths import MAX_READ, read_file
+from lamina.tree.paths import MAX_READ, Load, read_file
 from lamina.tree.restore import BlobSource, restore_tree
 from lamina.tree.sources import BatchedBlobs
 
@@ -105,38 +112,45 @@ def stage_tree(
     *,
     skip: frozenset[str] = frozenset(),
     client: AgentClient | None = None,
+    trees: TreeCache | None = None,
 ) -> tuple[Transaction, RevertPlan]:
     """Plan from the tree against the live root, then stage only what the plan swaps.
 
     ``skip``: relative paths of folders the plan walks through: their metadata is left
     as it is and they are never removed (one the endpoint lacks is still put in place).
     With ``client``, the swapped files' chunks the endpoint holds at the same paths are
-    not downloaded, and files it holds another version of come as deltas."""
-    plan = plan_revert(blobs.get, tree_root, root, scope, chunking)
-    if skip:
-        plan.ops = [op for op in plan.ops if op[0] == "swap" or op[1] not in skip]
-    swaps = [rel for op, rel in plan.ops if op == "swap"]
-    if client is not None and isinstance(blobs, BatchedBlobs) and swaps:
-        wanted = _swapped_files(blobs, tree_root, swaps)
-        summary["seeded_bytes"], summary["delta_files"] = _seed_files(
-            blobs, root, wanted, chunking, client
-        )
-    tx = new_transaction(state_dir, root)
-    base = tx.path.parent
-    _check_devices(plan.ops, root, base)
-    _check_space(base, plan.space_needed)
-    _materialise(tx, blobs, tree_root, swaps)
-    tx.journal = {
-        "v": JOURNAL_VERSION,
-        "id": tx.path.name,
-        "state": STAGED,
-        "ops": plan.ops,
-        "done": 0,
-        "summary": summary,
-        "meta": plan.meta,
-        "depmod": kernels_of(plan.ops, (tx.new, root)),
-    }
-    tx.save()
+    not downloaded, and files it holds another version of come as deltas. Each folder
+    listing is downloaded once (``trees``, or a cache of this call's own)."""
+    with contextlib.ExitStack() as stack:
+        if trees is None:
+            trees = stack.enter_context(
+                TreeCache(blobs, staging_root(state_dir, root), chunking.id_key)
+            )
+        plan = plan_revert(trees.tree, tree_root, root, scope, chunking)
+        if skip:
+            plan.ops = [op for op in plan.ops if op[0] == "swap" or op[1] not in skip]
+        swaps = [rel for op, rel in plan.ops if op == "swap"]
+        if client is not None and isinstance(blobs, BatchedBlobs) and swaps:
+            wanted = _swapped_files(trees.tree, tree_root, swaps)
+            summary["seeded_bytes"], summary["delta_files"] = _seed_files(
+                blobs, root, wanted, chunking, client
+            )
+        tx = new_transaction(state_dir, root)
+        base = tx.path.parent
+        _check_devices(plan.ops, root, base)
+        _check_space(base, plan.space_needed)
+        _materialise(tx, trees, tree_root, swaps)
+        tx.journal = {
+            "v": JOURNAL_VERSION,
+            "id": tx.path.name,
+            "state": STAGED,
+            "ops": plan.ops,
+            "done": 0,
+            "summary": summary,
+            "meta": plan.meta,
+            "depmod": kernels_of(plan.ops, (tx.new, root)),
+        }
+        tx.save()
     return tx, plan
 
 
@@ -234,32 +248,38 @@ def _seed_from_endpoint(
     return _seed_files(blobs, root, wanted, chunking, client)
 
 
-def _swapped_files(blobs: BatchedBlobs, tree: bytes, swaps: list[str]) -> dict[str, Entry]:
-    """The files of ``tree`` at or under the paths a plan swaps (their trees kept local)."""
-
-    def load(tid: bytes) -> list[Entry]:
-        if tid not in blobs.local:
-            blobs.local[tid] = blobs.get(tid)
-        return decode_tree(blobs.local[tid])
-
+def _swapped_files(load: Load, tree: bytes, swaps: list[str]) -> dict[str, Entry]:
+    """The files of ``tree`` at or under the paths a plan swaps (folders read by ``load``)."""
     out: dict[str, Entry] = {}
     for rel in swaps:
-        entries, entry = load(tree), None
+        entries, entry = decode_tree(load(tree)), None
         for part in rel.split("/"):
             entry = next((e for e in entries if e.name == os.fsencode(part)), None)
             if entry is None:
                 break
-            entries = load(entry.subtree) if entry.subtree is not None else []
+            entries = decode_tree(load(entry.subtree)) if entry.subtree is not None else []
         if entry is None:
             continue
         todo = [(entry, rel)]
         while todo:
             e, path = todo.pop()
             if e.subtree is not None:
-                todo += [(c, f"{path}/{os.fsdecode(c.name)}") for c in load(e.subtree)]
+                todo += [(c, f"{path}/{os.fsdecode(c.name)}") for c in decode_tree(load(e.subtree))]
             elif e.type == "file" and e.content:
                 out[path] = e
     return out
+
+
+def _kept_local(blobs: BatchedBlobs) -> Load:
+    """Reads folders through ``blobs`` and keeps them there: the restore that follows
+    reads them again."""
+
+    def load(tid: bytes) -> bytes:
+        if tid not in blobs.local:
+            blobs.local[tid] = blobs.get(tid)
+        return blobs.local[tid]
+
+    return load
 
 
 def seed_paths(
@@ -275,7 +295,7 @@ def seed_paths(
     Files already as the tree has them are left to the restore (it keeps them in place);
     at most ``SEED_LIMIT`` bytes are held in memory, the rest is downloaded.
     Returns the bytes seeded and the files sent as deltas."""
-    wanted = _swapped_files(blobs, tree, paths)
+    wanted = _swapped_files(_kept_local(blobs), tree, paths)
     return _seed_files(blobs, root, wanted, chunking, client, skip_same=True, limit=SEED_LIMIT)
 
 

@@ -24,7 +24,9 @@ from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.layers.drivers import hardware_warning
 from lamina.layers.merge import (
     DPKG_STATUS,
+    INSTALLED,
     Stanzas,
+    carry,
     installed,
     merge_dpkg_status,
     parse_dpkg_status,
@@ -156,10 +158,6 @@ def packages_of(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
     return installed(parse_dpkg_status(read_file(store.get, e)))
 
 
-#: dpkg's status of an installed package
-INSTALLED = "install ok installed"
-
-
 def layer_packages(store: Store, refs: list[LayerRef]) -> Stanzas:
     """The packages a stack of layers lays down (later wins): a base layer's whole
     database, an app layer's or pack's own packages."""
@@ -191,11 +189,17 @@ def user_installed(snapshot: Stanzas, owned: Stanzas) -> Stanzas:
 
 
 def _plan_packages(
-    c: Connection, store: Store, rep: Report, cvd: Any, old_facts: dict[str, Any] | None
+    c: Connection,
+    store: Store,
+    rep: Report,
+    cvd: Any,
+    old_facts: dict[str, Any] | None,
+    facts: dict[str, Any],
 ) -> None:
     """apps-data: which of the snapshot's packages are the user's (carried) and which
-    the CVD's layers brought (not carried: the new machine's system has its own); with
-    ``--base``, the user's packages the new layers have at another version."""
+    the CVD's layers brought (not carried: the new machine's system has its own); the
+    user's packages the new system has at another version: with ``--base`` the new
+    layers', else the new machine's, as its pending agent reported them (``facts``)."""
     e = rep.entries.get(DPKG_STATUS)
     try:
         ours = parse_dpkg_status(read_file(store.get, e)) if e and e.type == "file" else {}
@@ -220,13 +224,47 @@ def _plan_packages(
                 rep.conflicts.append(
                     {"package": s.name, "cvd": s.version, "new": theirs.version, "wins": "new"}
                 )
-    elif user:
-        rep.warnings.append(
-            "a carried package the new machine has already keeps the new machine's "
-            "version (decided when staging: the task's result lists them)"
-        )
-    rep.user_stanzas = user
+    rep.user_stanzas = user  # without --base, the task's list: staging decides again
+    if not rep.layers and user:
+        user, rep.conflicts, warning = on_new_machine(user, facts.get("packages"))
+        rep.warnings += [warning] if warning else []
     rep.packages = {s.name: s.version for s in user.values()}
+
+
+def on_new_machine(
+    user: Stanzas, reported: Any
+) -> tuple[Stanzas, list[dict[str, str]], str | None]:
+    """What a new machine whose ``packages`` fact is ``reported`` takes of the CVD's
+    user-installed packages (``layers.merge.carry``: its staging decides the same from
+    the same database): the carried ones, the conflicts, and a warning when it cannot
+    be foreseen."""
+    database = reported.get("database") if isinstance(reported, dict) else None
+    rows = reported.get("installed") if isinstance(reported, dict) else None
+    if database == "none":
+        return (
+            {},
+            [],
+            "the new machine has no package database a migration can read: no package is carried",
+        )
+    if database != "read" or not isinstance(rows, list):
+        return (
+            user,
+            [],
+            (
+                "the new machine did not report its packages (an older or active agent, or "
+                "too many): a carried package it has already keeps its version, decided when "
+                "staging (the task's result lists them)"
+            ),
+        )
+    here = {
+        r["name"]: r["version"]
+        for r in rows
+        if isinstance(r, dict)
+        and isinstance(r.get("name"), str)
+        and isinstance(r.get("version"), str)
+    }
+    carried, conflicts = carry(user, here)
+    return carried, conflicts, None
 
 
 def _validate(
@@ -305,7 +343,7 @@ def _validate(
         base_os = _os_of_version(c, rep.layers[0].version_id) or new_os
         rep.packs = drivers.packs_for_device(c, facts, base_os)
     if req.mode == "apps-data":
-        _plan_packages(c, store, rep, cvd, old_facts)
+        _plan_packages(c, store, rep, cvd, old_facts, facts)
     if req.mode == "full":  # the CVD's system is laid down on this hardware: its packs go with it
         rep.packs = drivers.packs_for_device(c, facts, old_os or new_os)
         warning = hardware_warning(facts, old_facts, rep.packs)
