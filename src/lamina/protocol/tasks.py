@@ -186,6 +186,7 @@ class StoreCheckParams(TaskParams):
     """Verify the server's store (``lamina store check``): structure, and with
     ``read_data`` every blob read, decrypted and hashed again."""
 
+    kind: ClassVar[TaskKind] = TaskKind.STORE_CHECK
     read_data: bool = False
 
 
@@ -193,6 +194,7 @@ class StoreGcParams(TaskParams):
     """Collect the store's garbage (``lamina store gc``); ``dry_run`` only reports what
     it would free."""
 
+    kind: ClassVar[TaskKind] = TaskKind.STORE_GC
     dry_run: bool = True
     #: Packs left by interrupted writes are removed once older than this (seconds).
     orphan_grace: int = Field(3600, ge=0, le=366 * 86400)
@@ -200,6 +202,8 @@ class StoreGcParams(TaskParams):
 
 class StoreStatsParams(TaskParams):
     """Count the store's packs, blobs and bytes (``lamina store stats``)."""
+
+    kind: ClassVar[TaskKind] = TaskKind.STORE_STATS
 
 
 #: The kinds the server runs itself, on its store: no agent ever claims one.
@@ -267,7 +271,10 @@ AnyTaskParams = Annotated[
     | Annotated[RestoreParams, Tag(TaskKind.RESTORE.value)]
     | Annotated[RevertParams, Tag(TaskKind.REVERT.value)]
     | Annotated[LayerApplyParams, Tag(TaskKind.LAYER_APPLY.value)]
-    | Annotated[MigrateParams, Tag(TaskKind.MIGRATE.value)],
+    | Annotated[MigrateParams, Tag(TaskKind.MIGRATE.value)]
+    | Annotated[StoreCheckParams, Tag(TaskKind.STORE_CHECK.value)]
+    | Annotated[StoreGcParams, Tag(TaskKind.STORE_GC.value)]
+    | Annotated[StoreStatsParams, Tag(TaskKind.STORE_STATS.value)],
     Discriminator(
         _kind_of,
         custom_error_type="task_params",
