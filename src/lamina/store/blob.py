@@ -79,6 +79,15 @@ def compress(data: bytes | memoryview) -> tuple[int, bytes]:
     return FLAG_RAW, bytes(data)
 
 
+def frame_content_size(frame: bytes, what: str) -> int:
+    """The content size the header of the zstd frame ``frame`` states (-1: none), read
+    before anything is inflated; ``IntegrityError`` naming ``what`` if it is no zstd frame."""
+    try:
+        return zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"{what} is not a zstd frame: {e}") from e
+
+
 def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
     if raw_length < 0:
         raise IntegrityError(f"blob claims a negative size ({raw_length})")
@@ -90,10 +99,7 @@ def decompress(flag: int, payload: bytes, raw_length: int) -> bytes:
         # python-zstandard sizes its output from the frame header when the header
         # states a size, whatever max_output_size says: refuse a frame that states
         # another size than the index before inflating anything (a decompression bomb).
-        try:
-            declared = zstandard.frame_content_size(payload)
-        except zstandard.ZstdError as e:
-            raise IntegrityError(f"blob is not a zstd frame: {e}") from e
+        declared = frame_content_size(payload, "blob")
         if declared not in (-1, raw_length):
             raise IntegrityError(
                 f"blob's zstd frame declares {declared} bytes, the index says {raw_length}"

@@ -22,6 +22,7 @@ import io
 import zstandard
 
 from lamina.errors import IntegrityError, TooLargeError
+from lamina.store.blob import frame_content_size
 
 DELTA_VERSION = 1
 #: Old and new versions above this size are sent as chunks (the endpoint's chunker
@@ -69,14 +70,9 @@ def apply_delta(old: bytes, delta: bytes, size: int) -> bytes:
     ``IntegrityError``; never more than ``size + 1`` bytes are decoded."""
     if size > MAX_FILE:
         raise TooLargeError(f"a delta is applied for files up to {MAX_FILE} bytes")
-    try:
-        params = zstandard.get_frame_parameters(delta)
-    except zstandard.ZstdError as e:
-        raise IntegrityError(f"the delta is not a zstd frame: {e}") from e
-    if params.content_size != size:
-        raise IntegrityError(
-            f"the delta declares {params.content_size} bytes, the new version has {size}"
-        )
+    declared = frame_content_size(delta, "the delta")
+    if declared != size:
+        raise IntegrityError(f"the delta declares {declared} bytes, the new version has {size}")
     dctx = zstandard.ZstdDecompressor(
         dict_data=_dict(old), max_window_size=1 << _window_log(len(old), size)
     )
