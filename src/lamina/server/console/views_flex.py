@@ -306,8 +306,7 @@ def instance_confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action:
         request,
         actor,
         title=f"{STATES[action][1]} instance {i.id[:8]} of {i.user}",
-        what=f"The {i.image} instance of {i.user} {what}. The message below is shown to "
-        "them.",
+        what=f"The {i.image} instance of {i.user} {what}. The message below is shown to them.",
         action=f"/flex/instances/{i.id}/{action}",
         button=STATES[action][1],
         back="/flex/instances",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import overload
 
 from sqlalchemy import Column, ColumnElement, Connection, Row, Table, func, insert, or_, select
 
@@ -32,7 +32,7 @@ def aware(t: dt.datetime | None) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def audit(c: Connection, actor: str, action: str, target: str, **detail: Any) -> None:
+def audit(c: Connection, actor: str, action: str, target: str, **detail: object) -> None:
     """Record an admin action in the same transaction as the action itself."""
     c.execute(
         insert(audit_log).values(
@@ -47,13 +47,16 @@ def next_number(c: Connection, column: Column[int], *where: ColumnElement[bool])
     return (c.execute(select(func.max(column)).where(*where)).scalar() or 0) + 1
 
 
+#: A row of one of the tables (its columns are attributes; ``services/rows.py`` types them).
+TableRow = Row[tuple[object, ...]]
+
 #: How short an id prefix may be, and how many ids an ambiguous reference lists.
 MIN_PREFIX = 4
 LIST_IDS = 10
 
 
 def _ambiguous(
-    what: str, ref: str, rows: Sequence[Row[Any]], name_col: str | None
+    what: str, ref: str, rows: Sequence[TableRow], name_col: str | None
 ) -> ConflictError:
     shown = [f"{r.id} ({getattr(r, name_col)})" if name_col else str(r.id) for r in rows[:LIST_IDS]]
     more = " ..." if len(rows) > LIST_IDS else ""
@@ -62,7 +65,7 @@ def _ambiguous(
     )
 
 
-def find_by_id(c: Connection, table: Table, ref: str, what: str) -> Row[Any]:
+def find_by_id(c: Connection, table: Table, ref: str, what: str) -> TableRow:
     """A row by its id or by a unique prefix of it (at least ``MIN_PREFIX`` characters)."""
     r = c.execute(select(table).where(table.c.id == ref)).first()
     if r is not None:
@@ -70,10 +73,10 @@ def find_by_id(c: Connection, table: Table, ref: str, what: str) -> Row[Any]:
     return _only(what, ref, _by_prefix(c, table, ref), None)
 
 
-def find_one(c: Connection, table: Table, ref: str, name_col: str, what: str) -> Row[Any]:
+def find_one(c: Connection, table: Table, ref: str, name_col: str, what: str) -> TableRow:
     """A row by id, by its unique name, or by a unique prefix of its id; an ambiguous
     name or prefix is a conflict that lists the ids it could mean."""
-    rows: Sequence[Row[Any]] = c.execute(
+    rows: Sequence[TableRow] = c.execute(
         select(table).where(or_(table.c.id == ref, table.c[name_col] == ref)).limit(LIST_IDS + 1)
     ).all()
     exact = [r for r in rows if r.id == ref]
@@ -82,7 +85,7 @@ def find_one(c: Connection, table: Table, ref: str, name_col: str, what: str) ->
     return _only(what, ref, rows or _by_prefix(c, table, ref), name_col)
 
 
-def _by_prefix(c: Connection, table: Table, ref: str) -> Sequence[Row[Any]]:
+def _by_prefix(c: Connection, table: Table, ref: str) -> Sequence[TableRow]:
     """The rows whose id starts with ``ref`` (none for a prefix under ``MIN_PREFIX``)."""
     if len(ref) < MIN_PREFIX:
         return []
@@ -91,7 +94,7 @@ def _by_prefix(c: Connection, table: Table, ref: str) -> Sequence[Row[Any]]:
     ).all()
 
 
-def _only(what: str, ref: str, rows: Sequence[Row[Any]], name_col: str | None) -> Row[Any]:
+def _only(what: str, ref: str, rows: Sequence[TableRow], name_col: str | None) -> TableRow:
     """The one row ``ref`` found; not found or ambiguous otherwise."""
     if not rows:
         raise NotFoundError(f"no {what} {ref!r}")

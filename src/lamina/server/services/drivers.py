@@ -32,7 +32,7 @@ from lamina.server.security import Principal
 from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
-from lamina.server.services.layer_versions import add_version, versions_of
+from lamina.server.services.layer_versions import add_version, version_public, versions_of
 from lamina.server.services.rows import DriverProfile, JsonObject, Layer, LayerVersion
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
@@ -66,15 +66,11 @@ def last_device_facts(c: Connection, cvd_id: str, device_id: str | None) -> Json
 
 # --- packs ------------------------------------------------------------------------------
 def _version_public(r: LayerVersion) -> DriverPackVersionPublic:
+    """A layer version's view, less what a pack has not (whiteouts, a source CVD), with
+    the packages it carries in place of its ``apps``."""
     apps = r.apps or {}
     return DriverPackVersionPublic(
-        id=r.id,
-        version=r.version,
-        created=aware(r.created),
-        root=r.root.hex(),
-        notes=r.notes,
-        files=r.files,
-        bytes=r.bytes,
+        **version_public(r).model_dump(include=set(DriverPackVersionPublic.model_fields)),
         packages=apps.get("packages", {}),
         loose_files=apps.get("loose_files", 0),
     )

@@ -146,7 +146,7 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
             raise AuthError("unknown enrollment token")
         if t.revoked is not None:
             raise AuthError("the enrollment token has been revoked")
-        if aware(t.expires) < now():  # type: ignore[operator]
+        if aware(t.expires) < now():
             raise AuthError("the enrollment token has expired")
         # One atomic step: concurrent enrollments cannot pass the count together.
         took = c.execute(

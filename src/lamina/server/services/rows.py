@@ -25,7 +25,7 @@ PieceRow = tuple[int, int, str, str | None]
 
 
 class Named(Protocol):
-    """Any row with an id and a name (a lookup's answer, a member of a list)."""
+    """A row with an id and a name, of whichever table (a member of a list)."""
 
     @property
     def id(self) -> str: ...
@@ -157,7 +157,7 @@ class DriverProfile(Protocol):
     name: str
     os_family: str | None
     #: ``[{"name": ..., "version": int | None}]``
-    packs: list[dict[str, Any]]
+    packs: list[JsonObject]
     matches: list[str]
     notes: str
     created: dt.datetime

@@ -148,7 +148,7 @@ def _reserve_attempt(
                 login_throttle.c.name == name, login_throttle.c.client == client
             )
         ).scalar_one()
-        wait = max(1, int((aware(until) - t).total_seconds()))  # type: ignore[operator]
+        wait = max(1, int((aware(until) - t).total_seconds()))
         raise RateLimitedError(
             f"too many failed logins for {name!r} from {client}; try again in {_human(wait)}"
         )
@@ -435,7 +435,7 @@ def list_tokens(engine: Engine, actor: Principal) -> list[TokenInfo]:
                     kind=r.kind,
                     owner=r.owner,
                     name=r.name,
-                    created=aware(r.created),  # type: ignore[arg-type]
+                    created=aware(r.created),
                     expires=exp,
                     last_used=aware(r.last_used),
                     state=_state(exp),
@@ -451,7 +451,7 @@ def list_tokens(engine: Engine, actor: Principal) -> list[TokenInfo]:
                         kind="enrollment",
                         owner=e.created_by,
                         name="enrollment",
-                        created=aware(e.created),  # type: ignore[arg-type]
+                        created=aware(e.created),
                         expires=exp,
                         last_used=None,
                         uses=e.uses,
@@ -483,7 +483,7 @@ def revoke_token(engine: Engine, actor: Principal, token_id: str) -> TokenInfo:
                 kind=r.kind,
                 owner=r.owner,
                 name=r.name,
-                created=aware(r.created),  # type: ignore[arg-type]
+                created=aware(r.created),
                 expires=aware(r.expires),
                 last_used=aware(r.last_used),
                 state="revoked",
@@ -500,7 +500,7 @@ def revoke_token(engine: Engine, actor: Principal, token_id: str) -> TokenInfo:
             kind="enrollment",
             owner=e.created_by,
             name="enrollment",
-            created=aware(e.created),  # type: ignore[arg-type]
+            created=aware(e.created),
             expires=aware(e.expires),
             last_used=None,
             uses=e.uses,
