@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gib = tree_size(corpus).apparent / 2**30 or 1.0
     lam = LaminaE2E(work / "lamina", clean_env(), corpus)
     try:
-        lam.setup()
+        lam.setup(start_timeout=300)
         sync(lam, "first", work, args.profile, gib)
         sync(lam, "unchanged", work, args.profile, gib)
         mutate(corpus, 0.01, args.seed, replace_half=False)
