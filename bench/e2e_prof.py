@@ -6,9 +6,9 @@ with ``py-spy`` sampling the server (or the agent) and CPU counted per process.
 The same server, admin and agent as ``bench.e2e`` (``LaminaE2E``). For each sync it
 prints the agent's CPU (user + system from ``wait4``) and the server's (``/proc/PID/stat``
 before and after), per GiB of the corpus, and, with ``--profile server`` (the default),
-the functions the server spent its samples in (py-spy's idle frames left out). Raw
-stacks go to WORK/*.txt (py-spy's collapsed format). ``--agent-python`` runs another
-checkout's agent against this server (A/B in one run).
+the functions the server spent its busy samples in. Raw stacks go to WORK/*.txt
+(py-spy's collapsed format). A/B: run another checkout's ``src`` at the same time
+(``PYTHONPATH=OTHER/src``, ``--profile none``, another ``--work``) and compare CPU.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def top(stacks: Path, n: int = 30) -> list[tuple[str, float, float]]:
         if not stack:
             continue
         k = int(count)
-        frames = [f.split(" (")[0] + " " + f.split(" (")[-1].split(":")[0] for f in stack.split(";")]
+        frames = [
+            f.split(" (")[0] + " " + f.split(" (")[-1].split(":")[0] for f in stack.split(";")
+        ]
         total += k
         own[frames[-1]] += k
         for f in set(frames):
@@ -55,7 +57,17 @@ def top(stacks: Path, n: int = 30) -> list[tuple[str, float, float]]:
     return [(f, own[f] / total, incl[f] / total) for f, _ in incl.most_common(n)]
 
 
-_FRAMEWORK = ("threading.py", "asyncio/", "anyio/", "typer/", "uvicorn/", "starlette/", "fastapi/", "contextlib.py", "concurrent/")
+_FRAMEWORK = (
+    "threading.py",
+    "asyncio/",
+    "anyio/",
+    "typer/",
+    "uvicorn/",
+    "starlette/",
+    "fastapi/",
+    "contextlib.py",
+    "concurrent/",
+)
 
 
 def _ours(f: str) -> bool:
@@ -68,9 +80,21 @@ def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> Non
     rec = None
     if profile == "server" and spy and lam.server.proc:
         rec = subprocess.Popen(
-            [spy, "record", "--pid", str(lam.server.proc.pid), "--format", "raw",
-             "--rate", "50", "--output", os.fspath(out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                spy,
+                "record",
+                "--pid",
+                str(lam.server.proc.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "--output",
+                os.fspath(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)
     r, doc, cpu = lam.cycle(sync=name != "first")
@@ -96,7 +120,9 @@ def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.e2e_prof", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.e2e_prof", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--profile", choices=("server", "none"), default="server")
