@@ -359,9 +359,9 @@ class LaminaE2E:
         self.cvd = ""
         self.version = ""
 
-    def setup(self) -> dict[str, Any]:
+    def setup(self, start_timeout: float = 60) -> dict[str, Any]:
         t0 = time.perf_counter()
-        self.server.start()
+        self.server.start(start_timeout)
         started = time.perf_counter() - t0
         login(self.admin, self.server.url)
         policy = self.admin.json("policy", "create", "bench")

@@ -240,3 +240,29 @@ def test_two_servers_on_one_s3_store_roll_each_others_small_packs(
     finally:
         second.close()
         first.close()
+
+
+def test_a_commit_walk_decodes_each_new_tree_once_and_no_tree_of_the_previous_snapshot(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def folder(content: bytes) -> tuple[bytes, bytes]:
+        f = Entry(name=b"f", type="file", size=len(content), content=[_bid(store, content)])
+        return _store_tree(store, [f], [content]), _bid(store, content)
+
+    def root(subs: list[bytes]) -> bytes:
+        dirs = [
+            Entry(name=b"d%d" % i, type="dir", mode=0o755, subtree=s) for i, s in enumerate(subs)
+        ]
+        return _store_tree(store, dirs)
+
+    d0, _ = folder(b"unchanged folder")
+    d1_old, _ = folder(b"before")
+    d1_new, chunk = folder(b"after")
+    old, new = root([d0, d1_old]), root([d0, d1_new])
+    decoded: list[bytes] = []
+    real = sync.decode_tree
+    monkeypatch.setattr(sync, "decode_tree", lambda data: decoded.append(data) or real(data))
+    ids = list(sync.verify_tree(store, new, old))
+    # the new root and the changed folder, once each; the unchanged folder is not walked
+    assert sorted(decoded) == sorted([store.get(new), store.get(d1_new)])
+    assert set(ids) == {new, d1_new, chunk}

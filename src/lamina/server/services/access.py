@@ -41,7 +41,6 @@ from lamina.server.services.fleet import cvd_source
 from lamina.server.services.inflight import OFF, Sharing
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
-from lamina.tree.model import decode_tree
 
 #: Ids per SQL statement (well below SQLite's bound-parameter limit).
 BATCH = 5000
@@ -56,29 +55,20 @@ def _insert_ignore(c: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     c.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
-#: ``owned`` on SQLite: the statement as the driver takes it (no per-id bind processing)
-_SQLITE_OWNED = "SELECT blob_id FROM cvd_blobs WHERE cvd_id = ? AND blob_id IN (%s)"
-
-
 def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
     """Which of ``ids`` this CVD owns: one statement per ``BATCH`` ids."""
-    want = list(dict.fromkeys(ids))
-    out: set[bytes] = set()
-    for k in range(0, len(want), BATCH):
-        if c.dialect.name == "sqlite":
-            part = want[k : k + BATCH]
-            sql = _SQLITE_OWNED % ",".join("?" * len(part))
-            out.update(bytes(r[0]) for r in c.exec_driver_sql(sql, (cvd_id, *part)))
-            continue
-        out.update(
-            bytes(b)
-            for b in c.execute(
-                select(cvd_blobs.c.blob_id).where(
-                    cvd_blobs.c.cvd_id == cvd_id, cvd_blobs.c.blob_id.in_(want[k : k + BATCH])
-                )
-            ).scalars()
+    return {
+        bytes(r[0])
+        for r in inflight.rows_in(
+            c,
+            "SELECT blob_id FROM cvd_blobs WHERE blob_id IN (%s) AND cvd_id = ?",
+            lambda part: select(cvd_blobs.c.blob_id).where(
+                cvd_blobs.c.cvd_id == cvd_id, cvd_blobs.c.blob_id.in_(part)
+            ),
+            list(dict.fromkeys(ids)),
+            cvd_id,
         )
-    return out
+    }
 
 
 def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing = OFF) -> int:
@@ -129,57 +119,45 @@ def missing(
         return inflight.need(c, cvd.id, candidates, stored, sharing)
 
 
-def check_commit(
-    engine: Engine, store: Store, cvd: Any, root: bytes, sharing: Sharing = OFF
-) -> None:
-    """Refuse a snapshot naming a blob this CVD does not own.
+class CommitOwnership:
+    """A commit's ownership check, asked by the commit's one walk of the new trees
+    (``sync.verify_tree``) a folder level at a time: refuse a snapshot naming a blob
+    this CVD does not own.
 
-    Without this, committing a tree that names a guessed chunk id and reading it
-    back would be the oracle again. Subtrees equal to the previous snapshot's are
-    owned already and are not walked. With ``sharing`` on, common blobs count as
-    owned (and become the CVD's), and blobs still in flight for others make the
+    Without this, committing a tree that names a guessed chunk id and reading it back
+    would be the oracle again. Subtrees equal to the previous snapshot's are owned
+    already and are not walked. With ``sharing`` on, common blobs count as owned (and
+    become the CVD's at ``done``), and blobs still in flight for others make the
     commit wait (``inflight.settle``).
     """
-    ensure_indexed(engine, store, cvd)
-    prev = store.catalog.snapshots(cvd_source(cvd.id))
-    previous = prev[-1].root if prev else None
-    level: list[tuple[bytes, bytes | None]] = [(root, previous)]
-    taken: list[bytes] = []
-    with read_tx(engine) as c:
-        # The root first, on its own (with sharing on, a root tree other CVDs hold in
-        # common is never "missing" to this one, so it is never uploaded: it is taken
-        # as any common tree is), so that its absence is named as such.
+
+    def __init__(self, engine: Engine, store: Store, cvd: Any, sharing: Sharing = OFF) -> None:
+        ensure_indexed(engine, store, cvd)
+        self.engine, self.store, self.cvd_id, self.sharing = engine, store, cvd.id, sharing
+        self.taken: list[bytes] = []
+
+    def root(self, root: bytes) -> None:
+        """The root first, on its own (with sharing on, a root tree other CVDs hold in
+        common is never "missing" to this one, so it is never uploaded: it is taken as
+        any common tree is), so that its absence is named as such."""
         try:
-            taken += _require_owned(c, store, cvd.id, [root], sharing)
+            self.require([root])
         except MissingDataError:
             raise MissingDataError(
                 "the snapshot's root tree is not stored for this CVD; upload it first"
             ) from None
-        first = True
-        while level:
-            if not first:  # (the root's level was checked above)
-                taken += _require_owned(c, store, cvd.id, [t for t, _ in level], sharing)
-            first = False
-            below: list[tuple[bytes, bytes | None]] = []
-            chunks: list[bytes] = []
-            for tid, old in level:
-                entries = decode_tree(store.get(tid))
-                old_sub: dict[bytes, bytes] = {}
-                if old is not None:
-                    try:
-                        old_sub = {
-                            e.name: e.subtree for e in decode_tree(store.get(old)) if e.subtree
-                        }
-                    except MissingDataError:
-                        old_sub = {}
-                for e in entries:
-                    chunks.extend(e.chunk_ids())
-                    if e.subtree is not None and old_sub.get(e.name) != e.subtree:
-                        below.append((e.subtree, old_sub.get(e.name)))
-            taken += _require_owned(c, store, cvd.id, chunks, sharing)
-            level = below
-    if taken:
-        record(engine, cvd.id, taken, sharing)
+
+    def require(self, ids: list[bytes]) -> None:
+        if not ids:
+            return
+        with read_tx(self.engine) as c:
+            self.taken += _require_owned(c, self.store, self.cvd_id, ids, self.sharing)
+
+    def done(self) -> None:
+        """Every blob the snapshot names passed: the common ones taken become the CVD's."""
+        if self.taken:
+            record(self.engine, self.cvd_id, self.taken, self.sharing)
+            self.taken = []
 
 
 def _require_owned(

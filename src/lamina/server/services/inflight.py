@@ -36,10 +36,11 @@ may both be told to send a blob: the only cost is bytes, the store keeps one cop
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, Executable, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lamina.db.models import blob_claims, cvd_blobs, shared_blobs
@@ -73,16 +74,42 @@ def _chunks(ids: list[bytes]) -> Iterable[list[bytes]]:
         yield ids[k : k + BATCH]
 
 
-def _shared(c: Connection, ids: list[bytes]) -> set[bytes]:
-    out: set[bytes] = set()
+def rows_in(
+    c: Connection,
+    sql: str,
+    core: Callable[[list[bytes]], Executable],
+    ids: list[bytes],
+    *args: object,
+) -> Iterator[Any]:
+    """Rows of a lookup by blob id, one statement per ``BATCH`` ids.
+
+    On SQLite ``sql`` (``%s`` where the ids' marks go, then ``?`` for ``args``) as the
+    driver takes it: building, caching and binding an expanding SQLAlchemy ``IN`` per
+    id cost more than the query. Elsewhere ``core(ids)``, the same statement in Core."""
+    sqlite_ = c.dialect.name == "sqlite"
     for part in _chunks(ids):
-        out.update(
-            bytes(b)
-            for b in c.execute(
-                select(shared_blobs.c.blob_id).where(shared_blobs.c.blob_id.in_(part))
-            ).scalars()
+        if sqlite_:
+            yield from c.exec_driver_sql(sql % ",".join("?" * len(part)), (*part, *args))
+        else:
+            yield from c.execute(core(part))
+
+
+def _bound(c: Connection, column: Any, value: object) -> object:
+    """``value`` as ``column``'s type binds it (a raw statement's parameter)."""
+    proc = column.type.dialect_impl(c.dialect).bind_processor(c.dialect)
+    return proc(value) if proc else value
+
+
+def _shared(c: Connection, ids: list[bytes]) -> set[bytes]:
+    return {
+        bytes(r[0])
+        for r in rows_in(
+            c,
+            "SELECT blob_id FROM shared_blobs WHERE blob_id IN (%s)",
+            lambda part: select(shared_blobs.c.blob_id).where(shared_blobs.c.blob_id.in_(part)),
+            ids,
         )
-    return out
+    }
 
 
 def _holders(
@@ -95,37 +122,44 @@ def _holders(
     owners: dict[bytes, set[str]] = {}
     claims: dict[bytes, set[str]] = {}
     held = [i for i in ids if i in stored]
-    for part in _chunks(held):
-        for bid, cid in c.execute(
-            select(cvd_blobs.c.blob_id, cvd_blobs.c.cvd_id).where(
-                cvd_blobs.c.blob_id.in_(part), cvd_blobs.c.cvd_id != cvd_id
-            )
-        ):
-            owners.setdefault(bytes(bid), set()).add(cid)
-    for part in _chunks(ids):
-        for bid, cid in c.execute(
-            select(blob_claims.c.blob_id, blob_claims.c.cvd_id).where(
-                blob_claims.c.blob_id.in_(part),
-                blob_claims.c.cvd_id != cvd_id,
-                blob_claims.c.expires > when,
-            )
-        ):
-            claims.setdefault(bytes(bid), set()).add(cid)
+    for bid, cid in rows_in(
+        c,
+        "SELECT blob_id, cvd_id FROM cvd_blobs WHERE blob_id IN (%s) AND cvd_id != ?",
+        lambda part: select(cvd_blobs.c.blob_id, cvd_blobs.c.cvd_id).where(
+            cvd_blobs.c.blob_id.in_(part), cvd_blobs.c.cvd_id != cvd_id
+        ),
+        held,
+        cvd_id,
+    ):
+        owners.setdefault(bytes(bid), set()).add(cid)
+    for bid, cid in rows_in(
+        c,
+        "SELECT blob_id, cvd_id FROM blob_claims WHERE blob_id IN (%s) AND cvd_id != ? "
+        "AND expires > ?",
+        lambda part: select(blob_claims.c.blob_id, blob_claims.c.cvd_id).where(
+            blob_claims.c.blob_id.in_(part),
+            blob_claims.c.cvd_id != cvd_id,
+            blob_claims.c.expires > when,
+        ),
+        ids,
+        cvd_id,
+        _bound(c, blob_claims.c.expires, when),
+    ):
+        claims.setdefault(bytes(bid), set()).add(cid)
     return owners, claims
 
 
 def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datetime) -> None:
+    # One statement run for many rows (executemany), not a multi-row VALUES compiled
+    # anew for each batch (that compile was most of a first sync's /agent/missing).
     dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(blob_claims)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[blob_claims.c.blob_id, blob_claims.c.cvd_id],
+        set_={"expires": stmt.excluded.expires},
+    )
     for part in _chunks(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
-        stmt = dialect.insert(blob_claims).values(
-            [{"blob_id": i, "cvd_id": cvd_id, "expires": until} for i in part]
-        )
-        c.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[blob_claims.c.blob_id, blob_claims.c.cvd_id],
-                set_={"expires": stmt.excluded.expires},
-            )
-        )
+        c.execute(stmt, [{"blob_id": i, "cvd_id": cvd_id, "expires": until} for i in part])
 
 
 def need(
@@ -173,28 +207,30 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
     )
     already = _shared(c, ids)
     fresh = [i for i in ids if i not in already]
-    common: list[bytes] = []
-    for part in _chunks(fresh):
-        common.extend(
-            bytes(b)
-            for b in c.execute(
+    common = [
+        bytes(r[0])
+        for r in rows_in(
+            c,
+            "SELECT blob_id FROM cvd_blobs WHERE blob_id IN (%s) GROUP BY blob_id "
+            "HAVING count(*) >= ?",
+            lambda part: (
                 select(cvd_blobs.c.blob_id)
                 .where(cvd_blobs.c.blob_id.in_(part))
                 .group_by(cvd_blobs.c.blob_id)
                 .having(func.count() >= sharing.threshold)
-            ).scalars()
+            ),
+            fresh,
+            sharing.threshold,
         )
+    ]
     _mark_shared(c, common)
 
 
 def _mark_shared(c: Connection, ids: list[bytes]) -> None:
     dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(shared_blobs).on_conflict_do_nothing()
     for part in _chunks(sorted(ids)):
-        c.execute(
-            dialect.insert(shared_blobs)
-            .values([{"blob_id": i} for i in part])
-            .on_conflict_do_nothing()
-        )
+        c.execute(stmt, [{"blob_id": i} for i in part])
 
 
 def settle(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
+import msgpack
 from sqlalchemy import Engine, update
 
 from lamina.db.engine import read_tx, write_tx
@@ -168,35 +169,63 @@ def _as_kind(
     return out
 
 
+def _old_subtrees(store: Store, old: bytes) -> dict[bytes, bytes]:
+    """Name -> subtree id of the folders of a tree of the previous snapshot (stored and
+    verified when it was committed, read back hash-checked: only its folders are needed,
+    so its entries are not validated again); {} when it is no longer stored."""
+    try:
+        doc = msgpack.unpackb(store.get(old), raw=False, strict_map_key=False)
+    except MissingDataError:
+        return {}
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return {}
+    rows = doc.get("entries") if isinstance(doc, dict) else None
+    out: dict[bytes, bytes] = {}
+    for d in rows if isinstance(rows, list) else ():
+        if isinstance(d, dict) and d.get("type") == "dir":
+            name, sub = d.get("name"), d.get("subtree")
+            if isinstance(name, bytes) and isinstance(sub, bytes) and len(sub) == blob.ID_SIZE:
+                out[name] = sub
+    return out
+
+
 def verify_tree(
-    store: Store, root: bytes, previous: bytes | None, heal: Writer | None = None
+    store: Store,
+    root: bytes,
+    previous: bytes | None,
+    heal: Writer | None = None,
+    owner: access.CommitOwnership | None = None,
 ) -> Iterator[bytes]:
     """Check every tree and chunk under ``root`` is stored; skip subtrees equal to ``previous``'s.
 
     One blob, one kind: the root and every ``subtree`` must be stored as TREE blobs and
     every chunk as DATA; one held only under the other kind is stored again under the
     right one by ``heal`` (the commit's writer). Every file's chunks and holes must add
-    up to its size, and no size may pass ``MAX_FILE_SIZE``.
+    up to its size, and no size may pass ``MAX_FILE_SIZE``. With ``owner`` (a device's
+    commit), every tree of a level is held to the CVD's ownership before it is read, and
+    every chunk before it is looked up: one walk, each new tree decoded once.
 
     Yields every blob id the snapshot references (for the gc rescue walk).
     """
     level: list[tuple[bytes, bytes | None]] = [(root, previous)]
+    first = True
     while level:  # one level of folders at a time: one lookup for its trees, few for its chunks
-        store.prefetch([t for t, _ in level] + [o for _, o in level if o is not None])
         tree_ids = list(dict.fromkeys(t for t, _ in level))
+        if owner is not None and not first:  # (the root: ``owner.root``, before)
+            owner.require(tree_ids)
+        first = False
+        store.prefetch([t for t, _ in level] + [o for _, o in level if o is not None])
         _as_kind(store, tree_ids, BlobKind.TREE, heal)
         chunks: list[bytes] = []
         files: list[tuple[bytes, Entry]] = []
         below: list[tuple[bytes, bytes | None]] = []
+        decoded: dict[bytes, list[Entry]] = {}
         for tid, old in level:
-            entries = decode_tree(store.get(tid))
+            entries = decoded.get(tid)
+            if entries is None:
+                entries = decoded[tid] = decode_tree(store.get(tid))
             yield tid
-            old_sub: dict[bytes, bytes] = {}
-            if old is not None:
-                try:
-                    old_sub = {e.name: e.subtree for e in decode_tree(store.get(old)) if e.subtree}
-                except MissingDataError:
-                    old_sub = {}
+            old_sub = _old_subtrees(store, old) if old is not None else {}
             for e in entries:
                 if e.type == "file":
                     if e.size > MAX_FILE_SIZE:
@@ -210,10 +239,14 @@ def verify_tree(
                     # (equal subtrees were verified with an earlier snapshot of this CVD,
                     # which keeps them alive)
                     below.append((e.subtree, old_sub.get(e.name)))
+        del decoded
         sizes: dict[bytes, int] = {}
         unique = list(dict.fromkeys(chunks))
         for k in range(0, len(unique), 5000):
-            sizes.update(_as_kind(store, unique[k : k + 5000], BlobKind.DATA, heal))
+            part = unique[k : k + 5000]
+            if owner is not None:
+                owner.require(part)
+            sizes.update(_as_kind(store, part, BlobKind.DATA, heal))
         for tid, e in files:
             total = sum(sizes[c] if isinstance(c, bytes) else c for c in e.content or ())
             if total != e.size:
@@ -246,7 +279,7 @@ def commit_snapshot(
     with read_tx(engine) as c:
         cvd = fleet.cvd_of_device(c, device.id)
         policy = fleet.policy_of(c, cvd)
-    access.check_commit(engine, store, cvd, bytes.fromhex(req.root), sharing)
+    owner = access.CommitOwnership(engine, store, cvd, sharing)
     retention = Retention(
         policy.keep_last,
         policy.keep_hourly,
@@ -254,7 +287,7 @@ def commit_snapshot(
         policy.keep_weekly,
         policy.keep_monthly,
     )
-    record, kept, forgotten = _store_snapshot(store, cvd.id, device.id, req, retention)
+    record, kept, forgotten = _store_snapshot(store, cvd.id, device.id, req, retention, owner)
     with write_tx(engine) as c:
         c.execute(
             update(cvds).where(cvds.c.id == cvd.id).values(last_sync=record.time, progress={})
@@ -267,20 +300,28 @@ def commit_snapshot(
 
 
 def _store_snapshot(
-    store: Store, cvd_id: str, device_id: str, req: CommitRequest, retention: Retention
+    store: Store,
+    cvd_id: str,
+    device_id: str,
+    req: CommitRequest,
+    retention: Retention,
+    owner: access.CommitOwnership,
 ) -> tuple[SnapshotRecord, int, int]:
-    """Verify the snapshot's trees and chunks, store its record, forget what retention drops."""
+    """Verify the snapshot's trees and chunks (held to the CVD's ownership by ``owner``,
+    in the same walk), store its record, forget what retention drops."""
     source = cvd_source(cvd_id)
     root = bytes.fromhex(req.root)
     prev = store.catalog.snapshots(source)
     previous_root = prev[-1].root if prev else None
+    owner.root(root)
     with store.writer() as w:
         # Verified under the writer's epoch: a gc that condemns after this makes the
         # commit rescue (or refuse) before the row goes in.
         if not store.catalog.locate([root]):
             raise MissingDataError("the snapshot's root tree is not stored; upload it first")
-        for _ in verify_tree(store, root, previous_root, heal=w):
+        for _ in verify_tree(store, root, previous_root, heal=w, owner=owner):
             pass
+        owner.done()  # the common blobs it names are the CVD's before its snapshot is
         record = SnapshotRecord(
             id="",
             time=dt.datetime.now(dt.UTC),
