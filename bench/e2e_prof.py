@@ -24,8 +24,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.e2e import LaminaE2E
-from bench.run import ROOT, clean_env, copy_tree, mutate, rmtree, say, tree_size
+from bench.common import ROOT, clean_env, rmtree, say, tree_size
+from bench.corpus import copy_tree, mutate
+from bench.e2e_lamina import LaminaE2E
 
 DEFAULT_WORK = ROOT / "bench" / "work" / "e2e-prof"
 

@@ -39,6 +39,7 @@ from bench.common import (
     CommandFailed,
     clean_env,
     human_bytes,
+    prepare_work,
     rmtree,
     say,
     tree_size,
@@ -46,7 +47,7 @@ from bench.common import (
     warn,
 )
 from bench.corpus import DEFAULT_GROUPS, build_corpus
-from bench.e2e import git_revision, prepare_work
+from bench.e2e_procs import git_revision
 from bench.load_agents import (
     AgentRun,
     Endpoint,

@@ -18,7 +18,7 @@ from bench.common import (
     warn,
 )
 from bench.corpus import copy_tree
-from bench.e2e import Cli, Server, lamina_exe
+from bench.e2e_procs import Cli, Server, lamina_exe
 from bench.load_servers import CLI_TIMEOUT, MiB, rss
 
 

@@ -18,7 +18,7 @@ from bench.common import (
     say,
     warn,
 )
-from bench.e2e import Cli, Server, login
+from bench.e2e_procs import Cli, Server, login
 
 CLI_TIMEOUT = 300.0  # any admin or enroll command
 MiB = 1024 * 1024
