@@ -81,7 +81,9 @@ def _opt(v: str) -> str | None:
 
 
 @router.post("/layers/capture")
+@router.post("/layers/record/finalize")
 def layer_capture(
+    request: Request,
     ctx: Ctx,
     actor: Actor,
     cvd: Annotated[str, Form(min_length=1)],
@@ -89,6 +91,10 @@ def layer_capture(
     update: Annotated[str, Form()] = "",
     notes: Annotated[str, Form(max_length=4000)] = "",
 ) -> Response:
+    """A base layer captured from a reference CVD, or an app layer from its recording."""
+    if request.url.path.endswith("/finalize"):
+        layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
+        return see_other("/layers")
     out = layers.capture(ctx.engine, ctx.store, actor, cvd, _opt(name), _opt(update), notes)
     return see_other(f"/layers/{out['id']}")
 
@@ -96,19 +102,6 @@ def layer_capture(
 @router.post("/layers/record/start")
 def layer_record_start(ctx: Ctx, actor: Actor, cvd: Annotated[str, Form(min_length=1)]) -> Response:
     layers.record_start(ctx.engine, actor, cvd)
-    return see_other("/layers")
-
-
-@router.post("/layers/record/finalize")
-def layer_record_finalize(
-    ctx: Ctx,
-    actor: Actor,
-    cvd: Annotated[str, Form(min_length=1)],
-    name: Annotated[str, Form()] = "",
-    update: Annotated[str, Form()] = "",
-    notes: Annotated[str, Form(max_length=4000)] = "",
-) -> Response:
-    layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
     return see_other("/layers")
 
 
