@@ -345,20 +345,20 @@ def device_page(engine: Engine, actor: Principal, q: DeviceQuery) -> DevicePage:
             )
         col = SORTS[q.sort]
         order = [col.desc() if q.descending else col.asc(), devices.c.id]
-        # The page's ids and the number of matches in one pass (a window count), then the
-        # page's rows: the sort never carries the devices' JSON columns.
-        paged = c.execute(
-            select(devices.c.id, func.count().over().label("total"))
-            .select_from(_joined())
-            .where(literal(True), *where)
-            .order_by(*order)
-            .limit(q.size)
-            .offset((q.page - 1) * q.size)
-        ).all()
-        page_ids = [r.id for r in paged]
-        if paged:
-            total = paged[0].total
-        else:  # past the last page (or nothing matches): count alone
+        matching = select(devices.c.id).select_from(_joined()).where(literal(True), *where)
+        total: int | None = None
+        # The page's ids first (a narrow sort), then their rows: the sort never carries
+        # the devices' JSON columns. A search reads every row whatever the sort: the
+        # number of matches comes from the same pass (a window count); otherwise the
+        # sort's index stops after the page and the count is a query of its own.
+        page = matching.order_by(*order).limit(q.size).offset((q.page - 1) * q.size)
+        if q.search:
+            paged = c.execute(page.add_columns(func.count().over().label("total"))).all()
+            page_ids = [r.id for r in paged]
+            total = paged[0].total if paged else None
+        else:
+            page_ids = list(c.execute(page).scalars())
+        if total is None:
             total = c.execute(
                 select(func.count()).select_from(_joined()).where(literal(True), *where)
             ).scalar_one()
