@@ -168,6 +168,12 @@ _recent: weakref.WeakKeyDictionary[Engine, dict[bool, Summary]] = weakref.WeakKe
 _recent_lock = threading.Lock()
 
 
+def forget_recent(engine: Engine) -> None:
+    """Drop the counts ``recent_summary`` keeps for ``engine`` (the next call counts)."""
+    with _recent_lock:
+        _recent.pop(engine, None)
+
+
 def recent_summary(
     engine: Engine, actor: Principal, usage: bool = True, max_age: float = SUMMARY_MAX_AGE
 ) -> Summary:
