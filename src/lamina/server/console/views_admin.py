@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
+from sqlalchemy import Engine
 
 from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import (
@@ -19,7 +20,15 @@ from lamina.protocol.schemas import (
     UserCreate,
 )
 from lamina.server.console import views_cvd
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
+from lamina.server.console.web import (
+    Actor,
+    ConsoleRoute,
+    Ctx,
+    Deletion,
+    add_deletion,
+    render,
+    see_other,
+)
 from lamina.server.services import collections, journal, layers, policies, tasks, users
 from lamina.server.services import fleet as fleet_service
 
@@ -325,29 +334,22 @@ def user_enable(ctx: Ctx, actor: Actor, name: str) -> Response:
     return see_other("/users")
 
 
-@router.get("/users/{name}/delete")
-def user_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> Response:
-    actor.require("user.admin")
-    if name not in {u.name for u in users.list_users(ctx.engine, actor)}:
+def _user(engine: Engine, actor: Actor, name: str) -> dict[str, str]:
+    """A user to delete, by name (the service says whether it exists only to ``user.admin``)."""
+    if name not in {u.name for u in users.list_users(engine, actor)}:
         raise NotFoundError(f"no user {name!r}")
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete user {name}",
-        what=(
-            f"The user {name} is deleted with every session and API token of theirs: they stop "
-            "working at once. The audit log keeps what they did."
-        ),
-        action=f"/users/{name}/delete",
-        button="Delete user",
-        back="/users",
-    )
+    return {"name": name}
 
 
-@router.post("/users/{name}/delete")
-def user_delete(ctx: Ctx, actor: Actor, name: str) -> Response:
-    users.delete_user(ctx.engine, actor, name)
-    return see_other("/users")
+add_deletion(
+    router,
+    Deletion(
+        "/users", "user", "user.admin", _user, users.delete_user,
+        "The user {name} is deleted with every session and API token of theirs: they stop "
+        "working at once. The audit log keeps what they did.",
+        "/users", key="name", back_to_page=False,
+    ),
+)  # fmt: skip
 
 
 @router.post("/users/{name}/password")
