@@ -19,16 +19,8 @@ from lamina.protocol.schemas import (
     TokenCreate,
     UserCreate,
 )
-from lamina.server.console import views_cvd
-from lamina.server.console.web import (
-    Actor,
-    ConsoleRoute,
-    Ctx,
-    Deletion,
-    add_deletion,
-    render,
-    see_other,
-)
+from lamina.server.console import views_cvd, web
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
 from lamina.server.services import collections, journal, layers, policies, tasks, users
 from lamina.server.services import fleet as fleet_service
 
@@ -341,9 +333,9 @@ def _user(engine: Engine, actor: Actor, name: str) -> dict[str, str]:
     return {"name": name}
 
 
-add_deletion(
+web.add_deletion(
     router,
-    Deletion(
+    web.Deletion(
         "/users", "user", "user.admin", _user, users.delete_user,
         "The user {name} is deleted with every session and API token of theirs: they stop "
         "working at once. The audit log keeps what they did.",
