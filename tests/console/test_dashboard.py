@@ -130,6 +130,28 @@ def test_the_device_list_is_paged_sorted_and_searched_on_the_server(
     # Search text is literal: % and _ are not wildcards.
     assert dashboard.device_page(engine, READER, DeviceQuery(search="%")).total == 0
     assert dashboard.device_page(engine, READER, DeviceQuery(search="_")).total == 0
+    # Past the last page: no rows, and still the number of matches.
+    past = dashboard.device_page(engine, READER, DeviceQuery(size=4, page=3))
+    assert past.rows == [] and past.total == 7
+
+
+def test_the_dashboard_counts_again_once_its_counts_are_older_than_their_age(
+    fleet_of_six: ServerContext,
+) -> None:
+    engine = fleet_of_six.engine
+    first = dashboard.recent_summary(engine, READER)
+    assert first.counts == dashboard.summary(engine, READER).counts
+    with write_tx(engine) as c:  # a pending device is rejected meanwhile
+        c.execute(
+            update(devices).where(devices.c.hostname == "pending-1").values(status="rejected")
+        )
+    # Within its age the same counts, saying when they were taken; past it, counted again.
+    assert dashboard.recent_summary(engine, READER, usage=False) is first
+    fresh = dashboard.recent_summary(engine, READER, max_age=0)
+    assert fresh.counts["pending"] == 0 and fresh.at >= first.at
+    assert dashboard.recent_summary(engine, READER) is fresh
+    with pytest.raises(ForbiddenError):
+        dashboard.recent_summary(engine, Principal("device", "d", "d", "active"))
 
 
 def test_bad_list_queries_are_usage_errors_and_devices_can_not_read_the_fleet(

@@ -583,26 +583,14 @@ def test_the_store_page_runs_check_gc_after_its_dry_run_and_stats(lab: Lab) -> N
     assert {"store-stats", "store-gc", "store-check"} <= set(tasks_seen)
 
     # A report's text is escaped (a check's damage names snapshots and layers).
+    report = {"ok": False, "errors": [f"layer {XSS}:1 misses a blob"], "errors_total": 1}
+    row = {"id": "hostile-check", "kind": "store-check", "state": "failed", "progress": 50,
+           "message": f"1 errors {XSS}", "params": {}, "result": report,
+           "created_by": "admin", "created": now()}  # fmt: skip
     engine = make_engine(f"sqlite:///{lab.live.data / 'lamina.db'}")
-    try:
-        with write_tx(engine) as c:
-            c.execute(
-                tasks.insert().values(
-                    id="hostile-check",
-                    kind="store-check",
-                    state="failed",
-                    progress=50,
-                    message=f"1 errors {XSS}",
-                    params={},
-                    result={"ok": False, "packs": 1, "blobs": 1, "trees": 1, "roots": 1,
-                            "bytes_read": 0, "errors": [f"layer {XSS}:1 misses a blob"],
-                            "errors_total": 1, "warnings": [], "warnings_total": 0},
-                    created_by="admin",
-                    created=now(),
-                )
-            )  # fmt: skip
-    finally:
-        engine.dispose()
+    with write_tx(engine) as c:
+        c.execute(tasks.insert().values(**row))
+    engine.dispose()
     _escaped(admin.get("/tasks/hostile-check").text)
     _escaped(admin.get("/store").text)
     # The help desk sees the store, without a button.

@@ -260,6 +260,7 @@ def test_under_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
             base_url=server.url,
             verify=ssl.create_default_context(cafile=str(cert)),
             follow_redirects=False,
+            timeout=60,  # a fresh server's first page on a loaded machine
         )
         page = http.get("/")
         r = http.post(

@@ -196,8 +196,9 @@ class StoreGcParams(TaskParams):
 
     kind: ClassVar[TaskKind] = TaskKind.STORE_GC
     dry_run: bool = True
-    #: Packs left by interrupted writes are removed once older than this (seconds).
-    orphan_grace: int = Field(3600, ge=0, le=366 * 86400)
+    #: Packs left by interrupted writes are removed once older than this (seconds; at
+    #: least 10 minutes, so that a pack still being written is never taken for one).
+    orphan_grace: int = Field(3600, ge=600, le=366 * 86400)
 
 
 class StoreStatsParams(TaskParams):

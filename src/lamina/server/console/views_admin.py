@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request, Response
+from sqlalchemy import Engine
 
 from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import (
@@ -18,8 +19,8 @@ from lamina.protocol.schemas import (
     TokenCreate,
     UserCreate,
 )
-from lamina.server.console import views_cvd
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
+from lamina.server.console import views_cvd, web
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
 from lamina.server.services import collections, journal, layers, policies, tasks, users
 from lamina.server.services import fleet as fleet_service
 
@@ -81,7 +82,9 @@ def _opt(v: str) -> str | None:
 
 
 @router.post("/layers/capture")
+@router.post("/layers/record/finalize")
 def layer_capture(
+    request: Request,
     ctx: Ctx,
     actor: Actor,
     cvd: Annotated[str, Form(min_length=1)],
@@ -89,6 +92,10 @@ def layer_capture(
     update: Annotated[str, Form()] = "",
     notes: Annotated[str, Form(max_length=4000)] = "",
 ) -> Response:
+    """A base layer captured from a reference CVD, or an app layer from its recording."""
+    if request.url.path.endswith("/finalize"):
+        layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
+        return see_other("/layers")
     out = layers.capture(ctx.engine, ctx.store, actor, cvd, _opt(name), _opt(update), notes)
     return see_other(f"/layers/{out.id}")
 
@@ -96,19 +103,6 @@ def layer_capture(
 @router.post("/layers/record/start")
 def layer_record_start(ctx: Ctx, actor: Actor, cvd: Annotated[str, Form(min_length=1)]) -> Response:
     layers.record_start(ctx.engine, actor, cvd)
-    return see_other("/layers")
-
-
-@router.post("/layers/record/finalize")
-def layer_record_finalize(
-    ctx: Ctx,
-    actor: Actor,
-    cvd: Annotated[str, Form(min_length=1)],
-    name: Annotated[str, Form()] = "",
-    update: Annotated[str, Form()] = "",
-    notes: Annotated[str, Form(max_length=4000)] = "",
-) -> Response:
-    layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
     return see_other("/layers")
 
 
@@ -332,29 +326,22 @@ def user_enable(ctx: Ctx, actor: Actor, name: str) -> Response:
     return see_other("/users")
 
 
-@router.get("/users/{name}/delete")
-def user_delete_confirm(request: Request, ctx: Ctx, actor: Actor, name: str) -> Response:
-    actor.require("user.admin")
-    if name not in {u.name for u in users.list_users(ctx.engine, actor)}:
+def _user(engine: Engine, actor: Actor, name: str) -> dict[str, str]:
+    """A user to delete, by name (the service says whether it exists only to ``user.admin``)."""
+    if name not in {u.name for u in users.list_users(engine, actor)}:
         raise NotFoundError(f"no user {name!r}")
-    return confirm_page(
-        request,
-        actor,
-        title=f"Delete user {name}",
-        what=(
-            f"The user {name} is deleted with every session and API token of theirs: they stop "
-            "working at once. The audit log keeps what they did."
-        ),
-        action=f"/users/{name}/delete",
-        button="Delete user",
-        back="/users",
-    )
+    return {"name": name}
 
 
-@router.post("/users/{name}/delete")
-def user_delete(ctx: Ctx, actor: Actor, name: str) -> Response:
-    users.delete_user(ctx.engine, actor, name)
-    return see_other("/users")
+web.add_deletion(
+    router,
+    web.Deletion(
+        "/users", "user", "user.admin", _user, users.delete_user,
+        "The user {name} is deleted with every session and API token of theirs: they stop "
+        "working at once. The audit log keeps what they did.",
+        "/users", key="name", back_to_page=False,
+    ),
+)  # fmt: skip
 
 
 @router.post("/users/{name}/password")

@@ -48,7 +48,7 @@ def home(request: Request, ctx: Ctx) -> Response:
 
 def _dashboard(ctx: Ctx, actor: Actor, usage: bool = True) -> dict[str, Any]:
     return {
-        "summary": dashboard.summary(ctx.engine, actor, usage),
+        "summary": dashboard.recent_summary(ctx.engine, actor, usage),
         "running": tasks.list_tasks(ctx.engine, actor, state=tasks.RUNNING, limit=20),
         "queued": tasks.list_tasks(ctx.engine, actor, state=tasks.QUEUED, limit=20),
         "event_counts": events.unacknowledged(ctx.engine, actor),

@@ -6,9 +6,10 @@ Each view calls the function the API's ``/api/v1/flex/*`` and ``/groups`` routes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 
 from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.flex import (
@@ -83,27 +84,42 @@ def image_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
 
 
 # --- policies ---------------------------------------------------------------------------
-def _restrictions(
-    clipboard: str,
-    drag_drop: str,
-    usb: str,
-    shared_folder: str,
-    network: str,
-    message: str,
-    tries: int,
-) -> dict[str, Any]:
-    return {
+Check = Annotated[str, Form()]
+
+
+@dataclass(frozen=True)
+class PolicyFields:
+    """A flex policy form's fields (new or edited): its restrictions and its times."""
+
+    restrictions: dict[str, Any]
+    valid_days: int | None
+    lease_days: int
+
+
+def _policy_fields(
+    usb: Annotated[str, Form()] = "none",
+    shared_folder: Annotated[str, Form()] = "off",
+    network: Annotated[str, Form()] = "nat",
+    message: Annotated[str, Form(max_length=4096)] = "",
+    max_password_tries: Annotated[int, Form()] = 3,
+    valid_days: Annotated[int | None, Form()] = None,
+    lease_days: Annotated[int, Form()] = 7,
+    clipboard: Check = "",
+    drag_drop: Check = "",
+) -> PolicyFields:
+    restrictions = {
         "clipboard": bool(clipboard),
         "drag_drop": bool(drag_drop),
         "usb": usb,
         "shared_folder": shared_folder,
         "network": network,
         "message": message.strip(),
-        "max_password_tries": tries,
+        "max_password_tries": max_password_tries,
     }
+    return PolicyFields(restrictions, valid_days, lease_days)
 
 
-Check = Annotated[str, Form()]
+PolicyForm = Annotated[PolicyFields, Depends(_policy_fields)]
 
 
 @router.get("/flex/policies")
@@ -118,26 +134,13 @@ def policy_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
 
 @router.post("/flex/policies")
 def policy_create(
-    ctx: Ctx,
-    actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
-    usb: Annotated[str, Form()] = "none",
-    shared_folder: Annotated[str, Form()] = "off",
-    network: Annotated[str, Form()] = "nat",
-    message: Annotated[str, Form(max_length=4096)] = "",
-    max_password_tries: Annotated[int, Form()] = 3,
-    valid_days: Annotated[int | None, Form()] = None,
-    lease_days: Annotated[int, Form()] = 7,
-    clipboard: Check = "",
-    drag_drop: Check = "",
+    ctx: Ctx, actor: Actor, name: Annotated[str, Form(min_length=1, max_length=128)], f: PolicyForm
 ) -> Response:
     req = FlexPolicyCreate(
         name=name.strip(),
-        restrictions=_restrictions(
-            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries
-        ),
-        valid_for=valid_days * DAY if valid_days else None,
-        lease_seconds=lease_days * DAY,
+        restrictions=f.restrictions,
+        valid_for=f.valid_days * DAY if f.valid_days else None,
+        lease_seconds=f.lease_days * DAY,
     )
     p = flex_policies.create_policy(ctx.engine, actor, req)
     return see_other(f"/flex/policies/{p.id}")
@@ -151,27 +154,12 @@ def policy_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
 
 
 @router.post("/flex/policies/{ref}")
-def policy_update(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    usb: Annotated[str, Form()] = "none",
-    shared_folder: Annotated[str, Form()] = "off",
-    network: Annotated[str, Form()] = "nat",
-    message: Annotated[str, Form(max_length=4096)] = "",
-    max_password_tries: Annotated[int, Form()] = 3,
-    valid_days: Annotated[int | None, Form()] = None,
-    lease_days: Annotated[int, Form()] = 7,
-    clipboard: Check = "",
-    drag_drop: Check = "",
-) -> Response:
+def policy_update(ctx: Ctx, actor: Actor, ref: str, f: PolicyForm) -> Response:
     req = FlexPolicyUpdate(
-        restrictions=_restrictions(
-            clipboard, drag_drop, usb, shared_folder, network, message, max_password_tries
-        ),
-        valid_for=valid_days * DAY if valid_days else None,
-        no_expiry=not valid_days,
-        lease_seconds=lease_days * DAY,
+        restrictions=f.restrictions,
+        valid_for=f.valid_days * DAY if f.valid_days else None,
+        no_expiry=not f.valid_days,
+        lease_seconds=f.lease_days * DAY,
     )
     p = flex_policies.update_policy(ctx.engine, actor, ref, req)
     return see_other(f"/flex/policies/{p.id}")

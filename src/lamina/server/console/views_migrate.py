@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, Response
 
-from lamina.errors import UsageError
+from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import MigrateRequest, MigrationMode
 from lamina.server.console.views_cvd import choices
 from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
@@ -30,10 +30,20 @@ TITLES = {
 }
 
 
-def _cvd_form(
-    request: Request, ctx: Ctx, actor: Actor, ref: str, op: str, permission: str
-) -> Response:
-    actor.require(permission)
+#: The whole-system operations on a CVD, each with its form, and what each needs.
+OPERATIONS = {
+    "migrate": "device.write",
+    "restore-system": "device.write",
+    "migrate-os": "layer.write",
+}
+
+
+@router.get("/cvds/{ref}/{op}")
+def cvd_form(request: Request, ctx: Ctx, actor: Actor, ref: str, op: str) -> Response:
+    """The form of a whole-system operation (``OPERATIONS``) on the CVD ``ref``."""
+    if op not in OPERATIONS:
+        raise NotFoundError(f"no CVD page {op!r}")
+    actor.require(OPERATIONS[op])
     cvd = fleet.show_cvd(ctx.engine, actor, ref)
     return render(
         request,
@@ -67,10 +77,10 @@ def _report(
     op: str,
     title: str,
     report: dict[str, Any],
-    action: str,
-    back: str,
+    at: str,
     hidden: dict[str, Any],
 ) -> Response:
+    """The dry run's report, with the form that does it (posted to ``at``, the form's page)."""
     return render(
         request,
         "migrate_report.html",
@@ -78,8 +88,8 @@ def _report(
         op=op,
         title=title,
         report=report,
-        action=action,
-        back=back,
+        action=at,
+        back=at,
         hidden={k: v for k, v in hidden.items() if v not in (None, "", False)},
     )
 
@@ -101,13 +111,9 @@ def _migrate_request(
     )
 
 
-@router.get("/cvds/{ref}/migrate")
-def migrate_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return _cvd_form(request, ctx, actor, ref, "migrate", "device.write")
-
-
 @router.post("/cvds/{ref}/migrate/preview")
-def migrate_preview(
+@router.post("/cvds/{ref}/migrate")
+def migrate(
     request: Request,
     ctx: Ctx,
     actor: Actor,
@@ -119,48 +125,20 @@ def migrate_preview(
     name: Annotated[str, Form(max_length=255)] = "",
     snapshot: Annotated[str, Form(max_length=64)] = "latest",
 ) -> Response:
-    req = _migrate_request(_target(to, to_other), mode, base, name, snapshot, True)
+    """The dry run (``…/preview``) and its report; then the migration, a task."""
+    dry_run = request.url.path.endswith("/preview")
+    req = _migrate_request(_target(to, to_other), mode, base, name, snapshot, dry_run)
     report = migration.migrate(ctx.engine, ctx.store, actor, ref, req)
-    return _report(
-        request,
-        actor,
-        "migrate",
-        f"Migrate {report['cvd']} to {report['device']}",
-        report,
-        f"/cvds/{report['id']}/migrate",
-        f"/cvds/{report['id']}/migrate",
-        {
-            "to": report["device_id"],
-            "mode": mode,
-            "base": base,
-            "name": name,
-            "snapshot": report["snapshot"],
-        },
-    )
-
-
-@router.post("/cvds/{ref}/migrate")
-def migrate(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    to: Annotated[str, Form(min_length=1, max_length=255)],
-    mode: Annotated[MigrationMode, Form()] = "full",
-    base: Annotated[str, Form(max_length=255)] = "",
-    name: Annotated[str, Form(max_length=255)] = "",
-    snapshot: Annotated[str, Form(max_length=64)] = "latest",
-) -> Response:
-    req = _migrate_request(to, mode, base, name, snapshot, False)
-    out = migration.migrate(ctx.engine, ctx.store, actor, ref, req)
-    return see_other(f"/tasks/{out['task']}")
+    if not dry_run:
+        return see_other(f"/tasks/{report['task']}")
+    title = f"Migrate {report['cvd']} to {report['device']}"
+    hidden = {"to": report["device_id"], "mode": mode, "base": base, "name": name}
+    hidden["snapshot"] = report["snapshot"]
+    at = f"/cvds/{report['id']}/migrate"
+    return _report(request, actor, "migrate", title, report, at, hidden)
 
 
 # --- restore system ---------------------------------------------------------------------
-@router.get("/cvds/{ref}/restore-system")
-def restore_system_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return _cvd_form(request, ctx, actor, ref, "restore-system", "device.write")
-
-
 def _restore_system(
     ctx: Ctx, actor: Actor, ref: str, to: str, snapshot: str, dry_run: bool
 ) -> dict[str, Any]:
@@ -171,7 +149,8 @@ def _restore_system(
 
 
 @router.post("/cvds/{ref}/restore-system/preview")
-def restore_system_preview(
+@router.post("/cvds/{ref}/restore-system")
+def restore_system(
     request: Request,
     ctx: Ctx,
     actor: Actor,
@@ -180,64 +159,35 @@ def restore_system_preview(
     to_other: Annotated[str, Form(max_length=255)] = "",
     snapshot: Annotated[str, Form(max_length=64)] = "latest",
 ) -> Response:
-    report = _restore_system(ctx, actor, ref, _target(to, to_other), snapshot, True)
-    return _report(
-        request,
-        actor,
-        "restore-system",
-        f"Restore the system of {report['cvd']} onto {report['device']}",
-        report,
-        f"/cvds/{report['id']}/restore-system",
-        f"/cvds/{report['id']}/restore-system",
-        {"to": report["device_id"], "snapshot": report["snapshot"]},
-    )
-
-
-@router.post("/cvds/{ref}/restore-system")
-def restore_system(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    to: Annotated[str, Form(min_length=1, max_length=255)],
-    snapshot: Annotated[str, Form(max_length=64)] = "latest",
-) -> Response:
-    out = _restore_system(ctx, actor, ref, to, snapshot, False)
-    return see_other(f"/tasks/{out['task']}")
+    """The dry run (``…/preview``) and its report; then the restore, a task."""
+    dry_run = request.url.path.endswith("/preview")
+    report = _restore_system(ctx, actor, ref, _target(to, to_other), snapshot, dry_run)
+    if not dry_run:
+        return see_other(f"/tasks/{report['task']}")
+    title = f"Restore the system of {report['cvd']} onto {report['device']}"
+    hidden = {"to": report["device_id"], "snapshot": report["snapshot"]}
+    at = f"/cvds/{report['id']}/restore-system"
+    return _report(request, actor, "restore-system", title, report, at, hidden)
 
 
 # --- migrate OS -------------------------------------------------------------------------
-@router.get("/cvds/{ref}/migrate-os")
-def migrate_os_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return _cvd_form(request, ctx, actor, ref, "migrate-os", "layer.write")
-
-
 @router.post("/cvds/{ref}/migrate-os/preview")
-def migrate_os_preview(
+@router.post("/cvds/{ref}/migrate-os")
+def migrate_os(
     request: Request,
     ctx: Ctx,
     actor: Actor,
     ref: str,
     base: Annotated[str, Form(min_length=1, max_length=255)],
 ) -> Response:
-    report = provision.migrate_os(ctx.engine, ctx.store, actor, ref, base, True)
-    return _report(
-        request,
-        actor,
-        "migrate-os",
-        f"Move {report['cvd']} to {report['os']}",
-        report,
-        f"/cvds/{report['id']}/migrate-os",
-        f"/cvds/{report['id']}/migrate-os",
-        {"base": base},
-    )
-
-
-@router.post("/cvds/{ref}/migrate-os")
-def migrate_os(
-    ctx: Ctx, actor: Actor, ref: str, base: Annotated[str, Form(min_length=1, max_length=255)]
-) -> Response:
-    out = provision.migrate_os(ctx.engine, ctx.store, actor, ref, base, False)
-    return see_other(f"/tasks/{out['task']}")
+    """The dry run (``…/preview``) and its report; then the move, a task."""
+    dry_run = request.url.path.endswith("/preview")
+    report = provision.migrate_os(ctx.engine, ctx.store, actor, ref, base, dry_run)
+    if not dry_run:
+        return see_other(f"/tasks/{report['task']}")
+    title = f"Move {report['cvd']} to {report['os']}"
+    at = f"/cvds/{report['id']}/migrate-os"
+    return _report(request, actor, "migrate-os", title, report, at, {"base": base})
 
 
 # --- provision a pending device ---------------------------------------------------------
@@ -256,31 +206,9 @@ def provision_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> 
     )
 
 
-def _provision(
-    ctx: Ctx,
-    actor: Actor,
-    device_id: str,
-    base: str,
-    apps: list[str] | None,
-    policy: str,
-    name: str,
-    dry_run: bool,
-) -> dict[str, Any]:
-    return provision.provision(
-        ctx.engine,
-        ctx.store,
-        actor,
-        device_id,
-        base,
-        [a for a in apps or [] if a],
-        policy,
-        name.strip() or None,
-        dry_run,
-    )
-
-
 @router.post("/devices/{device_id}/provision/preview")
-def provision_preview(
+@router.post("/devices/{device_id}/provision")
+def provision_device(
     request: Request,
     ctx: Ctx,
     actor: Actor,
@@ -290,28 +218,14 @@ def provision_preview(
     apps: Annotated[list[str] | None, Form()] = None,
     name: Annotated[str, Form(max_length=255)] = "",
 ) -> Response:
-    report = _provision(ctx, actor, device_id, base, apps, policy, name, True)
-    return _report(
-        request,
-        actor,
-        "provision",
-        f"Provision {report['device']}",
-        report,
-        f"/devices/{report['device_id']}/provision",
-        f"/devices/{report['device_id']}/provision",
-        {"base": base, "policy": policy, "name": name, "apps": [a for a in apps or [] if a]},
+    """The dry run (``…/preview``) and its report; then the provisioning, a task."""
+    dry_run = request.url.path.endswith("/preview")
+    chosen = [a for a in apps or [] if a]
+    report = provision.provision(
+        ctx.engine, ctx.store, actor, device_id, base, chosen, policy, name.strip() or None, dry_run
     )
-
-
-@router.post("/devices/{device_id}/provision")
-def provision_device(
-    ctx: Ctx,
-    actor: Actor,
-    device_id: str,
-    base: Annotated[str, Form(min_length=1, max_length=255)],
-    policy: Annotated[str, Form(min_length=1, max_length=255)],
-    apps: Annotated[list[str] | None, Form()] = None,
-    name: Annotated[str, Form(max_length=255)] = "",
-) -> Response:
-    out = _provision(ctx, actor, device_id, base, apps, policy, name, False)
-    return see_other(f"/tasks/{out['task']}")
+    if not dry_run:
+        return see_other(f"/tasks/{report['task']}")
+    hidden = {"base": base, "policy": policy, "name": name, "apps": chosen}
+    at = f"/devices/{report['device_id']}/provision"
+    return _report(request, actor, "provision", f"Provision {report['device']}", report, at, hidden)

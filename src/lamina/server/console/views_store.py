@@ -36,7 +36,7 @@ def store_gc_preview(ctx: Ctx, actor: Actor) -> Response:
 
 @router.post("/store/gc")
 def store_gc(
-    ctx: Ctx, actor: Actor, orphan_grace: Annotated[int, Form(ge=0, le=366 * 86400)] = 3600
+    ctx: Ctx, actor: Actor, orphan_grace: Annotated[int, Form(ge=600, le=366 * 86400)] = 3600
 ) -> Response:
     params = StoreGcParams(dry_run=False, orphan_grace=orphan_grace)
     t = store_ops.start(ctx.engine, ctx.store, actor, TaskKind.STORE_GC, params)

@@ -17,6 +17,8 @@ Health of a device (the same words the dashboard links with):
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 from sqlalchemy import (
@@ -109,8 +111,13 @@ def _failing_cvds() -> Select[tuple[str]]:
     )
 
 
+def _active() -> ColumnElement[bool]:
+    """A device with its active CVD: the online, offline, failing and low-disk ones."""
+    return and_(devices.c.status == ACTIVE, cvds.c.id.is_not(None))
+
+
 def _conditions(c: Connection, at: dt.datetime) -> dict[str, ColumnElement[bool]]:
-    active = and_(devices.c.status == ACTIVE, cvds.c.id.is_not(None))
+    active = _active()
     offline = _offline_after(c, at)
     free = devices.c.agent_state["disk_free"].as_float()  # bytes: past int4 on PostgreSQL
     return {
@@ -152,6 +159,40 @@ class Summary:
     counts: dict[str, int]
     total: int
     usage: StoreUsage | None
+    #: When these were counted (``recent_summary`` hands out a copy a few seconds old).
+    at: dt.datetime = field(default_factory=now)
+
+
+#: How old the console's dashboard counts may be (seconds): its own refresh interval.
+SUMMARY_MAX_AGE = 5.0
+#: The newest summary counted on each database (its usage included, or not).
+_recent: weakref.WeakKeyDictionary[Engine, dict[bool, Summary]] = weakref.WeakKeyDictionary()
+_recent_lock = threading.Lock()
+
+
+def forget_recent(engine: Engine) -> None:
+    """Drop the counts ``recent_summary`` keeps for ``engine`` (the next call counts)."""
+    with _recent_lock:
+        _recent.pop(engine, None)
+
+
+def recent_summary(
+    engine: Engine, actor: Principal, usage: bool = True, max_age: float = SUMMARY_MAX_AGE
+) -> Summary:
+    """``summary``, counted at most ``max_age`` seconds ago: the dashboard asks every few
+    seconds for each admin who has it open, and shows when its counts were taken
+    (``Summary.at``). One with the usage serves one without."""
+    actor.require("read")
+    at = now()
+    with _recent_lock:
+        kept = _recent.setdefault(engine, {})
+        hit = kept.get(True) or (None if usage else kept.get(False))
+    if hit is not None and 0 <= (at - hit.at).total_seconds() < max_age:
+        return hit
+    fresh = summary(engine, actor, usage)
+    with _recent_lock:
+        _recent.setdefault(engine, {})[usage] = fresh
+    return fresh
 
 
 def summary(engine: Engine, actor: Principal, usage: bool = True) -> Summary:
@@ -160,10 +201,16 @@ def summary(engine: Engine, actor: Principal, usage: bool = True) -> Summary:
     at = now()
     with read_tx(engine) as c:
         conds = _conditions(c, at)
-        cols = [func.sum(case((cond, 1), else_=0)).label(k) for k, cond in conds.items()]
+        # Online is active less offline: one policy cut-off test per row, not two.
+        summed = {**{k: v for k, v in conds.items() if k != "online"}, "active": _active()}
+        cols = [func.sum(case((cond, 1), else_=0)).label(k) for k, cond in summed.items()]
         row = c.execute(select(func.count().label("total"), *cols).select_from(_joined())).one()
+        got = {k: int(getattr(row, k) or 0) for k in summed}
+        counts = {k: got[k] for k in conds if k != "online"}
+        counts["online"] = got["active"] - got["offline"]
+        counts = {k: counts[k] for k in conds}  # in HEALTH's order
         if not usage:
-            return Summary({k: int(getattr(row, k) or 0) for k in conds}, int(row.total), None)
+            return Summary(counts, int(row.total), None)
         pack_bytes, growth = c.execute(
             select(
                 func.coalesce(func.sum(packs.c.size), 0),
@@ -177,7 +224,7 @@ def summary(engine: Engine, actor: Principal, usage: bool = True) -> Summary:
             select(func.coalesce(func.sum(snapshots.c.bytes), 0), func.count())
         ).one()
     return Summary(
-        counts={k: int(getattr(row, k) or 0) for k in conds},
+        counts=counts,
         total=int(row.total),
         usage=StoreUsage(int(pack_bytes), int(logical), int(n), int(growth)),
     )
@@ -293,30 +340,36 @@ def device_page(engine: Engine, actor: Principal, q: DeviceQuery) -> DevicePage:
             like = (
                 "%" + q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             )
+            # SQLite's LIKE ignores ASCII case as its lower() does (no ICU): the same match
+            # as ILIKE's lower(x) LIKE lower(y), without a function call per row and column.
+            sqlite = c.dialect.name == "sqlite"
             where.append(
                 or_(
-                    devices.c.hostname.ilike(like, escape="\\"),
-                    cvds.c.name.ilike(like, escape="\\"),
-                    policies.c.name.ilike(like, escape="\\"),
+                    *(
+                        col.like(like, escape="\\") if sqlite else col.ilike(like, escape="\\")
+                        for col in (devices.c.hostname, cvds.c.name, policies.c.name)
+                    )
                 )
             )
-        total = c.execute(
-            select(func.count()).select_from(_joined()).where(literal(True), *where)
-        ).scalar_one()
         col = SORTS[q.sort]
         order = [col.desc() if q.descending else col.asc(), devices.c.id]
-        # The page's ids first (a narrow sort), then their rows: the sort never
-        # carries the devices' JSON columns.
-        page_ids = list(
-            c.execute(
-                select(devices.c.id)
-                .select_from(_joined())
-                .where(literal(True), *where)
-                .order_by(*order)
-                .limit(q.size)
-                .offset((q.page - 1) * q.size)
-            ).scalars()
-        )
+        matching = select(devices.c.id).select_from(_joined()).where(literal(True), *where)
+        total: int | None = None
+        # The page's ids first (a narrow sort), then their rows: the sort never carries
+        # the devices' JSON columns. A search reads every row whatever the sort: the
+        # number of matches comes from the same pass (a window count); otherwise the
+        # sort's index stops after the page and the count is a query of its own.
+        page = matching.order_by(*order).limit(q.size).offset((q.page - 1) * q.size)
+        if q.search:
+            paged = c.execute(page.add_columns(func.count().over().label("total"))).all()
+            page_ids = [r.id for r in paged]
+            total = paged[0].total if paged else None
+        else:
+            page_ids = list(c.execute(page).scalars())
+        if total is None:
+            total = c.execute(
+                select(func.count()).select_from(_joined()).where(literal(True), *where)
+            ).scalar_one()
         found = {
             r.id: r
             for r in c.execute(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import os
 import socket
 import threading
@@ -46,6 +47,7 @@ from lamina.store.gc import collect
 from lamina.store.repository import Store
 from lamina.tree.model import references
 
+log = logging.getLogger(__name__)
 PERMISSION = "store.admin"
 #: Seconds between two progress writes of one step.
 PROGRESS_EVERY = 0.5
@@ -176,6 +178,8 @@ def run(engine: Engine, store: Store, task_id: str) -> TaskPublic:
 def _thread(engine: Engine, store: Store, task_id: str) -> None:
     try:
         run(engine, store, task_id)
+    except Exception:  # the database itself failed: nothing to write it to but the log
+        log.exception("store task %s could not record how it ended", task_id)
     finally:
         _running.pop(task_id, None)
 
