@@ -104,3 +104,29 @@ def test_batched_blobs_refuse_a_blob_that_does_not_match_its_id(store: Store, sr
     source = BatchedBlobs(lambda batch: [b"not it"] * len(batch), store.keys.chunking.id_key)
     with pytest.raises(IntegrityError, match="does not match its id"):
         source.get(bid)
+
+
+def test_small_folders_share_requests_through_a_batching_source(
+    store: Store, tmp_path: Path
+) -> None:
+    """Forty folders of two small files each, through ``/blobs/read``'s batching client: the
+    walk reads sub-folders' trees one level ahead and queues their files' chunks, so a
+    request carries many folders (one request per folder would be 40 or more)."""
+    root = tmp_path / "many"
+    for d in range(40):
+        for i in range(2):
+            write(root / f"d{d:02}" / f"f{i}", os.urandom(500 + d * 10 + i), MTIME)
+        os.utime(root / f"d{d:02}", ns=(MTIME, MTIME))
+    tid, _ = scan_tree(store, root)
+    requests: list[int] = []
+
+    def fetch(batch: list[bytes]) -> list[bytes]:
+        requests.append(len(batch))
+        return [store.get(i) for i in batch]
+
+    out = tmp_path / "out"
+    st = restore_tree(BatchedBlobs(fetch, store.keys.chunking.id_key), tid, out, workers=1)
+    assert st.errors == [] and st.files == 80
+    assert_same_tree(root, out)
+    assert sum(requests) == 1 + 40 + 80  # the root, each folder's tree, each file: once
+    assert len(requests) <= 4, requests

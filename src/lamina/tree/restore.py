@@ -50,6 +50,7 @@ from lamina.store.progress import AdvanceFn
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.names import check_name
 from lamina.tree.paths import lookup
+from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
 
@@ -172,6 +173,8 @@ class Restorer:
         self._jobs: set[Future[None]] = set()
         #: the first fatal error of a file job; no new file starts after it
         self._fatal: BaseException | None = None
+        #: the trees read ahead of the walk (a restore into an empty folder)
+        self._ahead: ReadAhead | None = None
         #: folders whose descriptor is still open
         self._open: set[_Folder] = set()
         #: hard-link key -> the job writing its first name (a link waits for it)
@@ -201,6 +204,10 @@ class Restorer:
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
         root = _Folder(root_fd, [], None, None)
+        if not self.selected and not os.listdir(root_fd):
+            # Into an empty folder nothing is in place to keep: every chunk queued ahead
+            # is one a file job will ask for.
+            self._ahead = ReadAhead(self.store, tree_id)
         self._open.add(root)
         self._root_fd = root_fd
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
@@ -236,12 +243,15 @@ class Restorer:
     # --- the walk ------------------------------------------------------------
     def _dir(self, tree_id: bytes, folder: _Folder, rel: list[bytes], everything: bool) -> None:
         fd = folder.fd
-        entries = decode_tree(self.store.get(tree_id))
-        # One lookup for the folder: its files' chunks and its sub-folders' trees.
-        self.store.prefetch(
-            [c for e in entries for c in e.chunk_ids()]
-            + [e.subtree for e in entries if e.subtree is not None]
-        )
+        entries = self._ahead.take(tree_id) if self._ahead is not None else None
+        if entries is None:
+            entries = decode_tree(self.store.get(tree_id))
+            # One lookup for the folder: its files' chunks and its sub-folders' trees
+            # (a tree read ahead had them queued then).
+            self.store.prefetch(
+                [c for e in entries for c in e.chunk_ids()]
+                + [e.subtree for e in entries if e.subtree is not None]
+            )
         # A new file inherits ACLs only from its folder's default ACL: without one,
         # there is nothing for ``_drop_acls`` to remove from the files written here.
         try:
