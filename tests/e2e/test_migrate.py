@@ -203,7 +203,9 @@ def test_full_migration_onto_a_replacement(
         "installed": [{"name": "user-game", "version": "1.0", "arch": "all"}],
     }
     # Without --base, the apps-data dry run foresees from them what staging will decide.
-    apps = admin.json("cvd", "migrate", "desk-01", "--to", did, "--mode", "apps-data", "--dry-run")
+    apps = admin.json(
+        "cvd", "migrate", "desk-01", "--to", did, "--mode", "apps-data", "--keep-base", "--dry-run"
+    )  # --keep-base: a no-op, the CVD has no base layer
     assert apps["packages_carried"] == {} and apps["warnings"] == []
     assert apps["package_conflicts"] == [
         {"package": "user-game", "cvd": "0.9", "new": "1.0", "wins": "new"}
@@ -270,6 +272,21 @@ def test_full_migration_onto_a_replacement(
     status = agent.json("agent", "status", "--state", str(state))
     assert status["awaiting_confirmation"] == [] and status.get("stream") is None
     assert admin.json("cvd", "show", "desk-01")["snapshots"] == before["snapshots"] + 1
+
+    # Disaster recovery on the machine itself: its system damaged, the CVD's full system
+    # is laid back from the last snapshot; the disk and NIC bindings stay its own.
+    (new / "usr/games/user-game").unlink()
+    (new / "etc/machine-id").write_text("damaged\n")
+    dry = admin.json("cvd", "restore-system", "desk-01", "--to", did, "--dry-run")
+    assert dry["status"] == "dry-run" and dry["blocking"] == [] and dry["mode"] == "full"
+    res = admin.json("cvd", "restore-system", "desk-01", "--to", did)
+    agent.run("agent", "run", "--once", "--state", str(state))
+    agent.run("agent", "boot", "--state", str(state))
+    agent.run("agent", "run", "--once", "--state", str(state))
+    assert admin.json("task", "show", res["task"])["state"] == "done"
+    assert (new / "usr/games/user-game").exists()
+    assert (new / "etc/machine-id").read_text() == (old / "etc/machine-id").read_text()
+    assert (new / "etc/fstab").read_text() == "UUID=2222-bbb1 / ext4 errors=remount-ro 0 1\n"
 
 
 @pytest.mark.e2e

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Where a CVD's network settings live: the migration carries these (rewritten)
 #: instead of keeping the new machine's. A subset of the rule set's hardware-bound paths.
@@ -58,8 +58,9 @@ _IFCFG_NAME_KEYS = ("DEVICE",)
 _IFCFG_MAC_KEYS = ("HWADDR",)
 
 
-@dataclass(frozen=True)
-class Nic:
+class Nic(NamedTuple):
+    """A network interface as the facts tell it."""
+
     name: str
     mac: str
     #: facts format 3: the bus address, the ID_PATH-style path and the driver ("" if unknown)
