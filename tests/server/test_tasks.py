@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
-from lamina.db.engine import write_tx
-from lamina.errors import ConflictError, ForbiddenError, UsageError
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import tasks as tasks_table
+from lamina.errors import ConflictError, ForbiddenError, IntegrityError, UsageError
 from lamina.protocol.schemas import TaskReport
 from lamina.protocol.tasks import RestoreParams, RevertParams
 from lamina.server.security import Principal
@@ -124,3 +125,28 @@ def test_a_task_is_queued_only_with_parameters_its_kind_accepts(engine: Engine) 
     (item,) = tasks.claim_for_device(engine, device, "w")
     assert (item.task_id, item.kind) == (tid, "restore")
     assert RestoreParams.model_validate(item.params) == RESTORE  # stored as the model wrote it
+
+
+def test_a_stored_task_whose_parameters_no_longer_read_is_refused_not_handed_out(
+    engine: Engine,
+) -> None:
+    """A row changed outside Lamina (or by a newer server) never reaches the agent: the claim
+    fails it with the reason, keeps its parameters as they were, and hands out the next one."""
+    device = Principal("device", "dev-m", "device m")
+    admin = Principal("user", "u", "admin", "administrator", frozenset({"read"}))
+    broken = {"snapshot": "s1", "root": "not-a-tree-id", "paths": ["etc"]}
+    with write_tx(engine) as c:
+        bad = tasks.enqueue(c, "restore", "admin", device_id="dev-m", params=RESTORE)
+        c.execute(update(tasks_table).where(tasks_table.c.id == bad).values(params=broken))
+        good = tasks.enqueue(c, "sync", "admin", device_id="dev-m")
+    got = tasks.claim_for_device(engine, device, "w")
+    assert [(w.task_id, w.kind) for w in got] == [(good, "sync")]
+    with read_tx(engine) as c:
+        row = c.execute(select(tasks_table).where(tasks_table.c.id == bad)).one()
+    assert row.state == "failed" and row.finished is not None
+    assert row.message.startswith("refused: malformed parameters of a restore task: root:")
+    assert row.params == broken  # nothing rewritten: the row says what was wrong
+    # Showing it names the task and the field, as a damaged record (not the caller's mistake).
+    with pytest.raises(IntegrityError, match=f"task {bad}: malformed parameters.*root"):
+        tasks.get(engine, admin, bad)
+    assert tasks.claim_for_device(engine, device, "w") == []
