@@ -9,9 +9,9 @@ from sqlalchemy import Engine, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import tasks as tasks_table
-from lamina.errors import ConflictError, ForbiddenError, IntegrityError, UsageError
+from lamina.errors import ConflictError, ForbiddenError, UsageError
 from lamina.protocol.schemas import TaskReport
-from lamina.protocol.tasks import RestoreParams, RevertParams
+from lamina.protocol.tasks import RestoreParams, RevertParams, SyncParams
 from lamina.server.security import Principal
 from lamina.server.services import tasks
 
@@ -146,7 +146,8 @@ def test_a_stored_task_whose_parameters_no_longer_read_is_refused_not_handed_out
     assert row.state == "failed" and row.finished is not None
     assert row.message.startswith("refused: malformed parameters of a restore task: root:")
     assert row.params == broken  # nothing rewritten: the row says what was wrong
-    # Showing it names the task and the field, as a damaged record (not the caller's mistake).
-    with pytest.raises(IntegrityError, match=f"task {bad}: malformed parameters.*root"):
-        tasks.get(engine, admin, bad)
+    # It is still shown (its parameters as None), with the reason.
+    shown = tasks.get(engine, admin, bad)
+    assert shown.params is None and shown.state == "failed" and "root" in shown.message
+    assert tasks.get(engine, admin, good).params == SyncParams()
     assert tasks.claim_for_device(engine, device, "w") == []
