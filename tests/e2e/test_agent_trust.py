@@ -58,8 +58,8 @@ def test_agent_survives_poison_tasks_verifies_restores_and_honours_cancel(
         lock.release()
     assert second.returncode == 4 and "another lamina agent" in second.stderr
 
-    # Finding 14: a task the agent cannot run (here a malformed tree id, written past the
-    # server's own validation) is reported failed, and the next task still runs.
+    # Finding 14: a task that cannot run (here a malformed tree id, written past the
+    # server's own validation) is failed at the claim, and the next task still runs.
     device = agent.json("agent", "status", "--state", str(state))["device_id"]
     engine = make_engine(f"sqlite:///{embedded.servers[0].data / 'lamina.db'}")
     try:
@@ -74,7 +74,7 @@ def test_agent_survives_poison_tasks_verifies_restores_and_honours_cancel(
         engine.dispose()
     sync = admin.json("cvd", "sync", "desk-01")
     done = agent.json(*run_once)
-    assert [t["id"] for t in done["tasks"]] == [poison, sync["id"]]
+    assert [t["id"] for t in done["tasks"]] == [sync["id"]]  # the poison never handed out
     failed = admin.json("task", "show", poison)
     assert failed["state"] == "failed"
     assert "malformed parameters of a restore task: root" in failed["message"]

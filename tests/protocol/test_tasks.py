@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lamina.errors import UsageError
@@ -12,8 +14,10 @@ from lamina.protocol.tasks import (
     RevertParams,
     SyncParams,
     TaskKind,
+    TaskPublic,
     WorkItem,
     params_for,
+    work_item,
 )
 
 ROOT = "0f" * 32
@@ -82,3 +86,59 @@ def test_malformed_parameters_are_a_usage_error_naming_the_field(
 def test_a_model_of_another_kind_is_refused() -> None:
     with pytest.raises(UsageError, match="cannot carry SyncParams"):
         params_for("restore", SyncParams())
+
+
+def test_a_work_item_reads_its_parameters_into_its_kinds_model() -> None:
+    raw = {
+        "task_id": "t1",
+        "kind": "restore",
+        "params": {"snapshot": "s", "root": ROOT, "paths": ["etc"]},
+    }
+    item = work_item(raw)
+    assert item.kind is TaskKind.RESTORE and isinstance(item.params, RestoreParams)
+    # The wire JSON is what the previous version sent: no "kind" inside the parameters, so
+    # an older agent (whose models refuse unknown fields) reads it as before.
+    wire = json.loads(item.model_dump_json())
+    assert wire["kind"] == "restore" and "kind" not in wire["params"]
+    assert params_for(wire["kind"], wire["params"]) == item.params
+    assert work_item(wire) == item
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ({"task_id": "t", "kind": "restore", "params": {"snapshot": "s"}}, "restore task: root"),
+        ({"task_id": "t", "kind": "sync", "params": {"why": "x", "eta": 3}}, "sync task: eta"),
+        ({"task_id": "t", "kind": "sync", "params": ["why"]}, "sync task: not an object"),
+        ({"task_id": "t", "kind": "wipe", "params": {}}, "unknown task kind 'wipe'"),
+        ({"kind": "sync", "params": {}}, "work item: task_id"),
+        ({"task_id": "t", "params": {}}, "work item: kind"),
+        ("sync", "work item"),
+    ],
+)
+def test_a_malformed_work_item_is_a_usage_error_naming_the_field(raw: object, why: str) -> None:
+    with pytest.raises(UsageError, match=why):
+        work_item(raw)
+
+
+def test_a_task_carries_only_its_own_kinds_parameters() -> None:
+    with pytest.raises(UsageError, match="cannot carry SyncParams"):
+        WorkItem(task_id="t", kind=TaskKind.RESTORE, params=SyncParams())
+    public = TaskPublic.model_validate(
+        {
+            "id": "t",
+            "kind": "layer-apply",
+            "state": "queued",
+            "progress": 0,
+            "message": "",
+            "cvd_id": None,
+            "device_id": "d",
+            "params": {"delta": ROOT},
+            "result": {},
+            "created_by": "admin",
+            "created": "2026-01-01T00:00:00Z",
+            "started": None,
+            "finished": None,
+        }
+    )
+    assert isinstance(public.params, LayerApplyParams) and public.params.delta == ROOT

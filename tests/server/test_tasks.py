@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, update
 
-from lamina.db.engine import write_tx
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import tasks as tasks_table
 from lamina.errors import ConflictError, ForbiddenError, UsageError
 from lamina.protocol.schemas import TaskReport
-from lamina.protocol.tasks import RestoreParams, RevertParams
+from lamina.protocol.tasks import RestoreParams, RevertParams, SyncParams
 from lamina.server.security import Principal
 from lamina.server.services import tasks
 
@@ -124,3 +125,29 @@ def test_a_task_is_queued_only_with_parameters_its_kind_accepts(engine: Engine) 
     (item,) = tasks.claim_for_device(engine, device, "w")
     assert (item.task_id, item.kind) == (tid, "restore")
     assert RestoreParams.model_validate(item.params) == RESTORE  # stored as the model wrote it
+
+
+def test_a_stored_task_whose_parameters_no_longer_read_is_refused_not_handed_out(
+    engine: Engine,
+) -> None:
+    """A row changed outside Lamina (or by a newer server) never reaches the agent: the claim
+    fails it with the reason, keeps its parameters as they were, and hands out the next one."""
+    device = Principal("device", "dev-m", "device m")
+    admin = Principal("user", "u", "admin", "administrator", frozenset({"read"}))
+    broken = {"snapshot": "s1", "root": "not-a-tree-id", "paths": ["etc"]}
+    with write_tx(engine) as c:
+        bad = tasks.enqueue(c, "restore", "admin", device_id="dev-m", params=RESTORE)
+        c.execute(update(tasks_table).where(tasks_table.c.id == bad).values(params=broken))
+        good = tasks.enqueue(c, "sync", "admin", device_id="dev-m")
+    got = tasks.claim_for_device(engine, device, "w")
+    assert [(w.task_id, w.kind) for w in got] == [(good, "sync")]
+    with read_tx(engine) as c:
+        row = c.execute(select(tasks_table).where(tasks_table.c.id == bad)).one()
+    assert row.state == "failed" and row.finished is not None
+    assert row.message.startswith("refused: malformed parameters of a restore task: root:")
+    assert row.params == broken  # nothing rewritten: the row says what was wrong
+    # It is still shown (its parameters as None), with the reason.
+    shown = tasks.get(engine, admin, bad)
+    assert shown.params is None and shown.state == "failed" and "root" in shown.message
+    assert tasks.get(engine, admin, good).params == SyncParams()
+    assert tasks.claim_for_device(engine, device, "w") == []

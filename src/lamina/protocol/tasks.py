@@ -285,22 +285,33 @@ AnyTaskParams = Annotated[
 
 
 class _OfKind(BaseModel):
-    """A task's kind and its parameters, read into that kind's model (``params_for``): a
-    malformed parameter, or an unknown kind, is a ``UsageError`` naming the kind and the
-    field, raised as it is (not wrapped in pydantic's ``ValidationError``)."""
+    """A task's kind, and its subclasses' ``params`` read into that kind's model
+    (``params_for``): a malformed parameter, or an unknown kind, is a ``UsageError``
+    naming the kind and the field, raised as it is (not wrapped in a ``ValidationError``)."""
 
     kind: TaskKind
-    params: AnyTaskParams
+
+    #: ``params=None`` stays None (``TaskPublic``) instead of meaning "no parameters".
+    _none_shown: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
     def _params_of_kind(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and "kind" in data:
+            if cls._none_shown and data.get("params") is None:
+                return data
             data = {**data, "params": params_for(str(data["kind"]), data.get("params"))}
         return data
 
 
 class TaskPublic(_OfKind):
+    """A task as the API shows it. ``params`` is None for a stored task whose parameters no
+    longer read (changed outside Lamina): the server refuses it at the claim, and its
+    ``message`` then says why; the row keeps the parameters as they were."""
+
+    params: AnyTaskParams | None
+    _none_shown: ClassVar[bool] = True
+
     id: str
     state: TaskState
     progress: int
@@ -317,6 +328,7 @@ class TaskPublic(_OfKind):
 class WorkItem(_OfKind):
     """A task the server hands its device's agent (``GET /agent/work``)."""
 
+    params: AnyTaskParams
     task_id: str
 
 

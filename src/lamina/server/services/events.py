@@ -65,18 +65,12 @@ def list_events(
     if pending_only:
         q = q.where(events.c.acknowledged.is_(None))
     with read_tx(engine) as c:
+        rows = c.execute(q).mappings()
         return [
-            Event(
-                id=r.id,
-                time=aware(r.time),
-                severity=r.severity,
-                source=r.source,
-                target=r.target,
-                message=r.message,
-                acknowledged_by=r.acknowledged_by,
-                acknowledged=aware(r.acknowledged),
+            Event.model_validate(
+                {**r, "time": aware(r["time"]), "acknowledged": aware(r["acknowledged"])}
             )
-            for r in c.execute(q)
+            for r in rows
         ]
 
 

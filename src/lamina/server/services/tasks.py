@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import tasks
-from lamina.errors import ConflictError, ForbiddenError, IntegrityError, NotFoundError, UsageError
+from lamina.errors import ConflictError, ForbiddenError, NotFoundError, UsageError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
 from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
@@ -43,16 +43,15 @@ MAX_ATTEMPTS = 3
 
 
 def public(r: Task) -> TaskPublic:
-    """A task row as the API shows it, its parameters read into its kind's model: a row
-    whose stored parameters no longer read (written outside Lamina) is an ``IntegrityError``
-    naming the task, not the caller's mistake."""
+    """A task row as the API shows it, its parameters read into its kind's model; None for
+    a row whose stored parameters no longer read (the claim refuses it, saying why)."""
     try:
-        return _public(r)
-    except UsageError as e:
-        raise IntegrityError(f"task {r.id}: {e.message}") from e
+        return _public(r, r.params)
+    except UsageError:
+        return _public(r, None)
 
 
-def _public(r: Task) -> TaskPublic:
+def _public(r: Task, params: object) -> TaskPublic:
     return TaskPublic(
         id=r.id,
         kind=r.kind,
@@ -61,7 +60,7 @@ def _public(r: Task) -> TaskPublic:
         message=r.message,
         cvd_id=r.cvd_id,
         device_id=r.device_id,
-        params=r.params,
+        params=params,
         result=r.result,
         created_by=r.created_by,
         created=aware(r.created),
