@@ -9,7 +9,9 @@ never see each other's tables or objects.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -438,8 +440,31 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 # --- one migrated SQLite database per worker, copied instead of migrated per test ------
+@functools.cache
+def migrated_sqlite() -> Path:
+    """An empty SQLite database at the schema's HEAD, migrated by Alembic once per
+    process (removed at exit). Copy it; never open it."""
+    from lamina.db.engine import make_engine
+    from lamina.db.migrate import upgrade
+
+    folder = Path(tempfile.mkdtemp(prefix="lamina-migrated-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    template = folder / "lamina.db"
+    engine = make_engine(f"sqlite:///{template}")
+    upgrade(engine)
+    engine.dispose()  # the last connection closes: the WAL is folded into the file
+    return template
+
+
+def copy_migrated_sqlite(path: Path) -> None:
+    """``path`` becomes a copy of ``migrated_sqlite()``, whole or not at all."""
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    shutil.copyfile(migrated_sqlite(), partial)
+    os.replace(partial, path)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _migrated_sqlite_template() -> Iterator[None]:
     """A new SQLite database that ``open_database`` opens in this process (the server's
     application, the CLI run in process) starts as a copy of one database Alembic
     migrated to HEAD once per worker, instead of running every migration again (about
@@ -447,13 +472,7 @@ def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Itera
     content, and every PostgreSQL database, is migrated as before; the migrations
     themselves are tested by calling ``lamina.db.migrate.upgrade`` (tests/db)."""
     from lamina.db import stores
-    from lamina.db.engine import make_engine
     from lamina.db.migrate import upgrade
-
-    template = tmp_path_factory.mktemp("migrated") / "lamina.db"
-    engine = make_engine(f"sqlite:///{template}")
-    upgrade(engine)
-    engine.dispose()  # the last connection closes: the WAL is folded into the file
 
     def upgrade_or_copy(engine: Engine) -> None:
         db = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
@@ -462,9 +481,7 @@ def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Itera
             empty = not path.exists() or path.stat().st_size == 0
             if empty and not Path(f"{db}-wal").exists():
                 engine.dispose()
-                partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-                shutil.copyfile(template, partial)
-                os.replace(partial, path)
+                copy_migrated_sqlite(path)
                 return
         upgrade(engine)
 
