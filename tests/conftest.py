@@ -9,7 +9,9 @@ never see each other's tables or objects.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -42,6 +44,7 @@ from lamina.store.repository import Store
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from sqlalchemy import Engine
 
 # A hang guard for servers the tests start (PostgreSQL, SeaweedFS, `lamina server`), not a
 # threshold: on a loaded 2-core box a server's first start took more than a minute.
@@ -434,3 +437,74 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.write_config()
     yield s
     s.close()
+
+
+# --- one migrated SQLite database per worker, copied instead of migrated per test ------
+@functools.cache
+def migrated_sqlite() -> Path:
+    """An empty SQLite database at the schema's HEAD, migrated by Alembic once per
+    process (removed at exit). Copy it; never open it."""
+    from lamina.db.engine import make_engine
+    from lamina.db.migrate import upgrade
+
+    folder = Path(tempfile.mkdtemp(prefix="lamina-migrated-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    template = folder / "lamina.db"
+    engine = make_engine(f"sqlite:///{template}")
+    upgrade(engine)
+    engine.dispose()  # the last connection closes: the WAL is folded into the file
+    return template
+
+
+def copy_migrated_sqlite(path: Path) -> None:
+    """``path`` becomes a copy of ``migrated_sqlite()``, whole or not at all."""
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    shutil.copyfile(migrated_sqlite(), partial)
+    os.replace(partial, path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_sqlite_template() -> Iterator[None]:
+    """A new SQLite database that ``open_database`` opens in this process (the server's
+    application, the CLI run in process) starts as a copy of one database Alembic
+    migrated to HEAD once per worker, instead of running every migration again (about
+    0.3 s of CPU each). Only an absent or empty file is replaced: a database with
+    content, and every PostgreSQL database, is migrated as before; the migrations
+    themselves are tested by calling ``lamina.db.migrate.upgrade`` (tests/db)."""
+    from lamina.db import stores
+    from lamina.db.migrate import upgrade
+
+    def upgrade_or_copy(engine: Engine) -> None:
+        db = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if db and db != ":memory:":
+            path = Path(db)
+            empty = not path.exists() or path.stat().st_size == 0
+            if empty and not Path(f"{db}-wal").exists():
+                engine.dispose()
+                copy_migrated_sqlite(path)
+                return
+        upgrade(engine)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stores, "upgrade", upgrade_or_copy)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> Iterator[None]:
+    """Argon2id at its lowest cost for the passwords hashed in this process (users made,
+    logins through the application or the CLI run in process): the same algorithm and
+    code path, without 64 MiB and three passes per hash. The KDF's cost is not what any
+    test here checks; a ``lamina server`` process started by a test keeps the real one."""
+    from argon2 import PasswordHasher
+
+    from lamina.server import security
+    from lamina.server.services import users
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+        users.dummy_hash.cache_clear()  # made again with the cheap hasher
+        try:
+            yield
+        finally:
+            users.dummy_hash.cache_clear()

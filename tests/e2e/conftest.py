@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.cli.invoke import invoke, subprocesses_wanted
-from tests.conftest import STARTUP_TIMEOUT, _log_excerpt, _stop_process
+from tests.conftest import STARTUP_TIMEOUT, _log_excerpt, _stop_process, copy_migrated_sqlite
 
 LAMINA = [sys.executable, "-m", "lamina.cli"]
 ADMIN_PASSWORD = "admin-password-123"
@@ -41,6 +41,10 @@ class ServerProc:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     tls: tuple[Path, Path] | None = None
+    #: A data folder that does not exist yet starts with a copy of the migrated SQLite
+    #: database (tests/conftest.py), so the server does not run Alembic; False for a
+    #: test about how the server creates its database.
+    seed_database: bool = True
 
     @property
     def url(self) -> str:
@@ -48,6 +52,9 @@ class ServerProc:
 
     def start(self) -> ServerProc:
         self.starts += 1
+        if self.seed_database and not self.data.exists() and "--db" not in self.extra:
+            self.data.mkdir(parents=True)
+            copy_migrated_sqlite(self.data / "lamina.db")
         log = self.data.parent / f"server-{self.port}-{self.starts}.log"
         self.log = log
         env = {**os.environ, "LAMINA_ADMIN_PASSWORD": ADMIN_PASSWORD}

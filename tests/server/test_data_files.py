@@ -52,11 +52,15 @@ def test_store_init_makes_the_data_folder_and_database_owner_only(tmp_path: Path
 def test_server_database_wal_and_shm_are_owner_only(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with umask(0o022):
-        server = ServerProc(data, []).start()
+        server = ServerProc(data, [], seed_database=False).start()
     try:
         # Writes (a login) while the server holds the database open: WAL and SHM exist.
+        # A hang guard, not a threshold: a real Argon2 login took over httpx's default 5 s
+        # on a loaded 2-core box.
         r = httpx.post(
-            server.url + "/api/v1/auth/login", json={"user": "admin", "password": ADMIN_PASSWORD}
+            server.url + "/api/v1/auth/login",
+            json={"user": "admin", "password": ADMIN_PASSWORD},
+            timeout=120,
         )
         assert r.status_code == 200
         found = modes(data)

@@ -26,7 +26,6 @@ import hypothesis.internal.conjecture.engine as hypothesis_engine
 import msgpack
 import pytest
 import schemathesis
-from argon2 import PasswordHasher
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -35,9 +34,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 
 from lamina.config import ServerSettings
-from lamina.server import security
 from lamina.server.app import create_app
-from lamina.server.services import users
 from tests.e2e.conftest import ADMIN_PASSWORD, ServerProc
 
 EXAMPLES = 6  # per operation and mode (valid inputs, invalid inputs)
@@ -96,19 +93,13 @@ class Target:
 
 @contextlib.contextmanager
 def cheap_fuzz() -> Iterator[None]:
-    """What the fuzz does not test made cheap, in this process: Argon2 at its lowest cost
-    (every operation logs in again; the KDF's parameters are not what is fuzzed), and
-    the give-up point of a run with nothing to negate (``UNSATISFIABLE_AFTER``). The
-    routes, the inputs and the examples per operation stay as they are."""
+    """The give-up point of a run with nothing to negate (``UNSATISFIABLE_AFTER``) in this
+    process; the routes, the inputs and the examples per operation stay as they are.
+    (Argon2 is already at its lowest cost here: tests/conftest.py.)"""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
-        users.dummy_hash.cache_clear()  # made again with the cheap hasher
         # A Hypothesis that renamed the constant fails here, loudly, not silently slow.
         mp.setattr(hypothesis_engine, "INVALID_THRESHOLD_BASE", UNSATISFIABLE_AFTER)
-        try:
-            yield
-        finally:
-            users.dummy_hash.cache_clear()
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
