@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {
             "seconds": round(secs, 2),
             "store_growth": grew,
-            "new_raw_bytes": doc["versions"][-1]["new_bytes"],
+            "new_raw_bytes": doc.versions[-1].new_bytes,
         }
         print(f"{name}: registered in {secs:.1f} s; the store grew {grew / MiB:.1f} MiB")
     ratio = results["v2"]["store_growth"] / changed_total

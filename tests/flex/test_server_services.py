@@ -65,5 +65,5 @@ def test_flex_services(db: str, request: pytest.FixtureRequest, tmp_path: Path) 
     assert (row.user, row.image, row.policy, row.state) == ("bob", "img", "p", "active")
     flex.set_state(ctx.engine, admin, made.instance, flex.LOCKED, "stop")
     assert [i.state for i in flex.my_instances(ctx.engine, bob)] == ["locked"]
-    assert flex.list_entitlements(ctx.engine, admin)[0]["groups"] == ["g"]
+    assert flex.list_entitlements(ctx.engine, admin)[0].groups == ["g"]
     ctx.engine.dispose()

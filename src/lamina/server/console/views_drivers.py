@@ -75,7 +75,7 @@ def profile_create(
     p = drivers.create_profile(
         ctx.engine, actor, name.strip(), lines(packs), lines(matches), os_family or None, notes
     )
-    return see_other(f"/drivers/profiles/{p['id']}")
+    return see_other(f"/drivers/profiles/{p.id}")
 
 
 @router.get("/drivers/profiles/{ref}")
@@ -86,7 +86,7 @@ def profile_page(request: Request, ctx: Ctx, actor: Actor, ref: str, test: str =
         "driver_profile.html",
         actor,
         profile=profile,
-        matched=drivers.test_profile(ctx.engine, actor, profile["id"]) if test else None,
+        matched=drivers.test_profile(ctx.engine, actor, profile.id) if test else None,
     )
 
 
@@ -103,7 +103,7 @@ def profile_update(
     p = drivers.update_profile(
         ctx.engine, actor, ref, lines(packs), lines(matches), os_family, notes
     )
-    return see_other(f"/drivers/profiles/{p['id']}")
+    return see_other(f"/drivers/profiles/{p.id}")
 
 
 PACK_GONE = (

@@ -73,7 +73,7 @@ def image_register(
     img = flex_images.register_url(
         ctx.engine, ctx.store, actor, ctx.settings.data, name.strip(), req
     )
-    return see_other(f"/flex/images/{img['id']}")
+    return see_other(f"/flex/images/{img.id}")
 
 
 @router.get("/flex/images/{ref}")

@@ -69,4 +69,4 @@ async def image_upload(request: Request, ctx: Ctx, actor: Actor) -> Response:
         )
     finally:
         disk.unlink(missing_ok=True)
-    return see_other(f"/flex/images/{img['id']}")
+    return see_other(f"/flex/images/{img.id}")

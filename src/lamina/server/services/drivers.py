@@ -7,9 +7,8 @@ around them, and gives the layer plan its driver inputs (:func:`packs_for_device
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import IO, TypedDict
+from typing import IO
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
@@ -27,6 +26,7 @@ from lamina.errors import ConflictError, NotFoundError
 from lamina.layers.drivers import Match, PackRef, Profile, os_family_of, packs_for
 from lamina.layers.packs import build_pack
 from lamina.layers.plan import DRIVER, LayerRef
+from lamina.protocol.layers import DriverProfilePublic
 from lamina.protocol.schemas import DriverPackPublic, DriverPackVersionPublic
 from lamina.server.security import Principal
 from lamina.server.services import drivers_index
@@ -201,23 +201,9 @@ def _profile_of(row: DriverProfile) -> Profile:
     )
 
 
-class ProfileView(TypedDict):
-    """A driver profile as ``lamina driver profile list/show`` and the console show it."""
-
-    id: str
-    name: str
-    #: ``NAME`` or ``NAME:VERSION``
-    packs: list[str]
-    matches: list[str]
-    os_family: str | None
-    notes: str
-    created: dt.datetime
-    updated: dt.datetime
-
-
-def _profile_public(row: DriverProfile) -> ProfileView:
+def _profile_public(row: DriverProfile) -> DriverProfilePublic:
     p = _profile_of(row)
-    return ProfileView(
+    return DriverProfilePublic(
         id=row.id,
         name=row.name,
         packs=[r.label for r in p.packs],
@@ -273,7 +259,7 @@ def create_profile(
     matches: list[str],
     os_family: str | None,
     notes: str = "",
-) -> ProfileView:
+) -> DriverProfilePublic:
     actor.require("driver.write")
     with write_tx(engine) as c:
         if c.execute(select(driver_profiles.c.id).where(driver_profiles.c.name == name)).first():
@@ -299,7 +285,7 @@ def update_profile(
     matches: list[str] | None,
     os_family: str | None,
     notes: str | None = None,
-) -> ProfileView:
+) -> DriverProfilePublic:
     """Replace what is given: the packs, the matches, the OS family (``""`` clears it)."""
     actor.require("driver.write")
     with write_tx(engine) as c:
@@ -326,20 +312,20 @@ def update_profile(
         )
 
 
-def list_profiles(engine: Engine, actor: Principal) -> list[ProfileView]:
+def list_profiles(engine: Engine, actor: Principal) -> list[DriverProfilePublic]:
     actor.require("read")
     with read_tx(engine) as c:
         rows = c.execute(select(driver_profiles).order_by(driver_profiles.c.name))
         return [_profile_public(r) for r in rows]
 
 
-def show_profile(engine: Engine, actor: Principal, ref: str) -> ProfileView:
+def show_profile(engine: Engine, actor: Principal, ref: str) -> DriverProfilePublic:
     actor.require("read")
     with read_tx(engine) as c:
         return _profile_public(find_one(c, driver_profiles, ref, "name", "driver profile"))
 
 
-def delete_profile(engine: Engine, actor: Principal, ref: str) -> ProfileView:
+def delete_profile(engine: Engine, actor: Principal, ref: str) -> DriverProfilePublic:
     actor.require("driver.write")
     with write_tx(engine) as c:
         row = find_one(c, driver_profiles, ref, "name", "driver profile")

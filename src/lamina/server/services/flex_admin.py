@@ -6,9 +6,6 @@ An instance's effective policy is its own override, else its entitlement's.
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import TypedDict
-
 from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
@@ -26,7 +23,12 @@ from lamina.db.models import (
     users,
 )
 from lamina.errors import ConflictError, NotFoundError, UsageError
-from lamina.protocol.flex import FlexEntitle, FlexEntitlementUpdate, FlexInstancePublic
+from lamina.protocol.flex import (
+    FlexEntitle,
+    FlexEntitlementPublic,
+    FlexEntitlementUpdate,
+    FlexInstancePublic,
+)
 from lamina.server.security import Principal
 from lamina.server.services import flex_images as images
 from lamina.server.services import policies as cvd_policies
@@ -36,24 +38,6 @@ from lamina.server.services.groups import find_group, user_ids
 from lamina.server.services.rows import FlexEntitlement, FlexImage, FlexInstanceView
 
 ACTIVE, LOCKED, REVOKED = "active", "locked", "revoked"
-
-
-class EntitlementView(TypedDict):
-    """An entitlement as ``lamina flex entitlement list/show`` and the console show it."""
-
-    id: str
-    name: str
-    image: str | None
-    #: the image version it pins (None: the latest)
-    version: int | None
-    policy: str | None
-    users: list[str]
-    groups: list[str]
-    manage: bool
-    cvd_policy: str | None
-    base: str | None
-    apps: list[str]
-    created: dt.datetime
 
 
 # --- entitlements ------------------------------------------------------------------------
@@ -88,7 +72,7 @@ def _set_subjects(c: Connection, eid: str, subjects: list[tuple[str, str]]) -> N
         )
 
 
-def entitle(engine: Engine, actor: Principal, req: FlexEntitle) -> EntitlementView:
+def entitle(engine: Engine, actor: Principal, req: FlexEntitle) -> FlexEntitlementPublic:
     actor.require("flex.admin")
     if not (req.users or req.groups):
         raise UsageError("name at least one --user or --group")
@@ -128,7 +112,7 @@ def entitle(engine: Engine, actor: Principal, req: FlexEntitle) -> EntitlementVi
 
 def update_entitlement(
     engine: Engine, actor: Principal, ref: str, req: FlexEntitlementUpdate
-) -> EntitlementView:
+) -> FlexEntitlementPublic:
     actor.require("flex.admin")
     with write_tx(engine) as c:
         e = find_entitlement(c, ref)
@@ -146,8 +130,8 @@ def update_entitlement(
             old = _entitlements_public(c, [e])[0]
             subjects = _subjects(
                 c,
-                req.users if req.users is not None else old["users"],
-                req.groups if req.groups is not None else old["groups"],
+                req.users if req.users is not None else old.users,
+                req.groups if req.groups is not None else old.groups,
             )
             if not subjects:
                 raise UsageError("an entitlement needs at least one user or group")
@@ -163,7 +147,7 @@ def update_entitlement(
         return _entitlements_public(c, [find_entitlement(c, e.id)])[0]
 
 
-def _entitlements_public(c: Connection, rows: list[FlexEntitlement]) -> list[EntitlementView]:
+def _entitlements_public(c: Connection, rows: list[FlexEntitlement]) -> list[FlexEntitlementPublic]:
     """Entitlements with names resolved: a fixed number of queries, whatever the count."""
     ids = [e.id for e in rows]
     image_name = {r.id: r.name for r in c.execute(select(flex_images.c.id, flex_images.c.name))}
@@ -178,7 +162,7 @@ def _entitlements_public(c: Connection, rows: list[FlexEntitlement]) -> list[Ent
         subs[s.entitlement_id][s.kind].append(names.get(s.subject_id, s.subject_id))
     cvd_pol = {r.id: r.name for r in c.execute(select(policies.c.id, policies.c.name))}
     return [
-        EntitlementView(
+        FlexEntitlementPublic(
             id=e.id,
             name=e.name,
             image=image_name.get(e.image_id),
@@ -196,7 +180,7 @@ def _entitlements_public(c: Connection, rows: list[FlexEntitlement]) -> list[Ent
     ]
 
 
-def list_entitlements(engine: Engine, actor: Principal) -> list[EntitlementView]:
+def list_entitlements(engine: Engine, actor: Principal) -> list[FlexEntitlementPublic]:
     actor.require("read")
     with read_tx(engine) as c:
         rows: list[FlexEntitlement] = list(
@@ -205,7 +189,7 @@ def list_entitlements(engine: Engine, actor: Principal) -> list[EntitlementView]
         return _entitlements_public(c, rows)
 
 
-def show_entitlement(engine: Engine, actor: Principal, ref: str) -> EntitlementView:
+def show_entitlement(engine: Engine, actor: Principal, ref: str) -> FlexEntitlementPublic:
     actor.require("read")
     with read_tx(engine) as c:
         return _entitlements_public(c, [find_entitlement(c, ref)])[0]

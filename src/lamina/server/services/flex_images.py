@@ -9,7 +9,6 @@ no external data file and no extent outside the file itself before it is convert
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -35,7 +34,15 @@ from lamina.errors import (
     TooLargeError,
     UsageError,
 )
-from lamina.protocol.flex import MAX_IMAGE_SIZE, NAME, FlexManifest, FlexRegisterUrl, Piece
+from lamina.protocol.flex import (
+    MAX_IMAGE_SIZE,
+    NAME,
+    FlexImagePublic,
+    FlexImageVersionPublic,
+    FlexManifest,
+    FlexRegisterUrl,
+    Piece,
+)
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
 from lamina.server.services.rows import FlexImage, FlexImageVersion, PieceRow
@@ -61,29 +68,6 @@ class DiskInfo(TypedDict):
 
     format: str
     virtual_size: int
-
-
-class ImageVersionView(TypedDict):
-    version: int
-    size: int
-    memory_mib: int
-    cpus: int
-    firmware: str
-    #: how many pieces its manifest has
-    pieces: int
-    snapshot: str
-    created: dt.datetime
-    #: bytes it added to the store (None for a version registered before it was kept)
-    new_bytes: int | None
-
-
-class ImageView(TypedDict):
-    """An image with its versions, as ``lamina flex image list/show`` and the console show it."""
-
-    id: str
-    name: str
-    created: dt.datetime
-    versions: list[ImageVersionView]
 
 
 def snapshot_source(image_id: str) -> str:
@@ -254,7 +238,7 @@ def register(
     cpus: int = 1,
     firmware: str = "bios",
     source: dict[str, str] | None = None,
-) -> ImageView:
+) -> FlexImagePublic:
     """Register ``disk`` as the next version of image ``name`` (created if new).
 
     ``work`` is a private folder for the raw copy (removed here). The store holds the
@@ -313,7 +297,7 @@ def _add_version(
     cpus: int,
     firmware: str,
     source: dict[str, str] | None,
-) -> ImageView:
+) -> FlexImagePublic:
     with write_tx(engine) as c:
         version = next_number(
             c, flex_image_versions.c.version, flex_image_versions.c.image_id == image_id
@@ -365,7 +349,7 @@ async def spool(stream: AsyncIterator[bytes], dest: Path, limit: int = MAX_IMAGE
 
 def register_url(
     engine: Engine, store: Store, actor: Principal, data: Path, name: str, req: FlexRegisterUrl
-) -> ImageView:
+) -> FlexImagePublic:
     """Register an image the server fetches by URL and checks against its SHA-256 (for
     images too large to upload); the fetched file is removed whatever happens."""
     actor.require("flex.admin")
@@ -434,8 +418,8 @@ def find_version(c: Connection, image: FlexImage, version: int | None) -> FlexIm
     return row
 
 
-def _version_public(v: FlexImageVersion) -> ImageVersionView:
-    return ImageVersionView(
+def _version_public(v: FlexImageVersion) -> FlexImageVersionPublic:
+    return FlexImageVersionPublic(
         version=v.version,
         size=v.size,
         memory_mib=v.memory_mib,
@@ -450,7 +434,7 @@ def _version_public(v: FlexImageVersion) -> ImageVersionView:
 
 def _image_public(
     c: Connection, img: FlexImage, versions: list[FlexImageVersion] | None = None
-) -> ImageView:
+) -> FlexImagePublic:
     if versions is None:
         versions = list(
             c.execute(
@@ -459,7 +443,7 @@ def _image_public(
                 .order_by(flex_image_versions.c.version)
             )
         )
-    return ImageView(
+    return FlexImagePublic(
         id=img.id,
         name=img.name,
         created=aware(img.created),
@@ -467,7 +451,7 @@ def _image_public(
     )
 
 
-def list_images(engine: Engine, actor: Principal) -> list[ImageView]:
+def list_images(engine: Engine, actor: Principal) -> list[FlexImagePublic]:
     actor.require("read")
     with read_tx(engine) as c:
         imgs: list[FlexImage] = list(c.execute(select(flex_images).order_by(flex_images.c.name)))
@@ -477,7 +461,7 @@ def list_images(engine: Engine, actor: Principal) -> list[ImageView]:
         return [_image_public(c, i, by[i.id]) for i in imgs]
 
 
-def show_image(engine: Engine, actor: Principal, ref: str) -> ImageView:
+def show_image(engine: Engine, actor: Principal, ref: str) -> FlexImagePublic:
     actor.require("read")
     with read_tx(engine) as c:
         return _image_public(c, find_image(c, ref))
