@@ -22,7 +22,7 @@ from lamina.server.console.web import (
 from lamina.server.services import drivers
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
-#: As the API's ``ProfileCreate`` has it.
+#: As the API's ``DriverProfileCreate`` has it.
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 
 
