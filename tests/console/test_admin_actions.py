@@ -214,3 +214,24 @@ def test_a_device_is_revoked_after_its_confirmation_and_archive_says_it_revokes(
     assert again.status_code == 409 and "revoked already" in again.text
     (entry,) = [e for e in api(url).get("/audit").json() if e["action"] == "device.revoke"]
     assert entry["actor"] == "helper"
+
+
+def _pending(html: str) -> int:
+    m = re.search(r'class="count pending"><a [^>]*><span class="n">(\d+)</span>', html)
+    assert m, "no pending count on the dashboard"
+    return int(m.group(1))
+
+
+def test_the_dashboard_counts_when_loaded_and_its_refresh_may_reuse_recent_counts(
+    shared_server: ServerProc, fleet: dict[str, str]
+) -> None:
+    """A device that enrolls is counted the next time the dashboard is loaded, however soon
+    (an action's redirect lands there); only the page's own refresh may show counts a few
+    seconds old, and it says when they were taken."""
+    url = shared_server.url
+    admin = Console(url).login()
+    before = _pending(admin.get("/").text)
+    assert _pending(admin.get("/dashboard/live").text) == before  # the refresh, kept counts
+    token = api(url).post("/tokens", json={"expires_in": 3600, "uses": 1}).json()["token"]
+    enroll(url, token, "desk-new")
+    assert _pending(admin.get("/").text) == before + 1

@@ -43,12 +43,16 @@ def home(request: Request, ctx: Ctx) -> Response:
         actor = session_actor(request, ctx)
     except AuthError:
         return _login_page(request)
-    return render(request, "dashboard.html", actor, **_dashboard(ctx, actor))
+    # Loaded (or reloaded after an action): counted now. Only the page's own refresh
+    # below takes counts a few seconds old.
+    return render(request, "dashboard.html", actor, **_dashboard(ctx, actor, max_age=0))
 
 
-def _dashboard(ctx: Ctx, actor: Actor, usage: bool = True) -> dict[str, Any]:
+def _dashboard(
+    ctx: Ctx, actor: Actor, usage: bool = True, max_age: float = dashboard.SUMMARY_MAX_AGE
+) -> dict[str, Any]:
     return {
-        "summary": dashboard.recent_summary(ctx.engine, actor, usage),
+        "summary": dashboard.recent_summary(ctx.engine, actor, usage, max_age),
         "running": tasks.list_tasks(ctx.engine, actor, state=tasks.RUNNING, limit=20),
         "queued": tasks.list_tasks(ctx.engine, actor, state=tasks.QUEUED, limit=20),
         "event_counts": events.unacknowledged(ctx.engine, actor),
