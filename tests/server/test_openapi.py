@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lamina.config import ServerSettings
+from lamina.protocol.tasks import PARAMS
 from lamina.server.app import create_app
 
 #: Answers that are not JSON models on purpose: a file's bytes, streamed (``application/json``
@@ -52,10 +53,4 @@ def test_task_parameters_are_one_model_per_kind_in_the_document(tmp_path: Path) 
         # TaskPublic's may also be null: a stored task whose parameters no longer read.
         union = next((x for x in params.get("anyOf", [params]) if "oneOf" in x), {})
         refs = {x["$ref"].rsplit("/", 1)[1] for x in union.get("oneOf", [])}
-        assert refs == {
-            "SyncParams",
-            "RestoreParams",
-            "RevertParams",
-            "LayerApplyParams",
-            "MigrateParams",
-        }, model
+        assert refs == {m.__name__ for m in PARAMS.values()}, model
