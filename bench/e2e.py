@@ -49,11 +49,9 @@ from bench.common import (
     prepare_work,
     rmtree,
     say,
-    tree_size,
-    warm_up,
     warn,
 )
-from bench.corpus import DEFAULT_GROUPS, build_corpus
+from bench.corpus import make_corpus
 from bench.e2e_lamina import LaminaE2E, Results
 from bench.e2e_layer import LAYER_MB
 from bench.e2e_procs import git_revision
@@ -222,15 +220,8 @@ def one_pass(
             say(f"restic: {restic_version}")
 
     prepare_work(work)
-    corpus = work / "corpus"
-    if kind == "small":
-        say(f"generating {args.small_files} small files in {corpus}", "bold")
-        corpus_extra: dict[str, Any] = method.build_small_files(corpus, args.small_files, args.seed)
-        c_size = tree_size(corpus)
-        warm_up(corpus)
-        group_reports: list[Any] = []
-    else:
-        corpus_extra, group_reports, c_size = _usr_corpus(args, corpus)
+    made = make_corpus(args, work, kind)
+    corpus, corpus_extra, group_reports, c_size = made.path, made.extra, made.groups, made.size
 
     lam = LaminaE2E(work / "lamina", env, corpus)
     try:
@@ -250,30 +241,6 @@ def one_pass(
     if not (args.keep and last):
         rmtree(work)
     return res, doc, c_size, restic is not None, code
-
-
-def _usr_corpus(
-    args: argparse.Namespace, corpus: Path
-) -> tuple[dict[str, Any], list[Any], TreeSize]:
-    groups = [(os.fspath(args.corpus.resolve()), 1.0)] if args.corpus else DEFAULT_GROUPS
-    if args.corpus and not args.corpus.is_dir():
-        raise SystemExit(f"--corpus {args.corpus}: not a folder")
-    budget = args.size_mb * 1024 * 1024 if args.size_mb else float("inf")
-    say(
-        f"building the corpus in {corpus} "
-        f"({'all of it' if budget == float('inf') else human_bytes(budget)})",
-        "bold",
-    )
-    t0 = time.perf_counter()
-    base = os.fspath(args.corpus.resolve()) if args.corpus else "/"
-    corpus_extra, group_reports = build_corpus(corpus, groups, budget, base)
-    c_size = tree_size(corpus)
-    say(
-        f"  {c_size.files} files, {c_size.dirs} folders, {c_size.symlinks} symlinks, "
-        f"{human_bytes(c_size.apparent)} in {time.perf_counter() - t0:.1f} s"
-    )
-    warm_up(corpus)
-    return corpus_extra, list(group_reports), c_size
 
 
 def _pass_doc(
