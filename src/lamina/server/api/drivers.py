@@ -26,7 +26,7 @@ _SPOOL = 16 * 1024 * 1024
 
 @router.get("/drivers", summary="List driver packs with their versions")
 def list_packs(ctx: Ctx, caller: Caller) -> list[DriverPackPublic]:
-    return [DriverPackPublic.model_validate(p) for p in drivers.list_packs(ctx.engine, caller)]
+    return drivers.list_packs(ctx.engine, caller)
 
 
 @router.post(
@@ -51,26 +51,24 @@ async def import_pack(
         doc = await run_in_threadpool(
             drivers.import_pack, ctx.engine, ctx.store, caller, name, f, notes
         )
-    return DriverPackPublic.model_validate(doc)
+    return doc
 
 
 @router.get("/drivers/{ref}", summary="Show a driver pack: versions, packages, files")
 def show_pack(ref: str, ctx: Ctx, caller: Caller) -> DriverPackPublic:
-    return DriverPackPublic.model_validate(drivers.show_pack(ctx.engine, caller, ref))
+    return drivers.show_pack(ctx.engine, caller, ref)
 
 
 @router.delete(
     "/drivers/{ref}", summary="Delete a driver pack no profile names and no endpoint runs"
 )
 def delete_pack(ref: str, ctx: Ctx, caller: Caller) -> DriverPackPublic:
-    return DriverPackPublic.model_validate(drivers.delete_pack(ctx.engine, caller, ref))
+    return drivers.delete_pack(ctx.engine, caller, ref)
 
 
 @router.get("/driver-profiles", summary="List driver profiles")
 def list_profiles(ctx: Ctx, caller: Caller) -> list[DriverProfilePublic]:
-    return [
-        DriverProfilePublic.model_validate(p) for p in drivers.list_profiles(ctx.engine, caller)
-    ]
+    return drivers.list_profiles(ctx.engine, caller)
 
 
 @router.post(
@@ -79,15 +77,14 @@ def list_profiles(ctx: Ctx, caller: Caller) -> list[DriverProfilePublic]:
     status_code=201,
 )
 def create_profile(req: DriverProfileCreate, ctx: Ctx, caller: Caller) -> DriverProfilePublic:
-    doc = drivers.create_profile(
+    return drivers.create_profile(
         ctx.engine, caller, req.name, req.packs, req.matches, req.os_family, req.notes
     )
-    return DriverProfilePublic.model_validate(doc)
 
 
 @router.get("/driver-profiles/{ref}", summary="Show a driver profile")
 def show_profile(ref: str, ctx: Ctx, caller: Caller) -> DriverProfilePublic:
-    return DriverProfilePublic.model_validate(drivers.show_profile(ctx.engine, caller, ref))
+    return drivers.show_profile(ctx.engine, caller, ref)
 
 
 @router.put(
@@ -96,15 +93,14 @@ def show_profile(ref: str, ctx: Ctx, caller: Caller) -> DriverProfilePublic:
 def update_profile(
     ref: str, req: DriverProfileUpdate, ctx: Ctx, caller: Caller
 ) -> DriverProfilePublic:
-    doc = drivers.update_profile(
+    return drivers.update_profile(
         ctx.engine, caller, ref, req.packs, req.matches, req.os_family, req.notes
     )
-    return DriverProfilePublic.model_validate(doc)
 
 
 @router.delete("/driver-profiles/{ref}", summary="Delete a driver profile")
 def delete_profile(ref: str, ctx: Ctx, caller: Caller) -> DriverProfilePublic:
-    return DriverProfilePublic.model_validate(drivers.delete_profile(ctx.engine, caller, ref))
+    return drivers.delete_profile(ctx.engine, caller, ref)
 
 
 @router.get("/driver-profiles/{ref}/devices", summary="The devices a driver profile matches today")

@@ -80,7 +80,7 @@ async def upload_image(
             firmware,
             {"kind": "upload", "sha256": digest},
         )
-        return FlexImagePublic.model_validate(doc)
+        return doc
     finally:
         disk.unlink(missing_ok=True)
 
@@ -91,18 +91,17 @@ async def upload_image(
     status_code=201,
 )
 def register_url(name: str, req: FlexRegisterUrl, ctx: Ctx, caller: Caller) -> FlexImagePublic:
-    doc = flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
-    return FlexImagePublic.model_validate(doc)
+    return flex_images.register_url(ctx.engine, ctx.store, caller, ctx.settings.data, name, req)
 
 
 @router.get("/flex/images", summary="List flex images with their versions")
 def list_images(ctx: Ctx, caller: Caller) -> list[FlexImagePublic]:
-    return [FlexImagePublic.model_validate(i) for i in flex_images.list_images(ctx.engine, caller)]
+    return flex_images.list_images(ctx.engine, caller)
 
 
 @router.get("/flex/images/{ref}", summary="Show a flex image")
 def show_image(ref: str, ctx: Ctx, caller: Caller) -> FlexImagePublic:
-    return FlexImagePublic.model_validate(flex_images.show_image(ctx.engine, caller, ref))
+    return flex_images.show_image(ctx.engine, caller, ref)
 
 
 @router.delete(
@@ -115,26 +114,22 @@ def delete_image(ref: str, ctx: Ctx, caller: Caller) -> None:
 # --- policies -----------------------------------------------------------------------------------
 @router.post("/flex/policies", summary="Create a flex restriction policy", status_code=201)
 def create_policy(req: FlexPolicyCreate, ctx: Ctx, caller: Caller) -> FlexPolicyPublic:
-    return FlexPolicyPublic.model_validate(flex_policies.create_policy(ctx.engine, caller, req))
+    return flex_policies.create_policy(ctx.engine, caller, req)
 
 
 @router.get("/flex/policies", summary="List flex policies")
 def list_policies(ctx: Ctx, caller: Caller) -> list[FlexPolicyPublic]:
-    return [
-        FlexPolicyPublic.model_validate(p) for p in flex_policies.list_policies(ctx.engine, caller)
-    ]
+    return flex_policies.list_policies(ctx.engine, caller)
 
 
 @router.get("/flex/policies/{ref}", summary="Show a flex policy")
 def show_policy(ref: str, ctx: Ctx, caller: Caller) -> FlexPolicyPublic:
-    return FlexPolicyPublic.model_validate(flex_policies.show_policy(ctx.engine, caller, ref))
+    return flex_policies.show_policy(ctx.engine, caller, ref)
 
 
 @router.put("/flex/policies/{ref}", summary="Change a flex policy (instances get it at check-in)")
 def update_policy(ref: str, req: FlexPolicyUpdate, ctx: Ctx, caller: Caller) -> FlexPolicyPublic:
-    return FlexPolicyPublic.model_validate(
-        flex_policies.update_policy(ctx.engine, caller, ref, req)
-    )
+    return flex_policies.update_policy(ctx.engine, caller, ref, req)
 
 
 @router.delete("/flex/policies/{ref}", summary="Delete an unused flex policy", status_code=204)
@@ -147,28 +142,24 @@ def delete_policy(ref: str, ctx: Ctx, caller: Caller) -> None:
     "/flex/entitlements", summary="Entitle users or groups to a flex image", status_code=201
 )
 def entitle(req: FlexEntitle, ctx: Ctx, caller: Caller) -> FlexEntitlementPublic:
-    return FlexEntitlementPublic.model_validate(flex.entitle(ctx.engine, caller, req))
+    return flex.entitle(ctx.engine, caller, req)
 
 
 @router.get("/flex/entitlements", summary="List entitlements")
 def list_entitlements(ctx: Ctx, caller: Caller) -> list[FlexEntitlementPublic]:
-    return [
-        FlexEntitlementPublic.model_validate(e) for e in flex.list_entitlements(ctx.engine, caller)
-    ]
+    return flex.list_entitlements(ctx.engine, caller)
 
 
 @router.get("/flex/entitlements/{ref}", summary="Show an entitlement")
 def show_entitlement(ref: str, ctx: Ctx, caller: Caller) -> FlexEntitlementPublic:
-    return FlexEntitlementPublic.model_validate(flex.show_entitlement(ctx.engine, caller, ref))
+    return flex.show_entitlement(ctx.engine, caller, ref)
 
 
 @router.put("/flex/entitlements/{ref}", summary="Change an entitlement's image, policy or subjects")
 def update_entitlement(
     ref: str, req: FlexEntitlementUpdate, ctx: Ctx, caller: Caller
 ) -> FlexEntitlementPublic:
-    return FlexEntitlementPublic.model_validate(
-        flex.update_entitlement(ctx.engine, caller, ref, req)
-    )
+    return flex.update_entitlement(ctx.engine, caller, ref, req)
 
 
 @router.delete(
@@ -183,19 +174,18 @@ def delete_entitlement(ref: str, ctx: Ctx, caller: Caller) -> None:
 # --- instances (admin) ---------------------------------------------------------------------------
 @router.get("/flex/instances", summary="List flex instances")
 def list_instances(ctx: Ctx, caller: Caller) -> list[FlexInstancePublic]:
-    return [FlexInstancePublic.model_validate(i) for i in flex.list_instances(ctx.engine, caller)]
+    return flex.list_instances(ctx.engine, caller)
 
 
 @router.get("/flex/instances/{ref}", summary="Show a flex instance")
 def show_instance(ref: str, ctx: Ctx, caller: Caller) -> FlexInstancePublic:
-    return FlexInstancePublic.model_validate(flex.show_instance(ctx.engine, caller, ref))
+    return flex.show_instance(ctx.engine, caller, ref)
 
 
 def _set_state(
     ctx: ServerContext, caller: Principal, ref: str, state: str, req: FlexInstanceAction
 ) -> FlexInstancePublic:
-    doc = flex.set_state(ctx.engine, caller, ref, state, req.message)
-    return FlexInstancePublic.model_validate(doc)
+    return flex.set_state(ctx.engine, caller, ref, state, req.message)
 
 
 @router.post("/flex/instances/{ref}/lock", summary="Lock an instance: it refuses to start")
@@ -223,34 +213,33 @@ def revoke_instance(
 def set_instance_policy(
     ref: str, req: FlexSetPolicy, ctx: Ctx, caller: Caller
 ) -> FlexInstancePublic:
-    doc = flex.set_instance_policy(ctx.engine, caller, ref, req.policy)
-    return FlexInstancePublic.model_validate(doc)
+    return flex.set_instance_policy(ctx.engine, caller, ref, req.policy)
 
 
 # --- groups -----------------------------------------------------------------------------------------
 @router.post("/groups", summary="Create a group of users", status_code=201)
 def create_group(req: GroupCreate, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return GroupPublic.model_validate(groups.create_group(ctx.engine, caller, req))
+    return groups.create_group(ctx.engine, caller, req)
 
 
 @router.get("/groups", summary="List groups with their members")
 def list_groups(ctx: Ctx, caller: Caller) -> list[GroupPublic]:
-    return [GroupPublic.model_validate(g) for g in groups.list_groups(ctx.engine, caller)]
+    return groups.list_groups(ctx.engine, caller)
 
 
 @router.get("/groups/{name}", summary="Show a group")
 def show_group(name: str, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return GroupPublic.model_validate(groups.show_group(ctx.engine, caller, name))
+    return groups.show_group(ctx.engine, caller, name)
 
 
 @router.post("/groups/{name}/members", summary="Add members to a group")
 def add_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return GroupPublic.model_validate(groups.add_members(ctx.engine, caller, name, req.members))
+    return groups.add_members(ctx.engine, caller, name, req.members)
 
 
 @router.post("/groups/{name}/members/remove", summary="Remove members from a group")
 def remove_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return GroupPublic.model_validate(groups.remove_members(ctx.engine, caller, name, req.members))
+    return groups.remove_members(ctx.engine, caller, name, req.members)
 
 
 @router.delete("/groups/{name}", summary="Delete a group", status_code=204)
