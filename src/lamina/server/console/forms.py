@@ -28,6 +28,8 @@ Notes = Annotated[str, Form(max_length=4000)]
 Names = Annotated[str, Form(max_length=100_000)]
 #: The message a flex instance's user is shown (or a flex policy's).
 Message = Annotated[str, Form(max_length=4096)]
+#: A snapshot: its id, a prefix of it, or ``latest``.
+Snapshot = Annotated[str, Form(max_length=64)]
 #: A device, base layer, CVD name or snapshot typed or chosen in a whole-system
 #: operation's form (migrate, restore system, provision).
 Ref = Annotated[str, Form(max_length=255)]

@@ -73,26 +73,34 @@ add_page(router, "/layers", "layers.html", layers=layers.list_layers)
 add_page(router, "/layers/{ref}", "layer.html", layer=layers.show_layer)
 
 
-def _opt(v: str) -> str | None:
-    return v.strip() or None
+@dataclass(frozen=True)
+class LayerFields:
+    """The capture and finalize forms: the reference CVD, then the new layer's name or
+    the layer it is a new version of (neither: the service's default name), and notes."""
+
+    cvd: str
+    name: str | None
+    update: str | None
+    notes: str
+
+
+def _layer_fields(
+    cvd: Chosen, name: Text = "", update: Text = "", notes: Notes = ""
+) -> LayerFields:
+    return LayerFields(cvd, name.strip() or None, update.strip() or None, notes)
+
+
+LayerForm = Annotated[LayerFields, Depends(_layer_fields)]
 
 
 @router.post("/layers/capture")
 @router.post("/layers/record/finalize")
-def layer_capture(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    cvd: Chosen,
-    name: Text = "",
-    update: Text = "",
-    notes: Notes = "",
-) -> Response:
+def layer_capture(request: Request, ctx: Ctx, actor: Actor, f: LayerForm) -> Response:
     """A base layer captured from a reference CVD, or an app layer from its recording."""
     if request.url.path.endswith("/finalize"):
-        layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
+        layers.record_finalize(ctx.engine, actor, f.cvd, f.name, f.update, f.notes)
         return see_other("/layers")
-    out = layers.capture(ctx.engine, ctx.store, actor, cvd, _opt(name), _opt(update), notes)
+    out = layers.capture(ctx.engine, ctx.store, actor, f.cvd, f.name, f.update, f.notes)
     return see_other(f"/layers/{out.id}")
 
 
@@ -152,7 +160,13 @@ def rules_page(request: Request, ctx: Ctx, actor: Actor, cvd: str = "") -> Respo
 
 
 # --- policies ------------------------------------------------------------------------
-def _settings(interval: int, keep_last: int, include: str, exclude: str) -> PolicySettings:
+def _settings(
+    interval: Annotated[int, Form()] = 3600,
+    keep_last: Annotated[int, Form()] = 3,
+    include: Text = "/**",
+    exclude: Text = "",
+) -> PolicySettings:
+    """The policy form's fields (``_policy_fields.html``, new or edited), as settings."""
     return PolicySettings(
         interval=interval,
         keep_last=keep_last,
@@ -161,20 +175,13 @@ def _settings(interval: int, keep_last: int, include: str, exclude: str) -> Poli
     )
 
 
+SettingsForm = Annotated[PolicySettings, Depends(_settings)]
 add_page(router, "/policies", "policies.html", policies=policies.list_policies)
 
 
 @router.post("/policies")
-def policy_create(
-    ctx: Ctx,
-    actor: Actor,
-    name: Name,
-    interval: Annotated[int, Form()] = 3600,
-    keep_last: Annotated[int, Form()] = 3,
-    include: Text = "/**",
-    exclude: Text = "",
-) -> Response:
-    req = PolicyCreate(name=name, settings=_settings(interval, keep_last, include, exclude))
+def policy_create(ctx: Ctx, actor: Actor, name: Name, settings: SettingsForm) -> Response:
+    req = PolicyCreate(name=name, settings=settings)
     policies.create(ctx.engine, actor, req)
     return see_other("/policies")
 
@@ -183,17 +190,9 @@ add_page(router, "/policies/{ref}", "policy.html", policy=policies.show)
 
 
 @router.post("/policies/{ref}")
-def policy_update(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    interval: Annotated[int, Form()],
-    keep_last: Annotated[int, Form()],
-    include: Text = "/**",
-    exclude: Text = "",
-) -> Response:
+def policy_update(ctx: Ctx, actor: Actor, ref: str, new: SettingsForm) -> Response:
+    """The form's settings over the policy's others (those the form does not show)."""
     current = policies.show(ctx.engine, actor, ref).settings
-    new = _settings(interval, keep_last, include, exclude)
     merged = current.model_copy(
         update={k: getattr(new, k) for k in ("interval", "keep_last", "include", "exclude")}
     )
@@ -268,13 +267,7 @@ add_page(router, "/users", "users.html", users=users.list_users)
 
 
 @router.post("/users")
-def user_create(
-    ctx: Ctx,
-    actor: Actor,
-    name: Name,
-    password: Password,
-    role: Text,
-) -> Response:
+def user_create(ctx: Ctx, actor: Actor, name: Name, password: Password, role: Text) -> Response:
     users.create_user(
         ctx.engine,
         actor,
@@ -314,12 +307,7 @@ web.add_deletion(
 
 
 @router.post("/users/{name}/password")
-def user_password(
-    ctx: Ctx,
-    actor: Actor,
-    name: str,
-    password: Password,
-) -> Response:
+def user_password(ctx: Ctx, actor: Actor, name: str, password: Password) -> Response:
     users.set_password(ctx.engine, actor, name, PasswordChange(password=password))
     return see_other("/users")
 

@@ -186,15 +186,15 @@ def entitlement_create(
     return see_other("/flex/entitlements")
 
 
+def _holders_form(users: Names = "", groups: Names = "") -> FlexEntitlementUpdate:
+    """An entitlement's users and groups, as the API's update that replaces them."""
+    return FlexEntitlementUpdate(users=lines(users), groups=lines(groups))
+
+
 @router.post("/flex/entitlements/{ref}")
 def entitlement_update(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    users: Names = "",
-    groups: Names = "",
+    ctx: Ctx, actor: Actor, ref: str, req: Annotated[FlexEntitlementUpdate, Depends(_holders_form)]
 ) -> Response:
-    req = FlexEntitlementUpdate(users=lines(users), groups=lines(groups))
     flex.update_entitlement(ctx.engine, actor, ref, req)
     return see_other("/flex/entitlements")
 
@@ -214,13 +214,7 @@ def entitlement_change_form(request: Request, ctx: Ctx, actor: Actor, ref: str) 
 
 
 @router.post("/flex/entitlements/{ref}/change")
-def entitlement_change(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    image: ImageRef,
-    policy: Name,
-) -> Response:
+def entitlement_change(ctx: Ctx, actor: Actor, ref: str, image: ImageRef, policy: Name) -> Response:
     """The API's ``PUT /flex/entitlements/{name}`` with ``image`` and ``policy``."""
     req = FlexEntitlementUpdate(image=image.strip(), policy=policy.strip())
     flex.update_entitlement(ctx.engine, actor, ref, req)
@@ -304,12 +298,7 @@ add_page(router, "/groups", "groups.html", groups=groups.list_groups)
 
 
 @router.post("/groups")
-def group_create(
-    ctx: Ctx,
-    actor: Actor,
-    name: Name,
-    members: Names = "",
-) -> Response:
+def group_create(ctx: Ctx, actor: Actor, name: Name, members: Names = "") -> Response:
     groups.create_group(ctx.engine, actor, GroupCreate(name=name.strip(), members=lines(members)))
     return see_other("/groups")
 
