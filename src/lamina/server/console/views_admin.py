@@ -176,6 +176,7 @@ def _settings(
 
 
 SettingsForm = Annotated[PolicySettings, Depends(_settings)]
+
 add_page(router, "/policies", "policies.html", policies=policies.list_policies)
 
 
