@@ -125,14 +125,14 @@ def device_list(
     return render(request, "devices.html", actor, result=result, health=dashboard.HEALTH)
 
 
-def _pending(ctx: Ctx, actor: Actor, device_id: str) -> dashboard.DeviceFacts:
+def _pending_device(ctx: Ctx, actor: Actor, device_id: str) -> dashboard.DeviceFacts:
     """The pending device a form acts on (``device.write`` asked first)."""
     actor.require("device.write")
     return dashboard.pending_device(ctx.engine, actor, device_id)
 
 
 #: The pending device of the path, for the pages that centralize or reject it.
-Pending = Annotated[dashboard.DeviceFacts, Depends(_pending)]
+Pending = Annotated[dashboard.DeviceFacts, Depends(_pending_device)]
 
 
 def pending_form(
