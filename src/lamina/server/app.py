@@ -22,6 +22,8 @@ from lamina.server.api import (
     devices,
     drivers,
     flex,
+    flex_my,
+    groups,
     layers,
     migration,
     ops,
@@ -114,6 +116,8 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         drivers,
         migration,
         flex,
+        flex_my,
+        groups,
         store,
     ):
         app.include_router(module.router, prefix="/api/v1")
