@@ -44,7 +44,7 @@ def browse(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str = "") ->
 
 
 @router.get("/cvds/{ref}/snapshots/{snapshot}/file", summary="Download one file of a snapshot")
-def fetch_file(ref: str, snapshot: str, path: str, ctx: Ctx, caller: Caller) -> StreamingResponse:
+def fetch_file(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str) -> StreamingResponse:
     entry = cvd_ops.file_entry(ctx.engine, ctx.store, caller, ref, snapshot, path)
     # Holes in bounded pieces, chunks one at a time as they are read (in a worker
     # thread): a file's size, up to 2**63 whatever a device committed, never becomes
