@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, UserArg, emit, emit_rows
+from lamina.cli.common import JsonOpt, UserArg, emit
 from lamina.cli.output import emit_json
 from lamina.errors import UsageError
 
@@ -40,14 +41,11 @@ def user_create(
     emit(doc, as_json, f"user {doc['name']} ({doc['role']}) created")
 
 
-@app.command("list")
-def user_list(as_json: JsonOpt = False) -> None:
-    """List users."""
-    emit_rows(
-        Api.from_login().get("/users"),
-        as_json,
-        lambda r: f"{r['name']:<24} {r['role']:<14} {'disabled' if r['disabled'] else ''}",
-    )
+users = ApiCommands(app, "/users", ("name", UserArg))
+users.list(
+    lambda r: f"{r['name']:<24} {r['role']:<14} {'disabled' if r['disabled'] else ''}",
+    "List users.",
+)
 
 
 @app.command("audit")
@@ -71,18 +69,12 @@ def _read_password(prompt: str, stdin: bool) -> str:
     return password
 
 
-@app.command("disable")
-def user_disable(name: UserArg, as_json: JsonOpt = False) -> None:
-    """Disable a user: their sessions and tokens stop working at once."""
-    doc = Api.from_login().post(f"/users/{name}/disable")
-    emit(doc, as_json, f"user {doc['name']} disabled")
-
-
-@app.command("enable")
-def user_enable(name: UserArg, as_json: JsonOpt = False) -> None:
-    """Enable a disabled user."""
-    doc = Api.from_login().post(f"/users/{name}/enable")
-    emit(doc, as_json, f"user {doc['name']} enabled")
+users.post(
+    "disable",
+    lambda d: f"user {d['name']} disabled",
+    "Disable a user: their sessions and tokens stop working at once.",
+)
+users.post("enable", lambda d: f"user {d['name']} enabled", "Enable a disabled user.")
 
 
 @app.command("delete")
