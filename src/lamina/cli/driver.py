@@ -19,15 +19,11 @@ from lamina.cli.progress import byte_progress
 from lamina.errors import UsageError
 
 app = typer.Typer(
-    help="Driver library: packs of firmware, modules and .deb files; profiles that match hardware."
-    "\n\nExamples: lamina driver import wifi-intel ./wifi-intel; lamina driver list",
+    help="Driver library: packs of firmware, modules and .deb files; profiles that match hardware.",
     no_args_is_help=True,
 )
 profile_app = typer.Typer(
-    help="Driver profiles: which packs go to which hardware.\n\n"
-    "Examples: lamina driver profile create thinkpad --pack wifi-intel "
-    "--match sys_vendor=LENOVO; lamina driver profile test thinkpad",
-    no_args_is_help=True,
+    help="Driver profiles: which packs go to which hardware.", no_args_is_help=True
 )
 app.add_typer(profile_app, name="profile")
 

@@ -21,38 +21,14 @@ from lamina.errors import UsageError
 from lamina.protocol.flex import USB_CLASSES
 
 app = typer.Typer(
-    help="Flex: images, restriction policies, entitlements and instances (admin side).\n\n"
-    "Examples: lamina flex image register win11 ./win11.qcow2; lamina flex entitle office-win "
-    "--image win11 --policy standard --group staff",
+    help="Flex: images, restriction policies, entitlements and instances (admin side).",
     no_args_is_help=True,
 )
-image_app = typer.Typer(
-    help="Flex images: register, list, show, delete.\n\n"
-    "Examples: lamina flex image register win11 ./win11.qcow2; lamina flex image show win11",
-    no_args_is_help=True,
-)
-policy_app = typer.Typer(
-    help="Flex restriction policies.\n\n"
-    "Examples: lamina flex policy create standard --lease 7d --usb hid; "
-    "lamina flex policy update standard --clipboard on",
-    no_args_is_help=True,
-)
-entitlement_app = typer.Typer(
-    help="Entitlements: who may run which image.\n\n"
-    "Examples: lamina flex entitlement list; "
-    "lamina flex entitlement update office-win --group staff --group contractors",
-    no_args_is_help=True,
-)
-instance_app = typer.Typer(
-    help="Flex instances out on laptops.\n\n"
-    "Examples: lamina flex instance list; lamina flex instance lock ID --message 'Call IT'",
-    no_args_is_help=True,
-)
-group_app = typer.Typer(
-    help="Groups of users (entitlements name groups).\n\n"
-    "Examples: lamina group create staff --member alice --member bob; lamina group add staff carol",
-    no_args_is_help=True,
-)
+image_app = typer.Typer(help="Flex images: register, list, show, delete.", no_args_is_help=True)
+policy_app = typer.Typer(help="Flex restriction policies.", no_args_is_help=True)
+entitlement_app = typer.Typer(help="Entitlements: who may run which image.", no_args_is_help=True)
+instance_app = typer.Typer(help="Flex instances out on laptops.", no_args_is_help=True)
+group_app = typer.Typer(help="Groups of users (entitlements name groups).", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(policy_app, name="policy")
 app.add_typer(entitlement_app, name="entitlement")

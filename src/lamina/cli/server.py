@@ -16,7 +16,7 @@ import typer
 
 from lamina.cli import units
 from lamina.cli.common import owner_only
-from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
+from lamina.cli.logs import LogFlags, log_options, setup_logging
 from lamina.cli.progress import err_console
 from lamina.errors import UsageError
 
@@ -83,6 +83,7 @@ def _settings(config: Path | None, **flags: object) -> ServerSettings:
 
 
 @app.callback()
+@log_options
 def server(
     ctx: typer.Context,
     config: ConfigOpt = None,
@@ -102,9 +103,8 @@ def server(
             "administrator's token from others), token, open or off."
         ),
     ] = None,
-    log_format: LogFormatOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    logs: LogFlags,
 ) -> None:
     """Start the Lamina server. On first start it creates the store and the user `admin`."""
     if ctx.invoked_subcommand is not None:
@@ -124,9 +124,9 @@ def server(
         tls_cert=tls_cert,
         tls_key=tls_key,
         metrics=metrics,
-        log_format=log_format,
+        log_format=logs.log_format,
     )
-    setup_logging(settings.log_format, settings.log_level, verbose, quiet)
+    setup_logging(settings.log_format, settings.log_level, logs.verbose, logs.quiet)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise UsageError("tls_cert and tls_key go together (flags, environment or settings file)")
     # Everything the server creates is the owner's alone (finding 19): the database

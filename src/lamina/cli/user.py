@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import getpass
-import sys
 from typing import Annotated
 
 import typer
 
 from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, UserArg, emit
+from lamina.cli.common import JsonOpt, PasswordStdinOpt, UserArg, emit, read_password
 from lamina.cli.output import emit_json
-from lamina.errors import UsageError
 
 app = typer.Typer(
     help="User accounts and roles (administrator, helpdesk, readonly, flex-user).",
@@ -26,17 +23,11 @@ def user_create(
     role: Annotated[
         str, typer.Option(help="administrator, helpdesk, readonly or flex-user.")
     ] = "readonly",
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
-    ] = False,
+    password_stdin: PasswordStdinOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a user."""
-    password = (
-        sys.stdin.readline().rstrip("\n")
-        if password_stdin
-        else getpass.getpass(f"password for {name}: ")
-    )
+    password = read_password(f"password for {name}: ", password_stdin)
     doc = Api.from_login().post("/users", {"name": name, "password": password, "role": role})
     emit(doc, as_json, f"user {doc['name']} ({doc['role']}) created")
 
@@ -60,13 +51,6 @@ def user_audit(
         return
     for r in rows:
         typer.echo(f"{r['time']}  {r['actor']:<20} {r['action']:<22} {r['target']}")
-
-
-def _read_password(prompt: str, stdin: bool) -> str:
-    password = sys.stdin.readline().rstrip("\n") if stdin else getpass.getpass(prompt)
-    if not password:
-        raise UsageError("no password given")
-    return password
 
 
 users.post(
@@ -104,7 +88,7 @@ def user_passwd(
     ] = False,
 ) -> None:
     """Change a user's password; their other sessions are revoked."""
-    current = _read_password("current password: ", password_stdin) if own else None
-    password = _read_password(f"new password for {name}: ", password_stdin)
+    current = read_password("current password: ", password_stdin) if own else None
+    password = read_password(f"new password for {name}: ", password_stdin)
     Api.from_login().put(f"/users/{name}/password", {"password": password, "current": current})
     typer.echo(f"password of {name} changed; their other sessions are revoked")
