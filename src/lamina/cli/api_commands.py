@@ -92,6 +92,7 @@ class ApiCommands:
         self._add("delete", help, [self.param], run)
 
     def _one(self, arg: dict[str, Any]) -> str:
+        """``path/ARG``: the one thing the command's argument names."""
         return f"{self.path}/{arg[self.param.name]}"
 
     def _add(

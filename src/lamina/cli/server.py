@@ -76,6 +76,14 @@ SelfSignedOpt = Annotated[
 ]
 
 
+def _check_tls_flags(tls_cert: Path | None, tls_key: Path | None, self_signed: bool) -> None:
+    """``--tls-cert`` and ``--tls-key`` go together, and not with ``--self-signed``."""
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if self_signed and tls_cert is not None:
+        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+
+
 def _settings(config: Path | None, **flags: object) -> ServerSettings:
     from lamina.config import SERVER_CONFIG, ServerSettings  # pydantic-settings: ~15 ms
 
@@ -109,10 +117,7 @@ def server(
     """Start the Lamina server. On first start it creates the store and the user `admin`."""
     if ctx.invoked_subcommand is not None:
         return
-    if (tls_cert is None) != (tls_key is None):
-        raise UsageError("--tls-cert and --tls-key go together")
-    if self_signed and tls_cert is not None:
-        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+    _check_tls_flags(tls_cert, tls_key, self_signed)
     settings = _settings(
         config,
         data=data,
@@ -219,10 +224,7 @@ def install_service(
     Example: lamina server install-service --data /srv/lamina --host 0.0.0.0
     --tls-cert /etc/lamina/server.crt --tls-key /etc/lamina/server.key
     """
-    if (tls_cert is None) != (tls_key is None):
-        raise UsageError("--tls-cert and --tls-key go together")
-    if self_signed and tls_cert is not None:
-        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+    _check_tls_flags(tls_cert, tls_key, self_signed)
     settings = _settings(
         config, data=data, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
     )
