@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -181,3 +182,41 @@ def test_progress_is_text() -> None:
     assert progress_text({"phase": "syncing", "files": 3, "bytes": 10}) == (
         "syncing, 3 files, 10 B read"
     )
+
+
+def test_one_call_commands_print_the_answer_or_give_it_as_json(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The commands made by ``cli/api_commands.py``: list, show, an action posted with an
+    option, a call below the thing, and both kinds of delete (with and without --json)."""
+    admin = fleet.live.login()
+    admin.post("/users", json={"name": "carol", "password": "carol-password-1", "role": "readonly"})
+    assert fleet.run("user", "disable", "carol").stdout == "user carol disabled\n"
+    assert fleet.json("user", "enable", "carol")["disabled"] is False
+    rows = fleet.json("user", "list")
+    assert {"carol", "admin"} <= {r["name"] for r in rows}
+    assert "carol" in fleet.run("user", "list").stdout
+
+    fleet.run("group", "create", "sales", "--member", "carol")
+    assert fleet.json("group", "show", "sales")["members"] == ["carol"]
+    assert fleet.run("group", "list").stdout.split() == ["sales", "carol"]
+    assert fleet.run("group", "delete", "sales").stdout == "group sales deleted\n"
+    gone = fleet.run("group", "show", "sales", ok=False)
+    assert gone.returncode == 3 and len(gone.stderr.splitlines()) == 1
+
+    (tmp_path / "lib" / "firmware").mkdir(parents=True)
+    (tmp_path / "lib" / "firmware" / "wifi.bin").write_bytes(b"firmware")
+    fleet.run("driver", "import", "wifi", str(tmp_path))
+    fleet.run(
+        "driver", "profile", "create", "lenovo", "--pack", "wifi", "--match", "sys_vendor=LENOVO"
+    )
+    assert fleet.run("driver", "profile", "test", "lenovo").stdout == "0 device(s) match\n"
+    assert fleet.json("driver", "profile", "test", "lenovo") == []
+    deleted = fleet.json("driver", "profile", "delete", "lenovo")
+    assert deleted["name"] == "lenovo"
+    assert fleet.json("driver", "profile", "list") == []
+    assert fleet.run("driver", "delete", "wifi").stdout == "driver pack wifi deleted\n"
+
+    task = fleet.json("cvd", "sync", fleet.cvds[0])
+    cancelled = fleet.json("task", "cancel", task["id"])
+    assert (cancelled["id"], cancelled["state"]) == (task["id"], "cancelled")

@@ -167,6 +167,20 @@ GROUP_EXAMPLES = {
     "lamina layer record finalize REF-HOST --name office",
     "agent": "lamina agent enroll --server https://lamina:8470 --token TOKEN --root / "
     "--state /var/lib/lamina; lamina agent run --state /var/lib/lamina",
+    "driver": "lamina driver import wifi-intel ./wifi-intel; lamina driver list",
+    "driver profile": "lamina driver profile create thinkpad --pack wifi-intel "
+    "--match sys_vendor=LENOVO; lamina driver profile test thinkpad",
+    "flex": "lamina flex image register win11 ./win11.qcow2; lamina flex entitle office-win "
+    "--image win11 --policy standard --group staff",
+    "flex image": "lamina flex image register win11 ./win11.qcow2; lamina flex image show win11",
+    "flex policy": "lamina flex policy create standard --lease 7d --usb hid; "
+    "lamina flex policy update standard --clipboard on",
+    "flex entitlement": "lamina flex entitlement list; "
+    "lamina flex entitlement update office-win --group staff --group contractors",
+    "flex instance": "lamina flex instance list; lamina flex instance lock ID --message 'Call IT'",
+    "group": "lamina group create staff --member alice --member bob; lamina group add staff carol",
+    "flex-client": "lamina flex-client list; lamina flex-client download ENTITLEMENT; "
+    "lamina flex-client status; lamina flex-client launch INSTANCE",
 }
 
 

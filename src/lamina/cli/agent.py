@@ -10,7 +10,7 @@ import typer
 from lamina.agent import service
 from lamina.cli import agent_boot, units
 from lamina.cli.common import JsonOpt
-from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
+from lamina.cli.logs import LogFlags, log_options, setup_logging
 from lamina.cli.output import emit_json
 
 # The agent's modules (HTTP client, pydantic schemas, staging) and Rich are imported
@@ -125,6 +125,7 @@ def enroll_cmd(
 
 
 @app.command()
+@log_options
 def run(
     state: Annotated[
         Path | None,
@@ -142,9 +143,8 @@ def run(
             "default /etc/lamina/agent.toml.",
         ),
     ] = None,
-    log_format: LogFormatOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    logs: LogFlags,
     boot_check: Annotated[
         str | None,
         typer.Option(
@@ -169,9 +169,9 @@ def run(
         state=state,
         poll=poll,
         insecure=True if insecure else None,
-        log_format=log_format,
+        log_format=logs.log_format,
     )
-    setup_logging(settings.log_format, settings.log_level, verbose, quiet)
+    setup_logging(settings.log_format, settings.log_level, logs.verbose, logs.quiet)
     try:
         _run(settings.state, once, sync, settings.poll, settings.insecure, as_json, boot_check)
     except AuthError as e:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import inspect
 import os
 import re
 import stat
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +34,17 @@ DeviceArg = Annotated[
     ),
 ]
 UserArg = Annotated[str, typer.Argument(help="User name.", show_default=False)]
+PasswordStdinOpt = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+]
+
+
+def read_password(prompt: str, stdin: bool) -> str:
+    """A password from stdin's first line (``--password-stdin``), or asked at the terminal."""
+    password = sys.stdin.readline().rstrip("\n") if stdin else getpass.getpass(prompt)
+    if not password:
+        raise UsageError("no password given")
+    return password
 
 
 def emit(doc: Any, as_json: bool, line: str) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
 from lamina.cli.common import (
     CvdArg,
@@ -123,27 +124,27 @@ def progress_text(p: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-@app.command()
-def show(
-    cvd: Annotated[str, typer.Argument(help="CVD name or id (or a unique prefix of its id).")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Show a CVD, with the progress of a running upload."""
-    doc = Api.from_login().get(f"/cvds/{cvd}")
+def _cvd_text(doc: dict[str, Any]) -> str:
     progress = f"\n  progress: {progress_text(doc['progress'])}" if doc["progress"] else ""
-    emit(doc, as_json, _cvd_line(doc) + progress)
+    return _cvd_line(doc) + progress
 
 
-@app.command()
-def layers(cvd: CvdArg, as_json: JsonOpt = False) -> None:
-    """The layers a CVD is assigned, and the ones its endpoint runs."""
-    doc = Api.from_login().get(f"/cvds/{cvd}/layers")
-    emit(
-        doc,
-        as_json,
+def _layers_text(doc: dict[str, Any]) -> str:
+    return (
         f"assigned: {' + '.join(doc['assigned']) or '-'}\n"
-        f"running:  {' + '.join(doc['running']) or '-'}",
+        f"running:  {' + '.join(doc['running']) or '-'}"
     )
+
+
+cvds = ApiCommands(app, "/cvds", ("cvd", CvdArg))
+cvds.show(_cvd_text, "Show a CVD, with the progress of a running upload.")
+cvds.call(
+    "layers",
+    "GET",
+    "/layers",
+    _layers_text,
+    "The layers a CVD is assigned, and the ones its endpoint runs.",
+)
 
 
 @app.command()
@@ -171,11 +172,11 @@ def ls(
     )
 
 
-@app.command()
-def sync(cvd: CvdArg, as_json: JsonOpt = False) -> None:
-    """Ask the CVD's agent to upload now (a task; see `lamina task watch`)."""
-    t = Api.from_login().post(f"/cvds/{cvd}/sync")
-    emit(t, as_json, f"task {t['id']}: sync queued for the agent")
+cvds.post(
+    "sync",
+    lambda t: f"task {t['id']}: sync queued for the agent",
+    "Ask the CVD's agent to upload now (a task; see `lamina task watch`).",
+)
 
 
 @app.command()
@@ -283,11 +284,7 @@ def revert(
         )
 
 
-@app.command()
-def archive(cvd: CvdArg, as_json: JsonOpt = False) -> None:
-    """Detach the device and keep the CVD read-only with its snapshots."""
-    doc = Api.from_login().post(f"/cvds/{cvd}/archive")
-    emit(doc, as_json, _cvd_line(doc))
+cvds.post("archive", _cvd_line, "Detach the device and keep the CVD read-only with its snapshots.")
 
 
 def _migration_text(r: dict[str, Any]) -> str:

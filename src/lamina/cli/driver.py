@@ -5,28 +5,25 @@ from __future__ import annotations
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, emit, emit_rows
+from lamina.cli.common import JsonOpt, emit
 from lamina.cli.output import emit_json, human_bytes, safe
 from lamina.cli.progress import byte_progress
 from lamina.errors import UsageError
 
 app = typer.Typer(
-    help="Driver library: packs of firmware, modules and .deb files; profiles that match hardware."
-    "\n\nExamples: lamina driver import wifi-intel ./wifi-intel; lamina driver list",
+    help="Driver library: packs of firmware, modules and .deb files; profiles that match hardware.",
     no_args_is_help=True,
 )
 profile_app = typer.Typer(
-    help="Driver profiles: which packs go to which hardware.\n\n"
-    "Examples: lamina driver profile create thinkpad --pack wifi-intel "
-    "--match sys_vendor=LENOVO; lamina driver profile test thinkpad",
-    no_args_is_help=True,
+    help="Driver profiles: which packs go to which hardware.", no_args_is_help=True
 )
 app.add_typer(profile_app, name="profile")
 
@@ -113,24 +110,21 @@ def import_(
         )
 
 
-@app.command("list")
-def list_(as_json: JsonOpt = False) -> None:
-    """List driver packs and their versions."""
-    emit_rows(Api.from_login().get("/drivers"), as_json, _pack_text)
+def _deleted(what: str) -> Callable[[dict[str, Any]], str]:
+    """The line of a delete command, from what the API answers (the deleted thing)."""
+    return lambda doc: f"{what} {safe(doc['name'])} deleted"
 
 
-@app.command()
-def show(pack: PackArg, as_json: JsonOpt = False) -> None:
-    """Show a driver pack: versions, packages, files."""
-    doc = Api.from_login().get(f"/drivers/{pack}")
-    emit(doc, as_json, _pack_text(doc))
-
-
-@app.command()
-def delete(pack: PackArg, as_json: JsonOpt = False) -> None:
-    """Delete a driver pack (refused while a profile names it or an endpoint runs it)."""
-    doc = Api.from_login().delete(f"/drivers/{pack}")
-    emit(doc, as_json, f"driver pack {safe(doc['name'])} deleted")
+packs = ApiCommands(app, "/drivers", ("pack", PackArg))
+packs.list(_pack_text, "List driver packs and their versions.")
+packs.show(_pack_text, "Show a driver pack: versions, packages, files.")
+packs.call(
+    "delete",
+    "DELETE",
+    "",
+    _deleted("driver pack"),
+    "Delete a driver pack (refused while a profile names it or an endpoint runs it).",
+)
 
 
 # --- profiles ---------------------------------------------------------------------------
@@ -184,33 +178,22 @@ def profile_update(
     emit(doc, as_json, _profile_line(doc))
 
 
-@profile_app.command("list")
-def profile_list(as_json: JsonOpt = False) -> None:
-    """List driver profiles."""
-    emit_rows(Api.from_login().get("/driver-profiles"), as_json, _profile_line)
+profiles = ApiCommands(profile_app, "/driver-profiles", ("name", ProfileArg))
+profiles.list(_profile_line, "List driver profiles.")
+profiles.show(_profile_line, "Show a driver profile.")
+profiles.call("delete", "DELETE", "", _deleted("driver profile"), "Delete a driver profile.")
 
 
-@profile_app.command("show")
-def profile_show(name: ProfileArg, as_json: JsonOpt = False) -> None:
-    """Show a driver profile."""
-    doc = Api.from_login().get(f"/driver-profiles/{name}")
-    emit(doc, as_json, _profile_line(doc))
+def _matching_text(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        [*(f"{r['id']}  {safe(r['hostname'])}" for r in rows), f"{len(rows)} device(s) match"]
+    )
 
 
-@profile_app.command("delete")
-def profile_delete(name: ProfileArg, as_json: JsonOpt = False) -> None:
-    """Delete a driver profile."""
-    doc = Api.from_login().delete(f"/driver-profiles/{name}")
-    emit(doc, as_json, f"driver profile {safe(doc['name'])} deleted")
-
-
-@profile_app.command("test")
-def profile_test(name: ProfileArg, as_json: JsonOpt = False) -> None:
-    """The devices a profile matches today (by the facts they reported)."""
-    rows = Api.from_login().get(f"/driver-profiles/{name}/devices")
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        typer.echo(f"{r['id']}  {safe(r['hostname'])}")
-    typer.echo(f"{len(rows)} device(s) match")
+profiles.call(
+    "test",
+    "GET",
+    "/devices",
+    _matching_text,
+    "The devices a profile matches today (by the facts they reported).",
+)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
 from lamina.cli.common import DeviceArg, JsonOpt, emit, emit_rows, option_group, parse_duration
 from lamina.cli.output import age, emit_json, human_bytes, print_table, safe
@@ -73,20 +74,19 @@ def _token_line(r: dict[str, Any]) -> str:
     )
 
 
-@token_app.command("list")
-def token_list(as_json: JsonOpt = False) -> None:
-    """List sessions, API tokens and enrollment tokens: kind, owner, dates, uses, state."""
-    emit_rows(Api.from_login().get("/tokens"), as_json, _token_line)
-
-
-@token_app.command("revoke")
-def token_revoke(
-    token_id: Annotated[str, typer.Argument(help="Token id (from `lamina token list`).")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Revoke a session, API token or enrollment token by id: it stops working at once."""
-    doc = Api.from_login().delete(f"/tokens/{token_id}")
-    emit(doc, as_json, f"{doc['kind']} token {doc['id']} of {doc['owner']} revoked")
+TokenIdArg = Annotated[str, typer.Argument(help="Token id (from `lamina token list`).")]
+tokens = ApiCommands(token_app, "/tokens", ("token_id", TokenIdArg))
+tokens.list(
+    _token_line,
+    "List sessions, API tokens and enrollment tokens: kind, owner, dates, uses, state.",
+)
+tokens.call(
+    "revoke",
+    "DELETE",
+    "",
+    lambda d: f"{d['kind']} token {d['id']} of {d['owner']} revoked",
+    "Revoke a session, API token or enrollment token by id: it stops working at once.",
+)
 
 
 #: The health states the console's dashboard counts (``services/dashboard.py``).
@@ -198,18 +198,17 @@ def device_show(device: DeviceArg, as_json: JsonOpt = False) -> None:
     typer.echo(f"  {len(f.get('modaliases') or [])} PCI/USB devices")
 
 
-@device_app.command("reject")
-def device_reject(device: DeviceArg, as_json: JsonOpt = False) -> None:
-    """Reject a pending device: its credential stops working."""
-    doc = Api.from_login().post(f"/devices/{device}/reject")
-    emit(doc, as_json, f"device {doc['hostname']} rejected")
-
-
-@device_app.command("revoke")
-def device_revoke(device: DeviceArg, as_json: JsonOpt = False) -> None:
-    """Revoke a device's credential: every call it makes is refused from now on."""
-    doc = Api.from_login().post(f"/devices/{device}/revoke")
-    emit(doc, as_json, f"device {doc['hostname']} revoked")
+devices = ApiCommands(device_app, "/devices", ("device", DeviceArg))
+devices.post(
+    "reject",
+    lambda d: f"device {d['hostname']} rejected",
+    "Reject a pending device: its credential stops working.",
+)
+devices.post(
+    "revoke",
+    lambda d: f"device {d['hostname']} revoked",
+    "Revoke a device's credential: every call it makes is refused from now on.",
+)
 
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)$", re.IGNORECASE)
@@ -312,6 +311,9 @@ def _policy_line(doc: dict[str, Any]) -> str:
     )
 
 
+PolicyArg = Annotated[str, typer.Argument(help="Policy name or id.")]
+
+
 @policy_app.command("create")
 @settings_options
 def policy_create(
@@ -326,11 +328,7 @@ def policy_create(
 
 @policy_app.command("update")
 @settings_options
-def policy_update(
-    name: Annotated[str, typer.Argument(help="Policy name or id.")],
-    settings: dict[str, Any],
-    as_json: JsonOpt = False,
-) -> None:
+def policy_update(name: PolicyArg, settings: dict[str, Any], as_json: JsonOpt = False) -> None:
     """Change a policy; every CVD using it moves to the new version."""
     api = Api.from_login()
     current = api.get(f"/policies/{name}")
@@ -338,18 +336,9 @@ def policy_update(
     _print_policy(doc, as_json)
 
 
-@policy_app.command("list")
-def policy_list(as_json: JsonOpt = False) -> None:
-    """List policies."""
-    emit_rows(Api.from_login().get("/policies"), as_json, _policy_line)
-
-
-@policy_app.command("show")
-def policy_show(
-    name: Annotated[str, typer.Argument(help="Policy name or id.")], as_json: JsonOpt = False
-) -> None:
-    """Show one policy."""
-    _print_policy(Api.from_login().get(f"/policies/{name}"), as_json)
+policies = ApiCommands(policy_app, "/policies", ("name", PolicyArg))
+policies.list(_policy_line, "List policies.")
+policies.show(_policy_line, "Show one policy.")
 
 
 def _task_text(t: dict[str, Any]) -> str:
@@ -372,18 +361,9 @@ def task_list(
 TaskIdArg = Annotated[str, typer.Argument(help="Task id, or a unique prefix of one.")]
 
 
-@task_app.command("show")
-def task_show(task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
-    """Show a task."""
-    t = Api.from_login().get(f"/tasks/{task_id}")
-    emit(t, as_json, _task_text(t))
-
-
-@task_app.command("cancel")
-def task_cancel(task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
-    """Cancel a queued task, or a staged one before a boot applies it."""
-    t = Api.from_login().post(f"/tasks/{task_id}/cancel", {})
-    emit(t, as_json, _task_text(t))
+tasks = ApiCommands(task_app, "/tasks", ("task_id", TaskIdArg))
+tasks.show(_task_text, "Show a task.")
+tasks.post("cancel", _task_text, "Cancel a queued task, or a staged one before a boot applies it.")
 
 
 def task_line(t: dict[str, Any]) -> str:
@@ -392,7 +372,7 @@ def task_line(t: dict[str, Any]) -> str:
 
 @task_app.command("watch")
 def task_watch(
-    task_id: Annotated[str, typer.Argument(help="Task id, or a unique prefix of one.")],
+    task_id: TaskIdArg,
     timeout: Annotated[str, typer.Option(help="Give up after this long.")] = "1h",
     interval: Annotated[float, typer.Option(help="Seconds between looks at the task.")] = 1.0,
     as_json: JsonOpt = False,

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, emit, emit_rows, option_group, parse_duration
+from lamina.cli.common import GroupOption, JsonOpt, emit, option_group, parse_duration
 from lamina.cli.flex_vm import read_vm
 from lamina.cli.output import human_bytes
 from lamina.cli.progress import byte_progress
@@ -20,38 +21,14 @@ from lamina.errors import UsageError
 from lamina.protocol.flex import USB_CLASSES
 
 app = typer.Typer(
-    help="Flex: images, restriction policies, entitlements and instances (admin side).\n\n"
-    "Examples: lamina flex image register win11 ./win11.qcow2; lamina flex entitle office-win "
-    "--image win11 --policy standard --group staff",
+    help="Flex: images, restriction policies, entitlements and instances (admin side).",
     no_args_is_help=True,
 )
-image_app = typer.Typer(
-    help="Flex images: register, list, show, delete.\n\n"
-    "Examples: lamina flex image register win11 ./win11.qcow2; lamina flex image show win11",
-    no_args_is_help=True,
-)
-policy_app = typer.Typer(
-    help="Flex restriction policies.\n\n"
-    "Examples: lamina flex policy create standard --lease 7d --usb hid; "
-    "lamina flex policy update standard --clipboard on",
-    no_args_is_help=True,
-)
-entitlement_app = typer.Typer(
-    help="Entitlements: who may run which image.\n\n"
-    "Examples: lamina flex entitlement list; "
-    "lamina flex entitlement update office-win --group staff --group contractors",
-    no_args_is_help=True,
-)
-instance_app = typer.Typer(
-    help="Flex instances out on laptops.\n\n"
-    "Examples: lamina flex instance list; lamina flex instance lock ID --message 'Call IT'",
-    no_args_is_help=True,
-)
-group_app = typer.Typer(
-    help="Groups of users (entitlements name groups).\n\n"
-    "Examples: lamina group create staff --member alice --member bob; lamina group add staff carol",
-    no_args_is_help=True,
-)
+image_app = typer.Typer(help="Flex images: register, list, show, delete.", no_args_is_help=True)
+policy_app = typer.Typer(help="Flex restriction policies.", no_args_is_help=True)
+entitlement_app = typer.Typer(help="Entitlements: who may run which image.", no_args_is_help=True)
+instance_app = typer.Typer(help="Flex instances out on laptops.", no_args_is_help=True)
+group_app = typer.Typer(help="Groups of users (entitlements name groups).", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(policy_app, name="policy")
 app.add_typer(entitlement_app, name="entitlement")
@@ -65,20 +42,6 @@ EntitlementArg = Annotated[str, typer.Argument(help="Entitlement name.", show_de
 InstanceArg = Annotated[str, typer.Argument(help="Instance id.", show_default=False)]
 GroupArg = Annotated[str, typer.Argument(help="Group name.", show_default=False)]
 UsersArg = Annotated[list[str], typer.Argument(help="User names.", show_default=False)]
-
-
-def _list(path: str, as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
-    emit_rows(Api.from_login().get(path), as_json, line)
-
-
-def _get(path: str, as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
-    doc = Api.from_login().get(path)
-    emit(doc, as_json, line(doc))
-
-
-def _delete(path: str, said: str) -> None:
-    Api.from_login().delete(path)
-    typer.echo(said)
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -175,22 +138,12 @@ def _image_lines(doc: dict[str, Any]) -> str:
     )
 
 
-@image_app.command("list")
-def image_list(as_json: JsonOpt = False) -> None:
-    """List flex images and their versions."""
-    _list("/flex/images", as_json, _image_line)
-
-
-@image_app.command("show")
-def image_show(name: ImageArg, as_json: JsonOpt = False) -> None:
-    """Show an image's versions."""
-    _get(f"/flex/images/{name}", as_json, _image_lines)
-
-
-@image_app.command("delete")
-def image_delete(name: ImageArg) -> None:
-    """Delete an image that no entitlement names (its data goes at the next gc)."""
-    _delete(f"/flex/images/{name}", f"image {name} deleted")
+images = ApiCommands(image_app, "/flex/images", ("name", ImageArg))
+images.list(_image_line, "List flex images and their versions.")
+images.show(_image_lines, "Show an image's versions.")
+images.delete(
+    "image {} deleted", "Delete an image that no entitlement names (its data goes at the next gc)."
+)
 
 
 # --- policies -------------------------------------------------------------------------------------
@@ -343,22 +296,10 @@ def policy_update(
     emit(doc, as_json, _policy_line(doc))
 
 
-@policy_app.command("list")
-def policy_list(as_json: JsonOpt = False) -> None:
-    """List restriction policies."""
-    _list("/flex/policies", as_json, _policy_line)
-
-
-@policy_app.command("show")
-def policy_show(name: PolicyArg, as_json: JsonOpt = False) -> None:
-    """Show a restriction policy."""
-    _get(f"/flex/policies/{name}", as_json, _policy_line)
-
-
-@policy_app.command("delete")
-def policy_delete(name: PolicyArg) -> None:
-    """Delete a policy no entitlement or instance uses."""
-    _delete(f"/flex/policies/{name}", f"flex policy {name} deleted")
+policies = ApiCommands(policy_app, "/flex/policies", ("name", PolicyArg))
+policies.list(_policy_line, "List restriction policies.")
+policies.show(_policy_line, "Show a restriction policy.")
+policies.delete("flex policy {} deleted", "Delete a policy no entitlement or instance uses.")
 
 
 # --- entitlements ---------------------------------------------------------------------------------
@@ -406,16 +347,9 @@ def entitle(
     emit(doc, as_json, _ent_line(doc))
 
 
-@entitlement_app.command("list")
-def entitlement_list(as_json: JsonOpt = False) -> None:
-    """List entitlements."""
-    _list("/flex/entitlements", as_json, _ent_line)
-
-
-@entitlement_app.command("show")
-def entitlement_show(name: EntitlementArg, as_json: JsonOpt = False) -> None:
-    """Show an entitlement."""
-    _get(f"/flex/entitlements/{name}", as_json, _ent_line)
+entitlements = ApiCommands(entitlement_app, "/flex/entitlements", ("name", EntitlementArg))
+entitlements.list(_ent_line, "List entitlements.")
+entitlements.show(_ent_line, "Show an entitlement.")
 
 
 @entitlement_app.command("update")
@@ -439,10 +373,9 @@ def entitlement_update(
     emit(doc, as_json, _ent_line(doc))
 
 
-@entitlement_app.command("delete")
-def entitlement_delete(name: EntitlementArg) -> None:
-    """Delete an entitlement whose instances are all revoked."""
-    _delete(f"/flex/entitlements/{name}", f"entitlement {name} deleted")
+entitlements.delete(
+    "entitlement {} deleted", "Delete an entitlement whose instances are all revoked."
+)
 
 
 # --- instances ------------------------------------------------------------------------------------
@@ -454,44 +387,25 @@ def _inst_line(r: dict[str, Any]) -> str:
     )
 
 
-@instance_app.command("list")
-def instance_list(as_json: JsonOpt = False) -> None:
-    """List instances: user, entitlement, image, policy, state, last check-in, client."""
-    _list("/flex/instances", as_json, _inst_line)
+instances = ApiCommands(instance_app, "/flex/instances", ("instance", InstanceArg))
+instances.list(
+    _inst_line, "List instances: user, entitlement, image, policy, state, last check-in, client."
+)
+instances.show(_inst_line, "Show an instance.")
 
 
-@instance_app.command("show")
-def instance_show(instance: InstanceArg, as_json: JsonOpt = False) -> None:
-    """Show an instance."""
-    _get(f"/flex/instances/{instance}", as_json, _inst_line)
-
-
-InstMessage = Annotated[str, typer.Option(help="Shown to the user.")]
-
-
-@instance_app.command("lock")
-def instance_lock(
-    instance: InstanceArg, message: InstMessage = "", as_json: JsonOpt = False
-) -> None:
-    """Lock an instance: it refuses to start after its next check-in."""
-    doc = Api.from_login().post(f"/flex/instances/{instance}/lock", {"message": message})
-    emit(doc, as_json, _inst_line(doc))
-
-
-@instance_app.command("unlock")
-def instance_unlock(instance: InstanceArg, as_json: JsonOpt = False) -> None:
-    """Unlock a locked instance."""
-    doc = Api.from_login().post(f"/flex/instances/{instance}/unlock", {"message": ""})
-    emit(doc, as_json, _inst_line(doc))
-
-
-@instance_app.command("revoke")
-def instance_revoke(
-    instance: InstanceArg, message: InstMessage = "", as_json: JsonOpt = False
-) -> None:
-    """Revoke an instance: at its next check-in the laptop deletes its key and disk."""
-    doc = Api.from_login().post(f"/flex/instances/{instance}/revoke", {"message": message})
-    emit(doc, as_json, _inst_line(doc))
+#: ``--message`` of ``lock`` and ``revoke``: what the user is shown.
+MESSAGE: GroupOption = ("message", Annotated[str, typer.Option(help="Shown to the user.")], "")
+instances.post(
+    "lock", _inst_line, "Lock an instance: it refuses to start after its next check-in.", MESSAGE
+)
+instances.post("unlock", _inst_line, "Unlock a locked instance.")
+instances.post(
+    "revoke",
+    _inst_line,
+    "Revoke an instance: at its next check-in the laptop deletes its key and disk.",
+    MESSAGE,
+)
 
 
 @instance_app.command("set-policy")
@@ -526,16 +440,9 @@ def group_create(
     emit(doc, as_json, _group_line(doc))
 
 
-@group_app.command("list")
-def group_list(as_json: JsonOpt = False) -> None:
-    """List groups and their members."""
-    _list("/groups", as_json, _group_line)
-
-
-@group_app.command("show")
-def group_show(name: GroupArg, as_json: JsonOpt = False) -> None:
-    """Show a group."""
-    _get(f"/groups/{name}", as_json, _group_line)
+groups = ApiCommands(group_app, "/groups", ("name", GroupArg))
+groups.list(_group_line, "List groups and their members.")
+groups.show(_group_line, "Show a group.")
 
 
 @group_app.command("add")
@@ -552,7 +459,4 @@ def group_remove(name: GroupArg, users: UsersArg, as_json: JsonOpt = False) -> N
     emit(doc, as_json, _group_line(doc))
 
 
-@group_app.command("delete")
-def group_delete(name: GroupArg) -> None:
-    """Delete a group (its entitlements stop reaching its members)."""
-    _delete(f"/groups/{name}", f"group {name} deleted")
+groups.delete("group {} deleted", "Delete a group (its entitlements stop reaching its members).")

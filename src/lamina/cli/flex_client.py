@@ -27,9 +27,7 @@ if TYPE_CHECKING:
 # lamina.flex (argon2, blake3, QEMU helpers) is imported inside the commands: every
 # ``lamina`` command builds this group.
 app = typer.Typer(
-    help="Run the flex images you are entitled to on this laptop (encrypted, under a lease).\n\n"
-    "Examples: lamina flex-client list; lamina flex-client download ENTITLEMENT; "
-    "lamina flex-client status; lamina flex-client launch INSTANCE",
+    help="Run the flex images you are entitled to on this laptop (encrypted, under a lease).",
     no_args_is_help=True,
 )
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
 from lamina.cli.common import CvdArg, DeviceArg, JsonOpt, emit, emit_rows, option_group
 from lamina.cli.output import emit_json, human_bytes, safe
@@ -88,19 +89,10 @@ def record_finalize(
     )
 
 
-@app.command("list")
-def list_(as_json: JsonOpt = False) -> None:
-    """List layers and their versions."""
-    emit_rows(Api.from_login().get("/layers"), as_json, _layer_text)
-
-
-@app.command()
-def show(
-    layer: Annotated[str, typer.Argument(help="Layer name or id.")], as_json: JsonOpt = False
-) -> None:
-    """Show a layer: versions, applications, whiteouts."""
-    doc = Api.from_login().get(f"/layers/{layer}")
-    emit(doc, as_json, _layer_text(doc))
+LayerArg = Annotated[str, typer.Argument(help="Layer name or id.")]
+layers = ApiCommands(app, "/layers", ("layer", LayerArg))
+layers.list(_layer_text, "List layers and their versions.")
+layers.show(_layer_text, "Show a layer: versions, applications, whiteouts.")
 
 
 def _plan_text(p: dict[str, Any]) -> str:

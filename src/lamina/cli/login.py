@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import getpass
-import sys
 from typing import Annotated
 
 import typer
 
 from lamina.cli.client import Api, forget_login, save_login
-from lamina.errors import UsageError
+from lamina.cli.common import PasswordStdinOpt, read_password
 
 
 def login(
     url: Annotated[str, typer.Argument(help="The server, e.g. https://lamina.example:8470")],
     user: Annotated[str, typer.Option("--user", help="User name.")],
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
-    ] = False,
+    password_stdin: PasswordStdinOpt = False,
 ) -> None:
     """Log in and save the session (mode 0600) for the other commands."""
-    password = (
-        sys.stdin.readline().rstrip("\n")
-        if password_stdin
-        else getpass.getpass(f"password for {user}: ")
-    )
-    if not password:
-        raise UsageError("no password given")
+    password = read_password(f"password for {user}: ", password_stdin)
     resp = Api(url, None).post("/auth/login", {"user": user, "password": password})
     path = save_login(url, resp["token"])
     typer.echo(f"logged in to {url} as {resp['user']} ({resp['role']}); session saved in {path}")

@@ -19,9 +19,12 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
+
+from lamina.cli.common import option_group
 
 FORMATS = ("auto", "text", "journal", "json")
 
@@ -35,6 +38,28 @@ LogFormatOpt = Annotated[
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
+
+
+@dataclass(frozen=True)
+class LogFlags:
+    """``--log-format``, ``--verbose`` and ``--quiet`` as given (the format may also come
+    from the command's settings file or environment)."""
+
+    log_format: str | None
+    verbose: bool
+    quiet: bool
+
+
+#: The log options of the long-running commands, given to a command as ``logs``.
+log_options = option_group(
+    "logs",
+    [
+        ("log_format", LogFormatOpt, None),
+        ("verbose", VerboseOpt, False),
+        ("quiet", QuietOpt, False),
+    ],
+    LogFlags,
+)
 
 #: syslog priorities (sd-daemon(3)) of Python's levels.
 _PRIORITY = {

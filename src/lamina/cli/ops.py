@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, emit
+from lamina.cli.common import JsonOpt
 from lamina.cli.output import age, emit_json, human_bytes, print_table
 
 event_app = typer.Typer(
@@ -87,11 +88,10 @@ def event_list(
     )
 
 
-@event_app.command("ack")
-def event_ack(
-    event_id: Annotated[int, typer.Argument(help="The event's number (from `lamina event list`).")],
-    as_json: JsonOpt = False,
-) -> None:
-    """Acknowledge an event: it stops counting on the dashboard and in `lamina status`."""
-    doc = Api.from_login().post(f"/events/{event_id}/ack")
-    emit(doc, as_json, f"event {doc['id']} acknowledged by {doc['acknowledged_by']}")
+EventIdArg = Annotated[int, typer.Argument(help="The event's number (from `lamina event list`).")]
+events = ApiCommands(event_app, "/events", ("event_id", EventIdArg))
+events.post(
+    "ack",
+    lambda d: f"event {d['id']} acknowledged by {d['acknowledged_by']}",
+    "Acknowledge an event: it stops counting on the dashboard and in `lamina status`.",
+)

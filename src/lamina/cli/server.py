@@ -16,7 +16,7 @@ import typer
 
 from lamina.cli import units
 from lamina.cli.common import owner_only
-from lamina.cli.logs import LogFormatOpt, QuietOpt, VerboseOpt, setup_logging
+from lamina.cli.logs import LogFlags, log_options, setup_logging
 from lamina.cli.progress import err_console
 from lamina.errors import UsageError
 
@@ -76,6 +76,14 @@ SelfSignedOpt = Annotated[
 ]
 
 
+def _check_tls_flags(tls_cert: Path | None, tls_key: Path | None, self_signed: bool) -> None:
+    """``--tls-cert`` and ``--tls-key`` go together, and not with ``--self-signed``."""
+    if (tls_cert is None) != (tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if self_signed and tls_cert is not None:
+        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+
+
 def _settings(config: Path | None, **flags: object) -> ServerSettings:
     from lamina.config import SERVER_CONFIG, ServerSettings  # pydantic-settings: ~15 ms
 
@@ -83,6 +91,7 @@ def _settings(config: Path | None, **flags: object) -> ServerSettings:
 
 
 @app.callback()
+@log_options
 def server(
     ctx: typer.Context,
     config: ConfigOpt = None,
@@ -102,17 +111,13 @@ def server(
             "administrator's token from others), token, open or off."
         ),
     ] = None,
-    log_format: LogFormatOpt = None,
-    verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    logs: LogFlags,
 ) -> None:
     """Start the Lamina server. On first start it creates the store and the user `admin`."""
     if ctx.invoked_subcommand is not None:
         return
-    if (tls_cert is None) != (tls_key is None):
-        raise UsageError("--tls-cert and --tls-key go together")
-    if self_signed and tls_cert is not None:
-        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+    _check_tls_flags(tls_cert, tls_key, self_signed)
     settings = _settings(
         config,
         data=data,
@@ -124,9 +129,9 @@ def server(
         tls_cert=tls_cert,
         tls_key=tls_key,
         metrics=metrics,
-        log_format=log_format,
+        log_format=logs.log_format,
     )
-    setup_logging(settings.log_format, settings.log_level, verbose, quiet)
+    setup_logging(settings.log_format, settings.log_level, logs.verbose, logs.quiet)
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise UsageError("tls_cert and tls_key go together (flags, environment or settings file)")
     # Everything the server creates is the owner's alone (finding 19): the database
@@ -219,10 +224,7 @@ def install_service(
     Example: lamina server install-service --data /srv/lamina --host 0.0.0.0
     --tls-cert /etc/lamina/server.crt --tls-key /etc/lamina/server.key
     """
-    if (tls_cert is None) != (tls_key is None):
-        raise UsageError("--tls-cert and --tls-key go together")
-    if self_signed and tls_cert is not None:
-        raise UsageError("give either --self-signed or --tls-cert/--tls-key, not both")
+    _check_tls_flags(tls_cert, tls_key, self_signed)
     settings = _settings(
         config, data=data, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key
     )

@@ -16,12 +16,6 @@ from lamina.cli.common import JsonOpt, owner_only, parse_duration
 from lamina.cli.output import emit_json, human_bytes
 from lamina.cli.progress import err_console, step_progress
 from lamina.cli.store_options import (
-    DEFAULT_DATA,
-    DataOpt,
-    DbOpt,
-    KeyfileOpt,
-    StoreOpt,
-    location,
     open_store,
     server_libraries,
     store_command,
@@ -49,11 +43,9 @@ def _roots(s: Store) -> list[RootSource]:
 
 
 @app.command()
+@store_command
 def init(
-    data: DataOpt = DEFAULT_DATA,
-    db: DbOpt = None,
-    store: StoreOpt = None,
-    keyfile: KeyfileOpt = None,
+    loc: StoreLocation,
     passphrase_stdin: Annotated[
         bool,
         typer.Option(
@@ -69,8 +61,7 @@ def init(
     )
     if passphrase_stdin and not passphrase:
         raise UsageError("--passphrase-stdin given but stdin held no passphrase")
-    loc = location(data, db, store, keyfile)
-    with owner_only(data):
+    with owner_only(loc.data):
         s = server_libraries().init_store(loc, passphrase or None)
     doc = {
         "id": s.keys.store_id,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import getpass
-import sys
 from typing import Annotated
 
 import typer
 
+from lamina.cli.api_commands import ApiCommands
 from lamina.cli.client import Api
-from lamina.cli.common import JsonOpt, UserArg, emit, emit_rows
+from lamina.cli.common import JsonOpt, PasswordStdinOpt, UserArg, emit, read_password
 from lamina.cli.output import emit_json
-from lamina.errors import UsageError
 
 app = typer.Typer(
     help="User accounts and roles (administrator, helpdesk, readonly, flex-user).",
@@ -25,29 +23,20 @@ def user_create(
     role: Annotated[
         str, typer.Option(help="administrator, helpdesk, readonly or flex-user.")
     ] = "readonly",
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
-    ] = False,
+    password_stdin: PasswordStdinOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a user."""
-    password = (
-        sys.stdin.readline().rstrip("\n")
-        if password_stdin
-        else getpass.getpass(f"password for {name}: ")
-    )
+    password = read_password(f"password for {name}: ", password_stdin)
     doc = Api.from_login().post("/users", {"name": name, "password": password, "role": role})
     emit(doc, as_json, f"user {doc['name']} ({doc['role']}) created")
 
 
-@app.command("list")
-def user_list(as_json: JsonOpt = False) -> None:
-    """List users."""
-    emit_rows(
-        Api.from_login().get("/users"),
-        as_json,
-        lambda r: f"{r['name']:<24} {r['role']:<14} {'disabled' if r['disabled'] else ''}",
-    )
+users = ApiCommands(app, "/users", ("name", UserArg))
+users.list(
+    lambda r: f"{r['name']:<24} {r['role']:<14} {'disabled' if r['disabled'] else ''}",
+    "List users.",
+)
 
 
 @app.command("audit")
@@ -64,25 +53,12 @@ def user_audit(
         typer.echo(f"{r['time']}  {r['actor']:<20} {r['action']:<22} {r['target']}")
 
 
-def _read_password(prompt: str, stdin: bool) -> str:
-    password = sys.stdin.readline().rstrip("\n") if stdin else getpass.getpass(prompt)
-    if not password:
-        raise UsageError("no password given")
-    return password
-
-
-@app.command("disable")
-def user_disable(name: UserArg, as_json: JsonOpt = False) -> None:
-    """Disable a user: their sessions and tokens stop working at once."""
-    doc = Api.from_login().post(f"/users/{name}/disable")
-    emit(doc, as_json, f"user {doc['name']} disabled")
-
-
-@app.command("enable")
-def user_enable(name: UserArg, as_json: JsonOpt = False) -> None:
-    """Enable a disabled user."""
-    doc = Api.from_login().post(f"/users/{name}/enable")
-    emit(doc, as_json, f"user {doc['name']} enabled")
+users.post(
+    "disable",
+    lambda d: f"user {d['name']} disabled",
+    "Disable a user: their sessions and tokens stop working at once.",
+)
+users.post("enable", lambda d: f"user {d['name']} enabled", "Enable a disabled user.")
 
 
 @app.command("delete")
@@ -112,7 +88,7 @@ def user_passwd(
     ] = False,
 ) -> None:
     """Change a user's password; their other sessions are revoked."""
-    current = _read_password("current password: ", password_stdin) if own else None
-    password = _read_password(f"new password for {name}: ", password_stdin)
+    current = read_password("current password: ", password_stdin) if own else None
+    password = read_password(f"new password for {name}: ", password_stdin)
     Api.from_login().put(f"/users/{name}/password", {"password": password, "current": current})
     typer.echo(f"password of {name} changed; their other sessions are revoked")
