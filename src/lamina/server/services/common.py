@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import overload
+from typing import TypeVar, overload
 
+from pydantic import BaseModel
 from sqlalchemy import Column, ColumnElement, Connection, Row, Table, func, insert, or_, select
 
 from lamina.db.models import audit_log
@@ -30,6 +31,24 @@ def aware(t: dt.datetime | None) -> dt.datetime | None:
     if t is None:
         return None
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def from_row(model: type[M], row: object, **given: object) -> M:
+    """The public view ``model`` of a row: each field the row's attribute of the same
+    name (a time made aware, as ``aware``), but for the fields ``given``, which are
+    computed or named otherwise. A field given that ``model`` lacks is a bug."""
+    unknown = given.keys() - model.model_fields.keys()
+    if unknown:
+        raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
+    values: dict[str, object] = {}
+    for name in model.model_fields.keys() - given.keys():
+        if hasattr(row, name):
+            v = getattr(row, name)
+            values[name] = aware(v) if isinstance(v, dt.datetime) else v
+    return model.model_validate(values | given)
 
 
 def audit(c: Connection, actor: str, action: str, target: str, **detail: object) -> None:

@@ -44,7 +44,7 @@ from lamina.protocol.flex import (
     Piece,
 )
 from lamina.server.security import Principal
-from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
+from lamina.server.services.common import audit, aware, find_one, from_row, new_id, next_number, now
 from lamina.server.services.rows import FlexImage, FlexImageVersion, PieceRow
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -419,15 +419,11 @@ def find_version(c: Connection, image: FlexImage, version: int | None) -> FlexIm
 
 
 def _version_public(v: FlexImageVersion) -> FlexImageVersionPublic:
-    return FlexImageVersionPublic(
-        version=v.version,
-        size=v.size,
-        memory_mib=v.memory_mib,
-        cpus=v.cpus,
-        firmware=v.firmware,
+    return from_row(
+        FlexImageVersionPublic,
+        v,
         pieces=len(v.pieces),
         snapshot=v.snapshot_id,
-        created=aware(v.created),
         new_bytes=(v.source or {}).get("new_bytes"),
     )
 
