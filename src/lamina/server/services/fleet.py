@@ -322,17 +322,10 @@ def list_cvds(engine: Engine, actor: Principal) -> list[CvdPublic]:
 
 
 def show_cvd(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
-    if actor.kind == "device":
-        with read_tx(engine) as c:
-            r = find_cvd(c, ref)
-            if r.device_id != actor.id:
-                raise ForbiddenError("a device may only see its own CVD")
-            if r.state != ACTIVE:
-                raise ForbiddenError(f"CVD {r.name} is {r.state}: its device reads nothing of it")
-            return _cvd_public(c, r)
-    actor.require("read")
+    """A CVD as a reader, or its own device, sees it (``cvd_for_access``)."""
+    r = cvd_for_access(engine, actor, ref)
     with read_tx(engine) as c:
-        return _cvd_public(c, find_cvd(c, ref))
+        return _cvd_public(c, r)
 
 
 def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:

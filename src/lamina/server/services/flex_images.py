@@ -45,6 +45,7 @@ from lamina.protocol.flex import (
 )
 from lamina.server.security import Principal
 from lamina.server.services.common import audit, aware, find_one, from_row, new_id, next_number, now
+from lamina.server.services.flex_policies import entitlement_naming
 from lamina.server.services.rows import FlexImage, FlexImageVersion, PieceRow
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -468,13 +469,9 @@ def delete_image(engine: Engine, store: Store, actor: Principal, ref: str) -> No
     actor.require("flex.admin")
     with write_tx(engine) as c:
         img = find_image(c, ref)
-        used = c.execute(
-            select(flex_entitlements.c.name).where(flex_entitlements.c.image_id == img.id)
-        ).first()
+        used = entitlement_naming(c, flex_entitlements.c.image_id, img.id)
         if used:
-            raise ConflictError(
-                f"flex image {img.name} is entitled by {used.name}: delete that first"
-            )
+            raise ConflictError(f"flex image {img.name} is entitled by {used}: delete that first")
         snaps = [
             r.snapshot_id
             for r in c.execute(
