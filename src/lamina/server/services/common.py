@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TypeVar, overload
 
 from pydantic import BaseModel
-from sqlalchemy import Column, ColumnElement, Connection, Row, Table, func, insert, or_, select
+from sqlalchemy import Connection, Row, Table, func, insert, or_, select
 
 from lamina.db.models import audit_log
 from lamina.errors import ConflictError, NotFoundError
@@ -60,10 +60,18 @@ def audit(c: Connection, actor: str, action: str, target: str, **detail: object)
     )
 
 
-def next_number(c: Connection, column: Column[int], *where: ColumnElement[bool]) -> int:
-    """One more than the highest ``column`` among the rows ``where`` selects (1 if none):
-    the next version of a layer or an image."""
-    return (c.execute(select(func.max(column)).where(*where)).scalar() or 0) + 1
+def insert_version(c: Connection, table: Table, of: str, parent_id: str, **values: object) -> int:
+    """Insert the next version of ``parent_id`` (a layer, an image) into ``table``, whose
+    column ``of`` names the parent: numbered one more than its highest (1 if none), with
+    a new id and the time now. Returns its number."""
+    latest = c.execute(select(func.max(table.c.version)).where(table.c[of] == parent_id)).scalar()
+    version = (latest or 0) + 1
+    c.execute(
+        insert(table).values(
+            id=new_id(), version=version, created=now(), **{of: parent_id}, **values
+        )
+    )
+    return version
 
 
 #: A row of one of the tables (its columns are attributes; ``services/rows.py`` types them).

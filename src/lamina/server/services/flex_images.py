@@ -44,7 +44,7 @@ from lamina.protocol.flex import (
     Piece,
 )
 from lamina.server.security import Principal
-from lamina.server.services.common import audit, aware, find_one, from_row, new_id, next_number, now
+from lamina.server.services.common import audit, find_one, from_row, insert_version, new_id, now
 from lamina.server.services.flex_policies import entitlement_naming
 from lamina.server.services.rows import FlexImage, FlexImageVersion, PieceRow
 from lamina.store import blob
@@ -300,23 +300,18 @@ def _add_version(
     source: dict[str, str] | None,
 ) -> FlexImagePublic:
     with write_tx(engine) as c:
-        version = next_number(
-            c, flex_image_versions.c.version, flex_image_versions.c.image_id == image_id
-        )
-        c.execute(
-            insert(flex_image_versions).values(
-                id=new_id(),
-                image_id=image_id,
-                version=version,
-                created=now(),
-                size=record.bytes,
-                memory_mib=memory_mib,
-                cpus=cpus,
-                firmware=firmware,
-                snapshot_id=record.id,
-                pieces=pieces,
-                source={**(source or {}), "format": info["format"], "new_bytes": new_bytes},
-            )
+        version = insert_version(
+            c,
+            flex_image_versions,
+            "image_id",
+            image_id,
+            size=record.bytes,
+            memory_mib=memory_mib,
+            cpus=cpus,
+            firmware=firmware,
+            snapshot_id=record.id,
+            pieces=pieces,
+            source={**(source or {}), "format": info["format"], "new_bytes": new_bytes},
         )
         audit(
             c,
@@ -440,12 +435,7 @@ def _image_public(
                 .order_by(flex_image_versions.c.version)
             )
         )
-    return FlexImagePublic(
-        id=img.id,
-        name=img.name,
-        created=aware(img.created),
-        versions=[_version_public(v) for v in versions],
-    )
+    return from_row(FlexImagePublic, img, versions=[_version_public(v) for v in versions])
 
 
 def list_images(engine: Engine, actor: Principal) -> list[FlexImagePublic]:

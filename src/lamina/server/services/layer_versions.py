@@ -19,7 +19,15 @@ from lamina.layers.rules import RuleSet, for_os
 from lamina.protocol.schemas import LayerPublic, LayerVersionPublic
 from lamina.server.security import Principal
 from lamina.server.services import fleet
-from lamina.server.services.common import audit, aware, find_one, from_row, new_id, next_number, now
+from lamina.server.services.common import (
+    audit,
+    aware,
+    find_one,
+    from_row,
+    insert_version,
+    new_id,
+    now,
+)
 from lamina.server.services.rows import Cvd, Layer, LayerVersion
 
 
@@ -149,24 +157,20 @@ def add_version(
 ) -> int:
     """Record the next version of a layer (its tree stored already); returns its number.
     ``source``: the CVD and snapshot it was captured from (none for a driver pack)."""
-    version = next_number(c, layer_versions.c.version, layer_versions.c.layer_id == layer_id)
-    c.execute(
-        insert(layer_versions).values(
-            id=new_id(),
-            layer_id=layer_id,
-            version=version,
-            created=now(),
-            root=content.root,
-            whiteouts=content.whiteouts if isinstance(content, Captured) else [],
-            source_cvd=source[0] if source else None,
-            source_snapshot=source[1] if source else None,
-            notes=notes,
-            files=content.files,
-            bytes=content.bytes,
-            apps=content.apps,
-        )
+    return insert_version(
+        c,
+        layer_versions,
+        "layer_id",
+        layer_id,
+        root=content.root,
+        whiteouts=content.whiteouts if isinstance(content, Captured) else [],
+        source_cvd=source[0] if source else None,
+        source_snapshot=source[1] if source else None,
+        notes=notes,
+        files=content.files,
+        bytes=content.bytes,
+        apps=content.apps,
     )
-    return version
 
 
 def rules_of(c: Connection, cvd: Cvd) -> RuleSet:
