@@ -35,13 +35,7 @@ def logout(ctx: Ctx, caller: Caller) -> None:
 
 @router.get("/auth/me", summary="Who the bearer token belongs to")
 def me(caller: Caller) -> MePublic:
-    return MePublic(
-        id=caller.id,
-        name=caller.name,
-        kind=caller.kind,
-        role=caller.role,
-        permissions=sorted(caller.permissions),
-    )
+    return users.me(caller)
 
 
 @router.post("/users", summary="Create a user with a role", status_code=201)

@@ -24,9 +24,7 @@ router = APIRouter()
     summary="Migrate a CVD to a replacement device (or only validate, with dry_run)",
 )
 def migrate(ref: str, req: MigrateRequest, ctx: Ctx, caller: Caller) -> MigrationReport:
-    return MigrationReport.model_validate(
-        migration.migrate(ctx.engine, ctx.store, caller, ref, req)
-    )
+    return migration.migrate(ctx.engine, ctx.store, caller, ref, req)
 
 
 @router.post(
@@ -37,8 +35,7 @@ def restore_system(
     ref: str, req: RestoreSystemRequest, ctx: Ctx, caller: Caller
 ) -> MigrationReport:
     full = MigrateRequest(to=req.to, mode="full", snapshot=req.snapshot, dry_run=req.dry_run)
-    doc = migration.migrate(ctx.engine, ctx.store, caller, ref, full, same_device=True)
-    return MigrationReport.model_validate(doc)
+    return migration.migrate(ctx.engine, ctx.store, caller, ref, full, same_device=True)
 
 
 @router.post(
@@ -46,10 +43,9 @@ def restore_system(
     summary="Lay a pending device's system down from a base layer and create its CVD",
 )
 def provision_device(ref: str, req: ProvisionRequest, ctx: Ctx, caller: Caller) -> ProvisionReport:
-    doc = provision.provision(
+    return provision.provision(
         ctx.engine, ctx.store, caller, ref, req.base, req.apps, req.policy, req.name, req.dry_run
     )
-    return ProvisionReport.model_validate(doc)
 
 
 @router.post(
@@ -57,5 +53,4 @@ def provision_device(ref: str, req: ProvisionRequest, ctx: Ctx, caller: Caller) 
     summary="Move an endpoint to a base layer of another OS release, keeping identity and data",
 )
 def migrate_os(ref: str, req: MigrateOsRequest, ctx: Ctx, caller: Caller) -> MigrateOsReport:
-    doc = provision.migrate_os(ctx.engine, ctx.store, caller, ref, req.base, req.dry_run)
-    return MigrateOsReport.model_validate(doc)
+    return provision.migrate_os(ctx.engine, ctx.store, caller, ref, req.base, req.dry_run)

@@ -15,7 +15,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request, Response
 
 from lamina.errors import NotFoundError, UsageError
-from lamina.protocol.schemas import MigrateRequest, MigrationMode
+from lamina.protocol.migration import (
+    MigrateOsReport,
+    MigrateRequest,
+    MigrationMode,
+    MigrationReport,
+    ProvisionReport,
+)
 from lamina.server.console.forms import Ref, Snapshot
 from lamina.server.console.views_cvd import choices
 from lamina.server.console.views_fleet import pending_form
@@ -81,7 +87,7 @@ def _report(
     actor: Actor,
     op: str,
     title: str,
-    report: dict[str, Any],
+    report: MigrationReport | MigrateOsReport | ProvisionReport,
     at: str,
     hidden: dict[str, Any],
 ) -> Response:
@@ -134,18 +140,18 @@ def migrate(
     req = _migrate_request(to, mode, base, name, snapshot, dry_run)
     report = migration.migrate(ctx.engine, ctx.store, actor, ref, req)
     if not dry_run:
-        return see_other(f"/tasks/{report['task']}")
-    title = f"Migrate {report['cvd']} to {report['device']}"
-    hidden = {"to": report["device_id"], "mode": mode, "base": base, "name": name}
-    hidden["snapshot"] = report["snapshot"]
-    at = f"/cvds/{report['id']}/migrate"
+        return see_other(f"/tasks/{report.task}")
+    title = f"Migrate {report.cvd} to {report.device}"
+    hidden = {"to": report.device_id, "mode": mode, "base": base, "name": name}
+    hidden["snapshot"] = report.snapshot
+    at = f"/cvds/{report.id}/migrate"
     return _report(request, actor, "migrate", title, report, at, hidden)
 
 
 # --- restore system ---------------------------------------------------------------------
 def _restore_system(
     ctx: Ctx, actor: Actor, ref: str, to: str, snapshot: str, dry_run: bool
-) -> dict[str, Any]:
+) -> MigrationReport:
     if not to:
         raise UsageError("choose the device, or type its hostname")
     req = MigrateRequest(to=to, mode="full", snapshot=snapshot or "latest", dry_run=dry_run)
@@ -161,10 +167,10 @@ def restore_system(
     dry_run = request.url.path.endswith("/preview")
     report = _restore_system(ctx, actor, ref, to, snapshot, dry_run)
     if not dry_run:
-        return see_other(f"/tasks/{report['task']}")
-    title = f"Restore the system of {report['cvd']} onto {report['device']}"
-    hidden = {"to": report["device_id"], "snapshot": report["snapshot"]}
-    at = f"/cvds/{report['id']}/restore-system"
+        return see_other(f"/tasks/{report.task}")
+    title = f"Restore the system of {report.cvd} onto {report.device}"
+    hidden = {"to": report.device_id, "snapshot": report.snapshot}
+    at = f"/cvds/{report.id}/restore-system"
     return _report(request, actor, "restore-system", title, report, at, hidden)
 
 
@@ -182,9 +188,9 @@ def migrate_os(
     dry_run = request.url.path.endswith("/preview")
     report = provision.migrate_os(ctx.engine, ctx.store, actor, ref, base, dry_run)
     if not dry_run:
-        return see_other(f"/tasks/{report['task']}")
-    title = f"Move {report['cvd']} to {report['os']}"
-    at = f"/cvds/{report['id']}/migrate-os"
+        return see_other(f"/tasks/{report.task}")
+    title = f"Move {report.cvd} to {report.os}"
+    at = f"/cvds/{report.id}/migrate-os"
     return _report(request, actor, "migrate-os", title, report, at, {"base": base})
 
 
@@ -216,7 +222,7 @@ def provision_device(
         ctx.engine, ctx.store, actor, device_id, base, chosen, policy, name.strip() or None, dry_run
     )
     if not dry_run:
-        return see_other(f"/tasks/{report['task']}")
+        return see_other(f"/tasks/{report.task}")
     hidden = {"base": base, "policy": policy, "name": name, "apps": chosen}
-    at = f"/devices/{report['device_id']}/provision"
-    return _report(request, actor, "provision", f"Provision {report['device']}", report, at, hidden)
+    at = f"/devices/{report.device_id}/provision"
+    return _report(request, actor, "provision", f"Provision {report.device}", report, at, hidden)

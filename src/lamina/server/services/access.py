@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -39,6 +38,7 @@ from lamina.protocol.tasks import DELIVERED_TREES, TaskKind, TaskState
 from lamina.server.services import inflight
 from lamina.server.services.fleet import cvd_source
 from lamina.server.services.inflight import OFF, Sharing
+from lamina.server.services.rows import Cvd
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
 
@@ -48,7 +48,7 @@ BATCH = 5000
 OPEN_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING)
 
 
-def _insert_ignore(c: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+def _insert_ignore(c: Connection, table: Table, rows: Sequence[Mapping[str, object]]) -> None:
     if not rows:
         return
     dialect = postgresql if c.dialect.name == "postgresql" else sqlite
@@ -89,7 +89,7 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing =
     return len(new)
 
 
-def ensure_indexed(engine: Engine, store: Store, cvd: Any) -> None:
+def ensure_indexed(engine: Engine, store: Store, cvd: Cvd) -> None:
     """Fill ``cvd_blobs`` from the CVD's snapshots once (CVDs made before revision 0005)."""
     if cvd.blobs_indexed:
         return
@@ -101,7 +101,7 @@ def ensure_indexed(engine: Engine, store: Store, cvd: Any) -> None:
 
 
 def missing(
-    engine: Engine, store: Store, cvd: Any, ids: list[bytes], sharing: Sharing = OFF
+    engine: Engine, store: Store, cvd: Cvd, ids: list[bytes], sharing: Sharing = OFF
 ) -> list[bytes]:
     """The ids this CVD must upload: not stored, or stored but not (yet) its own.
 
@@ -131,7 +131,7 @@ class CommitOwnership:
     commit wait (``inflight.settle``).
     """
 
-    def __init__(self, engine: Engine, store: Store, cvd: Any, sharing: Sharing = OFF) -> None:
+    def __init__(self, engine: Engine, store: Store, cvd: Cvd, sharing: Sharing = OFF) -> None:
         ensure_indexed(engine, store, cvd)
         self.engine, self.store, self.cvd_id, self.sharing = engine, store, cvd.id, sharing
         self.taken: list[bytes] = []
@@ -197,7 +197,7 @@ class TreeCache:
 
 
 def check_read(
-    engine: Engine, store: Store, cache: TreeCache, device_id: str, cvd: Any, ids: list[bytes]
+    engine: Engine, store: Store, cache: TreeCache, device_id: str, cvd: Cvd, ids: list[bytes]
 ) -> None:
     """Refuse unless every id is owned by the CVD or under a tree delivered to this device."""
     ensure_indexed(engine, store, cvd)

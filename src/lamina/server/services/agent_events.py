@@ -18,12 +18,12 @@ The report also refreshes the device's hostname (a changed ``/etc/hostname`` sho
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from sqlalchemy import Connection
 
 from lamina.server.services.common import now
 from lamina.server.services.events import record
+from lamina.server.services.rows import JsonObject
 
 #: Below this many free bytes an endpoint counts as low on disk.
 LOW_DISK = 2 * 1024**3
@@ -34,9 +34,7 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:.1f} GiB"
 
 
-def on_report(
-    c: Connection, hostname: str, before: dict[str, Any], after: dict[str, Any]
-) -> dict[str, Any]:
+def on_report(c: Connection, hostname: str, before: JsonObject, after: JsonObject) -> JsonObject:
     """Record the events ``after`` (this report) brings over ``before`` (the stored one);
     return ``after`` with what the server worked out (``clock_skew``) added."""
     after = dict(after)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from typing import overload
+from typing import TypeVar, overload
 
-from sqlalchemy import Column, ColumnElement, Connection, Row, Table, func, insert, or_, select
+from pydantic import BaseModel
+from sqlalchemy import Connection, Row, Table, func, insert, or_, select
 
 from lamina.db.models import audit_log
 from lamina.errors import ConflictError, NotFoundError
@@ -32,6 +33,24 @@ def aware(t: dt.datetime | None) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def from_row(model: type[M], row: object, **given: object) -> M:
+    """The public view ``model`` of a row: each field the row's attribute of the same
+    name (a time made aware, as ``aware``), but for the fields ``given``, which are
+    computed or named otherwise. A field given that ``model`` lacks is a bug."""
+    unknown = given.keys() - model.model_fields.keys()
+    if unknown:
+        raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
+    values: dict[str, object] = {}
+    for name in model.model_fields.keys() - given.keys():
+        if hasattr(row, name):
+            v = getattr(row, name)
+            values[name] = aware(v) if isinstance(v, dt.datetime) else v
+    return model.model_validate(values | given)
+
+
 def audit(c: Connection, actor: str, action: str, target: str, **detail: object) -> None:
     """Record an admin action in the same transaction as the action itself."""
     c.execute(
@@ -41,10 +60,18 @@ def audit(c: Connection, actor: str, action: str, target: str, **detail: object)
     )
 
 
-def next_number(c: Connection, column: Column[int], *where: ColumnElement[bool]) -> int:
-    """One more than the highest ``column`` among the rows ``where`` selects (1 if none):
-    the next version of a layer or an image."""
-    return (c.execute(select(func.max(column)).where(*where)).scalar() or 0) + 1
+def insert_version(c: Connection, table: Table, of: str, parent_id: str, **values: object) -> int:
+    """Insert the next version of ``parent_id`` (a layer, an image) into ``table``, whose
+    column ``of`` names the parent: numbered one more than its highest (1 if none), with
+    a new id and the time now. Returns its number."""
+    latest = c.execute(select(func.max(table.c.version)).where(table.c[of] == parent_id)).scalar()
+    version = (latest or 0) + 1
+    c.execute(
+        insert(table).values(
+            id=new_id(), version=version, created=now(), **{of: parent_id}, **values
+        )
+    )
+    return version
 
 
 #: A row of one of the tables (its columns are attributes; ``services/rows.py`` types them).

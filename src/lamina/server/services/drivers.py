@@ -32,7 +32,7 @@ from lamina.server.security import Principal
 from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
-from lamina.server.services.layer_versions import add_version, version_public, versions_of
+from lamina.server.services.layer_versions import add_version, version_public, with_versions
 from lamina.server.services.rows import DriverProfile, JsonObject, Layer, LayerVersion
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
@@ -77,17 +77,15 @@ def _version_public(r: LayerVersion) -> DriverPackVersionPublic:
 
 
 def _packs_public(c: Connection, rows: Iterable[Layer]) -> list[DriverPackPublic]:
-    """Packs with their versions: two queries whatever the number of packs."""
-    rows = list(rows)
-    versions = versions_of(c, [r.id for r in rows])
+    """Packs with their versions (``with_versions``: one query for all their versions)."""
     return [
         DriverPackPublic(
             id=r.id,
             name=r.name,
             created=aware(r.created),
-            versions=[_version_public(v) for v in versions[r.id]],
+            versions=[_version_public(v) for v in versions],
         )
-        for r in rows
+        for r, versions in with_versions(c, rows)
     ]
 
 

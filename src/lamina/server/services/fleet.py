@@ -35,7 +35,7 @@ from lamina.protocol.schemas import (
 from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
 from lamina.server.services import agent_events, drivers_index, flex_manage
 from lamina.server.services import policies as policy_service
-from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.common import audit, aware, find_one, from_row, new_id, now
 from lamina.server.services.rows import Cvd, Device, JsonObject
 from lamina.store.keys import ChunkingSecret
 
@@ -112,24 +112,12 @@ def _device_page(c: Connection, *where: ColumnElement[bool]) -> list[DevicePubli
         select(cvds.c.id, cvds.c.device_id).where(cvds.c.state == ACTIVE).subquery("active_cvd")
     )
     q = (
-        select(devices, active.c.id.label("active_cvd_id"))
+        select(devices, active.c.id.label("cvd_id"))
         .select_from(devices.outerjoin(active, active.c.device_id == devices.c.id))
         .where(*where)
         .order_by(devices.c.enrolled)
     )
-    return [
-        DevicePublic(
-            id=r.id,
-            hostname=r.hostname,
-            status=r.status,
-            facts=r.facts,
-            enrolled=aware(r.enrolled),
-            last_seen=aware(r.last_seen),
-            cvd_id=r.active_cvd_id,
-            agent=r.agent_state,
-        )
-        for r in c.execute(q)
-    ]
+    return [from_row(DevicePublic, r, agent=r.agent_state) for r in c.execute(q)]
 
 
 def _device_public(c: Connection, r: Device) -> DevicePublic:
@@ -308,9 +296,9 @@ def _cvd_page(c: Connection, *where: ColumnElement[bool]) -> list[CvdPublic]:
     q = (
         select(
             cvds,
-            devices.c.hostname.label("device_hostname"),
-            policies.c.name.label("policy_name"),
-            count.label("snapshot_count"),
+            devices.c.hostname.label("hostname"),
+            policies.c.name.label("policy"),
+            count.label("snapshots"),
         )
         .select_from(
             cvds.outerjoin(devices, devices.c.id == cvds.c.device_id).join(
@@ -320,23 +308,7 @@ def _cvd_page(c: Connection, *where: ColumnElement[bool]) -> list[CvdPublic]:
         .where(*where)
         .order_by(cvds.c.created)
     )
-    return [
-        CvdPublic(
-            id=r.id,
-            name=r.name,
-            device_id=r.device_id,
-            hostname=r.device_hostname,
-            policy=r.policy_name,
-            policy_version=r.policy_version,
-            reference=r.reference,
-            state=r.state,
-            created=aware(r.created),
-            last_sync=aware(r.last_sync),
-            snapshots=r.snapshot_count,
-            progress=r.progress,
-        )
-        for r in c.execute(q)
-    ]
+    return [from_row(CvdPublic, r) for r in c.execute(q)]
 
 
 def _cvd_public(c: Connection, r: Cvd) -> CvdPublic:
@@ -350,17 +322,10 @@ def list_cvds(engine: Engine, actor: Principal) -> list[CvdPublic]:
 
 
 def show_cvd(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
-    if actor.kind == "device":
-        with read_tx(engine) as c:
-            r = find_cvd(c, ref)
-            if r.device_id != actor.id:
-                raise ForbiddenError("a device may only see its own CVD")
-            if r.state != ACTIVE:
-                raise ForbiddenError(f"CVD {r.name} is {r.state}: its device reads nothing of it")
-            return _cvd_public(c, r)
-    actor.require("read")
+    """A CVD as a reader, or its own device, sees it (``cvd_for_access``)."""
+    r = cvd_for_access(engine, actor, ref)
     with read_tx(engine) as c:
-        return _cvd_public(c, find_cvd(c, ref))
+        return _cvd_public(c, r)
 
 
 def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:

@@ -32,7 +32,7 @@ from lamina.protocol.flex import (
 from lamina.server.security import Principal
 from lamina.server.services import flex_images as images
 from lamina.server.services import policies as cvd_policies
-from lamina.server.services.common import audit, aware, find_one, new_id, now
+from lamina.server.services.common import audit, aware, find_one, from_row, new_id, now
 from lamina.server.services.flex_policies import find_policy
 from lamina.server.services.groups import find_group, user_ids
 from lamina.server.services.rows import FlexEntitlement, FlexImage, FlexInstanceView
@@ -225,11 +225,11 @@ def instance_rows(
     q = (
         select(
             flex_instances,
-            users.c.name.label("user_name"),
-            flex_entitlements.c.name.label("entitlement_name"),
-            flex_images.c.name.label("image_name"),
+            users.c.name.label("user"),
+            flex_entitlements.c.name.label("entitlement"),
+            flex_images.c.name.label("image"),
             flex_image_versions.c.version.label("version"),
-            eff.c.name.label("policy_name"),
+            eff.c.name.label("policy"),
         )
         .join(users, users.c.id == flex_instances.c.user_id)
         .join(flex_entitlements, flex_entitlements.c.id == flex_instances.c.entitlement_id)
@@ -247,20 +247,8 @@ def instance_rows(
 
 
 def _instance_public(r: FlexInstanceView) -> FlexInstancePublic:
-    return FlexInstancePublic(
-        id=r.id,
-        user=r.user_name,
-        entitlement=r.entitlement_name,
-        image=r.image_name,
-        version=r.version,
-        policy=r.policy_name,
-        policy_override=r.policy_id is not None,
-        state=r.state,
-        message=r.message,
-        last_checkin=aware(r.last_checkin),
-        client=r.client,
-        created=aware(r.created),
-        device=r.device_id,
+    return from_row(
+        FlexInstancePublic, r, policy_override=r.policy_id is not None, device=r.device_id
     )
 
 
@@ -309,7 +297,7 @@ def set_state(
             actor.name,
             f"flex.instance.{action}",
             r.id,
-            user=r.user_name,
+            user=r.user,
             was=r.state,
             message=message,
         )
@@ -325,7 +313,7 @@ def set_instance_policy(
         r = _find_instance(c, ref)
         pid = find_policy(c, policy).id if policy else None
         c.execute(update(flex_instances).where(flex_instances.c.id == r.id).values(policy_id=pid))
-        audit(c, actor.name, "flex.instance.set_policy", r.id, user=r.user_name, policy=policy)
+        audit(c, actor.name, "flex.instance.set_policy", r.id, user=r.user, policy=policy)
         return _instance_public(_find_instance(c, r.id))
 
 

@@ -44,7 +44,8 @@ from lamina.protocol.flex import (
     Piece,
 )
 from lamina.server.security import Principal
-from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
+from lamina.server.services.common import audit, find_one, from_row, insert_version, new_id, now
+from lamina.server.services.flex_policies import entitlement_naming
 from lamina.server.services.rows import FlexImage, FlexImageVersion, PieceRow
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -299,23 +300,18 @@ def _add_version(
     source: dict[str, str] | None,
 ) -> FlexImagePublic:
     with write_tx(engine) as c:
-        version = next_number(
-            c, flex_image_versions.c.version, flex_image_versions.c.image_id == image_id
-        )
-        c.execute(
-            insert(flex_image_versions).values(
-                id=new_id(),
-                image_id=image_id,
-                version=version,
-                created=now(),
-                size=record.bytes,
-                memory_mib=memory_mib,
-                cpus=cpus,
-                firmware=firmware,
-                snapshot_id=record.id,
-                pieces=pieces,
-                source={**(source or {}), "format": info["format"], "new_bytes": new_bytes},
-            )
+        version = insert_version(
+            c,
+            flex_image_versions,
+            "image_id",
+            image_id,
+            size=record.bytes,
+            memory_mib=memory_mib,
+            cpus=cpus,
+            firmware=firmware,
+            snapshot_id=record.id,
+            pieces=pieces,
+            source={**(source or {}), "format": info["format"], "new_bytes": new_bytes},
         )
         audit(
             c,
@@ -419,15 +415,11 @@ def find_version(c: Connection, image: FlexImage, version: int | None) -> FlexIm
 
 
 def _version_public(v: FlexImageVersion) -> FlexImageVersionPublic:
-    return FlexImageVersionPublic(
-        version=v.version,
-        size=v.size,
-        memory_mib=v.memory_mib,
-        cpus=v.cpus,
-        firmware=v.firmware,
+    return from_row(
+        FlexImageVersionPublic,
+        v,
         pieces=len(v.pieces),
         snapshot=v.snapshot_id,
-        created=aware(v.created),
         new_bytes=(v.source or {}).get("new_bytes"),
     )
 
@@ -443,12 +435,7 @@ def _image_public(
                 .order_by(flex_image_versions.c.version)
             )
         )
-    return FlexImagePublic(
-        id=img.id,
-        name=img.name,
-        created=aware(img.created),
-        versions=[_version_public(v) for v in versions],
-    )
+    return from_row(FlexImagePublic, img, versions=[_version_public(v) for v in versions])
 
 
 def list_images(engine: Engine, actor: Principal) -> list[FlexImagePublic]:
@@ -472,13 +459,9 @@ def delete_image(engine: Engine, store: Store, actor: Principal, ref: str) -> No
     actor.require("flex.admin")
     with write_tx(engine) as c:
         img = find_image(c, ref)
-        used = c.execute(
-            select(flex_entitlements.c.name).where(flex_entitlements.c.image_id == img.id)
-        ).first()
+        used = entitlement_naming(c, flex_entitlements.c.image_id, img.id)
         if used:
-            raise ConflictError(
-                f"flex image {img.name} is entitled by {used.name}: delete that first"
-            )
+            raise ConflictError(f"flex image {img.name} is entitled by {used}: delete that first")
         snaps = [
             r.snapshot_id
             for r in c.execute(

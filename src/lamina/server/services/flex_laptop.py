@@ -38,7 +38,7 @@ from lamina.protocol.flex import (
 from lamina.server.security import Principal
 from lamina.server.services import fleet
 from lamina.server.services import flex_images as images
-from lamina.server.services.common import audit, aware, new_id, now
+from lamina.server.services.common import audit, aware, from_row, new_id, now
 from lamina.server.services.flex_admin import ACTIVE, instance_rows, revoke_token
 from lamina.server.services.flex_policies import policy_doc
 from lamina.server.services.rows import FlexEntitlement, FlexInstance
@@ -264,16 +264,5 @@ def my_piece(engine: Engine, store: Store, actor: Principal, ref: str, n: int) -
 def my_instances(engine: Engine, actor: Principal) -> list[FlexInstanceMine]:
     _require_user(actor)
     with read_tx(engine) as c:
-        return [
-            FlexInstanceMine(
-                id=r.id,
-                entitlement=r.entitlement_name,
-                image=r.image_name,
-                version=r.version,
-                state=r.state,
-                client=r.client,
-                created=aware(r.created),
-                last_checkin=aware(r.last_checkin),
-            )
-            for r in instance_rows(c, flex_instances.c.user_id == actor.id)
-        ]
+        mine = instance_rows(c, flex_instances.c.user_id == actor.id)
+        return [from_row(FlexInstanceMine, r) for r in mine]

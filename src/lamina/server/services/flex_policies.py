@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Column, Connection, Engine, delete, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import flex_entitlements, flex_instances, flex_policies
@@ -136,6 +136,12 @@ def list_policies(engine: Engine, actor: Principal) -> list[FlexPolicyPublic]:
         ]
 
 
+def entitlement_naming(c: Connection, column: Column[str], value: str) -> str | None:
+    """The name of an entitlement whose ``column`` is ``value`` (the image or the policy
+    it uses, which is not deleted while it does), if there is one."""
+    return c.execute(select(flex_entitlements.c.name).where(column == value).limit(1)).scalar()
+
+
 def show_policy(engine: Engine, actor: Principal, ref: str) -> FlexPolicyPublic:
     actor.require("read")
     with read_tx(engine) as c:
@@ -146,14 +152,12 @@ def delete_policy(engine: Engine, actor: Principal, ref: str) -> None:
     actor.require("flex.admin")
     with write_tx(engine) as c:
         p = find_policy(c, ref)
-        used = c.execute(
-            select(flex_entitlements.c.name).where(flex_entitlements.c.policy_id == p.id)
-        ).first()
+        used = entitlement_naming(c, flex_entitlements.c.policy_id, p.id)
         over = c.execute(
             select(flex_instances.c.id).where(flex_instances.c.policy_id == p.id)
-        ).first()
+        ).scalar()
         if used is not None or over is not None:
-            what = f"entitlement {used.name}" if used is not None else f"instance {over.id}"  # type: ignore[union-attr]
+            what = f"entitlement {used}" if used is not None else f"instance {over}"
             raise ConflictError(f"flex policy {p.name} is used by {what}")
         c.execute(delete(flex_policies).where(flex_policies.c.id == p.id))
         audit(c, actor.name, "flex.policy.delete", p.id, name=p.name)

@@ -19,54 +19,49 @@ from lamina.layers.rules import RuleSet, for_os
 from lamina.protocol.schemas import LayerPublic, LayerVersionPublic
 from lamina.server.security import Principal
 from lamina.server.services import fleet
-from lamina.server.services.common import audit, aware, find_one, new_id, next_number, now
+from lamina.server.services.common import (
+    audit,
+    aware,
+    find_one,
+    from_row,
+    insert_version,
+    new_id,
+    now,
+)
 from lamina.server.services.rows import Cvd, Layer, LayerVersion
 
 
 def version_public(r: LayerVersion) -> LayerVersionPublic:
-    return LayerVersionPublic(
-        id=r.id,
-        version=r.version,
-        created=aware(r.created),
-        root=r.root.hex(),
-        whiteouts=r.whiteouts,
-        source_cvd=r.source_cvd,
-        source_snapshot=r.source_snapshot,
-        notes=r.notes,
-        files=r.files,
-        bytes=r.bytes,
-        apps=r.apps,
-    )
+    return from_row(LayerVersionPublic, r, root=r.root.hex())
 
 
-def versions_of(c: Connection, layer_ids: list[str]) -> dict[str, list[LayerVersion]]:
-    """Every version of these layers, oldest first, in one query."""
-    out: dict[str, list[LayerVersion]] = {i: [] for i in layer_ids}
-    if layer_ids:
+def with_versions(c: Connection, rows: Iterable[Layer]) -> list[tuple[Layer, list[LayerVersion]]]:
+    """Layers (or driver packs), each with every version of it, oldest first: one query
+    for the versions of all of them, whatever their number."""
+    rows = list(rows)
+    versions: dict[str, list[LayerVersion]] = {r.id: [] for r in rows}
+    if rows:
         q = (
             select(layer_versions)
-            .where(layer_versions.c.layer_id.in_(layer_ids))
+            .where(layer_versions.c.layer_id.in_(list(versions)))
             .order_by(layer_versions.c.layer_id, layer_versions.c.version)
         )
         for v in c.execute(q):
-            out[v.layer_id].append(v)
-    return out
+            versions[v.layer_id].append(v)
+    return [(r, versions[r.id]) for r in rows]
 
 
 def layers_public(c: Connection, rows: Iterable[Layer]) -> list[LayerPublic]:
-    """The public views of layer rows with their versions: two queries whatever the
-    number of layers."""
-    rows = list(rows)
-    versions = versions_of(c, [r.id for r in rows])
+    """The public views of layer rows with their versions."""
     return [
         LayerPublic(
             id=r.id,
             name=r.name,
             kind=r.kind,  # type: ignore[arg-type]  # base or app: never a driver pack here
             created=aware(r.created),
-            versions=[version_public(v) for v in versions[r.id]],
+            versions=[version_public(v) for v in versions],
         )
-        for r in rows
+        for r, versions in with_versions(c, rows)
     ]
 
 
@@ -162,24 +157,20 @@ def add_version(
 ) -> int:
     """Record the next version of a layer (its tree stored already); returns its number.
     ``source``: the CVD and snapshot it was captured from (none for a driver pack)."""
-    version = next_number(c, layer_versions.c.version, layer_versions.c.layer_id == layer_id)
-    c.execute(
-        insert(layer_versions).values(
-            id=new_id(),
-            layer_id=layer_id,
-            version=version,
-            created=now(),
-            root=content.root,
-            whiteouts=content.whiteouts if isinstance(content, Captured) else [],
-            source_cvd=source[0] if source else None,
-            source_snapshot=source[1] if source else None,
-            notes=notes,
-            files=content.files,
-            bytes=content.bytes,
-            apps=content.apps,
-        )
+    return insert_version(
+        c,
+        layer_versions,
+        "layer_id",
+        layer_id,
+        root=content.root,
+        whiteouts=content.whiteouts if isinstance(content, Captured) else [],
+        source_cvd=source[0] if source else None,
+        source_snapshot=source[1] if source else None,
+        notes=notes,
+        files=content.files,
+        bytes=content.bytes,
+        apps=content.apps,
     )
-    return version
 
 
 def rules_of(c: Connection, cvd: Cvd) -> RuleSet:

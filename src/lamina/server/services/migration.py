@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
@@ -44,14 +43,24 @@ from lamina.layers.netmap import (
 from lamina.layers.overlay import overlay
 from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os, matches
-from lamina.protocol.schemas import MigrateRequest
+from lamina.protocol.migration import (
+    MigrateRequest,
+    MigrationReport,
+    NicMapRow,
+    PackageConflict,
+    ReportStatus,
+)
+from lamina.protocol.policies import PolicySettings
+from lamina.protocol.tasks import MigrateParams
 from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, drivers, fleet, tasks
 from lamina.server.services.common import audit
 from lamina.server.services.layer_assign import disk_free
 from lamina.server.services.layer_versions import layer_ref
 from lamina.server.services.layer_versions import resolve as resolve_layer
+from lamina.server.services.rows import Cvd, Device, JsonObject
 from lamina.store.blob import BlobKind
+from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
 from lamina.tree.paths import lookup, read_file, walk
@@ -71,8 +80,8 @@ EXAMPLES = 20
 class Report:
     """The validation report (the dry run's answer, and the task's first result)."""
 
-    cvd: Any
-    device: Any
+    cvd: Cvd
+    device: Device
     mode: str
     snapshot: str
     blocking: list[str] = field(default_factory=list)
@@ -109,35 +118,35 @@ class Report:
     def carries_network(self) -> bool:
         return self.mode == "full" and self.nics.complete
 
-    def public(self, status: str, task: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.cvd.id,
-            "cvd": self.cvd.name,
-            "device": self.device.hostname,
-            "device_id": self.device.id,
-            "mode": self.mode,
-            "snapshot": self.snapshot,
-            "status": status,
-            "task": task,
-            "blocking": self.blocking,
-            "warnings": self.warnings,
-            "space_needed": self.space_needed,
-            "disk_free": self.disk_free,
+    def public(self, status: ReportStatus, task: str | None = None) -> MigrationReport:
+        return MigrationReport(
+            id=self.cvd.id,
+            cvd=self.cvd.name,
+            device=self.device.hostname,
+            device_id=self.device.id,
+            mode=self.mode,
+            snapshot=self.snapshot,
+            status=status,
+            task=task,
+            blocking=self.blocking,
+            warnings=self.warnings,
+            space_needed=self.space_needed,
+            disk_free=self.disk_free,
             # An upper bound: the agent takes what the new machine already holds from its disk.
-            "download_bytes": self.space_needed,
-            "boot_set_bytes": self.boot_set_bytes,
-            "stream_bytes": self.stream_bytes,
-            "driver_packs": [p.label for p in self.packs],
-            "kept_from_new_machine": self.hardware_bound,
-            "packages_carried": self.packages,
-            "packages_not_carried": self.not_carried,
-            "rebuild_initramfs": self.rebuild_initramfs,
-            "network": self.nics.lines,
-            "network_map": self.nics.rows,
-            "layers": [r.label for r in self.layers],
-            "packages_from_layers": self.from_layers,
-            "package_conflicts": self.conflicts,
-        }
+            download_bytes=self.space_needed,
+            boot_set_bytes=self.boot_set_bytes,
+            stream_bytes=self.stream_bytes,
+            driver_packs=[p.label for p in self.packs],
+            kept_from_new_machine=self.hardware_bound,
+            packages_carried=self.packages,
+            packages_not_carried=self.not_carried,
+            rebuild_initramfs=self.rebuild_initramfs,
+            network=self.nics.lines,
+            network_map=[NicMapRow.model_validate(r) for r in self.nics.rows],
+            layers=[r.label for r in self.layers],
+            packages_from_layers=self.from_layers,
+            package_conflicts=[PackageConflict.model_validate(r) for r in self.conflicts],
+        )
 
     def hardware_bound_rules(self, rules: RuleSet) -> list[str]:
         """The rule set's hardware-bound paths, less the network settings carried."""
@@ -147,7 +156,7 @@ class Report:
         return list(bound)
 
 
-def _rules(device: Any) -> RuleSet:
+def _rules(device: Device) -> RuleSet:
     return for_os(((device.facts or {}).get("os_release")) or {})
 
 
@@ -192,9 +201,9 @@ def _plan_packages(
     c: Connection,
     store: Store,
     rep: Report,
-    cvd: Any,
-    old_facts: dict[str, Any] | None,
-    facts: dict[str, Any],
+    cvd: Cvd,
+    old_facts: JsonObject | None,
+    facts: JsonObject,
 ) -> None:
     """apps-data: which of the snapshot's packages are the user's (carried) and which
     the CVD's layers brought (not carried: the new machine's system has its own); the
@@ -232,7 +241,7 @@ def _plan_packages(
 
 
 def on_new_machine(
-    user: Stanzas, reported: Any
+    user: Stanzas, reported: object
 ) -> tuple[Stanzas, list[dict[str, str]], str | None]:
     """What a new machine whose ``packages`` fact is ``reported`` takes of the CVD's
     user-installed packages (``layers.merge.carry``: its staging decides the same from
@@ -268,8 +277,8 @@ def on_new_machine(
 
 
 def _validate(
-    c: Connection, store: Store, cvd: Any, device: Any, req: MigrateRequest, same_device: bool
-) -> tuple[Report, Any]:
+    c: Connection, store: Store, cvd: Cvd, device: Device, req: MigrateRequest, same_device: bool
+) -> tuple[Report, SnapshotRecord]:
     snap = cvd_ops.snapshot_of(store, cvd.id, req.snapshot)
     rep = Report(cvd, device, req.mode, snap.id)
     if same_device and device.id == cvd.device_id:
@@ -354,7 +363,7 @@ def _validate(
     return rep, snap
 
 
-def _storage_drivers(facts: dict[str, Any] | None) -> set[str]:
+def _storage_drivers(facts: JsonObject | None) -> set[str]:
     ctrls = (facts or {}).get("storage_controllers")
     if not isinstance(ctrls, list):
         return set()
@@ -420,7 +429,7 @@ def _os_of_version(c: Connection, version_id: str) -> dict[str, str]:
     return osr if isinstance(osr, dict) else {}
 
 
-def _device_facts(c: Connection, device_id: str | None) -> dict[str, Any]:
+def _device_facts(c: Connection, device_id: str | None) -> JsonObject:
     return drivers.device_facts(c, device_id) or {}
 
 
@@ -490,7 +499,7 @@ def _release(osr: dict[str, str]) -> str:
     return f"{osr.get('ID', '?')} {osr.get('VERSION_ID', '?')}"
 
 
-def _os_of(c: Connection, cvd: Any) -> dict[str, str]:
+def _os_of(c: Connection, cvd: Cvd) -> dict[str, str]:
     if not cvd.device_id:
         return {}
     d = c.execute(select(devices).where(devices.c.id == cvd.device_id)).first()
@@ -505,7 +514,7 @@ def migrate(
     req: MigrateRequest,
     *,
     same_device: bool = False,
-) -> dict[str, Any]:
+) -> MigrationReport:
     """Validate; unless a dry run or blocked, move the CVD and queue the new device's task.
 
     ``same_device``: a full-system restore (``restore-system``) onto the CVD's own
@@ -549,39 +558,31 @@ def migrate(
             .values(device_id=device.id, state=fleet.ACTIVE, name=name)
         )
         policy = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).one()
-        on_base: dict[str, Any] = {}
         if rep.layers:  # the new base is the CVD's from now on, its app layers after it
             c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == cvd.id))
             for pos, r in enumerate(rep.layers):
                 c.execute(
                     insert(cvd_layers).values(cvd_id=cvd.id, position=pos, version_id=r.version_id)
                 )
-            on_base = {
-                "base": rep.layers[0].label,
-                "stream_root": snap.root.hex(),
-                "versions": [r.version_id for r in rep.layers + rep.packs],
-                "labels": [r.label for r in rep.layers + rep.packs],
-            }
+        params = MigrateParams(
+            snapshot=snap.id,
+            root=tree.hex(),
+            mode=req.mode,
+            packs=[p.label for p in rep.packs],
+            policy=PolicySettings.model_validate(policy.settings),
+            hardware_bound=rep.hardware_bound_rules(rules),
+            restore_system=same_device,
+            rebuild_initramfs=rep.rebuild_initramfs,
+            user_packages=(
+                sorted(rep.user_stanzas) if req.mode == "apps-data" and not rep.layers else None
+            ),
+            base=rep.layers[0].label if rep.layers else None,
+            stream_root=snap.root.hex() if rep.layers else None,
+            versions=[r.version_id for r in rep.layers + rep.packs] if rep.layers else None,
+            labels=[r.label for r in rep.layers + rep.packs] if rep.layers else [],
+        )
         tid = tasks.enqueue(
-            c,
-            "migrate",
-            actor.name,
-            cvd_id=cvd.id,
-            device_id=device.id,
-            params={
-                "snapshot": snap.id,
-                "root": tree.hex(),
-                "mode": req.mode,
-                "packs": [p.label for p in rep.packs],
-                "policy": policy.settings,
-                "hardware_bound": rep.hardware_bound_rules(rules),
-                "restore_system": same_device,
-                "rebuild_initramfs": rep.rebuild_initramfs,
-                "user_packages": (
-                    sorted(rep.user_stanzas) if req.mode == "apps-data" and not rep.layers else None
-                ),
-                **on_base,
-            },
+            c, "migrate", actor.name, cvd_id=cvd.id, device_id=device.id, params=params
         )
         audit(
             c,

@@ -10,8 +10,6 @@ applies it at the next boot with the boot confirmation of every staged apply.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from lamina.db.engine import read_tx, write_tx
@@ -20,12 +18,16 @@ from lamina.errors import ConflictError, UsageError
 from lamina.layers.overlay import overlay
 from lamina.layers.plan import LayerRef, make_plan
 from lamina.layers.rules import RuleSet, for_os
+from lamina.protocol.migration import MigrateOsReport, ProvisionReport
+from lamina.protocol.policies import PolicySettings
+from lamina.protocol.tasks import MigrateParams
 from lamina.server.security import Principal
 from lamina.server.services import drivers, fleet, migration, tasks
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit
 from lamina.server.services.layer_versions import layer_ref
 from lamina.server.services.layer_versions import resolve as resolve_layer
+from lamina.server.services.rows import JsonObject, LayerVersion
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.paths import walk
@@ -34,7 +36,7 @@ from lamina.tree.paths import walk
 SYSTEM = "system"
 
 
-def _os_of_version(c: Connection, version: Any) -> dict[str, str]:
+def _os_of_version(c: Connection, version: LayerVersion) -> dict[str, str]:
     """The os-release of the machine a layer version was captured on."""
     if not version.source_cvd:
         return {}
@@ -70,7 +72,7 @@ def _queue(
     tree: bytes,
     refs: list[LayerRef],
     packs: list[LayerRef],
-    policy_settings: dict[str, Any],
+    policy_settings: JsonObject,
     rules: RuleSet,
 ) -> str:
     c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == cvd_id))
@@ -82,19 +84,19 @@ def _queue(
         actor,
         cvd_id=cvd_id,
         device_id=device_id,
-        params={
-            "root": tree.hex(),
-            "mode": SYSTEM,
-            "policy": policy_settings,
-            "hardware_bound": list(rules.migration.hardware_bound),
-            "packs": [p.label for p in packs],
-            "versions": [r.version_id for r in refs],
-            "labels": [r.label for r in refs],
-        },
+        params=MigrateParams(
+            root=tree.hex(),
+            mode=SYSTEM,
+            policy=PolicySettings.model_validate(policy_settings),
+            hardware_bound=list(rules.migration.hardware_bound),
+            packs=[p.label for p in packs],
+            versions=[r.version_id for r in refs],
+            labels=[r.label for r in refs],
+        ),
     )
 
 
-def _layers(c: Connection, base: str, apps: list[str]) -> tuple[Any, list[LayerRef]]:
+def _layers(c: Connection, base: str, apps: list[str]) -> tuple[LayerVersion, list[LayerRef]]:
     bv, bl = resolve_layer(c, base)
     if bl.kind != "base":
         raise UsageError(f"{base} is an app layer, not a base layer")
@@ -117,7 +119,7 @@ def provision(
     policy: str,
     name: str | None,
     dry_run: bool = False,
-) -> dict[str, Any]:
+) -> ProvisionReport:
     """Centralize a pending device and lay its system down from the base layer (and apps)."""
     actor.require("device.write")
     actor.require("layer.write")
@@ -131,15 +133,15 @@ def provision(
         bv, refs = _layers(c, base, apps)
         facts = d.facts if isinstance(d.facts, dict) else {}
         packs = drivers.packs_for_device(c, facts, _os_of_version(c, bv) or facts.get("os_release"))
-    report = {
-        "device": d.hostname,
-        "device_id": d.id,
-        "layers": [r.label for r in refs],
-        "driver_packs": [p.label for p in packs],
-        "kept_from_new_machine": list(for_os(facts.get("os_release")).migration.hardware_bound),
-        "status": "dry-run" if dry_run else "queued",
-        "task": None,
-    }
+    report = ProvisionReport(
+        device=d.hostname,
+        device_id=d.id,
+        layers=[r.label for r in refs],
+        driver_packs=[p.label for p in packs],
+        kept_from_new_machine=list(for_os(facts.get("os_release")).migration.hardware_bound),
+        status="dry-run" if dry_run else "queued",
+        task=None,
+    )
     if dry_run:
         return report
     rules = for_os(facts.get("os_release") or {})
@@ -155,14 +157,14 @@ def provision(
             cid,
             device=d.id,
             task=tid,
-            **{"layers": report["layers"]},
+            layers=report.layers,
         )
-    return {**report, "id": cid, "task": tid}
+    return report.model_copy(update={"id": cid, "task": tid})
 
 
 def migrate_os(
     engine: Engine, store: Store, actor: Principal, ref: str, base: str, dry_run: bool = False
-) -> dict[str, Any]:
+) -> MigrateOsReport:
     """Move an endpoint to a base layer of another OS release, keeping identity and user data.
 
     Each assigned app layer is re-assigned to its latest version captured on the new
@@ -215,18 +217,18 @@ def migrate_os(
             for k, v in migration.packages_of(store, entries).items()
             if k.split(":")[0] not in owned
         }
-    report = {
-        "id": cvd.id,
-        "cvd": cvd.name,
-        "base": refs[0].label,
-        "os": " ".join(_release(new_os)),
-        "layers": [r.label for r in [*refs, *fits]],
-        "app_layers_not_fitting": misfits,
-        "packages_not_carried": user_pkgs,
-        "driver_packs": [p.label for p in packs],
-        "status": "dry-run" if dry_run else "queued",
-        "task": None,
-    }
+    report = MigrateOsReport(
+        id=cvd.id,
+        cvd=cvd.name,
+        base=refs[0].label,
+        os=" ".join(_release(new_os)),
+        layers=[r.label for r in [*refs, *fits]],
+        app_layers_not_fitting=misfits,
+        packages_not_carried=user_pkgs,
+        driver_packs=[p.label for p in packs],
+        status="dry-run" if dry_run else "queued",
+        task=None,
+    )
     if dry_run:
         return report
     rules = for_os(new_os or facts.get("os_release") or {})
@@ -234,5 +236,5 @@ def migrate_os(
     tree = _compose(store, all_refs[0], all_refs[1:] + packs, rules)
     with write_tx(engine) as c:
         tid = _queue(c, actor.name, cvd.id, cvd.device_id, tree, all_refs, packs, settings, rules)
-        audit(c, actor.name, "cvd.migrate_os", cvd.id, task=tid, base=report["base"])
-    return {**report, "task": tid}
+        audit(c, actor.name, "cvd.migrate_os", cvd.id, task=tid, base=report.base)
+    return report.model_copy(update={"task": tid})

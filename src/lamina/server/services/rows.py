@@ -227,8 +227,9 @@ class FlexInstance(Protocol):
 class FlexInstanceView(FlexInstance, Protocol):
     """An instance joined with the names its public form shows (``flex_instances.rows``)."""
 
-    user_name: str
-    entitlement_name: str
-    image_name: str
+    user: str
+    entitlement: str
+    image: str
     version: int
-    policy_name: str
+    #: the policy in force: the instance's own, else its entitlement's
+    policy: str

@@ -26,7 +26,6 @@ import os
 import socket
 import threading
 import time
-from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
@@ -36,11 +35,19 @@ from lamina.db.roots import all_roots
 from lamina.db.stores import last_gc, record_gc
 from lamina.errors import ConflictError, LaminaError
 from lamina.protocol.schemas import TaskPublic
-from lamina.protocol.tasks import SERVER_KINDS, TaskKind, TaskParams, TaskState, params_for
+from lamina.protocol.tasks import (
+    SERVER_KINDS,
+    StoreCheckParams,
+    StoreGcParams,
+    TaskParams,
+    TaskState,
+    params_for,
+)
 from lamina.server.security import Principal
 from lamina.server.services import agent_events
 from lamina.server.services.common import audit, new_id, now
 from lamina.server.services.dashboard import StoreUsage, summary
+from lamina.server.services.rows import JsonObject
 from lamina.server.services.tasks import public
 from lamina.store.check import check
 from lamina.store.gc import collect
@@ -163,9 +170,9 @@ def run(engine: Engine, store: Store, task_id: str) -> TaskPublic:
             row = c.execute(select(tasks).where(tasks.c.id == task_id)).one()
         params = params_for(row.kind, row.params)
         progress = _Progress(engine, task_id)
-        if row.kind == TaskKind.STORE_CHECK:
+        if isinstance(params, StoreCheckParams):
             ok, message, result = _check(store, params, progress)
-        elif row.kind == TaskKind.STORE_GC:
+        elif isinstance(params, StoreGcParams):
             ok, message, result = _gc(store, params, progress)
         else:
             ok, message, result = _stats(engine, store)
@@ -184,9 +191,7 @@ def _thread(engine: Engine, store: Store, task_id: str) -> None:
         _running.pop(task_id, None)
 
 
-def _finish(
-    engine: Engine, task_id: str, ok: bool, message: str, result: dict[str, Any]
-) -> TaskPublic:
+def _finish(engine: Engine, task_id: str, ok: bool, message: str, result: JsonObject) -> TaskPublic:
     with write_tx(engine) as c:
         r = c.execute(select(tasks).where(tasks.c.id == task_id)).one()
         c.execute(
@@ -205,7 +210,7 @@ def _finish(
         return public(c.execute(select(tasks).where(tasks.c.id == task_id)).one())
 
 
-def _cut(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
+def _cut(doc: JsonObject, *keys: str) -> JsonObject:
     """``doc`` with each list under ``keys`` cut at ``MAX_LISTED`` (``<key>_total`` its length)."""
     for k in keys:
         items = doc.get(k) or []
@@ -214,7 +219,9 @@ def _cut(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
     return doc
 
 
-def _check(store: Store, params: Any, progress: _Progress) -> tuple[bool, str, dict[str, Any]]:
+def _check(
+    store: Store, params: StoreCheckParams, progress: _Progress
+) -> tuple[bool, str, JsonObject]:
     rep = check(store, all_roots(store), references, read_data=params.read_data, progress=progress)
     result = _cut({"ok": rep.ok, **dataclasses.asdict(rep)}, "errors", "warnings")
     said = f"{rep.packs} packs, {rep.blobs} blobs, {rep.trees} trees, {rep.roots} roots checked"
@@ -223,7 +230,7 @@ def _check(store: Store, params: Any, progress: _Progress) -> tuple[bool, str, d
     return False, f"{said}: {len(rep.errors)} errors (the store is damaged)", result
 
 
-def _gc(store: Store, params: Any, progress: _Progress) -> tuple[bool, str, dict[str, Any]]:
+def _gc(store: Store, params: StoreGcParams, progress: _Progress) -> tuple[bool, str, JsonObject]:
     started = time.monotonic()
     rep = collect(
         store,
@@ -252,7 +259,7 @@ def _gc(store: Store, params: Any, progress: _Progress) -> tuple[bool, str, dict
     )
 
 
-def _stats(engine: Engine, store: Store) -> tuple[bool, str, dict[str, Any]]:
+def _stats(engine: Engine, store: Store) -> tuple[bool, str, JsonObject]:
     st = store.stats()
     with read_tx(engine) as c:
         logical = int(c.execute(select(func.coalesce(func.sum(snapshots.c.bytes), 0))).scalar_one())

@@ -27,7 +27,7 @@ from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
 from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
 from lamina.server.services import agent_events
-from lamina.server.services.common import audit, aware, find_by_id, new_id, now
+from lamina.server.services.common import audit, find_by_id, from_row, new_id, now
 from lamina.server.services.rows import JsonObject, Task
 
 QUEUED, RUNNING, WAITING, DONE, FAILED = (
@@ -46,27 +46,9 @@ def public(r: Task) -> TaskPublic:
     """A task row as the API shows it, its parameters read into its kind's model; None for
     a row whose stored parameters no longer read (the claim refuses it, saying why)."""
     try:
-        return _public(r, r.params)
+        return from_row(TaskPublic, r)
     except UsageError:
-        return _public(r, None)
-
-
-def _public(r: Task, params: object) -> TaskPublic:
-    return TaskPublic(
-        id=r.id,
-        kind=r.kind,
-        state=r.state,
-        progress=r.progress,
-        message=r.message,
-        cvd_id=r.cvd_id,
-        device_id=r.device_id,
-        params=params,
-        result=r.result,
-        created_by=r.created_by,
-        created=aware(r.created),
-        started=aware(r.started),
-        finished=aware(r.finished),
-    )
+        return from_row(TaskPublic, r, params=None)
 
 
 def enqueue(

@@ -7,7 +7,7 @@ import datetime as dt
 import functools
 import secrets
 
-from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Select, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lamina.db.engine import read_tx, write_tx
@@ -24,6 +24,7 @@ from lamina.protocol.schemas import (
     ApiTokenCreate,
     AuditPublic,
     LoginResponse,
+    MePublic,
     PasswordChange,
     TokenInfo,
     UserCreate,
@@ -40,7 +41,7 @@ from lamina.server.security import (
     verify_password,
 )
 from lamina.server.services import journal
-from lamina.server.services.common import audit, aware, new_id, now
+from lamina.server.services.common import TableRow, audit, aware, from_row, new_id, now
 from lamina.server.services.rows import User
 
 SESSION_LIFETIME = dt.timedelta(days=30)
@@ -266,6 +267,11 @@ def logout(engine: Engine, actor: Principal) -> None:
         audit(c, actor.name, "auth.logout", actor.token_id)
 
 
+def me(actor: Principal) -> MePublic:
+    """Who the bearer token belongs to, and what it may do."""
+    return from_row(MePublic, actor, permissions=sorted(actor.permissions))
+
+
 #: A token's last use is written at most this often (a write per call otherwise).
 LAST_USED_EVERY = dt.timedelta(seconds=60)
 
@@ -412,6 +418,26 @@ def _state(expires: dt.datetime | None, revoked: bool = False, exhausted: bool =
     return "used up" if exhausted else "active"
 
 
+def _with_owner() -> Select[tuple[object, ...]]:
+    """Sessions and API tokens with their owner's name (``owner``)."""
+    return select(api_tokens, users.c.name.label("owner")).join(
+        users, users.c.id == api_tokens.c.user_id
+    )
+
+
+def _enrollment_info(e: TableRow, state: str) -> TokenInfo:
+    """An enrollment token as the token list shows it."""
+    return from_row(
+        TokenInfo,
+        e,
+        kind="enrollment",
+        owner=e.created_by,
+        name="enrollment",
+        last_used=None,
+        state=state,
+    )
+
+
 def list_tokens(engine: Engine, actor: Principal) -> list[TokenInfo]:
     """Sessions, API tokens and enrollment tokens the caller may see.
 
@@ -421,44 +447,17 @@ def list_tokens(engine: Engine, actor: Principal) -> list[TokenInfo]:
     if actor.kind != "user":
         raise ForbiddenError(f"{actor.name} may not list tokens")
     out: list[TokenInfo] = []
-    q = select(api_tokens, users.c.name.label("owner")).join(
-        users, users.c.id == api_tokens.c.user_id
-    )
+    q = _with_owner()
     if "user.admin" not in actor.permissions:
         q = q.where(api_tokens.c.user_id == actor.id)
     with read_tx(engine) as c:
         for r in c.execute(q.order_by(api_tokens.c.created)):
-            exp = aware(r.expires)
-            out.append(
-                TokenInfo(
-                    id=r.id,
-                    kind=r.kind,
-                    owner=r.owner,
-                    name=r.name,
-                    created=aware(r.created),
-                    expires=exp,
-                    last_used=aware(r.last_used),
-                    state=_state(exp),
-                    current=r.id == actor.token_id,
-                )
-            )
+            state = _state(aware(r.expires))
+            out.append(from_row(TokenInfo, r, state=state, current=r.id == actor.token_id))
         if actor.permissions & {"user.admin", "device.write"}:
             for e in c.execute(select(enroll_tokens).order_by(enroll_tokens.c.created)):
-                exp = aware(e.expires)
-                out.append(
-                    TokenInfo(
-                        id=e.id,
-                        kind="enrollment",
-                        owner=e.created_by,
-                        name="enrollment",
-                        created=aware(e.created),
-                        expires=exp,
-                        last_used=None,
-                        uses=e.uses,
-                        max_uses=e.max_uses,
-                        state=_state(exp, e.revoked is not None, e.uses >= e.max_uses),
-                    )
-                )
+                state = _state(aware(e.expires), e.revoked is not None, e.uses >= e.max_uses)
+                out.append(_enrollment_info(e, state))
     return out
 
 
@@ -468,26 +467,13 @@ def revoke_token(engine: Engine, actor: Principal, token_id: str) -> TokenInfo:
     if actor.kind != "user":
         raise ForbiddenError(f"{actor.name} may not revoke tokens")
     with write_tx(engine) as c:
-        r = c.execute(
-            select(api_tokens, users.c.name.label("owner"))
-            .join(users, users.c.id == api_tokens.c.user_id)
-            .where(api_tokens.c.id == token_id)
-        ).first()
+        r = c.execute(_with_owner().where(api_tokens.c.id == token_id)).first()
         if r is not None:
             if r.user_id != actor.id:
                 actor.require("user.admin")
             c.execute(delete(api_tokens).where(api_tokens.c.id == r.id))
             audit(c, actor.name, "token.revoke", r.id, kind=r.kind, owner=r.owner)
-            return TokenInfo(
-                id=r.id,
-                kind=r.kind,
-                owner=r.owner,
-                name=r.name,
-                created=aware(r.created),
-                expires=aware(r.expires),
-                last_used=aware(r.last_used),
-                state="revoked",
-            )
+            return from_row(TokenInfo, r, state="revoked")
         e = c.execute(select(enroll_tokens).where(enroll_tokens.c.id == token_id)).first()
         if e is None:
             raise NotFoundError(f"no token {token_id!r}")
@@ -495,15 +481,4 @@ def revoke_token(engine: Engine, actor: Principal, token_id: str) -> TokenInfo:
         if e.revoked is None:
             c.execute(update(enroll_tokens).where(enroll_tokens.c.id == e.id).values(revoked=now()))
         audit(c, actor.name, "token.revoke", e.id, kind="enrollment", uses=e.uses)
-        return TokenInfo(
-            id=e.id,
-            kind="enrollment",
-            owner=e.created_by,
-            name="enrollment",
-            created=aware(e.created),
-            expires=aware(e.expires),
-            last_used=None,
-            uses=e.uses,
-            max_uses=e.max_uses,
-            state="revoked",
-        )
+        return _enrollment_info(e, "revoked")
