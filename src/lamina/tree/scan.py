@@ -21,69 +21,41 @@ files are still read through the descriptor of the folder that was listed.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Collection
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import blake3
 
 from lamina.errors import UsageError
-from lamina.store import blob
 from lamina.store.blob import BlobKind
-from lamina.store.chunker import Chunker
-from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
 from lamina.tree.cache import CachedFile, FilesCache
-from lamina.tree.extents import FileChangedError, chunk_fd
 from lamina.tree.model import Entry, encode_tree, file_type
+from lamina.tree.scan_read import (
+    JOB_BYTES,
+    BlobSink,
+    FileReader,
+    FileReplacedError,
+    Job,
+    same_inode,
+    xattrs_at,
+)
 
 #: Files up to this size are read whole and batched with their neighbours.
 SMALL_FILE = 1024 * 1024
-#: Sealed-but-unconfirmed bytes a job holds before asking what the store lacks.
-JOB_BYTES = 16 * 1024 * 1024
-READ_TRIES = 3
 MAX_DEPTH = 900
 #: Listed folders whose descriptors stay open until their files are read.
 HELD_DIRS = 512
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: if the file was replaced by a FIFO since it was listed, open()
-# must not wait for a writer (fstat then rejects it).
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class FileReplacedError(Exception):
-    """The name no longer leads to the inode the listing saw."""
-
-
-def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def xattrs_at(target: bytes | int) -> list[tuple[bytes, bytes]]:
-    """The extended attributes of an open file (``target`` a descriptor) or of a path (its
-    last component not followed), sorted as entries keep them; an attribute that cannot
-    be read is left out, and there are none when the list cannot be read."""
-    # os.*xattr take follow_symlinks with a path only.
-    nofollow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
-    try:
-        names = os.listxattr(target, **nofollow)
-    except OSError:
-        return []
-    out = []
-    for n in names:
-        with contextlib.suppress(OSError):
-            out.append((os.fsencode(n), os.getxattr(target, n, **nofollow)))
-    return sorted(out)
 
 
 @dataclass
@@ -98,46 +70,10 @@ class ScanStats:
     errors: list[str] = field(default_factory=list)
 
 
-class BlobSink(Protocol):
-    """Where a scan puts what it finds: the store's ``Writer``, or an agent's uploader.
-
-    ``need``, ``put_chunk`` and ``put`` are called from several threads at once.
-    """
-
-    @property
-    def chunking(self) -> ChunkingSecret: ...
-
-    def need(self, ids: Collection[bytes]) -> set[bytes]:
-        """The subset of ``ids`` the destination does not hold yet."""
-        ...
-
-    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
-        """Store a blob whose id the caller computed (it must match the content)."""
-        ...
-
-    def put(self, kind: BlobKind, data: bytes) -> bytes:
-        """Store plaintext unless already held; return its id."""
-        ...
-
-
 #: (path relative to the root, is a directory) -> leave it out entirely
 ExcludeFn = Callable[[bytes, bool], bool]
 #: directory relative to the root -> keep the directory but none of its content
 PruneFn = Callable[[bytes], bool]
-
-
-class _Job:
-    """Files to read in one worker call; holds chunks until it asks what the store lacks.
-
-    Small files of several folders may share a job: the walk does not wait for a
-    folder's files before it lists the next folder (see ``_Dir``).
-    """
-
-    def __init__(self) -> None:
-        #: (path for messages, entry, the listing's lstat, descriptor of its folder)
-        self.files: list[tuple[bytes, Entry, os.stat_result, int]] = []
-        self.size = 0
-        self.future: Future[list[str | None]] | None = None
 
 
 @dataclass
@@ -152,14 +88,14 @@ class _Dir:
     rel: bytes
     entries: list[Entry]
     hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
-    files: list[tuple[bytes, Entry, os.stat_result, _Job, int]]
-    jobs: list[_Job]  # the distinct jobs of ``files``
+    files: list[tuple[bytes, Entry, os.stat_result, Job, int]]
+    jobs: list[Job]  # the distinct jobs of ``files``
     cached: int
     parent: Entry | None
     fd: int | None = None
 
 
-class Scanner:
+class Scanner(FileReader):
     def __init__(
         self,
         writer: BlobSink,
@@ -188,9 +124,9 @@ class Scanner:
         #: Listed folders waiting for their files, in post-order (children first).
         self._order: deque[_Dir] = deque()
         #: The job small files are being added to (not yet submitted).
-        self._small = _Job()
+        self._small = Job()
         #: Submitted jobs whose future may still be running.
-        self._running: deque[_Job] = deque()
+        self._running: deque[Job] = deque()
         self._root_tree: bytes | None = None
         #: Folders in ``_order`` holding an open descriptor.
         self._held = 0
@@ -222,12 +158,6 @@ class Scanner:
         return self._root_tree
 
     # --- helpers -------------------------------------------------------------
-    def _chunker(self) -> Chunker:
-        c: Chunker | None = getattr(self._local, "chunker", None)
-        if c is None:
-            c = self._local.chunker = Chunker(self._chunking)
-        return c
-
     def _user(self, uid: int) -> str:
         name = self._users.get(uid)
         if name is None:
@@ -289,7 +219,7 @@ class Scanner:
         sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
         try:
             st1 = os.fstat(sub)
-            if not _same_inode(st, st1):
+            if not same_inode(st, st1):
                 raise FileReplacedError
         except BaseException:
             os.close(sub)
@@ -467,14 +397,14 @@ class Scanner:
             self._order.popleft()
             self._finish(d)
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: Job) -> None:
         job.future = self._pool.submit(self._run_job, job)
         self._running.append(job)
 
     def _submit_small(self) -> None:
         if self._small.files:
             self._submit(self._small)
-            self._small = _Job()
+            self._small = Job()
 
     def _verify_hits(
         self, hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
@@ -497,9 +427,9 @@ class Scanner:
 
     def _read_all(
         self, files: list[tuple[bytes, Entry, os.stat_result, int]]
-    ) -> list[tuple[bytes, Entry, os.stat_result, _Job, int]]:
+    ) -> list[tuple[bytes, Entry, os.stat_result, Job, int]]:
         """Queue files for the pool (small ones batched across folders); no waiting."""
-        out: list[tuple[bytes, Entry, os.stat_result, _Job, int]] = []
+        out: list[tuple[bytes, Entry, os.stat_result, Job, int]] = []
         for f in files:
             if f[2].st_size <= SMALL_FILE:
                 small = self._small
@@ -509,85 +439,8 @@ class Scanner:
                 if small.size >= JOB_BYTES or len(small.files) >= 256:
                     self._submit_small()
             else:
-                big = _Job()
+                big = Job()
                 big.files.append(f)
                 out.append((f[0], f[1], f[2], big, 0))
                 self._submit(big)
         return out
-
-    # --- in worker threads ---------------------------------------------------
-    def _run_job(self, job: _Job) -> list[str | None]:
-        pending: list[tuple[bytes, memoryview | bytes]] = []
-        pending_size = 0
-        results: list[str | None] = []
-
-        def settle() -> None:
-            nonlocal pending_size
-            if not pending:
-                return
-            need = self.writer.need({bid for bid, _ in pending})
-            for bid, data in pending:
-                if bid in need:
-                    need.discard(bid)
-                    self.writer.put_chunk(BlobKind.DATA, bid, data)
-            pending.clear()
-            pending_size = 0
-
-        def add(data: memoryview | bytes) -> bytes:
-            nonlocal pending_size
-            bid = blob.blob_id(self._chunking.id_key, data)
-            pending.append((bid, data))
-            pending_size += len(data)
-            if pending_size >= JOB_BYTES:
-                settle()
-            return bid
-
-        for _path, e, st, dfd in job.files:
-            try:
-                e.content = self._read_file(dfd, e, st, add)
-                results.append(None)
-            except FileChangedError:
-                e.content = None
-                results.append(f"changed while being read ({READ_TRIES} tries); not stored")
-            except FileReplacedError:
-                e.content = None
-                results.append("replaced while being scanned; not stored")
-            except OSError as err:
-                e.content = None
-                results.append(f"cannot read: {err.strerror}")
-        settle()
-        return results
-
-    def _read_file(
-        self,
-        dfd: int,
-        e: Entry,
-        st0: os.stat_result,
-        add: Callable[[memoryview | bytes], bytes],
-    ) -> list[bytes | int]:
-        """Read file ``e.name`` of folder ``dfd``; it must be the inode ``st0`` listed."""
-        for _ in range(READ_TRIES):
-            fd = os.open(e.name, _FILE_FLAGS, dir_fd=dfd)
-            try:
-                st1 = os.fstat(fd)
-                if not stat.S_ISREG(st1.st_mode) or not _same_inode(st0, st1):
-                    raise FileReplacedError
-                content = self._chunk_fd(fd, st1, add)
-                st2 = os.fstat(fd)
-                xattrs = xattrs_at(fd)
-            finally:
-                os.close(fd)
-            sig1 = (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns)
-            if sig1 == (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns):
-                # Record the metadata of the version actually read, all from one fstat.
-                # (The cache keeps the first lstat: if it differs, the next scan reads again.)
-                e.size = st1.st_size
-                self._own(e, st1)
-                e.xattrs = xattrs
-                return content
-        raise FileChangedError
-
-    def _chunk_fd(
-        self, fd: int, st: os.stat_result, add: Callable[[memoryview | bytes], bytes]
-    ) -> list[bytes | int]:
-        return chunk_fd(fd, st, self._chunker(), add)
