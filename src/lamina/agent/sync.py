@@ -179,9 +179,11 @@ def run_sync(
         return {"phase": phase, **known, **counters}
 
     def on_file(nfiles: int, nbytes: int) -> None:
+        before = counters["files"]
         counters["files"] += nfiles
         counters["bytes"] += nbytes
-        if progress and counters["files"] % 500 == 0:
+        # a folder whose tree is reused counts all its files at once
+        if progress and counters["files"] // 500 != before // 500:
             progress(snapshot())
 
     def on_upload(nbytes: int) -> None:
@@ -194,8 +196,16 @@ def run_sync(
     )
     cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)
     try:
+        reuse_trees = True
         for rescans_left in range(MAX_RESCANS, -1, -1):
-            scanner = Scanner(sink, cache, exclude=exclude, prune=prune, progress=on_file)
+            scanner = Scanner(
+                sink,
+                cache,
+                exclude=exclude,
+                prune=prune,
+                progress=on_file,
+                reuse_trees=reuse_trees,
+            )
             root_id = scanner.scan(root)
             sink.flush()
             try:
@@ -205,9 +215,11 @@ def run_sync(
                 break
             except MissingDataError:
                 # Blobs another endpoint promised to upload did not come (its claim ran
-                # out): scan again; the server now asks for what is still missing.
+                # out), or a tree reused from the files cache is no longer held: scan
+                # again, building every tree; the server now asks for what is missing.
                 if not rescans_left:
                     raise
+                reuse_trees = False
                 counters["files"] = counters["bytes"] = 0
         cache.commit(cfg.gc_epoch)
     finally:

@@ -37,7 +37,7 @@ import blake3
 from lamina.errors import UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.progress import AdvanceFn
-from lamina.tree.cache import CachedFile, FilesCache
+from lamina.tree.cache import CachedDir, CachedFile, FilesCache, listing_signature
 from lamina.tree.model import Entry, encode_tree, file_type
 from lamina.tree.scan_read import (
     JOB_BYTES,
@@ -67,6 +67,8 @@ class ScanStats:
     files_read: int = 0
     bytes_read: int = 0
     files_unchanged: int = 0
+    #: folders whose tree id came from the files cache (nothing built for them)
+    trees_reused: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -82,17 +84,29 @@ class _Dir:
 
     ``files`` are (path, entry, lstat, job, index in the job). ``parent`` is the
     entry in the parent folder that receives the tree id (None for the root).
-    ``fd`` is the folder's descriptor, kept open while its files wait to be read.
+    ``fd`` is the folder's descriptor, kept open while its files wait to be read
+    (or, for a folder whose tree may be reused, until its sub-folders' are known).
     """
 
     rel: bytes
-    entries: list[Entry]
-    hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
-    files: list[tuple[bytes, Entry, os.stat_result, Job, int]]
-    jobs: list[Job]  # the distinct jobs of ``files``
-    cached: int
+    path: bytes
     parent: Entry | None
+    entries: list[Entry] = field(default_factory=list)
+    hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]] = field(default_factory=list)
+    files: list[tuple[bytes, Entry, os.stat_result, Job, int]] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)  # the distinct jobs of ``files``
+    cached: int = 0
     fd: int | None = None
+    #: the sub-folders' entries in name order (their subtree ids come from below)
+    subdirs: list[Entry] = field(default_factory=list)
+    #: with a files cache: the listing's signature and the folder's row
+    signature: bytes | None = None
+    row: CachedDir | None = None
+    #: no entry of the folder itself was left out by an error
+    clean: bool = True
+    #: the listing matched the row: its entries other than folders, built only if a
+    #: sub-folder's tree turns out to have changed (``_finish``)
+    deferred: list[tuple[bytes, os.stat_result, str]] | None = None
 
 
 class Scanner(FileReader):
@@ -106,6 +120,7 @@ class Scanner(FileReader):
         prune: PruneFn | None = None,
         progress: AdvanceFn | None = None,
         one_file_system: bool = False,
+        reuse_trees: bool = True,
     ) -> None:
         self.writer = writer
         self.cache = cache
@@ -113,6 +128,9 @@ class Scanner(FileReader):
         self.prune = prune
         self.progress = progress
         self.one_file_system = one_file_system
+        #: reuse a folder's tree id from the files cache when its listing and its
+        #: sub-folders' trees are what the cache's row holds
+        self.reuse_trees = reuse_trees
         self.stats = ScanStats()
         self._chunking = writer.chunking
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2)))
@@ -243,50 +261,99 @@ class Scanner(FileReader):
         if depth > MAX_DEPTH:
             raise UsageError(f"directory tree deeper than {MAX_DEPTH} levels at {path!r}")
         self.stats.dirs += 1
+        d = _Dir(rel, path, parent)
         try:
             with os.scandir(dfd) as it:
-                names = sorted(os.fsencode(d.name) for d in it)
+                names = sorted(os.fsencode(de.name) for de in it)
         except OSError as err:
             self.stats.errors.append(f"{os.fsdecode(path)}: cannot list: {err.strerror}")
             names = []
-        cached: dict[bytes, CachedFile] = self.cache.directory(rel) if self.cache else {}
-        entries: list[Entry] = []
-        to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
-        hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]] = []
+            d.clean = False
+        listing = self._lstat_all(dfd, d, names)
+        if self.cache is not None:
+            d.row = self.cache.folder(rel)
+            d.signature = listing_signature(
+                [(n, st, self._user(st.st_uid), self._group(st.st_gid)) for n, st, _ in listing]
+            )
+        reuse = (
+            self.reuse_trees
+            and d.row is not None
+            and d.clean
+            and d.row.listing == d.signature
+            and not (self.cache is not None and self.cache.stale)
+        )
+        rest: list[tuple[bytes, os.stat_result, str]] = []
+        for name, st, typ in listing:
+            if typ == "dir":
+                self._subdir(dfd, d, name, st, depth)
+            else:
+                rest.append((name, st, typ))
+        if reuse:
+            d.deferred = rest
+        else:
+            self._build(dfd, d, rest)
+        if d.files or d.deferred is not None:
+            d.fd = dfd
+            self._held += 1
+        else:
+            os.close(dfd)
+        self._order.append(d)
+
+    def _lstat_all(
+        self, dfd: int, d: _Dir, names: list[bytes]
+    ) -> list[tuple[bytes, os.stat_result, str]]:
+        """``(name, lstat, type)`` of the entries of a folder the scan keeps."""
+        out = []
         for name in names:
-            child = path + b"/" + name
-            child_rel = rel + b"/" + name if rel else name
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except OSError as err:
-                self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
+                self.stats.errors.append(f"{os.fsdecode(d.path + b'/' + name)}: {err.strerror}")
+                d.clean = False
                 continue
             typ = file_type(st.st_mode)
             if typ is None:
                 continue
-            if self.exclude and self.exclude(child_rel, typ == "dir"):
+            if self.exclude and self.exclude(d.rel + b"/" + name if d.rel else name, typ == "dir"):
                 continue
-            if typ == "dir":
-                if (self.one_file_system and st.st_dev != self._root_dev) or (
-                    self.prune is not None and self.prune(child_rel)
-                ):
-                    e = self._entry(name, st, typ, self._xattrs(dfd, name))
-                    e.subtree = self.writer.put(BlobKind.TREE, encode_tree([]))
-                else:
-                    try:
-                        sub, st1 = self._open_dir(dfd, name, st)
-                    except FileReplacedError:
-                        self.stats.errors.append(
-                            f"{os.fsdecode(child)}: replaced while being scanned; not stored"
-                        )
-                        continue
-                    except OSError as err:
-                        self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
-                        continue
-                    e = self._entry(name, st1, typ, xattrs_at(sub))
-                    self._dir(sub, child, child_rel, depth + 1, e)
-                entries.append(e)
-                continue
+            out.append((name, st, typ))
+        return out
+
+    def _subdir(self, dfd: int, d: _Dir, name: bytes, st: os.stat_result, depth: int) -> None:
+        """A sub-folder's entry; its tree is listed now (written before this folder's)."""
+        child = d.path + b"/" + name
+        child_rel = d.rel + b"/" + name if d.rel else name
+        if (self.one_file_system and st.st_dev != self._root_dev) or (
+            self.prune is not None and self.prune(child_rel)
+        ):
+            e = self._entry(name, st, "dir", self._xattrs(dfd, name))
+            e.subtree = self.writer.put(BlobKind.TREE, encode_tree([]))
+        else:
+            try:
+                sub, st1 = self._open_dir(dfd, name, st)
+            except FileReplacedError:
+                self.stats.errors.append(
+                    f"{os.fsdecode(child)}: replaced while being scanned; not stored"
+                )
+                d.clean = False
+                return
+            except OSError as err:
+                self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
+                d.clean = False
+                return
+            e = self._entry(name, st1, "dir", xattrs_at(sub))
+            self._dir(sub, child, child_rel, depth + 1, e)
+        d.entries.append(e)
+        d.subdirs.append(e)
+
+    def _build(self, dfd: int, d: _Dir, rest: list[tuple[bytes, os.stat_result, str]]) -> None:
+        """The entries of a folder's files, symlinks and others; files the cache does not
+        vouch for are queued for reading."""
+        cached: dict[bytes, CachedFile] = self.cache.files(d.rel) if self.cache else {}
+        d.cached = len(cached)
+        to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
+        for name, st, typ in rest:
+            child = d.path + b"/" + name
             if typ == "file":
                 # A file's xattrs come from the cache entry (a hit: its ctime did not
                 # move, so neither did they) or from the fd it is read through.
@@ -298,6 +365,7 @@ class Scanner(FileReader):
                     e.target = os.readlink(name, dir_fd=dfd)
                 except OSError as err:
                     self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
+                    d.clean = False
                     continue
                 self.stats.others += 1
             elif typ == "file":
@@ -310,28 +378,58 @@ class Scanner(FileReader):
                 ):
                     e.content = list(c.content)
                     e.xattrs = list(c.xattrs)
-                    hits.append((child, e, st, c))
+                    d.hits.append((child, e, st, c))
                 else:
                     to_read.append((child, e, st, dfd))
             else:
                 if typ in ("chardev", "blockdev"):
                     e.rdev = st.st_rdev
                 self.stats.others += 1
-            entries.append(e)
-        if hits and self.cache is not None and self.cache.stale:
-            to_read.extend((*h, dfd) for h in self._verify_hits(hits))
-        files = self._read_all(to_read)
-        jobs = list({id(f[3]): f[3] for f in files}.values())
-        d = _Dir(rel, entries, hits, files, jobs, len(cached), parent)
-        if files:
-            d.fd = dfd
-            self._held += 1
+            d.entries.append(e)
+        if d.hits and self.cache is not None and self.cache.stale:
+            to_read.extend((*h, dfd) for h in self._verify_hits(d.hits))
+        d.files = self._read_all(to_read)
+        d.jobs = list({id(f[3]): f[3] for f in d.files}.values())
+
+    def _reuse(self, d: _Dir, tree: bytes) -> None:
+        """Count a folder whose tree is the one its cache row names (nothing is built)."""
+        assert d.deferred is not None
+        sizes = [st.st_size for _, st, typ in d.deferred if typ == "file"]
+        self.stats.files += len(sizes)
+        self.stats.files_unchanged += len(sizes)
+        self.stats.bytes += sum(sizes)
+        self.stats.others += len(d.deferred) - len(sizes)
+        if self.progress and sizes:
+            self.progress(len(sizes), sum(sizes))
+        self.stats.trees_reused += 1
+        self._close(d)
+        self._set_tree(d, tree)
+
+    def _close(self, d: _Dir) -> None:
+        if d.fd is not None:
+            os.close(d.fd)
+            d.fd = None
+            self._held -= 1
+
+    def _set_tree(self, d: _Dir, tid: bytes) -> None:
+        if d.parent is None:
+            self._root_tree = tid
         else:
-            os.close(dfd)
-        self._order.append(d)
+            d.parent.subtree = tid
 
     def _finish(self, d: _Dir) -> None:
         """Write a folder's tree once its files are read (its sub-folders' trees already are)."""
+        subtrees = b"".join(e.subtree or b"" for e in d.subdirs)
+        if d.deferred is not None:
+            assert d.row is not None and d.fd is not None
+            if d.clean and subtrees == d.row.subtrees:
+                self._reuse(d, d.row.tree)
+                return
+            # A sub-folder's tree changed: this one is built after all. Files the cache
+            # has no row for (a damaged cache) are read now, and waited for below.
+            self._build(d.fd, d, d.deferred)
+            d.deferred = None
+            self._submit_small()
         for _, e, _, _ in d.hits:
             self.stats.files += 1
             self.stats.files_unchanged += 1
@@ -352,10 +450,7 @@ class Scanner(FileReader):
             self.stats.bytes_read += e.size
             if self.progress:
                 self.progress(1, e.size)
-        if d.fd is not None:  # every file of the folder is read (``result`` waited)
-            os.close(d.fd)
-            d.fd = None
-            self._held -= 1
+        self._close(d)  # every file of the folder is read (``result`` waited)
         entries = [e for e in d.entries if id(e) not in failed] if failed else d.entries
         if self.cache is not None and (d.files or len(d.hits) != d.cached):
             self.cache.replace_directory(d.rel)
@@ -365,10 +460,11 @@ class Scanner(FileReader):
                 if e.content is not None and id(e) not in failed:
                     self.cache.put(d.rel, e.name, st, e.content, e.xattrs)
         tid = self.writer.put(BlobKind.TREE, encode_tree(entries))
-        if d.parent is None:
-            self._root_tree = tid
-        else:
-            d.parent.subtree = tid
+        if self.cache is not None and d.signature is not None:
+            row = CachedDir(d.signature, subtrees, tid) if d.clean and not failed else None
+            if row != d.row:
+                self.cache.put_folder(d.rel, row)
+        self._set_tree(d, tid)
 
     def _drain(self, block: bool) -> None:
         """Write the trees of listed folders whose files are read, oldest first.
