@@ -42,11 +42,12 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
 from lamina.errors import UsageError
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
+from lamina.tree.counts import TreeCounts
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.names import check_name
 from lamina.tree.paths import lookup
@@ -73,14 +74,9 @@ class BlobSource(Protocol):
 
 
 @dataclass
-class RestoreStats:
-    files: int = 0
-    dirs: int = 0
-    others: int = 0
-    bytes: int = 0
+class RestoreStats(TreeCounts):
     skipped: int = 0
     removed: int = 0
-    errors: list[str] = field(default_factory=list)
     #: paths (relative to the target) kept aside as NAME<suffix> before being restored
     kept: list[str] = field(default_factory=list)
     #: device nodes and FIFOs left out (``special_files=False``)
@@ -119,6 +115,19 @@ def split_path(path: str | bytes) -> list[bytes]:
     for p in parts:
         check_name(p)
     return parts
+
+
+class RestoreOptions(TypedDict, total=False):
+    """``restore_tree``'s keyword arguments: ``Restorer``'s, which says what each does."""
+
+    paths: Sequence[str | bytes]
+    delete_extra: bool
+    progress: AdvanceFn | None
+    chunking: ChunkingSecret | None
+    keep_aside: str | None
+    special_files: bool
+    same_owner: bool
+    workers: int
 
 
 class Restorer:
@@ -547,28 +556,7 @@ class Restorer:
 
 
 def restore_tree(
-    store: BlobSource,
-    tree_id: bytes,
-    target: Path,
-    *,
-    paths: Sequence[str | bytes] = (),
-    delete_extra: bool = False,
-    progress: AdvanceFn | None = None,
-    chunking: ChunkingSecret | None = None,
-    keep_aside: str | None = None,
-    special_files: bool = True,
-    same_owner: bool = True,
-    workers: int = WORKERS,
+    store: BlobSource, tree_id: bytes, target: Path, **options: Unpack[RestoreOptions]
 ) -> RestoreStats:
     """Restore ``tree_id`` (or only ``paths`` inside it) into ``target`` (see ``Restorer``)."""
-    return Restorer(
-        store,
-        paths=paths,
-        delete_extra=delete_extra,
-        progress=progress,
-        chunking=chunking,
-        keep_aside=keep_aside,
-        special_files=special_files,
-        same_owner=same_owner,
-        workers=workers,
-    ).restore(tree_id, target)
+    return Restorer(store, **options).restore(tree_id, target)

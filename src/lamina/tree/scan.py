@@ -38,6 +38,7 @@ from lamina.errors import UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.progress import AdvanceFn
 from lamina.tree.cache import CachedDir, CachedFile, FilesCache, listing_signature
+from lamina.tree.counts import TreeCounts
 from lamina.tree.model import Entry, encode_tree, file_type
 from lamina.tree.scan_read import (
     JOB_BYTES,
@@ -59,17 +60,30 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
-class ScanStats:
-    files: int = 0
-    dirs: int = 0
-    others: int = 0
-    bytes: int = 0
+class ScanStats(TreeCounts):
     files_read: int = 0
     bytes_read: int = 0
     files_unchanged: int = 0
     #: folders whose tree id came from the files cache (nothing built for them)
     trees_reused: int = 0
-    errors: list[str] = field(default_factory=list)
+
+
+class _NameCache:
+    """A uid's or gid's name, asked of the system once per scan ("" for an id without one)."""
+
+    def __init__(self, lookup: Callable[[int], str]) -> None:
+        self._lookup = lookup
+        self._names: dict[int, str] = {}
+
+    def __call__(self, key: int) -> str:
+        name = self._names.get(key)
+        if name is None:
+            try:
+                name = self._lookup(key)
+            except KeyError:
+                name = ""
+            self._names[key] = name
+        return name
 
 
 #: (path relative to the root, is a directory) -> leave it out entirely
@@ -135,8 +149,8 @@ class Scanner(FileReader):
         self._chunking = writer.chunking
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2)))
         self._local = threading.local()
-        self._users: dict[int, str] = {}
-        self._groups: dict[int, str] = {}
+        self._user = _NameCache(lambda uid: pwd.getpwuid(uid).pw_name)
+        self._group = _NameCache(lambda gid: grp.getgrgid(gid).gr_name)
         self._root_dev = 0
         self._workers = self._pool._max_workers
         #: Listed folders waiting for their files, in post-order (children first).
@@ -176,25 +190,6 @@ class Scanner(FileReader):
         return self._root_tree
 
     # --- helpers -------------------------------------------------------------
-    def _user(self, uid: int) -> str:
-        name = self._users.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = ""
-            self._users[uid] = name
-        return name
-
-    def _group(self, gid: int) -> str:
-        name = self._groups.get(gid)
-        if name is None:
-            try:
-                name = grp.getgrgid(gid).gr_name
-            except KeyError:
-                name = ""
-            self._groups[gid] = name
-        return name
 
     @staticmethod
     def _xattrs(dir_fd: int, name: bytes) -> list[tuple[bytes, bytes]]:

@@ -70,13 +70,10 @@ _GLOB = re.compile(r"[*?\[]")
 
 def _class_roots(rules: RuleSet, classes: Collection[str]) -> tuple[str, ...]:
     """The fixed folders the classes' patterns start with (``/opt``, ``/usr/local``)."""
-    roots = []
-    for cls in classes:
-        for pat in rules.classes.get(cls, ()):
-            fixed = _GLOB.split(pat, 1)[0].rstrip("/")
-            if fixed:
-                roots.append(fixed)
-    return tuple(roots)
+    fixed = (
+        _GLOB.split(pat, 1)[0].rstrip("/") for cls in classes for pat in rules.classes.get(cls, ())
+    )
+    return tuple(root for root in fixed if root)
 
 
 def migration_scope(
