@@ -31,6 +31,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import msgpack
@@ -229,27 +230,22 @@ class FilesCache:
             self._flush()
 
     def _flush(self) -> None:
-        if self._visited or self._gone:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO visited VALUES (?)", self._visited)
-            self._db.executemany("INSERT OR IGNORE INTO gone VALUES (?)", self._gone)
-            self._db.execute("COMMIT")
-            self._visited.clear()
-            self._gone.clear()
-        if self._batch:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch
-            )
-            self._db.execute("COMMIT")
-            self._batch.clear()
-        if self._dirs:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?)", self._dirs
-            )
-            self._db.execute("COMMIT")
-            self._dirs.clear()
+        """Write the batched rows, all in one transaction."""
+        batches: list[tuple[str, list[Any]]] = [
+            ("INSERT OR IGNORE INTO visited VALUES (?)", self._visited),
+            ("INSERT OR IGNORE INTO gone VALUES (?)", self._gone),
+            ("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch),
+            ("INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?)", self._dirs),
+        ]
+        if not any(rows for _, rows in batches):
+            return
+        self._db.execute("BEGIN")
+        for sql, rows in batches:
+            if rows:
+                self._db.executemany(sql, rows)
+        self._db.execute("COMMIT")
+        for _, rows in batches:
+            rows.clear()
 
     def commit(self, epoch: int) -> None:
         """Promote this scan's entries; call only after the snapshot is committed."""
