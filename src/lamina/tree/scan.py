@@ -424,7 +424,8 @@ class Scanner(FileReader):
             # has no row for (a damaged cache) are read now, and waited for below.
             self._build(d.fd, d, d.deferred)
             d.deferred = None
-            self._submit_small()
+            if d.files:
+                self._submit_small()
         for _, e, _, _ in d.hits:
             self.stats.files += 1
             self.stats.files_unchanged += 1
