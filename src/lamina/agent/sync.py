@@ -178,18 +178,26 @@ def run_sync(
         known = {"percent": pct, "expected_bytes": total} if pct is not None else {}
         return {"phase": phase, **known, **counters}
 
+    reported = [-PROGRESS_SECONDS]
+
+    def report() -> None:
+        # Each report writes the status file and posts to the server: at most one a second.
+        now = time.monotonic()
+        if progress and now - reported[0] >= PROGRESS_SECONDS:
+            reported[0] = now
+            progress(snapshot())
+
     def on_file(nfiles: int, nbytes: int) -> None:
         before = counters["files"]
         counters["files"] += nfiles
         counters["bytes"] += nbytes
         # a folder whose tree is reused counts all its files at once
-        if progress and counters["files"] // 500 != before // 500:
-            progress(snapshot())
+        if counters["files"] // 500 != before // 500:
+            report()
 
     def on_upload(nbytes: int) -> None:
         counters["uploaded"] += nbytes
-        if progress:
-            progress(snapshot())
+        report()
 
     sink = RemoteSink(
         client, st.chunking, bandwidth_limit=policy.bandwidth_limit, on_upload=on_upload
@@ -235,6 +243,8 @@ def run_sync(
     )
 
 
+#: Least seconds between two progress reports of a sync (status file, server).
+PROGRESS_SECONDS = 1.0
 #: Scans a sync repeats when its commit names blobs another endpoint promised and did not send.
 MAX_RESCANS = 2
 #: Seconds between commits while other endpoints upload blobs this one was told are coming.
