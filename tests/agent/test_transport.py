@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from lamina.agent.transport import AgentClient, check_server_url, is_loopback
-from lamina.errors import UsageError
+from lamina.agent.transport import AgentClient, check_server_url, is_loopback, retrying
+from lamina.errors import BackendError, UsageError
+from lamina.server.tls import self_signed_pair
 
 
 @pytest.mark.parametrize(
@@ -54,3 +62,68 @@ def test_not_a_server_url(url: str) -> None:
 def test_loopback_names_no_lookup() -> None:
     assert is_loopback("127.9.9.9") and is_loopback("::1") and is_loopback("LOCALHOST")
     assert not is_loopback("0.0.0.0") and not is_loopback("lamina") and not is_loopback("::")
+
+
+@contextlib.contextmanager
+def _tls_listener(cert: Path, key: Path) -> Iterator[int]:
+    """A TLS server on a free loopback port that presents ``cert`` to every connection
+    (and answers nothing); yields the port."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                ctx.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
+        listener.close()
+        thread.join(10)
+
+
+def test_a_refused_certificate_is_not_retried(tmp_path: Path) -> None:
+    """Another certificate than the pinned one: the call fails at once with one line naming
+    the certificate, where an unreachable server is retried (it may be restarting)."""
+    cert, key = self_signed_pair(tmp_path / "server", "127.0.0.1")
+    pinned, _ = self_signed_pair(tmp_path / "impostor", "127.0.0.1")
+    calls: list[int] = []
+    with _tls_listener(cert, key) as port:
+        client = AgentClient(f"https://127.0.0.1:{port}", "lmd_x", pinned.read_text())
+        try:
+
+            def health() -> object:
+                calls.append(1)
+                return client.json("GET", "/health")
+
+            with pytest.raises(BackendError, match="certificate") as e:
+                retrying(health, attempts=3, first_wait=0)
+        finally:
+            client.close()
+    assert len(calls) == 1
+    assert "\n" not in str(e.value)
+    # A server that cannot be reached is retried (here all three attempts fail).
+    calls.clear()
+    unreachable = AgentClient(f"https://127.0.0.1:{port}", "lmd_x", pinned.read_text())
+    try:
+
+        def again() -> object:
+            calls.append(1)
+            return unreachable.json("GET", "/health")
+
+        with pytest.raises(BackendError, match="cannot reach"):
+            retrying(again, attempts=3, first_wait=0)
+    finally:
+        unreachable.close()
+    assert len(calls) == 3

@@ -256,16 +256,19 @@ def test_under_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path, "console")
     server = ServerProc(tmp_path / "srv", [], tls=(cert, key)).start()
     try:
-        http = httpx.Client(
+        # Closed before the server stops: a TLS server waits for an open connection's TLS
+        # shutdown until its graceful-shutdown timeout (5 s).
+        with httpx.Client(
             base_url=server.url,
             verify=ssl.create_default_context(cafile=str(cert)),
             follow_redirects=False,
             timeout=60,  # a fresh server's first page on a loaded machine
-        )
-        page = http.get("/")
-        r = http.post(
-            "/login", data={"user": "admin", "password": ADMIN_PASSWORD, "csrf": csrf_of(page.text)}
-        )
+        ) as http:
+            page = http.get("/")
+            r = http.post(
+                "/login",
+                data={"user": "admin", "password": ADMIN_PASSWORD, "csrf": csrf_of(page.text)},
+            )
         assert r.status_code == 303
         cookie = next(
             h for h in r.headers.get_list("set-cookie") if h.startswith("lamina_session=")

@@ -27,7 +27,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import _log_excerpt, _stop_process
-from tests.e2e.conftest import ADMIN_PASSWORD, LAMINA, Lamina, free_port
+from tests.e2e.conftest import (
+    ADMIN_PASSWORD,
+    LAMINA,
+    Lamina,
+    close_lingering_connections,
+    free_port,
+)
 
 
 class Server:
@@ -70,6 +76,8 @@ class Server:
 
     def stop(self) -> None:
         if self.proc:
+            if self.tls:
+                close_lingering_connections()
             _stop_process(self.proc)
 
 

@@ -71,9 +71,12 @@ BOBS = [
 def test_every_flex_route_is_in_the_matrix() -> None:
     from fastapi.routing import APIRoute
 
-    from lamina.server.api import flex
+    from lamina.server.api import flex, flex_my, groups
 
-    routes = {(m, r.path) for r in flex.router.routes if isinstance(r, APIRoute) for m in r.methods}
+    routers = (flex.router, flex_my.router, groups.router)
+    routes = {
+        (m, r.path) for x in routers for r in x.routes if isinstance(r, APIRoute) for m in r.methods
+    }
     probed = {(m, p.split("?")[0].replace("nope", "X")) for m, p, _, _ in MATRIX}
     for m, path in routes:
         shape = path

@@ -130,3 +130,29 @@ def test_small_folders_share_requests_through_a_batching_source(
     assert_same_tree(root, out)
     assert sum(requests) == 1 + 40 + 80  # the root, each folder's tree, each file: once
     assert len(requests) <= 4, requests
+
+
+def test_a_store_looks_up_a_batch_of_folders_read_ahead_at_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into an empty folder, the trees read ahead (sixteen siblings at a time) have their
+    files' chunks and sub-folders' trees located in one catalog query per batch, not two
+    per folder: forty folders cost a handful of lookups."""
+    root = tmp_path / "many"
+    for d in range(40):
+        write(root / f"d{d:02}" / "f", os.urandom(400 + d), MTIME)
+        os.utime(root / f"d{d:02}", ns=(MTIME, MTIME))
+    tid, _ = scan_tree(store, root)
+    reopened = Store(store.backend, store.catalog, store.keys)  # no location remembered yet
+    lookups: list[int] = []
+    locate = reopened.catalog.locate
+
+    def counted(ids, *a, **kw):  # type: ignore[no-untyped-def]
+        lookups.append(len(ids))
+        return locate(ids, *a, **kw)
+
+    monkeypatch.setattr(reopened.catalog, "locate", counted)
+    st = restore_tree(reopened, tid, tmp_path / "out", workers=1)
+    assert st.errors == [] and st.files == 40
+    assert_same_tree(root, tmp_path / "out")
+    assert len(lookups) <= 8, lookups

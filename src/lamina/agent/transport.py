@@ -159,16 +159,28 @@ class AgentClient:
         return self._call(method, path, **kw).content
 
 
+def certificate_refused(error: BaseException) -> bool:
+    """True when ``error`` comes from a TLS handshake that refused the server's certificate
+    (another certificate than the pinned one, or not for this host name)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def retrying(
     fn: Callable[[], T], attempts: int = 8, first_wait: float = 0.5, max_wait: float = 10
 ) -> T:
-    """Call ``fn``, retrying while the server cannot be reached (it may be restarting)."""
+    """Call ``fn``, retrying while the server cannot be reached (it may be restarting).
+    A certificate the agent does not trust fails at once: waiting does not change it."""
     wait = first_wait
     for i in range(attempts):
         try:
             return fn()
-        except BackendError:
-            if i == attempts - 1:
+        except BackendError as e:
+            if i == attempts - 1 or certificate_refused(e):
                 raise
             time.sleep(wait)
             wait = min(wait * 2, max_wait)

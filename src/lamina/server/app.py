@@ -13,7 +13,26 @@ from lamina.errors import LaminaError
 from lamina.protocol.flex import MAX_IMAGE_SIZE
 from lamina.protocol.schemas import HealthPublic
 from lamina.server import console
-from lamina.server.api import admin, agent, cvds, drivers, flex, layers, migration, ops, store
+from lamina.server.api import (
+    admin,
+    agent,
+    blobs,
+    collections,
+    cvds,
+    devices,
+    driver_profiles,
+    drivers,
+    flex,
+    flex_my,
+    groups,
+    layers,
+    migration,
+    ops,
+    policies,
+    store,
+    tasks,
+    tokens,
+)
 from lamina.server.console import views_upload
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
@@ -83,9 +102,27 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     def health() -> HealthPublic:
         return HealthPublic(status="ok", version=__version__, store=ctx.store.keys.store_id)
 
-    routers = (admin.router, cvds.router, agent.router, layers.router, ops.router, drivers.router)
-    for r in (*routers, migration.router, flex.router, store.router):
-        app.include_router(r, prefix="/api/v1")
+    for module in (
+        admin,
+        tokens,
+        devices,
+        policies,
+        tasks,
+        cvds,
+        blobs,
+        agent,
+        layers,
+        collections,
+        ops,
+        drivers,
+        driver_profiles,
+        migration,
+        flex,
+        flex_my,
+        groups,
+        store,
+    ):
+        app.include_router(module.router, prefix="/api/v1")
     app.include_router(ops.metrics_router)
     console.mount(app)
     return app

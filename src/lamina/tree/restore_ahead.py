@@ -68,12 +68,15 @@ class ReadAhead:
                 (tid, decode_tree(raw))
                 for tid, raw in zip(batch, self._store.get_many(batch), strict=True)
             ]
+            # One lookup for the batch: its files' chunks, then its sub-folders' trees.
+            queued: list[bytes] = []
             for tid, entries in read:
-                self._store.prefetch([c for e in entries for c in e.chunk_ids()])
+                queued.extend(c for e in entries for c in e.chunk_ids())
                 self._trees[tid] = entries
                 self._chunks += _chunk_count(entries)
             for _, entries in reversed(read):
                 subtrees = [e.subtree for e in entries if e.subtree is not None]
-                self._store.prefetch(subtrees)
+                queued.extend(subtrees)
                 stack.extend(reversed(subtrees))
+            self._store.prefetch(queued)
             yield None

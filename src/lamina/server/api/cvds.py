@@ -1,25 +1,21 @@
-"""CVD routes: list, show, snapshots, browse, fetch a file, sync, restore, revert, archive; blobs."""
+"""CVD routes: list, show, snapshots, browse, fetch a file, sync, restore, revert, archive."""
 
 from __future__ import annotations
 
-import msgpack
-from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 
 from lamina.protocol.schemas import (
-    BlobsRequest,
     BrowseEntry,
     CvdPublic,
-    DeltasRequest,
     DownloadRequest,
     RestoreRequest,
     RevertRequest,
     SnapshotPublic,
     TaskPublic,
 )
-from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits, active_device
-from lamina.server.services import access, cvd_ops, deltas, fleet
-from lamina.server.services.sync import parse_ids
+from lamina.server.deps import Caller, Ctx
+from lamina.server.services import cvd_ops, fleet
 from lamina.tree.content import content_pieces
 
 router = APIRouter()
@@ -48,7 +44,7 @@ def browse(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str = "") ->
 
 
 @router.get("/cvds/{ref}/snapshots/{snapshot}/file", summary="Download one file of a snapshot")
-def fetch_file(ref: str, snapshot: str, path: str, ctx: Ctx, caller: Caller) -> StreamingResponse:
+def fetch_file(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str) -> StreamingResponse:
     entry = cvd_ops.file_entry(ctx.engine, ctx.store, caller, ref, snapshot, path)
     # Holes in bounded pieces, chunks one at a time as they are read (in a worker
     # thread): a file's size, up to 2**63 whatever a device committed, never becomes
@@ -94,54 +90,3 @@ def revert(ref: str, req: RevertRequest, ctx: Ctx, caller: Caller) -> TaskPublic
 @router.post("/cvds/{ref}/archive", summary="Detach the device; keep the CVD read-only")
 def archive(ref: str, ctx: Ctx, caller: Caller) -> CvdPublic:
     return fleet.archive(ctx.engine, caller, ref)
-
-
-@router.post(
-    "/blobs/read",
-    summary="Plaintext of blobs by id (msgpack list, possibly a prefix), verified by the server",
-    response_class=Response,
-)
-def read_blobs(
-    req: BlobsRequest, ctx: Ctx, caller: Caller, request: Request, limits: Limits
-) -> Response:
-    # Users need "data.read" (and each read is audited). A device reads only blobs of
-    # its own CVD or of a tree delivered to it (services/access.py): every agent holds
-    # the id key, so an id alone proves nothing.
-    if caller.kind == "user":
-        caller.require(cvd_ops.DATA_READ)
-    ids = parse_ids(req.ids)
-    if caller.kind == "device":
-        device = active_device(caller)
-        cvd = fleet.active_cvd_of_device(ctx.engine, device)
-        limits.reads.take(device.id, len(ids))
-        access.check_read(ctx.engine, ctx.store, limits.trees, device.id, cvd, ids)
-    data: list[bytes] = []
-    size = 0
-    for blob in ctx.store.get_many(ids):
-        data.append(blob)
-        size += len(blob)
-        if size >= READ_LIMIT:  # a prefix: the client asks for the rest again
-            break
-    cvd_ops.audit_blob_read(ctx.engine, caller, len(data), size)
-    return Response(msgpack.packb(data, use_bin_type=True), media_type="application/msgpack")
-
-
-#: Bytes of plaintext one /blobs/read answer carries at most (at least one blob).
-READ_LIMIT = 32 * 1024 * 1024
-
-
-@router.post(
-    "/blobs/delta",
-    summary="New versions of files as zstd deltas against the versions the device holds",
-    response_class=Response,
-)
-def read_deltas(req: DeltasRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> Response:
-    # Devices only: the same access as /blobs/read, for the old and the new versions.
-    cvd = fleet.active_cvd_of_device(ctx.engine, device)
-    limits.reads.take(device.id, sum(len(i.base) + len(i.target) for i in req.items))
-    cache = deltas.cache_for(ctx.settings.data, ctx.settings.delta_cache)
-    out = deltas.deltas_for_device(
-        ctx.engine, ctx.store, cache, limits.trees, device.id, cvd, req.items
-    )
-    body = {"v": deltas.ANSWER_VERSION, "deltas": out}
-    return Response(msgpack.packb(body, use_bin_type=True), media_type="application/msgpack")

@@ -1,52 +1,36 @@
-"""Flex routes: images, policies, entitlements, instances (admin) and ``/flex/my`` and
-``/flex/key`` (the laptop). Each parses, calls one service function, returns."""
+"""Flex routes for administrators: images, policies, entitlements, instances. Each parses,
+calls one service function, returns (``flex_my.py`` has the laptop's routes, ``groups.py``
+the groups that entitlements name)."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from lamina.protocol.flex import (
-    FlexCheckin,
     FlexEntitle,
-    FlexEntitlementMine,
     FlexEntitlementPublic,
     FlexEntitlementUpdate,
     FlexImagePublic,
     FlexInstanceAction,
-    FlexInstanceCreate,
-    FlexInstanceCreated,
-    FlexInstanceMine,
     FlexInstancePublic,
-    FlexKeyPublic,
-    FlexManifest,
     FlexPolicyCreate,
     FlexPolicyPublic,
     FlexPolicyUpdate,
     FlexRegisterUrl,
     FlexSetPolicy,
-    GroupCreate,
-    GroupMembers,
-    GroupPublic,
-    Lease,
-    Signed,
 )
-from lamina.server.context import ServerContext
 from lamina.server.deps import Caller, Ctx
-from lamina.server.security import Principal
-from lamina.server.services import flex, flex_images, flex_keys, flex_policies, groups
+from lamina.server.services import flex, flex_images, flex_policies
 
 router = APIRouter()
 
 #: The one upload path (its body limit is the image size limit, see ``app.py``).
 UPLOAD_PATH = "/flex/images/upload"
-
-
-def _server_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -182,31 +166,35 @@ def show_instance(ref: str, ctx: Ctx, caller: Caller) -> FlexInstancePublic:
     return flex.show_instance(ctx.engine, caller, ref)
 
 
-def _set_state(
-    ctx: ServerContext, caller: Principal, ref: str, state: str, req: FlexInstanceAction
-) -> FlexInstancePublic:
-    return flex.set_state(ctx.engine, caller, ref, state, req.message)
+def _state_route(state: str) -> Callable[..., FlexInstancePublic]:
+    """The route that moves an instance to ``state``, with the administrator's message."""
+
+    def route(ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller) -> FlexInstancePublic:
+        return flex.set_state(ctx.engine, caller, ref, state, req.message)
+
+    return route
 
 
-@router.post("/flex/instances/{ref}/lock", summary="Lock an instance: it refuses to start")
-def lock_instance(
-    ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
-) -> FlexInstancePublic:
-    return _set_state(ctx, caller, ref, flex.LOCKED, req)
-
-
-@router.post("/flex/instances/{ref}/unlock", summary="Unlock a locked instance")
-def unlock_instance(
-    ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
-) -> FlexInstancePublic:
-    return _set_state(ctx, caller, ref, flex.ACTIVE, req)
-
-
-@router.post("/flex/instances/{ref}/revoke", summary="Revoke an instance: the laptop deletes it")
-def revoke_instance(
-    ref: str, req: FlexInstanceAction, ctx: Ctx, caller: Caller
-) -> FlexInstancePublic:
-    return _set_state(ctx, caller, ref, flex.REVOKED, req)
+#: An instance's state changes: path, route name, the state it moves to, summary.
+STATE_ROUTES = (
+    (
+        "/flex/instances/{ref}/lock",
+        "lock_instance",
+        flex.LOCKED,
+        "Lock an instance: it refuses to start",
+    ),
+    ("/flex/instances/{ref}/unlock", "unlock_instance", flex.ACTIVE, "Unlock a locked instance"),
+    (
+        "/flex/instances/{ref}/revoke",
+        "revoke_instance",
+        flex.REVOKED,
+        "Revoke an instance: the laptop deletes it",
+    ),
+)
+for _path, _name, _state, _summary in STATE_ROUTES:
+    router.add_api_route(
+        _path, _state_route(_state), methods=["POST"], name=_name, summary=_summary
+    )
 
 
 @router.put("/flex/instances/{ref}/policy", summary="Override (or clear) an instance's policy")
@@ -214,98 +202,3 @@ def set_instance_policy(
     ref: str, req: FlexSetPolicy, ctx: Ctx, caller: Caller
 ) -> FlexInstancePublic:
     return flex.set_instance_policy(ctx.engine, caller, ref, req.policy)
-
-
-# --- groups -----------------------------------------------------------------------------------------
-@router.post("/groups", summary="Create a group of users", status_code=201)
-def create_group(req: GroupCreate, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return groups.create_group(ctx.engine, caller, req)
-
-
-@router.get("/groups", summary="List groups with their members")
-def list_groups(ctx: Ctx, caller: Caller) -> list[GroupPublic]:
-    return groups.list_groups(ctx.engine, caller)
-
-
-@router.get("/groups/{name}", summary="Show a group")
-def show_group(name: str, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return groups.show_group(ctx.engine, caller, name)
-
-
-@router.post("/groups/{name}/members", summary="Add members to a group")
-def add_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return groups.add_members(ctx.engine, caller, name, req.members)
-
-
-@router.post("/groups/{name}/members/remove", summary="Remove members from a group")
-def remove_members(name: str, req: GroupMembers, ctx: Ctx, caller: Caller) -> GroupPublic:
-    return groups.remove_members(ctx.engine, caller, name, req.members)
-
-
-@router.delete("/groups/{name}", summary="Delete a group", status_code=204)
-def delete_group(name: str, ctx: Ctx, caller: Caller) -> None:
-    groups.delete_group(ctx.engine, caller, name)
-
-
-# --- the laptop ----------------------------------------------------------------------------------------
-@router.get("/flex/key", summary="The server's flex signing key (Ed25519, raw, base64)")
-def key(ctx: Ctx, caller: Caller) -> FlexKeyPublic:
-    caller.require("flex.use")
-    return flex_keys.public_key(ctx.settings.data)
-
-
-@router.get("/flex/my/entitlements", summary="The flex images the caller is entitled to")
-def my_entitlements(ctx: Ctx, caller: Caller) -> list[FlexEntitlementMine]:
-    return flex.my_entitlements(ctx.engine, caller)
-
-
-@router.get("/flex/my/instances", summary="The caller's flex instances")
-def my_instances(ctx: Ctx, caller: Caller) -> list[FlexInstanceMine]:
-    return flex.my_instances(ctx.engine, caller)
-
-
-@router.post(
-    "/flex/my/instances", summary="Create an instance: signed manifest and lease", status_code=201
-)
-def create_instance(
-    req: FlexInstanceCreate, ctx: Ctx, caller: Caller, request: Request
-) -> FlexInstanceCreated:
-    return flex.create_instance(
-        ctx.engine,
-        flex_keys.signing_key(ctx.settings.data),
-        caller,
-        req.entitlement,
-        req.client,
-        _server_url(request),
-    )
-
-
-@router.get(
-    "/flex/my/instances/{ref}/manifest", summary="The signed manifest of the caller's instance"
-)
-def my_manifest(ref: str, ctx: Ctx, caller: Caller) -> Signed[FlexManifest]:
-    return flex.my_manifest(ctx.engine, flex_keys.signing_key(ctx.settings.data), caller, ref)
-
-
-@router.get(
-    "/flex/my/instances/{ref}/pieces/{n}",
-    summary="The plaintext bytes of one piece of the caller's active instance",
-    response_class=Response,
-)
-def my_piece(ref: str, n: int, ctx: Ctx, caller: Caller) -> Response:
-    data = flex.my_piece(ctx.engine, ctx.store, caller, ref, n)
-    return Response(data, media_type="application/octet-stream")
-
-
-@router.post("/flex/my/instances/{ref}/checkin", summary="Check in: renew the lease, learn changes")
-def checkin(
-    ref: str, req: FlexCheckin, ctx: Ctx, caller: Caller, request: Request
-) -> Signed[Lease]:
-    return flex.checkin(
-        ctx.engine,
-        flex_keys.signing_key(ctx.settings.data),
-        caller,
-        ref,
-        req.client_time,
-        _server_url(request),
-    )

@@ -1,4 +1,4 @@
-"""Layer routes: capture, record, list, show, assign (with dry run), enforce."""
+"""Layer routes: capture, record, list, show, assign (with dry run), enforce, rule-set test."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from lamina.errors import UsageError
 from lamina.protocol.schemas import (
     AssignRequest,
     CaptureRequest,
-    CollectionCreate,
-    CollectionPublic,
     CvdLayersPublic,
     LayerPublic,
     PlanPublic,
@@ -26,12 +24,12 @@ router = APIRouter()
 
 @router.get("/layers", summary="List layers with their versions")
 def list_layers(ctx: Ctx, caller: Caller) -> list[LayerPublic]:
-    return [LayerPublic.model_validate(x) for x in layers.list_layers(ctx.engine, caller)]
+    return layers.list_layers(ctx.engine, caller)
 
 
 @router.get("/layers/{ref}", summary="Show a layer: versions, applications, whiteouts")
 def show_layer(ref: str, ctx: Ctx, caller: Caller) -> LayerPublic:
-    return LayerPublic.model_validate(layers.show_layer(ctx.engine, caller, ref))
+    return layers.show_layer(ctx.engine, caller, ref)
 
 
 @router.post(
@@ -40,9 +38,7 @@ def show_layer(ref: str, ctx: Ctx, caller: Caller) -> LayerPublic:
     status_code=201,
 )
 def capture(req: CaptureRequest, ctx: Ctx, caller: Caller) -> LayerPublic:
-    return LayerPublic.model_validate(
-        layers.capture(ctx.engine, ctx.store, caller, req.cvd, req.name, req.update, req.notes)
-    )
+    return layers.capture(ctx.engine, ctx.store, caller, req.cvd, req.name, req.update, req.notes)
 
 
 @router.post(
@@ -51,7 +47,7 @@ def capture(req: CaptureRequest, ctx: Ctx, caller: Caller) -> LayerPublic:
     status_code=202,
 )
 def record_start(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPublic:
-    return RecordingPublic.model_validate(layers.record_start(ctx.engine, caller, req.device))
+    return layers.record_start(ctx.engine, caller, req.device)
 
 
 @router.post(
@@ -60,9 +56,7 @@ def record_start(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPubli
     status_code=202,
 )
 def record_finalize(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPublic:
-    return RecordingPublic.model_validate(
-        layers.record_finalize(ctx.engine, caller, req.device, req.name, req.update, req.notes)
-    )
+    return layers.record_finalize(ctx.engine, caller, req.device, req.name, req.update, req.notes)
 
 
 @router.post(
@@ -75,35 +69,14 @@ def assign(req: AssignRequest, ctx: Ctx, caller: Caller) -> list[PlanPublic]:
         targets += [c for c in collections.cvd_refs(ctx.engine, req.collection) if c not in targets]
     if not targets:
         raise UsageError("name at least one CVD or a collection with members")
-    plans = layers.assign(ctx.engine, ctx.store, caller, targets, req.base, req.apps, req.dry_run)
-    return [PlanPublic.model_validate(p) for p in plans]
-
-
-@router.post(
-    "/collections",
-    summary="Create a collection of CVDs (static members and/or a filter on device facts)",
-    status_code=201,
-)
-def create_collection(req: CollectionCreate, ctx: Ctx, caller: Caller) -> CollectionPublic:
-    return CollectionPublic.model_validate(
-        collections.create(ctx.engine, caller, req.name, req.filter, req.cvds)
-    )
-
-
-@router.get("/collections", summary="List collections with their current members")
-def list_collections(ctx: Ctx, caller: Caller) -> list[CollectionPublic]:
-    return [
-        CollectionPublic.model_validate(x) for x in collections.list_collections(ctx.engine, caller)
-    ]
+    return layers.assign(ctx.engine, ctx.store, caller, targets, req.base, req.apps, req.dry_run)
 
 
 @router.post(
     "/cvds/{ref}/enforce", summary="Bring an endpoint back to its assigned layers", status_code=202
 )
 def enforce(ref: str, ctx: Ctx, caller: Caller, remove_user_apps: bool = False) -> PlanPublic:
-    return PlanPublic.model_validate(
-        layers.enforce(ctx.engine, ctx.store, caller, ref, remove_user_apps)
-    )
+    return layers.enforce(ctx.engine, ctx.store, caller, ref, remove_user_apps)
 
 
 @router.get(
@@ -118,6 +91,4 @@ def cvd_layers(ref: str, ctx: Ctx, caller: Caller) -> CvdLayersPublic:
     "/layers/rules/test", summary="What a rule set would keep and drop from a CVD's latest snapshot"
 )
 def rules_test(req: RulesTestRequest, ctx: Ctx, caller: Caller) -> RulesTestPublic:
-    return RulesTestPublic.model_validate(
-        layers.test_rules(ctx.engine, ctx.store, caller, req.cvd, req.rules)
-    )
+    return layers.test_rules(ctx.engine, ctx.store, caller, req.cvd, req.rules)

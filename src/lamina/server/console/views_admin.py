@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 from sqlalchemy import Engine
 
 from lamina.errors import NotFoundError, UsageError
@@ -20,7 +21,8 @@ from lamina.protocol.schemas import (
     UserCreate,
 )
 from lamina.server.console import views_cvd, web
-from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
+from lamina.server.console.forms import Check, Chosen, Name, Names, Notes, Password, Text, lines
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, add_page, render, see_other
 from lamina.server.services import collections, journal, layers, policies, tasks, users
 from lamina.server.services import fleet as fleet_service
 
@@ -67,41 +69,43 @@ def task_live(request: Request, ctx: Ctx, actor: Actor, task_id: str) -> Respons
 
 
 # --- layers --------------------------------------------------------------------------
-@router.get("/layers")
-def layer_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(request, "layers.html", actor, layers=layers.list_layers(ctx.engine, actor))
+add_page(router, "/layers", "layers.html", layers=layers.list_layers)
+add_page(router, "/layers/{ref}", "layer.html", layer=layers.show_layer)
 
 
-@router.get("/layers/{ref}")
-def layer_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return render(request, "layer.html", actor, layer=layers.show_layer(ctx.engine, actor, ref))
+@dataclass(frozen=True)
+class LayerFields:
+    """The capture and finalize forms: the reference CVD, then the new layer's name or
+    the layer it is a new version of (neither: the service's default name), and notes."""
+
+    cvd: str
+    name: str | None
+    update: str | None
+    notes: str
 
 
-def _opt(v: str) -> str | None:
-    return v.strip() or None
+def _layer_fields(
+    cvd: Chosen, name: Text = "", update: Text = "", notes: Notes = ""
+) -> LayerFields:
+    return LayerFields(cvd, name.strip() or None, update.strip() or None, notes)
+
+
+LayerForm = Annotated[LayerFields, Depends(_layer_fields)]
 
 
 @router.post("/layers/capture")
 @router.post("/layers/record/finalize")
-def layer_capture(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    cvd: Annotated[str, Form(min_length=1)],
-    name: Annotated[str, Form()] = "",
-    update: Annotated[str, Form()] = "",
-    notes: Annotated[str, Form(max_length=4000)] = "",
-) -> Response:
+def layer_capture(request: Request, ctx: Ctx, actor: Actor, f: LayerForm) -> Response:
     """A base layer captured from a reference CVD, or an app layer from its recording."""
     if request.url.path.endswith("/finalize"):
-        layers.record_finalize(ctx.engine, actor, cvd, _opt(name), _opt(update), notes)
+        layers.record_finalize(ctx.engine, actor, f.cvd, f.name, f.update, f.notes)
         return see_other("/layers")
-    out = layers.capture(ctx.engine, ctx.store, actor, cvd, _opt(name), _opt(update), notes)
+    out = layers.capture(ctx.engine, ctx.store, actor, f.cvd, f.name, f.update, f.notes)
     return see_other(f"/layers/{out.id}")
 
 
 @router.post("/layers/record/start")
-def layer_record_start(ctx: Ctx, actor: Actor, cvd: Annotated[str, Form(min_length=1)]) -> Response:
+def layer_record_start(ctx: Ctx, actor: Actor, cvd: Chosen) -> Response:
     layers.record_start(ctx.engine, actor, cvd)
     return see_other("/layers")
 
@@ -132,8 +136,8 @@ def collection_assign(
     request: Request,
     ctx: Ctx,
     actor: Actor,
-    collection: Annotated[str, Form(min_length=1)],
-    base: Annotated[str, Form()] = "",
+    collection: Chosen,
+    base: Text = "",
     apps: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
     """The dry run (``…/preview``): its table and the form that assigns it; then the
@@ -156,7 +160,13 @@ def rules_page(request: Request, ctx: Ctx, actor: Actor, cvd: str = "") -> Respo
 
 
 # --- policies ------------------------------------------------------------------------
-def _settings(interval: int, keep_last: int, include: str, exclude: str) -> PolicySettings:
+def _settings(
+    interval: Annotated[int, Form()] = 3600,
+    keep_last: Annotated[int, Form()] = 3,
+    include: Text = "/**",
+    exclude: Text = "",
+) -> PolicySettings:
+    """The policy form's fields (``_policy_fields.html``, new or edited), as settings."""
     return PolicySettings(
         interval=interval,
         keep_last=keep_last,
@@ -165,45 +175,25 @@ def _settings(interval: int, keep_last: int, include: str, exclude: str) -> Poli
     )
 
 
-@router.get("/policies")
-def policy_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(
-        request, "policies.html", actor, policies=policies.list_policies(ctx.engine, actor)
-    )
+SettingsForm = Annotated[PolicySettings, Depends(_settings)]
+
+add_page(router, "/policies", "policies.html", policies=policies.list_policies)
 
 
 @router.post("/policies")
-def policy_create(
-    ctx: Ctx,
-    actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
-    interval: Annotated[int, Form()] = 3600,
-    keep_last: Annotated[int, Form()] = 3,
-    include: Annotated[str, Form()] = "/**",
-    exclude: Annotated[str, Form()] = "",
-) -> Response:
-    req = PolicyCreate(name=name, settings=_settings(interval, keep_last, include, exclude))
+def policy_create(ctx: Ctx, actor: Actor, name: Name, settings: SettingsForm) -> Response:
+    req = PolicyCreate(name=name, settings=settings)
     policies.create(ctx.engine, actor, req)
     return see_other("/policies")
 
 
-@router.get("/policies/{ref}")
-def policy_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return render(request, "policy.html", actor, policy=policies.show(ctx.engine, actor, ref))
+add_page(router, "/policies/{ref}", "policy.html", policy=policies.show)
 
 
 @router.post("/policies/{ref}")
-def policy_update(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    interval: Annotated[int, Form()],
-    keep_last: Annotated[int, Form()],
-    include: Annotated[str, Form()] = "/**",
-    exclude: Annotated[str, Form()] = "",
-) -> Response:
+def policy_update(ctx: Ctx, actor: Actor, ref: str, new: SettingsForm) -> Response:
+    """The form's settings over the policy's others (those the form does not show)."""
     current = policies.show(ctx.engine, actor, ref).settings
-    new = _settings(interval, keep_last, include, exclude)
     merged = current.model_copy(
         update={k: getattr(new, k) for k in ("interval", "keep_last", "include", "exclude")}
     )
@@ -212,26 +202,18 @@ def policy_update(
 
 
 # --- collections ---------------------------------------------------------------------
-@router.get("/collections")
-def collection_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(
-        request,
-        "collections.html",
-        actor,
-        collections=collections.list_collections(ctx.engine, actor),
-    )
+add_page(router, "/collections", "collections.html", collections=collections.list_collections)
 
 
 @router.post("/collections")
 def collection_create(
     ctx: Ctx,
     actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
+    name: Name,
     filter: Annotated[str, Form(max_length=2000)] = "",
-    members: Annotated[str, Form(max_length=100000)] = "",
+    members: Names = "",
 ) -> Response:
-    refs = [x.strip() for x in members.replace(",", "\n").splitlines() if x.strip()]
-    collections.create(ctx.engine, actor, name, filter.strip(), refs)
+    collections.create(ctx.engine, actor, name, filter.strip(), lines(members))
     return see_other("/collections")
 
 
@@ -245,67 +227,48 @@ def _day(v: str) -> dt.datetime | None:
         raise UsageError(f"{v!r} is not a date (YYYY-MM-DD)") from e
 
 
+@dataclass(frozen=True)
+class AuditSearch:
+    """The audit page's search (its query): who, which action (``*`` matches any
+    characters), from and to which day (both included, ``YYYY-MM-DD``)."""
+
+    user: str = ""
+    action: str = ""
+    since: str = ""
+    until: str = ""
+
+
 @router.get("/audit")
 def audit_page(
     request: Request,
     ctx: Ctx,
     actor: Actor,
-    user: str = "",
-    action: str = "",
-    since: str = "",
-    until: str = "",
+    search: Annotated[AuditSearch, Depends()],
     before: int | None = None,
 ) -> Response:
-    end = _day(until)
+    end = _day(search.until)
     entries = journal.search(
         ctx.engine,
         actor,
-        user.strip(),
-        action.strip(),
-        _day(since),
+        search.user.strip(),
+        search.action.strip(),
+        _day(search.since),
         end + dt.timedelta(days=1) if end else None,
         before_id=before,
         limit=AUDIT_PAGE,
     )
-    return render(
-        request,
-        "audit.html",
-        actor,
-        entries=entries,
-        user=user,
-        action=action,
-        since=since,
-        until=until,
-        older=(
-            urlencode(
-                {
-                    "user": user,
-                    "action": action,
-                    "since": since,
-                    "until": until,
-                    "before": entries[-1].id,
-                }
-            )
-            if len(entries) == AUDIT_PAGE
-            else None
-        ),
-    )
+    # The next page: the same search, before the last entry shown.
+    full = len(entries) == AUDIT_PAGE
+    older = urlencode({**asdict(search), "before": entries[-1].id}) if full else None
+    return render(request, "audit.html", actor, entries=entries, older=older, **asdict(search))
 
 
 # --- users and tokens ----------------------------------------------------------------
-@router.get("/users")
-def user_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(request, "users.html", actor, users=users.list_users(ctx.engine, actor))
+add_page(router, "/users", "users.html", users=users.list_users)
 
 
 @router.post("/users")
-def user_create(
-    ctx: Ctx,
-    actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
-    password: Annotated[str, Form(min_length=1, max_length=1024)],
-    role: Annotated[str, Form()],
-) -> Response:
+def user_create(ctx: Ctx, actor: Actor, name: Name, password: Password, role: Text) -> Response:
     users.create_user(
         ctx.engine,
         actor,
@@ -345,12 +308,7 @@ web.add_deletion(
 
 
 @router.post("/users/{name}/password")
-def user_password(
-    ctx: Ctx,
-    actor: Actor,
-    name: str,
-    password: Annotated[str, Form(min_length=1, max_length=1024)],
-) -> Response:
+def user_password(ctx: Ctx, actor: Actor, name: str, password: Password) -> Response:
     users.set_password(ctx.engine, actor, name, PasswordChange(password=password))
     return see_other("/users")
 
@@ -383,8 +341,8 @@ def token_create(
     actor: Actor,
     hours: Annotated[int, Form(ge=1, le=366 * 24)] = 24,
     uses: Annotated[int, Form(ge=1, le=100000)] = 1,
-    policy: Annotated[str, Form()] = "",
-    reference: Annotated[str, Form()] = "",
+    policy: Text = "",
+    reference: Check = "",
 ) -> Response:
     token = fleet_service.create_token(
         ctx.engine,
@@ -401,7 +359,7 @@ def api_token_create(
     request: Request,
     ctx: Ctx,
     actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
+    name: Name,
     days: Annotated[int, Form(ge=1, le=366)] = 90,
 ) -> Response:
     """``lamina token api``: a token for scripts acting as the logged-in user, shown once."""

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import StreamingResponse
 
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.protocol.layers import PlanPublic
 from lamina.protocol.schemas import RestoreRequest, RevertRequest
 from lamina.server.console import archive
+from lamina.server.console.forms import Check, Chosen, Text
 from lamina.server.console.web import Actor, ConsoleRoute, Ctx, confirm_page, render, see_other
 from lamina.server.services import cvd_ops, dashboard, fleet, layers, policies, portal, tasks
 
@@ -70,16 +72,23 @@ def _what(ctx: Ctx, actor: Actor, cvd: Any, action: str, snapshot: str, path: st
     )
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where in a CVD's snapshots a page is (its query): a snapshot (an id, a prefix of
+    one, or ``latest``) and a path in it (empty: the whole snapshot)."""
+
+    snapshot: str = "latest"
+    path: str = ""
+
+
+At = Annotated[Place, Depends()]
+
+
 @router.get("/cvds/{ref}/confirm/{action}")
-def confirm(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    action: str,
-    snapshot: str = "latest",
-    path: str = "",
-) -> Response:
+def confirm(request: Request, ctx: Ctx, actor: Actor, ref: str, action: str, at: At) -> Response:
+    """The page that says what ``action`` will do (of a restore, the snapshot and path
+    ``at``), with its button."""
+    snapshot, path = at.snapshot, at.path
     if action not in ACTIONS:
         raise NotFoundError(f"no CVD action {action!r}")
     actor.require(
@@ -122,31 +131,29 @@ def sync(ctx: Ctx, actor: Actor, ref: str) -> Response:
     return see_other(f"/tasks/{task.id}")
 
 
+def _restore_form(snapshot: Chosen, path: Text = "", overwrite: Check = "") -> RestoreRequest:
+    """The restore confirmation's form, as the API's request (one path, or everything)."""
+    paths = [path] if path.strip("/") else []
+    return RestoreRequest(snapshot=snapshot, paths=paths, overwrite=bool(overwrite))
+
+
+def _revert_form(snapshot: Chosen, system_only: Check = "") -> RevertRequest:
+    """The revert confirmation's form, as the API's request."""
+    return RevertRequest(snapshot=snapshot, system_only=bool(system_only))
+
+
+RestoreForm = Annotated[RestoreRequest, Depends(_restore_form)]
+RevertForm = Annotated[RevertRequest, Depends(_revert_form)]
+
+
 @router.post("/cvds/{ref}/restore")
-def restore(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    snapshot: Annotated[str, Form(min_length=1)],
-    path: Annotated[str, Form()] = "",
-    overwrite: Annotated[str, Form()] = "",
-) -> Response:
-    req = RestoreRequest(
-        snapshot=snapshot, paths=[path] if path.strip("/") else [], overwrite=bool(overwrite)
-    )
+def restore(ctx: Ctx, actor: Actor, ref: str, req: RestoreForm) -> Response:
     task = cvd_ops.request_restore(ctx.engine, ctx.store, actor, ref, req)
     return see_other(f"/tasks/{task.id}")
 
 
 @router.post("/cvds/{ref}/revert")
-def revert(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    snapshot: Annotated[str, Form(min_length=1)],
-    system_only: Annotated[str, Form()] = "",
-) -> Response:
-    req = RevertRequest(snapshot=snapshot, system_only=bool(system_only))
+def revert(ctx: Ctx, actor: Actor, ref: str, req: RevertForm) -> Response:
     task = cvd_ops.request_revert(ctx.engine, ctx.store, actor, ref, req)
     return see_other(f"/tasks/{task.id}")
 
@@ -261,20 +268,13 @@ def assign(
 
 # --- the file portal ----------------------------------------------------------------
 @router.get("/cvds/{ref}/files")
-def files(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    snapshot: str = "latest",
-    path: str = "",
-) -> Response:
+def files(request: Request, ctx: Ctx, actor: Actor, ref: str, at: At) -> Response:
     cvd = fleet.show_cvd(ctx.engine, actor, ref)
     snaps = list(reversed(cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id)))
     if not snaps:
         return render(request, "files.html", actor, cvd=cvd, snaps=[], entries=[], path="")
-    snap = cvd_ops.snapshot_of(ctx.store, cvd.id, snapshot)
-    path = path.strip("/")
+    snap = cvd_ops.snapshot_of(ctx.store, cvd.id, at.snapshot)
+    path = at.path.strip("/")
     entries = cvd_ops.browse(ctx.engine, ctx.store, actor, cvd.id, snap.id, path)
     entries.sort(key=lambda e: (e.type != "dir", e.name))
     crumbs = []

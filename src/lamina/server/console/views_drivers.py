@@ -6,19 +6,14 @@ routes call (``services.drivers``); a delete goes through a confirmation page fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
-from lamina.server.console.web import (
-    Actor,
-    ConsoleRoute,
-    Ctx,
-    Deletion,
-    add_deletion,
-    render,
-    see_other,
-)
+from lamina.server.console import web
+from lamina.server.console.forms import Name, Notes, lines
+from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
 from lamina.server.services import drivers
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -26,40 +21,47 @@ router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 PROFILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 
 
-def lines(text: str) -> list[str]:
-    """A textarea's non-empty lines (commas also separate), stripped."""
-    return [x.strip() for x in text.replace(",", "\n").splitlines() if x.strip()]
-
-
-@router.get("/drivers")
-def driver_library(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(
-        request,
-        "drivers.html",
-        actor,
-        packs=drivers.list_packs(ctx.engine, actor),
-        profiles=drivers.list_profiles(ctx.engine, actor),
-    )
+web.add_page(
+    router, "/drivers", "drivers.html", packs=drivers.list_packs, profiles=drivers.list_profiles
+)
 
 
 @router.post("/drivers/import")
 def pack_import(
     ctx: Ctx,
     actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
+    name: Name,
     archive: Annotated[UploadFile, File()],
-    notes: Annotated[str, Form(max_length=4000)] = "",
+    notes: Notes = "",
 ) -> Response:
     actor.require("driver.write")  # before reading the upload
     pack = drivers.import_pack(ctx.engine, ctx.store, actor, name.strip(), archive.file, notes)
     return see_other(f"/drivers/packs/{pack.id}")
 
 
-@router.get("/drivers/packs/{ref}")
-def pack_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return render(
-        request, "driver_pack.html", actor, pack=drivers.show_pack(ctx.engine, actor, ref)
-    )
+web.add_page(router, "/drivers/packs/{ref}", "driver_pack.html", pack=drivers.show_pack)
+
+
+@dataclass(frozen=True)
+class ProfileFields:
+    """A driver profile form's fields (new or edited): its packs and match globs, one a line."""
+
+    packs: list[str]
+    matches: list[str]
+    os_family: str
+    notes: str
+
+
+def _profile_fields(
+    packs: Annotated[str, Form(max_length=8000)],
+    matches: Annotated[str, Form(max_length=8000)],
+    os_family: Annotated[str, Form(max_length=64)] = "",
+    notes: Notes = "",
+) -> ProfileFields:
+    return ProfileFields(lines(packs), lines(matches), os_family, notes)
+
+
+ProfileForm = Annotated[ProfileFields, Depends(_profile_fields)]
 
 
 @router.post("/drivers/profiles")
@@ -67,13 +69,10 @@ def profile_create(
     ctx: Ctx,
     actor: Actor,
     name: Annotated[str, Form(min_length=1, max_length=128, pattern=PROFILE_NAME)],
-    packs: Annotated[str, Form(max_length=8000)],
-    matches: Annotated[str, Form(max_length=8000)],
-    os_family: Annotated[str, Form(max_length=64)] = "",
-    notes: Annotated[str, Form(max_length=4000)] = "",
+    f: ProfileForm,
 ) -> Response:
     p = drivers.create_profile(
-        ctx.engine, actor, name.strip(), lines(packs), lines(matches), os_family or None, notes
+        ctx.engine, actor, name.strip(), f.packs, f.matches, f.os_family or None, f.notes
     )
     return see_other(f"/drivers/profiles/{p.id}")
 
@@ -91,18 +90,8 @@ def profile_page(request: Request, ctx: Ctx, actor: Actor, ref: str, test: str =
 
 
 @router.post("/drivers/profiles/{ref}")
-def profile_update(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    packs: Annotated[str, Form(max_length=8000)],
-    matches: Annotated[str, Form(max_length=8000)],
-    os_family: Annotated[str, Form(max_length=64)] = "",
-    notes: Annotated[str, Form(max_length=4000)] = "",
-) -> Response:
-    p = drivers.update_profile(
-        ctx.engine, actor, ref, lines(packs), lines(matches), os_family, notes
-    )
+def profile_update(ctx: Ctx, actor: Actor, ref: str, f: ProfileForm) -> Response:
+    p = drivers.update_profile(ctx.engine, actor, ref, f.packs, f.matches, f.os_family, f.notes)
     return see_other(f"/drivers/profiles/{p.id}")
 
 
@@ -115,9 +104,9 @@ PROFILE_GONE = (
     "next migration or provisioning. The packs themselves stay."
 )
 for _gone in (
-    Deletion("/drivers/packs", "driver pack", "driver.write", drivers.show_pack,
-             drivers.delete_pack, PACK_GONE, "/drivers"),
-    Deletion("/drivers/profiles", "driver profile", "driver.write", drivers.show_profile,
-             drivers.delete_profile, PROFILE_GONE, "/drivers"),
+    web.Deletion("/drivers/packs", "driver pack", "driver.write", drivers.show_pack,
+                 drivers.delete_pack, PACK_GONE, "/drivers"),
+    web.Deletion("/drivers/profiles", "driver profile", "driver.write", drivers.show_profile,
+                 drivers.delete_profile, PROFILE_GONE, "/drivers"),
 ):  # fmt: skip
-    add_deletion(router, _gone)
+    web.add_deletion(router, _gone)

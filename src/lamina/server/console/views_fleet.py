@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 
 from lamina.errors import AuthError, LaminaError
 from lamina.protocol.schemas import CentralizeRequest
+from lamina.server.console.forms import Check, Chosen
 from lamina.server.console.web import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -96,34 +98,60 @@ def logout(request: Request, ctx: Ctx) -> Response:
     return resp
 
 
+@dataclass(frozen=True)
+class DeviceSearch:
+    """The device list's query string: a search, a health state, the sort column and its
+    order (``asc`` or ``desc``), the page and its size."""
+
+    q: str = ""
+    state: str = ""
+    sort: str = "hostname"
+    order: str = "asc"
+    page: int = 1
+    size: int = 50
+
+    def query(self) -> dashboard.DeviceQuery:
+        desc = self.order == "desc"
+        return dashboard.DeviceQuery(
+            self.q.strip(), self.state, self.sort, desc, self.page, self.size
+        )
+
+
 @router.get("/devices")
 def device_list(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    q: str = "",
-    state: str = "",
-    sort: str = "hostname",
-    order: str = "asc",
-    page: int = 1,
-    size: int = 50,
+    request: Request, ctx: Ctx, actor: Actor, search: Annotated[DeviceSearch, Depends()]
 ) -> Response:
-    query = dashboard.DeviceQuery(q.strip(), state, sort, order == "desc", page, size)
-    result = dashboard.device_page(ctx.engine, actor, query)
+    result = dashboard.device_page(ctx.engine, actor, search.query())
     return render(request, "devices.html", actor, result=result, health=dashboard.HEALTH)
 
 
-@router.get("/devices/{device_id}/centralize")
-def centralize_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> Response:
+def _pending_device(ctx: Ctx, actor: Actor, device_id: str) -> dashboard.DeviceFacts:
+    """The pending device a form acts on (``device.write`` asked first)."""
     actor.require("device.write")
-    device = dashboard.pending_device(ctx.engine, actor, device_id)
-    return render(
-        request,
-        "centralize.html",
-        actor,
-        device=device,
-        policies=policies.list_policies(ctx.engine, actor),
-    )
+    return dashboard.pending_device(ctx.engine, actor, device_id)
+
+
+#: The pending device of the path, for the pages that centralize or reject it.
+Pending = Annotated[dashboard.DeviceFacts, Depends(_pending_device)]
+
+
+def pending_form(
+    request: Request,
+    ctx: Ctx,
+    actor: Actor,
+    template: str,
+    device: dashboard.DeviceFacts,
+    **values: Any,
+) -> Response:
+    """A form that puts a pending ``device`` under a policy (centralize, provision): the
+    device's facts and the policies to choose from, with the form's other ``values``."""
+    cvd_policies = policies.list_policies(ctx.engine, actor)
+    return render(request, template, actor, device=device, policies=cvd_policies, **values)
+
+
+@router.get("/devices/{device_id}/centralize")
+def centralize_form(request: Request, ctx: Ctx, actor: Actor, device: Pending) -> Response:
+    return pending_form(request, ctx, actor, "centralize.html", device)
 
 
 @router.post("/devices/{device_id}/centralize")
@@ -132,8 +160,8 @@ def centralize(
     ctx: Ctx,
     actor: Actor,
     device_id: str,
-    policy: Annotated[str, Form(min_length=1)],
-    reference: Annotated[str, Form()] = "",
+    policy: Chosen,
+    reference: Check = "",
 ) -> Response:
     cvd = fleet.centralize(
         ctx.engine, actor, device_id, CentralizeRequest(policy=policy, reference=bool(reference))
@@ -142,9 +170,7 @@ def centralize(
 
 
 @router.get("/devices/{device_id}/reject")
-def reject_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> Response:
-    actor.require("device.write")
-    device = dashboard.pending_device(ctx.engine, actor, device_id)
+def reject_form(request: Request, actor: Actor, device: Pending) -> Response:
     return confirm_page(
         request,
         actor,

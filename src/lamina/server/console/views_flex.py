@@ -20,13 +20,14 @@ from lamina.protocol.flex import (
     FlexRegisterUrl,
     GroupCreate,
 )
-from lamina.server.console.views_drivers import lines
+from lamina.server.console.forms import Check, Message, Name, Names, Ref, lines
 from lamina.server.console.web import (
     Actor,
     ConsoleRoute,
     Ctx,
     Deletion,
     add_deletion,
+    add_page,
     confirm_page,
     render,
     see_other,
@@ -44,21 +45,19 @@ STATES = {
     "unlock": (flex.ACTIVE, "Unlock"),
     "revoke": (flex.REVOKED, "Revoke"),
 }
+#: An image in an entitlement's form: ``NAME`` or ``NAME:VERSION``.
+ImageRef = Annotated[str, Form(min_length=1, max_length=140)]
 
 
 # --- images -----------------------------------------------------------------------------
-@router.get("/flex")
-def image_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(
-        request, "flex_images.html", actor, images=flex_images.list_images(ctx.engine, actor)
-    )
+add_page(router, "/flex", "flex_images.html", images=flex_images.list_images)
 
 
 @router.post("/flex/images")
 def image_register(
     ctx: Ctx,
     actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
+    name: Name,
     url: Annotated[str, Form()],
     sha256: Annotated[str, Form()],
     memory_mib: Annotated[int, Form()] = 1024,
@@ -76,17 +75,10 @@ def image_register(
     return see_other(f"/flex/images/{img.id}")
 
 
-@router.get("/flex/images/{ref}")
-def image_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return render(
-        request, "flex_image.html", actor, image=flex_images.show_image(ctx.engine, actor, ref)
-    )
+add_page(router, "/flex/images/{ref}", "flex_image.html", image=flex_images.show_image)
 
 
 # --- policies ---------------------------------------------------------------------------
-Check = Annotated[str, Form()]
-
-
 @dataclass(frozen=True)
 class PolicyFields:
     """A flex policy form's fields (new or edited): its restrictions and its times."""
@@ -100,7 +92,7 @@ def _policy_fields(
     usb: Annotated[str, Form()] = "none",
     shared_folder: Annotated[str, Form()] = "off",
     network: Annotated[str, Form()] = "nat",
-    message: Annotated[str, Form(max_length=4096)] = "",
+    message: Message = "",
     max_password_tries: Annotated[int, Form()] = 3,
     valid_days: Annotated[int | None, Form()] = None,
     lease_days: Annotated[int, Form()] = 7,
@@ -122,20 +114,11 @@ def _policy_fields(
 PolicyForm = Annotated[PolicyFields, Depends(_policy_fields)]
 
 
-@router.get("/flex/policies")
-def policy_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(
-        request,
-        "flex_policies.html",
-        actor,
-        policies=flex_policies.list_policies(ctx.engine, actor),
-    )
+add_page(router, "/flex/policies", "flex_policies.html", policies=flex_policies.list_policies)
 
 
 @router.post("/flex/policies")
-def policy_create(
-    ctx: Ctx, actor: Actor, name: Annotated[str, Form(min_length=1, max_length=128)], f: PolicyForm
-) -> Response:
+def policy_create(ctx: Ctx, actor: Actor, name: Name, f: PolicyForm) -> Response:
     req = FlexPolicyCreate(
         name=name.strip(),
         restrictions=f.restrictions,
@@ -146,11 +129,7 @@ def policy_create(
     return see_other(f"/flex/policies/{p.id}")
 
 
-@router.get("/flex/policies/{ref}")
-def policy_page(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
-    return render(
-        request, "flex_policy.html", actor, policy=flex_policies.show_policy(ctx.engine, actor, ref)
-    )
+add_page(router, "/flex/policies/{ref}", "flex_policy.html", policy=flex_policies.show_policy)
 
 
 @router.post("/flex/policies/{ref}")
@@ -184,14 +163,14 @@ def entitlement_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
 def entitlement_create(
     ctx: Ctx,
     actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
-    image: Annotated[str, Form(min_length=1, max_length=140)],
-    policy: Annotated[str, Form(min_length=1, max_length=128)],
-    users: Annotated[str, Form(max_length=100_000)] = "",
-    groups: Annotated[str, Form(max_length=100_000)] = "",
+    name: Name,
+    image: ImageRef,
+    policy: Name,
+    users: Names = "",
+    groups: Names = "",
     manage: Check = "",
     cvd_policy: Annotated[str, Form(max_length=128)] = "",
-    base: Annotated[str, Form(max_length=255)] = "",
+    base: Ref = "",
 ) -> Response:
     req = FlexEntitle(
         name=name.strip(),
@@ -207,15 +186,15 @@ def entitlement_create(
     return see_other("/flex/entitlements")
 
 
+def _holders_form(users: Names = "", groups: Names = "") -> FlexEntitlementUpdate:
+    """An entitlement's users and groups, as the API's update that replaces them."""
+    return FlexEntitlementUpdate(users=lines(users), groups=lines(groups))
+
+
 @router.post("/flex/entitlements/{ref}")
 def entitlement_update(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    users: Annotated[str, Form(max_length=100_000)] = "",
-    groups: Annotated[str, Form(max_length=100_000)] = "",
+    ctx: Ctx, actor: Actor, ref: str, req: Annotated[FlexEntitlementUpdate, Depends(_holders_form)]
 ) -> Response:
-    req = FlexEntitlementUpdate(users=lines(users), groups=lines(groups))
     flex.update_entitlement(ctx.engine, actor, ref, req)
     return see_other("/flex/entitlements")
 
@@ -235,13 +214,7 @@ def entitlement_change_form(request: Request, ctx: Ctx, actor: Actor, ref: str) 
 
 
 @router.post("/flex/entitlements/{ref}/change")
-def entitlement_change(
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    image: Annotated[str, Form(min_length=1, max_length=140)],
-    policy: Annotated[str, Form(min_length=1, max_length=128)],
-) -> Response:
+def entitlement_change(ctx: Ctx, actor: Actor, ref: str, image: ImageRef, policy: Name) -> Response:
     """The API's ``PUT /flex/entitlements/{name}`` with ``image`` and ``policy``."""
     req = FlexEntitlementUpdate(image=image.strip(), policy=policy.strip())
     flex.update_entitlement(ctx.engine, actor, ref, req)
@@ -308,7 +281,7 @@ def instance_action(
     actor: Actor,
     ref: str,
     action: str,
-    message: Annotated[str, Form(max_length=4096)] = "",
+    message: Message = "",
     policy: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
     if action == "policy":
@@ -321,18 +294,11 @@ def instance_action(
 
 
 # --- groups -----------------------------------------------------------------------------
-@router.get("/groups")
-def group_list(request: Request, ctx: Ctx, actor: Actor) -> Response:
-    return render(request, "groups.html", actor, groups=groups.list_groups(ctx.engine, actor))
+add_page(router, "/groups", "groups.html", groups=groups.list_groups)
 
 
 @router.post("/groups")
-def group_create(
-    ctx: Ctx,
-    actor: Actor,
-    name: Annotated[str, Form(min_length=1, max_length=128)],
-    members: Annotated[str, Form(max_length=100_000)] = "",
-) -> Response:
+def group_create(ctx: Ctx, actor: Actor, name: Name, members: Names = "") -> Response:
     groups.create_group(ctx.engine, actor, GroupCreate(name=name.strip(), members=lines(members)))
     return see_other("/groups")
 
@@ -342,8 +308,8 @@ def group_members(
     ctx: Ctx,
     actor: Actor,
     name: str,
-    add: Annotated[str, Form(max_length=100_000)] = "",
-    remove: Annotated[str, Form(max_length=100_000)] = "",
+    add: Names = "",
+    remove: Names = "",
 ) -> Response:
     if lines(add):
         groups.add_members(ctx.engine, actor, name, lines(add))

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 
 from lamina.errors import NotFoundError, UsageError
 from lamina.protocol.schemas import MigrateRequest, MigrationMode
+from lamina.server.console.forms import Ref, Snapshot
 from lamina.server.console.views_cvd import choices
+from lamina.server.console.views_fleet import pending_form
 from lamina.server.console.web import Actor, ConsoleRoute, Ctx, render, see_other
-from lamina.server.services import cvd_ops, dashboard, fleet, migration, policies, provision
+from lamina.server.services import cvd_ops, dashboard, fleet, migration, provision
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 #: The base-layer choice of a migration form that keeps the new machine's own system.
@@ -66,9 +68,12 @@ def _pending(ctx: Ctx, actor: Actor) -> dashboard.DevicePage:
     return dashboard.device_page(ctx.engine, actor, query)
 
 
-def _target(to: str, other: str) -> str:
+def _target(to: Ref = "", to_other: Ref = "") -> str:
     """The target device: typed (hostname or id), else the one chosen in the list."""
-    return other.strip() or to
+    return to_other.strip() or to
+
+
+Target = Annotated[str, Depends(_target)]
 
 
 def _report(
@@ -118,16 +123,15 @@ def migrate(
     ctx: Ctx,
     actor: Actor,
     ref: str,
-    to: Annotated[str, Form(max_length=255)] = "",
-    to_other: Annotated[str, Form(max_length=255)] = "",
+    to: Target,
     mode: Annotated[MigrationMode, Form()] = "full",
-    base: Annotated[str, Form(max_length=255)] = "",
-    name: Annotated[str, Form(max_length=255)] = "",
-    snapshot: Annotated[str, Form(max_length=64)] = "latest",
+    base: Ref = "",
+    name: Ref = "",
+    snapshot: Snapshot = "latest",
 ) -> Response:
     """The dry run (``…/preview``) and its report; then the migration, a task."""
     dry_run = request.url.path.endswith("/preview")
-    req = _migrate_request(_target(to, to_other), mode, base, name, snapshot, dry_run)
+    req = _migrate_request(to, mode, base, name, snapshot, dry_run)
     report = migration.migrate(ctx.engine, ctx.store, actor, ref, req)
     if not dry_run:
         return see_other(f"/tasks/{report['task']}")
@@ -151,17 +155,11 @@ def _restore_system(
 @router.post("/cvds/{ref}/restore-system/preview")
 @router.post("/cvds/{ref}/restore-system")
 def restore_system(
-    request: Request,
-    ctx: Ctx,
-    actor: Actor,
-    ref: str,
-    to: Annotated[str, Form(max_length=255)] = "",
-    to_other: Annotated[str, Form(max_length=255)] = "",
-    snapshot: Annotated[str, Form(max_length=64)] = "latest",
+    request: Request, ctx: Ctx, actor: Actor, ref: str, to: Target, snapshot: Snapshot = "latest"
 ) -> Response:
     """The dry run (``…/preview``) and its report; then the restore, a task."""
     dry_run = request.url.path.endswith("/preview")
-    report = _restore_system(ctx, actor, ref, _target(to, to_other), snapshot, dry_run)
+    report = _restore_system(ctx, actor, ref, to, snapshot, dry_run)
     if not dry_run:
         return see_other(f"/tasks/{report['task']}")
     title = f"Restore the system of {report['cvd']} onto {report['device']}"
@@ -196,14 +194,7 @@ def provision_form(request: Request, ctx: Ctx, actor: Actor, device_id: str) -> 
     actor.require("device.write")
     actor.require("layer.write")
     device = dashboard.pending_device(ctx.engine, actor, device_id)
-    return render(
-        request,
-        "provision.html",
-        actor,
-        device=device,
-        policies=policies.list_policies(ctx.engine, actor),
-        choices=choices(ctx, actor),
-    )
+    return pending_form(request, ctx, actor, "provision.html", device, choices=choices(ctx, actor))
 
 
 @router.post("/devices/{device_id}/provision/preview")
@@ -216,7 +207,7 @@ def provision_device(
     base: Annotated[str, Form(min_length=1, max_length=255)],
     policy: Annotated[str, Form(min_length=1, max_length=255)],
     apps: Annotated[list[str] | None, Form()] = None,
-    name: Annotated[str, Form(max_length=255)] = "",
+    name: Ref = "",
 ) -> Response:
     """The dry run (``…/preview``) and its report; then the provisioning, a task."""
     dry_run = request.url.path.endswith("/preview")

@@ -162,6 +162,26 @@ def render(
     )
 
 
+def add_page(router: APIRouter, path: str, template: str, **show: Callable[..., object]) -> None:
+    """``GET path``: ``template`` with, under each keyword of ``show``, what that service
+    function returns to the logged-in user. The functions are called ``(engine, actor)``,
+    or ``(engine, actor, ref)`` where ``path`` ends in ``/{ref}`` (a thing's own page).
+
+    A page that does more (asks a permission first, shows a list only to some) is a view
+    of its own.
+    """
+
+    def listing(request: Request, ctx: Ctx, actor: Actor) -> Response:
+        values: dict[str, Any] = {key: f(ctx.engine, actor) for key, f in show.items()}
+        return render(request, template, actor, **values)
+
+    def one(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
+        values: dict[str, Any] = {key: f(ctx.engine, actor, ref) for key, f in show.items()}
+        return render(request, template, actor, **values)
+
+    router.add_api_route(path, one if path.endswith("/{ref}") else listing, methods=["GET"])
+
+
 def confirm_page(
     request: Request,
     actor: Principal,
