@@ -13,6 +13,7 @@ from lamina.agent import uploader
 from lamina.agent.transport import AgentClient
 from lamina.agent.uploader import RemoteSink
 from lamina.config import ServerSettings
+from lamina.protocol.bundle import MAX_BUNDLE_BLOBS
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.keys import read_keyfile
@@ -54,4 +55,26 @@ def test_bundles_in_flight_store_every_chunk_and_forget_their_ids(
     assert not sink._sent  # ids of stored bundles are the server's to answer for
     assert sink.need(ids) == set()  # every chunk stored and owned by this CVD: none sent again
     assert sink.bundles >= 10 and sink.uploaded_blobs == 300
+    client.close()
+
+
+def test_a_bundle_holds_at_most_bundle_blobs_however_small_they_are(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100,000 tiny files once made one bundle the server refused (more blobs than
+    ``MAX_BUNDLE_BLOBS``): a bundle is full at ``BUNDLE_BLOBS`` blobs, whatever its bytes."""
+    assert uploader.BUNDLE_BLOBS <= MAX_BUNDLE_BLOBS
+    monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 40)
+    chunking = read_keyfile(server.data / "keys.json").chunking
+    dev = server.device("uploader-count")
+    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
+    client = AgentClient(server.url, credential, None)
+    chunks = [f"tiny file {i}\n".encode() for i in range(300)]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    sink = RemoteSink(client, chunking)
+    for bid, c in zip(ids, chunks, strict=True):
+        sink.put_chunk(BlobKind.DATA, bid, c)
+    sink.flush()
+    assert sink.bundles == 8 and sink.uploaded_blobs == 300  # 7 full ones and the rest
+    assert sink.need(ids) == set()
     client.close()

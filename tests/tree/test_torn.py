@@ -14,7 +14,8 @@ from lamina.tree import scan as scan_mod
 from lamina.tree.cache import FilesCache
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.restore import restore_tree
-from lamina.tree.scan import READ_TRIES, Scanner
+from lamina.tree.scan import Scanner
+from lamina.tree.scan_read import READ_TRIES
 
 from .treeutil import MIB, MTIME, scan_tree, set_mtime, write
 

@@ -20,7 +20,7 @@ from lamina.store import blob
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, decode_tree
-from lamina.tree.scan import xattrs_at
+from lamina.tree.scan_read import xattrs_at
 
 
 def is_real_dir(p: Path) -> bool:

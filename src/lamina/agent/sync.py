@@ -178,24 +178,42 @@ def run_sync(
         known = {"percent": pct, "expected_bytes": total} if pct is not None else {}
         return {"phase": phase, **known, **counters}
 
+    reported = [-PROGRESS_SECONDS]
+
+    def report() -> None:
+        # Each report writes the status file and posts to the server: at most one a second.
+        now = time.monotonic()
+        if progress and now - reported[0] >= PROGRESS_SECONDS:
+            reported[0] = now
+            progress(snapshot())
+
     def on_file(nfiles: int, nbytes: int) -> None:
+        before = counters["files"]
         counters["files"] += nfiles
         counters["bytes"] += nbytes
-        if progress and counters["files"] % 500 == 0:
-            progress(snapshot())
+        # a folder whose tree is reused counts all its files at once
+        if counters["files"] // 500 != before // 500:
+            report()
 
     def on_upload(nbytes: int) -> None:
         counters["uploaded"] += nbytes
-        if progress:
-            progress(snapshot())
+        report()
 
     sink = RemoteSink(
         client, st.chunking, bandwidth_limit=policy.bandwidth_limit, on_upload=on_upload
     )
     cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)
     try:
+        reuse_trees = True
         for rescans_left in range(MAX_RESCANS, -1, -1):
-            scanner = Scanner(sink, cache, exclude=exclude, prune=prune, progress=on_file)
+            scanner = Scanner(
+                sink,
+                cache,
+                exclude=exclude,
+                prune=prune,
+                progress=on_file,
+                reuse_trees=reuse_trees,
+            )
             root_id = scanner.scan(root)
             sink.flush()
             try:
@@ -205,9 +223,11 @@ def run_sync(
                 break
             except MissingDataError:
                 # Blobs another endpoint promised to upload did not come (its claim ran
-                # out): scan again; the server now asks for what is still missing.
+                # out), or a tree reused from the files cache is no longer held: scan
+                # again, building every tree; the server now asks for what is missing.
                 if not rescans_left:
                     raise
+                reuse_trees = False
                 counters["files"] = counters["bytes"] = 0
         cache.commit(cfg.gc_epoch)
     finally:
@@ -223,6 +243,8 @@ def run_sync(
     )
 
 
+#: Least seconds between two progress reports of a sync (status file, server).
+PROGRESS_SECONDS = 1.0
 #: Scans a sync repeats when its commit names blobs another endpoint promised and did not send.
 MAX_RESCANS = 2
 #: Seconds between commits while other endpoints upload blobs this one was told are coming.

@@ -24,6 +24,9 @@ from lamina.store.keys import ChunkingSecret
 BUNDLE_BYTES = 8 * 1024 * 1024
 #: Content (before compression) per bundle; the server refuses more than 256 MiB.
 BUNDLE_RAW_BYTES = 64 * 1024 * 1024
+#: Blobs per bundle: many tiny files fill a bundle by count long before its bytes (the
+#: server refuses more than ``MAX_BUNDLE_BLOBS``).
+BUNDLE_BLOBS = 10_000
 MISSING_BATCH = 5000
 #: Bundles uploaded at once (each over one of the client's keep-alive connections) when
 #: no bandwidth limit paces them: the server verifies one while the next is sent.
@@ -88,7 +91,11 @@ class RemoteSink:
             self._bundle.append(BundleBlob(int(kind), bid, flag, payload, len(data)))
             self._bundle_size += len(payload)
             self._bundle_raw += len(data)
-            if self._bundle_size >= BUNDLE_BYTES or self._bundle_raw >= BUNDLE_RAW_BYTES:
+            if (
+                self._bundle_size >= BUNDLE_BYTES
+                or self._bundle_raw >= BUNDLE_RAW_BYTES
+                or len(self._bundle) >= BUNDLE_BLOBS
+            ):
                 full, self._bundle, self._bundle_size = self._bundle, [], 0
                 self._bundle_raw = 0
         if full:

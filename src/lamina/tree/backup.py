@@ -56,13 +56,21 @@ def backup(
     progress: AdvanceFn | None = None,
     meta: dict[str, Any] | None = None,
     workers: int | None = None,
+    reuse_trees: bool = True,
 ) -> BackupResult:
     path = path.resolve()
     source = source or f"{socket.gethostname()}:{path}"
     with store.writer() as writer:
         cache = FilesCache(cache_path, store.keys.store_id, writer.epoch) if cache_path else None
         try:
-            scanner = Scanner(writer, cache, exclude=exclude, progress=progress, workers=workers)
+            scanner = Scanner(
+                writer,
+                cache,
+                exclude=exclude,
+                progress=progress,
+                workers=workers,
+                reuse_trees=reuse_trees,
+            )
             root = scanner.scan(path)
             st = os.stat(path)
             record = SnapshotRecord(

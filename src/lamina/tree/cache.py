@@ -1,4 +1,5 @@
-"""The files cache: (directory, name) -> (inode, size, mtime, ctime, chunk ids, xattrs).
+"""The files cache: (directory, name) -> (inode, size, mtime, ctime, chunk ids, xattrs),
+and directory -> (signature of its listing, its sub-folders' tree ids, its tree id).
 
 A rescan trusts a file whose inode, size, mtime and ctime match its cache entry
 and reads none of its content, nor lists its extended attributes (setting or
@@ -10,8 +11,12 @@ removing one moves the ctime). Consistency rules:
 - The cache records the store's gc epoch at its last commit. If the store's
   epoch has moved since, chunks it names may have been collected, so callers must
   verify cached chunk ids before trusting them (``stale``).
+- A folder's row (``dirs``) lets a scan reuse its tree id without building,
+  encoding, hashing or asking about the tree again, when the listing's signature
+  (each kept entry's name, inode, size, mtime, ctime, mode, owner, link count) and
+  the sub-folders' tree ids are what the row holds (``tree.scan_reuse``).
 - A commit under another epoch than the rows were last confirmed under drops the
-  rows of folders this scan did not visit: nobody verified them, the snapshot
+  rows (files and folders) of folders this scan did not visit: nobody verified them, the snapshot
   did not keep their chunks alive, and a folder moved away and back (or
   excluded, then included) keeps its files' inode, size, mtime and ctime.
 
@@ -26,12 +31,19 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import blake3
 import msgpack
 
-#: 2: ``content`` holds ``[chunk ids, xattrs]`` (1 held the chunk ids alone); a cache
-#: of another version is emptied, never read.
-SCHEMA_VERSION = 2
+#: 2: ``content`` holds ``[chunk ids, xattrs]`` (1 held the chunk ids alone).
+#: 3: the ``dirs`` table (a folder's listing signature and tree id). A cache of
+#: version 2 keeps its files and starts with no folder rows; one of any other
+#: version is emptied, never read.
+SCHEMA_VERSION = 3
+#: The version whose ``files`` rows version 3 reads as they are.
+_FILES_COMPATIBLE = ("2", "3")
+ID_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,60 @@ class CachedFile:
     ctime: int
     content: list[bytes | int]
     xattrs: list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class CachedDir:
+    """What the last committed scan found in a folder: the signature of its listing, its
+    sub-folders' tree ids joined in name order, and the tree id it wrote."""
+
+    listing: bytes
+    subtrees: bytes
+    tree: bytes
+
+
+def listing_signature(listing: Sequence[tuple[bytes, os.stat_result, str, str]]) -> bytes:
+    """The signature of a folder's listing: ``(name, lstat, user, group)`` of each entry
+    the scan keeps, in name order. Whatever a tree entry holds either is in it (name,
+    mode, owner and their names, size, mtime, device number, the inode and device a
+    hard-link key is made of) or moves the ctime when it changes (content, xattrs,
+    link count, a symlink's target: a new inode)."""
+    rows = [
+        (
+            name,
+            st.st_mode,
+            st.st_ino,
+            st.st_dev,
+            st.st_nlink,
+            st.st_uid,
+            st.st_gid,
+            user,
+            group,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_rdev,
+        )
+        for name, st, user, group in listing
+    ]
+    return blake3.blake3(msgpack.packb(rows, use_bin_type=True)).digest()
+
+
+def _dir_row(row: tuple[object, object, object] | None) -> CachedDir | None:
+    """A folder row as written, or None for a row that is not (never half-trusted)."""
+    if row is None:
+        return None
+    listing, subtrees, tree = row
+    if not (
+        isinstance(listing, bytes)
+        and isinstance(subtrees, bytes)
+        and isinstance(tree, bytes)
+        and len(listing) == ID_SIZE
+        and len(tree) == ID_SIZE
+        and len(subtrees) % ID_SIZE == 0
+    ):
+        return None
+    return CachedDir(listing, subtrees, tree)
 
 
 def _decode(blob: bytes) -> tuple[list[bytes | int], list[tuple[bytes, bytes]]]:
@@ -65,31 +131,68 @@ class FilesCache:
             CREATE TABLE IF NOT EXISTS pending (
                 dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
                 mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
+            CREATE TABLE IF NOT EXISTS dirs (
+                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
+            CREATE TABLE IF NOT EXISTS pending_dirs (
+                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
             CREATE TABLE IF NOT EXISTS gone (dir BLOB PRIMARY KEY);
             CREATE TABLE IF NOT EXISTS visited (dir BLOB PRIMARY KEY);
             DELETE FROM pending;
+            DELETE FROM pending_dirs;
             DELETE FROM gone;
             DELETE FROM visited;
             """
         )
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("store_id") not in (None, store_id) or meta.get("version") != str(
-            SCHEMA_VERSION
+        if (
+            meta.get("store_id") not in (None, store_id)
+            or meta.get("version") not in _FILES_COMPATIBLE
         ):
-            self._db.executescript("DELETE FROM files; DELETE FROM meta;")
+            self._db.executescript("DELETE FROM files; DELETE FROM dirs; DELETE FROM meta;")
             meta = {}
+        elif meta.get("version") != str(SCHEMA_VERSION):
+            # Written by a version-2 agent, which keeps no folder rows: any there are
+            # older than its files rows (a downgrade, then this upgrade) and go.
+            self._db.execute("DELETE FROM dirs")
         self.stale = meta.get("epoch") != str(epoch)
         self._confirmed_epoch = meta.get("epoch")
         self._store_id = store_id
         self._batch: list[tuple[bytes, bytes, int, int, int, int, bytes]] = []
         self._visited: list[tuple[bytes]] = []
         self._gone: list[tuple[bytes]] = []
+        self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None]] = []
 
-    def directory(self, dirpath: bytes) -> dict[bytes, CachedFile]:
-        """The cached files of a folder; also records that this scan visited it."""
+    def folder(self, dirpath: bytes) -> CachedDir | None:
+        """The folder's row, if a well-formed one is held; also records that this scan
+        visited the folder."""
+        self._visit(dirpath)
+        row = self._db.execute(
+            "SELECT listing, subtrees, tree FROM dirs WHERE dir = ?", (dirpath,)
+        ).fetchone()
+        return _dir_row(row)
+
+    def put_folder(self, dirpath: bytes, row: CachedDir | None) -> None:
+        """Replace the folder's row at ``commit`` (None: drop it, the folder's tree is not
+        to be reused as it is)."""
+        if row is None:
+            self._dirs.append((dirpath, None, None, None))
+        else:
+            self._dirs.append((dirpath, row.listing, row.subtrees, row.tree))
+        if len(self._dirs) >= 2000:
+            self._flush()
+
+    def _visit(self, dirpath: bytes) -> None:
         self._visited.append((dirpath,))
         if len(self._visited) >= 2000:
             self._flush()
+
+    def directory(self, dirpath: bytes) -> dict[bytes, CachedFile]:
+        """The cached files of a folder; also records that this scan visited it."""
+        self._visit(dirpath)
+        return self.files(dirpath)
+
+    def files(self, dirpath: bytes) -> dict[bytes, CachedFile]:
+        """The cached files of a folder."""
         rows = self._db.execute(
             "SELECT name, inode, size, mtime, ctime, content FROM files WHERE dir = ?",
             (dirpath,),
@@ -127,20 +230,22 @@ class FilesCache:
             self._flush()
 
     def _flush(self) -> None:
-        if self._visited or self._gone:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO visited VALUES (?)", self._visited)
-            self._db.executemany("INSERT OR IGNORE INTO gone VALUES (?)", self._gone)
-            self._db.execute("COMMIT")
-            self._visited.clear()
-            self._gone.clear()
-        if self._batch:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch
-            )
-            self._db.execute("COMMIT")
-            self._batch.clear()
+        """Write the batched rows, all in one transaction."""
+        batches: list[tuple[str, list[Any]]] = [
+            ("INSERT OR IGNORE INTO visited VALUES (?)", self._visited),
+            ("INSERT OR IGNORE INTO gone VALUES (?)", self._gone),
+            ("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch),
+            ("INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?)", self._dirs),
+        ]
+        if not any(rows for _, rows in batches):
+            return
+        self._db.execute("BEGIN")
+        for sql, rows in batches:
+            if rows:
+                self._db.executemany(sql, rows)
+        self._db.execute("COMMIT")
+        for _, rows in batches:
+            rows.clear()
 
     def commit(self, epoch: int) -> None:
         """Promote this scan's entries; call only after the snapshot is committed."""
@@ -149,8 +254,12 @@ class FilesCache:
         self._db.execute("DELETE FROM files WHERE dir IN (SELECT dir FROM gone)")
         if str(epoch) != self._confirmed_epoch:
             self._db.execute("DELETE FROM files WHERE dir NOT IN (SELECT dir FROM visited)")
+            self._db.execute("DELETE FROM dirs WHERE dir NOT IN (SELECT dir FROM visited)")
         self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM pending")
+        self._db.execute("DELETE FROM dirs WHERE dir IN (SELECT dir FROM pending_dirs)")
+        self._db.execute("INSERT INTO dirs SELECT * FROM pending_dirs WHERE tree IS NOT NULL")
         self._db.execute("DELETE FROM pending")
+        self._db.execute("DELETE FROM pending_dirs")
         self._db.execute("DELETE FROM gone")
         self._db.execute("DELETE FROM visited")
         for k, v in (

@@ -5,12 +5,16 @@ restore that proves a file already in place holds the tree's content."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from lamina.store.chunker import Chunker
 
-#: Bytes read at once from one data extent (cut at content-defined points after).
+#: An extent is cut in pieces of this size: a piece ends a chunk (a format constant: the
+#: chunk ids of every file above it depend on it).
 READ_PIECE = 64 * 1024 * 1024
+#: Bytes read at once within a piece: the chunks a piece gives are the same whatever this
+#: is (``cut_piece``); it bounds the memory a reading thread holds.
+READ_STEP = 8 * 1024 * 1024
 
 
 class FileChangedError(Exception):
@@ -37,19 +41,39 @@ def chunk_fd(
         if start > pos:
             content.append(start - pos)
         off = start
-        # Read an extent in large pieces; cut each piece at content-defined points.
+        # Cut an extent in pieces; each piece at content-defined points.
         while off < end:
             piece = min(end - off, READ_PIECE)
-            data = os.pread(fd, piece, off)
-            if len(data) != piece:
-                raise FileChangedError
-            for view in chunker.cut(data):
-                content.append(add(bytes(view)))
+            content.extend(add(c) for c in cut_piece(fd, off, piece, chunker))
             off += piece
         pos = end
     if pos < size:
         content.append(size - pos)
     return content
+
+
+def cut_piece(
+    fd: int, off: int, size: int, chunker: Chunker, step: int = READ_STEP
+) -> Iterator[bytes]:
+    """The chunks of ``size`` bytes at ``off``, exactly as one ``chunker.cut`` of the
+    whole piece gives them, read ``step`` bytes at a time.
+
+    FastCDC decides a cut from the bytes since the chunk's start only, so every chunk
+    of a buffer but its last (which the buffer's end may have cut short) is final; the
+    last is carried over and cut again with the next read."""
+    carry = b""
+    done = 0
+    while done < size:
+        n = min(size - done, step)
+        data = os.pread(fd, n, off + done)
+        if len(data) != n:
+            raise FileChangedError
+        done += n
+        buf = carry + data if carry else data
+        views = list(chunker.cut(buf))
+        carry = bytes(views.pop()) if done < size else b""
+        for view in views:
+            yield bytes(view)
 
 
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:

@@ -21,70 +21,42 @@ files are still read through the descriptor of the folder that was listed.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Collection
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import blake3
 
 from lamina.errors import UsageError
-from lamina.store import blob
 from lamina.store.blob import BlobKind
-from lamina.store.chunker import Chunker
-from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
-from lamina.tree.cache import CachedFile, FilesCache
+from lamina.tree.cache import CachedDir, CachedFile, FilesCache, listing_signature
 from lamina.tree.counts import TreeCounts
-from lamina.tree.extents import FileChangedError, chunk_fd
 from lamina.tree.model import Entry, encode_tree, file_type
+from lamina.tree.scan_read import (
+    JOB_BYTES,
+    BlobSink,
+    FileReader,
+    FileReplacedError,
+    Job,
+    same_inode,
+    xattrs_at,
+)
 
 #: Files up to this size are read whole and batched with their neighbours.
 SMALL_FILE = 1024 * 1024
-#: Sealed-but-unconfirmed bytes a job holds before asking what the store lacks.
-JOB_BYTES = 16 * 1024 * 1024
-READ_TRIES = 3
 MAX_DEPTH = 900
 #: Listed folders whose descriptors stay open until their files are read.
 HELD_DIRS = 512
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: if the file was replaced by a FIFO since it was listed, open()
-# must not wait for a writer (fstat then rejects it).
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class FileReplacedError(Exception):
-    """The name no longer leads to the inode the listing saw."""
-
-
-def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def xattrs_at(target: bytes | int) -> list[tuple[bytes, bytes]]:
-    """The extended attributes of an open file (``target`` a descriptor) or of a path (its
-    last component not followed), sorted as entries keep them; an attribute that cannot
-    be read is left out, and there are none when the list cannot be read."""
-    # os.*xattr take follow_symlinks with a path only.
-    nofollow: dict[str, bool] = {} if isinstance(target, int) else {"follow_symlinks": False}
-    try:
-        names = os.listxattr(target, **nofollow)
-    except OSError:
-        return []
-    out = []
-    for n in names:
-        with contextlib.suppress(OSError):
-            out.append((os.fsencode(n), os.getxattr(target, n, **nofollow)))
-    return sorted(out)
 
 
 @dataclass
@@ -92,6 +64,8 @@ class ScanStats(TreeCounts):
     files_read: int = 0
     bytes_read: int = 0
     files_unchanged: int = 0
+    #: folders whose tree id came from the files cache (nothing built for them)
+    trees_reused: int = 0
 
 
 class _NameCache:
@@ -112,46 +86,10 @@ class _NameCache:
         return name
 
 
-class BlobSink(Protocol):
-    """Where a scan puts what it finds: the store's ``Writer``, or an agent's uploader.
-
-    ``need``, ``put_chunk`` and ``put`` are called from several threads at once.
-    """
-
-    @property
-    def chunking(self) -> ChunkingSecret: ...
-
-    def need(self, ids: Collection[bytes]) -> set[bytes]:
-        """The subset of ``ids`` the destination does not hold yet."""
-        ...
-
-    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
-        """Store a blob whose id the caller computed (it must match the content)."""
-        ...
-
-    def put(self, kind: BlobKind, data: bytes) -> bytes:
-        """Store plaintext unless already held; return its id."""
-        ...
-
-
 #: (path relative to the root, is a directory) -> leave it out entirely
 ExcludeFn = Callable[[bytes, bool], bool]
 #: directory relative to the root -> keep the directory but none of its content
 PruneFn = Callable[[bytes], bool]
-
-
-class _Job:
-    """Files to read in one worker call; holds chunks until it asks what the store lacks.
-
-    Small files of several folders may share a job: the walk does not wait for a
-    folder's files before it lists the next folder (see ``_Dir``).
-    """
-
-    def __init__(self) -> None:
-        #: (path for messages, entry, the listing's lstat, descriptor of its folder)
-        self.files: list[tuple[bytes, Entry, os.stat_result, int]] = []
-        self.size = 0
-        self.future: Future[list[str | None]] | None = None
 
 
 @dataclass
@@ -160,20 +98,32 @@ class _Dir:
 
     ``files`` are (path, entry, lstat, job, index in the job). ``parent`` is the
     entry in the parent folder that receives the tree id (None for the root).
-    ``fd`` is the folder's descriptor, kept open while its files wait to be read.
+    ``fd`` is the folder's descriptor, kept open while its files wait to be read
+    (or, for a folder whose tree may be reused, until its sub-folders' are known).
     """
 
     rel: bytes
-    entries: list[Entry]
-    hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
-    files: list[tuple[bytes, Entry, os.stat_result, _Job, int]]
-    jobs: list[_Job]  # the distinct jobs of ``files``
-    cached: int
+    path: bytes
     parent: Entry | None
+    entries: list[Entry] = field(default_factory=list)
+    hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]] = field(default_factory=list)
+    files: list[tuple[bytes, Entry, os.stat_result, Job, int]] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)  # the distinct jobs of ``files``
+    cached: int = 0
     fd: int | None = None
+    #: the sub-folders' entries in name order (their subtree ids come from below)
+    subdirs: list[Entry] = field(default_factory=list)
+    #: with a files cache: the listing's signature and the folder's row
+    signature: bytes | None = None
+    row: CachedDir | None = None
+    #: no entry of the folder itself was left out by an error
+    clean: bool = True
+    #: the listing matched the row: its entries other than folders, built only if a
+    #: sub-folder's tree turns out to have changed (``_finish``)
+    deferred: list[tuple[bytes, os.stat_result, str]] | None = None
 
 
-class Scanner:
+class Scanner(FileReader):
     def __init__(
         self,
         writer: BlobSink,
@@ -184,6 +134,7 @@ class Scanner:
         prune: PruneFn | None = None,
         progress: AdvanceFn | None = None,
         one_file_system: bool = False,
+        reuse_trees: bool = True,
     ) -> None:
         self.writer = writer
         self.cache = cache
@@ -191,6 +142,9 @@ class Scanner:
         self.prune = prune
         self.progress = progress
         self.one_file_system = one_file_system
+        #: reuse a folder's tree id from the files cache when its listing and its
+        #: sub-folders' trees are what the cache's row holds
+        self.reuse_trees = reuse_trees
         self.stats = ScanStats()
         self._chunking = writer.chunking
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2)))
@@ -202,9 +156,9 @@ class Scanner:
         #: Listed folders waiting for their files, in post-order (children first).
         self._order: deque[_Dir] = deque()
         #: The job small files are being added to (not yet submitted).
-        self._small = _Job()
+        self._small = Job()
         #: Submitted jobs whose future may still be running.
-        self._running: deque[_Job] = deque()
+        self._running: deque[Job] = deque()
         self._root_tree: bytes | None = None
         #: Folders in ``_order`` holding an open descriptor.
         self._held = 0
@@ -236,11 +190,6 @@ class Scanner:
         return self._root_tree
 
     # --- helpers -------------------------------------------------------------
-    def _chunker(self) -> Chunker:
-        c: Chunker | None = getattr(self._local, "chunker", None)
-        if c is None:
-            c = self._local.chunker = Chunker(self._chunking)
-        return c
 
     @staticmethod
     def _xattrs(dir_fd: int, name: bytes) -> list[tuple[bytes, bytes]]:
@@ -283,7 +232,7 @@ class Scanner:
         sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
         try:
             st1 = os.fstat(sub)
-            if not _same_inode(st, st1):
+            if not same_inode(st, st1):
                 raise FileReplacedError
         except BaseException:
             os.close(sub)
@@ -307,50 +256,99 @@ class Scanner:
         if depth > MAX_DEPTH:
             raise UsageError(f"directory tree deeper than {MAX_DEPTH} levels at {path!r}")
         self.stats.dirs += 1
+        d = _Dir(rel, path, parent)
         try:
             with os.scandir(dfd) as it:
-                names = sorted(os.fsencode(d.name) for d in it)
+                names = sorted(os.fsencode(de.name) for de in it)
         except OSError as err:
             self.stats.errors.append(f"{os.fsdecode(path)}: cannot list: {err.strerror}")
             names = []
-        cached: dict[bytes, CachedFile] = self.cache.directory(rel) if self.cache else {}
-        entries: list[Entry] = []
-        to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
-        hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]] = []
+            d.clean = False
+        listing = self._lstat_all(dfd, d, names)
+        if self.cache is not None:
+            d.row = self.cache.folder(rel)
+            d.signature = listing_signature(
+                [(n, st, self._user(st.st_uid), self._group(st.st_gid)) for n, st, _ in listing]
+            )
+        reuse = (
+            self.reuse_trees
+            and d.row is not None
+            and d.clean
+            and d.row.listing == d.signature
+            and not (self.cache is not None and self.cache.stale)
+        )
+        rest: list[tuple[bytes, os.stat_result, str]] = []
+        for name, st, typ in listing:
+            if typ == "dir":
+                self._subdir(dfd, d, name, st, depth)
+            else:
+                rest.append((name, st, typ))
+        if reuse:
+            d.deferred = rest
+        else:
+            self._build(dfd, d, rest)
+        if d.files or d.deferred is not None:
+            d.fd = dfd
+            self._held += 1
+        else:
+            os.close(dfd)
+        self._order.append(d)
+
+    def _lstat_all(
+        self, dfd: int, d: _Dir, names: list[bytes]
+    ) -> list[tuple[bytes, os.stat_result, str]]:
+        """``(name, lstat, type)`` of the entries of a folder the scan keeps."""
+        out = []
         for name in names:
-            child = path + b"/" + name
-            child_rel = rel + b"/" + name if rel else name
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except OSError as err:
-                self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
+                self.stats.errors.append(f"{os.fsdecode(d.path + b'/' + name)}: {err.strerror}")
+                d.clean = False
                 continue
             typ = file_type(st.st_mode)
             if typ is None:
                 continue
-            if self.exclude and self.exclude(child_rel, typ == "dir"):
+            if self.exclude and self.exclude(d.rel + b"/" + name if d.rel else name, typ == "dir"):
                 continue
-            if typ == "dir":
-                if (self.one_file_system and st.st_dev != self._root_dev) or (
-                    self.prune is not None and self.prune(child_rel)
-                ):
-                    e = self._entry(name, st, typ, self._xattrs(dfd, name))
-                    e.subtree = self.writer.put(BlobKind.TREE, encode_tree([]))
-                else:
-                    try:
-                        sub, st1 = self._open_dir(dfd, name, st)
-                    except FileReplacedError:
-                        self.stats.errors.append(
-                            f"{os.fsdecode(child)}: replaced while being scanned; not stored"
-                        )
-                        continue
-                    except OSError as err:
-                        self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
-                        continue
-                    e = self._entry(name, st1, typ, xattrs_at(sub))
-                    self._dir(sub, child, child_rel, depth + 1, e)
-                entries.append(e)
-                continue
+            out.append((name, st, typ))
+        return out
+
+    def _subdir(self, dfd: int, d: _Dir, name: bytes, st: os.stat_result, depth: int) -> None:
+        """A sub-folder's entry; its tree is listed now (written before this folder's)."""
+        child = d.path + b"/" + name
+        child_rel = d.rel + b"/" + name if d.rel else name
+        if (self.one_file_system and st.st_dev != self._root_dev) or (
+            self.prune is not None and self.prune(child_rel)
+        ):
+            e = self._entry(name, st, "dir", self._xattrs(dfd, name))
+            e.subtree = self.writer.put(BlobKind.TREE, encode_tree([]))
+        else:
+            try:
+                sub, st1 = self._open_dir(dfd, name, st)
+            except FileReplacedError:
+                self.stats.errors.append(
+                    f"{os.fsdecode(child)}: replaced while being scanned; not stored"
+                )
+                d.clean = False
+                return
+            except OSError as err:
+                self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
+                d.clean = False
+                return
+            e = self._entry(name, st1, "dir", xattrs_at(sub))
+            self._dir(sub, child, child_rel, depth + 1, e)
+        d.entries.append(e)
+        d.subdirs.append(e)
+
+    def _build(self, dfd: int, d: _Dir, rest: list[tuple[bytes, os.stat_result, str]]) -> None:
+        """The entries of a folder's files, symlinks and others; files the cache does not
+        vouch for are queued for reading."""
+        cached: dict[bytes, CachedFile] = self.cache.files(d.rel) if self.cache else {}
+        d.cached = len(cached)
+        to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
+        for name, st, typ in rest:
+            child = d.path + b"/" + name
             if typ == "file":
                 # A file's xattrs come from the cache entry (a hit: its ctime did not
                 # move, so neither did they) or from the fd it is read through.
@@ -362,6 +360,7 @@ class Scanner:
                     e.target = os.readlink(name, dir_fd=dfd)
                 except OSError as err:
                     self.stats.errors.append(f"{os.fsdecode(child)}: {err.strerror}")
+                    d.clean = False
                     continue
                 self.stats.others += 1
             elif typ == "file":
@@ -374,28 +373,59 @@ class Scanner:
                 ):
                     e.content = list(c.content)
                     e.xattrs = list(c.xattrs)
-                    hits.append((child, e, st, c))
+                    d.hits.append((child, e, st, c))
                 else:
                     to_read.append((child, e, st, dfd))
             else:
                 if typ in ("chardev", "blockdev"):
                     e.rdev = st.st_rdev
                 self.stats.others += 1
-            entries.append(e)
-        if hits and self.cache is not None and self.cache.stale:
-            to_read.extend((*h, dfd) for h in self._verify_hits(hits))
-        files = self._read_all(to_read)
-        jobs = list({id(f[3]): f[3] for f in files}.values())
-        d = _Dir(rel, entries, hits, files, jobs, len(cached), parent)
-        if files:
-            d.fd = dfd
-            self._held += 1
+            d.entries.append(e)
+        if d.hits and self.cache is not None and self.cache.stale:
+            to_read.extend((*h, dfd) for h in self._verify_hits(d.hits))
+        d.files = self._read_all(to_read)
+        d.jobs = list({id(f[3]): f[3] for f in d.files}.values())
+
+    def _reuse(self, d: _Dir, tree: bytes) -> None:
+        """Count a folder whose tree is the one its cache row names (nothing is built)."""
+        assert d.deferred is not None
+        sizes = [st.st_size for _, st, typ in d.deferred if typ == "file"]
+        self.stats.files += len(sizes)
+        self.stats.files_unchanged += len(sizes)
+        self.stats.bytes += sum(sizes)
+        self.stats.others += len(d.deferred) - len(sizes)
+        if self.progress and sizes:
+            self.progress(len(sizes), sum(sizes))
+        self.stats.trees_reused += 1
+        self._close(d)
+        self._set_tree(d, tree)
+
+    def _close(self, d: _Dir) -> None:
+        if d.fd is not None:
+            os.close(d.fd)
+            d.fd = None
+            self._held -= 1
+
+    def _set_tree(self, d: _Dir, tid: bytes) -> None:
+        if d.parent is None:
+            self._root_tree = tid
         else:
-            os.close(dfd)
-        self._order.append(d)
+            d.parent.subtree = tid
 
     def _finish(self, d: _Dir) -> None:
         """Write a folder's tree once its files are read (its sub-folders' trees already are)."""
+        subtrees = b"".join(e.subtree or b"" for e in d.subdirs)
+        if d.deferred is not None:
+            assert d.row is not None and d.fd is not None
+            if d.clean and subtrees == d.row.subtrees:
+                self._reuse(d, d.row.tree)
+                return
+            # A sub-folder's tree changed: this one is built after all. Files the cache
+            # has no row for (a damaged cache) are read now, and waited for below.
+            self._build(d.fd, d, d.deferred)
+            d.deferred = None
+            if d.files:
+                self._submit_small()
         for _, e, _, _ in d.hits:
             self.stats.files += 1
             self.stats.files_unchanged += 1
@@ -416,10 +446,7 @@ class Scanner:
             self.stats.bytes_read += e.size
             if self.progress:
                 self.progress(1, e.size)
-        if d.fd is not None:  # every file of the folder is read (``result`` waited)
-            os.close(d.fd)
-            d.fd = None
-            self._held -= 1
+        self._close(d)  # every file of the folder is read (``result`` waited)
         entries = [e for e in d.entries if id(e) not in failed] if failed else d.entries
         if self.cache is not None and (d.files or len(d.hits) != d.cached):
             self.cache.replace_directory(d.rel)
@@ -429,10 +456,11 @@ class Scanner:
                 if e.content is not None and id(e) not in failed:
                     self.cache.put(d.rel, e.name, st, e.content, e.xattrs)
         tid = self.writer.put(BlobKind.TREE, encode_tree(entries))
-        if d.parent is None:
-            self._root_tree = tid
-        else:
-            d.parent.subtree = tid
+        if self.cache is not None and d.signature is not None:
+            row = CachedDir(d.signature, subtrees, tid) if d.clean and not failed else None
+            if row != d.row:
+                self.cache.put_folder(d.rel, row)
+        self._set_tree(d, tid)
 
     def _drain(self, block: bool) -> None:
         """Write the trees of listed folders whose files are read, oldest first.
@@ -461,14 +489,14 @@ class Scanner:
             self._order.popleft()
             self._finish(d)
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: Job) -> None:
         job.future = self._pool.submit(self._run_job, job)
         self._running.append(job)
 
     def _submit_small(self) -> None:
         if self._small.files:
             self._submit(self._small)
-            self._small = _Job()
+            self._small = Job()
 
     def _verify_hits(
         self, hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
@@ -491,9 +519,9 @@ class Scanner:
 
     def _read_all(
         self, files: list[tuple[bytes, Entry, os.stat_result, int]]
-    ) -> list[tuple[bytes, Entry, os.stat_result, _Job, int]]:
+    ) -> list[tuple[bytes, Entry, os.stat_result, Job, int]]:
         """Queue files for the pool (small ones batched across folders); no waiting."""
-        out: list[tuple[bytes, Entry, os.stat_result, _Job, int]] = []
+        out: list[tuple[bytes, Entry, os.stat_result, Job, int]] = []
         for f in files:
             if f[2].st_size <= SMALL_FILE:
                 small = self._small
@@ -503,85 +531,8 @@ class Scanner:
                 if small.size >= JOB_BYTES or len(small.files) >= 256:
                     self._submit_small()
             else:
-                big = _Job()
+                big = Job()
                 big.files.append(f)
                 out.append((f[0], f[1], f[2], big, 0))
                 self._submit(big)
         return out
-
-    # --- in worker threads ---------------------------------------------------
-    def _run_job(self, job: _Job) -> list[str | None]:
-        pending: list[tuple[bytes, memoryview | bytes]] = []
-        pending_size = 0
-        results: list[str | None] = []
-
-        def settle() -> None:
-            nonlocal pending_size
-            if not pending:
-                return
-            need = self.writer.need({bid for bid, _ in pending})
-            for bid, data in pending:
-                if bid in need:
-                    need.discard(bid)
-                    self.writer.put_chunk(BlobKind.DATA, bid, data)
-            pending.clear()
-            pending_size = 0
-
-        def add(data: memoryview | bytes) -> bytes:
-            nonlocal pending_size
-            bid = blob.blob_id(self._chunking.id_key, data)
-            pending.append((bid, data))
-            pending_size += len(data)
-            if pending_size >= JOB_BYTES:
-                settle()
-            return bid
-
-        for _path, e, st, dfd in job.files:
-            try:
-                e.content = self._read_file(dfd, e, st, add)
-                results.append(None)
-            except FileChangedError:
-                e.content = None
-                results.append(f"changed while being read ({READ_TRIES} tries); not stored")
-            except FileReplacedError:
-                e.content = None
-                results.append("replaced while being scanned; not stored")
-            except OSError as err:
-                e.content = None
-                results.append(f"cannot read: {err.strerror}")
-        settle()
-        return results
-
-    def _read_file(
-        self,
-        dfd: int,
-        e: Entry,
-        st0: os.stat_result,
-        add: Callable[[memoryview | bytes], bytes],
-    ) -> list[bytes | int]:
-        """Read file ``e.name`` of folder ``dfd``; it must be the inode ``st0`` listed."""
-        for _ in range(READ_TRIES):
-            fd = os.open(e.name, _FILE_FLAGS, dir_fd=dfd)
-            try:
-                st1 = os.fstat(fd)
-                if not stat.S_ISREG(st1.st_mode) or not _same_inode(st0, st1):
-                    raise FileReplacedError
-                content = self._chunk_fd(fd, st1, add)
-                st2 = os.fstat(fd)
-                xattrs = xattrs_at(fd)
-            finally:
-                os.close(fd)
-            sig1 = (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns)
-            if sig1 == (st2.st_size, st2.st_mtime_ns, st2.st_ctime_ns):
-                # Record the metadata of the version actually read, all from one fstat.
-                # (The cache keeps the first lstat: if it differs, the next scan reads again.)
-                e.size = st1.st_size
-                self._own(e, st1)
-                e.xattrs = xattrs
-                return content
-        raise FileChangedError
-
-    def _chunk_fd(
-        self, fd: int, st: os.stat_result, add: Callable[[memoryview | bytes], bytes]
-    ) -> list[bytes | int]:
-        return chunk_fd(fd, st, self._chunker(), add)
