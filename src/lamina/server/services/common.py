@@ -32,13 +32,14 @@ def aware(t: dt.datetime | None) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def audit(c: Connection, actor: str, action: str, target: str, **detail: object) -> None:
-    """Record an admin action in the same transaction as the action itself."""
-    c.execute(
-        insert(audit_log).values(
-            time=now(), actor=actor, action=action, target=target, detail=detail
-        )
+def audit(c: Connection, actor: str, action: str, target: str, **detail: object) -> int:
+    """Record an admin action in the same transaction as the action itself; its row's id."""
+    row = c.execute(
+        insert(audit_log)
+        .values(time=now(), actor=actor, action=action, target=target, detail=detail)
+        .returning(audit_log.c.id)
     )
+    return int(row.scalar_one())
 
 
 def next_number(c: Connection, column: Column[int], *where: ColumnElement[bool]) -> int:
