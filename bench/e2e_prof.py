@@ -1,11 +1,12 @@
-"""Where the fleet path's CPU goes: a first sync, an unchanged one and a ~1% change,
-with ``py-spy`` sampling the server (or the agent) and CPU counted per process.
+"""Where the fleet path's CPU goes: a first sync, an unchanged one, a ~1% change and a
+restore through the server, with ``py-spy`` sampling the server and CPU counted per process.
 
 ``python -m bench.e2e_prof --corpus DIR`` (a copy of DIR is synced; DIR is not touched).
 
 The same server, admin and agent as ``bench.e2e`` (``LaminaE2E``). For each sync it
 prints the agent's CPU (user + system from ``wait4``) and the server's (``/proc/PID/stat``
-before and after), per GiB of the corpus, and, with ``--profile server`` (the default),
+before and after), per GiB of the corpus (the restore: the client's CPU, that of
+``cvd restore --output``, in the agent's column), and, with ``--profile server`` (the default),
 the functions the server spent its busy samples in. Raw stacks go to WORK/*.txt
 (py-spy's collapsed format). A/B: run another checkout's ``src`` at the same time
 (``PYTHONPATH=OTHER/src``, ``--profile none``, another ``--work``) and compare CPU.
@@ -23,8 +24,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from bench.common import ROOT, clean_env, rmtree, say, tree_size
+from bench.common import ROOT, Ran, clean_env, rmtree, say, tree_size
 from bench.corpus import copy_tree, mutate
 from bench.e2e_lamina import LaminaE2E
 
@@ -75,6 +77,17 @@ def _ours(f: str) -> bool:
     return not any(x in f for x in _FRAMEWORK) and "<module>" not in f
 
 
+def restore(lam: LaminaE2E, work: Path) -> tuple[Ran, dict[str, Any], dict[str, float]]:
+    """A full restore through the server (``/blobs/read``), timed like a sync."""
+    out = work / "restored"
+    rmtree(out)
+    r, _, cpu = lam.restore(out)
+    cpu["agent_cpu_s"] = cpu.pop("client_cpu_s")
+    cpu["agent_peak_rss"] = float(r.peak_rss or 0)
+    rmtree(out)
+    return r, {}, cpu
+
+
 def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> None:
     spy = pyspy()
     out = work / f"{name}.txt"
@@ -98,7 +111,7 @@ def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> Non
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)
-    r, doc, cpu = lam.cycle(sync=name != "first")
+    r, doc, cpu = restore(lam, work) if name == "restore" else lam.cycle(sync=name != "first")
     if rec is not None:
         rec.send_signal(signal.SIGINT)
         rec.wait(timeout=60)
@@ -142,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sync(lam, "unchanged", work, args.profile, gib)
         mutate(corpus, 0.01, args.seed, replace_half=False)
         sync(lam, "changed", work, args.profile, gib)
+        sync(lam, "restore", work, args.profile, gib)
     finally:
         lam.server.stop()
     return 0

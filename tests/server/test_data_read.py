@@ -54,7 +54,7 @@ def test_readonly_cannot_read_contents_helpdesk_can_and_each_read_is_audited(liv
     got = by_action["cvd.restore_download"]
     assert got["target"] == dev.cvd_id
     assert got["detail"] == {"snapshot": snap, "paths": ["vpnpin"]}
-    assert by_action["blob.read"]["detail"] == {"blobs": 1, "size": len(SECRET)}
+    assert by_action["blob.read"]["detail"] == {"blobs": 1, "size": len(SECRET), "requests": 1}
 
 
 def test_administrator_has_data_read(live: Live) -> None:

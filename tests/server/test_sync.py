@@ -266,3 +266,40 @@ def test_a_commit_walk_decodes_each_new_tree_once_and_no_tree_of_the_previous_sn
     # the new root and the changed folder, once each; the unchanged folder is not walked
     assert sorted(decoded) == sorted([store.get(new), store.get(d1_new)])
     assert set(ids) == {new, d1_new, chunk}
+
+
+def test_trees_decoded_at_intake_are_not_decoded_again_by_the_commit_walk(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    content = b"uploaded file"
+    sub = encode_tree(
+        [Entry(name=b"f", type="file", size=len(content), content=[_bid(store, content)])]
+    )
+    root = encode_tree([Entry(name=b"d", type="dir", mode=0o755, subtree=_bid(store, sub))])
+    trees = sync.DecodedTrees()
+    bundle = [
+        _row(store, content),
+        _row(store, sub, BlobKind.TREE),
+        _row(store, root, BlobKind.TREE),
+    ]
+    decoded: list[bytes] = []
+    real = sync.decode_tree
+    monkeypatch.setattr(sync, "decode_tree", lambda data: decoded.append(data) or real(data))
+    assert sync.upload_blobs(store, bundle, trees=trees) == 3
+    assert sorted(decoded) == sorted([sub, root]) and len(trees) == 2  # once, at intake
+    ids = list(sync.verify_tree(store, _bid(store, root), None, trees=trees))
+    assert sorted(decoded) == sorted([sub, root])  # the walk took them, decoded nothing
+    assert set(ids) == {_bid(store, root), _bid(store, sub), _bid(store, content)}
+    assert len(trees) == 0  # taken: a second commit reads them from the store
+    list(sync.verify_tree(store, _bid(store, root), None, trees=trees))
+    assert sorted(decoded) == sorted([sub, root, sub, root])
+
+
+def test_decoded_trees_keep_at_most_their_limit_of_entries() -> None:
+    trees = sync.DecodedTrees(limit=3)
+    two = [Entry(name=b"a", type="file"), Entry(name=b"b", type="file")]
+    trees.put(b"1" * 32, two)
+    trees.put(b"2" * 32, two)  # 4 entries: the oldest tree goes
+    assert trees.take(b"1" * 32) is None and trees.take(b"2" * 32) == two
+    trees.put(b"3" * 32, two * 2)  # larger than the whole limit: not kept
+    assert len(trees) == 0

@@ -51,6 +51,12 @@ _SQLITE_LOCATE = (
 )
 
 
+_SQLITE_INSERT = (
+    'INSERT INTO blobs (id, pack_seq, kind, "offset", length, raw_length, condemned) '
+    "VALUES (?, ?, ?, ?, ?, ?, 0)"
+)
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -230,25 +236,32 @@ class SqlCatalog:
             self._insert_entries(c, seq, entries)
 
     def _insert_entries(self, c: Connection, seq: int, entries: Sequence[PackEntry]) -> None:
-        rows = []
-        seen: set[bytes] = set()
+        # A pack holds one row per id (the writer never puts one id in a pack twice,
+        # not even under two kinds); a second entry is a writer's bug: keep one.
+        first: dict[bytes, PackEntry] = {}
         for e in entries:
-            # A pack holds one row per id (the writer never puts one id in a pack twice,
-            # not even under two kinds); a second entry is a writer's bug: keep one.
-            if e.id in seen:
-                continue
-            seen.add(e.id)
-            rows.append(
-                {
-                    "id": e.id,
-                    "pack_seq": seq,
-                    "kind": int(e.kind),
-                    "offset": e.offset,
-                    "length": e.length,
-                    "raw_length": e.raw_length,
-                    "condemned": False,
-                }
+            first.setdefault(e.id, e)
+        unique = first.values()
+        if self._sqlite:
+            # One statement the driver runs for every row (binding a dict per row through
+            # SQLAlchemy cost more than the insert).
+            c.exec_driver_sql(
+                _SQLITE_INSERT,
+                [(e.id, seq, int(e.kind), e.offset, e.length, e.raw_length) for e in unique],
             )
+            return
+        rows = [
+            {
+                "id": e.id,
+                "pack_seq": seq,
+                "kind": int(e.kind),
+                "offset": e.offset,
+                "length": e.length,
+                "raw_length": e.raw_length,
+                "condemned": False,
+            }
+            for e in unique
+        ]
         for i in range(0, len(rows), 2000):
             c.execute(insert(blobs), rows[i : i + 2000])
 

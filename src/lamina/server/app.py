@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -60,7 +63,15 @@ def open_context(settings: ServerSettings) -> tuple[ServerContext, str | None]:
 def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> FastAPI:
     if ctx is None:
         ctx, _ = open_context(settings)
+    served = ctx
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        served.reads.close()  # the counts of the read windows still open
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Lamina",
         version=__version__,
         description="Centralized image management for a fleet of endpoints.",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
 from lamina.config import ServerSettings
 from lamina.server.services.inflight import Sharing
+from lamina.server.services.read_audit import ReadAudit
 from lamina.store.repository import Store
 
 
@@ -16,6 +17,11 @@ class ServerContext:
     settings: ServerSettings
     engine: Engine
     store: Store
+    #: Users' blob reads, one audit row per user per window (flushed when the app stops).
+    reads: ReadAudit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = ReadAudit(self.engine)
 
     @property
     def sharing(self) -> Sharing:

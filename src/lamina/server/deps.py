@@ -12,6 +12,7 @@ from lamina.errors import AuthError, ForbiddenError, TooLargeError
 from lamina.server.context import ServerContext
 from lamina.server.security import Principal, RateLimiter
 from lamina.server.services.access import TreeCache
+from lamina.server.services.sync import DecodedTrees
 from lamina.server.services.users import authenticate
 
 
@@ -65,6 +66,8 @@ class AccessLimits:
     #: blobs read through ``/blobs/read`` by devices.
     reads: RateLimiter = field(default_factory=lambda: RateLimiter(50_000, 5_000_000, "blob reads"))
     trees: TreeCache = field(default_factory=TreeCache)
+    #: trees decoded when uploaded, for the commit that names them.
+    uploaded: DecodedTrees = field(default_factory=DecodedTrees)
 
 
 def access_limits(request: Request) -> AccessLimits:

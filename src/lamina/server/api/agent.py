@@ -70,12 +70,16 @@ def missing(req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits)
         "requestBody": {"content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}
     },
 )
-async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> BundleResponse:
+async def bundle(
+    request: Request, ctx: Ctx, device: ActiveDevice, limits: Limits
+) -> BundleResponse:
     cvd = await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
     body = await read_body(request, ctx.settings.max_body)
     items = await run_in_threadpool(decode_bundle, body)  # once: verified and recorded below
     del body
-    await run_in_threadpool(sync.upload_blobs, ctx.store, items)
+    await run_in_threadpool(
+        sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
+    )
     # Stored (or already held): the device proved it holds each blob's content. The
     # answer counts blobs new to this CVD, never whether another CVD stored them.
     ids = [it.id for it in items]
@@ -85,8 +89,8 @@ async def bundle(request: Request, ctx: Ctx, device: ActiveDevice) -> BundleResp
 
 
 @router.post("/commit", summary="Commit a snapshot whose trees and chunks are uploaded")
-def commit(req: CommitRequest, ctx: Ctx, device: ActiveDevice) -> CommitResponse:
-    return sync.commit_snapshot(ctx.engine, ctx.store, device, req, ctx.sharing)
+def commit(req: CommitRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> CommitResponse:
+    return sync.commit_snapshot(ctx.engine, ctx.store, device, req, ctx.sharing, limits.uploaded)
 
 
 @router.get(

@@ -41,7 +41,7 @@ def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, limits: Limits) -> R
         size += len(blob)
         if size >= READ_LIMIT:  # a prefix: the client asks for the rest again
             break
-    cvd_ops.audit_blob_read(ctx.engine, caller, len(data), size)
+    ctx.reads.read(caller, len(data), size)  # a user's: audited (services/read_audit.py)
     return Response(msgpack.packb(data, use_bin_type=True), media_type="application/msgpack")
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lamina.db.engine import read_tx, write_tx
@@ -46,13 +46,6 @@ from lamina.tree.backup import walk_blobs
 BATCH = 5000
 #: A task in these states may still download its delivered tree (``DELIVERED_TREES``).
 OPEN_TASK_STATES = (TaskState.QUEUED, TaskState.RUNNING)
-
-
-def _insert_ignore(c: Connection, table: Table, rows: Sequence[Mapping[str, object]]) -> None:
-    if not rows:
-        return
-    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
-    c.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
@@ -82,9 +75,15 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing =
     with write_tx(engine) as c:
         mine = owned(c, cvd_id, want)
         new = [i for i in want if i not in mine]
-        rows = [{"cvd_id": cvd_id, "blob_id": i} for i in new]
-        for k in range(0, len(rows), BATCH):
-            _insert_ignore(c, cvd_blobs, rows[k : k + BATCH])
+        dialect = postgresql if c.dialect.name == "postgresql" else sqlite
+        for k in range(0, len(new), BATCH):
+            inflight.write_rows(
+                c,
+                "INSERT INTO cvd_blobs (cvd_id, blob_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                dialect.insert(cvd_blobs).on_conflict_do_nothing(),
+                ("cvd_id", "blob_id"),
+                [(cvd_id, i) for i in new[k : k + BATCH]],
+            )
         inflight.received(c, cvd_id, new, sharing)
     return len(new)
 

@@ -51,13 +51,14 @@ def from_row(model: type[M], row: object, **given: object) -> M:
     return model.model_validate(values | given)
 
 
-def audit(c: Connection, actor: str, action: str, target: str, **detail: object) -> None:
-    """Record an admin action in the same transaction as the action itself."""
-    c.execute(
-        insert(audit_log).values(
-            time=now(), actor=actor, action=action, target=target, detail=detail
-        )
+def audit(c: Connection, actor: str, action: str, target: str, **detail: object) -> int:
+    """Record an admin action in the same transaction as the action itself; its row's id."""
+    row = c.execute(
+        insert(audit_log)
+        .values(time=now(), actor=actor, action=action, target=target, detail=detail)
+        .returning(audit_log.c.id)
     )
+    return int(row.scalar_one())
 
 
 def insert_version(c: Connection, table: Table, of: str, parent_id: str, **values: object) -> int:

@@ -232,10 +232,3 @@ def start_download(
     with write_tx(engine) as c:
         audit(c, actor.name, "cvd.restore_download", cvd.id, snapshot=snap.id, paths=paths)
     return snapshot_public(snap)
-
-
-def audit_blob_read(engine: Engine, actor: Principal, blobs: int, size: int) -> None:
-    """Record that a user read ``blobs`` blobs (``size`` bytes) through ``/blobs/read``."""
-    if actor.kind == "user":
-        with write_tx(engine) as c:
-            audit(c, actor.name, "blob.read", actor.id, blobs=blobs, size=size)

@@ -94,6 +94,21 @@ def rows_in(
             yield from c.execute(core(part))
 
 
+def write_rows(
+    c: Connection, sql: str, stmt: Executable, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Run an insert for every one of ``rows`` (values in ``columns``' order).
+
+    On SQLite ``sql`` through the driver's executemany: binding a dict per row through
+    SQLAlchemy cost more than the insert. Elsewhere ``stmt``, the same insert in Core."""
+    if not rows:
+        return
+    if c.dialect.name == "sqlite":
+        c.exec_driver_sql(sql, rows)
+    else:
+        c.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+
+
 def _bound(c: Connection, column: Any, value: object) -> object:
     """``value`` as ``column``'s type binds it (a raw statement's parameter)."""
     proc = column.type.dialect_impl(c.dialect).bind_processor(c.dialect)
@@ -158,8 +173,16 @@ def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datet
         index_elements=[blob_claims.c.blob_id, blob_claims.c.cvd_id],
         set_={"expires": stmt.excluded.expires},
     )
+    expires = _bound(c, blob_claims.c.expires, until)
     for part in _chunks(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
-        c.execute(stmt, [{"blob_id": i, "cvd_id": cvd_id, "expires": until} for i in part])
+        write_rows(
+            c,
+            "INSERT INTO blob_claims (blob_id, cvd_id, expires) VALUES (?, ?, ?) "
+            "ON CONFLICT (blob_id, cvd_id) DO UPDATE SET expires = excluded.expires",
+            stmt,
+            ("blob_id", "cvd_id", "expires"),
+            [(i, cvd_id, expires) for i in part],
+        )
 
 
 def need(
@@ -230,7 +253,13 @@ def _mark_shared(c: Connection, ids: list[bytes]) -> None:
     dialect = postgresql if c.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(shared_blobs).on_conflict_do_nothing()
     for part in _chunks(sorted(ids)):
-        c.execute(stmt, [{"blob_id": i} for i in part])
+        write_rows(
+            c,
+            "INSERT INTO shared_blobs (blob_id) VALUES (?) ON CONFLICT DO NOTHING",
+            stmt,
+            ("blob_id",),
+            [(i,) for i in part],
+        )
 
 
 def settle(

@@ -11,6 +11,8 @@ are rolled into full ones once they add up to a pack size (``store.repack``).
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import msgpack
@@ -50,6 +52,48 @@ MAX_BUNDLE_RAW = 256 * 1024 * 1024
 MAX_FILE_SIZE = 2**50
 
 
+#: Entries of uploaded trees a server keeps decoded for the commits that name them.
+DECODED_ENTRIES = 100_000
+
+
+class DecodedTrees:
+    """Trees decoded when their bundle came in, kept for the commit that walks them, so
+    each uploaded tree is decoded once (thread-safe).
+
+    Bounded: at most ``limit`` entries in all, the oldest tree out first. A commit
+    takes each tree it walks out (``take``); one not here (evicted, or uploaded before
+    a restart) is read from the store and decoded as before. Safe to share between
+    devices: a tree's id is the keyed hash of its bytes, checked before it is decoded.
+    """
+
+    def __init__(self, limit: int = DECODED_ENTRIES) -> None:
+        self.limit = limit
+        self._trees: OrderedDict[bytes, list[Entry]] = OrderedDict()
+        self._entries = 0
+        self._lock = threading.Lock()
+
+    def put(self, tid: bytes, entries: list[Entry]) -> None:
+        if len(entries) > self.limit:
+            return
+        with self._lock:
+            old = self._trees.pop(tid, None)
+            self._entries += len(entries) - (len(old) if old is not None else 0)
+            self._trees[tid] = entries
+            while self._entries > self.limit:
+                _, out = self._trees.popitem(last=False)
+                self._entries -= len(out)
+
+    def take(self, tid: bytes) -> list[Entry] | None:
+        with self._lock:
+            entries = self._trees.pop(tid, None)
+            if entries is not None:
+                self._entries -= len(entries)
+            return entries
+
+    def __len__(self) -> int:
+        return len(self._trees)
+
+
 def parse_ids(hex_ids: list[str]) -> list[bytes]:
     if len(hex_ids) > MAX_IDS:
         raise UsageError(f"at most {MAX_IDS} ids per request")
@@ -75,9 +119,15 @@ def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> i
     return upload_blobs(store, decode_bundle(body), max_raw)
 
 
-def upload_blobs(store: Store, items: list[BundleBlob], max_raw: int = MAX_BUNDLE_RAW) -> int:
+def upload_blobs(
+    store: Store,
+    items: list[BundleBlob],
+    max_raw: int = MAX_BUNDLE_RAW,
+    trees: DecodedTrees | None = None,
+) -> int:
     """Verify and store a decoded bundle (``decode_bundle``: decoded once, by the
-    caller that also needs its ids); return how many blobs were new.
+    caller that also needs its ids); return how many blobs were new. The new trees,
+    decoded here to be checked, are kept in ``trees`` for the commit (stored first).
 
     Cheap checks come first, so a bundle costs work only for what it adds: each
     (id, kind) is taken once however often the bundle repeats it, the declared sizes
@@ -116,6 +166,7 @@ def upload_blobs(store: Store, items: list[BundleBlob], max_raw: int = MAX_BUNDL
             for kind in (BlobKind.DATA, BlobKind.TREE)
         }
         sealed_items = []
+        decoded: list[tuple[bytes, list[Entry]]] = []
         for (bid, kind), it in unique.items():
             if bid not in fresh[kind]:
                 continue
@@ -126,7 +177,8 @@ def upload_blobs(store: Store, items: list[BundleBlob], max_raw: int = MAX_BUNDL
             if blob.blob_id(keys.chunking.id_key, data) != bid:
                 raise IntegrityError(f"bundle blob {bid.hex()[:16]}: content does not match its id")
             if kind == BlobKind.TREE:
-                decode_tree(data)  # refuses unsafe names and malformed trees now, not at restore
+                # refuses unsafe names and malformed trees now, not at restore
+                decoded.append((bid, decode_tree(data)))
             sealed_items.append(
                 (kind, bid, blob.seal(keys.data_key, kind, bid, it.flag, it.payload), it.raw_length)
             )
@@ -134,6 +186,9 @@ def upload_blobs(store: Store, items: list[BundleBlob], max_raw: int = MAX_BUNDL
             w.put_sealed(kind, bid, sealed, raw)
         w.flush()
         new = w.new_blobs
+    if trees is not None:
+        for bid, entries in decoded:
+            trees.put(bid, entries)
     repack.roll_if_due(store)  # after the bundle is durable: small packs into full ones
     return new
 
@@ -195,6 +250,7 @@ def verify_tree(
     previous: bytes | None,
     heal: Writer | None = None,
     owner: access.CommitOwnership | None = None,
+    trees: DecodedTrees | None = None,
 ) -> Iterator[bytes]:
     """Check every tree and chunk under ``root`` is stored; skip subtrees equal to ``previous``'s.
 
@@ -203,7 +259,8 @@ def verify_tree(
     right one by ``heal`` (the commit's writer). Every file's chunks and holes must add
     up to its size, and no size may pass ``MAX_FILE_SIZE``. With ``owner`` (a device's
     commit), every tree of a level is held to the CVD's ownership before it is read, and
-    every chunk before it is looked up: one walk, each new tree decoded once.
+    every chunk before it is looked up: one walk, each new tree decoded once (not at
+    all when its bundle's decoding is still in ``trees``).
 
     Yields every blob id the snapshot references (for the gc rescue walk).
     """
@@ -222,8 +279,11 @@ def verify_tree(
         decoded: dict[bytes, list[Entry]] = {}
         for tid, old in level:
             entries = decoded.get(tid)
+            if entries is None and trees is not None:
+                entries = trees.take(tid)
             if entries is None:
-                entries = decoded[tid] = decode_tree(store.get(tid))
+                entries = decode_tree(store.get(tid))
+            decoded[tid] = entries
             yield tid
             old_sub = _old_subtrees(store, old) if old is not None else {}
             for e in entries:
@@ -264,6 +324,7 @@ def commit_snapshot(
     device: Principal,
     req: CommitRequest,
     sharing: inflight.Sharing = inflight.OFF,
+    trees: DecodedTrees | None = None,
 ) -> CommitResponse:
     """The agent's commit: verify, store the snapshot, apply retention, update the rows.
 
@@ -287,7 +348,9 @@ def commit_snapshot(
         policy.keep_weekly,
         policy.keep_monthly,
     )
-    record, kept, forgotten = _store_snapshot(store, cvd.id, device.id, req, retention, owner)
+    record, kept, forgotten = _store_snapshot(
+        store, cvd.id, device.id, req, retention, owner, trees
+    )
     with write_tx(engine) as c:
         c.execute(
             update(cvds).where(cvds.c.id == cvd.id).values(last_sync=record.time, progress={})
@@ -306,6 +369,7 @@ def _store_snapshot(
     req: CommitRequest,
     retention: Retention,
     owner: access.CommitOwnership,
+    trees: DecodedTrees | None,
 ) -> tuple[SnapshotRecord, int, int]:
     """Verify the snapshot's trees and chunks (held to the CVD's ownership by ``owner``,
     in the same walk), store its record, forget what retention drops."""
@@ -319,7 +383,7 @@ def _store_snapshot(
         # commit rescue (or refuse) before the row goes in.
         if not store.catalog.locate([root]):
             raise MissingDataError("the snapshot's root tree is not stored; upload it first")
-        for _ in verify_tree(store, root, previous_root, heal=w, owner=owner):
+        for _ in verify_tree(store, root, previous_root, heal=w, owner=owner, trees=trees):
             pass
         owner.done()  # the common blobs it names are the CVD's before its snapshot is
         record = SnapshotRecord(
