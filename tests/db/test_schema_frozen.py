@@ -107,6 +107,11 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
     engine.dispose()
 
 
+def _schema_sql(sql: str) -> str:
+    flat = " ".join(sql.split())
+    return _constraints_sorted(flat) if flat.startswith("CREATE TABLE ") else flat
+
+
 def _schema(engine: Engine) -> list[str]:
     """The schema as the database reports it (``alembic_version`` included)."""
     with engine.connect() as c:
@@ -117,7 +122,8 @@ def _schema(engine: Engine) -> list[str]:
                     " WHERE name NOT LIKE 'sqlite_%' ORDER BY tbl_name, type, name"
                 )
             )
-            return [" | ".join(_canonical(str(v)) for v in r) for r in rows]
+            # The sql of a table Alembic copied keeps the copy's order: sorted, as above.
+            return [" | ".join(_schema_sql(str(v)) for v in r) for r in rows]
         columns = c.execute(
             text(
                 "SELECT table_name, ordinal_position, column_name, data_type,"
@@ -147,11 +153,16 @@ def _schema(engine: Engine) -> list[str]:
 
 
 def _canonical(statement: str) -> str:
-    """One line; in a ``CREATE TABLE``, its constraints sorted. Alembic's batch mode on
-    SQLite copies a table with its reflected constraints in no fixed order (a set)."""
+    """One line; in the ``CREATE TABLE`` of a copy made by Alembic's batch mode on
+    SQLite (``_alembic_tmp_*``), the constraints sorted: it copies them from the
+    reflected table, in no fixed order (a set)."""
     flat = " ".join(statement.split())
-    if not flat.startswith("CREATE TABLE ") or "(" not in flat:
+    if not flat.startswith("CREATE TABLE _alembic_tmp_"):
         return flat
+    return _constraints_sorted(flat)
+
+
+def _constraints_sorted(flat: str) -> str:
     head, body = flat.split("(", 1)
     body, tail = body.rsplit(")", 1)
     items, depth, start = [], 0, 0
@@ -167,18 +178,21 @@ def _canonical(statement: str) -> str:
 
 
 def _indexes_sorted(statements: list[str]) -> list[str]:
-    """Each run of ``CREATE INDEX`` statements sorted: the batch mode recreates a
-    table's indexes in no fixed order, and the order of a run does not matter."""
+    """The ``CREATE INDEX`` statements that follow a batch-mode copy's rename sorted:
+    Alembic recreates the copied table's indexes in no fixed order."""
     out: list[str] = []
     run: list[str] = []
-    for s in [*statements, ""]:
-        if s.startswith("CREATE INDEX "):
+    for s in statements:
+        if run and s.startswith("CREATE INDEX "):
             run.append(s)
             continue
-        out += sorted(run)
+        out += [run[0], *sorted(run[1:])] if run else []
         run = []
-        out.append(s)
-    return out[:-1]
+        if s.startswith("ALTER TABLE _alembic_tmp_"):
+            run = [s]
+        else:
+            out.append(s)
+    return out + ([run[0], *sorted(run[1:])] if run else [])
 
 
 def test_migrations_emit_the_frozen_ddl(empty_engine: Engine) -> None:
