@@ -1,8 +1,9 @@
 """The schema, frozen by golden files (``tests/db/golden/``).
 
 ``models.py`` and the Alembic revisions share their column definitions through
-helpers (``lamina.db.columns``, ``lamina.db.migrations.columns``): a change to a
-helper would silently change every table, and every old revision, built with it.
+helpers (the column and table functions at the top of ``lamina.db.models``, and
+``lamina.db.migrations.columns``): a change to a helper would silently change every
+table, and every old revision, built with it.
 These tests hold both to what they were before the helpers existed: the golden
 files were made from the code as it stood then.
 
