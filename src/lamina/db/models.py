@@ -80,7 +80,7 @@ def parent(name: str, target: str, *, index: bool | None = None) -> Column[str]:
 
 
 def parent_key(name: str, target: str) -> Column[str]:
-    """A ``parent`` that is part of the primary key (a row per parent and ...)."""
+    """A ``parent`` that is part of the primary key: the row is one of its parent's."""
     return Column(name, String(36), ForeignKey(target, ondelete="CASCADE"), primary_key=True)
 
 
