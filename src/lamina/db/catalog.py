@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from lamina.db.engine import is_sqlite, read_tx, write_tx
 from lamina.db.models import blobs, packs, snapshots, store_state
 from lamina.db.sqlite_read import snapshot_record
-from lamina.errors import ConflictError, NotFoundError, StoreKeyError, UsageError
+from lamina.errors import NotFoundError, StoreKeyError
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import (
     PACK_OK,
@@ -22,6 +22,8 @@ from lamina.store.catalog import (
     BlobRow,
     PackInfo,
     SnapshotRecord,
+    one_entry_per_id,
+    resolve_snapshot,
 )
 from lamina.store.pack import PackEntry
 
@@ -236,12 +238,7 @@ class SqlCatalog:
             self._insert_entries(c, seq, entries)
 
     def _insert_entries(self, c: Connection, seq: int, entries: Sequence[PackEntry]) -> None:
-        # A pack holds one row per id (the writer never puts one id in a pack twice,
-        # not even under two kinds); a second entry is a writer's bug: keep one.
-        first: dict[bytes, PackEntry] = {}
-        for e in entries:
-            first.setdefault(e.id, e)
-        unique = first.values()
+        unique = one_entry_per_id(entries)
         if self._sqlite:
             # One statement the driver runs for every row (binding a dict per row through
             # SQLAlchemy cost more than the insert).
@@ -443,28 +440,18 @@ class SqlCatalog:
             return int(c.execute(select(func.coalesce(func.max(snapshots.c.seq), 0))).scalar_one())
 
     def find_snapshot(self, ref: str) -> SnapshotRecord:
+        return resolve_snapshot(ref, self._latest, self._with_prefix)
+
+    def _latest(self) -> SnapshotRecord | None:
+        newest = snapshots.c.time.desc(), snapshots.c.seq.desc()
         with read_tx(self.engine) as c:
-            if ref == "latest":
-                r = c.execute(
-                    select(snapshots)
-                    .order_by(snapshots.c.time.desc(), snapshots.c.seq.desc())
-                    .limit(1)
-                ).first()
-                if r is None:
-                    raise NotFoundError("the store has no snapshots yet")
-                return self._record(r)
-            if len(ref) < 4 or any(ch not in "0123456789abcdef" for ch in ref.lower()):
-                raise UsageError(
-                    f"snapshot reference {ref!r}: give at least 4 hex digits of its id"
-                )
-            rows = c.execute(
-                select(snapshots).where(snapshots.c.id.like(ref.lower() + "%")).limit(2)
-            ).all()
-        if not rows:
-            raise NotFoundError(f"no snapshot {ref}")
-        if len(rows) > 1:
-            raise ConflictError(f"snapshot prefix {ref} is ambiguous: give more digits")
-        return self._record(rows[0])
+            r = c.execute(select(snapshots).order_by(*newest).limit(1)).first()
+        return None if r is None else self._record(r)
+
+    def _with_prefix(self, prefix: str) -> list[SnapshotRecord]:
+        q = select(snapshots).where(snapshots.c.id.like(prefix + "%")).limit(2)
+        with read_tx(self.engine) as c:
+            return [self._record(r) for r in c.execute(q)]
 
     def forget_snapshots(self, ids: Collection[str]) -> int:
         with write_tx(self.engine) as c:

@@ -1,6 +1,15 @@
-"""Tables. Core ``Table`` objects: the hot paths (the chunk index) are bulk SQL."""
+"""Tables. Core ``Table`` objects: the hot paths (the chunk index) are bulk SQL.
+
+The columns many tables share are made by the small functions below (a UUID key, a
+unique name, a timestamp, a reference to a parent row), and the tables of the same
+kind by ``named_table`` and ``versions_table``: each table's declaration reads as
+what is particular to it. ``tests/db/test_schema_frozen.py`` holds the result to the
+schema the migrations build.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.schema import SchemaItem
 
 metadata = MetaData(
     naming_convention={
@@ -29,6 +39,67 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+# --- the columns many tables share -----------------------------------------------------
+
+
+def uuid_key() -> Column[str]:
+    """``id``: the row's UUID, its primary key."""
+    return Column("id", String(36), primary_key=True)
+
+
+def serial_key(name: str) -> Column[int]:
+    """An integer primary key the database assigns, in the order rows are inserted."""
+    return Column(name, Integer, primary_key=True, autoincrement=True)
+
+
+def unique_name() -> Column[str]:
+    """``name``: what an administrator calls the row, unique in its table."""
+    return Column("name", String(128), nullable=False, unique=True)
+
+
+def timestamp(
+    name: str, *, nullable: bool = False, index: bool | None = None
+) -> Column[dt.datetime]:
+    """A point in time, with its time zone."""
+    return Column(name, DateTime(timezone=True), nullable=nullable, index=index)
+
+
+def reference(
+    name: str, target: str, *, nullable: bool = False, index: bool | None = None
+) -> Column[str]:
+    """The UUID of a row of another table (``target``: ``"table.id"``)."""
+    return Column(name, String(36), ForeignKey(target), nullable=nullable, index=index)
+
+
+def parent(name: str, target: str, *, index: bool | None = None) -> Column[str]:
+    """The UUID of the row (``target``) this one belongs to: deleting that row deletes this one."""
+    return Column(
+        name, String(36), ForeignKey(target, ondelete="CASCADE"), nullable=False, index=index
+    )
+
+
+def parent_key(name: str, target: str) -> Column[str]:
+    """A ``parent`` that is part of the primary key: the row is one of its parent's."""
+    return Column(name, String(36), ForeignKey(target, ondelete="CASCADE"), primary_key=True)
+
+
+def named_table(name: str, *columns: SchemaItem, updated: bool = False) -> Table:
+    """A table of things an administrator names: ``id`` and ``name`` first, then
+    ``columns``, then when each was ``created`` (and last ``updated``)."""
+    stamps = [timestamp("created"), *([timestamp("updated")] if updated else [])]
+    return Table(name, metadata, uuid_key(), unique_name(), *columns, *stamps)
+
+
+def versions_table(name: str, of: Column[str], *columns: SchemaItem) -> Table:
+    """The numbered versions of a thing: ``id``, the thing they are versions ``of``, the
+    ``version`` (one row per thing and number), when it was ``created``, then ``columns``."""
+    unique = UniqueConstraint(of.name, "version", name=f"uq_{name}_{of.name}_version")
+    version = Column("version", Integer, nullable=False)
+    return Table(name, metadata, uuid_key(), of, version, timestamp("created"), *columns, unique)
+
+
+# --- the store's catalog (revision 0001) -----------------------------------------------
 
 #: Small key/value state of the store: gc epoch, locks, the store id it belongs to.
 store_state = Table(
@@ -41,11 +112,11 @@ store_state = Table(
 packs = Table(
     "packs",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    serial_key("seq"),
     Column("name", String(64), nullable=False, unique=True),
     Column("size", BigInteger, nullable=False, default=0),
     Column("state", String(16), nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
+    timestamp("created"),
 )
 
 blobs = Table(
@@ -69,9 +140,9 @@ blobs = Table(
 snapshots = Table(
     "snapshots",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    serial_key("seq"),
     Column("id", String(64), nullable=False, unique=True),
-    Column("time", DateTime(timezone=True), nullable=False),
+    timestamp("time"),
     Column("source", String(255), nullable=False, index=True),
     Column("root", LargeBinary(32), nullable=False),
     Column("files", BigInteger, nullable=False),
@@ -90,29 +161,25 @@ Index(
 
 # --- the server's tables (revision 0002) --------------------------------------
 
-users = Table(
+users = named_table(
     "users",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
     Column("password_hash", Text, nullable=False),
     Column("role", String(32), nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
-    Column("created", DateTime(timezone=True), nullable=False),
 )
 
 api_tokens = Table(
     "api_tokens",
     metadata,
-    Column("id", String(36), primary_key=True),
-    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    uuid_key(),
+    parent("user_id", "users.id"),
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("name", String(128), nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("expires", DateTime(timezone=True), nullable=True),
+    timestamp("created"),
+    timestamp("expires", nullable=True),
     # revision 0005: "session" (from a login) or "api"; when it last authenticated a call
     Column("kind", String(16), nullable=False, server_default="session"),
-    Column("last_used", DateTime(timezone=True), nullable=True),
+    timestamp("last_used", nullable=True),
 )
 
 #: Failed logins per (user name, client address), revision 0005: one row per key, the
@@ -123,73 +190,69 @@ login_throttle = Table(
     Column("name", String(128), primary_key=True),
     Column("client", String(64), primary_key=True),
     Column("failures", Integer, nullable=False),
-    Column("locked_until", DateTime(timezone=True), nullable=True),
-    Column("last_failure", DateTime(timezone=True), nullable=False, index=True),
+    timestamp("locked_until", nullable=True),
+    timestamp("last_failure", index=True),
 )
 
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("time", DateTime(timezone=True), nullable=False),
+    serial_key("id"),
+    timestamp("time"),
     Column("actor", String(128), nullable=False),
     Column("action", String(64), nullable=False),
     Column("target", String(255), nullable=False),
     Column("detail", JSON, nullable=False),
 )
 
-policies = Table(
+policies = named_table(
     "policies",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
     Column("version", Integer, nullable=False),
     Column("settings", JSON, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("updated", DateTime(timezone=True), nullable=False),
+    updated=True,
 )
 
 enroll_tokens = Table(
     "enroll_tokens",
     metadata,
-    Column("id", String(36), primary_key=True),
+    uuid_key(),
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_by", String(128), nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("expires", DateTime(timezone=True), nullable=False),
-    Column("policy_id", String(36), ForeignKey("policies.id"), nullable=True),
+    timestamp("created"),
+    timestamp("expires"),
+    reference("policy_id", "policies.id", nullable=True),
     Column("reference", Boolean, nullable=False, default=False),
     Column("uses", Integer, nullable=False, default=0),
     # revision 0005: how many enrollments it allows, and when it was revoked
     Column("max_uses", Integer, nullable=False, server_default="1"),
-    Column("revoked", DateTime(timezone=True), nullable=True),
+    timestamp("revoked", nullable=True),
 )
 
 devices = Table(
     "devices",
     metadata,
-    Column("id", String(36), primary_key=True),
+    uuid_key(),
     Column("hostname", String(255), nullable=False, index=True),
     Column("status", String(16), nullable=False),
     Column("facts", JSON, nullable=False),
     Column("credential_hash", String(64), nullable=False, unique=True),
-    Column("enrolled", DateTime(timezone=True), nullable=False),
-    Column("last_seen", DateTime(timezone=True), nullable=True),
+    timestamp("enrolled"),
+    timestamp("last_seen", nullable=True),
     Column("agent_state", JSON, nullable=False),
 )
 
 cvds = Table(
     "cvds",
     metadata,
-    Column("id", String(36), primary_key=True),
+    uuid_key(),
     Column("name", String(255), nullable=False, unique=True),
-    Column("device_id", String(36), ForeignKey("devices.id"), nullable=True, index=True),
-    Column("policy_id", String(36), ForeignKey("policies.id"), nullable=False),
+    reference("device_id", "devices.id", nullable=True, index=True),
+    reference("policy_id", "policies.id"),
     Column("policy_version", Integer, nullable=False),
     Column("reference", Boolean, nullable=False, default=False),
     Column("state", String(16), nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("last_sync", DateTime(timezone=True), nullable=True),
+    timestamp("created"),
+    timestamp("last_sync", nullable=True),
     Column("progress", JSON, nullable=False),
     # revision 0005: cvd_blobs holds every blob of this CVD's snapshots (false: fill it first)
     Column("blobs_indexed", Boolean, nullable=False, server_default=false()),
@@ -200,7 +263,7 @@ cvds = Table(
 cvd_blobs = Table(
     "cvd_blobs",
     metadata,
-    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    parent_key("cvd_id", "cvds.id"),
     Column("blob_id", LargeBinary(32), primary_key=True),
 )
 # revision 0009: who else holds a blob is looked up by blob (cross-endpoint dedup)
@@ -213,8 +276,8 @@ blob_claims = Table(
     "blob_claims",
     metadata,
     Column("blob_id", LargeBinary(32), primary_key=True),
-    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
-    Column("expires", DateTime(timezone=True), nullable=False, index=True),
+    parent_key("cvd_id", "cvds.id"),
+    timestamp("expires", index=True),
 )
 
 #: Blobs held by at least the server's ``share_threshold`` CVDs (common content, such as
@@ -228,7 +291,7 @@ shared_blobs = Table(
 tasks = Table(
     "tasks",
     metadata,
-    Column("id", String(36), primary_key=True),
+    uuid_key(),
     Column("kind", String(32), nullable=False),
     Column("state", String(16), nullable=False, index=True),
     Column("progress", Integer, nullable=False, default=0),
@@ -238,9 +301,9 @@ tasks = Table(
     Column("params", JSON, nullable=False),
     Column("result", JSON, nullable=False),
     Column("created_by", String(128), nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("started", DateTime(timezone=True), nullable=True),
-    Column("finished", DateTime(timezone=True), nullable=True),
+    timestamp("created"),
+    timestamp("started", nullable=True),
+    timestamp("finished", nullable=True),
     Column("claimed_by", String(64), nullable=True),
     # revision 0006: claims so far (an agent restart during a task re-queues it)
     Column("attempts", Integer, nullable=False, default=0, server_default="0"),
@@ -248,28 +311,11 @@ tasks = Table(
 
 # --- layers (revision 0003) ---------------------------------------------------------
 
-layers = Table(
-    "layers",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("kind", String(8), nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-)
+layers = named_table("layers", Column("kind", String(8), nullable=False))
 
-layer_versions = Table(
+layer_versions = versions_table(
     "layer_versions",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column(
-        "layer_id",
-        String(36),
-        ForeignKey("layers.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    Column("version", Integer, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
+    parent("layer_id", "layers.id", index=True),
     Column("root", LargeBinary(32), nullable=False),
     Column("whiteouts", JSON, nullable=False),
     Column("source_cvd", String(36), nullable=True),
@@ -278,61 +324,48 @@ layer_versions = Table(
     Column("files", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("apps", JSON, nullable=False),
-    UniqueConstraint("layer_id", "version", name="uq_layer_versions_layer_id_version"),
 )
 
-#: The layer versions a CVD should run, in order (position 0 is the base layer if any).
-cvd_layers = Table(
-    "cvd_layers",
-    metadata,
-    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("version_id", String(36), ForeignKey("layer_versions.id"), nullable=False),
-)
+
+def cvd_layer_list(name: str) -> Table:
+    """Per CVD, layer versions in order (position 0 is the base layer if any)."""
+    return Table(
+        name,
+        metadata,
+        parent_key("cvd_id", "cvds.id"),
+        Column("position", Integer, primary_key=True),
+        reference("version_id", "layer_versions.id"),
+    )
+
+
+#: The layer versions a CVD should run.
+cvd_layers = cvd_layer_list("cvd_layers")
 
 recordings = Table(
     "recordings",
     metadata,
-    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    parent_key("cvd_id", "cvds.id"),
     Column("state", String(16), nullable=False),
     Column("start_snapshot", String(64), nullable=True),
     Column("name", String(128), nullable=True),
     Column("update_layer", String(36), nullable=True),
     Column("notes", Text, nullable=False),
-    Column("started", DateTime(timezone=True), nullable=False),
+    timestamp("started"),
 )
 
-#: Per CVD, the layer versions its endpoint reported running after its last apply.
-cvd_running_layers = Table(
-    "cvd_running_layers",
-    metadata,
-    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("version_id", String(36), ForeignKey("layer_versions.id"), nullable=False),
-)
+#: The layer versions a CVD's endpoint reported running after its last apply.
+cvd_running_layers = cvd_layer_list("cvd_running_layers")
 
 # --- collections (revision 0004) -------------------------------------------------------
 
 #: A named set of CVDs: static members, and/or a filter on device facts (``filter`` text).
-collections = Table(
-    "collections",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("filter", Text, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-)
+collections = named_table("collections", Column("filter", Text, nullable=False))
 
 collection_members = Table(
     "collection_members",
     metadata,
-    Column(
-        "collection_id",
-        String(36),
-        ForeignKey("collections.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("cvd_id", String(36), ForeignKey("cvds.id", ondelete="CASCADE"), primary_key=True),
+    parent_key("collection_id", "collections.id"),
+    parent_key("cvd_id", "cvds.id"),
 )
 
 # --- events (revision 0007) ------------------------------------------------------
@@ -342,14 +375,14 @@ collection_members = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("time", DateTime(timezone=True), nullable=False),
+    serial_key("id"),
+    timestamp("time"),
     Column("severity", String(16), nullable=False),
     Column("source", String(64), nullable=False),
     Column("target", String(255), nullable=False),
     Column("message", Text, nullable=False),
     Column("acknowledged_by", String(128), nullable=True),
-    Column("acknowledged", DateTime(timezone=True), nullable=True, index=True),
+    timestamp("acknowledged", nullable=True, index=True),
 )
 
 # --- driver library (revision 0008_drivers) ----------------------------------------------
@@ -358,57 +391,33 @@ events = Table(
 #: store and versioned rows). A profile says which packs go to which hardware: ``packs``
 #: is a list of ``{"name", "version"}`` (version null: the latest), ``matches`` a list of
 #: ``"FIELD=GLOB"`` strings that must all hold (see ``lamina.layers.drivers``).
-driver_profiles = Table(
+driver_profiles = named_table(
     "driver_profiles",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
     Column("os_family", String(64), nullable=True),
     Column("packs", JSON, nullable=False),
     Column("matches", JSON, nullable=False),
     Column("notes", Text, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("updated", DateTime(timezone=True), nullable=False),
+    updated=True,
 )
 # --- flex (revision 0008_flexsrv) ---------------------------------------------------
 
 #: Named groups of users (entitlements name users or groups).
-user_groups = Table(
-    "user_groups",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("created", DateTime(timezone=True), nullable=False),
-)
+user_groups = named_table("user_groups")
 
 user_group_members = Table(
     "user_group_members",
     metadata,
-    Column(
-        "group_id", String(36), ForeignKey("user_groups.id", ondelete="CASCADE"), primary_key=True
-    ),
-    Column("user_id", String(36), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    parent_key("group_id", "user_groups.id"),
+    parent_key("user_id", "users.id"),
 )
 
-flex_images = Table(
-    "flex_images",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("created", DateTime(timezone=True), nullable=False),
-)
+flex_images = named_table("flex_images")
 
 #: One registered raw disk: a snapshot in the store (source ``flex:<image id>``) and its
 #: manifest's pieces, ``[[offset, length, plain blake3 hex, store blob id hex | null (zeros)]]``.
-flex_image_versions = Table(
+flex_image_versions = versions_table(
     "flex_image_versions",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column(
-        "image_id", String(36), ForeignKey("flex_images.id", ondelete="CASCADE"), nullable=False
-    ),
-    Column("version", Integer, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
+    parent("image_id", "flex_images.id"),
     Column("size", BigInteger, nullable=False),
     Column("memory_mib", Integer, nullable=False),
     Column("cpus", Integer, nullable=False),
@@ -416,50 +425,36 @@ flex_image_versions = Table(
     Column("snapshot_id", String(64), nullable=False),
     Column("pieces", JSON, nullable=False),
     Column("source", JSON, nullable=False),
-    UniqueConstraint("image_id", "version", name="uq_flex_image_versions_image_id_version"),
 )
 
 #: A restriction policy: ``restrictions`` is a FlexRestrictions; expiry is a date or a
 #: duration from each instance's creation.
-flex_policies = Table(
+flex_policies = named_table(
     "flex_policies",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
     Column("restrictions", JSON, nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=True),
+    timestamp("expires_at", nullable=True),
     Column("valid_for", Integer, nullable=True),
     Column("lease_seconds", Integer, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("updated", DateTime(timezone=True), nullable=False),
+    updated=True,
 )
 
-flex_entitlements = Table(
+flex_entitlements = named_table(
     "flex_entitlements",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("image_id", String(36), ForeignKey("flex_images.id"), nullable=False),
+    reference("image_id", "flex_images.id"),
     #: a pinned image version, or null for the latest at each instance's creation
     Column("version", Integer, nullable=True),
-    Column("policy_id", String(36), ForeignKey("flex_policies.id"), nullable=False),
+    reference("policy_id", "flex_policies.id"),
     Column("manage", Boolean, nullable=False, default=False),
-    Column("cvd_policy_id", String(36), ForeignKey("policies.id"), nullable=True),
+    reference("cvd_policy_id", "policies.id", nullable=True),
     #: layer specs (``NAME[:V]``) assigned to a managed guest's CVD: base first, then apps
     Column("layers", JSON, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
 )
 
 #: Who an entitlement is for: ``kind`` user or group, ``subject_id`` a user's or group's id.
 flex_entitlement_subjects = Table(
     "flex_entitlement_subjects",
     metadata,
-    Column(
-        "entitlement_id",
-        String(36),
-        ForeignKey("flex_entitlements.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    parent_key("entitlement_id", "flex_entitlements.id"),
     Column("kind", String(8), primary_key=True),
     Column("subject_id", String(36), primary_key=True),
 )
@@ -468,29 +463,17 @@ flex_entitlement_subjects = Table(
 flex_instances = Table(
     "flex_instances",
     metadata,
-    Column("id", String(36), primary_key=True),
-    Column(
-        "entitlement_id",
-        String(36),
-        ForeignKey("flex_entitlements.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    Column(
-        "user_id",
-        String(36),
-        ForeignKey("users.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
-    Column("version_id", String(36), ForeignKey("flex_image_versions.id"), nullable=False),
+    uuid_key(),
+    parent("entitlement_id", "flex_entitlements.id", index=True),
+    parent("user_id", "users.id", index=True),
+    reference("version_id", "flex_image_versions.id"),
     #: a per-instance policy overriding the entitlement's
-    Column("policy_id", String(36), ForeignKey("flex_policies.id"), nullable=True),
+    reference("policy_id", "flex_policies.id", nullable=True),
     Column("state", String(16), nullable=False),
     Column("message", Text, nullable=False),
     Column("client", String(255), nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("last_checkin", DateTime(timezone=True), nullable=True),
+    timestamp("created"),
+    timestamp("last_checkin", nullable=True),
     #: the enrollment token of a managed guest (the latest issued), and the device it made
     Column("enroll_token_id", String(36), nullable=True, index=True),
     Column("device_id", String(36), nullable=True),
@@ -506,13 +489,7 @@ flex_instances = Table(
 device_match_facts = Table(
     "device_match_facts",
     metadata,
-    Column(
-        "device_id",
-        String(36),
-        ForeignKey("devices.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    parent("device_id", "devices.id", index=True),
     Column("field", String(32), nullable=False),
     Column("value", String(512), nullable=False),
     Index("ix_device_match_facts_field_value", "field", "value"),

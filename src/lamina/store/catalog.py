@@ -21,10 +21,11 @@ Invariants every implementation must keep:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.pack import PackEntry
 
@@ -84,6 +85,45 @@ class SnapshotRecord:
             "bytes": self.bytes,
             **{k: v for k, v in self.meta.items() if k not in ("id", "time", "root")},
         }
+
+
+def one_entry_per_id(entries: Iterable[PackEntry]) -> list[PackEntry]:
+    """A pack's entries as the catalog records them: one row per id, the first entry's.
+    The writer never puts one id in a pack twice, not even under two kinds; a second
+    entry is a writer's bug, and keeping one row keeps (id, pack) a key."""
+    seen: set[bytes] = set()
+    out: list[PackEntry] = []
+    for e in entries:
+        if e.id not in seen:
+            seen.add(e.id)
+            out.append(e)
+    return out
+
+
+def resolve_snapshot(
+    ref: str,
+    latest: Callable[[], SnapshotRecord | None],
+    with_prefix: Callable[[str], list[SnapshotRecord]],
+) -> SnapshotRecord:
+    """What ``Catalog.find_snapshot(ref)`` means, for every catalog: ``latest`` is the
+    newest snapshot; anything else is a unique prefix (at least 4 hex digits) of an id.
+
+    ``latest()`` returns the newest snapshot or None; ``with_prefix(p)`` the snapshots
+    whose id starts with ``p`` (lower case), two at the most are enough.
+    """
+    if ref == "latest":
+        newest = latest()
+        if newest is None:
+            raise NotFoundError("the store has no snapshots yet")
+        return newest
+    if len(ref) < 4 or any(ch not in "0123456789abcdef" for ch in ref.lower()):
+        raise UsageError(f"snapshot reference {ref!r}: give at least 4 hex digits of its id")
+    found = with_prefix(ref.lower())
+    if not found:
+        raise NotFoundError(f"no snapshot {ref}")
+    if len(found) > 1:
+        raise ConflictError(f"snapshot prefix {ref} is ambiguous: give more digits")
+    return found[0]
 
 
 class Catalog(Protocol):

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import (
     PACK_OK,
@@ -21,6 +20,8 @@ from lamina.store.catalog import (
     BlobRow,
     PackInfo,
     SnapshotRecord,
+    one_entry_per_id,
+    resolve_snapshot,
 )
 from lamina.store.pack import PackEntry
 
@@ -93,12 +94,11 @@ class MemoryCatalog:
 
     def _rows_of(self, info: PackInfo, entries: Sequence[PackEntry]) -> dict[bytes, BlobRow]:
         rows: dict[bytes, BlobRow] = {}
-        for e in entries:  # one row per id in a pack, as in the SQL catalog
-            if e.id not in rows:
-                rows[e.id] = BlobRow(
-                    e.id, BlobKind(e.kind), info.name, info.seq, e.offset, e.length,
-                    e.raw_length, False,
-                )  # fmt: skip
+        for e in one_entry_per_id(entries):
+            rows[e.id] = BlobRow(
+                e.id, BlobKind(e.kind), info.name, info.seq, e.offset, e.length,
+                e.raw_length, False,
+            )  # fmt: skip
         return rows
 
     def commit_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
@@ -212,18 +212,11 @@ class MemoryCatalog:
 
     def find_snapshot(self, ref: str) -> SnapshotRecord:
         snaps = self.snapshots()
-        if ref == "latest":
-            if not snaps:
-                raise NotFoundError("the store has no snapshots yet")
-            return snaps[-1]
-        if len(ref) < 4 or any(ch not in "0123456789abcdef" for ch in ref.lower()):
-            raise UsageError(f"snapshot reference {ref!r}: give at least 4 hex digits of its id")
-        found = [s for s in snaps if s.id.startswith(ref.lower())]
-        if not found:
-            raise NotFoundError(f"no snapshot {ref}")
-        if len(found) > 1:
-            raise ConflictError(f"snapshot prefix {ref} is ambiguous: give more digits")
-        return found[0]
+        return resolve_snapshot(
+            ref,
+            lambda: snaps[-1] if snaps else None,
+            lambda prefix: [s for s in snaps if s.id.startswith(prefix)],
+        )
 
     def forget_snapshots(self, ids: Collection[str]) -> int:
         with self._lock:

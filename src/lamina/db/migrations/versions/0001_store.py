@@ -1,7 +1,5 @@
 """The store's catalog: state, packs, blobs, snapshots.
 
-Revision ID: 0001
-Revises:
 Create Date: 2026-11-25
 """
 
@@ -10,10 +8,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from lamina.db.migrations import columns as cols
+
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
@@ -21,7 +19,7 @@ def upgrade() -> None:
         "store_state",
         sa.Column("key", sa.String(64), nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("key", name="pk_store_state"),
+        cols.primary_key("store_state", "key"),
     )
     op.create_table(
         "packs",
@@ -29,9 +27,9 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("created", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("seq", name="pk_packs"),
-        sa.UniqueConstraint("name", name="uq_packs_name"),
+        cols.timestamp("created"),
+        cols.primary_key("packs", "seq"),
+        cols.unique("packs", "name"),
     )
     op.create_table(
         "blobs",
@@ -42,12 +40,10 @@ def upgrade() -> None:
         sa.Column("length", sa.Integer(), nullable=False),
         sa.Column("raw_length", sa.Integer(), nullable=False),
         sa.Column("condemned", sa.Boolean(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["pack_seq"], ["packs.seq"], name="fk_blobs_pack_seq_packs", ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", "pack_seq", name="pk_blobs"),
+        cols.foreign_key("blobs", "pack_seq", "packs.seq", ondelete="CASCADE"),
+        cols.primary_key("blobs", "id", "pack_seq"),
     )
-    op.create_index("ix_blobs_pack_seq", "blobs", ["pack_seq"])
+    cols.create_index("blobs", "pack_seq")
     op.create_index(
         "ix_blobs_condemned",
         "blobs",
@@ -59,16 +55,16 @@ def upgrade() -> None:
         "snapshots",
         sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("id", sa.String(64), nullable=False),
-        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        cols.timestamp("time"),
         sa.Column("source", sa.String(255), nullable=False),
         sa.Column("root", sa.LargeBinary(32), nullable=False),
         sa.Column("files", sa.BigInteger(), nullable=False),
         sa.Column("bytes", sa.BigInteger(), nullable=False),
         sa.Column("meta", sa.JSON(), nullable=False),
-        sa.PrimaryKeyConstraint("seq", name="pk_snapshots"),
-        sa.UniqueConstraint("id", name="uq_snapshots_id"),
+        cols.primary_key("snapshots", "seq"),
+        cols.unique("snapshots", "id"),
     )
-    op.create_index("ix_snapshots_source", "snapshots", ["source"])
+    cols.create_index("snapshots", "source")
 
 
 def downgrade() -> None:

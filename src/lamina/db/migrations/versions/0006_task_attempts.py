@@ -1,7 +1,5 @@
 """tasks.attempts: claims of a task, so the server gives up on one that kills its agent
 
-Revision ID: 0006
-Revises: 0005
 Create Date: 2026-11-30 03:30:00
 """
 
@@ -12,8 +10,6 @@ from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,7 +1,5 @@
 """events, for the console
 
-Revision ID: 0007
-Revises: 0006
 Create Date: 2026-11-30 03:30:00
 """
 
@@ -10,28 +8,28 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from lamina.db.migrations import columns as cols
+
 revision = "0007"
 down_revision = "0006"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
     op.create_table(
         "events",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        cols.timestamp("time"),
         sa.Column("severity", sa.String(length=16), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=False),
         sa.Column("target", sa.String(length=255), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("acknowledged_by", sa.String(length=128), nullable=True),
-        sa.Column("acknowledged", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
+        cols.timestamp("acknowledged", nullable=True),
+        cols.primary_key("events", "id"),
     )
-    op.create_index(op.f("ix_events_acknowledged"), "events", ["acknowledged"], unique=False)
+    cols.create_index("events", "acknowledged")
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_events_acknowledged"), table_name="events")
+    cols.drop_index("events", "acknowledged")
     op.drop_table("events")

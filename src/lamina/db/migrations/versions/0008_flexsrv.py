@@ -1,7 +1,5 @@
 """flex: groups, images and versions, policies, entitlements, instances
 
-Revision ID: 0008_flexsrv
-Revises: 0007
 Create Date: 2026-11-30 06:10:00
 """
 
@@ -10,55 +8,25 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from lamina.db.migrations import columns as cols
+
 revision = "0008_flexsrv"
 down_revision = "0008_drivers"
-branch_labels = None
-depends_on = None
 
-TZ = sa.DateTime(timezone=True)
+#: flex_instances' indexed columns
+INSTANCE_INDEXES = ("entitlement_id", "user_id", "enroll_token_id")
 
 
 def upgrade() -> None:
-    op.create_table(
-        "user_groups",
-        sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("name", sa.String(128), nullable=False),
-        sa.Column("created", TZ, nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_user_groups")),
-        sa.UniqueConstraint("name", name=op.f("uq_user_groups_name")),
+    cols.create_named_table("user_groups")
+    cols.create_link_table(
+        "user_group_members", ("group_id", "user_groups.id"), ("user_id", "users.id")
     )
-    op.create_table(
-        "user_group_members",
-        sa.Column("group_id", sa.String(36), nullable=False),
-        sa.Column("user_id", sa.String(36), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["group_id"],
-            ["user_groups.id"],
-            name=op.f("fk_user_group_members_group_id_user_groups"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"],
-            ["users.id"],
-            name=op.f("fk_user_group_members_user_id_users"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("group_id", "user_id", name=op.f("pk_user_group_members")),
-    )
-    op.create_table(
-        "flex_images",
-        sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("name", sa.String(128), nullable=False),
-        sa.Column("created", TZ, nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_flex_images")),
-        sa.UniqueConstraint("name", name=op.f("uq_flex_images_name")),
-    )
-    op.create_table(
+    cols.create_named_table("flex_images")
+    cols.create_versions_table(
         "flex_image_versions",
-        sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("image_id", sa.String(36), nullable=False),
-        sa.Column("version", sa.Integer(), nullable=False),
-        sa.Column("created", TZ, nullable=False),
+        "image_id",
+        "flex_images.id",
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("memory_mib", sa.Integer(), nullable=False),
         sa.Column("cpus", sa.Integer(), nullable=False),
@@ -66,115 +34,67 @@ def upgrade() -> None:
         sa.Column("snapshot_id", sa.String(64), nullable=False),
         sa.Column("pieces", sa.JSON(), nullable=False),
         sa.Column("source", sa.JSON(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["image_id"],
-            ["flex_images.id"],
-            name=op.f("fk_flex_image_versions_image_id_flex_images"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_flex_image_versions")),
-        sa.UniqueConstraint("image_id", "version", name="uq_flex_image_versions_image_id_version"),
     )
-    op.create_table(
+    cols.create_named_table(
         "flex_policies",
-        sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("name", sa.String(128), nullable=False),
         sa.Column("restrictions", sa.JSON(), nullable=False),
-        sa.Column("expires_at", TZ, nullable=True),
+        cols.timestamp("expires_at", nullable=True),
         sa.Column("valid_for", sa.Integer(), nullable=True),
         sa.Column("lease_seconds", sa.Integer(), nullable=False),
-        sa.Column("created", TZ, nullable=False),
-        sa.Column("updated", TZ, nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_flex_policies")),
-        sa.UniqueConstraint("name", name=op.f("uq_flex_policies_name")),
+        updated=True,
     )
-    op.create_table(
+    cols.create_named_table(
         "flex_entitlements",
-        sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("name", sa.String(128), nullable=False),
-        sa.Column("image_id", sa.String(36), nullable=False),
+        cols.uuid("image_id"),
         sa.Column("version", sa.Integer(), nullable=True),
-        sa.Column("policy_id", sa.String(36), nullable=False),
+        cols.uuid("policy_id"),
         sa.Column("manage", sa.Boolean(), nullable=False),
-        sa.Column("cvd_policy_id", sa.String(36), nullable=True),
+        cols.uuid("cvd_policy_id", nullable=True),
         sa.Column("layers", sa.JSON(), nullable=False),
-        sa.Column("created", TZ, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["image_id"], ["flex_images.id"], name=op.f("fk_flex_entitlements_image_id_flex_images")
-        ),
-        sa.ForeignKeyConstraint(
-            ["policy_id"],
-            ["flex_policies.id"],
-            name=op.f("fk_flex_entitlements_policy_id_flex_policies"),
-        ),
-        sa.ForeignKeyConstraint(
-            ["cvd_policy_id"],
-            ["policies.id"],
-            name=op.f("fk_flex_entitlements_cvd_policy_id_policies"),
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_flex_entitlements")),
-        sa.UniqueConstraint("name", name=op.f("uq_flex_entitlements_name")),
+        cols.foreign_key("flex_entitlements", "image_id", "flex_images.id"),
+        cols.foreign_key("flex_entitlements", "policy_id", "flex_policies.id"),
+        cols.foreign_key("flex_entitlements", "cvd_policy_id", "policies.id"),
     )
     op.create_table(
         "flex_entitlement_subjects",
-        sa.Column("entitlement_id", sa.String(36), nullable=False),
+        cols.uuid("entitlement_id"),
         sa.Column("kind", sa.String(8), nullable=False),
-        sa.Column("subject_id", sa.String(36), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["entitlement_id"],
-            ["flex_entitlements.id"],
-            name=op.f("fk_flex_entitlement_subjects_entitlement_id_flex_entitlements"),
+        cols.uuid("subject_id"),
+        cols.foreign_key(
+            "flex_entitlement_subjects",
+            "entitlement_id",
+            "flex_entitlements.id",
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint(
-            "entitlement_id", "kind", "subject_id", name=op.f("pk_flex_entitlement_subjects")
-        ),
+        cols.primary_key("flex_entitlement_subjects", "entitlement_id", "kind", "subject_id"),
     )
-    op.create_table(
+    cols.create_uuid_table(
         "flex_instances",
-        sa.Column("id", sa.String(36), nullable=False),
-        sa.Column("entitlement_id", sa.String(36), nullable=False),
-        sa.Column("user_id", sa.String(36), nullable=False),
-        sa.Column("version_id", sa.String(36), nullable=False),
-        sa.Column("policy_id", sa.String(36), nullable=True),
+        cols.uuid("entitlement_id"),
+        cols.uuid("user_id"),
+        cols.uuid("version_id"),
+        cols.uuid("policy_id", nullable=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("client", sa.String(255), nullable=False),
-        sa.Column("created", TZ, nullable=False),
-        sa.Column("last_checkin", TZ, nullable=True),
-        sa.Column("enroll_token_id", sa.String(36), nullable=True),
-        sa.Column("device_id", sa.String(36), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["entitlement_id"],
-            ["flex_entitlements.id"],
-            name=op.f("fk_flex_instances_entitlement_id_flex_entitlements"),
-            ondelete="CASCADE",
+        cols.timestamp("created"),
+        cols.timestamp("last_checkin", nullable=True),
+        cols.uuid("enroll_token_id", nullable=True),
+        cols.uuid("device_id", nullable=True),
+        cols.foreign_key(
+            "flex_instances", "entitlement_id", "flex_entitlements.id", ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["user_id"],
-            ["users.id"],
-            name=op.f("fk_flex_instances_user_id_users"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["version_id"],
-            ["flex_image_versions.id"],
-            name=op.f("fk_flex_instances_version_id_flex_image_versions"),
-        ),
-        sa.ForeignKeyConstraint(
-            ["policy_id"],
-            ["flex_policies.id"],
-            name=op.f("fk_flex_instances_policy_id_flex_policies"),
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_flex_instances")),
+        cols.foreign_key("flex_instances", "user_id", "users.id", ondelete="CASCADE"),
+        cols.foreign_key("flex_instances", "version_id", "flex_image_versions.id"),
+        cols.foreign_key("flex_instances", "policy_id", "flex_policies.id"),
     )
-    for col in ("entitlement_id", "user_id", "enroll_token_id"):
-        op.create_index(op.f(f"ix_flex_instances_{col}"), "flex_instances", [col], unique=False)
+    for column in INSTANCE_INDEXES:
+        cols.create_index("flex_instances", column)
 
 
 def downgrade() -> None:
-    for col in ("entitlement_id", "user_id", "enroll_token_id"):
-        op.drop_index(op.f(f"ix_flex_instances_{col}"), table_name="flex_instances")
+    for column in INSTANCE_INDEXES:
+        cols.drop_index("flex_instances", column)
     for t in (
         "flex_instances",
         "flex_entitlement_subjects",
