@@ -87,6 +87,15 @@ def os_release(root: Path) -> dict[str, str]:
     return {}
 
 
+def disk_usage(root: Path) -> tuple[int, int]:
+    """The total and free bytes of the file system holding ``root`` (0, 0 if unknown)."""
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        return 0, 0
+    return usage.total, usage.free
+
+
 def gather(
     root: Path,
     sysfs: Path = SYSFS,
@@ -103,10 +112,7 @@ def gather(
         machine_id = hashlib.sha256(
             f"{socket.gethostname()}:{root.resolve()}".encode()
         ).hexdigest()[:32]
-    try:
-        disk = shutil.disk_usage(root).total
-    except OSError:
-        disk = 0
+    disk, _ = disk_usage(root)
     doc: dict[str, Any] = {
         "machine_id": machine_id[:128],
         "hostname": hostname[:255],

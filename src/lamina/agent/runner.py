@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -132,13 +131,6 @@ def _enroll(
     return st
 
 
-def _disk_free(root: Path) -> int:
-    try:
-        return shutil.disk_usage(root).free
-    except OSError:
-        return 0
-
-
 class Agent:
     def __init__(
         self,
@@ -184,7 +176,7 @@ class Agent:
         body: dict[str, Any] = {
             "state": self.status.state,
             "progress": progress or {},
-            "disk_free": _disk_free(Path(self.st.root)),
+            "disk_free": facts.disk_usage(Path(self.st.root))[1],
             # What the server turns into events (agent error, clock skew) and the
             # hostname it shows (refreshed at every report).
             "last_error": str(error)[:1024] if error else None,
