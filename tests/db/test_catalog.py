@@ -246,7 +246,9 @@ def test_drop_pack_and_replace_index(catalog: SqlCatalog) -> None:
     assert catalog.missing([bid(1), bid(2)]) == {bid(1)}
 
     catalog.condemn([bid(2)], catalog.max_pack_seq())
+    epoch = catalog.gc_epoch()
     catalog.replace_index([(pack(3), 300, entries(bid(3), bid(2)))])
+    assert catalog.gc_epoch() == epoch + 1  # blobs may have left: what is remembered is checked
     assert [(p.name, p.size, p.state) for p in catalog.packs()] == [(pack(3), 300, PACK_OK)]
     assert catalog.missing([bid(1), bid(2), bid(3)]) == {bid(1)}  # rebuilt rows are live
 

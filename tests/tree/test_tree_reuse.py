@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from lamina.store.rebuild import rebuild_index
 from lamina.store.repository import Store
 from lamina.tree import scan as scan_mod
 from lamina.tree.backup import BackupResult, backup
 from lamina.tree.cache import SCHEMA_VERSION, FilesCache
-from lamina.tree.model import decode_tree
+from lamina.tree.model import decode_tree, references
 from lamina.tree.restore import restore_tree
 
 from .treeutil import MTIME, assert_same_tree, scan_tree, set_mtime, write
@@ -269,3 +270,18 @@ def test_a_cache_of_another_version_is_emptied(
         assert c.folder(b"") is not None  # rebuilt by that scan's commit
     finally:
         c.close()
+
+
+def test_after_the_index_is_rebuilt_no_tree_is_reused(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A rebuilt index may have left out damaged packs, and the trees in them: the epoch
+    moves, the files cache is stale, and the next scan builds (and so stores) every tree."""
+    cache = tmp_path / "cache.db"
+    first = run(store, src, cache)
+    rebuild_index(store, references)
+    again = run(store, src, cache)
+    assert again.stats.trees_reused == 0
+    assert again.snapshot.root == first.snapshot.root
+    restore_tree(store, again.snapshot.root, tmp_path / "out")
+    assert_same_tree(src, tmp_path / "out")

@@ -300,6 +300,16 @@ class SqlCatalog:
         with write_tx(self.engine) as c:
             c.execute(delete(blobs))
             c.execute(delete(packs))
+            # Blobs may have left the index (damaged packs skipped): the epoch moves, so
+            # writers and files caches check again what they remember (as after a gc).
+            epoch = c.execute(select(store_state.c.value).where(store_state.c.key == _EPOCH))
+            current = epoch.scalar()
+            if current is not None:
+                c.execute(
+                    update(store_state)
+                    .where(store_state.c.key == _EPOCH)
+                    .values(value=str(int(current) + 1))
+                )
             for name, size, entries in found:
                 seq = c.execute(
                     insert(packs)

@@ -136,6 +136,7 @@ class MemoryCatalog:
     def replace_index(self, packs: Iterable[tuple[str, int, Sequence[PackEntry]]]) -> None:
         with self._lock:
             self._packs = {}
+            self._epoch += 1  # blobs may have left the index (as SqlCatalog.replace_index)
             for name, size, entries in packs:
                 info = PackInfo(name, next(self._seq), size, PACK_OK, dt.datetime.now(dt.UTC))
                 self._packs[name] = _Pack(info, self._rows_of(info, entries))
