@@ -31,6 +31,7 @@ from bench.corpus import copy_tree, mutate
 from bench.e2e_lamina import LaminaE2E
 
 DEFAULT_WORK = ROOT / "bench" / "work" / "e2e-prof"
+STEPS = ("first", "unchanged", "changed", "restore")
 
 
 def pyspy() -> str | None:
@@ -88,7 +89,9 @@ def restore(lam: LaminaE2E, work: Path) -> tuple[Ran, dict[str, Any], dict[str, 
     return r, {}, cpu
 
 
-def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> None:
+def sync(
+    lam: LaminaE2E, name: str, work: Path, profile: str, gib: float, gil: bool = False
+) -> None:
     spy = pyspy()
     out = work / f"{name}.txt"
     rec = None
@@ -106,6 +109,7 @@ def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> Non
                 "--output",
                 os.fspath(out),
                 "--nonblocking",
+                *(["--gil"] if gil else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -141,6 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--profile", choices=("server", "none"), default="server")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (closer to CPU than wall-clock samples)",
+    )
+    ap.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"the steps to run, in order, of {','.join(STEPS)} (the first sync always runs)",
+    )
     args = ap.parse_args(argv)
     work: Path = args.work.resolve()
     rmtree(work)
@@ -151,11 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lam = LaminaE2E(work / "lamina", clean_env(), corpus)
     try:
         lam.setup(start_timeout=300)
-        sync(lam, "first", work, args.profile, gib)
-        sync(lam, "unchanged", work, args.profile, gib)
-        mutate(corpus, 0.01, args.seed, replace_half=False)
-        sync(lam, "changed", work, args.profile, gib)
-        sync(lam, "restore", work, args.profile, gib)
+        steps = [s for s in STEPS if s in args.steps.split(",")]
+        for name in ["first", *[s for s in steps if s != "first"]]:
+            if name == "changed":
+                mutate(corpus, 0.01, args.seed, replace_half=False)
+            sync(lam, name, work, args.profile, gib, args.gil)
     finally:
         lam.server.stop()
     return 0
