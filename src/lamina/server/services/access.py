@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvd_blobs, cvds, tasks
@@ -75,12 +75,11 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing =
     with write_tx(engine) as c:
         mine = owned(c, cvd_id, want)
         new = [i for i in want if i not in mine]
-        dialect = postgresql if c.dialect.name == "postgresql" else sqlite
         for k in range(0, len(new), BATCH):
             inflight.write_rows(
                 c,
                 "INSERT INTO cvd_blobs (cvd_id, blob_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                dialect.insert(cvd_blobs).on_conflict_do_nothing(),
+                lambda: postgresql.insert(cvd_blobs).on_conflict_do_nothing(),
                 ("cvd_id", "blob_id"),
                 [(cvd_id, i) for i in new[k : k + BATCH]],
             )

@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Executable, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Executable, bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql
 
 from lamina.db.models import blob_claims, cvd_blobs, shared_blobs
 from lamina.errors import MissingDataError, UploadsPendingError
@@ -95,18 +95,23 @@ def rows_in(
 
 
 def write_rows(
-    c: Connection, sql: str, stmt: Executable, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+    c: Connection,
+    sql: str,
+    core: Callable[[], Executable],
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
 ) -> None:
-    """Run an insert for every one of ``rows`` (values in ``columns``' order).
+    """Run a write for every one of ``rows`` (values in ``columns``' order).
 
     On SQLite ``sql`` through the driver's executemany: binding a dict per row through
-    SQLAlchemy cost more than the insert. Elsewhere ``stmt``, the same insert in Core."""
+    SQLAlchemy cost more than the write. Elsewhere ``core()``, the same statement in
+    Core (built only there: building it cost more than the write on SQLite too)."""
     if not rows:
         return
     if c.dialect.name == "sqlite":
         c.exec_driver_sql(sql, rows)
     else:
-        c.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+        c.execute(core(), [dict(zip(columns, r, strict=True)) for r in rows])
 
 
 def _bound(c: Connection, column: Any, value: object) -> object:
@@ -164,22 +169,32 @@ def _holders(
     return owners, claims
 
 
-def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datetime) -> None:
-    # One statement run for many rows (executemany), not a multi-row VALUES compiled
-    # anew for each batch (that compile was most of a first sync's /agent/missing).
-    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(blob_claims)
-    stmt = stmt.on_conflict_do_update(
+def _holding(bid: bytes, owners: dict[bytes, set[str]], claims: dict[bytes, set[str]]) -> int:
+    """How many other CVDs own ``bid`` or hold a live claim on it (``_holders``' maps)."""
+    own, claim = owners.get(bid), claims.get(bid)
+    if own is None or claim is None:
+        return len(own or claim or ())
+    return len(own | claim)
+
+
+def _upsert_claim() -> Executable:
+    stmt = postgresql.insert(blob_claims)
+    return stmt.on_conflict_do_update(
         index_elements=[blob_claims.c.blob_id, blob_claims.c.cvd_id],
         set_={"expires": stmt.excluded.expires},
     )
+
+
+def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datetime) -> None:
+    # One statement run for many rows (executemany), not a multi-row VALUES compiled
+    # anew for each batch (that compile was most of a first sync's /agent/missing).
     expires = _bound(c, blob_claims.c.expires, until)
     for part in _chunks(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
         write_rows(
             c,
             "INSERT INTO blob_claims (blob_id, cvd_id, expires) VALUES (?, ?, ?) "
             "ON CONFLICT (blob_id, cvd_id) DO UPDATE SET expires = excluded.expires",
-            stmt,
+            _upsert_claim,
             ("blob_id", "cvd_id", "expires"),
             [(i, cvd_id, expires) for i in part],
         )
@@ -205,8 +220,8 @@ def need(
     owners, claims = _holders(c, cvd_id, rest, stored, when)
     # Held by enough CVDs but not marked (recorded before revision 0009): mark them now,
     # so the next ask reads one row for each instead of every owner.
-    _mark_shared(c, [i for i in rest if len(owners.get(i, ())) >= sharing.threshold])
-    send = [i for i in rest if len(owners.get(i, set()) | claims.get(i, set())) < sharing.threshold]
+    _mark_shared(c, [i for i in owners if len(owners[i]) >= sharing.threshold])
+    send = [i for i in rest if _holding(i, owners, claims) < sharing.threshold]
     if send:
         _upsert_claims(c, cvd_id, send, when + dt.timedelta(seconds=sharing.lease))
     return send
@@ -217,12 +232,16 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
     if not sharing.on or not ids:
         return
     when = now()
-    for part in _chunks(ids):
-        c.execute(
-            delete(blob_claims).where(
-                blob_claims.c.cvd_id == cvd_id, blob_claims.c.blob_id.in_(part)
-            )
-        )
+    write_rows(  # by primary key, one row at a time: an IN of thousands cost more to build
+        c,
+        "DELETE FROM blob_claims WHERE blob_id = ? AND cvd_id = ?",
+        lambda: delete(blob_claims).where(
+            blob_claims.c.blob_id == bindparam("blob_id"),
+            blob_claims.c.cvd_id == bindparam("cvd_id"),
+        ),
+        ("blob_id", "cvd_id"),
+        [(i, cvd_id) for i in ids],
+    )
     c.execute(
         update(blob_claims)
         .where(blob_claims.c.cvd_id == cvd_id)
@@ -250,13 +269,11 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
 
 
 def _mark_shared(c: Connection, ids: list[bytes]) -> None:
-    dialect = postgresql if c.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(shared_blobs).on_conflict_do_nothing()
     for part in _chunks(sorted(ids)):
         write_rows(
             c,
             "INSERT INTO shared_blobs (blob_id) VALUES (?) ON CONFLICT DO NOTHING",
-            stmt,
+            lambda: postgresql.insert(shared_blobs).on_conflict_do_nothing(),
             ("blob_id",),
             [(i,) for i in part],
         )
@@ -278,9 +295,7 @@ def settle(
         rest = [i for i in rest if len(owners.get(i, ())) < sharing.threshold]
         if not rest:
             return foreign
-        promised = [
-            i for i in rest if len(owners.get(i, set()) | claims.get(i, set())) >= sharing.threshold
-        ]
+        promised = [i for i in rest if _holding(i, owners, claims) >= sharing.threshold]
         if len(promised) == len(rest):
             raise UploadsPendingError(
                 f"the snapshot names {len(promised)} chunks or trees other endpoints are "

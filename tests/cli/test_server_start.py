@@ -1,0 +1,33 @@
+"""What ``lamina server`` does between opening its store and serving."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from lamina.cli import server as server_cli
+from lamina.config import ServerSettings
+
+
+def test_the_server_freezes_its_start_up_objects_out_of_the_collector_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The modules, the app, its schemas and tables live as long as the process: the
+    # cyclic collector's full passes must not scan them again and again under load.
+    frozen: list[int] = []
+
+    def run(app: Any, **kw: Any) -> None:
+        frozen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    assert gc.get_freeze_count() == 0
+    settings = ServerSettings(data=tmp_path / "data", admin_password="a-long-test-password")
+    try:
+        server_cli._serve(settings, self_signed=False)
+    finally:
+        gc.unfreeze()
+    assert frozen and frozen[0] > 10_000
