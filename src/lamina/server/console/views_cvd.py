@@ -220,13 +220,21 @@ def assign_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
 
 
 def assign_plans(
-    ctx: Ctx, actor: Actor, targets: list[str], base: str, apps: list[str] | None, dry_run: bool
+    ctx: Ctx,
+    actor: Actor,
+    targets: list[str],
+    base: str,
+    apps: list[str] | None,
+    dry_run: bool,
+    collection: str | None = None,
 ) -> tuple[list[PlanPublic], list[str]]:
     """``layers.assign`` on a form's choices (a dry run needs at least one); the apps chosen."""
     chosen = [a for a in apps or [] if a]
     if dry_run and not base and not chosen:
         raise UsageError("choose a base layer or at least one app layer")
-    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, chosen, dry_run)
+    plans = layers.assign(
+        ctx.engine, ctx.store, actor, targets, base or None, chosen, dry_run, collection
+    )
     return plans, chosen
 
 
