@@ -495,7 +495,8 @@ def _cheap_password_hashing() -> Iterator[None]:
     """Argon2id at its lowest cost for the passwords hashed in this process (users made,
     logins through the application or the CLI run in process): the same algorithm and
     code path, without 64 MiB and three passes per hash. The KDF's cost is not what any
-    test here checks; a ``lamina server`` process started by a test keeps the real one."""
+    test here checks. The ``lamina server`` processes ``ServerProc`` starts get the same
+    (tests/e2e/server_site/sitecustomize.py)."""
     from argon2 import PasswordHasher
 
     from lamina.server import security

@@ -25,6 +25,8 @@ from tests.conftest import STARTUP_TIMEOUT, _log_excerpt, _stop_process, copy_mi
 
 LAMINA = [sys.executable, "-m", "lamina.cli"]
 ADMIN_PASSWORD = "admin-password-123"
+#: Its sitecustomize.py gives the servers ``ServerProc`` starts Argon2 at its lowest cost.
+SERVER_SITE = Path(__file__).parent / "server_site"
 
 
 def free_port() -> int:
@@ -59,7 +61,8 @@ class ServerProc:
             copy_migrated_sqlite(self.data / "lamina.db")
         log = self.data.parent / f"server-{self.port}-{self.starts}.log"
         self.log = log
-        env = {**os.environ, "LAMINA_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        path = os.pathsep.join(filter(None, [str(SERVER_SITE), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "LAMINA_ADMIN_PASSWORD": ADMIN_PASSWORD, "PYTHONPATH": path}
         tls = ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])] if self.tls else []
         args = [*LAMINA, "server", "--data", str(self.data), "--port", str(self.port)]
         with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
