@@ -112,6 +112,33 @@ def test_changed_file_is_read_again(
     assert run_backup(store, src, cache).stats.files_read == 0
 
 
+def test_a_changed_folder_writes_only_its_new_rows_and_keeps_the_others(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file changed and one deleted among a folder's six: one row written, one dropped;
+    the other rows stay as they were and are trusted on the next scan."""
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    write(src / "top3.txt", b"changed\n", MTIME + 100)
+    os.unlink(src / "top2.txt")
+    written: list[bytes] = []
+    real_put = FilesCache.put
+
+    def put(self: FilesCache, dirpath: bytes, name: bytes, *a: object, **kw: object) -> None:
+        written.append(name)
+        real_put(self, dirpath, name, *a, **kw)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        m.setattr(FilesCache, "put", put)
+        r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1 and written == [b"top3.txt"]
+    top = {f"top{i}.txt".encode() for i in range(6)} - {b"top2.txt"}
+    assert cached_names(cache, store, b"") == top
+    again = run_backup(store, src, cache)
+    assert again.stats.files_read == 0 and again.stats.files_unchanged == N_FILES - 1
+    restore_and_compare(store, again.snapshot, src, tmp_path / "out")
+
+
 def test_same_size_same_mtime_change_is_caught_by_ctime(
     store: Store, src: Path, tmp_path: Path
 ) -> None:
