@@ -32,17 +32,23 @@ def src(tmp_path: Path) -> Path:
 
 
 class PreadCounter:
-    """Counts os.pread calls made by the scanner (every content read goes through it)."""
+    """Counts os.pread and os.preadv calls made by the scanner (every content read goes
+    through one of them: a small file's, and a larger one's into the reused buffer)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[int] = []
-        real = scan_mod.os.pread
+        real, real_v = scan_mod.os.pread, scan_mod.os.preadv
 
         def pread(fd: int, n: int, off: int) -> bytes:
             self.calls.append(fd)
             return real(fd, n, off)
 
+        def preadv(fd: int, buffers: list[memoryview], off: int) -> int:
+            self.calls.append(fd)
+            return real_v(fd, buffers, off)
+
         monkeypatch.setattr(scan_mod.os, "pread", pread)
+        monkeypatch.setattr(scan_mod.os, "preadv", preadv)
 
 
 def run_backup(store: Store, src: Path, cache: Path) -> BackupResult:
