@@ -34,7 +34,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import blake3
 import msgpack
@@ -49,8 +49,9 @@ _FILES_COMPATIBLE = ("2", "3")
 ID_SIZE = 32
 
 
-@dataclass(frozen=True)
-class CachedFile:
+class CachedFile(NamedTuple):
+    """A file's row (a tuple: a rebuilt folder makes one per file it holds)."""
+
     inode: int
     size: int
     mtime: int
