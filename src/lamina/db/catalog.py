@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
-from lamina.db.engine import is_sqlite, read_tx, write_tx
+from lamina.db.engine import driver_rows, is_sqlite, read_tx, write_tx
 from lamina.db.models import blobs, packs, snapshots, store_state
 from lamina.db.sqlite_read import snapshot_record
 from lamina.errors import NotFoundError, StoreKeyError
@@ -33,14 +33,9 @@ _STORE_ID = "store_id"
 
 
 def _batches(items: Iterable[bytes], size: int = _BATCH) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    every = list(items)
+    for k in range(0, len(every), size):
+        yield every[k : k + size]
 
 
 # The two lookups every backup and restore makes thousands of times, as plain SQL on
@@ -57,6 +52,10 @@ _SQLITE_INSERT = (
     'INSERT INTO blobs (id, pack_seq, kind, "offset", length, raw_length, condemned) '
     "VALUES (?, ?, ?, ?, ?, ?, 0)"
 )
+
+
+#: A row's kind column as the enum (a dict probe: calling ``BlobKind`` cost more per row).
+_KINDS = {int(k): k for k in BlobKind}
 
 
 def _marks(n: int) -> str:
@@ -99,6 +98,7 @@ class SqlCatalog:
         if not wanted:
             return set()
         found: set[bytes] = set()
+        rows: Iterable[Sequence[Any]]
         with read_tx(self.engine) as c:
             for batch in _batches(wanted):
                 if self._sqlite:
@@ -107,7 +107,7 @@ class SqlCatalog:
                     if kind is not None:
                         sql += " AND kind = ?"
                         args += (int(kind),)
-                    rows = c.exec_driver_sql(sql, args)
+                    rows = driver_rows(c, sql, args)
                 else:
                     q = select(blobs.c.id).where(
                         blobs.c.id.in_(batch), blobs.c.condemned.is_(False)
@@ -148,8 +148,8 @@ class SqlCatalog:
                     if kind is not None:
                         sql += " AND blobs.kind = ?"
                         args += (int(kind),)
-                    for r in c.exec_driver_sql(sql, args):
-                        out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], BlobKind(r[5]))
+                    for r in driver_rows(c, sql, args):
+                        out[r[0]] = BlobLocation(r[1], r[2], r[3], r[4], _KINDS[r[5]])
                     continue
                 q = (
                     select(
@@ -168,7 +168,7 @@ class SqlCatalog:
                 if kind is not None:
                     q = q.where(blobs.c.kind == int(kind))
                 for r in c.execute(q):
-                    out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], BlobKind(r[5]))
+                    out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], _KINDS[r[5]])
         return out
 
     def _rows(self, c: Connection, where: Any = None) -> Iterator[BlobRow]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,3 +69,16 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
             yield conn
     except OperationalError as e:
         raise BackendError(f"database error: {e.orig}") from e
+
+
+def driver_rows(c: Connection, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` (the driver's own SQL and parameters) as the driver returns
+    them, run on ``c``'s connection inside its transaction: for lookups of thousands of
+    blob ids, where building a SQLAlchemy row for each cost about as much as the query."""
+    cursor = c.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, args)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+    finally:
+        cursor.close()
+    return rows

@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import Connection, Executable, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql
 
+from lamina.db.engine import driver_rows
 from lamina.db.models import blob_claims, cvd_blobs, shared_blobs
 from lamina.errors import MissingDataError, UploadsPendingError
 from lamina.server.services.common import now
@@ -84,12 +85,13 @@ def rows_in(
     """Rows of a lookup by blob id, one statement per ``BATCH`` ids.
 
     On SQLite ``sql`` (``%s`` where the ids' marks go, then ``?`` for ``args``) as the
-    driver takes it: building, caching and binding an expanding SQLAlchemy ``IN`` per
-    id cost more than the query. Elsewhere ``core(ids)``, the same statement in Core."""
+    driver takes it, its rows as the driver gives them (``driver_rows``): building,
+    caching and binding an expanding SQLAlchemy ``IN`` per id cost more than the query.
+    Elsewhere ``core(ids)``, the same statement in Core."""
     sqlite_ = c.dialect.name == "sqlite"
     for part in _chunks(ids):
         if sqlite_:
-            yield from c.exec_driver_sql(sql % ",".join("?" * len(part)), (*part, *args))
+            yield from driver_rows(c, sql % ",".join("?" * len(part)), (*part, *args))
         else:
             yield from c.execute(core(part))
 
