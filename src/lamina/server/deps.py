@@ -15,8 +15,12 @@ from lamina.server.services.access import TreeCache
 from lamina.server.services.sync import DecodedTrees
 from lamina.server.services.users import authenticate
 
+# Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` one in a
+# worker thread, a hop that cost more CPU (~0.15 ms) than the check itself, four times
+# per device request. ``principal`` reads the database: it stays in a thread.
 
-def context(request: Request) -> ServerContext:
+
+async def context(request: Request) -> ServerContext:
     ctx: ServerContext = request.app.state.ctx
     return ctx
 
@@ -33,7 +37,7 @@ def principal(ctx: Ctx, authorization: Annotated[str | None, Header()] = None) -
 Caller = Annotated[Principal, Depends(principal)]
 
 
-def device(caller: Caller) -> Principal:
+async def device(caller: Caller) -> Principal:
     if caller.kind != "device":
         raise AuthError("this endpoint is for enrolled agents (device credential)")
     return caller
@@ -42,11 +46,15 @@ def device(caller: Caller) -> Principal:
 Device = Annotated[Principal, Depends(device)]
 
 
-def active_device(caller: Device) -> Principal:
+def require_active(caller: Principal) -> Principal:
     """A device with an active CVD: a pending device reaches nothing but its enrollment status."""
     if caller.role != "active":
         raise ForbiddenError(f"{caller.name} is {caller.role}: it has no active CVD yet")
     return caller
+
+
+async def active_device(caller: Device) -> Principal:
+    return require_active(caller)
 
 
 ActiveDevice = Annotated[Principal, Depends(active_device)]
@@ -70,7 +78,7 @@ class AccessLimits:
     uploaded: DecodedTrees = field(default_factory=DecodedTrees)
 
 
-def access_limits(request: Request) -> AccessLimits:
+async def access_limits(request: Request) -> AccessLimits:
     state = request.app.state
     limits: AccessLimits | None = getattr(state, "access_limits", None)
     if limits is None:

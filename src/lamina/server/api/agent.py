@@ -54,13 +54,15 @@ def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
 @router.post(
     "/missing", summary="Which of these blob ids this CVD must upload (not stored, or not its own)"
 )
-def missing(req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> MissingResponse:
-    cvd = fleet.active_cvd_of_device(ctx.engine, device)
-    ids = sync.parse_ids(req.ids)
-    limits.missing.take(device.id, len(ids))
-    return MissingResponse(
-        missing=[i.hex() for i in access.missing(ctx.engine, ctx.store, cvd, ids, ctx.sharing)]
+async def missing(
+    req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
+) -> MissingResponse:
+    # async, the work in one worker thread: a plain ``def`` route takes a second hop to
+    # validate its answer (the hot routes of a sync: ``bundle``, ``commit`` alike)
+    found = await run_in_threadpool(
+        sync.device_missing, ctx.engine, ctx.store, device, req.ids, limits.missing, ctx.sharing
     )
+    return MissingResponse(missing=found)
 
 
 @router.post(
@@ -89,8 +91,12 @@ async def bundle(
 
 
 @router.post("/commit", summary="Commit a snapshot whose trees and chunks are uploaded")
-def commit(req: CommitRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> CommitResponse:
-    return sync.commit_snapshot(ctx.engine, ctx.store, device, req, ctx.sharing, limits.uploaded)
+async def commit(
+    req: CommitRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
+) -> CommitResponse:
+    return await run_in_threadpool(
+        sync.commit_snapshot, ctx.engine, ctx.store, device, req, ctx.sharing, limits.uploaded
+    )
 
 
 @router.get(

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from lamina.protocol.schemas import BlobsRequest, DeltasRequest
-from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits, active_device
+from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits, require_active
 from lamina.server.services import access, cvd_ops, deltas, fleet
 from lamina.server.services.sync import parse_ids
 
@@ -30,7 +30,7 @@ def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, limits: Limits) -> R
         caller.require(cvd_ops.DATA_READ)
     ids = parse_ids(req.ids)
     if caller.kind == "device":
-        device = active_device(caller)
+        device = require_active(caller)
         cvd = fleet.active_cvd_of_device(ctx.engine, device)
         limits.reads.take(device.id, len(ids))
         access.check_read(ctx.engine, ctx.store, limits.trees, device.id, cvd, ids)

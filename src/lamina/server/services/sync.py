@@ -28,7 +28,7 @@ from lamina.errors import (
 )
 from lamina.protocol.bundle import BundleBlob, decode_bundle
 from lamina.protocol.schemas import CommitRequest, CommitResponse, SnapshotPublic
-from lamina.server.security import Principal
+from lamina.server.security import Principal, RateLimiter
 from lamina.server.services import access, fleet, flex, inflight, layers
 from lamina.server.services.fleet import cvd_source
 from lamina.store import blob, repack
@@ -108,10 +108,20 @@ def parse_ids(hex_ids: list[str]) -> list[bytes]:
     return out
 
 
-def missing(store: Store, hex_ids: list[str]) -> list[str]:
+def device_missing(
+    engine: Engine,
+    store: Store,
+    device: Principal,
+    hex_ids: list[str],
+    limiter: RateLimiter,
+    sharing: inflight.Sharing = inflight.OFF,
+) -> list[str]:
+    """``/agent/missing``: which of ``hex_ids`` the device's CVD must upload
+    (``access.missing``), counted against the device's ``limiter``."""
+    cvd = fleet.active_cvd_of_device(engine, device)
     ids = parse_ids(hex_ids)
-    gone = store.catalog.missing(ids)
-    return [i.hex() for i in ids if i in gone]
+    limiter.take(device.id, len(ids))
+    return [i.hex() for i in access.missing(engine, store, cvd, ids, sharing)]
 
 
 def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> int:

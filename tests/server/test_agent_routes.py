@@ -1,0 +1,39 @@
+"""The hot routes of a sync (``server/api/agent.py``) cost the framework little per request."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import pytest
+
+from lamina.store.blob import BlobKind
+from lamina.tree.model import encode_tree
+from tests.server.conftest import Live
+
+
+def test_a_sync_request_takes_a_worker_thread_for_its_caller_and_one_for_its_work(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every hop to a worker thread costs more CPU than the checks FastAPI would run in
+    # it: the dependencies that do no I/O run on the event loop, and the route's work
+    # (and the validation of its answer) takes one hop, not two.
+    dev = live.device("hops")
+    [root] = dev.upload([(BlobKind.TREE, encode_tree([]))])
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        hops.append(getattr(func, "func", func).__name__)
+        return await real(func, *args, **kw)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    r = dev.client.post("/agent/missing", json={"ids": [os.urandom(32).hex()]})
+    assert r.status_code == 200, r.text
+    assert hops == ["principal", "device_missing"]
+    hops.clear()
+    r = dev.client.post("/agent/commit", json={"root": root.hex(), "files": 0, "bytes": 0})
+    assert r.status_code == 200, r.text
+    assert hops == ["principal", "commit_snapshot"]
