@@ -2,9 +2,8 @@
 
 ``python -m bench.e2e_restore --size-mb 300 --passes 4`` builds a share of /usr (as
 ``bench.e2e``), syncs it once with an agent, then restores the latest snapshot through
-the server ``--passes`` times: ``cvd restore --output`` as the admin (the server hashes
-each blob) and, with ``--agent``, ``agent restore`` as the endpoint's agent would read
-(the agent hashes). Per pass it prints wall time, the client's user and system CPU
+the server ``--passes`` times (``cvd restore --output`` as the admin, as ``bench.e2e``
+step 4: the server hashes each blob). Per pass it prints wall time, the client's user and system CPU
 (``wait4`` of that one process: nothing else reaped meanwhile is counted) and the
 server's (``/proc/PID/stat`` before and after). ``--profile client`` samples the client
 with py-spy into WORK/restore-N.txt (collapsed stacks). A/B: run it from two checkouts

@@ -350,7 +350,9 @@ class Store:
         if fresh is None or fresh.pack == loc.pack:
             raise gone
         try:
-            return fresh, self.backend.read(pack_object_name(fresh.pack), fresh.offset, fresh.length)
+            return fresh, self.backend.read(
+                pack_object_name(fresh.pack), fresh.offset, fresh.length
+            )
         except NotFoundError as e:
             raise gone from e
 
