@@ -9,16 +9,17 @@ of ``GAP`` costs less than another request to S3 or another system call).
 
 The blobs of a run are opened (``blob.open_sealed``: GCM tag, size, hash against the
 id) or only unsealed (``blob.unseal``: GCM tag; for a reader that inflates and hashes
-itself) on a few threads as soon as the run is read: AES-GCM, zstd and BLAKE3
-release the GIL, so they overlap the other runs' reads.
+itself) by the thread that read the run, a few runs at once: AES-GCM, zstd and BLAKE3
+release the GIL, so they overlap the other runs' reads. (A job per blob cost more CPU in
+hand-offs than it saved: 22,000 blobs of a 300 MiB store, 2.1 to 2.4 s against 1.3 to 1.6 s.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from lamina.errors import NotFoundError
 from lamina.store.catalog import BlobLocation
@@ -83,55 +84,33 @@ class RunReader:
             self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="lamina-read")
         return self._pool
 
-    def _read_run(self, run: Run) -> bytes:
-        return self._read(pack_object_name(run.pack), run.start, run.end - run.start)
-
     def read(
         self,
         runs: list[Run],
         use: Callable[[bytes, BlobLocation, bytes], T],
         on_missing: Callable[[bytes, BlobLocation], T],
     ) -> dict[bytes, T]:
-        """``use(id, location, sealed bytes)`` of every blob of ``runs``, by id. A run whose
-        pack is gone (``NotFoundError``) gives ``on_missing(id, location)`` for each of its
-        blobs instead (e.g. a fresh look-up: a gc moved them). The first other error is
-        raised once every job started has ended."""
-        pool = self._executor()
-        reads: dict[Future[Any], Run] = {pool.submit(self._read_run, r): r for r in runs}
-        opens: dict[Future[Any], bytes] = {}
+        """``use(id, location, sealed bytes)`` of every blob of ``runs``, by id, a run per
+        job. A run whose pack is gone (``NotFoundError``) gives ``on_missing(id,
+        location)`` for each of its blobs instead (e.g. a fresh look-up: a gc moved them).
+        The first error is raised once every job has ended."""
+
+        def one(run: Run) -> dict[bytes, T]:
+            try:
+                data = self._read(pack_object_name(run.pack), run.start, run.end - run.start)
+            except NotFoundError:
+                return {bid: on_missing(bid, loc) for bid, loc in run.blobs}
+            out: dict[bytes, T] = {}
+            for bid, loc in run.blobs:
+                at = loc.offset - run.start
+                out[bid] = use(bid, loc, data[at : at + loc.length])
+            return out
+
+        futures = [self._executor().submit(one, run) for run in runs]
+        wait(futures)
         out: dict[bytes, T] = {}
-        error: BaseException | None = None
-        pending: set[Future[Any]] = set(reads)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                if f in opens:
-                    try:
-                        out[opens.pop(f)] = f.result()
-                    except BaseException as e:
-                        error = error or e
-                    continue
-                run = reads.pop(f)
-                try:
-                    data = f.result()
-                except NotFoundError:
-                    for bid, loc in run.blobs:
-                        g = pool.submit(on_missing, bid, loc)
-                        opens[g] = bid
-                        pending.add(g)
-                    continue
-                except BaseException as e:
-                    error = error or e
-                    continue
-                if error is not None:
-                    continue  # no new work after a failure
-                for bid, loc in run.blobs:
-                    at = loc.offset - run.start
-                    g = pool.submit(use, bid, loc, data[at : at + loc.length])
-                    opens[g] = bid
-                    pending.add(g)
-        if error is not None:
-            raise error
+        for f in futures:
+            out.update(f.result())
         return out
 
     def close(self) -> None:
