@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from lamina.errors import IntegrityError
+from lamina.errors import IntegrityError, UsageError
 from lamina.store import blob
 from lamina.store.pack import pack_object_name
 from lamina.store.repository import Store
@@ -184,3 +184,40 @@ def test_a_store_looks_up_a_batch_of_folders_read_ahead_at_once(
     assert st.errors == [] and st.files == 40
     assert_same_tree(root, tmp_path / "out")
     assert len(lookups) <= 8, lookups
+
+
+def test_an_agent_reads_plaintext_from_a_server_that_refuses_stored(
+    store: Store, src: Path
+) -> None:
+    """A version-2 server refuses ``stored`` (400 ``stored: Extra inputs are not
+    permitted``): the agent asks again without it, and from then on, and still hashes each
+    blob to its id; any other refusal is not taken for that."""
+    scan_tree(store, src)
+    ids = [row.id for row in store.catalog.iter_blobs() if row.kind == blob.BlobKind.DATA][:2]
+    bodies: list[dict[str, object]] = []
+
+    def version_2(path: str, body: dict[str, object]) -> bytes:
+        bodies.append(body)
+        if "stored" in body:
+            raise UsageError("stored: Extra inputs are not permitted")
+        wanted = [bytes.fromhex(str(i)) for i in body["ids"]]  # type: ignore[attr-defined]
+        return msgpack.packb([store.get(i) for i in wanted], use_bin_type=True)
+
+    blobs = http_blobs(version_2, store.keys.chunking.id_key)
+    assert blobs.get(ids[0]) == store.get(ids[0])
+    assert blobs.get(ids[1]) == store.get(ids[1])
+    assert ["stored" in b for b in bodies] == [True, False, False]
+
+    def forged(path: str, body: dict[str, object]) -> bytes:
+        if "stored" in body:
+            raise UsageError("stored: Extra inputs are not permitted")
+        return msgpack.packb([b"not the blob"], use_bin_type=True)
+
+    with pytest.raises(IntegrityError):
+        http_blobs(forged, store.keys.chunking.id_key).get(ids[0])
+
+    def too_many(path: str, body: dict[str, object]) -> bytes:
+        raise UsageError("ids: List should have at most 1024 items")
+
+    with pytest.raises(UsageError, match="ids"):
+        http_blobs(too_many, store.keys.chunking.id_key).get(ids[0])

@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgpack
 
-from lamina.errors import IntegrityError
+from lamina.errors import IntegrityError, UsageError
 from lamina.store import blob
 
 T = TypeVar("T")
@@ -162,13 +162,20 @@ def http_blobs(post: Post, id_key: bytes | None = None) -> BatchedBlobs:
     stored, only decrypted (``stored``: ``[raw length, flag, payload]``): the blob is
     inflated here and hashed against its id, so the server neither inflates nor hashes."""
 
+    stored = id_key is not None
+
     def fetch(ids: list[bytes]) -> list[bytes]:
+        nonlocal stored
         body: dict[str, Any] = {"ids": [i.hex() for i in ids]}
-        if id_key is not None:
-            body["stored"] = True
+        if stored:
+            try:
+                out = msgpack.unpackb(post("/blobs/read", {**body, "stored": True}), raw=False)
+                return [_inflate(item) for item in out] if isinstance(out, list) else []
+            except UsageError as e:
+                if not e.message.startswith("stored:"):
+                    raise
+                stored = False  # a version-2 server refuses the field: plaintext from now on
         out = msgpack.unpackb(post("/blobs/read", body), raw=False)
-        if not isinstance(out, list):
-            return []
-        return [_inflate(item) for item in out] if id_key is not None else out
+        return out if isinstance(out, list) else []
 
     return BatchedBlobs(fetch, id_key)
