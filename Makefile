@@ -37,8 +37,12 @@ dist: $(STAMP)
 	$(BIN)/python -m build --outdir dist .
 
 # pytest exits 5 when it collected no tests: a run that tested nothing fails, and says so.
+# Bytecode is written (into the ignored __pycache__ folders) even where the environment
+# sets PYTHONDONTWRITEBYTECODE, as CI's does: otherwise every `lamina server` and `lamina`
+# process a test starts compiles all of src/lamina again (~0.5 s of CPU each), and every
+# xdist worker rewrites every test module's asserts again.
 test: $(STAMP)
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	@env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 

@@ -153,6 +153,8 @@ class Cli:
         self.env = {**env, "XDG_CONFIG_HOME": os.fspath(home)}
         for k in ("LAMINA_URL", "LAMINA_TOKEN", "LAMINA_AGENT_STATE"):
             self.env.pop(k, None)
+        #: argv put before the command (e.g. ``py-spy record ... --``, to profile it)
+        self.prefix: list[str] = []
 
     def run(
         self,
@@ -161,7 +163,7 @@ class Cli:
         timeout: float = LAMINA_TIMEOUT,
         sync_first: bool = False,
     ) -> Ran:
-        argv = [lamina_exe(), *(os.fspath(a) for a in args)]
+        argv = [*self.prefix, lamina_exe(), *(os.fspath(a) for a in args)]
         if sync_first:
             os.sync()
         load = os.getloadavg()[0]
@@ -186,6 +188,8 @@ class Cli:
             err.seek(0)
             stdout = out.read().decode(errors="replace")
             stderr = err.read().decode(errors="replace")
+        if self.prefix:  # a profiler's own lines ("py-spy> ...") are not the command's
+            stdout = "".join(x for x in stdout.splitlines(True) if not x.startswith("py-spy> "))
         if p.returncode == -signal.SIGKILL and seconds >= timeout:
             raise CommandFailed(f"timed out after {timeout:.0f} s: {' '.join(argv)}")
         if p.returncode != 0:

@@ -7,7 +7,8 @@ The same server, admin and agent as ``bench.e2e`` (``LaminaE2E``). For each sync
 prints the agent's CPU (user + system from ``wait4``) and the server's (``/proc/PID/stat``
 before and after), per GiB of the corpus (the restore: the client's CPU, that of
 ``cvd restore --output``, in the agent's column), and, with ``--profile server`` (the default),
-the functions the server spent its busy samples in. Raw stacks go to WORK/*.txt
+the functions the server spent its busy samples in (``--profile agent``: the agent's, py-spy
+starting it, its CPU then included in the agent's figure). Raw stacks go to WORK/*.txt
 (py-spy's collapsed format). A/B: run another checkout's ``src`` at the same time
 (``PYTHONPATH=OTHER/src``, ``--profile none``, another ``--work``) and compare CPU.
 """
@@ -111,7 +112,12 @@ def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> Non
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)
+    if profile == "agent" and spy and name != "restore":
+        # py-spy starts the agent and samples it (its own CPU is then in the agent's figure)
+        lam.agent.prefix = [spy, "record", "--format", "raw", "--rate", "100"]
+        lam.agent.prefix += ["--output", os.fspath(out), "--"]
     r, doc, cpu = restore(lam, work) if name == "restore" else lam.cycle(sync=name != "first")
+    lam.agent.prefix = []
     if rec is not None:
         rec.send_signal(signal.SIGINT)
         rec.wait(timeout=60)
@@ -123,7 +129,7 @@ def sync(lam: LaminaE2E, name: str, work: Path, profile: str, gib: float) -> Non
         f"read {stats.get('files_read')} files, uploaded {stats.get('uploaded_bytes')} B",
         "bold",
     )
-    if rec is not None and out.exists():
+    if profile != "none" and out.exists():
         rows = top(out, 400)
         say("    inclusive (lamina and the libraries it calls):")
         for f, own, incl in [r for r in rows if r[2] >= 0.01 and _ours(r[0])][:45]:
@@ -139,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--corpus", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    ap.add_argument("--profile", choices=("server", "none"), default="server")
+    ap.add_argument("--profile", choices=("server", "agent", "none"), default="server")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     work: Path = args.work.resolve()

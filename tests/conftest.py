@@ -495,7 +495,8 @@ def _cheap_password_hashing() -> Iterator[None]:
     """Argon2id at its lowest cost for the passwords hashed in this process (users made,
     logins through the application or the CLI run in process): the same algorithm and
     code path, without 64 MiB and three passes per hash. The KDF's cost is not what any
-    test here checks; a ``lamina server`` process started by a test keeps the real one."""
+    test here checks. The ``lamina server`` processes ``ServerProc`` starts get the same
+    (tests/e2e/server_site/sitecustomize.py)."""
     from argon2 import PasswordHasher
 
     from lamina.server import security
@@ -508,3 +509,29 @@ def _cheap_password_hashing() -> Iterator[None]:
             yield
         finally:
             users.dummy_hash.cache_clear()
+
+
+#: The system's CA certificates as a hashed folder (Debian's ca-certificates).
+SYSTEM_CA_DIR = Path("/etc/ssl/certs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lazy_ca_store() -> Iterator[None]:
+    """The default CA store of this process and the ones it starts is a hashed folder
+    (``SSL_CERT_DIR``: the environment's, else the system's), not a bundle file
+    (``SSL_CERT_FILE``, which CI's environment sets to the system's bundle). httpx builds an
+    SSL context for every client made with ``verify=True`` (each ``lamina`` command run in
+    process, each agent run, the tests' own clients): from a bundle it parses ~140
+    certificates, ~50 ms of CPU (64 contexts, 2.9 s of a 9.2 s test process in two e2e
+    tests); from a hashed folder OpenSSL reads a certificate only when a handshake needs
+    it (0.4 ms). Which public CAs are trusted is not what any test checks (no test reaches
+    a public host): the TLS tests bring their own CA, or check that a certificate no CA
+    signed is refused."""
+    folder = Path(os.environ.get("SSL_CERT_DIR") or SYSTEM_CA_DIR)
+    if not folder.is_dir() or not any(folder.glob("*.0")):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SSL_CERT_FILE", raising=False)
+        mp.setenv("SSL_CERT_DIR", str(folder))
+        yield

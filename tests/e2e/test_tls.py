@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,6 +32,7 @@ from tests.e2e.conftest import (
     Lamina,
     close_lingering_connections,
     free_port,
+    ready_probe,
 )
 
 
@@ -63,15 +63,13 @@ class Server:
         any_cert.check_hostname = False
         any_cert.verify_mode = ssl.CERT_NONE
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"lamina server exited:\n{_log_excerpt(self.log)}")
-            try:
-                if httpx.get(self.url + "/api/v1/health", verify=any_cert).status_code == 200:
+        with ready_probe(any_cert) as probe:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"lamina server exited:\n{_log_excerpt(self.log)}")
+                if probe(self.url):
                     return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+                time.sleep(0.05)
         raise RuntimeError(f"lamina server did not answer:\n{_log_excerpt(self.log)}")
 
     def stop(self) -> None:

@@ -40,6 +40,7 @@ from lamina.flex.client import FlexClient, LaunchOptions
 from lamina.flex.folder import Instance
 from lamina.flex.pins import KeyPins
 from lamina.protocol.flex import FlexKeyPublic, FlexRestrictions
+from tests.cli.invoke import invoke, subprocesses_wanted
 from tests.flex.guest import Guest, build_guest, missing_tools, parse_report
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
@@ -564,9 +565,11 @@ def test_spice_display_and_live_policy_changes_on_a_running_vm(tmp_path: Path) -
 
 # --- real boots ------------------------------------------------------------------------------------
 def cli(
-    tmp: Path, api: Api, *args: str, input: str = PASSWORD + "\n"
+    tmp: Path, api: Api, *args: str, input: str = PASSWORD + "\n", process: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """``lamina`` as the laptop's user: the session of ``api`` saved as a login."""
+    """``lamina`` as the laptop's user: the session of ``api`` saved as a login. It runs in
+    this process (tests/cli/invoke.py), or in its own with ``process`` (a launch: QEMU
+    writes the guest's console to the command's own standard output)."""
     cfg = tmp / "config"
     (cfg / "lamina").mkdir(parents=True, exist_ok=True)
     token = api.http.headers["Authorization"].split()[1]
@@ -576,6 +579,8 @@ def cli(
     env = {**os.environ, "XDG_CONFIG_HOME": str(cfg)}
     env.pop("LAMINA_URL", None)
     env.pop("LAMINA_TOKEN", None)
+    if not (process or subprocesses_wanted(env)):
+        return invoke(args, env, input)
     return subprocess.run(
         [*LAMINA, *args], capture_output=True, text=True, env=env, input=input, timeout=600
     )
@@ -595,6 +600,7 @@ def boot(tmp: Path, api: Api, instance: str, *extra: str) -> Any:
         "--accel",
         ACCEL,
         *extra,
+        process=True,
     )
     assert p.returncode == 0, p.stderr
     report = parse_report(p.stdout)

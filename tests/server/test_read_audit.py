@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select
 
 from lamina.db.models import audit_log
 from lamina.server.security import Principal
-from lamina.server.services.read_audit import ReadAudit
+from lamina.server.services.read_audit import RETRY, ReadAudit
 
 HD = Principal(kind="user", id="u-hd", name="hd", role="helpdesk")
 
@@ -84,3 +84,23 @@ def test_devices_reads_are_not_audit_rows(sqlite_engine: Engine) -> None:
     reads = ReadAudit(sqlite_engine, schedule=lambda delay, fn: None)
     reads.read(Principal(kind="device", id="d-1", name="desk-1", role="active"), 9, 900)
     assert _rows(sqlite_engine) == []
+
+
+def test_counts_the_database_refused_at_the_close_are_written_at_the_retry(
+    sqlite_engine: Engine,
+) -> None:
+    clock = _Clock()
+    reads = ReadAudit(sqlite_engine, window=60, clock=clock, schedule=clock.schedule)
+    reads.read(HD, 3, 300)
+    reads.read(HD, 2, 50)
+    with sqlite_engine.begin() as c:  # the table out of reach: every write to it fails
+        c.exec_driver_sql("ALTER TABLE audit_log RENAME TO audit_log_away")
+    clock.timers.pop()[1]()  # the close fails: logged, and tried again later
+    with sqlite_engine.begin() as c:
+        c.exec_driver_sql("ALTER TABLE audit_log_away RENAME TO audit_log")
+    ((delay, retry),) = clock.timers
+    assert delay == RETRY
+    retry()
+    assert [r["detail"] for r in _rows(sqlite_engine)] == [{"blobs": 5, "size": 350, "requests": 2}]
+    reads.read(HD, 1, 1)  # the window is closed now: the next read opens a new row
+    assert len(_rows(sqlite_engine)) == 2

@@ -32,17 +32,23 @@ def src(tmp_path: Path) -> Path:
 
 
 class PreadCounter:
-    """Counts os.pread calls made by the scanner (every content read goes through it)."""
+    """Counts os.pread and os.preadv calls made by the scanner (every content read goes
+    through one of them: a small file's, and a larger one's into the reused buffer)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[int] = []
-        real = scan_mod.os.pread
+        real, real_v = scan_mod.os.pread, scan_mod.os.preadv
 
         def pread(fd: int, n: int, off: int) -> bytes:
             self.calls.append(fd)
             return real(fd, n, off)
 
+        def preadv(fd: int, buffers: list[memoryview], off: int) -> int:
+            self.calls.append(fd)
+            return real_v(fd, buffers, off)
+
         monkeypatch.setattr(scan_mod.os, "pread", pread)
+        monkeypatch.setattr(scan_mod.os, "preadv", preadv)
 
 
 def run_backup(store: Store, src: Path, cache: Path) -> BackupResult:
@@ -110,6 +116,33 @@ def test_changed_file_is_read_again(
 
     # and the cache now holds the new version: nothing read on the next run
     assert run_backup(store, src, cache).stats.files_read == 0
+
+
+def test_a_changed_folder_writes_only_its_new_rows_and_keeps_the_others(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file changed and one deleted among a folder's six: one row written, one dropped;
+    the other rows stay as they were and are trusted on the next scan."""
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    write(src / "top3.txt", b"changed\n", MTIME + 100)
+    os.unlink(src / "top2.txt")
+    written: list[bytes] = []
+    real_put = FilesCache.put
+
+    def put(self: FilesCache, dirpath: bytes, name: bytes, *a: object, **kw: object) -> None:
+        written.append(name)
+        real_put(self, dirpath, name, *a, **kw)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        m.setattr(FilesCache, "put", put)
+        r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1 and written == [b"top3.txt"]
+    top = {f"top{i}.txt".encode() for i in range(6)} - {b"top2.txt"}
+    assert cached_names(cache, store, b"") == top
+    again = run_backup(store, src, cache)
+    assert again.stats.files_read == 0 and again.stats.files_unchanged == N_FILES - 1
+    restore_and_compare(store, again.snapshot, src, tmp_path / "out")
 
 
 def test_same_size_same_mtime_change_is_caught_by_ctime(

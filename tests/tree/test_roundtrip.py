@@ -192,13 +192,19 @@ def test_sparse_file_stays_sparse(
         pytest.skip("this file system does not keep holes")
 
     read = []
-    real_pread = scan_mod.os.pread
+    real_pread, real_preadv = scan_mod.os.pread, scan_mod.os.preadv
 
     def pread(fd: int, n: int, off: int) -> bytes:
         read.append(n)
         return real_pread(fd, n, off)
 
+    def preadv(fd: int, buffers: list[memoryview], off: int) -> int:
+        n = real_preadv(fd, buffers, off)
+        read.append(n)
+        return n
+
     monkeypatch.setattr(scan_mod.os, "pread", pread)
+    monkeypatch.setattr(scan_mod.os, "preadv", preadv)
     tid, stats = scan_tree(store, src)
     monkeypatch.undo()
     assert stats.errors == []

@@ -109,25 +109,25 @@ def test_file_that_keeps_changing_is_reported_and_left_out(
 def test_big_file_changed_between_pieces_is_not_stored_torn(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A change in the middle of the reads (after the first pread) of a multi-chunk file."""
+    """A change in the middle of the reads (after the first read) of a multi-chunk file."""
     src = tmp_path / "src"
     first_half = os.urandom(3 * MIB)
     victim = write(src / "big", first_half + os.urandom(3 * MIB), MTIME)
     new_second_half = os.urandom(3 * MIB)
-    real_pread = scan_mod.os.pread
+    real_preadv = scan_mod.os.preadv
     done = []
 
-    def pread(fd: int, n: int, off: int) -> bytes:
-        data = real_pread(fd, n, off)
+    def preadv(fd: int, buffers: list[memoryview], off: int) -> int:
+        n = real_preadv(fd, buffers, off)
         if not done:
             done.append(1)
             with open(victim, "r+b") as f:  # same size; the data read above is now stale
                 f.seek(3 * MIB)
                 f.write(new_second_half)
             set_mtime(victim, MTIME + 5)
-        return data
+        return n
 
-    monkeypatch.setattr(scan_mod.os, "pread", pread)
+    monkeypatch.setattr(scan_mod.os, "preadv", preadv)
     tid, stats = scan_tree(store, src)
     monkeypatch.undo()
     assert stats.errors == []

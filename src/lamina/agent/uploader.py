@@ -127,8 +127,13 @@ class RemoteSink:
             self._upload(full)
 
     def _upload(self, blobs: list[BundleBlob]) -> None:
-        body = encode_bundle(blobs)
+        """Send a full bundle; ``blobs`` is emptied (the caller's list: its payloads are
+        freed once encoded). A thread waiting for a slot holds the payloads alone, not
+        their encoded copy too, so a sync holds at most ``IN_FLIGHT`` encoded bundles."""
         with self._slots:
+            body = encode_bundle(blobs)
+            ids = [b.id for b in blobs]
+            blobs.clear()
             retrying(
                 lambda: self.client.json(
                     "POST", "/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE}
@@ -136,9 +141,9 @@ class RemoteSink:
             )
             with self._lock:
                 self.bundles += 1
-                self.uploaded_blobs += len(blobs)
+                self.uploaded_blobs += len(ids)
                 self.uploaded_bytes += len(body)
-                self._sent.difference_update(b.id for b in blobs)
+                self._sent.difference_update(ids)
             if self.on_upload:
                 with self._report_lock:
                     self.on_upload(len(body))

@@ -138,8 +138,8 @@ app = typer.Typer(
     # click's plain help: Rich's costs `lamina --help` a tenth of a second to import.
     rich_markup_mode=None,
     cls=Root,
-    # `lamina --install-completion` / `--show-completion` for bash, zsh, fish.
-    add_completion=True,
+    # Typer's default add_completion=True gives `lamina --install-completion` and
+    # `--show-completion` for bash, zsh and fish.
 )
 
 

@@ -135,10 +135,7 @@ class SqlCatalog:
         return {bytes(r[0]) for r in rows}
 
     def locate(
-        self,
-        ids: Collection[bytes],
-        include_condemned: bool = False,
-        kind: BlobKind | None = None,
+        self, ids: Collection[bytes], include_condemned: bool = False, kind: BlobKind | None = None
     ) -> dict[bytes, BlobLocation]:
         out: dict[bytes, BlobLocation] = {}
         with read_tx(self.engine) as c:
@@ -336,10 +333,7 @@ class SqlCatalog:
         return int(value or 0)
 
     def condemn(
-        self,
-        ids: Collection[bytes],
-        max_pack_seq: int,
-        copies: Collection[tuple[bytes, int]] = (),
+        self, ids: Collection[bytes], max_pack_seq: int, copies: Collection[tuple[bytes, int]] = ()
     ) -> int:
         with write_tx(self.engine) as c:
             epoch = self._lock_epoch(c) + 1

@@ -10,6 +10,7 @@ everything below it.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import json
@@ -142,8 +143,10 @@ class Globs:
     def __init__(self, patterns: tuple[str, ...]) -> None:
         self.patterns = patterns
         self._each = [compile_glob(p) for p in patterns]  # validates every pattern
-        self._prefixes = [literal_prefix(p) for p in patterns]
-        self._heads = [h for h in map(_covered_head, patterns) if h is not None]
+        self._prefixes = tuple(literal_prefix(p) for p in patterns)
+        #: the same, sorted: those starting with a folder's path are found by bisection
+        self._sorted_prefixes = sorted(self._prefixes)
+        self._heads = tuple(h + "/" for h in map(_covered_head, patterns) if h is not None)
         self._regex: Any = None
         if patterns:
             alternation = "|".join(f"(?:{glob_to_regex(p)})" for p in patterns)
@@ -168,9 +171,12 @@ class Globs:
         """True when every path below ``directory`` matches, False when none can, None
         when it depends on the path."""
         d = directory.rstrip("/") + "/"
-        if any(d.startswith(h + "/") for h in self._heads):
+        if d.startswith(self._heads):  # one call: ``below`` runs for every folder a scan lists
             return True
-        if any(p.startswith(d) or d.startswith(p) for p in self._prefixes):
+        if d.startswith(self._prefixes):
+            return None
+        i = bisect.bisect_left(self._sorted_prefixes, d)
+        if i < len(self._sorted_prefixes) and self._sorted_prefixes[i].startswith(d):
             return None
         return False
 

@@ -149,10 +149,7 @@ class Catalog(Protocol):
         ...
 
     def locate(
-        self,
-        ids: Collection[bytes],
-        include_condemned: bool = False,
-        kind: BlobKind | None = None,
+        self, ids: Collection[bytes], include_condemned: bool = False, kind: BlobKind | None = None
     ) -> dict[bytes, BlobLocation]:
         """Where each stored, uncondemned blob of ``ids`` is; absent ids are left out.
 
@@ -201,10 +198,7 @@ class Catalog(Protocol):
     def gc_epoch(self) -> int: ...
 
     def condemn(
-        self,
-        ids: Collection[bytes],
-        max_pack_seq: int,
-        copies: Collection[tuple[bytes, int]] = (),
+        self, ids: Collection[bytes], max_pack_seq: int, copies: Collection[tuple[bytes, int]] = ()
     ) -> int:
         """Condemn the rows of ``ids`` in packs up to ``max_pack_seq``; bump the epoch.
 

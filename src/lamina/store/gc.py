@@ -10,7 +10,7 @@ Safe while writers run:
    them (un-condemn, or fail cleanly) before its snapshot row goes in.
 4. Look at the roots again, so snapshots committed between 2 and 3 are marked,
    and rescue what they reach.
-5. Sweep: packs with nothing live are deleted; sparse ones (under ``repack_below``
+5. Sweep: packs with nothing live are deleted; sparse ones (under ``REPACK_BELOW``
    of their bytes live) and small ones (under half the pack size, two or more) are
    repacked together into full packs (sealed blobs are copied as they are, no
    decryption; ``store.repack``'s crash-safe order) and then deleted; packs left in
@@ -33,6 +33,9 @@ from lamina.store.progress import ProgressFn
 from lamina.store.repack import move_live
 from lamina.store.repository import Store
 from lamina.store.roots import RootSource, Walker
+
+#: A pack with less than this share of its blob bytes live is repacked.
+REPACK_BELOW = 0.5
 
 
 @dataclass
@@ -144,6 +147,8 @@ class GcPlan:
     started: dt.datetime
     max_seq: int
     marked: _Marked
+    #: packs left ``writing`` since before this are orphans of interrupted writers
+    orphaned_before: dt.datetime
     #: blobs no root reaches, in packs that existed when the run began
     dead: set[bytes] = field(default_factory=set)
     #: condemned by an earlier, interrupted run and reachable now
@@ -179,7 +184,6 @@ def collect(
     walk: Walker,
     *,
     orphan_grace: dt.timedelta = dt.timedelta(hours=1),
-    repack_below: float = 0.5,
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     fail_after: int = -1,
@@ -195,7 +199,7 @@ def collect(
     say = progress or (lambda _m, _d, _t: None)
     try:
         say("marking", 0, 0)
-        plan = plan_gc(store, sources, walk, orphan_grace, repack_below)
+        plan = plan_gc(store, sources, walk, orphan_grace)
         report = stats(plan)
         report.dry_run = dry_run
         if dry_run:
@@ -204,7 +208,7 @@ def collect(
         say("condemning", 0, 0)
         report.rescued = _condemn(store, sources, walk, plan)
         say("sweeping", 0, 0)
-        _execute(store, plan, report, orphan_grace, repack_below, fail_after)
+        _execute(store, plan, report, fail_after)
         return report
     finally:
         cat.unlock("gc", holder)
@@ -215,12 +219,12 @@ def plan_gc(
     sources: Sequence[RootSource],
     walk: Walker,
     orphan_grace: dt.timedelta = dt.timedelta(hours=1),
-    repack_below: float = 0.5,
 ) -> GcPlan:
     """Mark what the roots reach, classify every row, and decide each pack's fate as
     if the dead blobs were condemned (nothing is changed)."""
     cat = store.catalog
-    plan = GcPlan(started=dt.datetime.now(dt.UTC), max_seq=cat.max_pack_seq(), marked=_Marked())
+    started = dt.datetime.now(dt.UTC)
+    plan = GcPlan(started, cat.max_pack_seq(), _Marked(), orphaned_before=started - orphan_grace)
     m = plan.marked
     root_blobs, root_trees = _root_ids(sources)
     mark(store, walk, root_blobs, m.ids, root_trees, m.walked, m.confused)
@@ -249,7 +253,7 @@ def plan_gc(
     for pack in cat.packs():
         if pack.seq <= plan.max_seq:
             rows = cat.pack_blobs(pack.name) if pack.state == PACK_OK else []
-            action = _decide(store, pack, rows, will_be_condemned, plan, orphan_grace, repack_below)
+            action = _decide(store, pack, rows, will_be_condemned, plan)
             if action is not None:
                 plan.packs.append(action)
     plan.packs = _lone_small_stays(plan.packs)
@@ -270,12 +274,10 @@ def _decide(
     rows: list[BlobRow],
     condemned: Callable[[BlobRow], bool],
     plan: GcPlan,
-    orphan_grace: dt.timedelta,
-    repack_below: float,
 ) -> PackAction | None:
     """One pack's fate from its rows; None: it stays as it is."""
     if pack.state == PACK_WRITING:
-        if pack.created < plan.started - orphan_grace:
+        if pack.created < plan.orphaned_before:
             return PackAction(pack, "orphan", freed=pack.size)
         return None
     if pack.state != PACK_OK:
@@ -285,7 +287,7 @@ def _decide(
     if not live:
         return PackAction(pack, "delete", freed=pack.size)
     live_bytes = sum(r.length for r in live)
-    if dead_bytes and live_bytes < repack_below * (live_bytes + dead_bytes):
+    if dead_bytes and live_bytes < REPACK_BELOW * (live_bytes + dead_bytes):
         return PackAction(pack, "repack", live, freed=dead_bytes, reason="sparse")
     if store.is_small(pack.size):
         return PackAction(pack, "repack", live, freed=dead_bytes, reason="small")
@@ -333,8 +335,6 @@ def _execute(
     store: Store,
     plan: GcPlan,
     report: GcReport,
-    orphan_grace: dt.timedelta,
-    repack_below: float,
     fail_after: int = -1,
 ) -> None:
     """Sweep: each pack decided again from its rows as they are now (the final check)."""
@@ -356,7 +356,7 @@ def _execute(
             if pack.seq > plan.max_seq:
                 continue
             rows = cat.pack_blobs(pack.name) if pack.state == PACK_OK else []
-            a = _decide(store, pack, rows, lambda r: r.condemned, plan, orphan_grace, repack_below)
+            a = _decide(store, pack, rows, lambda r: r.condemned, plan)
             if a is None:
                 continue
             obj = pack_object_name(pack.name)

@@ -12,24 +12,15 @@ import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from lamina.store import catalog
 from lamina.store.blob import BlobKind
-from lamina.store.catalog import (
-    PACK_OK,
-    PACK_WRITING,
-    BlobLocation,
-    BlobRow,
-    PackInfo,
-    SnapshotRecord,
-    one_entry_per_id,
-    resolve_snapshot,
-)
 from lamina.store.pack import PackEntry
 
 
 @dataclass
 class _Pack:
-    info: PackInfo
-    rows: dict[bytes, BlobRow]
+    info: catalog.PackInfo
+    rows: dict[bytes, catalog.BlobRow]
 
 
 class MemoryCatalog:
@@ -41,11 +32,11 @@ class MemoryCatalog:
         self._seq = itertools.count(1)
         self._epoch = 0
         self._locks: dict[str, tuple[str, dt.datetime]] = {}
-        self._snapshots: dict[str, tuple[int, SnapshotRecord]] = {}
+        self._snapshots: dict[str, tuple[int, catalog.SnapshotRecord]] = {}
         self._snap_seq = itertools.count(1)
 
     # --- blobs ---------------------------------------------------------------
-    def _live_rows(self, kind: BlobKind | None, condemned: bool) -> Iterator[BlobRow]:
+    def _live_rows(self, kind: BlobKind | None, condemned: bool) -> Iterator[catalog.BlobRow]:
         for p in sorted(self._packs.values(), key=lambda p: p.info.seq):
             for r in p.rows.values():
                 if (condemned or not r.condemned) and (kind is None or r.kind == kind):
@@ -62,25 +53,22 @@ class MemoryCatalog:
         return found if len(found) <= limit else None
 
     def locate(
-        self,
-        ids: Collection[bytes],
-        include_condemned: bool = False,
-        kind: BlobKind | None = None,
-    ) -> dict[bytes, BlobLocation]:
+        self, ids: Collection[bytes], include_condemned: bool = False, kind: BlobKind | None = None
+    ) -> dict[bytes, catalog.BlobLocation]:
         with self._lock:
             wanted = set(ids)
             return {
-                r.id: BlobLocation(r.pack, r.offset, r.length, r.raw_length, r.kind)
+                r.id: catalog.BlobLocation(r.pack, r.offset, r.length, r.raw_length, r.kind)
                 for r in self._live_rows(kind, include_condemned)
                 if r.id in wanted
             }
 
-    def iter_blobs(self) -> Iterator[BlobRow]:
+    def iter_blobs(self) -> Iterator[catalog.BlobRow]:
         with self._lock:
             rows = list(self._live_rows(None, True))
         yield from sorted(rows, key=lambda r: (r.pack_seq, r.offset))
 
-    def pack_blobs(self, pack: str) -> list[BlobRow]:
+    def pack_blobs(self, pack: str) -> list[catalog.BlobRow]:
         with self._lock:
             p = self._packs.get(pack)
             return sorted(p.rows.values(), key=lambda r: r.offset) if p else []
@@ -89,13 +77,17 @@ class MemoryCatalog:
     def begin_pack(self, name: str) -> None:
         with self._lock:
             if name not in self._packs:
-                info = PackInfo(name, next(self._seq), 0, PACK_WRITING, dt.datetime.now(dt.UTC))
+                info = catalog.PackInfo(
+                    name, next(self._seq), 0, catalog.PACK_WRITING, dt.datetime.now(dt.UTC)
+                )
                 self._packs[name] = _Pack(info, {})
 
-    def _rows_of(self, info: PackInfo, entries: Sequence[PackEntry]) -> dict[bytes, BlobRow]:
-        rows: dict[bytes, BlobRow] = {}
-        for e in one_entry_per_id(entries):
-            rows[e.id] = BlobRow(
+    def _rows_of(
+        self, info: catalog.PackInfo, entries: Sequence[PackEntry]
+    ) -> dict[bytes, catalog.BlobRow]:
+        rows: dict[bytes, catalog.BlobRow] = {}
+        for e in catalog.one_entry_per_id(entries):
+            rows[e.id] = catalog.BlobRow(
                 e.id, BlobKind(e.kind), info.name, info.seq, e.offset, e.length,
                 e.raw_length, False,
             )  # fmt: skip
@@ -106,10 +98,10 @@ class MemoryCatalog:
             p = self._packs.get(name)
             seq = p.info.seq if p else next(self._seq)
             created = p.info.created if p else dt.datetime.now(dt.UTC)
-            info = PackInfo(name, seq, size, PACK_OK, created)
+            info = catalog.PackInfo(name, seq, size, catalog.PACK_OK, created)
             self._packs[name] = _Pack(info, self._rows_of(info, entries))
 
-    def packs(self) -> list[PackInfo]:
+    def packs(self) -> list[catalog.PackInfo]:
         with self._lock:
             return sorted((p.info for p in self._packs.values()), key=lambda i: i.seq)
 
@@ -138,7 +130,9 @@ class MemoryCatalog:
             self._packs = {}
             self._epoch += 1  # blobs may have left the index (as SqlCatalog.replace_index)
             for name, size, entries in packs:
-                info = PackInfo(name, next(self._seq), size, PACK_OK, dt.datetime.now(dt.UTC))
+                info = catalog.PackInfo(
+                    name, next(self._seq), size, catalog.PACK_OK, dt.datetime.now(dt.UTC)
+                )
                 self._packs[name] = _Pack(info, self._rows_of(info, entries))
 
     # --- garbage collection --------------------------------------------------
@@ -154,10 +148,7 @@ class MemoryCatalog:
                     p.rows[i] = replace(r, condemned=condemned)
 
     def condemn(
-        self,
-        ids: Collection[bytes],
-        max_pack_seq: int,
-        copies: Collection[tuple[bytes, int]] = (),
+        self, ids: Collection[bytes], max_pack_seq: int, copies: Collection[tuple[bytes, int]] = ()
     ) -> int:
         with self._lock:
             self._epoch += 1
@@ -190,7 +181,7 @@ class MemoryCatalog:
                 del self._locks[name]
 
     # --- snapshots -----------------------------------------------------------
-    def add_snapshot(self, record: SnapshotRecord, expected_epoch: int) -> bool:
+    def add_snapshot(self, record: catalog.SnapshotRecord, expected_epoch: int) -> bool:
         with self._lock:
             if self._epoch != expected_epoch:
                 return False
@@ -198,12 +189,12 @@ class MemoryCatalog:
                 self._snapshots[record.id] = (next(self._snap_seq), record)
             return True
 
-    def snapshots(self, source: str | None = None) -> list[SnapshotRecord]:
+    def snapshots(self, source: str | None = None) -> list[catalog.SnapshotRecord]:
         with self._lock:
             found = sorted(self._snapshots.values(), key=lambda s: (s[1].time, s[0]))
         return [r for _, r in found if source is None or r.source == source]
 
-    def snapshots_since(self, seq: int) -> list[tuple[int, SnapshotRecord]]:
+    def snapshots_since(self, seq: int) -> list[tuple[int, catalog.SnapshotRecord]]:
         with self._lock:
             return sorted(s for s in self._snapshots.values() if s[0] > seq)
 
@@ -211,9 +202,9 @@ class MemoryCatalog:
         with self._lock:
             return max((s[0] for s in self._snapshots.values()), default=0)
 
-    def find_snapshot(self, ref: str) -> SnapshotRecord:
+    def find_snapshot(self, ref: str) -> catalog.SnapshotRecord:
         snaps = self.snapshots()
-        return resolve_snapshot(
+        return catalog.resolve_snapshot(
             ref,
             lambda: snaps[-1] if snaps else None,
             lambda prefix: [s for s in snaps if s.id.startswith(prefix)],

@@ -8,14 +8,25 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.progress import AdvanceFn
 from lamina.store.repository import Store
 from lamina.tree.cache import FilesCache
 from lamina.tree.model import references
-from lamina.tree.scan import ExcludeFn, Scanner, ScanStats
+from lamina.tree.scan import ExcludeFn, PruneFn, Scanner, ScanStats
+
+
+class ScanOptions(TypedDict, total=False):
+    """``backup``'s keyword arguments for its ``Scanner``, which says what each does."""
+
+    exclude: ExcludeFn | None
+    prune: PruneFn | None
+    progress: AdvanceFn | None
+    workers: int | None
+    one_file_system: bool
+    reuse_trees: bool
 
 
 @dataclass
@@ -52,25 +63,15 @@ def backup(
     *,
     source: str | None = None,
     cache_path: Path | None = None,
-    exclude: ExcludeFn | None = None,
-    progress: AdvanceFn | None = None,
     meta: dict[str, Any] | None = None,
-    workers: int | None = None,
-    reuse_trees: bool = True,
+    **scan: Unpack[ScanOptions],
 ) -> BackupResult:
     path = path.resolve()
     source = source or f"{socket.gethostname()}:{path}"
     with store.writer() as writer:
         cache = FilesCache(cache_path, store.keys.store_id, writer.epoch) if cache_path else None
         try:
-            scanner = Scanner(
-                writer,
-                cache,
-                exclude=exclude,
-                progress=progress,
-                workers=workers,
-                reuse_trees=reuse_trees,
-            )
+            scanner = Scanner(writer, cache, **scan)
             root = scanner.scan(path)
             st = os.stat(path)
             record = SnapshotRecord(

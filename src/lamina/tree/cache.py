@@ -7,7 +7,10 @@ removing one moves the ctime). Consistency rules:
 
 - New entries go to a ``pending`` table during a scan and move into ``files``
   only by ``commit`` (one transaction), which the caller runs after the snapshot
-  is committed. A crash mid-scan leaves the cache as of the last snapshot.
+  is committed. A crash mid-scan leaves the cache as of the last snapshot. A row
+  that still holds (a file not read again) is not written again: only the names a
+  scan found gone, changed or unreadable are dropped (``drop``), so a folder with
+  one changed file among thousands costs one row, not thousands.
 - The cache records the store's gc epoch at its last commit. If the store's
   epoch has moved since, chunks it names may have been collected, so callers must
   verify cached chunk ids before trusting them (``stale``).
@@ -28,10 +31,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import blake3
 import msgpack
@@ -46,8 +49,9 @@ _FILES_COMPATIBLE = ("2", "3")
 ID_SIZE = 32
 
 
-@dataclass(frozen=True)
-class CachedFile:
+class CachedFile(NamedTuple):
+    """A file's row (a tuple: a rebuilt folder makes one per file it holds)."""
+
     inode: int
     size: int
     mtime: int
@@ -135,11 +139,12 @@ class FilesCache:
                 dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
             CREATE TABLE IF NOT EXISTS pending_dirs (
                 dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
-            CREATE TABLE IF NOT EXISTS gone (dir BLOB PRIMARY KEY);
+            CREATE TABLE IF NOT EXISTS dropped (
+                dir BLOB NOT NULL, name BLOB NOT NULL, PRIMARY KEY (dir, name));
             CREATE TABLE IF NOT EXISTS visited (dir BLOB PRIMARY KEY);
             DELETE FROM pending;
             DELETE FROM pending_dirs;
-            DELETE FROM gone;
+            DELETE FROM dropped;
             DELETE FROM visited;
             """
         )
@@ -159,7 +164,7 @@ class FilesCache:
         self._store_id = store_id
         self._batch: list[tuple[bytes, bytes, int, int, int, int, bytes]] = []
         self._visited: list[tuple[bytes]] = []
-        self._gone: list[tuple[bytes]] = []
+        self._dropped: list[tuple[bytes, bytes]] = []
         self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None]] = []
 
     def folder(self, dirpath: bytes) -> CachedDir | None:
@@ -221,19 +226,18 @@ class FilesCache:
         if len(self._batch) >= 2000:
             self._flush()
 
-    def replace_directory(self, dirpath: bytes) -> None:
-        """Mark that the directory's cached entries are superseded by this scan's."""
-        # Batched like ``put`` (one transaction per 2000, not one per folder); ``commit``
-        # flushes first, so the promotion sees every mark.
-        self._gone.append((dirpath,))
-        if len(self._gone) >= 2000:
+    def drop(self, dirpath: bytes, names: Collection[bytes]) -> None:
+        """Drop these files' rows at ``commit`` (gone from the folder, no longer regular
+        files, changed and not read again, or unreadable); the folder's other rows stay."""
+        self._dropped.extend((dirpath, n) for n in names)
+        if len(self._dropped) >= 2000:
             self._flush()
 
     def _flush(self) -> None:
         """Write the batched rows, all in one transaction."""
         batches: list[tuple[str, list[Any]]] = [
             ("INSERT OR IGNORE INTO visited VALUES (?)", self._visited),
-            ("INSERT OR IGNORE INTO gone VALUES (?)", self._gone),
+            ("INSERT OR IGNORE INTO dropped VALUES (?, ?)", self._dropped),
             ("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch),
             ("INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?)", self._dirs),
         ]
@@ -251,7 +255,7 @@ class FilesCache:
         """Promote this scan's entries; call only after the snapshot is committed."""
         self._flush()
         self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM files WHERE dir IN (SELECT dir FROM gone)")
+        self._db.execute("DELETE FROM files WHERE (dir, name) IN (SELECT dir, name FROM dropped)")
         if str(epoch) != self._confirmed_epoch:
             self._db.execute("DELETE FROM files WHERE dir NOT IN (SELECT dir FROM visited)")
             self._db.execute("DELETE FROM dirs WHERE dir NOT IN (SELECT dir FROM visited)")
@@ -260,7 +264,7 @@ class FilesCache:
         self._db.execute("INSERT INTO dirs SELECT * FROM pending_dirs WHERE tree IS NOT NULL")
         self._db.execute("DELETE FROM pending")
         self._db.execute("DELETE FROM pending_dirs")
-        self._db.execute("DELETE FROM gone")
+        self._db.execute("DELETE FROM dropped")
         self._db.execute("DELETE FROM visited")
         for k, v in (
             ("store_id", self._store_id),

@@ -5,6 +5,7 @@ restore that proves a file already in place holds the tree's content."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 
 from lamina.store.chunker import Chunker
@@ -60,20 +61,39 @@ def cut_piece(
 
     FastCDC decides a cut from the bytes since the chunk's start only, so every chunk
     of a buffer but its last (which the buffer's end may have cut short) is final; the
-    last is carried over and cut again with the next read."""
-    carry = b""
+    last is carried over to the buffer's start and cut again with the next read. Reads
+    go into one buffer (``readinto``-style), reused by the thread for every step and
+    file: no new buffer, and no copy to join the carried bytes, per step."""
+    # carried bytes and one read are disjoint parts of the piece: never more than it
+    view = _buffer(min(size, step + chunker.secret.max_size))
+    carry = 0
     done = 0
-    while done < size:
-        n = min(size - done, step)
-        data = os.pread(fd, n, off + done)
-        if len(data) != n:
-            raise FileChangedError
-        done += n
-        buf = carry + data if carry else data
-        views = list(chunker.cut(buf))
-        carry = bytes(views.pop()) if done < size else b""
-        for view in views:
-            yield bytes(view)
+    try:
+        while done < size:
+            n = min(size - done, step)
+            if os.preadv(fd, [view[carry : carry + n]], off + done) != n:
+                raise FileChangedError
+            done += n
+            chunks = list(chunker.cut(view[: carry + n]))
+            last = bytes(chunks.pop()) if done < size else b""
+            for chunk in chunks:
+                yield bytes(chunk)
+            chunks.clear()
+            carry = len(last)
+            view[:carry] = last
+    finally:
+        view.release()
+
+
+_local = threading.local()
+
+
+def _buffer(nbytes: int) -> memoryview:
+    """A view of ``nbytes`` of this thread's read buffer (grown, never shrunk, by need)."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < nbytes:
+        buf = _local.buf = bytearray(nbytes)
+    return memoryview(buf)[:nbytes]
 
 
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:

@@ -109,7 +109,8 @@ class _Dir:
     hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]] = field(default_factory=list)
     files: list[tuple[bytes, Entry, os.stat_result, Job, int]] = field(default_factory=list)
     jobs: list[Job] = field(default_factory=list)  # the distinct jobs of ``files``
-    cached: int = 0
+    #: names of the folder's files the files cache holds rows for
+    cached: frozenset[bytes] = frozenset()
     fd: int | None = None
     #: the sub-folders' entries in name order (their subtree ids come from below)
     subdirs: list[Entry] = field(default_factory=list)
@@ -345,7 +346,7 @@ class Scanner(FileReader):
         """The entries of a folder's files, symlinks and others; files the cache does not
         vouch for are queued for reading."""
         cached: dict[bytes, CachedFile] = self.cache.files(d.rel) if self.cache else {}
-        d.cached = len(cached)
+        d.cached = frozenset(cached)
         to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
         for name, st, typ in rest:
             child = d.path + b"/" + name
@@ -426,12 +427,13 @@ class Scanner(FileReader):
             d.deferred = None
             if d.files:
                 self._submit_small()
-        for _, e, _, _ in d.hits:
-            self.stats.files += 1
-            self.stats.files_unchanged += 1
-            self.stats.bytes += e.size
+        if d.hits:
+            hit_bytes = sum(e.size for _, e, _, _ in d.hits)
+            self.stats.files += len(d.hits)
+            self.stats.files_unchanged += len(d.hits)
+            self.stats.bytes += hit_bytes
             if self.progress:
-                self.progress(1, e.size)
+                self.progress(len(d.hits), hit_bytes)
         failed: set[int] = set()
         for path, e, _, job, i in d.files:
             assert job.future is not None
@@ -448,13 +450,15 @@ class Scanner(FileReader):
                 self.progress(1, e.size)
         self._close(d)  # every file of the folder is read (``result`` waited)
         entries = [e for e in d.entries if id(e) not in failed] if failed else d.entries
-        if self.cache is not None and (d.files or len(d.hits) != d.cached):
-            self.cache.replace_directory(d.rel)
-            for _path, e, st, *_ in d.hits:
-                self.cache.put(d.rel, e.name, st, e.content or [], e.xattrs)
+        if self.cache is not None and (d.files or len(d.hits) != len(d.cached)):
+            # A hit's row is what it would be written as: only new rows are written,
+            # and the rows of names no longer held as they were are dropped.
+            kept = {e.name for _, e, _, _ in d.hits}
             for _path, e, st, *_ in d.files:
                 if e.content is not None and id(e) not in failed:
                     self.cache.put(d.rel, e.name, st, e.content, e.xattrs)
+                    kept.add(e.name)
+            self.cache.drop(d.rel, d.cached - kept)
         tid = self.writer.put(BlobKind.TREE, encode_tree(entries))
         if self.cache is not None and d.signature is not None:
             row = CachedDir(d.signature, subtrees, tid) if d.clean and not failed else None

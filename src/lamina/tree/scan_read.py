@@ -24,8 +24,11 @@ from lamina.store.keys import ChunkingSecret
 from lamina.tree.extents import FileChangedError, chunk_fd
 from lamina.tree.model import Entry
 
-#: Sealed-but-unconfirmed bytes a job holds before asking what the store lacks.
+#: Bytes of small files batched in one job.
 JOB_BYTES = 16 * 1024 * 1024
+#: Chunks (their plaintext) a reading thread holds before asking what the store lacks:
+#: one question per read step of a large file, and a bound on each thread's memory.
+PENDING_BYTES = 8 * 1024 * 1024
 READ_TRIES = 3
 
 # O_NONBLOCK: if the file was replaced by a FIFO since it was listed, open()
@@ -133,7 +136,7 @@ class FileReader:
             bid = blob.blob_id(self._chunking.id_key, data)
             pending.append((bid, data))
             pending_size += len(data)
-            if pending_size >= JOB_BYTES:
+            if pending_size >= PENDING_BYTES:
                 settle()
             return bid
 

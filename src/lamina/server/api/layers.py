@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from lamina.errors import UsageError
 from lamina.protocol.schemas import (
     AssignRequest,
     CaptureRequest,
@@ -17,7 +16,7 @@ from lamina.protocol.schemas import (
     RulesTestRequest,
 )
 from lamina.server.deps import Caller, Ctx
-from lamina.server.services import collections, fleet, layers
+from lamina.server.services import layers
 
 router = APIRouter()
 
@@ -64,12 +63,9 @@ def record_finalize(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPu
     summary="Assign a base layer and app layers to CVDs, or only report what would change",
 )
 def assign(req: AssignRequest, ctx: Ctx, caller: Caller) -> list[PlanPublic]:
-    targets = list(req.cvds)
-    if req.collection:
-        targets += [c for c in collections.cvd_refs(ctx.engine, req.collection) if c not in targets]
-    if not targets:
-        raise UsageError("name at least one CVD or a collection with members")
-    return layers.assign(ctx.engine, ctx.store, caller, targets, req.base, req.apps, req.dry_run)
+    return layers.assign(
+        ctx.engine, ctx.store, caller, req.cvds, req.base, req.apps, req.dry_run, req.collection
+    )
 
 
 @router.post(
@@ -83,8 +79,7 @@ def enforce(ref: str, ctx: Ctx, caller: Caller, remove_user_apps: bool = False) 
     "/cvds/{ref}/layers", summary="The layers a CVD is assigned and the ones its endpoint runs"
 )
 def cvd_layers(ref: str, ctx: Ctx, caller: Caller) -> CvdLayersPublic:
-    cvd = fleet.cvd_for_access(ctx.engine, caller, ref)
-    return CvdLayersPublic(id=cvd.id, **layers.cvd_layer_state(ctx.engine, cvd.id))
+    return layers.show_cvd_layers(ctx.engine, caller, ref)
 
 
 @router.post(

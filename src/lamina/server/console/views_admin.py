@@ -110,14 +110,6 @@ def layer_record_start(ctx: Ctx, actor: Actor, cvd: Chosen) -> Response:
     return see_other("/layers")
 
 
-def _collection_targets(ctx: Ctx, actor: Actor, collection: str) -> list[str]:
-    actor.require("layer.write")  # before saying whether the collection exists
-    refs = collections.cvd_refs(ctx.engine, collection)
-    if not refs:
-        raise UsageError(f"collection {collection} has no members")
-    return refs
-
-
 @router.get("/layers/assign/collection")
 def collection_assign_form(request: Request, ctx: Ctx, actor: Actor) -> Response:
     actor.require("layer.write")
@@ -143,8 +135,7 @@ def collection_assign(
     """The dry run (``…/preview``): its table and the form that assigns it; then the
     assignment, with the same table."""
     dry_run = request.url.path.endswith("/preview")
-    targets = _collection_targets(ctx, actor, collection)
-    plans, chosen = views_cvd.assign_plans(ctx, actor, targets, base, apps, dry_run)
+    plans, chosen = views_cvd.assign_plans(ctx, actor, [], base, apps, dry_run, collection)
     target = f"collection {collection}"
     if not dry_run:
         return views_cvd.plan_page(request, actor, target, plans, base, chosen)

@@ -80,6 +80,18 @@ class Place:
     snapshot: str = "latest"
     path: str = ""
 
+    def crumbs(self) -> list[tuple[str, str]]:
+        """Each folder on the way down to ``path``: ``(name, its path)``."""
+        parts = self.path.split("/") if self.path else []
+        return [(name, "/".join(parts[: i + 1])) for i, name in enumerate(parts)]
+
+    def join(self, name: str) -> str:
+        return f"{self.path}/{name}" if self.path else name
+
+    def query(self, **params: str) -> str:
+        """The query string of this snapshot and ``params`` (``path=...``)."""
+        return urlencode({"snapshot": self.snapshot, **params})
+
 
 At = Annotated[Place, Depends()]
 
@@ -208,13 +220,21 @@ def assign_form(request: Request, ctx: Ctx, actor: Actor, ref: str) -> Response:
 
 
 def assign_plans(
-    ctx: Ctx, actor: Actor, targets: list[str], base: str, apps: list[str] | None, dry_run: bool
+    ctx: Ctx,
+    actor: Actor,
+    targets: list[str],
+    base: str,
+    apps: list[str] | None,
+    dry_run: bool,
+    collection: str | None = None,
 ) -> tuple[list[PlanPublic], list[str]]:
     """``layers.assign`` on a form's choices (a dry run needs at least one); the apps chosen."""
     chosen = [a for a in apps or [] if a]
     if dry_run and not base and not chosen:
         raise UsageError("choose a base layer or at least one app layer")
-    plans = layers.assign(ctx.engine, ctx.store, actor, targets, base or None, chosen, dry_run)
+    plans = layers.assign(
+        ctx.engine, ctx.store, actor, targets, base or None, chosen, dry_run, collection
+    )
     return plans, chosen
 
 
@@ -272,27 +292,18 @@ def files(request: Request, ctx: Ctx, actor: Actor, ref: str, at: At) -> Respons
     cvd = fleet.show_cvd(ctx.engine, actor, ref)
     snaps = list(reversed(cvd_ops.list_snapshots(ctx.engine, ctx.store, actor, cvd.id)))
     if not snaps:
-        return render(request, "files.html", actor, cvd=cvd, snaps=[], entries=[], path="")
-    snap = cvd_ops.snapshot_of(ctx.store, cvd.id, at.snapshot)
-    path = at.path.strip("/")
-    entries = cvd_ops.browse(ctx.engine, ctx.store, actor, cvd.id, snap.id, path)
+        return render(request, "files.html", actor, cvd=cvd, snaps=[])
+    folder = Place(cvd_ops.snapshot_of(ctx.store, cvd.id, at.snapshot).id, at.path.strip("/"))
+    entries = cvd_ops.browse(ctx.engine, ctx.store, actor, cvd.id, folder.snapshot, folder.path)
     entries.sort(key=lambda e: (e.type != "dir", e.name))
-    crumbs = []
-    parts = path.split("/") if path else []
-    for i, p in enumerate(parts):
-        crumbs.append((p, "/".join(parts[: i + 1])))
     return render(
         request,
         "files.html",
         actor,
         cvd=cvd,
         snaps=snaps,
-        snap=snap,
+        folder=folder,
         entries=entries,
-        path=path,
-        crumbs=crumbs,
-        join=lambda name: f"{path}/{name}" if path else name,
-        query=lambda **kw: urlencode({"snapshot": snap.id, **kw}),
         content_perm=cvd_ops.DATA_READ,
     )
 

@@ -269,12 +269,11 @@ def _centralize(
     return cid
 
 
-def centralize(
-    engine: Engine, actor: Principal, device_ref: str, req: CentralizeRequest
-) -> CvdPublic:
+def centralize(engine: Engine, actor: Principal, ref: str, req: CentralizeRequest) -> CvdPublic:
+    """Make the pending device ``ref`` a CVD under the request's policy."""
     actor.require("device.write")
     with write_tx(engine) as c:
-        d = find_device(c, device_ref)
+        d = find_device(c, ref)
         p = policy_service.find(c, req.policy)
         cid = _centralize(c, actor.name, d.id, p.id, req.reference, req.name)
         return _cvd_public(c, find_cvd(c, cid))

@@ -16,9 +16,9 @@ from lamina.errors import ConflictError, UsageError
 from lamina.layers.drivers import hardware_warning
 from lamina.layers.plan import DRIVER, LayerRef, Plan, PutData, make_plan
 from lamina.layers.rules import RuleSet
-from lamina.protocol.schemas import PlanItemPublic, PlanPublic
+from lamina.protocol.schemas import CvdLayersPublic, PlanItemPublic, PlanPublic
 from lamina.server.security import Principal
-from lamina.server.services import drivers, fleet, tasks
+from lamina.server.services import collections, drivers, fleet, tasks
 from lamina.server.services.common import audit
 from lamina.server.services.layer_versions import layer_ref, resolve, rules_of
 from lamina.server.services.rows import Cvd
@@ -171,8 +171,19 @@ def assign(
     base: str | None,
     apps: list[str],
     dry_run: bool,
+    collection: str | None = None,
 ) -> list[PlanPublic]:
-    actor.require("layer.write")
+    """Assign ``base`` and ``apps`` to the CVDs ``cvd_refs`` and the members of
+    ``collection``: a task each, or with ``dry_run`` only the plans."""
+    actor.require("layer.write")  # before saying whether the collection exists
+    cvd_refs = list(cvd_refs)
+    if collection:
+        members = collections.cvd_refs(engine, collection)
+        if not members:
+            raise UsageError(f"collection {collection} has no members")
+        cvd_refs += [m for m in members if m not in cvd_refs]
+    if not cvd_refs:
+        raise UsageError("name at least one CVD or a collection")
     targets = []
     with read_tx(engine) as c:
         rows = ([resolve(c, base)] if base else []) + [resolve(c, a) for a in apps]
@@ -207,6 +218,12 @@ def enforce(
         t = _target(c, cvd, ids, old_ids=[])
         t.remove_unowned = remove_user_apps
     return _deliver(engine, store, actor.name, t, "layer.enforce", dry_run=False)
+
+
+def show_cvd_layers(engine: Engine, actor: Principal, ref: str) -> CvdLayersPublic:
+    """The layers the CVD ``ref`` is assigned and those its endpoint runs."""
+    cvd = fleet.cvd_for_access(engine, actor, ref)
+    return CvdLayersPublic(id=cvd.id, **cvd_layer_state(engine, cvd.id))
 
 
 def cvd_layer_state(engine: Engine, cvd_id: str) -> dict[str, list[str]]:

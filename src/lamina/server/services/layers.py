@@ -16,6 +16,7 @@ from __future__ import annotations
 from lamina.server.services.layer_assign import assign as assign
 from lamina.server.services.layer_assign import cvd_layer_state as cvd_layer_state
 from lamina.server.services.layer_assign import enforce as enforce
+from lamina.server.services.layer_assign import show_cvd_layers as show_cvd_layers
 from lamina.server.services.layer_capture import capture as capture
 from lamina.server.services.layer_capture import test_rules as test_rules
 from lamina.server.services.layer_recording import FINALIZING as FINALIZING

@@ -9,10 +9,13 @@ this user read never depends on anything later; the reads that follow within
 and the row is brought up to date when the window closes: by a timer, at the user's
 next read after it, and when the server stops (``close``). A crash loses at most
 the counts of the windows still open, never the row that says who read, and when.
+A window whose counts cannot be written (the database refused) stays open, is logged
+as an error and is written again ``RETRY`` seconds later or at the user's next read.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,12 +25,17 @@ from sqlalchemy import Engine, update
 
 from lamina.db.engine import write_tx
 from lamina.db.models import audit_log
+from lamina.errors import BackendError
 from lamina.server.security import Principal
 from lamina.server.services.common import audit
 
 #: Seconds one audit row covers a user's blob reads.
 WINDOW = 60.0
+#: Seconds until a window whose counts could not be written is tried again.
+RETRY = 10.0
 ACTION = "blob.read"
+
+log = logging.getLogger("lamina.audit")
 
 
 @dataclass
@@ -96,14 +104,22 @@ class ReadAudit:
         with self._lock:
             if self._open.get(user) is not w:
                 return  # closed already (the user's next read, or close)
+            try:
+                self._write(w)
+            except BackendError as e:
+                log.error("blob-read counts of audit row %s not written (%s): retrying", w.row, e)
+                self.schedule(RETRY, lambda: self._close(user, w))
+                return
             del self._open[user]
-            self._write(w)
 
     def close(self) -> None:
         """Write every open window's counts (the server stops)."""
         with self._lock:
             for w in self._open.values():
-                self._write(w)
+                try:
+                    self._write(w)
+                except BackendError as e:
+                    log.error("blob-read counts of audit row %s lost at shutdown (%s)", w.row, e)
             self._open.clear()
 
     def _write(self, w: _Window) -> None:
