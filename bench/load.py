@@ -357,6 +357,7 @@ def figures(
         "pack_bytes_after": after,
         "cvds_with_a_snapshot": snaps,
         "agents_cpu_s": round(sum(r.cpu_s for r in runs), 2),
+        "agent_peak_rss_max": max((r.peak_rss for r in runs), default=0),
         "server_cpu_s": info["cpu_s"],
         "server_peak_rss": info["peak_rss"],
         "server_rss_end": rss_end,
@@ -406,6 +407,7 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             f"(goal ≤ 500 MB: {'met' if ph['server_peak_rss'] <= GOALS['server_peak_rss'] else 'NOT met'})",
         ),
         ("CPU: servers / all agents", f"{ph['server_cpu_s']:.1f} s / {ph['agents_cpu_s']:.1f} s"),
+        ("largest agent peak RSS", human_bytes(ph["agent_peak_rss_max"])),
         ("first endpoint alone (store)", "—" if single_pack is None else human_bytes(single_pack)),
         (
             "store check",

@@ -40,6 +40,7 @@ class AgentRun:
     returncode: int | None = None
     timed_out: bool = False
     cpu_s: float = 0.0  # the agent process's user + system CPU
+    peak_rss: int = 0  # the agent process's peak resident memory (bytes, ``ru_maxrss``)
     synced: bool = False
     bytes: int = 0
     files: int = 0
@@ -127,13 +128,16 @@ def parse_agent_output(run: AgentRun, stdout: str) -> None:
     run.agent_errors = list(stats.get("errors") or [])
 
 
-def reap(p: subprocess.Popen[bytes], *, block: bool) -> tuple[int | None, float]:
-    """The exit code (None while it runs) and CPU seconds of a child, by ``wait4``."""
+def reap(p: subprocess.Popen[bytes], run: AgentRun, *, block: bool) -> int | None:
+    """The exit code of a child (None while it runs), by ``wait4``; once it exited, its
+    CPU seconds and peak RSS go into ``run``."""
     pid, status, ru = os.wait4(p.pid, 0 if block else os.WNOHANG)
     if pid == 0:
-        return None, 0.0
+        return None
     p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, ru.ru_utime + ru.ru_stime
+    run.cpu_s = ru.ru_utime + ru.ru_stime
+    run.peak_rss = ru.ru_maxrss * 1024
+    return p.returncode
 
 
 def duplicate_blobs(data: Path) -> dict[str, int] | None:
@@ -206,15 +210,14 @@ def run_agents(
             todo = []
         max_live = max(max_live, len(live))
         for idx, (p, started, out, err) in list(live.items()):
-            rc, cpu = reap(p, block=False)
+            rc = reap(p, runs[idx], block=False)
             elapsed = time.perf_counter() - started
             if rc is None and (elapsed > agent_timeout or past_deadline):
                 p.kill()
-                rc, cpu = reap(p, block=True)
+                rc = reap(p, runs[idx], block=True)
                 runs[idx].timed_out = True
             if rc is None:
                 continue
-            runs[idx].cpu_s = cpu
             out.close()
             err.close()
             r = runs[idx]
@@ -240,7 +243,7 @@ def run_agents(
             warn("the server process exited during the load phase")
             for idx, (p, started, out, err) in list(live.items()):
                 p.kill()
-                runs[idx].returncode, runs[idx].cpu_s = reap(p, block=True)
+                runs[idx].returncode = reap(p, runs[idx], block=True)
                 out.close()
                 err.close()
                 runs[idx].seconds = time.perf_counter() - started

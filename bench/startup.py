@@ -108,8 +108,12 @@ def heaviest_imports(args: list[str], top: int) -> list[tuple[str, float]]:
 
 def make_stores(tmp: Path) -> tuple[Path, Path | None]:
     """A Lamina store and (if restic is installed) a restic repository, each holding one
-    snapshot of the same folder (this project's ``bench``)."""
-    data, repo, src = tmp / "lamina-store", tmp / "restic-repo", Path(__file__).parent
+    snapshot of the same folder (a copy of this project's ``bench/*.py``: not ``bench``
+    itself, whose ``work`` folder may hold a million files of another bench)."""
+    data, repo, src = tmp / "lamina-store", tmp / "restic-repo", tmp / "src"
+    src.mkdir()
+    for f in Path(__file__).parent.glob("*.py"):
+        shutil.copy2(f, src / f.name)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "RESTIC_"))}
     lamina = [sys.executable, "-m", "lamina.cli"]
     subprocess.run(

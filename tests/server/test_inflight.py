@@ -28,6 +28,7 @@ from lamina.config import ServerSettings
 from lamina.db.models import blob_claims
 from lamina.errors import UploadsPendingError
 from lamina.protocol.bundle import decode_bundle
+from lamina.store import blob
 from lamina.store.blob import BlobKind, blob_id
 from lamina.tree.model import Entry, encode_tree
 from tests.e2e.conftest import _deployment
@@ -286,6 +287,10 @@ def test_content_fewer_than_threshold_endpoints_hold_is_never_confirmed(live: Li
     assert r.status_code == 200, r.text
     r = b.client.post("/blobs/read", json={"ids": [common.hex()]})
     assert r.status_code == 200 and msgpack.unpackb(r.content) == [base]
+    # As stored: only decrypted, for the agent to inflate and hash (tree/sources.py).
+    r = b.client.post("/blobs/read", json={"ids": [common.hex()], "stored": True})
+    ((raw, flag, payload),) = msgpack.unpackb(r.content)
+    assert r.status_code == 200 and blob.decompress(flag, payload, raw) == base
     assert missing(b, common) == []
 
 

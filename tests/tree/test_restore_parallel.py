@@ -12,14 +12,15 @@ import os
 import threading
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from lamina.errors import IntegrityError
+from lamina.errors import IntegrityError, UsageError
 from lamina.store import blob
 from lamina.store.pack import pack_object_name
 from lamina.store.repository import Store
 from lamina.tree.restore import restore_tree
-from lamina.tree.sources import BatchedBlobs
+from lamina.tree.sources import BatchedBlobs, http_blobs
 
 from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
 
@@ -106,6 +107,33 @@ def test_batched_blobs_refuse_a_blob_that_does_not_match_its_id(store: Store, sr
         source.get(bid)
 
 
+def test_an_agent_reads_blobs_as_stored_and_refuses_a_hostile_answer(
+    store: Store, src: Path
+) -> None:
+    """With the id key, ``http_blobs`` asks for blobs as stored (``stored``): it inflates each
+    and hashes it to its id; a payload of another blob, a frame that lies about its size or
+    an answer of another shape is an ``IntegrityError``, never a plaintext handed on."""
+    scan_tree(store, src)
+    ids = [row.id for row in store.catalog.iter_blobs() if row.kind == blob.BlobKind.DATA][:2]
+    bodies: list[dict[str, object]] = []
+
+    def honest(path: str, body: dict[str, object]) -> bytes:
+        bodies.append(body)
+        wanted = [bytes.fromhex(str(i)) for i in body["ids"]]  # type: ignore[attr-defined]
+        return msgpack.packb([list(x) for x in store.unseal_many(wanted)], use_bin_type=True)
+
+    id_key = store.keys.chunking.id_key
+    assert http_blobs(honest, id_key).get(ids[0]) == store.get(ids[0])
+    assert bodies[0]["stored"] is True
+    (other,) = msgpack.unpackb(honest("", {"ids": [ids[1].hex()]}))
+    (raw, flag, payload) = msgpack.unpackb(honest("", {"ids": [ids[0].hex()]}))[0]
+    lying = [raw - 1, flag, payload]  # its own payload, another size
+    for answer in ([other], [lying], [b"plain"], [[1, 2]], [[raw, 9, payload]]):
+        packed = msgpack.packb(answer, use_bin_type=True)
+        with pytest.raises(IntegrityError):
+            http_blobs(lambda path, body, p=packed: p, id_key).get(ids[0])
+
+
 def test_small_folders_share_requests_through_a_batching_source(
     store: Store, tmp_path: Path
 ) -> None:
@@ -156,3 +184,40 @@ def test_a_store_looks_up_a_batch_of_folders_read_ahead_at_once(
     assert st.errors == [] and st.files == 40
     assert_same_tree(root, tmp_path / "out")
     assert len(lookups) <= 8, lookups
+
+
+def test_an_agent_reads_plaintext_from_a_server_that_refuses_stored(
+    store: Store, src: Path
+) -> None:
+    """A version-2 server refuses ``stored`` (400 ``stored: Extra inputs are not
+    permitted``): the agent asks again without it, and from then on, and still hashes each
+    blob to its id; any other refusal is not taken for that."""
+    scan_tree(store, src)
+    ids = [row.id for row in store.catalog.iter_blobs() if row.kind == blob.BlobKind.DATA][:2]
+    bodies: list[dict[str, object]] = []
+
+    def version_2(path: str, body: dict[str, object]) -> bytes:
+        bodies.append(body)
+        if "stored" in body:
+            raise UsageError("stored: Extra inputs are not permitted")
+        wanted = [bytes.fromhex(str(i)) for i in body["ids"]]  # type: ignore[attr-defined]
+        return msgpack.packb([store.get(i) for i in wanted], use_bin_type=True)
+
+    blobs = http_blobs(version_2, store.keys.chunking.id_key)
+    assert blobs.get(ids[0]) == store.get(ids[0])
+    assert blobs.get(ids[1]) == store.get(ids[1])
+    assert ["stored" in b for b in bodies] == [True, False, False]
+
+    def forged(path: str, body: dict[str, object]) -> bytes:
+        if "stored" in body:
+            raise UsageError("stored: Extra inputs are not permitted")
+        return msgpack.packb([b"not the blob"], use_bin_type=True)
+
+    with pytest.raises(IntegrityError):
+        http_blobs(forged, store.keys.chunking.id_key).get(ids[0])
+
+    def too_many(path: str, body: dict[str, object]) -> bytes:
+        raise UsageError("ids: List should have at most 1024 items")
+
+    with pytest.raises(UsageError, match="ids"):
+        http_blobs(too_many, store.keys.chunking.id_key).get(ids[0])

@@ -10,6 +10,7 @@ import pytest
 
 from lamina.errors import UnsafePathError, UsageError
 from lamina.store.repository import Store
+from lamina.tree import restore as restore_mod
 from lamina.tree.restore import Restorer, restore_tree
 
 from .treeutil import MIB, MTIME, assert_same_tree, build_rich_tree, describe, scan_tree, write
@@ -117,6 +118,8 @@ def test_interrupted_while_writing_a_big_file_leaves_no_partial_file(
 
     with monkeypatch.context() as m:
         m.setattr(Store, "get_many", get_many)
+        # file jobs read the store itself, not batches of it (``in_batches``)
+        m.setattr(restore_mod, "in_batches", lambda source: source)
         with pytest.raises(Interrupted):
             restore_tree(store, tid, out, chunking=store.keys.chunking)
     assert not (out / "big").exists()

@@ -1,15 +1,38 @@
-"""Engines and transactions for SQLite (embedded default) and PostgreSQL (scale-out)."""
+"""Engines and transactions for SQLite (embedded default) and PostgreSQL (scale-out).
+
+Under load (hundreds of agents reporting and uploading at once, `make bench-load`):
+
+- The pools hold a connection for each of the server's worker threads (anyio's 40) and
+  more, so a request never waits for a connection behind requests that wait for the
+  database; a wait that still runs out is a ``BackendError`` (503, the agent tries
+  again), never an unhandled error.
+- SQLite takes one writer at a time. The writers of one process queue on a lock of the
+  engine, each woken as soon as the one before commits, instead of polling SQLite's
+  lock with its busy handler's growing sleeps (up to 100 ms each, no order: under load
+  a writer could wait seconds while others passed it) with a pooled connection held.
+  Writers of other processes (an admin's command) still meet SQLite's busy timeout.
+"""
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from lamina.errors import BackendError, UsageError
+
+#: Seconds a transaction waits for the database (SQLite's lock, a pooled connection).
+BUSY_SECONDS = 60
+#: Connections kept open, and how many more a burst may open (per engine).
+POOL_SIZE, POOL_OVERFLOW = 8, 48
+#: SQLite engines' writer locks (one per engine, so per database file and process).
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 
 
 def make_engine(url: str) -> Engine:
@@ -17,11 +40,22 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgres://") or url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": BUSY_SECONDS, "check_same_thread": False},
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+            pool_timeout=BUSY_SECONDS,
+        )
         _tune_sqlite(engine)
+        _WRITERS[engine] = threading.RLock()
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        # Fewer than SQLite's: each is a PostgreSQL backend, and two servers (and the
+        # admin's commands) must stay under its max_connections (100 by default).
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=25, pool_timeout=BUSY_SECONDS
+        )
     raise UsageError(f"unsupported database URL {url!r} (use sqlite:/// or postgresql://)")
 
 
@@ -35,7 +69,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -53,13 +87,33 @@ def is_sqlite(engine: Engine) -> bool:
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """One write transaction: the unit of work that owns a commit."""
+    with _writer_turn(engine):
+        try:
+            with engine.connect() as conn:
+                conn = conn.execution_options(lamina_write=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as e:
+            raise BackendError(f"database error: {e.orig}") from e
+        except PoolTimeout as e:
+            raise BackendError(f"database busy: {e}") from e
+
+
+@contextmanager
+def _writer_turn(engine: Engine) -> Iterator[None]:
+    """This thread's turn among the process's writers of a SQLite database (none needed
+    for PostgreSQL). Re-entrant, as SQLite's own lock is not: a nested write transaction
+    still fails on SQLite's busy timeout, as it always did."""
+    lock = _WRITERS.get(engine)
+    if lock is None:
+        yield
+        return
+    if not lock.acquire(timeout=BUSY_SECONDS):
+        raise BackendError(f"database busy: no write turn within {BUSY_SECONDS} s")
     try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(lamina_write=True)
-            with conn.begin():
-                yield conn
-    except OperationalError as e:
-        raise BackendError(f"database error: {e.orig}") from e
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
@@ -69,6 +123,8 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
             yield conn
     except OperationalError as e:
         raise BackendError(f"database error: {e.orig}") from e
+    except PoolTimeout as e:
+        raise BackendError(f"database busy: {e}") from e
 
 
 def driver_rows(c: Connection, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:

@@ -1,11 +1,13 @@
 """Request and response schemas shared by the server, the agent and the flex client.
 
-Version 2 (version 1 without ``/blobs/delta``: a version-2 agent that gets 404
-there fetches chunks as before). One schema per direction (``...Request`` from the caller, ``...Public``
+Version 3 (version 2 plus ``stored`` in ``/blobs/read``: blobs sent only decrypted,
+for an agent that inflates and hashes them; a version-2 server refuses the field, and
+the agent then asks again without it). Version 2 is version 1 with ``/blobs/delta``
+(a version-2 agent that gets 404 there fetches chunks as before). One schema per direction (``...Request`` from the caller, ``...Public``
 or ``...Response`` back); ORM rows never go on the wire. Binary sync bundles
 are msgpack (see ``lamina.protocol.bundle``), everything else JSON.
 """
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3

@@ -49,6 +49,9 @@ class RulesTestRequest(Strict):
 
 class BlobsRequest(Strict):
     ids: list[str] = Field(max_length=1024)
+    #: Send each blob as stored, only decrypted: ``[raw length, flag, payload]`` (flag 1:
+    #: a zstd frame), for a reader that inflates and hashes it to its id itself (an agent).
+    stored: bool = False
 
 
 class DeltaItem(Strict):

@@ -54,6 +54,7 @@ from lamina.tree.paths import lookup
 from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
+from lamina.tree.sources import in_batches
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Threads writing files. File creation waits on the file system and the blob work
@@ -215,7 +216,8 @@ class Restorer:
         root = _Folder(root_fd, [], None, None)
         if not self.selected and not os.listdir(root_fd):
             # Into an empty folder nothing is in place to keep: every chunk queued ahead
-            # is one a file job will ask for.
+            # is one a file job will ask for, so a store reads them in batches.
+            self.store = in_batches(self.store)
             self._ahead = ReadAhead(self.store, tree_id)
         self._open.add(root)
         self._root_fd = root_fd

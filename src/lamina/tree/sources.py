@@ -5,19 +5,32 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgpack
 
-from lamina.errors import IntegrityError
+from lamina.errors import IntegrityError, UsageError
 from lamina.store import blob
+
+T = TypeVar("T")
 
 #: ids asked for in one request; the server may answer with fewer (a prefix) to
 #: bound its response, and the rest are asked for again.
 BATCH = 128
 
+#: Raw bytes one batch read from a store holds at most (``in_batches``).
+STORE_BATCH = 16 * 1024 * 1024
+
 #: ``post(path, json_body) -> response bytes``: one request to the server's API.
 Post = Callable[[str, Any], bytes]
+
+
+@runtime_checkable
+class ReadsMany(Protocol):
+    """A source that reads many blobs at once (``Store.open_many``: a prefix of ``ids``,
+    at most ``limit`` raw bytes, their packs read in coalesced ranges)."""
+
+    def open_many(self, ids: list[bytes], limit: int) -> list[bytes]: ...
 
 
 class BatchedBlobs:
@@ -117,14 +130,52 @@ class BatchedBlobs:
             yield self.get(bid)
 
 
+def in_batches(source: T) -> BatchedBlobs | T:
+    """``source`` read a batch of queued ids at a time when it can read many blobs at
+    once (a store: each batch's packs in coalesced ranges, in pack order); else itself.
+    For a restore into an empty folder, where every id queued is one a file will ask for."""
+    if isinstance(source, ReadsMany):
+        return BatchedBlobs(lambda ids: source.open_many(ids, STORE_BATCH))
+    return source
+
+
+def _inflate(item: object) -> bytes:
+    """The plaintext of one blob of a ``stored`` answer, ``[raw length, flag, payload]``
+    (hashed against its id by ``BatchedBlobs``)."""
+    if not (
+        isinstance(item, list)
+        and len(item) == 3
+        and isinstance(item[0], int)
+        and isinstance(item[1], int)
+        and isinstance(item[2], bytes)
+    ):
+        raise IntegrityError("the server answered a blob request with something else")
+    raw_length, flag, payload = item
+    return blob.decompress(flag, payload, raw_length)
+
+
 def http_blobs(post: Post, id_key: bytes | None = None) -> BatchedBlobs:
     """Blobs read through a server's ``POST /blobs/read`` (the one client of that route).
 
-    The server decrypts and verifies; with ``id_key`` (an agent) each blob is also
-    re-hashed here against its id."""
+    Without ``id_key`` (an admin's CLI) the server decrypts, inflates and verifies each
+    blob and sends its plaintext. With ``id_key`` (an agent) it sends each blob as
+    stored, only decrypted (``stored``: ``[raw length, flag, payload]``): the blob is
+    inflated here and hashed against its id, so the server neither inflates nor hashes."""
+
+    stored = id_key is not None
 
     def fetch(ids: list[bytes]) -> list[bytes]:
-        out = msgpack.unpackb(post("/blobs/read", {"ids": [i.hex() for i in ids]}), raw=False)
+        nonlocal stored
+        body: dict[str, Any] = {"ids": [i.hex() for i in ids]}
+        if stored:
+            try:
+                out = msgpack.unpackb(post("/blobs/read", {**body, "stored": True}), raw=False)
+                return [_inflate(item) for item in out] if isinstance(out, list) else []
+            except UsageError as e:
+                if not e.message.startswith("stored:"):
+                    raise
+                stored = False  # a version-2 server refuses the field: plaintext from now on
+        out = msgpack.unpackb(post("/blobs/read", body), raw=False)
         return out if isinstance(out, list) else []
 
     return BatchedBlobs(fetch, id_key)

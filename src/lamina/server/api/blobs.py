@@ -11,6 +11,7 @@ from lamina.protocol.schemas import BlobsRequest, DeltasRequest
 from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits, require_active
 from lamina.server.services import access, cvd_ops, deltas, fleet
 from lamina.server.services.sync import parse_ids
+from lamina.store.repository import StoredBlob
 
 router = APIRouter()
 #: Bytes of plaintext one /blobs/read answer carries at most (at least one blob).
@@ -19,7 +20,7 @@ READ_LIMIT = 32 * 1024 * 1024
 
 @router.post(
     "/blobs/read",
-    summary="Plaintext of blobs by id (msgpack list, possibly a prefix), verified by the server",
+    summary="Blobs by id (msgpack list, possibly a prefix): plaintext verified by the server, or as stored",
     response_class=Response,
 )
 def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, limits: Limits) -> Response:
@@ -34,13 +35,14 @@ def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, limits: Limits) -> R
         cvd = fleet.active_cvd_of_device(ctx.engine, device)
         limits.reads.take(device.id, len(ids))
         access.check_read(ctx.engine, ctx.store, limits.trees, device.id, cvd, ids)
-    data: list[bytes] = []
-    size = 0
-    for blob in ctx.store.get_many(ids):
-        data.append(blob)
-        size += len(blob)
-        if size >= READ_LIMIT:  # a prefix: the client asks for the rest again
-            break
+    # A prefix of at most READ_LIMIT bytes: the client asks for the rest again.
+    data: list[bytes] | list[StoredBlob]
+    if req.stored:  # only decrypted: the reader inflates each blob and hashes it itself
+        data = ctx.store.unseal_many(ids, READ_LIMIT)
+        size = sum(raw for raw, _, _ in data)
+    else:
+        data = ctx.store.open_many(ids, READ_LIMIT)
+        size = sum(map(len, data))
     ctx.reads.read(caller, len(data), size)  # a user's: audited (services/read_audit.py)
     return Response(msgpack.packb(data, use_bin_type=True), media_type="application/msgpack")
 

@@ -13,11 +13,17 @@ same transaction that stores it, and a change for the worse becomes one event:
 
 The report also refreshes the device's hostname (a changed ``/etc/hostname`` shows in
 ``lamina device list`` at the next cycle).
+
+A syncing agent reports its progress every second. A report that would record no event
+and changes nothing but the volatile fields (``VOLATILE``: progress, clock, free space)
+is stored only when the stored one is ``STORE_EVERY`` old (``worth_storing``): hundreds
+of agents syncing at once otherwise make every poll wait for the database's write lock.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import TypeGuard
 
 from sqlalchemy import Connection
 
@@ -28,6 +34,33 @@ from lamina.server.services.rows import JsonObject
 #: Below this many free bytes an endpoint counts as low on disk.
 LOW_DISK = 2 * 1024**3
 MAX_SKEW = dt.timedelta(minutes=5)
+#: The fields of a report that change all the time, and how stale their stored values may get.
+VOLATILE = frozenset({"progress", "clock", "disk_free", "clock_skew"})
+STORE_EVERY = dt.timedelta(seconds=10)
+
+
+def _low(free: object) -> TypeGuard[int]:
+    return isinstance(free, int) and free < LOW_DISK
+
+
+def _skew(clock: object) -> dt.timedelta | None:
+    """How far an agent's clock is from the server's (None: it sent none)."""
+    if not isinstance(clock, dt.datetime):
+        return None
+    return abs((clock if clock.tzinfo else clock.replace(tzinfo=dt.UTC)) - now())
+
+
+def worth_storing(before: JsonObject, after: JsonObject, stored_at: dt.datetime | None) -> bool:
+    """Whether report ``after`` must be written over ``before`` (stored at ``stored_at``):
+    it would record an event or change a lasting field, or the stored one is stale."""
+    if stored_at is None or now() - stored_at >= STORE_EVERY:
+        return True
+    if any(before.get(k) != after.get(k) for k in (before.keys() | after.keys()) - VOLATILE):
+        return True
+    skew = _skew(after.get("clock"))
+    return _low(after.get("disk_free")) != _low(before.get("disk_free")) or (
+        skew is not None and (skew > MAX_SKEW) != bool(before.get("clock_skew"))
+    )
 
 
 def _gib(n: int) -> str:
@@ -45,13 +78,12 @@ def on_report(c: Connection, hostname: str, before: JsonObject, after: JsonObjec
         and (before.get("state") != "error" or before.get("last_error") != err)
     ):
         record(c, "error", "agent", hostname, f"agent error: {err}")
-    free, was = after.get("disk_free"), before.get("disk_free")
-    if isinstance(free, int) and free < LOW_DISK and not (isinstance(was, int) and was < LOW_DISK):
+    free = after.get("disk_free")
+    if _low(free) and not _low(before.get("disk_free")):
         record(c, "warning", "agent", hostname, f"disk low: {_gib(free)} free")
     clock = after.get("clock")
-    skew = None
+    skew = _skew(clock)
     if isinstance(clock, dt.datetime):
-        skew = abs((clock if clock.tzinfo else clock.replace(tzinfo=dt.UTC)) - now())
         after["clock"] = clock.isoformat()
     skewed = skew is not None and skew > MAX_SKEW
     if skew is not None and skewed and not before.get("clock_skew"):

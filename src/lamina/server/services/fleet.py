@@ -366,7 +366,16 @@ def agent_config(
     """The device's status and, once it has an active CVD, its policy and the chunking secret.
 
     ``facts`` (sent at the agent's start and after each sync) replace the device's
-    facts; the hostname the agent reports with its state refreshes the device's."""
+    facts; the hostname the agent reports with its state refreshes the device's. A
+    report that changes only volatile fields (``agent_events.worth_storing``) is
+    answered from a read transaction: no write, so no wait for the write lock."""
+    if state is not None and facts is None:
+        with read_tx(engine) as c:
+            was = c.execute(
+                select(devices.c.agent_state, devices.c.last_seen).where(devices.c.id == device.id)
+            ).one()
+            if not agent_events.worth_storing(was.agent_state or {}, state, aware(was.last_seen)):
+                return _agent_answer(c, device.id, chunking)
     with write_tx(engine) as c:
         values: JsonObject = {"last_seen": now()}
         if state is not None:
@@ -382,19 +391,20 @@ def agent_config(
             values["facts"] = facts.model_dump()
             drivers_index.store(c, device.id, values["facts"])
         c.execute(update(devices).where(devices.c.id == device.id).values(**values))
-        d = c.execute(select(devices).where(devices.c.id == device.id)).one()
         cvd = active_cvd(c, device.id)
         if cvd is not None and state is not None and "progress" in state:
             c.execute(update(cvds).where(cvds.c.id == cvd.id).values(progress=state["progress"]))
-        settings = None
-        if cvd is not None:
-            p = c.execute(select(policies).where(policies.c.id == cvd.policy_id)).one()
-            settings = PolicySettings(**p.settings)
+        return _agent_answer(c, device.id, chunking)
+
+
+def _agent_answer(c: Connection, device_id: str, chunking: ChunkingSecret | None) -> AgentConfig:
+    status = c.execute(select(devices.c.status).where(devices.c.id == device_id)).scalar_one()
+    cvd = active_cvd(c, device_id)
     return AgentConfig(
-        device_id=d.id,
-        status=d.status,
+        device_id=device_id,
+        status=status,
         cvd_id=cvd.id if cvd else None,
-        policy=settings,
+        policy=policy_of(c, cvd) if cvd else None,
         policy_version=cvd.policy_version if cvd else None,
         last_sync=aware(cvd.last_sync) if cvd else None,
         chunking=chunking_public(chunking, True) if chunking and cvd is not None else None,

@@ -1,0 +1,132 @@
+"""Restores through the server, pass after pass, with each pass's CPU split per process.
+
+``python -m bench.e2e_restore --size-mb 300 --passes 4`` builds a share of /usr (as
+``bench.e2e``), syncs it once with an agent, then restores the latest snapshot through
+the server ``--passes`` times (``cvd restore --output`` as the admin, as ``bench.e2e``
+step 4: the server hashes each blob). Per pass it prints wall time, the client's user and system CPU
+(``wait4`` of that one process: nothing else reaped meanwhile is counted) and the
+server's (``/proc/PID/stat`` before and after). ``--profile client`` samples the client
+with py-spy into WORK/restore-N.txt (collapsed stacks). Each pass after the first deletes the previous pass's files and waits ``--settle`` seconds
+first (``bench.common.settle_deletions``: on ext4 without a journal, creating files right
+after a mass deletion costs several times the system time). A/B: run it from two checkouts
+(``PYTHONPATH=OTHER/src``) one after the other, alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench import method
+from bench.common import ROOT, SETTLE_S, clean_env, rmtree, say, settle_deletions
+from bench.corpus import DEFAULT_GROUPS, build_corpus
+from bench.e2e_lamina import LaminaE2E
+from bench.e2e_prof import pyspy, top
+
+DEFAULT_WORK = ROOT / "bench" / "work" / "e2e-restore"
+
+
+def _proc_times(pid: int) -> tuple[float, float]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def one_restore(
+    lam: LaminaE2E, out: Path, n: int, profile: str, work: Path, settle: float
+) -> dict[str, float]:
+    if out.exists():
+        rmtree(out)
+        settle_deletions(settle)
+        say(f"(deleted the previous pass's files, then waited {settle:.0f} s)")
+    assert lam.server.proc is not None
+    su0, ss0 = _proc_times(lam.server.proc.pid)
+    argv = [
+        os.fspath(Path(sys.executable).parent / "lamina"),
+        "cvd",
+        "restore",
+        lam.cvd,
+        "--output",
+        os.fspath(out),
+        "--json",
+        *method.exact_restore_flags(),
+    ]
+    if profile == "client" and pyspy():
+        stacks = work / f"restore-{n}.txt"
+        argv = [pyspy() or "py-spy", "record", "--format", "raw", "--rate", "50", "--threads",
+                "--nonblocking", "--output", os.fspath(stacks), "--", *argv]  # fmt: skip
+    elif profile == "perf":  # the kernel's side too: where the system time goes
+        argv = ["perf", "record", "-q", "-g", "-o", os.fspath(work / f"perf-{n}.data"), *argv]
+    os.sync()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, env=lam.admin.env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise SystemExit(f"restore failed: exit {p.returncode}")
+    su1, ss1 = _proc_times(lam.server.proc.pid)
+    row = {
+        "wall_s": wall,
+        "client_user_s": usage.ru_utime,
+        "client_sys_s": usage.ru_stime,
+        "server_user_s": su1 - su0,
+        "server_sys_s": ss1 - ss0,
+        "client_rss_mib": usage.ru_maxrss / 1024,
+    }
+    say(
+        f"pass {n}: wall {wall:6.2f} s  client CPU user {usage.ru_utime:6.2f} sys "
+        f"{usage.ru_stime:6.2f}  server CPU user {su1 - su0:6.2f} sys {ss1 - ss0:6.2f}  "
+        f"client RSS {usage.ru_maxrss / 1024:.0f} MiB  load {os.getloadavg()[0]:.1f}",
+        "bold",
+    )
+    if profile == "client" and (work / f"restore-{n}.txt").exists():
+        for f, own, incl in sorted(top(work / f"restore-{n}.txt", 400), key=lambda r: -r[1])[:15]:
+            print(f"    {incl * 100:5.1f}% {own * 100:5.1f}%  {f}")
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.e2e_restore", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("--size-mb", type=int, default=300)
+    ap.add_argument("--passes", type=int, default=4)
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--profile", choices=("client", "perf", "none"), default="none")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_S,
+        help="seconds to wait after deleting the previous pass's files (0: none)",
+    )
+    ap.add_argument(
+        "--alternate", action="store_true", help="wait (--settle) before every other pass only"
+    )
+    args = ap.parse_args(argv)
+    work: Path = args.work.resolve()
+    rmtree(work)
+    work.mkdir(parents=True)
+    corpus = work / "corpus"
+    build_corpus(corpus, DEFAULT_GROUPS, args.size_mb * 1024 * 1024)
+    lam = LaminaE2E(work / "lamina", clean_env(), corpus)
+    try:
+        lam.setup(start_timeout=300)
+        r, _, cpu = lam.cycle(sync=True)
+        say(f"first sync {r.seconds:.1f} s, agent CPU {cpu['agent_cpu_s']:.1f} s", "bold")
+        for n in range(1, args.passes + 1):
+            settle = 0.0 if args.alternate and n % 2 == 0 else args.settle
+            one_restore(lam, work / "restored", n, args.profile, work, settle)
+    finally:
+        lam.server.stop()
+        rmtree(work / "restored")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

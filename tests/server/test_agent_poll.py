@@ -1,0 +1,74 @@
+"""An agent's poll (``fleet.agent_config``) writes only what must be written.
+
+A syncing agent reports its progress every second; with hundreds syncing at once a
+write per report made every poll wait for the database's write lock (``make bench-load``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Engine, select, update
+
+from lamina.db.engine import read_tx, write_tx
+from lamina.db.models import cvds, devices, events
+from lamina.protocol.schemas import (
+    CentralizeRequest,
+    EnrollRequest,
+    HardwareFacts,
+    PolicyCreate,
+    PolicySettings,
+    TokenCreate,
+)
+from lamina.server.security import ROLES, Principal
+from lamina.server.services import agent_events, fleet, policies
+from lamina.store.keys import StoreKeys
+
+ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
+
+
+def _active_device(engine: Engine) -> Principal:
+    policies.create(engine, ADMIN, PolicyCreate(name="p", settings=PolicySettings()))
+    token = fleet.create_token(engine, ADMIN, TokenCreate(uses=1)).token
+    req = EnrollRequest(token=token, facts=HardwareFacts(machine_id="m-pc1", hostname="pc1"))
+    out = fleet.enroll(engine, req, StoreKeys.generate().chunking)
+    fleet.centralize(engine, ADMIN, "pc1", CentralizeRequest(policy="p"))
+    return Principal("device", out.device_id, "device pc1", role="active")
+
+
+def _stored(engine: Engine, device: Principal) -> tuple[dict[str, object], object, int]:
+    """The device's stored report, its CVD's progress, and how many events there are."""
+    with read_tx(engine) as c:
+        state = c.execute(select(devices.c.agent_state).where(devices.c.id == device.id)).scalar()
+        progress = c.execute(select(cvds.c.progress).where(cvds.c.device_id == device.id)).scalar()
+        n = len(c.execute(select(events.c.id)).all())
+    return state or {}, progress, n
+
+
+def test_a_progress_only_report_is_stored_at_most_every_store_every(sqlite_engine: Engine) -> None:
+    engine = sqlite_engine
+    pc = _active_device(engine)
+    first = fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 1}})
+    assert first.cvd_id is not None and first.policy is not None
+    assert _stored(engine, pc)[:2] == (
+        {"state": "syncing", "progress": {"files": 1}, "clock_skew": False},
+        {"files": 1},
+    )
+    # Only the progress moved, a second later: answered the same, nothing written.
+    again = fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 2}})
+    assert again == first
+    assert _stored(engine, pc)[1] == {"files": 1}
+    # A lasting field changed: stored at once, with its event.
+    fleet.agent_config(engine, pc, {"state": "error", "last_error": "disk full", "progress": {}})
+    state, progress, n_events = _stored(engine, pc)
+    assert (state["state"], progress, n_events) == ("error", {}, 1)
+    # Free space falling below LOW_DISK is an event at once, whatever its age.
+    low = {"state": "error", "last_error": "disk full", "disk_free": 1024**2, "progress": {}}
+    fleet.agent_config(engine, pc, low)
+    assert _stored(engine, pc)[2] == 2
+    # Once the stored report is STORE_EVERY old, the next progress report is written.
+    with write_tx(engine) as c:
+        old = dt.datetime.now(dt.UTC) - agent_events.STORE_EVERY
+        c.execute(update(devices).where(devices.c.id == pc.id).values(last_seen=old))
+    fleet.agent_config(engine, pc, {**low, "progress": {"files": 3}})
+    assert _stored(engine, pc)[1] == {"files": 3}
