@@ -38,5 +38,7 @@ def _grown_mib(mode: str) -> int:
 def test_freed_large_blocks_leave_the_rss_once_the_threshold_is_fixed() -> None:
     if not map_large_blocks():
         pytest.skip("no glibc mallopt here: the agent leaves malloc as it is")
-    assert _grown_mib("default") >= 8  # what the fix is for: glibc keeps a freed block
-    assert _grown_mib("fixed") < 2
+    # What the fix is for: glibc keeps (most of) a freed 8 MiB block in its heap; how much
+    # of its top it trims back depends on the glibc and the environment (7 or 8 MiB).
+    default, fixed = _grown_mib("default"), _grown_mib("fixed")
+    assert default >= 4 and fixed < 2, (default, fixed)
