@@ -1,7 +1,8 @@
 """An agent's poll (``fleet.agent_config``) writes only what must be written.
 
-A syncing agent reports its progress every second; with hundreds syncing at once a
-write per report made every poll wait for the database's write lock (``make bench-load``).
+Hundreds of agents polling at once made every poll wait for the database's write lock
+(``make bench-load``): a report that changes only the clock or free space is not written
+again within ``STORE_EVERY``; a sync's progress is written at every report.
 """
 
 from __future__ import annotations
@@ -45,19 +46,33 @@ def _stored(engine: Engine, device: Principal) -> tuple[dict[str, object], objec
     return state or {}, progress, n
 
 
-def test_a_progress_only_report_is_stored_at_most_every_store_every(sqlite_engine: Engine) -> None:
+def test_a_clock_or_free_space_report_is_stored_at_most_every_store_every(
+    sqlite_engine: Engine,
+) -> None:
     engine = sqlite_engine
     pc = _active_device(engine)
-    first = fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 1}})
+    first = fleet.agent_config(
+        engine, pc, {"state": "syncing", "progress": {"files": 1}, "disk_free": 9 * 1024**3}
+    )
     assert first.cvd_id is not None and first.policy is not None
     assert _stored(engine, pc)[:2] == (
-        {"state": "syncing", "progress": {"files": 1}, "clock_skew": False},
+        {
+            "state": "syncing",
+            "progress": {"files": 1},
+            "disk_free": 9 * 1024**3,
+            "clock_skew": False,
+        },
         {"files": 1},
     )
-    # Only the progress moved, a second later: answered the same, nothing written.
-    again = fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 2}})
+    # Only the free space moved, a second later: answered the same, nothing written.
+    again = fleet.agent_config(
+        engine, pc, {"state": "syncing", "progress": {"files": 1}, "disk_free": 8 * 1024**3}
+    )
     assert again == first
-    assert _stored(engine, pc)[1] == {"files": 1}
+    assert _stored(engine, pc)[0]["disk_free"] == 9 * 1024**3
+    # The progress moved: written at once (the console shows where a sync stands).
+    fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 2}})
+    assert _stored(engine, pc)[1] == {"files": 2}
     # A lasting field changed: stored at once, with its event.
     fleet.agent_config(engine, pc, {"state": "error", "last_error": "disk full", "progress": {}})
     state, progress, n_events = _stored(engine, pc)
@@ -66,9 +81,11 @@ def test_a_progress_only_report_is_stored_at_most_every_store_every(sqlite_engin
     low = {"state": "error", "last_error": "disk full", "disk_free": 1024**2, "progress": {}}
     fleet.agent_config(engine, pc, low)
     assert _stored(engine, pc)[2] == 2
-    # Once the stored report is STORE_EVERY old, the next progress report is written.
+    # Once the stored report is STORE_EVERY old, the next report is written, however little moved.
+    fleet.agent_config(engine, pc, {**low, "disk_free": 1024**2 + 1})
+    assert _stored(engine, pc)[0]["disk_free"] == 1024**2
     with write_tx(engine) as c:
         old = dt.datetime.now(dt.UTC) - agent_events.STORE_EVERY
         c.execute(update(devices).where(devices.c.id == pc.id).values(last_seen=old))
-    fleet.agent_config(engine, pc, {**low, "progress": {"files": 3}})
-    assert _stored(engine, pc)[1] == {"files": 3}
+    fleet.agent_config(engine, pc, {**low, "disk_free": 1024**2 + 2})
+    assert _stored(engine, pc)[0]["disk_free"] == 1024**2 + 2

@@ -14,10 +14,12 @@ same transaction that stores it, and a change for the worse becomes one event:
 The report also refreshes the device's hostname (a changed ``/etc/hostname`` shows in
 ``lamina device list`` at the next cycle).
 
-A syncing agent reports its progress every second. A report that would record no event
-and changes nothing but the volatile fields (``VOLATILE``: progress, clock, free space)
-is stored only when the stored one is ``STORE_EVERY`` old (``worth_storing``): hundreds
-of agents syncing at once otherwise make every poll wait for the database's write lock.
+An agent polls all day. A report that would record no event and changes nothing but
+the volatile fields (``VOLATILE``: its clock and free space) is stored only when the
+stored one is ``STORE_EVERY`` old (``worth_storing``): hundreds of agents polling at
+once otherwise make every poll wait for the database's write lock. A sync's progress is
+not volatile: it is stored at every report, since the report before a stall (an upload
+held up) must be what the console shows.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from lamina.server.services.rows import JsonObject
 LOW_DISK = 2 * 1024**3
 MAX_SKEW = dt.timedelta(minutes=5)
 #: The fields of a report that change all the time, and how stale their stored values may get.
-VOLATILE = frozenset({"progress", "clock", "disk_free", "clock_skew"})
+VOLATILE = frozenset({"clock", "disk_free", "clock_skew"})
 STORE_EVERY = dt.timedelta(seconds=10)
 
 
