@@ -68,6 +68,7 @@ def cut_piece(
     view = _buffer(min(size, step + chunker.secret.max_size))
     carry = 0
     done = 0
+    outer, _local.busy = getattr(_local, "busy", False), True
     try:
         while done < size:
             n = min(size - done, step)
@@ -82,6 +83,7 @@ def cut_piece(
             carry = len(last)
             view[:carry] = last
     finally:
+        _local.busy = outer
         view.release()
 
 
@@ -89,7 +91,10 @@ _local = threading.local()
 
 
 def _buffer(nbytes: int) -> memoryview:
-    """A view of ``nbytes`` of this thread's read buffer (grown, never shrunk, by need)."""
+    """A view of ``nbytes`` of this thread's read buffer (grown, never shrunk, by need);
+    a buffer of its own while the thread's is in use (a piece cut inside another's)."""
+    if getattr(_local, "busy", False):
+        return memoryview(bytearray(nbytes))
     buf: bytearray | None = getattr(_local, "buf", None)
     if buf is None or len(buf) < nbytes:
         buf = _local.buf = bytearray(nbytes)
