@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -39,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import method
+from bench import goals, host, method
 from bench.common import (
     ROOT,
     CommandFailed,
@@ -146,6 +145,7 @@ def bench_corpus(args: argparse.Namespace, kind: str) -> int:
     """``--runs`` passes over one corpus, Lamina and restic taking turns to go first."""
     t_start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
+    machine = host.describe(args.work)
     passes: list[dict[str, Any]] = []
     failures: list[str] = []
     code = 0
@@ -166,26 +166,20 @@ def bench_corpus(args: argparse.Namespace, kind: str) -> int:
         last = (res, c_size, with_restic)
     assert last is not None
     summary = method.summarize([p["figures"] for p in passes])
-    figures = method.medians(summary)
-    total = time.perf_counter() - t_start
     print_table(last[0], summary, last[1], args.quick, last[2], kind, args.runs)
-    doc = {
-        "corpus_kind": kind,
-        "date": started.isoformat(timespec="seconds"),
-        "duration_s": round(total, 1),
-        "runs": args.runs,
-        "method": (method.__doc__ or "").split("\n\n")[1].replace("\n", " "),
-        "figures": figures,
-        "ratios": ratios(figures),
-        "spread": summary,
-        "passes": passes,
-        "failures": failures,
-    }
-    out: Path = args.output
-    if kind != "usr":
-        out = out.with_name(f"{out.stem}-{kind}{out.suffix}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    total = time.perf_counter() - t_start
+    git = {"at_start": passes[0]["git"]["at_start"], "at_end": passes[-1]["git"]["at_end"]}
+    out = method.write_results(
+        args.output,
+        kind,
+        started=started,
+        seconds=total,
+        passes=passes,
+        failures=failures,
+        ratios=ratios,
+        host=machine,
+        git=git,
+    )
     say(f"results written to {out} ({args.runs} passes, {total:.0f} s)")
     if failures:
         say("FAILURES:\n  " + "\n  ".join(failures), "bold red")
@@ -314,9 +308,9 @@ def print_table(
         f"End to end (agent -> server on loopback). Corpus {kind}: {c_size.files} files, "
         f"{human_bytes(c_size.apparent)}{' (quick)' if quick else ''}. Median of {runs} "
         "passes (min-max), who goes first alternating. Ratios (of medians) < 1: Lamina "
-        "faster / smaller."
+        "faster / smaller; goals of issue 12."
     )
-    header = ["figure", *names, *(["lamina/restic"] if with_restic else [])]
+    header = ["figure", *names, *(["lamina/restic", "goal", "met"] if with_restic else [])]
     rows = []
     for key, label, unit in FIGURES:
         vals = summary.get(key, {})
@@ -324,6 +318,8 @@ def print_table(
         if with_restic:
             r = rat.get(key)
             row.append("—" if r is None else f"{r:.2f}")
+            lamina = vals.get("lamina", {}).get("median")
+            row += goals.verdict(goals.E2E.get(key), r, lamina)
         rows.append(row)
     print_rows(title, header, rows)
     lu = res.layer_update

@@ -13,10 +13,12 @@ generated from a seed, so every pass and every machine backs up the same bytes.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +125,43 @@ def spread(cell: dict[str, Any] | None, unit: str, human_bytes: Any) -> str:
     if len([v for v in cell["values"] if v is not None]) < 2 or cell["min"] == cell["max"]:
         return med
     return f"{med} ({f(cell['min'])}-{f(cell['max'])})"
+
+
+def results_path(output: Path, kind: str) -> Path:
+    """``--output`` for the usr corpus; ``results-small.json`` beside it for the small one."""
+    return output if kind == "usr" else output.with_name(f"{output.stem}-{kind}{output.suffix}")
+
+
+def write_results(
+    output: Path,
+    kind: str,
+    *,
+    started: dt.datetime,
+    seconds: float,
+    passes: list[dict[str, Any]],
+    failures: list[str],
+    ratios: Callable[[Figures], Any],
+    host: dict[str, Any],
+    git: dict[str, str | None],
+) -> Path:
+    """One corpus's results file: the medians and their ratios, the spread, every pass."""
+    summary = summarize([p["figures"] for p in passes])
+    figures = medians(summary)
+    doc = {
+        "corpus_kind": kind,
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(seconds, 1),
+        "runs": len(passes),
+        "method": (__doc__ or "").split("\n\n")[1].replace("\n", " "),
+        "host": host,
+        "git": git,
+        "figures": figures,
+        "ratios": ratios(figures),
+        "spread": summary,
+        "passes": passes,
+        "failures": failures,
+    }
+    out = results_path(output, kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return out

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import method
+from bench import goals, host, method
 from bench.common import (
     BENCH,
     CONSOLE,
@@ -47,6 +47,7 @@ from bench.common import (
     warn,
 )
 from bench.corpus import Corpus, copy_tree, make_corpus, mutate
+from bench.e2e_procs import git_revision
 from bench.tools import Tool, find_tools
 from bench.verify import compare, manifest
 
@@ -374,16 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def output_for(args: argparse.Namespace, kind: str) -> Path:
-    """bench/results.json for the usr corpus, bench/results-small.json for the other."""
-    out: Path = args.output
-    return out if kind == "usr" else out.with_name(f"{out.stem}-{kind}{out.suffix}")
-
-
 def bench_corpus(args: argparse.Namespace, kind: str) -> int:
     """``--runs`` passes over one corpus, the tools' order rotated; medians printed and kept."""
     t_start = time.perf_counter()
     started = dt.datetime.now(dt.UTC)
+    machine = host.describe(args.work)
+    rev_start = git_revision()
     passes: list[dict[str, Any]] = []
     failures: list[str] = []
     names: list[str] = []
@@ -398,26 +395,20 @@ def bench_corpus(args: argparse.Namespace, kind: str) -> int:
         names = names or [n for n in ALL_TOOLS if any(t.name == n for t in run.tools)]
         passes.append({"pass": i + 1, "order": order, **doc})
         failures += [f"pass {i + 1}: {f}" for f in run.failures]
-    summary = method.summarize([p["figures"] for p in passes])
-    figures = method.medians(summary)
-    total = time.perf_counter() - t_start
     assert c_size is not None
-    print_table(names, summary, c_size, args.quick, kind, args.runs)
-    doc = {
-        "corpus_kind": kind,
-        "date": started.isoformat(timespec="seconds"),
-        "duration_s": round(total, 1),
-        "runs": args.runs,
-        "method": (method.__doc__ or "").split("\n\n")[1].replace("\n", " "),
-        "figures": figures,
-        "ratios": ratios(figures),
-        "spread": summary,
-        "passes": passes,
-        "failures": failures,
-    }
-    out = output_for(args, kind)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print_table(names, method.summarize([p["figures"] for p in passes]), c_size, args, kind)
+    total = time.perf_counter() - t_start
+    out = method.write_results(
+        args.output,
+        kind,
+        started=started,
+        seconds=total,
+        passes=passes,
+        failures=failures,
+        ratios=ratios,
+        host=machine,
+        git={"at_start": rev_start, "at_end": git_revision()},
+    )
     say(f"results written to {out} ({args.runs} passes, {total:.0f} s)")
     if failures:
         say("FAILURES:\n  " + "\n  ".join(failures), "bold red")
@@ -480,17 +471,18 @@ def print_table(
     names: list[str],
     summary: dict[str, dict[str, dict[str, Any]]],
     c_size: TreeSize,
-    quick: bool,
+    args: argparse.Namespace,
     kind: str,
-    runs: int,
 ) -> None:
     rat = ratios(method.medians(summary))
     peers = [p for p in ("restic", "borg") if p in names and "lamina" in names]
     title = (
         f"Corpus {kind}: {c_size.files} files, {human_bytes(c_size.apparent)}"
-        f"{' (quick)' if quick else ''}. Median of {runs} passes (min-max), the tools' order "
-        "rotated. Ratios (of medians) < 1: Lamina faster / smaller."
+        f"{' (quick)' if args.quick else ''}. Median of {args.runs} passes (min-max), the tools' "
+        "order rotated. Ratios (of medians) < 1: Lamina faster / smaller; goals of issue 12 "
+        "bound lamina/restic."
     )
+    with_goals = "restic" in peers
     rows = []
     for key, label, unit in FIGURES:
         vals = summary.get(key, {})
@@ -498,9 +490,14 @@ def print_table(
         for p in peers:
             r = rat.get(key, {}).get(f"lamina/{p}")
             row.append("—" if r is None else f"{r:.2f}")
+        if with_goals:
+            lamina = vals.get("lamina", {}).get("median")
+            row += goals.verdict(
+                goals.ENGINE.get(key), rat.get(key, {}).get("lamina/restic"), lamina
+            )
         rows.append(row)
     header = ["figure", *names, *[f"lamina/{p}" for p in peers]]
-    print_rows(title, header, rows)
+    print_rows(title, header + (["goal", "met"] if with_goals else []), rows)
 
 
 def print_rows(title: str, header: list[str], rows: list[list[str]]) -> None:
