@@ -54,6 +54,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run && $(BIN)/python -m bench.e2e && $(BIN)/python -m bench.migrate && $(BIN)/python -m bench.startup
+	$(BIN)/python -m bench.report --readme
 
 bench-load: $(STAMP)
 	$(BIN)/python -m bench.load --pg-s3

@@ -15,14 +15,16 @@ class Goal:
     bound: float
     #: "ratio": Lamina / restic must be at most ``bound``; "lamina": Lamina's own figure.
     of: str = "ratio"
+    #: the unit of Lamina's own figure (none for a ratio)
+    unit: str = ""
 
     def met(self, ratio: float | None, lamina: float | None) -> bool | None:
         """Whether the figure is within the bound; None when it was not measured."""
         value = ratio if self.of == "ratio" else lamina
         return None if value is None else value <= self.bound
 
-    def label(self, unit: str = "") -> str:
-        return f"≤ {self.bound:g}" + ("" if self.of == "ratio" else f" {unit}".rstrip())
+    def label(self) -> str:
+        return f"≤ {self.bound:g} {self.unit}".rstrip()
 
 
 #: bench.run (the engine, in process), by figure key.
@@ -40,8 +42,8 @@ E2E: dict[str, Goal] = {
     "unchanged_backup_s": Goal(0.3),
     "changed_backup_s": Goal(0.6),
     "restore_s": Goal(0.6),
-    "first_cpu_per_gib_s": Goal(3.0, "lamina"),
-    "first_server_cpu_per_gib_s": Goal(1.5, "lamina"),
+    "first_cpu_per_gib_s": Goal(3.0, "lamina", "s/GiB"),
+    "first_server_cpu_per_gib_s": Goal(1.5, "lamina", "s/GiB"),
 }
 
 #: The layer update's downloaded / changed bytes (bench.e2e's step 6).
@@ -53,4 +55,4 @@ def verdict(goal: Goal | None, ratio: float | None, lamina: float | None) -> tup
     if goal is None:
         return "", ""
     met = goal.met(ratio, lamina)
-    return goal.label("s"), {None: "—", True: "yes", False: "no"}[met]
+    return goal.label(), {None: "—", True: "yes", False: "no"}[met]
