@@ -51,7 +51,9 @@ def copy_sample(src: Path, dst: Path, budget: float, seed: int) -> dict[str, int
 
 def change_bytes(root: Path, fraction: float, seed: int) -> dict[str, Any]:
     """Overwrite about ``fraction`` of the bytes under ``root``, same sizes: a region in
-    the middle of the 4 largest files (most of it) and 16 small files (4 to 256 KiB)."""
+    the middle of the 4 largest files (most of it) and 16 small files (4 to 256 KiB). A
+    tree with neither (the small-files corpus) has whole files rewritten instead, picked
+    at random until they add up to ``fraction``."""
     rng = random.Random(seed)
     files = sorted(
         (p.stat().st_size, p)
@@ -69,6 +71,13 @@ def change_bytes(root: Path, fraction: float, seed: int) -> dict[str, Any]:
     rest = max(0.0, target - sum(n for _, n in plan))
     for p in large:
         plan.append((p, min(p.stat().st_size // 2, int(rest / len(large)))))
+    if not plan:
+        pool = [(s, p) for s, p in files if s >= 64]
+        rng.shuffle(pool)
+        for s, p in pool:
+            if sum(n for _, n in plan) >= target:
+                break
+            plan.append((p, s))
     changed: list[dict[str, Any]] = []
     for p, n in plan:
         if n <= 0:
