@@ -253,29 +253,38 @@ class _OldTree:
     rename)."""
 
     def __init__(self, store: Store, old: bytes | None) -> None:
-        self.folders: dict[bytes, bytes] = {}
-        self.files: dict[bytes, tuple[int, list[bytes | int]]] = {}
-        self.subtrees: set[bytes] = set()
+        self.entries: dict[bytes, dict[str, object]] = {}
+        self._subtrees: set[object] | None = None
         try:
             doc = msgpack.unpackb(store.get(old), raw=False, strict_map_key=False) if old else {}
-        except (MissingDataError, ValueError, TypeError, msgpack.UnpackException):
-            return  # no longer stored: every entry is checked
-        rows = doc.get("entries") if isinstance(doc, dict) else None
-        for d in rows if isinstance(rows, list) else ():
-            if not isinstance(d, dict) or not isinstance(name := d.get("name"), bytes):
-                continue
-            if d.get("type") == "dir":
-                sub = d.get("subtree")
-                if isinstance(sub, bytes) and len(sub) == blob.ID_SIZE:
-                    self.folders[name] = sub
-            elif d.get("type") == "file":
-                size, content = d.get("size", 0), d.get("content", [])
-                if type(size) is int and isinstance(content, list):
-                    self.files[name] = (size, content)
-        self.subtrees = set(self.folders.values())
+            rows = doc.get("entries") if isinstance(doc, dict) else None
+            if isinstance(rows, list):  # (its entries as msgpack gives them: by name)
+                self.entries = {d["name"]: d for d in rows if isinstance(d, dict) and "name" in d}
+        except (MissingDataError, ValueError, TypeError, KeyError, msgpack.UnpackException):
+            self.entries = {}  # no longer stored (or unreadable): every entry is checked
 
     def holds_file(self, e: Entry) -> bool:
-        return self.files.get(e.name) == (e.size, e.content or [])
+        d = self.entries.get(e.name)
+        return (
+            d is not None
+            and d.get("type") == "file"
+            and d.get("size", 0) == e.size
+            and d.get("content", []) == e.content
+        )
+
+    def holds_folder(self, e: Entry) -> bool:
+        d = self.entries.get(e.name)
+        if d is not None and d.get("subtree") == e.subtree:
+            return True
+        if self._subtrees is None:  # a rename: the same tree under another name
+            self._subtrees = {d.get("subtree") for d in self.entries.values()}
+        return e.subtree in self._subtrees
+
+    def folder(self, name: bytes) -> bytes | None:
+        """The subtree id of the old folder of ``name``, or None."""
+        d = self.entries.get(name)
+        sub = d.get("subtree") if d is not None and d.get("type") == "dir" else None
+        return sub if isinstance(sub, bytes) and len(sub) == blob.ID_SIZE else None
 
 
 class _Content:
@@ -383,8 +392,8 @@ def verify_tree(
             for e in entries:
                 if e.type == "file" and not was.holds_file(e) and content.add(tid, e):
                     yield from content.check()
-                elif e.subtree is not None and e.subtree not in was.subtrees:
-                    pending.append((e.subtree, was.folders.get(e.name)))
+                elif e.subtree is not None and not was.holds_folder(e):
+                    pending.append((e.subtree, was.folder(e.name)))
             del entries
     yield from content.check()
 
