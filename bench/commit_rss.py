@@ -210,16 +210,17 @@ def run(state: Path, work: Path, src: Path) -> dict[str, Any]:
     subprocess.run(["cp", "-a", "--", os.fspath(state), os.fspath(copy)], check=True)
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     try:
-        out = subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "bench.commit_rss", "--child", os.fspath(copy)],
             env=env,
-            check=True,
             capture_output=True,
             text=True,
-        ).stdout
+        )
     finally:
         rmtree(copy)
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if done.returncode:
+        raise SystemExit(f"the commit with {src} failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 

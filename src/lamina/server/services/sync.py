@@ -305,11 +305,11 @@ class _Content:
                 f"tree {tid.hex()[:16]}: file {e.name!r} claims {e.size} bytes, "
                 f"above the {MAX_FILE_SIZE} limit"
             )
-        ids = list(e.chunk_ids())
+        ids = [c for c in e.content or () if isinstance(c, bytes)]
         if ids:
             self.chunks += ids
             self.files.append((tid, e))
-        else:
+        elif e.size or e.content:  # (an empty file adds up to its size of 0)
             _add_up(tid, e, {})
         return len(self.chunks) >= WALK_CHUNKS
 
