@@ -20,19 +20,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_WORK, ROOT, rmtree, say
+from sqlalchemy import Engine
+
+from bench.common import DEFAULT_WORK, ROOT, built_once, rmtree, say
+from lamina.db.stores import StoreLocation, init_store, open_database, open_store
+from lamina.protocol.schemas import (
+    CentralizeRequest,
+    CommitRequest,
+    EnrollRequest,
+    HardwareFacts,
+    PolicyCreate,
+    PolicySettings,
+    TokenCreate,
+)
+from lamina.server.security import ROLES, Principal
+from lamina.server.services import access, fleet, policies, sync
+from lamina.store.blob import BlobKind
+from lamina.store.repository import Store
+from lamina.store.writer import Writer
+from lamina.tree.backup import walk_blobs
+from lamina.tree.model import Entry, decode_tree, encode_tree
 
 PER_FOLDER = 1000
 FOLDERS_PER_FOLDER = 100
-MARKER = ".complete"
 
 
 def _file(i: int) -> tuple[bytes, bytes | None]:
@@ -40,12 +58,9 @@ def _file(i: int) -> tuple[bytes, bytes | None]:
     return b"f%07d" % i, (b"file %d\n" % i) if i % 2 else None
 
 
-def _snapshot(w: Any, files: int, changed: set[int]) -> tuple[bytes, list[bytes], int]:
+def _snapshot(w: Writer, files: int, changed: set[int]) -> tuple[bytes, list[bytes], int]:
     """Write the snapshot's blobs (files in ``changed`` hold other bytes); its root, the
     ids of its blobs and its size."""
-    from lamina.store.blob import BlobKind
-    from lamina.tree.model import Entry, encode_tree
-
     ids: list[bytes] = []
     size = 0
     groups: dict[int, list[Entry]] = {}
@@ -57,9 +72,9 @@ def _snapshot(w: Any, files: int, changed: set[int]) -> tuple[bytes, list[bytes]
                 data = b"changed %d\n" % i
             content: list[bytes | int] = []
             if data is not None:
-                content = [w.put(BlobKind.DATA, data)]
-                ids.append(content[0])
-                size += len(data)
+                chunk = w.put(BlobKind.DATA, data)
+                content, size = [chunk], size + len(data)
+                ids.append(chunk)
             entries.append(Entry(name=name, type="file", size=len(data or b""), content=content))
         sub = w.put(BlobKind.TREE, encode_tree(entries))
         ids.append(sub)
@@ -78,23 +93,10 @@ def _snapshot(w: Any, files: int, changed: set[int]) -> tuple[bytes, list[bytes]
 
 def build(state: Path, files: int) -> float:
     """The server's state with the snapshot uploaded and owned; seconds spent (0: there)."""
-    from lamina.db.stores import StoreLocation, init_store, open_database
-    from lamina.protocol.schemas import (
-        CentralizeRequest,
-        EnrollRequest,
-        HardwareFacts,
-        PolicyCreate,
-        PolicySettings,
-        TokenCreate,
-    )
-    from lamina.server.security import ROLES, Principal
-    from lamina.server.services import access, fleet, policies
+    return built_once(state, lambda s: _make_state(s, files))
 
-    marker = state.with_name(state.name + MARKER)
-    if marker.exists():
-        return 0.0
-    t0 = time.perf_counter()
-    rmtree(state)
+
+def _make_state(state: Path, files: int) -> None:
     loc = StoreLocation(data=state)
     store = init_store(loc)
     engine = open_database(loc)
@@ -113,33 +115,27 @@ def build(state: Path, files: int) -> float:
     )
     store.close()
     engine.dispose()
-    marker.write_text(f"{files}\n")
-    return time.perf_counter() - t0
+
+
+def _opened(state: Path) -> tuple[dict[str, Any], Store, Engine, Principal, CommitRequest]:
+    """The state's commit (``commit.json``), store, database, device and commit request."""
+    doc = json.loads((state / "commit.json").read_text())
+    loc = StoreLocation(data=state)
+    device = Principal("device", doc["device"], "device big", role="active")
+    req = CommitRequest(root=doc["root"], files=doc["files"], bytes=doc["bytes"])
+    return doc, open_store(loc), open_database(loc), device, req
 
 
 def build_changed(base: Path, state: Path, files: int, fraction: float) -> float:
     """``base`` with its snapshot committed, then a snapshot where ``fraction`` of the
     files (at random, seed 1) hold other bytes uploaded and owned: the commit of a ~1%
     change. Seconds spent (0: there)."""
-    import random
+    return built_once(state, lambda s: _make_changed(base, s, files, fraction))
 
-    from lamina.db.stores import StoreLocation, open_database, open_store
-    from lamina.protocol.schemas import CommitRequest
-    from lamina.server.security import Principal
-    from lamina.server.services import access, fleet, sync
 
-    marker = state.with_name(state.name + MARKER)
-    if marker.exists():
-        return 0.0
-    t0 = time.perf_counter()
-    rmtree(state)
+def _make_changed(base: Path, state: Path, files: int, fraction: float) -> None:
     subprocess.run(["cp", "-a", "--", os.fspath(base), os.fspath(state)], check=True)
-    doc = json.loads((state / "commit.json").read_text())
-    loc = StoreLocation(data=state)
-    store = open_store(loc)
-    engine = open_database(loc)
-    device = Principal("device", doc["device"], "device big", role="active")
-    first = CommitRequest(root=doc["root"], files=doc["files"], bytes=doc["bytes"])
+    doc, store, engine, device, first = _opened(state)
     sync.commit_snapshot(engine, store, device, first)
     changed = set(random.Random(1).sample(range(files), int(files * fraction)))
     with store.writer() as w:
@@ -151,18 +147,11 @@ def build_changed(base: Path, state: Path, files: int, fraction: float) -> float
     (state / "commit.json").write_text(json.dumps(doc))
     store.close()
     engine.dispose()
-    marker.write_text(f"{files}\n")
-    return time.perf_counter() - t0
 
 
-def _decoded_at_intake(store: Any, root: bytes, previous: bytes) -> Any:
+def _decoded_at_intake(store: Store, root: bytes, previous: bytes) -> sync.DecodedTrees:
     """The new trees (not in the previous snapshot) decoded, as the server's intake keeps
     them for the commit (``sync.DecodedTrees``)."""
-    from lamina.server.services import sync
-    from lamina.store.blob import BlobKind
-    from lamina.tree.backup import walk_blobs
-    from lamina.tree.model import decode_tree
-
     old = set(walk_blobs(store, previous))
     trees = sync.DecodedTrees()
     new = [i for i in walk_blobs(store, root) if i not in old]
@@ -173,17 +162,7 @@ def _decoded_at_intake(store: Any, root: bytes, previous: bytes) -> Any:
 
 def child(state: Path) -> None:
     """Commit the snapshot of ``state`` (a copy: it is changed) and print the figures."""
-    from lamina.db.stores import StoreLocation, open_database, open_store
-    from lamina.protocol.schemas import CommitRequest
-    from lamina.server.security import Principal
-    from lamina.server.services import sync
-
-    doc = json.loads((state / "commit.json").read_text())
-    loc = StoreLocation(data=state)
-    store = open_store(loc)
-    engine = open_database(loc)
-    device = Principal("device", doc["device"], "device big", role="active")
-    req = CommitRequest(root=doc["root"], files=doc["files"], bytes=doc["bytes"])
+    doc, store, engine, device, req = _opened(state)
     trees = None
     if "previous" in doc:
         trees = _decoded_at_intake(
@@ -224,6 +203,22 @@ def run(state: Path, work: Path, src: Path) -> dict[str, Any]:
     return result
 
 
+def alternate(
+    state: Path, work: Path, srcs: list[Path], rounds: int, files: int
+) -> list[dict[str, Any]]:
+    """Commit ``state``'s snapshot with each of ``srcs`` in turn, ``rounds`` times."""
+    results = []
+    for r in range(rounds):
+        for src in srcs:
+            fig = run(state, work, src)
+            results.append({"src": os.fspath(src), "round": r, "files": files, **fig})
+            say(
+                f"{files:>9} files  {src}  peak RSS {fig['peak_rss_mib']:7.1f} MiB "
+                f"(before the commit {fig['rss_before_mib']:.1f})  commit CPU {fig['commit_cpu_s']:.2f} s"
+            )
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.commit_rss", description=__doc__.split("\n\n")[0]
@@ -255,15 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if built:
             say(f"committed it and built a {args.changed:.0%} change in {built:.1f} s")
     srcs = [s.resolve() for s in args.src or [ROOT / "src"]]
-    results = []
-    for r in range(args.rounds):
-        for src in srcs:
-            fig = run(state, work, src)
-            results.append({"src": os.fspath(src), "round": r, "files": args.files, **fig})
-            say(
-                f"{args.files:>9} files  {src}  peak RSS {fig['peak_rss_mib']:7.1f} MiB "
-                f"(before the commit {fig['rss_before_mib']:.1f})  commit CPU {fig['commit_cpu_s']:.2f} s"
-            )
+    results = alternate(state, work, srcs, args.rounds, args.files)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
