@@ -13,6 +13,7 @@ from typing import Any
 from lamina.agent import facts, staging
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.bootcheck import BootCheck, default_check
+from lamina.agent.heap import map_large_blocks
 from lamina.agent.staging import drop, seed_paths, stage_layers, stage_migration, stage_revert
 from lamina.agent.state import (
     AgentState,
@@ -150,6 +151,7 @@ class Agent:
         self._dpkg_reported: tuple[int, int, int] | None = None
         self.st = load_state(state_dir)
         self._lock = StateLock(state_dir)  # a second agent on this folder stops here
+        map_large_blocks()  # a sync's freed read buffers and bundles leave the RSS at once
         self.client = AgentClient(
             self.st.server,
             self.st.credential,

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from lamina.agent.facts import os_release
-from lamina.agent.heap import map_large_blocks
 from lamina.agent.state import AgentState
 from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.uploader import RemoteSink
@@ -163,7 +162,6 @@ def run_sync(
 ) -> SyncResult:
     """Scan, upload and commit. ``expected_bytes`` (the last snapshot's size) is the
     estimate later syncs show progress against: only the first walks the tree first."""
-    map_large_blocks()  # freed read buffers and bundles leave the RSS at once
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
     exclude, prune = protected_area(policy, for_os(os_release(root)), root, state_dir)
