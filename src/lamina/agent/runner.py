@@ -197,6 +197,7 @@ class Agent:
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._facts_due = False
         self._dpkg_reported = dpkg
+        self.client.server_protocol = cfg.protocol
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)
         if cfg.chunking is not None and cfg.chunking.id_key != self.st.id_key:
             # A pending enrollment gives no id key: the server hands it over once active.

@@ -30,6 +30,7 @@ import httpx
 
 from lamina.client_tls import system_context
 from lamina.errors import AuthError, BackendError, UsageError, from_status
+from lamina.protocol import UNNAMED_VERSION
 
 T = TypeVar("T")
 
@@ -135,6 +136,9 @@ class AgentClient:
         self.server = server.rstrip("/")
         #: Response body bytes as they came over the wire (before any content decoding).
         self.received_bytes = 0
+        #: The protocol version the server says it speaks (its agent config's ``protocol``,
+        #: set at each report); a version-2 server says none.
+        self.server_protocol = UNNAMED_VERSION
         self.http = httpx.Client(
             base_url=self.server + "/api/v1", headers=headers, verify=verify, timeout=timeout
         )

@@ -13,6 +13,7 @@ from lamina import __version__
 from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
+from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.flex import MAX_IMAGE_SIZE
 from lamina.protocol.schemas import HealthPublic
 from lamina.server import console
@@ -111,7 +112,12 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
 
     @app.get("/api/v1/health", summary="Liveness and version")
     def health() -> HealthPublic:
-        return HealthPublic(status="ok", version=__version__, store=ctx.store.keys.store_id)
+        return HealthPublic(
+            status="ok",
+            version=__version__,
+            store=ctx.store.keys.store_id,
+            protocol=PROTOCOL_VERSION,
+        )
 
     for module in (
         admin,
