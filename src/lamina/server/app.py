@@ -44,6 +44,12 @@ from lamina.server.metrics import Metrics, RequestMetrics
 from lamina.server.services.store_ops import recover
 from lamina.server.services.users import ensure_admin
 
+#: How long the server keeps an idle keep-alive connection open. Longer than the HTTP
+#: clients' own expiry (httpx's default, 5 s, which Lamina's clients use): with equal
+#: times, a client reusing a connection just as the server closes it gets a dropped
+#: request ("Server disconnected") instead of an answer.
+KEEP_ALIVE_SECONDS = 65
+
 
 def open_context(settings: ServerSettings) -> tuple[ServerContext, str | None]:
     """Open (or create, on first start) the store and database; make sure ``admin`` exists."""
