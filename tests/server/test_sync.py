@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from lamina.db.stores import StoreLocation, init_store, open_store
@@ -447,3 +448,21 @@ def test_an_incremental_commit_refuses_what_a_full_walk_refuses(
     list(sync.verify_tree(store, old, None))
     with pytest.raises(error):
         list(sync.verify_tree(store, new, old if incremental else None))
+
+
+def test_a_subtree_key_on_a_previous_file_entry_does_not_pass_for_a_verified_folder(
+    store: Store,
+) -> None:
+    """A file entry may carry a ``subtree`` key (decoding a file ignores it, so it was never
+    walked): a folder naming that tree later, by the same name or another, is walked and
+    its chunk never uploaded refused, as by the full walk."""
+    bogus = _store_tree(store, [Entry(name=b"f", type="file", size=10, content=[os.urandom(32)])])
+    with store.writer() as w:
+        raw = {"v": 1, "entries": [{**Entry(name=b"x", type="file").encode(), "subtree": bogus}]}
+        old = w.put(BlobKind.TREE, msgpack.packb(raw, use_bin_type=True))
+    assert sync.decode_tree(store.get(old))[0].subtree is None  # it passed as a plain file
+    list(sync.verify_tree(store, old, None))
+    for name in (b"x", b"y"):
+        new = _store_tree(store, [Entry(name=name, type="dir", subtree=bogus)])
+        with pytest.raises(MissingDataError):
+            list(sync.verify_tree(store, new, old))

@@ -254,7 +254,7 @@ class _OldTree:
 
     def __init__(self, store: Store, old: bytes | None) -> None:
         self.entries: dict[bytes, dict[str, object]] = {}
-        self._subtrees: set[object] | None = None
+        self._subtrees: set[bytes | None] | None = None
         try:
             doc = msgpack.unpackb(store.get(old), raw=False, strict_map_key=False) if old else {}
             rows = doc.get("entries") if isinstance(doc, dict) else None
@@ -273,11 +273,12 @@ class _OldTree:
         )
 
     def holds_folder(self, e: Entry) -> bool:
-        d = self.entries.get(e.name)
-        if d is not None and d.get("subtree") == e.subtree:
+        """Only a folder's ``subtree`` counts: another entry may carry the key, unread
+        (and unchecked) when its tree was decoded."""
+        if e.subtree is not None and e.subtree == self.folder(e.name):
             return True
         if self._subtrees is None:  # a rename: the same tree under another name
-            self._subtrees = {d.get("subtree") for d in self.entries.values()}
+            self._subtrees = {self.folder(name) for name in self.entries}
         return e.subtree in self._subtrees
 
     def folder(self, name: bytes) -> bytes | None:
