@@ -122,8 +122,12 @@ def missing(
     (``inflight.need``, which claims the rest for this CVD)."""
     ensure_indexed(engine, store, cvd)
     gone = store.catalog.missing(ids)
-    with read_tx(engine) as c:
-        mine = owned(c, cvd.id, ids)
+    # Ownership is asked only of stored ids: one not stored is sent, owned or not.
+    stored_ids = [i for i in ids if i not in gone]
+    mine: set[bytes] = set()
+    if stored_ids:
+        with read_tx(engine) as c:
+            mine = owned(c, cvd.id, stored_ids)
     candidates = [i for i in ids if i in gone or i not in mine]
     if not sharing.on or not candidates:
         return candidates
