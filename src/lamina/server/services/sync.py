@@ -149,12 +149,9 @@ def upload_blobs(
     unique: dict[tuple[bytes, BlobKind], BundleBlob] = {}
     declared = 0
     for it in items:
-        try:
-            kind = BlobKind(it.kind)
-        except ValueError as e:
-            raise IntegrityError(
-                f"bundle blob {it.id.hex()[:16]} has unknown kind {it.kind}"
-            ) from e
+        kind = blob.KINDS.get(it.kind)
+        if kind is None:
+            raise IntegrityError(f"bundle blob {it.id.hex()[:16]} has unknown kind {it.kind}")
         if kind == BlobKind.SNAPSHOT:
             raise IntegrityError("agents do not upload snapshot records; commit instead")
         limit = keys.chunking.max_size if kind == BlobKind.DATA else MAX_UPLOADED_TREE
