@@ -118,18 +118,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"the layer update's reference endpoint in MiB (default {LAYER_MB:g})",
     )
     args = ap.parse_args(argv)
-    if args.size_mb is None:
-        args.size_mb = (
-            (100.0 if args.quick else 1024.0) if args.corpus is None or args.quick else None
-        )
-    corpora = args.corpora or ("usr" if args.corpus else "usr,small")
-    args.corpora = [c.strip() for c in corpora.split(",") if c.strip()]
-    if not args.corpora or any(c not in ("usr", "small") for c in args.corpora):
-        ap.error(f"--corpora: choose from usr,small, not {corpora!r}")
-    if args.runs < 1:
-        ap.error("--runs: at least 1")
-    if args.small_files is None:
-        args.small_files = 10_000 if args.quick else 100_000
+    method.check_pass_args(ap, args)
     return args
 
 

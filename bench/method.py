@@ -52,6 +52,21 @@ def add_pass_args(ap: argparse.ArgumentParser, order: str = "the tools' order ro
     )
 
 
+def check_pass_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check and complete what :func:`add_pass_args` and the corpus options gave: the list of
+    corpora, the small-files count and the /usr budget (``--quick`` makes both small)."""
+    corpora = args.corpora or ("usr" if args.corpus else "usr,small")
+    args.corpora = [c.strip() for c in corpora.split(",") if c.strip()]
+    if not args.corpora or any(c not in ("usr", "small") for c in args.corpora):
+        ap.error(f"--corpora: choose from usr,small, not {corpora!r}")
+    if args.runs < 1:
+        ap.error("--runs: at least 1")
+    if args.small_files is None:
+        args.small_files = 10_000 if args.quick else 100_000
+    if args.size_mb is None and (args.corpus is None or args.quick):
+        args.size_mb = 100.0 if args.quick else 1024.0
+
+
 def exact_restore_flags() -> list[str]:
     """Lamina's restore flags that keep what restic and borg keep: owners (as root), setuid/setgid
     bits, device nodes and FIFOs. Off by default in Lamina; the bench compares like with like."""

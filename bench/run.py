@@ -176,18 +176,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if bad or not names:
         ap.error(f"--tools: unknown {bad}; choose from {','.join(ALL_TOOLS)}")
     args.tool_names = [n for n in ALL_TOOLS if n in names]
-    corpora = args.corpora or ("usr" if args.corpus else "usr,small")
-    args.corpora = [c.strip() for c in corpora.split(",") if c.strip()]
-    if not args.corpora or any(c not in ("usr", "small") for c in args.corpora):
-        ap.error(f"--corpora: choose from usr,small, not {corpora!r}")
-    if args.runs < 1:
-        ap.error("--runs: at least 1")
-    if args.small_files is None:
-        args.small_files = 10_000 if args.quick else 100_000
-    if args.size_mb is None:
-        args.size_mb = (
-            (100.0 if args.quick else 1024.0) if args.corpus is None or args.quick else None
-        )
+    method.check_pass_args(ap, args)
     return args
 
 

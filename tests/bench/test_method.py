@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from bench import method
 
 
@@ -51,3 +53,21 @@ def test_the_small_files_corpus_is_the_same_for_a_seed(tmp_path: Path) -> None:
     assert sum(p.stat().st_size for p in files) == a["small_bytes"]
     method.build_small_files(tmp_path / "c", 250, seed=4)
     assert _digest(tmp_path / "c") != _digest(tmp_path / "a")
+
+
+def test_both_benches_take_the_same_pass_options() -> None:
+    from bench import e2e, run
+
+    for parse in (run.parse_args, e2e.parse_args):
+        args = parse(["--quick"])
+        assert (args.corpora, args.small_files, args.size_mb, args.runs) == (
+            ["usr", "small"],
+            10_000,
+            100.0,
+            3,
+        )
+        assert parse(["--corpus", "/tmp"]).corpora == ["usr"]
+        with pytest.raises(SystemExit):
+            parse(["--corpora", "usr,big"])
+        with pytest.raises(SystemExit):
+            parse(["--runs", "0"])
