@@ -51,9 +51,9 @@ def copy_sample(src: Path, dst: Path, budget: float, seed: int) -> dict[str, int
 
 def change_bytes(root: Path, fraction: float, seed: int) -> dict[str, Any]:
     """Overwrite about ``fraction`` of the bytes under ``root``, same sizes: a region in
-    the middle of the 4 largest files (most of it) and 16 small files (4 to 256 KiB). A
-    tree with neither (the small-files corpus) has whole files rewritten instead, picked
-    at random until they add up to ``fraction``."""
+    the middle of the 4 largest files (most of it) and 16 small files (4 to 256 KiB). In a
+    tree without files over 256 KiB (the small-files corpus) whole files, picked at random,
+    are rewritten until the changes add up to ``fraction``."""
     rng = random.Random(seed)
     files = sorted(
         (p.stat().st_size, p)
@@ -71,8 +71,9 @@ def change_bytes(root: Path, fraction: float, seed: int) -> dict[str, Any]:
     rest = max(0.0, target - sum(n for _, n in plan))
     for p in large:
         plan.append((p, min(p.stat().st_size // 2, int(rest / len(large)))))
-    if not plan:
-        pool = [(s, p) for s, p in files if s >= 64]
+    if not large:  # no large file takes the rest: whole files do, picked at random
+        planned = {p for p, _ in plan}
+        pool = [(s, p) for s, p in files if s >= 64 and p not in planned]
         rng.shuffle(pool)
         for s, p in pool:
             if sum(n for _, n in plan) >= target:
