@@ -1,6 +1,8 @@
 """Request and response schemas shared by the server, the agent and the flex client.
 
-Version 3 (version 2 plus ``stored`` in ``/blobs/read``: blobs sent only decrypted,
+Version 4 (version 3 plus ``id_key`` in the answer to a restore as download, so an
+admin's CLI reads blobs as stored too; a version-3 server sends none, and the CLI then
+reads plaintext). Version 3 (version 2 plus ``stored`` in ``/blobs/read``: blobs sent only decrypted,
 for an agent that inflates and hashes them; a version-2 server refuses the field, and
 the agent then asks again without it). Version 2 is version 1 with ``/blobs/delta``
 (a version-2 agent that gets 404 there fetches chunks as before). One schema per direction (``...Request`` from the caller, ``...Public``
@@ -10,4 +12,4 @@ are msgpack (see ``lamina.protocol.bundle``), everything else JSON.
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
