@@ -52,9 +52,14 @@ def test_the_cli_restore_refuses_a_hostile_answer_and_writes_nothing_from_it(
     (src / "b").write_bytes(b"beta " * 3000)
     root, _ = scan_tree(store, src)
     key = store.keys.chunking.id_key
-    other = store.unseal_many(
+    data = store.unseal_many(
         [r.id for r in store.catalog.iter_blobs() if r.kind == blob.BlobKind.DATA]
-    )[0]
+    )
+    assert len(data) == 2
+
+    def swapped(raw: int, flag: int, payload: bytes) -> list[Any]:
+        """The other file's blob, honestly stored."""
+        return list(data[1] if data[0][2] == payload else data[0])
 
     honest = _Server(store, lambda raw, flag, payload: [raw, flag, payload])
     restore_tree(remote_blobs(honest, key), root, tmp_path / "ok")  # type: ignore[arg-type]
@@ -62,7 +67,7 @@ def test_the_cli_restore_refuses_a_hostile_answer_and_writes_nothing_from_it(
     assert all(body["stored"] is True for body in honest.bodies)
 
     forgeries = [
-        lambda raw, flag, payload: list(other),  # another blob, honestly stored
+        swapped,
         lambda raw, flag, payload: [raw - 1, flag, payload],  # a lying size
         lambda raw, flag, payload: [raw, 9, payload],  # an unknown flag
         lambda raw, flag, payload: blob.decompress(flag, payload, raw),  # plaintext
