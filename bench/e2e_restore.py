@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--alternate", action="store_true", help="wait (--settle) before every other pass only"
     )
+    ap.add_argument("--profile-pass", type=int, default=0, help="profile only this pass")
     ap.add_argument("--other-src", type=Path, help="A/B: odd passes run this src tree's client")
     ap.add_argument(
         "--fresh", action="store_true", help="each pass into a new folder (none deleted)"
@@ -137,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             settle = 0.0 if args.alternate and n % 2 == 0 else args.settle
             out = work / (f"restored-{n}" if args.fresh else "restored")
             src = args.other_src.resolve() if args.other_src and n % 2 else None
-            one_restore(lam, out, n, args.profile, work, settle, src)
+            profile = args.profile if args.profile_pass in (0, n) else "none"
+            one_restore(lam, out, n, profile, work, settle, src)
     finally:
         lam.server.stop()
         for out in work.glob("restored*"):

@@ -81,6 +81,8 @@ class BatchedBlobs:
         self._have: dict[bytes, Fetched] = {}
         #: bytes held in ``_have`` (payloads as fetched)
         self._held = 0
+        #: id -> how many times it was queued and not yet taken
+        self._uses: dict[bytes, int] = {}
         #: id -> set when the request carrying it is answered (or failed)
         self._inflight: dict[bytes, threading.Event] = {}
         self._lock = threading.Lock()
@@ -102,17 +104,22 @@ class BatchedBlobs:
     def prefetch(self, ids: Collection[bytes]) -> None:
         with self._lock:
             for i in ids:
-                if i not in self.local and i not in self._have:
+                if i in self.local:
+                    continue
+                self._uses[i] = self._uses.get(i, 0) + 1
+                if i not in self._have and i not in self._inflight:
                     self._queue[i] = None
         self._pump()
 
     def _batch(self, first: bytes | None) -> list[bytes]:
-        """The ids of the next request: ``first`` and queued ones nobody has or fetches."""
+        """The ids of the next request: ``first`` and queued ones nobody has or fetches,
+        taken off the queue (a request that fails leaves its ids to the readers)."""
         batch = [] if first is None else [first]
-        for i in self._queue:  # not mutated in this loop
-            if len(batch) >= BATCH:
-                break
-            if i != first and i not in self._have and i not in self._inflight:
+        if first is not None:
+            self._queue.pop(first, None)
+        while self._queue and len(batch) < BATCH:
+            i, _ = self._queue.popitem(last=False)
+            if i not in self._have and i not in self._inflight:
                 batch.append(i)
         return batch
 
@@ -120,12 +127,17 @@ class BatchedBlobs:
         """While reading ahead, start background requests for the next queued ids."""
         while self._ahead:
             with self._lock:
-                if self._background >= AHEAD_REQUESTS or self._held >= AHEAD_BYTES:
+                # Full requests only: the queue refills a folder at a time, and a request
+                # per refill would be a request per few files. The last ids are asked
+                # for by the readers (each such request takes every id queued).
+                if (
+                    self._background >= AHEAD_REQUESTS
+                    or self._held >= AHEAD_BYTES
+                    or len(self._queue) < BATCH
+                ):
                     return
                 batch = self._batch(None)
-                # A short batch only when none is in flight: the pipe never idles, and
-                # requests do not shrink to what the walk queued since the last one.
-                if not batch or (self._background and len(batch) < BATCH):
+                if not batch:
                     return
                 done = threading.Event()
                 for i in batch:
@@ -160,6 +172,10 @@ class BatchedBlobs:
                     self._held += _held_size(item)
                     self.fetched_bytes += _plain_size(item)
                     self._queue.pop(bid, None)
+                # The ids after an answered prefix go back to the head of the queue.
+                for bid in reversed(batch[len(out) :]):
+                    self._queue[bid] = None
+                    self._queue.move_to_end(bid, last=False)
         finally:
             with self._lock:
                 for bid in batch:
@@ -184,9 +200,9 @@ class BatchedBlobs:
             with self._lock:
                 if bid in self.local:
                     return self.local[bid]
-                item = self._have.pop(bid, None)
+                item = self._have.get(bid)
                 if item is not None:
-                    self._held -= _held_size(item)
+                    self._used(bid, item)
                     waiting = None
                 else:
                     waiting = self._inflight.get(bid)
@@ -206,6 +222,16 @@ class BatchedBlobs:
             self._load(batch, done)
             # ``bid`` is answered first, so it is in ``_have`` unless the server sent a
             # prefix without it (refused above) or another reader of the same id took it.
+
+    def _used(self, bid: bytes, item: Fetched) -> None:
+        """``bid`` was taken: kept while more uses of it are queued (the same content in
+        several files), else dropped."""
+        left = self._uses.pop(bid, 1) - 1
+        if left > 0:
+            self._uses[bid] = left
+        else:
+            del self._have[bid]
+            self._held -= _held_size(item)
 
     def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]:
         for bid in ids:
