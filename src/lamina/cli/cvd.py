@@ -59,7 +59,7 @@ def remote_blobs(api: Api, id_key: bytes | None) -> BatchedBlobs:
         out = api.post(path, body)
         return out if isinstance(out, bytes) else b""
 
-    return http_blobs(post, id_key)
+    return http_blobs(post, id_key, stored=id_key is not None)
 
 
 def _cvd_line(c: dict[str, Any]) -> str:
