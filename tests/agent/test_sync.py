@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
 import random
@@ -10,13 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.agent.sync import (
-    MAX_ERROR_PATHS,
-    SYNC_GC_THRESHOLD,
-    collector_for_a_scan,
-    error_paths,
-    protected_area,
-)
+from lamina.agent.sync import MAX_ERROR_PATHS, error_paths, protected_area
 from lamina.layers.rules import RuleSet, builtin, compile_glob
 from lamina.protocol.schemas import PolicySettings
 
@@ -87,17 +80,3 @@ def test_protected_area_agrees_with_the_per_pattern_reference(
     for rel in rels + rng.sample(rels, len(rels)):
         for is_dir in (False, True):
             assert exclude(rel, is_dir) == expected[rel, is_dir], rel
-
-
-def test_a_sync_freezes_what_was_alive_and_collects_less_often_then_gives_both_back() -> None:
-    """During a sync the collector skips what was alive before it and its young
-    generation waits for ``SYNC_GC_THRESHOLD`` allocations; after it (even one that
-    failed) the process collects as before, its objects no longer frozen."""
-    before = gc.get_threshold()
-    assert gc.get_freeze_count() == 0
-    with pytest.raises(RuntimeError), collector_for_a_scan():
-        assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (SYNC_GC_THRESHOLD, *before[1:])
-        raise RuntimeError("the sync failed")
-    assert gc.get_threshold() == before
-    assert gc.get_freeze_count() == 0

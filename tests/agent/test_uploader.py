@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import gc
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from lamina.agent import uploader
 from lamina.agent.transport import AgentClient
 from lamina.agent.uploader import RemoteSink
 from lamina.config import ServerSettings
-from lamina.protocol.bundle import MAX_BUNDLE_BLOBS, MEDIA_TYPE
+from lamina.protocol.bundle import MAX_BUNDLE_BLOBS
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.keys import read_keyfile
@@ -79,34 +77,4 @@ def test_a_bundle_holds_at_most_bundle_blobs_however_small_they_are(
     sink.flush()
     assert sink.bundles == 8 and sink.uploaded_blobs == 300  # 7 full ones and the rest
     assert sink.need(ids) == set()
-    client.close()
-
-
-def test_an_uploaded_bundle_is_freed_once_stored_even_with_the_collector_off(
-    server: Live,
-) -> None:
-    """The HTTP client's request and response form a reference cycle that holds the
-    bundle (up to 8 MiB): the sink collects it after each upload, so a sync, which runs
-    the collector rarely, does not keep several bundles' bodies alive (+53 MiB of peak
-    RSS on a first sync of 300 MiB without it)."""
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-freed")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
-    data = random.Random(7).randbytes(64 * 1024)
-    sink = RemoteSink(client, chunking)
-    gc.collect()
-    gc.disable()
-    try:
-        sink.put_chunk(BlobKind.DATA, blob.blob_id(chunking.id_key, data), data)
-        sink.flush()
-        held = [
-            o
-            for o in gc.get_objects()
-            if isinstance(o, httpx.Request) and o.headers.get("content-type") == MEDIA_TYPE
-        ]
-    finally:
-        gc.enable()
-    assert sink.bundles == 1
-    assert held == []
     client.close()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,48 +164,6 @@ def run_sync(
     """Scan, upload and commit. ``expected_bytes`` (the last snapshot's size) is the
     estimate later syncs show progress against: only the first walks the tree first."""
     map_large_blocks()  # freed read buffers and bundles leave the RSS at once
-    with collector_for_a_scan():
-        return _run_sync(client, st, state_dir, cfg, progress, extra_stats, expected_bytes)
-
-
-#: The collector's youngest-generation threshold during a sync (CPython's default: 700).
-SYNC_GC_THRESHOLD = 20_000
-
-
-@contextlib.contextmanager
-def collector_for_a_scan() -> Iterator[None]:
-    """Run a sync with the cyclic garbage collector doing less of what cannot pay.
-
-    A scan allocates containers by the hundred thousand (listings, entries, stat
-    results), nearly all freed by their reference counts; the collector, started every
-    700 allocations, walked the young ones and, at each full pass, every object the
-    process held since start-up (modules, classes, schemas): 5-11% of a sync's CPU
-    here. During the sync, what was alive when it began is frozen out of the passes
-    (``gc.freeze``) and the young generation is collected every ``SYNC_GC_THRESHOLD``
-    allocations; both are given back after it (a long-running agent collects them as
-    before). A process that froze objects itself keeps them frozen as it chose."""
-    threshold = gc.get_threshold()
-    ours = gc.get_freeze_count() == 0
-    if ours:
-        gc.freeze()
-    gc.set_threshold(SYNC_GC_THRESHOLD, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        if ours:
-            gc.unfreeze()
-
-
-def _run_sync(
-    client: AgentClient,
-    st: AgentState,
-    state_dir: Path,
-    cfg: AgentConfig,
-    progress: Callable[[dict[str, Any]], None] | None,
-    extra_stats: dict[str, Any] | None,
-    expected_bytes: int | None,
-) -> SyncResult:
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
     exclude, prune = protected_area(policy, for_os(os_release(root)), root, state_dir)

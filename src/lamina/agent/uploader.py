@@ -9,7 +9,6 @@ limit paces uploads (one at a time).
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -135,25 +134,20 @@ class RemoteSink:
             body = encode_bundle(blobs)
             ids = [b.id for b in blobs]
             blobs.clear()
-            size = len(body)
             retrying(
                 lambda: self.client.json(
                     "POST", "/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE}
                 )
             )
-            # The HTTP client's request and response hold each other (a reference cycle)
-            # and the request holds the body: collected now, the body is freed on return,
-            # not at the collector's next pass (rare during a sync: ``SYNC_GC_THRESHOLD``).
-            gc.collect(1)
             with self._lock:
                 self.bundles += 1
                 self.uploaded_blobs += len(ids)
-                self.uploaded_bytes += size
+                self.uploaded_bytes += len(body)
                 self._sent.difference_update(ids)
             if self.on_upload:
                 with self._report_lock:
-                    self.on_upload(size)
-            self._pace(size)
+                    self.on_upload(len(body))
+            self._pace(len(body))
 
     def _pace(self, nbytes: int) -> None:
         if self.bandwidth_limit <= 0:
