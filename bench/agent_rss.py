@@ -17,26 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_WORK, clean_env, rmtree, say
+from bench.common import DEFAULT_WORK, built_once, clean_env, rmtree, say
 from bench.e2e_lamina import LaminaE2E
 
 #: Files per folder: file i is root/dAAA/dBBB/fNNNNNNN.
 PER_FOLDER = 1000
-MARKER = ".complete"
 
 
 def build_tree(root: Path, files: int) -> float:
     """Make the tree of ``files`` files once; seconds spent (0 when it was already there)."""
-    marker = root.with_name(root.name + MARKER)
-    if marker.exists():
-        return 0.0
-    t0 = time.perf_counter()
-    rmtree(root)
+    return built_once(root, lambda r: _make_tree(r, files))
+
+
+def _make_tree(root: Path, files: int) -> None:
     for i in range(files):
         folder = root / f"d{i // (PER_FOLDER * 100):03d}" / f"d{(i // PER_FOLDER) % 100:03d}"
         if i % PER_FOLDER == 0:
@@ -47,8 +44,6 @@ def build_tree(root: Path, files: int) -> float:
                 os.write(fd, f"file {i}\n".encode())
         finally:
             os.close(fd)
-    marker.write_text(f"{files}\n")
-    return time.perf_counter() - t0
 
 
 def measure(files: int, work: Path) -> dict[str, Any]:

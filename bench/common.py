@@ -154,6 +154,19 @@ def rmtree(path: Path) -> None:
         shutil.rmtree(path, onerror=onerror)
 
 
+def built_once(path: Path, make: Callable[[Path], object]) -> float:
+    """``make(path)`` unless an earlier run finished it (``PATH.complete`` beside it), so a
+    large input is built once and reused; seconds spent (0 when it was there)."""
+    marker = path.with_name(path.name + ".complete")
+    if marker.exists():
+        return 0.0
+    t0 = time.perf_counter()
+    rmtree(path)
+    make(path)
+    marker.write_text("complete\n")
+    return time.perf_counter() - t0
+
+
 @dataclass
 class TreeSize:
     files: int = 0

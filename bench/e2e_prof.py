@@ -91,7 +91,13 @@ def restore(lam: LaminaE2E, work: Path) -> tuple[Ran, dict[str, Any], dict[str, 
 
 
 def sync(
-    lam: LaminaE2E, name: str, work: Path, profile: str, gib: float, gil: bool = False
+    lam: LaminaE2E,
+    name: str,
+    work: Path,
+    profile: str,
+    gib: float,
+    gil: bool = False,
+    rate: int = 50,
 ) -> None:
     spy = pyspy()
     out = work / f"{name}.txt"
@@ -106,7 +112,7 @@ def sync(
                 "--format",
                 "raw",
                 "--rate",
-                "50",
+                str(rate),
                 "--output",
                 os.fspath(out),
                 "--nonblocking",
@@ -156,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="sample only the thread holding the GIL (closer to CPU than wall-clock samples)",
     )
+    ap.add_argument("--rate", type=int, default=50, help="py-spy's samples per second")
     ap.add_argument(
         "--steps",
         default=",".join(STEPS),
@@ -175,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ["first", *[s for s in steps if s != "first"]]:
             if name == "changed":
                 mutate(corpus, 0.01, args.seed, replace_half=False)
-            sync(lam, name, work, args.profile, gib, args.gil)
+            sync(lam, name, work, args.profile, gib, args.gil, args.rate)
     finally:
         lam.server.stop()
     return 0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from lamina.agent import runner
 from lamina.agent.heap import map_large_blocks
+from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 #: Frees four 8 MiB blocks (a bundle's size), their pages written, and prints by how many
 #: MiB the RSS grew: glibc's default (a threshold raised by the first free) keeps the
@@ -42,3 +45,28 @@ def test_freed_large_blocks_leave_the_rss_once_the_threshold_is_fixed() -> None:
     # of its top it trims back depends on the glibc and the environment (7 or 8 MiB).
     default, fixed = _grown_mib("default"), _grown_mib("fixed")
     assert default >= 4 and fixed < 2, (default, fixed)
+
+
+def test_the_agent_fixes_the_threshold_once_at_its_start_not_at_each_sync(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(runner, "map_large_blocks", lambda: calls.append(1) or True)
+    admin = live.login()
+    assert admin.post("/policies", json={"name": "std"}).status_code == 201
+    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+    root, state = tmp_path / "root", tmp_path / "state"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("heap-host\n")
+    runner.enroll(live.url, token, root, state)
+    assert calls == []
+    agent = runner.Agent(state)
+    try:
+        assert calls == [1]
+        for _ in range(2):
+            assert agent.sync(agent.report())["snapshot"]
+    finally:
+        agent.close()
+    assert calls == [1]

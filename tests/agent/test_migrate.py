@@ -16,7 +16,7 @@ from lamina.db.stores import StoreLocation, init_store
 from lamina.layers.merge import parse_dpkg_status
 from lamina.layers.rules import builtin
 from lamina.protocol.schemas import PolicySettings
-from lamina.server.services.migration import on_new_machine
+from lamina.server.services.migration_packages import on_new_machine
 from lamina.store.repository import Store
 from lamina.tree.backup import backup
 from lamina.tree.paths import walk

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from lamina.agent import sync
+from lamina.agent.blobs import agent_blobs
+from lamina.agent.runner import Agent, enroll
 from lamina.agent.sync import MAX_ERROR_PATHS, error_paths, protected_area
 from lamina.layers.rules import RuleSet, builtin, compile_glob
 from lamina.protocol.schemas import PolicySettings
+from lamina.tree.model import decode_tree
+from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
 def test_error_paths_are_relative_and_bounded(tmp_path: Path) -> None:
@@ -80,3 +88,62 @@ def test_protected_area_agrees_with_the_per_pattern_reference(
     for rel in rels + rng.sample(rels, len(rels)):
         for is_dir in (False, True):
             assert exclude(rel, is_dir) == expected[rel, is_dir], rel
+
+
+def test_a_reused_tree_the_server_no_longer_holds_costs_one_scan_without_reuse(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server lost the agent's last snapshot and a folder's tree new in it (its store
+    came back from older data): the files cache still names that tree, the commit is
+    refused as missing data, and the agent scans again building every tree, uploads it
+    and commits. That scan is not one of those meant for blobs other endpoints promised
+    (here none are left: ``MAX_RESCANS`` is 0)."""
+    monkeypatch.setattr(sync, "MAX_RESCANS", 0)
+    admin = live.login()
+    assert admin.post("/policies", json={"name": "std"}).status_code == 201
+    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+    root, state = tmp_path / "root", tmp_path / "state"
+    for folder in ("etc", "srv/a", "srv/b"):
+        (root / folder).mkdir(parents=True)
+    (root / "etc/hostname").write_text("rescan-host\n")
+    (root / "srv/a/f").write_text("a, first\n")
+    (root / "srv/b/f").write_text("b, first\n")
+    enroll(live.url, token, root, state)
+    agent = Agent(state)
+    scans: list[bool] = []
+    real = sync.Scanner
+
+    def scanner(*args: Any, **kw: Any) -> Any:
+        scans.append(kw["reuse_trees"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sync, "Scanner", scanner)
+    try:
+        cvd = agent.report().cvd_id
+        agent.sync(agent.report())
+        (root / "srv/b/f").write_text("b, second\n")
+        lost = agent.sync(agent.report())["snapshot"]
+        snaps = admin.get(f"/cvds/{cvd}/snapshots").json()
+        subtree = _subtree(agent, bytes.fromhex(snaps[-1]["root"]), b"srv", b"b")
+        with contextlib.closing(sqlite3.connect(live.data / "lamina.db")) as db, db:
+            db.execute("DELETE FROM snapshots WHERE id = ?", (lost,))
+            db.execute("DELETE FROM cvd_blobs WHERE blob_id = ?", (subtree,))
+        (root / "srv/a/f").write_text("a, second\n")  # b's tree comes from the files cache
+        scans.clear()
+        agent.sync(agent.report())
+    finally:
+        agent.close()
+    assert scans == [True, False]
+    assert len(admin.get(f"/cvds/{cvd}/snapshots").json()) == 2
+
+
+def _subtree(agent: Agent, tree: bytes, *names: bytes) -> bytes:
+    """The tree id of the folder ``names`` under ``tree``, read through the server."""
+    blobs = agent_blobs(agent.client, agent.st.chunking.id_key)
+    for name in names:
+        [sub] = [e.subtree for e in decode_tree(blobs.get(tree)) if e.name == name]
+        assert sub is not None
+        tree = sub
+    return tree

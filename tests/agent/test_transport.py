@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lamina.agent.transport import AgentClient, check_server_url, is_loopback, retrying
+from lamina.agent.transport import (
+    AgentClient,
+    certificate_refused,
+    check_server_url,
+    is_loopback,
+    retrying,
+)
 from lamina.errors import BackendError, UsageError
 from lamina.server.tls import self_signed_pair
 
@@ -127,3 +133,38 @@ def test_a_refused_certificate_is_not_retried(tmp_path: Path) -> None:
     finally:
         unreachable.close()
     assert len(calls) == 3
+
+
+def _context(client: AgentClient) -> ssl.SSLContext:
+    """The SSL context the client's connections are made with."""
+    return client.http._transport._pool._ssl_context  # type: ignore[attr-defined,no-any-return]
+
+
+def test_clients_share_one_context_per_trust_and_each_still_refuses_another_certificate(
+    tmp_path: Path,
+) -> None:
+    """An agent makes one SSL context per pin (or CA) and process, not one per client; a
+    client pinned to another certificate is still refused after a client with the right
+    pin connected, and a pin is never taken for a CA (which checks the host name)."""
+    cert, key = self_signed_pair(tmp_path / "server", "127.0.0.1")
+    impostor, _ = self_signed_pair(tmp_path / "impostor", "127.0.0.1")
+    pem = cert.read_text()
+    with _tls_listener(cert, key) as port:
+        url = f"https://127.0.0.1:{port}"
+        pins = [pem, pem, impostor.read_text(), pem]
+        clients = [AgentClient(url, "lmd_x", p) for p in pins]
+        as_ca = AgentClient(url, "lmd_x", pem, ca=True)
+        system = [AgentClient("http://127.0.0.1:9", None, None) for _ in range(2)]
+        refused = []
+        for c in clients:
+            with pytest.raises(BackendError) as e:
+                c.json("GET", "/health")  # the listener hangs up after the handshake
+            refused.append(certificate_refused(e.value))
+        for c in [*clients, as_ca, *system]:
+            c.close()
+    assert refused == [False, False, True, False]
+    first, same, other, again = map(_context, clients)
+    assert first is same is again and other is not first
+    assert _context(as_ca) is not first and _context(as_ca).check_hostname
+    assert not first.check_hostname and first.verify_mode == ssl.CERT_REQUIRED
+    assert _context(system[0]) is _context(system[1])

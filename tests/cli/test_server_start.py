@@ -31,3 +31,22 @@ def test_the_server_freezes_its_start_up_objects_out_of_the_collector_before_ser
     finally:
         gc.unfreeze()
     assert frozen and frozen[0] > 10_000
+
+
+def test_the_server_keeps_idle_connections_longer_than_its_clients_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With equal idle times (uvicorn's and httpx's defaults are both 5 s), a client that
+    # reuses a connection just as the server closes it gets a dropped request.
+    import httpx
+
+    options: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: options.append(kw))
+    settings = ServerSettings(data=tmp_path / "data", admin_password="a-long-test-password")
+    try:
+        server_cli._serve(settings, self_signed=False)
+    finally:
+        gc.unfreeze()
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    assert options[0]["timeout_keep_alive"] >= 10 * client_expiry

@@ -300,7 +300,7 @@ def test_download_killed_midway_resumes_to_the_same_bytes(
         return data
 
     first = Flaky(api, cut)
-    with pytest.raises(BackendError):
+    with pytest.raises(BackendError, match="the connection dropped"):
         client(tmp_path, first).download(ent, PASSWORD)
     (inst_dir,) = (tmp_path / "flex" / "instances").iterdir()
     done = {int(x) for x in (inst_dir / "pieces.journal").read_text().split()}

@@ -26,7 +26,7 @@ from lamina.config import ServerSettings
 from lamina.db.engine import make_engine
 from lamina.db.migrate import upgrade
 from lamina.protocol.bundle import MEDIA_TYPE
-from lamina.server.app import create_app
+from lamina.server.app import KEEP_ALIVE_SECONDS, create_app
 from lamina.store.blob import BlobKind, blob_id, compress
 from lamina.tree.model import Entry, encode_tree
 
@@ -157,7 +157,11 @@ def serve(settings: ServerSettings) -> Iterator[str]:
     """Serve ``create_app(settings)`` from a thread; yields its URL until the test ends."""
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

@@ -20,14 +20,14 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
-from sqlalchemy import create_engine, update
+from sqlalchemy import create_engine, func, select, update
 
 from lamina.agent.runner import Agent, enroll
 from lamina.cli import store as cli_store
 from lamina.config import ServerSettings
 from lamina.db.models import blob_claims
 from lamina.errors import UploadsPendingError
-from lamina.protocol.bundle import decode_bundle
+from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
 from lamina.store import blob
 from lamina.store.blob import BlobKind, blob_id
 from lamina.tree.model import Entry, encode_tree
@@ -337,3 +337,36 @@ def test_a_root_tree_other_endpoints_hold_in_common_is_taken_at_commit(live: Liv
             assert r.json()["missing"] == []  # both held by two other CVDs: common
         r = d.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
         assert r.status_code == 200, r.text
+
+
+def test_a_bundle_answers_the_blobs_new_to_its_cvd_and_ends_their_claims(live: Live) -> None:
+    """The answer counts blobs new to the uploading CVD (counted by the insert on SQLite,
+    not asked first): a blob it owns already counts for nothing, one stored for another
+    CVD counts as new. Every claim the bundle answers ends."""
+    a, b = live.device("pc-a"), live.device("pc-b")
+
+    def bundle(d: Device, *data: bytes) -> int:
+        rows = [[int(BlobKind.DATA), blob_id(d.id_key, x), 0, x, len(x)] for x in data]
+        r = d.client.post(
+            "/agent/bundles",
+            content=msgpack.packb({"v": 1, "blobs": rows}, use_bin_type=True),
+            headers={"Content-Type": MEDIA_TYPE},
+        )
+        assert r.status_code == 200, r.text
+        return int(r.json()["new"])
+
+    one, two, three = (random.Random(n).randbytes(2 * KiB) for n in range(3))
+    ids = [blob_id(a.id_key, x).hex() for x in (one, two, three)]
+    assert a.client.post("/agent/missing", json={"ids": ids}).json()["missing"] == ids
+    engine = create_engine(f"sqlite:///{live.data / 'lamina.db'}")
+    try:
+        with engine.connect() as c:
+            assert c.execute(select(func.count()).select_from(blob_claims)).scalar() == 3
+        assert bundle(a, one, two) == 2
+        assert bundle(a, one, two, one) == 0  # owned already (and a repeat in the bundle)
+        assert bundle(a, two, three) == 1
+        assert bundle(b, one, three) == 2  # stored for A, new to B
+        with engine.connect() as c:
+            assert c.execute(select(func.count()).select_from(blob_claims)).scalar() == 0
+    finally:
+        engine.dispose()

@@ -5,7 +5,8 @@ glibc's ``malloc`` raises its mmap threshold each time a block it had mapped is 
 bundle (1 to 8 MiB, many threads) come from the threads' heaps instead, which keep
 their pages once the blocks are freed: the peak RSS of a first sync grew by tens of MiB
 that way. A fixed threshold keeps every block above it mapped, so it is unmapped as
-soon as it is freed. Elsewhere than glibc, nothing is done.
+soon as it is freed. The agent fixes it once, when it starts (``runner.Agent``), for
+every sync and restore of its life. Elsewhere than glibc, nothing is done.
 """
 
 from __future__ import annotations

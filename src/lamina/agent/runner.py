@@ -13,6 +13,7 @@ from typing import Any
 from lamina.agent import facts, staging
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.bootcheck import BootCheck, default_check
+from lamina.agent.heap import map_large_blocks
 from lamina.agent.staging import drop, seed_paths, stage_layers, stage_migration, stage_revert
 from lamina.agent.state import (
     AgentState,
@@ -150,6 +151,7 @@ class Agent:
         self._dpkg_reported: tuple[int, int, int] | None = None
         self.st = load_state(state_dir)
         self._lock = StateLock(state_dir)  # a second agent on this folder stops here
+        map_large_blocks()  # a sync's freed read buffers and bundles leave the RSS at once
         self.client = AgentClient(
             self.st.server,
             self.st.credential,
@@ -195,6 +197,7 @@ class Agent:
         cfg = AgentConfig(**retrying(lambda: self.client.json("POST", "/agent/config", json=body)))
         self._facts_due = False
         self._dpkg_reported = dpkg
+        self.client.server_protocol = cfg.protocol
         self._save(cvd_id=cfg.cvd_id, registration=cfg.status, policy_version=cfg.policy_version)
         if cfg.chunking is not None and cfg.chunking.id_key != self.st.id_key:
             # A pending enrollment gives no id key: the server hands it over once active.

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from lamina.agent.facts import os_release
-from lamina.agent.heap import map_large_blocks
 from lamina.agent.state import AgentState
 from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.uploader import RemoteSink
@@ -163,7 +162,6 @@ def run_sync(
 ) -> SyncResult:
     """Scan, upload and commit. ``expected_bytes`` (the last snapshot's size) is the
     estimate later syncs show progress against: only the first walks the tree first."""
-    map_large_blocks()  # freed read buffers and bundles leave the RSS at once
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
     exclude, prune = protected_area(policy, for_os(os_release(root)), root, state_dir)
@@ -206,8 +204,8 @@ def run_sync(
     )
     cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)
     try:
-        reuse_trees = True
-        for rescans_left in range(MAX_RESCANS, -1, -1):
+        reuse_trees, rescans_left = True, MAX_RESCANS
+        while True:
             scanner = Scanner(
                 sink,
                 cache,
@@ -224,12 +222,16 @@ def run_sync(
                 )
                 break
             except MissingDataError:
-                # Blobs another endpoint promised to upload did not come (its claim ran
-                # out), or a tree reused from the files cache is no longer held: scan
-                # again, building every tree; the server now asks for what is missing.
-                if not rescans_left:
+                # A tree reused from the files cache may be one the server no longer
+                # holds: one scan more, building every tree (so it happens once). Else
+                # blobs another endpoint promised did not come (its claim ran out): one
+                # of MAX_RESCANS. The server now asks for what is missing.
+                if scanner.stats.trees_reused:
+                    reuse_trees = False
+                elif rescans_left:
+                    rescans_left -= 1
+                else:
                     raise
-                reuse_trees = False
                 counters["files"] = counters["bytes"] = 0
         cache.commit(cfg.gc_epoch)
     finally:
@@ -247,7 +249,8 @@ def run_sync(
 
 #: Least seconds between two progress reports of a sync (status file, server).
 PROGRESS_SECONDS = 1.0
-#: Scans a sync repeats when its commit names blobs another endpoint promised and did not send.
+#: Scans a sync repeats when its commit names blobs another endpoint promised and did not
+#: send (besides the one without reused trees when a reused tree may be what is missing).
 MAX_RESCANS = 2
 #: Seconds between commits while other endpoints upload blobs this one was told are coming.
 PENDING_WAITS = (0.2, 0.5, 1.0, 2.0, 5.0)

@@ -16,6 +16,7 @@ Over https the server is trusted in one of two ways, fixed at enrollment:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -27,7 +28,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from lamina.client_tls import system_context
 from lamina.errors import AuthError, BackendError, UsageError, from_status
+from lamina.protocol import UNNAMED_VERSION
 
 T = TypeVar("T")
 
@@ -81,7 +84,9 @@ def fetch_certificate(url: str, fingerprint: str | None = None) -> str | None:
     return pem
 
 
+@functools.lru_cache(maxsize=8)
 def pinned_context(pem: str) -> ssl.SSLContext:
+    """Trust the one certificate ``pem``, whatever its names (one context per pin and process)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # the pin identifies the server, not its name
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -90,8 +95,10 @@ def pinned_context(pem: str) -> ssl.SSLContext:
     return ctx
 
 
+@functools.lru_cache(maxsize=8)
 def ca_context(pem: str) -> ssl.SSLContext:
-    """Trust certificates signed by the CA(s) in ``pem`` for the host name connected to."""
+    """Trust certificates signed by the CA(s) in ``pem`` for the host name connected to
+    (one context per CA and process)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -121,13 +128,17 @@ class AgentClient:
         insecure: bool = False,
     ) -> None:
         check_server_url(server, insecure)
-        verify: ssl.SSLContext | bool = True
-        if pinned_cert:
+        if not pinned_cert:
+            verify = system_context()
+        else:
             verify = ca_context(pinned_cert) if ca else pinned_context(pinned_cert)
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.server = server.rstrip("/")
         #: Response body bytes as they came over the wire (before any content decoding).
         self.received_bytes = 0
+        #: The protocol version the server says it speaks (its agent config's ``protocol``,
+        #: set at each report); a version-2 server says none.
+        self.server_protocol = UNNAMED_VERSION
         self.http = httpx.Client(
             base_url=self.server + "/api/v1", headers=headers, verify=verify, timeout=timeout
         )

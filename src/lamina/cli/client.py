@@ -13,6 +13,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lamina.client_tls import bundle_context, system_context
 from lamina.errors import AuthError, BackendError, LaminaError, UsageError, from_status
 from lamina.store.atomic import write_atomic
 
@@ -52,10 +53,11 @@ def error_from(r: httpx.Response) -> LaminaError:
     return from_status(r.status_code, message)
 
 
-def verify_setting() -> bool | ssl.SSLContext:
-    """System CAs, or the CA bundle named by ``LAMINA_CA_CERT``."""
+def verify_setting() -> ssl.SSLContext:
+    """System CAs, or the CA bundle named by ``LAMINA_CA_CERT``: one context per process
+    for each (``client_tls``)."""
     ca = os.environ.get("LAMINA_CA_CERT")
-    return ssl.create_default_context(cafile=ca) if ca else True
+    return bundle_context(ca) if ca else system_context()
 
 
 class Api:

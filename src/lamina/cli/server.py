@@ -147,7 +147,7 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
     try:
         import uvicorn
 
-        from lamina.server.app import create_app, open_context
+        from lamina.server.app import KEEP_ALIVE_SECONDS, create_app, open_context
         from lamina.server.tls import fingerprint, self_signed_pair
     except ModuleNotFoundError as e:
         raise UsageError(
@@ -200,6 +200,7 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
         log_config=None,
         log_level=logging.getLogger().level,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 

@@ -14,7 +14,7 @@ from lamina.db.engine import driver_rows, is_sqlite, read_tx, write_tx
 from lamina.db.models import blobs, packs, snapshots, store_state
 from lamina.db.sqlite_read import snapshot_record
 from lamina.errors import NotFoundError, StoreKeyError
-from lamina.store.blob import BlobKind
+from lamina.store.blob import KINDS, BlobKind
 from lamina.store.catalog import (
     PACK_OK,
     PACK_WRITING,
@@ -52,10 +52,6 @@ _SQLITE_INSERT = (
     'INSERT INTO blobs (id, pack_seq, kind, "offset", length, raw_length, condemned) '
     "VALUES (?, ?, ?, ?, ?, ?, 0)"
 )
-
-
-#: A row's kind column as the enum (a dict probe: calling ``BlobKind`` cost more per row).
-_KINDS = {int(k): k for k in BlobKind}
 
 
 def _marks(n: int) -> str:
@@ -149,7 +145,7 @@ class SqlCatalog:
                         sql += " AND blobs.kind = ?"
                         args += (int(kind),)
                     for r in driver_rows(c, sql, args):
-                        out[r[0]] = BlobLocation(r[1], r[2], r[3], r[4], _KINDS[r[5]])
+                        out[r[0]] = BlobLocation(r[1], r[2], r[3], r[4], KINDS[r[5]])
                     continue
                 q = (
                     select(
@@ -168,7 +164,7 @@ class SqlCatalog:
                 if kind is not None:
                     q = q.where(blobs.c.kind == int(kind))
                 for r in c.execute(q):
-                    out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], _KINDS[r[5]])
+                    out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], KINDS[r[5]])
         return out
 
     def _rows(self, c: Connection, where: Any = None) -> Iterator[BlobRow]:

@@ -1,9 +1,12 @@
 """Request and response schemas shared by the server, the agent and the flex client.
 
 Version 3 (version 2 plus ``stored`` in ``/blobs/read``: blobs sent only decrypted,
-for an agent that inflates and hashes them; a version-2 server refuses the field, and
-the agent then asks again without it). Version 2 is version 1 with ``/blobs/delta``
-(a version-2 agent that gets 404 there fetches chunks as before). One schema per direction (``...Request`` from the caller, ``...Public``
+for an agent that inflates and hashes them). A server of version 3 says so: the agent
+config and ``/health`` carry ``protocol``, the version it speaks; a version-2 server
+sends no such field (the agent takes it for 2) and refuses ``stored``, so an agent
+asks for ``stored`` only from a server that says 3 or more. Version 2 is version 1
+with ``/blobs/delta`` (a version-2 agent that gets 404 there fetches chunks as
+before). One schema per direction (``...Request`` from the caller, ``...Public``
 or ``...Response`` back); ORM rows never go on the wire. Binary sync bundles
 are msgpack (see ``lamina.protocol.bundle``), everything else JSON.
 """
@@ -11,3 +14,7 @@ are msgpack (see ``lamina.protocol.bundle``), everything else JSON.
 from __future__ import annotations
 
 PROTOCOL_VERSION = 3
+#: The version a server that names none speaks (it predates the field).
+UNNAMED_VERSION = 2
+#: The first version whose ``/blobs/read`` answers ``stored``.
+STORED_BLOBS_SINCE = 3

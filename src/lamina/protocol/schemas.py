@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from lamina.protocol import UNNAMED_VERSION
 from lamina.protocol.base import (
     HOSTNAME,
     MAX_MAP_BYTES,
@@ -148,6 +149,8 @@ class HealthPublic(BaseModel):
     status: Literal["ok"]
     version: str
     store: str
+    #: The protocol version the server speaks (a version-2 server sends none).
+    protocol: int = UNNAMED_VERSION
 
 
 class UserCreate(Strict):
@@ -322,6 +325,8 @@ class AgentConfig(BaseModel):
     gc_epoch: int = 0
     #: The chunking secret, given to active devices only (not in a pending enrollment).
     chunking: ChunkingPublic | None = None
+    #: The protocol version the server speaks (a version-2 server sends none).
+    protocol: int = UNNAMED_VERSION
 
 
 class MissingRequest(Strict):

@@ -13,6 +13,7 @@ from lamina import __version__
 from lamina.config import ServerSettings
 from lamina.db.stores import StoreLocation, init_store, open_database
 from lamina.errors import LaminaError
+from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.flex import MAX_IMAGE_SIZE
 from lamina.protocol.schemas import HealthPublic
 from lamina.server import console
@@ -42,6 +43,12 @@ from lamina.server.limits import BodyLimit
 from lamina.server.metrics import Metrics, RequestMetrics
 from lamina.server.services.store_ops import recover
 from lamina.server.services.users import ensure_admin
+
+#: How long the server keeps an idle keep-alive connection open. Longer than the HTTP
+#: clients' own expiry (httpx's default, 5 s, which Lamina's clients use): with equal
+#: times, a client reusing a connection just as the server closes it gets a dropped
+#: request ("Server disconnected") instead of an answer.
+KEEP_ALIVE_SECONDS = 65
 
 
 def open_context(settings: ServerSettings) -> tuple[ServerContext, str | None]:
@@ -111,7 +118,12 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
 
     @app.get("/api/v1/health", summary="Liveness and version")
     def health() -> HealthPublic:
-        return HealthPublic(status="ok", version=__version__, store=ctx.store.keys.store_id)
+        return HealthPublic(
+            status="ok",
+            version=__version__,
+            store=ctx.store.keys.store_id,
+            protocol=PROTOCOL_VERSION,
+        )
 
     for module in (
         admin,

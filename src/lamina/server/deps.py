@@ -8,9 +8,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from lamina.errors import AuthError, ForbiddenError, TooLargeError
+from lamina.errors import AuthError, TooLargeError
 from lamina.server.context import ServerContext
-from lamina.server.security import Principal, RateLimiter
+from lamina.server.security import Principal, RateLimiter, require_active
 from lamina.server.services.access import TreeCache
 from lamina.server.services.sync import DecodedTrees
 from lamina.server.services.users import authenticate
@@ -44,13 +44,6 @@ async def device(caller: Caller) -> Principal:
 
 
 Device = Annotated[Principal, Depends(device)]
-
-
-def require_active(caller: Principal) -> Principal:
-    """A device with an active CVD: a pending device reaches nothing but its enrollment status."""
-    if caller.role != "active":
-        raise ForbiddenError(f"{caller.name} is {caller.role}: it has no active CVD yet")
-    return caller
 
 
 async def active_device(caller: Device) -> Principal:

@@ -88,6 +88,13 @@ class Principal:
             raise ForbiddenError(f"{self.name} may not do this (needs permission {permission!r})")
 
 
+def require_active(caller: Principal) -> Principal:
+    """A device with an active CVD: a pending device reaches nothing but its enrollment status."""
+    if caller.role != "active":
+        raise ForbiddenError(f"{caller.name} is {caller.role}: it has no active CVD yet")
+    return caller
+
+
 class RateLimiter:
     """A token bucket per key (a device id): ``burst`` units at once, ``rate`` units a second.
 

@@ -50,6 +50,11 @@ class BlobKind(enum.IntEnum):
     SNAPSHOT = 2
 
 
+#: A kind's number (a catalog row's, a bundle's) as the enum: a dict probe per blob,
+#: where calling ``BlobKind`` cost more.
+KINDS = {int(k): k for k in BlobKind}
+
+
 _local = threading.local()
 
 

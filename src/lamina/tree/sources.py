@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgpack
 
-from lamina.errors import IntegrityError, UsageError
+from lamina.errors import IntegrityError
 from lamina.store import blob
 
 T = TypeVar("T")
@@ -154,27 +154,22 @@ def _inflate(item: object) -> bytes:
     return blob.decompress(flag, payload, raw_length)
 
 
-def http_blobs(post: Post, id_key: bytes | None = None) -> BatchedBlobs:
+def http_blobs(post: Post, id_key: bytes | None = None, *, stored: bool = False) -> BatchedBlobs:
     """Blobs read through a server's ``POST /blobs/read`` (the one client of that route).
 
-    Without ``id_key`` (an admin's CLI) the server decrypts, inflates and verifies each
-    blob and sends its plaintext. With ``id_key`` (an agent) it sends each blob as
-    stored, only decrypted (``stored``: ``[raw length, flag, payload]``): the blob is
-    inflated here and hashed against its id, so the server neither inflates nor hashes."""
-
-    stored = id_key is not None
+    The server decrypts, inflates and verifies each blob and sends its plaintext; with
+    ``id_key`` each is hashed against its id here too. With ``stored`` (an agent, whose
+    server said it speaks protocol 3) it sends each blob as stored, only decrypted
+    (``[raw length, flag, payload]``): the blob is inflated here and hashed against its
+    id (``stored`` needs ``id_key``), so the server neither inflates nor hashes."""
+    if stored and id_key is None:
+        raise ValueError("blobs as stored are hashed by the reader: give the id key")
 
     def fetch(ids: list[bytes]) -> list[bytes]:
-        nonlocal stored
         body: dict[str, Any] = {"ids": [i.hex() for i in ids]}
         if stored:
-            try:
-                out = msgpack.unpackb(post("/blobs/read", {**body, "stored": True}), raw=False)
-                return [_inflate(item) for item in out] if isinstance(out, list) else []
-            except UsageError as e:
-                if not e.message.startswith("stored:"):
-                    raise
-                stored = False  # a version-2 server refuses the field: plaintext from now on
+            out = msgpack.unpackb(post("/blobs/read", {**body, "stored": True}), raw=False)
+            return [_inflate(item) for item in out] if isinstance(out, list) else []
         out = msgpack.unpackb(post("/blobs/read", body), raw=False)
         return out if isinstance(out, list) else []
 

@@ -8,14 +8,10 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from lamina.protocol.schemas import BlobsRequest, DeltasRequest
-from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits, require_active
-from lamina.server.services import access, cvd_ops, deltas, fleet
-from lamina.server.services.sync import parse_ids
-from lamina.store.repository import StoredBlob
+from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits
+from lamina.server.services import blob_reads, deltas, fleet
 
 router = APIRouter()
-#: Bytes of plaintext one /blobs/read answer carries at most (at least one blob).
-READ_LIMIT = 32 * 1024 * 1024
 
 
 @router.post(
@@ -24,26 +20,16 @@ READ_LIMIT = 32 * 1024 * 1024
     response_class=Response,
 )
 def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, limits: Limits) -> Response:
-    # Users need "data.read" (and each read is audited). A device reads only blobs of
-    # its own CVD or of a tree delivered to it (services/access.py): every agent holds
-    # the id key, so an id alone proves nothing.
-    if caller.kind == "user":
-        caller.require(cvd_ops.DATA_READ)
-    ids = parse_ids(req.ids)
-    if caller.kind == "device":
-        device = require_active(caller)
-        cvd = fleet.active_cvd_of_device(ctx.engine, device)
-        limits.reads.take(device.id, len(ids))
-        access.check_read(ctx.engine, ctx.store, limits.trees, device.id, cvd, ids)
-    # A prefix of at most READ_LIMIT bytes: the client asks for the rest again.
-    data: list[bytes] | list[StoredBlob]
-    if req.stored:  # only decrypted: the reader inflates each blob and hashes it itself
-        data = ctx.store.unseal_many(ids, READ_LIMIT)
-        size = sum(raw for raw, _, _ in data)
-    else:
-        data = ctx.store.open_many(ids, READ_LIMIT)
-        size = sum(map(len, data))
-    ctx.reads.read(caller, len(data), size)  # a user's: audited (services/read_audit.py)
+    data = blob_reads.read_blobs(
+        ctx.engine,
+        ctx.store,
+        caller,
+        req.ids,
+        stored=req.stored,
+        rate=limits.reads,
+        trees=limits.trees,
+        audit=ctx.reads,
+    )
     return Response(msgpack.packb(data, use_bin_type=True), media_type="application/msgpack")
 
 

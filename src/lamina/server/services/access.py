@@ -73,18 +73,33 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing =
     claims on them end in the same transaction (``inflight.received``)."""
     want = list(dict.fromkeys(ids))
     with write_tx(engine) as c:
+        if c.dialect.name == "sqlite":
+            # The rows the insert added are the new ones: counted by the driver, not
+            # asked first (a lookup of every id of the bundle). The claims end for
+            # every id (one on an id the CVD owned already ends too: it was sent).
+            new_count = _own(c, cvd_id, want)
+            inflight.received(c, cvd_id, want, sharing)
+            return new_count
         mine = owned(c, cvd_id, want)
         new = [i for i in want if i not in mine]
-        for k in range(0, len(new), BATCH):
-            inflight.write_rows(
-                c,
-                "INSERT INTO cvd_blobs (cvd_id, blob_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                lambda: postgresql.insert(cvd_blobs).on_conflict_do_nothing(),
-                ("cvd_id", "blob_id"),
-                [(cvd_id, i) for i in new[k : k + BATCH]],
-            )
+        _own(c, cvd_id, new)
         inflight.received(c, cvd_id, new, sharing)
     return len(new)
+
+
+def _own(c: Connection, cvd_id: str, ids: list[bytes]) -> int:
+    """Insert the CVD's ownership rows (ids it owns already are skipped); on SQLite,
+    return how many rows were added (the driver's count of the executemany)."""
+    added = 0
+    for k in range(0, len(ids), BATCH):
+        added += inflight.write_rows(
+            c,
+            "INSERT INTO cvd_blobs (cvd_id, blob_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            lambda: postgresql.insert(cvd_blobs).on_conflict_do_nothing(),
+            ("cvd_id", "blob_id"),
+            [(cvd_id, i) for i in ids[k : k + BATCH]],
+        )
+    return added
 
 
 def ensure_indexed(engine: Engine, store: Store, cvd: Cvd) -> None:
@@ -107,8 +122,12 @@ def missing(
     (``inflight.need``, which claims the rest for this CVD)."""
     ensure_indexed(engine, store, cvd)
     gone = store.catalog.missing(ids)
-    with read_tx(engine) as c:
-        mine = owned(c, cvd.id, ids)
+    # Ownership is asked only of stored ids: one not stored is sent, owned or not.
+    stored_ids = [i for i in ids if i not in gone]
+    mine: set[bytes] = set()
+    if stored_ids:
+        with read_tx(engine) as c:
+            mine = owned(c, cvd.id, stored_ids)
     candidates = [i for i in ids if i in gone or i not in mine]
     if not sharing.on or not candidates:
         return candidates

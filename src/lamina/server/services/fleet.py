@@ -19,6 +19,7 @@ from sqlalchemy import (
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots
 from lamina.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
+from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.schemas import (
     AgentConfig,
     CentralizeRequest,
@@ -408,6 +409,7 @@ def _agent_answer(c: Connection, device_id: str, chunking: ChunkingSecret | None
         policy_version=cvd.policy_version if cvd else None,
         last_sync=aware(cvd.last_sync) if cvd else None,
         chunking=chunking_public(chunking, True) if chunking and cvd is not None else None,
+        protocol=PROTOCOL_VERSION,
     )
 
 

@@ -102,18 +102,19 @@ def write_rows(
     core: Callable[[], Executable],
     columns: tuple[str, ...],
     rows: list[tuple[Any, ...]],
-) -> None:
+) -> int:
     """Run a write for every one of ``rows`` (values in ``columns``' order).
 
     On SQLite ``sql`` through the driver's executemany: binding a dict per row through
-    SQLAlchemy cost more than the write. Elsewhere ``core()``, the same statement in
-    Core (built only there: building it cost more than the write on SQLite too)."""
+    SQLAlchemy cost more than the write; returns the rows it changed (the driver sums
+    them). Elsewhere ``core()``, the same statement in Core (built only there: building
+    it cost more than the write on SQLite too); returns -1 (not counted)."""
     if not rows:
-        return
+        return 0
     if c.dialect.name == "sqlite":
-        c.exec_driver_sql(sql, rows)
-    else:
-        c.execute(core(), [dict(zip(columns, r, strict=True)) for r in rows])
+        return int(c.exec_driver_sql(sql, rows).rowcount)
+    c.execute(core(), [dict(zip(columns, r, strict=True)) for r in rows])
+    return -1
 
 
 def _bound(c: Connection, column: Any, value: object) -> object:
@@ -179,6 +180,16 @@ def _holding(bid: bytes, owners: dict[bytes, set[str]], claims: dict[bytes, set[
     return len(own | claim)
 
 
+def _sweep(c: Connection, when: dt.datetime) -> None:
+    """Delete the claims expired at ``when`` (as the driver's statement on SQLite:
+    building the Core one cost more than the delete, once per ``/agent/missing``)."""
+    if c.dialect.name == "sqlite":
+        sql = "DELETE FROM blob_claims WHERE expires <= ?"
+        c.exec_driver_sql(sql, (_bound(c, blob_claims.c.expires, when),))
+    else:
+        c.execute(delete(blob_claims).where(blob_claims.c.expires <= when))
+
+
 def _upsert_claim() -> Executable:
     stmt = postgresql.insert(blob_claims)
     return stmt.on_conflict_do_update(
@@ -216,14 +227,15 @@ def need(
     if not sharing.on or not candidates:
         return candidates
     when = now()
-    c.execute(delete(blob_claims).where(blob_claims.c.expires <= when))
+    _sweep(c, when)
     shared = _shared(c, [i for i in candidates if i in stored])
     rest = [i for i in candidates if not (i in stored and i in shared)]
     owners, claims = _holders(c, cvd_id, rest, stored, when)
     # Held by enough CVDs but not marked (recorded before revision 0009): mark them now,
     # so the next ask reads one row for each instead of every owner.
     _mark_shared(c, [i for i in owners if len(owners[i]) >= sharing.threshold])
-    send = [i for i in rest if _holding(i, owners, claims) < sharing.threshold]
+    held = owners.keys() | claims.keys()  # (an id no other CVD holds or claims: send it)
+    send = [i for i in rest if i not in held or _holding(i, owners, claims) < sharing.threshold]
     if send:
         _upsert_claims(c, cvd_id, send, when + dt.timedelta(seconds=sharing.lease))
     return send

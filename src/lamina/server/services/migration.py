@@ -12,7 +12,6 @@ stay with it, keyed by the CVD -- to the new device, marks the old device
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -25,8 +24,6 @@ from lamina.layers.merge import (
     DPKG_STATUS,
     INSTALLED,
     Stanzas,
-    carry,
-    installed,
     merge_dpkg_status,
     parse_dpkg_status,
     render_dpkg_status,
@@ -58,12 +55,20 @@ from lamina.server.services.common import audit
 from lamina.server.services.layer_assign import disk_free
 from lamina.server.services.layer_versions import layer_ref
 from lamina.server.services.layer_versions import resolve as resolve_layer
+from lamina.server.services.migration_packages import (
+    entry_at,
+    layer_packages,
+    on_new_machine,
+    package_files,
+    packages_of,
+    user_installed,
+)
 from lamina.server.services.rows import Cvd, Device, JsonObject
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
 from lamina.tree.model import Entry
-from lamina.tree.paths import lookup, read_file, walk
+from lamina.tree.paths import read_file, walk
 
 #: The state of a device whose CVD moved to another device: its credential is refused.
 REPLACED = "replaced"
@@ -160,43 +165,6 @@ def _rules(device: Device) -> RuleSet:
     return for_os(((device.facts or {}).get("os_release")) or {})
 
 
-def packages_of(store: Store, entries: dict[str, Entry]) -> dict[str, str]:
-    e = entries.get(DPKG_STATUS)
-    if e is None or e.type != "file":
-        return {}
-    return installed(parse_dpkg_status(read_file(store.get, e)))
-
-
-def layer_packages(store: Store, refs: list[LayerRef]) -> Stanzas:
-    """The packages a stack of layers lays down (later wins): a base layer's whole
-    database, an app layer's or pack's own packages."""
-    dbs = []
-    for r in refs:
-        e = _at(store, r.root, DPKG_STATUS)
-        if e is None or e.type != "file":
-            continue
-        try:
-            db = parse_dpkg_status(read_file(store.get, e))
-        except LaminaError:
-            continue  # a layer whose database dpkg could not read owns no package
-        if r.packages is not None:
-            own = set(r.packages)
-            db = {k: v for k, v in db.items() if v.name in own}
-        dbs.append(db)
-    return merge_dpkg_status(dbs, {}, set())
-
-
-def _at(store: Store, root: bytes, path: str) -> Entry | None:
-    """The entry at ``path`` in a tree (the folders on the way read, not the whole tree)."""
-    return lookup(store.get, root, [os.fsencode(p) for p in path.strip("/").split("/")])
-
-
-def user_installed(snapshot: Stanzas, owned: Stanzas) -> Stanzas:
-    """The snapshot's installed packages none of the layers it ran brought: installed
-    by the user, carried in apps-data mode."""
-    return {k: s for k, s in snapshot.items() if s.status == INSTALLED and k not in owned}
-
-
 def _plan_packages(
     c: Connection,
     store: Store,
@@ -238,42 +206,6 @@ def _plan_packages(
         user, rep.conflicts, warning = on_new_machine(user, facts.get("packages"))
         rep.warnings += [warning] if warning else []
     rep.packages = {s.name: s.version for s in user.values()}
-
-
-def on_new_machine(
-    user: Stanzas, reported: object
-) -> tuple[Stanzas, list[dict[str, str]], str | None]:
-    """What a new machine whose ``packages`` fact is ``reported`` takes of the CVD's
-    user-installed packages (``layers.merge.carry``: its staging decides the same from
-    the same database): the carried ones, the conflicts, and a warning when it cannot
-    be foreseen."""
-    database = reported.get("database") if isinstance(reported, dict) else None
-    rows = reported.get("installed") if isinstance(reported, dict) else None
-    if database == "none":
-        return (
-            {},
-            [],
-            "the new machine has no package database a migration can read: no package is carried",
-        )
-    if database != "read" or not isinstance(rows, list):
-        return (
-            user,
-            [],
-            (
-                "the new machine did not report its packages (an older or active agent, or "
-                "too many): a carried package it has already keeps its version, decided when "
-                "staging (the task's result lists them)"
-            ),
-        )
-    here = {
-        r["name"]: r["version"]
-        for r in rows
-        if isinstance(r, dict)
-        and isinstance(r.get("name"), str)
-        and isinstance(r.get("version"), str)
-    }
-    carried, conflicts = carry(user, here)
-    return carried, conflicts, None
 
 
 def _validate(
@@ -444,30 +376,6 @@ def _on_base(store: Store, rep: Report, rules: RuleSet) -> bytes:
     return _with_user_packages(store, tree, rep)
 
 
-#: dpkg's folder of per-package files: ``PKG[:ARCH].list`` names a package's files.
-DPKG_INFO = "/var/lib/dpkg/info"
-
-
-def package_files(store: Store, entries: dict[str, Entry], stanzas: Stanzas) -> set[str]:
-    """The paths of ``stanzas``' packages in a tree (``entries``): each one's ``info/``
-    files and the files its ``.list`` names (folders left out)."""
-    stems = {x for k, s in stanzas.items() for x in (s.name, k)}
-    out = {p for p in entries if p.startswith(DPKG_INFO + "/") and p.count("/") == 5}
-    out = {p for p in out if p[len(DPKG_INFO) + 1 :].rpartition(".")[0] in stems}
-    for stem in stems:
-        e = entries.get(f"{DPKG_INFO}/{stem}.list")
-        if e is None or e.type != "file":
-            continue
-        try:
-            listed = read_file(store.get, e).decode(errors="surrogateescape")
-        except LaminaError:
-            continue
-        for line in listed.splitlines():
-            if line.startswith("/") and line != "/." and "/../" not in line + "/":
-                out.add(line.rstrip("/"))
-    return {p for p in out if (e := entries.get(p)) is not None and e.type != "dir"}
-
-
 def _with_user_packages(store: Store, tree: bytes, rep: Report) -> bytes:
     """The composed tree with the CVD's user-installed packages merged in: their stanzas
     over its package database (per package, as layers merge: the tree's own stanza of a
@@ -475,7 +383,7 @@ def _with_user_packages(store: Store, tree: bytes, rep: Report) -> bytes:
     never replaced)."""
     if not rep.user_stanzas:
         return tree
-    status = _at(store, tree, DPKG_STATUS)
+    status = entry_at(store, tree, DPKG_STATUS)
     if status is None or status.type != "file":
         rep.warnings.append("the new base layer has no package database: no package is carried")
         return tree
@@ -484,7 +392,7 @@ def _with_user_packages(store: Store, tree: bytes, rep: Report) -> bytes:
     writes = {
         p: rep.entries[p]
         for p in package_files(store, rep.entries, rep.user_stanzas)
-        if p != DPKG_STATUS and _at(store, tree, p) is None
+        if p != DPKG_STATUS and entry_at(store, tree, p) is None
     }
     data = render_dpkg_status(merged)
     with store.writer() as w:

@@ -22,7 +22,7 @@ from lamina.protocol.migration import MigrateOsReport, ProvisionReport
 from lamina.protocol.policies import PolicySettings
 from lamina.protocol.tasks import MigrateParams
 from lamina.server.security import Principal
-from lamina.server.services import drivers, fleet, migration, tasks
+from lamina.server.services import drivers, fleet, migration_packages, tasks
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit
 from lamina.server.services.layer_versions import layer_ref
@@ -214,7 +214,7 @@ def migrate_os(
         entries = dict(walk(store.get, snaps[-1].root))
         user_pkgs = {
             k: v
-            for k, v in migration.packages_of(store, entries).items()
+            for k, v in migration_packages.packages_of(store, entries).items()
             if k.split(":")[0] not in owned
         }
     report = MigrateOsReport(

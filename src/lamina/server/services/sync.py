@@ -149,12 +149,9 @@ def upload_blobs(
     unique: dict[tuple[bytes, BlobKind], BundleBlob] = {}
     declared = 0
     for it in items:
-        try:
-            kind = BlobKind(it.kind)
-        except ValueError as e:
-            raise IntegrityError(
-                f"bundle blob {it.id.hex()[:16]} has unknown kind {it.kind}"
-            ) from e
+        kind = blob.KINDS.get(it.kind)
+        if kind is None:
+            raise IntegrityError(f"bundle blob {it.id.hex()[:16]} has unknown kind {it.kind}")
         if kind == BlobKind.SNAPSHOT:
             raise IntegrityError("agents do not upload snapshot records; commit instead")
         limit = keys.chunking.max_size if kind == BlobKind.DATA else MAX_UPLOADED_TREE
@@ -234,24 +231,107 @@ def _as_kind(
     return out
 
 
-def _old_subtrees(store: Store, old: bytes) -> dict[bytes, bytes]:
-    """Name -> subtree id of the folders of a tree of the previous snapshot (stored and
-    verified when it was committed, read back hash-checked: only its folders are needed,
-    so its entries are not validated again); {} when it is no longer stored."""
-    try:
-        doc = msgpack.unpackb(store.get(old), raw=False, strict_map_key=False)
-    except MissingDataError:
-        return {}
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return {}
-    rows = doc.get("entries") if isinstance(doc, dict) else None
-    out: dict[bytes, bytes] = {}
-    for d in rows if isinstance(rows, list) else ():
-        if isinstance(d, dict) and d.get("type") == "dir":
-            name, sub = d.get("name"), d.get("subtree")
-            if isinstance(name, bytes) and isinstance(sub, bytes) and len(sub) == blob.ID_SIZE:
-                out[name] = sub
-    return out
+#: The commit walk's bounds (``verify_tree``): trees looked up (and held to the CVD's
+#: ownership) per query, chunk ids held before they are looked up and their files'
+#: sizes checked, and ids of trees already walked kept to skip a repeated folder.
+WALK_TREES = 256
+WALK_CHUNKS = 5000
+WALK_SEEN = 100_000
+
+
+class _OldTree:
+    """What a commit walk needs of a tree of the previous snapshot (stored and verified
+    when it was committed, read back hash-checked, its entries not validated again): the
+    subtree id of each folder, and each file's size and content.
+
+    A new entry equal to the old one of its name needs no check (its chunks were found
+    owned, stored as data and adding up to its size at that commit, and that snapshot
+    keeps them alive); nor does a folder whose tree the old one names under any name (a
+    rename)."""
+
+    def __init__(self, store: Store, old: bytes | None) -> None:
+        self.entries: dict[bytes, dict[str, object]] = {}
+        self._subtrees: set[bytes | None] | None = None
+        try:
+            doc = msgpack.unpackb(store.get(old), raw=False, strict_map_key=False) if old else {}
+            rows = doc.get("entries") if isinstance(doc, dict) else None
+            if isinstance(rows, list):  # (its entries as msgpack gives them: by name)
+                self.entries = {d["name"]: d for d in rows if isinstance(d, dict) and "name" in d}
+        except (MissingDataError, ValueError, TypeError, KeyError, msgpack.UnpackException):
+            self.entries = {}  # no longer stored (or unreadable): every entry is checked
+
+    def holds_file(self, e: Entry) -> bool:
+        d = self.entries.get(e.name)
+        return (
+            d is not None
+            and d.get("type") == "file"
+            and d.get("size", 0) == e.size
+            and d.get("content", []) == e.content
+        )
+
+    def holds_folder(self, e: Entry) -> bool:
+        """Only a folder's ``subtree`` counts: another entry may carry the key, unread
+        (and unchecked) when its tree was decoded."""
+        if e.subtree is not None and e.subtree == self.folder(e.name):
+            return True
+        if self._subtrees is None:  # a rename: the same tree under another name
+            self._subtrees = {self.folder(name) for name in self.entries}
+        return e.subtree in self._subtrees
+
+    def folder(self, name: bytes) -> bytes | None:
+        """The subtree id of the old folder of ``name``, or None."""
+        d = self.entries.get(name)
+        sub = d.get("subtree") if d is not None and d.get("type") == "dir" else None
+        return sub if isinstance(sub, bytes) and len(sub) == blob.ID_SIZE else None
+
+
+class _Content:
+    """Files of a commit walk waiting for their chunks' lookup: at most ``WALK_CHUNKS``
+    chunk ids (and one file's beyond) are held before ``check`` looks them up."""
+
+    def __init__(
+        self, store: Store, heal: Writer | None, owner: access.CommitOwnership | None
+    ) -> None:
+        self.store, self.heal, self.owner = store, heal, owner
+        self.chunks: list[bytes] = []
+        self.files: list[tuple[bytes, Entry]] = []
+
+    def add(self, tid: bytes, e: Entry) -> bool:
+        """Take a file of tree ``tid``; True once the chunks held reach the bound."""
+        if e.size > MAX_FILE_SIZE:
+            raise IntegrityError(
+                f"tree {tid.hex()[:16]}: file {e.name!r} claims {e.size} bytes, "
+                f"above the {MAX_FILE_SIZE} limit"
+            )
+        ids = [c for c in e.content or () if isinstance(c, bytes)]
+        if ids:
+            self.chunks += ids
+            self.files.append((tid, e))
+        elif e.size or e.content:  # (an empty file adds up to its size of 0)
+            _add_up(tid, e, {})
+        return len(self.chunks) >= WALK_CHUNKS
+
+    def check(self) -> list[bytes]:
+        """Hold the chunks to the CVD's ownership, find each stored as data (healed by
+        ``heal``), check each file's chunks and holes add up to its size; return the
+        chunk ids checked and hold none."""
+        unique = list(dict.fromkeys(self.chunks))
+        if self.owner is not None:
+            self.owner.require(unique)
+        sizes = _as_kind(self.store, unique, BlobKind.DATA, self.heal) if unique else {}
+        for tid, e in self.files:
+            _add_up(tid, e, sizes)
+        checked, self.chunks, self.files = self.chunks, [], []
+        return checked
+
+
+def _add_up(tid: bytes, e: Entry, sizes: dict[bytes, int]) -> None:
+    total = sum(sizes[c] if isinstance(c, bytes) else c for c in e.content or ())
+    if total != e.size:
+        raise IntegrityError(
+            f"tree {tid.hex()[:16]}: file {e.name!r} has {total} bytes of content "
+            f"(chunks and holes), but its size says {e.size}"
+        )
 
 
 def verify_tree(
@@ -262,70 +342,58 @@ def verify_tree(
     owner: access.CommitOwnership | None = None,
     trees: DecodedTrees | None = None,
 ) -> Iterator[bytes]:
-    """Check every tree and chunk under ``root`` is stored; skip subtrees equal to ``previous``'s.
+    """Check every tree and chunk under ``root`` is stored; skip what ``previous`` holds.
 
     One blob, one kind: the root and every ``subtree`` must be stored as TREE blobs and
     every chunk as DATA; one held only under the other kind is stored again under the
     right one by ``heal`` (the commit's writer). Every file's chunks and holes must add
     up to its size, and no size may pass ``MAX_FILE_SIZE``. With ``owner`` (a device's
-    commit), every tree of a level is held to the CVD's ownership before it is read, and
-    every chunk before it is looked up: one walk, each new tree decoded once (not at
-    all when its bundle's decoding is still in ``trees``).
+    commit), trees are held to the CVD's ownership before they are read, and chunks
+    before they are looked up: one walk, each new tree decoded once (not at all when
+    its bundle's decoding is still in ``trees``).
 
-    Yields every blob id the snapshot references (for the gc rescue walk).
+    Incremental: a folder whose tree the previous snapshot's folder of the same path
+    names, and a file equal to its entry there, were verified at that commit and are
+    not checked again (``_OldTree``); a tree met twice in one walk is walked once.
+
+    Bounded memory, whatever the snapshot's width: depth first, ``WALK_TREES`` trees
+    looked up per query and one tree's entries decoded at a time, at most
+    ``WALK_CHUNKS`` chunk ids waiting for their lookup (``_Content``); what grows is
+    the ids of the folders still to walk on the current path, 64 bytes each.
+
+    Yields the id of every tree and chunk it checked.
     """
-    level: list[tuple[bytes, bytes | None]] = [(root, previous)]
+    pending: list[tuple[bytes, bytes | None]] = [(root, previous)]
+    content = _Content(store, heal, owner)
+    seen: set[bytes] = set()
     first = True
-    while level:  # one level of folders at a time: one lookup for its trees, few for its chunks
-        tree_ids = list(dict.fromkeys(t for t, _ in level))
+    while pending:  # depth first: the folders still to walk are those on the current path
+        batch = pending[-WALK_TREES:]
+        del pending[-WALK_TREES:]
+        tree_ids = [t for t in dict.fromkeys(t for t, _ in batch) if t not in seen]
         if owner is not None and not first:  # (the root: ``owner.root``, before)
             owner.require(tree_ids)
         first = False
-        store.prefetch([t for t, _ in level] + [o for _, o in level if o is not None])
+        store.prefetch(tree_ids + [o for _, o in batch if o is not None])
         _as_kind(store, tree_ids, BlobKind.TREE, heal)
-        chunks: list[bytes] = []
-        files: list[tuple[bytes, Entry]] = []
-        below: list[tuple[bytes, bytes | None]] = []
-        decoded: dict[bytes, list[Entry]] = {}
-        for tid, old in level:
-            entries = decoded.get(tid)
-            if entries is None and trees is not None:
-                entries = trees.take(tid)
+        for tid, old in batch:
+            if tid in seen:
+                continue
+            if len(seen) >= WALK_SEEN:
+                seen.clear()
+            seen.add(tid)
+            entries = trees.take(tid) if trees is not None else None
             if entries is None:
                 entries = decode_tree(store.get(tid))
-            decoded[tid] = entries
             yield tid
-            old_sub = _old_subtrees(store, old) if old is not None else {}
+            was = _OldTree(store, old)
             for e in entries:
-                if e.type == "file":
-                    if e.size > MAX_FILE_SIZE:
-                        raise IntegrityError(
-                            f"tree {tid.hex()[:16]}: file {e.name!r} claims {e.size} bytes, "
-                            f"above the {MAX_FILE_SIZE} limit"
-                        )
-                    files.append((tid, e))
-                chunks.extend(e.chunk_ids())
-                if e.subtree is not None and old_sub.get(e.name) != e.subtree:
-                    # (equal subtrees were verified with an earlier snapshot of this CVD,
-                    # which keeps them alive)
-                    below.append((e.subtree, old_sub.get(e.name)))
-        del decoded
-        sizes: dict[bytes, int] = {}
-        unique = list(dict.fromkeys(chunks))
-        for k in range(0, len(unique), 5000):
-            part = unique[k : k + 5000]
-            if owner is not None:
-                owner.require(part)
-            sizes.update(_as_kind(store, part, BlobKind.DATA, heal))
-        for tid, e in files:
-            total = sum(sizes[c] if isinstance(c, bytes) else c for c in e.content or ())
-            if total != e.size:
-                raise IntegrityError(
-                    f"tree {tid.hex()[:16]}: file {e.name!r} has {total} bytes of content "
-                    f"(chunks and holes), but its size says {e.size}"
-                )
-        yield from chunks
-        level = below
+                if e.type == "file" and not was.holds_file(e) and content.add(tid, e):
+                    yield from content.check()
+                elif e.subtree is not None and not was.holds_folder(e):
+                    pending.append((e.subtree, was.folder(e.name)))
+            del entries
+    yield from content.check()
 
 
 def commit_snapshot(
