@@ -8,8 +8,10 @@ step 4: the server hashes each blob). Per pass it prints wall time, the client's
 server's (``/proc/PID/stat`` before and after). ``--profile client`` samples the client
 with py-spy into WORK/restore-N.txt (collapsed stacks). Each pass after the first deletes the previous pass's files and waits ``--settle`` seconds
 first (``bench.common.settle_deletions``: on ext4 without a journal, creating files right
-after a mass deletion costs several times the system time). A/B: run it from two checkouts
-(``PYTHONPATH=OTHER/src``) one after the other, alternating.
+after a mass deletion costs several times the system time). A/B: ``--other-src OTHER/src``
+alternates the client between that tree (A, odd passes) and this checkout (B) against
+this checkout's server, each pass into a folder of its own (``--fresh``: nothing is
+deleted until the end, so no pass pays for another's deletion).
 """
 
 from __future__ import annotations
@@ -38,8 +40,15 @@ def _proc_times(pid: int) -> tuple[float, float]:
 
 
 def one_restore(
-    lam: LaminaE2E, out: Path, n: int, profile: str, work: Path, settle: float
+    lam: LaminaE2E,
+    out: Path,
+    n: int,
+    profile: str,
+    work: Path,
+    settle: float,
+    src: Path | None = None,
 ) -> dict[str, float]:
+    """One restore into ``out``; ``src``: the client's code is that tree's (an A/B run)."""
     if out.exists():
         rmtree(out)
         settle_deletions(settle)
@@ -64,7 +73,8 @@ def one_restore(
         argv = ["perf", "record", "-q", "-g", "-o", os.fspath(work / f"perf-{n}.data"), *argv]
     os.sync()
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, env=lam.admin.env, stdout=subprocess.DEVNULL)
+    env = lam.admin.env if src is None else {**lam.admin.env, "PYTHONPATH": os.fspath(src)}
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -80,7 +90,7 @@ def one_restore(
         "client_rss_mib": usage.ru_maxrss / 1024,
     }
     say(
-        f"pass {n}: wall {wall:6.2f} s  client CPU user {usage.ru_utime:6.2f} sys "
+        f"pass {n} {'B' if src is None else 'A'}: wall {wall:6.2f} s  client CPU user {usage.ru_utime:6.2f} sys "
         f"{usage.ru_stime:6.2f}  server CPU user {su1 - su0:6.2f} sys {ss1 - ss0:6.2f}  "
         f"client RSS {usage.ru_maxrss / 1024:.0f} MiB  load {os.getloadavg()[0]:.1f}",
         "bold",
@@ -108,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--alternate", action="store_true", help="wait (--settle) before every other pass only"
     )
+    ap.add_argument("--profile-pass", type=int, default=0, help="profile only this pass")
+    ap.add_argument("--other-src", type=Path, help="A/B: odd passes run this src tree's client")
+    ap.add_argument(
+        "--fresh", action="store_true", help="each pass into a new folder (none deleted)"
+    )
     args = ap.parse_args(argv)
     work: Path = args.work.resolve()
     rmtree(work)
@@ -121,10 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"first sync {r.seconds:.1f} s, agent CPU {cpu['agent_cpu_s']:.1f} s", "bold")
         for n in range(1, args.passes + 1):
             settle = 0.0 if args.alternate and n % 2 == 0 else args.settle
-            one_restore(lam, work / "restored", n, args.profile, work, settle)
+            out = work / (f"restored-{n}" if args.fresh else "restored")
+            src = args.other_src.resolve() if args.other_src and n % 2 else None
+            profile = args.profile if args.profile_pass in (0, n) else "none"
+            one_restore(lam, out, n, profile, work, settle, src)
     finally:
         lam.server.stop()
-        rmtree(work / "restored")
+        for out in work.glob("restored*"):
+            rmtree(out)
     return 0
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.runner import Agent, enroll
+from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.schemas import AgentConfig
 from lamina.server.services import fleet
 from lamina.tree.model import decode_tree
@@ -51,7 +52,7 @@ def test_an_agent_asks_for_stored_blobs_only_from_a_server_that_says_version_3(
     finally:
         agent.close()
     assert ["stored" in body for body in sent] == [False, True]
-    assert admin.get("/health").json()["protocol"] == 3
+    assert admin.get("/health").json()["protocol"] == PROTOCOL_VERSION
     # A server of version 2 names no version: the agent takes it for 2.
     old = {"device_id": "d", "status": "active", "cvd_id": None, "policy": None}
     assert AgentConfig(**old, policy_version=None, last_sync=None).protocol == 2

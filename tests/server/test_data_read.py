@@ -6,9 +6,14 @@ restore as download through /blobs/read) and nothing was written to the audit lo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgpack
 
+from lamina.cli.client import Api
+from lamina.cli.cvd import id_key_of, remote_blobs
 from lamina.store.blob import blob_id
+from lamina.tree.restore import restore_tree
 from tests.server.conftest import Live
 
 SECRET = b"vpn pin 4711\n"
@@ -62,3 +67,30 @@ def test_administrator_has_data_read(live: Live) -> None:
     snap = dev.commit_files({b"notes": [b"hello"]})
     r = live.login().get(f"/cvds/{dev.cvd_id}/snapshots/{snap}/file", params={"path": "notes"})
     assert r.status_code == 200 and r.content == b"hello"
+
+
+def test_a_download_hands_data_read_the_id_key_and_the_cli_restores_from_blobs_as_stored(
+    live: Live, tmp_path: Path
+) -> None:
+    """Protocol version 4: a restore as download carries the store's id key (only to a
+    caller allowed ``data.read``, who may read every blob anyway), so the admin's CLI asks
+    ``/blobs/read`` for blobs as stored, inflates and hashes them itself, and the server
+    neither inflates nor hashes."""
+    dev = live.device("desk-3")
+    snap = dev.commit_files({b"notes": [b"hello " * 1000, 7, b"world"], b"empty": []})
+    hd = live.user("hd", "helpdesk")
+    doc = hd.post(f"/cvds/{dev.cvd_id}/snapshots/{snap}/download", json={"paths": []}).json()
+    assert id_key_of(doc) == dev.id_key
+
+    api = Api(live.url, hd.headers["Authorization"].removeprefix("Bearer "))
+    asked: list[dict[str, object]] = []
+
+    def post(path: str, json: dict[str, object]) -> object:
+        asked.append(json)
+        return Api.post(api, path, json)
+
+    api.post = post  # type: ignore[method-assign]  # the real call, each body recorded
+    restore_tree(remote_blobs(api, id_key_of(doc)), bytes.fromhex(doc["root"]), tmp_path / "out")
+    assert (tmp_path / "out" / "notes").read_bytes() == b"hello " * 1000 + bytes(7) + b"world"
+    assert (tmp_path / "out" / "empty").read_bytes() == b""
+    assert asked and all(body.get("stored") is True for body in asked)

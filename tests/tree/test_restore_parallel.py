@@ -138,8 +138,9 @@ def test_small_folders_share_requests_through_a_batching_source(
     store: Store, tmp_path: Path
 ) -> None:
     """Forty folders of two small files each, through ``/blobs/read``'s batching client: the
-    walk reads sub-folders' trees one level ahead and queues their files' chunks, so a
-    request carries many folders (one request per folder would be 40 or more)."""
+    walk reads sub-folders' trees ahead and queues their files' chunks, so a request
+    carries many folders (one request per folder would be 40 or more), whether the source
+    reads them ahead in the background or a reader asks."""
     root = tmp_path / "many"
     for d in range(40):
         for i in range(2):
@@ -157,7 +158,39 @@ def test_small_folders_share_requests_through_a_batching_source(
     assert st.errors == [] and st.files == 80
     assert_same_tree(root, out)
     assert sum(requests) == 1 + 40 + 80  # the root, each folder's tree, each file: once
-    assert len(requests) <= 4, requests
+    # The root, then per batch the walk queues (4: the root's sub-folders, and three of
+    # up to 16 folders) at most one background request taking every queued id and one
+    # a reader makes for ids queued while another was in flight: never one per folder.
+    assert len(requests) <= 1 + 2 * 4, requests
+
+
+def test_reading_ahead_fetches_each_blob_once_across_prefixes_and_copies(
+    store: Store, tmp_path: Path
+) -> None:
+    """A restore into an empty folder through a source that reads ahead in the
+    background: a server answering only a prefix of each request (here three blobs)
+    gets the rest asked again, never an answered id; the same content in several files
+    is fetched once and written to each."""
+    root = tmp_path / "many"
+    for d in range(12):
+        write(root / f"d{d:02}" / "same", b"the same content in every folder", MTIME)
+        for i in range(3):
+            write(root / f"d{d:02}" / f"f{i}", os.urandom(300 + d * 10 + i), MTIME)
+        os.utime(root / f"d{d:02}", ns=(MTIME, MTIME))
+    tid, _ = scan_tree(store, root)
+    answered: list[bytes] = []
+    lock = threading.Lock()
+
+    def fetch(batch: list[bytes]) -> list[bytes]:
+        with lock:
+            answered.extend(batch[:3])
+        return [store.get(i) for i in batch[:3]]
+
+    source = BatchedBlobs(fetch, store.keys.chunking.id_key)
+    st = restore_tree(source, tid, tmp_path / "out", workers=4)
+    assert st.errors == [] and st.files == 48
+    assert_same_tree(root, tmp_path / "out")
+    assert len(answered) == len(set(answered)) == 1 + 12 + 12 * 3 + 1
 
 
 def test_a_store_looks_up_a_batch_of_folders_read_ahead_at_once(

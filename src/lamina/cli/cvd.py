@@ -21,6 +21,7 @@ from lamina.cli.common import (
 from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
 from lamina.cli.output import age, emit_json, human_bytes, print_table
 from lamina.cli.progress import byte_progress, exit_with_warnings
+from lamina.errors import IntegrityError
 from lamina.tree.restore import restore_tree
 from lamina.tree.sources import BatchedBlobs, http_blobs
 
@@ -34,14 +35,31 @@ ValidateOpt = Annotated[
 app = typer.Typer(help="CVDs: the central copy of each endpoint.", no_args_is_help=True)
 
 
-def remote_blobs(api: Api) -> BatchedBlobs:
-    """Blobs read through the server's API (the server decrypts and verifies them)."""
+def id_key_of(download: dict[str, Any]) -> bytes | None:
+    """The id key a restore as download carries (hex), None from a version-3 server."""
+    text = download.get("id_key")
+    if text is None:
+        return None
+    try:
+        key = bytes.fromhex(text) if isinstance(text, str) else b""
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise IntegrityError("the server sent an id key that is not 32 bytes in hex")
+    return key
+
+
+def remote_blobs(api: Api, id_key: bytes | None) -> BatchedBlobs:
+    """Blobs read through the server's API. With the store's ``id_key`` (a restore as
+    download hands it to a caller allowed ``data.read``) the server only decrypts them and
+    this process inflates each one and hashes it against its id; without (a version-3
+    server) the server decrypts, inflates and verifies them."""
 
     def post(path: str, body: Any) -> bytes:
         out = api.post(path, body)
         return out if isinstance(out, bytes) else b""
 
-    return http_blobs(post)
+    return http_blobs(post, id_key, stored=id_key is not None)
 
 
 def _cvd_line(c: dict[str, Any]) -> str:
@@ -223,7 +241,7 @@ def restore(
     snap = api.post(f"/cvds/{cvd}/snapshots/{snapshot}/download", {"paths": path or []})
     with byte_progress("restoring", total=None if path else snap["bytes"]) as advance:
         st = restore_tree(
-            remote_blobs(api),
+            remote_blobs(api, id_key_of(snap)),
             bytes.fromhex(snap["root"]),
             output,
             paths=path or [],

@@ -1,6 +1,8 @@
 """Request and response schemas shared by the server, the agent and the flex client.
 
-Version 3 (version 2 plus ``stored`` in ``/blobs/read``: blobs sent only decrypted,
+Version 4 (version 3 plus ``id_key`` in the answer to a restore as download, so an
+admin's CLI reads blobs as stored too; a version-3 server sends none, and the CLI then
+reads plaintext). Version 3 (version 2 plus ``stored`` in ``/blobs/read``: blobs sent only decrypted,
 for an agent that inflates and hashes them). A server of version 3 says so: the agent
 config and ``/health`` carry ``protocol``, the version it speaks; a version-2 server
 sends no such field (the agent takes it for 2) and refuses ``stored``, so an agent
@@ -13,7 +15,7 @@ are msgpack (see ``lamina.protocol.bundle``), everything else JSON.
 
 from __future__ import annotations
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 #: The version a server that names none speaks (it predates the field).
 UNNAMED_VERSION = 2
 #: The first version whose ``/blobs/read`` answers ``stored``.

@@ -282,6 +282,15 @@ class SnapshotPublic(BaseModel):
     meta: dict[str, Any]
 
 
+class DownloadPublic(SnapshotPublic):
+    """A restore as download: the snapshot, and the store's id key (hex) so the reader
+    can ask ``/blobs/read`` for blobs as stored and hash each one against its id itself
+    (protocol version 4). Only a caller allowed ``data.read`` gets it: that caller can
+    read every blob's plaintext anyway, so the key tells them nothing more."""
+
+    id_key: str
+
+
 class BrowseEntry(BaseModel):
     id: str
     name: str

@@ -54,7 +54,7 @@ from lamina.tree.paths import lookup
 from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
-from lamina.tree.sources import in_batches
+from lamina.tree.sources import in_batches, stop_reading_ahead
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Threads writing files. File creation waits on the file system and the blob work
@@ -232,6 +232,8 @@ class Restorer:
                     pool.shutdown(wait=True)
         finally:
             self._pool = None
+            if self._ahead is not None:
+                stop_reading_ahead(self.store)
             for folder in self._open - {root}:  # left open by an error of the walk
                 os.close(folder.fd)
             self._open.clear()

@@ -68,15 +68,17 @@ class ReadAhead:
                 (tid, decode_tree(raw))
                 for tid, raw in zip(batch, self._store.get_many(batch), strict=True)
             ]
-            # One lookup for the batch: its files' chunks, then its sub-folders' trees.
+            # One lookup for the batch: its sub-folders' trees first (the walk reads them
+            # next, and a source reading ahead fetches them before the data), then its
+            # files' chunks.
             queued: list[bytes] = []
-            for tid, entries in read:
-                queued.extend(c for e in entries for c in e.chunk_ids())
-                self._trees[tid] = entries
-                self._chunks += _chunk_count(entries)
             for _, entries in reversed(read):
                 subtrees = [e.subtree for e in entries if e.subtree is not None]
                 queued.extend(subtrees)
                 stack.extend(reversed(subtrees))
+            for tid, entries in read:
+                queued.extend(c for e in entries for c in e.chunk_ids())
+                self._trees[tid] = entries
+                self._chunks += _chunk_count(entries)
             self._store.prefetch(queued)
             yield None

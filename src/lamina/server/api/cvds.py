@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from lamina.protocol.schemas import (
     BrowseEntry,
     CvdPublic,
+    DownloadPublic,
     DownloadRequest,
     RestoreRequest,
     RevertRequest,
@@ -62,7 +63,7 @@ def fetch_file(ref: str, snapshot: str, ctx: Ctx, caller: Caller, path: str) -> 
 )
 def download(
     ref: str, snapshot: str, req: DownloadRequest, ctx: Ctx, caller: Caller
-) -> SnapshotPublic:
+) -> DownloadPublic:
     return cvd_ops.start_download(ctx.engine, ctx.store, caller, ref, snapshot, req.paths)
 
 

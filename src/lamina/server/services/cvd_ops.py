@@ -18,6 +18,7 @@ from lamina.db.models import policies
 from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.protocol.schemas import (
     BrowseEntry,
+    DownloadPublic,
     PolicySettings,
     RestoreRequest,
     RevertRequest,
@@ -222,13 +223,16 @@ def file_entry(
 
 def start_download(
     engine: Engine, store: Store, actor: Principal, ref: str, snapshot: str, paths: list[str]
-) -> SnapshotPublic:
+) -> DownloadPublic:
     """A restore as download (``cvd restore --output``): the snapshot whose trees the
-    caller then reads through ``/blobs/read``. Needs ``data.read``; audited."""
+    caller then reads through ``/blobs/read``, and the id key to ask for its blobs as
+    stored and verify each one (``DownloadPublic``). Needs ``data.read``; audited."""
     cvd = fleet.cvd_for_access(engine, actor, ref, DATA_READ)
     snap = snapshot_of(store, cvd.id, snapshot)
     for p in paths:
         split_path(p)
     with write_tx(engine) as c:
         audit(c, actor.name, "cvd.restore_download", cvd.id, snapshot=snap.id, paths=paths)
-    return snapshot_public(snap)
+    return DownloadPublic(
+        **snapshot_public(snap).model_dump(), id_key=store.keys.chunking.id_key.hex()
+    )

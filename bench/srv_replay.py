@@ -1,0 +1,172 @@
+"""The server's CPU for one first sync, without HTTP: its service calls captured once, then
+replayed in one process on a copy of the server's state, CPU per part.
+
+``python -m bench.srv_replay capture --corpus DIR --work W`` runs a server (its sync
+services wrapped through a ``sitecustomize`` on ``PYTHONPATH``) and an agent's first sync
+of a copy of DIR, and keeps the server's database and store as they were before it
+(W/before) and every call (W/calls.pkl). ``python -m bench.srv_replay replay --work W``
+replays the calls in order on a fresh copy of W/before and prints the CPU of the process
+(``getrusage``: every thread, the pack upload's too) and of each part (``thread_time``).
+A/B: run ``replay`` with another checkout's ``src`` on ``PYTHONPATH``, alternating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import os
+import pickle
+import resource
+import shutil
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import clean_env, rmtree
+from bench.corpus import copy_tree
+from bench.e2e_lamina import LaminaE2E
+
+#: Wraps the server's sync services when SRVCPU_CAPTURE names a file (server process only).
+SITECUSTOMIZE = """
+import os
+_path = os.environ.get("SRVCPU_CAPTURE")
+if _path and b"server" in open("/proc/self/cmdline", "rb").read().split(b"\\0")[2:4]:
+    import pickle, threading
+    from lamina.server.services import access, sync
+    _out, _lock, _local = open(_path, "ab"), threading.Lock(), threading.local()
+
+    def _dump(rec):
+        with _lock:
+            pickle.dump(rec, _out)
+            _out.flush()
+
+    _missing, _upload = sync.device_missing, sync.upload_blobs
+    _record, _commit = access.record, sync.commit_snapshot
+
+    def device_missing(engine, store, device, hex_ids, *a, **k):
+        _dump(("missing", device, list(hex_ids)))
+        return _missing(engine, store, device, hex_ids, *a, **k)
+
+    def upload_blobs(store, items, *a, **k):
+        _dump(("bundle", list(items)))
+        return _upload(store, items, *a, **k)
+
+    def record(engine, cvd_id, ids, *a, **k):
+        ids = list(ids)
+        if not getattr(_local, "commit", False):  # (the commit's own: replayed with it)
+            _dump(("record", cvd_id, ids))
+        return _record(engine, cvd_id, ids, *a, **k)
+
+    def commit_snapshot(engine, store, device, req, *a, **k):
+        _dump(("commit", device, req))
+        _local.commit = True
+        try:
+            return _commit(engine, store, device, req, *a, **k)
+        finally:
+            _local.commit = False
+
+    sync.device_missing, sync.upload_blobs = device_missing, upload_blobs
+    access.record, sync.commit_snapshot = record, commit_snapshot
+"""
+
+
+def capture(corpus_src: Path, work: Path) -> None:
+    rmtree(work)
+    (work / "site").mkdir(parents=True)
+    (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    corpus = work / "corpus"
+    copy_tree(corpus_src, corpus)
+    calls = work / "calls.pkl"
+    env = clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [os.fspath(work / "site"), env.get("PYTHONPATH")])
+    )
+    env["SRVCPU_CAPTURE"] = os.fspath(calls)
+    lam = LaminaE2E(work / "lamina", env, corpus)
+    try:
+        lam.setup(start_timeout=300)
+        server, before = work / "lamina" / "server", work / "before"
+        before.mkdir()
+        src, dst = sqlite3.connect(server / "lamina.db"), sqlite3.connect(before / "lamina.db")
+        src.backup(dst)
+        dst.close()
+        src.close()
+        shutil.copy(server / "keys.json", before / "keys.json")
+        shutil.copytree(server / "store", before / "store")
+        os.truncate(calls, 0)  # the server appends: what came before the sync goes
+        _, _, cpu = lam.cycle(sync=False)
+        print(f"captured; the sync cost the server {cpu['server_cpu_s']:.2f} s of CPU")
+    finally:
+        lam.server.stop()
+
+
+def replay(work: Path) -> dict[str, float]:
+    from lamina.config import ServerSettings
+    from lamina.protocol.bundle import decode_bundle, encode_bundle
+    from lamina.server.app import open_context
+    from lamina.server.deps import AccessLimits
+    from lamina.server.services import access, fleet, sync
+
+    calls: list[tuple[Any, ...]] = []
+    with open(work / "calls.pkl", "rb") as f:
+        while True:
+            try:
+                rec = pickle.load(f)
+            except EOFError:
+                break
+            # a bundle replayed from its body: the route decodes it too
+            calls.append(("bundle", encode_bundle(rec[1])) if rec[0] == "bundle" else rec)
+    state = work / "replayed"
+    rmtree(state)
+    shutil.copytree(work / "before", state)
+    ctx, _ = open_context(ServerSettings(data=state, admin_password="replay-" * 3))
+    limits = AccessLimits()
+    device = next(r[1] for r in calls if r[0] in ("missing", "commit"))
+    gc.collect()
+    gc.freeze()  # as the server does once started
+    parts: dict[str, float] = collections.defaultdict(float)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    for rec in calls:
+        t = time.thread_time()
+        if rec[0] == "missing":
+            sync.device_missing(ctx.engine, ctx.store, rec[1], rec[2], limits.missing, ctx.sharing)
+        elif rec[0] == "bundle":
+            fleet.active_cvd_of_device(ctx.engine, device)
+            items = decode_bundle(rec[1])
+            sync.upload_blobs(ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+        elif rec[0] == "record":
+            access.record(ctx.engine, rec[1], rec[2], ctx.sharing)
+        elif rec[0] == "commit":
+            sync.commit_snapshot(
+                ctx.engine, ctx.store, rec[1], rec[2], ctx.sharing, limits.uploaded
+            )
+        parts[rec[0]] += time.thread_time() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    total = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+    ctx.store.catalog.close()
+    return {"total": total, **parts}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.srv_replay", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("step", choices=("capture", "replay"))
+    ap.add_argument("--corpus", type=Path, help="the folder to sync (capture)")
+    ap.add_argument("--work", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if args.step == "capture":
+        if args.corpus is None:
+            ap.error("capture needs --corpus")
+        capture(args.corpus, args.work.resolve())
+        return 0
+    cpu = replay(args.work.resolve())
+    print("server CPU " + " ".join(f"{k} {v:.3f} s" for k, v in cpu.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
