@@ -19,7 +19,7 @@ from lamina.errors import MissingDataError, UploadsPendingError
 from lamina.layers.rules import Globs, RuleSet, for_os, globs, re2_bytes
 from lamina.protocol.schemas import AgentConfig, CommitResponse, PolicySettings
 from lamina.tree.cache import FilesCache
-from lamina.tree.scan import ExcludeFn, PruneFn, Scanner
+from lamina.tree.scan import ExcludeFn, PruneFn, Scanner, estimate
 
 
 @dataclass
@@ -121,34 +121,6 @@ def error_paths(errors: list[str], root: Path) -> list[str]:
                 break  # fewer paths than errors: a revert then removes nothing
             out.append(path[len(prefix) :])
     return out
-
-
-def estimate(root: Path, exclude: ExcludeFn, prune: PruneFn) -> tuple[int, int]:
-    """Files and bytes a scan will cover (a walk of metadata only), for progress percentages."""
-    files = size = 0
-    todo = [(os.fsencode(root), b"")]
-    while todo:
-        path, rel = todo.pop()
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for de in entries:
-            child_rel = rel + b"/" + de.name if rel else de.name
-            try:
-                is_dir = de.is_dir(follow_symlinks=False)
-                if exclude(child_rel, is_dir):
-                    continue
-                if is_dir:
-                    if not prune(child_rel):
-                        todo.append((de.path, child_rel))
-                elif de.is_file(follow_symlinks=False):
-                    files += 1
-                    size += de.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
-    return files, size
 
 
 def run_sync(

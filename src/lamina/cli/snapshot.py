@@ -22,6 +22,7 @@ from lamina.tree.diff import diff_trees
 from lamina.tree.model import decode_tree
 from lamina.tree.paths import lookup
 from lamina.tree.restore import restore_tree, split_path
+from lamina.tree.scan import estimate
 
 app = typer.Typer(
     help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.",
@@ -67,10 +68,6 @@ def create(
         cache = loc.cache_dir / (
             "files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite"
         )
-        # The agent's walk (its modules load pydantic schemas: imported here, not at
-        # the top, so that other commands do not pay for them).
-        from lamina.agent.sync import estimate
-
         excluded = _exclude(exclude or [])
         # The bar's total: the source's last snapshot's size (as the agent's later syncs
         # do); only a first backup walks the metadata first (as the agent's first sync).
