@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lamina.errors import ForbiddenError, IntegrityError, StoreKeyError
-from lamina.flex import keywrap
+from lamina.errors import BackendError, ForbiddenError, IntegrityError, StoreKeyError
+from lamina.flex import disk, keywrap
 from lamina.flex.lease import (
     CLOCK_SKEW,
     accept_renewal,
@@ -262,3 +263,46 @@ def test_usb_narrowing_is_what_a_fixed_filter_cannot_follow() -> None:
     assert not _usb_narrowed(["hid"], "all")
     assert not _usb_narrowed("none", ["hid"])
     assert not _usb_narrowed(["hid"], "none")  # unplugged live instead
+
+
+def _fake_qemu_img(bin_dir: Path, failures: int, message: str) -> Path:
+    """A ``qemu-img`` on PATH that writes a partial file and fails ``failures`` times
+    with ``message``, then creates the file; each call is counted in ``calls``."""
+    calls = bin_dir / "calls"
+    script = bin_dir / "qemu-img"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {calls} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {calls}\n"
+        'for a; do target="$prev"; prev="$a"; done\n'
+        'echo partial > "$target"\n'
+        f'if [ "$n" -le {failures} ]; then echo "qemu-img: $target: {message}" >&2; exit 1; fi\n'
+        'echo disk > "$target"\n'
+    )
+    script.chmod(0o755)
+    return calls
+
+
+def test_disk_create_retries_qemu_imgs_failed_pbkdf_measurement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _fake_qemu_img(tmp_path, failures=2, message=disk.PBKDF_MEASURE_FAILED)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    disk.create(tmp_path / "disk.qcow2", 1 << 20, b"k" * 32)
+    assert calls.read_text().strip() == "3"
+    assert (tmp_path / "disk.qcow2").read_text() == "disk\n"
+
+
+def test_disk_create_gives_up_after_its_attempts_and_on_any_other_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    calls = _fake_qemu_img(tmp_path, failures=99, message=disk.PBKDF_MEASURE_FAILED)
+    with pytest.raises(BackendError, match=disk.PBKDF_MEASURE_FAILED):
+        disk.create(tmp_path / "disk.qcow2", 1 << 20, b"k" * 32)
+    assert calls.read_text().strip() == str(disk.CREATE_ATTEMPTS)
+
+    calls.unlink()
+    _fake_qemu_img(tmp_path, failures=99, message="No space left on device")
+    with pytest.raises(BackendError, match="No space left"):
+        disk.create(tmp_path / "disk.qcow2", 1 << 20, b"k" * 32)
+    assert calls.read_text().strip() == "1"

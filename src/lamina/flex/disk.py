@@ -27,6 +27,11 @@ from lamina.flex.nbd import NbdClient
 
 SECRET_ID = "lamina-disk-key"  # noqa: S105 (the secret object's name, not a secret)
 LUKS_ITER_TIME_MS = 10
+#: qemu-img times PBKDF2 by its thread's CPU clock before it writes the LUKS header; on a
+#: busy machine that clock can read no progress and qemu-img gives up with this message,
+#: having measured nothing. It is a failed measurement, not a bad disk: try again.
+PBKDF_MEASURE_FAILED = "Unable to get accurate CPU usage"
+CREATE_ATTEMPTS = 5
 
 
 def passphrase(key: bytes) -> bytes:
@@ -60,13 +65,29 @@ def require(tool: str) -> str:
 
 
 def create(path: Path, size: int, key: bytes) -> None:
-    """A new empty LUKS-encrypted qcow2 of ``size`` bytes at ``path`` (mode 0600)."""
+    """A new empty LUKS-encrypted qcow2 of ``size`` bytes at ``path`` (mode 0600).
+
+    ``path`` is a new file in a staging folder: an attempt that failed on qemu-img's
+    PBKDF2 measurement (:data:`PBKDF_MEASURE_FAILED`) is removed and made again, at most
+    :data:`CREATE_ATTEMPTS` times; any other failure is raised at once.
+    """
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        r = _qemu_img_create(path, size, key)
+        if r.returncode == 0:
+            return
+        error = r.stderr.strip()
+        if PBKDF_MEASURE_FAILED not in error or attempt == CREATE_ATTEMPTS:
+            raise BackendError(f"qemu-img could not create the encrypted disk: {error}")
+        path.unlink(missing_ok=True)
+
+
+def _qemu_img_create(path: Path, size: int, key: bytes) -> subprocess.CompletedProcess[str]:
     fd = secret_pipe(passphrase(key))
     try:
         opts = f"encrypt.format=luks,encrypt.key-secret={SECRET_ID},encrypt.iter-time={LUKS_ITER_TIME_MS}"
         old = os.umask(0o077)
         try:
-            r = subprocess.run(
+            return subprocess.run(
                 [
                     require("qemu-img"),
                     "create",
@@ -88,8 +109,6 @@ def create(path: Path, size: int, key: bytes) -> None:
             os.umask(old)
     finally:
         os.close(fd)
-    if r.returncode != 0:
-        raise BackendError(f"qemu-img could not create the encrypted disk: {r.stderr.strip()}")
 
 
 def image_opts(path: Path) -> str:
