@@ -232,6 +232,7 @@ def other_goals(bench: Path) -> list[str]:
                 f"| agent peak RSS, first sync of {top['files']:,} files "
                 f"(`results-agent-rss.json`) | {mib:.1f} MiB | ≤ 150 MB | {met} |"
             )
+    rows += startup_rows(bench)
     load_doc = load(bench / "results-load.json")
     phases = [] if not isinstance(load_doc, dict) else list(load_doc.get("phases") or [])
     for extra in [] if not isinstance(load_doc, dict) else load_doc.get("separate_runs") or []:
@@ -264,6 +265,26 @@ def other_goals(bench: Path) -> list[str]:
         *rows,
         "",
     ]
+
+
+def startup_rows(bench: Path) -> list[str]:
+    """The start-up goal (CPU time of the commands endpoints and people run most), from
+    ``bench.startup``'s results file."""
+    doc = load(bench / "results-startup.json")
+    if not isinstance(doc, dict):
+        return []
+    target = doc.get("target_ms", 150)
+    rows = []
+    for label in doc.get("goal_commands") or []:
+        cpu = ((doc.get("figures") or {}).get(label) or {}).get("cpu_ms")
+        if cpu is None:
+            continue
+        rows.append(
+            f"| start-up: `{label}`, CPU time (median of {doc.get('repeat')}, "
+            f"`results-startup.json`, {_commit(doc)}) | {cpu:.0f} ms | ≤ {target:g} ms "
+            f"| {_yes(cpu <= target)} |"
+        )
+    return rows
 
 
 def _count(n: Any, one: str, many: str) -> str:

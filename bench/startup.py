@@ -12,7 +12,9 @@ commands against the 150 ms target, ``lamina snapshot list --json`` against
 derivations each tool pays when its key is sealed with a passphrase (Lamina's
 argon2id, restic's scrypt), and the modules each Lamina command imported that cost
 most (``python -X importtime``). Nothing is asserted: on a busy machine the wall time
-is high, the CPU time is the steadier figure.
+is high, the CPU time is the steadier figure. The figures are kept in
+``bench/results-startup.json`` (``--output``), which ``bench.report`` reads for the
+README's start-up rows.
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from bench import host
+from bench.e2e_procs import git_revision
 
 TARGET_MS = 150
+RESULTS = Path(__file__).parent / "results-startup.json"
 STATE = {
     "server": "https://lamina.example:8470",
     "device_id": "bench",
@@ -185,8 +193,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=7, help="Runs of each command.")
     ap.add_argument("--top", type=int, default=6, help="Heaviest imports to list.")
+    ap.add_argument("--output", type=Path, default=RESULTS, help="Where the figures are kept.")
     opts = ap.parse_args()
+    started = datetime.now(UTC)
     with tempfile.TemporaryDirectory(prefix="lamina-startup-") as tmp:
+        machine = host.describe(Path(tmp))
         state = Path(tmp) / "state"
         state.mkdir(mode=0o700)
         (state / "agent.json").write_text(json.dumps({**STATE, "root": str(Path(tmp) / "root")}))
@@ -222,13 +233,29 @@ def main() -> None:
                 note = f"{TARGET_MS} ms cpu: " + ("ok" if cpu <= TARGET_MS else "over")
             print(f"{label:<26} {wall:8.0f} {cpu:8.0f}  {note}")
         print("key derivation (a sealed key file / a restic password), cpu ms:")
-        for label, ms in key_derivations(3).items():
+        kdf = key_derivations(3)
+        for label, ms in kdf.items():
             print(f"  {label:<36} {ms:6.0f}")
+        imports: dict[str, list[tuple[str, float]]] = {}
         for label, (args, _, argv) in cases.items():
             if label in FLOORS or argv is not None:
                 continue
-            heavy = ", ".join(f"{n} {ms:.0f}" for n, ms in heaviest_imports(args, opts.top))
+            imports[label] = heaviest_imports(args, opts.top)
+            heavy = ", ".join(f"{n} {ms:.0f}" for n, ms in imports[label])
             print(f"{label:<26} imports (ms): {heavy}")
+    doc: dict[str, Any] = {
+        "date": started.isoformat(timespec="seconds"),
+        "repeat": opts.repeat,
+        "target_ms": TARGET_MS,
+        "goal_commands": list(commands(Path("state"))),
+        "host": machine,
+        "git": {"at_start": git_revision()},
+        "figures": {label: {"wall_ms": w, "cpu_ms": c} for label, (w, c) in figures.items()},
+        "key_derivation_cpu_ms": kdf,
+        "heaviest_imports_ms": imports,
+    }
+    opts.output.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"figures kept in {opts.output}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,31 @@ def test_the_host_names_the_disk_under_the_work_folder(tmp_path: Path) -> None:
     assert got["cores"] and got["cores"] >= 1 and len(got["load_at_start"]) == 3
     assert got["disk"]["fstype"]  # the filesystem holding tmp_path, found from its parent
     assert host.disk_label(got["disk"]).endswith(got["disk"]["fstype"])
+
+
+def test_the_start_up_goal_rows_come_from_the_startup_results(tmp_path: Path) -> None:
+    (tmp_path / "results-startup.json").write_text(
+        json.dumps(
+            {
+                "repeat": 7,
+                "target_ms": 150,
+                "goal_commands": ["lamina --help", "lamina agent boot"],
+                "git": {"at_start": "abc1234"},
+                "figures": {
+                    "lamina --help": {"wall_ms": 31.0, "cpu_ms": 29.4},
+                    "lamina agent boot": {"wall_ms": 170.0, "cpu_ms": 162.0},
+                    "lamina snapshot list": {"wall_ms": 90.0, "cpu_ms": 88.0},
+                },
+            }
+        )
+    )
+    block = report.render(tmp_path)
+    assert (
+        "| start-up: `lamina --help`, CPU time (median of 7, `results-startup.json`, abc1234) | 29 ms | ≤ 150 ms | yes |"
+        in block
+    )
+    assert (
+        "| start-up: `lamina agent boot`, CPU time (median of 7, `results-startup.json`, abc1234) | 162 ms | ≤ 150 ms | **no** |"
+        in block
+    )
+    assert "snapshot list" not in block
