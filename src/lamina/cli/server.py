@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lamina.cli import units
-from lamina.cli.common import owner_only
-from lamina.cli.logs import LogFlags, log_options, setup_logging
+from lamina.cli.common import log_options, owner_only
+from lamina.cli.logs import LogFlags, setup_logging
 from lamina.cli.progress import err_console
 from lamina.errors import UsageError
 
