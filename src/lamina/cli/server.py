@@ -86,7 +86,7 @@ def _check_tls_flags(tls_cert: Path | None, tls_key: Path | None, self_signed: b
 
 
 def _settings(config: Path | None, **flags: object) -> ServerSettings:
-    from lamina.config import SERVER_CONFIG, ServerSettings  # pydantic-settings: ~15 ms
+    from lamina.config import SERVER_CONFIG, ServerSettings
 
     return ServerSettings.load(config, SERVER_CONFIG, **flags)
 
