@@ -8,20 +8,14 @@ from typing import Any
 import pytest
 
 from lamina.agent import runner
-from lamina.agent.runner import Agent, enroll
+from lamina.agent.runner import Agent
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
 def test_later_syncs_report_a_percentage(live: Live, tmp_path: Path) -> None:  # noqa: F811
-    admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
-    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
-    root, state = tmp_path / "root", tmp_path / "state"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").write_text("progress-host\n")
+    root, state = live.enrolled_agent(tmp_path, "progress-host")
     for i in range(3):
         (root / f"file{i}.bin").write_bytes(bytes([i]) * 200_000)
-    enroll(live.url, token, root, state)
     seen: list[dict[str, Any]] = []
     agent = Agent(state, on_progress=seen.append)
     try:
@@ -46,15 +40,9 @@ def test_a_short_sync_sends_its_progress_to_no_one_but_the_status_file(
     """A sync over within ``PROGRESS_SECONDS`` (an unchanged one) posts no progress: two
     ``/agent/config`` requests (the cycle's report, the one after the sync), not three;
     the status file and the caller still see it. Decided by the threshold, not a clock."""
-    admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
-    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
-    root, state = tmp_path / "root", tmp_path / "state"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").write_text("short-host\n")
+    root, state = live.enrolled_agent(tmp_path, "short-host")
     for i in range(3):
         (root / f"file{i}.bin").write_bytes(bytes([i]) * 200_000)
-    enroll(live.url, token, root, state)
     seen: list[dict[str, Any]] = []
     agent = Agent(state, on_progress=seen.append)
     posted: list[str] = []

@@ -306,15 +306,7 @@ def test_a_sync_by_agent_run_once_loads_no_typer(live: Live, tmp_path: Path) -> 
     """``agent run --once --sync --json`` (a timer's line) goes by the quick entry: a
     sync of an unchanged tree is mostly start-up, and Typer with its parameter adapters
     was about a fifth of it."""
-    from lamina.agent.runner import enroll
-
-    admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
-    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
-    root, state = tmp_path / "root", tmp_path / "state"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").write_text("quick-host\n")
-    enroll(live.url, token, root, state)
+    _, state = live.enrolled_agent(tmp_path, "quick-host")
     mods = imported("agent", "run", "--once", "--sync", "--json", "--state", str(state))
     assert "lamina.agent.runner" in mods  # the command ran
     assert not {"typer", "lamina.cli.root", "lamina.cli.agent"} & mods  # (httpx loads click)

@@ -312,10 +312,10 @@ class Agent:
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
         params = item.params  # read into its kind's model with the item (``work_item``)
-        staging = isinstance(params, LayerApplyParams | MigrateParams) or (
+        stages = isinstance(params, LayerApplyParams | MigrateParams) or (
             isinstance(params, RevertParams) and not params.dry_run
         )
-        if staging:
+        if stages:
             self._supersede(item)
         try:
             if isinstance(params, SyncParams):
