@@ -20,6 +20,7 @@ import pytest
 import lamina.cli
 from lamina.cli import root_help
 from lamina.cli.quick import quick_command
+from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 #: What none of the three start-up commands may load: the server's side, the other
 #: command groups, and the heavy libraries only other commands need.
@@ -247,6 +248,11 @@ def test_a_wrong_key_file_is_refused_the_quick_way_as_the_typer_way(
         ["agent", "boot", "--state", "s", "--help"],
         ["agent", "boot", "--state", "s", "--jsonx"],
         ["agent", "status", "--state", "--json"],
+        ["agent", "run", "--once", "--poll", "5"],
+        ["agent", "run", "--once", "-v"],
+        ["agent", "run", "--once", "--once"],
+        ["agent", "run", "--state"],
+        ["agent", "run", "--help"],
         ["snapshot", "list", "--data", ""],
         ["snapshot", "list", "extra"],
         ["-h"],
@@ -278,3 +284,30 @@ def test_the_quick_help_text_is_current() -> None:
 
     assert root_help.key() == root_help.KEY
     assert root_help_body() == root_help.BODY
+
+
+def test_agent_run_is_taken_the_quick_way_and_fails_as_typer_does(
+    tmp_path: Path, run_both: Callable[[list[str]], tuple[Outcome, Outcome]]
+) -> None:
+    from tests.cli.invoke import _logging_kept
+
+    missing = str(tmp_path / "not-enrolled")
+    with _logging_kept():  # both ways set up the log lines on stderr
+        for args in (
+            ["agent", "run", "--once", "--state", missing],
+            ["agent", "run", "--once", "--sync", "--json", "--quiet", f"--state={missing}"],
+        ):
+            quick, typer_app = run_both(args)
+            assert quick == typer_app, args
+            assert quick[0] == 3 and "no agent state" in quick[2], quick
+
+
+def test_a_sync_by_agent_run_once_loads_no_typer(live: Live, tmp_path: Path) -> None:  # noqa: F811
+    """``agent run --once --sync --json`` (a timer's line) goes by the quick entry: a
+    sync of an unchanged tree is mostly start-up, and Typer with its parameter adapters
+    was about a fifth of it."""
+    _, state = live.enrolled_agent(tmp_path, "quick-host")
+    mods = imported("agent", "run", "--once", "--sync", "--json", "--state", str(state))
+    assert "lamina.agent.runner" in mods  # the command ran
+    assert not {"typer", "lamina.cli.root", "lamina.cli.agent"} & mods  # (httpx loads click)
+    assert not {m for m in mods if m.startswith(("lamina.server", "lamina.db"))}

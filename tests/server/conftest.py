@@ -147,6 +147,21 @@ class Live:
         cvd_id = client.post("/agent/config", json={"state": "idle"}).json()["cvd_id"]
         return Device(client, bytes.fromhex(doc["chunking"]["id_key"]), cvd_id)
 
+    def enrolled_agent(self, folder: Path, hostname: str) -> tuple[Path, Path]:
+        """An agent enrolled by ``lamina.agent.runner.enroll`` under the policy "std":
+        its root ``folder/root`` (``etc/hostname`` only) and its state ``folder/state``."""
+        from lamina.agent.runner import enroll
+
+        admin = self.login()
+        if admin.get("/policies/std").status_code == 404:
+            assert admin.post("/policies", json={"name": "std"}).status_code == 201
+        token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+        root, state = folder / "root", folder / "state"
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/hostname").write_text(f"{hostname}\n")
+        enroll(self.url, token, root, state)
+        return root, state
+
     def audit(self) -> list[dict[str, object]]:
         r = self.login().get("/audit")
         assert r.status_code == 200, r.text

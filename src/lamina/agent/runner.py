@@ -14,7 +14,6 @@ from lamina.agent import facts, staging
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.bootcheck import BootCheck, default_check
 from lamina.agent.heap import map_large_blocks
-from lamina.agent.staging import drop, seed_paths, stage_layers, stage_migration, stage_revert
 from lamina.agent.state import (
     AgentState,
     AgentStatus,
@@ -27,7 +26,7 @@ from lamina.agent.state import (
     save_status,
 )
 from lamina.agent.stream import StreamProgress, stream_user_data
-from lamina.agent.sync import run_sync
+from lamina.agent.sync import PROGRESS_SECONDS, run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
 from lamina.layers.rules import for_os
@@ -214,11 +213,14 @@ class Agent:
 
     def sync(self, cfg: AgentConfig) -> dict[str, Any]:
         self._save(state="syncing")
+        begun = time.monotonic()
 
         def progress(p: dict[str, Any]) -> None:
             self._save(progress=p)
             if self.on_progress:
                 self.on_progress(p)
+            if time.monotonic() - begun < PROGRESS_SECONDS:
+                return  # a sync this short (most unchanged ones) is over before anyone looks
             # Best effort: a server restarting must not fail the upload.
             with contextlib.suppress(LaminaError):
                 self.client.json("POST", "/agent/config", json={"state": "syncing", "progress": p})
@@ -310,10 +312,10 @@ class Agent:
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
         params = item.params  # read into its kind's model with the item (``work_item``)
-        staging = isinstance(params, LayerApplyParams | MigrateParams) or (
+        stages = isinstance(params, LayerApplyParams | MigrateParams) or (
             isinstance(params, RevertParams) and not params.dry_run
         )
-        if staging:
+        if stages:
             self._supersede(item)
         try:
             if isinstance(params, SyncParams):
@@ -323,7 +325,7 @@ class Agent:
                 result = self.restore(params)
                 self._task(item, progress=100, state="done", message="restored", result=result)
             elif isinstance(params, MigrateParams):
-                result = stage_migration(self.client, self.st, self.state_dir, params)
+                result = staging.stage_migration(self.client, self.st, self.state_dir, params)
                 self._wait_for_boot(
                     item,
                     result,
@@ -334,7 +336,7 @@ class Agent:
                     migrating=item.task_id if params.mode != "system" else None,
                 )
             elif isinstance(params, RevertParams) and params.dry_run:
-                result = stage_revert(self.client, self.st, self.state_dir, params)
+                result = staging.stage_revert(self.client, self.st, self.state_dir, params)
                 c = result["counts"]
                 msg = (
                     f"dry run: {c['add']} to add, {c['update']} to update, {c['remove']} to remove"
@@ -342,9 +344,9 @@ class Agent:
                 self._task(item, progress=100, state="done", message=msg, result=result)
             elif isinstance(params, RevertParams | LayerApplyParams):
                 result = (
-                    stage_revert(self.client, self.st, self.state_dir, params)
+                    staging.stage_revert(self.client, self.st, self.state_dir, params)
                     if isinstance(params, RevertParams)
-                    else stage_layers(self.client, self.st, self.state_dir, params)
+                    else staging.stage_layers(self.client, self.st, self.state_dir, params)
                 )
                 self._wait_for_boot(item, result, 100, "staged: applies at next boot")
             else:
@@ -377,7 +379,9 @@ class Agent:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         tree = bytes.fromhex(params.root)
         received = self.client.received_bytes
-        seeded, as_deltas = seed_paths(self.client, blobs, root, tree, paths, self.st.chunking)
+        seeded, as_deltas = staging.seed_paths(
+            self.client, blobs, root, tree, paths, self.st.chunking
+        )
         st = restore_tree(
             blobs,
             tree,
@@ -520,7 +524,7 @@ class Agent:
             return
         staged = self.status.staged
         if staged:
-            drop(self.state_dir, Path(self.st.root), staged)
+            staging.drop(self.state_dir, Path(self.st.root), staged)
         self._save(state="idle", staged=None, staged_task=None)
 
     def cycle(self, force_sync: bool = False) -> dict[str, Any]:

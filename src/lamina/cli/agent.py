@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from lamina.agent import service
-from lamina.cli import agent_boot, units
-from lamina.cli.common import JsonOpt
-from lamina.cli.logs import LogFlags, log_options, setup_logging
+from lamina.cli import agent_boot, agent_run, units
+from lamina.cli.common import JsonOpt, log_options
+from lamina.cli.logs import LogFlags
 from lamina.cli.output import emit_json
 
 # The agent's modules (HTTP client, pydantic schemas, staging) and Rich are imported
@@ -160,75 +160,7 @@ def run(
     /etc/lamina/agent.toml. Each cycle is logged at info on stderr (journald-friendly
     under systemd).
     """
-    from lamina.config import AGENT_CONFIG, AgentSettings
-    from lamina.errors import AuthError
-
-    settings = AgentSettings.load(
-        config,
-        AGENT_CONFIG,
-        state=state,
-        poll=poll,
-        insecure=True if insecure else None,
-        log_format=logs.log_format,
-    )
-    setup_logging(settings.log_format, settings.log_level, logs.verbose, logs.quiet)
-    try:
-        _run(settings.state, once, sync, settings.poll, settings.insecure, as_json, boot_check)
-    except AuthError as e:
-        # Revoked, archived or unknown: no retry helps. One line, exit 1.
-        typer.echo(f"error: the server refused this agent's credential: {e.message}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _run(
-    state: Path,
-    once: bool,
-    sync: bool,
-    poll: float,
-    insecure: bool,
-    as_json: bool,
-    boot_check: str | None,
-) -> None:
-    from lamina.agent.bootcheck import command_check
-    from lamina.agent.runner import Agent
-    from lamina.agent.state import load_status
-    from lamina.cli.progress import byte_progress
-
-    check = command_check(boot_check) if boot_check else None
-    if not once:
-        agent = Agent(state, insecure=insecure, boot_check=check)
-        try:
-            agent.run_forever(poll)
-        finally:
-            agent.close()
-        return
-    with byte_progress("syncing") as advance:
-        seen = {"bytes": 0, "files": 0}
-
-        def show(p: dict[str, Any]) -> None:
-            # The first sync walks the tree first (total_bytes); later ones expect the
-            # last snapshot's size (expected_bytes).
-            total = p.get("total_bytes") or p.get("expected_bytes")
-            advance(
-                p.get("files", 0) - seen["files"],
-                p.get("bytes", 0) - seen["bytes"],
-                total if isinstance(total, int) else None,
-            )
-            seen.update(files=p.get("files", 0), bytes=p.get("bytes", 0))
-
-        agent = Agent(state, on_progress=show, insecure=insecure, boot_check=check)
-        try:
-            done = agent.cycle(force_sync=sync)
-            if as_json:
-                emit_json(
-                    {"id": agent.st.device_id, **done, **load_status(state).model_dump(mode="json")}
-                )
-            else:
-                typer.echo(
-                    f"cycle done: {'synced' if done['synced'] else 'no sync'}, {len(done['tasks'])} tasks"
-                )
-        finally:
-            agent.close()
+    agent_run.run(state, once, sync, poll, insecure, config, logs, boot_check, as_json)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lamina.cli.logs import LogFlags
 from lamina.cli.output import emit_json
 from lamina.errors import UsageError
 
@@ -165,3 +166,26 @@ SameOwnerOpt = Annotated[
         "--same-owner", help="Give files the snapshot's owners (as root; off by default)."
     ),
 ]
+
+
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="Log lines as text, journal (<N> priority prefixes, no timestamps) or json; "
+        "default auto: journal under systemd, text otherwise.",
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
+
+#: The log options of the long-running commands, given to a command as ``logs``.
+log_options = option_group(
+    "logs",
+    [
+        ("log_format", LogFormatOpt, None),
+        ("verbose", VerboseOpt, False),
+        ("quiet", QuietOpt, False),
+    ],
+    LogFlags,
+)

@@ -9,7 +9,9 @@ Formats (``--log-format``, or ``log_format`` in the settings):
 - ``auto`` (the default): ``journal`` when systemd started us (``JOURNAL_STREAM`` is
   set), ``text`` otherwise.
 
-``--verbose`` logs debug lines too, ``--quiet`` only warnings and errors.
+``--verbose`` logs debug lines too, ``--quiet`` only warnings and errors. The options
+themselves are declared in ``common.py`` (``log_options``): this module loads no Typer,
+so the quick entry's ``agent run`` (``quick.py``) sets up the same log lines.
 """
 
 from __future__ import annotations
@@ -20,24 +22,9 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Any
-
-import typer
-
-from lamina.cli.common import option_group
+from typing import Any
 
 FORMATS = ("auto", "text", "journal", "json")
-
-LogFormatOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--log-format",
-        help="Log lines as text, journal (<N> priority prefixes, no timestamps) or json; "
-        "default auto: journal under systemd, text otherwise.",
-    ),
-]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug lines too.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log only warnings and errors.")]
 
 
 @dataclass(frozen=True)
@@ -49,17 +36,6 @@ class LogFlags:
     verbose: bool
     quiet: bool
 
-
-#: The log options of the long-running commands, given to a command as ``logs``.
-log_options = option_group(
-    "logs",
-    [
-        ("log_format", LogFormatOpt, None),
-        ("verbose", VerboseOpt, False),
-        ("quiet", QuietOpt, False),
-    ],
-    LogFlags,
-)
 
 #: syslog priorities (sd-daemon(3)) of Python's levels.
 _PRIORITY = {

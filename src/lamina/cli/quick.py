@@ -1,7 +1,8 @@
 """The quick entry: the command lines that must start fast, parsed without Typer.
 
 ``lamina agent boot`` runs before services start on every endpoint, ``lamina agent
-status`` in scripts and monitoring, ``lamina --help`` whenever someone is lost.
+status`` in scripts and monitoring, ``lamina --help`` whenever someone is lost,
+``lamina agent run --once`` on every timer tick (an unchanged sync is mostly start-up).
 Typer builds a pydantic type adapter for every parameter of the command it runs and
 imports most of itself and click first: about half of these commands' start-up. So
 :func:`quick_command` recognises their well-formed command lines and returns the
@@ -42,6 +43,8 @@ def quick_command(argv: list[str]) -> Command | None:
         return _version(argv[0] == "--version")
     if len(argv) >= 2 and argv[0] == "agent" and argv[1] in ("status", "boot"):
         return _agent(argv[1], argv[2:])
+    if argv[:2] == ["agent", "run"]:
+        return _agent_run(argv[2:])
     if argv[:2] == ["snapshot", "list"]:
         return _snapshot_list(argv[2:])
     return None
@@ -99,6 +102,46 @@ def _agent(name: str, args: list[str]) -> Command | None:
         from lamina.cli import agent_boot
 
         getattr(agent_boot, name)(state, as_json)
+
+    return run
+
+
+#: ``agent run``'s options with a value (their environment variables are the settings',
+#: ``AgentSettings``: none here) and its flags.
+_RUN_OPTIONS: dict[str, str | None] = dict.fromkeys(
+    ("--state", "--config", "--log-format", "--boot-check")
+)
+_RUN_FLAGS = {"--once", "--sync", "--json", "--insecure", "--verbose", "--quiet"}
+
+
+def _agent_run(args: list[str]) -> Command | None:
+    """``agent run [--once] [--sync] [--json] [--state PATH] ...`` (not ``--poll``, not
+    the short ``-v``/``-q``: those lines go to Typer). An unchanged sync is mostly
+    start-up: Typer and its parameter adapters were about a fifth of its CPU."""
+    try:
+        opts = _options(args, _RUN_OPTIONS, _RUN_FLAGS)
+    except ValueError:
+        return None
+
+    def path(name: str) -> Path | None:
+        return Path(opts[name]) if name in opts else None
+
+    def run() -> None:
+        from lamina.cli import agent_run
+        from lamina.cli.logs import LogFlags
+
+        logs = LogFlags(opts.get("--log-format"), "--verbose" in opts, "--quiet" in opts)
+        agent_run.run(
+            path("--state"),
+            "--once" in opts,
+            "--sync" in opts,
+            None,
+            "--insecure" in opts,
+            path("--config"),
+            logs,
+            opts.get("--boot-check"),
+            "--json" in opts,
+        )
 
     return run
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lamina.cli import units
-from lamina.cli.common import owner_only
-from lamina.cli.logs import LogFlags, log_options, setup_logging
+from lamina.cli.common import log_options, owner_only
+from lamina.cli.logs import LogFlags, setup_logging
 from lamina.cli.progress import err_console
 from lamina.errors import UsageError
 
@@ -86,7 +86,7 @@ def _check_tls_flags(tls_cert: Path | None, tls_key: Path | None, self_signed: b
 
 
 def _settings(config: Path | None, **flags: object) -> ServerSettings:
-    from lamina.config import SERVER_CONFIG, ServerSettings  # pydantic-settings: ~15 ms
+    from lamina.config import SERVER_CONFIG, ServerSettings
 
     return ServerSettings.load(config, SERVER_CONFIG, **flags)
 
