@@ -16,13 +16,14 @@ itself, because that content re-chunks to the tree's ids.
 
 Files are written by a small pool of threads (``workers``): the walk, folder
 creation, symlinks, nodes and hard links stay on the calling thread, which hands
-a folder's regular files to the pool in jobs of a few (``JOB_FILES``, ``JOB_BYTES``). A folder's own metadata (mode, owner, times) is
-set once, when the last file or sub-folder inside it is done, and its descriptor
-is closed then: the descriptor discipline holds for every write. Decryption,
-decompression and hashing release the GIL, so the pool overlaps them with the
-file system calls. A fatal error (a blob that fails verification, a missing
-pack) stops new writes, lets the ones in flight finish or clean up their
-temporary names, and is raised once the pool is idle.
+a folder's regular files to the pool a few per job (``JOB_FILES``, ``JOB_BYTES``).
+A folder's own metadata (mode, owner, times) is set once, when the last file or
+sub-folder inside it is done, and its descriptor is closed then: the descriptor
+discipline holds for every write. Decryption, decompression and hashing release
+the GIL, so the pool overlaps them with the file system calls. A fatal error (a
+blob that fails verification, a missing pack) stops new writes, lets the ones in
+flight finish or clean up their temporary names, and is raised once the pool is
+idle.
 
 Restores outside the endpoint (``--output``) pass ``special_files=False`` (no
 device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
