@@ -19,7 +19,8 @@ from lamina.errors import IntegrityError, UsageError
 from lamina.store import blob
 from lamina.store.pack import pack_object_name
 from lamina.store.repository import Store
-from lamina.tree.restore import restore_tree
+from lamina.tree import restore as restore_mod
+from lamina.tree.restore import Restorer, restore_tree
 from lamina.tree.sources import BatchedBlobs, http_blobs
 
 from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
@@ -251,3 +252,30 @@ def test_without_stored_an_agent_reads_plaintext_and_still_hashes_it(
 
     with pytest.raises(IntegrityError):
         http_blobs(forged, store.keys.chunking.id_key).get(ids[0])
+
+
+def test_small_files_go_to_the_pool_a_folder_batch_at_a_time(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool job per file cost as much CPU as writing a small file: a folder's files
+    are handed over ``JOB_FILES`` (or ``JOB_BYTES``) at a time, and the result is exact."""
+    root = tmp_path / "src"
+    n = 3 * restore_mod.JOB_FILES + 5
+    for i in range(n):
+        write(root / "many" / f"f{i:03}", b"x" * (i + 1), MTIME + i)
+    for i in range(3):  # a big file fills a job by itself
+        write(root / "big" / f"b{i}", os.urandom(restore_mod.JOB_BYTES), MTIME)
+    tid, _ = scan_tree(store, root)
+    jobs: list[int] = []
+    real = Restorer._files
+
+    def files(self: Restorer, queued, target) -> None:  # type: ignore[no-untyped-def]
+        jobs.append(len(queued))
+        real(self, queued, target)
+
+    monkeypatch.setattr(Restorer, "_files", files)
+    out = tmp_path / "out"
+    st = restore_tree(store, tid, out, workers=4)
+    assert st.errors == [] and st.files == n + 3
+    assert sorted(jobs) == sorted([restore_mod.JOB_FILES] * 3 + [5] + [1] * 3)
+    assert_same_tree(root, out)

@@ -16,13 +16,14 @@ itself, because that content re-chunks to the tree's ids.
 
 Files are written by a small pool of threads (``workers``): the walk, folder
 creation, symlinks, nodes and hard links stay on the calling thread, which hands
-each regular file to the pool. A folder's own metadata (mode, owner, times) is
-set once, when the last file or sub-folder inside it is done, and its descriptor
-is closed then: the descriptor discipline holds for every write. Decryption,
-decompression and hashing release the GIL, so the pool overlaps them with the
-file system calls. A fatal error (a blob that fails verification, a missing
-pack) stops new writes, lets the ones in flight finish or clean up their
-temporary names, and is raised once the pool is idle.
+a folder's regular files to the pool a few per job (``JOB_FILES``, ``JOB_BYTES``).
+A folder's own metadata (mode, owner, times) is set once, when the last file or
+sub-folder inside it is done, and its descriptor is closed then: the descriptor
+discipline holds for every write. Decryption, decompression and hashing release
+the GIL, so the pool overlaps them with the file system calls. A fatal error (a
+blob that fails verification, a missing pack) stops new writes, lets the ones in
+flight finish or clean up their temporary names, and is raised once the pool is
+idle.
 
 Restores outside the endpoint (``--output``) pass ``special_files=False`` (no
 device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
@@ -60,6 +61,14 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Threads writing files. File creation waits on the file system and the blob work
 #: releases the GIL, so a few more threads than cores keep both busy.
 WORKERS = 4
+#: A folder's files are handed to the pool in jobs of up to this many files or bytes:
+#: a job costs a future, a queue hand-over and a semaphore round, about as much CPU as
+#: writing a small file, so a job per file doubled the Python work of small files.
+JOB_FILES = 32
+JOB_BYTES = 1 << 20
+
+#: A file the walk queued for a job: its entry, its path in the tree, what is in place.
+_Queued = tuple[Entry, list[bytes], os.stat_result | None]
 
 
 class BlobSource(Protocol):
@@ -88,7 +97,7 @@ class _Folder:
     """A folder being restored: its descriptor stays open until the walk left it and
     every file and sub-folder inside it is done; then its metadata is set and it is closed."""
 
-    __slots__ = ("entry", "fd", "parent", "pending", "rel")
+    __slots__ = ("entry", "fd", "parent", "pending", "queued", "queued_bytes", "rel")
 
     def __init__(self, fd: int, rel: list[bytes], entry: Entry | None, parent: _Folder | None):
         self.fd = fd
@@ -96,8 +105,11 @@ class _Folder:
         #: the folder's own entry, when its metadata is (re)applied at the end
         self.entry = entry
         self.parent = parent
-        #: the walk itself (1) + files in flight + open sub-folders
+        #: the walk itself (1) + file jobs in flight + open sub-folders
         self.pending = 1
+        #: files the walk queued for the next job (``Restorer._flush``)
+        self.queued: list[_Queued] = []
+        self.queued_bytes = 0
 
 
 @dataclass(frozen=True)
@@ -294,7 +306,7 @@ class Restorer:
                 self.stats.removed += 1
         for e in entries:
             if self._fatal is not None:
-                return
+                break
             child_rel = [*rel, e.name]
             want, all_below = (
                 (True, True) if everything else self._wanted(child_rel, e.type == "dir")
@@ -307,6 +319,7 @@ class Restorer:
                 self._entry(e, folder, child_rel, all_below)
             except OSError as err:
                 self._error(child_rel, err)
+        self._flush(folder)
 
     def _keep_aside(self, fd: int, name: bytes, rel: list[bytes]) -> None:
         """Rename a requested path found in place to NAME + suffix, inside folder ``fd``
@@ -348,14 +361,36 @@ class Restorer:
                 return
             folder = parent
 
-    def _submit(self, folder: _Folder, rel: list[bytes], job: Callable[[], None]) -> Future[None]:
-        """Run ``job`` (a file of ``folder``) on the pool, or now without one."""
-        fut: Future[None] = Future()
-        if self._pool is None:
+    def _flush(self, folder: _Folder) -> Future[None] | None:
+        """Hand the files queued in ``folder`` to the pool as one job (None: none queued)."""
+        files = folder.queued
+        if not files:
+            return None
+        folder.queued = []
+        folder.queued_bytes = 0
+        target = _Target(
+            folder,
+            inherits_acl=folder.fd not in self._no_default_acl,
+            plain_group=folder.fd in self._plain_group,
+        )
+        return self._submit(folder, functools.partial(self._files, files, target))
+
+    def _files(self, files: list[_Queued], target: _Target) -> None:
+        """One job: the files of one folder, one after the other."""
+        for e, rel, existing in files:
+            if self._fatal is not None:
+                return
             try:
-                job()
+                self._file(e, target, existing)
             except OSError as err:
                 self._error(rel, err)
+
+    def _submit(self, folder: _Folder, job: Callable[[], None]) -> Future[None]:
+        """Run ``job`` (files of ``folder``; it reports their ``OSError``) on the pool, or
+        now without one."""
+        fut: Future[None] = Future()
+        if self._pool is None:
+            job()
             fut.set_result(None)
             return fut
         self._slots.acquire()
@@ -366,8 +401,6 @@ class Restorer:
             try:
                 if self._fatal is None:
                     job()
-            except OSError as err:
-                self._error(rel, err)
             except BaseException as err:
                 with self._lock:
                     if self._fatal is None:
@@ -404,6 +437,7 @@ class Restorer:
         fd = folder.fd
         existing = self._existing(fd, e.name)
         if e.type == "dir":
+            self._flush(folder)  # its files before the sub-folder's, in the read-ahead's order
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
                 self._remove(fd, e.name)
                 existing = None
@@ -432,17 +466,20 @@ class Restorer:
             self.stats.dirs += 1
             return
         if e.hardlink is not None and e.hardlink in self._links:
+            self._flush(folder)  # the files before it first, as the tree orders them
             self._link(e, fd, rel)
             return
         if e.type == "file":
-            target = _Target(
-                folder,
-                inherits_acl=fd not in self._no_default_acl,
-                plain_group=fd in self._plain_group,
-            )
-            fut = self._submit(folder, rel, functools.partial(self._file, e, target, existing))
-            if e.hardlink is not None:
-                self._link_jobs[e.hardlink] = fut
+            folder.queued.append((e, rel, existing))
+            folder.queued_bytes += e.size
+            if (
+                e.hardlink is not None  # a later link waits for this job: it must start
+                or len(folder.queued) >= JOB_FILES
+                or folder.queued_bytes >= JOB_BYTES
+            ):
+                fut = self._flush(folder)
+                if e.hardlink is not None and fut is not None:
+                    self._link_jobs[e.hardlink] = fut
         elif e.type == "symlink":
             assert e.target is not None
             if existing is not None:
