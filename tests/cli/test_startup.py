@@ -134,18 +134,21 @@ def test_snapshot_list_on_a_local_store_loads_no_typer_or_sqlalchemy(local_store
     assert not {m for m in mods if m.startswith(("lamina.server", "lamina.tree", "lamina.agent"))}
 
 
-def test_an_engine_backup_loads_no_agent_http_or_protocol_module(
+def test_an_engine_backup_loads_no_agent_http_protocol_or_database_library(
     local_store: Path, tmp_path: Path
 ) -> None:
     # A backup into a local store walks, chunks and stores: the agent's modules (and
-    # through them httpx and every pydantic schema) cost ~0.25 s of CPU a run.
+    # through them httpx and every pydantic schema) cost ~0.25 s of CPU a run, SQLAlchemy
+    # and the table definitions ~0.3 s (the embedded catalog is read and written through
+    # the standard library's sqlite3: lamina.db.sqlite_catalog).
     src = tmp_path / "first"
     src.mkdir()
     (src / "c.txt").write_text("c" * 300)
     for _ in range(2):  # a first backup (its size walked first), then a re-backup
         mods = imported("snapshot", "create", str(src), "--data", str(local_store))
         assert "lamina.tree.backup" in mods  # the command ran
-        assert not {"httpx", "lamina.protocol.schemas"} & mods
+        assert "lamina.db.sqlite_catalog" in mods
+        assert not {"httpx", "lamina.protocol.schemas", "sqlalchemy", "alembic"} & mods
         assert not {m for m in mods if m.startswith(("lamina.agent", "lamina.server"))}
 
 

@@ -63,7 +63,7 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Back up a folder into a new snapshot; unchanged files are not read again."""
-    with closing(open_store(loc, change=True, force=force)) as s:
+    with closing(open_store(loc, change=True, force=force, backup=True)) as s:
         src = source or f"{os.uname().nodename}:{path.resolve()}"
         cache = loc.cache_dir / (
             "files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite"
