@@ -225,3 +225,26 @@ def test_progress_off_a_terminal_is_periodic_log_lines(capsys: pytest.CaptureFix
         "restoring: 50% 50 B of 100 B, 1 files, 5 B/s, about 0:00:10 left"
     )
     assert progress_line("syncing", 50, 3, None, 1.0) == "syncing: 50 B, 3 files, 50 B/s"
+
+
+def test_a_total_worked_out_later_is_asked_at_the_first_log_line_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A total given as a function (a metadata walk) costs nothing to work that ends
+    before its first log line, and is asked once when a line shows it."""
+    from lamina.cli.progress import byte_progress
+
+    asked: list[int] = []
+
+    def total() -> int:
+        asked.append(1)
+        return 4096
+
+    with byte_progress("backing up", total=total, log_every=3600.0) as advance:
+        advance(1, 1024)
+    assert asked == [] and capsys.readouterr().err == ""
+    with byte_progress("backing up", total=total, log_every=0.0) as advance:
+        advance(1, 1024)
+        advance(1, 1024)
+    assert asked == [1]
+    assert capsys.readouterr().err.splitlines()[1].startswith("backing up: 50% 2.0 KiB of 4.0 KiB")
