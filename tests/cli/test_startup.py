@@ -154,6 +154,7 @@ def test_an_engine_backup_loads_no_agent_http_protocol_or_database_library(
         assert "lamina.db.sqlite_catalog" in mods
         assert not {"httpx", "lamina.protocol.schemas", "sqlalchemy", "alembic"} & mods
         assert not {"typer", "click", "pydantic"} & mods  # the quick entry
+        assert "rich" not in mods  # off a terminal, with nothing to warn about
         assert not {m for m in mods if m.startswith(("lamina.agent", "lamina.server"))}
 
 

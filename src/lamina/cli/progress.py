@@ -7,8 +7,6 @@ through :data:`err_console` are cleaned by ``output.safe`` first.
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from lamina.cli.output import progress_line, safe
+from lamina.cli.output import log_progress, safe
 from lamina.errors import WARNINGS_EXIT
 
 
@@ -53,23 +51,8 @@ def byte_progress(
     called when something is first drawn with it, at once on a terminal, at the first
     line of a log; never by work that ends before its first line."""
     if not err_console.is_terminal:
-        started = last = time.monotonic()
-        done = files = 0
-
-        def log_advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
-            nonlocal done, files, last, total
-            total = new_total or total
-            files += nfiles
-            done += nbytes
-            at = time.monotonic()
-            if at - last >= log_every:
-                if callable(total):
-                    total = total()
-                last = at
-                sys.stderr.write(progress_line(what, done, files, total, at - started) + "\n")
-                sys.stderr.flush()
-
-        yield log_advance
+        with log_progress(what, total, log_every) as log_advance:
+            yield log_advance
         return
     columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn()]
     columns.append(TaskProgressColumn())  # blank while the total is unknown

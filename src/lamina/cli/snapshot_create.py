@@ -1,7 +1,8 @@
 """What ``lamina snapshot create`` does, as a plain function: the Typer command
 (``snapshot.py``) and the quick entry (``quick.py``) both call it, so the two print the
 same. No Typer, click or pydantic on the way: building Typer's parameters took about a
-fifth of an unchanged re-backup's CPU on a small tree (tests/cli/test_startup.py)."""
+fifth of an unchanged re-backup's CPU on a small tree; nor Rich off a terminal, unless
+there is something to warn about (tests/cli/test_startup.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
-from lamina.cli.output import emit_json, human_bytes
-from lamina.cli.progress import byte_progress, err_console, exit_with_warnings
+from lamina.cli.output import emit_json, human_bytes, log_progress, stderr_is_terminal
 from lamina.cli.store_open import open_store
 from lamina.db.location import StoreLocation
 from lamina.tree.backup import backup
@@ -65,7 +65,11 @@ def create_snapshot(
             def total() -> int:
                 return estimate(path, excluded or _nothing, lambda _rel: False)[1]
 
-        with byte_progress("backing up", total=total) as advance:
+        if stderr_is_terminal():  # Rich (a tenth of a second of start-up) for the bar
+            from lamina.cli.progress import byte_progress as progress
+        else:
+            progress = log_progress
+        with progress("backing up", total=total) as advance:
             result = backup(
                 s,
                 path,
@@ -74,8 +78,11 @@ def create_snapshot(
                 exclude=excluded,
                 progress=advance,
             )
-    for e in result.stats.errors:
-        err_console.print(f"[yellow]skipped:[/yellow] {e}")
+    if result.stats.errors:
+        from lamina.cli.progress import err_console
+
+        for e in result.stats.errors:
+            err_console.print(f"[yellow]skipped:[/yellow] {e}")
     snap = result.snapshot
     doc = {
         **snap.to_public(),
@@ -95,4 +102,7 @@ def create_snapshot(
             f"{human_bytes(result.new_stored_bytes)} added to the store\n"
         )
         sys.stdout.flush()
-    exit_with_warnings(len(result.stats.errors), "files skipped")
+    if result.stats.errors:
+        from lamina.cli.progress import exit_with_warnings
+
+        exit_with_warnings(len(result.stats.errors), "files skipped")
