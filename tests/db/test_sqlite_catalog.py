@@ -22,48 +22,29 @@ from lamina.db.stores import init_store, open_store
 from lamina.errors import NotFoundError, StoreKeyError
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK
-from tests.db.test_catalog import (
-    STORE,
-    T0,
-    bid,
-    entries,
-    pack,
-    snap,
-    test_add_snapshot_refuses_a_stale_epoch,
-    test_commit_pack_missing_and_locate,
-    test_condemn_bumps_the_epoch_and_hides_rows,
-    test_drop_pack_and_replace_index,
-    test_find_snapshot,
-    test_finish_repack,
-    test_known_ids_of_a_kind_without_condemned_rows_or_none_above_the_limit,
-    test_latest_breaks_time_ties_by_insertion,
-    test_many_ids_are_batched,
-    test_missing_and_locate_by_kind,
-    test_rescue_uncondemns_and_reports_swept_ids,
-    test_snapshot_listing_by_source_position_and_forget,
-    test_snapshot_rows_round_trip,
-    test_snapshot_time_keeps_its_instant_whatever_the_offset,
-    test_try_lock_and_unlock,
-)
+from tests.db import test_catalog
+from tests.db.test_catalog import STORE, T0, bid, entries, pack, snap
 
-# The catalog tests above run here on ``SqliteCatalog`` (this module's ``catalog``).
-CATALOG_TESTS = (
-    test_add_snapshot_refuses_a_stale_epoch,
-    test_commit_pack_missing_and_locate,
-    test_condemn_bumps_the_epoch_and_hides_rows,
-    test_drop_pack_and_replace_index,
-    test_find_snapshot,
-    test_finish_repack,
-    test_known_ids_of_a_kind_without_condemned_rows_or_none_above_the_limit,
-    test_latest_breaks_time_ties_by_insertion,
-    test_many_ids_are_batched,
-    test_missing_and_locate_by_kind,
-    test_rescue_uncondemns_and_reports_swept_ids,
-    test_snapshot_listing_by_source_position_and_forget,
-    test_snapshot_rows_round_trip,
-    test_snapshot_time_keeps_its_instant_whatever_the_offset,
-    test_try_lock_and_unlock,
-)
+# These catalog tests of test_catalog.py run here again, on ``SqliteCatalog`` (this
+# module's ``catalog`` fixture); the others there are about SQLAlchemy or the migrations.
+for _name in (
+    "test_add_snapshot_refuses_a_stale_epoch",
+    "test_commit_pack_missing_and_locate",
+    "test_condemn_bumps_the_epoch_and_hides_rows",
+    "test_drop_pack_and_replace_index",
+    "test_find_snapshot",
+    "test_finish_repack",
+    "test_known_ids_of_a_kind_without_condemned_rows_or_none_above_the_limit",
+    "test_latest_breaks_time_ties_by_insertion",
+    "test_many_ids_are_batched",
+    "test_missing_and_locate_by_kind",
+    "test_rescue_uncondemns_and_reports_swept_ids",
+    "test_snapshot_listing_by_source_position_and_forget",
+    "test_snapshot_rows_round_trip",
+    "test_snapshot_time_keeps_its_instant_whatever_the_offset",
+    "test_try_lock_and_unlock",
+):
+    globals()[_name] = getattr(test_catalog, _name)
 
 
 def _bound_sql(path: Path) -> SqlCatalog:

@@ -44,19 +44,12 @@ from lamina.db.sqlite_read import (
 )
 from lamina.errors import BackendError, NotFoundError
 from lamina.store.blob import BlobKind
-from lamina.store.catalog import (
-    PACK_OK,
-    PACK_WRITING,
-    BlobLocation,
-    BlobRow,
-    PackInfo,
-    SnapshotRecord,
-    one_entry_per_id,
-)
-from lamina.store.pack import PackEntry
+from lamina.store.catalog import PACK_OK, PACK_WRITING, SnapshotRecord, one_entry_per_id
 
 if TYPE_CHECKING:
     from lamina.db.catalog import SqlCatalog
+    from lamina.store.catalog import BlobLocation, BlobRow, PackInfo
+    from lamina.store.pack import PackEntry
     from lamina.store.repository import Store
 
 #: Seconds a connection waits for SQLite's lock (as ``lamina.db.engine.BUSY_SECONDS``).
