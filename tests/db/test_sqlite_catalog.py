@@ -133,12 +133,16 @@ def test_writers_of_several_threads_take_turns(catalog: SqliteCatalog) -> None:
 
 def test_opens_only_a_migrated_store_it_indexes(tmp_path: Path) -> None:
     loc = StoreLocation(data=tmp_path / "data")
-    with pytest.raises(NotFoundError, match="no key file"):  # as the usual way says it
-        open_embedded(loc, 1 << 20)
+    assert open_embedded(loc, 1 << 20) is None  # nothing there: the usual way says what
     init_store(loc).close()
     (loc.data / "lamina.db").rename(loc.data / "elsewhere.db")
     assert open_embedded(loc, 1 << 20) is None  # no database: the usual way makes it
     (loc.data / "elsewhere.db").rename(loc.data / "lamina.db")
+    keys = loc.keys_path.read_bytes()
+    loc.keys_path.unlink()
+    with pytest.raises(NotFoundError, match="no key file"):  # as the usual way says it
+        open_embedded(loc, 1 << 20)
+    loc.keys_path.write_bytes(keys)
     store = open_embedded(loc, 1 << 20)
     assert store is not None and isinstance(store.catalog, SqliteCatalog)
     assert not store.catalog.server_managed()

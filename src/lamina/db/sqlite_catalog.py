@@ -42,7 +42,7 @@ from lamina.db.sqlite_read import (
     marks,
     snapshots_of,
 )
-from lamina.errors import BackendError, NotFoundError
+from lamina.errors import BackendError, NotFoundError, UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK, PACK_WRITING, SnapshotRecord, one_entry_per_id
 
@@ -70,10 +70,10 @@ def open_embedded(loc: StoreLocation, pack_size: int) -> Store | None:
     from lamina.store.keys import read_keyfile
     from lamina.store.repository import Store
 
-    if loc.db_url is not None:
-        return None
-    keys = read_keyfile(loc.keys_path, loc.passphrase)
     database = loc.data / "lamina.db"
+    if loc.db_url is not None or not database.is_file():
+        return None  # the usual way says what is missing, in its order
+    keys = read_keyfile(loc.keys_path, loc.passphrase)
     first = bound_connection(database, keys.store_id, check_same_thread=False)
     if first is None:
         return None
@@ -150,9 +150,14 @@ class SqliteCatalog:
     def full(self) -> SqlCatalog:
         """The ``SqlCatalog`` of the same database, for what this class does not answer."""
         if self._full is None:
-            from lamina.db.catalog import SqlCatalog
-            from lamina.db.engine import make_engine
-
+            try:
+                from lamina.db.catalog import SqlCatalog
+                from lamina.db.engine import make_engine
+            except ModuleNotFoundError as e:  # installed without the "server" extra
+                raise UsageError(
+                    f"this step needs the server's libraries ({e.name} is missing): "
+                    "pip install 'lamina[server]'"
+                ) from e
             self._full = SqlCatalog(make_engine(self._loc.database))
         return self._full
 
