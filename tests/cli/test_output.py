@@ -14,6 +14,7 @@ import pty
 import secrets
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,3 +226,64 @@ def test_progress_off_a_terminal_is_periodic_log_lines(capsys: pytest.CaptureFix
         "restoring: 50% 50 B of 100 B, 1 files, 5 B/s, about 0:00:10 left"
     )
     assert progress_line("syncing", 50, 3, None, 1.0) == "syncing: 50 B, 3 files, 50 B/s"
+
+
+def test_a_total_worked_out_later_is_asked_at_the_first_log_line_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A total given as a function (a metadata walk) costs nothing to work that ends
+    before its first log line, and is asked once when a line shows it."""
+    from lamina.cli.progress import byte_progress
+
+    asked: list[int] = []
+
+    def total() -> int:
+        asked.append(1)
+        return 4096
+
+    with byte_progress("backing up", total=total, log_every=3600.0) as advance:
+        advance(1, 1024)
+    assert asked == [] and capsys.readouterr().err == ""
+    with byte_progress("backing up", total=total, log_every=0.0) as advance:
+        advance(1, 1024)
+        advance(1, 1024)
+    assert asked == [1]
+    assert capsys.readouterr().err.splitlines()[1].startswith("backing up: 50% 2.0 KiB of 4.0 KiB")
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_stderr_is_a_terminal_as_rich_decides_it(
+    tty: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``snapshot create`` imports Rich only for a bar: it must take stderr for a terminal
+    exactly when Rich's console does."""
+    from rich.console import Console
+
+    from lamina.cli.output import stderr_is_terminal
+
+    if tty:
+        leader, follower = os.openpty()
+        stream = os.fdopen(follower, "w")
+    else:
+        stream = (tmp_path / "log").open("w")
+    monkeypatch.setattr(sys, "stderr", stream)
+    try:
+        for tty_compatible in (None, "", "0", "1", "2"):
+            for force_color in (None, "", "1", "0"):
+                for name, value in (
+                    ("TTY_COMPATIBLE", tty_compatible),
+                    ("FORCE_COLOR", force_color),
+                ):
+                    if value is None:
+                        monkeypatch.delenv(name, raising=False)
+                    else:
+                        monkeypatch.setenv(name, value)
+                rich_says = Console(stderr=True).is_terminal
+                assert stderr_is_terminal() == rich_says, (tty_compatible, force_color)
+        monkeypatch.delenv("TTY_COMPATIBLE")
+        monkeypatch.delenv("FORCE_COLOR")
+        assert stderr_is_terminal() == tty
+    finally:
+        stream.close()
+        if tty:
+            os.close(leader)

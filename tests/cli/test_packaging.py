@@ -115,6 +115,22 @@ def test_store_commands_name_the_missing_extra(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
+def test_a_backup_into_a_local_store_runs_without_the_server_extra(tmp_path: Path) -> None:
+    # The store was made where the extra is (its database migrated); backing up into it
+    # then needs none of the server's libraries (lamina.db.sqlite_catalog).
+    from lamina.db.stores import StoreLocation, init_store
+
+    init_store(StoreLocation(data=tmp_path / "d")).close()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("a")
+    r = lamina_without_server(
+        "snapshot", "create", str(tmp_path / "src"), "--data", str(tmp_path / "d")
+    )
+    assert r.returncode == 0, r.stderr
+    assert ": 1 files, 1 B; 1 read, 0 unchanged;" in r.stdout
+    assert r.stderr.rstrip().endswith("TRIED=")
+
+
 def _venv(path: Path) -> Path:
     """A clean venv without pip of its own (ensurepip's older pip costs about 8 s of CPU
     to install and twice the CPU of this one's to resolve): the test's pip installs into

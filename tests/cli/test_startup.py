@@ -9,6 +9,8 @@ Deterministic: what is imported, not how long it takes (figures: ``python -m ben
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,18 +137,25 @@ def test_snapshot_list_on_a_local_store_loads_no_typer_or_sqlalchemy(local_store
     assert not {m for m in mods if m.startswith(("lamina.server", "lamina.tree", "lamina.agent"))}
 
 
-def test_an_engine_backup_loads_no_agent_http_or_protocol_module(
+def test_an_engine_backup_loads_no_agent_http_protocol_or_database_library(
     local_store: Path, tmp_path: Path
 ) -> None:
     # A backup into a local store walks, chunks and stores: the agent's modules (and
-    # through them httpx and every pydantic schema) cost ~0.25 s of CPU a run.
+    # through them httpx and every pydantic schema) cost ~0.25 s of CPU a run, SQLAlchemy
+    # and the table definitions ~0.3 s (the embedded catalog is read and written through
+    # the standard library's sqlite3: lamina.db.sqlite_catalog).
     src = tmp_path / "first"
     src.mkdir()
     (src / "c.txt").write_text("c" * 300)
+    data = tmp_path / "data"  # a copy: the other tests count the module store's snapshots
+    shutil.copytree(local_store, data)
     for _ in range(2):  # a first backup (its size walked first), then a re-backup
-        mods = imported("snapshot", "create", str(src), "--data", str(local_store))
+        mods = imported("snapshot", "create", str(src), "--data", str(data))
         assert "lamina.tree.backup" in mods  # the command ran
-        assert not {"httpx", "lamina.protocol.schemas"} & mods
+        assert "lamina.db.sqlite_catalog" in mods
+        assert not {"httpx", "lamina.protocol.schemas", "sqlalchemy", "alembic"} & mods
+        assert not {"typer", "click", "pydantic"} & mods  # the quick entry
+        assert "rich" not in mods  # off a terminal, with nothing to warn about
         assert not {m for m in mods if m.startswith(("lamina.agent", "lamina.server"))}
 
 
@@ -223,6 +232,50 @@ def test_quick_commands_print_what_typer_prints(
     assert len(json.loads(quick[1])) == 2
 
 
+def test_snapshot_create_the_quick_way_prints_what_typer_prints(
+    tmp_path: Path,
+    run_both: Callable[[list[str]], tuple[Outcome, Outcome]],
+) -> None:
+    from lamina.db.stores import StoreLocation, init_store
+
+    data = tmp_path / "data"
+    init_store(StoreLocation(data=data)).close()
+    src = tmp_path / "src"
+    (src / "skip").mkdir(parents=True)
+    (src / "a.txt").write_text("a" * 100)
+    (src / "skip" / "b.txt").write_text("b" * 200)
+    d = str(data)
+    # Typer and the quick entry back up the same tree the same way (each run makes a
+    # snapshot of its own).
+    for args in (
+        ["snapshot", "create", str(src), "--data", d, "--source", "s:/x", "--json"],
+        ["snapshot", "create", str(src), "--exclude", "skip", "--data", d, "--force", "--json"],
+        ["snapshot", "create", str(tmp_path / "absent"), "--data", d],  # not a folder
+        ["snapshot", "create", str(src), "--data", str(tmp_path / "none")],  # no store
+    ):
+        quick, typer_app = run_both(args)
+        assert quick[0] == typer_app[0] and quick[2] == typer_app[2], args
+        if "--json" in args:
+            q, t = json.loads(quick[1]), json.loads(typer_app[1])
+            assert q["id"] != t["id"] and q.keys() == t.keys()
+            # The second run finds the first's files (what it reads and adds differs).
+            run = {"id", "time", "files_read", "files_unchanged", "new_blobs", "new_bytes"}
+            assert {k: v for k, v in q.items() if k not in run and not k.startswith("new_")} == {
+                k: v for k, v in t.items() if k not in run and not k.startswith("new_")
+            }
+            assert q["files_read"] + q["files_unchanged"] == t["files_read"] + t["files_unchanged"]
+        else:
+            assert quick[1] == typer_app[1]
+    quick, typer_app = run_both(["snapshot", "create", str(src), "--data", d])
+    assert quick[0] == typer_app[0] == 0 and quick[2] == typer_app[2]
+    line = re.compile(
+        r"snapshot [0-9a-f]{12} of [^:]+:.*/src: 2 files, 300 B; "
+        r"(\d) read, (\d) unchanged; \d+ B added to the store\n"
+    )
+    q, t = line.fullmatch(quick[1]), line.fullmatch(typer_app[1])
+    assert q and t and sum(map(int, q.groups())) == sum(map(int, t.groups())) == 2
+
+
 def test_a_wrong_key_file_is_refused_the_quick_way_as_the_typer_way(
     tmp_path: Path,
     local_store: Path,
@@ -255,6 +308,10 @@ def test_a_wrong_key_file_is_refused_the_quick_way_as_the_typer_way(
         ["agent", "run", "--help"],
         ["snapshot", "list", "--data", ""],
         ["snapshot", "list", "extra"],
+        ["snapshot", "create"],
+        ["snapshot", "create", "--json", "src"],
+        ["snapshot", "create", "src", "--exclude", "a", "--exclude", "b"],
+        ["snapshot", "create", "src", "extra"],
         ["-h"],
         ["agent"],
         [],

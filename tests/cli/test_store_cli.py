@@ -93,6 +93,28 @@ def test_second_similar_tree_dedups(cli_factory: Callable[..., Cli], tmp_path: P
     assert grown < 1.2 * 1024 * 1024  # ...but only the changed file is stored
 
 
+def test_a_first_backup_off_a_terminal_walks_the_tree_once(
+    cli_factory: Callable[..., Cli], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The progress total (a walk of the metadata) is only worked out when it is shown:
+    # on a terminal, or in a log's first line (never, for a backup done within 10 s).
+    import lamina.cli.snapshot_create
+
+    walks: list[Path] = []
+    real = lamina.cli.snapshot_create.estimate
+    monkeypatch.setattr(
+        lamina.cli.snapshot_create,
+        "estimate",
+        lambda root, *a: walks.append(root) or real(root, *a),
+    )
+    cli = cli_factory(process=False)
+    cli.run("store", "init")
+    a = make_tree(tmp_path / "a", seed=1)
+    first = cli.json("snapshot", "create", str(a), "--source", "endpoint-a")
+    assert first["files_read"] == first["files"] > 0
+    assert walks == []
+
+
 def test_errors_are_one_line_with_exit_codes(
     cli_factory: Callable[..., Cli], tmp_path: Path
 ) -> None:

@@ -13,9 +13,12 @@ Rich adds its own styling (Rich writes around :class:`SafeStream`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any, NoReturn
 
 from lamina.errors import LaminaError
@@ -90,6 +93,48 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def stderr_is_terminal() -> bool:
+    """Whether ``progress.err_console`` takes stderr for a terminal, decided as Rich
+    decides it (``TTY_COMPATIBLE``, then ``FORCE_COLOR``, then ``isatty``) without
+    importing Rich: a command that only draws a bar on a terminal imports Rich only then
+    (tests/cli/test_output.py compares the two)."""
+    tty_compatible = os.environ.get("TTY_COMPATIBLE", "")
+    if tty_compatible in ("0", "1"):
+        return tty_compatible == "1"
+    force_color = os.environ.get("FORCE_COLOR")
+    if force_color is not None:
+        return force_color != ""
+    try:
+        return sys.stderr.isatty()
+    except ValueError:  # closed
+        return False
+
+
+@contextmanager
+def log_progress(
+    what: str, total: int | Callable[[], int] | None = None, log_every: float = 10.0
+) -> Iterator[Callable[..., None]]:
+    """Progress off a terminal (a log, a pipe): one :func:`progress_line` on stderr every
+    ``log_every`` seconds; ``total`` as ``progress.byte_progress`` takes it."""
+    started = last = time.monotonic()
+    done = files = 0
+
+    def log_advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
+        nonlocal done, files, last, total
+        total = new_total or total
+        files += nfiles
+        done += nbytes
+        at = time.monotonic()
+        if at - last >= log_every:
+            if callable(total):
+                total = total()
+            last = at
+            sys.stderr.write(progress_line(what, done, files, total, at - started) + "\n")
+            sys.stderr.flush()
+
+    yield log_advance
 
 
 def progress_line(what: str, done: int, files: int, total: int | None, seconds: float) -> str:

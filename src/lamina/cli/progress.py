@@ -7,9 +7,7 @@ through :data:`err_console` are cleaned by ``output.safe`` first.
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from lamina.cli.output import progress_line, safe
+from lamina.cli.output import log_progress, safe
 from lamina.errors import WARNINGS_EXIT
 
 
@@ -43,25 +41,18 @@ err_console = SafeConsole(stderr=True)
 
 
 @contextmanager
-def byte_progress(what: str, total: int | None = None, log_every: float = 10.0) -> Iterator[Any]:
+def byte_progress(
+    what: str, total: int | Callable[[], int] | None = None, log_every: float = 10.0
+) -> Iterator[Any]:
     """Progress over files and bytes: on a terminal a bar (with a total: percent and time
-    left); elsewhere (a log, a pipe) one line on stderr every ``log_every`` seconds."""
+    left); elsewhere (a log, a pipe) one line on stderr every ``log_every`` seconds.
+
+    ``total`` may be a function that works it out (a walk of the metadata, say): it is
+    called when something is first drawn with it, at once on a terminal, at the first
+    line of a log; never by work that ends before its first line."""
     if not err_console.is_terminal:
-        started = last = time.monotonic()
-        done = files = 0
-
-        def log_advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:
-            nonlocal done, files, last, total
-            total = new_total or total
-            files += nfiles
-            done += nbytes
-            at = time.monotonic()
-            if at - last >= log_every:
-                last = at
-                sys.stderr.write(progress_line(what, done, files, total, at - started) + "\n")
-                sys.stderr.flush()
-
-        yield log_advance
+        with log_progress(what, total, log_every) as log_advance:
+            yield log_advance
         return
     columns: list[Any] = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn()]
     columns.append(TaskProgressColumn())  # blank while the total is unknown
@@ -76,7 +67,7 @@ def byte_progress(what: str, total: int | None = None, log_every: float = 10.0) 
         redirect_stderr=False,
     )
     with progress:
-        task = progress.add_task(what, total=total, files=0)
+        task = progress.add_task(what, total=total() if callable(total) else total, files=0)
         nfiles_done = 0
 
         def advance(nfiles: int, nbytes: int, new_total: int | None = None) -> None:

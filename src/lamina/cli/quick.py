@@ -3,6 +3,8 @@
 ``lamina agent boot`` runs before services start on every endpoint, ``lamina agent
 status`` in scripts and monitoring, ``lamina --help`` whenever someone is lost,
 ``lamina agent run --once`` on every timer tick (an unchanged sync is mostly start-up).
+``lamina snapshot list`` and ``lamina snapshot create`` open a store (a re-backup of an
+unchanged tree is mostly start-up).
 Typer builds a pydantic type adapter for every parameter of the command it runs and
 imports most of itself and click first: about half of these commands' start-up. So
 :func:`quick_command` recognises their well-formed command lines and returns the
@@ -25,6 +27,10 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lamina.db.location import StoreLocation
 
 #: The width click formats help to on a terminal 80 columns or wider.
 HELP_WIDTH = 78
@@ -47,6 +53,8 @@ def quick_command(argv: list[str]) -> Command | None:
         return _agent_run(argv[2:])
     if argv[:2] == ["snapshot", "list"]:
         return _snapshot_list(argv[2:])
+    if argv[:2] == ["snapshot", "create"]:
+        return _snapshot_create(argv[2:])
     return None
 
 
@@ -165,16 +173,49 @@ def _snapshot_list(args: list[str]) -> Command | None:
 
     def run() -> None:
         from lamina.cli.snapshot_list import list_snapshots
-        from lamina.cli.store_open import DEFAULT_DATA, location
 
-        keyfile = opts.get("--keyfile")
-        loc = location(
-            Path(opts["--data"]) if "--data" in opts else DEFAULT_DATA,
-            opts.get("--db"),
-            opts.get("--store"),
-            Path(keyfile) if keyfile else None,
+        list_snapshots(_location(opts), opts.get("--source"), "--json" in opts)
+
+    return run
+
+
+def _location(opts: dict[str, str]) -> StoreLocation:
+    """The store the options ``--data``, ``--db``, ``--store``, ``--keyfile`` name."""
+    from lamina.cli.store_open import DEFAULT_DATA, location
+
+    keyfile = opts.get("--keyfile")
+    return location(
+        Path(opts["--data"]) if "--data" in opts else DEFAULT_DATA,
+        opts.get("--db"),
+        opts.get("--store"),
+        Path(keyfile) if keyfile else None,
+    )
+
+
+def _snapshot_create(args: list[str]) -> Command | None:
+    """``snapshot create PATH`` then the options of ``snapshot list`` with at most one
+    ``--exclude GLOB``, ``--force``, ``--json`` (the path first: any other order, a
+    repeated ``--exclude``, is Typer's)."""
+    if not args or args[0].startswith("-"):
+        return None
+    try:
+        opts = _options(args[1:], {**_STORE_OPTIONS, "--exclude": None}, {"--json", "--force"})
+    except ValueError:
+        return None
+    path = Path(args[0])
+
+    def run() -> None:
+        from lamina.cli.snapshot_create import create_snapshot
+
+        exclude = [opts["--exclude"]] if "--exclude" in opts else []
+        create_snapshot(
+            _location(opts),
+            path,
+            opts.get("--source"),
+            exclude,
+            force="--force" in opts,
+            as_json="--json" in opts,
         )
-        list_snapshots(loc, opts.get("--source"), "--json" in opts)
 
     return run
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from contextlib import closing
 from pathlib import Path
@@ -13,38 +12,20 @@ import typer
 from lamina.cli.common import JsonOpt, SameOwnerOpt, SpecialFilesOpt, emit_rows
 from lamina.cli.output import emit_json, human_bytes
 from lamina.cli.progress import byte_progress, err_console, exit_with_warnings
+from lamina.cli.snapshot_create import create_snapshot
 from lamina.cli.snapshot_list import list_snapshots
 from lamina.cli.store_options import ForceOpt, open_store, store_command
 from lamina.db.location import StoreLocation
 from lamina.errors import NotFoundError
-from lamina.tree.backup import backup
 from lamina.tree.diff import diff_trees
 from lamina.tree.model import decode_tree
 from lamina.tree.paths import lookup
 from lamina.tree.restore import restore_tree, split_path
-from lamina.tree.scan import estimate
 
 app = typer.Typer(
     help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.",
     no_args_is_help=True,
 )
-
-
-def _exclude(patterns: list[str]):  # type: ignore[no-untyped-def]
-    if not patterns:
-        return None
-    pats = [p.rstrip("/") for p in patterns]
-
-    def match(rel: bytes, _is_dir: bool) -> bool:
-        text = os.fsdecode(rel)
-        base = text.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatchcase(text, p) or fnmatch.fnmatchcase(base, p) for p in pats)
-
-    return match
-
-
-def _nothing(_rel: bytes, _is_dir: bool) -> bool:
-    return False
 
 
 @app.command()
@@ -63,49 +44,7 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Back up a folder into a new snapshot; unchanged files are not read again."""
-    with closing(open_store(loc, change=True, force=force)) as s:
-        src = source or f"{os.uname().nodename}:{path.resolve()}"
-        cache = loc.cache_dir / (
-            "files-" + "".join(c if c.isalnum() else "_" for c in src)[-100:] + ".sqlite"
-        )
-        excluded = _exclude(exclude or [])
-        # The bar's total: the source's last snapshot's size (as the agent's later syncs
-        # do); only a first backup walks the metadata first (as the agent's first sync).
-        earlier = s.catalog.snapshots(source=src)
-        if earlier:
-            total = earlier[-1].bytes
-        else:
-            _, total = estimate(path, excluded or _nothing, lambda _rel: False)
-        with byte_progress("backing up", total=total) as advance:
-            result = backup(
-                s,
-                path,
-                source=src,
-                cache_path=cache,
-                exclude=excluded,
-                progress=advance,
-            )
-    for e in result.stats.errors:
-        err_console.print(f"[yellow]skipped:[/yellow] {e}")
-    snap = result.snapshot
-    doc = {
-        **snap.to_public(),
-        "files_read": result.stats.files_read,
-        "files_unchanged": result.stats.files_unchanged,
-        "new_blobs": result.new_blobs,
-        "new_bytes": result.new_raw_bytes,
-        "new_stored_bytes": result.new_stored_bytes,
-        "errors": result.stats.errors,
-    }
-    if as_json:
-        emit_json(doc)
-    else:
-        typer.echo(
-            f"snapshot {snap.id[:12]} of {snap.source}: {snap.files} files, {human_bytes(snap.bytes)}; "
-            f"{result.stats.files_read} read, {result.stats.files_unchanged} unchanged; "
-            f"{human_bytes(result.new_stored_bytes)} added to the store"
-        )
-    exit_with_warnings(len(result.stats.errors), "files skipped")
+    create_snapshot(loc, path, source, exclude or [], force=force, as_json=as_json)
 
 
 @app.command("list")

@@ -53,12 +53,26 @@ def location(data: Path, db: str | None, store: str | None, keyfile: Path | None
     )
 
 
-def open_store(loc: StoreLocation, *, change: bool = False, force: bool = False) -> Store:
+def open_store(
+    loc: StoreLocation, *, change: bool = False, force: bool = False, backup: bool = False
+) -> Store:
     """Open the store at ``loc``; with ``change``, refuse one that a server manages
-    (its snapshots belong to CVDs) unless ``force``."""
-    stores = server_libraries()
-    s: Store = stores.open_store(loc, pack_size=pack_size())
-    if change and not force and stores.server_managed(s):
+    (its snapshots belong to CVDs) unless ``force``. With ``backup`` (a command that
+    only backs up), the embedded store opens on the standard library's ``sqlite3``
+    once it is migrated and bound (``lamina.db.sqlite_catalog``: no SQLAlchemy)."""
+    s: Store | None = None
+    if backup:
+        from lamina.db.sqlite_catalog import SqliteCatalog, open_embedded
+
+        s = open_embedded(loc, pack_size())
+    if s is not None:
+        assert isinstance(s.catalog, SqliteCatalog)
+        managed = s.catalog.server_managed
+    else:
+        stores = server_libraries()
+        s = stores.open_store(loc, pack_size=pack_size())
+        managed = lambda: stores.server_managed(s)  # noqa: E731
+    if change and not force and managed():
         s.close()
         raise UsageError(
             f"the store under {loc.data} is managed by a Lamina server: change it through "

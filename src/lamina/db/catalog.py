@@ -12,7 +12,15 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from lamina.db.engine import driver_rows, is_sqlite, read_tx, write_tx
 from lamina.db.models import blobs, packs, snapshots, store_state
-from lamina.db.sqlite_read import snapshot_record
+from lamina.db.sqlite_read import (
+    EPOCH_KEY,
+    SQLITE_INSERT,
+    SQLITE_KNOWN,
+    SQLITE_MISSING,
+    snapshot_record,
+)
+from lamina.db.sqlite_read import batches as _batches
+from lamina.db.sqlite_read import marks as _marks
 from lamina.errors import NotFoundError, StoreKeyError
 from lamina.store.blob import KINDS, BlobKind
 from lamina.store.catalog import (
@@ -27,35 +35,12 @@ from lamina.store.catalog import (
 )
 from lamina.store.pack import PackEntry
 
-_BATCH = 500
-_EPOCH = "gc_epoch"
+_EPOCH = EPOCH_KEY
 _STORE_ID = "store_id"
-
-
-def _batches(items: Iterable[bytes], size: int = _BATCH) -> Iterator[list[bytes]]:
-    every = list(items)
-    for k in range(0, len(every), size):
-        yield every[k : k + size]
-
-
-# The two lookups every backup and restore makes thousands of times, as plain SQL on
-# SQLite: building, caching and expanding the SQLAlchemy statement cost about as much
-# as the query itself. Same meaning as the Core statements used for PostgreSQL.
-_SQLITE_MISSING = "SELECT id FROM blobs WHERE id IN (%s) AND condemned = 0"
 _SQLITE_LOCATE = (
     "SELECT blobs.id, packs.name, blobs.offset, blobs.length, blobs.raw_length, blobs.kind "
     "FROM blobs JOIN packs ON packs.seq = blobs.pack_seq WHERE blobs.id IN (%s)"
 )
-
-
-_SQLITE_INSERT = (
-    'INSERT INTO blobs (id, pack_seq, kind, "offset", length, raw_length, condemned) '
-    "VALUES (?, ?, ?, ?, ?, ?, 0)"
-)
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
 
 
 def _now() -> dt.datetime:
@@ -98,7 +83,7 @@ class SqlCatalog:
         with read_tx(self.engine) as c:
             for batch in _batches(wanted):
                 if self._sqlite:
-                    sql = _SQLITE_MISSING % _marks(len(batch))
+                    sql = SQLITE_MISSING % _marks(len(batch))
                     args: tuple[object, ...] = tuple(batch)
                     if kind is not None:
                         sql += " AND kind = ?"
@@ -122,8 +107,7 @@ class SqlCatalog:
             if c.execute(select(func.count()).select_from(blobs).where(*live)).scalar_one() > limit:
                 return None
             if self._sqlite:  # the driver's rows, without the ORM's per-row cost
-                sql = "SELECT id FROM blobs WHERE kind = ? AND condemned = 0 LIMIT ?"
-                rows = c.exec_driver_sql(sql, (int(kind), limit + 1)).fetchall()
+                rows = c.exec_driver_sql(SQLITE_KNOWN, (int(kind), limit + 1)).fetchall()
             else:
                 rows = c.execute(q).fetchall()
         if len(rows) > limit:
@@ -236,7 +220,7 @@ class SqlCatalog:
             # One statement the driver runs for every row (binding a dict per row through
             # SQLAlchemy cost more than the insert).
             c.exec_driver_sql(
-                _SQLITE_INSERT,
+                SQLITE_INSERT,
                 [(e.id, seq, int(e.kind), e.offset, e.length, e.raw_length) for e in unique],
             )
             return

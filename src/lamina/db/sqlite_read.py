@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,34 @@ from lamina.store.catalog import SnapshotRecord
 _SNAPSHOTS = (
     "SELECT id, time, source, root, files, bytes, meta FROM snapshots{where} ORDER BY time, seq"
 )
+
+
+#: ``store_state``'s key of the gc epoch.
+EPOCH_KEY = "gc_epoch"
+#: Ids per ``IN (...)`` list.
+BATCH = 500
+# The statements ``SqlCatalog`` runs on SQLite and ``SqliteCatalog`` runs everywhere (the
+# two lookups every backup and restore makes thousands of times, and the index rows of a
+# pack): building, caching and expanding a SQLAlchemy statement cost about as much as the
+# query itself. Same meaning as the Core statements ``SqlCatalog`` uses for PostgreSQL.
+SQLITE_MISSING = "SELECT id FROM blobs WHERE id IN (%s) AND condemned = 0"
+SQLITE_INSERT = (
+    'INSERT INTO blobs (id, pack_seq, kind, "offset", length, raw_length, condemned) '
+    "VALUES (?, ?, ?, ?, ?, ?, 0)"
+)
+SQLITE_KNOWN = "SELECT id FROM blobs WHERE kind = ? AND condemned = 0 LIMIT ?"
+
+
+def marks(n: int) -> str:
+    """``n`` parameter marks for an ``IN (...)`` list."""
+    return ",".join("?" * n)
+
+
+def batches(items: Iterable[bytes], size: int = BATCH) -> Iterator[list[bytes]]:
+    """``items`` in lists of at most ``size``."""
+    every = list(items)
+    for k in range(0, len(every), size):
+        yield every[k : k + size]
 
 
 def snapshot_record(
@@ -48,17 +77,15 @@ def snapshot_record(
     )
 
 
-def read_snapshots(
-    database: Path, store_id: str, source: str | None = None
-) -> list[SnapshotRecord] | None:
-    """The snapshots of the SQLite catalog at ``database``, oldest first (of ``source``
-    only, if given); None when the file is absent, its schema is not :data:`HEAD`, or
-    it indexes no store yet. A database of another store is a ``StoreKeyError``, as
+def bound_connection(database: Path, store_id: str, **connect: Any) -> sqlite3.Connection | None:
+    """A connection (``sqlite3.connect``'s ``connect`` arguments) to the SQLite catalog at
+    ``database``; None when the file is absent, its schema is not :data:`HEAD`, or it
+    indexes no store yet. A database of another store is a ``StoreKeyError``, as
     ``SqlCatalog.bind_store`` says it."""
     if not database.is_file():
         return None
     try:
-        conn = sqlite3.connect(database, timeout=60)
+        conn: sqlite3.Connection = sqlite3.connect(database, timeout=60, **connect)
     except sqlite3.Error as e:
         raise BackendError(f"database error: {e}") from e
     try:
@@ -69,18 +96,43 @@ def read_snapshots(
             )
             row = conn.execute("SELECT value FROM store_state WHERE key = 'store_id'").fetchone()
         except sqlite3.DatabaseError:
+            conn.close()
             return None  # not migrated yet, or not a database: the usual way says which
         if revision != HEAD or row is None:
+            conn.close()
             return None
         if row[0] != store_id:
             raise StoreKeyError(
                 f"the database indexes store {row[0]}, but the key file is for store {store_id}"
             )
-        if source is None:
-            rows = conn.execute(_SNAPSHOTS.format(where="")).fetchall()
-        else:
-            rows = conn.execute(_SNAPSHOTS.format(where=" WHERE source = ?"), (source,)).fetchall()
-        return [snapshot_record(*r) for r in rows]
+    except sqlite3.Error as e:
+        conn.close()
+        raise BackendError(f"database error: {e}") from e
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def snapshots_of(conn: sqlite3.Connection, source: str | None = None) -> list[SnapshotRecord]:
+    """``SqlCatalog.snapshots`` on a connection of the standard library."""
+    if source is None:
+        rows = conn.execute(_SNAPSHOTS.format(where="")).fetchall()
+    else:
+        rows = conn.execute(_SNAPSHOTS.format(where=" WHERE source = ?"), (source,)).fetchall()
+    return [snapshot_record(*r) for r in rows]
+
+
+def read_snapshots(
+    database: Path, store_id: str, source: str | None = None
+) -> list[SnapshotRecord] | None:
+    """The snapshots of the SQLite catalog at ``database``, oldest first (of ``source``
+    only, if given); None as :func:`bound_connection` says."""
+    conn = bound_connection(database, store_id)
+    if conn is None:
+        return None
+    try:
+        return snapshots_of(conn, source)
     except sqlite3.Error as e:
         raise BackendError(f"database error: {e}") from e
     finally:
