@@ -36,10 +36,15 @@ async def context(request: Request) -> ServerContext:
 Ctx = Annotated[ServerContext, Depends(context)]
 
 
-async def principal(ctx: Ctx, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer ...`` header, or AuthError."""
     if not authorization or not authorization.startswith("Bearer "):
         raise AuthError("log in first: missing bearer token")
-    token = authorization.removeprefix("Bearer ").strip()
+    return authorization.removeprefix("Bearer ").strip()
+
+
+async def principal(ctx: Ctx, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    token = bearer_token(authorization)
     if token.startswith(DEVICE_TOKEN):
         known = ctx.credentials.get(token_hash(token))
         if known is not None:
