@@ -8,6 +8,12 @@ of a copy of DIR, and keeps the server's database and store as they were before 
 replays the calls in order on a fresh copy of W/before and prints the CPU of the process
 (``getrusage``: every thread, the pack upload's too) and of each part (``thread_time``).
 A/B: run ``replay`` with another checkout's ``src`` on ``PYTHONPATH``, alternating.
+
+``python -m bench.srv_replay requests --work W [--n N]`` measures what the replay leaves
+out, the cost of a request itself: a server and an enrolled agent (one file), then N
+``/agent/missing`` asks of no id with the agent's credential, back to back on one
+connection; it prints the server's CPU per request (``/proc/PID/stat``: HTTP, the
+middlewares, authentication, the route's worker-thread hops, the device's CVD).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
+import json
 import os
 import pickle
 import resource
@@ -150,14 +157,41 @@ def replay(work: Path) -> dict[str, float]:
     return {"total": total, **parts}
 
 
+def requests(work: Path, n: int) -> float:
+    """Server CPU (ms) per authenticated device request that does no work of its own."""
+    import httpx
+
+    rmtree(work)
+    (work / "corpus").mkdir(parents=True)
+    (work / "corpus" / "file").write_text("one file")
+    lam = LaminaE2E(work / "lamina", clean_env(), work / "corpus")
+    try:
+        lam.setup(start_timeout=300)
+        credential = json.loads((lam.state / "agent.json").read_text())["credential"]
+        auth = {"Authorization": f"Bearer {credential}"}
+        with httpx.Client(base_url=lam.server.url + "/api/v1", headers=auth, timeout=60) as c:
+            for i in range(n // 10 + n):  # the first tenth warms the server up
+                if i == n // 10:
+                    cpu = lam.server.cpu()
+                r = c.post("/agent/missing", json={"ids": []})
+                r.raise_for_status()
+            return (lam.server.cpu() - cpu) / n * 1e3
+    finally:
+        lam.server.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.srv_replay", description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("step", choices=("capture", "replay"))
+    ap.add_argument("step", choices=("capture", "replay", "requests"))
     ap.add_argument("--corpus", type=Path, help="the folder to sync (capture)")
     ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=1000, help="requests to time (requests)")
     args = ap.parse_args(argv)
+    if args.step == "requests":
+        print(f"server CPU {requests(args.work.resolve(), args.n):.3f} ms per request")
+        return 0
     if args.step == "capture":
         if args.corpus is None:
             ap.error("capture needs --corpus")

@@ -14,12 +14,14 @@ from lamina.tree.model import encode_tree
 from tests.server.conftest import Live
 
 
-def test_a_sync_request_takes_a_worker_thread_for_its_caller_and_one_for_its_work(
+def test_a_sync_request_takes_one_worker_thread_for_its_work_once_its_device_is_known(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every hop to a worker thread costs more CPU than the checks FastAPI would run in
-    # it: the dependencies that do no I/O run on the event loop, and the route's work
-    # (and the validation of its answer) takes one hop, not two.
+    # it: the dependencies that do no I/O run on the event loop, a device credential
+    # this server verified already is known without a database read
+    # (``services/credentials.py``), and the route's work (and the validation of its
+    # answer) takes one hop, not two.
     dev = live.device("hops")
     [root] = dev.upload([(BlobKind.TREE, encode_tree([]))])
     hops: list[str] = []
@@ -32,8 +34,8 @@ def test_a_sync_request_takes_a_worker_thread_for_its_caller_and_one_for_its_wor
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     r = dev.client.post("/agent/missing", json={"ids": [os.urandom(32).hex()]})
     assert r.status_code == 200, r.text
-    assert hops == ["principal", "device_missing"]
+    assert hops == ["device_missing"]
     hops.clear()
     r = dev.client.post("/agent/commit", json={"root": root.hex(), "files": 0, "bytes": 0})
     assert r.status_code == 200, r.text
-    assert hops == ["principal", "commit_snapshot"]
+    assert hops == ["commit_snapshot"]

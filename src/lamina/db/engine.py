@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +33,10 @@ BUSY_SECONDS = 60
 POOL_SIZE, POOL_OVERFLOW = 8, 48
 #: SQLite engines' writer locks (one per engine, so per database file and process).
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+#: What runs after each write transaction of an engine ends, committed or not (``after_writes``).
+_AFTER_WRITES: weakref.WeakKeyDictionary[Engine, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def make_engine(url: str) -> Engine:
@@ -97,6 +101,16 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
             raise BackendError(f"database error: {e.orig}") from e
         except PoolTimeout as e:
             raise BackendError(f"database busy: {e}") from e
+        finally:
+            for hook in _AFTER_WRITES.get(engine, ()):
+                hook()
+
+
+def after_writes(engine: Engine, hook: Callable[[], None]) -> None:
+    """Call ``hook`` after each of ``engine``'s write transactions (``write_tx``) ends:
+    once its commit (or rollback) returned, so a transaction begun after it sees it. It
+    runs in the writer's thread, in its turn: it must be quick and must not raise."""
+    _AFTER_WRITES.setdefault(engine, []).append(hook)
 
 
 @contextmanager

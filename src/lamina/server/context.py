@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from lamina.config import ServerSettings
+from lamina.server.services.credentials import DeviceCredentials
 from lamina.server.services.inflight import Sharing
 from lamina.server.services.read_audit import ReadAudit
 from lamina.store.repository import Store
@@ -19,9 +20,12 @@ class ServerContext:
     store: Store
     #: Users' blob reads, one audit row per user per window (flushed when the app stops).
     reads: ReadAudit = field(init=False)
+    #: Device credentials verified by this process (``services/credentials.py``).
+    credentials: DeviceCredentials = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = ReadAudit(self.engine)
+        self.credentials = DeviceCredentials(self.engine)
 
     @property
     def sharing(self) -> Sharing:

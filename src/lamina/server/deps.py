@@ -7,17 +7,25 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 
 from lamina.errors import AuthError, TooLargeError
 from lamina.server.context import ServerContext
-from lamina.server.security import Principal, RateLimiter, require_active
+from lamina.server.security import (
+    DEVICE_TOKEN,
+    Principal,
+    RateLimiter,
+    require_active,
+    token_hash,
+)
 from lamina.server.services.access import TreeCache
 from lamina.server.services.sync import DecodedTrees
 from lamina.server.services.users import authenticate
 
 # Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` one in a
 # worker thread, a hop that cost more CPU (~0.15 ms) than the check itself, four times
-# per device request. ``principal`` reads the database: it stays in a thread.
+# per device request. ``principal`` reads the database in a thread, unless the caller's
+# device credential is one this process verified already (``services/credentials.py``).
 
 
 async def context(request: Request) -> ServerContext:
@@ -28,10 +36,20 @@ async def context(request: Request) -> ServerContext:
 Ctx = Annotated[ServerContext, Depends(context)]
 
 
-def principal(ctx: Ctx, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer ...`` header, or AuthError."""
     if not authorization or not authorization.startswith("Bearer "):
         raise AuthError("log in first: missing bearer token")
-    return authenticate(ctx.engine, authorization.removeprefix("Bearer ").strip())
+    return authorization.removeprefix("Bearer ").strip()
+
+
+async def principal(ctx: Ctx, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    token = bearer_token(authorization)
+    if token.startswith(DEVICE_TOKEN):
+        known = ctx.credentials.get(token_hash(token))
+        if known is not None:
+            return known
+    return await run_in_threadpool(authenticate, ctx.engine, token, ctx.credentials)
 
 
 Caller = Annotated[Principal, Depends(principal)]

@@ -16,9 +16,10 @@ from lamina.protocol.ops import (
     StatusPublic,
     StoreUsagePublic,
 )
-from lamina.server.deps import Caller, Ctx, principal
+from lamina.server.deps import Caller, Ctx, bearer_token
 from lamina.server.metrics import CONTENT_TYPE_LATEST, METRICS_PERMISSION, Metrics, is_loopback
 from lamina.server.services import dashboard, events
+from lamina.server.services.users import authenticate
 
 router = APIRouter()
 metrics_router = APIRouter()
@@ -89,6 +90,6 @@ def metrics(ctx: Ctx, request: Request, authorization: str | None = Header(None)
     if mode == "token" or (mode == "loopback" and not is_loopback(client)):
         if not authorization:
             raise AuthError("metrics from another host need an administrator's token")
-        principal(ctx, authorization).require(METRICS_PERMISSION)
+        authenticate(ctx.engine, bearer_token(authorization)).require(METRICS_PERMISSION)
     m: Metrics = request.app.state.metrics
     return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -42,6 +42,7 @@ from lamina.server.security import (
 )
 from lamina.server.services import journal
 from lamina.server.services.common import TableRow, audit, aware, from_row, new_id, now
+from lamina.server.services.credentials import DeviceCredentials
 from lamina.server.services.rows import User
 
 SESSION_LIFETIME = dt.timedelta(days=30)
@@ -276,8 +277,9 @@ def me(actor: Principal) -> MePublic:
 LAST_USED_EVERY = dt.timedelta(seconds=60)
 
 
-def authenticate(engine: Engine, token: str) -> Principal:
-    """The principal a bearer token belongs to, or AuthError."""
+def authenticate(engine: Engine, token: str, known: DeviceCredentials | None = None) -> Principal:
+    """The principal a bearer token belongs to, or AuthError. A device's, once read, is
+    kept in ``known`` (``DeviceCredentials``: the caller asks it first)."""
     h = token_hash(token)
     if token.startswith(USER_TOKEN):
         with read_tx(engine) as c:
@@ -309,6 +311,7 @@ def authenticate(engine: Engine, token: str) -> Principal:
             "user", r.id, r.name, r.role, ROLES.get(r.role, frozenset()), token_id=r.token_id
         )
     if token.startswith(DEVICE_TOKEN):
+        generation = known.generation() if known is not None else None
         with read_tx(engine) as c:
             d = c.execute(select(devices).where(devices.c.credential_hash == h)).first()
         if d is None:
@@ -318,7 +321,10 @@ def authenticate(engine: Engine, token: str) -> Principal:
                 f"device {d.hostname} is {d.status}: its credential no longer works"
                 " (enroll it again with a new token)"
             )
-        return Principal("device", d.id, f"device {d.hostname}", role=d.status)
+        device = Principal("device", d.id, f"device {d.hostname}", role=d.status)
+        if known is not None:
+            known.keep(h, device, generation)
+        return device
     raise AuthError("missing or malformed bearer token")
 
 
