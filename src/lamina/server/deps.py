@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 
 from lamina.errors import AuthError, TooLargeError
 from lamina.server.context import ServerContext
+from lamina.server.limits import HeavyWork
 from lamina.server.security import Principal, RateLimiter, require_active
 from lamina.server.services.access import TreeCache
 from lamina.server.services.sync import DecodedTrees
@@ -69,6 +70,8 @@ class AccessLimits:
     trees: TreeCache = field(default_factory=TreeCache)
     #: trees decoded when uploaded, for the commit that names them.
     uploaded: DecodedTrees = field(default_factory=DecodedTrees)
+    #: the worker threads of a sync's heavy requests (bundle, commit, missing).
+    heavy: HeavyWork = field(default_factory=HeavyWork)
 
 
 async def access_limits(request: Request) -> AccessLimits:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 
 from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
 from lamina.protocol.schemas import (
@@ -58,8 +57,9 @@ async def missing(
     req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
 ) -> MissingResponse:
     # async, the work in one worker thread: a plain ``def`` route takes a second hop to
-    # validate its answer (the hot routes of a sync: ``bundle``, ``commit`` alike)
-    found = await run_in_threadpool(
+    # validate its answer (the hot routes of a sync: ``bundle``, ``commit`` alike). The
+    # thread is one of the heavy requests' own (``limits.HeavyWork``), never a poll's.
+    found = await limits.heavy.run(
         sync.device_missing, ctx.engine, ctx.store, device, req.ids, limits.missing, ctx.sharing
     )
     return MissingResponse(missing=found)
@@ -75,18 +75,17 @@ async def missing(
 async def bundle(
     request: Request, ctx: Ctx, device: ActiveDevice, limits: Limits
 ) -> BundleResponse:
-    cvd = await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
+    heavy = limits.heavy
+    cvd = await heavy.run(fleet.active_cvd_of_device, ctx.engine, device)
     body = await read_body(request, ctx.settings.max_body)
-    items = await run_in_threadpool(decode_bundle, body)  # once: verified and recorded below
+    items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
     del body
-    await run_in_threadpool(
-        sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
-    )
+    await heavy.run(sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
     # Stored (or already held): the device proved it holds each blob's content. The
     # answer counts blobs new to this CVD, never whether another CVD stored them.
     ids = [it.id for it in items]
     del items
-    new = await run_in_threadpool(access.record, ctx.engine, cvd.id, ids, ctx.sharing)
+    new = await heavy.run(access.record, ctx.engine, cvd.id, ids, ctx.sharing)
     return BundleResponse(new=new)
 
 
@@ -94,7 +93,7 @@ async def bundle(
 async def commit(
     req: CommitRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
 ) -> CommitResponse:
-    return await run_in_threadpool(
+    return await limits.heavy.run(
         sync.commit_snapshot, ctx.engine, ctx.store, device, req, ctx.sharing, limits.uploaded
     )
 
