@@ -37,3 +37,28 @@ def test_a_sync_request_takes_a_worker_thread_for_its_caller_and_one_for_its_wor
     r = dev.client.post("/agent/commit", json={"root": root.hex(), "files": 0, "bytes": 0})
     assert r.status_code == 200, r.text
     assert hops == ["principal", "commit_snapshot"]
+
+
+def test_a_poll_takes_a_worker_thread_for_its_caller_and_one_for_its_work(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent's polls were plain ``def`` routes: a third hop validated the answer, and
+    # under load each hop waited for a thread and the interpreter lock.
+    dev = live.device("poll-hops")
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        hops.append(getattr(func, "func", func).__name__)
+        return await real(func, *args, **kw)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    r = dev.client.post("/agent/config", json={"state": "idle"})
+    assert r.status_code == 200, r.text
+    assert r.json()["cvd_id"] == dev.cvd_id
+    assert hops == ["principal", "_config"]
+    hops.clear()
+    r = dev.client.get("/agent/work")
+    assert r.status_code == 200, r.text
+    assert r.json() == []
+    assert hops == ["principal", "claim_for_device"]

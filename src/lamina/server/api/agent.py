@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 
 from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
 from lamina.protocol.schemas import (
@@ -21,7 +22,9 @@ from lamina.protocol.schemas import (
     TaskReport,
     WorkItem,
 )
+from lamina.server.context import ServerContext
 from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, read_body
+from lamina.server.security import Principal
 from lamina.server.services import access, fleet, sync, tasks
 
 router = APIRouter(prefix="/agent")
@@ -37,7 +40,14 @@ def enroll(req: EnrollRequest, ctx: Ctx) -> EnrollResponse:
     "/config",
     summary="Report the agent's state; get its status, and once active its CVD, policy and chunking secret",
 )
-def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
+async def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
+    # async, the work in one worker thread, as the polls' other route: a plain ``def``
+    # route takes a second hop to validate its answer, and under load each hop waited
+    # for a thread and the interpreter lock (docs/design.md, "Polls under load").
+    return await run_in_threadpool(_config, report, ctx, device)
+
+
+def _config(report: AgentStatusReport, ctx: ServerContext, device: Principal) -> AgentConfig:
     cfg = fleet.agent_config(
         ctx.engine,
         device,
@@ -102,10 +112,10 @@ async def commit(
     "/work",
     summary="Claim the tasks queued for this device (restarted: requeue its cut-short ones first)",
 )
-def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
+async def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
     if device.role != fleet.ACTIVE:
         return []  # a pending device has no work: tasks are addressed to active CVDs
-    return tasks.claim_for_device(ctx.engine, device, _WORKER, restarted)
+    return await run_in_threadpool(tasks.claim_for_device, ctx.engine, device, _WORKER, restarted)
 
 
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")
