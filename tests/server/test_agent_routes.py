@@ -14,14 +14,8 @@ from lamina.tree.model import encode_tree
 from tests.server.conftest import Live
 
 
-def test_a_sync_request_takes_a_worker_thread_for_its_caller_and_one_for_its_work(
-    live: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Every hop to a worker thread costs more CPU than the checks FastAPI would run in
-    # it: the dependencies that do no I/O run on the event loop, and the route's work
-    # (and the validation of its answer) takes one hop, not two.
-    dev = live.device("hops")
-    [root] = dev.upload([(BlobKind.TREE, encode_tree([]))])
+def _count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions requests hand to a worker thread, from now on."""
     hops: list[str] = []
     real = anyio.to_thread.run_sync
 
@@ -30,6 +24,18 @@ def test_a_sync_request_takes_a_worker_thread_for_its_caller_and_one_for_its_wor
         return await real(func, *args, **kw)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    return hops
+
+
+def test_a_sync_request_takes_a_worker_thread_for_its_caller_and_one_for_its_work(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every hop to a worker thread costs more CPU than the checks FastAPI would run in
+    # it: the dependencies that do no I/O run on the event loop, and the route's work
+    # (and the validation of its answer) takes one hop, not two.
+    dev = live.device("hops")
+    [root] = dev.upload([(BlobKind.TREE, encode_tree([]))])
+    hops = _count_hops(monkeypatch)
     r = dev.client.post("/agent/missing", json={"ids": [os.urandom(32).hex()]})
     assert r.status_code == 200, r.text
     assert hops == ["principal", "device_missing"]
@@ -45,14 +51,7 @@ def test_a_poll_takes_a_worker_thread_for_its_caller_and_one_for_its_work(
     # An agent's polls were plain ``def`` routes: a third hop validated the answer, and
     # under load each hop waited for a thread and the interpreter lock.
     dev = live.device("poll-hops")
-    hops: list[str] = []
-    real = anyio.to_thread.run_sync
-
-    async def counting(func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        hops.append(getattr(func, "func", func).__name__)
-        return await real(func, *args, **kw)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    hops = _count_hops(monkeypatch)
     r = dev.client.post("/agent/config", json={"state": "idle"})
     assert r.status_code == 200, r.text
     assert r.json()["cvd_id"] == dev.cvd_id
