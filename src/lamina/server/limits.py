@@ -124,8 +124,8 @@ class HeavyWork:
     """Runs the blocking part of a heavy request in a worker thread of its own limiter.
 
     At most ``threads`` run at once; the others wait for a token in the event loop,
-    holding no thread. Per process, made with the application (an anyio limiter binds
-    to the event loop that first uses it).
+    holding no thread. One per application (``deps.AccessLimits``); its anyio limiter
+    binds to the event loop that first uses it.
     """
 
     def __init__(self, threads: int = HEAVY_THREADS) -> None:

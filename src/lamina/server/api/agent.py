@@ -41,9 +41,9 @@ def enroll(req: EnrollRequest, ctx: Ctx) -> EnrollResponse:
     summary="Report the agent's state; get its status, and once active its CVD, policy and chunking secret",
 )
 async def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
-    # async, the work in one worker thread, as the polls' other route: a plain ``def``
-    # route takes a second hop to validate its answer, and under load each hop waited
-    # for a thread and the interpreter lock (docs/design.md, "Polls under load").
+    # async, the work in one worker thread (``work`` alike): a plain ``def`` route takes
+    # a second hop to validate its answer, and under load each hop waited for a thread
+    # and the interpreter lock (docs/design.md, "Polls under load (session 10)").
     return await run_in_threadpool(_config, report, ctx, device)
 
 
