@@ -49,6 +49,7 @@ from bench.common import (
 from bench.corpus import DEFAULT_GROUPS, build_corpus
 from bench.e2e_procs import git_revision
 from bench.load_agents import (
+    PRIORITIES,
     AgentRun,
     Endpoint,
     duplicate_blobs,
@@ -60,6 +61,7 @@ from bench.load_servers import (
     CLI_TIMEOUT,
     Deployment,
     MiB,
+    Probe,
     local_pg_s3,
     pack_bytes,
     poll_buckets,
@@ -82,6 +84,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         help="agents running at once (default 0: all of them at the same moment)",
+    )
+    ap.add_argument(
+        "--agent-priority",
+        choices=PRIORITIES,
+        default="idle",
+        help="idle (default): agents under SCHED_IDLE, as if each had a machine of its own; "
+        "normal: the server's priority, so it gets ~1/N of the cores",
     )
     ap.add_argument("--shared-mb", type=float, default=30.0, help="shared base tree (MiB)")
     ap.add_argument("--unique-mb", type=float, default=3.0, help="unique files per endpoint (MiB)")
@@ -229,7 +238,12 @@ def load_phase(
     """Enroll every endpoint (spread over the servers), start all agents, measure, check."""
     n = len(endpoints)
     say(f"{name}: {count} server(s), {'--db/--store' if db else 'embedded'}; enrolling {n}", "bold")
-    out: dict[str, Any] = {"name": name, "servers": count, "failures": []}
+    out: dict[str, Any] = {
+        "name": name,
+        "servers": count,
+        "agent_priority": args.agent_priority,
+        "failures": [],
+    }
     failures: list[str] = out["failures"]
     logs = work / f"logs-{name}"
     states = [
@@ -264,18 +278,25 @@ def load_phase(
         polls0 = poll_buckets(dep.servers)
         say(
             f"  load: {len(enrolled)} agents, "
-            f"{'all at once' if args.parallel <= 0 else f'{args.parallel} at a time'}"
+            f"{'all at once' if args.parallel <= 0 else f'{args.parallel} at a time'}, "
+            f"priority {args.agent_priority}"
         )
-        runs, wall, info = run_agents(
-            enrolled,
-            env,
-            parallel=args.parallel,
-            agent_timeout=args.agent_timeout,
-            deadline=args.deadline,
-            servers=dep.servers,
-            logs=logs,
-        )
-        p95, polls = poll_p95_ms(polls0, poll_buckets(dep.servers))
+        with Probe(dep.servers) as probe:
+            runs, wall, info = run_agents(
+                enrolled,
+                env,
+                priority=args.agent_priority,
+                parallel=args.parallel,
+                agent_timeout=args.agent_timeout,
+                deadline=args.deadline,
+                servers=dep.servers,
+                logs=logs,
+            )
+        out["probe"] = probe.figures()
+        polls1 = poll_buckets(dep.servers)
+        p95, polls = poll_p95_ms(polls0, polls1)
+        # the polls by histogram bucket (upper bound in seconds: cumulative count)
+        out["poll_buckets"] = {str(b): polls1[b] - polls0.get(b, 0.0) for b in sorted(polls1)}
         after = pack_bytes(dep.admin, dep.store_args)
         cvds = dep.admin.json("cvd", "list", timeout=CLI_TIMEOUT)
         rss_end = max(rss(s) for s in dep.servers)
@@ -401,6 +422,14 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             if p95 is None
             else f"≤ {p95:.0f} ms over {ph['polls']} polls {goal('poll_p95_ms', p95 < GOALS['poll_p95_ms'])}",
         ),
+        (
+            "light probe p50 / p95 (GET /health, client)",
+            "—"
+            if "p95_ms" not in ph.get("probe", {})
+            else f"{ph['probe']['p50_ms']:.0f} / {ph['probe']['p95_ms']:.0f} ms over "
+            f"{ph['probe']['requests']} requests ({ph['probe']['failed']} failed)",
+        ),
+        ("agents' scheduling", ph.get("agent_priority", "—")),
         (
             "server peak RSS (psutil)",
             f"{human_bytes(ph['server_peak_rss'])} "

@@ -164,10 +164,21 @@ def duplicate_blobs(data: Path) -> dict[str, int] | None:
     return {"extra_copies": int(rows), "extra_bytes": int(extra_bytes)}
 
 
+#: ``--agent-priority``: how the agents are scheduled beside the server on the bench host.
+PRIORITIES = ("idle", "normal")
+
+
+def set_idle(pid: int) -> None:
+    """Linux's SCHED_IDLE for a child just started (before its interpreter starts a
+    thread, which would inherit it): CPU only when nothing else on the host wants it."""
+    os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+
+
 def run_agents(
     endpoints: list[Endpoint],
     env: dict[str, str],
     *,
+    priority: str = "idle",
     parallel: int,
     agent_timeout: float,
     deadline: float,
@@ -175,6 +186,10 @@ def run_agents(
     logs: Path,
 ) -> tuple[list[AgentRun], float, dict[str, Any]]:
     """Start ``agent run --once`` for every endpoint, at most ``parallel`` at a time.
+
+    ``priority`` ``idle`` runs each agent under SCHED_IDLE: in a fleet every agent has a
+    machine of its own, here they share the server's cores, and at the same priority
+    200 agents leave the server about 1/200 of them (bench/README.md).
 
     Returns the runs, the wall time from the first start to the last exit, and samples of
     the servers (CPU summed, the largest RSS) taken every half second.
@@ -202,6 +217,8 @@ def run_agents(
                 stderr=err,
                 env={**env, "XDG_CONFIG_HOME": os.fspath(ep.home)},
             )
+            if priority == "idle":
+                set_idle(p.pid)
             live[ep.index] = (p, time.perf_counter(), out, err)
             runs[ep.index].started = time.perf_counter() - t0
         if past_deadline and todo:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -115,6 +117,55 @@ def poll_p95_ms(before: dict[float, float], after: dict[float, float]) -> tuple[
         if diff[bound] >= 0.95 * total:
             return bound * 1000, int(total)
     return None, int(total)
+
+
+class Probe:
+    """A light client beside the agents: ``GET /api/v1/health`` on every server, one
+    request every ``every`` seconds, each request's time as the client sees it (the
+    event loop's queue and a worker thread included, which the histogram leaves out)."""
+
+    def __init__(self, servers: list[Server], every: float = 0.25) -> None:
+        self.urls = [s.url + "/api/v1/health" for s in servers]
+        self.every = every
+        self.seconds: list[float] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(self.every):
+            url = self.urls[i % len(self.urls)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    r.read()
+            except (urllib.error.URLError, OSError):
+                self.failed += 1
+                continue
+            self.seconds.append(time.perf_counter() - t0)
+
+    def figures(self) -> dict[str, Any]:
+        s = sorted(self.seconds)
+        if not s:
+            return {"requests": 0, "failed": self.failed}
+        at = lambda q: round(1000 * s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))], 1)  # noqa: E731
+        return {
+            "requests": len(s),
+            "failed": self.failed,
+            "p50_ms": at(0.5),
+            "p95_ms": at(0.95),
+            "max_ms": round(1000 * s[-1], 1),
+        }
 
 
 @dataclass

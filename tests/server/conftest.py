@@ -20,6 +20,7 @@ import httpx
 import msgpack
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from lamina.config import ServerSettings
@@ -168,11 +169,12 @@ class Live:
         return list(r.json())
 
 
-def serve(settings: ServerSettings) -> Iterator[str]:
-    """Serve ``create_app(settings)`` from a thread; yields its URL until the test ends."""
+def serve(settings: ServerSettings, app: FastAPI | None = None) -> Iterator[str]:
+    """Serve ``app`` (``create_app(settings)`` by default) from a thread; yields its URL
+    until the test ends."""
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
+            app if app is not None else create_app(settings),
             host=settings.host,
             port=settings.port,
             log_level="warning",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import Engine, select, update
 
 from lamina.db.engine import read_tx, write_tx
@@ -22,7 +23,7 @@ from lamina.protocol.schemas import (
     TokenCreate,
 )
 from lamina.server.security import ROLES, Principal
-from lamina.server.services import agent_events, fleet, policies
+from lamina.server.services import agent_events, fleet, policies, tasks
 from lamina.store.keys import StoreKeys
 
 ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
@@ -89,3 +90,22 @@ def test_a_clock_or_free_space_report_is_stored_at_most_every_store_every(
         c.execute(update(devices).where(devices.c.id == pc.id).values(last_seen=old))
     fleet.agent_config(engine, pc, {**low, "disk_free": 1024**2 + 2})
     assert _stored(engine, pc)[0]["disk_free"] == 1024**2 + 2
+
+
+def test_an_idle_poll_opens_no_write_transaction(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle agent's poll (a report that moved only its free space, then its work
+    queue, empty) reads only: it never queues for SQLite's one writer behind a sync."""
+    engine = sqlite_engine
+    pc = _active_device(engine)
+    report = {"state": "idle", "disk_free": 9 * 1024**3}
+    stored = fleet.agent_config(engine, pc, report)
+
+    def refuse(_engine: Engine) -> None:
+        raise AssertionError("a poll opened a write transaction")
+
+    monkeypatch.setattr(fleet, "write_tx", refuse)
+    monkeypatch.setattr(tasks, "write_tx", refuse)
+    assert fleet.agent_config(engine, pc, {**report, "disk_free": 8 * 1024**3}) == stored
+    assert tasks.claim_for_device(engine, pc, "server-test") == []

@@ -14,6 +14,19 @@ from lamina.tree.model import encode_tree
 from tests.server.conftest import Live
 
 
+def _count_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions requests hand to a worker thread, from now on."""
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        hops.append(getattr(func, "func", func).__name__)
+        return await real(func, *args, **kw)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    return hops
+
+
 def test_a_sync_request_takes_one_worker_thread_for_its_work_once_its_device_is_known(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -24,14 +37,7 @@ def test_a_sync_request_takes_one_worker_thread_for_its_work_once_its_device_is_
     # answer) takes one hop, not two.
     dev = live.device("hops")
     [root] = dev.upload([(BlobKind.TREE, encode_tree([]))])
-    hops: list[str] = []
-    real = anyio.to_thread.run_sync
-
-    async def counting(func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        hops.append(getattr(func, "func", func).__name__)
-        return await real(func, *args, **kw)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    hops = _count_hops(monkeypatch)
     r = dev.client.post("/agent/missing", json={"ids": [os.urandom(32).hex()]})
     assert r.status_code == 200, r.text
     assert hops == ["device_missing"]
@@ -39,3 +45,22 @@ def test_a_sync_request_takes_one_worker_thread_for_its_work_once_its_device_is_
     r = dev.client.post("/agent/commit", json={"root": root.hex(), "files": 0, "bytes": 0})
     assert r.status_code == 200, r.text
     assert hops == ["commit_snapshot"]
+
+
+def test_a_poll_takes_one_worker_thread_for_its_work_once_its_device_is_known(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An agent's polls were plain ``def`` routes: a third hop validated the answer, and
+    # under load each hop waited for a thread and the interpreter lock.
+    dev = live.device("poll-hops")
+    assert dev.client.get("/agent/work").status_code == 200  # its credential verified once
+    hops = _count_hops(monkeypatch)
+    r = dev.client.post("/agent/config", json={"state": "idle"})
+    assert r.status_code == 200, r.text
+    assert r.json()["cvd_id"] == dev.cvd_id
+    assert hops == ["_config"]
+    hops.clear()
+    r = dev.client.get("/agent/work")
+    assert r.status_code == 200, r.text
+    assert r.json() == []
+    assert hops == ["claim_for_device"]

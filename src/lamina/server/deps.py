@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from lamina.errors import AuthError, TooLargeError
 from lamina.server.context import ServerContext
+from lamina.server.limits import HeavyWork
 from lamina.server.security import (
     DEVICE_TOKEN,
     Principal,
@@ -87,6 +88,8 @@ class AccessLimits:
     trees: TreeCache = field(default_factory=TreeCache)
     #: trees decoded when uploaded, for the commit that names them.
     uploaded: DecodedTrees = field(default_factory=DecodedTrees)
+    #: the worker threads of a sync's heavy requests (bundle, commit, missing).
+    heavy: HeavyWork = field(default_factory=HeavyWork)
 
 
 async def access_limits(request: Request) -> AccessLimits:

@@ -1,17 +1,28 @@
-"""Request body limits for every route, applied before any route (or authentication) runs.
+"""Limits on what a request may take: its body's size, and the worker threads of heavy ones.
 
-An ASGI middleware: a declared ``Content-Length`` above the route's limit is
+``BodyLimit``, an ASGI middleware for every route, applied before any route (or
+authentication) runs: a declared ``Content-Length`` above the route's limit is
 answered 413 at once, without reading the body; a streamed (chunked) body is
 counted as it arrives, and the request is answered 413 as soon as the count
 passes the limit -- the rest is never read. Routes keep their own checks (the
 bundle route's ``read_body``); this is the floor under all of them.
+
+``HeavyWork``: the worker threads a sync's heavy requests (bundle, commit, missing) may
+hold at once. Every other request (an agent's poll, a console page) runs in anyio's
+default pool of 40 threads, which heavy requests then never fill; and only a few heavy
+requests compete with a poll for the interpreter's lock (docs/design.md, "Polls under
+load").
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import ParamSpec, TypeVar
 
+import anyio
+import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lamina.errors import TooLargeError, UsageError
@@ -98,3 +109,29 @@ async def _answer(send: Send, error: TooLargeError | UsageError) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Worker threads for heavy requests, per server process. A sync's work is CPU (decode,
+#: verify, pack) under one interpreter lock and SQLite's one writer: more threads than
+#: this add no throughput on a few cores, only wait for a light request behind them.
+HEAVY_THREADS = 4
+
+
+class HeavyWork:
+    """Runs the blocking part of a heavy request in a worker thread of its own limiter.
+
+    At most ``threads`` run at once; the others wait for a token in the event loop,
+    holding no thread. One per application (``deps.AccessLimits``); its anyio limiter
+    binds to the event loop that first uses it.
+    """
+
+    def __init__(self, threads: int = HEAVY_THREADS) -> None:
+        self.limiter = anyio.CapacityLimiter(threads)
+
+    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await anyio.to_thread.run_sync(
+            functools.partial(func, *args, **kwargs), limiter=self.limiter
+        )

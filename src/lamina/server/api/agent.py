@@ -22,7 +22,9 @@ from lamina.protocol.schemas import (
     TaskReport,
     WorkItem,
 )
+from lamina.server.context import ServerContext
 from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, read_body
+from lamina.server.security import Principal
 from lamina.server.services import access, fleet, sync, tasks
 
 router = APIRouter(prefix="/agent")
@@ -38,7 +40,14 @@ def enroll(req: EnrollRequest, ctx: Ctx) -> EnrollResponse:
     "/config",
     summary="Report the agent's state; get its status, and once active its CVD, policy and chunking secret",
 )
-def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
+async def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
+    # async, the work in one worker thread (``work`` alike): a plain ``def`` route takes
+    # a second hop to validate its answer, and under load each hop waited for a thread
+    # and the interpreter lock (docs/design.md, "Polls under load (session 10)").
+    return await run_in_threadpool(_config, report, ctx, device)
+
+
+def _config(report: AgentStatusReport, ctx: ServerContext, device: Principal) -> AgentConfig:
     cfg = fleet.agent_config(
         ctx.engine,
         device,
@@ -58,8 +67,9 @@ async def missing(
     req: MissingRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
 ) -> MissingResponse:
     # async, the work in one worker thread: a plain ``def`` route takes a second hop to
-    # validate its answer (the hot routes of a sync: ``bundle``, ``commit`` alike)
-    found = await run_in_threadpool(
+    # validate its answer (the hot routes of a sync: ``bundle``, ``commit`` alike). The
+    # thread is one of the heavy requests' own (``limits.HeavyWork``), never a poll's.
+    found = await limits.heavy.run(
         sync.device_missing, ctx.engine, ctx.store, device, req.ids, limits.missing, ctx.sharing
     )
     return MissingResponse(missing=found)
@@ -75,18 +85,17 @@ async def missing(
 async def bundle(
     request: Request, ctx: Ctx, device: ActiveDevice, limits: Limits
 ) -> BundleResponse:
-    cvd = await run_in_threadpool(fleet.active_cvd_of_device, ctx.engine, device)
+    heavy = limits.heavy
+    cvd = await heavy.run(fleet.active_cvd_of_device, ctx.engine, device)
     body = await read_body(request, ctx.settings.max_body)
-    items = await run_in_threadpool(decode_bundle, body)  # once: verified and recorded below
+    items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
     del body
-    await run_in_threadpool(
-        sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
-    )
+    await heavy.run(sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
     # Stored (or already held): the device proved it holds each blob's content. The
     # answer counts blobs new to this CVD, never whether another CVD stored them.
     ids = [it.id for it in items]
     del items
-    new = await run_in_threadpool(access.record, ctx.engine, cvd.id, ids, ctx.sharing)
+    new = await heavy.run(access.record, ctx.engine, cvd.id, ids, ctx.sharing)
     return BundleResponse(new=new)
 
 
@@ -94,7 +103,7 @@ async def bundle(
 async def commit(
     req: CommitRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
 ) -> CommitResponse:
-    return await run_in_threadpool(
+    return await limits.heavy.run(
         sync.commit_snapshot, ctx.engine, ctx.store, device, req, ctx.sharing, limits.uploaded
     )
 
@@ -103,10 +112,10 @@ async def commit(
     "/work",
     summary="Claim the tasks queued for this device (restarted: requeue its cut-short ones first)",
 )
-def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
+async def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
     if device.role != fleet.ACTIVE:
         return []  # a pending device has no work: tasks are addressed to active CVDs
-    return tasks.claim_for_device(ctx.engine, device, _WORKER, restarted)
+    return await run_in_threadpool(tasks.claim_for_device, ctx.engine, device, _WORKER, restarted)
 
 
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")
