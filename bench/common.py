@@ -33,7 +33,10 @@ CONSOLE = _console()
 
 def say(msg: str, style: str = "") -> None:
     if CONSOLE is not None:
-        CONSOLE.print(f"[{style}]{msg}[/{style}]" if style else msg, markup=bool(style))
+        # the message is text (a tool's error may hold "[/path]"), only the style is markup
+        from rich.markup import escape
+
+        CONSOLE.print(f"[{style}]{escape(msg)}[/{style}]" if style else msg, markup=bool(style))
     else:
         print(msg, flush=True)
 

@@ -197,6 +197,8 @@ class Borg(Tool):
         return run_cmd(["borg", "--version"], env=self.env, sync_first=False).stdout.strip()
 
     def init(self) -> Ran:
+        # borg init makes no parent folder, and borg may be the first tool of a pass
+        self.repo.parent.mkdir(parents=True, exist_ok=True)
         return run_cmd(["borg", "init", "-e", "repokey", self.repo], env=self.env)
 
     def backup(self, src: Path, label: str, endpoint: str | None) -> tuple[Ran, dict[str, Any]]:
