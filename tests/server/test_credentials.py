@@ -4,6 +4,7 @@ and every revocation honoured at the next request."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from lamina.db.engine import write_tx
 from lamina.db.models import devices
 from lamina.errors import AuthError
 from lamina.server.security import DEVICE_TOKEN, Principal, token_hash
+from lamina.server.services import credentials
 from lamina.server.services.credentials import DeviceCredentials, writes_credentials
 from lamina.server.services.users import authenticate
 from tests.server.conftest import Live
@@ -71,6 +73,35 @@ def test_a_device_credential_is_read_once_and_refused_at_once_when_revoked(
     r = dev.client.post("/agent/missing", json={"ids": []})
     assert r.status_code == 401, r.text
     assert "revoked" in r.text
+
+
+def test_an_agents_report_naming_its_unchanged_host_keeps_the_cache(
+    live: Live, device_reads: list[str]
+) -> None:
+    # every agent report carries the hostname: writing it again each time emptied the
+    # cache several times a second across a fleet
+    dev = live.device("same-name")
+    assert dev.client.post("/agent/missing", json={"ids": []}).status_code == 200
+    for state in ("syncing", "idle"):
+        r = dev.client.post("/agent/config", json={"state": state, "hostname": "same-name"})
+        assert r.status_code == 200, r.text
+    device_reads.clear()
+    assert dev.client.post("/agent/missing", json={"ids": []}).status_code == 200
+    assert device_reads == []
+
+
+def test_an_entry_is_trusted_for_a_bounded_time(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a second server on the same SQLite file (not the supported shape) cannot empty
+    # this one's cache: its revocations reach it when the entry runs out
+    known = DeviceCredentials(sqlite_engine)
+    _device(sqlite_engine)
+    authenticate(sqlite_engine, TOKEN, known)
+    assert known.get(token_hash(TOKEN)) is not None
+    later = time.monotonic() + credentials.KNOWN_SECONDS + 1
+    monkeypatch.setattr(credentials.time, "monotonic", lambda: later)
+    assert known.get(token_hash(TOKEN)) is None
 
 
 @pytest.mark.parametrize("status", ["revoked", "rejected", "archived", "replaced"])
@@ -146,6 +177,12 @@ def test_on_postgresql_every_request_reads_the_row() -> None:
         ("SELECT devices.status FROM devices WHERE devices.credential_hash = ?", False),
         ("UPDATE cvds SET device_id=? WHERE cvds.id = ?", False),
         ("DELETE FROM devices_extra WHERE id = ?", False),
+        # what the plain UPDATE's parse does not cover counts
+        ("WITH x AS (SELECT 1) UPDATE devices SET last_seen=?", True),
+        ("/* a comment */ UPDATE devices SET last_seen=? WHERE devices.id = ?", True),
+        ("UPDATE main.devices SET last_seen=? WHERE id = ?", True),
+        ("UPDATE devices SET agent_state=(SELECT 1 WHERE 1), status=? WHERE id = ?", True),
+        ("INSERT INTO cvds (device_id) SELECT id FROM devices", True),
     ],
 )
 def test_which_statements_write_credentials(statement: str, writes: bool) -> None:

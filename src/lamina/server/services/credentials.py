@@ -12,13 +12,16 @@ would have been without the cache, and not remembered.
 Only on SQLite, where this process is the database's one writer (``db.engine``: its
 writers take the engine's turn, and an admin's command does not write devices). With
 PostgreSQL two servers share the database, and one's revocation would not reach the
-other's cache: there every request reads the row, as before.
+other's cache: there every request reads the row, as before. Should two servers be run
+against one SQLite file anyway, an entry is trusted for :data:`KNOWN_SECONDS` at most,
+so a revocation through the other reaches this one within that time.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -28,27 +31,35 @@ from lamina.server.security import Principal
 
 #: Verified credentials kept at most (then the cache starts again empty).
 KNOWN_CREDENTIALS = 100_000
+#: How long an entry is trusted. A revocation through this process ends it at once; the
+#: bound is for what this process cannot see: another server run against the same SQLite
+#: file anyway (one server per SQLite database is the supported shape).
+KNOWN_SECONDS = 30.0
 #: Columns of ``devices`` an answer of ``authenticate`` depends on.
 _ANSWERED_FROM = frozenset({"status", "credential_hash", "hostname", "id"})
-_WRITE = re.compile(
-    r"\s*(?:(UPDATE)|DELETE\s+FROM|INSERT(?:\s+OR\s+\w+)?\s+INTO|REPLACE\s+INTO)\s+\"?devices\"?\b(.*)",
+_MENTIONS_DEVICES = re.compile(r"\bdevices\b", re.IGNORECASE)
+_SIMPLE_UPDATE = re.compile(
+    r"UPDATE\s+\"?devices\"?\s+SET\s+(.*?)(?:\s+WHERE\s|\s+RETURNING\s|$)",
     re.IGNORECASE | re.DOTALL,
 )
 _SET_COLUMN = re.compile(r"\"?(\w+)\"?\s*=")
 
 
 def writes_credentials(statement: str) -> bool:
-    """Whether SQL ``statement`` may change what a device credential authenticates as:
-    an insert into or delete from ``devices``, or an update of one of the columns its
-    answer is read from (conservative: an update whose SET clause is not understood counts)."""
-    m = _WRITE.match(statement)
-    if m is None:
+    """Whether SQL ``statement`` may change what a device credential authenticates as.
+
+    Conservative: any statement naming ``devices`` that is not a plain ``SELECT`` counts
+    (an insert, a delete, a statement behind a comment or a ``WITH``, a schema-qualified
+    name), except an ``UPDATE devices SET ...`` whose SET clause is plain ``column = ?``
+    assignments (no sub-select, no parenthesis) of none of the columns an answer is read from.
+    """
+    if _MENTIONS_DEVICES.search(statement) is None:
         return False
-    if m.group(1) is None:
-        return True
-    rest = m.group(2)
-    sets = re.match(r"\s+SET\s+(.*?)(?:\s+WHERE\s|\s+RETURNING\s|$)", rest, re.I | re.S)
-    if sets is None:
+    text = statement.lstrip()
+    if text[:6].upper() == "SELECT":
+        return False
+    sets = _SIMPLE_UPDATE.match(text)
+    if sets is None or "(" in sets.group(1) or "select" in sets.group(1).lower():
         return True
     columns = {c.lower() for c in _SET_COLUMN.findall(sets.group(1))}
     return not columns or bool(columns & _ANSWERED_FROM)
@@ -60,7 +71,7 @@ class DeviceCredentials:
 
     def __init__(self, engine: Engine) -> None:
         self._lock = threading.Lock()
-        self._known: dict[str, Principal] = {}
+        self._known: dict[str, tuple[Principal, float]] = {}
         self._generation = 0
         self._writing = False
         self.enabled = is_sqlite(engine)
@@ -69,7 +80,10 @@ class DeviceCredentials:
             after_writes(engine, self._after_write)
 
     def get(self, token_hash: str) -> Principal | None:
-        return self._known.get(token_hash)
+        entry = self._known.get(token_hash)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
 
     def generation(self) -> int | None:
         """To pass to ``keep``, taken before the database is read; None: keep nothing."""
@@ -84,7 +98,7 @@ class DeviceCredentials:
                 return
             if len(self._known) >= KNOWN_CREDENTIALS:
                 self._known.clear()
-            self._known[token_hash] = principal
+            self._known[token_hash] = (principal, time.monotonic() + KNOWN_SECONDS)
 
     def _forget(self, writing: bool) -> None:
         with self._lock:

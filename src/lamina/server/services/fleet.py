@@ -383,7 +383,10 @@ def agent_config(
             old = c.execute(
                 select(devices.c.hostname, devices.c.agent_state).where(devices.c.id == device.id)
             ).one()
-            if state.get("hostname"):
+            if state.get("hostname") and state["hostname"] != old.hostname:
+                # only a new name is written: the name is part of what a device
+                # credential authenticates as, and writing it empties the server's
+                # cache of verified credentials (``services/credentials.py``)
                 values["hostname"] = state["hostname"]
             values["agent_state"] = agent_events.on_report(
                 c, values.get("hostname", old.hostname), old.agent_state or {}, state
