@@ -165,3 +165,27 @@ def test_refuses_a_database_of_another_store(tmp_path: Path) -> None:
         open_embedded(two, 1 << 20)
     with pytest.raises(StoreKeyError, match="indexes store"):
         open_store(two)
+
+
+def test_locate_is_answered_without_sqlalchemys_catalog(catalog: SqliteCatalog) -> None:
+    # a backup whose commit meets a gc reads its trees back (``walk_blobs``): without
+    # the server extra that must not need SqlCatalog
+    catalog.begin_pack(pack(1))
+    catalog.commit_pack(pack(1), 4000, entries(bid(1), bid(2)))
+    got = catalog.locate([bid(1), bid(2), bid(3)])
+    assert set(got) == {bid(1), bid(2)} and got[bid(1)].pack == pack(1)
+    assert catalog.locate([bid(1)], kind=BlobKind.TREE) == {}
+    assert catalog._full is None
+
+
+def test_the_first_error_is_the_one_reported_and_the_next_transaction_works(
+    catalog: SqliteCatalog,
+) -> None:
+    # SQLite can end a transaction itself (a full disk, an I/O error): the ROLLBACK that
+    # follows must not replace the error, nor leave this thread's connection in a transaction
+    with pytest.raises(ValueError, match="the first error"), catalog._tx(write=True) as cur:
+        cur.execute("ROLLBACK")
+        raise ValueError("the first error")
+    catalog.begin_pack(pack(1))
+    catalog.commit_pack(pack(1), 4000, entries(bid(1)))
+    assert catalog.missing([bid(1)]) == set()

@@ -17,6 +17,7 @@ from lamina.db.sqlite_read import (
     SQLITE_INSERT,
     SQLITE_KNOWN,
     SQLITE_MISSING,
+    locate_query,
     snapshot_record,
 )
 from lamina.db.sqlite_read import batches as _batches
@@ -37,10 +38,6 @@ from lamina.store.pack import PackEntry
 
 _EPOCH = EPOCH_KEY
 _STORE_ID = "store_id"
-_SQLITE_LOCATE = (
-    "SELECT blobs.id, packs.name, blobs.offset, blobs.length, blobs.raw_length, blobs.kind "
-    "FROM blobs JOIN packs ON packs.seq = blobs.pack_seq WHERE blobs.id IN (%s)"
-)
 
 
 def _now() -> dt.datetime:
@@ -121,13 +118,9 @@ class SqlCatalog:
         with read_tx(self.engine) as c:
             for batch in _batches(set(ids)):
                 if self._sqlite:
-                    sql = _SQLITE_LOCATE % _marks(len(batch))
-                    args: tuple[object, ...] = tuple(batch)
-                    if not include_condemned:
-                        sql += " AND blobs.condemned = 0"
-                    if kind is not None:
-                        sql += " AND blobs.kind = ?"
-                        args += (int(kind),)
+                    sql, args = locate_query(
+                        batch, include_condemned, None if kind is None else int(kind)
+                    )
                     for r in driver_rows(c, sql, args):
                         out[r[0]] = BlobLocation(r[1], r[2], r[3], r[4], KINDS[r[5]])
                     continue

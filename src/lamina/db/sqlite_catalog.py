@@ -27,7 +27,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,16 +39,23 @@ from lamina.db.sqlite_read import (
     SQLITE_MISSING,
     batches,
     bound_connection,
+    locate_query,
     marks,
     snapshots_of,
 )
 from lamina.errors import BackendError, NotFoundError, UsageError
-from lamina.store.blob import BlobKind
-from lamina.store.catalog import PACK_OK, PACK_WRITING, SnapshotRecord, one_entry_per_id
+from lamina.store.blob import KINDS, BlobKind
+from lamina.store.catalog import (
+    PACK_OK,
+    PACK_WRITING,
+    BlobLocation,
+    SnapshotRecord,
+    one_entry_per_id,
+)
 
 if TYPE_CHECKING:
     from lamina.db.catalog import SqlCatalog
-    from lamina.store.catalog import BlobLocation, BlobRow, PackInfo
+    from lamina.store.catalog import BlobRow, PackInfo
     from lamina.store.pack import PackEntry
     from lamina.store.repository import Store
 
@@ -135,10 +142,14 @@ class SqliteCatalog:
                 cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield cur
+                    cur.execute("COMMIT")
                 except BaseException:
-                    cur.execute("ROLLBACK")
+                    # SQLite may have rolled back already (a full disk, an I/O error):
+                    # the error to report is the first one, and the connection is left
+                    # outside any transaction for this thread's next one
+                    with suppress(sqlite3.Error):
+                        cur.execute("ROLLBACK")
                     raise
-                cur.execute("COMMIT")
             except sqlite3.Error as e:
                 raise BackendError(f"database error: {e}") from e
             finally:
@@ -149,6 +160,10 @@ class SqliteCatalog:
 
     def full(self) -> SqlCatalog:
         """The ``SqlCatalog`` of the same database, for what this class does not answer."""
+        with self._conns_lock:
+            return self._full_catalog()
+
+    def _full_catalog(self) -> SqlCatalog:
         if self._full is None:
             try:
                 from lamina.db.catalog import SqlCatalog
@@ -287,7 +302,17 @@ class SqliteCatalog:
     def locate(
         self, ids: Collection[bytes], include_condemned: bool = False, kind: BlobKind | None = None
     ) -> dict[bytes, BlobLocation]:
-        return self.full().locate(ids, include_condemned, kind)
+        # a backup reads trees back when its commit meets a gc (``walk_blobs``): answered
+        # here, so that step needs no SQLAlchemy either
+        out: dict[bytes, BlobLocation] = {}
+        with self._tx() as cur:
+            for batch in batches(set(ids)):
+                sql, args = locate_query(
+                    batch, include_condemned, None if kind is None else int(kind)
+                )
+                for r in cur.execute(sql, args):
+                    out[bytes(r[0])] = BlobLocation(r[1], r[2], r[3], r[4], KINDS[r[5]])
+        return out
 
     def iter_blobs(self) -> Iterator[BlobRow]:
         return self.full().iter_blobs()

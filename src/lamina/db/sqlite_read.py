@@ -43,6 +43,25 @@ SQLITE_INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, 0)"
 )
 SQLITE_KNOWN = "SELECT id FROM blobs WHERE kind = ? AND condemned = 0 LIMIT ?"
+_SQLITE_LOCATE = (
+    "SELECT blobs.id, packs.name, blobs.offset, blobs.length, blobs.raw_length, blobs.kind "
+    "FROM blobs JOIN packs ON packs.seq = blobs.pack_seq WHERE blobs.id IN (%s)"
+)
+
+
+def locate_query(
+    batch: list[bytes], include_condemned: bool, kind: int | None
+) -> tuple[str, tuple[object, ...]]:
+    """``SqlCatalog.locate``'s statement and parameters for one batch of ids; its rows
+    are (id, pack name, offset, length, raw length, kind)."""
+    sql = _SQLITE_LOCATE % marks(len(batch))
+    args: tuple[object, ...] = tuple(batch)
+    if not include_condemned:
+        sql += " AND blobs.condemned = 0"
+    if kind is not None:
+        sql += " AND blobs.kind = ?"
+        args += (kind,)
+    return sql, args
 
 
 def marks(n: int) -> str:
