@@ -32,6 +32,7 @@ LUKS_ITER_TIME_MS = 10
 #: having measured nothing. It is a failed measurement, not a bad disk: try again.
 PBKDF_MEASURE_FAILED = "Unable to get accurate CPU usage"
 CREATE_ATTEMPTS = 5
+CREATE_BACKOFF_SECONDS = 0.5
 
 
 def passphrase(key: bytes) -> bytes:
@@ -69,16 +70,18 @@ def create(path: Path, size: int, key: bytes) -> None:
 
     ``path`` is a new file in a staging folder: an attempt that failed on qemu-img's
     PBKDF2 measurement (:data:`PBKDF_MEASURE_FAILED`) is removed and made again, at most
-    :data:`CREATE_ATTEMPTS` times; any other failure is raised at once.
+    :data:`CREATE_ATTEMPTS` times, a little later each time; any other failure is raised
+    at once. A failed attempt leaves no file.
     """
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         r = _qemu_img_create(path, size, key)
         if r.returncode == 0:
             return
+        path.unlink(missing_ok=True)
         error = r.stderr.strip()
         if PBKDF_MEASURE_FAILED not in error or attempt == CREATE_ATTEMPTS:
             raise BackendError(f"qemu-img could not create the encrypted disk: {error}")
-        path.unlink(missing_ok=True)
+        time.sleep(CREATE_BACKOFF_SECONDS * attempt)  # let the busy moment pass
 
 
 def _qemu_img_create(path: Path, size: int, key: bytes) -> subprocess.CompletedProcess[str]:
