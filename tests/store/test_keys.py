@@ -53,7 +53,8 @@ def test_the_passphrase_comes_from_the_cli_and_the_server_settings(
 
     monkeypatch.setenv("LAMINA_STORE_PASSPHRASE", "correct horse")
     assert location(tmp_path, None, None, None).passphrase == "correct horse"
-    assert ServerSettings().store_passphrase == "correct horse"
+    # the server reads its settings as every command does: flags, environment, file
+    assert ServerSettings.load(None, tmp_path / "absent.toml").store_passphrase == "correct horse"
     monkeypatch.delenv("LAMINA_STORE_PASSPHRASE")
     assert location(tmp_path, None, None, None).passphrase is None
 

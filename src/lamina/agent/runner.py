@@ -26,7 +26,7 @@ from lamina.agent.state import (
     save_status,
 )
 from lamina.agent.stream import StreamProgress, stream_user_data
-from lamina.agent.sync import PROGRESS_SECONDS, run_sync
+from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
 from lamina.layers.rules import for_os
@@ -41,7 +41,8 @@ from lamina.protocol.tasks import (
     TaskState,
     work_item,
 )
-from lamina.tree.restore import restore_tree, split_path
+from lamina.tree.names import split_path
+from lamina.tree.restore import restore_tree
 
 log = logging.getLogger(__name__)
 #: The state the server gives a task an admin cancelled.
@@ -213,14 +214,11 @@ class Agent:
 
     def sync(self, cfg: AgentConfig) -> dict[str, Any]:
         self._save(state="syncing")
-        begun = time.monotonic()
 
         def progress(p: dict[str, Any]) -> None:
             self._save(progress=p)
             if self.on_progress:
                 self.on_progress(p)
-            if time.monotonic() - begun < PROGRESS_SECONDS:
-                return  # a sync this short (most unchanged ones) is over before anyone looks
             # Best effort: a server restarting must not fail the upload.
             with contextlib.suppress(LaminaError):
                 self.client.json("POST", "/agent/config", json={"state": "syncing", "progress": p})

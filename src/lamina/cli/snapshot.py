@@ -19,8 +19,9 @@ from lamina.db.location import StoreLocation
 from lamina.errors import NotFoundError
 from lamina.tree.diff import diff_trees
 from lamina.tree.model import decode_tree
+from lamina.tree.names import split_path
 from lamina.tree.paths import lookup
-from lamina.tree.restore import restore_tree, split_path
+from lamina.tree.restore import restore_tree
 
 app = typer.Typer(
     help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.",

@@ -50,7 +50,7 @@ from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import Entry, decode_tree
-from lamina.tree.names import check_name
+from lamina.tree.names import split_path
 from lamina.tree.paths import lookup
 from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_file import ContentProof, write_content
@@ -119,15 +119,6 @@ class _Target:
     folder: _Folder
     inherits_acl: bool
     plain_group: bool
-
-
-def split_path(path: str | bytes) -> list[bytes]:
-    """A user-given path inside a tree, as validated components."""
-    raw = os.fsencode(path)
-    parts = [p for p in raw.split(b"/") if p and p != b"."]
-    for p in parts:
-        check_name(p)
-    return parts
 
 
 class RestoreOptions(TypedDict, total=False):

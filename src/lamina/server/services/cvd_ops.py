@@ -39,8 +39,8 @@ from lamina.server.services.sync import snapshot_public
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, decode_tree
+from lamina.tree.names import split_path
 from lamina.tree.paths import lookup
-from lamina.tree.restore import split_path
 
 #: The permission to read file contents (not only names and metadata).
 DATA_READ = "data.read"

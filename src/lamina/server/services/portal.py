@@ -15,7 +15,7 @@ from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, fleet
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, decode_tree
-from lamina.tree.restore import split_path
+from lamina.tree.names import split_path
 
 #: The permission that lets a user read what is inside files.
 CONTENT_PERMISSION = cvd_ops.DATA_READ
