@@ -234,12 +234,16 @@ def other_goals(bench: Path) -> list[str]:
             )
     rows += startup_rows(bench)
     load_doc = load(bench / "results-load.json")
-    phases = [] if not isinstance(load_doc, dict) else list(load_doc.get("phases") or [])
-    for extra in [] if not isinstance(load_doc, dict) else load_doc.get("separate_runs") or []:
-        phases += extra.get("phases") or []
-    for ph in phases:
+    runs = (
+        [] if not isinstance(load_doc, dict) else [load_doc, *(load_doc.get("separate_runs") or [])]
+    )
+    phases = [(run, ph) for run in runs for ph in run.get("phases") or []]
+    for run, ph in phases:
         servers = _count(ph.get("servers"), "server", "servers")
         where = f"`bench-load` {ph.get('name')}, {ph.get('endpoints')} endpoints, {servers}"
+        priority = (run.get("args") or {}).get("agent_priority")
+        if priority:  # SCHED_IDLE agents model a fleet whose agents have machines of their own
+            where += f", agents at {priority} priority, {_commit(run)}"
         p95 = ph.get("poll_p95_ms")
         upd = ph.get("uploaded_per_distinct")
         peak = ph.get("server_peak_rss")

@@ -202,3 +202,29 @@ def test_the_start_up_goal_rows_come_from_the_startup_results(tmp_path: Path) ->
         in block
     )
     assert "snapshot list" not in block
+
+
+def test_the_load_rows_name_each_run_its_agents_priority_and_commit(tmp_path: Path) -> None:
+    phase = {"servers": 1, "endpoints": 200, "errors": 0, "uploaded_per_distinct": 1.02}
+    (tmp_path / "results-load.json").write_text(
+        json.dumps(
+            {
+                "args": {"agent_priority": "idle"},
+                "git": {"at_start": "abc1234"},
+                "phases": [{**phase, "name": "sqlite", "poll_p95_ms": 250.0}],
+                "separate_runs": [
+                    {
+                        "args": {},  # a run from before agents had a priority to choose
+                        "phases": [{**phase, "name": "pg-s3", "servers": 2, "poll_p95_ms": 50.0}],
+                    }
+                ],
+            }
+        )
+    )
+    block = report.render(tmp_path)
+    sqlite = "`bench-load` sqlite, 200 endpoints, 1 server, agents at idle priority, abc1234"
+    assert f"| {sqlite}: p95 of agent polls | 250 ms | < 100 ms | **no** |" in block
+    assert (
+        "| `bench-load` pg-s3, 200 endpoints, 2 servers: p95 of agent polls | 50 ms | < 100 ms | yes |"
+        in block
+    )
