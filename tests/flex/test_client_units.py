@@ -287,7 +287,7 @@ def test_disk_create_retries_qemu_imgs_failed_pbkdf_measurement(
 ) -> None:
     calls = _fake_qemu_img(tmp_path, failures=2, message=disk.PBKDF_MEASURE_FAILED)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    monkeypatch.setattr(disk, "CREATE_BACKOFF_SECONDS", 0)
+    monkeypatch.setattr(disk, "CREATE_PAUSE_SECONDS", 0)
     disk.create(tmp_path / "disk.qcow2", 1 << 20, b"k" * 32)
     assert calls.read_text().strip() == "3"
     assert (tmp_path / "disk.qcow2").read_text() == "disk\n"
@@ -297,7 +297,7 @@ def test_disk_create_gives_up_after_its_attempts_and_on_any_other_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    monkeypatch.setattr(disk, "CREATE_BACKOFF_SECONDS", 0)
+    monkeypatch.setattr(disk, "CREATE_PAUSE_SECONDS", 0)
     calls = _fake_qemu_img(tmp_path, failures=99, message=disk.PBKDF_MEASURE_FAILED)
     with pytest.raises(BackendError, match=disk.PBKDF_MEASURE_FAILED):
         disk.create(tmp_path / "disk.qcow2", 1 << 20, b"k" * 32)

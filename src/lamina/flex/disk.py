@@ -27,12 +27,14 @@ from lamina.flex.nbd import NbdClient
 
 SECRET_ID = "lamina-disk-key"  # noqa: S105 (the secret object's name, not a secret)
 LUKS_ITER_TIME_MS = 10
-#: qemu-img times PBKDF2 by its thread's CPU clock before it writes the LUKS header; on a
-#: busy machine that clock can read no progress and qemu-img gives up with this message,
-#: having measured nothing. It is a failed measurement, not a bad disk: try again.
+#: qemu-img times PBKDF2 by its thread's CPU clock before it writes the LUKS header; where
+#: that clock is coarse (a VM's tick-based accounting) its first reading can show no
+#: progress, and qemu-img gives up at once with this message, having written nothing of
+#: use. A failed measurement, not a bad disk: on the 2-core CI machine 14 of 30 attempts
+#: failed so, each within 10 ms, so it is tried again many times, a moment apart.
 PBKDF_MEASURE_FAILED = "Unable to get accurate CPU usage"
-CREATE_ATTEMPTS = 5
-CREATE_BACKOFF_SECONDS = 0.5
+CREATE_ATTEMPTS = 40
+CREATE_PAUSE_SECONDS = 0.05
 
 
 def passphrase(key: bytes) -> bytes:
@@ -70,8 +72,8 @@ def create(path: Path, size: int, key: bytes) -> None:
 
     ``path`` is a new file in a staging folder: an attempt that failed on qemu-img's
     PBKDF2 measurement (:data:`PBKDF_MEASURE_FAILED`) is removed and made again, at most
-    :data:`CREATE_ATTEMPTS` times, a little later each time; any other failure is raised
-    at once. A failed attempt leaves no file.
+    :data:`CREATE_ATTEMPTS` times, a moment apart; any other failure is raised at once.
+    A failed attempt leaves no file.
     """
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         r = _qemu_img_create(path, size, key)
@@ -81,7 +83,7 @@ def create(path: Path, size: int, key: bytes) -> None:
         error = r.stderr.strip()
         if PBKDF_MEASURE_FAILED not in error or attempt == CREATE_ATTEMPTS:
             raise BackendError(f"qemu-img could not create the encrypted disk: {error}")
-        time.sleep(CREATE_BACKOFF_SECONDS * attempt)  # let the busy moment pass
+        time.sleep(CREATE_PAUSE_SECONDS)
 
 
 def _qemu_img_create(path: Path, size: int, key: bytes) -> subprocess.CompletedProcess[str]:
