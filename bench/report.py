@@ -189,6 +189,7 @@ def host_line(name: str, doc: dict[str, Any]) -> str:
         f"{_count(doc.get('runs', len(doc.get('passes', []))), 'pass', 'passes')}, {size}; commit "
         f"{_commit(doc)}; {cpu}; {disk}; load average (1 min) at the start {load_text}; "
         f"{_versions(doc)}; {machine.get('platform') or (host or {}).get('platform', '')}"
+        + (f"; restores into {machine['restore_target']}" if machine.get("restore_target") else "")
     )
 
 

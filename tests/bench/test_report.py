@@ -228,3 +228,11 @@ def test_the_load_rows_name_each_run_its_agents_priority_and_commit(tmp_path: Pa
         "| `bench-load` pg-s3, 200 endpoints, 2 servers: p95 of agent polls | 50 ms | < 100 ms | yes |"
         in block
     )
+
+
+def test_the_host_line_says_where_restores_went(tmp_path: Path) -> None:
+    fresh = "a fresh ext4 without a journal (relatime) on a loop device, made for each restore"
+    doc = {"passes": [_pass(0, {})], "host": HOST}
+    assert "restores into" not in report.host_line("results.json", doc)
+    doc["passes"][0]["machine"]["restore_target"] = fresh
+    assert report.host_line("results.json", doc).endswith(f"; restores into {fresh}")

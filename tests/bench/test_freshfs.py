@@ -1,0 +1,62 @@
+"""bench.freshfs: each benchmark restore gets a filesystem of its own, then nothing is left."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import freshfs
+
+
+def test_the_mount_of_a_folder_is_the_deepest_mount_point_above_it(tmp_path: Path) -> None:
+    findmnt = shutil.which("findmnt")
+    if findmnt is None:
+        pytest.skip("no findmnt to compare with")
+    for path in (tmp_path, Path("/"), Path("/proc/self")):
+        m = freshfs.mount_of(path)
+        assert m is not None
+        want = subprocess.run(
+            [findmnt, "-n", "-T", os.fspath(path), "-o", "FSTYPE,SOURCE"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert [m.fstype, m.source] == [want[0], want[1].split("[")[0]]
+
+
+def test_without_a_filesystem_of_its_own_the_restore_goes_to_the_work_folder_and_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(freshfs, "plan", lambda work: "not root")
+    with freshfs.fresh_target(tmp_path, "lamina", 1 << 30) as out:
+        assert out == tmp_path / "restore" / "lamina"
+        (out / "a").mkdir()
+        (out / "a" / "f").write_bytes(b"x")
+    assert not (tmp_path / "restore" / "lamina").exists()
+    assert "not root" in freshfs.describe(tmp_path) or "on a loop device" in freshfs.describe(
+        tmp_path
+    )
+
+
+def test_a_restore_target_is_a_new_filesystem_removed_afterwards(tmp_path: Path) -> None:
+    p = freshfs.plan(tmp_path)
+    if isinstance(p, str):
+        pytest.skip(f"no filesystem of its own here: {p}")
+    try:
+        ctx = freshfs.fresh_target(tmp_path, "restic", 256 << 20)
+        out = ctx.__enter__()
+    except OSError as e:  # a container without loop devices
+        pytest.skip(str(e))
+    try:
+        assert os.stat(out).st_dev != os.stat(tmp_path).st_dev
+        assert list(out.iterdir()) == []
+        (out / "f").write_bytes(b"y" * 4096)
+    finally:
+        ctx.__exit__(None, None, None)
+    assert not (tmp_path / "restore" / "restic").exists()
+    assert not (tmp_path / "restore" / "restic.img").exists()
+    assert freshfs.mount_of(tmp_path / "restore" / "restic") == freshfs.mount_of(tmp_path)
