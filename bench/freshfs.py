@@ -25,40 +25,10 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import rmtree, say
-
-
-@dataclass(frozen=True)
-class Mount:
-    source: str
-    fstype: str
-    options: frozenset[str]
-
-
-def mount_of(path: Path) -> Mount | None:
-    """The mount ``path`` is on (the longest mount point above it), from the kernel's table."""
-    path = path.resolve()
-    best: tuple[int, Mount] | None = None
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 6 or len(rfields) < 3:
-            continue
-        point = Path(fields[4].replace("\\040", " "))
-        if path != point and point not in path.parents:
-            continue
-        depth = len(point.parts)
-        opts = frozenset(fields[5].split(",")) | frozenset(rfields[2].split(","))
-        if best is None or depth >= best[0]:
-            best = (depth, Mount(rfields[1], rfields[0], opts))
-    return best[1] if best else None
+from bench.host import mount_of
 
 
 def _has_journal(device: str) -> bool | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,33 @@ def memory_bytes() -> int | None:
     return None
 
 
-def _filesystem(path: Path) -> tuple[str | None, str | None]:
-    """The mount source and filesystem type of the longest mount point above ``path``."""
-    best: tuple[int, str | None, str | None] = (-1, None, None)
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    point: str
+    fstype: str
+    options: frozenset[str]
+
+
+def mount_of(path: Path) -> Mount | None:
+    """The mount ``path`` is on: the longest mount point above it in /proc/self/mounts."""
+    best: Mount | None = None
     target = os.fspath(path.resolve())
     for line in (_read("/proc/self/mounts") or "").splitlines():
         parts = line.split()
-        if len(parts) < 3:
+        if len(parts) < 4:
             continue
-        source, point, fstype = parts[0], parts[1].replace("\\040", " "), parts[2]
+        point = parts[1].replace("\\040", " ")
         inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best[0]:
-            best = (len(point), source, fstype)
-    return best[1], best[2]
+        if inside and (best is None or len(point) >= len(best.point)):
+            best = Mount(parts[0], point, parts[2], frozenset(parts[3].split(",")))
+    return best
+
+
+def _filesystem(path: Path) -> tuple[str | None, str | None]:
+    """The mount source and filesystem type of the longest mount point above ``path``."""
+    m = mount_of(path)
+    return (m.source, m.fstype) if m else (None, None)
 
 
 def disk(path: Path) -> dict[str, Any]:
@@ -78,6 +93,42 @@ def disk(path: Path) -> dict[str, Any]:
     return out
 
 
+DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+def page_out_schemes(root: Path = DAMON) -> list[dict[str, Any]]:
+    """The kernel's running DAMON schemes that page memory out (proactive reclaim): how
+    long a region must have gone unaccessed, in seconds, and the bytes a second allowed.
+    Page cache older than that is dropped whatever the free memory, which is why the
+    benches read each step's inputs just before it (``bench.run.Run.warm``)."""
+    out: list[dict[str, Any]] = []
+    for kd in sorted(root.glob("[0-9]*")):
+        if _read(kd / "state") != "on":
+            continue
+        for ctx in sorted((kd / "contexts").glob("[0-9]*")):
+            aggr_us = _read(ctx / "monitoring_attrs" / "intervals" / "aggr_us")
+            for sch in sorted((ctx / "schemes").glob("[0-9]*")):
+                if _read(sch / "action") != "pageout":
+                    continue
+                min_age = _read(sch / "access_pattern" / "age" / "min")
+                quota = _read(sch / "quotas" / "bytes")
+                reset = _read(sch / "quotas" / "reset_interval_ms")
+                age_s = (
+                    int(min_age) * int(aggr_us) / 1e6
+                    if min_age and aggr_us and min_age.isdigit() and aggr_us.isdigit()
+                    else None
+                )
+                rate = (
+                    int(quota) * 1000 / int(reset)
+                    if quota and reset and quota.isdigit() and reset.isdigit() and int(reset)
+                    else None
+                )
+                out.append(
+                    {"idle_s": age_s, "bytes_per_s": rate, "operations": _read(ctx / "operations")}
+                )
+    return out
+
+
 def describe(work: Path) -> dict[str, Any]:
     """What the results files record of the machine, taken when a bench starts."""
     return {
@@ -88,6 +139,7 @@ def describe(work: Path) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "disk": disk(work),
         "load_at_start": list(os.getloadavg()),
+        "page_out": page_out_schemes(),
     }
 
 

@@ -171,6 +171,9 @@ def host_line(name: str, doc: dict[str, Any]) -> str:
         if host.get("memory_bytes"):
             cpu += f", {host['memory_bytes'] / 2**30:.0f} GiB of memory"
         disk = disk_label(host.get("disk") or {})
+        for sch in host.get("page_out") or []:
+            if sch.get("idle_s") is not None:
+                disk += f"; the kernel pages out memory idle for {sch['idle_s']:.0f} s (DAMON)"
         start_load = (host.get("load_at_start") or [None])[0]
     else:
         cpu = f"{machine.get('cpus')} cores (CPU model not recorded)"

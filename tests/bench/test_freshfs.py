@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import freshfs
+from bench import freshfs, host
 
 
 def test_the_mount_of_a_folder_is_the_deepest_mount_point_above_it(tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_the_mount_of_a_folder_is_the_deepest_mount_point_above_it(tmp_path: Pat
     if findmnt is None:
         pytest.skip("no findmnt to compare with")
     for path in (tmp_path, Path("/"), Path("/proc/self")):
-        m = freshfs.mount_of(path)
+        m = host.mount_of(path)
         assert m is not None
         want = subprocess.run(
             [findmnt, "-n", "-T", os.fspath(path), "-o", "FSTYPE,SOURCE"],
@@ -59,4 +59,29 @@ def test_a_restore_target_is_a_new_filesystem_removed_afterwards(tmp_path: Path)
         ctx.__exit__(None, None, None)
     assert not (tmp_path / "restore" / "restic").exists()
     assert not (tmp_path / "restore" / "restic.img").exists()
-    assert freshfs.mount_of(tmp_path / "restore" / "restic") == freshfs.mount_of(tmp_path)
+    assert host.mount_of(tmp_path / "restore" / "restic") == freshfs.mount_of(tmp_path)
+
+
+def _scheme(root: Path, kd: str, state: str, action: str, min_age: int) -> None:
+    k = root / kd
+    (k / "contexts" / "0" / "schemes" / "0" / "access_pattern" / "age").mkdir(parents=True)
+    (k / "contexts" / "0" / "schemes" / "0" / "quotas").mkdir()
+    (k / "contexts" / "0" / "monitoring_attrs" / "intervals").mkdir(parents=True)
+    (k / "state").write_text(state + "\n")
+    (k / "contexts" / "0" / "operations").write_text("paddr\n")
+    (k / "contexts" / "0" / "monitoring_attrs" / "intervals" / "aggr_us").write_text("5000000\n")
+    sch = k / "contexts" / "0" / "schemes" / "0"
+    (sch / "action").write_text(action + "\n")
+    (sch / "access_pattern" / "age" / "min").write_text(f"{min_age}\n")
+    (sch / "quotas" / "bytes").write_text("134217728\n")
+    (sch / "quotas" / "reset_interval_ms").write_text("1000\n")
+
+
+def test_the_host_records_the_kernels_page_out_schemes_that_run(tmp_path: Path) -> None:
+    _scheme(tmp_path, "0", "on", "pageout", 12)
+    _scheme(tmp_path, "1", "off", "pageout", 2)  # not running
+    _scheme(tmp_path, "2", "on", "stat", 2)  # does not page out
+    assert host.page_out_schemes(tmp_path) == [
+        {"idle_s": 60.0, "bytes_per_s": 134217728.0, "operations": "paddr"}
+    ]
+    assert host.page_out_schemes(tmp_path / "absent") == []

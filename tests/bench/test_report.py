@@ -236,3 +236,8 @@ def test_the_host_line_says_where_restores_went(tmp_path: Path) -> None:
     assert "restores into" not in report.host_line("results.json", doc)
     doc["passes"][0]["machine"]["restore_target"] = fresh
     assert report.host_line("results.json", doc).endswith(f"; restores into {fresh}")
+
+
+def test_the_host_line_says_when_the_kernel_pages_out_idle_memory(tmp_path: Path) -> None:
+    doc = {"passes": [_pass(0, {})], "host": {**HOST, "page_out": [{"idle_s": 60.0}]}}
+    assert "the kernel pages out memory idle for 60 s (DAMON)" in report.host_line("r.json", doc)
