@@ -48,6 +48,7 @@ from typing import Protocol, TypedDict, Unpack
 from lamina.errors import UsageError
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
+from lamina.tree.collector import fewer_collections
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.names import split_path
@@ -227,12 +228,13 @@ class Restorer:
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self._pool = pool
         try:
-            try:
-                self._dir(tree_id, root, [], everything=not self.selected)
-            finally:
-                self._release(root)
-                if pool is not None:
-                    pool.shutdown(wait=True)
+            with fewer_collections():
+                try:
+                    self._dir(tree_id, root, [], everything=not self.selected)
+                finally:
+                    self._release(root)
+                    if pool is not None:
+                        pool.shutdown(wait=True)
         finally:
             self._pool = None
             if self._ahead is not None:
