@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import goals, host, method
+from bench import freshfs, goals, host, method
 from bench.common import (
     ROOT,
     CommandFailed,
@@ -249,6 +249,7 @@ def _pass_doc(
             "python": sys.version.split()[0],
             "note": "server, agent, restic, corpus and stores on one machine, one filesystem; "
             "Lamina over HTTP on loopback",
+            "restore_target": freshfs.describe(args.work),
         },
         "tools": {"lamina": lam.version, "restic": restic_version},
         "git": {"at_start": rev_start, "at_end": git_revision()},

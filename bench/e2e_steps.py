@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import freshfs
 from bench.common import (
     CommandFailed,
     human_bytes,
-    rmtree,
     say,
     tree_size,
+    warm_up,
     warn,
 )
 from bench.corpus import mutate
@@ -57,8 +58,21 @@ class Pass:
                 say(f"--- server log ---\n{self.lam.server.log_tail()}", "red")
             return False
 
+    def warm(self, tool: str, key: str, *trees: Path) -> None:
+        """Read ``trees`` and the tool's own files just before its timed command: the host
+        pages out what was idle for a minute (``bench.run.Run.warm``). Lamina's are the
+        server's data folder and the agent's state, restic's its repository and cache."""
+        if tool == "lamina":
+            own = [self.lam.server.data, self.lam.state]
+        else:
+            assert self.restic is not None
+            own = [self.restic.repo, *self.restic.cache_dirs()]
+        seconds = sum(warm_up(t) for t in (*trees, *own) if t.exists())
+        self.res.details.setdefault(tool, {}).setdefault("warm_up_s", {})[key] = seconds
+
     def lamina_backup(self, key: str, *, sync: bool) -> None:
         res = self.res
+        self.warm("lamina", key, self.corpus)
         r, doc, cpu = self.lam.cycle(sync=sync)
         stats = doc.get("last_sync_stats") or {}
         if not doc.get("synced"):
@@ -81,6 +95,7 @@ class Pass:
         if self.restic is None:
             return
         res = self.res
+        self.warm("restic", key, self.corpus)
         c0 = children_cpu()
         r, summary = self.restic.backup(self.corpus, key, None)
         res.record(key, "restic", r.seconds)
@@ -267,15 +282,27 @@ def full_restore(p: Pass) -> None:
         f"excludes {dropped} of its {len(full.entries)} entries)"
     )
     res.detail("corpus", "excluded_by_default_policy", dropped)
-    # Each tool's files stay until both restored: creating 40,000 files right after
-    # deleting the other tool's 40,000 costs several times the system time on ext4 without
-    # a journal (``bench.common.settle_deletions``), which made the second tool's figure
-    # depend on who went first.
+    # Each restore goes to a filesystem of its own (bench.freshfs): creating 40,000 files
+    # within minutes of a mass deletion costs several times the system time on ext4
+    # without a journal, which made a tool's figure depend on when the last deletion was.
+    tree = tree_size(p.corpus)
+    size = max(4 * tree.disk + (1 << 30), tree.files * 32 * 1024)
+
+    def fresh(tool: str, fn: Callable[[Path], None]) -> Callable[[], None]:
+        def run() -> None:
+            with freshfs.fresh_target(p.work, tool, size) as out:
+                p.warm(tool, "restore_s")
+                fn(out)
+
+        return run
+
     p.pair(
-        lambda: p.step("lamina restore", lambda: lamina_restore(p, expected)),
-        lambda: p.step("restic restore", lambda: restic_restore(p, expected)),
+        lambda: p.step("lamina restore", fresh("lamina", lambda o: lamina_restore(p, expected, o))),
+        lambda: (
+            p.restic is not None
+            and p.step("restic restore", fresh("restic", lambda o: restic_restore(p, expected, o)))
+        ),
     )
-    rmtree(p.work / "restore")
 
 
 def verify_restore(p: Pass, expected: Manifest, tool: str, root: Path) -> None:
@@ -297,8 +324,7 @@ def verify_restore(p: Pass, expected: Manifest, tool: str, root: Path) -> None:
         warn(f"{tool}'s restore differs from the corpus (a benchmark or peer issue)")
 
 
-def lamina_restore(p: Pass, expected: Manifest) -> None:
-    out = p.work / "restore" / "lamina"
+def lamina_restore(p: Pass, expected: Manifest, out: Path) -> None:
     r, doc, cpu = p.lam.restore(out)
     p.res.record("restore_s", "lamina", r.seconds)
     p.res.detail(
@@ -316,11 +342,9 @@ def lamina_restore(p: Pass, expected: Manifest) -> None:
     verify_restore(p, expected, "lamina", out)
 
 
-def restic_restore(p: Pass, expected: Manifest) -> None:
+def restic_restore(p: Pass, expected: Manifest, out: Path) -> None:
     if p.restic is None:
         return
-    out = p.work / "restore" / "restic"
-    out.mkdir(parents=True)
     c0 = children_cpu()
     r, inner = p.restic.restore("latest", out, p.corpus)
     p.res.record("restore_s", "restic", r.seconds)
