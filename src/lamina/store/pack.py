@@ -100,12 +100,14 @@ class PackWriter:
 
     def add_parts(
         self, kind: BlobKind, bid: bytes, parts: tuple[bytes | memoryview, ...], raw_length: int
-    ) -> None:
-        """Add a sealed blob given as parts written back to back (``blob.seal_parts``)."""
-        length = sum(len(p) for p in parts)
+    ) -> int:
+        """Add a sealed blob given as parts written back to back (``blob.seal_parts``);
+        return its length."""
+        length = sum(map(len, parts))
         self.entries.append(PackEntry(kind, bid, self._size, length, raw_length))
         self._parts += parts
         self._size += length
+        return length
 
     def finish(self, nonce: bytes = b"") -> FinishedPack:
         """``nonce`` of the header: random when empty (always, but in tests that freeze

@@ -175,10 +175,9 @@ class Writer:
             if bid in self._pack_ids:
                 self._ship()
             self._pack_ids.add(bid)
-            self._pack.add_parts(kind, bid, parts, raw_length)
+            self.new_stored_bytes += self._pack.add_parts(kind, bid, parts, raw_length)
             self.new_blobs += 1
             self.new_raw_bytes += raw_length
-            self.new_stored_bytes += sum(len(p) for p in parts)
             if len(self._pack) >= self.store.pack_size:
                 self._ship()
 
