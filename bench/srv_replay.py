@@ -28,7 +28,7 @@ import resource
 import shutil
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,28 +110,35 @@ def capture(corpus_src: Path, work: Path) -> None:
         lam.server.stop()
 
 
-def replay(work: Path) -> dict[str, float]:
+def _records(path: Path) -> Iterator[tuple[Any, ...]]:
+    """The captured calls, in order."""
+    with open(path, "rb") as f:
+        while True:
+            try:
+                yield pickle.load(f)
+            except EOFError:
+                return
+
+
+def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
     from lamina.config import ServerSettings
     from lamina.protocol.bundle import decode_bundle, encode_bundle
     from lamina.server.app import open_context
     from lamina.server.deps import AccessLimits
     from lamina.server.services import access, fleet, sync
 
-    calls: list[tuple[Any, ...]] = []
-    with open(work / "calls.pkl", "rb") as f:
-        while True:
-            try:
-                rec = pickle.load(f)
-            except EOFError:
-                break
-            # a bundle replayed from its body: the route decodes it too
-            calls.append(("bundle", encode_bundle(rec[1])) if rec[0] == "bundle" else rec)
+    calls = [
+        # a bundle replayed from its body: the route decodes it too
+        ("bundle", encode_bundle(rec[1])) if rec[0] == "bundle" else rec
+        for rec in _records(work / "calls.pkl")
+        if only is None or rec[0] in only
+    ]
     state = work / "replayed"
     rmtree(state)
     shutil.copytree(work / "before", state)
     ctx, _ = open_context(ServerSettings(data=state, admin_password="replay-" * 3))
     limits = AccessLimits()
-    device = next(r[1] for r in calls if r[0] in ("missing", "commit"))
+    device = next(r[1] for r in _records(work / "calls.pkl") if r[0] in ("missing", "commit"))
     gc.collect()
     gc.freeze()  # as the server does once started
     parts: dict[str, float] = collections.defaultdict(float)
@@ -188,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, help="the folder to sync (capture)")
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--n", type=int, default=1000, help="requests to time (requests)")
+    ap.add_argument(
+        "--only",
+        help="replay only these parts, comma-separated (missing, bundle, record, commit): "
+        "e.g. bundle, the intake alone, each bundle on the state the others left",
+    )
     args = ap.parse_args(argv)
     if args.step == "requests":
         print(f"server CPU {requests(args.work.resolve(), args.n):.3f} ms per request")
@@ -197,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error("capture needs --corpus")
         capture(args.corpus, args.work.resolve())
         return 0
-    cpu = replay(args.work.resolve())
+    only = frozenset(args.only.split(",")) if args.only else None
+    cpu = replay(args.work.resolve(), only)
     print("server CPU " + " ".join(f"{k} {v:.3f} s" for k, v in cpu.items()))
     return 0
 

@@ -17,17 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
 import httpx
 import msgpack
 import pytest
-from sqlalchemy import create_engine, func, select, update
+from sqlalchemy import create_engine, func, insert, select, update
 
 from lamina.agent.runner import Agent, enroll
 from lamina.cli import store as cli_store
 from lamina.config import ServerSettings
-from lamina.db.models import blob_claims
+from lamina.db.engine import make_engine, write_tx
+from lamina.db.migrate import upgrade
+from lamina.db.models import blob_claims, cvds, devices, policies
 from lamina.errors import UploadsPendingError
 from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
+from lamina.server.services import inflight
 from lamina.store import blob
 from lamina.store.blob import BlobKind, blob_id
 from lamina.tree.model import Entry, encode_tree
@@ -368,5 +372,66 @@ def test_a_bundle_answers_the_blobs_new_to_its_cvd_and_ends_their_claims(live: L
         assert bundle(b, one, three) == 2  # stored for A, new to B
         with engine.connect() as c:
             assert c.execute(select(func.count()).select_from(blob_claims)).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_bundles_claims_end_in_one_statement_per_batch_on_sqlite(tmp_path: Path) -> None:
+    """On SQLite a bundle's claims end by ``IN`` per ``BATCH`` ids, not by primary key
+    once per id (an ``executemany`` runs its statement for every row: counted by the
+    driver's trace), and every one of them ends, and only the CVD's own."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    with write_tx(engine) as c:
+        c.execute(
+            insert(policies).values(
+                id="p", name="std", version=1, settings={}, created=when, updated=when
+            )
+        )
+        for n in ("a", "b"):
+            c.execute(
+                insert(devices).values(
+                    id=n,
+                    hostname=n,
+                    status="active",
+                    facts={},
+                    credential_hash=n * 64,
+                    enrolled=when,
+                    agent_state={},
+                )
+            )
+            c.execute(
+                insert(cvds).values(
+                    id=n,
+                    name=n,
+                    device_id=n,
+                    policy_id="p",
+                    policy_version=1,
+                    reference=False,
+                    state="active",
+                    created=when,
+                    progress={},
+                )
+            )
+    on = inflight.Sharing(threshold=2)
+    ids = [blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(12_000)]
+    try:
+        with write_tx(engine) as c:
+            assert len(inflight.need(c, "a", ids, set(), on)) == len(ids)
+            assert len(inflight.need(c, "b", ids[:10], set(), on)) == 10
+        seen: list[str] = []
+        with write_tx(engine) as c:
+            raw = c.connection.driver_connection
+            raw.set_trace_callback(seen.append)  # type: ignore[union-attr]
+            try:
+                inflight.received(c, "a", ids, on)
+            finally:
+                raw.set_trace_callback(None)  # type: ignore[union-attr]
+        deletes = [s for s in seen if s.startswith("DELETE FROM blob_claims WHERE blob_id")]
+        assert len(deletes) == -(-len(ids) // inflight.BATCH)  # 3, not 12,000
+        with engine.connect() as c:
+            left = c.execute(select(blob_claims.c.cvd_id, func.count()).group_by("cvd_id")).all()
+        assert [tuple(r) for r in left] == [("b", 10)]
     finally:
         engine.dispose()

@@ -81,6 +81,22 @@ def test_blobs_the_store_holds_are_not_inflated_again(store: Store, calls: dict[
     assert calls == {"decompress": 0, "blob_id": 0}
 
 
+def test_the_intake_seals_each_blob_into_its_pack_without_joining_it_first(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verified blob goes into the pack as its nonce and ciphertext (``seal_parts``):
+    ``seal``, which joins them into one more copy of the blob, is not called."""
+
+    def joined(*a: Any, **kw: Any) -> bytes:
+        raise AssertionError("the intake joined a sealed blob on its own")
+
+    monkeypatch.setattr(blob, "seal", joined)
+    datas = [os.urandom(3000), b"\0" * 200_000 + os.urandom(8)]  # raw and zstd payloads
+    assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == 2
+    for d in datas:
+        assert store.get(_bid(store, d)) == d
+
+
 def test_a_bundle_declaring_too_much_content_is_refused_before_inflating(
     store: Store, calls: dict[str, int]
 ) -> None:

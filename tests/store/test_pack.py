@@ -76,3 +76,22 @@ def test_header_under_wrong_key() -> None:
     data, _ = _pack()
     with pytest.raises(IntegrityError, match="authentication"):
         read_entries(os.urandom(32), data)
+
+
+def test_a_blob_sealed_in_parts_makes_the_pack_whole_blobs_make() -> None:
+    """``seal_parts`` is ``seal`` unjoined, and a pack given parts (the server's intake)
+    holds the bytes one given whole sealed blobs holds: same format, one copy fewer."""
+    nonce, header_nonce = bytes(range(12)), bytes(range(12, 24))
+    whole, parted = PackWriter(DK), PackWriter(DK)
+    for i in range(4):
+        payload = os.urandom(100 + 1000 * i)
+        bid = os.urandom(32)
+        parts = blob.seal_parts(DK, BlobKind.TREE, bid, 0, payload, nonce)
+        sealed = blob.seal(DK, BlobKind.TREE, bid, 0, payload, nonce)
+        assert parts[0] == nonce and b"".join(parts) == sealed
+        whole.add(BlobKind.TREE, bid, sealed, len(payload))
+        parted.add_parts(BlobKind.TREE, bid, parts, len(payload))
+        assert len(parted) == len(whole)
+    a, b = whole.finish(header_nonce), parted.finish(header_nonce)
+    assert (a.name, a.data, a.entries) == (b.name, b.data, b.entries)
+    assert len(parted) == 0 and parted.count == 0  # ready for the next pack

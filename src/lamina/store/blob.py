@@ -132,10 +132,18 @@ def seal(
     data_key: bytes, kind: BlobKind, bid: bytes, flag: int, payload: bytes, nonce: bytes = b""
 ) -> bytes:
     """``nonce``: random when empty (always, but in tests that freeze the format)."""
+    return b"".join(seal_parts(data_key, kind, bid, flag, payload, nonce))
+
+
+def seal_parts(
+    data_key: bytes, kind: BlobKind, bid: bytes, flag: int, payload: bytes, nonce: bytes = b""
+) -> tuple[bytes, bytes]:
+    """The sealed blob as its two parts, ``(nonce, ciphertext)``, that ``seal`` joins: for
+    a pack that joins all its blobs once (``PackWriter.add_parts``), not each on its own."""
     nonce = nonce or os.urandom(NONCE.size)
     if len(nonce) != NONCE.size:
         raise ValueError(f"a blob nonce is {NONCE.size} bytes, not {len(nonce)}")
-    return nonce + _aead(data_key).encrypt(nonce, bytes([flag]) + payload, bytes([kind]) + bid)
+    return nonce, _aead(data_key).encrypt(nonce, bytes((flag,)) + payload, bytes((kind,)) + bid)
 
 
 def unseal(data_key: bytes, kind: BlobKind, bid: bytes, sealed: bytes) -> tuple[int, bytes]:

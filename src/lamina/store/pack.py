@@ -75,23 +75,39 @@ class FinishedPack:
 
 
 class PackWriter:
-    """Accumulates sealed blobs; ``finish`` returns the pack bytes and entries."""
+    """Accumulates sealed blobs; ``finish`` returns the pack bytes and entries.
+
+    The blobs are kept as they came and joined once, at ``finish``: growing one buffer
+    blob by blob (reallocated as it grew, then copied out) cost more than sealing them
+    (1.2-1.4 s of CPU per GiB of 1 MiB blobs, docs/design.md, session 11). What is added
+    must not change until then (bytes, or a view of bytes)."""
 
     def __init__(self, data_key: bytes) -> None:
         self._data_key = data_key
-        self._buf = bytearray()
+        self._parts: list[bytes | memoryview] = []
+        self._size = 0
         self.entries: list[PackEntry] = []
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._size
 
     @property
     def count(self) -> int:
         return len(self.entries)
 
-    def add(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
-        self.entries.append(PackEntry(kind, bid, len(self._buf), len(sealed), raw_length))
-        self._buf += sealed
+    def add(self, kind: BlobKind, bid: bytes, sealed: bytes | memoryview, raw_length: int) -> None:
+        self.add_parts(kind, bid, (sealed,), raw_length)
+
+    def add_parts(
+        self, kind: BlobKind, bid: bytes, parts: tuple[bytes | memoryview, ...], raw_length: int
+    ) -> int:
+        """Add a sealed blob given as parts written back to back (``blob.seal_parts``);
+        return its length."""
+        length = sum(map(len, parts))
+        self.entries.append(PackEntry(kind, bid, self._size, length, raw_length))
+        self._parts += parts
+        self._size += length
+        return length
 
     def finish(self, nonce: bytes = b"") -> FinishedPack:
         """``nonce`` of the header: random when empty (always, but in tests that freeze
@@ -103,11 +119,9 @@ class PackWriter:
         header = nonce + AESGCM(self._data_key).encrypt(
             nonce, msgpack.packb(table, use_bin_type=True), HEADER_AAD
         )
-        self._buf += header
-        self._buf += FOOTER.pack(MAGIC, PACK_VERSION, len(header))
-        data = bytes(self._buf)
+        data = b"".join([*self._parts, header, FOOTER.pack(MAGIC, PACK_VERSION, len(header))])
         finished = FinishedPack(blake3.blake3(data).hexdigest(), data, self.entries)
-        self._buf = bytearray()
+        self._parts, self._size = [], 0
         self.entries = []
         return finished
 

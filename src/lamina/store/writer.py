@@ -149,8 +149,24 @@ class Writer:
                     self._known_refused = self._known is None and limit >= _KNOWN_LIMIT
             return self._known
 
-    def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
+    def put_sealed(
+        self, kind: BlobKind, bid: bytes, sealed: bytes | memoryview, raw_length: int
+    ) -> None:
         """Add a sealed blob (skipped if this session wrote it already as ``kind``)."""
+        self._put(kind, bid, (sealed,), raw_length)
+
+    def put_payload(
+        self, kind: BlobKind, bid: bytes, flag: int, payload: bytes, raw_length: int
+    ) -> None:
+        """Seal and add a blob given as ``flag``/``payload`` (``blob.seal``), whose content
+        the caller checked against ``bid``: its nonce and ciphertext go into the pack as
+        they are, not joined first (``blob.seal_parts``)."""
+        keys = self.store.keys
+        self._put(kind, bid, blob.seal_parts(keys.data_key, kind, bid, flag, payload), raw_length)
+
+    def _put(
+        self, kind: BlobKind, bid: bytes, parts: tuple[bytes | memoryview, ...], raw_length: int
+    ) -> None:
         self._check()
         with self._lock:
             if (bid, kind) in self._session:
@@ -159,10 +175,9 @@ class Writer:
             if bid in self._pack_ids:
                 self._ship()
             self._pack_ids.add(bid)
-            self._pack.add(kind, bid, sealed, raw_length)
+            self.new_stored_bytes += self._pack.add_parts(kind, bid, parts, raw_length)
             self.new_blobs += 1
             self.new_raw_bytes += raw_length
-            self.new_stored_bytes += len(sealed)
             if len(self._pack) >= self.store.pack_size:
                 self._ship()
 

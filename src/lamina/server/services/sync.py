@@ -172,7 +172,7 @@ def upload_blobs(
             kind: w.need({bid for bid, k in unique if k == kind}, kind)
             for kind in (BlobKind.DATA, BlobKind.TREE)
         }
-        sealed_items = []
+        verified: list[tuple[BlobKind, bytes, BundleBlob]] = []
         decoded: list[tuple[bytes, list[Entry]]] = []
         for (bid, kind), it in unique.items():
             if bid not in fresh[kind]:
@@ -186,11 +186,9 @@ def upload_blobs(
             if kind == BlobKind.TREE:
                 # refuses unsafe names and malformed trees now, not at restore
                 decoded.append((bid, decode_tree(data)))
-            sealed_items.append(
-                (kind, bid, blob.seal(keys.data_key, kind, bid, it.flag, it.payload), it.raw_length)
-            )
-        for kind, bid, sealed, raw in sealed_items:
-            w.put_sealed(kind, bid, sealed, raw)
+            verified.append((kind, bid, it))
+        for kind, bid, it in verified:  # every blob checked: now sealed, into the pack
+            w.put_payload(kind, bid, it.flag, it.payload, it.raw_length)
         w.flush()
         new = w.new_blobs
     if trees is not None:
@@ -303,11 +301,11 @@ class _Content:
                 f"tree {tid.hex()[:16]}: file {e.name!r} claims {e.size} bytes, "
                 f"above the {MAX_FILE_SIZE} limit"
             )
-        ids = [c for c in e.content or () if isinstance(c, bytes)]
-        if ids:
-            self.chunks += ids
+        content = e.content
+        if content:
+            self.chunks += [c for c in content if isinstance(c, bytes)]
             self.files.append((tid, e))
-        elif e.size or e.content:  # (an empty file adds up to its size of 0)
+        elif e.size:  # (an empty file adds up to its size of 0)
             _add_up(tid, e, {})
         return len(self.chunks) >= WALK_CHUNKS
 
@@ -326,7 +324,11 @@ class _Content:
 
 
 def _add_up(tid: bytes, e: Entry, sizes: dict[bytes, int]) -> None:
-    total = sum(sizes[c] if isinstance(c, bytes) else c for c in e.content or ())
+    content = e.content or ()
+    if len(content) == 1 and type(content[0]) is bytes:  # (most files: one chunk)
+        total = sizes[content[0]]
+    else:
+        total = sum(sizes[c] if isinstance(c, bytes) else c for c in content)
     if total != e.size:
         raise IntegrityError(
             f"tree {tid.hex()[:16]}: file {e.name!r} has {total} bytes of content "
