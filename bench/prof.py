@@ -1,6 +1,7 @@
 """Where Lamina's time goes: its backup, re-backup and restore under cProfile, all threads.
 
-``python -m bench.prof --corpus bench/work/corpus`` (or ``python -m bench.run --profile``).
+``python -m bench.prof --corpus bench/work/corpus`` (or ``python -m bench.run --profile``);
+``--second COPY`` also profiles a second endpoint's backup (every file read, as step 6).
 
 Plain ``python -m cProfile`` sees only the main thread, which in a Lamina backup
 mostly waits on the reader pool (chunking, hashing, compression and encryption
@@ -101,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_WORK / "profile",
         help="scratch folder, wiped first (default bench/work/profile)",
     )
+    ap.add_argument(
+        "--second",
+        type=Path,
+        help="also back up this folder as a second endpoint (another source: no files "
+        "cache, every file read), e.g. a 95%%-similar copy made as bench.run's step 6 makes it",
+    )
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument(
         "--cpu", action="store_true", help="count each thread's CPU time, not the wall clock"
@@ -127,6 +134,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("init", ["store", "init", "--data", os.fspath(data)]),
         ("backup", ["snapshot", "create", os.fspath(args.corpus), "--data", os.fspath(data)]),
         ("rebackup", ["snapshot", "create", os.fspath(args.corpus), "--data", os.fspath(data)]),
+        *(
+            [
+                (
+                    "endpoint2",
+                    [
+                        "snapshot",
+                        "create",
+                        os.fspath(args.second),
+                        "--source",
+                        f"endpoint-b:{args.second}",
+                        "--data",
+                        os.fspath(data),
+                    ],
+                )
+            ]
+            if args.second
+            else []
+        ),
         (
             "restore",
             [

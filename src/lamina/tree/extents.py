@@ -26,16 +26,11 @@ def chunk_fd(
     fd: int, st: os.stat_result, chunker: Chunker, add: Callable[[memoryview | bytes], bytes]
 ) -> list[bytes | int]:
     """A file's content as a tree entry holds it: chunk ids (``add`` of each chunk) and holes."""
+    small = small_content(fd, st, chunker.secret.min_size, add)
+    if small is not None:
+        return small
     size = st.st_size
     content: list[bytes | int] = []
-    if size == 0:
-        return content
-    if size <= chunker.secret.min_size and st.st_blocks * 512 >= size:
-        # One chunk, no hole: the common small file, without the extent and cut machinery.
-        data = os.pread(fd, size, 0)
-        if len(data) != size:
-            raise FileChangedError
-        return [add(data)]
     extents = _data_extents(fd, size) if st.st_blocks * 512 < size else [(0, size)]
     pos = 0
     for start, end in extents:
@@ -51,6 +46,23 @@ def chunk_fd(
     if pos < size:
         content.append(size - pos)
     return content
+
+
+def small_content(
+    fd: int, st: os.stat_result, min_size: int, add: Callable[[memoryview | bytes], bytes]
+) -> list[bytes | int] | None:
+    """The content of a file of at most ``min_size`` bytes without a hole, read in one
+    ``pread`` as one chunk (none if empty): the common small file, without the extent and
+    cut machinery. None for any other file (``chunk_fd`` reads it)."""
+    size = st.st_size
+    if size == 0:
+        return []
+    if size > min_size or st.st_blocks * 512 < size:
+        return None
+    data = os.pread(fd, size, 0)
+    if len(data) != size:
+        raise FileChangedError
+    return [add(data)]
 
 
 def cut_piece(

@@ -273,7 +273,8 @@ def references(data: bytes) -> tuple[list[bytes], list[bytes]]:
     return trees, chunks
 
 
-_FILE_TYPES = {
+#: ``stat.S_IFMT(st_mode)`` -> the entry type (``file_type``)
+FILE_TYPES = {
     stat.S_IFREG: "file",
     stat.S_IFDIR: "dir",
     stat.S_IFLNK: "symlink",
@@ -286,4 +287,4 @@ _FILE_TYPES = {
 
 def file_type(mode: int) -> str | None:
     """The entry type of a file of ``mode`` (``st_mode``), or None for none Lamina keeps."""
-    return _FILE_TYPES.get(stat.S_IFMT(mode))
+    return FILE_TYPES.get(stat.S_IFMT(mode))

@@ -39,7 +39,7 @@ from lamina.store.blob import BlobKind
 from lamina.store.progress import AdvanceFn
 from lamina.tree.cache import CachedDir, CachedFile, FilesCache, listing_signature
 from lamina.tree.counts import TreeCounts
-from lamina.tree.model import Entry, encode_tree, file_type
+from lamina.tree.model import FILE_TYPES, Entry, encode_tree
 from lamina.tree.scan_read import (
     JOB_BYTES,
     BlobSink,
@@ -56,6 +56,9 @@ MAX_DEPTH = 900
 #: Listed folders whose descriptors stay open until their files are read.
 HELD_DIRS = 512
 
+#: ``stat.S_IFMT``'s mask: ``model.file_type`` without two calls per entry
+_IFMT = 0o170000
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -68,21 +71,21 @@ class ScanStats(TreeCounts):
     trees_reused: int = 0
 
 
-class _NameCache:
-    """A uid's or gid's name, asked of the system once per scan ("" for an id without one)."""
+class _NameCache(dict[int, str]):
+    """A uid's or gid's name, asked of the system once per scan ("" for an id without one).
+
+    A dict: a known id is a subscript (no Python call per entry); ``__missing__`` asks."""
 
     def __init__(self, lookup: Callable[[int], str]) -> None:
+        super().__init__()
         self._lookup = lookup
-        self._names: dict[int, str] = {}
 
-    def __call__(self, key: int) -> str:
-        name = self._names.get(key)
-        if name is None:
-            try:
-                name = self._lookup(key)
-            except KeyError:
-                name = ""
-            self._names[key] = name
+    def __missing__(self, key: int) -> str:
+        try:
+            name = self._lookup(key)
+        except KeyError:
+            name = ""
+        self[key] = name
         return name
 
 
@@ -202,7 +205,7 @@ class Scanner(FileReader):
         """Owner and mode of ``e`` from ``st`` (the fstat of what was opened)."""
         e.mode = stat.S_IMODE(st.st_mode)
         e.uid, e.gid = st.st_uid, st.st_gid
-        e.user, e.group = self._user(st.st_uid), self._group(st.st_gid)
+        e.user, e.group = self._user[st.st_uid], self._group[st.st_gid]
         e.mtime = st.st_mtime_ns
 
     def _entry(
@@ -214,8 +217,8 @@ class Scanner(FileReader):
             mode=stat.S_IMODE(st.st_mode),
             uid=st.st_uid,
             gid=st.st_gid,
-            user=self._user(st.st_uid),
-            group=self._group(st.st_gid),
+            user=self._user[st.st_uid],
+            group=self._group[st.st_gid],
             mtime=st.st_mtime_ns,
             size=st.st_size if typ == "file" else 0,
             xattrs=xattrs,
@@ -267,9 +270,10 @@ class Scanner(FileReader):
             d.clean = False
         listing = self._lstat_all(dfd, d, names)
         if self.cache is not None:
+            user, group = self._user, self._group
             d.row = self.cache.folder(rel)
             d.signature = listing_signature(
-                [(n, st, self._user(st.st_uid), self._group(st.st_gid)) for n, st, _ in listing]
+                [(n, st, user[st.st_uid], group[st.st_gid]) for n, st, _ in listing]
             )
         reuse = (
             self.reuse_trees
@@ -307,7 +311,7 @@ class Scanner(FileReader):
                 self.stats.errors.append(f"{os.fsdecode(d.path + b'/' + name)}: {err.strerror}")
                 d.clean = False
                 continue
-            typ = file_type(st.st_mode)
+            typ = FILE_TYPES.get(st.st_mode & _IFMT)
             if typ is None:
                 continue
             if self.exclude and self.exclude(d.rel + b"/" + name if d.rel else name, typ == "dir"):
@@ -435,19 +439,28 @@ class Scanner(FileReader):
             if self.progress:
                 self.progress(len(d.hits), hit_bytes)
         failed: set[int] = set()
-        for path, e, _, job, i in d.files:
-            assert job.future is not None
-            err = job.future.result()[i]
-            if err is not None:
-                self.stats.errors.append(f"{os.fsdecode(path)}: {err}")
-                failed.add(id(e))
-                continue
-            self.stats.files += 1
-            self.stats.files_read += 1
-            self.stats.bytes += e.size
-            self.stats.bytes_read += e.size
-            if self.progress:
-                self.progress(1, e.size)
+        if d.files:
+            # One ``result`` per job and one progress call per folder, not per file.
+            results: dict[int, list[str | None]] = {}
+            read = read_bytes = 0
+            for path, e, _, job, i in d.files:
+                got = results.get(id(job))
+                if got is None:
+                    assert job.future is not None
+                    got = results[id(job)] = job.future.result()
+                err = got[i]
+                if err is not None:
+                    self.stats.errors.append(f"{os.fsdecode(path)}: {err}")
+                    failed.add(id(e))
+                    continue
+                read += 1
+                read_bytes += e.size
+            self.stats.files += read
+            self.stats.files_read += read
+            self.stats.bytes += read_bytes
+            self.stats.bytes_read += read_bytes
+            if self.progress and read:
+                self.progress(read, read_bytes)
         self._close(d)  # every file of the folder is read (``result`` waited)
         entries = [e for e in d.entries if id(e) not in failed] if failed else d.entries
         if self.cache is not None and (d.files or len(d.hits) != len(d.cached)):

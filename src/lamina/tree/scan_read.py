@@ -21,7 +21,7 @@ from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.chunker import Chunker
 from lamina.store.keys import ChunkingSecret
-from lamina.tree.extents import FileChangedError, chunk_fd
+from lamina.tree.extents import FileChangedError, chunk_fd, small_content
 from lamina.tree.model import Entry
 
 #: Bytes of small files batched in one job.
@@ -53,6 +53,8 @@ def xattrs_at(target: bytes | int) -> list[tuple[bytes, bytes]]:
     try:
         names = os.listxattr(target, **nofollow)
     except OSError:
+        return []
+    if not names:  # most files: no list to build and sort
         return []
     out = []
     for n in names:
@@ -188,4 +190,6 @@ class FileReader:
     def _chunk_fd(
         self, fd: int, st: os.stat_result, add: Callable[[memoryview | bytes], bytes]
     ) -> list[bytes | int]:
-        return chunk_fd(fd, st, self._chunker(), add)
+        # A small file needs no chunker (nor this thread's, looked up per file).
+        small = small_content(fd, st, self._chunking.min_size, add)
+        return small if small is not None else chunk_fd(fd, st, self._chunker(), add)
