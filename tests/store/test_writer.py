@@ -38,3 +38,20 @@ def test_need_probes_a_set_of_the_stores_data_ids_once_enough_were_asked(
         # What this session writes is known too (its own set, as before).
         new = w.put(BlobKind.DATA, b"written by this session")
         assert w.need([new]) == set()
+
+
+def test_a_backups_chunks_go_into_the_pack_without_being_joined_on_their_own(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``put_chunk`` (the engine's backup) seals a chunk into its pack as nonce and
+    ciphertext (``blob.seal_parts``); ``seal``, one more copy of each chunk, is not called."""
+    from lamina.store import blob
+
+    def joined(*a: object, **kw: object) -> bytes:
+        raise AssertionError("a chunk was joined on its own before going into its pack")
+
+    monkeypatch.setattr(blob, "seal", joined)
+    datas = [os.urandom(3000), b"\0" * 200_000]  # stored raw and compressed
+    with store.writer() as w:
+        ids = [w.put(BlobKind.DATA, d) for d in datas]
+    assert [store.get(i) for i in ids] == datas

@@ -195,8 +195,7 @@ class Writer:
             return bid
         self._trees.settle()
         if self.need([bid], kind):
-            _, sealed = blob.seal_plain(keys.data_key, keys.chunking.id_key, kind, data)
-            self.put_sealed(kind, bid, sealed, len(data))
+            self.put_chunk(kind, bid, data)
         return bid
 
     def _put_tree(self, bid: bytes, data: bytes) -> None:
@@ -209,8 +208,7 @@ class Writer:
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         """Compress, seal and add a blob whose id the caller computed (thread-safe)."""
         flag, payload = blob.compress(data)
-        sealed = blob.seal(self.store.keys.data_key, kind, bid, flag, payload)
-        self.put_sealed(kind, bid, sealed, len(data))
+        self.put_payload(kind, bid, flag, payload, len(data))
 
     def _ship(self) -> None:
         if self._pack.count:
