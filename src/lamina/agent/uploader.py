@@ -37,7 +37,7 @@ MISSING_BATCH = 5000
 #: them: a question per many of the scan's jobs (each up to 256 small files) rather
 #: than one per job, with a bound on the plaintext the sink holds.
 ASK_BLOBS = 2048
-ASK_BYTES = 8 * 1024 * 1024
+ASK_BYTES = 4 * 1024 * 1024
 #: Bundles uploaded at once (each over one of the client's keep-alive connections) when
 #: no bandwidth limit paces them: the server verifies one while the next is sent.
 IN_FLIGHT = 2
@@ -127,12 +127,15 @@ class RemoteSink:
         if not batch:
             return
         missing = self._missing([bid for _, bid, _ in batch])
-        for kind, bid, data in batch:
-            if bid in missing:
-                self._bundle_blob(kind, bid, data)
         held = [bid for _, bid, _ in batch if bid not in missing]
         with self._lock:
             self._sent.difference_update(held)
+        # last first, so that each plaintext is let go once it is compressed: the batch
+        # holds none of it while a full bundle is sent
+        todo = [row for row in reversed(batch) if row[1] in missing]
+        batch.clear()
+        while todo:
+            self._bundle_blob(*todo.pop())
 
     def _bundle_blob(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         flag, payload = blob.compress(data)
