@@ -123,32 +123,3 @@ def test_one_missing_question_spans_many_jobs_and_only_lacking_blobs_go_up(
     assert not sink._sent
     client.close()
 
-
-def test_large_payloads_go_up_in_parts_and_are_stored(
-    server: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bundle of incompressible chunks of 64 KiB to 1 MiB (each payload a part of the
-    request body as it is) is stored whole: the server lacks none of them afterwards."""
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-parts")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
-    sent: list[int] = []
-    real = client.json
-
-    def counting(method: str, path: str, **kw: Any) -> Any:
-        if path == "/agent/bundles":
-            sent.append(len(kw["content"]))
-        return real(method, path, **kw)
-
-    monkeypatch.setattr(client, "json", counting)
-    rng = random.Random(7)
-    chunks = [rng.randbytes(n) for n in (65536, 65535, 1 << 20, 200_000, 10)]
-    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
-    sink = RemoteSink(client, chunking)
-    for bid, c in zip(ids, chunks, strict=True):
-        sink.put_chunk(BlobKind.DATA, bid, c)
-    sink.flush()
-    assert sent == [3 * 2 + 1]  # one bundle: three payloads apart, the msgpack between them
-    assert sink._missing(ids) == set() and sink.uploaded_blobs == 5
-    client.close()

@@ -10,14 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lamina.errors import IntegrityError, LaminaError, TooLargeError
-from lamina.protocol.bundle import (
-    BUNDLE_VERSION,
-    PART_BYTES,
-    BundleBlob,
-    bundle_parts,
-    decode_bundle,
-    encode_bundle,
-)
+from lamina.protocol.bundle import BUNDLE_VERSION, BundleBlob, decode_bundle, encode_bundle
 from tests.strategies import PARSER_SETTINGS, msgpack_values, mutations, packb
 
 GOOD = [BundleBlob(0, os.urandom(32), 0, b"payload", 7), BundleBlob(1, os.urandom(32), 1, b"", 0)]
@@ -90,20 +83,3 @@ def test_random_documents_decode_or_raise_a_lamina_error(doc: Any) -> None:
 @given(st.lists(st.lists(msgpack_values(), min_size=4, max_size=6), max_size=4))
 def test_random_rows_decode_or_raise_a_lamina_error(rows: list[Any]) -> None:
     _decodes_or_refuses(packb({"v": BUNDLE_VERSION, "blobs": rows}))
-
-
-@pytest.mark.parametrize("sizes", [[], [0], [7, 300], [65535, 65536, 3, 70000], [1 << 20] * 3])
-def test_parts_are_the_bundle_and_large_payloads_are_not_copied(sizes: list[int]) -> None:
-    """``bundle_parts`` joined is the version-1 msgpack document (as ``msgpack.packb``
-    writes it), whatever the payloads' sizes around the bin 8/16/32 and part boundaries;
-    each payload of ``PART_BYTES`` or more is a part as it is (the same object, no copy)."""
-    blobs = [
-        BundleBlob(i % 2, os.urandom(32), i % 2, os.urandom(n), n * 3 + i)
-        for i, n in enumerate(sizes * 2)
-    ]
-    parts = bundle_parts(blobs)
-    expected = packb({"v": BUNDLE_VERSION, "blobs": [list(b) for b in blobs]})
-    assert b"".join(parts) == expected == encode_bundle(blobs)
-    large = [b.payload for b in blobs if len(b.payload) >= PART_BYTES]
-    assert [p for p in parts if any(p is x for x in large)] == large
-    assert decode_bundle(b"".join(parts)) == blobs

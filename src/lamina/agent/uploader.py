@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from lamina.agent.transport import AgentClient, retrying
-from lamina.protocol.bundle import MEDIA_TYPE, BundleBlob, bundle_parts
+from lamina.protocol.bundle import MEDIA_TYPE, BundleBlob, encode_bundle
 from lamina.store import blob
 from lamina.store.batch import TreeBatcher
 from lamina.store.blob import BlobKind
@@ -183,27 +183,27 @@ class RemoteSink:
             self._upload(full)
 
     def _upload(self, blobs: list[BundleBlob]) -> None:
-        """Send a full bundle; ``blobs`` is emptied (the caller's list). The body goes in
-        parts (``bundle_parts``): a large payload is sent as it is, never copied into one
-        encoded body, so a sync holds at most ``IN_FLIGHT`` bundles' payloads and no copy."""
+        """Send a full bundle; ``blobs`` is emptied (the caller's list: its payloads are
+        freed once encoded). A thread waiting for a slot holds the payloads alone, not
+        their encoded copy too, so a sync holds at most ``IN_FLIGHT`` encoded bundles."""
         with self._slots:
-            parts = bundle_parts(blobs)
-            size = sum(len(p) for p in parts)
+            body = encode_bundle(blobs)
             ids = [b.id for b in blobs]
             blobs.clear()
-            headers = {"Content-Type": MEDIA_TYPE, "Content-Length": str(size)}
             retrying(
-                lambda: self.client.json("POST", "/agent/bundles", content=parts, headers=headers)
+                lambda: self.client.json(
+                    "POST", "/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE}
+                )
             )
             with self._lock:
                 self.bundles += 1
                 self.uploaded_blobs += len(ids)
-                self.uploaded_bytes += size
+                self.uploaded_bytes += len(body)
                 self._sent.difference_update(ids)
             if self.on_upload:
                 with self._report_lock:
-                    self.on_upload(size)
-            self._pace(size)
+                    self.on_upload(len(body))
+            self._pace(len(body))
 
     def _pace(self, nbytes: int) -> None:
         if self.bandwidth_limit <= 0:

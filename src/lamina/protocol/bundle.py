@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import struct
-
 import msgpack
 
 from lamina.errors import IntegrityError, TooLargeError
@@ -23,8 +21,6 @@ from lamina.errors import IntegrityError, TooLargeError
 BUNDLE_VERSION = 1
 MAX_BUNDLE_BLOBS = 100_000
 MEDIA_TYPE = "application/vnd.lamina.bundle+msgpack"
-#: A payload at least this large is a part of its own in ``bundle_parts``: sent as it is.
-PART_BYTES = 64 * 1024
 
 
 class BundleBlob(NamedTuple):
@@ -36,48 +32,9 @@ class BundleBlob(NamedTuple):
 
 
 def encode_bundle(blobs: list[BundleBlob]) -> bytes:
-    return b"".join(bundle_parts(blobs))
-
-
-def bundle_parts(blobs: list[BundleBlob]) -> list[bytes]:
-    """A bundle's bytes (version 1 above) in parts whose concatenation is the bundle: a
-    payload of ``PART_BYTES`` or more is a part as it is (an upload sends it without
-    copying it into one body); the msgpack around them is packed per run of rows."""
-    packer = msgpack.Packer(use_bin_type=True)
-    parts: list[bytes] = []
-    buf = bytearray(packer.pack_map_header(2))
-    buf += packer.pack("v") + packer.pack(BUNDLE_VERSION)
-    buf += packer.pack("blobs") + packer.pack_array_header(len(blobs))
-    run: list[list[bytes | int]] = []
-
-    def pack_run() -> None:
-        # the rows of an array, packed in one call, minus the array's own header
-        if run:
-            buf.extend(memoryview(packer.pack(run))[len(packer.pack_array_header(len(run))) :])
-            run.clear()
-
-    for b in blobs:
-        if len(b.payload) < PART_BYTES:
-            run.append(list(b))
-            continue
-        pack_run()
-        buf += packer.pack_array_header(5) + packer.pack(b.kind) + packer.pack(b.id)
-        buf += packer.pack(b.flag) + _bin_header(len(b.payload))
-        parts += (bytes(buf), b.payload)
-        buf.clear()
-        buf += packer.pack(b.raw_length)
-    pack_run()
-    parts.append(bytes(buf))
-    return parts
-
-
-def _bin_header(n: int) -> bytes:
-    """msgpack's header of a bin of ``n`` bytes (bin 8, 16 or 32)."""
-    if n < 1 << 8:
-        return struct.pack(">BB", 0xC4, n)
-    if n < 1 << 16:
-        return struct.pack(">BH", 0xC5, n)
-    return struct.pack(">BI", 0xC6, n)
+    return msgpack.packb(
+        {"v": BUNDLE_VERSION, "blobs": [list(b) for b in blobs]}, use_bin_type=True
+    )
 
 
 def decode_bundle(data: bytes) -> list[BundleBlob]:
