@@ -122,4 +122,3 @@ def test_one_missing_question_spans_many_jobs_and_only_lacking_blobs_go_up(
     assert sink.uploaded_blobs == 300  # the 100 the server held were not sent
     assert not sink._sent
     client.close()
-
