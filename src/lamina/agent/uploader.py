@@ -51,8 +51,13 @@ class RemoteSink:
         *,
         bandwidth_limit: int = 0,
         on_upload: Callable[[int], None] | None = None,
+        exact_need: bool = False,
     ) -> None:
         self.client = client
+        #: ``need`` asks the server (each call, as it answers): for a scan that checks
+        #: its files cache's chunk ids against the server after a garbage collection
+        #: (``FilesCache.stale``); put blobs are then bundled without another question
+        self.exact_need = exact_need
         self._chunking = chunking
         self.bandwidth_limit = bandwidth_limit
         self.on_upload = on_upload
@@ -84,9 +89,11 @@ class RemoteSink:
 
     def need(self, ids: Collection[bytes]) -> set[bytes]:
         """The ids not queued or being uploaded already. The server is asked about them
-        once they are put (``put_chunk``), many jobs' blobs in one question."""
+        once they are put (``put_chunk``), many jobs' blobs in one question; with
+        ``exact_need``, here, and only those it lacks are returned."""
         with self._lock:
-            return {i for i in ids if i not in self._sent}
+            fresh = [i for i in set(ids) if i not in self._sent]
+        return self._missing(fresh) if self.exact_need else set(fresh)
 
     def _missing(self, ids: list[bytes]) -> set[bytes]:
         """Which of ``ids`` the server lacks (``/agent/missing``, ``MISSING_BATCH`` at a time)."""
@@ -109,12 +116,17 @@ class RemoteSink:
             if bid in self._sent:
                 return
             self._sent.add(bid)
-            self._ask.append((kind, bid, data))
-            self._ask_bytes += len(data)
-            if len(self._ask) < ASK_BLOBS and self._ask_bytes < ASK_BYTES:
-                return
-            batch = self._take_ask()
-        self._settle(batch)
+            batch = None
+            if not self.exact_need:
+                self._ask.append((kind, bid, data))
+                self._ask_bytes += len(data)
+                if len(self._ask) < ASK_BLOBS and self._ask_bytes < ASK_BYTES:
+                    return
+                batch = self._take_ask()
+        if batch is None:  # ``need`` asked the server already (``exact_need``)
+            self._bundle_blob(kind, bid, data)
+        else:
+            self._settle(batch)
 
     def _take_ask(self) -> list[tuple[BlobKind, bytes, bytes | memoryview]]:
         """The queued blobs, the queue emptied (the caller holds ``_lock``)."""
