@@ -159,15 +159,9 @@ def test_after_a_garbage_collection_unchanged_files_are_checked_not_read_again(
     no unchanged file is read again. The sink answers the scan's question from the
     server then (``exact_need``), not from what it has queued, which would name every
     cached chunk as lacking and read every file again."""
-    admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
-    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
-    root, state = tmp_path / "root", tmp_path / "state"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").write_text("gc-epoch-host\n")
+    root, state = live.enrolled_agent(tmp_path, "gc-epoch-host")
     for i in range(30):
         (root / "etc" / f"f{i}").write_text(f"file {i}\n" * 50)
-    enroll(live.url, token, root, state)
     agent = Agent(state)
     results: list[sync.SyncResult] = []
     real = runner.run_sync
