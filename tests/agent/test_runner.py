@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lamina.agent.runner import Agent, enroll
+from lamina.agent.runner import Agent
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
@@ -13,13 +13,8 @@ def test_a_work_item_with_malformed_parameters_is_reported_failed(
     live: Live,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    _, state = live.enrolled_agent(tmp_path, "work-host")
     admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
-    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
-    root, state = tmp_path / "root", tmp_path / "state"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").write_text("work-host\n")
-    enroll(live.url, token, root, state)
     agent = Agent(state)
     try:
         cvd = admin.get("/cvds").json()[0]["id"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lamina.agent import sync
+from lamina.agent import runner, sync
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.runner import Agent, enroll
 from lamina.agent.sync import MAX_ERROR_PATHS, error_paths, protected_area
@@ -147,3 +147,36 @@ def _subtree(agent: Agent, tree: bytes, *names: bytes) -> bytes:
         assert sub is not None
         tree = sub
     return tree
+
+
+def test_after_a_garbage_collection_unchanged_files_are_checked_not_read_again(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A files cache from before the store's last garbage collection (another epoch) is
+    checked against the server: its chunk ids the server still holds are trusted, so
+    no unchanged file is read again. The sink answers the scan's question from the
+    server then (``exact_need``), not from what it has queued, which would name every
+    cached chunk as lacking and read every file again."""
+    root, state = live.enrolled_agent(tmp_path, "gc-epoch-host")
+    for i in range(30):
+        (root / "etc" / f"f{i}").write_text(f"file {i}\n" * 50)
+    agent = Agent(state)
+    results: list[sync.SyncResult] = []
+    real = runner.run_sync
+
+    def spy(*args: Any, **kw: Any) -> sync.SyncResult:
+        results.append(real(*args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(runner, "run_sync", spy)
+    try:
+        agent.sync(agent.report())
+        with contextlib.closing(sqlite3.connect(state / "cache" / "files.sqlite")) as db, db:
+            db.execute("UPDATE meta SET value = '-1' WHERE key = 'epoch'")
+        agent.sync(agent.report())
+    finally:
+        agent.close()
+    assert results[0].files_read == 31
+    assert results[1].files_read == 0 and results[1].files == 31

@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_bundles_in_flight_store_every_chunk_and_forget_their_ids(
         list(pool.map(put, range(300)))
     sink.flush()
     assert not sink._sent  # ids of stored bundles are the server's to answer for
-    assert sink.need(ids) == set()  # every chunk stored and owned by this CVD: none sent again
+    assert sink._missing(ids) == set()  # every chunk stored and owned by this CVD
     assert sink.bundles >= 10 and sink.uploaded_blobs == 300
     client.close()
 
@@ -76,5 +77,48 @@ def test_a_bundle_holds_at_most_bundle_blobs_however_small_they_are(
         sink.put_chunk(BlobKind.DATA, bid, c)
     sink.flush()
     assert sink.bundles == 8 and sink.uploaded_blobs == 300  # 7 full ones and the rest
-    assert sink.need(ids) == set()
+    assert sink._missing(ids) == set()
+    client.close()
+
+
+def test_one_missing_question_spans_many_jobs_and_only_lacking_blobs_go_up(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan's reading jobs (here 40 of 10 small files) each ask ``need`` and put what
+    it names: the server is asked once per ``ASK_BLOBS`` blobs, not once per job (40
+    questions before), and a blob it holds already is never compressed or sent again."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 250)
+    chunking = read_keyfile(server.data / "keys.json").chunking
+    dev = server.device("uploader-asks")
+    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
+    client = AgentClient(server.url, credential, None)
+    asked: list[int] = []
+    real = client.json
+
+    def counting(method: str, path: str, **kw: Any) -> Any:
+        if path == "/agent/missing":
+            asked.append(len(kw["json"]["ids"]))
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "json", counting)
+    chunks = [f"small file {i}\n".encode() * 20 for i in range(400)]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    first = RemoteSink(client, chunking)
+    for k in range(0, 100):  # a first sync stores 100 of them
+        first.put_chunk(BlobKind.DATA, ids[k], chunks[k])
+    first.flush()
+    assert asked == [100] and first.uploaded_blobs == 100
+    asked.clear()
+
+    sink = RemoteSink(client, chunking)
+    for job in range(40):
+        part = range(job * 10, job * 10 + 10)
+        need = sink.need({ids[k] for k in part})
+        for k in part:
+            if ids[k] in need:
+                sink.put_chunk(BlobKind.DATA, ids[k], chunks[k])
+    sink.flush()
+    assert asked == [250, 150]  # two questions for 40 jobs
+    assert sink.uploaded_blobs == 300  # the 100 the server held were not sent
+    assert not sink._sent
     client.close()

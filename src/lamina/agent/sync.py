@@ -171,10 +171,17 @@ def run_sync(
         counters["uploaded"] += nbytes
         report()
 
-    sink = RemoteSink(
-        client, st.chunking, bandwidth_limit=policy.bandwidth_limit, on_upload=on_upload
-    )
     cache = FilesCache(state_dir / "cache" / "files.sqlite", st.device_id, cfg.gc_epoch)
+    # After a garbage collection the scan asks which of its cached chunk ids are gone:
+    # the sink then answers ``need`` from the server, not from what it queued (a first
+    # sync trusts no cached id: its hits, if any, are read again).
+    sink = RemoteSink(
+        client,
+        st.chunking,
+        bandwidth_limit=policy.bandwidth_limit,
+        on_upload=on_upload,
+        exact_need=cache.stale and cfg.last_sync is not None,
+    )
     try:
         reuse_trees, rescans_left = True, MAX_RESCANS
         while True:

@@ -1,10 +1,15 @@
 """The agent's blob sink: asks the server what it lacks, uploads the rest in bundles.
 
-Chunks are compressed here (the agent has the chunking secret, never the data
-key) and sent in bundles of about 8 MiB, ``IN_FLIGHT`` at once; the server
-verifies, encrypts and stores each bundle durably before answering, so an
-interrupted sync resumes without sending a bundle twice. An optional bandwidth
-limit paces uploads (one at a time).
+Which blobs the server lacks is asked in batches that span the scan's jobs: ``need``
+answers from what the sink knows (ids already queued or being uploaded are not
+needed again), ``put_chunk`` queues the rest with their plaintext, and once
+``ASK_BLOBS`` blobs or ``ASK_BYTES`` of plaintext are queued (or at ``flush``) one
+``/agent/missing`` asks about all of them, in the order they were put (a tree after
+what it names). Only the blobs the server lacks are then compressed (the agent has
+the chunking secret, never the data key) and sent in bundles of about 8 MiB,
+``IN_FLIGHT`` at once; the server verifies, encrypts and stores each bundle durably
+before answering, so an interrupted sync resumes without sending a bundle twice. An
+optional bandwidth limit paces uploads (one at a time).
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ BUNDLE_RAW_BYTES = 64 * 1024 * 1024
 #: server refuses more than ``MAX_BUNDLE_BLOBS``).
 BUNDLE_BLOBS = 10_000
 MISSING_BATCH = 5000
+#: Blobs queued (and their plaintext bytes) before one ``/agent/missing`` asks about
+#: them: a question per many of the scan's jobs (each up to 256 small files) rather
+#: than one per job, with a bound on the plaintext the sink holds.
+ASK_BLOBS = 2048
+ASK_BYTES = 4 * 1024 * 1024
 #: Bundles uploaded at once (each over one of the client's keep-alive connections) when
 #: no bandwidth limit paces them: the server verifies one while the next is sent.
 IN_FLIGHT = 2
@@ -41,8 +51,13 @@ class RemoteSink:
         *,
         bandwidth_limit: int = 0,
         on_upload: Callable[[int], None] | None = None,
+        exact_need: bool = False,
     ) -> None:
         self.client = client
+        #: ``need`` asks the server (each call, as it answers): for a scan that checks
+        #: its files cache's chunk ids against the server after a garbage collection
+        #: (``FilesCache.stale``); put blobs are then bundled without another question
+        self.exact_need = exact_need
         self._chunking = chunking
         self.bandwidth_limit = bandwidth_limit
         self.on_upload = on_upload
@@ -55,6 +70,9 @@ class RemoteSink:
         #: most a few bundles' ids, not every chunk of the snapshot
         self._sent: set[bytes] = set()
         self._bundle: list[BundleBlob] = []
+        #: blobs put but not yet asked about, in the order put: (kind, id, plaintext)
+        self._ask: list[tuple[BlobKind, bytes, bytes | memoryview]] = []
+        self._ask_bytes = 0
         #: folders' trees, asked about in batches (the store's writer batches the same way)
         self._trees = TreeBatcher(self.need, self._put_tree)
         self._bundle_size = 0
@@ -70,10 +88,18 @@ class RemoteSink:
         return self._chunking
 
     def need(self, ids: Collection[bytes]) -> set[bytes]:
-        fresh = [i for i in set(ids) if i not in self._sent]
+        """The ids not queued or being uploaded already. The server is asked about them
+        once they are put (``put_chunk``), many jobs' blobs in one question; with
+        ``exact_need``, here, and only those it lacks are returned."""
+        with self._lock:
+            fresh = [i for i in set(ids) if i not in self._sent]
+        return self._missing(fresh) if self.exact_need else set(fresh)
+
+    def _missing(self, ids: list[bytes]) -> set[bytes]:
+        """Which of ``ids`` the server lacks (``/agent/missing``, ``MISSING_BATCH`` at a time)."""
         missing: set[bytes] = set()
-        for i in range(0, len(fresh), MISSING_BATCH):
-            body = {"ids": [x.hex() for x in fresh[i : i + MISSING_BATCH]]}
+        for i in range(0, len(ids), MISSING_BATCH):
+            body = {"ids": [x.hex() for x in ids[i : i + MISSING_BATCH]]}
 
             def ask(body: dict[str, list[str]] = body) -> Any:
                 return self.client.json("POST", "/agent/missing", json=body)
@@ -82,12 +108,51 @@ class RemoteSink:
         return missing
 
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
-        flag, payload = blob.compress(data)
-        full: list[BundleBlob] | None = None
+        """Queue a blob to ask about (again under a queued or uploading id: ignored);
+        ``data`` is kept until then (a memoryview is copied: its buffer may be reused)."""
+        if isinstance(data, memoryview):
+            data = bytes(data)
         with self._lock:
             if bid in self._sent:
                 return
             self._sent.add(bid)
+            batch = None
+            if not self.exact_need:
+                self._ask.append((kind, bid, data))
+                self._ask_bytes += len(data)
+                if len(self._ask) < ASK_BLOBS and self._ask_bytes < ASK_BYTES:
+                    return
+                batch = self._take_ask()
+        if batch is None:  # ``need`` asked the server already (``exact_need``)
+            self._bundle_blob(kind, bid, data)
+        else:
+            self._settle(batch)
+
+    def _take_ask(self) -> list[tuple[BlobKind, bytes, bytes | memoryview]]:
+        """The queued blobs, the queue emptied (the caller holds ``_lock``)."""
+        batch, self._ask, self._ask_bytes = self._ask, [], 0
+        return batch
+
+    def _settle(self, batch: list[tuple[BlobKind, bytes, bytes | memoryview]]) -> None:
+        """Ask about a batch; bundle what the server lacks, in the order put, and forget
+        the rest's ids (the server answers for those from now on)."""
+        if not batch:
+            return
+        missing = self._missing([bid for _, bid, _ in batch])
+        held = [bid for _, bid, _ in batch if bid not in missing]
+        with self._lock:
+            self._sent.difference_update(held)
+        # last first, so that each plaintext is let go once it is compressed: the batch
+        # holds none of it while a full bundle is sent
+        todo = [row for row in reversed(batch) if row[1] in missing]
+        batch.clear()
+        while todo:
+            self._bundle_blob(*todo.pop())
+
+    def _bundle_blob(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        flag, payload = blob.compress(data)
+        full: list[BundleBlob] | None = None
+        with self._lock:
             self._bundle.append(BundleBlob(int(kind), bid, flag, payload, len(data)))
             self._bundle_size += len(payload)
             self._bundle_raw += len(data)
@@ -120,6 +185,9 @@ class RemoteSink:
 
     def flush(self) -> None:
         self._trees.settle()
+        with self._lock:
+            batch = self._take_ask()
+        self._settle(batch)
         with self._lock:
             full, self._bundle, self._bundle_size = self._bundle, [], 0
             self._bundle_raw = 0
