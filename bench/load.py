@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -451,8 +452,15 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
         say(f"--- ep-{f['endpoint']:03d} stderr:\n{f['stderr'] or '(empty)'}", "red")
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: each phase's `finally` stops the servers and agents it
+    # started (killed by the default action, the bench left its `lamina server` running).
+    signal.signal(signal.SIGTERM, _interrupt)
     t_start = time.perf_counter()
     work: Path = args.work.resolve()
     env = clean_env()
