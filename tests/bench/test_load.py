@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from bench import load_agents
 from bench.load_agents import Endpoint, set_idle
 from bench.load_servers import Probe
+
+from bench import load_agents
 
 
 def test_an_agent_started_idle_gets_cpu_only_when_nothing_else_wants_it() -> None:

@@ -30,7 +30,7 @@ from lamina.server.security import ROLES, Principal
 from lamina.server.services import fleet, policies, tasks
 from lamina.server.services.progress import ProgressReports
 from lamina.store.keys import StoreKeys
-from tests.server.conftest import ADMIN_PASSWORD, API, Live, free_port, serve
+from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
 ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
 
@@ -68,9 +68,8 @@ def _stored(engine: Engine, device: Principal) -> tuple[dict[str, object], objec
 
 
 def test_n_syncing_agents_reporting_progress_make_one_write_transaction_per_flush(
-    sqlite_engine: Engine,
+    engine: Engine,
 ) -> None:
-    engine = sqlite_engine
     pcs = _devices(engine, 20)
     later = _manual(engine)
     writes = _writes(engine)
@@ -98,9 +97,8 @@ def test_n_syncing_agents_reporting_progress_make_one_write_transaction_per_flus
 
 
 def test_a_state_change_is_stored_at_once_and_an_older_waiting_report_never_over_it(
-    sqlite_engine: Engine,
+    engine: Engine,
 ) -> None:
-    engine = sqlite_engine
     (pc,) = _devices(engine, 1)
     later = _manual(engine)
     fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 1}}, later=later)

@@ -18,8 +18,10 @@ An agent polls all day. A report that would record no event and changes nothing 
 the volatile fields (``VOLATILE``: its clock and free space) is stored only when the
 stored one is ``STORE_EVERY`` old (``worth_storing``): hundreds of agents polling at
 once otherwise make every poll wait for the database's write lock. A sync's progress is
-not volatile: it is stored at every report, since the report before a stall (an upload
-held up) must be what the console shows.
+not volatile: every report of it is stored, since the report before a stall (an upload
+held up) must be what the console shows; one that keeps the agent's state and brings no
+event (``same_state``) is stored within a second, with the other agents' in one
+transaction (``services/progress.py``), not before its answer.
 """
 
 from __future__ import annotations

@@ -92,7 +92,11 @@ class ProgressReports:
                 return 0
             try:
                 with write_tx(self.engine) as c:
-                    return sum(self.store(c, dev, rep, at, True) for dev, (rep, at) in batch.items())
+                    # in the devices' order: two servers' flushes lock rows in one order
+                    return sum(
+                        self.store(c, dev, rep, at, True)
+                        for dev, (rep, at) in sorted(batch.items())
+                    )
             except BackendError:
                 with self._lock:
                     for dev, item in batch.items():
