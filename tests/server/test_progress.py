@@ -17,35 +17,13 @@ from sqlalchemy import Engine, select
 from lamina.config import ServerSettings
 from lamina.db.engine import after_writes, read_tx
 from lamina.db.models import cvds, devices, events
-from lamina.protocol.schemas import (
-    CentralizeRequest,
-    EnrollRequest,
-    HardwareFacts,
-    PolicyCreate,
-    PolicySettings,
-    TokenCreate,
-)
+from lamina.protocol.schemas import HardwareFacts
 from lamina.server.app import create_app, open_context
-from lamina.server.security import ROLES, Principal
-from lamina.server.services import fleet, policies, tasks
+from lamina.server.security import Principal
+from lamina.server.services import fleet, tasks
 from lamina.server.services.progress import ProgressReports
-from lamina.store.keys import StoreKeys
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
-
-ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
-
-
-def _devices(engine: Engine, n: int) -> list[Principal]:
-    policies.create(engine, ADMIN, PolicyCreate(name="p", settings=PolicySettings()))
-    token = fleet.create_token(engine, ADMIN, TokenCreate(uses=n)).token
-    chunking = StoreKeys.generate().chunking
-    out = []
-    for i in range(n):
-        facts = HardwareFacts(machine_id=f"m-pc{i}", hostname=f"pc{i}")
-        dev = fleet.enroll(engine, EnrollRequest(token=token, facts=facts), chunking)
-        fleet.centralize(engine, ADMIN, f"pc{i}", CentralizeRequest(policy="p"))
-        out.append(Principal("device", dev.device_id, f"device pc{i}", role="active"))
-    return out
+from tests.server.test_agent_poll import active_devices
 
 
 def _writes(engine: Engine) -> Callable[[], int]:
@@ -70,7 +48,7 @@ def _stored(engine: Engine, device: Principal) -> tuple[dict[str, object], objec
 def test_n_syncing_agents_reporting_progress_make_one_write_transaction_per_flush(
     engine: Engine,
 ) -> None:
-    pcs = _devices(engine, 20)
+    pcs = active_devices(engine, 20)
     later = _manual(engine)
     writes = _writes(engine)
     for pc in pcs:  # the sync starts: a new state, stored at once
@@ -99,7 +77,7 @@ def test_n_syncing_agents_reporting_progress_make_one_write_transaction_per_flus
 def test_a_state_change_is_stored_at_once_and_an_older_waiting_report_never_over_it(
     engine: Engine,
 ) -> None:
-    (pc,) = _devices(engine, 1)
+    (pc,) = active_devices(engine, 1)
     later = _manual(engine)
     fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 1}}, later=later)
     fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 2}}, later=later)
@@ -115,7 +93,7 @@ def test_a_state_change_is_stored_at_once_and_an_older_waiting_report_never_over
     assert later.flush() == 0
     assert _stored(engine, pc)[0]["state"] == "error"
     # New facts and a new hostname are stored at once too.
-    facts = HardwareFacts(machine_id="m-pc0", hostname="pc0")
+    facts = HardwareFacts(machine_id="m-pc1", hostname="pc1")
     fleet.agent_config(engine, pc, failed, later=later, facts=facts)
     fleet.agent_config(engine, pc, {**failed, "hostname": "renamed"}, later=later)
     assert later.waiting() == 0
@@ -128,7 +106,7 @@ def test_a_restarted_agents_first_work_poll_opens_no_write_transaction(
 ) -> None:
     """``/agent/work?restarted=true`` requeues a task cut short; with none, it only reads."""
     engine = sqlite_engine
-    (pc,) = _devices(engine, 1)
+    (pc,) = active_devices(engine, 1)
 
     def refuse(_engine: Engine) -> None:
         raise AssertionError("a poll opened a write transaction")
@@ -188,7 +166,7 @@ def test_a_waiting_progress_report_is_visible_after_a_flush(tmp_path: Path) -> N
 def test_progress_reports_are_written_by_the_timer_they_start(sqlite_engine: Engine) -> None:
     """The first waiting report schedules one flush; reports until it add none."""
     engine = sqlite_engine
-    (pc,) = _devices(engine, 1)
+    (pc,) = active_devices(engine, 1)
     due: list[Callable[[], None]] = []
     later = ProgressReports(engine, fleet.store_report, schedule=lambda _d, f: due.append(f))
     fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 1}}, later=later)
