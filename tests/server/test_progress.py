@@ -160,6 +160,13 @@ def test_a_waiting_progress_report_is_visible_after_a_flush(tmp_path: Path) -> N
         assert admin.get("/cvds").json()[0]["progress"] == {"files": 1}
         assert ctx.progress.flush() == 1
         assert admin.get("/cvds").json()[0]["progress"] == {"files": 3}
+        # A report still waiting when the sync commits is older than the commit: the
+        # finished sync's CVD shows no progress, not that report's.
+        body = {"state": "syncing", "progress": {"files": 4}}
+        assert pc.client.post("/agent/config", json=body).status_code == 200
+        pc.commit_files({b"a": [b"one"]})
+        assert ctx.progress.flush() == 0
+        assert admin.get("/cvds").json()[0]["progress"] == {}
     ctx.engine.dispose()
 
 

@@ -406,15 +406,20 @@ def store_report(
     facts: HardwareFacts | None = None,
 ) -> bool:
     """Store a device's report received ``at`` (its state, its CVD's progress, new facts)
-    with the events it brings. ``newer_only``: not if a report received after ``at`` is
-    stored (a report kept a moment, ``services/progress.py``). True if stored."""
+    with the events it brings. ``newer_only``: not if a report received after ``at`` or
+    a commit after it is stored (a report kept a moment, ``services/progress.py``: the
+    commit empties the CVD's progress). True if stored."""
     old = c.execute(
         select(devices.c.hostname, devices.c.agent_state, devices.c.last_seen)
         .where(devices.c.id == device_id)
         .with_for_update()
     ).one_or_none()
-    if old is None or (newer_only and old.last_seen is not None and aware(old.last_seen) > at):
-        return False  # the device is gone, or a newer report is stored
+    cvd = active_cvd(c, device_id)
+    if old is None:
+        return False  # the device is gone
+    last_sync = cvd.last_sync if cvd is not None else None
+    if newer_only and any(t is not None and aware(t) > at for t in (old.last_seen, last_sync)):
+        return False  # a newer report, or a commit, is stored
     values: JsonObject = {"last_seen": at}
     if state is not None:
         if state.get("hostname") and state["hostname"] != old.hostname:
@@ -429,7 +434,6 @@ def store_report(
         values["facts"] = facts.model_dump()
         drivers_index.store(c, device_id, values["facts"])
     c.execute(update(devices).where(devices.c.id == device_id).values(**values))
-    cvd = active_cvd(c, device_id)
     if cvd is not None and state is not None and "progress" in state:
         c.execute(update(cvds).where(cvds.c.id == cvd.id).values(progress=state["progress"]))
     return True
