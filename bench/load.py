@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -59,9 +60,11 @@ from bench.load_agents import (
 )
 from bench.load_servers import (
     CLI_TIMEOUT,
+    POLL_ROUTES,
     Deployment,
     MiB,
     Probe,
+    all_polls,
     local_pg_s3,
     pack_bytes,
     poll_buckets,
@@ -275,7 +278,7 @@ def load_phase(
         for ep in enrolled:
             warm_up(ep.root)
         os.sync()
-        polls0 = poll_buckets(dep.servers)
+        routes0 = poll_buckets(dep.servers)
         say(
             f"  load: {len(enrolled)} agents, "
             f"{'all at once' if args.parallel <= 0 else f'{args.parallel} at a time'}, "
@@ -293,10 +296,15 @@ def load_phase(
                 logs=logs,
             )
         out["probe"] = probe.figures()
-        polls1 = poll_buckets(dep.servers)
+        routes1 = poll_buckets(dep.servers)
+        polls0, polls1 = all_polls(routes0), all_polls(routes1)
         p95, polls = poll_p95_ms(polls0, polls1)
         # the polls by histogram bucket (upper bound in seconds: cumulative count)
         out["poll_buckets"] = {str(b): polls1[b] - polls0.get(b, 0.0) for b in sorted(polls1)}
+        out["poll_buckets_by_route"] = {
+            route: {str(b): n - routes0[route].get(b, 0.0) for b, n in sorted(buckets.items())}
+            for route, buckets in routes1.items()
+        }
         after = pack_bytes(dep.admin, dep.store_args)
         cvds = dep.admin.json("cvd", "list", timeout=CLI_TIMEOUT)
         rss_end = max(rss(s) for s in dep.servers)
@@ -392,6 +400,13 @@ def figures(
 GOALS = {"uploaded_per_distinct": 1.2, "poll_p95_ms": 100.0, "server_peak_rss": 500 * 10**6}
 
 
+def _route_p95(ph: dict[str, Any], route: str) -> str:
+    """One route's p95 bucket and poll count from a phase's ``poll_buckets_by_route``."""
+    buckets = {float(b): n for b, n in ph.get("poll_buckets_by_route", {}).get(route, {}).items()}
+    p95, n = poll_p95_ms({}, buckets)
+    return "—" if p95 is None else f"≤ {p95:.0f} ms ({n})"
+
+
 def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
     if "wall_s" not in ph:
         return
@@ -423,6 +438,10 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             else f"≤ {p95:.0f} ms over {ph['polls']} polls {goal('poll_p95_ms', p95 < GOALS['poll_p95_ms'])}",
         ),
         (
+            "  of which /agent/config, /agent/work",
+            " · ".join(_route_p95(ph, r) for r in POLL_ROUTES),
+        ),
+        (
             "light probe p50 / p95 (GET /health, client)",
             "—"
             if "p95_ms" not in ph.get("probe", {})
@@ -451,8 +470,15 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
         say(f"--- ep-{f['endpoint']:03d} stderr:\n{f['stderr'] or '(empty)'}", "red")
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: each phase's `finally` stops the servers and agents it
+    # started (killed by the default action, the bench left its `lamina server` running).
+    signal.signal(signal.SIGTERM, _interrupt)
     t_start = time.perf_counter()
     work: Path = args.work.resolve()
     env = clean_env()

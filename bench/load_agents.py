@@ -204,72 +204,89 @@ def run_agents(
     cpu0 = sum(s.cpu() for s in servers)
     last_sample = 0.0
     max_live = 0
-    while todo or live:
-        now = time.perf_counter() - t0
-        past_deadline = now > deadline
-        while todo and len(live) < cap and not past_deadline:
-            ep = todo.pop(0)
-            out = open(logs / f"ep-{ep.index:03d}.out", "wb")  # noqa: SIM115 (closed below)
-            err = open(logs / f"ep-{ep.index:03d}.err", "wb")  # noqa: SIM115
-            p = subprocess.Popen(
-                [lamina_exe(), "agent", "run", "--once", "--state", os.fspath(ep.state), "--json"],
-                stdout=out,
-                stderr=err,
-                env={**env, "XDG_CONFIG_HOME": os.fspath(ep.home)},
-            )
-            if priority == "idle":
-                set_idle(p.pid)
-            live[ep.index] = (p, time.perf_counter(), out, err)
-            runs[ep.index].started = time.perf_counter() - t0
-        if past_deadline and todo:
-            for ep in todo:
-                runs[ep.index].stderr_tail = "not started: the load phase passed its deadline"
-            todo = []
-        max_live = max(max_live, len(live))
-        for idx, (p, started, out, err) in list(live.items()):
-            rc = reap(p, runs[idx], block=False)
-            elapsed = time.perf_counter() - started
-            if rc is None and (elapsed > agent_timeout or past_deadline):
-                p.kill()
-                rc = reap(p, runs[idx], block=True)
-                runs[idx].timed_out = True
-            if rc is None:
-                continue
-            out.close()
-            err.close()
-            r = runs[idx]
-            r.returncode = rc
-            r.seconds = elapsed
-            parse_agent_output(r, (logs / f"ep-{idx:03d}.out").read_text(errors="replace"))
-            r.stderr_tail = "\n".join(
-                (logs / f"ep-{idx:03d}.err").read_text(errors="replace").strip().splitlines()[-25:]
-            )
-            del live[idx]
-        if now - last_sample >= 0.5:
-            samples.append(
-                {
-                    "t": round(now, 2),
-                    "server_cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),
-                    "server_rss": max(rss(s) for s in servers),
-                    "agents_running": len(live),
-                    "load1": os.getloadavg()[0],
-                }
-            )
-            last_sample = now
-        if not all(s.alive() for s in servers):
-            warn("the server process exited during the load phase")
+    try:
+        while todo or live:
+            now = time.perf_counter() - t0
+            past_deadline = now > deadline
+            while todo and len(live) < cap and not past_deadline:
+                ep = todo.pop(0)
+                out = open(logs / f"ep-{ep.index:03d}.out", "wb")  # noqa: SIM115 (closed below)
+                err = open(logs / f"ep-{ep.index:03d}.err", "wb")  # noqa: SIM115
+                p = subprocess.Popen(
+                    [
+                        lamina_exe(),
+                        "agent",
+                        "run",
+                        "--once",
+                        "--state",
+                        os.fspath(ep.state),
+                        "--json",
+                    ],
+                    stdout=out,
+                    stderr=err,
+                    env={**env, "XDG_CONFIG_HOME": os.fspath(ep.home)},
+                )
+                if priority == "idle":
+                    set_idle(p.pid)
+                live[ep.index] = (p, time.perf_counter(), out, err)
+                runs[ep.index].started = time.perf_counter() - t0
+            if past_deadline and todo:
+                for ep in todo:
+                    runs[ep.index].stderr_tail = "not started: the load phase passed its deadline"
+                todo = []
+            max_live = max(max_live, len(live))
             for idx, (p, started, out, err) in list(live.items()):
-                p.kill()
-                runs[idx].returncode = reap(p, runs[idx], block=True)
+                rc = reap(p, runs[idx], block=False)
+                elapsed = time.perf_counter() - started
+                if rc is None and (elapsed > agent_timeout or past_deadline):
+                    p.kill()
+                    rc = reap(p, runs[idx], block=True)
+                    runs[idx].timed_out = True
+                if rc is None:
+                    continue
                 out.close()
                 err.close()
-                runs[idx].seconds = time.perf_counter() - started
-                runs[idx].stderr_tail = "killed: the server exited"
-            live.clear()
-            for ep in todo:
-                runs[ep.index].stderr_tail = "not started: the server exited"
-            todo = []
-        time.sleep(0.05)
+                r = runs[idx]
+                r.returncode = rc
+                r.seconds = elapsed
+                parse_agent_output(r, (logs / f"ep-{idx:03d}.out").read_text(errors="replace"))
+                r.stderr_tail = "\n".join(
+                    (logs / f"ep-{idx:03d}.err")
+                    .read_text(errors="replace")
+                    .strip()
+                    .splitlines()[-25:]
+                )
+                del live[idx]
+            if now - last_sample >= 0.5:
+                samples.append(
+                    {
+                        "t": round(now, 2),
+                        "server_cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),
+                        "server_rss": max(rss(s) for s in servers),
+                        "agents_running": len(live),
+                        "load1": os.getloadavg()[0],
+                    }
+                )
+                last_sample = now
+            if not all(s.alive() for s in servers):
+                warn("the server process exited during the load phase")
+                for idx, (p, started, out, err) in list(live.items()):
+                    p.kill()
+                    runs[idx].returncode = reap(p, runs[idx], block=True)
+                    out.close()
+                    err.close()
+                    runs[idx].seconds = time.perf_counter() - started
+                    runs[idx].stderr_tail = "killed: the server exited"
+                live.clear()
+                for ep in todo:
+                    runs[ep.index].stderr_tail = "not started: the server exited"
+                todo = []
+            time.sleep(0.05)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop the agents we started
+        for p, *_ in live.values():
+            p.kill()
+            p.wait()
+        raise
     wall = time.perf_counter() - t0
     server_info = {
         "cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),

@@ -83,10 +83,10 @@ POLL_ROUTES = ("/api/v1/agent/config", "/api/v1/agent/work")
 DURATION = "lamina_http_request_duration_seconds_bucket"
 
 
-def poll_buckets(servers: list[Server]) -> dict[float, float]:
-    """Cumulative counts of agent polls by upper bound (seconds), summed over the servers,
-    read from each server's ``/metrics`` (loopback needs no token)."""
-    out: dict[float, float] = {}
+def poll_buckets(servers: list[Server]) -> dict[str, dict[float, float]]:
+    """Cumulative counts of agent polls by route and upper bound (seconds), summed over
+    the servers, read from each server's ``/metrics`` (loopback needs no token)."""
+    out: dict[str, dict[float, float]] = {r: {} for r in POLL_ROUTES}
     for s in servers:
         try:
             with urllib.request.urlopen(s.url + "/metrics", timeout=30) as r:
@@ -98,11 +98,21 @@ def poll_buckets(servers: list[Server]) -> dict[float, float]:
             if not line.startswith(DURATION + "{"):
                 continue
             labels, _, value = line.rpartition(" ")
-            if not any(f'route="{r}"' in labels for r in POLL_ROUTES):
+            route = next((r for r in POLL_ROUTES if f'route="{r}"' in labels), None)
+            if route is None:
                 continue
             le = labels.split('le="', 1)[1].split('"', 1)[0]
             bound = float("inf") if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(value)
+            out[route][bound] = out[route].get(bound, 0.0) + float(value)
+    return out
+
+
+def all_polls(by_route: dict[str, dict[float, float]]) -> dict[float, float]:
+    """The polls of every route together, by upper bound."""
+    out: dict[float, float] = {}
+    for buckets in by_route.values():
+        for bound, n in buckets.items():
+            out[bound] = out.get(bound, 0.0) + n
     return out
 
 

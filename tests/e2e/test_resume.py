@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,17 @@ def _held(gate: UploadGate, proc: subprocess.Popen[str]) -> None:
         raise AssertionError(f"no bundle was held: {proc.communicate()[1][-2000:]}")
 
 
+def _progress_shown(admin: Lamina, url: str, uploaded: int) -> dict[str, Any]:
+    """The CVD's progress once it shows ``uploaded`` bytes: a server writes the agents'
+    progress reports a second after they arrive. A generous bound, not a timing."""
+    deadline = time.monotonic() + 60
+    while True:
+        progress: dict[str, Any] = _admin_get(admin, url, "/cvds")[0]["progress"]
+        if progress.get("uploaded", 0) >= uploaded or time.monotonic() > deadline:
+            return progress
+        time.sleep(0.1)
+
+
 @pytest.mark.e2e
 def test_server_killed_during_upload_agent_resumes(
     embedded: Deployment, person: Callable[[str], Lamina], tmp_path: Path
@@ -76,8 +88,9 @@ def test_server_killed_during_upload_agent_resumes(
         _enroll(agent, gate.url, token, root, state)
         proc = _agent_run(agent, state)
         _held(gate, proc)
-        # The server shows the centralization's progress up to the held bundle.
-        progress = _admin_get(admin, embedded.url, "/cvds")[0]["progress"]
+        # The server shows the centralization's progress up to the held bundle (written
+        # within a second of its report: services/progress.py).
+        progress = _progress_shown(admin, embedded.url, 8 * MiB)
         assert progress["phase"] == "centralizing" and 0 <= progress["percent"] < 100
         assert progress["uploaded"] >= 8 * MiB
         assert progress["total_files"] > 250 and progress["total_bytes"] > 40 * MiB

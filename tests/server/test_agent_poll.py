@@ -29,13 +29,22 @@ from lamina.store.keys import StoreKeys
 ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
 
 
-def _active_device(engine: Engine) -> Principal:
+def active_devices(engine: Engine, n: int) -> list[Principal]:
+    """``n`` enrolled devices, each with an active CVD under the policy "p"."""
     policies.create(engine, ADMIN, PolicyCreate(name="p", settings=PolicySettings()))
-    token = fleet.create_token(engine, ADMIN, TokenCreate(uses=1)).token
-    req = EnrollRequest(token=token, facts=HardwareFacts(machine_id="m-pc1", hostname="pc1"))
-    out = fleet.enroll(engine, req, StoreKeys.generate().chunking)
-    fleet.centralize(engine, ADMIN, "pc1", CentralizeRequest(policy="p"))
-    return Principal("device", out.device_id, "device pc1", role="active")
+    token = fleet.create_token(engine, ADMIN, TokenCreate(uses=n)).token
+    chunking = StoreKeys.generate().chunking
+    out = []
+    for i in range(1, n + 1):
+        facts = HardwareFacts(machine_id=f"m-pc{i}", hostname=f"pc{i}")
+        dev = fleet.enroll(engine, EnrollRequest(token=token, facts=facts), chunking)
+        fleet.centralize(engine, ADMIN, f"pc{i}", CentralizeRequest(policy="p"))
+        out.append(Principal("device", dev.device_id, f"device pc{i}", role="active"))
+    return out
+
+
+def _active_device(engine: Engine) -> Principal:
+    return active_devices(engine, 1)[0]
 
 
 def _stored(engine: Engine, device: Principal) -> tuple[dict[str, object], object, int]:

@@ -75,6 +75,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        served.progress.close()  # the agents' progress reports still waiting
         served.reads.close()  # the counts of the read windows still open
 
     app = FastAPI(

@@ -8,7 +8,9 @@ from sqlalchemy import Engine
 
 from lamina.config import ServerSettings
 from lamina.server.services.credentials import DeviceCredentials
+from lamina.server.services.fleet import store_report
 from lamina.server.services.inflight import Sharing
+from lamina.server.services.progress import ProgressReports
 from lamina.server.services.read_audit import ReadAudit
 from lamina.store.repository import Store
 
@@ -22,10 +24,13 @@ class ServerContext:
     reads: ReadAudit = field(init=False)
     #: Device credentials verified by this process (``services/credentials.py``).
     credentials: DeviceCredentials = field(init=False)
+    #: Agents' progress reports waiting to be written, all at once (written when the app stops).
+    progress: ProgressReports = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = ReadAudit(self.engine)
         self.credentials = DeviceCredentials(self.engine)
+        self.progress = ProgressReports(self.engine, store_report)
 
     @property
     def sharing(self) -> Sharing:

@@ -54,6 +54,7 @@ def _config(report: AgentStatusReport, ctx: ServerContext, device: Principal) ->
         report.model_dump(exclude={"facts"}),
         ctx.store.keys.chunking,
         facts=report.facts,
+        later=ctx.progress,
     )
     if cfg.cvd_id is not None:
         cfg.gc_epoch = ctx.store.catalog.gc_epoch()

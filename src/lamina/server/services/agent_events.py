@@ -18,8 +18,10 @@ An agent polls all day. A report that would record no event and changes nothing 
 the volatile fields (``VOLATILE``: its clock and free space) is stored only when the
 stored one is ``STORE_EVERY`` old (``worth_storing``): hundreds of agents polling at
 once otherwise make every poll wait for the database's write lock. A sync's progress is
-not volatile: it is stored at every report, since the report before a stall (an upload
-held up) must be what the console shows.
+not volatile: every report of it is stored, since the report before a stall (an upload
+held up) must be what the console shows; one that keeps the agent's state and brings no
+event (``same_state``) is stored within a second, with the other agents' in one
+transaction (``services/progress.py``), not before its answer.
 """
 
 from __future__ import annotations
@@ -69,35 +71,53 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:.1f} GiB"
 
 
-def on_report(c: Connection, hostname: str, before: JsonObject, after: JsonObject) -> JsonObject:
-    """Record the events ``after`` (this report) brings over ``before`` (the stored one);
-    return ``after`` with what the server worked out (``clock_skew``) added."""
-    after = dict(after)
+def _events(before: JsonObject, after: JsonObject) -> list[tuple[str, str]]:
+    """The events (level, message) report ``after`` brings over ``before``."""
+    out: list[tuple[str, str]] = []
     err = after.get("last_error")
     if (
         after.get("state") == "error"
         and err
         and (before.get("state") != "error" or before.get("last_error") != err)
     ):
-        record(c, "error", "agent", hostname, f"agent error: {err}")
+        out.append(("error", f"agent error: {err}"))
     free = after.get("disk_free")
     if _low(free) and not _low(before.get("disk_free")):
-        record(c, "warning", "agent", hostname, f"disk low: {_gib(free)} free")
+        out.append(("warning", f"disk low: {_gib(free)} free"))
+    skew = _skew(after.get("clock"))
+    if skew is not None and skew > MAX_SKEW and not before.get("clock_skew"):
+        out.append(
+            (
+                "warning",
+                f"clock skew: the endpoint's clock is {round(skew.total_seconds() / 60)} min off "
+                "the server's",
+            )
+        )
+    return out
+
+
+def same_state(before: JsonObject, after: JsonObject) -> bool:
+    """Whether report ``after`` keeps the agent's state of ``before`` and brings no event
+    (a sync's progress, as a syncing agent posts it every second): such a report may
+    be stored a moment later (``services/progress.py``) instead of before the answer."""
+    return (
+        after.get("state") == before.get("state")
+        and after.get("last_error") == before.get("last_error")
+        and not _events(before, after)
+    )
+
+
+def on_report(c: Connection, hostname: str, before: JsonObject, after: JsonObject) -> JsonObject:
+    """Record the events ``after`` (this report) brings over ``before`` (the stored one);
+    return ``after`` with what the server worked out (``clock_skew``) added."""
+    for level, message in _events(before, after):
+        record(c, level, "agent", hostname, message)
+    after = dict(after)
     clock = after.get("clock")
     skew = _skew(clock)
     if isinstance(clock, dt.datetime):
         after["clock"] = clock.isoformat()
-    skewed = skew is not None and skew > MAX_SKEW
-    if skew is not None and skewed and not before.get("clock_skew"):
-        record(
-            c,
-            "warning",
-            "agent",
-            hostname,
-            f"clock skew: the endpoint's clock is {round(skew.total_seconds() / 60)} min off "
-            "the server's",
-        )
-    after["clock_skew"] = skewed
+    after["clock_skew"] = skew is not None and skew > MAX_SKEW
     return after
 
 

@@ -37,6 +37,7 @@ from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_to
 from lamina.server.services import agent_events, drivers_index, flex_manage
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, from_row, new_id, now
+from lamina.server.services.progress import ProgressReports
 from lamina.server.services.rows import Cvd, Device, JsonObject
 from lamina.store.keys import ChunkingSecret
 
@@ -363,42 +364,79 @@ def agent_config(
     state: JsonObject | None = None,
     chunking: ChunkingSecret | None = None,
     facts: HardwareFacts | None = None,
+    later: ProgressReports | None = None,
 ) -> AgentConfig:
     """The device's status and, once it has an active CVD, its policy and the chunking secret.
 
     ``facts`` (sent at the agent's start and after each sync) replace the device's
     facts; the hostname the agent reports with its state refreshes the device's. A
     report that changes only volatile fields (``agent_events.worth_storing``) is
-    answered from a read transaction: no write, so no wait for the write lock."""
+    answered from a read transaction: no write, so no wait for the write lock. So is
+    one that keeps the agent's state and brings no event (a sync's progress) when
+    ``later`` is given: it is kept there and written with the others a moment later."""
     if state is not None and facts is None:
         with read_tx(engine) as c:
             was = c.execute(
-                select(devices.c.agent_state, devices.c.last_seen).where(devices.c.id == device.id)
+                select(devices.c.agent_state, devices.c.last_seen, devices.c.hostname).where(
+                    devices.c.id == device.id
+                )
             ).one()
-            if not agent_events.worth_storing(was.agent_state or {}, state, aware(was.last_seen)):
+            before = was.agent_state or {}
+            if not agent_events.worth_storing(before, state, aware(was.last_seen)):
+                return _agent_answer(c, device.id, chunking)
+            if (
+                later is not None
+                and state.get("hostname") in (None, was.hostname)
+                and agent_events.same_state(before, state)
+            ):
+                later.put(device.id, state)
                 return _agent_answer(c, device.id, chunking)
     with write_tx(engine) as c:
-        values: JsonObject = {"last_seen": now()}
-        if state is not None:
-            old = c.execute(
-                select(devices.c.hostname, devices.c.agent_state).where(devices.c.id == device.id)
-            ).one()
-            if state.get("hostname") and state["hostname"] != old.hostname:
-                # only a new name is written: the name is part of what a device
-                # credential authenticates as, and writing it empties the server's
-                # cache of verified credentials (``services/credentials.py``)
-                values["hostname"] = state["hostname"]
-            values["agent_state"] = agent_events.on_report(
-                c, values.get("hostname", old.hostname), old.agent_state or {}, state
-            )
-        if facts is not None:
-            values["facts"] = facts.model_dump()
-            drivers_index.store(c, device.id, values["facts"])
-        c.execute(update(devices).where(devices.c.id == device.id).values(**values))
-        cvd = active_cvd(c, device.id)
-        if cvd is not None and state is not None and "progress" in state:
-            c.execute(update(cvds).where(cvds.c.id == cvd.id).values(progress=state["progress"]))
+        store_report(c, device.id, state, now(), facts=facts)
         return _agent_answer(c, device.id, chunking)
+
+
+def store_report(
+    c: Connection,
+    device_id: str,
+    state: JsonObject | None,
+    at: dt.datetime,
+    newer_only: bool = False,
+    *,
+    facts: HardwareFacts | None = None,
+) -> bool:
+    """Store a device's report received ``at`` (its state, its CVD's progress, new facts)
+    with the events it brings. ``newer_only``: not if a report received after ``at`` or
+    a commit after it is stored (a report kept a moment, ``services/progress.py``: the
+    commit empties the CVD's progress). True if stored."""
+    old = c.execute(
+        select(devices.c.hostname, devices.c.agent_state, devices.c.last_seen)
+        .where(devices.c.id == device_id)
+        .with_for_update()
+    ).one_or_none()
+    cvd = active_cvd(c, device_id)
+    if old is None:
+        return False  # the device is gone
+    last_sync = cvd.last_sync if cvd is not None else None
+    if newer_only and any(t is not None and aware(t) > at for t in (old.last_seen, last_sync)):
+        return False  # a newer report, or a commit, is stored
+    values: JsonObject = {"last_seen": at}
+    if state is not None:
+        if state.get("hostname") and state["hostname"] != old.hostname:
+            # only a new name is written: the name is part of what a device
+            # credential authenticates as, and writing it empties the server's
+            # cache of verified credentials (``services/credentials.py``)
+            values["hostname"] = state["hostname"]
+        values["agent_state"] = agent_events.on_report(
+            c, values.get("hostname", old.hostname), old.agent_state or {}, state
+        )
+    if facts is not None:
+        values["facts"] = facts.model_dump()
+        drivers_index.store(c, device_id, values["facts"])
+    c.execute(update(devices).where(devices.c.id == device_id).values(**values))
+    if cvd is not None and state is not None and "progress" in state:
+        c.execute(update(cvds).where(cvds.c.id == cvd.id).values(progress=state["progress"]))
+    return True
 
 
 def _agent_answer(c: Connection, device_id: str, chunking: ChunkingSecret | None) -> AgentConfig:

@@ -117,9 +117,13 @@ def claim_for_device(
     ``restarted``: the agent process just started, so a task of this device still
     ``running`` was cut short by its restart: it is queued again first.
     """
-    if restarted:
+    cut = (tasks.c.device_id == device.id, tasks.c.state == RUNNING)
+    cut_short = False
+    if restarted:  # a write transaction only when there is a task to requeue
+        with read_tx(engine) as c:
+            cut_short = c.execute(select(tasks.c.id).where(*cut).limit(1)).first() is not None
+    if cut_short:
         with write_tx(engine) as c:
-            cut = (tasks.c.device_id == device.id, tasks.c.state == RUNNING)
             c.execute(
                 update(tasks)
                 .where(*cut, tasks.c.attempts >= MAX_ATTEMPTS)

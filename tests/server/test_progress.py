@@ -1,0 +1,188 @@
+"""Agents' progress reports kept a moment and written together (``services/progress.py``).
+
+A syncing agent reports its progress every second; written one transaction each, those
+reports queued for SQLite's one writer behind bundles and commits, and the agent's poll
+with them. Here they are answered from a read and written in one transaction per flush.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from lamina.config import ServerSettings
+from lamina.db.engine import after_writes, read_tx
+from lamina.db.models import cvds, devices, events
+from lamina.protocol.schemas import HardwareFacts
+from lamina.server.app import create_app, open_context
+from lamina.server.security import Principal
+from lamina.server.services import fleet, tasks
+from lamina.server.services.progress import ProgressReports
+from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
+from tests.server.test_agent_poll import active_devices
+
+
+def _writes(engine: Engine) -> Callable[[], int]:
+    """How many write transactions ``engine`` has ended since this call."""
+    count = [0]
+    after_writes(engine, lambda: count.__setitem__(0, count[0] + 1))
+    return lambda: count[0]
+
+
+def _manual(engine: Engine) -> ProgressReports:
+    """Reports written only when the test calls ``flush`` (no timer)."""
+    return ProgressReports(engine, fleet.store_report, schedule=lambda _d, _f: None)
+
+
+def _stored(engine: Engine, device: Principal) -> tuple[dict[str, object], object]:
+    with read_tx(engine) as c:
+        state = c.execute(select(devices.c.agent_state).where(devices.c.id == device.id)).scalar()
+        progress = c.execute(select(cvds.c.progress).where(cvds.c.device_id == device.id)).scalar()
+    return state or {}, progress
+
+
+def test_n_syncing_agents_reporting_progress_make_one_write_transaction_per_flush(
+    engine: Engine,
+) -> None:
+    pcs = active_devices(engine, 20)
+    later = _manual(engine)
+    writes = _writes(engine)
+    for pc in pcs:  # the sync starts: a new state, stored at once
+        fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 0}}, later=later)
+    assert writes() == 20
+    for files in range(1, 6):  # 100 progress reports: none written before its answer
+        for pc in pcs:
+            cfg = fleet.agent_config(
+                engine, pc, {"state": "syncing", "progress": {"files": files}}, later=later
+            )
+            assert cfg.cvd_id is not None and cfg.policy is not None
+    assert writes() == 20 and later.waiting() == 20
+    assert _stored(engine, pcs[0])[1] == {"files": 0}
+    assert later.flush() == 20  # the last of each device's, in one transaction
+    assert writes() == 21
+    for pc in pcs:
+        state, progress = _stored(engine, pc)
+        assert (state["state"], state["progress"], progress) == (
+            "syncing",
+            {"files": 5},
+            {"files": 5},
+        )
+    assert later.flush() == 0 and writes() == 21  # nothing waits: no transaction
+
+
+def test_a_state_change_is_stored_at_once_and_an_older_waiting_report_never_over_it(
+    engine: Engine,
+) -> None:
+    (pc,) = active_devices(engine, 1)
+    later = _manual(engine)
+    fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 1}}, later=later)
+    fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 2}}, later=later)
+    assert later.waiting() == 1
+    # The sync fails: stored before the answer, with its event.
+    failed = {"state": "error", "last_error": "disk full", "progress": {}}
+    fleet.agent_config(engine, pc, failed, later=later)
+    state, progress = _stored(engine, pc)
+    assert (state["state"], state["last_error"], progress) == ("error", "disk full", {})
+    with read_tx(engine) as c:
+        assert len(c.execute(select(events.c.id)).all()) == 1
+    # The progress report that waited is older than the error: dropped, not written over it.
+    assert later.flush() == 0
+    assert _stored(engine, pc)[0]["state"] == "error"
+    # New facts and a new hostname are stored at once too.
+    facts = HardwareFacts(machine_id="m-pc1", hostname="pc1")
+    fleet.agent_config(engine, pc, failed, later=later, facts=facts)
+    fleet.agent_config(engine, pc, {**failed, "hostname": "renamed"}, later=later)
+    assert later.waiting() == 0
+    with read_tx(engine) as c:
+        assert c.execute(select(devices.c.hostname)).scalar() == "renamed"
+
+
+def test_a_restarted_agents_first_work_poll_opens_no_write_transaction(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/agent/work?restarted=true`` requeues a task cut short; with none, it only reads."""
+    engine = sqlite_engine
+    (pc,) = active_devices(engine, 1)
+
+    def refuse(_engine: Engine) -> None:
+        raise AssertionError("a poll opened a write transaction")
+
+    monkeypatch.setattr(tasks, "write_tx", refuse)
+    assert tasks.claim_for_device(engine, pc, "server-test", restarted=True) == []
+
+
+def _settings(tmp_path: Path) -> ServerSettings:
+    return ServerSettings(data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD)
+
+
+def test_a_progress_report_is_answered_while_another_connection_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    ctx, _ = open_context(settings)
+    ctx.progress = _manual(ctx.engine)
+    for url in serve(settings, create_app(settings, ctx)):
+        pc = Live(url, settings.data).device("pc1")
+        syncing = {"state": "syncing", "progress": {"files": 1}}
+        assert pc.client.post("/agent/config", json=syncing).status_code == 200
+        holder = sqlite3.connect(settings.data / "lamina.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # SQLite's one write lock, held by another connection
+        try:
+            r = pc.client.post("/agent/config", json={**syncing, "progress": {"files": 2}})
+            assert r.status_code == 200, r.text
+            assert r.json()["cvd_id"] == pc.cvd_id and ctx.progress.waiting() == 1
+        finally:
+            holder.rollback()
+            holder.close()
+        # A reader sees it once written: here when the server stops.
+        admin = Live(url, settings.data).login()
+        assert admin.get("/cvds").json()[0]["progress"] == {"files": 1}
+    with read_tx(ctx.engine) as c:
+        assert c.execute(select(cvds.c.progress)).scalar() == {"files": 2}
+    ctx.engine.dispose()
+
+
+def test_a_waiting_progress_report_is_visible_after_a_flush(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    ctx, _ = open_context(settings)
+    ctx.progress = _manual(ctx.engine)
+    for url in serve(settings, create_app(settings, ctx)):
+        live = Live(url, settings.data)
+        pc = live.device("pc1")
+        admin = live.login()
+        for files in (1, 2, 3):
+            body = {"state": "syncing", "progress": {"files": files}}
+            assert pc.client.post("/agent/config", json=body).status_code == 200
+        assert admin.get("/cvds").json()[0]["progress"] == {"files": 1}
+        assert ctx.progress.flush() == 1
+        assert admin.get("/cvds").json()[0]["progress"] == {"files": 3}
+        # A report still waiting when the sync commits is older than the commit: the
+        # finished sync's CVD shows no progress, not that report's.
+        body = {"state": "syncing", "progress": {"files": 4}}
+        assert pc.client.post("/agent/config", json=body).status_code == 200
+        pc.commit_files({b"a": [b"one"]})
+        assert ctx.progress.flush() == 0
+        assert admin.get("/cvds").json()[0]["progress"] == {}
+    ctx.engine.dispose()
+
+
+def test_progress_reports_are_written_by_the_timer_they_start(sqlite_engine: Engine) -> None:
+    """The first waiting report schedules one flush; reports until it add none."""
+    engine = sqlite_engine
+    (pc,) = active_devices(engine, 1)
+    due: list[Callable[[], None]] = []
+    later = ProgressReports(engine, fleet.store_report, schedule=lambda _d, f: due.append(f))
+    fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 1}}, later=later)
+    for files in (2, 3):
+        fleet.agent_config(
+            engine, pc, {"state": "syncing", "progress": {"files": files}}, later=later
+        )
+    assert len(due) == 1
+    due.pop()()
+    assert _stored(engine, pc)[1] == {"files": 3} and later.waiting() == 0
+    fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 4}}, later=later)
+    assert len(due) == 1  # the next report starts the next one
