@@ -7,6 +7,7 @@ with them. Here they are answered from a read and written in one transaction per
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -186,3 +187,68 @@ def test_progress_reports_are_written_by_the_timer_they_start(sqlite_engine: Eng
     assert _stored(engine, pc)[1] == {"files": 3} and later.waiting() == 0
     fleet.agent_config(engine, pc, {"state": "syncing", "progress": {"files": 4}}, later=later)
     assert len(due) == 1  # the next report starts the next one
+
+
+def test_a_commit_landing_after_the_flush_read_its_cvd_keeps_its_empty_progress(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a commit can land between the flush's read of the CVD and its
+    write: the write's own condition keeps the commit's emptied progress. Shown here by
+    handing the flush the CVD as it was before the commit."""
+    engine = sqlite_engine
+    (pc,) = active_devices(engine, 1)
+    with engine.begin() as c:
+        stale = fleet.active_cvd(c, pc.id)
+        assert stale is not None and stale.last_sync is None
+        at = fleet.now()
+        c.execute(
+            cvds.update()
+            .where(cvds.c.id == stale.id)
+            .values(last_sync=at + dt.timedelta(seconds=1), progress={})
+        )
+    monkeypatch.setattr(fleet, "active_cvd", lambda c, device_id: stale)
+    with engine.begin() as c:
+        state = {"state": "syncing", "progress": {"files": 9}}
+        fleet.store_report(c, pc.id, state, at, newer_only=True)
+    assert _stored(engine, pc)[1] == {}
+
+
+def test_a_report_the_database_refuses_does_not_hold_back_the_others(
+    sqlite_engine: Engine,
+) -> None:
+    engine = sqlite_engine
+    pcs = active_devices(engine, 3)
+    bad = pcs[1].id
+
+    def store(c: object, dev: str, rep: dict[str, object], at: object, newer: bool) -> bool:
+        if dev == bad:
+            raise ValueError("a value the database refuses")
+        return fleet.store_report(c, dev, rep, at, newer)  # type: ignore[arg-type]
+
+    later = ProgressReports(engine, store, schedule=lambda _d, _f: None)
+    for i, pc in enumerate(pcs):
+        later.put(pc.id, {"state": "syncing", "progress": {"files": i}})
+    assert later.flush() == 2
+    assert [_stored(engine, pc)[1] for pc in pcs] == [{"files": 0}, {}, {"files": 2}]
+    assert later.waiting() == 0  # dropped, not retried for ever
+
+
+def test_a_timer_that_cannot_start_is_tried_again_by_the_next_report(
+    sqlite_engine: Engine,
+) -> None:
+    (pc,) = active_devices(engine := sqlite_engine, 1)
+    started: list[Callable[[], None]] = []
+
+    def schedule(_delay: float, fn: Callable[[], None]) -> None:
+        if not started:
+            started.append(fn)
+            raise RuntimeError("can't start new thread")
+        started.append(fn)
+
+    later = ProgressReports(engine, fleet.store_report, schedule=schedule)
+    with pytest.raises(RuntimeError):
+        later.put(pc.id, {"state": "syncing", "progress": {"files": 1}})
+    later.put(pc.id, {"state": "syncing", "progress": {"files": 2}})
+    assert len(started) == 2
+    started[1]()
+    assert _stored(engine, pc)[1] == {"files": 2}

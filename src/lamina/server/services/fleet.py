@@ -12,6 +12,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -414,9 +415,9 @@ def store_report(
         .where(devices.c.id == device_id)
         .with_for_update()
     ).one_or_none()
-    cvd = active_cvd(c, device_id)
     if old is None:
         return False  # the device is gone
+    cvd = active_cvd(c, device_id)
     last_sync = cvd.last_sync if cvd is not None else None
     if newer_only and any(t is not None and aware(t) > at for t in (old.last_seen, last_sync)):
         return False  # a newer report, or a commit, is stored
@@ -435,7 +436,13 @@ def store_report(
         drivers_index.store(c, device_id, values["facts"])
     c.execute(update(devices).where(devices.c.id == device_id).values(**values))
     if cvd is not None and state is not None and "progress" in state:
-        c.execute(update(cvds).where(cvds.c.id == cvd.id).values(progress=state["progress"]))
+        progress = update(cvds).where(cvds.c.id == cvd.id)
+        if newer_only:
+            # in the statement too: on PostgreSQL a commit of this CVD can land between
+            # the read above and this write, and the row's condition is checked again
+            # once its lock is ours (the commit's emptied progress must stay)
+            progress = progress.where(or_(cvds.c.last_sync.is_(None), cvds.c.last_sync <= at))
+        c.execute(progress.values(progress=state["progress"]))
     return True
 
 

@@ -75,7 +75,15 @@ class ProgressReports:
             if self._due:
                 return
             self._due = True
-        self.schedule(self.every, self._tick)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            self.schedule(self.every, self._tick)
+        except BaseException:
+            with self._lock:  # no timer (no thread to be had): the next report tries again
+                self._due = False
+            raise
 
     def waiting(self) -> int:
         with self._lock:
@@ -90,18 +98,38 @@ class ProgressReports:
                 self._due = False
             if not batch:
                 return 0
+            # in the devices' order: two servers' flushes lock rows in one order
+            items = sorted(batch.items())
             try:
                 with write_tx(self.engine) as c:
-                    # in the devices' order: two servers' flushes lock rows in one order
-                    return sum(
-                        self.store(c, dev, rep, at, True)
-                        for dev, (rep, at) in sorted(batch.items())
-                    )
+                    return sum(self.store(c, dev, rep, at, True) for dev, (rep, at) in items)
             except BackendError:
-                with self._lock:
-                    for dev, item in batch.items():
-                        self._waiting.setdefault(dev, item)
+                self._again(items)
                 raise
+            except Exception:
+                log.exception("agents' progress refused together: each alone now")
+            return self._one_by_one(items)
+
+    def _again(self, items: list[tuple[str, tuple[JsonObject, dt.datetime]]]) -> None:
+        """Reports that could not be written wait again, unless a newer one came."""
+        with self._lock:
+            for dev, item in items:
+                self._waiting.setdefault(dev, item)
+
+    def _one_by_one(self, items: list[tuple[str, tuple[JsonObject, dt.datetime]]]) -> int:
+        """Each report in a transaction of its own: one the database refuses is logged and
+        dropped (a later report replaces it), the others are stored."""
+        stored = 0
+        for i, (dev, (rep, at)) in enumerate(items):
+            try:
+                with write_tx(self.engine) as c:
+                    stored += self.store(c, dev, rep, at, True)
+            except BackendError:
+                self._again(items[i:])
+                raise
+            except Exception:
+                log.exception("device %s's progress report refused: dropped", dev)
+        return stored
 
     def _tick(self) -> None:
         try:
@@ -112,7 +140,7 @@ class ProgressReports:
             if not self._waiting or self._due:
                 return
             self._due = True
-        self.schedule(self.every, self._tick)
+        self._schedule()
 
     def close(self) -> None:
         """Write what waits (the server stops)."""
