@@ -82,3 +82,15 @@ def test_an_error_inside_still_puts_the_collector_back() -> None:
         assert gc.get_freeze_count() > 0
         raise RuntimeError("boom")
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == (700, 10, 10)
+
+
+def test_two_blocks_at_once_put_the_collector_back_only_when_both_ended() -> None:
+    """Two restores in threads of one process: the first in sets, the last out puts back."""
+    before = gc.get_threshold()
+    a, b = fewer_collections(), fewer_collections()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)  # the first to start ends first
+    assert gc.get_threshold()[0] == collector.YOUNG_THRESHOLD and gc.get_freeze_count() > 0
+    b.__exit__(None, None, None)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
