@@ -55,6 +55,7 @@ from bench.e2e_lamina import LaminaE2E, Results
 from bench.e2e_layer import LAYER_MB
 from bench.e2e_procs import git_revision
 from bench.e2e_steps import run_steps
+from bench.freshfs import restore_target
 from bench.run import print_rows
 from bench.tools import Restic
 
@@ -249,7 +250,7 @@ def _pass_doc(
             "python": sys.version.split()[0],
             "note": "server, agent, restic, corpus and stores on one machine, one filesystem; "
             "Lamina over HTTP on loopback",
-            "restore_target": freshfs.describe(args.work),
+            "restore_target": restore_target(res.details) or freshfs.describe(args.work),
         },
         "tools": {"lamina": lam.version, "restic": restic_version},
         "git": {"at_start": rev_start, "at_end": git_revision()},

@@ -290,7 +290,8 @@ def full_restore(p: Pass) -> None:
 
     def fresh(tool: str, fn: Callable[[Path], None]) -> Callable[[], None]:
         def run() -> None:
-            with freshfs.fresh_target(p.work, tool, size) as out:
+            with freshfs.fresh_target(p.work, tool, size) as (out, where):
+                p.res.detail(tool, "restore_target", where)
                 p.warm(tool, "restore_s")
                 fn(out)
 

@@ -26,8 +26,9 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from bench.common import rmtree, say
+from bench.common import rmtree, say, warn
 from bench.host import mount_of
 
 
@@ -77,6 +78,19 @@ def plan(work: Path) -> tuple[list[str], list[str], str] | str:
     return make, mount, f"a fresh {desc} ({','.join(keep) or 'defaults'}) on a loop device"
 
 
+def restore_target(details: dict[str, Any]) -> str:
+    """Where a pass's restores went, from each tool's ``restore_target`` detail ("" if
+    none was recorded): one description, or each tool's when they differ."""
+    seen = {
+        t: d["restore_target"]
+        for t, d in details.items()
+        if isinstance(d, dict) and d.get("restore_target")
+    }
+    if len(set(seen.values())) == 1:
+        return next(iter(seen.values()))
+    return "; ".join(f"{t}: {w}" for t, w in sorted(seen.items()))
+
+
 def describe(work: Path) -> str:
     p = plan(work)
     if isinstance(p, str):
@@ -85,37 +99,39 @@ def describe(work: Path) -> str:
 
 
 @contextlib.contextmanager
-def fresh_target(work: Path, name: str, size: int) -> Iterator[Path]:
-    """An empty folder for one restore: in a new filesystem of ``size`` bytes (sparse) when
-    one can be made, else ``work/restore/name``. Removed afterwards."""
+def fresh_target(work: Path, name: str, size: int) -> Iterator[tuple[Path, str]]:
+    """An empty folder for one restore, and where it is: in a new filesystem of ``size``
+    bytes (sparse) when one can be made, else ``work/restore/name``. Removed afterwards."""
     out = work / "restore" / name
     out.mkdir(parents=True, exist_ok=False)
     p = plan(work)
+    image = work / "restore" / f"{name}.img"
+    if not isinstance(p, str):
+        make, mount, where = p
+        with open(image, "wb") as f:
+            f.truncate(size)
+        try:
+            subprocess.run([*make, os.fspath(image)], check=True, capture_output=True, text=True)
+            subprocess.run(
+                [*mount, os.fspath(image), os.fspath(out)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except subprocess.CalledProcessError as e:
+            image.unlink(missing_ok=True)
+            p = f"{' '.join(e.cmd[:2])} failed: {(e.stderr or '').strip()}"
+            warn(f"no filesystem of its own for {name}'s restore ({p})")
     if isinstance(p, str):
         try:
-            yield out
+            yield out, f"the work folder ({p}: no filesystem of its own)"
         finally:
             rmtree(out)
         return
-    make, mount, _ = p
-    image = work / "restore" / f"{name}.img"
-    with open(image, "wb") as f:
-        f.truncate(size)
-    try:
-        subprocess.run([*make, os.fspath(image)], check=True, capture_output=True, text=True)
-        subprocess.run(
-            [*mount, os.fspath(image), os.fspath(out)], check=True, capture_output=True, text=True
-        )
-    except subprocess.CalledProcessError as e:
-        image.unlink(missing_ok=True)
-        out.rmdir()
-        raise OSError(
-            f"could not make a filesystem for {name}'s restore: {e.stderr.strip()}"
-        ) from e
     try:
         target = out / "data"  # not the filesystem's root: that holds lost+found
         target.mkdir()
-        yield target
+        yield target, where + ", made for each restore"
     finally:
         os.sync()
         r = subprocess.run(["umount", os.fspath(out)], capture_output=True, text=True)

@@ -49,6 +49,7 @@ from bench.common import (
 )
 from bench.corpus import Corpus, copy_tree, make_corpus, mutate
 from bench.e2e_procs import git_revision
+from bench.freshfs import restore_target
 from bench.tools import Tool, find_tools
 from bench.verify import compare, manifest
 
@@ -258,7 +259,8 @@ def figure_restore(run: Run, corpus: Path, work: Path) -> None:
     size = max(4 * tree.disk + (1 << 30), tree.files * 32 * 1024)  # room and inodes
 
     def restore(t: Tool) -> None:
-        with freshfs.fresh_target(work, t.name, size) as out:
+        with freshfs.fresh_target(work, t.name, size) as (out, where):
+            run.details.setdefault(t.name, {})["restore_target"] = where
             restore_into(t, out)
 
     def restore_into(t: Tool, out: Path) -> None:
@@ -352,7 +354,7 @@ def results(
             "load_at_end": list(os.getloadavg()),
             "python": sys.version.split()[0],
             "filesystem_note": "corpus and repositories on the work folder's filesystem",
-            "restore_target": freshfs.describe(run.work),
+            "restore_target": restore_target(run.details) or freshfs.describe(run.work),
         },
         "tools": {t.name: {"version": t.version, "failed": t.failed} for t in run.tools},
         "skipped_tools": skipped,
