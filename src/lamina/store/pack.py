@@ -80,11 +80,11 @@ class PackWriter:
     The blobs are kept as they came and joined once, at ``finish``: growing one buffer
     blob by blob (reallocated as it grew, then copied out) cost more than sealing them
     (1.2-1.4 s of CPU per GiB of 1 MiB blobs, docs/design.md, session 11). What is added
-    must not change until then (bytes, or a view of bytes)."""
+    must not change until then: bytes, never a view of a buffer that could."""
 
     def __init__(self, data_key: bytes) -> None:
         self._data_key = data_key
-        self._parts: list[bytes | memoryview] = []
+        self._parts: list[bytes] = []
         self._size = 0
         self.entries: list[PackEntry] = []
 
@@ -95,11 +95,11 @@ class PackWriter:
     def count(self) -> int:
         return len(self.entries)
 
-    def add(self, kind: BlobKind, bid: bytes, sealed: bytes | memoryview, raw_length: int) -> None:
+    def add(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
         self.add_parts(kind, bid, (sealed,), raw_length)
 
     def add_parts(
-        self, kind: BlobKind, bid: bytes, parts: tuple[bytes | memoryview, ...], raw_length: int
+        self, kind: BlobKind, bid: bytes, parts: tuple[bytes, ...], raw_length: int
     ) -> int:
         """Add a sealed blob given as parts written back to back (``blob.seal_parts``);
         return its length."""

@@ -149,9 +149,7 @@ class Writer:
                     self._known_refused = self._known is None and limit >= _KNOWN_LIMIT
             return self._known
 
-    def put_sealed(
-        self, kind: BlobKind, bid: bytes, sealed: bytes | memoryview, raw_length: int
-    ) -> None:
+    def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None:
         """Add a sealed blob (skipped if this session wrote it already as ``kind``)."""
         self._put(kind, bid, (sealed,), raw_length)
 
@@ -164,9 +162,7 @@ class Writer:
         keys = self.store.keys
         self._put(kind, bid, blob.seal_parts(keys.data_key, kind, bid, flag, payload), raw_length)
 
-    def _put(
-        self, kind: BlobKind, bid: bytes, parts: tuple[bytes | memoryview, ...], raw_length: int
-    ) -> None:
+    def _put(self, kind: BlobKind, bid: bytes, parts: tuple[bytes, ...], raw_length: int) -> None:
         self._check()
         with self._lock:
             if (bid, kind) in self._session:
