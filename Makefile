@@ -52,11 +52,17 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Lamina's own modules byte-compiled first, as installing its wheel does: an editable
+# install under PYTHONDONTWRITEBYTECODE (set on the bench host) compiles them again in
+# every command (~30 ms of CPU for `snapshot create`'s 55 modules), which restic and
+# borg (installed packages) do not pay.
 bench: $(STAMP)
+	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m bench.run && $(BIN)/python -m bench.e2e && $(BIN)/python -m bench.migrate && $(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.report --readme
 
 bench-load: $(STAMP)
+	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m bench.load --pg-s3
 
 clean:
