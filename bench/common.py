@@ -224,6 +224,14 @@ def warm_up(root: Path) -> float:
     return time.perf_counter() - t0
 
 
+def warm_inputs(details: dict[str, Any], tool: str, step: str, paths: Iterable[Path]) -> None:
+    """Read ``paths`` (those that exist) just before ``tool``'s timed ``step`` and record
+    the seconds under ``details[tool]["warm_up_s"][step]``: the bench host pages out
+    memory idle for a minute (``bench.host.page_out_schemes``)."""
+    seconds = sum(warm_up(p) for p in paths if p.exists())
+    details.setdefault(tool, {}).setdefault("warm_up_s", {})[step] = seconds
+
+
 def regular_files(root: Path, *, single_link: bool = True) -> list[Path]:
     out = []
     for dirpath, dirnames, files in os.walk(root):

@@ -17,7 +17,7 @@ from bench.common import (
     human_bytes,
     say,
     tree_size,
-    warm_up,
+    warm_inputs,
     warn,
 )
 from bench.corpus import mutate
@@ -67,8 +67,7 @@ class Pass:
         else:
             assert self.restic is not None
             own = [self.restic.repo, *self.restic.cache_dirs()]
-        seconds = sum(warm_up(t) for t in (*trees, *own) if t.exists())
-        self.res.details.setdefault(tool, {}).setdefault("warm_up_s", {})[key] = seconds
+        warm_inputs(self.res.details, tool, key, (*trees, *own))
 
     def lamina_backup(self, key: str, *, sync: bool) -> None:
         res = self.res
@@ -285,8 +284,7 @@ def full_restore(p: Pass) -> None:
     # Each restore goes to a filesystem of its own (bench.freshfs): creating 40,000 files
     # within minutes of a mass deletion costs several times the system time on ext4
     # without a journal, which made a tool's figure depend on when the last deletion was.
-    tree = tree_size(p.corpus)
-    size = max(4 * tree.disk + (1 << 30), tree.files * 32 * 1024)
+    size = freshfs.size_for(tree_size(p.corpus))
 
     def fresh(tool: str, fn: Callable[[Path], None]) -> Callable[[], None]:
         def run() -> None:

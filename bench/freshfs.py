@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import rmtree, say, warn
+from bench.common import TreeSize, rmtree, say, warn
 from bench.host import mount_of
 
 
@@ -76,6 +76,12 @@ def plan(work: Path) -> tuple[list[str], list[str], str] | str:
     keep = sorted(o for o in m.options if o in ("discard", "nodiscard", "noatime", "relatime"))
     mount = ["mount", "-o", ",".join(["loop", *keep])]
     return make, mount, f"a fresh {desc} ({','.join(keep) or 'defaults'}) on a loop device"
+
+
+def size_for(tree: TreeSize) -> int:
+    """Bytes of a filesystem for a restore of ``tree``: room for it several times over,
+    and (at mkfs's one inode per 16 KiB) inodes for each of its files twice."""
+    return max(4 * tree.disk + (1 << 30), tree.files * 32 * 1024)
 
 
 def restore_target(details: dict[str, Any]) -> str:

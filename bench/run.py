@@ -44,6 +44,7 @@ from bench.common import (
     rmtree,
     say,
     tree_size,
+    warm_inputs,
     warm_up,
     warn,
 )
@@ -96,8 +97,7 @@ class Run:
         depending on how long the tools before it took: after restic and borg, Lamina's
         initial backup read the corpus from the disk (``perf``: virtio kicks in its own
         context) and took 7.3-7.7 s against 5.2 s when it went first."""
-        seconds = sum(warm_up(p) for p in (*trees, t.repo, *t.cache_dirs()) if p.exists())
-        self.details.setdefault(t.name, {}).setdefault("warm_up_s", {})[step] = seconds
+        warm_inputs(self.details, t.name, step, (*trees, t.repo, *t.cache_dirs()))
 
     def each(self, step: str, fn: Callable[[Tool], None]) -> None:
         """Run ``fn`` for every tool still standing; a failure drops only that tool."""
@@ -255,8 +255,7 @@ def figure_restore(run: Run, corpus: Path, work: Path) -> None:
 
     # Each restore goes to a filesystem of its own (bench.freshfs): creating 40,000 files
     # after another tree's deletion costs several times the system time on this host.
-    tree = tree_size(corpus)
-    size = max(4 * tree.disk + (1 << 30), tree.files * 32 * 1024)  # room and inodes
+    size = freshfs.size_for(tree_size(corpus))
 
     def restore(t: Tool) -> None:
         with freshfs.fresh_target(work, t.name, size) as (out, where):

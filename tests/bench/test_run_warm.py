@@ -9,6 +9,7 @@ from typing import Any
 from bench.common import Ran
 from bench.tools import Tool
 
+from bench import common
 from bench import run as bench_run
 
 
@@ -42,7 +43,7 @@ def test_each_tools_source_and_repository_are_read_right_before_its_backup(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
     reads: list[str] = []
-    monkeypatch.setattr(bench_run, "warm_up", lambda p: reads.append(p.name) or 0.25)
+    monkeypatch.setattr(common, "warm_up", lambda p: reads.append(p.name) or 0.25)
     src = tmp_path / "corpus"
     src.mkdir()
     a, b = Recorder(tmp_path, reads), Recorder(tmp_path, reads)
