@@ -300,3 +300,41 @@ def test_a_device_gets_no_delta_of_or_against_another_endpoints_files(
     # A user's token is not a device credential.
     r = server.login().post("/blobs/delta", json={"items": []})
     assert r.status_code == 401, r.text
+
+
+def test_a_delivery_s_folders_are_asked_for_a_level_at_a_time(server: Live, tmp_path: Path) -> None:
+    """A delivery changing one file in each of 24 folders two levels down reads the
+    delta's trees a level at a time: a few ``/blobs/read`` requests, not one per folder."""
+    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, {b"same.txt": SAME})
+    chunker = Chunker(ep.chunking)
+    files = {
+        f"top{t}/sub{s}/conf": _lines(10 * t + s, 3_000, "key") for t in range(4) for s in range(6)
+    }
+
+    def folder(entries: list[Entry]) -> bytes:
+        [tid] = ep.dev.upload([(BlobKind.TREE, encode_tree(entries))])
+        return tid
+
+    tops = []
+    for t in range(4):
+        subs = []
+        for s in range(6):
+            data = files[f"top{t}/sub{s}/conf"]
+            ids = ep.dev.upload([(BlobKind.DATA, bytes(v)) for v in chunker.cut(data)])
+            leaf = folder([Entry(name=b"conf", type="file", size=len(data), content=list(ids))])
+            subs.append(Entry(name=f"sub{s}".encode(), type="dir", subtree=leaf))
+        tops.append(Entry(name=f"top{t}".encode(), type="dir", subtree=folder(subs)))
+    ep.v2 = folder(tops)
+    r = ep.dev.client.post("/agent/commit", json={"root": ep.v2.hex(), "files": 24, "bytes": 0})
+    assert r.status_code == 200, r.text
+    reads: list[str] = []
+    ep.client.http.event_hooks["request"].append(
+        lambda req: reads.append(req.url.path) if req.url.path.endswith("/blobs/read") else None
+    )
+    ep.stage()
+    # The root, its 4 folders in one request, their 24 in one, the 24 files' chunks in
+    # one: 4 (one request per folder would be 29 for the trees alone).
+    assert len(reads) <= 5, reads
+    boot(ep.state_dir, ep.root)
+    for rel, data in files.items():
+        assert (ep.root / rel).read_bytes() == data

@@ -233,18 +233,23 @@ def _seed_from_endpoint(
     with ``client``, files whose chunks still lack come as deltas against the old
     version (``agent.deltas``). Returns the bytes seeded and the files sent as deltas."""
     wanted: dict[str, Entry] = {}
-    todo = [(delta, "")]
-    while todo:
-        tid, prefix = todo.pop()
-        # The delta's trees are read again by the staging that follows: kept, not
+    level = [(delta, "")]
+    while level:
+        # A level's folders are asked for together (a few requests, not one per folder
+        # changed); they are read again by the staging that follows: kept, not
         # downloaded again (a delivery's trees hold only what changes: small).
-        blobs.local[tid] = blobs.get(tid)
-        for e in decode_tree(blobs.local[tid]):
-            rel = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
-            if e.subtree is not None:
-                todo.append((e.subtree, rel))
-            elif e.type == "file" and e.content:
-                wanted[rel] = e
+        blobs.prefetch({tid for tid, _ in level if tid not in blobs.local})
+        below: list[tuple[bytes, str]] = []
+        for tid, prefix in level:
+            if tid not in blobs.local:
+                blobs.local[tid] = blobs.get(tid)
+            for e in decode_tree(blobs.local[tid]):
+                rel = f"{prefix}/{os.fsdecode(e.name)}" if prefix else os.fsdecode(e.name)
+                if e.subtree is not None:
+                    below.append((e.subtree, rel))
+                elif e.type == "file" and e.content:
+                    wanted[rel] = e
+        level = below
     return _seed_files(blobs, root, wanted, chunking, client)
 
 
