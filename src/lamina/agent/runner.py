@@ -30,7 +30,7 @@ from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
 from lamina.layers.rules import for_os
-from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
+from lamina.protocol.endpoint import AgentConfig, EnrollRequest, EnrollResponse
 from lamina.protocol.tasks import (
     LayerApplyParams,
     MigrateParams,
@@ -39,6 +39,7 @@ from lamina.protocol.tasks import (
     SyncParams,
     TaskKind,
     TaskState,
+    WorkItem,
     work_item,
 )
 from lamina.tree.names import split_path
