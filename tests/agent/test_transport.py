@@ -188,8 +188,11 @@ def test_a_client_of_a_plain_http_server_loads_no_ca_bundle_and_trusts_no_certif
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     assert ctx.cert_store_stats()["x509_ca"] == 0
     cert, key = self_signed_pair(tmp_path / "server", "127.0.0.1")
-    with _tls_listener(cert, key) as port, pytest.raises(ssl.SSLCertVerificationError):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+    with (
+        _tls_listener(cert, key) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        ctx.wrap_socket(sock, server_hostname="127.0.0.1")
     AgentClient("https://lamina.example", "lmd_x", None).close()
     assert loaded == ["ca"]
