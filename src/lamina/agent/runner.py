@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.agent import facts, staging
-from lamina.agent.blobs import agent_blobs
 from lamina.agent.bootcheck import BootCheck, default_check
 from lamina.agent.heap import map_large_blocks
 from lamina.agent.state import (
@@ -25,7 +24,6 @@ from lamina.agent.state import (
     save_state,
     save_status,
 )
-from lamina.agent.stream import StreamProgress, stream_user_data
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
@@ -43,7 +41,9 @@ from lamina.protocol.tasks import (
     work_item,
 )
 from lamina.tree.names import split_path
-from lamina.tree.restore import restore_tree
+
+if TYPE_CHECKING:
+    from lamina.agent.stream import StreamProgress
 
 log = logging.getLogger(__name__)
 #: The state the server gives a task an admin cancelled.
@@ -374,6 +374,10 @@ class Agent:
             raise UsageError(
                 "a restore onto the endpoint needs paths inside its root, not / itself"
             )
+        # A restore's and a stream's modules are imported by them, not by every agent run.
+        from lamina.agent.blobs import agent_blobs
+        from lamina.tree.restore import restore_tree
+
         blobs = agent_blobs(self.client, self.st.chunking.id_key)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         tree = bytes.fromhex(params.root)
@@ -448,6 +452,9 @@ class Agent:
                         message=f"streaming user data: {p.files_done} of {p.files_total} files",
                         result={"stream": p.public()},
                     )
+
+        from lamina.agent.blobs import agent_blobs
+        from lamina.agent.stream import stream_user_data
 
         blobs = agent_blobs(self.client, self.st.chunking.id_key)
         res = stream_user_data(
