@@ -378,3 +378,5 @@ def test_a_sync_by_agent_run_once_loads_no_typer(live: Live, tmp_path: Path) -> 
     assert "lamina.protocol.endpoint" in mods
     unused = {"schemas", "layers", "migration", "flex", "ops"}
     assert not {f"lamina.protocol.{m}" for m in unused} & mods
+    # A restore's and a user-data stream's modules load when one runs.
+    assert not {"lamina.tree.restore", "lamina.agent.stream", "lamina.agent.live"} & mods

@@ -169,7 +169,12 @@ class Agent:
         self._lock.release()
 
     def _save(self, **changes: Any) -> None:
-        """Change fields of ``status.json`` (each validated: an unknown one is a bug) and write it."""
+        """Change fields of ``status.json`` (each validated: an unknown one is a bug) and write it.
+
+        Changes that change nothing write nothing: a report's answer is the same in most
+        cycles, and each write is two fsyncs (file and folder)."""
+        if all(getattr(self.status, name) == value for name, value in changes.items()):
+            return
         for name, value in changes.items():
             setattr(self.status, name, value)
         save_status(self.state_dir, self.status)
