@@ -73,3 +73,52 @@ def test_a_report_whose_answer_changes_nothing_writes_no_status_file(
     finally:
         agent.close()
     assert load_status(state).state == "syncing"
+
+
+def test_an_unchanged_sync_makes_five_requests_and_three_status_writes(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What an unchanged sync's cycle (a timer's ``agent run --once --sync``) costs besides
+    its scan: the cycle's report, the work list, the sync's first progress report (at
+    its 500th file: a stalled upload must show progress), the commit and the report
+    after it; ``status.json`` written at the sync's start, its progress and its end."""
+    import httpx
+
+    import lamina.agent.runner as runner
+
+    root, state = live.enrolled_agent(tmp_path, "timer-host")
+    for i in range(600):
+        (root / "etc" / f"f{i:03}").write_bytes(b"%d\n" % i)
+    first = Agent(state)
+    try:
+        assert first.cycle(force_sync=True)["synced"]
+    finally:
+        first.close()
+    requests: list[str] = []
+    writes: list[str] = []
+    save = runner.save_status
+
+    def counted(folder: Path, status: runner.AgentStatus) -> None:
+        writes.append(status.state)
+        save(folder, status)
+
+    def record(request: httpx.Request) -> None:
+        requests.append(f"{request.method} {request.url.path.removeprefix('/api/v1')}")
+
+    monkeypatch.setattr(runner, "save_status", counted)
+    agent = Agent(state)
+    agent.client.http.event_hooks["request"].append(record)
+    try:
+        assert agent.cycle(force_sync=True)["synced"]
+    finally:
+        agent.close()
+    assert requests == [
+        "POST /agent/config",
+        "GET /agent/work",
+        "POST /agent/config",
+        "POST /agent/commit",
+        "POST /agent/config",
+    ]
+    assert writes == ["syncing", "syncing", "idle"]
