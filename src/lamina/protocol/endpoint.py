@@ -1,9 +1,9 @@
 """What an endpoint's agent and the server say to each other: enrollment, the agent's
 config (its report's answer) and the sync (missing blobs, bundles' answers, the commit).
 
-Apart from ``lamina.protocol.schemas`` (which re-exports every name here) so that an
-agent run builds these models only, not the API's ~90 others: an unchanged sync is
-mostly start-up, and each pydantic model costs its import time.
+Apart from ``lamina.protocol.schemas`` (which re-exports the names its callers import
+from there) so that an agent run builds these models only, not the API's ~90 others:
+an unchanged sync is mostly start-up, and each pydantic model costs its import time.
 """
 
 from __future__ import annotations

@@ -26,15 +26,11 @@ from lamina.protocol.base import (
 )
 from lamina.protocol.endpoint import (
     AgentConfig,
-    AgentStatusReport,
-    BundleResponse,
     ChunkingPublic,
     CommitRequest,
     CommitResponse,
     EnrollRequest,
     EnrollResponse,
-    MissingRequest,
-    MissingResponse,
     SnapshotPublic,
 )
 from lamina.protocol.facts import (
@@ -92,10 +88,8 @@ __all__ = [
     "MAX_MODALIASES",
     "PROTECTABLE",
     "AgentConfig",
-    "AgentStatusReport",
     "AssignRequest",
     "BlobsRequest",
-    "BundleResponse",
     "CaptureRequest",
     "ChunkingPublic",
     "CollectionCreate",
@@ -119,8 +113,6 @@ __all__ = [
     "LayerVersionPublic",
     "MigrateRequest",
     "MigrationMode",
-    "MissingRequest",
-    "MissingResponse",
     "Modalias",
     "NetInterface",
     "PathClass",
