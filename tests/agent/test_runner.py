@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lamina.agent.runner import Agent
+from lamina.agent.state import load_status
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
@@ -35,3 +38,87 @@ def test_a_work_item_with_malformed_parameters_is_reported_failed(
     assert "malformed parameters of a sync task: priority: Extra inputs" in refused["message"]
     assert admin.get(f"/tasks/{second}").json()["state"] == "done"
     assert len(admin.get(f"/cvds/{cvd}/snapshots").json()) == 1  # the other task still ran
+
+
+def test_a_report_whose_answer_changes_nothing_writes_no_status_file(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each status write is two fsyncs; an unchanged sync's cycle made five, two of them
+    by reports whose answer (CVD, registration, policy version) was the file's already."""
+    import lamina.agent.runner as runner
+
+    _, state = live.enrolled_agent(tmp_path, "quiet-host")
+    writes: list[dict[str, object]] = []
+    save = runner.save_status
+
+    def counted(folder: Path, status: runner.AgentStatus) -> None:
+        writes.append(status.model_dump(mode="json"))
+        save(folder, status)
+
+    monkeypatch.setattr(runner, "save_status", counted)
+    agent = Agent(state)
+    try:
+        agent.report()
+        first = len(writes)
+        agent.report()
+        agent.report()
+        assert len(writes) == first  # the same answer: the file holds it already
+        on_disk = load_status(state).model_dump(mode="json")
+        assert on_disk == agent.status.model_dump(mode="json")
+        agent._save(state="syncing")
+        agent._save(state="syncing", last_error=None)
+        assert [w["state"] for w in writes[first:]] == ["syncing"]
+    finally:
+        agent.close()
+    assert load_status(state).state == "syncing"
+
+
+def test_an_unchanged_sync_makes_five_requests_and_three_status_writes(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What an unchanged sync's cycle (a timer's ``agent run --once --sync``) costs besides
+    its scan: the cycle's report, the work list, the sync's first progress report (at
+    its 500th file: a stalled upload must show progress), the commit and the report
+    after it; ``status.json`` written at the sync's start, its progress and its end."""
+    import httpx
+
+    import lamina.agent.runner as runner
+
+    root, state = live.enrolled_agent(tmp_path, "timer-host")
+    for i in range(600):
+        (root / "etc" / f"f{i:03}").write_bytes(b"%d\n" % i)
+    first = Agent(state)
+    try:
+        assert first.cycle(force_sync=True)["synced"]
+    finally:
+        first.close()
+    requests: list[str] = []
+    writes: list[str] = []
+    save = runner.save_status
+
+    def counted(folder: Path, status: runner.AgentStatus) -> None:
+        writes.append(status.state)
+        save(folder, status)
+
+    def record(request: httpx.Request) -> None:
+        requests.append(f"{request.method} {request.url.path.removeprefix('/api/v1')}")
+
+    monkeypatch.setattr(runner, "save_status", counted)
+    agent = Agent(state)
+    agent.client.http.event_hooks["request"].append(record)
+    try:
+        assert agent.cycle(force_sync=True)["synced"]
+    finally:
+        agent.close()
+    assert requests == [
+        "POST /agent/config",
+        "GET /agent/work",
+        "POST /agent/config",
+        "POST /agent/commit",
+        "POST /agent/config",
+    ]
+    assert writes == ["syncing", "syncing", "idle"]

@@ -168,3 +168,31 @@ def test_clients_share_one_context_per_trust_and_each_still_refuses_another_cert
     assert _context(as_ca) is not first and _context(as_ca).check_hostname
     assert not first.check_hostname and first.verify_mode == ssl.CERT_REQUIRED
     assert _context(system[0]) is _context(system[1])
+
+
+def test_a_client_of_a_plain_http_server_loads_no_ca_bundle_and_trusts_no_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An http server's client never makes a handshake: it does not load the system's CA
+    bundle (~40 ms of every http agent run) and its context, were it used, would refuse
+    every certificate. An https client without a pin still trusts the system's CAs."""
+    import lamina.agent.transport as transport
+
+    loaded: list[str] = []
+    system = transport.system_context
+    monkeypatch.setattr(transport, "system_context", lambda: loaded.append("ca") or system())
+    plain = AgentClient("http://127.0.0.1:9", "lmd_x", None)
+    ctx = _context(plain)
+    plain.close()
+    assert loaded == []
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.cert_store_stats()["x509_ca"] == 0
+    cert, key = self_signed_pair(tmp_path / "server", "127.0.0.1")
+    with (
+        _tls_listener(cert, key) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+    AgentClient("https://lamina.example", "lmd_x", None).close()
+    assert loaded == ["ca"]

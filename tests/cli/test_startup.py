@@ -9,6 +9,7 @@ Deterministic: what is imported, not how long it takes (figures: ``python -m ben
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -364,7 +365,18 @@ def test_a_sync_by_agent_run_once_loads_no_typer(live: Live, tmp_path: Path) -> 
     sync of an unchanged tree is mostly start-up, and Typer with its parameter adapters
     was about a fifth of it."""
     _, state = live.enrolled_agent(tmp_path, "quick-host")
-    mods = imported("agent", "run", "--once", "--sync", "--json", "--state", str(state))
+    off_terminal = {**os.environ, "TTY_COMPATIBLE": "0"}  # a timer's: stderr is a log
+    args = ("agent", "run", "--once", "--sync", "--json", "--state", str(state))
+    mods = imported(*args, env=off_terminal)
     assert "lamina.agent.runner" in mods  # the command ran
-    assert not {"typer", "lamina.cli.root", "lamina.cli.agent"} & mods  # (httpx loads click)
+    assert not {"typer", "lamina.cli.root", "lamina.cli.agent"} & mods
     assert not {m for m in mods if m.startswith(("lamina.server", "lamina.db"))}
+    # Session 12: nor httpx's command-line tool (click, pygments, Rich), Rich for a bar
+    # no one sees, python-debian (a pending device's packages), nor the API's schemas
+    # beyond the agent's (``protocol.endpoint``, ``tasks``, ``facts``).
+    assert not {m.partition(".")[0] for m in mods} & {"click", "pygments", "rich", "debian"}
+    assert "lamina.protocol.endpoint" in mods
+    unused = {"schemas", "layers", "migration", "flex", "ops"}
+    assert not {f"lamina.protocol.{m}" for m in unused} & mods
+    # A restore's and a user-data stream's modules load when one runs.
+    assert not {"lamina.tree.restore", "lamina.agent.stream", "lamina.agent.live"} & mods

@@ -25,7 +25,6 @@ from pydantic import ValidationError
 from lamina import __version__
 from lamina.errors import LaminaError, UsageError
 from lamina.layers.drivers import DMI_FIELDS
-from lamina.layers.merge import DPKG_STATUS, INSTALLED, parse_dpkg_status
 from lamina.protocol.base import HOSTNAME
 from lamina.protocol.facts import (
     FACTS_FORMAT,
@@ -248,6 +247,8 @@ def _disks(sysfs: Path) -> list[dict[str, Any]]:
 def read_dpkg_status(root: Path) -> bytes | None:
     """dpkg's database under ``root`` as a migration's staging reads it: the file itself
     (a link is not followed), a regular file, at most ``MAX_READ`` bytes; else None."""
+    from lamina.layers.merge import DPKG_STATUS  # with python-debian: ~9 ms, not every run's
+
     try:
         # O_NONBLOCK: a FIFO put there must not hang the agent (it is refused below).
         fd = os.open(root / DPKG_STATUS.lstrip("/"), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -266,6 +267,8 @@ def package_facts(root: Path) -> dict[str, Any]:
     ``none`` when staging could not read it either; ``partial`` (no rows) when a row
     is outside dpkg's syntax or the list would pass ``MAX_PACKAGES`` rows or
     ``PACKAGES_BUDGET`` bytes of JSON."""
+    from lamina.layers.merge import INSTALLED, parse_dpkg_status
+
     data = read_dpkg_status(root)
     try:
         stanzas = parse_dpkg_status(data) if data is not None else None
@@ -293,6 +296,8 @@ def package_facts(root: Path) -> dict[str, Any]:
 def dpkg_signature(root: Path) -> tuple[int, int, int] | None:
     """What changes when dpkg writes its database (inode, size, mtime): a pending agent
     reports its packages again when it does."""
+    from lamina.layers.merge import DPKG_STATUS
+
     try:
         st = os.lstat(root / DPKG_STATUS.lstrip("/"))
     except OSError:

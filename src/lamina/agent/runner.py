@@ -8,10 +8,9 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lamina.agent import facts, staging
-from lamina.agent.blobs import agent_blobs
 from lamina.agent.bootcheck import BootCheck, default_check
 from lamina.agent.heap import map_large_blocks
 from lamina.agent.state import (
@@ -25,12 +24,11 @@ from lamina.agent.state import (
     save_state,
     save_status,
 )
-from lamina.agent.stream import StreamProgress, stream_user_data
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, check_server_url, fetch_certificate, retrying
 from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
 from lamina.layers.rules import for_os
-from lamina.protocol.schemas import AgentConfig, EnrollRequest, EnrollResponse, WorkItem
+from lamina.protocol.endpoint import AgentConfig, EnrollRequest, EnrollResponse
 from lamina.protocol.tasks import (
     LayerApplyParams,
     MigrateParams,
@@ -39,10 +37,13 @@ from lamina.protocol.tasks import (
     SyncParams,
     TaskKind,
     TaskState,
+    WorkItem,
     work_item,
 )
 from lamina.tree.names import split_path
-from lamina.tree.restore import restore_tree
+
+if TYPE_CHECKING:
+    from lamina.agent.stream import StreamProgress
 
 log = logging.getLogger(__name__)
 #: The state the server gives a task an admin cancelled.
@@ -168,7 +169,12 @@ class Agent:
         self._lock.release()
 
     def _save(self, **changes: Any) -> None:
-        """Change fields of ``status.json`` (each validated: an unknown one is a bug) and write it."""
+        """Change fields of ``status.json`` (each validated: an unknown one is a bug) and write it.
+
+        Changes that change nothing write nothing: a report's answer is the same in most
+        cycles, and each write is two fsyncs (file and folder)."""
+        if all(getattr(self.status, name) == value for name, value in changes.items()):
+            return
         for name, value in changes.items():
             setattr(self.status, name, value)
         save_status(self.state_dir, self.status)
@@ -373,6 +379,10 @@ class Agent:
             raise UsageError(
                 "a restore onto the endpoint needs paths inside its root, not / itself"
             )
+        # A restore's and a stream's modules are imported by them, not by every agent run.
+        from lamina.agent.blobs import agent_blobs
+        from lamina.tree.restore import restore_tree
+
         blobs = agent_blobs(self.client, self.st.chunking.id_key)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         tree = bytes.fromhex(params.root)
@@ -447,6 +457,9 @@ class Agent:
                         message=f"streaming user data: {p.files_done} of {p.files_total} files",
                         result={"stream": p.public()},
                     )
+
+        from lamina.agent.blobs import agent_blobs
+        from lamina.agent.stream import stream_user_data
 
         blobs = agent_blobs(self.client, self.st.chunking.id_key)
         res = stream_user_data(

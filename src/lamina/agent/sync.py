@@ -17,7 +17,8 @@ from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.uploader import RemoteSink
 from lamina.errors import MissingDataError, UploadsPendingError
 from lamina.layers.rules import Globs, RuleSet, for_os, globs, re2_bytes
-from lamina.protocol.schemas import AgentConfig, CommitResponse, PolicySettings
+from lamina.protocol.endpoint import AgentConfig, CommitResponse
+from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.scan import ExcludeFn, PruneFn, Scanner, estimate
 

@@ -196,6 +196,9 @@ class Interrupt:
 
 
 def main() -> None:
+    # httpx's __init__ imports its own command-line tool (click, pygments, Rich: ~30 ms
+    # of every agent run's CPU) unless that import fails; Lamina never runs that tool.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     install_safe_streams()
     interrupt = Interrupt()
     signal.signal(signal.SIGINT, interrupt)

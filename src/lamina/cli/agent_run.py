@@ -66,7 +66,12 @@ def _run(
     from lamina.agent.bootcheck import command_check
     from lamina.agent.runner import Agent
     from lamina.agent.state import load_status
-    from lamina.cli.progress import byte_progress
+    from lamina.cli.output import log_progress, stderr_is_terminal
+
+    if stderr_is_terminal():  # Rich (30-40 ms of start-up) only for the bar
+        from lamina.cli.progress import byte_progress as progress
+    else:
+        progress = log_progress
 
     check = command_check(boot_check) if boot_check else None
     if not once:
@@ -76,7 +81,7 @@ def _run(
         finally:
             agent.close()
         return
-    with byte_progress("syncing") as advance:
+    with progress("syncing") as advance:
         seen = {"bytes": 0, "files": 0}
 
         def show(p: dict[str, Any]) -> None:

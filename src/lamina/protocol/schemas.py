@@ -1,8 +1,8 @@
-"""JSON schemas of the API (pydantic v2): users and sessions, enrollment, devices and CVDs,
-and the agent's side of sync.
+"""JSON schemas of the API (pydantic v2): users and sessions, devices and CVDs.
 
 The other concepts have their own modules, re-exported here for the callers that
 import from ``lamina.protocol.schemas``: ``base`` (the strict model, bounded maps),
+``endpoint`` (enrollment, the agent's config and sync: what an agent run imports),
 ``policies``, ``facts``, ``tasks`` (kinds, parameters, ``TaskPublic``, ``WorkItem``),
 ``layers`` (layers, drivers, collections) and ``migration``.
 """
@@ -23,6 +23,15 @@ from lamina.protocol.base import (
     Hex32,
     SmallMap,
     Strict,
+)
+from lamina.protocol.endpoint import (
+    AgentConfig,
+    ChunkingPublic,
+    CommitRequest,
+    CommitResponse,
+    EnrollRequest,
+    EnrollResponse,
+    SnapshotPublic,
 )
 from lamina.protocol.facts import (
     FACTS_FORMAT,
@@ -78,17 +87,23 @@ __all__ = [
     "MAX_MAP_KEYS",
     "MAX_MODALIASES",
     "PROTECTABLE",
+    "AgentConfig",
     "AssignRequest",
     "BlobsRequest",
     "CaptureRequest",
+    "ChunkingPublic",
     "CollectionCreate",
     "CollectionPublic",
+    "CommitRequest",
+    "CommitResponse",
     "CvdLayersPublic",
     "DeltaItem",
     "DeltasRequest",
     "DiskFact",
     "DriverPackPublic",
     "DriverPackVersionPublic",
+    "EnrollRequest",
+    "EnrollResponse",
     "ErrorPublic",
     "HardwareBoundPublic",
     "HardwareFacts",
@@ -113,6 +128,7 @@ __all__ = [
     "RulesTestPublic",
     "RulesTestRequest",
     "SmallMap",
+    "SnapshotPublic",
     "StorageController",
     "Strict",
     "TaskPublic",
@@ -219,27 +235,6 @@ class TokenInfo(BaseModel):
     current: bool = False
 
 
-class EnrollRequest(Strict):
-    token: str = Field(min_length=8, max_length=256)
-    facts: HardwareFacts
-
-
-class ChunkingPublic(BaseModel):
-    chunker_seed: int
-    #: Empty for a pending device: it gets the key in ``AgentConfig`` once active.
-    id_key: str
-    min_size: int
-    avg_size: int
-    max_size: int
-
-
-class EnrollResponse(BaseModel):
-    device_id: str
-    credential: str
-    status: str
-    chunking: ChunkingPublic
-
-
 # --- devices and CVDs --------------------------------------------------------------
 class DevicePublic(BaseModel):
     id: str
@@ -271,15 +266,6 @@ class CvdPublic(BaseModel):
     last_sync: dt.datetime | None
     snapshots: int
     progress: dict[str, Any]
-
-
-class SnapshotPublic(BaseModel):
-    id: str
-    time: dt.datetime
-    files: int
-    bytes: int
-    root: str
-    meta: dict[str, Any]
 
 
 class DownloadPublic(SnapshotPublic):
@@ -321,58 +307,3 @@ class RevertRequest(Strict):
     dry_run: bool = Field(
         False, description="Only list what the revert would add, update and remove."
     )
-
-
-# --- the agent's side ----------------------------------------------------------------
-class AgentConfig(BaseModel):
-    device_id: str
-    status: str
-    cvd_id: str | None
-    policy: PolicySettings | None
-    policy_version: int | None
-    last_sync: dt.datetime | None
-    gc_epoch: int = 0
-    #: The chunking secret, given to active devices only (not in a pending enrollment).
-    chunking: ChunkingPublic | None = None
-    #: The protocol version the server speaks (a version-2 server sends none).
-    protocol: int = UNNAMED_VERSION
-
-
-class MissingRequest(Strict):
-    ids: list[str] = Field(max_length=20000)
-
-
-class MissingResponse(BaseModel):
-    missing: list[str]
-
-
-class CommitRequest(Strict):
-    root: str = Hex32
-    files: int = Field(ge=0)
-    bytes: int = Field(ge=0)
-    stats: SmallMap = Field(default_factory=dict)
-
-
-class BundleResponse(BaseModel):
-    #: Blobs of the bundle new to this CVD (never whether another CVD stored them).
-    new: int
-
-
-class CommitResponse(BaseModel):
-    snapshot: SnapshotPublic
-    kept: int
-    forgotten: int
-
-
-class AgentStatusReport(Strict):
-    state: str = Field(max_length=64)
-    progress: SmallMap = Field(default_factory=dict)
-    disk_free: int | None = Field(None, ge=0)
-    #: Fresh hardware facts (sent at the agent's start and after every sync).
-    facts: HardwareFacts | None = None
-    #: Why the agent is in state "error" (a failed sync...): becomes an event.
-    last_error: str | None = Field(None, max_length=1024)
-    #: The agent's clock when it sent this: a skew becomes an event.
-    clock: dt.datetime | None = None
-    #: The endpoint's hostname now (/etc/hostname): refreshes the device's.
-    hostname: str | None = Field(None, min_length=1, max_length=255, pattern=HOSTNAME)

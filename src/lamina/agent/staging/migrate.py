@@ -47,7 +47,7 @@ from lamina.layers.merge import (
     render_dpkg_status,
 )
 from lamina.layers.rules import RuleSet, for_os, matches
-from lamina.protocol.schemas import PolicySettings
+from lamina.protocol.policies import PolicySettings
 from lamina.protocol.tasks import MigrateParams
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import decode_tree

@@ -44,7 +44,7 @@ from lamina.agent.treecache import TreeCache
 from lamina.errors import ConflictError, TooLargeError, UsageError
 from lamina.layers.merge import DPKG_STATUS, merge_dpkg_live, parse_dpkg_status, render_dpkg_status
 from lamina.layers.rules import RuleSet, for_os, matches
-from lamina.protocol.schemas import PolicySettings
+from lamina.protocol.policies import PolicySettings
 from lamina.protocol.tasks import LayerApplyParams, RevertParams
 from lamina.store import blob
 from lamina.store.chunker import Chunker

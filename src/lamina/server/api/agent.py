@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
-from lamina.protocol.schemas import (
+from lamina.protocol.endpoint import (
     AgentConfig,
     AgentStatusReport,
     BundleResponse,
@@ -18,10 +18,8 @@ from lamina.protocol.schemas import (
     EnrollResponse,
     MissingRequest,
     MissingResponse,
-    TaskPublic,
-    TaskReport,
-    WorkItem,
 )
+from lamina.protocol.tasks import TaskPublic, TaskReport, WorkItem
 from lamina.server.context import ServerContext
 from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, read_body
 from lamina.server.security import Principal
