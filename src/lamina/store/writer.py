@@ -201,6 +201,11 @@ class Writer:
     def chunking(self) -> ChunkingSecret:
         return self.store.keys.chunking
 
+    @property
+    def data_key(self) -> bytes:
+        """The key blobs are sealed with: a scan's worker processes seal with it too."""
+        return self.store.keys.data_key
+
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         """Compress, seal and add a blob whose id the caller computed (thread-safe)."""
         flag, payload = blob.compress(data)

@@ -1,0 +1,329 @@
+"""Reading a scan's small files in worker processes: the backup's Python on a second core.
+
+A scan's per-file Python (open, two ``fstat``, ``pread``, xattrs, BLAKE3, zstd, AES-GCM,
+each a call at a time) shares one GIL with the walk. Past ``PROCESS_AFTER`` small
+files, a scan into a store (``tree.backup``) starts worker processes
+(``python -m lamina.tree.scan_proc``), and its reading threads hand each job of small
+files to one: the job's folder descriptors go over a private socket pair
+(``SCM_RIGHTS``), so the worker opens each file under the very folder the walk listed,
+with ``O_NOFOLLOW``, and checks the inode as a reading thread does (the same
+``FileReader._run_job``). It answers each file's metadata and content (chunk ids), and
+the chunks compressed and sealed (or, while most chunks turn out to be stored already,
+as plaintext). The parent asks the store which chunks it lacks and adds those to its
+packs: the catalog, the packs, the trees and the files cache stay the parent's alone.
+
+Messages (both ends are this module, one process and its child)::
+
+    request:  u32 LE length | pickle (seal, [(descriptor index, name, st_dev, st_ino), ...])
+              (the folders' descriptors ride on the length, as SCM_RIGHTS)
+    answer:   u32 LE length | pickle ("ok", errors, [file fields], [(id, blob, raw length)])
+                                   or ("failed", traceback)
+
+A worker that dies (killed, out of memory) fails the job it held, so the scan fails and
+no snapshot is committed (packs already written are garbage for gc, as after any crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import queue
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Collection
+from typing import Any, Protocol, runtime_checkable
+
+from lamina.errors import LaminaError
+from lamina.store import blob
+from lamina.store.blob import BlobKind
+from lamina.store.chunking import ChunkingSecret
+from lamina.tree.model import Entry
+from lamina.tree.scan_read import BlobSink, FileReader, Job
+
+#: Small files a scan queues before it starts its workers: a smaller tree never pays
+#: for an interpreter's start (about 0.1 s of CPU).
+PROCESS_AFTER = 4096
+#: Folder descriptors one request carries at most (the kernel's SCM_MAX_FD is 253); a
+#: job of files from more folders is read by its thread.
+MAX_FDS = 250
+#: Below this share of a job's chunks the store lacked, the next job's chunks come back
+#: as plaintext and only the lacking ones are sealed (by the parent): a 2nd endpoint's
+#: backup would otherwise compress and seal mostly chunks the store holds.
+SEAL_SHARE = 0.5
+_LEN = struct.Struct("<I")
+#: The fields of a file a worker read: size, mode, uid, gid, mtime (ns), xattrs, content.
+FileFields = tuple[int, int, int, int, int, list[tuple[bytes, bytes]], list[bytes | int]]
+
+
+@runtime_checkable
+class SealedSink(BlobSink, Protocol):
+    """A sink that takes blobs sealed elsewhere: the store's ``Writer``."""
+
+    @property
+    def data_key(self) -> bytes: ...
+
+    def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None: ...
+
+
+class WorkerDiedError(LaminaError):
+    """A scan's worker process stopped answering (killed, or failed)."""
+
+
+# --- framing -------------------------------------------------------------------------
+
+
+def _recv_exact(sock: socket.socket, n: int, into: bytearray) -> bool:
+    while len(into) < n:
+        got = sock.recv(n - len(into))
+        if not got:
+            return False
+        into += got
+    return True
+
+
+def _send(sock: socket.socket, body: bytes, fds: list[int] | None = None) -> None:
+    if fds:
+        socket.send_fds(sock, [_LEN.pack(len(body))], fds)
+    else:
+        sock.sendall(_LEN.pack(len(body)))
+    sock.sendall(body)
+
+
+def _recv(sock: socket.socket, max_fds: int = 0) -> tuple[bytes, list[int]] | None:
+    """One message and the descriptors that came with it; None at the end of the stream."""
+    head = bytearray()
+    fds: list[int] = []
+    if max_fds:
+        data, fds, _flags, _addr = socket.recv_fds(sock, _LEN.size, max_fds)
+        if not data:
+            return None
+        head += data
+    try:
+        if not _recv_exact(sock, _LEN.size, head):
+            raise EOFError
+        body = bytearray()
+        if not _recv_exact(sock, _LEN.unpack(head)[0], body):
+            raise EOFError
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        if not head:
+            return None
+        raise
+    return bytes(body), fds
+
+
+# --- the parent's side ---------------------------------------------------------------
+
+
+class ReadProcess:
+    """One worker process and the socket to it; one job at a time (``run``)."""
+
+    def __init__(self, chunking: ChunkingSecret, data_key: bytes) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lamina.tree.scan_proc", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+        c = chunking
+        secret = (c.chunker_seed, c.id_key, c.min_size, c.avg_size, c.max_size, data_key)
+        _send(ours, pickle.dumps(secret))
+
+    def run(
+        self, seal: bool, files: list[tuple[int, bytes, os.stat_result]]
+    ) -> tuple[list[str | None], list[FileFields | None], list[tuple[bytes, bytes, int]]]:
+        """Read ``files`` (folder descriptor, name, the listing's lstat) in the worker."""
+        index: dict[int, int] = {}
+        # the inode the listing saw, not its whole lstat (8 us a file to pickle)
+        req = [
+            (index.setdefault(dfd, len(index)), name, st.st_dev, st.st_ino)
+            for dfd, name, st in files
+        ]
+        try:
+            _send(self._sock, pickle.dumps((seal, req)), list(index))
+            got = _recv(self._sock)
+        except (OSError, EOFError) as e:
+            raise WorkerDiedError(f"the scan's worker process failed: {e}") from e
+        if got is None:
+            raise WorkerDiedError(
+                f"the scan's worker process stopped (exit status {self.proc.poll()})"
+            )
+        answer: tuple[Any, ...] = pickle.loads(got[0])  # noqa: S301 - our own child, a private socket
+        if answer[0] != "ok":
+            raise WorkerDiedError(f"the scan's worker process failed:\n{answer[1]}")
+        return answer[1], answer[2], answer[3]
+
+    def close(self) -> None:
+        """Stop the worker (it exits at the end of its stream; killed if it does not)."""
+        self._sock.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ProcessReaders:
+    """The workers of one scan; a reading thread borrows one per job (``run_job``)."""
+
+    def __init__(self, sink: SealedSink, count: int) -> None:
+        self.sink = sink
+        self._idle: queue.Queue[ReadProcess] = queue.Queue()
+        self.procs: list[ReadProcess] = []
+        try:
+            for _ in range(count):
+                p = ReadProcess(sink.chunking, sink.data_key)
+                self.procs.append(p)
+                self._idle.put(p)
+        except BaseException:
+            self.close()
+            raise
+        self._seal = True
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def takes(job: Job) -> bool:
+        return len({dfd for *_, dfd in job.files}) <= MAX_FDS
+
+    def run_job(self, job: Job, name: Callable[[Entry], None]) -> list[str | None]:
+        """Read ``job`` in a worker; add the chunks the store lacks; ``name`` fills an
+        entry's owner names from its uid and gid."""
+        seal = self._seal
+        proc = self._idle.get()
+        try:
+            errors, fields, chunks = proc.run(
+                seal, [(dfd, e.name, st) for _, e, st, dfd in job.files]
+            )
+        finally:
+            self._idle.put(proc)
+        for (_, e, _, _), f in zip(job.files, fields, strict=True):
+            if f is None:
+                e.content = None
+                continue
+            e.size, e.mode, e.uid, e.gid, e.mtime, e.xattrs, e.content = f
+            name(e)
+        if not chunks:
+            return errors
+        need = self.sink.need({bid for bid, _, _ in chunks})
+        lacking = len(need)
+        for bid, data, raw_length in chunks:
+            if bid in need:
+                need.discard(bid)
+                if seal:
+                    self.sink.put_sealed(BlobKind.DATA, bid, data, raw_length)
+                else:
+                    self.sink.put_chunk(BlobKind.DATA, bid, data)
+        with self._lock:
+            self._seal = lacking >= SEAL_SHARE * len(chunks)
+        return errors
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.close()
+
+    def kill(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                p.proc.kill()
+        self.close()
+
+
+# --- the worker's side ---------------------------------------------------------------
+
+
+class _WorkerSink:
+    """Every chunk is "lacking" here (the parent asks the store): each is kept to be sent
+    back, sealed or as plaintext."""
+
+    def __init__(self, chunking: ChunkingSecret, data_key: bytes) -> None:
+        self._chunking = chunking
+        self._data_key = data_key
+        self.seal = True
+        self.out: list[tuple[bytes, bytes, int]] = []
+
+    @property
+    def chunking(self) -> ChunkingSecret:
+        return self._chunking
+
+    def need(self, ids: Collection[bytes]) -> set[bytes]:
+        return set(ids)
+
+    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        if self.seal:
+            flag, payload = blob.compress(data)
+            sealed = b"".join(blob.seal_parts(self._data_key, kind, bid, flag, payload))
+            self.out.append((bid, sealed, len(data)))
+        else:
+            self.out.append((bid, bytes(data), len(data)))
+
+    def put(self, kind: BlobKind, data: bytes) -> bytes:
+        raise AssertionError("a scan's worker stores no trees")
+
+
+class _WorkerReader(FileReader):
+    def __init__(self, sink: _WorkerSink) -> None:
+        self.writer = sink
+        self._chunking = sink.chunking
+        self._local = threading.local()
+
+    def _own(self, e: Entry, st: os.stat_result) -> None:
+        e.mode = stat.S_IMODE(st.st_mode)
+        e.uid, e.gid = st.st_uid, st.st_gid
+        e.mtime = st.st_mtime_ns
+
+
+def _answer(
+    reader: _WorkerReader, sink: _WorkerSink, body: bytes, fds: list[int]
+) -> tuple[Any, ...]:
+    sink.seal, files = pickle.loads(body)  # noqa: S301 - our parent, a private socket
+    sink.out = []
+    job = Job()
+    for i, name, dev, ino in files:
+        # what ``_read_file`` compares the opened file with: the listing's inode
+        listed = os.stat_result((0, ino, dev, 0, 0, 0, 0, 0, 0, 0))
+        job.files.append((name, Entry(name=name, type="file"), listed, fds[i]))
+    errors = reader._run_job(job)
+    fields = [
+        None if e.content is None else (e.size, e.mode, e.uid, e.gid, e.mtime, e.xattrs, e.content)
+        for _, e, _, _ in job.files
+    ]
+    return ("ok", errors, fields, sink.out)
+
+
+def main(sock_fd: int) -> None:
+    sock = socket.socket(fileno=sock_fd)
+    got = _recv(sock)
+    if got is None:
+        return
+    seed, id_key, lo, avg, hi, data_key = pickle.loads(got[0])  # noqa: S301 - see _answer
+    sink = _WorkerSink(ChunkingSecret(seed, id_key, lo, avg, hi), data_key)
+    reader = _WorkerReader(sink)
+    while (msg := _recv(sock, MAX_FDS)) is not None:
+        body, fds = msg
+        try:
+            answer = _answer(reader, sink, body, fds)
+        except Exception:
+            answer = ("failed", traceback.format_exc())
+        finally:
+            for fd in fds:
+                os.close(fd)
+        _send(sock, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError, ConnectionResetError):
+        main(int(sys.argv[1]))
