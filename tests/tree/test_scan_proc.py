@@ -1,0 +1,140 @@
+"""A scan's small files read in worker processes (``tree.scan_proc``): the same trees as
+the reading threads store, and a worker that dies fails the backup, committing nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from lamina.store.repository import Store
+from lamina.tree import scan_proc
+from lamina.tree.backup import backup
+from lamina.tree.model import Entry
+from lamina.tree.restore import restore_tree
+from lamina.tree.scan import SMALL_FILE, Scanner
+from lamina.tree.scan_proc import ProcessReaders, ReadProcess, WorkerDiedError
+from lamina.tree.scan_read import Job
+
+from .treeutil import MTIME, set_mtime, write
+
+
+def mixed_tree(root: Path, min_chunk: int) -> None:
+    """Small files in several folders, an empty one, one above the smallest chunk (cut by
+    the worker's chunker), one above ``SMALL_FILE`` (a reading thread's), a symlink, a
+    hard link, an extended attribute where the file system keeps them."""
+    for d in range(4):
+        for f in range(30):
+            write(root / f"d{d}" / f"f{f:02d}", f"folder {d} file {f}\n".encode() * (f + 1))
+    write(root / "empty", b"")
+    write(root / "medium", bytes(range(256)) * (min_chunk // 256 * 3))
+    write(root / "large", os.urandom(SMALL_FILE + 4096))
+    (root / "link").symlink_to("d0/f00")
+    os.link(root / "d1" / "f01", root / "d1" / "hard")
+    with contextlib.suppress(OSError):
+        os.setxattr(root / "d2" / "f02", "user.lamina", b"kept")
+    os.chmod(root / "d3" / "f03", 0o600)
+    set_mtime(root / "d3" / "f04", MTIME)
+
+
+def count_jobs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Jobs read by a worker process, counted (their files)."""
+    jobs: list[int] = []
+    real = ProcessReaders.run_job
+
+    def run_job(self: ProcessReaders, job: Job, name: object) -> list[str | None]:
+        jobs.append(len(job.files))
+        return real(self, job, name)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ProcessReaders, "run_job", run_job)
+    return jobs
+
+
+def test_a_scan_in_worker_processes_stores_what_the_reading_threads_store(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, store.keys.chunking.min_size)
+    jobs = count_jobs(monkeypatch)
+    # first into an empty store: the workers send every chunk compressed and sealed
+    with store.writer() as w:
+        procs = Scanner(w, workers=2, processes=1, process_after=0)
+        tid = procs.scan(src)
+    assert jobs and sum(jobs) == 4 * 30 + 3  # every small file and the hard link, not "large"
+    assert procs.stats.files_read == 124 and not procs.stats.errors
+    restore_tree(store, tid, tmp_path / "out")
+    for rel in ("d2/f02", "medium", "large", "d1/hard", "empty"):
+        assert (tmp_path / "out" / rel).read_bytes() == (src / rel).read_bytes()
+    assert os.readlink(tmp_path / "out" / "link") == "d0/f00"
+    assert (tmp_path / "out" / "d3" / "f03").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "out" / "d3" / "f04").stat().st_mtime_ns == MTIME
+    # the threads store the same tree (same entries: owner, mode, times, xattrs, content)
+    with store.writer() as w:
+        threads = Scanner(w, workers=2)
+        assert threads.scan(src) == tid
+    # again through a worker, into a store holding every chunk: sent back as plaintext
+    with store.writer() as w:
+        assert Scanner(w, workers=2, processes=1, process_after=0).scan(src) == tid
+        assert w.new_blobs == 0
+
+
+def test_a_worker_killed_mid_scan_fails_the_backup_and_commits_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, store.keys.chunking.min_size)
+    started: list[ReadProcess] = []
+    real_run = ReadProcess.run
+
+    def run(self: ReadProcess, *args: object) -> object:
+        if not started:  # the first job: its worker is killed before it reads
+            started.append(self)
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        return real_run(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ReadProcess, "run", run)
+    with pytest.raises(WorkerDiedError, match="worker process"):
+        backup(store, src, cache_path=tmp_path / "cache.db", processes=1, process_after=0)
+    assert store.catalog.snapshots() == []
+    assert started[0].proc.returncode == -signal.SIGKILL
+    # the store and the files cache hold nothing half-written: the next backup runs whole
+    monkeypatch.setattr(ReadProcess, "run", real_run)
+    done = backup(store, src, cache_path=tmp_path / "cache.db", processes=1, process_after=0)
+    assert done.stats.files_read == 124 and not done.stats.errors
+    restore_tree(store, done.snapshot.root, tmp_path / "out")
+    assert (tmp_path / "out" / "medium").read_bytes() == (src / "medium").read_bytes()
+
+
+def test_a_tree_below_the_threshold_starts_no_process(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, store.keys.chunking.min_size)
+    starts: list[int] = []
+    real_init = ReadProcess.__init__
+
+    def init(self: ReadProcess, *args: object) -> None:
+        starts.append(1)
+        real_init(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ReadProcess, "__init__", init)
+    backup(store, src, processes=1, process_after=1000)
+    assert starts == []
+    backup(store, src, source="again", processes=1, process_after=100)
+    assert starts == [1]
+
+
+def test_a_job_of_files_from_more_folders_than_a_message_carries_stays_in_its_thread(
+    tmp_path: Path,
+) -> None:
+    job = Job()
+    st = os.stat(tmp_path)
+    job.files = [(b"x", Entry(name=b"x", type="file"), st, fd) for fd in range(1000, 1251)]
+    assert not ProcessReaders.takes(job)
+    job.files.pop()
+    assert ProcessReaders.takes(job)
+    assert scan_proc.MAX_FDS == 250
