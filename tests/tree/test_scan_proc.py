@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,25 +42,36 @@ def mixed_tree(root: Path, min_chunk: int) -> None:
     set_mtime(root / "d3" / "f04", MTIME)
 
 
-def count_jobs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Jobs read by a worker process, counted (their files)."""
-    jobs: list[int] = []
-    real = ProcessReaders.run_job
+@pytest.fixture
+def src(store: Store, tmp_path: Path) -> Path:
+    mixed_tree(tmp_path / "src", store.keys.chunking.min_size)
+    return tmp_path / "src"
 
-    def run_job(self: ProcessReaders, job: Job, name: object) -> list[str | None]:
-        jobs.append(len(job.files))
-        return real(self, job, name)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ProcessReaders, "run_job", run_job)
-    return jobs
+def spy(
+    monkeypatch: pytest.MonkeyPatch, cls: type, method: str, before: Callable[..., None]
+) -> Callable[..., Any]:
+    """Call ``before(self, *args)`` ahead of each call of ``cls.method``; return the real one."""
+    real: Callable[..., Any] = getattr(cls, method)
+
+    def wrapped(self: object, *args: object) -> Any:
+        before(self, *args)
+        return real(self, *args)
+
+    monkeypatch.setattr(cls, method, wrapped)
+    return real
 
 
 def test_a_scan_in_worker_processes_stores_what_the_reading_threads_store(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    mixed_tree(src, store.keys.chunking.min_size)
-    jobs = count_jobs(monkeypatch)
+    jobs: list[int] = []  # jobs read by a worker process (their files)
+    spy(
+        monkeypatch,
+        ProcessReaders,
+        "run_job",
+        lambda _self, job, _name: jobs.append(len(job.files)),
+    )
     # first into an empty store: the workers send every chunk compressed and sealed
     with store.writer() as w:
         procs = Scanner(w, workers=2, processes=1, process_after=0)
@@ -82,21 +95,17 @@ def test_a_scan_in_worker_processes_stores_what_the_reading_threads_store(
 
 
 def test_a_worker_killed_mid_scan_fails_the_backup_and_commits_nothing(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    mixed_tree(src, store.keys.chunking.min_size)
     started: list[ReadProcess] = []
-    real_run = ReadProcess.run
 
-    def run(self: ReadProcess, *args: object) -> object:
+    def kill_first(proc: ReadProcess, *_args: object) -> None:
         if not started:  # the first job: its worker is killed before it reads
-            started.append(self)
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        return real_run(self, *args)  # type: ignore[arg-type]
+            started.append(proc)
+            os.kill(proc.proc.pid, signal.SIGKILL)
+            proc.proc.wait()
 
-    monkeypatch.setattr(ReadProcess, "run", run)
+    real_run = spy(monkeypatch, ReadProcess, "run", kill_first)
     with pytest.raises(WorkerDiedError, match="worker process"):
         backup(store, src, cache_path=tmp_path / "cache.db", processes=1, process_after=0)
     assert store.catalog.snapshots() == []
@@ -110,18 +119,10 @@ def test_a_worker_killed_mid_scan_fails_the_backup_and_commits_nothing(
 
 
 def test_a_tree_below_the_threshold_starts_no_process(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "src"
-    mixed_tree(src, store.keys.chunking.min_size)
     starts: list[int] = []
-    real_init = ReadProcess.__init__
-
-    def init(self: ReadProcess, *args: object) -> None:
-        starts.append(1)
-        real_init(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ReadProcess, "__init__", init)
+    spy(monkeypatch, ReadProcess, "__init__", lambda *_args: starts.append(1))
     backup(store, src, processes=1, process_after=1000)
     assert starts == []
     backup(store, src, source="again", processes=1, process_after=100)
