@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import queue
 import socket
 import stat
 import struct
@@ -123,7 +122,10 @@ def _recv(sock: socket.socket, max_fds: int = 0) -> tuple[bytes, list[int]] | No
 
 
 class ReadProcess:
-    """One worker process and the socket to it; one job at a time (``run``)."""
+    """One worker process and the socket to it. Several threads may ``run`` at once: their
+    requests queue in the socket and the worker answers them in order, so it never waits
+    for the parent between jobs (one job at a time, sent and answered, left it idle for
+    a scheduler's turn per job: slower than the threads on a busy host)."""
 
     def __init__(self, chunking: ChunkingSecret, data_key: bytes) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -139,6 +141,12 @@ class ReadProcess:
         finally:
             theirs.close()
         self._sock = ours
+        #: requests sent and answers taken, in order; jobs sent and not yet answered
+        self._sent = self._taken = 0
+        self.in_flight = 0
+        self._send_lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._failed: WorkerDiedError | None = None
         c = chunking
         secret = (c.chunker_seed, c.id_key, c.min_size, c.avg_size, c.max_size, data_key)
         _send(ours, pickle.dumps(secret))
@@ -153,19 +161,49 @@ class ReadProcess:
             (index.setdefault(dfd, len(index)), name, st.st_dev, st.st_ino)
             for dfd, name, st in files
         ]
+        body = pickle.dumps((seal, req))
         try:
-            _send(self._sock, pickle.dumps((seal, req)), list(index))
-            got = _recv(self._sock)
-        except (OSError, EOFError) as e:
-            raise WorkerDiedError(f"the scan's worker process failed: {e}") from e
-        if got is None:
-            raise WorkerDiedError(
-                f"the scan's worker process stopped (exit status {self.proc.poll()})"
-            )
-        answer: tuple[Any, ...] = pickle.loads(got[0])  # noqa: S301 - our own child, a private socket
+            with self._send_lock:
+                _send(self._sock, body, list(index))
+                ticket = self._sent
+                self._sent += 1
+        except OSError as e:
+            failed = WorkerDiedError(f"the scan's worker process failed: {e}")
+            with self._turn:
+                self._failed = failed
+                self._turn.notify_all()
+            with contextlib.suppress(OSError):  # a thread waiting in ``recv`` returns
+                self._sock.shutdown(socket.SHUT_RDWR)
+            raise failed from e
+        got = self._answer(ticket)
+        answer: tuple[Any, ...] = pickle.loads(got)  # noqa: S301 - our own child, a private socket
         if answer[0] != "ok":
             raise WorkerDiedError(f"the scan's worker process failed:\n{answer[1]}")
         return answer[1], answer[2], answer[3]
+
+    def _answer(self, ticket: int) -> bytes:
+        """The answer to request ``ticket``, taken when the ones before it were."""
+        with self._turn:
+            while self._taken != ticket and self._failed is None:
+                self._turn.wait()
+            try:
+                if self._failed is not None:
+                    raise self._failed
+                try:
+                    got = _recv(self._sock)
+                except (OSError, EOFError) as e:
+                    raise WorkerDiedError(f"the scan's worker process failed: {e}") from e
+                if got is None:
+                    raise WorkerDiedError(
+                        f"the scan's worker process stopped (exit status {self.proc.poll()})"
+                    )
+            except WorkerDiedError as e:
+                self._failed = e
+                raise
+            finally:
+                self._taken += 1
+                self._turn.notify_all()
+        return got[0]
 
     def close(self) -> None:
         """Stop the worker (it exits at the end of its stream; killed if it does not)."""
@@ -182,13 +220,10 @@ class ProcessReaders:
 
     def __init__(self, sink: SealedSink, count: int) -> None:
         self.sink = sink
-        self._idle: queue.Queue[ReadProcess] = queue.Queue()
         self.procs: list[ReadProcess] = []
         try:
             for _ in range(count):
-                p = ReadProcess(sink.chunking, sink.data_key)
-                self.procs.append(p)
-                self._idle.put(p)
+                self.procs.append(ReadProcess(sink.chunking, sink.data_key))
         except BaseException:
             self.close()
             raise
@@ -202,14 +237,17 @@ class ProcessReaders:
     def run_job(self, job: Job, name: Callable[[Entry], None]) -> list[str | None]:
         """Read ``job`` in a worker; add the chunks the store lacks; ``name`` fills an
         entry's owner names from its uid and gid."""
-        seal = self._seal
-        proc = self._idle.get()
+        with self._lock:
+            seal = self._seal
+            proc = min(self.procs, key=lambda p: p.in_flight)
+            proc.in_flight += 1
         try:
             errors, fields, chunks = proc.run(
                 seal, [(dfd, e.name, st) for _, e, st, dfd in job.files]
             )
         finally:
-            self._idle.put(proc)
+            with self._lock:
+                proc.in_flight -= 1
         for (_, e, _, _), f in zip(job.files, fields, strict=True):
             if f is None:
                 e.content = None
