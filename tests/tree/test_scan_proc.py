@@ -139,3 +139,24 @@ def test_a_job_of_files_from_more_folders_than_a_message_carries_stays_in_its_th
     job.files.pop()
     assert ProcessReaders.takes(job)
     assert scan_proc.MAX_FDS == 250
+
+
+def test_a_worker_takes_the_next_request_before_its_answer_is_read(store: Store, src: Path) -> None:
+    """Requests queue in the socket (the worker never waits for the parent between
+    jobs); answers come back in order, each to its own request."""
+    proc = ReadProcess(store.keys.chunking, store.keys.data_key)
+    dfd = os.open(src / "d0", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = proc.send(True, [(dfd, b"f01", os.stat(src / "d0" / "f01"))])
+        second = proc.send(False, [(dfd, b"f02", os.stat(src / "d0" / "f02"))])
+        sent = [(src / "d0" / f).read_bytes() for f in ("f01", "f02")]
+        errors, fields, chunks = proc.answer(first)
+        assert errors == [None] and fields[0] is not None and fields[0][0] == len(sent[0])
+        assert len(chunks) == 1 and chunks[0][1] != sent[0]  # sealed
+        errors, fields, chunks = proc.answer(second)
+        assert errors == [None] and fields[0] is not None and fields[0][0] == len(sent[1])
+        assert chunks == [(fields[0][6][0], sent[1], len(sent[1]))]  # plaintext, its id
+    finally:
+        os.close(dfd)
+        proc.close()
+    assert proc.proc.returncode == 0

@@ -155,6 +155,10 @@ class ReadProcess:
         self, seal: bool, files: list[tuple[int, bytes, os.stat_result]]
     ) -> tuple[list[str | None], list[FileFields | None], list[tuple[bytes, bytes, int]]]:
         """Read ``files`` (folder descriptor, name, the listing's lstat) in the worker."""
+        return self.answer(self.send(seal, files))
+
+    def send(self, seal: bool, files: list[tuple[int, bytes, os.stat_result]]) -> int:
+        """Queue a request for the worker; return its ticket for ``answer``."""
         index: dict[int, int] = {}
         # the inode the listing saw, not its whole lstat (8 us a file to pickle)
         req = [
@@ -169,12 +173,19 @@ class ReadProcess:
                 self._sent += 1
         except OSError as e:
             failed = WorkerDiedError(f"the scan's worker process failed: {e}")
+            with contextlib.suppress(OSError):  # a thread waiting in ``recv`` returns
+                self._sock.shutdown(socket.SHUT_RDWR)
             with self._turn:
                 self._failed = failed
                 self._turn.notify_all()
-            with contextlib.suppress(OSError):  # a thread waiting in ``recv`` returns
-                self._sock.shutdown(socket.SHUT_RDWR)
             raise failed from e
+        return ticket
+
+    def answer(
+        self, ticket: int
+    ) -> tuple[list[str | None], list[FileFields | None], list[tuple[bytes, bytes, int]]]:
+        """The worker's answer to request ``ticket``: each file's error or fields, and the
+        chunks (id, sealed blob or plaintext, raw length)."""
         got = self._answer(ticket)
         answer: tuple[Any, ...] = pickle.loads(got)  # noqa: S301 - our own child, a private socket
         if answer[0] != "ok":
