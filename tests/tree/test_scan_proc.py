@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from lamina.store import writer as writer_module
 from lamina.store.repository import Store
 from lamina.tree import scan_proc
 from lamina.tree.backup import backup
@@ -160,3 +161,27 @@ def test_a_worker_takes_the_next_request_before_its_answer_is_read(store: Store,
         os.close(dfd)
         proc.close()
     assert proc.proc.returncode == 0
+
+
+def test_once_the_writer_loaded_the_stores_ids_a_worker_sends_none_of_them_back(
+    store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with store.writer() as w:
+        tid = Scanner(w, workers=1, processes=1, process_after=0).scan(src)
+    # the store's ids load at the first ask (however few ids were asked so far)
+    monkeypatch.setattr(writer_module, "_KNOWN_AFTER", 1)
+    monkeypatch.setattr(writer_module, "_KNOWN_RATIO", 1000)
+    sent: list[int] = []  # chunks each answer carried
+    real = ReadProcess.answer
+
+    def answer(self: ReadProcess, ticket: int) -> Any:
+        got = real(self, ticket)
+        sent.append(len(got[2]))
+        return got
+
+    monkeypatch.setattr(ReadProcess, "answer", answer)
+    with store.writer() as w:
+        assert Scanner(w, workers=1, processes=1, process_after=0).scan(src) == tid
+        assert w.known_data is not None and w.new_blobs == 0
+    # the first answer came before the ids were loaded; every later one carried no chunk
+    assert len(sent) > 1 and sent[0] > 0 and sent[1:] == [0] * (len(sent) - 1)

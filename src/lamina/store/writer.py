@@ -202,6 +202,12 @@ class Writer:
         return self.store.keys.chunking
 
     @property
+    def known_data(self) -> set[bytes] | None:
+        """The store's data ids once this session loaded them (``_known_data``), else None;
+        a scan's worker processes skip these chunks as ``need`` would."""
+        return self._known
+
+    @property
     def data_key(self) -> bytes:
         """The key blobs are sealed with: a scan's worker processes seal with it too."""
         return self.store.keys.data_key

@@ -11,11 +11,14 @@ with ``O_NOFOLLOW``, and checks the inode as a reading thread does (the same
 the chunks compressed and sealed (or, while most chunks turn out to be stored already,
 as plaintext). The parent asks the store which chunks it lacks and adds those to its
 packs: the catalog, the packs, the trees and the files cache stay the parent's alone.
+Once the parent's writer has loaded the store's data ids (``Writer.known_data``), the
+workers get them too, and neither compress, seal nor send back a chunk among them.
 
 Messages (both ends are this module, one process and its child)::
 
-    request:  u32 LE length | pickle (seal, [(descriptor index, name, st_dev, st_ino), ...])
+    request:  u32 LE length | pickle ("job", seal, [(descriptor index, name, st_dev, st_ino), ...])
               (the folders' descriptors ride on the length, as SCM_RIGHTS)
+              or u32 LE length | pickle ("known", the store's data ids joined): no answer
     answer:   u32 LE length | pickle ("ok", errors, [file fields], [(id, blob, raw length)])
                                    or ("failed", traceback)
 
@@ -40,7 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from lamina.errors import LaminaError
 from lamina.store import blob
-from lamina.store.blob import BlobKind
+from lamina.store.blob import ID_SIZE, BlobKind
 from lamina.store.chunking import ChunkingSecret
 from lamina.tree.model import Entry
 from lamina.tree.scan_read import BlobSink, FileReader, Job
@@ -66,6 +69,11 @@ class SealedSink(BlobSink, Protocol):
 
     @property
     def data_key(self) -> bytes: ...
+
+    @property
+    def known_data(self) -> set[bytes] | None:
+        """The store's data ids, once loaded (None before, or if too many)."""
+        ...
 
     def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None: ...
 
@@ -165,12 +173,18 @@ class ReadProcess:
             (index.setdefault(dfd, len(index)), name, st.st_dev, st.st_ino)
             for dfd, name, st in files
         ]
-        body = pickle.dumps((seal, req))
+        return self._send(pickle.dumps(("job", seal, req)), list(index))
+
+    def send_known(self, ids: bytes) -> None:
+        """Tell the worker the store's data ids (joined): it sends none of them back."""
+        self._send(pickle.dumps(("known", ids)), [], answered=False)
+
+    def _send(self, body: bytes, fds: list[int], answered: bool = True) -> int:
         try:
             with self._send_lock:
-                _send(self._sock, body, list(index))
+                _send(self._sock, body, fds)
                 ticket = self._sent
-                self._sent += 1
+                self._sent += answered
         except OSError as e:
             failed = WorkerDiedError(f"the scan's worker process failed: {e}")
             with contextlib.suppress(OSError):  # a thread waiting in ``recv`` returns
@@ -239,6 +253,7 @@ class ProcessReaders:
             self.close()
             raise
         self._seal = True
+        self._known_sent = False
         self._lock = threading.Lock()
 
     @staticmethod
@@ -268,6 +283,7 @@ class ProcessReaders:
         if not chunks:
             return errors
         need = self.sink.need({bid for bid, _, _ in chunks})
+        self._send_known()
         lacking = len(need)
         for bid, data, raw_length in chunks:
             if bid in need:
@@ -279,6 +295,21 @@ class ProcessReaders:
         with self._lock:
             self._seal = lacking >= SEAL_SHARE * len(chunks)
         return errors
+
+    def _send_known(self) -> None:
+        """The store's data ids to every worker, once the writer has loaded them."""
+        if self._known_sent:
+            return
+        known = self.sink.known_data
+        if known is None:
+            return
+        with self._lock:
+            if self._known_sent:
+                return
+            self._known_sent = True
+        ids = b"".join(known)
+        for p in self.procs:
+            p.send_known(ids)
 
     def close(self) -> None:
         for p in self.procs:
@@ -295,13 +326,15 @@ class ProcessReaders:
 
 
 class _WorkerSink:
-    """Every chunk is "lacking" here (the parent asks the store): each is kept to be sent
-    back, sealed or as plaintext."""
+    """Every chunk but the store's known data ids (``known``, once the parent sent them)
+    is "lacking" here (the parent asks the store): each is kept to be sent back, sealed
+    or as plaintext."""
 
     def __init__(self, chunking: ChunkingSecret, data_key: bytes) -> None:
         self._chunking = chunking
         self._data_key = data_key
         self.seal = True
+        self.known: set[bytes] = set()
         self.out: list[tuple[bytes, bytes, int]] = []
 
     @property
@@ -309,7 +342,8 @@ class _WorkerSink:
         return self._chunking
 
     def need(self, ids: Collection[bytes]) -> set[bytes]:
-        return set(ids)
+        known = self.known
+        return {i for i in ids if i not in known}
 
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         if self.seal:
@@ -336,9 +370,13 @@ class _WorkerReader(FileReader):
 
 
 def _answer(
-    reader: _WorkerReader, sink: _WorkerSink, body: bytes, fds: list[int]
+    reader: _WorkerReader,
+    sink: _WorkerSink,
+    seal: bool,
+    files: list[tuple[int, bytes, int, int]],
+    fds: list[int],
 ) -> tuple[Any, ...]:
-    sink.seal, files = pickle.loads(body)  # noqa: S301 - our parent, a private socket
+    sink.seal = seal
     sink.out = []
     job = Job()
     for i, name, dev, ino in files:
@@ -358,13 +396,18 @@ def main(sock_fd: int) -> None:
     got = _recv(sock)
     if got is None:
         return
-    seed, id_key, lo, avg, hi, data_key = pickle.loads(got[0])  # noqa: S301 - see _answer
+    seed, id_key, lo, avg, hi, data_key = pickle.loads(got[0])  # noqa: S301 - see below
     sink = _WorkerSink(ChunkingSecret(seed, id_key, lo, avg, hi), data_key)
     reader = _WorkerReader(sink)
     while (msg := _recv(sock, MAX_FDS)) is not None:
         body, fds = msg
+        request = pickle.loads(body)  # noqa: S301 - our parent, a private socket
+        if request[0] == "known":  # no answer (a failure here ends the worker)
+            ids = request[1]
+            sink.known = {ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)}
+            continue
         try:
-            answer = _answer(reader, sink, body, fds)
+            answer = _answer(reader, sink, request[1], request[2], fds)
         except Exception:
             answer = ("failed", traceback.format_exc())
         finally:
