@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from lamina.errors import LaminaError
@@ -75,7 +75,9 @@ class SealedSink(BlobSink, Protocol):
         """The store's data ids, once loaded (None before, or if too many)."""
         ...
 
-    def put_sealed(self, kind: BlobKind, bid: bytes, sealed: bytes, raw_length: int) -> None: ...
+    def put_sealed_many(
+        self, kind: BlobKind, blobs: Iterable[tuple[bytes, bytes, int]]
+    ) -> None: ...
 
 
 class WorkerDiedError(LaminaError):
@@ -285,12 +287,12 @@ class ProcessReaders:
         need = self.sink.need({bid for bid, _, _ in chunks})
         self._send_known()
         lacking = len(need)
-        for bid, data, raw_length in chunks:
-            if bid in need:
-                need.discard(bid)
-                if seal:
-                    self.sink.put_sealed(BlobKind.DATA, bid, data, raw_length)
-                else:
+        if seal:  # one call (and one lock) for the job's sealed blobs
+            self.sink.put_sealed_many(BlobKind.DATA, (c for c in chunks if c[0] in need))
+        else:
+            for bid, data, _ in chunks:
+                if bid in need:
+                    need.discard(bid)
                     self.sink.put_chunk(BlobKind.DATA, bid, data)
         with self._lock:
             self._seal = lacking >= SEAL_SHARE * len(chunks)
