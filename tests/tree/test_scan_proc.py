@@ -185,3 +185,14 @@ def test_once_the_writer_loaded_the_stores_ids_a_worker_sends_none_of_them_back(
         assert w.known_data is not None and w.new_blobs == 0
     # the first answer came before the ids were loaded; every later one carried no chunk
     assert len(sent) > 1 and sent[0] > 0 and sent[1:] == [0] * (len(sent) - 1)
+
+
+def test_a_worker_that_cannot_start_leaves_the_reading_to_the_threads(
+    store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_process(*_args: object, **_kw: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(scan_proc.subprocess, "Popen", no_process)
+    done = backup(store, src, processes=1, process_after=0)
+    assert done.stats.files_read == 124 and not done.stats.errors

@@ -569,7 +569,10 @@ class Scanner(FileReader):
         if self._processes and self._procs is None:
             self._small_files += sum(f[2].st_size <= SMALL_FILE for f in files)
             if self._small_files >= self._process_after:
-                self._procs = ProcessReaders(self.writer, self._processes)  # type: ignore[arg-type]
+                try:
+                    self._procs = ProcessReaders(self.writer, self._processes)  # type: ignore[arg-type]
+                except OSError:  # no process to start (a limit, no interpreter): threads read
+                    self._processes = 0
         for f in files:
             if f[2].st_size <= SMALL_FILE:
                 small = self._small
