@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from lamina.store import blob
 from lamina.store import writer as writer_mod
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
@@ -55,3 +56,22 @@ def test_a_backups_chunks_go_into_the_pack_without_being_joined_on_their_own(
     with store.writer() as w:
         ids = [w.put(BlobKind.DATA, d) for d in datas]
     assert [store.get(i) for i in ids] == datas
+
+
+def test_sealed_blobs_added_many_at_once_are_stored_once_each(store: Store) -> None:
+    keys = store.keys
+    plain = [f"chunk {i}".encode() for i in range(3)]
+    ids = [blob.blob_id(keys.chunking.id_key, p) for p in plain]
+    sealed = [
+        blob.seal(keys.data_key, BlobKind.DATA, i, blob.FLAG_RAW, p)
+        for i, p in zip(ids, plain, strict=True)
+    ]
+    with store.writer() as w:
+        w.put_sealed(BlobKind.DATA, ids[0], sealed[0], len(plain[0]))
+        # the session's own blob and a repeat within the batch are each added once
+        w.put_sealed_many(
+            BlobKind.DATA, [(i, s, len(p)) for i, s, p in zip(ids, sealed, plain, strict=True)] * 2
+        )
+        assert w.new_blobs == 3
+    assert store.catalog.missing(set(ids), kind=BlobKind.DATA) == set()
+    assert [store.get(i) for i in ids] == plain

@@ -162,20 +162,31 @@ class Writer:
         keys = self.store.keys
         self._put(kind, bid, blob.seal_parts(keys.data_key, kind, bid, flag, payload), raw_length)
 
+    def put_sealed_many(self, kind: BlobKind, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
+        """``put_sealed`` of each ``(id, sealed blob, raw length)``, under one lock."""
+        self._check()
+        with self._lock:
+            for bid, sealed, raw_length in blobs:
+                self._add(kind, bid, (sealed,), raw_length)
+
     def _put(self, kind: BlobKind, bid: bytes, parts: tuple[bytes, ...], raw_length: int) -> None:
         self._check()
         with self._lock:
-            if (bid, kind) in self._session:
-                return
-            self._session.add((bid, kind))
-            if bid in self._pack_ids:
-                self._ship()
-            self._pack_ids.add(bid)
-            self.new_stored_bytes += self._pack.add_parts(kind, bid, parts, raw_length)
-            self.new_blobs += 1
-            self.new_raw_bytes += raw_length
-            if len(self._pack) >= self.store.pack_size:
-                self._ship()
+            self._add(kind, bid, parts, raw_length)
+
+    def _add(self, kind: BlobKind, bid: bytes, parts: tuple[bytes, ...], raw_length: int) -> None:
+        """Add a sealed blob to the open pack (the lock held)."""
+        if (bid, kind) in self._session:
+            return
+        self._session.add((bid, kind))
+        if bid in self._pack_ids:
+            self._ship()
+        self._pack_ids.add(bid)
+        self.new_stored_bytes += self._pack.add_parts(kind, bid, parts, raw_length)
+        self.new_blobs += 1
+        self.new_raw_bytes += raw_length
+        if len(self._pack) >= self.store.pack_size:
+            self._ship()
 
     def put(self, kind: BlobKind, data: bytes) -> bytes:
         """Store plaintext (deduplicated); return its id.
@@ -200,6 +211,17 @@ class Writer:
     @property
     def chunking(self) -> ChunkingSecret:
         return self.store.keys.chunking
+
+    @property
+    def known_data(self) -> set[bytes] | None:
+        """The store's data ids once this session loaded them (``_known_data``), else None;
+        a scan's worker processes skip these chunks as ``need`` would."""
+        return self._known
+
+    @property
+    def data_key(self) -> bytes:
+        """The key blobs are sealed with: a scan's worker processes seal with it too."""
+        return self.store.keys.data_key
 
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         """Compress, seal and add a blob whose id the caller computed (thread-safe)."""

@@ -27,6 +27,8 @@ class ScanOptions(TypedDict, total=False):
     workers: int | None
     one_file_system: bool
     reuse_trees: bool
+    processes: int
+    process_after: int
 
 
 @dataclass
@@ -57,6 +59,12 @@ def walk_blobs(store: Store, *roots: bytes) -> Iterator[bytes]:
         level = below
 
 
+def backup_processes() -> int:
+    """Worker processes a backup reads small files with: one per core beside the walk's
+    (which keeps two reading threads busy too), at most three; none on one core."""
+    return max(0, min(3, len(os.sched_getaffinity(0)) - 1))
+
+
 def backup(
     store: Store,
     path: Path,
@@ -71,6 +79,7 @@ def backup(
     with store.writer() as writer:
         cache = FilesCache(cache_path, store.keys.store_id, writer.epoch) if cache_path else None
         try:
+            scan.setdefault("processes", backup_processes())
             scanner = Scanner(writer, cache, **scan)
             root = scanner.scan(path)
             st = os.stat(path)

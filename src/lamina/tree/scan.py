@@ -40,6 +40,7 @@ from lamina.store.progress import AdvanceFn
 from lamina.tree.cache import CachedDir, CachedFile, FilesCache, listing_signature
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import FILE_TYPES, Entry, encode_tree
+from lamina.tree.scan_proc import PROCESS_AFTER, ProcessReaders, SealedSink
 from lamina.tree.scan_read import (
     JOB_BYTES,
     BlobSink,
@@ -139,6 +140,8 @@ class Scanner(FileReader):
         progress: AdvanceFn | None = None,
         one_file_system: bool = False,
         reuse_trees: bool = True,
+        processes: int = 0,
+        process_after: int = PROCESS_AFTER,
     ) -> None:
         self.writer = writer
         self.cache = cache
@@ -166,6 +169,12 @@ class Scanner(FileReader):
         self._root_tree: bytes | None = None
         #: Folders in ``_order`` holding an open descriptor.
         self._held = 0
+        #: worker processes for jobs of small files (``scan_proc``): how many, started
+        #: once ``process_after`` small files are queued, with a sink that takes sealed blobs
+        self._processes = processes if isinstance(writer, SealedSink) else 0
+        self._process_after = process_after
+        self._small_files = 0
+        self._procs: ProcessReaders | None = None
 
     # --- public --------------------------------------------------------------
     def scan(self, root: Path) -> bytes:
@@ -177,15 +186,21 @@ class Scanner(FileReader):
             raise UsageError(f"cannot scan {root}: not a directory") from e
         except OSError as e:
             raise UsageError(f"cannot scan {root}: {e.strerror}") from e
+        done = False
         try:
             self._root_dev = os.fstat(fd).st_dev
             root_fd, fd = fd, -1  # ``_dir`` owns it now
             self._dir(root_fd, broot, b"", 0, None)
             self._drain(block=True)
+            done = True
         finally:
             if fd >= 0:
                 os.close(fd)
+            if self._procs is not None and not done:
+                self._procs.kill()  # a job it holds stops now, not after its folders
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._procs is not None:
+                self._procs.close()
             for d in self._order:  # left by an error: the walk stops here
                 if d.fd is not None:
                     os.close(d.fd)
@@ -207,6 +222,18 @@ class Scanner(FileReader):
         e.uid, e.gid = st.st_uid, st.st_gid
         e.user, e.group = self._user[st.st_uid], self._group[st.st_gid]
         e.mtime = st.st_mtime_ns
+
+    def _name(self, e: Entry) -> None:
+        """Owner and group names of ``e`` from its uid and gid (a worker process read it)."""
+        e.user, e.group = self._user[e.uid], self._group[e.gid]
+
+    def _run_job(self, job: Job) -> list[str | None]:
+        procs = self._procs
+        # a job of small files (a large file's job holds it alone: threads chunk it
+        # without the GIL) goes to a worker process once they run
+        if procs is not None and job.files[0][2].st_size <= SMALL_FILE and procs.takes(job):
+            return procs.run_job(job, self._name)
+        return super()._run_job(job)
 
     def _entry(
         self, name: bytes, st: os.stat_result, typ: str, xattrs: list[tuple[bytes, bytes]]
@@ -539,6 +566,13 @@ class Scanner(FileReader):
     ) -> list[tuple[bytes, Entry, os.stat_result, Job, int]]:
         """Queue files for the pool (small ones batched across folders); no waiting."""
         out: list[tuple[bytes, Entry, os.stat_result, Job, int]] = []
+        if self._processes and self._procs is None:
+            self._small_files += sum(f[2].st_size <= SMALL_FILE for f in files)
+            if self._small_files >= self._process_after:
+                try:
+                    self._procs = ProcessReaders(self.writer, self._processes)  # type: ignore[arg-type]
+                except OSError:  # no process to start (a limit, no interpreter): threads read
+                    self._processes = 0
         for f in files:
             if f[2].st_size <= SMALL_FILE:
                 small = self._small

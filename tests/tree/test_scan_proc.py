@@ -1,0 +1,198 @@
+"""A scan's small files read in worker processes (``tree.scan_proc``): the same trees as
+the reading threads store, and a worker that dies fails the backup, committing nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lamina.store import writer as writer_module
+from lamina.store.repository import Store
+from lamina.tree import scan_proc
+from lamina.tree.backup import backup
+from lamina.tree.model import Entry
+from lamina.tree.restore import restore_tree
+from lamina.tree.scan import SMALL_FILE, Scanner
+from lamina.tree.scan_proc import ProcessReaders, ReadProcess, WorkerDiedError
+from lamina.tree.scan_read import Job
+
+from .treeutil import MTIME, set_mtime, write
+
+
+def mixed_tree(root: Path, min_chunk: int) -> None:
+    """Small files in several folders, an empty one, one above the smallest chunk (cut by
+    the worker's chunker), one above ``SMALL_FILE`` (a reading thread's), a symlink, a
+    hard link, an extended attribute where the file system keeps them."""
+    for d in range(4):
+        for f in range(30):
+            write(root / f"d{d}" / f"f{f:02d}", f"folder {d} file {f}\n".encode() * (f + 1))
+    write(root / "empty", b"")
+    write(root / "medium", bytes(range(256)) * (min_chunk // 256 * 3))
+    write(root / "large", os.urandom(SMALL_FILE + 4096))
+    (root / "link").symlink_to("d0/f00")
+    os.link(root / "d1" / "f01", root / "d1" / "hard")
+    with contextlib.suppress(OSError):
+        os.setxattr(root / "d2" / "f02", "user.lamina", b"kept")
+    os.chmod(root / "d3" / "f03", 0o600)
+    set_mtime(root / "d3" / "f04", MTIME)
+
+
+@pytest.fixture
+def src(store: Store, tmp_path: Path) -> Path:
+    mixed_tree(tmp_path / "src", store.keys.chunking.min_size)
+    return tmp_path / "src"
+
+
+def spy(
+    monkeypatch: pytest.MonkeyPatch, cls: type, method: str, before: Callable[..., None]
+) -> Callable[..., Any]:
+    """Call ``before(self, *args)`` ahead of each call of ``cls.method``; return the real one."""
+    real: Callable[..., Any] = getattr(cls, method)
+
+    def wrapped(self: object, *args: object) -> Any:
+        before(self, *args)
+        return real(self, *args)
+
+    monkeypatch.setattr(cls, method, wrapped)
+    return real
+
+
+def test_a_scan_in_worker_processes_stores_what_the_reading_threads_store(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs: list[int] = []  # jobs read by a worker process (their files)
+    spy(
+        monkeypatch,
+        ProcessReaders,
+        "run_job",
+        lambda _self, job, _name: jobs.append(len(job.files)),
+    )
+    # first into an empty store: the workers send every chunk compressed and sealed
+    with store.writer() as w:
+        procs = Scanner(w, workers=2, processes=1, process_after=0)
+        tid = procs.scan(src)
+    assert jobs and sum(jobs) == 4 * 30 + 3  # every small file and the hard link, not "large"
+    assert procs.stats.files_read == 124 and not procs.stats.errors
+    restore_tree(store, tid, tmp_path / "out")
+    for rel in ("d2/f02", "medium", "large", "d1/hard", "empty"):
+        assert (tmp_path / "out" / rel).read_bytes() == (src / rel).read_bytes()
+    assert os.readlink(tmp_path / "out" / "link") == "d0/f00"
+    assert (tmp_path / "out" / "d3" / "f03").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "out" / "d3" / "f04").stat().st_mtime_ns == MTIME
+    # the threads store the same tree (same entries: owner, mode, times, xattrs, content)
+    with store.writer() as w:
+        threads = Scanner(w, workers=2)
+        assert threads.scan(src) == tid
+    # again through a worker, into a store holding every chunk: sent back as plaintext
+    with store.writer() as w:
+        assert Scanner(w, workers=2, processes=1, process_after=0).scan(src) == tid
+        assert w.new_blobs == 0
+
+
+def test_a_worker_killed_mid_scan_fails_the_backup_and_commits_nothing(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[ReadProcess] = []
+
+    def kill_first(proc: ReadProcess, *_args: object) -> None:
+        if not started:  # the first job: its worker is killed before it reads
+            started.append(proc)
+            os.kill(proc.proc.pid, signal.SIGKILL)
+            proc.proc.wait()
+
+    real_run = spy(monkeypatch, ReadProcess, "run", kill_first)
+    with pytest.raises(WorkerDiedError, match="worker process"):
+        backup(store, src, cache_path=tmp_path / "cache.db", processes=1, process_after=0)
+    assert store.catalog.snapshots() == []
+    assert started[0].proc.returncode == -signal.SIGKILL
+    # the store and the files cache hold nothing half-written: the next backup runs whole
+    monkeypatch.setattr(ReadProcess, "run", real_run)
+    done = backup(store, src, cache_path=tmp_path / "cache.db", processes=1, process_after=0)
+    assert done.stats.files_read == 124 and not done.stats.errors
+    restore_tree(store, done.snapshot.root, tmp_path / "out")
+    assert (tmp_path / "out" / "medium").read_bytes() == (src / "medium").read_bytes()
+
+
+def test_a_tree_below_the_threshold_starts_no_process(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[int] = []
+    spy(monkeypatch, ReadProcess, "__init__", lambda *_args: starts.append(1))
+    backup(store, src, processes=1, process_after=1000)
+    assert starts == []
+    backup(store, src, source="again", processes=1, process_after=100)
+    assert starts == [1]
+
+
+def test_a_job_of_files_from_more_folders_than_a_message_carries_stays_in_its_thread(
+    tmp_path: Path,
+) -> None:
+    job = Job()
+    st = os.stat(tmp_path)
+    job.files = [(b"x", Entry(name=b"x", type="file"), st, fd) for fd in range(1000, 1251)]
+    assert not ProcessReaders.takes(job)
+    job.files.pop()
+    assert ProcessReaders.takes(job)
+    assert scan_proc.MAX_FDS == 250
+
+
+def test_a_worker_takes_the_next_request_before_its_answer_is_read(store: Store, src: Path) -> None:
+    """Requests queue in the socket (the worker never waits for the parent between
+    jobs); answers come back in order, each to its own request."""
+    proc = ReadProcess(store.keys.chunking, store.keys.data_key)
+    dfd = os.open(src / "d0", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = proc.send(True, [(dfd, b"f01", os.stat(src / "d0" / "f01"))])
+        second = proc.send(False, [(dfd, b"f02", os.stat(src / "d0" / "f02"))])
+        sent = [(src / "d0" / f).read_bytes() for f in ("f01", "f02")]
+        errors, fields, chunks = proc.answer(first)
+        assert errors == [None] and fields[0] is not None and fields[0][0] == len(sent[0])
+        assert len(chunks) == 1 and chunks[0][1] != sent[0]  # sealed
+        errors, fields, chunks = proc.answer(second)
+        assert errors == [None] and fields[0] is not None and fields[0][0] == len(sent[1])
+        assert chunks == [(fields[0][6][0], sent[1], len(sent[1]))]  # plaintext, its id
+    finally:
+        os.close(dfd)
+        proc.close()
+    assert proc.proc.returncode == 0
+
+
+def test_once_the_writer_loaded_the_stores_ids_a_worker_sends_none_of_them_back(
+    store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with store.writer() as w:
+        tid = Scanner(w, workers=1, processes=1, process_after=0).scan(src)
+    # the store's ids load at the first ask (however few ids were asked so far)
+    monkeypatch.setattr(writer_module, "_KNOWN_AFTER", 1)
+    monkeypatch.setattr(writer_module, "_KNOWN_RATIO", 1000)
+    sent: list[int] = []  # chunks each answer carried
+    real = ReadProcess.answer
+
+    def answer(self: ReadProcess, ticket: int) -> Any:
+        got = real(self, ticket)
+        sent.append(len(got[2]))
+        return got
+
+    monkeypatch.setattr(ReadProcess, "answer", answer)
+    with store.writer() as w:
+        assert Scanner(w, workers=1, processes=1, process_after=0).scan(src) == tid
+        assert w.known_data is not None and w.new_blobs == 0
+    # the first answer came before the ids were loaded; every later one carried no chunk
+    assert len(sent) > 1 and sent[0] > 0 and sent[1:] == [0] * (len(sent) - 1)
+
+
+def test_a_worker_that_cannot_start_leaves_the_reading_to_the_threads(
+    store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_process(*_args: object, **_kw: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(scan_proc.subprocess, "Popen", no_process)
+    done = backup(store, src, processes=1, process_after=0)
+    assert done.stats.files_read == 124 and not done.stats.errors
