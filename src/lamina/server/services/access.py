@@ -89,7 +89,11 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing =
 
 def _own(c: Connection, cvd_id: str, ids: list[bytes]) -> int:
     """Insert the CVD's ownership rows (ids it owns already are skipped); on SQLite,
-    return how many rows were added (the driver's count of the executemany)."""
+    return how many rows were added (the driver's count of the executemany).
+
+    In the ids' order (``sorted``): rows inserted in key order touch each page of the
+    table's two indexes once, not once per row at random."""
+    ids = sorted(ids)
     added = 0
     for k in range(0, len(ids), BATCH):
         added += inflight.write_rows(

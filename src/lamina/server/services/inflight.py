@@ -252,25 +252,46 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
         .where(blob_claims.c.cvd_id == cvd_id)
         .values(expires=when + dt.timedelta(seconds=sharing.lease))
     )
+    _mark_shared(c, _newly_common(c, cvd_id, ids, sharing.threshold))
+
+
+def _newly_common(c: Connection, cvd_id: str, ids: list[bytes], threshold: int) -> list[bytes]:
+    """Of ``ids`` (each owned by ``cvd_id`` now), those not marked shared that at least
+    ``threshold`` CVDs own.
+
+    On SQLite one statement per ``BATCH`` ids (``_SQLITE_COMMON``; before, one to read
+    the shared marks and one to count the owners of the rest): each id found by the
+    CVD's own row, its shared mark probed, and its owners counted only when it has
+    none, and only up to ``threshold`` (a blob a fleet shares is never counted owner by
+    owner). Elsewhere the shared marks first, then the owners of the rest grouped."""
+    if c.dialect.name == "sqlite":
+        return [
+            bytes(r[0])
+            for part in _chunks(ids)
+            for r in driver_rows(
+                c, _SQLITE_COMMON % ",".join("?" * len(part)), (cvd_id, *part, threshold, threshold)
+            )
+        ]
     already = _shared(c, ids)
     fresh = [i for i in ids if i not in already]
-    common = [
+    return [
         bytes(r[0])
-        for r in rows_in(
-            c,
-            "SELECT blob_id FROM cvd_blobs WHERE blob_id IN (%s) GROUP BY blob_id "
-            "HAVING count(*) >= ?",
-            lambda part: (
-                select(cvd_blobs.c.blob_id)
-                .where(cvd_blobs.c.blob_id.in_(part))
-                .group_by(cvd_blobs.c.blob_id)
-                .having(func.count() >= sharing.threshold)
-            ),
-            fresh,
-            sharing.threshold,
+        for part in _chunks(fresh)
+        for r in c.execute(
+            select(cvd_blobs.c.blob_id)
+            .where(cvd_blobs.c.blob_id.in_(part))
+            .group_by(cvd_blobs.c.blob_id)
+            .having(func.count() >= threshold)
         )
     ]
-    _mark_shared(c, common)
+
+
+#: ``_newly_common`` on SQLite; binds the CVD, the ids, then the limit and the threshold.
+_SQLITE_COMMON = (
+    "SELECT m.blob_id FROM cvd_blobs m WHERE m.cvd_id = ? AND m.blob_id IN (%s) "
+    "AND NOT EXISTS (SELECT 1 FROM shared_blobs s WHERE s.blob_id = m.blob_id) "
+    "AND (SELECT count(*) FROM (SELECT 1 FROM cvd_blobs o WHERE o.blob_id = m.blob_id LIMIT ?)) >= ?"
+)
 
 
 def _end_claims(c: Connection, cvd_id: str, ids: list[bytes]) -> None:

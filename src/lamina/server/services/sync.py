@@ -168,8 +168,12 @@ def upload_blobs(
                 f"bundle declares more than {max_raw} bytes of content; send smaller bundles"
             )
     with store.writer() as w:
+        # Asked of the catalog, one lookup of the bundle's ids per kind: not through
+        # ``Writer.need``, whose shortcut for a long backup (loading every data id of the
+        # store once a session has asked about 4,096) cost each bundle a count of the
+        # whole ``blobs`` table and, on a small store, a read of all its ids.
         fresh = {
-            kind: w.need({bid for bid, k in unique if k == kind}, kind)
+            kind: store.catalog.missing({bid for bid, k in unique if k == kind}, kind=kind)
             for kind in (BlobKind.DATA, BlobKind.TREE)
         }
         verified: list[tuple[BlobKind, bytes, BundleBlob]] = []
