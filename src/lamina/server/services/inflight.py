@@ -70,7 +70,8 @@ class Sharing:
 OFF = Sharing(threshold=0)
 
 
-def _chunks(ids: list[bytes]) -> Iterable[list[bytes]]:
+def id_batches(ids: list[bytes]) -> Iterable[list[bytes]]:
+    """``ids`` in lists of at most ``BATCH`` (one statement each)."""
     for k in range(0, len(ids), BATCH):
         yield ids[k : k + BATCH]
 
@@ -89,7 +90,7 @@ def rows_in(
     caching and binding an expanding SQLAlchemy ``IN`` per id cost more than the query.
     Elsewhere ``core(ids)``, the same statement in Core."""
     sqlite_ = c.dialect.name == "sqlite"
-    for part in _chunks(ids):
+    for part in id_batches(ids):
         if sqlite_:
             yield from driver_rows(c, sql % ",".join("?" * len(part)), (*part, *args))
         else:
@@ -202,7 +203,7 @@ def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datet
     # One statement run for many rows (executemany), not a multi-row VALUES compiled
     # anew for each batch (that compile was most of a first sync's /agent/missing).
     expires = _bound(c, blob_claims.c.expires, until)
-    for part in _chunks(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
+    for part in id_batches(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
         write_rows(
             c,
             "INSERT INTO blob_claims (blob_id, cvd_id, expires) VALUES (?, ?, ?) "
@@ -267,7 +268,7 @@ def _newly_common(c: Connection, cvd_id: str, ids: list[bytes], threshold: int) 
     if c.dialect.name == "sqlite":
         return [
             bytes(r[0])
-            for part in _chunks(ids)
+            for part in id_batches(ids)
             for r in driver_rows(
                 c, _SQLITE_COMMON % ",".join("?" * len(part)), (cvd_id, *part, threshold, threshold)
             )
@@ -276,7 +277,7 @@ def _newly_common(c: Connection, cvd_id: str, ids: list[bytes], threshold: int) 
     fresh = [i for i in ids if i not in already]
     return [
         bytes(r[0])
-        for part in _chunks(fresh)
+        for part in id_batches(fresh)
         for r in c.execute(
             select(cvd_blobs.c.blob_id)
             .where(cvd_blobs.c.blob_id.in_(part))
@@ -300,7 +301,7 @@ def _end_claims(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
     the ``executemany`` did: 28 against 38 ms for 15,000 claims); elsewhere by primary
     key, row by row (building a Core ``IN`` of thousands cost more than the delete)."""
     if c.dialect.name == "sqlite":
-        for part in _chunks(ids):
+        for part in id_batches(ids):
             sql = "DELETE FROM blob_claims WHERE blob_id IN (%s) AND cvd_id = ?"
             c.exec_driver_sql(sql % ",".join("?" * len(part)), (*part, cvd_id))
         return
@@ -314,7 +315,7 @@ def _end_claims(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
 
 
 def _mark_shared(c: Connection, ids: list[bytes]) -> None:
-    for part in _chunks(sorted(ids)):
+    for part in id_batches(sorted(ids)):
         write_rows(
             c,
             "INSERT INTO shared_blobs (blob_id) VALUES (?) ON CONFLICT DO NOTHING",
