@@ -253,24 +253,25 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
         .where(blob_claims.c.cvd_id == cvd_id)
         .values(expires=when + dt.timedelta(seconds=sharing.lease))
     )
-    _mark_shared(c, _newly_common(c, cvd_id, ids, sharing.threshold))
+    _mark_shared(c, _newly_common(c, ids, sharing.threshold))
 
 
-def _newly_common(c: Connection, cvd_id: str, ids: list[bytes], threshold: int) -> list[bytes]:
-    """Of ``ids`` (each owned by ``cvd_id`` now), those not marked shared that at least
-    ``threshold`` CVDs own.
+def _newly_common(c: Connection, ids: list[bytes], threshold: int) -> list[bytes]:
+    """Of ``ids`` (each owned by the recording CVD now), those not marked shared that at
+    least ``threshold`` CVDs own.
 
     On SQLite one statement per ``BATCH`` ids (``_SQLITE_COMMON``; before, one to read
-    the shared marks and one to count the owners of the rest): each id found by the
-    CVD's own row, its shared mark probed, and its owners counted only when it has
-    none, and only up to ``threshold`` (a blob a fleet shares is never counted owner by
-    owner). Elsewhere the shared marks first, then the owners of the rest grouped."""
+    the shared marks and one to count the owners of the rest): the ids as a ``VALUES``
+    list (looked up by nothing), each one's shared mark probed, and its owners counted
+    only when it has none, and only up to ``threshold`` (a blob a fleet shares is never
+    counted owner by owner). Elsewhere the shared marks first, then the owners of the
+    rest grouped."""
     if c.dialect.name == "sqlite":
         return [
             bytes(r[0])
             for part in id_batches(ids)
             for r in driver_rows(
-                c, _SQLITE_COMMON % ",".join("?" * len(part)), (cvd_id, *part, threshold, threshold)
+                c, _SQLITE_COMMON % ",".join(["(?)"] * len(part)), (*part, threshold, threshold)
             )
         ]
     already = _shared(c, ids)
@@ -287,11 +288,11 @@ def _newly_common(c: Connection, cvd_id: str, ids: list[bytes], threshold: int) 
     ]
 
 
-#: ``_newly_common`` on SQLite; binds the CVD, the ids, then the limit and the threshold.
+#: ``_newly_common`` on SQLite; binds the ids, then the limit and the threshold.
 _SQLITE_COMMON = (
-    "SELECT m.blob_id FROM cvd_blobs m WHERE m.cvd_id = ? AND m.blob_id IN (%s) "
-    "AND NOT EXISTS (SELECT 1 FROM shared_blobs s WHERE s.blob_id = m.blob_id) "
-    "AND (SELECT count(*) FROM (SELECT 1 FROM cvd_blobs o WHERE o.blob_id = m.blob_id LIMIT ?)) >= ?"
+    "WITH v(id) AS (VALUES %s) SELECT v.id FROM v "
+    "WHERE NOT EXISTS (SELECT 1 FROM shared_blobs s WHERE s.blob_id = v.id) "
+    "AND (SELECT count(*) FROM (SELECT 1 FROM cvd_blobs o WHERE o.blob_id = v.id LIMIT ?)) >= ?"
 )
 
 
