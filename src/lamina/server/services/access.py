@@ -180,9 +180,11 @@ class CommitOwnership:
         ``kind``: on SQLite one statement per ``BATCH`` ids joining the ownership rows to
         the catalog's (same database), where ``require`` and the catalog's ``locate`` took
         one each. Ids it does not answer must go the long way (``require``, then
-        ``locate``: refused, or stored again as ``kind``). On other databases: ``{}``."""
+        ``locate``: refused, or stored again as ``kind``). On other databases, or with a
+        catalog on another database than the server's rows (never, by ``open_context``):
+        ``{}``."""
         out: dict[bytes, int] = {}
-        if not ids:
+        if not ids or getattr(self.store.catalog, "engine", None) is not self.engine:
             return out
         with read_tx(self.engine) as c:
             if c.dialect.name != "sqlite":
