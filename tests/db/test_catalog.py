@@ -448,3 +448,27 @@ def test_head_constant_matches_the_migrations() -> None:
 
     script = ScriptDirectory(str(MIGRATIONS))
     assert script.get_current_head() == HEAD
+
+
+def test_a_packs_rows_go_in_in_id_order(catalog: SqlCatalog, engine: Engine) -> None:
+    """A pack's index rows are inserted in id order, whatever the order of its entries
+    (each page of the key's index is touched once, not once per row at random: 403 ->
+    324 ms of CPU for 100,000 rows on SQLite), and each one is found where it is."""
+    ids = [bid(n) for n in (7, 3, 9, 1, 5)]
+    inserted: list[bytes] = []
+
+    def record(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO BLOBS"):
+            rows = params if many else [params]
+            for r in rows:
+                v = r["id"] if isinstance(r, dict) else r[0]
+                inserted.append(bytes(getattr(v, "obj", v)))  # (psycopg: its Binary)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        catalog.commit_pack(pack(1), 1000, entries(*ids))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert inserted == sorted(ids)
+    found = catalog.locate(ids)
+    assert [found[i].offset for i in ids] == [0, 100, 200, 300, 400]

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
+
+from lamina.store.blob import BlobKind
+from lamina.tree.model import Entry, encode_tree
 from tests.server.conftest import Live
 
 
@@ -20,3 +27,32 @@ def test_a_commit_applies_its_policys_retention_and_records_the_sync(live: Live)
     assert first != second
     cvd = admin.get(f"/cvds/{dev.cvd_id}").json()
     assert cvd["last_sync"] == snaps[0]["time"] and cvd["progress"] == {}
+
+
+def test_a_commit_finds_its_owned_chunks_stored_in_one_lookup(live: Live) -> None:
+    """At a commit, the chunks the CVD owns and the store holds as data (most of them) are
+    found by one statement (its ownership rows joined to the catalog's), not one asking
+    ownership and another locating them (f384b63); the commit still lands."""
+    dev = live.device("desk-j")
+    datas = [b"one", b"two", b"three"]
+    ids = dev.upload([(BlobKind.DATA, d) for d in datas])
+    entries = [
+        Entry(name=b"f%d" % k, type="file", size=len(d), content=[i])
+        for k, (d, i) in enumerate(zip(datas, ids, strict=True))
+    ]
+    [root] = dev.upload([(BlobKind.TREE, encode_tree(entries))])
+    seen: list[str] = []
+
+    def trace(dbapi_conn: Any, *_: Any) -> None:  # every connection the commit takes
+        dbapi_conn.set_trace_callback(seen.append)
+
+    event.listen(Pool, "checkout", trace)
+    try:
+        r = dev.client.post("/agent/commit", json={"root": root.hex(), "files": 3, "bytes": 11})
+    finally:
+        event.remove(Pool, "checkout", trace)
+    assert r.status_code == 200, r.text
+    hexes = [i.hex() for i in ids]
+    naming = [s for s in seen if any(h in s.lower() for h in hexes)]
+    assert len(naming) == 1, naming
+    assert "JOIN cvd_blobs" in naming[0] and all(h in naming[0].lower() for h in hexes)

@@ -97,6 +97,34 @@ def test_the_intake_seals_each_blob_into_its_pack_without_joining_it_first(
         assert store.get(_bid(store, d)) == d
 
 
+def test_a_bundle_asks_the_catalog_about_its_ids_and_never_loads_the_stores_ids(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intake asks the catalog once per kind about the bundle's ids; it never takes the
+    long backup's shortcut (``Writer.need`` loading every data id of the store, after a
+    count of the whole ``blobs`` table, once 4,096 ids were asked), as a bundle of 5,000
+    chunks did at f384b63."""
+    held = [os.urandom(40) for _ in range(50)]
+    assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in held])) == 50
+
+    def loaded(*a: Any, **kw: Any) -> set[bytes] | None:
+        raise AssertionError("the intake loaded the store's ids")
+
+    monkeypatch.setattr(store.catalog, "known_ids", loaded)
+    asked: list[int] = []
+    real = store.catalog.missing
+
+    def missing(ids: Any, kind: BlobKind | None = None) -> set[bytes]:
+        asked.append(len(ids))
+        return real(ids, kind=kind)
+
+    monkeypatch.setattr(store.catalog, "missing", missing)
+    datas = [os.urandom(40) for _ in range(5000)] + held[:10]
+    assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == 5000
+    assert sorted(asked) == [0, 5010]  # the trees' (none), the chunks'
+    assert store.get(_bid(store, datas[0])) == datas[0]
+
+
 def test_a_bundle_declaring_too_much_content_is_refused_before_inflating(
     store: Store, calls: dict[str, int]
 ) -> None:
@@ -334,6 +362,9 @@ class _Owner:
 
     def require(self, ids: list[bytes]) -> None:
         self.asked.append(list(ids))
+
+    def stored_as(self, ids: list[bytes], kind: BlobKind) -> dict[bytes, int]:
+        return {}  # (no shortcut: every id is asked of ``require``)
 
 
 def _wide(store: Store, folders: int, per_folder: int) -> bytes:

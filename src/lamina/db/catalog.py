@@ -40,6 +40,10 @@ _EPOCH = EPOCH_KEY
 _STORE_ID = "store_id"
 
 
+def _entry_id(e: PackEntry) -> bytes:
+    return e.id
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -208,7 +212,9 @@ class SqlCatalog:
             self._insert_entries(c, seq, entries)
 
     def _insert_entries(self, c: Connection, seq: int, entries: Sequence[PackEntry]) -> None:
-        unique = one_entry_per_id(entries)
+        # in id order: each page of the primary key's index is touched once, not once per
+        # row at random
+        unique = sorted(one_entry_per_id(entries), key=_entry_id)
         if self._sqlite:
             # One statement the driver runs for every row (binding a dict per row through
             # SQLAlchemy cost more than the insert).

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import driver_rows, read_tx, write_tx
 from lamina.db.models import cvd_blobs, cvds, tasks
 from lamina.errors import ForbiddenError, MissingDataError
 from lamina.protocol.tasks import DELIVERED_TREES, TaskKind, TaskState
@@ -39,6 +39,7 @@ from lamina.server.services import inflight
 from lamina.server.services.fleet import cvd_source
 from lamina.server.services.inflight import OFF, Sharing
 from lamina.server.services.rows import Cvd
+from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
 
@@ -89,7 +90,11 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing =
 
 def _own(c: Connection, cvd_id: str, ids: list[bytes]) -> int:
     """Insert the CVD's ownership rows (ids it owns already are skipped); on SQLite,
-    return how many rows were added (the driver's count of the executemany)."""
+    return how many rows were added (the driver's count of the executemany).
+
+    In the ids' order (``sorted``): rows inserted in key order touch each page of the
+    table's two indexes once, not once per row at random."""
+    ids = sorted(ids)
     added = 0
     for k in range(0, len(ids), BATCH):
         added += inflight.write_rows(
@@ -170,11 +175,38 @@ class CommitOwnership:
         with read_tx(self.engine) as c:
             self.taken += _require_owned(c, self.store, self.cvd_id, ids, self.sharing)
 
+    def stored_as(self, ids: list[bytes], kind: BlobKind) -> dict[bytes, int]:
+        """The raw length of each of ``ids`` this CVD owns and the store holds (live) as
+        ``kind``: on SQLite one statement per ``BATCH`` ids joining the ownership rows to
+        the catalog's (same database), where ``require`` and the catalog's ``locate`` took
+        one each. Ids it does not answer must go the long way (``require``, then
+        ``locate``: refused, or stored again as ``kind``). On other databases, or with a
+        catalog on another database than the server's rows (never, by ``open_context``):
+        ``{}``."""
+        out: dict[bytes, int] = {}
+        if not ids or getattr(self.store.catalog, "engine", None) is not self.engine:
+            return out
+        with read_tx(self.engine) as c:
+            if c.dialect.name != "sqlite":
+                return out
+            for part in inflight.id_batches(ids):
+                sql = _SQLITE_STORED_AS % ",".join("?" * len(part))
+                for bid, raw in driver_rows(c, sql, (self.cvd_id, *part, int(kind))):
+                    out[bytes(bid)] = raw
+        return out
+
     def done(self) -> None:
         """Every blob the snapshot names passed: the common ones taken become the CVD's."""
         if self.taken:
             record(self.engine, self.cvd_id, self.taken, self.sharing)
             self.taken = []
+
+
+#: ``CommitOwnership.stored_as``: binds the CVD, the ids, then the kind.
+_SQLITE_STORED_AS = (
+    "SELECT b.id, b.raw_length FROM blobs b JOIN cvd_blobs o ON o.cvd_id = ? AND o.blob_id = b.id "
+    "WHERE b.id IN (%s) AND b.condemned = 0 AND b.kind = ?"
+)
 
 
 def _require_owned(

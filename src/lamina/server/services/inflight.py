@@ -70,7 +70,8 @@ class Sharing:
 OFF = Sharing(threshold=0)
 
 
-def _chunks(ids: list[bytes]) -> Iterable[list[bytes]]:
+def id_batches(ids: list[bytes]) -> Iterable[list[bytes]]:
+    """``ids`` in lists of at most ``BATCH`` (one statement each)."""
     for k in range(0, len(ids), BATCH):
         yield ids[k : k + BATCH]
 
@@ -89,7 +90,7 @@ def rows_in(
     caching and binding an expanding SQLAlchemy ``IN`` per id cost more than the query.
     Elsewhere ``core(ids)``, the same statement in Core."""
     sqlite_ = c.dialect.name == "sqlite"
-    for part in _chunks(ids):
+    for part in id_batches(ids):
         if sqlite_:
             yield from driver_rows(c, sql % ",".join("?" * len(part)), (*part, *args))
         else:
@@ -202,7 +203,7 @@ def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datet
     # One statement run for many rows (executemany), not a multi-row VALUES compiled
     # anew for each batch (that compile was most of a first sync's /agent/missing).
     expires = _bound(c, blob_claims.c.expires, until)
-    for part in _chunks(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
+    for part in id_batches(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
         write_rows(
             c,
             "INSERT INTO blob_claims (blob_id, cvd_id, expires) VALUES (?, ?, ?) "
@@ -252,25 +253,47 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
         .where(blob_claims.c.cvd_id == cvd_id)
         .values(expires=when + dt.timedelta(seconds=sharing.lease))
     )
+    _mark_shared(c, _newly_common(c, ids, sharing.threshold))
+
+
+def _newly_common(c: Connection, ids: list[bytes], threshold: int) -> list[bytes]:
+    """Of ``ids`` (each owned by the recording CVD now), those not marked shared that at
+    least ``threshold`` CVDs own.
+
+    On SQLite one statement per ``BATCH`` ids (``_SQLITE_COMMON``; before, one to read
+    the shared marks and one to count the owners of the rest): the ids as a ``VALUES``
+    list (looked up by nothing), each one's shared mark probed, and its owners counted
+    only when it has none, and only up to ``threshold`` (a blob a fleet shares is never
+    counted owner by owner). Elsewhere the shared marks first, then the owners of the
+    rest grouped."""
+    if c.dialect.name == "sqlite":
+        return [
+            bytes(r[0])
+            for part in id_batches(ids)
+            for r in driver_rows(
+                c, _SQLITE_COMMON % ",".join(["(?)"] * len(part)), (*part, threshold, threshold)
+            )
+        ]
     already = _shared(c, ids)
     fresh = [i for i in ids if i not in already]
-    common = [
+    return [
         bytes(r[0])
-        for r in rows_in(
-            c,
-            "SELECT blob_id FROM cvd_blobs WHERE blob_id IN (%s) GROUP BY blob_id "
-            "HAVING count(*) >= ?",
-            lambda part: (
-                select(cvd_blobs.c.blob_id)
-                .where(cvd_blobs.c.blob_id.in_(part))
-                .group_by(cvd_blobs.c.blob_id)
-                .having(func.count() >= sharing.threshold)
-            ),
-            fresh,
-            sharing.threshold,
+        for part in id_batches(fresh)
+        for r in c.execute(
+            select(cvd_blobs.c.blob_id)
+            .where(cvd_blobs.c.blob_id.in_(part))
+            .group_by(cvd_blobs.c.blob_id)
+            .having(func.count() >= threshold)
         )
     ]
-    _mark_shared(c, common)
+
+
+#: ``_newly_common`` on SQLite; binds the ids, then the limit and the threshold.
+_SQLITE_COMMON = (
+    "WITH v(id) AS (VALUES %s) SELECT v.id FROM v "
+    "WHERE NOT EXISTS (SELECT 1 FROM shared_blobs s WHERE s.blob_id = v.id) "
+    "AND (SELECT count(*) FROM (SELECT 1 FROM cvd_blobs o WHERE o.blob_id = v.id LIMIT ?)) >= ?"
+)
 
 
 def _end_claims(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
@@ -279,7 +302,7 @@ def _end_claims(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
     the ``executemany`` did: 28 against 38 ms for 15,000 claims); elsewhere by primary
     key, row by row (building a Core ``IN`` of thousands cost more than the delete)."""
     if c.dialect.name == "sqlite":
-        for part in _chunks(ids):
+        for part in id_batches(ids):
             sql = "DELETE FROM blob_claims WHERE blob_id IN (%s) AND cvd_id = ?"
             c.exec_driver_sql(sql % ",".join("?" * len(part)), (*part, cvd_id))
         return
@@ -293,7 +316,7 @@ def _end_claims(c: Connection, cvd_id: str, ids: list[bytes]) -> None:
 
 
 def _mark_shared(c: Connection, ids: list[bytes]) -> None:
-    for part in _chunks(sorted(ids)):
+    for part in id_batches(sorted(ids)):
         write_rows(
             c,
             "INSERT INTO shared_blobs (blob_id) VALUES (?) ON CONFLICT DO NOTHING",

@@ -168,8 +168,12 @@ def upload_blobs(
                 f"bundle declares more than {max_raw} bytes of content; send smaller bundles"
             )
     with store.writer() as w:
+        # Asked of the catalog, one lookup of the bundle's ids per kind: not through
+        # ``Writer.need``, whose shortcut for a long backup (loading every data id of the
+        # store once a session has asked about 4,096) cost each bundle a count of the
+        # whole ``blobs`` table and, on a small store, a read of all its ids.
         fresh = {
-            kind: w.need({bid for bid, k in unique if k == kind}, kind)
+            kind: store.catalog.missing({bid for bid, k in unique if k == kind}, kind=kind)
             for kind in (BlobKind.DATA, BlobKind.TREE)
         }
         verified: list[tuple[BlobKind, bytes, BundleBlob]] = []
@@ -227,6 +231,28 @@ def _as_kind(
             heal.put_chunk(kind, bid, data)
         out[bid] = len(data)
     return out
+
+
+def _owned_as_kind(
+    store: Store,
+    ids: list[bytes],
+    kind: BlobKind,
+    heal: Writer | None,
+    owner: access.CommitOwnership | None,
+) -> dict[bytes, int]:
+    """Raw length of each of ``ids``, held to ``owner``'s CVD (when given) and stored as
+    ``kind`` (``_as_kind``). The ids the CVD owns and the store holds as ``kind``, most
+    of a commit's, are answered by one lookup (``CommitOwnership.stored_as``); the rest
+    go through ``owner.require`` and ``_as_kind``, refused or healed as before."""
+    if not ids:
+        return {}
+    sizes = owner.stored_as(ids, kind) if owner is not None else {}
+    rest = [i for i in ids if i not in sizes] if sizes else ids
+    if rest:
+        if owner is not None:
+            owner.require(rest)
+        sizes.update(_as_kind(store, rest, kind, heal))
+    return sizes
 
 
 #: The commit walk's bounds (``verify_tree``): trees looked up (and held to the CVD's
@@ -314,9 +340,7 @@ class _Content:
         ``heal``), check each file's chunks and holes add up to its size; return the
         chunk ids checked and hold none."""
         unique = list(dict.fromkeys(self.chunks))
-        if self.owner is not None:
-            self.owner.require(unique)
-        sizes = _as_kind(self.store, unique, BlobKind.DATA, self.heal) if unique else {}
+        sizes = _owned_as_kind(self.store, unique, BlobKind.DATA, self.heal, self.owner)
         for tid, e in self.files:
             _add_up(tid, e, sizes)
         checked, self.chunks, self.files = self.chunks, [], []
@@ -373,11 +397,10 @@ def verify_tree(
         batch = pending[-WALK_TREES:]
         del pending[-WALK_TREES:]
         tree_ids = [t for t in dict.fromkeys(t for t, _ in batch) if t not in seen]
-        if owner is not None and not first:  # (the root: ``owner.root``, before)
-            owner.require(tree_ids)
+        # (the root's ownership: ``owner.root``, before)
+        _owned_as_kind(store, tree_ids, BlobKind.TREE, heal, None if first else owner)
         first = False
         store.prefetch(tree_ids + [o for _, o in batch if o is not None])
-        _as_kind(store, tree_ids, BlobKind.TREE, heal)
         for tid, old in batch:
             if tid in seen:
                 continue
