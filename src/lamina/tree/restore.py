@@ -40,7 +40,7 @@ import shutil
 import stat
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypedDict, Unpack
@@ -56,6 +56,7 @@ from lamina.tree.paths import lookup
 from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
+from lamina.tree.restore_procs import FileJob, JobDone, Opener, parent_setup, start, write_files
 from lamina.tree.sources import in_batches, stop_reading_ahead
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -98,7 +99,7 @@ class _Folder:
     """A folder being restored: its descriptor stays open until the walk left it and
     every file and sub-folder inside it is done; then its metadata is set and it is closed."""
 
-    __slots__ = ("entry", "fd", "parent", "pending", "queued", "queued_bytes", "rel")
+    __slots__ = ("entry", "fd", "ident", "parent", "pending", "queued", "queued_bytes", "rel")
 
     def __init__(self, fd: int, rel: list[bytes], entry: Entry | None, parent: _Folder | None):
         self.fd = fd
@@ -111,6 +112,8 @@ class _Folder:
         #: files the walk queued for the next job (``Restorer._flush``)
         self.queued: list[_Queued] = []
         self.queued_bytes = 0
+        #: ``(st_dev, st_ino)``, for the jobs handed to worker processes
+        self.ident: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class RestoreOptions(TypedDict, total=False):
     special_files: bool
     same_owner: bool
     workers: int
+    processes: int
+    opener: Opener | None
 
 
 class Restorer:
@@ -148,12 +153,18 @@ class Restorer:
         special_files: bool = True,
         same_owner: bool = True,
         workers: int = WORKERS,
+        processes: int = 0,
+        opener: Opener | None = None,
     ) -> None:
         """``chunking``: proves a file already in place holds the tree's content (without
         it, every file is rewritten). ``keep_aside``: each requested path found in place is
         first renamed to NAME + this suffix. ``special_files``: make device nodes and
         FIFOs and keep setuid/setgid bits. ``same_owner``: chown to the tree's owners.
-        ``workers``: threads writing files (1: every file on the calling thread)."""
+        ``workers``: threads writing files (1: every file on the calling thread).
+        ``processes`` (2 or more) with ``opener`` (how a worker opens a blob source like
+        ``store``): a whole restore into an empty folder writes its files in
+        that many worker processes instead (``lamina.tree.restore_procs``; the caller
+        decides by size with ``processes_for``); any other restore uses threads."""
         self.store = store
         self.selected = [split_path(p) for p in paths]
         self.delete_extra = delete_extra
@@ -193,6 +204,10 @@ class Restorer:
         self._open: set[_Folder] = set()
         #: hard-link key -> the job writing its first name (a link waits for it)
         self._link_jobs: dict[bytes, Future[None]] = {}
+        self.processes = processes if opener is not None and processes > 1 else 0
+        self._opener = opener
+        #: the worker processes writing files, in a restore that uses them
+        self._procs: ProcessPoolExecutor | None = None
 
     # --- selection -----------------------------------------------------------
     def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
@@ -218,25 +233,43 @@ class Restorer:
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
         root = _Folder(root_fd, [], None, None)
-        if not self.selected and not os.listdir(root_fd):
+        whole = not self.selected and not os.listdir(root_fd)
+        if not whole:
+            self.processes = 0
+        if whole:
             # Into an empty folder nothing is in place to keep: every chunk queued ahead
-            # is one a file job will ask for, so a store reads them in batches.
+            # is one a file job will ask for, so a store reads them in batches. With
+            # worker processes the files' chunks are theirs to read: only trees here.
             self.store = in_batches(self.store)
-            self._ahead = ReadAhead(self.store, tree_id)
+            self._ahead = ReadAhead(self.store, tree_id, chunks=not self.processes)
         self._open.add(root)
         self._root_fd = root_fd
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self._pool = pool
+        if self.processes:
+            assert self._opener is not None
+            setup = parent_setup(self._opener, os.fsencode(target), root_fd, self)
+            self._procs = start(setup, self.processes)
+            self._slots = threading.BoundedSemaphore(3 * self.processes)
         try:
             with fewer_collections():
                 try:
                     self._dir(tree_id, root, [], everything=not self.selected)
+                except BaseException:
+                    # An error or an interrupt: jobs not started are cancelled, those
+                    # running finish (or remove their temporary name).
+                    if self._procs is not None:
+                        self._procs.shutdown(wait=True, cancel_futures=True)
+                    raise
                 finally:
+                    if self._procs is not None:
+                        self._procs.shutdown(wait=True, cancel_futures=self._fatal is not None)
                     self._release(root)
                     if pool is not None:
                         pool.shutdown(wait=True)
         finally:
             self._pool = None
+            self._procs = None
             if self._ahead is not None:
                 stop_reading_ahead(self.store)
             for folder in self._open - {root}:  # left open by an error of the walk
@@ -266,10 +299,8 @@ class Restorer:
             entries = decode_tree(self.store.get(tree_id))
             # One lookup for the folder: its files' chunks and its sub-folders' trees
             # (a tree read ahead had them queued then).
-            self.store.prefetch(
-                [c for e in entries for c in e.chunk_ids()]
-                + [e.subtree for e in entries if e.subtree is not None]
-            )
+            chunks = [] if self._procs is not None else [c for e in entries for c in e.chunk_ids()]
+            self.store.prefetch(chunks + [e.subtree for e in entries if e.subtree is not None])
         # A new file inherits ACLs only from its folder's default ACL: without one,
         # there is nothing for ``_drop_acls`` to remove from the files written here.
         try:
@@ -366,7 +397,55 @@ class Restorer:
             inherits_acl=folder.fd not in self._no_default_acl,
             plain_group=folder.fd in self._plain_group,
         )
+        if self._procs is not None:
+            return self._submit_job(folder, files, target)
         return self._submit(folder, functools.partial(self._files, files, target))
+
+    def _submit_job(self, folder: _Folder, files: list[_Queued], target: _Target) -> Future[None]:
+        """Hand ``files`` to a worker process; when it is done, count what it did."""
+        assert self._procs is not None
+        if folder.ident is None:
+            st = os.fstat(folder.fd)
+            folder.ident = (st.st_dev, st.st_ino)
+        job = FileJob(
+            tuple(folder.rel),
+            folder.ident,
+            target.inherits_acl,
+            target.plain_group,
+            [(e, rel) for e, rel, _ in files],
+        )
+        self._slots.acquire()
+        with self._lock:
+            folder.pending += 1
+        try:
+            fut: Future[JobDone] = self._procs.submit(write_files, job)
+        except BaseException:
+            self._slots.release()
+            self._release(folder)
+            raise
+        done: Future[None] = Future()
+
+        def landed(f: Future[JobDone]) -> None:
+            try:
+                err = None if f.cancelled() else f.exception()
+                with self._lock:
+                    if err is not None:
+                        if self._fatal is None:
+                            self._fatal = err
+                    elif not f.cancelled():
+                        got = f.result()
+                        self.stats.files += got.files
+                        self.stats.bytes += got.bytes
+                        self.stats.errors.extend(got.errors)
+                        if self.progress:
+                            self.progress(got.files, got.bytes)
+            finally:
+                self._slots.release()
+                self._release(folder)
+                done.set_result(None)
+
+        fut.add_done_callback(landed)
+        return done
 
     def _files(self, files: list[_Queued], target: _Target) -> None:
         """One job: the files of one folder, one after the other."""

@@ -1,0 +1,226 @@
+"""A restore's file jobs written by worker processes, so a restore uses every core.
+
+A restore in one process runs its Python (tree decoding, the per-file calls, the
+hand-offs between threads) under one GIL: about 0.7 of a core ("Restores (session 11)"
+in docs/design.md). For a whole restore into an empty folder of a large tree, the walk
+stays in the calling process (folders, symlinks, nodes, hard links, every folder's own
+metadata, in the same order as with threads) and hands each job of regular files to
+one of ``processes`` workers. A worker has its own blob source (``opener``: its own
+store reader, or its own HTTP client) and writes its files exactly as the threads do
+(``Restorer._files``: temporary name, every blob verified, metadata, rename).
+
+A worker reaches a job's folder from the target by its path, one component at a time,
+never following a symlink (``O_NOFOLLOW``), and writes there only when that folder is
+the one the walk made (its device and inode, ``FileJob.ident``): a folder swapped in
+meanwhile is refused, as a descriptor would have been kept. A worker ignores SIGINT
+(the walk stops them: it cancels the jobs not started and waits for those running,
+which finish or remove their temporary name), and leaves when the restoring process is
+gone (``_watch_parent``).
+
+Workers start through a fork server (the calling process has threads, so it never
+forks itself); each costs a fork and its blob source's opening, so small restores stay
+on threads (``processes_for``).
+"""
+
+from __future__ import annotations
+
+import _thread
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from lamina.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from lamina.tree.model import Entry
+    from lamina.tree.restore import BlobSource, Restorer
+
+#: Worker processes at most, whatever the cores.
+MAX_PROCESSES = 4
+#: A restore with fewer files and fewer bytes than these stays on threads: a worker
+#: costs a fork and the opening of its own blob source (about 0.1 to 0.3 s of CPU).
+MIN_FILES = 2_000
+MIN_BYTES = 256 << 20
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Folders a worker keeps open (a folder's jobs come one after the other).
+_OPEN_FOLDERS = 16
+
+
+def processes_for(files: int, size: int, cores: int | None = None) -> int:
+    """Worker processes for a restore of ``files`` files and ``size`` bytes: 0 (threads
+    in this process) for a small one or on one core, else the cores, at most
+    ``MAX_PROCESSES``."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0))
+    n = min(cores, MAX_PROCESSES)
+    if n < 2 or (files < MIN_FILES and size < MIN_BYTES):
+        return 0
+    return n
+
+
+class Opener(NamedTuple):
+    """How a worker opens its own blob source: a picklable callable (a module-level
+    function, or a ``functools.partial`` of one), and the modules the fork server
+    imports once for every worker (the source's own, e.g. the catalog's)."""
+
+    open: Callable[[], BlobSource]
+    modules: tuple[str, ...] = ()
+
+
+class FileJob(NamedTuple):
+    """A job of files of one folder, handed to a worker."""
+
+    #: the folder's path from the target (components)
+    rel: tuple[bytes, ...]
+    #: the folder's ``(st_dev, st_ino)`` as the walk made it
+    ident: tuple[int, int]
+    inherits_acl: bool
+    plain_group: bool
+    files: list[tuple[Entry, list[bytes]]]
+
+
+class JobDone(NamedTuple):
+    """What a job did (the parent adds it to the restore's counts and progress)."""
+
+    files: int
+    bytes: int
+    errors: list[str]
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs: how to open its blob source, where the target is, and the
+    options of the restore that matter to a file."""
+
+    opener: Opener
+    target: bytes
+    #: the target's ``(st_dev, st_ino)``
+    ident: tuple[int, int]
+    special_files: bool
+    same_owner: bool
+    parent: int
+
+
+def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
+    """A pool of ``processes`` workers set up with ``setup`` (forked from a fork server
+    that imported the restore's modules once)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["lamina.tree.restore", *setup.opener.modules])
+    return ProcessPoolExecutor(
+        processes, mp_context=ctx, initializer=_init_worker, initargs=(setup,)
+    )
+
+
+class _Worker:
+    def __init__(self, setup: WorkerSetup) -> None:
+        from lamina.tree.restore import Restorer
+        from lamina.tree.sources import in_batches
+
+        self.root = os.open(setup.target, _DIR_FLAGS)
+        _check_same(self.root, setup.ident, b"")
+        self.source = in_batches(setup.opener.open())
+        self.restorer: Restorer = Restorer(
+            self.source,
+            special_files=setup.special_files,
+            same_owner=setup.same_owner,
+            workers=1,
+        )
+        self.folders: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
+
+    def folder(self, rel: tuple[bytes, ...], ident: tuple[int, int]) -> int:
+        fd = self.folders.get(rel)
+        if fd is not None:
+            self.folders.move_to_end(rel)
+            return fd
+        fd = os.dup(self.root)
+        try:
+            for name in rel:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+            _check_same(fd, ident, b"/".join(rel))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.folders[rel] = fd
+        if len(self.folders) > _OPEN_FOLDERS:
+            os.close(self.folders.popitem(last=False)[1])
+        return fd
+
+    def run(self, job: FileJob) -> JobDone:
+        from lamina.tree.restore import RestoreStats, _Folder, _Target
+
+        fd = self.folder(job.rel, job.ident)
+        self.source.prefetch([c for e, _ in job.files for c in e.chunk_ids()])
+        r = self.restorer
+        r.stats = RestoreStats()
+        target = _Target(_Folder(fd, list(job.rel), None, None), job.inherits_acl, job.plain_group)
+        r._files([(e, rel, None) for e, rel in job.files], target)
+        return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
+
+
+def _check_same(fd: int, ident: tuple[int, int], rel: bytes) -> None:
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != ident:
+        raise IntegrityError(
+            f"the folder {os.fsdecode(rel) or '.'} changed while it was restored "
+            "(another folder was moved in its place)"
+        )
+
+
+_worker: _Worker | None = None
+
+
+def _init_worker(setup: WorkerSetup) -> None:
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the restoring process stops the workers
+    threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
+    _worker = _Worker(setup)
+
+
+def _watch_parent(parent: int) -> None:
+    """Leave when the restoring process is gone: interrupt the job running (its file's
+    temporary name is removed), then exit."""
+    while _alive(parent):
+        time.sleep(0.5)
+    _thread.interrupt_main()
+    time.sleep(2)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_files(job: FileJob) -> JobDone:
+    """A worker's job (``ProcessPoolExecutor.submit``)."""
+    assert _worker is not None, "not a restore worker"
+    return _worker.run(job)
+
+
+def parent_setup(
+    opener: Opener, target: bytes, root_fd: int, restorer: Restorer
+) -> WorkerSetup:
+    st = os.fstat(root_fd)
+    return WorkerSetup(
+        opener,
+        target,
+        (st.st_dev, st.st_ino),
+        restorer.special_files,
+        restorer.same_owner,
+        os.getpid(),
+    )
