@@ -72,7 +72,9 @@ def test_a_restore_over_worker_processes_is_exact(store: Store, src: Path, tmp_p
         os.chmod(out / "d4", 0o755)
     assert os.stat(out / "d5" / "same-as-d0-f0").st_ino == os.stat(out / "d0" / "f0").st_ino
     assert _leftovers(out) == []
-    trees = sum(len(b) for i, b in blobs.items() if store.catalog.locate([i])[i].kind != blob.BlobKind.DATA)
+    trees = sum(
+        len(b) for i, b in blobs.items() if store.catalog.locate([i])[i].kind != blob.BlobKind.DATA
+    )
     assert parent.fetched_bytes <= trees  # no file's data went through the walk's process
     assert sum(f for f, _ in done) == st.files - 1  # the hard link is counted, not written
 

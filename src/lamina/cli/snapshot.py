@@ -157,7 +157,8 @@ def restore(
                 same_owner=same_owner,
                 processes=0 if path else processes_for(snap.files, snap.bytes),
                 opener=Opener(
-                    functools.partial(open_store, loc), ("lamina.cli.store_open", "lamina.db.stores")
+                    functools.partial(open_store, loc),
+                    ("lamina.cli.store_open", "lamina.db.stores"),
                 ),
             )
     for e in st.errors:

@@ -56,7 +56,16 @@ from lamina.tree.paths import lookup
 from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
-from lamina.tree.restore_procs import FileJob, JobDone, Opener, parent_setup, start, write_files
+from lamina.tree.restore_procs import (
+    PROC_JOB_BYTES,
+    PROC_JOB_FILES,
+    FolderFiles,
+    JobDone,
+    Opener,
+    parent_setup,
+    start,
+    write_files,
+)
 from lamina.tree.sources import in_batches, stop_reading_ahead
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -208,6 +217,10 @@ class Restorer:
         self._opener = opener
         #: the worker processes writing files, in a restore that uses them
         self._procs: ProcessPoolExecutor | None = None
+        #: folders' files for the next worker process's job, and their count and bytes
+        self._batch: list[tuple[_Folder, FolderFiles]] = []
+        self._batch_count = 0
+        self._batch_bytes = 0
 
     # --- selection -----------------------------------------------------------
     def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
@@ -255,11 +268,14 @@ class Restorer:
             with fewer_collections():
                 try:
                     self._dir(tree_id, root, [], everything=not self.selected)
+                    if self._procs is not None:
+                        self._send()
                 except BaseException:
                     # An error or an interrupt: jobs not started are cancelled, those
                     # running finish (or remove their temporary name).
                     if self._procs is not None:
                         self._procs.shutdown(wait=True, cancel_futures=True)
+                        self._drop_batch()
                     raise
                 finally:
                     if self._procs is not None:
@@ -385,11 +401,14 @@ class Restorer:
                 return
             folder = parent
 
-    def _flush(self, folder: _Folder) -> Future[None] | None:
-        """Hand the files queued in ``folder`` to the pool as one job (None: none queued)."""
+    def _flush(self, folder: _Folder, force: bool = False) -> Future[None] | None:
+        """Hand the files queued in ``folder`` to the pool as one job (None: none queued).
+        With worker processes they join the next batch, sent when it is full or ``force``
+        (a later hard link waits for it); None until then."""
         files = folder.queued
         if not files:
             return None
+        size = folder.queued_bytes
         folder.queued = []
         folder.queued_bytes = 0
         target = _Target(
@@ -398,30 +417,58 @@ class Restorer:
             plain_group=folder.fd in self._plain_group,
         )
         if self._procs is not None:
-            return self._submit_job(folder, files, target)
+            return self._batch_files(files, size, target, force)
         return self._submit(folder, functools.partial(self._files, files, target))
 
-    def _submit_job(self, folder: _Folder, files: list[_Queued], target: _Target) -> Future[None]:
-        """Hand ``files`` to a worker process; when it is done, count what it did."""
-        assert self._procs is not None
+    def _batch_files(
+        self, files: list[_Queued], size: int, target: _Target, force: bool
+    ) -> Future[None] | None:
+        """Add a folder's files to the batch for the next worker process; send it when it
+        holds ``PROC_JOB_FILES`` files or ``PROC_JOB_BYTES`` bytes, or when ``force``."""
+        folder = target.folder
         if folder.ident is None:
             st = os.fstat(folder.fd)
             folder.ident = (st.st_dev, st.st_ino)
-        job = FileJob(
-            tuple(folder.rel),
-            folder.ident,
-            target.inherits_acl,
-            target.plain_group,
-            [(e, rel) for e, rel, _ in files],
-        )
-        self._slots.acquire()
         with self._lock:
             folder.pending += 1
+        self._batch.append(
+            (
+                folder,
+                FolderFiles(
+                    tuple(folder.rel),
+                    folder.ident,
+                    target.inherits_acl,
+                    target.plain_group,
+                    [(e, rel) for e, rel, _ in files],
+                ),
+            )
+        )
+        self._batch_count += len(files)
+        self._batch_bytes += size
+        if force or self._batch_count >= PROC_JOB_FILES or self._batch_bytes >= PROC_JOB_BYTES:
+            return self._send()
+        return None
+
+    def _drop_batch(self) -> None:
+        """The walk stopped: the files batched and not sent are not written."""
+        batch, self._batch = self._batch, []
+        for folder, _ in batch:
+            self._release(folder)
+
+    def _send(self) -> Future[None] | None:
+        """Send the batch to a worker process; when it is done, count what it did."""
+        assert self._procs is not None
+        batch, self._batch = self._batch, []
+        self._batch_count = self._batch_bytes = 0
+        if not batch:
+            return None
+        self._slots.acquire()
         try:
-            fut: Future[JobDone] = self._procs.submit(write_files, job)
+            fut: Future[JobDone] = self._procs.submit(write_files, [g for _, g in batch])
         except BaseException:
             self._slots.release()
-            self._release(folder)
+            for folder, _ in batch:
+                self._release(folder)
             raise
         done: Future[None] = Future()
 
@@ -441,7 +488,8 @@ class Restorer:
                             self.progress(got.files, got.bytes)
             finally:
                 self._slots.release()
-                self._release(folder)
+                for folder, _ in batch:
+                    self._release(folder)
                 done.set_result(None)
 
         fut.add_done_callback(landed)
@@ -549,7 +597,7 @@ class Restorer:
                 or len(folder.queued) >= JOB_FILES
                 or folder.queued_bytes >= JOB_BYTES
             ):
-                fut = self._flush(folder)
+                fut = self._flush(folder, force=e.hardlink is not None)
                 if e.hardlink is not None and fut is not None:
                     self._link_jobs[e.hardlink] = fut
         elif e.type == "symlink":

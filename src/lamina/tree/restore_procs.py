@@ -49,6 +49,11 @@ MAX_PROCESSES = 4
 MIN_FILES = 2_000
 MIN_BYTES = 256 << 20
 
+#: A worker's job holds files of several folders, up to this many files or bytes: each
+#: job costs a message each way and one look-up of its blobs in the worker's source.
+PROC_JOB_FILES = 512
+PROC_JOB_BYTES = 8 << 20
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Folders a worker keeps open (a folder's jobs come one after the other).
 _OPEN_FOLDERS = 16
@@ -75,8 +80,8 @@ class Opener(NamedTuple):
     modules: tuple[str, ...] = ()
 
 
-class FileJob(NamedTuple):
-    """A job of files of one folder, handed to a worker."""
+class FolderFiles(NamedTuple):
+    """Files of one folder, in a worker's job (a job is a list of these)."""
 
     #: the folder's path from the target (components)
     rel: tuple[bytes, ...]
@@ -114,9 +119,21 @@ def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
     that imported the restore's modules once)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["lamina.tree.restore", *setup.opener.modules])
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         processes, mp_context=ctx, initializer=_init_worker, initargs=(setup,)
     )
+    # The fork server's start and imports take a while: the workers are started in the
+    # background meanwhile, and the walk makes the first folders.
+    threading.Thread(
+        target=lambda: [pool.submit(_ready) for _ in range(processes)],
+        name="lamina-restore-start",
+        daemon=True,
+    ).start()
+    return pool
+
+
+def _ready() -> None:
+    """A job that does nothing: it starts a worker."""
 
 
 class _Worker:
@@ -155,15 +172,16 @@ class _Worker:
             os.close(self.folders.popitem(last=False)[1])
         return fd
 
-    def run(self, job: FileJob) -> JobDone:
+    def run(self, job: list[FolderFiles]) -> JobDone:
         from lamina.tree.restore import RestoreStats, _Folder, _Target
 
-        fd = self.folder(job.rel, job.ident)
-        self.source.prefetch([c for e, _ in job.files for c in e.chunk_ids()])
+        self.source.prefetch([c for g in job for e, _ in g.files for c in e.chunk_ids()])
         r = self.restorer
         r.stats = RestoreStats()
-        target = _Target(_Folder(fd, list(job.rel), None, None), job.inherits_acl, job.plain_group)
-        r._files([(e, rel, None) for e, rel in job.files], target)
+        for g in job:
+            fd = self.folder(g.rel, g.ident)
+            target = _Target(_Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
+            r._files([(e, rel, None) for e, rel in g.files], target)
         return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
 
 
@@ -206,15 +224,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_files(job: FileJob) -> JobDone:
+def write_files(job: list[FolderFiles]) -> JobDone:
     """A worker's job (``ProcessPoolExecutor.submit``)."""
     assert _worker is not None, "not a restore worker"
     return _worker.run(job)
 
 
-def parent_setup(
-    opener: Opener, target: bytes, root_fd: int, restorer: Restorer
-) -> WorkerSetup:
+def parent_setup(opener: Opener, target: bytes, root_fd: int, restorer: Restorer) -> WorkerSetup:
     st = os.fstat(root_fd)
     return WorkerSetup(
         opener,
