@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 MAX_PROCESSES = 4
 #: A restore with fewer files and fewer bytes than these stays on threads: a worker
 #: costs a fork and the opening of its own blob source (about 0.1 to 0.3 s of CPU).
-MIN_FILES = 2_000
-MIN_BYTES = 256 << 20
+MIN_FILES = 10_000
+MIN_BYTES = 512 << 20
 
 #: A worker's job holds files of several folders, up to this many files or bytes: each
 #: job costs a message each way and one look-up of its blobs in the worker's source.
