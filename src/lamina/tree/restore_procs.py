@@ -15,7 +15,7 @@ the one the walk made (its device and inode, ``FileJob.ident``): a folder swappe
 meanwhile is refused, as a descriptor would have been kept. A worker ignores SIGINT
 (the walk stops them: it cancels the jobs not started and waits for those running,
 which finish or remove their temporary name), and leaves when the restoring process is
-gone (``_watch_parent``).
+gone (``_watch_parent``: the fork server, its parent, leaves with it).
 
 Workers start through a fork server (the calling process has threads, so it never
 forks itself); each costs a fork and its blob source's opening, so small restores stay
@@ -25,6 +25,7 @@ on threads (``processes_for``).
 from __future__ import annotations
 
 import _thread
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -111,7 +112,6 @@ class WorkerSetup:
     ident: tuple[int, int]
     special_files: bool
     same_owner: bool
-    parent: int
 
 
 def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
@@ -125,11 +125,15 @@ def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
     # The fork server's start and imports take a while: the workers are started in the
     # background meanwhile, and the walk makes the first folders.
     threading.Thread(
-        target=lambda: [pool.submit(_ready) for _ in range(processes)],
-        name="lamina-restore-start",
-        daemon=True,
+        target=_start_workers, args=(pool, processes), name="lamina-restore-start", daemon=True
     ).start()
     return pool
+
+
+def _start_workers(pool: ProcessPoolExecutor, processes: int) -> None:
+    with contextlib.suppress(RuntimeError):  # the restore ended first: the pool is shut
+        for _ in range(processes):
+            pool.submit(_ready)
 
 
 def _ready() -> None:
@@ -200,28 +204,19 @@ _worker: _Worker | None = None
 def _init_worker(setup: WorkerSetup) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the restoring process stops the workers
-    threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     _worker = _Worker(setup)
 
 
 def _watch_parent(parent: int) -> None:
-    """Leave when the restoring process is gone: interrupt the job running (its file's
-    temporary name is removed), then exit."""
-    while _alive(parent):
+    """Leave when the restoring process is gone (then the fork server, this worker's
+    parent, leaves too): interrupt the job running (its file's temporary name is
+    removed), then exit."""
+    while os.getppid() == parent:
         time.sleep(0.5)
     _thread.interrupt_main()
     time.sleep(2)
     os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_files(job: list[FolderFiles]) -> JobDone:
@@ -238,5 +233,4 @@ def parent_setup(opener: Opener, target: bytes, root_fd: int, restorer: Restorer
         (st.st_dev, st.st_ino),
         restorer.special_files,
         restorer.same_owner,
-        os.getpid(),
     )
