@@ -62,6 +62,7 @@ from lamina.tree.restore_procs import (
     FolderFiles,
     JobDone,
     Opener,
+    entry_fields,
     parent_setup,
     start,
     write_files,
@@ -439,7 +440,7 @@ class Restorer:
                     folder.ident,
                     target.inherits_acl,
                     target.plain_group,
-                    [(e, rel) for e, rel, _ in files],
+                    [entry_fields(e) for e, _, _ in files],
                 ),
             )
         )

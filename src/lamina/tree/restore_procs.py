@@ -27,6 +27,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import multiprocessing
+import operator
 import os
 import signal
 import threading
@@ -38,10 +39,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from lamina.errors import IntegrityError
+from lamina.tree.model import Entry
 
 if TYPE_CHECKING:
-    from lamina.tree.model import Entry
     from lamina.tree.restore import BlobSource, Restorer
+
+#: An entry's fields in ``Entry``'s order, as one tuple (``Entry(*fields)`` makes it again).
+entry_fields = operator.attrgetter(*Entry.__dataclass_fields__)
 
 #: Worker processes at most, whatever the cores.
 MAX_PROCESSES = 4
@@ -90,7 +94,9 @@ class FolderFiles(NamedTuple):
     ident: tuple[int, int]
     inherits_acl: bool
     plain_group: bool
-    files: list[tuple[Entry, list[bytes]]]
+    #: the files' entries as ``entry_fields`` gives them (a tuple pickles in C; an
+    #: ``Entry``, a dataclass with slots, through Python code on both sides)
+    files: list[tuple[object, ...]]
 
 
 class JobDone(NamedTuple):
@@ -179,13 +185,14 @@ class _Worker:
     def run(self, job: list[FolderFiles]) -> JobDone:
         from lamina.tree.restore import RestoreStats, _Folder, _Target
 
-        self.source.prefetch([c for g in job for e, _ in g.files for c in e.chunk_ids()])
+        groups = [(g, [Entry(*f) for f in g.files]) for g in job]  # type: ignore[arg-type]
+        self.source.prefetch([c for _, entries in groups for e in entries for c in e.chunk_ids()])
         r = self.restorer
         r.stats = RestoreStats()
-        for g in job:
+        for g, entries in groups:
             fd = self.folder(g.rel, g.ident)
             target = _Target(_Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
-            r._files([(e, rel, None) for e, rel in g.files], target)
+            r._files([(e, [*g.rel, e.name], None) for e in entries], target)
         return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
 
 
