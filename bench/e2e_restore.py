@@ -4,7 +4,8 @@
 ``bench.e2e``), syncs it once with an agent, then restores the latest snapshot through
 the server ``--passes`` times (``cvd restore --output`` as the admin, as ``bench.e2e``
 step 4: the server hashes each blob). Per pass it prints wall time, the client's user and system CPU
-(``wait4`` of that one process: nothing else reaped meanwhile is counted) and the
+(``wait4`` of that one process, plus its restore's worker processes and their fork server,
+which this process reaps as a child subreaper) and the
 server's (``/proc/PID/stat`` before and after). ``--profile client`` samples the client
 with py-spy into WORK/restore-N.txt (collapsed stacks). Each pass after the first deletes the previous pass's files and waits ``--settle`` seconds
 first (``bench.common.settle_deletions``: on ext4 without a journal, creating files right

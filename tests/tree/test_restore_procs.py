@@ -7,7 +7,12 @@ links stay in the restoring process."""
 from __future__ import annotations
 
 import os
+import pickle
+import select
 import stat
+import subprocess
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -152,3 +157,39 @@ def test_workers_stop_when_the_restore_is_interrupted(
     for p in out.rglob("*"):
         if stat.S_ISREG(p.lstat().st_mode):  # whatever was written is whole
             assert p.read_bytes() == (src / p.relative_to(out)).read_bytes()
+
+
+def test_workers_leave_when_the_restoring_process_is_killed(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """The restoring process is killed while a worker is inside a file it writes: the
+    worker removes that file's temporary name and exits (no orphan, nothing half-written)."""
+    tid, _ = scan_tree(store, src)
+    out, marker = tmp_path / "out", tmp_path / "worker-pid"
+    args = tmp_path / "args.pickle"
+    args.write_bytes(
+        pickle.dumps((store_blobs(store), store.keys.chunking.id_key, tid, str(out), str(marker)))
+    )
+    code = "import sys; from tests.tree.procsources import restore_then_hang; restore_then_hang(sys.argv[1])"
+    root = Path(__file__).resolve().parents[2]
+    restoring = subprocess.Popen([sys.executable, "-c", code, str(args)], cwd=root)
+    try:
+        for _ in range(1200):  # until a worker hangs inside a file (bounded, not timed)
+            if marker.exists() or restoring.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), "no worker started"
+        assert _leftovers(out), "the worker is inside a file it writes"
+        worker = int(marker.read_text())
+    finally:
+        restoring.kill()
+        restoring.wait()
+    try:
+        fd = os.pidfd_open(worker)
+    except ProcessLookupError:
+        fd = None
+    if fd is not None:
+        ready, _, _ = select.select([fd], [], [], 120)
+        os.close(fd)
+        assert ready, "the worker outlived the restoring process"
+    assert _leftovers(out) == []

@@ -15,7 +15,7 @@ the one the walk made (its device and inode, ``FileJob.ident``): a folder swappe
 meanwhile is refused, as a descriptor would have been kept. A worker ignores SIGINT
 (the walk stops them: it cancels the jobs not started and waits for those running,
 which finish or remove their temporary name), and leaves when the restoring process is
-gone (``_watch_parent``: the fork server, its parent, leaves with it).
+gone (``_watch_parent``).
 
 Workers start through a fork server (the calling process has threads, so it never
 forks itself); each costs a fork and its blob source's opening, so small restores stay
@@ -24,11 +24,11 @@ on threads (``processes_for``).
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import multiprocessing
 import operator
 import os
+import select
 import signal
 import threading
 import time
@@ -118,6 +118,8 @@ class WorkerSetup:
     ident: tuple[int, int]
     special_files: bool
     same_owner: bool
+    #: the restoring process's id (a worker leaves when it is gone)
+    parent: int
 
 
 def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
@@ -214,17 +216,29 @@ _worker: _Worker | None = None
 def _init_worker(setup: WorkerSetup) -> None:
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the restoring process stops the workers
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    signal.signal(signal.SIGTERM, _stopped)
+    threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
     _worker = _Worker(setup)
 
 
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM in a worker: the job running stops (its file's temporary name is removed)."""
+    raise KeyboardInterrupt("the restore was stopped")
+
+
 def _watch_parent(parent: int) -> None:
-    """Leave when the restoring process is gone (then the fork server, this worker's
-    parent, leaves too): interrupt the job running (its file's temporary name is
-    removed), then exit."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    _thread.interrupt_main()
+    """Leave when the restoring process is gone: interrupt the job running (its file's
+    temporary name is removed), then exit. (Not the fork server, this worker's parent:
+    it stays while a worker holds the descriptor it watches, which every worker gets.)"""
+    try:
+        fd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+    main = threading.main_thread().ident
+    assert main is not None
+    signal.pthread_kill(main, signal.SIGTERM)  # ``_stopped``, even inside a blocking call
     time.sleep(2)
     os._exit(1)
 
@@ -243,4 +257,5 @@ def parent_setup(opener: Opener, target: bytes, root_fd: int, restorer: Restorer
         (st.st_dev, st.st_ino),
         restorer.special_files,
         restorer.same_owner,
+        os.getpid(),
     )
