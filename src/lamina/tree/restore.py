@@ -23,7 +23,8 @@ discipline holds for every write. Decryption, decompression and hashing release
 the GIL, so the pool overlaps them with the file system calls. A fatal error (a
 blob that fails verification, a missing pack) stops new writes, lets the ones in
 flight finish or clean up their temporary names, and is raised once the pool is
-idle.
+idle. A whole restore of a large tree into an empty folder can hand the files to
+worker processes instead (``processes``, ``opener``: ``lamina.tree.restore_procs``).
 
 Restores outside the endpoint (``--output``) pass ``special_files=False`` (no
 device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``

@@ -11,7 +11,7 @@ store reader, or its own HTTP client) and writes its files exactly as the thread
 
 A worker reaches a job's folder from the target by its path, one component at a time,
 never following a symlink (``O_NOFOLLOW``), and writes there only when that folder is
-the one the walk made (its device and inode, ``FileJob.ident``): a folder swapped in
+the one the walk made (its device and inode, ``FolderFiles.ident``): a folder swapped in
 meanwhile is refused, as a descriptor would have been kept. A worker ignores SIGINT
 (the walk stops them: it cancels the jobs not started and waits for those running,
 which finish or remove their temporary name), and leaves when the restoring process is
