@@ -263,7 +263,7 @@ class Restorer:
         self._pool = pool
         if self.processes:
             assert self._opener is not None
-            setup = parent_setup(self._opener, os.fsencode(target), root_fd, self)
+            setup = parent_setup(self._opener, os.fsencode(target.absolute()), root_fd, self)
             self._procs = start(setup, self.processes)
             self._slots = threading.BoundedSemaphore(3 * self.processes)
         try:
