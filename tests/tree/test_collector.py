@@ -63,9 +63,11 @@ def test_a_freeze_made_by_the_caller_is_not_undone() -> None:
     gc.freeze()
     frozen = gc.get_freeze_count()
     before = gc.get_threshold()
+    # Neither frozen again (more objects) nor unfrozen (none): frozen objects that other
+    # threads of this process free meanwhile (earlier tests' daemons) lower the count.
     with fewer_collections():
-        assert gc.get_freeze_count() == frozen and gc.get_threshold() == before
-    assert gc.get_freeze_count() == frozen and gc.get_threshold() == before
+        assert 0 < gc.get_freeze_count() <= frozen and gc.get_threshold() == before
+    assert 0 < gc.get_freeze_count() <= frozen and gc.get_threshold() == before
 
 
 def test_nothing_changes_while_the_collector_is_off() -> None:

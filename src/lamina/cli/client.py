@@ -66,6 +66,7 @@ class Api:
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
+        self.token = token
         self.http = httpx.Client(
             base_url=self.url + "/api/v1", headers=headers, timeout=120, verify=verify_setting()
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from lamina.cli.output import age, emit_json, human_bytes, print_table
 from lamina.cli.progress import byte_progress, exit_with_warnings
 from lamina.errors import IntegrityError
 from lamina.tree.restore import restore_tree
+from lamina.tree.restore_procs import Opener, processes_for
 from lamina.tree.sources import BatchedBlobs, http_blobs
 
 #: The snapshot a command reads (``latest`` when not given).
@@ -60,6 +62,11 @@ def remote_blobs(api: Api, id_key: bytes | None) -> BatchedBlobs:
         return out if isinstance(out, bytes) else b""
 
     return http_blobs(post, id_key, stored=id_key is not None)
+
+
+def worker_blobs(url: str, token: str | None, id_key: bytes | None) -> BatchedBlobs:
+    """A restore worker process's own client of the server (``remote_blobs``)."""
+    return remote_blobs(Api(url, token), id_key)
 
 
 def _cvd_line(c: dict[str, Any]) -> str:
@@ -240,14 +247,19 @@ def restore(
     # Needs "data.read"; the server writes the download to its audit log.
     snap = api.post(f"/cvds/{cvd}/snapshots/{snapshot}/download", {"paths": path or []})
     with byte_progress("restoring", total=None if path else snap["bytes"]) as advance:
+        id_key = id_key_of(snap)
         st = restore_tree(
-            remote_blobs(api, id_key_of(snap)),
+            remote_blobs(api, id_key),
             bytes.fromhex(snap["root"]),
             output,
             paths=path or [],
             progress=advance,
             special_files=special_files,
             same_owner=same_owner,
+            processes=0 if path else processes_for(snap["files"], snap["bytes"]),
+            opener=Opener(
+                functools.partial(worker_blobs, api.url, api.token, id_key), ("lamina.cli.cvd",)
+            ),
         )
     doc = {
         "id": snap["id"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import closing
 from pathlib import Path
@@ -22,6 +23,7 @@ from lamina.tree.model import decode_tree
 from lamina.tree.names import split_path
 from lamina.tree.paths import lookup
 from lamina.tree.restore import restore_tree
+from lamina.tree.restore_procs import Opener, processes_for
 
 app = typer.Typer(
     help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.",
@@ -153,6 +155,11 @@ def restore(
                 chunking=s.keys.chunking,
                 special_files=special_files,
                 same_owner=same_owner,
+                processes=0 if path else processes_for(snap.files, snap.bytes),
+                opener=Opener(
+                    functools.partial(open_store, loc),
+                    ("lamina.cli.store_open", "lamina.db.stores"),
+                ),
             )
     for e in st.errors:
         err_console.print(f"[yellow]warning:[/yellow] {e}")

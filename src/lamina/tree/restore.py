@@ -23,7 +23,8 @@ discipline holds for every write. Decryption, decompression and hashing release
 the GIL, so the pool overlaps them with the file system calls. A fatal error (a
 blob that fails verification, a missing pack) stops new writes, lets the ones in
 flight finish or clean up their temporary names, and is raised once the pool is
-idle.
+idle. A whole restore of a large tree into an empty folder can hand the files to
+worker processes instead (``processes``, ``opener``: ``lamina.tree.restore_procs``).
 
 Restores outside the endpoint (``--output``) pass ``special_files=False`` (no
 device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
@@ -40,7 +41,7 @@ import shutil
 import stat
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypedDict, Unpack
@@ -56,6 +57,17 @@ from lamina.tree.paths import lookup
 from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
+from lamina.tree.restore_procs import (
+    PROC_JOB_BYTES,
+    PROC_JOB_FILES,
+    FolderFiles,
+    JobDone,
+    Opener,
+    entry_fields,
+    parent_setup,
+    start,
+    write_files,
+)
 from lamina.tree.sources import in_batches, stop_reading_ahead
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -98,7 +110,7 @@ class _Folder:
     """A folder being restored: its descriptor stays open until the walk left it and
     every file and sub-folder inside it is done; then its metadata is set and it is closed."""
 
-    __slots__ = ("entry", "fd", "parent", "pending", "queued", "queued_bytes", "rel")
+    __slots__ = ("entry", "fd", "ident", "parent", "pending", "queued", "queued_bytes", "rel")
 
     def __init__(self, fd: int, rel: list[bytes], entry: Entry | None, parent: _Folder | None):
         self.fd = fd
@@ -111,6 +123,8 @@ class _Folder:
         #: files the walk queued for the next job (``Restorer._flush``)
         self.queued: list[_Queued] = []
         self.queued_bytes = 0
+        #: ``(st_dev, st_ino)``, for the jobs handed to worker processes
+        self.ident: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,8 @@ class RestoreOptions(TypedDict, total=False):
     special_files: bool
     same_owner: bool
     workers: int
+    processes: int
+    opener: Opener | None
 
 
 class Restorer:
@@ -148,12 +164,18 @@ class Restorer:
         special_files: bool = True,
         same_owner: bool = True,
         workers: int = WORKERS,
+        processes: int = 0,
+        opener: Opener | None = None,
     ) -> None:
         """``chunking``: proves a file already in place holds the tree's content (without
         it, every file is rewritten). ``keep_aside``: each requested path found in place is
         first renamed to NAME + this suffix. ``special_files``: make device nodes and
         FIFOs and keep setuid/setgid bits. ``same_owner``: chown to the tree's owners.
-        ``workers``: threads writing files (1: every file on the calling thread)."""
+        ``workers``: threads writing files (1: every file on the calling thread).
+        ``processes`` (2 or more) with ``opener`` (how a worker opens a blob source like
+        ``store``): a whole restore into an empty folder writes its files in
+        that many worker processes instead (``lamina.tree.restore_procs``; the caller
+        decides by size with ``processes_for``); any other restore uses threads."""
         self.store = store
         self.selected = [split_path(p) for p in paths]
         self.delete_extra = delete_extra
@@ -193,6 +215,14 @@ class Restorer:
         self._open: set[_Folder] = set()
         #: hard-link key -> the job writing its first name (a link waits for it)
         self._link_jobs: dict[bytes, Future[None]] = {}
+        self.processes = processes if opener is not None and processes > 1 else 0
+        self._opener = opener
+        #: the worker processes writing files, in a restore that uses them
+        self._procs: ProcessPoolExecutor | None = None
+        #: folders' files for the next worker process's job, and their count and bytes
+        self._batch: list[tuple[_Folder, FolderFiles]] = []
+        self._batch_count = 0
+        self._batch_bytes = 0
 
     # --- selection -----------------------------------------------------------
     def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
@@ -218,25 +248,46 @@ class Restorer:
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
         root = _Folder(root_fd, [], None, None)
-        if not self.selected and not os.listdir(root_fd):
+        whole = not self.selected and not os.listdir(root_fd)
+        if not whole:
+            self.processes = 0
+        if whole:
             # Into an empty folder nothing is in place to keep: every chunk queued ahead
-            # is one a file job will ask for, so a store reads them in batches.
+            # is one a file job will ask for, so a store reads them in batches. With
+            # worker processes the files' chunks are theirs to read: only trees here.
             self.store = in_batches(self.store)
-            self._ahead = ReadAhead(self.store, tree_id)
+            self._ahead = ReadAhead(self.store, tree_id, chunks=not self.processes)
         self._open.add(root)
         self._root_fd = root_fd
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
         self._pool = pool
+        if self.processes:
+            assert self._opener is not None
+            setup = parent_setup(self._opener, os.fsencode(target.absolute()), root_fd, self)
+            self._procs = start(setup, self.processes)
+            self._slots = threading.BoundedSemaphore(3 * self.processes)
         try:
             with fewer_collections():
                 try:
                     self._dir(tree_id, root, [], everything=not self.selected)
+                    if self._procs is not None:
+                        self._send()
+                except BaseException:
+                    # An error or an interrupt: jobs not started are cancelled, those
+                    # running finish (or remove their temporary name).
+                    if self._procs is not None:
+                        self._procs.shutdown(wait=True, cancel_futures=True)
+                        self._drop_batch()
+                    raise
                 finally:
+                    if self._procs is not None:
+                        self._procs.shutdown(wait=True, cancel_futures=self._fatal is not None)
                     self._release(root)
                     if pool is not None:
                         pool.shutdown(wait=True)
         finally:
             self._pool = None
+            self._procs = None
             if self._ahead is not None:
                 stop_reading_ahead(self.store)
             for folder in self._open - {root}:  # left open by an error of the walk
@@ -266,10 +317,8 @@ class Restorer:
             entries = decode_tree(self.store.get(tree_id))
             # One lookup for the folder: its files' chunks and its sub-folders' trees
             # (a tree read ahead had them queued then).
-            self.store.prefetch(
-                [c for e in entries for c in e.chunk_ids()]
-                + [e.subtree for e in entries if e.subtree is not None]
-            )
+            chunks = [] if self._procs is not None else [c for e in entries for c in e.chunk_ids()]
+            self.store.prefetch(chunks + [e.subtree for e in entries if e.subtree is not None])
         # A new file inherits ACLs only from its folder's default ACL: without one,
         # there is nothing for ``_drop_acls`` to remove from the files written here.
         try:
@@ -354,11 +403,14 @@ class Restorer:
                 return
             folder = parent
 
-    def _flush(self, folder: _Folder) -> Future[None] | None:
-        """Hand the files queued in ``folder`` to the pool as one job (None: none queued)."""
+    def _flush(self, folder: _Folder, force: bool = False) -> Future[None] | None:
+        """Hand the files queued in ``folder`` to the pool as one job (None: none queued).
+        With worker processes they join the next batch, sent when it is full or ``force``
+        (a later hard link waits for it); None until then."""
         files = folder.queued
         if not files:
             return None
+        size = folder.queued_bytes
         folder.queued = []
         folder.queued_bytes = 0
         target = _Target(
@@ -366,7 +418,84 @@ class Restorer:
             inherits_acl=folder.fd not in self._no_default_acl,
             plain_group=folder.fd in self._plain_group,
         )
+        if self._procs is not None:
+            return self._batch_files(files, size, target, force)
         return self._submit(folder, functools.partial(self._files, files, target))
+
+    def _batch_files(
+        self, files: list[_Queued], size: int, target: _Target, force: bool
+    ) -> Future[None] | None:
+        """Add a folder's files to the batch for the next worker process; send it when it
+        holds ``PROC_JOB_FILES`` files or ``PROC_JOB_BYTES`` bytes, or when ``force``."""
+        folder = target.folder
+        if folder.ident is None:
+            st = os.fstat(folder.fd)
+            folder.ident = (st.st_dev, st.st_ino)
+        with self._lock:
+            folder.pending += 1
+        self._batch.append(
+            (
+                folder,
+                FolderFiles(
+                    tuple(folder.rel),
+                    folder.ident,
+                    target.inherits_acl,
+                    target.plain_group,
+                    [entry_fields(e) for e, _, _ in files],
+                ),
+            )
+        )
+        self._batch_count += len(files)
+        self._batch_bytes += size
+        if force or self._batch_count >= PROC_JOB_FILES or self._batch_bytes >= PROC_JOB_BYTES:
+            return self._send()
+        return None
+
+    def _drop_batch(self) -> None:
+        """The walk stopped: the files batched and not sent are not written."""
+        batch, self._batch = self._batch, []
+        for folder, _ in batch:
+            self._release(folder)
+
+    def _send(self) -> Future[None] | None:
+        """Send the batch to a worker process; when it is done, count what it did."""
+        assert self._procs is not None
+        batch, self._batch = self._batch, []
+        self._batch_count = self._batch_bytes = 0
+        if not batch:
+            return None
+        self._slots.acquire()
+        try:
+            fut: Future[JobDone] = self._procs.submit(write_files, [g for _, g in batch])
+        except BaseException:
+            self._slots.release()
+            for folder, _ in batch:
+                self._release(folder)
+            raise
+        done: Future[None] = Future()
+
+        def landed(f: Future[JobDone]) -> None:
+            try:
+                err = None if f.cancelled() else f.exception()
+                with self._lock:
+                    if err is not None:
+                        if self._fatal is None:
+                            self._fatal = err
+                    elif not f.cancelled():
+                        got = f.result()
+                        self.stats.files += got.files
+                        self.stats.bytes += got.bytes
+                        self.stats.errors.extend(got.errors)
+                        if self.progress:
+                            self.progress(got.files, got.bytes)
+            finally:
+                self._slots.release()
+                for folder, _ in batch:
+                    self._release(folder)
+                done.set_result(None)
+
+        fut.add_done_callback(landed)
+        return done
 
     def _files(self, files: list[_Queued], target: _Target) -> None:
         """One job: the files of one folder, one after the other."""
@@ -470,7 +599,7 @@ class Restorer:
                 or len(folder.queued) >= JOB_FILES
                 or folder.queued_bytes >= JOB_BYTES
             ):
-                fut = self._flush(folder)
+                fut = self._flush(folder, force=e.hardlink is not None)
                 if e.hardlink is not None and fut is not None:
                     self._link_jobs[e.hardlink] = fut
         elif e.type == "symlink":

@@ -34,8 +34,11 @@ def _chunk_count(entries: list[Entry]) -> int:
 class ReadAhead:
     """The trees of the walk from ``root``, read ahead (used by the walk's thread only)."""
 
-    def __init__(self, store: _Source, root: bytes) -> None:
+    def __init__(self, store: _Source, root: bytes, *, chunks: bool = True) -> None:
+        """``chunks``: queue the files' chunks too (False: their readers are elsewhere,
+        worker processes with their own sources)."""
         self._store = store
+        self._queue_chunks = chunks
         self._trees: dict[bytes, list[Entry]] = {}
         self._chunks = 0
         self._steps: Iterator[None] | None = self._walk(root)
@@ -77,7 +80,8 @@ class ReadAhead:
                 queued.extend(subtrees)
                 stack.extend(reversed(subtrees))
             for tid, entries in read:
-                queued.extend(c for e in entries for c in e.chunk_ids())
+                if self._queue_chunks:
+                    queued.extend(c for e in entries for c in e.chunk_ids())
                 self._trees[tid] = entries
                 self._chunks += _chunk_count(entries)
             self._store.prefetch(queued)

@@ -246,14 +246,17 @@ def _plain_size(item: Fetched) -> int:
     return item.raw_length if isinstance(item, Stored) else len(item)
 
 
-def in_batches(source: T) -> BatchedBlobs | T:
+def in_batches(source: T, *, store_ahead: bool = True) -> BatchedBlobs | T:
     """``source`` read a batch of queued ids at a time when it can read many blobs at
     once (a store: each batch's packs in coalesced ranges, in pack order), queued ids
     read ahead in the background (``BatchedBlobs.read_ahead``, also turned on for a
-    ``BatchedBlobs`` given); else itself. For a restore into an empty folder, where every
-    id queued is one a file will ask for; ``stop_reading_ahead`` when it is done."""
+    ``BatchedBlobs`` given; for a store only with ``store_ahead``); else itself. For a
+    restore into an empty folder, where every id queued is one a file will ask for;
+    ``stop_reading_ahead`` when it is done."""
     if isinstance(source, ReadsMany):
-        return BatchedBlobs(lambda ids: list(source.open_many(ids, STORE_BATCH))).read_ahead()
+        return BatchedBlobs(lambda ids: list(source.open_many(ids, STORE_BATCH))).read_ahead(
+            store_ahead
+        )
     if isinstance(source, BatchedBlobs):
         return source.read_ahead()
     return source

@@ -1,0 +1,261 @@
+"""A restore's file jobs written by worker processes, so a restore uses every core.
+
+A restore in one process runs its Python (tree decoding, the per-file calls, the
+hand-offs between threads) under one GIL: about 0.7 of a core ("Restores (session 11)"
+in docs/design.md). For a whole restore into an empty folder of a large tree, the walk
+stays in the calling process (folders, symlinks, nodes, hard links, every folder's own
+metadata, in the same order as with threads) and hands each job of regular files to
+one of ``processes`` workers. A worker has its own blob source (``opener``: its own
+store reader, or its own HTTP client) and writes its files exactly as the threads do
+(``Restorer._files``: temporary name, every blob verified, metadata, rename).
+
+A worker reaches a job's folder from the target by its path, one component at a time,
+never following a symlink (``O_NOFOLLOW``), and writes there only when that folder is
+the one the walk made (its device and inode, ``FolderFiles.ident``): a folder swapped in
+meanwhile is refused, as a descriptor would have been kept. A worker ignores SIGINT
+(the walk stops them: it cancels the jobs not started and waits for those running,
+which finish or remove their temporary name), and leaves when the restoring process is
+gone (``_watch_parent``).
+
+Workers start through a fork server (the calling process has threads, so it never
+forks itself); each costs a fork and its blob source's opening, so small restores stay
+on threads (``processes_for``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import operator
+import os
+import select
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from lamina.errors import IntegrityError
+from lamina.tree.model import Entry
+
+if TYPE_CHECKING:
+    from lamina.tree.restore import BlobSource, Restorer
+
+#: An entry's fields in ``Entry``'s order, as one tuple (``Entry(*fields)`` makes it again).
+entry_fields = operator.attrgetter(*Entry.__dataclass_fields__)
+
+#: Worker processes at most, whatever the cores.
+MAX_PROCESSES = 4
+#: A restore with fewer files and fewer bytes than these stays on threads: a worker
+#: costs a fork and the opening of its own blob source (about 0.1 to 0.3 s of CPU).
+MIN_FILES = 10_000
+MIN_BYTES = 512 << 20
+
+#: A worker's job holds files of several folders, up to this many files or bytes: each
+#: job costs a message each way and one look-up of its blobs in the worker's source.
+PROC_JOB_FILES = 512
+PROC_JOB_BYTES = 8 << 20
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Folders a worker keeps open (a folder's jobs come one after the other).
+_OPEN_FOLDERS = 16
+
+
+def processes_for(files: int, size: int, cores: int | None = None) -> int:
+    """Worker processes for a restore of ``files`` files and ``size`` bytes: 0 (threads
+    in this process) for a small one or on one core, else the cores, at most
+    ``MAX_PROCESSES``."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0))
+    n = min(cores, MAX_PROCESSES)
+    if n < 2 or (files < MIN_FILES and size < MIN_BYTES):
+        return 0
+    return n
+
+
+class Opener(NamedTuple):
+    """How a worker opens its own blob source: a picklable callable (a module-level
+    function, or a ``functools.partial`` of one), and the modules the fork server
+    imports once for every worker (the source's own, e.g. the catalog's)."""
+
+    open: Callable[[], BlobSource]
+    modules: tuple[str, ...] = ()
+
+
+class FolderFiles(NamedTuple):
+    """Files of one folder, in a worker's job (a job is a list of these)."""
+
+    #: the folder's path from the target (components)
+    rel: tuple[bytes, ...]
+    #: the folder's ``(st_dev, st_ino)`` as the walk made it
+    ident: tuple[int, int]
+    inherits_acl: bool
+    plain_group: bool
+    #: the files' entries as ``entry_fields`` gives them (a tuple pickles in C; an
+    #: ``Entry``, a dataclass with slots, through Python code on both sides)
+    files: list[tuple[object, ...]]
+
+
+class JobDone(NamedTuple):
+    """What a job did (the parent adds it to the restore's counts and progress)."""
+
+    files: int
+    bytes: int
+    errors: list[str]
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs: how to open its blob source, where the target is, and the
+    options of the restore that matter to a file."""
+
+    opener: Opener
+    target: bytes
+    #: the target's ``(st_dev, st_ino)``
+    ident: tuple[int, int]
+    special_files: bool
+    same_owner: bool
+    #: the restoring process's id (a worker leaves when it is gone)
+    parent: int
+
+
+def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
+    """A pool of ``processes`` workers set up with ``setup`` (forked from a fork server
+    that imported the restore's modules once)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["lamina.tree.restore", *setup.opener.modules])
+    pool = ProcessPoolExecutor(
+        processes, mp_context=ctx, initializer=_init_worker, initargs=(setup,)
+    )
+    # The fork server's start and imports take a while: the workers are started in the
+    # background meanwhile, and the walk makes the first folders.
+    threading.Thread(
+        target=_start_workers, args=(pool, processes), name="lamina-restore-start", daemon=True
+    ).start()
+    return pool
+
+
+def _start_workers(pool: ProcessPoolExecutor, processes: int) -> None:
+    with contextlib.suppress(RuntimeError):  # the restore ended first: the pool is shut
+        for _ in range(processes):
+            pool.submit(_ready)
+
+
+def _ready() -> None:
+    """A job that does nothing: it starts a worker."""
+
+
+class _Worker:
+    def __init__(self, setup: WorkerSetup) -> None:
+        from lamina.tree.restore import Restorer
+        from lamina.tree.sources import in_batches
+
+        self.root = os.open(setup.target, _DIR_FLAGS)
+        _check_same(self.root, setup.ident, b"")
+        # A store's reads are local: a worker reads each batch when it needs it (no
+        # threads reading ahead: as fast with both cores busy, and less CPU; "Restores
+        # (session 12)" in docs/design.md). A server's answers travel: read ahead.
+        self.source = in_batches(setup.opener.open(), store_ahead=False)
+        self.restorer: Restorer = Restorer(
+            self.source,
+            special_files=setup.special_files,
+            same_owner=setup.same_owner,
+            workers=1,
+        )
+        self.folders: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
+
+    def folder(self, rel: tuple[bytes, ...], ident: tuple[int, int]) -> int:
+        fd = self.folders.get(rel)
+        if fd is not None:
+            self.folders.move_to_end(rel)
+            return fd
+        fd = os.dup(self.root)
+        try:
+            for name in rel:
+                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+            _check_same(fd, ident, b"/".join(rel))
+        except BaseException:
+            os.close(fd)
+            raise
+        self.folders[rel] = fd
+        if len(self.folders) > _OPEN_FOLDERS:
+            os.close(self.folders.popitem(last=False)[1])
+        return fd
+
+    def run(self, job: list[FolderFiles]) -> JobDone:
+        from lamina.tree.restore import RestoreStats, _Folder, _Target
+
+        groups = [(g, [Entry(*f) for f in g.files]) for g in job]  # type: ignore[arg-type]
+        self.source.prefetch([c for _, entries in groups for e in entries for c in e.chunk_ids()])
+        r = self.restorer
+        r.stats = RestoreStats()
+        for g, entries in groups:
+            fd = self.folder(g.rel, g.ident)
+            target = _Target(_Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
+            r._files([(e, [*g.rel, e.name], None) for e in entries], target)
+        return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
+
+
+def _check_same(fd: int, ident: tuple[int, int], rel: bytes) -> None:
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != ident:
+        raise IntegrityError(
+            f"the folder {os.fsdecode(rel) or '.'} changed while it was restored "
+            "(another folder was moved in its place)"
+        )
+
+
+_worker: _Worker | None = None
+
+
+def _init_worker(setup: WorkerSetup) -> None:
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the restoring process stops the workers
+    signal.signal(signal.SIGTERM, _stopped)
+    threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
+    _worker = _Worker(setup)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM in a worker: the job running stops (its file's temporary name is removed)."""
+    raise KeyboardInterrupt("the restore was stopped")
+
+
+def _watch_parent(parent: int) -> None:
+    """Leave when the restoring process is gone: interrupt the job running (its file's
+    temporary name is removed), then exit. (Not the fork server, this worker's parent:
+    it stays while a worker holds the descriptor it watches, which every worker gets.)"""
+    try:
+        fd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+    main = threading.main_thread().ident
+    assert main is not None
+    signal.pthread_kill(main, signal.SIGTERM)  # ``_stopped``, even inside a blocking call
+    time.sleep(2)
+    os._exit(1)
+
+
+def write_files(job: list[FolderFiles]) -> JobDone:
+    """A worker's job (``ProcessPoolExecutor.submit``)."""
+    assert _worker is not None, "not a restore worker"
+    return _worker.run(job)
+
+
+def parent_setup(opener: Opener, target: bytes, root_fd: int, restorer: Restorer) -> WorkerSetup:
+    st = os.fstat(root_fd)
+    return WorkerSetup(
+        opener,
+        target,
+        (st.st_dev, st.st_ino),
+        restorer.special_files,
+        restorer.same_owner,
+        os.getpid(),
+    )

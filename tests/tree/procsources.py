@@ -1,0 +1,57 @@
+"""Blob sources a restore's worker processes can open (picklable, module level): the
+store's blobs in plaintext behind ``BatchedBlobs``, which hashes each one against its id
+as it does for a server's answers."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import threading
+from pathlib import Path
+
+from lamina.store.repository import Store
+from lamina.tree.restore import restore_tree
+from lamina.tree.restore_procs import Opener
+from lamina.tree.sources import BatchedBlobs
+
+
+def _fetch(blobs: dict[bytes, bytes], ids: list[bytes]) -> list[bytes]:
+    return [blobs[i] for i in ids]
+
+
+def dict_blobs(blobs: dict[bytes, bytes], id_key: bytes) -> BatchedBlobs:
+    return BatchedBlobs(functools.partial(_fetch, blobs), id_key)
+
+
+def store_blobs(store: Store) -> dict[bytes, bytes]:
+    """Every blob of ``store`` in plaintext, by id."""
+    return {row.id: store.get(row.id) for row in store.catalog.iter_blobs()}
+
+
+def opener(blobs: dict[bytes, bytes], id_key: bytes) -> Opener:
+    return Opener(functools.partial(dict_blobs, blobs, id_key), ("tests.tree.procsources",))
+
+
+def _fetch_or_hang(blobs: dict[bytes, bytes], marker: str, ids: list[bytes]) -> list[bytes]:
+    """Answer, except in a worker process's first request: there write this process's id
+    to ``marker`` and never answer (a file job is then inside a file it writes)."""
+    if not os.path.exists(marker):
+        with open(marker + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(marker + ".tmp", marker)
+        threading.Event().wait()
+    return [blobs[i] for i in ids]
+
+
+def hanging_blobs(blobs: dict[bytes, bytes], id_key: bytes, marker: str) -> BatchedBlobs:
+    return BatchedBlobs(functools.partial(_fetch_or_hang, blobs, marker), id_key)
+
+
+def restore_then_hang(args_file: str) -> None:
+    """In a process of its own: a restore over two workers whose first request never
+    returns (``test_workers_leave_when_the_restoring_process_is_killed``)."""
+    with open(args_file, "rb") as f:
+        blobs, key, tree, out, marker = pickle.load(f)
+    hang = Opener(functools.partial(hanging_blobs, blobs, key, marker), ("tests.tree.procsources",))
+    restore_tree(dict_blobs(blobs, key), tree, Path(out), processes=2, opener=hang)

@@ -1,0 +1,195 @@
+"""Restore with worker processes: the same tree, verified blobs, one error, no orphans.
+
+A whole restore into an empty folder of a large tree writes its files in worker
+processes, each with its own blob source; the walk, the folders' metadata and hard
+links stay in the restoring process."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from lamina.errors import IntegrityError
+from lamina.store import blob
+from lamina.store.repository import Store
+from lamina.tree import restore_procs
+from lamina.tree.restore import restore_tree
+from lamina.tree.restore_procs import MAX_PROCESSES, MIN_BYTES, MIN_FILES, processes_for
+
+from .procsources import dict_blobs, opener, store_blobs
+from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    """Six folders of 40 small files, a sub-folder and a symlink each, a big file, an
+    empty folder, a read-only folder and a hard link across folders."""
+    root = tmp_path / "src"
+    files = [(f"d{d}/f{i}", 300 + 97 * i, MTIME + i) for d in range(6) for i in range(40)]
+    files += [(f"d{d}/sub/deep", 5000, MTIME + 7) for d in range(6)] + [("big", 3 * MIB, MTIME)]
+    for rel, size, mtime in files:
+        write(root / rel, os.urandom(size), mtime)
+    for d in (root / f"d{n}" for n in range(6)):
+        os.symlink("../d0/f0", d / "link")
+        os.chmod(d / "f1", 0o751)
+        for folder, ns in ((d / "sub", MTIME + 40), (d, MTIME + 50)):
+            os.utime(folder, ns=(ns, ns))
+    (root / "empty").mkdir()
+    os.chmod(root / "d4", 0o555)  # a folder's mode is set after its files are in
+    os.link(root / "d0" / "f0", root / "d5" / "same-as-d0-f0")
+    return root
+
+
+def _leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.startswith(".lamina-restore-")]
+
+
+def test_a_restore_over_worker_processes_is_exact(store: Store, src: Path, tmp_path: Path) -> None:
+    """Contents, modes, times, symlinks and hard links as with threads, no temporary name,
+    and every file's data read by the workers: the restoring process reads trees only."""
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    parent = dict_blobs(blobs, key)
+    out = tmp_path / "out"
+    done: list[tuple[int, int]] = []
+    st = restore_tree(
+        parent,
+        tid,
+        out,
+        processes=2,
+        opener=opener(blobs, key),
+        progress=lambda files, size: done.append((files, size)),
+    )
+    try:
+        assert st.errors == [] and st.files == 6 * 41 + 2
+        assert_same_tree(src, out)
+    finally:
+        os.chmod(src / "d4", 0o755)
+        os.chmod(out / "d4", 0o755)
+    assert os.stat(out / "d5" / "same-as-d0-f0").st_ino == os.stat(out / "d0" / "f0").st_ino
+    assert _leftovers(out) == []
+    trees = sum(
+        len(b) for i, b in blobs.items() if store.catalog.locate([i])[i].kind != blob.BlobKind.DATA
+    )
+    assert parent.fetched_bytes <= trees  # no file's data went through the walk's process
+    assert sum(f for f, _ in done) == st.files - 1  # the hard link is counted, not written
+
+
+def test_a_blob_failing_verification_in_a_worker_stops_the_restore(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A worker gets a blob that does not hash to its id: the restore raises that
+    IntegrityError, and no file from those bytes and no temporary name is left."""
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    bad = (src / "d3" / "f5").read_bytes()
+    for bid, plain in blobs.items():
+        if plain == bad:
+            blobs[bid] = bytes([plain[0] ^ 1]) + plain[1:]
+    out = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        restore_tree(
+            dict_blobs(store_blobs(store), key), tid, out, processes=2, opener=opener(blobs, key)
+        )
+    os.chmod(out / "d4", 0o755) if (out / "d4").exists() else None
+    assert _leftovers(out) == []
+    assert not (out / "d3" / "f5").exists()
+    for p in out.rglob("*"):
+        if p.is_file() and not p.is_symlink():  # whatever was written is whole
+            assert p.read_bytes() == (src / p.relative_to(out)).read_bytes()
+
+
+def test_the_worker_count_follows_the_size_and_the_cores() -> None:
+    assert processes_for(MIN_FILES - 1, MIN_BYTES - 1, cores=2) == 0  # threads
+    assert processes_for(MIN_FILES, 0, cores=2) == 2
+    assert processes_for(0, MIN_BYTES, cores=2) == 2
+    assert processes_for(10**6, 10**12, cores=64) == MAX_PROCESSES
+    assert processes_for(10**6, 10**12, cores=1) == 0
+
+
+def test_workers_stop_when_the_restore_is_interrupted(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the walk: the jobs not started are cancelled, the workers exit before
+    ``restore_tree`` returns, and no temporary name is left."""
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    pools: list[ProcessPoolExecutor] = []
+    start = restore_procs.start
+
+    def capture(setup: restore_procs.WorkerSetup, n: int) -> ProcessPoolExecutor:
+        pools.append(start(setup, n))
+        return pools[-1]
+
+    monkeypatch.setattr("lamina.tree.restore.start", capture)
+    d4 = [e for e in __import__("lamina.tree.model", fromlist=["x"]).decode_tree(blobs[tid])]
+    stop_at = next(e.subtree for e in d4 if e.name == b"d3")
+    parent = dict_blobs(blobs, key)
+    get = parent.get
+
+    def interrupted(bid: bytes) -> bytes:
+        if bid == stop_at:
+            raise KeyboardInterrupt
+        return get(bid)
+
+    parent.get = interrupted  # type: ignore[method-assign]
+    monkeypatch.setattr("lamina.tree.restore.ReadAhead.take", lambda self, tid: None)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        restore_tree(parent, tid, out, processes=2, opener=opener(blobs, key))
+    (pool,) = pools
+    procs = list(pool._processes.values()) if pool._processes else []
+    assert all(not p.is_alive() for p in procs)
+    assert _leftovers(out) == []
+    assert not (out / "d3" / "f0").exists()
+    for p in out.rglob("*"):
+        if stat.S_ISREG(p.lstat().st_mode):  # whatever was written is whole
+            assert p.read_bytes() == (src / p.relative_to(out)).read_bytes()
+
+
+def test_workers_leave_when_the_restoring_process_is_killed(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """The restoring process is killed while a worker is inside a file it writes: the
+    worker removes that file's temporary name and exits (no orphan, nothing half-written)."""
+    tid, _ = scan_tree(store, src)
+    out, marker = tmp_path / "out", tmp_path / "worker-pid"
+    args = tmp_path / "args.pickle"
+    args.write_bytes(
+        pickle.dumps((store_blobs(store), store.keys.chunking.id_key, tid, str(out), str(marker)))
+    )
+    code = "import sys; from tests.tree.procsources import restore_then_hang; restore_then_hang(sys.argv[1])"
+    root = Path(__file__).resolve().parents[2]
+    restoring = subprocess.Popen([sys.executable, "-c", code, str(args)], cwd=root)
+    try:
+        for _ in range(1200):  # until a worker hangs inside a file (bounded, not timed)
+            if marker.exists() or restoring.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists(), "no worker started"
+        assert _leftovers(out), "the worker is inside a file it writes"
+        worker = int(marker.read_text())
+    finally:
+        restoring.kill()
+        restoring.wait()
+    try:
+        fd = os.pidfd_open(worker)
+    except ProcessLookupError:
+        fd = None
+    if fd is not None:
+        ready, _, _ = select.select([fd], [], [], 120)
+        os.close(fd)
+        assert ready, "the worker outlived the restoring process"
+    assert _leftovers(out) == []
