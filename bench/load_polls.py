@@ -29,25 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from tests.server.test_agent_poll import active_devices
 
 from lamina.config import ServerSettings
 from lamina.db.engine import after_writes
-from lamina.protocol.schemas import (
-    AgentStatusReport,
-    EnrollRequest,
-    HardwareFacts,
-    PolicyCreate,
-    PolicySettings,
-    TokenCreate,
-)
+from lamina.protocol.schemas import AgentStatusReport, HardwareFacts
 from lamina.server.api.agent import _config
 from lamina.server.app import open_context
 from lamina.server.context import ServerContext
-from lamina.server.security import ROLES, Principal
-from lamina.server.services import fleet, policies
+from lamina.server.security import Principal
 from lamina.server.services.progress import ProgressReports
-
-ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
 
 
 def _cpu() -> float:
@@ -70,15 +61,12 @@ def _postgres(work: Path) -> Iterator[str]:
 
 
 def _agents(ctx: ServerContext, n: int) -> list[tuple[Principal, HardwareFacts]]:
-    engine = ctx.engine
-    policies.create(engine, ADMIN, PolicyCreate(name="load", settings=PolicySettings()))
-    token = fleet.create_token(engine, ADMIN, TokenCreate(uses=n, policy="load")).token
-    out = []
-    for i in range(n):
-        facts = HardwareFacts(machine_id=f"m-{i}", hostname=f"ep-{i:03d}", disk_size=10**11)
-        dev = fleet.enroll(engine, EnrollRequest(token=token, facts=facts), ctx.store.keys.chunking)
-        out.append((Principal("device", dev.device_id, f"device ep-{i:03d}", role="active"), facts))
-    return out
+    """``n`` active devices with the facts they enrolled with (the tests' own)."""
+    devices = active_devices(ctx.engine, n)
+    return [
+        (d, HardwareFacts(machine_id=f"m-pc{i}", hostname=f"pc{i}"))
+        for i, d in enumerate(devices, 1)
+    ]
 
 
 def _report(state: str, hostname: str, **extra: Any) -> dict[str, Any]:

@@ -503,26 +503,18 @@ def _agent_view(device_id: str, *extra: ColumnElement[Any]) -> Select[Any]:
 
 
 def _agent_answer(row: Row[Any], device_id: str, chunking: ChunkingSecret | None) -> AgentConfig:
-    """The answer to a poll from its ``_agent_view`` row."""
-    if row.cvd_id is None:
-        return AgentConfig(
-            device_id=device_id,
-            status=row.status,
-            cvd_id=None,
-            policy=None,
-            policy_version=None,
-            last_sync=None,
-            protocol=PROTOCOL_VERSION,
-        )
+    """The answer to a poll from its ``_agent_view`` row (the CVD's columns are None
+    for a device without an active CVD)."""
+    active = row.cvd_id is not None
     return AgentConfig(
         device_id=device_id,
         status=row.status,
         cvd_id=row.cvd_id,
-        policy=PolicySettings(**row.policy),
+        policy=PolicySettings(**row.policy) if active else None,
         policy_version=row.policy_version,
         last_sync=aware(row.last_sync),
-        gc_epoch=int(row.gc_epoch or 0),
-        chunking=chunking_public(chunking, True) if chunking else None,
+        gc_epoch=int(row.gc_epoch or 0) if active else 0,
+        chunking=chunking_public(chunking, True) if chunking and active else None,
         protocol=PROTOCOL_VERSION,
     )
 
