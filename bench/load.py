@@ -69,6 +69,7 @@ from bench.load_servers import (
     pack_bytes,
     poll_buckets,
     poll_p95_ms,
+    polls_within,
     rss,
     start_deployment,
     start_server,
@@ -300,7 +301,9 @@ def load_phase(
         polls0, polls1 = all_polls(routes0), all_polls(routes1)
         p95, polls = poll_p95_ms(polls0, polls1)
         # the polls by histogram bucket (upper bound in seconds: cumulative count)
-        out["poll_buckets"] = {str(b): polls1[b] - polls0.get(b, 0.0) for b in sorted(polls1)}
+        diff = {b: polls1[b] - polls0.get(b, 0.0) for b in sorted(polls1)}
+        out["poll_buckets"] = {str(b): n for b, n in diff.items()}
+        out["polls_within"] = {f"{ms} ms": polls_within(diff, ms / 1000) for ms in (50, 100)}
         out["poll_buckets_by_route"] = {
             route: {str(b): n - routes0[route].get(b, 0.0) for b, n in sorted(buckets.items())}
             for route, buckets in routes1.items()
@@ -436,6 +439,12 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             "—"
             if p95 is None
             else f"≤ {p95:.0f} ms over {ph['polls']} polls {goal('poll_p95_ms', p95 < GOALS['poll_p95_ms'])}",
+        ),
+        (
+            "  share of the polls within 50 ms, 100 ms",
+            " · ".join(
+                "—" if v is None else f"{100 * v:.1f}%" for v in ph.get("polls_within", {}).values()
+            ),
         ),
         (
             "  of which /agent/config, /agent/work",

@@ -94,17 +94,23 @@ def poll_buckets(servers: list[Server]) -> dict[str, dict[float, float]]:
         except (urllib.error.URLError, OSError) as e:
             warn(f"could not read {s.url}/metrics: {e}")
             continue
-        for line in text.splitlines():
-            if not line.startswith(DURATION + "{"):
-                continue
-            labels, _, value = line.rpartition(" ")
-            route = next((r for r in POLL_ROUTES if f'route="{r}"' in labels), None)
-            if route is None:
-                continue
-            le = labels.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            out[route][bound] = out[route].get(bound, 0.0) + float(value)
+        add_poll_buckets(out, text)
     return out
+
+
+def add_poll_buckets(out: dict[str, dict[float, float]], text: str) -> None:
+    """Add the poll routes' cumulative bucket counts of one ``/metrics`` text to ``out``."""
+    for line in text.splitlines():
+        if not line.startswith(DURATION + "{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        route = next((r for r in POLL_ROUTES if f'route="{r}"' in labels), None)
+        if route is None:
+            continue
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        bound = float("inf") if le == "+Inf" else float(le)
+        out.setdefault(route, {})
+        out[route][bound] = out[route].get(bound, 0.0) + float(value)
 
 
 def all_polls(by_route: dict[str, dict[float, float]]) -> dict[float, float]:
@@ -127,6 +133,15 @@ def poll_p95_ms(before: dict[float, float], after: dict[float, float]) -> tuple[
         if diff[bound] >= 0.95 * total:
             return bound * 1000, int(total)
     return None, int(total)
+
+
+def polls_within(buckets: dict[float, float], bound_s: float) -> float | None:
+    """The share of the polls (cumulative counts by upper bound, as ``poll_buckets_by_route``)
+    answered within ``bound_s`` seconds; None without polls or without that bound."""
+    total = buckets.get(float("inf"), 0.0)
+    if total <= 0 or bound_s not in buckets:
+        return None
+    return buckets[bound_s] / total
 
 
 class Probe:

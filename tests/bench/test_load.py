@@ -10,9 +10,18 @@ from typing import Any
 
 import pytest
 from bench.load_agents import Endpoint, set_idle
-from bench.load_servers import Probe
+from bench.load_servers import (
+    DURATION,
+    Probe,
+    add_poll_buckets,
+    all_polls,
+    poll_p95_ms,
+    polls_within,
+)
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from bench import load_agents
+from lamina.server.metrics import DURATION_BUCKETS
 
 
 def test_an_agent_started_idle_gets_cpu_only_when_nothing_else_wants_it() -> None:
@@ -39,6 +48,44 @@ def test_the_probe_reports_its_percentiles_and_failures() -> None:
         "p95_ms": 95.0,
         "max_ms": 100.0,
     }
+
+
+def _exposition(seconds: dict[str, list[float]]) -> str:
+    """A server's ``/metrics`` text with these request durations by route."""
+    registry = CollectorRegistry()
+    h = Histogram(
+        DURATION.removesuffix("_bucket"),
+        "t",
+        ["route"],
+        registry=registry,
+        buckets=DURATION_BUCKETS,
+    )
+    for route, values in seconds.items():
+        for v in values:
+            h.labels(route).observe(v)
+    return generate_latest(registry).decode()
+
+
+def test_a_poll_p95_below_100_ms_shows_as_a_bucket_below_100_ms() -> None:
+    config, work = "/api/v1/agent/config", "/api/v1/agent/work"
+    before: dict[str, dict[float, float]] = {}
+    add_poll_buckets(before, _exposition({config: [0.5] * 10}))  # before the load phase
+    after: dict[str, dict[float, float]] = {}
+    # two servers: 60 + 35 polls within 85 ms, 5 at 300 ms; the bundles route is no poll
+    add_poll_buckets(after, _exposition({config: [0.5] * 10 + [0.085] * 60, work: [0.02] * 5}))
+    add_poll_buckets(after, _exposition({config: [0.3] * 5, work: [0.085] * 30}))
+    add_poll_buckets(after, _exposition({"/api/v1/agent/bundles": [0.001] * 1000}))
+    assert set(after) == {config, work}
+    p95, n = poll_p95_ms(all_polls(before), all_polls(after))
+    assert (p95, n) == (90.0, 100)  # the 95th of 100 polls is in the 80-90 ms bucket
+    # one more slow poll: the 95th is then in the 250 ms bucket
+    add_poll_buckets(after, _exposition({work: [0.2]}))
+    assert poll_p95_ms(all_polls(before), all_polls(after)) == (250.0, 101)
+    only = {b: n - all_polls(before).get(b, 0.0) for b, n in all_polls(after).items()}
+    assert polls_within(only, 0.05) == 5 / 101
+    assert polls_within(only, 0.1) == 95 / 101
+    assert polls_within(only, 0.033) is None  # no such bucket
+    assert polls_within({}, 0.1) is None
 
 
 class _Stopped:

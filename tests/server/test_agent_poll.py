@@ -8,12 +8,15 @@ again within ``STORE_EVERY``; a sync's progress is written at every report.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, event, insert, select, update
 
-from lamina.db.engine import read_tx, write_tx
-from lamina.db.models import cvds, devices, events
+from lamina.db.catalog import SqlCatalog
+from lamina.db.engine import after_writes, read_tx, write_tx
+from lamina.db.models import cvds, devices, events, store_state
+from lamina.db.sqlite_read import EPOCH_KEY
 from lamina.protocol.schemas import (
     CentralizeRequest,
     EnrollRequest,
@@ -118,3 +121,62 @@ def test_an_idle_poll_opens_no_write_transaction(
     monkeypatch.setattr(tasks, "write_tx", refuse)
     assert fleet.agent_config(engine, pc, {**report, "disk_free": 8 * 1024**3}) == stored
     assert tasks.claim_for_device(engine, pc, "server-test") == []
+
+
+def _writes(engine: Engine) -> Callable[[], int]:
+    """How many write transactions ``engine`` has ended since this call."""
+    count = [0]
+    after_writes(engine, lambda: count.__setitem__(0, count[0] + 1))
+    return lambda: count[0]
+
+
+def _facts(engine: Engine, device: Principal) -> object:
+    with read_tx(engine) as c:
+        return c.execute(select(devices.c.facts).where(devices.c.id == device.id)).scalar()
+
+
+def test_facts_equal_to_the_stored_ones_make_no_write_transaction(engine: Engine) -> None:
+    """The agent sends its facts at its start and after every sync: unchanged, they
+    rewrite nothing (the device row, its driver-match rows); changed, they are stored
+    before the answer."""
+    pc = _active_device(engine)
+    idle = {"state": "idle", "disk_free": 9 * 1024**3}
+    fleet.agent_config(engine, pc, idle)
+    writes = _writes(engine)
+    facts = HardwareFacts(machine_id="m-pc1", hostname="pc1", vendor="ACME", disk_size=10**12)
+    fleet.agent_config(engine, pc, idle, facts=facts)  # new facts: stored at once
+    assert writes() == 1 and _facts(engine, pc) == facts.model_dump(mode="json")
+    for _ in range(3):  # the same facts again: a read
+        fleet.agent_config(engine, pc, {**idle, "disk_free": 8 * 1024**3}, facts=facts)
+    assert writes() == 1
+    # The same facts with a change of state: the state is stored, the facts left as they are.
+    fleet.agent_config(engine, pc, {**idle, "state": "syncing"}, facts=facts)
+    assert writes() == 2 and _stored(engine, pc)[0]["state"] == "syncing"
+    changed = facts.model_copy(update={"disk_size": 2 * 10**12})
+    fleet.agent_config(engine, pc, {**idle, "state": "syncing"}, facts=changed)
+    assert writes() == 3 and _facts(engine, pc) == changed.model_dump(mode="json")
+
+
+def test_a_poll_is_answered_by_one_query_with_the_stores_gc_epoch(sqlite_engine: Engine) -> None:
+    """Under load a poll's time is mostly its round trips: its answer (status, CVD,
+    policy, the store's gc epoch) is one query, the epoch the catalog's."""
+    engine = sqlite_engine
+    pc = _active_device(engine)
+    with write_tx(engine) as c:
+        c.execute(delete(store_state).where(store_state.c.key == EPOCH_KEY))
+        c.execute(insert(store_state).values(key=EPOCH_KEY, value="7"))
+    report = {"state": "idle", "disk_free": 9 * 1024**3}
+    first = fleet.agent_config(engine, pc, report)
+    assert first.gc_epoch == 7 == SqlCatalog(engine).gc_epoch()
+    statements: list[str] = []
+
+    def count(_c: object, _cur: object, sql: str, *_args: object) -> None:
+        if sql.split()[0] not in ("BEGIN", "COMMIT", "ROLLBACK"):
+            statements.append(sql)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        again = fleet.agent_config(engine, pc, {**report, "disk_free": 8 * 1024**3})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert again == first and len(statements) == 1, statements

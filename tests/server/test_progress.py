@@ -16,15 +16,20 @@ import pytest
 from sqlalchemy import Engine, select
 
 from lamina.config import ServerSettings
-from lamina.db.engine import after_writes, read_tx
+from lamina.db.engine import after_writes, read_tx, write_tx
 from lamina.db.models import cvds, devices, events
-from lamina.protocol.schemas import HardwareFacts
+from lamina.db.models import tasks as db_tasks
+from lamina.errors import ForbiddenError
+from lamina.protocol.schemas import HardwareFacts, TaskReport
+from lamina.protocol.tasks import TaskState
 from lamina.server.app import create_app, open_context
 from lamina.server.security import Principal
 from lamina.server.services import fleet, tasks
 from lamina.server.services.progress import ProgressReports
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 from tests.server.test_agent_poll import active_devices
+
+RUNNING, DONE, FAILED = TaskState.RUNNING, TaskState.DONE, TaskState.FAILED
 
 
 def _writes(engine: Engine) -> Callable[[], int]:
@@ -252,3 +257,67 @@ def test_a_timer_that_cannot_start_is_tried_again_by_the_next_report(
     assert len(started) == 2
     started[1]()
     assert _stored(engine, pc)[1] == {"files": 2}
+
+
+def _running_task(engine: Engine, device: Principal) -> str:
+    with write_tx(engine) as c:
+        tasks.enqueue(c, "sync", "admin", cvd_id=None, device_id=device.id)
+    (item,) = tasks.claim_for_device(engine, device, "server-test")
+    return item.task_id
+
+
+def _task(engine: Engine, task_id: str) -> tuple[str, int, str]:
+    with read_tx(engine) as c:
+        r = c.execute(select(db_tasks).where(db_tasks.c.id == task_id)).one()
+    return r.state, r.progress, r.message
+
+
+def test_a_running_tasks_progress_is_kept_and_its_change_of_state_stored_at_once(
+    engine: Engine,
+) -> None:
+    pcs = active_devices(engine, 3)
+    ids = [_running_task(engine, pc) for pc in pcs]
+    later = ProgressReports(engine, tasks.store_progress, schedule=lambda _d, _f: None)
+    writes = _writes(engine)
+    for pct in (10, 20, 30):  # 9 reports: none written before its answer
+        for pc, tid in zip(pcs, ids, strict=True):
+            rep = TaskReport(progress=pct, message=f"{pct}%", state=RUNNING)
+            answer = tasks.report(engine, pc, tid, rep, later)
+            assert (answer.state, answer.progress, answer.message) == (RUNNING, pct, f"{pct}%")
+    assert writes() == 0 and later.waiting() == 3
+    assert _task(engine, ids[0]) == (RUNNING, 0, "")
+    assert later.flush() == 3 and writes() == 1  # one transaction for all of them
+    assert [_task(engine, tid) for tid in ids] == [(RUNNING, 30, "30%")] * 3
+    # A change of state is stored before its answer; the progress kept before it is older.
+    tasks.report(engine, pcs[0], ids[0], TaskReport(progress=40, message="40%"), later)
+    done = TaskReport(progress=100, message="synced", state=DONE, result={"files": 1})
+    assert tasks.report(engine, pcs[0], ids[0], done, later).state == DONE
+    assert writes() == 2 and _task(engine, ids[0]) == (DONE, 100, "synced")
+    assert later.flush() == 0 and _task(engine, ids[0]) == (DONE, 100, "synced")
+    # A report kept while another server stored the end (not dropped here): never over it.
+    tasks.report(engine, pcs[1], ids[1], TaskReport(progress=50, message="50%"), later)
+    tasks.report(engine, pcs[1], ids[1], TaskReport(progress=0, message="x", state=FAILED))
+    assert later.flush() == 0 and _task(engine, ids[1]) == (FAILED, 0, "x")
+    # Another device's task is refused, kept or not.
+    with pytest.raises(ForbiddenError):
+        tasks.report(engine, pcs[0], ids[2], TaskReport(progress=60), later)
+
+
+def test_a_running_tasks_progress_is_visible_after_the_server_stops(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    ctx, _ = open_context(settings)
+    ctx.task_progress = ProgressReports(
+        ctx.engine, tasks.store_progress, schedule=lambda _d, _f: None
+    )
+    for url in serve(settings, create_app(settings, ctx)):
+        pc = Live(url, settings.data).device("pc1")
+        with write_tx(ctx.engine) as c:
+            device_id = c.execute(select(cvds.c.device_id)).scalar()
+            tasks.enqueue(c, "sync", "admin", cvd_id=pc.cvd_id, device_id=device_id)
+        (item,) = pc.client.get("/agent/work").json()
+        r = pc.client.post(f"/agent/tasks/{item['task_id']}", json={"progress": 42})
+        assert r.status_code == 200 and r.json()["progress"] == 42
+        assert _task(ctx.engine, item["task_id"]) == (RUNNING, 0, "")
+        assert ctx.task_progress.waiting() == 1
+    assert _task(ctx.engine, item["task_id"]) == (RUNNING, 42, "")
+    ctx.engine.dispose()

@@ -76,6 +76,7 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         served.progress.close()  # the agents' progress reports still waiting
+        served.task_progress.close()  # and their running tasks'
         served.reads.close()  # the counts of the read windows still open
 
     app = FastAPI(

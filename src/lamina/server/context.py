@@ -12,6 +12,7 @@ from lamina.server.services.fleet import store_report
 from lamina.server.services.inflight import Sharing
 from lamina.server.services.progress import ProgressReports
 from lamina.server.services.read_audit import ReadAudit
+from lamina.server.services.tasks import store_progress
 from lamina.store.repository import Store
 
 
@@ -26,11 +27,14 @@ class ServerContext:
     credentials: DeviceCredentials = field(init=False)
     #: Agents' progress reports waiting to be written, all at once (written when the app stops).
     progress: ProgressReports = field(init=False)
+    #: Running tasks' progress reports waiting to be written, all at once (alike).
+    task_progress: ProgressReports = field(init=False)
 
     def __post_init__(self) -> None:
         self.reads = ReadAudit(self.engine)
         self.credentials = DeviceCredentials(self.engine)
         self.progress = ProgressReports(self.engine, store_report)
+        self.task_progress = ProgressReports(self.engine, store_progress)
 
     @property
     def sharing(self) -> Sharing:

@@ -6,7 +6,9 @@ What is counted as it happens (an ASGI middleware around every route):
   template (``/api/v1/cvds/{ref}``), never the path a client typed, so the label set
   stays small whatever the clients send; requests no route matched are ``route="other"``;
 - ``lamina_http_request_duration_seconds{route}``: a histogram (the agent's bundle and
-  commit routes are the sync's durations);
+  commit routes are the sync's durations) with ``DURATION_BUCKETS``: Prometheus's default
+  ones plus 60, 70, 80 and 90 ms, so that a p95 below 100 ms (the goal for agent polls)
+  shows as a bucket bound below 100 ms;
 - ``lamina_sync_uploaded_bytes_total``: bundle bytes agents uploaded;
   ``lamina_sync_commits_total``: snapshots agents committed (answered 200).
 
@@ -45,6 +47,13 @@ METRICS_PERMISSION = "metrics.read"
 ACCESS_MODES = ("loopback", "token", "open", "off")
 SYNC_BUNDLE_ROUTE = "/api/v1/agent/bundles"
 SYNC_COMMIT_ROUTE = "/api/v1/agent/commit"
+#: Upper bounds (seconds) of the request-duration histogram: Prometheus's defaults with
+#: 10 ms steps from 50 to 100 ms (the defaults jump from 75 to 100 ms, so a poll p95 of
+#: 80 ms read as "<= 100 ms" and could not show the goal "< 100 ms" met).
+DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.06, 0.07, 0.075, 0.08, 0.09, 0.1,
+    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
 
 #: Reads the dashboard's counts as the server itself (never a caller's principal).
 _SCRAPER = Principal("user", "metrics", "metrics", "system", frozenset({"read"}))
@@ -66,6 +75,7 @@ class Metrics:
             "Time to answer a request, by route template.",
             ["route"],
             registry=self.registry,
+            buckets=DURATION_BUCKETS,
         )
         self.sync_bytes = Counter(
             "lamina_sync_uploaded_bytes",
@@ -215,6 +225,7 @@ class RequestMetrics:
 __all__ = [
     "ACCESS_MODES",
     "CONTENT_TYPE_LATEST",
+    "DURATION_BUCKETS",
     "METRICS_PATH",
     "METRICS_PERMISSION",
     "Metrics",

@@ -46,7 +46,8 @@ async def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentCo
 
 
 def _config(report: AgentStatusReport, ctx: ServerContext, device: Principal) -> AgentConfig:
-    cfg = fleet.agent_config(
+    # the store's gc epoch is read in the poll's own query (its catalog is this database)
+    return fleet.agent_config(
         ctx.engine,
         device,
         report.model_dump(exclude={"facts"}),
@@ -54,9 +55,6 @@ def _config(report: AgentStatusReport, ctx: ServerContext, device: Principal) ->
         facts=report.facts,
         later=ctx.progress,
     )
-    if cfg.cvd_id is not None:
-        cfg.gc_epoch = ctx.store.catalog.gc_epoch()
-    return cfg
 
 
 @router.post(
@@ -118,8 +116,12 @@ async def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkIt
 
 
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")
-def report(task_id: str, rep: TaskReport, ctx: Ctx, device: ActiveDevice) -> TaskPublic:
-    return tasks.report(ctx.engine, device, task_id, rep)
+async def report(task_id: str, rep: TaskReport, ctx: Ctx, device: ActiveDevice) -> TaskPublic:
+    # async, the work in one worker thread (as ``config``); a running task's progress is
+    # answered from a read and written a moment later with the others (``ctx.task_progress``)
+    return await run_in_threadpool(
+        tasks.report, ctx.engine, device, task_id, rep, ctx.task_progress
+    )
 
 
 @router.get("/tasks/{task_id}", summary="One of this device's tasks (was a staged one cancelled?)")

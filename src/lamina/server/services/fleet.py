@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Row,
+    Select,
     String,
+    and_,
     func,
     insert,
     literal,
@@ -18,7 +23,8 @@ from sqlalchemy import (
 )
 
 from lamina.db.engine import read_tx, write_tx
-from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots
+from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots, store_state
+from lamina.db.sqlite_read import EPOCH_KEY
 from lamina.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
 from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.schemas import (
@@ -370,31 +376,57 @@ def agent_config(
     """The device's status and, once it has an active CVD, its policy and the chunking secret.
 
     ``facts`` (sent at the agent's start and after each sync) replace the device's
-    facts; the hostname the agent reports with its state refreshes the device's. A
-    report that changes only volatile fields (``agent_events.worth_storing``) is
-    answered from a read transaction: no write, so no wait for the write lock. So is
-    one that keeps the agent's state and brings no event (a sync's progress) when
-    ``later`` is given: it is kept there and written with the others a moment later."""
-    if state is not None and facts is None:
+    facts; the hostname the agent reports with its state refreshes the device's. Facts
+    equal to the stored ones are no change (``same_facts``: the agent sends them at its
+    start and after each sync, mostly unchanged). A report that changes only volatile
+    fields (``agent_events.worth_storing``) is answered from a read transaction: no
+    write, so no wait for the write lock. So is one that keeps the agent's state and
+    brings no event (a sync's progress) when ``later`` is given: it is kept there and
+    written with the others a moment later."""
+    if state is not None:
+        extra = [devices.c.agent_state, devices.c.last_seen, devices.c.hostname]
         with read_tx(engine) as c:
             was = c.execute(
-                select(devices.c.agent_state, devices.c.last_seen, devices.c.hostname).where(
-                    devices.c.id == device.id
-                )
+                _agent_view(device.id, *extra, *([devices.c.facts] if facts is not None else []))
             ).one()
-            before = was.agent_state or {}
-            if not agent_events.worth_storing(before, state, aware(was.last_seen)):
-                return _agent_answer(c, device.id, chunking)
-            if (
-                later is not None
-                and state.get("hostname") in (None, was.hostname)
-                and agent_events.same_state(before, state)
-            ):
-                later.put(device.id, state)
-                return _agent_answer(c, device.id, chunking)
+        if facts is not None and not same_facts(was.facts, facts):
+            return _store_at_once(engine, device.id, state, chunking, facts)
+        before = was.agent_state or {}
+        if not agent_events.worth_storing(before, state, aware(was.last_seen)):
+            return _agent_answer(was, device.id, chunking)
+        if (
+            later is not None
+            and state.get("hostname") in (None, was.hostname)
+            and agent_events.same_state(before, state)
+        ):
+            later.put(device.id, state)
+            return _agent_answer(was, device.id, chunking)
+        facts = None  # the stored ones
+    return _store_at_once(engine, device.id, state, chunking, facts)
+
+
+def _store_at_once(
+    engine: Engine,
+    device_id: str,
+    state: JsonObject | None,
+    chunking: ChunkingSecret | None,
+    facts: HardwareFacts | None,
+) -> AgentConfig:
     with write_tx(engine) as c:
-        store_report(c, device.id, state, now(), facts=facts)
-        return _agent_answer(c, device.id, chunking)
+        store_report(c, device_id, state, now(), facts=facts)
+        return _agent_answer(c.execute(_agent_view(device_id)).one(), device_id, chunking)
+
+
+def same_facts(stored: object, facts: HardwareFacts) -> bool:
+    """Whether ``facts`` equal the device's stored facts (as the JSON column returns
+    them): then storing them would rewrite the device row and its driver-match rows
+    (``drivers_index.store``, a delete and an insert) for nothing."""
+    try:
+        return json.dumps(stored, sort_keys=True) == json.dumps(
+            facts.model_dump(mode="json"), sort_keys=True
+        )
+    except (TypeError, ValueError):  # not JSON as stored: written again
+        return False
 
 
 def store_report(
@@ -446,17 +478,43 @@ def store_report(
     return True
 
 
-def _agent_answer(c: Connection, device_id: str, chunking: ChunkingSecret | None) -> AgentConfig:
-    status = c.execute(select(devices.c.status).where(devices.c.id == device_id)).scalar_one()
-    cvd = active_cvd(c, device_id)
+def _agent_view(device_id: str, *extra: ColumnElement[Any]) -> Select[Any]:
+    """What a poll answers, in one query (a poll's time under load is mostly its round
+    trips, each waiting for the interpreter lock and the database): the device's status,
+    its active CVD and policy, the store's gc epoch, and the ``extra`` columns."""
+    epoch = select(store_state.c.value).where(store_state.c.key == EPOCH_KEY).scalar_subquery()
+    active = and_(cvds.c.device_id == devices.c.id, cvds.c.state == ACTIVE)
+    return (
+        select(
+            devices.c.status,
+            cvds.c.id.label("cvd_id"),
+            cvds.c.policy_version,
+            cvds.c.last_sync,
+            policies.c.settings.label("policy"),
+            epoch.label("gc_epoch"),
+            *extra,
+        )
+        .select_from(
+            devices.outerjoin(cvds, active).outerjoin(policies, policies.c.id == cvds.c.policy_id)
+        )
+        .where(devices.c.id == device_id)
+        .limit(1)  # one active CVD per device (``active_cvd`` takes the first)
+    )
+
+
+def _agent_answer(row: Row[Any], device_id: str, chunking: ChunkingSecret | None) -> AgentConfig:
+    """The answer to a poll from its ``_agent_view`` row (the CVD's columns are None
+    for a device without an active CVD)."""
+    active = row.cvd_id is not None
     return AgentConfig(
         device_id=device_id,
-        status=status,
-        cvd_id=cvd.id if cvd else None,
-        policy=policy_of(c, cvd) if cvd else None,
-        policy_version=cvd.policy_version if cvd else None,
-        last_sync=aware(cvd.last_sync) if cvd else None,
-        chunking=chunking_public(chunking, True) if chunking and cvd is not None else None,
+        status=row.status,
+        cvd_id=row.cvd_id,
+        policy=PolicySettings(**row.policy) if active else None,
+        policy_version=row.policy_version,
+        last_sync=aware(row.last_sync),
+        gc_epoch=int(row.gc_epoch or 0) if active else 0,
+        chunking=chunking_public(chunking, True) if chunking and active else None,
         protocol=PROTOCOL_VERSION,
     )
 

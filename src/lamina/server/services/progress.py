@@ -16,6 +16,10 @@ older than one written since is dropped, never written over it (``store_report``
 the server stops. A crash loses at most the last ``FLUSH_EVERY`` seconds of progress,
 which the agent's next report brings again; nothing else (no check, no decision of
 the server) reads progress.
+
+A running task's progress reports (``POST /agent/tasks/{id}`` that keep it running) are
+kept alike in a second instance, keyed by the task (``tasks.store_progress``): the task's
+changes of state (done, failed, waiting) are written before their answer.
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ class ProgressReports:
             with self._lock:  # no timer (no thread to be had): the next report tries again
                 self._due = False
             raise
+
+    def drop(self, key: str) -> None:
+        """Forget ``key``'s waiting report: a report stored at once since is newer."""
+        with self._lock:
+            self._waiting.pop(key, None)
 
     def waiting(self) -> int:
         with self._lock:

@@ -16,6 +16,7 @@ transaction at its next poll. Reports on a cancelled task are ignored, except
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -28,6 +29,7 @@ from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
 from lamina.server.services import agent_events
 from lamina.server.services.common import audit, find_by_id, from_row, new_id, now
+from lamina.server.services.progress import ProgressReports
 from lamina.server.services.rows import JsonObject, Task
 
 QUEUED, RUNNING, WAITING, DONE, FAILED = (
@@ -176,7 +178,26 @@ def claim_for_device(
     return out
 
 
-def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> TaskPublic:
+def report(
+    engine: Engine,
+    device: Principal,
+    task_id: str,
+    rep: TaskReport,
+    later: ProgressReports | None = None,
+) -> TaskPublic:
+    """An agent's report on its task. One that keeps a running task running (its progress,
+    message and result so far) is answered from a read transaction and, with ``later``,
+    kept there and written with the others a moment later (``store_progress``); a change
+    of state (done, failed, waiting, running again) is written before its answer."""
+    if later is not None and rep.state in (None, RUNNING):
+        with read_tx(engine) as c:
+            r = _device_task(c, device, task_id)
+        if r.state == RUNNING:
+            kept = _progress_values(rep)
+            later.put(task_id, kept)
+            return public(r).model_copy(update=kept)
+    if later is not None:
+        later.drop(task_id)  # a change of state: a progress report kept before it is older
     with write_tx(engine) as c:
         r = _device_task(c, device, task_id)
         if r.state == CANCELLED:
@@ -185,17 +206,35 @@ def report(engine: Engine, device: Principal, task_id: str, rep: TaskReport) -> 
             rep = rep.model_copy(
                 update={"message": f"{rep.message} (cancelled too late: a boot applied it)"}
             )
-        values: JsonObject = {"progress": rep.progress, "message": rep.message}
+        values = _progress_values(rep)
         if rep.state:
             values["state"] = rep.state
             if rep.state in (DONE, FAILED):
                 values["finished"] = now()
-        if rep.result:
-            values["result"] = rep.result
         if rep.state == FAILED and r.state != FAILED:
             agent_events.task_failed(c, r.kind, r.cvd_id or device.name, rep.message)
         c.execute(update(tasks).where(tasks.c.id == task_id).values(**values))
         return public(c.execute(select(tasks).where(tasks.c.id == task_id)).one())
+
+
+def _progress_values(rep: TaskReport) -> JsonObject:
+    """The columns a report writes besides the state (a result only when it brings one)."""
+    values: JsonObject = {"progress": rep.progress, "message": rep.message}
+    if rep.result:
+        values["result"] = rep.result
+    return values
+
+
+def store_progress(
+    c: Connection, task_id: str, values: JsonObject, at: dt.datetime, newer_only: bool = False
+) -> bool:
+    """Write a running task's progress kept a moment (``ProgressReports``, flushed): only
+    while the task is still running the claim it was reported in (``newer_only``: claimed
+    no later than ``at``), never over the state a later report stored. True if written."""
+    q = update(tasks).where(tasks.c.id == task_id, tasks.c.state == RUNNING)
+    if newer_only:
+        q = q.where(tasks.c.started <= at)
+    return bool(c.execute(q.values(**values)).rowcount)
 
 
 def get_for_device(engine: Engine, device: Principal, task_id: str) -> TaskPublic:
