@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from lamina.agent.blobs import agent_blobs
-from lamina.agent.runner import Agent, enroll
+from lamina.agent.enrollment import enroll
+from lamina.agent.runner import Agent
 from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.schemas import AgentConfig
 from lamina.server.services import fleet

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lamina.agent import runner
+from lamina.agent.enrollment import enroll
 from lamina.agent.heap import map_large_blocks
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
@@ -60,7 +61,7 @@ def test_the_agent_fixes_the_threshold_once_at_its_start_not_at_each_sync(
     root, state = tmp_path / "root", tmp_path / "state"
     (root / "etc").mkdir(parents=True)
     (root / "etc/hostname").write_text("heap-host\n")
-    runner.enroll(live.url, token, root, state)
+    enroll(live.url, token, root, state)
     assert calls == []
     agent = runner.Agent(state)
     try:

@@ -14,7 +14,8 @@ import pytest
 
 from lamina.agent import runner, sync
 from lamina.agent.blobs import agent_blobs
-from lamina.agent.runner import Agent, enroll
+from lamina.agent.enrollment import enroll
+from lamina.agent.runner import Agent
 from lamina.agent.sync import MAX_ERROR_PATHS, error_paths, protected_area
 from lamina.layers.rules import RuleSet, builtin, compile_glob
 from lamina.protocol.schemas import PolicySettings

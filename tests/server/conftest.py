@@ -149,9 +149,9 @@ class Live:
         return Device(client, bytes.fromhex(doc["chunking"]["id_key"]), cvd_id)
 
     def enrolled_agent(self, folder: Path, hostname: str) -> tuple[Path, Path]:
-        """An agent enrolled by ``lamina.agent.runner.enroll`` under the policy "std":
+        """An agent enrolled by ``lamina.agent.enrollment.enroll`` under the policy "std":
         its root ``folder/root`` (``etc/hostname`` only) and its state ``folder/state``."""
-        from lamina.agent.runner import enroll
+        from lamina.agent.enrollment import enroll
 
         admin = self.login()
         if admin.get("/policies/std").status_code == 404:

@@ -23,7 +23,8 @@ import msgpack
 import pytest
 from sqlalchemy import Engine, create_engine, event, func, insert, select, update
 
-from lamina.agent.runner import Agent, enroll
+from lamina.agent.enrollment import enroll
+from lamina.agent.runner import Agent
 from lamina.cli import store as cli_store
 from lamina.config import ServerSettings
 from lamina.db.engine import make_engine, write_tx

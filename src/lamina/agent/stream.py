@@ -22,7 +22,8 @@ from lamina.layers.rules import RuleSet, globs
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.paths import Load
-from lamina.tree.restore import BlobSource, restore_tree
+from lamina.tree.restore import restore_tree
+from lamina.tree.restore_types import BlobSource
 
 BATCH = 256
 KEEP_ASIDE = ".lamina-local"

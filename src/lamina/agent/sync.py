@@ -20,7 +20,8 @@ from lamina.layers.rules import Globs, RuleSet, for_os, globs, re2_bytes
 from lamina.protocol.endpoint import AgentConfig, CommitResponse
 from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
-from lamina.tree.scan import ExcludeFn, PruneFn, Scanner, estimate
+from lamina.tree.scan import Scanner
+from lamina.tree.scan_scope import ExcludeFn, PruneFn, estimate
 
 
 @dataclass

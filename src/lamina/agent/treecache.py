@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from lamina.store import blob
-from lamina.tree.restore import BlobSource
+from lamina.tree.restore_types import BlobSource
 
 
 class TreeCache:

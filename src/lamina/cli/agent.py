@@ -91,7 +91,7 @@ def enroll_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Register this endpoint with the server; it stays pending until centralized."""
-    from lamina.agent.runner import enroll
+    from lamina.agent.enrollment import enroll
     from lamina.agent.state import load_status
     from lamina.errors import UsageError
 

@@ -17,7 +17,7 @@ from lamina.cli.output import emit_json, human_bytes, log_progress, stderr_is_te
 from lamina.cli.store_open import open_store
 from lamina.db.location import StoreLocation
 from lamina.tree.backup import backup
-from lamina.tree.scan import ExcludeFn, estimate
+from lamina.tree.scan_scope import ExcludeFn, estimate
 
 
 def _exclude(patterns: list[str]) -> ExcludeFn | None:

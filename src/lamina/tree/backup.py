@@ -15,7 +15,8 @@ from lamina.store.progress import AdvanceFn
 from lamina.store.repository import Store
 from lamina.tree.cache import FilesCache
 from lamina.tree.model import references
-from lamina.tree.scan import ExcludeFn, PruneFn, Scanner, ScanStats
+from lamina.tree.scan import Scanner, ScanStats
+from lamina.tree.scan_scope import ExcludeFn, PruneFn
 
 
 class ScanOptions(TypedDict, total=False):

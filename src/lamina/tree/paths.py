@@ -9,6 +9,7 @@ functions over two callables, so they run wherever trees can be read and written
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 from lamina.errors import TooLargeError
@@ -142,3 +143,24 @@ def remembering(load: Load, put: Put) -> tuple[Load, Put]:
         return data if data is not None else load(bid)
 
     return load2, put2
+
+
+def selects(selected: Sequence[list[bytes]], rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
+    """For an entry at ``rel`` (components) and paths ``selected`` (components; none:
+    everything): (take this entry, take everything below it)."""
+    if not selected:
+        return True, True
+    for sel in selected:
+        n = min(len(sel), len(rel))
+        if sel[:n] != rel[:n]:
+            continue
+        if len(rel) >= len(sel):
+            return True, True
+        if is_dir:
+            return True, False
+    return False, False
+
+
+def missing_paths(load: Load, root: bytes, selected: Sequence[list[bytes]]) -> list[str]:
+    """The paths of ``selected`` (components) that the tree ``root`` does not hold."""
+    return [os.fsdecode(b"/".join(sel)) for sel in selected if lookup(load, root, sel) is None]

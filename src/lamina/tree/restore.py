@@ -40,33 +40,37 @@ import secrets
 import shutil
 import stat
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, TypedDict, Unpack
+from typing import Unpack
 
 from lamina.errors import UsageError
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
 from lamina.tree.collector import fewer_collections
-from lamina.tree.counts import TreeCounts
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.names import split_path
-from lamina.tree.paths import lookup
+from lamina.tree.paths import missing_paths, selects
 from lamina.tree.restore_ahead import ReadAhead
+from lamina.tree.restore_batches import ProcessJobs
 from lamina.tree.restore_file import ContentProof, write_content
 from lamina.tree.restore_meta import ACLS, Metadata
 from lamina.tree.restore_procs import (
-    PROC_JOB_BYTES,
-    PROC_JOB_FILES,
     FolderFiles,
     JobDone,
     Opener,
     entry_fields,
     parent_setup,
     start,
-    write_files,
+)
+from lamina.tree.restore_types import (
+    BlobSource,
+    Folder,
+    Queued,
+    RestoreOptions,
+    RestoreStats,
+    Target,
 )
 from lamina.tree.sources import in_batches, stop_reading_ahead
 
@@ -79,76 +83,6 @@ WORKERS = 4
 #: writing a small file, so a job per file doubled the Python work of small files.
 JOB_FILES = 32
 JOB_BYTES = 1 << 20
-
-#: A file the walk queued for a job: its entry, its path in the tree, what is in place.
-_Queued = tuple[Entry, list[bytes], os.stat_result | None]
-
-
-class BlobSource(Protocol):
-    """Where a restore reads verified plaintext from: the store, or a server over HTTP."""
-
-    def get(self, bid: bytes) -> bytes: ...
-
-    def get_many(self, ids: Iterable[bytes]) -> Iterator[bytes]: ...
-
-    def prefetch(self, ids: Collection[bytes]) -> None:
-        """A hint: these blobs are read next (a source may look them up in one go)."""
-        ...
-
-
-@dataclass
-class RestoreStats(TreeCounts):
-    skipped: int = 0
-    removed: int = 0
-    #: paths (relative to the target) kept aside as NAME<suffix> before being restored
-    kept: list[str] = field(default_factory=list)
-    #: device nodes and FIFOs left out (``special_files=False``)
-    specials_skipped: int = 0
-
-
-class _Folder:
-    """A folder being restored: its descriptor stays open until the walk left it and
-    every file and sub-folder inside it is done; then its metadata is set and it is closed."""
-
-    __slots__ = ("entry", "fd", "ident", "parent", "pending", "queued", "queued_bytes", "rel")
-
-    def __init__(self, fd: int, rel: list[bytes], entry: Entry | None, parent: _Folder | None):
-        self.fd = fd
-        self.rel = rel
-        #: the folder's own entry, when its metadata is (re)applied at the end
-        self.entry = entry
-        self.parent = parent
-        #: the walk itself (1) + file jobs in flight + open sub-folders
-        self.pending = 1
-        #: files the walk queued for the next job (``Restorer._flush``)
-        self.queued: list[_Queued] = []
-        self.queued_bytes = 0
-        #: ``(st_dev, st_ino)``, for the jobs handed to worker processes
-        self.ident: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class _Target:
-    """Where a file job writes, fixed by the walk when it hands the file over."""
-
-    folder: _Folder
-    inherits_acl: bool
-    plain_group: bool
-
-
-class RestoreOptions(TypedDict, total=False):
-    """``restore_tree``'s keyword arguments: ``Restorer``'s, which says what each does."""
-
-    paths: Sequence[str | bytes]
-    delete_extra: bool
-    progress: AdvanceFn | None
-    chunking: ChunkingSecret | None
-    keep_aside: str | None
-    special_files: bool
-    same_owner: bool
-    workers: int
-    processes: int
-    opener: Opener | None
 
 
 class Restorer:
@@ -212,42 +146,28 @@ class Restorer:
         #: the trees read ahead of the walk (a restore into an empty folder)
         self._ahead: ReadAhead | None = None
         #: folders whose descriptor is still open
-        self._open: set[_Folder] = set()
+        self._open: set[Folder] = set()
         #: hard-link key -> the job writing its first name (a link waits for it)
         self._link_jobs: dict[bytes, Future[None]] = {}
         self.processes = processes if opener is not None and processes > 1 else 0
         self._opener = opener
-        #: the worker processes writing files, in a restore that uses them
-        self._procs: ProcessPoolExecutor | None = None
-        #: folders' files for the next worker process's job, and their count and bytes
-        self._batch: list[tuple[_Folder, FolderFiles]] = []
-        self._batch_count = 0
-        self._batch_bytes = 0
-
-    # --- selection -----------------------------------------------------------
-    def _wanted(self, rel: list[bytes], is_dir: bool) -> tuple[bool, bool]:
-        """(restore this entry, restore everything below it)."""
-        if not self.selected:
-            return True, True
-        for sel in self.selected:
-            n = min(len(sel), len(rel))
-            if sel[:n] != rel[:n]:
-                continue
-            if len(rel) >= len(sel):
-                return True, True
-            if is_dir:
-                return True, False
-        return False, False
+        #: the jobs of the worker processes writing files, in a restore that uses them
+        self._procs: ProcessJobs[Folder] | None = None
 
     # --- public --------------------------------------------------------------
     def restore(self, tree_id: bytes, target: Path) -> RestoreStats:
-        self._check_selected(tree_id)
+        # Refuse, before writing anything, requested paths the snapshot does not hold.
+        missing = missing_paths(
+            functools.lru_cache(maxsize=256)(self.store.get), tree_id, self.selected
+        )
+        if missing:
+            raise UsageError(f"not in the snapshot: {', '.join(missing)}")
         target.mkdir(parents=True, exist_ok=True)
         try:
             root_fd = os.open(target, _DIR_FLAGS)
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
-        root = _Folder(root_fd, [], None, None)
+        root = Folder(root_fd, [], None, None)
         whole = not self.selected and not os.listdir(root_fd)
         if not whole:
             self.processes = 0
@@ -264,24 +184,27 @@ class Restorer:
         if self.processes:
             assert self._opener is not None
             setup = parent_setup(self._opener, os.fsencode(target.absolute()), root_fd, self)
-            self._procs = start(setup, self.processes)
-            self._slots = threading.BoundedSemaphore(3 * self.processes)
+            self._procs = ProcessJobs(
+                start(setup, self.processes), 3 * self.processes, self._landed, self._release
+            )
         try:
             with fewer_collections():
                 try:
                     self._dir(tree_id, root, [], everything=not self.selected)
                     if self._procs is not None:
-                        self._send()
+                        self._procs.send()
                 except BaseException:
                     # An error or an interrupt: jobs not started are cancelled, those
                     # running finish (or remove their temporary name).
                     if self._procs is not None:
-                        self._procs.shutdown(wait=True, cancel_futures=True)
-                        self._drop_batch()
+                        self._procs.procs.shutdown(wait=True, cancel_futures=True)
+                        self._procs.drop()
                     raise
                 finally:
                     if self._procs is not None:
-                        self._procs.shutdown(wait=True, cancel_futures=self._fatal is not None)
+                        self._procs.procs.shutdown(
+                            wait=True, cancel_futures=self._fatal is not None
+                        )
                     self._release(root)
                     if pool is not None:
                         pool.shutdown(wait=True)
@@ -298,19 +221,8 @@ class Restorer:
             raise self._fatal
         return self.stats
 
-    def _check_selected(self, tree_id: bytes) -> None:
-        """Refuse, before writing anything, requested paths the snapshot does not hold."""
-        load = functools.lru_cache(maxsize=256)(self.store.get)
-        missing = [
-            os.fsdecode(b"/".join(sel))
-            for sel in self.selected
-            if lookup(load, tree_id, sel) is None
-        ]
-        if missing:
-            raise UsageError(f"not in the snapshot: {', '.join(missing)}")
-
     # --- the walk ------------------------------------------------------------
-    def _dir(self, tree_id: bytes, folder: _Folder, rel: list[bytes], everything: bool) -> None:
+    def _dir(self, tree_id: bytes, folder: Folder, rel: list[bytes], everything: bool) -> None:
         fd = folder.fd
         entries = self._ahead.take(tree_id) if self._ahead is not None else None
         if entries is None:
@@ -333,7 +245,7 @@ class Restorer:
             self._no_default_acl.discard(fd)
 
     def _fill(
-        self, entries: list[Entry], folder: _Folder, rel: list[bytes], everything: bool
+        self, entries: list[Entry], folder: Folder, rel: list[bytes], everything: bool
     ) -> None:
         fd = folder.fd
         names = {e.name for e in entries}
@@ -351,7 +263,7 @@ class Restorer:
                 break
             child_rel = [*rel, e.name]
             want, all_below = (
-                (True, True) if everything else self._wanted(child_rel, e.type == "dir")
+                (True, True) if everything else selects(self.selected, child_rel, e.type == "dir")
             )
             if not want:
                 continue
@@ -381,7 +293,7 @@ class Restorer:
             self.stats.errors.append(message)
 
     # --- folders and file jobs -----------------------------------------------
-    def _release(self, folder: _Folder) -> None:
+    def _release(self, folder: Folder) -> None:
         """One thing inside ``folder`` (or the walk of it) is done; the last one sets the
         folder's metadata, closes it, and releases its parent in turn."""
         while folder is not None:
@@ -403,7 +315,7 @@ class Restorer:
                 return
             folder = parent
 
-    def _flush(self, folder: _Folder, force: bool = False) -> Future[None] | None:
+    def _flush(self, folder: Folder, force: bool = False) -> Future[None] | None:
         """Hand the files queued in ``folder`` to the pool as one job (None: none queued).
         With worker processes they join the next batch, sent when it is full or ``force``
         (a later hard link waits for it); None until then."""
@@ -413,7 +325,7 @@ class Restorer:
         size = folder.queued_bytes
         folder.queued = []
         folder.queued_bytes = 0
-        target = _Target(
+        target = Target(
             folder,
             inherits_acl=folder.fd not in self._no_default_acl,
             plain_group=folder.fd in self._plain_group,
@@ -423,81 +335,39 @@ class Restorer:
         return self._submit(folder, functools.partial(self._files, files, target))
 
     def _batch_files(
-        self, files: list[_Queued], size: int, target: _Target, force: bool
+        self, files: list[Queued], size: int, target: Target, force: bool
     ) -> Future[None] | None:
-        """Add a folder's files to the batch for the next worker process; send it when it
-        holds ``PROC_JOB_FILES`` files or ``PROC_JOB_BYTES`` bytes, or when ``force``."""
+        """Add a folder's files to the next worker process's job (``ProcessJobs.add``)."""
+        assert self._procs is not None
         folder = target.folder
         if folder.ident is None:
             st = os.fstat(folder.fd)
             folder.ident = (st.st_dev, st.st_ino)
         with self._lock:
             folder.pending += 1
-        self._batch.append(
-            (
-                folder,
-                FolderFiles(
-                    tuple(folder.rel),
-                    folder.ident,
-                    target.inherits_acl,
-                    target.plain_group,
-                    [entry_fields(e) for e, _, _ in files],
-                ),
-            )
+        job = FolderFiles(
+            tuple(folder.rel),
+            folder.ident,
+            target.inherits_acl,
+            target.plain_group,
+            [entry_fields(e) for e, _, _ in files],
         )
-        self._batch_count += len(files)
-        self._batch_bytes += size
-        if force or self._batch_count >= PROC_JOB_FILES or self._batch_bytes >= PROC_JOB_BYTES:
-            return self._send()
-        return None
+        return self._procs.add(folder, job, size, force)
 
-    def _drop_batch(self) -> None:
-        """The walk stopped: the files batched and not sent are not written."""
-        batch, self._batch = self._batch, []
-        for folder, _ in batch:
-            self._release(folder)
+    def _landed(self, got: JobDone | None, err: BaseException | None) -> None:
+        """A worker process's job is done (``got``), failed (``err``) or was cancelled."""
+        with self._lock:
+            if err is not None:
+                if self._fatal is None:
+                    self._fatal = err
+            elif got is not None:
+                self.stats.files += got.files
+                self.stats.bytes += got.bytes
+                self.stats.errors.extend(got.errors)
+                if self.progress:
+                    self.progress(got.files, got.bytes)
 
-    def _send(self) -> Future[None] | None:
-        """Send the batch to a worker process; when it is done, count what it did."""
-        assert self._procs is not None
-        batch, self._batch = self._batch, []
-        self._batch_count = self._batch_bytes = 0
-        if not batch:
-            return None
-        self._slots.acquire()
-        try:
-            fut: Future[JobDone] = self._procs.submit(write_files, [g for _, g in batch])
-        except BaseException:
-            self._slots.release()
-            for folder, _ in batch:
-                self._release(folder)
-            raise
-        done: Future[None] = Future()
-
-        def landed(f: Future[JobDone]) -> None:
-            try:
-                err = None if f.cancelled() else f.exception()
-                with self._lock:
-                    if err is not None:
-                        if self._fatal is None:
-                            self._fatal = err
-                    elif not f.cancelled():
-                        got = f.result()
-                        self.stats.files += got.files
-                        self.stats.bytes += got.bytes
-                        self.stats.errors.extend(got.errors)
-                        if self.progress:
-                            self.progress(got.files, got.bytes)
-            finally:
-                self._slots.release()
-                for folder, _ in batch:
-                    self._release(folder)
-                done.set_result(None)
-
-        fut.add_done_callback(landed)
-        return done
-
-    def _files(self, files: list[_Queued], target: _Target) -> None:
+    def _files(self, files: list[Queued], target: Target) -> None:
         """One job: the files of one folder, one after the other."""
         for e, rel, existing in files:
             if self._fatal is not None:
@@ -507,7 +377,7 @@ class Restorer:
             except OSError as err:
                 self._error(rel, err)
 
-    def _submit(self, folder: _Folder, job: Callable[[], None]) -> Future[None]:
+    def _submit(self, folder: Folder, job: Callable[[], None]) -> Future[None]:
         """Run ``job`` (files of ``folder``; it reports their ``OSError``) on the pool, or
         now without one."""
         fut: Future[None] = Future()
@@ -555,7 +425,7 @@ class Restorer:
         else:
             os.unlink(name, dir_fd=fd)
 
-    def _entry(self, e: Entry, folder: _Folder, rel: list[bytes], everything: bool) -> None:
+    def _entry(self, e: Entry, folder: Folder, rel: list[bytes], everything: bool) -> None:
         fd = folder.fd
         existing = self._existing(fd, e.name)
         if e.type == "dir":
@@ -566,7 +436,7 @@ class Restorer:
             if existing is None:
                 os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
             sub = os.open(e.name, _DIR_FLAGS, dir_fd=fd)
-            child = _Folder(sub, rel, e if everything or existing is None else None, folder)
+            child = Folder(sub, rel, e if everything or existing is None else None, folder)
             with self._lock:
                 folder.pending += 1
                 self._open.add(child)
@@ -634,12 +504,12 @@ class Restorer:
         except OSError:
             # The link could not be made (the first name is gone, or links are refused):
             # write a copy. ``_file`` counts it.
-            self._file(e, _Target(_Folder(fd, [], None, None), True, False), None)
+            self._file(e, Target(Folder(fd, [], None, None), True, False), None)
             return
         with self._lock:
             self.stats.files += 1
 
-    def _file(self, e: Entry, target: _Target, existing: os.stat_result | None) -> None:
+    def _file(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
         fd = target.folder.fd
         if (
             existing is not None
@@ -682,7 +552,7 @@ class Restorer:
 
         self.meta.make_node(e, fd, self._tmp_name(), replace_dir)
 
-    def _write(self, e: Entry, target: _Target, existing: os.stat_result | None) -> None:
+    def _write(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
         """Write a file's content under a temporary name, then rename it."""
         fd = target.folder.fd
         tmp = self._tmp_name()

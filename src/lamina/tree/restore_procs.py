@@ -42,7 +42,8 @@ from lamina.errors import IntegrityError
 from lamina.tree.model import Entry
 
 if TYPE_CHECKING:
-    from lamina.tree.restore import BlobSource, Restorer
+    from lamina.tree.restore import Restorer
+    from lamina.tree.restore_types import BlobSource
 
 #: An entry's fields in ``Entry``'s order, as one tuple (``Entry(*fields)`` makes it again).
 entry_fields = operator.attrgetter(*Entry.__dataclass_fields__)
@@ -188,7 +189,7 @@ class _Worker:
         return fd
 
     def run(self, job: list[FolderFiles]) -> JobDone:
-        from lamina.tree.restore import RestoreStats, _Folder, _Target
+        from lamina.tree.restore_types import Folder, RestoreStats, Target
 
         groups = [(g, [Entry(*f) for f in g.files]) for g in job]  # type: ignore[arg-type]
         self.source.prefetch([c for _, entries in groups for e in entries for c in e.chunk_ids()])
@@ -196,7 +197,7 @@ class _Worker:
         r.stats = RestoreStats()
         for g, entries in groups:
             fd = self.folder(g.rel, g.ident)
-            target = _Target(_Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
+            target = Target(Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
             r._files([(e, [*g.rel, e.name], None) for e in entries], target)
         return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
 

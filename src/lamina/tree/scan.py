@@ -50,6 +50,7 @@ from lamina.tree.scan_read import (
     same_inode,
     xattrs_at,
 )
+from lamina.tree.scan_scope import ExcludeFn, PruneFn
 
 #: Files up to this size are read whole and batched with their neighbours.
 SMALL_FILE = 1024 * 1024
@@ -88,12 +89,6 @@ class _NameCache(dict[int, str]):
             name = ""
         self[key] = name
         return name
-
-
-#: (path relative to the root, is a directory) -> leave it out entirely
-ExcludeFn = Callable[[bytes, bool], bool]
-#: directory relative to the root -> keep the directory but none of its content
-PruneFn = Callable[[bytes], bool]
 
 
 @dataclass
@@ -587,31 +582,3 @@ class Scanner(FileReader):
                 out.append((f[0], f[1], f[2], big, 0))
                 self._submit(big)
         return out
-
-
-def estimate(root: Path, exclude: ExcludeFn, prune: PruneFn) -> tuple[int, int]:
-    """Files and bytes a scan will cover (a walk of metadata only), for progress percentages."""
-    files = size = 0
-    todo = [(os.fsencode(root), b"")]
-    while todo:
-        path, rel = todo.pop()
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        for de in entries:
-            child_rel = rel + b"/" + de.name if rel else de.name
-            try:
-                is_dir = de.is_dir(follow_symlinks=False)
-                if exclude(child_rel, is_dir):
-                    continue
-                if is_dir:
-                    if not prune(child_rel):
-                        todo.append((de.path, child_rel))
-                elif de.is_file(follow_symlinks=False):
-                    files += 1
-                    size += de.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
-    return files, size

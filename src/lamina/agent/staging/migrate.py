@@ -52,7 +52,7 @@ from lamina.protocol.tasks import MigrateParams
 from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import decode_tree
 from lamina.tree.paths import Load, lookup, read_file
-from lamina.tree.restore import BlobSource
+from lamina.tree.restore_types import BlobSource
 
 #: Path classes staged (applied at boot) per mode; user data always streams afterwards.
 BOOT_SET: dict[str, tuple[str, ...]] = {

@@ -52,7 +52,8 @@ from lamina.store.keys import ChunkingSecret
 from lamina.tree.model import Entry, decode_tree
 from lamina.tree.names import check_name
 from lamina.tree.paths import MAX_READ, Load, read_file
-from lamina.tree.restore import BlobSource, restore_tree
+from lamina.tree.restore import restore_tree
+from lamina.tree.restore_types import BlobSource
 from lamina.tree.sources import BatchedBlobs
 
 

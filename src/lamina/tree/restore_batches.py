@@ -1,0 +1,94 @@
+"""The jobs a restore hands to its worker processes (``lamina.tree.restore_procs``).
+
+The walk adds each folder's files as it leaves them; a job goes to a worker when it
+holds ``PROC_JOB_FILES`` files or ``PROC_JOB_BYTES`` bytes, or when the walk forces it
+(a hard link that follows waits for its first name). At most ``slots`` jobs are in
+flight. When a job is done (or failed, or cancelled) ``landed`` is told what it did
+and ``release`` is called once for each folder it held: the restorer counts, and sets
+a folder's own metadata when its last job is done.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Generic, TypeVar
+
+from lamina.tree.restore_procs import (
+    PROC_JOB_BYTES,
+    PROC_JOB_FILES,
+    FolderFiles,
+    JobDone,
+    write_files,
+)
+
+F = TypeVar("F")
+
+
+class ProcessJobs(Generic[F]):
+    """Folders' files batched into jobs for ``procs`` (see the module)."""
+
+    def __init__(
+        self,
+        procs: ProcessPoolExecutor,
+        slots: int,
+        landed: Callable[[JobDone | None, BaseException | None], None],
+        release: Callable[[F], None],
+    ) -> None:
+        self.procs = procs
+        self._slots = threading.BoundedSemaphore(slots)
+        self._landed = landed
+        self._release = release
+        self._batch: list[tuple[F, FolderFiles]] = []
+        self._count = 0
+        self._bytes = 0
+
+    def add(self, folder: F, files: FolderFiles, size: int, force: bool) -> Future[None] | None:
+        """Add a folder's files (``size`` bytes) to the next job; sent when it is full or
+        ``force`` (the job's future then, else None)."""
+        self._batch.append((folder, files))
+        self._count += len(files.files)
+        self._bytes += size
+        if force or self._count >= PROC_JOB_FILES or self._bytes >= PROC_JOB_BYTES:
+            return self.send()
+        return None
+
+    def drop(self) -> None:
+        """The walk stopped: the files batched and not sent are not written."""
+        batch, self._batch = self._batch, []
+        for folder, _ in batch:
+            self._release(folder)
+
+    def send(self) -> Future[None] | None:
+        """Send the batch to a worker process (None: nothing batched)."""
+        batch, self._batch = self._batch, []
+        self._count = self._bytes = 0
+        if not batch:
+            return None
+        self._slots.acquire()
+        try:
+            fut: Future[JobDone] = self.procs.submit(write_files, [g for _, g in batch])
+        except BaseException:
+            self._slots.release()
+            for folder, _ in batch:
+                self._release(folder)
+            raise
+        done: Future[None] = Future()
+
+        def landed(f: Future[JobDone]) -> None:
+            try:
+                if f.cancelled():
+                    self._landed(None, None)
+                elif (err := f.exception()) is not None:
+                    self._landed(None, err)
+                else:
+                    self._landed(f.result(), None)
+            finally:
+                self._slots.release()
+                for folder, _ in batch:
+                    self._release(folder)
+                done.set_result(None)
+
+        fut.add_done_callback(landed)
+        return done
