@@ -303,6 +303,31 @@ def test_a_running_tasks_progress_is_kept_and_its_change_of_state_stored_at_once
         tasks.report(engine, pcs[0], ids[2], TaskReport(progress=60), later)
 
 
+def test_two_servers_kept_task_progress_lands_newest_last_whatever_the_flush_order(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers each keep the reports they took: the older of two reports, flushed
+    last, is not written over the newer; nor over a change of state stored since."""
+    ticks = iter(dt.datetime(2026, 12, 1, 10, 0, s, tzinfo=dt.UTC) for s in range(50))
+    clock = lambda: next(ticks)  # noqa: E731 - one report, one distinct second
+    monkeypatch.setattr("lamina.server.services.progress.now", clock)
+    monkeypatch.setattr("lamina.server.services.tasks.now", clock)
+    (pc,) = active_devices(engine, 1)
+    tid = _running_task(engine, pc)
+    a, b = (
+        ProgressReports(engine, tasks.store_progress, schedule=lambda _d, _f: None) for _ in "ab"
+    )
+    tasks.report(engine, pc, tid, TaskReport(progress=10, message="10%"), a)
+    tasks.report(engine, pc, tid, TaskReport(progress=20, message="20%"), b)
+    assert b.flush() == 1 and a.flush() == 0
+    assert _task(engine, tid) == (RUNNING, 20, "20%")
+    # A kept 30%; then B took "waiting" and "running again" at once: 30% is older.
+    tasks.report(engine, pc, tid, TaskReport(progress=30, message="30%"), a)
+    tasks.report(engine, pc, tid, TaskReport(progress=35, message="w", state=TaskState.WAITING), b)
+    tasks.report(engine, pc, tid, TaskReport(progress=0, message="again", state=RUNNING), b)
+    assert a.flush() == 0 and _task(engine, tid) == (RUNNING, 0, "again")
+
+
 def test_a_running_tasks_progress_is_visible_after_the_server_stops(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     ctx, _ = open_context(settings)

@@ -139,8 +139,11 @@ def test_workers_stop_when_the_restore_is_interrupted(
     parent = dict_blobs(blobs, key)
     get = parent.get
 
+    pids: list[int] = []
+
     def interrupted(bid: bytes) -> bytes:
         if bid == stop_at:
+            pids.extend(pools[0]._processes or {})  # the workers, while the pool runs
             raise KeyboardInterrupt
         return get(bid)
 
@@ -149,9 +152,8 @@ def test_workers_stop_when_the_restore_is_interrupted(
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         restore_tree(parent, tid, out, processes=2, opener=opener(blobs, key))
-    (pool,) = pools
-    procs = list(pool._processes.values()) if pool._processes else []
-    assert all(not p.is_alive() for p in procs)
+    assert pids
+    assert all(_exited(pid) for pid in pids)
     assert _leftovers(out) == []
     assert not (out / "d3" / "f0").exists()
     for p in out.rglob("*"):
@@ -193,3 +195,15 @@ def test_workers_leave_when_the_restoring_process_is_killed(
         os.close(fd)
         assert ready, "the worker outlived the restoring process"
     assert _leftovers(out) == []
+
+
+def _exited(pid: int) -> bool:
+    """``pid`` has exited (reaped, or a zombie): its pidfd is readable at once."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    finally:
+        os.close(fd)

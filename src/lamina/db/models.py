@@ -307,6 +307,9 @@ tasks = Table(
     Column("claimed_by", String(64), nullable=True),
     # revision 0006: claims so far (an agent restart during a task re-queues it)
     Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+    # revision 0011: when the report the row holds was made (a kept progress report
+    # older than it is not written)
+    timestamp("reported", nullable=True),
 )
 
 # --- layers (revision 0003) ---------------------------------------------------------

@@ -179,7 +179,7 @@ class Restorer:
             self._ahead = ReadAhead(self.store, tree_id, chunks=not self.processes)
         self._open.add(root)
         self._root_fd = root_fd
-        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        pool = ThreadPoolExecutor(self.workers) if self.workers > 1 and not self.processes else None
         self._pool = pool
         if self.processes:
             assert self._opener is not None

@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from typing import TYPE_CHECKING, NamedTuple
 
 from lamina.errors import IntegrityError
@@ -61,6 +62,8 @@ PROC_JOB_FILES = 512
 PROC_JOB_BYTES = 8 << 20
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Python's safe import path (``-P``) as an environment variable
+SAFE_PATH = "PYTHONSAFEPATH"
 #: Folders a worker keeps open (a folder's jobs come one after the other).
 _OPEN_FOLDERS = 16
 
@@ -128,6 +131,7 @@ def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
     that imported the restore's modules once)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["lamina.tree.restore", *setup.opener.modules])
+    start_fork_server()
     pool = ProcessPoolExecutor(
         processes, mp_context=ctx, initializer=_init_worker, initargs=(setup,)
     )
@@ -137,6 +141,23 @@ def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
         target=_start_workers, args=(pool, processes), name="lamina-restore-start", daemon=True
     ).start()
     return pool
+
+
+def start_fork_server() -> None:
+    """Start the fork server (once per process) with Python's safe import path: it runs
+    as ``python -c``, which puts the current folder first on ``sys.path``, so a restore
+    run as root from a folder others can write to would import their ``socket.py``
+    before the fork server sets the parent's path. ``PYTHONSAFEPATH`` (``-P``) is set
+    for that start only."""
+    saved = os.environ.get(SAFE_PATH)
+    os.environ[SAFE_PATH] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ[SAFE_PATH]
+        else:
+            os.environ[SAFE_PATH] = saved
 
 
 def _start_workers(pool: ProcessPoolExecutor, processes: int) -> None:
@@ -212,14 +233,20 @@ def _check_same(fd: int, ident: tuple[int, int], rel: bytes) -> None:
 
 
 _worker: _Worker | None = None
+#: Why this worker could not set up (raised by its jobs, so the restore fails with it:
+#: an error in a pool's initializer reaches the parent only as a broken pool)
+_setup_error: BaseException | None = None
 
 
 def _init_worker(setup: WorkerSetup) -> None:
-    global _worker
+    global _worker, _setup_error
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the restoring process stops the workers
     signal.signal(signal.SIGTERM, _stopped)
     threading.Thread(target=_watch_parent, args=(setup.parent,), daemon=True).start()
-    _worker = _Worker(setup)
+    try:
+        _worker = _Worker(setup)
+    except Exception as e:  # e.g. the target swapped, the store or the server refusing
+        _setup_error = e
 
 
 def _stopped(signum: int, frame: object) -> None:
@@ -234,7 +261,11 @@ def _watch_parent(parent: int) -> None:
     try:
         fd = os.pidfd_open(parent)
     except ProcessLookupError:
+        fd = None  # gone already
+    except OSError:  # no pidfd here (an old kernel, a seccomp filter): ask every second
         fd = None
+        while _alive(parent):
+            time.sleep(1)
     if fd is not None:
         select.select([fd], [], [])  # readable once the process has exited
     main = threading.main_thread().ident
@@ -244,8 +275,20 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and another user's
+        pass
+    return True
+
+
 def write_files(job: list[FolderFiles]) -> JobDone:
     """A worker's job (``ProcessPoolExecutor.submit``)."""
+    if _setup_error is not None:
+        raise _setup_error
     assert _worker is not None, "not a restore worker"
     return _worker.run(job)
 

@@ -141,7 +141,9 @@ class ReadProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lamina.tree.scan_proc", str(theirs.fileno())],
+                # -P: not the current folder first on sys.path (``-m`` puts it there: a
+                # backup run as root from a folder others write to would import theirs)
+                [sys.executable, "-P", "-m", "lamina.tree.scan_proc", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, or_, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import tasks
@@ -207,6 +207,7 @@ def report(
                 update={"message": f"{rep.message} (cancelled too late: a boot applied it)"}
             )
         values = _progress_values(rep)
+        values["reported"] = now()
         if rep.state:
             values["state"] = rep.state
             if rep.state in (DONE, FAILED):
@@ -229,12 +230,14 @@ def store_progress(
     c: Connection, task_id: str, values: JsonObject, at: dt.datetime, newer_only: bool = False
 ) -> bool:
     """Write a running task's progress kept a moment (``ProgressReports``, flushed): only
-    while the task is still running the claim it was reported in (``newer_only``: claimed
-    no later than ``at``), never over the state a later report stored. True if written."""
+    while the task is still running, and (``newer_only``) in the claim it was reported in
+    (claimed no later than ``at``) and over no report made after ``at`` (``reported``: with
+    two servers, each flushing its own, the older of two reports may land last).
+    True if written."""
     q = update(tasks).where(tasks.c.id == task_id, tasks.c.state == RUNNING)
     if newer_only:
-        q = q.where(tasks.c.started <= at)
-    return bool(c.execute(q.values(**values)).rowcount)
+        q = q.where(tasks.c.started <= at, or_(tasks.c.reported.is_(None), tasks.c.reported <= at))
+    return bool(c.execute(q.values(**values, reported=at)).rowcount)
 
 
 def get_for_device(engine: Engine, device: Principal, task_id: str) -> TaskPublic:
