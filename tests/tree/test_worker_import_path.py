@@ -25,10 +25,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 from lamina.tree import restore_procs
 
-ctx = multiprocessing.get_context("forkserver")
-restore_procs.start_fork_server()
-with ProcessPoolExecutor(1, mp_context=ctx) as pool:
-    print(pool.submit(abs, -3).result())
+if __name__ == "__main__":  # the fork server's workers run this file as __mp_main__
+    ctx = multiprocessing.get_context("forkserver")
+    restore_procs.start_fork_server()
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        print(pool.submit(abs, -3).result())
 """
 
 SCAN_WORKER = """
