@@ -42,13 +42,13 @@ def test_a_restore_runs_with_older_objects_frozen_and_fewer_young_passes(
     assert gc.get_freeze_count() == 0
     held = len(gc.get_objects())
     seen: list[tuple[int, int]] = []
-    real = Restorer._files
+    real = Restorer.write_job
 
     def files(self: Restorer, queued, target) -> None:  # type: ignore[no-untyped-def]
         seen.append((gc.get_freeze_count(), gc.get_threshold()[0]))
         real(self, queued, target)
 
-    monkeypatch.setattr(Restorer, "_files", files)
+    monkeypatch.setattr(Restorer, "write_job", files)
     st = restore_tree(store, tid, tmp_path / "out", workers=2)
     assert st.errors == [] and st.files == 5
     assert seen

@@ -267,13 +267,13 @@ def test_small_files_go_to_the_pool_a_folder_batch_at_a_time(
         write(root / "big" / f"b{i}", os.urandom(restore_mod.JOB_BYTES), MTIME)
     tid, _ = scan_tree(store, root)
     jobs: list[int] = []
-    real = Restorer._files
+    real = Restorer.write_job
 
     def files(self: Restorer, queued, target) -> None:  # type: ignore[no-untyped-def]
         jobs.append(len(queued))
         real(self, queued, target)
 
-    monkeypatch.setattr(Restorer, "_files", files)
+    monkeypatch.setattr(Restorer, "write_job", files)
     out = tmp_path / "out"
     st = restore_tree(store, tid, out, workers=4)
     assert st.errors == [] and st.files == n + 3

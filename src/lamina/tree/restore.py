@@ -33,11 +33,8 @@ device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import secrets
-import shutil
 import stat
 import threading
 from collections.abc import Callable, Sequence
@@ -54,8 +51,7 @@ from lamina.tree.names import split_path
 from lamina.tree.paths import missing_paths, selects
 from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_batches import ProcessJobs
-from lamina.tree.restore_file import ContentProof, write_content
-from lamina.tree.restore_meta import ACLS, Metadata
+from lamina.tree.restore_meta import ACLS
 from lamina.tree.restore_procs import (
     FolderFiles,
     JobDone,
@@ -72,6 +68,7 @@ from lamina.tree.restore_types import (
     RestoreStats,
     Target,
 )
+from lamina.tree.restore_writer import FileWriter
 from lamina.tree.sources import in_batches, stop_reading_ahead
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -85,7 +82,7 @@ JOB_FILES = 32
 JOB_BYTES = 1 << 20
 
 
-class Restorer:
+class Restorer(FileWriter):
     def __init__(
         self,
         store: BlobSource,
@@ -110,39 +107,27 @@ class Restorer:
         ``store``): a whole restore into an empty folder writes its files in
         that many worker processes instead (``lamina.tree.restore_procs``; the caller
         decides by size with ``processes_for``); any other restore uses threads."""
-        self.store = store
         self.selected = [split_path(p) for p in paths]
         self.delete_extra = delete_extra
-        self.progress = progress
-        self.chunking = chunking
         self.keep_aside = os.fsencode(keep_aside) if keep_aside else None
-        self.special_files = special_files
-        self.same_owner = same_owner
-        self.stats = RestoreStats()
-        self.meta = Metadata(
-            special_files=special_files, same_owner=same_owner, report=self._report
+        super().__init__(
+            store,
+            progress=progress,
+            chunking=chunking,
+            special_files=special_files,
+            same_owner=same_owner,
         )
-        self._ids = (os.geteuid(), os.getegid())
         #: hard-link key -> the first path restored with it (relative to the root)
         self._links: dict[bytes, bytes] = {}
         #: Descriptors of folders without a default ACL (new files there inherit none).
         self._no_default_acl: set[int] = set()
         #: Of those, the ones not setgid and of our egid (new files there are ours).
         self._plain_group: set[int] = set()
-        #: Descriptors of folders this restore created (empty when made).
-        self._fresh: set[int] = set()
-        #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
-        self._tmp_prefix = secrets.token_hex(4).encode()
-        self._tmp_count = 0
-        self._proof = ContentProof(chunking) if chunking is not None else None
         self.workers = max(1, workers)
-        self._lock = threading.Lock()
         #: file jobs in flight (bounded: each may hold a file's chunks)
         self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
         self._pool: ThreadPoolExecutor | None = None
         self._jobs: set[Future[None]] = set()
-        #: the first fatal error of a file job; no new file starts after it
-        self._fatal: BaseException | None = None
         #: the trees read ahead of the walk (a restore into an empty folder)
         self._ahead: ReadAhead | None = None
         #: folders whose descriptor is still open
@@ -285,13 +270,6 @@ class Restorer:
         os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
         self.stats.kept.append(os.fsdecode(b"/".join([*rel[:-1], aside])))
 
-    def _error(self, rel: list[bytes], err: OSError) -> None:
-        self._report(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
-
-    def _report(self, message: str) -> None:
-        with self._lock:
-            self.stats.errors.append(message)
-
     # --- folders and file jobs -----------------------------------------------
     def _release(self, folder: Folder) -> None:
         """One thing inside ``folder`` (or the walk of it) is done; the last one sets the
@@ -332,7 +310,7 @@ class Restorer:
         )
         if self._procs is not None:
             return self._batch_files(files, size, target, force)
-        return self._submit(folder, functools.partial(self._files, files, target))
+        return self._submit(folder, functools.partial(self.write_job, files, target))
 
     def _batch_files(
         self, files: list[Queued], size: int, target: Target, force: bool
@@ -367,16 +345,6 @@ class Restorer:
                 if self.progress:
                     self.progress(got.files, got.bytes)
 
-    def _files(self, files: list[Queued], target: Target) -> None:
-        """One job: the files of one folder, one after the other."""
-        for e, rel, existing in files:
-            if self._fatal is not None:
-                return
-            try:
-                self._file(e, target, existing)
-            except OSError as err:
-                self._error(rel, err)
-
     def _submit(self, folder: Folder, job: Callable[[], None]) -> Future[None]:
         """Run ``job`` (files of ``folder``; it reports their ``OSError``) on the pool, or
         now without one."""
@@ -407,23 +375,6 @@ class Restorer:
             self._slots.release()
             self._release(folder)
             raise
-
-    def _existing(self, fd: int, name: bytes) -> os.stat_result | None:
-        if fd in self._fresh:  # a folder this restore created: it held nothing
-            return None
-        try:
-            return os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-
-    def _remove(self, fd: int, name: bytes) -> None:
-        st = self._existing(fd, name)
-        if st is None:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(os.fsdecode(name), dir_fd=fd)
-        else:
-            os.unlink(name, dir_fd=fd)
 
     def _entry(self, e: Entry, folder: Folder, rel: list[bytes], everything: bool) -> None:
         fd = folder.fd
@@ -509,83 +460,12 @@ class Restorer:
         with self._lock:
             self.stats.files += 1
 
-    def _file(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
-        fd = target.folder.fd
-        if (
-            existing is not None
-            and stat.S_ISREG(existing.st_mode)
-            and existing.st_size == e.size
-            and self._keep_verified(e, fd, existing)
-        ):
-            with self._lock:
-                self.stats.skipped += 1
-                self.stats.files += 1
-                if self.progress:
-                    self.progress(1, e.size)
-            return
-        self._write(e, target, existing)
-
-    def _keep_verified(self, e: Entry, fd: int, existing: os.stat_result) -> bool:
-        """Keep the file in place only if it re-chunks to the tree's chunk ids; then
-        reapply its metadata. Without the chunking secret nothing is proved."""
-        if self._proof is None:
-            return False
-        f = self._proof.open_if_same(fd, e, existing)
-        if f is None:
-            return False
-        try:
-            self.meta.on_fd(f, e)
-        finally:
-            os.close(f)
-        return True
-
-    def _tmp_name(self) -> bytes:
-        with self._lock:
-            self._tmp_count += 1
-            count = self._tmp_count
-        return b".lamina-restore-%s%08x" % (self._tmp_prefix, count)
-
     def _node(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
         def replace_dir() -> None:
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 self._remove(fd, e.name)
 
         self.meta.make_node(e, fd, self._tmp_name(), replace_dir)
-
-    def _write(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
-        """Write a file's content under a temporary name, then rename it."""
-        fd = target.folder.fd
-        tmp = self._tmp_name()
-        out = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=fd,
-        )
-        try:
-            write_content(out, e, self.store.get_many)
-            self.meta.on_fd(
-                out,
-                e,
-                inherits_acl=target.inherits_acl,
-                # A new file in a folder that is not setgid and has our egid is owned by
-                # our euid/egid: a chown to that same owner would change nothing.
-                owned=target.plain_group and (e.uid, e.gid) == self._ids,
-            )
-        except BaseException:
-            os.close(out)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=fd)
-            raise
-        os.close(out)
-        if existing is not None and stat.S_ISDIR(existing.st_mode):
-            self._remove(fd, e.name)
-        os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
-        with self._lock:
-            self.stats.files += 1
-            self.stats.bytes += e.size
-            if self.progress:
-                self.progress(1, e.size)
 
 
 def restore_tree(

@@ -7,7 +7,7 @@ stays in the calling process (folders, symlinks, nodes, hard links, every folder
 metadata, in the same order as with threads) and hands each job of regular files to
 one of ``processes`` workers. A worker has its own blob source (``opener``: its own
 store reader, or its own HTTP client) and writes its files exactly as the threads do
-(``Restorer._files``: temporary name, every blob verified, metadata, rename).
+(``FileWriter.write_job``: temporary name, every blob verified, metadata, rename).
 
 A worker reaches a job's folder from the target by its path, one component at a time,
 never following a symlink (``O_NOFOLLOW``), and writes there only when that folder is
@@ -37,14 +37,13 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import forkserver
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from lamina.errors import IntegrityError
 from lamina.tree.model import Entry
-
-if TYPE_CHECKING:
-    from lamina.tree.restore import Restorer
-    from lamina.tree.restore_types import BlobSource
+from lamina.tree.restore_types import BlobSource, Folder, RestoreStats, Target
+from lamina.tree.restore_writer import FileWriter
+from lamina.tree.sources import in_batches
 
 #: An entry's fields in ``Entry``'s order, as one tuple (``Entry(*fields)`` makes it again).
 entry_fields = operator.attrgetter(*Entry.__dataclass_fields__)
@@ -172,20 +171,14 @@ def _ready() -> None:
 
 class _Worker:
     def __init__(self, setup: WorkerSetup) -> None:
-        from lamina.tree.restore import Restorer
-        from lamina.tree.sources import in_batches
-
         self.root = os.open(setup.target, _DIR_FLAGS)
         _check_same(self.root, setup.ident, b"")
         # A store's reads are local: a worker reads each batch when it needs it (no
         # threads reading ahead: as fast with both cores busy, and less CPU; "Restores
         # (session 12)" in docs/design.md). A server's answers travel: read ahead.
         self.source = in_batches(setup.opener.open(), store_ahead=False)
-        self.restorer: Restorer = Restorer(
-            self.source,
-            special_files=setup.special_files,
-            same_owner=setup.same_owner,
-            workers=1,
+        self.writer = FileWriter(
+            self.source, special_files=setup.special_files, same_owner=setup.same_owner
         )
         self.folders: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
 
@@ -210,16 +203,14 @@ class _Worker:
         return fd
 
     def run(self, job: list[FolderFiles]) -> JobDone:
-        from lamina.tree.restore_types import Folder, RestoreStats, Target
-
         groups = [(g, [Entry(*f) for f in g.files]) for g in job]  # type: ignore[arg-type]
         self.source.prefetch([c for _, entries in groups for e in entries for c in e.chunk_ids()])
-        r = self.restorer
+        r = self.writer
         r.stats = RestoreStats()
         for g, entries in groups:
             fd = self.folder(g.rel, g.ident)
             target = Target(Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
-            r._files([(e, [*g.rel, e.name], None) for e in entries], target)
+            r.write_job([(e, [*g.rel, e.name], None) for e in entries], target)
         return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
 
 
@@ -293,7 +284,7 @@ def write_files(job: list[FolderFiles]) -> JobDone:
     return _worker.run(job)
 
 
-def parent_setup(opener: Opener, target: bytes, root_fd: int, restorer: Restorer) -> WorkerSetup:
+def parent_setup(opener: Opener, target: bytes, root_fd: int, restorer: FileWriter) -> WorkerSetup:
     st = os.fstat(root_fd)
     return WorkerSetup(
         opener,

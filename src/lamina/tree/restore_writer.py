@@ -1,0 +1,164 @@
+"""Writing a restore's regular files: each under a temporary name, then its metadata,
+then renamed to its name; or kept in place when it is proved to hold the tree's content.
+
+The restorer (``lamina.tree.restore.Restorer``, a ``FileWriter``) walks the tree and hands
+files to its threads; a restore's worker processes (``lamina.tree.restore_procs``) write
+theirs with a ``FileWriter`` of their own. Every operation goes through the descriptor of
+the folder being filled and never follows a symlink (see ``lamina.tree.restore``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import stat
+import threading
+
+from lamina.store.keys import ChunkingSecret
+from lamina.store.progress import AdvanceFn
+from lamina.tree.model import Entry
+from lamina.tree.restore_file import ContentProof, write_content
+from lamina.tree.restore_meta import Metadata
+from lamina.tree.restore_types import BlobSource, Queued, RestoreStats, Target
+
+
+class FileWriter:
+    """Writes regular files into folders the caller holds open (thread-safe)."""
+
+    def __init__(
+        self,
+        store: BlobSource,
+        *,
+        progress: AdvanceFn | None = None,
+        chunking: ChunkingSecret | None = None,
+        special_files: bool = True,
+        same_owner: bool = True,
+    ) -> None:
+        """``chunking``: proves a file already in place holds the tree's content (without
+        it, every file is rewritten). ``special_files``, ``same_owner``: as ``Restorer``."""
+        self.store = store
+        self.progress = progress
+        self.chunking = chunking
+        self.special_files = special_files
+        self.same_owner = same_owner
+        self.stats = RestoreStats()
+        self.meta = Metadata(
+            special_files=special_files, same_owner=same_owner, report=self._report
+        )
+        self._ids = (os.geteuid(), os.getegid())
+        #: Descriptors of folders this restore created (empty when made).
+        self._fresh: set[int] = set()
+        #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
+        self._tmp_prefix = secrets.token_hex(4).encode()
+        self._tmp_count = 0
+        self._proof = ContentProof(chunking) if chunking is not None else None
+        self._lock = threading.Lock()
+        #: the first fatal error of a file job; no new file starts after it
+        self._fatal: BaseException | None = None
+
+    def write_job(self, files: list[Queued], target: Target) -> None:
+        """One job: the files of one folder, one after the other."""
+        for e, rel, existing in files:
+            if self._fatal is not None:
+                return
+            try:
+                self._file(e, target, existing)
+            except OSError as err:
+                self._error(rel, err)
+
+    def _file(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
+        fd = target.folder.fd
+        if (
+            existing is not None
+            and stat.S_ISREG(existing.st_mode)
+            and existing.st_size == e.size
+            and self._keep_verified(e, fd, existing)
+        ):
+            with self._lock:
+                self.stats.skipped += 1
+                self.stats.files += 1
+                if self.progress:
+                    self.progress(1, e.size)
+            return
+        self._write(e, target, existing)
+
+    def _keep_verified(self, e: Entry, fd: int, existing: os.stat_result) -> bool:
+        """Keep the file in place only if it re-chunks to the tree's chunk ids; then
+        reapply its metadata. Without the chunking secret nothing is proved."""
+        if self._proof is None:
+            return False
+        f = self._proof.open_if_same(fd, e, existing)
+        if f is None:
+            return False
+        try:
+            self.meta.on_fd(f, e)
+        finally:
+            os.close(f)
+        return True
+
+    def _write(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
+        """Write a file's content under a temporary name, then rename it."""
+        fd = target.folder.fd
+        tmp = self._tmp_name()
+        out = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=fd,
+        )
+        try:
+            write_content(out, e, self.store.get_many)
+            self.meta.on_fd(
+                out,
+                e,
+                inherits_acl=target.inherits_acl,
+                # A new file in a folder that is not setgid and has our egid is owned by
+                # our euid/egid: a chown to that same owner would change nothing.
+                owned=target.plain_group and (e.uid, e.gid) == self._ids,
+            )
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
+        os.close(out)
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            self._remove(fd, e.name)
+        os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
+        with self._lock:
+            self.stats.files += 1
+            self.stats.bytes += e.size
+            if self.progress:
+                self.progress(1, e.size)
+
+    def _tmp_name(self) -> bytes:
+        with self._lock:
+            self._tmp_count += 1
+            count = self._tmp_count
+        return b".lamina-restore-%s%08x" % (self._tmp_prefix, count)
+
+    def _existing(self, fd: int, name: bytes) -> os.stat_result | None:
+        if fd in self._fresh:  # a folder this restore created: it held nothing
+            return None
+        try:
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _remove(self, fd: int, name: bytes) -> None:
+        st = self._existing(fd, name)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(os.fsdecode(name), dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+
+    def _error(self, rel: list[bytes], err: OSError) -> None:
+        self._report(f"{os.fsdecode(b'/'.join(rel))}: {err.strerror}")
+
+    def _report(self, message: str) -> None:
+        with self._lock:
+            self.stats.errors.append(message)
