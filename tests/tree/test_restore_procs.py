@@ -118,6 +118,28 @@ def test_the_worker_count_follows_the_size_and_the_cores() -> None:
     assert processes_for(10**6, 10**12, cores=1) == 0
 
 
+def test_a_partial_restore_or_one_onto_files_stays_on_threads(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes are asked for (the callers decide by size alone): a restore of some
+    paths, or into a folder that holds files, starts none and is exact."""
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    started: list[int] = []
+    monkeypatch.setattr("lamina.tree.restore.start", lambda setup, n: started.append(n))
+    part = tmp_path / "part"
+    restore_tree(
+        dict_blobs(blobs, key), tid, part, paths=["d2"], processes=2, opener=opener(blobs, key)
+    )
+    assert_same_tree(src / "d2", part / "d2")
+    onto = tmp_path / "onto"
+    write(onto / "d3" / "f5", b"old", MTIME)
+    restore_tree(dict_blobs(blobs, key), tid, onto, processes=2, opener=opener(blobs, key))
+    assert (onto / "d3" / "f5").read_bytes() == (src / "d3" / "f5").read_bytes()
+    assert started == []
+
+
 def test_workers_stop_when_the_restore_is_interrupted(
     store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -256,7 +256,7 @@ def restore(
             progress=advance,
             special_files=special_files,
             same_owner=same_owner,
-            processes=0 if path else processes_for(snap["files"], snap["bytes"]),
+            processes=processes_for(snap["files"], snap["bytes"]),
             opener=Opener(
                 functools.partial(worker_blobs, api.url, api.token, id_key), ("lamina.cli.cvd",)
             ),

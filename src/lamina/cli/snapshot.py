@@ -155,7 +155,7 @@ def restore(
                 chunking=s.keys.chunking,
                 special_files=special_files,
                 same_owner=same_owner,
-                processes=0 if path else processes_for(snap.files, snap.bytes),
+                processes=processes_for(snap.files, snap.bytes),
                 opener=Opener(
                     functools.partial(open_store, loc),
                     ("lamina.cli.store_open", "lamina.db.stores"),

@@ -153,10 +153,9 @@ class Restorer(FileWriter):
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
         root = Folder(root_fd, [], None, None)
-        whole = not self.selected and not os.listdir(root_fd)
-        if not whole:
-            self.processes = 0
-        if whole:
+        if self.selected or os.listdir(root_fd):
+            self.processes = 0  # worker processes only for a whole restore into an empty folder
+        else:
             # Into an empty folder nothing is in place to keep: every chunk queued ahead
             # is one a file job will ask for, so a store reads them in batches. With
             # worker processes the files' chunks are theirs to read: only trees here.

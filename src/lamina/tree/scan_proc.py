@@ -352,7 +352,7 @@ class _WorkerSink:
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         if self.seal:
             flag, payload = blob.compress(data)
-            sealed = b"".join(blob.seal_parts(self._data_key, kind, bid, flag, payload))
+            sealed = blob.seal(self._data_key, kind, bid, flag, payload)
             self.out.append((bid, sealed, len(data)))
         else:
             self.out.append((bid, bytes(data), len(data)))
