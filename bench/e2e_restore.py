@@ -1,7 +1,7 @@
 """Restores through the server, pass after pass, with each pass's CPU split per process.
 
 ``python -m bench.e2e_restore --size-mb 300 --passes 4`` builds a share of /usr (as
-``bench.e2e``), syncs it once with an agent, then restores the latest snapshot through
+``bench.e2e``; ``--small-files N``: ``make bench``'s small corpus instead), syncs it once with an agent, then restores the latest snapshot through
 the server ``--passes`` times (``cvd restore --output`` as the admin, as ``bench.e2e``
 step 4: the server hashes each blob). Per pass it prints wall time, the client's user and system CPU
 (``wait4`` of that one process, plus its restore's worker processes and their fork server,
@@ -150,6 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.e2e_restore", description=__doc__.split("\n\n")[0]
     )
     ap.add_argument("--size-mb", type=int, default=300)
+    ap.add_argument(
+        "--small-files",
+        type=int,
+        default=0,
+        help="restore make bench's small corpus of this many files (bench.method.build_small_files) "
+        "instead of a /usr share",
+    )
     ap.add_argument("--passes", type=int, default=4)
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--profile", choices=("client", "perf", "none"), default="none")
@@ -173,7 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rmtree(work)
     work.mkdir(parents=True)
     corpus = work / "corpus"
-    build_corpus(corpus, DEFAULT_GROUPS, args.size_mb * 1024 * 1024)
+    if args.small_files:
+        corpus.mkdir()
+        method.build_small_files(corpus, args.small_files, 1)  # make bench's --seed default
+    else:
+        build_corpus(corpus, DEFAULT_GROUPS, args.size_mb * 1024 * 1024)
     lam = LaminaE2E(work / "lamina", clean_env(), corpus)
     try:
         lam.setup(start_timeout=300)
