@@ -26,6 +26,22 @@ def test_compressible_data_is_stored_compressed_and_random_raw() -> None:
     assert len(sealed) == len(rnd) + blob.OVERHEAD
 
 
+def test_blobs_are_compressed_at_level_1_and_a_level_3_blob_still_reads() -> None:
+    """The level is no part of the format: blobs written at level 3 (before session 13)
+    open as before; new ones are level-1 frames (a third less CPU per byte)."""
+    import zstandard
+
+    data = b"".join(b"line %d of a text file, compressible\n" % i for i in range(5000))
+    flag, payload = blob.compress(data)
+    assert flag == blob.FLAG_ZSTD
+    assert payload == zstandard.ZstdCompressor(level=1).compress(data)
+    old = zstandard.ZstdCompressor(level=3).compress(data)
+    assert old != payload
+    bid = blob.blob_id(IK, data)
+    sealed = blob.seal(DK, BlobKind.DATA, bid, blob.FLAG_ZSTD, old)
+    assert blob.open_sealed(DK, IK, BlobKind.DATA, bid, sealed, len(data)) == data
+
+
 def test_id_is_keyed() -> None:
     assert blob.blob_id(IK, b"hello") != blob.blob_id(os.urandom(32), b"hello")
     assert blob.blob_id(IK, b"hello") == blob.blob_id(IK, b"hello")

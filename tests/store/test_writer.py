@@ -75,3 +75,28 @@ def test_sealed_blobs_added_many_at_once_are_stored_once_each(store: Store) -> N
         assert w.new_blobs == 3
     assert store.catalog.missing(set(ids), kind=BlobKind.DATA) == set()
     assert [store.get(i) for i in ids] == plain
+
+
+def test_a_full_pack_is_finished_by_the_upload_thread_not_under_the_writers_lock(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Joining a full pack's blobs, hashing it and sealing its header run in the pack-upload
+    thread: a reading thread that fills a pack hands it over and goes on adding."""
+    import threading
+
+    from lamina.store.pack import PackWriter
+
+    finished_in: list[str] = []
+    real = PackWriter.finish
+
+    def finish(self: PackWriter, nonce: bytes = b"") -> object:
+        finished_in.append(threading.current_thread().name)
+        return real(self, nonce)
+
+    monkeypatch.setattr(PackWriter, "finish", finish)
+    datas = [os.urandom(100_000) for _ in range(8)]  # 800 kB: three 256 kB packs and more
+    with store.writer() as w:
+        ids = [w.put(BlobKind.DATA, d) for d in datas]
+    assert len(finished_in) >= 3
+    assert set(finished_in) == {"pack-upload"}
+    assert [store.get(i) for i in ids] == datas

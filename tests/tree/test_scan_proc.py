@@ -196,3 +196,34 @@ def test_a_worker_that_cannot_start_leaves_the_reading_to_the_threads(
     monkeypatch.setattr(scan_proc.subprocess, "Popen", no_process)
     done = backup(store, src, processes=1, process_after=0)
     assert done.stats.files_read == 124 and not done.stats.errors
+
+
+def test_a_message_is_received_into_one_buffer_of_its_size() -> None:
+    """A worker's answer (megabytes of sealed blobs) is read with ``recv_into`` into one
+    buffer of the message's size: never ``recv(n)`` of the whole rest (an ``n``-byte
+    allocation per call) and pieces joined and copied again."""
+    body = os.urandom(3 * 1024 * 1024)
+
+    class Socket:
+        """Gives at most 64 KiB per call, as a socket's buffer does."""
+
+        def __init__(self, data: bytes) -> None:
+            self.data = memoryview(data)
+            self.asked: list[int] = []
+
+        def recv(self, n: int) -> bytes:
+            self.asked.append(n)
+            got, self.data = self.data[: min(n, 65536)], self.data[min(n, 65536) :]
+            return bytes(got)
+
+        def recv_into(self, view: memoryview) -> int:
+            n = min(len(view), len(self.data), 65536)
+            view[:n] = self.data[:n]
+            self.data = self.data[n:]
+            return n
+
+    sock = Socket(scan_proc._LEN.pack(len(body)) + body)
+    got = scan_proc._recv(sock)  # type: ignore[arg-type]
+    assert got is not None and got[0] == body and got[1] == []
+    assert sock.asked == [scan_proc._LEN.size]  # only the length was read by ``recv``
+    assert scan_proc._recv(Socket(b"")) is None  # type: ignore[arg-type]

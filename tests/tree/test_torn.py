@@ -30,8 +30,10 @@ def patch_chunking(
     tries: list[int] = []
     real = Scanner._chunk_fd
 
-    def chunk_fd(self: Scanner, fd: int, st: os.stat_result, add: object) -> list[bytes | int]:
-        content = real(self, fd, st, add)  # type: ignore[arg-type]
+    def chunk_fd(
+        self: Scanner, fd: int, st: os.stat_result, add: object, settle: object
+    ) -> list[bytes | int]:
+        content = real(self, fd, st, add, settle)  # type: ignore[arg-type]
         if os.readlink(f"/proc/self/fd/{fd}").encode().endswith(victim):
             tries.append(len(tries) + 1)
             between(len(tries))

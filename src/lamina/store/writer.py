@@ -19,7 +19,7 @@ from lamina.store.batch import TreeBatcher
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.keys import ChunkingSecret
-from lamina.store.pack import FinishedPack, PackWriter, pack_object_name
+from lamina.store.pack import PackWriter, pack_object_name
 from lamina.store.snapshot import decode_snapshot, encode_snapshot
 
 if TYPE_CHECKING:  # the store makes writers; a writer only uses it
@@ -69,7 +69,9 @@ class Writer:
         self._asked = 0
         self._next_try = _KNOWN_AFTER
         self._known_lock = threading.Lock()
-        self._queue: queue.Queue[FinishedPack | None] = queue.Queue(maxsize=_PACKS_QUEUED)
+        #: Full packs, finished (joined, hashed, header sealed) by the upload thread: not
+        #: under ``_lock``, where every reading thread waited for it.
+        self._queue: queue.Queue[PackWriter | None] = queue.Queue(maxsize=_PACKS_QUEUED)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._upload_loop, name="pack-upload", daemon=True)
         self._thread.start()
@@ -92,12 +94,13 @@ class Writer:
 
     def _upload_loop(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            full = self._queue.get()
+            if full is None:
                 return
             if self._error is not None:
                 continue
             try:
+                item = full.finish()
                 cat = self.store.catalog
                 cat.begin_pack(item.name)
                 self.store.backend.write(pack_object_name(item.name), item.data)
@@ -230,12 +233,12 @@ class Writer:
 
     def _ship(self) -> None:
         if self._pack.count:
-            finished = self._pack.finish()
+            full, self._pack = self._pack, PackWriter(self.store.keys.data_key)
             self._pack_ids = set()
             while True:
                 self._check()
                 try:
-                    self._queue.put(finished, timeout=_QUEUE_POLL)
+                    self._queue.put(full, timeout=_QUEUE_POLL)
                     return
                 except queue.Full:
                     continue

@@ -23,9 +23,18 @@ class FileChangedError(Exception):
 
 
 def chunk_fd(
-    fd: int, st: os.stat_result, chunker: Chunker, add: Callable[[memoryview | bytes], bytes]
+    fd: int,
+    st: os.stat_result,
+    chunker: Chunker,
+    add: Callable[[memoryview | bytes], bytes],
+    settle: Callable[[], None] | None = None,
 ) -> list[bytes | int]:
-    """A file's content as a tree entry holds it: chunk ids (``add`` of each chunk) and holes."""
+    """A file's content as a tree entry holds it: chunk ids (``add`` of each chunk) and holes.
+
+    Without ``settle`` each chunk is ``bytes`` of its own. With it, a chunk is a view of
+    the reading thread's buffer, valid until ``settle()`` returns: ``settle`` is called
+    before that buffer is written again (and before ``chunk_fd`` returns or raises), so
+    ``add`` may hold the views until then (``cut_piece``)."""
     small = small_content(fd, st, chunker.secret.min_size, add)
     if small is not None:
         return small
@@ -40,7 +49,7 @@ def chunk_fd(
         # Cut an extent in pieces; each piece at content-defined points.
         while off < end:
             piece = min(end - off, READ_PIECE)
-            content.extend(add(c) for c in cut_piece(fd, off, piece, chunker))
+            content.extend(add(c) for c in cut_piece(fd, off, piece, chunker, settle=settle))
             off += piece
         pos = end
     if pos < size:
@@ -66,8 +75,13 @@ def small_content(
 
 
 def cut_piece(
-    fd: int, off: int, size: int, chunker: Chunker, step: int = READ_STEP
-) -> Iterator[bytes]:
+    fd: int,
+    off: int,
+    size: int,
+    chunker: Chunker,
+    step: int = READ_STEP,
+    settle: Callable[[], None] | None = None,
+) -> Iterator[bytes | memoryview]:
     """The chunks of ``size`` bytes at ``off``, exactly as one ``chunker.cut`` of the
     whole piece gives them, read ``step`` bytes at a time.
 
@@ -75,7 +89,12 @@ def cut_piece(
     of a buffer but its last (which the buffer's end may have cut short) is final; the
     last is carried over to the buffer's start and cut again with the next read. Reads
     go into one buffer (``readinto``-style), reused by the thread for every step and
-    file: no new buffer, and no copy to join the carried bytes, per step."""
+    file: no new buffer, and no copy to join the carried bytes, per step.
+
+    Each chunk is a copy of its own, or with ``settle`` a view of that buffer (no copy:
+    a 2nd endpoint's chunks the store holds are never copied at all), and ``settle()``
+    is called before the buffer is written again and when the piece is done or fails:
+    after it, no view handed out may be read."""
     # carried bytes and one read are disjoint parts of the piece: never more than it
     view = _buffer(min(size, step + chunker.secret.max_size))
     carry = 0
@@ -90,13 +109,19 @@ def cut_piece(
             chunks = list(chunker.cut(view[: carry + n]))
             last = bytes(chunks.pop()) if done < size else b""
             for chunk in chunks:
-                yield bytes(chunk)
+                yield chunk if settle is not None else bytes(chunk)
             chunks.clear()
+            if settle is not None:
+                settle()  # before the carried bytes or the next read overwrite the views
             carry = len(last)
             view[:carry] = last
     finally:
-        _local.busy = outer
-        view.release()
+        try:
+            if settle is not None:
+                settle()  # also after a failed read: the buffer goes to the next file
+        finally:
+            _local.busy = outer
+            view.release()
 
 
 _local = threading.local()

@@ -87,12 +87,16 @@ class WorkerDiedError(LaminaError):
 # --- framing -------------------------------------------------------------------------
 
 
-def _recv_exact(sock: socket.socket, n: int, into: bytearray) -> bool:
-    while len(into) < n:
-        got = sock.recv(n - len(into))
+def _recv_exact(sock: socket.socket, into: bytearray) -> bool:
+    """Fill ``into``; False if the stream ends first. Straight into the buffer
+    (``recv_into``): ``recv(n)`` allocated ``n`` bytes per call, and the pieces were then
+    joined and copied once more (a job's answer is megabytes)."""
+    view = memoryview(into)
+    while view:
+        got = sock.recv_into(view)
         if not got:
             return False
-        into += got
+        view = view[got:]
     return True
 
 
@@ -104,7 +108,7 @@ def _send(sock: socket.socket, body: bytes, fds: list[int] | None = None) -> Non
     sock.sendall(body)
 
 
-def _recv(sock: socket.socket, max_fds: int = 0) -> tuple[bytes, list[int]] | None:
+def _recv(sock: socket.socket, max_fds: int = 0) -> tuple[bytearray, list[int]] | None:
     """One message and the descriptors that came with it; None at the end of the stream."""
     head = bytearray()
     fds: list[int] = []
@@ -114,10 +118,13 @@ def _recv(sock: socket.socket, max_fds: int = 0) -> tuple[bytes, list[int]] | No
             return None
         head += data
     try:
-        if not _recv_exact(sock, _LEN.size, head):
-            raise EOFError
-        body = bytearray()
-        if not _recv_exact(sock, _LEN.unpack(head)[0], body):
+        while len(head) < _LEN.size:
+            got = sock.recv(_LEN.size - len(head))
+            if not got:
+                raise EOFError
+            head += got
+        body = bytearray(_LEN.unpack(head)[0])
+        if not _recv_exact(sock, body):
             raise EOFError
     except BaseException:
         for fd in fds:
@@ -125,7 +132,7 @@ def _recv(sock: socket.socket, max_fds: int = 0) -> tuple[bytes, list[int]] | No
         if not head:
             return None
         raise
-    return bytes(body), fds
+    return body, fds
 
 
 # --- the parent's side ---------------------------------------------------------------
@@ -210,7 +217,7 @@ class ReadProcess:
             raise WorkerDiedError(f"the scan's worker process failed:\n{answer[1]}")
         return answer[1], answer[2], answer[3]
 
-    def _answer(self, ticket: int) -> bytes:
+    def _answer(self, ticket: int) -> bytearray:
         """The answer to request ``ticket``, taken when the ones before it were."""
         with self._turn:
             while self._taken != ticket and self._failed is None:

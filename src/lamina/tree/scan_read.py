@@ -134,6 +134,7 @@ class FileReader:
             pending_size = 0
 
         def add(data: memoryview | bytes) -> bytes:
+            """``data`` may be a view of the reading buffer, valid until ``settle``."""
             nonlocal pending_size
             bid = blob.blob_id(self._chunking.id_key, data)
             pending.append((bid, data))
@@ -144,7 +145,7 @@ class FileReader:
 
         for _path, e, st, dfd in job.files:
             try:
-                e.content = self._read_file(dfd, e, st, add)
+                e.content = self._read_file(dfd, e, st, add, settle)
                 results.append(None)
             except FileChangedError:
                 e.content = None
@@ -164,6 +165,7 @@ class FileReader:
         e: Entry,
         st0: os.stat_result,
         add: Callable[[memoryview | bytes], bytes],
+        settle: Callable[[], None],
     ) -> list[bytes | int]:
         """Read file ``e.name`` of folder ``dfd``; it must be the inode ``st0`` listed."""
         for _ in range(READ_TRIES):
@@ -172,7 +174,7 @@ class FileReader:
                 st1 = os.fstat(fd)
                 if not stat.S_ISREG(st1.st_mode) or not same_inode(st0, st1):
                     raise FileReplacedError
-                content = self._chunk_fd(fd, st1, add)
+                content = self._chunk_fd(fd, st1, add, settle)
                 st2 = os.fstat(fd)
                 xattrs = xattrs_at(fd)
             finally:
@@ -188,8 +190,15 @@ class FileReader:
         raise FileChangedError
 
     def _chunk_fd(
-        self, fd: int, st: os.stat_result, add: Callable[[memoryview | bytes], bytes]
+        self,
+        fd: int,
+        st: os.stat_result,
+        add: Callable[[memoryview | bytes], bytes],
+        settle: Callable[[], None],
     ) -> list[bytes | int]:
-        # A small file needs no chunker (nor this thread's, looked up per file).
+        # A small file needs no chunker (nor this thread's, looked up per file). A large
+        # one's chunks come as views of the reading buffer, settled before it is reused.
         small = small_content(fd, st, self._chunking.min_size, add)
-        return small if small is not None else chunk_fd(fd, st, self._chunker(), add)
+        if small is not None:
+            return small
+        return chunk_fd(fd, st, self._chunker(), add, settle)
