@@ -142,6 +142,7 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
     gc.collect()
     gc.freeze()  # as the server does once started
     parts: dict[str, float] = collections.defaultdict(float)
+    first: tuple[Any, ...] = ()  # the last bundle's ``Intake.first``, for its record
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     for rec in calls:
         t = time.thread_time()
@@ -150,9 +151,11 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
         elif rec[0] == "bundle":
             fleet.active_cvd_of_device(ctx.engine, device)
             items = decode_bundle(rec[1])
-            sync.upload_blobs(ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+            intake = sync.upload_blobs(ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+            # (an older checkout's returns the count alone, its record takes no ``first``)
+            first = (intake.first,) if hasattr(intake, "first") else ()
         elif rec[0] == "record":
-            access.record(ctx.engine, rec[1], rec[2], ctx.sharing)
+            access.record(ctx.engine, rec[1], rec[2], ctx.sharing, *first)
         elif rec[0] == "commit":
             sync.commit_snapshot(
                 ctx.engine, ctx.store, rec[1], rec[2], ctx.sharing, limits.uploaded
