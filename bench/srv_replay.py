@@ -121,6 +121,7 @@ def _records(path: Path) -> Iterator[tuple[Any, ...]]:
 
 
 def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
+    from lamina.cli import server as server_cli
     from lamina.config import ServerSettings
     from lamina.protocol.bundle import decode_bundle, encode_bundle
     from lamina.server.app import open_context
@@ -140,7 +141,8 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
     limits = AccessLimits()
     device = next(r[1] for r in _records(work / "calls.pkl") if r[0] in ("missing", "commit"))
     gc.collect()
-    gc.freeze()  # as the server does once started
+    # as the server does once started (an older checkout's only froze its objects)
+    getattr(server_cli, "settle_collector", gc.freeze)()
     parts: dict[str, float] = collections.defaultdict(float)
     first: tuple[Any, ...] = ()  # the last bundle's ``Intake.first``, for its record
     r0 = resource.getrusage(resource.RUSAGE_SELF)
