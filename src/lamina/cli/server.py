@@ -29,10 +29,10 @@ log = logging.getLogger("lamina.server")
 #: Allocations between two passes of the cyclic collector over the youngest objects
 #: while the server runs (the interpreter's default: 700). A sync's requests allocate a
 #: few objects per blob id and tree entry and free nearly all of them by reference
-#: counting; at 700 the passes found next to nothing, and every tenth of every tenth
-#: was a full pass over all the objects made since start-up (the decoded trees kept
-#: for their commit among them): ~9% of a first sync's server CPU (docs/design.md,
-#: "The server's side of a sync (session 13)").
+#: counting: at 700 the passes found next to nothing, and the full ones among them
+#: walked every object made since start-up (the decoded trees kept for their commit
+#: among them), ~9% of a first sync's replayed server CPU (docs/design.md, "The
+#: server's side of a sync (session 13)").
 YOUNG_THRESHOLD = 10_000
 
 
@@ -44,6 +44,7 @@ def settle_collector() -> None:
     ``YOUNG_THRESHOLD`` allocations."""
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
 
 app = typer.Typer(
     help="Run the Lamina server; on first start it creates the store and the user `admin`.\n\n"
