@@ -121,6 +121,7 @@ def _records(path: Path) -> Iterator[tuple[Any, ...]]:
 
 
 def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
+    from lamina.cli import server as server_cli
     from lamina.config import ServerSettings
     from lamina.protocol.bundle import decode_bundle, encode_bundle
     from lamina.server.app import open_context
@@ -140,8 +141,10 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
     limits = AccessLimits()
     device = next(r[1] for r in _records(work / "calls.pkl") if r[0] in ("missing", "commit"))
     gc.collect()
-    gc.freeze()  # as the server does once started
+    # as the server does once started (an older checkout's only froze its objects)
+    getattr(server_cli, "settle_collector", gc.freeze)()
     parts: dict[str, float] = collections.defaultdict(float)
+    first: tuple[Any, ...] = ()  # the last bundle's ``Intake.first``, for its record
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     for rec in calls:
         t = time.thread_time()
@@ -150,9 +153,11 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
         elif rec[0] == "bundle":
             fleet.active_cvd_of_device(ctx.engine, device)
             items = decode_bundle(rec[1])
-            sync.upload_blobs(ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+            intake = sync.upload_blobs(ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+            # (an older checkout's returns the count alone, its record takes no ``first``)
+            first = (intake.first,) if hasattr(intake, "first") else ()
         elif rec[0] == "record":
-            access.record(ctx.engine, rec[1], rec[2], ctx.sharing)
+            access.record(ctx.engine, rec[1], rec[2], ctx.sharing, *first)
         elif rec[0] == "commit":
             sync.commit_snapshot(
                 ctx.engine, ctx.store, rec[1], rec[2], ctx.sharing, limits.uploaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ import uvicorn
 
 from lamina.cli import server as server_cli
 from lamina.config import ServerSettings
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_it_was() -> Iterator[None]:
+    """``_serve`` sets the collector's thresholds for the process: put them back."""
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
 
 
 def test_the_server_freezes_its_start_up_objects_out_of_the_collector_before_serving(
@@ -31,6 +40,25 @@ def test_the_server_freezes_its_start_up_objects_out_of_the_collector_before_ser
     finally:
         gc.unfreeze()
     assert frozen and frozen[0] > 10_000
+
+
+def test_the_server_collects_its_youngest_objects_every_ten_thousand_allocations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sync allocates a few objects per blob id and tree entry and frees nearly all of
+    # them by reference counting: at the interpreter's 700, the collector's passes found
+    # next to nothing, and the full ones among them walked every decoded tree kept for
+    # its commit (a 100,000-file first sync: 5.08 -> 4.81 s of replayed server CPU).
+    seen: list[tuple[int, ...]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(gc.get_threshold()))
+    before = gc.get_threshold()
+    settings = ServerSettings(data=tmp_path / "data", admin_password="a-long-test-password")
+    try:
+        server_cli._serve(settings, self_signed=False)
+    finally:
+        gc.unfreeze()
+    assert seen == [(server_cli.YOUNG_THRESHOLD, *before[1:])]
+    assert server_cli.YOUNG_THRESHOLD == 10_000 > before[0]
 
 
 def test_the_server_keeps_idle_connections_longer_than_its_clients_do(

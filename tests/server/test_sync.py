@@ -331,7 +331,9 @@ def test_trees_decoded_at_intake_are_not_decoded_again_by_the_commit_walk(
     decoded: list[bytes] = []
     real = sync.decode_tree
     monkeypatch.setattr(sync, "decode_tree", lambda data: decoded.append(data) or real(data))
-    assert sync.upload_blobs(store, bundle, trees=trees) == 3
+    intake = sync.upload_blobs(store, bundle, trees=trees)
+    assert intake.new == 3 and intake.first == {it.id for it in bundle}
+    assert sync.upload_blobs(store, bundle) == (0, frozenset())  # stored: none first
     assert sorted(decoded) == sorted([sub, root]) and len(trees) == 2  # once, at intake
     ids = list(sync.verify_tree(store, _bid(store, root), None, trees=trees))
     assert sorted(decoded) == sorted([sub, root])  # the walk took them, decoded nothing

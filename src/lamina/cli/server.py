@@ -26,6 +26,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lamina.server")
 
+#: Allocations between two passes of the cyclic collector over the youngest objects
+#: while the server runs (the interpreter's default: 700). A sync's requests allocate a
+#: few objects per blob id and tree entry and free nearly all of them by reference
+#: counting: at 700 the passes found next to nothing, and the full ones among them
+#: walked every object made since start-up (the decoded trees kept for their commit
+#: among them), ~9% of a first sync's replayed server CPU (docs/design.md, "The
+#: server's side of a sync (session 13)").
+YOUNG_THRESHOLD = 10_000
+
+
+def settle_collector() -> None:
+    """Once started, before serving: start-up's objects (modules, the app and its
+    schemas, the tables: ~170,000) live as long as the process, so they are left out of
+    the cyclic collector's passes, which scanned them all several times a sync (~8% of a
+    first sync's server CPU); and the youngest objects are collected every
+    ``YOUNG_THRESHOLD`` allocations."""
+    gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 app = typer.Typer(
     help="Run the Lamina server; on first start it creates the store and the user `admin`.\n\n"
     "Examples: lamina server --data /srv/lamina --host 0.0.0.0 --self-signed; "
@@ -186,10 +206,7 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
     err_console.print(
         f"Lamina listening on {scheme}://{host}:{port}  (store {ctx.store.backend.url})"
     )
-    # Start-up's objects (modules, the app and its schemas, the tables: ~170,000) live as
-    # long as the process: out of the cyclic collector's full passes, which scanned them
-    # all, several times a sync (~8% of a first sync's server CPU).
-    gc.freeze()
+    settle_collector()
     uvicorn.run(
         app,
         host=host,

@@ -87,12 +87,14 @@ async def bundle(
     body = await read_body(request, ctx.settings.max_body)
     items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
     del body
-    await heavy.run(sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+    intake = await heavy.run(
+        sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
+    )
     # Stored (or already held): the device proved it holds each blob's content. The
     # answer counts blobs new to this CVD, never whether another CVD stored them.
     ids = [it.id for it in items]
     del items
-    new = await heavy.run(access.record, ctx.engine, cvd.id, ids, ctx.sharing)
+    new = await heavy.run(access.record, ctx.engine, cvd.id, ids, ctx.sharing, intake.first)
     return BundleResponse(new=new)
 
 

@@ -65,13 +65,21 @@ def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
     }
 
 
-def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing = OFF) -> int:
+def record(
+    engine: Engine,
+    cvd_id: str,
+    ids: Iterable[bytes],
+    sharing: Sharing = OFF,
+    first: frozenset[bytes] = frozenset(),
+) -> int:
     """The CVD's device proved it holds these blobs (it uploaded them).
 
     Returns how many were new *to this CVD*: the answer a bundle upload gives. Whether
     the store already held a blob for another CVD must not show (that would be the
     content oracle again, through uploads of guesses). With ``sharing`` on, the CVD's
-    claims on them end in the same transaction (``inflight.received``)."""
+    claims on them end in the same transaction (``inflight.received``); ``first``, the
+    ids its bundle stored first (``sync.Intake``), are not asked whether they became
+    common."""
     want = list(dict.fromkeys(ids))
     with write_tx(engine) as c:
         if c.dialect.name == "sqlite":
@@ -79,12 +87,12 @@ def record(engine: Engine, cvd_id: str, ids: Iterable[bytes], sharing: Sharing =
             # asked first (a lookup of every id of the bundle). The claims end for
             # every id (one on an id the CVD owned already ends too: it was sent).
             new_count = _own(c, cvd_id, want)
-            inflight.received(c, cvd_id, want, sharing)
+            inflight.received(c, cvd_id, want, sharing, first)
             return new_count
         mine = owned(c, cvd_id, want)
         new = [i for i in want if i not in mine]
         _own(c, cvd_id, new)
-        inflight.received(c, cvd_id, new, sharing)
+        inflight.received(c, cvd_id, new, sharing, first)
     return len(new)
 
 

@@ -242,8 +242,20 @@ def need(
     return send
 
 
-def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> None:
-    """The CVD's new blobs ``ids`` are stored and recorded as its own (same transaction)."""
+def received(
+    c: Connection,
+    cvd_id: str,
+    ids: list[bytes],
+    sharing: Sharing,
+    first: frozenset[bytes] = frozenset(),
+) -> None:
+    """The CVD's new blobs ``ids`` are stored and recorded as its own (same transaction).
+
+    ``first``: those its bundle stored first (``sync.Intake``). With a threshold of 2 or
+    more they are not asked whether they became common: the CVD is their one owner (but
+    for a race with another device's upload of the same blob). The mark is only a
+    shortcut: ``need`` and ``settle`` count the owners of a blob without one (``need``
+    marks it then), so a mark missed here costs a later ask a lookup, never an answer."""
     if not sharing.on or not ids:
         return
     when = now()
@@ -253,7 +265,8 @@ def received(c: Connection, cvd_id: str, ids: list[bytes], sharing: Sharing) -> 
         .where(blob_claims.c.cvd_id == cvd_id)
         .values(expires=when + dt.timedelta(seconds=sharing.lease))
     )
-    _mark_shared(c, _newly_common(c, ids, sharing.threshold))
+    ask = [i for i in ids if i not in first] if first and sharing.threshold > 1 else ids
+    _mark_shared(c, _newly_common(c, ask, sharing.threshold))
 
 
 def _newly_common(c: Connection, ids: list[bytes], threshold: int) -> list[bytes]:

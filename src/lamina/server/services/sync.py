@@ -14,6 +14,7 @@ import datetime as dt
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import msgpack
 from sqlalchemy import Engine, update
@@ -124,9 +125,19 @@ def device_missing(
     return [i.hex() for i in access.missing(engine, store, cvd, ids, sharing)]
 
 
+class Intake(NamedTuple):
+    """What a bundle's intake stored (``upload_blobs``)."""
+
+    #: Blobs new to the store.
+    new: int
+    #: Their ids: blobs the store did not hold as their kind before this bundle (so, but
+    #: for a race with another device's upload, no other CVD owns them yet).
+    first: frozenset[bytes]
+
+
 def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> int:
     """Verify and store a bundle; return how many blobs were new (``upload_blobs``)."""
-    return upload_blobs(store, decode_bundle(body), max_raw)
+    return upload_blobs(store, decode_bundle(body), max_raw).new
 
 
 def upload_blobs(
@@ -134,9 +145,9 @@ def upload_blobs(
     items: list[BundleBlob],
     max_raw: int = MAX_BUNDLE_RAW,
     trees: DecodedTrees | None = None,
-) -> int:
+) -> Intake:
     """Verify and store a decoded bundle (``decode_bundle``: decoded once, by the
-    caller that also needs its ids); return how many blobs were new. The new trees,
+    caller that also needs its ids); return what was new (``Intake``). The new trees,
     decoded here to be checked, are kept in ``trees`` for the commit (stored first).
 
     Cheap checks come first, so a bundle costs work only for what it adds: each
@@ -199,7 +210,7 @@ def upload_blobs(
         for bid, entries in decoded:
             trees.put(bid, entries)
     repack.roll_if_due(store)  # after the bundle is durable: small packs into full ones
-    return new
+    return Intake(new, frozenset(bid for _, bid, _ in verified))
 
 
 def _as_kind(
