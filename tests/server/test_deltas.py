@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
+import zstandard
 
 from lamina.agent.deltas import Candidate, fetch_deltas
 from lamina.agent.runner import Agent
@@ -22,9 +23,17 @@ from lamina.agent.staging.stage import stage_layers, stage_revert
 from lamina.agent.state import AgentState, save_state
 from lamina.agent.transport import AgentClient
 from lamina.config import ServerSettings
-from lamina.errors import IntegrityError
+from lamina.errors import IntegrityError, NotFoundError
+from lamina.protocol import PROTOCOL_VERSION, TREES_SINCE, UNNAMED_VERSION
 from lamina.protocol.tasks import LayerApplyParams, RestoreParams, RevertParams
-from lamina.server.services.deltas import HEADER, DeltaCache, DeltaKey, cache_for, delta_for
+from lamina.server.services.deltas import (
+    HEADER,
+    DeltaCache,
+    DeltaKey,
+    cache_for,
+    delta_for,
+    pack_trees,
+)
 from lamina.store import blob
 from lamina.store.blob import BlobKind, compress
 from lamina.store.chunker import Chunker
@@ -302,10 +311,8 @@ def test_a_device_gets_no_delta_of_or_against_another_endpoints_files(
     assert r.status_code == 401, r.text
 
 
-def test_a_delivery_s_folders_are_asked_for_a_level_at_a_time(server: Live, tmp_path: Path) -> None:
-    """A delivery changing one file in each of 24 folders two levels down reads the
-    delta's trees a level at a time: a few ``/blobs/read`` requests, not one per folder."""
-    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, {b"same.txt": SAME})
+def _nested_delivery(ep: Endpoint) -> dict[str, bytes]:
+    """A delivery changing one file in each of 24 folders two levels down (as ep.v2)."""
     chunker = Chunker(ep.chunking)
     files = {
         f"top{t}/sub{s}/conf": _lines(10 * t + s, 3_000, "key") for t in range(4) for s in range(6)
@@ -327,6 +334,14 @@ def test_a_delivery_s_folders_are_asked_for_a_level_at_a_time(server: Live, tmp_
     ep.v2 = folder(tops)
     r = ep.dev.client.post("/agent/commit", json={"root": ep.v2.hex(), "files": 24, "bytes": 0})
     assert r.status_code == 200, r.text
+    return files
+
+
+def test_a_delivery_s_folders_are_asked_for_a_level_at_a_time(server: Live, tmp_path: Path) -> None:
+    """A delivery changing one file in each of 24 folders two levels down reads the
+    delta's trees a level at a time: a few ``/blobs/read`` requests, not one per folder."""
+    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, {b"same.txt": SAME})
+    files = _nested_delivery(ep)
     reads: list[str] = []
     ep.client.http.event_hooks["request"].append(
         lambda req: reads.append(req.url.path) if req.url.path.endswith("/blobs/read") else None
@@ -338,3 +353,98 @@ def test_a_delivery_s_folders_are_asked_for_a_level_at_a_time(server: Live, tmp_
     boot(ep.state_dir, ep.root)
     for rel, data in files.items():
         assert (ep.root / rel).read_bytes() == data
+
+
+def _paths(client: AgentClient) -> list[str]:
+    seen: list[str] = []
+    client.http.event_hooks["request"].append(lambda req: seen.append(req.url.path))
+    return seen
+
+
+def test_a_delivery_s_folders_come_several_to_one_frame(server: Live, tmp_path: Path) -> None:
+    """From a version-5 server a delivery's folders come a level at a time in one zstd
+    frame each (``/blobs/trees``), in fewer bytes than read one by one as stored."""
+    got: dict[int, int] = {}
+    for protocol in (UNNAMED_VERSION, PROTOCOL_VERSION):
+        folder = tmp_path / f"{tmp_path.name}-{protocol}"
+        folder.mkdir()
+        ep = Endpoint(server, folder, {b"same.txt": SAME}, {b"same.txt": SAME})
+        files = _nested_delivery(ep)
+        ep.client.server_protocol = protocol
+        paths = _paths(ep.client)
+        received = ep.client.received_bytes
+        ep.stage()
+        got[protocol] = ep.client.received_bytes - received
+        trees = [p for p in paths if p.endswith("/blobs/trees")]
+        # The root, its 4 folders, their 24: 3 requests, and only from a version-5 server.
+        assert len(trees) == (3 if protocol >= TREES_SINCE else 0), paths
+        boot(ep.state_dir, ep.root)
+        for rel, data in files.items():
+            assert (ep.root / rel).read_bytes() == data
+    # The same delivery: the 24 files' chunks alike, the 29 folders in fewer bytes.
+    saved = got[UNNAMED_VERSION] - got[PROTOCOL_VERSION]
+    assert saved > 24 * 40, got
+
+
+def test_a_folder_that_is_not_the_one_asked_for_is_refused_and_nothing_is_staged(
+    server: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, {b"same.txt": SAME})
+    _nested_delivery(ep)
+    ep.client.server_protocol = PROTOCOL_VERSION
+    raw = ep.client.raw
+    other = encode_tree([Entry(name=b"conf", type="file", size=1, content=[bytes(32)])])
+
+    def forging(method: str, path: str, **kw: Any) -> bytes:
+        out = raw(method, path, **kw)
+        if path != "/blobs/trees" or len(kw["json"]["ids"]) < 24:
+            return out
+        # A server (or a proxy) that swaps one of the deepest folders for another,
+        # well-formed one: it must not be taken for the folder asked for.
+        trees = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(out))["trees"]
+        return pack_trees([*trees[:5], other, *trees[6:]])
+
+    monkeypatch.setattr(ep.client, "raw", forging)
+    with pytest.raises(IntegrityError, match="another one: nothing was staged"):
+        ep.stage()
+    assert not any((ep.state_dir / ".lamina-staging").glob("*"))
+    assert boot(ep.state_dir, ep.root) == []
+    assert not (ep.root / "top0").exists()
+
+
+def test_a_server_without_the_folders_route_is_read_blob_by_blob(
+    server: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that says version 5 but answers ``/blobs/trees`` 404 (a proxy in front
+    of an older one): the folders are read through ``/blobs/read``, the delivery whole."""
+    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, {b"same.txt": SAME})
+    files = _nested_delivery(ep)
+    ep.client.server_protocol = PROTOCOL_VERSION
+    raw = ep.client.raw
+
+    def old(method: str, path: str, **kw: Any) -> bytes:
+        if path == "/blobs/trees":
+            raise NotFoundError("not found")
+        return raw(method, path, **kw)
+
+    monkeypatch.setattr(ep.client, "raw", old)
+    paths = _paths(ep.client)
+    ep.stage()
+    assert sum(p.endswith("/blobs/read") for p in paths) <= 5, paths
+    boot(ep.state_dir, ep.root)
+    for rel, data in files.items():
+        assert (ep.root / rel).read_bytes() == data
+
+
+def test_the_folders_route_is_for_devices_and_their_blobs(server: Live, tmp_path: Path) -> None:
+    ep = Endpoint(server, tmp_path, {b"same.txt": SAME}, {b"same.txt": SAME})
+    (tmp_path / f"{tmp_path.name}-other").mkdir()
+    other = Endpoint(server, tmp_path / f"{tmp_path.name}-other", {b"same.txt": SAME}, V2)
+    r = ep.dev.client.post("/blobs/trees", json={"ids": [other.v2.hex()]})
+    assert r.status_code == 403, r.text
+    r = server.login().post("/blobs/trees", json={"ids": [ep.v2.hex()]})
+    assert r.status_code == 401, r.text
+    r = ep.dev.client.post("/blobs/trees", json={"ids": [ep.v2.hex()]})
+    assert r.status_code == 200, r.text
+    doc = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(r.content))
+    assert doc["v"] == 1 and [blob.blob_id(ep.chunking.id_key, t) for t in doc["trees"]] == [ep.v2]

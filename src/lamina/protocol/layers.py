@@ -69,6 +69,15 @@ class DeltasRequest(Strict):
     items: list[DeltaItem] = Field(max_length=64)
 
 
+class TreesRequest(Strict):
+    """``POST /blobs/trees`` (protocol version 5): the folders of a delivery by id (hex).
+    The answer is one zstd frame (content size in its header) of msgpack
+    ``{"v": 1, "trees": [bytes, ...]}``: the plaintexts of a prefix of ``ids``, in order
+    (ask again for the rest), each of which the agent hashes to its id."""
+
+    ids: list[str] = Field(min_length=1, max_length=1024)
+
+
 class LayerVersionPublic(BaseModel):
     id: str
     version: int

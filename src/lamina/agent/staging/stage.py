@@ -37,6 +37,7 @@ from lamina.agent.staging.journal import (
     new_transaction,
     staging_root,
 )
+from lamina.agent.staging.trees import fetch_trees
 from lamina.agent.state import AgentState
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
@@ -237,9 +238,12 @@ def _seed_from_endpoint(
     level = [(delta, "")]
     while level:
         # A level's folders are asked for together (a few requests, not one per folder
-        # changed); they are read again by the staging that follows: kept, not
-        # downloaded again (a delivery's trees hold only what changes: small).
-        blobs.prefetch({tid for tid, _ in level if tid not in blobs.local})
+        # changed), in one zstd frame from a server that can (``fetch_trees``); they are
+        # read again by the staging that follows: kept, not downloaded again (a
+        # delivery's trees hold only what changes: small).
+        want = [tid for tid, _ in level if tid not in blobs.local]
+        if client is None or not fetch_trees(client, blobs, want, chunking.id_key):
+            blobs.prefetch(set(want))
         below: list[tuple[bytes, str]] = []
         for tid, prefix in level:
             if tid not in blobs.local:

@@ -3,10 +3,13 @@ users who restore (``lamina cvd restore --output``) and for agents."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgpack
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from lamina.protocol.layers import TreesRequest
 from lamina.protocol.schemas import BlobsRequest, DeltasRequest
 from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits
 from lamina.server.services import blob_reads, deltas, fleet
@@ -48,3 +51,23 @@ def read_deltas(req: DeltasRequest, ctx: Ctx, device: ActiveDevice, limits: Limi
     )
     body = {"v": deltas.ANSWER_VERSION, "deltas": out}
     return Response(msgpack.packb(body, use_bin_type=True), media_type="application/msgpack")
+
+
+@router.post(
+    "/blobs/trees",
+    summary="Folders (tree objects) by id, for a device: several in one zstd frame",
+    response_class=Response,
+)
+def read_trees(req: TreesRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> Response:
+    # Devices only; the same access, rate limit, audit and size limit as /blobs/read.
+    trees = blob_reads.read_blobs(
+        ctx.engine,
+        ctx.store,
+        device,
+        req.ids,
+        stored=False,
+        rate=limits.reads,
+        trees=limits.trees,
+        audit=ctx.reads,
+    )
+    return Response(deltas.pack_trees(cast(list[bytes], trees)), media_type="application/zstd")
