@@ -1,18 +1,22 @@
-"""A layer delivery's folders, several to one answer (``POST /blobs/trees``, protocol 5).
+"""A layer delivery's folders in one answer (``POST /blobs/trees``, protocol 5).
 
 A delivery's folders are small (the changed entries of each folder on the way to a
-changed file) and alike: the same keys, owners and modes in each. Read one by one
-through ``/blobs/read`` each is sent as stored, barely compressed; the server sends
-them here in one zstd frame instead, a third of the bytes. Nothing is trusted for
-being in that frame: each folder is hashed to the id it was asked as, and one that is
-not is an ``IntegrityError`` before anything is staged. A server older than version
-5 (or one that answers the route 404) is read through ``/blobs/read`` as before.
+changed file) and alike: the same keys, owners and modes in each. Read a level at a
+time through ``/blobs/read`` each came as stored, barely compressed, with the ids of
+its sub-folders (32 random bytes each). The server now sends the folders asked for and
+those below them in one zstd frame, each sub-folder id it sends the folder of left out
+(``server.services.tree_answers``): the agent hashes the folders from the last to the
+first, puts each id back, and must find the ids it asked for. A folder's id covers its
+sub-folders' ids, so one wrong folder anywhere is an ``IntegrityError`` before anything
+is staged. A server older than version 5 (or one that answers the route 404) is read
+through ``/blobs/read`` as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from functools import partial
+from typing import NamedTuple
 
 import msgpack
 import zstandard
@@ -21,6 +25,7 @@ from lamina.agent.transport import AgentClient, retrying
 from lamina.errors import IntegrityError, NotFoundError
 from lamina.protocol import TREES_SINCE
 from lamina.store import blob
+from lamina.tree.model import ID_SIZE
 from lamina.tree.sources import BatchedBlobs
 
 #: Folders per request (``protocol.layers.TreesRequest``).
@@ -31,7 +36,16 @@ MAX_ANSWER = 33 * 1024 * 1024
 ANSWER_VERSION = 1
 
 
-def _unpack(raw: bytes) -> list[bytes]:
+class Answer(NamedTuple):
+    """``/blobs/trees``'s answer (``server.services.tree_answers``), checked for form."""
+
+    asked: int
+    trees: list[bytes]
+    #: (tree, offset, child): tree's bytes offset..offset+32 are child's id
+    links: list[tuple[int, int, int]]
+
+
+def _unpack(raw: bytes) -> Answer:
     size = blob.frame_content_size(raw, "the server's folders answer")
     if not 0 <= size <= MAX_ANSWER:
         raise IntegrityError(
@@ -42,18 +56,50 @@ def _unpack(raw: bytes) -> list[bytes]:
         doc = msgpack.unpackb(body, raw=False)
     except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as e:
         raise IntegrityError(f"the server's folders answer does not decode: {e}") from e
-    trees = doc.get("trees") if isinstance(doc, dict) and doc.get("v") == ANSWER_VERSION else None
-    if not isinstance(trees, list) or not all(isinstance(t, bytes) for t in trees):
+    if not isinstance(doc, dict) or doc.get("v") != ANSWER_VERSION:
         raise IntegrityError("the server answered a folders request with something else")
-    return trees
+    trees, links, asked = doc.get("trees"), doc.get("links"), doc.get("asked")
+    if (
+        not isinstance(trees, list)
+        or not all(isinstance(t, bytes) for t in trees)
+        or type(asked) is not int
+        or not 0 < asked <= len(trees)
+        or not isinstance(links, list)
+        or not all(
+            isinstance(link, list)
+            and len(link) == 3
+            and all(type(n) is int for n in link)
+            and 0 <= link[0] < link[2] < len(trees)
+            and 0 <= link[1] <= len(trees[link[0]]) - ID_SIZE
+            for link in links
+        )
+    ):
+        raise IntegrityError("the server answered a folders request with something else")
+    return Answer(asked, trees, [(t, at, c) for t, at, c in links])
+
+
+def _restore(answer: Answer, id_key: bytes) -> list[tuple[bytes, bytes]]:
+    """Each folder with its id, hashed from the last to the first (a child comes after
+    its parent), each child's id put back where its parent's links say."""
+    plains = [bytearray(t) for t in answer.trees]
+    into: dict[int, list[tuple[int, int]]] = {}
+    for t, at, child in answer.links:
+        into.setdefault(t, []).append((at, child))
+    ids: list[bytes] = [b""] * len(plains)
+    for t in reversed(range(len(plains))):
+        for at, child in into.get(t, ()):
+            plains[t][at : at + ID_SIZE] = ids[child]
+        ids[t] = blob.blob_id(id_key, memoryview(plains[t]))
+    return [(bid, bytes(p)) for bid, p in zip(ids, plains, strict=True)]
 
 
 def fetch_trees(
     client: AgentClient, blobs: BatchedBlobs, ids: Collection[bytes], id_key: bytes
 ) -> bool:
-    """Put the folders ``ids`` in ``blobs.local``, each hashed to its id. False when the
-    server has no ``/blobs/trees`` (older than version 5, or 404): the caller reads them
-    through ``blobs`` instead."""
+    """Put the folders ``ids`` and (as many as the server sends) the folders below them
+    in ``blobs.local``, each under its hash, the ones asked for checked against their ids.
+    False when the server has no ``/blobs/trees`` (older than version 5, or 404): the
+    caller reads them through ``blobs`` instead."""
     if client.server_protocol < TREES_SINCE:
         return False
     todo = list(dict.fromkeys(i for i in ids if i not in blobs.local))
@@ -65,17 +111,21 @@ def fetch_trees(
             )
         except NotFoundError:
             return False
-        trees = _unpack(raw)
-        if not trees or len(trees) > len(batch):
+        answer = _unpack(raw)
+        if answer.asked > len(batch):
             raise IntegrityError(
-                f"the server answered {len(trees)} folders for {len(batch)} asked: nothing was staged"
+                f"the server answered {answer.asked} folders for {len(batch)} asked: "
+                "nothing was staged"
             )
-        for bid, plain in zip(batch, trees, strict=False):
-            if blob.blob_id(id_key, plain) != bid:
+        folders = _restore(answer, id_key)
+        for want, (bid, _) in zip(batch, folders[: answer.asked], strict=False):
+            if bid != want:
                 raise IntegrityError(
-                    f"the folder {bid.hex()} the server sent is another one: nothing was staged"
+                    f"the folder {want.hex()} the server sent is another one: nothing was staged"
                 )
-            blobs.local[bid] = plain
-            blobs.fetched_bytes += len(plain)
-        todo = todo[len(trees) :]
+        for bid, plain in folders:
+            if bid not in blobs.local:
+                blobs.local[bid] = plain
+                blobs.fetched_bytes += len(plain)
+        todo = [i for i in todo[answer.asked :] if i not in blobs.local]
     return True

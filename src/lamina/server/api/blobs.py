@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from lamina.protocol.layers import TreesRequest
 from lamina.protocol.schemas import BlobsRequest, DeltasRequest
 from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits
-from lamina.server.services import blob_reads, deltas, fleet
+from lamina.server.services import blob_reads, deltas, fleet, tree_answers
 
 router = APIRouter()
 
@@ -55,19 +55,22 @@ def read_deltas(req: DeltasRequest, ctx: Ctx, device: ActiveDevice, limits: Limi
 
 @router.post(
     "/blobs/trees",
-    summary="Folders (tree objects) by id, for a device: several in one zstd frame",
+    summary="Folders by id and the folders below them, for a device, in one zstd frame",
     response_class=Response,
 )
 def read_trees(req: TreesRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> Response:
-    # Devices only; the same access, rate limit, audit and size limit as /blobs/read.
-    trees = blob_reads.read_blobs(
-        ctx.engine,
-        ctx.store,
-        device,
-        req.ids,
-        stored=False,
-        rate=limits.reads,
-        trees=limits.trees,
-        audit=ctx.reads,
-    )
-    return Response(deltas.pack_trees(cast(list[bytes], trees)), media_type="application/zstd")
+    # Devices only; every level is read as /blobs/read reads it (access, rate, audit, size).
+    def read(ids: list[str]) -> list[bytes]:
+        plains = blob_reads.read_blobs(
+            ctx.engine,
+            ctx.store,
+            device,
+            ids,
+            stored=False,
+            rate=limits.reads,
+            trees=limits.trees,
+            audit=ctx.reads,
+        )
+        return cast(list[bytes], plains)
+
+    return Response(tree_answers.pack_trees(read, req.ids), media_type="application/zstd")

@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import blake3
-import msgpack
-import zstandard
 from sqlalchemy import Engine
 
 from lamina.errors import ForbiddenError
@@ -51,11 +49,6 @@ HEADER = struct.Struct(">4sB32s")
 MAGIC = b"LMDC"
 #: Delta bytes one answer carries at most; the items after it get None (chunks).
 ANSWER_LIMIT = 32 * 1024 * 1024
-#: The version of ``/blobs/trees``'s answer: a zstd frame of msgpack ``{"v": 1, "trees": [...]}``.
-TREES_VERSION = 1
-#: Answers up to this size are compressed at level 19 (a few ms for a delivery's
-#: folders), larger ones at level 3.
-TREES_TIGHT = 1024 * 1024
 #: Deltas computed at once per server process: each holds both versions (up to
 #: 2 x 64 MiB) and a core for a second or two; other requests wait their turn.
 COMPUTING = threading.BoundedSemaphore(2)
@@ -196,12 +189,3 @@ def deltas_for_device(
         size += len(delta or b"")
         out.append(delta)
     return out
-
-
-def pack_trees(trees: list[bytes]) -> bytes:
-    """The answer of ``/blobs/trees``: the folders' plaintexts in one zstd frame. A
-    delivery's folders are small (a few entries each) and alike (the same keys, owners,
-    modes): compressed together they take a third of what each takes alone."""
-    body = msgpack.packb({"v": TREES_VERSION, "trees": trees}, use_bin_type=True)
-    level = 19 if len(body) <= TREES_TIGHT else 3
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
