@@ -70,12 +70,13 @@ class DeltasRequest(Strict):
 
 
 class TreesRequest(Strict):
-    """``POST /blobs/trees`` (protocol version 5): the folders of a delivery by id (hex).
-    The answer is one zstd frame (content size in its header) of msgpack
-    ``{"v": 1, "trees": [bytes, ...]}``: the plaintexts of a prefix of ``ids``, in order
-    (ask again for the rest), each of which the agent hashes to its id."""
+    """``POST /blobs/trees`` (protocol version 5): folders by id (hex) and, with ``below``,
+    the folders below them, in one zstd frame (``server.services.tree_answers``)."""
 
     ids: list[str] = Field(min_length=1, max_length=1024)
+    #: Also send the folders below them (a delivery, read whole); without, only the ones
+    #: asked (a staging that walks a snapshot and leaves some folders unread).
+    below: bool = True
 
 
 class LayerVersionPublic(BaseModel):

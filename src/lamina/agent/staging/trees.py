@@ -14,7 +14,8 @@ through ``/blobs/read`` as before.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import os
+from collections.abc import Callable, Collection
 from functools import partial
 from typing import NamedTuple
 
@@ -22,10 +23,11 @@ import msgpack
 import zstandard
 
 from lamina.agent.transport import AgentClient, retrying
+from lamina.agent.treecache import TreeCache
 from lamina.errors import IntegrityError, NotFoundError
 from lamina.protocol import TREES_SINCE
 from lamina.store import blob
-from lamina.tree.model import ID_SIZE
+from lamina.tree.model import ID_SIZE, decode_tree
 from lamina.tree.sources import BatchedBlobs
 
 #: Folders per request (``protocol.layers.TreesRequest``).
@@ -93,22 +95,32 @@ def _restore(answer: Answer, id_key: bytes) -> list[tuple[bytes, bytes]]:
     return [(bid, bytes(p)) for bid, p in zip(ids, plains, strict=True)]
 
 
+#: Where a fetched folder goes (its id computed by the agent), and whether one is held.
+Keep = Callable[[bytes, bytes], None]
+Held = Callable[[bytes], bool]
+
+
 def fetch_trees(
-    client: AgentClient, blobs: BatchedBlobs, ids: Collection[bytes], id_key: bytes
+    client: AgentClient,
+    ids: Collection[bytes],
+    id_key: bytes,
+    keep: Keep,
+    held: Held,
+    *,
+    below: bool = True,
 ) -> bool:
-    """Put the folders ``ids`` and (as many as the server sends) the folders below them
-    in ``blobs.local``, each under its hash, the ones asked for checked against their ids.
-    False when the server has no ``/blobs/trees`` (older than version 5, or 404): the
-    caller reads them through ``blobs`` instead."""
+    """``keep`` the folders ``ids`` not ``held`` and, with ``below``, as many of the
+    folders below them as the server sends, each under its hash, the ones asked for
+    checked against their ids. False when the server has no ``/blobs/trees`` (older than
+    version 5, or 404): the caller reads them another way."""
     if client.server_protocol < TREES_SINCE:
         return False
-    todo = list(dict.fromkeys(i for i in ids if i not in blobs.local))
+    todo = list(dict.fromkeys(i for i in ids if not held(i)))
     while todo:
         batch = todo[:BATCH]
+        body = {"ids": [i.hex() for i in batch], "below": below}
         try:
-            raw = retrying(
-                partial(client.raw, "POST", "/blobs/trees", json={"ids": [i.hex() for i in batch]})
-            )
+            raw = retrying(partial(client.raw, "POST", "/blobs/trees", json=body))
         except NotFoundError:
             return False
         answer = _unpack(raw)
@@ -124,8 +136,42 @@ def fetch_trees(
                     f"the folder {want.hex()} the server sent is another one: nothing was staged"
                 )
         for bid, plain in folders:
-            if bid not in blobs.local:
-                blobs.local[bid] = plain
-                blobs.fetched_bytes += len(plain)
-        todo = [i for i in todo[answer.asked :] if i not in blobs.local]
+            if not held(bid):
+                keep(bid, plain)
+        todo = [i for i in todo[answer.asked :] if not held(i)]
+    return True
+
+
+def into_blobs(blobs: BatchedBlobs) -> Keep:
+    """Keep folders in ``blobs.local`` (a delivery's: small), counted as fetched."""
+
+    def keep(bid: bytes, plain: bytes) -> None:
+        blobs.local[bid] = plain
+        blobs.fetched_bytes += len(plain)
+
+    return keep
+
+
+def fetch_walk(
+    client: AgentClient,
+    tree: bytes,
+    id_key: bytes,
+    cache: TreeCache,
+    descend: Callable[[str], bool],
+) -> bool:
+    """Every folder of ``tree`` a staging's plan reads (below the paths ``descend``
+    keeps), a level at a time, up to ``BATCH`` folders a request, into ``cache``. False
+    (and nothing more fetched) from a server without ``/blobs/trees``."""
+    level = [(tree, "")]
+    while level:
+        ids = [t for t, _ in level]
+        if not fetch_trees(client, ids, id_key, cache.keep, cache.holds, below=False):
+            return False
+        nxt: list[tuple[bytes, str]] = []
+        for tid, rel in level:
+            for e in decode_tree(cache.tree(tid)):
+                child = f"{rel}/{os.fsdecode(e.name)}" if rel else os.fsdecode(e.name)
+                if e.subtree is not None and descend(child):
+                    nxt.append((e.subtree, child))
+        level = nxt
     return True

@@ -73,4 +73,6 @@ def read_trees(req: TreesRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
         )
         return cast(list[bytes], plains)
 
-    return Response(tree_answers.pack_trees(read, req.ids), media_type="application/zstd")
+    return Response(
+        tree_answers.pack_trees(read, req.ids, req.below), media_type="application/zstd"
+    )

@@ -55,16 +55,18 @@ def _subfolders(plain: bytes) -> list[bytes]:
     return list(dict.fromkeys(subs))
 
 
-def folders_below(read: Read, ids: list[str]) -> tuple[int, list[bytes], list[bytes]]:
-    """The folders asked for (a prefix), then breadth first those below them, up to
-    ``TREES_MAX`` folders and ``READ_LIMIT`` bytes: (how many were asked, their ids,
-    their plaintexts)."""
+def folders_below(
+    read: Read, ids: list[str], descend: bool = True
+) -> tuple[int, list[bytes], list[bytes]]:
+    """The folders asked for (a prefix), then (with ``descend``) breadth first those below
+    them, up to ``TREES_MAX`` folders and ``READ_LIMIT`` bytes: (how many were asked,
+    their ids, their plaintexts)."""
     first = read(ids)
     found = [bytes.fromhex(h) for h in ids[: len(first)]]
     plains = list(first)
     size = sum(map(len, plains))
     seen = set(found)
-    level = plains
+    level = plains if descend else []
     while level and len(plains) < TREES_MAX and size < READ_LIMIT:
         below: list[bytes] = []
         for plain in level:
@@ -84,9 +86,10 @@ def folders_below(read: Read, ids: list[str]) -> tuple[int, list[bytes], list[by
     return len(first), found, plains
 
 
-def pack_trees(read: Read, ids: list[str]) -> bytes:
-    """The answer of ``/blobs/trees`` (see the module's docstring)."""
-    asked, found, plains = folders_below(read, ids)
+def pack_trees(read: Read, ids: list[str], descend: bool = True) -> bytes:
+    """The answer of ``/blobs/trees`` (see the module's docstring); without ``descend``
+    only the folders asked for."""
+    asked, found, plains = folders_below(read, ids, descend)
     index = {bid: i for i, bid in enumerate(found)}
     links: list[list[int]] = []
     trees: list[bytes] = []
