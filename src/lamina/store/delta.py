@@ -44,11 +44,17 @@ def _window_log(old_size: int, new_size: int) -> int:
 PROBE = 64
 
 
-def _common_prefix(a: memoryview, b: memoryview) -> int:
+def _common_run(a: memoryview, b: memoryview, from_end: bool) -> int:
+    """How many first (or last) bytes ``a`` and ``b`` share: slices compared whole,
+    halved around the first difference (no copies)."""
     n, at, step = min(len(a), len(b)), 0, 1 << 16
     while at < n:
         k = min(step, n - at)
-        if a[at : at + k] == b[at : at + k]:
+        if from_end:
+            same = a[len(a) - at - k : len(a) - at] == b[len(b) - at - k : len(b) - at]
+        else:
+            same = a[at : at + k] == b[at : at + k]
+        if same:
             at += k
         elif k == 1:
             break
@@ -65,10 +71,10 @@ def _edges(old: bytes, new: bytes) -> tuple[int, int]:
     head = tail = 0
     at = old.find(new[:PROBE])
     if at >= 0:
-        head = _common_prefix(memoryview(new), memoryview(old)[at:])
+        head = _common_run(memoryview(new), memoryview(old)[at:], from_end=False)
     end = old.rfind(new[-PROBE:])
     if end >= 0:
-        tail = _common_prefix(memoryview(new[::-1]), memoryview(old[: end + PROBE][::-1]))
+        tail = _common_run(memoryview(new), memoryview(old)[: end + PROBE], from_end=True)
     return head, min(tail, len(new) - head)
 
 
