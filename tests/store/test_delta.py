@@ -22,6 +22,29 @@ def test_a_delta_is_about_the_changed_bytes_and_gives_the_new_version() -> None:
     assert apply_delta(OLD, DELTA, len(NEW)) == NEW
 
 
+def _lines(seed: int, size: int) -> bytes:
+    rng = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        out += f"sym_{len(out):09d} = 0x{rng.getrandbits(32):08x} # {rng.choice('abc')}\n".encode()
+    return bytes(out[:size])
+
+
+def test_the_blocks_end_at_the_edges_of_an_edit() -> None:
+    """A 128 KiB block across an edit's edge is kept raw by zstd (too little gain), its
+    unchanged bytes paid whole: blocks end at the edges instead. 300 KB rewritten in a
+    4 MiB text file cost 1,282 bytes above it before, 399 now."""
+    old = _lines(9, 4 * 1024 * 1024)
+    edit = random.Random(6).randbytes(300_000)
+    new = old[:1_500_000] + edit + old[1_800_000:]
+    delta = make_delta(old, new)
+    assert len(delta) <= len(edit) + 600
+    assert apply_delta(old, delta, len(new)) == new
+    # The first and last bytes the same, or nothing alike: still the new version.
+    for other in (old[:5000] + new, new + old[-5000:], edit, old):
+        assert apply_delta(old, make_delta(old, other), len(other)) == other
+
+
 def test_a_small_file_and_an_empty_old_version() -> None:
     old, new = b"line one\nline two\n" * 50, b"line one\nline 2\n" * 50
     assert apply_delta(old, make_delta(old, new), len(new)) == new

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import msgpack
 from lamina.agent.transport import AgentClient, retrying
 from lamina.errors import IntegrityError, NotFoundError
 from lamina.store import blob
+from lamina.store.blob import frame_content_size
 from lamina.store.chunker import Chunker
 from lamina.store.delta import MAX_FILE, apply_delta
 from lamina.store.keys import ChunkingSecret
@@ -43,6 +45,22 @@ class Candidate:
     old_ids: list[bytes]
     new_ids: list[bytes]
     size: int
+
+    def missing_runs(self, have: Container[bytes]) -> list[list[bytes]]:
+        """The runs of consecutive chunks of the new version not in ``have``: a delta
+        gives a run alone (cut from its first chunk, a run cuts into the same chunks),
+        so the unchanged chunks around a change are neither sent nor framed again."""
+        runs: list[list[bytes]] = []
+        last = False
+        for i in self.new_ids:
+            if i in have:
+                last = False
+            elif last:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+                last = True
+        return runs
 
     def fits(self) -> bool:
         return (
@@ -71,12 +89,15 @@ def _read_old(c: Candidate, chunker: Chunker, id_key: bytes) -> bytes | None:
     return data
 
 
-def fetch_deltas(client: AgentClient, items: list[Candidate]) -> list[bytes | None]:
-    """One delta or None per item; all None from a server without ``/blobs/delta``."""
+def fetch_deltas(
+    client: AgentClient, items: list[tuple[Candidate, list[bytes]]]
+) -> list[bytes | None]:
+    """One delta or None per (file, run of its new chunks); all None from a server
+    without ``/blobs/delta``."""
     body = {
         "items": [
-            {"base": [i.hex() for i in c.old_ids], "target": [i.hex() for i in c.new_ids]}
-            for c in items
+            {"base": [i.hex() for i in c.old_ids], "target": [i.hex() for i in run]}
+            for c, run in items
         ]
     }
     try:
@@ -103,29 +124,34 @@ def seed_by_deltas(
     candidates: list[Candidate],
     chunking: ChunkingSecret,
 ) -> int:
-    """Fetch deltas for the candidates that still lack chunks; put their verified chunks
-    in ``blobs.local``. Returns how many files came as deltas."""
-    todo = [c for c in candidates if c.fits() and any(i not in blobs.local for i in c.new_ids)]
+    """Fetch deltas for the runs of chunks the candidates still lack; put their verified
+    chunks in ``blobs.local``. Returns how many files came (in part) as deltas."""
+    todo = [(c, run) for c in candidates if c.fits() for run in c.missing_runs(blobs.local)]
     chunker = Chunker(chunking)
-    done = 0
+    done: set[str] = set()
     for k in range(0, len(todo), BATCH):
         batch = todo[k : k + BATCH]
-        for c, delta in zip(batch, fetch_deltas(client, batch), strict=True):
+        for (c, run), delta in zip(batch, fetch_deltas(client, batch), strict=True):
             if delta is None:
                 continue
             blobs.fetched_bytes += len(delta)
             old = _read_old(c, chunker, chunking.id_key)
             if old is None:
                 continue  # changed since it was chunked: its chunks are fetched instead
-            new = apply_delta(old, delta, c.size)
-            views = list(chunker.cut(new))
+            # A run is a part of the new version: at most its size.
+            size = frame_content_size(delta, f"the delta for /{c.path}")
+            if not 0 <= size <= c.size:
+                raise IntegrityError(
+                    f"the delta for /{c.path} states {size} bytes, the file has {c.size}"
+                )
+            views = list(chunker.cut(apply_delta(old, delta, size)))
             ids = [blob.blob_id(chunking.id_key, v) for v in views]
-            if ids != c.new_ids:
+            if ids != run:
                 raise IntegrityError(
                     f"the delta for /{c.path} does not give the version the layer names "
                     "(its chunks differ): nothing was staged"
                 )
             for bid, view in zip(ids, views, strict=True):
                 blobs.local.setdefault(bid, bytes(view))
-            done += 1
-    return done
+            done.add(c.path)
+    return len(done)

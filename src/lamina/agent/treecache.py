@@ -50,13 +50,20 @@ class TreeCache:
         if data is not None:
             return data
         data = self.inner.get(bid)
+        self.keep(bid, data)
+        return data
+
+    def keep(self, bid: bytes, data: bytes) -> None:
+        """Keep a listing fetched here or by the caller (who checked it against ``bid``)."""
         with self._lock:
             if bid not in self._at:
                 os.pwrite(self._fd, data, self._end)
                 self._at[bid] = (self._end, len(data))
                 self._end += len(data)
                 self.fetched += 1
-        return data
+
+    def holds(self, bid: bytes) -> bool:
+        return bid in self._at
 
     def _cached(self, bid: bytes) -> bytes | None:
         at = self._at.get(bid)

@@ -69,6 +69,16 @@ class DeltasRequest(Strict):
     items: list[DeltaItem] = Field(max_length=64)
 
 
+class TreesRequest(Strict):
+    """``POST /blobs/trees`` (protocol version 5): folders by id (hex) and, with ``below``,
+    the folders below them, in one zstd frame (``server.services.tree_answers``)."""
+
+    ids: list[str] = Field(min_length=1, max_length=1024)
+    #: Also send the folders below them (a delivery, read whole); without, only the ones
+    #: asked (a staging that walks a snapshot and leaves some folders unread).
+    below: bool = True
+
+
 class LayerVersionPublic(BaseModel):
     id: str
     version: int

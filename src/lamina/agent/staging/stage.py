@@ -37,6 +37,7 @@ from lamina.agent.staging.journal import (
     new_transaction,
     staging_root,
 )
+from lamina.agent.staging.trees import fetch_trees, fetch_walk, into_blobs
 from lamina.agent.state import AgentState
 from lamina.agent.sync import protected_area
 from lamina.agent.transport import AgentClient
@@ -102,6 +103,20 @@ def _materialise(tx: Transaction, blobs: BlobSource, tree: bytes, paths: list[st
         raise
 
 
+def _read_by_plan(root: Path, scope: RevertScope) -> Callable[[str], bool]:
+    """The folders ``plan_revert`` reads: all but the ones it leaves alone (kept classes,
+    ``scope.untouched``) and other file systems' mount points, and what is below them."""
+    root_dev = os.lstat(root).st_dev
+
+    def reads(rel: str) -> bool:
+        if scope.leaves_alone(rel):
+            return False
+        st = lstat_or_none(root / rel)
+        return st is None or st.st_dev == root_dev
+
+    return reads
+
+
 def stage_tree(
     blobs: BlobSource,
     tree_root: bytes,
@@ -127,6 +142,8 @@ def stage_tree(
             trees = stack.enter_context(
                 TreeCache(blobs, staging_root(state_dir, root), chunking.id_key)
             )
+        if client is not None:
+            fetch_walk(client, tree_root, chunking.id_key, trees, _read_by_plan(root, scope))
         plan = plan_revert(trees.tree, tree_root, root, scope, chunking)
         if skip:
             plan.ops = [op for op in plan.ops if op[0] == "swap" or op[1] not in skip]
@@ -237,9 +254,13 @@ def _seed_from_endpoint(
     level = [(delta, "")]
     while level:
         # A level's folders are asked for together (a few requests, not one per folder
-        # changed); they are read again by the staging that follows: kept, not
-        # downloaded again (a delivery's trees hold only what changes: small).
-        blobs.prefetch({tid for tid, _ in level if tid not in blobs.local})
+        # changed), in one zstd frame from a server that can (``fetch_trees``); they are
+        # read again by the staging that follows: kept, not downloaded again (a
+        # delivery's trees hold only what changes: small).
+        want = [tid for tid, _ in level if tid not in blobs.local]
+        keep, held = into_blobs(blobs), blobs.local.__contains__
+        if client is None or not fetch_trees(client, want, chunking.id_key, keep, held):
+            blobs.prefetch(set(want))
         below: list[tuple[bytes, str]] = []
         for tid, prefix in level:
             if tid not in blobs.local:

@@ -3,13 +3,16 @@ users who restore (``lamina cvd restore --output``) and for agents."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgpack
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from lamina.protocol.layers import TreesRequest
 from lamina.protocol.schemas import BlobsRequest, DeltasRequest
 from lamina.server.deps import ActiveDevice, Caller, Ctx, Limits
-from lamina.server.services import blob_reads, deltas, fleet
+from lamina.server.services import blob_reads, deltas, fleet, tree_answers
 
 router = APIRouter()
 
@@ -48,3 +51,28 @@ def read_deltas(req: DeltasRequest, ctx: Ctx, device: ActiveDevice, limits: Limi
     )
     body = {"v": deltas.ANSWER_VERSION, "deltas": out}
     return Response(msgpack.packb(body, use_bin_type=True), media_type="application/msgpack")
+
+
+@router.post(
+    "/blobs/trees",
+    summary="Folders by id and the folders below them, for a device, in one zstd frame",
+    response_class=Response,
+)
+def read_trees(req: TreesRequest, ctx: Ctx, device: ActiveDevice, limits: Limits) -> Response:
+    # Devices only; every level is read as /blobs/read reads it (access, rate, audit, size).
+    def read(ids: list[str]) -> list[bytes]:
+        plains = blob_reads.read_blobs(
+            ctx.engine,
+            ctx.store,
+            device,
+            ids,
+            stored=False,
+            rate=limits.reads,
+            trees=limits.trees,
+            audit=ctx.reads,
+        )
+        return cast(list[bytes], plains)
+
+    return Response(
+        tree_answers.pack_trees(read, req.ids, req.below), media_type="application/zstd"
+    )
