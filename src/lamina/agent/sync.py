@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState
@@ -21,7 +21,7 @@ from lamina.protocol.endpoint import AgentConfig, CommitResponse
 from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.scan import Scanner
-from lamina.tree.scan_scope import ExcludeFn, PruneFn, estimate
+from lamina.tree.scan_scope import ExcludeFn, FolderExcludeFn, PruneFn, estimate
 
 
 @dataclass
@@ -34,20 +34,32 @@ class SyncResult:
     errors: list[str]
 
 
+class ProtectedArea(NamedTuple):
+    """A policy's protected area as the scanner's callbacks."""
+
+    exclude: ExcludeFn
+    prune: PruneFn
+    #: the answers ``exclude`` gives a whole folder's files and sub-folders
+    exclude_folder: FolderExcludeFn
+
+
 def protected_area(
     policy: PolicySettings, rules: RuleSet, root: Path, state_dir: Path
-) -> tuple[ExcludeFn, PruneFn]:
+) -> ProtectedArea:
     """What a policy protects, as the scanner's exclude and prune callbacks.
 
     Every pattern group (the rule set's classes, the policy's exceptions, exclude and
     include) is one RE2 matched on the path's bytes; a folder whose children all get
     the same answer (no pattern can match below it, or one matches all of it) is
-    decided once for all of them."""
+    decided once for all of them, and the scanner asks ``exclude_folder`` for that
+    answer once per folder instead of calling ``exclude`` for each entry."""
     wanted = set(policy.classes)
     skip_inside: set[bytes] = set()
     with_state = state_dir.resolve()
     with contextlib.suppress(ValueError):  # the state folder is outside the root
         skip_inside.add(os.fsencode(with_state.relative_to(root.resolve())))
+    #: folders holding the state folder: their entries are asked about one by one
+    skip_parents = {rel.rpartition(b"/")[0] for rel in skip_inside}
     exceptions, excluded, included = (
         globs(tuple(policy.exceptions)),
         globs(tuple(policy.exclude)),
@@ -76,10 +88,8 @@ def protected_area(
     #: parent folder -> (answer for its files, answer for its folders), None if per path
     folders: dict[bytes, tuple[bool | None, bool | None]] = {}
 
-    def exclude(rel: bytes, is_dir: bool) -> bool:
-        if rel in skip_inside:
-            return True
-        parent = rel.rpartition(b"/")[0]
+    def answers(parent: bytes) -> tuple[bool | None, bool | None]:
+        """The answer for every file and for every folder in ``parent`` (None: per path)."""
         known = folders.get(parent)
         if known is None:
             if len(folders) > 256:
@@ -90,7 +100,15 @@ def protected_area(
                 decide(cls, lambda g: g.below(d), False),
                 decide(cls, lambda g: g.below(d), True),
             )
-        answer = known[is_dir]
+        return known
+
+    def exclude_folder(rel: bytes) -> tuple[bool | None, bool | None]:
+        return (None, None) if rel in skip_parents else answers(rel)
+
+    def exclude(rel: bytes, is_dir: bool) -> bool:
+        if rel in skip_inside:
+            return True
+        answer = answers(rel.rpartition(b"/")[0])[is_dir]
         if answer is not None:
             return answer
         text = b"/" + rel if rel.isascii() else re2_bytes("/" + os.fsdecode(rel))
@@ -99,7 +117,7 @@ def protected_area(
     def prune(rel: bytes) -> bool:
         return rules.prunable("/" + os.fsdecode(rel))
 
-    return exclude, prune
+    return ProtectedArea(exclude, prune, exclude_folder)
 
 
 #: At most this many scan-error paths are recorded in a snapshot; a revert removes
@@ -138,7 +156,8 @@ def run_sync(
     estimate later syncs show progress against: only the first walks the tree first."""
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
-    exclude, prune = protected_area(policy, for_os(os_release(root)), root, state_dir)
+    area = protected_area(policy, for_os(os_release(root)), root, state_dir)
+    exclude, prune = area.exclude, area.prune
     counters: dict[str, Any] = {"files": 0, "bytes": 0, "uploaded": 0}
     if cfg.last_sync is None:  # centralization: worth a metadata walk to show a percentage
         counters["total_files"], counters["total_bytes"] = estimate(root, exclude, prune)
@@ -191,6 +210,7 @@ def run_sync(
                 sink,
                 cache,
                 exclude=exclude,
+                exclude_folder=area.exclude_folder,
                 prune=prune,
                 progress=on_file,
                 reuse_trees=reuse_trees,

@@ -11,15 +11,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from lamina.protocol import UNNAMED_VERSION
-from lamina.protocol.base import HOSTNAME, Hex32, SmallMap, Strict
+from lamina.protocol.base import HOSTNAME, Hex32, Model, SmallMap, Strict
 from lamina.protocol.facts import HardwareFacts
 from lamina.protocol.policies import PolicySettings
 
 
-class ChunkingPublic(BaseModel):
+class ChunkingPublic(Model):
     chunker_seed: int
     #: Empty for a pending device: it gets the key in ``AgentConfig`` once active.
     id_key: str
@@ -33,14 +33,14 @@ class EnrollRequest(Strict):
     facts: HardwareFacts
 
 
-class EnrollResponse(BaseModel):
+class EnrollResponse(Model):
     device_id: str
     credential: str
     status: str
     chunking: ChunkingPublic
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(Model):
     device_id: str
     status: str
     cvd_id: str | None
@@ -58,7 +58,7 @@ class MissingRequest(Strict):
     ids: list[str] = Field(max_length=20000)
 
 
-class MissingResponse(BaseModel):
+class MissingResponse(Model):
     missing: list[str]
 
 
@@ -69,12 +69,12 @@ class CommitRequest(Strict):
     stats: SmallMap = Field(default_factory=dict)
 
 
-class BundleResponse(BaseModel):
+class BundleResponse(Model):
     #: Blobs of the bundle new to this CVD (never whether another CVD stored them).
     new: int
 
 
-class SnapshotPublic(BaseModel):
+class SnapshotPublic(Model):
     id: str
     time: dt.datetime
     files: int
@@ -83,7 +83,7 @@ class SnapshotPublic(BaseModel):
     meta: dict[str, Any]
 
 
-class CommitResponse(BaseModel):
+class CommitResponse(Model):
     snapshot: SnapshotPublic
     kept: int
     forgotten: int
