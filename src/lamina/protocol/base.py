@@ -27,20 +27,11 @@ def _small_map(v: dict[str, Any]) -> dict[str, Any]:
 SmallMap = Annotated[dict[str, Any], Field(max_length=MAX_MAP_KEYS), AfterValidator(_small_map)]
 
 
-class Model(BaseModel):
-    """The base of the schemas: a model's validator is built when the model is first
-    used (``defer_build``), not when its module is imported. An agent's sync imports
-    ~40 models and uses 8 (its answers, its state, the facts it reports): building the
-    others cost ~20 ms of every run's start-up."""
-
-    model_config = ConfigDict(defer_build=True)
-
-
-class Strict(Model):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 # --- errors ------------------------------------------------------------------
-class ErrorPublic(Model):
+class ErrorPublic(BaseModel):
     code: str
     message: str

@@ -11,15 +11,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from lamina.protocol import UNNAMED_VERSION
-from lamina.protocol.base import HOSTNAME, Hex32, Model, SmallMap, Strict
+from lamina.protocol.base import HOSTNAME, Hex32, SmallMap, Strict
 from lamina.protocol.facts import HardwareFacts
 from lamina.protocol.policies import PolicySettings
 
 
-class ChunkingPublic(Model):
+class ChunkingPublic(BaseModel):
     chunker_seed: int
     #: Empty for a pending device: it gets the key in ``AgentConfig`` once active.
     id_key: str
@@ -33,14 +33,14 @@ class EnrollRequest(Strict):
     facts: HardwareFacts
 
 
-class EnrollResponse(Model):
+class EnrollResponse(BaseModel):
     device_id: str
     credential: str
     status: str
     chunking: ChunkingPublic
 
 
-class AgentConfig(Model):
+class AgentConfig(BaseModel):
     device_id: str
     status: str
     cvd_id: str | None
@@ -58,7 +58,7 @@ class MissingRequest(Strict):
     ids: list[str] = Field(max_length=20000)
 
 
-class MissingResponse(Model):
+class MissingResponse(BaseModel):
     missing: list[str]
 
 
@@ -69,12 +69,12 @@ class CommitRequest(Strict):
     stats: SmallMap = Field(default_factory=dict)
 
 
-class BundleResponse(Model):
+class BundleResponse(BaseModel):
     #: Blobs of the bundle new to this CVD (never whether another CVD stored them).
     new: int
 
 
-class SnapshotPublic(Model):
+class SnapshotPublic(BaseModel):
     id: str
     time: dt.datetime
     files: int
@@ -83,7 +83,7 @@ class SnapshotPublic(Model):
     meta: dict[str, Any]
 
 
-class CommitResponse(Model):
+class CommitResponse(BaseModel):
     snapshot: SnapshotPublic
     kept: int
     forgotten: int

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
-from lamina.protocol.base import Model, Strict
+from lamina.protocol.base import Strict
 
 PathClass = Literal["system", "applications", "user_data", "machine_identity"]
 PROTECTABLE: tuple[PathClass, ...] = ("system", "applications", "user_data", "machine_identity")
@@ -40,7 +40,7 @@ class PolicyUpdate(Strict):
     settings: PolicySettings
 
 
-class PolicyPublic(Model):
+class PolicyPublic(BaseModel):
     id: str
     name: str
     version: int

@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    BaseModel,
     ConfigDict,
     Discriminator,
     Field,
@@ -36,7 +37,7 @@ from pydantic import (
 )
 
 from lamina.errors import UsageError
-from lamina.protocol.base import Model, SmallMap, Strict
+from lamina.protocol.base import SmallMap, Strict
 from lamina.protocol.policies import PolicySettings
 
 #: A tree or blob id in hex (64 lowercase digits).
@@ -78,7 +79,7 @@ REPORTABLE_STATES: tuple[TaskState, ...] = (
 )
 
 
-class TaskParams(Model):
+class TaskParams(BaseModel):
     """The parameters of one kind of task. Unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -283,7 +284,7 @@ AnyTaskParams = Annotated[
 ]
 
 
-class _OfKind(Model):
+class _OfKind(BaseModel):
     """A task's kind, and its subclasses' ``params`` read into that kind's model
     (``params_for``): a malformed parameter, or an unknown kind, is a ``UsageError``
     naming the kind and the field, raised as it is (not wrapped in a ``ValidationError``)."""
