@@ -236,6 +236,7 @@ def run_sync(
                 counters["files"] = counters["bytes"] = 0
         cache.commit(cfg.gc_epoch)
     finally:
+        sink.close()
         cache.close()
     stats = scanner.stats
     return SyncResult(
