@@ -19,7 +19,7 @@ from lamina.errors import IntegrityError
 from lamina.protocol.bundle import MAX_BUNDLE_BLOBS
 from lamina.store import blob
 from lamina.store.blob import BlobKind
-from lamina.store.keys import read_keyfile
+from lamina.store.keys import ChunkingSecret, read_keyfile
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
 
@@ -31,6 +31,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield Live(url, settings.data)
 
 
+def agent_client(server: Live, name: str) -> tuple[AgentClient, ChunkingSecret]:
+    """A client of a new enrolled device, and the store's chunking secret."""
+    dev = server.device(name)
+    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
+    chunking = read_keyfile(server.data / "keys.json").chunking
+    return AgentClient(server.url, credential, None), chunking
+
+
 @pytest.mark.parametrize("limit", [0, 10**9])
 def test_bundles_in_flight_store_every_chunk_and_forget_their_ids(
     server: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
@@ -39,10 +47,7 @@ def test_bundles_in_flight_store_every_chunk_and_forget_their_ids(
     under a bandwidth limit): afterwards the server lacks none, and the sink holds no ids
     (its memory does not grow with the snapshot's chunks)."""
     monkeypatch.setattr(uploader, "BUNDLE_BYTES", 16 * 1024)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device(f"uploader-{limit}")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, f"uploader-{limit}")
     rng = random.Random(limit)
     chunks = [rng.randbytes(2048) for _ in range(300)]
     ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
@@ -68,10 +73,7 @@ def test_a_bundle_holds_at_most_bundle_blobs_however_small_they_are(
     ``MAX_BUNDLE_BLOBS``): a bundle is full at ``BUNDLE_BLOBS`` blobs, whatever its bytes."""
     assert uploader.BUNDLE_BLOBS <= MAX_BUNDLE_BLOBS
     monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 40)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-count")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, "uploader-count")
     chunks = [f"tiny file {i}\n".encode() for i in range(300)]
     ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
     sink = RemoteSink(client, chunking)
@@ -90,10 +92,7 @@ def test_one_missing_question_spans_many_jobs_and_only_lacking_blobs_go_up(
     it names: the server is asked once per ``ASK_BLOBS`` blobs, not once per job (40
     questions before), and a blob it holds already is never compressed or sent again."""
     monkeypatch.setattr(uploader, "ASK_BLOBS", 250)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-asks")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, "uploader-asks")
     asked: list[int] = []
     real = client.json
 
@@ -134,10 +133,7 @@ def test_the_server_is_asked_and_sent_to_off_the_scans_threads(
     for ``SETTLE_AHEAD`` batches queued); ``flush`` returns once everything is stored."""
     monkeypatch.setattr(uploader, "ASK_BLOBS", 50)
     monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 40)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-threads")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, "uploader-threads")
     calls: list[tuple[str, str]] = []
     real = client.json
 
@@ -168,10 +164,7 @@ def test_an_upload_that_fails_is_raised_to_the_scan_and_by_flush(
     comes out of ``put_chunk`` once the scan hands over its next batch, or ``flush``."""
     monkeypatch.setattr(uploader, "ASK_BLOBS", 10)
     monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 10)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-fails")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, "uploader-fails")
     real = client.json
 
     def failing(method: str, path: str, **kw: Any) -> Any:
