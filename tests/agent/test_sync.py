@@ -113,7 +113,7 @@ def test_a_folders_answer_is_the_answer_for_each_of_its_entries(
     parents = [b"", *(b"/".join(p) for n in (1, 2) for p in itertools.product(_NAMES, repeat=n))]
     parents += [b"home/alice/.cache", b"var/lib/docker", b"usr/lib/x.conf", b"etc/ssh/ssh"]
     decided = 0
-    for parent in parents:
+    for parent in parents:  # in a scan's order: a folder before its sub-folders
         files, folders = area.exclude_folder(parent)
         for name in _NAMES:
             rel = parent + b"/" + name if parent else name
@@ -122,6 +122,8 @@ def test_a_folders_answer_is_the_answer_for_each_of_its_entries(
                     decided += 1
                     assert answer == _reference_exclude(policy, rules, rel, is_dir), rel
                     assert answer == area.exclude(rel, is_dir), rel
+            # a sub-folder's prune: the rule set's, decided from the folder's class
+            assert area.prune(rel) == rules.prunable("/" + os.fsdecode(rel)), rel
     assert decided > len(parents) * len(_NAMES)  # most folders are decided whole
     assert area.exclude_folder(b"var") == (None, None)
     assert area.exclude(b"var/lamina", True)

@@ -85,36 +85,52 @@ def protected_area(
             return None
         return True if not hit else cls not in wanted
 
-    #: parent folder -> (answer for its files, answer for its folders), None if per path
-    folders: dict[bytes, tuple[bool | None, bool | None]] = {}
+    #: parent folder -> (answer for its files, answer for its folders: None if per path,
+    #: the class of every path below it: None if per path)
+    folders: dict[bytes, tuple[bool | None, bool | None, str | None]] = {}
 
-    def answers(parent: bytes) -> tuple[bool | None, bool | None]:
+    def answers(parent: bytes) -> tuple[bool | None, bool | None, str | None]:
         """The answer for every file and for every folder in ``parent`` (None: per path)."""
         known = folders.get(parent)
         if known is None:
+            above = folders.get(parent.rpartition(b"/")[0]) if parent else None
+            if above is not None and above[0] is not None and above[1] is not None:
+                # decided for every path below the folder above, so below this one too
+                # (a scan lists a folder before its sub-folders: one lookup, no matching)
+                known = above
+            else:
+                d = "/" + os.fsdecode(parent)
+                cls = rules.classify_below(d)
+                known = (
+                    decide(cls, lambda g: g.below(d), False),
+                    decide(cls, lambda g: g.below(d), True),
+                    cls,
+                )
             if len(folders) > 256:
                 folders.clear()
-            d = "/" + os.fsdecode(parent)
-            cls = rules.classify_below(d)
-            known = folders[parent] = (
-                decide(cls, lambda g: g.below(d), False),
-                decide(cls, lambda g: g.below(d), True),
-            )
+            folders[parent] = known
         return known
 
     def exclude_folder(rel: bytes) -> tuple[bool | None, bool | None]:
-        return (None, None) if rel in skip_parents else answers(rel)
+        if rel in skip_parents:
+            return None, None
+        files, folders_, _ = answers(rel)
+        return files, folders_
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
         if rel in skip_inside:
             return True
-        answer = answers(rel.rpartition(b"/")[0])[is_dir]
+        files, folders_, _ = answers(rel.rpartition(b"/")[0])
+        answer = folders_ if is_dir else files
         if answer is not None:
             return answer
         text = b"/" + rel if rel.isascii() else re2_bytes("/" + os.fsdecode(rel))
         return bool(decide(rules.classify_bytes(text), lambda g: g.match_bytes(text), is_dir))
 
     def prune(rel: bytes) -> bool:
+        known = folders.get(rel.rpartition(b"/")[0])
+        if known is not None and known[2] not in (None, "excluded"):
+            return False  # no path below the folder it is in is of the excluded class
         return rules.prunable("/" + os.fsdecode(rel))
 
     return ProtectedArea(exclude, prune, exclude_folder)
