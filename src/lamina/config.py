@@ -37,7 +37,7 @@ class FileSettings(BaseModel):
     about 70 ms of ``lamina agent run``'s start-up). Values from the environment and
     the file are validated as the flags are (lax: ``"5"`` is 5, ``"true"`` is true)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     #: The environment variables' prefix (``LAMINA_``, ``LAMINA_AGENT_``).
     env_prefix: ClassVar[str] = ""
 

@@ -54,7 +54,7 @@ def tmpfs() -> Iterator[Callable[[Path, str], Path]]:
 
 def snapshot(store: Store, root: Path, state: Path, policy: PolicySettings) -> bytes:
     """A sync's snapshot: the protected area of ``policy``, as the agent scans it."""
-    exclude, _prune = protected_area(policy, RULES, root, state)
+    exclude = protected_area(policy, RULES, root, state).exclude
     return backup(store, root, exclude=exclude).snapshot.root
 
 

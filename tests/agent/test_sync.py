@@ -19,7 +19,9 @@ from lamina.agent.runner import Agent
 from lamina.agent.sync import MAX_ERROR_PATHS, error_paths, protected_area
 from lamina.layers.rules import RuleSet, builtin, compile_glob
 from lamina.protocol.schemas import PolicySettings
+from lamina.store.repository import Store
 from lamina.tree.model import decode_tree
+from lamina.tree.scan import Scanner
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
@@ -77,7 +79,7 @@ def test_protected_area_agrees_with_the_per_pattern_reference(
     """Folder-wide decisions and the one-RE2-per-group match give every path the answer
     the per-glob reference gives: paths in folder order (memo used) and shuffled."""
     rules = builtin(ruleset)
-    exclude, _ = protected_area(policy, rules, tmp_path, tmp_path / "state")
+    exclude = protected_area(policy, rules, tmp_path, tmp_path / "state").exclude
     rng = random.Random(7)
     deep = [p for n in (3, 4) for p in itertools.product(_NAMES, repeat=n)]
     picked = [*itertools.product(_NAMES, repeat=1), *itertools.product(_NAMES, repeat=2)]
@@ -89,6 +91,75 @@ def test_protected_area_agrees_with_the_per_pattern_reference(
     for rel in rels + rng.sample(rels, len(rels)):
         for is_dir in (False, True):
             assert exclude(rel, is_dir) == expected[rel, is_dir], rel
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        PolicySettings(),
+        PolicySettings(include=["/home/**", "/etc/*.conf"], classes=["user_data", "system"]),
+        PolicySettings(exclude=["/home/*/a/**", "/usr"], exceptions=["/usr/lib/**", "/home/a*"]),
+        PolicySettings(exclude=["/**"], exceptions=["/etc/ssh/**"]),
+    ],
+)
+def test_a_folders_answer_is_the_answer_for_each_of_its_entries(
+    tmp_path: Path, policy: PolicySettings
+) -> None:
+    """Where ``exclude_folder`` answers for a folder's files or sub-folders, ``exclude``
+    (and the per-pattern reference) gives that answer for each of them; the folder
+    holding the state folder is left to ``exclude`` (which leaves the state out)."""
+    rules = builtin("debian")
+    area = protected_area(policy, rules, tmp_path, tmp_path / "var" / "lamina")
+    parents = [b"", *(b"/".join(p) for n in (1, 2) for p in itertools.product(_NAMES, repeat=n))]
+    parents += [b"home/alice/.cache", b"var/lib/docker", b"usr/lib/x.conf", b"etc/ssh/ssh"]
+    decided = 0
+    for parent in parents:  # in a scan's order: a folder before its sub-folders
+        files, folders = area.exclude_folder(parent)
+        for name in _NAMES:
+            rel = parent + b"/" + name if parent else name
+            for is_dir, answer in ((False, files), (True, folders)):
+                if answer is not None:
+                    decided += 1
+                    assert answer == _reference_exclude(policy, rules, rel, is_dir), rel
+                    assert answer == area.exclude(rel, is_dir), rel
+            # a sub-folder's prune: the rule set's, decided from the folder's class
+            assert area.prune(rel) == rules.prunable("/" + os.fsdecode(rel)), rel
+    assert decided > len(parents) * len(_NAMES)  # most folders are decided whole
+    assert area.exclude_folder(b"var") == (None, None)
+    assert area.exclude(b"var/lamina", True)
+
+
+def test_a_scan_asks_about_a_folder_once_not_each_entry(store: Store, tmp_path: Path) -> None:
+    """The scanner takes a folder's answer (``exclude_folder``): in the folders the
+    default policy keeps whole, ``exclude`` is called for no entry; the folder holding
+    the state folder still asks about each of its entries, and the state folder is left
+    out."""
+    root = tmp_path / "root"
+    for d in ("etc", "usr/lib", "usr/share/doc", "var"):
+        for i in range(5):
+            (root / d).mkdir(parents=True, exist_ok=True)
+            (root / d / f"f{i}").write_bytes(b"x" * i)
+    (root / "var" / "lamina").mkdir()
+    area = protected_area(PolicySettings(), builtin("debian"), root, root / "var" / "lamina")
+    asked: list[bytes] = []
+
+    def exclude(rel: bytes, is_dir: bool) -> bool:
+        asked.append(rel)
+        return area.exclude(rel, is_dir)
+
+    with store.writer() as w:
+        scanner = Scanner(w, exclude=exclude, exclude_folder=area.exclude_folder)
+        root_id = scanner.scan(root)
+    tree = decode_tree(store.get(root_id))
+    # the root, etc and usr depend on the names (the rule set's classes); usr/lib and
+    # usr/share/doc are decided whole; var holds the state folder
+    files = [b"%s/f%d" % (d, i) for d in (b"etc", b"var") for i in range(5)]
+    assert sorted(asked) == sorted(
+        [b"etc", b"usr", b"var", b"usr/lib", b"usr/share", b"var/lamina", *files]
+    )
+    var = next(e for e in tree if e.name == b"var")
+    names = [e.name for e in decode_tree(store.get(var.subtree))]
+    assert names == [b"f0", b"f1", b"f2", b"f3", b"f4"]  # the state folder left out
 
 
 def test_a_reused_tree_the_server_no_longer_holds_costs_one_scan_without_reuse(

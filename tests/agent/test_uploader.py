@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,10 +15,11 @@ from lamina.agent import uploader
 from lamina.agent.transport import AgentClient
 from lamina.agent.uploader import RemoteSink
 from lamina.config import ServerSettings
+from lamina.errors import IntegrityError
 from lamina.protocol.bundle import MAX_BUNDLE_BLOBS
 from lamina.store import blob
 from lamina.store.blob import BlobKind
-from lamina.store.keys import read_keyfile
+from lamina.store.keys import ChunkingSecret, read_keyfile
 from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
 
 
@@ -29,6 +31,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield Live(url, settings.data)
 
 
+def agent_client(server: Live, name: str) -> tuple[AgentClient, ChunkingSecret]:
+    """A client of a new enrolled device, and the store's chunking secret."""
+    dev = server.device(name)
+    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
+    chunking = read_keyfile(server.data / "keys.json").chunking
+    return AgentClient(server.url, credential, None), chunking
+
+
 @pytest.mark.parametrize("limit", [0, 10**9])
 def test_bundles_in_flight_store_every_chunk_and_forget_their_ids(
     server: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
@@ -37,10 +47,7 @@ def test_bundles_in_flight_store_every_chunk_and_forget_their_ids(
     under a bandwidth limit): afterwards the server lacks none, and the sink holds no ids
     (its memory does not grow with the snapshot's chunks)."""
     monkeypatch.setattr(uploader, "BUNDLE_BYTES", 16 * 1024)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device(f"uploader-{limit}")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, f"uploader-{limit}")
     rng = random.Random(limit)
     chunks = [rng.randbytes(2048) for _ in range(300)]
     ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
@@ -66,10 +73,7 @@ def test_a_bundle_holds_at_most_bundle_blobs_however_small_they_are(
     ``MAX_BUNDLE_BLOBS``): a bundle is full at ``BUNDLE_BLOBS`` blobs, whatever its bytes."""
     assert uploader.BUNDLE_BLOBS <= MAX_BUNDLE_BLOBS
     monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 40)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-count")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, "uploader-count")
     chunks = [f"tiny file {i}\n".encode() for i in range(300)]
     ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
     sink = RemoteSink(client, chunking)
@@ -88,10 +92,7 @@ def test_one_missing_question_spans_many_jobs_and_only_lacking_blobs_go_up(
     it names: the server is asked once per ``ASK_BLOBS`` blobs, not once per job (40
     questions before), and a blob it holds already is never compressed or sent again."""
     monkeypatch.setattr(uploader, "ASK_BLOBS", 250)
-    chunking = read_keyfile(server.data / "keys.json").chunking
-    dev = server.device("uploader-asks")
-    credential = str(dev.client.headers["Authorization"]).removeprefix("Bearer ")
-    client = AgentClient(server.url, credential, None)
+    client, chunking = agent_client(server, "uploader-asks")
     asked: list[int] = []
     real = client.json
 
@@ -121,4 +122,63 @@ def test_one_missing_question_spans_many_jobs_and_only_lacking_blobs_go_up(
     assert asked == [250, 150]  # two questions for 40 jobs
     assert sink.uploaded_blobs == 300  # the 100 the server held were not sent
     assert not sink._sent
+    client.close()
+
+
+def test_the_server_is_asked_and_sent_to_off_the_scans_threads(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan's thread only queues: the questions go from the sender thread and the
+    bundles from the upload threads, so a scan never waits on the server's answer (but
+    for ``SETTLE_AHEAD`` batches queued); ``flush`` returns once everything is stored."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 50)
+    monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 40)
+    client, chunking = agent_client(server, "uploader-threads")
+    calls: list[tuple[str, str]] = []
+    real = client.json
+
+    def recording(method: str, path: str, **kw: Any) -> Any:
+        calls.append((path, threading.current_thread().name))
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "json", recording)
+    chunks = [f"file {i}\n".encode() * 10 for i in range(300)]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    sink = RemoteSink(client, chunking)
+    for bid, c in zip(ids, chunks, strict=True):
+        sink.put_chunk(BlobKind.DATA, bid, c)
+    sink.flush()
+    scan = threading.current_thread().name
+    assert {p for p, t in calls if t == scan} == set()  # 300 blobs: 6 full batches
+    assert {t.split("_")[0] for p, t in calls if p == "/agent/missing"} == {"lamina-sender"}
+    assert {t.split("_")[0] for p, t in calls if p == "/agent/bundles"} == {"lamina-upload"}
+    assert sink.uploaded_blobs == 300 and sink._missing(ids) == set()
+    sink.close()
+    client.close()
+
+
+def test_an_upload_that_fails_is_raised_to_the_scan_and_by_flush(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle the server refuses stops the sync: the error
+    comes out of ``put_chunk`` once the scan hands over its next batch, or ``flush``."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 10)
+    monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 10)
+    client, chunking = agent_client(server, "uploader-fails")
+    real = client.json
+
+    def failing(method: str, path: str, **kw: Any) -> Any:
+        if path == "/agent/bundles":
+            raise IntegrityError("bundle refused: a blob does not match its id")
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "json", failing)
+    sink = RemoteSink(client, chunking)
+    with pytest.raises(IntegrityError, match="bundle refused"):
+        for i in range(1000):
+            data = f"file {i}\n".encode()
+            sink.put_chunk(BlobKind.DATA, blob.blob_id(chunking.id_key, data), data)
+        sink.flush()
+    assert sink.uploaded_blobs == 0
+    sink.close()
     client.close()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState
@@ -21,7 +21,7 @@ from lamina.protocol.endpoint import AgentConfig, CommitResponse
 from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.scan import Scanner
-from lamina.tree.scan_scope import ExcludeFn, PruneFn, estimate
+from lamina.tree.scan_scope import ExcludeFn, FolderExcludeFn, PruneFn, estimate
 
 
 @dataclass
@@ -34,20 +34,32 @@ class SyncResult:
     errors: list[str]
 
 
+class ProtectedArea(NamedTuple):
+    """A policy's protected area as the scanner's callbacks."""
+
+    exclude: ExcludeFn
+    prune: PruneFn
+    #: the answers ``exclude`` gives a whole folder's files and sub-folders
+    exclude_folder: FolderExcludeFn
+
+
 def protected_area(
     policy: PolicySettings, rules: RuleSet, root: Path, state_dir: Path
-) -> tuple[ExcludeFn, PruneFn]:
+) -> ProtectedArea:
     """What a policy protects, as the scanner's exclude and prune callbacks.
 
     Every pattern group (the rule set's classes, the policy's exceptions, exclude and
     include) is one RE2 matched on the path's bytes; a folder whose children all get
     the same answer (no pattern can match below it, or one matches all of it) is
-    decided once for all of them."""
+    decided once for all of them, and the scanner asks ``exclude_folder`` for that
+    answer once per folder instead of calling ``exclude`` for each entry."""
     wanted = set(policy.classes)
     skip_inside: set[bytes] = set()
     with_state = state_dir.resolve()
     with contextlib.suppress(ValueError):  # the state folder is outside the root
         skip_inside.add(os.fsencode(with_state.relative_to(root.resolve())))
+    #: folders holding the state folder: their entries are asked about one by one
+    skip_parents = {rel.rpartition(b"/")[0] for rel in skip_inside}
     exceptions, excluded, included = (
         globs(tuple(policy.exceptions)),
         globs(tuple(policy.exclude)),
@@ -73,33 +85,55 @@ def protected_area(
             return None
         return True if not hit else cls not in wanted
 
-    #: parent folder -> (answer for its files, answer for its folders), None if per path
-    folders: dict[bytes, tuple[bool | None, bool | None]] = {}
+    #: parent folder -> (answer for its files, answer for its folders: None if per path,
+    #: the class of every path below it: None if per path)
+    folders: dict[bytes, tuple[bool | None, bool | None, str | None]] = {}
+
+    def answers(parent: bytes) -> tuple[bool | None, bool | None, str | None]:
+        """The answer for every file and for every folder in ``parent`` (None: per path)."""
+        known = folders.get(parent)
+        if known is None:
+            above = folders.get(parent.rpartition(b"/")[0]) if parent else None
+            if above is not None and above[0] is not None and above[1] is not None:
+                # decided for every path below the folder above, so below this one too
+                # (a scan lists a folder before its sub-folders: one lookup, no matching)
+                known = above
+            else:
+                d = "/" + os.fsdecode(parent)
+                cls = rules.classify_below(d)
+                known = (
+                    decide(cls, lambda g: g.below(d), False),
+                    decide(cls, lambda g: g.below(d), True),
+                    cls,
+                )
+            if len(folders) > 256:
+                folders.clear()
+            folders[parent] = known
+        return known
+
+    def exclude_folder(rel: bytes) -> tuple[bool | None, bool | None]:
+        if rel in skip_parents:
+            return None, None
+        files, folders_, _ = answers(rel)
+        return files, folders_
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
         if rel in skip_inside:
             return True
-        parent = rel.rpartition(b"/")[0]
-        known = folders.get(parent)
-        if known is None:
-            if len(folders) > 256:
-                folders.clear()
-            d = "/" + os.fsdecode(parent)
-            cls = rules.classify_below(d)
-            known = folders[parent] = (
-                decide(cls, lambda g: g.below(d), False),
-                decide(cls, lambda g: g.below(d), True),
-            )
-        answer = known[is_dir]
+        files, folders_, _ = answers(rel.rpartition(b"/")[0])
+        answer = folders_ if is_dir else files
         if answer is not None:
             return answer
         text = b"/" + rel if rel.isascii() else re2_bytes("/" + os.fsdecode(rel))
         return bool(decide(rules.classify_bytes(text), lambda g: g.match_bytes(text), is_dir))
 
     def prune(rel: bytes) -> bool:
+        known = folders.get(rel.rpartition(b"/")[0])
+        if known is not None and known[2] not in (None, "excluded"):
+            return False  # no path below the folder it is in is of the excluded class
         return rules.prunable("/" + os.fsdecode(rel))
 
-    return exclude, prune
+    return ProtectedArea(exclude, prune, exclude_folder)
 
 
 #: At most this many scan-error paths are recorded in a snapshot; a revert removes
@@ -138,7 +172,8 @@ def run_sync(
     estimate later syncs show progress against: only the first walks the tree first."""
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
-    exclude, prune = protected_area(policy, for_os(os_release(root)), root, state_dir)
+    area = protected_area(policy, for_os(os_release(root)), root, state_dir)
+    exclude, prune = area.exclude, area.prune
     counters: dict[str, Any] = {"files": 0, "bytes": 0, "uploaded": 0}
     if cfg.last_sync is None:  # centralization: worth a metadata walk to show a percentage
         counters["total_files"], counters["total_bytes"] = estimate(root, exclude, prune)
@@ -191,6 +226,7 @@ def run_sync(
                 sink,
                 cache,
                 exclude=exclude,
+                exclude_folder=area.exclude_folder,
                 prune=prune,
                 progress=on_file,
                 reuse_trees=reuse_trees,
@@ -216,6 +252,7 @@ def run_sync(
                 counters["files"] = counters["bytes"] = 0
         cache.commit(cfg.gc_epoch)
     finally:
+        sink.close()
         cache.close()
     stats = scanner.stats
     return SyncResult(

@@ -10,13 +10,21 @@ the chunking secret, never the data key) and sent in bundles of about 8 MiB,
 ``IN_FLIGHT`` at once; the server verifies, encrypts and stores each bundle durably
 before answering, so an interrupted sync resumes without sending a bundle twice. An
 optional bandwidth limit paces uploads (one at a time).
+
+The scan's threads do not wait on the server: a full batch goes to the sink's sender
+thread (at most ``SETTLE_AHEAD`` batches queued: a scan ahead of the server waits for
+it, its memory bounded), which asks about it, compresses what the server lacks and
+hands each full bundle to one of ``IN_FLIGHT`` upload threads. A failure there is
+raised to the scan at its next full batch, and by ``flush``.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from lamina.agent.transport import AgentClient, retrying
@@ -41,6 +49,11 @@ ASK_BYTES = 4 * 1024 * 1024
 #: Bundles uploaded at once (each over one of the client's keep-alive connections) when
 #: no bandwidth limit paces them: the server verifies one while the next is sent.
 IN_FLIGHT = 2
+#: Full batches waiting for the sender thread before a scan's thread waits for it.
+SETTLE_AHEAD = 2
+
+#: A blob put but not yet asked about: (kind, id, plaintext)
+Queued = tuple[BlobKind, bytes, bytes | memoryview]
 
 
 class RemoteSink:
@@ -70,8 +83,16 @@ class RemoteSink:
         #: most a few bundles' ids, not every chunk of the snapshot
         self._sent: set[bytes] = set()
         self._bundle: list[BundleBlob] = []
-        #: blobs put but not yet asked about, in the order put: (kind, id, plaintext)
-        self._ask: list[tuple[BlobKind, bytes, bytes | memoryview]] = []
+        #: blobs put but not yet asked about, in the order put
+        self._ask: list[Queued] = []
+        #: full batches for the sender thread (None: stop), which runs while a scan puts
+        self._batches: queue.Queue[list[Queued] | None] = queue.Queue(SETTLE_AHEAD)
+        self._sender: threading.Thread | None = None
+        self._uploads = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="lamina-upload")
+        self._pending: list[Future[None]] = []
+        #: the first failure of the sender or of an upload, raised to the scan
+        self._error: BaseException | None = None
+        self._closed = False
         self._ask_bytes = 0
         #: folders' trees, asked about in batches (the store's writer batches the same way)
         self._trees = TreeBatcher(self.need, self._put_tree)
@@ -126,14 +147,44 @@ class RemoteSink:
         if batch is None:  # ``need`` asked the server already (``exact_need``)
             self._bundle_blob(kind, bid, data)
         else:
-            self._settle(batch)
+            self._hand_over(batch)
 
-    def _take_ask(self) -> list[tuple[BlobKind, bytes, bytes | memoryview]]:
+    def _take_ask(self) -> list[Queued]:
         """The queued blobs, the queue emptied (the caller holds ``_lock``)."""
         batch, self._ask, self._ask_bytes = self._ask, [], 0
         return batch
 
-    def _settle(self, batch: list[tuple[BlobKind, bytes, bytes | memoryview]]) -> None:
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, e: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = e
+
+    def _hand_over(self, batch: list[Queued]) -> None:
+        """Queue a full batch for the sender thread (started by the first one)."""
+        self._check()
+        with self._lock:
+            if self._sender is None:
+                self._sender = threading.Thread(
+                    target=self._send_batches, name="lamina-sender", daemon=True
+                )
+                self._sender.start()
+        self._batches.put(batch)
+
+    def _send_batches(self) -> None:
+        """The sender thread: settle batches in the order put until told to stop; after
+        a failure, drop them (a scan's thread never waits on a queue nobody empties)."""
+        while (batch := self._batches.get()) is not None:
+            try:
+                if self._error is None and not self._closed:
+                    self._settle(batch)
+            except BaseException as e:  # raised to the scan by _check
+                self._fail(e)
+
+    def _settle(self, batch: list[Queued]) -> None:
         """Ask about a batch; bundle what the server lacks, in the order put, and forget
         the rest's ids (the server answers for those from now on)."""
         if not batch:
@@ -184,24 +235,58 @@ class RemoteSink:
         self.put_chunk(BlobKind.TREE, bid, data)
 
     def flush(self) -> None:
+        """Settle and upload everything put; return once the server stored it all (or
+        raise what failed). Called once no thread puts any more."""
         self._trees.settle()
         with self._lock:
             batch = self._take_ask()
+        if self._sender is not None:
+            self._batches.put(None)
+            self._sender.join()
+            self._sender = None
+        self._check()
         self._settle(batch)
         with self._lock:
             full, self._bundle, self._bundle_size = self._bundle, [], 0
             self._bundle_raw = 0
         if full:
             self._upload(full)
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+        self._check()
+
+    def close(self) -> None:
+        """Stop the sender and upload threads (what they still hold is not sent)."""
+        if self._sender is not None:
+            self._closed = True
+            self._batches.put(None)
+            self._sender.join()
+            self._sender = None
+        self._uploads.shutdown(wait=True, cancel_futures=True)
 
     def _upload(self, blobs: list[BundleBlob]) -> None:
-        """Send a full bundle; ``blobs`` is emptied (the caller's list: its payloads are
-        freed once encoded). A thread waiting for a slot holds the payloads alone, not
-        their encoded copy too, so a sync holds at most ``IN_FLIGHT`` encoded bundles."""
-        with self._slots:
+        """Send a full bundle on an upload thread; ``blobs`` is emptied (the caller's
+        list: its payloads are freed once encoded). The caller waits for a free slot
+        holding the payloads alone, not their encoded copy too, so a sync holds at most
+        ``IN_FLIGHT`` encoded bundles."""
+        self._slots.acquire()
+        try:
             body = encode_bundle(blobs)
             ids = [b.id for b in blobs]
             blobs.clear()
+            sent = self._uploads.submit(self._send, body, ids)
+            with self._lock:  # the scan's threads upload too with ``exact_need``
+                self._pending = [f for f in self._pending if not f.done()]
+                self._pending.append(sent)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _send(self, body: bytes, ids: list[bytes]) -> None:
+        """An upload thread: post one bundle, then free its slot."""
+        try:
             retrying(
                 lambda: self.client.json(
                     "POST", "/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE}
@@ -216,6 +301,11 @@ class RemoteSink:
                 with self._report_lock:
                     self.on_upload(len(body))
             self._pace(len(body))
+        except BaseException as e:
+            self._fail(e)
+            raise
+        finally:
+            self._slots.release()
 
     def _pace(self, nbytes: int) -> None:
         if self.bandwidth_limit <= 0:

@@ -50,7 +50,7 @@ from lamina.tree.scan_read import (
     same_inode,
     xattrs_at,
 )
-from lamina.tree.scan_scope import ExcludeFn, PruneFn
+from lamina.tree.scan_scope import ExcludeFn, FolderExcludeFn, PruneFn
 
 #: Files up to this size are read whole and batched with their neighbours.
 SMALL_FILE = 1024 * 1024
@@ -131,6 +131,7 @@ class Scanner(FileReader):
         *,
         workers: int | None = None,
         exclude: ExcludeFn | None = None,
+        exclude_folder: FolderExcludeFn | None = None,
         prune: PruneFn | None = None,
         progress: AdvanceFn | None = None,
         one_file_system: bool = False,
@@ -141,6 +142,8 @@ class Scanner(FileReader):
         self.writer = writer
         self.cache = cache
         self.exclude = exclude
+        #: ``exclude``'s answers for a whole folder's files and sub-folders, if it knows them
+        self.exclude_folder = exclude_folder
         self.prune = prune
         self.progress = progress
         self.one_file_system = one_file_system
@@ -326,6 +329,11 @@ class Scanner(FileReader):
     ) -> list[tuple[bytes, os.stat_result, str]]:
         """``(name, lstat, type)`` of the entries of a folder the scan keeps."""
         out = []
+        exclude = self.exclude
+        # per folder, the answer for all its files and sub-folders (None: ask per entry)
+        files_out = dirs_out = None
+        if exclude is not None and self.exclude_folder is not None:
+            files_out, dirs_out = self.exclude_folder(d.rel)
         for name in names:
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -336,8 +344,12 @@ class Scanner(FileReader):
             typ = FILE_TYPES.get(st.st_mode & _IFMT)
             if typ is None:
                 continue
-            if self.exclude and self.exclude(d.rel + b"/" + name if d.rel else name, typ == "dir"):
-                continue
+            if exclude is not None:
+                excluded = dirs_out if typ == "dir" else files_out
+                if excluded is None:
+                    excluded = exclude(d.rel + b"/" + name if d.rel else name, typ == "dir")
+                if excluded:
+                    continue
             out.append((name, st, typ))
         return out
 

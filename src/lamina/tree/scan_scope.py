@@ -11,6 +11,10 @@ from pathlib import Path
 ExcludeFn = Callable[[bytes, bool], bool]
 #: directory relative to the root -> keep the directory but none of its content
 PruneFn = Callable[[bytes], bool]
+#: folder relative to the root -> ``ExcludeFn``'s answer for every file in it and for
+#: every sub-folder in it (None: it depends on the name, ask ``ExcludeFn`` for each).
+#: Asked once per folder, so a folder a policy decides whole costs no call per entry.
+FolderExcludeFn = Callable[[bytes], tuple[bool | None, bool | None]]
 
 
 def estimate(root: Path, exclude: ExcludeFn, prune: PruneFn) -> tuple[int, int]:

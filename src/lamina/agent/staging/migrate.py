@@ -112,7 +112,7 @@ def migration_scope(
 
         protected = owned_by_layers
     elif mode == "full" and policy is not None:
-        exclude, _ = protected_area(policy, rules, root, state_dir)
+        exclude = protected_area(policy, rules, root, state_dir).exclude
 
         def protected_fn(path: str, is_dir: bool) -> bool:
             return not exclude(os.fsencode(path.lstrip("/")), is_dir)

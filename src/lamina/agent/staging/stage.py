@@ -193,7 +193,7 @@ def revert_scope(
     keep = system_only_keep(rules) if system_only else (lambda p: rules.classify(p) == "excluded")
     protected = None
     if policy is not None:
-        exclude, _ = protected_area(policy, rules, root, state_dir)
+        exclude = protected_area(policy, rules, root, state_dir).exclude
 
         def protected_fn(path: str, is_dir: bool) -> bool:
             return not exclude(os.fsencode(path.lstrip("/")), is_dir)
