@@ -182,3 +182,32 @@ def test_an_upload_that_fails_is_raised_to_the_scan_and_by_flush(
     assert sink.uploaded_blobs == 0
     sink.close()
     client.close()
+
+
+def test_with_exact_need_an_upload_that_failed_stops_the_scan_at_its_next_blob(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a garbage collection the scan bundles as it goes (``exact_need``): a bundle
+    the server refused is raised to the scan by a later ``put_chunk`` (two bundles in
+    flight at most: the third waits for a slot, freed only after the failure is kept),
+    not after the whole tree was read, at ``flush``."""
+    monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 10)
+    client, chunking = agent_client(server, "uploader-fails-exact")
+    real = client.json
+
+    def failing(method: str, path: str, **kw: Any) -> Any:
+        if path == "/agent/bundles":
+            raise IntegrityError("bundle refused: a blob does not match its id")
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "json", failing)
+    sink = RemoteSink(client, chunking, exact_need=True)
+    puts = 0
+    with pytest.raises(IntegrityError, match="bundle refused"):
+        for i in range(1000):
+            data = f"file {i}\n".encode()
+            sink.put_chunk(BlobKind.DATA, blob.blob_id(chunking.id_key, data), data)
+            puts += 1
+    assert puts < 1000  # raised by put_chunk, before any flush
+    sink.close()
+    client.close()

@@ -130,7 +130,9 @@ class RemoteSink:
 
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         """Queue a blob to ask about (again under a queued or uploading id: ignored);
-        ``data`` is kept until then (a memoryview is copied: its buffer may be reused)."""
+        ``data`` is kept until then (a memoryview is copied: its buffer may be reused).
+        An upload that failed is raised here, to the scan, not only at ``flush``."""
+        self._check()
         if isinstance(data, memoryview):
             data = bytes(data)
         with self._lock:

@@ -125,13 +125,15 @@ class FileReader:
             nonlocal pending_size
             if not pending:
                 return
-            need = self.writer.need({bid for bid, _ in pending})
-            for bid, data in pending:
-                if bid in need:
-                    need.discard(bid)
-                    self.writer.put_chunk(BlobKind.DATA, bid, data)
-            pending.clear()
-            pending_size = 0
+            try:
+                need = self.writer.need({bid for bid, _ in pending})
+                for bid, data in pending:
+                    if bid in need:
+                        need.discard(bid)
+                        self.writer.put_chunk(BlobKind.DATA, bid, data)
+            finally:  # even when the sink failed: the views go with the buffer's reuse
+                pending.clear()
+                pending_size = 0
 
         def add(data: memoryview | bytes) -> bytes:
             """``data`` may be a view of the reading buffer, valid until ``settle``."""

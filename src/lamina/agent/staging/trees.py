@@ -5,10 +5,11 @@ changed file) and alike: the same keys, owners and modes in each. Read a level a
 time through ``/blobs/read`` each came as stored, barely compressed, with the ids of
 its sub-folders (32 random bytes each). The server now sends the folders asked for and
 those below them in one zstd frame, each sub-folder id it sends the folder of left out
-(``server.services.tree_answers``): the agent hashes the folders from the last to the
-first, puts each id back, and must find the ids it asked for. A folder's id covers its
-sub-folders' ids, so one wrong folder anywhere is an ``IntegrityError`` before anything
-is staged. A server older than version 5 (or one that answers the route 404) is read
+(``server.services.tree_answers``; the bytes: ``tree.folder_answers``): the agent
+hashes the folders from the last to the first, puts each id back, and must find the ids
+it asked for. A folder's id covers its sub-folders' ids, so a wrong folder below an
+asked one is an ``IntegrityError`` before anything is staged; a folder the server adds
+that no asked one leads to is kept only under the id the agent computes for it. A server older than version 5 (or one that answers the route 404) is read
 through ``/blobs/read`` as before.
 """
 
@@ -17,83 +18,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection
 from functools import partial
-from typing import NamedTuple
-
-import msgpack
-import zstandard
 
 from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.treecache import TreeCache
 from lamina.errors import IntegrityError, NotFoundError
 from lamina.protocol import TREES_SINCE
-from lamina.store import blob
-from lamina.tree.model import ID_SIZE, decode_tree
+from lamina.tree.folder_answers import restore, unpack
+from lamina.tree.model import decode_tree
 from lamina.tree.sources import BatchedBlobs
 
 #: Folders per request (``protocol.layers.TreesRequest``).
 BATCH = 1024
-#: The largest answer the agent inflates: the server's 32 MiB read limit and the framing.
-MAX_ANSWER = 33 * 1024 * 1024
-#: The answer's version (``server.services.deltas.TREES_VERSION``).
-ANSWER_VERSION = 1
-
-
-class Answer(NamedTuple):
-    """``/blobs/trees``'s answer (``server.services.tree_answers``), checked for form."""
-
-    asked: int
-    trees: list[bytes]
-    #: (tree, offset, child): tree's bytes offset..offset+32 are child's id
-    links: list[tuple[int, int, int]]
-
-
-def _unpack(raw: bytes) -> Answer:
-    size = blob.frame_content_size(raw, "the server's folders answer")
-    if not 0 <= size <= MAX_ANSWER:
-        raise IntegrityError(
-            f"the server's folders answer states {size} bytes (at most {MAX_ANSWER})"
-        )
-    try:
-        body = zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_ANSWER)
-        doc = msgpack.unpackb(body, raw=False)
-    except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as e:
-        raise IntegrityError(f"the server's folders answer does not decode: {e}") from e
-    if not isinstance(doc, dict) or doc.get("v") != ANSWER_VERSION:
-        raise IntegrityError("the server answered a folders request with something else")
-    trees, links, asked = doc.get("trees"), doc.get("links"), doc.get("asked")
-    if (
-        not isinstance(trees, list)
-        or not all(isinstance(t, bytes) for t in trees)
-        or type(asked) is not int
-        or not 0 < asked <= len(trees)
-        or not isinstance(links, list)
-        or not all(
-            isinstance(link, list)
-            and len(link) == 3
-            and all(type(n) is int for n in link)
-            and 0 <= link[0] < link[2] < len(trees)
-            and 0 <= link[1] <= len(trees[link[0]]) - ID_SIZE
-            for link in links
-        )
-    ):
-        raise IntegrityError("the server answered a folders request with something else")
-    return Answer(asked, trees, [(t, at, c) for t, at, c in links])
-
-
-def _restore(answer: Answer, id_key: bytes) -> list[tuple[bytes, bytes]]:
-    """Each folder with its id, hashed from the last to the first (a child comes after
-    its parent), each child's id put back where its parent's links say."""
-    plains = [bytearray(t) for t in answer.trees]
-    into: dict[int, list[tuple[int, int]]] = {}
-    for t, at, child in answer.links:
-        into.setdefault(t, []).append((at, child))
-    ids: list[bytes] = [b""] * len(plains)
-    for t in reversed(range(len(plains))):
-        for at, child in into.get(t, ()):
-            plains[t][at : at + ID_SIZE] = ids[child]
-        ids[t] = blob.blob_id(id_key, memoryview(plains[t]))
-    return [(bid, bytes(p)) for bid, p in zip(ids, plains, strict=True)]
-
 
 #: Where a fetched folder goes (its id computed by the agent), and whether one is held.
 Keep = Callable[[bytes, bytes], None]
@@ -123,13 +58,13 @@ def fetch_trees(
             raw = retrying(partial(client.raw, "POST", "/blobs/trees", json=body))
         except NotFoundError:
             return False
-        answer = _unpack(raw)
+        answer = unpack(raw)
         if answer.asked > len(batch):
             raise IntegrityError(
                 f"the server answered {answer.asked} folders for {len(batch)} asked: "
                 "nothing was staged"
             )
-        folders = _restore(answer, id_key)
+        folders = restore(answer, id_key)
         for want, (bid, _) in zip(batch, folders[: answer.asked], strict=False):
             if bid != want:
                 raise IntegrityError(

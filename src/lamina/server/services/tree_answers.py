@@ -9,40 +9,21 @@ the 32 bytes of a sub-folder's id inside its parent are zeroed, and a link names
 later folder of the answer whose hash goes there. The device hashes the folders from
 the last to the first, puts each hash where its links say, and must find the ids it
 asked for: a parent's id covers its sub-folders' ids, so one wrong folder anywhere
-makes an asked id differ. The whole answer is one zstd frame.
-
-Answer (version 1)::
-
-    zstd frame (content size in its header) of msgpack
-    {"v": 1, "asked": N, "trees": [plaintext, ...], "links": [[tree, offset, child], ...]}
-
-    asked  the first N trees are the first N ids asked for (a prefix: ask again for the rest)
-    links  tree's bytes offset..offset+32 are zeroed; they are the id (keyed hash) of the
-           restored tree number child, child > tree
+makes an asked id differ. The whole answer is one zstd frame, laid out by
+``tree.folder_answers``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import msgpack
-import zstandard
-
 from lamina.errors import IntegrityError
 from lamina.server.services.blob_reads import READ_LIMIT
-from lamina.tree.model import ID_SIZE, references
+from lamina.tree import folder_answers
+from lamina.tree.model import references
 
-#: The answer's version.
-TREES_VERSION = 1
 #: Folders one answer carries at most (the ones asked and those below them).
 TREES_MAX = 4096
-#: Answers up to this size are compressed at level 19 (a delivery's folders: at most
-#: ~80 ms), larger ones (a snapshot's walked by a revert) at level 9: 2% larger, 18 ms
-#: a MiB instead of 340.
-TREES_TIGHT = 256 * 1024
-
-#: msgpack's header of a 32-byte bin: how a sub-folder's id sits in its parent.
-ID_HEADER = b"\xc4" + bytes([ID_SIZE])
 
 #: Plaintexts of blobs by hex id, a prefix of them, checked as ``/blobs/read`` checks a
 #: device's reads (``blob_reads.read_blobs``).
@@ -89,26 +70,6 @@ def folders_below(
 
 
 def pack_trees(read: Read, ids: list[str], descend: bool = True) -> bytes:
-    """The answer of ``/blobs/trees`` (see the module's docstring); without ``descend``
+    """The answer of ``/blobs/trees`` (``tree.folder_answers``); without ``descend``
     only the folders asked for."""
-    asked, found, plains = folders_below(read, ids, descend)
-    index = {bid: i for i, bid in enumerate(found)}
-    links: list[list[int]] = []
-    trees: list[bytes] = []
-    for t, plain in enumerate(plains):
-        buf = bytearray(plain)
-        for sub in _subfolders(plain):
-            child = index.get(sub, -1)
-            if child <= t:
-                continue  # not in the answer, or before it: the id stays
-            at = buf.find(ID_HEADER + sub)
-            while at >= 0:
-                links.append([t, at + len(ID_HEADER), child])
-                buf[at + len(ID_HEADER) : at + len(ID_HEADER) + ID_SIZE] = bytes(ID_SIZE)
-                at = buf.find(ID_HEADER + sub, at + len(ID_HEADER) + ID_SIZE)
-        trees.append(bytes(buf))
-    body = msgpack.packb(
-        {"v": TREES_VERSION, "asked": asked, "trees": trees, "links": links}, use_bin_type=True
-    )
-    level = 19 if len(body) <= TREES_TIGHT else 9
-    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
+    return folder_answers.encode(*folders_below(read, ids, descend))

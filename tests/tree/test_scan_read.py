@@ -1,0 +1,68 @@
+"""``tree.scan_read.FileReader``: what a reading thread hands its sink."""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+import threading
+from pathlib import Path
+
+from lamina.store import blob
+from lamina.store.blob import BlobKind
+from lamina.store.keys import StoreKeys
+from lamina.tree.model import Entry
+from lamina.tree.scan_read import FileReader, Job
+
+
+class _FlakySink:
+    """Fails its first two ``put_chunk`` with an error that does not stick (unlike the store's writer and the
+    agent's sink), and keeps a copy of every blob put after them."""
+
+    def __init__(self) -> None:
+        self.failures = 2
+        self.put: list[tuple[bytes, bytes]] = []
+
+    def need(self, ids: set[bytes]) -> set[bytes]:
+        return set(ids)
+
+    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(5, "Input/output error")
+        self.put.append((bid, bytes(data)))
+
+
+class _Reader(FileReader):
+    def __init__(self, sink: _FlakySink, keys: StoreKeys) -> None:
+        self.writer = sink  # type: ignore[assignment]
+        self._chunking = keys.chunking
+        self._local = threading.local()
+
+    def _own(self, e: Entry, st: os.stat_result) -> None:
+        e.mode = stat.S_IMODE(st.st_mode)
+
+
+def test_a_sink_that_failed_once_never_gets_a_blob_under_another_ones_id(tmp_path: Path) -> None:
+    """A large file's chunks are views of the thread's reading buffer until they are
+    settled; a sink failing while they are settled must not leave them queued for the
+    next file, whose bytes then fill the same buffer (its blobs would be stored under
+    the first file's ids)."""
+    keys = StoreKeys.generate(min_size=1024, avg_size=4096, max_size=16384)
+    rng = random.Random(7)
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(rng.randbytes(400_000))
+    sink = _FlakySink()
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        job = Job()
+        for name in ("a", "b", "c"):
+            st = os.lstat(tmp_path / name)
+            job.files.append((name.encode(), Entry(name.encode(), "file"), st, dfd))
+        results = _Reader(sink, keys)._run_job(job)
+    finally:
+        os.close(dfd)
+    assert results[0] is not None and "cannot read" in results[0]  # the failed settles
+    assert results[2] is None and sink.put  # the last file's blobs went on
+    for bid, data in sink.put:
+        assert blob.blob_id(keys.chunking.id_key, data) == bid
