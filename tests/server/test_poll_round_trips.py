@@ -24,7 +24,7 @@ from lamina.db.engine import read_once, read_tx, write_tx
 from lamina.db.models import cvds, devices
 from lamina.protocol.schemas import HardwareFacts
 from lamina.server.security import DEVICE_TOKEN, Principal, new_token, token_hash
-from lamina.server.services import fleet, users
+from lamina.server.services import fleet, tasks, users
 from lamina.server.services.progress import ProgressReports
 from tests.conftest import PostgresServer
 from tests.server.conftest import migrated
@@ -98,7 +98,8 @@ def test_a_poll_is_one_round_trip_and_a_stored_report_five_more(
     its one query: no test of the pooled connection, no BEGIN or COMMIT (it was four
     round trips). One that changes the state is that query and one write transaction of
     five (BEGIN, the device row locked with its CVD, the two updates, COMMIT; it was
-    twelve: a read transaction of four, then eight). The device's credential is one more."""
+    twelve: a read transaction of four, then eight). The device's credential is one more,
+    and so is an idle agent's work poll."""
     engine = pg_engine
     pc = active_devices(engine, 1)[0]
     later = ProgressReports(engine, fleet.store_report, schedule=lambda _d, _f: None)
@@ -125,6 +126,9 @@ def test_a_poll_is_one_round_trip_and_a_stored_report_five_more(
         trips.sent()
         assert users.authenticate(engine, credential).id == pc.id
         assert trips.sent() == ["Sync SELECT"]  # a read transaction of four before
+        # the work poll of a restarted agent with nothing to requeue nor to claim
+        assert tasks.claim_for_device(engine, pc, "server-test", restarted=True) == []
+        assert trips.sent() == ["Sync SELECT"]  # two read transactions of four before
     with read_tx(engine) as c:
         state = c.execute(select(devices.c.agent_state).where(devices.c.id == pc.id)).scalar()
     assert state is not None and state["state"] == "syncing"
