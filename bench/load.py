@@ -59,6 +59,7 @@ from bench.load_agents import (
     run_agents,
 )
 from bench.load_servers import (
+    ANSWER,
     CLI_TIMEOUT,
     POLL_ROUTES,
     Deployment,
@@ -280,6 +281,7 @@ def load_phase(
             warm_up(ep.root)
         os.sync()
         routes0 = poll_buckets(dep.servers)
+        answers0 = all_polls(poll_buckets(dep.servers, ANSWER))
         say(
             f"  load: {len(enrolled)} agents, "
             f"{'all at once' if args.parallel <= 0 else f'{args.parallel} at a time'}, "
@@ -298,6 +300,11 @@ def load_phase(
             )
         out["probe"] = probe.figures()
         routes1 = poll_buckets(dep.servers)
+        answers1 = all_polls(poll_buckets(dep.servers, ANSWER))
+        # the server's own part: from each poll read whole (the agent's body sent) to its answer
+        out["answer_p95_ms"] = poll_p95_ms(answers0, answers1)[0]
+        answered = {b: n - answers0.get(b, 0.0) for b, n in answers1.items()}
+        out["answers_within"] = {f"{ms} ms": polls_within(answered, ms / 1000) for ms in (50, 100)}
         polls0, polls1 = all_polls(routes0), all_polls(routes1)
         p95, polls = poll_p95_ms(polls0, polls1)
         # the polls by histogram bucket (upper bound in seconds: cumulative count)
@@ -449,6 +456,16 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
         (
             "  of which /agent/config, /agent/work",
             " · ".join(_route_p95(ph, r) for r in POLL_ROUTES),
+        ),
+        (
+            "  from the poll read whole: p95; within 50, 100 ms",
+            "—"
+            if ph.get("answer_p95_ms") is None
+            else f"≤ {ph['answer_p95_ms']:.0f} ms; "
+            + " · ".join(
+                "—" if v is None else f"{100 * v:.1f}%"
+                for v in ph.get("answers_within", {}).values()
+            ),
         ),
         (
             "light probe p50 / p95 (GET /health, client)",

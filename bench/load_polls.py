@@ -7,8 +7,10 @@ worker thread does, the store's gc epoch included), in one process, on a SQLite 
 start (state "syncing"), ``--progress`` progress reports (one "second" each: the waiting
 ones flushed after every round, as the server's timer does), its end (state idle, facts
 again, unchanged) and ``--idle`` idle polls. It counts every statement the database runs
-(not BEGIN/COMMIT), every write transaction, and the process's CPU; ``--runs`` times,
-the median printed. A/B: run it with ``PYTHONPATH=OTHER/src`` for the other code.
+(not BEGIN/COMMIT), every write transaction, and the process's CPU; on PostgreSQL also
+every round trip (libpq's trace of each connection: each ``Query`` or ``Sync`` sent, so
+BEGIN, COMMIT and the pool's connection tests too) and the transactions begun (BEGIN);
+``--runs`` times, the median printed. A/B: run it with ``PYTHONPATH=OTHER/src`` for the other code.
 Not a load test (``bench.load`` is): sequential, so no wait for a lock or a core is in
 it, only what each poll asks of the database and the interpreter.
 """
@@ -28,12 +30,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import event
 from tests.server.test_agent_poll import active_devices
 
 from lamina.config import ServerSettings
 from lamina.db.engine import after_writes
-from lamina.protocol.schemas import AgentStatusReport, HardwareFacts
+from lamina.protocol.endpoint import AgentStatusReport, HardwareFacts
 from lamina.server.api.agent import _config
 from lamina.server.app import open_context
 from lamina.server.context import ServerContext
@@ -97,6 +100,16 @@ def one_run(args: argparse.Namespace, db: str | None, work: Path) -> dict[str, A
         _config(AgentStatusReport.model_validate(body), ctx, device)
         counts["reports"] += 1
 
+    trace = work / "libpq.trace"
+    if args.pg:  # connections opened from now on are traced
+        ctx.engine.dispose()
+        traced = trace.open("w")
+
+        def _trace(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.pgconn.trace(traced.fileno())
+            dbapi_conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+        event.listen(ctx.engine.pool, "connect", _trace)
     event.listen(ctx.engine, "before_cursor_execute", statement)
     after_writes(ctx.engine, lambda: counts.__setitem__("writes", counts["writes"] + 1))
     counts.update(statements=0, writes=0)
@@ -115,12 +128,32 @@ def one_run(args: argparse.Namespace, db: str | None, work: Path) -> dict[str, A
     cpu, wall = _cpu() - cpu0, time.perf_counter() - t0
     ctx.engine.dispose()
     n = counts["reports"]
+    if args.pg:
+        traced.close()
+        counts.update(_requests(trace))
+        counts["round_trips_per_report"] = round(counts["round_trips"] / n, 3)
     return {
         **counts,
         "cpu_ms_per_report": round(1000 * cpu / n, 3),
         "wall_ms_per_report": round(1000 * wall / n, 3),
         "statements_per_report": round(counts["statements"] / n, 3),
     }
+
+
+def _requests(trace: Path) -> dict[str, int]:
+    """The requests libpq sent (``trace``): round trips (each simple ``Query``, each
+    ``Sync`` ending a statement of the extended protocol) and BEGINs among them."""
+    trips = begins = 0
+    with trace.open() as f:
+        for line in f:
+            fields = line.split("\t", 3)  # F (sent), length, message, what it carries
+            if len(fields) < 3 or fields[0] != "F":
+                continue
+            kind = fields[2].strip()
+            if kind in ("Query", "Sync"):
+                trips += 1
+                begins += kind == "Query" and "BEGIN" in line
+    return {"round_trips": trips, "begins": begins}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,11 +81,15 @@ def rss(server: Server) -> int:
 #: The requests an idle agent makes every cycle (and a syncing one to report progress).
 POLL_ROUTES = ("/api/v1/agent/config", "/api/v1/agent/work")
 DURATION = "lamina_http_request_duration_seconds_bucket"
+#: The same from the moment the server has read the whole request: without the time an
+#: agent takes to send its body (descheduled under SCHED_IDLE between headers and body).
+ANSWER = "lamina_http_request_answer_seconds_bucket"
 
 
-def poll_buckets(servers: list[Server]) -> dict[str, dict[float, float]]:
-    """Cumulative counts of agent polls by route and upper bound (seconds), summed over
-    the servers, read from each server's ``/metrics`` (loopback needs no token)."""
+def poll_buckets(servers: list[Server], metric: str = DURATION) -> dict[str, dict[float, float]]:
+    """Cumulative counts of agent polls by route and upper bound (seconds) of histogram
+    ``metric``, summed over the servers, read from each server's ``/metrics`` (loopback
+    needs no token)."""
     out: dict[str, dict[float, float]] = {r: {} for r in POLL_ROUTES}
     for s in servers:
         try:
@@ -94,14 +98,14 @@ def poll_buckets(servers: list[Server]) -> dict[str, dict[float, float]]:
         except (urllib.error.URLError, OSError) as e:
             warn(f"could not read {s.url}/metrics: {e}")
             continue
-        add_poll_buckets(out, text)
+        add_poll_buckets(out, text, metric)
     return out
 
 
-def add_poll_buckets(out: dict[str, dict[float, float]], text: str) -> None:
+def add_poll_buckets(out: dict[str, dict[float, float]], text: str, metric: str = DURATION) -> None:
     """Add the poll routes' cumulative bucket counts of one ``/metrics`` text to ``out``."""
     for line in text.splitlines():
-        if not line.startswith(DURATION + "{"):
+        if not line.startswith(metric + "{"):
             continue
         labels, _, value = line.rpartition(" ")
         route = next((r for r in POLL_ROUTES if f'route="{r}"' in labels), None)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from bench.load_agents import Endpoint, set_idle
 from bench.load_servers import (
+    ANSWER,
     DURATION,
     Probe,
     add_poll_buckets,
@@ -50,19 +51,23 @@ def test_the_probe_reports_its_percentiles_and_failures() -> None:
     }
 
 
-def _exposition(seconds: dict[str, list[float]]) -> str:
-    """A server's ``/metrics`` text with these request durations by route."""
+def _exposition(
+    seconds: dict[str, list[float]], answers: dict[str, list[float]] | None = None
+) -> str:
+    """A server's ``/metrics`` text with these request durations by route (and the
+    times from each request read whole to its answer)."""
     registry = CollectorRegistry()
-    h = Histogram(
-        DURATION.removesuffix("_bucket"),
-        "t",
-        ["route"],
-        registry=registry,
-        buckets=DURATION_BUCKETS,
-    )
-    for route, values in seconds.items():
-        for v in values:
-            h.labels(route).observe(v)
+    for metric, observed in ((DURATION, seconds), (ANSWER, answers or {})):
+        h = Histogram(
+            metric.removesuffix("_bucket"),
+            "t",
+            ["route"],
+            registry=registry,
+            buckets=DURATION_BUCKETS,
+        )
+        for route, values in observed.items():
+            for v in values:
+                h.labels(route).observe(v)
     return generate_latest(registry).decode()
 
 
@@ -86,6 +91,19 @@ def test_a_poll_p95_below_100_ms_shows_as_a_bucket_below_100_ms() -> None:
     assert polls_within(only, 0.1) == 95 / 101
     assert polls_within(only, 0.033) is None  # no such bucket
     assert polls_within({}, 0.1) is None
+
+
+def test_the_servers_part_of_a_poll_is_read_apart_from_its_duration() -> None:
+    """The answer histogram (from the poll read whole) is read by its own name: polls
+    whose agent sent its body late are slow in one and quick in the other."""
+    config = "/api/v1/agent/config"
+    text = _exposition({config: [0.4] * 10 + [0.02] * 90}, {config: [0.02] * 100})
+    durations: dict[str, dict[float, float]] = {}
+    answers: dict[str, dict[float, float]] = {}
+    add_poll_buckets(durations, text)
+    add_poll_buckets(answers, text, ANSWER)
+    assert poll_p95_ms({}, all_polls(durations)) == (500.0, 100)
+    assert poll_p95_ms({}, all_polls(answers)) == (25.0, 100)
 
 
 class _Stopped:

@@ -11,19 +11,27 @@ Under load (hundreds of agents reporting and uploading at once, `make bench-load
   lock with its busy handler's growing sleeps (up to 100 ms each, no order: under load
   a writer could wait seconds while others passed it) with a pooled connection held.
   Writers of other processes (an admin's command) still meet SQLite's busy timeout.
+- On PostgreSQL every statement is a round trip, and under load each round trip also
+  waits for the interpreter lock and a core: a poll's time is its round trips
+  (docs/design.md, "Polls under load (session 13)"). So a pooled connection is tested
+  only when it sat idle for ``PING_IDLE_SECONDS`` (SQLAlchemy's ``pool_pre_ping`` tests it
+  at every checkout: one round trip more per transaction), and a read that needs no
+  snapshot across statements (``read_once``) sends no BEGIN and no COMMIT.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from lamina.errors import BackendError, UsageError
 
@@ -31,6 +39,9 @@ from lamina.errors import BackendError, UsageError
 BUSY_SECONDS = 60
 #: Connections kept open, and how many more a burst may open (per engine).
 POOL_SIZE, POOL_OVERFLOW = 8, 48
+#: A PostgreSQL connection back in the pool for longer than this is tested before use (a
+#: server restart or an idle timeout may have closed it); one used since is not.
+PING_IDLE_SECONDS = 10.0
 #: SQLite engines' writer locks (one per engine, so per database file and process).
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 #: What runs after each write transaction of an engine ends, committed or not (``after_writes``).
@@ -57,9 +68,9 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql"):
         # Fewer than SQLite's: each is a PostgreSQL backend, and two servers (and the
         # admin's commands) must stay under its max_connections (100 by default).
-        return create_engine(
-            url, pool_pre_ping=True, pool_size=5, max_overflow=25, pool_timeout=BUSY_SECONDS
-        )
+        engine = create_engine(url, pool_size=5, max_overflow=25, pool_timeout=BUSY_SECONDS)
+        _ping_when_idle(engine)
+        return engine
     raise UsageError(f"unsupported database URL {url!r} (use sqlite:/// or postgresql://)")
 
 
@@ -84,6 +95,28 @@ def _tune_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection at checkout only if it sat in the pool for more than
+    ``PING_IDLE_SECONDS``. A connection that fails the test is replaced by a new one (the
+    pool's own handling of ``DisconnectionError``); one that breaks while in use fails
+    its transaction (``BackendError``, 503: the agent tries again) and makes SQLAlchemy
+    replace every connection of the pool older than the failure."""
+
+    @event.listens_for(engine.pool, "checkin")
+    def _checkin(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _checkout(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since <= PING_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as e:
+            raise DisconnectionError(f"pooled connection failed its test: {e}") from e
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -93,14 +126,10 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     """One write transaction: the unit of work that owns a commit."""
     with _writer_turn(engine):
         try:
-            with engine.connect() as conn:
+            with _database_errors(), engine.connect() as conn:
                 conn = conn.execution_options(lamina_write=True)
                 with conn.begin():
                     yield conn
-        except OperationalError as e:
-            raise BackendError(f"database error: {e.orig}") from e
-        except PoolTimeout as e:
-            raise BackendError(f"database busy: {e}") from e
         finally:
             for hook in _AFTER_WRITES.get(engine, ()):
                 hook()
@@ -132,9 +161,30 @@ def _writer_turn(engine: Engine) -> Iterator[None]:
 
 @contextmanager
 def read_tx(engine: Engine) -> Iterator[Connection]:
+    with _database_errors(), engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def read_once(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads that need no snapshot shared between statements (one
+    statement, as a poll's answer). On PostgreSQL it runs in autocommit: no BEGIN and no
+    COMMIT round trip around the statement, which sees what is committed when it runs,
+    as in a READ COMMITTED transaction. On SQLite, where both are local calls, a read
+    transaction. Never for writes: each statement would commit on its own."""
+    if is_sqlite(engine):
+        with read_tx(engine) as c:
+            yield c
+        return
+    with _database_errors(), engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """The database's failures as ``BackendError`` (503: the client tries again)."""
     try:
-        with engine.connect() as conn, conn.begin():
-            yield conn
+        yield
     except OperationalError as e:
         raise BackendError(f"database error: {e.orig}") from e
     except PoolTimeout as e:

@@ -9,6 +9,11 @@ What is counted as it happens (an ASGI middleware around every route):
   commit routes are the sync's durations) with ``DURATION_BUCKETS``: Prometheus's default
   ones plus 60, 70, 80 and 90 ms, so that a p95 below 100 ms (the goal for agent polls)
   shows as a bucket bound below 100 ms;
+- ``lamina_http_request_answer_seconds{route}``: the same, from the moment the server has
+  read the whole request (its body's last part; a request without a body: its headers)
+  to its answer: the server's own part, without the time a client takes to send its body
+  (under ``make bench-load`` an agent descheduled between its headers and its body;
+  docs/design.md, "Polls under load (session 13)");
 - ``lamina_sync_uploaded_bytes_total``: bundle bytes agents uploaded;
   ``lamina_sync_commits_total``: snapshots agents committed (answered 200).
 
@@ -77,6 +82,14 @@ class Metrics:
             registry=self.registry,
             buckets=DURATION_BUCKETS,
         )
+        self.answers = Histogram(
+            "lamina_http_request_answer_seconds",
+            "Time from a request read whole (its body's last part) to its answer, by route"
+            " template.",
+            ["route"],
+            registry=self.registry,
+            buckets=DURATION_BUCKETS,
+        )
         self.sync_bytes = Counter(
             "lamina_sync_uploaded_bytes",
             "Bundle bytes uploaded by agents.",
@@ -89,9 +102,13 @@ class Metrics:
         )
         self.registry.register(FleetCollector(ctx))
 
-    def observe(self, method: str, route: str, status: int, seconds: float, body: int) -> None:
+    def observe(
+        self, method: str, route: str, status: int, seconds: float, body: int, answer: float
+    ) -> None:
+        """Count a request that took ``seconds``, ``answer`` of them after it was read whole."""
         self.requests.labels(method, route, str(status)).inc()
         self.durations.labels(route).observe(seconds)
+        self.answers.labels(route).observe(answer)
         if status < 400 and method == "POST":
             if route == SYNC_BUNDLE_ROUTE:
                 self.sync_bytes.inc(body)
@@ -193,15 +210,17 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started = received = time.perf_counter()
         status = 500
         body = 0
 
         async def counting_receive() -> Message:
-            nonlocal body
+            nonlocal body, received
             message = await receive()
             if message["type"] == "http.request":
                 body += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    received = time.perf_counter()
             return message
 
         async def remember_status(message: Message) -> None:
@@ -213,12 +232,9 @@ class RequestMetrics:
         try:
             await self.app(scope, counting_receive, remember_status)
         finally:
+            ended = time.perf_counter()
             self.metrics.observe(
-                scope["method"],
-                _route(scope),
-                status,
-                time.perf_counter() - started,
-                body,
+                scope["method"], _route(scope), status, ended - started, body, ended - received
             )
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import (
     update,
 )
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_once, read_tx, write_tx
 from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots, store_state
 from lamina.db.sqlite_read import EPOCH_KEY
 from lamina.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
@@ -368,7 +368,7 @@ def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str =
 def agent_config(
     engine: Engine,
     device: Principal,
-    state: JsonObject | None = None,
+    state: JsonObject,
     chunking: ChunkingSecret | None = None,
     facts: HardwareFacts | None = None,
     later: ProgressReports | None = None,
@@ -379,42 +379,33 @@ def agent_config(
     facts; the hostname the agent reports with its state refreshes the device's. Facts
     equal to the stored ones are no change (``same_facts``: the agent sends them at its
     start and after each sync, mostly unchanged). A report that changes only volatile
-    fields (``agent_events.worth_storing``) is answered from a read transaction: no
-    write, so no wait for the write lock. So is one that keeps the agent's state and
-    brings no event (a sync's progress) when ``later`` is given: it is kept there and
-    written with the others a moment later."""
-    if state is not None:
-        extra = [devices.c.agent_state, devices.c.last_seen, devices.c.hostname]
-        with read_tx(engine) as c:
-            was = c.execute(
-                _agent_view(device.id, *extra, *([devices.c.facts] if facts is not None else []))
-            ).one()
-        if facts is not None and not same_facts(was.facts, facts):
-            return _store_at_once(engine, device.id, state, chunking, facts)
-        before = was.agent_state or {}
-        if not agent_events.worth_storing(before, state, aware(was.last_seen)):
-            return _agent_answer(was, device.id, chunking)
-        if (
-            later is not None
-            and state.get("hostname") in (None, was.hostname)
-            and agent_events.same_state(before, state)
-        ):
-            later.put(device.id, state)
-            return _agent_answer(was, device.id, chunking)
+    fields (``agent_events.worth_storing``) is answered from its one read: no write, so
+    no wait for the write lock. So is one that keeps the agent's state and brings no
+    event (a sync's progress) when ``later`` is given: it is kept there and written with
+    the others a moment later. A report stored at once is answered from the same read
+    too (storing it changes nothing the answer holds)."""
+    extra = [devices.c.agent_state, devices.c.last_seen, devices.c.hostname]
+    with read_once(engine) as c:
+        was = c.execute(
+            _agent_view(device.id, *extra, *([devices.c.facts] if facts is not None else []))
+        ).one()
+    answer = _agent_answer(was, device.id, chunking)
+    if facts is not None and same_facts(was.facts, facts):
         facts = None  # the stored ones
-    return _store_at_once(engine, device.id, state, chunking, facts)
-
-
-def _store_at_once(
-    engine: Engine,
-    device_id: str,
-    state: JsonObject | None,
-    chunking: ChunkingSecret | None,
-    facts: HardwareFacts | None,
-) -> AgentConfig:
+    before = was.agent_state or {}
+    if facts is None and not agent_events.worth_storing(before, state, aware(was.last_seen)):
+        return answer
+    if (
+        facts is None
+        and later is not None
+        and state.get("hostname") in (None, was.hostname)
+        and agent_events.same_state(before, state)
+    ):
+        later.put(device.id, state)
+        return answer
     with write_tx(engine) as c:
-        store_report(c, device_id, state, now(), facts=facts)
-        return _agent_answer(c.execute(_agent_view(device_id)).one(), device_id, chunking)
+        store_report(c, device.id, state, now(), facts=facts)
+    return answer
 
 
 def same_facts(stored: object, facts: HardwareFacts) -> bool:
@@ -442,16 +433,24 @@ def store_report(
     with the events it brings. ``newer_only``: not if a report received after ``at`` or
     a commit after it is stored (a report kept a moment, ``services/progress.py``: the
     commit empties the CVD's progress). True if stored."""
+    active = and_(cvds.c.device_id == devices.c.id, cvds.c.state == ACTIVE)
     old = c.execute(
-        select(devices.c.hostname, devices.c.agent_state, devices.c.last_seen)
+        # the device row, locked, and its active CVD in one round trip
+        select(
+            devices.c.hostname,
+            devices.c.agent_state,
+            devices.c.last_seen,
+            cvds.c.id.label("cvd_id"),
+            cvds.c.last_sync,
+        )
+        .select_from(devices.outerjoin(cvds, active))
         .where(devices.c.id == device_id)
-        .with_for_update()
+        .limit(1)  # one active CVD per device (``active_cvd`` takes the first)
+        .with_for_update(of=devices)
     ).one_or_none()
     if old is None:
         return False  # the device is gone
-    cvd = active_cvd(c, device_id)
-    last_sync = cvd.last_sync if cvd is not None else None
-    if newer_only and any(t is not None and aware(t) > at for t in (old.last_seen, last_sync)):
+    if newer_only and any(t is not None and aware(t) > at for t in (old.last_seen, old.last_sync)):
         return False  # a newer report, or a commit, is stored
     values: JsonObject = {"last_seen": at}
     if state is not None:
@@ -467,8 +466,8 @@ def store_report(
         values["facts"] = facts.model_dump()
         drivers_index.store(c, device_id, values["facts"])
     c.execute(update(devices).where(devices.c.id == device_id).values(**values))
-    if cvd is not None and state is not None and "progress" in state:
-        progress = update(cvds).where(cvds.c.id == cvd.id)
+    if old.cvd_id is not None and state is not None and "progress" in state:
+        progress = update(cvds).where(cvds.c.id == old.cvd_id)
         if newer_only:
             # in the statement too: on PostgreSQL a commit of this CVD can land between
             # the read above and this write, and the row's condition is checked again

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import Connection, Engine, insert, or_, select, update
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_once, read_tx, write_tx
 from lamina.db.models import tasks
 from lamina.errors import ConflictError, ForbiddenError, NotFoundError, UsageError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
@@ -120,11 +120,16 @@ def claim_for_device(
     ``running`` was cut short by its restart: it is queued again first.
     """
     cut = (tasks.c.device_id == device.id, tasks.c.state == RUNNING)
-    cut_short = False
-    if restarted:  # a write transaction only when there is a task to requeue
-        with read_tx(engine) as c:
-            cut_short = c.execute(select(tasks.c.id).where(*cut).limit(1)).first() is not None
-    if cut_short:
+    # the device's queued tasks, and its running ones: one statement answers an idle poll
+    open_tasks = (
+        select(tasks.c.id, tasks.c.state)
+        .where(tasks.c.device_id == device.id, tasks.c.state.in_((QUEUED, RUNNING)))
+        .order_by(tasks.c.created)
+    )
+    with read_once(engine) as c:
+        found = c.execute(open_tasks).all()
+    if restarted and any(t.state == RUNNING for t in found):
+        # a write transaction only when there is a task to requeue
         with write_tx(engine) as c:
             c.execute(
                 update(tasks)
@@ -141,14 +146,8 @@ def claim_for_device(
                 .where(*cut)
                 .values(state=QUEUED, claimed_by=None, message="queued again: the agent restarted")
             )
-    with read_tx(engine) as c:
-        ids = list(
-            c.execute(
-                select(tasks.c.id)
-                .where(tasks.c.device_id == device.id, tasks.c.state == QUEUED)
-                .order_by(tasks.c.created)
-            ).scalars()
-        )
+            found = c.execute(open_tasks).all()
+    ids = [t.id for t in found if t.state == QUEUED]
     out: list[WorkItem] = []
     for tid in ids:
         with write_tx(engine) as c:

@@ -10,7 +10,7 @@ import secrets
 from sqlalchemy import Connection, Engine, Select, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_once, read_tx, write_tx
 from lamina.db.models import api_tokens, audit_log, devices, enroll_tokens, login_throttle, users
 from lamina.errors import (
     AuthError,
@@ -312,8 +312,14 @@ def authenticate(engine: Engine, token: str, known: DeviceCredentials | None = N
         )
     if token.startswith(DEVICE_TOKEN):
         generation = known.generation() if known is not None else None
-        with read_tx(engine) as c:
-            d = c.execute(select(devices).where(devices.c.credential_hash == h)).first()
+        # one statement, no transaction around it (on PostgreSQL, where every request
+        # of a device reads its row: ``DeviceCredentials`` keeps them on SQLite only)
+        with read_once(engine) as c:
+            d = c.execute(
+                select(devices.c.id, devices.c.hostname, devices.c.status).where(
+                    devices.c.credential_hash == h
+                )
+            ).first()
         if d is None:
             raise AuthError("unknown or revoked device credential")
         if d.status in REFUSED_DEVICE_STATES:
