@@ -157,14 +157,8 @@ def test_the_server_is_asked_and_sent_to_off_the_scans_threads(
     client.close()
 
 
-def test_an_upload_that_fails_is_raised_to_the_scan_and_by_flush(
-    server: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bundle the server refuses stops the sync: the error
-    comes out of ``put_chunk`` once the scan hands over its next batch, or ``flush``."""
-    monkeypatch.setattr(uploader, "ASK_BLOBS", 10)
-    monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 10)
-    client, chunking = agent_client(server, "uploader-fails")
+def _refuse_bundles(client: AgentClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server refuses every bundle ``client`` sends (and answers the rest)."""
     real = client.json
 
     def failing(method: str, path: str, **kw: Any) -> Any:
@@ -173,6 +167,17 @@ def test_an_upload_that_fails_is_raised_to_the_scan_and_by_flush(
         return real(method, path, **kw)
 
     monkeypatch.setattr(client, "json", failing)
+
+
+def test_an_upload_that_fails_is_raised_to_the_scan_and_by_flush(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle the server refuses stops the sync: the error
+    comes out of ``put_chunk`` once the scan hands over its next batch, or ``flush``."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 10)
+    monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 10)
+    client, chunking = agent_client(server, "uploader-fails")
+    _refuse_bundles(client, monkeypatch)
     sink = RemoteSink(client, chunking)
     with pytest.raises(IntegrityError, match="bundle refused"):
         for i in range(1000):
@@ -193,14 +198,7 @@ def test_with_exact_need_an_upload_that_failed_stops_the_scan_at_its_next_blob(
     not after the whole tree was read, at ``flush``."""
     monkeypatch.setattr(uploader, "BUNDLE_BLOBS", 10)
     client, chunking = agent_client(server, "uploader-fails-exact")
-    real = client.json
-
-    def failing(method: str, path: str, **kw: Any) -> Any:
-        if path == "/agent/bundles":
-            raise IntegrityError("bundle refused: a blob does not match its id")
-        return real(method, path, **kw)
-
-    monkeypatch.setattr(client, "json", failing)
+    _refuse_bundles(client, monkeypatch)
     sink = RemoteSink(client, chunking, exact_need=True)
     puts = 0
     with pytest.raises(IntegrityError, match="bundle refused"):
