@@ -23,7 +23,6 @@ import msgpack
 from lamina.agent.transport import AgentClient, retrying
 from lamina.errors import IntegrityError, NotFoundError
 from lamina.store import blob
-from lamina.store.blob import frame_content_size
 from lamina.store.chunker import Chunker
 from lamina.store.delta import MAX_FILE, apply_delta
 from lamina.store.keys import ChunkingSecret
@@ -139,7 +138,7 @@ def seed_by_deltas(
             if old is None:
                 continue  # changed since it was chunked: its chunks are fetched instead
             # A run is a part of the new version: at most its size.
-            size = frame_content_size(delta, f"the delta for /{c.path}")
+            size = blob.frame_content_size(delta, f"the delta for /{c.path}")
             if not 0 <= size <= c.size:
                 raise IntegrityError(
                     f"the delta for /{c.path} states {size} bytes, the file has {c.size}"

@@ -15,7 +15,7 @@ The scan's threads do not wait on the server: a full batch goes to the sink's se
 thread (at most ``SETTLE_AHEAD`` batches queued: a scan ahead of the server waits for
 it, its memory bounded), which asks about it, compresses what the server lacks and
 hands each full bundle to one of ``IN_FLIGHT`` upload threads. A failure there is
-raised to the scan at its next full batch, and by ``flush``.
+raised to the scan at its next blob, and by ``flush``.
 """
 
 from __future__ import annotations
@@ -167,7 +167,6 @@ class RemoteSink:
 
     def _hand_over(self, batch: list[Queued]) -> None:
         """Queue a full batch for the sender thread (started by the first one)."""
-        self._check()
         with self._lock:
             if self._sender is None:
                 self._sender = threading.Thread(
@@ -242,10 +241,7 @@ class RemoteSink:
         self._trees.settle()
         with self._lock:
             batch = self._take_ask()
-        if self._sender is not None:
-            self._batches.put(None)
-            self._sender.join()
-            self._sender = None
+        self._stop_sender()
         self._check()
         self._settle(batch)
         with self._lock:
@@ -261,12 +257,16 @@ class RemoteSink:
 
     def close(self) -> None:
         """Stop the sender and upload threads (what they still hold is not sent)."""
+        self._closed = True
+        self._stop_sender()
+        self._uploads.shutdown(wait=True, cancel_futures=True)
+
+    def _stop_sender(self) -> None:
+        """Let the sender thread settle what is queued (unless closed) and end."""
         if self._sender is not None:
-            self._closed = True
             self._batches.put(None)
             self._sender.join()
             self._sender = None
-        self._uploads.shutdown(wait=True, cancel_futures=True)
 
     def _upload(self, blobs: list[BundleBlob]) -> None:
         """Send a full bundle on an upload thread; ``blobs`` is emptied (the caller's

@@ -252,13 +252,13 @@ def _seed_from_endpoint(
     version (``agent.deltas``). Returns the bytes seeded and the files sent as deltas."""
     wanted: dict[str, Entry] = {}
     level = [(delta, "")]
+    keep, held = into_blobs(blobs), blobs.local.__contains__
     while level:
         # A level's folders are asked for together (a few requests, not one per folder
         # changed), in one zstd frame from a server that can (``fetch_trees``); they are
         # read again by the staging that follows: kept, not downloaded again (a
         # delivery's trees hold only what changes: small).
         want = [tid for tid, _ in level if tid not in blobs.local]
-        keep, held = into_blobs(blobs), blobs.local.__contains__
         if client is None or not fetch_trees(client, want, chunking.id_key, keep, held):
             blobs.prefetch(set(want))
         below: list[tuple[bytes, str]] = []
