@@ -135,11 +135,11 @@ def test_a_job_of_files_from_more_folders_than_a_message_carries_stays_in_its_th
 ) -> None:
     job = Job()
     st = os.stat(tmp_path)
-    job.files = [(b"x", Entry(name=b"x", type="file"), st, fd) for fd in range(1000, 1251)]
+    folders = range(1000, 1000 + scan_proc.MAX_FDS + 1)  # one more than a message carries
+    job.files = [(b"x", Entry(name=b"x", type="file"), st, fd) for fd in folders]
     assert not ProcessReaders.takes(job)
     job.files.pop()
     assert ProcessReaders.takes(job)
-    assert scan_proc.MAX_FDS == 250
 
 
 def test_a_worker_takes_the_next_request_before_its_answer_is_read(store: Store, src: Path) -> None:
@@ -190,11 +190,15 @@ def test_once_the_writer_loaded_the_stores_ids_a_worker_sends_none_of_them_back(
 def test_a_worker_that_cannot_start_leaves_the_reading_to_the_threads(
     store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tried: list[int] = []
+
     def no_process(*_args: object, **_kw: object) -> None:
+        tried.append(1)
         raise OSError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(scan_proc.subprocess, "Popen", no_process)
     done = backup(store, src, processes=1, process_after=0)
+    assert tried  # a worker was tried, and could not start
     assert done.stats.files_read == 124 and not done.stats.errors
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import stat
 import threading
 from pathlib import Path
 
@@ -38,9 +37,6 @@ class _Reader(FileReader):
         self.writer = sink  # type: ignore[assignment]
         self._chunking = keys.chunking
         self._local = threading.local()
-
-    def _own(self, e: Entry, st: os.stat_result) -> None:
-        e.mode = stat.S_IMODE(st.st_mode)
 
 
 def test_a_sink_that_failed_once_never_gets_a_blob_under_another_ones_id(tmp_path: Path) -> None:

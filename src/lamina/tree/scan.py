@@ -215,11 +215,10 @@ class Scanner(FileReader):
         return xattrs_at(f"/proc/self/fd/{dir_fd}/".encode() + name)
 
     def _own(self, e: Entry, st: os.stat_result) -> None:
-        """Owner and mode of ``e`` from ``st`` (the fstat of what was opened)."""
-        e.mode = stat.S_IMODE(st.st_mode)
-        e.uid, e.gid = st.st_uid, st.st_gid
-        e.user, e.group = self._user[st.st_uid], self._group[st.st_gid]
-        e.mtime = st.st_mtime_ns
+        """Owner, mode and mtime of ``e`` from ``st`` (the fstat of what was opened), and
+        the owners' names."""
+        super()._own(e, st)
+        self._name(e)
 
     def _name(self, e: Entry) -> None:
         """Owner and group names of ``e`` from its uid and gid (a worker process read it)."""

@@ -32,7 +32,6 @@ import contextlib
 import os
 import pickle
 import socket
-import stat
 import struct
 import subprocess
 import sys
@@ -327,10 +326,10 @@ class ProcessReaders:
             p.close()
 
     def kill(self) -> None:
+        """Stop the workers now (a job they hold too); ``close`` then reaps them."""
         for p in self.procs:
             with contextlib.suppress(OSError):
                 p.proc.kill()
-        self.close()
 
 
 # --- the worker's side ---------------------------------------------------------------
@@ -373,11 +372,6 @@ class _WorkerReader(FileReader):
         self.writer = sink
         self._chunking = sink.chunking
         self._local = threading.local()
-
-    def _own(self, e: Entry, st: os.stat_result) -> None:
-        e.mode = stat.S_IMODE(st.st_mode)
-        e.uid, e.gid = st.st_uid, st.st_gid
-        e.mtime = st.st_mtime_ns
 
 
 def _answer(

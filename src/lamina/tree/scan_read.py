@@ -108,7 +108,10 @@ class FileReader:
 
     def _own(self, e: Entry, st: os.stat_result) -> None:
         """Owner, mode and mtime of ``e`` from ``st``, the ``fstat`` of what was read
-        (the walk's, which knows the owners' names)."""
+        (the owners' names are the walk's, which knows them)."""
+        e.mode = stat.S_IMODE(st.st_mode)
+        e.uid, e.gid = st.st_uid, st.st_gid
+        e.mtime = st.st_mtime_ns
 
     def _chunker(self) -> Chunker:
         c: Chunker | None = getattr(self._local, "chunker", None)
