@@ -10,7 +10,7 @@ from pathlib import Path
 from lamina.cli.client import Api
 from lamina.cli.cvd import id_key_of, remote_blobs, worker_blobs
 from lamina.tree.restore import restore_tree
-from lamina.tree.restore_procs import Opener
+from lamina.tree.restore_types import Opener
 
 from .conftest import Live
 

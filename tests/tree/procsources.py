@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lamina.store.repository import Store
 from lamina.tree.restore import restore_tree
-from lamina.tree.restore_procs import Opener
+from lamina.tree.restore_types import Opener
 from lamina.tree.sources import BatchedBlobs
 
 

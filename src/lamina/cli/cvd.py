@@ -24,7 +24,8 @@ from lamina.cli.output import age, emit_json, human_bytes, print_table
 from lamina.cli.progress import byte_progress, exit_with_warnings
 from lamina.errors import IntegrityError
 from lamina.tree.restore import restore_tree
-from lamina.tree.restore_procs import Opener, processes_for
+from lamina.tree.restore_procs import processes_for
+from lamina.tree.restore_types import Opener
 from lamina.tree.sources import BatchedBlobs, http_blobs
 
 #: The snapshot a command reads (``latest`` when not given).

@@ -23,7 +23,8 @@ from lamina.tree.model import decode_tree
 from lamina.tree.names import split_path
 from lamina.tree.paths import lookup
 from lamina.tree.restore import restore_tree
-from lamina.tree.restore_procs import Opener, processes_for
+from lamina.tree.restore_procs import processes_for
+from lamina.tree.restore_types import Opener
 
 app = typer.Typer(
     help="Snapshots of folders in the store: create, list, ls, diff, restore, forget.",

@@ -55,7 +55,6 @@ from lamina.tree.restore_meta import ACLS
 from lamina.tree.restore_procs import (
     FolderFiles,
     JobDone,
-    Opener,
     entry_fields,
     parent_setup,
     start,
@@ -63,6 +62,7 @@ from lamina.tree.restore_procs import (
 from lamina.tree.restore_types import (
     BlobSource,
     Folder,
+    Opener,
     Queued,
     RestoreOptions,
     RestoreStats,
@@ -173,22 +173,17 @@ class Restorer(FileWriter):
             )
         try:
             with fewer_collections():
+                stopped = True
                 try:
                     self._dir(tree_id, root, [], everything=not self.selected)
                     if self._procs is not None:
                         self._procs.send()
-                except BaseException:
-                    # An error or an interrupt: jobs not started are cancelled, those
-                    # running finish (or remove their temporary name).
-                    if self._procs is not None:
-                        self._procs.procs.shutdown(wait=True, cancel_futures=True)
-                        self._procs.drop()
-                    raise
+                    stopped = False
                 finally:
+                    # An error or an interrupt (or a job's): jobs not started are
+                    # cancelled, those running finish (or remove their temporary name).
                     if self._procs is not None:
-                        self._procs.procs.shutdown(
-                            wait=True, cancel_futures=self._fatal is not None
-                        )
+                        self._procs.close(cancel=stopped or self._fatal is not None)
                     self._release(root)
                     if pool is not None:
                         pool.shutdown(wait=True)

@@ -54,11 +54,15 @@ class ProcessJobs(Generic[F]):
             return self.send()
         return None
 
-    def drop(self) -> None:
-        """The walk stopped: the files batched and not sent are not written."""
-        batch, self._batch = self._batch, []
-        for folder, _ in batch:
-            self._release(folder)
+    def close(self, cancel: bool) -> None:
+        """Wait for the jobs sent; with ``cancel`` (the walk stopped, or a job failed)
+        those not started are cancelled and the files batched and not sent are not
+        written."""
+        self.procs.shutdown(wait=True, cancel_futures=cancel)
+        if cancel:
+            batch, self._batch = self._batch, []
+            for folder, _ in batch:
+                self._release(folder)
 
     def send(self) -> Future[None] | None:
         """Send the batch to a worker process (None: nothing batched)."""

@@ -33,7 +33,6 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import forkserver
@@ -41,7 +40,7 @@ from typing import NamedTuple
 
 from lamina.errors import IntegrityError
 from lamina.tree.model import Entry
-from lamina.tree.restore_types import BlobSource, Folder, RestoreStats, Target
+from lamina.tree.restore_types import Folder, Opener, RestoreStats, Target
 from lamina.tree.restore_writer import FileWriter
 from lamina.tree.sources import in_batches
 
@@ -77,15 +76,6 @@ def processes_for(files: int, size: int, cores: int | None = None) -> int:
     if n < 2 or (files < MIN_FILES and size < MIN_BYTES):
         return 0
     return n
-
-
-class Opener(NamedTuple):
-    """How a worker opens its own blob source: a picklable callable (a module-level
-    function, or a ``functools.partial`` of one), and the modules the fork server
-    imports once for every worker (the source's own, e.g. the catalog's)."""
-
-    open: Callable[[], BlobSource]
-    modules: tuple[str, ...] = ()
 
 
 class FolderFiles(NamedTuple):

@@ -4,17 +4,14 @@ fills and where a file job writes (``lamina.tree.restore``)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import NamedTuple, Protocol, TypedDict
 
 from lamina.store.keys import ChunkingSecret
 from lamina.store.progress import AdvanceFn
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import Entry
-
-if TYPE_CHECKING:
-    from lamina.tree.restore_procs import Opener
 
 #: A file the walk queued for a job: its entry, its path in the tree, what is in place.
 Queued = tuple[Entry, list[bytes], os.stat_result | None]
@@ -30,6 +27,15 @@ class BlobSource(Protocol):
     def prefetch(self, ids: Collection[bytes]) -> None:
         """A hint: these blobs are read next (a source may look them up in one go)."""
         ...
+
+
+class Opener(NamedTuple):
+    """How a worker opens its own blob source: a picklable callable (a module-level
+    function, or a ``functools.partial`` of one), and the modules the fork server
+    imports once for every worker (the source's own, e.g. the catalog's)."""
+
+    open: Callable[[], BlobSource]
+    modules: tuple[str, ...] = ()
 
 
 @dataclass
