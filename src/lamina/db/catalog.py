@@ -38,6 +38,8 @@ from lamina.store.pack import PackEntry
 
 _EPOCH = EPOCH_KEY
 _STORE_ID = "store_id"
+#: The store's gc epoch (its ``store_state`` row), as a statement to run or nest.
+EPOCH_VALUE = select(store_state.c.value).where(store_state.c.key == _EPOCH)
 
 
 def _entry_id(e: PackEntry) -> bytes:
@@ -278,7 +280,7 @@ class SqlCatalog:
             c.execute(delete(packs))
             # Blobs may have left the index (damaged packs skipped): the epoch moves, so
             # writers and files caches check again what they remember (as after a gc).
-            epoch = c.execute(select(store_state.c.value).where(store_state.c.key == _EPOCH))
+            epoch = c.execute(EPOCH_VALUE)
             current = epoch.scalar()
             if current is not None:
                 c.execute(
@@ -296,7 +298,7 @@ class SqlCatalog:
 
     # --- garbage collection --------------------------------------------------
     def _lock_epoch(self, c: Connection) -> int:
-        q = select(store_state.c.value).where(store_state.c.key == _EPOCH)
+        q = EPOCH_VALUE
         if not is_sqlite(self.engine):  # SQLite's BEGIN IMMEDIATE already serialises writers
             q = q.with_for_update()
         value = c.execute(q).scalar()
@@ -306,9 +308,7 @@ class SqlCatalog:
 
     def gc_epoch(self) -> int:
         with read_tx(self.engine) as c:
-            value = c.execute(
-                select(store_state.c.value).where(store_state.c.key == _EPOCH)
-            ).scalar()
+            value = c.execute(EPOCH_VALUE).scalar()
         return int(value or 0)
 
     def condemn(

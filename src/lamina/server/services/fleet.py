@@ -22,9 +22,9 @@ from sqlalchemy import (
     update,
 )
 
+from lamina.db.catalog import EPOCH_VALUE
 from lamina.db.engine import read_once, read_tx, write_tx
-from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots, store_state
-from lamina.db.sqlite_read import EPOCH_KEY
+from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots
 from lamina.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
 from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.schemas import (
@@ -51,6 +51,8 @@ from lamina.store.keys import ChunkingSecret
 PENDING, ACTIVE, REJECTED, ARCHIVED = "pending", "active", "rejected", "archived"
 #: A device whose credential an admin revoked (its CVD, if any, stays as it is).
 REVOKED = "revoked"
+#: A device's active CVD, as a join's condition (``active_cvd`` reads it alone).
+_ACTIVE_CVD = and_(cvds.c.device_id == devices.c.id, cvds.c.state == ACTIVE)
 
 
 def cvd_source(cvd_id: str) -> str:
@@ -433,7 +435,6 @@ def store_report(
     with the events it brings. ``newer_only``: not if a report received after ``at`` or
     a commit after it is stored (a report kept a moment, ``services/progress.py``: the
     commit empties the CVD's progress). True if stored."""
-    active = and_(cvds.c.device_id == devices.c.id, cvds.c.state == ACTIVE)
     old = c.execute(
         # the device row, locked, and its active CVD in one round trip
         select(
@@ -443,7 +444,7 @@ def store_report(
             cvds.c.id.label("cvd_id"),
             cvds.c.last_sync,
         )
-        .select_from(devices.outerjoin(cvds, active))
+        .select_from(devices.outerjoin(cvds, _ACTIVE_CVD))
         .where(devices.c.id == device_id)
         .limit(1)  # one active CVD per device (``active_cvd`` takes the first)
         .with_for_update(of=devices)
@@ -481,8 +482,7 @@ def _agent_view(device_id: str, *extra: ColumnElement[Any]) -> Select[Any]:
     """What a poll answers, in one query (a poll's time under load is mostly its round
     trips, each waiting for the interpreter lock and the database): the device's status,
     its active CVD and policy, the store's gc epoch, and the ``extra`` columns."""
-    epoch = select(store_state.c.value).where(store_state.c.key == EPOCH_KEY).scalar_subquery()
-    active = and_(cvds.c.device_id == devices.c.id, cvds.c.state == ACTIVE)
+    epoch = EPOCH_VALUE.scalar_subquery()  # the catalog's table: on the server's own engine
     return (
         select(
             devices.c.status,
@@ -494,7 +494,9 @@ def _agent_view(device_id: str, *extra: ColumnElement[Any]) -> Select[Any]:
             *extra,
         )
         .select_from(
-            devices.outerjoin(cvds, active).outerjoin(policies, policies.c.id == cvds.c.policy_id)
+            devices.outerjoin(cvds, _ACTIVE_CVD).outerjoin(
+                policies, policies.c.id == cvds.c.policy_id
+            )
         )
         .where(devices.c.id == device_id)
         .limit(1)  # one active CVD per device (``active_cvd`` takes the first)
