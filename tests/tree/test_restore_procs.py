@@ -229,3 +229,24 @@ def _exited(pid: int) -> bool:
         return bool(select.select([fd], [], [], 0)[0])
     finally:
         os.close(fd)
+
+
+def test_a_fork_server_that_cannot_start_leaves_no_descriptor_open(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers' pool fails to start (no memory, no processes left): the error comes
+    out and the target's descriptor, opened before, is closed as after any error."""
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+
+    def no_server(setup: restore_procs.WorkerSetup, n: int) -> ProcessPoolExecutor:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("lamina.tree.restore.start", no_server)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="Resource temporarily"):
+        restore_tree(
+            dict_blobs(blobs, key), tid, tmp_path / "out", processes=2, opener=opener(blobs, key)
+        )
+    assert set(os.listdir("/proc/self/fd")) <= before

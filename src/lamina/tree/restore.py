@@ -165,13 +165,13 @@ class Restorer(FileWriter):
         self._root_fd = root_fd
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 and not self.processes else None
         self._pool = pool
-        if self.processes:
-            assert self._opener is not None
-            setup = parent_setup(self._opener, os.fsencode(target.absolute()), root_fd, self)
-            self._procs = ProcessJobs(
-                start(setup, self.processes), 3 * self.processes, self._landed, self._release
-            )
         try:
+            if self.processes:  # a fork server that fails to start: cleaned up below too
+                assert self._opener is not None
+                setup = parent_setup(self._opener, os.fsencode(target.absolute()), root_fd, self)
+                self._procs = ProcessJobs(
+                    start(setup, self.processes), 3 * self.processes, self._landed, self._release
+                )
             with fewer_collections():
                 stopped = True
                 try:
