@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from lamina.agent.facts import os_release
 from lamina.agent.state import AgentState
+from lamina.agent.throttle import Throttled
 from lamina.agent.transport import AgentClient, retrying
 from lamina.agent.uploader import RemoteSink
 from lamina.errors import MissingDataError, UploadsPendingError
@@ -187,14 +188,9 @@ def run_sync(
         known = {"percent": pct, "expected_bytes": total} if pct is not None else {}
         return {"phase": phase, **known, **counters}
 
-    reported = [-PROGRESS_SECONDS]
-
-    def report() -> None:
-        # Each report writes the status file and posts to the server: at most one a second.
-        now = time.monotonic()
-        if progress and now - reported[0] >= PROGRESS_SECONDS:
-            reported[0] = now
-            progress(snapshot())
+    # Each report writes the status file and posts to the server: at most one a second,
+    # and one held back is made a moment later (an upload held up shows what came before).
+    report = Throttled(lambda: progress(snapshot()) if progress else None, PROGRESS_SECONDS)
 
     def on_file(nfiles: int, nbytes: int) -> None:
         before = counters["files"]
@@ -233,6 +229,7 @@ def run_sync(
             )
             root_id = scanner.scan(root)
             sink.flush()
+            report.settle()  # no progress report after the commit
             try:
                 doc = commit(
                     client, _commit_body(root_id, scanner, sink, cfg, policy, root, extra_stats)
@@ -252,6 +249,7 @@ def run_sync(
                 counters["files"] = counters["bytes"] = 0
         cache.commit(cfg.gc_epoch)
     finally:
+        report.settle()
         sink.close()
         cache.close()
     stats = scanner.stats

@@ -1,0 +1,69 @@
+"""A call made at most once every so many seconds, none lost: the sync's progress reports."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Pending(Protocol):
+    def cancel(self) -> None: ...
+
+
+def _timer(wait: float, fn: Callable[[], None]) -> Pending:
+    t = threading.Timer(wait, fn)
+    t.daemon = True
+    t.start()
+    return t
+
+
+class Throttled:
+    """``send`` at most once every ``every`` seconds. A call the limit holds back is
+    made once it allows, on a timer (``send`` reads the state then: the latest): the
+    last progress of a sync that then stalls (its upload held by a slow or failing
+    server, its scan waiting for the upload) is still shown, not only the report
+    before it. ``settle`` cancels a call held back and waits for one being made."""
+
+    def __init__(
+        self,
+        send: Callable[[], None],
+        every: float,
+        clock: Callable[[], float] = time.monotonic,
+        later: Callable[[float, Callable[[], None]], Pending] = _timer,
+    ) -> None:
+        self._send, self._every, self._clock, self._later = send, every, clock, later
+        self._last = -every
+        self._pending: Pending | None = None
+        self._lock = threading.Lock()
+        #: held while ``send`` runs: one at a time, and ``settle`` waits for it
+        self._sending = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            wait = self._last + self._every - self._clock()
+            if wait > 0:
+                if self._pending is None:
+                    self._pending = self._later(wait, self._held_back)
+                return
+            self._last = self._clock()
+        with self._sending:
+            self._send()
+
+    def _held_back(self) -> None:
+        with self._sending:
+            with self._lock:
+                if self._pending is None:  # settled meanwhile
+                    return
+                self._pending = None
+                self._last = self._clock()
+            self._send()
+
+    def settle(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        with self._sending:
+            pass
