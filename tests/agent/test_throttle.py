@@ -22,10 +22,25 @@ class _Later:
         self.cancelled += 1
 
 
+class _Done:
+    """A call made at once, on the caller's thread (the older tests' view)."""
+
+    def join(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+
+def _at_once(fn: Callable[[], None]) -> _Done:
+    fn()
+    return _Done()
+
+
 def test_a_call_held_back_is_made_once_the_period_allows_with_the_latest_state() -> None:
     now, state, sent = [0.0], ["a"], []
     later = _Later()
-    report = Throttled(lambda: sent.append(state[0]), 1.0, lambda: now[0], later)
+    report = Throttled(lambda: sent.append(state[0]), 1.0, lambda: now[0], later, _at_once)
     report()
     assert sent == ["a"]
     now[0], state[0] = 0.4, "b"
@@ -44,7 +59,7 @@ def test_a_call_held_back_is_made_once_the_period_allows_with_the_latest_state()
 def test_settle_cancels_a_call_held_back() -> None:
     now, sent = [0.0], []
     later = _Later()
-    report = Throttled(lambda: sent.append(1), 1.0, lambda: now[0], later)
+    report = Throttled(lambda: sent.append(1), 1.0, lambda: now[0], later, _at_once)
     report()
     now[0] = 0.2
     report()
@@ -52,3 +67,42 @@ def test_settle_cancels_a_call_held_back() -> None:
     assert later.cancelled == 1
     later.due[0][1]()  # a timer that fired as it was cancelled sends nothing
     assert sent == [1]
+
+
+class _Now:
+    """Calls the test starts by hand: each is held until ``run``."""
+
+    def __init__(self) -> None:
+        self.started: list[Callable[[], None]] = []
+        self.joined = 0
+
+    def __call__(self, fn: Callable[[], None]) -> _Now:
+        self.started.append(fn)
+        return self
+
+    def run(self) -> None:
+        self.started.pop(0)()
+
+    def join(self) -> None:
+        self.joined += 1
+        while self.started:
+            self.run()
+
+    def is_alive(self) -> bool:
+        return bool(self.started)
+
+
+def test_a_call_the_limit_allows_is_made_off_the_callers_thread_and_settle_waits_for_it() -> None:
+    """The caller (the scan's thread) never makes the call itself: it is started on its
+    own thread; ``settle`` (before the commit) waits for it rather than dropping it."""
+    now, sent = [0.0], []
+    later, start = _Later(), _Now()
+    report = Throttled(lambda: sent.append(now[0]), 1.0, lambda: now[0], later, start)
+    report()
+    assert sent == [] and len(start.started) == 1  # started, not made by the caller
+    start.run()
+    assert sent == [0.0]
+    now[0] = 2.0
+    report()
+    report.settle()
+    assert sent == [0.0, 2.0] and start.joined >= 1 and not later.due

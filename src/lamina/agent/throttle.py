@@ -1,4 +1,6 @@
-"""A call made at most once every so many seconds, none lost: the sync's progress reports."""
+"""A call made at most once every so many seconds, none lost, never on the caller's
+thread: the sync's progress reports (a status write and a request each), which the
+scan's and the uploads' threads must not wait for."""
 
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ class Pending(Protocol):
     def cancel(self) -> None: ...
 
 
+class Running(Protocol):
+    def join(self) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+
 def _timer(wait: float, fn: Callable[[], None]) -> Pending:
     t = threading.Timer(wait, fn)
     t.daemon = True
@@ -19,12 +27,19 @@ def _timer(wait: float, fn: Callable[[], None]) -> Pending:
     return t
 
 
+def _thread(fn: Callable[[], None]) -> Running:
+    t = threading.Thread(target=fn, name="lamina-report", daemon=True)
+    t.start()
+    return t
+
+
 class Throttled:
-    """``send`` at most once every ``every`` seconds. A call the limit holds back is
-    made once it allows, on a timer (``send`` reads the state then: the latest): the
-    last progress of a sync that then stalls (its upload held by a slow or failing
-    server, its scan waiting for the upload) is still shown, not only the report
-    before it. ``settle`` cancels a call held back and waits for one being made."""
+    """``send`` at most once every ``every`` seconds, on a thread of its own (``now``):
+    the caller goes on at once. A call the limit holds back is made once it allows, on
+    a timer (``send`` reads the state then: the latest): the last progress of a sync
+    that then stalls (its upload held by a slow or failing server, its scan waiting for
+    the upload) is still shown, not only the report before it. ``settle`` cancels a
+    call held back and waits for one being made (a call the limit allowed is made)."""
 
     def __init__(
         self,
@@ -32,10 +47,14 @@ class Throttled:
         every: float,
         clock: Callable[[], float] = time.monotonic,
         later: Callable[[float, Callable[[], None]], Pending] = _timer,
+        now: Callable[[Callable[[], None]], Running] = _thread,
     ) -> None:
         self._send, self._every, self._clock, self._later = send, every, clock, later
+        self._now = now
         self._last = -every
         self._pending: Pending | None = None
+        #: the calls the limit allowed, started and not yet waited for by ``settle``
+        self._running: list[Running] = []
         self._lock = threading.Lock()
         #: held while ``send`` runs: one at a time, and ``settle`` waits for it
         self._sending = threading.Lock()
@@ -48,6 +67,10 @@ class Throttled:
                     self._pending = self._later(wait, self._held_back)
                 return
             self._last = self._clock()
+            self._running = [c for c in self._running if c.is_alive()]
+            self._running.append(self._now(self._allowed))
+
+    def _allowed(self) -> None:
         with self._sending:
             self._send()
 
@@ -63,7 +86,10 @@ class Throttled:
     def settle(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
+            running, self._running = self._running, []
         if pending is not None:
             pending.cancel()
+        for call in running:
+            call.join()
         with self._sending:
             pass
