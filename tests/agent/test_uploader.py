@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -207,41 +207,5 @@ def test_with_exact_need_an_upload_that_failed_stops_the_scan_at_its_next_blob(
             sink.put_chunk(BlobKind.DATA, blob.blob_id(chunking.id_key, data), data)
             puts += 1
     assert puts < 1000  # raised by put_chunk, before any flush
-    sink.close()
-    client.close()
-
-
-def test_a_settled_batch_goes_up_at_once_when_the_uploads_are_idle(
-    server: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A sync that uploads little (a ~1% change) sends each settled batch while it scans
-    (nothing queued, no upload running): a bundle per batch, not one bundle of it all at
-    ``flush``, after the scan, on the way to the commit."""
-    monkeypatch.setattr(uploader, "ASK_BLOBS", 10)
-    monkeypatch.setattr(uploader, "SHIP_IDLE_BYTES", 1)
-    client, chunking = agent_client(server, "uploader-ship-idle")
-    calls: list[str] = []
-    sent = threading.Semaphore(0)
-    real = client.json
-
-    def recording(method: str, path: str, **kw: Any) -> Any:
-        answer = real(method, path, **kw)
-        calls.append(path)
-        if path == "/agent/bundles":
-            sent.release()
-        return answer
-
-    monkeypatch.setattr(client, "json", recording)
-    sink = RemoteSink(client, chunking)
-    for batch in range(3):
-        for i in range(10):
-            data = f"batch {batch} file {i}\n".encode() * 50
-            sink.put_chunk(BlobKind.DATA, blob.blob_id(chunking.id_key, data), data)
-        # the scan's next batch comes only once this one is up (the uploads idle again)
-        assert sent.acquire(timeout=60), f"batch {batch} was not sent before flush: {calls}"
-        wait(list(sink._pending))
-    sink.flush()
-    assert calls == ["/agent/missing", "/agent/bundles"] * 3
-    assert sink.bundles == 3 and sink.uploaded_blobs == 30
     sink.close()
     client.close()

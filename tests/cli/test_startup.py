@@ -373,10 +373,13 @@ def test_a_sync_by_agent_run_once_loads_no_typer(live: Live, tmp_path: Path) -> 
     assert not {m for m in mods if m.startswith(("lamina.server", "lamina.db"))}
     # Session 12: nor httpx's command-line tool (click, pygments, Rich), Rich for a bar
     # no one sees, python-debian (a pending device's packages), nor the API's schemas
-    # beyond the agent's (``protocol.endpoint``, ``tasks``, ``facts``).
+    # beyond the agent's (``protocol.endpoint``, ``facts``).
     assert not {m.partition(".")[0] for m in mods} & {"click", "pygments", "rich", "debian"}
     assert "lamina.protocol.endpoint" in mods
     unused = {"schemas", "layers", "migration", "flex", "ops"}
     assert not {f"lamina.protocol.{m}" for m in unused} & mods
+    # Session 14: nor the tasks' parameter models when the server queued no work (the
+    # kinds and states alone, ``protocol.task_kinds``).
+    assert "lamina.protocol.tasks" not in mods and "lamina.protocol.task_kinds" in mods
     # A restore's and a user-data stream's modules load when one runs.
     assert not {"lamina.tree.restore", "lamina.agent.stream", "lamina.agent.live"} & mods

@@ -26,21 +26,12 @@ from lamina.agent.transport import AgentClient, retrying
 from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
 from lamina.layers.rules import for_os
 from lamina.protocol.endpoint import AgentConfig
-from lamina.protocol.tasks import (
-    LayerApplyParams,
-    MigrateParams,
-    RestoreParams,
-    RevertParams,
-    SyncParams,
-    TaskKind,
-    TaskState,
-    WorkItem,
-    work_item,
-)
+from lamina.protocol.task_kinds import TaskKind, TaskState
 from lamina.tree.names import split_path
 
 if TYPE_CHECKING:
     from lamina.agent.stream import StreamProgress
+    from lamina.protocol.tasks import RestoreParams, WorkItem
 
 log = logging.getLogger(__name__)
 #: The state the server gives a task an admin cancelled.
@@ -229,6 +220,15 @@ class Agent:
                 )
 
     def do(self, item: WorkItem, cfg: AgentConfig) -> None:
+        # The parameters' models load with the first work item, not in every cycle.
+        from lamina.protocol.tasks import (
+            LayerApplyParams,
+            MigrateParams,
+            RestoreParams,
+            RevertParams,
+            SyncParams,
+        )
+
         params = item.params  # read into its kind's model with the item (``work_item``)
         stages = isinstance(params, LayerApplyParams | MigrateParams) or (
             isinstance(params, RevertParams) and not params.dry_run
@@ -428,6 +428,10 @@ class Agent:
         the reason, and the others still run."""
         if not isinstance(raw, list):
             raise IntegrityError(f"the server's work list is a {type(raw).__name__}, not a list")
+        if not raw:
+            return []  # most cycles: no task models to build
+        from lamina.protocol.tasks import work_item
+
         items = []
         for w in raw:
             try:

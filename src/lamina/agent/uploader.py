@@ -51,11 +51,6 @@ ASK_BYTES = 4 * 1024 * 1024
 IN_FLIGHT = 2
 #: Full batches waiting for the sender thread before a scan's thread waits for it.
 SETTLE_AHEAD = 2
-#: A bundle this big (compressed) goes up as soon as the sender has settled a batch, no
-#: other batch waits and an upload slot is free, instead of waiting to fill to
-#: ``BUNDLE_BYTES``: a sync that uploads little (a ~1% change) then sends while it scans,
-#: not all at its end; one that keeps the uploads busy still sends full bundles.
-SHIP_IDLE_BYTES = 1024 * 1024
 
 #: A blob put but not yet asked about: (kind, id, plaintext)
 Queued = tuple[BlobKind, bytes, bytes | memoryview]
@@ -81,8 +76,7 @@ class RemoteSink:
         self.on_upload = on_upload
         self._lock = threading.Lock()
         #: one upload at a time under a bandwidth limit keeps the pacing honest
-        self._at_once = 1 if bandwidth_limit > 0 else IN_FLIGHT
-        self._slots = threading.BoundedSemaphore(self._at_once)
+        self._slots = threading.BoundedSemaphore(1 if bandwidth_limit > 0 else IN_FLIGHT)
         self._report_lock = threading.Lock()
         #: ids queued or being uploaded, never asked about again meanwhile; an id leaves
         #: once its bundle is stored (the server then answers for it), so this holds at
@@ -206,21 +200,6 @@ class RemoteSink:
         batch.clear()
         while todo:
             self._bundle_blob(*todo.pop())
-        if self._batches.empty() and self._bundle_size >= SHIP_IDLE_BYTES and self._slot_free():
-            self._ship()
-
-    def _slot_free(self) -> bool:
-        """Fewer bundles are uploading than may be at once."""
-        with self._lock:
-            return sum(not f.done() for f in self._pending) < self._at_once
-
-    def _ship(self) -> None:
-        """Upload the bundle being filled, however full (nothing if empty)."""
-        with self._lock:
-            full, self._bundle, self._bundle_size = self._bundle, [], 0
-            self._bundle_raw = 0
-        if full:
-            self._upload(full)
 
     def _bundle_blob(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         flag, payload = blob.compress(data)
@@ -265,7 +244,11 @@ class RemoteSink:
         self._stop_sender()
         self._check()
         self._settle(batch)
-        self._ship()
+        with self._lock:
+            full, self._bundle, self._bundle_size = self._bundle, [], 0
+            self._bundle_raw = 0
+        if full:
+            self._upload(full)
         with self._lock:
             pending, self._pending = self._pending, []
         for f in pending:

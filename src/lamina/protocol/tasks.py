@@ -16,14 +16,14 @@ fields and its ``kind``, a ``PARAMS`` entry and a member of ``AnyTaskParams``; t
 teach the agent's ``Agent.do`` to run it.
 An agent that does not know a kind reports the task failed ("unknown task kind").
 
-Version 1 (``PROTOCOL_VERSION``).
+Version 1 (``PROTOCOL_VERSION``). The kinds and states are ``task_kinds``' (no
+pydantic model: an agent whose server queued no work builds none of these).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -39,33 +39,11 @@ from pydantic import (
 from lamina.errors import UsageError
 from lamina.protocol.base import SmallMap, Strict
 from lamina.protocol.policies import PolicySettings
+from lamina.protocol.task_kinds import TaskKind as TaskKind
+from lamina.protocol.task_kinds import TaskState as TaskState
 
 #: A tree or blob id in hex (64 lowercase digits).
 HexId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-
-
-class TaskKind(StrEnum):
-    SYNC = "sync"
-    RESTORE = "restore"
-    REVERT = "revert"
-    LAYER_APPLY = "layer-apply"
-    MIGRATE = "migrate"
-    # Run by the server itself on its store (``services/store_ops.py``), never by an agent.
-    STORE_CHECK = "store-check"
-    STORE_GC = "store-gc"
-    STORE_STATS = "store-stats"
-
-
-class TaskState(StrEnum):
-    """queued → running → done | failed, or → waiting (staged for the next boot) → done | failed;
-    queued and waiting may become cancelled."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING = "waiting"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 #: A task in one of these states may still be run or applied by its agent.
