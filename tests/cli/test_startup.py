@@ -381,5 +381,7 @@ def test_a_sync_by_agent_run_once_loads_no_typer(live: Live, tmp_path: Path) -> 
     # Session 14: nor the tasks' parameter models when the server queued no work (the
     # kinds and states alone, ``protocol.task_kinds``).
     assert "lamina.protocol.tasks" not in mods and "lamina.protocol.task_kinds" in mods
+    # nor the ciphers: an agent compresses and hashes, the server seals
+    assert "cryptography" not in {m.partition(".")[0] for m in mods}
     # A restore's and a user-data stream's modules load when one runs.
     assert not {"lamina.tree.restore", "lamina.agent.stream", "lamina.agent.live"} & mods

@@ -32,7 +32,7 @@ from lamina.protocol.bundle import MEDIA_TYPE, BundleBlob, encode_bundle
 from lamina.store import blob
 from lamina.store.batch import TreeBatcher
 from lamina.store.blob import BlobKind
-from lamina.store.keys import ChunkingSecret
+from lamina.store.chunking import ChunkingSecret
 
 BUNDLE_BYTES = 8 * 1024 * 1024
 #: Content (before compression) per bundle; the server refuses more than 256 MiB.

@@ -24,13 +24,15 @@ import functools
 import os
 import struct
 import threading
+from typing import TYPE_CHECKING
 
 import blake3
 import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lamina.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE = struct.Struct("<12s")
 TAG_SIZE = 16
@@ -79,8 +81,19 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 @functools.lru_cache(maxsize=4)
 def _aead(data_key: bytes) -> AESGCM:
     """One cipher object per key, not per blob (half the cost of sealing a small blob;
-    it keeps no state between calls, so threads share it)."""
+    it keeps no state between calls, so threads share it). ``cryptography`` loads with
+    the first one: an agent, which compresses and hashes but never seals, does not
+    load it (~6 ms of every ``agent run``)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     return AESGCM(data_key)
+
+
+def _invalid_tag() -> type[Exception]:
+    """AES-GCM's authentication failure (evaluated only when ``decrypt`` raised)."""
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
 
 
 def blob_id(id_key: bytes, data: bytes | memoryview) -> bytes:
@@ -159,7 +172,7 @@ def unseal(data_key: bytes, kind: BlobKind, bid: bytes, sealed: bytes) -> tuple[
         plain = _aead(data_key).decrypt(
             nonce, memoryview(sealed)[NONCE.size :], bytes([kind]) + bid
         )
-    except InvalidTag as e:
+    except _invalid_tag() as e:
         raise IntegrityError(
             f"blob {bid.hex()[:16]} fails authentication (damaged, or a different store's key)"
         ) from e

@@ -20,7 +20,7 @@ from typing import Protocol
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.chunker import Chunker
-from lamina.store.keys import ChunkingSecret
+from lamina.store.chunking import ChunkingSecret
 from lamina.tree.extents import FileChangedError, chunk_fd, small_content
 from lamina.tree.model import Entry
 
