@@ -4,6 +4,8 @@ opening the store itself: the tree comes out exact, hard links and folder times 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -45,3 +47,44 @@ def test_snapshot_restore_in_worker_processes_is_exact(
     assert_same_tree(src, out)
     assert os.stat(out / "d4" / "again").st_ino == os.stat(out / "d0" / "f3").st_ino
     assert not [p for p in out.rglob(".lamina-restore-*")]
+
+
+def test_snapshot_restore_opens_the_store_without_sqlalchemy(
+    cli_factory: Callable[..., Cli], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restoring process resolves the snapshot and reads the trees through the
+    embedded catalog on ``sqlite3``, and its workers' fork server imports that catalog's
+    module, not SQLAlchemy's (about 0.3 s of CPU in each)."""
+    src = tmp_path / "src"
+    for i in range(20):
+        write(src / "d" / f"f{i}", os.urandom(200 + i), MTIME + i)
+    cli = cli_factory()
+    cli.json("store", "init")
+    cli.json("snapshot", "create", str(src))
+    out = tmp_path / "out"
+    probe = (
+        "import sys\n"
+        "from lamina.cli import main\n"
+        f"sys.argv = ['lamina', 'snapshot', 'restore', 'latest', '-o', {str(out)!r},"
+        f" '--data', {str(cli.data)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('sqlalchemy' in sys.modules)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=cli.env, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "False"
+    assert_same_tree(src, out)
+    modules: list[tuple[str, ...]] = []
+    start = restore_procs.start
+
+    def seen(setup: restore_procs.WorkerSetup, n: int) -> ProcessPoolExecutor:
+        modules.append(setup.opener.modules)
+        return start(setup, n)
+
+    monkeypatch.setattr("lamina.cli.snapshot.processes_for", lambda files, size: 2)
+    monkeypatch.setattr("lamina.tree.restore.start", seen)
+    doc = cli.json("snapshot", "restore", "latest", "--output", str(tmp_path / "again"), "--json")
+    assert doc["files"] == 20 and doc["errors"] == []
+    assert modules == [("lamina.cli.store_open", "lamina.db.sqlite_catalog")]

@@ -178,6 +178,17 @@ def test_locate_is_answered_without_sqlalchemys_catalog(catalog: SqliteCatalog) 
     assert catalog._full is None
 
 
+def test_find_snapshot_is_answered_without_sqlalchemys_catalog(catalog: SqliteCatalog) -> None:
+    # a restore's first question (``lamina snapshot restore`` opens the store this way)
+    older, newer = snap("b1" * 32, T0), snap("c2" * 32, T0 + dt.timedelta(seconds=1))
+    assert catalog.add_snapshot(newer, 0) and catalog.add_snapshot(older, 0)
+    assert catalog.find_snapshot("latest") == newer
+    assert catalog.find_snapshot("B1B1") == older
+    with pytest.raises(NotFoundError):
+        catalog.find_snapshot("dddd")
+    assert catalog._full is None
+
+
 def test_the_first_error_is_the_one_reported_and_the_next_transaction_works(
     catalog: SqliteCatalog,
 ) -> None:

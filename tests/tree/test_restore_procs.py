@@ -6,6 +6,7 @@ links stay in the restoring process."""
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import select
@@ -22,8 +23,10 @@ from lamina.errors import IntegrityError
 from lamina.store import blob
 from lamina.store.repository import Store
 from lamina.tree import restore_procs
+from lamina.tree.collector import YOUNG_THRESHOLD
 from lamina.tree.restore import restore_tree
 from lamina.tree.restore_procs import MAX_PROCESSES, MIN_BYTES, MIN_FILES, processes_for
+from lamina.tree.restore_writer import FileWriter
 
 from .procsources import dict_blobs, opener, store_blobs
 from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
@@ -250,3 +253,35 @@ def test_a_fork_server_that_cannot_start_leaves_no_descriptor_open(
             dict_blobs(blobs, key), tid, tmp_path / "out", processes=2, opener=opener(blobs, key)
         )
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_workers_job_runs_with_its_imports_left_out_of_the_collector(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's job runs as the walk does (``fewer_collections``): the objects the worker
+    held before it frozen, fewer young passes; the collector as it was afterwards."""
+    scan_tree(store, src)
+    blobs = store_blobs(store)
+    out = tmp_path / "out"
+    out.mkdir()
+    st = os.stat(out)
+    setup = restore_procs.WorkerSetup(
+        opener(blobs, store.keys.chunking.id_key),
+        os.fsencode(out),
+        (st.st_dev, st.st_ino),
+        True,
+        False,
+        os.getpid(),
+    )
+    worker = restore_procs._Worker(setup)
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        FileWriter,
+        "write_job",
+        lambda self, files, target: seen.append((gc.get_freeze_count(), gc.get_threshold()[0])),
+    )
+    before = gc.get_threshold()
+    job = [restore_procs.FolderFiles((), (st.st_dev, st.st_ino), False, True, [])]
+    worker.run(job)
+    assert seen and all(frozen > 0 and young >= YOUNG_THRESHOLD for frozen, young in seen)
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before

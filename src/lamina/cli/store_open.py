@@ -58,7 +58,7 @@ def open_store(
 ) -> Store:
     """Open the store at ``loc``; with ``change``, refuse one that a server manages
     (its snapshots belong to CVDs) unless ``force``. With ``backup`` (a command that
-    only backs up), the embedded store opens on the standard library's ``sqlite3``
+    only backs up, or a restore), the embedded store opens on the standard library's ``sqlite3``
     once it is migrated and bound (``lamina.db.sqlite_catalog``: no SQLAlchemy)."""
     s: Store | None = None
     if backup:

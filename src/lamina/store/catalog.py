@@ -126,6 +126,16 @@ def resolve_snapshot(
     return found[0]
 
 
+def find_in(snaps: Sequence[SnapshotRecord], ref: str) -> SnapshotRecord:
+    """``resolve_snapshot`` among ``snaps`` (oldest first): for a catalog that reads every
+    snapshot's row anyway."""
+    return resolve_snapshot(
+        ref,
+        lambda: snaps[-1] if snaps else None,
+        lambda prefix: [s for s in snaps if s.id.startswith(prefix)],
+    )
+
+
 class Catalog(Protocol):
     """The chunk index, packs, snapshots and GC state of one store.
 

@@ -203,12 +203,7 @@ class MemoryCatalog:
             return max((s[0] for s in self._snapshots.values()), default=0)
 
     def find_snapshot(self, ref: str) -> catalog.SnapshotRecord:
-        snaps = self.snapshots()
-        return catalog.resolve_snapshot(
-            ref,
-            lambda: snaps[-1] if snaps else None,
-            lambda prefix: [s for s in snaps if s.id.startswith(prefix)],
-        )
+        return catalog.find_in(self.snapshots(), ref)
 
     def forget_snapshots(self, ids: Collection[str]) -> int:
         with self._lock:

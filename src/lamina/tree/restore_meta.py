@@ -43,14 +43,23 @@ class Metadata:
         """The entry's mode, without setuid/setgid on a file unless special files are wanted."""
         return e.mode if self.special_files or e.type == "dir" else e.mode & ~_SETID
 
-    def on_fd(self, fd: int, e: Entry, inherits_acl: bool = True, owned: bool = False) -> None:
+    def on_fd(
+        self,
+        fd: int,
+        e: Entry,
+        inherits_acl: bool = True,
+        owned: bool = False,
+        moded: bool = False,
+    ) -> None:
         """Set ``e``'s metadata on the open file or folder ``fd``. ``inherits_acl``: it may
-        carry ACLs from its folder's default ACL. ``owned``: it already has ``e``'s owner."""
+        carry ACLs from its folder's default ACL. ``owned``: it already has ``e``'s owner.
+        ``moded``: it was created with ``e``'s mode (``FileWriter._create_mode``)."""
         if not owned and self.same_owner:
             self._chown(lambda: os.fchown(fd, e.uid, e.gid))
         if inherits_acl:
             self._drop_acls(e, lambda: os.listxattr(fd), lambda name: os.removexattr(fd, name))
-        os.fchmod(fd, self.mode(e))
+        if not moded:
+            os.fchmod(fd, self.mode(e))
         self._xattrs(e, lambda name, value: os.setxattr(fd, name, value))
         os.utime(fd, ns=(e.mtime, e.mtime))
 

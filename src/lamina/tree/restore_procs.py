@@ -39,6 +39,7 @@ from multiprocessing import forkserver
 from typing import NamedTuple
 
 from lamina.errors import IntegrityError
+from lamina.tree.collector import fewer_collections
 from lamina.tree.model import Entry
 from lamina.tree.restore_types import Folder, Opener, RestoreStats, Target
 from lamina.tree.restore_writer import FileWriter
@@ -193,15 +194,19 @@ class _Worker:
         return fd
 
     def run(self, job: list[FolderFiles]) -> JobDone:
-        groups = [(g, [Entry(*f) for f in g.files]) for g in job]  # type: ignore[arg-type]
-        self.source.prefetch([c for _, entries in groups for e in entries for c in e.chunk_ids()])
-        r = self.writer
-        r.stats = RestoreStats()
-        for g, entries in groups:
-            fd = self.folder(g.rel, g.ident)
-            target = Target(Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
-            r.write_job([(e, [*g.rel, e.name], None) for e in entries], target)
-        return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
+        # The worker's imports are left out of the collector's passes, as in the walk.
+        with fewer_collections():
+            groups = [(g, [Entry(*f) for f in g.files]) for g in job]  # type: ignore[arg-type]
+            self.source.prefetch(
+                [c for _, entries in groups for e in entries for c in e.chunk_ids()]
+            )
+            r = self.writer
+            r.stats = RestoreStats()
+            for g, entries in groups:
+                fd = self.folder(g.rel, g.ident)
+                target = Target(Folder(fd, list(g.rel), None, None), g.inherits_acl, g.plain_group)
+                r.write_job([(e, [*g.rel, e.name], None) for e in entries], target)
+            return JobDone(r.stats.files, r.stats.bytes, r.stats.errors)
 
 
 def _check_same(fd: int, ident: tuple[int, int], rel: bytes) -> None:

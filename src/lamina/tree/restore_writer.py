@@ -48,6 +48,8 @@ class FileWriter:
             special_files=special_files, same_owner=same_owner, report=self._report
         )
         self._ids = (os.geteuid(), os.getegid())
+        #: this process's umask (None: unknown), for ``_create_mode``
+        self._umask = process_umask()
         #: Descriptors of folders this restore created (empty when made).
         self._fresh: set[int] = set()
         #: Temporary names: a random prefix per restore and a counter (O_EXCL still guards).
@@ -102,21 +104,20 @@ class FileWriter:
         """Write a file's content under a temporary name, then rename it."""
         fd = target.folder.fd
         tmp = self._tmp_name()
+        # A new file in a folder that is not setgid and has our egid is owned by our
+        # euid/egid: a chown to that same owner would change nothing.
+        owned = target.plain_group and (e.uid, e.gid) == self._ids
+        mode = self._create_mode(e, owned, target.inherits_acl)
         out = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
+            0o600 if mode is None else mode,
             dir_fd=fd,
         )
         try:
             write_content(out, e, self.store.get_many)
             self.meta.on_fd(
-                out,
-                e,
-                inherits_acl=target.inherits_acl,
-                # A new file in a folder that is not setgid and has our egid is owned by
-                # our euid/egid: a chown to that same owner would change nothing.
-                owned=target.plain_group and (e.uid, e.gid) == self._ids,
+                out, e, inherits_acl=target.inherits_acl, owned=owned, moded=mode is not None
             )
         except BaseException:
             os.close(out)
@@ -132,6 +133,19 @@ class FileWriter:
             self.stats.bytes += e.size
             if self.progress:
                 self.progress(1, e.size)
+
+    def _create_mode(self, e: Entry, owned: bool, inherits_acl: bool) -> int | None:
+        """The mode to create ``e``'s file with when that is its final mode (no ``fchmod``
+        after): it has its owner already (a chown would clear setuid/setgid), no default ACL
+        shapes its rights, it has only permission bits, and the umask clears none of them.
+        Never more rights than the file ends with, at any moment. None: create it 0600
+        and set its mode after its content."""
+        if not owned or inherits_acl or self._umask is None:
+            return None
+        mode = self.meta.mode(e)
+        if mode & ~0o777 or mode & self._umask:
+            return None
+        return mode
 
     def _tmp_name(self) -> bytes:
         with self._lock:
@@ -162,3 +176,17 @@ class FileWriter:
     def _report(self, message: str) -> None:
         with self._lock:
             self.stats.errors.append(message)
+
+
+def process_umask() -> int | None:
+    """This process's umask, read without changing it (``os.umask`` sets it, racing with
+    other threads' file creation): the ``Umask:`` line of /proc/self/status (Linux 4.7+);
+    None when it cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
