@@ -282,9 +282,6 @@ blob_claims = Table(
     parent_key("cvd_id", "cvds.id"),
     timestamp("expires", index=True),
 )
-# revision 0012_srvcpu: a CVD's claims found without a scan (the lease refreshed at each
-# bundle, the delete at its commit)
-Index("ix_blob_claims_cvd_id", blob_claims.c.cvd_id)
 
 #: Blobs held by at least the server's ``share_threshold`` CVDs (common content, such as
 #: an operating system's files), revision 0009: stored ones count as present for every CVD.

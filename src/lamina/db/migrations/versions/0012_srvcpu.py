@@ -1,5 +1,5 @@
 """srvcpu: cvd_blobs keyed by (blob_id, cvd_id) in one b-tree (WITHOUT ROWID on SQLite,
-no index by blob of its own), and blob_claims indexed by CVD
+no index by blob of its own)
 
 Create Date: 2026-12-01 13:30:00
 """
@@ -40,22 +40,23 @@ def _rebuild_sqlite(key: tuple[str, str], rowid: bool) -> None:
     op.rename_table("cvd_blobs_new", "cvd_blobs")
 
 
+def _rekey_postgresql(*key: str) -> None:
+    """PostgreSQL: ``cvd_blobs``' primary key on ``key``, in that order."""
+    op.drop_constraint("pk_cvd_blobs", "cvd_blobs", type_="primary")
+    op.create_primary_key("pk_cvd_blobs", "cvd_blobs", list(key))
+
+
 def upgrade() -> None:
+    cols.drop_index("cvd_blobs", "blob_id")
     if op.get_context().dialect.name == "sqlite":
-        cols.drop_index("cvd_blobs", "blob_id")
         _rebuild_sqlite(("blob_id", "cvd_id"), rowid=False)
     else:
-        op.drop_constraint("pk_cvd_blobs", "cvd_blobs", type_="primary")
-        op.create_primary_key("pk_cvd_blobs", "cvd_blobs", ["blob_id", "cvd_id"])
-        cols.drop_index("cvd_blobs", "blob_id")
-    cols.create_index("blob_claims", "cvd_id")
+        _rekey_postgresql("blob_id", "cvd_id")
 
 
 def downgrade() -> None:
-    cols.drop_index("blob_claims", "cvd_id")
     if op.get_context().dialect.name == "sqlite":
         _rebuild_sqlite(("cvd_id", "blob_id"), rowid=True)
     else:
-        op.drop_constraint("pk_cvd_blobs", "cvd_blobs", type_="primary")
-        op.create_primary_key("pk_cvd_blobs", "cvd_blobs", ["cvd_id", "blob_id"])
+        _rekey_postgresql("cvd_id", "blob_id")
     cols.create_index("cvd_blobs", "blob_id")
