@@ -220,3 +220,45 @@ def test_migrations_emit_the_frozen_ddl(empty_engine: Engine) -> None:
     report = ["-- upgrade base -> head", *_indexes_sorted(up), "-- schema at head", *at_head]
     report += ["-- downgrade head -> base", *_indexes_sorted(down), "-- schema at base", *left]
     _compare(f"migrations-{empty_engine.dialect.name}.txt", "\n".join(report) + "\n")
+
+
+def test_0012_keeps_every_ownership_row_both_ways(empty_engine: Engine) -> None:
+    """``cvd_blobs`` rekeyed (blob first; on SQLite one b-tree, the table made again)
+    and back: every row kept."""
+    cfg = alembic_config(empty_engine)
+    command.upgrade(cfg, "0011_task_reported")
+    cvd_ids = ["a" * 36, "b" * 36]
+    rows = {(bytes([i]) * 32, cvd) for i in range(5) for cvd in cvd_ids}
+    when = "2026-12-01 00:00:00"
+    with empty_engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO policies (id, name, version, settings, created, updated) "
+                "VALUES ('p', 'p', 1, '{}', :t, :t)"
+            ),
+            {"t": when},
+        )
+        for cvd in cvd_ids:
+            c.execute(
+                text(
+                    "INSERT INTO cvds (id, name, policy_id, policy_version, reference, state, "
+                    "created, progress, blobs_indexed) "
+                    "VALUES (:c, :c, 'p', 1, false, 'active', :t, '{}', true)"
+                ),
+                {"c": cvd, "t": when},
+            )
+        for bid, cvd in sorted(rows):
+            c.execute(
+                text("INSERT INTO cvd_blobs (cvd_id, blob_id) VALUES (:c, :b)"),
+                {"c": cvd, "b": bid},
+            )
+
+    def held() -> set[tuple[bytes, str]]:
+        with empty_engine.connect() as c:
+            found = c.execute(text("SELECT blob_id, cvd_id FROM cvd_blobs")).all()
+        return {(bytes(b), cvd) for b, cvd in found}
+
+    command.upgrade(cfg, "0012_srvcpu")
+    assert held() == rows
+    command.downgrade(cfg, "0011_task_reported")
+    assert held() == rows

@@ -521,3 +521,29 @@ def test_blobs_a_bundle_stored_first_are_not_asked_whether_they_became_common(
         assert marked == set(ids[:10]) | set(ids[20:30])
     finally:
         engine.dispose()
+
+
+def test_an_ownership_row_costs_one_b_tree_entry(tmp_path: Path) -> None:
+    """Revision 0012_srvcpu: ``cvd_blobs`` is one b-tree keyed by (blob, CVD), so a
+    CVD's 20,000 blobs take under 100 bytes a row on disk (a row table, its key's index
+    and an index by blob took ~210 at 0011: 21 of a 100,000-file sync's 34 MB), and
+    ownership and other owners are still answered by that key."""
+    engine = _cvds_db(tmp_path, ("a", "b"))
+    on = inflight.Sharing(threshold=1)
+    ids = sorted(blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(20_000))
+    try:
+        assert access.record(engine, "a", ids, on) == len(ids)
+        with engine.connect() as c:
+            trees = c.exec_driver_sql(
+                "SELECT name, sum(pgsize) FROM dbstat WHERE name IN "
+                "(SELECT name FROM sqlite_schema WHERE tbl_name = 'cvd_blobs') "
+                "OR name LIKE 'sqlite_autoindex_cvd_blobs%' GROUP BY name"
+            ).all()
+        assert [t for t, _ in trees] == ["cvd_blobs"]
+        assert sum(size for _, size in trees) < 100 * len(ids)
+        with write_tx(engine) as c:
+            assert access.owned(c, "a", [*ids[:10], b"\0" * 32]) == set(ids[:10])
+            assert access.owned(c, "b", ids[:10]) == set()
+            assert inflight.need(c, "b", ids[:10], set(ids[:10]), on) == []  # a holds them
+    finally:
+        engine.dispose()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: The newest revision in migrations/versions (a test keeps this in step with Alembic).
-HEAD = "0011_task_reported"
+HEAD = "0012_srvcpu"
 
 
 def alembic_config(engine: Engine) -> Config:
