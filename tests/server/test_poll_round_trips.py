@@ -163,7 +163,13 @@ def test_a_poll_checks_its_credential_in_its_one_round_trip(
         with pytest.raises(AuthError, match="revoked"):
             fleet.agent_config(engine, Presented(token_hash(revoked)), _report("idle"))
         assert trips.sent() == ["Sync SELECT"]  # nothing stored for a refused credential
-        assert users.verify_device(engine, presented).id == pc.id  # the work poll's check
+        # the work poll: the device's row and its open tasks in one query
+        assert tasks.claim_for_device(engine, presented, "server-test", restarted=True) == []
+        assert trips.sent() == ["Sync SELECT"]
+        with pytest.raises(AuthError, match="revoked"):
+            tasks.claim_for_device(engine, Presented(token_hash(revoked)), "server-test")
+        assert trips.sent() == ["Sync SELECT"]
+        assert users.verify_device(engine, presented).id == pc.id  # a task report's check
         assert trips.sent() == ["Sync SELECT"]
 
 

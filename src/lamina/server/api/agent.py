@@ -118,14 +118,9 @@ async def commit(
 async def work(ctx: Ctx, device: PresentedDevice, restarted: bool = False) -> list[WorkItem]:
     if isinstance(device, Principal) and device.role != fleet.ACTIVE:
         return []  # a pending device has no work: tasks are addressed to active CVDs
-    return await run_in_threadpool(_work, ctx, device, restarted)
-
-
-def _work(ctx: ServerContext, who: Principal | Presented, restarted: bool) -> list[WorkItem]:
-    device = users.verify_device(ctx.engine, who)  # in this thread: one hop a poll
-    if device.role != fleet.ACTIVE:
-        return []
-    return tasks.claim_for_device(ctx.engine, device, _WORKER, restarted)
+    # the credential, when this process does not know it, is checked by the claim's own
+    # query, in its one worker thread (session 14)
+    return await run_in_threadpool(tasks.claim_for_device, ctx.engine, device, _WORKER, restarted)
 
 
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")
