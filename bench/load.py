@@ -398,6 +398,9 @@ def figures(
         "agents_cpu_s": round(sum(r.cpu_s for r in runs), 2),
         "agent_peak_rss_max": max((r.peak_rss for r in runs), default=0),
         "server_cpu_s": info["cpu_s"],
+        "host_busy_s": info["host_busy_s"],
+        "host_idle_s": info["host_idle_s"],
+        "bench_cpu_s": info["bench_cpu_s"],
         "server_peak_rss": info["peak_rss"],
         "server_rss_end": rss_end,
         "max_agents_running": info["max_agents_running"],
@@ -405,6 +408,21 @@ def figures(
             {"endpoint": r.endpoint, "stderr": r.stderr_tail} for r in nonzero[:10]
         ],
     }
+
+
+def _host_share(ph: dict[str, Any]) -> str:
+    """The host's busy CPU over the load phase, and what of it the servers, the agents
+    (the load generator) and the bench itself took; the rest is the database, S3 and
+    any other work on the host."""
+    if "host_busy_s" not in ph:
+        return "—"
+    busy = ph["host_busy_s"]
+    rest = busy - ph["server_cpu_s"] - ph["agents_cpu_s"] - ph["bench_cpu_s"]
+    return (
+        f"{busy:.1f} s / {ph['host_idle_s']:.1f} s; of the busy: servers "
+        f"{ph['server_cpu_s']:.1f}, agents {ph['agents_cpu_s']:.1f}, bench "
+        f"{ph['bench_cpu_s']:.1f}, the rest (database, S3, other work) {rest:.1f} s"
+    )
 
 
 GOALS = {"uploaded_per_distinct": 1.2, "poll_p95_ms": 100.0, "server_peak_rss": 500 * 10**6}
@@ -481,6 +499,7 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             f"(goal ≤ 500 MB: {'met' if ph['server_peak_rss'] <= GOALS['server_peak_rss'] else 'NOT met'})",
         ),
         ("CPU: servers / all agents", f"{ph['server_cpu_s']:.1f} s / {ph['agents_cpu_s']:.1f} s"),
+        ("CPU of the host's cores: busy / idle", _host_share(ph)),
         ("largest agent peak RSS", human_bytes(ph["agent_peak_rss_max"])),
         ("first endpoint alone (store)", "—" if single_pack is None else human_bytes(single_pack)),
         (

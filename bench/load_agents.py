@@ -19,7 +19,7 @@ from bench.common import (
 )
 from bench.corpus import copy_tree
 from bench.e2e_procs import Cli, Server, lamina_exe
-from bench.load_servers import CLI_TIMEOUT, MiB, rss
+from bench.load_servers import CLI_TIMEOUT, MiB, host_cpu, own_cpu, rss
 
 
 @dataclass
@@ -202,6 +202,7 @@ def run_agents(
     cap = parallel if parallel > 0 else len(endpoints)
     t0 = time.perf_counter()
     cpu0 = sum(s.cpu() for s in servers)
+    host0, own0 = host_cpu(), own_cpu()
     last_sample = 0.0
     max_live = 0
     try:
@@ -288,8 +289,14 @@ def run_agents(
             p.wait()
         raise
     wall = time.perf_counter() - t0
+    (busy0, idle0), (busy, idle) = host0, host_cpu()
     server_info = {
         "cpu_s": round(sum(s.cpu() for s in servers) - cpu0, 2),
+        # the whole host's cores over the phase: what the servers, the agents and the
+        # bench itself used of it, and the rest (the database, S3, any other work)
+        "host_busy_s": round(busy - busy0, 2),
+        "host_idle_s": round(idle - idle0, 2),
+        "bench_cpu_s": round(own_cpu() - own0, 2),
         "peak_rss": max((s["server_rss"] for s in samples), default=0),
         "max_agents_running": max_live,
         "samples": samples,

@@ -2,7 +2,7 @@
 
 ``python -m bench.load_polls`` runs the reports of N agents' ``lamina agent run --once``
 through the ``/agent/config`` route's own function (``api.agent._config``: what a poll's
-worker thread does, the store's gc epoch included), in one process, on a SQLite file or
+worker thread does, the store's gc epoch and the device credential's check included), in one process, on a SQLite file or
 (``--pg``) an embedded PostgreSQL: each agent's start report with its facts, its sync's
 start (state "syncing"), ``--progress`` progress reports (one "second" each: the waiting
 ones flushed after every round, as the server's timer does), its end (state idle, facts
@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,15 @@ from sqlalchemy import event
 from tests.server.test_agent_poll import active_devices
 
 from lamina.config import ServerSettings
-from lamina.db.engine import after_writes
+from lamina.db.engine import after_writes, write_tx
+from lamina.db.models import devices
 from lamina.protocol.endpoint import AgentStatusReport, HardwareFacts
 from lamina.server.api.agent import _config
 from lamina.server.app import open_context
 from lamina.server.context import ServerContext
-from lamina.server.security import Principal
+from lamina.server.security import DEVICE_TOKEN, new_token, token_hash
 from lamina.server.services.progress import ProgressReports
+from lamina.server.services.users import authenticate
 
 
 def _cpu() -> float:
@@ -63,13 +65,39 @@ def _postgres(work: Path) -> Iterator[str]:
         server.cleanup()
 
 
-def _agents(ctx: ServerContext, n: int) -> list[tuple[Principal, HardwareFacts]]:
-    """``n`` active devices with the facts they enrolled with (the tests' own)."""
-    devices = active_devices(ctx.engine, n)
-    return [
-        (d, HardwareFacts(machine_id=f"m-pc{i}", hostname=f"pc{i}"))
-        for i, d in enumerate(devices, 1)
-    ]
+def _agents(ctx: ServerContext, n: int) -> list[tuple[str, HardwareFacts]]:
+    """``n`` active devices, each by a credential of its own, with the facts they
+    enrolled with (the tests' own)."""
+    out = []
+    for i, d in enumerate(active_devices(ctx.engine, n), 1):
+        token = new_token(DEVICE_TOKEN)  # only its hash is stored
+        with write_tx(ctx.engine) as c:
+            c.execute(
+                devices.update()
+                .where(devices.c.id == d.id)
+                .values(credential_hash=token_hash(token))
+            )
+        out.append((token, HardwareFacts(machine_id=f"m-pc{i}", hostname=f"pc{i}")))
+    return out
+
+
+def _poll(ctx: ServerContext) -> Callable[[str, AgentStatusReport], object]:
+    """A poll of ``/agent/config`` with its credential's check, as the route of the code
+    under test does them (``PYTHONPATH``): since session 14 the check is in the poll's
+    own query (``Presented``) unless this process verified the credential already; before,
+    ``authenticate`` read the device first."""
+    try:
+        from lamina.server.services.credentials import Presented
+    except ImportError:  # the code before session 14
+        return lambda token, rep: _config(
+            rep, ctx, authenticate(ctx.engine, token, ctx.credentials)
+        )
+
+    def poll(token: str, rep: AgentStatusReport) -> object:
+        h = token_hash(token)
+        return _config(rep, ctx, ctx.credentials.get(h) or Presented(h, ctx.credentials))
+
+    return poll
 
 
 def _report(state: str, hostname: str, **extra: Any) -> dict[str, Any]:
@@ -96,8 +124,10 @@ def one_run(args: argparse.Namespace, db: str | None, work: Path) -> dict[str, A
         if sql.split(None, 1)[0].upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
             counts["statements"] += 1
 
-    def post(device: Principal, body: dict[str, Any]) -> None:
-        _config(AgentStatusReport.model_validate(body), ctx, device)
+    poll = _poll(ctx)
+
+    def post(device: str, body: dict[str, Any]) -> None:
+        poll(device, AgentStatusReport.model_validate(body))
         counts["reports"] += 1
 
     trace = work / "libpq.trace"

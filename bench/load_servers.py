@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import secrets
 import threading
 import time
@@ -195,6 +196,22 @@ class Probe:
             "p95_ms": at(0.95),
             "max_ms": round(1000 * s[-1], 1),
         }
+
+
+def host_cpu() -> tuple[float, float]:
+    """CPU seconds the host's cores were busy and idle since boot (psutil; I/O wait
+    counts as idle, guest time is in user already): a load phase's share of the host is
+    their difference."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)
+    return sum(t) - idle - guest, idle
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the bench: the probe, the sampling, the agents' start)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 @dataclass

@@ -16,12 +16,14 @@ from bench.load_servers import (
     Probe,
     add_poll_buckets,
     all_polls,
+    host_cpu,
+    own_cpu,
     poll_p95_ms,
     polls_within,
 )
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench import load_agents
+from bench import load, load_agents
 from lamina.server.metrics import DURATION_BUCKETS
 
 
@@ -148,3 +150,27 @@ def test_an_interrupted_load_phase_stops_the_agents_it_started(
         )
     assert len(started) == 3
     assert all(p.poll() is not None for p in started)
+
+
+def test_the_host_share_of_a_load_phase_names_what_the_load_generator_took() -> None:
+    # Do the agents (the load generator) take the CPU the servers need? The phase keeps
+    # the host's busy and idle CPU beside the servers', the agents' and the bench's own;
+    # what is left of the busy CPU is the database, S3 and any other work on the host.
+    busy, idle = host_cpu()
+    assert busy > 0 and idle >= 0
+    later = host_cpu()
+    assert later[0] >= busy and later[1] >= idle
+    assert own_cpu() > 0
+    phase = {
+        "host_busy_s": 100.0,
+        "host_idle_s": 30.0,
+        "server_cpu_s": 20.0,
+        "agents_cpu_s": 50.0,
+        "bench_cpu_s": 5.0,
+    }
+    line = load._host_share(phase)
+    assert line.startswith("100.0 s / 30.0 s;")
+    assert (
+        "servers 20.0, agents 50.0, bench 5.0, the rest (database, S3, other work) 25.0 s" in line
+    )
+    assert load._host_share({}) == "—"  # a phase kept before these were measured

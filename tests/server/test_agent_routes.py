@@ -9,6 +9,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 
+from lamina.server.services.credentials import DeviceCredentials
 from lamina.store.blob import BlobKind
 from lamina.tree.model import encode_tree
 from tests.server.conftest import Live
@@ -64,3 +65,44 @@ def test_a_poll_takes_one_worker_thread_for_its_work_once_its_device_is_known(
     assert r.status_code == 200, r.text
     assert r.json() == []
     assert hops == ["claim_for_device"]
+
+
+def test_a_poll_checks_a_credential_it_does_not_know_in_its_one_worker_thread(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The credential check of a poll whose credential this process does not know (every
+    # poll on PostgreSQL, where the cache is off) took a worker thread of its own before
+    # the poll took a second (docs/design.md, "Polls under load (session 14)").
+    dev = live.device("unknown-hops")
+    gone = live.device("revoked-hops")
+    assert live.login().post("/devices/revoked-hops/revoke").status_code == 200
+    monkeypatch.setattr(DeviceCredentials, "get", lambda _self, _hash: None)  # as on PostgreSQL
+    hops = _count_hops(monkeypatch)
+    for method, path, body, answer in (
+        ("POST", "/agent/config", {"state": "idle"}, 200),
+        ("GET", "/agent/work", None, 200),
+        ("POST", "/agent/tasks/no-such-task", {"progress": 1}, 404),
+    ):
+        for client, status in ((dev.client, answer), (gone.client, 401)):
+            hops.clear()
+            r = client.request(method, path, json=body)
+            assert r.status_code == status, (path, r.text)
+            assert len(hops) == 1, (path, hops)
+
+
+def test_a_pending_devices_work_poll_checked_by_its_own_query_gets_no_work(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the credential checked by the claim's own query (the route no longer knows
+    # the device's status before its worker thread), a pending device still gets no work.
+    admin = live.login()
+    token = admin.post("/tokens", json={"expires_in": 3600}).json()["token"]  # no policy
+    facts = {"machine_id": "pending-work", "hostname": "pending-work"}
+    r = live.client().post("/agent/enroll", json={"token": token, "facts": facts})
+    assert r.status_code == 201, r.text
+    pending = live.client(r.json()["credential"])
+    monkeypatch.setattr(DeviceCredentials, "get", lambda _self, _hash: None)  # as on PostgreSQL
+    r = pending.get("/agent/work")
+    assert r.status_code == 200, r.text
+    assert r.json() == []
+    assert pending.post("/agent/config", json={"state": "idle"}).json()["status"] == "pending"

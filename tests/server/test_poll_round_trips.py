@@ -22,9 +22,11 @@ from sqlalchemy import Engine, event, select
 from lamina.db import engine as db_engine
 from lamina.db.engine import read_once, read_tx, write_tx
 from lamina.db.models import cvds, devices
+from lamina.errors import AuthError
 from lamina.protocol.schemas import HardwareFacts
 from lamina.server.security import DEVICE_TOKEN, Principal, new_token, token_hash
 from lamina.server.services import fleet, tasks, users
+from lamina.server.services.credentials import Presented
 from lamina.server.services.progress import ProgressReports
 from tests.conftest import PostgresServer
 from tests.server.conftest import migrated
@@ -132,6 +134,43 @@ def test_a_poll_is_one_round_trip_and_a_stored_report_five_more(
     with read_tx(engine) as c:
         state = c.execute(select(devices.c.agent_state).where(devices.c.id == pc.id)).scalar()
     assert state is not None and state["state"] == "syncing"
+
+
+def test_a_poll_checks_its_credential_in_its_one_round_trip(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    """A poll whose credential the server does not know (every poll on PostgreSQL: the
+    cache of verified credentials is off there) checks it against the device row its
+    own query reads: one round trip, where the check was one more, in a worker thread
+    of its own. A revoked or unknown credential is refused by the same query."""
+    engine = pg_engine
+    pc, other = active_devices(engine, 2)
+    credential = pc_credential(engine, pc)
+    presented = Presented(token_hash(credential))
+    with counting(engine, tmp_path) as trips:
+        fleet.agent_config(engine, presented, _report("idle"))  # opens the connection
+        trips.sent()
+        answer = fleet.agent_config(engine, presented, _report("idle"))
+        assert trips.sent() == ["Sync SELECT"]
+        assert answer.device_id == pc.id and answer.status == "active"
+        with pytest.raises(AuthError, match="unknown or revoked"):
+            fleet.agent_config(engine, Presented(token_hash(new_token(DEVICE_TOKEN))), {})
+        assert trips.sent() == ["Sync SELECT"]
+        revoked = pc_credential(engine, other)
+        with write_tx(engine) as c:
+            c.execute(devices.update().where(devices.c.id == other.id).values(status="revoked"))
+        trips.sent()
+        with pytest.raises(AuthError, match="revoked"):
+            fleet.agent_config(engine, Presented(token_hash(revoked)), _report("idle"))
+        assert trips.sent() == ["Sync SELECT"]  # nothing stored for a refused credential
+        # the work poll: the device's row and its open tasks in one query
+        assert tasks.claim_for_device(engine, presented, "server-test", restarted=True) == []
+        assert trips.sent() == ["Sync SELECT"]
+        with pytest.raises(AuthError, match="revoked"):
+            tasks.claim_for_device(engine, Presented(token_hash(revoked)), "server-test")
+        assert trips.sent() == ["Sync SELECT"]
+        assert users.verify_device(engine, presented).id == pc.id  # a task report's check
+        assert trips.sent() == ["Sync SELECT"]
 
 
 def pc_credential(engine: Engine, pc: Principal) -> str:

@@ -20,6 +20,7 @@ from lamina.server.security import (
     token_hash,
 )
 from lamina.server.services.access import TreeCache
+from lamina.server.services.credentials import Presented
 from lamina.server.services.sync import DecodedTrees
 from lamina.server.services.users import authenticate
 
@@ -70,6 +71,24 @@ async def active_device(caller: Device) -> Principal:
 
 
 ActiveDevice = Annotated[Principal, Depends(active_device)]
+
+
+async def presented_device(
+    ctx: Ctx, authorization: Annotated[str | None, Header()] = None
+) -> Principal | Presented:
+    """The device credential of a poll route, checked in the worker thread that serves
+    the request (``users.verify_device``; ``/agent/config`` by its own query), not in a
+    thread of its own: one thread hop a poll, not two (docs/design.md, "Polls under load
+    (session 14)"). A credential this process verified already is its ``Principal``."""
+    token = bearer_token(authorization)
+    if not token.startswith(DEVICE_TOKEN):
+        raise AuthError("this endpoint is for enrolled agents (device credential)")
+    h = token_hash(token)
+    known = ctx.credentials.get(h)
+    return known if known is not None else Presented(h, ctx.credentials)
+
+
+PresentedDevice = Annotated[Principal | Presented, Depends(presented_device)]
 
 
 @dataclass

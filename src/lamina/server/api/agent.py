@@ -21,9 +21,10 @@ from lamina.protocol.endpoint import (
 )
 from lamina.protocol.tasks import TaskPublic, TaskReport, WorkItem
 from lamina.server.context import ServerContext
-from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, read_body
-from lamina.server.security import Principal
-from lamina.server.services import access, fleet, sync, tasks
+from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, PresentedDevice, read_body
+from lamina.server.security import Principal, require_active
+from lamina.server.services import access, fleet, sync, tasks, users
+from lamina.server.services.credentials import Presented
 
 router = APIRouter(prefix="/agent")
 _WORKER = f"server-{uuid.uuid4().hex[:8]}"
@@ -38,14 +39,17 @@ def enroll(req: EnrollRequest, ctx: Ctx) -> EnrollResponse:
     "/config",
     summary="Report the agent's state; get its status, and once active its CVD, policy and chunking secret",
 )
-async def config(report: AgentStatusReport, ctx: Ctx, device: Device) -> AgentConfig:
+async def config(report: AgentStatusReport, ctx: Ctx, device: PresentedDevice) -> AgentConfig:
     # async, the work in one worker thread (``work`` alike): a plain ``def`` route takes
     # a second hop to validate its answer, and under load each hop waited for a thread
-    # and the interpreter lock (docs/design.md, "Polls under load (session 10)").
+    # and the interpreter lock (docs/design.md, "Polls under load (session 10)"). The
+    # credential is checked by the poll's own query (session 14).
     return await run_in_threadpool(_config, report, ctx, device)
 
 
-def _config(report: AgentStatusReport, ctx: ServerContext, device: Principal) -> AgentConfig:
+def _config(
+    report: AgentStatusReport, ctx: ServerContext, device: Principal | Presented
+) -> AgentConfig:
     # the store's gc epoch is read in the poll's own query (its catalog is this database)
     return fleet.agent_config(
         ctx.engine,
@@ -111,19 +115,27 @@ async def commit(
     "/work",
     summary="Claim the tasks queued for this device (restarted: requeue its cut-short ones first)",
 )
-async def work(ctx: Ctx, device: Device, restarted: bool = False) -> list[WorkItem]:
-    if device.role != fleet.ACTIVE:
+async def work(ctx: Ctx, device: PresentedDevice, restarted: bool = False) -> list[WorkItem]:
+    if isinstance(device, Principal) and device.role != fleet.ACTIVE:
         return []  # a pending device has no work: tasks are addressed to active CVDs
+    # the credential, when this process does not know it, is checked by the claim's own
+    # query, in its one worker thread (session 14)
     return await run_in_threadpool(tasks.claim_for_device, ctx.engine, device, _WORKER, restarted)
 
 
 @router.post("/tasks/{task_id}", summary="Report progress or the end of a task")
-async def report(task_id: str, rep: TaskReport, ctx: Ctx, device: ActiveDevice) -> TaskPublic:
-    # async, the work in one worker thread (as ``config``); a running task's progress is
-    # answered from a read and written a moment later with the others (``ctx.task_progress``)
-    return await run_in_threadpool(
-        tasks.report, ctx.engine, device, task_id, rep, ctx.task_progress
-    )
+async def report(task_id: str, rep: TaskReport, ctx: Ctx, device: PresentedDevice) -> TaskPublic:
+    # async, the work in one worker thread (as ``config``), the credential's check too; a
+    # running task's progress is answered from a read and written a moment later with
+    # the others (``ctx.task_progress``)
+    return await run_in_threadpool(_report, task_id, rep, ctx, device)
+
+
+def _report(
+    task_id: str, rep: TaskReport, ctx: ServerContext, who: Principal | Presented
+) -> TaskPublic:
+    device = require_active(users.verify_device(ctx.engine, who))
+    return tasks.report(ctx.engine, device, task_id, rep, ctx.task_progress)
 
 
 @router.get("/tasks/{task_id}", summary="One of this device's tasks (was a staged one cancelled?)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -113,3 +114,17 @@ class DeviceCredentials:
     def _after_write(self) -> None:
         if self._writing:
             self._forget(writing=False)
+
+
+@dataclass(frozen=True)
+class Presented:
+    """A device credential as a request presents it, not verified yet: by its token's
+    hash, checked against the ``devices`` row it matches (``users.verify_device``, or a
+    poll's own query: ``fleet.agent_config``) and then kept in ``known``."""
+
+    token_hash: str
+    known: DeviceCredentials | None = None
+
+    def generation(self) -> int | None:
+        """``known.generation()``, to take before the row is read."""
+        return self.known.generation() if self.known is not None else None

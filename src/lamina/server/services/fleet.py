@@ -41,9 +41,10 @@ from lamina.protocol.schemas import (
     TokenPublic,
 )
 from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
-from lamina.server.services import agent_events, drivers_index, flex_manage
+from lamina.server.services import agent_events, drivers_index, flex_manage, users
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, from_row, new_id, now
+from lamina.server.services.credentials import Presented
 from lamina.server.services.progress import ProgressReports
 from lamina.server.services.rows import Cvd, Device, JsonObject
 from lamina.store.keys import ChunkingSecret
@@ -369,7 +370,7 @@ def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str =
 # --- the agent's view -------------------------------------------------------------
 def agent_config(
     engine: Engine,
-    device: Principal,
+    device: Principal | Presented,
     state: JsonObject,
     chunking: ChunkingSecret | None = None,
     facts: HardwareFacts | None = None,
@@ -385,12 +386,23 @@ def agent_config(
     no wait for the write lock. So is one that keeps the agent's state and brings no
     event (a sync's progress) when ``later`` is given: it is kept there and written with
     the others a moment later. A report stored at once is answered from the same read
-    too (storing it changes nothing the answer holds)."""
-    extra = [devices.c.agent_state, devices.c.last_seen, devices.c.hostname]
-    with read_once(engine) as c:
-        was = c.execute(
-            _agent_view(device.id, *extra, *([devices.c.facts] if facts is not None else []))
-        ).one()
+    too (storing it changes nothing the answer holds). A credential ``Presented`` is
+    checked against the device row that read returns (``users.device_principal``)."""
+    extra = [devices.c.agent_state, devices.c.last_seen, devices.c.hostname, devices.c.id]
+    if facts is not None:
+        extra.append(devices.c.facts)
+    if isinstance(device, Principal):
+        with read_once(engine) as c:
+            was = c.execute(_agent_view(devices.c.id == device.id, *extra)).one()
+    else:  # the credential is checked against the row this query reads: no query of its own
+        generation = device.generation()
+        with read_once(engine) as c:
+            found = c.execute(
+                _agent_view(devices.c.credential_hash == device.token_hash, *extra)
+            ).first()
+        device = users.device_principal(found, device, generation)
+        assert found is not None  # device_principal refused it otherwise
+        was = found
     answer = _agent_answer(was, device.id, chunking)
     if facts is not None and same_facts(was.facts, facts):
         facts = None  # the stored ones
@@ -478,10 +490,11 @@ def store_report(
     return True
 
 
-def _agent_view(device_id: str, *extra: ColumnElement[Any]) -> Select[Any]:
+def _agent_view(device: ColumnElement[bool], *extra: ColumnElement[Any]) -> Select[Any]:
     """What a poll answers, in one query (a poll's time under load is mostly its round
-    trips, each waiting for the interpreter lock and the database): the device's status,
-    its active CVD and policy, the store's gc epoch, and the ``extra`` columns."""
+    trips, each waiting for the interpreter lock and the database): the status of the
+    ``device`` (a condition on ``devices``: its id or its credential's hash), its active
+    CVD and policy, the store's gc epoch, and the ``extra`` columns."""
     epoch = EPOCH_VALUE.scalar_subquery()  # the catalog's table: on the server's own engine
     return (
         select(
@@ -498,7 +511,7 @@ def _agent_view(device_id: str, *extra: ColumnElement[Any]) -> Select[Any]:
                 policies, policies.c.id == cvds.c.policy_id
             )
         )
-        .where(devices.c.id == device_id)
+        .where(device)
         .limit(1)  # one active CVD per device (``active_cvd`` takes the first)
     )
 

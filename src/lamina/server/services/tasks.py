@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Select, and_, insert, or_, select, update
 
 from lamina.db.engine import read_once, read_tx, write_tx
-from lamina.db.models import tasks
+from lamina.db.models import devices, tasks
 from lamina.errors import ConflictError, ForbiddenError, NotFoundError, UsageError
 from lamina.protocol.schemas import TaskPublic, TaskReport, WorkItem
 from lamina.protocol.tasks import TaskParams, TaskState, params_for
 from lamina.server.security import Principal
-from lamina.server.services import agent_events
+from lamina.server.services import agent_events, fleet, users
 from lamina.server.services.common import audit, find_by_id, from_row, new_id, now
+from lamina.server.services.credentials import Presented
 from lamina.server.services.progress import ProgressReports
 from lamina.server.services.rows import JsonObject, Task
 
@@ -112,23 +114,25 @@ def list_tasks(
 
 
 def claim_for_device(
-    engine: Engine, device: Principal, worker: str, restarted: bool = False
+    engine: Engine, device: Principal | Presented, worker: str, restarted: bool = False
 ) -> list[WorkItem]:
     """Claim every queued task addressed to this device (each claim atomic).
 
     ``restarted``: the agent process just started, so a task of this device still
-    ``running`` was cut short by its restart: it is queued again first.
+    ``running`` was cut short by its restart: it is queued again first. A credential
+    ``Presented`` is checked against the device row the first query reads with the
+    device's open tasks (``users.device_principal``): an idle poll is one round trip; a
+    device so found that is not active gets none (tasks are addressed to active CVDs).
     """
+    if isinstance(device, Principal):
+        with read_once(engine) as c:
+            found = c.execute(_open_tasks(device.id)).all()
+    else:
+        device, found = _device_and_open_tasks(engine, device)
+        if device.role != fleet.ACTIVE:
+            return []  # (a caller that knows the device answers a pending one itself)
     cut = (tasks.c.device_id == device.id, tasks.c.state == RUNNING)
-    # the device's queued tasks, and its running ones: one statement answers an idle poll
-    open_tasks = (
-        select(tasks.c.id, tasks.c.state)
-        .where(tasks.c.device_id == device.id, tasks.c.state.in_((QUEUED, RUNNING)))
-        .order_by(tasks.c.created)
-    )
-    with read_once(engine) as c:
-        found = c.execute(open_tasks).all()
-    if restarted and any(t.state == RUNNING for t in found):
+    if restarted and any(t.task_state == RUNNING for t in found):
         # a write transaction only when there is a task to requeue
         with write_tx(engine) as c:
             c.execute(
@@ -146,8 +150,8 @@ def claim_for_device(
                 .where(*cut)
                 .values(state=QUEUED, claimed_by=None, message="queued again: the agent restarted")
             )
-            found = c.execute(open_tasks).all()
-    ids = [t.id for t in found if t.state == QUEUED]
+            found = c.execute(_open_tasks(device.id)).all()
+    ids = [t.task_id for t in found if t.task_state == QUEUED]
     out: list[WorkItem] = []
     for tid in ids:
         with write_tx(engine) as c:
@@ -175,6 +179,41 @@ def claim_for_device(
                 )
                 agent_events.task_failed(c, r.kind, r.cvd_id or device.name, why)
     return out
+
+
+#: A device's open tasks (queued or running), oldest first.
+_OPEN = (tasks.c.state.in_((QUEUED, RUNNING)),)
+
+
+def _open_tasks(device_id: str) -> Select[Any]:
+    """The device's queued and running tasks: one statement answers an idle poll."""
+    return (
+        select(tasks.c.id.label("task_id"), tasks.c.state.label("task_state"))
+        .where(tasks.c.device_id == device_id, *_OPEN)
+        .order_by(tasks.c.created)
+    )
+
+
+def _device_and_open_tasks(engine: Engine, who: Presented) -> tuple[Principal, list[Row[Any]]]:
+    """The device a credential belongs to (or AuthError) and its open tasks, in one
+    query: its row joined to its open tasks (one row, without a task, if it has none)."""
+    generation = who.generation()
+    query: Select[Any] = (
+        select(
+            devices.c.id,
+            devices.c.hostname,
+            devices.c.status,
+            tasks.c.id.label("task_id"),
+            tasks.c.state.label("task_state"),
+        )
+        .select_from(devices.outerjoin(tasks, and_(tasks.c.device_id == devices.c.id, *_OPEN)))
+        .where(devices.c.credential_hash == who.token_hash)
+        .order_by(tasks.c.created)
+    )
+    with read_once(engine) as c:
+        rows = c.execute(query).all()
+    device = users.device_principal(rows[0] if rows else None, who, generation)
+    return device, [r for r in rows if r.task_id is not None]
 
 
 def report(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import secrets
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, Select, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lamina.db.engine import read_once, read_tx, write_tx
@@ -42,7 +43,7 @@ from lamina.server.security import (
 )
 from lamina.server.services import journal
 from lamina.server.services.common import TableRow, audit, aware, from_row, new_id, now
-from lamina.server.services.credentials import DeviceCredentials
+from lamina.server.services.credentials import DeviceCredentials, Presented
 from lamina.server.services.rows import User
 
 SESSION_LIFETIME = dt.timedelta(days=30)
@@ -311,27 +312,40 @@ def authenticate(engine: Engine, token: str, known: DeviceCredentials | None = N
             "user", r.id, r.name, r.role, ROLES.get(r.role, frozenset()), token_id=r.token_id
         )
     if token.startswith(DEVICE_TOKEN):
-        generation = known.generation() if known is not None else None
-        # one statement, no transaction around it (on PostgreSQL, where every request
-        # of a device reads its row: ``DeviceCredentials`` keeps them on SQLite only)
-        with read_once(engine) as c:
-            d = c.execute(
-                select(devices.c.id, devices.c.hostname, devices.c.status).where(
-                    devices.c.credential_hash == h
-                )
-            ).first()
-        if d is None:
-            raise AuthError("unknown or revoked device credential")
-        if d.status in REFUSED_DEVICE_STATES:
-            raise AuthError(
-                f"device {d.hostname} is {d.status}: its credential no longer works"
-                " (enroll it again with a new token)"
-            )
-        device = Principal("device", d.id, f"device {d.hostname}", role=d.status)
-        if known is not None:
-            known.keep(h, device, generation)
-        return device
+        return verify_device(engine, Presented(h, known))
     raise AuthError("missing or malformed bearer token")
+
+
+def verify_device(engine: Engine, who: Principal | Presented) -> Principal:
+    """The device a credential ``Presented`` belongs to, or AuthError; a ``Principal``
+    (verified already by this process) as it is. Called in the worker thread that serves
+    the request (``deps.presented_device``): one thread hop a request, not two."""
+    if isinstance(who, Principal):
+        return who
+    generation = who.generation()
+    # one statement, no transaction around it (on PostgreSQL, where every request
+    # of a device reads its row: ``DeviceCredentials`` keeps them on SQLite only)
+    row: Select[Any] = select(devices.c.id, devices.c.hostname, devices.c.status)
+    with read_once(engine) as c:
+        d = c.execute(row.where(devices.c.credential_hash == who.token_hash)).first()
+    return device_principal(d, who, generation)
+
+
+def device_principal(row: Row[Any] | None, who: Presented, generation: int | None) -> Principal:
+    """The device whose ``devices`` row (its ``id``, ``hostname``, ``status``) the
+    credential ``who`` matched (None: none did), or AuthError; kept in ``who.known`` if
+    no write that may change it began since ``generation`` (``DeviceCredentials.keep``)."""
+    if row is None:
+        raise AuthError("unknown or revoked device credential")
+    if row.status in REFUSED_DEVICE_STATES:
+        raise AuthError(
+            f"device {row.hostname} is {row.status}: its credential no longer works"
+            " (enroll it again with a new token)"
+        )
+    device = Principal("device", row.id, f"device {row.hostname}", role=row.status)
+    if who.known is not None:
+        who.known.keep(who.token_hash, device, generation)
+    return device
 
 
 #: Device states whose credential is refused (fleet.REJECTED, REVOKED, ARCHIVED, migration.REPLACED).
