@@ -10,7 +10,10 @@ removing one moves the ctime). Consistency rules:
   is committed. A crash mid-scan leaves the cache as of the last snapshot. A row
   that still holds (a file not read again) is not written again: only the names a
   scan found gone, changed or unreadable are dropped (``drop``), so a folder with
-  one changed file among thousands costs one row, not thousands.
+  one changed file among thousands costs one row, not thousands. The batched
+  rows are written by one thread on a connection of its own, beside the walk
+  (``_flush``); ``settle`` waits for them and raises a write that failed, and
+  ``commit`` settles first.
 - The cache records the store's gc epoch at its last commit. If the store's
   epoch has moved since, chunks it names may have been collected, so callers must
   verify cached chunk ids before trusting them (``stale``).
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +52,9 @@ SCHEMA_VERSION = 3
 #: The version whose ``files`` rows version 3 reads as they are.
 _FILES_COMPATIBLE = ("2", "3")
 ID_SIZE = 32
+#: Batches of rows written or queued beside the walk before ``_flush`` waits for the
+#: oldest: the rows held in memory stay bounded (about 2,000 rows a batch).
+WRITES_IN_FLIGHT = 2
 
 
 class CachedFile(NamedTuple):
@@ -166,6 +174,12 @@ class FilesCache:
         self._visited: list[tuple[bytes]] = []
         self._dropped: list[tuple[bytes, bytes]] = []
         self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None]] = []
+        #: The batched rows are written by one thread on its own connection, beside the
+        #: walk: SQLite's B-tree work runs without the GIL there (a scan that reads
+        #: every file queues a row per file). ``commit`` and ``close`` wait for it first.
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_db: sqlite3.Connection | None = None
+        self._writes: deque[Future[None]] = deque()
 
     def folder(self, dirpath: bytes) -> CachedDir | None:
         """The folder's row, if a well-formed one is held; also records that this scan
@@ -234,7 +248,8 @@ class FilesCache:
             self._flush()
 
     def _flush(self) -> None:
-        """Write the batched rows, all in one transaction."""
+        """Hand the batched rows to the writing thread (one transaction); a write that
+        failed raises here or in ``commit``."""
         batches: list[tuple[str, list[Any]]] = [
             ("INSERT OR IGNORE INTO visited VALUES (?)", self._visited),
             ("INSERT OR IGNORE INTO dropped VALUES (?, ?)", self._dropped),
@@ -243,17 +258,42 @@ class FilesCache:
         ]
         if not any(rows for _, rows in batches):
             return
-        self._db.execute("BEGIN")
-        for sql, rows in batches:
-            if rows:
-                self._db.executemany(sql, rows)
-        self._db.execute("COMMIT")
-        for _, rows in batches:
-            rows.clear()
+        self._visited, self._dropped, self._batch, self._dirs = [], [], [], []
+        while len(self._writes) >= WRITES_IN_FLIGHT:
+            self._writes.popleft().result()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="files-cache")
+        self._writes.append(self._writer.submit(self._write, batches))
+
+    def _write(self, batches: list[tuple[str, list[Any]]]) -> None:
+        """The writing thread's part of ``_flush``, on the thread's own connection."""
+        db = self._writer_db
+        if db is None:
+            db = self._writer_db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA synchronous=NORMAL")  # per connection, as ``__init__``'s
+        db.execute("BEGIN")
+        try:
+            for sql, rows in batches:
+                if rows:
+                    db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def settle(self) -> None:
+        """Write every row batched so far and wait for it; raise the first write that
+        failed. Call before committing a snapshot, so that a cache that cannot be
+        written fails the backup as it did when the walk wrote its rows itself."""
+        self._flush()
+        while self._writes:
+            self._writes.popleft().result()
 
     def commit(self, epoch: int) -> None:
         """Promote this scan's entries; call only after the snapshot is committed."""
-        self._flush()
+        self.settle()
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM files WHERE (dir, name) IN (SELECT dir, name FROM dropped)")
         if str(epoch) != self._confirmed_epoch:
@@ -277,4 +317,11 @@ class FilesCache:
         self._confirmed_epoch = str(epoch)
 
     def close(self) -> None:
+        """Stop the writing thread (its queued writes end first) and close both
+        connections; rows not committed stay out of ``files``, as after a crash."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writes.clear()
+        if self._writer_db is not None:
+            self._writer_db.close()
         self._db.close()
