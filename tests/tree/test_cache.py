@@ -365,8 +365,8 @@ def test_the_rows_are_written_by_the_cache_thread_not_the_walks(
         writers.add(threading.get_ident())
         real_write(self, batches)
 
-    def flush(self: FilesCache) -> None:
-        real_flush(self)
+    def flush(self: FilesCache, wait: bool = False) -> None:
+        real_flush(self, wait)
         in_flight.append(len(self._writes))
 
     monkeypatch.setattr(cache_mod.FilesCache, "_write", write_rows)
@@ -392,14 +392,23 @@ def test_a_cache_that_cannot_be_written_fails_the_backup_before_its_snapshot(
     write(src / "top0.txt", b"version two\n", MTIME + 200)
     snapshots = len(store.catalog.snapshots())
 
-    def full(self: FilesCache, batches: list[tuple[str, list[object]]]) -> None:
+    def full(db: sqlite3.Connection, batches: list[tuple[str, list[object]]]) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     with monkeypatch.context() as m:
-        m.setattr(cache_mod.FilesCache, "_write", full)
+        m.setattr(cache_mod, "_write_rows", full)
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
             run_backup(store, src, cache)
-    assert len(store.catalog.snapshots()) == snapshots
+        assert len(store.catalog.snapshots()) == snapshots
+        # the same from the writing thread (a scan of more rows than one batch)
+        c = FilesCache(tmp_path / "rows.db", store.keys.store_id, 0)
+        st = os.stat(src / "top0.txt")
+        for i in range(2001):
+            c.put(b"d", b"f%05d" % i, st, [b"\0" * 32])
+        assert c._writer is not None
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            c.settle()
+        c.close()
     r = run_backup(store, src, cache)
     assert r.stats.files_read == 1
     restore_and_compare(store, r.snapshot, src, tmp_path / "out")

@@ -127,6 +127,19 @@ def _decode(blob: bytes) -> tuple[list[bytes | int], list[tuple[bytes, bytes]]]:
     return content, [(k, v) for k, v in xattrs]
 
 
+def _write_rows(db: sqlite3.Connection, batches: list[tuple[str, list[Any]]]) -> None:
+    """Insert the batches of rows in one transaction."""
+    db.execute("BEGIN")
+    try:
+        for sql, rows in batches:
+            if rows:
+                db.executemany(sql, rows)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 class FilesCache:
     def __init__(self, path: Path, store_id: str, epoch: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -247,9 +260,10 @@ class FilesCache:
         if len(self._dropped) >= 2000:
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, wait: bool = False) -> None:
         """Hand the batched rows to the writing thread (one transaction); a write that
-        failed raises here or in ``commit``."""
+        failed raises here or in ``settle``. With ``wait`` and no thread started yet
+        (a scan of few rows: a ~1% change's), they are written here, on ``_db``."""
         batches: list[tuple[str, list[Any]]] = [
             ("INSERT OR IGNORE INTO visited VALUES (?)", self._visited),
             ("INSERT OR IGNORE INTO dropped VALUES (?, ?)", self._dropped),
@@ -259,6 +273,9 @@ class FilesCache:
         if not any(rows for _, rows in batches):
             return
         self._visited, self._dropped, self._batch, self._dirs = [], [], [], []
+        if wait and self._writer is None:
+            _write_rows(self._db, batches)
+            return
         while len(self._writes) >= WRITES_IN_FLIGHT:
             self._writes.popleft().result()
         if self._writer is None:
@@ -273,21 +290,13 @@ class FilesCache:
                 self.path, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA synchronous=NORMAL")  # per connection, as ``__init__``'s
-        db.execute("BEGIN")
-        try:
-            for sql, rows in batches:
-                if rows:
-                    db.executemany(sql, rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        _write_rows(db, batches)
 
     def settle(self) -> None:
         """Write every row batched so far and wait for it; raise the first write that
         failed. Call before committing a snapshot, so that a cache that cannot be
         written fails the backup as it did when the walk wrote its rows itself."""
-        self._flush()
+        self._flush(wait=True)
         while self._writes:
             self._writes.popleft().result()
 
