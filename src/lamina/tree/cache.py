@@ -48,9 +48,11 @@ import msgpack
 #: 3: the ``dirs`` table (a folder's listing signature and tree id). A cache of
 #: version 2 keeps its files and starts with no folder rows; one of any other
 #: version is emptied, never read.
-SCHEMA_VERSION = 3
-#: The version whose ``files`` rows version 3 reads as they are.
-_FILES_COMPATIBLE = ("2", "3")
+#: 4: a folder row also holds its entries' encoded bytes (``entries``): a cache of
+#: version 2 or 3 keeps its files and starts with no folder rows.
+SCHEMA_VERSION = 4
+#: The versions whose ``files`` rows version 4 reads as they are.
+_FILES_COMPATIBLE = ("2", "3", "4")
 ID_SIZE = 32
 #: Batches of rows written or queued beside the walk before ``_flush`` waits for the
 #: oldest: the rows held in memory stay bounded (about 2,000 rows a batch).
@@ -84,7 +86,19 @@ def listing_signature(listing: Sequence[tuple[bytes, os.stat_result, str, str]])
     mode, owner and their names, size, mtime, device number, the inode and device a
     hard-link key is made of) or moves the ctime when it changes (content, xattrs,
     link count, a symlink's target: a new inode)."""
-    rows = [
+    return rows_signature(signature_rows(listing))
+
+
+def rows_signature(rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """``listing_signature`` of the rows ``signature_rows`` made."""
+    return blake3.blake3(msgpack.packb(rows, use_bin_type=True)).digest()
+
+
+def signature_rows(
+    listing: Sequence[tuple[bytes, os.stat_result, str, str]],
+) -> list[tuple[Any, ...]]:
+    """Each entry's row of ``listing_signature``."""
+    return [
         (
             name,
             st.st_mode,
@@ -102,7 +116,13 @@ def listing_signature(listing: Sequence[tuple[bytes, os.stat_result, str, str]])
         )
         for name, st, user, group in listing
     ]
-    return blake3.blake3(msgpack.packb(rows, use_bin_type=True)).digest()
+
+
+def pack_entries(rows: Sequence[tuple[Any, ...]], encoded: Sequence[bytes]) -> bytes:
+    """A folder row's ``entries``: the signature rows of its entries other than folders and
+    their encoded bytes, behind the blob's digest."""
+    body = msgpack.packb([rows, encoded], use_bin_type=True)
+    return blake3.blake3(body).digest() + body
 
 
 def _dir_row(row: tuple[object, object, object] | None) -> CachedDir | None:
@@ -147,9 +167,16 @@ class FilesCache:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("version") != str(SCHEMA_VERSION):
+            # Folder rows of another version (another shape, or older than the files
+            # rows after a downgrade and this upgrade) go; ``files`` is judged below.
+            self._db.executescript("DROP TABLE IF EXISTS dirs; DROP TABLE IF EXISTS pending_dirs;")
         self._db.executescript(
             """
-            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS files (
                 dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
                 mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
@@ -157,9 +184,9 @@ class FilesCache:
                 dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
                 mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
             CREATE TABLE IF NOT EXISTS dirs (
-                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
+                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB, entries BLOB);
             CREATE TABLE IF NOT EXISTS pending_dirs (
-                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
+                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB, entries BLOB);
             CREATE TABLE IF NOT EXISTS dropped (
                 dir BLOB NOT NULL, name BLOB NOT NULL, PRIMARY KEY (dir, name));
             CREATE TABLE IF NOT EXISTS visited (dir BLOB PRIMARY KEY);
@@ -169,24 +196,19 @@ class FilesCache:
             DELETE FROM visited;
             """
         )
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if (
             meta.get("store_id") not in (None, store_id)
             or meta.get("version") not in _FILES_COMPATIBLE
         ):
             self._db.executescript("DELETE FROM files; DELETE FROM dirs; DELETE FROM meta;")
             meta = {}
-        elif meta.get("version") != str(SCHEMA_VERSION):
-            # Written by a version-2 agent, which keeps no folder rows: any there are
-            # older than its files rows (a downgrade, then this upgrade) and go.
-            self._db.execute("DELETE FROM dirs")
         self.stale = meta.get("epoch") != str(epoch)
         self._confirmed_epoch = meta.get("epoch")
         self._store_id = store_id
         self._batch: list[tuple[bytes, bytes, int, int, int, int, bytes]] = []
         self._visited: list[tuple[bytes]] = []
         self._dropped: list[tuple[bytes, bytes]] = []
-        self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None]] = []
+        self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None, bytes | None]] = []
         #: The batched rows are written by one thread on its own connection, beside the
         #: walk: SQLite's B-tree work runs without the GIL there (a scan that reads
         #: every file queues a row per file). ``commit`` and ``close`` wait for it first.
@@ -203,13 +225,28 @@ class FilesCache:
         ).fetchone()
         return _dir_row(row)
 
-    def put_folder(self, dirpath: bytes, row: CachedDir | None) -> None:
+    def folder_entries(self, dirpath: bytes) -> dict[bytes, tuple[tuple[Any, ...], bytes]] | None:
+        """The folder row's entries other than folders: name -> (the entry's row of the
+        listing's signature, its encoded bytes in the row's tree); None if the row holds
+        none or a damaged blob (checked against its digest: never half-trusted)."""
+        row = self._db.execute(
+            "SELECT CAST(entries AS BLOB) FROM dirs WHERE dir = ?", (dirpath,)
+        ).fetchone()
+        blob = row[0] if row is not None else None
+        if not isinstance(blob, bytes) or blake3.blake3(blob[ID_SIZE:]).digest() != blob[:ID_SIZE]:
+            return None
+        rows, encoded = msgpack.unpackb(blob[ID_SIZE:], use_list=False)
+        return {r[0]: (r, b) for r, b in zip(rows, encoded, strict=True)}
+
+    def put_folder(
+        self, dirpath: bytes, row: CachedDir | None, entries: bytes | None = None
+    ) -> None:
         """Replace the folder's row at ``commit`` (None: drop it, the folder's tree is not
-        to be reused as it is)."""
+        to be reused as it is). ``entries`` is ``pack_entries``' blob, or None."""
         if row is None:
-            self._dirs.append((dirpath, None, None, None))
+            self._dirs.append((dirpath, None, None, None, None))
         else:
-            self._dirs.append((dirpath, row.listing, row.subtrees, row.tree))
+            self._dirs.append((dirpath, row.listing, row.subtrees, row.tree, entries))
         if len(self._dirs) >= 2000:
             self._flush()
 
@@ -222,6 +259,18 @@ class FilesCache:
         """The cached files of a folder; also records that this scan visited it."""
         self._visit(dirpath)
         return self.files(dirpath)
+
+    def files_named(self, dirpath: bytes, names: Collection[bytes]) -> dict[bytes, CachedFile]:
+        """The cached rows of these files of a folder (those it holds)."""
+        out = {}
+        for name in names:
+            r = self._db.execute(
+                "SELECT inode, size, mtime, ctime, content FROM files WHERE dir = ? AND name = ?",
+                (dirpath, name),
+            ).fetchone()
+            if r is not None:
+                out[name] = CachedFile(r[0], r[1], r[2], r[3], *_decode(r[4]))
+        return out
 
     def files(self, dirpath: bytes) -> dict[bytes, CachedFile]:
         """The cached files of a folder."""
@@ -268,7 +317,7 @@ class FilesCache:
             ("INSERT OR IGNORE INTO visited VALUES (?)", self._visited),
             ("INSERT OR IGNORE INTO dropped VALUES (?, ?)", self._dropped),
             ("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch),
-            ("INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?)", self._dirs),
+            ("INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?, ?)", self._dirs),
         ]
         if not any(rows for _, rows in batches):
             return
