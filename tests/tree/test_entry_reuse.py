@@ -5,6 +5,7 @@ entry changed. The oracle: the root a scan without any cache gives."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,13 @@ from lamina.tree.cache import FilesCache
 from lamina.tree.model import Entry, encode_tree
 from lamina.tree.scan_entries import encode_folder
 
-from .test_tree_reuse import _rows, check, fresh_root, run, src  # noqa: F401 (a fixture)
-from .treeutil import MTIME, write
+from .test_tree_reuse import TREE_OF, _rows, check, make_src, run
+from .treeutil import MTIME, scan_tree, write
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return make_src(tmp_path)
 
 
 class Calls:
@@ -25,17 +31,10 @@ class Calls:
         self.files: list[bytes] = []
         self.encoded: list[bytes] = []
         files, encode = FilesCache.files, Entry.encode
-
-        def counted_files(cache: FilesCache, dirpath: bytes) -> object:
-            self.files.append(dirpath)
-            return files(cache, dirpath)
-
-        def counted_encode(e: Entry) -> dict[str, object]:
-            self.encoded.append(e.name)
-            return encode(e)
-
-        monkeypatch.setattr(FilesCache, "files", counted_files)
-        monkeypatch.setattr(Entry, "encode", counted_encode)
+        monkeypatch.setattr(
+            FilesCache, "files", lambda c, d: (self.files.append(d), files(c, d))[1]
+        )
+        monkeypatch.setattr(Entry, "encode", lambda e: (self.encoded.append(e.name), encode(e))[1])
 
 
 def test_a_rebuilt_folder_takes_its_unchanged_entries_from_its_row(
@@ -74,10 +73,9 @@ def test_an_entry_that_changed_is_built_not_taken_from_the_row(
 @pytest.mark.parametrize(
     "damage",
     [
-        "UPDATE dirs SET entries = zeroblob(40) WHERE dir = CAST('a' AS BLOB)",
-        "UPDATE dirs SET entries = substr(entries, 1, length(entries) - 1) || "
-        "x'ff' WHERE dir = CAST('a' AS BLOB)",
-        "UPDATE dirs SET entries = 'text' WHERE dir = CAST('a' AS BLOB)",
+        "UPDATE dir_entries SET entries = zeroblob(40)",
+        "UPDATE dir_entries SET entries = substr(entries, 1, length(entries) - 1) || x'ff'",
+        "UPDATE dir_entries SET entries = 'text'",
     ],
 )
 def test_a_damaged_entries_blob_is_never_used(
@@ -85,7 +83,7 @@ def test_a_damaged_entries_blob_is_never_used(
 ) -> None:
     cache = tmp_path / "cache.db"
     run(store, src, cache)
-    _rows(cache, damage)
+    _rows(cache, f"{damage} WHERE tree = ({TREE_OF % 'a'})")
     c = FilesCache(cache, store.keys.store_id, store.catalog.gc_epoch())
     try:
         assert c.folder_entries(b"a") is None
@@ -109,3 +107,28 @@ def test_encode_folder_gives_encode_tree_s_bytes(n: int) -> None:
     tree, encoded = encode_folder(built, reused)
     assert tree == encode_tree(entries)
     assert sorted(encoded) == [e.name for e in entries]
+
+
+def test_entries_written_by_a_scan_never_committed_are_not_reached_and_go(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A folder's entries are written beside the walk, keyed by the tree they encode; a
+    scan killed before its commit leaves rows no folder row names: never read, and gone
+    at the next commit."""
+    cache = tmp_path / "cache.db"
+    run(store, src, cache)
+    write(src / "a" / "one.txt", b"changed\n", MTIME + 1)
+    c = FilesCache(cache, store.keys.store_id, store.catalog.gc_epoch())
+    try:
+        scan_tree(store, src, c)
+        c.settle()  # written, as by a run killed just before its snapshot's commit
+    finally:
+        c.close()
+    db = sqlite3.connect(cache)
+    orphans = "SELECT count(*) FROM dir_entries WHERE tree NOT IN (SELECT tree FROM dirs)"
+    assert db.execute(orphans).fetchone()[0] == 2  # a and the root
+    r = run(store, src, cache)
+    assert r.stats.files_read == 1
+    check(store, src, r, tmp_path / "out")
+    assert db.execute(orphans).fetchone()[0] == 0
+    db.close()

@@ -28,6 +28,11 @@ DIRS = 5  # the root, a, a/b, a/b/c, z
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
+    return make_src(tmp_path)
+
+
+def make_src(tmp_path: Path) -> Path:
+    """Five folders, five files and a symlink."""
     root = tmp_path / "src"
     write(root / "top.txt", b"top\n", MTIME)
     write(root / "a" / "one.txt", b"one\n" * 10, MTIME + 1)
@@ -236,7 +241,7 @@ def test_a_folder_row_without_its_files_rows_reads_the_files(
     cache = tmp_path / "cache.db"
     run(store, src, cache)
     _rows(cache, "DELETE FROM files WHERE dir = CAST('a/b' AS BLOB)")
-    _rows(cache, "UPDATE dirs SET entries = NULL WHERE dir = CAST('a/b' AS BLOB)")
+    _rows(cache, f"DELETE FROM dir_entries WHERE tree = ({TREE_OF % 'a/b'})")
     write(src / "a" / "b" / "c" / "three.txt", b"changed\n", MTIME + 3)
     r = run(store, src, cache)
     assert r.stats.files_read == 2  # three.txt, and two.txt whose row went
@@ -247,12 +252,13 @@ def _version(cache: Path, v: str) -> None:
     _rows(cache, "UPDATE meta SET value = ? WHERE key = 'version'", v)
 
 
+#: the tree id a folder's row names
+TREE_OF = "SELECT tree FROM dirs WHERE dir = CAST('%s' AS BLOB)"
+
+
 def _version_3_shape(cache: Path) -> None:
-    """The folder tables as version 3 made them (no ``entries``)."""
-    for table in ("dirs", "pending_dirs"):
-        _rows(cache, f"CREATE TABLE old AS SELECT dir, listing, subtrees, tree FROM {table}")
-        _rows(cache, f"DROP TABLE {table}")
-        _rows(cache, f"ALTER TABLE old RENAME TO {table}")
+    """The tables as version 3 made them (no ``dir_entries``)."""
+    _rows(cache, "DROP TABLE dir_entries")
 
 
 @pytest.mark.parametrize("version", ["2", "3"])

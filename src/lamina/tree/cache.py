@@ -174,7 +174,10 @@ class FilesCache:
         if meta.get("version") != str(SCHEMA_VERSION):
             # Folder rows of another version (another shape, or older than the files
             # rows after a downgrade and this upgrade) go; ``files`` is judged below.
-            self._db.executescript("DROP TABLE IF EXISTS dirs; DROP TABLE IF EXISTS pending_dirs;")
+            self._db.executescript(
+                "DROP TABLE IF EXISTS dirs; DROP TABLE IF EXISTS pending_dirs;"
+                " DROP TABLE IF EXISTS dir_entries;"
+            )
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS files (
@@ -184,9 +187,10 @@ class FilesCache:
                 dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
                 mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
             CREATE TABLE IF NOT EXISTS dirs (
-                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB, entries BLOB);
+                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
             CREATE TABLE IF NOT EXISTS pending_dirs (
-                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB, entries BLOB);
+                dir BLOB PRIMARY KEY, listing BLOB, subtrees BLOB, tree BLOB);
+            CREATE TABLE IF NOT EXISTS dir_entries (tree BLOB PRIMARY KEY, entries BLOB);
             CREATE TABLE IF NOT EXISTS dropped (
                 dir BLOB NOT NULL, name BLOB NOT NULL, PRIMARY KEY (dir, name));
             CREATE TABLE IF NOT EXISTS visited (dir BLOB PRIMARY KEY);
@@ -200,7 +204,9 @@ class FilesCache:
             meta.get("store_id") not in (None, store_id)
             or meta.get("version") not in _FILES_COMPATIBLE
         ):
-            self._db.executescript("DELETE FROM files; DELETE FROM dirs; DELETE FROM meta;")
+            self._db.executescript(
+                "DELETE FROM files; DELETE FROM dirs; DELETE FROM dir_entries; DELETE FROM meta;"
+            )
             meta = {}
         self.stale = meta.get("epoch") != str(epoch)
         self._confirmed_epoch = meta.get("epoch")
@@ -208,7 +214,8 @@ class FilesCache:
         self._batch: list[tuple[bytes, bytes, int, int, int, int, bytes]] = []
         self._visited: list[tuple[bytes]] = []
         self._dropped: list[tuple[bytes, bytes]] = []
-        self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None, bytes | None]] = []
+        self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None]] = []
+        self._entries: list[tuple[bytes, bytes]] = []
         #: The batched rows are written by one thread on its own connection, beside the
         #: walk: SQLite's B-tree work runs without the GIL there (a scan that reads
         #: every file queues a row per file). ``commit`` and ``close`` wait for it first.
@@ -230,7 +237,9 @@ class FilesCache:
         listing's signature, its encoded bytes in the row's tree); None if the row holds
         none or a damaged blob (checked against its digest: never half-trusted)."""
         row = self._db.execute(
-            "SELECT CAST(entries AS BLOB) FROM dirs WHERE dir = ?", (dirpath,)
+            "SELECT CAST(e.entries AS BLOB) FROM dirs AS d JOIN dir_entries AS e"
+            " ON e.tree = d.tree WHERE d.dir = ?",
+            (dirpath,),
         ).fetchone()
         blob = row[0] if row is not None else None
         if not isinstance(blob, bytes) or blake3.blake3(blob[ID_SIZE:]).digest() != blob[:ID_SIZE]:
@@ -244,9 +253,11 @@ class FilesCache:
         """Replace the folder's row at ``commit`` (None: drop it, the folder's tree is not
         to be reused as it is). ``entries`` is ``pack_entries``' blob, or None."""
         if row is None:
-            self._dirs.append((dirpath, None, None, None, None))
+            self._dirs.append((dirpath, None, None, None))
         else:
-            self._dirs.append((dirpath, row.listing, row.subtrees, row.tree, entries))
+            self._dirs.append((dirpath, row.listing, row.subtrees, row.tree))
+            if entries is not None:
+                self._entries.append((row.tree, entries))
         if len(self._dirs) >= 2000:
             self._flush()
 
@@ -317,11 +328,13 @@ class FilesCache:
             ("INSERT OR IGNORE INTO visited VALUES (?)", self._visited),
             ("INSERT OR IGNORE INTO dropped VALUES (?, ?)", self._dropped),
             ("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)", self._batch),
-            ("INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?, ?)", self._dirs),
+            ("INSERT OR REPLACE INTO pending_dirs VALUES (?, ?, ?, ?)", self._dirs),
+            ("INSERT OR IGNORE INTO dir_entries VALUES (?, ?)", self._entries),
         ]
         if not any(rows for _, rows in batches):
             return
         self._visited, self._dropped, self._batch, self._dirs = [], [], [], []
+        self._entries = []
         if wait and self._writer is None:
             _write_rows(self._db, batches)
             return
@@ -360,6 +373,7 @@ class FilesCache:
         self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM pending")
         self._db.execute("DELETE FROM dirs WHERE dir IN (SELECT dir FROM pending_dirs)")
         self._db.execute("INSERT INTO dirs SELECT * FROM pending_dirs WHERE tree IS NOT NULL")
+        self._db.execute("DELETE FROM dir_entries WHERE tree NOT IN (SELECT tree FROM dirs)")
         self._db.execute("DELETE FROM pending")
         self._db.execute("DELETE FROM pending_dirs")
         self._db.execute("DELETE FROM dropped")
