@@ -21,6 +21,10 @@ removing one moves the ctime). Consistency rules:
   encoding, hashing or asking about the tree again, when the listing's signature
   (each kept entry's name, inode, size, mtime, ctime, mode, owner, link count) and
   the sub-folders' tree ids are what the row holds (``tree.scan_reuse``).
+- A built tree's entries other than folders (``dir_entries``, keyed by tree id: each
+  one's signature row and encoded bytes) let a folder built again take the unchanged
+  ones as they are (``tree.scan_entries``). They are written beside the walk, reached
+  only through a committed folder row, and a commit deletes those no row names.
 - A commit under another epoch than the rows were last confirmed under drops the
   rows (files and folders) of folders this scan did not visit: nobody verified them, the snapshot
   did not keep their chunks alive, and a folder moved away and back (or
