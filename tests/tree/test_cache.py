@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from lamina.store.catalog import SnapshotRecord
 from lamina.store.gc import collect
 from lamina.store.repository import Store
 from lamina.store.roots import snapshot_roots
+from lamina.tree import cache as cache_mod
 from lamina.tree import scan as scan_mod
 from lamina.tree.backup import BackupResult, backup, walk_blobs
 from lamina.tree.cache import FilesCache
@@ -346,3 +349,66 @@ def test_unchanged_file_keeps_its_xattrs_from_the_cache_and_a_new_value_is_seen(
     third = run_backup(store, src, cache)
     assert third.stats.files_read == 1
     assert _xattrs_of(store, third.snapshot.root, b"top0.txt") == [(b"user.comment", b"second")]
+
+
+def test_the_rows_are_written_by_the_cache_thread_not_the_walks(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk only queues its rows: SQLite's inserts run on the cache's own thread
+    (and connection), so they do not hold the walk's core; at most WRITES_IN_FLIGHT
+    batches are queued at once."""
+    writers: set[int] = set()
+    in_flight: list[int] = []
+    real_write, real_flush = cache_mod.FilesCache._write, cache_mod.FilesCache._flush
+
+    def write_rows(self: FilesCache, batches: list[tuple[str, list[object]]]) -> None:
+        writers.add(threading.get_ident())
+        real_write(self, batches)
+
+    def flush(self: FilesCache, wait: bool = False) -> None:
+        real_flush(self, wait)
+        in_flight.append(len(self._writes))
+
+    monkeypatch.setattr(cache_mod.FilesCache, "_write", write_rows)
+    monkeypatch.setattr(cache_mod.FilesCache, "_flush", flush)
+    c = FilesCache(tmp_path / "rows.db", store.keys.store_id, 0)
+    st = os.stat(src / "top0.txt")
+    for i in range(5 * 2000):
+        c.put(b"d", b"f%05d" % i, st, [b"\0" * 32])
+    c.commit(0)
+    c.close()
+    assert writers and threading.get_ident() not in writers
+    assert max(in_flight) <= cache_mod.WRITES_IN_FLIGHT
+    assert len(cached_names(tmp_path / "rows.db", store, b"d")) == 5 * 2000
+
+
+def test_a_cache_that_cannot_be_written_fails_the_backup_before_its_snapshot(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write the cache's thread failed is raised before the snapshot is committed (as
+    when the walk wrote its rows itself); the cache stays as of the last snapshot."""
+    cache = tmp_path / "cache.db"
+    run_backup(store, src, cache)
+    write(src / "top0.txt", b"version two\n", MTIME + 200)
+    snapshots = len(store.catalog.snapshots())
+
+    def full(db: sqlite3.Connection, batches: list[tuple[str, list[object]]]) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache_mod, "_write_rows", full)
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            run_backup(store, src, cache)
+        assert len(store.catalog.snapshots()) == snapshots
+        # the same from the writing thread (a scan of more rows than one batch)
+        c = FilesCache(tmp_path / "rows.db", store.keys.store_id, 0)
+        st = os.stat(src / "top0.txt")
+        for i in range(2001):
+            c.put(b"d", b"f%05d" % i, st, [b"\0" * 32])
+        assert c._writer is not None
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            c.settle()
+        c.close()
+    r = run_backup(store, src, cache)
+    assert r.stats.files_read == 1
+    restore_and_compare(store, r.snapshot, src, tmp_path / "out")

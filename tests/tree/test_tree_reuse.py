@@ -1,4 +1,4 @@
-"""Per-folder tree reuse (files cache schema 3): an unchanged folder's tree id comes from
+"""Per-folder tree reuse (files cache schema 3 and 4): an unchanged folder's tree id comes from
 the cache, and no change of content, name, metadata or shape is ever hidden by it.
 
 The oracle of every test: the root a scan with the cache gives must be the root a scan
@@ -28,6 +28,11 @@ DIRS = 5  # the root, a, a/b, a/b/c, z
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
+    return make_src(tmp_path)
+
+
+def make_src(tmp_path: Path) -> Path:
+    """Five folders, five files and a symlink."""
     root = tmp_path / "src"
     write(root / "top.txt", b"top\n", MTIME)
     write(root / "a" / "one.txt", b"one\n" * 10, MTIME + 1)
@@ -65,7 +70,14 @@ class TreeCounter:
             self.calls += 1
             return real(entries)  # type: ignore[arg-type]
 
+        real_folder = scan_mod.encode_folder
+
+        def encode_folder(entries: list[object], reused: dict[bytes, bytes]) -> object:
+            self.calls += 1
+            return real_folder(entries, reused)  # type: ignore[arg-type]
+
         monkeypatch.setattr(scan_mod, "encode_tree", encode_tree)
+        monkeypatch.setattr(scan_mod, "encode_folder", encode_folder)
 
 
 def test_an_unchanged_rescan_reuses_every_tree_and_builds_none(
@@ -223,11 +235,13 @@ def test_a_row_of_another_folder_is_not_used(store: Store, src: Path, tmp_path: 
 def test_a_folder_row_without_its_files_rows_reads_the_files(
     store: Store, src: Path, tmp_path: Path
 ) -> None:
-    """The folder's listing matches its row but the files cache lost the folder's files:
-    when a sub-folder changed and the tree is built after all, they are read, not lost."""
+    """The folder's listing matches its row but the files cache lost the folder's files
+    (and the row its entries): when a sub-folder changed and the tree is built after
+    all, they are read, not lost."""
     cache = tmp_path / "cache.db"
     run(store, src, cache)
     _rows(cache, "DELETE FROM files WHERE dir = CAST('a/b' AS BLOB)")
+    _rows(cache, f"DELETE FROM dir_entries WHERE tree = ({TREE_OF % 'a/b'})")
     write(src / "a" / "b" / "c" / "three.txt", b"changed\n", MTIME + 3)
     r = run(store, src, cache)
     assert r.stats.files_read == 2  # three.txt, and two.txt whose row went
@@ -238,24 +252,37 @@ def _version(cache: Path, v: str) -> None:
     _rows(cache, "UPDATE meta SET value = ? WHERE key = 'version'", v)
 
 
-def test_a_version_2_cache_keeps_its_files_and_drops_any_folder_rows(
-    store: Store, src: Path, tmp_path: Path
+#: the tree id a folder's row names
+TREE_OF = "SELECT tree FROM dirs WHERE dir = CAST('%s' AS BLOB)"
+
+
+def _version_3_shape(cache: Path) -> None:
+    """The tables as version 3 made them (no ``dir_entries``)."""
+    _rows(cache, "DROP TABLE dir_entries")
+
+
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_a_version_2_or_3_cache_keeps_its_files_and_drops_any_folder_rows(
+    store: Store, src: Path, tmp_path: Path, version: str
 ) -> None:
-    """Schema 2 (no folder rows) is migrated: its files rows still spare the reading;
-    folder rows found beside it (a downgrade, then an upgrade: a version-2 agent kept
-    them while it synced and collected) are dropped, never used."""
-    assert SCHEMA_VERSION == 3
+    """Schemas 2 (no folder rows) and 3 (folder rows without their entries) are migrated:
+    the files rows still spare the reading; folder rows found beside them (version 3's,
+    or a downgrade, then an upgrade: a version-2 agent kept them while it synced and
+    collected) are dropped, never used."""
+    assert SCHEMA_VERSION == 4
     cache = tmp_path / "cache.db"
     first = run(store, src, cache)
-    _version(cache, "2")
+    if version == "3":
+        _version_3_shape(cache)
+    _version(cache, version)
     r = run(store, src, cache)
     assert r.stats.trees_reused == 0
     assert r.stats.files_read == 0  # the files rows were kept
     assert r.snapshot.root == first.snapshot.root
-    assert run(store, src, cache).stats.trees_reused == DIRS  # version 3 from then on
+    assert run(store, src, cache).stats.trees_reused == DIRS  # version 4 from then on
 
 
-@pytest.mark.parametrize("version", ["1", "4", "x"])
+@pytest.mark.parametrize("version", ["1", "5", "x"])
 def test_a_cache_of_another_version_is_emptied(
     store: Store, src: Path, tmp_path: Path, version: str
 ) -> None:

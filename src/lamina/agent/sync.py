@@ -228,6 +228,7 @@ def run_sync(
                 reuse_trees=reuse_trees,
             )
             root_id = scanner.scan(root)
+            cache.settle()  # a files cache that cannot be written fails before the commit
             sink.flush()
             report.settle()  # no progress report after the commit
             try:

@@ -83,6 +83,8 @@ def backup(
             scan.setdefault("processes", backup_processes())
             scanner = Scanner(writer, cache, **scan)
             root = scanner.scan(path)
+            if cache is not None:
+                cache.settle()
             st = os.stat(path)
             record = SnapshotRecord(
                 id="",

@@ -31,15 +31,24 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import blake3
 
 from lamina.errors import UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.progress import AdvanceFn
-from lamina.tree.cache import CachedDir, CachedFile, FilesCache, listing_signature
+from lamina.tree.cache import (
+    CachedDir,
+    CachedFile,
+    FilesCache,
+    pack_entries,
+    rows_signature,
+    signature_rows,
+)
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import FILE_TYPES, Entry, encode_tree
+from lamina.tree.scan_entries import Reused, cached_entries, encode_folder, recheck_hits
 from lamina.tree.scan_proc import PROCESS_AFTER, ProcessReaders, SealedSink
 from lamina.tree.scan_read import (
     JOB_BYTES,
@@ -121,6 +130,10 @@ class _Dir:
     #: the listing matched the row: its entries other than folders, built only if a
     #: sub-folder's tree turns out to have changed (``_finish``)
     deferred: list[tuple[bytes, os.stat_result, str]] | None = None
+    #: with a files cache: the signature rows of the entries other than folders, and
+    #: those of them taken from the folder's row (``scan_entries``)
+    sigs: list[tuple[Any, ...]] = field(default_factory=list)
+    reused: Reused = field(default_factory=Reused)
 
 
 class Scanner(FileReader):
@@ -296,9 +309,11 @@ class Scanner(FileReader):
         if self.cache is not None:
             user, group = self._user, self._group
             d.row = self.cache.folder(rel)
-            d.signature = listing_signature(
+            rows = signature_rows(
                 [(n, st, user[st.st_uid], group[st.st_gid]) for n, st, _ in listing]
             )
+            d.signature = rows_signature(rows)
+            d.sigs = [r for r, item in zip(rows, listing, strict=True) if item[2] != "dir"]
         reuse = (
             self.reuse_trees
             and d.row is not None
@@ -382,8 +397,10 @@ class Scanner(FileReader):
     def _build(self, dfd: int, d: _Dir, rest: list[tuple[bytes, os.stat_result, str]]) -> None:
         """The entries of a folder's files, symlinks and others; files the cache does not
         vouch for are queued for reading."""
-        cached: dict[bytes, CachedFile] = self.cache.files(d.rel) if self.cache else {}
-        d.cached = frozenset(cached)
+        cached: dict[bytes, CachedFile] = {}
+        if self.cache is not None:
+            trust = d.row is not None and self.reuse_trees and not self.cache.stale
+            rest, d.reused, cached, d.cached = cached_entries(self.cache, d, rest, trust)
         to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
         for name, st, typ in rest:
             child = d.path + b"/" + name
@@ -420,7 +437,7 @@ class Scanner(FileReader):
                 self.stats.others += 1
             d.entries.append(e)
         if d.hits and self.cache is not None and self.cache.stale:
-            to_read.extend((*h, dfd) for h in self._verify_hits(d.hits))
+            to_read.extend((*h, dfd) for h in recheck_hits(self.writer, d.hits))
         d.files = self._read_all(to_read)
         d.jobs = list({id(f[3]): f[3] for f in d.files}.values())
 
@@ -464,13 +481,16 @@ class Scanner(FileReader):
             d.deferred = None
             if d.files:
                 self._submit_small()
-        if d.hits:
-            hit_bytes = sum(e.size for _, e, _, _ in d.hits)
-            self.stats.files += len(d.hits)
-            self.stats.files_unchanged += len(d.hits)
+        r = d.reused
+        if d.hits or r.encoded:
+            hit_bytes = sum(e.size for _, e, _, _ in d.hits) + r.bytes
+            hit_files = len(d.hits) + len(r.files)
+            self.stats.others += r.others
+            self.stats.files += hit_files
+            self.stats.files_unchanged += hit_files
             self.stats.bytes += hit_bytes
             if self.progress:
-                self.progress(len(d.hits), hit_bytes)
+                self.progress(hit_files, hit_bytes)
         failed: set[int] = set()
         if d.files:
             # One ``result`` per job and one progress call per folder, not per file.
@@ -496,20 +516,24 @@ class Scanner(FileReader):
                 self.progress(read, read_bytes)
         self._close(d)  # every file of the folder is read (``result`` waited)
         entries = [e for e in d.entries if id(e) not in failed] if failed else d.entries
-        if self.cache is not None and (d.files or len(d.hits) != len(d.cached)):
+        kept = {e.name for _, e, _, _ in d.hits} | r.files
+        if self.cache is not None and (d.files or len(kept) != len(d.cached)):
             # A hit's row is what it would be written as: only new rows are written,
             # and the rows of names no longer held as they were are dropped.
-            kept = {e.name for _, e, _, _ in d.hits}
             for _path, e, st, *_ in d.files:
                 if e.content is not None and id(e) not in failed:
                     self.cache.put(d.rel, e.name, st, e.content, e.xattrs)
                     kept.add(e.name)
             self.cache.drop(d.rel, d.cached - kept)
-        tid = self.writer.put(BlobKind.TREE, encode_tree(entries))
-        if self.cache is not None and d.signature is not None:
-            row = CachedDir(d.signature, subtrees, tid) if d.clean and not failed else None
-            if row != d.row:
-                self.cache.put_folder(d.rel, row)
+        if self.cache is None or d.signature is None:
+            self._set_tree(d, self.writer.put(BlobKind.TREE, encode_tree(entries)))
+            return
+        tree, encoded = encode_folder(entries, r.encoded)
+        tid = self.writer.put(BlobKind.TREE, tree)
+        row = CachedDir(d.signature, subtrees, tid) if d.clean and not failed else None
+        if row != d.row:
+            blob = pack_entries(d.sigs, [encoded[s[0]] for s in d.sigs]) if row else None
+            self.cache.put_folder(d.rel, row, blob)
         self._set_tree(d, tid)
 
     def _drain(self, block: bool) -> None:
@@ -547,25 +571,6 @@ class Scanner(FileReader):
         if self._small.files:
             self._submit(self._small)
             self._small = Job()
-
-    def _verify_hits(
-        self, hits: list[tuple[bytes, Entry, os.stat_result, CachedFile]]
-    ) -> list[tuple[bytes, Entry, os.stat_result]]:
-        """The store collected garbage since the cache was written: re-read files whose chunks went."""
-        ids = {cid for _, e, _, _ in hits for cid in e.chunk_ids()}
-        gone = self.writer.need(ids)
-        if not gone:
-            return []
-        redo = []
-        keep = []
-        for h in hits:
-            if any(cid in gone for cid in h[1].chunk_ids()):
-                h[1].content = None
-                redo.append((h[0], h[1], h[2]))
-            else:
-                keep.append(h)
-        hits[:] = keep
-        return redo
 
     def _read_all(
         self, files: list[tuple[bytes, Entry, os.stat_result, int]]
