@@ -7,7 +7,7 @@ step 4: the server hashes each blob). Per pass it prints wall time, the client's
 (``wait4`` of that one process, plus its restore's worker processes and their fork server,
 which this process reaps as a child subreaper) and the
 server's (``/proc/PID/stat`` before and after). ``--profile client`` samples the client
-with py-spy into WORK/restore-N.txt (collapsed stacks). Each pass after the first deletes the previous pass's files and waits ``--settle`` seconds
+with py-spy into WORK/restore-N.txt (collapsed stacks; its worker processes and their fork server too). Each pass after the first deletes the previous pass's files and waits ``--settle`` seconds
 first (``bench.common.settle_deletions``: on ext4 without a journal, creating files right
 after a mass deletion costs several times the system time). A/B: ``--other-src OTHER/src``
 alternates the client between that tree (A, odd passes) and this checkout (B) against
@@ -106,7 +106,7 @@ def one_restore(
     if profile == "client" and pyspy():
         stacks = work / f"restore-{n}.txt"
         argv = [pyspy() or "py-spy", "record", "--format", "raw", "--rate", "50", "--threads",
-                "--nonblocking", "--output", os.fspath(stacks), "--", *argv]  # fmt: skip
+                "--nonblocking", "--subprocesses", "--output", os.fspath(stacks), "--", *argv]  # fmt: skip
     elif profile == "perf":  # the kernel's side too: where the system time goes
         argv = ["perf", "record", "-q", "-g", "-o", os.fspath(work / f"perf-{n}.data"), *argv]
     os.sync()

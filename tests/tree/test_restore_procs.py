@@ -14,7 +14,7 @@ import stat
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,10 @@ from lamina.store.repository import Store
 from lamina.tree import restore_procs
 from lamina.tree.collector import YOUNG_THRESHOLD
 from lamina.tree.restore import restore_tree
+from lamina.tree.restore_batches import ProcessJobs
 from lamina.tree.restore_procs import MAX_PROCESSES, MIN_BYTES, MIN_FILES, processes_for
 from lamina.tree.restore_writer import FileWriter
+from lamina.tree.sources import HTTP_BATCH
 
 from .procsources import dict_blobs, opener, store_blobs
 from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
@@ -285,3 +287,37 @@ def test_a_workers_job_runs_with_its_imports_left_out_of_the_collector(
     worker.run(job)
     assert seen and all(frozen > 0 and young >= YOUNG_THRESHOLD for frozen, young in seen)
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_a_workers_job_of_small_files_is_one_server_request() -> None:
+    """A worker reads only its current job's blobs, so a job of small files (one blob
+    each) took ``PROC_JOB_FILES`` / 512 ids per ``/blobs/read`` request: each request
+    costs the server about 1.6 ms of CPU besides its blobs. Jobs now hold as many files
+    as one request carries ids (``HTTP_BATCH``, the route's 1,024): 2,048 files in
+    folders of 64 make two jobs, four before."""
+    jobs: list[int] = []
+
+    class Pool:
+        def submit(self, fn: object, job: list[restore_procs.FolderFiles]) -> Future[object]:
+            jobs.append(sum(len(g.files) for g in job))
+            done: Future[object] = Future()
+            done.set_result(restore_procs.JobDone(0, 0, []))
+            return done
+
+    batches: ProcessJobs[int] = ProcessJobs(
+        Pool(),  # type: ignore[arg-type]
+        slots=2,
+        landed=lambda done, err: None,
+        release=lambda folder: None,
+    )
+    for k in range(32):
+        files = [(b"f%d" % n,) for n in range(64)]
+        batches.add(
+            k,
+            restore_procs.FolderFiles((b"d%d" % k,), (0, k), False, False, files),
+            64 * 100,
+            False,
+        )
+    batches.send()
+    assert jobs == [HTTP_BATCH, HTTP_BATCH]
+    assert restore_procs.PROC_JOB_FILES == HTTP_BATCH

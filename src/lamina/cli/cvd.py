@@ -22,11 +22,11 @@ from lamina.cli.common import (
 from lamina.cli.fleet import StateFilterOpt, fleet_rows, health_of
 from lamina.cli.output import age, emit_json, human_bytes, print_table
 from lamina.cli.progress import byte_progress, exit_with_warnings
+from lamina.cli.remote_blobs import WORKER_MODULES, remote_blobs, worker_blobs
 from lamina.errors import IntegrityError
 from lamina.tree.restore import restore_tree
 from lamina.tree.restore_procs import processes_for
 from lamina.tree.restore_types import Opener
-from lamina.tree.sources import BatchedBlobs, http_blobs
 
 #: The snapshot a command reads (``latest`` when not given).
 SnapshotOpt = Annotated[str, typer.Option(help="Snapshot id or 'latest'.")]
@@ -50,24 +50,6 @@ def id_key_of(download: dict[str, Any]) -> bytes | None:
     if len(key) != 32:
         raise IntegrityError("the server sent an id key that is not 32 bytes in hex")
     return key
-
-
-def remote_blobs(api: Api, id_key: bytes | None) -> BatchedBlobs:
-    """Blobs read through the server's API. With the store's ``id_key`` (a restore as
-    download hands it to a caller allowed ``data.read``) the server only decrypts them and
-    this process inflates each one and hashes it against its id; without (a version-3
-    server) the server decrypts, inflates and verifies them."""
-
-    def post(path: str, body: Any) -> bytes:
-        out = api.post(path, body)
-        return out if isinstance(out, bytes) else b""
-
-    return http_blobs(post, id_key, stored=id_key is not None)
-
-
-def worker_blobs(url: str, token: str | None, id_key: bytes | None) -> BatchedBlobs:
-    """A restore worker process's own client of the server (``remote_blobs``)."""
-    return remote_blobs(Api(url, token), id_key)
 
 
 def _cvd_line(c: dict[str, Any]) -> str:
@@ -259,7 +241,7 @@ def restore(
             same_owner=same_owner,
             processes=processes_for(snap["files"], snap["bytes"]),
             opener=Opener(
-                functools.partial(worker_blobs, api.url, api.token, id_key), ("lamina.cli.cvd",)
+                functools.partial(worker_blobs, api.url, api.token, id_key), WORKER_MODULES
             ),
         )
     doc = {

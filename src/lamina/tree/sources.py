@@ -19,7 +19,7 @@ T = TypeVar("T")
 BATCH = 128
 #: ids in one ``/blobs/read`` request (the route takes up to 1,024): each request costs
 #: the server about 1.6 ms of CPU besides its blobs ("Restores (session 13)").
-HTTP_BATCH = 512
+HTTP_BATCH = 1024
 
 #: Raw bytes one batch read from a store holds at most (``in_batches``).
 STORE_BATCH = 16 * 1024 * 1024
