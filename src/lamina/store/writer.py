@@ -165,6 +165,15 @@ class Writer:
         keys = self.store.keys
         self._put(kind, bid, blob.seal_parts(keys.data_key, kind, bid, flag, payload), raw_length)
 
+    def put_payloads(self, blobs: Iterable[tuple[BlobKind, bytes, int, bytes, int]]) -> None:
+        """``put_payload`` of each ``(kind, id, flag, payload, raw length)``, under one lock:
+        a bundle's intake adds its blobs in one call, not one each."""
+        self._check()
+        data_key, seal_parts, add = self.store.keys.data_key, blob.seal_parts, self._add
+        with self._lock:
+            for kind, bid, flag, payload, raw_length in blobs:
+                add(kind, bid, seal_parts(data_key, kind, bid, flag, payload), raw_length)
+
     def put_sealed_many(self, kind: BlobKind, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
         """``put_sealed`` of each ``(id, sealed blob, raw length)``, under one lock."""
         self._check()
