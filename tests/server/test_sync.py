@@ -127,9 +127,7 @@ def test_a_bundles_blobs_go_into_the_pack_in_one_call_not_one_each(
         counts.append((checks[0], nonces[0]))
         assert [store.get(_bid(store, d)) for d in datas] == datas
         where = store.catalog.locate([_bid(store, d) for d in datas]).values()
-        sealed = [
-            store.backend.read(pack_object_name(w.pack), w.offset, w.length) for w in where
-        ]
+        sealed = [store.backend.read(pack_object_name(w.pack), w.offset, w.length) for w in where]
         assert len({s[: blob.NONCE.size] for s in sealed}) == n
     assert counts[0] == counts[1]
 

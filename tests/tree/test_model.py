@@ -253,10 +253,7 @@ def test_the_file_fast_path_accepts_and_refuses_what_the_general_checks_do(
 @PARSER_SETTINGS
 @given(
     st.fixed_dictionaries(
-        {
-            k: st.one_of(st.just(v), msgpack_values())
-            for k, v in one(content=[CID, 3]).items()
-        }
+        {k: st.one_of(st.just(v), msgpack_values()) for k, v in one(content=[CID, 3]).items()}
     )
 )
 def test_any_ten_key_entry_is_decoded_the_same_on_the_fast_path(d: dict[str, Any]) -> None:

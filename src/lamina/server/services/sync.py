@@ -203,7 +203,9 @@ def upload_blobs(
                 decoded.append((bid, decode_tree(data)))
             verified.append((kind, bid, it))
         # every blob checked: now sealed, into the pack
-        w.put_payloads([(kind, bid, it.flag, it.payload, it.raw_length) for kind, bid, it in verified])
+        w.put_payloads(
+            [(kind, bid, it.flag, it.payload, it.raw_length) for kind, bid, it in verified]
+        )
         w.flush()
         new = w.new_blobs
     if trees is not None:
