@@ -22,6 +22,7 @@ from lamina.protocol.bundle import BundleBlob, encode_bundle
 from lamina.server.services import sync
 from lamina.store import blob
 from lamina.store.blob import BlobKind, blob_id, compress
+from lamina.store.pack import pack_object_name
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, encode_tree
 
@@ -95,6 +96,40 @@ def test_the_intake_seals_each_blob_into_its_pack_without_joining_it_first(
     assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == 2
     for d in datas:
         assert store.get(_bid(store, d)) == d
+
+
+def test_a_bundles_blobs_go_into_the_pack_in_one_call_not_one_each(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The intake adds its verified blobs in one call (``Writer.put_payloads``): the
+    writer's checks and lock are taken, and random nonces read from the OS, as often for
+    60 blobs as for 3; every blob is sealed under a nonce of its own."""
+    from lamina.store import writer as writer_mod
+
+    checks, nonces = [0], [0]
+    real_check, real_urandom = writer_mod.Writer._check, os.urandom
+
+    def check(self: writer_mod.Writer) -> None:
+        checks[0] += 1
+        real_check(self)
+
+    def urandom(n: int) -> bytes:
+        nonces[0] += 1
+        return real_urandom(n)
+
+    monkeypatch.setattr(writer_mod.Writer, "_check", check)
+    monkeypatch.setattr(os, "urandom", urandom)
+    counts = []
+    for n in (3, 60):
+        datas = [real_urandom(100 + i) for i in range(n)]
+        checks[0] = nonces[0] = 0
+        assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == n
+        counts.append((checks[0], nonces[0]))
+        assert [store.get(_bid(store, d)) for d in datas] == datas
+        where = store.catalog.locate([_bid(store, d) for d in datas]).values()
+        sealed = [store.backend.read(pack_object_name(w.pack), w.offset, w.length) for w in where]
+        assert len({s[: blob.NONCE.size] for s in sealed}) == n
+    assert counts[0] == counts[1]
 
 
 def test_a_bundle_asks_the_catalog_about_its_ids_and_never_loads_the_stores_ids(

@@ -10,7 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lamina.errors import IntegrityError, LaminaError, UnsafePathError
-from lamina.tree.model import TREE_VERSION, TYPES, Entry, decode_tree, encode_tree, references
+from lamina.tree.model import (
+    TREE_VERSION,
+    TYPES,
+    Entry,
+    _file_entry,
+    decode_entry,
+    decode_tree,
+    encode_tree,
+    references,
+)
 from tests.strategies import PARSER_SETTINGS, msgpack_values, mutations, packb
 
 CID = bytes(range(32))
@@ -185,6 +194,71 @@ def test_a_valid_raw_tree_decodes() -> None:
     """The raw builder above makes valid trees, so each refusal is due to its one change."""
     (e,) = decode_tree(raw([one()]))
     assert e.content == [CID] and e.size == 1
+
+
+def _general(d: dict[str, Any]) -> Entry | str:
+    """What the general checks make of ``d``: an 11th, unknown key keeps ``decode_entry``
+    off its fast path for a file of ten keys (``_file_entry``)."""
+    try:
+        return decode_entry({**d, "zz": 0})
+    except LaminaError as e:
+        return type(e).__name__
+
+
+def _fast(d: dict[str, Any]) -> Entry | str | None:
+    try:
+        return _file_entry(d)
+    except LaminaError as e:
+        return type(e).__name__
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},
+        {"content": [CID, 7, CID]},
+        {"content": []},
+        {"content": [CID[:31]]},
+        {"content": [True]},
+        {"content": CID},
+        {"mode": 0o104755},
+        {"mode": True},
+        {"size": -1},
+        {"size": 2**63},
+        {"uid": 2**32},
+        {"user": None},
+        {"user": b"u"},
+        {"name": b".."},
+        {"name": b"a/b"},
+        {"name": "f"},
+        {"type": "dir", "content": DROP, "subtree": SUB},
+        {"type": "symlink", "content": DROP, "target": b"x"},
+        {"content": DROP, "hardlink": b"h" * 16},
+        {"size": DROP, "xattrs": [[b"a", b"b"]]},
+    ],
+)
+def test_the_file_fast_path_accepts_and_refuses_what_the_general_checks_do(
+    over: dict[str, Any],
+) -> None:
+    """A file of ten keys decodes on the fast path (``_file_entry``) to the same entry,
+    or the same refusal, as the general checks; anything else is left to them (None)."""
+    d = one(**over)
+    fast, general = _fast(d), _general(d)
+    assert fast is None or fast == general
+    assert decode_entry(d) == general if isinstance(general, Entry) else True
+    if not over:  # the common file does take the fast path
+        assert isinstance(fast, Entry)
+
+
+@PARSER_SETTINGS
+@given(
+    st.fixed_dictionaries(
+        {k: st.one_of(st.just(v), msgpack_values()) for k, v in one(content=[CID, 3]).items()}
+    )
+)
+def test_any_ten_key_entry_is_decoded_the_same_on_the_fast_path(d: dict[str, Any]) -> None:
+    fast = _fast(d)
+    assert fast is None or fast == _general(d)
 
 
 # --- property tests: hostile bytes never escape as anything but a Lamina error ---------------

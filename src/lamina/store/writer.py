@@ -7,9 +7,10 @@ trees that name its blobs -> the snapshot that names the trees.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -164,6 +165,19 @@ class Writer:
         they are, not joined first (``blob.seal_parts``)."""
         keys = self.store.keys
         self._put(kind, bid, blob.seal_parts(keys.data_key, kind, bid, flag, payload), raw_length)
+
+    def put_payloads(self, blobs: Sequence[tuple[BlobKind, bytes, int, bytes, int]]) -> None:
+        """``put_payload`` of each ``(kind, id, flag, payload, raw length)``, under one lock:
+        a bundle's intake adds its blobs in one call, not one each. Their random nonces
+        are drawn from the OS in one read, not one each (``os.urandom``, as ``seal``)."""
+        self._check()
+        data_key, seal_parts, add = self.store.keys.data_key, blob.seal_parts, self._add
+        size = blob.NONCE.size
+        nonces = os.urandom(size * len(blobs))
+        with self._lock:
+            for i, (kind, bid, flag, payload, raw_length) in enumerate(blobs):
+                nonce = nonces[i * size : (i + 1) * size]
+                add(kind, bid, seal_parts(data_key, kind, bid, flag, payload, nonce), raw_length)
 
     def put_sealed_many(self, kind: BlobKind, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
         """``put_sealed`` of each ``(id, sealed blob, raw length)``, under one lock."""

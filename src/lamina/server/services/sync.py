@@ -202,8 +202,10 @@ def upload_blobs(
                 # refuses unsafe names and malformed trees now, not at restore
                 decoded.append((bid, decode_tree(data)))
             verified.append((kind, bid, it))
-        for kind, bid, it in verified:  # every blob checked: now sealed, into the pack
-            w.put_payload(kind, bid, it.flag, it.payload, it.raw_length)
+        # every blob checked: now sealed, into the pack
+        w.put_payloads(
+            [(kind, bid, it.flag, it.payload, it.raw_length) for kind, bid, it in verified]
+        )
         w.flush()
         new = w.new_blobs
     if trees is not None:
