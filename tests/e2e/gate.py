@@ -2,13 +2,16 @@
 
 Tests that interrupt an upload need the agent to be part-way through it when they strike;
 a bandwidth limit and a poll leave that to luck. ``UploadGate`` forwards every request, and
-once ``hold_after`` bytes of bundles have reached the server it holds the next bundle,
-and every request after it, until the test says what to do with them: ``held`` is set at that moment, so the test
-knows the agent is blocked mid-upload and that what came before has been answered.
+once ``hold_after`` bytes of bundles have reached the server it holds the next bundle, and
+every bundle after it, until the test says what to do with them: ``held`` is set at that
+moment, so the test knows the agent is blocked mid-upload and that what came before has
+been answered. Other requests (the progress reports) go on to the server until the test
+calls ``freeze``, which holds every request from then on: nothing the agent sends meets a
+server being killed.
 
-The agent sends one bundle at a time and reports its progress (``POST /agent/config``)
-after each, inside the same lock (``agent/uploader.py``), so when a bundle is held the
-server has already seen the progress of every bundle before it.
+The agent has up to two bundles in flight and reports its progress at most once a second
+on a thread of its own (``agent/uploader.py``, ``agent/throttle.py``): a report of the
+bundles answered before the held one may leave after it, and must still reach the server.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class UploadGate:
         self.held = threading.Event()
         self._decided = threading.Event()
         self._forward_held = False
+        self._frozen = False
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=120)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -43,6 +47,11 @@ class UploadGate:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def freeze(self) -> None:
+        """Hold every request from now on, not only bundles, until ``release`` or ``drop``."""
+        with self._lock:
+            self._frozen = True
 
     def release(self) -> None:
         """Send what is held on (to a server that may have restarted) and hold no more."""
@@ -56,13 +65,17 @@ class UploadGate:
 
     def _should_hold(self, path: str) -> bool:
         """Hold the first bundle past ``hold_after`` and, until the test decides, every
-        request after it: nothing the agent sends meanwhile meets a server being killed."""
+        bundle after it, and after ``freeze`` every request."""
         with self._lock:
             if self._decided.is_set():
                 return False
+            if self._frozen:
+                return True
+            if path != BUNDLES:
+                return False
             if self.held.is_set():
                 return True
-            if path != BUNDLES or self.forwarded < self.hold_after:
+            if self.forwarded < self.hold_after:
                 return False
             self.held.set()
             return True

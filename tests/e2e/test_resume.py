@@ -94,6 +94,7 @@ def test_server_killed_during_upload_agent_resumes(
         assert progress["phase"] == "centralizing" and 0 <= progress["percent"] < 100
         assert progress["uploaded"] >= 8 * MiB
         assert progress["total_files"] > 250 and progress["total_bytes"] > 40 * MiB
+        gate.freeze()  # what the agent sends from now on waits for the restarted server
         server.kill()
         server.start()
         gate.release()  # the held bundle goes to the restarted server
