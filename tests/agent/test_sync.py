@@ -22,7 +22,6 @@ from lamina.protocol.schemas import PolicySettings
 from lamina.store.repository import Store
 from lamina.tree.model import decode_tree
 from lamina.tree.scan import Scanner
-from lamina.tree.scan_proc import ProcessReaders
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
@@ -253,47 +252,3 @@ def test_after_a_garbage_collection_unchanged_files_are_checked_not_read_again(
         agent.close()
     assert results[0].files_read == 31
     assert results[1].files_read == 0 and results[1].files == 31
-
-
-def test_a_syncs_small_files_are_read_in_worker_processes_and_their_chunks_uploaded(
-    live: Live,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """As a backup's scan does, an agent's scan reads its small files in worker processes
-    (``tree.scan_proc``) on the other cores: they chunk and hash, and send the chunks back
-    as plaintext (the agent has no data key), which the sink asks about and uploads."""
-    root, state = live.enrolled_agent(tmp_path, "worker-host")
-    for i in range(40):
-        (root / "etc" / f"f{i:02d}").write_bytes(f"small file {i}\n".encode() * (i + 1))
-    jobs: list[int] = []
-    real_run = ProcessReaders.run_job
-
-    def run_job(self: ProcessReaders, job: Any, name: Any) -> Any:
-        assert not self._seal  # the uploader takes plaintext, never sealed blobs
-        jobs.append(len(job.files))
-        return real_run(self, job, name)
-
-    real = sync.Scanner
-
-    def scanner(*args: Any, **kw: Any) -> Any:
-        return real(*args, **{**kw, "process_after": 0})
-
-    monkeypatch.setattr(ProcessReaders, "run_job", run_job)
-    monkeypatch.setattr(sync, "Scanner", scanner)
-    monkeypatch.setattr(sync, "backup_processes", lambda: 1)  # also on a one-core host
-    agent = Agent(state)
-    try:
-        snap = agent.sync(agent.report())["snapshot"]
-        admin = live.login()
-        cvd = agent.report().cvd_id
-        [row] = [s for s in admin.get(f"/cvds/{cvd}/snapshots").json() if s["id"] == snap]
-        etc = _subtree(agent, bytes.fromhex(row["root"]), b"etc")
-        blobs = agent_blobs(agent.client, agent.st.chunking.id_key)
-        entries = {e.name: e for e in decode_tree(blobs.get(etc))}
-        for name in (b"f00", b"f39", b"hostname"):
-            content = b"".join(blobs.get(c) for c in entries[name].chunk_ids())
-            assert content == (root / "etc" / os.fsdecode(name)).read_bytes()
-    finally:
-        agent.close()
-    assert sum(jobs) == 41  # every file of the tree, each read by the worker

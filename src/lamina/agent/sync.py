@@ -22,7 +22,6 @@ from lamina.protocol.endpoint import AgentConfig, CommitResponse
 from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.scan import Scanner
-from lamina.tree.scan_proc import backup_processes
 from lamina.tree.scan_scope import ExcludeFn, FolderExcludeFn, PruneFn, estimate
 
 
@@ -216,7 +215,6 @@ def run_sync(
         on_upload=on_upload,
         exact_need=cache.stale and cfg.last_sync is not None,
     )
-    processes = backup_processes()
     try:
         reuse_trees, rescans_left = True, MAX_RESCANS
         while True:
@@ -228,8 +226,6 @@ def run_sync(
                 prune=prune,
                 progress=on_file,
                 reuse_trees=reuse_trees,
-                # small files chunked and hashed on the other cores, as a backup's are
-                processes=processes,
             )
             root_id = scanner.scan(root)
             sink.flush()

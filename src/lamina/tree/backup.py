@@ -16,7 +16,6 @@ from lamina.store.repository import Store
 from lamina.tree.cache import FilesCache
 from lamina.tree.model import references
 from lamina.tree.scan import Scanner, ScanStats
-from lamina.tree.scan_proc import backup_processes
 from lamina.tree.scan_scope import ExcludeFn, PruneFn
 
 
@@ -59,6 +58,12 @@ def walk_blobs(store: Store, *roots: bytes) -> Iterator[bytes]:
             yield from chunks
             below.extend(t for t in trees if t not in seen)
         level = below
+
+
+def backup_processes() -> int:
+    """Worker processes a backup reads small files with: one per core beside the walk's
+    (which keeps two reading threads busy too), at most three; none on one core."""
+    return max(0, min(3, len(os.sched_getaffinity(0)) - 1))
 
 
 def backup(

@@ -40,7 +40,7 @@ from lamina.store.progress import AdvanceFn
 from lamina.tree.cache import CachedDir, CachedFile, FilesCache, listing_signature
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import FILE_TYPES, Entry, encode_tree
-from lamina.tree.scan_proc import PROCESS_AFTER, ProcessReaders
+from lamina.tree.scan_proc import PROCESS_AFTER, ProcessReaders, SealedSink
 from lamina.tree.scan_read import (
     JOB_BYTES,
     BlobSink,
@@ -168,9 +168,8 @@ class Scanner(FileReader):
         #: Folders in ``_order`` holding an open descriptor.
         self._held = 0
         #: worker processes for jobs of small files (``scan_proc``): how many, started
-        #: once ``process_after`` small files are queued (they seal the chunks for a sink
-        #: that takes sealed blobs, else send them back as plaintext)
-        self._processes = processes
+        #: once ``process_after`` small files are queued, with a sink that takes sealed blobs
+        self._processes = processes if isinstance(writer, SealedSink) else 0
         self._process_after = process_after
         self._small_files = 0
         self._procs: ProcessReaders | None = None
@@ -577,7 +576,7 @@ class Scanner(FileReader):
             self._small_files += sum(f[2].st_size <= SMALL_FILE for f in files)
             if self._small_files >= self._process_after:
                 try:
-                    self._procs = ProcessReaders(self.writer, self._processes)
+                    self._procs = ProcessReaders(self.writer, self._processes)  # type: ignore[arg-type]
                 except OSError:  # no process to start (a limit, no interpreter): threads read
                     self._processes = 0
         for f in files:

@@ -83,12 +83,6 @@ class WorkerDiedError(LaminaError):
     """A scan's worker process stopped answering (killed, or failed)."""
 
 
-def backup_processes() -> int:
-    """Worker processes a scan reads small files with: one per core beside the walk's
-    (which keeps two reading threads busy too), at most three; none on one core."""
-    return max(0, min(3, len(os.sched_getaffinity(0)) - 1))
-
-
 # --- framing -------------------------------------------------------------------------
 
 
@@ -257,24 +251,18 @@ class ReadProcess:
 
 
 class ProcessReaders:
-    """The workers of one scan; a reading thread borrows one per job (``run_job``).
+    """The workers of one scan; a reading thread borrows one per job (``run_job``)."""
 
-    With a sink that takes sealed blobs (the store's ``Writer``) the workers compress and
-    seal the chunks it lacks; with any other (an agent's uploader, which has no data key)
-    they chunk and hash, and send the chunks back as plaintext."""
-
-    def __init__(self, sink: BlobSink, count: int) -> None:
+    def __init__(self, sink: SealedSink, count: int) -> None:
         self.sink = sink
-        self._sealed = isinstance(sink, SealedSink)
-        key = sink.data_key if isinstance(sink, SealedSink) else b""
         self.procs: list[ReadProcess] = []
         try:
             for _ in range(count):
-                self.procs.append(ReadProcess(sink.chunking, key))
+                self.procs.append(ReadProcess(sink.chunking, sink.data_key))
         except BaseException:
             self.close()
             raise
-        self._seal = self._sealed
+        self._seal = True
         self._known_sent = False
         self._lock = threading.Lock()
 
@@ -307,7 +295,7 @@ class ProcessReaders:
         need = self.sink.need({bid for bid, _, _ in chunks})
         self._send_known()
         lacking = len(need)
-        if seal and isinstance(self.sink, SealedSink):  # the job's sealed blobs at once
+        if seal:  # one call (and one lock) for the job's sealed blobs
             self.sink.put_sealed_many(BlobKind.DATA, (c for c in chunks if c[0] in need))
         else:
             for bid, data, _ in chunks:
@@ -315,12 +303,12 @@ class ProcessReaders:
                     need.discard(bid)
                     self.sink.put_chunk(BlobKind.DATA, bid, data)
         with self._lock:
-            self._seal = self._sealed and lacking >= SEAL_SHARE * len(chunks)
+            self._seal = lacking >= SEAL_SHARE * len(chunks)
         return errors
 
     def _send_known(self) -> None:
         """The store's data ids to every worker, once the writer has loaded them."""
-        if self._known_sent or not isinstance(self.sink, SealedSink):
+        if self._known_sent:
             return
         known = self.sink.known_data
         if known is None:
