@@ -125,7 +125,7 @@ def sync(
     if profile == "agent" and spy and name != "restore":
         # py-spy starts the agent and samples it (its own CPU is then in the agent's figure)
         lam.agent.prefix = [spy, "record", "--format", "raw", "--rate", "100"]
-        lam.agent.prefix += ["--output", os.fspath(out), "--"]
+        lam.agent.prefix += [*(["--gil"] if gil else []), "--output", os.fspath(out), "--"]
     r, doc, cpu = restore(lam, work) if name == "restore" else lam.cycle(sync=name != "first")
     lam.agent.prefix = []
     if rec is not None:
