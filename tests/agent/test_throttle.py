@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from lamina.agent.throttle import Throttled
 
 
@@ -106,3 +108,42 @@ def test_a_call_the_limit_allows_is_made_off_the_callers_thread_and_settle_waits
     report()
     report.settle()
     assert sent == [0.0, 2.0] and start.joined >= 1 and not later.due
+
+
+def test_calls_allowed_while_one_is_made_are_made_once_more_by_its_thread() -> None:
+    """A server that answers slowly: the calls the limit allows meanwhile start no thread
+    each (they would pile up, and ``settle`` would wait for every one); the thread making
+    the slow call makes one more when it ends, with the latest state."""
+    now, state, sent = [0.0], ["a"], []
+    later, start = _Later(), _Now()
+    report = Throttled(lambda: sent.append(state[0]), 1.0, lambda: now[0], later, start)
+    report()
+    for t in range(1, 120):  # a call a second while the first is still being made
+        now[0], state[0] = float(t), f"s{t}"
+        report()
+    assert len(start.started) == 1 and not later.due
+    start.run()
+    assert sent == ["s119", "s119"]  # the first call (made now: the latest state), one more
+    now[0] = 119.5
+    report()  # within the period of the call made last: held back, not started
+    assert len(start.started) == 0 and len(later.due) == 1
+
+
+def test_a_call_that_fails_does_not_stop_the_next_one() -> None:
+    now, sent = [0.0], []
+    later, start = _Later(), _Now()
+
+    def send() -> None:
+        sent.append(now[0])
+        if len(sent) == 1:
+            raise OSError("status file not written")
+
+    report = Throttled(send, 1.0, lambda: now[0], later, start)
+    report()
+    with pytest.raises(OSError):
+        start.run()
+    now[0] = 2.0
+    report()
+    assert len(start.started) == 1  # a new thread: the failed one no longer counts as busy
+    start.run()
+    assert sent == [0.0, 2.0]

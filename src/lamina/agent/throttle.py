@@ -17,8 +17,6 @@ class Pending(Protocol):
 class Running(Protocol):
     def join(self) -> None: ...
 
-    def is_alive(self) -> bool: ...
-
 
 def _timer(wait: float, fn: Callable[[], None]) -> Pending:
     t = threading.Timer(wait, fn)
@@ -38,8 +36,10 @@ class Throttled:
     the caller goes on at once. A call the limit holds back is made once it allows, on
     a timer (``send`` reads the state then: the latest): the last progress of a sync
     that then stalls (its upload held by a slow or failing server, its scan waiting for
-    the upload) is still shown, not only the report before it. ``settle`` cancels a
-    call held back and waits for one being made (a call the limit allowed is made)."""
+    the upload) is still shown, not only the report before it. One call runs at a time:
+    calls the limit allows while one runs are made once more by its thread when it ends,
+    not on a thread each (a server that answers slowly piles up no threads). ``settle``
+    cancels a call held back and waits for the one being made."""
 
     def __init__(
         self,
@@ -53,9 +53,12 @@ class Throttled:
         self._now = now
         self._last = -every
         self._pending: Pending | None = None
-        #: the calls the limit allowed, started and not yet waited for by ``settle``
-        self._running: list[Running] = []
-        self._lock = threading.Lock()
+        #: the thread making the calls the limit allowed (None: none started yet)
+        self._running: Running | None = None
+        #: a thread is making calls, and whether it must make one more when it ends
+        self._busy = self._again = False
+        #: reentrant: a starter that makes the call at once (the tests') runs it inside
+        self._lock = threading.RLock()
         #: held while ``send`` runs: one at a time, and ``settle`` waits for it
         self._sending = threading.Lock()
 
@@ -67,12 +70,27 @@ class Throttled:
                     self._pending = self._later(wait, self._held_back)
                 return
             self._last = self._clock()
-            self._running = [c for c in self._running if c.is_alive()]
-            self._running.append(self._now(self._allowed))
+            if self._busy:
+                self._again = True
+                return
+            self._busy = True
+            self._running = self._now(self._allowed)
 
     def _allowed(self) -> None:
-        with self._sending:
-            self._send()
+        try:
+            while True:
+                with self._sending:
+                    self._send()
+                with self._lock:
+                    if not self._again:
+                        self._busy = False
+                        return
+                    self._again = False
+                    self._last = self._clock()
+        except BaseException:
+            with self._lock:
+                self._busy = self._again = False
+            raise
 
     def _held_back(self) -> None:
         with self._sending:
@@ -86,10 +104,10 @@ class Throttled:
     def settle(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, None
-            running, self._running = self._running, []
+            running = self._running
         if pending is not None:
             pending.cancel()
-        for call in running:
-            call.join()
+        if running is not None:
+            running.join()
         with self._sending:
             pass

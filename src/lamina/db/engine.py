@@ -33,21 +33,16 @@ from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from lamina.db import sqlite_pragmas
+from lamina.db.sqlite_pragmas import BUSY_SECONDS as BUSY_SECONDS
+from lamina.db.sqlite_pragmas import WAL_LIMIT as WAL_LIMIT
 from lamina.errors import BackendError, UsageError
 
-#: Seconds a transaction waits for the database (SQLite's lock, a pooled connection).
-BUSY_SECONDS = 60
 #: Connections kept open, and how many more a burst may open (per engine).
 POOL_SIZE, POOL_OVERFLOW = 8, 48
 #: A PostgreSQL connection back in the pool for longer than this is tested before use (a
 #: server restart or an idle timeout may have closed it); one used since is not.
 PING_IDLE_SECONDS = 10.0
-#: Bytes a SQLite database's write-ahead log is cut back to when it starts over after a
-#: checkpoint (``PRAGMA journal_size_limit``): a sync's large transactions grew it to 17 MB
-#: and it stayed that size on disk. The size SQLite checkpoints at (1,000 pages), so a log
-#: that never grows past it is never cut. Only the file's length: what is committed and
-#: when it is synced do not change.
-WAL_LIMIT = 4 * 1024 * 1024
 #: SQLite engines' writer locks (one per engine, so per database file and process).
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 #: What runs after each write transaction of an engine ends, committed or not (``after_writes``).
@@ -87,11 +82,7 @@ def _tune_sqlite(engine: Engine) -> None:
         # for BEGIN IMMEDIATE and never deadlock upgrading a read lock.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
+        sqlite_pragmas.tune(cur)
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -32,7 +32,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lamina.db import sqlite_pragmas
 from lamina.db.location import StoreLocation
+from lamina.db.sqlite_pragmas import BUSY_SECONDS
 from lamina.db.sqlite_read import (
     EPOCH_KEY,
     SQLITE_INSERT,
@@ -61,8 +63,6 @@ if TYPE_CHECKING:
     from lamina.store.pack import PackEntry
     from lamina.store.repository import Store
 
-#: Seconds a connection waits for SQLite's lock (as ``lamina.db.engine.BUSY_SECONDS``).
-_BUSY = 60
 _RESCUE = "UPDATE blobs SET condemned = 0 WHERE id IN (%s) AND condemned = 1"
 _HELD = "SELECT id FROM blobs WHERE id IN (%s)"
 
@@ -115,10 +115,7 @@ class SqliteCatalog:
     # --- connections and transactions ----------------------------------------
     def _adopt(self, conn: sqlite3.Connection) -> sqlite3.Connection:
         conn.isolation_level = None  # transactions are begun here, as lamina.db.engine does
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute(f"PRAGMA busy_timeout={_BUSY * 1000}")
+        sqlite_pragmas.tune(conn)
         self._local.conn = conn
         with self._conns_lock:
             self._conns.append(conn)
@@ -128,15 +125,15 @@ class SqliteCatalog:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._adopt(
-                sqlite3.connect(self.database, timeout=_BUSY, check_same_thread=False)
+                sqlite3.connect(self.database, timeout=BUSY_SECONDS, check_same_thread=False)
             )
         return conn
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Cursor]:
         """One transaction (``BEGIN IMMEDIATE`` for a writer, in its turn)."""
-        if write and not self._write_turn.acquire(timeout=_BUSY):
-            raise BackendError(f"database busy: no write turn within {_BUSY} s")
+        if write and not self._write_turn.acquire(timeout=BUSY_SECONDS):
+            raise BackendError(f"database busy: no write turn within {BUSY_SECONDS} s")
         try:
             conn = self._conn()
             cur = conn.cursor()
