@@ -39,6 +39,7 @@ from multiprocessing import forkserver
 from typing import NamedTuple
 
 from lamina.errors import IntegrityError
+from lamina.processes import alive
 from lamina.tree.collector import fewer_collections
 from lamina.tree.model import Entry
 from lamina.tree.restore_types import Folder, Opener, RestoreStats, Target
@@ -252,7 +253,7 @@ def _watch_parent(parent: int) -> None:
         fd = None  # gone already
     except OSError:  # no pidfd here (an old kernel, a seccomp filter): ask every second
         fd = None
-        while _alive(parent):
+        while alive(parent):
             time.sleep(1)
     if fd is not None:
         select.select([fd], [], [])  # readable once the process has exited
@@ -261,16 +262,6 @@ def _watch_parent(parent: int) -> None:
     signal.pthread_kill(main, signal.SIGTERM)  # ``_stopped``, even inside a blocking call
     time.sleep(2)
     os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, and another user's
-        pass
-    return True
 
 
 def write_files(job: list[FolderFiles]) -> JobDone:

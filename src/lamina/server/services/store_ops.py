@@ -34,6 +34,7 @@ from lamina.db.models import snapshots, tasks
 from lamina.db.roots import all_roots
 from lamina.db.stores import last_gc, record_gc
 from lamina.errors import ConflictError, LaminaError
+from lamina.processes import alive
 from lamina.protocol.schemas import TaskPublic
 from lamina.protocol.tasks import (
     SERVER_KINDS,
@@ -68,16 +69,6 @@ _running: dict[str, threading.Thread] = {}
 def _worker(pid: int | None = None) -> str:
     """Who runs a store task: this host and process (``recover`` tells a dead one)."""
     return f"server@{socket.gethostname()}:{os.getpid() if pid is None else pid}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def start(
@@ -287,7 +278,7 @@ def recover(engine: Engine) -> int:
         gone = [
             r.id
             for r in rows
-            if not (r.claimed_by[len(here) :].isdigit() and _alive(int(r.claimed_by[len(here) :])))
+            if not (r.claimed_by[len(here) :].isdigit() and alive(int(r.claimed_by[len(here) :])))
         ]
         if gone:
             c.execute(
