@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
 import pytest
+from sqlalchemy import insert
 
+from lamina.db.engine import make_engine
+from lamina.db.models import tasks
 from lamina.server.services.credentials import DeviceCredentials
 from lamina.store.blob import BlobKind
 from lamina.tree.model import encode_tree
@@ -101,6 +106,18 @@ def test_a_pending_devices_work_poll_checked_by_its_own_query_gets_no_work(
     r = live.client().post("/agent/enroll", json={"token": token, "facts": facts})
     assert r.status_code == 201, r.text
     pending = live.client(r.json()["credential"])
+    # A queued task addressed to it (none can be through the API: tasks go to active
+    # CVDs), so that only the status check keeps it from the pending device.
+    engine = make_engine(f"sqlite:///{live.data / 'lamina.db'}")
+    with engine.begin() as c:
+        c.execute(
+            insert(tasks).values(
+                id=str(uuid.uuid4()), kind="sync", state="queued", progress=0, message="",
+                device_id=r.json()["device_id"], params={}, result={}, created_by="test",
+                created=dt.datetime.now(dt.UTC),
+            )
+        )  # fmt: skip
+    engine.dispose()
     monkeypatch.setattr(DeviceCredentials, "get", lambda _self, _hash: None)  # as on PostgreSQL
     r = pending.get("/agent/work")
     assert r.status_code == 200, r.text

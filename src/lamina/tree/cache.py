@@ -84,24 +84,20 @@ class CachedDir:
     tree: bytes
 
 
-def listing_signature(listing: Sequence[tuple[bytes, os.stat_result, str, str]]) -> bytes:
-    """The signature of a folder's listing: ``(name, lstat, user, group)`` of each entry
-    the scan keeps, in name order. Whatever a tree entry holds either is in it (name,
-    mode, owner and their names, size, mtime, device number, the inode and device a
-    hard-link key is made of) or moves the ctime when it changes (content, xattrs,
-    link count, a symlink's target: a new inode)."""
-    return rows_signature(signature_rows(listing))
-
-
 def rows_signature(rows: Sequence[tuple[Any, ...]]) -> bytes:
-    """``listing_signature`` of the rows ``signature_rows`` made."""
+    """The signature of a folder's listing, from ``signature_rows`` of the entries the
+    scan keeps, in name order."""
     return blake3.blake3(msgpack.packb(rows, use_bin_type=True)).digest()
 
 
 def signature_rows(
     listing: Sequence[tuple[bytes, os.stat_result, str, str]],
 ) -> list[tuple[Any, ...]]:
-    """Each entry's row of ``listing_signature``."""
+    """Each entry's row of a listing's signature (``rows_signature``): ``(name, lstat,
+    user, group)``. Whatever a tree entry holds either is in it (name, mode, owner and
+    their names, size, mtime, device number, the inode and device a hard-link key is
+    made of) or moves the ctime when it changes (content, xattrs, link count, a
+    symlink's target: a new inode)."""
     return [
         (
             name,

@@ -7,7 +7,7 @@ signature and its encoded bytes in the tree the row names (``cache.pack_entries`
 an entry whose signature row is the same now is taken as those bytes, with no files
 row read, no ``Entry`` made and nothing encoded again. The signature row holds what
 the entry is made of, or what moves with it (the ctime), exactly as for a whole
-folder's reuse (``cache.listing_signature``); a row is trusted only when the cache's
+folder's reuse (``cache.signature_rows``); a row is trusted only when the cache's
 epoch is the store's (no chunk it names can have been collected).
 """
 
