@@ -11,8 +11,13 @@ with py-spy into WORK/restore-N.txt (collapsed stacks; its worker processes and 
 first (``bench.common.settle_deletions``: on ext4 without a journal, creating files right
 after a mass deletion costs several times the system time). A/B: ``--other-src OTHER/src``
 alternates the client between that tree (A, odd passes) and this checkout (B) against
-this checkout's server, each pass into a folder of its own (``--fresh``: nothing is
-deleted until the end, so no pass pays for another's deletion).
+this checkout's server (``--ab-server``: the server too, restarted with that pass's code),
+each pass into a folder of its own (``--fresh``: nothing is deleted until the end, so no
+pass pays for another's deletion; ``--freshfs``: into a new filesystem each,
+``bench.freshfs``, as ``make bench``). ``--engine`` restores with ``lamina snapshot
+restore`` from the server's data folder instead (the engine's restore of the same store:
+no server CPU); ``--both``: each pass does the engine's restore, then the server's.
+``--corpus DIR``: restore that tree (synced once) instead of building one.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import method
-from bench.common import ROOT, SETTLE_S, clean_env, rmtree, say, settle_deletions
+from bench import freshfs, method
+from bench.common import ROOT, SETTLE_S, clean_env, rmtree, say, settle_deletions, tree_size
 from bench.corpus import DEFAULT_GROUPS, build_corpus
 from bench.e2e_lamina import LaminaE2E
 from bench.e2e_prof import pyspy, top
@@ -85,24 +90,22 @@ def one_restore(
     work: Path,
     settle: float,
     src: Path | None = None,
+    engine: bool = False,
 ) -> dict[str, float]:
-    """One restore into ``out``; ``src``: the client's code is that tree's (an A/B run)."""
-    if out.exists():
+    """One restore into ``out``; ``src``: the client's code is that tree's (an A/B run);
+    ``engine``: ``lamina snapshot restore`` of the server's store, not through the server."""
+    if out.exists() and any(out.iterdir()):
         rmtree(out)
         settle_deletions(settle)
         say(f"(deleted the previous pass's files, then waited {settle:.0f} s)")
     assert lam.server.proc is not None
     su0, ss0 = _proc_times(lam.server.proc.pid)
-    argv = [
-        os.fspath(Path(sys.executable).parent / "lamina"),
-        "cvd",
-        "restore",
-        lam.cvd,
-        "--output",
-        os.fspath(out),
-        "--json",
-        *method.exact_restore_flags(),
-    ]
+    exe = os.fspath(Path(sys.executable).parent / "lamina")
+    argv = [exe, "cvd", "restore", lam.cvd, "--output", os.fspath(out)]
+    if engine:
+        argv = [exe, "snapshot", "restore", "latest", "--data", os.fspath(lam.server.data)]
+        argv += ["--output", os.fspath(out)]
+    argv += ["--json", *method.exact_restore_flags()]
     if profile == "client" and pyspy():
         stacks = work / f"restore-{n}.txt"
         argv = [pyspy() or "py-spy", "record", "--format", "raw", "--rate", "50", "--threads",
@@ -134,7 +137,7 @@ def one_restore(
         "client_rss_mib": usage.ru_maxrss / 1024,
     }
     say(
-        f"pass {n} {'B' if src is None else 'A'}: wall {wall:6.2f} s  client CPU user {user:6.2f} sys "
+        f"pass {n} {'B' if src is None else 'A'} {'engine' if engine else 'server'}: wall {wall:6.2f} s  client CPU user {user:6.2f} sys "
         f"{system:6.2f}  server CPU user {su1 - su0:6.2f} sys {ss1 - ss0:6.2f}  "
         f"client RSS {usage.ru_maxrss / 1024:.0f} MiB  load {os.getloadavg()[0]:.1f}",
         "bold",
@@ -143,6 +146,14 @@ def one_restore(
         for f, own, incl in sorted(top(work / f"restore-{n}.txt", 400), key=lambda r: -r[1])[:15]:
             print(f"    {incl * 100:5.1f}% {own * 100:5.1f}%  {f}")
     return row
+
+
+def restart_server(lam: LaminaE2E, src: Path | None) -> None:
+    """The server again on its data and port, its code ``src``'s (None: this checkout's)."""
+    lam.server.stop()
+    env = {k: v for k, v in lam.server.env.items() if k != "PYTHONPATH"}
+    lam.server.env = env if src is None else {**env, "PYTHONPATH": os.fspath(src)}
+    lam.server.start(timeout=300)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,13 +185,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--fresh", action="store_true", help="each pass into a new folder (none deleted)"
     )
+    ap.add_argument(
+        "--freshfs", action="store_true", help="each pass into a new filesystem (bench.freshfs)"
+    )
+    ap.add_argument("--engine", action="store_true", help="lamina snapshot restore instead")
+    ap.add_argument("--both", action="store_true", help="each pass: the engine's, the server's")
+    ap.add_argument(
+        "--ab-server", action="store_true", help="with --other-src: the server's code too"
+    )
+    ap.add_argument("--corpus", type=Path, help="restore this tree (synced once) instead")
     args = ap.parse_args(argv)
     become_subreaper()
     work: Path = args.work.resolve()
     rmtree(work)
     work.mkdir(parents=True)
     corpus = work / "corpus"
-    if args.small_files:
+    if args.corpus:
+        corpus = args.corpus.resolve()
+    elif args.small_files:
         corpus.mkdir()
         method.build_small_files(corpus, args.small_files, 1)  # make bench's --seed default
     else:
@@ -190,12 +212,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         lam.setup(start_timeout=300)
         r, _, cpu = lam.cycle(sync=True)
         say(f"first sync {r.seconds:.1f} s, agent CPU {cpu['agent_cpu_s']:.1f} s", "bold")
+        size = freshfs.size_for(tree_size(corpus))
+        kinds = [True, False] if args.both else [args.engine]
+        server_src: Path | None = None
         for n in range(1, args.passes + 1):
             settle = 0.0 if args.alternate and n % 2 == 0 else args.settle
-            out = work / (f"restored-{n}" if args.fresh else "restored")
             src = args.other_src.resolve() if args.other_src and n % 2 else None
+            if args.ab_server and src != server_src:
+                restart_server(lam, src)
+                server_src = src
             profile = args.profile if args.profile_pass in (0, n) else "none"
-            one_restore(lam, out, n, profile, work, settle, src)
+            for engine in kinds:
+                if args.freshfs:
+                    with freshfs.fresh_target(work, f"p{n}-{int(engine)}", size) as (out, _):
+                        one_restore(lam, out, n, profile, work, 0.0, src, engine)
+                    continue
+                out = work / (f"restored-{n}-{int(engine)}" if args.fresh else "restored")
+                one_restore(lam, out, n, profile, work, settle, src, engine)
     finally:
         lam.server.stop()
         for out in work.glob("restored*"):
