@@ -17,6 +17,15 @@ from lamina.server.services import blob_reads, deltas, fleet, tree_answers
 router = APIRouter()
 
 
+def packed(doc: object) -> memoryview:
+    """``doc`` as msgpack, a view of the packer's own buffer: the answer's bytes are
+    copied once. (``msgpack.packb`` copies that buffer into a new ``bytes`` again: for a
+    restore's answers, about 0.07 s of the server's CPU per GiB restored.)"""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    packer.pack(doc)
+    return packer.getbuffer()
+
+
 @router.post(
     "/blobs/read",
     summary="Blobs by id (msgpack list, possibly a prefix): plaintext verified by the server, or as stored",
@@ -33,7 +42,7 @@ def read_blobs(req: BlobsRequest, ctx: Ctx, caller: Caller, limits: Limits) -> R
         trees=limits.trees,
         audit=ctx.reads,
     )
-    return Response(msgpack.packb(data, use_bin_type=True), media_type="application/msgpack")
+    return Response(packed(data), media_type="application/msgpack")
 
 
 @router.post(
@@ -50,7 +59,7 @@ def read_deltas(req: DeltasRequest, ctx: Ctx, device: ActiveDevice, limits: Limi
         ctx.engine, ctx.store, cache, limits.trees, device.id, cvd, req.items
     )
     body = {"v": deltas.ANSWER_VERSION, "deltas": out}
-    return Response(msgpack.packb(body, use_bin_type=True), media_type="application/msgpack")
+    return Response(packed(body), media_type="application/msgpack")
 
 
 @router.post(
