@@ -321,3 +321,59 @@ def test_a_workers_job_of_small_files_is_one_server_request() -> None:
     batches.send()
     assert jobs == [HTTP_BATCH, HTTP_BATCH]
     assert restore_procs.PROC_JOB_FILES == HTTP_BATCH
+
+
+def _jobs_of(job_bytes: int | None) -> list[int]:
+    """Files per job of 64 files of 1 MiB (folders of 4) batched for workers."""
+    jobs: list[int] = []
+
+    class Pool:
+        def submit(self, fn: object, job: list[restore_procs.FolderFiles]) -> Future[object]:
+            jobs.append(sum(len(g.files) for g in job))
+            done: Future[object] = Future()
+            done.set_result(restore_procs.JobDone(0, 0, []))
+            return done
+
+    extra = {} if job_bytes is None else {"job_bytes": job_bytes}
+    batches: ProcessJobs[int] = ProcessJobs(
+        Pool(),  # type: ignore[arg-type]
+        slots=2,
+        landed=lambda done, err: None,
+        release=lambda folder: None,
+        **extra,
+    )
+    for k in range(16):
+        files = [(b"f%d" % n,) for n in range(4)]
+        folder = restore_procs.FolderFiles((b"d%d" % k,), (0, k), False, False, files)
+        batches.add(k, folder, 4 * MIB, False)
+    batches.send()
+    return jobs
+
+
+def test_a_source_whose_requests_cost_gets_larger_jobs(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``/blobs/read`` request costs the server about 1.6 ms of CPU besides its
+    blobs: a restore through a server (``Opener.job_bytes`` = ``REMOTE_JOB_BYTES``) gives
+    its workers jobs of 16 MiB, half as many requests as the 8 MiB jobs a store's
+    workers get. The restore hands the opener's figure to its jobs."""
+    assert _jobs_of(None) == [8] * 8
+    assert _jobs_of(restore_procs.REMOTE_JOB_BYTES) == [16] * 4
+    seen: list[int] = []
+
+    class Seen(ProcessJobs[object]):
+        def __init__(self, *args: object) -> None:
+            seen.append(args[-1])  # type: ignore[arg-type]
+            super().__init__(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("lamina.tree.restore.ProcessJobs", Seen)
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    remote = opener(blobs, key)._replace(job_bytes=restore_procs.REMOTE_JOB_BYTES)
+    restore_tree(dict_blobs(blobs, key), tid, tmp_path / "a", processes=2, opener=remote)
+    restore_tree(
+        dict_blobs(blobs, key), tid, tmp_path / "b", processes=2, opener=opener(blobs, key)
+    )
+    assert seen == [restore_procs.REMOTE_JOB_BYTES, restore_procs.PROC_JOB_BYTES]
+    assert_same_tree(src, tmp_path / "a")

@@ -25,7 +25,7 @@ from lamina.cli.progress import byte_progress, exit_with_warnings
 from lamina.cli.remote_blobs import WORKER_MODULES, remote_blobs, worker_blobs
 from lamina.errors import IntegrityError
 from lamina.tree.restore import restore_tree
-from lamina.tree.restore_procs import processes_for
+from lamina.tree.restore_procs import REMOTE_JOB_BYTES, processes_for
 from lamina.tree.restore_types import Opener
 
 #: The snapshot a command reads (``latest`` when not given).
@@ -241,7 +241,9 @@ def restore(
             same_owner=same_owner,
             processes=processes_for(snap["files"], snap["bytes"]),
             opener=Opener(
-                functools.partial(worker_blobs, api.url, api.token, id_key), WORKER_MODULES
+                functools.partial(worker_blobs, api.url, api.token, id_key),
+                WORKER_MODULES,
+                job_bytes=REMOTE_JOB_BYTES,
             ),
         )
     doc = {

@@ -53,6 +53,7 @@ from lamina.tree.restore_ahead import ReadAhead
 from lamina.tree.restore_batches import ProcessJobs
 from lamina.tree.restore_meta import ACLS
 from lamina.tree.restore_procs import (
+    PROC_JOB_BYTES,
     FolderFiles,
     JobDone,
     entry_fields,
@@ -170,7 +171,11 @@ class Restorer(FileWriter):
                 assert self._opener is not None
                 setup = parent_setup(self._opener, os.fsencode(target.absolute()), root_fd, self)
                 self._procs = ProcessJobs(
-                    start(setup, self.processes), 3 * self.processes, self._landed, self._release
+                    start(setup, self.processes),
+                    3 * self.processes,
+                    self._landed,
+                    self._release,
+                    self._opener.job_bytes or PROC_JOB_BYTES,
                 )
             with fewer_collections():
                 stopped = True

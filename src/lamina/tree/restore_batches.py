@@ -1,7 +1,8 @@
 """The jobs a restore hands to its worker processes (``lamina.tree.restore_procs``).
 
 The walk adds each folder's files as it leaves them; a job goes to a worker when it
-holds ``PROC_JOB_FILES`` files or ``PROC_JOB_BYTES`` bytes, or when the walk forces it
+holds ``PROC_JOB_FILES`` files or ``job_bytes`` bytes (``PROC_JOB_BYTES`` unless the
+workers' source asks for other, ``Opener.job_bytes``), or when the walk forces it
 (a hard link that follows waits for its first name). At most ``slots`` jobs are in
 flight. When a job is done (or failed, or cancelled) ``landed`` is told what it did
 and ``release`` is called once for each folder it held: the restorer counts, and sets
@@ -35,8 +36,11 @@ class ProcessJobs(Generic[F]):
         slots: int,
         landed: Callable[[JobDone | None, BaseException | None], None],
         release: Callable[[F], None],
+        job_bytes: int = PROC_JOB_BYTES,
     ) -> None:
         self.procs = procs
+        #: a job is sent when it holds this many bytes (or ``PROC_JOB_FILES`` files)
+        self._job_bytes = job_bytes
         self._slots = threading.BoundedSemaphore(slots)
         self._landed = landed
         self._release = release
@@ -50,7 +54,7 @@ class ProcessJobs(Generic[F]):
         self._batch.append((folder, files))
         self._count += len(files.files)
         self._bytes += size
-        if force or self._count >= PROC_JOB_FILES or self._bytes >= PROC_JOB_BYTES:
+        if force or self._count >= PROC_JOB_FILES or self._bytes >= self._job_bytes:
             return self.send()
         return None
 

@@ -62,6 +62,10 @@ MIN_BYTES = 512 << 20
 #: one ``/blobs/read`` request of a server (about 1.6 ms of its CPU each).
 PROC_JOB_FILES = HTTP_BATCH
 PROC_JOB_BYTES = 8 << 20
+#: A job's bytes when each request of the workers' source costs (``Opener.job_bytes``,
+#: ``lamina cvd restore --output``): half as many ``/blobs/read`` requests as 8 MiB jobs
+#: ("Restores (session 15)" in docs/design.md); a job is still one answer (32 MiB at most).
+REMOTE_JOB_BYTES = 16 << 20
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Python's safe import path (``-P``) as an environment variable

@@ -36,6 +36,9 @@ class Opener(NamedTuple):
 
     open: Callable[[], BlobSource]
     modules: tuple[str, ...] = ()
+    #: bytes of files in one worker's job at most (None: ``PROC_JOB_BYTES``); a source
+    #: whose every request costs (a server's) takes larger jobs, so fewer requests
+    job_bytes: int | None = None
 
 
 @dataclass
