@@ -295,36 +295,14 @@ def test_a_workers_job_of_small_files_is_one_server_request() -> None:
     costs the server about 1.6 ms of CPU besides its blobs. Jobs now hold as many files
     as one request carries ids (``HTTP_BATCH``, the route's 1,024): 2,048 files in
     folders of 64 make two jobs, four before."""
-    jobs: list[int] = []
-
-    class Pool:
-        def submit(self, fn: object, job: list[restore_procs.FolderFiles]) -> Future[object]:
-            jobs.append(sum(len(g.files) for g in job))
-            done: Future[object] = Future()
-            done.set_result(restore_procs.JobDone(0, 0, []))
-            return done
-
-    batches: ProcessJobs[int] = ProcessJobs(
-        Pool(),  # type: ignore[arg-type]
-        slots=2,
-        landed=lambda done, err: None,
-        release=lambda folder: None,
-    )
-    for k in range(32):
-        files = [(b"f%d" % n,) for n in range(64)]
-        batches.add(
-            k,
-            restore_procs.FolderFiles((b"d%d" % k,), (0, k), False, False, files),
-            64 * 100,
-            False,
-        )
-    batches.send()
+    jobs = _jobs_of(32, 64, 64 * 100, None)
     assert jobs == [HTTP_BATCH, HTTP_BATCH]
     assert restore_procs.PROC_JOB_FILES == HTTP_BATCH
 
 
-def _jobs_of(job_bytes: int | None) -> list[int]:
-    """Files per job of 64 files of 1 MiB (folders of 4) batched for workers."""
+def _jobs_of(folders: int, files: int, size: int, job_bytes: int | None) -> list[int]:
+    """Files per job of ``folders`` folders of ``files`` files (``size`` bytes a folder)
+    batched for workers (``job_bytes``: ``ProcessJobs``' own, None: its default)."""
     jobs: list[int] = []
 
     class Pool:
@@ -342,10 +320,10 @@ def _jobs_of(job_bytes: int | None) -> list[int]:
         release=lambda folder: None,
         **extra,
     )
-    for k in range(16):
-        files = [(b"f%d" % n,) for n in range(4)]
-        folder = restore_procs.FolderFiles((b"d%d" % k,), (0, k), False, False, files)
-        batches.add(k, folder, 4 * MIB, False)
+    for k in range(folders):
+        names = [(b"f%d" % n,) for n in range(files)]
+        folder = restore_procs.FolderFiles((b"d%d" % k,), (0, k), False, False, names)
+        batches.add(k, folder, size, False)
     batches.send()
     return jobs
 
@@ -357,8 +335,8 @@ def test_a_source_whose_requests_cost_gets_larger_jobs(
     blobs: a restore through a server (``Opener.job_bytes`` = ``REMOTE_JOB_BYTES``) gives
     its workers jobs of 16 MiB, half as many requests as the 8 MiB jobs a store's
     workers get. The restore hands the opener's figure to its jobs."""
-    assert _jobs_of(None) == [8] * 8
-    assert _jobs_of(restore_procs.REMOTE_JOB_BYTES) == [16] * 4
+    assert _jobs_of(16, 4, 4 * MIB, None) == [8] * 8
+    assert _jobs_of(16, 4, 4 * MIB, restore_procs.REMOTE_JOB_BYTES) == [16] * 4
     seen: list[int] = []
 
     class Seen(ProcessJobs[object]):
