@@ -13,12 +13,13 @@ optional bandwidth limit paces uploads (one at a time). A bundle goes as its par
 (``bundle_parts``: the payloads are not copied into one body).
 
 While the server's answers say it lacks most of what is asked about (a first sync),
-``put_chunk`` compresses a blob at once, on the scan's thread, rather than after the
-answer on the sender's: the plaintext is not copied to be kept (a reading thread's
-chunks are views of its buffer), the queue holds the smaller compressed bytes, and
-the scan's threads compress in parallel (zstd lets go of the GIL). Once the answers
-say the server holds most of it (a second endpoint of the same image), blobs are kept
-as plaintext until asked about, and only what it lacks is compressed.
+``put_chunk`` compresses a chunk handed over as a view of a reading thread's buffer
+(a large file's) at once, on the scan's thread, instead of copying it to keep it until
+the answer: no plaintext copy, the queue holds the smaller compressed bytes, and the
+scan's threads compress in parallel (zstd lets go of the GIL). A blob put as ``bytes``
+(a small file, a tree) is kept as it is, and compressed by the sender once the server
+says it lacks it; so is every blob once the answers say the server holds most of what
+is asked about (a second endpoint of the same image): only what it lacks is compressed.
 
 The scan's threads do not wait on the server: a full batch goes to the sink's sender
 thread (at most ``SETTLE_AHEAD`` batches queued: a scan ahead of the server waits for
@@ -165,7 +166,7 @@ class RemoteSink:
         if self.exact_need:
             self._bundle_blob(Queued(kind, bid, None, data, len(data)))
             return
-        if ahead:
+        if ahead and isinstance(data, memoryview):  # compressed instead of copied
             flag, payload = blob.compress(data)
             row = Queued(kind, bid, flag, payload, len(data))
         else:
