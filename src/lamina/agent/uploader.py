@@ -64,7 +64,6 @@ IN_FLIGHT = 2
 SETTLE_AHEAD = 2
 
 
-
 class Queued(NamedTuple):
     """A blob put but not yet asked about: compressed already (``flag`` and ``data`` as
     a bundle carries them) or, with ``flag`` None, its plaintext."""
