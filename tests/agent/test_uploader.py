@@ -16,7 +16,7 @@ from lamina.agent.transport import AgentClient
 from lamina.agent.uploader import RemoteSink
 from lamina.config import ServerSettings
 from lamina.errors import IntegrityError
-from lamina.protocol.bundle import MAX_BUNDLE_BLOBS
+from lamina.protocol.bundle import MAX_BUNDLE_BLOBS, PART_BYTES, decode_bundle
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.keys import ChunkingSecret, read_keyfile
@@ -208,4 +208,91 @@ def test_with_exact_need_an_upload_that_failed_stops_the_scan_at_its_next_blob(
             puts += 1
     assert puts < 1000  # raised by put_chunk, before any flush
     sink.close()
+    client.close()
+
+
+def test_a_bundle_goes_up_as_its_parts_not_one_joined_body(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle is posted as its parts with its length (a large payload as views of its
+    own bytes: no 8 MiB body joined and copied again by each partial socket send); the
+    server reads the same version 1 bundle and stores every blob."""
+    client, chunking = agent_client(server, "uploader-parts")
+    bodies: list[Any] = []
+    real = client.json
+
+    def recording(method: str, path: str, **kw: Any) -> Any:
+        if path == "/agent/bundles":
+            bodies.append((kw["content"], kw["headers"]["Content-Length"]))
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "json", recording)
+    rng = random.Random(7)
+    chunks = [rng.randbytes(PART_BYTES + 4096) for _ in range(3)] + [b"small" * 100]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    sink = RemoteSink(client, chunking)
+    for bid, c in zip(ids, chunks, strict=True):
+        sink.put_chunk(BlobKind.DATA, bid, c)
+    sink.flush()
+    [(parts, length)] = bodies
+    assert isinstance(parts, list) and int(length) == sum(len(p) for p in parts)
+    assert max(len(p) for p in parts) <= PART_BYTES + 64
+    assert sum(isinstance(p, memoryview) for p in parts) >= 6  # 3 random chunks, 2 views each
+    assert [b.id for b in decode_bundle(b"".join(parts))] == ids
+    assert sink.uploaded_bytes == int(length) and sink._missing(ids) == set()
+    client.close()
+
+
+def test_views_are_compressed_as_put_while_the_server_lacks_most_of_what_is_asked(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading thread's chunks are views of its buffer: while the server's last answer
+    said it lacked at least half of the bytes asked about, ``put_chunk`` compresses them
+    on the scan's thread (instead of copying them to keep); once an answer says the
+    server holds most (a second endpoint), they are kept as plaintext until asked about
+    and only what it lacks is compressed. The buffer is reused as soon as ``put_chunk``
+    returns: the server, which checks every blob against its id, gets the chunks put."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 10)
+    client, chunking = agent_client(server, "uploader-ahead")
+    compressed: list[tuple[bytes, str]] = []
+    real = blob.compress
+
+    def counting(data: bytes | memoryview) -> tuple[int, bytes]:
+        compressed.append((bytes(data), threading.current_thread().name))
+        return real(data)
+
+    monkeypatch.setattr(blob, "compress", counting)
+    scan = threading.current_thread().name
+    chunks = [f"chunk {i} ".encode() * 300 for i in range(60)]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    buffer = bytearray(4096)
+    sink = RemoteSink(client, chunking)
+
+    def put(k: int) -> None:
+        buffer[: len(chunks[k])] = chunks[k]
+        sink.put_chunk(BlobKind.DATA, ids[k], memoryview(buffer)[: len(chunks[k])])
+        buffer[:] = bytes(len(buffer))  # the reading thread's next read
+
+    for k in range(20):  # no answer yet: kept as plaintext
+        put(k)
+    sink.flush()  # the server lacked them all
+    assert [t for _, t in compressed] and scan not in {t for _, t in compressed}
+    compressed.clear()
+    for k in range(20, 40):  # compressed as they are put, by the scan's thread
+        put(k)
+    assert [c for c, t in compressed if t == scan] == chunks[20:40]
+    sink.flush()
+    assert {t for _, t in compressed} == {scan}  # none compressed twice
+    compressed.clear()
+    for k in range(0, 10):  # a second endpoint's chunks: the server holds them
+        put(k)
+    sink.flush()
+    assert [c for c, _ in compressed] == chunks[0:10]  # put before that answer: wasted
+    compressed.clear()
+    for k in [*range(10, 20), *range(40, 50)]:  # held: kept, never compressed
+        put(k)
+    sink.flush()
+    assert [c for c, t in compressed] == chunks[40:50]  # what the server lacked, once
+    assert scan not in {t for _, t in compressed}
+    assert sink.uploaded_blobs == 50 and sink._missing(ids[:50]) == set()
     client.close()

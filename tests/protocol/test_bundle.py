@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from typing import Any
 
 import pytest
@@ -10,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lamina.errors import IntegrityError, LaminaError, TooLargeError
-from lamina.protocol.bundle import BUNDLE_VERSION, BundleBlob, decode_bundle, encode_bundle
+from lamina.protocol.bundle import (
+    BUNDLE_VERSION,
+    PART_BYTES,
+    BundleBlob,
+    bundle_parts,
+    decode_bundle,
+    encode_bundle,
+)
 from tests.strategies import PARSER_SETTINGS, msgpack_values, mutations, packb
 
 GOOD = [BundleBlob(0, os.urandom(32), 0, b"payload", 7), BundleBlob(1, os.urandom(32), 1, b"", 0)]
@@ -28,6 +36,46 @@ def _decodes_or_refuses(data: bytes) -> None:
 
 def test_round_trip() -> None:
     assert decode_bundle(encode_bundle(GOOD)) == GOOD
+
+
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [
+        (0, [0]),
+        (1, [PART_BYTES * 3 + 5]),
+        (15, [0, 1, 255, 256, 65535, 65536]),  # msgpack's fixarray, bin 8, 16 and 32
+        (16, [PART_BYTES - 1, PART_BYTES, PART_BYTES + 1, 4 * 1024 * 1024]),
+        (17, [0, 100, PART_BYTES // 2 + 1]),
+        (65_536, [0, 31, 200]),  # an array 32 header
+    ],
+)
+def test_a_bundle_sent_as_parts_is_the_version_1_document_byte_for_byte(
+    count: int, sizes: list[int]
+) -> None:
+    """The agent sends a bundle as its parts (no joined copy of its payloads): joined,
+    they are msgpack's encoding of the version 1 document, whatever the blob count and
+    payload sizes (so every server that reads version 1 reads them); a large payload is
+    sent as views of its own bytes, and no part is much larger than ``PART_BYTES``."""
+    rng = random.Random(count)
+    blobs = [
+        BundleBlob(
+            rng.choice([0, 1, 127, 128, 255]),
+            rng.randbytes(32),
+            rng.choice([0, 1]),
+            rng.randbytes(sizes[i % len(sizes)]),
+            rng.choice([0, 127, 128, 65_536, 2**32 + 1]),
+        )
+        for i in range(count)
+    ]
+    size, parts = bundle_parts(blobs)
+    body = b"".join(parts)
+    assert body == packb({"v": BUNDLE_VERSION, "blobs": [list(b) for b in blobs]})
+    assert size == len(body) and encode_bundle(blobs) == body
+    assert max(len(p) for p in parts) <= PART_BYTES + 64
+    big = {id(b.payload) for b in blobs if len(b.payload) >= PART_BYTES}
+    views = [p for p in parts if isinstance(p, memoryview)]
+    assert {id(v.obj) for v in views} == big  # not copied
+    assert decode_bundle(body) == blobs
 
 
 def test_too_many_blobs_is_too_large() -> None:

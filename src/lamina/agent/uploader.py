@@ -9,7 +9,17 @@ what it names). Only the blobs the server lacks are then compressed (the agent h
 the chunking secret, never the data key) and sent in bundles of about 8 MiB,
 ``IN_FLIGHT`` at once; the server verifies, encrypts and stores each bundle durably
 before answering, so an interrupted sync resumes without sending a bundle twice. An
-optional bandwidth limit paces uploads (one at a time).
+optional bandwidth limit paces uploads (one at a time). A bundle goes as its parts
+(``bundle_parts``: the payloads are not copied into one body).
+
+While the server's answers say it lacks most of what is asked about (a first sync),
+``put_chunk`` compresses a chunk handed over as a view of a reading thread's buffer
+(a large file's) at once, on the scan's thread, instead of copying it to keep it until
+the answer: no plaintext copy, the queue holds the smaller compressed bytes, and the
+scan's threads compress in parallel (zstd lets go of the GIL). A blob put as ``bytes``
+(a small file, a tree) is kept as it is, and compressed by the sender once the server
+says it lacks it; so is every blob once the answers say the server holds most of what
+is asked about (a second endpoint of the same image): only what it lacks is compressed.
 
 The scan's threads do not wait on the server: a full batch goes to the sink's sender
 thread (at most ``SETTLE_AHEAD`` batches queued: a scan ahead of the server waits for
@@ -25,10 +35,10 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 from lamina.agent.transport import AgentClient, retrying
-from lamina.protocol.bundle import MEDIA_TYPE, BundleBlob, encode_bundle
+from lamina.protocol.bundle import MEDIA_TYPE, BundleBlob, bundle_parts
 from lamina.store import blob
 from lamina.store.batch import TreeBatcher
 from lamina.store.blob import BlobKind
@@ -41,9 +51,10 @@ BUNDLE_RAW_BYTES = 64 * 1024 * 1024
 #: server refuses more than ``MAX_BUNDLE_BLOBS``).
 BUNDLE_BLOBS = 10_000
 MISSING_BATCH = 5000
-#: Blobs queued (and their plaintext bytes) before one ``/agent/missing`` asks about
-#: them: a question per many of the scan's jobs (each up to 256 small files) rather
-#: than one per job, with a bound on the plaintext the sink holds.
+#: Blobs queued (and the bytes they hold: plaintext, or compressed once the server lacks
+#: most of what is asked) before one ``/agent/missing`` asks about them: a question per
+#: many of the scan's jobs (each up to 256 small files) rather than one per job, with a
+#: bound on the bytes the sink holds.
 ASK_BLOBS = 2048
 ASK_BYTES = 4 * 1024 * 1024
 #: Bundles uploaded at once (each over one of the client's keep-alive connections) when
@@ -52,8 +63,16 @@ IN_FLIGHT = 2
 #: Full batches waiting for the sender thread before a scan's thread waits for it.
 SETTLE_AHEAD = 2
 
-#: A blob put but not yet asked about: (kind, id, plaintext)
-Queued = tuple[BlobKind, bytes, bytes | memoryview]
+
+class Queued(NamedTuple):
+    """A blob put but not yet asked about: compressed already (``flag`` and ``data`` as
+    a bundle carries them) or, with ``flag`` None, its plaintext."""
+
+    kind: BlobKind
+    id: bytes
+    flag: int | None
+    data: bytes | memoryview
+    raw_length: int
 
 
 class RemoteSink:
@@ -94,6 +113,9 @@ class RemoteSink:
         self._error: BaseException | None = None
         self._closed = False
         self._ask_bytes = 0
+        #: compress blobs as they are put: the last answer said the server lacked at
+        #: least half of the bytes asked about (none yet: not until one says so)
+        self._ahead = False
         #: folders' trees, asked about in batches (the store's writer batches the same way)
         self._trees = TreeBatcher(self.need, self._put_tree)
         self._bundle_size = 0
@@ -130,26 +152,34 @@ class RemoteSink:
 
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
         """Queue a blob to ask about (again under a queued or uploading id: ignored);
-        ``data`` is kept until then (a memoryview is copied: its buffer may be reused).
-        An upload that failed is raised here, to the scan, not only at ``flush``."""
+        ``data`` is kept until then, compressed or as plaintext (a memoryview is read
+        before this returns: its buffer may be reused). An upload that failed is raised
+        here, to the scan, not only at ``flush``."""
         self._check()
-        if isinstance(data, memoryview):
-            data = bytes(data)
         with self._lock:
             if bid in self._sent:
                 return
-            self._sent.add(bid)
-            batch = None
-            if not self.exact_need:
-                self._ask.append((kind, bid, data))
-                self._ask_bytes += len(data)
-                if len(self._ask) < ASK_BLOBS and self._ask_bytes < ASK_BYTES:
-                    return
-                batch = self._take_ask()
-        if batch is None:  # ``need`` asked the server already (``exact_need``)
-            self._bundle_blob(kind, bid, data)
+            if self.exact_need:  # ``need`` asked the server already: bundle it
+                self._sent.add(bid)
+            ahead = self._ahead
+        if self.exact_need:
+            self._bundle_blob(Queued(kind, bid, None, data, len(data)))
+            return
+        if ahead and isinstance(data, memoryview):  # compressed instead of copied
+            flag, payload = blob.compress(data)
+            row = Queued(kind, bid, flag, payload, len(data))
         else:
-            self._hand_over(batch)
+            row = Queued(kind, bid, None, bytes(data), len(data))
+        with self._lock:
+            if bid in self._sent:  # put by another thread meanwhile
+                return
+            self._sent.add(bid)
+            self._ask.append(row)
+            self._ask_bytes += len(row.data)
+            if len(self._ask) < ASK_BLOBS and self._ask_bytes < ASK_BYTES:
+                return
+            batch = self._take_ask()
+        self._hand_over(batch)
 
     def _take_ask(self) -> list[Queued]:
         """The queued blobs, the queue emptied (the caller holds ``_lock``)."""
@@ -190,24 +220,29 @@ class RemoteSink:
         the rest's ids (the server answers for those from now on)."""
         if not batch:
             return
-        missing = self._missing([bid for _, bid, _ in batch])
-        held = [bid for _, bid, _ in batch if bid not in missing]
+        missing = self._missing([row.id for row in batch])
+        held = [row.id for row in batch if row.id not in missing]
         with self._lock:
             self._sent.difference_update(held)
+        lacking = sum(row.raw_length for row in batch if row.id in missing)
+        self._ahead = lacking * 2 >= sum(row.raw_length for row in batch)
         # last first, so that each plaintext is let go once it is compressed: the batch
         # holds none of it while a full bundle is sent
-        todo = [row for row in reversed(batch) if row[1] in missing]
+        todo = [row for row in reversed(batch) if row.id in missing]
         batch.clear()
         while todo:
-            self._bundle_blob(*todo.pop())
+            self._bundle_blob(todo.pop())
 
-    def _bundle_blob(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
-        flag, payload = blob.compress(data)
+    def _bundle_blob(self, row: Queued) -> None:
+        if row.flag is None:
+            flag, payload = blob.compress(row.data)
+        else:
+            flag, payload = row.flag, bytes(row.data)
         full: list[BundleBlob] | None = None
         with self._lock:
-            self._bundle.append(BundleBlob(int(kind), bid, flag, payload, len(data)))
+            self._bundle.append(BundleBlob(int(row.kind), row.id, flag, payload, row.raw_length))
             self._bundle_size += len(payload)
-            self._bundle_raw += len(data)
+            self._bundle_raw += row.raw_length
             if (
                 self._bundle_size >= BUNDLE_BYTES
                 or self._bundle_raw >= BUNDLE_RAW_BYTES
@@ -270,15 +305,15 @@ class RemoteSink:
 
     def _upload(self, blobs: list[BundleBlob]) -> None:
         """Send a full bundle on an upload thread; ``blobs`` is emptied (the caller's
-        list: its payloads are freed once encoded). The caller waits for a free slot
-        holding the payloads alone, not their encoded copy too, so a sync holds at most
-        ``IN_FLIGHT`` encoded bundles."""
+        list). The bundle goes as its parts (views of the payloads, no joined body), so
+        a sync holds its payloads once: at most ``IN_FLIGHT`` bundles being sent and the
+        one being filled."""
         self._slots.acquire()
         try:
-            body = encode_bundle(blobs)
+            size, parts = bundle_parts(blobs)
             ids = [b.id for b in blobs]
             blobs.clear()
-            sent = self._uploads.submit(self._send, body, ids)
+            sent = self._uploads.submit(self._send, size, parts, ids)
             with self._lock:  # the scan's threads upload too with ``exact_need``
                 self._pending = [f for f in self._pending if not f.done()]
                 self._pending.append(sent)
@@ -286,23 +321,23 @@ class RemoteSink:
             self._slots.release()
             raise
 
-    def _send(self, body: bytes, ids: list[bytes]) -> None:
-        """An upload thread: post one bundle, then free its slot."""
+    def _send(self, size: int, parts: list[bytes | memoryview], ids: list[bytes]) -> None:
+        """An upload thread: post one bundle (``size`` bytes in ``parts``), then free its
+        slot."""
+        headers = {"Content-Type": MEDIA_TYPE, "Content-Length": str(size)}
         try:
             retrying(
-                lambda: self.client.json(
-                    "POST", "/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE}
-                )
+                lambda: self.client.json("POST", "/agent/bundles", content=parts, headers=headers)
             )
             with self._lock:
                 self.bundles += 1
                 self.uploaded_blobs += len(ids)
-                self.uploaded_bytes += len(body)
+                self.uploaded_bytes += size
                 self._sent.difference_update(ids)
             if self.on_upload:
                 with self._report_lock:
-                    self.on_upload(len(body))
-            self._pace(len(body))
+                    self.on_upload(size)
+            self._pace(size)
         except BaseException as e:
             self._fail(e)
             raise

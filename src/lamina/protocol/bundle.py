@@ -8,10 +8,16 @@ Bundle, version 1 (msgpack)::
 agent compresses; the server decompresses (bounded by ``raw_length``), checks
 every id against its content, then encrypts with the data key, which never
 leaves the server. One bad blob refuses the whole bundle.
+
+The agent sends a bundle as its parts (``bundle_parts``): the msgpack headers and
+small payloads packed together, each large payload as views of its own bytes, so no
+joined copy of the whole body is made; the bytes on the wire are those of
+``encode_bundle``, exactly.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 import msgpack
@@ -31,10 +37,57 @@ class BundleBlob(NamedTuple):
     raw_length: int
 
 
+#: Payloads from this size on are sent as views of their own bytes, not packed
+#: beside the headers; and no part handed to the HTTP client is larger (a socket's
+#: partial send copies what is left of the part: httpcore's ``buffer[n:]``).
+PART_BYTES = 256 * 1024
+#: msgpack's bin 32 header: 0xc6, then the length (big-endian u32)
+_BIN32 = struct.Struct(">BI")
+#: The most a row's fields but its payload take packed (id, kind, flag, sizes, headers)
+_ROW_FIELDS = 64
+
+
+def bundle_parts(blobs: list[BundleBlob]) -> tuple[int, list[bytes | memoryview]]:
+    """The body of a bundle of ``blobs`` as parts to send in order, and its length:
+    ``b"".join`` of the parts is ``encode_bundle(blobs)``. The views are of the blobs'
+    payloads, valid while those are."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    packer.pack_map_header(2)
+    packer.pack("v")
+    packer.pack(BUNDLE_VERSION)
+    packer.pack("blobs")
+    packer.pack_array_header(len(blobs))
+    parts: list[bytes | memoryview] = []
+
+    def flush(tail: bytes = b"") -> None:
+        parts.append(packer.bytes() + tail)
+        packer.reset()
+
+    packed = 0  # about what the packer holds: a row's fields and its payload
+    for b in blobs:
+        n = len(b.payload)
+        if packed + n + _ROW_FIELDS > PART_BYTES and packed:
+            flush()
+            packed = 0
+        packer.pack_array_header(5)
+        packer.pack(b.kind)
+        packer.pack(b.id)
+        packer.pack(b.flag)
+        if n < PART_BYTES:
+            packer.pack(b.payload)
+            packed += n + _ROW_FIELDS
+        else:  # msgpack's bin 32 (a payload of PART_BYTES or more needs 32 bits)
+            flush(_BIN32.pack(0xC6, n))
+            view = memoryview(b.payload)
+            parts.extend(view[i : i + PART_BYTES] for i in range(0, n, PART_BYTES))
+            packed = 0
+        packer.pack(b.raw_length)
+    flush()
+    return sum(len(p) for p in parts), parts
+
+
 def encode_bundle(blobs: list[BundleBlob]) -> bytes:
-    return msgpack.packb(
-        {"v": BUNDLE_VERSION, "blobs": [list(b) for b in blobs]}, use_bin_type=True
-    )
+    return b"".join(bundle_parts(blobs)[1])
 
 
 def decode_bundle(data: bytes) -> list[BundleBlob]:
