@@ -273,6 +273,7 @@ class ProcessReaders:
     def run_job(self, job: Job, name: Callable[[Entry], None]) -> list[str | None]:
         """Read ``job`` in a worker; add the chunks the store lacks; ``name`` fills an
         entry's owner names from its uid and gid."""
+        self._send_known()  # before the request: the worker skips them in this job already
         with self._lock:
             seal = self._seal
             proc = min(self.procs, key=lambda p: p.in_flight)
