@@ -41,6 +41,23 @@ def test_need_probes_a_set_of_the_stores_data_ids_once_enough_were_asked(
         assert w.need([new]) == set()
 
 
+def test_a_store_holding_most_of_what_was_asked_loads_its_ids_whatever_the_ratio(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store many times larger than what a session asked so far is loaded when it held
+    most of it (a copy of data it has: a 2nd endpoint's first backup asks about it all),
+    and not when it held little (new data: a re-backup of changes)."""
+    with store.writer() as w:
+        held = [w.put(BlobKind.DATA, f"held {i}".encode()) for i in range(100)]
+    monkeypatch.setattr(writer_mod, "_KNOWN_AFTER", 8)  # the store: 12.5x that
+    with store.writer() as w:
+        assert w.need([os.urandom(32) for _ in range(8)]) and w.known_data is None
+    with store.writer() as w:
+        assert w.need(held[:4]) == set() and w.known_data is None  # below the threshold
+        assert w.need(held[4:8]) == set()
+        assert w.known_data == set(held)
+
+
 def test_a_backups_chunks_go_into_the_pack_without_being_joined_on_their_own(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

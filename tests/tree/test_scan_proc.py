@@ -163,15 +163,17 @@ def test_a_worker_takes_the_next_request_before_its_answer_is_read(store: Store,
     assert proc.proc.returncode == 0
 
 
-def test_once_the_writer_loaded_the_stores_ids_a_worker_sends_none_of_them_back(
+def backed_up_once_then_counted(
     store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[bytes, list[int]]:
+    """``src`` backed up once through a worker; from then on the store's ids load at a
+    writer's first ask (however few ids were asked), and the chunks each of a worker's
+    answers carries are counted (the list returned)."""
     with store.writer() as w:
         tid = Scanner(w, workers=1, processes=1, process_after=0).scan(src)
-    # the store's ids load at the first ask (however few ids were asked so far)
     monkeypatch.setattr(writer_module, "_KNOWN_AFTER", 1)
     monkeypatch.setattr(writer_module, "_KNOWN_RATIO", 1000)
-    sent: list[int] = []  # chunks each answer carried
+    sent: list[int] = []
     real = ReadProcess.answer
 
     def answer(self: ReadProcess, ticket: int) -> Any:
@@ -180,11 +182,33 @@ def test_once_the_writer_loaded_the_stores_ids_a_worker_sends_none_of_them_back(
         return got
 
     monkeypatch.setattr(ReadProcess, "answer", answer)
+    return tid, sent
+
+
+def test_once_the_writer_loaded_the_stores_ids_a_worker_sends_none_of_them_back(
+    store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tid, sent = backed_up_once_then_counted(store, src, monkeypatch)
     with store.writer() as w:
         assert Scanner(w, workers=1, processes=1, process_after=0).scan(src) == tid
         assert w.known_data is not None and w.new_blobs == 0
     # the first answer came before the ids were loaded; every later one carried no chunk
     assert len(sent) > 1 and sent[0] > 0 and sent[1:] == [0] * (len(sent) - 1)
+
+
+def test_ids_the_writer_loaded_before_the_first_job_reach_the_worker_before_it(
+    store: Store, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's ids go to a worker ahead of its first request when the writer has them
+    already (the reading threads asked first): not after its first answer, which then
+    carried every chunk of its job back."""
+    tid, sent = backed_up_once_then_counted(store, src, monkeypatch)
+    with store.writer() as w:
+        w.need([b"\0" * 32])  # loads the store's ids (a re-backup's first question)
+        assert w.known_data
+        assert Scanner(w, workers=1, processes=1, process_after=0).scan(src) == tid
+        assert w.new_blobs == 0
+    assert sent and sent == [0] * len(sent)
 
 
 def test_a_worker_that_cannot_start_leaves_the_reading_to_the_threads(

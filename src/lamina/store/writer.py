@@ -39,7 +39,9 @@ _COMMIT_ATTEMPTS = 5
 _KNOWN_AFTER = 4096
 #: ... if the store holds at most this many (about 100 bytes of memory each), and at
 #: most this many times the ids asked so far (a row loaded costs about a fifth of an id
-#: asked by query); asked again each time the ids asked double.
+#: asked by query), or whatever it holds when it held most of the ids asked (a copy of
+#: data it has, as a 2nd endpoint's first backup: the session will ask about it all);
+#: asked again each time the ids asked double.
 _KNOWN_LIMIT = 500_000
 _KNOWN_RATIO = 4
 
@@ -68,6 +70,8 @@ class Writer:
         self._known: set[bytes] | None = None
         self._known_refused = False
         self._asked = 0
+        #: of the data ids asked by query, those the store held
+        self._held = 0
         self._next_try = _KNOWN_AFTER
         self._known_lock = threading.Lock()
         #: Full packs, finished (joined, hashed, header sealed) by the upload thread: not
@@ -132,6 +136,10 @@ class Writer:
             known = self._known_data(len(fresh))
             if known is not None:
                 return {i for i in fresh if i not in known}
+            missing = self.store.catalog.missing(fresh, kind=kind)
+            with self._known_lock:
+                self._held += len(fresh) - len(missing)
+            return missing
         return self.store.catalog.missing(fresh, kind=kind)
 
     def _known_data(self, asking: int) -> set[bytes] | None:
@@ -145,7 +153,8 @@ class Writer:
             if self._known is None and not self._known_refused:
                 self._asked += asking
                 if self._asked >= self._next_try:
-                    limit = _KNOWN_RATIO * self._asked
+                    held_most = 2 * self._held >= self._asked
+                    limit = _KNOWN_LIMIT if held_most else _KNOWN_RATIO * self._asked
                     self._known = self.store.catalog.known_ids(
                         BlobKind.DATA, min(limit, _KNOWN_LIMIT)
                     )

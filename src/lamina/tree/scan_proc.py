@@ -44,6 +44,7 @@ from lamina.errors import LaminaError
 from lamina.store import blob
 from lamina.store.blob import ID_SIZE, BlobKind
 from lamina.store.chunking import ChunkingSecret
+from lamina.tree.collector import fewer_collections
 from lamina.tree.model import Entry
 from lamina.tree.scan_read import BlobSink, FileReader, Job
 
@@ -273,6 +274,7 @@ class ProcessReaders:
     def run_job(self, job: Job, name: Callable[[Entry], None]) -> list[str | None]:
         """Read ``job`` in a worker; add the chunks the store lacks; ``name`` fills an
         entry's owner names from its uid and gid."""
+        self._send_known()  # before the request: the worker skips them in this job already
         with self._lock:
             seal = self._seal
             proc = min(self.procs, key=lambda p: p.in_flight)
@@ -404,6 +406,11 @@ def main(sock_fd: int) -> None:
     seed, id_key, lo, avg, hi, data_key = pickle.loads(got[0])  # noqa: S301 - see below
     sink = _WorkerSink(ChunkingSecret(seed, id_key, lo, avg, hi), data_key)
     reader = _WorkerReader(sink)
+    with fewer_collections():  # the worker's imports left out of the collector's passes
+        _serve(sock, sink, reader)
+
+
+def _serve(sock: socket.socket, sink: _WorkerSink, reader: _WorkerReader) -> None:
     while (msg := _recv(sock, MAX_FDS)) is not None:
         body, fds = msg
         request = pickle.loads(body)  # noqa: S301 - our parent, a private socket
