@@ -421,21 +421,7 @@ def test_a_signature_row_is_schema_4_s_row_made_in_one_pass(tmp_path: Path) -> N
     st = os.lstat(tmp_path / "f")
     user, group = {st.st_uid: "u"}, {st.st_gid: "g"}
     rows = cache_mod.signature_rows([(b"f", st, "file")], user, group)
-    assert rows == [
-        (
-            b"f",
-            st.st_mode,
-            st.st_ino,
-            st.st_dev,
-            st.st_nlink,
-            st.st_uid,
-            st.st_gid,
-            "u",
-            "g",
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-            st.st_rdev,
-        )
-    ]
+    ids = [getattr(st, f"st_{k}") for k in ("mode", "ino", "dev", "nlink", "uid", "gid")]
+    times = [getattr(st, f"st_{k}") for k in ("size", "mtime_ns", "ctime_ns", "rdev")]
+    assert rows == [(b"f", *ids, "u", "g", *times)]
     assert cache_mod.rows_signature(rows) == cache_mod.rows_signature([tuple(rows[0])])
