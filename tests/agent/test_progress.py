@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from lamina.agent import sync as sync_mod
 from lamina.agent.runner import Agent
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
-def test_later_syncs_report_a_percentage(live: Live, tmp_path: Path) -> None:  # noqa: F811
+def test_later_syncs_report_a_percentage(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A sync shorter than the reports' period makes none (its first is due a period in):
+    # with no period, this short one reports as a long one does.
+    monkeypatch.setattr(sync_mod, "PROGRESS_SECONDS", 0.0)
     root, state = live.enrolled_agent(tmp_path, "progress-host")
     for i in range(3):
         (root / f"file{i}.bin").write_bytes(bytes([i]) * 200_000)

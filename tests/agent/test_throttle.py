@@ -58,6 +58,27 @@ def test_a_call_held_back_is_made_once_the_period_allows_with_the_latest_state()
     assert sent == ["a", "c"] and len(later.due) == 2
 
 
+def test_with_a_quiet_start_the_first_call_waits_a_period_and_a_short_task_makes_none() -> None:
+    now, state, sent = [5.0], ["a"], []
+    later = _Later()
+    report = Throttled(
+        lambda: sent.append(state[0]), 1.0, lambda: now[0], later, _at_once, quiet_start=True
+    )
+    now[0] = 5.3
+    report()  # held back: due a period after the start, not made now
+    assert sent == [] and len(later.due) == 1 and abs(later.due[0][0] - 0.7) < 1e-9
+    report.settle()  # the task ended before the period: no call at all
+    assert later.cancelled == 1 and sent == []
+    longer = Throttled(
+        lambda: sent.append(state[0]), 1.0, lambda: now[0], later, _at_once, quiet_start=True
+    )
+    now[0], state[0] = 5.4, "b"
+    longer()
+    now[0], state[0] = 6.4, "c"
+    later.due[-1][1]()  # a longer task: its progress is shown a period in, the latest
+    assert sent == ["c"]
+
+
 def test_settle_cancels_a_call_held_back() -> None:
     now, sent = [0.0], []
     later = _Later()

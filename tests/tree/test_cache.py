@@ -412,3 +412,16 @@ def test_a_cache_that_cannot_be_written_fails_the_backup_before_its_snapshot(
     r = run_backup(store, src, cache)
     assert r.stats.files_read == 1
     restore_and_compare(store, r.snapshot, src, tmp_path / "out")
+
+
+def test_a_signature_row_is_schema_4_s_row_made_in_one_pass(tmp_path: Path) -> None:
+    # The listing's signature is a schema 4 format: the rows must stay these fields in this
+    # order (a cache of version 4 written before holds signatures of them).
+    write(tmp_path / "f", b"data", MTIME)
+    st = os.lstat(tmp_path / "f")
+    user, group = {st.st_uid: "u"}, {st.st_gid: "g"}
+    rows = cache_mod.signature_rows([(b"f", st, "file")], user, group)
+    ids = [getattr(st, f"st_{k}") for k in ("mode", "ino", "dev", "nlink", "uid", "gid")]
+    times = [getattr(st, f"st_{k}") for k in ("size", "mtime_ns", "ctime_ns", "rdev")]
+    assert rows == [(b"f", *ids, "u", "g", *times)]
+    assert cache_mod.rows_signature(rows) == cache_mod.rows_signature([tuple(rows[0])])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
+from lamina.tree.model import decode_tree
 from lamina.tree.restore import restore_tree
 from lamina.tree.scan import Scanner, _NameCache
 from lamina.tree.scan_read import FileReader
@@ -78,3 +80,27 @@ def test_an_owner_name_is_asked_once_and_an_id_without_one_is_empty() -> None:
     names = _NameCache(lookup)
     assert [names[0], names[4242], names[0], names[4242]] == ["user0", "", "user0", ""]
     assert asked == [0, 4242]
+
+
+def test_a_folders_names_are_encoded_without_a_python_call_per_name(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unchanged folder's check is Python per entry: its names are encoded as
+    # ``os.fsencode`` does, but in one comprehension, not a call of it per name.
+    small_tree(tmp_path / "src", folders=2, files=50)
+    write(tmp_path / "src" / "caf\u00e9", b"x")
+    calls: list[object] = []
+    real = os.fsencode
+
+    def fsencode(name: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> bytes:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(os, "fsencode", fsencode)
+    with store.writer() as w:
+        scanner = Scanner(w, workers=2)
+        tid = scanner.scan(tmp_path / "src")
+    assert len(calls) <= 1  # the root's path
+    root = decode_tree(store.get(tid))
+    assert [e.name for e in root] == [b"caf\xc3\xa9", b"d0", b"d1"]
+    assert scanner.stats.files == 101

@@ -189,8 +189,11 @@ def run_sync(
         return {"phase": phase, **known, **counters}
 
     # Each report writes the status file and posts to the server: at most one a second,
-    # and one held back is made a moment later (an upload held up shows what came before).
-    report = Throttled(lambda: progress(snapshot()) if progress else None, PROGRESS_SECONDS)
+    # and one held back is made a moment later (an upload held up shows what came before);
+    # the first a second in (the status says "syncing" already): a shorter sync makes none.
+    report = Throttled(
+        lambda: progress(snapshot()) if progress else None, PROGRESS_SECONDS, quiet_start=True
+    )
 
     def on_file(nfiles: int, nbytes: int) -> None:
         before = counters["files"]

@@ -39,7 +39,9 @@ class Throttled:
     the upload) is still shown, not only the report before it. One call runs at a time:
     calls the limit allows while one runs are made once more by its thread when it ends,
     not on a thread each (a server that answers slowly piles up no threads). ``settle``
-    cancels a call held back and waits for the one being made."""
+    cancels a call held back and waits for the one being made. With ``quiet_start`` the
+    period starts at construction (the caller has just shown its state): a task shorter
+    than one period makes no call, a longer one its first a period in."""
 
     def __init__(
         self,
@@ -48,10 +50,11 @@ class Throttled:
         clock: Callable[[], float] = time.monotonic,
         later: Callable[[float, Callable[[], None]], Pending] = _timer,
         now: Callable[[Callable[[], None]], Running] = _thread,
+        quiet_start: bool = False,
     ) -> None:
         self._send, self._every, self._clock, self._later = send, every, clock, later
         self._now = now
-        self._last = -every
+        self._last = clock() if quiet_start else -every
         self._pending: Pending | None = None
         #: the thread making the calls the limit allowed (None: none started yet)
         self._running: Running | None = None

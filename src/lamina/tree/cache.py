@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,13 +91,16 @@ def rows_signature(rows: Sequence[tuple[Any, ...]]) -> bytes:
 
 
 def signature_rows(
-    listing: Sequence[tuple[bytes, os.stat_result, str, str]],
+    listing: Iterable[tuple[bytes, os.stat_result, object]],
+    user: Mapping[int, str],
+    group: Mapping[int, str],
 ) -> list[tuple[Any, ...]]:
-    """Each entry's row of a listing's signature (``rows_signature``): ``(name, lstat,
-    user, group)``. Whatever a tree entry holds either is in it (name, mode, owner and
-    their names, size, mtime, device number, the inode and device a hard-link key is
-    made of) or moves the ctime when it changes (content, xattrs, link count, a
-    symlink's target: a new inode)."""
+    """Each entry's row of a listing's signature (``rows_signature``), from its ``(name,
+    lstat, ...)`` and the names of its owner and group (``user``, ``group``: by id). Whatever
+    a tree entry holds either is in it (name, mode, owner and their names, size, mtime,
+    device number, the inode and device a hard-link key is made of) or moves the ctime when
+    it changes (content, xattrs, link count, a symlink's target: a new inode). One pass
+    over the listing: an unchanged folder's check makes no other tuple per entry."""
     return [
         (
             name,
@@ -107,14 +110,14 @@ def signature_rows(
             st.st_nlink,
             st.st_uid,
             st.st_gid,
-            user,
-            group,
+            user[st.st_uid],
+            group[st.st_gid],
             st.st_size,
             st.st_mtime_ns,
             st.st_ctime_ns,
             st.st_rdev,
         )
-        for name, st, user, group in listing
+        for name, st, _ in listing
     ]
 
 

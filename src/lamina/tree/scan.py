@@ -25,6 +25,7 @@ import grp
 import os
 import pwd
 import stat
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -71,6 +72,8 @@ HELD_DIRS = 512
 _IFMT = 0o170000
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: ``os.fsencode``'s codec: a listing's names are encoded with no Python call per name
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 @dataclass
@@ -130,8 +133,9 @@ class _Dir:
     #: the listing matched the row: its entries other than folders, built only if a
     #: sub-folder's tree turns out to have changed (``_finish``)
     deferred: list[tuple[bytes, os.stat_result, str]] | None = None
-    #: with a files cache: the signature rows of the entries other than folders, and
-    #: those of them taken from the folder's row (``scan_entries``)
+    #: with a files cache: the listing's signature rows, those of the entries other than
+    #: folders (a folder built), and the entries taken from the folder's row (``scan_entries``)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
     sigs: list[tuple[Any, ...]] = field(default_factory=list)
     reused: Reused = field(default_factory=Reused)
 
@@ -299,21 +303,16 @@ class Scanner(FileReader):
         self.stats.dirs += 1
         d = _Dir(rel, path, parent)
         try:
-            with os.scandir(dfd) as it:
-                names = sorted(os.fsencode(de.name) for de in it)
+            names = sorted([n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(dfd)])
         except OSError as err:
             self.stats.errors.append(f"{os.fsdecode(path)}: cannot list: {err.strerror}")
             names = []
             d.clean = False
         listing = self._lstat_all(dfd, d, names)
         if self.cache is not None:
-            user, group = self._user, self._group
             d.row = self.cache.folder(rel)
-            rows = signature_rows(
-                [(n, st, user[st.st_uid], group[st.st_gid]) for n, st, _ in listing]
-            )
-            d.signature = rows_signature(rows)
-            d.sigs = [r for r, item in zip(rows, listing, strict=True) if item[2] != "dir"]
+            d.rows = signature_rows(listing, self._user, self._group)
+            d.signature = rows_signature(d.rows)
         reuse = (
             self.reuse_trees
             and d.row is not None
@@ -399,6 +398,7 @@ class Scanner(FileReader):
         vouch for are queued for reading."""
         cached: dict[bytes, CachedFile] = {}
         if self.cache is not None:
+            d.sigs = [r for r in d.rows if r[1] & _IFMT != stat.S_IFDIR]
             trust = d.row is not None and self.reuse_trees and not self.cache.stale
             rest, d.reused, cached, d.cached = cached_entries(self.cache, d, rest, trust)
         to_read: list[tuple[bytes, Entry, os.stat_result, int]] = []
