@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from pathlib import Path
 
@@ -74,7 +75,7 @@ class _Recorder:
             return True
 
         def write(fd: int, data: memoryview) -> int:
-            from_pool = isinstance(getattr(data, "obj", None), atomic.mmap.mmap)
+            from_pool = isinstance(getattr(data, "obj", None), mmap.mmap)
             self.events.append(
                 ("write" if not self.direct else "write-direct", len(data), from_pool)
             )
@@ -146,14 +147,14 @@ def test_the_aligned_buffers_are_reused_not_made_for_each_large_file(
 ) -> None:
     """A fresh buffer costs a page fault a page, the cost direct writes save."""
     made: list[int] = []
-    real_mmap = atomic.mmap.mmap
+    real_mmap = mmap.mmap
 
-    def counting_mmap(fd: int, size: int) -> atomic.mmap.mmap:
+    def counting_mmap(fd: int, size: int) -> mmap.mmap:
         made.append(size)
         return real_mmap(fd, size)
 
     monkeypatch.setattr(atomic, "_buffers", atomic._AlignedBuffers())
-    monkeypatch.setattr(atomic.mmap, "mmap", counting_mmap)
+    monkeypatch.setattr(mmap, "mmap", counting_mmap)
     for i in range(5):
         write_atomic(tmp_path / f"pack{i}", os.urandom(2 * 2**20 + i))
     assert made == [2 * 2**20]
