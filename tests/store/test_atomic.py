@@ -158,3 +158,25 @@ def test_the_aligned_buffers_are_reused_not_made_for_each_large_file(
     for i in range(5):
         write_atomic(tmp_path / f"pack{i}", os.urandom(2 * 2**20 + i))
     assert made == [2 * 2**20]
+
+
+def test_a_large_write_that_fails_keeps_the_old_file_and_the_buffer_for_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error in a direct write is raised (never taken for a refusal): the old file
+    stays whole, the temporary goes, and the next large write succeeds."""
+    p = tmp_path / "pack"
+    write_atomic(p, b"old")
+    real_write = os.write
+
+    def failing_write(fd: int, data: memoryview) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(atomic.os, "write", failing_write)
+    with pytest.raises(OSError, match="Input/output"):
+        write_atomic(p, os.urandom(2 * 2**20))
+    assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["pack"]
+    monkeypatch.setattr(atomic.os, "write", real_write)
+    data = os.urandom(2 * 2**20 + 1)
+    write_atomic(p, data)
+    assert p.read_bytes() == data

@@ -28,6 +28,8 @@ TMP_SUFFIX = ".tmp"
 DIRECT_MIN = 1 << 20
 #: Offsets, lengths and buffer addresses of direct writes are multiples of this.
 DIRECT_ALIGN = 4096
+#: What a filesystem or device answers when it does not take a direct write.
+_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP)
 #: Idle aligned buffers kept for the next large write (each up to a pack and a bit).
 _BUFFERS_KEPT = 2
 #: Aligned buffers are made in steps of this (a pack of 8 or 16 MiB fits one of them).
@@ -81,7 +83,7 @@ def _set_direct(fd: int, on: bool) -> bool:
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
     except OSError as e:
-        if e.errno == errno.EINVAL:
+        if e.errno in _REFUSED:
             return False
         raise
     return True
@@ -95,19 +97,18 @@ def _write_large(fd: int, data: bytes) -> None:
     if head and _set_direct(fd, True):
         buf = _buffers.take(head)
         try:
-            view = memoryview(buf)
-            view[:head] = memoryview(data)[:head]
-            while done < head:
-                try:
-                    n = os.write(fd, view[done:head])
-                except OSError as e:
-                    if e.errno != errno.EINVAL:  # refused (e.g. a larger block size)
-                        raise
-                    break
-                done += n
-                if n % DIRECT_ALIGN:
-                    break  # a short write off the alignment: the rest goes buffered
-            view.release()
+            with memoryview(buf) as view:  # released before the buffer is given back
+                view[:head] = memoryview(data)[:head]
+                while done < head:
+                    try:
+                        n = os.write(fd, view[done:head])
+                    except OSError as e:
+                        if e.errno not in _REFUSED:  # refused: e.g. a device with larger blocks
+                            raise
+                        break
+                    done += n
+                    if n % DIRECT_ALIGN:
+                        break  # a short write off the alignment: the rest goes buffered
         finally:
             _buffers.give(buf)
         _set_direct(fd, False)
