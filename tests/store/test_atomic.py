@@ -180,3 +180,15 @@ def test_a_large_write_that_fails_keeps_the_old_file_and_the_buffer_for_the_next
     data = os.urandom(2 * 2**20 + 1)
     write_atomic(p, data)
     assert p.read_bytes() == data
+
+
+def test_a_system_without_direct_writes_writes_large_files_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``O_DIRECT`` (not Linux): ``fcntl`` is never asked, the bytes go buffered."""
+    asked: list[int] = []
+    monkeypatch.setattr(atomic, "_O_DIRECT", 0)
+    monkeypatch.setattr(atomic.fcntl, "fcntl", lambda *a: asked.append(1))
+    data = os.urandom(atomic.DIRECT_MIN + 10)
+    write_atomic(tmp_path / "pack", data)
+    assert (tmp_path / "pack").read_bytes() == data and asked == []

@@ -28,6 +28,8 @@ TMP_SUFFIX = ".tmp"
 DIRECT_MIN = 1 << 20
 #: Offsets, lengths and buffer addresses of direct writes are multiples of this.
 DIRECT_ALIGN = 4096
+#: ``os.O_DIRECT`` where the system has it (Linux); elsewhere large files go buffered.
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 #: What a filesystem or device answers when it does not take a direct write.
 _REFUSED = (errno.EINVAL, errno.EOPNOTSUPP)
 #: Idle aligned buffers kept for the next large write (each up to a pack and a bit).
@@ -79,9 +81,11 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 def _set_direct(fd: int, on: bool) -> bool:
     """Turn ``O_DIRECT`` on or off for ``fd``; False if the filesystem refuses it."""
+    if not _O_DIRECT:
+        return False
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
     except OSError as e:
         if e.errno in _REFUSED:
             return False
