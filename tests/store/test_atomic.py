@@ -192,3 +192,14 @@ def test_a_system_without_direct_writes_writes_large_files_buffered(
     data = os.urandom(atomic.DIRECT_MIN + 10)
     write_atomic(tmp_path / "pack", data)
     assert (tmp_path / "pack").read_bytes() == data and asked == []
+
+
+def test_the_buffers_kept_are_the_largest_so_a_larger_pack_is_not_a_new_one_each_time() -> None:
+    buffers = atomic._AlignedBuffers()
+    small = [buffers.take(2**20) for _ in range(2)]
+    for b in small:
+        buffers.give(b)
+    large = buffers.take(3 * 2**20)  # none fits: made
+    buffers.give(large)
+    assert buffers.take(3 * 2**20) is large  # kept, over the smaller ones
+    assert buffers.take(2**20) in small

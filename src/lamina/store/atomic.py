@@ -47,18 +47,22 @@ class _AlignedBuffers:
         self._idle: list[mmap.mmap] = []
 
     def take(self, size: int) -> mmap.mmap:
+        """The smallest idle buffer of at least ``size`` bytes, else a new one."""
         with self._lock:
-            for i, buf in enumerate(self._idle):
+            for i, buf in enumerate(self._idle):  # smallest first
                 if len(buf) >= size:
                     return self._idle.pop(i)
         return mmap.mmap(-1, -(-size // _BUFFER_STEP) * _BUFFER_STEP)
 
     def give(self, buf: mmap.mmap) -> None:
+        """Keep the ``_BUFFERS_KEPT`` largest idle buffers; close the others."""
         with self._lock:
-            if len(self._idle) < _BUFFERS_KEPT:
-                self._idle.append(buf)
-                return
-        buf.close()
+            self._idle.append(buf)
+            self._idle.sort(key=len)
+            dropped = self._idle[:-_BUFFERS_KEPT]
+            del self._idle[:-_BUFFERS_KEPT]
+        for old in dropped:
+            old.close()
 
 
 _buffers = _AlignedBuffers()
