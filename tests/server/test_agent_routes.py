@@ -151,3 +151,21 @@ def test_a_poll_is_matched_by_the_first_routes_the_router_tries(tmp_path: Path) 
     assert len(config_matches) == len(work_matches) == 1
     for path in ("/api/v1/agent/bundles", "/api/v1/agent/tasks/x", "/api/v1/agent/enroll"):
         assert len(tried(path, "POST")[1]) == 1, path
+
+
+def test_a_request_asks_nothing_of_opentelemetry(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastAPI's telemetry bridge looked up OpenTelemetry's global providers for every
+    # request, to find none set up: Lamina counts its requests itself (``/metrics``).
+    from opentelemetry import metrics, trace
+
+    asked: list[str] = []
+    for module, name in ((trace, "get_tracer_provider"), (metrics, "get_meter_provider")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda real=real, name=name: asked.append(name) or real())
+    device = live.device("pc-otel")
+    assert device.client.post("/agent/config", json={"state": "idle"}).status_code == 200
+    assert device.client.get("/agent/work").status_code == 200
+    assert live.client().get("/health").status_code == 200
+    assert asked == []

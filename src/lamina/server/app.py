@@ -86,6 +86,10 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         description="Centralized image management for a fleet of endpoints.",
         openapi_url="/api/v1/openapi.json",
         docs_url="/api/v1/docs",
+        # FastAPI's OpenTelemetry bridge asks the global providers whether one is set up,
+        # three look-ups a request (~2% of a poll's CPU); Lamina's metrics are its own
+        # (``/metrics``), its requests never traced.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ctx = ctx
     app.state.metrics = Metrics(ctx)
