@@ -469,6 +469,10 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             ),
         ),
         (
+            "  less each agent's own wait for a core (SCHED_IDLE)",
+            describe((seen or {}).get("less_own_wait")),
+        ),
+        (
             "  p95 of /agent/config, /agent/work",
             " · ".join(
                 "—"

@@ -30,17 +30,18 @@ def agent_env(env: dict[str, str], folder: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": path, LOG_VARIABLE: os.fspath(folder)}
 
 
-def read_polls(folder: Path) -> list[tuple[str, float, int]]:
+def read_polls(folder: Path) -> list[tuple[str, float, int, float]]:
     """Every poll the agents timed into ``folder``: (route, seconds, HTTP status, 0 for no
-    answer). A line cut short (an agent killed while writing it) is left out."""
-    out: list[tuple[str, float, int]] = []
+    answer, seconds of it the agent waited for a core). A line cut short (an agent killed
+    while writing it) is left out."""
+    out: list[tuple[str, float, int, float]] = []
     for f in sorted(folder.glob("polls-*.tsv")):
         for line in f.read_text(errors="replace").splitlines():
             parts = line.split("\t")
-            if len(parts) != 4:
+            if len(parts) != 5:
                 continue
             try:
-                out.append((parts[0], float(parts[2]), int(parts[3])))
+                out.append((parts[0], float(parts[2]), int(parts[3]), float(parts[4])))
             except ValueError:
                 continue
     return out
@@ -67,13 +68,18 @@ def figures(seconds: list[float]) -> dict[str, Any]:
 
 def agent_polls(folder: Path) -> dict[str, Any]:
     """The figures of every poll in ``folder``, and of each route apart; polls the server
-    did not answer (no answer, or a 5xx) are counted in the figures and as ``failed``."""
+    did not answer (no answer, or a 5xx) are counted in the figures and as ``failed``.
+
+    ``less_own_wait``: the same polls less the time each agent waited for a core during
+    it (under ``SCHED_IDLE``, behind the servers, the database and the other agents on
+    this host): what an agent on a machine of its own would have seen, about."""
     polls = read_polls(folder)
-    out = figures([s for _, s, _ in polls])
-    out["failed"] = sum(1 for _, _, status in polls if status == 0 or status >= 500)
+    out = figures([s for _, s, _, _ in polls])
+    out["failed"] = sum(1 for _, _, status, _ in polls if status == 0 or status >= 500)
+    out["less_own_wait"] = figures([max(0.0, s - w) for _, s, _, w in polls])
     out["by_route"] = {
-        route: figures([s for r, s, _ in polls if r == route])
-        for route in sorted({r for r, _, _ in polls})
+        route: figures([s for r, s, _, _ in polls if r == route])
+        for route in sorted({r for r, _, _, _ in polls})
     }
     return out
 

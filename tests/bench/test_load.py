@@ -179,8 +179,9 @@ def test_the_host_share_of_a_load_phase_names_what_the_load_generator_took() -> 
 def test_the_agents_polls_are_figured_from_exact_times(tmp_path: Path) -> None:
     # 100 config polls of 1..100 ms: the nearest-rank p95 is the 95th, 95 ms (a histogram
     # bucket would say "<= 100 ms"); 40 work polls, one of them with no answer.
-    lines = [f"/api/v1/agent/config\t1.0\t{ms / 1000}\t200" for ms in range(1, 101)]
-    lines += ["/api/v1/agent/work\t1.0\t0.004\t200"] * 39 + ["/api/v1/agent/work\t1.0\t0.3\t0"]
+    lines = [f"/api/v1/agent/config\t1.0\t{ms / 1000}\t200\t0.0" for ms in range(1, 101)]
+    lines += ["/api/v1/agent/work\t1.0\t0.004\t200\t0.0"] * 39
+    lines += ["/api/v1/agent/work\t1.0\t0.3\t0\t0.25"]  # no answer; 250 ms of it waiting
     (tmp_path / "polls-1.tsv").write_text("\n".join(lines[:70]) + "\n")
     (tmp_path / "polls-2.tsv").write_text("\n".join(lines[70:]) + "\n/api/v1/agent/co")
     seen = load_seen.agent_polls(tmp_path)
@@ -195,7 +196,15 @@ def test_the_agents_polls_are_figured_from_exact_times(tmp_path: Path) -> None:
     assert seen["polls"] == 140 and seen["failed"] == 1  # the line cut short is left out
     assert seen["by_route"]["/api/v1/agent/work"]["max_ms"] == 300.0
     assert seen["p95_ms"] == 94.0  # the 133rd of 140: 1..3 ms, 40 of 4 ms, then 5..94 ms
-    assert load_seen.agent_polls(tmp_path / "none") == {"polls": 0, "failed": 0, "by_route": {}}
+    # less the agents' own wait for a core: the slowest poll took 50 ms of the server's time
+    assert seen["less_own_wait"]["max_ms"] == 100.0
+    assert seen["less_own_wait"]["polls"] == 140
+    assert load_seen.agent_polls(tmp_path / "none") == {
+        "polls": 0,
+        "failed": 0,
+        "less_own_wait": {"polls": 0},
+        "by_route": {},
+    }
 
 
 _AGENT = """
@@ -242,7 +251,8 @@ def test_the_agents_hook_times_each_poll_until_its_answer_is_read(tmp_path: Path
     # each poll's answer was read before its line (0, then 1 line written, the bundle 2)
     assert out.split() == ["[0,", "1,", "2]", "3"]
     polls = load_seen.read_polls(folder)
-    assert [(r, status) for r, _, status in polls] == [
+    assert all(waited >= 0 for *_, waited in polls)
+    assert [(r, status) for r, _, status, _ in polls] == [
         ("/api/v1/agent/config", 200),
         ("/api/v1/agent/work", 200),
         ("/api/v1/agent/work", 0),
