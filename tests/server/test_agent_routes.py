@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -123,3 +124,48 @@ def test_a_pending_devices_work_poll_checked_by_its_own_query_gets_no_work(
     assert r.status_code == 200, r.text
     assert r.json() == []
     assert pending.post("/agent/config", json={"state": "idle"}).json()["status"] == "pending"
+
+
+def test_a_poll_is_matched_by_the_first_routes_the_router_tries(tmp_path: Path) -> None:
+    # The router tries its routes in order, each a few µs of the event loop's CPU: an
+    # agent's poll (the request a server answers most) must not wait behind the console's
+    # and the admin API's routes; and no other route may answer a path of the agent's, so
+    # that trying the agent's first changes no answer.
+    from starlette.routing import Match
+
+    from lamina.config import ServerSettings
+    from lamina.server.app import create_app
+
+    app = create_app(ServerSettings(data=tmp_path / "data", admin_password="x" * 16))
+
+    def tried(path: str, method: str) -> tuple[int, list[int]]:
+        scope = {"type": "http", "path": path, "method": method, "root_path": "", "headers": []}
+        found = [
+            i for i, r in enumerate(app.router.routes) if r.matches(dict(scope))[0] != Match.NONE
+        ]
+        return found[0] + 1, found
+
+    config, config_matches = tried("/api/v1/agent/config", "POST")
+    work, work_matches = tried("/api/v1/agent/work", "GET")
+    assert config == work == 6  # the API documents' four routes, health, then the agent's
+    assert len(config_matches) == len(work_matches) == 1
+    for path in ("/api/v1/agent/bundles", "/api/v1/agent/tasks/x", "/api/v1/agent/enroll"):
+        assert len(tried(path, "POST")[1]) == 1, path
+
+
+def test_a_request_asks_nothing_of_opentelemetry(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastAPI's telemetry bridge looked up OpenTelemetry's global providers for every
+    # request, to find none set up: Lamina counts its requests itself (``/metrics``).
+    from opentelemetry import metrics, trace
+
+    asked: list[str] = []
+    for module, name in ((trace, "get_tracer_provider"), (metrics, "get_meter_provider")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda real=real, name=name: asked.append(name) or real())
+    device = live.device("pc-otel")
+    assert device.client.post("/agent/config", json={"state": "idle"}).status_code == 200
+    assert device.client.get("/agent/work").status_code == 200
+    assert live.client().get("/health").status_code == 200
+    assert asked == []

@@ -207,6 +207,10 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
         f"Lamina listening on {scheme}://{host}:{port}  (store {ctx.store.backend.url})"
     )
     settle_collector()
+    # uvicorn sets its access logger to ``log_level``, undoing ``setup_logging``'s
+    # "one line per request only with --verbose": a line formatted and written for every
+    # poll, bundle and commit (docs/design.md, "Polls under load (session 15)").
+    access_log = logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO)
     uvicorn.run(
         app,
         host=host,
@@ -216,6 +220,7 @@ def _serve(settings: ServerSettings, self_signed: bool) -> None:
         # uvicorn's own loggers go through the handler setup_logging installed.
         log_config=None,
         log_level=logging.getLogger().level,
+        access_log=access_log,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
