@@ -126,7 +126,7 @@ def watched(
 
     def json(method: str, path: str, **kw: Any) -> Any:
         if path == "/agent/bundles":
-            body = kw["content"]
+            body = b"".join(kw["content"])  # the agent sends a bundle as its parts
             seen.bundle_bytes += len(body)
             seen.data_ids |= {b.id for b in decode_bundle(body) if b.kind == BlobKind.DATA}
         before(path)
