@@ -29,7 +29,7 @@ from lamina.cli import store as cli_store
 from lamina.config import ServerSettings
 from lamina.db.engine import make_engine, write_tx
 from lamina.db.migrate import upgrade
-from lamina.db.models import blob_claims, cvds, devices, policies, shared_blobs
+from lamina.db.models import blob_claimants, blob_claims, cvds, devices, policies, shared_blobs
 from lamina.errors import UploadsPendingError
 from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
 from lamina.server.services import access, inflight
@@ -233,7 +233,7 @@ def test_a_claimant_that_dies_leaves_the_commit_whole(
 
     def expire_a() -> None:  # what the lease does, without waiting for it
         with engine.begin() as c:
-            c.execute(update(blob_claims).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+            c.execute(update(blob_claimants).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
 
     watched(a, sa, a_before, lambda: None)
     out: dict[str, Any] = {}
