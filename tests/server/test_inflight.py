@@ -547,3 +547,77 @@ def test_an_ownership_row_costs_one_b_tree_entry(tmp_path: Path) -> None:
             assert inflight.need(c, "b", ids[:10], set(ids[:10]), on) == []  # a holds them
     finally:
         engine.dispose()
+
+
+def test_a_claim_is_one_b_tree_entry_and_its_lease_is_its_cvds(tmp_path: Path) -> None:
+    """Revision 0013_srvsql: a claim is one entry of one b-tree (``blob_claims`` keyed by
+    (blob, CVD), ``WITHOUT ROWID``, no expiry of its own and no index by it: at 0012 a
+    row table, its key's index and the index by expiry took three), and its lease is its
+    CVD's one ``blob_claimants`` row: a bundle renews one row, not every claim's expiry.
+    Another CVD's claims count while that lease runs, and not after (then swept)."""
+    engine = _cvds_db(tmp_path, ("a", "b"))
+    on = inflight.Sharing(threshold=1, lease=60)
+    ids = sorted(blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(3_000))
+    try:
+        with write_tx(engine) as c:
+            assert inflight.need(c, "a", ids, set(), on) == ids
+        with engine.connect() as c:
+            trees = c.exec_driver_sql(
+                "SELECT name FROM sqlite_schema WHERE tbl_name = 'blob_claims' "
+                "UNION SELECT name FROM dbstat WHERE name LIKE 'sqlite_autoindex_blob_claims%'"
+            ).all()
+            assert [t for (t,) in trees] == ["blob_claims"]
+            lease = c.execute(select(blob_claimants.c.expires)).scalar_one()
+        seen: list[str] = []
+        with write_tx(engine) as c:
+            c.connection.driver_connection.set_trace_callback(seen.append)  # type: ignore[union-attr]
+            try:
+                inflight.received(c, "a", ids[:10], on)
+            finally:
+                c.connection.driver_connection.set_trace_callback(None)  # type: ignore[union-attr]
+        assert [s for s in seen if s.startswith("UPDATE")] == [
+            next(s for s in seen if s.startswith("UPDATE blob_claimants"))
+        ]
+        with write_tx(engine) as c:  # B is told A's 2,990 are coming
+            assert inflight.need(c, "b", ids, set(), on) == ids[:10]
+            c.execute(update(blob_claimants).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+        with write_tx(engine) as c:  # A's lease ran out: B sends them, A's claims are gone
+            assert inflight.need(c, "b", ids, set(), on) == ids
+            assert (
+                c.execute(
+                    select(func.count()).select_from(blob_claims).where(blob_claims.c.cvd_id == "a")
+                ).scalar()
+                == 0
+            )
+        assert lease is not None
+    finally:
+        engine.dispose()
+
+
+def test_an_endpoint_syncing_alone_looks_up_no_claims(tmp_path: Path) -> None:
+    """A claim counts only while its CVD's lease runs: with no other CVD's lease live (one
+    endpoint syncing), ``need`` asks ``blob_claims`` nothing, where it looked up every id
+    (133 of ~5,000 ms of a 100,000-file first sync's replayed server CPU). It still claims
+    what it sends, for an endpoint that starts later; once one has, the lookups come back."""
+    engine = _cvds_db(tmp_path, ("a", "b"))
+    on = inflight.Sharing(threshold=1)
+    ids = [blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(100)]
+    try:
+        seen: list[str] = []
+
+        def trace(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.set_trace_callback(seen.append)
+
+        event.listen(engine, "checkout", trace)
+        try:
+            with write_tx(engine) as c:
+                assert inflight.need(c, "a", ids[:50], set(), on) == ids[:50]
+            assert not [s for s in seen if s.startswith("SELECT") and "blob_claims" in s]
+            assert [s for s in seen if s.startswith("INSERT INTO blob_claims ")]
+            with write_tx(engine) as c:  # b starts: a's claims count for it
+                assert inflight.need(c, "b", ids, set(), on) == ids[50:]
+            assert [s for s in seen if s.startswith("SELECT") and "blob_claims" in s]
+        finally:
+            event.remove(engine, "checkout", trace)
+    finally:
+        engine.dispose()

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Executable, bindparam, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from lamina.db.engine import driver_rows
 from lamina.db.models import blob_claimants, blob_claims, cvd_blobs, shared_blobs
@@ -185,12 +185,29 @@ def _holders(
 def _others_live(c: Connection, cvd_id: str, when: dt.datetime) -> bool:
     """Whether another CVD's claims count at ``when`` (its lease runs): one probe of
     ``blob_claimants``, a row per CVD uploading."""
-    q = (
-        select(blob_claimants.c.cvd_id)
-        .where(blob_claimants.c.cvd_id != cvd_id, blob_claimants.c.expires > when)
-        .limit(1)
+    return bool(
+        _run(
+            c,
+            "SELECT 1 FROM blob_claimants WHERE cvd_id != ? AND expires > ? LIMIT 1",
+            lambda: (
+                select(blob_claimants.c.cvd_id)
+                .where(blob_claimants.c.cvd_id != cvd_id, blob_claimants.c.expires > when)
+                .limit(1)
+            ),
+            cvd_id,
+            _bound(c, blob_claimants.c.expires, when),
+        )
     )
-    return c.execute(q).first() is not None
+
+
+def _run(c: Connection, sql: str, core: Callable[[], Executable], *args: object) -> list[Any]:
+    """The rows of one statement run once per request: on SQLite ``sql`` as the driver
+    takes it (``driver_rows``: building and compiling the Core statement cost more than
+    running it), elsewhere ``core()``. A write returns no rows."""
+    if c.dialect.name == "sqlite":
+        return driver_rows(c, sql, args)
+    result = c.execute(core())
+    return list(result) if result.returns_rows else []
 
 
 def _holding(bid: bytes, owners: dict[bytes, set[str]], claims: dict[bytes, set[str]]) -> int:
@@ -206,8 +223,13 @@ def _sweep(c: Connection, when: dt.datetime) -> None:
     probe of ``blob_claimants`` at each ``/agent/missing``; the claims (read by a scan:
     ``blob_claims`` has no index by CVD) only when a lease ran out, i.e. its endpoint
     stopped uploading without committing."""
-    expired = select(blob_claimants.c.cvd_id).where(blob_claimants.c.expires <= when)
-    for cid in c.execute(expired).scalars().all():
+    expired = _run(
+        c,
+        "SELECT cvd_id FROM blob_claimants WHERE expires <= ?",
+        lambda: select(blob_claimants.c.cvd_id).where(blob_claimants.c.expires <= when),
+        _bound(c, blob_claimants.c.expires, when),
+    )
+    for (cid,) in expired:
         _drop_claims(c, cid)
 
 
@@ -220,11 +242,19 @@ def _drop_claims(c: Connection, cvd_id: str) -> None:
 
 def _lease(c: Connection, cvd_id: str, until: dt.datetime) -> None:
     """The CVD's claims count until ``until`` (its ``blob_claimants`` row made or renewed)."""
-    insert = (sqlite.insert if c.dialect.name == "sqlite" else postgresql.insert)(blob_claimants)
-    c.execute(
-        insert.values(cvd_id=cvd_id, expires=until).on_conflict_do_update(
-            index_elements=[blob_claimants.c.cvd_id], set_={"expires": until}
-        )
+    _run(
+        c,
+        "INSERT INTO blob_claimants (cvd_id, expires) VALUES (?, ?) "
+        "ON CONFLICT (cvd_id) DO UPDATE SET expires = excluded.expires",
+        lambda: (
+            postgresql.insert(blob_claimants)
+            .values(cvd_id=cvd_id, expires=until)
+            .on_conflict_do_update(
+                index_elements=[blob_claimants.c.cvd_id], set_={"expires": until}
+            )
+        ),
+        cvd_id,
+        _bound(c, blob_claimants.c.expires, until),
     )
 
 
@@ -289,10 +319,15 @@ def received(
         return
     when = now()
     _end_claims(c, cvd_id, ids)
-    c.execute(  # (one row: the CVD's lease, where every claim's own was rewritten)
-        update(blob_claimants)
-        .where(blob_claimants.c.cvd_id == cvd_id)
-        .values(expires=when + dt.timedelta(seconds=sharing.lease))
+    until = when + dt.timedelta(seconds=sharing.lease)
+    _run(  # (one row: the CVD's lease, where every claim's own expiry was rewritten)
+        c,
+        "UPDATE blob_claimants SET expires = ? WHERE cvd_id = ?",
+        lambda: (
+            update(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id).values(expires=until)
+        ),
+        _bound(c, blob_claimants.c.expires, until),
+        cvd_id,
     )
     ask = [i for i in ids if i not in first] if first and sharing.threshold > 1 else ids
     _mark_shared(c, _newly_common(c, ask, sharing.threshold))
