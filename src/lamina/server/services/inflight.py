@@ -234,7 +234,8 @@ def _sweep(c: Connection, when: dt.datetime) -> None:
 
 
 def _drop_claims(c: Connection, cvd_id: str) -> None:
-    """Delete the CVD's lease and, when it had one, every claim of it."""
+    """Delete the CVD's lease and, when it had one, every claim of it (in that order,
+    as ``_claim`` and ``received`` take them)."""
     gone = c.execute(delete(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id))
     if gone.rowcount:
         c.execute(delete(blob_claims).where(blob_claims.c.cvd_id == cvd_id))
@@ -317,10 +318,11 @@ def received(
     marks it then), so a mark missed here costs a later ask a lookup, never an answer."""
     if not sharing.on or not ids:
         return
-    when = now()
-    _end_claims(c, cvd_id, ids)
-    until = when + dt.timedelta(seconds=sharing.lease)
-    _run(  # (one row: the CVD's lease, where every claim's own expiry was rewritten)
+    until = now() + dt.timedelta(seconds=sharing.lease)
+    # The lease first, then its claims: the order ``_drop_claims`` takes them in (no lock
+    # cycle between a sweep and a bundle on PostgreSQL). One row, where every claim's own
+    # expiry was rewritten.
+    _run(
         c,
         "UPDATE blob_claimants SET expires = ? WHERE cvd_id = ?",
         lambda: (
@@ -329,6 +331,7 @@ def received(
         _bound(c, blob_claimants.c.expires, until),
         cvd_id,
     )
+    _end_claims(c, cvd_id, ids)
     ask = [i for i in ids if i not in first] if first and sharing.threshold > 1 else ids
     _mark_shared(c, _newly_common(c, ask, sharing.threshold))
 
