@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Column, Engine, Table, event, text
+from sqlalchemy import Column, Connection, Engine, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable, DefaultClause
@@ -222,6 +222,26 @@ def test_migrations_emit_the_frozen_ddl(empty_engine: Engine) -> None:
     _compare(f"migrations-{empty_engine.dialect.name}.txt", "\n".join(report) + "\n")
 
 
+def _cvds(c: Connection, cvd_ids: list[str], when: str) -> None:
+    """A policy and an active CVD of each of ``cvd_ids`` (rows the revisions' tests name)."""
+    c.execute(
+        text(
+            "INSERT INTO policies (id, name, version, settings, created, updated) "
+            "VALUES ('p', 'p', 1, '{}', :t, :t)"
+        ),
+        {"t": when},
+    )
+    for cvd in cvd_ids:
+        c.execute(
+            text(
+                "INSERT INTO cvds (id, name, policy_id, policy_version, reference, state, "
+                "created, progress, blobs_indexed) "
+                "VALUES (:c, :c, 'p', 1, false, 'active', :t, '{}', true)"
+            ),
+            {"c": cvd, "t": when},
+        )
+
+
 def test_0012_keeps_every_ownership_row_both_ways(empty_engine: Engine) -> None:
     """``cvd_blobs`` rekeyed (blob first; on SQLite one b-tree, the table made again)
     and back: every row kept."""
@@ -231,22 +251,7 @@ def test_0012_keeps_every_ownership_row_both_ways(empty_engine: Engine) -> None:
     rows = {(bytes([i]) * 32, cvd) for i in range(5) for cvd in cvd_ids}
     when = "2026-12-01 00:00:00"
     with empty_engine.begin() as c:
-        c.execute(
-            text(
-                "INSERT INTO policies (id, name, version, settings, created, updated) "
-                "VALUES ('p', 'p', 1, '{}', :t, :t)"
-            ),
-            {"t": when},
-        )
-        for cvd in cvd_ids:
-            c.execute(
-                text(
-                    "INSERT INTO cvds (id, name, policy_id, policy_version, reference, state, "
-                    "created, progress, blobs_indexed) "
-                    "VALUES (:c, :c, 'p', 1, false, 'active', :t, '{}', true)"
-                ),
-                {"c": cvd, "t": when},
-            )
+        _cvds(c, cvd_ids, when)
         for bid, cvd in sorted(rows):
             c.execute(
                 text("INSERT INTO cvd_blobs (cvd_id, blob_id) VALUES (:c, :b)"),
@@ -273,22 +278,7 @@ def test_0013_keeps_every_claim_and_its_lease_both_ways(empty_engine: Engine) ->
     early, late = "2026-12-01 00:00:00", "2026-12-01 01:00:00"
     rows = {(bytes([i]) * 32, cvd) for i in range(5) for cvd in cvd_ids}
     with empty_engine.begin() as c:
-        c.execute(
-            text(
-                "INSERT INTO policies (id, name, version, settings, created, updated) "
-                "VALUES ('p', 'p', 1, '{}', :t, :t)"
-            ),
-            {"t": early},
-        )
-        for cvd in cvd_ids:
-            c.execute(
-                text(
-                    "INSERT INTO cvds (id, name, policy_id, policy_version, reference, state, "
-                    "created, progress, blobs_indexed) "
-                    "VALUES (:c, :c, 'p', 1, false, 'active', :t, '{}', true)"
-                ),
-                {"c": cvd, "t": early},
-            )
+        _cvds(c, cvd_ids, early)
         for bid, cvd in sorted(rows):
             c.execute(
                 text("INSERT INTO blob_claims (blob_id, cvd_id, expires) VALUES (:b, :c, :t)"),

@@ -13,6 +13,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,6 +417,22 @@ def _cvds_db(tmp_path: Path, names: tuple[str, ...] = ("a", "b")) -> Engine:
     return engine
 
 
+@contextmanager
+def traced(engine: Engine) -> Iterator[list[str]]:
+    """The SQL of every statement ``engine``'s connections run in the block (SQLite's
+    trace, set on whichever connection a transaction checks out)."""
+    seen: list[str] = []
+
+    def trace(dbapi_conn: Any, *_: Any) -> None:
+        dbapi_conn.set_trace_callback(seen.append)
+
+    event.listen(engine, "checkout", trace)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "checkout", trace)
+
+
 def test_a_bundles_claims_end_in_one_statement_per_batch_on_sqlite(tmp_path: Path) -> None:
     """On SQLite a bundle's claims end by ``IN`` per ``BATCH`` ids, not by primary key
     once per id (an ``executemany`` runs its statement for every row: counted by the
@@ -493,17 +510,9 @@ def test_blobs_a_bundle_stored_first_are_not_asked_whether_they_became_common(
     on = inflight.Sharing(threshold=2)
     ids = [blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(100)]
     try:
-        seen: list[str] = []
-
-        def trace(dbapi_conn: Any, *_: Any) -> None:
-            dbapi_conn.set_trace_callback(seen.append)
-
-        event.listen(engine, "checkout", trace)
-        try:
+        with traced(engine) as seen:
             assert access.record(engine, "a", ids, on, frozenset(ids)) == 100
             assert access.record(engine, "b", ids[:10], on, frozenset(ids[:10])) == 10
-        finally:
-            event.remove(engine, "checkout", trace)
         assert [s for s in seen if s.startswith("INSERT INTO cvd_blobs")]
         assert not [s for s in seen if "shared_blobs" in s]
         with engine.connect() as c:
@@ -603,13 +612,7 @@ def test_an_endpoint_syncing_alone_looks_up_no_claims(tmp_path: Path) -> None:
     on = inflight.Sharing(threshold=1)
     ids = [blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(100)]
     try:
-        seen: list[str] = []
-
-        def trace(dbapi_conn: Any, *_: Any) -> None:
-            dbapi_conn.set_trace_callback(seen.append)
-
-        event.listen(engine, "checkout", trace)
-        try:
+        with traced(engine) as seen:
             with write_tx(engine) as c:
                 assert inflight.need(c, "a", ids[:50], set(), on) == ids[:50]
             assert not [s for s in seen if s.startswith("SELECT") and "blob_claims" in s]
@@ -617,7 +620,5 @@ def test_an_endpoint_syncing_alone_looks_up_no_claims(tmp_path: Path) -> None:
             with write_tx(engine) as c:  # b starts: a's claims count for it
                 assert inflight.need(c, "b", ids, set(), on) == ids[50:]
             assert [s for s in seen if s.startswith("SELECT") and "blob_claims" in s]
-        finally:
-            event.remove(engine, "checkout", trace)
     finally:
         engine.dispose()
