@@ -8,6 +8,9 @@ of a copy of DIR, and keeps the server's database and store as they were before 
 replays the calls in order on a fresh copy of W/before and prints the CPU of the process
 (``getrusage``: every thread, the pack upload's too) and of each part (``thread_time``).
 A/B: run ``replay`` with another checkout's ``src`` on ``PYTHONPATH``, alternating.
+``replay --statements`` also prints every SQL statement's CPU (``thread_time``), summed by
+its text (lists of marks folded), with how many times it ran, the rows it was given, and
+the transactions committed, read and write.
 
 ``python -m bench.srv_replay requests --work W [--n N]`` measures what the replay leaves
 out, the cost of a request itself: a server and an enrolled agent (one file), then N
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import json
 import os
 import pickle
+import re
 import resource
 import shutil
 import sqlite3
@@ -120,6 +125,91 @@ def _records(path: Path) -> Iterator[tuple[Any, ...]]:
                 return
 
 
+class StatementCpu:
+    """Every SQL statement's CPU (the calling thread's ``thread_time``), summed by its
+    text: SQLAlchemy's cursor events, and a wrapper of ``driver_rows`` (statements run
+    on the driver's cursor, which the events do not see) in the modules that import it."""
+
+    #: The modules whose ``driver_rows`` is wrapped.
+    MODULES = (
+        "lamina.db.catalog",
+        "lamina.server.services.access",
+        "lamina.server.services.inflight",
+    )
+
+    def __init__(self) -> None:
+        #: text -> [runs, CPU seconds, rows given (an executemany's each count)]
+        self.stats: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0])
+        self.commits = {"write": 0, "read": 0}
+
+    @staticmethod
+    def text(sql: str) -> str:
+        """``sql`` with its lists of marks folded (one text for every batch size)."""
+        sql = re.sub(r"\(\?\)(?:\s*,\s*\(\?\))+", "(?)...", sql)
+        return " ".join(re.sub(r"\?(?:\s*,\s*\?)+", "?...", sql).split())[:160]
+
+    def add(self, sql: str, seconds: float, rows: int) -> None:
+        s = self.stats[self.text(sql)]
+        s[0] += 1
+        s[1] += seconds
+        s[2] += rows
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StatementCpu]:
+        """Count while in the block (every engine's statements, in every thread)."""
+        import importlib
+
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        def before(conn: Any, *_: Any) -> None:
+            conn.info.setdefault("statement_t0", []).append(time.thread_time())
+
+        def after(conn: Any, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+            t = time.thread_time() - conn.info["statement_t0"].pop()
+            self.add(sql, t, len(params) if many else 1)
+
+        def commit(conn: Any) -> None:
+            self.commits[
+                "write" if conn.get_execution_options().get("lamina_write") else "read"
+            ] += 1
+
+        hooks: dict[str, Any] = {
+            "before_cursor_execute": before,
+            "after_cursor_execute": after,
+            "commit": commit,
+        }
+        modules = [vars(importlib.import_module(name)) for name in self.MODULES]
+        reals = [m["driver_rows"] for m in modules]
+        for name, fn in hooks.items():
+            event.listen(Engine, name, fn)
+        for m, real in zip(modules, reals, strict=True):
+
+            def wrapped(c: Any, sql: str, args: Any, real: Any = real) -> Any:
+                t = time.thread_time()
+                try:
+                    return real(c, sql, args)
+                finally:
+                    self.add(sql, time.thread_time() - t, 1)
+
+            m["driver_rows"] = wrapped
+        try:
+            yield self
+        finally:
+            for m, real in zip(modules, reals, strict=True):
+                m["driver_rows"] = real
+            for name, fn in hooks.items():
+                event.remove(Engine, name, fn)
+
+    def report(self) -> str:
+        lines = [f"{'ms':>9} {'runs':>6} {'rows':>8}  statement"]
+        for sql, (n, t, rows) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
+            lines.append(f"{t * 1e3:9.1f} {int(n):6d} {int(rows):8d}  {sql}")
+        total = sum(t for _, t, _ in self.stats.values()) * 1e3
+        lines.append(f"{total:9.1f} in all; transactions committed: {self.commits}")
+        return "\n".join(lines)
+
+
 def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
     from lamina.cli import server as server_cli
     from lamina.config import ServerSettings
@@ -201,6 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--n", type=int, default=1000, help="requests to time (requests)")
     ap.add_argument(
+        "--statements",
+        action="store_true",
+        help="also print every SQL statement's CPU, runs and rows, and the commits (replay)",
+    )
+    ap.add_argument(
         "--only",
         help="replay only these parts, comma-separated (missing, bundle, record, commit): "
         "e.g. bundle, the intake alone, each bundle on the state the others left",
@@ -215,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         capture(args.corpus, args.work.resolve())
         return 0
     only = frozenset(args.only.split(",")) if args.only else None
-    cpu = replay(args.work.resolve(), only)
+    statements = StatementCpu()
+    with statements.installed() if args.statements else contextlib.nullcontext(statements):
+        cpu = replay(args.work.resolve(), only)
+    if args.statements:
+        print(statements.report())
     print("server CPU " + " ".join(f"{k} {v:.3f} s" for k, v in cpu.items()))
     return 0
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Column, Engine, Table, event, text
+from sqlalchemy import Column, Connection, Engine, Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable, DefaultClause
@@ -222,6 +222,26 @@ def test_migrations_emit_the_frozen_ddl(empty_engine: Engine) -> None:
     _compare(f"migrations-{empty_engine.dialect.name}.txt", "\n".join(report) + "\n")
 
 
+def _cvds(c: Connection, cvd_ids: list[str], when: str) -> None:
+    """A policy and an active CVD of each of ``cvd_ids`` (rows the revisions' tests name)."""
+    c.execute(
+        text(
+            "INSERT INTO policies (id, name, version, settings, created, updated) "
+            "VALUES ('p', 'p', 1, '{}', :t, :t)"
+        ),
+        {"t": when},
+    )
+    for cvd in cvd_ids:
+        c.execute(
+            text(
+                "INSERT INTO cvds (id, name, policy_id, policy_version, reference, state, "
+                "created, progress, blobs_indexed) "
+                "VALUES (:c, :c, 'p', 1, false, 'active', :t, '{}', true)"
+            ),
+            {"c": cvd, "t": when},
+        )
+
+
 def test_0012_keeps_every_ownership_row_both_ways(empty_engine: Engine) -> None:
     """``cvd_blobs`` rekeyed (blob first; on SQLite one b-tree, the table made again)
     and back: every row kept."""
@@ -231,22 +251,7 @@ def test_0012_keeps_every_ownership_row_both_ways(empty_engine: Engine) -> None:
     rows = {(bytes([i]) * 32, cvd) for i in range(5) for cvd in cvd_ids}
     when = "2026-12-01 00:00:00"
     with empty_engine.begin() as c:
-        c.execute(
-            text(
-                "INSERT INTO policies (id, name, version, settings, created, updated) "
-                "VALUES ('p', 'p', 1, '{}', :t, :t)"
-            ),
-            {"t": when},
-        )
-        for cvd in cvd_ids:
-            c.execute(
-                text(
-                    "INSERT INTO cvds (id, name, policy_id, policy_version, reference, state, "
-                    "created, progress, blobs_indexed) "
-                    "VALUES (:c, :c, 'p', 1, false, 'active', :t, '{}', true)"
-                ),
-                {"c": cvd, "t": when},
-            )
+        _cvds(c, cvd_ids, when)
         for bid, cvd in sorted(rows):
             c.execute(
                 text("INSERT INTO cvd_blobs (cvd_id, blob_id) VALUES (:c, :b)"),
@@ -262,3 +267,39 @@ def test_0012_keeps_every_ownership_row_both_ways(empty_engine: Engine) -> None:
     assert held() == rows
     command.downgrade(cfg, "0011_task_reported")
     assert held() == rows
+
+
+def test_0013_keeps_every_claim_and_its_lease_both_ways(empty_engine: Engine) -> None:
+    """``blob_claims`` without ``expires`` (a CVD's lease in ``blob_claimants``, the latest
+    of its claims') and back (each claim its CVD's lease): every claim kept."""
+    cfg = alembic_config(empty_engine)
+    command.upgrade(cfg, "0012_srvcpu")
+    cvd_ids = ["a" * 36, "b" * 36]
+    early, late = "2026-12-01 00:00:00", "2026-12-01 01:00:00"
+    rows = {(bytes([i]) * 32, cvd) for i in range(5) for cvd in cvd_ids}
+    with empty_engine.begin() as c:
+        _cvds(c, cvd_ids, early)
+        for bid, cvd in sorted(rows):
+            c.execute(
+                text("INSERT INTO blob_claims (blob_id, cvd_id, expires) VALUES (:b, :c, :t)"),
+                {"c": cvd, "b": bid, "t": late if bid[0] == 4 and cvd == "a" * 36 else early},
+            )
+
+    def claims() -> set[tuple[bytes, str]]:
+        with empty_engine.connect() as c:
+            found = c.execute(text("SELECT blob_id, cvd_id FROM blob_claims")).all()
+        return {(bytes(b), cvd) for b, cvd in found}
+
+    def leases() -> dict[str, str]:
+        with empty_engine.connect() as c:
+            found = c.execute(text("SELECT cvd_id, expires FROM blob_claimants")).all()
+        return {cvd: str(t)[:19] for cvd, t in found}
+
+    command.upgrade(cfg, "0013_srvsql")
+    assert claims() == rows
+    assert leases() == {"a" * 36: late, "b" * 36: early}
+    command.downgrade(cfg, "0012_srvcpu")
+    assert claims() == rows
+    with empty_engine.connect() as c:
+        expiry = c.execute(text("SELECT DISTINCT cvd_id, expires FROM blob_claims")).all()
+    assert {(cvd, str(t)[:19]) for cvd, t in expiry} == {("a" * 36, late), ("b" * 36, early)}

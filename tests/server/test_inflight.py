@@ -13,6 +13,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from lamina.cli import store as cli_store
 from lamina.config import ServerSettings
 from lamina.db.engine import make_engine, write_tx
 from lamina.db.migrate import upgrade
-from lamina.db.models import blob_claims, cvds, devices, policies, shared_blobs
+from lamina.db.models import blob_claimants, blob_claims, cvds, devices, policies, shared_blobs
 from lamina.errors import UploadsPendingError
 from lamina.protocol.bundle import MEDIA_TYPE, decode_bundle
 from lamina.server.services import access, inflight
@@ -233,7 +234,7 @@ def test_a_claimant_that_dies_leaves_the_commit_whole(
 
     def expire_a() -> None:  # what the lease does, without waiting for it
         with engine.begin() as c:
-            c.execute(update(blob_claims).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+            c.execute(update(blob_claimants).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
 
     watched(a, sa, a_before, lambda: None)
     out: dict[str, Any] = {}
@@ -416,6 +417,22 @@ def _cvds_db(tmp_path: Path, names: tuple[str, ...] = ("a", "b")) -> Engine:
     return engine
 
 
+@contextmanager
+def traced(engine: Engine) -> Iterator[list[str]]:
+    """The SQL of every statement ``engine``'s connections run in the block (SQLite's
+    trace, set on whichever connection a transaction checks out)."""
+    seen: list[str] = []
+
+    def trace(dbapi_conn: Any, *_: Any) -> None:
+        dbapi_conn.set_trace_callback(seen.append)
+
+    event.listen(engine, "checkout", trace)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "checkout", trace)
+
+
 def test_a_bundles_claims_end_in_one_statement_per_batch_on_sqlite(tmp_path: Path) -> None:
     """On SQLite a bundle's claims end by ``IN`` per ``BATCH`` ids, not by primary key
     once per id (an ``executemany`` runs its statement for every row: counted by the
@@ -493,17 +510,9 @@ def test_blobs_a_bundle_stored_first_are_not_asked_whether_they_became_common(
     on = inflight.Sharing(threshold=2)
     ids = [blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(100)]
     try:
-        seen: list[str] = []
-
-        def trace(dbapi_conn: Any, *_: Any) -> None:
-            dbapi_conn.set_trace_callback(seen.append)
-
-        event.listen(engine, "checkout", trace)
-        try:
+        with traced(engine) as seen:
             assert access.record(engine, "a", ids, on, frozenset(ids)) == 100
             assert access.record(engine, "b", ids[:10], on, frozenset(ids[:10])) == 10
-        finally:
-            event.remove(engine, "checkout", trace)
         assert [s for s in seen if s.startswith("INSERT INTO cvd_blobs")]
         assert not [s for s in seen if "shared_blobs" in s]
         with engine.connect() as c:
@@ -545,5 +554,71 @@ def test_an_ownership_row_costs_one_b_tree_entry(tmp_path: Path) -> None:
             assert access.owned(c, "a", [*ids[:10], b"\0" * 32]) == set(ids[:10])
             assert access.owned(c, "b", ids[:10]) == set()
             assert inflight.need(c, "b", ids[:10], set(ids[:10]), on) == []  # a holds them
+    finally:
+        engine.dispose()
+
+
+def test_a_claim_is_one_b_tree_entry_and_its_lease_is_its_cvds(tmp_path: Path) -> None:
+    """Revision 0013_srvsql: a claim is one entry of one b-tree (``blob_claims`` keyed by
+    (blob, CVD), ``WITHOUT ROWID``, no expiry of its own and no index by it: at 0012 a
+    row table, its key's index and the index by expiry took three), and its lease is its
+    CVD's one ``blob_claimants`` row: a bundle renews one row, not every claim's expiry.
+    Another CVD's claims count while that lease runs, and not after (then swept)."""
+    engine = _cvds_db(tmp_path, ("a", "b"))
+    on = inflight.Sharing(threshold=1, lease=60)
+    ids = sorted(blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(3_000))
+    try:
+        with write_tx(engine) as c:
+            assert inflight.need(c, "a", ids, set(), on) == ids
+        with engine.connect() as c:
+            trees = c.exec_driver_sql(
+                "SELECT name FROM sqlite_schema WHERE tbl_name = 'blob_claims' "
+                "UNION SELECT name FROM dbstat WHERE name LIKE 'sqlite_autoindex_blob_claims%'"
+            ).all()
+            assert [t for (t,) in trees] == ["blob_claims"]
+            lease = c.execute(select(blob_claimants.c.expires)).scalar_one()
+        seen: list[str] = []
+        with write_tx(engine) as c:
+            c.connection.driver_connection.set_trace_callback(seen.append)  # type: ignore[union-attr]
+            try:
+                inflight.received(c, "a", ids[:10], on)
+            finally:
+                c.connection.driver_connection.set_trace_callback(None)  # type: ignore[union-attr]
+        assert [s for s in seen if s.startswith("UPDATE")] == [
+            next(s for s in seen if s.startswith("UPDATE blob_claimants"))
+        ]
+        with write_tx(engine) as c:  # B is told A's 2,990 are coming
+            assert inflight.need(c, "b", ids, set(), on) == ids[:10]
+            c.execute(update(blob_claimants).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+        with write_tx(engine) as c:  # A's lease ran out: B sends them, A's claims are gone
+            assert inflight.need(c, "b", ids, set(), on) == ids
+            assert (
+                c.execute(
+                    select(func.count()).select_from(blob_claims).where(blob_claims.c.cvd_id == "a")
+                ).scalar()
+                == 0
+            )
+        assert lease is not None
+    finally:
+        engine.dispose()
+
+
+def test_an_endpoint_syncing_alone_looks_up_no_claims(tmp_path: Path) -> None:
+    """A claim counts only while its CVD's lease runs: with no other CVD's lease live (one
+    endpoint syncing), ``need`` asks ``blob_claims`` nothing, where it looked up every id
+    (133 of ~5,000 ms of a 100,000-file first sync's replayed server CPU). It still claims
+    what it sends, for an endpoint that starts later; once one has, the lookups come back."""
+    engine = _cvds_db(tmp_path, ("a", "b"))
+    on = inflight.Sharing(threshold=1)
+    ids = [blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(100)]
+    try:
+        with traced(engine) as seen:
+            with write_tx(engine) as c:
+                assert inflight.need(c, "a", ids[:50], set(), on) == ids[:50]
+            assert not [s for s in seen if s.startswith("SELECT") and "blob_claims" in s]
+            assert [s for s in seen if s.startswith("INSERT INTO blob_claims ")]
+            with write_tx(engine) as c:  # b starts: a's claims count for it
+                assert inflight.need(c, "b", ids, set(), on) == ids[50:]
+            assert [s for s in seen if s.startswith("SELECT") and "blob_claims" in s]
     finally:
         engine.dispose()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 #: The newest revision in migrations/versions (a test keeps this in step with Alembic).
-HEAD = "0012_srvcpu"
+HEAD = "0013_srvsql"
 
 
 def alembic_config(engine: Engine) -> Config:

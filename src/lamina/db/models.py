@@ -272,15 +272,28 @@ cvd_blobs = Table(
     sqlite_with_rowid=False,
 )
 
-#: Blobs a CVD was told to upload and has not yet (in flight), revision 0009: while the
-#: lease runs, other CVDs may be told the blob is coming instead of sending it too
-#: (``server/services/inflight.py``). An expired row counts for nothing.
+#: Blobs a CVD was told to upload and has not yet (in flight), revision 0009: while its
+#: CVD's lease runs (``blob_claimants``), other CVDs may be told the blob is coming
+#: instead of sending it too (``server/services/inflight.py``). Revision 0013_srvsql: the
+#: lease is the CVD's, not the row's, so a claim is one entry of one b-tree (``WITHOUT
+#: ROWID`` on SQLite, no ``expires`` and its index, no foreign key: a claim whose CVD has
+#: no live lease, or no longer exists, counts for nothing and is swept with its lease).
 blob_claims = Table(
     "blob_claims",
     metadata,
     Column("blob_id", LargeBinary(32), primary_key=True),
+    Column("cvd_id", String(36), primary_key=True),
+    sqlite_with_rowid=False,
+)
+
+#: The CVDs with claims, and until when they count (revision 0013_srvsql): renewed by the
+#: CVD's asks and bundles (it is alive and uploading), deleted with its claims when it
+#: commits or when the lease runs out.
+blob_claimants = Table(
+    "blob_claimants",
+    metadata,
     parent_key("cvd_id", "cvds.id"),
-    timestamp("expires", index=True),
+    timestamp("expires"),
 )
 
 #: Blobs held by at least the server's ``share_threshold`` CVDs (common content, such as

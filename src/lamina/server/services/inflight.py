@@ -17,10 +17,11 @@ The protocol (docs/design.md, "Blobs in flight"):
 - ``need``: what this CVD must send. A blob it does not own is present when stored and
   *shared* (``shared_blobs``: held by ``threshold`` CVDs once), or when
   ``threshold`` other CVDs own it or claim it (in flight: *promised*). Everything the
-  answer says to send is claimed for this CVD until ``now + lease``.
+  answer says to send is claimed for this CVD, and its claims' lease (one per CVD,
+  ``blob_claimants``, revision 0013) runs until ``now + lease``.
 - ``received``: a bundle was stored and its blobs recorded as the CVD's (``access.record``):
-  its claims on them end, its other claims get a fresh lease (it is alive and
-  uploading), and blobs now held by ``threshold`` CVDs become shared.
+  its claims on them end, its lease is renewed (it is alive and uploading), and blobs
+  now held by ``threshold`` CVDs become shared.
 - ``settle``: a commit names blobs this CVD does not own. Stored shared ones become
   its own; ones still claimed by enough others make the commit answer
   ``UploadsPendingError`` (the agent asks again a moment later); any other is missing
@@ -44,7 +45,7 @@ from sqlalchemy import Connection, Executable, bindparam, delete, func, select, 
 from sqlalchemy.dialects import postgresql
 
 from lamina.db.engine import driver_rows
-from lamina.db.models import blob_claims, cvd_blobs, shared_blobs
+from lamina.db.models import blob_claimants, blob_claims, cvd_blobs, shared_blobs
 from lamina.errors import MissingDataError, UploadsPendingError
 from lamina.server.services.common import now
 
@@ -142,7 +143,9 @@ def _holders(
     """Other CVDs owning each stored id, and other CVDs with a live claim on each id.
 
     Only called for blobs that are not shared, which fewer than ``threshold`` CVDs own,
-    so the rows read stay few whatever the size of the fleet."""
+    so the rows read stay few whatever the size of the fleet. A claim counts while its
+    CVD's lease runs (``blob_claimants``): with no other CVD's lease live (an endpoint
+    syncing alone), there is no claim to look up."""
     owners: dict[bytes, set[str]] = {}
     claims: dict[bytes, set[str]] = {}
     held = [i for i in ids if i in stored]
@@ -156,21 +159,55 @@ def _holders(
         cvd_id,
     ):
         owners.setdefault(bytes(bid), set()).add(cid)
+    if not ids or not _others_live(c, cvd_id, when):
+        return owners, claims
     for bid, cid in rows_in(
         c,
-        "SELECT blob_id, cvd_id FROM blob_claims WHERE blob_id IN (%s) AND cvd_id != ? "
-        "AND expires > ?",
-        lambda part: select(blob_claims.c.blob_id, blob_claims.c.cvd_id).where(
-            blob_claims.c.blob_id.in_(part),
-            blob_claims.c.cvd_id != cvd_id,
-            blob_claims.c.expires > when,
+        "SELECT c.blob_id, c.cvd_id FROM blob_claims c JOIN blob_claimants k "
+        "ON k.cvd_id = c.cvd_id WHERE c.blob_id IN (%s) AND c.cvd_id != ? AND k.expires > ?",
+        lambda part: (
+            select(blob_claims.c.blob_id, blob_claims.c.cvd_id)
+            .join(blob_claimants, blob_claimants.c.cvd_id == blob_claims.c.cvd_id)
+            .where(
+                blob_claims.c.blob_id.in_(part),
+                blob_claims.c.cvd_id != cvd_id,
+                blob_claimants.c.expires > when,
+            )
         ),
         ids,
         cvd_id,
-        _bound(c, blob_claims.c.expires, when),
+        _bound(c, blob_claimants.c.expires, when),
     ):
         claims.setdefault(bytes(bid), set()).add(cid)
     return owners, claims
+
+
+def _others_live(c: Connection, cvd_id: str, when: dt.datetime) -> bool:
+    """Whether another CVD's claims count at ``when`` (its lease runs): one probe of
+    ``blob_claimants``, a row per CVD uploading."""
+    return bool(
+        _run(
+            c,
+            "SELECT 1 FROM blob_claimants WHERE cvd_id != ? AND expires > ? LIMIT 1",
+            lambda: (
+                select(blob_claimants.c.cvd_id)
+                .where(blob_claimants.c.cvd_id != cvd_id, blob_claimants.c.expires > when)
+                .limit(1)
+            ),
+            cvd_id,
+            _bound(c, blob_claimants.c.expires, when),
+        )
+    )
+
+
+def _run(c: Connection, sql: str, core: Callable[[], Executable], *args: object) -> list[Any]:
+    """The rows of one statement run once per request: on SQLite ``sql`` as the driver
+    takes it (``driver_rows``: building and compiling the Core statement cost more than
+    running it), elsewhere ``core()``. A write returns no rows."""
+    if c.dialect.name == "sqlite":
+        return driver_rows(c, sql, args)
+    result = c.execute(core())
+    return list(result) if result.returns_rows else []
 
 
 def _holding(bid: bytes, owners: dict[bytes, set[str]], claims: dict[bytes, set[str]]) -> int:
@@ -182,35 +219,58 @@ def _holding(bid: bytes, owners: dict[bytes, set[str]], claims: dict[bytes, set[
 
 
 def _sweep(c: Connection, when: dt.datetime) -> None:
-    """Delete the claims expired at ``when`` (as the driver's statement on SQLite:
-    building the Core one cost more than the delete, once per ``/agent/missing``)."""
-    if c.dialect.name == "sqlite":
-        sql = "DELETE FROM blob_claims WHERE expires <= ?"
-        c.exec_driver_sql(sql, (_bound(c, blob_claims.c.expires, when),))
-    else:
-        c.execute(delete(blob_claims).where(blob_claims.c.expires <= when))
+    """Delete the claims of CVDs whose lease ran out by ``when``, and their leases: one
+    probe of ``blob_claimants`` at each ``/agent/missing``; the claims (read by a scan:
+    ``blob_claims`` has no index by CVD) only when a lease ran out, i.e. its endpoint
+    stopped uploading without committing."""
+    expired = _run(
+        c,
+        "SELECT cvd_id FROM blob_claimants WHERE expires <= ?",
+        lambda: select(blob_claimants.c.cvd_id).where(blob_claimants.c.expires <= when),
+        _bound(c, blob_claimants.c.expires, when),
+    )
+    for (cid,) in expired:
+        _drop_claims(c, cid)
 
 
-def _upsert_claim() -> Executable:
-    stmt = postgresql.insert(blob_claims)
-    return stmt.on_conflict_do_update(
-        index_elements=[blob_claims.c.blob_id, blob_claims.c.cvd_id],
-        set_={"expires": stmt.excluded.expires},
+def _drop_claims(c: Connection, cvd_id: str) -> None:
+    """Delete the CVD's lease and, when it had one, every claim of it (in that order,
+    as ``_claim`` and ``received`` take them)."""
+    gone = c.execute(delete(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id))
+    if gone.rowcount:
+        c.execute(delete(blob_claims).where(blob_claims.c.cvd_id == cvd_id))
+
+
+def _lease(c: Connection, cvd_id: str, until: dt.datetime) -> None:
+    """The CVD's claims count until ``until`` (its ``blob_claimants`` row made or renewed)."""
+    _run(
+        c,
+        "INSERT INTO blob_claimants (cvd_id, expires) VALUES (?, ?) "
+        "ON CONFLICT (cvd_id) DO UPDATE SET expires = excluded.expires",
+        lambda: (
+            postgresql.insert(blob_claimants)
+            .values(cvd_id=cvd_id, expires=until)
+            .on_conflict_do_update(
+                index_elements=[blob_claimants.c.cvd_id], set_={"expires": until}
+            )
+        ),
+        cvd_id,
+        _bound(c, blob_claimants.c.expires, until),
     )
 
 
-def _upsert_claims(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datetime) -> None:
+def _claim(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datetime) -> None:
+    """Claim ``ids`` for the CVD, all of its claims counting until ``until``."""
+    _lease(c, cvd_id, until)
     # One statement run for many rows (executemany), not a multi-row VALUES compiled
     # anew for each batch (that compile was most of a first sync's /agent/missing).
-    expires = _bound(c, blob_claims.c.expires, until)
     for part in id_batches(sorted(ids)):  # one order for every writer: no lock cycles on PostgreSQL
         write_rows(
             c,
-            "INSERT INTO blob_claims (blob_id, cvd_id, expires) VALUES (?, ?, ?) "
-            "ON CONFLICT (blob_id, cvd_id) DO UPDATE SET expires = excluded.expires",
-            _upsert_claim,
-            ("blob_id", "cvd_id", "expires"),
-            [(i, cvd_id, expires) for i in part],
+            "INSERT INTO blob_claims (blob_id, cvd_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            lambda: postgresql.insert(blob_claims).on_conflict_do_nothing(),
+            ("blob_id", "cvd_id"),
+            [(i, cvd_id) for i in part],
         )
 
 
@@ -238,7 +298,7 @@ def need(
     held = owners.keys() | claims.keys()  # (an id no other CVD holds or claims: send it)
     send = [i for i in rest if i not in held or _holding(i, owners, claims) < sharing.threshold]
     if send:
-        _upsert_claims(c, cvd_id, send, when + dt.timedelta(seconds=sharing.lease))
+        _claim(c, cvd_id, send, when + dt.timedelta(seconds=sharing.lease))
     return send
 
 
@@ -258,13 +318,20 @@ def received(
     marks it then), so a mark missed here costs a later ask a lookup, never an answer."""
     if not sharing.on or not ids:
         return
-    when = now()
-    _end_claims(c, cvd_id, ids)
-    c.execute(
-        update(blob_claims)
-        .where(blob_claims.c.cvd_id == cvd_id)
-        .values(expires=when + dt.timedelta(seconds=sharing.lease))
+    until = now() + dt.timedelta(seconds=sharing.lease)
+    # The lease first, then its claims: the order ``_drop_claims`` takes them in (no lock
+    # cycle between a sweep and a bundle on PostgreSQL). One row, where every claim's own
+    # expiry was rewritten.
+    _run(
+        c,
+        "UPDATE blob_claimants SET expires = ? WHERE cvd_id = ?",
+        lambda: (
+            update(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id).values(expires=until)
+        ),
+        _bound(c, blob_claimants.c.expires, until),
+        cvd_id,
     )
+    _end_claims(c, cvd_id, ids)
     ask = [i for i in ids if i not in first] if first and sharing.threshold > 1 else ids
     _mark_shared(c, _newly_common(c, ask, sharing.threshold))
 
@@ -370,4 +437,4 @@ def settle(
 
 def committed(c: Connection, cvd_id: str) -> None:
     """The CVD committed: whatever it claimed and did not send, it will not send now."""
-    c.execute(delete(blob_claims).where(blob_claims.c.cvd_id == cvd_id))
+    _drop_claims(c, cvd_id)
