@@ -17,6 +17,7 @@ root (a loop mount for extlinux); with a cached guest, nothing does.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import random
@@ -126,7 +127,13 @@ def build_guest() -> Guest:
     disk = folder / "disk.raw"
     meta = folder / "random.txt"
     if not disk.exists():
-        _build(folder, pkg)
+        # xdist workers start the module's tests at once: one builds, the others wait for it
+        # (each building too raced on the cache's renames, and the losers skipped their tests).
+        cache_root().mkdir(parents=True, exist_ok=True)
+        with open(cache_root() / "flex-guest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not disk.exists():
+                _build(folder, pkg)
     return Guest(disk, tuple(int(x) for x in meta.read_text().split()))
 
 
@@ -147,7 +154,12 @@ def _kernel_tree(pkg: str) -> Path:
     if not tree.exists():
         tmp_tree = Path(tempfile.mkdtemp(dir=debs))
         subprocess.run(["dpkg-deb", "-x", str(found[-1]), str(tmp_tree)], check=True)
-        os.replace(tmp_tree, tree)
+        try:
+            os.replace(tmp_tree, tree)
+        except OSError:
+            shutil.rmtree(tmp_tree, ignore_errors=True)
+            if not tree.is_dir():  # another process unpacked it meanwhile: fine
+                raise
     return tree
 
 
