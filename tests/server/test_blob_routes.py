@@ -51,3 +51,26 @@ def test_blobs_read_hands_its_answer_over_from_the_packers_buffer(tmp_path: Path
                 c.close()
     assert len(bodies) == 2
     assert all(isinstance(b, memoryview) for b in bodies)
+
+
+def test_blob_reads_are_matched_right_after_the_agents_routes(tmp_path: Path) -> None:
+    """The router tries its routes in order (``_IncludedRouter`` by ``_IncludedRouter``,
+    µs of the event loop's CPU each): a restore's ``/blobs/read`` requests, one per
+    16 MiB job, were matched after seven other modules' routes (docs/design.md,
+    "Restores (session 16)"). No other route may answer a blob path, so trying them
+    earlier changes no answer."""
+    from starlette.routing import Match
+
+    app = create_app(ServerSettings(data=tmp_path / "data", admin_password="x" * 16))
+
+    def tried(path: str) -> list[int]:
+        scope = {"type": "http", "path": path, "method": "POST", "root_path": "", "headers": []}
+        return [
+            i + 1
+            for i, r in enumerate(app.router.routes)
+            if r.matches(dict(scope))[0] != Match.NONE
+        ]
+
+    (agent,) = tried("/api/v1/agent/config")
+    for path in ("/api/v1/blobs/read", "/api/v1/blobs/delta", "/api/v1/blobs/trees"):
+        assert tried(path) == [agent + 1], path
