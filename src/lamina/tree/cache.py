@@ -13,7 +13,9 @@ removing one moves the ctime). Consistency rules:
   one changed file among thousands costs one row, not thousands. The batched
   rows are written by one thread on a connection of its own, beside the walk
   (``_flush``); ``settle`` waits for them and raises a write that failed, and
-  ``commit`` settles first.
+  ``commit`` settles first. A commit that finds no ``files`` row (a source's first
+  backup) makes ``pending`` the ``files`` table in the same transaction rather than
+  copying its rows one by one.
 - The cache records the store's gc epoch at its last commit. If the store's
   epoch has moved since, chunks it names may have been collected, so callers must
   verify cached chunk ids before trusting them (``stale``).
@@ -61,6 +63,12 @@ ID_SIZE = 32
 #: Batches of rows written or queued beside the walk before ``_flush`` waits for the
 #: oldest: the rows held in memory stay bounded (about 2,000 rows a batch).
 WRITES_IN_FLIGHT = 2
+#: ``pending`` as ``FilesCache`` makes it, with the columns of ``files`` (``commit`` may
+#: make ``pending`` the new ``files`` and then this one the new ``pending``).
+_CREATE_PENDING = """
+    CREATE TABLE IF NOT EXISTS pending (
+        dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
+        mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name))"""
 
 
 class CachedFile(NamedTuple):
@@ -181,12 +189,10 @@ class FilesCache:
                 "DROP TABLE IF EXISTS dirs; DROP TABLE IF EXISTS pending_dirs;"
                 " DROP TABLE IF EXISTS dir_entries;"
             )
+        self._db.execute(_CREATE_PENDING)
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS files (
-                dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
-                mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
-            CREATE TABLE IF NOT EXISTS pending (
                 dir BLOB NOT NULL, name BLOB NOT NULL, inode INTEGER, size INTEGER,
                 mtime INTEGER, ctime INTEGER, content BLOB, PRIMARY KEY (dir, name));
             CREATE TABLE IF NOT EXISTS dirs (
@@ -373,11 +379,18 @@ class FilesCache:
         if str(epoch) != self._confirmed_epoch:
             self._db.execute("DELETE FROM files WHERE dir NOT IN (SELECT dir FROM visited)")
             self._db.execute("DELETE FROM dirs WHERE dir NOT IN (SELECT dir FROM visited)")
-        self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM pending")
+        if self._db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None:
+            # No row to keep (a source's first backup): this scan's rows become the
+            # table as they are, rather than copied row by row and then deleted.
+            self._db.execute("DROP TABLE files")
+            self._db.execute("ALTER TABLE pending RENAME TO files")
+            self._db.execute(_CREATE_PENDING)
+        else:
+            self._db.execute("INSERT OR REPLACE INTO files SELECT * FROM pending")
+            self._db.execute("DELETE FROM pending")
         self._db.execute("DELETE FROM dirs WHERE dir IN (SELECT dir FROM pending_dirs)")
         self._db.execute("INSERT INTO dirs SELECT * FROM pending_dirs WHERE tree IS NOT NULL")
         self._db.execute("DELETE FROM dir_entries WHERE tree NOT IN (SELECT tree FROM dirs)")
-        self._db.execute("DELETE FROM pending")
         self._db.execute("DELETE FROM pending_dirs")
         self._db.execute("DELETE FROM dropped")
         self._db.execute("DELETE FROM visited")
