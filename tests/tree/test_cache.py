@@ -459,3 +459,31 @@ def test_a_first_commit_makes_its_rows_the_table_and_a_later_one_copies_them(
         assert c._db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
     finally:
         c.close()
+
+
+def test_a_files_row_is_packed_by_the_caches_one_packer_into_the_same_bytes(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's row is packed by the cache's one ``msgpack.Packer`` (``msgpack.packb``
+    makes a packer per call: two thirds of a row's packing on the walk's thread), into
+    the bytes ``packb`` gives; a row that could not be packed leaves nothing behind."""
+    st = os.stat(tmp_path)
+    rows = {b"a": ([b"\1" * 32, 5], [(b"user.k", b"v")]), b"b": ([], [])}
+    packs: list[object] = []
+    real = cache_mod.msgpack.packb
+    monkeypatch.setattr(
+        cache_mod.msgpack, "packb", lambda *a, **k: packs.append(a) or real(*a, **k)
+    )
+    c = FilesCache(tmp_path / "rows.db", store.keys.store_id, 0)
+    with pytest.raises(TypeError):
+        c.put(b"d", b"bad", st, [object()])  # type: ignore[list-item]
+    c._batch.clear()
+    for name, (content, xattrs) in rows.items():
+        c.put(b"d", name, st, content, xattrs)
+    assert packs == []
+    assert [r[6] for r in c._batch] == [
+        real([content, xattrs], use_bin_type=True) for content, xattrs in rows.values()
+    ]
+    c.commit(0)
+    assert {n: (f.content, f.xattrs) for n, f in c.files(b"d").items()} == rows
+    c.close()
