@@ -425,3 +425,65 @@ def test_a_signature_row_is_schema_4_s_row_made_in_one_pass(tmp_path: Path) -> N
     times = [getattr(st, f"st_{k}") for k in ("size", "mtime_ns", "ctime_ns", "rdev")]
     assert rows == [(b"f", *ids, "u", "g", *times)]
     assert cache_mod.rows_signature(rows) == cache_mod.rows_signature([tuple(rows[0])])
+
+
+def test_a_first_commit_makes_its_rows_the_table_and_a_later_one_copies_them(
+    store: Store, tmp_path: Path
+) -> None:
+    """A cache with no files rows (a source's first backup) takes the scan's pending
+    rows as its table (a rename, not a copy row by row); a later commit merges them into
+    the rows it keeps. Either way the rows are the same, and ``pending`` is empty."""
+    path = tmp_path / "rows.db"
+    st = os.stat(tmp_path)
+    statements: list[str] = []
+
+    def commit(rows: dict[bytes, list[bytes | int]], drop: list[bytes]) -> None:
+        c = FilesCache(path, store.keys.store_id, 0)
+        c._db.set_trace_callback(statements.append)
+        for name, content in rows.items():
+            c.put(b"d", name, st, content)
+        c.drop(b"d", drop)
+        c.commit(0)
+        c.close()
+
+    commit({b"a": [b"\1" * 32], b"b": [b"\2" * 32]}, [])
+    assert not any("INTO files SELECT" in s for s in statements)
+    assert any("RENAME TO files" in s for s in statements)
+    statements.clear()
+    commit({b"b": [b"\3" * 32], b"c": [7]}, [b"a"])
+    assert any("INTO files SELECT * FROM pending" in s for s in statements)
+    assert not any("RENAME" in s for s in statements)
+    c = FilesCache(path, store.keys.store_id, 0)
+    try:
+        assert {n: f.content for n, f in c.files(b"d").items()} == {b"b": [b"\3" * 32], b"c": [7]}
+        assert c._db.execute("SELECT count(*) FROM pending").fetchone() == (0,)
+    finally:
+        c.close()
+
+
+def test_a_files_row_is_packed_by_the_caches_one_packer_into_the_same_bytes(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's row is packed by the cache's one ``msgpack.Packer`` (``msgpack.packb``
+    makes a packer per call: two thirds of a row's packing on the walk's thread), into
+    the bytes ``packb`` gives; a row that could not be packed leaves nothing behind."""
+    st = os.stat(tmp_path)
+    rows = {b"a": ([b"\1" * 32, 5], [(b"user.k", b"v")]), b"b": ([], [])}
+    packs: list[object] = []
+    real = cache_mod.msgpack.packb
+    monkeypatch.setattr(
+        cache_mod.msgpack, "packb", lambda *a, **k: packs.append(a) or real(*a, **k)
+    )
+    c = FilesCache(tmp_path / "rows.db", store.keys.store_id, 0)
+    with pytest.raises(TypeError):
+        c.put(b"d", b"bad", st, [object()])  # type: ignore[list-item]
+    c._batch.clear()
+    for name, (content, xattrs) in rows.items():
+        c.put(b"d", name, st, content, xattrs)
+    assert packs == []
+    assert [r[6] for r in c._batch] == [
+        real([content, xattrs], use_bin_type=True) for content, xattrs in rows.values()
+    ]
+    c.commit(0)
+    assert {n: (f.content, f.xattrs) for n, f in c.files(b"d").items()} == rows
+    c.close()
