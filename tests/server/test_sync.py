@@ -102,8 +102,9 @@ def test_a_bundles_blobs_go_into_the_pack_in_one_call_not_one_each(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The intake adds its verified blobs in one call (``Writer.put_payloads``): the
-    writer's checks and lock are taken, and random nonces read from the OS, as often for
-    60 blobs as for 3; every blob is sealed under a nonce of its own."""
+    writer's checks and lock are taken, random nonces read from the OS and the cipher
+    looked up (``blob.seal_many``), as often for 60 blobs as for 3; every blob is sealed
+    under a nonce of its own."""
     from lamina.store import writer as writer_mod
 
     checks, nonces = [0], [0]
@@ -117,14 +118,21 @@ def test_a_bundles_blobs_go_into_the_pack_in_one_call_not_one_each(
         nonces[0] += 1
         return real_urandom(n)
 
+    ciphers, real_aead = [0], blob._aead
+
+    def aead(data_key: bytes) -> object:
+        ciphers[0] += 1
+        return real_aead(data_key)
+
     monkeypatch.setattr(writer_mod.Writer, "_check", check)
     monkeypatch.setattr(os, "urandom", urandom)
+    monkeypatch.setattr(blob, "_aead", aead)
     counts = []
     for n in (3, 60):
         datas = [real_urandom(100 + i) for i in range(n)]
-        checks[0] = nonces[0] = 0
+        checks[0] = nonces[0] = ciphers[0] = 0
         assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == n
-        counts.append((checks[0], nonces[0]))
+        counts.append((checks[0], nonces[0], ciphers[0]))
         assert [store.get(_bid(store, d)) for d in datas] == datas
         where = store.catalog.locate([_bid(store, d) for d in datas]).values()
         sealed = [store.backend.read(pack_object_name(w.pack), w.offset, w.length) for w in where]

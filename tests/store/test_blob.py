@@ -102,3 +102,26 @@ def test_unknown_flag() -> None:
     sealed = blob.seal(DK, BlobKind.DATA, bid, 7, b"data")
     with pytest.raises(IntegrityError, match="compression flag"):
         blob.open_sealed(DK, IK, BlobKind.DATA, bid, sealed, 4)
+
+
+def test_seal_many_makes_the_bytes_seal_parts_makes_under_the_same_nonces() -> None:
+    """``seal_many`` (a bundle's intake) seals each blob as ``seal_parts`` does, the i-th
+    under the i-th nonce, and each unseals to its flag and payload."""
+    key = os.urandom(32)
+    blobs = [
+        (kind, os.urandom(32), flag, os.urandom(n), n)
+        for n, kind, flag in [
+            (0, BlobKind.DATA, 0),
+            (100, BlobKind.TREE, 1),
+            (5000, BlobKind.DATA, 1),
+        ]
+    ]
+    nonces = os.urandom(blob.NONCE.size * len(blobs))
+    sealed = blob.seal_many(key, blobs, nonces)
+    size = blob.NONCE.size
+    for i, (kind, bid, flag, payload, _) in enumerate(blobs):
+        nonce = nonces[i * size : (i + 1) * size]
+        assert (nonce, sealed[i]) == blob.seal_parts(key, kind, bid, flag, payload, nonce)
+        assert blob.unseal(key, kind, bid, nonce + sealed[i]) == (flag, payload)
+    with pytest.raises(ValueError, match="nonces"):
+        blob.seal_many(key, blobs, nonces[:-1])

@@ -180,13 +180,13 @@ class Writer:
         a bundle's intake adds its blobs in one call, not one each. Their random nonces
         are drawn from the OS in one read, not one each (``os.urandom``, as ``seal``)."""
         self._check()
-        data_key, seal_parts, add = self.store.keys.data_key, blob.seal_parts, self._add
         size = blob.NONCE.size
         nonces = os.urandom(size * len(blobs))
+        sealed = blob.seal_many(self.store.keys.data_key, blobs, nonces)
+        add = self._add
         with self._lock:
-            for i, (kind, bid, flag, payload, raw_length) in enumerate(blobs):
-                nonce = nonces[i * size : (i + 1) * size]
-                add(kind, bid, seal_parts(data_key, kind, bid, flag, payload, nonce), raw_length)
+            for i, (kind, bid, _, _, raw_length) in enumerate(blobs):
+                add(kind, bid, (nonces[i * size : (i + 1) * size], sealed[i]), raw_length)
 
     def put_sealed_many(self, kind: BlobKind, blobs: Iterable[tuple[bytes, bytes, int]]) -> None:
         """``put_sealed`` of each ``(id, sealed blob, raw length)``, under one lock."""
