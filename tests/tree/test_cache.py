@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from lamina.store.catalog import SnapshotRecord
@@ -425,3 +426,32 @@ def test_a_signature_row_is_schema_4_s_row_made_in_one_pass(tmp_path: Path) -> N
     times = [getattr(st, f"st_{k}") for k in ("size", "mtime_ns", "ctime_ns", "rdev")]
     assert rows == [(b"f", *ids, "u", "g", *times)]
     assert cache_mod.rows_signature(rows) == cache_mod.rows_signature([tuple(rows[0])])
+
+
+def test_a_files_row_is_packed_without_a_packer_per_file(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``put`` packs each file's content and xattrs with the cache's one packer (not a new
+    one per file, as ``msgpack.packb`` makes); the rows read back are the files' own."""
+    made: list[object] = []
+    real = msgpack.Packer
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, **kw: object) -> None:
+            made.append(self)
+            super().__init__(**kw)
+
+    monkeypatch.setattr(msgpack, "Packer", Counting)
+    c = FilesCache(tmp_path / "rows.db", store.keys.store_id, 0)
+    made.clear()
+    st = os.stat(src / "top0.txt")
+    for i in range(100):
+        c.put(b"d", b"f%03d" % i, st, [bytes([i]) * 32, 7], [(b"user.k", b"v%d" % i)])
+    assert made == []
+    c.commit(0)
+    c.close()
+    c = FilesCache(tmp_path / "rows.db", store.keys.store_id, 0)
+    rows = c.files_named(b"d", [b"f005", b"f099"])
+    c.close()
+    assert rows[b"f005"].content == [b"\x05" * 32, 7]
+    assert rows[b"f099"].xattrs == [(b"user.k", b"v99")]

@@ -219,6 +219,9 @@ class FilesCache:
         self._dropped: list[tuple[bytes, bytes]] = []
         self._dirs: list[tuple[bytes, bytes | None, bytes | None, bytes | None]] = []
         self._entries: list[tuple[bytes, bytes]] = []
+        #: ``put``'s packer, one for the cache (``put``, like ``_batch``, is the walk's
+        #: alone), not a new one per file as ``msgpack.packb`` makes
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         #: The batched rows are written by one thread on its own connection, beside the
         #: walk: SQLite's B-tree work runs without the GIL there (a scan that reads
         #: every file queues a row per file). ``commit`` and ``close`` wait for it first.
@@ -310,7 +313,7 @@ class FilesCache:
                 st.st_size,
                 st.st_mtime_ns,
                 st.st_ctime_ns,
-                msgpack.packb([content, xattrs], use_bin_type=True),
+                self._pack([content, xattrs]),
             )
         )
         if len(self._batch) >= 2000:
