@@ -296,3 +296,40 @@ def test_views_are_compressed_as_put_while_the_server_lacks_most_of_what_is_aske
     assert scan not in {t for _, t in compressed}
     assert sink.uploaded_blobs == 50 and sink._missing(ids[:50]) == set()
     client.close()
+
+
+def test_a_jobs_chunks_put_at_once_ask_and_go_up_as_put_one_at_a_time(
+    server: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``put_chunks`` (a reading thread's job in one call) queues what ``need`` and
+    ``put_chunk`` would: a blob twice in a job or in two jobs once, one question per
+    ``ASK_BLOBS``, and only what the server lacks goes up."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 250)
+    client, chunking = agent_client(server, "uploader-many")
+    asked: list[int] = []
+    real = client.json
+
+    def counting(method: str, path: str, **kw: Any) -> Any:
+        if path == "/agent/missing":
+            asked.append(len(kw["json"]["ids"]))
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "json", counting)
+    chunks = [f"a job's small file {i}\n".encode() * 20 for i in range(400)]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    first = RemoteSink(client, chunking)
+    first.put_chunks(BlobKind.DATA, list(zip(ids[:100], chunks[:100], strict=True)))
+    first.flush()
+    assert asked == [100] and first.uploaded_blobs == 100
+    asked.clear()
+
+    sink = RemoteSink(client, chunking)
+    for job in range(40):
+        part = list(range(job * 10, job * 10 + 10))
+        part += [part[0], max(0, part[0] - 1)]  # again in this job, and from the last one
+        sink.put_chunks(BlobKind.DATA, [(ids[k], chunks[k]) for k in part])
+    sink.flush()
+    assert asked == [250, 150]  # each blob asked about once, in two questions
+    assert sink.uploaded_blobs == 300  # the 100 the server held were not sent
+    assert not sink._sent and sink._missing(ids) == set()
+    client.close()

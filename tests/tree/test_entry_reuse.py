@@ -8,6 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from lamina.store.repository import Store
@@ -132,3 +133,24 @@ def test_entries_written_by_a_scan_never_committed_are_not_reached_and_go(
     check(store, src, r, tmp_path / "out")
     assert db.execute(orphans).fetchone()[0] == 0
     db.close()
+
+
+def test_encode_folder_packs_a_folders_entries_with_one_packer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One msgpack packer a folder, not one an entry (``msgpack.packb`` makes a new one
+    per call); the bytes are ``encode_tree``'s."""
+    made: list[object] = []
+    real = msgpack.Packer
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, **kw: object) -> None:
+            made.append(self)
+            super().__init__(**kw)
+
+    entries = [Entry(name=b"f%03d" % i, type="file", size=i, content=[]) for i in range(100)]
+    expected = encode_tree(entries)
+    monkeypatch.setattr(msgpack, "Packer", Counting)
+    tree, _ = encode_folder(entries, {})
+    assert len(made) == 1
+    assert tree == expected

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lamina.store import blob
 from lamina.store.blob import BlobKind
-from lamina.store.keys import StoreKeys
+from lamina.store.keys import ChunkingSecret, StoreKeys
 from lamina.tree.model import Entry
 from lamina.tree.scan_read import FileReader, Job
 
@@ -62,3 +62,49 @@ def test_a_sink_that_failed_once_never_gets_a_blob_under_another_ones_id(tmp_pat
     assert results[2] is None and sink.put  # the last file's blobs went on
     for bid, data in sink.put:
         assert blob.blob_id(keys.chunking.id_key, data) == bid
+
+
+class _ManySink:
+    """Takes a reading thread's chunks in one ``put_chunks`` call; never one at a time."""
+
+    def __init__(self, chunking: ChunkingSecret) -> None:
+        self.chunking = chunking
+        self.calls: list[list[tuple[bytes, bytes]]] = []
+
+    def need(self, ids: set[bytes]) -> set[bytes]:
+        raise AssertionError("put_chunks answers for need")
+
+    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        raise AssertionError("a chunk put alone")
+
+    def put(self, kind: BlobKind, data: bytes) -> bytes:
+        raise AssertionError("no trees here")
+
+    def put_chunks(self, kind: BlobKind, chunks: list[tuple[bytes, bytes | memoryview]]) -> None:
+        self.calls.append([(bid, bytes(data)) for bid, data in chunks])
+
+
+def test_a_job_of_small_files_goes_to_a_many_sink_in_one_call(tmp_path: Path) -> None:
+    """The agent's sink takes a job's chunks at once (``put_chunks``): one call, one lock
+    for 50 small files, not a ``need`` and a ``put_chunk`` per file; each id names its
+    content, in the files' order."""
+    keys = StoreKeys.generate(min_size=1024, avg_size=4096, max_size=16384)
+    rng = random.Random(3)
+    contents = [rng.randbytes(rng.randrange(1, 1024)) for _ in range(50)]
+    for i, data in enumerate(contents):
+        (tmp_path / f"f{i:02d}").write_bytes(data)
+    sink = _ManySink(keys.chunking)
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        job = Job()
+        for i in range(50):
+            name = f"f{i:02d}".encode()
+            job.files.append((name, Entry(name, "file"), os.lstat(tmp_path / f"f{i:02d}"), dfd))
+        results = _Reader(sink, keys)._run_job(job)  # type: ignore[arg-type]
+    finally:
+        os.close(dfd)
+    assert results == [None] * 50
+    assert len(sink.calls) == 1
+    assert [data for _, data in sink.calls[0]] == contents
+    for (bid, data), (_, e, _, _) in zip(sink.calls[0], job.files, strict=True):
+        assert blob.blob_id(keys.chunking.id_key, data) == bid and e.content == [bid]

@@ -181,6 +181,42 @@ class RemoteSink:
             batch = self._take_ask()
         self._hand_over(batch)
 
+    def put_chunks(self, kind: BlobKind, chunks: list[tuple[bytes, bytes | memoryview]]) -> None:
+        """``put_chunk`` for each of a reading thread's chunks (id, content), in order,
+        with one check and one lock for them all: a job of small files is up to 256
+        blobs. The same queue, the same batches, the same bytes as one call each."""
+        if self.exact_need:  # the server is asked first, as ``need`` and ``put_chunk`` do
+            need = self.need({bid for bid, _ in chunks})
+            for bid, data in chunks:
+                if bid in need:
+                    need.discard(bid)
+                    self.put_chunk(kind, bid, data)
+            return
+        self._check()
+        with self._lock:
+            sent = self._sent
+            fresh = [c for c in chunks if c[0] not in sent]
+            ahead = self._ahead
+        rows = [
+            Queued(kind, bid, *blob.compress(data), len(data))
+            if ahead and isinstance(data, memoryview)  # compressed instead of copied
+            else Queued(kind, bid, None, bytes(data), len(data))
+            for bid, data in fresh
+        ]
+        batches: list[list[Queued]] = []
+        with self._lock:
+            sent = self._sent
+            for row in rows:
+                if row.id in sent:  # put meanwhile, or twice in this job
+                    continue
+                sent.add(row.id)
+                self._ask.append(row)
+                self._ask_bytes += len(row.data)
+                if len(self._ask) >= ASK_BLOBS or self._ask_bytes >= ASK_BYTES:
+                    batches.append(self._take_ask())
+        for batch in batches:
+            self._hand_over(batch)
+
     def _take_ask(self) -> list[Queued]:
         """The queued blobs, the queue emptied (the caller holds ``_lock``)."""
         batch, self._ask, self._ask_bytes = self._ask, [], 0

@@ -77,8 +77,9 @@ def encode_folder(
     """``encode_tree`` of ``entries`` and the ``reused`` encoded ones, and each entry's
     encoded bytes by name (the same bytes: an array's are its items' one after another)."""
     encoded = dict(reused)
+    pack = msgpack.Packer(use_bin_type=True).pack  # one packer a folder, not one an entry
     for e in entries:
-        encoded[e.name] = msgpack.packb(e.encode(), use_bin_type=True)
+        encoded[e.name] = pack(e.encode())
     names = sorted(encoded)
     if len(names) != len(reused) + len(entries):
         raise IntegrityError("duplicate name in tree")

@@ -15,7 +15,7 @@ import stat
 import threading
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from lamina.store import blob
 from lamina.store.blob import BlobKind
@@ -85,6 +85,16 @@ class BlobSink(Protocol):
         ...
 
 
+@runtime_checkable
+class ManySink(BlobSink, Protocol):
+    """A sink that takes a reading thread's chunks in one call (the agent's uploader):
+    one lock and one check for a job's small files, not one per file."""
+
+    def put_chunks(self, kind: BlobKind, chunks: list[tuple[bytes, bytes | memoryview]]) -> None:
+        """``need`` and ``put_chunk`` for each of ``chunks`` (id, content), in order."""
+        ...
+
+
 class Job:
     """Files to read in one worker call; holds chunks until it asks what the store lacks.
 
@@ -123,12 +133,16 @@ class FileReader:
         pending: list[tuple[bytes, memoryview | bytes]] = []
         pending_size = 0
         results: list[str | None] = []
+        many = self.writer if isinstance(self.writer, ManySink) else None
 
         def settle() -> None:
             nonlocal pending_size
             if not pending:
                 return
             try:
+                if many is not None:
+                    many.put_chunks(BlobKind.DATA, pending)
+                    return
                 need = self.writer.need({bid for bid, _ in pending})
                 for bid, data in pending:
                     if bid in need:
