@@ -546,8 +546,8 @@ def _still_pending(
     if waiting is not None:
         if owner.still_pending(waiting):
             raise UploadsPendingError(
-                f"the snapshot names {len(waiting)} chunks or trees (or fewer) other "
-                "endpoints are still uploading; commit again in a moment"
+                "the snapshot names chunks or trees other endpoints are still uploading; "
+                "commit again in a moment"
             )
         pending.forget(cvd_id, root)
     return epoch
