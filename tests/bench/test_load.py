@@ -284,3 +284,7 @@ def test_the_agents_hook_times_each_poll_until_its_answer_is_read(tmp_path: Path
         check=True,
     ).stdout
     assert out.split() == ["[0,", "0,", "0]", "0"]
+
+
+def test_the_commit_retry_bench_runs_a_commit_that_waits_then_lands() -> None:
+    assert commit_retry.run(folders=1, retries=2) > 0
