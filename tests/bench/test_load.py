@@ -23,7 +23,7 @@ from bench.load_servers import (
 )
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench import load_agents, load_seen, load_servers
+from bench import commit_retry, load_agents, load_seen, load_servers
 from lamina.server.metrics import DURATION_BUCKETS
 
 
