@@ -5,6 +5,7 @@ An in-process server (threshold 1) and two devices: B uploads ``--folders`` fold
 and has not, so each commit is answered 409 ``uploads_pending``; after the first, the
 next ``--retries`` are timed by ``getrusage`` of this process (client and server both);
 then A sends the chunk and the commit must land. Prints the ms of CPU per retry.
+``--common N``: B's snapshot also names N chunks A uploaded (common to B).
 
 A/B: run it with ``PYTHONPATH=OTHER/src`` for the other code (docs/design.md, "The
 commit under endpoints syncing at once (session 16)").
@@ -31,7 +32,7 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(folders: int = 30, retries: int = 20) -> float:
+def run(folders: int = 30, retries: int = 20, common: int = 0) -> float:
     """Seconds of CPU per commit retried (see the module's docstring)."""
     with tempfile.TemporaryDirectory() as d:
         s = ServerSettings(
@@ -45,9 +46,10 @@ def run(folders: int = 30, retries: int = 20) -> float:
             a, b = srv.device("pc-a"), srv.device("pc-b")
             rng = random.Random(1)
             base = rng.randbytes(5000)
-            common = blob_id(a.id_key, base)
-            r = a.client.post("/agent/missing", json={"ids": [common.hex()]})
-            assert r.json()["missing"] == [common.hex()], r.text  # A claims it
+            wanted = blob_id(a.id_key, base)
+            r = a.client.post("/agent/missing", json={"ids": [wanted.hex()]})
+            assert r.json()["missing"] == [wanted.hex()], r.text  # A claims it
+            shared = [rng.randbytes(200) for _ in range(common)]
             entries = []
             for f in range(folders):
                 ids = b.upload([(BlobKind.DATA, rng.randbytes(200)) for _ in range(100)])
@@ -57,7 +59,15 @@ def run(folders: int = 30, retries: int = 20) -> float:
                 ]
                 [tree] = b.upload([(BlobKind.TREE, encode_tree(files))])
                 entries.append(Entry(name=b"d%03d" % f, type="dir", subtree=tree))
-            entries.append(Entry(name=b"zz", type="file", size=len(base), content=[common]))
+            if shared:  # A's chunks B names too (taken as common at B's commit)
+                ids = a.upload([(BlobKind.DATA, x) for x in shared])
+                files = [
+                    Entry(name=b"c%05d" % i, type="file", size=200, content=[c])
+                    for i, c in enumerate(ids)
+                ]
+                [tree] = b.upload([(BlobKind.TREE, encode_tree(files))])
+                entries.append(Entry(name=b"common", type="dir", subtree=tree))
+            entries.append(Entry(name=b"zz", type="file", size=len(base), content=[wanted]))
             [root] = b.upload([(BlobKind.TREE, encode_tree(entries))])
             body = {"root": root.hex(), "files": 100 * folders + 1, "bytes": 0}
             for n in range(retries + 1):
@@ -78,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folders", type=int, default=30, help="folders of 100 files (default 30)")
     ap.add_argument("--retries", type=int, default=20, help="commits timed (default 20)")
+    ap.add_argument("--common", type=int, default=0, help="chunks of A's B names (default 0)")
     args = ap.parse_args(argv)
-    print(f"{run(args.folders, args.retries) * 1000:.2f} ms of CPU per commit retried")
+    print(f"{run(args.folders, args.retries, args.common) * 1000:.2f} ms of CPU per commit retried")
     return 0
 
 

@@ -14,16 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import httpx
 import pytest
 from sqlalchemy import create_engine, update
 
 from lamina.config import ServerSettings
+from lamina.db.engine import write_tx
 from lamina.db.models import blob_claimants
-from lamina.server.services import inflight, sync
+from lamina.errors import UploadsPendingError
+from lamina.server.services import access, inflight, sync
 from lamina.store.blob import BlobKind, blob_id
 from lamina.tree.model import Entry, encode_tree
 from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve
+from tests.server.test_inflight import _cvds_db
 
 KiB = 1024
 
@@ -145,3 +149,26 @@ def test_the_memo_is_forgotten_under_another_gc_epoch_after_its_time_and_past_it
     stale = inflight.PendingCommits(seconds=0)
     stale.remember("cvd-a", b"r" * 32, ids[:1], epoch=0)
     assert stale.recall("cvd-a", b"r" * 32, 0) is None
+
+
+def test_what_is_remembered_is_the_ids_still_promised_not_the_whole_batch(
+    tmp_path: Path,
+) -> None:
+    """``settle`` names the ids still in flight on its "uploads pending" (for the server's
+    own use): the memo settles those at a retry, not every id of the batch the walk
+    stopped at (2,900 common ones in ``bench.commit_retry --common 2900``: 15.2 -> 1.9 ms
+    a retry). Common ones stay common, so the answer is the same."""
+    engine = _cvds_db(tmp_path, ("a", "b"))
+    on = inflight.Sharing(threshold=1)
+    ids = [blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(101)]
+    held, wanted = ids[:100], ids[100]
+    try:
+        assert access.record(engine, "a", held, on) == 100  # stored: A's, so common to B
+        with write_tx(engine) as c:
+            assert inflight.need(c, "a", [wanted], set(), on) == [wanted]  # A claims it
+        with write_tx(engine) as c, pytest.raises(UploadsPendingError) as e:
+            inflight.settle(c, "b", ids, set(held), on)
+        assert e.value.promised == (wanted,)
+        assert "promised" not in e.value.to_dict()
+    finally:
+        engine.dispose()

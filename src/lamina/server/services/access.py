@@ -185,8 +185,9 @@ class CommitOwnership:
         with read_tx(self.engine) as c:
             try:
                 self.taken += _require_owned(c, self.store, self.cvd_id, ids, self.sharing)
-            except UploadsPendingError:
-                self.pending = list(ids)
+            except UploadsPendingError as e:
+                # (the others of ``ids`` were owned, or common: that stays so)
+                self.pending = list(e.promised or ids)
                 raise
 
     def still_pending(self, ids: list[bytes]) -> bool:

@@ -427,10 +427,12 @@ def settle(
             return foreign
         promised = [i for i in rest if _holding(i, owners, claims) >= sharing.threshold]
         if len(promised) == len(rest):
-            raise UploadsPendingError(
+            waiting = UploadsPendingError(
                 f"the snapshot names {len(promised)} chunks or trees other endpoints are "
                 "still uploading; commit again in a moment"
             )
+            waiting.promised = tuple(promised)
+            raise waiting
         foreign = [i for i in rest if i not in promised]
     raise MissingDataError(
         f"the snapshot names {len(foreign)} chunks or trees the server does not hold "
