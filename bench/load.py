@@ -67,6 +67,9 @@ from bench.load_servers import (
     MiB,
     Probe,
     all_polls,
+    commits_by_status,
+    describe_commits,
+    host_share,
     local_pg_s3,
     pack_bytes,
     poll_buckets,
@@ -282,7 +285,7 @@ def load_phase(
         for ep in enrolled:
             warm_up(ep.root)
         os.sync()
-        routes0 = poll_buckets(dep.servers)
+        routes0, commits0 = poll_buckets(dep.servers), commits_by_status(dep.servers)
         answers0 = all_polls(poll_buckets(dep.servers, ANSWER))
         say(
             f"  load: {len(enrolled)} agents, "
@@ -304,6 +307,7 @@ def load_phase(
         out["probe"] = probe.figures()
         out["agent_polls"] = agent_polls(seen)
         routes1 = poll_buckets(dep.servers)
+        out["commits"] = commits_by_status(dep.servers, commits0)
         answers1 = all_polls(poll_buckets(dep.servers, ANSWER))
         # the server's own part: from each poll read whole (the agent's body sent) to its answer
         out["answer_p95_ms"] = poll_p95_ms(answers0, answers1)[0]
@@ -414,21 +418,6 @@ def figures(
     }
 
 
-def _host_share(ph: dict[str, Any]) -> str:
-    """The host's busy CPU over the load phase, and what of it the servers, the agents
-    (the load generator) and the bench itself took; the rest is the database, S3 and
-    any other work on the host."""
-    if "host_busy_s" not in ph:
-        return "—"
-    busy = ph["host_busy_s"]
-    rest = busy - ph["server_cpu_s"] - ph["agents_cpu_s"] - ph["bench_cpu_s"]
-    return (
-        f"{busy:.1f} s / {ph['host_idle_s']:.1f} s; of the busy: servers "
-        f"{ph['server_cpu_s']:.1f}, agents {ph['agents_cpu_s']:.1f}, bench "
-        f"{ph['bench_cpu_s']:.1f}, the rest (database, S3, other work) {rest:.1f} s"
-    )
-
-
 GOALS = {"uploaded_per_distinct": 1.2, "poll_p95_ms": 100.0, "server_peak_rss": 500 * 10**6}
 
 
@@ -452,6 +441,7 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             " / ".join("—" if v is None else f"{v:.1f}" for v in a.values()) + " s",
         ),
         ("errors (not synced, any reason)", f"{ph['errors']} (goal 0)"),
+        ("agents' commits", describe_commits(ph.get("commits"))),
         (
             "uploaded / distinct bytes",
             "—"
@@ -516,7 +506,7 @@ def print_phase(ph: dict[str, Any], single_pack: int | None) -> None:
             f"(goal ≤ 500 MB: {'met' if ph['server_peak_rss'] <= GOALS['server_peak_rss'] else 'NOT met'})",
         ),
         ("CPU: servers / all agents", f"{ph['server_cpu_s']:.1f} s / {ph['agents_cpu_s']:.1f} s"),
-        ("CPU of the host's cores: busy / idle", _host_share(ph)),
+        ("CPU of the host's cores: busy / idle", host_share(ph)),
         ("largest agent peak RSS", human_bytes(ph["agent_peak_rss_max"])),
         ("first endpoint alone (store)", "—" if single_pack is None else human_bytes(single_pack)),
         (

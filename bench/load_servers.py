@@ -87,20 +87,49 @@ DURATION = "lamina_http_request_duration_seconds_bucket"
 ANSWER = "lamina_http_request_answer_seconds_bucket"
 
 
-def poll_buckets(servers: list[Server], metric: str = DURATION) -> dict[str, dict[float, float]]:
-    """Cumulative counts of agent polls by route and upper bound (seconds) of histogram
-    ``metric``, summed over the servers, read from each server's ``/metrics`` (loopback
-    needs no token)."""
-    out: dict[str, dict[float, float]] = {r: {} for r in POLL_ROUTES}
+def _metrics(servers: list[Server]) -> Iterator[str]:
+    """Each server's ``/metrics`` text (loopback needs no token); one unreadable is skipped."""
     for s in servers:
         try:
             with urllib.request.urlopen(s.url + "/metrics", timeout=30) as r:
-                text = r.read().decode()
+                yield r.read().decode()
         except (urllib.error.URLError, OSError) as e:
             warn(f"could not read {s.url}/metrics: {e}")
-            continue
+
+
+def poll_buckets(servers: list[Server], metric: str = DURATION) -> dict[str, dict[float, float]]:
+    """Cumulative counts of agent polls by route and upper bound (seconds) of histogram
+    ``metric``, summed over the servers, read from each server's ``/metrics``."""
+    out: dict[str, dict[float, float]] = {r: {} for r in POLL_ROUTES}
+    for text in _metrics(servers):
         add_poll_buckets(out, text, metric)
     return out
+
+
+REQUESTS = "lamina_http_requests_total"
+COMMIT_ROUTE = "/api/v1/agent/commit"
+
+
+def commits_by_status(servers: list[Server], since: dict[str, int] | None = None) -> dict[str, int]:
+    """The agents' commits answered by HTTP status (``"409"``: "uploads pending", asked
+    again), summed over the servers; less the counts ``since``."""
+    out: dict[str, int] = {}
+    for text in _metrics(servers):
+        for line in text.splitlines():
+            if line.startswith(REQUESTS + "{") and f'route="{COMMIT_ROUTE}"' in line:
+                labels, _, value = line.rpartition(" ")
+                status = labels.split('status="', 1)[1].split('"', 1)[0]
+                out[status] = out.get(status, 0) + int(float(value))
+    return {k: n - (since or {}).get(k, 0) for k, n in sorted(out.items())}
+
+
+def describe_commits(by_status: dict[str, int] | None) -> str:
+    if by_status is None:
+        return "—"
+    n = sum(by_status.values())
+    return f"{n} answered; {by_status.get('409', 0)} of them 409 (uploads pending), " + ", ".join(
+        f"{k}: {v}" for k, v in by_status.items()
+    )
 
 
 def add_poll_buckets(out: dict[str, dict[float, float]], text: str, metric: str = DURATION) -> None:
@@ -281,3 +310,18 @@ def local_pg_s3(work: Path) -> Iterator[tuple[str, str]]:
         if weed is not None:
             _stop_weed(weed[0], weed[1])
         pg_server.cleanup()
+
+
+def host_share(ph: dict[str, Any]) -> str:
+    """The host's busy CPU over the load phase, and what of it the servers, the agents
+    (the load generator) and the bench itself took; the rest is the database, S3 and
+    any other work on the host."""
+    if "host_busy_s" not in ph:
+        return "—"
+    busy = ph["host_busy_s"]
+    rest = busy - ph["server_cpu_s"] - ph["agents_cpu_s"] - ph["bench_cpu_s"]
+    return (
+        f"{busy:.1f} s / {ph['host_idle_s']:.1f} s; of the busy: servers "
+        f"{ph['server_cpu_s']:.1f}, agents {ph['agents_cpu_s']:.1f}, bench "
+        f"{ph['bench_cpu_s']:.1f}, the rest (database, S3, other work) {rest:.1f} s"
+    )

@@ -96,6 +96,9 @@ class StoreBusyError(ConflictError, code="store_busy"):
 class UploadsPendingError(ConflictError, code="uploads_pending"):
     """A commit names blobs other endpoints are still uploading (in flight): ask again soon."""
 
+    #: the ids still in flight, for the server's own use (never in the answer)
+    promised: tuple[bytes, ...] = ()
+
 
 class IntegrityError(LaminaError, code="integrity", exit_code=5, http_status=422):
     """Data is damaged: wrong hash, truncated, bad layout."""

@@ -23,7 +23,7 @@ from bench.load_servers import (
 )
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from bench import load, load_agents, load_seen
+from bench import commit_retry, load_agents, load_seen, load_servers
 from lamina.server.metrics import DURATION_BUCKETS
 
 
@@ -168,12 +168,29 @@ def test_the_host_share_of_a_load_phase_names_what_the_load_generator_took() -> 
         "agents_cpu_s": 50.0,
         "bench_cpu_s": 5.0,
     }
-    line = load._host_share(phase)
+    line = load_servers.host_share(phase)
     assert line.startswith("100.0 s / 30.0 s;")
     assert (
         "servers 20.0, agents 50.0, bench 5.0, the rest (database, S3, other work) 25.0 s" in line
     )
-    assert load._host_share({}) == "—"  # a phase kept before these were measured
+    assert load_servers.host_share({}) == "—"  # a phase kept before these were measured
+
+
+def test_a_load_phase_counts_the_commits_answered_uploads_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each 409 is a commit asked again (its walk, before session 16): the phase keeps the
+    # commits by status, from the servers' request counter, less the counts before it.
+    line = 'lamina_http_requests_total{method="POST",route="/api/v1/agent/commit",status="%s"} %s'
+    texts = ["\n".join([line % ("200", "3.0"), line % ("409", "5.0")]), line % ("409", "2.0")]
+    texts.append(
+        'lamina_http_requests_total{method="GET",route="/api/v1/agent/work",status="200"} 9.0'
+    )
+    monkeypatch.setattr(load_servers, "_metrics", lambda servers: iter(texts))
+    assert load_servers.commits_by_status([], {"409": 1}) == {"200": 3, "409": 6}
+    described = load_servers.describe_commits({"200": 3, "409": 6})
+    assert described.startswith("9 answered; 6 of them 409")
+    assert load_servers.describe_commits(None) == "—"  # a phase kept before they were counted
 
 
 def test_the_agents_polls_are_figured_from_exact_times(tmp_path: Path) -> None:
@@ -267,3 +284,7 @@ def test_the_agents_hook_times_each_poll_until_its_answer_is_read(tmp_path: Path
         check=True,
     ).stdout
     assert out.split() == ["[0,", "0,", "0]", "0"]
+
+
+def test_the_commit_retry_bench_runs_a_commit_that_waits_then_lands() -> None:
+    assert commit_retry.run(folders=1, retries=2) > 0

@@ -107,7 +107,14 @@ async def commit(
     req: CommitRequest, ctx: Ctx, device: ActiveDevice, limits: Limits
 ) -> CommitResponse:
     return await limits.heavy.run(
-        sync.commit_snapshot, ctx.engine, ctx.store, device, req, ctx.sharing, limits.uploaded
+        sync.commit_snapshot,
+        ctx.engine,
+        ctx.store,
+        device,
+        req,
+        ctx.sharing,
+        limits.uploaded,
+        limits.pending,
     )
 
 

@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql
 
 from lamina.db.engine import driver_rows, read_tx, write_tx
 from lamina.db.models import cvd_blobs, cvds, tasks
-from lamina.errors import ForbiddenError, MissingDataError
+from lamina.errors import ForbiddenError, MissingDataError, UploadsPendingError
 from lamina.protocol.tasks import DELIVERED_TREES, TaskKind, TaskState
 from lamina.server.services import inflight
 from lamina.server.services.fleet import cvd_source
@@ -165,6 +165,8 @@ class CommitOwnership:
         ensure_indexed(engine, store, cvd)
         self.engine, self.store, self.cvd_id, self.sharing = engine, store, cvd.id, sharing
         self.taken: list[bytes] = []
+        #: the ids of the ``require`` answered "uploads pending" (``inflight.PendingCommits``)
+        self.pending: list[bytes] = []
 
     def root(self, root: bytes) -> None:
         """The root first, on its own (with sharing on, a root tree other CVDs hold in
@@ -181,7 +183,25 @@ class CommitOwnership:
         if not ids:
             return
         with read_tx(self.engine) as c:
-            self.taken += _require_owned(c, self.store, self.cvd_id, ids, self.sharing)
+            try:
+                self.taken += _require_owned(c, self.store, self.cvd_id, ids, self.sharing)
+            except UploadsPendingError as e:
+                # (the others of ``ids`` were owned, or common: that stays so)
+                self.pending = list(e.promised or ids)
+                raise
+
+    def still_pending(self, ids: list[bytes]) -> bool:
+        """Whether a commit naming ``ids`` (those a walk of it stopped at) would be answered
+        "uploads pending" by them now: ``require``'s answer for them alone, kept nothing of
+        (whatever else they would be, owned, common or missing, the walk decides)."""
+        with read_tx(self.engine) as c:
+            try:
+                _require_owned(c, self.store, self.cvd_id, ids, self.sharing)
+            except UploadsPendingError:
+                return True
+            except MissingDataError:
+                return False
+        return False
 
     def stored_as(self, ids: list[bytes], kind: BlobKind) -> dict[bytes, int]:
         """The raw length of each of ``ids`` this CVD owns and the store holds (live) as

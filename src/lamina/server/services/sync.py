@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import msgpack
@@ -25,6 +25,7 @@ from lamina.errors import (
     IntegrityError,
     MissingDataError,
     TooLargeError,
+    UploadsPendingError,
     UsageError,
 )
 from lamina.protocol.bundle import BundleBlob, decode_bundle
@@ -441,6 +442,7 @@ def commit_snapshot(
     req: CommitRequest,
     sharing: inflight.Sharing = inflight.OFF,
     trees: DecodedTrees | None = None,
+    pending: inflight.PendingCommits | None = None,
 ) -> CommitResponse:
     """The agent's commit: verify, store the snapshot, apply retention, update the rows.
 
@@ -452,6 +454,9 @@ def commit_snapshot(
     crash between the steps leaves a stored snapshot whose rows catch up at the
     next commit, never rows naming a snapshot that is not stored. A recording that
     ends with this snapshot has its app layer captured last (blobs, then rows).
+
+    A commit answered "uploads pending" is remembered in ``pending``: asked again, it
+    settles the ids its walk stopped at before walking again (``_still_pending``).
     """
     with read_tx(engine) as c:
         cvd = fleet.cvd_of_device(c, device.id)
@@ -465,7 +470,7 @@ def commit_snapshot(
         policy.keep_monthly,
     )
     record, kept, forgotten = _store_snapshot(
-        store, cvd.id, device.id, req, retention, owner, trees
+        store, cvd.id, device.id, req, retention, owner, trees, pending
     )
     with write_tx(engine) as c:
         c.execute(
@@ -486,6 +491,7 @@ def _store_snapshot(
     retention: Retention,
     owner: access.CommitOwnership,
     trees: DecodedTrees | None,
+    pending: inflight.PendingCommits | None = None,
 ) -> tuple[SnapshotRecord, int, int]:
     """Verify the snapshot's trees and chunks (held to the CVD's ownership by ``owner``,
     in the same walk), store its record, forget what retention drops."""
@@ -494,13 +500,18 @@ def _store_snapshot(
     prev = store.catalog.snapshots(source)
     previous_root = prev[-1].root if prev else None
     owner.root(root)
+    epoch = _still_pending(store, cvd_id, root, owner, pending) if pending is not None else 0
+
+    def remember(ids: list[bytes]) -> None:
+        if pending is not None:
+            pending.remember(cvd_id, root, ids, epoch)
+
     with store.writer() as w:
         # Verified under the writer's epoch: a gc that condemns after this makes the
         # commit rescue (or refuse) before the row goes in.
         if not store.catalog.locate([root]):
             raise MissingDataError("the snapshot's root tree is not stored; upload it first")
-        for _ in verify_tree(store, root, previous_root, heal=w, owner=owner, trees=trees):
-            pass
+        _walk(store, root, previous_root, w, owner, trees, remember)
         owner.done()  # the common blobs it names are the CVD's before its snapshot is
         record = SnapshotRecord(
             id="",
@@ -518,6 +529,47 @@ def _store_snapshot(
     if forget:
         store.forget([s.id for s in forget])
     return record, len(keep), len(forget)
+
+
+def _still_pending(
+    store: Store,
+    cvd_id: str,
+    root: bytes,
+    owner: access.CommitOwnership,
+    pending: inflight.PendingCommits,
+) -> int:
+    """Answer "uploads pending" at once, before any walk, when the ids the last walk of
+    this commit stopped at (remembered in ``pending``) are still promised; else forget
+    them (the walk decides). Returns the gc epoch the walk is remembered under."""
+    epoch = store.catalog.gc_epoch()
+    waiting = pending.recall(cvd_id, root, epoch)
+    if waiting is not None:
+        if owner.still_pending(waiting):
+            raise UploadsPendingError(
+                "the snapshot names chunks or trees other endpoints are still uploading; "
+                "commit again in a moment"
+            )
+        pending.forget(cvd_id, root)
+    return epoch
+
+
+def _walk(
+    store: Store,
+    root: bytes,
+    previous: bytes | None,
+    heal: Writer,
+    owner: access.CommitOwnership,
+    trees: DecodedTrees | None,
+    remember: Callable[[list[bytes]], None],
+) -> None:
+    """The commit walk (``verify_tree``); one answered "uploads pending" calls
+    ``remember`` with the ids it stopped at."""
+    try:
+        for _ in verify_tree(store, root, previous, heal=heal, owner=owner, trees=trees):
+            pass
+    except UploadsPendingError:
+        remember(owner.pending)
+        raise
 
 
 def snapshot_public(s: SnapshotRecord) -> SnapshotPublic:
