@@ -622,3 +622,41 @@ def test_an_endpoint_syncing_alone_looks_up_no_claims(tmp_path: Path) -> None:
             assert [s for s in seen if s.startswith("SELECT") and "blob_claims" in s]
     finally:
         engine.dispose()
+
+
+def test_a_sweep_keeps_a_lease_renewed_after_it_read_it_as_expired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep reads the expired leases, then deletes each with its claims. On PostgreSQL
+    the CVD's own ask or bundle may renew its lease between the two (read committed): the
+    delete must then leave that lease and its claims, or other endpoints are told to send
+    what it is uploading and its own commit finds its claims gone. The interleaving made
+    here by renewing the lease right after the sweep's read."""
+    engine = _cvds_db(tmp_path, ("a", "b"))
+    on = inflight.Sharing(threshold=1, lease=60)
+    ids = sorted(blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(20))
+    try:
+        with write_tx(engine) as c:
+            assert inflight.need(c, "a", ids, set(), on) == ids
+            c.execute(update(blob_claimants).values(expires=dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+        real_run = inflight._run
+        renewed = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+
+        def run_then_renew(c: Any, sql: str, *rest: Any) -> list[Any]:
+            rows = real_run(c, sql, *rest)
+            if sql.startswith("SELECT cvd_id FROM blob_claimants"):
+                assert rows == [("a",)]
+                c.execute(update(blob_claimants).values(expires=renewed))  # a's bundle
+            return rows
+
+        monkeypatch.setattr(inflight, "_run", run_then_renew)
+        with write_tx(engine) as c:
+            inflight._sweep(c, dt.datetime.now(dt.UTC))
+        monkeypatch.setattr(inflight, "_run", real_run)
+        with engine.connect() as c:
+            assert c.execute(select(func.count()).select_from(blob_claimants)).scalar() == 1
+            assert c.execute(select(func.count()).select_from(blob_claims)).scalar() == len(ids)
+        with write_tx(engine) as c:  # b is told a's are coming
+            assert inflight.need(c, "b", ids, set(), on) == []
+    finally:
+        engine.dispose()

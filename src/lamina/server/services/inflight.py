@@ -228,18 +228,27 @@ def _sweep(c: Connection, when: dt.datetime) -> None:
     stopped uploading without committing."""
     expired = _run(
         c,
-        "SELECT cvd_id FROM blob_claimants WHERE expires <= ?",
-        lambda: select(blob_claimants.c.cvd_id).where(blob_claimants.c.expires <= when),
+        "SELECT cvd_id FROM blob_claimants WHERE expires <= ? ORDER BY cvd_id",
+        lambda: (
+            select(blob_claimants.c.cvd_id)
+            .where(blob_claimants.c.expires <= when)
+            .order_by(blob_claimants.c.cvd_id)
+        ),
         _bound(c, blob_claimants.c.expires, when),
     )
     for (cid,) in expired:
-        _drop_claims(c, cid)
+        _drop_claims(c, cid, expired_by=when)
 
 
-def _drop_claims(c: Connection, cvd_id: str) -> None:
+def _drop_claims(c: Connection, cvd_id: str, expired_by: dt.datetime | None = None) -> None:
     """Delete the CVD's lease and, when it had one, every claim of it (in that order,
-    as ``_claim`` and ``received`` take them)."""
-    gone = c.execute(delete(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id))
+    as ``_claim`` and ``received`` take them). With ``expired_by``, only a lease that ran
+    out by then: on PostgreSQL the CVD's own ask or bundle may renew it between the
+    sweep's read and this delete, and a renewed lease and its claims must stay."""
+    lease = delete(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id)
+    if expired_by is not None:
+        lease = lease.where(blob_claimants.c.expires <= expired_by)
+    gone = c.execute(lease)
     if gone.rowcount:
         c.execute(delete(blob_claims).where(blob_claims.c.cvd_id == cvd_id))
 
