@@ -93,15 +93,7 @@ def test_one_missing_question_spans_many_jobs_and_only_lacking_blobs_go_up(
     questions before), and a blob it holds already is never compressed or sent again."""
     monkeypatch.setattr(uploader, "ASK_BLOBS", 250)
     client, chunking = agent_client(server, "uploader-asks")
-    asked: list[int] = []
-    real = client.json
-
-    def counting(method: str, path: str, **kw: Any) -> Any:
-        if path == "/agent/missing":
-            asked.append(len(kw["json"]["ids"]))
-        return real(method, path, **kw)
-
-    monkeypatch.setattr(client, "json", counting)
+    asked = _count_asks(monkeypatch, client)
     chunks = [f"small file {i}\n".encode() * 20 for i in range(400)]
     ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
     first = RemoteSink(client, chunking)
@@ -306,15 +298,7 @@ def test_a_jobs_chunks_put_at_once_ask_and_go_up_as_put_one_at_a_time(
     ``ASK_BLOBS``, and only what the server lacks goes up."""
     monkeypatch.setattr(uploader, "ASK_BLOBS", 250)
     client, chunking = agent_client(server, "uploader-many")
-    asked: list[int] = []
-    real = client.json
-
-    def counting(method: str, path: str, **kw: Any) -> Any:
-        if path == "/agent/missing":
-            asked.append(len(kw["json"]["ids"]))
-        return real(method, path, **kw)
-
-    monkeypatch.setattr(client, "json", counting)
+    asked = _count_asks(monkeypatch, client)
     chunks = [f"a job's small file {i}\n".encode() * 20 for i in range(400)]
     ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
     first = RemoteSink(client, chunking)
@@ -333,3 +317,17 @@ def test_a_jobs_chunks_put_at_once_ask_and_go_up_as_put_one_at_a_time(
     assert sink.uploaded_blobs == 300  # the 100 the server held were not sent
     assert not sink._sent and sink._missing(ids) == set()
     client.close()
+
+
+def _count_asks(monkeypatch: pytest.MonkeyPatch, client: Any) -> list[int]:
+    """The number of ids in each ``/agent/missing`` question ``client`` asks from now on."""
+    asked: list[int] = []
+    real = client.json
+
+    def counting(method: str, path: str, **kw: Any) -> Any:
+        if path == "/agent/missing":
+            asked.append(len(kw["json"]["ids"]))
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(client, "json", counting)
+    return asked
