@@ -82,6 +82,10 @@ def read_toml(path: Path, known: set[str]) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in doc.items()}
 
 
+#: ``ServerSettings.bundle_memory``'s default.
+BUNDLE_MEMORY = 128 * 1024 * 1024
+
+
 class ServerSettings(FileSettings):
     env_prefix: ClassVar[str] = "LAMINA_"
 
@@ -101,6 +105,9 @@ class ServerSettings(FileSettings):
     login_window: int = 300
     #: Largest request body accepted (a sync bundle).
     max_body: int = 64 * 1024 * 1024
+    #: Bytes of sync bundles held in memory at once; bundles arriving past it wait in
+    #: files under DATA/intake (docs/design.md, "Bundle bodies in memory").
+    bundle_memory: int = Field(default=BUNDLE_MEMORY, gt=0)
     #: Largest body of every other request (JSON), refused before authentication.
     max_json: int = 1024 * 1024
     #: Who may read /metrics: "loopback" (no token from this host, metrics.read from

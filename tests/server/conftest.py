@@ -70,20 +70,27 @@ class Device:
     id_key: bytes
     cvd_id: str
 
-    def upload(self, blobs: list[tuple[BlobKind, bytes]]) -> list[bytes]:
+    def bundle(self, blobs: list[tuple[BlobKind, bytes]]) -> tuple[bytes, list[bytes]]:
+        """The body of a bundle holding ``blobs``, and their ids."""
         rows, ids = [], []
         for kind, data in blobs:
             flag, payload = compress(data)
             bid = blob_id(self.id_key, data)
             rows.append([int(kind), bid, flag, payload, len(data)])
             ids.append(bid)
-        r = self.client.post(
-            "/agent/bundles",
-            content=msgpack.packb({"v": 1, "blobs": rows}, use_bin_type=True),
-            headers={"Content-Type": MEDIA_TYPE},
-        )
+        return bytes(msgpack.packb({"v": 1, "blobs": rows}, use_bin_type=True)), ids
+
+    def upload(self, blobs: list[tuple[BlobKind, bytes]]) -> list[bytes]:
+        body, ids = self.bundle(blobs)
+        r = self.client.post("/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE})
         assert r.status_code == 200, r.text
         return ids
+
+    def missing(self, ids: list[bytes]) -> list[str]:
+        """Which of ``ids`` the server asks this device to upload."""
+        r = self.client.post("/agent/missing", json={"ids": [i.hex() for i in ids]})
+        assert r.status_code == 200, r.text
+        return list(r.json()["missing"])
 
     def commit_files(self, files: dict[bytes, list[bytes | int]]) -> str:
         """Upload a one-folder tree of files (content: data or hole sizes); returns the snapshot id."""

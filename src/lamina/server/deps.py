@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 
+from lamina.config import BUNDLE_MEMORY
 from lamina.errors import AuthError, TooLargeError
 from lamina.server.context import ServerContext
-from lamina.server.limits import HeavyWork
+from lamina.server.limits import BodyBudget, HeavyWork
 from lamina.server.security import (
     DEVICE_TOKEN,
     Principal,
@@ -112,24 +117,27 @@ class AccessLimits:
     pending: PendingCommits = field(default_factory=PendingCommits)
     #: the worker threads of a sync's heavy requests (bundle, commit, missing).
     heavy: HeavyWork = field(default_factory=HeavyWork)
+    #: the bytes of bundle bodies held in memory at once (``held_body``).
+    bodies: BodyBudget = field(default_factory=lambda: BodyBudget(BUNDLE_MEMORY))
 
 
 async def access_limits(request: Request) -> AccessLimits:
     state = request.app.state
     limits: AccessLimits | None = getattr(state, "access_limits", None)
     if limits is None:
-        limits = state.access_limits = AccessLimits()
+        ctx: ServerContext = state.ctx
+        limits = state.access_limits = AccessLimits(bodies=BodyBudget(ctx.settings.bundle_memory))
     return limits
 
 
 Limits = Annotated[AccessLimits, Depends(access_limits)]
 
 
-async def stream_body(
-    request: Request, limit: int, sink: Callable[[bytes], object], what: str = "request body"
-) -> int:
-    """Hand the request body to ``sink`` part by part, refusing more than ``limit`` bytes
-    (a declared length above it before a byte is read). Returns the bytes read."""
+async def bounded_stream(
+    request: Request, limit: int, what: str = "request body"
+) -> AsyncIterator[bytes]:
+    """The request body part by part, refusing more than ``limit`` bytes (a declared
+    length above it before a byte is read)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLargeError(f"{what} of {declared} bytes is above the {limit}-byte limit")
@@ -138,6 +146,17 @@ async def stream_body(
         size += len(part)
         if size > limit:
             raise TooLargeError(f"{what} is above the {limit}-byte limit")
+        yield part
+
+
+async def stream_body(
+    request: Request, limit: int, sink: Callable[[bytes], object], what: str = "request body"
+) -> int:
+    """Hand the request body to ``sink`` part by part, refusing more than ``limit`` bytes
+    (a declared length above it before a byte is read). Returns the bytes read."""
+    size = 0
+    async for part in bounded_stream(request, limit, what):
+        size += len(part)
         sink(part)
     return size
 
@@ -147,3 +166,49 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     await stream_body(request, limit, chunks.append)
     return b"".join(chunks)
+
+
+#: Parts of a body waiting in a file are written a batch at a time, in a worker thread.
+SPOOL_BATCH = 1024 * 1024
+
+
+@asynccontextmanager
+async def held_body(
+    request: Request, limit: int, budget: BodyBudget, spool: Path
+) -> AsyncIterator[bytes]:
+    """The request body, in memory within ``budget`` for the block (refusing more than
+    ``limit`` bytes). When the budget is spent the body is not left in the socket, where
+    a slow sender would hold its share while it trickles in, nor read into memory past
+    the budget: it goes to an unnamed file under ``spool`` as it arrives, and into
+    memory once its weight fits (docs/design.md, "Bundle bodies in memory")."""
+    declared = request.headers.get("content-length")
+    weight = budget.weigh(int(declared) if declared and declared.isdigit() else limit)
+    if budget.try_take(weight):
+        try:
+            yield await read_body(request, limit)
+        finally:
+            await budget.give(weight)
+        return
+    spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spool) as f:
+        batch: list[bytes] = []
+        size = batched = 0
+        async for part in bounded_stream(request, limit):
+            batch.append(part)
+            batched += len(part)
+            if batched >= SPOOL_BATCH:
+                await anyio.to_thread.run_sync(f.writelines, batch)
+                size += batched
+                batch, batched = [], 0
+        await anyio.to_thread.run_sync(f.writelines, batch)
+        size += batched
+        del batch
+        async with budget.hold(budget.weigh(size)):
+            f.seek(0)
+            yield await anyio.to_thread.run_sync(f.read)
+
+
+def intake_dir(data: Path) -> Path:
+    """Where bundle bodies past the memory budget wait (unnamed files: none outlives its
+    request, even when the server is killed)."""
+    return data / "intake"

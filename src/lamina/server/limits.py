@@ -5,7 +5,11 @@ authentication) runs: a declared ``Content-Length`` above the route's limit is
 answered 413 at once, without reading the body; a streamed (chunked) body is
 counted as it arrives, and the request is answered 413 as soon as the count
 passes the limit -- the rest is never read. Routes keep their own checks (the
-bundle route's ``read_body``); this is the floor under all of them.
+bundle route's ``held_body``); this is the floor under all of them.
+
+``BodyBudget``: the bytes of bundle bodies the server holds in memory at once; a body
+that arrives past it is written to a file while it arrives and read in once there is
+room (``deps.held_body``).
 
 ``HeavyWork``: the worker threads a sync's heavy requests (bundle, commit, missing) may
 hold at once. Every other request (an agent's poll, a console page) runs in anyio's
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import ParamSpec, TypeVar
 
 import anyio
@@ -109,6 +114,53 @@ async def _answer(send: Send, error: TooLargeError | UsageError) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class BodyBudget:
+    """Bytes of request bodies (and what is decoded from them) held in memory at once.
+
+    Each body is weighed by its size, at most the whole budget (one larger body still
+    goes alone). ``try_take`` answers at once; ``hold`` waits its turn. The waiters are
+    woken in turn, the first whose weight fits taking the room. Used from one event loop
+    (the application's); the condition binds to it at first use.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise UsageError(f"the body budget must be positive, not {limit}")
+        self.limit = limit
+        self.used = 0
+        self._room: anyio.Condition | None = None
+
+    def weigh(self, size: int) -> int:
+        return max(1, min(size, self.limit))
+
+    def try_take(self, weight: int) -> bool:
+        if self.used + weight > self.limit:
+            return False
+        self.used += weight
+        return True
+
+    async def give(self, weight: int) -> None:
+        self.used -= weight
+        if self._room is not None:
+            with anyio.CancelScope(shield=True):  # a cancelled request still gives back
+                async with self._room:
+                    self._room.notify_all()
+
+    @asynccontextmanager
+    async def hold(self, weight: int) -> AsyncIterator[None]:
+        """Wait until ``weight`` bytes fit, hold them for the block, give them back."""
+        if not self.try_take(weight):
+            if self._room is None:
+                self._room = anyio.Condition()
+            async with self._room:
+                while not self.try_take(weight):
+                    await self._room.wait()
+        try:
+            yield
+        finally:
+            await self.give(weight)
 
 
 P = ParamSpec("P")

@@ -21,7 +21,15 @@ from lamina.protocol.endpoint import (
 )
 from lamina.protocol.tasks import TaskPublic, TaskReport, WorkItem
 from lamina.server.context import ServerContext
-from lamina.server.deps import ActiveDevice, Ctx, Device, Limits, PresentedDevice, read_body
+from lamina.server.deps import (
+    ActiveDevice,
+    Ctx,
+    Device,
+    Limits,
+    PresentedDevice,
+    held_body,
+    intake_dir,
+)
 from lamina.server.security import Principal, require_active
 from lamina.server.services import access, fleet, sync, tasks, users
 from lamina.server.services.credentials import Presented
@@ -88,16 +96,17 @@ async def bundle(
 ) -> BundleResponse:
     heavy = limits.heavy
     cvd = await heavy.run(fleet.active_cvd_of_device, ctx.engine, device)
-    body = await read_body(request, ctx.settings.max_body)
-    items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
-    del body
-    intake = await heavy.run(
-        sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
-    )
-    # Stored (or already held): the device proved it holds each blob's content. The
-    # answer counts blobs new to this CVD, never whether another CVD stored them.
-    ids = [it.id for it in items]
-    del items
+    spool = intake_dir(ctx.settings.data)
+    async with held_body(request, ctx.settings.max_body, limits.bodies, spool) as body:
+        items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
+        del body
+        intake = await heavy.run(
+            sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
+        )
+        # Stored (or already held): the device proved it holds each blob's content. The
+        # answer counts blobs new to this CVD, never whether another CVD stored them.
+        ids = [it.id for it in items]
+        del items
     new = await heavy.run(access.record, ctx.engine, cvd.id, ids, ctx.sharing, intake.first)
     return BundleResponse(new=new)
 
