@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from lamina.agent import facts, staging
 from lamina.agent.bootcheck import BootCheck, default_check
-from lamina.agent.heap import map_large_blocks
 from lamina.agent.state import (
     StateLock,
     SyncStats,
@@ -24,6 +23,7 @@ from lamina.agent.state import (
 from lamina.agent.sync import run_sync
 from lamina.agent.transport import AgentClient, retrying
 from lamina.errors import AuthError, ConflictError, IntegrityError, LaminaError, UsageError
+from lamina.heap import map_large_blocks
 from lamina.layers.rules import for_os
 from lamina.protocol.endpoint import AgentConfig
 from lamina.protocol.task_kinds import TaskKind, TaskState

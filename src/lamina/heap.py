@@ -1,0 +1,55 @@
+"""Freed memory goes back to the system: glibc's ``malloc`` tuned for the agent and the
+server, once, when each starts. Elsewhere than glibc, nothing is done.
+
+glibc's ``malloc`` raises its mmap threshold each time a block it had mapped is freed
+(up to 32 MiB). After the first few, a sync's blocks of a read step, a chunk or a
+bundle (1 to 8 MiB, many threads) come from the threads' heaps instead, which keep
+their pages once the blocks are freed: the agent's peak RSS of a first sync grew by
+tens of MiB that way. A fixed threshold keeps every block above it mapped, so it is
+unmapped as soon as it is freed (``map_large_blocks``; the agent, ``runner.Agent``, and
+the server).
+
+The server has more threads than that (the event loop's worker pool, the heavy
+requests', the pack uploads'), and glibc gives threads up to 8 heaps ("arenas") a
+core, each keeping what its threads freed: under 200 devices syncing at once, 16 arenas
+held 685 MB free of the server's 1 GB resident (``malloc_info``, docs/design.md,
+"The server's memory under load (session 17)"). The server caps them
+(``limit_arenas``) before its threads start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+#: ``mallopt``'s parameter numbers (glibc's ``M_MMAP_THRESHOLD``, ``M_ARENA_MAX``).
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+#: Blocks from this size up are mapped on their own (a chunk is at least 256 KiB).
+MMAP_THRESHOLD = 1024 * 1024
+#: The server's arenas: its work is under one interpreter lock, so threads rarely
+#: contend for malloc's own.
+SERVER_ARENAS = 2
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return None
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return mallopt  # type: ignore[no-any-return]
+
+
+def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold for this process; False where there is no ``mallopt``."""
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
+def limit_arenas(arenas: int = SERVER_ARENAS) -> bool:
+    """Let glibc make at most ``arenas`` heaps for this process's threads (before they
+    start: an arena made already stays); False where there is no ``mallopt``."""
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
