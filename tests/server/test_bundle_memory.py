@@ -122,26 +122,34 @@ def test_budget_holds_wait_their_turn_and_give_back_when_cancelled() -> None:
         budget = BodyBudget(100)
         assert budget.weigh(10**9) == 100 and budget.weigh(0) == 1
         order: list[str] = []
-        release = anyio.Event()
+        release = {name: anyio.Event() for name in "abc"}
 
         async def holder(name: str, weight: int) -> None:
             async with budget.hold(weight):
                 order.append(name)
-                await release.wait()
+                await release[name].wait()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(holder, "a", 60)
             await anyio.wait_all_tasks_blocked()
-            tg.start_soon(holder, "b", 60)  # does not fit beside a
+            tg.start_soon(holder, "b", 60)  # does not fit beside a: waits
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(holder, "c", 30)  # would fit beside a, but b came first
             await anyio.wait_all_tasks_blocked()
             assert order == ["a"] and budget.used == 60
+            assert not budget.try_take(1)  # nothing passes the waiting ones
             with anyio.CancelScope() as waiting:
                 waiting.cancel()
                 async with budget.hold(50):  # cancelled while it waits: takes nothing
                     raise AssertionError("entered a full budget")
             assert budget.used == 60
-            release.set()
-        assert order == ["a", "b"] and budget.used == 0
+            release["a"].set()
+            await anyio.wait_all_tasks_blocked()
+            assert order == ["a", "b", "c"] and budget.used == 90  # in turn, both fit
+            release["b"].set()
+            release["c"].set()
+        assert budget.used == 0 and budget.try_take(100)
+        budget.give(100)
 
         with anyio.CancelScope() as scope:  # a holder cancelled inside its block gives back
             async with budget.hold(100):
@@ -150,6 +158,38 @@ def test_budget_holds_wait_their_turn_and_give_back_when_cancelled() -> None:
         assert budget.used == 0
 
     anyio.run(main)
+
+
+def test_a_waiting_hold_cancelled_lets_the_ones_behind_it_in() -> None:
+    async def main() -> None:
+        budget = BodyBudget(100)
+        entered: list[str] = []
+        budget.try_take(60)
+
+        async def holder(name: str, weight: int) -> None:
+            async with budget.hold(weight):
+                entered.append(name)
+
+        big = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancellable, big, budget, 80)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(holder, "small", 30)
+            await anyio.wait_all_tasks_blocked()
+            assert entered == []  # behind the big one
+            big.cancel()
+            await anyio.wait_all_tasks_blocked()
+            assert entered == ["small"] and budget.used == 60
+        budget.give(60)
+        assert budget.used == 0
+
+    anyio.run(main)
+
+
+async def _cancellable(scope: anyio.CancelScope, budget: BodyBudget, weight: int) -> None:
+    with scope:
+        async with budget.hold(weight):
+            raise AssertionError("entered past the budget")
 
 
 def test_a_budget_must_be_positive() -> None:

@@ -187,7 +187,7 @@ async def held_body(
         try:
             yield await read_body(request, limit)
         finally:
-            await budget.give(weight)
+            budget.give(weight)
         return
     spool.mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=spool) as f:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import ParamSpec, TypeVar
@@ -120,9 +121,11 @@ class BodyBudget:
     """Bytes of request bodies (and what is decoded from them) held in memory at once.
 
     Each body is weighed by its size, at most the whole budget (one larger body still
-    goes alone). ``try_take`` answers at once; ``hold`` waits its turn. The waiters are
-    woken in turn, the first whose weight fits taking the room. Used from one event loop
-    (the application's); the condition binds to it at first use.
+    goes alone). First come, first served: while any hold waits, ``try_take`` refuses
+    (a body arriving now must not pass the ones waiting, whose devices' claims on the
+    blobs they carry run out while they wait), and room given back goes to the waiting
+    holds in the order they came. Used from one event loop, the application's: nothing
+    here awaits but a waiting hold.
     """
 
     def __init__(self, limit: int) -> None:
@@ -130,37 +133,46 @@ class BodyBudget:
             raise UsageError(f"the body budget must be positive, not {limit}")
         self.limit = limit
         self.used = 0
-        self._room: anyio.Condition | None = None
+        self._waiting: deque[tuple[int, anyio.Event]] = deque()
 
     def weigh(self, size: int) -> int:
         return max(1, min(size, self.limit))
 
     def try_take(self, weight: int) -> bool:
-        if self.used + weight > self.limit:
+        if self._waiting or self.used + weight > self.limit:
             return False
         self.used += weight
         return True
 
-    async def give(self, weight: int) -> None:
+    def give(self, weight: int) -> None:
         self.used -= weight
-        if self._room is not None:
-            with anyio.CancelScope(shield=True):  # a cancelled request still gives back
-                async with self._room:
-                    self._room.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.limit:
+            weight, ready = self._waiting.popleft()
+            self.used += weight
+            ready.set()
 
     @asynccontextmanager
     async def hold(self, weight: int) -> AsyncIterator[None]:
-        """Wait until ``weight`` bytes fit, hold them for the block, give them back."""
+        """Wait for ``weight`` bytes in turn, hold them for the block, give them back."""
         if not self.try_take(weight):
-            if self._room is None:
-                self._room = anyio.Condition()
-            async with self._room:
-                while not self.try_take(weight):
-                    await self._room.wait()
+            turn = (weight, anyio.Event())
+            self._waiting.append(turn)
+            try:
+                await turn[1].wait()
+            except BaseException:  # cancelled while waiting (or just as its turn came)
+                if turn[1].is_set():
+                    self.give(weight)
+                else:
+                    self._waiting.remove(turn)
+                    self._wake()  # the ones behind it may fit now
+                raise
         try:
             yield
         finally:
-            await self.give(weight)
+            self.give(weight)
 
 
 P = ParamSpec("P")
