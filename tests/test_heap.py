@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from lamina import heap
 from lamina.agent import runner
 from lamina.agent.enrollment import enroll
 from lamina.heap import map_large_blocks
@@ -93,6 +95,61 @@ def test_limited_arenas_are_all_the_heaps_threads_get() -> None:
     assert _heaps("limited") <= 2
 
 
+#: Blocks below the mmap threshold, every tenth kept: the heap cannot shrink from its top,
+#: and freeing the rest leaves their pages resident until a trim. Prints the MiB the RSS
+#: fell by when the argument is "trim" (after ``lamina.heap.trim``), else after a pause.
+FRAGMENTS = """
+import sys, time
+from lamina.heap import map_large_blocks, trim
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+map_large_blocks()
+blocks = [bytearray(200_000) for _ in range(1000)]
+kept = blocks[::10]
+del blocks
+before = rss()
+if sys.argv[1] == "trim":
+    assert trim()
+print((before - rss()) >> 20)
+"""
+
+
+def _fallen_mib(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", FRAGMENTS, mode], check=True, capture_output=True, text=True
+    )
+    return int(out.stdout)
+
+
+def test_a_trim_gives_back_the_pages_freed_between_blocks_in_use() -> None:
+    if not map_large_blocks():
+        pytest.skip("no glibc mallopt here: malloc is left as it is")
+    # ~170 MiB freed between the blocks kept: resident until trimmed
+    assert _fallen_mib("none") < 20
+    assert _fallen_mib("trim") > 100
+
+
+def test_trims_run_periodically_until_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not map_large_blocks():
+        pytest.skip("no glibc mallopt here: malloc is left as it is")
+    trims = threading.Semaphore(0)
+    real = heap.trim
+
+    def counted() -> bool:
+        trims.release()
+        return real()
+
+    monkeypatch.setattr(heap, "trim", counted)
+    stop = heap.trim_periodically(0.01)
+    assert stop is not None
+    try:
+        for _ in range(3):  # the first, at the start, then from the thread
+            assert trims.acquire(timeout=60)
+    finally:
+        stop.set()
+
+
 def test_the_server_tunes_malloc_before_it_starts_serving(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,10 +169,11 @@ def test_the_server_tunes_malloc_before_it_starts_serving(
 
     monkeypatch.setattr(server_cli, "map_large_blocks", called("map"))
     monkeypatch.setattr(server_cli, "limit_arenas", called("arenas"))
+    monkeypatch.setattr(server_cli, "trim_periodically", called("trim"))
     monkeypatch.setattr(uvicorn, "run", called("serve"))
     settings = ServerSettings(data=tmp_path / "data", admin_password="admin-password-123")
     server_cli._serve(settings, self_signed=False)
-    assert calls == ["map", "arenas", "serve"]
+    assert calls == ["map", "arenas", "trim", "serve"]
 
 
 def test_the_agent_fixes_the_threshold_once_at_its_start_not_at_each_sync(

@@ -14,12 +14,15 @@ requests', the pack uploads'), and glibc gives threads up to 8 heaps ("arenas") 
 core, each keeping what its threads freed: under 200 devices syncing at once, 16 arenas
 held 685 MB free of the server's 1 GB resident (``malloc_info``, docs/design.md,
 "The server's memory under load (session 17)"). The server caps them
-(``limit_arenas``) before its threads start.
+(``limit_arenas``) before its threads start, and hands the free pages inside its heaps
+back every ``TRIM_SECONDS`` (``trim_periodically``: ``malloc_trim``, which returns what
+lies between blocks still in use, where freeing never shrinks a heap).
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable
 
 #: ``mallopt``'s parameter numbers (glibc's ``M_MMAP_THRESHOLD``, ``M_ARENA_MAX``).
@@ -30,6 +33,8 @@ MMAP_THRESHOLD = 1024 * 1024
 #: The server's arenas: its work is under one interpreter lock, so threads rarely
 #: contend for malloc's own.
 SERVER_ARENAS = 2
+#: Seconds between two trims of the server's heaps.
+TRIM_SECONDS = 15.0
 
 
 def _mallopt() -> Callable[[int, int], int] | None:
@@ -53,3 +58,31 @@ def limit_arenas(arenas: int = SERVER_ARENAS) -> bool:
     start: an arena made already stays); False where there is no ``mallopt``."""
     mallopt = _mallopt()
     return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
+
+
+def trim() -> bool:
+    """Give the free pages of every heap back to the system (``malloc_trim(0)``); False
+    where there is none."""
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes = (ctypes.c_size_t,)
+    malloc_trim.restype = ctypes.c_int
+    malloc_trim(0)
+    return True
+
+
+def trim_periodically(seconds: float = TRIM_SECONDS) -> threading.Event | None:
+    """Trim every ``seconds`` from a daemon thread until the returned event is set; None
+    (no thread) where there is no ``malloc_trim``."""
+    if not trim():
+        return None
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(seconds):
+            trim()
+
+    threading.Thread(target=run, name="lamina-heap-trim", daemon=True).start()
+    return stop
