@@ -170,10 +170,12 @@ def test_the_server_tunes_malloc_before_it_starts_serving(
     monkeypatch.setattr(server_cli, "map_large_blocks", called("map"))
     monkeypatch.setattr(server_cli, "limit_arenas", called("arenas"))
     monkeypatch.setattr(server_cli, "trim_periodically", called("trim"))
+    # not this test process's collector (gc.freeze)
+    monkeypatch.setattr(server_cli, "settle_collector", called("collector"))
     monkeypatch.setattr(uvicorn, "run", called("serve"))
     settings = ServerSettings(data=tmp_path / "data", admin_password="admin-password-123")
     server_cli._serve(settings, self_signed=False)
-    assert calls == ["map", "arenas", "trim", "serve"]
+    assert calls == ["map", "arenas", "trim", "collector", "serve"]
 
 
 def test_the_agent_fixes_the_threshold_once_at_its_start_not_at_each_sync(

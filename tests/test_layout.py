@@ -9,7 +9,11 @@ MAX_LINES = 600
 
 
 def test_no_module_of_src_or_bench_is_over_600_lines() -> None:
-    modules = sorted((ROOT / "src").rglob("*.py")) + sorted((ROOT / "bench").rglob("*.py"))
+    # not bench/work: the benchmarks' scratch folder (its corpora hold other projects' code)
+    scratch = ROOT / "bench" / "work"
+    modules = sorted((ROOT / "src").rglob("*.py")) + sorted(
+        p for p in (ROOT / "bench").rglob("*.py") if not p.is_relative_to(scratch)
+    )
     assert len(modules) > 100  # the tree is where this test expects it
     long = {
         str(p.relative_to(ROOT)): n
