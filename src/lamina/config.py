@@ -106,7 +106,8 @@ class ServerSettings(FileSettings):
     #: Largest request body accepted (a sync bundle).
     max_body: int = 64 * 1024 * 1024
     #: Bytes of sync bundles held in memory at once; bundles arriving past it wait in
-    #: files under DATA/intake (docs/design.md, "Bundle bodies in memory").
+    #: files under DATA/intake (docs/design.md, "Bundle bodies held in memory are
+    #: bounded").
     bundle_memory: int = Field(default=BUNDLE_MEMORY, gt=0)
     #: Largest body of every other request (JSON), refused before authentication.
     max_json: int = 1024 * 1024

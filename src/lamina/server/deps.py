@@ -180,7 +180,8 @@ async def held_body(
     ``limit`` bytes). When the budget is spent the body is not left in the socket, where
     a slow sender would hold its share while it trickles in, nor read into memory past
     the budget: it goes to an unnamed file under ``spool`` as it arrives, and into
-    memory once its weight fits (docs/design.md, "Bundle bodies in memory")."""
+    memory once its weight fits, first come first served (docs/design.md, "Bundle
+    bodies held in memory are bounded")."""
     declared = request.headers.get("content-length")
     weight = budget.weigh(int(declared) if declared and declared.isdigit() else limit)
     if budget.try_take(weight):
