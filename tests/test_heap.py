@@ -35,9 +35,11 @@ print((rss() - before) >> 20)
 """
 
 
-def _grown_mib(mode: str) -> int:
+def _printed(script: str, mode: str) -> int:
+    """The number ``script`` prints, run by a new interpreter with ``mode`` as argument
+    (malloc's settings are the process's, and a fresh one starts from glibc's defaults)."""
     out = subprocess.run(
-        [sys.executable, "-c", FREE_BLOCKS, mode], check=True, capture_output=True, text=True
+        [sys.executable, "-c", script, mode], check=True, capture_output=True, text=True
     )
     return int(out.stdout)
 
@@ -47,7 +49,7 @@ def test_freed_large_blocks_leave_the_rss_once_the_threshold_is_fixed() -> None:
         pytest.skip("no glibc mallopt here: the agent leaves malloc as it is")
     # What the fix is for: glibc keeps (most of) a freed 8 MiB block in its heap; how much
     # of its top it trims back depends on the glibc and the environment (7 or 8 MiB).
-    default, fixed = _grown_mib("default"), _grown_mib("fixed")
+    default, fixed = _printed(FREE_BLOCKS, "default"), _printed(FREE_BLOCKS, "fixed")
     assert default >= 4 and fixed < 2, (default, fixed)
 
 
@@ -80,19 +82,12 @@ with tempfile.NamedTemporaryFile(suffix=".xml") as out:
 """
 
 
-def _heaps(mode: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", ARENAS, mode], check=True, capture_output=True, text=True
-    )
-    return int(out.stdout)
-
-
 def test_limited_arenas_are_all_the_heaps_threads_get() -> None:
     if not map_large_blocks():
         pytest.skip("no glibc mallopt here: malloc is left as it is")
     # glibc's default gives each new thread a heap of its own, up to 8 a core
-    assert _heaps("default") > 2
-    assert _heaps("limited") <= 2
+    assert _printed(ARENAS, "default") > 2
+    assert _printed(ARENAS, "limited") <= 2
 
 
 #: Blocks below the mmap threshold, every tenth kept: the heap cannot shrink from its top,
@@ -115,19 +110,12 @@ print((before - rss()) >> 20)
 """
 
 
-def _fallen_mib(mode: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", FRAGMENTS, mode], check=True, capture_output=True, text=True
-    )
-    return int(out.stdout)
-
-
 def test_a_trim_gives_back_the_pages_freed_between_blocks_in_use() -> None:
     if not map_large_blocks():
         pytest.skip("no glibc mallopt here: malloc is left as it is")
     # ~170 MiB freed between the blocks kept: resident until trimmed
-    assert _fallen_mib("none") < 20
-    assert _fallen_mib("trim") > 100
+    assert _printed(FRAGMENTS, "none") < 20
+    assert _printed(FRAGMENTS, "trim") > 100
 
 
 def test_trims_run_periodically_until_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
