@@ -12,7 +12,6 @@ import pytest
 
 from lamina import heap
 from lamina.agent import runner
-from lamina.agent.enrollment import enroll
 from lamina.heap import map_large_blocks
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
@@ -173,13 +172,7 @@ def test_the_agent_fixes_the_threshold_once_at_its_start_not_at_each_sync(
 ) -> None:
     calls: list[int] = []
     monkeypatch.setattr(runner, "map_large_blocks", lambda: calls.append(1) or True)
-    admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
-    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
-    root, state = tmp_path / "root", tmp_path / "state"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").write_text("heap-host\n")
-    enroll(live.url, token, root, state)
+    _, state = live.enrolled_agent(tmp_path, "heap-host")
     assert calls == []
     agent = runner.Agent(state)
     try:

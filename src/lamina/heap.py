@@ -22,8 +22,10 @@ lies between blocks still in use, where freeing never shrinks a heap).
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from collections.abc import Callable
+from typing import Any
 
 #: ``mallopt``'s parameter numbers (glibc's ``M_MMAP_THRESHOLD``, ``M_ARENA_MAX``).
 M_MMAP_THRESHOLD = -3
@@ -37,14 +39,21 @@ SERVER_ARENAS = 2
 TRIM_SECONDS = 15.0
 
 
-def _mallopt() -> Callable[[int, int], int] | None:
+@functools.cache
+def _glibc(name: str, *argtypes: type[ctypes.c_int | ctypes.c_size_t]) -> Any:
+    """glibc's function ``name`` (an ``int`` answer), looked up once; None elsewhere
+    (musl has neither ``mallopt`` nor ``malloc_trim``)."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        func = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
         return None
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return mallopt  # type: ignore[no-any-return]
+    func.argtypes = argtypes
+    func.restype = ctypes.c_int
+    return func
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    return _glibc("mallopt", ctypes.c_int, ctypes.c_int)  # type: ignore[no-any-return]
 
 
 def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -63,12 +72,9 @@ def limit_arenas(arenas: int = SERVER_ARENAS) -> bool:
 def trim() -> bool:
     """Give the free pages of every heap back to the system (``malloc_trim(0)``); False
     where there is none."""
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    malloc_trim = _glibc("malloc_trim", ctypes.c_size_t)
+    if malloc_trim is None:
         return False
-    malloc_trim.argtypes = (ctypes.c_size_t,)
-    malloc_trim.restype = ctypes.c_int
     malloc_trim(0)
     return True
 

@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from lamina.agent.blobs import agent_blobs
-from lamina.agent.enrollment import enroll
 from lamina.agent.runner import Agent
 from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.schemas import AgentConfig
@@ -25,13 +24,8 @@ def test_an_agent_asks_for_stored_blobs_only_from_a_server_that_says_version_3(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
-    token = admin.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
-    root, state = tmp_path / "root", tmp_path / "state"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").write_text("blobs-host\n")
+    root, state = live.enrolled_agent(tmp_path, "blobs-host")
     (root / "etc/motd").write_bytes(b"the message of the day\n" * 100)
-    enroll(live.url, token, root, state)
     agent = Agent(state)
     sent: list[dict[str, object]] = []
 

@@ -8,7 +8,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,9 +44,9 @@ def spooled(data: Path) -> list[int]:
     return sizes
 
 
-def wait_for(what: str, cond: object) -> None:
+def wait_for(what: str, cond: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 60
-    while not cond():  # type: ignore[operator]
+    while not cond():
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting for {what}")
         time.sleep(0.01)
