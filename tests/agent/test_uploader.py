@@ -20,7 +20,7 @@ from lamina.protocol.bundle import MAX_BUNDLE_BLOBS, PART_BYTES, decode_bundle
 from lamina.store import blob
 from lamina.store.blob import BlobKind
 from lamina.store.keys import ChunkingSecret, read_keyfile
-from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
+from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,50 @@ def test_the_server_is_asked_and_sent_to_off_the_scans_threads(
     assert {t.split("_")[0] for p, t in calls if p == "/agent/missing"} == {"lamina-sender"}
     assert {t.split("_")[0] for p, t in calls if p == "/agent/bundles"} == {"lamina-upload"}
     assert sink.uploaded_blobs == 300 and sink._missing(ids) == set()
+    sink.close()
+    client.close()
+
+
+class FrozenClock:
+    """A clock that moves only when told; counts how often it was read."""
+
+    def __init__(self) -> None:
+        self.now, self.reads = 1000.0, 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+
+@pytest.mark.parametrize("exact_need", [False, True])
+def test_a_bundle_that_is_not_full_goes_once_it_waited_bundle_wait(
+    server: Live, monkeypatch: pytest.MonkeyPatch, exact_need: bool
+) -> None:
+    """The server told this endpoint to send what it asked about, and tells others it is
+    coming, only while this endpoint's lease runs (120 s from its last bundle or ask):
+    a bundle filled slowly (a scan sharing its CPU with 200 others) must not wait for
+    the end of the scan. It goes, not full, once its first blob waited ``BUNDLE_WAIT``
+    by the sink's clock, while the scan puts nothing; not before."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 20)
+    monkeypatch.setattr(uploader, "BUNDLE_TICK", 0.01)
+    client, chunking = agent_client(server, f"uploader-aged-{exact_need}")
+    chunks = [f"slow file {i} {exact_need}\n".encode() * 30 for i in range(20)]
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    clock = FrozenClock()
+    sink = RemoteSink(client, chunking, clock=clock, exact_need=exact_need)
+    for bid, c in zip(ids, chunks, strict=True):
+        if sink.need([bid]):
+            sink.put_chunk(BlobKind.DATA, bid, c)
+    wait_for("the blobs to be asked about and bundled", lambda: len(sink._bundle) == 20)
+    looked = clock.reads
+    wait_for("the sender to look at the bundle's age", lambda: clock.reads >= looked + 3)
+    assert sink.bundles == 0 and sink._missing(ids) == set(ids)
+    clock.now += uploader.BUNDLE_WAIT
+    wait_for("the aged bundle to be stored", lambda: sink.bundles == 1)
+    assert sink._missing(ids) == set()  # stored before the scan's end (flush)
+    assert sink.uploaded_blobs == 20
+    sink.flush()
+    assert sink.bundles == 1  # nothing left to send
     sink.close()
     client.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,16 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     yield from migrated(f"sqlite:///{tmp_path / 'server.db'}")
+
+
+def wait_for(what: str, cond: Callable[[], bool]) -> None:
+    """Return once ``cond()`` holds; a minute without it fails the test (a bound on a
+    hang, never a measure: the condition, not the time, is what is tested)."""
+    deadline = time.monotonic() + 60
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what}")
+        time.sleep(0.01)
 
 
 def free_port() -> int:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from lamina.protocol.bundle import MEDIA_TYPE
 from lamina.server.app import create_app
 from lamina.server.limits import BodyBudget
 from lamina.store.blob import BlobKind
-from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
+from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve, wait_for
 
 BUDGET = 256 * 1024
 HEADERS = {"Content-Type": MEDIA_TYPE}
@@ -42,14 +41,6 @@ def spooled(data: Path) -> list[int]:
         except OSError:
             continue  # closed meanwhile
     return sizes
-
-
-def wait_for(what: str, cond: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 60
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

@@ -603,6 +603,43 @@ def test_a_claim_is_one_b_tree_entry_and_its_lease_is_its_cvds(tmp_path: Path) -
         engine.dispose()
 
 
+def test_an_ask_that_claims_nothing_new_still_renews_the_askers_lease(tmp_path: Path) -> None:
+    """A's claims count for others while A's lease runs. A scan that finds what it asks
+    about claimed by others (nothing new to send) is still alive and still owes what it
+    claimed earlier: its ask renews the lease, or a slow first sync's claims ran out
+    while it was uploading them and the endpoints waiting on them were told "missing"
+    (they then scanned and uploaded again: 11 to 140 commits a run under
+    ``make bench-load``). A CVD with no claims gets no lease from asking."""
+    engine = _cvds_db(tmp_path, ("a", "b", "c"))
+    on = inflight.Sharing(threshold=1, lease=60)
+    ids = sorted(blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(20))
+    mine, theirs = ids[:10], ids[10:]
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+
+    def leases(c: Any) -> dict[str, dt.datetime]:
+        rows = c.execute(select(blob_claimants.c.cvd_id, blob_claimants.c.expires))
+        return {cid: when.replace(tzinfo=dt.UTC) for cid, when in rows}
+
+    try:
+        with write_tx(engine) as c:
+            assert inflight.need(c, "b", theirs, set(), on) == theirs
+            assert inflight.need(c, "a", mine, set(), on) == mine
+            c.execute(update(blob_claimants).values(expires=soon))
+        with write_tx(engine) as c:  # a asks about what b is sending: nothing to send
+            assert inflight.need(c, "a", theirs, set(), on) == []
+        with engine.connect() as c:
+            held = leases(c)
+        assert held["a"] >= soon + dt.timedelta(seconds=50)  # renewed to about now + 60 s
+        assert held["b"] == soon  # b did not ask
+        with write_tx(engine) as c:  # b is still told a's are coming
+            assert inflight.need(c, "b", mine, set(), on) == []
+        with write_tx(engine) as c:  # c, claiming nothing, is given no lease by asking
+            assert inflight.need(c, "c", theirs, set(), on) == []
+            assert "c" not in leases(c)
+    finally:
+        engine.dispose()
+
+
 def test_an_endpoint_syncing_alone_looks_up_no_claims(tmp_path: Path) -> None:
     """A claim counts only while its CVD's lease runs: with no other CVD's lease live (one
     endpoint syncing), ``need`` asks ``blob_claims`` nothing, where it looked up every id

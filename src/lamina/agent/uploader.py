@@ -62,6 +62,14 @@ ASK_BYTES = 4 * 1024 * 1024
 IN_FLIGHT = 2
 #: Full batches waiting for the sender thread before a scan's thread waits for it.
 SETTLE_AHEAD = 2
+#: Seconds a bundle that is not full waits for more blobs before it goes anyway. The
+#: server told this endpoint to send its blobs and tells other endpoints they are coming
+#: (their commits wait for them) only while this endpoint's lease runs (120 s, renewed
+#: by each bundle it stores): a bundle filled slowly (a scan sharing its CPU with many
+#: others, or finding little the server lacks) must not hold them until the scan ends.
+BUNDLE_WAIT = 20.0
+#: Seconds between the sender thread's looks at the bundle's age while no batch comes.
+BUNDLE_TICK = 2.0
 
 
 class Queued(NamedTuple):
@@ -84,8 +92,11 @@ class RemoteSink:
         bandwidth_limit: int = 0,
         on_upload: Callable[[int], None] | None = None,
         exact_need: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        #: what a bundle's age is read from (``BUNDLE_WAIT``)
+        self._clock = clock
         #: ``need`` asks the server (each call, as it answers): for a scan that checks
         #: its files cache's chunk ids against the server after a garbage collection
         #: (``FilesCache.stale``); put blobs are then bundled without another question
@@ -120,6 +131,8 @@ class RemoteSink:
         self._trees = TreeBatcher(self.need, self._put_tree)
         self._bundle_size = 0
         self._bundle_raw = 0
+        #: when the bundle being filled got its first blob (``_clock``)
+        self._bundle_since = 0.0
         self.uploaded_bytes = 0
         self.uploaded_blobs = 0
         self.bundles = 0
@@ -163,6 +176,7 @@ class RemoteSink:
                 self._sent.add(bid)
             ahead = self._ahead
         if self.exact_need:
+            self._start_sender()  # (it sends a bundle that waited too long)
             self._bundle_blob(Queued(kind, bid, None, data, len(data)))
             return
         if ahead and isinstance(data, memoryview):  # compressed instead of copied
@@ -232,24 +246,46 @@ class RemoteSink:
                 self._error = e
 
     def _hand_over(self, batch: list[Queued]) -> None:
-        """Queue a full batch for the sender thread (started by the first one)."""
+        """Queue a full batch for the sender thread."""
+        self._start_sender()
+        self._batches.put(batch)
+
+    def _start_sender(self) -> None:
+        """Start the sender thread unless it runs (the first batch, or with ``exact_need``
+        the first blob bundled, starts it)."""
         with self._lock:
-            if self._sender is None:
+            if self._sender is None and not self._closed:
                 self._sender = threading.Thread(
                     target=self._send_batches, name="lamina-sender", daemon=True
                 )
                 self._sender.start()
-        self._batches.put(batch)
 
     def _send_batches(self) -> None:
         """The sender thread: settle batches in the order put until told to stop; after
-        a failure, drop them (a scan's thread never waits on a queue nobody empties)."""
-        while (batch := self._batches.get()) is not None:
+        a failure, drop them (a scan's thread never waits on a queue nobody empties).
+        While none comes, a bundle that waited ``BUNDLE_WAIT`` goes as it is."""
+        while True:
+            try:
+                batch = self._batches.get(timeout=BUNDLE_TICK)
+            except queue.Empty:
+                batch = []
+            if batch is None:
+                return
             try:
                 if self._error is None and not self._closed:
                     self._settle(batch)
+                    self._send_aged()
             except BaseException as e:  # raised to the scan by _check
                 self._fail(e)
+
+    def _send_aged(self) -> None:
+        """Upload the bundle being filled if its first blob waited ``BUNDLE_WAIT``."""
+        with self._lock:
+            if not self._bundle or self._clock() - self._bundle_since < BUNDLE_WAIT:
+                return
+            full, self._bundle, self._bundle_size = self._bundle, [], 0
+            self._bundle_raw = 0
+        self._upload(full)
 
     def _settle(self, batch: list[Queued]) -> None:
         """Ask about a batch; bundle what the server lacks, in the order put, and forget
@@ -276,6 +312,8 @@ class RemoteSink:
             flag, payload = row.flag, bytes(row.data)
         full: list[BundleBlob] | None = None
         with self._lock:
+            if not self._bundle:
+                self._bundle_since = self._clock()
             self._bundle.append(BundleBlob(int(row.kind), row.id, flag, payload, row.raw_length))
             self._bundle_size += len(payload)
             self._bundle_raw += row.raw_length
@@ -283,6 +321,7 @@ class RemoteSink:
                 self._bundle_size >= BUNDLE_BYTES
                 or self._bundle_raw >= BUNDLE_RAW_BYTES
                 or len(self._bundle) >= BUNDLE_BLOBS
+                or self._clock() - self._bundle_since >= BUNDLE_WAIT
             ):
                 full, self._bundle, self._bundle_size = self._bundle, [], 0
                 self._bundle_raw = 0

@@ -18,7 +18,8 @@ The protocol (docs/design.md, "Blobs in flight"):
   *shared* (``shared_blobs``: held by ``threshold`` CVDs once), or when
   ``threshold`` other CVDs own it or claim it (in flight: *promised*). Everything the
   answer says to send is claimed for this CVD, and its claims' lease (one per CVD,
-  ``blob_claimants``, revision 0013) runs until ``now + lease``.
+  ``blob_claimants``, revision 0013) runs until ``now + lease``; an ask that claims
+  nothing new renews the lease too (the CVD is alive and still uploading).
 - ``received``: a bundle was stored and its blobs recorded as the CVD's (``access.record``):
   its claims on them end, its lease is renewed (it is alive and uploading), and blobs
   now held by ``threshold`` CVDs become shared.
@@ -271,6 +272,20 @@ def _lease(c: Connection, cvd_id: str, until: dt.datetime) -> None:
     )
 
 
+def _renew(c: Connection, cvd_id: str, until: dt.datetime) -> None:
+    """The CVD's claims, if it has any, count until ``until`` (its lease row updated; a
+    CVD without one gets none)."""
+    _run(
+        c,
+        "UPDATE blob_claimants SET expires = ? WHERE cvd_id = ?",
+        lambda: (
+            update(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id).values(expires=until)
+        ),
+        _bound(c, blob_claimants.c.expires, until),
+        cvd_id,
+    )
+
+
 def _claim(c: Connection, cvd_id: str, ids: list[bytes], until: dt.datetime) -> None:
     """Claim ``ids`` for the CVD, all of its claims counting until ``until``."""
     _lease(c, cvd_id, until)
@@ -309,8 +324,11 @@ def need(
     _mark_shared(c, [i for i in owners if len(owners[i]) >= sharing.threshold])
     held = owners.keys() | claims.keys()  # (an id no other CVD holds or claims: send it)
     send = [i for i in rest if i not in held or _holding(i, owners, claims) < sharing.threshold]
+    until = when + dt.timedelta(seconds=sharing.lease)
     if send:
-        _claim(c, cvd_id, send, when + dt.timedelta(seconds=sharing.lease))
+        _claim(c, cvd_id, send, until)
+    else:  # nothing new to claim: an ask still shows the CVD is alive and uploading
+        _renew(c, cvd_id, until)
     return send
 
 
@@ -330,19 +348,10 @@ def received(
     marks it then), so a mark missed here costs a later ask a lookup, never an answer."""
     if not sharing.on or not ids:
         return
-    until = now() + dt.timedelta(seconds=sharing.lease)
     # The lease first, then its claims: the order ``_drop_claims`` takes them in (no lock
     # cycle between a sweep and a bundle on PostgreSQL). One row, where every claim's own
     # expiry was rewritten.
-    _run(
-        c,
-        "UPDATE blob_claimants SET expires = ? WHERE cvd_id = ?",
-        lambda: (
-            update(blob_claimants).where(blob_claimants.c.cvd_id == cvd_id).values(expires=until)
-        ),
-        _bound(c, blob_claimants.c.expires, until),
-        cvd_id,
-    )
+    _renew(c, cvd_id, now() + dt.timedelta(seconds=sharing.lease))
     _end_claims(c, cvd_id, ids)
     ask = [i for i in ids if i not in first] if first and sharing.threshold > 1 else ids
     _mark_shared(c, _newly_common(c, ask, sharing.threshold))
