@@ -234,7 +234,11 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
     # as the server does once started (an older checkout's only froze its objects)
     getattr(server_cli, "settle_collector", gc.freeze)()
     parts: dict[str, float] = collections.defaultdict(float)
-    first: tuple[Any, ...] = ()  # the last bundle's ``Intake.first``, for its record
+    # each bundle's ``Intake`` by its ids, for its record (two bundles are in flight at
+    # once: a record need not follow its own bundle)
+    intakes: dict[tuple[bytes, ...], Any] = {}
+    # what the CVD's bundles stored, for its commit (an older checkout has none)
+    recent = getattr(limits, "recent", None)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     for rec in calls:
         t = time.thread_time()
@@ -244,13 +248,23 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
             fleet.active_cvd_of_device(ctx.engine, device)
             items = decode_bundle(rec[1])
             intake = sync.upload_blobs(ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+            intakes[tuple(it.id for it in items)] = intake
+        elif rec[0] == "record":
+            intake = intakes.pop(tuple(rec[2]), None)
             # (an older checkout's returns the count alone, its record takes no ``first``)
             first = (intake.first,) if hasattr(intake, "first") else ()
-        elif rec[0] == "record":
             access.record(ctx.engine, rec[1], rec[2], ctx.sharing, *first)
+            if recent is not None and intake is not None:  # (as the bundle route does)
+                recent.add(rec[1], intake.epoch, intake.stored)
         elif rec[0] == "commit":
             sync.commit_snapshot(
-                ctx.engine, ctx.store, rec[1], rec[2], ctx.sharing, limits.uploaded
+                ctx.engine,
+                ctx.store,
+                rec[1],
+                rec[2],
+                ctx.sharing,
+                limits.uploaded,
+                **({"recent": recent} if recent is not None else {}),
             )
         parts[rec[0]] += time.thread_time() - t
     r1 = resource.getrusage(resource.RUSAGE_SELF)

@@ -32,15 +32,26 @@ def test_a_commit_applies_its_policys_retention_and_records_the_sync(live: Live)
 def test_a_commit_finds_its_owned_chunks_stored_in_one_lookup(live: Live) -> None:
     """At a commit, the chunks the CVD owns and the store holds as data (most of them) are
     found by one statement (its ownership rows joined to the catalog's), not one asking
-    ownership and another locating them (f384b63); the commit still lands."""
+    ownership and another locating them (f384b63); the commit still lands. (Chunks its
+    bundles stored since its last commit are asked nothing: ``test_recent_uploads``; here
+    they were committed once, and are named again under other names.)"""
     dev = live.device("desk-j")
     datas = [b"one", b"two", b"three"]
     ids = dev.upload([(BlobKind.DATA, d) for d in datas])
-    entries = [
-        Entry(name=b"f%d" % k, type="file", size=len(d), content=[i])
-        for k, (d, i) in enumerate(zip(datas, ids, strict=True))
-    ]
-    [root] = dev.upload([(BlobKind.TREE, encode_tree(entries))])
+
+    def folder(prefix: bytes) -> bytes:
+        entries = [
+            Entry(name=prefix + b"%d" % k, type="file", size=len(d), content=[i])
+            for k, (d, i) in enumerate(zip(datas, ids, strict=True))
+        ]
+        [root] = dev.upload([(BlobKind.TREE, encode_tree(entries))])
+        return root
+
+    first = dev.client.post(
+        "/agent/commit", json={"root": folder(b"f").hex(), "files": 3, "bytes": 11}
+    )
+    assert first.status_code == 200, first.text
+    root = folder(b"renamed-")
     seen: list[str] = []
 
     def trace(dbapi_conn: Any, *_: Any) -> None:  # every connection the commit takes

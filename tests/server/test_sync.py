@@ -376,7 +376,11 @@ def test_trees_decoded_at_intake_are_not_decoded_again_by_the_commit_walk(
     monkeypatch.setattr(sync, "decode_tree", lambda data: decoded.append(data) or real(data))
     intake = sync.upload_blobs(store, bundle, trees=trees)
     assert intake.new == 3 and intake.first == {it.id for it in bundle}
-    assert sync.upload_blobs(store, bundle) == (0, frozenset())  # stored: none first
+    assert sorted(intake.stored) == sorted(
+        (BlobKind(it.kind), it.id, it.raw_length) for it in bundle
+    )
+    again = sync.upload_blobs(store, bundle)
+    assert (again.new, again.first, again.stored) == (0, frozenset(), ())  # stored: none first
     assert sorted(decoded) == sorted([sub, root]) and len(trees) == 2  # once, at intake
     ids = list(sync.verify_tree(store, _bid(store, root), None, trees=trees))
     assert sorted(decoded) == sorted([sub, root])  # the walk took them, decoded nothing

@@ -27,6 +27,7 @@ from lamina.server.security import (
 from lamina.server.services.access import TreeCache
 from lamina.server.services.credentials import Presented
 from lamina.server.services.inflight import PendingCommits
+from lamina.server.services.recent_uploads import RecentUploads
 from lamina.server.services.sync import DecodedTrees
 from lamina.server.services.users import authenticate
 
@@ -113,6 +114,8 @@ class AccessLimits:
     trees: TreeCache = field(default_factory=TreeCache)
     #: trees decoded when uploaded, for the commit that names them.
     uploaded: DecodedTrees = field(default_factory=DecodedTrees)
+    #: what each CVD's bundles stored since its last commit, for that commit's walk.
+    recent: RecentUploads = field(default_factory=RecentUploads)
     #: commits answered "uploads pending", and the ids their walks stopped at.
     pending: PendingCommits = field(default_factory=PendingCommits)
     #: the worker threads of a sync's heavy requests (bundle, commit, missing).

@@ -33,6 +33,7 @@ from lamina.server.deps import (
 from lamina.server.security import Principal, require_active
 from lamina.server.services import access, fleet, sync, tasks, users
 from lamina.server.services.credentials import Presented
+from lamina.server.services.recent_uploads import RecentUploads
 
 router = APIRouter(prefix="/agent")
 _WORKER = f"server-{uuid.uuid4().hex[:8]}"
@@ -107,8 +108,18 @@ async def bundle(
         # answer counts blobs new to this CVD, never whether another CVD stored them.
         ids = [it.id for it in items]
         del items
-    new = await heavy.run(access.record, ctx.engine, cvd.id, ids, ctx.sharing, intake.first)
+    new = await heavy.run(_record, ctx, cvd.id, ids, intake, limits.recent)
     return BundleResponse(new=new)
+
+
+def _record(
+    ctx: ServerContext, cvd_id: str, ids: list[bytes], intake: sync.Intake, recent: RecentUploads
+) -> int:
+    """The bundle's blobs are the CVD's (``access.record``), and what it stored is
+    remembered for the CVD's commit (``RecentUploads``)."""
+    new = access.record(ctx.engine, cvd_id, ids, ctx.sharing, intake.first)
+    recent.add(cvd_id, intake.epoch, intake.stored)
+    return new
 
 
 @router.post("/commit", summary="Commit a snapshot whose trees and chunks are uploaded")
@@ -124,6 +135,7 @@ async def commit(
         ctx.sharing,
         limits.uploaded,
         limits.pending,
+        limits.recent,
     )
 
 

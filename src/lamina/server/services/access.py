@@ -167,6 +167,9 @@ class CommitOwnership:
         self.taken: list[bytes] = []
         #: the ids of the ``require`` answered "uploads pending" (``inflight.PendingCommits``)
         self.pending: list[bytes] = []
+        #: what the CVD's bundles stored under the commit writer's gc epoch, by kind (id →
+        #: raw length: owned, live as that kind; ``RecentUploads``), answered first
+        self.recent: dict[BlobKind, dict[bytes, int]] = {}
 
     def root(self, root: bytes) -> None:
         """The root first, on its own (with sharing on, a root tree other CVDs hold in
@@ -208,10 +211,20 @@ class CommitOwnership:
         ``kind``: on SQLite one statement per ``BATCH`` ids joining the ownership rows to
         the catalog's (same database), where ``require`` and the catalog's ``locate`` took
         one each. Ids it does not answer must go the long way (``require``, then
-        ``locate``: refused, or stored again as ``kind``). On other databases, or with a
-        catalog on another database than the server's rows (never, by ``open_context``):
-        ``{}``."""
+        ``locate``: refused, or stored again as ``kind``). Ids in ``recent`` are answered
+        from it, asking nothing. On other databases, or with a catalog on another
+        database than the server's rows (never, by ``open_context``): only those."""
         out: dict[bytes, int] = {}
+        known = self.recent.get(kind)
+        if known:
+            rest = []
+            for bid in ids:
+                raw = known.get(bid)
+                if raw is None:
+                    rest.append(bid)
+                else:
+                    out[bid] = raw
+            ids = rest
         if not ids or getattr(self.store.catalog, "engine", None) is not self.engine:
             return out
         with read_tx(self.engine) as c:

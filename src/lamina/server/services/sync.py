@@ -33,6 +33,7 @@ from lamina.protocol.schemas import CommitRequest, CommitResponse, SnapshotPubli
 from lamina.server.security import Principal, RateLimiter
 from lamina.server.services import access, fleet, flex, inflight, layers
 from lamina.server.services.fleet import cvd_source
+from lamina.server.services.recent_uploads import RecentUploads
 from lamina.store import blob, repack
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
@@ -133,7 +134,11 @@ class Intake(NamedTuple):
     new: int
     #: Their ids: blobs the store did not hold as their kind before this bundle (so, but
     #: for a race with another device's upload, no other CVD owns them yet).
-    first: frozenset[bytes]
+    first: frozenset[bytes] = frozenset()
+    #: The gc epoch the bundle's writer began under, and what it stored: (kind, id, raw
+    #: length) of each of ``first`` (``RecentUploads``).
+    epoch: int = 0
+    stored: tuple[tuple[BlobKind, bytes, int], ...] = ()
 
 
 def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> int:
@@ -208,12 +213,17 @@ def upload_blobs(
             [(kind, bid, it.flag, it.payload, it.raw_length) for kind, bid, it in verified]
         )
         w.flush()
-        new = w.new_blobs
+        new, epoch = w.new_blobs, w.epoch
     if trees is not None:
         for bid, entries in decoded:
             trees.put(bid, entries)
     repack.roll_if_due(store)  # after the bundle is durable: small packs into full ones
-    return Intake(new, frozenset(bid for _, bid, _ in verified))
+    return Intake(
+        new,
+        frozenset(bid for _, bid, _ in verified),
+        epoch,
+        tuple((kind, bid, it.raw_length) for kind, bid, it in verified),
+    )
 
 
 def _as_kind(
@@ -443,6 +453,7 @@ def commit_snapshot(
     sharing: inflight.Sharing = inflight.OFF,
     trees: DecodedTrees | None = None,
     pending: inflight.PendingCommits | None = None,
+    recent: RecentUploads | None = None,
 ) -> CommitResponse:
     """The agent's commit: verify, store the snapshot, apply retention, update the rows.
 
@@ -457,6 +468,8 @@ def commit_snapshot(
 
     A commit answered "uploads pending" is remembered in ``pending``: asked again, it
     settles the ids its walk stopped at before walking again (``_still_pending``).
+    What the CVD's bundles stored since its last commit (``recent``, under the same gc
+    epoch) is answered without asking the database, and forgotten once it committed.
     """
     with read_tx(engine) as c:
         cvd = fleet.cvd_of_device(c, device.id)
@@ -470,7 +483,7 @@ def commit_snapshot(
         policy.keep_monthly,
     )
     record, kept, forgotten = _store_snapshot(
-        store, cvd.id, device.id, req, retention, owner, trees, pending
+        store, cvd.id, device.id, req, retention, owner, trees, pending, recent
     )
     with write_tx(engine) as c:
         c.execute(
@@ -492,6 +505,7 @@ def _store_snapshot(
     owner: access.CommitOwnership,
     trees: DecodedTrees | None,
     pending: inflight.PendingCommits | None = None,
+    recent: RecentUploads | None = None,
 ) -> tuple[SnapshotRecord, int, int]:
     """Verify the snapshot's trees and chunks (held to the CVD's ownership by ``owner``,
     in the same walk), store its record, forget what retention drops."""
@@ -511,6 +525,8 @@ def _store_snapshot(
         # commit rescue (or refuse) before the row goes in.
         if not store.catalog.locate([root]):
             raise MissingDataError("the snapshot's root tree is not stored; upload it first")
+        if recent is not None:  # (a collection after this is the writer's to notice)
+            owner.recent = recent.of(cvd_id, w.epoch)
         _walk(store, root, previous_root, w, owner, trees, remember)
         owner.done()  # the common blobs it names are the CVD's before its snapshot is
         record = SnapshotRecord(
@@ -524,6 +540,8 @@ def _store_snapshot(
             meta={"cvd": cvd_id, "device": device_id, "stats": req.stats},
         )
         record = w.commit_snapshot(record, lambda r: walk_blobs(store, r))
+    if recent is not None:
+        recent.forget(cvd_id)
     repack.roll_if_due(store)
     keep, forget = apply_retention(store.catalog.snapshots(source), retention)
     if forget:
