@@ -20,7 +20,7 @@ from lamina.cli.common import log_options, owner_only
 from lamina.cli.logs import LogFlags, setup_logging
 from lamina.cli.progress import err_console
 from lamina.errors import UsageError
-from lamina.heap import limit_arenas, map_large_blocks, trim_periodically
+from lamina.heap import keep_free_tops, limit_arenas, map_large_blocks, trim_periodically
 
 if TYPE_CHECKING:
     from lamina.config import ServerSettings
@@ -165,6 +165,7 @@ def server(
 def _serve(settings: ServerSettings, self_signed: bool) -> None:
     # Before any thread starts: freed memory goes back to the system (lamina/heap.py).
     map_large_blocks()
+    keep_free_tops()
     limit_arenas()
     trim_periodically()
     # Imported here, not at the top: FastAPI and uvicorn are the "server" extra, and
