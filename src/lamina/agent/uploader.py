@@ -281,11 +281,20 @@ class RemoteSink:
     def _send_aged(self) -> None:
         """Upload the bundle being filled if its first blob waited ``BUNDLE_WAIT``."""
         with self._lock:
-            if not self._bundle or self._clock() - self._bundle_since < BUNDLE_WAIT:
+            if not self._bundle or not self._aged():
                 return
-            full, self._bundle, self._bundle_size = self._bundle, [], 0
-            self._bundle_raw = 0
+            full = self._take_bundle()
         self._upload(full)
+
+    def _aged(self) -> bool:
+        """Whether the bundle being filled waited ``BUNDLE_WAIT`` (the caller holds
+        ``_lock``)."""
+        return self._clock() - self._bundle_since >= BUNDLE_WAIT
+
+    def _take_bundle(self) -> list[BundleBlob]:
+        """The bundle being filled, a new one begun (the caller holds ``_lock``)."""
+        full, self._bundle, self._bundle_size, self._bundle_raw = self._bundle, [], 0, 0
+        return full
 
     def _settle(self, batch: list[Queued]) -> None:
         """Ask about a batch; bundle what the server lacks, in the order put, and forget
@@ -321,10 +330,9 @@ class RemoteSink:
                 self._bundle_size >= BUNDLE_BYTES
                 or self._bundle_raw >= BUNDLE_RAW_BYTES
                 or len(self._bundle) >= BUNDLE_BLOBS
-                or self._clock() - self._bundle_since >= BUNDLE_WAIT
+                or self._aged()
             ):
-                full, self._bundle, self._bundle_size = self._bundle, [], 0
-                self._bundle_raw = 0
+                full = self._take_bundle()
         if full:
             self._upload(full)
 
@@ -355,8 +363,7 @@ class RemoteSink:
         self._check()
         self._settle(batch)
         with self._lock:
-            full, self._bundle, self._bundle_size = self._bundle, [], 0
-            self._bundle_raw = 0
+            full = self._take_bundle()
         if full:
             self._upload(full)
         with self._lock:

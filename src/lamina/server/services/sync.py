@@ -132,13 +132,17 @@ class Intake(NamedTuple):
 
     #: Blobs new to the store.
     new: int
-    #: Their ids: blobs the store did not hold as their kind before this bundle (so, but
-    #: for a race with another device's upload, no other CVD owns them yet).
-    first: frozenset[bytes] = frozenset()
-    #: The gc epoch the bundle's writer began under, and what it stored: (kind, id, raw
-    #: length) of each of ``first`` (``RecentUploads``).
+    #: The gc epoch the bundle's writer began under (``RecentUploads``).
     epoch: int = 0
+    #: What it stored, (kind, id, raw length) each: blobs the store did not hold as
+    #: their kind before this bundle.
     stored: tuple[tuple[BlobKind, bytes, int], ...] = ()
+
+    @property
+    def first(self) -> frozenset[bytes]:
+        """The ids of ``stored`` (so, but for a race with another device's upload, no
+        other CVD owns them yet)."""
+        return frozenset(bid for _, bid, _ in self.stored)
 
 
 def upload_bundle(store: Store, body: bytes, max_raw: int = MAX_BUNDLE_RAW) -> int:
@@ -218,12 +222,7 @@ def upload_blobs(
         for bid, entries in decoded:
             trees.put(bid, entries)
     repack.roll_if_due(store)  # after the bundle is durable: small packs into full ones
-    return Intake(
-        new,
-        frozenset(bid for _, bid, _ in verified),
-        epoch,
-        tuple((kind, bid, it.raw_length) for kind, bid, it in verified),
-    )
+    return Intake(new, epoch, tuple((kind, bid, it.raw_length) for kind, bid, it in verified))
 
 
 def _as_kind(
