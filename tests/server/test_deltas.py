@@ -248,9 +248,11 @@ def test_a_delta_carries_only_the_chunks_that_changed(server: Live, tmp_path: Pa
     assert item["base"] == [i.hex() for i in old]
     assert item["target"] == [i.hex() for i in new if i not in old]
     assert 0 < len(item["target"]) < len(new)
-    # The changed bytes, the tree and the delta's framing of the run around them: 600
-    # bytes (16,849 measured; a delta of the whole file alone is 16,974).
-    assert sum(answers) <= 16_384 + 600
+    # The changed bytes, the tree and the delta's framing of the run around them. The
+    # framing depends on where the store's chunk boundaries fall (its chunking secret is
+    # random per store: 16,849 and 16,988 bytes measured), so the bound is a kilobyte of
+    # it; what shows that only the run was asked for is the request above.
+    assert sum(answers) <= 16_384 + 1024
     boot(ep.state_dir, ep.root)
     assert (ep.root / "big.so").read_bytes() == BIG_V2
 
