@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,45 @@ def test_later_syncs_report_a_percentage(
     assert later, seen
     assert all(p.get("expected_bytes") == first_total for p in later)
     assert all(0 <= p["percent"] <= 99 for p in later)
+
+
+def test_the_first_sync_counts_what_it_covers_beside_the_scan_not_before_it(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sync_mod, "PROGRESS_SECONDS", 0.0)
+    root, state = live.enrolled_agent(tmp_path, "count-host")
+    for i in range(3):
+        (root / f"file{i}.bin").write_bytes(bytes([i + 1]) * 300_000)
+    scanning = threading.Event()
+    counted_while_scanning: list[bool] = []
+    real_estimate = sync_mod.estimate
+
+    class Watched(sync_mod.Scanner):
+        def scan(self, root: Path) -> bytes:
+            scanning.set()
+            return super().scan(root)
+
+    def estimate(*args: Any) -> tuple[int, int]:
+        # The count waits for the scan: a sync that counted first would wait here in vain.
+        counted_while_scanning.append(scanning.wait(timeout=30))
+        return real_estimate(*args)
+
+    monkeypatch.setattr(sync_mod, "Scanner", Watched)
+    monkeypatch.setattr(sync_mod, "estimate", estimate)
+    seen: list[dict[str, Any]] = []
+    agent = Agent(state, on_progress=seen.append)
+    try:
+        assert agent.cycle(force_sync=True)["synced"]
+    finally:
+        agent.close()
+    assert counted_while_scanning == [True]
+    assert seen and all(p["phase"] == "centralizing" for p in seen), seen
+    # Once counted, a report gives the tree's size and a percentage of it.
+    files = [f for f in root.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    counted = [p for p in seen if "total_bytes" in p]
+    assert counted, seen
+    assert all(p["total_files"] == len(files) and p["total_bytes"] == size for p in counted)
+    assert all(0 <= p["percent"] <= 99 for p in counted if p["bytes"]), seen

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.scan import Scanner
 from lamina.tree.scan_scope import ExcludeFn, FolderExcludeFn, PruneFn, estimate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,18 +177,23 @@ def run_sync(
     estimate later syncs show progress against: only the first walks the tree first."""
     policy = cfg.policy or PolicySettings()
     root = Path(st.root)
-    area = protected_area(policy, for_os(os_release(root)), root, state_dir)
+    rules = for_os(os_release(root))
+    area = protected_area(policy, rules, root, state_dir)
     exclude, prune = area.exclude, area.prune
     counters: dict[str, Any] = {"files": 0, "bytes": 0, "uploaded": 0}
-    if cfg.last_sync is None:  # centralization: worth a metadata walk to show a percentage
-        counters["total_files"], counters["total_bytes"] = estimate(root, exclude, prune)
+    centralizing = cfg.last_sync is None
+    counting = None
+    if centralizing:  # worth a metadata walk to show a percentage, beside the scan
+        counting = _count_in_background(
+            counters, root, protected_area(policy, rules, root, state_dir)
+        )
         if progress:
             progress({"phase": "centralizing", "percent": 0, **counters})
 
     def snapshot() -> dict[str, Any]:
         total = counters.get("total_bytes") or expected_bytes
         pct = min(99, int(100 * counters["bytes"] / total)) if total else None
-        phase = "centralizing" if "total_bytes" in counters else "syncing"
+        phase = "centralizing" if centralizing else "syncing"
         known = {"percent": pct, "expected_bytes": total} if pct is not None else {}
         return {"phase": phase, **known, **counters}
 
@@ -231,6 +240,8 @@ def run_sync(
                 reuse_trees=reuse_trees,
             )
             root_id = scanner.scan(root)
+            if counting is not None:
+                counting.join()  # the count has walked what the scan read: long done
             cache.settle()  # a files cache that cannot be written fails before the commit
             sink.flush()
             report.settle()  # no progress report after the commit
@@ -265,6 +276,30 @@ def run_sync(
         sink.uploaded_bytes,
         stats.errors,
     )
+
+
+def _count_in_background(
+    counters: dict[str, Any], root: Path, area: ProtectedArea
+) -> threading.Thread:
+    """Count the files and bytes a first sync will cover into ``counters``
+    (``total_files``, ``total_bytes``) on a thread of its own, while the scan starts.
+
+    The count walks the tree's metadata (a ``lstat`` per file, the protected area's
+    answers): ~0.2 s for 40,000 files, which the scan waited for when it came first.
+    ``area`` is its own: the scan's folder answers are memoised per area. Until the
+    count is done the progress has no percentage; a count that fails leaves none."""
+
+    def count() -> None:
+        try:
+            files, size = estimate(root, area.exclude, area.prune)
+        except Exception:  # a percentage is not worth failing the sync for
+            log.warning("cannot count what the first sync covers", exc_info=True)
+            return
+        counters.update(total_files=files, total_bytes=size)
+
+    thread = threading.Thread(target=count, name="lamina-count", daemon=True)
+    thread.start()
+    return thread
 
 
 #: Least seconds between two progress reports of a sync (status file, server).
