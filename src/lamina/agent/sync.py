@@ -23,6 +23,7 @@ from lamina.layers.rules import Globs, RuleSet, for_os, globs, re2_bytes
 from lamina.protocol.endpoint import AgentConfig, CommitResponse
 from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
+from lamina.tree.collector import fewer_collections
 from lamina.tree.scan import Scanner
 from lamina.tree.scan_scope import ExcludeFn, FolderExcludeFn, PruneFn, estimate
 
@@ -228,41 +229,44 @@ def run_sync(
         exact_need=cache.stale and cfg.last_sync is not None,
     )
     try:
-        reuse_trees, rescans_left = True, MAX_RESCANS
-        while True:
-            scanner = Scanner(
-                sink,
-                cache,
-                exclude=exclude,
-                exclude_folder=area.exclude_folder,
-                prune=prune,
-                progress=on_file,
-                reuse_trees=reuse_trees,
-            )
-            root_id = scanner.scan(root)
-            if counting is not None:
-                counting.join()  # the count has walked what the scan read: long done
-            cache.settle()  # a files cache that cannot be written fails before the commit
-            sink.flush()
-            report.settle()  # no progress report after the commit
-            try:
-                doc = commit(
-                    client, _commit_body(root_id, scanner, sink, cfg, policy, root, extra_stats)
+        # A sync makes and drops a few objects a file: the collector's default passes
+        # walked the agent's imported modules again and again for next to nothing.
+        with fewer_collections():
+            reuse_trees, rescans_left = True, MAX_RESCANS
+            while True:
+                scanner = Scanner(
+                    sink,
+                    cache,
+                    exclude=exclude,
+                    exclude_folder=area.exclude_folder,
+                    prune=prune,
+                    progress=on_file,
+                    reuse_trees=reuse_trees,
                 )
-                break
-            except MissingDataError:
-                # A tree reused from the files cache may be one the server no longer
-                # holds: one scan more, building every tree (so it happens once). Else
-                # blobs another endpoint promised did not come (its claim ran out): one
-                # of MAX_RESCANS. The server now asks for what is missing.
-                if scanner.stats.trees_reused:
-                    reuse_trees = False
-                elif rescans_left:
-                    rescans_left -= 1
-                else:
-                    raise
-                counters["files"] = counters["bytes"] = 0
-        cache.commit(cfg.gc_epoch)
+                root_id = scanner.scan(root)
+                if counting is not None:
+                    counting.join()  # the count has walked what the scan read: long done
+                cache.settle()  # a files cache that cannot be written fails before the commit
+                sink.flush()
+                report.settle()  # no progress report after the commit
+                try:
+                    doc = commit(
+                        client, _commit_body(root_id, scanner, sink, cfg, policy, root, extra_stats)
+                    )
+                    break
+                except MissingDataError:
+                    # A tree reused from the files cache may be one the server no longer
+                    # holds: one scan more, building every tree (so it happens once). Else
+                    # blobs another endpoint promised did not come (its claim ran out): one
+                    # of MAX_RESCANS. The server now asks for what is missing.
+                    if scanner.stats.trees_reused:
+                        reuse_trees = False
+                    elif rescans_left:
+                        rescans_left -= 1
+                    else:
+                        raise
+                    counters["files"] = counters["bytes"] = 0
+            cache.commit(cfg.gc_epoch)
     finally:
         report.settle()
         sink.close()
