@@ -424,6 +424,10 @@ class RemoteSink:
             self._fail(e)
             raise
         finally:
+            # httpx's request and response refer to each other (a cycle the collector
+            # frees, not reference counting) and the request to ``parts``: emptied here,
+            # the bundle's payloads are freed now, not at the collector's next pass.
+            parts.clear()
             self._slots.release()
 
     def _pace(self, nbytes: int) -> None:
