@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, inspect, select
 
+from lamina.db import catalog as catalog_mod
 from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import make_engine
 from lamina.db.migrate import alembic_config, upgrade
@@ -322,10 +322,16 @@ def test_try_lock_and_unlock(catalog: SqlCatalog) -> None:
     assert not catalog.try_lock("gc", "alice", hour)
 
 
-def test_an_expired_lock_can_be_taken_over(catalog: SqlCatalog) -> None:
+def test_an_expired_lock_can_be_taken_over(
+    catalog: SqlCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The catalog's clock, moved by the test: a slow commit must not expire the lock early.
+    clock = [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+    monkeypatch.setattr(catalog_mod, "_now", lambda: clock[0])
     assert catalog.try_lock("gc", "crashed", dt.timedelta(milliseconds=500))
+    clock[0] += dt.timedelta(milliseconds=499)
     assert not catalog.try_lock("gc", "next", dt.timedelta(hours=1))
-    time.sleep(0.7)
+    clock[0] += dt.timedelta(milliseconds=2)
     assert catalog.try_lock("gc", "next", dt.timedelta(hours=1))
     assert not catalog.try_lock("gc", "crashed", dt.timedelta(hours=1))  # it lost the lock
     catalog.unlock("gc", "crashed")  # a late unlock by the old holder changes nothing

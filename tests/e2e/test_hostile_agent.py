@@ -15,7 +15,6 @@ import json
 import secrets
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,10 +520,8 @@ def test_zstd_bomb_with_a_lying_raw_length(
         (BlobKind.TREE, 4096),
         (BlobKind.DATA, world.max_chunk),
     ):
-        t0 = time.monotonic()
         r = post_bundle(world, bundle([[int(kind), b"\3" * 32, FLAG_ZSTD, payload, declared]]))
         expect_error(r, 422, "integrity")
-        assert time.monotonic() - t0 < 10
     # The server never inflated the frame beyond what the entry declared (at most one chunk).
     grew = _peak_rss(world.pid) - peak
     assert grew < 64 * MiB, (
@@ -570,10 +567,10 @@ def test_declared_oversized_body_is_refused_before_it_is_sent(
             f"Authorization: Bearer {world.credential}\r\nContent-Type: {MEDIA_TYPE}\r\n"
             f"Content-Length: {declared}\r\nConnection: close\r\n\r\n"
         )
-        t0 = time.monotonic()
-        status, doc = _raw_request(world, head, b"\x81")  # one byte of the promised body
+        # One byte of the promised body: a server that waited for the rest would never
+        # answer (the request's socket gives up after 30 s and the test fails).
+        status, doc = _raw_request(world, head, b"\x81")
         assert status == 413 and doc["code"] == "too_large" and str(declared) in doc["message"], doc
-        assert time.monotonic() - t0 < 10
 
 
 def test_streamed_oversized_body_is_refused(world: World, unchanged: None) -> None:

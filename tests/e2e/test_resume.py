@@ -68,7 +68,9 @@ def _progress_shown(admin: Lamina, url: str, uploaded: int) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
         progress: dict[str, Any] = _admin_get(admin, url, "/cvds")[0]["progress"]
-        if progress.get("uploaded", 0) >= uploaded or time.monotonic() > deadline:
+        # the count of what the sync covers comes on its own (and reported once done)
+        shown = progress.get("uploaded", 0) >= uploaded and "total_bytes" in progress
+        if shown or time.monotonic() > deadline:
             return progress
         time.sleep(0.1)
 

@@ -25,7 +25,7 @@ from lamina.errors import IntegrityError
 from lamina.protocol.flex import FlexManifest, Lease, Signed, verify
 from lamina.store.keys import DEFAULT_MAX
 from tests.flex.server_live import TIMEOUT, PatientLive
-from tests.server.conftest import ADMIN_PASSWORD, Live, free_port, serve
+from tests.server.conftest import ADMIN_PASSWORD, Live, fixed_keys, free_port, serve
 
 MiB = 1024 * 1024
 SIZE = 32 * MiB
@@ -82,8 +82,10 @@ def upload(admin: httpx.Client, name: str, disk: Path, **params: Any) -> httpx.R
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Srv]:
     tmp = tmp_path_factory.mktemp("flexsrv")
+    # fixed keys: where the chunks around v2's change begin and end is the store's
+    # chunking secret's, and test_register_qcow2_two_versions bounds them
     settings = ServerSettings(
-        data=tmp / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
+        data=fixed_keys(tmp / "data"), port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
     )
     for url in serve(settings):
         live = PatientLive(url, settings.data)

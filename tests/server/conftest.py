@@ -29,6 +29,7 @@ from lamina.db.migrate import upgrade
 from lamina.protocol.bundle import MEDIA_TYPE
 from lamina.server.app import KEEP_ALIVE_SECONDS, create_app
 from lamina.store.blob import BlobKind, blob_id, compress
+from lamina.store.keys import KEYFILE_NAME, ChunkingSecret, StoreKeys, write_keyfile
 from lamina.tree.model import Entry, encode_tree
 
 API = "/api/v1"
@@ -64,6 +65,24 @@ def wait_for(what: str, cond: Callable[[], bool]) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting for {what}")
         time.sleep(0.01)
+
+
+#: A store's keys fixed, not drawn: a test that bounds what depends on where chunk
+#: boundaries fall (a delta's framing, the chunks around a change) writes them into its
+#: server's data folder before the server starts (``fixed_keys``).
+FIXED_KEYS = StoreKeys(
+    store_id="00000000-0000-4000-8000-00000000de17",
+    chunking=ChunkingSecret(0x5EED_DE17A, bytes(range(32))),
+    data_key=bytes(range(32, 64)),
+)
+
+
+def fixed_keys(data: Path) -> Path:
+    """``data`` (made if need be) with ``FIXED_KEYS`` as its store's key file: the server
+    started on it uses them instead of drawing new ones."""
+    data.mkdir(parents=True, exist_ok=True)
+    write_keyfile(data / KEYFILE_NAME, FIXED_KEYS)
+    return data
 
 
 def free_port() -> int:

@@ -39,21 +39,12 @@ from lamina.store.blob import BlobKind, compress
 from lamina.store.chunker import Chunker
 from lamina.store.delta import make_delta
 from lamina.store.keys import (
-    KEYFILE_NAME,
     ChunkingSecret,
-    StoreKeys,
     read_keyfile,
-    write_keyfile,
 )
 from lamina.store.repository import Store
 from lamina.tree.model import Entry, encode_tree
-from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve
-
-FIXED_KEYS = StoreKeys(
-    store_id="00000000-0000-4000-8000-00000000de17",
-    chunking=ChunkingSecret(0x5EED_DE17A, bytes(range(32))),
-    data_key=bytes(range(32, 64)),
-)
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live, fixed_keys, free_port, serve
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data = tmp_path_factory.mktemp("deltas") / "data"
     # The store's keys are fixed, not drawn: where its chunk boundaries fall decides the
     # framing a delta carries, which a test below bounds.
-    data.mkdir()
-    write_keyfile(data / KEYFILE_NAME, FIXED_KEYS)
+    fixed_keys(data)
     settings = ServerSettings(data=data, port=free_port(), admin_password=ADMIN_PASSWORD)
     for url in serve(settings):
         srv = Live(url, data)

@@ -603,7 +603,9 @@ def test_a_claim_is_one_b_tree_entry_and_its_lease_is_its_cvds(tmp_path: Path) -
         engine.dispose()
 
 
-def test_an_ask_that_claims_nothing_new_still_renews_the_askers_lease(tmp_path: Path) -> None:
+def test_an_ask_that_claims_nothing_new_still_renews_the_askers_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A's claims count for others while A's lease runs. A scan that finds what it asks
     about claimed by others (nothing new to send) is still alive and still owes what it
     claimed earlier: its ask renews the lease, or a slow first sync's claims ran out
@@ -614,7 +616,10 @@ def test_an_ask_that_claims_nothing_new_still_renews_the_askers_lease(tmp_path: 
     on = inflight.Sharing(threshold=1, lease=60)
     ids = sorted(blake3.blake3(i.to_bytes(4, "big")).digest() for i in range(20))
     mine, theirs = ids[:10], ids[10:]
-    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    # The service's clock stands still: slow transactions must not let b's lease run out.
+    start = dt.datetime.now(dt.UTC)
+    monkeypatch.setattr(inflight, "now", lambda: start)
+    soon = start + dt.timedelta(seconds=5)
 
     def leases(c: Any) -> dict[str, dt.datetime]:
         rows = c.execute(select(blob_claimants.c.cvd_id, blob_claimants.c.expires))

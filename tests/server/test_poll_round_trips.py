@@ -80,6 +80,13 @@ class RoundTrips:
         return out
 
 
+@pytest.fixture(autouse=True)
+def no_idle_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round trips counted here are the requests' own: a pooled connection is tested
+    once it sat idle ``PING_IDLE_SECONDS``, which a stalled host could reach mid-test."""
+    monkeypatch.setattr(db_engine, "PING_IDLE_SECONDS", 3600.0)
+
+
 @contextmanager
 def counting(engine: Engine, tmp_path: Path) -> Iterator[RoundTrips]:
     trips = RoundTrips(engine, tmp_path / "libpq.trace")

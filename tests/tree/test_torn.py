@@ -164,7 +164,7 @@ def test_file_replaced_by_a_fifo_before_it_is_read_does_not_hang_the_scan(
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    t.join(10)
+    t.join(120)  # a hang guard: a scan that opened the FIFO would wait forever
     if t.is_alive():
         # unblock the stuck open() so the thread can finish, then fail
         fd = os.open(victim, os.O_WRONLY | os.O_NONBLOCK)

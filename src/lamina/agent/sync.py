@@ -183,13 +183,6 @@ def run_sync(
     exclude, prune = area.exclude, area.prune
     counters: dict[str, Any] = {"files": 0, "bytes": 0, "uploaded": 0}
     centralizing = cfg.last_sync is None
-    counting = None
-    if centralizing:  # worth a metadata walk to show a percentage, beside the scan
-        counting = _count_in_background(
-            counters, root, protected_area(policy, rules, root, state_dir)
-        )
-        if progress:
-            progress({"phase": "centralizing", "percent": 0, **counters})
 
     def snapshot() -> dict[str, Any]:
         total = counters.get("total_bytes") or expected_bytes
@@ -204,6 +197,13 @@ def run_sync(
     report = Throttled(
         lambda: progress(snapshot()) if progress else None, PROGRESS_SECONDS, quiet_start=True
     )
+    counting = None
+    if centralizing:  # worth a metadata walk to show a percentage, beside the scan
+        counting = _count_in_background(
+            counters, root, protected_area(policy, rules, root, state_dir), report
+        )
+        if progress:
+            progress({"phase": "centralizing", "percent": 0, **counters})
 
     def on_file(nfiles: int, nbytes: int) -> None:
         before = counters["files"]
@@ -283,10 +283,11 @@ def run_sync(
 
 
 def _count_in_background(
-    counters: dict[str, Any], root: Path, area: ProtectedArea
+    counters: dict[str, Any], root: Path, area: ProtectedArea, counted: Callable[[], None]
 ) -> threading.Thread:
     """Count the files and bytes a first sync will cover into ``counters``
-    (``total_files``, ``total_bytes``) on a thread of its own, while the scan starts.
+    (``total_files``, ``total_bytes``) on a thread of its own, while the scan starts;
+    then call ``counted`` (the sync's progress report, which now has a percentage).
 
     The count walks the tree's metadata (a ``lstat`` per file, the protected area's
     answers): ~0.2 s for 40,000 files, which the scan waited for when it came first.
@@ -300,6 +301,7 @@ def _count_in_background(
             log.warning("cannot count what the first sync covers", exc_info=True)
             return
         counters.update(total_files=files, total_bytes=size)
+        counted()
 
     thread = threading.Thread(target=count, name="lamina-count", daemon=True)
     thread.start()
