@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,32 @@ def test_a_sync_scans_with_the_agents_imports_left_out_of_the_collectors_passes(
     [(frozen, young)] = seen
     assert frozen > 10_000 and young >= YOUNG_THRESHOLD > before[0]
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_a_sync_reads_its_files_on_one_thread(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sync's Python work holds the interpreter's lock; a second reading thread mostly
+    passed it back and forth (twice the context switches, ~10-20% more of the agent's
+    CPU): the files of a sync are read by one thread (``sync.READERS``)."""
+    root, state = live.enrolled_agent(tmp_path, "reader-host")
+    for i in range(40):
+        folder = root / f"d{i % 4}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"f{i}").write_bytes(bytes([i]) * (300_000 if i % 2 else 300))
+    readers: set[int] = set()
+
+    class Watched(Scanner):
+        def _read_file(self, *args: Any, **kw: Any) -> Any:
+            readers.add(threading.get_ident())
+            return super()._read_file(*args, **kw)
+
+    monkeypatch.setattr(sync, "Scanner", Watched)
+    agent = Agent(state)
+    try:
+        assert agent.cycle(force_sync=True)["synced"]
+    finally:
+        agent.close()
+    assert len(readers) == sync.READERS == 1

@@ -242,6 +242,7 @@ def run_sync(
                     prune=prune,
                     progress=on_file,
                     reuse_trees=reuse_trees,
+                    workers=READERS,
                 )
                 root_id = scanner.scan(root)
                 if counting is not None:
@@ -308,6 +309,13 @@ def _count_in_background(
     return thread
 
 
+#: Threads reading a sync's files. One: a sync's Python work holds the interpreter's
+#: lock, and a second reader mostly added hand-offs of it (a 1 GiB first sync made
+#: 45,000 voluntary context switches with two, 25,000-29,000 with one, for ~10% less of
+#: the agent's CPU; 100,000 small files 215,000 against 98,000-115,000, ~20% less). The
+#: reader's own chunking and hashing let go of the lock, as the sender's compression
+#: does ("The agent's side of a sync (session 19)" in docs/design.md).
+READERS = 1
 #: Least seconds between two progress reports of a sync (status file, server).
 PROGRESS_SECONDS = 1.0
 #: Scans a sync repeats when its commit names blobs another endpoint promised and did not
