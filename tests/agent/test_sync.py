@@ -277,11 +277,7 @@ def test_a_sync_scans_with_the_agents_imports_left_out_of_the_collectors_passes(
             return super().scan(root)
 
     monkeypatch.setattr(sync, "Scanner", Watched)
-    agent = Agent(state)
-    try:
-        assert agent.cycle(force_sync=True)["synced"]
-    finally:
-        agent.close()
+    _sync_once(state)
     [(frozen, young)] = seen
     assert frozen > 10_000 and young >= YOUNG_THRESHOLD > before[0]
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
@@ -308,9 +304,14 @@ def test_a_sync_reads_its_files_on_one_thread(
             return super()._read_file(*args, **kw)
 
     monkeypatch.setattr(sync, "Scanner", Watched)
+    _sync_once(state)
+    assert len(readers) == sync.READERS == 1
+
+
+def _sync_once(state: Path) -> None:
+    """One cycle of the agent whose state is ``state``, its sync forced."""
     agent = Agent(state)
     try:
         assert agent.cycle(force_sync=True)["synced"]
     finally:
         agent.close()
-    assert len(readers) == sync.READERS == 1
