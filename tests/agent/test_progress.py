@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from lamina.agent import sync as sync_mod
 from lamina.agent.runner import Agent
+from lamina.errors import BackendError
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
@@ -80,3 +82,42 @@ def test_the_first_sync_counts_what_it_covers_beside_the_scan_not_before_it(
     assert counted, seen
     assert all(p["total_files"] == len(files) and p["total_bytes"] == size for p in counted)
     assert all(0 <= p["percent"] <= 99 for p in counted if p["bytes"]), seen
+
+
+def test_a_failed_sync_stops_its_count_and_reports_nothing_after(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first sync whose scan fails while its count still walks: the count is stopped
+    and waited for before the sync's error is raised, so it reports nothing afterwards
+    (a report then showed a failed sync as "syncing" again)."""
+    monkeypatch.setattr(sync_mod, "PROGRESS_SECONDS", 0.0)
+    root, state = live.enrolled_agent(tmp_path, "failing-host")
+    (root / "file.bin").write_bytes(b"x" * 1000)
+    counting = threading.Event()
+
+    def estimate(root: Path, exclude: Any, prune: Any) -> tuple[int, int]:
+        counting.set()
+        while True:  # a walk that goes on until the sync stops it
+            exclude(b"file.bin", False)
+            time.sleep(0.01)
+
+    class Failing(sync_mod.Scanner):
+        def scan(self, root: Path) -> bytes:
+            assert counting.wait(timeout=30)
+            raise BackendError("the disk went away")
+
+    monkeypatch.setattr(sync_mod, "Scanner", Failing)
+    monkeypatch.setattr(sync_mod, "estimate", estimate)
+    seen: list[dict[str, Any]] = []
+    agent = Agent(state, on_progress=seen.append)
+    try:
+        with pytest.raises(BackendError, match="disk went away"):
+            agent.cycle(force_sync=True)
+        reported = len(seen)
+        assert not [t for t in threading.enumerate() if t.name == "lamina-count"]
+        assert agent.status.state == "error"
+    finally:
+        agent.close()
+    assert len(seen) == reported == 1  # the sync's start only

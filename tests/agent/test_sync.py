@@ -299,6 +299,10 @@ def test_a_sync_reads_its_files_on_one_thread(
     readers: set[int] = set()
 
     class Watched(Scanner):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            assert self._workers == sync.READERS == 1  # whatever the host's cores
+
         def _read_file(self, *args: Any, **kw: Any) -> Any:
             readers.add(threading.get_ident())
             return super()._read_file(*args, **kw)

@@ -197,13 +197,8 @@ def run_sync(
     report = Throttled(
         lambda: progress(snapshot()) if progress else None, PROGRESS_SECONDS, quiet_start=True
     )
-    counting = None
-    if centralizing:  # worth a metadata walk to show a percentage, beside the scan
-        counting = _count_in_background(
-            counters, root, protected_area(policy, rules, root, state_dir), report
-        )
-        if progress:
-            progress({"phase": "centralizing", "percent": 0, **counters})
+    if centralizing and progress:
+        progress({"phase": "centralizing", "percent": 0, **counters})
 
     def on_file(nfiles: int, nbytes: int) -> None:
         before = counters["files"]
@@ -228,7 +223,10 @@ def run_sync(
         on_upload=on_upload,
         exact_need=cache.stale and cfg.last_sync is not None,
     )
+    counting: Count | None = None
     try:
+        if centralizing:  # worth a metadata walk to show a percentage, beside the scan
+            counting = Count(counters, root, protected_area(policy, rules, root, state_dir), report)
         # A sync makes and drops a few objects a file: the collector's default passes
         # walked the agent's imported modules again and again for next to nothing.
         with fewer_collections():
@@ -246,7 +244,7 @@ def run_sync(
                 )
                 root_id = scanner.scan(root)
                 if counting is not None:
-                    counting.join()  # the count has walked what the scan read: long done
+                    counting.wait()  # it has walked what the scan read: long done
                 cache.settle()  # a files cache that cannot be written fails before the commit
                 sink.flush()
                 report.settle()  # no progress report after the commit
@@ -269,8 +267,11 @@ def run_sync(
                     counters["files"] = counters["bytes"] = 0
             cache.commit(cfg.gc_epoch)
     finally:
-        report.settle()
+        # Nothing reports once the sync ended: the count is stopped, the uploads too.
+        if counting is not None:
+            counting.stop()
         sink.close()
+        report.settle()
         cache.close()
     stats = scanner.stats
     return SyncResult(
@@ -283,30 +284,61 @@ def run_sync(
     )
 
 
-def _count_in_background(
-    counters: dict[str, Any], root: Path, area: ProtectedArea, counted: Callable[[], None]
-) -> threading.Thread:
-    """Count the files and bytes a first sync will cover into ``counters``
-    (``total_files``, ``total_bytes``) on a thread of its own, while the scan starts;
-    then call ``counted`` (the sync's progress report, which now has a percentage).
+class _CountStopped(Exception):
+    """The sync ended before its count did."""
+
+
+class Count:
+    """The files and bytes a first sync will cover, counted into ``counters``
+    (``total_files``, ``total_bytes``) on a thread of its own while the scan starts; then
+    ``counted`` is called (the sync's progress report, which now has a percentage).
 
     The count walks the tree's metadata (a ``lstat`` per file, the protected area's
     answers): ~0.2 s for 40,000 files, which the scan waited for when it came first.
     ``area`` is its own: the scan's folder answers are memoised per area. Until the
-    count is done the progress has no percentage; a count that fails leaves none."""
+    count is done the progress has no percentage; a count that fails leaves none, and a
+    stopped one (the sync ended first) neither writes nor reports anything."""
 
-    def count() -> None:
+    def __init__(
+        self,
+        counters: dict[str, Any],
+        root: Path,
+        area: ProtectedArea,
+        counted: Callable[[], None],
+    ) -> None:
+        self._counters, self._counted = counters, counted
+        self._stopped = threading.Event()
+
+        def exclude(rel: bytes, is_dir: bool) -> bool:
+            if self._stopped.is_set():
+                raise _CountStopped
+            return area.exclude(rel, is_dir)
+
+        self._thread = threading.Thread(
+            target=self._run, args=(root, exclude, area.prune), name="lamina-count", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, root: Path, exclude: ExcludeFn, prune: PruneFn) -> None:
         try:
-            files, size = estimate(root, area.exclude, area.prune)
+            files, size = estimate(root, exclude, prune)
+        except _CountStopped:
+            return
         except Exception:  # a percentage is not worth failing the sync for
             log.warning("cannot count what the first sync covers", exc_info=True)
             return
-        counters.update(total_files=files, total_bytes=size)
-        counted()
+        if not self._stopped.is_set():
+            self._counters.update(total_files=files, total_bytes=size)
+            self._counted()
 
-    thread = threading.Thread(target=count, name="lamina-count", daemon=True)
-    thread.start()
-    return thread
+    def wait(self) -> None:
+        """Until the count is done."""
+        self._thread.join()
+
+    def stop(self) -> None:
+        """End the count where it is (at its next entry) and wait for it."""
+        self._stopped.set()
+        self._thread.join()
 
 
 #: Threads reading a sync's files. One: a sync's Python work holds the interpreter's
