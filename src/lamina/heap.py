@@ -32,7 +32,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
-from collections.abc import Callable
 from typing import Any
 
 #: ``mallopt``'s parameter numbers (glibc's ``M_TRIM_THRESHOLD``, ``M_MMAP_THRESHOLD``,
@@ -64,28 +63,27 @@ def _glibc(name: str, *argtypes: type[ctypes.c_int | ctypes.c_size_t]) -> Any:
     return func
 
 
-def _mallopt() -> Callable[[int, int], int] | None:
-    return _glibc("mallopt", ctypes.c_int, ctypes.c_int)  # type: ignore[no-any-return]
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``: whether it took it; False where there is none."""
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and bool(mallopt(param, value))
 
 
 def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold for this process; False where there is no ``mallopt``."""
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, threshold))
+    return _mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def keep_free_tops(threshold: int = SERVER_TRIM_THRESHOLD) -> bool:
     """Let up to ``threshold`` free bytes lie at a heap's top before a free gives them
     back (glibc's trim threshold); False where there is no ``mallopt``."""
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(M_TRIM_THRESHOLD, threshold))
+    return _mallopt(M_TRIM_THRESHOLD, threshold)
 
 
 def limit_arenas(arenas: int = SERVER_ARENAS) -> bool:
     """Let glibc make at most ``arenas`` heaps for this process's threads (before they
     start: an arena made already stays); False where there is no ``mallopt``."""
-    mallopt = _mallopt()
-    return mallopt is not None and bool(mallopt(M_ARENA_MAX, arenas))
+    return _mallopt(M_ARENA_MAX, arenas)
 
 
 def trim() -> bool:

@@ -221,7 +221,7 @@ def run_sync(
         st.chunking,
         bandwidth_limit=policy.bandwidth_limit,
         on_upload=on_upload,
-        exact_need=cache.stale and cfg.last_sync is not None,
+        exact_need=cache.stale and not centralizing,
     )
     counting: Count | None = None
     try:
