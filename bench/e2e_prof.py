@@ -98,6 +98,7 @@ def sync(
     gib: float,
     gil: bool = False,
     rate: int = 50,
+    native: bool = False,
 ) -> None:
     spy = pyspy()
     out = work / f"{name}.txt"
@@ -115,7 +116,7 @@ def sync(
                 str(rate),
                 "--output",
                 os.fspath(out),
-                "--nonblocking",
+                *(["--native"] if native else ["--nonblocking"]),
                 *(["--gil"] if gil else []),
             ],
             stdout=subprocess.DEVNULL,
@@ -124,7 +125,7 @@ def sync(
         time.sleep(1.0)
     if profile == "agent" and spy and name != "restore":
         # py-spy starts the agent and samples it (its own CPU is then in the agent's figure)
-        lam.agent.prefix = [spy, "record", "--format", "raw", "--rate", "100"]
+        lam.agent.prefix = [spy, "record", "--format", "raw", "--rate", str(rate)]
         lam.agent.prefix += [*(["--gil"] if gil else []), "--output", os.fspath(out), "--"]
     r, doc, cpu = restore(lam, work) if name == "restore" else lam.cycle(sync=name != "first")
     lam.agent.prefix = []
@@ -164,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--rate", type=int, default=50, help="py-spy's samples per second")
     ap.add_argument(
+        "--native",
+        action="store_true",
+        help="the server's native frames too (py-spy then pauses it for each sample: slower)",
+    )
+    ap.add_argument(
         "--steps",
         default=",".join(STEPS),
         help=f"the steps to run, in order, of {','.join(STEPS)} (the first sync always runs)",
@@ -182,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ["first", *[s for s in steps if s != "first"]]:
             if name == "changed":
                 mutate(corpus, 0.01, args.seed, replace_half=False)
-            sync(lam, name, work, args.profile, gib, args.gil, args.rate)
+            sync(lam, name, work, args.profile, gib, args.gil, args.rate, args.native)
     finally:
         lam.server.stop()
     return 0

@@ -25,6 +25,7 @@ from lamina.protocol.policies import PolicySettings
 from lamina.tree.cache import FilesCache
 from lamina.tree.collector import fewer_collections
 from lamina.tree.scan import Scanner
+from lamina.tree.scan_proc import scan_processes
 from lamina.tree.scan_scope import ExcludeFn, FolderExcludeFn, PruneFn, estimate
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,7 @@ def run_sync(
                     progress=on_file,
                     reuse_trees=reuse_trees,
                     workers=READERS,
+                    processes=scan_processes() if os.environ.get("LAMINA_AGENT_PROCS", "1") == "1" else 0,
                 )
                 root_id = scanner.scan(root)
                 if counting is not None:
@@ -347,7 +349,7 @@ class Count:
 #: the agent's CPU; 100,000 small files 215,000 against 98,000-115,000, ~20% less). The
 #: reader's own chunking and hashing let go of the lock, as the sender's compression
 #: does ("The agent's side of a sync (session 19)" in docs/design.md).
-READERS = 1
+READERS = int(os.environ.get("LAMINA_AGENT_READERS", "1"))
 #: Least seconds between two progress reports of a sync (status file, server).
 PROGRESS_SECONDS = 1.0
 #: Scans a sync repeats when its commit names blobs another endpoint promised and did not

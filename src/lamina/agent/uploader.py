@@ -143,6 +143,13 @@ class RemoteSink:
     def chunking(self) -> ChunkingSecret:
         return self._chunking
 
+    @property
+    def compress_ahead(self) -> bool:
+        """Whether blobs are compressed as they are put (a scan's worker process sends its
+        chunks compressed then, ``put_compressed``): the last answer said the server
+        lacked at least half of the bytes asked about."""
+        return self._ahead
+
     def need(self, ids: Collection[bytes]) -> set[bytes]:
         """The ids not queued or being uploaded already. The server is asked about them
         once they are put (``put_chunk``), many jobs' blobs in one question; with
@@ -169,16 +176,13 @@ class RemoteSink:
         before this returns: its buffer may be reused). An upload that failed is raised
         here, to the scan, not only at ``flush``."""
         self._check()
+        if self.exact_need:  # ``need`` asked the server already: bundle it
+            self._bundle_asked(Queued(kind, bid, None, data, len(data)))
+            return
         with self._lock:
             if bid in self._sent:
                 return
-            if self.exact_need:  # ``need`` asked the server already: bundle it
-                self._sent.add(bid)
             ahead = self._ahead
-        if self.exact_need:
-            self._start_sender()  # (it sends a bundle that waited too long)
-            self._bundle_blob(Queued(kind, bid, None, data, len(data)))
-            return
         if ahead and isinstance(data, memoryview):  # compressed instead of copied
             flag, payload = blob.compress(data)
             row = Queued(kind, bid, flag, payload, len(data))
@@ -211,12 +215,42 @@ class RemoteSink:
             sent = self._sent
             fresh = [c for c in chunks if c[0] not in sent]
             ahead = self._ahead
-        rows = [
-            Queued(kind, bid, *blob.compress(data), len(data))
-            if ahead and isinstance(data, memoryview)  # compressed instead of copied
-            else Queued(kind, bid, None, bytes(data), len(data))
-            for bid, data in fresh
-        ]
+        self._queue(
+            [
+                Queued(kind, bid, *blob.compress(data), len(data))
+                if ahead and isinstance(data, memoryview)  # compressed instead of copied
+                else Queued(kind, bid, None, bytes(data), len(data))
+                for bid, data in fresh
+            ]
+        )
+
+    def put_compressed(self, kind: BlobKind, blobs: list[tuple[bytes, int, bytes, int]]) -> None:
+        """``put_chunks`` for blobs compressed elsewhere (a scan's worker process, while
+        ``compress_ahead``): (id, flag, payload, raw length)."""
+        self._check()
+        rows = [Queued(kind, bid, flag, payload, raw) for bid, flag, payload, raw in blobs]
+        if self.exact_need:
+            need = self.need({row.id for row in rows})
+            for row in rows:
+                if row.id in need:
+                    need.discard(row.id)
+                    self._bundle_asked(row)
+            return
+        self._queue(rows)
+
+    def _bundle_asked(self, row: Queued) -> None:
+        """Bundle a blob ``need`` asked the server about (``exact_need``): again under an
+        id queued or being uploaded, ignored."""
+        with self._lock:
+            if row.id in self._sent:
+                return
+            self._sent.add(row.id)
+        self._start_sender()  # (it sends a bundle that waited too long)
+        self._bundle_blob(row)
+
+    def _queue(self, rows: list[Queued]) -> None:
+        """Queue blobs to ask about, in order (one put meanwhile, or twice, is skipped);
+        each full batch goes to the sender."""
         batches: list[list[Queued]] = []
         with self._lock:
             sent = self._sent

@@ -17,6 +17,7 @@ from lamina.tree.cache import FilesCache
 from lamina.tree.collector import fewer_collections
 from lamina.tree.model import references
 from lamina.tree.scan import Scanner, ScanStats
+from lamina.tree.scan_proc import scan_processes
 from lamina.tree.scan_scope import ExcludeFn, PruneFn
 
 
@@ -61,12 +62,6 @@ def walk_blobs(store: Store, *roots: bytes) -> Iterator[bytes]:
         level = below
 
 
-def backup_processes() -> int:
-    """Worker processes a backup reads small files with: one per core beside the walk's
-    (which keeps two reading threads busy too), at most three; none on one core."""
-    return max(0, min(3, len(os.sched_getaffinity(0)) - 1))
-
-
 def backup(
     store: Store,
     path: Path,
@@ -83,7 +78,7 @@ def backup(
     with fewer_collections(), store.writer() as writer:
         cache = FilesCache(cache_path, store.keys.store_id, writer.epoch) if cache_path else None
         try:
-            scan.setdefault("processes", backup_processes())
+            scan.setdefault("processes", scan_processes())
             scanner = Scanner(writer, cache, **scan)
             root = scanner.scan(path)
             if cache is not None:

@@ -50,7 +50,7 @@ from lamina.tree.cache import (
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import FILE_TYPES, Entry, encode_tree
 from lamina.tree.scan_entries import Reused, cached_entries, encode_folder, recheck_hits
-from lamina.tree.scan_proc import PROCESS_AFTER, ProcessReaders, SealedSink
+from lamina.tree.scan_proc import PROCESS_AFTER, CompressedSink, ProcessReaders, SealedSink
 from lamina.tree.scan_read import (
     JOB_BYTES,
     BlobSink,
@@ -185,8 +185,9 @@ class Scanner(FileReader):
         #: Folders in ``_order`` holding an open descriptor.
         self._held = 0
         #: worker processes for jobs of small files (``scan_proc``): how many, started
-        #: once ``process_after`` small files are queued, with a sink that takes sealed blobs
-        self._processes = processes if isinstance(writer, SealedSink) else 0
+        #: once ``process_after`` small files are queued, with a sink that takes sealed or
+        #: compressed blobs (a store's writer, an agent's uploader)
+        self._processes = processes if isinstance(writer, (SealedSink, CompressedSink)) else 0
         self._process_after = process_after
         self._small_files = 0
         self._procs: ProcessReaders | None = None

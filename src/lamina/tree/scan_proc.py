@@ -1,4 +1,4 @@
-"""Reading a scan's small files in worker processes: the backup's Python on a second core.
+"""Reading a scan's small files in worker processes: the scan's Python on a second core.
 
 A scan's per-file Python (open, two ``fstat``, ``pread``, xattrs, BLAKE3, zstd, AES-GCM,
 each a call at a time) shares one GIL with the walk. Past ``PROCESS_AFTER`` small
@@ -14,12 +14,17 @@ packs: the catalog, the packs, the trees and the files cache stay the parent's a
 Once the parent's writer has loaded the store's data ids (``Writer.known_data``), the
 workers get them too, and neither compress, seal nor send back a chunk among them.
 
+An agent's sync (its uploader, ``CompressedSink``: it holds the chunking secret, never
+the data key) gets its chunks compressed only, while its server's answers say it lacks
+most of what is asked about (a first sync), else as plaintext; the uploader asks the
+server about them and bundles what it lacks, as it does a reading thread's.
+
 Messages (both ends are this module, one process and its child)::
 
-    request:  u32 LE length | pickle ("job", seal, [(descriptor index, name, st_dev, st_ino), ...])
+    request:  u32 LE length | pickle ("job", form, [(descriptor index, name, st_dev, st_ino), ...])
               (the folders' descriptors ride on the length, as SCM_RIGHTS)
               or u32 LE length | pickle ("known", the store's data ids joined): no answer
-    answer:   u32 LE length | pickle ("ok", errors, [file fields], [(id, blob, raw length)])
+    answer:   u32 LE length | pickle ("ok", errors, [file fields], [(id, blob, raw length, flag)])
                                    or ("failed", traceback)
 
 A worker that dies (killed, out of memory) fails the job it held, so the scan fails and
@@ -29,6 +34,7 @@ no snapshot is committed (packs already written are garbage for gc, as after any
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import pickle
 import socket
@@ -61,6 +67,20 @@ SEAL_SHARE = 0.5
 _LEN = struct.Struct("<I")
 #: The fields of a file a worker read: size, mode, uid, gid, mtime (ns), xattrs, content.
 FileFields = tuple[int, int, int, int, int, list[tuple[bytes, bytes]], list[bytes | int]]
+#: A chunk a worker read: id, content in the job's ``Form``, raw length, and the
+#: compression flag of a ``COMPRESSED`` chunk (0 otherwise).
+Chunk = tuple[bytes, bytes, int, int]
+
+
+class Form(enum.IntEnum):
+    """How a job's chunks come back from a worker."""
+
+    #: plaintext: the parent compresses (and seals) the few its destination lacks
+    PLAIN = 0
+    #: compressed and sealed with the store's data key (a backup into a store)
+    SEALED = 1
+    #: compressed only, with their flag (an agent's sync: it never holds the data key)
+    COMPRESSED = 2
 
 
 @runtime_checkable
@@ -78,6 +98,31 @@ class SealedSink(BlobSink, Protocol):
     def put_sealed_many(
         self, kind: BlobKind, blobs: Iterable[tuple[bytes, bytes, int]]
     ) -> None: ...
+
+
+@runtime_checkable
+class CompressedSink(BlobSink, Protocol):
+    """A sink that takes blobs compressed elsewhere: the agent's uploader."""
+
+    @property
+    def compress_ahead(self) -> bool:
+        """Whether chunks should come compressed: the destination lacks most of what it
+        was asked about (else as plaintext, and only what it lacks is compressed)."""
+        ...
+
+    def put_chunks(self, kind: BlobKind, chunks: list[tuple[bytes, bytes | memoryview]]) -> None:
+        """``need`` and ``put_chunk`` for each of ``chunks`` (id, plaintext), in order."""
+        ...
+
+    def put_compressed(self, kind: BlobKind, blobs: list[tuple[bytes, int, bytes, int]]) -> None:
+        """The same for blobs compressed elsewhere: (id, flag, payload, raw length)."""
+        ...
+
+
+def scan_processes() -> int:
+    """Worker processes a scan reads small files with (a backup, an agent's sync): one
+    per core beside the walk's, at most three; none on one core."""
+    return max(0, min(3, len(os.sched_getaffinity(0)) - 1))
 
 
 class WorkerDiedError(LaminaError):
@@ -171,12 +216,12 @@ class ReadProcess:
         _send(ours, pickle.dumps(secret))
 
     def run(
-        self, seal: bool, files: list[tuple[int, bytes, os.stat_result]]
-    ) -> tuple[list[str | None], list[FileFields | None], list[tuple[bytes, bytes, int]]]:
+        self, form: Form, files: list[tuple[int, bytes, os.stat_result]]
+    ) -> tuple[list[str | None], list[FileFields | None], list[Chunk]]:
         """Read ``files`` (folder descriptor, name, the listing's lstat) in the worker."""
-        return self.answer(self.send(seal, files))
+        return self.answer(self.send(form, files))
 
-    def send(self, seal: bool, files: list[tuple[int, bytes, os.stat_result]]) -> int:
+    def send(self, form: Form, files: list[tuple[int, bytes, os.stat_result]]) -> int:
         """Queue a request for the worker; return its ticket for ``answer``."""
         index: dict[int, int] = {}
         # the inode the listing saw, not its whole lstat (8 us a file to pickle)
@@ -184,7 +229,7 @@ class ReadProcess:
             (index.setdefault(dfd, len(index)), name, st.st_dev, st.st_ino)
             for dfd, name, st in files
         ]
-        return self._send(pickle.dumps(("job", seal, req)), list(index))
+        return self._send(pickle.dumps(("job", int(form), req)), list(index))
 
     def send_known(self, ids: bytes) -> None:
         """Tell the worker the store's data ids (joined): it sends none of them back."""
@@ -208,9 +253,9 @@ class ReadProcess:
 
     def answer(
         self, ticket: int
-    ) -> tuple[list[str | None], list[FileFields | None], list[tuple[bytes, bytes, int]]]:
+    ) -> tuple[list[str | None], list[FileFields | None], list[Chunk]]:
         """The worker's answer to request ``ticket``: each file's error or fields, and the
-        chunks (id, sealed blob or plaintext, raw length)."""
+        chunks (``Chunk``)."""
         got = self._answer(ticket)
         answer: tuple[Any, ...] = pickle.loads(got)  # noqa: S301 - our own child, a private socket
         if answer[0] != "ok":
@@ -254,15 +299,17 @@ class ReadProcess:
 class ProcessReaders:
     """The workers of one scan; a reading thread borrows one per job (``run_job``)."""
 
-    def __init__(self, sink: SealedSink, count: int) -> None:
+    def __init__(self, sink: SealedSink | CompressedSink, count: int) -> None:
         self.sink = sink
+        data_key = sink.data_key if isinstance(sink, SealedSink) else b""
         self.procs: list[ReadProcess] = []
         try:
             for _ in range(count):
-                self.procs.append(ReadProcess(sink.chunking, sink.data_key))
+                self.procs.append(ReadProcess(sink.chunking, data_key))
         except BaseException:
             self.close()
             raise
+        #: a store's writer: chunks sealed while the store lacked most of the last job's
         self._seal = True
         self._known_sent = False
         self._lock = threading.Lock()
@@ -274,14 +321,18 @@ class ProcessReaders:
     def run_job(self, job: Job, name: Callable[[Entry], None]) -> list[str | None]:
         """Read ``job`` in a worker; add the chunks the store lacks; ``name`` fills an
         entry's owner names from its uid and gid."""
+        sink = self.sink
         self._send_known()  # before the request: the worker skips them in this job already
         with self._lock:
-            seal = self._seal
+            if isinstance(sink, SealedSink):
+                form = Form.SEALED if self._seal else Form.PLAIN
+            else:
+                form = Form.COMPRESSED if sink.compress_ahead else Form.PLAIN
             proc = min(self.procs, key=lambda p: p.in_flight)
             proc.in_flight += 1
         try:
             errors, fields, chunks = proc.run(
-                seal, [(dfd, e.name, st) for _, e, st, dfd in job.files]
+                form, [(dfd, e.name, st) for _, e, st, dfd in job.files]
             )
         finally:
             with self._lock:
@@ -294,23 +345,29 @@ class ProcessReaders:
             name(e)
         if not chunks:
             return errors
-        need = self.sink.need({bid for bid, _, _ in chunks})
+        if not isinstance(sink, SealedSink):  # it asks its server, many jobs' ids at once
+            if form == Form.COMPRESSED:
+                sink.put_compressed(BlobKind.DATA, [(b, f, d, n) for b, d, n, f in chunks])
+            else:
+                sink.put_chunks(BlobKind.DATA, [(b, d) for b, d, _, _ in chunks])
+            return errors
+        need = sink.need({c[0] for c in chunks})
         self._send_known()
         lacking = len(need)
-        if seal:  # one call (and one lock) for the job's sealed blobs
-            self.sink.put_sealed_many(BlobKind.DATA, (c for c in chunks if c[0] in need))
+        if form == Form.SEALED:  # one call (and one lock) for the job's sealed blobs
+            sink.put_sealed_many(BlobKind.DATA, ((b, d, n) for b, d, n, _ in chunks if b in need))
         else:
-            for bid, data, _ in chunks:
+            for bid, data, _, _ in chunks:
                 if bid in need:
                     need.discard(bid)
-                    self.sink.put_chunk(BlobKind.DATA, bid, data)
+                    sink.put_chunk(BlobKind.DATA, bid, data)
         with self._lock:
             self._seal = lacking >= SEAL_SHARE * len(chunks)
         return errors
 
     def _send_known(self) -> None:
         """The store's data ids to every worker, once the writer has loaded them."""
-        if self._known_sent:
+        if self._known_sent or not isinstance(self.sink, SealedSink):
             return
         known = self.sink.known_data
         if known is None:
@@ -339,15 +396,15 @@ class ProcessReaders:
 
 class _WorkerSink:
     """Every chunk but the store's known data ids (``known``, once the parent sent them)
-    is "lacking" here (the parent asks the store): each is kept to be sent back, sealed
-    or as plaintext."""
+    is "lacking" here (the parent asks the store): each is kept to be sent back in the
+    job's ``form``."""
 
     def __init__(self, chunking: ChunkingSecret, data_key: bytes) -> None:
         self._chunking = chunking
         self._data_key = data_key
-        self.seal = True
+        self.form = Form.SEALED
         self.known: set[bytes] = set()
-        self.out: list[tuple[bytes, bytes, int]] = []
+        self.out: list[Chunk] = []
 
     @property
     def chunking(self) -> ChunkingSecret:
@@ -358,12 +415,15 @@ class _WorkerSink:
         return {i for i in ids if i not in known}
 
     def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
-        if self.seal:
-            flag, payload = blob.compress(data)
+        if self.form == Form.PLAIN:
+            self.out.append((bid, bytes(data), len(data), 0))
+            return
+        flag, payload = blob.compress(data)
+        if self.form == Form.SEALED:
             sealed = blob.seal(self._data_key, kind, bid, flag, payload)
-            self.out.append((bid, sealed, len(data)))
+            self.out.append((bid, sealed, len(data), 0))
         else:
-            self.out.append((bid, bytes(data), len(data)))
+            self.out.append((bid, payload, len(data), flag))
 
     def put(self, kind: BlobKind, data: bytes) -> bytes:
         raise AssertionError("a scan's worker stores no trees")
@@ -379,11 +439,11 @@ class _WorkerReader(FileReader):
 def _answer(
     reader: _WorkerReader,
     sink: _WorkerSink,
-    seal: bool,
+    form: int,
     files: list[tuple[int, bytes, int, int]],
     fds: list[int],
 ) -> tuple[Any, ...]:
-    sink.seal = seal
+    sink.form = Form(form)
     sink.out = []
     job = Job()
     for i, name, dev, ino in files:
