@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lamina.agent import runner, sync
+from lamina.agent import runner, sync, uploader
 from lamina.agent.blobs import agent_blobs
 from lamina.agent.enrollment import enroll
 from lamina.agent.runner import Agent
@@ -24,7 +24,8 @@ from lamina.protocol.schemas import PolicySettings
 from lamina.store.repository import Store
 from lamina.tree.collector import YOUNG_THRESHOLD
 from lamina.tree.model import decode_tree
-from lamina.tree.scan import Scanner
+from lamina.tree.scan import SMALL_FILE, Scanner
+from lamina.tree.scan_proc import Form, ReadProcess
 from tests.server.conftest import Live, live  # noqa: F401  (the fixture)
 
 
@@ -283,14 +284,16 @@ def test_a_sync_scans_with_the_agents_imports_left_out_of_the_collectors_passes(
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
 
-def test_a_sync_reads_its_files_on_one_thread(
+def test_without_worker_processes_a_sync_reads_its_files_on_one_thread(
     live: Live,  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A sync's Python work holds the interpreter's lock; a second reading thread mostly
     passed it back and forth (twice the context switches, ~10-20% more of the agent's
-    CPU): the files of a sync are read by one thread (``sync.READERS``)."""
+    CPU): where no worker process may read (one core), the files of a sync are read by
+    one thread (``sync.READERS``)."""
+    monkeypatch.setattr(sync, "scan_processes", lambda: 0)
     root, state = live.enrolled_agent(tmp_path, "reader-host")
     for i in range(40):
         folder = root / f"d{i % 4}"
@@ -310,6 +313,75 @@ def test_a_sync_reads_its_files_on_one_thread(
     monkeypatch.setattr(sync, "Scanner", Watched)
     _sync_once(state)
     assert len(readers) == sync.READERS == 1
+
+
+def test_a_sync_reads_its_small_files_in_a_worker_process_as_its_threads_would(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where a second core is (``scan_processes``), a sync past ``PROCESS_AFTER`` small
+    files reads them in a worker process (their Python on that core), two threads feeding
+    it; while the server lacks most of what it is asked about (a first sync) the worker
+    compresses the chunks, and they go up as it sent them. The snapshot is the one the
+    reading threads alone make: read again without the worker, the same root tree."""
+    root, state = live.enrolled_agent(tmp_path, "worker-host")
+    rng = random.Random(20)
+    for d in range(3):
+        (root / f"d{d}").mkdir()
+        for f in range(40):
+            (root / f"d{d}" / f"f{f}").write_bytes(f"{d}/{f} ".encode() * rng.randrange(1, 400))
+    (root / "large.bin").write_bytes(rng.randbytes(SMALL_FILE + 5000))
+    (root / "d0" / "link").symlink_to("f1")
+    os.chmod(root / "d1" / "f2", 0o600)
+    monkeypatch.setattr(sync, "scan_processes", lambda: 1)
+    jobs: list[tuple[Form, int]] = []
+    real_send = ReadProcess.send
+
+    def send(self: ReadProcess, form: Form, files: list[Any]) -> int:
+        jobs.append((form, len(files)))
+        return real_send(self, form, files)
+
+    monkeypatch.setattr(ReadProcess, "send", send)
+    readers: list[int] = []
+
+    class Early(Scanner):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **{**kw, "process_after": 0})  # (not past 4,096 files)
+            readers.append(self._workers)
+
+    class LackingSink(uploader.RemoteSink):
+        """As after an answer that the server lacked most of what was asked about."""
+
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self._ahead = True
+
+    monkeypatch.setattr(sync, "Scanner", Early)
+    monkeypatch.setattr(sync, "RemoteSink", LackingSink)
+    results: list[sync.SyncResult] = []
+    real = runner.run_sync
+
+    def spy(*args: Any, **kw: Any) -> sync.SyncResult:
+        results.append(real(*args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(runner, "run_sync", spy)
+    _sync_once(state)
+    assert readers == [sync.READERS_WITH_PROCESSES] == [2]
+    assert {form for form, _ in jobs} == {Form.COMPRESSED}
+    assert sum(n for _, n in jobs) == 121  # every small file (hostname too), not large.bin
+    assert results[0].files_read == 122 and not results[0].errors
+    # read again by the threads alone (no files cache: every file read, every tree made)
+    for part in (state / "cache").glob("files.sqlite*"):
+        part.unlink()
+    monkeypatch.setattr(sync, "scan_processes", lambda: 0)
+    monkeypatch.setattr(sync, "Scanner", Scanner)
+    jobs.clear()
+    _sync_once(state)
+    assert jobs == [] and results[1].files_read == 122
+    assert results[1].response.snapshot.root == results[0].response.snapshot.root
+    assert results[1].uploaded_bytes == 0  # the server held every blob the threads made
 
 
 def _sync_once(state: Path) -> None:

@@ -396,6 +396,50 @@ def test_a_jobs_chunks_put_at_once_ask_and_go_up_as_put_one_at_a_time(
     client.close()
 
 
+@pytest.mark.parametrize("exact_need", [False, True])
+def test_blobs_compressed_elsewhere_go_up_as_they_came_and_only_what_the_server_lacks(
+    server: Live, monkeypatch: pytest.MonkeyPatch, exact_need: bool
+) -> None:
+    """A scan's worker process compresses its chunks (``put_compressed``): the sink never
+    compresses them again, asks about them as about a reading thread's (with
+    ``exact_need``, before queuing them), and sends only what the server lacks, each
+    payload as it came (the server inflates and hashes every blob against its id: a
+    payload sent wrong is refused). A chunk zstd cannot shrink comes as it is."""
+    monkeypatch.setattr(uploader, "ASK_BLOBS", 250)
+    client, chunking = agent_client(server, f"uploader-compressed-{exact_need}")
+    rng = random.Random(7)
+    chunks = [f"a worker's small file {i}\n".encode() * 40 for i in range(59)]
+    chunks.append(rng.randbytes(3000))
+    ids = [blob.blob_id(chunking.id_key, c) for c in chunks]
+    rows = [(bid, *blob.compress(c), len(c)) for bid, c in zip(ids, chunks, strict=True)]
+    assert rows[-1][1] == blob.FLAG_RAW and {r[1] for r in rows[:-1]} == {blob.FLAG_ZSTD}
+    first = RemoteSink(client, chunking)
+    first.put_chunks(BlobKind.DATA, list(zip(ids[:20], chunks[:20], strict=True)))
+    first.flush()
+    compressed: list[bytes] = []
+    real = blob.compress
+
+    def counting(data: bytes | memoryview) -> tuple[int, bytes]:
+        compressed.append(bytes(data))
+        return real(data)
+
+    monkeypatch.setattr(blob, "compress", counting)
+    asked = _count_asks(monkeypatch, client)
+    sink = RemoteSink(client, chunking, exact_need=exact_need)
+    for job in range(6):  # a job's chunks, one of the last job's again, one twice
+        part = [*range(job * 10, job * 10 + 10), max(0, job * 10 - 1), job * 10]
+        sink.put_compressed(BlobKind.DATA, [rows[k] for k in part])
+    sink.flush()
+    assert compressed == []
+    assert sink.uploaded_blobs == 40  # the 20 the server held were not sent
+    if exact_need:
+        assert len(asked) == 6  # one question a job, before its blobs are queued
+    else:
+        assert asked == [60]  # each id once, the jobs' blobs in one question
+    assert not sink._sent and sink._missing(ids) == set()
+    client.close()
+
+
 def _count_asks(monkeypatch: pytest.MonkeyPatch, client: Any) -> list[int]:
     """The number of ids in each ``/agent/missing`` question ``client`` asks from now on."""
     asked: list[int] = []

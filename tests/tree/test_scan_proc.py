@@ -6,20 +6,29 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lamina.store import blob
 from lamina.store import writer as writer_module
+from lamina.store.blob import BlobKind
+from lamina.store.chunking import ChunkingSecret
 from lamina.store.repository import Store
 from lamina.tree import scan_proc
 from lamina.tree.backup import backup
 from lamina.tree.model import Entry
 from lamina.tree.restore import restore_tree
 from lamina.tree.scan import SMALL_FILE, Scanner
-from lamina.tree.scan_proc import ProcessReaders, ReadProcess, WorkerDiedError
+from lamina.tree.scan_proc import (
+    CompressedSink,
+    Form,
+    ProcessReaders,
+    ReadProcess,
+    WorkerDiedError,
+)
 from lamina.tree.scan_read import Job
 
 from .treeutil import MTIME, set_mtime, write
@@ -144,23 +153,103 @@ def test_a_job_of_files_from_more_folders_than_a_message_carries_stays_in_its_th
 
 def test_a_worker_takes_the_next_request_before_its_answer_is_read(store: Store, src: Path) -> None:
     """Requests queue in the socket (the worker never waits for the parent between
-    jobs); answers come back in order, each to its own request."""
+    jobs); answers come back in order, each to its own request and in its form: sealed
+    (the store opens it), plaintext, or compressed only (with its flag)."""
     proc = ReadProcess(store.keys.chunking, store.keys.data_key)
     dfd = os.open(src / "d0", os.O_RDONLY | os.O_DIRECTORY)
+    names = (b"f01", b"f02", b"f03")
     try:
-        first = proc.send(True, [(dfd, b"f01", os.stat(src / "d0" / "f01"))])
-        second = proc.send(False, [(dfd, b"f02", os.stat(src / "d0" / "f02"))])
-        sent = [(src / "d0" / f).read_bytes() for f in ("f01", "f02")]
-        errors, fields, chunks = proc.answer(first)
-        assert errors == [None] and fields[0] is not None and fields[0][0] == len(sent[0])
-        assert len(chunks) == 1 and chunks[0][1] != sent[0]  # sealed
-        errors, fields, chunks = proc.answer(second)
-        assert errors == [None] and fields[0] is not None and fields[0][0] == len(sent[1])
-        assert chunks == [(fields[0][6][0], sent[1], len(sent[1]))]  # plaintext, its id
+        tickets = [
+            proc.send(form, [(dfd, name, os.stat(src / "d0" / os.fsdecode(name)))])
+            for form, name in zip((Form.SEALED, Form.PLAIN, Form.COMPRESSED), names, strict=True)
+        ]
+        sent = [(src / "d0" / os.fsdecode(name)).read_bytes() for name in names]
+        got = []
+        for ticket, content in zip(tickets, sent, strict=True):
+            errors, fields, chunks = proc.answer(ticket)
+            assert errors == [None] and fields[0] is not None and fields[0][0] == len(content)
+            [(bid, data, raw, flag)] = chunks
+            assert bid == fields[0][6][0] and raw == len(content)
+            got.append((bid, data, flag))
+        (bid, sealed, _), (_, plain, _), (_, packed, flag) = got
+        keys = store.keys
+        assert sealed != sent[0]
+        opened = blob.open_sealed(
+            keys.data_key, keys.chunking.id_key, BlobKind.DATA, bid, sealed, len(sent[0])
+        )
+        assert opened == sent[0]
+        assert plain == sent[1]
+        assert flag == blob.FLAG_ZSTD and blob.decompress(flag, packed, len(sent[2])) == sent[2]
     finally:
         os.close(dfd)
         proc.close()
     assert proc.proc.returncode == 0
+
+
+class CompressingSink:
+    """An agent's uploader as a scan sees it (``CompressedSink``), in memory: what the
+    scan puts, by id, as it came (plaintext, or ``(flag, payload)``)."""
+
+    def __init__(self, chunking: ChunkingSecret, ahead: bool) -> None:
+        self._chunking = chunking
+        self.ahead = ahead
+        self.plain: dict[bytes, bytes] = {}
+        self.packed: dict[bytes, tuple[int, bytes]] = {}
+
+    @property
+    def chunking(self) -> ChunkingSecret:
+        return self._chunking
+
+    @property
+    def compress_ahead(self) -> bool:
+        return self.ahead
+
+    def need(self, ids: Collection[bytes]) -> set[bytes]:
+        return {i for i in ids if i not in self.plain and i not in self.packed}
+
+    def put_chunk(self, kind: BlobKind, bid: bytes, data: bytes | memoryview) -> None:
+        self.plain[bid] = bytes(data)
+
+    def put_chunks(self, kind: BlobKind, chunks: list[tuple[bytes, bytes | memoryview]]) -> None:
+        for bid, data in chunks:
+            self.put_chunk(kind, bid, data)
+
+    def put_compressed(self, kind: BlobKind, blobs: list[tuple[bytes, int, bytes, int]]) -> None:
+        for bid, flag, payload, raw in blobs:
+            assert len(blob.decompress(flag, payload, raw)) == raw
+            self.packed[bid] = (flag, payload)
+
+    def put(self, kind: BlobKind, data: bytes) -> bytes:
+        bid = blob.blob_id(self._chunking.id_key, data)
+        self.plain[bid] = data
+        return bid
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_an_agents_scan_gets_its_chunks_from_a_worker_compressed_or_as_plaintext(
+    store: Store, src: Path, monkeypatch: pytest.MonkeyPatch, ahead: bool
+) -> None:
+    """An agent's uploader holds no data key: its worker compresses the chunks only, while
+    the uploader says its server lacks most of what it asked about (``compress_ahead``),
+    else sends them as plaintext (only what the server lacks is compressed, by the
+    uploader). Either way the scan makes the tree the reading threads make, and every
+    chunk is the content of its id."""
+    forms: list[Form] = []
+    spy(monkeypatch, ReadProcess, "send", lambda _self, form, _files: forms.append(form))
+    chunking = store.keys.chunking
+    sink = CompressingSink(chunking, ahead)
+    assert isinstance(sink, CompressedSink) and not isinstance(sink, scan_proc.SealedSink)
+    tid = Scanner(sink, workers=2, processes=1, process_after=0).scan(src)
+    assert forms and set(forms) == {Form.COMPRESSED if ahead else Form.PLAIN}
+    threads = CompressingSink(chunking, ahead)
+    assert Scanner(threads, workers=2).scan(src) == tid
+    assert sink.plain.keys() | sink.packed.keys() == threads.plain.keys() | threads.packed.keys()
+    assert bool(sink.packed) == ahead  # the small files' chunks, compressed by the worker
+    for bid, (flag, payload) in sink.packed.items():
+        raw = blob.decompress(flag, payload, len(threads.plain[bid]))
+        assert blob.blob_id(chunking.id_key, raw) == bid
+    for bid, data in sink.plain.items():
+        assert blob.blob_id(chunking.id_key, data) == bid
 
 
 def backed_up_once_then_counted(

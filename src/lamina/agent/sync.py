@@ -225,6 +225,7 @@ def run_sync(
         exact_need=cache.stale and not centralizing,
     )
     counting: Count | None = None
+    processes = scan_processes()
     try:
         if centralizing:  # worth a metadata walk to show a percentage, beside the scan
             counting = Count(counters, root, protected_area(policy, rules, root, state_dir), report)
@@ -241,8 +242,8 @@ def run_sync(
                     prune=prune,
                     progress=on_file,
                     reuse_trees=reuse_trees,
-                    workers=READERS,
-                    processes=scan_processes() if os.environ.get("LAMINA_AGENT_PROCS", "1") == "1" else 0,
+                    workers=READERS_WITH_PROCESSES if processes else READERS,
+                    processes=processes,
                 )
                 root_id = scanner.scan(root)
                 if counting is not None:
@@ -343,13 +344,20 @@ class Count:
         self._thread.join()
 
 
-#: Threads reading a sync's files. One: a sync's Python work holds the interpreter's
-#: lock, and a second reader mostly added hand-offs of it (a 1 GiB first sync made
-#: 45,000 voluntary context switches with two, 25,000-29,000 with one, for ~10% less of
-#: the agent's CPU; 100,000 small files 215,000 against 98,000-115,000, ~20% less). The
-#: reader's own chunking and hashing let go of the lock, as the sender's compression
-#: does ("The agent's side of a sync (session 19)" in docs/design.md).
-READERS = int(os.environ.get("LAMINA_AGENT_READERS", "1"))
+#: Threads reading a sync's files where no worker process may (one core). One: a sync's
+#: Python work holds the interpreter's lock, and a second reader mostly added hand-offs
+#: of it (a 1 GiB first sync made 45,000 voluntary context switches with two, 25,000-29,000
+#: with one, for ~10% less of the agent's CPU; 100,000 small files 215,000 against
+#: 98,000-115,000, ~20% less). The reader's own chunking and hashing let go of the lock,
+#: as the sender's compression does ("The agent's side of a sync (session 19)" in
+#: docs/design.md).
+READERS = 1
+#: Threads reading a sync's files where worker processes read its small files
+#: (``scan_proc.scan_processes``: a second core; they start past ``PROCESS_AFTER`` small
+#: files). Two: while one thread's job of small files is at a worker, the other reads a
+#: large file or sends the next job, so the worker never waits for the agent between
+#: jobs ("Worker processes in an agent's sync (session 20)" in docs/design.md).
+READERS_WITH_PROCESSES = 2
 #: Least seconds between two progress reports of a sync (status file, server).
 PROGRESS_SECONDS = 1.0
 #: Scans a sync repeats when its commit names blobs another endpoint promised and did not

@@ -251,9 +251,7 @@ class ReadProcess:
             raise failed from e
         return ticket
 
-    def answer(
-        self, ticket: int
-    ) -> tuple[list[str | None], list[FileFields | None], list[Chunk]]:
+    def answer(self, ticket: int) -> tuple[list[str | None], list[FileFields | None], list[Chunk]]:
         """The worker's answer to request ``ticket``: each file's error or fields, and the
         chunks (``Chunk``)."""
         got = self._answer(ticket)
