@@ -70,6 +70,9 @@ class Ran:
     cpu_s: float | None = None
     #: its peak resident memory (the kernel's high-water mark, bytes)
     peak_rss: int | None = None
+    #: the peak of its and its descendants' resident memory added up (an agent's worker
+    #: processes with it), sampled every ``TreeRss.PERIOD`` seconds (bytes)
+    tree_peak_rss: int | None = None
 
 
 def run_cmd(

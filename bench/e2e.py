@@ -76,7 +76,7 @@ FIGURES: list[tuple[str, str, str]] = [
     ("idle_cycle_s", "   fixed cost: idle agent cycle / restic snapshots", "s"),
     ("first_cpu_per_gib_s", "   first sync: CPU s per GiB (Lamina agent / restic)", "s"),
     ("first_server_cpu_per_gib_s", "   first sync: Lamina server CPU s per GiB", "s"),
-    ("first_peak_rss_bytes", "   first sync: Lamina agent peak RSS", "B"),
+    ("first_peak_rss_bytes", "   first sync: Lamina agent peak RSS (+ its workers)", "B"),
 ]
 
 

@@ -30,6 +30,51 @@ ADMIN_PASSWORD = "bench-admin-password"  # a throwaway server's first admin
 LAMINA_TIMEOUT = 3600.0  # no single command of a default-size run comes near this
 
 
+class TreeRss:
+    """The peak of a process's and its descendants' resident memory added up, sampled from
+    ``/proc`` on a thread while it runs. The kernel's own high-water mark (``wait4``'s
+    ``ru_maxrss``) is one process's: an agent's worker processes are not added to it."""
+
+    PERIOD = 0.02
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.PERIOD):
+            self.peak = max(self.peak, self.sample())
+
+    def sample(self) -> int:
+        kids: dict[int, list[int]] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat", "rb") as f:
+                        ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                kids.setdefault(ppid, []).append(int(d))
+        total, todo = 0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            todo.extend(kids.get(pid, ()))
+            try:
+                with open(f"/proc/{pid}/statm", "rb") as f:
+                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
 def lamina_exe() -> str:
     exe = Path(sys.executable).parent / "lamina"
     return os.fspath(exe) if exe.exists() else (shutil.which("lamina") or "lamina")
@@ -170,6 +215,7 @@ class Cli:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             t0 = time.perf_counter()
             p = subprocess.Popen(argv, env=self.env, stdin=subprocess.PIPE, stdout=out, stderr=err)
+            tree = TreeRss(p.pid)
             killer = threading.Timer(timeout, p.kill)
             killer.start()
             try:
@@ -182,6 +228,7 @@ class Cli:
                 _, status, usage = os.wait4(p.pid, 0)
             finally:
                 killer.cancel()
+                tree_peak = tree.stop()
             seconds = time.perf_counter() - t0
             p.returncode = os.waitstatus_to_exitcode(status)
             out.seek(0)
@@ -206,6 +253,7 @@ class Cli:
             load,
             cpu_s=usage.ru_utime + usage.ru_stime,
             peak_rss=usage.ru_maxrss * 1024,
+            tree_peak_rss=max(tree_peak, usage.ru_maxrss * 1024),
         )
 
     def json(self, *args: str | os.PathLike[str], **kw: Any) -> Any:

@@ -86,6 +86,7 @@ def restore(lam: LaminaE2E, work: Path) -> tuple[Ran, dict[str, Any], dict[str, 
     r, _, cpu = lam.restore(out)
     cpu["agent_cpu_s"] = cpu.pop("client_cpu_s")
     cpu["agent_peak_rss"] = float(r.peak_rss or 0)
+    cpu["agent_tree_peak_rss"] = float(r.tree_peak_rss or r.peak_rss or 0)
     rmtree(out)
     return r, {}, cpu
 
@@ -136,7 +137,8 @@ def sync(
     say(
         f"{name:10s} wall {r.seconds:6.2f} s  agent CPU {cpu['agent_cpu_s']:6.2f} s "
         f"({cpu['agent_cpu_s'] / gib:6.2f}/GiB)  server CPU {cpu['server_cpu_s']:6.2f} s "
-        f"({cpu['server_cpu_s'] / gib:6.2f}/GiB)  agent RSS {cpu['agent_peak_rss'] / 2**20:.0f} MiB  "
+        f"({cpu['server_cpu_s'] / gib:6.2f}/GiB)  agent RSS {cpu['agent_peak_rss'] / 2**20:.0f} MiB "
+        f"(+ workers {cpu['agent_tree_peak_rss'] / 2**20:.0f})  "
         f"read {stats.get('files_read')} files, uploaded {stats.get('uploaded_bytes')} B",
         "bold",
     )

@@ -195,11 +195,12 @@ def first_backup(p: Pass) -> bool:
     cpu1 = res.details["lamina"]["initial_backup_s"]
     res.record("first_cpu_per_gib_s", "lamina", cpu1["agent_cpu_s"] / gib)
     res.record("first_server_cpu_per_gib_s", "lamina", cpu1["server_cpu_s"] / gib)
-    res.record("first_peak_rss_bytes", "lamina", cpu1["agent_peak_rss"])
+    res.record("first_peak_rss_bytes", "lamina", cpu1["agent_tree_peak_rss"])
     say(
         f"  first sync per GiB: agent CPU {cpu1['agent_cpu_s'] / gib:.2f} s, server CPU "
-        f"{cpu1['server_cpu_s'] / gib:.2f} s; agent peak RSS "
-        f"{human_bytes(cpu1['agent_peak_rss'])}"
+        f"{cpu1['server_cpu_s'] / gib:.2f} s; agent peak RSS with its worker processes "
+        f"{human_bytes(cpu1['agent_tree_peak_rss'])} (the agent alone "
+        f"{human_bytes(cpu1['agent_peak_rss'])})"
     )
     p.sizes("size_after_initial")
     # restic 0.14's data_added counts bytes before compression: no restic figure here.
