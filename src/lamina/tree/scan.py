@@ -184,9 +184,8 @@ class Scanner(FileReader):
         self._root_tree: bytes | None = None
         #: Folders in ``_order`` holding an open descriptor.
         self._held = 0
-        #: worker processes for jobs of small files (``scan_proc``): how many, started
-        #: once ``process_after`` small files are queued, with a sink that takes sealed or
-        #: compressed blobs (a store's writer, an agent's uploader)
+        #: worker processes for small files (``scan_proc``), started past ``process_after``
+        #: of them queued, with a sink taking sealed or compressed blobs (writer, uploader)
         self._processes = processes if isinstance(writer, (SealedSink, CompressedSink)) else 0
         self._process_after = process_after
         self._small_files = 0
