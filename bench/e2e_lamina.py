@@ -125,7 +125,7 @@ class LaminaE2E:
             "server_cpu_s": self.server.cpu() - s0,
             "agent_peak_rss": float(r.peak_rss or 0),
             # with its worker processes (a sync's small files read on a second core)
-            "agent_tree_peak_rss": float(r.tree_peak_rss or r.peak_rss or 0),
+            "agent_tree_peak_rss": float(r.tree_peak_rss or 0),
         }
         doc: dict[str, Any] = json.loads(r.stdout)
         return r, doc, cpu

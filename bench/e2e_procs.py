@@ -30,6 +30,9 @@ ADMIN_PASSWORD = "bench-admin-password"  # a throwaway server's first admin
 LAMINA_TIMEOUT = 3600.0  # no single command of a default-size run comes near this
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 class TreeRss:
     """The peak of a process's and its descendants' resident memory added up, sampled from
     ``/proc`` on a thread while it runs. The kernel's own high-water mark (``wait4``'s
@@ -49,27 +52,25 @@ class TreeRss:
             self.peak = max(self.peak, self.sample())
 
     def sample(self) -> int:
-        kids: dict[int, list[int]] = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    with open(f"/proc/{d}/stat", "rb") as f:
-                        ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                kids.setdefault(ppid, []).append(int(d))
+        """The resident memory of the process and its descendants now, added up (pages
+        shared between them counted in each: an upper bound). Children are found through
+        each thread's ``/proc/PID/task/TID/children``, not a scan of all of ``/proc``
+        (1.4 ms a sample here: 7% of a core every 20 ms, taken from what is measured)."""
         total, todo = 0, [self.pid]
         while todo:
             pid = todo.pop()
-            todo.extend(kids.get(pid, ()))
             try:
                 with open(f"/proc/{pid}/statm", "rb") as f:
-                    total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                    total += int(f.read().split()[1]) * PAGE
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                        todo.extend(int(c) for c in f.read().split())
             except (OSError, ValueError, IndexError):
-                continue
+                continue  # gone meanwhile
         return total
 
     def stop(self) -> int:
+        """Stop sampling (before the process is reaped: its pid stays its own until then)."""
         self._done.set()
         self._thread.join()
         return self.peak
@@ -225,10 +226,13 @@ class Cli:
                     p.stdin.close()
                 # wait4, not wait: the kernel's own account of this process (and the
                 # children it reaped): CPU and peak resident memory, exact, not sampled
+                # exited but not reaped (its pid cannot be reused) while the sampler stops
+                os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+                tree_peak = tree.stop()
                 _, status, usage = os.wait4(p.pid, 0)
             finally:
                 killer.cancel()
-                tree_peak = tree.stop()
+                tree.stop()
             seconds = time.perf_counter() - t0
             p.returncode = os.waitstatus_to_exitcode(status)
             out.seek(0)

@@ -86,7 +86,7 @@ def restore(lam: LaminaE2E, work: Path) -> tuple[Ran, dict[str, Any], dict[str, 
     r, _, cpu = lam.restore(out)
     cpu["agent_cpu_s"] = cpu.pop("client_cpu_s")
     cpu["agent_peak_rss"] = float(r.peak_rss or 0)
-    cpu["agent_tree_peak_rss"] = float(r.tree_peak_rss or r.peak_rss or 0)
+    cpu["agent_tree_peak_rss"] = float(r.tree_peak_rss or 0)
     rmtree(out)
     return r, {}, cpu
 

@@ -315,6 +315,62 @@ def test_without_worker_processes_a_sync_reads_its_files_on_one_thread(
     assert len(readers) == sync.READERS == 1
 
 
+def test_with_a_second_core_a_sync_reads_files_on_one_thread_at_a_time(
+    live: Live,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where worker processes may run, a sync has a second thread to hand them jobs, but
+    only one thread reads files at once (two mostly passed the interpreter's lock back
+    and forth): below ``PROCESS_AFTER`` small files (a daily sync) no worker starts and
+    the files are read one thread at a time. The first read waits for a second reader to
+    start beside it (2 s at most): none does."""
+    monkeypatch.setattr(sync, "scan_processes", lambda: 1)
+    root, state = live.enrolled_agent(tmp_path, "gate-host")
+    for i in range(40):
+        folder = root / f"d{i % 4}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"f{i}").write_bytes(bytes([i]) * (SMALL_FILE + 1 if i % 2 else 300))
+    starts: list[int] = []
+    real_init = ReadProcess.__init__
+
+    def init(self: ReadProcess, *args: Any) -> None:
+        starts.append(1)
+        real_init(self, *args)
+
+    monkeypatch.setattr(ReadProcess, "__init__", init)
+    lock = threading.Lock()
+    second = threading.Event()
+    now = [0, 0, 0]  # reading now, most at once, reads begun
+    pools: list[int] = []
+
+    class Watched(Scanner):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            pools.append(self._workers)
+
+        def _read_file(self, *args: Any, **kw: Any) -> Any:
+            with lock:
+                now[0] += 1
+                now[1] = max(now[1], now[0])
+                now[2] += 1
+                first = now[2] == 1
+                if now[0] > 1:
+                    second.set()
+            try:
+                if first:
+                    second.wait(2.0)
+                return super()._read_file(*args, **kw)
+            finally:
+                with lock:
+                    now[0] -= 1
+
+    monkeypatch.setattr(sync, "Scanner", Watched)
+    _sync_once(state)
+    assert pools == [sync.READERS_WITH_PROCESSES] == [2] and starts == []
+    assert now[1] == sync.READERS == 1
+
+
 def test_a_sync_reads_its_small_files_in_a_worker_process_as_its_threads_would(
     live: Live,  # noqa: F811
     tmp_path: Path,

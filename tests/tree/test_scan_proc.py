@@ -157,7 +157,7 @@ def test_a_worker_takes_the_next_request_before_its_answer_is_read(store: Store,
     (the store opens it), plaintext, or compressed only (with its flag)."""
     proc = ReadProcess(store.keys.chunking, store.keys.data_key)
     dfd = os.open(src / "d0", os.O_RDONLY | os.O_DIRECTORY)
-    names = (b"f01", b"f02", b"f03")
+    names = (b"f01", b"f02", b"f29")  # the last, 480 bytes, compresses
     try:
         tickets = [
             proc.send(form, [(dfd, name, os.stat(src / "d0" / os.fsdecode(name)))])

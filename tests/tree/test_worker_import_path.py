@@ -37,12 +37,12 @@ import os
 import sys
 
 from lamina.store.keys import ChunkingSecret
-from lamina.tree.scan_proc import ReadProcess
+from lamina.tree.scan_proc import Form, ReadProcess
 
 folder = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 proc = ReadProcess(ChunkingSecret(chunker_seed=7, id_key=bytes(32)), bytes(32))
 try:
-    errors, fields, chunks = proc.run(True, [(folder, b"file", os.stat("file", dir_fd=folder))])
+    errors, fields, chunks = proc.run(Form.SEALED, [(folder, b"file", os.stat("file", dir_fd=folder))])
     print(errors, len(chunks))
 finally:
     proc.close()

@@ -225,7 +225,7 @@ def run_sync(
         exact_need=cache.stale and not centralizing,
     )
     counting: Count | None = None
-    processes = scan_processes()
+    processes = min(scan_processes(), READERS_WITH_PROCESSES)
     try:
         if centralizing:  # worth a metadata walk to show a percentage, beside the scan
             counting = Count(counters, root, protected_area(policy, rules, root, state_dir), report)
@@ -244,6 +244,7 @@ def run_sync(
                     reuse_trees=reuse_trees,
                     workers=READERS_WITH_PROCESSES if processes else READERS,
                     processes=processes,
+                    thread_readers=READERS,
                 )
                 root_id = scanner.scan(root)
                 if counting is not None:
@@ -352,11 +353,11 @@ class Count:
 #: as the sender's compression does ("The agent's side of a sync (session 19)" in
 #: docs/design.md).
 READERS = 1
-#: Threads reading a sync's files where worker processes read its small files
-#: (``scan_proc.scan_processes``: a second core; they start past ``PROCESS_AFTER`` small
-#: files). Two: while one thread's job of small files is at a worker, the other reads a
-#: large file or sends the next job, so the worker never waits for the agent between
-#: jobs ("Worker processes in an agent's sync (session 20)" in docs/design.md).
+#: Threads of a sync where worker processes may read its small files (a second core;
+#: they start past ``PROCESS_AFTER`` small files), and at most how many workers: two.
+#: Still only ``READERS`` of them reads files at once; the other hands its job of small
+#: files to a worker meanwhile, so a worker never waits for the agent between jobs
+#: ("Worker processes in an agent's sync (session 20)" in docs/design.md).
 READERS_WITH_PROCESSES = 2
 #: Least seconds between two progress reports of a sync (status file, server).
 PROGRESS_SECONDS = 1.0

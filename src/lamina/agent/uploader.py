@@ -20,6 +20,9 @@ scan's threads compress in parallel (zstd lets go of the GIL). A blob put as ``b
 (a small file, a tree) is kept as it is, and compressed by the sender once the server
 says it lacks it; so is every blob once the answers say the server holds most of what
 is asked about (a second endpoint of the same image): only what it lacks is compressed.
+A scan's worker process (``tree.scan_proc``, a sync of many small files) compresses its
+chunks itself meanwhile (``compress_ahead``) and hands them over compressed
+(``put_compressed``), else as plaintext (``put_chunks``).
 
 The scan's threads do not wait on the server: a full batch goes to the sink's sender
 thread (at most ``SETTLE_AHEAD`` batches queued: a scan ahead of the server waits for

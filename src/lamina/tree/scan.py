@@ -21,6 +21,7 @@ files are still read through the descriptor of the folder that was listed.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -28,7 +29,6 @@ import stat
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,13 @@ from lamina.tree.cache import (
 )
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import FILE_TYPES, Entry, encode_tree
-from lamina.tree.scan_entries import Reused, cached_entries, encode_folder, recheck_hits
+from lamina.tree.scan_entries import (
+    NameCache,
+    Reused,
+    cached_entries,
+    encode_folder,
+    recheck_hits,
+)
 from lamina.tree.scan_proc import PROCESS_AFTER, CompressedSink, ProcessReaders, SealedSink
 from lamina.tree.scan_read import (
     JOB_BYTES,
@@ -83,24 +89,6 @@ class ScanStats(TreeCounts):
     files_unchanged: int = 0
     #: folders whose tree id came from the files cache (nothing built for them)
     trees_reused: int = 0
-
-
-class _NameCache(dict[int, str]):
-    """A uid's or gid's name, asked of the system once per scan ("" for an id without one).
-
-    A dict: a known id is a subscript (no Python call per entry); ``__missing__`` asks."""
-
-    def __init__(self, lookup: Callable[[int], str]) -> None:
-        super().__init__()
-        self._lookup = lookup
-
-    def __missing__(self, key: int) -> str:
-        try:
-            name = self._lookup(key)
-        except KeyError:
-            name = ""
-        self[key] = name
-        return name
 
 
 @dataclass
@@ -155,6 +143,7 @@ class Scanner(FileReader):
         reuse_trees: bool = True,
         processes: int = 0,
         process_after: int = PROCESS_AFTER,
+        thread_readers: int = 0,
     ) -> None:
         self.writer = writer
         self.cache = cache
@@ -171,10 +160,17 @@ class Scanner(FileReader):
         self._chunking = writer.chunking
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2)))
         self._local = threading.local()
-        self._user = _NameCache(lambda uid: pwd.getpwuid(uid).pw_name)
-        self._group = _NameCache(lambda gid: grp.getgrgid(gid).gr_name)
+        self._user = NameCache(lambda uid: pwd.getpwuid(uid).pw_name)
+        self._group = NameCache(lambda gid: grp.getgrgid(gid).gr_name)
         self._root_dev = 0
         self._workers = self._pool._max_workers
+        #: at most ``thread_readers`` of the threads read files at once (0: all of them);
+        #: the others only hand jobs to worker processes (an agent's sync: ``agent.sync``)
+        self._reading: contextlib.AbstractContextManager[Any] = (
+            threading.BoundedSemaphore(thread_readers)
+            if 0 < thread_readers < self._workers
+            else contextlib.nullcontext()
+        )
         #: Listed folders waiting for their files, in post-order (children first).
         self._order: deque[_Dir] = deque()
         #: The job small files are being added to (not yet submitted).
@@ -247,7 +243,8 @@ class Scanner(FileReader):
         # without the GIL) goes to a worker process once they run
         if procs is not None and job.files[0][2].st_size <= SMALL_FILE and procs.takes(job):
             return procs.run_job(job, self._name)
-        return super()._run_job(job)
+        with self._reading:
+            return super()._run_job(job)
 
     def _entry(
         self, name: bytes, st: os.stat_result, typ: str, xattrs: list[tuple[bytes, bytes]]

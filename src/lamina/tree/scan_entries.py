@@ -9,12 +9,15 @@ row read, no ``Entry`` made and nothing encoded again. The signature row holds w
 the entry is made of, or what moves with it (the ctime), exactly as for a whole
 folder's reuse (``cache.signature_rows``); a row is trusted only when the cache's
 epoch is the store's (no chunk it names can have been collected).
+
+And the owners' and groups' names entries carry (``NameCache``).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -112,3 +115,21 @@ def recheck_hits(
             keep.append(h)
     hits[:] = keep
     return redo
+
+
+class NameCache(dict[int, str]):
+    """A uid's or gid's name, asked of the system once per scan ("" for an id without one).
+
+    A dict: a known id is a subscript (no Python call per entry); ``__missing__`` asks."""
+
+    def __init__(self, lookup: Callable[[int], str]) -> None:
+        super().__init__()
+        self._lookup = lookup
+
+    def __missing__(self, key: int) -> str:
+        try:
+            name = self._lookup(key)
+        except KeyError:
+            name = ""
+        self[key] = name
+        return name

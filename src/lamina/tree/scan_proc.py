@@ -2,7 +2,7 @@
 
 A scan's per-file Python (open, two ``fstat``, ``pread``, xattrs, BLAKE3, zstd, AES-GCM,
 each a call at a time) shares one GIL with the walk. Past ``PROCESS_AFTER`` small
-files, a scan into a store (``tree.backup``) starts worker processes
+files, a scan into a store (``tree.backup``) or an agent's sync starts worker processes
 (``python -m lamina.tree.scan_proc``), and its reading threads hand each job of small
 files to one: the job's folder descriptors go over a private socket pair
 (``SCM_RIGHTS``), so the worker opens each file under the very folder the walk listed,
@@ -317,8 +317,9 @@ class ProcessReaders:
         return len({dfd for *_, dfd in job.files}) <= MAX_FDS
 
     def run_job(self, job: Job, name: Callable[[Entry], None]) -> list[str | None]:
-        """Read ``job`` in a worker; add the chunks the store lacks; ``name`` fills an
-        entry's owner names from its uid and gid."""
+        """Read ``job`` in a worker; add the chunks the store lacks (an agent's uploader:
+        every chunk, which it asks its server about); ``name`` fills an entry's owner
+        names from its uid and gid."""
         sink = self.sink
         self._send_known()  # before the request: the worker skips them in this job already
         with self._lock:
@@ -394,8 +395,8 @@ class ProcessReaders:
 
 class _WorkerSink:
     """Every chunk but the store's known data ids (``known``, once the parent sent them)
-    is "lacking" here (the parent asks the store): each is kept to be sent back in the
-    job's ``form``."""
+    is "lacking" here (the parent asks its destination): each is kept to be sent back in
+    the job's ``form``."""
 
     def __init__(self, chunking: ChunkingSecret, data_key: bytes) -> None:
         self._chunking = chunking
