@@ -394,8 +394,11 @@ def test_a_sync_reads_its_small_files_in_a_worker_process_as_its_threads_would(
     jobs: list[tuple[Form, int]] = []
     real_send = ReadProcess.send
 
+    workers: set[ReadProcess] = set()
+
     def send(self: ReadProcess, form: Form, files: list[Any]) -> int:
         jobs.append((form, len(files)))
+        workers.add(self)
         return real_send(self, form, files)
 
     monkeypatch.setattr(ReadProcess, "send", send)
@@ -426,6 +429,9 @@ def test_a_sync_reads_its_small_files_in_a_worker_process_as_its_threads_would(
     _sync_once(state)
     assert readers == [sync.READERS_WITH_PROCESSES] == [2]
     assert {form for form, _ in jobs} == {Form.COMPRESSED}
+    assert len(workers) == 1  # (one second core here)
+    assert all(w.proc.returncode == 0 for w in workers)  # stopped and reaped with the scan
+    assert _workers_alive() == []
     assert sum(n for _, n in jobs) == 121  # every small file (hostname too), not large.bin
     assert results[0].files_read == 122 and not results[0].errors
     # read again by the threads alone (no files cache: every file read, every tree made)
@@ -438,6 +444,19 @@ def test_a_sync_reads_its_small_files_in_a_worker_process_as_its_threads_would(
     assert jobs == [] and results[1].files_read == 122
     assert results[1].response.snapshot.root == results[0].response.snapshot.root
     assert results[1].uploaded_bytes == 0  # the server held every blob the threads made
+
+
+def _workers_alive() -> list[int]:
+    """This process's children that are scan workers (``python -m lamina.tree.scan_proc``)."""
+    kids = []
+    for task in Path("/proc/self/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    out = []
+    for pid in kids:
+        with contextlib.suppress(OSError):
+            if b"lamina.tree.scan_proc" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+    return out
 
 
 def _sync_once(state: Path) -> None:
