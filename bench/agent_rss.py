@@ -5,9 +5,8 @@
 1,000 per folder, half of them empty and half holding a few distinct bytes, then runs
 ``lamina agent run --once`` against a throwaway local server: a first sync (every file
 read) and an unchanged one. For each it prints the agent's peak RSS with its worker
-processes' added (``TreeRss``: sampled every 20 ms; at least the agent's own
-``ru_maxrss`` from ``wait4``, the kernel's figure, printed beside it) and CPU (user +
-system, the workers' included). With
+processes' added (``TreeRss``: sampled every 20 ms; the agent's own high-water mark,
+``VmHWM``, printed beside it) and CPU (user + system, the workers' included). With
 ``--files`` given several times, it prints what grows with the file count (MiB per
 100,000 files) and extrapolates to 1,000,000.
 

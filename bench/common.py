@@ -68,7 +68,8 @@ class Ran:
     load: float = 0.0  # 1-minute load average just before (other work on the machine skews times)
     #: user + system CPU seconds of the process and its children (bench.e2e's agent)
     cpu_s: float | None = None
-    #: its peak resident memory (the kernel's high-water mark, bytes)
+    #: its peak resident memory (bytes): the kernel's high-water mark since its ``exec``
+    #: (``bench.e2e_procs.TreeRss``: not ``ru_maxrss``, which counts the bench's own pages)
     peak_rss: int | None = None
     #: the peak of its and its descendants' resident memory added up (an agent's worker
     #: processes with it), sampled every ``TreeRss.PERIOD`` seconds (bytes)

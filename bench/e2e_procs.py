@@ -35,14 +35,22 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 class TreeRss:
     """The peak of a process's and its descendants' resident memory added up, sampled from
-    ``/proc`` on a thread while it runs. The kernel's own high-water mark (``wait4``'s
-    ``ru_maxrss``) is one process's: an agent's worker processes are not added to it."""
+    ``/proc`` on a thread while it runs, and the process's own high-water mark (``VmHWM``,
+    the last read before it exits).
+
+    ``wait4``'s ``ru_maxrss`` is no measure of a command the bench starts: it is one
+    process's (an agent's worker processes are not added to it), and it counts the
+    bench's own pages from before the child's ``exec`` (a forked child maps its parent's
+    memory): after a pass had grown the bench to ~180 MiB, every agent "peaked" at 179.41
+    MiB by it, one that peaked at ~107 MiB too. ``VmHWM`` starts again at ``exec``."""
 
     PERIOD = 0.02
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0
+        #: the process's own high-water mark since its ``exec`` (bytes; 0: never read)
+        self.own_peak = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -50,6 +58,12 @@ class TreeRss:
     def _run(self) -> None:
         while not self._done.wait(self.PERIOD):
             self.peak = max(self.peak, self.sample())
+            try:
+                with open(f"/proc/{self.pid}/status", "rb") as f:
+                    hwm = next(x for x in f if x.startswith(b"VmHWM:"))
+                self.own_peak = max(self.own_peak, int(hwm.split()[1]) * 1024)
+            except (OSError, StopIteration, ValueError, IndexError):
+                pass  # not yet exec'd, or exited: its memory is gone from /proc
 
     def sample(self) -> int:
         """The resident memory of the process and its descendants now, added up (pages
@@ -256,8 +270,9 @@ class Cli:
             p.returncode,
             load,
             cpu_s=usage.ru_utime + usage.ru_stime,
-            peak_rss=usage.ru_maxrss * 1024,
-            tree_peak_rss=max(tree_peak, usage.ru_maxrss * 1024),
+            # ru_maxrss only for a command too short for one sample (see TreeRss)
+            peak_rss=tree.own_peak or usage.ru_maxrss * 1024,
+            tree_peak_rss=max(tree_peak, tree.own_peak) or usage.ru_maxrss * 1024,
         )
 
     def json(self, *args: str | os.PathLike[str], **kw: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,3 +45,27 @@ def test_the_peak_adds_up_a_process_and_its_childrens_memory() -> None:
         peak = tree.stop()
     assert both >= 120 * MIB
     assert peak >= 120 * MIB  # the thread's samples saw them together too
+
+
+def test_a_commands_own_peak_is_its_own_not_the_benchs_pages_from_before_its_exec() -> None:
+    """A command started by a bench holding 200 MiB: ``wait4``'s ``ru_maxrss`` says it
+    peaked above 200 MiB (it counts the forked child's pages before ``exec``); the
+    command's own high-water mark (``VmHWM``, what ``Cli.run`` reports) is its own."""
+    held = b"x" * (200 * MIB)  # the bench, grown by a pass
+    child = "import sys; sys.stdout.write('up'); sys.stdout.flush(); sys.stdin.read()"
+    p = subprocess.Popen(
+        [sys.executable, "-c", child], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    tree = TreeRss(p.pid)
+    assert p.stdout is not None and p.stdout.read(2) == b"up"
+    deadline = time.monotonic() + 60
+    while not tree.own_peak and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the thread has read it once (not a timing test)
+    assert p.stdin is not None
+    p.stdin.close()
+    os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+    tree.stop()
+    _, _, usage = os.wait4(p.pid, 0)
+    assert len(held) == 200 * MIB
+    assert usage.ru_maxrss * 1024 >= 200 * MIB
+    assert 0 < tree.own_peak < 100 * MIB
