@@ -11,7 +11,8 @@ from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
 from lamina.tree.model import decode_tree
 from lamina.tree.restore import restore_tree
-from lamina.tree.scan import Scanner, _NameCache
+from lamina.tree.scan import Scanner
+from lamina.tree.scan_entries import NameCache
 from lamina.tree.scan_read import FileReader
 
 from .treeutil import write
@@ -77,7 +78,7 @@ def test_an_owner_name_is_asked_once_and_an_id_without_one_is_empty() -> None:
             raise KeyError(uid)
         return f"user{uid}"
 
-    names = _NameCache(lookup)
+    names = NameCache(lookup)
     assert [names[0], names[4242], names[0], names[4242]] == ["user0", "", "user0", ""]
     assert asked == [0, 4242]
 
