@@ -233,7 +233,7 @@ def other_goals(bench: Path) -> list[str]:
         if mib is not None:
             met = "yes" if mib * 2**20 <= 150e6 else "**no**"
             rows.append(
-                f"| agent peak RSS, first sync of {top['files']:,} files "
+                f"| agent peak RSS with its worker processes, first sync of {top['files']:,} files "
                 f"(`results-agent-rss.json`) | {mib:.1f} MiB | ≤ 150 MB | {met} |"
             )
     rows += startup_rows(bench)
