@@ -239,14 +239,7 @@ def test_after_a_garbage_collection_unchanged_files_are_checked_not_read_again(
     for i in range(30):
         (root / "etc" / f"f{i}").write_text(f"file {i}\n" * 50)
     agent = Agent(state)
-    results: list[sync.SyncResult] = []
-    real = runner.run_sync
-
-    def spy(*args: Any, **kw: Any) -> sync.SyncResult:
-        results.append(real(*args, **kw))
-        return results[-1]
-
-    monkeypatch.setattr(runner, "run_sync", spy)
+    results = _sync_results(monkeypatch)
     try:
         agent.sync(agent.report())
         with contextlib.closing(sqlite3.connect(state / "cache" / "files.sqlite")) as db, db:
@@ -418,14 +411,7 @@ def test_a_sync_reads_its_small_files_in_a_worker_process_as_its_threads_would(
 
     monkeypatch.setattr(sync, "Scanner", Early)
     monkeypatch.setattr(sync, "RemoteSink", LackingSink)
-    results: list[sync.SyncResult] = []
-    real = runner.run_sync
-
-    def spy(*args: Any, **kw: Any) -> sync.SyncResult:
-        results.append(real(*args, **kw))
-        return results[-1]
-
-    monkeypatch.setattr(runner, "run_sync", spy)
+    results = _sync_results(monkeypatch)
     _sync_once(state)
     assert readers == [sync.READERS_WITH_PROCESSES] == [2]
     assert {form for form, _ in jobs} == {Form.COMPRESSED}
@@ -444,6 +430,19 @@ def test_a_sync_reads_its_small_files_in_a_worker_process_as_its_threads_would(
     assert jobs == [] and results[1].files_read == 122
     assert results[1].response.snapshot.root == results[0].response.snapshot.root
     assert results[1].uploaded_bytes == 0  # the server held every blob the threads made
+
+
+def _sync_results(monkeypatch: pytest.MonkeyPatch) -> list[sync.SyncResult]:
+    """What each sync the agent runs from now on returns (``runner.run_sync``), in order."""
+    results: list[sync.SyncResult] = []
+    real = runner.run_sync
+
+    def spy(*args: Any, **kw: Any) -> sync.SyncResult:
+        results.append(real(*args, **kw))
+        return results[-1]
+
+    monkeypatch.setattr(runner, "run_sync", spy)
+    return results
 
 
 def _workers_alive() -> list[int]:
