@@ -206,14 +206,10 @@ class RemoteSink:
         """``put_chunk`` for each of a reading thread's chunks (id, content), in order,
         with one check and one lock for them all: a job of small files is up to 256
         blobs. The same queue, the same batches, the same bytes as one call each."""
-        if self.exact_need:  # the server is asked first, as ``need`` and ``put_chunk`` do
-            need = self.need({bid for bid, _ in chunks})
-            for bid, data in chunks:
-                if bid in need:
-                    need.discard(bid)
-                    self.put_chunk(kind, bid, data)
-            return
         self._check()
+        if self.exact_need:  # the server is asked first, as ``need`` and ``put_chunk`` do
+            self._bundle_lacking([Queued(kind, bid, None, data, len(data)) for bid, data in chunks])
+            return
         with self._lock:
             sent = self._sent
             fresh = [c for c in chunks if c[0] not in sent]
@@ -233,13 +229,18 @@ class RemoteSink:
         self._check()
         rows = [Queued(kind, bid, flag, payload, raw) for bid, flag, payload, raw in blobs]
         if self.exact_need:
-            need = self.need({row.id for row in rows})
-            for row in rows:
-                if row.id in need:
-                    need.discard(row.id)
-                    self._bundle_asked(row)
-            return
-        self._queue(rows)
+            self._bundle_lacking(rows)
+        else:
+            self._queue(rows)
+
+    def _bundle_lacking(self, rows: list[Queued]) -> None:
+        """With ``exact_need``: ask the server about ``rows`` and bundle, in order and
+        once each, those it lacks."""
+        need = self.need({row.id for row in rows})
+        for row in rows:
+            if row.id in need:
+                need.discard(row.id)
+                self._bundle_asked(row)
 
     def _bundle_asked(self, row: Queued) -> None:
         """Bundle a blob ``need`` asked the server about (``exact_need``): again under an

@@ -52,7 +52,7 @@ from lamina.store.blob import ID_SIZE, BlobKind
 from lamina.store.chunking import ChunkingSecret
 from lamina.tree.collector import fewer_collections
 from lamina.tree.model import Entry
-from lamina.tree.scan_read import BlobSink, FileReader, Job
+from lamina.tree.scan_read import BlobSink, FileReader, Job, ManySink
 
 #: Small files a scan queues before it starts its workers: a smaller tree never pays
 #: for an interpreter's start (about 0.1 s of CPU).
@@ -101,7 +101,7 @@ class SealedSink(BlobSink, Protocol):
 
 
 @runtime_checkable
-class CompressedSink(BlobSink, Protocol):
+class CompressedSink(ManySink, Protocol):
     """A sink that takes blobs compressed elsewhere: the agent's uploader."""
 
     @property
@@ -110,12 +110,8 @@ class CompressedSink(BlobSink, Protocol):
         was asked about (else as plaintext, and only what it lacks is compressed)."""
         ...
 
-    def put_chunks(self, kind: BlobKind, chunks: list[tuple[bytes, bytes | memoryview]]) -> None:
-        """``need`` and ``put_chunk`` for each of ``chunks`` (id, plaintext), in order."""
-        ...
-
     def put_compressed(self, kind: BlobKind, blobs: list[tuple[bytes, int, bytes, int]]) -> None:
-        """The same for blobs compressed elsewhere: (id, flag, payload, raw length)."""
+        """``put_chunks`` for blobs compressed elsewhere: (id, flag, payload, raw length)."""
         ...
 
 
