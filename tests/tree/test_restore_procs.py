@@ -188,17 +188,34 @@ def test_workers_stop_when_the_restore_is_interrupted(
             assert p.read_bytes() == (src / p.relative_to(out)).read_bytes()
 
 
+def _partial(out: Path, src: Path) -> list[Path]:
+    """Files under ``out`` (inside a staging folder too) shorter or longer than the tree's."""
+    partial = []
+    for p in out.rglob("*"):
+        if not p.is_file() or p.is_symlink():
+            continue
+        rel = p.relative_to(out).parts
+        if rel[0].startswith(".lamina-restore-") and len(rel) > 1:
+            rel = rel[1:]  # inside the staging folder
+        source = src.joinpath(*rel)
+        if not source.is_file() or source.stat().st_size != p.stat().st_size:
+            partial.append(p)
+    return partial
+
+
 def test_workers_leave_when_the_restoring_process_is_killed(
     store: Store, src: Path, tmp_path: Path
 ) -> None:
     """The restoring process is killed while a worker is inside a file it writes: the
-    worker removes that file's temporary name and exits (no orphan, nothing half-written)."""
+    worker removes that file and exits (no orphan, nothing half-written); the target shows
+    nothing under the tree's names (all of it was in the staging folder), and the next
+    restore there removes what the killed one left and restores the whole tree."""
     tid, _ = scan_tree(store, src)
     out, marker = tmp_path / "out", tmp_path / "worker-pid"
     args = tmp_path / "args.pickle"
-    args.write_bytes(
-        pickle.dumps((store_blobs(store), store.keys.chunking.id_key, tid, str(out), str(marker)))
-    )
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    args.write_bytes(pickle.dumps((blobs, key, tid, str(out), str(marker))))
     code = "import sys; from tests.tree.procsources import restore_then_hang; restore_then_hang(sys.argv[1])"
     root = Path(__file__).resolve().parents[2]
     restoring = subprocess.Popen([sys.executable, "-c", code, str(args)], cwd=root)
@@ -208,7 +225,7 @@ def test_workers_leave_when_the_restoring_process_is_killed(
                 break
             time.sleep(0.1)
         assert marker.exists(), "no worker started"
-        assert _leftovers(out), "the worker is inside a file it writes"
+        assert _partial(out, src), "the worker is inside a file it writes"
         worker = int(marker.read_text())
     finally:
         restoring.kill()
@@ -221,6 +238,13 @@ def test_workers_leave_when_the_restoring_process_is_killed(
         ready, _, _ = select.select([fd], [], [], 120)
         os.close(fd)
         assert ready, "the worker outlived the restoring process"
+    assert _partial(out, src) == []
+    left = os.listdir(out)
+    assert left and all(n.startswith(".lamina-restore-") for n in left)
+
+    st = restore_tree(dict_blobs(blobs, key), tid, out, processes=2, opener=opener(blobs, key))
+    assert st.errors == [] and st.files == 6 * 41 + 2
+    assert_same_tree(src, out)
     assert _leftovers(out) == []
 
 
@@ -274,6 +298,7 @@ def test_a_workers_job_runs_with_its_imports_left_out_of_the_collector(
         True,
         False,
         os.getpid(),
+        False,
     )
     worker = restore_procs._Worker(setup)
     seen: list[tuple[int, int]] = []

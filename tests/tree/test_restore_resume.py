@@ -12,6 +12,7 @@ from lamina.errors import UnsafePathError, UsageError
 from lamina.store.repository import Store
 from lamina.tree import restore as restore_mod
 from lamina.tree.restore import Restorer, restore_tree
+from lamina.tree.restore_writer import FileWriter
 
 from .treeutil import MIB, MTIME, assert_same_tree, build_rich_tree, describe, scan_tree, write
 
@@ -144,6 +145,39 @@ def test_rich_tree_resumes_to_identical(
     assert st.skipped > 0 and st.errors == []
     assert temp_files(out) == []
     assert_same_tree(src, out)
+
+
+def test_a_whole_restore_into_an_empty_folder_shows_its_files_once_all_are_written(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into an empty folder the restore fills a staging folder of its own: while any file
+    is written the target shows nothing else, and no file is written under a temporary
+    name and renamed (only the staging folder's entries are moved, at the end)."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[list[str]] = []
+    renames: list[object] = []
+    real_write, real_rename = FileWriter._write, os.rename
+
+    def _write(self: FileWriter, e, target, existing) -> None:  # type: ignore[no-untyped-def]
+        seen.append(os.listdir(out))
+        real_write(self, e, target, existing)
+
+    def rename(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        renames.append(args[0])
+        real_rename(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(FileWriter, "_write", _write)
+        m.setattr(os, "rename", rename)
+        st = restore_tree(store, tid, out, chunking=store.keys.chunking, workers=2)
+    assert st.errors == [] and st.files == 14
+    assert len(seen) == 13  # the hard link's second name is a link, not written
+    assert all(len(names) == 1 and names[0].startswith(".lamina-restore-") for names in seen)
+    assert sorted(renames) == sorted(os.listdir(src))
+    assert_same_tree(src, out)
+    assert temp_files(out) == []
 
 
 # --- partial restore ---------------------------------------------------------------------

@@ -5,7 +5,9 @@ Every operation goes through a file descriptor of the directory being filled
 a symlink in the tree, or one an attacker plants in the target, is created or
 replaced, never traversed. Names are validated when the tree is decoded (no
 ``..``, ``/`` or NUL). A file appears under its name only once complete: it is
-written to a temporary name and renamed. Its content comes first, then its
+written to a temporary name and renamed, or, in a whole restore into an empty
+folder, the restore fills a staging folder (a temporary name for all of it) and
+moves what it holds into place at its end. A file's content comes first, then its
 metadata (``lamina.tree.restore_meta``, which also makes FIFOs and device nodes).
 
 Restore verifies: a regular file already in place is kept only when its content
@@ -153,23 +155,33 @@ class Restorer(FileWriter):
             root_fd = os.open(target, _DIR_FLAGS)
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
-        root = Folder(root_fd, [], None, None)
-        if self.selected or os.listdir(root_fd):
+        if self.selected or not self._empty(root_fd):
             self.processes = 0  # worker processes only for a whole restore into an empty folder
+            walk_fd, stage = root_fd, None
         else:
+            # A whole restore into an empty folder fills a staging folder inside it and
+            # moves what it holds into place at the end: its files need no temporary
+            # names (``staged``), and the target shows nothing half written meanwhile.
+            stage = self._tmp_name()
+            os.mkdir(stage, 0o700, dir_fd=root_fd)
+            walk_fd = os.open(stage, _DIR_FLAGS, dir_fd=root_fd)
+            self.staged = True
+            self._made(walk_fd)
             # Into an empty folder nothing is in place to keep: every chunk queued ahead
             # is one a file job will ask for, so a store reads them in batches. With
             # worker processes the files' chunks are theirs to read: only trees here.
             self.store = in_batches(self.store)
             self._ahead = ReadAhead(self.store, tree_id, chunks=not self.processes)
+        root = Folder(walk_fd, [], None, None)
         self._open.add(root)
-        self._root_fd = root_fd
+        self._root_fd = walk_fd
         pool = ThreadPoolExecutor(self.workers) if self.workers > 1 and not self.processes else None
         self._pool = pool
         try:
             if self.processes:  # a fork server that fails to start: cleaned up below too
                 assert self._opener is not None
-                setup = parent_setup(self._opener, os.fsencode(target.absolute()), root_fd, self)
+                where = os.path.join(os.fsencode(target.absolute()), stage or b"")
+                setup = parent_setup(self._opener, where.rstrip(b"/"), walk_fd, self)
                 self._procs = ProcessJobs(
                     start(setup, self.processes),
                     3 * self.processes,
@@ -200,10 +212,41 @@ class Restorer(FileWriter):
             for folder in self._open - {root}:  # left open by an error of the walk
                 os.close(folder.fd)
             self._open.clear()
-            os.close(root_fd)
+            try:
+                if stage is not None:  # after an error too: what it holds is whole
+                    self._publish(walk_fd, root_fd, stage)
+            finally:
+                if walk_fd != root_fd:
+                    os.close(walk_fd)
+                os.close(root_fd)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _empty(self, fd: int) -> bool:
+        """Whether folder ``fd`` holds nothing, once what an interrupted restore left
+        there (a temporary name, a staging folder) is removed."""
+        names = [os.fsencode(n) for n in os.listdir(fd)]
+        if not all(n.startswith(b".lamina-restore-") for n in names):
+            return False
+        for name in names:
+            self._remove(fd, name)
+        return True
+
+    def _made(self, fd: int) -> None:
+        """Folder ``fd`` was made by this restore (empty, mode 0700)."""
+        self._fresh.add(fd)
+        st = os.fstat(fd)  # setgid is inherited from the parent by mkdir
+        if not st.st_mode & stat.S_ISGID and st.st_gid == self._ids[1]:
+            self._plain_group.add(fd)
+
+    def _publish(self, stage_fd: int, root_fd: int, stage: bytes) -> None:
+        """Move what the staging folder holds into the target, then remove it."""
+        self._fresh.discard(stage_fd)
+        self._plain_group.discard(stage_fd)
+        for name in os.listdir(stage_fd):
+            os.rename(name, name, src_dir_fd=stage_fd, dst_dir_fd=root_fd)
+        os.rmdir(stage, dir_fd=root_fd)
 
     # --- the walk ------------------------------------------------------------
     def _dir(self, tree_id: bytes, folder: Folder, rel: list[bytes], everything: bool) -> None:
@@ -393,11 +436,9 @@ class Restorer(FileWriter):
             if existing is None:
                 # Empty when made (mode 0700, this process only): its entries need no
                 # stat or listing first. Anything planted later still makes mkdir,
-                # symlink or mknod fail, and files are renamed over, never written through.
-                self._fresh.add(sub)
-                st = os.fstat(sub)  # setgid is inherited from the parent by mkdir
-                if not st.st_mode & stat.S_ISGID and st.st_gid == self._ids[1]:
-                    self._plain_group.add(sub)
+                # symlink or mknod fail, and files are renamed over (or created with
+                # ``O_EXCL``), never written through.
+                self._made(sub)
             try:
                 assert e.subtree is not None
                 self._dir(e.subtree, child, rel, everything)

@@ -121,6 +121,8 @@ class WorkerSetup:
     same_owner: bool
     #: the restoring process's id (a worker leaves when it is gone)
     parent: int
+    #: ``target`` is the restore's staging folder (``FileWriter``'s ``staged``)
+    staged: bool
 
 
 def start(setup: WorkerSetup, processes: int) -> ProcessPoolExecutor:
@@ -176,7 +178,10 @@ class _Worker:
         # (session 12)" in docs/design.md). A server's answers travel: read ahead.
         self.source = in_batches(setup.opener.open(), store_ahead=False)
         self.writer = FileWriter(
-            self.source, special_files=setup.special_files, same_owner=setup.same_owner
+            self.source,
+            special_files=setup.special_files,
+            same_owner=setup.same_owner,
+            staged=setup.staged,
         )
         self.folders: OrderedDict[tuple[bytes, ...], int] = OrderedDict()
 
@@ -285,4 +290,5 @@ def parent_setup(opener: Opener, target: bytes, root_fd: int, restorer: FileWrit
         restorer.special_files,
         restorer.same_owner,
         os.getpid(),
+        restorer.staged,
     )

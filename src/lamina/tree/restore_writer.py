@@ -1,5 +1,7 @@
 """Writing a restore's regular files: each under a temporary name, then its metadata,
 then renamed to its name; or kept in place when it is proved to hold the tree's content.
+A restore that fills a staging folder of its own (``staged``: a whole restore into an empty
+folder, published whole at its end by ``Restorer``) writes each file under its name at once.
 
 The restorer (``lamina.tree.restore.Restorer``, a ``FileWriter``) walks the tree and hands
 files to its threads; a restore's worker processes (``lamina.tree.restore_procs``) write
@@ -35,10 +37,15 @@ class FileWriter:
         chunking: ChunkingSecret | None = None,
         special_files: bool = True,
         same_owner: bool = True,
+        staged: bool = False,
     ) -> None:
         """``chunking``: proves a file already in place holds the tree's content (without
-        it, every file is rewritten). ``special_files``, ``same_owner``: as ``Restorer``."""
+        it, every file is rewritten). ``special_files``, ``same_owner``: as ``Restorer``.
+        ``staged``: every folder written into is inside a staging folder nobody sees until
+        the restore publishes it: a file is created under its name (``O_EXCL``), without
+        a temporary name and a rename."""
         self.store = store
+        self.staged = staged
         self.progress = progress
         self.chunking = chunking
         self.special_files = special_files
@@ -101,15 +108,16 @@ class FileWriter:
         return True
 
     def _write(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
-        """Write a file's content under a temporary name, then rename it."""
+        """Write a file's content under a temporary name, then rename it (staged: under
+        its name: the staging folder is the temporary name of the whole restore)."""
         fd = target.folder.fd
-        tmp = self._tmp_name()
+        name = e.name if self.staged else self._tmp_name()
         # A new file in a folder that is not setgid and has our egid is owned by our
         # euid/egid: a chown to that same owner would change nothing.
         owned = target.plain_group and (e.uid, e.gid) == self._ids
         mode = self._create_mode(e, owned, target.inherits_acl)
         out = os.open(
-            tmp,
+            name,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o600 if mode is None else mode,
             dir_fd=fd,
@@ -122,12 +130,13 @@ class FileWriter:
         except BaseException:
             os.close(out)
             with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=fd)
+                os.unlink(name, dir_fd=fd)
             raise
         os.close(out)
-        if existing is not None and stat.S_ISDIR(existing.st_mode):
-            self._remove(fd, e.name)
-        os.rename(tmp, e.name, src_dir_fd=fd, dst_dir_fd=fd)
+        if not self.staged:
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                self._remove(fd, e.name)
+            os.rename(name, e.name, src_dir_fd=fd, dst_dir_fd=fd)
         with self._lock:
             self.stats.files += 1
             self.stats.bytes += e.size
