@@ -35,6 +35,7 @@ device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import stat
@@ -163,8 +164,14 @@ class Restorer(FileWriter):
             # moves what it holds into place at the end: its files need no temporary
             # names (``staged``), and the target shows nothing half written meanwhile.
             stage = self._tmp_name()
-            os.mkdir(stage, 0o700, dir_fd=root_fd)
-            walk_fd = os.open(stage, _DIR_FLAGS, dir_fd=root_fd)
+            try:
+                os.mkdir(stage, 0o700, dir_fd=root_fd)
+                walk_fd = os.open(stage, _DIR_FLAGS, dir_fd=root_fd)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.rmdir(stage, dir_fd=root_fd)
+                os.close(root_fd)
+                raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
             self.staged = True
             self._made(walk_fd)
             # Into an empty folder nothing is in place to keep: every chunk queued ahead
