@@ -279,3 +279,40 @@ def test_small_files_go_to_the_pool_a_folder_batch_at_a_time(
     assert st.errors == [] and st.files == n + 3
     assert sorted(jobs) == sorted([restore_mod.JOB_FILES] * 3 + [5] + [1] * 3)
     assert_same_tree(root, out)
+
+
+def test_a_hard_link_waits_for_its_first_name_without_stopping_the_walk(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk reaches a hard link while the job writing its first name still runs: it
+    goes on handing out the files after it (here the job of ``c/after`` is what lets
+    the first name's job finish), and makes the link once that job is done, before the
+    link's folder gets its metadata."""
+    root = tmp_path / "src"
+    write(root / "a" / "first", os.urandom(5000), MTIME)
+    (root / "b").mkdir()
+    os.link(root / "a" / "first", root / "b" / "second")
+    write(root / "c" / "after", os.urandom(3000), MTIME + 1)
+    os.utime(root / "b", ns=(MTIME + 50, MTIME + 50))
+    tid, _ = scan_tree(store, root)
+    after_started = threading.Event()
+    order: list[str] = []
+    real = Restorer._write
+
+    def _write(self: Restorer, e, target, existing) -> None:  # type: ignore[no-untyped-def]
+        if e.name == b"first":
+            # generous: only a walk that waits for this job (the fault) lets it run out
+            after_started.wait(60)
+            order.append("first" if after_started.is_set() else "first, nothing after")
+        elif e.name == b"after":
+            order.append("after")
+            after_started.set()
+        real(self, e, target, existing)
+
+    monkeypatch.setattr(Restorer, "_write", _write)
+    out = tmp_path / "out"
+    st = restore_tree(store, tid, out, workers=2)
+    assert st.errors == [] and st.files == 3
+    assert order == ["after", "first"]
+    assert os.stat(out / "a" / "first").st_ino == os.stat(out / "b" / "second").st_ino
+    assert_same_tree(root, out)

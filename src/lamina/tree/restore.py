@@ -40,6 +40,7 @@ import functools
 import os
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -84,6 +85,9 @@ WORKERS = 4
 #: writing a small file, so a job per file doubled the Python work of small files.
 JOB_FILES = 32
 JOB_BYTES = 1 << 20
+#: Hard links that wait for their first name's job while the walk goes on (each holds
+#: its folder's descriptor open); past them the walk waits for the oldest.
+DEFERRED_LINKS = 128
 
 
 class Restorer(FileWriter):
@@ -138,6 +142,9 @@ class Restorer(FileWriter):
         self._open: set[Folder] = set()
         #: hard-link key -> the job writing its first name (a link waits for it)
         self._link_jobs: dict[bytes, Future[None]] = {}
+        #: links whose first name's job is still running, in the walk's order: made once
+        #: it is done, their folder held open (pending) until then
+        self._deferred: deque[tuple[Entry, Folder, list[bytes], Future[None]]] = deque()
         self.processes = processes if opener is not None and processes > 1 else 0
         self._opener = opener
         #: the jobs of the worker processes writing files, in a restore that uses them
@@ -202,6 +209,7 @@ class Restorer(FileWriter):
                     self._dir(tree_id, root, [], everything=not self.selected)
                     if self._procs is not None:
                         self._procs.send()
+                    self._make_deferred_links(wait=True)
                     stopped = False
                 finally:
                     # An error or an interrupt (or a job's): jobs not started are
@@ -214,6 +222,7 @@ class Restorer(FileWriter):
         finally:
             self._pool = None
             self._procs = None
+            self._deferred.clear()  # after an error: those links are not made
             if self._ahead is not None:
                 stop_reading_ahead(self.store)
             for folder in self._open - {root}:  # left open by an error of the walk
@@ -257,6 +266,7 @@ class Restorer(FileWriter):
 
     # --- the walk ------------------------------------------------------------
     def _dir(self, tree_id: bytes, folder: Folder, rel: list[bytes], everything: bool) -> None:
+        self._make_deferred_links(wait=False)
         fd = folder.fd
         entries = self._ahead.take(tree_id) if self._ahead is not None else None
         if entries is None:
@@ -457,6 +467,12 @@ class Restorer(FileWriter):
             return
         if e.hardlink is not None and e.hardlink in self._links:
             self._flush(folder)  # the files before it first, as the tree orders them
+            job = self._link_jobs.get(e.hardlink)
+            if job is not None and not job.done() and len(self._deferred) < DEFERRED_LINKS:
+                with self._lock:
+                    folder.pending += 1  # the folder's metadata waits for the link
+                self._deferred.append((e, folder, rel, job))
+                return
             self._link(e, fd, rel)
             return
         if e.type == "file":
@@ -487,6 +503,19 @@ class Restorer(FileWriter):
             return
         if e.hardlink is not None:
             self._links[e.hardlink] = b"/".join(rel)
+
+    def _make_deferred_links(self, wait: bool) -> None:
+        """Make the deferred links whose first name's job is done (``wait``: all of them,
+        each once its job is), in the walk's order."""
+        while self._deferred and (wait or self._deferred[0][3].done()):
+            e, folder, rel, _ = self._deferred.popleft()
+            try:
+                if self._fatal is None:
+                    self._link(e, folder.fd, rel)
+            except OSError as err:
+                self._error(rel, err)
+            finally:
+                self._release(folder)
 
     def _link(self, e: Entry, fd: int, rel: list[bytes]) -> None:
         assert e.hardlink is not None
