@@ -3,7 +3,7 @@
 The walk adds each folder's files as it leaves them; a job goes to a worker when it
 holds ``PROC_JOB_FILES`` files or ``job_bytes`` bytes (``PROC_JOB_BYTES`` unless the
 workers' source asks for other, ``Opener.job_bytes``), or when the walk forces it
-(a hard link that follows waits for its first name). At most ``slots`` jobs are in
+(a hard link that follows is made once its first name's job is done). At most ``slots`` jobs are in
 flight. When a job is done (or failed, or cancelled) ``landed`` is told what it did
 and ``release`` is called once for each folder it held: the restorer counts, and sets
 a folder's own metadata when its last job is done.
