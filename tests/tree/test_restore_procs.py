@@ -365,9 +365,9 @@ def test_a_source_whose_requests_cost_gets_larger_jobs(
     seen: list[int] = []
 
     class Seen(ProcessJobs[object]):
-        def __init__(self, *args: object) -> None:
+        def __init__(self, *args: object, **kwargs: object) -> None:
             seen.append(args[-1])  # type: ignore[arg-type]
-            super().__init__(*args)  # type: ignore[arg-type]
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr("lamina.tree.restore.ProcessJobs", Seen)
     tid, _ = scan_tree(store, src)

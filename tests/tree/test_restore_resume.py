@@ -157,7 +157,7 @@ def test_a_whole_restore_into_an_empty_folder_shows_its_files_once_all_are_writt
     out = tmp_path / "out"
     out.mkdir()
     seen: list[list[str]] = []
-    renames: list[object] = []
+    renames: list[str | bytes] = []
     real_write, real_rename = FileWriter._write, os.rename
 
     def _write(self: FileWriter, e, target, existing) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +175,7 @@ def test_a_whole_restore_into_an_empty_folder_shows_its_files_once_all_are_writt
     assert st.errors == [] and st.files == 14
     assert len(seen) == 13  # the hard link's second name is a link, not written
     assert all(len(names) == 1 and names[0].startswith(".lamina-restore-") for names in seen)
-    assert sorted(renames) == sorted(os.listdir(src))
+    assert sorted(map(os.fsencode, renames)) == sorted(map(os.fsencode, os.listdir(src)))
     assert_same_tree(src, out)
     assert temp_files(out) == []
 

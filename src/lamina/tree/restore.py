@@ -20,11 +20,11 @@ Files are written by a small pool of threads (``workers``): the walk, folder
 creation, symlinks, nodes and hard links stay on the calling thread, which hands
 a folder's regular files to the pool a few per job (``JOB_FILES``, ``JOB_BYTES``).
 A folder's own metadata (mode, owner, times) is set once, when the last file or
-sub-folder inside it is done, and its descriptor is closed then: the descriptor
-discipline holds for every write. Decryption, decompression and hashing release
+sub-folder inside it (and each hard link made into it) is done, and its descriptor
+is closed then: the descriptor discipline holds for every write. Decryption, decompression and hashing release
 the GIL, so the pool overlaps them with the file system calls. A fatal error (a
 blob that fails verification, a missing pack) stops new writes, lets the ones in
-flight finish or clean up their temporary names, and is raised once the pool is
+flight finish or remove what they were writing, and is raised once the pool is
 idle. A whole restore of a large tree into an empty folder can hand the files to
 worker processes instead (``processes``, ``opener``: ``lamina.tree.restore_procs``).
 
@@ -36,12 +36,14 @@ device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
+import signal
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Unpack
@@ -85,9 +87,11 @@ WORKERS = 4
 #: writing a small file, so a job per file doubled the Python work of small files.
 JOB_FILES = 32
 JOB_BYTES = 1 << 20
-#: Hard links that wait for their first name's job while the walk goes on (each holds
-#: its folder's descriptor open); past them the walk waits for the oldest.
+#: Hard links that wait for their first name's job while the walk goes on. Each holds
+#: its folder, and so its parents, open: past this many, or with this many folders open
+#: (``DEFERRED_FOLDERS``), a link waits for its first name's job on the walk, as before.
 DEFERRED_LINKS = 128
+DEFERRED_FOLDERS = 256
 
 
 class Restorer(FileWriter):
@@ -163,29 +167,53 @@ class Restorer(FileWriter):
             root_fd = os.open(target, _DIR_FLAGS)
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
-        if self.selected or not self._empty(root_fd):
-            self.processes = 0  # worker processes only for a whole restore into an empty folder
-            walk_fd, stage = root_fd, None
-        else:
-            # A whole restore into an empty folder fills a staging folder inside it and
-            # moves what it holds into place at the end: its files need no temporary
-            # names (``staged``), and the target shows nothing half written meanwhile.
-            stage = self._tmp_name()
-            try:
-                os.mkdir(stage, 0o700, dir_fd=root_fd)
-                walk_fd = os.open(stage, _DIR_FLAGS, dir_fd=root_fd)
-            except OSError as e:
+        try:
+            self._into(tree_id, target, root_fd)
+        finally:
+            os.close(root_fd)
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    def _into(self, tree_id: bytes, target: Path, root_fd: int) -> None:
+        stage: bytes | None = None
+        walk_fd = root_fd
+        try:
+            if self.selected or not self._empty(root_fd, target):
+                self.processes = 0  # worker processes only for a whole restore into an empty folder
+            else:
+                # A whole restore into an empty folder fills a staging folder inside it
+                # and moves what it holds into place at the end: its files need no
+                # temporary names (``staged``), and the target shows nothing meanwhile.
+                stage = self._tmp_name()
+                try:
+                    os.mkdir(stage, 0o700, dir_fd=root_fd)
+                    walk_fd = os.open(stage, _DIR_FLAGS, dir_fd=root_fd)
+                except OSError as e:
+                    raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
+                self.staged = True
+                self._made(walk_fd)
+                # Into an empty folder nothing is in place to keep: every chunk queued
+                # ahead is one a file job will ask for, so a store reads them in batches.
+                # With worker processes the files' chunks are theirs to read: only trees.
+                self.store = in_batches(self.store)
+                self._ahead = ReadAhead(self.store, tree_id, chunks=not self.processes)
+            with stops_as_interrupts() if stage is not None else contextlib.nullcontext():
+                self._walk(tree_id, target, stage, walk_fd)
+        finally:
+            self._deferred.clear()  # after an error: those links are not made
+            if self._ahead is not None:
+                stop_reading_ahead(self.store)
+            if stage is not None and walk_fd != root_fd:
+                # After an error or an interrupt too: a file job that fails removes its
+                # file (``_forget`` for a worker process's), so what is left is whole.
+                self._publish(walk_fd, root_fd, stage)
+                os.close(walk_fd)
+            elif stage is not None:
                 with contextlib.suppress(OSError):
                     os.rmdir(stage, dir_fd=root_fd)
-                os.close(root_fd)
-                raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
-            self.staged = True
-            self._made(walk_fd)
-            # Into an empty folder nothing is in place to keep: every chunk queued ahead
-            # is one a file job will ask for, so a store reads them in batches. With
-            # worker processes the files' chunks are theirs to read: only trees here.
-            self.store = in_batches(self.store)
-            self._ahead = ReadAhead(self.store, tree_id, chunks=not self.processes)
+
+    def _walk(self, tree_id: bytes, target: Path, stage: bytes | None, walk_fd: int) -> None:
         root = Folder(walk_fd, [], None, None)
         self._open.add(root)
         self._root_fd = walk_fd
@@ -193,15 +221,16 @@ class Restorer(FileWriter):
         self._pool = pool
         try:
             if self.processes:  # a fork server that fails to start: cleaned up below too
-                assert self._opener is not None
-                where = os.path.join(os.fsencode(target.absolute()), stage or b"")
-                setup = parent_setup(self._opener, where.rstrip(b"/"), walk_fd, self)
+                assert self._opener is not None and stage is not None
+                where = os.path.join(os.fsencode(target.absolute()), stage)
+                setup = parent_setup(self._opener, where, walk_fd, self)
                 self._procs = ProcessJobs(
                     start(setup, self.processes),
                     3 * self.processes,
                     self._landed,
                     self._release,
                     self._opener.job_bytes or PROC_JOB_BYTES,
+                    forget=self._forget,
                 )
             with fewer_collections():
                 stopped = True
@@ -213,7 +242,7 @@ class Restorer(FileWriter):
                     stopped = False
                 finally:
                     # An error or an interrupt (or a job's): jobs not started are
-                    # cancelled, those running finish (or remove their temporary name).
+                    # cancelled, those running finish (or remove the file they write).
                     if self._procs is not None:
                         self._procs.close(cancel=stopped or self._fatal is not None)
                     self._release(root)
@@ -222,32 +251,54 @@ class Restorer(FileWriter):
         finally:
             self._pool = None
             self._procs = None
-            self._deferred.clear()  # after an error: those links are not made
-            if self._ahead is not None:
-                stop_reading_ahead(self.store)
             for folder in self._open - {root}:  # left open by an error of the walk
                 os.close(folder.fd)
             self._open.clear()
-            try:
-                if stage is not None:  # after an error too: what it holds is whole
-                    self._publish(walk_fd, root_fd, stage)
-            finally:
-                if walk_fd != root_fd:
-                    os.close(walk_fd)
-                os.close(root_fd)
-        if self._fatal is not None:
-            raise self._fatal
-        return self.stats
 
-    def _empty(self, fd: int) -> bool:
+    def _empty(self, fd: int, target: Path) -> bool:
         """Whether folder ``fd`` holds nothing, once what an interrupted restore left
         there (a temporary name, a staging folder) is removed."""
         names = [os.fsencode(n) for n in os.listdir(fd)]
         if not all(n.startswith(b".lamina-restore-") for n in names):
             return False
         for name in names:
-            self._remove(fd, name)
+            try:
+                self._remove(fd, name)
+            except OSError as e:
+                raise UsageError(
+                    f"cannot restore into {target}: {os.fsdecode(name)}, left by an "
+                    f"interrupted restore, cannot be removed: {e.strerror}"
+                ) from e
         return True
+
+    def _publish(self, stage_fd: int, root_fd: int, stage: bytes) -> None:
+        """Move what the staging folder holds into the target, entry by entry, then
+        remove it. An entry that cannot be moved (a name that appeared in the target
+        meanwhile is never replaced) is reported and left in the staging folder."""
+        self._fresh.discard(stage_fd)
+        self._plain_group.discard(stage_fd)
+        left = 0
+        try:
+            names = [os.fsencode(n) for n in os.listdir(stage_fd)]
+        except OSError as err:
+            self._report(f"{os.fsdecode(stage)}: {err.strerror}")
+            return
+        for name in names:
+            try:
+                _move(name, stage_fd, root_fd)
+            except OSError as err:
+                left += 1
+                self._report(f"{os.fsdecode(name)}: {err.strerror} (left in {os.fsdecode(stage)})")
+        if not left:
+            with contextlib.suppress(OSError):
+                os.rmdir(stage, dir_fd=root_fd)
+
+    def _forget(self, folder: Folder, files: FolderFiles) -> None:
+        """A worker process's job failed (or the worker died): its files may be partly
+        written, under their names in the staging folder: removed."""
+        for fields in files.files:
+            with contextlib.suppress(OSError):
+                os.unlink(fields[0], dir_fd=folder.fd)  # type: ignore[arg-type]
 
     def _made(self, fd: int) -> None:
         """Folder ``fd`` was made by this restore (empty, mode 0700)."""
@@ -255,14 +306,6 @@ class Restorer(FileWriter):
         st = os.fstat(fd)  # setgid is inherited from the parent by mkdir
         if not st.st_mode & stat.S_ISGID and st.st_gid == self._ids[1]:
             self._plain_group.add(fd)
-
-    def _publish(self, stage_fd: int, root_fd: int, stage: bytes) -> None:
-        """Move what the staging folder holds into the target, then remove it."""
-        self._fresh.discard(stage_fd)
-        self._plain_group.discard(stage_fd)
-        for name in os.listdir(stage_fd):
-            os.rename(name, name, src_dir_fd=stage_fd, dst_dir_fd=root_fd)
-        os.rmdir(stage, dir_fd=root_fd)
 
     # --- the walk ------------------------------------------------------------
     def _dir(self, tree_id: bytes, folder: Folder, rel: list[bytes], everything: bool) -> None:
@@ -468,7 +511,12 @@ class Restorer(FileWriter):
         if e.hardlink is not None and e.hardlink in self._links:
             self._flush(folder)  # the files before it first, as the tree orders them
             job = self._link_jobs.get(e.hardlink)
-            if job is not None and not job.done() and len(self._deferred) < DEFERRED_LINKS:
+            if (
+                job is not None
+                and not job.done()
+                and len(self._deferred) < DEFERRED_LINKS
+                and len(self._open) < DEFERRED_FOLDERS
+            ):
                 with self._lock:
                     folder.pending += 1  # the folder's metadata waits for the link
                 self._deferred.append((e, folder, rel, job))
@@ -542,6 +590,56 @@ class Restorer(FileWriter):
                 self._remove(fd, e.name)
 
         self.meta.make_node(e, fd, self._tmp_name(), replace_dir)
+
+
+def _move(name: bytes, src_fd: int, dst_fd: int) -> None:
+    """Move ``name`` from folder ``src_fd`` to folder ``dst_fd``, never over a name there."""
+    try:
+        os.stat(name, dir_fd=dst_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    else:
+        raise FileExistsError(errno.EEXIST, "appeared in the target while it was restored")
+    try:
+        os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+    except PermissionError:
+        # A folder we may not write to cannot move to another parent (its ``..``
+        # changes): allowed to for the move, its mode set back after (not its times).
+        fd = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & stat.S_IWUSR:
+                raise
+            os.fchmod(fd, mode | stat.S_IWUSR)
+            try:
+                os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            finally:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def stops_as_interrupts() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop the block as Ctrl-C does (``KeyboardInterrupt``), where
+    they would end the process outright (their default) and this is the main thread: a
+    staged restore then moves what it wrote into place before it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            saved[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def restore_tree(

@@ -37,8 +37,12 @@ class ProcessJobs(Generic[F]):
         landed: Callable[[JobDone | None, BaseException | None], None],
         release: Callable[[F], None],
         job_bytes: int = PROC_JOB_BYTES,
+        forget: Callable[[F, FolderFiles], None] | None = None,
     ) -> None:
+        """``forget``: called for each folder's files of a job that failed (or whose
+        worker died), before that folder is released: they may be partly written."""
         self.procs = procs
+        self._forget = forget
         #: a job is sent when it holds this many bytes (or ``PROC_JOB_FILES`` files)
         self._job_bytes = job_bytes
         self._slots = threading.BoundedSemaphore(slots)
@@ -90,6 +94,9 @@ class ProcessJobs(Generic[F]):
                     self._landed(None, None)
                 elif (err := f.exception()) is not None:
                     self._landed(None, err)
+                    if self._forget is not None:
+                        for folder, files in batch:
+                            self._forget(folder, files)
                 else:
                     self._landed(f.result(), None)
             finally:

@@ -7,14 +7,15 @@ stays in the calling process (folders, symlinks, nodes, hard links, every folder
 metadata, in the same order as with threads) and hands each job of regular files to
 one of ``processes`` workers. A worker has its own blob source (``opener``: its own
 store reader, or its own HTTP client) and writes its files exactly as the threads do
-(``FileWriter.write_job``: temporary name, every blob verified, metadata, rename).
+(``FileWriter.write_job``, staged: each file under its name in the restore's staging
+folder, every blob verified, then its metadata).
 
 A worker reaches a job's folder from the target by its path, one component at a time,
 never following a symlink (``O_NOFOLLOW``), and writes there only when that folder is
 the one the walk made (its device and inode, ``FolderFiles.ident``): a folder swapped in
 meanwhile is refused, as a descriptor would have been kept. A worker ignores SIGINT
 (the walk stops them: it cancels the jobs not started and waits for those running,
-which finish or remove their temporary name), and leaves when the restoring process is
+which finish or remove the file they write), and leaves when the restoring process is
 gone (``_watch_parent``).
 
 Workers start through a fork server (the calling process has threads, so it never
@@ -248,13 +249,13 @@ def _init_worker(setup: WorkerSetup) -> None:
 
 
 def _stopped(signum: int, frame: object) -> None:
-    """SIGTERM in a worker: the job running stops (its file's temporary name is removed)."""
+    """SIGTERM in a worker: the job running stops (the file it writes is removed)."""
     raise KeyboardInterrupt("the restore was stopped")
 
 
 def _watch_parent(parent: int) -> None:
-    """Leave when the restoring process is gone: interrupt the job running (its file's
-    temporary name is removed), then exit. (Not the fork server, this worker's parent:
+    """Leave when the restoring process is gone: interrupt the job running (the file it
+    writes is removed), then exit. (Not the fork server, this worker's parent:
     it stays while a worker holds the descriptor it watches, which every worker gets.)"""
     try:
         fd = os.pidfd_open(parent)
