@@ -6,15 +6,19 @@ links stay in the restoring process."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import pickle
 import select
+import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -27,10 +31,11 @@ from lamina.tree.collector import YOUNG_THRESHOLD
 from lamina.tree.restore import restore_tree
 from lamina.tree.restore_batches import ProcessJobs
 from lamina.tree.restore_procs import MAX_PROCESSES, MIN_BYTES, MIN_FILES, processes_for
+from lamina.tree.restore_types import Opener
 from lamina.tree.restore_writer import FileWriter
 from lamina.tree.sources import HTTP_BATCH
 
-from .procsources import dict_blobs, opener, store_blobs
+from .procsources import dict_blobs, hanging_blobs, opener, store_blobs
 from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
 
 
@@ -221,7 +226,8 @@ def test_workers_leave_when_the_restoring_process_is_killed(
     restoring = subprocess.Popen([sys.executable, "-c", code, str(args)], cwd=root)
     try:
         for _ in range(1200):  # until a worker hangs inside a file (bounded, not timed)
-            if marker.exists() or restoring.poll() is not None:
+            # (its request may start ahead of the file, on a reading-ahead thread)
+            if (marker.exists() and _partial(out, src)) or restoring.poll() is not None:
                 break
             time.sleep(0.1)
         assert marker.exists(), "no worker started"
@@ -380,3 +386,43 @@ def test_a_source_whose_requests_cost_gets_larger_jobs(
     )
     assert seen == [restore_procs.REMOTE_JOB_BYTES, restore_procs.PROC_JOB_BYTES]
     assert_same_tree(src, tmp_path / "a")
+
+
+def test_a_worker_killed_inside_a_file_leaves_no_partial_file(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A worker process dies (the OOM killer, ``kill -9``) inside a file it writes, under
+    its name in the staging folder: the restore fails with the broken pool, and what it
+    moves into place holds no partial file (the dead worker's job's files are removed)."""
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    out, marker = tmp_path / "out", tmp_path / "worker-pid"
+    hang = Opener(
+        functools.partial(hanging_blobs, blobs, key, str(marker)), ("tests.tree.procsources",)
+    )
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["stats"] = restore_tree(
+                dict_blobs(blobs, key), tid, out, processes=2, opener=hang
+            )
+        except BaseException as e:
+            result["error"] = e
+
+    restoring = threading.Thread(target=run)
+    restoring.start()
+    for _ in range(1200):  # until a worker hangs inside a file (bounded, not timed)
+        # (its request may start ahead of the file, on a reading-ahead thread)
+        if (marker.exists() and _partial(out, src)) or not restoring.is_alive():
+            break
+        time.sleep(0.1)
+    assert marker.exists(), "no worker started"
+    assert _partial(out, src), "the worker is inside a file it writes"
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    restoring.join(120)
+    assert not restoring.is_alive()
+    assert isinstance(result.get("error"), BrokenProcessPool)
+    assert _partial(out, src) == []
+    assert _leftovers(out) == []

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import stat
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,12 @@ from lamina.tree import restore as restore_mod
 from lamina.tree.restore import Restorer, restore_tree
 from lamina.tree.restore_writer import FileWriter
 
+from .procsources import dict_blobs, store_blobs
 from .treeutil import MIB, MTIME, assert_same_tree, build_rich_tree, describe, scan_tree, write
+
+
+#: the uid and gid a root test run restores as, to see what another user would
+NOBODY = 65534
 
 
 class Interrupted(Exception):
@@ -287,3 +296,109 @@ def test_restore_over_another_tree_with_delete_gives_exactly_the_snapshot(
     assert_same_tree(
         b, out, ignore={b"keep-me", b"only-in-a", b"only-in-a/deep", b"only-in-a/deep/f"}
     )
+
+
+def test_a_name_that_appears_in_the_target_meanwhile_is_never_replaced(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Something made in the target while a staged restore runs, under a name the tree
+    also has, is kept: that entry is reported and left in the staging folder, the rest
+    moved into place."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    real = FileWriter._write
+
+    def _write(self: FileWriter, e, target, existing) -> None:  # type: ignore[no-untyped-def]
+        if not (out / "big").exists():
+            (out / "big").write_bytes(b"mine")
+        real(self, e, target, existing)
+
+    monkeypatch.setattr(FileWriter, "_write", _write)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
+    assert (out / "big").read_bytes() == b"mine"
+    assert len(st.errors) == 1 and st.errors[0].startswith("big: ")
+    (stage,) = temp_files(out)
+    assert os.listdir(stage) == ["big"]
+    assert (stage / "big").read_bytes() == (src / "big").read_bytes()
+    assert (out / "b" / "c" / "f3").read_bytes() == (src / "b" / "c" / "f3").read_bytes()
+
+
+def test_sigterm_stops_a_staged_restore_as_ctrl_c_does(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (``systemctl stop``, ``timeout``) in the middle of a whole restore into an
+    empty folder: what it wrote is moved into place, whole, and the next restore there
+    keeps it and finishes."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    done_first = 5
+    count = [0]
+    real = Restorer._file
+
+    def _file(self: Restorer, e, target, existing) -> None:  # type: ignore[no-untyped-def]
+        if count[0] == done_first:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs at the next bytecode: well before this ends
+        count[0] += 1
+        real(self, e, target, existing)
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(Restorer, "_file", _file)
+            with pytest.raises(KeyboardInterrupt):
+                restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert temp_files(out) == []
+    partial, _ = describe(out)
+    assert len([p for p, n in partial.items() if n.kind == "file"]) == done_first
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == [] and st.skipped == done_first
+    assert_same_tree(src, out)
+
+
+def test_a_restore_by_another_user_moves_a_read_only_folder_into_place(
+    store: Store, tmp_path: Path
+) -> None:
+    """Not as root, a folder's mode without write permission would stop it moving from
+    the staging folder (its ``..`` changes): it is moved anyway, with its mode and times
+    as the tree's. (As root the test restores as nobody, in a child process.)"""
+    src = tmp_path / "src"
+    write(src / "ro" / "inside", b"x" * 1000, MTIME)
+    write(src / "top", b"y" * 10, MTIME)
+    os.chmod(src / "ro", 0o555)
+    os.utime(src / "ro", ns=(MTIME + 7, MTIME + 7))
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    out = base / "out"
+    try:
+        if os.geteuid() == 0:
+            os.chown(base, NOBODY, NOBODY)
+            pid = os.fork()
+            if pid == 0:  # the child: nobody
+                code = 1
+                try:
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                    st = restore_tree(dict_blobs(blobs, key), tid, out)
+                    code = 0 if st.errors == [] else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        else:
+            assert restore_tree(dict_blobs(blobs, key), tid, out).errors == []
+        assert sorted(os.listdir(out)) == ["ro", "top"]
+        st = os.stat(out / "ro")
+        assert stat.S_IMODE(st.st_mode) == 0o555 and st.st_mtime_ns == MTIME + 7
+        assert (out / "ro" / "inside").read_bytes() == b"x" * 1000
+    finally:
+        if os.geteuid() != 0 and (out / "ro").exists():
+            os.chmod(out / "ro", 0o755)
+        shutil.rmtree(base)

@@ -40,9 +40,13 @@ class ProcessJobs(Generic[F]):
         forget: Callable[[F, FolderFiles], None] | None = None,
     ) -> None:
         """``forget``: called for each folder's files of a job that failed (or whose
-        worker died), before that folder is released: they may be partly written."""
+        worker died), once every worker is gone and before that folder is released:
+        they may be partly written."""
         self.procs = procs
         self._forget = forget
+        #: the folders' files of jobs that failed: forgotten and released once every
+        #: worker is gone (a worker told to stop may still be writing until then)
+        self._failed: list[tuple[F, FolderFiles]] = []
         #: a job is sent when it holds this many bytes (or ``PROC_JOB_FILES`` files)
         self._job_bytes = job_bytes
         self._slots = threading.BoundedSemaphore(slots)
@@ -67,6 +71,13 @@ class ProcessJobs(Generic[F]):
         those not started are cancelled and the files batched and not sent are not
         written."""
         self.procs.shutdown(wait=True, cancel_futures=cancel)
+        failed, self._failed = self._failed, []
+        for folder, files in failed:
+            try:
+                if self._forget is not None:
+                    self._forget(folder, files)
+            finally:
+                self._release(folder)
         if cancel:
             batch, self._batch = self._batch, []
             for folder, _ in batch:
@@ -89,20 +100,22 @@ class ProcessJobs(Generic[F]):
         done: Future[None] = Future()
 
         def landed(f: Future[JobDone]) -> None:
+            failed = False
             try:
                 if f.cancelled():
                     self._landed(None, None)
                 elif (err := f.exception()) is not None:
+                    failed = True
                     self._landed(None, err)
-                    if self._forget is not None:
-                        for folder, files in batch:
-                            self._forget(folder, files)
                 else:
                     self._landed(f.result(), None)
             finally:
                 self._slots.release()
-                for folder, _ in batch:
-                    self._release(folder)
+                if failed:  # its files may be partly written: ``close`` forgets them
+                    self._failed.extend(batch)
+                else:
+                    for folder, _ in batch:
+                        self._release(folder)
                 done.set_result(None)
 
         fut.add_done_callback(landed)

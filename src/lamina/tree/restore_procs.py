@@ -248,8 +248,15 @@ def _init_worker(setup: WorkerSetup) -> None:
         _setup_error = e
 
 
+#: set by ``_stopped``: a job the pool still hands this worker writes nothing
+_stopping = False
+
+
 def _stopped(signum: int, frame: object) -> None:
-    """SIGTERM in a worker: the job running stops (the file it writes is removed)."""
+    """SIGTERM in a worker: the job running stops (the file it writes is removed), and
+    no job after it starts."""
+    global _stopping
+    _stopping = True
     raise KeyboardInterrupt("the restore was stopped")
 
 
@@ -278,6 +285,8 @@ def write_files(job: list[FolderFiles]) -> JobDone:
     """A worker's job (``ProcessPoolExecutor.submit``)."""
     if _setup_error is not None:
         raise _setup_error
+    if _stopping:  # the pool's next job, already in this worker's queue
+        raise KeyboardInterrupt("the restore was stopped")
     assert _worker is not None, "not a restore worker"
     return _worker.run(job)
 

@@ -116,21 +116,27 @@ class FileWriter:
         # euid/egid: a chown to that same owner would change nothing.
         owned = target.plain_group and (e.uid, e.gid) == self._ids
         mode = self._create_mode(e, owned, target.inherits_acl)
-        out = os.open(
-            name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600 if mode is None else mode,
-            dir_fd=fd,
-        )
+        out = -1
         try:
+            out = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600 if mode is None else mode,
+                dir_fd=fd,
+            )
             write_content(out, e, self.store.get_many)
             self.meta.on_fd(
                 out, e, inherits_acl=target.inherits_acl, owned=owned, moded=mode is not None
             )
-        except BaseException:
-            os.close(out)
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=fd)
+        except BaseException as err:
+            if out >= 0:
+                os.close(out)
+            # An interrupt (a worker's SIGTERM) raised as ``os.open`` returns leaves the
+            # file made but ``out`` unset: removed too. An error of ``os.open`` itself
+            # made nothing (EEXIST: a name that is not this restore's).
+            if out >= 0 or not isinstance(err, OSError):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
             raise
         os.close(out)
         if not self.staged:
