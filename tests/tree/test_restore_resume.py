@@ -21,7 +21,6 @@ from lamina.tree.restore_writer import FileWriter
 from .procsources import dict_blobs, store_blobs
 from .treeutil import MIB, MTIME, assert_same_tree, build_rich_tree, describe, scan_tree, write
 
-
 #: the uid and gid a root test run restores as, to see what another user would
 NOBODY = 65534
 
