@@ -394,8 +394,8 @@ def test_a_restore_by_another_user_moves_a_read_only_folder_into_place(
         else:
             assert restore_tree(dict_blobs(blobs, key), tid, out).errors == []
         assert sorted(os.listdir(out)) == ["ro", "top"]
-        st = os.stat(out / "ro")
-        assert stat.S_IMODE(st.st_mode) == 0o555 and st.st_mtime_ns == MTIME + 7
+        ro = os.stat(out / "ro")
+        assert stat.S_IMODE(ro.st_mode) == 0o555 and ro.st_mtime_ns == MTIME + 7
         assert (out / "ro" / "inside").read_bytes() == b"x" * 1000
     finally:
         if os.geteuid() != 0 and (out / "ro").exists():
