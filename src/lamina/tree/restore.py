@@ -36,14 +36,12 @@ device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import os
-import signal
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Unpack
@@ -66,6 +64,7 @@ from lamina.tree.restore_procs import (
     parent_setup,
     start,
 )
+from lamina.tree.restore_stage import publish, stops_as_interrupts
 from lamina.tree.restore_types import (
     BlobSource,
     Folder,
@@ -207,7 +206,9 @@ class Restorer(FileWriter):
             if stage is not None and walk_fd != root_fd:
                 # After an error or an interrupt too: a file job that fails removes its
                 # file (``_forget`` for a worker process's), so what is left is whole.
-                self._publish(walk_fd, root_fd, stage)
+                self._fresh.discard(walk_fd)
+                self._plain_group.discard(walk_fd)
+                publish(walk_fd, root_fd, stage, self._report)
                 os.close(walk_fd)
             elif stage is not None:
                 with contextlib.suppress(OSError):
@@ -270,28 +271,6 @@ class Restorer(FileWriter):
                     f"interrupted restore, cannot be removed: {e.strerror}"
                 ) from e
         return True
-
-    def _publish(self, stage_fd: int, root_fd: int, stage: bytes) -> None:
-        """Move what the staging folder holds into the target, entry by entry, then
-        remove it. An entry that cannot be moved (a name that appeared in the target
-        meanwhile is never replaced) is reported and left in the staging folder."""
-        self._fresh.discard(stage_fd)
-        self._plain_group.discard(stage_fd)
-        left = 0
-        try:
-            names = [os.fsencode(n) for n in os.listdir(stage_fd)]
-        except OSError as err:
-            self._report(f"{os.fsdecode(stage)}: {err.strerror}")
-            return
-        for name in names:
-            try:
-                _move(name, stage_fd, root_fd)
-            except OSError as err:
-                left += 1
-                self._report(f"{os.fsdecode(name)}: {err.strerror} (left in {os.fsdecode(stage)})")
-        if not left:
-            with contextlib.suppress(OSError):
-                os.rmdir(stage, dir_fd=root_fd)
 
     def _forget(self, folder: Folder, files: FolderFiles) -> None:
         """A worker process's job failed (or the worker died): its files may be partly
@@ -590,56 +569,6 @@ class Restorer(FileWriter):
                 self._remove(fd, e.name)
 
         self.meta.make_node(e, fd, self._tmp_name(), replace_dir)
-
-
-def _move(name: bytes, src_fd: int, dst_fd: int) -> None:
-    """Move ``name`` from folder ``src_fd`` to folder ``dst_fd``, never over a name there."""
-    try:
-        os.stat(name, dir_fd=dst_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        pass
-    else:
-        raise FileExistsError(errno.EEXIST, "appeared in the target while it was restored")
-    try:
-        os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-    except PermissionError:
-        # A folder we may not write to cannot move to another parent (its ``..``
-        # changes): allowed to for the move, its mode set back after (not its times).
-        fd = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
-        try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            if mode & stat.S_IWUSR:
-                raise
-            os.fchmod(fd, mode | stat.S_IWUSR)
-            try:
-                os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
-            finally:
-                os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def stops_as_interrupts() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop the block as Ctrl-C does (``KeyboardInterrupt``), where
-    they would end the process outright (their default) and this is the main thread: a
-    staged restore then moves what it wrote into place before it exits."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
-
-    saved = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) == signal.SIG_DFL:
-            saved[sig] = signal.signal(sig, stop)
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def restore_tree(
