@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lamina.store.repository import Store
-from lamina.tree.restore import restore_tree
+from lamina.tree.restore import Restorer, restore_tree
 
 from .treeutil import MTIME, scan_tree, write
 
@@ -214,3 +214,34 @@ def test_special_files_and_same_owner_restore_everything(
     assert stat.S_ISBLK(os.lstat(out / "disk").st_mode)
     assert stat.S_IMODE(os.stat(out / "rootshell").st_mode) == 0o4755
     assert os.stat(out / "notes").st_uid == 1234
+
+
+def test_a_hard_link_is_never_made_through_a_folder_swapped_for_a_symlink(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-place restore: the folder holding a hard link's first name is swapped for a
+    symlink to a file elsewhere before the second name is linked. The link must not
+    reach through it: the second name gets a copy of the tree's content instead."""
+    src = tmp_path / "src"
+    write(src / "a" / "first", b"the tree's content", MTIME)
+    (src / "b").mkdir()
+    os.link(src / "a" / "first", src / "b" / "second")
+    tid, _ = scan_tree(store, src)
+    outside = tmp_path / "outside"
+    write(outside / "first", b"a file elsewhere", MTIME)
+    out = tmp_path / "out"
+    write(out / "keep", b"in place already", MTIME)  # not empty: restored in place
+    real = Restorer._link
+
+    def _link(self: Restorer, e: Any, fd: int, rel: list[bytes]) -> None:
+        os.rename(out / "a", out / "a-moved")
+        os.symlink(outside, out / "a")
+        real(self, e, fd, rel)
+
+    monkeypatch.setattr(Restorer, "_link", _link)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
+    assert st.errors == []
+    second = out / "b" / "second"
+    assert second.read_bytes() == b"the tree's content"
+    assert os.stat(second).st_ino != os.stat(outside / "first").st_ino
+    assert (outside / "first").read_bytes() == b"a file elsewhere"

@@ -554,14 +554,28 @@ class Restorer(FileWriter):
         if existing is not None:
             self._remove(fd, e.name)
         try:
-            os.link(first, e.name, src_dir_fd=self._root_fd, dst_dir_fd=fd, follow_symlinks=False)
+            self._link_to(first, e.name, fd)
         except OSError:
-            # The link could not be made (the first name is gone, or links are refused):
-            # write a copy. ``_file`` counts it.
+            # The link could not be made (the first name is gone, a folder on its way
+            # is a symlink now, or links are refused): write a copy. ``_file`` counts it.
             self._file(e, Target(Folder(fd, [], None, None), True, False), None)
             return
         with self._lock:
             self.stats.files += 1
+
+    def _link_to(self, first: bytes, name: bytes, fd: int) -> None:
+        """Link ``name`` in folder ``fd`` to ``first`` (a path from the root), reaching the
+        first name's folder one component at a time, never through a symlink."""
+        *folders, last = first.split(b"/")
+        at = os.dup(self._root_fd)
+        try:
+            for part in folders:
+                sub = os.open(part, _DIR_FLAGS, dir_fd=at)
+                os.close(at)
+                at = sub
+            os.link(last, name, src_dir_fd=at, dst_dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(at)
 
     def _node(self, e: Entry, fd: int, existing: os.stat_result | None) -> None:
         def replace_dir() -> None:
