@@ -7,7 +7,7 @@ import shutil
 import signal
 import stat
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -337,8 +337,8 @@ def test_sigterm_stops_a_staged_restore_as_ctrl_c_does(
 
     def _file(self: Restorer, e, target, existing) -> None:  # type: ignore[no-untyped-def]
         if count[0] == done_first:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)  # the handler runs at the next bytecode: well before this ends
+            # to this (the main) thread: delivered before the call returns, raised as it does
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
         count[0] += 1
         real(self, e, target, existing)
 

@@ -66,6 +66,7 @@ from lamina.tree.restore_procs import (
 )
 from lamina.tree.restore_stage import publish, stops_as_interrupts
 from lamina.tree.restore_types import (
+    DIR_FLAGS,
     BlobSource,
     Folder,
     Opener,
@@ -73,11 +74,11 @@ from lamina.tree.restore_types import (
     RestoreOptions,
     RestoreStats,
     Target,
+    open_below,
 )
 from lamina.tree.restore_writer import FileWriter
 from lamina.tree.sources import in_batches, stop_reading_ahead
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Threads writing files. File creation waits on the file system and the blob work
 #: releases the GIL, so a few more threads than cores keep both busy.
 WORKERS = 4
@@ -163,7 +164,7 @@ class Restorer(FileWriter):
             raise UsageError(f"not in the snapshot: {', '.join(missing)}")
         target.mkdir(parents=True, exist_ok=True)
         try:
-            root_fd = os.open(target, _DIR_FLAGS)
+            root_fd = os.open(target, DIR_FLAGS)
         except OSError as e:
             raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
         try:
@@ -187,7 +188,7 @@ class Restorer(FileWriter):
                 stage = self._tmp_name()
                 try:
                     os.mkdir(stage, 0o700, dir_fd=root_fd)
-                    walk_fd = os.open(stage, _DIR_FLAGS, dir_fd=root_fd)
+                    walk_fd = os.open(stage, DIR_FLAGS, dir_fd=root_fd)
                 except OSError as e:
                     raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
                 self.staged = True
@@ -467,7 +468,7 @@ class Restorer(FileWriter):
                 existing = None
             if existing is None:
                 os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
-            sub = os.open(e.name, _DIR_FLAGS, dir_fd=fd)
+            sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
             child = Folder(sub, rel, e if everything or existing is None else None, folder)
             with self._lock:
                 folder.pending += 1
@@ -567,12 +568,8 @@ class Restorer(FileWriter):
         """Link ``name`` in folder ``fd`` to ``first`` (a path from the root), reaching the
         first name's folder one component at a time, never through a symlink."""
         *folders, last = first.split(b"/")
-        at = os.dup(self._root_fd)
+        at = open_below(self._root_fd, folders)
         try:
-            for part in folders:
-                sub = os.open(part, _DIR_FLAGS, dir_fd=at)
-                os.close(at)
-                at = sub
             os.link(last, name, src_dir_fd=at, dst_dir_fd=fd, follow_symlinks=False)
         finally:
             os.close(at)

@@ -43,7 +43,14 @@ from lamina.errors import IntegrityError
 from lamina.processes import alive
 from lamina.tree.collector import fewer_collections
 from lamina.tree.model import Entry
-from lamina.tree.restore_types import Folder, Opener, RestoreStats, Target
+from lamina.tree.restore_types import (
+    DIR_FLAGS,
+    Folder,
+    Opener,
+    RestoreStats,
+    Target,
+    open_below,
+)
 from lamina.tree.restore_writer import FileWriter
 from lamina.tree.sources import HTTP_BATCH, in_batches
 
@@ -68,7 +75,6 @@ PROC_JOB_BYTES = 8 << 20
 #: ("Restores (session 15)" in docs/design.md); a job is still one answer (32 MiB at most).
 REMOTE_JOB_BYTES = 16 << 20
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Python's safe import path (``-P``) as an environment variable
 SAFE_PATH = "PYTHONSAFEPATH"
 #: Folders a worker keeps open (a folder's jobs come one after the other).
@@ -172,7 +178,7 @@ def _ready() -> None:
 
 class _Worker:
     def __init__(self, setup: WorkerSetup) -> None:
-        self.root = os.open(setup.target, _DIR_FLAGS)
+        self.root = os.open(setup.target, DIR_FLAGS)
         _check_same(self.root, setup.ident, b"")
         # A store's reads are local: a worker reads each batch when it needs it (no
         # threads reading ahead: as fast with both cores busy, and less CPU; "Restores
@@ -191,12 +197,8 @@ class _Worker:
         if fd is not None:
             self.folders.move_to_end(rel)
             return fd
-        fd = os.dup(self.root)
+        fd = open_below(self.root, rel)
         try:
-            for name in rel:
-                sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = sub
             _check_same(fd, ident, b"/".join(rel))
         except BaseException:
             os.close(fd)

@@ -16,7 +16,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+from lamina.tree.restore_types import DIR_FLAGS
 
 
 def publish(stage_fd: int, root_fd: int, stage: bytes, report: Callable[[str], None]) -> None:
@@ -53,7 +53,7 @@ def _move(name: bytes, src_fd: int, dst_fd: int) -> None:
     except PermissionError:
         # A folder we may not write to cannot move to another parent (its ``..``
         # changes): allowed to for the move, its mode set back after (not its times).
-        fd = os.open(name, _DIR_FLAGS, dir_fd=src_fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=src_fd)
         try:
             mode = stat.S_IMODE(os.fstat(fd).st_mode)
             if mode & stat.S_IWUSR:

@@ -13,6 +13,25 @@ from lamina.store.progress import AdvanceFn
 from lamina.tree.counts import TreeCounts
 from lamina.tree.model import Entry
 
+#: How a restore opens a folder: never through a symlink.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_below(fd: int, names: Iterable[bytes]) -> int:
+    """A new descriptor of the folder reached from folder ``fd`` through ``names``, one
+    component at a time, never through a symlink (``O_NOFOLLOW``)."""
+    at = os.dup(fd)
+    try:
+        for name in names:
+            sub = os.open(name, DIR_FLAGS, dir_fd=at)
+            os.close(at)
+            at = sub
+    except BaseException:
+        os.close(at)
+        raise
+    return at
+
+
 #: A file the walk queued for a job: its entry, its path in the tree, what is in place.
 Queued = tuple[Entry, list[bytes], os.stat_result | None]
 
