@@ -36,11 +36,14 @@ def opener(blobs: dict[bytes, bytes], id_key: bytes) -> Opener:
 def _fetch_or_hang(blobs: dict[bytes, bytes], marker: str, ids: list[bytes]) -> list[bytes]:
     """Answer, except in a worker process's first request: there write this process's id
     to ``marker`` and never answer (a file job is then inside a file it writes)."""
-    if not os.path.exists(marker):
-        with open(marker + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(marker + ".tmp", marker)
-        threading.Event().wait()
+    try:  # one process only takes "the first request", even when two ask at once
+        os.close(os.open(marker + ".taken", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return [blobs[i] for i in ids]
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    threading.Event().wait()
     return [blobs[i] for i in ids]
 
 
