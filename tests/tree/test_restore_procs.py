@@ -214,7 +214,8 @@ def test_workers_leave_when_the_restoring_process_is_killed(
     """The restoring process is killed while a worker is inside a file it writes: the
     worker removes that file and exits (no orphan, nothing half-written); the target shows
     nothing under the tree's names (all of it was in the staging folder), and the next
-    restore there removes what the killed one left and restores the whole tree."""
+    restore there resumes into the staging folder: it keeps the files the killed one
+    finished and writes the rest."""
     tid, _ = scan_tree(store, src)
     out, marker = tmp_path / "out", tmp_path / "worker-pid"
     args = tmp_path / "args.pickle"
@@ -245,13 +246,28 @@ def test_workers_leave_when_the_restoring_process_is_killed(
         os.close(fd)
         assert ready, "the worker outlived the restoring process"
     assert _partial(out, src) == []
-    left = os.listdir(out)
-    assert left and all(n.startswith(".lamina-restore-") for n in left)
+    (stage,) = os.listdir(out)
+    assert stage.startswith(".lamina-restore-")
+    done = {
+        p.relative_to(out / stage): p.stat().st_ino
+        for p in (out / stage).rglob("*")
+        if p.is_file() and not p.is_symlink() and p.name != "same-as-d0-f0"
+    }
 
-    st = restore_tree(dict_blobs(blobs, key), tid, out, processes=2, opener=opener(blobs, key))
+    st = restore_tree(
+        dict_blobs(blobs, key),
+        tid,
+        out,
+        processes=2,
+        opener=opener(blobs, key),
+        chunking=store.keys.chunking,
+    )
     assert st.errors == [] and st.files == 6 * 41 + 2
     assert_same_tree(src, out)
     assert _leftovers(out) == []
+    # resumed into the staging folder: what the killed restore finished is kept
+    assert st.skipped == len(done)
+    assert all((out / p).stat().st_ino == ino for p, ino in done.items())
 
 
 def _exited(pid: int) -> bool:

@@ -35,7 +35,11 @@ def temp_files(root: Path) -> list[Path]:
 
 @pytest.fixture
 def src(tmp_path: Path) -> Path:
-    root = tmp_path / "src"
+    return small_tree(tmp_path / "src")
+
+
+def small_tree(root: Path) -> Path:
+    """Twelve small files in three folders, a big one, a hard link, modes and owners."""
     for d in ("a", "b", "b/c"):
         for i in range(4):
             write(root / d / f"f{i}", f"{d}/{i}\n".encode() * (i + 1), MTIME + i)

@@ -6,9 +6,9 @@ a symlink in the tree, or one an attacker plants in the target, is created or
 replaced, never traversed. Names are validated when the tree is decoded (no
 ``..``, ``/`` or NUL). A file appears under its name only once complete: it is
 written to a temporary name and renamed, or, in a whole restore into an empty
-folder, the restore fills a staging folder (a temporary name for all of it) and
-moves what it holds into place at its end. A file's content comes first, then its
-metadata (``lamina.tree.restore_meta``, which also makes FIFOs and device nodes).
+folder, the restore fills a staging folder (a temporary name for all of it, held
+and resumed after a kill: ``lamina.tree.restore_stage``) and moves what it holds into
+place at its end. Content comes first, then metadata (``restore_meta``).
 
 Restore verifies: a regular file already in place is kept only when its content
 is proved to be the tree's (re-chunked with the chunking secret, same chunk
@@ -64,7 +64,14 @@ from lamina.tree.restore_procs import (
     parent_setup,
     start,
 )
-from lamina.tree.restore_stage import publish, stops_as_interrupts
+from lamina.tree.restore_stage import (
+    PREFIX,
+    hold,
+    leftovers,
+    publish,
+    stops_as_interrupts,
+    writable,
+)
 from lamina.tree.restore_types import (
     DIR_FLAGS,
     BlobSource,
@@ -153,6 +160,8 @@ class Restorer(FileWriter):
         self._opener = opener
         #: the jobs of the worker processes writing files, in a restore that uses them
         self._procs: ProcessJobs[Folder] | None = None
+        #: resuming into a staging folder a killed restore left (``_into``)
+        self._resuming = False
 
     # --- public --------------------------------------------------------------
     def restore(self, tree_id: bytes, target: Path) -> RestoreStats:
@@ -179,8 +188,15 @@ class Restorer(FileWriter):
         stage: bytes | None = None
         walk_fd = root_fd
         try:
-            if self.selected or not self._empty(root_fd, target):
+            found = False if self.selected else leftovers(root_fd, target, self._remove)
+            if found is False:
                 self.processes = 0  # worker processes only for a whole restore into an empty folder
+            elif found is not True:
+                # A staging folder a restore killed outright left: resumed, as a restore
+                # onto files (each one kept only when proved), then moved into place.
+                stage, walk_fd = found
+                self.processes = 0
+                self._resuming = True
             else:
                 # A whole restore into an empty folder fills a staging folder inside it
                 # and moves what it holds into place at the end: its files need no
@@ -188,9 +204,16 @@ class Restorer(FileWriter):
                 stage = self._tmp_name()
                 try:
                     os.mkdir(stage, 0o700, dir_fd=root_fd)
-                    walk_fd = os.open(stage, DIR_FLAGS, dir_fd=root_fd)
+                    fd = os.open(stage, DIR_FLAGS, dir_fd=root_fd)
                 except OSError as e:
                     raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
+                try:
+                    hold(fd, target)
+                except UsageError:
+                    os.close(fd)  # another restore took it as it was made: it is theirs
+                    stage = None
+                    raise
+                walk_fd = fd
                 self.staged = True
                 self._made(walk_fd)
                 # Into an empty folder nothing is in place to keep: every chunk queued
@@ -257,22 +280,6 @@ class Restorer(FileWriter):
                 os.close(folder.fd)
             self._open.clear()
 
-    def _empty(self, fd: int, target: Path) -> bool:
-        """Whether folder ``fd`` holds nothing, once what an interrupted restore left
-        there (a temporary name, a staging folder) is removed."""
-        names = [os.fsencode(n) for n in os.listdir(fd)]
-        if not all(n.startswith(b".lamina-restore-") for n in names):
-            return False
-        for name in names:
-            try:
-                self._remove(fd, name)
-            except OSError as e:
-                raise UsageError(
-                    f"cannot restore into {target}: {os.fsdecode(name)}, left by an "
-                    f"interrupted restore, cannot be removed: {e.strerror}"
-                ) from e
-        return True
-
     def _forget(self, folder: Folder, files: FolderFiles) -> None:
         """A worker process's job failed (or the worker died): its files may be partly
         written, under their names in the staging folder: removed."""
@@ -320,7 +327,9 @@ class Restorer(FileWriter):
             name = os.fsencode(existing)
             if name in names:
                 continue
-            if name.startswith(b".lamina-restore-"):  # left by an interrupted restore
+            # Left by an interrupted restore; or, in a staging folder being resumed,
+            # written there for another snapshot (nothing in it is the user's).
+            if name.startswith(PREFIX) or self._resuming:
                 self._remove(fd, name)
             elif self.delete_extra and everything:
                 self._remove(fd, name)
@@ -469,6 +478,8 @@ class Restorer(FileWriter):
             if existing is None:
                 os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
             sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
+            if self._resuming and existing is not None:
+                writable(sub)  # a folder the killed restore finished; its mode is set again
             child = Folder(sub, rel, e if everything or existing is None else None, folder)
             with self._lock:
                 folder.pending += 1

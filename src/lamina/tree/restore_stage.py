@@ -1,22 +1,99 @@
-"""A staged restore's end: what its staging folder holds moved into the target.
+"""A staged restore's staging folder: found again after a kill, held, and published.
 
 A whole restore into an empty folder (``lamina.tree.restore.Restorer``) fills a staging
 folder inside the target and, at its end (after an error or an interrupt too), moves
 each of its entries into place: one at a time, never over a name that appeared in the
-target meanwhile (that entry is reported and stays in the staging folder).
+target meanwhile (that entry is reported and stays in the staging folder). The restore
+holds its staging folder (``flock``) while it writes there: a second restore into the
+same target is refused. A restore killed outright (``kill -9``, power loss) leaves its
+staging folder behind; the next whole restore into that target resumes into it
+(``leftovers``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import stat
 import threading
 from collections.abc import Callable, Iterator
 
+from lamina.errors import UsageError
 from lamina.tree.restore_types import DIR_FLAGS
+
+#: How a restore names its temporary files and its staging folder.
+PREFIX = b".lamina-restore-"
+
+
+def hold(fd: int, where: object) -> None:
+    """Hold the staging folder ``fd`` for this restore until the descriptor is closed: a
+    second restore into the same target finds it held and is refused, rather than
+    writing into it or removing it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(f"another restore is writing into {where}") from None
+    except OSError:
+        pass  # a file system without locks (ENOLCK): not held, as before there were any
+
+
+def leftovers(
+    root_fd: int, where: object, remove: Callable[[int, bytes], None]
+) -> tuple[bytes, int] | bool:
+    """What folder ``root_fd`` holds before a whole restore. False: something besides
+    what interrupted restores left. Otherwise those leftovers are removed (``remove``)
+    but the staging folder a restore killed outright left, returned opened and held
+    (its name, its descriptor) to resume into; True when there is none. A staging
+    folder is resumed only as a restore makes it: a folder of this user's, mode 0700
+    (the newest, if several). Refused (``UsageError``) while another restore holds one."""
+    names = [os.fsencode(n) for n in os.listdir(root_fd)]
+    if not all(n.startswith(PREFIX) for n in names):
+        return False
+    stages: list[tuple[int, bytes, int]] = []  # (mtime, name, descriptor)
+    resume: tuple[int, bytes, int] | None = None
+    try:
+        for name in names:
+            try:
+                fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+            except OSError:
+                continue  # a file (a temporary name), a symlink, or gone
+            st = os.fstat(fd)
+            stages.append((st.st_mtime_ns, name, fd))
+            hold(fd, where)
+            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+                stages[-1] = (-1, name, fd)  # not one a restore of ours made: removed
+        stages.sort()
+        resume = stages.pop() if stages and stages[-1][0] >= 0 else None
+        for name in names:
+            if resume is None or name != resume[1]:
+                try:
+                    remove(root_fd, name)
+                except OSError as e:
+                    raise UsageError(
+                        f"cannot restore into {where}: {os.fsdecode(name)}, left by an "
+                        f"interrupted restore, cannot be removed: {e.strerror}"
+                    ) from e
+    except BaseException:
+        for _, _, fd in stages:
+            os.close(fd)
+        if resume is not None:
+            os.close(resume[2])
+        raise
+    for _, _, fd in stages:
+        os.close(fd)
+    return True if resume is None else (resume[1], resume[2])
+
+
+def writable(fd: int) -> None:
+    """Let this user write into folder ``fd``, one of theirs in a staging folder being
+    resumed: the killed restore may have finished it read-only (its mode is set again
+    once its files are written)."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and st.st_mode & 0o300 != 0o300:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o300)
 
 
 def publish(stage_fd: int, root_fd: int, stage: bytes, report: Callable[[str], None]) -> None:

@@ -1,0 +1,199 @@
+"""A whole restore killed outright (``kill -9``, power loss) resumes into the staging
+folder it left: what it finished is kept (proved by its content), what it was writing or
+had not reached is written, what is there for another snapshot is not published."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from lamina.errors import UsageError
+from lamina.store.repository import Store
+from lamina.tree.restore import restore_tree
+from lamina.tree.restore_writer import FileWriter
+
+from .procsources import dict_blobs, store_blobs
+from .test_restore_resume import NOBODY, small_tree, temp_files
+from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
+
+STAGE = ".lamina-restore-0123abcd00000001"
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return small_tree(tmp_path / "src")
+
+
+def killed_restore(store: Store, tid: bytes, tmp_path: Path, out: Path) -> Path:
+    """``out`` as a whole restore killed outright leaves it: only its staging folder
+    (0700), holding the tree's entries but ``b/f2`` (not reached), ``big`` cut short under
+    its name (being written) and ``stale`` (written for another snapshot)."""
+    done = tmp_path / "done"
+    restore_tree(store, tid, done, chunking=store.keys.chunking)
+    stage = out / STAGE
+    stage.mkdir(parents=True, mode=0o700)
+    for name in os.listdir(done):
+        os.rename(done / name, stage / name)
+    os.unlink(stage / "b" / "f2")
+    os.truncate(stage / "big", 2 * MIB)
+    write(stage / "stale", b"another snapshot's file")
+    return stage
+
+
+def inodes(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.lstat().st_ino
+        for p in root.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def test_a_restore_killed_outright_resumes_into_its_staging_folder(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    before = inodes(stage)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == [] and st.removed == 0
+    assert_same_tree(src, out)
+    assert temp_files(out) == [] and not (out / "stale").exists()
+    # the eleven files it finished are kept as they were (the hard link is made again)
+    assert st.skipped == 11
+    assert st.bytes == (src / "big").stat().st_size + (src / "b" / "f2").stat().st_size
+    after = inodes(out)
+    kept = [p for p in before if p not in ("big", "stale", "b/c/link-to-a-f0")]
+    assert len(kept) == 11 and all(after[p] == before[p] for p in kept)
+
+
+def test_without_the_chunking_secret_a_resumed_restore_writes_every_file_again(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    killed_restore(store, tid, tmp_path, out)
+    st = restore_tree(store, tid, out)
+    assert st.errors == [] and st.skipped == 0
+    assert_same_tree(src, out)
+    assert temp_files(out) == [] and not (out / "stale").exists()
+
+
+def test_a_staging_folder_not_made_by_a_restore_of_ours_is_removed_not_resumed(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A leftover that is not a folder of this user's of mode 0700 (as a restore makes
+    it) may be anyone's: removed, and the restore starts afresh."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    before = inodes(stage)
+    os.chmod(stage, 0o755)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == [] and st.skipped == 0
+    assert_same_tree(src, out)
+    assert temp_files(out) == [] and not (out / "stale").exists()
+    assert inodes(out)["a/f0"] != before["a/f0"]
+
+
+def test_a_staging_folder_another_restore_holds_is_left_alone(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    before = inodes(stage)
+    held = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the restore writing there holds it
+        with pytest.raises(UsageError, match="another restore is writing into"):
+            restore_tree(store, tid, out, chunking=store.keys.chunking)
+        assert os.listdir(out) == [STAGE] and inodes(stage) == before
+    finally:
+        os.close(held)
+    assert restore_tree(store, tid, out, chunking=store.keys.chunking).skipped == 11
+    assert_same_tree(src, out)
+
+
+def test_a_new_staging_folder_is_held_while_the_restore_writes(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    tried: list[bool] = []
+    real = FileWriter._write
+
+    def _write(self: FileWriter, e, target, existing) -> None:  # type: ignore[no-untyped-def]
+        if not tried:  # while the restore writes: its staging folder cannot be taken
+            (stage,) = temp_files(out)
+            fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tried.append(True)
+            except BlockingIOError:
+                tried.append(False)
+            finally:
+                os.close(fd)
+        real(self, e, target, existing)
+
+    monkeypatch.setattr(FileWriter, "_write", _write)
+    restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
+    assert tried == [False]
+    assert_same_tree(src, out)
+
+
+def test_a_read_only_folder_the_killed_restore_finished_takes_the_rest_of_its_files(
+    store: Store, tmp_path: Path
+) -> None:
+    """Not as root, a folder the killed restore finished (its mode set: read-only) must
+    still take the files it had not written. (As root: as nobody, in a child process.)"""
+    src = tmp_path / "src"
+    write(src / "ro" / "inside", b"x" * 1000, MTIME)
+    write(src / "ro" / "second", b"z" * 1000, MTIME)
+    write(src / "top", b"y" * 10, MTIME)
+    os.chmod(src / "ro", 0o555)
+    os.utime(src / "ro", ns=(MTIME + 7, MTIME + 7))
+    tid, _ = scan_tree(store, src)
+    blobs = store_blobs(store)
+    key = store.keys.chunking.id_key
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    out = base / "out"
+    stage = out / STAGE
+    try:
+        stage.mkdir(parents=True, mode=0o700)
+        write(stage / "ro" / "inside", b"x" * 1000, MTIME)
+        os.chmod(stage / "ro", 0o555)
+        if os.geteuid() == 0:
+            for p in (base, out, stage, stage / "ro", stage / "ro" / "inside"):
+                os.chown(p, NOBODY, NOBODY)
+            pid = os.fork()
+            if pid == 0:  # the child: nobody
+                code = 1
+                try:
+                    os.setgroups([])
+                    os.setgid(NOBODY)
+                    os.setuid(NOBODY)
+                    st = restore_tree(dict_blobs(blobs, key), tid, out)
+                    code = 0 if st.errors == [] else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        else:
+            assert restore_tree(dict_blobs(blobs, key), tid, out).errors == []
+        assert sorted(os.listdir(out)) == ["ro", "top"]
+        ro = os.stat(out / "ro")
+        assert stat.S_IMODE(ro.st_mode) == 0o555 and ro.st_mtime_ns == MTIME + 7
+        assert (out / "ro" / "second").read_bytes() == b"z" * 1000
+    finally:
+        for p in (out / "ro", stage / "ro"):
+            if os.geteuid() != 0 and p.exists():
+                os.chmod(p, 0o755)
+        shutil.rmtree(base)
