@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamina.agent import staging
+from lamina.agent.staging import stage as staging_stage  # (the package loads it lazily)
 from lamina.agent.sync import protected_area
 from lamina.errors import ConflictError, IntegrityError
 from lamina.layers.rules import builtin
@@ -219,7 +220,7 @@ def test_enospc_while_staging_fails_and_removes_the_half_staged_transaction(
         (root / f"usr/lib/libimportant{i}.so").write_bytes(os.urandom(200_000))
     (root / "filler").write_bytes(os.urandom(800_000))
     before = files(root)
-    monkeypatch.setattr(staging.stage, "_check_space", lambda base, needed: None)
+    monkeypatch.setattr(staging_stage, "_check_space", lambda base, needed: None)
     with pytest.raises(ConflictError, match="staging failed, nothing was changed"):
         stage(store, tree, root, state, PolicySettings())
     assert staging.pending(state, root) == []

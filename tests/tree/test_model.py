@@ -14,9 +14,11 @@ from lamina.tree.model import (
     TREE_VERSION,
     TYPES,
     Entry,
+    _decode_checked,
     _file_entry,
     decode_entry,
     decode_tree,
+    decode_typed,
     encode_tree,
     references,
 )
@@ -93,6 +95,67 @@ def test_encoding_is_deterministic_and_sorted_bytewise() -> None:
     e1 = Entry(b"x", "file", xattrs=[(b"user.b", b"2"), (b"user.a", b"1")], content=[])
     e2 = Entry(b"x", "file", xattrs=[(b"user.a", b"1"), (b"user.b", b"2")], content=[])
     assert encode_tree([e1]) == encode_tree([e2])
+
+
+def test_trees_of_every_kind_of_entry_take_the_typed_decoder() -> None:
+    """Every kind of entry the scanner makes is decoded by the typed structs (the fast
+    path), to the entries the general checks make."""
+    data = encode_tree(good_entries())
+    typed = decode_typed(data)
+    assert typed is not None and typed == _decode_checked(data)
+    assert typed == sorted(good_entries(), key=lambda e: e.name)
+
+
+def _typed_is_the_checks(data: bytes) -> None:
+    """What the typed decoder takes, the general checks take, making the same entries."""
+    typed = decode_typed(data)
+    if typed is not None:
+        assert typed == _decode_checked(data)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"user": None},
+        {"hardlink": None},
+        {"xattrs": None},
+        {"type": "dir", "content": "not a list", "subtree": SUB},
+        {"type": "fifo", "target": 5},
+        {"type": "dir", "subtree": None},
+        {"type": "symlink", "target": None},
+        {"type": "chardev", "rdev": -1},
+        {"mode": True},
+        {"name": b".."},
+        {"zz": 1},  # (an unknown key: ignored by the checks, once read as UTF-8)
+    ],
+)
+def test_the_typed_decoder_leaves_what_it_does_not_take_to_the_general_checks(
+    over: dict[str, Any],
+) -> None:
+    """An entry outside the typed structs (a present ``None``, a field of another type
+    where the checks ignore it, a refusal) goes to the general checks, which accept or
+    refuse it as before."""
+    data = raw([one(**over)])
+    assert decode_typed(data) is None
+    _typed_is_the_checks(data)
+
+
+@PARSER_SETTINGS
+@given(st.data())
+def test_the_typed_decoder_makes_what_the_checks_make_of_mutated_trees(
+    data: st.DataObject,
+) -> None:
+    _typed_is_the_checks(data.draw(mutations(encode_tree(good_entries()))))
+
+
+@PARSER_SETTINGS
+@given(
+    st.fixed_dictionaries(
+        {k: st.one_of(st.just(v), msgpack_values()) for k, v in one(content=[CID, 3]).items()}
+    )
+)
+def test_the_typed_decoder_makes_what_the_checks_make_of_odd_entries(d: dict[str, Any]) -> None:
+    _typed_is_the_checks(raw([d]))
 
 
 def test_references_lists_subtrees_and_chunks_not_holes() -> None:
@@ -270,6 +333,7 @@ _ENTRY_KEYS = [
 
 
 def _decodes_or_refuses(data: bytes) -> None:
+    _typed_is_the_checks(data)
     try:
         entries = decode_tree(data)
     except LaminaError:

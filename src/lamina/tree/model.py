@@ -25,14 +25,16 @@ one object and a diff can skip them by comparing ids.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
-from lamina.errors import IntegrityError
+from lamina.errors import IntegrityError, LaminaError
 from lamina.tree.names import check_name
 
 TREE_VERSION = 1
@@ -288,7 +290,23 @@ def _content(name: bytes, content: object) -> list[bytes | int]:
 
 
 def decode_tree(data: bytes) -> list[Entry]:
-    """Parse and validate a tree object; hostile input raises IntegrityError."""
+    """Parse and validate a tree object; hostile input raises IntegrityError.
+
+    A tree is first decoded into typed structs, checked in C (``decode_typed``: msgspec,
+    2-3 times faster), which takes only what the general checks accept and makes the
+    same entries of it; anything else it leaves to them (``_decode_checked``), which
+    accept or refuse it as they always did."""
+    entries = decode_typed(data)
+    if entries is None:
+        entries = _decode_checked(data)
+    for a, b in itertools.pairwise(entries):
+        if a.name >= b.name:
+            raise IntegrityError(f"tree entries not sorted or not unique at {b.name!r}")
+    return entries
+
+
+def _decode_checked(data: bytes) -> list[Entry]:
+    """A tree's entries by the general checks (their order is checked by the caller)."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.UnpackException) as e:  # TypeError: a list as a map key
@@ -299,11 +317,105 @@ def decode_tree(data: bytes) -> list[Entry]:
     raw = doc.get("entries")
     if not isinstance(raw, list):
         raise IntegrityError("tree object has no entry list")
-    entries = [decode_entry(d) for d in raw]
-    for a, b in itertools.pairwise(entries):
-        if a.name >= b.name:
-            raise IntegrityError(f"tree entries not sorted or not unique at {b.name!r}")
-    return entries
+    return [decode_entry(d) for d in raw]
+
+
+class _Irregular(Exception):
+    """What ``decode_typed`` leaves to the general checks."""
+
+
+@functools.cache
+def _typed_decoder() -> Callable[[bytes], Any]:
+    """msgspec's decoder of a tree into typed structs, made at its first use (importing
+    msgspec costs ~35 ms, which commands that read no tree need not pay). Each type is
+    as narrow as the general checks or narrower; an optional field is either absent or
+    of its type (``UNSET``: a present ``None`` is left to the general checks); a key
+    that is not a field is left to them too (they read it: its UTF-8 is checked)."""
+    from typing import Annotated, Literal
+
+    import msgspec
+    from msgspec import UNSET, Meta, UnsetType
+
+    uint32 = Annotated[int, Meta(ge=0, le=MAX_ID - 1)]
+    chunk = Annotated[bytes, Meta(min_length=ID_SIZE, max_length=ID_SIZE)]
+    hole = Annotated[int, Meta(gt=0, le=MAX_SIZE - 1)]
+
+    # (``defstruct``: this module's annotations are strings, and these types are local)
+    typed_entry = msgspec.defstruct(
+        "TypedEntry",
+        [
+            ("name", bytes),
+            ("type", Literal["file", "dir", "symlink", "chardev", "blockdev", "fifo", "socket"]),
+            ("mode", int),
+            ("uid", uint32),
+            ("gid", uint32),
+            ("mtime", int),
+            ("user", str, ""),
+            ("group", str, ""),
+            ("size", Annotated[int, Meta(ge=0, le=MAX_SIZE - 1)], 0),
+            ("xattrs", list[tuple[bytes, bytes]] | UnsetType, UNSET),
+            ("target", bytes | UnsetType, UNSET),
+            ("rdev", int | UnsetType, UNSET),
+            ("hardlink", Annotated[bytes, Meta(min_length=16, max_length=16)] | UnsetType, UNSET),
+            ("content", list[chunk | hole] | UnsetType, UNSET),
+            ("subtree", chunk | UnsetType, UNSET),
+        ],
+        forbid_unknown_fields=True,  # skipped unread, a key's bytes would escape the checks
+    )
+    entry_list: Any = list[typed_entry]  # type: ignore[valid-type]  # (a type made at run time)
+    typed_tree = msgspec.defstruct(
+        "TypedTree", [("v", Literal[1]), ("entries", entry_list)], forbid_unknown_fields=True
+    )
+
+    assert TREE_VERSION == 1  # the struct above is version 1's
+    decode: Callable[[bytes], Any] = msgspec.msgpack.Decoder(typed_tree).decode
+
+    def entries(data: bytes) -> list[Entry]:
+        out = []
+        for t in decode(data).entries:
+            name, typ = t.name, t.type
+            check_name(name)
+            content: list[bytes | int] | None = None
+            target: bytes | None = None
+            rdev: int | None = None
+            subtree: bytes | None = None
+            if typ == "file":
+                content = t.content if isinstance(t.content, list) else []
+            elif typ == "dir":
+                if not isinstance(t.subtree, bytes):
+                    raise _Irregular
+                subtree = t.subtree
+            elif typ == "symlink":
+                if not isinstance(t.target, bytes) or not t.target or b"\0" in t.target:
+                    raise _Irregular
+                target = t.target
+            elif typ in ("chardev", "blockdev"):
+                if not isinstance(t.rdev, int) or not 0 <= t.rdev < MAX_DEV:
+                    raise _Irregular
+                rdev = t.rdev
+            xattrs = t.xattrs if isinstance(t.xattrs, list) else []
+            hardlink = t.hardlink if isinstance(t.hardlink, bytes) else None
+            e = Entry(
+                name, typ, t.mode & 0o7777, t.uid, t.gid, t.user, t.group, t.mtime, t.size,
+                xattrs, target, rdev, hardlink, content, subtree,
+            )  # fmt: skip
+            out.append(e)
+        return out
+
+    def guarded(data: bytes) -> Any:
+        try:
+            return entries(data)
+        except (msgspec.MsgspecError, _Irregular, LaminaError):
+            return None  # the general checks decide, and word the refusal
+
+    return guarded
+
+
+def decode_typed(data: bytes) -> list[Entry] | None:
+    """A tree's entries as ``_decode_checked`` makes them, decoded into typed structs;
+    None: anything those structs do not take (left to the general checks)."""
+    result: list[Entry] | None = _typed_decoder()(data)
+    return result
 
 
 def references(data: bytes) -> tuple[list[bytes], list[bytes]]:
