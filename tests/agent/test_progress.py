@@ -97,10 +97,10 @@ def test_a_failed_sync_stops_its_count_and_reports_nothing_after(
     (root / "file.bin").write_bytes(b"x" * 1000)
     counting = threading.Event()
 
-    def estimate(root: Path, exclude: Any, prune: Any) -> tuple[int, int]:
+    def estimate(root: Path, exclude: Any, prune: Any, folder: Any) -> tuple[int, int]:
         counting.set()
-        while True:  # a walk that goes on until the sync stops it
-            exclude(b"file.bin", False)
+        while True:  # a walk that goes on until the sync stops it (at its next folder)
+            folder(b"")
             time.sleep(0.01)
 
     class Failing(sync_mod.Scanner):

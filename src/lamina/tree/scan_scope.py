@@ -17,29 +17,52 @@ PruneFn = Callable[[bytes], bool]
 FolderExcludeFn = Callable[[bytes], tuple[bool | None, bool | None]]
 
 
-def estimate(root: Path, exclude: ExcludeFn, prune: PruneFn) -> tuple[int, int]:
-    """Files and bytes a scan will cover (a walk of metadata only), for progress percentages."""
+def _per_path(rel: bytes) -> tuple[bool | None, bool | None]:
+    return None, None
+
+
+def estimate(
+    root: Path, exclude: ExcludeFn, prune: PruneFn, folder: FolderExcludeFn = _per_path
+) -> tuple[int, int]:
+    """Files and bytes a scan will cover (a walk of metadata only), for progress percentages.
+
+    ``folder`` answers for a whole folder's files and sub-folders, as the scanner asks it:
+    ``exclude`` is called only for a path it leaves undecided (a folder's walk costs one
+    call, not one per entry), and a file's size is read from its folder's descriptor (one
+    name looked up, not the whole path again)."""
     files = size = 0
     todo = [(os.fsencode(root), b"")]
     while todo:
         path, rel = todo.pop()
+        file_answer, dir_answer = folder(rel)
         try:
-            with os.scandir(path) as it:
-                entries = list(it)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
-        for de in entries:
-            child_rel = rel + b"/" + de.name if rel else de.name
-            try:
-                is_dir = de.is_dir(follow_symlinks=False)
-                if exclude(child_rel, is_dir):
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+            for de in entries:
+                try:
+                    if de.is_dir(follow_symlinks=False):
+                        child = os.fsencode(de.name)
+                        child_rel = rel + b"/" + child if rel else child
+                        out = dir_answer if dir_answer is not None else exclude(child_rel, True)
+                        if not out and not prune(child_rel):
+                            todo.append((path + b"/" + child, child_rel))
+                    elif de.is_file(follow_symlinks=False):
+                        if file_answer is None:
+                            child = os.fsencode(de.name)
+                            if exclude(rel + b"/" + child if rel else child, False):
+                                continue
+                        elif file_answer:
+                            continue
+                        files += 1
+                        size += os.lstat(de.name, dir_fd=fd).st_size
+                except OSError:
                     continue
-                if is_dir:
-                    if not prune(child_rel):
-                        todo.append((de.path, child_rel))
-                elif de.is_file(follow_symlinks=False):
-                    files += 1
-                    size += de.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
     return files, size
