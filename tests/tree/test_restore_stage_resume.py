@@ -15,7 +15,9 @@ import pytest
 
 from lamina.errors import UsageError
 from lamina.store.repository import Store
-from lamina.tree.restore import restore_tree
+from lamina.tree import restore_writer
+from lamina.tree.restore import Restorer, restore_tree
+from lamina.tree.restore_stage import check_new
 from lamina.tree.restore_writer import FileWriter
 
 from .procsources import dict_blobs, store_blobs
@@ -170,9 +172,12 @@ def test_a_read_only_folder_the_killed_restore_finished_takes_the_rest_of_its_fi
         stage.mkdir(parents=True, mode=0o700)
         write(stage / "ro" / "inside", b"x" * 1000, MTIME)
         os.chmod(stage / "ro", 0o555)
+        # another snapshot's read-only folder: removed, read-only as it is
+        write(stage / "old" / "ro2" / "f", b"old", MTIME)
+        os.chmod(stage / "old" / "ro2", 0o555)
         if os.geteuid() == 0:
-            for p in (base, out, stage, stage / "ro", stage / "ro" / "inside"):
-                os.chown(p, NOBODY, NOBODY)
+            for p in (base, out, stage, *stage.rglob("*")):
+                os.chown(p, NOBODY, NOBODY, follow_symlinks=False)
             pid = os.fork()
             if pid == 0:  # the child: nobody
                 code = 1
@@ -193,7 +198,171 @@ def test_a_read_only_folder_the_killed_restore_finished_takes_the_rest_of_its_fi
         assert stat.S_IMODE(ro.st_mode) == 0o555 and ro.st_mtime_ns == MTIME + 7
         assert (out / "ro" / "second").read_bytes() == b"z" * 1000
     finally:
-        for p in (out / "ro", stage / "ro"):
+        for p in (out / "ro", stage / "ro", stage / "old" / "ro2"):
             if os.geteuid() != 0 and p.exists():
                 os.chmod(p, 0o755)
         shutil.rmtree(base)
+
+
+class Interrupted(Exception):
+    """A Ctrl-C, or a fatal error, in the middle of the resumed restore."""
+
+
+def test_a_resume_stopped_early_publishes_only_what_it_proved(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resumed restore stops at its first file: nothing it did not prove reaches the
+    target, neither the file the kill cut short nor another snapshot's in a folder it
+    never reached; the next restore finishes the tree."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    write(stage / "b" / "c" / "stale", b"another snapshot's, deeper")
+
+    def _file(self, e, target, existing) -> None:  # type: ignore[no-untyped-def]
+        raise Interrupted
+
+    with monkeypatch.context() as m:
+        m.setattr(Restorer, "_file", _file)
+        with pytest.raises(Interrupted):
+            restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
+    assert temp_files(out) == []
+    for p in out.rglob("*"):  # only whole files of the tree, if any
+        if p.is_file():
+            assert p.read_bytes() == (src / p.relative_to(out)).read_bytes(), p
+    assert not (out / "big").exists() and not (out / "b" / "c" / "stale").exists()
+    assert restore_tree(store, tid, out, chunking=store.keys.chunking).errors == []
+    assert_same_tree(src, out)
+
+
+def test_a_staging_folder_in_a_setgid_folder_is_resumed(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, 0o2755)  # a shared group folder: folders made in it are setgid
+    stage = killed_restore(store, tid, tmp_path, out)
+    os.chmod(stage, 0o2700)  # as mkdir(0700) makes it there
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == [] and st.skipped == 11
+    assert_same_tree(src, out)
+    assert temp_files(out) == [] and not (out / "stale").exists()
+
+
+def test_another_users_folder_held_under_a_staging_name_keeps_no_restore_out(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A folder that is not a staging folder of this user's (here mode 0755) is removed
+    without being held: whoever holds it cannot keep the restore out."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    planted = out / ".lamina-restore-mallory"
+    planted.mkdir(parents=True, mode=0o755)
+    os.chmod(planted, 0o755)
+    held = os.open(planted, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert restore_tree(store, tid, out, chunking=store.keys.chunking).errors == []
+    finally:
+        os.close(held)
+    assert_same_tree(src, out)
+    assert temp_files(out) == []
+
+
+def test_a_restore_onto_files_leaves_a_held_staging_folder_alone(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A restore onto what the target holds (not a whole restore into an empty folder)
+    refuses, rather than removing the staging folder a running restore holds there."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    write(out / "users-file", b"mine")
+    before = inodes(stage)
+    held = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UsageError, match="another restore is writing into"):
+            restore_tree(store, tid, out, chunking=store.keys.chunking)
+        assert inodes(stage) == before
+    finally:
+        os.close(held)
+
+
+def test_a_resume_without_special_files_publishes_none_the_killed_restore_made(
+    store: Store, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    write(src / "file", b"data" * 100, MTIME)
+    os.mkfifo(src / "pipe")
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = out / STAGE
+    stage.mkdir(parents=True, mode=0o700)
+    os.mkfifo(stage / "pipe")  # made by a killed restore that made special files
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking, special_files=False)
+    assert st.errors == [] and st.specials_skipped == 1
+    assert sorted(os.listdir(out)) == ["file"]
+
+
+def test_a_file_sharing_its_inode_with_another_name_is_written_again(
+    store: Store, tmp_path: Path
+) -> None:
+    """In place, two names of one inode whose tree entries are two files (same content,
+    other modes) are not both kept: the metadata of one would be the other's."""
+    src = tmp_path / "src"
+    write(src / "x", b"same" * 100, MTIME)
+    write(src / "y", b"same" * 100, MTIME)
+    os.chmod(src / "x", 0o600)
+    os.chmod(src / "y", 0o644)
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    write(out / "x", b"same" * 100, MTIME)
+    os.link(out / "x", out / "y")
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == []
+    assert os.stat(out / "x").st_ino != os.stat(out / "y").st_ino
+    assert_same_tree(src, out)
+
+
+def test_a_failed_file_never_removes_a_file_put_under_its_name_since(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose writing fails is removed only if its name is still that file: a
+    worker of a killed restore, failing late, must not remove the file a resumed restore
+    has put there meanwhile (here: a file renamed over it before the failure)."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    real = restore_writer.write_content
+
+    def write_content(out_fd, e, get_many) -> None:  # type: ignore[no-untyped-def]
+        if e.name != b"big":
+            return real(out_fd, e, get_many)
+        (stage,) = temp_files(out)
+        write(stage / "theirs", b"the resumed restore's big")
+        os.rename(stage / "theirs", stage / "big")
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(restore_writer, "write_content", write_content)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
+    assert [e for e in st.errors if e.startswith("big")]
+    assert (out / "big").read_bytes() == b"the resumed restore's big"
+
+
+@pytest.mark.parametrize("how", ["mode", "content"])
+def test_a_new_staging_folder_that_is_not_the_restores_own_is_refused(
+    tmp_path: Path, how: str
+) -> None:
+    made = tmp_path / ".lamina-restore-x"
+    made.mkdir(mode=0o700)
+    if how == "mode":
+        os.chmod(made, 0o755)
+    else:
+        (made / "planted").write_bytes(b"")
+    fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(UsageError, match="staging folder was replaced"):
+            check_new(fd, tmp_path)
+    finally:
+        os.close(fd)

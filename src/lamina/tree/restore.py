@@ -1,36 +1,27 @@
 """Write a tree back to a folder: exact, resumable, and never outside the target.
 
-Every operation goes through a file descriptor of the directory being filled
-(``dir_fd``) and never follows a symlink (``O_NOFOLLOW``, ``follow_symlinks=False``):
-a symlink in the tree, or one an attacker plants in the target, is created or
-replaced, never traversed. Names are validated when the tree is decoded (no
-``..``, ``/`` or NUL). A file appears under its name only once complete: it is
-written to a temporary name and renamed, or, in a whole restore into an empty
-folder, the restore fills a staging folder (a temporary name for all of it, held
-and resumed after a kill: ``lamina.tree.restore_stage``) and moves what it holds into
-place at its end. Content comes first, then metadata (``restore_meta``).
+Every operation goes through a descriptor of the folder being filled (``dir_fd``) and
+never follows a symlink: a symlink in the tree, or one planted in the target, is made or
+replaced, never traversed. Names are checked when the tree is decoded. A file appears
+under its name only once complete: written to a temporary name and renamed, or, in a
+whole restore into an empty folder, into a staging folder (held, and resumed after a
+kill: ``restore_stage``, ``restore_resume``) whose entries move into place at the end.
 
-Restore verifies: a regular file already in place is kept only when its content
-is proved to be the tree's (re-chunked with the chunking secret, same chunk
-ids); size and mtime alone prove nothing. Without the secret every file is
-rewritten. Metadata is always reapplied. A resumed restore skips what it wrote
-itself, because that content re-chunks to the tree's ids.
+A file in place is kept only when its content is proved to be the tree's (re-chunked
+with the chunking secret: the same chunk ids; size and mtime prove nothing); without
+the secret every file is rewritten. Metadata is always reapplied.
 
-Files are written by a small pool of threads (``workers``): the walk, folder
-creation, symlinks, nodes and hard links stay on the calling thread, which hands
-a folder's regular files to the pool a few per job (``JOB_FILES``, ``JOB_BYTES``).
-A folder's own metadata (mode, owner, times) is set once, when the last file or
-sub-folder inside it (and each hard link made into it) is done, and its descriptor
-is closed then: the descriptor discipline holds for every write. Decryption, decompression and hashing release
-the GIL, so the pool overlaps them with the file system calls. A fatal error (a
-blob that fails verification, a missing pack) stops new writes, lets the ones in
-flight finish or remove what they were writing, and is raised once the pool is
-idle. A whole restore of a large tree into an empty folder can hand the files to
-worker processes instead (``processes``, ``opener``: ``lamina.tree.restore_procs``).
+Files are written by a pool of threads (``workers``), a folder's files a few per job
+(``JOB_FILES``, ``JOB_BYTES``); the walk, folders, symlinks, nodes and hard links stay
+on the calling thread. A folder's metadata is set, and its descriptor closed, once the
+last thing inside it is done. A fatal error (a blob failing verification, a missing
+pack) stops new writes, lets those in flight finish or remove their file, and is raised
+once the pool is idle. A whole restore of a large tree into an empty folder can write
+in worker processes instead (``processes``, ``opener``: ``restore_procs``).
 
-Restores outside the endpoint (``--output``) pass ``special_files=False`` (no
-device nodes or FIFOs, setuid/setgid bits dropped) and ``same_owner=False``
-(no chown), as tar does for a non-root extract.
+Restores outside the endpoint (``--output``) pass ``special_files=False`` (no device
+nodes or FIFOs, no setuid/setgid) and ``same_owner=False`` (no chown), as tar does for
+a non-root extract.
 """
 
 from __future__ import annotations
@@ -64,13 +55,15 @@ from lamina.tree.restore_procs import (
     parent_setup,
     start,
 )
+from lamina.tree.restore_resume import ResumingWriter
 from lamina.tree.restore_stage import (
     PREFIX,
+    check_new,
     hold,
     leftovers,
     publish,
+    refuse_if_held,
     stops_as_interrupts,
-    writable,
 )
 from lamina.tree.restore_types import (
     DIR_FLAGS,
@@ -83,7 +76,6 @@ from lamina.tree.restore_types import (
     Target,
     open_below,
 )
-from lamina.tree.restore_writer import FileWriter
 from lamina.tree.sources import in_batches, stop_reading_ahead
 
 #: Threads writing files. File creation waits on the file system and the blob work
@@ -101,7 +93,7 @@ DEFERRED_LINKS = 128
 DEFERRED_FOLDERS = 256
 
 
-class Restorer(FileWriter):
+class Restorer(ResumingWriter):
     def __init__(
         self,
         store: BlobSource,
@@ -160,8 +152,7 @@ class Restorer(FileWriter):
         self._opener = opener
         #: the jobs of the worker processes writing files, in a restore that uses them
         self._procs: ProcessJobs[Folder] | None = None
-        #: resuming into a staging folder a killed restore left (``_into``)
-        self._resuming = False
+        self._target: object = None
 
     # --- public --------------------------------------------------------------
     def restore(self, tree_id: bytes, target: Path) -> RestoreStats:
@@ -172,6 +163,7 @@ class Restorer(FileWriter):
         if missing:
             raise UsageError(f"not in the snapshot: {', '.join(missing)}")
         target.mkdir(parents=True, exist_ok=True)
+        self._target = target
         try:
             root_fd = os.open(target, DIR_FLAGS)
         except OSError as e:
@@ -187,20 +179,20 @@ class Restorer(FileWriter):
     def _into(self, tree_id: bytes, target: Path, root_fd: int) -> None:
         stage: bytes | None = None
         walk_fd = root_fd
+        walked = False
         try:
             found = False if self.selected else leftovers(root_fd, target, self._remove)
             if found is False:
                 self.processes = 0  # worker processes only for a whole restore into an empty folder
             elif found is not True:
-                # A staging folder a restore killed outright left: resumed, as a restore
-                # onto files (each one kept only when proved), then moved into place.
+                # A staging folder a killed restore left: resumed onto its files.
                 stage, walk_fd = found
                 self.processes = 0
-                self._resuming = True
+                self._proved = set()
+                self._walked_into(walk_fd)
             else:
-                # A whole restore into an empty folder fills a staging folder inside it
-                # and moves what it holds into place at the end: its files need no
-                # temporary names (``staged``), and the target shows nothing meanwhile.
+                # Into an empty folder: a staging folder, moved into place at the end
+                # (files need no temporary names; the target shows nothing meanwhile).
                 stage = self._tmp_name()
                 try:
                     os.mkdir(stage, 0o700, dir_fd=root_fd)
@@ -208,9 +200,10 @@ class Restorer(FileWriter):
                 except OSError as e:
                     raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
                 try:
+                    check_new(fd, target)  # not a folder put under its name meanwhile
                     hold(fd, target)
                 except UsageError:
-                    os.close(fd)  # another restore took it as it was made: it is theirs
+                    os.close(fd)  # not ours, or another restore took it: theirs to remove
                     stage = None
                     raise
                 walk_fd = fd
@@ -223,16 +216,19 @@ class Restorer(FileWriter):
                 self._ahead = ReadAhead(self.store, tree_id, chunks=not self.processes)
             with stops_as_interrupts() if stage is not None else contextlib.nullcontext():
                 self._walk(tree_id, target, stage, walk_fd)
+            walked = True
         finally:
             self._deferred.clear()  # after an error: those links are not made
             if self._ahead is not None:
                 stop_reading_ahead(self.store)
             if stage is not None and walk_fd != root_fd:
-                # After an error or an interrupt too: a file job that fails removes its
-                # file (``_forget`` for a worker process's), so what is left is whole.
+                # After an error or an interrupt too: a failed file job removes its file
+                # (``_forget``: a worker process's); a resume publishes only what it proved.
                 self._fresh.discard(walk_fd)
                 self._plain_group.discard(walk_fd)
-                publish(walk_fd, root_fd, stage, self._report)
+                clean = walked and self._fatal is None and not self.stats.errors
+                if self._proved is None or clean or self._pruned(walk_fd, stage):
+                    publish(walk_fd, root_fd, stage, self._report)
                 os.close(walk_fd)
             elif stage is not None:
                 with contextlib.suppress(OSError):
@@ -301,8 +297,7 @@ class Restorer(FileWriter):
         entries = self._ahead.take(tree_id) if self._ahead is not None else None
         if entries is None:
             entries = decode_tree(self.store.get(tree_id))
-            # One lookup for the folder: its files' chunks and its sub-folders' trees
-            # (a tree read ahead had them queued then).
+            # One lookup for the folder's chunks and sub-folders' trees (as read-ahead).
             chunks = [] if self._procs is not None else [c for e in entries for c in e.chunk_ids()]
             self.store.prefetch(chunks + [e.subtree for e in entries if e.subtree is not None])
         # A new file inherits ACLs only from its folder's default ACL: without one,
@@ -327,9 +322,11 @@ class Restorer(FileWriter):
             name = os.fsencode(existing)
             if name in names:
                 continue
-            # Left by an interrupted restore; or, in a staging folder being resumed,
-            # written there for another snapshot (nothing in it is the user's).
-            if name.startswith(PREFIX) or self._resuming:
+            # Left by an interrupted restore (never the one a running restore holds);
+            # or, in a staging folder being resumed, another snapshot's.
+            if name.startswith(PREFIX) or self._proved is not None:
+                if not rel:
+                    refuse_if_held(fd, name, self._target)
                 self._remove(fd, name)
             elif self.delete_extra and everything:
                 self._remove(fd, name)
@@ -478,17 +475,16 @@ class Restorer(FileWriter):
             if existing is None:
                 os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
             sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
-            if self._resuming and existing is not None:
-                writable(sub)  # a folder the killed restore finished; its mode is set again
+            if self._proved is not None:
+                self._walked_into(sub)
             child = Folder(sub, rel, e if everything or existing is None else None, folder)
             with self._lock:
                 folder.pending += 1
                 self._open.add(child)
             if existing is None:
-                # Empty when made (mode 0700, this process only): its entries need no
-                # stat or listing first. Anything planted later still makes mkdir,
-                # symlink or mknod fail, and files are renamed over (or created with
-                # ``O_EXCL``), never written through.
+                # Empty when made (0700, ours): its entries need no stat or listing. What
+                # is planted later makes mkdir, symlink or mknod fail; files are renamed
+                # over (or made ``O_EXCL``), never written through.
                 self._made(sub)
             try:
                 assert e.subtree is not None
@@ -531,9 +527,12 @@ class Restorer(FileWriter):
                 self._remove(fd, e.name)
             os.symlink(e.target, e.name, dir_fd=fd)
             self.meta.on_symlink(fd, e)
+            self._prove(fd, e.name)
             self.stats.others += 1
         elif e.type in ("fifo", "chardev", "blockdev"):
             if not self.special_files:
+                if existing is not None and self._proved is not None:
+                    self._remove(fd, e.name)  # made by a killed restore that made them
                 self.stats.specials_skipped += 1
                 return
             self._node(e, fd, existing)
@@ -591,6 +590,7 @@ class Restorer(FileWriter):
                 self._remove(fd, e.name)
 
         self.meta.make_node(e, fd, self._tmp_name(), replace_dir)
+        self._prove(fd, e.name)
 
 
 def restore_tree(

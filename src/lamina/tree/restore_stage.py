@@ -28,16 +28,38 @@ from lamina.tree.restore_types import DIR_FLAGS
 PREFIX = b".lamina-restore-"
 
 
-def hold(fd: int, where: object) -> None:
+def hold(fd: int, where: object) -> bool:
     """Hold the staging folder ``fd`` for this restore until the descriptor is closed: a
     second restore into the same target finds it held and is refused, rather than
-    writing into it or removing it."""
+    writing into it or removing it. False: this file system has no such locks (ENOLCK;
+    on NFS, EBADF for a folder), so nothing is held."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise UsageError(f"another restore is writing into {where}") from None
     except OSError:
-        pass  # a file system without locks (ENOLCK): not held, as before there were any
+        return False
+    return True
+
+
+def is_ours(st: os.stat_result) -> bool:
+    """A folder as a restore of this user's makes its staging folder: its owner, mode 0700
+    (a setgid bit inherited from the target aside)."""
+    return st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o700
+
+
+def refuse_if_held(root_fd: int, name: bytes, where: object) -> None:
+    """Refuse (``UsageError``) when ``name`` in ``root_fd`` is a staging folder of this
+    user's that a running restore holds: it must not be removed under it."""
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+    except OSError:
+        return
+    try:
+        if is_ours(os.fstat(fd)):
+            hold(fd, where)
+    finally:
+        os.close(fd)
 
 
 def leftovers(
@@ -46,27 +68,38 @@ def leftovers(
     """What folder ``root_fd`` holds before a whole restore. False: something besides
     what interrupted restores left. Otherwise those leftovers are removed (``remove``)
     but the staging folder a restore killed outright left, returned opened and held
-    (its name, its descriptor) to resume into; True when there is none. A staging
-    folder is resumed only as a restore makes it: a folder of this user's, mode 0700
-    (the newest, if several). Refused (``UsageError``) while another restore holds one."""
+    (its name, its descriptor) to resume into; True when there is none. Only a staging
+    folder as a restore of this user's makes it (``is_ours``) is resumed, the newest if
+    several; it is held first, and a restore holding one refuses this one
+    (``UsageError``). Any other folder is removed, never held (nobody can keep a restore
+    out by holding a folder of their own there). On a file system without locks no
+    staging folder can be known to be abandoned: all are removed, as before resuming."""
     names = [os.fsencode(n) for n in os.listdir(root_fd)]
     if not all(n.startswith(PREFIX) for n in names):
         return False
     stages: list[tuple[int, bytes, int]] = []  # (mtime, name, descriptor)
-    resume: tuple[int, bytes, int] | None = None
     try:
+        locks = True
         for name in names:
             try:
                 fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
             except OSError:
                 continue  # a file (a temporary name), a symlink, or gone
             st = os.fstat(fd)
+            if not is_ours(st):
+                os.close(fd)
+                continue
             stages.append((st.st_mtime_ns, name, fd))
-            hold(fd, where)
-            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
-                stages[-1] = (-1, name, fd)  # not one a restore of ours made: removed
+            locks = hold(fd, where) and locks
         stages.sort()
-        resume = stages.pop() if stages and stages[-1][0] >= 0 else None
+        resume = stages.pop() if stages and locks else None
+    except BaseException:
+        for _, _, fd in stages:
+            os.close(fd)
+        raise
+    for _, _, fd in stages:
+        os.close(fd)
+    try:
         for name in names:
             if resume is None or name != resume[1]:
                 try:
@@ -77,23 +110,66 @@ def leftovers(
                         f"interrupted restore, cannot be removed: {e.strerror}"
                     ) from e
     except BaseException:
-        for _, _, fd in stages:
-            os.close(fd)
         if resume is not None:
             os.close(resume[2])
         raise
-    for _, _, fd in stages:
-        os.close(fd)
     return True if resume is None else (resume[1], resume[2])
 
 
-def writable(fd: int) -> None:
-    """Let this user write into folder ``fd``, one of theirs in a staging folder being
-    resumed: the killed restore may have finished it read-only (its mode is set again
-    once its files are written)."""
+def check_new(fd: int, where: object) -> None:
+    """The staging folder just made and opened (``fd``) is the restore's own: of this
+    user's, mode 0700, empty. Anything else is a folder put under its name in between."""
+    if not is_ours(os.fstat(fd)) or os.listdir(fd):
+        raise UsageError(f"cannot restore into {where}: its staging folder was replaced")
+
+
+def own_folder(fd: int, ids: tuple[int, int] | None) -> None:
+    """Let this user write into folder ``fd`` of a staging folder being resumed (the
+    killed restore may have finished it read-only; its mode is set again once its files
+    are in), and give it to ``ids`` (uid, gid) when not None: a restore that keeps no
+    owners resuming what one that did left."""
     st = os.fstat(fd)
+    if ids is not None and (st.st_uid, st.st_gid) != ids:
+        os.fchown(fd, *ids)
+        st = os.fstat(fd)
     if st.st_uid == os.geteuid() and st.st_mode & 0o300 != 0o300:
         os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o300)
+
+
+def force_remove(fd: int, name: bytes) -> None:
+    """Remove ``name`` from folder ``fd`` of a staging folder, whatever it is: a folder
+    is removed with all it holds, each folder inside made writable first (one the killed
+    restore finished read-only). Symlinks are removed, never followed."""
+    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=fd)
+        return
+    sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+    try:
+        own_folder(sub, None)
+        for child in os.listdir(sub):
+            force_remove(sub, os.fsencode(child))
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=fd)
+
+
+def prune(fd: int, files: set[tuple[int, int]], folders: set[tuple[int, int]]) -> None:
+    """Leave in folder ``fd`` of a resumed staging folder only what this restore proved
+    or made (``files``: of all but folders, by device and inode) and the folders it
+    walked (``folders``), with what they hold so proved; everything else is removed."""
+    for child in os.listdir(fd):
+        name = os.fsencode(child)
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        ident = (st.st_dev, st.st_ino)
+        if stat.S_ISDIR(st.st_mode) and ident in folders:
+            sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+            try:
+                prune(sub, files, folders)
+            finally:
+                os.close(sub)
+        elif ident not in files:
+            force_remove(fd, name)
 
 
 def publish(stage_fd: int, root_fd: int, stage: bytes, report: Callable[[str], None]) -> None:

@@ -66,6 +66,12 @@ class FileWriter:
         self._lock = threading.Lock()
         #: the first fatal error of a file job; no new file starts after it
         self._fatal: BaseException | None = None
+        #: Resuming into a staging folder a killed restore left: the files kept or written
+        #: (and symlinks and nodes made), by device and inode, so that what was not can be
+        #: left out of what is moved into place (``restore_stage.prune``). None otherwise.
+        self._proved: set[tuple[int, int]] | None = None
+        #: ... and the folders walked
+        self._visited: set[tuple[int, int]] = set()
 
     def write_job(self, files: list[Queued], target: Target) -> None:
         """One job: the files of one folder, one after the other."""
@@ -83,8 +89,13 @@ class FileWriter:
             existing is not None
             and stat.S_ISREG(existing.st_mode)
             and existing.st_size == e.size
+            # another name of the same inode would take this one's metadata (and content)
+            and (existing.st_nlink == 1 or e.hardlink is not None)
+            and self._may_keep(existing)
             and self._keep_verified(e, fd, existing)
         ):
+            if self._proved is not None:
+                self._proved.add((existing.st_dev, existing.st_ino))
             with self._lock:
                 self.stats.skipped += 1
                 self.stats.files += 1
@@ -92,6 +103,15 @@ class FileWriter:
                     self.progress(1, e.size)
             return
         self._write(e, target, existing)
+
+    def _may_keep(self, existing: os.stat_result) -> bool:
+        """Whether a file in place may be kept: resuming into a staging folder without
+        keeping owners, only a file of this user's (the killed restore may have kept them)."""
+        return (
+            self._proved is None
+            or self.same_owner
+            or (existing.st_uid, existing.st_gid) == self._ids
+        )
 
     def _keep_verified(self, e: Entry, fd: int, existing: os.stat_result) -> bool:
         """Keep the file in place only if it re-chunks to the tree's chunk ids; then
@@ -124,19 +144,22 @@ class FileWriter:
                 0o600 if mode is None else mode,
                 dir_fd=fd,
             )
+            if self._proved is not None:
+                st = os.fstat(out)
+                self._proved.add((st.st_dev, st.st_ino))
             write_content(out, e, self.store.get_many)
             self.meta.on_fd(
                 out, e, inherits_acl=target.inherits_acl, owned=owned, moded=mode is not None
             )
         except BaseException as err:
-            if out >= 0:
-                os.close(out)
             # An interrupt (a worker's SIGTERM) raised as ``os.open`` returns leaves the
             # file made but ``out`` unset: removed too. An error of ``os.open`` itself
             # made nothing (EEXIST: a name that is not this restore's).
             if out >= 0 or not isinstance(err, OSError):
                 with contextlib.suppress(OSError):
-                    os.unlink(name, dir_fd=fd)
+                    _unlink_own(name, fd, out)
+            if out >= 0:
+                os.close(out)
             raise
         os.close(out)
         if not self.staged:
@@ -191,6 +214,18 @@ class FileWriter:
     def _report(self, message: str) -> None:
         with self._lock:
             self.stats.errors.append(message)
+
+
+def _unlink_own(name: bytes, fd: int, out: int) -> None:
+    """Remove ``name`` from folder ``fd`` if it is still the file open as ``out`` (-1:
+    not known): a worker of a killed restore, removing the file it was writing, must not
+    remove the one a resumed restore has put under that name since."""
+    if out >= 0:
+        mine = os.fstat(out)
+        there = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino):
+            return
+    os.unlink(name, dir_fd=fd)
 
 
 def process_umask() -> int | None:
