@@ -58,3 +58,37 @@ def restore_then_hang(args_file: str) -> None:
         blobs, key, tree, out, marker = pickle.load(f)
     hang = Opener(functools.partial(hanging_blobs, blobs, key, marker), ("tests.tree.procsources",))
     restore_tree(dict_blobs(blobs, key), tree, Path(out), processes=2, opener=hang)
+
+
+def restore_then_exit(args_file: str) -> None:
+    """In a process of its own: a restore over two workers, then a normal exit, the fork
+    server's pid printed first (``test_a_restoring_process_waits_for_its_fork_server``)."""
+    from multiprocessing import forkserver
+
+    with open(args_file, "rb") as f:
+        blobs, key, tree, out = pickle.load(f)
+    restore_tree(dict_blobs(blobs, key), tree, Path(out), processes=2, opener=opener(blobs, key))
+    print(forkserver._forkserver._forkserver_pid, flush=True)  # type: ignore[attr-defined]
+
+
+def reap_as_subreaper(args_file: str) -> None:
+    """Run ``restore_then_exit`` in a child as a subreaper (PR_SET_CHILD_SUBREAPER): a
+    process the child leaves running when it exits (its fork server) becomes this one's
+    child. Prints "orphan" if the fork server did, "reaped" if the child waited for it."""
+    import ctypes
+    import subprocess
+    import sys
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    code = "import sys; from tests.tree.procsources import restore_then_exit as r; r(sys.argv[1])"
+    done = subprocess.run(
+        [sys.executable, "-c", code, args_file], capture_output=True, text=True, check=True
+    )
+    pid = int(done.stdout.split()[-1])
+    try:
+        os.waitpid(pid, 0)  # our child now only if it was left running
+    except ChildProcessError:
+        print("reaped")
+    else:
+        print("orphan")

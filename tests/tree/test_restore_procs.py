@@ -443,3 +443,23 @@ def test_a_worker_killed_inside_a_file_leaves_no_partial_file(
     assert isinstance(result.get("error"), BrokenProcessPool)
     assert _partial(out, src) == []
     assert _leftovers(out) == []
+
+
+def test_a_restoring_process_waits_for_its_fork_server(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A command that restored with worker processes stops its fork server and waits for
+    it as it exits: nothing of it runs on after the command (and the workers' CPU counts
+    as the command's: they are the fork server's children)."""
+    tid, _ = scan_tree(store, src)
+    args = tmp_path / "args.pickle"
+    blobs = store_blobs(store)
+    args.write_bytes(pickle.dumps((blobs, store.keys.chunking.id_key, tid, str(tmp_path / "o"))))
+    code = "import sys; from tests.tree.procsources import reap_as_subreaper as r; r(sys.argv[1])"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(args)], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["reaped"]
+    assert_same_tree(src, tmp_path / "o")

@@ -25,6 +25,7 @@ on threads (``processes_for``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import operator
@@ -164,6 +165,22 @@ def start_fork_server() -> None:
             del os.environ[SAFE_PATH]
         else:
             os.environ[SAFE_PATH] = saved
+    global _STOP_AT_EXIT
+    if _STOP_AT_EXIT:
+        atexit.register(stop_fork_server)
+        _STOP_AT_EXIT = False
+
+
+_STOP_AT_EXIT = True
+
+
+def stop_fork_server() -> None:
+    """Stop the fork server and wait for it (at the exit of a process that started one):
+    it would outlive a command by a moment, an orphan, its workers' CPU never counted
+    as the command's (``getrusage``'s children: the workers are the fork server's)."""
+    with contextlib.suppress(OSError, AttributeError, ChildProcessError):
+        # (no public way: the method CPython's own tests stop it with)
+        forkserver._forkserver._stop()  # type: ignore[attr-defined]
 
 
 def _start_workers(pool: ProcessPoolExecutor, processes: int) -> None:
