@@ -228,7 +228,10 @@ def test_workers_leave_when_the_restoring_process_is_killed(
     try:
         for _ in range(1200):  # until a worker hangs inside a file (bounded, not timed)
             # (its request may start ahead of the file, on a reading-ahead thread)
-            if (marker.exists() and _partial(out, src)) or restoring.poll() is not None:
+            # (and until another file is whole: the next restore has something to keep)
+            if (marker.exists() and _partial(out, src) and _whole(out, src)) or (
+                restoring.poll() is not None
+            ):
                 break
             time.sleep(0.1)
         assert marker.exists(), "no worker started"
@@ -269,6 +272,16 @@ def test_workers_leave_when_the_restoring_process_is_killed(
     # resumed into the staging folder: what the killed restore finished is kept
     assert st.skipped == len(done)
     assert all((out / p).stat().st_ino == ino for p, ino in done.items())
+
+
+def _whole(out: Path, src: Path) -> bool:
+    """Whether a file in the staging folder has its whole size already."""
+    for p in out.glob(".lamina-restore-*/**/*"):
+        if p.is_file() and not p.is_symlink():
+            source = src.joinpath(*p.relative_to(out).parts[1:])
+            if source.is_file() and source.stat().st_size == p.stat().st_size:
+                return True
+    return False
 
 
 def _exited(pid: int) -> bool:

@@ -95,13 +95,11 @@ def test_a_staging_folder_not_made_by_a_restore_of_ours_is_removed_not_resumed(
     tid, _ = scan_tree(store, src)
     out = tmp_path / "out"
     stage = killed_restore(store, tid, tmp_path, out)
-    before = inodes(stage)
     os.chmod(stage, 0o755)
     st = restore_tree(store, tid, out, chunking=store.keys.chunking)
     assert st.errors == [] and st.skipped == 0
     assert_same_tree(src, out)
     assert temp_files(out) == [] and not (out / "stale").exists()
-    assert inodes(out)["a/f0"] != before["a/f0"]
 
 
 def test_a_staging_folder_another_restore_holds_is_left_alone(
@@ -208,16 +206,17 @@ class Interrupted(Exception):
     """A Ctrl-C, or a fatal error, in the middle of the resumed restore."""
 
 
-def test_a_resume_stopped_early_publishes_only_what_it_proved(
+def test_a_resume_stopped_early_leaves_the_staging_folder_as_it_is(
     store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The resumed restore stops at its first file: nothing it did not prove reaches the
-    target, neither the file the kill cut short nor another snapshot's in a folder it
-    never reached; the next restore finishes the tree."""
+    """The resumed restore stops at its first file (Ctrl-C, a store out of reach):
+    nothing is moved into place (the file the kill cut short must not be), nothing the
+    killed restore finished is lost; the next restore resumes it all."""
     tid, _ = scan_tree(store, src)
     out = tmp_path / "out"
     stage = killed_restore(store, tid, tmp_path, out)
     write(stage / "b" / "c" / "stale", b"another snapshot's, deeper")
+    before = inodes(stage)
 
     def _file(self, e, target, existing) -> None:  # type: ignore[no-untyped-def]
         raise Interrupted
@@ -226,13 +225,35 @@ def test_a_resume_stopped_early_publishes_only_what_it_proved(
         m.setattr(Restorer, "_file", _file)
         with pytest.raises(Interrupted):
             restore_tree(store, tid, out, chunking=store.keys.chunking, workers=1)
-    assert temp_files(out) == []
-    for p in out.rglob("*"):  # only whole files of the tree, if any
-        if p.is_file():
-            assert p.read_bytes() == (src / p.relative_to(out)).read_bytes(), p
-    assert not (out / "big").exists() and not (out / "b" / "c" / "stale").exists()
-    assert restore_tree(store, tid, out, chunking=store.keys.chunking).errors == []
+    assert os.listdir(out) == [STAGE]
+    kept = {p: i for p, i in inodes(stage).items() if p in before}
+    assert kept == {p: i for p, i in before.items() if p not in ("stale",)}
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == [] and st.skipped == 11
     assert_same_tree(src, out)
+    assert temp_files(out) == [] and not (out / "b" / "c" / "stale").exists()
+
+
+def test_a_file_that_fails_in_a_resume_leaves_nothing_of_the_killed_restores(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that cannot be written during the resume (a full disk, say) is reported;
+    what the killed restore left under its name (here cut short) is not moved into place."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    killed_restore(store, tid, tmp_path, out)
+    real = restore_writer.write_content
+
+    def write_content(out_fd, e, get_many) -> None:  # type: ignore[no-untyped-def]
+        if e.name == b"big":
+            raise OSError(28, "No space left on device")
+        return real(out_fd, e, get_many)
+
+    monkeypatch.setattr(restore_writer, "write_content", write_content)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert [e for e in st.errors if e.startswith("big: ")]
+    assert not (out / "big").exists() and temp_files(out) == []
+    assert_same_tree(src, out, ignore={b"big"})
 
 
 def test_a_staging_folder_in_a_setgid_folder_is_resumed(
@@ -271,7 +292,7 @@ def test_another_users_folder_held_under_a_staging_name_keeps_no_restore_out(
 
 
 def test_a_restore_onto_files_leaves_a_held_staging_folder_alone(
-    store: Store, src: Path, tmp_path: Path
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A restore onto what the target holds (not a whole restore into an empty folder)
     refuses, rather than removing the staging folder a running restore holds there."""
@@ -279,13 +300,16 @@ def test_a_restore_onto_files_leaves_a_held_staging_folder_alone(
     out = tmp_path / "out"
     stage = killed_restore(store, tid, tmp_path, out)
     write(out / "users-file", b"mine")
-    before = inodes(stage)
+    write(out / ".lamina-restore-0000000000000009", b"a temporary file left behind")
+    before = inodes(out)
     held = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+    walked: list[bool] = []
+    monkeypatch.setattr(Restorer, "_walk", lambda *a: walked.append(True))
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(UsageError, match="another restore is writing into"):
-            restore_tree(store, tid, out, chunking=store.keys.chunking)
-        assert inodes(stage) == before
+            restore_tree(store, tid, out, chunking=store.keys.chunking, delete_extra=True)
+        assert inodes(out) == before and walked == []  # refused before touching anything
     finally:
         os.close(held)
 
@@ -350,19 +374,107 @@ def test_a_failed_file_never_removes_a_file_put_under_its_name_since(
     assert (out / "big").read_bytes() == b"the resumed restore's big"
 
 
-@pytest.mark.parametrize("how", ["mode", "content"])
 def test_a_new_staging_folder_that_is_not_the_restores_own_is_refused(
-    tmp_path: Path, how: str
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Something put under the staging folder's name between its ``mkdir`` and its
+    ``open`` (here: a file planted in it) is refused, and left alone."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *, dir_fd=None) -> None:  # type: ignore[no-untyped-def]
+        real(path, mode, dir_fd=dir_fd)
+        if os.fsencode(path).startswith(b".lamina-restore-"):
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
+            try:
+                os.close(os.open("planted", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
+            finally:
+                os.close(fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(UsageError, match="staging folder was replaced"):
+        restore_tree(store, tid, out, chunking=store.keys.chunking)
+    (left,) = temp_files(out)
+    assert os.listdir(left) == ["planted"]
+
+
+def test_two_hard_link_groups_on_one_inode_in_place_are_made_two(
+    store: Store, tmp_path: Path
+) -> None:
+    """In place, one inode under two names the tree has in two hard-link groups (same
+    content, other modes): kept for one group only, the other written again."""
+    src = tmp_path / "src"
+    write(src / "a", b"same" * 100, MTIME)
+    os.link(src / "a", src / "c")
+    write(src / "x", b"same" * 100, MTIME)
+    os.link(src / "x", src / "y")
+    os.chmod(src / "a", 0o600)
+    os.chmod(src / "x", 0o644)
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    write(out / "a", b"same" * 100, MTIME)
+    os.link(out / "a", out / "x")
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == []
+    assert os.stat(out / "a").st_ino == os.stat(out / "c").st_ino
+    assert os.stat(out / "x").st_ino == os.stat(out / "y").st_ino
+    assert os.stat(out / "a").st_ino != os.stat(out / "x").st_ino
+    assert_same_tree(src, out)
+
+
+def test_a_file_at_a_sockets_name_in_a_resumed_staging_folder_is_removed(
+    store: Store, tmp_path: Path
+) -> None:
+    import socket
+
+    src = tmp_path / "src"
+    write(src / "file", b"data", MTIME)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fspath(src / "sock"))
+        tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = out / STAGE
+    stage.mkdir(parents=True, mode=0o700)
+    write(stage / "sock", b"another snapshot's private file")
+    assert restore_tree(store, tid, out, chunking=store.keys.chunking).errors == []
+    assert sorted(os.listdir(out)) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="files of another owner are made as root")
+def test_a_resume_that_keeps_no_owners_keeps_only_this_users_files(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """``--output`` (no owners kept) resuming what a restore that kept owners left: a file
+    of another owner is written again, a folder becomes this user's (its group stays)."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    os.chown(stage / "a" / "f1", 1234, 5678)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking, same_owner=False)
+    assert st.errors == [] and st.skipped == 10
+    assert os.stat(out / "a" / "f1").st_uid == 0
+    folder = os.stat(out / "b" / "c")
+    assert folder.st_uid == 0 and folder.st_gid == 5678
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="folders of another owner are made as root")
+def test_a_new_staging_folder_of_another_owner_is_refused_unless_the_target_is_theirs(
+    tmp_path: Path,
+) -> None:
+    """Mode aside (vfat or CIFS show every folder with the mount's mode), the staging
+    folder must be this user's, or owned as the target is (the mount's owner, NFS's
+    squashed root)."""
     made = tmp_path / ".lamina-restore-x"
-    made.mkdir(mode=0o700)
-    if how == "mode":
-        os.chmod(made, 0o755)
-    else:
-        (made / "planted").write_bytes(b"")
-    fd = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
+    made.mkdir(mode=0o755)
+    os.chown(made, 1234, 1234)
+    fd, root = os.open(made, os.O_RDONLY | os.O_DIRECTORY), os.open(tmp_path, os.O_RDONLY)
     try:
         with pytest.raises(UsageError, match="staging folder was replaced"):
-            check_new(fd, tmp_path)
+            check_new(fd, root, tmp_path)
+        os.chown(tmp_path, 1234, 1234)
+        check_new(fd, root, tmp_path)
     finally:
         os.close(fd)
+        os.close(root)

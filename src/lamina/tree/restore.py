@@ -152,7 +152,6 @@ class Restorer(ResumingWriter):
         self._opener = opener
         #: the jobs of the worker processes writing files, in a restore that uses them
         self._procs: ProcessJobs[Folder] | None = None
-        self._target: object = None
 
     # --- public --------------------------------------------------------------
     def restore(self, tree_id: bytes, target: Path) -> RestoreStats:
@@ -163,7 +162,6 @@ class Restorer(ResumingWriter):
         if missing:
             raise UsageError(f"not in the snapshot: {', '.join(missing)}")
         target.mkdir(parents=True, exist_ok=True)
-        self._target = target
         try:
             root_fd = os.open(target, DIR_FLAGS)
         except OSError as e:
@@ -184,12 +182,13 @@ class Restorer(ResumingWriter):
             found = False if self.selected else leftovers(root_fd, target, self._remove)
             if found is False:
                 self.processes = 0  # worker processes only for a whole restore into an empty folder
+                refuse_if_held(root_fd, target)  # before anything changes there
             elif found is not True:
                 # A staging folder a killed restore left: resumed onto its files.
+                self._walked_into(found[1])  # (closed if that fails: left as it is)
                 stage, walk_fd = found
                 self.processes = 0
-                self._proved = set()
-                self._walked_into(walk_fd)
+                self._resuming = True
             else:
                 # Into an empty folder: a staging folder, moved into place at the end
                 # (files need no temporary names; the target shows nothing meanwhile).
@@ -200,10 +199,10 @@ class Restorer(ResumingWriter):
                 except OSError as e:
                     raise UsageError(f"cannot restore into {target}: {e.strerror}") from e
                 try:
-                    check_new(fd, target)  # not a folder put under its name meanwhile
+                    check_new(fd, root_fd, target)  # not one put under its name meanwhile
                     hold(fd, target)
-                except UsageError:
-                    os.close(fd)  # not ours, or another restore took it: theirs to remove
+                except BaseException:
+                    os.close(fd)  # not ours, or another restore took it: left alone
                     stage = None
                     raise
                 walk_fd = fd
@@ -226,9 +225,10 @@ class Restorer(ResumingWriter):
                 # (``_forget``: a worker process's); a resume publishes only what it proved.
                 self._fresh.discard(walk_fd)
                 self._plain_group.discard(walk_fd)
-                clean = walked and self._fatal is None and not self.stats.errors
-                if self._proved is None or clean or self._pruned(walk_fd, stage):
+                if not self._resuming or (walked and self._fatal is None and not self._unsafe):
                     publish(walk_fd, root_fd, stage, self._report)
+                else:  # a resume stopped early: what the killed restore left may be cut short
+                    self._report(f"stopped: {os.fsdecode(stage)} is left as it is, to resume")
                 os.close(walk_fd)
             elif stage is not None:
                 with contextlib.suppress(OSError):
@@ -322,11 +322,8 @@ class Restorer(ResumingWriter):
             name = os.fsencode(existing)
             if name in names:
                 continue
-            # Left by an interrupted restore (never the one a running restore holds);
-            # or, in a staging folder being resumed, another snapshot's.
-            if name.startswith(PREFIX) or self._proved is not None:
-                if not rel:
-                    refuse_if_held(fd, name, self._target)
+            # Left by an interrupted restore; or, resuming, another snapshot's.
+            if name.startswith(PREFIX) or self._resuming:
                 self._remove(fd, name)
             elif self.delete_extra and everything:
                 self._remove(fd, name)
@@ -346,6 +343,7 @@ class Restorer(ResumingWriter):
                 self._entry(e, folder, child_rel, all_below)
             except OSError as err:
                 self._error(child_rel, err)
+                self._drop_failed(fd, e.name)
         self._flush(folder)
 
     def _keep_aside(self, fd: int, name: bytes, rel: list[bytes]) -> None:
@@ -475,7 +473,7 @@ class Restorer(ResumingWriter):
             if existing is None:
                 os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
             sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
-            if self._proved is not None:
+            if self._resuming:
                 self._walked_into(sub)
             child = Folder(sub, rel, e if everything or existing is None else None, folder)
             with self._lock:
@@ -527,17 +525,18 @@ class Restorer(ResumingWriter):
                 self._remove(fd, e.name)
             os.symlink(e.target, e.name, dir_fd=fd)
             self.meta.on_symlink(fd, e)
-            self._prove(fd, e.name)
             self.stats.others += 1
         elif e.type in ("fifo", "chardev", "blockdev"):
             if not self.special_files:
-                if existing is not None and self._proved is not None:
+                if existing is not None and self._resuming:
                     self._remove(fd, e.name)  # made by a killed restore that made them
                 self.stats.specials_skipped += 1
                 return
             self._node(e, fd, existing)
             self.stats.others += 1
         else:  # sockets belong to a running program; they are not restored
+            if existing is not None and self._resuming:
+                self._remove(fd, e.name)  # another snapshot's file there
             return
         if e.hardlink is not None:
             self._links[e.hardlink] = b"/".join(rel)
@@ -552,6 +551,7 @@ class Restorer(ResumingWriter):
                     self._link(e, folder.fd, rel)
             except OSError as err:
                 self._error(rel, err)
+                self._drop_failed(folder.fd, e.name)
             finally:
                 self._release(folder)
 
@@ -590,7 +590,6 @@ class Restorer(ResumingWriter):
                 self._remove(fd, e.name)
 
         self.meta.make_node(e, fd, self._tmp_name(), replace_dir)
-        self._prove(fd, e.name)
 
 
 def restore_tree(

@@ -48,18 +48,22 @@ def is_ours(st: os.stat_result) -> bool:
     return st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o700
 
 
-def refuse_if_held(root_fd: int, name: bytes, where: object) -> None:
-    """Refuse (``UsageError``) when ``name`` in ``root_fd`` is a staging folder of this
-    user's that a running restore holds: it must not be removed under it."""
-    try:
-        fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
-    except OSError:
-        return
-    try:
-        if is_ours(os.fstat(fd)):
-            hold(fd, where)
-    finally:
-        os.close(fd)
+def refuse_if_held(root_fd: int, where: object) -> None:
+    """Refuse (``UsageError``) a restore onto what folder ``root_fd`` holds while a running
+    restore holds a staging folder of this user's there: it must not be touched."""
+    for child in os.listdir(root_fd):
+        name = os.fsencode(child)
+        if not name.startswith(PREFIX):
+            continue
+        try:
+            fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
+        except OSError:
+            continue
+        try:
+            if is_ours(os.fstat(fd)):
+                hold(fd, where)
+        finally:
+            os.close(fd)
 
 
 def leftovers(
@@ -116,21 +120,24 @@ def leftovers(
     return True if resume is None else (resume[1], resume[2])
 
 
-def check_new(fd: int, where: object) -> None:
-    """The staging folder just made and opened (``fd``) is the restore's own: of this
-    user's, mode 0700, empty. Anything else is a folder put under its name in between."""
-    if not is_ours(os.fstat(fd)) or os.listdir(fd):
+def check_new(fd: int, root_fd: int, where: object) -> None:
+    """The staging folder just made and opened (``fd``) is the restore's own: empty, and
+    this user's or owned as the target is (a file system that shows every file with the
+    mount's owner: vfat, CIFS; NFS squashing root). Anything else is a folder put under
+    its name in between."""
+    owner = os.fstat(fd).st_uid
+    if owner not in (os.geteuid(), os.fstat(root_fd).st_uid) or os.listdir(fd):
         raise UsageError(f"cannot restore into {where}: its staging folder was replaced")
 
 
-def own_folder(fd: int, ids: tuple[int, int] | None) -> None:
+def own_folder(fd: int, uid: int | None) -> None:
     """Let this user write into folder ``fd`` of a staging folder being resumed (the
     killed restore may have finished it read-only; its mode is set again once its files
-    are in), and give it to ``ids`` (uid, gid) when not None: a restore that keeps no
-    owners resuming what one that did left."""
+    are in), and give it to ``uid`` when not None: a restore that keeps no owners
+    resuming what one that did left (its group stays: a setgid folder's, as made)."""
     st = os.fstat(fd)
-    if ids is not None and (st.st_uid, st.st_gid) != ids:
-        os.fchown(fd, *ids)
+    if uid is not None and st.st_uid != uid:
+        os.fchown(fd, uid, -1)
         st = os.fstat(fd)
     if st.st_uid == os.geteuid() and st.st_mode & 0o300 != 0o300:
         os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o300)
@@ -152,24 +159,6 @@ def force_remove(fd: int, name: bytes) -> None:
     finally:
         os.close(sub)
     os.rmdir(name, dir_fd=fd)
-
-
-def prune(fd: int, files: set[tuple[int, int]], folders: set[tuple[int, int]]) -> None:
-    """Leave in folder ``fd`` of a resumed staging folder only what this restore proved
-    or made (``files``: of all but folders, by device and inode) and the folders it
-    walked (``folders``), with what they hold so proved; everything else is removed."""
-    for child in os.listdir(fd):
-        name = os.fsencode(child)
-        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        ident = (st.st_dev, st.st_ino)
-        if stat.S_ISDIR(st.st_mode) and ident in folders:
-            sub = os.open(name, DIR_FLAGS, dir_fd=fd)
-            try:
-                prune(sub, files, folders)
-            finally:
-                os.close(sub)
-        elif ident not in files:
-            force_remove(fd, name)
 
 
 def publish(stage_fd: int, root_fd: int, stage: bytes, report: Callable[[str], None]) -> None:

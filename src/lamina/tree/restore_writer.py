@@ -66,12 +66,10 @@ class FileWriter:
         self._lock = threading.Lock()
         #: the first fatal error of a file job; no new file starts after it
         self._fatal: BaseException | None = None
-        #: Resuming into a staging folder a killed restore left: the files kept or written
-        #: (and symlinks and nodes made), by device and inode, so that what was not can be
-        #: left out of what is moved into place (``restore_stage.prune``). None otherwise.
-        self._proved: set[tuple[int, int]] | None = None
-        #: ... and the folders walked
-        self._visited: set[tuple[int, int]] = set()
+        #: Resuming into a staging folder a killed restore left (``restore_resume``).
+        self._resuming = False
+        #: hard-linked inodes kept in place -> the tree's hard-link key they were kept for
+        self._kept_links: dict[tuple[int, int], bytes] = {}
 
     def write_job(self, files: list[Queued], target: Target) -> None:
         """One job: the files of one folder, one after the other."""
@@ -82,6 +80,11 @@ class FileWriter:
                 self._file(e, target, existing)
             except OSError as err:
                 self._error(rel, err)
+                self._drop_failed(target.folder.fd, e.name)
+
+    def _drop_failed(self, fd: int, name: bytes) -> None:
+        """An entry failed (``restore_resume``: resuming, what the killed restore left
+        under its name goes)."""
 
     def _file(self, e: Entry, target: Target, existing: os.stat_result | None) -> None:
         fd = target.folder.fd
@@ -89,13 +92,9 @@ class FileWriter:
             existing is not None
             and stat.S_ISREG(existing.st_mode)
             and existing.st_size == e.size
-            # another name of the same inode would take this one's metadata (and content)
-            and (existing.st_nlink == 1 or e.hardlink is not None)
-            and self._may_keep(existing)
+            and self._may_keep(e, existing)
             and self._keep_verified(e, fd, existing)
         ):
-            if self._proved is not None:
-                self._proved.add((existing.st_dev, existing.st_ino))
             with self._lock:
                 self.stats.skipped += 1
                 self.stats.files += 1
@@ -104,14 +103,20 @@ class FileWriter:
             return
         self._write(e, target, existing)
 
-    def _may_keep(self, existing: os.stat_result) -> bool:
-        """Whether a file in place may be kept: resuming into a staging folder without
-        keeping owners, only a file of this user's (the killed restore may have kept them)."""
-        return (
-            self._proved is None
-            or self.same_owner
-            or (existing.st_uid, existing.st_gid) == self._ids
-        )
+    def _may_keep(self, e: Entry, existing: os.stat_result) -> bool:
+        """Whether a file in place may be kept. Another name of the same inode would take
+        its metadata (and content): with more than one link it is kept only for one of the
+        tree's hard-link groups, and once. Resuming without keeping owners, only a file of
+        this user's (the killed restore may have kept them)."""
+        if self._resuming and not self.same_owner and existing.st_uid != self._ids[0]:
+            return False
+        if existing.st_nlink == 1:
+            return True
+        if e.hardlink is None:
+            return False
+        with self._lock:
+            key = self._kept_links.setdefault((existing.st_dev, existing.st_ino), e.hardlink)
+        return key == e.hardlink
 
     def _keep_verified(self, e: Entry, fd: int, existing: os.stat_result) -> bool:
         """Keep the file in place only if it re-chunks to the tree's chunk ids; then
@@ -144,9 +149,6 @@ class FileWriter:
                 0o600 if mode is None else mode,
                 dir_fd=fd,
             )
-            if self._proved is not None:
-                st = os.fstat(out)
-                self._proved.add((st.st_dev, st.st_ino))
             write_content(out, e, self.store.get_many)
             self.meta.on_fd(
                 out, e, inherits_acl=target.inherits_acl, owned=owned, moded=mode is not None
