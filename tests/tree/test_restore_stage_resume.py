@@ -9,13 +9,14 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
 from lamina.errors import UsageError
 from lamina.store.repository import Store
-from lamina.tree import restore_writer
+from lamina.tree import restore_meta, restore_writer
 from lamina.tree.restore import Restorer, restore_tree
 from lamina.tree.restore_stage import check_new
 from lamina.tree.restore_writer import FileWriter
@@ -158,7 +159,10 @@ def test_a_read_only_folder_the_killed_restore_finished_takes_the_rest_of_its_fi
     write(src / "ro" / "inside", b"x" * 1000, MTIME)
     write(src / "ro" / "second", b"z" * 1000, MTIME)
     write(src / "top", b"y" * 10, MTIME)
+    write(src / "wo" / "one", b"1" * 100, MTIME)
+    write(src / "wo" / "two", b"2" * 100, MTIME)
     os.chmod(src / "ro", 0o555)
+    os.chmod(src / "wo", 0o300)  # a folder its owner may not list
     os.utime(src / "ro", ns=(MTIME + 7, MTIME + 7))
     tid, _ = scan_tree(store, src)
     blobs = store_blobs(store)
@@ -173,6 +177,8 @@ def test_a_read_only_folder_the_killed_restore_finished_takes_the_rest_of_its_fi
         # another snapshot's read-only folder: removed, read-only as it is
         write(stage / "old" / "ro2" / "f", b"old", MTIME)
         os.chmod(stage / "old" / "ro2", 0o555)
+        write(stage / "wo" / "one", b"1" * 100, MTIME)  # finished: unlistable
+        os.chmod(stage / "wo", 0o300)
         if os.geteuid() == 0:
             for p in (base, out, stage, *stage.rglob("*")):
                 os.chown(p, NOBODY, NOBODY, follow_symlinks=False)
@@ -191,12 +197,14 @@ def test_a_read_only_folder_the_killed_restore_finished_takes_the_rest_of_its_fi
             assert os.waitstatus_to_exitcode(status) == 0
         else:
             assert restore_tree(dict_blobs(blobs, key), tid, out).errors == []
-        assert sorted(os.listdir(out)) == ["ro", "top"]
+        assert sorted(os.listdir(out)) == ["ro", "top", "wo"]
+        assert stat.S_IMODE(os.stat(out / "wo").st_mode) == 0o300
+        assert (out / "wo" / "two").read_bytes() == b"2" * 100
         ro = os.stat(out / "ro")
         assert stat.S_IMODE(ro.st_mode) == 0o555 and ro.st_mtime_ns == MTIME + 7
         assert (out / "ro" / "second").read_bytes() == b"z" * 1000
     finally:
-        for p in (out / "ro", stage / "ro", stage / "old" / "ro2"):
+        for p in (out / "ro", out / "wo", stage / "ro", stage / "wo", stage / "old" / "ro2"):
             if os.geteuid() != 0 and p.exists():
                 os.chmod(p, 0o755)
         shutil.rmtree(base)
@@ -271,16 +279,18 @@ def test_a_staging_folder_in_a_setgid_folder_is_resumed(
     assert temp_files(out) == [] and not (out / "stale").exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="another user's folder is made as root")
 def test_another_users_folder_held_under_a_staging_name_keeps_no_restore_out(
     store: Store, src: Path, tmp_path: Path
 ) -> None:
-    """A folder that is not a staging folder of this user's (here mode 0755) is removed
-    without being held: whoever holds it cannot keep the restore out."""
+    """Another user's folder under a staging name (owned neither by this user nor as the
+    target is) is removed without being asked whether it is held: whoever holds it
+    cannot keep the restore out."""
     tid, _ = scan_tree(store, src)
     out = tmp_path / "out"
     planted = out / ".lamina-restore-mallory"
     planted.mkdir(parents=True, mode=0o755)
-    os.chmod(planted, 0o755)
+    os.chown(planted, 1234, 1234)
     held = os.open(planted, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -478,3 +488,121 @@ def test_a_new_staging_folder_of_another_owner_is_refused_unless_the_target_is_t
     finally:
         os.close(fd)
         os.close(root)
+
+
+def test_another_snapshots_attributes_do_not_survive_on_what_a_resume_keeps(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """A file or folder kept in place loses the user attributes and file capability the
+    tree's entry does not have (another snapshot's)."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    for p in (stage / "a" / "f0", stage / "a"):
+        os.setxattr(p, "user.stale", b"another snapshot's")
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert st.errors == [] and st.skipped == 11
+    for p in (out / "a" / "f0", out / "a"):
+        assert "user.stale" not in os.listxattr(p)
+    assert_same_tree(src, out)
+
+
+def test_a_failed_rename_leaves_no_temporary_file(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming, a file written under a temporary name that cannot be renamed into place
+    (a quota) leaves neither that name nor the killed restore's file to be published."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    killed_restore(store, tid, tmp_path, out)
+    real = os.rename
+
+    def rename(a, b, **kw) -> None:  # type: ignore[no-untyped-def]
+        if b == b"big":
+            raise OSError(122, "Disk quota exceeded")
+        real(a, b, **kw)
+
+    monkeypatch.setattr(os, "rename", rename)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert [e for e in st.errors if e.startswith("big: ")]
+    assert temp_files(out) == [] and not (out / "big").exists()
+
+
+def test_a_staging_folder_of_another_mode_held_by_a_running_restore_is_not_removed(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """On vfat or CIFS a staging folder shows the mount's mode (0755, say): one a running
+    restore holds is still never removed by another restore."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    os.chmod(stage, 0o755)
+    before = inodes(stage)
+    held = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UsageError, match="another restore is writing into"):
+            restore_tree(store, tid, out, chunking=store.keys.chunking)
+        assert inodes(stage) == before
+    finally:
+        os.close(held)
+
+
+def test_a_held_staging_folder_deeper_in_the_target_is_left_alone(
+    store: Store, src: Path, tmp_path: Path
+) -> None:
+    """Restoring onto a folder that holds, deeper down, the staging folder of a restore
+    running into a sub-folder: that staging folder is not removed under it."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    restore_tree(store, tid, out, chunking=store.keys.chunking)
+    running = out / "a" / STAGE
+    running.mkdir(mode=0o700)
+    write(running / "being-written", b"x")
+    held = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert restore_tree(store, tid, out, chunking=store.keys.chunking).errors == []
+        assert (running / "being-written").exists()
+    finally:
+        os.close(held)
+
+
+def test_a_resumed_folder_whose_metadata_fails_is_published_as_a_new_one_is(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder the killed restore left with another snapshot's mode (0777), whose own
+    metadata then cannot be set: moved into place 0700, as a folder made anew would be."""
+    tid, _ = scan_tree(store, src)
+    out = tmp_path / "out"
+    stage = killed_restore(store, tid, tmp_path, out)
+    os.chmod(stage / "a", 0o777)
+    real = restore_meta.Metadata.on_fd
+
+    def on_fd(self, fd, e, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if e.type == "dir":
+            raise OSError(5, "Input/output error")
+        real(self, fd, e, *args, **kwargs)
+
+    monkeypatch.setattr(restore_meta.Metadata, "on_fd", on_fd)
+    st = restore_tree(store, tid, out, chunking=store.keys.chunking)
+    assert [e for e in st.errors if e.startswith("a: ")]
+    assert stat.S_IMODE(os.stat(out / "a").st_mode) == 0o700
+
+
+def test_an_error_setting_a_folders_metadata_in_a_file_job_is_not_lost(
+    store: Store, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error setting a folder's metadata once its last file job is done
+    (on a worker thread) fails the restore, rather than vanish with that thread."""
+    tid, _ = scan_tree(store, src)
+    real = restore_meta.Metadata.on_fd
+
+    def on_fd(self, fd, e, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if e.type == "dir" and threading.current_thread() is not threading.main_thread():
+            raise ValueError("a folder's metadata")
+        real(self, fd, e, *args, **kwargs)
+
+    monkeypatch.setattr(restore_meta.Metadata, "on_fd", on_fd)
+    with pytest.raises(ValueError, match="a folder's metadata"):
+        restore_tree(store, tid, tmp_path / "out", chunking=store.keys.chunking, workers=4)

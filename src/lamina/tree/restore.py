@@ -59,8 +59,11 @@ from lamina.tree.restore_resume import ResumingWriter
 from lamina.tree.restore_stage import (
     PREFIX,
     check_new,
+    force_remove,
     hold,
+    is_held,
     leftovers,
+    open_dir,
     publish,
     refuse_if_held,
     stops_as_interrupts,
@@ -109,15 +112,13 @@ class Restorer(ResumingWriter):
         processes: int = 0,
         opener: Opener | None = None,
     ) -> None:
-        """``chunking``: proves a file already in place holds the tree's content (without
-        it, every file is rewritten). ``keep_aside``: each requested path found in place is
-        first renamed to NAME + this suffix. ``special_files``: make device nodes and
-        FIFOs and keep setuid/setgid bits. ``same_owner``: chown to the tree's owners.
-        ``workers``: threads writing files (1: every file on the calling thread).
-        ``processes`` (2 or more) with ``opener`` (how a worker opens a blob source like
-        ``store``): a whole restore into an empty folder writes its files in
-        that many worker processes instead (``lamina.tree.restore_procs``; the caller
-        decides by size with ``processes_for``); any other restore uses threads."""
+        """``chunking``: proves a file in place holds the tree's content (without it,
+        every file is rewritten). ``keep_aside``: a requested path found in place is first
+        renamed to NAME + this suffix. ``special_files``: make nodes and FIFOs, keep
+        setuid/setgid. ``same_owner``: chown to the tree's owners. ``workers``: threads
+        writing files. ``processes`` (2+) with ``opener`` (how a worker opens a blob
+        source): a whole restore into an empty folder writes in that many worker
+        processes instead (``restore_procs``; the caller decides: ``processes_for``)."""
         self.selected = [split_path(p) for p in paths]
         self.delete_extra = delete_extra
         self.keep_aside = os.fsencode(keep_aside) if keep_aside else None
@@ -322,8 +323,10 @@ class Restorer(ResumingWriter):
             name = os.fsencode(existing)
             if name in names:
                 continue
-            # Left by an interrupted restore; or, resuming, another snapshot's.
-            if name.startswith(PREFIX) or self._resuming:
+            if name.startswith(PREFIX):  # left by an interrupted restore, unless running
+                if not is_held(fd, name):
+                    force_remove(fd, name)
+            elif self._resuming:  # in the staging folder: another snapshot's
                 self._remove(fd, name)
             elif self.delete_extra and everything:
                 self._remove(fd, name)
@@ -345,16 +348,6 @@ class Restorer(ResumingWriter):
                 self._error(child_rel, err)
                 self._drop_failed(fd, e.name)
         self._flush(folder)
-
-    def _keep_aside(self, fd: int, name: bytes, rel: list[bytes]) -> None:
-        """Rename a requested path found in place to NAME + suffix, inside folder ``fd``
-        (reached by the walk, never through a symlink)."""
-        assert self.keep_aside is not None
-        if self._existing(fd, name) is None:
-            return
-        aside = name + self.keep_aside
-        os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
-        self.stats.kept.append(os.fsdecode(b"/".join([*rel[:-1], aside])))
 
     # --- folders and file jobs -----------------------------------------------
     def _release(self, folder: Folder) -> None:
@@ -453,7 +446,12 @@ class Restorer(ResumingWriter):
                         self._fatal = err
             finally:
                 self._slots.release()
-                self._release(folder)
+                try:
+                    self._release(folder)
+                except BaseException as err:  # (a Future would keep it from everyone)
+                    with self._lock:
+                        if self._fatal is None:
+                            self._fatal = err
 
         try:
             return self._pool.submit(run)
@@ -472,7 +470,7 @@ class Restorer(ResumingWriter):
                 existing = None
             if existing is None:
                 os.mkdir(e.name, 0o700, dir_fd=fd)  # EEXIST if one appeared meanwhile
-            sub = os.open(e.name, DIR_FLAGS, dir_fd=fd)
+            sub = open_dir(fd, e.name) if self._resuming else os.open(e.name, DIR_FLAGS, dir_fd=fd)
             if self._resuming:
                 self._walked_into(sub)
             child = Folder(sub, rel, e if everything or existing is None else None, folder)

@@ -22,6 +22,11 @@ from lamina.tree.model import Entry
 
 _SETID = stat.S_ISUID | stat.S_ISGID
 ACLS = (b"system.posix_acl_access", b"system.posix_acl_default")
+#: Extended attributes a restore removes from a file or folder it keeps or makes when
+#: the tree's entry does not have them (besides ``ACLS``): another snapshot's user data,
+#: or a file capability it must not keep. Other ``security.*`` names (SELinux, SMACK
+#: labels) are the host's policy and stay.
+_DROPPED = (b"user.", b"trusted.", b"security.capability")
 _NODE_KINDS = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
 
 
@@ -126,16 +131,17 @@ class Metadata:
     def _drop_acls(
         self, e: Entry, listxattr: Callable[[], list[str]], removexattr: Callable[[bytes], None]
     ) -> None:
-        """Remove POSIX ACLs the entry does not have: a new inode inherits them from a
+        """Remove POSIX ACLs the entry does not have (a new inode inherits them from a
         directory's default ACL, which would leave the restored copy with rights the
-        snapshot never gave."""
+        snapshot never gave), and the other attributes of ``_DROPPED`` it does not have (on
+        a file or folder kept in place: another snapshot's)."""
         keep = {name for name, _ in e.xattrs}
         try:
             present = [os.fsencode(n) for n in listxattr()]
         except OSError:
             return
         for name in present:
-            if name in ACLS and name not in keep:
+            if name not in keep and (name in ACLS or name.startswith(_DROPPED)):
                 try:
                     removexattr(name)
                 except OSError as err:

@@ -19,7 +19,10 @@ from lamina.tree.restore_writer import FileWriter
 
 
 class ResumingWriter(FileWriter):
-    """A ``FileWriter`` that can resume into a staging folder (``_resuming``)."""
+    """A ``FileWriter`` for restores onto files: resuming into a staging folder
+    (``_resuming``), keeping a requested path found in place aside (``keep_aside``)."""
+
+    keep_aside: bytes | None = None
 
     #: resuming: an entry that failed could not be removed (the staging folder stays)
     _unsafe = False
@@ -49,3 +52,13 @@ class ResumingWriter(FileWriter):
         else:  # in the staging folder: whatever the killed restore left, read-only or not
             with contextlib.suppress(FileNotFoundError):
                 force_remove(fd, name)
+
+    def _keep_aside(self, fd: int, name: bytes, rel: list[bytes]) -> None:
+        """Rename a requested path found in place to NAME + suffix, inside folder ``fd``
+        (reached by the walk, never through a symlink)."""
+        assert self.keep_aside is not None
+        if self._existing(fd, name) is None:
+            return
+        aside = name + self.keep_aside
+        os.rename(name, aside, src_dir_fd=fd, dst_dir_fd=fd)
+        self.stats.kept.append(os.fsdecode(b"/".join([*rel[:-1], aside])))

@@ -44,26 +44,43 @@ def hold(fd: int, where: object) -> bool:
 
 def is_ours(st: os.stat_result) -> bool:
     """A folder as a restore of this user's makes its staging folder: its owner, mode 0700
-    (a setgid bit inherited from the target aside)."""
+    (a setgid bit inherited from the target aside). Only such a folder is resumed."""
     return st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o700
+
+
+def _may_be_held(st: os.stat_result, root: os.stat_result) -> bool:
+    """A folder a running restore of this user's may hold: this user's, or owned as the
+    target is (vfat, CIFS, NFS show the mount's owner and mode), whatever its mode.
+    Another user's is never asked (holding one must keep no restore out)."""
+    return st.st_uid in (os.geteuid(), root.st_uid)
+
+
+def is_held(dir_fd: int, name: bytes) -> bool:
+    """Whether ``name`` in folder ``dir_fd`` is a staging folder a running restore holds."""
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        if not _may_be_held(os.fstat(fd), os.fstat(dir_fd)):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
 
 
 def refuse_if_held(root_fd: int, where: object) -> None:
     """Refuse (``UsageError``) a restore onto what folder ``root_fd`` holds while a running
-    restore holds a staging folder of this user's there: it must not be touched."""
+    restore holds a staging folder there: it must not be touched."""
     for child in os.listdir(root_fd):
         name = os.fsencode(child)
-        if not name.startswith(PREFIX):
-            continue
-        try:
-            fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
-        except OSError:
-            continue
-        try:
-            if is_ours(os.fstat(fd)):
-                hold(fd, where)
-        finally:
-            os.close(fd)
+        if name.startswith(PREFIX) and is_held(root_fd, name):
+            raise UsageError(f"another restore is writing into {where}")
 
 
 def leftovers(
@@ -84,6 +101,7 @@ def leftovers(
     stages: list[tuple[int, bytes, int]] = []  # (mtime, name, descriptor)
     try:
         locks = True
+        root = os.fstat(root_fd)
         for name in names:
             try:
                 fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
@@ -92,6 +110,8 @@ def leftovers(
             st = os.fstat(fd)
             if not is_ours(st):
                 os.close(fd)
+                if _may_be_held(st, root) and is_held(root_fd, name):
+                    raise UsageError(f"another restore is writing into {where}")
                 continue
             stages.append((st.st_mtime_ns, name, fd))
             locks = hold(fd, where) and locks
@@ -131,29 +151,43 @@ def check_new(fd: int, root_fd: int, where: object) -> None:
 
 
 def own_folder(fd: int, uid: int | None) -> None:
-    """Let this user write into folder ``fd`` of a staging folder being resumed (the
-    killed restore may have finished it read-only; its mode is set again once its files
-    are in), and give it to ``uid`` when not None: a restore that keeps no owners
-    resuming what one that did left (its group stays: a setgid folder's, as made)."""
+    """Folder ``fd`` of a staging folder being resumed as a restore makes a folder: mode
+    0700 (its setgid bit kept; the killed restore may have finished it read-only, or with
+    another snapshot's mode: its own is set once its files are in), and given to ``uid``
+    when not None (a restore that keeps no owners resuming what one that did left; its
+    group stays, a setgid folder's as made)."""
     st = os.fstat(fd)
     if uid is not None and st.st_uid != uid:
         os.fchown(fd, uid, -1)
-        st = os.fstat(fd)
-    if st.st_uid == os.geteuid() and st.st_mode & 0o300 != 0o300:
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o300)
+    os.fchmod(fd, (st.st_mode & stat.S_ISGID) | 0o700)
+
+
+def open_dir(dir_fd: int, name: bytes) -> int:
+    """Open folder ``name`` of a staging folder (``DIR_FLAGS``), making it readable first
+    if this user owns it and may not read it (a killed restore finished it 0o300)."""
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except PermissionError:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise
+        # (no symlink: just seen a folder, in a staging folder only this user can enter)
+        os.chmod(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dir_fd)
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 
 def force_remove(fd: int, name: bytes) -> None:
-    """Remove ``name`` from folder ``fd`` of a staging folder, whatever it is: a folder
-    is removed with all it holds, each folder inside made writable first (one the killed
-    restore finished read-only). Symlinks are removed, never followed."""
+    """Remove ``name`` from folder ``fd``, whatever it is: a folder is removed with all it
+    holds, each folder of this user's inside made writable first (one a killed restore
+    finished read-only). Symlinks are removed, never followed."""
     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=fd)
         return
-    sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+    sub = open_dir(fd, name)
     try:
-        own_folder(sub, None)
+        if st.st_uid == os.geteuid():
+            os.fchmod(sub, 0o700)
         for child in os.listdir(sub):
             force_remove(sub, os.fsencode(child))
     finally:

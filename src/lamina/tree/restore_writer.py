@@ -165,9 +165,14 @@ class FileWriter:
             raise
         os.close(out)
         if not self.staged:
-            if existing is not None and stat.S_ISDIR(existing.st_mode):
-                self._remove(fd, e.name)
-            os.rename(name, e.name, src_dir_fd=fd, dst_dir_fd=fd)
+            try:
+                if existing is not None and stat.S_ISDIR(existing.st_mode):
+                    self._remove(fd, e.name)
+                os.rename(name, e.name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)  # (the temporary name: nobody else's)
+                raise
         with self._lock:
             self.stats.files += 1
             self.stats.bytes += e.size
