@@ -18,7 +18,7 @@ from lamina.errors import UsageError
 from lamina.store.repository import Store
 from lamina.tree import restore_meta, restore_writer
 from lamina.tree.restore import Restorer, restore_tree
-from lamina.tree.restore_stage import check_new
+from lamina.tree.restore_stage import check_new, open_dir
 from lamina.tree.restore_writer import FileWriter
 
 from .procsources import dict_blobs, store_blobs
@@ -559,6 +559,8 @@ def test_a_held_staging_folder_deeper_in_the_target_is_left_alone(
     running = out / "a" / STAGE
     running.mkdir(mode=0o700)
     write(running / "being-written", b"x")
+    if os.geteuid() == 0:  # another user's restore, into a folder of root's they may write
+        os.chown(running, 1234, 1234)
     held = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -606,3 +608,46 @@ def test_an_error_setting_a_folders_metadata_in_a_file_job_is_not_lost(
     monkeypatch.setattr(restore_meta.Metadata, "on_fd", on_fd)
     with pytest.raises(ValueError, match="a folder's metadata"):
         restore_tree(store, tid, tmp_path / "out", chunking=store.keys.chunking, workers=4)
+
+
+def test_a_folder_made_listable_is_never_reached_through_a_symlink_swapped_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``open_dir`` on a folder it may not list: if someone swaps a symlink in for it
+    once it is refused (at the next call on its name), the chmod that would make it
+    listable never reaches the symlink's target (a file of this user's elsewhere)."""
+    victim = tmp_path / "key"
+    victim.write_bytes(b"secret")
+    os.chmod(victim, 0o600)
+    folder = tmp_path / "shared"
+    (folder / ".lamina-restore-x").mkdir(parents=True)
+    real_open, real_stat = os.open, os.stat
+
+    def swap() -> None:
+        if not (folder / ".lamina-restore-x").is_symlink():
+            os.rmdir(folder / ".lamina-restore-x")
+            os.symlink(victim, folder / ".lamina-restore-x")
+
+    def opened(path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[no-untyped-def]
+        if path == b".lamina-restore-x" and flags & os.O_PATH:
+            swap()
+        elif path == b".lamina-restore-x":
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    def stated(*args, **kwargs):  # type: ignore[no-untyped-def]
+        got = real_stat(*args, **kwargs)
+        if args and args[0] == b".lamina-restore-x":
+            swap()
+        return got
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        monkeypatch.setattr(os, "open", opened)
+        monkeypatch.setattr(os, "stat", stated)
+        with pytest.raises(OSError):
+            open_dir(fd, b".lamina-restore-x")
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600

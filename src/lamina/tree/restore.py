@@ -324,7 +324,7 @@ class Restorer(ResumingWriter):
             if name in names:
                 continue
             if name.startswith(PREFIX):  # left by an interrupted restore, unless running
-                if not is_held(fd, name):
+                if not is_held(fd, name, anyone=True):  # (nobody kept out: only skipped)
                     force_remove(fd, name)
             elif self._resuming:  # in the staging folder: another snapshot's
                 self._remove(fd, name)

@@ -55,14 +55,15 @@ def _may_be_held(st: os.stat_result, root: os.stat_result) -> bool:
     return st.st_uid in (os.geteuid(), root.st_uid)
 
 
-def is_held(dir_fd: int, name: bytes) -> bool:
-    """Whether ``name`` in folder ``dir_fd`` is a staging folder a running restore holds."""
+def is_held(dir_fd: int, name: bytes, anyone: bool = False) -> bool:
+    """Whether ``name`` in folder ``dir_fd`` is a staging folder a running restore holds
+    (of this user's, or owned as ``dir_fd`` is; ``anyone``: whoever owns it)."""
     try:
         fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except OSError:
         return False
     try:
-        if not _may_be_held(os.fstat(fd), os.fstat(dir_fd)):
+        if not anyone and not _may_be_held(os.fstat(fd), os.fstat(dir_fd)):
             return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -168,12 +169,17 @@ def open_dir(dir_fd: int, name: bytes) -> int:
     try:
         return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     except PermissionError:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            raise
-        # (no symlink: just seen a folder, in a staging folder only this user can enter)
-        os.chmod(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dir_fd)
-        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        # The very folder, never a symlink swapped in: an O_PATH descriptor of it, its
+        # mode changed through its /proc link, then opened from it.
+        at = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            st = os.fstat(at)
+            if st.st_uid != os.geteuid():
+                raise
+            os.chmod(f"/proc/self/fd/{at}", stat.S_IMODE(st.st_mode) | 0o700)
+            return os.open(".", DIR_FLAGS, dir_fd=at)
+        finally:
+            os.close(at)
 
 
 def force_remove(fd: int, name: bytes) -> None:
