@@ -52,6 +52,27 @@ def small_tree(root: Path) -> Path:
     return root
 
 
+def restore_as_nobody(blobs: dict[bytes, bytes], key: bytes, tid: bytes, out: Path) -> None:
+    """Restore ``tid`` into ``out`` with no error, as another user than root would: as
+    nobody in a forked child when the tests run as root, else as this user."""
+    if os.geteuid() != 0:
+        assert restore_tree(dict_blobs(blobs, key), tid, out).errors == []
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: nobody
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            st = restore_tree(dict_blobs(blobs, key), tid, out)
+            code = 0 if st.errors == [] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def interrupt_after(monkeypatch: pytest.MonkeyPatch, n: int, leave_temp: bool) -> None:
     """Crash at the (n+1)-th file, optionally leaving a temporary as a kill -9 would.
     (Restores that use it write with one thread, so "the (n+1)-th" is well defined.)"""
@@ -382,21 +403,7 @@ def test_a_restore_by_another_user_moves_a_read_only_folder_into_place(
     try:
         if os.geteuid() == 0:
             os.chown(base, NOBODY, NOBODY)
-            pid = os.fork()
-            if pid == 0:  # the child: nobody
-                code = 1
-                try:
-                    os.setgroups([])
-                    os.setgid(NOBODY)
-                    os.setuid(NOBODY)
-                    st = restore_tree(dict_blobs(blobs, key), tid, out)
-                    code = 0 if st.errors == [] else 2
-                finally:
-                    os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
-        else:
-            assert restore_tree(dict_blobs(blobs, key), tid, out).errors == []
+        restore_as_nobody(blobs, key, tid, out)
         assert sorted(os.listdir(out)) == ["ro", "top"]
         ro = os.stat(out / "ro")
         assert stat.S_IMODE(ro.st_mode) == 0o555 and ro.st_mtime_ns == MTIME + 7
