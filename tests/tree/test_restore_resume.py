@@ -52,6 +52,15 @@ def small_tree(root: Path) -> Path:
     return root
 
 
+def read_only_tree(src: Path) -> Path:
+    """A read-only folder holding a file (mode 0555, its own mtime) and a file beside it."""
+    write(src / "ro" / "inside", b"x" * 1000, MTIME)
+    write(src / "top", b"y" * 10, MTIME)
+    os.chmod(src / "ro", 0o555)
+    os.utime(src / "ro", ns=(MTIME + 7, MTIME + 7))
+    return src
+
+
 def restore_as_nobody(blobs: dict[bytes, bytes], key: bytes, tid: bytes, out: Path) -> None:
     """Restore ``tid`` into ``out`` with no error, as another user than root would: as
     nobody in a forked child when the tests run as root, else as this user."""
@@ -390,11 +399,7 @@ def test_a_restore_by_another_user_moves_a_read_only_folder_into_place(
     """Not as root, a folder's mode without write permission would stop it moving from
     the staging folder (its ``..`` changes): it is moved anyway, with its mode and times
     as the tree's. (As root the test restores as nobody, in a child process.)"""
-    src = tmp_path / "src"
-    write(src / "ro" / "inside", b"x" * 1000, MTIME)
-    write(src / "top", b"y" * 10, MTIME)
-    os.chmod(src / "ro", 0o555)
-    os.utime(src / "ro", ns=(MTIME + 7, MTIME + 7))
+    src = read_only_tree(tmp_path / "src")
     tid, _ = scan_tree(store, src)
     blobs = store_blobs(store)
     key = store.keys.chunking.id_key

@@ -22,7 +22,13 @@ from lamina.tree.restore_stage import check_new, open_dir
 from lamina.tree.restore_writer import FileWriter
 
 from .procsources import store_blobs
-from .test_restore_resume import NOBODY, restore_as_nobody, small_tree, temp_files
+from .test_restore_resume import (
+    NOBODY,
+    read_only_tree,
+    restore_as_nobody,
+    small_tree,
+    temp_files,
+)
 from .treeutil import MIB, MTIME, assert_same_tree, scan_tree, write
 
 STAGE = ".lamina-restore-0123abcd00000001"
@@ -158,15 +164,14 @@ def test_a_read_only_folder_the_killed_restore_finished_takes_the_rest_of_its_fi
 ) -> None:
     """Not as root, a folder the killed restore finished (its mode set: read-only) must
     still take the files it had not written. (As root: as nobody, in a child process.)"""
-    src = tmp_path / "src"
-    write(src / "ro" / "inside", b"x" * 1000, MTIME)
+    src = read_only_tree(tmp_path / "src")
+    os.chmod(src / "ro", 0o755)
     write(src / "ro" / "second", b"z" * 1000, MTIME)
-    write(src / "top", b"y" * 10, MTIME)
+    os.chmod(src / "ro", 0o555)
+    os.utime(src / "ro", ns=(MTIME + 7, MTIME + 7))
     write(src / "wo" / "one", b"1" * 100, MTIME)
     write(src / "wo" / "two", b"2" * 100, MTIME)
-    os.chmod(src / "ro", 0o555)
     os.chmod(src / "wo", 0o300)  # a folder its owner may not list
-    os.utime(src / "ro", ns=(MTIME + 7, MTIME + 7))
     tid, _ = scan_tree(store, src)
     blobs = store_blobs(store)
     key = store.keys.chunking.id_key

@@ -223,7 +223,7 @@ class Restorer(ResumingWriter):
                 stop_reading_ahead(self.store)
             if stage is not None and walk_fd != root_fd:
                 # After an error or an interrupt too: a failed file job removes its file
-                # (``_forget``: a worker process's); a resume publishes only what it proved.
+                # (``_forget``: a worker process's); a resume publishes only a done walk.
                 self._fresh.discard(walk_fd)
                 self._plain_group.discard(walk_fd)
                 if not self._resuming or (walked and self._fatal is None and not self._unsafe):

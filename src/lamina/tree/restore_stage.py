@@ -36,10 +36,14 @@ def hold(fd: int, where: object) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UsageError(f"another restore is writing into {where}") from None
+        raise _busy(where) from None
     except OSError:
         return False
     return True
+
+
+def _busy(where: object) -> UsageError:
+    return UsageError(f"another restore is writing into {where}")
 
 
 def is_ours(st: os.stat_result) -> bool:
@@ -81,7 +85,7 @@ def refuse_if_held(root_fd: int, where: object) -> None:
     for child in os.listdir(root_fd):
         name = os.fsencode(child)
         if name.startswith(PREFIX) and is_held(root_fd, name):
-            raise UsageError(f"another restore is writing into {where}")
+            raise _busy(where)
 
 
 def leftovers(
@@ -110,9 +114,11 @@ def leftovers(
                 continue  # a file (a temporary name), a symlink, or gone
             st = os.fstat(fd)
             if not is_ours(st):
-                os.close(fd)
-                if _may_be_held(st, root) and is_held(root_fd, name):
-                    raise UsageError(f"another restore is writing into {where}")
+                try:
+                    if _may_be_held(st, root):
+                        hold(fd, where)  # refused while held; let go at the close
+                finally:
+                    os.close(fd)
                 continue
             stages.append((st.st_mtime_ns, name, fd))
             locks = hold(fd, where) and locks
