@@ -124,12 +124,14 @@ def sync(
             stderr=subprocess.DEVNULL,
         )
         time.sleep(1.0)
-    if profile == "agent" and spy and name != "restore":
-        # py-spy starts the agent and samples it (its own CPU is then in the agent's figure)
-        lam.agent.prefix = [spy, "record", "--format", "raw", "--rate", str(rate)]
-        lam.agent.prefix += [*(["--gil"] if gil else []), "--output", os.fspath(out), "--"]
+    # the restore's client is the admin's ``cvd restore``
+    client = lam.admin if name == "restore" else lam.agent
+    if profile == "agent" and spy:
+        # py-spy starts the client and samples it (its own CPU is then in the agent's figure)
+        client.prefix = [spy, "record", "--format", "raw", "--rate", str(rate), "--subprocesses"]
+        client.prefix += [*(["--gil"] if gil else []), "--output", os.fspath(out), "--"]
     r, doc, cpu = restore(lam, work) if name == "restore" else lam.cycle(sync=name != "first")
-    lam.agent.prefix = []
+    client.prefix = []
     if rec is not None:
         rec.send_signal(signal.SIGINT)
         rec.wait(timeout=60)

@@ -1062,6 +1062,35 @@ def test_devices_cannot_confirm_another_endpoints_file_content(world: World) -> 
     assert r.status_code == 200 and msgpack.unpackb(r.content) == [a.secret]
 
 
+def test_an_upload_under_a_guessed_id_proves_nothing(world: World) -> None:
+    """An upload proves the device holds a blob only when its content hashes to the id,
+    also when the store holds that id already (for another CVD): a device that sends a
+    guessed id with other bytes must not come to own, read or commit A's chunk."""
+    a = world.a
+    key = bytes.fromhex(json.loads((a.state / "agent.json").read_text())["id_key"])
+    right = blob_id(key, a.secret)
+    api = admin_api(world)
+    token = api.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+    r = enroll_raw(world, token, "desk-eve")
+    assert r.status_code == 201 and r.json()["status"] == "active"
+    m = world.client(r.json()["credential"])
+    decoy = b"not the content of that chunk" * 3
+    for fake_length in (len(decoy), len(a.secret)):
+        flag, payload = compress(decoy)
+        body = msgpack.packb(
+            {"v": 1, "blobs": [[int(BlobKind.DATA), right, flag, payload, fake_length]]},
+            use_bin_type=True,
+        )
+        up = m.post("/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE})
+        assert up.status_code == 422, up.text
+        assert "does not match its id" in up.text or "index says" in up.text
+    doc = assert_json_error(m.post("/blobs/read", json={"ids": [right.hex()]}), 403)
+    assert "not in this device's snapshots" in doc["message"]
+    # A itself still reads its chunk, unchanged.
+    r = world.client(a.credential).post("/blobs/read", json={"ids": [right.hex()]})
+    assert r.status_code == 200 and msgpack.unpackb(r.content) == [a.secret]
+
+
 # --- hostnames (review finding 18, the server's half) -----------------------------------------
 
 

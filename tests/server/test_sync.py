@@ -1,6 +1,7 @@
 """The server's bundle intake and commit verification, on a real store.
 
-Bundles cost work only for what they add (finding 13d); a commit's trees must be
+Bundles cost work only once per blob they hold (finding 13d), and prove each blob's
+content, also one the store holds; a commit's trees must be
 stored as trees and its chunks as data (finding 1); a file's chunks and holes
 must add up to its size (finding 13b).
 """
@@ -73,13 +74,25 @@ def test_copies_in_a_bundle_are_inflated_and_hashed_once(
     assert store.get(_bid(store, data)) == data
 
 
-def test_blobs_the_store_holds_are_not_inflated_again(store: Store, calls: dict[str, int]) -> None:
+def test_a_blob_the_store_holds_is_proven_again_and_not_stored_twice(
+    store: Store, calls: dict[str, int]
+) -> None:
+    """The upload is the device's proof that it holds the content (it then owns the blob):
+    a held blob is inflated and hashed like a new one, and a payload that is not its
+    content is refused, also when the id is one the store holds."""
     data = os.urandom(5000)
     body = encode_bundle([_row(store, data)])
     assert sync.upload_bundle(store, body) == 1
+    packs = [p.name for p in store.catalog.packs()]
     calls.update(decompress=0, blob_id=0)
     assert sync.upload_bundle(store, body) == 0
-    assert calls == {"decompress": 0, "blob_id": 0}
+    assert calls == {"decompress": 1, "blob_id": 1}
+    assert [p.name for p in store.catalog.packs()] == packs  # nothing stored again
+    flag, payload = compress(b"a guess at the content")
+    forged = BundleBlob(int(BlobKind.DATA), _bid(store, data), flag, payload, 22)
+    with pytest.raises(IntegrityError, match="does not match its id"):
+        sync.upload_bundle(store, encode_bundle([forged]))
+    assert store.get(_bid(store, data)) == data
 
 
 def test_the_intake_seals_each_blob_into_its_pack_without_joining_it_first(

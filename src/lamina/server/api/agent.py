@@ -104,8 +104,9 @@ async def bundle(
         intake = await heavy.run(
             sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
         )
-        # Stored (or already held): the device proved it holds each blob's content. The
-        # answer counts blobs new to this CVD, never whether another CVD stored them.
+        # Each blob hashed to its id, stored or already held: the device proved it holds
+        # its content. The answer counts blobs new to this CVD, never whether another
+        # CVD stored them.
         ids = [it.id for it in items]
         del items
     new = await heavy.run(_record, ctx, cvd.id, ids, intake, limits.recent)

@@ -160,11 +160,14 @@ def upload_blobs(
     caller that also needs its ids); return what was new (``Intake``). The new trees,
     decoded here to be checked, are kept in ``trees`` for the commit (stored first).
 
-    Cheap checks come first, so a bundle costs work only for what it adds: each
-    (id, kind) is taken once however often the bundle repeats it, the declared sizes
-    must add up to at most ``max_raw``, and blobs the store already holds *as that
-    kind* are skipped unread. Only the rest are inflated and hashed, all of them
-    before anything is written (one bad blob refuses the whole bundle).
+    Cheap checks come first: each (id, kind) is taken once however often the bundle
+    repeats it, and the declared sizes must add up to at most ``max_raw``. Then every
+    blob is inflated and hashed, all of them before anything is written (one bad blob
+    refuses the whole bundle), and only those the store does not hold *as that kind*
+    are stored. A blob the store holds already is checked too: the upload is the
+    device's proof that it holds the content (``access.record`` makes the blob its
+    CVD's, readable by its device), and an id alone proves nothing, as every agent can
+    compute the id of content it guesses (the content oracle: ``docs/design.md``).
     """
     keys = store.keys
     unique: dict[tuple[bytes, BlobKind], BundleBlob] = {}
@@ -200,14 +203,14 @@ def upload_blobs(
         verified: list[tuple[BlobKind, bytes, BundleBlob]] = []
         decoded: list[tuple[bytes, list[Entry]]] = []
         for (bid, kind), it in unique.items():
-            if bid not in fresh[kind]:
-                continue
             try:
                 data = blob.decompress(it.flag, it.payload, it.raw_length)
             except IntegrityError as e:
                 raise IntegrityError(f"bundle blob {bid.hex()[:16]}: {e.message}") from e
             if blob.blob_id(keys.chunking.id_key, data) != bid:
                 raise IntegrityError(f"bundle blob {bid.hex()[:16]}: content does not match its id")
+            if bid not in fresh[kind]:
+                continue  # proven, and held already: not stored twice
             if kind == BlobKind.TREE:
                 # refuses unsafe names and malformed trees now, not at restore
                 decoded.append((bid, decode_tree(data)))
