@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import update
+from tests.server.test_agent_poll import issuer
 
 from lamina.config import ServerSettings
 from lamina.db.engine import write_tx
@@ -62,7 +63,7 @@ def fleet_of_six(ctx: ServerContext) -> ServerContext:
     policies.create(
         ctx.engine, ADMIN, PolicyCreate(name="hourly", settings=PolicySettings(interval=3600))
     )
-    token = fleet.create_token(ctx.engine, ADMIN, TokenCreate(uses=7)).token
+    token = fleet.create_token(ctx.engine, issuer(ctx.engine), TokenCreate(uses=7)).token
     devs = {
         h: _device(ctx, token, h)
         for h in (

@@ -7,6 +7,7 @@ again within ``STORE_EVERY``; a sync's progress is written at every report.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import after_writes, read_tx, write_tx
 from lamina.db.models import cvds, devices, events, store_state
 from lamina.db.sqlite_read import EPOCH_KEY
+from lamina.errors import ConflictError
 from lamina.protocol.schemas import (
     CentralizeRequest,
     EnrollRequest,
@@ -24,18 +26,31 @@ from lamina.protocol.schemas import (
     PolicyCreate,
     PolicySettings,
     TokenCreate,
+    UserCreate,
 )
 from lamina.server.security import ROLES, Principal
-from lamina.server.services import agent_events, fleet, policies, tasks
+from lamina.server.services import agent_events, fleet, policies, tasks, users
 from lamina.store.keys import StoreKeys
 
 ADMIN = Principal("user", "u-admin", "admin", "administrator", ROLES["administrator"])
 
 
+def issuer(engine: Engine) -> Principal:
+    """``ADMIN``, a user of the database too: an enrollment token is only as good as the
+    user who made it (``fleet.enroll``)."""
+    with contextlib.suppress(ConflictError):
+        users.create_user(
+            engine,
+            ADMIN,
+            UserCreate(name=ADMIN.name, password="correct horse battery", role="administrator"),
+        )
+    return ADMIN
+
+
 def active_devices(engine: Engine, n: int) -> list[Principal]:
     """``n`` enrolled devices, each with an active CVD under the policy "p"."""
     policies.create(engine, ADMIN, PolicyCreate(name="p", settings=PolicySettings()))
-    token = fleet.create_token(engine, ADMIN, TokenCreate(uses=n)).token
+    token = fleet.create_token(engine, issuer(engine), TokenCreate(uses=n)).token
     chunking = StoreKeys.generate().chunking
     out = []
     for i in range(1, n + 1):

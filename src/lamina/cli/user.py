@@ -84,11 +84,18 @@ def user_passwd(
         ),
     ] = False,
     own: Annotated[
-        bool, typer.Option("--own", help="It is your own password: give the current one.")
+        bool,
+        typer.Option(
+            "--own",
+            help="It is your own password: give the current one (asked anyway when NAME is"
+            " the logged-in user).",
+        ),
     ] = False,
 ) -> None:
     """Change a user's password; their other sessions are revoked."""
+    api = Api.from_login()
+    own = own or api.get("/auth/me").get("name") == name
     current = read_password("current password: ", password_stdin) if own else None
     password = read_password(f"new password for {name}: ", password_stdin)
-    Api.from_login().put(f"/users/{name}/password", {"password": password, "current": current})
+    api.put(f"/users/{name}/password", {"password": password, "current": current})
     typer.echo(f"password of {name} changed; their other sessions are revoked")

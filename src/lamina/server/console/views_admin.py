@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Request, Response
 from sqlalchemy import Engine
 
-from lamina.errors import NotFoundError, UsageError
+from lamina.errors import AuthError, ForbiddenError, NotFoundError, UsageError
 from lamina.protocol.schemas import (
     ApiTokenCreate,
     PasswordChange,
@@ -299,8 +299,22 @@ web.add_deletion(
 
 
 @router.post("/users/{name}/password")
-def user_password(ctx: Ctx, actor: Actor, name: str, password: Password) -> Response:
-    users.set_password(ctx.engine, actor, name, PasswordChange(password=password))
+def user_password(
+    ctx: Ctx,
+    actor: Actor,
+    name: str,
+    password: Password,
+    current: Annotated[str | None, Form(max_length=1024)] = None,
+) -> Response:
+    # one's own password needs the current one, administrators' too (``users.set_password``)
+    try:
+        users.set_password(
+            ctx.engine, actor, name, PasswordChange(password=password, current=current or None)
+        )
+    except ForbiddenError:
+        raise
+    except AuthError as e:  # a wrong current password: said on the page, not a logout
+        raise UsageError(e.message) from e
     return see_other("/users")
 
 

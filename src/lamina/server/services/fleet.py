@@ -24,7 +24,8 @@ from sqlalchemy import (
 
 from lamina.db.catalog import EPOCH_VALUE
 from lamina.db.engine import read_once, read_tx, write_tx
-from lamina.db.models import cvds, devices, enroll_tokens, policies, snapshots
+from lamina.db.models import cvds, devices, enroll_tokens, flex_instances, policies, snapshots
+from lamina.db.models import users as users_table
 from lamina.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
 from lamina.protocol import PROTOCOL_VERSION
 from lamina.protocol.schemas import (
@@ -40,7 +41,14 @@ from lamina.protocol.schemas import (
     TokenCreate,
     TokenPublic,
 )
-from lamina.server.security import DEVICE_TOKEN, ENROLL_TOKEN, Principal, new_token, token_hash
+from lamina.server.security import (
+    DEVICE_TOKEN,
+    ENROLL_TOKEN,
+    ROLES,
+    Principal,
+    new_token,
+    token_hash,
+)
 from lamina.server.services import agent_events, drivers_index, flex_manage, users
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit, aware, find_one, from_row, new_id, now
@@ -148,6 +156,7 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
             raise AuthError("the enrollment token has been revoked")
         if aware(t.expires) < now():
             raise AuthError("the enrollment token has expired")
+        _refuse_orphaned(c, t.id, t.created_by)
         # One atomic step: concurrent enrollments cannot pass the count together.
         took = c.execute(
             update(enroll_tokens)
@@ -195,6 +204,27 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
         status=status,
         chunking=chunking_public(chunking, with_key=status == ACTIVE),
     )
+
+
+def _refuse_orphaned(c: Connection, token_id: str, created_by: str) -> None:
+    """A token is only as good as who issued it: a flex instance's, while that instance is
+    active; a user's, while that user exists, is enabled and may still enroll devices
+    (``device.write``). A token outliving its creator's rights would enroll active devices
+    for as long as it was made to last."""
+    inst = c.execute(
+        select(flex_instances.c.state).where(flex_instances.c.enroll_token_id == token_id)
+    ).first()
+    if inst is not None:
+        if inst.state != flex_manage.ACTIVE:
+            raise AuthError(f"the enrollment token's flex instance is {inst.state}")
+        return
+    u = c.execute(
+        select(users_table.c.disabled, users_table.c.role).where(users_table.c.name == created_by)
+    ).first()
+    if u is None or u.disabled or "device.write" not in ROLES.get(u.role, frozenset()):
+        raise AuthError(
+            "the enrollment token's issuer may no longer enroll devices: ask for a new one"
+        )
 
 
 def chunking_public(chunking: ChunkingSecret, with_key: bool) -> ChunkingPublic:
@@ -354,16 +384,26 @@ def archive(engine: Engine, actor: Principal, ref: str) -> CvdPublic:
 
 
 def cvd_for_access(engine: Engine, actor: Principal, ref: str, permission: str = "read") -> Cvd:
-    """The CVD row if ``actor`` may reach it: its own device, or a user with ``permission``."""
+    """The CVD row if ``actor`` may reach it: its own device, or a user with ``permission``.
+
+    Whether the CVD exists is told only to those who may reach it: the permission is asked
+    first, and a device naming any CVD but its own gets the same answer whether or not that
+    CVD exists (else its names, the endpoints' hostnames, could be listed by guessing)."""
+    if actor.kind != "device":
+        actor.require(permission)
     with read_tx(engine) as c:
-        r = find_cvd(c, ref)
+        try:
+            r = find_cvd(c, ref)
+        except (NotFoundError, ConflictError):  # (ambiguous: more than one matches)
+            if actor.kind == "device":
+                raise ForbiddenError("a device may only reach its own CVD") from None
+            raise
     if actor.kind == "device":
         if r.device_id != actor.id:
             raise ForbiddenError("a device may only reach its own CVD")
         if r.state != ACTIVE:
             raise ForbiddenError(f"CVD {r.name} is {r.state}: its device reads nothing of it")
         return r
-    actor.require(permission)
     return r
 
 

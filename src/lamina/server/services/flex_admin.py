@@ -10,7 +10,6 @@ from sqlalchemy import ColumnElement, Connection, Engine, delete, func, insert, 
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import (
-    enroll_tokens,
     flex_entitlement_subjects,
     flex_entitlements,
     flex_image_versions,
@@ -31,13 +30,14 @@ from lamina.protocol.flex import (
 )
 from lamina.server.security import Principal
 from lamina.server.services import flex_images as images
+from lamina.server.services import flex_manage
 from lamina.server.services import policies as cvd_policies
 from lamina.server.services.common import audit, aware, find_one, from_row, new_id, now
 from lamina.server.services.flex_policies import find_policy
 from lamina.server.services.groups import find_group, user_ids
 from lamina.server.services.rows import FlexEntitlement, FlexImage, FlexInstanceView
 
-ACTIVE, LOCKED, REVOKED = "active", "locked", "revoked"
+ACTIVE, LOCKED, REVOKED = flex_manage.ACTIVE, flex_manage.LOCKED, flex_manage.REVOKED
 
 
 # --- entitlements ------------------------------------------------------------------------
@@ -136,6 +136,8 @@ def update_entitlement(
             if not subjects:
                 raise UsageError("an entitlement needs at least one user or group")
             _set_subjects(c, e.id, subjects)
+            # instances of users it no longer names end now, with their guests
+            flex_manage.end_unentitled(c, actor.name)
         audit(
             c,
             actor.name,
@@ -278,20 +280,25 @@ def set_state(
     engine: Engine, actor: Principal, ref: str, state: str, message: str = ""
 ) -> FlexInstancePublic:
     """Lock, unlock (``active``) or revoke an instance; the laptop learns it at check-in.
-    A revoked instance stays revoked."""
+    A revoked instance stays revoked, and so does its managed guest's device; a lock
+    revokes the enrollment token of a guest not enrolled yet (an unlock's next lease
+    carries a new one)."""
     actor.require("flex.operate")
     with write_tx(engine) as c:
         r = _find_instance(c, ref)
         if r.state == REVOKED:
             raise ConflictError(f"flex instance {r.id} is revoked: it cannot change state")
+        if state == REVOKED:
+            flex_manage.end_instance(c, actor.name, r.id, message, "revoked")
+            return _instance_public(_find_instance(c, r.id))
         c.execute(
             update(flex_instances)
             .where(flex_instances.c.id == r.id)
             .values(state=state, message=message)
         )
-        action = {ACTIVE: "unlock", LOCKED: "lock", REVOKED: "revoke"}[state]
-        if state == REVOKED and r.enroll_token_id:
-            revoke_token(c, r.enroll_token_id)
+        action = {ACTIVE: "unlock", LOCKED: "lock"}[state]
+        if state == LOCKED and r.enroll_token_id:
+            flex_manage.revoke_token(c, r.enroll_token_id)
         audit(
             c,
             actor.name,
@@ -315,12 +322,3 @@ def set_instance_policy(
         c.execute(update(flex_instances).where(flex_instances.c.id == r.id).values(policy_id=pid))
         audit(c, actor.name, "flex.instance.set_policy", r.id, user=r.user, policy=policy)
         return _instance_public(_find_instance(c, r.id))
-
-
-def revoke_token(c: Connection, token_id: str) -> None:
-    """Revoke an instance's enrollment token (a managed guest's), if it is not already."""
-    c.execute(
-        update(enroll_tokens)
-        .where(enroll_tokens.c.id == token_id, enroll_tokens.c.revoked.is_(None))
-        .values(revoked=now())
-    )

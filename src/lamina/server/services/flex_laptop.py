@@ -4,6 +4,10 @@ lease's renewal at each check-in, and the image's pieces.
 
 A policy is read at every lease, so an edit reaches every instance at its next check-in.
 A user reaches only their own entitlements and instances: anything else is "not found".
+An instance serves its image only while its user still holds its entitlement and its
+policy has not expired: the laptop's own checks are not the only ones (its owner is
+root on it). A check-in of an instance whose entitlement was withdrawn ends it
+(``flex_manage.end_instance``), and its lease says so.
 """
 
 from __future__ import annotations
@@ -11,17 +15,15 @@ from __future__ import annotations
 import datetime as dt
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import (
-    flex_entitlement_subjects,
     flex_entitlements,
     flex_image_versions,
     flex_images,
     flex_instances,
     flex_policies,
-    user_group_members,
 )
 from lamina.errors import ForbiddenError, NotFoundError
 from lamina.protocol.flex import (
@@ -36,12 +38,13 @@ from lamina.protocol.flex import (
     sign,
 )
 from lamina.server.security import Principal
-from lamina.server.services import fleet
+from lamina.server.services import fleet, flex_manage
 from lamina.server.services import flex_images as images
 from lamina.server.services.common import audit, aware, from_row, new_id, now
-from lamina.server.services.flex_admin import ACTIVE, instance_rows, revoke_token
+from lamina.server.services.flex_admin import ACTIVE, REVOKED, instance_rows
+from lamina.server.services.flex_manage import revoke_token
 from lamina.server.services.flex_policies import policy_doc
-from lamina.server.services.rows import FlexEntitlement, FlexInstance
+from lamina.server.services.rows import FlexEntitlement, FlexInstance, FlexPolicy
 from lamina.store.repository import Store
 
 
@@ -52,16 +55,8 @@ def _require_user(actor: Principal) -> None:
 
 
 def _my_entitlements(c: Connection, actor: Principal) -> list[FlexEntitlement]:
-    mine = select(user_group_members.c.group_id).where(user_group_members.c.user_id == actor.id)
     # ids first: DISTINCT over the rows themselves would compare JSON (PostgreSQL cannot)
-    ids = select(flex_entitlement_subjects.c.entitlement_id).where(
-        or_(
-            (flex_entitlement_subjects.c.kind == "user")
-            & (flex_entitlement_subjects.c.subject_id == actor.id),
-            (flex_entitlement_subjects.c.kind == "group")
-            & flex_entitlement_subjects.c.subject_id.in_(mine),
-        )
-    )
+    ids = flex_manage.entitlement_ids(actor.id)
     q = (
         select(flex_entitlements)
         .where(flex_entitlements.c.id.in_(ids))
@@ -116,15 +111,40 @@ def _my_instance(c: Connection, actor: Principal, ref: str) -> FlexInstance:
     return r
 
 
+def _policy(c: Connection, inst_policy: str | None, e: FlexEntitlement) -> FlexPolicy:
+    """An instance's policy: its own override, else its entitlement's."""
+    pid = inst_policy or e.policy_id
+    return c.execute(select(flex_policies).where(flex_policies.c.id == pid)).one()
+
+
+def _refuse_expired(p: FlexPolicy, created: dt.datetime | None) -> None:
+    until = policy_doc(p, aware(created)).expires_at
+    if until is not None and until <= now():
+        raise ForbiddenError(f"the flex policy {p.name} expired at {until:%Y-%m-%d %H:%M} UTC")
+
+
+def _serving(c: Connection, inst: FlexInstance) -> None:
+    """Refuse (403) to serve an instance's image unless it is active, its user still holds
+    its entitlement, and its policy has not expired."""
+    if inst.state != ACTIVE:
+        raise ForbiddenError(
+            f"flex instance {inst.id} is {inst.state}: {inst.message or 'ask your administrator'}"
+        )
+    if not flex_manage.entitled(c, inst.user_id, inst.entitlement_id):
+        raise ForbiddenError(f"flex instance {inst.id}: {flex_manage.WITHDRAWN}")
+    e = c.execute(
+        select(flex_entitlements).where(flex_entitlements.c.id == inst.entitlement_id)
+    ).one()
+    _refuse_expired(_policy(c, inst.policy_id, e), inst.created)
+
+
 def _lease(c: Connection, inst: FlexInstance, actor_name: str, server_url: str | None) -> Lease:
     """The lease of ``inst`` now; for a managed guest not enrolled yet, a fresh one-use
     enrollment token (the previous one is revoked, the new one recorded on the instance)."""
     e = c.execute(
         select(flex_entitlements).where(flex_entitlements.c.id == inst.entitlement_id)
     ).one()
-    p = c.execute(
-        select(flex_policies).where(flex_policies.c.id == (inst.policy_id or e.policy_id))
-    ).one()
+    p = _policy(c, inst.policy_id, e)
     v = c.execute(
         select(flex_image_versions).where(flex_image_versions.c.id == inst.version_id)
     ).one()
@@ -175,6 +195,7 @@ def create_instance(
     _require_user(actor)
     with write_tx(engine) as c:
         e = _my_entitlement(c, actor, entitlement)
+        _refuse_expired(_policy(c, None, e), None)
         img = c.execute(select(flex_images).where(flex_images.c.id == e.image_id)).one()
         v = images.find_version(c, img, e.version)
         iid = new_id()
@@ -222,6 +243,11 @@ def checkin(
     _require_user(actor)
     with write_tx(engine) as c:
         inst = _my_instance(c, actor, ref)
+        if inst.state != REVOKED and not flex_manage.entitled(c, actor.id, inst.entitlement_id):
+            flex_manage.end_instance(
+                c, actor.name, inst.id, flex_manage.WITHDRAWN, "entitlement withdrawn"
+            )
+            inst = _my_instance(c, actor, ref)
         c.execute(
             update(flex_instances).where(flex_instances.c.id == inst.id).values(last_checkin=now())
         )
@@ -239,6 +265,7 @@ def my_manifest(
     _require_user(actor)
     with read_tx(engine) as c:
         inst = _my_instance(c, actor, ref)
+        _serving(c, inst)
         v = c.execute(
             select(flex_image_versions).where(flex_image_versions.c.id == inst.version_id)
         ).one()
@@ -251,10 +278,7 @@ def my_piece(engine: Engine, store: Store, actor: Principal, ref: str, n: int) -
     _require_user(actor)
     with read_tx(engine) as c:
         inst = _my_instance(c, actor, ref)
-        if inst.state != ACTIVE:
-            raise ForbiddenError(
-                f"flex instance {inst.id} is {inst.state}: {inst.message or 'ask your administrator'}"
-            )
+        _serving(c, inst)
         v = c.execute(
             select(flex_image_versions).where(flex_image_versions.c.id == inst.version_id)
         ).one()

@@ -9,6 +9,7 @@ from lamina.db.models import flex_entitlement_subjects, user_group_members, user
 from lamina.errors import ConflictError, NotFoundError
 from lamina.protocol.flex import GroupCreate, GroupPublic
 from lamina.server.security import Principal
+from lamina.server.services import flex_manage
 from lamina.server.services.common import audit, aware, new_id, now
 from lamina.server.services.rows import Group
 
@@ -113,6 +114,7 @@ def remove_members(engine: Engine, actor: Principal, name: str, members: list[st
             )
         )
         audit(c, actor.name, "group.remove", g.id, name=g.name, members=sorted(ids))
+        flex_manage.end_unentitled(c, actor.name)  # their instances of its entitlements end
         return _public(c, g)
 
 
@@ -129,3 +131,4 @@ def delete_group(engine: Engine, actor: Principal, name: str) -> None:
         )
         c.execute(delete(user_groups).where(user_groups.c.id == g.id))
         audit(c, actor.name, "group.delete", g.id, name=g.name)
+        flex_manage.end_unentitled(c, actor.name)

@@ -244,6 +244,12 @@ def report(
             rep = rep.model_copy(
                 update={"message": f"{rep.message} (cancelled too late: a boot applied it)"}
             )
+        if r.state in (DONE, FAILED):
+            if rep.state == r.state:
+                return public(r)  # the same end reported again (a retried request)
+            # An ended task stays ended: reopened, it would deliver its tree again
+            # (``access.check_read``) and keep its delta from the gc.
+            raise ConflictError(f"task {r.id} is {r.state}: it cannot be reported again")
         values = _progress_values(rep)
         values["reported"] = now()
         if rep.state:

@@ -41,7 +41,7 @@ from lamina.server.security import (
     token_hash,
     verify_password,
 )
-from lamina.server.services import journal
+from lamina.server.services import flex_manage, journal
 from lamina.server.services.common import TableRow, audit, aware, from_row, new_id, now
 from lamina.server.services.credentials import DeviceCredentials, Presented
 from lamina.server.services.rows import User
@@ -398,18 +398,28 @@ def disable_user(engine: Engine, actor: Principal, name: str) -> None:
 
 
 def delete_user(engine: Engine, actor: Principal, name: str) -> None:
-    """Delete a user and every token of theirs."""
+    """Delete a user and every token of theirs: their sessions and API tokens, the
+    enrollment tokens they issued (a user made later under the same name must not bring
+    them back), and their flex instances with those instances' managed guests."""
     actor.require("user.admin")
     with write_tx(engine) as c:
         r = _user(c, name)
         _keep_an_administrator(c, r, "delete")
+        flex_manage.end_users_instances(c, actor.name, r.id, f"user {name} was deleted")
+        c.execute(
+            update(enroll_tokens)
+            .where(enroll_tokens.c.created_by == name, enroll_tokens.c.revoked.is_(None))
+            .values(revoked=now())
+        )
         n = c.execute(delete(api_tokens).where(api_tokens.c.user_id == r.id)).rowcount
         c.execute(delete(users).where(users.c.id == r.id))
         audit(c, actor.name, "user.delete", name, role=r.role, tokens_revoked=n)
 
 
 def set_password(engine: Engine, actor: Principal, name: str, req: PasswordChange) -> None:
-    """Change a password: one's own (giving the current one) or anyone's with ``user.admin``.
+    """Change a password: one's own (giving the current one, administrators too: a leaked
+    session or API token must not be enough to lock its user out) or, with ``user.admin``,
+    another user's.
 
     Every other session of the user is revoked.
     """
@@ -418,11 +428,7 @@ def set_password(engine: Engine, actor: Principal, name: str, req: PasswordChang
         actor.require("user.admin")
     with read_tx(engine) as c:
         r = _user(c, name)
-    if (
-        own
-        and "user.admin" not in actor.permissions
-        and not (req.current and verify_password(r.password_hash, req.current))
-    ):
+    if own and not (req.current and verify_password(r.password_hash, req.current)):
         raise AuthError("the current password is wrong")
     new_hash = hash_password(req.password)  # Argon2 outside the write transaction
     with write_tx(engine) as c:
