@@ -82,6 +82,7 @@ def record(
     common."""
     want = list(dict.fromkeys(ids))
     with write_tx(engine) as c:
+        sharing = inflight.for_cvd(c, cvd_id, sharing)
         if c.dialect.name == "sqlite":
             # The rows the insert added are the new ones: counted by the driver, not
             # asked first (a lookup of every id of the bundle). The claims end for
@@ -138,9 +139,11 @@ def missing(
     # Ownership is asked only of stored ids: one not stored is sent, owned or not.
     stored_ids = [i for i in ids if i not in gone]
     mine: set[bytes] = set()
-    if stored_ids:
+    if stored_ids or sharing.on:
         with read_tx(engine) as c:
-            mine = owned(c, cvd.id, stored_ids)
+            if stored_ids:
+                mine = owned(c, cvd.id, stored_ids)
+            sharing = inflight.for_cvd(c, cvd.id, sharing)  # (none for a flex guest)
     candidates = [i for i in ids if i in gone or i not in mine]
     if not sharing.on or not candidates:
         return candidates
@@ -163,6 +166,8 @@ class CommitOwnership:
 
     def __init__(self, engine: Engine, store: Store, cvd: Cvd, sharing: Sharing = OFF) -> None:
         ensure_indexed(engine, store, cvd)
+        with read_tx(engine) as c:
+            sharing = inflight.for_cvd(c, cvd.id, sharing)
         self.engine, self.store, self.cvd_id, self.sharing = engine, store, cvd.id, sharing
         self.taken: list[bytes] = []
         #: the ids of the ``require`` answered "uploads pending" (``inflight.PendingCommits``)

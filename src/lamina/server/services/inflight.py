@@ -30,6 +30,11 @@ The protocol (docs/design.md, "Blobs in flight"):
   on a promise: a claimant that dies lets its lease run out, the waiting commit is
   answered "missing", and its agent scans again and uploads what ``need`` now asks for.
 
+Managed flex guests take no part (session 23): any flex user mints one active device per
+instance, so a threshold counted over their CVDs would be one person's to pass alone.
+A guest's CVD asks and commits with sharing off (``for_cvd``), and its blobs and claims
+count for no other CVD (``GUEST_CVDS`` left out of every count).
+
 Every step is one short transaction on the server's database, so servers sharing one
 PostgreSQL database see each other's claims. Two devices asking at the same moment
 may both be told to send a blob: the only cost is bytes, the store keeps one copy.
@@ -49,7 +54,14 @@ from sqlalchemy import Connection, Executable, bindparam, delete, func, select, 
 from sqlalchemy.dialects import postgresql
 
 from lamina.db.engine import driver_rows
-from lamina.db.models import blob_claimants, blob_claims, cvd_blobs, shared_blobs
+from lamina.db.models import (
+    blob_claimants,
+    blob_claims,
+    cvd_blobs,
+    cvds,
+    flex_instances,
+    shared_blobs,
+)
 from lamina.errors import MissingDataError, UploadsPendingError
 from lamina.server.services.common import now
 
@@ -141,6 +153,27 @@ def _shared(c: Connection, ids: list[bytes]) -> set[bytes]:
     }
 
 
+#: The CVDs of managed flex guests (a flex instance's device): counted as no holder.
+GUEST_CVDS = "SELECT g.id FROM cvds g JOIN flex_instances f ON f.device_id = g.device_id"
+
+
+def _guest_cvds() -> Any:
+    return select(cvds.c.id).join(flex_instances, flex_instances.c.device_id == cvds.c.device_id)
+
+
+def for_cvd(c: Connection, cvd_id: str, sharing: Sharing) -> Sharing:
+    """The sharing a CVD's asks and commits get: none for a managed flex guest's."""
+    if not sharing.on:
+        return sharing
+    guest = c.execute(
+        select(flex_instances.c.id)
+        .join(cvds, cvds.c.device_id == flex_instances.c.device_id)
+        .where(cvds.c.id == cvd_id)
+        .limit(1)
+    ).first()
+    return OFF if guest is not None else sharing
+
+
 def _holders(
     c: Connection, cvd_id: str, ids: list[bytes], stored: set[bytes], when: dt.datetime
 ) -> tuple[dict[bytes, set[str]], dict[bytes, set[str]]]:
@@ -155,9 +188,12 @@ def _holders(
     held = [i for i in ids if i in stored]
     for bid, cid in rows_in(
         c,
-        "SELECT blob_id, cvd_id FROM cvd_blobs WHERE blob_id IN (%s) AND cvd_id != ?",
+        "SELECT blob_id, cvd_id FROM cvd_blobs WHERE blob_id IN (%s) AND cvd_id != ? "
+        f"AND cvd_id NOT IN ({GUEST_CVDS})",
         lambda part: select(cvd_blobs.c.blob_id, cvd_blobs.c.cvd_id).where(
-            cvd_blobs.c.blob_id.in_(part), cvd_blobs.c.cvd_id != cvd_id
+            cvd_blobs.c.blob_id.in_(part),
+            cvd_blobs.c.cvd_id != cvd_id,
+            cvd_blobs.c.cvd_id.not_in(_guest_cvds()),
         ),
         held,
         cvd_id,
@@ -168,7 +204,8 @@ def _holders(
     for bid, cid in rows_in(
         c,
         "SELECT c.blob_id, c.cvd_id FROM blob_claims c JOIN blob_claimants k "
-        "ON k.cvd_id = c.cvd_id WHERE c.blob_id IN (%s) AND c.cvd_id != ? AND k.expires > ?",
+        "ON k.cvd_id = c.cvd_id WHERE c.blob_id IN (%s) AND c.cvd_id != ? AND k.expires > ? "
+        f"AND c.cvd_id NOT IN ({GUEST_CVDS})",
         lambda part: (
             select(blob_claims.c.blob_id, blob_claims.c.cvd_id)
             .join(blob_claimants, blob_claimants.c.cvd_id == blob_claims.c.cvd_id)
@@ -176,6 +213,7 @@ def _holders(
                 blob_claims.c.blob_id.in_(part),
                 blob_claims.c.cvd_id != cvd_id,
                 blob_claimants.c.expires > when,
+                blob_claims.c.cvd_id.not_in(_guest_cvds()),
             )
         ),
         ids,
@@ -382,7 +420,7 @@ def _newly_common(c: Connection, ids: list[bytes], threshold: int) -> list[bytes
         for part in id_batches(fresh)
         for r in c.execute(
             select(cvd_blobs.c.blob_id)
-            .where(cvd_blobs.c.blob_id.in_(part))
+            .where(cvd_blobs.c.blob_id.in_(part), cvd_blobs.c.cvd_id.not_in(_guest_cvds()))
             .group_by(cvd_blobs.c.blob_id)
             .having(func.count() >= threshold)
         )
@@ -393,7 +431,8 @@ def _newly_common(c: Connection, ids: list[bytes], threshold: int) -> list[bytes
 _SQLITE_COMMON = (
     "WITH v(id) AS (VALUES %s) SELECT v.id FROM v "
     "WHERE NOT EXISTS (SELECT 1 FROM shared_blobs s WHERE s.blob_id = v.id) "
-    "AND (SELECT count(*) FROM (SELECT 1 FROM cvd_blobs o WHERE o.blob_id = v.id LIMIT ?)) >= ?"
+    "AND (SELECT count(*) FROM (SELECT 1 FROM cvd_blobs o WHERE o.blob_id = v.id "
+    f"AND o.cvd_id NOT IN ({GUEST_CVDS}) LIMIT ?)) >= ?"
 )
 
 
