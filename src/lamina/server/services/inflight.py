@@ -33,7 +33,7 @@ The protocol (docs/design.md, "Blobs in flight"):
 Managed flex guests take no part (session 23): any flex user mints one active device per
 instance, so a threshold counted over their CVDs would be one person's to pass alone.
 A guest's CVD asks and commits with sharing off (``for_cvd``), and its blobs and claims
-count for no other CVD (``GUEST_CVDS`` left out of every count).
+count for no other CVD (``_guest_cvds`` left out of every count).
 
 Every step is one short transaction on the server's database, so servers sharing one
 PostgreSQL database see each other's claims. Two devices asking at the same moment
@@ -153,11 +153,10 @@ def _shared(c: Connection, ids: list[bytes]) -> set[bytes]:
     }
 
 
-#: The CVDs of managed flex guests (a flex instance's device): counted as no holder.
-GUEST_CVDS = "SELECT g.id FROM cvds g JOIN flex_instances f ON f.device_id = g.device_id"
-
-
 def _guest_cvds() -> Any:
+    """The CVDs of managed flex guests (a flex instance's device): counted as no holder.
+    The driver statements spell it ``SELECT g.id FROM cvds g JOIN flex_instances f ON
+    f.device_id = g.device_id``."""
     return select(cvds.c.id).join(flex_instances, flex_instances.c.device_id == cvds.c.device_id)
 
 
@@ -189,7 +188,8 @@ def _holders(
     for bid, cid in rows_in(
         c,
         "SELECT blob_id, cvd_id FROM cvd_blobs WHERE blob_id IN (%s) AND cvd_id != ? "
-        f"AND cvd_id NOT IN ({GUEST_CVDS})",
+        "AND cvd_id NOT IN (SELECT g.id FROM cvds g JOIN flex_instances f "
+        "ON f.device_id = g.device_id)",
         lambda part: select(cvd_blobs.c.blob_id, cvd_blobs.c.cvd_id).where(
             cvd_blobs.c.blob_id.in_(part),
             cvd_blobs.c.cvd_id != cvd_id,
@@ -205,7 +205,8 @@ def _holders(
         c,
         "SELECT c.blob_id, c.cvd_id FROM blob_claims c JOIN blob_claimants k "
         "ON k.cvd_id = c.cvd_id WHERE c.blob_id IN (%s) AND c.cvd_id != ? AND k.expires > ? "
-        f"AND c.cvd_id NOT IN ({GUEST_CVDS})",
+        "AND c.cvd_id NOT IN (SELECT g.id FROM cvds g JOIN flex_instances f "
+        "ON f.device_id = g.device_id)",
         lambda part: (
             select(blob_claims.c.blob_id, blob_claims.c.cvd_id)
             .join(blob_claimants, blob_claimants.c.cvd_id == blob_claims.c.cvd_id)
@@ -432,7 +433,8 @@ _SQLITE_COMMON = (
     "WITH v(id) AS (VALUES %s) SELECT v.id FROM v "
     "WHERE NOT EXISTS (SELECT 1 FROM shared_blobs s WHERE s.blob_id = v.id) "
     "AND (SELECT count(*) FROM (SELECT 1 FROM cvd_blobs o WHERE o.blob_id = v.id "
-    f"AND o.cvd_id NOT IN ({GUEST_CVDS}) LIMIT ?)) >= ?"
+    "AND o.cvd_id NOT IN (SELECT g.id FROM cvds g JOIN flex_instances f "
+    "ON f.device_id = g.device_id) LIMIT ?)) >= ?"
 )
 
 
