@@ -369,14 +369,21 @@ def _user(c: Connection, name: str) -> User:
 
 
 def _keep_an_administrator(c: Connection, r: User, doing: str) -> None:
-    """Refuse to leave the server without an enabled administrator."""
+    """Refuse to leave the server without an enabled administrator.
+
+    The enabled administrators' rows are locked (``FOR UPDATE``, in one order) before
+    they are counted: on PostgreSQL two administrators disabling or deleting each other at
+    once would otherwise each count the other still enabled, and both succeed. The second
+    waits for the first, then counts again. (SQLite's writers are serialized already.)"""
     if r.role != "administrator" or r.disabled:
         return
-    others = c.execute(
-        select(func.count())
-        .select_from(users)
-        .where(users.c.role == "administrator", ~users.c.disabled, users.c.id != r.id)
-    ).scalar_one()
+    enabled = c.execute(
+        select(users.c.id)
+        .where(users.c.role == "administrator", ~users.c.disabled)
+        .order_by(users.c.id)
+        .with_for_update()
+    ).scalars()
+    others = [i for i in enabled if i != r.id]
     if not others:
         raise ConflictError(f"cannot {doing} {r.name}: it is the last enabled administrator")
 
