@@ -124,9 +124,7 @@ def device_missing(
     cvd = fleet.active_cvd_of_device(engine, device)
     ids = parse_ids(hex_ids)
     limiter.take(device.id, len(ids))
-    # Each id once: one guess repeated 20,000 times would add up a lookup's time (longer
-    # for a stored id) into a difference one can measure.
-    ids = list(dict.fromkeys(ids))
+    ids = list(dict.fromkeys(ids))  # each once: a repeated guess adds up a lookup's time
     return [i.hex() for i in access.missing(engine, store, cvd, ids, sharing)]
 
 
