@@ -1091,6 +1091,40 @@ def test_an_upload_under_a_guessed_id_proves_nothing(world: World) -> None:
     assert r.status_code == 200 and msgpack.unpackb(r.content) == [a.secret]
 
 
+def test_an_upload_costs_the_same_whether_another_endpoint_held_the_content(world: World) -> None:
+    """A bundle whose blob the store holds for another CVD writes it all the same (a
+    surplus copy, freed by the gc): the work, the answer's time and the store's size
+    (``/status`` shows it to any reader) are those of a blob nobody held. Sizes, not
+    times, are compared: the bytes added for a right guess of A's content equal those
+    for a wrong one of the same length."""
+    api = admin_api(world)
+
+    def device(host: str) -> tuple[httpx.Client, bytes]:
+        token = api.post("/tokens", json={"expires_in": 3600, "policy": "std"}).json()["token"]
+        r = enroll_raw(world, token, host)
+        assert r.status_code == 201, r.text
+        return world.client(r.json()["credential"]), bytes.fromhex(r.json()["chunking"]["id_key"])
+
+    victim, key = device("desk-victim")
+    m, _ = device("desk-timer")
+    secret = b"the victim's own notes: " + secrets.token_bytes(48)
+    wrong = bytes(b ^ 0x55 for b in secret)  # same length, not the victim's
+
+    def grows(content: bytes, new: int, by: httpx.Client | None = None) -> int:
+        before = api.get("/status").json()["usage"]["pack_bytes"]
+        flag, payload = compress(content)
+        row = [int(BlobKind.DATA), blob_id(key, content), flag, payload, len(content)]
+        body = msgpack.packb({"v": 1, "blobs": [row]}, use_bin_type=True)
+        up = (by or m).post("/agent/bundles", content=body, headers={"Content-Type": MEDIA_TYPE})
+        assert up.status_code == 200 and up.json() == {"new": new}, up.text
+        return int(api.get("/status").json()["usage"]["pack_bytes"]) - int(before)
+
+    assert grows(secret, 1, by=victim) > 0
+    assert len(compress(secret)[1]) == len(compress(wrong)[1])
+    assert grows(secret, 1) == grows(wrong, 1) > 0
+    assert grows(secret, 0) == 0  # its own blob sent again: nothing written
+
+
 # --- hostnames (review finding 18, the server's half) -----------------------------------------
 
 

@@ -101,8 +101,9 @@ async def bundle(
     async with held_body(request, ctx.settings.max_body, limits.bodies, spool) as body:
         items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
         del body
+        owns = access.owned_by(ctx.engine, cvd.id)  # held blobs not its own: a copy
         intake = await heavy.run(
-            sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded
+            sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded, owns
         )
         # Each blob hashed to its id, stored or already held: the device proved it holds
         # its content. The answer counts blobs new to this CVD, never whether another

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql
@@ -63,6 +63,16 @@ def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
             cvd_id,
         )
     }
+
+
+def owned_by(engine: Engine, cvd_id: str) -> Callable[[list[bytes]], set[bytes]]:
+    """``owned`` for one CVD in its own read transaction (a bundle's intake asks it)."""
+
+    def ask(ids: list[bytes]) -> set[bytes]:
+        with read_tx(engine) as c:
+            return owned(c, cvd_id, ids)
+
+    return ask
 
 
 def record(
