@@ -48,6 +48,10 @@ _path = os.environ.get("SRVCPU_CAPTURE")
 if _path and b"server" in open("/proc/self/cmdline", "rb").read().split(b"\\0")[2:4]:
     import pickle, threading
     from lamina.server.services import access, sync
+    try:
+        from lamina.server.services import intake
+    except ImportError:  # a checkout before session 23: the intake was sync's
+        intake = sync
     _out, _lock, _local = open(_path, "ab"), threading.Lock(), threading.local()
 
     def _dump(rec):
@@ -55,7 +59,7 @@ if _path and b"server" in open("/proc/self/cmdline", "rb").read().split(b"\\0")[
             pickle.dump(rec, _out)
             _out.flush()
 
-    _missing, _upload = sync.device_missing, sync.upload_blobs
+    _missing, _upload = sync.device_missing, intake.upload_blobs
     _record, _commit = access.record, sync.commit_snapshot
 
     def device_missing(engine, store, device, hex_ids, *a, **k):
@@ -80,7 +84,7 @@ if _path and b"server" in open("/proc/self/cmdline", "rb").read().split(b"\\0")[
         finally:
             _local.commit = False
 
-    sync.device_missing, sync.upload_blobs = device_missing, upload_blobs
+    sync.device_missing, intake.upload_blobs = device_missing, upload_blobs
     access.record, sync.commit_snapshot = record, commit_snapshot
 """
 
@@ -218,6 +222,11 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
     from lamina.server.deps import AccessLimits
     from lamina.server.services import access, fleet, sync
 
+    try:
+        from lamina.server.services import intake as bundles
+    except ImportError:  # a checkout before session 23: the intake was sync's
+        bundles = sync
+
     calls = [
         # a bundle replayed from its body: the route decodes it too
         ("bundle", encode_bundle(rec[1])) if rec[0] == "bundle" else rec
@@ -247,7 +256,7 @@ def replay(work: Path, only: frozenset[str] | None = None) -> dict[str, float]:
         elif rec[0] == "bundle":
             fleet.active_cvd_of_device(ctx.engine, device)
             items = decode_bundle(rec[1])
-            intake = sync.upload_blobs(ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded)
+            intake = bundles.upload_blobs(ctx.store, items, bundles.MAX_BUNDLE_RAW, limits.uploaded)
             intakes[tuple(it.id for it in items)] = intake
         elif rec[0] == "record":
             intake = intakes.pop(tuple(rec[2]), None)

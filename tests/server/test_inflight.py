@@ -500,7 +500,7 @@ def test_a_bundles_ownership_rows_go_in_in_id_order_and_its_common_blobs_in_one_
 def test_blobs_a_bundle_stored_first_are_not_asked_whether_they_became_common(
     tmp_path: Path,
 ) -> None:
-    """A bundle's blobs the store did not hold before it (``sync.Intake.first``) have one
+    """A bundle's blobs the store did not hold before it (``intake.Intake.first``) have one
     owner, the uploading CVD: its record asks nothing of ``shared_blobs`` about them
     (one statement per 5,000 ids before: 55 of 1,300 ms of a 30,000-file first sync's
     server CPU). Two devices uploading the same blob at once both see it first, so it is

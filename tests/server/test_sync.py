@@ -20,7 +20,7 @@ import pytest
 from lamina.db.stores import StoreLocation, init_store, open_store
 from lamina.errors import IntegrityError, MissingDataError, TooLargeError
 from lamina.protocol.bundle import BundleBlob, encode_bundle
-from lamina.server.services import sync
+from lamina.server.services import intake, sync
 from lamina.store import blob
 from lamina.store.blob import BlobKind, blob_id, compress
 from lamina.store.pack import pack_object_name
@@ -69,7 +69,7 @@ def test_copies_in_a_bundle_are_inflated_and_hashed_once(
     data = b"\0" * 1_000_000 + os.urandom(16)
     body = encode_bundle([_row(store, data)] * 500)
     calls.update(decompress=0, blob_id=0)
-    assert sync.upload_bundle(store, body) == 1
+    assert intake.upload_bundle(store, body) == 1
     assert calls == {"decompress": 1, "blob_id": 1}
     assert store.get(_bid(store, data)) == data
 
@@ -82,16 +82,16 @@ def test_a_blob_the_store_holds_is_proven_again_and_not_stored_twice(
     content is refused, also when the id is one the store holds."""
     data = os.urandom(5000)
     body = encode_bundle([_row(store, data)])
-    assert sync.upload_bundle(store, body) == 1
+    assert intake.upload_bundle(store, body) == 1
     packs = [p.name for p in store.catalog.packs()]
     calls.update(decompress=0, blob_id=0)
-    assert sync.upload_bundle(store, body) == 0
+    assert intake.upload_bundle(store, body) == 0
     assert calls == {"decompress": 1, "blob_id": 1}
     assert [p.name for p in store.catalog.packs()] == packs  # nothing stored again
     flag, payload = compress(b"a guess at the content")
     forged = BundleBlob(int(BlobKind.DATA), _bid(store, data), flag, payload, 22)
     with pytest.raises(IntegrityError, match="does not match its id"):
-        sync.upload_bundle(store, encode_bundle([forged]))
+        intake.upload_bundle(store, encode_bundle([forged]))
     assert store.get(_bid(store, data)) == data
 
 
@@ -106,7 +106,7 @@ def test_the_intake_seals_each_blob_into_its_pack_without_joining_it_first(
 
     monkeypatch.setattr(blob, "seal", joined)
     datas = [os.urandom(3000), b"\0" * 200_000 + os.urandom(8)]  # raw and zstd payloads
-    assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == 2
+    assert intake.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == 2
     for d in datas:
         assert store.get(_bid(store, d)) == d
 
@@ -144,7 +144,7 @@ def test_a_bundles_blobs_go_into_the_pack_in_one_call_not_one_each(
     for n in (3, 60):
         datas = [real_urandom(100 + i) for i in range(n)]
         checks[0] = nonces[0] = ciphers[0] = 0
-        assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == n
+        assert intake.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == n
         counts.append((checks[0], nonces[0], ciphers[0]))
         assert [store.get(_bid(store, d)) for d in datas] == datas
         where = store.catalog.locate([_bid(store, d) for d in datas]).values()
@@ -161,7 +161,7 @@ def test_a_bundle_asks_the_catalog_about_its_ids_and_never_loads_the_stores_ids(
     count of the whole ``blobs`` table, once 4,096 ids were asked), as a bundle of 5,000
     chunks did at f384b63."""
     held = [os.urandom(40) for _ in range(50)]
-    assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in held])) == 50
+    assert intake.upload_bundle(store, encode_bundle([_row(store, d) for d in held])) == 50
 
     def loaded(*a: Any, **kw: Any) -> set[bytes] | None:
         raise AssertionError("the intake loaded the store's ids")
@@ -176,7 +176,7 @@ def test_a_bundle_asks_the_catalog_about_its_ids_and_never_loads_the_stores_ids(
 
     monkeypatch.setattr(store.catalog, "missing", missing)
     datas = [os.urandom(40) for _ in range(5000)] + held[:10]
-    assert sync.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == 5000
+    assert intake.upload_bundle(store, encode_bundle([_row(store, d) for d in datas])) == 5000
     assert sorted(asked) == [0, 5010]  # the trees' (none), the chunks'
     assert store.get(_bid(store, datas[0])) == datas[0]
 
@@ -185,12 +185,12 @@ def test_a_bundle_declaring_too_much_content_is_refused_before_inflating(
     store: Store, calls: dict[str, int]
 ) -> None:
     big = store.keys.chunking.max_size
-    n = 256 * 1024 * 1024 // big + 1  # sync.MAX_BUNDLE_RAW
+    n = 256 * 1024 * 1024 // big + 1  # intake.MAX_BUNDLE_RAW
     rows = [BundleBlob(int(BlobKind.DATA), os.urandom(32), 1, b"tiny", big) for _ in range(n)]
     before = store.stats()
     calls.update(decompress=0, blob_id=0)
     with pytest.raises(TooLargeError, match="declares more than"):
-        sync.upload_bundle(store, encode_bundle(rows))
+        intake.upload_bundle(store, encode_bundle(rows))
     assert calls == {"decompress": 0, "blob_id": 0}
     assert store.stats() == before
 
@@ -198,8 +198,8 @@ def test_a_bundle_declaring_too_much_content_is_refused_before_inflating(
 def test_a_tree_uploaded_after_its_data_copy_is_stored_as_a_tree(store: Store) -> None:
     t = encode_tree([Entry(name=b"a", type="file")])
     tid = _bid(store, t)
-    assert sync.upload_bundle(store, encode_bundle([_row(store, t, BlobKind.DATA)])) == 1
-    assert sync.upload_bundle(store, encode_bundle([_row(store, t, BlobKind.TREE)])) == 1
+    assert intake.upload_bundle(store, encode_bundle([_row(store, t, BlobKind.DATA)])) == 1
+    assert intake.upload_bundle(store, encode_bundle([_row(store, t, BlobKind.TREE)])) == 1
     assert tid in store.catalog.locate([tid], kind=BlobKind.TREE)
 
 
@@ -302,7 +302,7 @@ def test_small_bundles_accumulate_into_full_packs(small_pack_store: Store) -> No
             data = os.urandom(4000)
             sent[_bid(store, data)] = data
             rows.append(_row(store, data))
-        sync.upload_bundle(store, encode_bundle(rows))
+        intake.upload_bundle(store, encode_bundle(rows))
         # acknowledged: every blob of every bundle so far is stored and readable
         assert store.catalog.missing(list(sent)) == set()
     sizes = sorted(p.size for p in store.catalog.packs())
@@ -332,7 +332,7 @@ def test_two_servers_on_one_s3_store_roll_each_others_small_packs(
             server = (first, second)[i % 2]
             data = os.urandom(12_000)
             sent[_bid(server, data)] = data
-            sync.upload_bundle(server, encode_bundle([_row(server, data)]))
+            intake.upload_bundle(server, encode_bundle([_row(server, data)]))
         sizes = sorted(p.size for p in first.catalog.packs())
         assert sizes[-1] >= 0.9 * first.pack_size and len(sizes) < 50 - 20, sizes
         for server in (first, second):
@@ -386,13 +386,12 @@ def test_trees_decoded_at_intake_are_not_decoded_again_by_the_commit_walk(
     ]
     decoded: list[bytes] = []
     real = sync.decode_tree
-    monkeypatch.setattr(sync, "decode_tree", lambda data: decoded.append(data) or real(data))
-    intake = sync.upload_blobs(store, bundle, trees=trees)
-    assert intake.new == 3 and intake.first == {it.id for it in bundle}
-    assert sorted(intake.stored) == sorted(
-        (BlobKind(it.kind), it.id, it.raw_length) for it in bundle
-    )
-    again = sync.upload_blobs(store, bundle)
+    for module in (intake, sync):  # the intake's decoding, and the commit walk's
+        monkeypatch.setattr(module, "decode_tree", lambda data: decoded.append(data) or real(data))
+    took = intake.upload_blobs(store, bundle, trees=trees)
+    assert took.new == 3 and took.first == {it.id for it in bundle}
+    assert sorted(took.stored) == sorted((BlobKind(it.kind), it.id, it.raw_length) for it in bundle)
+    again = intake.upload_blobs(store, bundle)
     assert (again.new, again.first, again.stored) == (0, frozenset(), ())  # stored: none first
     assert sorted(decoded) == sorted([sub, root]) and len(trees) == 2  # once, at intake
     ids = list(sync.verify_tree(store, _bid(store, root), None, trees=trees))

@@ -31,7 +31,7 @@ from lamina.server.deps import (
     intake_dir,
 )
 from lamina.server.security import Principal, require_active
-from lamina.server.services import access, fleet, sync, tasks, users
+from lamina.server.services import access, fleet, intake, sync, tasks, users
 from lamina.server.services.credentials import Presented
 from lamina.server.services.recent_uploads import RecentUploads
 
@@ -102,25 +102,25 @@ async def bundle(
         items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
         del body
         owns = access.owned_by(ctx.engine, cvd.id)  # held blobs not its own: a copy
-        intake = await heavy.run(
-            sync.upload_blobs, ctx.store, items, sync.MAX_BUNDLE_RAW, limits.uploaded, owns
+        stored = await heavy.run(
+            intake.upload_blobs, ctx.store, items, intake.MAX_BUNDLE_RAW, limits.uploaded, owns
         )
         # Each blob hashed to its id, stored or already held: the device proved it holds
         # its content. The answer counts blobs new to this CVD, never whether another
         # CVD stored them.
         ids = [it.id for it in items]
         del items
-    new = await heavy.run(_record, ctx, cvd.id, ids, intake, limits.recent)
+    new = await heavy.run(_record, ctx, cvd.id, ids, stored, limits.recent)
     return BundleResponse(new=new)
 
 
 def _record(
-    ctx: ServerContext, cvd_id: str, ids: list[bytes], intake: sync.Intake, recent: RecentUploads
+    ctx: ServerContext, cvd_id: str, ids: list[bytes], stored: intake.Intake, recent: RecentUploads
 ) -> int:
     """The bundle's blobs are the CVD's (``access.record``), and what it stored is
     remembered for the CVD's commit (``RecentUploads``)."""
-    new = access.record(ctx.engine, cvd_id, ids, ctx.sharing, intake.first)
-    recent.add(cvd_id, intake.epoch, intake.stored)
+    new = access.record(ctx.engine, cvd_id, ids, ctx.sharing, stored.first)
+    recent.add(cvd_id, stored.epoch, stored.stored)
     return new
 
 

@@ -88,7 +88,7 @@ def record(
     the store already held a blob for another CVD must not show (that would be the
     content oracle again, through uploads of guesses). With ``sharing`` on, the CVD's
     claims on them end in the same transaction (``inflight.received``); ``first``, the
-    ids its bundle stored first (``sync.Intake``), are not asked whether they became
+    ids its bundle stored first (``intake.Intake``), are not asked whether they became
     common."""
     want = list(dict.fromkeys(ids))
     with write_tx(engine) as c:

@@ -380,7 +380,7 @@ def received(
 ) -> None:
     """The CVD's new blobs ``ids`` are stored and recorded as its own (same transaction).
 
-    ``first``: those its bundle stored first (``sync.Intake``). With a threshold of 2 or
+    ``first``: those its bundle stored first (``intake.Intake``). With a threshold of 2 or
     more they are not asked whether they became common: the CVD is their one owner (but
     for a race with another device's upload of the same blob). The mark is only a
     shortcut: ``need`` and ``settle`` count the owners of a blob without one (``need``
