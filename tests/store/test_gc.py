@@ -3,16 +3,21 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
-from lamina.errors import MissingDataError
+from lamina.db.location import StoreLocation
+from lamina.db.roots import all_roots
+from lamina.db.stores import init_store, open_store
+from lamina.errors import BackendError, MissingDataError
+from lamina.store import gc as gc_module
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.check import check
 from lamina.store.gc import collect
 from lamina.store.pack import pack_object_name
-from lamina.store.repack import InjectedCrash
+from lamina.store.repack import InjectedCrash, roll_small
 from lamina.store.repository import Store
 from lamina.store.roots import snapshot_roots
 from lamina.tree.backup import walk_blobs
@@ -225,10 +230,10 @@ def test_snapshot_committed_between_mark_and_condemn_keeps_everything(store: Sto
     made: list[SnapshotRecord] = []
     condemn = store.catalog.condemn
 
-    def condemn_after_a_commit(ids, max_seq, copies=()):  # type: ignore[no-untyped-def]
+    def condemn_after_a_commit(ids, max_seq, copies=(), **kw):  # type: ignore[no-untyped-def]
         if not made:  # a backup of the same files commits right after the mark
             made.append(snapshot_of(store, shared, "new"))
-        return condemn(ids, max_seq, copies)
+        return condemn(ids, max_seq, copies, **kw)
 
     store.catalog.condemn = condemn_after_a_commit  # type: ignore[method-assign]
     _gc(store)
@@ -323,3 +328,61 @@ def test_gc_repack_crash_at_any_step_loses_nothing(store: Store, n: int) -> None
     assert {n for n, _ in store.backend.list("packs/")} == {
         pack_object_name(p.name) for p in store.catalog.packs()
     }
+
+
+@pytest.mark.parametrize("failing", ["the mark of the new snapshot", "the look after the condemn"])
+def test_a_gc_stopped_after_a_snapshot_landed_mid_collection_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A snapshot commits between the gc's mark and its condemn (under the old epoch: its
+    writer rescues nothing), and the gc then stops (an error here; a kill, an OOM, a power
+    loss alike): no row the snapshot names may be left condemned, for the next roll of
+    small packs sweeps condemned rows without a second look. Before session 23 the condemn
+    came first and the new snapshot's mark after, and the roll deleted its data
+    (the crash audit's finding 1). On the server's catalog (SQLite), as the server opens
+    its store."""
+    init_store(StoreLocation(data=tmp_path / "data")).close()
+    s = open_store(StoreLocation(data=tmp_path / "data"), pack_size=256 * 1024)
+    try:
+        files = random_files(3, 60_000)
+        ids = {}
+        for name, data in files.items():  # an agent's bundles (small packs), no snapshot yet
+            with s.writer() as w:
+                ids[name] = w.put(BlobKind.DATA, data)
+        entries = [
+            Entry(name=n, type="file", size=len(d), content=[ids[n]]) for n, d in files.items()
+        ]
+        with s.writer() as w:
+            root = w.put(BlobKind.TREE, encode_tree(entries))
+        made: list[SnapshotRecord] = []
+        condemn = s.catalog.condemn
+
+        def commit_then_condemn(*a, **kw):  # type: ignore[no-untyped-def]
+            if not made:  # the agent's commit lands between the mark and the condemn
+                with s.writer() as w:
+                    record = SnapshotRecord("", dt.datetime.now(dt.UTC), "cvd", root, 3, 0, {})
+                    made.append(w.commit_snapshot(record, lambda r: walk_blobs(s, r)))
+            return condemn(*a, **kw)
+
+        monkeypatch.setattr(s.catalog, "condemn", commit_then_condemn)
+        real_mark, calls = gc_module.mark, []
+
+        def mark(*a, **kw):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            stop = 2 if failing == "the mark of the new snapshot" else 3
+            if len(calls) == stop:
+                raise BackendError("database busy: no write turn within 60 s")
+            return real_mark(*a, **kw)
+
+        monkeypatch.setattr(gc_module, "mark", mark)
+        with pytest.raises(BackendError):
+            collect(s, all_roots(s), references)
+        monkeypatch.undo()
+        assert made and len(calls) == (2 if failing == "the mark of the new snapshot" else 3)
+        assert check(s, all_roots(s), references, read_data=True).ok
+        assert roll_small(s, force=True) is not None  # the sweep without a second look
+        _restorable(s, made[0])
+        rep = check(s, all_roots(s), references, read_data=True)
+        assert rep.ok, rep.errors
+    finally:
+        s.close()

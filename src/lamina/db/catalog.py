@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
@@ -30,6 +30,7 @@ from lamina.store.catalog import (
     BlobLocation,
     BlobRow,
     PackInfo,
+    RootsMoved,
     SnapshotRecord,
     one_entry_per_id,
     resolve_snapshot,
@@ -312,10 +313,18 @@ class SqlCatalog:
         return int(value or 0)
 
     def condemn(
-        self, ids: Collection[bytes], max_pack_seq: int, copies: Collection[tuple[bytes, int]] = ()
+        self,
+        ids: Collection[bytes],
+        max_pack_seq: int,
+        copies: Collection[tuple[bytes, int]] = (),
+        settled: Callable[[], bool] | None = None,
     ) -> int:
         with write_tx(self.engine) as c:
             epoch = self._lock_epoch(c) + 1
+            # Asked with the epoch locked: a snapshot commits under the old epoch before
+            # this point (and is seen now) or under the new one after (its writer rescues).
+            if settled is not None and not settled():
+                raise RootsMoved("a root appeared since the mark")  # rolls back
             c.execute(
                 update(store_state).where(store_state.c.key == _EPOCH).values(value=str(epoch))
             )

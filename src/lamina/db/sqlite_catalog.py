@@ -27,7 +27,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -335,9 +335,13 @@ class SqliteCatalog:
         self.full().replace_index(packs)
 
     def condemn(
-        self, ids: Collection[bytes], max_pack_seq: int, copies: Collection[tuple[bytes, int]] = ()
+        self,
+        ids: Collection[bytes],
+        max_pack_seq: int,
+        copies: Collection[tuple[bytes, int]] = (),
+        settled: Callable[[], bool] | None = None,
     ) -> int:
-        return self.full().condemn(ids, max_pack_seq, copies)
+        return self.full().condemn(ids, max_pack_seq, copies, settled)
 
     def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
         return self.full().try_lock(name, holder, ttl)

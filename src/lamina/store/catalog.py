@@ -33,6 +33,11 @@ PACK_WRITING = "writing"
 PACK_OK = "ok"
 
 
+class RootsMoved(Exception):
+    """``Catalog.condemn``: a root appeared that the gc has not marked; nothing was
+    condemned (the gc marks it and tries again)."""
+
+
 @dataclass(frozen=True)
 class BlobLocation:
     pack: str
@@ -208,12 +213,21 @@ class Catalog(Protocol):
     def gc_epoch(self) -> int: ...
 
     def condemn(
-        self, ids: Collection[bytes], max_pack_seq: int, copies: Collection[tuple[bytes, int]] = ()
+        self,
+        ids: Collection[bytes],
+        max_pack_seq: int,
+        copies: Collection[tuple[bytes, int]] = (),
+        settled: Callable[[], bool] | None = None,
     ) -> int:
         """Condemn the rows of ``ids`` in packs up to ``max_pack_seq``; bump the epoch.
 
         ``copies`` names single rows, ``(id, pack_seq)``: surplus copies of a live
         blob (two writers stored it at once); the blob stays readable from another row.
+
+        ``settled``, asked once the epoch is locked (no snapshot can commit under the old
+        epoch any more): whether every root is one the gc marked. When not, nothing is
+        condemned and ``RootsMoved`` is raised: the gc marks the new roots and tries
+        again, so no condemned row is ever one a committed root names.
 
         Returns the new epoch.
         """

@@ -27,7 +27,7 @@ from typing import Literal
 
 from lamina.errors import StoreBusyError
 from lamina.store.blob import BlobKind
-from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobRow, PackInfo
+from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobRow, PackInfo, RootsMoved
 from lamina.store.pack import pack_object_name
 from lamina.store.progress import ProgressFn
 from lamina.store.repack import move_live
@@ -316,19 +316,50 @@ def stats(plan: GcPlan) -> GcReport:
 
 
 def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: GcPlan) -> int:
-    """Condemn the dead rows, then mark again: what a backup committed meanwhile is
-    rescued. Returns how many blobs came back."""
+    """Condemn the dead rows once every root is marked, then mark again. Returns how
+    many blobs the roots that appeared meanwhile brought back.
+
+    The condemn asks, with the store's epoch locked, whether a root appeared since the
+    mark (``settled``): a snapshot committed meanwhile, under the old epoch, makes it
+    condemn nothing; its blobs are marked and the condemn tried again. A snapshot
+    committed after the condemn comes under the new epoch, and its writer rescues what
+    it names. So no condemned row is ever one a committed snapshot names: a gc killed
+    at any point leaves nothing a roll of small packs or a later sweep could take
+    (before session 23 the condemn came first and the mark of the new roots after, and a
+    gc killed or failing between them lost the new snapshot's data). The mark after is
+    for roots that do not wait for the epoch (a layer version made meanwhile)."""
     cat = store.catalog
+    m = plan.marked
+    back: set[bytes] = set()
+
+    def catch_up() -> bool:
+        """Mark the roots not marked yet; whether there were none."""
+        root_blobs, root_trees = _root_ids(sources)
+        newly = mark(store, walk, root_blobs, m.ids, root_trees, m.walked, m.confused)
+        back.update(newly & plan.dead)
+        plan.dead -= newly
+        return not newly
+
     if plan.revived:
         cat.rescue(plan.revived)
-    cat.condemn(plan.dead, plan.max_seq, plan.copies)
-    m = plan.marked
-    root_blobs, root_trees = _root_ids(sources)
-    newly = mark(store, walk, root_blobs, m.ids, root_trees, m.walked, m.confused)
-    back = newly & plan.dead
-    if back:
-        cat.rescue(back)
+    while True:
+        try:
+            cat.condemn(
+                plan.dead, plan.max_seq, plan.copies, settled=lambda: _all_marked(sources, m)
+            )
+            break
+        except RootsMoved:
+            catch_up()  # (nothing was condemned: what it finds just leaves the dead)
+    before = set(back)
+    catch_up()
+    if back - before:  # condemned a moment ago, named by a root made since
+        cat.rescue(back - before)
     return len(back)
+
+
+def _all_marked(sources: Sequence[RootSource], m: _Marked) -> bool:
+    root_blobs, root_trees = _root_ids(sources)
+    return all(r in m.ids for r in root_blobs) and all(t in m.walked for t in root_trees)
 
 
 def _execute(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import threading
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from lamina.store import catalog
@@ -148,9 +148,15 @@ class MemoryCatalog:
                     p.rows[i] = replace(r, condemned=condemned)
 
     def condemn(
-        self, ids: Collection[bytes], max_pack_seq: int, copies: Collection[tuple[bytes, int]] = ()
+        self,
+        ids: Collection[bytes],
+        max_pack_seq: int,
+        copies: Collection[tuple[bytes, int]] = (),
+        settled: Callable[[], bool] | None = None,
     ) -> int:
         with self._lock:
+            if settled is not None and not settled():
+                raise catalog.RootsMoved("a root appeared since the mark")
             self._epoch += 1
             self._set(ids, True, max_pack_seq)
             for bid, seq in copies:
