@@ -1,4 +1,4 @@
-"""``lamina.processes.alive``: the one test of whether a process still exists."""
+"""``lamina.processes``: whether a process still exists, and which process an identity names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from lamina.processes import alive
+from lamina.processes import alive, holder_gone, identity, is_gone, lock_holder
 
 
 def test_a_running_process_is_alive_and_a_reaped_one_is_not() -> None:
@@ -14,3 +14,26 @@ def test_a_running_process_is_alive_and_a_reaped_one_is_not() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # reaped: its id names no process
     assert not alive(child.pid)
+
+
+def test_an_identity_names_one_process_and_no_later_one_given_its_id() -> None:
+    """``identity``/``is_gone``: what store tasks and locks are held by. A pid alone is
+    reused after a restart or a reboot (even by the new server itself); an identity is not."""
+    child = subprocess.Popen(["sleep", "600"])
+    try:
+        ident = identity(child.pid)
+        assert not is_gone(ident) and not is_gone(f"server@{ident}")
+        host, pid, boot, start = ident.split(":")
+        assert is_gone(f"{host}:{pid}:{boot}:{int(start) + 1}")  # same pid, a later process
+        assert is_gone(f"{host}:{pid}:{'0' * len(boot)}:{start}")  # same pid, another boot
+        assert not is_gone(f"elsewhere:{pid}:{boot}:{start}")  # another host: cannot tell
+    finally:
+        child.kill()
+        child.wait()
+    assert is_gone(ident)
+    # the older form, HOST:PID: by the pid alone, and never this very process's own
+    assert is_gone(f"{host}:{child.pid}") and is_gone(f"{host}:{os.getpid()}")
+    assert not is_gone(f"{host}:{os.getppid()}")
+    # lock holders: this process's own is not gone; a random hex (older holders) never is
+    assert not holder_gone(lock_holder()) and not holder_gone("ab" * 16)
+    assert holder_gone(f"{ident}/x")

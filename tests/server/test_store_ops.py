@@ -6,6 +6,7 @@ ends the task failed with an event; a task a dead server left running is failed 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from lamina import processes
 from lamina.config import ServerSettings
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import events, tasks
@@ -118,12 +120,24 @@ def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
         store_ops.queue(ctx.engine, admin, TaskKind.STORE_CHECK, StoreCheckParams())
     assert store_ops.run(ctx.engine, ctx.store, first.id).state == "done"
 
-    # A task this host's server process left running when it died (its pid is gone),
-    # and one this live process runs: the next start fails the first only.
-    gone = subprocess.Popen(["true"])
+    # Tasks this host's server processes left running when they died: one whose pid is
+    # gone, one whose pid a later process holds now (a restart or a reboot reuses pids),
+    # one of the older form (a pid alone) naming this very process's pid; and one this
+    # live process runs. The next start fails all but the last.
+    gone = subprocess.Popen(["sleep", "600"])
+    dead = processes.identity(gone.pid)
+    gone.kill()
     gone.wait()
+    later = subprocess.Popen(["sleep", "600"])
+    host, pid, boot, start = processes.identity(later.pid).split(":")
+    claims = {
+        "dead-task": f"server@{dead}",
+        "reused-task": f"server@{host}:{pid}:{boot}:{int(start) - 1}",
+        "old-form-task": f"server@{socket.gethostname()}:{os.getpid()}",
+        "live-task": store_ops._worker(),
+    }
     with write_tx(ctx.engine) as c:
-        for tid, pid in (("dead-task", gone.pid), ("live-task", os.getpid())):
+        for tid, claimed in claims.items():
             c.execute(
                 tasks.insert().values(
                     id=tid,
@@ -135,13 +149,23 @@ def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
                     result={},
                     created_by="admin",
                     created=now(),
-                    claimed_by=store_ops._worker(pid),
+                    claimed_by=claimed,
                 )
             )
     ctx.store.close()
-    ctx, _ = open_context(settings)
+    try:
+        ctx, _ = open_context(settings)
+    finally:
+        later.kill()
+        later.wait()
     with read_tx(ctx.engine) as c:
         states = dict(c.execute(tasks.select().with_only_columns(tasks.c.id, tasks.c.state)).all())
         assert not c.execute(events.select()).first()  # a restart is not a failed check
-    assert states["dead-task"] == "failed" and states["live-task"] == "running"
+    assert states == {
+        first.id: "done",
+        "dead-task": "failed",
+        "reused-task": "failed",
+        "old-form-task": "failed",
+        "live-task": "running",
+    }
     ctx.store.close()

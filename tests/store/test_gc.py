@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 from lamina.db.location import StoreLocation
 from lamina.db.roots import all_roots
 from lamina.db.stores import init_store, open_store
-from lamina.errors import BackendError, MissingDataError
+from lamina.errors import BackendError, MissingDataError, StoreBusyError
 from lamina.store import gc as gc_module
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import SnapshotRecord
@@ -384,5 +386,63 @@ def test_a_gc_stopped_after_a_snapshot_landed_mid_collection_loses_nothing(
         _restorable(s, made[0])
         rep = check(s, all_roots(s), references, read_data=True)
         assert rep.ok, rep.errors
+    finally:
+        s.close()
+
+
+_HOLD = """
+import sys
+from pathlib import Path
+from lamina.db.location import StoreLocation
+from lamina.db.stores import open_store
+from lamina.processes import lock_holder
+import datetime as dt
+s = open_store(StoreLocation(data=Path(sys.argv[1])))
+assert s.catalog.try_lock("gc", lock_holder(), dt.timedelta(hours=6))
+print("held", flush=True)
+if sys.argv[2] == "stay":
+    sys.stdin.read()  # until the parent closes it
+# else: ends holding it, as a killed gc would (no unlock)
+"""
+
+
+def test_a_collectors_lock_outlives_it_only_while_its_process_lives(tmp_path: Path) -> None:
+    """A gc (or a roll of small packs) killed holding the store's lock left it held for
+    its time to live (6 h for a gc), refusing every gc meanwhile (the crash audit's
+    finding 2): the lock names its holder's process (``processes.lock_holder``), and the
+    next gc takes over the lock of a process that has ended, not that of a live one."""
+    data = tmp_path / "data"
+    init_store(StoreLocation(data=data)).close()
+    live = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(data), "stay"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout is not None and live.stdout.readline() == "held\n"
+        s = open_store(StoreLocation(data=data))
+        with pytest.raises(StoreBusyError):
+            collect(s, all_roots(s), references)
+        assert roll_small(s, force=True) is None  # (the roll waits for it too)
+        s.close()
+    finally:
+        assert live.stdin is not None
+        live.stdin.close()
+        live.wait()
+    # Its holder has ended without unlocking: the lock is taken over at once.
+    s = open_store(StoreLocation(data=data))
+    try:
+        report = collect(s, all_roots(s), references)
+        assert report.condemned == 0
+    finally:
+        s.close()
+    ended = subprocess.run(
+        [sys.executable, "-c", _HOLD, str(data), "end"], capture_output=True, text=True
+    )
+    assert ended.stdout == "held\n", ended.stderr
+    s = open_store(StoreLocation(data=data))
+    try:
+        collect(s, all_roots(s), references)
     finally:
         s.close()

@@ -359,7 +359,13 @@ class SqlCatalog:
                 )
         return wanted - found
 
-    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+    def try_lock(
+        self,
+        name: str,
+        holder: str,
+        ttl: dt.timedelta,
+        gone: Callable[[str], bool] | None = None,
+    ) -> bool:
         key = f"lock:{name}"
         now = _now()
         with write_tx(self.engine) as c:
@@ -376,7 +382,12 @@ class SqlCatalog:
                     return False
                 return True
             held = json.loads(value)
-            if held.get("holder") != holder and dt.datetime.fromisoformat(held["expires"]) > now:
+            other = str(held.get("holder"))
+            if (
+                other != holder
+                and dt.datetime.fromisoformat(held["expires"]) > now
+                and not (gone is not None and gone(other))  # (a killed holder's: taken over)
+            ):
                 return False
             c.execute(
                 update(store_state).where(store_state.c.key == key).values(value=json.dumps(doc))

@@ -343,8 +343,14 @@ class SqliteCatalog:
     ) -> int:
         return self.full().condemn(ids, max_pack_seq, copies, settled)
 
-    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
-        return self.full().try_lock(name, holder, ttl)
+    def try_lock(
+        self,
+        name: str,
+        holder: str,
+        ttl: dt.timedelta,
+        gone: Callable[[str], bool] | None = None,
+    ) -> bool:
+        return self.full().try_lock(name, holder, ttl, gone)
 
     def unlock(self, name: str, holder: str) -> None:
         self.full().unlock(name, holder)

@@ -237,8 +237,15 @@ class Catalog(Protocol):
         """Un-condemn ``ids``; return those with no row at all (already swept)."""
         ...
 
-    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
-        """Take a named advisory lock unless someone else holds an unexpired one."""
+    def try_lock(
+        self,
+        name: str,
+        holder: str,
+        ttl: dt.timedelta,
+        gone: Callable[[str], bool] | None = None,
+    ) -> bool:
+        """Take a named advisory lock unless someone else holds an unexpired one; with
+        ``gone``, also one whose holder ``gone`` says has ended (a killed process's)."""
         ...
 
     def unlock(self, name: str, holder: str) -> None: ...

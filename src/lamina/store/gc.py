@@ -20,12 +20,12 @@ Safe while writers run:
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from lamina.errors import StoreBusyError
+from lamina.processes import holder_gone, lock_holder
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobRow, PackInfo, RootsMoved
 from lamina.store.pack import pack_object_name
@@ -193,8 +193,8 @@ def collect(
     (condemn, mark again, rescue, sweep). The sweep decides each pack again from its
     rows as they are then: a backup running meanwhile may have rescued blobs."""
     cat = store.catalog
-    holder = uuid.uuid4().hex
-    if not cat.try_lock("gc", holder, dt.timedelta(hours=6)):
+    holder = lock_holder()  # a killed gc's lock is taken over, not waited out (6 h)
+    if not cat.try_lock("gc", holder, dt.timedelta(hours=6), gone=holder_gone):
         raise StoreBusyError("another garbage collection is running on this store")
     say = progress or (lambda _m, _d, _t: None)
     try:

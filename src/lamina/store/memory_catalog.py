@@ -172,11 +172,22 @@ class MemoryCatalog:
             self._set(wanted, False)
             return wanted - {i for p in self._packs.values() for i in p.rows if i in wanted}
 
-    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+    def try_lock(
+        self,
+        name: str,
+        holder: str,
+        ttl: dt.timedelta,
+        gone: Callable[[str], bool] | None = None,
+    ) -> bool:
         now = dt.datetime.now(dt.UTC)
         with self._lock:
             held = self._locks.get(name)
-            if held is not None and held[0] != holder and held[1] > now:
+            if (
+                held is not None
+                and held[0] != holder
+                and held[1] > now
+                and not (gone is not None and gone(held[0]))
+            ):
                 return False
             self._locks[name] = (holder, now + ttl)
             return True

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import blake3
 
 from lamina.errors import IntegrityError, LaminaError
+from lamina.processes import holder_gone, lock_holder
 from lamina.store.catalog import PACK_OK, BlobRow, PackInfo
 from lamina.store.pack import pack_object_name
 from lamina.store.repository import Store
@@ -117,8 +117,8 @@ def roll_small(store: Store, *, force: bool = False, fail_after: int = -1) -> Re
     was nothing to roll or the collector holds the store.
     """
     cat = store.catalog
-    holder = uuid.uuid4().hex
-    if not cat.try_lock(LOCK, holder, LOCK_TTL):
+    holder = lock_holder()  # a killed roll's lock is taken over, not waited out
+    if not cat.try_lock(LOCK, holder, LOCK_TTL, gone=holder_gone):
         return None
     try:
         chosen: list[tuple[PackInfo, list[BlobRow]]] = []

@@ -65,8 +65,17 @@ def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
     }
 
 
-def owned_by(engine: Engine, cvd_id: str) -> Callable[[list[bytes]], set[bytes]]:
-    """``owned`` for one CVD in its own read transaction (a bundle's intake asks it)."""
+def owned_by(
+    engine: Engine, cvd_id: str, sharing: Sharing
+) -> Callable[[list[bytes]], set[bytes]] | None:
+    """``owned`` for one CVD in its own read transaction, for a bundle's intake to store
+    a held blob the CVD does not own as a surplus copy; None (store no such copy) when
+    the CVD does not share (sharing off, or a flex guest): there every endpoint uploads
+    what it lacks, and copies until the next gc would be one per endpoint, not at most
+    ``threshold - 1`` (the timing of a bundle is then not evened out: docs/design.md)."""
+    with read_tx(engine) as c:
+        if not inflight.for_cvd(c, cvd_id, sharing).on:
+            return None
 
     def ask(ids: list[bytes]) -> set[bytes]:
         with read_tx(engine) as c:

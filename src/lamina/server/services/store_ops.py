@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 import socket
 import threading
 import time
@@ -34,7 +33,7 @@ from lamina.db.models import snapshots, tasks
 from lamina.db.roots import all_roots
 from lamina.db.stores import last_gc, record_gc
 from lamina.errors import ConflictError, LaminaError
-from lamina.processes import alive
+from lamina.processes import identity, is_gone
 from lamina.protocol.schemas import TaskPublic
 from lamina.protocol.tasks import (
     SERVER_KINDS,
@@ -66,9 +65,10 @@ MAX_LISTED = 200
 _running: dict[str, threading.Thread] = {}
 
 
-def _worker(pid: int | None = None) -> str:
-    """Who runs a store task: this host and process (``recover`` tells a dead one)."""
-    return f"server@{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+def _worker() -> str:
+    """Who runs a store task: this process, as no later one can be (``processes.identity``:
+    ``recover`` tells a dead one even when a restart or a reboot gave its pid to another)."""
+    return f"server@{identity()}"
 
 
 def start(
@@ -266,7 +266,7 @@ def _stats(engine: Engine, store: Store) -> tuple[bool, str, JsonObject]:
 
 def recover(engine: Engine) -> int:
     """Fail the store tasks that a server process of this host, now gone, left ``running``."""
-    here = _worker(0)[:-1]  # "server@HOST:"
+    here = f"server@{socket.gethostname()}:"
     with write_tx(engine) as c:
         rows = c.execute(
             select(tasks.c.id, tasks.c.claimed_by).where(
@@ -275,11 +275,7 @@ def recover(engine: Engine) -> int:
                 tasks.c.claimed_by.startswith(here, autoescape=True),
             )
         ).all()
-        gone = [
-            r.id
-            for r in rows
-            if not (r.claimed_by[len(here) :].isdigit() and alive(int(r.claimed_by[len(here) :])))
-        ]
+        gone = [r.id for r in rows if is_gone(r.claimed_by.removeprefix("server@"))]
         if gone:
             c.execute(
                 update(tasks)
