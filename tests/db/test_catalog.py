@@ -303,6 +303,11 @@ def test_finish_repack(catalog: SqlCatalog) -> None:
     assert [r.id for r in catalog.pack_blobs(pack(1))] == [b]
     catalog.commit_pack(pack(3), 100, entries(b))
     assert catalog.finish_repack(pack(1), [b]) is True
+    # its row stays, ``writing``, until its file is deleted and the row dropped
+    states = {p.name: p.state for p in catalog.packs()}
+    assert states == {pack(1): PACK_WRITING, pack(2): PACK_OK, pack(3): PACK_OK}
+    assert catalog.pack_blobs(pack(1)) == []
+    catalog.drop_pack(pack(1))
     assert [p.name for p in catalog.packs()] == [pack(2), pack(3)]
     assert catalog.finish_repack(pack(1), []) is True  # already gone
     assert catalog.missing([a, b, c]) == {c}

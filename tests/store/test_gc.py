@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -446,3 +447,36 @@ def test_a_collectors_lock_outlives_it_only_while_its_process_lives(tmp_path: Pa
         collect(s, all_roots(s), references)
     finally:
         s.close()
+
+
+def _unnamed_pack_files(store: Store) -> set[str]:
+    named = {pack_object_name(p.name) for p in store.catalog.packs()}
+    return {name for name, _ in store.backend.list("packs/")} - named
+
+
+def test_a_pack_whose_file_outlived_its_rows_stays_named_until_the_collector_removes_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A roll (or a gc) stopped after an old pack's rows are gone and before its file is
+    deleted left a file no row named, which nothing ever removed (the crash audit's
+    finding 3): the pack's row now stays, ``writing``, until the file is gone, so the
+    collector removes it as an orphan."""
+    snaps = _small_live_packs(store, 3)
+    finish = store.catalog.finish_repack
+
+    def then_stopped(old: str, moved: Collection[bytes]) -> bool:
+        finish(old, moved)  # its transaction committed: the process dies right after
+        raise InjectedCrash(f"stopped after dropping the rows of {old}")
+
+    monkeypatch.setattr(store.catalog, "finish_repack", then_stopped)
+    with pytest.raises(InjectedCrash):
+        roll_small(store, force=True)
+    monkeypatch.setattr(store.catalog, "finish_repack", finish)
+    assert _unnamed_pack_files(store) == set()
+    writing = [p for p in store.catalog.packs() if p.state == "writing"]
+    assert len(writing) == 1
+    _gc(store, orphan_grace=dt.timedelta(0))
+    assert _unnamed_pack_files(store) == set()
+    assert pack_object_name(writing[0].name) not in {n for n, _ in store.backend.list("packs/")}
+    for snap in snaps:
+        _restorable(store, snap)

@@ -70,7 +70,7 @@ def _scenario(cat: Catalog) -> list[object]:
     out.append(cat.try_lock("gc", "y", dt.timedelta(hours=1)))
     out.append((cat.forget_snapshots([rec.id]), cat.snapshots()))
     cat.drop_pack("p2")
-    out.append(cat.packs())
+    out.append([(p.name, p.seq, p.size, p.state) for p in cat.packs()])  # (times differ)
     return out
 
 

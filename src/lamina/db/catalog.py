@@ -272,7 +272,12 @@ class SqlCatalog:
             ).scalar_one()
             if left:
                 return False
-            c.execute(delete(packs).where(packs.c.seq == seq))
+            # The row stays, ``writing`` from now, until the caller has deleted the file
+            # and drops it: a crash before the delete leaves an orphan the collector
+            # removes, never a file no row names (the crash audit's finding 3).
+            c.execute(
+                update(packs).where(packs.c.seq == seq).values(state=PACK_WRITING, created=_now())
+            )
             return True
 
     def replace_index(self, found: Iterable[tuple[str, int, Sequence[PackEntry]]]) -> None:

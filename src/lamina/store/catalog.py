@@ -201,7 +201,10 @@ class Catalog(Protocol):
     def finish_repack(self, old: str, moved: Collection[bytes]) -> bool:
         """After a repack: drop ``old``'s condemned rows and the rows of ``moved``.
 
-        Returns True when no row points into ``old`` any more (its file may go).
+        Returns True when no row points into ``old`` any more (its file may go): the pack's
+        own row is then left ``writing`` (created now) until the caller has deleted the
+        file and calls ``drop_pack``, so a crash between leaves an orphan the collector
+        removes, never a file no row names.
         """
         ...
 

@@ -391,15 +391,16 @@ def _execute(
             if a is None:
                 continue
             obj = pack_object_name(pack.name)
-            if a.action == "orphan":
-                cat.drop_pack(pack.name)
+            if a.action == "orphan":  # the file first: its row names it until it is gone
                 store.backend.delete(obj)
+                cat.drop_pack(pack.name)
                 report.orphans_deleted += 1
             elif a.action == "delete":
                 # Not drop_pack: a writer may have rescued a blob since we read the
                 # rows; finish_repack drops only what is still condemned.
-                if cat.finish_repack(pack.name, []):
+                if cat.finish_repack(pack.name, []):  # (its row left ``writing``)
                     store.backend.delete(obj)
+                    cat.drop_pack(pack.name)
                     report.packs_deleted += 1
                     report.bytes_freed += a.freed
             else:

@@ -122,7 +122,7 @@ class MemoryCatalog:
             p.rows = {i: r for i, r in p.rows.items() if not r.condemned and i not in gone}
             if p.rows:
                 return False
-            del self._packs[old]
+            p.info = replace(p.info, state=catalog.PACK_WRITING, created=dt.datetime.now(dt.UTC))
             return True
 
     def replace_index(self, packs: Iterable[tuple[str, int, Sequence[PackEntry]]]) -> None:

@@ -12,9 +12,11 @@ Order of a repack (each step a crash point of ``fail_after``):
 
 0. the new packs are durable and indexed (the writer's order: file, then rows);
    the blobs now have two rows, which reads and ``need`` both accept;
-1. per old pack: its rows are dropped (``finish_repack``) and it is noted as
-   ``writing`` again, so a crash from here on leaves an orphan that ``gc`` deletes
-   after its grace period (``store check``: a warning, never damage);
+1. per old pack: its rows are dropped and its own row set ``writing`` again, in one
+   transaction (``finish_repack``; before session 23 the row was dropped and made
+   again in a second one, and a crash between left a file no row named, for good), so
+   a crash from here on leaves an orphan that ``gc`` deletes after its grace period
+   (``store check``: a warning, never damage);
 2. its file is deleted;
 3. its ``writing`` row is dropped.
 
@@ -98,9 +100,8 @@ def move_live(
     for pack, ids in moved:
         if not cat.finish_repack(pack.name, ids):
             continue  # a row still points into it (a writer rescued a blob): it stays
-        # Noted as ``writing`` until its file is gone, so a crash before the delete
-        # leaves an orphan the collector removes, not a file no row names.
-        cat.begin_pack(pack.name)
+        # ``finish_repack`` left its row ``writing`` until its file is gone, so a crash
+        # before the delete leaves an orphan the collector removes, not a file no row names.
         crash_point()
         store.backend.delete(pack_object_name(pack.name))
         crash_point()
