@@ -414,3 +414,8 @@ def _execute(
         report.packs_repacked = moved.packs_read
         report.bytes_freed += sum(a.freed for a in repack)
         report.repack = [a.describe() for a in repack]
+    # Writes killed before their rename left hidden temporary files: older than the
+    # orphans' grace, no writer is still at them.
+    temps = store.backend.remove_stale_temps(plan.orphaned_before.timestamp())
+    if temps:
+        report.notes.append(f"removed {temps} temporary files of interrupted writes")

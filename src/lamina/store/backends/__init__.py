@@ -55,6 +55,12 @@ class Backend(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def remove_stale_temps(self, before: float) -> int:
+        """Remove the temporary files of writes that never finished (their writer killed
+        before its rename) last changed before ``before`` (a Unix time); how many. A
+        backend whose writes are atomic by themselves has none."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -100,5 +100,22 @@ class LocalBackend:
             raise BackendError(f"cannot delete {name} in {self.root}: {e.strerror}") from e
         fsync_dir(path.parent)
 
+    def remove_stale_temps(self, before: float) -> int:
+        """``write_atomic``'s temporary files (``.NAME.RANDOM.tmp``) left by a writer killed
+        before its rename: no listing shows them, and nothing else removes them."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                if not (f.startswith(".") and f.endswith(TMP_SUFFIX)):
+                    continue
+                path = os.path.join(dirpath, f)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(path).st_mtime < before:
+                        os.unlink(path)
+                        removed += 1
+        return removed
+
     def close(self) -> None:
         self._made_dirs.clear()
