@@ -129,36 +129,6 @@ def test_users_are_disabled_enabled_given_a_password_and_deleted(
     assert temp.get("/cvds").status_code == 401
     assert "temp" not in [u["name"] for u in api(url).get("/users").json()]
 
-
-def test_an_administrators_own_password_is_changed_with_the_current_one(
-    shared_server: ServerProc,
-) -> None:
-    """The own row of the users page asks the current password (a session left open must
-    not be enough to take the account); the other rows do not."""
-    url = shared_server.url
-    admin = Console(url).login()
-    assert (
-        admin.post(
-            "/users", {"name": "boss", "password": PASSWORD, "role": "administrator"}
-        ).status_code
-        == 303
-    )
-    boss = Console(url).login("boss", PASSWORD)
-    html = boss.get("/users").text
-    own = re.search(r'action="/users/boss/password".*?</form>', html, re.S)
-    other = re.search(r'action="/users/admin/password".*?</form>', html, re.S)
-    assert own and 'name="current"' in own.group(0)
-    assert other and 'name="current"' not in other.group(0)
-    r = boss.post("/users/boss/password", {"password": "taken-over-12"})
-    assert r.status_code == 400 and "current password is wrong" in r.text
-    r = boss.post("/users/boss/password", {"password": "taken-over-12", "current": "wrong-one-1"})
-    assert r.status_code == 400 and "current password is wrong" in r.text
-    api(url, "boss", PASSWORD)  # unchanged
-    r = boss.post("/users/boss/password", {"password": "boss-new-pass-1", "current": PASSWORD})
-    assert r.status_code == 303
-    api(url, "boss", "boss-new-pass-1")
-    assert admin.post("/users/boss/delete").status_code == 303
-
     # The last enabled administrator: the service's refusal, shown; nothing changes.
     for what in ("disable", "delete"):
         r = admin.post(f"/users/admin/{what}")
@@ -265,3 +235,33 @@ def test_the_dashboard_counts_when_loaded_and_its_refresh_may_reuse_recent_count
     token = api(url).post("/tokens", json={"expires_in": 3600, "uses": 1}).json()["token"]
     enroll(url, token, "desk-new")
     assert _pending(admin.get("/").text) == before + 1
+
+
+def test_an_administrators_own_password_is_changed_with_the_current_one(
+    shared_server: ServerProc,
+) -> None:
+    """The own row of the users page asks the current password (a session left open must
+    not be enough to take the account); the other rows do not."""
+    url = shared_server.url
+    admin = Console(url).login()
+    assert (
+        admin.post(
+            "/users", {"name": "boss", "password": PASSWORD, "role": "administrator"}
+        ).status_code
+        == 303
+    )
+    boss = Console(url).login("boss", PASSWORD)
+    html = boss.get("/users").text
+    own = re.search(r'action="/users/boss/password".*?</form>', html, re.S)
+    other = re.search(r'action="/users/admin/password".*?</form>', html, re.S)
+    assert own and 'name="current"' in own.group(0)
+    assert other and 'name="current"' not in other.group(0)
+    r = boss.post("/users/boss/password", {"password": "taken-over-12"})
+    assert r.status_code == 400 and "current password is wrong" in r.text
+    r = boss.post("/users/boss/password", {"password": "taken-over-12", "current": "wrong-one-1"})
+    assert r.status_code == 400 and "current password is wrong" in r.text
+    api(url, "boss", PASSWORD)  # unchanged
+    r = boss.post("/users/boss/password", {"password": "boss-new-pass-1", "current": PASSWORD})
+    assert r.status_code == 303
+    api(url, "boss", "boss-new-pass-1")
+    assert admin.post("/users/boss/delete").status_code == 303
