@@ -23,10 +23,15 @@ def test_an_identity_names_one_process_and_no_later_one_given_its_id() -> None:
     try:
         ident = identity(child.pid)
         assert not is_gone(ident) and not is_gone(f"server@{ident}")
-        host, pid, boot, start = ident.split(":")
-        assert is_gone(f"{host}:{pid}:{boot}:{int(start) + 1}")  # same pid, a later process
-        assert is_gone(f"{host}:{pid}:{'0' * len(boot)}:{start}")  # same pid, another boot
-        assert not is_gone(f"elsewhere:{pid}:{boot}:{start}")  # another host: cannot tell
+        host, pid, boot, start, place = ident.split(":")
+        assert is_gone(f"{host}:{pid}:{boot}:{int(start) + 1}:{place}")  # a later process
+        assert is_gone(f"{host}:{pid}:{'0' * len(boot)}:{start}:{place}")  # booted since
+        # What cannot be told for sure is not gone: another host, another machine of the
+        # same name or another pid namespace (a container), a malformed identity.
+        assert not is_gone(f"elsewhere:{pid}:{boot}:{start}:{place}")
+        assert not is_gone(f"{host}:{pid}:{'0' * len(boot)}:{start}:other.1")
+        assert not is_gone(f"{host}:{pid}:{boot}:{int(start) + 1}:{place.split('.')[0]}.1")
+        assert not is_gone("garbage") and not is_gone(f"{host}:x:{boot}:{start}:{place}")
     finally:
         child.kill()
         child.wait()

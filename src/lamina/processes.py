@@ -40,24 +40,55 @@ def _started(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
+def _place() -> str:
+    """Which machine and which process-id namespace this process sees: a pid is only
+    ever compared within the same one (a host-network container shares the hostname
+    and the boot id, not the pids)."""
+    machine = "nomachine"
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                machine = f.read().strip()[:8] or machine
+            break
+        except OSError:
+            continue
+    try:
+        ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        ns = "nons"
+    return f"{machine}.{ns}"
+
+
 def identity(pid: int | None = None) -> str:
-    """``HOST:PID:BOOT:START``: a process (this one by default) as no other can be, not a
-    later one given the same id after a restart or a reboot (``is_gone``)."""
+    """``HOST:PID:BOOT:START:PLACE``: a process (this one by default) as no other can be,
+    not a later one given the same id after a restart or a reboot (``is_gone``)."""
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_boot_id()}:{_started(pid) or 0}"
+    return f"{socket.gethostname()}:{pid}:{_boot_id()}:{_started(pid) or 0}:{_place()}"
 
 
 def is_gone(ident: str) -> bool:
-    """Whether the process ``identity`` named has ended: only ever True for a process of
-    this host (one elsewhere cannot be asked: False)."""
-    host, _, rest = ident.rpartition("@")[2].partition(":")
-    pid, _, rest = rest.partition(":")
-    boot, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    if not boot:  # the older form, HOST:PID: by the id alone, never this process's own
+    """Whether the process ``identity`` named has certainly ended. Only a process of this
+    machine and process-id namespace can be asked; anything that cannot be told for sure
+    (another machine, another namespace, a ``/proc`` that does not show the process) is
+    not gone: a live holder's lock must never be taken over."""
+    ident = ident.removeprefix("server@")
+    parts = ident.rsplit(":", 4)
+    if len(parts) == 2:  # the older form, HOST:PID: by the id alone, never this process's
+        host, pid = parts
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
         return int(pid) == os.getpid() or not alive(int(pid))
-    return boot != _boot_id() or _started(int(pid)) != start
+    if len(parts) != 5:
+        return False
+    host, pid, boot, start, place = parts
+    if host != socket.gethostname() or place != _place() or not pid.isdigit():
+        return False
+    if boot != _boot_id():
+        return True  # this machine and namespace, booted since
+    if not alive(int(pid)):
+        return True
+    now = _started(int(pid))
+    return now is not None and now != start
 
 
 def lock_holder() -> str:

@@ -210,3 +210,23 @@ def test_a_lock_revokes_the_enrollment_token_of_a_guest_not_enrolled_yet(
     manage = lease["manage"]
     assert isinstance(manage, dict) and manage["token"] != token
     _guest(live, manage["token"])
+
+
+@pytest.mark.parametrize("how", ["policy expired", "user disabled"])
+def test_a_guest_enrolls_only_while_its_instance_may_serve(
+    live: PatientLive, tmp_path: Path, how: str
+) -> None:
+    """The enrollment token a managed instance's lease carries is refused once the
+    instance may serve no more (its policy expired, its user disabled), and no new lease
+    carries one."""
+    live, admin = _setup(live, tmp_path)
+    bob, iid, token = _managed(live, admin)
+    if how == "policy expired":
+        past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
+        assert admin.put("/flex/policies/fp", json={"expires_at": past}).status_code == 200
+        lease = _lease(bob.post(f"/flex/my/instances/{iid}/checkin", json={"client_time": _now()}))
+        assert lease["manage"] is None
+    else:
+        assert admin.post("/users/bob/disable").status_code == 200
+    r = _enroll(live, token)
+    assert r.status_code == 401 and "cannot be used" in r.text, r.text

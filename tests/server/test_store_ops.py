@@ -129,10 +129,10 @@ def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
     gone.kill()
     gone.wait()
     later = subprocess.Popen(["sleep", "600"])
-    host, pid, boot, start = processes.identity(later.pid).split(":")
+    host, pid, boot, start, place = processes.identity(later.pid).split(":")
     claims = {
         "dead-task": f"server@{dead}",
-        "reused-task": f"server@{host}:{pid}:{boot}:{int(start) - 1}",
+        "reused-task": f"server@{host}:{pid}:{boot}:{int(start) - 1}:{place}",
         "old-form-task": f"server@{socket.gethostname()}:{os.getpid()}",
         "live-task": store_ops._worker(),
     }

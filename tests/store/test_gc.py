@@ -501,3 +501,28 @@ def test_the_collector_removes_temporary_files_of_writes_killed_before_their_ren
     assert not stale.exists() and fresh.exists()
     assert "removed 1 temporary files of interrupted writes" in report.notes
     _restorable(store, snap)
+
+
+def test_a_gc_ends_while_snapshots_keep_landing_and_loses_none_of_them(store: Store) -> None:
+    """A snapshot committed before every try of the condemn (a busy fleet) made the gc try
+    again for as long as they came: the last try marks them with the epoch locked."""
+    old = snapshot_of(store, random_files(2), "old")
+    store.catalog.forget_snapshots([old.id])  # something for the gc to condemn
+    made: list[SnapshotRecord] = []
+    condemn = store.catalog.condemn
+
+    def after_a_commit(*a, **kw):  # type: ignore[no-untyped-def]
+        assert len(made) < 3 * gc_module.CONDEMN_TRIES, "the gc does not end"
+        made.append(snapshot_of(store, random_files(1, 5_000), f"busy{len(made)}"))
+        return condemn(*a, **kw)
+
+    store.catalog.condemn = after_a_commit  # type: ignore[method-assign]
+    try:
+        report = _gc(store)
+    finally:
+        store.catalog.condemn = condemn  # type: ignore[method-assign]
+    assert len(made) == gc_module.CONDEMN_TRIES and report.condemned > 0
+    for snap in made:
+        _restorable(store, snap)
+    rep = check(store, [snapshot_roots(store.catalog)], references, read_data=True)
+    assert rep.ok, rep.errors

@@ -342,11 +342,22 @@ def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: Gc
 
     if plan.revived:
         cat.rescue(plan.revived)
-    while True:
+    for attempt in range(1, CONDEMN_TRIES + 1):
+        if attempt < CONDEMN_TRIES:
+
+            def settled() -> bool:
+                return _all_marked(sources, m)
+        else:
+
+            def settled() -> bool:
+                # Snapshots kept landing between the tries: the last marks them with the
+                # epoch locked (writers wait meanwhile). That takes them out of
+                # ``plan.dead``, the very set the condemn reads next: none is condemned.
+                catch_up()
+                return True
+
         try:
-            cat.condemn(
-                plan.dead, plan.max_seq, plan.copies, settled=lambda: _all_marked(sources, m)
-            )
+            cat.condemn(plan.dead, plan.max_seq, plan.copies, settled=settled)
             break
         except RootsMoved:
             catch_up()  # (nothing was condemned: what it finds just leaves the dead)
@@ -355,6 +366,11 @@ def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: Gc
     if back - before:  # condemned a moment ago, named by a root made since
         cat.rescue(back - before)
     return len(back)
+
+
+#: Tries of the condemn while snapshots keep landing; the last marks them with the epoch
+#: locked, so a busy store's gc ends.
+CONDEMN_TRIES = 8
 
 
 def _all_marked(sources: Sequence[RootSource], m: _Marked) -> bool:

@@ -101,7 +101,8 @@ async def bundle(
     async with held_body(request, ctx.settings.max_body, limits.bodies, spool) as body:
         items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
         del body
-        owns = access.owned_by(ctx.engine, cvd.id, ctx.sharing)  # held, not its own: copied
+        # (held blobs not its own are copied: access.owned_by)
+        owns = await heavy.run(access.owned_by, ctx.engine, cvd.id, ctx.sharing)
         stored = await heavy.run(
             intake.upload_blobs, ctx.store, items, intake.MAX_BUNDLE_RAW, limits.uploaded, owns
         )

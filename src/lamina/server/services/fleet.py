@@ -207,16 +207,17 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
 
 
 def _refuse_orphaned(c: Connection, token_id: str, created_by: str) -> None:
-    """A token is only as good as who issued it: a flex instance's, while that instance is
-    active; a user's, while that user exists, is enabled and may still enroll devices
+    """A token is only as good as who issued it: a flex instance's, while that instance may
+    serve (``flex_manage.refusal``); a user's, while that user exists, is enabled and may still enroll devices
     (``device.write``). A token outliving its creator's rights would enroll active devices
     for as long as it was made to last."""
     inst = c.execute(
-        select(flex_instances.c.state).where(flex_instances.c.enroll_token_id == token_id)
+        select(flex_instances.c.id).where(flex_instances.c.enroll_token_id == token_id)
     ).first()
     if inst is not None:
-        if inst.state != flex_manage.ACTIVE:
-            raise AuthError(f"the enrollment token's flex instance is {inst.state}")
+        why = flex_manage.refusal(c, inst.id)  # (not active, user disabled, expired...)
+        if why is not None:
+            raise AuthError(f"the enrollment token cannot be used: {why}")
         return
     u = c.execute(
         select(users_table.c.disabled, users_table.c.role).where(users_table.c.name == created_by)

@@ -124,18 +124,11 @@ def _refuse_expired(p: FlexPolicy, created: dt.datetime | None) -> None:
 
 
 def _serving(c: Connection, inst: FlexInstance) -> None:
-    """Refuse (403) to serve an instance's image unless it is active, its user still holds
-    its entitlement, and its policy has not expired."""
-    if inst.state != ACTIVE:
-        raise ForbiddenError(
-            f"flex instance {inst.id} is {inst.state}: {inst.message or 'ask your administrator'}"
-        )
-    if not flex_manage.entitled(c, inst.user_id, inst.entitlement_id):
-        raise ForbiddenError(f"flex instance {inst.id}: {flex_manage.WITHDRAWN}")
-    e = c.execute(
-        select(flex_entitlements).where(flex_entitlements.c.id == inst.entitlement_id)
-    ).one()
-    _refuse_expired(_policy(c, inst.policy_id, e), inst.created)
+    """Refuse (403) to serve an instance's image unless it may (``flex_manage.refusal``:
+    active, its user enabled and still entitled, its policy not expired)."""
+    why = flex_manage.refusal(c, inst.id)
+    if why is not None:
+        raise ForbiddenError(why)
 
 
 def _lease(c: Connection, inst: FlexInstance, actor_name: str, server_url: str | None) -> Lease:
@@ -152,7 +145,12 @@ def _lease(c: Connection, inst: FlexInstance, actor_name: str, server_url: str |
     issued = now()
     until = lease_until(issued, doc.lease_seconds, doc.expires_at)
     manage = None
-    if e.manage and inst.state == ACTIVE and inst.device_id is None and server_url:
+    if (
+        e.manage
+        and inst.device_id is None
+        and server_url
+        and flex_manage.refusal(c, inst.id) is None  # (no token for what may not serve)
+    ):
         if inst.enroll_token_id:
             revoke_token(c, inst.enroll_token_id)
         token_id, token = fleet.issue_enroll_token(

@@ -21,11 +21,14 @@ from lamina.db.models import (
     devices,
     enroll_tokens,
     flex_entitlement_subjects,
+    flex_entitlements,
     flex_instances,
+    flex_policies,
     user_group_members,
     users,
 )
-from lamina.server.services.common import audit, now
+from lamina.server.services.common import audit, aware, now
+from lamina.server.services.flex_policies import policy_doc
 
 #: An instance's states (``flex_instances.state``).
 ACTIVE, LOCKED, REVOKED = "active", "locked", "revoked"
@@ -139,3 +142,30 @@ def end_users_instances(c: Connection, actor: str, user_id: str, why: str) -> No
         select(flex_instances.c.id).where(flex_instances.c.user_id == user_id)
     ).scalars():
         end_instance(c, actor, iid, why, why)
+
+
+def refusal(c: Connection, instance_id: str) -> str | None:
+    """Why instance ``instance_id`` may serve nothing now (its image, its guest's
+    enrollment), or None when it may: it is active, its user is enabled and still holds
+    its entitlement, and its policy has not expired."""
+    r = c.execute(
+        select(flex_instances, users.c.disabled)
+        .join(users, users.c.id == flex_instances.c.user_id)
+        .where(flex_instances.c.id == instance_id)
+    ).one()
+    if r.state != ACTIVE:
+        return f"flex instance {r.id} is {r.state}: {r.message or 'ask your administrator'}"
+    if r.disabled:
+        return f"flex instance {r.id}: its user is disabled"
+    if not entitled(c, r.user_id, r.entitlement_id):
+        return f"flex instance {r.id}: {WITHDRAWN}"
+    e = c.execute(
+        select(flex_entitlements.c.policy_id).where(flex_entitlements.c.id == r.entitlement_id)
+    ).one()
+    p = c.execute(
+        select(flex_policies).where(flex_policies.c.id == (r.policy_id or e.policy_id))
+    ).one()
+    until = policy_doc(p, aware(r.created)).expires_at
+    if until is not None and until <= now():
+        return f"the flex policy {p.name} expired at {until:%Y-%m-%d %H:%M} UTC"
+    return None

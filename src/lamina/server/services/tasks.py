@@ -245,11 +245,12 @@ def report(
                 update={"message": f"{rep.message} (cancelled too late: a boot applied it)"}
             )
         if r.state in (DONE, FAILED):
-            if rep.state == r.state:
-                return public(r)  # the same end reported again (a retried request)
             # An ended task stays ended: reopened, it would deliver its tree again
-            # (``access.check_read``) and keep its delta from the gc.
-            raise ConflictError(f"task {r.id} is {r.state}: it cannot be reported again")
+            # (``access.check_read``) and keep its delta from the gc. A report on it (a
+            # retried one, or an agent still at a task the server gave up on) is answered
+            # with the task as it is, and changes nothing: an error here would stop the
+            # agent's cycle before it reads its next work.
+            return public(r)
         values = _progress_values(rep)
         values["reported"] = now()
         if rep.state:
