@@ -11,29 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from lamina.config import ServerSettings
 from tests.flex.server_live import PatientLive
-from tests.server.conftest import ADMIN_PASSWORD, API, free_port, serve
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[PatientLive]:
-    settings = ServerSettings(
-        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
-    )
-    for url in serve(settings):
-        srv = PatientLive(url, settings.data)
-        try:
-            yield srv
-        finally:
-            for c in srv.clients:
-                c.close()
+from tests.server.conftest import API
 
 
 def _setup(live: PatientLive, tmp_path: Path, **policy: object) -> tuple[PatientLive, httpx.Client]:

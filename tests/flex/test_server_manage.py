@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from lamina.config import ServerSettings
 from lamina.protocol.flex import Lease, verify
-from tests.flex.server_live import TIMEOUT, PatientLive
-from tests.server.conftest import ADMIN_PASSWORD, API, Device, Live, free_port, serve
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    settings = ServerSettings(
-        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
-    )
-    for url in serve(settings):
-        srv = PatientLive(url, settings.data)
-        try:
-            yield srv
-        finally:
-            for c in srv.clients:
-                c.close()
+from tests.flex.server_live import TIMEOUT
+from tests.server.conftest import API, Device, Live
 
 
 def enroll(live: Live, token: str, hostname: str) -> Device:
