@@ -23,6 +23,7 @@ from lamina.db.sqlite_read import (
 from lamina.db.sqlite_read import batches as _batches
 from lamina.db.sqlite_read import marks as _marks
 from lamina.errors import NotFoundError, StoreKeyError
+from lamina.processes import holder_gone
 from lamina.store.blob import KINDS, BlobKind
 from lamina.store.catalog import (
     PACK_OK,
@@ -364,13 +365,7 @@ class SqlCatalog:
                 )
         return wanted - found
 
-    def try_lock(
-        self,
-        name: str,
-        holder: str,
-        ttl: dt.timedelta,
-        gone: Callable[[str], bool] | None = None,
-    ) -> bool:
+    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
         key = f"lock:{name}"
         now = _now()
         with write_tx(self.engine) as c:
@@ -391,7 +386,7 @@ class SqlCatalog:
             if (
                 other != holder
                 and dt.datetime.fromisoformat(held["expires"]) > now
-                and not (gone is not None and gone(other))  # (a killed holder's: taken over)
+                and not holder_gone(other)  # (a killed holder's: taken over)
             ):
                 return False
             c.execute(

@@ -343,14 +343,8 @@ class SqliteCatalog:
     ) -> int:
         return self.full().condemn(ids, max_pack_seq, copies, settled)
 
-    def try_lock(
-        self,
-        name: str,
-        holder: str,
-        ttl: dt.timedelta,
-        gone: Callable[[str], bool] | None = None,
-    ) -> bool:
-        return self.full().try_lock(name, holder, ttl, gone)
+    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+        return self.full().try_lock(name, holder, ttl)
 
     def unlock(self, name: str, holder: str) -> None:
         self.full().unlock(name, holder)

@@ -240,15 +240,10 @@ class Catalog(Protocol):
         """Un-condemn ``ids``; return those with no row at all (already swept)."""
         ...
 
-    def try_lock(
-        self,
-        name: str,
-        holder: str,
-        ttl: dt.timedelta,
-        gone: Callable[[str], bool] | None = None,
-    ) -> bool:
-        """Take a named advisory lock unless someone else holds an unexpired one; with
-        ``gone``, also one whose holder ``gone`` says has ended (a killed process's)."""
+    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+        """Take a named advisory lock unless someone else holds an unexpired one whose
+        process has not ended (``processes.holder_gone``: a killed holder's is taken
+        over, not waited out)."""
         ...
 
     def unlock(self, name: str, holder: str) -> None: ...

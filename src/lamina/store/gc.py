@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lamina.errors import StoreBusyError
-from lamina.processes import holder_gone, lock_holder
+from lamina.processes import lock_holder
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobRow, PackInfo, RootsMoved
 from lamina.store.pack import pack_object_name
@@ -194,7 +194,7 @@ def collect(
     rows as they are then: a backup running meanwhile may have rescued blobs."""
     cat = store.catalog
     holder = lock_holder()  # a killed gc's lock is taken over, not waited out (6 h)
-    if not cat.try_lock("gc", holder, dt.timedelta(hours=6), gone=holder_gone):
+    if not cat.try_lock("gc", holder, dt.timedelta(hours=6)):
         raise StoreBusyError("another garbage collection is running on this store")
     say = progress or (lambda _m, _d, _t: None)
     try:
@@ -332,32 +332,31 @@ def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: Gc
     m = plan.marked
     back: set[bytes] = set()
 
-    def catch_up() -> bool:
-        """Mark the roots not marked yet; whether there were none."""
+    def catch_up() -> None:
+        """Mark the roots not marked yet; what they reach leaves the dead."""
         root_blobs, root_trees = _root_ids(sources)
         newly = mark(store, walk, root_blobs, m.ids, root_trees, m.walked, m.confused)
         back.update(newly & plan.dead)
         plan.dead -= newly
-        return not newly
+
+    def marked_now() -> bool:
+        # The last try: snapshots kept landing between the tries, so they are marked
+        # with the epoch locked (writers wait meanwhile). That takes them out of
+        # ``plan.dead``, the very set the condemn reads next: none is condemned.
+        catch_up()
+        return True
 
     if plan.revived:
         cat.rescue(plan.revived)
     for attempt in range(1, CONDEMN_TRIES + 1):
-        if attempt < CONDEMN_TRIES:
-
-            def settled() -> bool:
-                return _all_marked(sources, m)
-        else:
-
-            def settled() -> bool:
-                # Snapshots kept landing between the tries: the last marks them with the
-                # epoch locked (writers wait meanwhile). That takes them out of
-                # ``plan.dead``, the very set the condemn reads next: none is condemned.
-                catch_up()
-                return True
-
+        last = attempt == CONDEMN_TRIES
         try:
-            cat.condemn(plan.dead, plan.max_seq, plan.copies, settled=settled)
+            cat.condemn(
+                plan.dead,
+                plan.max_seq,
+                plan.copies,
+                settled=marked_now if last else lambda: _all_marked(sources, m),
+            )
             break
         except RootsMoved:
             catch_up()  # (nothing was condemned: what it finds just leaves the dead)

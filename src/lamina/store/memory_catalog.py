@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from lamina.processes import holder_gone
 from lamina.store import catalog
 from lamina.store.blob import BlobKind
 from lamina.store.pack import PackEntry
@@ -172,13 +173,7 @@ class MemoryCatalog:
             self._set(wanted, False)
             return wanted - {i for p in self._packs.values() for i in p.rows if i in wanted}
 
-    def try_lock(
-        self,
-        name: str,
-        holder: str,
-        ttl: dt.timedelta,
-        gone: Callable[[str], bool] | None = None,
-    ) -> bool:
+    def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
         now = dt.datetime.now(dt.UTC)
         with self._lock:
             held = self._locks.get(name)
@@ -186,7 +181,7 @@ class MemoryCatalog:
                 held is not None
                 and held[0] != holder
                 and held[1] > now
-                and not (gone is not None and gone(held[0]))
+                and not holder_gone(held[0])
             ):
                 return False
             self._locks[name] = (holder, now + ttl)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import blake3
 
 from lamina.errors import IntegrityError, LaminaError
-from lamina.processes import holder_gone, lock_holder
+from lamina.processes import lock_holder
 from lamina.store.catalog import PACK_OK, BlobRow, PackInfo
 from lamina.store.pack import pack_object_name
 from lamina.store.repository import Store
@@ -119,7 +119,7 @@ def roll_small(store: Store, *, force: bool = False, fail_after: int = -1) -> Re
     """
     cat = store.catalog
     holder = lock_holder()  # a killed roll's lock is taken over, not waited out
-    if not cat.try_lock(LOCK, holder, LOCK_TTL, gone=holder_gone):
+    if not cat.try_lock(LOCK, holder, LOCK_TTL):
         return None
     try:
         chosen: list[tuple[PackInfo, list[BlobRow]]] = []

@@ -33,6 +33,7 @@ from lamina.server.deps import (
 from lamina.server.security import Principal, require_active
 from lamina.server.services import access, fleet, intake, sync, tasks, users
 from lamina.server.services.credentials import Presented
+from lamina.server.services.inflight import Sharing
 from lamina.server.services.recent_uploads import RecentUploads
 
 router = APIRouter(prefix="/agent")
@@ -101,8 +102,8 @@ async def bundle(
     async with held_body(request, ctx.settings.max_body, limits.bodies, spool) as body:
         items = await heavy.run(decode_bundle, body)  # once: verified and recorded below
         del body
-        # (held blobs not its own are copied: access.owned_by)
-        owns = await heavy.run(access.owned_by, ctx.engine, cvd.id, ctx.sharing)
+        sharing = await heavy.run(access.sharing_of, ctx.engine, cvd.id, ctx.sharing)
+        owns = access.owned_by(ctx.engine, cvd.id, sharing)  # held, not its own: copied
         stored = await heavy.run(
             intake.upload_blobs, ctx.store, items, intake.MAX_BUNDLE_RAW, limits.uploaded, owns
         )
@@ -111,16 +112,21 @@ async def bundle(
         # CVD stored them.
         ids = [it.id for it in items]
         del items
-    new = await heavy.run(_record, ctx, cvd.id, ids, stored, limits.recent)
+    new = await heavy.run(_record, ctx, cvd.id, ids, stored, limits.recent, sharing)
     return BundleResponse(new=new)
 
 
 def _record(
-    ctx: ServerContext, cvd_id: str, ids: list[bytes], stored: intake.Intake, recent: RecentUploads
+    ctx: ServerContext,
+    cvd_id: str,
+    ids: list[bytes],
+    stored: intake.Intake,
+    recent: RecentUploads,
+    sharing: Sharing,
 ) -> int:
-    """The bundle's blobs are the CVD's (``access.record``), and what it stored is
-    remembered for the CVD's commit (``RecentUploads``)."""
-    new = access.record(ctx.engine, cvd_id, ids, ctx.sharing, stored.first)
+    """The bundle's blobs are the CVD's (``access.record``, under the CVD's own
+    ``sharing``), and what it stored is remembered for the CVD's commit (``RecentUploads``)."""
+    new = access.record(ctx.engine, cvd_id, ids, sharing, stored.first)
     recent.add(cvd_id, stored.epoch, stored.stored)
     return new
 

@@ -65,17 +65,23 @@ def owned(c: Connection, cvd_id: str, ids: Iterable[bytes]) -> set[bytes]:
     }
 
 
+def sharing_of(engine: Engine, cvd_id: str, sharing: Sharing) -> Sharing:
+    """The sharing a CVD's bundles get (``inflight.for_cvd``: none for a flex guest's)."""
+    with read_tx(engine) as c:
+        return inflight.for_cvd(c, cvd_id, sharing)
+
+
 def owned_by(
     engine: Engine, cvd_id: str, sharing: Sharing
 ) -> Callable[[list[bytes]], set[bytes]] | None:
     """``owned`` for one CVD in its own read transaction, for a bundle's intake to store
     a held blob the CVD does not own as a surplus copy; None (store no such copy) when
-    the CVD does not share (sharing off, or a flex guest): there every endpoint uploads
-    what it lacks, and copies until the next gc would be one per endpoint, not at most
-    ``threshold - 1`` (the timing of a bundle is then not evened out: docs/design.md)."""
-    with read_tx(engine) as c:
-        if not inflight.for_cvd(c, cvd_id, sharing).on:
-            return None
+    the CVD does not share (``sharing``, its own: ``sharing_of``): there every endpoint
+    uploads what it lacks, and copies until the next gc would be one per endpoint, not at
+    most ``threshold - 1`` (the timing of a bundle is then not evened out:
+    docs/design.md)."""
+    if not sharing.on:
+        return None
 
     def ask(ids: list[bytes]) -> set[bytes]:
         with read_tx(engine) as c:
@@ -95,13 +101,13 @@ def record(
 
     Returns how many were new *to this CVD*: the answer a bundle upload gives. Whether
     the store already held a blob for another CVD must not show (that would be the
-    content oracle again, through uploads of guesses). With ``sharing`` on, the CVD's
-    claims on them end in the same transaction (``inflight.received``); ``first``, the
+    content oracle again, through uploads of guesses). With ``sharing`` on (the CVD's
+    own: ``sharing_of``), the CVD's claims on them end in the same transaction
+    (``inflight.received``); ``first``, the
     ids its bundle stored first (``intake.Intake``), are not asked whether they became
     common."""
     want = list(dict.fromkeys(ids))
     with write_tx(engine) as c:
-        sharing = inflight.for_cvd(c, cvd_id, sharing)
         if c.dialect.name == "sqlite":
             # The rows the insert added are the new ones: counted by the driver, not
             # asked first (a lookup of every id of the bundle). The claims end for

@@ -207,10 +207,10 @@ def enroll(engine: Engine, req: EnrollRequest, chunking: ChunkingSecret) -> Enro
 
 
 def _refuse_orphaned(c: Connection, token_id: str, created_by: str) -> None:
-    """A token is only as good as who issued it: a flex instance's, while that instance may
-    serve (``flex_manage.refusal``); a user's, while that user exists, is enabled and may still enroll devices
-    (``device.write``). A token outliving its creator's rights would enroll active devices
-    for as long as it was made to last."""
+    """A token is only as good as who issued it: a flex instance's, while that instance
+    may serve (``flex_manage.refusal``); a user's, while that user exists, is enabled
+    and may still enroll devices (``device.write``). A token outliving its creator's
+    rights would enroll active devices for as long as it was made to last."""
     inst = c.execute(
         select(flex_instances.c.id).where(flex_instances.c.enroll_token_id == token_id)
     ).first()

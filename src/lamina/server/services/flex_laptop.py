@@ -44,7 +44,7 @@ from lamina.server.services.common import audit, aware, from_row, new_id, now
 from lamina.server.services.flex_admin import ACTIVE, REVOKED, instance_rows
 from lamina.server.services.flex_manage import revoke_token
 from lamina.server.services.flex_policies import policy_doc
-from lamina.server.services.rows import FlexEntitlement, FlexInstance, FlexPolicy
+from lamina.server.services.rows import FlexEntitlement, FlexInstance
 from lamina.store.repository import Store
 
 
@@ -111,18 +111,6 @@ def _my_instance(c: Connection, actor: Principal, ref: str) -> FlexInstance:
     return r
 
 
-def _policy(c: Connection, inst_policy: str | None, e: FlexEntitlement) -> FlexPolicy:
-    """An instance's policy: its own override, else its entitlement's."""
-    pid = inst_policy or e.policy_id
-    return c.execute(select(flex_policies).where(flex_policies.c.id == pid)).one()
-
-
-def _refuse_expired(p: FlexPolicy, created: dt.datetime | None) -> None:
-    until = policy_doc(p, aware(created)).expires_at
-    if until is not None and until <= now():
-        raise ForbiddenError(f"the flex policy {p.name} expired at {until:%Y-%m-%d %H:%M} UTC")
-
-
 def _serving(c: Connection, inst: FlexInstance) -> None:
     """Refuse (403) to serve an instance's image unless it may (``flex_manage.refusal``:
     active, its user enabled and still entitled, its policy not expired)."""
@@ -137,7 +125,7 @@ def _lease(c: Connection, inst: FlexInstance, actor_name: str, server_url: str |
     e = c.execute(
         select(flex_entitlements).where(flex_entitlements.c.id == inst.entitlement_id)
     ).one()
-    p = _policy(c, inst.policy_id, e)
+    p = flex_manage.policy_of(c, inst.policy_id, e.policy_id)
     v = c.execute(
         select(flex_image_versions).where(flex_image_versions.c.id == inst.version_id)
     ).one()
@@ -193,7 +181,9 @@ def create_instance(
     _require_user(actor)
     with write_tx(engine) as c:
         e = _my_entitlement(c, actor, entitlement)
-        _refuse_expired(_policy(c, None, e), None)
+        why = flex_manage.expired(flex_manage.policy_of(c, None, e.policy_id), None)
+        if why is not None:
+            raise ForbiddenError(why)
         img = c.execute(select(flex_images).where(flex_images.c.id == e.image_id)).one()
         v = images.find_version(c, img, e.version)
         iid = new_id()

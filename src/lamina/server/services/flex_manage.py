@@ -13,6 +13,7 @@ is on a disk its user holds; it must not outlive the user's right to the image.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy import Connection, Select, or_, select, update
@@ -29,6 +30,7 @@ from lamina.db.models import (
 )
 from lamina.server.services.common import audit, aware, now
 from lamina.server.services.flex_policies import policy_doc
+from lamina.server.services.rows import FlexPolicy
 
 #: An instance's states (``flex_instances.state``).
 ACTIVE, LOCKED, REVOKED = "active", "locked", "revoked"
@@ -162,10 +164,20 @@ def refusal(c: Connection, instance_id: str) -> str | None:
     e = c.execute(
         select(flex_entitlements.c.policy_id).where(flex_entitlements.c.id == r.entitlement_id)
     ).one()
-    p = c.execute(
-        select(flex_policies).where(flex_policies.c.id == (r.policy_id or e.policy_id))
+    return expired(policy_of(c, r.policy_id, e.policy_id), r.created)
+
+
+def policy_of(c: Connection, own: str | None, entitlement_policy: str) -> FlexPolicy:
+    """An instance's policy: its own override, else its entitlement's."""
+    return c.execute(
+        select(flex_policies).where(flex_policies.c.id == (own or entitlement_policy))
     ).one()
-    until = policy_doc(p, aware(r.created)).expires_at
+
+
+def expired(p: FlexPolicy, created: dt.datetime | None) -> str | None:
+    """What to say when policy ``p`` has expired for an instance made at ``created`` (one
+    not made yet: None), else None."""
+    until = policy_doc(p, aware(created)).expires_at
     if until is not None and until <= now():
         return f"the flex policy {p.name} expired at {until:%Y-%m-%d %H:%M} UTC"
     return None

@@ -11,6 +11,11 @@ from lamina.errors import BackendError, IntegrityError, NotFoundError, UsageErro
 from lamina.store.atomic import TMP_SUFFIX, fsync_dir, write_atomic
 
 
+def _is_temp(name: str) -> bool:
+    """A ``write_atomic`` temporary file (``.NAME.RANDOM.tmp``), not an object."""
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
 class LocalBackend:
     """Objects are files below ``root``; a name's ``/`` are sub-directories."""
 
@@ -83,7 +88,7 @@ class LocalBackend:
         for dirpath, _dirs, files in os.walk(self.root):
             rel = os.path.relpath(dirpath, self.root)
             for f in files:
-                if f.startswith(".") and f.endswith(TMP_SUFFIX):
+                if _is_temp(f):
                     continue
                 name = f if rel == "." else f"{rel}/{f}"
                 if name.startswith(prefix):
@@ -108,7 +113,7 @@ class LocalBackend:
             return 0
         for dirpath, _dirs, files in os.walk(self.root):
             for f in files:
-                if not (f.startswith(".") and f.endswith(TMP_SUFFIX)):
+                if not _is_temp(f):
                     continue
                 path = os.path.join(dirpath, f)
                 with contextlib.suppress(FileNotFoundError):
