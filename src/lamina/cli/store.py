@@ -23,7 +23,7 @@ from lamina.cli.store_options import (
 from lamina.db.location import StoreLocation
 from lamina.errors import IntegrityError, UsageError
 from lamina.store.check import check as check_store
-from lamina.store.gc import collect
+from lamina.store.gc import Owners, collect
 from lamina.store.keys import PASSPHRASE_ENV
 from lamina.store.rebuild import rebuild_index
 from lamina.store.repository import Store
@@ -40,6 +40,13 @@ def _roots(s: Store) -> list[RootSource]:
     from lamina.db.roots import all_roots  # the server extra; open_store found it
 
     return all_roots(s)
+
+
+def _owners(s: Store) -> Owners:
+    """The CVDs' ownership rows, which the gc takes back with what it condemns."""
+    from lamina.db.roots import owners
+
+    return owners(s)
 
 
 @app.command()
@@ -131,6 +138,7 @@ def gc(
                 orphan_grace=dt.timedelta(seconds=parse_duration(orphan_grace)),
                 dry_run=dry_run,
                 progress=update,
+                owners=_owners(s),
             )
         if not dry_run:
             server_libraries().record_gc(s, time.monotonic() - started, rep.bytes_freed)
@@ -147,7 +155,8 @@ def gc(
     typer.echo(
         f"{rep.reachable} blobs reachable; {verb} {rep.condemned} blobs; "
         f"{rep.packs_deleted} packs deleted, {rep.packs_repacked} repacked, "
-        f"{rep.orphans_deleted} orphan packs deleted; {human_bytes(rep.bytes_freed)} freed"
+        f"{rep.orphans_deleted} orphan packs deleted; {human_bytes(rep.bytes_freed)} freed; "
+        f"{rep.owner_rows} ownership records {'to take' if dry_run else 'taken'} back"
     )
 
 

@@ -324,6 +324,7 @@ class SqlCatalog:
         max_pack_seq: int,
         copies: Collection[tuple[bytes, int]] = (),
         settled: Callable[[], bool] | None = None,
+        also: Callable[[Connection], None] | None = None,
     ) -> int:
         with write_tx(self.engine) as c:
             epoch = self._lock_epoch(c) + 1
@@ -348,6 +349,8 @@ class SqlCatalog:
                     )
                     .values(condemned=True)
                 )
+            if also is not None:
+                also(c)
             return epoch
 
     def rescue(self, ids: Collection[bytes]) -> set[bytes]:

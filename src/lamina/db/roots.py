@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select
 from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import read_tx
 from lamina.db.models import layer_versions, layers, tasks
+from lamina.db.ownership import Ownership
 from lamina.errors import LaminaError
 from lamina.protocol.tasks import OPEN_STATES, TaskKind
 from lamina.store.repository import Store
@@ -43,6 +44,16 @@ def layer_roots(engine: Engine) -> RootSource:
 
 def all_roots(store: Store) -> list[RootSource]:
     """Everything that keeps data alive in a store indexed by a Lamina database."""
+    return [snapshot_roots(_sql(store)), layer_roots(_sql(store).engine)]
+
+
+def owners(store: Store) -> Ownership:
+    """The CVDs' ownership rows of a store indexed by a Lamina database, for its gc to
+    take back what their own roots no longer reach (``gc.collect``'s ``owners``)."""
+    return Ownership(_sql(store).engine)
+
+
+def _sql(store: Store) -> SqlCatalog:
     if not isinstance(store.catalog, SqlCatalog):
         raise LaminaError("the store's catalog is not a Lamina database")
-    return [snapshot_roots(store.catalog), layer_roots(store.catalog.engine)]
+    return store.catalog

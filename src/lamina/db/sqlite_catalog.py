@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lamina.db import sqlite_pragmas
 from lamina.db.location import StoreLocation
@@ -340,8 +340,9 @@ class SqliteCatalog:
         max_pack_seq: int,
         copies: Collection[tuple[bytes, int]] = (),
         settled: Callable[[], bool] | None = None,
+        also: Callable[[Any], None] | None = None,
     ) -> int:
-        return self.full().condemn(ids, max_pack_seq, copies, settled)
+        return self.full().condemn(ids, max_pack_seq, copies, settled, also)
 
     def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
         return self.full().try_lock(name, holder, ttl)

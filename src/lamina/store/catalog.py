@@ -221,6 +221,7 @@ class Catalog(Protocol):
         max_pack_seq: int,
         copies: Collection[tuple[bytes, int]] = (),
         settled: Callable[[], bool] | None = None,
+        also: Callable[[Any], None] | None = None,
     ) -> int:
         """Condemn the rows of ``ids`` in packs up to ``max_pack_seq``; bump the epoch.
 
@@ -231,6 +232,10 @@ class Catalog(Protocol):
         epoch any more): whether every root is one the gc marked. When not, nothing is
         condemned and ``RootsMoved`` is raised: the gc marks the new roots and tries
         again, so no condemned row is ever one a committed root names.
+
+        ``also`` runs in the same transaction once it is settled, given the catalog's
+        database connection (None for a catalog without one): the server's ownership
+        rows the gc takes back go with the condemn (``lamina.db.ownership``).
 
         Returns the new epoch.
         """

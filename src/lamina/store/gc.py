@@ -7,7 +7,9 @@ Safe while writers run:
 3. Condemn the unreachable rows of old packs and bump the gc epoch, in one
    transaction. From then on writers treat condemned blobs as missing and upload
    them again; a writer that checked its blobs under the old epoch must rescue
-   them (un-condemn, or fail cleanly) before its snapshot row goes in.
+   them (un-condemn, or fail cleanly) before its snapshot row goes in. Records of who
+   holds what kept beside the store (``owners``: the server's ownership rows) that
+   their owners' own roots no longer reach go in the same transaction.
 4. Look at the roots again, so snapshots committed between 2 and 3 are marked,
    and rescue what they reach.
 5. Sweep: packs with nothing live are deleted; sparse ones (under ``REPACK_BELOW``
@@ -22,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from lamina.errors import StoreBusyError
 from lamina.processes import lock_holder
@@ -38,6 +40,34 @@ from lamina.store.roots import RootSource, Walker
 REPACK_BELOW = 0.5
 
 
+class Owners(Protocol):
+    """Who holds which blobs, kept beside the store (the server's ``cvd_blobs``:
+    ``lamina.db.ownership``): what each owner's own roots no longer reach is taken back
+    with the condemn, so that whether the gc kept a blob (for someone else) never shows
+    to an owner through a record the gc left behind."""
+
+    def plan(self, store: Store, walk: Walker) -> None:
+        """Read the records and walk each owner's roots: decide what goes."""
+        ...
+
+    def settled(self) -> bool:
+        """Whether every owner's root now is one ``plan`` or ``catch_up`` walked."""
+        ...
+
+    def catch_up(self, store: Store, walk: Walker) -> None:
+        """Walk the owners' roots that appeared since; what they reach stays."""
+        ...
+
+    def drop(self, conn: Any) -> None:
+        """Delete what goes, in the condemn's transaction (``conn``, the catalog's)."""
+        ...
+
+    @property
+    def count(self) -> int:
+        """The records that go (or went)."""
+        ...
+
+
 @dataclass
 class GcReport:
     reachable: int = 0
@@ -49,6 +79,8 @@ class GcReport:
     orphans_deleted: int = 0
     trees_restored: int = 0
     bytes_freed: int = 0
+    #: ownership records taken back (``Owners``): held by nothing their owner keeps
+    owner_rows: int = 0
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
     #: the packs repacked (or, with ``dry_run``, that would be)
@@ -187,11 +219,13 @@ def collect(
     dry_run: bool = False,
     progress: ProgressFn | None = None,
     fail_after: int = -1,
+    owners: Owners | None = None,
 ) -> GcReport:
     """Collect garbage in three steps: plan (mark, classify rows, decide each pack's
     fate), stats (what the plan frees, the figures ``--dry-run`` prints), execute
     (condemn, mark again, rescue, sweep). The sweep decides each pack again from its
-    rows as they are then: a backup running meanwhile may have rescued blobs."""
+    rows as they are then: a backup running meanwhile may have rescued blobs. With
+    ``owners``, their records their own roots no longer reach go with the condemn."""
     cat = store.catalog
     holder = lock_holder()  # a killed gc's lock is taken over, not waited out (6 h)
     if not cat.try_lock("gc", holder, dt.timedelta(hours=6)):
@@ -200,13 +234,17 @@ def collect(
     try:
         say("marking", 0, 0)
         plan = plan_gc(store, sources, walk, orphan_grace)
+        if owners is not None:
+            owners.plan(store, walk)
         report = stats(plan)
         report.dry_run = dry_run
+        report.owner_rows = owners.count if owners is not None else 0
         if dry_run:
             report.notes.append(f"would condemn {len(plan.dead)} blobs")
             return report
         say("condemning", 0, 0)
-        report.rescued = _condemn(store, sources, walk, plan)
+        report.rescued = _condemn(store, sources, walk, plan, owners)
+        report.owner_rows = owners.count if owners is not None else 0
         say("sweeping", 0, 0)
         _execute(store, plan, report, fail_after)
         return report
@@ -315,7 +353,13 @@ def stats(plan: GcPlan) -> GcReport:
     return report
 
 
-def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: GcPlan) -> int:
+def _condemn(
+    store: Store,
+    sources: Sequence[RootSource],
+    walk: Walker,
+    plan: GcPlan,
+    owners: Owners | None = None,
+) -> int:
     """Condemn the dead rows once every root is marked, then mark again. Returns how
     many blobs the roots that appeared meanwhile brought back.
 
@@ -327,7 +371,8 @@ def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: Gc
     at any point leaves nothing a roll of small packs or a later sweep could take
     (before session 23 the condemn came first and the mark of the new roots after, and a
     gc killed or failing between them lost the new snapshot's data). The mark after is
-    for roots that do not wait for the epoch (a layer version made meanwhile)."""
+    for roots that do not wait for the epoch (a layer version made meanwhile). The
+    ``owners``' records go in the condemn's transaction, asked as settled as the roots."""
     cat = store.catalog
     m = plan.marked
     back: set[bytes] = set()
@@ -338,6 +383,11 @@ def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: Gc
         newly = mark(store, walk, root_blobs, m.ids, root_trees, m.walked, m.confused)
         back.update(newly & plan.dead)
         plan.dead -= newly
+        if owners is not None:
+            owners.catch_up(store, walk)
+
+    def settled() -> bool:
+        return _all_marked(sources, m) and (owners is None or owners.settled())
 
     def marked_now() -> bool:
         # The last try: snapshots kept landing between the tries, so they are marked
@@ -355,7 +405,8 @@ def _condemn(store: Store, sources: Sequence[RootSource], walk: Walker, plan: Gc
                 plan.dead,
                 plan.max_seq,
                 plan.copies,
-                settled=marked_now if last else lambda: _all_marked(sources, m),
+                settled=marked_now if last else settled,
+                also=owners.drop if owners is not None else None,
             )
             break
         except RootsMoved:

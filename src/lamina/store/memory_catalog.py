@@ -11,6 +11,7 @@ import itertools
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from lamina.processes import holder_gone
 from lamina.store import catalog
@@ -154,10 +155,13 @@ class MemoryCatalog:
         max_pack_seq: int,
         copies: Collection[tuple[bytes, int]] = (),
         settled: Callable[[], bool] | None = None,
+        also: Callable[[Any], None] | None = None,
     ) -> int:
         with self._lock:
             if settled is not None and not settled():
                 raise catalog.RootsMoved("a root appeared since the mark")
+            if also is not None:
+                also(None)
             self._epoch += 1
             self._set(ids, True, max_pack_seq)
             for bid, seq in copies:

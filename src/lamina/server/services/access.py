@@ -272,6 +272,11 @@ class CommitOwnership:
             record(self.engine, self.cvd_id, self.taken, self.sharing)
             self.taken = []
 
+    def landed(self, root: bytes) -> None:
+        """The snapshot of ``root`` is in: every blob it names is the CVD's (recorded
+        again after a gc took back rows while the commit checked them)."""
+        record(self.engine, self.cvd_id, walk_blobs(self.store, root))
+
 
 #: ``CommitOwnership.stored_as``: binds the CVD, the ids, then the kind.
 _SQLITE_STORED_AS = (

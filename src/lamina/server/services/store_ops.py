@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import snapshots, tasks
-from lamina.db.roots import all_roots
+from lamina.db.roots import all_roots, owners
 from lamina.db.stores import last_gc, record_gc
 from lamina.errors import ConflictError, LaminaError
 from lamina.processes import identity, is_gone
@@ -230,6 +230,7 @@ def _gc(store: Store, params: StoreGcParams, progress: _Progress) -> tuple[bool,
         orphan_grace=dt.timedelta(seconds=params.orphan_grace),
         dry_run=params.dry_run,
         progress=progress,
+        owners=owners(store),
     )
     if not params.dry_run:
         record_gc(store, time.monotonic() - started, rep.bytes_freed)
@@ -240,11 +241,13 @@ def _gc(store: Store, params: StoreGcParams, progress: _Progress) -> tuple[bool,
         (
             f"{rep.reachable} blobs reachable; {rep.condemned} unreachable; "
             f"{rep.packs_deleted} packs to delete, {rep.packs_repacked} to repack, "
-            f"{rep.orphans_deleted} orphan packs; {verb} {rep.bytes_freed} bytes"
+            f"{rep.orphans_deleted} orphan packs; {verb} {rep.bytes_freed} bytes; "
+            f"{rep.owner_rows} ownership records to take back"
             if params.dry_run
             else f"{rep.reachable} blobs reachable; removed {rep.condemned} blobs; "
             f"{rep.packs_deleted} packs deleted, {rep.packs_repacked} repacked, "
-            f"{rep.orphans_deleted} orphan packs deleted; {verb} {rep.bytes_freed} bytes"
+            f"{rep.orphans_deleted} orphan packs deleted; {verb} {rep.bytes_freed} bytes; "
+            f"{rep.owner_rows} ownership records taken back"
         ),
         result,
     )

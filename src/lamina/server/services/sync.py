@@ -406,6 +406,7 @@ def _store_snapshot(
     root = bytes.fromhex(req.root)
     prev = store.catalog.snapshots(source)
     previous_root = prev[-1].root if prev else None
+    checked_under = store.catalog.gc_epoch()  # (before any blob's ownership is asked)
     owner.root(root)
     epoch = _still_pending(store, cvd_id, root, owner, pending) if pending is not None else 0
 
@@ -433,6 +434,11 @@ def _store_snapshot(
             meta={"cvd": cvd_id, "device": device_id, "stats": req.stats},
         )
         record = w.commit_snapshot(record, lambda r: walk_blobs(store, r))
+        if w.epoch != checked_under:
+            # A gc condemned while the commit checked: it took back the rows of blobs
+            # no snapshot of this CVD named yet (``db.ownership``), this one's among
+            # them. They were proven: the snapshot's blobs are the CVD's again.
+            owner.landed(root)
     if recent is not None:
         recent.forget(cvd_id)
     repack.roll_if_due(store)

@@ -1,0 +1,205 @@
+"""The gc takes back ownership no snapshot of the CVD keeps (``db/ownership.py``).
+
+A device owns what it proved it holds (uploads, its snapshots, trees delivered to it).
+A row that outlived the CVD's own snapshots told the device, after a gc, whether another
+endpoint holds the content: kept for that endpoint the blob stayed "present" and
+readable, collected it became "send it" (the content oracle). Each test runs a real
+server on SQLite and its gc through the API or the CLI, as an admin would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from lamina.config import ServerSettings
+from lamina.db.catalog import SqlCatalog
+from lamina.db.engine import make_engine, read_tx
+from lamina.db.models import cvd_blobs
+from lamina.db.roots import all_roots, owners
+from lamina.server.app import open_context
+from lamina.server.services import store_ops
+from lamina.store import gc
+from lamina.store.blob import BlobKind
+from lamina.tree.model import Entry, encode_tree, references
+from tests.e2e.conftest import _deployment
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live, wait_for
+
+
+@dataclass
+class Shape:
+    """A running server and how to reach its store and database directly."""
+
+    live: Live
+    db_url: str
+    store_args: list[str]
+    in_process: bool = True
+
+
+def _gc(shape: Shape, how: str, dry_run: bool = False) -> dict[str, Any]:
+    """A gc of the server's store: as a server task (``/store/gc``) or by ``lamina store gc``
+    beside the running server, as an admin would run either."""
+    if how == "api":
+        admin = shape.live.login()
+        r = admin.post("/store/gc", json={"dry_run": dry_run, "orphan_grace": 3600})
+        assert r.status_code == 202, r.text
+        tid = r.json()["id"]
+        if shape.in_process:
+            store_ops.wait(tid)
+        else:
+            wait_for(
+                "the gc task",
+                lambda: admin.get(f"/tasks/{tid}").json()["state"] not in ("queued", "running"),
+            )
+        task = admin.get(f"/tasks/{tid}").json()
+        assert task["state"] == "done", task
+        return dict(task["result"])
+    args = ["store", "gc", *shape.store_args, "--json"] + (["--dry-run"] if dry_run else [])
+    p = subprocess.run(
+        [sys.executable, "-m", "lamina.cli", *args], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    return dict(json.loads(p.stdout))
+
+
+def _owned_rows(shape: Shape, dev: Device) -> set[bytes]:
+    engine = make_engine(shape.db_url)
+    try:
+        with read_tx(engine) as c:
+            q = cvd_blobs.select().where(cvd_blobs.c.cvd_id == dev.cvd_id)
+            return {bytes(r.blob_id) for r in c.execute(q)}
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def embedded(live: Live) -> Shape:
+    return Shape(live, f"sqlite:///{live.data / 'lamina.db'}", ["--data", str(live.data)])
+
+
+@pytest.fixture(params=["embedded", pytest.param("scaleout", marks=pytest.mark.e2e)])
+def shape(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shape]:
+    """The embedded server in this process (SQLite + folder), and a `lamina server`
+    process on PostgreSQL and S3."""
+    if request.param == "embedded":
+        yield request.getfixturevalue("embedded")
+        return
+    pg, s3 = request.getfixturevalue("pg_db_url"), request.getfixturevalue("s3_url")
+    for dep in _deployment(tmp_path, ["--db", pg, "--store", s3], 1):
+        live = Live(dep.url, dep.servers[0].data)
+        try:
+            yield Shape(live, pg, dep.store_args, in_process=False)
+        finally:
+            for c in live.clients:
+                c.close()
+
+
+def _reads(dev: Device, bid: bytes) -> bytes | None:
+    r = dev.client.post("/blobs/read", json={"ids": [bid.hex()]})
+    if r.status_code == 403:
+        return None
+    assert r.status_code == 200, r.text
+    [content] = msgpack.unpackb(r.content)
+    return bytes(content)
+
+
+@pytest.mark.parametrize("how", ["api", "cli"])
+def test_after_a_gc_an_upload_never_committed_tells_nothing(shape: Shape, how: str) -> None:
+    """Mallory uploads two guesses with their real bytes and never commits: A's private
+    file (A's snapshot keeps it) and content nobody holds. Before a gc both are hers (she
+    proved them); after it, both are "send it" and neither is readable: the same answers,
+    where the row left behind answered "present" for the one the gc kept for A."""
+    a, m = shape.live.device("pc-a"), shape.live.device("pc-mallory")
+    secret = b"alice's private notes " + os.urandom(64)
+    a.commit_files({b"notes.txt": [secret]})
+    nobody = b"content no endpoint holds " + os.urandom(64)
+    right, wrong = m.upload([(BlobKind.DATA, secret), (BlobKind.DATA, nobody)])
+    assert m.missing([right, wrong]) == []  # proven by the upload: hers until the gc
+
+    dry = _gc(shape, how, dry_run=True)
+    assert dry["owner_rows"] >= 2 and _owned_rows(shape, m) >= {right, wrong}
+    report = _gc(shape, how)
+    assert report["owner_rows"] >= 2, report
+
+    assert m.missing([right, wrong]) == [right.hex(), wrong.hex()]
+    assert _reads(m, right) is None and _reads(m, wrong) is None
+    assert _owned_rows(shape, m) == set()
+    # Control: A's own snapshot keeps A's ownership, and A reads its file.
+    assert a.missing([right]) == []
+    assert _reads(a, right) == secret
+    # Uploaded again, the content is hers again (she proves it once more).
+    m.upload([(BlobKind.DATA, secret)])
+    assert m.missing([right]) == [] and _reads(m, right) == secret
+
+
+def test_a_snapshot_retention_forgot_leaves_its_blobs_to_the_cvd_no_more(embedded: Shape) -> None:
+    """A CVD that keeps one snapshot commits a file (another endpoint holds the same
+    content) and then a snapshot without it: after a gc the CVD owns only what its kept
+    snapshot names, while its content stays for the other endpoint."""
+    live = embedded.live
+    admin = live.login()
+    settings = {"keep_last": 1, "keep_hourly": 0, "keep_daily": 0, "keep_weekly": 0}
+    r = admin.post("/policies", json={"name": "std", "settings": {**settings, "keep_monthly": 0}})
+    assert r.status_code == 201, r.text
+    a, m = live.device("pc-a"), live.device("pc-m")
+    shared = b"a file both endpoints had " + os.urandom(64)
+    a.commit_files({b"shared.txt": [shared]})
+    m.commit_files({b"shared.txt": [shared]})
+    later = b"what m keeps now " + os.urandom(64)
+    m.commit_files({b"later.txt": [later]})
+    [bid] = [i for i in _owned_rows(embedded, a) if _reads(a, i) == shared]
+    assert m.missing([bid]) == []  # its forgotten snapshot's row is still there
+
+    _gc(embedded, "api")
+    assert m.missing([bid]) == [bid.hex()] and _reads(m, bid) is None
+    [kept] = [i for i in _owned_rows(embedded, m) if _reads(m, i) == later]
+    assert m.missing([kept]) == []
+    assert a.missing([bid]) == [] and _reads(a, bid) == shared
+
+
+def test_a_commit_the_condemn_overtook_keeps_its_snapshot_owned(
+    embedded: Shape, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gc condemns (and takes back the rows of blobs no snapshot names yet) between a
+    commit's check of its blobs and its snapshot row: the snapshot lands (its blobs are
+    rescued) and every blob it names is its CVD's, readable and not asked for again,
+    also after the gc's next run."""
+    live = embedded.live
+    dev = live.device("pc-1")
+    content = b"the file of the racing commit " + os.urandom(64)
+    [data] = dev.upload([(BlobKind.DATA, content)])
+    entries = [Entry(b"f", "file", size=len(content), content=[data])]
+    [root] = dev.upload([(BlobKind.TREE, encode_tree(entries))])
+    settings = ServerSettings(data=live.data, admin_password=ADMIN_PASSWORD)
+    ctx, _ = open_context(settings)  # the gc's own view of the server's store
+    original = SqlCatalog.add_snapshot
+    taken: list[int] = []
+
+    def add_snapshot(self: SqlCatalog, record: Any, expected_epoch: int) -> bool:
+        if not taken:  # the first try: a gc marks and condemns before the row goes in
+            store, roots = ctx.store, all_roots(ctx.store)
+            plan = gc.plan_gc(store, roots, references)
+            own = owners(store)
+            own.plan(store, references)
+            gc._condemn(store, roots, references, plan, own)
+            taken.append(own.count)
+        return original(self, record, expected_epoch)
+
+    monkeypatch.setattr(SqlCatalog, "add_snapshot", add_snapshot)
+    r = dev.client.post("/agent/commit", json={"root": root.hex(), "files": 1, "bytes": 0})
+    assert r.status_code == 200, r.text
+    assert taken[0] >= 2  # the gc did take its rows back
+    monkeypatch.undo()
+    for _ in range(2):
+        assert dev.missing([data, root]) == []
+        assert _reads(dev, data) == content
+        assert _owned_rows(embedded, dev) >= {data, root}
+        _gc(embedded, "api")
