@@ -229,6 +229,10 @@ def test_full_migration_onto_a_replacement(
 
     res = admin.json("cvd", "migrate", "desk-01", "--to", did, "--mode", "full", "--keep-name")
     assert res["status"] == "queued" and res["task"]
+    # A gc before the new machine comes for it keeps the tree the migration delivers (the
+    # snapshot's with the new machine's files, network and driver pack laid over it: no
+    # snapshot names it), and the old machine's ownership of what its snapshots hold.
+    admin.run("store", "gc", *embedded.store_args)
     cvd = admin.json("cvd", "show", "desk-01")
     assert cvd["device_id"] == did and cvd["state"] == "active"
     assert cvd["snapshots"] == before["snapshots"] and cvd["policy"] == before["policy"]

@@ -131,10 +131,14 @@ class Ownership:
             if s.source.startswith(_SOURCE) and s.source[len(_SOURCE) :] in out:
                 out[s.source[len(_SOURCE) :]].add(bytes(s.root))
         for t in delivered:
-            cvd_id = t.cvd_id if t.cvd_id in out else by_device.get(t.device_id)
             tree = (t.params or {}).get(DELIVERED_TREES[TaskKind(t.kind)])
-            if cvd_id is not None and isinstance(tree, str) and len(tree) == 64:
-                out[cvd_id].add(bytes.fromhex(tree))
+            if not (isinstance(tree, str) and len(tree) == 64):
+                continue
+            # the CVD of the device it was delivered to (which read it: ``check_read``),
+            # and the task's own (a migration's is the CVD it restores from)
+            for cvd_id in {by_device.get(t.device_id), t.cvd_id}:
+                if cvd_id in out:
+                    out[cvd_id].add(bytes.fromhex(tree))
         return out
 
     def _reach(self, store: Store, walk: Walker, trees: Iterable[bytes]) -> set[bytes]:

@@ -11,13 +11,22 @@ from lamina.db.engine import read_tx
 from lamina.db.models import layer_versions, layers, tasks
 from lamina.db.ownership import Ownership
 from lamina.errors import LaminaError
-from lamina.protocol.tasks import OPEN_STATES, TaskKind
+from lamina.protocol.tasks import DELIVERED_TREES, OPEN_STATES
 from lamina.store.repository import Store
 from lamina.store.roots import Root, RootSource, snapshot_roots
 
+#: The task parameters that name a tree the server delivers (``DELIVERED_TREES``: a
+#: restore's, revert's or migration's ``root``, a layer delivery's ``delta``) or streams
+#: after it (a migration onto a new base streams the snapshot's ``stream_root``).
+DELIVERY_PARAMS = (*sorted(set(DELIVERED_TREES.values())), "stream_root")
+
 
 def layer_roots(engine: Engine) -> RootSource:
-    """Every layer version's tree, and the delta trees of layer deliveries not yet done."""
+    """Every layer version's tree, and the trees of deliveries not yet done: what a
+    queued, running or waiting task will still read. A migration's tree is made for it
+    (the snapshot's with the new machine's own files, its network and driver packs laid
+    over it): no snapshot names it, and a gc before the new machine came for it failed
+    the migration (session 24)."""
 
     def source() -> Iterator[Root]:
         with read_tx(engine) as c:
@@ -27,19 +36,27 @@ def layer_roots(engine: Engine) -> RootSource:
                 )
             ).all()
             pending = c.execute(
-                select(tasks.c.id, tasks.c.params).where(
-                    tasks.c.kind == TaskKind.LAYER_APPLY,
-                    tasks.c.state.in_(OPEN_STATES),
+                select(tasks.c.id, tasks.c.kind, tasks.c.params).where(
+                    tasks.c.state.in_(OPEN_STATES)
                 )
             ).all()
         for r in rows:
             yield Root(f"layer {r.name}:{r.version}", (), trees=(bytes(r.root),))
         for t in pending:
-            delta = (t.params or {}).get("delta")
-            if isinstance(delta, str) and len(delta) == 64:
-                yield Root(f"layer delivery {t.id}", (), trees=(bytes.fromhex(delta),))
+            params = t.params if isinstance(t.params, dict) else {}
+            trees = tuple(
+                bytes.fromhex(tree)
+                for name in DELIVERY_PARAMS
+                if isinstance(tree := params.get(name), str) and _is_id(tree)
+            )
+            if trees:
+                yield Root(f"{t.kind} delivery {t.id}", (), trees=trees)
 
     return source
+
+
+def _is_id(text: str) -> bool:
+    return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
 
 
 def all_roots(store: Store) -> list[RootSource]:
