@@ -44,6 +44,18 @@ _STORE_ID = "store_id"
 EPOCH_VALUE = select(store_state.c.value).where(store_state.c.key == _EPOCH)
 
 
+def lock_epoch(c: Connection) -> int:
+    """The store's gc epoch, locked until ``c``'s write transaction ends: a condemn
+    (which bumps it) waits for the transaction, or the transaction for the condemn."""
+    q = EPOCH_VALUE
+    if c.dialect.name != "sqlite":  # SQLite's BEGIN IMMEDIATE already serialises writers
+        q = q.with_for_update()
+    value = c.execute(q).scalar()
+    if value is None:
+        raise NotFoundError("the store's database is not initialised (run `lamina store init`)")
+    return int(value)
+
+
 def _entry_id(e: PackEntry) -> bytes:
     return e.id
 
@@ -305,13 +317,7 @@ class SqlCatalog:
 
     # --- garbage collection --------------------------------------------------
     def _lock_epoch(self, c: Connection) -> int:
-        q = EPOCH_VALUE
-        if not is_sqlite(self.engine):  # SQLite's BEGIN IMMEDIATE already serialises writers
-            q = q.with_for_update()
-        value = c.execute(q).scalar()
-        if value is None:
-            raise NotFoundError("the store's database is not initialised (run `lamina store init`)")
-        return int(value)
+        return lock_epoch(c)
 
     def gc_epoch(self) -> int:
         with read_tx(self.engine) as c:

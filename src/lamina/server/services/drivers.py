@@ -24,7 +24,7 @@ from lamina.db.models import (
 )
 from lamina.errors import ConflictError, NotFoundError
 from lamina.layers.drivers import Match, PackRef, Profile, os_family_of, packs_for
-from lamina.layers.packs import build_pack
+from lamina.layers.packs import BuiltPack, build_pack
 from lamina.layers.plan import DRIVER, LayerRef
 from lamina.protocol.layers import DriverProfilePublic
 from lamina.protocol.schemas import DriverPackPublic, DriverPackVersionPublic
@@ -32,7 +32,12 @@ from lamina.server.security import Principal
 from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
-from lamina.server.services.layer_versions import add_version, version_public, with_versions
+from lamina.server.services.layer_versions import (
+    add_version,
+    insert_held,
+    version_public,
+    with_versions,
+)
 from lamina.server.services.rows import DriverProfile, JsonObject, Layer, LayerVersion
 from lamina.store.chunker import Chunker
 from lamina.store.repository import Store
@@ -128,24 +133,32 @@ def import_pack(
     chunker = Chunker(store.keys.chunking)
     with store.writer() as w:
         built = build_pack(archive, w.put, chunker.cut)
-    with write_tx(engine) as c:
-        r = c.execute(select(layers).where(layers.c.name == name)).first()
-        if r is None:
-            lid = new_id()
-            c.execute(insert(layers).values(id=lid, name=name, kind=DRIVER, created=now()))
-            r = c.execute(select(layers).where(layers.c.id == lid)).one()
-        elif r.kind != DRIVER:
-            raise ConflictError(f"{name!r} is the name of a {r.kind} layer: pick another name")
-        version = add_version(c, r.id, built, notes)
-        audit(
-            c,
-            actor.name,
-            "driver.import",
-            f"{name}:{version}",
-            files=built.files,
-            packages=sorted(built.packages),
-        )
-        return _pack_public(c, r)
+    return insert_held(
+        engine, store, w.epoch, built.root, lambda c: _add_pack(c, actor, name, built, notes)
+    )
+
+
+def _add_pack(
+    c: Connection, actor: Principal, name: str, built: BuiltPack, notes: str
+) -> DriverPackPublic:
+    """The rows of a pack's new version (its tree stored already)."""
+    r = c.execute(select(layers).where(layers.c.name == name)).first()
+    if r is None:
+        lid = new_id()
+        c.execute(insert(layers).values(id=lid, name=name, kind=DRIVER, created=now()))
+        r = c.execute(select(layers).where(layers.c.id == lid)).one()
+    elif r.kind != DRIVER:
+        raise ConflictError(f"{name!r} is the name of a {r.kind} layer: pick another name")
+    version = add_version(c, r.id, built, notes)
+    audit(
+        c,
+        actor.name,
+        "driver.import",
+        f"{name}:{version}",
+        files=built.files,
+        packages=sorted(built.packages),
+    )
+    return _pack_public(c, r)
 
 
 def delete_pack(engine: Engine, actor: Principal, ref: str) -> DriverPackPublic:

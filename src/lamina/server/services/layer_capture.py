@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_tx
 from lamina.errors import ConflictError
 from lamina.layers.capture import capture_base
 from lamina.layers.rules import parse_rules
 from lamina.protocol.schemas import HardwareBoundPublic, LayerPublic, RulesTestPublic
 from lamina.server.security import Principal
 from lamina.server.services import fleet
-from lamina.server.services.layer_versions import new_version, reference_cvd, rules_of
+from lamina.server.services.layer_versions import (
+    insert_held,
+    new_version,
+    reference_cvd,
+    rules_of,
+)
 from lamina.store.repository import Store
 from lamina.tree.paths import walk
 
@@ -36,8 +41,13 @@ def capture(
     snap = snaps[-1]
     with store.writer() as w:
         cap = capture_base(store.get, w.put, snap.root, rules)
-    with write_tx(engine) as c:
-        return new_version(c, actor.name, name, update_ref, "base", cap, cvd.id, snap.id, notes)
+    return insert_held(
+        engine,
+        store,
+        w.epoch,
+        cap.root,
+        lambda c: new_version(c, actor.name, name, update_ref, "base", cap, cvd.id, snap.id, notes),
+    )
 
 
 def test_rules(

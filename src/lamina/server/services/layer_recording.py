@@ -22,7 +22,12 @@ from lamina.protocol.schemas import RecordingPublic
 from lamina.server.security import Principal
 from lamina.server.services import tasks
 from lamina.server.services.common import audit, find_one, now
-from lamina.server.services.layer_versions import new_version, reference_cvd, rules_of
+from lamina.server.services.layer_versions import (
+    insert_held,
+    new_version,
+    reference_cvd,
+    rules_of,
+)
 from lamina.server.services.rows import Cvd, Recording
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
@@ -141,7 +146,8 @@ def finish_recording(engine: Engine, store: Store, job: _Finalize | None) -> Non
     with store.writer() as w:
         cap = capture_app(store.get, w.put, job.start.root, job.end.root, job.rules)
     rec = job.rec
-    with write_tx(engine) as c:
+
+    def record(c: Connection) -> None:
         new_version(
             c,
             "recording",
@@ -154,3 +160,5 @@ def finish_recording(engine: Engine, store: Store, job: _Finalize | None) -> Non
             rec.notes,
         )
         c.execute(delete(recordings).where(recordings.c.cvd_id == rec.cvd_id))
+
+    insert_held(engine, store, w.epoch, cap.root, record)

@@ -1,0 +1,106 @@
+"""A layer version made while a gc runs names nothing the gc's sweep then deletes.
+
+A base layer's trees are made from the reference snapshot's (the machine's identity
+left out): new trees, written before the version row that names them. A gc that marked
+and condemned between the two, and swept after the row went in, deleted them, and the
+layer could never be applied again. The row now goes in with the store's gc epoch
+locked, after a rescue of what the tree names when the epoch moved
+(``layer_versions.insert_held``), as a snapshot's commit does."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+import pytest
+
+from lamina.config import ServerSettings
+from lamina.db.roots import all_roots, owners
+from lamina.server.app import open_context
+from lamina.server.services import layer_capture
+from lamina.store import gc
+from lamina.store.blob import BlobKind
+from lamina.store.check import check
+from lamina.tree.backup import walk_blobs
+from lamina.tree.model import Entry, encode_tree, references
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live
+
+
+def _reference_device(live: Live) -> Device:
+    """A device centralized as a reference (its CVD may be captured), with a snapshot of
+    a small system: its identity under etc/, a program under usr/bin/."""
+    admin = live.login()
+    assert admin.post("/policies", json={"name": "std"}).status_code == 201
+    r = admin.post("/tokens", json={"expires_in": 3600, "policy": "std", "reference": True})
+    assert r.status_code == 201, r.text
+    doc = httpx.post(
+        live.url + "/api/v1/agent/enroll",
+        json={"token": r.json()["token"], "facts": {"machine_id": "ref-1", "hostname": "ref-1"}},
+        timeout=60,
+    ).json()
+    client = live.client(doc["credential"])
+    cvd_id = client.post("/agent/config", json={"state": "idle"}).json()["cvd_id"]
+    dev = Device(client, bytes.fromhex(doc["chunking"]["id_key"]), cvd_id)
+    tool = b"#!/bin/sh\necho the tool\n" + os.urandom(64)
+    ids = dev.upload(
+        [
+            (BlobKind.DATA, b"ref-1\n"),
+            (BlobKind.DATA, os.urandom(16).hex().encode()),
+            (BlobKind.DATA, tool),
+        ]
+    )
+    etc = encode_tree(
+        [
+            Entry(b"hostname", "file", size=6, content=[ids[0]]),
+            Entry(b"machine-id", "file", size=32, content=[ids[1]]),
+        ]
+    )
+    bin_ = encode_tree([Entry(b"tool", "file", mode=0o755, size=len(tool), content=[ids[2]])])
+    [etc_id, bin_id] = dev.upload([(BlobKind.TREE, etc), (BlobKind.TREE, bin_)])
+    usr = encode_tree([Entry(b"bin", "dir", mode=0o755, subtree=bin_id)])
+    [usr_id] = dev.upload([(BlobKind.TREE, usr)])
+    root = encode_tree(
+        [
+            Entry(b"etc", "dir", mode=0o755, subtree=etc_id),
+            Entry(b"usr", "dir", mode=0o755, subtree=usr_id),
+        ]
+    )
+    [root_id] = dev.upload([(BlobKind.TREE, root)])
+    r = dev.client.post("/agent/commit", json={"root": root_id.hex(), "files": 3, "bytes": 0})
+    assert r.status_code == 200, r.text
+    return dev
+
+
+def test_a_layer_captured_while_a_gc_condemns_keeps_every_blob_it_names(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = _reference_device(live)
+    ctx, _ = open_context(ServerSettings(data=live.data, admin_password=ADMIN_PASSWORD))
+    store = ctx.store
+    original = layer_capture.insert_held
+    swept: list[Any] = []
+
+    def racing(engine: Any, st: Any, epoch: int, root: bytes, body: Any) -> Any:
+        # The capture's trees are written, its row not yet: a gc marks and condemns now
+        # (they are unreachable), and sweeps once the row is in.
+        roots = all_roots(store)
+        plan = gc.plan_gc(store, roots, references)
+        gc._condemn(store, roots, references, plan, owners(store))
+        assert root in plan.dead  # the new layer's own root: condemned
+        out = original(engine, st, epoch, root, body)
+        report = gc.GcReport()
+        gc._execute(store, plan, report)
+        swept.append(report)
+        return out
+
+    monkeypatch.setattr(layer_capture, "insert_held", racing)
+    r = live.login().post("/layers/capture", json={"cvd": dev.cvd_id, "name": "base-os"})
+    assert r.status_code == 201, r.text
+    [version] = r.json()["versions"]
+    assert swept and swept[0].packs_deleted + swept[0].packs_repacked >= 1  # the sweep ran
+    root = bytes.fromhex(version["root"])
+    names = list(walk_blobs(store, root))  # every tree readable, every chunk located
+    assert store.catalog.missing(names) == set()
+    assert all(store.get(b) for b in names)
+    assert check(store, all_roots(store), references, read_data=True).ok
