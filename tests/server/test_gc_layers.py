@@ -18,10 +18,11 @@ import pytest
 from lamina.config import ServerSettings
 from lamina.db.roots import all_roots, owners
 from lamina.server.app import open_context
-from lamina.server.services import layer_capture
+from lamina.server.services import layer_assign, layer_capture
 from lamina.store import gc
 from lamina.store.blob import BlobKind
 from lamina.store.check import check
+from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
 from lamina.tree.model import Entry, encode_tree, references
 from tests.server.conftest import ADMIN_PASSWORD, Device, Live
@@ -72,35 +73,70 @@ def _reference_device(live: Live) -> Device:
     return dev
 
 
+class Racing:
+    """Stands in for a service's ``insert_held``: its trees are written, its rows not
+    yet; a gc marks and condemns now (the new trees are unreachable), and sweeps once
+    the rows are in."""
+
+    def __init__(self, store: Store, original: Any) -> None:
+        self.store, self.original = store, original
+        self.swept: list[gc.GcReport] = []
+
+    def __call__(
+        self, engine: Any, st: Any, epoch: int, roots: list[bytes], body: Any, what: str
+    ) -> Any:
+        sources = all_roots(self.store)
+        plan = gc.plan_gc(self.store, sources, references)
+        gc._condemn(self.store, sources, references, plan, owners(self.store))
+        assert set(roots) <= plan.dead  # the new trees: condemned
+        out = self.original(engine, st, epoch, roots, body, what)
+        report = gc.GcReport()
+        gc._execute(self.store, plan, report)
+        self.swept.append(report)
+        return out
+
+    def kept(self, root: bytes) -> None:
+        """The sweep ran, and every blob under ``root`` is readable; the store checks."""
+        assert self.swept and self.swept[0].packs_deleted + self.swept[0].packs_repacked >= 1
+        names = list(walk_blobs(self.store, root))
+        assert self.store.catalog.missing(names) == set()
+        assert all(self.store.get(b) for b in names)
+        assert check(self.store, all_roots(self.store), references, read_data=True).ok
+
+
+def _server_store(live: Live) -> Store:
+    ctx, _ = open_context(ServerSettings(data=live.data, admin_password=ADMIN_PASSWORD))
+    return ctx.store
+
+
 def test_a_layer_captured_while_a_gc_condemns_keeps_every_blob_it_names(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dev = _reference_device(live)
-    ctx, _ = open_context(ServerSettings(data=live.data, admin_password=ADMIN_PASSWORD))
-    store = ctx.store
-    original = layer_capture.insert_held
-    swept: list[Any] = []
-
-    def racing(engine: Any, st: Any, epoch: int, root: bytes, body: Any) -> Any:
-        # The capture's trees are written, its row not yet: a gc marks and condemns now
-        # (they are unreachable), and sweeps once the row is in.
-        roots = all_roots(store)
-        plan = gc.plan_gc(store, roots, references)
-        gc._condemn(store, roots, references, plan, owners(store))
-        assert root in plan.dead  # the new layer's own root: condemned
-        out = original(engine, st, epoch, root, body)
-        report = gc.GcReport()
-        gc._execute(store, plan, report)
-        swept.append(report)
-        return out
-
+    racing = Racing(_server_store(live), layer_capture.insert_held)
     monkeypatch.setattr(layer_capture, "insert_held", racing)
     r = live.login().post("/layers/capture", json={"cvd": dev.cvd_id, "name": "base-os"})
     assert r.status_code == 201, r.text
     [version] = r.json()["versions"]
-    assert swept and swept[0].packs_deleted + swept[0].packs_repacked >= 1  # the sweep ran
-    root = bytes.fromhex(version["root"])
-    names = list(walk_blobs(store, root))  # every tree readable, every chunk located
-    assert store.catalog.missing(names) == set()
-    assert all(store.get(b) for b in names)
-    assert check(store, all_roots(store), references, read_data=True).ok
+    racing.kept(bytes.fromhex(version["root"]))
+
+
+def test_a_layer_delivery_made_while_a_gc_condemns_keeps_its_delta(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An assignment writes the delivery's delta tree (what the endpoint lacks), then its
+    task: the task, queued, keeps the delta for the endpoint to fetch."""
+    ref = _reference_device(live)
+    admin = live.login()
+    r = admin.post("/layers/capture", json={"cvd": ref.cvd_id, "name": "base-os"})
+    assert r.status_code == 201, r.text
+    target = live.device("pc-2")
+    target.commit_files({b"notes.txt": [b"the target's own file " + os.urandom(32)]})
+    racing = Racing(_server_store(live), layer_assign.insert_held)
+    monkeypatch.setattr(layer_assign, "insert_held", racing)
+    r = admin.post("/layers/assign", json={"cvds": [target.cvd_id], "base": "base-os"})
+    assert r.status_code == 200, r.text
+    [planned] = r.json()
+    assert planned["status"] == "assigned" and planned["task"], planned
+    task = admin.get(f"/tasks/{planned['task']}").json()
+    racing.kept(bytes.fromhex(task["params"]["delta"]))

@@ -32,9 +32,9 @@ from lamina.server.security import Principal
 from lamina.server.services import drivers_index
 from lamina.server.services.common import audit, aware, find_one, new_id, now
 from lamina.server.services.fleet import cvd_source
+from lamina.server.services.held import insert_held
 from lamina.server.services.layer_versions import (
     add_version,
-    insert_held,
     version_public,
     with_versions,
 )
@@ -134,7 +134,12 @@ def import_pack(
     with store.writer() as w:
         built = build_pack(archive, w.put, chunker.cut)
     return insert_held(
-        engine, store, w.epoch, built.root, lambda c: _add_pack(c, actor, name, built, notes)
+        engine,
+        store,
+        w.epoch,
+        [built.root],
+        lambda c: _add_pack(c, actor, name, built, notes),
+        "the driver pack",
     )
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from sqlalchemy import Connection, Engine, Table, delete, insert, select
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_tx
 from lamina.db.models import cvd_layers, cvd_running_layers, devices
 from lamina.errors import ConflictError, UsageError
 from lamina.layers.drivers import hardware_warning
@@ -20,6 +20,7 @@ from lamina.protocol.schemas import CvdLayersPublic, PlanItemPublic, PlanPublic
 from lamina.server.security import Principal
 from lamina.server.services import collections, drivers, fleet, tasks
 from lamina.server.services.common import audit
+from lamina.server.services.held import insert_held
 from lamina.server.services.layer_versions import layer_ref, resolve, rules_of
 from lamina.server.services.rows import Cvd
 from lamina.store import blob
@@ -127,39 +128,52 @@ def _deliver(
         if plan.refused:
             return _plan_public(t, plan, "refused")
         delta = build_tree(w.put, plan.writes, plan.dirs)
-    with write_tx(engine) as c:
-        c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == t.cvd.id))
-        for pos, vid in enumerate(t.new_ids):
-            c.execute(insert(cvd_layers).values(cvd_id=t.cvd.id, position=pos, version_id=vid))
-        tid = tasks.enqueue(
-            c,
-            "layer-apply",
-            actor,
-            cvd_id=t.cvd.id,
-            device_id=t.cvd.device_id,
-            params={
-                "delta": delta.hex(),
-                "removes": plan.removes,
-                "expect": plan.expect,
-                "dpkg_base": [c.hex() if isinstance(c, bytes) else c for c in plan.dpkg_base]
-                if plan.dpkg_base is not None
-                else None,
-                "never_override": list(t.rules.layers.never_override),
-                # what the endpoint runs once applied: the layers, then the driver packs
-                "versions": t.new_ids + [p.version_id for p in t.packs],
-                "labels": t.labels + [p.label for p in t.packs],
-            },
-        )
-        audit(
-            c,
-            actor,
-            action,
-            t.cvd.id,
-            layers=t.labels,
-            packs=[p.label for p in t.packs],
-            task=tid,
-            counts=plan.counts(),
-        )
+    return insert_held(
+        engine,
+        store,
+        w.epoch,
+        [delta],
+        lambda c: _assign(c, actor, t, action, plan, delta),
+        "the layer delivery",
+    )
+
+
+def _assign(
+    c: Connection, actor: str, t: _Target, action: str, plan: Plan, delta: bytes
+) -> PlanPublic:
+    """The assignment's rows and its delivery's task, naming ``delta`` (``insert_held``)."""
+    c.execute(delete(cvd_layers).where(cvd_layers.c.cvd_id == t.cvd.id))
+    for pos, vid in enumerate(t.new_ids):
+        c.execute(insert(cvd_layers).values(cvd_id=t.cvd.id, position=pos, version_id=vid))
+    tid = tasks.enqueue(
+        c,
+        "layer-apply",
+        actor,
+        cvd_id=t.cvd.id,
+        device_id=t.cvd.device_id,
+        params={
+            "delta": delta.hex(),
+            "removes": plan.removes,
+            "expect": plan.expect,
+            "dpkg_base": [c.hex() if isinstance(c, bytes) else c for c in plan.dpkg_base]
+            if plan.dpkg_base is not None
+            else None,
+            "never_override": list(t.rules.layers.never_override),
+            # what the endpoint runs once applied: the layers, then the driver packs
+            "versions": t.new_ids + [p.version_id for p in t.packs],
+            "labels": t.labels + [p.label for p in t.packs],
+        },
+    )
+    audit(
+        c,
+        actor,
+        action,
+        t.cvd.id,
+        layers=t.labels,
+        packs=[p.label for p in t.packs],
+        task=tid,
+        counts=plan.counts(),
+    )
     return _plan_public(t, plan, "assigned", tid)
 
 

@@ -12,8 +12,8 @@ from lamina.layers.rules import parse_rules
 from lamina.protocol.schemas import HardwareBoundPublic, LayerPublic, RulesTestPublic
 from lamina.server.security import Principal
 from lamina.server.services import fleet
+from lamina.server.services.held import insert_held
 from lamina.server.services.layer_versions import (
-    insert_held,
     new_version,
     reference_cvd,
     rules_of,
@@ -45,8 +45,9 @@ def capture(
         engine,
         store,
         w.epoch,
-        cap.root,
+        [cap.root],
         lambda c: new_version(c, actor.name, name, update_ref, "base", cap, cvd.id, snap.id, notes),
+        "the layer",
     )
 
 

@@ -22,8 +22,8 @@ from lamina.protocol.schemas import RecordingPublic
 from lamina.server.security import Principal
 from lamina.server.services import tasks
 from lamina.server.services.common import audit, find_one, now
+from lamina.server.services.held import insert_held
 from lamina.server.services.layer_versions import (
-    insert_held,
     new_version,
     reference_cvd,
     rules_of,
@@ -161,4 +161,4 @@ def finish_recording(engine: Engine, store: Store, job: _Finalize | None) -> Non
         )
         c.execute(delete(recordings).where(recordings.c.cvd_id == rec.cvd_id))
 
-    insert_held(engine, store, w.epoch, cap.root, record)
+    insert_held(engine, store, w.epoch, [cap.root], record, "the app layer")

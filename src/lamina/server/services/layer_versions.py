@@ -5,15 +5,13 @@ planner takes, a reference CVD, the rule set of a CVD's OS).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Iterable
 
 from sqlalchemy import Connection, Engine, insert, select
 
-from lamina.db.catalog import lock_epoch
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_tx
 from lamina.db.models import devices, layer_versions, layers
-from lamina.errors import ConflictError, LaminaError, MissingDataError, NotFoundError, UsageError
+from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import Captured
 from lamina.layers.packs import BuiltPack
 from lamina.layers.plan import DRIVER, LayerRef
@@ -31,8 +29,6 @@ from lamina.server.services.common import (
     now,
 )
 from lamina.server.services.rows import Cvd, Layer, LayerVersion
-from lamina.store.repository import Store
-from lamina.tree.backup import walk_blobs
 
 
 def version_public(r: LayerVersion) -> LayerVersionPublic:
@@ -150,45 +146,6 @@ def new_version(
         whiteouts=len(cap.whiteouts),
     )
     return layers_public(c, [layer])[0]
-
-
-#: Tries of a layer version's insert while collections keep condemning (as a commit's).
-HELD_ATTEMPTS = 5
-
-T = TypeVar("T")
-
-
-def insert_held(
-    engine: Engine, store: Store, epoch: int, root: bytes, body: Callable[[Connection], T]
-) -> T:
-    """Run ``body`` (the transaction that makes ``root`` a layer version's) with the
-    store's gc epoch locked, as a snapshot's commit does (``Writer.commit_snapshot``).
-    ``epoch`` is the one the tree was written under (its writer's): when a gc condemned
-    since, blobs the tree reuses may be condemned, and a version row made now would
-    name what the sweep then deletes. So first every blob under ``root`` is rescued
-    (un-condemned; one already swept fails the capture cleanly, nothing recorded), and
-    the transaction is tried again under the new epoch. A gc that condemns later sees
-    the version among its roots (it asks with the epoch locked)."""
-    for _ in range(HELD_ATTEMPTS):
-        with write_tx(engine) as c:
-            now_epoch = lock_epoch(c)
-            if now_epoch == epoch:
-                return body(c)
-        epoch = now_epoch
-        gone: set[bytes] = set()
-        batch: list[bytes] = []
-        for bid in walk_blobs(store, root):
-            batch.append(bid)
-            if len(batch) >= 1000:
-                gone |= store.catalog.rescue(batch)
-                batch = []
-        gone |= store.catalog.rescue(batch)
-        if gone:
-            raise MissingDataError(
-                f"a garbage collection removed {len(gone)} blobs this layer refers to while "
-                "it was made; make it again (nothing was recorded)"
-            )
-    raise LaminaError("could not record the layer: the store's gc epoch keeps moving")
 
 
 def add_version(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_tx
 from lamina.db.models import cvd_layers, cvds, devices, layer_versions, policies
 from lamina.errors import ConflictError, LaminaError, UsageError
 from lamina.layers.drivers import hardware_warning
@@ -52,6 +52,7 @@ from lamina.protocol.tasks import MigrateParams
 from lamina.server.security import Principal
 from lamina.server.services import cvd_ops, drivers, fleet, tasks
 from lamina.server.services.common import audit
+from lamina.server.services.held import insert_held
 from lamina.server.services.layer_assign import disk_free
 from lamina.server.services.layer_versions import layer_ref
 from lamina.server.services.layer_versions import resolve as resolve_layer
@@ -440,13 +441,16 @@ def migrate(
         raise ConflictError(f"migration refused: {rep.blocking[0]}")
     rules = _rules(device)
     action = "cvd.restore_system" if same_device else "cvd.migrate"
+    epoch = store.catalog.gc_epoch()  # before the trees it delivers are written
     if rep.layers:
         tree = _on_base(store, rep, rules)
     else:
         tree = _with_packs(store, snap.root, rep.packs, rules) if rep.packs else snap.root
     if rep.carries_network:
         tree = _with_network(store, tree, rep)
-    with write_tx(engine) as c:
+
+    def queue(c: Connection, cvd: Cvd = cvd) -> str:
+        """The move and the new device's task, naming ``tree`` (``insert_held``)."""
         cvd = fleet.find_cvd(c, cvd.id)  # again, inside the transaction
         if device.id != cvd.device_id:
             d = fleet.find_device(c, device.id)
@@ -505,4 +509,7 @@ def migrate(
             packs=[p.label for p in rep.packs],
         )
         rep.cvd = fleet.find_cvd(c, cvd.id)
+        return tid
+
+    tid = insert_held(engine, store, epoch, [tree], queue, "the migration")
     return rep.public("queued", tid)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, delete, insert, select
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_tx
 from lamina.db.models import cvd_layers, cvds, devices, layer_versions, policies
 from lamina.errors import ConflictError, UsageError
 from lamina.layers.overlay import overlay
@@ -25,6 +25,7 @@ from lamina.server.security import Principal
 from lamina.server.services import drivers, fleet, migration_packages, tasks
 from lamina.server.services import policies as policy_service
 from lamina.server.services.common import audit
+from lamina.server.services.held import insert_held
 from lamina.server.services.layer_versions import layer_ref
 from lamina.server.services.layer_versions import resolve as resolve_layer
 from lamina.server.services.rows import JsonObject, LayerVersion
@@ -145,8 +146,10 @@ def provision(
     if dry_run:
         return report
     rules = for_os(facts.get("os_release") or {})
+    epoch = store.catalog.gc_epoch()  # before the tree it delivers is written
     tree = _compose(store, refs[0], refs[1:] + packs, rules)
-    with write_tx(engine) as c:
+
+    def queue(c: Connection) -> tuple[str, str]:
         cid = fleet._centralize(c, actor.name, d.id, p.id, False, name)
         settings = c.execute(select(policies.c.settings).where(policies.c.id == p.id)).scalar_one()
         tid = _queue(c, actor.name, cid, d.id, tree, refs, packs, settings, rules)
@@ -159,6 +162,9 @@ def provision(
             task=tid,
             layers=report.layers,
         )
+        return cid, tid
+
+    cid, tid = insert_held(engine, store, epoch, [tree], queue, "the provisioning")
     return report.model_copy(update={"id": cid, "task": tid})
 
 
@@ -233,8 +239,16 @@ def migrate_os(
         return report
     rules = for_os(new_os or facts.get("os_release") or {})
     all_refs = [*refs, *fits]
+    epoch = store.catalog.gc_epoch()  # before the tree it delivers is written
     tree = _compose(store, all_refs[0], all_refs[1:] + packs, rules)
-    with write_tx(engine) as c:
-        tid = _queue(c, actor.name, cvd.id, cvd.device_id, tree, all_refs, packs, settings, rules)
+
+    device_id = cvd.device_id  # (an active CVD's: checked above)
+    assert device_id is not None
+
+    def queue(c: Connection) -> str:
+        tid = _queue(c, actor.name, cvd.id, device_id, tree, all_refs, packs, settings, rules)
         audit(c, actor.name, "cvd.migrate_os", cvd.id, task=tid, base=report.base)
+        return tid
+
+    tid = insert_held(engine, store, epoch, [tree], queue, "the migration")
     return report.model_copy(update={"task": tid})
