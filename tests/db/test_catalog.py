@@ -19,12 +19,18 @@ from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import make_engine
 from lamina.db.migrate import alembic_config, upgrade
 from lamina.db.models import metadata, store_state
-from lamina.errors import ConflictError, NotFoundError, StoreKeyError, UsageError
+from lamina.errors import ConflictError, NotFoundError, StoreBusyError, StoreKeyError, UsageError
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobLocation, SnapshotRecord
 from lamina.store.pack import PackEntry
 
 STORE = "0f7e2c1a-0000-4000-8000-000000000001"
+
+
+def committed(cat: Any, name: str, size: int, ents: Any) -> None:
+    """A pack as a writer stores it: begun (``writing``), then committed."""
+    cat.begin_pack(name)
+    cat.commit_pack(name, size, ents)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -101,7 +107,7 @@ def test_upgrade_to_head_on_an_empty_database_then_again_is_a_no_op(engine: Engi
     # Some state, then a second upgrade: no DDL at all, the rows untouched.
     cat = SqlCatalog(engine)
     cat.bind_store(STORE)
-    cat.commit_pack(pack(1), 1000, entries(bid(1)))
+    committed(cat, pack(1), 1000, entries(bid(1)))
     statements: list[str] = []
 
     def record(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
@@ -173,12 +179,21 @@ def test_commit_pack_missing_and_locate(catalog: SqlCatalog) -> None:
     assert info.created.tzinfo is not None
     assert catalog.missing([a, b]) == {a, b}  # a writing pack stores nothing yet
 
-    catalog.commit_pack(pack(1), 4096, entries(a, b))
+    committed(catalog, pack(1), 4096, entries(a, b))
     [info] = catalog.packs()
     assert (info.name, info.size, info.state) == (pack(1), 4096, PACK_OK)
     seq1 = info.seq
-    # A pack committed without begin_pack (a replay) is recorded too.
-    catalog.commit_pack(pack(2), 2048, entries(c, a, kind=BlobKind.TREE))
+    # A pack not begun, or taken by a gc as an orphan, is not committed: nothing indexed.
+    with pytest.raises(StoreBusyError, match="removed by a garbage collection"):
+        catalog.commit_pack(pack(2), 2048, entries(c, a, kind=BlobKind.TREE))
+    catalog.begin_pack(pack(3))
+    assert catalog.claim_orphan(pack(3)) and catalog.claim_orphan(pack(3))  # (again: still taken)
+    with pytest.raises(StoreBusyError):
+        catalog.commit_pack(pack(3), 2048, entries(c, kind=BlobKind.TREE))
+    assert not catalog.claim_orphan(pack(1))  # committed: not an orphan
+    catalog.drop_pack(pack(3))
+    assert catalog.missing([c]) == {c}
+    committed(catalog, pack(2), 2048, entries(c, a, kind=BlobKind.TREE))
     assert catalog.max_pack_seq() > seq1
     assert [p.name for p in catalog.packs()] == [pack(1), pack(2)]
 
@@ -192,7 +207,7 @@ def test_commit_pack_missing_and_locate(catalog: SqlCatalog) -> None:
     assert len(list(catalog.iter_blobs())) == 4
 
     # Committing the same pack again replaces its rows (no duplicates, no error).
-    catalog.commit_pack(pack(1), 4096, entries(a, b, b))
+    committed(catalog, pack(1), 4096, entries(a, b, b))
     assert [r.id for r in catalog.pack_blobs(pack(1))] == [a, b]
     assert len(catalog.packs()) == 2
 
@@ -203,8 +218,8 @@ def test_known_ids_of_a_kind_without_condemned_rows_or_none_above_the_limit(
     """A writer's in-memory dedup set (``Writer.need``) is what ``missing`` would say."""
     a, b, c = bid(1), bid(2), bid(3)
     assert catalog.known_ids(BlobKind.DATA, 10) == set()
-    catalog.commit_pack(pack(1), 4096, entries(a, b))
-    catalog.commit_pack(pack(2), 4096, entries(c, a, kind=BlobKind.TREE))
+    committed(catalog, pack(1), 4096, entries(a, b))
+    committed(catalog, pack(2), 4096, entries(c, a, kind=BlobKind.TREE))
     assert catalog.known_ids(BlobKind.DATA, 10) == {a, b}
     assert catalog.known_ids(BlobKind.TREE, 10) == {a, c}
     assert catalog.known_ids(BlobKind.DATA, 2) == {a, b}
@@ -216,12 +231,12 @@ def test_known_ids_of_a_kind_without_condemned_rows_or_none_above_the_limit(
 def test_missing_and_locate_by_kind(catalog: SqlCatalog) -> None:
     """One blob, one kind: an id held as DATA is missing as a TREE, on both dialects."""
     a, t = bid(1), bid(2)
-    catalog.commit_pack(pack(1), 4096, entries(a, t))  # both DATA
+    committed(catalog, pack(1), 4096, entries(a, t))  # both DATA
     assert catalog.missing([a, t]) == set()
     assert catalog.missing([a, t], kind=BlobKind.TREE) == {a, t}
     assert catalog.missing([a, t], kind=BlobKind.DATA) == set()
     assert catalog.locate([t], kind=BlobKind.TREE) == {}
-    catalog.commit_pack(pack(2), 2048, entries(t, kind=BlobKind.TREE))
+    committed(catalog, pack(2), 2048, entries(t, kind=BlobKind.TREE))
     assert catalog.missing([a, t], kind=BlobKind.TREE) == {a}
     assert catalog.locate([t], kind=BlobKind.TREE)[t].pack == pack(2)
     assert catalog.locate([t], kind=BlobKind.DATA)[t].pack == pack(1)
@@ -232,14 +247,14 @@ def test_missing_and_locate_by_kind(catalog: SqlCatalog) -> None:
 
 def test_many_ids_are_batched(catalog: SqlCatalog) -> None:
     ids = [i.to_bytes(4, "big") * 8 for i in range(1, 1301)]
-    catalog.commit_pack(pack(1), 10**6, entries(*ids[:1200]))
+    committed(catalog, pack(1), 10**6, entries(*ids[:1200]))
     assert catalog.missing(ids) == set(ids[1200:])
     assert len(catalog.locate(ids)) == 1200
 
 
 def test_drop_pack_and_replace_index(catalog: SqlCatalog) -> None:
-    catalog.commit_pack(pack(1), 100, entries(bid(1)))
-    catalog.commit_pack(pack(2), 100, entries(bid(2)))
+    committed(catalog, pack(1), 100, entries(bid(1)))
+    committed(catalog, pack(2), 100, entries(bid(2)))
     catalog.drop_pack(pack(1))
     catalog.drop_pack(pack(7))  # unknown: nothing to do
     assert [p.name for p in catalog.packs()] == [pack(2)]
@@ -258,9 +273,9 @@ def test_drop_pack_and_replace_index(catalog: SqlCatalog) -> None:
 
 def test_condemn_bumps_the_epoch_and_hides_rows(catalog: SqlCatalog) -> None:
     a, b, c = bid(1), bid(2), bid(3)
-    catalog.commit_pack(pack(1), 100, entries(a, b))
+    committed(catalog, pack(1), 100, entries(a, b))
     limit = catalog.max_pack_seq()
-    catalog.commit_pack(pack(2), 100, entries(c, a))  # written after the gc looked
+    committed(catalog, pack(2), 100, entries(c, a))  # written after the gc looked
     assert catalog.gc_epoch() == 0
 
     assert catalog.condemn([a, b, c], limit) == 1
@@ -278,7 +293,7 @@ def test_condemn_bumps_the_epoch_and_hides_rows(catalog: SqlCatalog) -> None:
 
 def test_rescue_uncondemns_and_reports_swept_ids(catalog: SqlCatalog) -> None:
     a, b, never = bid(1), bid(2), bid(9)
-    catalog.commit_pack(pack(1), 100, entries(a, b))
+    committed(catalog, pack(1), 100, entries(a, b))
     catalog.condemn([a, b], catalog.max_pack_seq())
     assert catalog.missing([a, b]) == {a, b}
 
@@ -296,12 +311,12 @@ def test_rescue_uncondemns_and_reports_swept_ids(catalog: SqlCatalog) -> None:
 
 def test_finish_repack(catalog: SqlCatalog) -> None:
     a, b, c = bid(1), bid(2), bid(3)
-    catalog.commit_pack(pack(1), 300, entries(a, b, c))
+    committed(catalog, pack(1), 300, entries(a, b, c))
     catalog.condemn([c], catalog.max_pack_seq())
-    catalog.commit_pack(pack(2), 200, entries(a))  # a copied out
+    committed(catalog, pack(2), 200, entries(a))  # a copied out
     assert catalog.finish_repack(pack(1), [a]) is False  # b still lives only there
     assert [r.id for r in catalog.pack_blobs(pack(1))] == [b]
-    catalog.commit_pack(pack(3), 100, entries(b))
+    committed(catalog, pack(3), 100, entries(b))
     assert catalog.finish_repack(pack(1), [b]) is True
     # its row stays, ``writing``, until its file is deleted and the row dropped
     states = {p.name: p.state for p in catalog.packs()}
@@ -477,7 +492,7 @@ def test_a_packs_rows_go_in_in_id_order(catalog: SqlCatalog, engine: Engine) -> 
 
     event.listen(engine, "before_cursor_execute", record)
     try:
-        catalog.commit_pack(pack(1), 1000, entries(*ids))
+        committed(catalog, pack(1), 1000, entries(*ids))
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert inserted == sorted(ids)

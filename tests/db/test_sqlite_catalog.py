@@ -9,6 +9,7 @@ import datetime as dt
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,12 @@ for _name in (
     globals()[_name] = getattr(test_catalog, _name)
 
 
+def committed(cat: Any, name: str, size: int, ents: Any) -> None:
+    """A pack as a writer stores it: begun (``writing``), then committed."""
+    cat.begin_pack(name)
+    cat.commit_pack(name, size, ents)
+
+
 def _bound_sql(path: Path) -> SqlCatalog:
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
@@ -85,8 +92,8 @@ def test_what_it_writes_sql_catalog_reads_the_same(tmp_path: Path) -> None:
         assert lite.add_snapshot(recs[1], 0) and lite.add_snapshot(recs[0], 0)
         sql.add_snapshot(snap("a3" * 32, T0 + dt.timedelta(seconds=1)), 0)
         lite.begin_pack(pack(1))
-        lite.commit_pack(pack(1), 4000, entries(bid(1), bid(2)))
-        lite.commit_pack(pack(2), 5000, entries(bid(3), kind=BlobKind.TREE))
+        committed(lite, pack(1), 4000, entries(bid(1), bid(2)))
+        committed(lite, pack(2), 5000, entries(bid(3), kind=BlobKind.TREE))
 
         # Rows from either side sort and read back alike (times as SQLAlchemy stores them).
         assert sql.snapshots() == lite.snapshots()
@@ -118,7 +125,7 @@ def test_writers_of_several_threads_take_turns(catalog: SqliteCatalog) -> None:
     def write(n: int) -> None:
         try:
             for k in range(10):
-                catalog.commit_pack(pack(100 * n + k), 10, entries(bid(100 * n + k)))
+                committed(catalog, pack(100 * n + k), 10, entries(bid(100 * n + k)))
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -172,7 +179,7 @@ def test_locate_is_answered_without_sqlalchemys_catalog(catalog: SqliteCatalog) 
     # a backup whose commit meets a gc reads its trees back (``walk_blobs``): without
     # the server extra that must not need SqlCatalog
     catalog.begin_pack(pack(1))
-    catalog.commit_pack(pack(1), 4000, entries(bid(1), bid(2)))
+    committed(catalog, pack(1), 4000, entries(bid(1), bid(2)))
     got = catalog.locate([bid(1), bid(2), bid(3)])
     assert set(got) == {bid(1), bid(2)} and got[bid(1)].pack == pack(1)
     assert catalog.locate([bid(1)], kind=BlobKind.TREE) == {}
@@ -199,7 +206,7 @@ def test_the_first_error_is_the_one_reported_and_the_next_transaction_works(
         cur.execute("ROLLBACK")
         raise ValueError("the first error")
     catalog.begin_pack(pack(1))
-    catalog.commit_pack(pack(1), 4000, entries(bid(1)))
+    committed(catalog, pack(1), 4000, entries(bid(1)))
     assert catalog.missing([bid(1)]) == set()
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -526,3 +526,63 @@ def test_a_gc_ends_while_snapshots_keep_landing_and_loses_none_of_them(store: St
         _restorable(store, snap)
     rep = check(store, [snapshot_roots(store.catalog)], references, read_data=True)
     assert rep.ok, rep.errors
+
+
+@pytest.fixture(params=["embedded", "memory"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The embedded store (its SQLite catalog, as ``lamina server`` and the CLI open it)
+    and the in-memory catalog's."""
+    if request.param == "memory":
+        yield request.getfixturevalue("store")
+        return
+    init_store(StoreLocation(data=tmp_path / "embedded")).close()
+    s = open_store(StoreLocation(data=tmp_path / "embedded"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_a_short_orphan_grace_never_loses_a_pack_a_writer_is_committing(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--orphan-grace 0s`` on a store a writer is writing to: the gc takes the writer's
+    pack (written, not yet committed) as an orphan. It deleted the file and dropped the
+    row, and the writer's commit then indexed a pack that was gone: acknowledged data
+    lost (the crash audit's S3). Now the gc takes the pack first, while it is still
+    ``writing``, and the writer's commit is refused: nothing is acknowledged, the store
+    checks, and the content is stored again by the next write."""
+    written, gc_done = threading.Event(), threading.Event()
+    original = type(any_store.catalog).commit_pack
+
+    def slow_commit(self: object, name: str, size: int, entries: object) -> None:
+        written.set()  # the pack's file is written; its commit waits for the gc
+        assert gc_done.wait(60)
+        original(self, name, size, entries)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(any_store.catalog), "commit_pack", slow_commit)
+    content = os.urandom(50_000)
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        try:
+            with any_store.writer() as w:
+                w.put(BlobKind.DATA, content)
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=write)
+    t.start()
+    assert written.wait(60)
+    rep = _gc(any_store, orphan_grace=dt.timedelta(0))
+    gc_done.set()
+    t.join(60)
+    assert rep.orphans_deleted == 1
+    [err] = outcome
+    assert isinstance(err, StoreBusyError) and "removed by a garbage collection" in str(err)
+    assert check(any_store, [snapshot_roots(any_store.catalog)], references, read_data=True).ok
+    monkeypatch.undo()
+    with any_store.writer() as w:  # written again: stored
+        bid = w.put(BlobKind.DATA, content)
+    assert any_store.get(bid) == content

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,12 @@ from lamina.store.blob import BlobKind
 from lamina.store.catalog import Catalog, SnapshotRecord
 from lamina.store.memory_catalog import MemoryCatalog
 from lamina.store.pack import PackEntry
+
+
+def committed(cat: Any, name: str, size: int, ents: Any) -> None:
+    """A pack as a writer stores it: begun (``writing``), then committed."""
+    cat.begin_pack(name)
+    cat.commit_pack(name, size, ents)
 
 
 def _sql(tmp_path: Path) -> SqlCatalog:
@@ -29,12 +36,14 @@ def _scenario(cat: Catalog) -> list[object]:
     a, b, c = (bytes([i]) * 32 for i in (1, 2, 3))
     out: list[object] = []
     cat.begin_pack("p1")
-    cat.commit_pack(
+    committed(
+        cat,
         "p1",
         300,
         [PackEntry(BlobKind.DATA, a, 0, 100, 90), PackEntry(BlobKind.TREE, b, 100, 100, 90)],
     )
-    cat.commit_pack(
+    committed(
+        cat,
         "p2",
         200,
         [PackEntry(BlobKind.DATA, b, 0, 100, 90), PackEntry(BlobKind.DATA, c, 100, 100, 90)],

@@ -22,10 +22,11 @@ from lamina.db.sqlite_read import (
 )
 from lamina.db.sqlite_read import batches as _batches
 from lamina.db.sqlite_read import marks as _marks
-from lamina.errors import NotFoundError, StoreKeyError
+from lamina.errors import NotFoundError, StoreBusyError, StoreKeyError
 from lamina.processes import holder_gone
 from lamina.store.blob import KINDS, BlobKind
 from lamina.store.catalog import (
+    PACK_DROPPING,
     PACK_OK,
     PACK_WRITING,
     BlobLocation,
@@ -34,6 +35,7 @@ from lamina.store.catalog import (
     RootsMoved,
     SnapshotRecord,
     one_entry_per_id,
+    pack_taken,
     resolve_snapshot,
 )
 from lamina.store.pack import PackEntry
@@ -215,17 +217,25 @@ class SqlCatalog:
 
     def commit_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
         with write_tx(self.engine) as c:
-            seq = c.execute(select(packs.c.seq).where(packs.c.name == name)).scalar()
+            seq = c.execute(
+                select(packs.c.seq).where(
+                    packs.c.name == name, packs.c.state.in_([PACK_WRITING, PACK_OK])
+                )
+            ).scalar()
             if seq is None:
-                seq = c.execute(
-                    insert(packs)
-                    .values(name=name, size=size, state=PACK_OK, created=_now())
-                    .returning(packs.c.seq)
-                ).scalar_one()
-            else:
-                c.execute(update(packs).where(packs.c.seq == seq).values(size=size, state=PACK_OK))
-                c.execute(delete(blobs).where(blobs.c.pack_seq == seq))
+                raise StoreBusyError(pack_taken(name))
+            c.execute(update(packs).where(packs.c.seq == seq).values(size=size, state=PACK_OK))
+            c.execute(delete(blobs).where(blobs.c.pack_seq == seq))
             self._insert_entries(c, seq, entries)
+
+    def claim_orphan(self, name: str) -> bool:
+        with write_tx(self.engine) as c:
+            r = c.execute(
+                update(packs)
+                .where(packs.c.name == name, packs.c.state.in_([PACK_WRITING, PACK_DROPPING]))
+                .values(state=PACK_DROPPING)
+            )
+            return bool(r.rowcount)
 
     def _insert_entries(self, c: Connection, seq: int, entries: Sequence[PackEntry]) -> None:
         # in id order: each page of the primary key's index is touched once, not once per

@@ -46,7 +46,7 @@ from lamina.db.sqlite_read import (
     marks,
     snapshots_of,
 )
-from lamina.errors import BackendError, NotFoundError, UsageError
+from lamina.errors import BackendError, NotFoundError, StoreBusyError, UsageError
 from lamina.store.blob import KINDS, BlobKind
 from lamina.store.catalog import (
     PACK_OK,
@@ -55,6 +55,7 @@ from lamina.store.catalog import (
     SnapshotRecord,
     find_in,
     one_entry_per_id,
+    pack_taken,
 )
 
 if TYPE_CHECKING:
@@ -214,19 +215,15 @@ class SqliteCatalog:
 
     def commit_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
         with self._tx(write=True) as cur:
-            row = cur.execute("SELECT seq FROM packs WHERE name = ?", (name,)).fetchone()
+            row = cur.execute(
+                "SELECT seq FROM packs WHERE name = ? AND state IN (?, ?)",
+                (name, PACK_WRITING, PACK_OK),
+            ).fetchone()
             if row is None:
-                cur.execute(
-                    "INSERT INTO packs (name, size, state, created) VALUES (?, ?, ?, ?)",
-                    (name, size, PACK_OK, _stamp(dt.datetime.now(dt.UTC))),
-                )
-                seq = cur.lastrowid
-            else:
-                seq = row[0]
-                cur.execute(
-                    "UPDATE packs SET size = ?, state = ? WHERE seq = ?", (size, PACK_OK, seq)
-                )
-                cur.execute("DELETE FROM blobs WHERE pack_seq = ?", (seq,))
+                raise StoreBusyError(pack_taken(name))  # (a gc took it as an orphan)
+            seq = row[0]
+            cur.execute("UPDATE packs SET size = ?, state = ? WHERE seq = ?", (size, PACK_OK, seq))
+            cur.execute("DELETE FROM blobs WHERE pack_seq = ?", (seq,))
             cur.executemany(
                 SQLITE_INSERT,
                 [
@@ -333,6 +330,9 @@ class SqliteCatalog:
 
     def replace_index(self, packs: Iterable[tuple[str, int, Sequence[PackEntry]]]) -> None:
         self.full().replace_index(packs)
+
+    def claim_orphan(self, name: str) -> bool:
+        return self.full().claim_orphan(name)
 
     def condemn(
         self,

@@ -31,6 +31,16 @@ from lamina.store.pack import PackEntry
 
 PACK_WRITING = "writing"
 PACK_OK = "ok"
+#: A pack a gc took as an orphan (``claim_orphan``): its file is being deleted, then its row.
+PACK_DROPPING = "dropping"
+
+
+def pack_taken(name: str) -> str:
+    """``commit_pack``'s refusal of a pack a gc took as an orphan."""
+    return (
+        f"pack {name[:16]} was removed by a garbage collection while it was written (its "
+        "orphan grace was shorter than the write); nothing of it was stored: send it again"
+    )
 
 
 class RootsMoved(Exception):
@@ -187,7 +197,17 @@ class Catalog(Protocol):
         ...
 
     def commit_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
-        """Add the pack's blob rows and mark it ``ok``, in one transaction."""
+        """Add the pack's blob rows and mark it ``ok``, in one transaction (again: its rows
+        replaced); only while its ``begin_pack`` row is there: when a gc took it as an orphan
+        (``claim_orphan``: a grace shorter than the write) nothing is indexed and
+        ``StoreBusyError`` is raised, so what the pack holds is never acknowledged."""
+        ...
+
+    def claim_orphan(self, name: str) -> bool:
+        """Take a pack left ``writing`` for deletion (state ``dropping``), only while it
+        still is ``writing`` (one conditional update): a writer that commits first keeps
+        it, and a writer whose pack was taken cannot commit it. Also true for a pack
+        already ``dropping`` (a gc stopped while deleting it). Returns whether it is taken."""
         ...
 
     def packs(self) -> list[PackInfo]: ...

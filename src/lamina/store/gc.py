@@ -29,7 +29,14 @@ from typing import Any, Literal, Protocol
 from lamina.errors import StoreBusyError
 from lamina.processes import lock_holder
 from lamina.store.blob import BlobKind
-from lamina.store.catalog import PACK_OK, PACK_WRITING, BlobRow, PackInfo, RootsMoved
+from lamina.store.catalog import (
+    PACK_DROPPING,
+    PACK_OK,
+    PACK_WRITING,
+    BlobRow,
+    PackInfo,
+    RootsMoved,
+)
 from lamina.store.pack import pack_object_name
 from lamina.store.progress import ProgressFn
 from lamina.store.repack import move_live
@@ -314,6 +321,8 @@ def _decide(
     plan: GcPlan,
 ) -> PackAction | None:
     """One pack's fate from its rows; None: it stays as it is."""
+    if pack.state == PACK_DROPPING:  # taken by a gc that stopped while deleting it
+        return PackAction(pack, "orphan", freed=pack.size)
     if pack.state == PACK_WRITING:
         if pack.created < plan.orphaned_before:
             return PackAction(pack, "orphan", freed=pack.size)
@@ -457,10 +466,15 @@ def _execute(
             if a is None:
                 continue
             obj = pack_object_name(pack.name)
-            if a.action == "orphan":  # the file first: its row names it until it is gone
-                store.backend.delete(obj)
-                cat.drop_pack(pack.name)
-                report.orphans_deleted += 1
+            if a.action == "orphan":
+                # Taken first, while it is still ``writing``: a writer still at it (an
+                # orphan grace shorter than its write) commits first and keeps it, or
+                # finds it taken and acknowledges nothing. Then the file, while the row
+                # still names it, then the row.
+                if cat.claim_orphan(pack.name):
+                    store.backend.delete(obj)
+                    cat.drop_pack(pack.name)
+                    report.orphans_deleted += 1
             elif a.action == "delete":
                 # Not drop_pack: a writer may have rescued a blob since we read the
                 # rows; finish_repack drops only what is still condemned.

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from lamina.errors import StoreBusyError
 from lamina.processes import holder_gone
 from lamina.store import catalog
 from lamina.store.blob import BlobKind
@@ -98,10 +99,18 @@ class MemoryCatalog:
     def commit_pack(self, name: str, size: int, entries: Sequence[PackEntry]) -> None:
         with self._lock:
             p = self._packs.get(name)
-            seq = p.info.seq if p else next(self._seq)
-            created = p.info.created if p else dt.datetime.now(dt.UTC)
-            info = catalog.PackInfo(name, seq, size, catalog.PACK_OK, created)
+            if p is None or p.info.state not in (catalog.PACK_WRITING, catalog.PACK_OK):
+                raise StoreBusyError(catalog.pack_taken(name))  # (a gc took it as an orphan)
+            info = catalog.PackInfo(name, p.info.seq, size, catalog.PACK_OK, p.info.created)
             self._packs[name] = _Pack(info, self._rows_of(info, entries))
+
+    def claim_orphan(self, name: str) -> bool:
+        with self._lock:
+            p = self._packs.get(name)
+            if p is None or p.info.state not in (catalog.PACK_WRITING, catalog.PACK_DROPPING):
+                return False
+            p.info = replace(p.info, state=catalog.PACK_DROPPING)
+            return True
 
     def packs(self) -> list[catalog.PackInfo]:
         with self._lock:
