@@ -263,7 +263,9 @@ cvds = Table(
 #: Revision 0012_srvcpu: keyed by blob, then CVD, and on SQLite the key is the table
 #: (``WITHOUT ROWID``): one b-tree answers "does this CVD own it" and "who else owns it"
 #: (cross-endpoint dedup), where a row table, its key's index (CVD first) and an index by
-#: blob took three, about 210 bytes a row. Nothing reads a CVD's rows without blob ids.
+#: blob took three, about 210 bytes a row. Only the gc reads a CVD's rows without blob
+#: ids (``db.ownership``: a scan, once per group of CVDs), to take back what no snapshot
+#: of the CVD reaches.
 cvd_blobs = Table(
     "cvd_blobs",
     metadata,

@@ -14,32 +14,50 @@ whoever else holds it. A commit that checked its blobs before the condemn and la
 after it records its whole snapshot again (``sync``: the epoch moved under it).
 
 Each CVD's reach is walked on its own, the trees' listings cached across CVDs (they
-share most of their trees); the rows are read once per group of CVDs whose reach adds
-up to ``PAIRS`` ids, so memory stays bounded however large the fleet.
+share most of their trees; at most ``LISTED`` ids, the least recently used dropped);
+the rows are read once per group of CVDs whose reach adds up to ``PAIRS`` ids (the table
+is keyed by blob, so each read is a scan of it: a fleet whose reaches add up to N ids
+reads it N / ``PAIRS`` times). At most ``MAX_DROP`` rows go per gc; the next takes the
+rest (the first gc after an upgrade may find every forgotten snapshot's rows).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import Engine, delete, select
 
 from lamina.db.engine import read_tx
 from lamina.db.models import cvd_blobs, cvds, shared_blobs, snapshots, tasks
-from lamina.protocol.tasks import DELIVERED_TREES, TaskKind
+from lamina.protocol.tasks import DELIVERED_TREES
 from lamina.store.blob import BlobKind
 from lamina.store.repository import Store
 from lamina.store.roots import Walker
 
 #: (CVD, id) pairs of reach held at once while rows are sorted out.
 PAIRS = 4_000_000
-#: Tree listings kept between CVDs (dropped all at once past this many trees).
-LISTINGS = 200_000
+#: Ids the tree listings kept between CVDs may name (least recently used dropped first).
+LISTED = 4_000_000
+#: Rows taken back by one gc at most (in its condemn's transaction).
+MAX_DROP = 1_000_000
 #: Ids per statement.
 BATCH = 500
 
 _SOURCE = "cvd:"  # ``fleet.cvd_source``: a CVD's snapshots' source name
+#: The task parameters that name a tree delivered to the task's endpoint
+#: (``DELIVERED_TREES``) or streamed to it (a migration onto a new base streams the
+#: snapshot's ``stream_root``); ``db.roots`` keeps the trees of open tasks alive.
+DELIVERY_PARAMS = (*sorted(set(DELIVERED_TREES.values())), "stream_root")
+_EMPTY: tuple[list[bytes], list[bytes]] = ([], [])
+
+
+def is_id(text: object) -> TypeGuard[str]:
+    """Whether ``text`` is a blob id in hex (a task's parameter, read back from JSON)."""
+    return (
+        isinstance(text, str) and len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
+    )
 
 
 class Ownership:
@@ -51,7 +69,8 @@ class Ownership:
         self.roots: dict[str, set[bytes]] = {}
         #: the rows that go: CVD -> blob ids
         self.doomed: dict[str, set[bytes]] = {}
-        self._listing: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
+        self._listing: OrderedDict[bytes, tuple[list[bytes], list[bytes]]] = OrderedDict()
+        self._listed = 0  # ids the listings name
         self._dropped: int | None = None
 
     @property
@@ -79,6 +98,8 @@ class Ownership:
         return all(trees <= self.roots.get(cvd_id, set()) for cvd_id, trees in now.items())
 
     def catch_up(self, store: Store, walk: Walker) -> None:
+        if self._dropped is not None:  # (the condemn is done: nothing left to keep)
+            return
         for cvd_id, trees in self._owner_roots().items():
             walked = self.roots.setdefault(cvd_id, set())
             new = trees - walked
@@ -115,13 +136,16 @@ class Ownership:
 
     def _owner_roots(self) -> dict[str, set[bytes]]:
         """Every CVD and the trees that are its own: its snapshots' roots, and the trees
-        delivered to it by its tasks (a restore's, a revert's or a migration's ``root``,
-        a layer delivery's ``delta``), in any state: it read them or could have."""
+        delivered or streamed to it by its tasks (``DELIVERY_PARAMS``: a restore's, a
+        revert's or a migration's ``root``, a layer delivery's ``delta``, a migration's
+        ``stream_root``), in any state: it read them or could have. A task is its
+        ``cvd_id``'s (the CVD of its device when it was queued), else its device's CVD's."""
+        params = [tasks.c.params[name].as_string().label(name) for name in DELIVERY_PARAMS]
         with read_tx(self.engine) as c:
             owners = c.execute(select(cvds.c.id, cvds.c.device_id)).all()
             snaps = c.execute(select(snapshots.c.source, snapshots.c.root)).all()
             delivered = c.execute(
-                select(tasks.c.kind, tasks.c.cvd_id, tasks.c.device_id, tasks.c.params).where(
+                select(tasks.c.cvd_id, tasks.c.device_id, *params).where(
                     tasks.c.kind.in_(list(DELIVERED_TREES))
                 )
             ).all()
@@ -131,13 +155,12 @@ class Ownership:
             if s.source.startswith(_SOURCE) and s.source[len(_SOURCE) :] in out:
                 out[s.source[len(_SOURCE) :]].add(bytes(s.root))
         for t in delivered:
-            tree = (t.params or {}).get(DELIVERED_TREES[TaskKind(t.kind)])
-            if not (isinstance(tree, str) and len(tree) == 64):
+            cvd_id = t.cvd_id if t.cvd_id is not None else by_device.get(t.device_id)
+            if cvd_id not in out:
                 continue
-            # the CVD of the device it was delivered to (which read it: ``check_read``),
-            # and the task's own (a migration's is the CVD it restores from)
-            for cvd_id in {by_device.get(t.device_id), t.cvd_id}:
-                if cvd_id in out:
+            for name in DELIVERY_PARAMS:
+                tree = getattr(t, name)
+                if is_id(tree):
                     out[cvd_id].add(bytes.fromhex(tree))
         return out
 
@@ -150,38 +173,64 @@ class Ownership:
         while todo:
             batch = [t for t in dict.fromkeys(todo[:256]) if t not in walked]
             todo = todo[256:]
-            if len(self._listing) > LISTINGS:
-                self._listing.clear()  # (before the batch: each of its trees is listed now)
-            self._list(store, walk, [t for t in batch if t not in self._listing])
+            listings = self._lists(store, walk, batch)
             for t in batch:
                 walked.add(t)
                 reach.add(t)
-                subtrees, chunks = self._listing[t]
+                subtrees, chunks = listings[t]
                 reach.update(chunks)
                 todo.extend(s for s in subtrees if s not in walked)
         return reach
 
-    def _list(self, store: Store, walk: Walker, ids: list[bytes]) -> None:
-        if not ids:
-            return
-        cat = store.catalog
-        locs = cat.locate(ids, include_condemned=True, kind=BlobKind.TREE)
-        others = [t for t in ids if t not in locs]
-        if others:  # held only under another kind: a tree all the same (``gc.mark``)
-            locs.update(cat.locate(others, include_condemned=True))
+    def _lists(
+        self, store: Store, walk: Walker, ids: list[bytes]
+    ) -> dict[bytes, tuple[list[bytes], list[bytes]]]:
+        """The listing of each tree of ``ids``: cached ones first, the rest read in one
+        batch (coalesced ranges) and cached, the least recently used dropped past
+        ``LISTED`` ids."""
+        out: dict[bytes, tuple[list[bytes], list[bytes]]] = {}
+        need: list[bytes] = []
         for t in ids:
-            loc = locs.get(t)
-            self._listing[t] = walk(store.open_blob(t, loc)) if loc is not None else ([], [])
+            hit = self._listing.get(t)
+            if hit is None:
+                need.append(t)
+            else:
+                self._listing.move_to_end(t)
+                out[t] = hit
+        if not need:
+            return out
+        cat = store.catalog
+        held = set(cat.locate(need, include_condemned=True, kind=BlobKind.TREE))
+        others = [t for t in need if t not in held]
+        if others:  # held only under another kind: a tree all the same (``gc.mark``)
+            held.update(cat.locate(others, include_condemned=True))
+        present = [t for t in need if t in held]
+        for t, data in zip(present, store.get_many(present), strict=True):
+            out[t] = walk(data)
+        for t in need:
+            listing = out.setdefault(t, _EMPTY)
+            self._listing[t] = listing
+            self._listed += len(listing[0]) + len(listing[1]) + 1
+        while self._listed > LISTED and self._listing:
+            _, (subs, chunks) = self._listing.popitem(last=False)
+            self._listed -= len(subs) + len(chunks) + 1
+        return out
 
     def _sort_out(self, group: dict[str, set[bytes]]) -> None:
         """Read the rows of ``group``'s CVDs: those outside the CVD's reach go."""
         names = sorted(group)
+        room = MAX_DROP - self.count
         with read_tx(self.engine) as c:
             for k in range(0, len(names), BATCH):
                 q = select(cvd_blobs.c.cvd_id, cvd_blobs.c.blob_id).where(
                     cvd_blobs.c.cvd_id.in_(names[k : k + BATCH])
                 )
-                for cvd_id, bid in c.execute(q):
+                # streamed (a server-side cursor on PostgreSQL): a group's rows are not
+                # held at once
+                for cvd_id, bid in c.execution_options(yield_per=10_000).execute(q):
                     bid = bytes(bid)
                     if bid not in group[cvd_id]:
+                        if room <= 0:
+                            return  # (the next gc takes the rest)
                         self.doomed.setdefault(cvd_id, set()).add(bid)
+                        room -= 1

@@ -9,16 +9,11 @@ from sqlalchemy import Engine, select
 from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import read_tx
 from lamina.db.models import layer_versions, layers, tasks
-from lamina.db.ownership import Ownership
+from lamina.db.ownership import DELIVERY_PARAMS, Ownership, is_id
 from lamina.errors import LaminaError
-from lamina.protocol.tasks import DELIVERED_TREES, OPEN_STATES
+from lamina.protocol.tasks import OPEN_STATES
 from lamina.store.repository import Store
 from lamina.store.roots import Root, RootSource, snapshot_roots
-
-#: The task parameters that name a tree the server delivers (``DELIVERED_TREES``: a
-#: restore's, revert's or migration's ``root``, a layer delivery's ``delta``) or streams
-#: after it (a migration onto a new base streams the snapshot's ``stream_root``).
-DELIVERY_PARAMS = (*sorted(set(DELIVERED_TREES.values())), "stream_root")
 
 
 def layer_roots(engine: Engine) -> RootSource:
@@ -45,18 +40,12 @@ def layer_roots(engine: Engine) -> RootSource:
         for t in pending:
             params = t.params if isinstance(t.params, dict) else {}
             trees = tuple(
-                bytes.fromhex(tree)
-                for name in DELIVERY_PARAMS
-                if isinstance(tree := params.get(name), str) and _is_id(tree)
+                bytes.fromhex(tree) for name in DELIVERY_PARAMS if is_id(tree := params.get(name))
             )
             if trees:
                 yield Root(f"{t.kind} delivery {t.id}", (), trees=trees)
 
     return source
-
-
-def _is_id(text: str) -> bool:
-    return len(text) == 64 and all(ch in "0123456789abcdef" for ch in text)
 
 
 def all_roots(store: Store) -> list[RootSource]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql
@@ -272,10 +272,24 @@ class CommitOwnership:
             record(self.engine, self.cvd_id, self.taken, self.sharing)
             self.taken = []
 
-    def landed(self, root: bytes) -> None:
-        """The snapshot of ``root`` is in: every blob it names is the CVD's (recorded
-        again after a gc took back rows while the commit checked them)."""
+    def landing(self, root: bytes) -> None:
+        """The snapshot of ``root`` passed and is about to go in: every blob it names is
+        the CVD's (recorded again when a gc took back rows while the commit checked
+        them; recorded after the gc read the rows, they stay)."""
         record(self.engine, self.cvd_id, walk_blobs(self.store, root))
+
+    def recording(self, ids: Iterable[bytes]) -> Iterator[bytes]:
+        """``ids`` as they come, each ``BATCH`` of them recorded as the CVD's: a commit's
+        rescue walk (a gc condemned while its snapshot row went in)."""
+        batch: list[bytes] = []
+        for bid in ids:
+            batch.append(bid)
+            yield bid
+            if len(batch) >= BATCH:
+                record(self.engine, self.cvd_id, batch)
+                batch = []
+        if batch:
+            record(self.engine, self.cvd_id, batch)
 
 
 #: ``CommitOwnership.stored_as``: binds the CVD, the ids, then the kind.

@@ -15,7 +15,9 @@ condemns blobs bumps the epoch first, and blobs uploaded but not yet committed a
 what it condemns: a memo from an earlier epoch is dropped, never used, and the walk
 asks the database (which then answers "missing", as it did). A collection that starts
 after the commit's writer is the writer's to notice (``Writer.commit_snapshot``
-rescues what it names). Ownership rows are deleted only for blobs a collection swept.
+rescues what it names). A collection also takes back, with its condemn, the ownership
+rows no snapshot of their CVD reaches (``db.ownership``): those of a sync in flight
+among them, which is why a memo is trusted under its own epoch only.
 
 Bounded: ``RECENT_IDS`` ids for all CVDs together, the CVD that stored least recently
 dropped first; a CVD's own sync past the bound keeps what it had (the rest is asked).

@@ -404,9 +404,11 @@ def _store_snapshot(
     in the same walk), store its record, forget what retention drops."""
     source = cvd_source(cvd_id)
     root = bytes.fromhex(req.root)
+    # First, before the previous snapshot is read and any blob's ownership asked: a gc
+    # that condemns after this may take back the rows the check relies on (``landing``).
+    checked_under = store.catalog.gc_epoch()
     prev = store.catalog.snapshots(source)
     previous_root = prev[-1].root if prev else None
-    checked_under = store.catalog.gc_epoch()  # (before any blob's ownership is asked)
     owner.root(root)
     epoch = _still_pending(store, cvd_id, root, owner, pending) if pending is not None else 0
 
@@ -433,12 +435,14 @@ def _store_snapshot(
             # the device: the machine the system ran on (drivers.last_device_facts)
             meta={"cvd": cvd_id, "device": device_id, "stats": req.stats},
         )
-        record = w.commit_snapshot(record, lambda r: walk_blobs(store, r))
         if w.epoch != checked_under:
             # A gc condemned while the commit checked: it took back the rows of blobs
             # no snapshot of this CVD named yet (``db.ownership``), this one's among
-            # them. They were proven: the snapshot's blobs are the CVD's again.
-            owner.landed(root)
+            # them. They were proven: they are the CVD's again, before its row goes in
+            # (so a stop between the two leaves no snapshot of the CVD's it does not own).
+            owner.landing(root)
+        # (and again should a gc condemn while the row goes in: its rescue walk records)
+        record = w.commit_snapshot(record, lambda r: owner.recording(walk_blobs(store, r)))
     if recent is not None:
         recent.forget(cvd_id)
     repack.roll_if_due(store)
