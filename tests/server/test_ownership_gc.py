@@ -21,6 +21,7 @@ import msgpack
 import pytest
 
 from lamina.config import ServerSettings
+from lamina.db import ownership
 from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import make_engine, read_tx
 from lamina.db.models import cvd_blobs
@@ -203,3 +204,18 @@ def test_a_commit_the_condemn_overtook_keeps_its_snapshot_owned(
         assert _reads(dev, data) == content
         assert _owned_rows(embedded, dev) >= {data, root}
         _gc(embedded, "api")
+
+
+def test_a_gc_takes_back_at_most_its_share_and_the_next_the_rest(
+    embedded: Shape, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gc takes back at most ``MAX_DROP`` rows in its condemn's transaction (the first
+    one after an upgrade may find millions): the next gc takes the rest."""
+    monkeypatch.setattr(ownership, "MAX_DROP", 2)
+    m = embedded.live.device("pc-m")
+    ids = m.upload([(BlobKind.DATA, os.urandom(100)) for _ in range(5)])
+    assert _gc(embedded, "api")["owner_rows"] == 2
+    assert len(_owned_rows(embedded, m)) == 3
+    assert _gc(embedded, "api")["owner_rows"] == 2
+    assert _gc(embedded, "api")["owner_rows"] == 1
+    assert _owned_rows(embedded, m) == set() and m.missing(ids) == [i.hex() for i in ids]
