@@ -41,6 +41,7 @@ from lamina.server.console import views_upload
 from lamina.server.context import ServerContext
 from lamina.server.limits import BodyLimit
 from lamina.server.metrics import Metrics, RequestMetrics
+from lamina.server.services.flex_images import sweep_tmp
 from lamina.server.services.store_ops import recover
 from lamina.server.services.users import ensure_admin
 
@@ -64,6 +65,7 @@ def open_context(settings: ServerSettings) -> tuple[ServerContext, str | None]:
     store = init_store(loc, engine=engine)
     generated = ensure_admin(engine, settings.admin_password)
     recover(engine)  # store tasks a stopped server process of this host left running
+    sweep_tmp(settings.data)  # disks a stopped server process was receiving
     return ServerContext(settings=settings, engine=engine, store=store), generated
 
 

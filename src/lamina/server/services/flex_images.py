@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypedDict
@@ -24,6 +25,7 @@ import blake3
 import sqlalchemy.exc
 from sqlalchemy import Connection, Engine, delete, insert, select
 
+from lamina import processes
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import flex_entitlements, flex_image_versions, flex_images
 from lamina.errors import (
@@ -222,10 +224,51 @@ def _check_name(name: str) -> None:
         raise UsageError(f"invalid image name {name!r}: letters, digits and _ . @ - only")
 
 
+#: This process's folder for uploads and fetches, per data folder (``tmp_dir``).
+_TMP: dict[Path, Path] = {}
+#: A file the layout before session 24 left in ``flex-tmp`` itself is removed once older.
+OLD_TMP_SECONDS = 86400
+
+
 def tmp_dir(data: Path) -> Path:
-    d = data / "flex-tmp"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """This process's folder under ``DATA/flex-tmp`` for the disks it receives (an
+    upload, a fetch, a raw copy), made on first use with an ``owner`` file naming the
+    process (``processes.identity``): what a server killed mid-upload leaves there is
+    removed when the next one starts (``sweep_tmp``), a live process's never."""
+    d = _TMP.get(data)
+    if d is not None and d.is_dir():
+        return d
+    base = data / "flex-tmp"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = base / secrets.token_hex(8)
+    d.mkdir(mode=0o700)
+    (d / "owner").write_text(processes.identity())
+    _TMP[data] = d
     return d
+
+
+def sweep_tmp(data: Path) -> int:
+    """Remove what stopped processes left under ``DATA/flex-tmp`` (a multi-GB upload
+    killed midway would stay there for ever, on the disk the packs live on): the folders
+    whose ``owner`` has certainly ended, and loose files of the old layout older than a
+    day. Returns how many entries went."""
+    base = data / "flex-tmp"
+    if not base.is_dir():
+        return 0
+    gone = 0
+    for entry in base.iterdir():
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                owner = entry / "owner"
+                if owner.is_file() and processes.is_gone(owner.read_text().strip()):
+                    shutil.rmtree(entry)
+                    gone += 1
+            elif time.time() - entry.lstat().st_mtime > OLD_TMP_SECONDS:
+                entry.unlink()
+                gone += 1
+        except OSError:
+            continue  # (another process at it, or not ours to remove: left)
+    return gone
 
 
 def register(
