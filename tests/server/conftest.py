@@ -9,12 +9,16 @@ PostgreSQL, or ``sqlite_engine`` for SQLite only.
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgpack
@@ -28,6 +32,7 @@ from lamina.db.engine import make_engine
 from lamina.db.migrate import upgrade
 from lamina.protocol.bundle import MEDIA_TYPE
 from lamina.server.app import KEEP_ALIVE_SECONDS, create_app
+from lamina.server.services import store_ops
 from lamina.store.blob import BlobKind, blob_id, compress
 from lamina.store.keys import KEYFILE_NAME, ChunkingSecret, StoreKeys, write_keyfile
 from lamina.tree.model import Entry, encode_tree
@@ -242,3 +247,44 @@ def live(tmp_path: Path) -> Iterator[Live]:
         finally:
             for c in srv.clients:
                 c.close()
+
+
+@dataclass
+class Shape:
+    """A running server and how to reach its store and database directly."""
+
+    live: Live
+    db_url: str
+    store_args: list[str]
+    in_process: bool = True
+
+
+def run_gc(shape: Shape, how: str, dry_run: bool = False) -> dict[str, Any]:
+    """A gc of the server's store: as a server task (``/store/gc``) or by ``lamina store gc``
+    beside the running server, as an admin would run either."""
+    if how == "api":
+        admin = shape.live.login()
+        r = admin.post("/store/gc", json={"dry_run": dry_run, "orphan_grace": 3600})
+        assert r.status_code == 202, r.text
+        tid = r.json()["id"]
+        if shape.in_process:
+            store_ops.wait(tid)
+        else:
+            wait_for(
+                "the gc task",
+                lambda: admin.get(f"/tasks/{tid}").json()["state"] not in ("queued", "running"),
+            )
+        task = admin.get(f"/tasks/{tid}").json()
+        assert task["state"] == "done", task
+        return dict(task["result"])
+    args = ["store", "gc", *shape.store_args, "--json"] + (["--dry-run"] if dry_run else [])
+    p = subprocess.run(
+        [sys.executable, "-m", "lamina.cli", *args], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    return dict(json.loads(p.stdout))
+
+
+@pytest.fixture
+def embedded(live: Live) -> Shape:
+    return Shape(live, f"sqlite:///{live.data / 'lamina.db'}", ["--data", str(live.data)])

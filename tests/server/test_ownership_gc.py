@@ -8,12 +8,8 @@ server on SQLite and its gc through the API or the CLI, as an admin would."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,48 +23,11 @@ from lamina.db.engine import make_engine, read_tx
 from lamina.db.models import cvd_blobs
 from lamina.db.roots import all_roots, owners
 from lamina.server.app import open_context
-from lamina.server.services import store_ops
 from lamina.store import gc
 from lamina.store.blob import BlobKind
 from lamina.tree.model import Entry, encode_tree, references
 from tests.e2e.conftest import _deployment
-from tests.server.conftest import ADMIN_PASSWORD, Device, Live, wait_for
-
-
-@dataclass
-class Shape:
-    """A running server and how to reach its store and database directly."""
-
-    live: Live
-    db_url: str
-    store_args: list[str]
-    in_process: bool = True
-
-
-def _gc(shape: Shape, how: str, dry_run: bool = False) -> dict[str, Any]:
-    """A gc of the server's store: as a server task (``/store/gc``) or by ``lamina store gc``
-    beside the running server, as an admin would run either."""
-    if how == "api":
-        admin = shape.live.login()
-        r = admin.post("/store/gc", json={"dry_run": dry_run, "orphan_grace": 3600})
-        assert r.status_code == 202, r.text
-        tid = r.json()["id"]
-        if shape.in_process:
-            store_ops.wait(tid)
-        else:
-            wait_for(
-                "the gc task",
-                lambda: admin.get(f"/tasks/{tid}").json()["state"] not in ("queued", "running"),
-            )
-        task = admin.get(f"/tasks/{tid}").json()
-        assert task["state"] == "done", task
-        return dict(task["result"])
-    args = ["store", "gc", *shape.store_args, "--json"] + (["--dry-run"] if dry_run else [])
-    p = subprocess.run(
-        [sys.executable, "-m", "lamina.cli", *args], capture_output=True, text=True, timeout=300
-    )
-    assert p.returncode == 0, p.stderr
-    return dict(json.loads(p.stdout))
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live, Shape, run_gc
 
 
 def _owned_rows(shape: Shape, dev: Device) -> set[bytes]:
@@ -79,11 +38,6 @@ def _owned_rows(shape: Shape, dev: Device) -> set[bytes]:
             return {bytes(r.blob_id) for r in c.execute(q)}
     finally:
         engine.dispose()
-
-
-@pytest.fixture
-def embedded(live: Live) -> Shape:
-    return Shape(live, f"sqlite:///{live.data / 'lamina.db'}", ["--data", str(live.data)])
 
 
 @pytest.fixture(params=["embedded", pytest.param("scaleout", marks=pytest.mark.e2e)])
@@ -125,9 +79,9 @@ def test_after_a_gc_an_upload_never_committed_tells_nothing(shape: Shape, how: s
     right, wrong = m.upload([(BlobKind.DATA, secret), (BlobKind.DATA, nobody)])
     assert m.missing([right, wrong]) == []  # proven by the upload: hers until the gc
 
-    dry = _gc(shape, how, dry_run=True)
+    dry = run_gc(shape, how, dry_run=True)
     assert dry["owner_rows"] >= 2 and _owned_rows(shape, m) >= {right, wrong}
-    report = _gc(shape, how)
+    report = run_gc(shape, how)
     assert report["owner_rows"] >= 2, report
 
     assert m.missing([right, wrong]) == [right.hex(), wrong.hex()]
@@ -159,7 +113,7 @@ def test_a_snapshot_retention_forgot_leaves_its_blobs_to_the_cvd_no_more(embedde
     [bid] = [i for i in _owned_rows(embedded, a) if _reads(a, i) == shared]
     assert m.missing([bid]) == []  # its forgotten snapshot's row is still there
 
-    _gc(embedded, "api")
+    run_gc(embedded, "api")
     assert m.missing([bid]) == [bid.hex()] and _reads(m, bid) is None
     [kept] = [i for i in _owned_rows(embedded, m) if _reads(m, i) == later]
     assert m.missing([kept]) == []
@@ -203,7 +157,7 @@ def test_a_commit_the_condemn_overtook_keeps_its_snapshot_owned(
         assert dev.missing([data, root]) == []
         assert _reads(dev, data) == content
         assert _owned_rows(embedded, dev) >= {data, root}
-        _gc(embedded, "api")
+        run_gc(embedded, "api")
 
 
 def test_a_gc_takes_back_at_most_its_share_and_the_next_the_rest(
@@ -214,8 +168,8 @@ def test_a_gc_takes_back_at_most_its_share_and_the_next_the_rest(
     monkeypatch.setattr(ownership, "MAX_DROP", 2)
     m = embedded.live.device("pc-m")
     ids = m.upload([(BlobKind.DATA, os.urandom(100)) for _ in range(5)])
-    assert _gc(embedded, "api")["owner_rows"] == 2
+    assert run_gc(embedded, "api")["owner_rows"] == 2
     assert len(_owned_rows(embedded, m)) == 3
-    assert _gc(embedded, "api")["owner_rows"] == 2
-    assert _gc(embedded, "api")["owner_rows"] == 1
+    assert run_gc(embedded, "api")["owner_rows"] == 2
+    assert run_gc(embedded, "api")["owner_rows"] == 1
     assert _owned_rows(embedded, m) == set() and m.missing(ids) == [i.hex() for i in ids]

@@ -42,6 +42,15 @@ def _roots(s: Store) -> list[RootSource]:
     return all_roots(s)
 
 
+def _forget_strays(s: Store, dry_run: bool) -> str:
+    """Forget the flex snapshots no image names (``db.roots.forget_stray_flex``); the
+    gc's note on it, or nothing."""
+    from lamina.db.roots import STRAYS, forget_stray_flex
+
+    n = forget_stray_flex(s, dry_run)
+    return f"{'would forget' if dry_run else 'forgot'} {n} {STRAYS}" if n else ""
+
+
 def _owners(s: Store) -> Owners:
     """The CVDs' ownership rows, which the gc takes back with what it condemns."""
     from lamina.db.roots import owners
@@ -130,6 +139,7 @@ def gc(
     """Remove what no snapshot needs; repack sparse packs. Safe while backups run."""
     with closing(open_store(loc)) as s:
         started = time.monotonic()
+        strays = _forget_strays(s, dry_run)
         with step_progress("gc") as update:
             rep = collect(
                 s,
@@ -140,6 +150,8 @@ def gc(
                 progress=update,
                 owners=_owners(s),
             )
+        if strays:
+            rep.notes.append(strays)
         if not dry_run:
             server_libraries().record_gc(s, time.monotonic() - started, rep.bytes_freed)
     if as_json:
@@ -158,6 +170,8 @@ def gc(
         f"{rep.orphans_deleted} orphan packs deleted; {human_bytes(rep.bytes_freed)} freed; "
         f"{rep.owner_rows} ownership records {'to take' if dry_run else 'taken'} back"
     )
+    for note in rep.notes:
+        typer.echo(note)
 
 
 @app.command("rebuild-index")

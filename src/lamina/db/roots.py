@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 from sqlalchemy import Engine, select
 
 from lamina.db.catalog import SqlCatalog
 from lamina.db.engine import read_tx
-from lamina.db.models import layer_versions, layers, tasks
+from lamina.db.models import flex_image_versions, layer_versions, layers, tasks
 from lamina.db.ownership import DELIVERY_PARAMS, Ownership, is_id
 from lamina.errors import LaminaError
 from lamina.protocol.tasks import OPEN_STATES
@@ -46,6 +47,33 @@ def layer_roots(engine: Engine) -> RootSource:
                 yield Root(f"{t.kind} delivery {t.id}", (), trees=trees)
 
     return source
+
+
+#: A flex image's snapshot no version names is forgotten once this old (a registration
+#: stores its snapshot, then its version row, within a request).
+STRAY_FLEX_AGE = dt.timedelta(days=1)
+#: How the gc's notes name them.
+STRAYS = "flex image snapshots no image version names"
+
+
+def forget_stray_flex(store: Store, dry_run: bool = False) -> int:
+    """Forget the flex images' snapshots (source ``flex:…``) that no image version names:
+    what a registration stopped between its snapshot and its version row, or a deletion
+    between its rows and its ``forget``, left behind. Roots nobody lists, they kept their
+    disk's data for ever. Those younger than ``STRAY_FLEX_AGE`` stay (a registration may
+    be writing its row). Returns how many (would) go."""
+    engine = _sql(store).engine
+    with read_tx(engine) as c:
+        named = {r[0] for r in c.execute(select(flex_image_versions.c.snapshot_id))}
+    before = dt.datetime.now(dt.UTC) - STRAY_FLEX_AGE
+    stray = [
+        s.id
+        for s in store.catalog.snapshots()
+        if s.source.startswith("flex:") and s.id not in named and s.time < before
+    ]
+    if stray and not dry_run:
+        store.forget(stray)
+    return len(stray)
 
 
 def all_roots(store: Store) -> list[RootSource]:

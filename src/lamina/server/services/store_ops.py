@@ -30,7 +30,7 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import snapshots, tasks
-from lamina.db.roots import all_roots, owners
+from lamina.db.roots import STRAYS, all_roots, forget_stray_flex, owners
 from lamina.db.stores import last_gc, record_gc
 from lamina.errors import ConflictError, LaminaError
 from lamina.processes import identity, is_gone
@@ -223,6 +223,7 @@ def _check(
 
 def _gc(store: Store, params: StoreGcParams, progress: _Progress) -> tuple[bool, str, JsonObject]:
     started = time.monotonic()
+    strays = forget_stray_flex(store, params.dry_run)
     rep = collect(
         store,
         all_roots(store),
@@ -232,6 +233,8 @@ def _gc(store: Store, params: StoreGcParams, progress: _Progress) -> tuple[bool,
         progress=progress,
         owners=owners(store),
     )
+    if strays:
+        rep.notes.append(f"{'would forget' if params.dry_run else 'forgot'} {strays} {STRAYS}")
     if not params.dry_run:
         record_gc(store, time.monotonic() - started, rep.bytes_freed)
     result = _cut(dataclasses.asdict(rep), "repack", "notes")
