@@ -25,14 +25,15 @@ from lamina.store.check import check
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
 from lamina.tree.model import Entry, encode_tree, references
-from tests.server.conftest import ADMIN_PASSWORD, Device, Live
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live, Shape, run_gc
 
 
-def _reference_device(live: Live) -> Device:
+def _reference_device(live: Live, settings: dict[str, int] | None = None) -> Device:
     """A device centralized as a reference (its CVD may be captured), with a snapshot of
     a small system: its identity under etc/, a program under usr/bin/."""
     admin = live.login()
-    assert admin.post("/policies", json={"name": "std"}).status_code == 201
+    policy = {"name": "std", **({"settings": settings} if settings else {})}
+    assert admin.post("/policies", json=policy).status_code == 201
     r = admin.post("/tokens", json={"expires_in": 3600, "policy": "std", "reference": True})
     assert r.status_code == 201, r.text
     doc = httpx.post(
@@ -140,3 +141,32 @@ def test_a_layer_delivery_made_while_a_gc_condemns_keeps_its_delta(
     assert planned["status"] == "assigned" and planned["task"], planned
     task = admin.get(f"/tasks/{planned['task']}").json()
     racing.kept(bytes.fromhex(task["params"]["delta"]))
+
+
+def test_a_recordings_start_snapshot_outlives_retention_and_the_gc(embedded: Shape) -> None:
+    """A reference CVD whose policy keeps one snapshot records an app layer across several
+    syncs and a gc: its start snapshot (the layer is the difference from it) is kept for
+    the recording, and the layer is captured. Retention forgot it, the gc took its data,
+    and the recording's last commit failed."""
+    live = embedded.live
+    one = {"keep_last": 1, "keep_hourly": 0, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
+    dev = _reference_device(live, one)
+    admin = live.login()
+    r = admin.post("/layers/record/start", json={"device": "ref-1"})
+    assert r.status_code == 202, r.text
+    base = {b"os-file": [b"the system before the install " + os.urandom(64)]}
+    start = dev.commit_files(base)  # the recording starts at this snapshot
+    dev.commit_files({**base, b"cache": [os.urandom(200)]})  # a sync while it records
+    run_gc(embedded, "api")
+    assert start in {s["id"] for s in admin.get(f"/cvds/{dev.cvd_id}/snapshots").json()}
+    r = admin.post("/layers/record/finalize", json={"device": "ref-1", "name": "viewer"})
+    assert r.status_code == 202, r.text
+    app = b"the viewer's program " + os.urandom(64)
+    dev.commit_files({**base, b"viewer": [app]})  # the layer is captured at this commit
+    layer = admin.get("/layers/viewer")
+    assert layer.status_code == 200, layer.text
+    [version] = layer.json()["versions"]
+    assert version["files"] >= 1
+    # once the recording is done, the start is the policy's again: the next sync forgets it
+    dev.commit_files({**base, b"viewer": [app], b"later": [os.urandom(50)]})
+    assert start not in {s["id"] for s in admin.get(f"/cvds/{dev.cvd_id}/snapshots").json()}

@@ -139,6 +139,16 @@ def note_commit(c: Connection, store: Store, cvd_id: str, snap: SnapshotRecord) 
     return _Finalize(rec, start, snap, rules)
 
 
+def pinned_snapshots(c: Connection, cvd_id: str) -> frozenset[str]:
+    """The CVD's snapshots its retention must not forget: a recording's start (its app
+    layer is the difference from it, read when the recording is finalized; forgotten by
+    a policy that keeps few snapshots, and collected, it failed the recording)."""
+    start = c.execute(
+        select(recordings.c.start_snapshot).where(recordings.c.cvd_id == cvd_id)
+    ).scalar()
+    return frozenset([start]) if start else frozenset()
+
+
 def finish_recording(engine: Engine, store: Store, job: _Finalize | None) -> None:
     """Capture a finished recording's app layer: its blobs first, then its rows."""
     if job is None:

@@ -367,6 +367,7 @@ def commit_snapshot(
     with read_tx(engine) as c:
         cvd = fleet.cvd_of_device(c, device.id)
         policy = fleet.policy_of(c, cvd)
+        pinned = layers.pinned_snapshots(c, cvd.id)
     owner = access.CommitOwnership(engine, store, cvd, sharing)
     retention = Retention(
         policy.keep_last,
@@ -376,7 +377,7 @@ def commit_snapshot(
         policy.keep_monthly,
     )
     record, kept, forgotten = _store_snapshot(
-        store, cvd.id, device.id, req, retention, owner, trees, pending, recent
+        store, cvd.id, device.id, req, retention, owner, trees, pending, recent, pinned
     )
     with write_tx(engine) as c:
         c.execute(
@@ -399,9 +400,11 @@ def _store_snapshot(
     trees: DecodedTrees | None,
     pending: inflight.PendingCommits | None = None,
     recent: RecentUploads | None = None,
+    pinned: frozenset[str] = frozenset(),
 ) -> tuple[SnapshotRecord, int, int]:
     """Verify the snapshot's trees and chunks (held to the CVD's ownership by ``owner``,
-    in the same walk), store its record, forget what retention drops."""
+    in the same walk), store its record, forget what retention drops but ``pinned``
+    (a recording's start: its app layer is the difference from it)."""
     source = cvd_source(cvd_id)
     root = bytes.fromhex(req.root)
     # First, before the previous snapshot is read and any blob's ownership asked: a gc
@@ -447,6 +450,7 @@ def _store_snapshot(
         recent.forget(cvd_id)
     repack.roll_if_due(store)
     keep, forget = apply_retention(store.catalog.snapshots(source), retention)
+    forget = [s for s in forget if s.id not in pinned]
     if forget:
         store.forget([s.id for s in forget])
     return record, len(keep), len(forget)
