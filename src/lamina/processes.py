@@ -99,6 +99,27 @@ def lock_holder() -> str:
     return f"{identity()}/{uuid.uuid4().hex}"
 
 
+def is_alive(ident: str) -> bool:
+    """Whether the process ``identity`` named certainly still runs: of this machine and
+    process-id namespace, booted the same, its pid alive with the same start. Anything
+    that cannot be told for sure is not (a lock's expiry then decides)."""
+    parts = ident.removeprefix("server@").rsplit(":", 4)
+    if len(parts) != 5:
+        return False
+    host, pid, boot, start, place = parts
+    if host != socket.gethostname() or place != _place() or boot != _boot_id():
+        return False
+    return pid.isdigit() and alive(int(pid)) and _started(int(pid)) == start
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether the process that took a lock as ``holder`` certainly still runs: its lock,
+    expired or not, is never taken over (it may be slow, stalled or stopped, and would go
+    on where it was: a collection's mark of a large store, a roll's read on a slow S3)."""
+    ident, sep, _ = holder.partition("/")
+    return bool(sep) and is_alive(ident)
+
+
 def holder_gone(holder: str) -> bool:
     """Whether the process that took a lock as ``holder`` (``lock_holder``) has ended; a
     holder of another form (before session 23: a random hex) is never said gone."""

@@ -23,7 +23,7 @@ from lamina.db.sqlite_read import (
 from lamina.db.sqlite_read import batches as _batches
 from lamina.db.sqlite_read import marks as _marks
 from lamina.errors import NotFoundError, StoreBusyError, StoreKeyError
-from lamina.processes import holder_gone
+from lamina.processes import holder_alive, holder_gone
 from lamina.store.blob import KINDS, BlobKind
 from lamina.store.catalog import (
     PACK_DROPPING,
@@ -402,12 +402,29 @@ class SqlCatalog:
                 return True
             held = json.loads(value)
             other = str(held.get("holder"))
-            if (
-                other != holder
-                and dt.datetime.fromisoformat(held["expires"]) > now
-                and not holder_gone(other)  # (a killed holder's: taken over)
+            if other != holder and (
+                holder_alive(other)  # (a live holder's, expired or not: never)
+                or (
+                    dt.datetime.fromisoformat(held["expires"]) > now
+                    and not holder_gone(other)  # (a killed holder's: taken over)
+                )
             ):
                 return False
+            c.execute(
+                update(store_state).where(store_state.c.key == key).values(value=json.dumps(doc))
+            )
+            return True
+
+    def renew_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+        key = f"lock:{name}"
+        with write_tx(self.engine) as c:
+            q = select(store_state.c.value).where(store_state.c.key == key)
+            if not is_sqlite(self.engine):
+                q = q.with_for_update()
+            value = c.execute(q).scalar()
+            if value is None or json.loads(value).get("holder") != holder:
+                return False
+            doc = {"holder": holder, "expires": (_now() + ttl).isoformat()}
             c.execute(
                 update(store_state).where(store_state.c.key == key).values(value=json.dumps(doc))
             )

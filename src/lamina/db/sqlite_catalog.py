@@ -347,6 +347,9 @@ class SqliteCatalog:
     def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
         return self.full().try_lock(name, holder, ttl)
 
+    def renew_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+        return self.full().renew_lock(name, holder, ttl)
+
     def unlock(self, name: str, holder: str) -> None:
         self.full().unlock(name, holder)
 

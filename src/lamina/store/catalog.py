@@ -266,9 +266,15 @@ class Catalog(Protocol):
         ...
 
     def try_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
-        """Take a named advisory lock unless someone else holds an unexpired one whose
-        process has not ended (``processes.holder_gone``: a killed holder's is taken
-        over, not waited out)."""
+        """Take a named advisory lock unless someone else holds it: a holder whose
+        process certainly runs holds it, expired or not (``processes.holder_alive``); an
+        unexpired one whose process has not certainly ended too (``holder_gone``: a
+        killed holder's is taken over, not waited out)."""
+        ...
+
+    def renew_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+        """Extend ``holder``'s lock to ``ttl`` from now; False when it is no longer
+        ``holder``'s (taken over: ``store.locks.HeldLock`` then stops its work)."""
         ...
 
     def unlock(self, name: str, holder: str) -> None: ...

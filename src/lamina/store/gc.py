@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from lamina.errors import StoreBusyError
-from lamina.processes import lock_holder
 from lamina.store.blob import BlobKind
 from lamina.store.catalog import (
     PACK_DROPPING,
@@ -37,6 +35,7 @@ from lamina.store.catalog import (
     PackInfo,
     RootsMoved,
 )
+from lamina.store.locks import HeldLock
 from lamina.store.pack import pack_object_name
 from lamina.store.progress import ProgressFn
 from lamina.store.repack import move_live
@@ -45,6 +44,9 @@ from lamina.store.roots import RootSource, Walker
 
 #: A pack with less than this share of its blob bytes live is repacked.
 REPACK_BELOW = 0.5
+#: The gc lock's expiry, renewed every quarter of it while the gc runs (``HeldLock``):
+#: the time a frozen gc on another machine holds the store.
+LOCK_TTL = dt.timedelta(minutes=20)
 
 
 class Owners(Protocol):
@@ -233,12 +235,12 @@ def collect(
     (condemn, mark again, rescue, sweep). The sweep decides each pack again from its
     rows as they are then: a backup running meanwhile may have rescued blobs. With
     ``owners``, their records their own roots no longer reach go with the condemn."""
-    cat = store.catalog
-    holder = lock_holder()  # a killed gc's lock is taken over, not waited out (6 h)
-    if not cat.try_lock("gc", holder, dt.timedelta(hours=6)):
-        raise StoreBusyError("another garbage collection is running on this store")
     say = progress or (lambda _m, _d, _t: None)
-    try:
+    # A killed gc's lock is taken over, not waited out; a live one's is renewed however
+    # long its mark takes, and it stops if it lost the lock (``HeldLock``).
+    with HeldLock(
+        store.catalog, "gc", LOCK_TTL, "another garbage collection is running on this store"
+    ) as lock:
         say("marking", 0, 0)
         plan = plan_gc(store, sources, walk, orphan_grace)
         if owners is not None:
@@ -250,13 +252,12 @@ def collect(
             report.notes.append(f"would condemn {len(plan.dead)} blobs")
             return report
         say("condemning", 0, 0)
+        lock.check()
         report.rescued = _condemn(store, sources, walk, plan, owners)
         report.owner_rows = owners.count if owners is not None else 0
         say("sweeping", 0, 0)
-        _execute(store, plan, report, fail_after)
+        _execute(store, plan, report, fail_after, lock.check)
         return report
-    finally:
-        cat.unlock("gc", holder)
 
 
 def plan_gc(
@@ -442,6 +443,7 @@ def _execute(
     plan: GcPlan,
     report: GcReport,
     fail_after: int = -1,
+    check: Callable[[], None] = lambda: None,
 ) -> None:
     """Sweep: each pack decided again from its rows as they are now (the final check)."""
     cat = store.catalog
@@ -465,6 +467,7 @@ def _execute(
             a = _decide(store, pack, rows, lambda r: r.condemned, plan)
             if a is None:
                 continue
+            check()  # (still the lock's holder: before each pack it deletes)
             obj = pack_object_name(pack.name)
             if a.action == "orphan":
                 # Taken first, while it is still ``writing``: a writer still at it (an
@@ -490,7 +493,7 @@ def _execute(
     repack = _lone_small_stays(repack)
     if repack:
         # all together: their live blobs fill full packs, not one new pack per old one
-        moved = move_live(store, [(a.pack, a.live) for a in repack], fail_after)
+        moved = move_live(store, [(a.pack, a.live) for a in repack], fail_after, check)
         report.packs_repacked = moved.packs_read
         report.bytes_freed += sum(a.freed for a in repack)
         report.repack = [a.describe() for a in repack]

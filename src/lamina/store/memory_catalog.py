@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lamina.errors import StoreBusyError
-from lamina.processes import holder_gone
+from lamina.processes import holder_alive, holder_gone
 from lamina.store import catalog
 from lamina.store.blob import BlobKind
 from lamina.store.pack import PackEntry
@@ -193,11 +193,17 @@ class MemoryCatalog:
             if (
                 held is not None
                 and held[0] != holder
-                and held[1] > now
-                and not holder_gone(held[0])
+                and (holder_alive(held[0]) or (held[1] > now and not holder_gone(held[0])))
             ):
                 return False
             self._locks[name] = (holder, now + ttl)
+            return True
+
+    def renew_lock(self, name: str, holder: str, ttl: dt.timedelta) -> bool:
+        with self._lock:
+            if self._locks.get(name, ("",))[0] != holder:
+                return False
+            self._locks[name] = (holder, dt.datetime.now(dt.UTC) + ttl)
             return True
 
     def unlock(self, name: str, holder: str) -> None:

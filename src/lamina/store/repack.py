@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import blake3
 
 from lamina.errors import IntegrityError, LaminaError
-from lamina.processes import lock_holder
 from lamina.store.catalog import PACK_OK, BlobRow, PackInfo
+from lamina.store.locks import HeldLock
 from lamina.store.pack import pack_object_name
 from lamina.store.repository import Store
 
@@ -63,11 +63,13 @@ def move_live(
     store: Store,
     olds: Sequence[tuple[PackInfo, Sequence[BlobRow]]],
     fail_after: int = -1,
+    check: Callable[[], None] = lambda: None,
 ) -> RepackReport:
     """Copy each old pack's ``rows`` into new full packs, then drop and delete the old packs.
 
     An old pack whose content no longer matches its name is left alone (``store
-    check --read-data`` names it); its rows are not copied.
+    check --read-data`` names it); its rows are not copied. ``check`` is asked before
+    each old pack's rows are dropped (``HeldLock.check``: stop once the lock was lost).
     """
     cat = store.catalog
     rep = RepackReport()
@@ -98,6 +100,7 @@ def move_live(
         rep.packs_written = w.packs_written
     crash_point()
     for pack, ids in moved:
+        check()
         if not cat.finish_repack(pack.name, ids):
             continue  # a row still points into it (a writer rescued a blob): it stays
         # ``finish_repack`` left its row ``writing`` until its file is gone, so a crash
@@ -118,10 +121,11 @@ def roll_small(store: Store, *, force: bool = False, fail_after: int = -1) -> Re
     was nothing to roll or the collector holds the store.
     """
     cat = store.catalog
-    holder = lock_holder()  # a killed roll's lock is taken over, not waited out
-    if not cat.try_lock(LOCK, holder, LOCK_TTL):
+    # a killed roll's lock is taken over, not waited out; a live one's renewed
+    lock = HeldLock(cat, LOCK, LOCK_TTL, "the collector holds the store")
+    if not lock.take():
         return None
-    try:
+    with lock:
         chosen: list[tuple[PackInfo, list[BlobRow]]] = []
         total = 0
         for p in sorted(cat.packs(), key=lambda p: p.seq):
@@ -133,9 +137,7 @@ def roll_small(store: Store, *, force: bool = False, fail_after: int = -1) -> Re
                 break
         if len(chosen) < 2 or (not force and total < store.pack_size):
             return None
-        return move_live(store, chosen, fail_after)
-    finally:
-        cat.unlock(LOCK, holder)
+        return move_live(store, chosen, fail_after, lock.check)
 
 
 def roll_if_due(store: Store) -> RepackReport | None:

@@ -1,0 +1,87 @@
+"""A store lock held for a long piece of work (a collection, a roll of small packs),
+renewed while it is held.
+
+The lock names its holder's process (``processes.lock_holder``) and has an expiry.
+While the work goes on, a thread renews it every ``ttl / 4``; so a slow holder (a mark
+of a large store, a read stalled on S3) keeps it, and the expiry only frees the lock of
+a holder that stopped altogether: killed (taken over at once, ``holder_gone``), or on
+another machine and frozen. Such a holder may wake up: before each step that changes
+the store it asks ``check``, which stops it (``StoreBusyError``) once the lock was
+taken over, so two holders never change the store at once (the crash audit's S1: a
+roll stalled past its expiry dropped rows a collection had condemned meanwhile).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from types import TracebackType
+
+from lamina.errors import StoreBusyError
+from lamina.processes import lock_holder
+from lamina.store.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+
+class HeldLock:
+    """``with HeldLock(catalog, name, ttl) as lock:``: taken or ``StoreBusyError``
+    (``busy`` its message); renewed in the background; ``lock.check()`` before each
+    change to the store."""
+
+    def __init__(self, catalog: Catalog, name: str, ttl: dt.timedelta, busy: str) -> None:
+        self.catalog, self.name, self.ttl, self.busy = catalog, name, ttl, busy
+        self.holder = lock_holder()
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> bool:
+        """Take the lock and start renewing it; False when another holder has it."""
+        if self._thread is not None:
+            return True
+        if not self.catalog.try_lock(self.name, self.holder, self.ttl):
+            return False
+        self._thread = threading.Thread(
+            target=self._keep, name=f"lamina-lock-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def __enter__(self) -> HeldLock:
+        if not self.take():
+            raise StoreBusyError(self.busy)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not self.lost:
+            self.catalog.unlock(self.name, self.holder)
+
+    def renew(self) -> bool:
+        """Extend the lock now; False (and ``lost``) once it is another holder's."""
+        if not self.lost and not self.catalog.renew_lock(self.name, self.holder, self.ttl):
+            self.lost = True
+        return not self.lost
+
+    def check(self) -> None:
+        """Stop unless the lock is still this holder's (asked of the catalog)."""
+        if not self.renew():
+            raise StoreBusyError(
+                f"the store's {self.name} lock was taken over while this process held it "
+                "(it stalled past the lock's expiry): stopped before changing anything more"
+            )
+
+    def _keep(self) -> None:
+        every = max(self.ttl.total_seconds() / 4, 0.05)
+        while not self._stop.wait(every):
+            try:
+                if not self.renew():
+                    return
+            except Exception as e:  # (a database hiccup: the next renewal tries again)
+                log.warning("could not renew the store's %s lock: %s", self.name, e)

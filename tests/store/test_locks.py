@@ -1,0 +1,141 @@
+"""A long piece of work on the store holds its lock as long as it runs, and stops once it
+lost it (``store/locks.py``; the crash audit's S1: a holder stalled past the lock's
+expiry, its lock taken over, then woke up and changed the store alongside the new one)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lamina.db.location import StoreLocation
+from lamina.db.stores import init_store, open_store
+from lamina.errors import StoreBusyError
+from lamina.processes import lock_holder
+from lamina.store import gc as gc_module
+from lamina.store.check import check
+from lamina.store.gc import collect
+from lamina.store.locks import HeldLock
+from lamina.store.repack import roll_small
+from lamina.store.repository import Store
+from lamina.store.roots import snapshot_roots
+from lamina.tree.model import references
+from tests.store.helpers import random_files, snapshot_of
+
+_HOLD = """
+import sys, datetime as dt
+from pathlib import Path
+from lamina.db.location import StoreLocation
+from lamina.db.stores import open_store
+from lamina.processes import lock_holder
+s = open_store(StoreLocation(data=Path(sys.argv[1])))
+assert s.catalog.try_lock("gc", lock_holder(), dt.timedelta(0))  # expired at once
+print("held", flush=True)
+sys.stdin.read()  # alive (as a gc stalled in its mark) until the parent closes it
+"""
+
+
+@pytest.fixture(params=["embedded", "memory"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        yield request.getfixturevalue("store")
+        return
+    init_store(StoreLocation(data=tmp_path / "embedded")).close()
+    s = open_store(StoreLocation(data=tmp_path / "embedded"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_the_lock_of_a_holder_that_still_runs_is_never_taken_over(tmp_path: Path) -> None:
+    """Expired or not: a live holder may be slow or stopped, and would go on where it was."""
+    data = tmp_path / "data"
+    init_store(StoreLocation(data=data)).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(data)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    s = open_store(StoreLocation(data=data))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert not s.catalog.try_lock("gc", lock_holder(), dt.timedelta(minutes=1))
+        with pytest.raises(StoreBusyError):
+            collect(s, [snapshot_roots(s.catalog)], references)
+        assert roll_small(s, force=True) is None
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+    try:  # ended: its lock is taken over at once
+        assert s.catalog.try_lock("gc", lock_holder(), dt.timedelta(minutes=1))
+    finally:
+        s.close()
+
+
+def test_a_held_lock_is_renewed_and_a_lost_one_stops_its_holder(any_store: Store) -> None:
+    cat = any_store.catalog
+    with HeldLock(cat, "gc", dt.timedelta(minutes=20), "busy") as lock:
+        assert lock.renew()
+        lock.check()
+        with pytest.raises(StoreBusyError, match="busy"), HeldLock(cat, "gc", lock.ttl, "busy"):
+            pass
+        # taken over meanwhile (its expiry passed while it was frozen on another machine)
+        cat.unlock("gc", lock.holder)
+        assert cat.try_lock("gc", "another-machine-gc", dt.timedelta(minutes=20))
+        with pytest.raises(StoreBusyError, match="taken over"):
+            lock.check()
+    # it does not unlock what is no longer its own
+    assert not cat.try_lock("gc", lock_holder(), dt.timedelta(minutes=20))
+
+
+def test_a_gc_that_lost_its_lock_while_marking_changes_nothing(
+    any_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its lock taken over during the mark, the gc stops before its condemn: every blob
+    is where it was, readable, whatever the other holder then does."""
+    keep = snapshot_of(any_store, random_files(5), "keep")
+    drop = snapshot_of(any_store, random_files(5), "drop")
+    any_store.catalog.forget_snapshots([drop.id])
+    original = gc_module.plan_gc
+
+    def stolen(*a: Any, **kw: Any) -> Any:
+        plan = original(*a, **kw)
+        any_store.catalog.unlock("gc", _holder(any_store))
+        assert any_store.catalog.try_lock("gc", "another-machine-gc", dt.timedelta(minutes=20))
+        return plan
+
+    monkeypatch.setattr(gc_module, "plan_gc", stolen)
+    before = {r.id: r.condemned for r in any_store.catalog.iter_blobs()}
+    with pytest.raises(StoreBusyError, match="taken over"):
+        collect(any_store, [snapshot_roots(any_store.catalog)], references)
+    assert {r.id: r.condemned for r in any_store.catalog.iter_blobs()} == before
+    assert not any(before.values())
+    assert check(any_store, [snapshot_roots(any_store.catalog)], references, read_data=True).ok
+    assert any_store.get(keep.root)
+
+
+def _holder(store: Store) -> str:
+    """The gc lock's holder now (each catalog keeps it its own way)."""
+    cat: Any = store.catalog
+    if hasattr(cat, "_locks"):
+        return str(cat._locks["gc"][0])
+    import json
+
+    from sqlalchemy import select
+
+    from lamina.db.models import store_state
+
+    full = cat.full() if hasattr(cat, "full") else cat
+    with full.engine.connect() as c:
+        value = c.execute(
+            select(store_state.c.value).where(store_state.c.key == "lock:gc")
+        ).scalar()
+    return str(json.loads(value)["holder"])
