@@ -347,3 +347,19 @@ def test_s3_bucket_in_another_region(s3_server: S3Server, s3_bucket: str) -> Non
     b.write("obj", b"abc")
     assert b.read("obj", -2) == b"bc"
     b.close()
+
+
+def test_a_folder_another_writer_made_is_synced_before_a_pack_in_it_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers: one made ``packs/ab`` and has not synced ``packs/`` yet when the other
+    writes a pack into it; the second must sync ``packs/`` itself before its write
+    returns, or a power loss could take the folder with an acknowledged pack (the crash
+    audit's S2: it skipped the sync when the folder existed)."""
+    from lamina.store.backends import local
+
+    synced: list[Path] = []
+    monkeypatch.setattr(local, "fsync_dir", lambda d: synced.append(Path(d)))
+    (tmp_path / "packs" / "ab").mkdir(parents=True)  # the other writer's, not synced
+    local.LocalBackend(tmp_path).write("packs/ab/abcd", b"a pack")
+    assert tmp_path / "packs" in synced

@@ -42,6 +42,11 @@ class LocalBackend:
             with contextlib.suppress(FileExistsError):
                 m.mkdir()
             fsync_dir(m.parent)
+        if not missing:
+            # Made by another thread (or process) that may not have synced its parent
+            # yet: synced here, once, before the first object in it is acknowledged (a
+            # power loss must not take a folder a durable pack was written into).
+            fsync_dir(directory.parent)
         self._made_dirs.add(directory)
 
     def write(self, name: str, data: bytes) -> None:
