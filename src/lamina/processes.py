@@ -5,6 +5,7 @@ locks (a killed holder's pid may be reused after a restart or a reboot)."""
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 
@@ -99,29 +100,57 @@ def lock_holder() -> str:
     return f"{identity()}/{uuid.uuid4().hex}"
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[-1].split()[:1]
+    except OSError:
+        return False
+    return bool(state) and state[0] not in (b"Z", b"X")
+
+
 def is_alive(ident: str) -> bool:
     """Whether the process ``identity`` named certainly still runs: of this machine and
-    process-id namespace, booted the same, its pid alive with the same start. Anything
-    that cannot be told for sure is not (a lock's expiry then decides)."""
+    process-id namespace, booted the same, its pid running (not a zombie) with the same
+    start. Anything that cannot be told for sure is not (a lock's expiry then decides)."""
     parts = ident.removeprefix("server@").rsplit(":", 4)
     if len(parts) != 5:
         return False
     host, pid, boot, start, place = parts
     if host != socket.gethostname() or place != _place() or boot != _boot_id():
         return False
-    return pid.isdigit() and alive(int(pid)) and _started(int(pid)) == start
+    return pid.isdigit() and _running(int(pid)) and _started(int(pid)) == start
+
+
+#: The lock holders of this process that let go of their lock (``HeldLock``, the last
+#: ``RELEASED`` of them): a row still naming one is a leftover (its unlock failed), taken
+#: over as a dead holder's would be, not a live holder's.
+RELEASED = 1000
+_RELEASED: collections.deque[str] = collections.deque(maxlen=RELEASED)
+
+
+def released(holder: str) -> None:
+    """Note that ``holder`` (of this process) no longer holds its lock."""
+    _RELEASED.append(holder)
+
+
+def _let_go(holder: str, ident: str) -> bool:
+    return ident == identity() and holder in _RELEASED
 
 
 def holder_alive(holder: str) -> bool:
-    """Whether the process that took a lock as ``holder`` certainly still runs: its lock,
-    expired or not, is never taken over (it may be slow, stalled or stopped, and would go
-    on where it was: a collection's mark of a large store, a roll's read on a slow S3)."""
+    """Whether the process that took a lock as ``holder`` certainly still runs and holds
+    it: its lock, expired or not, is never taken over (it may be slow, stalled or
+    stopped, and would go on where it was: a collection's mark of a large store, a
+    roll's read on a slow S3). This process's leftovers (``released``) are not."""
     ident, sep, _ = holder.partition("/")
-    return bool(sep) and is_alive(ident)
+    return bool(sep) and not _let_go(holder, ident) and is_alive(ident)
 
 
 def holder_gone(holder: str) -> bool:
-    """Whether the process that took a lock as ``holder`` (``lock_holder``) has ended; a
-    holder of another form (before session 23: a random hex) is never said gone."""
+    """Whether the process that took a lock as ``holder`` (``lock_holder``) has ended, or
+    let go of it (a leftover row of this process); a holder of another form (before
+    session 23: a random hex) is never said gone."""
     ident, sep, _ = holder.partition("/")
-    return bool(sep) and is_gone(ident)
+    return bool(sep) and (_let_go(holder, ident) or is_gone(ident))

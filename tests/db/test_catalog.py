@@ -498,3 +498,38 @@ def test_a_packs_rows_go_in_in_id_order(catalog: SqlCatalog, engine: Engine) -> 
     assert inserted == sorted(ids)
     found = catalog.locate(ids)
     assert [found[i].offset for i in ids] == [0, 100, 200, 300, 400]
+
+
+def test_a_gc_taking_a_pack_between_its_commits_read_and_update_wins(
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL reads committed rows: a gc's ``claim_orphan`` may commit after the
+    writer's ``commit_pack`` read the pack as ``writing`` and before it updates it. The
+    update must then change nothing and the commit be refused, or the pack is
+    acknowledged while the gc deletes its file and row (on SQLite the writer's
+    transaction holds the database from its first statement: no such window)."""
+    url: str = request.getfixturevalue("pg_db_url")
+    engine = make_engine(url)
+    upgrade(engine)
+    cat, gc_cat = SqlCatalog(engine), SqlCatalog(make_engine(url))
+    cat.bind_store(STORE)
+    gc_cat.bind_store(STORE)
+    name, a = pack(7), bid(7)
+    cat.begin_pack(name)
+    claimed: list[bool] = []
+
+    def claim_after_the_read(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not claimed and statement.lstrip().upper().startswith("SELECT PACKS.SEQ"):
+            claimed.append(gc_cat.claim_orphan(name))  # another connection, committed
+
+    event.listen(engine, "after_cursor_execute", claim_after_the_read)
+    try:
+        with pytest.raises(StoreBusyError, match="removed by a garbage collection"):
+            cat.commit_pack(name, 1000, entries(a))
+    finally:
+        event.remove(engine, "after_cursor_execute", claim_after_the_read)
+    assert claimed == [True]
+    [info] = [p for p in cat.packs() if p.name == name]
+    assert info.state == "dropping" and cat.missing([a]) == {a}
+    cat.close()
+    gc_cat.close()

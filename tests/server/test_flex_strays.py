@@ -20,6 +20,7 @@ from lamina.store.check import check
 from lamina.tree.backup import walk_blobs
 from lamina.tree.model import references
 from tests.server.conftest import ADMIN_PASSWORD, Live, Shape, run_gc
+from tests.store.helpers import random_files, snapshot_of
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img not installed")
@@ -36,8 +37,10 @@ def test_a_stopped_registrations_snapshot_goes_and_a_registered_one_stays(
     flex_images.register(ctx.engine, ctx.store, admin, "kept", kept_disk, work, 256, 1, "bios")
     # A registration stopped after its snapshot, before its version row.
     stray, _, _ = flex_images.store_raw(ctx.store, "image-that-never-was", stray_disk)
+    # A backup someone named "flex:…" (a host called flex, `--source flex:x`): not an image's.
+    backup = snapshot_of(ctx.store, random_files(2), "flex:desk-backup")
     ids = {s.id for s in ctx.store.catalog.snapshots()}
-    assert stray.id in ids and len(ids) == 2
+    assert {stray.id, backup.id} <= ids and len(ids) == 3
 
     first = run_gc(embedded, "api")  # a day has not passed: it may be a registration at work
     assert not any(roots.STRAYS in n for n in first["notes"])
@@ -47,7 +50,9 @@ def test_a_stopped_registrations_snapshot_goes_and_a_registered_one_stays(
     assert f"would forget 1 {roots.STRAYS}" in dry["notes"]
     done = run_gc(embedded, "api")
     assert f"forgot 1 {roots.STRAYS}" in done["notes"]
-    [left] = ctx.store.catalog.snapshots()
-    assert left.id != stray.id and left.source.startswith("flex:")
-    assert ctx.store.catalog.missing(list(walk_blobs(ctx.store, left.root))) == set()
+    left = {s.id: s for s in ctx.store.catalog.snapshots()}
+    assert stray.id not in left and backup.id in left and len(left) == 2
+    [image] = [s for s in left.values() if s.id != backup.id]
+    assert image.meta.get("flex_image")
+    assert ctx.store.catalog.missing(list(walk_blobs(ctx.store, image.root))) == set()
     assert check(ctx.store, roots.all_roots(ctx.store), references, read_data=True).ok

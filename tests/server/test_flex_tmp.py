@@ -45,8 +45,14 @@ def test_a_stopped_servers_uploads_go_at_the_next_start_and_a_live_ones_stay(
         f.write_bytes(b"x" * 100)
     two_days_ago = time.time() - 2 * 86400
     os.utime(old, (two_days_ago, two_days_ago))
+    # folders a process stopped while making them (no owner yet): old, and just made
+    half, fresh = base / "halfmade", base / "justmade"
+    for d in (half, fresh):
+        d.mkdir()
+    os.utime(half, (two_days_ago, two_days_ago))
 
     open_context(settings)  # the next start
-    assert not dead.exists() and not old.exists()
+    assert not dead.exists() and not old.exists() and not half.exists()
+    assert fresh.exists()
     assert (live / "disk.upload").read_bytes() == b"arriving" and new.exists()
     assert flex_images.tmp_dir(data) == live  # the live process keeps its folder

@@ -170,3 +170,23 @@ def test_a_recordings_start_snapshot_outlives_retention_and_the_gc(embedded: Sha
     # once the recording is done, the start is the policy's again: the next sync forgets it
     dev.commit_files({**base, b"viewer": [app], b"later": [os.urandom(50)]})
     assert start not in {s["id"] for s in admin.get(f"/cvds/{dev.cvd_id}/snapshots").json()}
+
+
+def test_a_recording_whose_start_is_gone_ends_without_failing_its_cvds_commits(
+    embedded: Shape,
+) -> None:
+    """A recording whose start was forgotten before it was kept for it (an upgrade from
+    before session 24): its commit at finalize ends the recording, it does not fail, and
+    neither do the CVD's next ones."""
+    live = embedded.live
+    dev = _reference_device(live)
+    admin = live.login()
+    assert admin.post("/layers/record/start", json={"device": "ref-1"}).status_code == 202
+    base = {b"os-file": [b"the system " + os.urandom(64)]}
+    start = dev.commit_files(base)
+    _server_store(live).forget([start])  # (as retention did before)
+    r = admin.post("/layers/record/finalize", json={"device": "ref-1", "name": "viewer"})
+    assert r.status_code == 202, r.text
+    dev.commit_files({**base, b"viewer": [os.urandom(64)]})  # 200: not failed
+    dev.commit_files({**base, b"later": [os.urandom(64)]})
+    assert admin.get("/layers/viewer").status_code == 404

@@ -222,9 +222,15 @@ class SqlCatalog:
                     packs.c.name == name, packs.c.state.in_([PACK_WRITING, PACK_OK])
                 )
             ).scalar()
-            if seq is None:
+            # The update, not the read, decides (PostgreSQL reads committed rows: a gc's
+            # ``claim_orphan`` may commit between the two; the row's lock orders them).
+            done = c.execute(
+                update(packs)
+                .where(packs.c.seq == seq, packs.c.state.in_([PACK_WRITING, PACK_OK]))
+                .values(size=size, state=PACK_OK)
+            ).rowcount
+            if seq is None or not done:
                 raise StoreBusyError(pack_taken(name))
-            c.execute(update(packs).where(packs.c.seq == seq).values(size=size, state=PACK_OK))
             c.execute(delete(blobs).where(blobs.c.pack_seq == seq))
             self._insert_entries(c, seq, entries)
 
@@ -435,7 +441,13 @@ class SqlCatalog:
         with write_tx(self.engine) as c:
             value = c.execute(select(store_state.c.value).where(store_state.c.key == key)).scalar()
             if value is not None and json.loads(value).get("holder") == holder:
-                c.execute(delete(store_state).where(store_state.c.key == key))
+                # the row as read, not whatever is there now (PostgreSQL reads committed
+                # rows: another holder may have taken it over in between)
+                c.execute(
+                    delete(store_state).where(
+                        store_state.c.key == key, store_state.c.value == value
+                    )
+                )
 
     # --- snapshots -----------------------------------------------------------
     @staticmethod

@@ -57,7 +57,8 @@ STRAYS = "flex image snapshots no image version names"
 
 
 def forget_stray_flex(store: Store, dry_run: bool = False) -> int:
-    """Forget the flex images' snapshots (source ``flex:…``) that no image version names:
+    """Forget the flex images' snapshots (source ``flex:ID`` and ``meta["flex_image"]``
+    ``ID``, as ``flex_images.store_raw`` writes them) that no image version names:
     what a registration stopped between its snapshot and its version row, or a deletion
     between its rows and its ``forget``, left behind. Roots nobody lists, they kept their
     disk's data for ever. Those younger than ``STRAY_FLEX_AGE`` stay (a registration may
@@ -69,7 +70,12 @@ def forget_stray_flex(store: Store, dry_run: bool = False) -> int:
     stray = [
         s.id
         for s in store.catalog.snapshots()
-        if s.source.startswith("flex:") and s.id not in named and s.time < before
+        if s.source.startswith("flex:")
+        # a flex image's own (``flex_images.store_raw``), not a backup someone named so
+        and isinstance(s.meta, dict)
+        and s.meta.get("flex_image") == s.source.removeprefix("flex:")
+        and s.id not in named
+        and s.time < before
     ]
     if stray and not dry_run:
         store.forget(stray)

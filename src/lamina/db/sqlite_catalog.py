@@ -221,7 +221,7 @@ class SqliteCatalog:
             ).fetchone()
             if row is None:
                 raise StoreBusyError(pack_taken(name))  # (a gc took it as an orphan)
-            seq = row[0]
+            seq = row[0]  # (BEGIN IMMEDIATE: no gc's claim between the read and the update)
             cur.execute("UPDATE packs SET size = ?, state = ? WHERE seq = ?", (size, PACK_OK, seq))
             cur.execute("DELETE FROM blobs WHERE pack_seq = ?", (seq,))
             cur.executemany(

@@ -252,8 +252,7 @@ def collect(
             report.notes.append(f"would condemn {len(plan.dead)} blobs")
             return report
         say("condemning", 0, 0)
-        lock.check()
-        report.rescued = _condemn(store, sources, walk, plan, owners)
+        report.rescued = _condemn(store, sources, walk, plan, owners, lock.check)
         report.owner_rows = owners.count if owners is not None else 0
         say("sweeping", 0, 0)
         _execute(store, plan, report, fail_after, lock.check)
@@ -369,6 +368,7 @@ def _condemn(
     walk: Walker,
     plan: GcPlan,
     owners: Owners | None = None,
+    check: Callable[[], None] = lambda: None,
 ) -> int:
     """Condemn the dead rows once every root is marked, then mark again. Returns how
     many blobs the roots that appeared meanwhile brought back.
@@ -381,7 +381,8 @@ def _condemn(
     at any point leaves nothing a roll of small packs or a later sweep could take
     (before session 23 the condemn came first and the mark of the new roots after, and a
     gc killed or failing between them lost the new snapshot's data). The mark after is
-    for roots that do not wait for the epoch (a layer version made meanwhile). The
+    for roots made meanwhile that name blobs condemned a moment ago (their writers
+    rescue too: ``Writer.commit_snapshot``, ``server/services/held.py``). The
     ``owners``' records go in the condemn's transaction, asked as settled as the roots."""
     cat = store.catalog
     m = plan.marked
@@ -410,6 +411,7 @@ def _condemn(
         cat.rescue(plan.revived)
     for attempt in range(1, CONDEMN_TRIES + 1):
         last = attempt == CONDEMN_TRIES
+        check()  # (still the lock's holder: before each try, after each catch-up's mark)
         try:
             cat.condemn(
                 plan.dead,

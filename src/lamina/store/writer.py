@@ -7,6 +7,7 @@ trees that name its blobs -> the snapshot that names the trees.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from lamina.errors import LaminaError, MissingDataError
+from lamina.errors import LaminaError, MissingDataError, StoreBusyError
 from lamina.store import blob
 from lamina.store.batch import TreeBatcher
 from lamina.store.blob import BlobKind
@@ -109,7 +110,12 @@ class Writer:
                 cat = self.store.catalog
                 cat.begin_pack(item.name)
                 self.store.backend.write(pack_object_name(item.name), item.data)
-                cat.commit_pack(item.name, len(item.data), item.entries)
+                try:
+                    cat.commit_pack(item.name, len(item.data), item.entries)
+                except StoreBusyError:  # a gc took it as an orphan: its file is ours to remove
+                    with contextlib.suppress(LaminaError):
+                        self.store.backend.delete(pack_object_name(item.name))
+                    raise
                 self.packs_written += 1
                 self.store.note_pack(len(item.data))
             except BaseException as e:  # handed to the feeding thread at its next call

@@ -9,6 +9,7 @@ no external data file and no extent outside the file itself before it is convert
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -224,34 +225,40 @@ def _check_name(name: str) -> None:
         raise UsageError(f"invalid image name {name!r}: letters, digits and _ . @ - only")
 
 
-#: This process's folder for uploads and fetches, per data folder (``tmp_dir``).
-_TMP: dict[Path, Path] = {}
-#: A file the layout before session 24 left in ``flex-tmp`` itself is removed once older.
+#: This process's folder for uploads and fetches, per data folder (``tmp_dir``), and the
+#: open ``owner`` file whose lock says the process is alive.
+_TMP: dict[Path, tuple[Path, int]] = {}
+#: A folder without an ``owner`` (a process stopped while making it), or a loose file of
+#: the layout before session 24, is removed once this old.
 OLD_TMP_SECONDS = 86400
 
 
 def tmp_dir(data: Path) -> Path:
     """This process's folder under ``DATA/flex-tmp`` for the disks it receives (an
-    upload, a fetch, a raw copy), made on first use with an ``owner`` file naming the
-    process (``processes.identity``): what a server killed mid-upload leaves there is
-    removed when the next one starts (``sweep_tmp``), a live process's never."""
-    d = _TMP.get(data)
-    if d is not None and d.is_dir():
-        return d
+    upload, a fetch, a raw copy), made on first use. Its ``owner`` file names the process
+    (``processes.identity``, for a reader) and stays locked (``flock``) while the process
+    lives: what a server killed mid-upload leaves is removed when the next one starts
+    (``sweep_tmp``), a live process's never, whatever container or pid namespace either
+    runs in."""
+    held = _TMP.get(data)
+    if held is not None and held[0].is_dir():
+        return held[0]
     base = data / "flex-tmp"
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     d = base / secrets.token_hex(8)
     d.mkdir(mode=0o700)
-    (d / "owner").write_text(processes.identity())
-    _TMP[data] = d
+    fd = os.open(d / "owner", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, processes.identity().encode())
+    _TMP[data] = (d, fd)
     return d
 
 
 def sweep_tmp(data: Path) -> int:
     """Remove what stopped processes left under ``DATA/flex-tmp`` (a multi-GB upload
     killed midway would stay there for ever, on the disk the packs live on): the folders
-    whose ``owner`` has certainly ended, and loose files of the old layout older than a
-    day. Returns how many entries went."""
+    whose ``owner`` no process holds locked, folders without one and loose files of the
+    old layout once a day old. Returns how many entries went."""
     base = data / "flex-tmp"
     if not base.is_dir():
         return 0
@@ -259,8 +266,7 @@ def sweep_tmp(data: Path) -> int:
     for entry in base.iterdir():
         try:
             if entry.is_dir() and not entry.is_symlink():
-                owner = entry / "owner"
-                if owner.is_file() and processes.is_gone(owner.read_text().strip()):
+                if _abandoned(entry):
                     shutil.rmtree(entry)
                     gone += 1
             elif time.time() - entry.lstat().st_mtime > OLD_TMP_SECONDS:
@@ -269,6 +275,22 @@ def sweep_tmp(data: Path) -> int:
         except OSError:
             continue  # (another process at it, or not ours to remove: left)
     return gone
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether no process holds ``folder``'s ``owner`` locked (one without an owner:
+    once a day old)."""
+    try:
+        fd = os.open(folder / "owner", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return time.time() - folder.lstat().st_mtime > OLD_TMP_SECONDS
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # its process lives
+    finally:
+        os.close(fd)  # (and with it the lock just taken)
+    return True
 
 
 def register(

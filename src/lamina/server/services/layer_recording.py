@@ -9,13 +9,14 @@ commit's transaction) and the end one is captured after it (:func:`finish_record
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from lamina.db.engine import write_tx
 from lamina.db.models import cvd_running_layers, cvds, layer_versions, layers, recordings
-from lamina.errors import ConflictError, UsageError
+from lamina.errors import ConflictError, NotFoundError, UsageError
 from lamina.layers.capture import capture_app
 from lamina.layers.rules import RuleSet
 from lamina.protocol.schemas import RecordingPublic
@@ -31,6 +32,8 @@ from lamina.server.services.layer_versions import (
 from lamina.server.services.rows import Cvd, Recording
 from lamina.store.catalog import SnapshotRecord
 from lamina.store.repository import Store
+
+log = logging.getLogger(__name__)
 
 RECORD_STARTING, RECORDING, FINALIZING = "starting", "recording", "finalizing"
 
@@ -134,7 +137,19 @@ def note_commit(c: Connection, store: Store, cvd_id: str, snap: SnapshotRecord) 
         return None
     if rec.state != FINALIZING:
         return None
-    start = store.catalog.find_snapshot(rec.start_snapshot)
+    try:
+        start = store.catalog.find_snapshot(rec.start_snapshot)
+    except NotFoundError:
+        # Forgotten before its start was kept for it (before session 24): the layer cannot
+        # be captured, and the recording ends here, not every commit of its CVD after.
+        log.warning(
+            "recording %s of CVD %s dropped: its start snapshot %s is gone; record again",
+            rec.name,
+            cvd_id,
+            rec.start_snapshot,
+        )
+        c.execute(delete(recordings).where(recordings.c.cvd_id == cvd_id))
+        return None
     rules = rules_of(c, c.execute(select(cvds).where(cvds.c.id == cvd_id)).one())
     return _Finalize(rec, start, snap, rules)
 

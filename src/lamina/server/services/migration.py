@@ -431,6 +431,9 @@ def migrate(
     actor.require("device.write")
     if same_device and req.mode != "full":
         raise UsageError("a system restore is a full one")
+    # before the snapshot is chosen and any tree written: a gc that condemns after this
+    # makes the task's row rescue what it names (``insert_held``)
+    epoch = store.catalog.gc_epoch()
     with read_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
         device = fleet.find_device(c, req.to)
@@ -441,7 +444,6 @@ def migrate(
         raise ConflictError(f"migration refused: {rep.blocking[0]}")
     rules = _rules(device)
     action = "cvd.restore_system" if same_device else "cvd.migrate"
-    epoch = store.catalog.gc_epoch()  # before the trees it delivers are written
     if rep.layers:
         tree = _on_base(store, rep, rules)
     else:
@@ -511,5 +513,7 @@ def migrate(
         rep.cvd = fleet.find_cvd(c, cvd.id)
         return tid
 
-    tid = insert_held(engine, store, epoch, [tree], queue, "the migration")
+    # the tree it delivers, and the snapshot it streams after it onto a new base
+    held = [tree, snap.root] if rep.layers else [tree]
+    tid = insert_held(engine, store, epoch, held, queue, "the migration")
     return rep.public("queued", tid)

@@ -124,6 +124,7 @@ def provision(
     """Centralize a pending device and lay its system down from the base layer (and apps)."""
     actor.require("device.write")
     actor.require("layer.write")
+    epoch = store.catalog.gc_epoch()  # before its layers are resolved, its tree written
     with read_tx(engine) as c:
         d = fleet.find_device(c, device_ref)
         if d.status != fleet.PENDING:
@@ -146,7 +147,6 @@ def provision(
     if dry_run:
         return report
     rules = for_os(facts.get("os_release") or {})
-    epoch = store.catalog.gc_epoch()  # before the tree it delivers is written
     tree = _compose(store, refs[0], refs[1:] + packs, rules)
 
     def queue(c: Connection) -> tuple[str, str]:
@@ -178,6 +178,7 @@ def migrate_os(
     User-installed packages (in the last snapshot's dpkg database, owned by no layer)
     do not travel to another release: they are listed."""
     actor.require("layer.write")
+    epoch = store.catalog.gc_epoch()  # before its layers are resolved, its tree written
     with read_tx(engine) as c:
         cvd = fleet.find_cvd(c, ref)
         if cvd.state != fleet.ACTIVE or not cvd.device_id:
@@ -239,7 +240,6 @@ def migrate_os(
         return report
     rules = for_os(new_os or facts.get("os_release") or {})
     all_refs = [*refs, *fits]
-    epoch = store.catalog.gc_epoch()  # before the tree it delivers is written
     tree = _compose(store, all_refs[0], all_refs[1:] + packs, rules)
 
     device_id = cvd.device_id  # (an active CVD's: checked above)
