@@ -439,6 +439,24 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+@pytest.fixture(params=["embedded", "memory"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The embedded store (its SQLite catalog, as ``lamina server`` and the CLI open it)
+    and the in-memory catalog's (``store``): for what both catalogs must do alike."""
+    if request.param == "memory":
+        yield request.getfixturevalue("store")
+        return
+    from lamina.db.location import StoreLocation
+    from lamina.db.stores import init_store, open_store
+
+    init_store(StoreLocation(data=tmp_path / "embedded")).close()
+    s = open_store(StoreLocation(data=tmp_path / "embedded"))
+    try:
+        yield s
+    finally:
+        s.close()
+
+
 # --- one migrated SQLite database per worker, copied instead of migrated per test ------
 @functools.cache
 def migrated_sqlite() -> Path:

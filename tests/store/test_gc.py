@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -526,21 +526,6 @@ def test_a_gc_ends_while_snapshots_keep_landing_and_loses_none_of_them(store: St
         _restorable(store, snap)
     rep = check(store, [snapshot_roots(store.catalog)], references, read_data=True)
     assert rep.ok, rep.errors
-
-
-@pytest.fixture(params=["embedded", "memory"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """The embedded store (its SQLite catalog, as ``lamina server`` and the CLI open it)
-    and the in-memory catalog's."""
-    if request.param == "memory":
-        yield request.getfixturevalue("store")
-        return
-    init_store(StoreLocation(data=tmp_path / "embedded")).close()
-    s = open_store(StoreLocation(data=tmp_path / "embedded"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_a_short_orphan_grace_never_loses_a_pack_a_writer_is_committing(

@@ -8,7 +8,6 @@ import datetime as dt
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +38,6 @@ assert s.catalog.try_lock("gc", lock_holder(), dt.timedelta(0))  # expired at on
 print("held", flush=True)
 sys.stdin.read()  # alive (as a gc stalled in its mark) until the parent closes it
 """
-
-
-@pytest.fixture(params=["embedded", "memory"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "memory":
-        yield request.getfixturevalue("store")
-        return
-    init_store(StoreLocation(data=tmp_path / "embedded")).close()
-    s = open_store(StoreLocation(data=tmp_path / "embedded"))
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_the_lock_of_a_holder_that_still_runs_is_never_taken_over(tmp_path: Path) -> None:
