@@ -169,6 +169,7 @@ def test_a_readonly_user_sees_no_action_and_every_action_route_refuses_them(
         "/layers/capture": {"cvd": cvd, "name": "l1"},
         "/layers/record/start": {"cvd": cvd},
         "/layers/record/finalize": {"cvd": cvd, "name": "l1"},
+        "/layers/record/cancel": {"cvd": cvd},
         "/users": {"name": "eve", "password": "password-123", "role": "administrator"},
         "/users/admin/disable": {},
         "/users/admin/enable": {},

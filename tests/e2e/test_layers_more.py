@@ -46,6 +46,12 @@ def test_app_layer_on_a_collection_without_base(
     assert any(p.startswith("/home/") for p in rules["examples"]["user_data"])
     assert "/etc/machine-id" in rules["examples"]["machine_identity"]
 
+    # A recording started by mistake is cancelled (nothing captured), then started again.
+    admin.run("layer", "record", "start", "ref-02")
+    cancelled = admin.json("layer", "record", "cancel", "ref-02")
+    assert cancelled["state"] == "cancelled", cancelled
+    refused = admin.run("layer", "record", "cancel", "ref-02", ok=False)
+    assert refused.returncode != 0 and "not recording" in refused.stderr
     admin.run("layer", "record", "start", "ref-02")
     ref_agent.run("agent", "run", "--once", "--state", str(ref_state))
     debs = tmp_path / "debs"

@@ -190,3 +190,28 @@ def test_a_recording_whose_start_is_gone_ends_without_failing_its_cvds_commits(
     dev.commit_files({**base, b"viewer": [os.urandom(64)]})  # 200: not failed
     dev.commit_files({**base, b"later": [os.urandom(64)]})
     assert admin.get("/layers/viewer").status_code == 404
+
+
+def test_a_cancelled_recording_captures_nothing_and_releases_its_start(embedded: Shape) -> None:
+    """``record cancel``: nothing is captured, the start snapshot is the policy's again (a
+    policy keeping one forgets it at the next sync) and a new recording may start."""
+    live = embedded.live
+    one = {"keep_last": 1, "keep_hourly": 0, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
+    dev = _reference_device(live, one)
+    admin = live.login()
+    assert admin.post("/layers/record/cancel", json={"device": "ref-1"}).status_code == 409
+    assert admin.post("/layers/record/start", json={"device": "ref-1"}).status_code == 202
+    base = {b"os-file": [b"the system " + os.urandom(64)]}
+    start = dev.commit_files(base)
+    dev.commit_files({**base, b"a": [os.urandom(64)]})
+    snaps = {s["id"] for s in admin.get(f"/cvds/{dev.cvd_id}/snapshots").json()}
+    assert start in snaps  # kept for the recording
+    r = admin.post("/layers/record/cancel", json={"device": "ref-1"})
+    assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
+    dev.commit_files({**base, b"b": [os.urandom(64)]})
+    snaps = {s["id"] for s in admin.get(f"/cvds/{dev.cvd_id}/snapshots").json()}
+    assert start not in snaps and len(snaps) == 1  # released: the policy's again
+    r = admin.post("/layers/record/finalize", json={"device": "ref-1", "name": "x"})
+    assert r.status_code == 409  # nothing to finalize
+    assert admin.post("/layers/record/start", json={"device": "ref-1"}).status_code == 202
+    assert any(e["action"] == "layer.record_cancel" for e in admin.get("/audit").json())

@@ -89,6 +89,13 @@ def record_finalize(
     )
 
 
+@record_app.command("cancel")
+def record_cancel(device: DeviceArg, as_json: JsonOpt = False) -> None:
+    """Stop a recording without capturing anything (its start snapshot is released)."""
+    doc = Api.from_login().post("/layers/record/cancel", {"device": device})
+    emit(doc, as_json, f"recording on {doc['cvd']} cancelled")
+
+
 LayerArg = Annotated[str, typer.Argument(help="Layer name or id.")]
 layers = ApiCommands(app, "/layers", ("layer", LayerArg))
 layers.list(_layer_text, "List layers and their versions.")

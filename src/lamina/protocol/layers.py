@@ -126,7 +126,8 @@ class DriverPackPublic(BaseModel):
 
 
 class RecordingPublic(BaseModel):
-    """A recording's state after ``record start`` or ``record finalize``."""
+    """A recording's state after ``record start``, ``record finalize`` or ``record cancel``
+    (``cancelled``, no task)."""
 
     id: str
     cvd: str

@@ -59,6 +59,14 @@ def record_finalize(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPu
 
 
 @router.post(
+    "/layers/record/cancel",
+    summary="Stop a recording without capturing an app layer",
+)
+def record_cancel(req: RecordRequest, ctx: Ctx, caller: Caller) -> RecordingPublic:
+    return layers.record_cancel(ctx.engine, caller, req.device)
+
+
+@router.post(
     "/layers/assign",
     summary="Assign a base layer and app layers to CVDs, or only report what would change",
 )

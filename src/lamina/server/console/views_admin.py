@@ -110,6 +110,12 @@ def layer_record_start(ctx: Ctx, actor: Actor, cvd: Chosen) -> Response:
     return see_other("/layers")
 
 
+@router.post("/layers/record/cancel")
+def layer_record_cancel(ctx: Ctx, actor: Actor, cvd: Chosen) -> Response:
+    layers.record_cancel(ctx.engine, actor, cvd)
+    return see_other("/layers")
+
+
 @router.get("/layers/assign/collection")
 def collection_assign_form(request: Request, ctx: Ctx, actor: Actor) -> Response:
     actor.require("layer.write")

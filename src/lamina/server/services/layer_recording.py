@@ -59,6 +59,20 @@ def record_start(engine: Engine, actor: Principal, ref: str) -> RecordingPublic:
     return RecordingPublic(id=cvd.id, cvd=cvd.name, state=RECORD_STARTING, task=tid)
 
 
+def record_cancel(engine: Engine, actor: Principal, ref: str) -> RecordingPublic:
+    """Stop a recording without capturing anything: its start snapshot is the policy's
+    again (``pinned_snapshots``), and a new recording may start."""
+    actor.require("layer.write")
+    with write_tx(engine) as c:
+        cvd = reference_cvd(c, ref)
+        rec = c.execute(select(recordings).where(recordings.c.cvd_id == cvd.id)).first()
+        if rec is None:
+            raise ConflictError(f"{cvd.name} is not recording")
+        c.execute(delete(recordings).where(recordings.c.cvd_id == cvd.id))
+        audit(c, actor.name, "layer.record_cancel", cvd.id, state=rec.state)
+    return RecordingPublic(id=cvd.id, cvd=cvd.name, state="cancelled", task="")
+
+
 def record_finalize(
     engine: Engine, actor: Principal, ref: str, name: str | None, update_ref: str | None, notes: str
 ) -> RecordingPublic:

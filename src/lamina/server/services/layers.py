@@ -26,6 +26,7 @@ from lamina.server.services.layer_recording import after_commit as after_commit
 from lamina.server.services.layer_recording import finish_recording as finish_recording
 from lamina.server.services.layer_recording import note_commit as note_commit
 from lamina.server.services.layer_recording import pinned_snapshots as pinned_snapshots
+from lamina.server.services.layer_recording import record_cancel as record_cancel
 from lamina.server.services.layer_recording import record_finalize as record_finalize
 from lamina.server.services.layer_recording import record_start as record_start
 from lamina.server.services.layer_versions import list_layers as list_layers
