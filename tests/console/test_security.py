@@ -104,6 +104,7 @@ ACTION_WORDS = (
     "Create token",
     "Capture",
     "Start recording",
+    "Cancel recording",
     "Create collection",
     "Acknowledge",
     "Assign layers to a collection",
