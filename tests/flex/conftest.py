@@ -9,7 +9,7 @@ import pytest
 
 from lamina.config import ServerSettings
 from tests.flex.server_live import PatientLive
-from tests.server.conftest import ADMIN_PASSWORD, free_port, serve
+from tests.server.conftest import ADMIN_PASSWORD, free_port, serve_live
 
 
 @pytest.fixture
@@ -18,10 +18,4 @@ def live(tmp_path: Path) -> Iterator[PatientLive]:
     settings = ServerSettings(
         data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, workers=0
     )
-    for url in serve(settings):
-        srv = PatientLive(url, settings.data)
-        try:
-            yield srv
-        finally:
-            for c in srv.clients:
-                c.close()
+    yield from serve_live(settings, PatientLive)

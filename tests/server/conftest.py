@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgpack
@@ -235,18 +235,26 @@ def serve(settings: ServerSettings, app: FastAPI | None = None) -> Iterator[str]
         thread.join()
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    settings = ServerSettings(
-        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD
-    )
+L = TypeVar("L", bound="Live")
+
+
+def serve_live(settings: ServerSettings, kind: type[L]) -> Iterator[L]:
+    """``serve`` as a ``kind`` (``Live`` or a subclass), its clients closed at the end."""
     for url in serve(settings):
-        srv = Live(url, settings.data)
+        srv = kind(url, settings.data)
         try:
             yield srv
         finally:
             for c in srv.clients:
                 c.close()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    settings = ServerSettings(
+        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD
+    )
+    yield from serve_live(settings, Live)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from lamina.errors import UploadsPendingError
 from lamina.server.services import access, inflight, sync
 from lamina.store.blob import BlobKind, blob_id
 from lamina.tree.model import Entry, encode_tree
-from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve
+from tests.server.conftest import ADMIN_PASSWORD, Device, Live, free_port, serve_live
 from tests.server.test_inflight import _cvds_db
 
 KiB = 1024
@@ -38,11 +38,7 @@ def sharing(tmp_path: Path) -> Iterator[Live]:
     s = ServerSettings(
         data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD, share_threshold=1
     )
-    for url in serve(s):
-        srv = Live(url, s.data)
-        yield srv
-        for c in srv.clients:
-            c.close()
+    yield from serve_live(s, Live)
 
 
 def file_entry(chunk: bytes, size: int) -> Entry:

@@ -332,9 +332,6 @@ class SqlCatalog:
                 self._insert_entries(c, seq, entries)
 
     # --- garbage collection --------------------------------------------------
-    def _lock_epoch(self, c: Connection) -> int:
-        return lock_epoch(c)
-
     def gc_epoch(self) -> int:
         with read_tx(self.engine) as c:
             value = c.execute(EPOCH_VALUE).scalar()
@@ -349,7 +346,7 @@ class SqlCatalog:
         also: Callable[[Connection], None] | None = None,
     ) -> int:
         with write_tx(self.engine) as c:
-            epoch = self._lock_epoch(c) + 1
+            epoch = lock_epoch(c) + 1
             # Asked with the epoch locked: a snapshot commits under the old epoch before
             # this point (and is seen now) or under the new one after (its writer rescues).
             if settled is not None and not settled():
@@ -456,7 +453,7 @@ class SqlCatalog:
 
     def add_snapshot(self, record: SnapshotRecord, expected_epoch: int) -> bool:
         with write_tx(self.engine) as c:
-            if self._lock_epoch(c) != expected_epoch:
+            if lock_epoch(c) != expected_epoch:
                 return False
             exists = c.execute(select(snapshots.c.seq).where(snapshots.c.id == record.id)).scalar()
             if exists is not None:

@@ -35,6 +35,23 @@ PACK_OK = "ok"
 PACK_DROPPING = "dropping"
 
 
+#: Ids per ``rescue`` of ``rescue_all``.
+RESCUE_BATCH = 1000
+
+
+def rescue_all(catalog: Catalog, ids: Iterable[bytes]) -> set[bytes]:
+    """``catalog.rescue`` of ``ids`` as they come (a walk of a snapshot's or a layer's
+    trees), ``RESCUE_BATCH`` at a time; returns those already swept."""
+    gone: set[bytes] = set()
+    batch: list[bytes] = []
+    for bid in ids:
+        batch.append(bid)
+        if len(batch) >= RESCUE_BATCH:
+            gone |= catalog.rescue(batch)
+            batch = []
+    return gone | catalog.rescue(batch)
+
+
 def pack_taken(name: str) -> str:
     """``commit_pack``'s refusal of a pack a gc took as an orphan."""
     return (

@@ -8,6 +8,7 @@ trees that name its blobs -> the snapshot that names the trees.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import threading
@@ -19,7 +20,7 @@ from lamina.errors import LaminaError, MissingDataError, StoreBusyError
 from lamina.store import blob
 from lamina.store.batch import TreeBatcher
 from lamina.store.blob import BlobKind
-from lamina.store.catalog import SnapshotRecord
+from lamina.store.catalog import SnapshotRecord, rescue_all
 from lamina.store.keys import ChunkingSecret
 from lamina.store.pack import PackWriter, pack_object_name
 from lamina.store.snapshot import decode_snapshot, encode_snapshot
@@ -32,7 +33,6 @@ _PACKS_QUEUED = 2
 #: How often a blocked put looks whether the upload thread failed (seconds).
 _QUEUE_POLL = 0.5
 #: Blob ids rescued per catalog call when a gc ran during the session.
-_RESCUE_BATCH = 1000
 #: Commits tried while a gc keeps moving the epoch.
 _COMMIT_ATTEMPTS = 5
 #: Data ids a session asks about through the catalog before it loads the store's data
@@ -305,14 +305,7 @@ class Writer:
                 self.epoch = epoch
                 return record
             epoch = cat.gc_epoch()
-            gone: set[bytes] = set()
-            batch: list[bytes] = [sid]
-            for bid in rescue_walk(record.root):
-                batch.append(bid)
-                if len(batch) >= _RESCUE_BATCH:
-                    gone |= cat.rescue(batch)
-                    batch = []
-            gone |= cat.rescue(batch)
+            gone = rescue_all(cat, itertools.chain([sid], rescue_walk(record.root)))
             if gone:
                 raise MissingDataError(
                     f"a garbage collection removed {len(gone)} blobs this snapshot refers to "

@@ -33,6 +33,7 @@ from sqlalchemy.dialects import postgresql
 
 from lamina.db.engine import driver_rows, read_tx, write_tx
 from lamina.db.models import cvd_blobs, cvds, tasks
+from lamina.db.ownership import is_id
 from lamina.errors import ForbiddenError, MissingDataError, UploadsPendingError
 from lamina.protocol.tasks import DELIVERED_TREES, TaskKind, TaskState
 from lamina.server.services import inflight
@@ -356,8 +357,7 @@ def check_read(
             bytes.fromhex(tree)
             for t in open_tasks
             if isinstance(t.params, dict)
-            and isinstance(tree := t.params.get(DELIVERED_TREES[TaskKind(t.kind)]), str)
-            and len(tree) == 64
+            and is_id(tree := t.params.get(DELIVERED_TREES[TaskKind(t.kind)]))
         ]
     delivered: set[bytes] = set()
     for r in roots:

@@ -21,14 +21,12 @@ from sqlalchemy import Connection, Engine
 from lamina.db.catalog import lock_epoch
 from lamina.db.engine import write_tx
 from lamina.errors import LaminaError, MissingDataError
+from lamina.store.catalog import rescue_all
 from lamina.store.repository import Store
 from lamina.tree.backup import walk_blobs
 
 #: Tries while collections keep condemning (as a commit's).
 ATTEMPTS = 5
-#: Ids per rescue.
-RESCUE_BATCH = 1000
-
 T = TypeVar("T")
 
 
@@ -50,14 +48,7 @@ def insert_held(
             if now == epoch:
                 return body(c)
         epoch = now
-        gone: set[bytes] = set()
-        batch: list[bytes] = []
-        for bid in walk_blobs(store, *roots):
-            batch.append(bid)
-            if len(batch) >= RESCUE_BATCH:
-                gone |= store.catalog.rescue(batch)
-                batch = []
-        gone |= store.catalog.rescue(batch)
+        gone = rescue_all(store.catalog, walk_blobs(store, *roots))
         if gone:
             raise MissingDataError(
                 f"a garbage collection removed {len(gone)} blobs {what} refers to while it was "

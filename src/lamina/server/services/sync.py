@@ -413,11 +413,12 @@ def _store_snapshot(
     prev = store.catalog.snapshots(source)
     previous_root = prev[-1].root if prev else None
     owner.root(root)
-    epoch = _still_pending(store, cvd_id, root, owner, pending) if pending is not None else 0
+    if pending is not None:
+        _still_pending(cvd_id, root, owner, pending, checked_under)
 
     def remember(ids: list[bytes]) -> None:
         if pending is not None:
-            pending.remember(cvd_id, root, ids, epoch)
+            pending.remember(cvd_id, root, ids, checked_under)
 
     with store.writer() as w:
         # Verified under the writer's epoch: a gc that condemns after this makes the
@@ -457,16 +458,15 @@ def _store_snapshot(
 
 
 def _still_pending(
-    store: Store,
     cvd_id: str,
     root: bytes,
     owner: access.CommitOwnership,
     pending: inflight.PendingCommits,
-) -> int:
+    epoch: int,
+) -> None:
     """Answer "uploads pending" at once, before any walk, when the ids the last walk of
-    this commit stopped at (remembered in ``pending``) are still promised; else forget
-    them (the walk decides). Returns the gc epoch the walk is remembered under."""
-    epoch = store.catalog.gc_epoch()
+    this commit stopped at (remembered in ``pending`` under the gc ``epoch`` the commit
+    began in) are still promised; else forget them (the walk decides)."""
     waiting = pending.recall(cvd_id, root, epoch)
     if waiting is not None:
         if owner.still_pending(waiting):
@@ -475,7 +475,6 @@ def _still_pending(
                 "commit again in a moment"
             )
         pending.forget(cvd_id, root)
-    return epoch
 
 
 def _walk(
