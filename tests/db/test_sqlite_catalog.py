@@ -18,7 +18,7 @@ from lamina.db.engine import make_engine
 from lamina.db.location import StoreLocation
 from lamina.db.migrate import upgrade
 from lamina.db.sqlite_catalog import SqliteCatalog, open_embedded
-from lamina.db.sqlite_pragmas import BUSY_SECONDS, WAL_LIMIT
+from lamina.db.sqlite_pragmas import BUSY_SECONDS, CHECKPOINT_PAGES, WAL_LIMIT
 from lamina.db.sqlite_read import bound_connection
 from lamina.db.stores import init_store, open_store
 from lamina.errors import NotFoundError, StoreKeyError
@@ -211,14 +211,21 @@ def test_the_first_error_is_the_one_reported_and_the_next_transaction_works(
 
 
 def test_its_connections_are_set_as_the_servers_engine_sets_its_own(catalog: SqliteCatalog) -> None:
-    """One list of pragmas for both (``db.sqlite_pragmas``): the write-ahead log's limit,
-    added for the server, holds for a local backup's catalog too."""
+    """One list of pragmas for both (``db.sqlite_pragmas``): the write-ahead log's limit
+    and checkpoint size, added for the server, hold for a local backup's catalog too."""
     engine = make_engine(f"sqlite:///{catalog.database}")
     with engine.connect() as c:
         server = [c.exec_driver_sql(f"PRAGMA {p}").scalar() for p in _SET]
     engine.dispose()
     mine = [catalog._conn().execute(f"PRAGMA {p}").fetchone()[0] for p in _SET]
-    assert mine == server == ["wal", 2, WAL_LIMIT, 1, BUSY_SECONDS * 1000]
+    assert mine == server == ["wal", 2, WAL_LIMIT, CHECKPOINT_PAGES, 1, BUSY_SECONDS * 1000]
 
 
-_SET = ("journal_mode", "synchronous", "journal_size_limit", "foreign_keys", "busy_timeout")
+_SET = (
+    "journal_mode",
+    "synchronous",
+    "journal_size_limit",
+    "wal_autocheckpoint",
+    "foreign_keys",
+    "busy_timeout",
+)
