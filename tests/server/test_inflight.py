@@ -702,3 +702,25 @@ def test_a_sweep_keeps_a_lease_renewed_after_it_read_it_as_expired(
             assert inflight.need(c, "b", ids, set(), on) == []
     finally:
         engine.dispose()
+
+
+def test_the_last_sync_in_flight_cuts_sqlites_log_back(live: Live) -> None:
+    """SQLite's write-ahead log is kept up to ~48 MB while endpoints sync (cutting it at
+    every checkpoint cost CPU: ``db.sqlite_pragmas``), and cut back to nothing by the
+    commit that ends the last sync in flight: not by one while another CVD is still
+    uploading (its lease live), which would wait for its readers and regrow the file."""
+    wal = live.data / "lamina.db-wal"
+    a, b = live.device("pc-a"), live.device("pc-b")
+    rng = random.Random("log")
+    mine = [rng.randbytes(512) for _ in range(3000)]
+    theirs = [rng.randbytes(512) for _ in range(10)]
+    b_ids = [blob_id(b.id_key, x) for x in theirs]
+    assert len(b.missing(b_ids)) == len(theirs)  # B is uploading: its claims and lease
+
+    a.upload([(BlobKind.DATA, x) for x in mine])
+    a.commit_files({b"a.txt": [b"a"]})
+    grown = wal.stat().st_size
+    assert grown > 256 * KiB  # A's sync ended while B's was in flight: the log stays
+
+    b.commit_files({b"b.txt": theirs})
+    assert wal.stat().st_size < 64 * KiB < grown  # B's ended the last one: cut back

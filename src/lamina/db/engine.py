@@ -21,6 +21,7 @@ Under load (hundreds of agents reporting and uploading at once, `make bench-load
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -38,11 +39,15 @@ from lamina.db.sqlite_pragmas import BUSY_SECONDS as BUSY_SECONDS
 from lamina.db.sqlite_pragmas import WAL_LIMIT as WAL_LIMIT
 from lamina.errors import BackendError, UsageError
 
+log = logging.getLogger(__name__)
+
 #: Connections kept open, and how many more a burst may open (per engine).
 POOL_SIZE, POOL_OVERFLOW = 8, 48
 #: A PostgreSQL connection back in the pool for longer than this is tested before use (a
 #: server restart or an idle timeout may have closed it); one used since is not.
 PING_IDLE_SECONDS = 10.0
+#: Seconds ``truncate_log`` waits for SQLite's readers before leaving the log as it is.
+TRUNCATE_WAIT = 0.1
 #: SQLite engines' writer locks (one per engine, so per database file and process).
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 #: What runs after each write transaction of an engine ends, committed or not (``after_writes``).
@@ -117,6 +122,29 @@ def _ping_when_idle(engine: Engine) -> None:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def truncate_log(engine: Engine) -> bool:
+    """Copy a SQLite database's write-ahead log into it and cut the log's file to nothing
+    (``PRAGMA wal_checkpoint(TRUNCATE)``), in this process's writers' turn, waiting at
+    most ``TRUNCATE_WAIT`` for readers of older pages. For a quiet moment: the log is
+    otherwise kept up to ``WAL_LIMIT`` between syncs (``db.sqlite_pragmas``). True when
+    the file was cut; False on PostgreSQL, when readers held it or on a failure (logged:
+    the log is only left as long as it was)."""
+    if not is_sqlite(engine):
+        return False
+    try:
+        with _writer_turn(engine), engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            raw.execute(f"PRAGMA busy_timeout={int(TRUNCATE_WAIT * 1000)}")
+            try:
+                busy, _frames, _copied = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
+    except (BackendError, OperationalError, engine.dialect.loaded_dbapi.Error) as e:
+        log.warning("cannot cut the database's write-ahead log back: %s", e)
+        return False
+    return not busy
 
 
 @contextmanager

@@ -21,8 +21,9 @@ CHECKPOINT_PAGES = 10_000
 #: checkpoint (``PRAGMA journal_size_limit``): a little more than the ~40 MB it checkpoints
 #: at, so a log that reaches the checkpoint keeps its file (cutting it and growing it again
 #: at every checkpoint cost a third of the system CPU above), while one a single huge
-#: transaction grew is cut back. Only the file's length: what is committed and when it is
-#: synced do not change.
+#: transaction grew is cut back. The server cuts it to nothing when the last sync in
+#: flight ends (``db.engine.truncate_log``). Only the file's length: what is committed and
+#: when it is synced do not change.
 WAL_LIMIT = 48 * 1024 * 1024
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import msgpack
 from sqlalchemy import Engine, update
 
-from lamina.db.engine import read_tx, write_tx
+from lamina.db.engine import read_tx, truncate_log, write_tx
 from lamina.db.models import cvds
 from lamina.errors import (
     IntegrityError,
@@ -384,9 +384,11 @@ def commit_snapshot(
             update(cvds).where(cvds.c.id == cvd.id).values(last_sync=record.time, progress={})
         )
         finishing = layers.note_commit(c, store, cvd.id, record)
-        inflight.committed(c, cvd.id)
+        quiet = inflight.committed(c, cvd.id)
     layers.finish_recording(engine, store, finishing)
     flex.assign_guest_layers(engine, store, cvd.id)  # a managed flex guest's layers
+    if quiet:  # the last sync in flight ended: SQLite's log need not stay ~40 MB on disk
+        truncate_log(engine)
     return CommitResponse(snapshot=snapshot_public(record), kept=kept, forgotten=forgotten)
 
 
