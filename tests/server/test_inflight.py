@@ -724,3 +724,25 @@ def test_the_last_sync_in_flight_cuts_sqlites_log_back(live: Live) -> None:
 
     b.commit_files({b"b.txt": theirs})
     assert wal.stat().st_size < 64 * KiB < grown  # B's ended the last one: cut back
+
+
+def test_a_stopped_server_leaves_its_database_whole_and_no_log_beside_it(tmp_path: Path) -> None:
+    """Stopping the server closes its database connections: the log (up to 48 MiB while
+    endpoints sync) goes into the database file and is removed; what was written stays."""
+    settings = ServerSettings(
+        data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD
+    )
+    for url in serve(settings):
+        live = Live(url, settings.data)
+        pc = live.device("pc-log")
+        pc.upload([(BlobKind.DATA, random.Random("stop").randbytes(4 * KiB))])
+        assert (settings.data / "lamina.db-wal").stat().st_size > 0
+        for c in live.clients:
+            c.close()
+    assert not (settings.data / "lamina.db-wal").exists()
+    engine = create_engine(f"sqlite:///{settings.data / 'lamina.db'}")
+    try:
+        with engine.connect() as c:
+            assert c.execute(select(cvds.c.id)).scalars().all() == [pc.cvd_id]
+    finally:
+        engine.dispose()

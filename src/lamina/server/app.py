@@ -80,6 +80,11 @@ def create_app(settings: ServerSettings, ctx: ServerContext | None = None) -> Fa
         served.progress.close()  # the agents' progress reports still waiting
         served.task_progress.close()  # and their running tasks'
         served.reads.close()  # the counts of the read windows still open
+        # Its pooled connections closed: on SQLite the last one to close copies the
+        # write-ahead log into the database and removes it (a stopped server leaves one
+        # file, not a log of up to 48 MiB beside it). The engine opens new ones if a
+        # caller that shares it (a test, ``create_app``'s ``ctx``) goes on using it.
+        served.engine.dispose()
 
     app = FastAPI(
         lifespan=lifespan,
