@@ -38,7 +38,15 @@ from lamina.store import blob
 from lamina.store.blob import BlobKind, blob_id
 from lamina.tree.model import Entry, encode_tree
 from tests.e2e.conftest import _deployment
-from tests.server.conftest import ADMIN_PASSWORD, API, Device, Live, free_port, serve
+from tests.server.conftest import (
+    ADMIN_PASSWORD,
+    API,
+    Device,
+    Live,
+    free_port,
+    serve,
+    serve_live,
+)
 
 KiB = 1024
 #: Held events never wait longer than this (a hang fails the test instead of the suite).
@@ -732,13 +740,10 @@ def test_a_stopped_server_leaves_its_database_whole_and_no_log_beside_it(tmp_pat
     settings = ServerSettings(
         data=tmp_path / "data", port=free_port(), admin_password=ADMIN_PASSWORD
     )
-    for url in serve(settings):
-        live = Live(url, settings.data)
+    for live in serve_live(settings, Live):  # its clients closed as it stops
         pc = live.device("pc-log")
         pc.upload([(BlobKind.DATA, random.Random("stop").randbytes(4 * KiB))])
         assert (settings.data / "lamina.db-wal").stat().st_size > 0
-        for c in live.clients:
-            c.close()
     assert not (settings.data / "lamina.db-wal").exists()
     engine = create_engine(f"sqlite:///{settings.data / 'lamina.db'}")
     try:

@@ -499,12 +499,15 @@ def settle(
     )
 
 
-def committed(c: Connection, cvd_id: str) -> bool:
-    """The CVD committed: whatever it claimed and did not send, it will not send now.
-    True when no other CVD is uploading either (no other live lease): the server is
-    between syncs (``commit_snapshot`` then cuts SQLite's log back)."""
+def committed(c: Connection, cvd_id: str) -> None:
+    """The CVD committed: whatever it claimed and did not send, it will not send now."""
     _drop_claims(c, cvd_id)
-    return not _others_live(c, cvd_id, now())
+
+
+def others_uploading(c: Connection, cvd_id: str) -> bool:
+    """Whether a CVD other than ``cvd_id`` is uploading now (its lease is live): false
+    between syncs (``commit_snapshot`` then cuts SQLite's log back)."""
+    return _others_live(c, cvd_id, now())
 
 
 #: How long a commit answered "uploads pending" is remembered (``PendingCommits``).

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import msgpack
 from sqlalchemy import Engine, update
 
-from lamina.db.engine import read_tx, truncate_log, write_tx
+from lamina.db.engine import is_sqlite, read_tx, truncate_log, write_tx
 from lamina.db.models import cvds
 from lamina.errors import (
     IntegrityError,
@@ -384,7 +384,8 @@ def commit_snapshot(
             update(cvds).where(cvds.c.id == cvd.id).values(last_sync=record.time, progress={})
         )
         finishing = layers.note_commit(c, store, cvd.id, record)
-        quiet = inflight.committed(c, cvd.id)
+        inflight.committed(c, cvd.id)
+        quiet = is_sqlite(engine) and not inflight.others_uploading(c, cvd.id)
     layers.finish_recording(engine, store, finishing)
     flex.assign_guest_layers(engine, store, cvd.id)  # a managed flex guest's layers
     if quiet:  # the last sync in flight ended: SQLite's log need not stay ~40 MB on disk
