@@ -11,6 +11,18 @@ the functions the server spent its busy samples in (``--profile agent``: the age
 starting it, its CPU then included in the agent's figure). Raw stacks go to WORK/*.txt
 (py-spy's collapsed format). A/B: run another checkout's ``src`` at the same time
 (``PYTHONPATH=OTHER/src``, ``--profile none``, another ``--work``) and compare CPU.
+
+``--perf``: Linux ``perf`` samples the profiled process instead (its children too), on CPU
+only, and the shares of its CPU by shared object and by native symbol are printed
+(WORK/*.perf.data). py-spy counts a thread as busy while it waits in some C calls (an
+``fsync``, a queue's lock: 5-10% of a server's samples), and puts the time of the C code a
+Python function calls under that function; ``perf`` says how much of the CPU is the
+interpreter's own (``libpython``), zstd's, BLAKE3's, SQLite's or the kernel's, but not
+which Python function ran (no Python frames before 3.12).
+
+The restore goes into the work folder, where a tree was just deleted: on ext4 without a
+journal its figure is then mostly the kernel's inode allocator (``bench.freshfs``). Restore
+figures come from ``bench.e2e_restore --freshfs``.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +46,39 @@ from bench.e2e_lamina import LaminaE2E
 
 DEFAULT_WORK = ROOT / "bench" / "work" / "e2e-prof"
 STEPS = ("first", "unchanged", "changed", "restore")
+
+
+#: ``perf``'s samples per second of CPU.
+PERF_RATE = 499
+_PERF_LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)(?:\s+\[[.k]\]\s+(.*?))?\s*$")
+
+
+def parse_perf_report(text: str) -> list[tuple[float, str, str]]:
+    """``(share, shared object, symbol)`` of each line of ``perf report --stdio
+    --no-children -g none`` sorted by ``dso`` (symbol ``""``) or ``dso,sym``; shares as
+    fractions, comment and blank lines skipped."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = _PERF_LINE.match(line)
+        if m:
+            rows.append((float(m[1]) / 100, m[2], m[3] or ""))
+    return rows
+
+
+def perf_split(data: Path, n: int = 25) -> None:
+    """Print the shared objects and native symbols ``data`` (``perf record``) spent its CPU in."""
+    for sort, head, k in (("dso", "by shared object", 12), ("dso,sym", "by symbol", n)):
+        argv = ["perf", "report", "-i", os.fspath(data), "--stdio", "--no-children"]
+        out = subprocess.run(
+            [*argv, "-g", "none", "--sort", sort],
+            capture_output=True,
+            text=True,
+        ).stdout
+        say(f"    CPU {head} (perf):")
+        for share, dso, sym in parse_perf_report(out)[:k]:
+            print(f"    {share * 100:5.1f}%  {dso}  {sym}".rstrip())
 
 
 def pyspy() -> str | None:
@@ -100,11 +146,21 @@ def sync(
     gil: bool = False,
     rate: int = 50,
     native: bool = False,
+    perf: bool = False,
 ) -> None:
     spy = pyspy()
     out = work / f"{name}.txt"
+    data = work / f"{name}.perf.data"
     rec = None
-    if profile == "server" and spy and lam.server.proc:
+    if perf and profile == "server" and lam.server.proc:
+        pid = str(lam.server.proc.pid)
+        rec = subprocess.Popen(
+            ["perf", "record", "-F", str(PERF_RATE), "-p", pid, "-o", os.fspath(data)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
+    elif profile == "server" and spy and lam.server.proc:
         rec = subprocess.Popen(
             [
                 spy,
@@ -126,7 +182,9 @@ def sync(
         time.sleep(1.0)
     # the restore's client is the admin's ``cvd restore``
     client = lam.admin if name == "restore" else lam.agent
-    if profile == "agent" and spy:
+    if perf and profile == "agent":  # perf starts the client (its children counted too)
+        client.prefix = ["perf", "record", "-F", str(PERF_RATE), "-o", os.fspath(data), "--"]
+    elif profile == "agent" and spy:
         # py-spy starts the client and samples it (its own CPU is then in the agent's figure)
         client.prefix = [spy, "record", "--format", "raw", "--rate", str(rate), "--subprocesses"]
         client.prefix += [*(["--gil"] if gil else []), "--output", os.fspath(out), "--"]
@@ -144,7 +202,9 @@ def sync(
         f"read {stats.get('files_read')} files, uploaded {stats.get('uploaded_bytes')} B",
         "bold",
     )
-    if profile != "none" and out.exists():
+    if perf and profile != "none" and data.exists():
+        perf_split(data)
+    elif profile != "none" and out.exists():
         rows = top(out, 400)
         say("    inclusive (lamina and the libraries it calls):")
         for f, own, incl in [r for r in rows if r[2] >= 0.01 and _ours(r[0])][:45]:
@@ -174,11 +234,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the server's native frames too (py-spy then pauses it for each sample: slower)",
     )
     ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample with Linux perf, on CPU only: the shares of shared objects and native symbols",
+    )
+    ap.add_argument(
         "--steps",
         default=",".join(STEPS),
         help=f"the steps to run, in order, of {','.join(STEPS)} (the first sync always runs)",
     )
     args = ap.parse_args(argv)
+    if args.perf and not shutil.which("perf"):
+        raise SystemExit("--perf needs Linux perf (Debian: linux-perf)")
     work: Path = args.work.resolve()
     rmtree(work)
     work.mkdir(parents=True)
@@ -192,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ["first", *[s for s in steps if s != "first"]]:
             if name == "changed":
                 mutate(corpus, 0.01, args.seed, replace_half=False)
-            sync(lam, name, work, args.profile, gib, args.gil, args.rate, args.native)
+            sync(lam, name, work, args.profile, gib, args.gil, args.rate, args.native, args.perf)
     finally:
         lam.server.stop()
     return 0
