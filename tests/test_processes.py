@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
-from lamina.processes import alive, holder_gone, identity, is_gone, lock_holder
+from lamina.processes import (
+    alive,
+    describe_holder,
+    holder_gone,
+    identity,
+    is_gone,
+    lock_holder,
+)
 
 
 def test_a_running_process_is_alive_and_a_reaped_one_is_not() -> None:
@@ -42,3 +50,11 @@ def test_an_identity_names_one_process_and_no_later_one_given_its_id() -> None:
     # lock holders: this process's own is not gone; a random hex (older holders) never is
     assert not holder_gone(lock_holder()) and not holder_gone("ab" * 16)
     assert holder_gone(f"{ident}/x")
+
+
+def test_a_lock_holder_is_described_as_its_process_and_host() -> None:
+    """What a refused gc prints of the lock's holder (``store.locks.HeldLock.refused``)."""
+    assert describe_holder(lock_holder()) == f"process {os.getpid()} on {socket.gethostname()}"
+    assert describe_holder("server@" + lock_holder()).startswith(f"process {os.getpid()} on ")
+    assert describe_holder("old-host:1234/abc") == "process 1234 on old-host"
+    assert describe_holder("c0ffee") == "c0ffee"  # another form: as it is

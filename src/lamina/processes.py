@@ -148,6 +148,16 @@ def holder_alive(holder: str) -> bool:
     return bool(sep) and not _let_go(holder, ident) and is_alive(ident)
 
 
+def describe_holder(holder: str) -> str:
+    """The process a lock's ``holder`` names, for a person: "process PID on HOST" (the
+    holder itself when it is of another form)."""
+    ident = holder.partition("/")[0].removeprefix("server@")
+    parts = ident.rsplit(":", 4)
+    if len(parts) in (2, 5) and parts[1].isdigit():
+        return f"process {parts[1]} on {parts[0]}"
+    return holder
+
+
 def holder_gone(holder: str) -> bool:
     """Whether the process that took a lock as ``holder`` (``lock_holder``) has ended, or
     let go of it (a leftover row of this process); a holder of another form (before

@@ -336,10 +336,15 @@ def test_try_lock_and_unlock(catalog: SqlCatalog) -> None:
     assert catalog.try_lock("other", "bob", hour)  # locks are by name
     catalog.unlock("gc", "bob")  # not bob's: no effect
     assert not catalog.try_lock("gc", "bob", hour)
+    holder, expires = catalog.lock_info("gc") or ("", None)  # who holds it, until when
+    assert holder == "alice" and expires is not None
+    assert hour - dt.timedelta(minutes=1) < expires - dt.datetime.now(dt.UTC) <= hour
     catalog.unlock("gc", "alice")
     catalog.unlock("gc", "alice")  # idempotent
+    assert catalog.lock_info("gc") is None
     assert catalog.try_lock("gc", "bob", hour)
     assert not catalog.try_lock("gc", "alice", hour)
+    assert (catalog.lock_info("gc") or ("",))[0] == "bob"
 
 
 def test_an_expired_lock_can_be_taken_over(

@@ -433,6 +433,16 @@ class SqlCatalog:
             )
             return True
 
+    def lock_info(self, name: str) -> tuple[str, dt.datetime] | None:
+        with read_tx(self.engine) as c:
+            value = c.execute(
+                select(store_state.c.value).where(store_state.c.key == f"lock:{name}")
+            ).scalar()
+        if value is None:
+            return None
+        held = json.loads(value)
+        return str(held.get("holder")), dt.datetime.fromisoformat(held["expires"])
+
     def unlock(self, name: str, holder: str) -> None:
         key = f"lock:{name}"
         with write_tx(self.engine) as c:

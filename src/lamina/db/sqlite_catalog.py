@@ -353,6 +353,9 @@ class SqliteCatalog:
     def unlock(self, name: str, holder: str) -> None:
         self.full().unlock(name, holder)
 
+    def lock_info(self, name: str) -> tuple[str, dt.datetime] | None:
+        return self.full().lock_info(name)
+
     def snapshots_since(self, seq: int) -> list[tuple[int, SnapshotRecord]]:
         return self.full().snapshots_since(seq)
 

@@ -296,6 +296,11 @@ class Catalog(Protocol):
 
     def unlock(self, name: str, holder: str) -> None: ...
 
+    def lock_info(self, name: str) -> tuple[str, dt.datetime] | None:
+        """Who holds the named lock and when its expiry runs out unless renewed (None:
+        nobody): for the message of a refused holder (``store.locks.HeldLock``)."""
+        ...
+
     # --- snapshots -----------------------------------------------------------
     def add_snapshot(self, record: SnapshotRecord, expected_epoch: int) -> bool:
         """Insert the snapshot unless the epoch moved since ``expected_epoch``."""

@@ -20,7 +20,7 @@ import time
 from types import TracebackType
 
 from lamina.errors import StoreBusyError
-from lamina.processes import lock_holder, released
+from lamina.processes import describe_holder, lock_holder, released
 from lamina.store.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,25 @@ class HeldLock:
 
     def __enter__(self) -> HeldLock:
         if not self.take():
-            raise StoreBusyError(self.busy)
+            raise StoreBusyError(self.refused())
         return self
+
+    def refused(self) -> str:
+        """``busy``, with who holds the lock and until when: a holder that hangs keeps
+        renewing it (a slow one must), and only a person can tell the two apart."""
+        try:
+            info = self.catalog.lock_info(self.name)
+        except Exception:  # (the message without it)
+            info = None
+        if info is None:
+            return self.busy
+        holder, expires = info
+        return (
+            f"{self.busy}: {describe_holder(holder)} holds the store's {self.name} lock "
+            f"(renewed while it works; now until {expires:%Y-%m-%d %H:%M:%S %Z}). If it "
+            "hangs, stop it: its lock is free once it has ended (seen from another "
+            "machine, once that expiry has passed)"
+        )
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None

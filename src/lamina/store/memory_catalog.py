@@ -206,6 +206,10 @@ class MemoryCatalog:
             self._locks[name] = (holder, dt.datetime.now(dt.UTC) + ttl)
             return True
 
+    def lock_info(self, name: str) -> tuple[str, dt.datetime] | None:
+        with self._lock:
+            return self._locks.get(name)
+
     def unlock(self, name: str, holder: str) -> None:
         with self._lock:
             if self._locks.get(name, ("",))[0] == holder:
