@@ -5,14 +5,17 @@ ends the task failed with an event; a task a dead server left running is failed 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+from sqlalchemy import create_engine
 
 from lamina import processes
 from lamina.config import ServerSettings
@@ -169,3 +172,101 @@ def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
         "live-task": "running",
     }
     ctx.store.close()
+
+
+def _running_store_task(
+    engine: Any, tid: str, kind: str, claimed_by: str, reported: dt.datetime
+) -> None:
+    with write_tx(engine) as c:
+        c.execute(
+            tasks.insert().values(
+                id=tid,
+                kind=kind,
+                state="running",
+                progress=40,
+                message="marking",
+                params={},
+                result={},
+                created_by="admin",
+                created=reported,
+                started=reported,
+                reported=reported,
+                claimed_by=claimed_by,
+            )
+        )
+
+
+def test_a_store_task_whose_server_stopped_reporting_is_failed_by_the_next_start(
+    live: Live,
+) -> None:
+    """A server on another host that died during a store task may never start again
+    (``recover`` only fails this host's): its task stayed ``running`` and refused every
+    store task until the row was edited by hand. A running store task not reported for
+    ``STALE`` is now failed, with an event, by the next start through the API; one whose
+    server still reports blocks as before."""
+    admin = live.login()
+    engine = create_engine(f"sqlite:///{live.data / 'lamina.db'}")
+    fresh = now() - dt.timedelta(minutes=1)
+    stale = now() - store_ops.STALE - dt.timedelta(minutes=1)
+    try:
+        _running_store_task(engine, "dead-gc", TaskKind.STORE_GC, "server@db2:4242:b:1:ns", stale)
+        _running_store_task(
+            engine, "live-check", TaskKind.STORE_CHECK, "server@db3:77:b:1:ns", fresh
+        )
+        r = admin.post("/store/stats")
+        assert r.status_code == 409 and "live-check" in r.text, r.text  # its server reports
+        dead = admin.get("/tasks/dead-gc").json()
+        assert dead["state"] == "failed"
+        assert "process 4242 on db2 stopped reporting this task" in dead["message"], dead
+        # the live one's server stops too: the next start fails it and runs
+        with write_tx(engine) as c:
+            c.execute(tasks.update().where(tasks.c.id == "live-check").values(reported=stale))
+        t = _run(admin, "/store/stats")
+        assert t["state"] == "done", t
+        assert admin.get("/tasks/live-check").json()["state"] == "failed"
+        shown = [e["message"] for e in admin.get("/events").json()]
+        assert sum("stopped reporting this task" in m for m in shown) == 2, shown
+    finally:
+        engine.dispose()
+
+
+class _Beats:
+    """A stop event for ``_beat`` that lets it beat ``n`` times, then stops it."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def wait(self, _timeout: float) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_a_running_store_task_is_reported_by_its_server_until_it_ends(tmp_path: Path) -> None:
+    """What keeps a long store task (a gc of a large store) from being taken for a dead
+    server's: its server writes the row's ``reported`` while it runs (``_beat``), not once
+    it has ended; and a task so reported blocks the next start, is not failed by it."""
+    settings = ServerSettings(data=tmp_path / "data", admin_password=ADMIN_PASSWORD)
+    ctx, _ = open_context(settings)
+    stale = now() - store_ops.STALE - dt.timedelta(minutes=1)
+    _running_store_task(ctx.engine, "long-gc", TaskKind.STORE_GC, store_ops._worker(), stale)
+    _running_store_task(ctx.engine, "ended", TaskKind.STORE_GC, store_ops._worker(), stale)
+    with write_tx(ctx.engine) as c:
+        c.execute(tasks.update().where(tasks.c.id == "ended").values(state="done"))
+
+    def reported(tid: str) -> dt.datetime:
+        with read_tx(ctx.engine) as c:
+            at = c.execute(tasks.select().where(tasks.c.id == tid)).one().reported
+        return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+    try:
+        store_ops._beat(ctx.engine, "long-gc", cast(threading.Event, _Beats(1)), 0)
+        store_ops._beat(ctx.engine, "ended", cast(threading.Event, _Beats(3)), 0)
+        assert reported("long-gc") > now() - store_ops.STALE
+        assert reported("ended") < now() - store_ops.STALE
+        admin = _principal("administrator")
+        with pytest.raises(ConflictError, match="long-gc"):
+            store_ops.queue(ctx.engine, admin, TaskKind.STORE_CHECK, StoreCheckParams())
+        with read_tx(ctx.engine) as c:
+            assert c.execute(tasks.select().where(tasks.c.id == "long-gc")).one().state == "running"
+    finally:
+        ctx.store.close()

@@ -15,6 +15,12 @@ work is the CLI's: ``store.check.check``, ``store.gc.collect`` and ``Store.stats
   gc also holds the store's own ``gc`` lock across server processes.
 - A server that stops during a store task leaves it ``running``; the next start of a
   server on the same host marks it failed (``recover``), so it never blocks the next one.
+  A server on another host may never start again: while a store task runs, its server
+  writes the row's ``reported`` every ``HEARTBEAT`` seconds, and a running store task
+  not reported for ``STALE`` is failed by the next start of one (``queue``), on any
+  server (session 27; before, it blocked every store task until the row was edited by
+  hand). What keeps two collections apart is the store's ``gc`` lock, not the row: a
+  gc whose server is alive but cut off keeps its lock, and the next one is refused.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ import socket
 import threading
 import time
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from lamina.db.engine import read_tx, write_tx
 from lamina.db.models import snapshots, tasks
 from lamina.db.roots import STRAYS, all_roots, forget_stray_flex, owners
 from lamina.db.stores import last_gc, record_gc
 from lamina.errors import ConflictError, LaminaError
-from lamina.processes import identity, is_gone
+from lamina.processes import describe_holder, identity, is_gone
 from lamina.protocol.schemas import TaskPublic
 from lamina.protocol.tasks import (
     SERVER_KINDS,
@@ -60,6 +66,11 @@ PERMISSION = "store.admin"
 PROGRESS_EVERY = 0.5
 #: Entries of a report's lists (errors, packs to repack) kept in the task's result.
 MAX_LISTED = 200
+
+#: Seconds between two writes of a running store task's ``reported`` by its server.
+HEARTBEAT = 60.0
+#: A running store task not reported for this long is its dead server's (``queue``).
+STALE = dt.timedelta(minutes=10)
 
 #: The threads running store tasks in this process, by task id (``wait`` joins one).
 _running: dict[str, threading.Thread] = {}
@@ -91,6 +102,8 @@ def queue(engine: Engine, actor: Principal, kind: str, params: TaskParams) -> Ta
     if kind not in SERVER_KINDS:
         raise LaminaError(f"{kind} is not a store task")
     checked = params_for(kind, params)
+    with write_tx(engine) as c:  # (its own: kept when the start below is refused)
+        _fail_abandoned(c)
     with write_tx(engine) as c:
         busy = c.execute(
             select(tasks.c.id, tasks.c.kind).where(
@@ -117,12 +130,54 @@ def queue(engine: Engine, actor: Principal, kind: str, params: TaskParams) -> Ta
                 created_by=actor.name,
                 created=at,
                 started=at,
+                reported=at,
                 claimed_by=_worker(),
                 attempts=1,
             )
         )
         audit(c, actor.name, kind.replace("-", ".", 1), tid, **checked.model_dump(mode="json"))
         return public(c.execute(select(tasks).where(tasks.c.id == tid)).one())
+
+
+def _fail_abandoned(c: Connection) -> None:
+    """Fail the running store tasks whose server has not reported for ``STALE`` (their
+    server, on any host, stopped or lost the database), with an event each."""
+    at = now()
+    rows = c.execute(
+        select(tasks.c.id, tasks.c.kind, tasks.c.claimed_by).where(
+            tasks.c.kind.in_(SERVER_KINDS),
+            tasks.c.state == TaskState.RUNNING,
+            func.coalesce(tasks.c.reported, tasks.c.started, tasks.c.created) < at - STALE,
+        )
+    ).all()
+    for r in rows:
+        who = describe_holder(r.claimed_by or "its server")
+        message = (
+            f"{who} stopped reporting this task for {STALE.total_seconds() / 60:.0f} minutes "
+            "(stopped, or cut off from the database): failed, so that store tasks can start "
+            "again; start it again"
+        )
+        done = c.execute(
+            update(tasks)
+            .where(tasks.c.id == r.id, tasks.c.state == TaskState.RUNNING)
+            .values(state=TaskState.FAILED, finished=at, message=message)
+        ).rowcount
+        if done:
+            agent_events.task_failed(c, r.kind, "store", message)
+
+
+def _beat(engine: Engine, task_id: str, stop: threading.Event, every: float = HEARTBEAT) -> None:
+    """Write the running store task's ``reported`` every ``every`` seconds until ``stop``."""
+    while not stop.wait(every):
+        try:
+            with write_tx(engine) as c:
+                c.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING)
+                    .values(reported=now())
+                )
+        except Exception as e:  # (a database hiccup: the next beat tries again)
+            log.warning("store task %s: could not report it running: %s", task_id, e)
 
 
 def wait(task_id: str | None = None, timeout: float | None = None) -> None:
@@ -150,7 +205,7 @@ class _Progress:
             c.execute(
                 update(tasks)
                 .where(tasks.c.id == self.task_id, tasks.c.state == TaskState.RUNNING)
-                .values(progress=share, message=message[:2000])
+                .values(progress=share, message=message[:2000], reported=now())
             )
 
 
@@ -174,11 +229,17 @@ def run(engine: Engine, store: Store, task_id: str) -> TaskPublic:
 
 
 def _thread(engine: Engine, store: Store, task_id: str) -> None:
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_beat, args=(engine, task_id, stop, HEARTBEAT), name="lamina-store-beat", daemon=True
+    )
+    beat.start()
     try:
         run(engine, store, task_id)
     except Exception:  # the database itself failed: nothing to write it to but the log
         log.exception("store task %s could not record how it ended", task_id)
     finally:
+        stop.set()
         _running.pop(task_id, None)
 
 
