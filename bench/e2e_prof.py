@@ -154,11 +154,12 @@ def sync(
     rec = None
     if perf and profile == "server" and lam.server.proc:
         pid = str(lam.server.proc.pid)
-        rec = subprocess.Popen(
-            ["perf", "record", "-F", str(PERF_RATE), "-p", pid, "-o", os.fspath(data)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with open(work / f"{name}.perf.log", "wb") as said:  # (read if nothing recorded)
+            rec = subprocess.Popen(
+                ["perf", "record", "-F", str(PERF_RATE), "-p", pid, "-o", os.fspath(data)],
+                stdout=subprocess.DEVNULL,
+                stderr=said,
+            )
         time.sleep(1.0)
     elif profile == "server" and spy and lam.server.proc:
         rec = subprocess.Popen(
@@ -204,6 +205,10 @@ def sync(
     )
     if perf and profile != "none" and data.exists():
         perf_split(data)
+    elif perf and profile != "none":
+        log = work / f"{name}.perf.log"
+        why = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        say(f"    perf recorded nothing (kernel.perf_event_paranoid?) {why}", "bold red")
     elif profile != "none" and out.exists():
         rows = top(out, 400)
         say("    inclusive (lamina and the libraries it calls):")
@@ -246,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.perf and not shutil.which("perf"):
         raise SystemExit("--perf needs Linux perf (Debian: linux-perf)")
+    if args.perf and (args.native or args.gil):
+        raise SystemExit("--native and --gil are py-spy's: not with --perf")
     work: Path = args.work.resolve()
     rmtree(work)
     work.mkdir(parents=True)

@@ -66,7 +66,9 @@ def test_the_lock_of_a_holder_that_still_runs_is_never_taken_over(tmp_path: Path
             capture_output=True,
             text=True,
         )
-        assert cli.returncode != 0 and who in " ".join(cli.stderr.split()), cli.stderr
+        said = " ".join(cli.stderr.split())
+        assert cli.returncode != 0 and who in said, cli.stderr
+        assert "expired at" in said and "but its process still runs" in said
         assert roll_small(s, force=True) is None
     finally:
         assert holder.stdin is not None

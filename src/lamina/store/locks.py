@@ -67,11 +67,16 @@ class HeldLock:
         if info is None:
             return self.busy
         holder, expires = info
+        when = f"{expires:%Y-%m-%d %H:%M:%S %Z}"
+        until = (
+            f"now until {when}"
+            if expires > dt.datetime.now(dt.UTC)
+            else f"expired at {when}, but its process still runs"
+        )
         return (
             f"{self.busy}: {describe_holder(holder)} holds the store's {self.name} lock "
-            f"(renewed while it works; now until {expires:%Y-%m-%d %H:%M:%S %Z}). If it "
-            "hangs, stop it: its lock is free once it has ended (seen from another "
-            "machine, once that expiry has passed)"
+            f"(renewed while it works; {until}). If it hangs, stop it: its lock is free "
+            "once it has ended (seen from another machine, once its expiry has passed)"
         )
 
     def __exit__(

@@ -19,8 +19,13 @@ work is the CLI's: ``store.check.check``, ``store.gc.collect`` and ``Store.stats
   writes the row's ``reported`` every ``HEARTBEAT`` seconds, and a running store task
   not reported for ``STALE`` is failed by the next start of one (``queue``), on any
   server (session 27; before, it blocked every store task until the row was edited by
-  hand). What keeps two collections apart is the store's ``gc`` lock, not the row: a
-  gc whose server is alive but cut off keeps its lock, and the next one is refused.
+  hand), unless its server certainly still runs (this host's). Servers' clocks must agree
+  within minutes (as the store lock's and the claims' expiries already assume). What keeps
+  two collections apart is the store's ``gc`` lock, not the row: a server cut off from the
+  database cannot renew it either, the next gc takes it over after its expiry, and the
+  old one, if it wakes, stops before its next change (``HeldLock.check``). A check, which
+  takes no lock, may then run beside a cut-off server's sweep and report as missing
+  blobs that sweep removed: run it again.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from lamina.db.models import snapshots, tasks
 from lamina.db.roots import STRAYS, all_roots, forget_stray_flex, owners
 from lamina.db.stores import last_gc, record_gc
 from lamina.errors import ConflictError, LaminaError
-from lamina.processes import describe_holder, identity, is_gone
+from lamina.processes import describe_holder, identity, is_alive, is_gone
 from lamina.protocol.schemas import TaskPublic
 from lamina.protocol.tasks import (
     SERVER_KINDS,
@@ -141,25 +146,30 @@ def queue(engine: Engine, actor: Principal, kind: str, params: TaskParams) -> Ta
 
 def _fail_abandoned(c: Connection) -> None:
     """Fail the running store tasks whose server has not reported for ``STALE`` (their
-    server, on any host, stopped or lost the database), with an event each."""
+    server, on another host, stopped or lost the database), with an event each. A task
+    whose server certainly still runs (this host's: ``processes.is_alive``) is left: it
+    is slow or stuck, not gone, and its row keeps the next task from starting beside it."""
     at = now()
+    last = func.coalesce(tasks.c.reported, tasks.c.started, tasks.c.created)
     rows = c.execute(
         select(tasks.c.id, tasks.c.kind, tasks.c.claimed_by).where(
             tasks.c.kind.in_(SERVER_KINDS),
             tasks.c.state == TaskState.RUNNING,
-            func.coalesce(tasks.c.reported, tasks.c.started, tasks.c.created) < at - STALE,
+            last < at - STALE,
         )
     ).all()
     for r in rows:
+        if r.claimed_by and is_alive(r.claimed_by.removeprefix("server@")):
+            continue
         who = describe_holder(r.claimed_by or "its server")
         message = (
-            f"{who} stopped reporting this task for {STALE.total_seconds() / 60:.0f} minutes "
-            "(stopped, or cut off from the database): failed, so that store tasks can start "
-            "again; start it again"
+            f"{who} has not reported this task for over {STALE.total_seconds() / 60:.0f} "
+            "minutes (stopped, or cut off from the database): failed, so that store tasks "
+            "can start again; start it again"
         )
-        done = c.execute(
+        done = c.execute(  # (stale still: a report committed since the read keeps it)
             update(tasks)
-            .where(tasks.c.id == r.id, tasks.c.state == TaskState.RUNNING)
+            .where(tasks.c.id == r.id, tasks.c.state == TaskState.RUNNING, last < at - STALE)
             .values(state=TaskState.FAILED, finished=at, message=message)
         ).rowcount
         if done:
@@ -244,11 +254,13 @@ def _thread(engine: Engine, store: Store, task_id: str) -> None:
 
 
 def _finish(engine: Engine, task_id: str, ok: bool, message: str, result: JsonObject) -> TaskPublic:
+    """Record how the task ended; a task another server failed as abandoned meanwhile
+    (``_fail_abandoned``) stays as it was, its outcome logged."""
     with write_tx(engine) as c:
         r = c.execute(select(tasks).where(tasks.c.id == task_id)).one()
-        c.execute(
+        ended = c.execute(
             update(tasks)
-            .where(tasks.c.id == task_id)
+            .where(tasks.c.id == task_id, tasks.c.state == TaskState.RUNNING)
             .values(
                 state=TaskState.DONE if ok else TaskState.FAILED,
                 progress=100 if ok else r.progress,
@@ -256,8 +268,12 @@ def _finish(engine: Engine, task_id: str, ok: bool, message: str, result: JsonOb
                 result=result,
                 finished=now(),
             )
-        )
-        if not ok:
+        ).rowcount
+        if not ended:
+            log.warning(
+                "store task %s ended (%s: %s) after it was %s", task_id, ok, message, r.state
+            )
+        elif not ok:
             agent_events.task_failed(c, r.kind, "store", message)
         return public(c.execute(select(tasks).where(tasks.c.id == task_id)).one())
 
