@@ -110,6 +110,28 @@ def _principal(role: str) -> Principal:
     return Principal("user", new_id(), role, role, ROLES[role])
 
 
+def _running_store_task(
+    engine: Any, tid: str, kind: str, claimed_by: str, reported: dt.datetime
+) -> None:
+    with write_tx(engine) as c:
+        c.execute(
+            tasks.insert().values(
+                id=tid,
+                kind=kind,
+                state="running",
+                progress=40,
+                message="marking",
+                params={},
+                result={},
+                created_by="admin",
+                created=reported,
+                started=reported,
+                reported=reported,
+                claimed_by=claimed_by,
+            )
+        )
+
+
 def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
     tmp_path: Path,
 ) -> None:
@@ -140,22 +162,8 @@ def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
         "old-form-task": f"server@{socket.gethostname()}:{os.getpid()}",
         "live-task": store_ops._worker(),
     }
-    with write_tx(ctx.engine) as c:
-        for tid, claimed in claims.items():
-            c.execute(
-                tasks.insert().values(
-                    id=tid,
-                    kind=TaskKind.STORE_STATS,
-                    state="running",
-                    progress=10,
-                    message="counting",
-                    params={},
-                    result={},
-                    created_by="admin",
-                    created=now(),
-                    claimed_by=claimed,
-                )
-            )
+    for tid, claimed in claims.items():
+        _running_store_task(ctx.engine, tid, TaskKind.STORE_STATS, claimed, now())
     ctx.store.close()
     try:
         ctx, _ = open_context(settings)
@@ -173,28 +181,6 @@ def test_one_store_task_at_a_time_and_a_dead_servers_task_is_failed_at_start(
         "live-task": "running",
     }
     ctx.store.close()
-
-
-def _running_store_task(
-    engine: Any, tid: str, kind: str, claimed_by: str, reported: dt.datetime
-) -> None:
-    with write_tx(engine) as c:
-        c.execute(
-            tasks.insert().values(
-                id=tid,
-                kind=kind,
-                state="running",
-                progress=40,
-                message="marking",
-                params={},
-                result={},
-                created_by="admin",
-                created=reported,
-                started=reported,
-                reported=reported,
-                claimed_by=claimed_by,
-            )
-        )
 
 
 def test_a_store_task_whose_server_stopped_reporting_is_failed_by_the_next_start(
